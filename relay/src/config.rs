@@ -1,0 +1,1 @@
+//! The one configuration file (`sluice.toml`) shared by every Sluice process.

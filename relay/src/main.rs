@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("sluice-relay: under construction");
+}

@@ -1,0 +1,183 @@
+//! The control ↔ relay shared-memory contract.
+//!
+//! Owns: the file layout (header, session table, route table, per-worker counter blocks),
+//! the single writer (control) and the lock-free readers (relay workers, sluicectl, metrics).
+//! `unsafe` is allowed here and only here besides [`crate::io`]; every block has a `// SAFETY:` note.
+//! May not touch: sockets, SRTP state, the clock.
+//!
+//! Records below are the stable, typed view; the byte layout lives in `layout`.
+
+use crate::srtp::MasterKey;
+use std::net::SocketAddr;
+
+/// A session id: `slot index + 1` in the low 32 bits and a per-slot incarnation counter in
+/// the high 32 bits, so a reused slot never matches an old id. Never 0.
+pub type SessionId = u64;
+/// A route id, built like [`SessionId`].
+pub type RouteId = u64;
+
+/// What a session may do. Viewers only receive; the others may publish (design.md "Access control").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Role {
+    Host = 1,
+    Speaker = 2,
+    Moderator = 3,
+    Viewer = 4,
+    /// Static relay-to-relay or load-test session: publishes and subscribes.
+    Trunk = 5,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Host,
+        Role::Speaker,
+        Role::Moderator,
+        Role::Viewer,
+        Role::Trunk,
+    ];
+    pub const fn can_publish(self) -> bool {
+        !matches!(self, Role::Viewer)
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Speaker => "speaker",
+            Role::Moderator => "moderator",
+            Role::Viewer => "viewer",
+            Role::Trunk => "trunk",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(s))
+    }
+    pub fn from_code(c: u8) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| *r as u8 == c)
+    }
+}
+
+/// Session flags (bit set).
+pub mod session_flags {
+    /// The session is being drained: no new routes to it; existing media still flows.
+    pub const DRAINING: u32 = 1 << 0;
+    /// The peer address is not confirmed yet (ICE pending); media from it is not forwarded.
+    pub const PENDING: u32 = 1 << 1;
+}
+
+/// One session as control writes it and workers read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    /// The peer's media address (IPv4 or IPv6).
+    pub peer: SocketAddr,
+    pub role: Role,
+    /// What the peer encrypts with; the relay decrypts with it.
+    pub rx_key: MasterKey,
+    /// What the relay encrypts with towards the peer.
+    pub tx_key: MasterKey,
+    /// Bumped on every key change, so workers know to rebuild the session's contexts.
+    pub key_epoch: u32,
+    /// See [`session_flags`].
+    pub flags: u32,
+    /// Inbound packet-rate cap (packets per second), 0 = unlimited.
+    pub max_pps: u32,
+}
+
+/// How many payload-type or header-extension mappings one route may carry.
+pub const MAX_MAPPINGS: usize = 8;
+
+/// Per-route rewrite rules applied to each forwarded packet (design.md "Packet path" step 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rewrite {
+    /// Outgoing SSRC; `None` keeps the publisher's.
+    pub ssrc: Option<u32>,
+    /// Payload-type mapping `(from, to)`; unmapped types pass unchanged.
+    pub pt_map: [(u8, u8); MAX_MAPPINGS],
+    pub pt_map_len: u8,
+    /// RFC 8285 header-extension id mapping `(from, to)`; unmapped ids pass unchanged.
+    pub ext_map: [(u8, u8); MAX_MAPPINGS],
+    pub ext_map_len: u8,
+}
+
+/// One edge publisher (+ SSRC) → subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRecord {
+    pub id: RouteId,
+    pub from: SessionId,
+    /// `None`: every SSRC the publisher sends.
+    pub ssrc: Option<u32>,
+    pub to: SessionId,
+    pub rewrite: Rewrite,
+}
+
+/// Why the relay dropped a datagram. One counter per reason in every worker's counter block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// First byte matches no RFC 7983 range.
+    Demux = 0,
+    /// Too short or inconsistent header.
+    Malformed = 1,
+    /// SRTP/SRTCP authentication failed.
+    AuthFailed = 2,
+    Replayed = 3,
+    TooOld = 4,
+    KeyExpired = 5,
+    /// Authenticated, but nobody subscribes to it.
+    NoRoute = 6,
+    /// A session whose role may not publish sent media.
+    NotPublisher = 7,
+    /// Transmit queue full (overload).
+    TxQueueFull = 8,
+    /// Slow-path channel to control full or absent.
+    SlowPathFull = 9,
+    /// Per-source or per-session rate limit.
+    RateLimited = 10,
+    /// A datagram for an unknown source that is not STUN/DTLS.
+    UnknownSource = 11,
+    /// Send failed in the kernel.
+    SendError = 12,
+    /// The session's SRTP state could not be set up (bad key, too many streams).
+    Crypto = 13,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 14;
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Demux,
+        DropReason::Malformed,
+        DropReason::AuthFailed,
+        DropReason::Replayed,
+        DropReason::TooOld,
+        DropReason::KeyExpired,
+        DropReason::NoRoute,
+        DropReason::NotPublisher,
+        DropReason::TxQueueFull,
+        DropReason::SlowPathFull,
+        DropReason::RateLimited,
+        DropReason::UnknownSource,
+        DropReason::SendError,
+        DropReason::Crypto,
+    ];
+    /// Prometheus label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Demux => "demux",
+            DropReason::Malformed => "malformed",
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::Replayed => "replayed",
+            DropReason::TooOld => "too_old",
+            DropReason::KeyExpired => "key_expired",
+            DropReason::NoRoute => "no_route",
+            DropReason::NotPublisher => "not_publisher",
+            DropReason::TxQueueFull => "tx_queue_full",
+            DropReason::SlowPathFull => "slow_path_full",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::SendError => "send_error",
+            DropReason::Crypto => "crypto",
+        }
+    }
+}
