@@ -1,6 +1,7 @@
 //! Encoding of [`SessionRecord`] and [`RouteRecord`] into slot payload words, and the
 //! validating decoders. Words are `u64`; multi-byte fields inside a word are little-endian
-//! (low bits first). The tables in docs/SHM.md mirror these functions.
+//! (low bits first). Payload word `i` here is slot word `i + 1` in docs/SHM.md (slot word 0
+//! is the sequence); the tables there mirror these functions.
 
 use super::error::SlotError;
 use super::layout::{ROUTE_WORDS, SESSION_WORDS};

@@ -59,6 +59,22 @@ pub struct WorkerCounters {
     stalls: AtomicU64,
 }
 
+// Offsets documented in docs/SHM.md; a change here is an ABI change.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(WorkerCounters, heartbeat_unix_ms) == 0);
+    assert!(offset_of!(WorkerCounters, packets_in) == 8);
+    assert!(offset_of!(WorkerCounters, bytes_out) == 32);
+    assert!(offset_of!(WorkerCounters, drops) == 40);
+    assert!(offset_of!(WorkerCounters, slow_path_up) == 152);
+    assert!(offset_of!(WorkerCounters, batches) == 168);
+    assert!(offset_of!(WorkerCounters, batch_hist) == 184);
+    assert!(offset_of!(WorkerCounters, time_hist) == 280);
+    assert!(offset_of!(WorkerCounters, loop_turns) == 536);
+    assert!(offset_of!(WorkerCounters, stalls) == 544);
+    assert!(core::mem::size_of::<WorkerCounters>() == 576);
+};
+
 /// Single-writer increment: Relaxed load + Relaxed store.
 #[inline(always)]
 fn bump(c: &AtomicU64, n: u64) {
