@@ -193,14 +193,14 @@ fn dtls_seeds() -> Seeds {
 }
 
 fn demux_seeds() -> Seeds {
-    let mut out = Vec::new();
-    out.push(("rtp", rtp_seeds()[0].1.clone()));
-    out.push(("rtcp", rtcp_seeds()[0].1.clone()));
-    out.push(("stun", stun_seeds()[0].1.clone()));
-    out.push(("dtls", dtls_seeds()[0].1.clone()));
-    out.push(("turn_channel", vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]));
-    out.push(("zrtp", vec![0x10, 0x00, 0x00, 0x01]));
-    out
+    vec![
+        ("rtp", rtp_seeds()[0].1.clone()),
+        ("rtcp", rtcp_seeds()[0].1.clone()),
+        ("stun", stun_seeds()[0].1.clone()),
+        ("dtls", dtls_seeds()[0].1.clone()),
+        ("turn_channel", vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]),
+        ("zrtp", vec![0x10, 0x00, 0x00, 0x01]),
+    ]
 }
 
 fn all_seeds() -> Vec<(&'static str, Seeds)> {
