@@ -24,6 +24,7 @@ pub mod rtp;
 pub mod stun;
 
 pub use demux::{classify, Kind};
+pub use rtcp::is_rtcp;
 
 /// Reads a big-endian u16 at `at`, or `None` when the slice is too short.
 #[inline]
