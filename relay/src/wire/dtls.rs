@@ -110,7 +110,7 @@ impl<'a> Record<'a> {
         let Some(&content_type) = buf.first() else {
             return Err(DtlsError::TooShort);
         };
-        // RFC 9147 §4: 0b001xxxxx is a DTLS 1.3 unified header, not a DTLSPlaintext header.
+        // RFC 9147 §4: top three bits 001 mark a DTLS 1.3 unified header, not DTLSPlaintext.
         if content_type & 0xE0 == 0x20 {
             return Err(DtlsError::UnifiedHeader);
         }
