@@ -187,8 +187,11 @@ pub struct IoCounters {
     pub rx_bytes: u64,
     /// Datagrams larger than [`crate::batch::MAX_DATAGRAM`] (dropped).
     pub rx_truncated: u64,
-    /// Receive errors, including io_uring running out of provided buffers (ENOBUFS).
+    /// Receive errors (bad address, failed receive).
     pub rx_errors: u64,
+    /// io_uring: the provided-buffer ring ran dry (ENOBUFS); the datagram stays queued in
+    /// the socket and the receive is re-armed, so this is back-pressure, not loss.
+    pub rx_nobufs: u64,
     /// io_uring: times the multishot receive was re-armed.
     pub rx_rearms: u64,
     /// Datagrams the kernel accepted for sending.

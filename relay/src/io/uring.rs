@@ -282,10 +282,12 @@ impl UringBackend {
         }
         let bid = cqueue::buffer_select(flags);
         if res < 0 {
-            if -res != libc::ECANCELED {
-                self.counters.rx_errors += 1;
-                if -res != libc::ENOBUFS {
-                    tracing::debug!(errno = -res, "io_uring recvmsg");
+            match -res {
+                libc::ECANCELED => {}
+                libc::ENOBUFS => self.counters.rx_nobufs += 1,
+                errno => {
+                    self.counters.rx_errors += 1;
+                    tracing::debug!(errno, "io_uring recvmsg");
                 }
             }
             if let Some(b) = bid {

@@ -156,6 +156,8 @@ pub struct WorkerStats {
     pub rx_bytes: AtomicU64,
     pub rx_truncated: AtomicU64,
     pub rx_errors: AtomicU64,
+    pub rx_rearms: AtomicU64,
+    pub rx_nobufs: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub tx_errors: AtomicU64,
@@ -178,6 +180,8 @@ pub struct StatsSnapshot {
     pub rx_bytes: u64,
     pub rx_truncated: u64,
     pub rx_errors: u64,
+    pub rx_rearms: u64,
+    pub rx_nobufs: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_errors: u64,
@@ -202,6 +206,8 @@ impl WorkerStats {
             rx_bytes: l(&self.rx_bytes),
             rx_truncated: l(&self.rx_truncated),
             rx_errors: l(&self.rx_errors),
+            rx_rearms: l(&self.rx_rearms),
+            rx_nobufs: l(&self.rx_nobufs),
             tx_packets: l(&self.tx_packets),
             tx_bytes: l(&self.tx_bytes),
             tx_errors: l(&self.tx_errors),
@@ -227,6 +233,8 @@ impl std::ops::Add for StatsSnapshot {
             rx_bytes: self.rx_bytes + o.rx_bytes,
             rx_truncated: self.rx_truncated + o.rx_truncated,
             rx_errors: self.rx_errors + o.rx_errors,
+            rx_rearms: self.rx_rearms + o.rx_rearms,
+            rx_nobufs: self.rx_nobufs + o.rx_nobufs,
             tx_packets: self.tx_packets + o.tx_packets,
             tx_bytes: self.tx_bytes + o.tx_bytes,
             tx_errors: self.tx_errors + o.tx_errors,
@@ -589,6 +597,8 @@ fn publish(
     st(&s.rx_bytes, c.rx_bytes);
     st(&s.rx_truncated, c.rx_truncated);
     st(&s.rx_errors, c.rx_errors);
+    st(&s.rx_rearms, c.rx_rearms);
+    st(&s.rx_nobufs, c.rx_nobufs);
     st(&s.tx_packets, c.tx_packets);
     st(&s.tx_bytes, c.tx_bytes);
     st(&s.tx_errors, c.tx_errors);
