@@ -264,7 +264,18 @@ impl Default for BackendParams {
 pub fn probe_io_uring() -> Result<(), IoError> {
     static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     PROBE
-        .get_or_init(|| uring::probe().map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            // On a throw-away thread: io_uring task work left behind by the probe ring must
+            // not interrupt (EINTR) later blocking calls of the caller's thread.
+            std::thread::Builder::new()
+                .name("sluice-uring-probe".into())
+                .spawn(|| uring::probe().map_err(|e| e.to_string()))
+                .map_err(|e| format!("spawning the probe thread: {e}"))
+                .and_then(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+                })
+        })
         .clone()
         .map_err(IoError::UringRefused)
 }
