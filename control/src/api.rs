@@ -449,7 +449,7 @@ impl Control {
             if let Some(other) = g.store.state().sessions.values().find(|s| s.peer == peer) {
                 return Err(Response::error(
                     409,
-                    format!("session {} already uses peer {peer}", other.id),
+                    format!("session {} already uses this peer address", other.id),
                 ));
             }
             let s = StoredSession {
@@ -782,6 +782,7 @@ fn parse_id(s: &str, what: &str) -> Result<u64, Response> {
     })
 }
 
+/// Error messages never echo the address: they are copied into the audit log (no peer IPs).
 fn parse_peer(s: &str) -> Result<SocketAddr, Response> {
     let a: SocketAddr = s.parse().map_err(|_| {
         bad_field(
