@@ -91,8 +91,8 @@ fn bind(addr: &ListenAddr) -> Result<Listener, DaemonError> {
     })
 }
 
-/// Run until SIGTERM/SIGINT. `ready` is called once the runtime file is written (tests and
-/// `sluicectl up` may pass a callback; the binary passes a no-op).
+/// Run until SIGTERM/SIGINT. Readiness is signalled by `control.json` appearing in the runtime
+/// directory and, under systemd, by `READY=1`.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
