@@ -6,3 +6,4 @@
 
 pub mod dtls;
 mod dtls_ffi;
+pub mod token;
