@@ -4,6 +4,7 @@
 //! Owns: the modules below. May not touch: sockets, shared memory, the HTTP server, the clock
 //! (time is passed in), global state.
 
+pub mod apps;
 pub mod dtls;
 mod dtls_ffi;
 pub mod token;
