@@ -637,6 +637,25 @@ mod tests {
         assert_eq!(header["kid"], "k1");
     }
 
+    /// A token minted by the Python snippet in docs/TOKENS.md (hashlib/hmac/base64 only,
+    /// `json.dumps` spacing) with key 0x5a×32, kid k1, now = 1700000000, ttl 300.
+    #[test]
+    fn verifies_token_from_documented_python_snippet() {
+        let t = "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCIsICJraWQiOiAiazEifQ.\
+eyJzdWIiOiAiYWxpY2UiLCAiYXBwIjogImFwcEEiLCAicm9vbSI6ICJibHVlIiwgInJvbGUiOiAidmlld2VyIiwgImlhdCI6IDE3MDAwMDAwMDAsICJuYmYiOiAxNzAwMDAwMDAwLCAiZXhwIjogMTcwMDAwMDMwMCwgImVtYWlsIjogImFsaWNlQGV4YW1wbGUuY29tIn0.\
+MOKghQG_5QPydD9um1_ySyOhKMSLoNskfDp87Ee_z-M";
+        let c = check(t, NOW + 10, Intent::Subscribe, &ok_policy()).unwrap();
+        assert_eq!(
+            (c.sub.as_str(), c.role, c.exp),
+            ("alice", Role::Viewer, NOW + 300)
+        );
+        assert_eq!(c.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(
+            check(t, NOW + 330, Intent::Subscribe, &ok_policy()),
+            Err(TokenError::Expired)
+        );
+    }
+
     #[test]
     fn malformed_tokens() {
         let p = ok_policy();
