@@ -798,6 +798,13 @@ mod tests {
             if to_server.is_empty() && to_client.is_empty() {
                 break;
             }
+            for d in to_server.iter().chain(&to_client) {
+                assert!(
+                    d.len() <= 1200,
+                    "datagram of {} bytes exceeds the MTU",
+                    d.len()
+                );
+            }
             for d in to_server {
                 match p.server.handle_datagram(now, &d) {
                     Ok(Some(k)) => sk = Some(k),
