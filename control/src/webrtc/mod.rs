@@ -6,6 +6,5 @@
 
 pub mod apps;
 pub mod dtls;
-mod dtls_ffi;
 pub mod sdp;
 pub mod token;
