@@ -250,11 +250,7 @@ impl Context {
         index: u64,
         f: impl FnOnce(&SessionKeys) -> R,
     ) -> R {
-        let r = if self.opts.kdr == 0 {
-            0
-        } else {
-            index / self.opts.kdr
-        };
+        let r = index.checked_div(self.opts.kdr).unwrap_or(0);
         let ks = self.keyset(which);
         if r == 0 {
             return f(if rtcp { &ks.rtcp } else { &ks.rtp });
@@ -494,9 +490,8 @@ impl Context {
         if slot.is_none() && self.used == self.streams.len() {
             return Err(Error::TooManyStreams);
         }
-        let index = u64::from(
-            transform::srtcp_eidx(&self.current.rtcp, buf, len) & !transform::E_FLAG,
-        );
+        let index =
+            u64::from(transform::srtcp_eidx(&self.current.rtcp, buf, len) & !transform::E_FLAG);
         self.replay_check(slot, true, index)?;
         let which = self.authenticate(buf, len, |ctx, which, buf| {
             if ctx.expired(which, true) {
@@ -504,7 +499,13 @@ impl Context {
             }
             let mut scratch = core::mem::take(&mut ctx.scratch);
             let res = ctx.with_keys(which, slot, true, index, |k| {
-                transform::unprotect_rtcp(k, buf, len, ssrc, scratch.get_mut(SCRATCH_LEN..).unwrap_or(&mut []))
+                transform::unprotect_rtcp(
+                    k,
+                    buf,
+                    len,
+                    ssrc,
+                    scratch.get_mut(SCRATCH_LEN..).unwrap_or(&mut []),
+                )
             });
             ctx.scratch = scratch;
             res
@@ -581,9 +582,105 @@ mod tests {
         assert_eq!(estimate_index(0x1_0005, 0xfff0).unwrap(), 0xfff0);
         assert_eq!(estimate_index(0x10, 0xfff0), Err(Error::TooOld));
         assert_eq!(estimate_index(0x3_1234, 0x1235).unwrap(), 0x3_1235);
+        assert_eq!(estimate_index(0xffff_ffff_fff0, 3), Err(Error::KeyExpired));
+    }
+
+    fn rtp(ssrc: u32, seq: u16, room: usize) -> (Vec<u8>, usize) {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0x42; 20]);
+        let n = p.len();
+        p.resize(n + room, 0);
+        (p, n)
+    }
+
+    fn rtcp(ssrc: u32, room: usize) -> (Vec<u8>, usize) {
+        let mut p = vec![0x80, 200, 0, 6];
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0x17; 20]);
+        let n = p.len();
+        p.resize(n + room, 0);
+        (p, n)
+    }
+
+    #[test]
+    fn master_key_lifetime_is_enforced() {
+        for profile in Profile::ALL {
+            let km = vec![5u8; profile.key_material_len()];
+            let key = MasterKey::new(profile, &km).unwrap();
+            let mut tx = Context::new(key, ContextOptions::default()).unwrap();
+            let mut rx = Context::new(key, ContextOptions::default()).unwrap();
+            tx.set_key_usage(SRTP_KEY_LIFETIME - 1, SRTCP_KEY_LIFETIME - 1);
+            rx.set_key_usage(SRTP_KEY_LIFETIME - 1, SRTCP_KEY_LIFETIME - 1);
+            // The last packet under the key goes through, the next one does not.
+            let (mut b, n) = rtp(1, 1, 16);
+            let s = tx.protect_rtp(&mut b, n).unwrap();
+            rx.unprotect_rtp(&mut b, s).unwrap();
+            let (mut b, n) = rtp(1, 2, 16);
+            assert_eq!(tx.protect_rtp(&mut b, n), Err(Error::KeyExpired));
+            let (mut c, m) = rtcp(1, 20);
+            let s = tx.protect_rtcp(&mut c, m).unwrap();
+            rx.unprotect_rtcp(&mut c, s).unwrap();
+            let (mut c, m) = rtcp(1, 20);
+            assert_eq!(tx.protect_rtcp(&mut c, m), Err(Error::KeyExpired));
+            // The receiver refuses too.
+            let mut tx2 = Context::new(key, ContextOptions::default()).unwrap();
+            let (mut b, n) = rtp(1, 3, 16);
+            let s = tx2.protect_rtp(&mut b, n).unwrap();
+            assert_eq!(rx.unprotect_rtp(&mut b, s), Err(Error::KeyExpired));
+            // A new master key restores service; stream state carries on.
+            let key2 = MasterKey::new(profile, &vec![6u8; profile.key_material_len()]).unwrap();
+            tx.install_key(key2).unwrap();
+            let (mut b, n) = rtp(1, 2, 16);
+            tx.protect_rtp(&mut b, n).unwrap();
+            assert_eq!(tx.roc(1), Some(0));
+        }
+    }
+
+    #[test]
+    fn srtcp_index_does_not_wrap() {
+        let key = MasterKey::new(Profile::AeadAes128Gcm, &[1u8; 28]).unwrap();
+        let mut tx = Context::new(key, ContextOptions::default()).unwrap();
+        let (mut c, m) = rtcp(9, 20);
+        tx.protect_rtcp(&mut c, m).unwrap();
+        tx.streams[0].rtcp.highest = SRTCP_INDEX_MAX - 1;
+        let (mut c, m) = rtcp(9, 20);
+        tx.protect_rtcp(&mut c, m).unwrap();
+        let (mut c, m) = rtcp(9, 20);
+        assert_eq!(tx.protect_rtcp(&mut c, m), Err(Error::KeyExpired));
+    }
+
+    #[test]
+    fn kdr_cache_follows_epochs() {
+        let key = MasterKey::new(Profile::Aes128CmSha1_80, &[3u8; 30]).unwrap();
+        let opts = ContextOptions {
+            kdr: 16,
+            ..ContextOptions::default()
+        };
+        let mut tx = Context::new(key, opts).unwrap();
+        let mut rx = Context::new(key, opts).unwrap();
+        let mut wire = Vec::new();
+        for seq in 0..64u16 {
+            let (mut b, n) = rtp(7, seq, 10);
+            let s = tx.protect_rtp(&mut b, n).unwrap();
+            b.truncate(s);
+            wire.push(b);
+        }
+        // In order up to epoch 3, then a late packet from epoch 1 (derived on the fly).
+        for w in &wire[..50] {
+            let mut b = w.clone();
+            rx.unprotect_rtp(&mut b, w.len()).unwrap();
+        }
+        let cached = |c: &Context| c.streams[0].cache.as_ref().unwrap()[0].as_ref().unwrap().r;
+        assert_eq!(cached(&rx), 3);
+        let mut late = wire[50].clone();
+        let mut b = wire[20].clone();
         assert_eq!(
-            estimate_index(0xffff_ffff_fff0, 3),
-            Err(Error::KeyExpired)
+            rx.unprotect_rtp(&mut b, wire[20].len()),
+            Err(Error::Replayed)
         );
+        rx.unprotect_rtp(&mut late, wire[50].len()).unwrap();
+        assert_eq!(cached(&rx), 3);
     }
 }

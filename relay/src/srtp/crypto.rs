@@ -23,6 +23,8 @@ type Block = GenericArray<u8, aes::cipher::consts::U16>;
 const PAR: usize = 8;
 
 /// An expanded AES encryption key, 128 or 256 bits.
+// Inline on purpose: boxing the larger schedule would add a pointer chase per packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum AesKey {
     A128(aes::Aes128Enc),

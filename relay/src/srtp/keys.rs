@@ -18,6 +18,8 @@ pub(crate) const LABEL_RTCP_SALT: u8 = 0x05;
 const AUTH_KEY_LEN: usize = 20;
 
 /// The ready-to-use keys of one direction of SRTP or SRTCP.
+// Inline on purpose (one per key set, not per packet); boxing would cost a pointer chase.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum SessionKeys {
     /// AES counter mode + HMAC-SHA1: cipher, 112-bit session salt, keyed MAC.
     Cm {

@@ -43,6 +43,7 @@ fn hex(s: &str, out: &mut [u8]) -> usize {
 pub(crate) const B2_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
 pub(crate) const B2_IV: &str = "F0F1F2F3F4F5F6F7F8F9FAFBFCFD0000";
 pub(crate) const B2_HEAD: &str = "E03EAD0935C95E80E166B16DD92B4EB4 D23513162B02D0F72A43A2FE4A5F97AB 41E95B3BB0A2E8DD477901E4FCA894C0";
+#[cfg(test)]
 pub(crate) const B2_TAIL: &str = "EC8CDF7398607CB0F2D21675EA9EA1E4 362B7C3C6773516318A077D7FC5073AE 6A2CC3787889374FBEB4C81B17BA6C44";
 
 /// (master key, master salt, cipher key, cipher salt, first 20 bytes of the auth key)
@@ -93,7 +94,8 @@ pub(crate) const CM_PACKETS: [(Profile, &str, &str); 4] = [
 ];
 
 /// RFC 7714 §16: session key 00 01 .. (16 or 32 bytes), salt "Quid pro quo".
-pub(crate) const GCM_KEY: &str = "000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f";
+pub(crate) const GCM_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f";
 pub(crate) const GCM_SALT: &str = "517569642070726f2071756f";
 pub(crate) const GCM_RTP_PLAIN: &str = "8040f17b8041f8d35501a0b2 47616c6c696120657374206f6d6e697320646976697361 20696e2070617274657320747265 73";
 pub(crate) const GCM_RTCP_PLAIN: &str = "81c8000d4d617273 4e5450314e545032525450200000042a0000e9304c756e61deadbeefdeadbeefdeadbeefdeadbeefdeadbeef";
@@ -246,6 +248,30 @@ mod tests {
     #[test]
     fn rfc3711_b3_key_derivation() {
         kdf_vector(&KDF_VECTORS[0]).unwrap();
+    }
+
+    /// Non-zero key derivation rate: r = index DIV kdr = 0x1234 (e.g. index 0x123456, kdr 2^8)
+    /// on the B.3 master key. Expected values computed independently with
+    /// `openssl enc -aes-128-ctr` on the RFC 3711 §4.3.1 input block (salt XOR label ‖ r).
+    #[test]
+    fn key_derivation_with_rate() {
+        let mut mk = [0u8; 16];
+        let mut ms = [0u8; 14];
+        hex(KDF_VECTORS[0].0, &mut mk);
+        hex(KDF_VECTORS[0].1, &mut ms);
+        let prf = AesKey::new(&mk);
+        let r = 0x0012_3456u64 / 256;
+        for (label, want) in [
+            (0u8, "7b1f30e6d4a053196c5433114031f202"),
+            (2, "9d67af0675445d47a7f82d82aafb"),
+            (1, "144416611b1e164486860aac79e8be5daf94f195"),
+        ] {
+            let mut w = [0u8; 20];
+            let n = hex(want, &mut w);
+            let mut got = [0u8; 20];
+            kdf(&prf, &ms, label, r, &mut got[..n]);
+            assert_eq!(got[..n], w[..n], "label {label}");
+        }
     }
 
     #[test]
