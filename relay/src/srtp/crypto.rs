@@ -3,8 +3,8 @@
 //! (style.md #11).
 //!
 //! - AES counter mode (RFC 3711 §4.1.1, RFC 6188 §3): RustCrypto `aes` (AES-NI picked at run
-//!   time) with our own keystream loop over `encrypt_blocks`, eight blocks per call so AES-NI
-//!   pipelines them.
+//!   time) driven by RustCrypto `ctr` (128-bit big-endian counter) over the borrowed, expanded
+//!   key, so AES-NI pipelines eight blocks at a time.
 //! - HMAC-SHA1 (RFC 3711 §4.2.1): RustCrypto `hmac` + `sha1` (SHA-NI picked at run time). The
 //!   keyed state (inner and outer pads already absorbed) is computed once per session key and
 //!   cloned per packet.
@@ -12,15 +12,14 @@
 //!
 //! Owns no protocol state. May not touch: packets' layout (that is `context.rs`), the clock.
 
-use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
+use aes::cipher::consts::U16;
+use aes::cipher::{
+    generic_array::GenericArray, BlockCipher, BlockEncrypt, BlockSizeUser, InnerIvInit, KeyInit,
+    StreamCipher,
+};
 use hmac::{Hmac, Mac};
 use ring::aead;
 use sha1::Sha1;
-
-type Block = GenericArray<u8, aes::cipher::consts::U16>;
-
-/// Blocks encrypted per `encrypt_blocks` call (AES-NI's parallel width in `aes` 0.8).
-const PAR: usize = 8;
 
 /// An expanded AES encryption key, 128 or 256 bits.
 // Inline on purpose: boxing the larger schedule would add a pointer chase per packet.
@@ -41,42 +40,22 @@ impl AesKey {
         }
     }
 
-    #[inline]
-    fn encrypt_blocks(&self, blocks: &mut [Block]) {
-        match self {
-            AesKey::A128(k) => k.encrypt_blocks(blocks),
-            AesKey::A256(k) => k.encrypt_blocks(blocks),
-        }
-    }
-
     /// XOR `data` with the AES counter-mode keystream starting at counter block `iv`
-    /// (RFC 3711 §4.1.1: block i is E(k, IV + i mod 2^128)).
+    /// (RFC 3711 §4.1.1: block i is E(k, IV + i mod 2^128)). RustCrypto `ctr` over a borrowed
+    /// key schedule: it runs the whole buffer inside one AES-NI backend call, eight blocks at a
+    /// time (measured 2.6x faster than our own loop over `encrypt_blocks`, see docs/SRTP.md).
     #[inline]
     pub(crate) fn xor_keystream(&self, iv: &[u8; 16], data: &mut [u8]) {
-        let base = u128::from_be_bytes(*iv);
-        let mut ctr: u128 = 0;
-        let mut blocks = [Block::default(); PAR];
-        for chunk in data.chunks_mut(16 * PAR) {
-            let n = chunk.len().div_ceil(16);
-            for b in blocks[..n].iter_mut() {
-                b.copy_from_slice(&base.wrapping_add(ctr).to_be_bytes());
-                ctr += 1;
-            }
-            self.encrypt_blocks(&mut blocks[..n]);
-            for (c, k) in chunk.chunks_mut(16).zip(blocks.iter()) {
-                if c.len() == 16 {
-                    let mut w = [0u8; 16];
-                    w.copy_from_slice(c);
-                    let mut kk = [0u8; 16];
-                    kk.copy_from_slice(k);
-                    let x = u128::from_ne_bytes(w) ^ u128::from_ne_bytes(kk);
-                    c.copy_from_slice(&x.to_ne_bytes());
-                } else {
-                    for (a, b) in c.iter_mut().zip(k.iter()) {
-                        *a ^= b;
-                    }
-                }
-            }
+        fn run<C>(c: C, iv: &[u8; 16], data: &mut [u8])
+        where
+            C: BlockEncrypt + BlockCipher + BlockSizeUser<BlockSize = U16>,
+        {
+            let core = ctr::CtrCore::<C, ctr::flavors::Ctr128BE>::inner_iv_init(c, iv.into());
+            ctr::Ctr128BE::<C>::from_core(core).apply_keystream(data);
+        }
+        match self {
+            AesKey::A128(k) => run(k, iv, data),
+            AesKey::A256(k) => run(k, iv, data),
         }
     }
 }
