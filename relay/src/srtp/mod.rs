@@ -16,6 +16,8 @@
 //       unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>
 //       protect_rtcp / unprotect_rtcp (same shape)
 //       install_key(&mut self, key: MasterKey)  — rotation without loss
+//       set_roc(&mut self, ssrc, roc) / roc(&self, ssrc) — ROC signalled out of band
+//   self_test()        — one published vector per profile; call at start-up
 //   `buf[..len]` is the packet; the result length is the new packet length in `buf`.
 //   protect needs `buf.len() >= len + profile.srtp_overhead()` (resp. srtcp_overhead()).
 
