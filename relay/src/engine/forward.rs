@@ -163,8 +163,9 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::RateLimited);
             return;
         }
+        let opts = self.index.opts;
         let publisher = &mut self.index.sessions[idx as usize];
-        let Some(rx) = publisher.rx.as_mut() else {
+        let Some(rx) = publisher.rx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
@@ -203,6 +204,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 sessions,
                 outputs,
                 streams,
+                opts,
                 ..
             } = &mut self.index;
             let o = &outputs[oi as usize];
@@ -211,7 +213,8 @@ impl<C: SrtpOps> Forwarder<C> {
                 _ => (seq, ts),
             };
             let sub = &mut sessions[o.sub as usize];
-            let Some(ctx) = sub.tx.as_mut() else {
+            let peer = sub.peer;
+            let Some(ctx) = sub.tx_ctx(*opts) else {
                 self.stats.drop(DropReason::Crypto);
                 continue;
             };
@@ -221,7 +224,7 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             let mut err = DropReason::Malformed;
             let rw = &o.rewrite;
-            let pushed = tx.push_with(sub.peer, |slot| {
+            let pushed = tx.push_with(peer, |slot| {
                 let dst = slot.get_mut(..n)?;
                 dst.copy_from_slice(plain);
                 if !rewrite_rtp(dst, rw, oseq, ots) {
@@ -249,8 +252,9 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::RateLimited);
             return;
         }
+        let opts = self.index.opts;
         let session = &mut self.index.sessions[idx as usize];
-        let Some(rx) = session.rx.as_mut() else {
+        let Some(rx) = session.rx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
@@ -337,6 +341,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 sessions,
                 outputs,
                 streams,
+                opts,
                 ..
             } = &mut self.index;
             let o = &outputs[oi as usize];
@@ -346,7 +351,8 @@ impl<C: SrtpOps> Forwarder<C> {
             };
             let out_ssrc = o.rewrite.ssrc;
             let sub = &mut sessions[o.sub as usize];
-            let Some(ctx) = sub.tx.as_mut() else {
+            let peer = sub.peer;
+            let Some(ctx) = sub.tx_ctx(*opts) else {
                 self.stats.drop(DropReason::Crypto);
                 continue;
             };
@@ -355,7 +361,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 continue;
             }
             let mut err = DropReason::Malformed;
-            let pushed = tx.push_with(sub.peer, |slot| {
+            let pushed = tx.push_with(peer, |slot| {
                 let w = copy_down(&plain[a..b], slot)?;
                 for p in rtcp::packets_mut(&mut slot[..w]) {
                     let Ok(mut p) = p else { return None };
@@ -418,8 +424,10 @@ impl<C: SrtpOps> Forwarder<C> {
             ssrc: orig,
             seq_off,
         } = up;
+        let opts = self.index.opts;
         let target = &mut self.index.sessions[publisher as usize];
-        let Some(ctx) = target.tx.as_mut() else {
+        let peer = target.peer;
+        let Some(ctx) = target.tx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
@@ -429,7 +437,7 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         let l = p.len();
         let mut err = DropReason::Malformed;
-        let pushed = tx.push_with(target.peer, |slot| {
+        let pushed = tx.push_with(peer, |slot| {
             let dst = slot.get_mut(..l)?;
             dst.copy_from_slice(p);
             if is_fir {

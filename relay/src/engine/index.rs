@@ -127,10 +127,10 @@ pub struct Session<C> {
     pub max_pps: u32,
     rx_key: MasterKey,
     tx_key: MasterKey,
-    /// Inbound context (the peer's key); `None` when it could not be set up (drop `Crypto`).
-    pub rx: Option<C>,
-    /// Outbound context (the relay's key towards the peer).
-    pub tx: Option<C>,
+    /// Inbound context (the peer's key), created at the first packet from the peer.
+    rx: Lazy<C>,
+    /// Outbound context (the relay's key towards the peer), created at the first packet to it.
+    tx: Lazy<C>,
     /// Rate-limit window start and packets in it.
     pub rate_window: Option<Instant>,
     pub rate_count: u32,
@@ -146,7 +146,7 @@ pub struct Session<C> {
 }
 
 impl<C: SrtpOps> Session<C> {
-    fn new(rec: &SessionRecord, opts: ContextOptions) -> Session<C> {
+    fn new(rec: &SessionRecord) -> Session<C> {
         Session {
             id: rec.id,
             peer: normalize(rec.peer),
@@ -156,8 +156,8 @@ impl<C: SrtpOps> Session<C> {
             max_pps: rec.max_pps,
             rx_key: rec.rx_key,
             tx_key: rec.tx_key,
-            rx: C::create(rec.rx_key, opts).ok(),
-            tx: C::create(rec.tx_key, opts).ok(),
+            rx: Lazy::Idle,
+            tx: Lazy::Idle,
             rate_window: None,
             rate_count: 0,
             groups: 0..0,
@@ -172,18 +172,18 @@ impl<C: SrtpOps> Session<C> {
     /// Carry the session over to a new generation: only a key change touches SRTP state, and
     /// a key of the same profile is installed into the existing context (rotation without
     /// loss); a profile change starts a fresh context.
-    fn update(&mut self, rec: &SessionRecord, opts: ContextOptions) {
+    fn update(&mut self, rec: &SessionRecord) {
         self.peer = normalize(rec.peer);
         self.role = rec.role;
         self.flags = rec.flags;
         self.max_pps = rec.max_pps;
         // Only a key change (announced by a new key_epoch) touches SRTP state.
         if rec.rx_key != self.rx_key {
-            self.rx = rekey(self.rx.take(), self.rx_key, rec.rx_key, opts);
+            self.rx.rekey(rec.rx_key);
             self.rx_key = rec.rx_key;
         }
         if rec.tx_key != self.tx_key {
-            self.tx = rekey(self.tx.take(), self.tx_key, rec.tx_key, opts);
+            self.tx.rekey(rec.tx_key);
             self.tx_key = rec.tx_key;
         }
         self.key_epoch = rec.key_epoch;
@@ -218,18 +218,53 @@ impl<C: SrtpOps> Session<C> {
     }
 }
 
-fn rekey<C: SrtpOps>(
-    ctx: Option<C>,
-    old: MasterKey,
-    new: MasterKey,
-    opts: ContextOptions,
-) -> Option<C> {
-    match ctx {
-        Some(mut c) if old.profile() == new.profile() => match c.rekey(new) {
-            Ok(()) => Some(c),
-            Err(_) => C::create(new, opts).ok(),
-        },
-        _ => C::create(new, opts).ok(),
+/// An SRTP context created on first use: a worker only pays for the sessions whose packets
+/// it actually handles (SO_REUSEPORT spreads peers over workers).
+enum Lazy<C> {
+    Idle,
+    Ready(C),
+    /// Creation failed for this key (drop `Crypto` until the key changes).
+    Failed,
+}
+
+impl<C: SrtpOps> Lazy<C> {
+    #[inline]
+    fn get(&mut self, key: &MasterKey, opts: ContextOptions) -> Option<&mut C> {
+        if let Lazy::Idle = self {
+            *self = match C::create(*key, opts) {
+                Ok(c) => Lazy::Ready(c),
+                Err(_) => Lazy::Failed,
+            };
+        }
+        match self {
+            Lazy::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Install a new key: into the live context when the profile is the same (rotation
+    /// without loss), else start over lazily with the new key.
+    fn rekey(&mut self, new: MasterKey) {
+        if let Lazy::Ready(c) = self {
+            if c.rekey(new).is_ok() {
+                return;
+            }
+        }
+        *self = Lazy::Idle;
+    }
+}
+
+impl<C: SrtpOps> Session<C> {
+    /// The inbound context (created now if this is the first packet from the peer).
+    #[inline]
+    pub fn rx_ctx(&mut self, opts: ContextOptions) -> Option<&mut C> {
+        self.rx.get(&self.rx_key, opts)
+    }
+
+    /// The outbound context (created now if this is the first packet to the peer).
+    #[inline]
+    pub fn tx_ctx(&mut self, opts: ContextOptions) -> Option<&mut C> {
+        self.tx.get(&self.tx_key, opts)
     }
 }
 
@@ -277,8 +312,6 @@ pub struct Upstream {
 pub struct RebuildReport {
     pub sessions: usize,
     pub routes: usize,
-    /// Sessions whose inbound or outbound context could not be set up.
-    pub crypto_failures: usize,
     /// Routes skipped: unknown session, non-publishing source, or pending subscriber.
     pub skipped_routes: usize,
     /// Sessions not reachable by address because another session has the same peer.
@@ -294,7 +327,7 @@ pub struct Index<C> {
     pub feeds: Vec<Feed>,
     pub streams: Vec<Continuity>,
     stream_keys: Vec<(SessionId, u32)>,
-    opts: ContextOptions,
+    pub opts: ContextOptions,
     // Rebuild scratch, kept for its capacity.
     old: HashMap<SessionId, Session<C>>,
     by_id: HashMap<SessionId, u32>,
@@ -436,14 +469,11 @@ impl<C: SrtpOps> Index<C> {
             }
             let s = match self.old.remove(&rec.id) {
                 Some(mut s) => {
-                    s.update(rec, self.opts);
+                    s.update(rec);
                     s
                 }
-                None => Session::new(rec, self.opts),
+                None => Session::new(rec),
             };
-            if s.rx.is_none() || s.tx.is_none() {
-                rep.crypto_failures += 1;
-            }
             let idx = self.sessions.len() as u32;
             self.by_id.insert(s.id, idx);
             if !s.pending() {
