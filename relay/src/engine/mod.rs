@@ -194,5 +194,30 @@ impl<C: SrtpOps> Engine<C> {
     }
 }
 
+/// The worker loop drives the engine: `now` comes from the worker's one clock read per turn.
+impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
+    #[inline]
+    fn begin_batch(&mut self, now: Instant) {
+        Engine::begin_batch(self, now);
+    }
+
+    #[inline]
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
+        self.fwd.handle(src, buf, len, tx, slow);
+    }
+
+    #[inline]
+    fn end_batch(&mut self, _tx: &mut TxQueue, _slow: &mut TxQueue) {
+        Engine::end_batch(self);
+    }
+}
+
 #[cfg(test)]
 mod tests;
