@@ -20,10 +20,15 @@
 //   protect needs `buf.len() >= len + profile.srtp_overhead()` (resp. srtcp_overhead()).
 
 mod context;
+mod crypto;
+mod keys;
 mod profile;
+mod transform;
+mod vectors;
 
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, SRTCP_KEY_LIFETIME, SRTP_KEY_LIFETIME};
 pub use profile::{KeyParseError, MasterKey, Profile};
+pub use vectors::self_test;
 
 /// Why a packet could not be protected or unprotected. One variant per drop reason;
 /// the engine maps each to its own counter.
@@ -56,4 +61,8 @@ pub enum Error {
     /// The context already tracks its maximum number of SSRCs.
     #[error("too many streams in this context")]
     TooManyStreams,
+    /// `ContextOptions` out of range: kdr not 0 or a power of two ≤ 2^24, replay window above
+    /// 2^15, or zero streams.
+    #[error("invalid SRTP context options")]
+    InvalidOptions,
 }

@@ -1,0 +1,184 @@
+//! The crypto backend: every cipher, MAC and AEAD call of the SRTP transforms goes through this
+//! file, so a reference backend can be swapped in here without touching the protocol code
+//! (style.md #11).
+//!
+//! - AES counter mode (RFC 3711 §4.1.1, RFC 6188 §3): RustCrypto `aes` (AES-NI picked at run
+//!   time) with our own keystream loop over `encrypt_blocks`, eight blocks per call so AES-NI
+//!   pipelines them.
+//! - HMAC-SHA1 (RFC 3711 §4.2.1): RustCrypto `hmac` + `sha1` (SHA-NI picked at run time). The
+//!   keyed state (inner and outer pads already absorbed) is computed once per session key and
+//!   cloned per packet.
+//! - AES-GCM (RFC 7714): `ring`'s `LessSafeKey`, sealing and opening in place with a separate tag.
+//!
+//! Owns no protocol state. May not touch: packets' layout (that is `context.rs`), the clock.
+
+use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
+use hmac::{Hmac, Mac};
+use ring::aead;
+use sha1::Sha1;
+
+type Block = GenericArray<u8, aes::cipher::consts::U16>;
+
+/// Blocks encrypted per `encrypt_blocks` call (AES-NI's parallel width in `aes` 0.8).
+const PAR: usize = 8;
+
+/// An expanded AES encryption key, 128 or 256 bits.
+#[derive(Clone)]
+pub(crate) enum AesKey {
+    A128(aes::Aes128Enc),
+    A256(aes::Aes256Enc),
+}
+
+impl AesKey {
+    /// `key` must be 16 or 32 bytes; callers pass `Profile::key_len()` bytes.
+    pub(crate) fn new(key: &[u8]) -> AesKey {
+        match key.len() {
+            16 => AesKey::A128(aes::Aes128Enc::new(GenericArray::from_slice(key))),
+            // Profile::key_len() is 16 or 32, so anything else is the 32-byte case.
+            _ => AesKey::A256(aes::Aes256Enc::new(GenericArray::from_slice(&key[..32]))),
+        }
+    }
+
+    #[inline]
+    fn encrypt_blocks(&self, blocks: &mut [Block]) {
+        match self {
+            AesKey::A128(k) => k.encrypt_blocks(blocks),
+            AesKey::A256(k) => k.encrypt_blocks(blocks),
+        }
+    }
+
+    /// XOR `data` with the AES counter-mode keystream starting at counter block `iv`
+    /// (RFC 3711 §4.1.1: block i is E(k, IV + i mod 2^128)).
+    #[inline]
+    pub(crate) fn xor_keystream(&self, iv: &[u8; 16], data: &mut [u8]) {
+        let base = u128::from_be_bytes(*iv);
+        let mut ctr: u128 = 0;
+        let mut blocks = [Block::default(); PAR];
+        for chunk in data.chunks_mut(16 * PAR) {
+            let n = chunk.len().div_ceil(16);
+            for b in blocks[..n].iter_mut() {
+                b.copy_from_slice(&base.wrapping_add(ctr).to_be_bytes());
+                ctr += 1;
+            }
+            self.encrypt_blocks(&mut blocks[..n]);
+            for (c, k) in chunk.chunks_mut(16).zip(blocks.iter()) {
+                if c.len() == 16 {
+                    let mut w = [0u8; 16];
+                    w.copy_from_slice(c);
+                    let mut kk = [0u8; 16];
+                    kk.copy_from_slice(k);
+                    let x = u128::from_ne_bytes(w) ^ u128::from_ne_bytes(kk);
+                    c.copy_from_slice(&x.to_ne_bytes());
+                } else {
+                    for (a, b) in c.iter_mut().zip(k.iter()) {
+                        *a ^= b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AES-CM PRF of RFC 3711 §4.3.1/§4.3.3 (RFC 6188 §3 for AES-256): `x` = label ‖ r XORed
+/// into the 112-bit master salt, keystream from IV = x · 2^16, keyed with the master key.
+/// `master_salt` is 14 bytes, or 12 for GCM (RFC 7714 §11: zero-padded on the right).
+pub(crate) fn kdf(master: &AesKey, master_salt: &[u8], label: u8, r: u64, out: &mut [u8]) {
+    let mut iv = [0u8; 16];
+    let n = master_salt.len().min(14);
+    iv[..n].copy_from_slice(&master_salt[..n]);
+    iv[7] ^= label;
+    let rb = r.to_be_bytes(); // r is at most 48 bits: bytes 2..8
+    for i in 0..6 {
+        iv[8 + i] ^= rb[2 + i];
+    }
+    out.fill(0);
+    master.xor_keystream(&iv, out);
+}
+
+/// HMAC-SHA1 keyed once; [`HmacSha1::tag`] clones the keyed state per packet.
+#[derive(Clone)]
+pub(crate) struct HmacSha1(Hmac<Sha1>);
+
+impl HmacSha1 {
+    pub(crate) fn new(key: &[u8]) -> HmacSha1 {
+        // HMAC accepts keys of any length, so this cannot fail.
+        HmacSha1(<Hmac<Sha1> as Mac>::new_from_slice(key).expect("HMAC takes any key length"))
+    }
+
+    /// HMAC-SHA1 over `a ‖ b` (RFC 3711 §4.2: authenticated portion ‖ ROC).
+    #[inline]
+    pub(crate) fn tag(&self, a: &[u8], b: &[u8]) -> [u8; 20] {
+        let mut m = self.0.clone();
+        m.update(a);
+        m.update(b);
+        m.finalize().into_bytes().into()
+    }
+}
+
+/// Constant-time comparison of two equal-length tags.
+#[inline]
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut acc = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        acc |= x ^ y;
+    }
+    core::hint::black_box(acc) == 0
+}
+
+/// AES-GCM with a 16-byte tag (RFC 7714 §7–§9).
+pub(crate) struct Gcm(aead::LessSafeKey);
+
+impl Gcm {
+    pub(crate) fn new(key: &[u8]) -> Gcm {
+        let alg = if key.len() == 16 {
+            &aead::AES_128_GCM
+        } else {
+            &aead::AES_256_GCM
+        };
+        // The key length matches the algorithm (16 or 32 bytes, from the profile).
+        Gcm(aead::LessSafeKey::new(
+            aead::UnboundKey::new(alg, key).expect("GCM key length matches the profile"),
+        ))
+    }
+
+    /// Encrypt `data` in place; returns the tag.
+    #[inline]
+    pub(crate) fn seal(&self, nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                data,
+            )
+            // ring refuses only inputs longer than GCM's 2^36-byte limit; a packet is far shorter.
+            .expect("GCM input length is within limits");
+        let mut t = [0u8; 16];
+        t.copy_from_slice(tag.as_ref());
+        t
+    }
+
+    /// Authenticate and decrypt `data` in place. On failure `data` is zeroed (ring's behaviour).
+    #[inline]
+    pub(crate) fn open(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: [u8; 16],
+    ) -> Result<(), ()> {
+        self.0
+            .open_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                aead::Tag::from(tag),
+                data,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| ())
+    }
+}
