@@ -20,6 +20,34 @@ pub trait SrtpOps: Sized {
     fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
 }
 
+/// Production: the SRTP contexts of [`crate::srtp`].
+impl SrtpOps for crate::srtp::Context {
+    #[inline]
+    fn create(key: MasterKey, opts: ContextOptions) -> Result<Self, Error> {
+        crate::srtp::Context::new(key, opts)
+    }
+    #[inline]
+    fn rekey(&mut self, key: MasterKey) -> Result<(), Error> {
+        self.install_key(key)
+    }
+    #[inline]
+    fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::protect_rtp(self, buf, len)
+    }
+    #[inline]
+    fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::unprotect_rtp(self, buf, len)
+    }
+    #[inline]
+    fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::protect_rtcp(self, buf, len)
+    }
+    #[inline]
+    fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::unprotect_rtcp(self, buf, len)
+    }
+}
+
 /// The drop counter for an SRTP failure on the receive side (RFC 3711 §3.3: replay check,
 /// authentication, then decryption; each failure has its own counter).
 pub fn rx_drop_reason(e: Error) -> DropReason {

@@ -19,7 +19,7 @@ const SR_FIXED_LEN: usize = 28;
 const MAX_RTCP_PACKETS: usize = 16;
 
 /// The forwarding logic of one worker over its [`Index`], with batch statistics.
-pub struct Forwarder<C> {
+pub struct Forwarder<C = crate::srtp::Context> {
     index: Index<C>,
     stats: Stats,
     now: Option<Instant>,

@@ -60,7 +60,7 @@ impl Default for EngineConfig {
 }
 
 /// One worker's engine: a [`Forwarder`] fed from shared memory.
-pub struct Engine<C: SrtpOps> {
+pub struct Engine<C: SrtpOps = crate::srtp::Context> {
     shm: Arc<ShmReader>,
     worker: usize,
     clock: Option<Clock>,
