@@ -1,1 +1,250 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: temp dirs, SRTP peers on loopback UDP sockets,
+//! and a `sluice-relay` child process.
+#![deny(unsafe_code)]
+
+use relay::batch::MAX_DATAGRAM;
+use relay::shm::{Role, SessionRecord};
+use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p = std::env::temp_dir().join(format!(
+            "sluice-e2e-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic, distinct key material (tests need no secrecy, only independence).
+pub fn test_key(profile: Profile, seed: u64) -> MasterKey {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let bytes: Vec<u8> = (0..profile.key_material_len())
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    MasterKey::new(profile, &bytes).expect("length matches the profile")
+}
+
+pub fn srtp_options() -> ContextOptions {
+    ContextOptions {
+        max_streams: 64,
+        ..ContextOptions::default()
+    }
+}
+
+/// A media peer: a loopback UDP socket, the key it encrypts with and the key it decrypts with.
+pub struct Peer {
+    pub id: u64,
+    pub role: Role,
+    pub sock: UdpSocket,
+    pub send_key: MasterKey,
+    pub recv_key: MasterKey,
+    pub send: Context,
+    pub recv: Context,
+}
+
+impl Peer {
+    pub fn new(id: u64, role: Role, profile: Profile) -> Peer {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("set timeout");
+        let send_key = test_key(profile, id * 2);
+        let recv_key = test_key(profile, id * 2 + 1);
+        Peer {
+            id,
+            role,
+            sock,
+            send_key,
+            recv_key,
+            send: Context::new(send_key, srtp_options()).expect("context"),
+            recv: Context::new(recv_key, srtp_options()).expect("context"),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().expect("local addr")
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord {
+            id: self.id,
+            peer: self.addr(),
+            role: self.role,
+            rx_key: self.send_key,
+            tx_key: self.recv_key,
+            key_epoch: 1,
+            flags: 0,
+            max_pps: 0,
+        }
+    }
+
+    /// Send one SRTP packet to `relay`.
+    pub fn send_rtp(&mut self, relay: SocketAddr, ssrc: u32, seq: u16, payload: &[u8]) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut h = vec![0x80u8, 96];
+        h.extend_from_slice(&seq.to_be_bytes());
+        h.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+        h.extend_from_slice(&ssrc.to_be_bytes());
+        buf[..12].copy_from_slice(&h);
+        buf[12..12 + payload.len()].copy_from_slice(payload);
+        let n = self
+            .send
+            .protect_rtp(&mut buf, 12 + payload.len())
+            .expect("protect");
+        self.sock.send_to(&buf[..n], relay).expect("send");
+    }
+
+    /// Receive and decrypt SRTP until `want` packets arrived or `idle` passed without any.
+    /// Returns (ssrc, seq, payload) of each; panics on a packet that does not decrypt.
+    pub fn recv_rtp(&mut self, want: usize, idle: Duration) -> Vec<(u32, u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut last = Instant::now();
+        while out.len() < want && last.elapsed() < idle {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    last = Instant::now();
+                    let m = self
+                        .recv
+                        .unprotect_rtp(&mut buf, n)
+                        .unwrap_or_else(|e| panic!("peer {}: undecryptable packet: {e}", self.id));
+                    let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                    let seq = u16::from_be_bytes([buf[2], buf[3]]);
+                    out.push((ssrc, seq, buf[12..m].to_vec()));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        out
+    }
+}
+
+/// A free loopback UDP port (bound once, then released).
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// The `sluice-relay` binary beside this test executable (target/<profile>/), built on
+/// demand with the `cargo` that runs the tests.
+pub fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/sluice-relay
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let bin = dir.join("sluice-relay");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "sluice-relay", "--bin", "sluice-relay"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building sluice-relay failed");
+    }
+    bin
+}
+
+/// A running `sluice-relay`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct RelayProcess {
+    pub child: Child,
+    pub media: SocketAddr,
+    pub backend: String,
+}
+
+impl RelayProcess {
+    /// Start the relay on `bind` with shared memory at `shm`, one worker, no slow path.
+    pub fn start(shm: &Path, bind: SocketAddr, backend: &str) -> RelayProcess {
+        let mut child = Command::new(relay_binary())
+            .arg("--shm")
+            .arg(shm)
+            .args(["--bind", &bind.to_string(), "--workers", "1"])
+            .args(["--backend", backend, "--slow-path", "none", "--no-pin"])
+            .args(["--shm-wait", "10"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice-relay");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read relay stdout");
+        // "sluice-relay media=IP:PORT backend=NAME workers=N"
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("relay did not report {k}: {line:?}"))
+                .to_string()
+        };
+        let media = field("media=").parse().expect("media address");
+        let backend = field("backend=");
+        RelayProcess {
+            child,
+            media,
+            backend,
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}

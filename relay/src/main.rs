@@ -1,3 +1,247 @@
+//! `sluice-relay`: the data-plane daemon.
+//!
+//! Start-up: SRTP self-test (known-answer vectors), configuration (`--config FILE`, else the
+//! embedded default; `--bind/--shm/--workers/--backend/--slow-path` override it), map the
+//! shared-memory file control creates (waiting for it with a clear message), spawn one pinned
+//! worker per core with the forwarding engine as handler, publish the relay's info, tell
+//! systemd `READY=1`. Then once a second: a heartbeat for every worker whose loop advanced,
+//! `WATCHDOG=1` while every worker is alive. SIGTERM/SIGINT stop the workers cleanly.
+//!
+//! The relay keeps no state of its own: a restarted relay reads sessions, keys and routes
+//! from shared memory and forwards at once.
+
+use clap::Parser;
+use relay::config::Config;
+use relay::engine::{Engine, EngineConfig};
+use relay::io::{BackendKind, SocketBuffers};
+use relay::shm::ShmReader;
+use relay::worker::{spawn_workers, WorkerConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice-relay", version, about = "Sluice SRTP relay data plane")]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded default configuration.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override `relay.bind` (the UDP media address).
+    #[arg(long, value_name = "IP:PORT")]
+    bind: Option<SocketAddr>,
+    /// Override `shm.path`.
+    #[arg(long, value_name = "PATH")]
+    shm: Option<PathBuf>,
+    /// Override `relay.workers` (0 = one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Override `relay.backend`: auto, io_uring or mmsg.
+    #[arg(long)]
+    backend: Option<BackendKind>,
+    /// Override `control.slow_path` (control's unix socket for STUN/DTLS); `none` disables.
+    #[arg(long, value_name = "PATH")]
+    slow_path: Option<PathBuf>,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// How long to wait for control to create the shared-memory file (seconds; 0 = forever).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    shm_wait: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// systemd's notify protocol: one datagram to `$NOTIFY_SOCKET` (a path, or `@abstract`).
+fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Map the shm file, waiting for control to create it.
+fn open_shm(path: &Path, wait: u64, stop: &AtomicBool) -> Result<ShmReader, String> {
+    let start = Instant::now();
+    let mut last_note: Option<Instant> = None;
+    loop {
+        match ShmReader::open(path) {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                if wait != 0 && start.elapsed() >= Duration::from_secs(wait) {
+                    return Err(format!(
+                        "shared memory {} not usable after {wait} s: {e}",
+                        path.display()
+                    ));
+                }
+                if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    tracing::warn!(
+                        path = %path.display(), error = %e,
+                        "waiting for sluice-control to create the shared-memory file"
+                    );
+                    last_note = Some(Instant::now());
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Err("stopped while waiting for shared memory".into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    relay::srtp::self_test().map_err(|e| format!("SRTP self-test failed: {e}"))?;
+
+    let cfg = match &cli.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::embedded_default(),
+    };
+    let shm_path = cli.shm.clone().unwrap_or_else(|| cfg.shm.path.clone());
+    let backend = match cli.backend {
+        Some(b) => b,
+        None => match cfg.relay.backend {
+            relay::config::Backend::Auto => BackendKind::Auto,
+            relay::config::Backend::IoUring => BackendKind::IoUring,
+            relay::config::Backend::Mmsg => BackendKind::Mmsg,
+        },
+    };
+    let workers = cli.workers.unwrap_or(cfg.relay.workers as usize);
+    let slow_path = match &cli.slow_path {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None if cfg.control.slow_path.as_os_str().is_empty() => None,
+        None => Some(cfg.control.slow_path.clone()),
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("installing signal handler: {e}"))?;
+    }
+
+    let reader = Arc::new(open_shm(&shm_path, cli.shm_wait, &stop)?);
+    tracing::info!(path = %shm_path.display(), generation = reader.generation(), "shared memory mapped");
+    let slots = reader.capacity().workers as usize;
+
+    let wcfg = WorkerConfig {
+        bind: cli.bind.unwrap_or(cfg.relay.bind),
+        workers: (workers != 0).then_some(workers),
+        backend,
+        batch: cfg.relay.batch.max(1) as usize,
+        tx_capacity: (cfg.relay.batch.max(1) as usize * 8).max(256),
+        socket_buffers: SocketBuffers {
+            recv: cfg.relay.recv_buffer_bytes as usize,
+            send: cfg.relay.send_buffer_bytes as usize,
+        },
+        stall_threshold: Duration::from_millis(u64::from(cfg.relay.stall_threshold_ms)),
+        pin: !cli.no_pin,
+        slow_path,
+        ..WorkerConfig::default()
+    };
+    let srtp = cfg.srtp.context_options();
+    let r = reader.clone();
+    let running = spawn_workers(wcfg, move |i| {
+        <Engine>::new(
+            r.clone(),
+            EngineConfig {
+                worker: i,
+                srtp,
+                clock: Some(Instant::now),
+            },
+        )
+    })
+    .map_err(|e| e.to_string())?;
+    let n = running.len();
+    if n > slots {
+        tracing::warn!(
+            workers = n,
+            counter_slots = slots,
+            "more workers than shared-memory counter blocks; the extra workers are not counted"
+        );
+    }
+    let started = unix_ms();
+    reader.set_relay_info(
+        std::process::id(),
+        running.backend().as_str(),
+        n as u32,
+        started,
+    );
+    tracing::info!(
+        addr = %running.local_addr(), workers = n, backend = %running.backend(),
+        fallback = running.fallback_reason().unwrap_or(""),
+        "sluice-relay forwarding"
+    );
+    // One machine-readable line for supervisors and tests.
+    println!(
+        "sluice-relay media={} backend={} workers={n}",
+        running.local_addr(),
+        running.backend()
+    );
+    sd_notify("READY=1");
+
+    let watchdog = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|us| Duration::from_micros(us / 2));
+    let tick = watchdog
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut turns: Vec<u64> = vec![0; n];
+    let mut last_alive: Vec<Instant> = vec![Instant::now(); n];
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick.min(Duration::from_millis(200)));
+        let now = Instant::now();
+        let ms = unix_ms();
+        for (i, st) in running.stats().iter().enumerate() {
+            // A worker whose loop advanced is alive (idle loops still turn every poll interval).
+            let t = st.turns.load(Ordering::Relaxed);
+            if t != turns[i] {
+                turns[i] = t;
+                last_alive[i] = now;
+                reader.heartbeat(i, ms);
+            }
+        }
+        if watchdog.is_some() && last_alive.iter().all(|t| now.duration_since(*t) < tick * 2) {
+            sd_notify("WATCHDOG=1");
+        }
+    }
+    tracing::info!("stopping");
+    sd_notify("STOPPING=1");
+    running.stop().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn main() {
-    eprintln!("sluice-relay: under construction");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        tracing::error!("{e}");
+        eprintln!("sluice-relay: {e}");
+        std::process::exit(1);
+    }
 }

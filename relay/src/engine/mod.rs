@@ -1,1 +1,223 @@
-//! (module under construction)
+//! Per-worker forwarding: demultiplex, session lookup, SRTP, routing, rewrite, re-protect.
+//!
+//! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
+//! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
+//! continuity), the per-datagram path, and the batch statistics written to the worker's
+//! counter block. May not touch: sockets (the [`crate::io`] backends send what it queues),
+//! the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
+//! allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path as built.
+//!
+//! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive
+//! directly); [`Engine`] adds the shared-memory reader (generation check once per batch) and
+//! counter flushing.
+
+mod continuity;
+mod crypto;
+mod forward;
+mod index;
+mod stats;
+
+pub use continuity::Continuity;
+pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
+pub use forward::Forwarder;
+pub use index::{normalize, RebuildReport};
+pub use stats::Stats;
+
+use crate::batch::TxQueue;
+use crate::shm::{RouteRecord, SessionRecord, ShmReader};
+use crate::srtp::ContextOptions;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where the engine gets the end-of-batch time for its processing-time histogram. The engine
+/// never reads the clock itself: the worker's binary passes `Instant::now`, tests a fake.
+pub type Clock = fn() -> Instant;
+
+/// Engine tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// This worker's index (its counter block in shared memory).
+    pub worker: usize,
+    /// Options for every SRTP context. `max_streams` bounds the SSRCs one session direction
+    /// tracks: an outbound context carries one stream per SSRC the subscriber receives.
+    pub srtp: ContextOptions,
+    /// Read once at the end of each batch (for the batch-time histogram); `None` records 0.
+    pub clock: Option<Clock>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            worker: 0,
+            srtp: ContextOptions {
+                max_streams: 64,
+                ..ContextOptions::default()
+            },
+            clock: None,
+        }
+    }
+}
+
+/// One worker's engine: a [`Forwarder`] fed from shared memory.
+pub struct Engine<C: SrtpOps = crate::srtp::Context> {
+    shm: Arc<ShmReader>,
+    worker: usize,
+    clock: Option<Clock>,
+    /// The generation the index was built from; `None` forces a rebuild.
+    indexed: Option<u64>,
+    fwd: Forwarder<C>,
+    session_buf: Vec<SessionRecord>,
+    route_buf: Vec<RouteRecord>,
+    batch_start: Option<Instant>,
+    totals: Stats,
+    last_rebuild: RebuildReport,
+    rebuilds: u64,
+}
+
+impl<C: SrtpOps> Engine<C> {
+    /// An engine reading `shm`; the index is built at the first [`Engine::begin_batch`].
+    pub fn new(shm: Arc<ShmReader>, cfg: EngineConfig) -> Engine<C> {
+        Engine {
+            shm,
+            worker: cfg.worker,
+            clock: cfg.clock,
+            indexed: None,
+            fwd: Forwarder::new(cfg.srtp),
+            session_buf: Vec::new(),
+            route_buf: Vec::new(),
+            batch_start: None,
+            totals: Stats::default(),
+            last_rebuild: RebuildReport::default(),
+            rebuilds: 0,
+        }
+    }
+
+    /// Start a batch at `now`: one generation load; a rebuild when control changed anything.
+    pub fn begin_batch(&mut self, now: Instant) {
+        self.batch_start = Some(now);
+        self.fwd.set_now(now);
+        self.refresh();
+    }
+
+    /// Rebuild the index if the shared-memory generation moved. Returns true if it rebuilt.
+    pub fn refresh(&mut self) -> bool {
+        // Read the generation before scanning (ShmReader contract): a change during the scan
+        // leaves a newer generation behind and the next batch rebuilds again.
+        let g = self.shm.generation();
+        if self.indexed == Some(g) {
+            return false;
+        }
+        self.session_buf.clear();
+        self.route_buf.clear();
+        let sessions = &mut self.session_buf;
+        let rs = self.shm.for_each_session(|s| sessions.push(*s));
+        let routes = &mut self.route_buf;
+        let rr = self.shm.for_each_route(|r| routes.push(*r));
+        // A slot the writer held locked through the retry budget: index what we have, and try
+        // again at the next batch.
+        self.indexed = if rs.busy == 0 && rr.busy == 0 {
+            Some(g)
+        } else {
+            None
+        };
+        self.last_rebuild = self.fwd.rebuild(&mut self.session_buf, &mut self.route_buf);
+        self.rebuilds += 1;
+        tracing::debug!(
+            worker = self.worker,
+            generation = g,
+            sessions = self.last_rebuild.sessions,
+            routes = self.last_rebuild.routes,
+            "index rebuilt"
+        );
+        true
+    }
+
+    /// Handle one datagram (see [`Forwarder::handle`]).
+    #[inline]
+    pub fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
+        self.fwd.handle(src, buf, len, tx, slow);
+    }
+
+    /// End the batch: add its statistics and processing time (measured with the configured
+    /// [`Clock`]) to this worker's counter block.
+    pub fn end_batch(&mut self) {
+        let now = self.clock.map(|c| c());
+        self.end_batch_at(now);
+    }
+
+    /// [`Engine::end_batch`] with the end time given (`None`: no time recorded).
+    pub fn end_batch_at(&mut self, now: Option<Instant>) {
+        let s = self.fwd.take_stats();
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            s.flush_to(c);
+            if s.rx_packets != 0 {
+                let nanos = match (self.batch_start, now) {
+                    (Some(t), Some(now)) => now.saturating_duration_since(t).as_nanos() as u64,
+                    _ => 0,
+                };
+                c.record_batch(s.rx_packets, nanos);
+            }
+        }
+        self.totals.merge(&s);
+        self.batch_start = None;
+    }
+
+    /// Everything counted since the engine started (flushed batches only).
+    pub fn totals(&self) -> &Stats {
+        &self.totals
+    }
+
+    /// What the last rebuild found.
+    pub fn last_rebuild(&self) -> RebuildReport {
+        self.last_rebuild
+    }
+
+    /// How many times the index was rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    pub fn forwarder(&self) -> &Forwarder<C> {
+        &self.fwd
+    }
+
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+/// The worker loop drives the engine: `now` comes from the worker's one clock read per turn.
+impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
+    #[inline]
+    fn begin_batch(&mut self, now: Instant) {
+        Engine::begin_batch(self, now);
+    }
+
+    #[inline]
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
+        self.fwd.handle(src, buf, len, tx, slow);
+    }
+
+    #[inline]
+    fn end_batch(&mut self, _tx: &mut TxQueue, _slow: &mut TxQueue) {
+        Engine::end_batch(self);
+    }
+}
+
+#[cfg(test)]
+mod tests;

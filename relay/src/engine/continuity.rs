@@ -1,0 +1,146 @@
+//! Sequence-number and timestamp continuity for one output stream (subscriber, output SSRC).
+//!
+//! When a route rewrites the SSRC, several sources may feed one output stream over time (a
+//! speaker switch replaces the route from publisher A with one from publisher B, both writing
+//! the same output SSRC). The subscriber must see one stream whose sequence numbers and
+//! timestamps keep increasing (RFC 3550 §5.1; its SRTP context estimates the rollover counter
+//! from the sequence number, RFC 3711 §3.3.1), so each new source is re-based:
+//! `offset = last_out + 1 − first_in`. Packets of the previous source that arrive late
+//! (reordered across the switch) keep their old offset as long as they do not overtake it.
+
+use crate::shm::SessionId;
+
+/// Which stream feeds the output: (publisher session, its SSRC).
+pub type Source = (SessionId, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Feed {
+    src: Source,
+    seq_off: u16,
+    ts_off: u32,
+}
+
+impl Feed {
+    fn apply(&self, seq: u16, ts: u32) -> (u16, u32) {
+        (seq.wrapping_add(self.seq_off), ts.wrapping_add(self.ts_off))
+    }
+}
+
+/// RFC 1982 serial-number comparison: is `a` after `b`?
+#[inline]
+fn seq_newer(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
+}
+
+#[inline]
+fn ts_newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The state of one output stream. Fixed size, no heap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Continuity {
+    cur: Option<Feed>,
+    prev: Option<Feed>,
+    last_seq: u16,
+    last_ts: u32,
+    /// Highest output sequence number of the previous source at the switch.
+    switch_seq: u16,
+}
+
+impl Continuity {
+    /// Output (sequence, timestamp) for an input packet of `src`.
+    pub fn map(&mut self, src: Source, seq: u16, ts: u32) -> (u16, u32) {
+        match self.cur {
+            Some(f) if f.src == src => {}
+            None => {
+                // First source: passes through unchanged.
+                self.cur = Some(Feed {
+                    src,
+                    seq_off: 0,
+                    ts_off: 0,
+                });
+                self.last_seq = seq;
+                self.last_ts = ts;
+            }
+            Some(cur) => {
+                if let Some(p) = self.prev.filter(|p| p.src == src) {
+                    let (s, t) = p.apply(seq, ts);
+                    if !seq_newer(s, self.switch_seq) {
+                        // A late packet of the previous source: old numbering, nothing moves.
+                        return (s, t);
+                    }
+                }
+                // A new source (or the previous one coming back): re-base after the last output.
+                self.prev = Some(cur);
+                self.switch_seq = self.last_seq;
+                self.cur = Some(Feed {
+                    src,
+                    seq_off: self.last_seq.wrapping_add(1).wrapping_sub(seq),
+                    ts_off: self.last_ts.wrapping_add(1).wrapping_sub(ts),
+                });
+            }
+        }
+        // Invariant: `cur` is Some here (set above in every branch that falls through).
+        let f = self.cur.unwrap_or(Feed {
+            src,
+            seq_off: 0,
+            ts_off: 0,
+        });
+        let (s, t) = f.apply(seq, ts);
+        if seq_newer(s, self.last_seq) {
+            self.last_seq = s;
+        }
+        if ts_newer(t, self.last_ts) {
+            self.last_ts = t;
+        }
+        (s, t)
+    }
+
+    /// The source currently feeding the output and its sequence offset (output − input), for
+    /// mapping feedback (NACK, RFC 4585 §6.2.1) back to the publisher's numbering.
+    pub fn current(&self) -> Option<(Source, u16, u32)> {
+        self.cur.map(|f| (f.src, f.seq_off, f.ts_off))
+    }
+
+    /// Offsets in force for `src` (current or previous feed), if any.
+    pub fn offsets_for(&self, src: Source) -> Option<(u16, u32)> {
+        [self.cur, self.prev]
+            .into_iter()
+            .flatten()
+            .find(|f| f.src == src)
+            .map(|f| (f.seq_off, f.ts_off))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_source_passes_through() {
+        let mut c = Continuity::default();
+        assert_eq!(c.map((1, 10), 100, 5000), (100, 5000));
+        assert_eq!(c.map((1, 10), 101, 5900), (101, 5900));
+        assert_eq!(c.map((1, 10), 99, 4100), (99, 4100));
+    }
+
+    #[test]
+    fn switch_rebases_monotonic() {
+        let mut c = Continuity::default();
+        c.map((1, 10), 65534, 0xFFFF_FF00);
+        c.map((1, 10), 65535, 0xFFFF_FFF0);
+        // New source with unrelated numbering continues after the last output.
+        assert_eq!(c.map((2, 20), 7, 1000), (0, 0xFFFF_FFF1));
+        assert_eq!(
+            c.map((2, 20), 8, 1900),
+            (1, 0xFFFF_FFF1u32.wrapping_add(900))
+        );
+        // A late packet of the old source keeps its numbering (older than the switch).
+        assert_eq!(c.map((1, 10), 65533, 0xFFFF_FE00), (65533, 0xFFFF_FE00));
+        assert_eq!(c.current().unwrap().0, (2, 20));
+        // The old source coming back is re-based again, still monotonic.
+        let (s, _) = c.map((1, 10), 3, 10);
+        assert_eq!(s, 2);
+    }
+}

@@ -1,0 +1,73 @@
+//! The SRTP operations the engine needs from one direction of one session.
+//!
+//! The engine is generic over this trait so that its routing logic can also be driven by a
+//! transparent test cipher; production uses [`crate::srtp::Context`]. Every method works in
+//! place on the caller's buffer: `buf[..len]` is the packet, the result is the new length.
+
+use crate::shm::DropReason;
+use crate::srtp::{ContextOptions, Error, MasterKey};
+
+/// One direction (inbound or outbound) of one session's SRTP state.
+pub trait SrtpOps: Sized {
+    /// A context for `key`; per-SSRC state is preallocated per `opts`.
+    fn create(key: MasterKey, opts: ContextOptions) -> Result<Self, Error>;
+    /// Switch to a new master key of the same profile without losing in-flight packets
+    /// (rollover counters and replay windows survive).
+    fn rekey(&mut self, key: MasterKey) -> Result<(), Error>;
+    fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
+    fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
+    fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
+    fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
+}
+
+/// Production: the SRTP contexts of [`crate::srtp`].
+impl SrtpOps for crate::srtp::Context {
+    #[inline]
+    fn create(key: MasterKey, opts: ContextOptions) -> Result<Self, Error> {
+        crate::srtp::Context::new(key, opts)
+    }
+    #[inline]
+    fn rekey(&mut self, key: MasterKey) -> Result<(), Error> {
+        self.install_key(key)
+    }
+    #[inline]
+    fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::protect_rtp(self, buf, len)
+    }
+    #[inline]
+    fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::unprotect_rtp(self, buf, len)
+    }
+    #[inline]
+    fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::protect_rtcp(self, buf, len)
+    }
+    #[inline]
+    fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        crate::srtp::Context::unprotect_rtcp(self, buf, len)
+    }
+}
+
+/// The drop counter for an SRTP failure on the receive side (RFC 3711 §3.3: replay check,
+/// authentication, then decryption; each failure has its own counter).
+pub fn rx_drop_reason(e: Error) -> DropReason {
+    match e {
+        Error::AuthFailed => DropReason::AuthFailed,
+        Error::Replayed => DropReason::Replayed,
+        Error::TooOld => DropReason::TooOld,
+        Error::Malformed | Error::BufferTooSmall => DropReason::Malformed,
+        Error::KeyExpired => DropReason::KeyExpired,
+        // Set-up failures (profile, key length, stream table full, ...).
+        #[allow(unreachable_patterns)]
+        _ => DropReason::Crypto,
+    }
+}
+
+/// The drop counter for an SRTP failure on the send side.
+pub fn tx_drop_reason(e: Error) -> DropReason {
+    match e {
+        Error::KeyExpired => DropReason::KeyExpired,
+        Error::Malformed => DropReason::Malformed,
+        _ => DropReason::Crypto,
+    }
+}

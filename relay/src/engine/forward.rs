@@ -1,0 +1,504 @@
+//! The per-datagram path: demultiplex, find the session, unprotect, route, rewrite, protect,
+//! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
+
+use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
+use super::index::{normalize, Index, RebuildReport, Upstream, NONE};
+use super::stats::Stats;
+use crate::batch::TxQueue;
+use crate::shm::{DropReason, Rewrite, RouteRecord, SessionRecord};
+use crate::srtp::ContextOptions;
+use crate::wire::rtcp::{self, fmt, packet_type};
+use crate::wire::rtp::{RtpMut, RtpPacket};
+use crate::wire::{classify, Kind};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// RFC 3550 §6.4.1: the sender report without report blocks is 28 bytes (7 words).
+const SR_FIXED_LEN: usize = 28;
+/// Most RTCP packets of one compound the engine looks at; the rest is consumed.
+const MAX_RTCP_PACKETS: usize = 16;
+
+/// The forwarding logic of one worker over its [`Index`], with batch statistics.
+pub struct Forwarder<C = crate::srtp::Context> {
+    index: Index<C>,
+    stats: Stats,
+    now: Option<Instant>,
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    match b.get(at..at + 4) {
+        Some(w) => u32::from_be_bytes([w[0], w[1], w[2], w[3]]),
+        None => 0,
+    }
+}
+
+#[inline]
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    if let Some(w) = b.get_mut(at..at + 4) {
+        w.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Apply a route's rewrite to a copied, plain RTP packet: SSRC, payload type (through the
+/// map), RFC 8285 extension ids (through the map), sequence number and timestamp.
+#[inline]
+fn rewrite_rtp(pkt: &mut [u8], rw: &Rewrite, seq: u16, ts: u32) -> bool {
+    let Ok(mut p) = RtpMut::parse(pkt) else {
+        return false;
+    };
+    if let Some(ssrc) = rw.ssrc {
+        p.set_ssrc(ssrc);
+    }
+    p.set_sequence(seq);
+    p.set_timestamp(ts);
+    let pt_map = &rw.pt_map[..usize::from(rw.pt_map_len).min(rw.pt_map.len())];
+    if !pt_map.is_empty() {
+        let pt = p.packet().payload_type();
+        if let Some(&(_, to)) = pt_map.iter().find(|(from, _)| *from == pt) {
+            // A mapping to an invalid type (>127) is refused by the view: keep the original.
+            let _ = p.set_payload_type(to);
+        }
+    }
+    let ext_map = &rw.ext_map[..usize::from(rw.ext_map_len).min(rw.ext_map.len())];
+    if !ext_map.is_empty() {
+        // No extension block, or a mapping the block's form cannot carry: unchanged.
+        let _ = p.remap_extension_ids(ext_map);
+    }
+    true
+}
+
+impl<C: SrtpOps> Forwarder<C> {
+    pub fn new(opts: ContextOptions) -> Forwarder<C> {
+        Forwarder {
+            index: Index::new(opts),
+            stats: Stats::default(),
+            now: None,
+        }
+    }
+
+    /// Replace the routing state with these records (contexts of surviving sessions kept).
+    pub fn rebuild(
+        &mut self,
+        sessions: &mut [SessionRecord],
+        routes: &mut [RouteRecord],
+    ) -> RebuildReport {
+        self.index.rebuild(sessions, routes)
+    }
+
+    /// The batch clock (used for per-session rate limits only).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The statistics since the last call, resetting them.
+    pub fn take_stats(&mut self) -> Stats {
+        core::mem::take(&mut self.stats)
+    }
+
+    pub fn index(&self) -> &Index<C> {
+        &self.index
+    }
+
+    /// Handle one received datagram `buf[..len]` from `src`. `buf` is the receive buffer
+    /// (decrypted in place). Forwarded packets go to `tx`, slow-path datagrams (STUN, DTLS,
+    /// addressed by the peer) to `slow`.
+    pub fn handle(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
+        let len = len.min(buf.len());
+        self.stats.rx(len);
+        let src = normalize(src);
+        let kind = classify(&buf[..len]);
+        // RFC 7983 §7: STUN and DTLS belong to control, known source or not.
+        if matches!(kind, Kind::Stun | Kind::Dtls) {
+            if slow.push(src, &buf[..len]) {
+                self.stats.slow_path += 1;
+            } else {
+                self.stats.drop(DropReason::SlowPathFull);
+            }
+            return;
+        }
+        let Some(idx) = self.index.session_of(&src) else {
+            self.stats.drop(DropReason::UnknownSource);
+            return;
+        };
+        match kind {
+            Kind::Rtp => self.on_rtp(idx, buf, len, tx),
+            Kind::Rtcp => self.on_rtcp(idx, buf, len, tx),
+            _ => self.stats.drop(DropReason::Demux),
+        }
+    }
+
+    /// Per-session packet-rate cap over one-second windows of batch time.
+    #[inline]
+    fn rate_limited(&mut self, idx: u32) -> bool {
+        let s = &mut self.index.sessions[idx as usize];
+        if s.max_pps == 0 {
+            return false;
+        }
+        let Some(now) = self.now else { return false };
+        match s.rate_window {
+            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => {}
+            _ => {
+                s.rate_window = Some(now);
+                s.rate_count = 0;
+            }
+        }
+        s.rate_count = s.rate_count.saturating_add(1);
+        s.rate_count > s.max_pps
+    }
+
+    fn on_rtp(&mut self, idx: u32, buf: &mut [u8], len: usize, tx: &mut TxQueue) {
+        if self.rate_limited(idx) {
+            self.stats.drop(DropReason::RateLimited);
+            return;
+        }
+        let opts = self.index.opts;
+        let publisher = &mut self.index.sessions[idx as usize];
+        let Some(rx) = publisher.rx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
+            return;
+        };
+        // RFC 3711 §3.3: replay check, authenticate, decrypt, then record.
+        let n = match rx.unprotect_rtp(buf, len) {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.drop(rx_drop_reason(e));
+                return;
+            }
+        };
+        if !publisher.role.can_publish() {
+            self.stats.drop(DropReason::NotPublisher);
+            return;
+        }
+        let (ssrc, seq, ts) = match RtpPacket::parse(&buf[..n]) {
+            Ok(p) => (p.ssrc(), p.sequence(), p.timestamp()),
+            Err(_) => {
+                self.stats.drop(DropReason::Malformed);
+                return;
+            }
+        };
+        publisher.note_ssrc(ssrc);
+        let pub_id = publisher.id;
+        let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
+            self.stats.drop(DropReason::NoRoute);
+            return;
+        };
+        let plain = &buf[..n];
+        for oi in specific.clone().chain(any) {
+            if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
+            {
+                continue;
+            }
+            let Index {
+                sessions,
+                outputs,
+                streams,
+                opts,
+                ..
+            } = &mut self.index;
+            let o = &outputs[oi as usize];
+            let (oseq, ots) = match streams.get_mut(o.stream as usize) {
+                Some(c) if o.stream != NONE => c.map((pub_id, ssrc), seq, ts),
+                _ => (seq, ts),
+            };
+            let sub = &mut sessions[o.sub as usize];
+            let peer = sub.peer;
+            let Some(ctx) = sub.tx_ctx(*opts) else {
+                self.stats.drop(DropReason::Crypto);
+                continue;
+            };
+            if tx.is_full() {
+                self.stats.drop(DropReason::TxQueueFull);
+                continue;
+            }
+            let mut err = DropReason::Malformed;
+            let rw = &o.rewrite;
+            let pushed = tx.push_with(peer, |slot| {
+                let dst = slot.get_mut(..n)?;
+                dst.copy_from_slice(plain);
+                if !rewrite_rtp(dst, rw, oseq, ots) {
+                    return None;
+                }
+                match ctx.protect_rtp(slot, n) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        err = tx_drop_reason(e);
+                        None
+                    }
+                }
+            });
+            if pushed {
+                self.stats
+                    .tx(tx.metas().last().map_or(0, |m| m.len as usize));
+            } else {
+                self.stats.drop(err);
+            }
+        }
+    }
+
+    fn on_rtcp(&mut self, idx: u32, buf: &mut [u8], len: usize, tx: &mut TxQueue) {
+        if self.rate_limited(idx) {
+            self.stats.drop(DropReason::RateLimited);
+            return;
+        }
+        let opts = self.index.opts;
+        let session = &mut self.index.sessions[idx as usize];
+        let Some(rx) = session.rx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
+            return;
+        };
+        let n = match rx.unprotect_rtcp(buf, len) {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.drop(rx_drop_reason(e));
+                return;
+            }
+        };
+        let publishes = session.role.can_publish();
+        // Validate the whole compound first (RFC 3550 §6.1); remember packet boundaries.
+        let mut spans = [(0usize, 0usize); MAX_RTCP_PACKETS];
+        let mut count = 0;
+        let mut off = 0;
+        for p in rtcp::packets(&buf[..n]) {
+            let Ok(p) = p else {
+                self.stats.drop(DropReason::Malformed);
+                return;
+            };
+            let l = p.as_bytes().len();
+            if count < MAX_RTCP_PACKETS {
+                spans[count] = (off, off + l);
+                count += 1;
+            }
+            off += l;
+        }
+        if count == 0 {
+            self.stats.drop(DropReason::Malformed);
+            return;
+        }
+        let plain = &buf[..n];
+        // Runs of consecutive SR/SDES/BYE about one SSRC go down together as one compound.
+        let mut run: Option<(usize, usize, u32)> = None;
+        for &(a, b) in &spans[..count] {
+            let pt = plain[a + 1];
+            let rc = plain[a] & 0x1F;
+            let down = publishes
+                && match pt {
+                    packet_type::SR => b - a >= SR_FIXED_LEN,
+                    packet_type::SDES | packet_type::BYE => rc > 0 && b - a >= 8,
+                    _ => false,
+                };
+            if down {
+                let ssrc = be32(plain, a + 4);
+                match run {
+                    Some((ra, _, rs)) if rs == ssrc => run = Some((ra, b, rs)),
+                    Some(r) => {
+                        self.send_down(idx, plain, r, tx);
+                        run = Some((a, b, ssrc));
+                    }
+                    None => run = Some((a, b, ssrc)),
+                }
+                continue;
+            }
+            if let Some(r) = run.take() {
+                self.send_down(idx, plain, r, tx);
+            }
+            if matches!(pt, packet_type::RTPFB | packet_type::PSFB) && b - a >= 12 {
+                self.send_up(idx, &plain[a..b], tx);
+            }
+            // RR, APP, XR and anything else: consumed here.
+        }
+        if let Some(r) = run.take() {
+            self.send_down(idx, plain, r, tx);
+        }
+    }
+
+    /// Forward a publisher's SR/SDES/BYE run about `ssrc` to each subscriber of that stream,
+    /// SSRC rewritten, the SR's RTP timestamp shifted like the stream's, report blocks removed
+    /// (they describe what the publisher receives, RFC 3550 §6.4.1).
+    fn send_down(&mut self, idx: u32, plain: &[u8], run: (usize, usize, u32), tx: &mut TxQueue) {
+        let (a, b, ssrc) = run;
+        let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
+            return;
+        };
+        let pub_id = self.index.sessions[idx as usize].id;
+        for oi in specific.clone().chain(any) {
+            if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
+            {
+                continue;
+            }
+            let Index {
+                sessions,
+                outputs,
+                streams,
+                opts,
+                ..
+            } = &mut self.index;
+            let o = &outputs[oi as usize];
+            let ts_off = match streams.get(o.stream as usize) {
+                Some(c) if o.stream != NONE => c.offsets_for((pub_id, ssrc)).map(|(_, t)| t),
+                _ => None,
+            };
+            let out_ssrc = o.rewrite.ssrc;
+            let sub = &mut sessions[o.sub as usize];
+            let peer = sub.peer;
+            let Some(ctx) = sub.tx_ctx(*opts) else {
+                self.stats.drop(DropReason::Crypto);
+                continue;
+            };
+            if tx.is_full() {
+                self.stats.drop(DropReason::TxQueueFull);
+                continue;
+            }
+            let mut err = DropReason::Malformed;
+            let pushed = tx.push_with(peer, |slot| {
+                let w = copy_down(&plain[a..b], slot)?;
+                for p in rtcp::packets_mut(&mut slot[..w]) {
+                    let Ok(mut p) = p else { return None };
+                    if let Some(x) = out_ssrc {
+                        // SR/SDES/BYE carry the sender SSRC first (checked when copied).
+                        let _ = p.set_sender_ssrc(x);
+                    }
+                }
+                if let Some(off) = ts_off {
+                    let mut at = 0;
+                    while at + 4 <= w {
+                        let l =
+                            (usize::from(u16::from_be_bytes([slot[at + 2], slot[at + 3]])) + 1) * 4;
+                        if slot[at + 1] == packet_type::SR && l >= SR_FIXED_LEN {
+                            let t = be32(slot, at + 16).wrapping_add(off);
+                            put32(slot, at + 16, t);
+                        }
+                        at += l;
+                    }
+                }
+                match ctx.protect_rtcp(slot, w) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        err = tx_drop_reason(e);
+                        None
+                    }
+                }
+            });
+            if pushed {
+                self.stats
+                    .tx(tx.metas().last().map_or(0, |m| m.len as usize));
+            } else {
+                self.stats.drop(err);
+            }
+        }
+    }
+
+    /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
+    /// stream it names, with the media SSRC (and FIR entries, RFC 5104 §4.3.1) mapped back to
+    /// the publisher's own SSRC and NACKed sequence numbers to its numbering.
+    fn send_up(&mut self, idx: u32, p: &[u8], tx: &mut TxQueue) {
+        let pt = p[1];
+        let fmt_ = p[0] & 0x1F;
+        let is_fir = pt == packet_type::PSFB && fmt_ == fmt::FIR;
+        let is_remb = pt == packet_type::PSFB && fmt_ == fmt::AFB && p.get(12..16) == Some(b"REMB");
+        let is_nack = pt == packet_type::RTPFB && fmt_ == fmt::NACK;
+        // FIR (RFC 5104 §4.3.1.2) and REMB leave the media SSRC 0 and name streams in the FCI.
+        let key = if is_fir {
+            be32(p, 12)
+        } else if is_remb {
+            be32(p, 20)
+        } else {
+            be32(p, 8)
+        };
+        let Some(up) = self.index.upstream_of(idx, key) else {
+            return;
+        };
+        let Upstream {
+            publisher,
+            ssrc: orig,
+            seq_off,
+        } = up;
+        let opts = self.index.opts;
+        let target = &mut self.index.sessions[publisher as usize];
+        let peer = target.peer;
+        let Some(ctx) = target.tx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
+            return;
+        };
+        if tx.is_full() {
+            self.stats.drop(DropReason::TxQueueFull);
+            return;
+        }
+        let l = p.len();
+        let mut err = DropReason::Malformed;
+        let pushed = tx.push_with(peer, |slot| {
+            let dst = slot.get_mut(..l)?;
+            dst.copy_from_slice(p);
+            if is_fir {
+                if let Some(Ok(mut m)) = rtcp::packets_mut(dst).next() {
+                    let _ = m.map_fir_ssrcs(|s| if s == key { orig } else { s });
+                }
+            } else if is_remb {
+                let mut at = 20;
+                while at + 4 <= l {
+                    if be32(dst, at) == key {
+                        put32(dst, at, orig);
+                    }
+                    at += 4;
+                }
+            } else {
+                put32(dst, 8, orig);
+            }
+            if is_nack && seq_off != 0 {
+                // Each FCI entry: PID (16 bits) + BLP; shift the PID back to input numbering.
+                let mut at = 12;
+                while at + 4 <= l {
+                    let pid = u16::from_be_bytes([dst[at], dst[at + 1]]).wrapping_sub(seq_off);
+                    dst[at..at + 2].copy_from_slice(&pid.to_be_bytes());
+                    at += 4;
+                }
+            }
+            match ctx.protect_rtcp(slot, l) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    err = tx_drop_reason(e);
+                    None
+                }
+            }
+        });
+        if pushed {
+            self.stats
+                .tx(tx.metas().last().map_or(0, |m| m.len as usize));
+        } else {
+            self.stats.drop(err);
+        }
+    }
+}
+
+/// Copy an SR/SDES/BYE run into `slot`, cutting each SR to its fixed part (RC = 0).
+/// Returns the bytes written. The run was validated by the compound iterator.
+fn copy_down(run: &[u8], slot: &mut [u8]) -> Option<usize> {
+    let mut w = 0;
+    for p in rtcp::packets(run) {
+        let p = p.ok()?;
+        let bytes = p.as_bytes();
+        if p.packet_type() == packet_type::SR {
+            let dst = slot.get_mut(w..w + SR_FIXED_LEN)?;
+            dst.copy_from_slice(bytes.get(..SR_FIXED_LEN)?);
+            // V=2, P=0, RC=0; length 7 words − 1 (RFC 3550 §6.4.1).
+            dst[0] = 0x80;
+            dst[2..4].copy_from_slice(&((SR_FIXED_LEN / 4 - 1) as u16).to_be_bytes());
+            w += SR_FIXED_LEN;
+        } else {
+            slot.get_mut(w..w + bytes.len())?.copy_from_slice(bytes);
+            w += bytes.len();
+        }
+    }
+    Some(w)
+}

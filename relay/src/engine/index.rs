@@ -1,0 +1,608 @@
+//! The worker-local index: sessions with their SRTP contexts, the source-address map, routes
+//! grouped by (publisher, SSRC), per-subscriber feeds (for feedback going back up) and the
+//! continuity state of rewritten output streams.
+//!
+//! Rebuilt from shared-memory records when the generation changes. A rebuild may allocate
+//! (it reuses the capacity of the previous one); lookups never do. SRTP contexts and
+//! continuity states are carried over by id, so rollover counters, replay windows and output
+//! numbering survive every rebuild that does not change the session's keys.
+
+use super::continuity::Continuity;
+use super::crypto::SrtpOps;
+use crate::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
+use crate::srtp::{ContextOptions, MasterKey};
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Instant;
+
+/// "No entry" in the u32 index fields.
+pub const NONE: u32 = u32::MAX;
+
+/// How many distinct SSRCs a publisher's session remembers (for mapping feedback on routes
+/// that keep the publisher's SSRC and match any SSRC).
+const SEEN_SSRCS: usize = 8;
+
+/// Maps an IPv4-mapped IPv6 address to plain IPv4, so that a dual-stack socket's
+/// `::ffff:a.b.c.d` and the `a.b.c.d` control wrote meet (RFC 4291 §2.5.5.2).
+#[inline]
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// A multiply-rotate hasher (FxHash style) with a per-process random seed: cheap for the
+/// 6- or 18-byte socket addresses looked up once per datagram.
+#[derive(Clone, Copy)]
+pub struct SeededHasher(u64);
+
+const K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for SeededHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(K);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // Final avalanche so the low bits (the table index) depend on every input bit.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^ (x >> 33)
+    }
+}
+
+/// Builds [`SeededHasher`]s from one random seed.
+#[derive(Clone, Copy)]
+pub struct SeededState(u64);
+
+impl SeededState {
+    pub fn new() -> SeededState {
+        // RandomState draws its keys once per thread from the OS; this runs at construction
+        // only, never per packet.
+        SeededState(RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl Default for SeededState {
+    fn default() -> Self {
+        SeededState::new()
+    }
+}
+
+impl BuildHasher for SeededState {
+    type Hasher = SeededHasher;
+    #[inline]
+    fn build_hasher(&self) -> SeededHasher {
+        SeededHasher(self.0)
+    }
+}
+
+/// One session as a worker holds it.
+pub struct Session<C> {
+    pub id: SessionId,
+    pub peer: SocketAddr,
+    pub role: Role,
+    pub flags: u32,
+    pub key_epoch: u32,
+    pub max_pps: u32,
+    rx_key: MasterKey,
+    tx_key: MasterKey,
+    /// Inbound context (the peer's key), created at the first packet from the peer.
+    rx: Lazy<C>,
+    /// Outbound context (the relay's key towards the peer), created at the first packet to it.
+    tx: Lazy<C>,
+    /// Rate-limit window start and packets in it.
+    pub rate_window: Option<Instant>,
+    pub rate_count: u32,
+    /// SSRC-specific route groups of this publisher, sorted by SSRC: `groups[range]`.
+    pub groups: Range<u32>,
+    /// The any-SSRC group, or [`NONE`].
+    pub any_group: u32,
+    /// Routes into this session as a subscriber: `feeds[range]`.
+    pub feeds: Range<u32>,
+    seen: [u32; SEEN_SSRCS],
+    seen_len: u8,
+    seen_next: u8,
+}
+
+impl<C: SrtpOps> Session<C> {
+    fn new(rec: &SessionRecord) -> Session<C> {
+        Session {
+            id: rec.id,
+            peer: normalize(rec.peer),
+            role: rec.role,
+            flags: rec.flags,
+            key_epoch: rec.key_epoch,
+            max_pps: rec.max_pps,
+            rx_key: rec.rx_key,
+            tx_key: rec.tx_key,
+            rx: Lazy::Idle,
+            tx: Lazy::Idle,
+            rate_window: None,
+            rate_count: 0,
+            groups: 0..0,
+            any_group: NONE,
+            feeds: 0..0,
+            seen: [0; SEEN_SSRCS],
+            seen_len: 0,
+            seen_next: 0,
+        }
+    }
+
+    /// Carry the session over to a new generation: only a key change touches SRTP state, and
+    /// a key of the same profile is installed into the existing context (rotation without
+    /// loss); a profile change starts a fresh context.
+    fn update(&mut self, rec: &SessionRecord) {
+        self.peer = normalize(rec.peer);
+        self.role = rec.role;
+        self.flags = rec.flags;
+        self.max_pps = rec.max_pps;
+        // Only a key change (announced by a new key_epoch) touches SRTP state.
+        if rec.rx_key != self.rx_key {
+            self.rx.rekey(rec.rx_key);
+            self.rx_key = rec.rx_key;
+        }
+        if rec.tx_key != self.tx_key {
+            self.tx.rekey(rec.tx_key);
+            self.tx_key = rec.tx_key;
+        }
+        self.key_epoch = rec.key_epoch;
+        self.groups = 0..0;
+        self.any_group = NONE;
+        self.feeds = 0..0;
+    }
+
+    /// Remember an SSRC this session sent (cheap when it repeats the last one).
+    #[inline]
+    pub fn note_ssrc(&mut self, ssrc: u32) {
+        let n = usize::from(self.seen_len);
+        if n > 0 {
+            let last = (usize::from(self.seen_next) + SEEN_SSRCS - 1) % SEEN_SSRCS;
+            if self.seen[last] == ssrc || self.seen[..n].contains(&ssrc) {
+                return;
+            }
+        }
+        self.seen[usize::from(self.seen_next)] = ssrc;
+        self.seen_next = ((usize::from(self.seen_next) + 1) % SEEN_SSRCS) as u8;
+        if n < SEEN_SSRCS {
+            self.seen_len += 1;
+        }
+    }
+
+    pub fn has_sent(&self, ssrc: u32) -> bool {
+        self.seen[..usize::from(self.seen_len)].contains(&ssrc)
+    }
+
+    pub fn pending(&self) -> bool {
+        self.flags & session_flags::PENDING != 0
+    }
+}
+
+/// An SRTP context created on first use: a worker only pays for the sessions whose packets
+/// it actually handles (SO_REUSEPORT spreads peers over workers).
+enum Lazy<C> {
+    Idle,
+    Ready(C),
+    /// Creation failed for this key (drop `Crypto` until the key changes).
+    Failed,
+}
+
+impl<C: SrtpOps> Lazy<C> {
+    #[inline]
+    fn get(&mut self, key: &MasterKey, opts: ContextOptions) -> Option<&mut C> {
+        if let Lazy::Idle = self {
+            *self = match C::create(*key, opts) {
+                Ok(c) => Lazy::Ready(c),
+                Err(_) => Lazy::Failed,
+            };
+        }
+        match self {
+            Lazy::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Install a new key: into the live context when the profile is the same (rotation
+    /// without loss), else start over lazily with the new key.
+    fn rekey(&mut self, new: MasterKey) {
+        if let Lazy::Ready(c) = self {
+            if c.rekey(new).is_ok() {
+                return;
+            }
+        }
+        *self = Lazy::Idle;
+    }
+}
+
+impl<C: SrtpOps> Session<C> {
+    /// The inbound context (created now if this is the first packet from the peer).
+    #[inline]
+    pub fn rx_ctx(&mut self, opts: ContextOptions) -> Option<&mut C> {
+        self.rx.get(&self.rx_key, opts)
+    }
+
+    /// The outbound context (created now if this is the first packet to the peer).
+    #[inline]
+    pub fn tx_ctx(&mut self, opts: ContextOptions) -> Option<&mut C> {
+        self.tx.get(&self.tx_key, opts)
+    }
+}
+
+/// All routes from one publisher for one SSRC (or for any SSRC).
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub ssrc: u32,
+    pub outputs: Range<u32>,
+}
+
+/// One subscriber of a group.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// Subscriber session index.
+    pub sub: u32,
+    pub rewrite: Rewrite,
+    /// Continuity state index (only when the route rewrites the SSRC), or [`NONE`].
+    pub stream: u32,
+}
+
+/// One route into a subscriber, seen from the subscriber (to send its feedback upstream).
+#[derive(Debug, Clone, Copy)]
+pub struct Feed {
+    /// Publisher session index.
+    pub publisher: u32,
+    /// The route's SSRC filter.
+    pub src_ssrc: Option<u32>,
+    /// The SSRC the subscriber sees, when rewritten.
+    pub out_ssrc: Option<u32>,
+    pub stream: u32,
+}
+
+/// Where a feedback packet about `out_ssrc` seen by a subscriber goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub publisher: u32,
+    /// The publisher's own SSRC for that stream.
+    pub ssrc: u32,
+    /// Output minus input sequence number (to map NACKed sequence numbers back).
+    pub seq_off: u16,
+}
+
+/// What a rebuild found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub sessions: usize,
+    pub routes: usize,
+    /// Routes skipped: unknown session, non-publishing source, or pending subscriber.
+    pub skipped_routes: usize,
+    /// Sessions not reachable by address because another session has the same peer.
+    pub address_conflicts: usize,
+}
+
+/// The whole worker-local index.
+pub struct Index<C> {
+    pub sessions: Vec<Session<C>>,
+    pub by_addr: HashMap<SocketAddr, u32, SeededState>,
+    pub groups: Vec<Group>,
+    pub outputs: Vec<Output>,
+    pub feeds: Vec<Feed>,
+    pub streams: Vec<Continuity>,
+    stream_keys: Vec<(SessionId, u32)>,
+    pub opts: ContextOptions,
+    // Rebuild scratch, kept for its capacity.
+    old: HashMap<SessionId, Session<C>>,
+    by_id: HashMap<SessionId, u32>,
+    old_streams: HashMap<(SessionId, u32), Continuity>,
+    stream_ids: HashMap<(SessionId, u32), u32>,
+    edges: Vec<(u32, u32, RouteRecord)>,
+    feed_scratch: Vec<(u32, Feed)>,
+}
+
+impl<C: SrtpOps> Index<C> {
+    pub fn new(opts: ContextOptions) -> Index<C> {
+        Index {
+            sessions: Vec::new(),
+            by_addr: HashMap::with_hasher(SeededState::new()),
+            groups: Vec::new(),
+            outputs: Vec::new(),
+            feeds: Vec::new(),
+            streams: Vec::new(),
+            stream_keys: Vec::new(),
+            opts,
+            old: HashMap::new(),
+            by_id: HashMap::new(),
+            old_streams: HashMap::new(),
+            stream_ids: HashMap::new(),
+            edges: Vec::new(),
+            feed_scratch: Vec::new(),
+        }
+    }
+
+    /// Session index of a source address (already normalized).
+    #[inline]
+    pub fn session_of(&self, src: &SocketAddr) -> Option<u32> {
+        self.by_addr.get(src).copied()
+    }
+
+    /// The subscribers of (publisher, SSRC): the routes for that SSRC and the routes for any
+    /// SSRC of the publisher (design.md "Packet path" step 4). `None` when there are none.
+    /// A subscriber on both lists gets the packet once (from the SSRC-specific route).
+    #[inline]
+    pub fn outputs_of(&self, publisher: u32, ssrc: u32) -> Option<(Range<u32>, Range<u32>)> {
+        let s = &self.sessions[publisher as usize];
+        let groups = &self.groups[s.groups.start as usize..s.groups.end as usize];
+        let specific = match groups.binary_search_by_key(&ssrc, |g| g.ssrc) {
+            Ok(i) => groups[i].outputs.clone(),
+            Err(_) => 0..0,
+        };
+        let any = match self.groups.get(s.any_group as usize) {
+            Some(g) => g.outputs.clone(),
+            None => 0..0,
+        };
+        if specific.is_empty() && any.is_empty() {
+            None
+        } else {
+            Some((specific, any))
+        }
+    }
+
+    /// True when output `oi` of an any-SSRC group is shadowed by an SSRC-specific route to
+    /// the same subscriber.
+    #[inline]
+    pub fn shadowed(&self, oi: u32, specific: &Range<u32>) -> bool {
+        let sub = self.outputs[oi as usize].sub;
+        self.outputs[specific.start as usize..specific.end as usize]
+            .iter()
+            .any(|o| o.sub == sub)
+    }
+
+    /// Where a subscriber's feedback about `out_ssrc` goes.
+    pub fn upstream_of(&self, sub: u32, out_ssrc: u32) -> Option<Upstream> {
+        let s = &self.sessions[sub as usize];
+        let mut fallback = None;
+        for f in &self.feeds[s.feeds.start as usize..s.feeds.end as usize] {
+            match f.out_ssrc {
+                Some(x) if x == out_ssrc => {
+                    let pub_id = self.sessions[f.publisher as usize].id;
+                    let cur = self
+                        .streams
+                        .get(f.stream as usize)
+                        .and_then(Continuity::current);
+                    match cur {
+                        Some(((id, ssrc), seq_off, _)) if id == pub_id => {
+                            return Some(Upstream {
+                                publisher: f.publisher,
+                                ssrc,
+                                seq_off,
+                            })
+                        }
+                        _ => {
+                            if let Some(ssrc) = f.src_ssrc {
+                                fallback.get_or_insert(Upstream {
+                                    publisher: f.publisher,
+                                    ssrc,
+                                    seq_off: 0,
+                                });
+                            }
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let hit = match f.src_ssrc {
+                        Some(s) => s == out_ssrc,
+                        None => self.sessions[f.publisher as usize].has_sent(out_ssrc),
+                    };
+                    if hit {
+                        return Some(Upstream {
+                            publisher: f.publisher,
+                            ssrc: out_ssrc,
+                            seq_off: 0,
+                        });
+                    }
+                }
+            }
+        }
+        fallback
+    }
+
+    /// Rebuild from a consistent set of records (sorted in place). Keeps SRTP contexts and
+    /// continuity states of sessions that are still there.
+    pub fn rebuild(
+        &mut self,
+        sessions: &mut [SessionRecord],
+        routes: &mut [RouteRecord],
+    ) -> RebuildReport {
+        let mut rep = RebuildReport::default();
+        sessions.sort_unstable_by_key(|s| s.id);
+        routes.sort_unstable_by_key(|r| r.id);
+
+        // Sessions: carry over by id.
+        self.old.clear();
+        for s in self.sessions.drain(..) {
+            self.old.insert(s.id, s);
+        }
+        self.by_id.clear();
+        self.by_addr.clear();
+        for rec in sessions.iter() {
+            if self.by_id.contains_key(&rec.id) {
+                continue;
+            }
+            let s = match self.old.remove(&rec.id) {
+                Some(mut s) => {
+                    s.update(rec);
+                    s
+                }
+                None => Session::new(rec),
+            };
+            let idx = self.sessions.len() as u32;
+            self.by_id.insert(s.id, idx);
+            if !s.pending() {
+                // Ids ascend, so a later session with the same peer (the newer one) wins.
+                if self.by_addr.insert(s.peer, idx).is_some() {
+                    rep.address_conflicts += 1;
+                }
+            }
+            self.sessions.push(s);
+        }
+        self.old.clear();
+        rep.sessions = self.sessions.len();
+
+        // Continuity states: park the old ones by key.
+        self.old_streams.clear();
+        for (k, c) in self.stream_keys.drain(..).zip(self.streams.drain(..)) {
+            self.old_streams.insert(k, c);
+        }
+        self.stream_ids.clear();
+
+        // Routes → edges (publisher index, subscriber index, record).
+        self.edges.clear();
+        for r in routes.iter() {
+            let (Some(&from), Some(&to)) = (self.by_id.get(&r.from), self.by_id.get(&r.to)) else {
+                rep.skipped_routes += 1;
+                continue;
+            };
+            // A non-publishing role is never routed; a pending peer is not sent to.
+            if !self.sessions[from as usize].role.can_publish()
+                || self.sessions[to as usize].pending()
+            {
+                rep.skipped_routes += 1;
+                continue;
+            }
+            self.edges.push((from, to, *r));
+        }
+        rep.routes = self.edges.len();
+        // SSRC-specific groups first (ascending SSRC), then the any-SSRC group.
+        self.edges.sort_unstable_by_key(|(from, to, r)| {
+            (*from, r.ssrc.is_none(), r.ssrc.unwrap_or(0), *to, r.id)
+        });
+
+        self.groups.clear();
+        self.outputs.clear();
+        self.feed_scratch.clear();
+        let mut i = 0;
+        while i < self.edges.len() {
+            let from = self.edges[i].0;
+            let start_group = self.groups.len() as u32;
+            // One publisher.
+            while i < self.edges.len() && self.edges[i].0 == from {
+                let key = self.edges[i].2.ssrc;
+                let out_start = self.outputs.len() as u32;
+                while i < self.edges.len() && self.edges[i].0 == from && self.edges[i].2.ssrc == key
+                {
+                    let (_, to, r) = self.edges[i];
+                    let stream = match r.rewrite.ssrc {
+                        Some(x) => {
+                            let k = (self.sessions[to as usize].id, x);
+                            match self.stream_ids.get(&k) {
+                                Some(&s) => s,
+                                None => {
+                                    let s = self.streams.len() as u32;
+                                    let c = self.old_streams.remove(&k).unwrap_or_default();
+                                    self.streams.push(c);
+                                    self.stream_keys.push(k);
+                                    self.stream_ids.insert(k, s);
+                                    s
+                                }
+                            }
+                        }
+                        None => NONE,
+                    };
+                    self.outputs.push(Output {
+                        sub: to,
+                        rewrite: r.rewrite,
+                        stream,
+                    });
+                    self.feed_scratch.push((
+                        to,
+                        Feed {
+                            publisher: from,
+                            src_ssrc: r.ssrc,
+                            out_ssrc: r.rewrite.ssrc,
+                            stream,
+                        },
+                    ));
+                    i += 1;
+                }
+                let outputs = out_start..self.outputs.len() as u32;
+                match key {
+                    Some(ssrc) => self.groups.push(Group { ssrc, outputs }),
+                    None => {
+                        self.sessions[from as usize].any_group = self.groups.len() as u32;
+                        self.groups.push(Group { ssrc: 0, outputs });
+                    }
+                }
+            }
+            let s = &mut self.sessions[from as usize];
+            let end = if s.any_group != NONE {
+                s.any_group
+            } else {
+                self.groups.len() as u32
+            };
+            s.groups = start_group..end;
+        }
+
+        // Feeds, grouped by subscriber.
+        self.feed_scratch.sort_by_key(|(to, _)| *to);
+        self.feeds.clear();
+        let mut j = 0;
+        while j < self.feed_scratch.len() {
+            let to = self.feed_scratch[j].0;
+            let start = self.feeds.len() as u32;
+            while j < self.feed_scratch.len() && self.feed_scratch[j].0 == to {
+                self.feeds.push(self.feed_scratch[j].1);
+                j += 1;
+            }
+            self.sessions[to as usize].feeds = start..self.feeds.len() as u32;
+        }
+
+        // Keep the continuity of output streams whose subscriber still exists, so a route that
+        // comes back later continues the numbering the subscriber last saw.
+        for (k, c) in self.old_streams.drain() {
+            if self.by_id.contains_key(&k.0) {
+                self.streams.push(c);
+                self.stream_keys.push(k);
+            }
+        }
+        rep
+    }
+}

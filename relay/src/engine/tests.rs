@@ -1,0 +1,347 @@
+//! Routing-logic tests over a transparent test cipher (a keyed checksum tag, no encryption), so
+//! that every rewrite is visible on the wire. The SRTP transforms themselves are exercised with
+//! real keys in `relay/tests/engine_*.rs`.
+
+use super::*;
+use crate::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use crate::srtp::{Error, MasterKey, Profile};
+
+/// Appends a 4-byte tag: FNV-1a over key ‖ packet. Unprotect checks and strips it.
+struct TagCipher {
+    key: MasterKey,
+}
+
+fn tag(key: &MasterKey, data: &[u8]) -> [u8; 4] {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in key.as_bytes().iter().chain(data) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h.to_be_bytes()
+}
+
+impl TagCipher {
+    fn seal(&self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        if buf.len() < len + 4 {
+            return Err(Error::BufferTooSmall);
+        }
+        let t = tag(&self.key, &buf[..len]);
+        buf[len..len + 4].copy_from_slice(&t);
+        Ok(len + 4)
+    }
+    fn open(&self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        if len < 12 + 4 {
+            return Err(Error::Malformed);
+        }
+        let n = len - 4;
+        if tag(&self.key, &buf[..n])[..] != buf[n..len] {
+            return Err(Error::AuthFailed);
+        }
+        Ok(n)
+    }
+}
+
+impl SrtpOps for TagCipher {
+    fn create(key: MasterKey, _: ContextOptions) -> Result<Self, Error> {
+        Ok(TagCipher { key })
+    }
+    fn rekey(&mut self, key: MasterKey) -> Result<(), Error> {
+        self.key = key;
+        Ok(())
+    }
+    fn protect_rtp(&mut self, b: &mut [u8], l: usize) -> Result<usize, Error> {
+        self.seal(b, l)
+    }
+    fn unprotect_rtp(&mut self, b: &mut [u8], l: usize) -> Result<usize, Error> {
+        self.open(b, l)
+    }
+    fn protect_rtcp(&mut self, b: &mut [u8], l: usize) -> Result<usize, Error> {
+        self.seal(b, l)
+    }
+    fn unprotect_rtcp(&mut self, b: &mut [u8], l: usize) -> Result<usize, Error> {
+        self.open(b, l)
+    }
+}
+
+fn key(n: u8) -> MasterKey {
+    MasterKey::new(Profile::Aes128CmSha1_80, &[n; 30]).unwrap()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+fn session(id: u64, role: Role) -> SessionRecord {
+    SessionRecord {
+        id,
+        peer: addr(id as u16 + 1000),
+        role,
+        rx_key: key(id as u8),
+        tx_key: key(id as u8 + 100),
+        key_epoch: 1,
+        flags: 0,
+        max_pps: 0,
+    }
+}
+
+fn route(id: u64, from: u64, ssrc: Option<u32>, to: u64, rw: Rewrite) -> RouteRecord {
+    RouteRecord {
+        id,
+        from,
+        ssrc,
+        to,
+        rewrite: rw,
+    }
+}
+
+fn rtp(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80, pt];
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&ts.to_be_bytes());
+    v.extend_from_slice(&ssrc.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+struct Rig {
+    fwd: Forwarder<TagCipher>,
+    sessions: Vec<SessionRecord>,
+    routes: Vec<RouteRecord>,
+    tx: TxQueue,
+    slow: TxQueue,
+}
+
+impl Rig {
+    fn new(sessions: Vec<SessionRecord>, routes: Vec<RouteRecord>) -> Rig {
+        let mut r = Rig {
+            fwd: Forwarder::new(ContextOptions::default()),
+            sessions,
+            routes,
+            tx: TxQueue::with_capacity(64),
+            slow: TxQueue::with_capacity(8),
+        };
+        r.rebuild();
+        r
+    }
+    fn rebuild(&mut self) -> RebuildReport {
+        let mut s = self.sessions.clone();
+        let mut r = self.routes.clone();
+        self.fwd.rebuild(&mut s, &mut r)
+    }
+    /// Send `plain` from session `id` (sealed with its rx key); returns what came out.
+    fn send(&mut self, id: u64, plain: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+        let s = *self.sessions.iter().find(|s| s.id == id).unwrap();
+        self.send_from(s.peer, &s.rx_key, plain)
+    }
+    fn send_from(
+        &mut self,
+        src: SocketAddr,
+        k: &MasterKey,
+        plain: &[u8],
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut buf = [0u8; crate::batch::MAX_DATAGRAM];
+        buf[..plain.len()].copy_from_slice(plain);
+        let n = TagCipher { key: *k }.seal(&mut buf, plain.len()).unwrap();
+        self.send_raw(src, &mut buf, n)
+    }
+    fn send_raw(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        n: usize,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.tx.clear();
+        self.fwd.handle(src, buf, n, &mut self.tx, &mut self.slow);
+        (0..self.tx.len())
+            .map(|i| {
+                let dst = self.tx.metas()[i].dst;
+                let sub = self.sessions.iter().find(|s| s.peer == dst).unwrap();
+                let mut d = self.tx.datagram(i).to_vec();
+                let l = d.len();
+                let n = TagCipher { key: sub.tx_key }
+                    .open(&mut d, l)
+                    .expect("subscriber tag");
+                d.truncate(n);
+                (dst, d)
+            })
+            .collect()
+    }
+}
+
+fn rw_ssrc(x: u32) -> Rewrite {
+    Rewrite {
+        ssrc: Some(x),
+        ..Rewrite::default()
+    }
+}
+
+#[test]
+fn fan_out_with_rewrite() {
+    let mut pt_map = [(0u8, 0u8); MAX_MAPPINGS];
+    pt_map[0] = (96, 100);
+    let rw = Rewrite {
+        ssrc: Some(0xAAAA),
+        pt_map,
+        pt_map_len: 1,
+        ..Rewrite::default()
+    };
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Viewer),
+            session(3, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, Some(0x1111), 2, rw),
+            route(2, 1, None, 3, Rewrite::default()),
+        ],
+    );
+    let out = rig.send(1, &rtp(0x1111, 5, 900, 96, b"hello"));
+    assert_eq!(out.len(), 2);
+    let (d2, p2) = &out[0];
+    assert_eq!(*d2, addr(1002));
+    assert_eq!(p2, &rtp(0xAAAA, 5, 900, 100, b"hello"));
+    assert_eq!(out[1], (addr(1003), rtp(0x1111, 5, 900, 96, b"hello")));
+    // Another SSRC only matches the any-SSRC route.
+    let out = rig.send(1, &rtp(0x2222, 1, 1, 97, b"x"));
+    assert_eq!(out, vec![(addr(1003), rtp(0x2222, 1, 1, 97, b"x"))]);
+    assert_eq!(rig.fwd.stats().tx_packets, 3);
+}
+
+#[test]
+fn drops_by_reason() {
+    let mut rig = Rig::new(
+        vec![session(1, Role::Speaker), session(2, Role::Viewer)],
+        vec![route(1, 1, None, 2, Rewrite::default())],
+    );
+    // Viewer sending media.
+    assert!(rig.send(2, &rtp(5, 1, 1, 96, b"v")).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::NotPublisher), 1);
+    // Unknown source, RTP and garbage.
+    assert!(rig
+        .send_from(addr(9), &key(1), &rtp(5, 1, 1, 96, b"u"))
+        .is_empty());
+    let mut g = [0xFFu8; 20];
+    assert!(rig.send_raw(addr(9), &mut g, 20).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::UnknownSource), 2);
+    // Known source, garbage first byte.
+    assert!(rig.send_raw(addr(1001), &mut g, 20).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::Demux), 1);
+    // Forged tag.
+    let mut p = rtp(5, 1, 1, 96, b"forged\0\0\0\0");
+    let l = p.len();
+    assert!(rig.send_raw(addr(1001), &mut p, l).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::AuthFailed), 1);
+    // STUN from anywhere goes to control, addressed by the peer.
+    let mut stun = [0u8; 20];
+    stun[0] = 0x00;
+    stun[1] = 0x01;
+    rig.send_raw(addr(9), &mut stun, 20);
+    assert_eq!(rig.slow.len(), 1);
+    assert_eq!(rig.slow.metas()[0].dst, addr(9));
+    // Publisher with no route for nobody: remove the route.
+    rig.routes.clear();
+    rig.rebuild();
+    assert!(rig.send(1, &rtp(5, 1, 1, 96, b"n")).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::NoRoute), 1);
+}
+
+#[test]
+fn speaker_switch_keeps_numbering() {
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Speaker),
+            session(3, Role::Viewer),
+        ],
+        vec![route(1, 1, None, 3, rw_ssrc(77))],
+    );
+    let out = rig.send(1, &rtp(10, 1000, 50_000, 96, b"a"));
+    assert_eq!(out[0].1, rtp(77, 1000, 50_000, 96, b"a"));
+    rig.send(1, &rtp(10, 1001, 51_000, 96, b"a"));
+    // Switch: route from 2 replaces route from 1, same output SSRC.
+    rig.routes = vec![route(2, 2, None, 3, rw_ssrc(77))];
+    rig.rebuild();
+    assert!(rig.send(1, &rtp(10, 1002, 52_000, 96, b"a")).is_empty());
+    let out = rig.send(2, &rtp(20, 7, 9, 96, b"b"));
+    assert_eq!(out[0].1, rtp(77, 1002, 51_001, 96, b"b"));
+    let out = rig.send(2, &rtp(20, 8, 909, 96, b"b"));
+    assert_eq!(out[0].1, rtp(77, 1003, 51_901, 96, b"b"));
+    // A NACK from the viewer for output seq 1003 reaches publisher 2 as its seq 8.
+    let mut nack = vec![0x81, 205, 0, 3];
+    nack.extend_from_slice(&0xBEEFu32.to_be_bytes());
+    nack.extend_from_slice(&77u32.to_be_bytes());
+    nack.extend_from_slice(&1003u16.to_be_bytes());
+    nack.extend_from_slice(&0u16.to_be_bytes());
+    let out = rig.send(3, &nack);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr(1002));
+    assert_eq!(be32(&out[0].1, 8), 20);
+    assert_eq!(u16::from_be_bytes([out[0].1[12], out[0].1[13]]), 8);
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn sender_report_down_and_pli_up() {
+    let mut rig = Rig::new(
+        vec![session(1, Role::Host), session(2, Role::Viewer)],
+        vec![route(1, 1, Some(0x1111), 2, rw_ssrc(0x9999))],
+    );
+    // Establish the stream so the SR timestamp has an offset to follow (zero here).
+    rig.send(1, &rtp(0x1111, 1, 1000, 96, b"m"));
+    // SR with one report block + SDES + RR-only compound afterwards.
+    let mut c = vec![0x81, 200, 0, 12];
+    c.extend_from_slice(&0x1111u32.to_be_bytes());
+    c.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]); // NTP
+    c.extend_from_slice(&1000u32.to_be_bytes());
+    c.extend_from_slice(&[0, 0, 0, 9, 0, 0, 1, 0]);
+    c.extend_from_slice(&[0xEE; 24]); // one report block
+    c.extend_from_slice(&[0x81, 202, 0, 2]);
+    c.extend_from_slice(&0x1111u32.to_be_bytes());
+    c.extend_from_slice(&[1, 1, b'a', 0]);
+    let out = rig.send(1, &c);
+    assert_eq!(out.len(), 1);
+    let d = &out[0].1;
+    assert_eq!(d.len(), 28 + 12);
+    assert_eq!(&d[..4], &[0x80, 200, 0, 6]);
+    assert_eq!(be32(d, 4), 0x9999);
+    assert_eq!(be32(d, 16), 1000);
+    assert_eq!(be32(d, 32), 0x9999);
+    // PLI from the viewer about 0x9999 → publisher, media SSRC 0x1111.
+    let mut pli = vec![0x81, 206, 0, 2];
+    pli.extend_from_slice(&0x5555u32.to_be_bytes());
+    pli.extend_from_slice(&0x9999u32.to_be_bytes());
+    let mut rr = vec![0x80, 201, 0, 1];
+    rr.extend_from_slice(&0x5555u32.to_be_bytes());
+    rr.extend_from_slice(&pli);
+    let out = rig.send(2, &rr);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr(1001));
+    assert_eq!(out[0].1.len(), 12);
+    assert_eq!(be32(&out[0].1, 8), 0x1111);
+    // Feedback about an SSRC nobody sent: consumed.
+    let mut pli2 = pli.clone();
+    pli2[8..12].copy_from_slice(&1u32.to_be_bytes());
+    assert!(rig.send(2, &pli2).is_empty());
+    assert_eq!(rig.fwd.stats().dropped_total(), 0);
+}
+
+#[test]
+fn removed_subscriber_and_rekey() {
+    let mut rig = Rig::new(
+        vec![session(1, Role::Trunk), session(2, Role::Trunk)],
+        vec![route(1, 1, None, 2, Rewrite::default())],
+    );
+    assert_eq!(rig.send(1, &rtp(1, 1, 1, 96, b"a")).len(), 1);
+    // New tx key for the subscriber: the next packet uses it.
+    rig.sessions[1].tx_key = key(222);
+    rig.sessions[1].key_epoch += 1;
+    rig.rebuild();
+    assert_eq!(rig.send(1, &rtp(1, 2, 1, 96, b"a")).len(), 1);
+    rig.sessions.truncate(1);
+    let rep = rig.rebuild();
+    assert_eq!(rep.skipped_routes, 1);
+    assert!(rig.send(1, &rtp(1, 3, 1, 96, b"a")).is_empty());
+}

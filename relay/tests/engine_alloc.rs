@@ -1,0 +1,131 @@
+//! Zero heap allocations per packet in the engine after warm-up (fan-out 1 and 10, RTP and
+//! RTCP), counted by a global allocator. Its own test binary so no other test allocates
+//! concurrently; the one test runs its cases in sequence.
+
+mod engine_support;
+
+use engine_support::*;
+use relay::batch::MAX_DATAGRAM;
+use relay::shm::Role;
+use relay::srtp::Profile;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: delegates to the system allocator unchanged; only counts calls.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn case(profile: Profile, fanout: u64) {
+    let mut rig = Rig::new("alloc");
+    let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
+    let mut subs = Vec::new();
+    for j in 0..fanout {
+        let s = Peer::new(100 + j, addr(100 + j as u16), Role::Viewer, profile);
+        rig.add(&s);
+        subs.push(s);
+    }
+    rig.add(&p);
+    for (j, s) in subs.iter().enumerate() {
+        let rw = if j % 2 == 0 {
+            Some(0x500 + j as u32)
+        } else {
+            None
+        };
+        rig.route(1, None, s.id, rewrite(rw, Some((96, 100))));
+    }
+    // Pre-encrypt everything (the peers' side allocates; the engine must not).
+    let total = 300u16;
+    let mut rtp_in = Vec::new();
+    for seq in 0..total {
+        rtp_in.push(p.rtp(0x1234, seq, u32::from(seq) * 90, 96, &[7; 1200]));
+    }
+    let mut sr = vec![0x80, 200, 0, 6];
+    sr.extend_from_slice(&0x1234u32.to_be_bytes());
+    sr.extend_from_slice(&[0; 20]);
+    let mut rtcp_in = Vec::new();
+    for _ in 0..total {
+        rtcp_in.push(p.rtcp(&sr));
+    }
+    let mut pli = vec![0x81, 206, 0, 2];
+    pli.extend_from_slice(&9u32.to_be_bytes());
+    pli.extend_from_slice(&0x500u32.to_be_bytes());
+    let mut fb_in = Vec::new();
+    for _ in 0..total {
+        fb_in.push(subs[0].rtcp(&pli));
+    }
+
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut run = |rig: &mut Rig, src, d: &[u8]| {
+        buf[..d.len()].copy_from_slice(d);
+        if rig.tx.len() + fanout as usize >= rig.tx.capacity() {
+            rig.tx.clear();
+        }
+        rig.engine
+            .on_datagram(src, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+    };
+    // Warm-up: index built, every context created, every queue touched.
+    rig.engine.begin_batch(rig.now);
+    for i in 0..20 {
+        run(&mut rig, p.addr, &rtp_in[i]);
+        run(&mut rig, p.addr, &rtcp_in[i]);
+        run(&mut rig, subs[0].addr, &fb_in[i]);
+    }
+    rig.engine.end_batch_at(Some(rig.now));
+    let before = rig.engine.totals().tx_packets;
+
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for chunk in 2..(total as usize / 10) {
+        rig.engine.begin_batch(rig.now);
+        for i in chunk * 10..chunk * 10 + 10 {
+            run(&mut rig, p.addr, &rtp_in[i]);
+            run(&mut rig, p.addr, &rtcp_in[i]);
+            run(&mut rig, subs[0].addr, &fb_in[i]);
+        }
+        rig.engine.end_batch_at(Some(rig.now));
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let sent = rig.engine.totals().tx_packets - before;
+    // Every RTP and SR went to each subscriber, every PLI up to the publisher.
+    assert_eq!(sent, 280 * (2 * fanout + 1), "{profile} fan-out {fanout}");
+    assert_eq!(
+        allocs, 0,
+        "{profile} fan-out {fanout}: {allocs} allocations"
+    );
+}
+
+#[test]
+fn no_allocation_per_packet() {
+    for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
+        case(profile, 1);
+        case(profile, 10);
+    }
+}
