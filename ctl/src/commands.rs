@@ -371,7 +371,7 @@ mod tests {
         });
         let t = stats_text(&v);
         assert!(t.contains("total"), "{t}");
-        assert!(t.contains("auth_failed  1"), "{t}");
+        assert!(t.contains("DROP_REASON  COUNT\nauth_failed      1\n"), "{t}");
         assert!(!t.contains("replayed"), "{t}");
     }
 
