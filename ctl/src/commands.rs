@@ -101,9 +101,7 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
         Command::Route(RouteCmd::Del { id }) => Request::RouteDel(*id),
         Command::Rekey { id, tx_key, rx_key } => {
             if tx_key.is_none() && rx_key.is_none() {
-                return Err(CtlError::usage(
-                    "rekey: give --tx-key, --rx-key or both",
-                ));
+                return Err(CtlError::usage("rekey: give --tx-key, --rx-key or both"));
             }
             let mut body = json!({});
             if let Some(k) = tx_key {
@@ -163,16 +161,32 @@ pub fn execute(client: &Client, req: Request, out: Output) -> Result<()> {
         }
         Request::SessionDel(id) => {
             client.delete(&format!("/v1/sessions/{id}"))?;
-            print_done(out, json!({"id": id, "deleted": true}), &format!("session {id} deleted"));
+            print_done(
+                out,
+                json!({"id": id, "deleted": true}),
+                &format!("session {id} deleted"),
+            );
         }
         Request::RouteDel(id) => {
             client.delete(&format!("/v1/routes/{id}"))?;
-            print_done(out, json!({"id": id, "deleted": true}), &format!("route {id} deleted"));
+            print_done(
+                out,
+                json!({"id": id, "deleted": true}),
+                &format!("route {id} deleted"),
+            );
         }
         Request::Drain => {
             let v = client.post("/v1/drain", &json!({}))?;
-            let v = if v.is_null() { json!({"draining": true}) } else { v };
-            print_done(out, v, "draining: no new sessions or routes; existing media keeps flowing");
+            let v = if v.is_null() {
+                json!({"draining": true})
+            } else {
+                v
+            };
+            print_done(
+                out,
+                v,
+                "draining: no new sessions or routes; existing media keeps flowing",
+            );
         }
         Request::Rekey(id, body) => {
             let v = client.post(&format!("/v1/sessions/{id}/rekey"), &body)?;
@@ -189,9 +203,10 @@ pub fn execute(client: &Client, req: Request, out: Output) -> Result<()> {
 
 /// `session add` / `route add`: the id alone, or the whole object with `--json`.
 fn print_created(v: &Value, out: Output) -> Result<()> {
-    let id = v.get("id").and_then(Value::as_u64).ok_or_else(|| {
-        CtlError::Other(format!("control's answer has no numeric id: {v}"))
-    })?;
+    let id = v
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| CtlError::Other(format!("control's answer has no numeric id: {v}")))?;
     match out {
         Output::Json => print_json(v),
         Output::Human => println!("{id}"),
@@ -235,7 +250,9 @@ fn status_text(v: &Value) -> String {
         ("draining", field(v, "draining")),
         ("generation", field(v, "generation")),
     ];
-    rows.iter().map(|(k, val)| format!("{k:<12} {val}\n")).collect()
+    rows.iter()
+        .map(|(k, val)| format!("{k:<12} {val}\n"))
+        .collect()
 }
 
 fn as_list(v: &Value) -> &[Value] {
@@ -259,7 +276,9 @@ fn sessions_text(v: &Value) -> String {
         })
         .collect();
     table::render(
-        &["ID", "PEER", "PROFILE", "ROLE", "EPOCH", "FLAGS", "MAX_PPS", "CREATED"],
+        &[
+            "ID", "PEER", "PROFILE", "ROLE", "EPOCH", "FLAGS", "MAX_PPS", "CREATED",
+        ],
         &rows,
     )
 }
@@ -335,7 +354,9 @@ fn stats_text(v: &Value) -> String {
         rows.push(row(t, "total".to_string()));
     }
     let mut out = table::render(
-        &["WORKER", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "DROPS"],
+        &[
+            "WORKER", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "DROPS",
+        ],
         &rows,
     );
     let drops: Vec<Vec<String>> = totals
@@ -371,7 +392,10 @@ mod tests {
         });
         let t = stats_text(&v);
         assert!(t.contains("total"), "{t}");
-        assert!(t.contains("DROP_REASON  COUNT\nauth_failed      1\n"), "{t}");
+        assert!(
+            t.contains("DROP_REASON  COUNT\nauth_failed      1\n"),
+            "{t}"
+        );
         assert!(!t.contains("replayed"), "{t}");
     }
 
@@ -379,7 +403,9 @@ mod tests {
     fn rewrite_cells() {
         assert_eq!(rewrite_text(None), "-");
         assert_eq!(
-            rewrite_text(Some(&json!({"ssrc": 5, "pt_map": [[96, 100]], "ext_map": []}))),
+            rewrite_text(Some(
+                &json!({"ssrc": 5, "pt_map": [[96, 100]], "ext_map": []})
+            )),
             "ssrc=5 pt=96:100"
         );
     }

@@ -39,7 +39,10 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(d) = non_empty_env("XDG_RUNTIME_DIR") {
         return Path::new(&d).join("sluice");
     }
-    PathBuf::from(format!("/tmp/sluice-{}", rustix::process::getuid().as_raw()))
+    PathBuf::from(format!(
+        "/tmp/sluice-{}",
+        rustix::process::getuid().as_raw()
+    ))
 }
 
 /// The path of control's runtime file.

@@ -24,7 +24,10 @@ pub enum HttpError {
     #[error("cannot resolve {0}")]
     Resolve(String),
     #[error("connect to {addr}: {err}")]
-    Connect { addr: SocketAddr, err: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed HTTP response: {0}")]
@@ -117,9 +120,7 @@ pub fn request(
     stream.flush()?;
 
     let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut raw)?;
+    stream.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw)?;
     if raw.len() > MAX_RESPONSE {
         return Err(HttpError::Malformed("response too large"));
     }
@@ -184,8 +185,8 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, HttpError> {
         let line = std::str::from_utf8(&data[..eol])
             .map_err(|_| HttpError::Malformed("chunk size line"))?;
         let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| HttpError::Malformed("chunk size"))?;
+        let size =
+            usize::from_str_radix(size_str, 16).map_err(|_| HttpError::Malformed("chunk size"))?;
         data = &data[eol + 2..];
         if size == 0 {
             return Ok(out);
@@ -214,7 +215,10 @@ mod tests {
         let u = BaseUrl::parse("http://[::1]:9/admin/").unwrap();
         assert_eq!(u.authority, "[::1]:9");
         assert_eq!(u.prefix, "/admin");
-        assert_eq!(BaseUrl::parse("http://[::1]").unwrap().authority, "[::1]:80");
+        assert_eq!(
+            BaseUrl::parse("http://[::1]").unwrap().authority,
+            "[::1]:80"
+        );
         assert!(BaseUrl::parse("https://x:1").is_err());
         assert!(BaseUrl::parse("http:///x").is_err());
         assert!(BaseUrl::parse("unix:/run/x.sock").is_err());
@@ -241,7 +245,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
             b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n",
         ] {
-            assert!(parse_response(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_response(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

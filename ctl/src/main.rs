@@ -32,7 +32,11 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<i32> {
-    let out = if cli.json { Output::Json } else { Output::Human };
+    let out = if cli.json {
+        Output::Json
+    } else {
+        Output::Human
+    };
     match &cli.command {
         Command::Up { config, timeout } => {
             up::run(config.as_deref(), Duration::from_secs(*timeout), cli.json)

@@ -219,8 +219,7 @@ pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> 
                 return Ok((Wait::Signalled, None, None));
             }
             check_children(&mut daemons, "before it was ready")?;
-            if let Some(info) = fresh_runtime_info(&runtime_file, started, daemons[0].child.id())
-            {
+            if let Some(info) = fresh_runtime_info(&runtime_file, started, daemons[0].child.id()) {
                 break info;
             }
             if Instant::now() >= deadline {

@@ -187,7 +187,9 @@ mod tests {
         for bad in ["127.0.0.1", "localhost:5000", "1.2.3.4:0", "::1:5"] {
             assert!(peer(bad).is_err(), "{bad}");
         }
-        let k = MasterKey::new(Profile::AeadAes128Gcm, &[1; 28]).unwrap().to_base64();
+        let k = MasterKey::new(Profile::AeadAes128Gcm, &[1; 28])
+            .unwrap()
+            .to_base64();
         assert!(key_any_profile("--tx-key", &k).is_ok());
         let e = key_any_profile("--tx-key", "AAAA").unwrap_err().to_string();
         assert!(e.contains("3 bytes"), "{e}");

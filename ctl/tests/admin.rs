@@ -25,8 +25,20 @@ fn session_add_prints_id_alone_and_sends_validated_body() {
     let key = b64(28, 7);
     let o = run(
         &[
-            "session", "add", "--peer", "127.0.0.1:5000", "--profile", "aead_aes_128_gcm",
-            "--rx-key", &key, "--tx-key", &key, "--role", "trunk", "--max-pps", "500",
+            "session",
+            "add",
+            "--peer",
+            "127.0.0.1:5000",
+            "--profile",
+            "aead_aes_128_gcm",
+            "--rx-key",
+            &key,
+            "--tx-key",
+            &key,
+            "--role",
+            "trunk",
+            "--max-pps",
+            "500",
         ],
         &dir,
     );
@@ -52,8 +64,20 @@ fn session_add_json_parses() {
     let key = b64(30, 1);
     let o = run(
         &[
-            "--json", "--admin", &fake.url, "--token", "t", "session", "add", "--peer",
-            "[::1]:7000", "--profile", "AES_CM_128_HMAC_SHA1_80", "--rx-key", &key, "--tx-key",
+            "--json",
+            "--admin",
+            &fake.url,
+            "--token",
+            "t",
+            "session",
+            "add",
+            "--peer",
+            "[::1]:7000",
+            "--profile",
+            "AES_CM_128_HMAC_SHA1_80",
+            "--rx-key",
+            &key,
+            "--tx-key",
             &key,
         ],
         &dir,
@@ -67,7 +91,8 @@ fn session_add_json_parses() {
 
 #[test]
 fn tables_render() {
-    let fake = FakeControl::start(|s| match s.path.as_str() {
+    let fake = FakeControl::start(|s| {
+        match s.path.as_str() {
         "/v1/sessions" => (200, format!("[{SESSION}]")),
         "/v1/routes" => (
             200,
@@ -84,6 +109,7 @@ fn tables_render() {
                 "relay":{"pid":9,"up":true,"backend":"mmsg","workers":2,"heartbeat_age_ms":12},"sessions":1,"routes":1,"draining":false,"generation":7}"#.into(),
         ),
         _ => (404, r#"{"error":"no such endpoint"}"#.into()),
+    }
     });
     let dir = temp_dir("tables");
     write_runtime(&dir, &fake.url, "t");
@@ -94,7 +120,10 @@ fn tables_render() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("ID          PEER"), "{out}");
-    assert!(lines[1].contains("4294967297  127.0.0.1:5000  AEAD_AES_128_GCM  trunk"), "{out}");
+    assert!(
+        lines[1].contains("4294967297  127.0.0.1:5000  AEAD_AES_128_GCM  trunk"),
+        "{out}"
+    );
     assert!(lines[1].ends_with("2024-02-29T23:59:59Z"), "{out}");
     // Columns line up: PEER starts at the same offset in header and row.
     assert_eq!(lines[0].find("PEER"), lines[1].find("127.0.0.1"));
@@ -109,12 +138,18 @@ fn tables_render() {
     let out = stdout(&o);
     assert!(out.contains("WORKER  RX_PKTS  RX_BYTES"), "{out}");
     assert!(out.contains("total"), "{out}");
-    assert!(out.contains("DROP_REASON  COUNT\nauth_failed      1\n"), "{out}");
+    assert!(
+        out.contains("DROP_REASON  COUNT\nauth_failed      1\n"),
+        "{out}"
+    );
 
     let o = run(&["status"], &dir);
     let out = stdout(&o);
     assert!(out.contains("media_addr   127.0.0.1:3478"), "{out}");
-    assert!(out.contains("relay        up (pid 9, backend mmsg, 2 workers"), "{out}");
+    assert!(
+        out.contains("relay        up (pid 9, backend mmsg, 2 workers"),
+        "{out}"
+    );
 
     let o = run(&["status", "--json"], &dir);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -135,8 +170,20 @@ fn route_add_del_drain_rekey() {
     write_runtime(&dir, &fake.url, "t");
     let o = run(
         &[
-            "route", "add", "--from", "1", "--ssrc", "1234", "--to", "2", "--rewrite-ssrc", "77",
-            "--pt", "96:100", "--pt", "97:101",
+            "route",
+            "add",
+            "--from",
+            "1",
+            "--ssrc",
+            "1234",
+            "--to",
+            "2",
+            "--rewrite-ssrc",
+            "77",
+            "--pt",
+            "96:100",
+            "--pt",
+            "97:101",
         ],
         &dir,
     );
@@ -208,7 +255,10 @@ fn unauthorized_is_api_error_exit_4() {
     let o = run(&["--token", "wrong", "sessions"], &dir);
     assert_eq!(o.status.code(), Some(4));
     let err = stderr(&o);
-    assert!(err.contains("401") && err.contains("bad admin token"), "{err}");
+    assert!(
+        err.contains("401") && err.contains("bad admin token"),
+        "{err}"
+    );
     // The runtime file's token works.
     let o = run(&["sessions"], &dir);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
