@@ -1,12 +1,15 @@
 //! A tiny blocking HTTP/1.1 client for the loopback admin API.
 //!
-//! Owns: one request per TCP connection (`Connection: close`), `Content-Length` and chunked
-//! response bodies (RFC 9112 §6, §7.1). No TLS, no redirects, no keep-alive: the admin API
-//! listens on loopback only, so a full client crate (and its TLS stack) would be dead weight.
+//! Owns: one request per connection (`Connection: close`) over TCP (`http://HOST:PORT`) or a
+//! unix socket (`unix:/path/to.sock`), `Content-Length` and chunked response bodies
+//! (RFC 9112 §6, §7.1). No TLS, no redirects, no keep-alive: the admin API listens on loopback
+//! or a unix socket only, so a full client crate (and its TLS stack) would be dead weight.
 //! May not touch: anything but the socket it opens.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long to wait for the TCP connection to the admin API.
@@ -19,7 +22,7 @@ const MAX_RESPONSE: usize = 64 << 20;
 /// Why a request produced no HTTP response.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("bad admin URL {0:?}: expected http://HOST:PORT")]
+    #[error("bad admin URL {0:?}: expected http://HOST:PORT or unix:/PATH")]
     BadUrl(String),
     #[error("cannot resolve {0}")]
     Resolve(String),
@@ -28,24 +31,39 @@ pub enum HttpError {
         addr: SocketAddr,
         err: std::io::Error,
     },
+    #[error("connect to unix socket {}: {err}", .path.display())]
+    ConnectUnix { path: PathBuf, err: std::io::Error },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed HTTP response: {0}")]
     Malformed(&'static str),
 }
 
-/// A parsed `http://host:port[/prefix]` base URL.
+/// A parsed `http://host:port[/prefix]` or `unix:/path` base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
-    /// `host:port` as written (IPv6 in brackets), used for the `Host` header and to connect.
+    /// `host:port` as written (IPv6 in brackets), used for the `Host` header and to connect;
+    /// `localhost` for a unix socket.
     pub authority: String,
     /// Path prefix without a trailing slash (usually empty).
     pub prefix: String,
+    /// The unix socket to connect to instead of `authority`.
+    pub unix: Option<PathBuf>,
 }
 
 impl BaseUrl {
     pub fn parse(url: &str) -> Result<BaseUrl, HttpError> {
         let bad = || HttpError::BadUrl(url.to_string());
+        if let Some(path) = url.trim().strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(bad());
+            }
+            return Ok(BaseUrl {
+                authority: "localhost".to_string(),
+                prefix: String::new(),
+                unix: Some(PathBuf::from(path)),
+            });
+        }
         let rest = url.trim().strip_prefix("http://").ok_or_else(bad)?;
         let (authority, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -67,6 +85,7 @@ impl BaseUrl {
         Ok(BaseUrl {
             authority,
             prefix: prefix.to_string(),
+            unix: None,
         })
     }
 }
@@ -82,21 +101,41 @@ pub struct Response {
 pub fn request(
     base: &BaseUrl,
     method: &str,
-    path: &str,
+    path_and_query: &str,
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Result<Response, HttpError> {
+    if let Some(path) = &base.unix {
+        let stream = UnixStream::connect(path).map_err(|err| HttpError::ConnectUnix {
+            path: path.clone(),
+            err,
+        })?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        return exchange(stream, base, method, path_and_query, token, body);
+    }
     let addr = base
         .authority
         .to_socket_addrs()
         .map_err(|_| HttpError::Resolve(base.authority.clone()))?
         .next()
         .ok_or_else(|| HttpError::Resolve(base.authority.clone()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|err| HttpError::Connect { addr, err })?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    exchange(stream, base, method, path_and_query, token, body)
+}
 
+/// Write the request on a connected stream and read the response until the server closes.
+fn exchange(
+    mut stream: impl Read + Write,
+    base: &BaseUrl,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<Response, HttpError> {
     let mut head = format!(
         "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: sluicectl/{}\r\n",
         base.prefix,
@@ -221,7 +260,9 @@ mod tests {
         );
         assert!(BaseUrl::parse("https://x:1").is_err());
         assert!(BaseUrl::parse("http:///x").is_err());
-        assert!(BaseUrl::parse("unix:/run/x.sock").is_err());
+        let u = BaseUrl::parse("unix:/run/x.sock").unwrap();
+        assert_eq!(u.unix.as_deref(), Some(std::path::Path::new("/run/x.sock")));
+        assert!(BaseUrl::parse("unix:relative.sock").is_err());
     }
 
     #[test]

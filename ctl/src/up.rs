@@ -79,9 +79,22 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| CtlError::Other(format!("cannot start {}: {e}", bin.display())))?;
+        // ETXTBSY: the binary is still open for writing somewhere (just installed or copied);
+        // it clears within moments.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 20 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => {
+                    break r.map_err(|e| {
+                        CtlError::Other(format!("cannot start {}: {e}", bin.display()))
+                    })?
+                }
+            }
+        };
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let reader = child.stderr.take().map(|err| {
             let tail = Arc::clone(&tail);

@@ -301,6 +301,7 @@ fn env_overrides_runtime_file() {
     let o = std::process::Command::new(BIN)
         .args(["routes"])
         .env("SLUICE_RUNTIME_DIR", &dir)
+        .env("XDG_RUNTIME_DIR", &dir)
         .env("SLUICE_ADMIN", &fake.url)
         .env("SLUICE_TOKEN", "from-env")
         .output()
@@ -308,4 +309,15 @@ fn env_overrides_runtime_file() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "ID  FROM  SSRC  TO  REWRITE\n");
     assert_eq!(fake.requests()[0].auth.as_deref(), Some("Bearer from-env"));
+}
+
+#[test]
+fn unix_socket_admin_url() {
+    let dir = temp_dir("unix");
+    let fake = FakeControl::start_unix(&dir.join("admin.sock"), |_| (200, "[]".into()));
+    write_runtime(&dir, &fake.url, "t");
+    let o = run(&["sessions", "--json"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[]");
+    assert_eq!(fake.requests()[0].path, "/v1/sessions");
 }

@@ -18,6 +18,24 @@ fn isolated_ctl(dir: &Path) -> PathBuf {
     bin
 }
 
+/// Spawn, retrying while another test thread's fork still holds a just-written executable
+/// open (ETXTBSY).
+fn spawn(cmd: &mut Command) -> std::process::Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.expect("spawn sluicectl"),
+        }
+    }
+    panic!("executable stayed busy");
+}
+
+fn output(cmd: &mut Command) -> std::process::Output {
+    spawn(cmd).wait_with_output().unwrap()
+}
+
 fn script(dir: &Path, name: &str, body: &str) {
     let p = dir.join(name);
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -28,6 +46,7 @@ fn up_cmd(bin: &Path, runtime: &Path) -> Command {
     let mut c = Command::new(bin);
     c.args(["up", "--timeout", "10"])
         .env("SLUICE_RUNTIME_DIR", runtime)
+        .env("XDG_RUNTIME_DIR", runtime)
         .env("PATH", "/nonexistent-sluice-path")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -39,7 +58,7 @@ fn up_cmd(bin: &Path, runtime: &Path) -> Command {
 fn missing_binary_is_reported() {
     let dir = temp_dir("up-missing");
     let bin = isolated_ctl(&dir);
-    let o = up_cmd(&bin, &dir).output().unwrap();
+    let o = output(&mut up_cmd(&bin, &dir));
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("cannot find sluice-control"), "{err}");
@@ -47,7 +66,7 @@ fn missing_binary_is_reported() {
     assert!(err.contains(&dir.display().to_string()), "{err}");
 
     script(&dir, "sluice-control", "exit 0");
-    let o = up_cmd(&bin, &dir).output().unwrap();
+    let o = output(&mut up_cmd(&bin, &dir));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("cannot find sluice-relay"),
@@ -60,10 +79,7 @@ fn missing_binary_is_reported() {
 fn missing_config_file_is_usage() {
     let dir = temp_dir("up-config");
     let bin = isolated_ctl(&dir);
-    let o = up_cmd(&bin, &dir)
-        .args(["--config", "/nonexistent/sluice.toml"])
-        .output()
-        .unwrap();
+    let o = output(up_cmd(&bin, &dir).args(["--config", "/nonexistent/sluice.toml"]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
 }
@@ -78,7 +94,7 @@ fn control_dying_at_start_shows_its_stderr() {
         "echo 'config: unknown key foo' >&2; exit 3",
     );
     script(&dir, "sluice-relay", "sleep 30");
-    let o = up_cmd(&bin, &dir).output().unwrap();
+    let o = output(&mut up_cmd(&bin, &dir));
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
@@ -121,10 +137,7 @@ while :; do sleep 0.05; done"#,
         "sluice-relay",
         "trap 'exit 0' TERM\nwhile :; do sleep 0.05; done",
     );
-    let mut child = up_cmd(&bin, &runtime)
-        .env("PATH", "/usr/bin:/bin")
-        .spawn()
-        .unwrap();
+    let mut child = spawn(up_cmd(&bin, &runtime).env("PATH", "/usr/bin:/bin"));
     // Wait for the endpoints on stdout.
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,53 +28,42 @@ pub struct FakeControl {
     _thread: JoinHandle<()>,
 }
 
+type Handler = dyn Fn(&Seen) -> (u16, String) + Send + Sync;
+
 impl FakeControl {
-    pub fn start(handler: impl Fn(&Seen) -> (u16, String) + Send + 'static) -> FakeControl {
+    pub fn start(handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> FakeControl {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = Arc::clone(&seen);
+        let handler: Box<Handler> = Box::new(handler);
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let path = parts.next().unwrap_or("").to_string();
-                let (mut len, mut auth) = (0usize, None);
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                        if k.eq_ignore_ascii_case("authorization") {
-                            auth = Some(v.trim().to_string());
-                        }
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                let s = Seen {
-                    method,
-                    path,
-                    auth,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                };
-                let (status, resp) = handler(&s);
-                seen2.lock().unwrap().push(s);
-                let msg = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{resp}",
-                    resp.len()
-                );
-                let _ = stream.write_all(msg.as_bytes());
+                let Ok(stream) = stream else { return };
+                serve_one(stream, &*handler, &seen2);
+            }
+        });
+        FakeControl {
+            url,
+            seen,
+            _thread: thread,
+        }
+    }
+
+    /// The same fake, listening on a unix socket (`unix:PATH` admin URL).
+    pub fn start_unix(
+        path: &std::path::Path,
+        handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
+    ) -> FakeControl {
+        let listener = UnixListener::bind(path).expect("bind unix socket");
+        let url = format!("unix:{}", path.display());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let handler: Box<Handler> = Box::new(handler);
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                serve_one(stream, &*handler, &seen2);
             }
         });
         FakeControl {
@@ -86,6 +76,49 @@ impl FakeControl {
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// Read one request, answer it, close.
+fn serve_one(mut stream: impl Read + Write, handler: &Handler, seen: &Mutex<Vec<Seen>>) {
+    let mut reader = BufReader::new(&mut stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let (mut len, mut auth) = (0usize, None);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v.trim().to_string());
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    let _ = reader.read_exact(&mut body);
+    drop(reader);
+    let s = Seen {
+        method,
+        path,
+        auth,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let (status, resp) = handler(&s);
+    seen.lock().unwrap().push(s);
+    let msg = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{resp}",
+        resp.len()
+    );
+    let _ = stream.write_all(msg.as_bytes());
 }
 
 /// A fresh empty directory under the target temp dir.
@@ -112,6 +145,8 @@ pub fn run_stdin(args: &[&str], runtime_dir: &std::path::Path, stdin: Option<&st
         .env_remove("SLUICE_ADMIN")
         .env_remove("SLUICE_TOKEN")
         .env("SLUICE_RUNTIME_DIR", runtime_dir)
+        // Keep a real instance's default runtime directory out of reach.
+        .env("XDG_RUNTIME_DIR", runtime_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
