@@ -1,19 +1,44 @@
-//! The control ↔ relay shared-memory contract.
+//! The control ↔ relay shared-memory contract (design.md "Shared memory").
 //!
 //! Owns: the file layout (header, session table, route table, per-worker counter blocks),
-//! the single writer (control) and the lock-free readers (relay workers, sluicectl, metrics).
-//! `unsafe` is allowed here and only here besides [`crate::io`]; every block has a `// SAFETY:` note.
-//! May not touch: sockets, SRTP state, the clock.
+//! the single writer (control, [`ShmWriter`]) and the lock-free readers (relay workers,
+//! sluicectl, metrics: [`ShmReader`]). `unsafe` is allowed here and only here besides
+//! [`crate::io`]; every block has a `// SAFETY:` note.
+//! May not touch: sockets, SRTP state, the clock (callers pass timestamps in).
 //!
-//! Records below are the stable, typed view; the byte layout lives in `layout`.
+//! Records below are the stable, typed view. The byte layout lives in `layout`, the per-slot
+//! sequence lock in `seqlock`, the slot encoding in `codec`, the counters in `counters`;
+//! `docs/SHM.md` describes all of it for operators and other implementations.
+//!
+//! Slot indexes are internal to this module: everything outside names sessions and routes by
+//! the ids control assigns.
+#![allow(unsafe_code)]
+
+mod codec;
+mod counters;
+mod error;
+mod layout;
+mod map;
+mod reader;
+mod seqlock;
+mod writer;
+
+pub use counters::{
+    batch_bucket, time_bucket, CounterSnapshot, WorkerCounters, BATCH_BUCKETS, TIME_BUCKETS,
+};
+pub use error::{ShmError, SlotError, Table};
+pub use layout::{Capacity, ABI_VERSION, DEFAULT_PATH, MAGIC};
+pub use reader::{RelayInfo, ScanReport, ShmReader, BACKEND_NAME_LEN};
+pub use writer::{AdoptReport, ShmWriter};
 
 use crate::srtp::MasterKey;
 use std::net::SocketAddr;
 
-/// A session id: `slot index + 1` in the low 32 bits and a per-slot incarnation counter in
-/// the high 32 bits, so a reused slot never matches an old id. Never 0.
+/// A session id, assigned by control: a monotonic `u64` counter that control persists, so an id
+/// is never 0 and never reused (not even across control restarts). Stored in the slot; which
+/// slot holds a session is internal to this module.
 pub type SessionId = u64;
-/// A route id, built like [`SessionId`].
+/// A route id, assigned by control like [`SessionId`] (its own counter; never 0, never reused).
 pub type RouteId = u64;
 
 /// What a session may do. Viewers only receive; the others may publish (design.md "Access control").

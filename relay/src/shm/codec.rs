@@ -1,0 +1,261 @@
+//! Encoding of [`SessionRecord`] and [`RouteRecord`] into slot payload words, and the
+//! validating decoders. Words are `u64`; multi-byte fields inside a word are little-endian
+//! (low bits first). Payload word `i` here is slot word `i + 1` in docs/SHM.md (slot word 0
+//! is the sequence); the tables there mirror these functions.
+
+use super::error::SlotError;
+use super::layout::{ROUTE_WORDS, SESSION_WORDS};
+use super::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use crate::srtp::{MasterKey, Profile};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+const KEY_WORDS: usize = 6; // 48 bytes ≥ MasterKey::MAX_LEN (46)
+
+fn bytes_to_words<const W: usize>(bytes: &[u8]) -> [u64; W] {
+    let mut padded = [0u8; 64];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    core::array::from_fn(|i| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&padded[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(b)
+    })
+}
+
+fn words_to_bytes<const B: usize>(words: &[u64]) -> [u8; B] {
+    let mut out = [0u8; B];
+    for (chunk, w) in out.chunks_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// Session payload words:
+/// 0 id · 1 family | role<<8 | rx profile<<16 | tx profile<<24 | port<<32 ·
+/// 2–3 IP address (16 bytes; IPv4 in the first 4) · 4 IPv6 flowinfo | scope_id<<32 ·
+/// 5–10 rx key ‖ salt (zero-padded to 48 bytes) · 11–16 tx key ‖ salt ·
+/// 17 key_epoch | flags<<32 · 18 max_pps · 19–22 reserved (0).
+pub(crate) fn encode_session(r: &SessionRecord) -> [u64; SESSION_WORDS] {
+    let mut w = [0u64; SESSION_WORDS];
+    w[0] = r.id;
+    let (family, ip, flow): (u8, [u8; 16], u64) = match r.peer {
+        SocketAddr::V4(a) => {
+            let mut ip = [0u8; 16];
+            ip[..4].copy_from_slice(&a.ip().octets());
+            (4, ip, 0)
+        }
+        SocketAddr::V6(a) => (
+            6,
+            a.ip().octets(),
+            u64::from(a.flowinfo()) | (u64::from(a.scope_id()) << 32),
+        ),
+    };
+    w[1] = u64::from(family)
+        | (u64::from(r.role as u8) << 8)
+        | (u64::from(r.rx_key.profile().code()) << 16)
+        | (u64::from(r.tx_key.profile().code()) << 24)
+        | (u64::from(r.peer.port()) << 32);
+    let ipw: [u64; 2] = bytes_to_words(&ip);
+    w[2..4].copy_from_slice(&ipw);
+    w[4] = flow;
+    let rx: [u64; KEY_WORDS] = bytes_to_words(r.rx_key.as_bytes());
+    let tx: [u64; KEY_WORDS] = bytes_to_words(r.tx_key.as_bytes());
+    w[5..11].copy_from_slice(&rx);
+    w[11..17].copy_from_slice(&tx);
+    w[17] = u64::from(r.key_epoch) | (u64::from(r.flags) << 32);
+    w[18] = u64::from(r.max_pps);
+    w
+}
+
+fn profile(code: u8) -> Result<Profile, SlotError> {
+    Profile::from_code(code).map_err(|_| SlotError::BadProfile(code))
+}
+
+fn key(p: Profile, words: &[u64]) -> MasterKey {
+    let bytes: [u8; KEY_WORDS * 8] = words_to_bytes(words);
+    // The length is exactly the profile's key_material_len (≤ 46 ≤ 48), so `new` cannot fail.
+    MasterKey::new(p, &bytes[..p.key_material_len()]).unwrap_or_else(|_| unreachable!())
+}
+
+pub(crate) fn decode_session(w: &[u64; SESSION_WORDS]) -> Result<SessionRecord, SlotError> {
+    let meta = w[1];
+    let family = meta as u8;
+    let role_code = (meta >> 8) as u8;
+    let role = Role::from_code(role_code).ok_or(SlotError::BadRole(role_code))?;
+    let rx_p = profile((meta >> 16) as u8)?;
+    let tx_p = profile((meta >> 24) as u8)?;
+    let port = (meta >> 32) as u16;
+    let ip: [u8; 16] = words_to_bytes(&w[2..4]);
+    let peer = match family {
+        4 => SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
+            port,
+        )),
+        6 => SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(ip),
+            port,
+            w[4] as u32,
+            (w[4] >> 32) as u32,
+        )),
+        f => return Err(SlotError::BadFamily(f)),
+    };
+    Ok(SessionRecord {
+        id: w[0],
+        peer,
+        role,
+        rx_key: key(rx_p, &w[5..11]),
+        tx_key: key(tx_p, &w[11..17]),
+        key_epoch: w[17] as u32,
+        flags: (w[17] >> 32) as u32,
+        max_pps: w[18] as u32,
+    })
+}
+
+/// Route payload words:
+/// 0 id · 1 from · 2 to ·
+/// 3 has_ssrc | has_rewrite_ssrc<<8 | pt_map_len<<16 | ext_map_len<<24 | ssrc<<32 ·
+/// 4 rewrite ssrc · 5–6 pt_map (8 × (from, to) bytes) · 7–8 ext_map · 9–14 reserved (0).
+pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
+    let mut w = [0u64; ROUTE_WORDS];
+    w[0] = r.id;
+    w[1] = r.from;
+    w[2] = r.to;
+    w[3] = u64::from(r.ssrc.is_some())
+        | (u64::from(r.rewrite.ssrc.is_some()) << 8)
+        | (u64::from(r.rewrite.pt_map_len) << 16)
+        | (u64::from(r.rewrite.ext_map_len) << 24)
+        | (u64::from(r.ssrc.unwrap_or(0)) << 32);
+    w[4] = u64::from(r.rewrite.ssrc.unwrap_or(0));
+    let pairs = |m: &[(u8, u8); MAX_MAPPINGS]| -> [u64; 2] {
+        let mut b = [0u8; 2 * MAX_MAPPINGS];
+        for (i, (f, t)) in m.iter().enumerate() {
+            b[2 * i] = *f;
+            b[2 * i + 1] = *t;
+        }
+        bytes_to_words(&b)
+    };
+    w[5..7].copy_from_slice(&pairs(&r.rewrite.pt_map));
+    w[7..9].copy_from_slice(&pairs(&r.rewrite.ext_map));
+    w
+}
+
+/// Checks a route before it is written, with the same rules the reader applies.
+pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
+    if r.from == 0 || r.to == 0 {
+        return Err(SlotError::ZeroEndpoint);
+    }
+    for len in [r.rewrite.pt_map_len, r.rewrite.ext_map_len] {
+        if usize::from(len) > MAX_MAPPINGS {
+            return Err(SlotError::MapTooLong(len));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotError> {
+    let flag = |b: u8| match b {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(SlotError::BadFlag(other)),
+    };
+    let meta = w[3];
+    let has_ssrc = flag(meta as u8)?;
+    let has_rw = flag((meta >> 8) as u8)?;
+    let pt_len = (meta >> 16) as u8;
+    let ext_len = (meta >> 24) as u8;
+    let ssrc = (meta >> 32) as u32;
+    let pairs = |words: &[u64]| -> [(u8, u8); MAX_MAPPINGS] {
+        let b: [u8; 2 * MAX_MAPPINGS] = words_to_bytes(words);
+        core::array::from_fn(|i| (b[2 * i], b[2 * i + 1]))
+    };
+    let r = RouteRecord {
+        id: w[0],
+        from: w[1],
+        to: w[2],
+        ssrc: has_ssrc.then_some(ssrc),
+        rewrite: Rewrite {
+            ssrc: has_rw.then_some(w[4] as u32),
+            pt_map: pairs(&w[5..7]),
+            pt_map_len: pt_len,
+            ext_map: pairs(&w[7..9]),
+            ext_map_len: ext_len,
+        },
+    };
+    validate_route(&r)?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(peer: SocketAddr, role: Role, rx: Profile, tx: Profile) -> SessionRecord {
+        let rx_bytes: Vec<u8> = (0..rx.key_material_len() as u8).collect();
+        let tx_bytes: Vec<u8> = (0..tx.key_material_len() as u8).map(|b| !b).collect();
+        SessionRecord {
+            id: 0x0123_4567_89ab_cdef,
+            peer,
+            role,
+            rx_key: MasterKey::new(rx, &rx_bytes).unwrap(),
+            tx_key: MasterKey::new(tx, &tx_bytes).unwrap(),
+            key_epoch: 0xdead_beef,
+            flags: 0x8000_0003,
+            max_pps: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn session_round_trip() {
+        let v6: SocketAddr = SocketAddr::V6(SocketAddrV6::new(
+            "2001:db8::1".parse().unwrap(),
+            65535,
+            0x000f_ffff,
+            7,
+        ));
+        for peer in ["192.0.2.7:5004".parse().unwrap(), v6] {
+            for role in Role::ALL {
+                for rx in Profile::ALL {
+                    for tx in Profile::ALL {
+                        let r = session(peer, role, rx, tx);
+                        assert_eq!(decode_session(&encode_session(&r)).unwrap(), r);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_codes_are_errors() {
+        let r = session(
+            "10.0.0.1:1".parse().unwrap(),
+            Role::Host,
+            Profile::AeadAes128Gcm,
+            Profile::AeadAes128Gcm,
+        );
+        let mut w = encode_session(&r);
+        w[1] = (w[1] & !0xff00) | (9 << 8);
+        assert_eq!(decode_session(&w), Err(SlotError::BadRole(9)));
+        let mut w = encode_session(&r);
+        w[1] = (w[1] & !0xff_0000) | (77 << 16);
+        assert_eq!(decode_session(&w), Err(SlotError::BadProfile(77)));
+        let mut w = encode_session(&r);
+        w[1] = (w[1] & !0xff) | 5;
+        assert_eq!(decode_session(&w), Err(SlotError::BadFamily(5)));
+
+        let route = RouteRecord {
+            id: 1,
+            from: 2,
+            ssrc: None,
+            to: 3,
+            rewrite: Rewrite::default(),
+        };
+        let mut w = encode_route(&route);
+        w[3] |= 9 << 16;
+        assert_eq!(decode_route(&w), Err(SlotError::MapTooLong(9)));
+        let mut w = encode_route(&route);
+        w[3] |= 2;
+        assert_eq!(decode_route(&w), Err(SlotError::BadFlag(2)));
+        let mut w = encode_route(&route);
+        w[2] = 0;
+        assert_eq!(decode_route(&w), Err(SlotError::ZeroEndpoint));
+    }
+}

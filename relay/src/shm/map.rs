@@ -1,0 +1,373 @@
+//! The mapping itself: creating, opening and validating the file, and typed access to the
+//! header, slots and counter blocks. Every `unsafe` block of the shm module that touches the
+//! mapping is here.
+
+use super::counters::WorkerCounters;
+use super::error::ShmError;
+use super::layout::{
+    Capacity, Header, Layout, RouteSlot, SessionSlot, ABI_VERSION, COUNTER_BLOCK_SIZE, HEADER_SIZE,
+    MAGIC, ROUTE_SLOT_SIZE, SESSION_SLOT_SIZE,
+};
+use core::sync::atomic::{AtomicU32, Ordering};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file's required mode: it holds SRTP master keys.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// A validated mapping of the whole file. The mapping lives as long as this value; every
+/// reference handed out borrows `&self`, so no reference outlives the mapping.
+pub(crate) struct Mapping {
+    raw: MmapRaw,
+    /// Kept open so the writer's `flock` lasts as long as the writer.
+    file: File,
+    path: PathBuf,
+    layout: Layout,
+}
+
+impl core::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("path", &self.path)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+fn mode_ok(path: &Path, file: &File, exact: bool) -> Result<(), ShmError> {
+    let mode = file
+        .metadata()
+        .map_err(|e| ShmError::io(path, e))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let ok = if exact {
+        mode == FILE_MODE
+    } else {
+        mode & 0o077 == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ShmError::Mode {
+            path: path.to_path_buf(),
+            mode,
+        })
+    }
+}
+
+impl Mapping {
+    /// Create a new file (fails if it exists), mode 0600, sized and initialised for `cap`,
+    /// exclusively locked for the calling writer. The magic is stored last.
+    pub(crate) fn create(path: &Path, cap: Capacity) -> Result<Mapping, ShmError> {
+        let layout = Layout::for_capacity(cap)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => ShmError::Exists {
+                    path: path.to_path_buf(),
+                },
+                _ => ShmError::io(path, e),
+            })?;
+        let result = (|| {
+            // The umask can only clear bits, but a filesystem might not honour modes at all.
+            mode_ok(path, &file, true)?;
+            lock_exclusive(path, &file)?;
+            file.set_len(layout.file_size)
+                .map_err(|e| ShmError::io(path, e))?;
+            let raw = map(path, &file, layout.file_size)?;
+            let m = Mapping {
+                raw,
+                file,
+                path: path.to_path_buf(),
+                layout,
+            };
+            m.init_header();
+            Ok(m)
+        })();
+        if result.is_err() {
+            // We created it, so it is ours to remove; a half-made file would block the next try.
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    fn init_header(&self) {
+        let h = self.header();
+        let l = &self.layout;
+        let r = Ordering::Relaxed;
+        h.abi_version.store(ABI_VERSION, r);
+        h.header_size.store(HEADER_SIZE as u32, r);
+        h.session_slot_size.store(SESSION_SLOT_SIZE as u32, r);
+        h.route_slot_size.store(ROUTE_SLOT_SIZE as u32, r);
+        h.counter_block_size.store(COUNTER_BLOCK_SIZE as u32, r);
+        h.session_capacity.store(l.capacity.sessions, r);
+        h.route_capacity.store(l.capacity.routes, r);
+        h.worker_capacity.store(l.capacity.workers, r);
+        h.sessions_offset.store(l.sessions_offset, r);
+        h.routes_offset.store(l.routes_offset, r);
+        h.counters_offset.store(l.counters_offset, r);
+        h.file_size.store(l.file_size, r);
+        h.writer_pid.store(std::process::id(), r);
+        // Publish: a reader that loads MAGIC with Acquire sees every store above.
+        h.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Open and validate an existing file (read-write: readers write counters and relay info).
+    pub(crate) fn open(path: &Path) -> Result<Mapping, ShmError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| ShmError::io(path, e))?;
+        mode_ok(path, &file, false)?;
+        let len = file.metadata().map_err(|e| ShmError::io(path, e))?.len();
+        if len == 0 {
+            return Err(ShmError::NotInitialized {
+                path: path.to_path_buf(),
+            });
+        }
+        if len < HEADER_SIZE as u64 {
+            return Err(ShmError::Truncated {
+                path: path.to_path_buf(),
+                len,
+                expected: HEADER_SIZE as u64,
+            });
+        }
+        let raw = map(path, &file, len)?;
+        let mut m = Mapping {
+            raw,
+            file,
+            path: path.to_path_buf(),
+            // Provisional until validated below; nothing past the header is touched before.
+            layout: Layout::for_capacity(Capacity::default())?,
+        };
+        m.layout = m.validate(len)?;
+        Ok(m)
+    }
+
+    /// Check the header against this build and the file length; returns the file's layout.
+    fn validate(&self, len: u64) -> Result<Layout, ShmError> {
+        let h = self.header();
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic == 0 {
+            return Err(ShmError::NotInitialized {
+                path: self.path.clone(),
+            });
+        }
+        if magic != MAGIC {
+            return Err(ShmError::BadMagic {
+                path: self.path.clone(),
+                found: magic,
+            });
+        }
+        let r = Ordering::Relaxed;
+        let version = h.abi_version.load(r);
+        if version != ABI_VERSION {
+            return Err(ShmError::Version {
+                file: version,
+                ours: ABI_VERSION,
+            });
+        }
+        let sizes = [
+            ("header size", h.header_size.load(r), HEADER_SIZE),
+            (
+                "session slot size",
+                h.session_slot_size.load(r),
+                SESSION_SLOT_SIZE,
+            ),
+            (
+                "route slot size",
+                h.route_slot_size.load(r),
+                ROUTE_SLOT_SIZE,
+            ),
+            (
+                "counter block size",
+                h.counter_block_size.load(r),
+                COUNTER_BLOCK_SIZE,
+            ),
+        ];
+        for (field, file, ours) in sizes {
+            if file as usize != ours {
+                return Err(ShmError::Layout {
+                    field,
+                    file: u64::from(file),
+                    ours: ours as u64,
+                });
+            }
+        }
+        let layout = Layout::for_capacity(Capacity {
+            sessions: h.session_capacity.load(r),
+            routes: h.route_capacity.load(r),
+            workers: h.worker_capacity.load(r),
+        })?;
+        let offsets = [
+            (
+                "sessions offset",
+                h.sessions_offset.load(r),
+                layout.sessions_offset,
+            ),
+            (
+                "routes offset",
+                h.routes_offset.load(r),
+                layout.routes_offset,
+            ),
+            (
+                "counters offset",
+                h.counters_offset.load(r),
+                layout.counters_offset,
+            ),
+            ("file size", h.file_size.load(r), layout.file_size),
+        ];
+        for (field, file, ours) in offsets {
+            if file != ours {
+                return Err(ShmError::Layout { field, file, ours });
+            }
+        }
+        if len < layout.file_size {
+            return Err(ShmError::Truncated {
+                path: self.path.clone(),
+                len,
+                expected: layout.file_size,
+            });
+        }
+        Ok(layout)
+    }
+
+    /// Take the single-writer lock (`flock(LOCK_EX | LOCK_NB)`), held until the file closes.
+    pub(crate) fn lock_exclusive(&self) -> Result<(), ShmError> {
+        lock_exclusive(&self.path, &self.file)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn capacity(&self) -> Capacity {
+        self.layout.capacity
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the mapping starts at a page boundary (mmap with offset 0), which satisfies
+        // Header's 4096-byte alignment; every constructor checked `raw.len() >= HEADER_SIZE`
+        // before calling this. Header consists only of atomics, so shared access from other
+        // threads and processes is data-race free. The reference borrows `self`, which owns
+        // the mapping, so it cannot outlive it.
+        unsafe { &*(self.raw.as_ptr() as *const Header) }
+    }
+
+    /// Session slot `i`, or `None` past the capacity.
+    pub(crate) fn session_slot(&self, i: u32) -> Option<&SessionSlot> {
+        if i >= self.layout.capacity.sessions {
+            return None;
+        }
+        let off = self.layout.sessions_offset as usize + i as usize * SESSION_SLOT_SIZE;
+        // SAFETY: `i < capacity`, and validation checked the mapping covers
+        // `sessions_offset + capacity × SESSION_SLOT_SIZE`; `sessions_offset` is page-aligned
+        // and the slot size a multiple of 64, so the pointer is 64-byte aligned as SessionSlot
+        // requires. The slot is all atomics (shared mutation is fine), and the reference
+        // borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const SessionSlot) })
+    }
+
+    /// Route slot `i`, or `None` past the capacity.
+    pub(crate) fn route_slot(&self, i: u32) -> Option<&RouteSlot> {
+        if i >= self.layout.capacity.routes {
+            return None;
+        }
+        let off = self.layout.routes_offset as usize + i as usize * ROUTE_SLOT_SIZE;
+        // SAFETY: as in `session_slot`: bounds checked against the validated capacity and file
+        // length, 64-byte alignment from a page-aligned table start and a 64-multiple slot
+        // size, atomics only, lifetime tied to `self`.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const RouteSlot) })
+    }
+
+    /// Counter block of worker `w`, or `None` past the capacity.
+    pub(crate) fn counters(&self, w: usize) -> Option<&WorkerCounters> {
+        if w >= self.layout.capacity.workers as usize {
+            return None;
+        }
+        let off = self.layout.counters_offset as usize + w * COUNTER_BLOCK_SIZE;
+        // SAFETY: `w < workers capacity` and the validated file covers every block; the table
+        // starts on a page and blocks are 64-byte multiples, matching WorkerCounters' alignment;
+        // all fields are atomics; the reference borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const WorkerCounters) })
+    }
+}
+
+fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, ShmError> {
+    let len = usize::try_from(len).map_err(|_| ShmError::Truncated {
+        path: path.to_path_buf(),
+        len,
+        expected: usize::MAX as u64,
+    })?;
+    MmapOptions::new()
+        .len(len)
+        .map_raw(file)
+        .map_err(|e| ShmError::io(path, e))
+}
+
+fn lock_exclusive(path: &Path, file: &File) -> Result<(), ShmError> {
+    // SAFETY: flock only reads the descriptor number, which `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == std::io::ErrorKind::WouldBlock {
+        Err(ShmError::WriterActive {
+            path: path.to_path_buf(),
+        })
+    } else {
+        Err(ShmError::io(path, err))
+    }
+}
+
+/// Sleep while `*word == expected`, at most `timeout` (a shared, not private, futex: the word
+/// lives in a file mapping other processes share). Spurious wake-ups are fine for the caller.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, 4-byte-aligned AtomicU32 inside the mapping (borrowed for the
+    // call); FUTEX_WAIT only reads it. `ts` outlives the call; the remaining arguments are
+    // ignored by FUTEX_WAIT. Errors (EAGAIN: value changed, ETIMEDOUT, EINTR) all mean "go and
+    // look again", which the caller does.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            core::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wake every thread sleeping in [`futex_wait`] on `word`, in any process.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned AtomicU32 inside the mapping; FUTEX_WAKE does not
+    // access memory beyond the futex word's address and ignores the trailing arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            core::ptr::null::<libc::timespec>(),
+            core::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
