@@ -7,6 +7,7 @@ mod commands;
 mod discovery;
 mod error;
 mod http;
+mod srtp_cmd;
 mod table;
 mod up;
 mod validate;
@@ -15,9 +16,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, SrtpCmd};
 use crate::commands::Output;
-use crate::error::{CtlError, Result};
+use crate::error::Result;
 
 fn main() {
     let cli = Cli::parse();
@@ -41,7 +42,26 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Up { config, timeout } => {
             up::run(config.as_deref(), Duration::from_secs(*timeout), cli.json)
         }
-        Command::Srtp(_) => Err(CtlError::Other("srtp: not available yet".into())),
+        Command::Srtp(sub) => {
+            let (args, protect) = match sub {
+                SrtpCmd::Protect(a) => (a, true),
+                SrtpCmd::Unprotect(a) => (a, false),
+            };
+            let packet = srtp_cmd::run(args, protect)?;
+            let hex = validate::to_hex(&packet);
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "profile": validate::profile(&args.profile)?.name(),
+                        "len": packet.len(),
+                        "hex": hex,
+                    })
+                ),
+                Output::Human => println!("{hex}"),
+            }
+            Ok(0)
+        }
         cmd => {
             let req = commands::prepare(cmd)?;
             let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref())?;
