@@ -1,53 +1,22 @@
 //! Finding a running control: the runtime directory, `control.json`, and the overrides.
 //!
 //! Owns: the order in which the admin URL and token are chosen (flags and environment first,
-//! then `<runtime_dir>/control.json`). May not touch: the network.
+//! then the first `control.json` among `relay::config::runtime_dir_candidates`). The record
+//! itself and the directories are `relay::config`'s. May not touch: the network.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+pub use relay::config::RuntimeInfo;
 
 use crate::error::{CtlError, Result};
 
-/// Name of the file control writes into the runtime directory.
-pub const RUNTIME_FILE: &str = "control.json";
-
-/// What control publishes about itself in `<runtime_dir>/control.json`.
-/// Only the admin URL and token are required; the rest is shown by `up`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct RuntimeInfo {
-    pub admin_url: String,
-    pub admin_token: String,
-    #[serde(default)]
-    pub media_addr: Option<String>,
-    #[serde(default)]
-    pub public_url: Option<String>,
-    #[serde(default)]
-    pub metrics_url: Option<String>,
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub shm_path: Option<String>,
-}
-
-/// The runtime directory: `$SLUICE_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/sluice`,
-/// else `/tmp/sluice-<uid>`. Mirrors the relay config's default so both sides agree.
-pub fn runtime_dir() -> PathBuf {
-    if let Some(d) = non_empty_env("SLUICE_RUNTIME_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = non_empty_env("XDG_RUNTIME_DIR") {
-        return Path::new(&d).join("sluice");
-    }
-    PathBuf::from(format!(
-        "/tmp/sluice-{}",
-        rustix::process::getuid().as_raw()
-    ))
-}
-
-/// The path of control's runtime file.
-pub fn runtime_file() -> PathBuf {
-    runtime_dir().join(RUNTIME_FILE)
+/// Where `control.json` is looked for, in order (`$SLUICE_RUNTIME_DIR`, then the default
+/// runtime directory); see `relay::config::runtime_dir_candidates`.
+pub fn runtime_files() -> Vec<PathBuf> {
+    relay::config::runtime_dir_candidates()
+        .iter()
+        .map(|d| RuntimeInfo::path_in(d))
+        .collect()
 }
 
 /// Read and parse a runtime file. `Ok(None)` if it does not exist.
@@ -78,17 +47,22 @@ pub struct Endpoint {
 }
 
 /// Choose the endpoint: `--admin`/`SLUICE_ADMIN` and `--token`/`SLUICE_TOKEN` win; whatever
-/// they leave open comes from the runtime file. Without an admin URL from anywhere, control
-/// is not running.
+/// they leave open comes from the first runtime file found. Without an admin URL from
+/// anywhere, control is not running.
 pub fn resolve(admin: Option<&str>, token: Option<&str>) -> Result<Endpoint> {
-    let path = runtime_file();
     if let (Some(a), Some(t)) = (admin, token) {
         return Ok(Endpoint {
             admin_url: a.to_string(),
             token: Some(t.to_string()),
         });
     }
-    let info = match read_runtime_file(&path) {
+    let candidates = runtime_files();
+    let found = candidates.iter().find(|p| p.is_file());
+    let info = match found
+        .map(|p| read_runtime_file(p))
+        .transpose()
+        .map(Option::flatten)
+    {
         Ok(i) => i,
         // An explicit URL without a token still works against a server that allows it.
         Err(_) if admin.is_some() => None,
@@ -105,12 +79,8 @@ pub fn resolve(admin: Option<&str>, token: Option<&str>) -> Result<Endpoint> {
             admin_url: info.admin_url,
             token: Some(token.map(str::to_string).unwrap_or(info.admin_token)),
         }),
-        (None, None) => Err(CtlError::NotRunning { path }),
+        (None, None) => Err(CtlError::NotRunning { paths: candidates }),
     }
-}
-
-fn non_empty_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -121,17 +91,17 @@ mod tests {
     fn parses_runtime_file() {
         let dir = std::env::temp_dir().join(format!("sluicectl-disc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(RUNTIME_FILE);
+        let p = RuntimeInfo::path_in(&dir);
         assert_eq!(read_runtime_file(&p).unwrap(), None);
         std::fs::write(
             &p,
-            r#"{"admin_url":"http://127.0.0.1:1","admin_token":"t","media_addr":"127.0.0.1:2","pid":7,"extra":1}"#,
+            r#"{"admin_url":"http://127.0.0.1:1","admin_token":"t","media_addr":"127.0.0.1:2","public_url":"http://127.0.0.1:3","metrics_url":"http://127.0.0.1:3/metrics","pid":7,"shm_path":"/dev/shm/x"}"#,
         )
         .unwrap();
         let i = read_runtime_file(&p).unwrap().unwrap();
         assert_eq!(i.admin_url, "http://127.0.0.1:1");
-        assert_eq!(i.media_addr.as_deref(), Some("127.0.0.1:2"));
-        assert_eq!(i.pid, Some(7));
+        assert_eq!(i.media_addr, "127.0.0.1:2");
+        assert_eq!(i.pid, 7);
         std::fs::write(&p, "{not json").unwrap();
         assert!(matches!(
             read_runtime_file(&p),

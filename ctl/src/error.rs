@@ -22,9 +22,9 @@ pub enum CtlError {
     /// No runtime file was found and no `--admin` was given.
     #[error(
         "control is not running: no runtime file at {} (start it with `sluicectl up`, or pass --admin URL and --token TOKEN)",
-        .path.display()
+        join_paths(.paths)
     )]
-    NotRunning { path: PathBuf },
+    NotRunning { paths: Vec<PathBuf> },
     /// The runtime file exists but cannot be read or parsed.
     #[error("cannot read control's runtime file {}: {msg}", .path.display())]
     RuntimeFile { path: PathBuf, msg: String },
@@ -42,6 +42,11 @@ pub enum CtlError {
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    v.join(" or ")
 }
 
 impl CtlError {

@@ -3,8 +3,9 @@
 //! Owns: finding the daemon binaries, starting them (control first, since it creates the
 //! shared-memory file and the runtime file), waiting until control's runtime file appears and
 //! `/v1/status` reports the relay up, printing the endpoints, and stopping both children on
-//! SIGINT/SIGTERM (SIGTERM, then SIGKILL after a grace period). May not touch: the daemons'
-//! configuration (the file is passed through unread).
+//! SIGINT/SIGTERM (SIGTERM, then SIGKILL after a grace period). The configuration file is
+//! loaded only to validate it and to learn the runtime directory; the daemons get it as given.
+//! May not touch: the daemons' state.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -13,14 +14,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
 
 use serde_json::Value;
 
 use crate::api::Client;
-use crate::discovery::{self, Endpoint, RuntimeInfo};
+use relay::config::{Config, RuntimeInfo};
+
+use crate::discovery::{self, Endpoint};
 use crate::error::{CtlError, Result};
 
 pub const CONTROL_BIN: &str = "sluice-control";
@@ -193,22 +196,20 @@ enum Wait {
 
 /// Run `up`. Returns the process exit code on a clean stop.
 pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> {
-    if let Some(c) = config {
-        if !c.is_file() {
-            return Err(CtlError::usage(format!(
-                "--config: {} is not a readable file",
-                c.display()
-            )));
-        }
-    }
+    // The daemons read the same file; loading it here reports a bad key before anything
+    // starts and tells where control will write its runtime file.
+    let cfg = match config {
+        Some(c) => Config::load(c).map_err(|e| CtlError::usage(format!("--config: {e}")))?,
+        None => Config::embedded_default(),
+    };
+    let runtime_file = RuntimeInfo::path_in(&cfg.runtime_dir);
     let control_bin = find_binary(CONTROL_BIN)?;
     let relay_bin = find_binary(RELAY_BIN)?;
-    let runtime_file = discovery::runtime_file();
     if let Ok(Some(info)) = discovery::read_runtime_file(&runtime_file) {
-        if info.pid.is_some_and(pid_alive) {
+        if pid_alive(info.pid) {
             return Err(CtlError::Other(format!(
                 "control is already running (pid {}, admin {}); see {}",
-                info.pid.unwrap_or(0),
+                info.pid,
                 info.admin_url,
                 runtime_file.display()
             )));
@@ -221,7 +222,6 @@ pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> 
             .map_err(|e| CtlError::Other(format!("cannot install signal handler: {e}")))?;
     }
 
-    let started = SystemTime::now();
     let deadline = Instant::now() + timeout;
     let mut daemons = vec![Daemon::spawn(CONTROL_BIN, &control_bin, config)?];
 
@@ -232,7 +232,7 @@ pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> 
                 return Ok((Wait::Signalled, None, None));
             }
             check_children(&mut daemons, "before it was ready")?;
-            if let Some(info) = fresh_runtime_info(&runtime_file, started, daemons[0].child.id()) {
+            if let Some(info) = fresh_runtime_info(&runtime_file, daemons[0].child.id()) {
                 break info;
             }
             if Instant::now() >= deadline {
@@ -329,18 +329,13 @@ fn timeout_error(daemons: &mut [Daemon], what: &str) -> CtlError {
     CtlError::Other(msg.trim_end().to_string())
 }
 
-/// The runtime file, if it was written by this control (its pid, or modified after `since`
-/// when it carries no pid).
-fn fresh_runtime_info(path: &Path, since: SystemTime, pid: u32) -> Option<RuntimeInfo> {
-    let info = discovery::read_runtime_file(path).ok().flatten()?;
-    match info.pid {
-        Some(p) if p == pid => Some(info),
-        Some(_) => None,
-        None => {
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-            (mtime >= since).then_some(info)
-        }
-    }
+/// The runtime file, if it was written by the control we started (it carries its pid; a
+/// stale file from an earlier run carries another).
+fn fresh_runtime_info(path: &Path, pid: u32) -> Option<RuntimeInfo> {
+    discovery::read_runtime_file(path)
+        .ok()
+        .flatten()
+        .filter(|info| info.pid == pid)
 }
 
 /// `relay.up` in a status document.
@@ -369,15 +364,15 @@ fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: boo
         ("admin_url", pick("admin_url", info.map(|i| &i.admin_url))),
         (
             "media_addr",
-            pick("media_addr", info.and_then(|i| i.media_addr.as_ref())),
+            pick("media_addr", info.map(|i| &i.media_addr)),
         ),
         (
             "public_url",
-            pick("public_url", info.and_then(|i| i.public_url.as_ref())),
+            pick("public_url", info.map(|i| &i.public_url)),
         ),
         (
             "metrics_url",
-            pick("metrics_url", info.and_then(|i| i.metrics_url.as_ref())),
+            pick("metrics_url", info.map(|i| &i.metrics_url)),
         ),
     ];
     if json {

@@ -82,6 +82,13 @@ fn missing_config_file_is_usage() {
     let o = output(up_cmd(&bin, &dir).args(["--config", "/nonexistent/sluice.toml"]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
+
+    // A bad key is reported (with its name) before anything starts.
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[relay]\nno_such_key = 1\n").unwrap();
+    let o = output(up_cmd(&bin, &dir).arg("--config").arg(&cfg));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no_such_key"), "{}", stderr(&o));
 }
 
 #[test]
@@ -124,7 +131,7 @@ fn full_cycle_with_stand_in_daemons() {
         &dir,
         "sluice-control",
         &format!(
-            r#"printf '{{"admin_url":"{}","admin_token":"t","media_addr":"127.0.0.1:3478","pid":%d}}' $$ > '{}/control.json'
+            r#"printf '{{"admin_url":"{}","admin_token":"t","media_addr":"127.0.0.1:3478","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","pid":%d,"shm_path":"/dev/shm/x"}}' $$ > '{}/control.json'
 echo control-started >&2
 trap 'echo control-stopping >&2; exit 0' TERM
 while :; do sleep 0.05; done"#,
