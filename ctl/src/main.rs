@@ -1,2 +1,73 @@
+//! `sluicectl`: the Sluice operator CLI. See `docs/CLI.md` for every command and exit code.
 #![deny(unsafe_code)]
-fn main() {}
+
+mod api;
+mod cli;
+mod commands;
+mod discovery;
+mod error;
+mod http;
+mod srtp_cmd;
+mod table;
+mod up;
+mod validate;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, SrtpCmd};
+use crate::commands::Output;
+use crate::error::Result;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluicectl: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let out = if cli.json {
+        Output::Json
+    } else {
+        Output::Human
+    };
+    match &cli.command {
+        Command::Up { config, timeout } => {
+            up::run(config.as_deref(), Duration::from_secs(*timeout), cli.json)
+        }
+        Command::Srtp(sub) => {
+            let (args, protect) = match sub {
+                SrtpCmd::Protect(a) => (a, true),
+                SrtpCmd::Unprotect(a) => (a, false),
+            };
+            let packet = srtp_cmd::run(args, protect)?;
+            let hex = validate::to_hex(&packet);
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "profile": validate::profile(&args.profile)?.name(),
+                        "len": packet.len(),
+                        "hex": hex,
+                    })
+                ),
+                Output::Human => println!("{hex}"),
+            }
+            Ok(0)
+        }
+        cmd => {
+            let req = commands::prepare(cmd)?;
+            let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref())?;
+            let client = api::Client::new(&ep)?;
+            commands::execute(&client, req, out)?;
+            Ok(0)
+        }
+    }
+}

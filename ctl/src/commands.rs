@@ -1,0 +1,412 @@
+//! The admin commands: validate locally, call the API, print a table or JSON.
+//!
+//! Owns: what each command prints on stdout. May not touch: process spawning (see [`crate::up`]).
+
+use serde_json::{json, Value};
+
+use crate::api::Client;
+use crate::cli::{Command, RouteCmd, SessionCmd};
+use crate::error::{CtlError, Result};
+use crate::table::{self, cell, field};
+use crate::validate;
+
+/// Output mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+fn print_json(v: &Value) {
+    // Serialising a `Value` cannot fail.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// Build the request for a command that needs control. Validation happens here, before
+/// discovery, so a bad value is reported even when control is not running.
+pub enum Request {
+    Status,
+    Stats,
+    Sessions,
+    Routes,
+    SessionAdd(Value),
+    SessionDel(u64),
+    RouteAdd(Value),
+    RouteDel(u64),
+    Drain,
+    Rekey(u64, Value),
+}
+
+pub fn prepare(cmd: &Command) -> Result<Request> {
+    Ok(match cmd {
+        Command::Status => Request::Status,
+        Command::Stats => Request::Stats,
+        Command::Sessions => Request::Sessions,
+        Command::Routes => Request::Routes,
+        Command::Drain => Request::Drain,
+        Command::Session(SessionCmd::Add {
+            peer,
+            profile,
+            rx_key,
+            tx_key,
+            role,
+            max_pps,
+        }) => {
+            let profile = validate::profile(profile)?;
+            let peer = validate::peer(peer)?;
+            let rx = validate::key("--rx-key", profile, rx_key)?;
+            let tx = validate::key("--tx-key", profile, tx_key)?;
+            let mut body = json!({
+                "peer": peer.to_string(),
+                "profile": profile.name(),
+                "rx_key": rx.to_base64(),
+                "tx_key": tx.to_base64(),
+            });
+            if let Some(r) = role {
+                body["role"] = json!(validate::role(r)?.name());
+            }
+            if let Some(n) = max_pps {
+                body["max_pps"] = json!(n);
+            }
+            Request::SessionAdd(body)
+        }
+        Command::Session(SessionCmd::Del { id }) => Request::SessionDel(*id),
+        Command::Route(RouteCmd::Add {
+            from,
+            ssrc,
+            to,
+            rewrite_ssrc,
+            pt,
+        }) => {
+            let pt_map = validate::pt_map(pt)?;
+            let mut body = json!({ "from": from, "to": to });
+            if let Some(s) = ssrc {
+                body["ssrc"] = json!(s);
+            }
+            if rewrite_ssrc.is_some() || !pt_map.is_empty() {
+                let mut rw = json!({});
+                if let Some(s) = rewrite_ssrc {
+                    rw["ssrc"] = json!(s);
+                }
+                if !pt_map.is_empty() {
+                    rw["pt_map"] = json!(pt_map);
+                }
+                body["rewrite"] = rw;
+            }
+            Request::RouteAdd(body)
+        }
+        Command::Route(RouteCmd::Del { id }) => Request::RouteDel(*id),
+        Command::Rekey { id, tx_key, rx_key } => {
+            if tx_key.is_none() && rx_key.is_none() {
+                return Err(CtlError::usage("rekey: give --tx-key, --rx-key or both"));
+            }
+            let mut body = json!({});
+            if let Some(k) = tx_key {
+                body["tx_key"] = json!(validate::key_any_profile("--tx-key", k)?);
+            }
+            if let Some(k) = rx_key {
+                body["rx_key"] = json!(validate::key_any_profile("--rx-key", k)?);
+            }
+            Request::Rekey(*id, body)
+        }
+        Command::Up { .. } | Command::Srtp(_) => {
+            return Err(CtlError::Other(
+                "internal: command does not talk to the admin API".to_string(),
+            ))
+        }
+    })
+}
+
+/// Run a prepared request and print its result.
+pub fn execute(client: &Client, req: Request, out: Output) -> Result<()> {
+    match req {
+        Request::Status => {
+            let v = client.get("/v1/status")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", status_text(&v)),
+            }
+        }
+        Request::Stats => {
+            let v = client.get("/v1/stats")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", stats_text(&v)),
+            }
+        }
+        Request::Sessions => {
+            let v = client.get("/v1/sessions")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", sessions_text(&v)),
+            }
+        }
+        Request::Routes => {
+            let v = client.get("/v1/routes")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", routes_text(&v)),
+            }
+        }
+        Request::SessionAdd(body) => {
+            let v = client.post("/v1/sessions", &body)?;
+            print_created(&v, out)?;
+        }
+        Request::RouteAdd(body) => {
+            let v = client.post("/v1/routes", &body)?;
+            print_created(&v, out)?;
+        }
+        Request::SessionDel(id) => {
+            client.delete(&format!("/v1/sessions/{id}"))?;
+            print_done(
+                out,
+                json!({"id": id, "deleted": true}),
+                &format!("session {id} deleted"),
+            );
+        }
+        Request::RouteDel(id) => {
+            client.delete(&format!("/v1/routes/{id}"))?;
+            print_done(
+                out,
+                json!({"id": id, "deleted": true}),
+                &format!("route {id} deleted"),
+            );
+        }
+        Request::Drain => {
+            let v = client.post("/v1/drain", &json!({}))?;
+            let v = if v.is_null() {
+                json!({"draining": true})
+            } else {
+                v
+            };
+            print_done(
+                out,
+                v,
+                "draining: no new sessions or routes; existing media keeps flowing",
+            );
+        }
+        Request::Rekey(id, body) => {
+            let v = client.post(&format!("/v1/sessions/{id}/rekey"), &body)?;
+            let human = match v.get("key_epoch") {
+                Some(e) => format!("session {id} rekeyed (key epoch {})", cell(Some(e))),
+                None => format!("session {id} rekeyed"),
+            };
+            let v = if v.is_null() { json!({"id": id}) } else { v };
+            print_done(out, v, &human);
+        }
+    }
+    Ok(())
+}
+
+/// `session add` / `route add`: the id alone, or the whole object with `--json`.
+fn print_created(v: &Value, out: Output) -> Result<()> {
+    let id = v
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| CtlError::Other(format!("control's answer has no numeric id: {v}")))?;
+    match out {
+        Output::Json => print_json(v),
+        Output::Human => println!("{id}"),
+    }
+    Ok(())
+}
+
+fn print_done(out: Output, v: Value, human: &str) {
+    match out {
+        Output::Json => print_json(&v),
+        Output::Human => println!("{human}"),
+    }
+}
+
+fn status_text(v: &Value) -> String {
+    let relay = v.get("relay").cloned().unwrap_or(Value::Null);
+    let relay_line = if relay.is_null() {
+        "-".to_string()
+    } else {
+        let up = relay.get("up").and_then(Value::as_bool).unwrap_or(false);
+        format!(
+            "{} (pid {}, backend {}, {} workers, heartbeat {} ms ago)",
+            if up { "up" } else { "DOWN" },
+            field(&relay, "pid"),
+            field(&relay, "backend"),
+            field(&relay, "workers"),
+            field(&relay, "heartbeat_age_ms"),
+        )
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("version", field(v, "version")),
+        ("admin_url", field(v, "admin_url")),
+        ("media_addr", field(v, "media_addr")),
+        ("public_url", field(v, "public_url")),
+        ("metrics_url", field(v, "metrics_url")),
+        ("backend", field(v, "backend")),
+        ("workers", field(v, "workers")),
+        ("relay", relay_line),
+        ("sessions", field(v, "sessions")),
+        ("routes", field(v, "routes")),
+        ("draining", field(v, "draining")),
+        ("generation", field(v, "generation")),
+    ];
+    rows.iter()
+        .map(|(k, val)| format!("{k:<12} {val}\n"))
+        .collect()
+}
+
+fn as_list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn sessions_text(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = as_list(v)
+        .iter()
+        .map(|s| {
+            vec![
+                field(s, "id"),
+                field(s, "peer"),
+                field(s, "profile"),
+                field(s, "role"),
+                field(s, "key_epoch"),
+                field(s, "flags"),
+                field(s, "max_pps"),
+                table::unix_ms(s.get("created_unix_ms")),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "ID", "PEER", "PROFILE", "ROLE", "EPOCH", "FLAGS", "MAX_PPS", "CREATED",
+        ],
+        &rows,
+    )
+}
+
+fn rewrite_text(rw: Option<&Value>) -> String {
+    let Some(rw) = rw.filter(|r| r.is_object()) else {
+        return "-".to_string();
+    };
+    let mut parts = Vec::new();
+    if let Some(s) = rw.get("ssrc").filter(|s| !s.is_null()) {
+        parts.push(format!("ssrc={}", cell(Some(s))));
+    }
+    for (key, label) in [("pt_map", "pt"), ("ext_map", "ext")] {
+        let pairs: Vec<String> = as_list(rw.get(key).unwrap_or(&Value::Null))
+            .iter()
+            .map(|p| match p.as_array().map(Vec::as_slice) {
+                Some([a, b]) => format!("{}:{}", cell(Some(a)), cell(Some(b))),
+                _ => cell(Some(p)),
+            })
+            .collect();
+        if !pairs.is_empty() {
+            parts.push(format!("{label}={}", pairs.join(",")));
+        }
+    }
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn routes_text(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = as_list(v)
+        .iter()
+        .map(|r| {
+            vec![
+                field(r, "id"),
+                field(r, "from"),
+                field(r, "ssrc"),
+                field(r, "to"),
+                rewrite_text(r.get("rewrite")),
+            ]
+        })
+        .collect();
+    table::render(&["ID", "FROM", "SSRC", "TO", "REWRITE"], &rows)
+}
+
+fn drops_text(d: Option<&Value>) -> String {
+    let Some(obj) = d.and_then(Value::as_object) else {
+        return cell(d);
+    };
+    let total: u64 = obj.values().filter_map(Value::as_u64).sum();
+    total.to_string()
+}
+
+fn stats_text(v: &Value) -> String {
+    let row = |w: &Value, name: String| {
+        vec![
+            name,
+            field(w, "rx_packets"),
+            field(w, "rx_bytes"),
+            field(w, "tx_packets"),
+            field(w, "tx_bytes"),
+            drops_text(w.get("drops")),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = as_list(v.get("workers").unwrap_or(&Value::Null))
+        .iter()
+        .map(|w| row(w, field(w, "worker")))
+        .collect();
+    let totals = v.get("totals");
+    if let Some(t) = totals {
+        rows.push(row(t, "total".to_string()));
+    }
+    let mut out = table::render(
+        &[
+            "WORKER", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "DROPS",
+        ],
+        &rows,
+    );
+    let drops: Vec<Vec<String>> = totals
+        .and_then(|t| t.get("drops"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, c)| c.as_u64() != Some(0))
+                .map(|(reason, c)| vec![reason.clone(), cell(Some(c))])
+                .collect()
+        })
+        .unwrap_or_default();
+    if !drops.is_empty() {
+        out.push('\n');
+        out.push_str(&table::render(&["DROP_REASON", "COUNT"], &drops));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_table_sums_drops_and_lists_reasons() {
+        let v = json!({
+            "workers": [
+                {"worker": 0, "rx_packets": 10, "rx_bytes": 1000, "tx_packets": 9, "tx_bytes": 900,
+                 "drops": {"auth_failed": 1, "replayed": 0}},
+            ],
+            "totals": {"rx_packets": 10, "rx_bytes": 1000, "tx_packets": 9, "tx_bytes": 900,
+                       "drops": {"auth_failed": 1, "replayed": 0}}
+        });
+        let t = stats_text(&v);
+        assert!(t.contains("total"), "{t}");
+        assert!(
+            t.contains("DROP_REASON  COUNT\nauth_failed      1\n"),
+            "{t}"
+        );
+        assert!(!t.contains("replayed"), "{t}");
+    }
+
+    #[test]
+    fn rewrite_cells() {
+        assert_eq!(rewrite_text(None), "-");
+        assert_eq!(
+            rewrite_text(Some(
+                &json!({"ssrc": 5, "pt_map": [[96, 100]], "ext_map": []})
+            )),
+            "ssrc=5 pt=96:100"
+        );
+    }
+}

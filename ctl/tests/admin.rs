@@ -1,0 +1,323 @@
+//! sluicectl against a fake admin API: happy paths, API errors, discovery.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const SESSION: &str = r#"{"id":4294967297,"peer":"127.0.0.1:5000","profile":"AEAD_AES_128_GCM","role":"trunk","key_epoch":0,"flags":0,"max_pps":0,"created_unix_ms":1709251199000}"#;
+
+fn write_runtime(dir: &std::path::Path, url: &str, token: &str) {
+    std::fs::write(
+        dir.join("control.json"),
+        format!(
+            r#"{{"admin_url":"{url}","admin_token":"{token}","media_addr":"127.0.0.1:3478","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","pid":1,"shm_path":"/dev/shm/sluice"}}"#
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn session_add_prints_id_alone_and_sends_validated_body() {
+    let fake = FakeControl::start(|_| (201, SESSION.to_string()));
+    let dir = temp_dir("add");
+    write_runtime(&dir, &fake.url, "sekrit");
+    let key = b64(28, 7);
+    let o = run(
+        &[
+            "session",
+            "add",
+            "--peer",
+            "127.0.0.1:5000",
+            "--profile",
+            "aead_aes_128_gcm",
+            "--rx-key",
+            &key,
+            "--tx-key",
+            &key,
+            "--role",
+            "trunk",
+            "--max-pps",
+            "500",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "4294967297\n");
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method, "POST");
+    assert_eq!(reqs[0].path, "/v1/sessions");
+    assert_eq!(reqs[0].auth.as_deref(), Some("Bearer sekrit"));
+    let body: Value = serde_json::from_str(&reqs[0].body).unwrap();
+    assert_eq!(body["profile"], "AEAD_AES_128_GCM");
+    assert_eq!(body["peer"], "127.0.0.1:5000");
+    assert_eq!(body["rx_key"], key.as_str());
+    assert_eq!(body["role"], "trunk");
+    assert_eq!(body["max_pps"], 500);
+}
+
+#[test]
+fn session_add_json_parses() {
+    let fake = FakeControl::start(|_| (201, SESSION.to_string()));
+    let dir = temp_dir("addjson");
+    let key = b64(30, 1);
+    let o = run(
+        &[
+            "--json",
+            "--admin",
+            &fake.url,
+            "--token",
+            "t",
+            "session",
+            "add",
+            "--peer",
+            "[::1]:7000",
+            "--profile",
+            "AES_CM_128_HMAC_SHA1_80",
+            "--rx-key",
+            &key,
+            "--tx-key",
+            &key,
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["id"], 4294967297u64);
+    let body: Value = serde_json::from_str(&fake.requests()[0].body).unwrap();
+    assert_eq!(body["peer"], "[::1]:7000");
+}
+
+#[test]
+fn tables_render() {
+    let fake = FakeControl::start(|s| {
+        match s.path.as_str() {
+        "/v1/sessions" => (200, format!("[{SESSION}]")),
+        "/v1/routes" => (
+            200,
+            r#"[{"id":2,"from":1,"ssrc":null,"to":3,"rewrite":{"ssrc":42,"pt_map":[[96,100]]}}]"#.into(),
+        ),
+        "/v1/stats" => (
+            200,
+            r#"{"workers":[{"worker":0,"rx_packets":5,"rx_bytes":500,"tx_packets":4,"tx_bytes":400,"drops":{"auth_failed":1}}],
+                "totals":{"rx_packets":5,"rx_bytes":500,"tx_packets":4,"tx_bytes":400,"drops":{"auth_failed":1}}}"#.into(),
+        ),
+        "/v1/status" => (
+            200,
+            r#"{"version":"0.1.0","media_addr":"127.0.0.1:3478","admin_url":"http://127.0.0.1:1","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","backend":"mmsg","workers":2,
+                "relay":{"pid":9,"up":true,"backend":"mmsg","workers":2,"heartbeat_age_ms":12},"sessions":1,"routes":1,"draining":false,"generation":7}"#.into(),
+        ),
+        _ => (404, r#"{"error":"no such endpoint"}"#.into()),
+    }
+    });
+    let dir = temp_dir("tables");
+    write_runtime(&dir, &fake.url, "t");
+
+    let o = run(&["sessions"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("ID          PEER"), "{out}");
+    assert!(
+        lines[1].contains("4294967297  127.0.0.1:5000  AEAD_AES_128_GCM  trunk"),
+        "{out}"
+    );
+    assert!(lines[1].ends_with("2024-02-29T23:59:59Z"), "{out}");
+    // Columns line up: PEER starts at the same offset in header and row.
+    assert_eq!(lines[0].find("PEER"), lines[1].find("127.0.0.1"));
+
+    let o = run(&["routes"], &dir);
+    assert_eq!(
+        stdout(&o),
+        "ID  FROM  SSRC  TO  REWRITE\n 2     1     -   3  ssrc=42 pt=96:100\n"
+    );
+
+    let o = run(&["stats"], &dir);
+    let out = stdout(&o);
+    assert!(out.contains("WORKER  RX_PKTS  RX_BYTES"), "{out}");
+    assert!(out.contains("total"), "{out}");
+    assert!(
+        out.contains("DROP_REASON  COUNT\nauth_failed      1\n"),
+        "{out}"
+    );
+
+    let o = run(&["status"], &dir);
+    let out = stdout(&o);
+    assert!(out.contains("media_addr   127.0.0.1:3478"), "{out}");
+    assert!(
+        out.contains("relay        up (pid 9, backend mmsg, 2 workers"),
+        "{out}"
+    );
+
+    let o = run(&["status", "--json"], &dir);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["media_addr"], "127.0.0.1:3478");
+    assert_eq!(v["workers"], 2);
+}
+
+#[test]
+fn route_add_del_drain_rekey() {
+    let fake = FakeControl::start(|s| match (s.method.as_str(), s.path.as_str()) {
+        ("POST", "/v1/routes") => (201, r#"{"id":9,"from":1,"to":2}"#.into()),
+        ("DELETE", _) => (204, String::new()),
+        ("POST", "/v1/drain") => (202, String::new()),
+        ("POST", "/v1/sessions/5/rekey") => (200, r#"{"id":5,"key_epoch":3}"#.into()),
+        _ => (404, r#"{"error":"not found"}"#.into()),
+    });
+    let dir = temp_dir("routes");
+    write_runtime(&dir, &fake.url, "t");
+    let o = run(
+        &[
+            "route",
+            "add",
+            "--from",
+            "1",
+            "--ssrc",
+            "1234",
+            "--to",
+            "2",
+            "--rewrite-ssrc",
+            "77",
+            "--pt",
+            "96:100",
+            "--pt",
+            "97:101",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "9\n");
+    let body: Value = serde_json::from_str(&fake.requests()[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"from":1,"ssrc":1234,"to":2,"rewrite":{"ssrc":77,"pt_map":[[96,100],[97,101]]}})
+    );
+
+    let o = run(&["route", "del", "9"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&["--json", "session", "del", "5"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["deleted"], true);
+    let o = run(&["drain"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let key = b64(44, 3);
+    let o = run(&["rekey", "5", "--tx-key", &key], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "session 5 rekeyed (key epoch 3)\n");
+
+    let reqs = fake.requests();
+    let seen: Vec<(String, String)> = reqs
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST", "/v1/routes"),
+            ("DELETE", "/v1/routes/9"),
+            ("DELETE", "/v1/sessions/5"),
+            ("POST", "/v1/drain"),
+            ("POST", "/v1/sessions/5/rekey"),
+        ]
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+    );
+    let body: Value = serde_json::from_str(&reqs[4].body).unwrap();
+    assert_eq!(body, serde_json::json!({"tx_key": key}));
+}
+
+#[test]
+fn unknown_session_is_api_error_exit_4() {
+    let fake = FakeControl::start(|_| (404, r#"{"error":"no session 77"}"#.into()));
+    let dir = temp_dir("404");
+    write_runtime(&dir, &fake.url, "t");
+    let o = run(&["session", "del", "77"], &dir);
+    assert_eq!(o.status.code(), Some(4));
+    let err = stderr(&o);
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("no session 77"), "{err}");
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn unauthorized_is_api_error_exit_4() {
+    let fake = FakeControl::start(|s| {
+        if s.auth.as_deref() == Some("Bearer right") {
+            (200, "[]".into())
+        } else {
+            (401, r#"{"error":"bad admin token"}"#.into())
+        }
+    });
+    let dir = temp_dir("401");
+    write_runtime(&dir, &fake.url, "right");
+    let o = run(&["--token", "wrong", "sessions"], &dir);
+    assert_eq!(o.status.code(), Some(4));
+    let err = stderr(&o);
+    assert!(
+        err.contains("401") && err.contains("bad admin token"),
+        "{err}"
+    );
+    // The runtime file's token works.
+    let o = run(&["sessions"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn control_not_running_exit_3() {
+    let dir = temp_dir("notrunning");
+    let o = run(&["status"], &dir);
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(err.contains("control is not running"), "{err}");
+    assert!(
+        err.contains(&dir.join("control.json").display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn stale_runtime_file_is_unreachable_exit_3() {
+    // Bind and drop a listener to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir("stale");
+    write_runtime(&dir, &format!("http://127.0.0.1:{port}"), "t");
+    let o = run(&["sessions"], &dir);
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(err.contains("not reachable"), "{err}");
+    assert!(err.contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn env_overrides_runtime_file() {
+    let fake = FakeControl::start(|_| (200, "[]".into()));
+    let dir = temp_dir("env");
+    let o = std::process::Command::new(BIN)
+        .args(["routes"])
+        .env("SLUICE_RUNTIME_DIR", &dir)
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("SLUICE_ADMIN", &fake.url)
+        .env("SLUICE_TOKEN", "from-env")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ID  FROM  SSRC  TO  REWRITE\n");
+    assert_eq!(fake.requests()[0].auth.as_deref(), Some("Bearer from-env"));
+}
+
+#[test]
+fn unix_socket_admin_url() {
+    let dir = temp_dir("unix");
+    let fake = FakeControl::start_unix(&dir.join("admin.sock"), |_| (200, "[]".into()));
+    write_runtime(&dir, &fake.url, "t");
+    let o = run(&["sessions", "--json"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[]");
+    assert_eq!(fake.requests()[0].path, "/v1/sessions");
+}

@@ -1,0 +1,185 @@
+//! `sluicectl up` as far as it can be exercised without the real daemons: binary discovery
+//! errors, a daemon that dies at start, and a full start/stop cycle with stand-in daemons
+//! (shell scripts) and a fake admin API.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A private copy of sluicectl in `dir`, so "next to the executable" is a directory we control.
+fn isolated_ctl(dir: &Path) -> PathBuf {
+    let bin = dir.join("sluicectl");
+    std::fs::copy(BIN, &bin).unwrap();
+    bin
+}
+
+/// Spawn, retrying while another test thread's fork still holds a just-written executable
+/// open (ETXTBSY).
+fn spawn(cmd: &mut Command) -> std::process::Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.expect("spawn sluicectl"),
+        }
+    }
+    panic!("executable stayed busy");
+}
+
+fn output(cmd: &mut Command) -> std::process::Output {
+    spawn(cmd).wait_with_output().unwrap()
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn up_cmd(bin: &Path, runtime: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["up", "--timeout", "10"])
+        .env("SLUICE_RUNTIME_DIR", runtime)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("PATH", "/nonexistent-sluice-path")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn missing_binary_is_reported() {
+    let dir = temp_dir("up-missing");
+    let bin = isolated_ctl(&dir);
+    let o = output(&mut up_cmd(&bin, &dir));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("cannot find sluice-control"), "{err}");
+    assert!(err.contains("not on PATH"), "{err}");
+    assert!(err.contains(&dir.display().to_string()), "{err}");
+
+    script(&dir, "sluice-control", "exit 0");
+    let o = output(&mut up_cmd(&bin, &dir));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot find sluice-relay"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn missing_config_file_is_usage() {
+    let dir = temp_dir("up-config");
+    let bin = isolated_ctl(&dir);
+    let o = output(up_cmd(&bin, &dir).args(["--config", "/nonexistent/sluice.toml"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
+
+    // A bad key is reported (with its name) before anything starts.
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[relay]\nno_such_key = 1\n").unwrap();
+    let o = output(up_cmd(&bin, &dir).arg("--config").arg(&cfg));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no_such_key"), "{}", stderr(&o));
+}
+
+#[test]
+fn control_dying_at_start_shows_its_stderr() {
+    let dir = temp_dir("up-dies");
+    let bin = isolated_ctl(&dir);
+    script(
+        &dir,
+        "sluice-control",
+        "echo 'config: unknown key foo' >&2; exit 3",
+    );
+    script(&dir, "sluice-relay", "sleep 30");
+    let o = output(&mut up_cmd(&bin, &dir));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("sluice-control exited before it was ready (exit code 3)"),
+        "{err}"
+    );
+    assert!(err.contains("config: unknown key foo"), "{err}");
+}
+
+#[test]
+fn full_cycle_with_stand_in_daemons() {
+    let fake = FakeControl::start(|s| {
+        match s.path.as_str() {
+        "/v1/status" => (
+            200,
+            r#"{"media_addr":"127.0.0.1:3478","admin_url":"ADMIN","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","relay":{"up":true}}"#.into(),
+        ),
+        _ => (404, r#"{"error":"nope"}"#.into()),
+    }
+    });
+    let dir = temp_dir("up-full");
+    let bin = isolated_ctl(&dir);
+    let runtime = dir.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    // Stand-in control: writes its runtime file (with its own pid), then waits for SIGTERM.
+    script(
+        &dir,
+        "sluice-control",
+        &format!(
+            r#"printf '{{"admin_url":"{}","admin_token":"t","media_addr":"127.0.0.1:3478","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","pid":%d,"shm_path":"/dev/shm/x"}}' $$ > '{}/control.json'
+echo control-started >&2
+trap 'echo control-stopping >&2; exit 0' TERM
+while :; do sleep 0.05; done"#,
+            fake.url,
+            runtime.display()
+        ),
+    );
+    script(
+        &dir,
+        "sluice-relay",
+        "trap 'exit 0' TERM\nwhile :; do sleep 0.05; done",
+    );
+    let mut child = spawn(up_cmd(&bin, &runtime).env("PATH", "/usr/bin:/bin"));
+    // Wait for the endpoints on stdout.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let start = Instant::now();
+    loop {
+        let reqs = fake.requests();
+        if reqs.iter().any(|r| r.path == "/v1/status") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "up never polled status"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "up exited early");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("media_addr   127.0.0.1:3478"), "{out}");
+    assert!(
+        out.contains("metrics_url  http://127.0.0.1:8080/metrics"),
+        "{out}"
+    );
+    assert!(err.contains("[sluice-control] control-started"), "{err}");
+    assert!(err.contains("[sluice-control] control-stopping"), "{err}");
+    let auth = &fake.requests()[0].auth;
+    assert_eq!(auth.as_deref(), Some("Bearer t"));
+}
