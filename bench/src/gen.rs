@@ -736,10 +736,7 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
     let wall0 = Instant::now();
     let mut hist = new_hist();
     let mut rb = RecvBatch::new(c.batch);
-    let mut poll = match Poll::new() {
-        Ok(p) => Some(p),
-        Err(_) => None,
-    };
+    let mut poll = Poll::new().ok();
     if let Some(p) = &poll {
         for (i, s) in subs.iter().enumerate() {
             let fd = s.sock.as_raw_fd();
