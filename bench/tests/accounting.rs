@@ -285,6 +285,7 @@ fn clean_relay_loses_nothing_and_report_round_trips() {
     assert_eq!(v["config"]["profile"], "AES_CM_128_HMAC_SHA1_80");
     assert!(v["result"]["latency"]["p99_us"].is_number());
     let back: Report = serde_json::from_str(&json).unwrap();
+    // Exact, floats included (serde_json's float_roundtrip feature).
     assert_eq!(back, report);
 
     // Files: JSON and SVG.
@@ -296,8 +297,8 @@ fn clean_relay_loses_nothing_and_report_round_trips() {
         plot: Some(dir.join("r.svg")),
     };
     out.write(&report, "test").unwrap();
-    let back: Report =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(dir.join("r.json")).unwrap();
+    let back: Report = serde_json::from_str(&text).unwrap();
     assert_eq!(back, report);
     let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
     assert!(
