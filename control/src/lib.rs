@@ -1,1 +1,23 @@
-//! Sluice control plane.
+//! Sluice control plane (`sluice-control`): sessions, keys, routes, the admin REST API,
+//! persistence, audit log and systemd integration. It never touches media: it writes
+//! sessions, keys and routes into the shared-memory file the relay reads (`relay::shm`).
+//!
+//! Modules (each says what it owns and may not touch):
+//! - [`daemon`]: process lifecycle, runtime file, signals, sd_notify, housekeeping loop.
+//! - [`api`]: REST routing, validation, authentication, mutation order, reconciliation.
+//! - [`http`]: a small std-only HTTP/1.1 server (loopback TCP or unix socket).
+//! - [`state`]: write-ahead journal and atomic snapshots of sessions, routes and id counters.
+//! - [`audit`]: the append-only JSON-lines audit log with rotation and retention.
+//! - [`metrics`]: Prometheus text and `/v1/stats` from the relay's counter blocks.
+//! - [`notify`]: systemd readiness and watchdog datagrams.
+//! - [`util`]: time formatting, random bytes, private file writes.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod audit;
+pub mod daemon;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod state;
+pub mod util;

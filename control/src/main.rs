@@ -1,2 +1,51 @@
+//! `sluice-control --config FILE`: the control-plane daemon (no flag: the embedded default).
 #![deny(unsafe_code)]
-fn main() {}
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-control",
+    version,
+    about = "Sluice control plane: sessions, keys, routes, admin API"
+)]
+struct Args {
+    /// Configuration file (TOML); without it the embedded loopback default is used.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let cfg = match control::daemon::load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice-control: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("configuration OK");
+        return std::process::ExitCode::SUCCESS;
+    }
+    match control::daemon::run(cfg) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sluice-control: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

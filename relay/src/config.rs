@@ -1,1 +1,962 @@
-//! The one configuration file (`sluice.toml`) shared by every Sluice process.
+//! The one TOML configuration file shared by every Sluice process (relay, control, sluicectl).
+//!
+//! Owns: the `Config` schema, its defaults (including the embedded default that runs on
+//! loopback without a file and without root), validation with errors that name the key and the
+//! file line, the default runtime directory, and the runtime discovery record (`control.json`)
+//! that sluicectl reads. Every key is documented in `docs/CONFIG.md`.
+//! May not touch: sockets, shared memory, SRTP state. Reading the config is not on any hot path.
+//!
+//! Errors: syntax and type errors come from the TOML parser with a byte span; semantic errors
+//! (bad addresses, zero capacities, conflicting keys) are found after parsing. Both are reported
+//! as `origin:line: key: message`, the line found from the span or by locating the key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Name of the runtime discovery file control writes into the runtime directory.
+pub const RUNTIME_FILE: &str = "control.json";
+/// Environment variable that overrides the runtime directory (for sluicectl discovery and the
+/// embedded default).
+pub const RUNTIME_DIR_ENV: &str = "SLUICE_RUNTIME_DIR";
+/// Shortest admin token accepted (characters).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax or type error, unknown key, or a value the schema refuses.
+    #[error("{origin}:{line}:{column}: {key_part}{message}", key_part = key_prefix(key))]
+    Parse {
+        origin: String,
+        line: usize,
+        column: usize,
+        /// Dotted key (`relay.bind`) when it could be determined.
+        key: Option<String>,
+        message: String,
+    },
+    /// A value that parsed but makes no sense (bad address, zero capacity, conflicting keys).
+    #[error("{origin}{line_part}: {key}: {message}", line_part = line_suffix(*line))]
+    Invalid {
+        origin: String,
+        /// 1-based line of the key, `None` when the key is not in the file (a default).
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+    /// A file holding a secret (the admin token) is readable by other users.
+    #[error("{path} holds the admin token but is world-readable (mode {mode:04o}); run `chmod o-rwx {path}`", path = path.display())]
+    InsecurePermissions { path: PathBuf, mode: u32 },
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, if known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The 1-based file line the error is about, if known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Parse { line, .. } => Some(*line),
+            ConfigError::Invalid { line, .. } => *line,
+            _ => None,
+        }
+    }
+}
+
+/// A secret string (the admin token). `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// An HTTP listen address: TCP `IP:PORT` or `unix:/absolute/path`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Loopback TCP or a unix socket: safe for the admin API.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ListenAddr::Tcp(a) => a.ip().is_loopback(),
+            ListenAddr::Unix(_) => true,
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            let p = PathBuf::from(p);
+            if !p.is_absolute() {
+                return Err(format!(
+                    "unix socket path `{}` must be absolute",
+                    p.display()
+                ));
+            }
+            return Ok(ListenAddr::Unix(p));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!("`{s}` is neither IP:PORT (IPv6 as [addr]:port) nor unix:/absolute/path")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ListenAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The relay's I/O backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// io_uring when the kernel allows it, else mmsg.
+    #[default]
+    Auto,
+    IoUring,
+    Mmsg,
+}
+
+impl Backend {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Mmsg => "mmsg",
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Runtime files (control.json, generated admin token, slow-path socket).
+    pub runtime_dir: PathBuf,
+    pub relay: RelayConfig,
+    pub control: ControlConfig,
+    pub shm: ShmConfig,
+    pub srtp: SrtpConfig,
+}
+
+/// `[relay]`: the data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// The one UDP media address every peer sends to.
+    pub bind: SocketAddr,
+    /// Worker threads; 0 = one per CPU the process may run on.
+    pub workers: u32,
+    pub backend: Backend,
+    /// Datagrams received (and at most sent) per loop turn and worker.
+    pub batch: u32,
+    /// SO_RCVBUF per worker socket, bytes (the kernel caps it at net.core.rmem_max).
+    pub recv_buffer_bytes: u32,
+    /// SO_SNDBUF per worker socket, bytes (capped at net.core.wmem_max).
+    pub send_buffer_bytes: u32,
+    /// A loop turn longer than this is counted (and logged) as a stall.
+    pub stall_threshold_ms: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> RelayConfig {
+        RelayConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 4443)),
+            workers: 0,
+            backend: Backend::Auto,
+            batch: 64,
+            recv_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 4 << 20,
+            stall_threshold_ms: 100,
+        }
+    }
+}
+
+/// `[control]`: the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Admin REST API; loopback or `unix:/path` only.
+    pub admin_listen: ListenAddr,
+    /// The admin bearer token, inline (the file must then not be world-readable).
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token (first line). Conflicts with `admin_token`.
+    pub admin_token_file: Option<PathBuf>,
+    /// Public HTTP listener (WHIP/WHEP, health); absent = the admin listener.
+    pub public_listen: Option<ListenAddr>,
+    /// Addresses announced as ICE candidates; empty = the relay bind address.
+    pub public_addresses: Vec<IpAddr>,
+    /// Persisted sessions, routes and id counters (0700; holds keys).
+    pub state_dir: PathBuf,
+    /// Audit log file (rotated into `<name>.<date>[.n]` beside it).
+    pub audit_log: PathBuf,
+    /// Rotated audit files older than this are deleted.
+    pub audit_retention_days: u32,
+    /// Rotate the audit log when it grows past this size (it also rotates daily).
+    pub audit_max_bytes: u64,
+    /// Unix socket where control accepts the relay's slow-path connection.
+    pub slow_path: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            admin_listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin_token: None,
+            admin_token_file: None,
+            public_listen: None,
+            public_addresses: Vec::new(),
+            state_dir: PathBuf::new(),
+            audit_log: PathBuf::new(),
+            audit_retention_days: 180,
+            audit_max_bytes: 64 << 20,
+            slow_path: PathBuf::new(),
+        }
+    }
+}
+
+/// `[shm]`: the shared-memory file control creates and the relay maps.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShmConfig {
+    pub path: PathBuf,
+    /// Session table capacity (used when control creates the file).
+    pub sessions: u32,
+    /// Route table capacity.
+    pub routes: u32,
+    /// Counter blocks: the most relay workers that get counters.
+    pub worker_slots: u32,
+}
+
+impl Default for ShmConfig {
+    fn default() -> ShmConfig {
+        ShmConfig {
+            path: default_shm_path(),
+            sessions: 16_384,
+            routes: 65_536,
+            worker_slots: 64,
+        }
+    }
+}
+
+/// `[srtp]`: crypto-context tunables (RFC 3711).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SrtpConfig {
+    /// Replay window in packets (RFC 3711 §3.3.2), 64..=32768, rounded up to a multiple of 64.
+    pub replay_window: u32,
+    /// Key derivation rate (RFC 3711 §4.3.1): 0 or a power of two up to 2^24.
+    pub kdr: u64,
+    /// SSRCs tracked per direction of one session.
+    pub max_streams: u32,
+    /// Packets under a new master key after which the previous key is forgotten.
+    pub rotation_grace: u32,
+}
+
+impl Default for SrtpConfig {
+    fn default() -> SrtpConfig {
+        SrtpConfig {
+            replay_window: 1024,
+            kdr: 0,
+            max_streams: 16,
+            rotation_grace: 1024,
+        }
+    }
+}
+
+impl SrtpConfig {
+    /// The SRTP context options these settings describe.
+    pub fn context_options(&self) -> crate::srtp::ContextOptions {
+        crate::srtp::ContextOptions {
+            replay_window: self.replay_window,
+            kdr: self.kdr,
+            max_streams: self.max_streams as usize,
+            rotation_grace: self.rotation_grace,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            runtime_dir: PathBuf::new(),
+            relay: RelayConfig::default(),
+            control: ControlConfig::default(),
+            shm: ShmConfig::default(),
+            srtp: SrtpConfig::default(),
+        }
+    }
+}
+
+/// The uid of this process (owner of `/proc/self`), without `unsafe`.
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+fn uid_tag() -> String {
+    current_uid().map_or_else(|| "user".to_string(), |u| u.to_string())
+}
+
+/// The default runtime directory: `$XDG_RUNTIME_DIR/sluice` when that variable holds an
+/// absolute path, else `/tmp/sluice-<uid>`. Needs no root. (sluicectl first tries
+/// `$SLUICE_RUNTIME_DIR`; see [`runtime_dir_candidates`].)
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(x) if Path::new(&x).is_absolute() => PathBuf::from(x).join("sluice"),
+        _ => PathBuf::from(format!("/tmp/sluice-{}", uid_tag())),
+    }
+}
+
+/// Where sluicectl looks for `control.json`, in order: `$SLUICE_RUNTIME_DIR`, then
+/// [`default_runtime_dir`].
+pub fn runtime_dir_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+        v.push(PathBuf::from(d));
+    }
+    let d = default_runtime_dir();
+    if !v.contains(&d) {
+        v.push(d);
+    }
+    v
+}
+
+/// The default shm path: per user, so two users (or `sluicectl up` next to a system install)
+/// never collide: `/dev/shm/sluice-<uid>`.
+pub fn default_shm_path() -> PathBuf {
+    PathBuf::from(format!("/dev/shm/sluice-{}", uid_tag()))
+}
+
+/// What control publishes in `<runtime_dir>/control.json` (mode 0600) once it is ready; removed
+/// on clean exit. sluicectl reads it to find the admin API and token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// Base URL of the admin API, e.g. `http://127.0.0.1:8080` or `unix:/run/sluice/admin.sock`.
+    pub admin_url: String,
+    pub admin_token: String,
+    /// The relay's UDP media address, `IP:PORT`.
+    pub media_addr: String,
+    /// Base of `/whip`, `/whep`, `/demo`.
+    pub public_url: String,
+    pub metrics_url: String,
+    /// Control's pid.
+    pub pid: u32,
+    pub shm_path: String,
+}
+
+impl RuntimeInfo {
+    /// `<dir>/control.json`.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join(RUNTIME_FILE)
+    }
+
+    /// The first `control.json` that exists in [`runtime_dir_candidates`] order. Callers
+    /// parse it with `serde_json::from_str::<RuntimeInfo>`.
+    pub fn find_file() -> Option<PathBuf> {
+        runtime_dir_candidates()
+            .into_iter()
+            .map(|d| RuntimeInfo::path_in(&d))
+            .find(|p| p.is_file())
+    }
+}
+
+impl Config {
+    /// The configuration used when no file is given: everything on loopback, runtime and state
+    /// under the per-user runtime directory (`$SLUICE_RUNTIME_DIR`, else
+    /// [`default_runtime_dir`]), shm at [`default_shm_path`], no admin token (control
+    /// generates one at start and publishes it in the runtime directory).
+    pub fn embedded_default() -> Config {
+        let mut c = Config::default();
+        c.resolve_paths();
+        c
+    }
+
+    /// Read and validate a file. Refuses a world-readable file that holds `admin_token`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let io = |source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let cfg = Config::from_toml_str(&text, &path.display().to_string())?;
+        if cfg.control.admin_token.is_some() {
+            check_not_world_readable(path)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and validate TOML text; `origin` names it in errors (a path, or `<embedded>`).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column, key) = match e.span() {
+                Some(span) => {
+                    let (l, c) = line_col(text, span.start);
+                    (l, c, key_at_line(text, l))
+                }
+                None => (1, 1, None),
+            };
+            ConfigError::Parse {
+                origin: origin.to_string(),
+                line,
+                column,
+                key,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        cfg.resolve_paths();
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.to_string(),
+                line: locate_key(text, &key),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Fill path keys left empty with their defaults under `runtime_dir`.
+    fn resolve_paths(&mut self) {
+        if self.runtime_dir.as_os_str().is_empty() {
+            self.runtime_dir = std::env::var_os(RUNTIME_DIR_ENV)
+                .filter(|d| !d.is_empty())
+                .map_or_else(default_runtime_dir, PathBuf::from);
+        }
+        let rd = self.runtime_dir.clone();
+        let fill = |p: &mut PathBuf, rel: &str| {
+            if p.as_os_str().is_empty() {
+                *p = rd.join(rel);
+            }
+        };
+        fill(&mut self.control.state_dir, "state");
+        fill(&mut self.control.audit_log, "audit/audit.log");
+        fill(&mut self.control.slow_path, "slow-path.sock");
+    }
+
+    /// Semantic checks. Returns the dotted key and what is wrong with it.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        let abs = |k: &str, p: &Path| -> Result<(), (String, String)> {
+            if p.is_absolute() {
+                Ok(())
+            } else {
+                bad(k, format!("path `{}` must be absolute", p.display()))
+            }
+        };
+        abs("runtime_dir", &self.runtime_dir)?;
+        let r = &self.relay;
+        if r.bind.ip().is_multicast() {
+            return bad(
+                "relay.bind",
+                format!("{} is a multicast address", r.bind.ip()),
+            );
+        }
+        if r.workers > 1024 {
+            return bad("relay.workers", format!("{} is more than 1024", r.workers));
+        }
+        if r.batch == 0 || r.batch > 1024 {
+            return bad(
+                "relay.batch",
+                format!("{} is out of range 1..=1024", r.batch),
+            );
+        }
+        if r.recv_buffer_bytes < 65_536 {
+            return bad(
+                "relay.recv_buffer_bytes",
+                format!("{} is below 65536", r.recv_buffer_bytes),
+            );
+        }
+        if r.send_buffer_bytes < 65_536 {
+            return bad(
+                "relay.send_buffer_bytes",
+                format!("{} is below 65536", r.send_buffer_bytes),
+            );
+        }
+        if r.stall_threshold_ms == 0 {
+            return bad("relay.stall_threshold_ms", "must be at least 1".into());
+        }
+        let c = &self.control;
+        if !c.admin_listen.is_local() {
+            return bad(
+                "control.admin_listen",
+                format!("{} is not loopback: the admin API listens only on loopback or a unix socket (put a TLS proxy in front for remote access)", c.admin_listen),
+            );
+        }
+        if let ListenAddr::Tcp(a) = &c.admin_listen {
+            if a.ip().is_unspecified() {
+                return bad("control.admin_listen", "unspecified address".into());
+            }
+        }
+        if c.admin_token.is_some() && c.admin_token_file.is_some() {
+            return bad(
+                "control.admin_token_file",
+                "set either admin_token or admin_token_file, not both".into(),
+            );
+        }
+        if let Some(t) = &c.admin_token {
+            check_token_text(t.expose()).or_else(|m| bad("control.admin_token", m))?;
+        }
+        if let Some(p) = &c.admin_token_file {
+            abs("control.admin_token_file", p)?;
+        }
+        for a in &c.public_addresses {
+            if a.is_unspecified() || a.is_multicast() {
+                return bad(
+                    "control.public_addresses",
+                    format!("{a} cannot be announced as a candidate"),
+                );
+            }
+        }
+        abs("control.state_dir", &c.state_dir)?;
+        abs("control.audit_log", &c.audit_log)?;
+        abs("control.slow_path", &c.slow_path)?;
+        if c.audit_log.file_name().is_none() {
+            return bad("control.audit_log", "must name a file".into());
+        }
+        if c.audit_retention_days == 0 {
+            return bad("control.audit_retention_days", "must be at least 1".into());
+        }
+        if c.audit_max_bytes < 4096 {
+            return bad(
+                "control.audit_max_bytes",
+                format!("{} is below 4096", c.audit_max_bytes),
+            );
+        }
+        let s = &self.shm;
+        abs("shm.path", &s.path)?;
+        // Upper bounds mirror the shm layer's limits (relay::shm refuses larger files).
+        if s.sessions == 0 || s.sessions > 1 << 22 {
+            return bad(
+                "shm.sessions",
+                format!("{} is out of range 1..=4194304", s.sessions),
+            );
+        }
+        if s.routes == 0 || s.routes > 1 << 24 {
+            return bad(
+                "shm.routes",
+                format!("{} is out of range 1..=16777216", s.routes),
+            );
+        }
+        if s.worker_slots == 0 || s.worker_slots > 1024 {
+            return bad(
+                "shm.worker_slots",
+                format!("{} is out of range 1..=1024", s.worker_slots),
+            );
+        }
+        if r.workers > s.worker_slots {
+            return bad(
+                "relay.workers",
+                format!(
+                    "{} is more than shm.worker_slots ({})",
+                    r.workers, s.worker_slots
+                ),
+            );
+        }
+        let t = &self.srtp;
+        if !(64..=32_768).contains(&t.replay_window) {
+            return bad(
+                "srtp.replay_window",
+                format!("{} is out of range 64..=32768", t.replay_window),
+            );
+        }
+        // RFC 3711 §4.3.1: the key derivation rate is 0 or a power of two from 1 to 2^24.
+        if t.kdr != 0 && (!t.kdr.is_power_of_two() || t.kdr > 1 << 24) {
+            return bad(
+                "srtp.kdr",
+                format!(
+                    "{} is not 0 or a power of two up to 2^24 (RFC 3711 §4.3.1)",
+                    t.kdr
+                ),
+            );
+        }
+        if t.max_streams == 0 || t.max_streams > 1024 {
+            return bad(
+                "srtp.max_streams",
+                format!("{} is out of range 1..=1024", t.max_streams),
+            );
+        }
+        Ok(())
+    }
+
+    /// The admin token from `admin_token` or `admin_token_file` (first line, trimmed); `None`
+    /// when neither is set (control then generates one). The token file must not be
+    /// world-readable.
+    pub fn admin_token(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(t) = &self.control.admin_token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(p) = &self.control.admin_token_file else {
+            return Ok(None);
+        };
+        check_not_world_readable(p)?;
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let tok = text.lines().next().unwrap_or("").trim().to_string();
+        check_token_text(&tok).map_err(|message| ConfigError::Invalid {
+            origin: p.display().to_string(),
+            line: Some(1),
+            key: "control.admin_token_file".into(),
+            message,
+        })?;
+        Ok(Some(Secret(tok)))
+    }
+}
+
+fn check_token_text(t: &str) -> Result<(), String> {
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(format!("token is shorter than {MIN_TOKEN_LEN} characters"));
+    }
+    if !t.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("token must be printable ASCII without spaces".into());
+    }
+    Ok(())
+}
+
+fn check_not_world_readable(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o004 != 0 {
+        return Err(ConfigError::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, col)
+}
+
+/// The table a `[header]` line opens, if the line is one.
+fn header_of(line: &str) -> Option<String> {
+    let t = line.trim();
+    let inner = t.strip_prefix('[')?;
+    let end = inner.find(']')?;
+    Some(inner[..end].trim_matches(['[', ' ']).trim().to_string())
+}
+
+/// The key a `key = value` line sets, unquoted.
+fn key_of(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    if t.starts_with('#') || t.starts_with('[') {
+        return None;
+    }
+    let eq = t.find('=')?;
+    Some(t[..eq].trim().trim_matches(['"', '\'']).to_string())
+}
+
+/// The dotted key set (or table opened) on 1-based `line`, from a plain line scan.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        if let Some(h) = header_of(l) {
+            if i + 1 == line {
+                return Some(h);
+            }
+            table = h;
+            continue;
+        }
+        if i + 1 == line {
+            let k = key_of(l)?;
+            return Some(if table.is_empty() {
+                k
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+    }
+    None
+}
+
+/// The 1-based line that sets the dotted `key`, if the file sets it on a line of its own.
+fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        if let Some(h) = header_of(l) {
+            table = h;
+            continue;
+        }
+        if let Some(k) = key_of(l) {
+            let full = if table.is_empty() {
+                k
+            } else {
+                format!("{table}.{k}")
+            };
+            if full == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml")
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        c.validate().unwrap();
+        assert!(c.control.admin_listen.is_local());
+        assert!(c.control.state_dir.starts_with(&c.runtime_dir));
+        assert!(c.shm.path.to_string_lossy().contains("sluice-"));
+        assert_eq!(c.relay.bind, "127.0.0.1:4443".parse().unwrap());
+        assert_eq!(c.control.audit_retention_days, 180);
+        assert_eq!(c.shm.sessions, 16_384);
+        assert_eq!(c.shm.routes, 65_536);
+        assert_eq!(c.srtp.replay_window, 1024);
+        // An empty file is the embedded default.
+        assert_eq!(parse("").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse("[relay]\nbind = \"127.0.0.1:5000\"\nbogus = 3\n").unwrap_err();
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert_eq!(e.key(), Some("relay.bogus"), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("test.toml:3"), "{msg}");
+        assert!(msg.contains("bogus"), "{msg}");
+
+        let e = parse("runtime_dir = \"/tmp/x\"\n\n[nonsense]\na = 1\n").unwrap_err();
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert!(e.to_string().contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let e = parse("[relay]\nbackend = \"fast\"\n").unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("relay.backend"), Some(2)), "{e}");
+        assert!(e.to_string().contains("fast"), "{e}");
+
+        let e = parse("[relay]\nworkers = 2\nbind = \"localhost\"\n").unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("relay.bind"), Some(3)), "{e}");
+
+        let e = parse("[relay]\nbatch = -1\n").unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("relay.batch"), Some(2)), "{e}");
+
+        let e = parse("[shm]\nroutes = 10\nsessions = 0\n").unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("shm.sessions"), Some(3)), "{e}");
+        assert!(e.to_string().contains("test.toml:3: shm.sessions"), "{e}");
+
+        let e = parse("[control]\nadmin_listen = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("control.admin_listen"), "{e}");
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let e = parse("[control]\nadmin_listen = \"192.0.2.1:8080\"\n").unwrap_err();
+        assert_eq!(e.line(), Some(2), "{e}");
+        let e = parse("[control]\nadmin_listen = \"unix:rel/path\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("control.admin_listen"), "{e}");
+
+        let e = parse("[srtp]\nkdr = 3\n").unwrap_err();
+        assert_eq!(e.key(), Some("srtp.kdr"), "{e}");
+        let e = parse("[srtp]\nreplay_window = 16\n").unwrap_err();
+        assert_eq!(e.key(), Some("srtp.replay_window"), "{e}");
+        let e = parse("[control]\nadmin_token = \"short\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("control.admin_token"), "{e}");
+        assert!(
+            !e.to_string().contains("short\""),
+            "token text must not be echoed: {e}"
+        );
+        let e = parse("[control]\nstate_dir = \"relative\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("control.state_dir"), "{e}");
+        let e = parse("[relay]\nworkers = 100\n").unwrap_err();
+        assert_eq!(e.key(), Some("relay.workers"), "{e}");
+        let e = parse("[relay]\nbind = \"224.0.0.1:4443\"\n").unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("relay.bind"), Some(2)), "{e}");
+        let e = parse("[shm]\nworker_slots = 2\n[relay]\nworkers = 4\n").unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("relay.workers"), Some(4)), "{e}");
+    }
+
+    #[test]
+    fn unix_and_ipv6_listen() {
+        let c = parse("[control]\nadmin_listen = \"unix:/run/sluice/admin.sock\"\npublic_listen = \"[::]:443\"\n").unwrap();
+        assert_eq!(
+            c.control.admin_listen,
+            ListenAddr::Unix("/run/sluice/admin.sock".into())
+        );
+        assert_eq!(c.control.public_listen.unwrap().to_string(), "[::]:443");
+        let c = parse("[relay]\nbind = \"[::1]:4443\"\n").unwrap();
+        assert!(c.relay.bind.is_ipv6());
+    }
+
+    fn write_temp(name: &str, text: &str, mode: u32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn world_readable_secrets_refused() {
+        let text = "[control]\nadmin_token = \"0123456789abcdef0123\"\n";
+        let p = write_temp("secret-open.toml", text, 0o644);
+        let e = Config::load(&p).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::InsecurePermissions { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("world-readable"), "{e}");
+        let p = write_temp("secret-closed.toml", text, 0o640);
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.admin_token().unwrap().unwrap().expose(),
+            "0123456789abcdef0123"
+        );
+        // Without a secret a world-readable file is fine.
+        let p = write_temp("nosecret.toml", "[relay]\nworkers = 2\n", 0o644);
+        Config::load(&p).unwrap();
+        // A world-readable token file is refused when the token is read.
+        let tf = write_temp("token", "0123456789abcdef0123\n", 0o644);
+        let p = write_temp(
+            "tokfile.toml",
+            &format!("[control]\nadmin_token_file = \"{}\"\n", tf.display()),
+            0o644,
+        );
+        let c = Config::load(&p).unwrap();
+        assert!(matches!(
+            c.admin_token(),
+            Err(ConfigError::InsecurePermissions { .. })
+        ));
+        std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            c.admin_token().unwrap().unwrap().expose(),
+            "0123456789abcdef0123"
+        );
+        // Debug never shows the token.
+        let c = parse(text).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../systemd/sluice.toml");
+        let c = Config::from_toml_str(text, "systemd/sluice.toml").unwrap();
+        assert_eq!(c.shm.path, PathBuf::from("/dev/shm/sluice"));
+        assert_eq!(c.runtime_dir, PathBuf::from("/run/sluice"));
+        assert_eq!(c.control.state_dir, PathBuf::from("/var/lib/sluice"));
+        assert!(c.control.admin_token_file.is_some());
+    }
+
+    #[test]
+    fn every_documented_key_is_in_the_docs() {
+        let docs = include_str!("../../docs/CONFIG.md");
+        for key in [
+            "runtime_dir",
+            "relay.bind",
+            "relay.workers",
+            "relay.backend",
+            "relay.batch",
+            "relay.recv_buffer_bytes",
+            "relay.send_buffer_bytes",
+            "relay.stall_threshold_ms",
+            "control.admin_listen",
+            "control.admin_token",
+            "control.admin_token_file",
+            "control.public_listen",
+            "control.public_addresses",
+            "control.state_dir",
+            "control.audit_log",
+            "control.audit_retention_days",
+            "control.audit_max_bytes",
+            "control.slow_path",
+            "shm.path",
+            "shm.sessions",
+            "shm.routes",
+            "shm.worker_slots",
+            "srtp.replay_window",
+            "srtp.kdr",
+            "srtp.max_streams",
+            "srtp.rotation_grace",
+        ] {
+            assert!(
+                docs.contains(&format!("`{key}`")),
+                "docs/CONFIG.md lacks `{key}`"
+            );
+        }
+    }
+}

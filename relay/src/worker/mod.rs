@@ -1,1 +1,616 @@
-//! (module under construction)
+//! Worker threads: one per allowed CPU, pinned, each with its own socket in a SO_REUSEPORT
+//! group and its own [`io::Backend`](crate::io::Backend); the loop that glues the backend to a
+//! [`Handler`] (the forwarding engine, or [`Echo`]).
+//!
+//! Owns: threads, pinning, the clock (read once per loop turn and passed in), the stall
+//! detector, the stop flag, per-worker counters. May not touch: packet contents (the handler's
+//! job), syscalls other than through [`crate::io`].
+//!
+//! One loop turn:
+//! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it;
+//!    io_uring: this is the turn's one `io_uring_enter`, which also submits last turn's sends);
+//! 2. read the clock once; `handler.begin_batch(now)`;
+//! 3. `drain` up to `batch` datagrams into `handler.on_datagram(src, buf, len, tx, slow)`;
+//! 4. `handler.end_batch(tx, slow)`; `flush` the transmit queue;
+//! 5. pass `slow` (datagrams for control, `dst` = the peer they came from) to the slow-path
+//!    client, which also forwards control's replies;
+//! 6. log and count the turn if it took longer than `stall_threshold`; publish counters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::batch::TxQueue;
+use crate::io::mmsg::MmsgBackend;
+use crate::io::slowpath::SlowPathClient;
+use crate::io::uring::UringBackend;
+use crate::io::{self, Backend, BackendKind, BackendParams, BufferGrant, IoError, SocketBuffers};
+
+/// What a worker drives: the forwarding engine implements this; [`Echo`] is the baseline.
+///
+/// All calls of one turn get the same `now` (from [`begin_batch`](Handler::begin_batch)).
+/// `buf` in [`on_datagram`](Handler::on_datagram) is the whole receive buffer
+/// ([`crate::batch::MAX_DATAGRAM`] bytes) with the datagram in `buf[..len]`; the handler may
+/// decrypt or rewrite it in place. It fills `tx` with datagrams to send and `slow` with
+/// datagrams for control (the `dst` of a slow entry is the peer it came from). A full queue
+/// refuses pushes; the backend flushes `tx` between datagrams when it is full.
+pub trait Handler {
+    /// Start of a loop turn.
+    fn begin_batch(&mut self, now: Instant) {
+        let _ = now;
+    }
+    /// One received datagram.
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    );
+    /// End of the turn's datagrams (flush per-subscriber trains, timers, ...).
+    fn end_batch(&mut self, tx: &mut TxQueue, slow: &mut TxQueue) {
+        let _ = (tx, slow);
+    }
+}
+
+/// Plain UDP reflector: every datagram goes back to its sender unchanged. The "plain UDP
+/// echo" baseline the benchmarks compare the relay against.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Echo {
+    /// Datagrams queued back.
+    pub echoed: u64,
+    /// Datagrams that did not fit the transmit queue.
+    pub dropped: u64,
+}
+
+impl Handler for Echo {
+    #[inline]
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        _slow: &mut TxQueue,
+    ) {
+        if tx.push(src, &buf[..len]) {
+            self.echoed += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// Worker settings (the config file maps onto this).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Media address; port 0 picks one port shared by all workers.
+    pub bind: SocketAddr,
+    /// Worker count; `None` = one per CPU this process may run on.
+    pub workers: Option<usize>,
+    pub backend: BackendKind,
+    /// Datagrams per receive batch.
+    pub batch: usize,
+    /// Transmit queue capacity in datagrams (fan-out needs more than `batch`).
+    pub tx_capacity: usize,
+    /// io_uring provided receive buffers per worker.
+    pub recv_buffers: usize,
+    pub socket_buffers: SocketBuffers,
+    /// A loop turn longer than this is logged and counted.
+    pub stall_threshold: Duration,
+    /// Longest wait for datagrams; bounds how late a stop request or a slow-path reply is
+    /// seen (≤ 100 ms).
+    pub poll_interval: Duration,
+    /// Pin worker `i` to allowed CPU `i mod n`.
+    pub pin: bool,
+    /// Control's slow-path socket; `None` = slow-path datagrams are dropped and counted.
+    pub slow_path: Option<PathBuf>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            workers: None,
+            backend: BackendKind::Auto,
+            batch: 64,
+            tx_capacity: 256,
+            recv_buffers: 1024,
+            socket_buffers: SocketBuffers::default(),
+            stall_threshold: Duration::from_millis(50),
+            poll_interval: Duration::from_millis(20),
+            pin: true,
+            slow_path: None,
+        }
+    }
+}
+
+/// Errors starting or running workers.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker {worker}: {source}")]
+    Io {
+        worker: usize,
+        #[source]
+        source: IoError,
+    },
+    #[error(transparent)]
+    Setup(#[from] IoError),
+    #[error("spawning worker thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+    #[error("invalid worker config: {0}")]
+    Config(String),
+}
+
+/// Counters of one worker, each written only by that worker (published once per turn).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub rx_truncated: AtomicU64,
+    pub rx_errors: AtomicU64,
+    pub rx_rearms: AtomicU64,
+    pub rx_nobufs: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tx_errors: AtomicU64,
+    pub tx_unroutable: AtomicU64,
+    pub tx_gso_trains: AtomicU64,
+    pub syscalls: AtomicU64,
+    pub turns: AtomicU64,
+    pub stalls: AtomicU64,
+    pub slow_up_sent: AtomicU64,
+    pub slow_up_dropped: AtomicU64,
+    pub slow_down_sent: AtomicU64,
+    pub slow_down_dropped: AtomicU64,
+    pub slow_connects: AtomicU64,
+}
+
+/// A plain copy of [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_truncated: u64,
+    pub rx_errors: u64,
+    pub rx_rearms: u64,
+    pub rx_nobufs: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+    pub tx_unroutable: u64,
+    pub tx_gso_trains: u64,
+    pub syscalls: u64,
+    pub turns: u64,
+    pub stalls: u64,
+    pub slow_up_sent: u64,
+    pub slow_up_dropped: u64,
+    pub slow_down_sent: u64,
+    pub slow_down_dropped: u64,
+    pub slow_connects: u64,
+}
+
+impl WorkerStats {
+    /// Read every counter (relaxed; each is monotonic).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            rx_packets: l(&self.rx_packets),
+            rx_bytes: l(&self.rx_bytes),
+            rx_truncated: l(&self.rx_truncated),
+            rx_errors: l(&self.rx_errors),
+            rx_rearms: l(&self.rx_rearms),
+            rx_nobufs: l(&self.rx_nobufs),
+            tx_packets: l(&self.tx_packets),
+            tx_bytes: l(&self.tx_bytes),
+            tx_errors: l(&self.tx_errors),
+            tx_unroutable: l(&self.tx_unroutable),
+            tx_gso_trains: l(&self.tx_gso_trains),
+            syscalls: l(&self.syscalls),
+            turns: l(&self.turns),
+            stalls: l(&self.stalls),
+            slow_up_sent: l(&self.slow_up_sent),
+            slow_up_dropped: l(&self.slow_up_dropped),
+            slow_down_sent: l(&self.slow_down_sent),
+            slow_down_dropped: l(&self.slow_down_dropped),
+            slow_connects: l(&self.slow_connects),
+        }
+    }
+}
+
+impl std::ops::Add for StatsSnapshot {
+    type Output = StatsSnapshot;
+    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            rx_packets: self.rx_packets + o.rx_packets,
+            rx_bytes: self.rx_bytes + o.rx_bytes,
+            rx_truncated: self.rx_truncated + o.rx_truncated,
+            rx_errors: self.rx_errors + o.rx_errors,
+            rx_rearms: self.rx_rearms + o.rx_rearms,
+            rx_nobufs: self.rx_nobufs + o.rx_nobufs,
+            tx_packets: self.tx_packets + o.tx_packets,
+            tx_bytes: self.tx_bytes + o.tx_bytes,
+            tx_errors: self.tx_errors + o.tx_errors,
+            tx_unroutable: self.tx_unroutable + o.tx_unroutable,
+            tx_gso_trains: self.tx_gso_trains + o.tx_gso_trains,
+            syscalls: self.syscalls + o.syscalls,
+            turns: self.turns + o.turns,
+            stalls: self.stalls + o.stalls,
+            slow_up_sent: self.slow_up_sent + o.slow_up_sent,
+            slow_up_dropped: self.slow_up_dropped + o.slow_up_dropped,
+            slow_down_sent: self.slow_down_sent + o.slow_down_sent,
+            slow_down_dropped: self.slow_down_dropped + o.slow_down_dropped,
+            slow_connects: self.slow_connects + o.slow_connects,
+        }
+    }
+}
+
+/// Running workers.
+pub struct Workers {
+    local_addr: SocketAddr,
+    backend: BackendKind,
+    fallback_reason: Option<String>,
+    grant: BufferGrant,
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<Result<(), IoError>>>,
+    stats: Vec<Arc<WorkerStats>>,
+}
+
+impl Workers {
+    /// The media address every worker is bound to (the chosen port when asked for 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+    /// The backend running.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+    /// Why `auto` did not pick io_uring, if it did not.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+    /// Socket buffer sizes the kernel granted (first worker's socket).
+    pub fn buffer_grant(&self) -> BufferGrant {
+        self.grant
+    }
+    /// Worker count.
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+    /// Per-worker counters.
+    pub fn stats(&self) -> &[Arc<WorkerStats>] {
+        &self.stats
+    }
+    /// Sum of every worker's counters.
+    pub fn total(&self) -> StatsSnapshot {
+        self.stats
+            .iter()
+            .map(|s| s.snapshot())
+            .fold(StatsSnapshot::default(), |a, b| a + b)
+    }
+    /// The shared stop flag (set it from a signal handler, then call [`join`](Self::join)).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+    /// Ask every worker to stop and wait for them.
+    pub fn stop(mut self) -> Result<(), WorkerError> {
+        self.stop.store(true, Ordering::Release);
+        self.join_all()
+    }
+    /// Wait for the workers to end (after the stop flag is set).
+    pub fn join(mut self) -> Result<(), WorkerError> {
+        self.join_all()
+    }
+
+    fn join_all(&mut self) -> Result<(), WorkerError> {
+        let mut first = Ok(());
+        for (i, h) in self.handles.drain(..).enumerate() {
+            let r = match h.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(WorkerError::Io {
+                    worker: i,
+                    source: e,
+                }),
+                Err(_) => Err(WorkerError::Panicked(i)),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.join_all();
+    }
+}
+
+/// Start the workers: bind one SO_REUSEPORT socket each on one port, resolve the backend
+/// (`auto` falls back to mmsg with the reason kept in [`Workers::fallback_reason`]), spawn and
+/// pin the threads, and return once every worker has set up its backend (or the first error).
+pub fn spawn_workers<H, F>(cfg: WorkerConfig, make_handler: F) -> Result<Workers, WorkerError>
+where
+    H: Handler + Send + 'static,
+    F: Fn(usize) -> H,
+{
+    if cfg.batch == 0 || cfg.tx_capacity == 0 {
+        return Err(WorkerError::Config(
+            "batch and tx_capacity must be at least 1".into(),
+        ));
+    }
+    let cores = if cfg.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let n = match cfg.workers {
+        Some(0) => return Err(WorkerError::Config("workers must be at least 1".into())),
+        Some(n) => n,
+        None if !cores.is_empty() => cores.len(),
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let (kind, fallback_reason) = io::resolve_backend(cfg.backend)?;
+    if let Some(r) = &fallback_reason {
+        tracing::warn!(reason = %r, "io_uring refused; using the mmsg backend");
+    }
+    // Bind the first socket, then the rest to the port it got.
+    let (first, grant) = io::bind_udp(cfg.bind, cfg.socket_buffers)?;
+    let local_addr = first
+        .local_addr()
+        .map_err(|e| IoError::os("getsockname", e))?;
+    tracing::info!(
+        addr = %local_addr, workers = n, backend = %kind,
+        rcvbuf = grant.recv, sndbuf = grant.send, forced = grant.forced,
+        "binding media sockets"
+    );
+    let mut sockets = vec![first];
+    for _ in 1..n {
+        let bind = SocketAddr::new(cfg.bind.ip(), local_addr.port());
+        sockets.push(io::bind_udp(bind, cfg.socket_buffers)?.0);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let params = BackendParams {
+        batch: cfg.batch,
+        tx_capacity: cfg.tx_capacity,
+        recv_buffers: cfg.recv_buffers,
+    };
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<BackendKind, IoError>)>();
+    let mut workers = Workers {
+        local_addr,
+        backend: kind,
+        fallback_reason,
+        grant,
+        stop: stop.clone(),
+        handles: Vec::with_capacity(n),
+        stats: Vec::with_capacity(n),
+    };
+    for (i, sock) in sockets.into_iter().enumerate() {
+        let stats = Arc::new(WorkerStats::default());
+        workers.stats.push(stats.clone());
+        let handler = make_handler(i);
+        let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+        let ready = ready_tx.clone();
+        let stop = stop.clone();
+        let cfg = cfg.clone();
+        let auto = cfg.backend == BackendKind::Auto;
+        let h = std::thread::Builder::new()
+            .name(format!("sluice-w{i}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(c) {
+                        tracing::warn!(worker = i, core = c.id, "could not pin worker");
+                    }
+                }
+                run_worker(
+                    i, sock, kind, auto, params, handler, cfg, stats, stop, ready,
+                )
+            })
+            .map_err(WorkerError::Spawn)?;
+        workers.handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok((_, Ok(k))) => {
+                if k != workers.backend {
+                    workers.backend = k; // a worker fell back after the probe succeeded
+                }
+            }
+            Ok((i, Err(e))) => {
+                workers.stop.store(true, Ordering::Release);
+                let _ = workers.join_all();
+                return Err(WorkerError::Io {
+                    worker: i,
+                    source: e,
+                });
+            }
+            Err(_) => {
+                workers.stop.store(true, Ordering::Release);
+                let r = workers.join_all();
+                return Err(r.err().unwrap_or_else(|| {
+                    WorkerError::Config("a worker ended during start-up".into())
+                }));
+            }
+        }
+    }
+    Ok(workers)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_worker<H: Handler>(
+    id: usize,
+    sock: std::net::UdpSocket,
+    kind: BackendKind,
+    auto: bool,
+    params: BackendParams,
+    mut handler: H,
+    cfg: WorkerConfig,
+    stats: Arc<WorkerStats>,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<(usize, Result<BackendKind, IoError>)>,
+) -> Result<(), IoError> {
+    let slow = match &cfg.slow_path {
+        Some(p) => match sock
+            .try_clone()
+            .and_then(|dup| SlowPathClient::new(p, id as u16, dup, cfg.batch))
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let e = IoError::os("slow-path client", e);
+                let _ = ready.send((id, Err(IoError::Invalid(e.to_string()))));
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    if kind == BackendKind::IoUring {
+        let dup = sock
+            .try_clone()
+            .map_err(|e| IoError::os("dup(media socket)", e));
+        match dup.and_then(|d| UringBackend::new(d, params)) {
+            Ok(mut b) => {
+                let _ = ready.send((id, Ok(BackendKind::IoUring)));
+                drop(sock);
+                return run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &stop);
+            }
+            Err(IoError::UringRefused(r)) if auto => {
+                tracing::warn!(worker = id, reason = %r, "io_uring refused; this worker uses mmsg");
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = ready.send((id, Err(e)));
+                return Err(IoError::Invalid(msg));
+            }
+        }
+    }
+    match MmsgBackend::new(sock, params) {
+        Ok(mut b) => {
+            let _ = ready.send((id, Ok(BackendKind::Mmsg)));
+            run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &stop)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = ready.send((id, Err(e)));
+            Err(IoError::Invalid(msg))
+        }
+    }
+}
+
+fn run_loop<B: Backend, H: Handler>(
+    id: usize,
+    b: &mut B,
+    h: &mut H,
+    mut slow: Option<SlowPathClient>,
+    cfg: &WorkerConfig,
+    stats: &WorkerStats,
+    stop: &AtomicBool,
+) -> Result<(), IoError> {
+    let mut slow_q = TxQueue::with_capacity(cfg.batch);
+    let mut slow_dropped_local = 0u64;
+    let mut turns = 0u64;
+    let mut stalls = 0u64;
+    let wait = cfg.poll_interval.min(Duration::from_millis(100));
+    let result = loop {
+        if stop.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        if let Err(e) = b.wait(wait) {
+            break Err(e);
+        }
+        let now = Instant::now();
+        h.begin_batch(now);
+        let n = b.drain(cfg.batch, |src, buf, len, tx| {
+            h.on_datagram(src, buf, len, tx, &mut slow_q)
+        });
+        h.end_batch(b.tx(), &mut slow_q);
+        if let Err(e) = b.flush() {
+            break Err(e);
+        }
+        match slow.as_mut() {
+            Some(c) => c.pump(now, &mut slow_q),
+            None => {
+                slow_dropped_local += slow_q.len() as u64;
+                slow_q.clear();
+            }
+        }
+        turns += 1;
+        let took = now.elapsed();
+        if took > cfg.stall_threshold {
+            stalls += 1;
+            tracing::warn!(
+                worker = id,
+                took_ms = took.as_millis() as u64,
+                datagrams = n,
+                "worker loop turn stalled"
+            );
+        }
+        publish(
+            stats,
+            b.counters(),
+            slow.as_ref(),
+            slow_dropped_local,
+            turns,
+            stalls,
+        );
+    };
+    b.shutdown();
+    publish(
+        stats,
+        b.counters(),
+        slow.as_ref(),
+        slow_dropped_local,
+        turns,
+        stalls,
+    );
+    if let Err(e) = &result {
+        tracing::error!(worker = id, error = %e, "worker stopped on an I/O error");
+    }
+    result
+}
+
+fn publish(
+    s: &WorkerStats,
+    c: &io::IoCounters,
+    slow: Option<&SlowPathClient>,
+    slow_dropped_local: u64,
+    turns: u64,
+    stalls: u64,
+) {
+    let st = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+    st(&s.rx_packets, c.rx_packets);
+    st(&s.rx_bytes, c.rx_bytes);
+    st(&s.rx_truncated, c.rx_truncated);
+    st(&s.rx_errors, c.rx_errors);
+    st(&s.rx_rearms, c.rx_rearms);
+    st(&s.rx_nobufs, c.rx_nobufs);
+    st(&s.tx_packets, c.tx_packets);
+    st(&s.tx_bytes, c.tx_bytes);
+    st(&s.tx_errors, c.tx_errors);
+    st(&s.tx_unroutable, c.tx_unroutable);
+    st(&s.tx_gso_trains, c.tx_gso_trains);
+    st(&s.syscalls, c.syscalls);
+    st(&s.turns, turns);
+    st(&s.stalls, stalls);
+    let sc = slow.map(|c| c.counters()).unwrap_or_default();
+    st(&s.slow_up_sent, sc.up_sent);
+    st(&s.slow_up_dropped, sc.up_dropped + slow_dropped_local);
+    st(&s.slow_down_sent, sc.down_sent);
+    st(&s.slow_down_dropped, sc.down_dropped);
+    st(&s.slow_connects, sc.connects);
+}

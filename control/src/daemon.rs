@@ -1,0 +1,221 @@
+//! The `sluice-control` process: start-up order, the runtime discovery file, signals,
+//! systemd notifications and the housekeeping loop.
+//!
+//! Start-up: config → admin token (configured, or generated into the runtime dir) → state
+//! (journal replay) → shm (create or re-adopt, then reconcile) → listeners → `control.json`
+//! → `READY=1`. Shutdown on SIGTERM/SIGINT: `STOPPING=1`, stop listeners, compact state,
+//! remove `control.json`. The shm file is left in place so a running relay keeps forwarding.
+//! May not touch: request handling (api), the packet path.
+
+use crate::api::{AdminHandler, Control, PublicHandler, Urls};
+use crate::http::{Listener, Server};
+use crate::notify::Notifier;
+use crate::util;
+use relay::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] crate::api::StartError),
+    #[error("{what} {path}: {source}", path = path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Load the config named on the command line, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+/// Replace an unspecified IP by something a client can dial.
+fn dialable(a: SocketAddr, public: &[IpAddr]) -> SocketAddr {
+    if !a.ip().is_unspecified() {
+        return a;
+    }
+    let ip = public
+        .iter()
+        .find(|ip| ip.is_ipv4() == a.is_ipv4())
+        .or(public.first())
+        .copied()
+        .unwrap_or(if a.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        });
+    SocketAddr::new(ip, a.port())
+}
+
+fn listener_url(l: &Listener, public: &[IpAddr]) -> std::io::Result<String> {
+    match l {
+        Listener::Tcp(t) => Ok(format!("http://{}", dialable(t.local_addr()?, public))),
+        Listener::Unix(..) => l.url(),
+    }
+}
+
+fn bind(addr: &ListenAddr) -> Result<Listener, DaemonError> {
+    Listener::bind(addr).map_err(|source| DaemonError::Listen {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Run until SIGTERM/SIGINT. Readiness is signalled by `control.json` appearing in the runtime
+/// directory and, under systemd, by `READY=1`.
+pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|source| DaemonError::Io {
+            what: "signal handler",
+            path: PathBuf::new(),
+            source,
+        })?;
+    }
+    let rd = cfg.runtime_dir.clone();
+    if !rd.exists() {
+        util::ensure_private_dir(&rd).map_err(io_err("runtime dir", &rd))?;
+    }
+    let (token, generated) = match cfg.admin_token()? {
+        Some(t) => (t, false),
+        None => {
+            let t = util::generate_token().map_err(io_err("random", Path::new("/dev/urandom")))?;
+            let p = rd.join("admin.token");
+            util::write_private_atomic(&p, format!("{t}\n").as_bytes())
+                .map_err(io_err("token file", &p))?;
+            tracing::info!(path = %p.display(), "generated an admin token");
+            (Secret::new(t), true)
+        }
+    };
+    let ctl = Arc::new(Control::start(cfg.clone(), token.clone())?);
+
+    let public = &cfg.control.public_addresses;
+    let admin_l = bind(&cfg.control.admin_listen)?;
+    let admin_url = listener_url(&admin_l, &[]).map_err(io_err("admin listener", Path::new("")))?;
+    let mut servers = Vec::new();
+    let mut public_url = admin_url.clone();
+    if let Some(pl) = cfg
+        .control
+        .public_listen
+        .as_ref()
+        .filter(|p| **p != cfg.control.admin_listen)
+    {
+        let l = bind(pl)?;
+        public_url = listener_url(&l, public).map_err(io_err("public listener", Path::new("")))?;
+        servers.push(
+            Server::spawn(l, Arc::new(PublicHandler(ctl.clone())))
+                .map_err(io_err("public listener", Path::new("")))?,
+        );
+    }
+    servers.push(
+        Server::spawn(admin_l, Arc::new(AdminHandler(ctl.clone())))
+            .map_err(io_err("admin listener", Path::new("")))?,
+    );
+    let urls = Urls {
+        metrics_url: format!("{admin_url}/metrics"),
+        admin_url,
+        public_url,
+        media_addr: dialable(cfg.relay.bind, public).to_string(),
+    };
+    ctl.set_urls(urls.clone());
+
+    let info = RuntimeInfo {
+        admin_url: urls.admin_url.clone(),
+        admin_token: token.expose().to_string(),
+        media_addr: urls.media_addr.clone(),
+        public_url: urls.public_url.clone(),
+        metrics_url: urls.metrics_url.clone(),
+        pid: std::process::id(),
+        shm_path: cfg.shm.path.display().to_string(),
+    };
+    let rt_file = RuntimeInfo::path_in(&rd);
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| DaemonError::Io {
+        what: "runtime file",
+        path: rt_file.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    util::write_private_atomic(&rt_file, &json).map_err(io_err("runtime file", &rt_file))?;
+    tracing::info!(
+        admin = %urls.admin_url,
+        public = %urls.public_url,
+        media = %urls.media_addr,
+        shm = %cfg.shm.path.display(),
+        runtime = %rt_file.display(),
+        "sluice-control ready"
+    );
+
+    let notifier = Notifier::from_env();
+    if let Some(n) = &notifier {
+        n.notify("READY=1\nSTATUS=serving the admin API");
+    }
+    let wd = notifier.as_ref().and_then(Notifier::watchdog_interval);
+    let mut last_wd = Instant::now();
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if let (Some(n), Some(every)) = (&notifier, wd) {
+            if last_wd.elapsed() >= every {
+                n.notify("WATCHDOG=1");
+                last_wd = Instant::now();
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            ctl.tick();
+            last_tick = Instant::now();
+        }
+    }
+
+    tracing::info!("stopping");
+    if let Some(n) = &notifier {
+        n.notify("STOPPING=1");
+    }
+    for s in &mut servers {
+        s.shutdown();
+    }
+    ctl.shutdown();
+    // Remove the discovery file only if it is still ours (a newer instance may own it).
+    if RuntimeInfo::path_in(&rd).exists() {
+        let ours = std::fs::read(&rt_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RuntimeInfo>(&b).ok())
+            .is_some_and(|i| i.pid == std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(&rt_file);
+            if generated {
+                let _ = std::fs::remove_file(rd.join("admin.token"));
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

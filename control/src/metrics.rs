@@ -1,0 +1,353 @@
+//! `/metrics` (Prometheus text exposition format 0.0.4) and `/v1/stats` (JSON), both read
+//! from the relay's per-worker counter blocks in shm plus control's own gauges.
+//!
+//! Per-worker families carry a `worker` label; `sluice_relay_*` families are the sums over all
+//! counter blocks (so `sum(sluice_rx_packets_total)` and `sluice_relay_rx_packets_total`
+//! agree, and neither double counts).
+//! May not touch: shm writes, the state.
+
+use relay::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_BUCKETS};
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// Control-side values exported next to the relay counters.
+#[derive(Debug, Clone, Default)]
+pub struct ControlGauges {
+    pub sessions: u64,
+    pub routes: u64,
+    pub draining: bool,
+    pub shm_ready: bool,
+    pub generation: u64,
+    pub audit_errors: u64,
+    pub slow_path_datagrams: u64,
+    pub now_unix_ms: u64,
+}
+
+/// Workers to list individually: the relay's own count when it published one, else every
+/// counter block that ever counted anything.
+fn worker_snapshots(r: &ShmReader) -> Vec<(usize, u64, CounterSnapshot)> {
+    let info = r.relay_info();
+    let cap = r.capacity().workers as usize;
+    let mut out = Vec::new();
+    for w in 0..cap {
+        let Some(c) = r.worker_counters(w) else { break };
+        let snap = c.snapshot();
+        let listed = if info.pid != 0 {
+            w < info.workers as usize
+        } else {
+            snap != CounterSnapshot::default()
+        };
+        if listed {
+            out.push((w, c.heartbeat(), snap));
+        }
+    }
+    out
+}
+
+fn snapshot_json(s: &CounterSnapshot) -> Value {
+    let mut drops = serde_json::Map::new();
+    for r in DropReason::ALL {
+        drops.insert(r.name().to_string(), json!(s.dropped(r)));
+    }
+    json!({
+        "packets_in": s.packets_in,
+        "bytes_in": s.bytes_in,
+        "packets_out": s.packets_out,
+        "bytes_out": s.bytes_out,
+        "drops": drops,
+        "drops_total": s.dropped_total(),
+        "slow_path_up": s.slow_path_up,
+        "slow_path_down": s.slow_path_down,
+        "batches": s.batches,
+        "batch_nanos": s.batch_nanos,
+        "batch_hist": s.batch_hist.to_vec(),
+        "time_hist": s.time_hist.to_vec(),
+        "loop_turns": s.loop_turns,
+        "stalls": s.stalls,
+    })
+}
+
+/// The `/v1/stats` body.
+pub fn stats_json(r: &ShmReader, slow_path_datagrams: u64, audit_errors: u64) -> Value {
+    let workers: Vec<Value> = worker_snapshots(r)
+        .into_iter()
+        .map(|(w, hb, s)| {
+            let mut v = snapshot_json(&s);
+            v["worker"] = json!(w);
+            v["heartbeat_unix_ms"] = json!(hb);
+            v
+        })
+        .collect();
+    json!({
+        "workers": workers,
+        "totals": snapshot_json(&r.totals()),
+        "control": {
+            "slow_path_datagrams": slow_path_datagrams,
+            "audit_errors": audit_errors,
+        },
+    })
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {v}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// Seconds as a Prometheus float from nanoseconds.
+fn secs(nanos: u64) -> String {
+    format!("{:e}", nanos as f64 / 1e9)
+}
+
+/// Emit one histogram's samples. Bucket `i` of the shm histograms counts values in
+/// `2^i ..= 2^(i+1) - 1` (bucket 0 also counts 0; the last bucket is open-ended), so the
+/// cumulative `le` bound of bucket `i` is `2^(i+1) - 1`, and the last is `+Inf`.
+fn histogram(
+    o: &mut Out,
+    name: &str,
+    labels: &str,
+    hist: &[u64],
+    le: impl Fn(u64) -> String,
+    sum: Option<String>,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cum = 0u64;
+    for (i, n) in hist.iter().enumerate() {
+        cum = cum.wrapping_add(*n);
+        if i + 1 < hist.len() {
+            let bound = le((1u64 << (i + 1)) - 1);
+            o.sample(
+                &format!("{name}_bucket"),
+                &format!("{labels}{sep}le=\"{bound}\""),
+                cum,
+            );
+        }
+    }
+    o.sample(
+        &format!("{name}_bucket"),
+        &format!("{labels}{sep}le=\"+Inf\""),
+        cum,
+    );
+    if let Some(s) = sum {
+        o.sample(&format!("{name}_sum"), labels, s);
+    }
+    // Each batch lands in exactly one bucket, so the count is the +Inf bucket (reading
+    // `batches` separately could disagree by a batch: the counters are not one snapshot).
+    o.sample(&format!("{name}_count"), labels, cum);
+}
+
+/// The `/metrics` body. With no shm reader only control's own gauges are exported.
+pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.family(
+        "sluice_sessions",
+        "gauge",
+        "Sessions configured in control.",
+    );
+    o.sample("sluice_sessions", "", g.sessions);
+    o.family("sluice_routes", "gauge", "Routes configured in control.");
+    o.sample("sluice_routes", "", g.routes);
+    o.family(
+        "sluice_draining",
+        "gauge",
+        "1 while control refuses new sessions.",
+    );
+    o.sample("sluice_draining", "", u8::from(g.draining));
+    o.family(
+        "sluice_shm_up",
+        "gauge",
+        "1 when control has the shared-memory file open.",
+    );
+    o.sample("sluice_shm_up", "", u8::from(g.shm_ready));
+    o.family(
+        "sluice_shm_generation",
+        "gauge",
+        "Shared-memory generation counter.",
+    );
+    o.sample("sluice_shm_generation", "", g.generation);
+    o.family(
+        "sluice_audit_write_errors_total",
+        "counter",
+        "Audit log writes that failed.",
+    );
+    o.sample("sluice_audit_write_errors_total", "", g.audit_errors);
+    o.family(
+        "sluice_control_slow_path_datagrams_total",
+        "counter",
+        "Datagrams control received from the relay over the slow path.",
+    );
+    o.sample(
+        "sluice_control_slow_path_datagrams_total",
+        "",
+        g.slow_path_datagrams,
+    );
+    let Some(r) = r else {
+        return o.0;
+    };
+    let info = r.relay_info();
+    let workers = worker_snapshots(r);
+    let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
+    let up = info.pid != 0
+        && newest > 0
+        && g.now_unix_ms.saturating_sub(newest) <= crate::api::RELAY_UP_MS;
+    o.family(
+        "sluice_relay_up",
+        "gauge",
+        "1 when a relay worker heartbeat is under 2 s old.",
+    );
+    o.sample("sluice_relay_up", "", u8::from(up));
+    o.family(
+        "sluice_relay_workers",
+        "gauge",
+        "Worker threads the relay reported.",
+    );
+    o.sample("sluice_relay_workers", "", info.workers);
+
+    type Get = fn(&CounterSnapshot) -> u64;
+    let simple: [(&str, &str, Get); 8] = [
+        ("rx_packets", "Datagrams received.", |s| s.packets_in),
+        ("rx_bytes", "Bytes received.", |s| s.bytes_in),
+        ("tx_packets", "Datagrams sent.", |s| s.packets_out),
+        ("tx_bytes", "Bytes sent.", |s| s.bytes_out),
+        (
+            "slow_path_up",
+            "Datagrams handed to control over the slow path.",
+            |s| s.slow_path_up,
+        ),
+        (
+            "slow_path_down",
+            "Datagrams from control sent out through the relay.",
+            |s| s.slow_path_down,
+        ),
+        ("loop_turns", "Worker loop turns.", |s| s.loop_turns),
+        (
+            "stalls",
+            "Loop turns longer than relay.stall_threshold_ms.",
+            |s| s.stalls,
+        ),
+    ];
+    for (name, help, get) in simple {
+        let fam = format!("sluice_{name}_total");
+        o.family(&fam, "counter", &format!("{help} Per worker."));
+        for (w, _, s) in &workers {
+            o.sample(&fam, &format!("worker=\"{w}\""), get(s));
+        }
+    }
+    o.family(
+        "sluice_drops_total",
+        "counter",
+        "Datagrams dropped, by reason. Per worker.",
+    );
+    for (w, _, s) in &workers {
+        for d in DropReason::ALL {
+            o.sample(
+                "sluice_drops_total",
+                &format!("worker=\"{w}\",reason=\"{}\"", d.name()),
+                s.dropped(d),
+            );
+        }
+    }
+    o.family(
+        "sluice_batch_size",
+        "histogram",
+        "Datagrams per processed batch. Per worker.",
+    );
+    for (w, _, s) in &workers {
+        histogram(
+            &mut o,
+            "sluice_batch_size",
+            &format!("worker=\"{w}\""),
+            &s.batch_hist,
+            |b| b.to_string(),
+            None,
+        );
+    }
+    o.family(
+        "sluice_batch_seconds",
+        "histogram",
+        "Processing time per batch in seconds. Per worker.",
+    );
+    for (w, _, s) in &workers {
+        histogram(
+            &mut o,
+            "sluice_batch_seconds",
+            &format!("worker=\"{w}\""),
+            &s.time_hist,
+            secs,
+            Some(secs(s.batch_nanos)),
+        );
+    }
+    o.family(
+        "sluice_worker_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the worker's last heartbeat.",
+    );
+    for (w, hb, _) in &workers {
+        if *hb > 0 {
+            let age = g.now_unix_ms.saturating_sub(*hb);
+            o.sample(
+                "sluice_worker_heartbeat_age_seconds",
+                &format!("worker=\"{w}\""),
+                format!("{:e}", age as f64 / 1e3),
+            );
+        }
+    }
+
+    let t = r.totals();
+    for (name, help, get) in simple {
+        let fam = format!("sluice_relay_{name}_total");
+        o.family(&fam, "counter", &format!("{help} All workers."));
+        o.sample(&fam, "", get(&t));
+    }
+    o.family(
+        "sluice_relay_drops_total",
+        "counter",
+        "Datagrams dropped, by reason. All workers.",
+    );
+    for d in DropReason::ALL {
+        o.sample(
+            "sluice_relay_drops_total",
+            &format!("reason=\"{}\"", d.name()),
+            t.dropped(d),
+        );
+    }
+    o.family(
+        "sluice_relay_batch_size",
+        "histogram",
+        "Datagrams per processed batch. All workers.",
+    );
+    histogram(
+        &mut o,
+        "sluice_relay_batch_size",
+        "",
+        &t.batch_hist,
+        |b| b.to_string(),
+        None,
+    );
+    o.family(
+        "sluice_relay_batch_seconds",
+        "histogram",
+        "Processing time per batch in seconds. All workers.",
+    );
+    histogram(
+        &mut o,
+        "sluice_relay_batch_seconds",
+        "",
+        &t.time_hist,
+        secs,
+        Some(secs(t.batch_nanos)),
+    );
+    debug_assert_eq!(BATCH_BUCKETS, t.batch_hist.len());
+    debug_assert_eq!(TIME_BUCKETS, t.time_hist.len());
+    o.0
+}

@@ -1,0 +1,460 @@
+//! Persisted control state: sessions (with their keys), routes and the id counters.
+//!
+//! Owns: the write-ahead journal (`journal.jsonl`, one JSON entry per line, fsynced before a
+//! mutation is acknowledged) and the snapshot (`state.json`, written to a temp file, fsynced
+//! and renamed atomically by [`Store::compact`]). Replay is idempotent (puts are upserts,
+//! deletes ignore unknown ids, counters only grow), so a crash between the snapshot rename and
+//! the journal truncation loses nothing. A torn final journal line (a write that never
+//! completed, so was never acknowledged) is dropped; a bad line anywhere else refuses start-up.
+//! The directory is 0700 and the files 0600: they hold SRTP master keys.
+//! May not touch: shared memory, HTTP. The API layer applies each entry here first, then to shm.
+
+use relay::shm::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use relay::srtp::{MasterKey, Profile};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+const SNAPSHOT: &str = "state.json";
+const JOURNAL: &str = "journal.jsonl";
+const FORMAT_VERSION: u32 = 1;
+
+/// Why the state could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: corrupt state entry: {message}", path = path.display())]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: state format version {found}, this build reads {FORMAT_VERSION}", path = path.display())]
+    Version { path: PathBuf, found: u32 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Route rewrite rules in their JSON form (API and persistence).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    #[serde(default)]
+    pub ssrc: Option<u32>,
+    #[serde(default)]
+    pub pt_map: Vec<[u8; 2]>,
+    #[serde(default)]
+    pub ext_map: Vec<[u8; 2]>,
+}
+
+impl RewriteSpec {
+    /// The shm form. Lengths were validated by the API (at most [`MAX_MAPPINGS`]); longer
+    /// lists are cut rather than panicking.
+    pub fn to_rewrite(&self) -> Rewrite {
+        let mut r = Rewrite {
+            ssrc: self.ssrc,
+            ..Rewrite::default()
+        };
+        for (i, [a, b]) in self.pt_map.iter().take(MAX_MAPPINGS).enumerate() {
+            r.pt_map[i] = (*a, *b);
+            r.pt_map_len = i as u8 + 1;
+        }
+        for (i, [a, b]) in self.ext_map.iter().take(MAX_MAPPINGS).enumerate() {
+            r.ext_map[i] = (*a, *b);
+            r.ext_map_len = i as u8 + 1;
+        }
+        r
+    }
+}
+
+/// A session as control persists it (keys included, base64 of master key ‖ salt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredSession {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub profile: String,
+    pub role: String,
+    pub rx_key: String,
+    pub tx_key: String,
+    pub key_epoch: u32,
+    pub flags: u32,
+    pub max_pps: u32,
+    pub created_unix_ms: u64,
+}
+
+impl StoredSession {
+    /// The shm record. Fails only if the persisted data is inconsistent.
+    pub fn to_record(&self) -> Result<SessionRecord, String> {
+        let profile = Profile::from_name(&self.profile)
+            .map_err(|_| format!("unknown profile `{}`", self.profile))?;
+        let role = Role::from_name(&self.role).ok_or(format!("unknown role `{}`", self.role))?;
+        let rx_key =
+            MasterKey::from_base64(profile, &self.rx_key).map_err(|e| format!("rx_key: {e}"))?;
+        let tx_key =
+            MasterKey::from_base64(profile, &self.tx_key).map_err(|e| format!("tx_key: {e}"))?;
+        Ok(SessionRecord {
+            id: self.id,
+            peer: self.peer,
+            role,
+            rx_key,
+            tx_key,
+            key_epoch: self.key_epoch,
+            flags: self.flags,
+            max_pps: self.max_pps,
+        })
+    }
+}
+
+/// A route as control persists it (and as the API shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredRoute {
+    pub id: u64,
+    pub from: u64,
+    pub ssrc: Option<u32>,
+    pub to: u64,
+    pub rewrite: RewriteSpec,
+}
+
+impl StoredRoute {
+    pub fn to_record(&self) -> RouteRecord {
+        RouteRecord {
+            id: self.id,
+            from: self.from,
+            ssrc: self.ssrc,
+            to: self.to,
+            rewrite: self.rewrite.to_rewrite(),
+        }
+    }
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Entry {
+    PutSession { session: StoredSession },
+    DelSession { id: u64 },
+    PutRoute { route: StoredRoute },
+    DelRoute { id: u64 },
+}
+
+/// The in-memory state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// Next session id to hand out; ids are never reused.
+    pub next_session_id: u64,
+    pub next_route_id: u64,
+    pub sessions: BTreeMap<u64, StoredSession>,
+    pub routes: BTreeMap<u64, StoredRoute>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            version: FORMAT_VERSION,
+            next_session_id: 1,
+            next_route_id: 1,
+            sessions: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// Apply one entry (idempotent).
+    pub fn apply(&mut self, e: &Entry) {
+        match e {
+            Entry::PutSession { session } => {
+                self.next_session_id = self.next_session_id.max(session.id + 1);
+                self.sessions.insert(session.id, session.clone());
+            }
+            Entry::DelSession { id } => {
+                self.sessions.remove(id);
+            }
+            Entry::PutRoute { route } => {
+                self.next_route_id = self.next_route_id.max(route.id + 1);
+                self.routes.insert(route.id, route.clone());
+            }
+            Entry::DelRoute { id } => {
+                self.routes.remove(id);
+            }
+        }
+    }
+}
+
+/// The state plus its files.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    journal: std::fs::File,
+    state: State,
+    /// Entries appended since the last compaction.
+    pending: usize,
+}
+
+impl Store {
+    /// Open (creating) `dir`, load the snapshot, replay the journal, then compact.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        crate::util::ensure_private_dir(dir).map_err(io_err(dir))?;
+        let snap = dir.join(SNAPSHOT);
+        let mut state = match std::fs::read(&snap) {
+            Ok(bytes) => {
+                let s: State = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: snap.clone(),
+                    line: e.line(),
+                    message: e.to_string(),
+                })?;
+                if s.version != FORMAT_VERSION {
+                    return Err(StoreError::Version {
+                        path: snap,
+                        found: s.version,
+                    });
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(io_err(&snap)(e)),
+        };
+        let jpath = dir.join(JOURNAL);
+        let replayed = replay(&jpath, &mut state)?;
+        let journal = open_journal(&jpath)?;
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            journal,
+            state,
+            pending: replayed,
+        };
+        store.compact()?;
+        Ok(store)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Entries appended since the last compaction.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Append `entries` to the journal, fsync, then apply them in memory. Nothing is applied
+    /// if the write fails.
+    pub fn commit(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        for e in entries {
+            // Serializing plain data structures to JSON cannot fail.
+            serde_json::to_writer(&mut buf, e).map_err(|e| StoreError::Io {
+                path: self.dir.join(JOURNAL),
+                source: std::io::Error::other(e),
+            })?;
+            buf.push(b'\n');
+        }
+        let path = self.dir.join(JOURNAL);
+        self.journal.write_all(&buf).map_err(io_err(&path))?;
+        self.journal.sync_data().map_err(io_err(&path))?;
+        for e in entries {
+            self.state.apply(e);
+        }
+        self.pending += entries.len();
+        Ok(())
+    }
+
+    /// Write the snapshot atomically, then truncate the journal.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        let snap = self.dir.join(SNAPSHOT);
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| StoreError::Io {
+            path: snap.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        crate::util::write_private_atomic(&snap, &bytes).map_err(io_err(&snap))?;
+        let jpath = self.dir.join(JOURNAL);
+        self.journal.set_len(0).map_err(io_err(&jpath))?;
+        self.journal.sync_all().map_err(io_err(&jpath))?;
+        self.pending = 0;
+        Ok(())
+    }
+}
+
+fn open_journal(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// Replay the journal into `state`; returns the number of entries applied. Truncates a torn
+/// final line.
+fn replay(path: &Path, state: &mut State) -> Result<usize, StoreError> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut reader = std::io::BufReader::new(f);
+    let mut n = 0;
+    let mut good_len: u64 = 0;
+    let mut line_no = 0;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let got = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+        if got == 0 {
+            break;
+        }
+        line_no += 1;
+        if line.last() != Some(&b'\n') {
+            tracing::warn!(
+                path = %path.display(),
+                line = line_no,
+                "dropping a torn final journal entry (never acknowledged)"
+            );
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            f.set_len(good_len).map_err(io_err(path))?;
+            f.sync_all().map_err(io_err(path))?;
+            break;
+        }
+        let e = serde_json::from_slice::<Entry>(&line).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            line: line_no,
+            message: e.to_string(),
+        })?;
+        state.apply(&e);
+        n += 1;
+        good_len += got as u64;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn session(id: u64) -> StoredSession {
+        StoredSession {
+            id,
+            peer: format!("127.0.0.1:{}", 5000 + id).parse().unwrap(),
+            profile: "AES_CM_128_HMAC_SHA1_80".into(),
+            role: "trunk".into(),
+            rx_key: MasterKey::new(Profile::Aes128CmSha1_80, &[1; 30])
+                .unwrap()
+                .to_base64(),
+            tx_key: MasterKey::new(Profile::Aes128CmSha1_80, &[2; 30])
+                .unwrap()
+                .to_base64(),
+            key_epoch: 0,
+            flags: 0,
+            max_pps: 0,
+            created_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn journal_replay_and_compaction() {
+        let d = tmpdir("replay");
+        {
+            let mut s = Store::open(&d).unwrap();
+            s.commit(&[Entry::PutSession {
+                session: session(1),
+            }])
+            .unwrap();
+            s.commit(&[Entry::PutSession {
+                session: session(2),
+            }])
+            .unwrap();
+            s.commit(&[Entry::DelSession { id: 2 }]).unwrap();
+            assert_eq!(s.pending(), 3);
+        }
+        let s = Store::open(&d).unwrap();
+        assert_eq!(s.state().sessions.len(), 1);
+        assert_eq!(s.state().next_session_id, 3, "deleted ids are not reused");
+        assert!(s.state().sessions[&1].to_record().is_ok());
+        // Compacted at open: the journal is empty and the snapshot holds everything.
+        assert_eq!(std::fs::metadata(d.join(JOURNAL)).unwrap().len(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join(SNAPSHOT))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn torn_tail_dropped_corrupt_middle_refused() {
+        let d = tmpdir("torn");
+        drop(Store::open(&d).unwrap());
+        let e = serde_json::to_string(&Entry::PutSession {
+            session: session(7),
+        })
+        .unwrap();
+        std::fs::write(d.join(JOURNAL), format!("{e}\n{{\"op\":\"put_ses")).unwrap();
+        let s = Store::open(&d).unwrap();
+        assert_eq!(s.state().sessions.len(), 1);
+        assert_eq!(s.state().next_session_id, 8);
+        drop(s);
+        std::fs::write(d.join(JOURNAL), format!("garbage\n{e}\n")).unwrap();
+        match Store::open(&d) {
+            Err(StoreError::Corrupt { line: 1, .. }) => {}
+            other => panic!("expected corrupt line 1, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replay_is_idempotent_after_snapshot() {
+        let d = tmpdir("idem");
+        let mut s = Store::open(&d).unwrap();
+        let entries = [
+            Entry::PutSession {
+                session: session(1),
+            },
+            Entry::DelSession { id: 1 },
+            Entry::PutSession {
+                session: session(3),
+            },
+        ];
+        s.commit(&entries).unwrap();
+        s.compact().unwrap();
+        drop(s);
+        // Simulate a crash after the snapshot rename but before the journal truncation.
+        let mut text = String::new();
+        for e in &entries {
+            text.push_str(&serde_json::to_string(e).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(d.join(JOURNAL), text).unwrap();
+        let s = Store::open(&d).unwrap();
+        assert_eq!(
+            s.state().sessions.keys().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(s.state().next_session_id, 4);
+    }
+}

@@ -1,0 +1,292 @@
+//! The portable backend: mio readiness, `recvmmsg` and `sendmmsg` batches, UDP GSO for runs.
+//!
+//! Receive: one `epoll_wait` only when the previous `recvmmsg` emptied the socket (epoll is
+//! edge-triggered, and every new datagram raises a new edge), then one `recvmmsg` of up to a
+//! batch. Send: one `sendmmsg` per flush (more only after a partial send).
+
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token};
+
+use super::sys::{run_at, sockaddr_to_std, SendSlot};
+use super::{Backend, BackendKind, BackendParams, IoCounters, IoError};
+use crate::batch::{TxQueue, MAX_DATAGRAM};
+
+/// mio + recvmmsg/sendmmsg backend for one worker socket.
+pub struct MmsgBackend {
+    sock: UdpSocket,
+    fd: RawFd,
+    v6: bool,
+    poll: Poll,
+    /// A dup of `sock` registered with mio (mio needs an owned source).
+    watched: mio::net::UdpSocket,
+    events: Events,
+    /// The socket may still hold datagrams (skip `epoll_wait`).
+    readable: bool,
+    batch: usize,
+    rx_data: Box<[u8]>,
+    rx_iov: Box<[libc::iovec]>,
+    rx_addr: Box<[libc::sockaddr_storage]>,
+    rx_hdr: Box<[libc::mmsghdr]>,
+    tx: TxQueue,
+    tx_slots: Box<[SendSlot]>,
+    tx_hdr: Box<[libc::mmsghdr]>,
+    gso: bool,
+    counters: IoCounters,
+}
+
+impl MmsgBackend {
+    /// Wrap a nonblocking UDP socket (from [`super::bind_udp`]).
+    pub fn new(sock: UdpSocket, params: BackendParams) -> Result<MmsgBackend, IoError> {
+        let fd = sock.as_raw_fd();
+        let v6 = sock
+            .local_addr()
+            .map_err(|e| IoError::os("getsockname", e))?
+            .is_ipv6();
+        let poll = Poll::new().map_err(|e| IoError::os("epoll_create", e))?;
+        let dup = sock
+            .try_clone()
+            .map_err(|e| IoError::os("dup(media socket)", e))?;
+        let mut watched = mio::net::UdpSocket::from_std(dup);
+        poll.registry()
+            .register(&mut watched, Token(0), Interest::READABLE)
+            .map_err(|e| IoError::os("epoll_ctl(ADD)", e))?;
+        let batch = params.batch.clamp(1, 1024);
+        let cap = params.tx_capacity.max(1);
+        let mut b = MmsgBackend {
+            sock,
+            fd,
+            v6,
+            poll,
+            watched,
+            events: Events::with_capacity(4),
+            readable: true,
+            batch,
+            rx_data: vec![0u8; batch * MAX_DATAGRAM].into_boxed_slice(),
+            // SAFETY: iovec, sockaddr_storage and mmsghdr are C structs for which all-zero
+            // bytes are valid (null pointers, zero lengths).
+            rx_iov: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
+            // SAFETY: as above.
+            rx_addr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
+            // SAFETY: as above.
+            rx_hdr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
+            tx: TxQueue::with_capacity(cap),
+            tx_slots: SendSlot::new_boxed(cap),
+            // SAFETY: as above.
+            tx_hdr: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
+            gso: super::gso_supported(),
+            counters: IoCounters::default(),
+        };
+        // Point each receive header at its buffer and address slot. The boxed slices are
+        // never resized, so these pointers stay valid for the backend's lifetime.
+        for i in 0..batch {
+            b.rx_iov[i] = libc::iovec {
+                iov_base: b.rx_data[i * MAX_DATAGRAM..].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let h = &mut b.rx_hdr[i].msg_hdr;
+            h.msg_name = (&mut b.rx_addr[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b.rx_iov[i];
+            h.msg_iovlen = 1;
+        }
+        Ok(b)
+    }
+
+    /// The socket this backend drives.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.sock
+    }
+
+    fn recv_batch(&mut self, max: usize) -> usize {
+        let n = max.min(self.batch);
+        for h in &mut self.rx_hdr[..n] {
+            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        self.counters.syscalls += 1;
+        // SAFETY: rx_hdr[..n] point at live buffers owned by self (set up in `new`); the
+        // kernel writes at most iov_len bytes and msg_namelen address bytes into each.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.fd,
+                self.rx_hdr.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
+                self.counters.rx_errors += 1;
+                tracing::debug!(error = %e, "recvmmsg");
+            }
+            self.readable = false;
+            return 0;
+        }
+        let r = r as usize;
+        if r < n {
+            self.readable = false;
+        }
+        r
+    }
+
+    /// Send everything queued; on a GSO refusal switch GSO off and resend the rest singly.
+    fn send_all(&mut self) {
+        let total = self.tx.len();
+        let mut next = 0usize; // first datagram not yet described
+        while next < total {
+            // Describe as many runs as fit in the header array.
+            let mut n = 0usize;
+            let mut i = next;
+            while i < total && n < self.tx_hdr.len() {
+                let (end, seg) = run_at(self.tx.metas(), i, self.gso);
+                if self.tx_slots[n].fill(&self.tx, i, end, seg, self.v6) {
+                    self.tx_hdr[n].msg_hdr = self.tx_slots[n].hdr;
+                    self.tx_hdr[n].msg_len = 0;
+                    n += 1;
+                } else {
+                    self.counters.tx_unroutable += (end - i) as u64;
+                }
+                i = end;
+            }
+            next = i;
+            let mut off = 0usize;
+            while off < n {
+                self.counters.syscalls += 1;
+                // SAFETY: tx_hdr[off..n] describe slots and arena bytes that stay alive and
+                // unmoved for the duration of this synchronous call.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        self.fd,
+                        self.tx_hdr[off..].as_mut_ptr(),
+                        (n - off) as libc::c_uint,
+                        0,
+                    )
+                };
+                if r > 0 {
+                    for k in off..off + r as usize {
+                        let s = &self.tx_slots[k];
+                        self.counters.tx_packets += s.segs as u64;
+                        self.counters.tx_bytes += s.iov.iov_len as u64;
+                        if s.segs > 1 {
+                            self.counters.tx_gso_trains += 1;
+                        }
+                    }
+                    off += r as usize;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                let slot = &self.tx_slots[off];
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => {
+                        // Socket buffer full: drop the rest of this batch (UDP semantics).
+                        let lost: u64 = self.tx_slots[off..n].iter().map(|s| s.segs as u64).sum();
+                        self.counters.tx_errors += lost;
+                        off = n;
+                    }
+                    Some(libc::EIO) | Some(libc::EINVAL) if slot.segs > 1 && self.gso => {
+                        tracing::warn!(error = %e, "UDP GSO refused; sending datagrams singly from now on");
+                        self.gso = false;
+                        next = slot.first as usize;
+                        break;
+                    }
+                    _ => {
+                        tracing::debug!(error = %e, "sendmmsg");
+                        self.counters.tx_errors += slot.segs as u64;
+                        off += 1;
+                    }
+                }
+            }
+        }
+        self.tx.clear();
+    }
+}
+
+impl Backend for MmsgBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mmsg
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
+        if self.readable {
+            return Ok(());
+        }
+        self.counters.syscalls += 1;
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {
+                if !self.events.is_empty() {
+                    self.readable = true;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(IoError::os("epoll_wait", e)),
+        }
+    }
+
+    fn drain<F>(&mut self, max: usize, mut f: F) -> usize
+    where
+        F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue),
+    {
+        if !self.readable || max == 0 {
+            return 0;
+        }
+        let r = self.recv_batch(max);
+        let mut handed = 0;
+        for i in 0..r {
+            let h = &self.rx_hdr[i];
+            let len = h.msg_len as usize;
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                self.counters.rx_truncated += 1;
+                continue;
+            }
+            // SAFETY: the kernel wrote msg_namelen bytes of address into rx_addr[i].
+            let src = unsafe {
+                sockaddr_to_std(
+                    (&self.rx_addr[i] as *const libc::sockaddr_storage).cast(),
+                    h.msg_hdr.msg_namelen as usize,
+                )
+            };
+            let Some(src) = src else {
+                self.counters.rx_errors += 1;
+                continue;
+            };
+            if self.tx.is_full() {
+                self.send_all();
+            }
+            self.counters.rx_packets += 1;
+            self.counters.rx_bytes += len as u64;
+            let buf = &mut self.rx_data[i * MAX_DATAGRAM..(i + 1) * MAX_DATAGRAM];
+            f(src, buf, len, &mut self.tx);
+            handed += 1;
+        }
+        handed
+    }
+
+    fn tx(&mut self) -> &mut TxQueue {
+        &mut self.tx
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        if !self.tx.is_empty() {
+            self.send_all();
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> &IoCounters {
+        &self.counters
+    }
+
+    fn shutdown(&mut self) {
+        // Synchronous syscalls only: nothing of ours is referenced by the kernel.
+        let _ = self.poll.registry().deregister(&mut self.watched);
+    }
+}

@@ -1,0 +1,315 @@
+//! Low-level helpers shared by both backends: socket options, sockaddr conversion, UDP GSO
+//! runs and the `msghdr` slots that describe one send.
+
+use std::mem;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+
+use socket2::Socket;
+
+use super::{normalize_addr, SocketBuffers};
+use crate::batch::{TxMeta, TxQueue};
+
+/// `UDP_SEGMENT` (linux/udp.h): the GSO segment size, as a socket option or a cmsg.
+pub(crate) const UDP_SEGMENT: libc::c_int = 103;
+/// Linux caps a GSO train at 64 segments (UDP_MAX_SEGMENTS).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest UDP payload of one train: 65535 minus the IPv4 and UDP headers.
+pub(crate) const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+/// SO_SNDBUFFORCE / SO_RCVBUFFORCE (asm-generic/socket.h; the values on x86 and arm).
+const SO_SNDBUFFORCE: libc::c_int = 32;
+const SO_RCVBUFFORCE: libc::c_int = 33;
+
+fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: libc::c_int,
+) -> bool {
+    // SAFETY: `val` is a live c_int and we pass its exact size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&val as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// Ask for the socket buffer sizes: the *FORCE options first, then the plain ones.
+/// Returns true when both forced requests were accepted.
+pub(crate) fn set_buffers(sock: &Socket, bufs: SocketBuffers) -> bool {
+    let fd = sock.as_raw_fd();
+    let mut forced = true;
+    for (size, force, plain) in [
+        (bufs.recv, SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (bufs.send, SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if size == 0 {
+            continue;
+        }
+        let v = size.min(i32::MAX as usize) as libc::c_int;
+        if !setsockopt_int(fd, libc::SOL_SOCKET, force, v) {
+            forced = false;
+            // Capped by net.core.{r,w}mem_max; what was granted is reported by the caller.
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, v);
+        }
+    }
+    forced
+}
+
+/// Whether this kernel accepts UDP GSO (probed once on a throw-away socket, because setting
+/// UDP_SEGMENT on a real socket would make it the default for every send).
+pub fn gso_supported() -> bool {
+    static GSO: OnceLock<bool> = OnceLock::new();
+    *GSO.get_or_init(|| {
+        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            return false;
+        };
+        setsockopt_int(s.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, 1200)
+    })
+}
+
+/// Convert a kernel sockaddr into a `SocketAddr` (IPv4-mapped IPv6 becomes IPv4).
+///
+/// # Safety
+/// `ptr` must point at `len` readable bytes of a sockaddr written by the kernel.
+pub(crate) unsafe fn sockaddr_to_std(ptr: *const u8, len: usize) -> Option<SocketAddr> {
+    if len < mem::size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `len` readable bytes; we read at most `len` bytes and
+    // use unaligned reads because provided buffers carry no alignment promise.
+    unsafe {
+        let family = (ptr as *const libc::sa_family_t).read_unaligned();
+        match family as libc::c_int {
+            libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+                let sin = (ptr as *const libc::sockaddr_in).read_unaligned();
+                let ip = u32::from_be(sin.sin_addr.s_addr);
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip.into(),
+                    u16::from_be(sin.sin_port),
+                )))
+            }
+            libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+                let sin6 = (ptr as *const libc::sockaddr_in6).read_unaligned();
+                let a = SocketAddr::V6(SocketAddrV6::new(
+                    sin6.sin6_addr.s6_addr.into(),
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                ));
+                Some(normalize_addr(a))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Write `addr` as a sockaddr for a socket of the given family. A v4 destination on a v6
+/// socket becomes IPv4-mapped; a v6 destination on a v4 socket cannot be sent (None).
+pub(crate) fn std_to_sockaddr(
+    addr: SocketAddr,
+    socket_v6: bool,
+    out: &mut libc::sockaddr_storage,
+) -> Option<libc::socklen_t> {
+    let v6 = match (addr, socket_v6) {
+        (SocketAddr::V4(a), false) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { (out as *mut libc::sockaddr_storage as *mut libc::sockaddr_in).write(sin) };
+            return Some(mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+        }
+        (SocketAddr::V6(_), false) => return None,
+        (SocketAddr::V4(a), true) => SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+        (SocketAddr::V6(a), true) => a,
+    };
+    let sin6 = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: v6.port().to_be(),
+        sin6_flowinfo: v6.flowinfo(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: v6.ip().octets(),
+        },
+        sin6_scope_id: v6.scope_id(),
+    };
+    // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+    unsafe { (out as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6).write(sin6) };
+    Some(mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+}
+
+/// The end (exclusive) of the send run starting at `start`, and its segment size.
+///
+/// A run is datagrams to one destination, all of the first one's size except that the last
+/// may be shorter (UDP GSO allows a short final segment); at most [`GSO_MAX_SEGMENTS`] and
+/// [`GSO_MAX_BYTES`]. Runs are contiguous in the [`TxQueue`] arena because datagrams are
+/// laid out back to back. Without GSO every run is one datagram.
+pub(crate) fn run_at(metas: &[TxMeta], start: usize, gso: bool) -> (usize, u32) {
+    let first = metas[start];
+    let seg = first.len;
+    let mut end = start + 1;
+    if !gso || seg == 0 {
+        return (end, seg);
+    }
+    let mut total = seg as usize;
+    while end < metas.len() && end - start < GSO_MAX_SEGMENTS {
+        let m = metas[end];
+        if m.dst != first.dst || m.len > seg || m.len == 0 || total + m.len as usize > GSO_MAX_BYTES
+        {
+            break;
+        }
+        total += m.len as usize;
+        end += 1;
+        if m.len < seg {
+            break; // a short segment ends the train
+        }
+    }
+    (end, seg)
+}
+
+/// Control buffer big enough for one `UDP_SEGMENT` cmsg, aligned like `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub(crate) struct CmsgBuf([u8; 32]);
+
+/// Everything one `sendmsg` points at. Slots live in a boxed slice that is never resized,
+/// so the self-pointers in `hdr` stay valid while the slot is in flight.
+#[repr(C)]
+pub(crate) struct SendSlot {
+    pub hdr: libc::msghdr,
+    pub iov: libc::iovec,
+    pub addr: libc::sockaddr_storage,
+    pub cmsg: CmsgBuf,
+    /// Datagrams in this send (GSO segments).
+    pub segs: u32,
+    /// First datagram (index into the queue's metas).
+    pub first: u32,
+}
+
+impl SendSlot {
+    pub fn new_boxed(n: usize) -> Box<[SendSlot]> {
+        (0..n)
+            .map(|_| SendSlot {
+                // SAFETY: msghdr, iovec and sockaddr_storage are plain C structs for which
+                // all-zero bytes are valid values (null pointers, zero lengths).
+                hdr: unsafe { mem::zeroed() },
+                // SAFETY: as above.
+                iov: unsafe { mem::zeroed() },
+                // SAFETY: as above.
+                addr: unsafe { mem::zeroed() },
+                cmsg: CmsgBuf([0; 32]),
+                segs: 0,
+                first: 0,
+            })
+            .collect()
+    }
+
+    /// Describe datagrams `start..end` of `q` (a run from [`run_at`]) in this slot.
+    /// Returns false when the destination cannot be addressed from this socket.
+    pub fn fill(
+        &mut self,
+        q: &TxQueue,
+        start: usize,
+        end: usize,
+        seg: u32,
+        socket_v6: bool,
+    ) -> bool {
+        let metas = q.metas();
+        let Some(alen) = std_to_sockaddr(metas[start].dst, socket_v6, &mut self.addr) else {
+            return false;
+        };
+        let first = metas[start];
+        let last = metas[end - 1];
+        let bytes = (last.offset + last.len - first.offset) as usize;
+        let base = q.arena().as_ptr();
+        // SAFETY: datagrams start..end are back to back inside the arena (TxQueue lays
+        // them out contiguously), so offset..offset+bytes is within `arena()`.
+        let ptr = unsafe { base.add(first.offset as usize) };
+        self.iov = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: bytes,
+        };
+        self.hdr.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
+        self.hdr.msg_namelen = alen;
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_flags = 0;
+        self.segs = (end - start) as u32;
+        self.first = start as u32;
+        if end - start > 1 {
+            // SAFETY: CMSG_SPACE(2) = 24 <= 32 bytes of an 8-aligned buffer; we build exactly
+            // one cmsghdr through the libc macros, which stay within msg_controllen.
+            unsafe {
+                let space = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize;
+                self.hdr.msg_control = self.cmsg.0.as_mut_ptr().cast();
+                self.hdr.msg_controllen = space as _;
+                let c = libc::CMSG_FIRSTHDR(&self.hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+                (libc::CMSG_DATA(c) as *mut u16).write_unaligned(seg as u16);
+            }
+        } else {
+            self.hdr.msg_control = std::ptr::null_mut();
+            self.hdr.msg_controllen = 0;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut q = TxQueue::with_capacity(200);
+        for _ in 0..3 {
+            q.push(a, &[1; 100]);
+        }
+        q.push(a, &[1; 50]); // short last segment joins the train
+        q.push(a, &[1; 100]);
+        q.push(b, &[1; 100]);
+        for _ in 0..70 {
+            q.push(b, &[2; 10]);
+        }
+        let m = q.metas();
+        assert_eq!(run_at(m, 0, true), (4, 100));
+        assert_eq!(run_at(m, 4, true), (5, 100));
+        assert_eq!(run_at(m, 5, true), (7, 100)); // one short segment ends the train
+        assert_eq!(run_at(m, 7, true), (7 + 64, 10)); // at most 64 segments
+        assert_eq!(run_at(m, 71, true), (76, 10));
+        assert_eq!(run_at(m, 0, false), (1, 100));
+    }
+
+    #[test]
+    fn sockaddr_roundtrip() {
+        let mut st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let v4: SocketAddr = "10.0.0.1:99".parse().unwrap();
+        let n = std_to_sockaddr(v4, true, &mut st).unwrap();
+        // SAFETY: std_to_sockaddr wrote n bytes into st.
+        let back =
+            unsafe { sockaddr_to_std((&st as *const libc::sockaddr_storage).cast(), n as usize) };
+        assert_eq!(back, Some(v4));
+        let n = std_to_sockaddr(v4, false, &mut st).unwrap();
+        // SAFETY: as above.
+        let back =
+            unsafe { sockaddr_to_std((&st as *const libc::sockaddr_storage).cast(), n as usize) };
+        assert_eq!(back, Some(v4));
+        let v6: SocketAddr = "[::1]:7".parse().unwrap();
+        assert!(std_to_sockaddr(v6, false, &mut st).is_none());
+    }
+}
