@@ -36,6 +36,8 @@ pub enum CmdError {
     Interrupted,
     #[error("{0}")]
     Usage(String),
+    #[error("echo reflector: {0}")]
+    Workers(#[from] relay::worker::WorkerError),
 }
 
 /// How to present progress and where to write outputs.
@@ -368,6 +370,52 @@ pub fn echo_at(
         echo.latency = r.latency;
     }
     Ok((echo, report))
+}
+
+/// Which reflector the echo baseline drives.
+#[derive(Debug, Clone, Copy)]
+pub enum Reflector {
+    /// `relay::worker::Echo` on the relay's own workers, in this process, on 127.0.0.1.
+    Workers {
+        workers: usize,
+        backend: relay::io::BackendKind,
+    },
+    /// A reflector already listening at this address.
+    External(SocketAddr),
+}
+
+/// `sluice-bench baseline echo`: the plain-UDP ceiling.
+pub fn echo(
+    reflector: Reflector,
+    opts: &FindMaxOptions,
+    search_max: bool,
+    out: &Output,
+) -> Result<(EchoBaseline, Report), CmdError> {
+    match reflector {
+        Reflector::External(addr) => echo_at(addr, "external", opts, search_max, out),
+        Reflector::Workers { workers, backend } => {
+            let cfg = relay::worker::WorkerConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                workers: Some(workers),
+                backend,
+                ..relay::worker::WorkerConfig::default()
+            };
+            let w = relay::worker::spawn_workers(cfg, |_| relay::worker::Echo::default())?;
+            let addr = w.local_addr();
+            let kind = w.backend().as_str().to_string();
+            let n = w.len();
+            out.say(&format!(
+                "echo reflector: {n} relay worker(s), {kind} backend, on {addr}"
+            ));
+            let r = echo_at(addr, "relay-workers", opts, search_max, out);
+            w.stop()?;
+            let (mut e, mut report) = r?;
+            e.backend = Some(kind);
+            e.workers = Some(n);
+            report.baselines.echo = Some(e.clone());
+            Ok((e, report))
+        }
+    }
 }
 
 /// `sluice-bench baseline crypto`: one unprotect plus one protect per packet on this thread,

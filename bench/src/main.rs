@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use relay::srtp::Profile;
-use sluice_bench::cmd::{self, CmdError, FindMaxOptions, Output, RunOptions};
+use sluice_bench::cmd::{self, CmdError, FindMaxOptions, Output, Reflector, RunOptions};
 use sluice_bench::gen::RigSpec;
 use sluice_bench::report::Report;
 use sluice_bench::sys;
@@ -68,9 +68,16 @@ enum Command {
 enum Baseline {
     /// Plain UDP reflector driven by the same generator without crypto.
     Echo {
-        /// An external reflector (every datagram is sent back to its source).
+        /// An external reflector (every datagram is sent back to its source); default: the
+        /// relay's own workers running `relay::worker::Echo` in this process.
         #[arg(long, value_name = "IP:PORT")]
-        target: SocketAddr,
+        target: Option<SocketAddr>,
+        /// Relay workers for the in-process reflector.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// I/O backend for the in-process reflector: auto, io_uring or mmsg.
+        #[arg(long, default_value = "auto")]
+        backend: relay::io::BackendKind,
         #[command(flatten)]
         load: LoadArgs,
         /// Fixed offered rate (ignored with --find-max).
@@ -347,6 +354,8 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
         Command::Baseline { which } => match which {
             Baseline::Echo {
                 target,
+                workers,
+                backend,
                 load,
                 rate,
                 find_max,
@@ -355,8 +364,11 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             } => {
                 let opts = search.options(load.run_options(rate)?)?;
                 let output = out.output();
-                let (echo, mut report) =
-                    cmd::echo_at(target, "external", &opts, find_max, &output)?;
+                let reflector = match target {
+                    Some(addr) => Reflector::External(addr),
+                    None => Reflector::Workers { workers, backend },
+                };
+                let (echo, mut report) = cmd::echo(reflector, &opts, find_max, &output)?;
                 report.baselines.echo = Some(echo);
                 finish(&report, &output, "sluice-bench baseline echo")?;
             }
