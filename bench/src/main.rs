@@ -144,7 +144,7 @@ struct LoadArgs {
     /// SRTP profile.
     #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80", value_parser = parse_profile)]
     profile: Profile,
-    /// Seconds of sending (per step for find-max).
+    /// Seconds of sending (find-max uses --step-duration instead).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Sender threads.
@@ -184,6 +184,9 @@ struct SearchArgs {
     /// Most steps run.
     #[arg(long, default_value_t = 20)]
     max_steps: usize,
+    /// Seconds of sending per step.
+    #[arg(long, default_value_t = 3.0)]
+    step_duration: f64,
 }
 
 #[derive(Args)]
@@ -240,7 +243,11 @@ impl LoadArgs {
 }
 
 impl SearchArgs {
-    fn options(&self, run: RunOptions) -> Result<FindMaxOptions, CmdError> {
+    /// `run` holds the load; with `search`, each step lasts --step-duration.
+    fn options(&self, mut run: RunOptions, search: bool) -> Result<FindMaxOptions, CmdError> {
+        if search {
+            run.duration = secs(self.step_duration, "--step-duration")?;
+        }
         if !(self.loss >= 0.0 && self.loss < 100.0) {
             return Err(CmdError::Usage(
                 "--loss must be a percentage in [0, 100)".into(),
@@ -347,7 +354,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             search,
             out,
         } => {
-            let opts = search.options(load.run_options(search.start_rate)?)?;
+            let opts = search.options(load.run_options(search.start_rate)?, true)?;
             let output = out.output();
             let mut t = connect(&target)?;
             let report = cmd::find_max(t.as_mut(), &opts, &output)?;
@@ -364,7 +371,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
                 search,
                 out,
             } => {
-                let opts = search.options(load.run_options(rate)?)?;
+                let opts = search.options(load.run_options(rate)?, find_max)?;
                 let output = out.output();
                 let reflector = match target {
                     Some(addr) => Reflector::External(addr),
