@@ -401,5 +401,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             }
         },
     }
+    if sys::interrupted() {
+        // The partial report was printed and written; say it was cut short (128 + SIGINT).
+        return Ok(ExitCode::from(130));
+    }
     Ok(ExitCode::SUCCESS)
 }
