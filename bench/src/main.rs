@@ -1,2 +1,409 @@
+//! `sluice-bench`: load generator for Sluice. See docs/BENCH.md.
 #![deny(unsafe_code)]
-fn main() {}
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use relay::srtp::Profile;
+use sluice_bench::cmd::{self, CmdError, FindMaxOptions, Output, Reflector, RunOptions};
+use sluice_bench::gen::RigSpec;
+use sluice_bench::report::Report;
+use sluice_bench::sys;
+use sluice_bench::target::{SluiceTarget, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "Load generator for the Sluice SRTP relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send SRTP through a running relay at a fixed rate and report what came out.
+    Run {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Total publisher packets per second (all publishers together).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Also measure the one-core crypto baseline and report the ratio.
+        #[arg(long)]
+        baselines: bool,
+        /// Exit with status 3 when loss exceeds this percentage or any packet failed
+        /// authentication or reached the wrong subscriber.
+        #[arg(long, value_name = "PCT")]
+        max_loss: Option<f64>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Search the highest publisher rate whose loss stays below a threshold.
+    FindMax {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        search: SearchArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// The ceilings: a plain UDP reflector, or the SRTP transforms alone.
+    Baseline {
+        #[command(subcommand)]
+        which: Baseline,
+    },
+}
+
+// Parsed once per process; boxing the bigger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Baseline {
+    /// Plain UDP reflector driven by the same generator without crypto.
+    Echo {
+        /// An external reflector (every datagram is sent back to its source); default: the
+        /// relay's own workers running `relay::worker::Echo` in this process.
+        #[arg(long, value_name = "IP:PORT")]
+        target: Option<SocketAddr>,
+        /// Relay workers for the in-process reflector.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// I/O backend for the in-process reflector: auto, io_uring or mmsg.
+        #[arg(long, default_value = "auto")]
+        backend: relay::io::BackendKind,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Fixed offered rate (ignored with --find-max).
+        #[arg(long, default_value_t = 10000.0)]
+        rate: f64,
+        /// Search the reflector's maximum instead of running one rate.
+        #[arg(long)]
+        find_max: bool,
+        #[command(flatten)]
+        search: SearchArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// unprotect + protect per packet on one core.
+    Crypto {
+        #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80", value_parser = parse_profile)]
+        profile: Profile,
+        /// Datagram size on the wire, SRTP tag included.
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 2.0)]
+        duration: f64,
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetKind {
+    /// A Sluice instance, through its admin REST API.
+    Sluice,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Kind of system under test.
+    #[arg(long, value_enum, default_value = "sluice")]
+    target_kind: TargetKind,
+    /// Admin API base URL (http://HOST:PORT or unix:/path); default: from control.json.
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Admin token; default: from control.json.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+    /// Relay media address to send to; default: what the admin API reports.
+    #[arg(long, value_name = "IP:PORT")]
+    target: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Publisher sessions (one UDP socket each).
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers per publisher (one UDP socket and session each).
+    #[arg(long, default_value_t = 1)]
+    fanout: usize,
+    /// Datagram size on the wire in bytes (UDP payload, SRTP tag included).
+    #[arg(long, default_value_t = 1200)]
+    size: usize,
+    /// SRTP profile.
+    #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80", value_parser = parse_profile)]
+    profile: Profile,
+    /// Seconds of sending (find-max uses --step-duration instead).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Sender threads.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Receiver threads.
+    #[arg(long, default_value_t = 1)]
+    receivers: usize,
+    /// Datagrams per sendmmsg/recvmmsg.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Longest wait for in-flight packets after sending stops, in ms.
+    #[arg(long, default_value_t = 500)]
+    drain_ms: u64,
+    /// Local address the bench's sockets bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Sequence window per subscriber (duplicates are recognised within it).
+    #[arg(long, default_value_t = 8192)]
+    window: usize,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Loss threshold in percent.
+    #[arg(long, default_value_t = 0.1)]
+    loss: f64,
+    /// First rate tried (total publisher pps).
+    #[arg(long, default_value_t = 1000.0)]
+    start_rate: f64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 10_000_000.0)]
+    max_rate: f64,
+    /// Stop when the bracket is narrower than this percentage of its top.
+    #[arg(long, default_value_t = 5.0)]
+    precision: f64,
+    /// Most steps run.
+    #[arg(long, default_value_t = 20)]
+    max_steps: usize,
+    /// Seconds of sending per step.
+    #[arg(long, default_value_t = 3.0)]
+    step_duration: f64,
+}
+
+#[derive(Args)]
+struct OutArgs {
+    /// Write the full report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw latency distribution and per-second throughput as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// No progress display or step lines (the summary is still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_profile(s: &str) -> Result<Profile, String> {
+    Profile::from_name(s).map_err(|_| {
+        let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown SRTP profile `{s}` (one of {})", names.join(", "))
+    })
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration, CmdError> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| CmdError::Usage(format!("{what} must be a positive number of seconds")))
+}
+
+impl LoadArgs {
+    fn run_options(&self, rate: f64) -> Result<RunOptions, CmdError> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(CmdError::Usage("--rate must be positive".into()));
+        }
+        Ok(RunOptions {
+            rig: RigSpec {
+                publishers: self.publishers,
+                fanout: self.fanout,
+                size: self.size,
+                profile: Some(self.profile),
+                reflect: false,
+                senders: self.senders,
+                receivers: self.receivers,
+                batch: self.batch,
+                window: self.window,
+                bind_ip: self.bind,
+                ..RigSpec::default()
+            },
+            rate,
+            duration: secs(self.duration, "--duration")?,
+            drain: Duration::from_millis(self.drain_ms),
+        })
+    }
+}
+
+impl SearchArgs {
+    /// `run` holds the load; with `search`, each step lasts --step-duration.
+    fn options(&self, mut run: RunOptions, search: bool) -> Result<FindMaxOptions, CmdError> {
+        if search {
+            run.duration = secs(self.step_duration, "--step-duration")?;
+        }
+        if !(self.loss >= 0.0 && self.loss < 100.0) {
+            return Err(CmdError::Usage(
+                "--loss must be a percentage in [0, 100)".into(),
+            ));
+        }
+        if !(self.start_rate > 0.0 && self.max_rate >= self.start_rate) {
+            return Err(CmdError::Usage(
+                "--start-rate must be positive and at most --max-rate".into(),
+            ));
+        }
+        Ok(FindMaxOptions {
+            run,
+            loss: self.loss / 100.0,
+            start: self.start_rate,
+            max: self.max_rate,
+            precision: (self.precision / 100.0).clamp(0.001, 0.5),
+            max_steps: self.max_steps.max(1),
+        })
+    }
+}
+
+impl OutArgs {
+    fn output(&self) -> Output {
+        Output {
+            quiet: self.quiet,
+            json: self.json.clone(),
+            plot: self.plot.clone(),
+        }
+    }
+}
+
+fn connect(t: &TargetArgs) -> Result<Box<dyn Target>, CmdError> {
+    match t.target_kind {
+        TargetKind::Sluice => Ok(Box::new(SluiceTarget::connect(
+            t.api.as_deref(),
+            t.token.as_deref(),
+            t.target,
+        )?)),
+    }
+}
+
+fn finish(report: &Report, out: &Output, title: &str) -> Result<(), CmdError> {
+    print!("{}", report.text());
+    out.write(report, title)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sys::catch_interrupts();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice-bench: {e}");
+            if matches!(e, CmdError::Usage(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
+    match cli.cmd {
+        Command::Run {
+            target,
+            load,
+            rate,
+            baselines,
+            max_loss,
+            out,
+        } => {
+            let opts = load.run_options(rate)?;
+            let output = out.output();
+            let crypto = if baselines {
+                Some(cmd::crypto_baseline(
+                    load.profile,
+                    load.size,
+                    Duration::from_secs(1),
+                )?)
+            } else {
+                None
+            };
+            let mut t = connect(&target)?;
+            let mut report = cmd::run(t.as_mut(), &opts, &output)?;
+            report.baselines.crypto = crypto;
+            report.compute_ratios();
+            finish(&report, &output, "sluice-bench run")?;
+            if let (Some(max), Some(r)) = (max_loss, &report.result) {
+                if r.loss_ratio * 100.0 > max || r.auth_failures > 0 || r.misrouted > 0 {
+                    eprintln!(
+                        "sluice-bench: check failed: loss {:.4}% (max {max}%), {} auth failures, {} misrouted",
+                        r.loss_ratio * 100.0,
+                        r.auth_failures,
+                        r.misrouted
+                    );
+                    return Ok(ExitCode::from(3));
+                }
+            }
+        }
+        Command::FindMax {
+            target,
+            load,
+            search,
+            out,
+        } => {
+            let opts = search.options(load.run_options(search.start_rate)?, true)?;
+            let output = out.output();
+            let mut t = connect(&target)?;
+            let report = cmd::find_max(t.as_mut(), &opts, &output)?;
+            finish(&report, &output, "sluice-bench find-max")?;
+        }
+        Command::Baseline { which } => match which {
+            Baseline::Echo {
+                target,
+                workers,
+                backend,
+                load,
+                rate,
+                find_max,
+                search,
+                out,
+            } => {
+                let opts = search.options(load.run_options(rate)?, find_max)?;
+                let output = out.output();
+                let reflector = match target {
+                    Some(addr) => Reflector::External(addr),
+                    None => Reflector::Workers { workers, backend },
+                };
+                let (echo, mut report) = cmd::echo(reflector, &opts, find_max, &output)?;
+                report.baselines.echo = Some(echo);
+                finish(&report, &output, "sluice-bench baseline echo")?;
+            }
+            Baseline::Crypto {
+                profile,
+                size,
+                duration,
+                json,
+            } => {
+                let c = cmd::crypto_baseline(profile, size, secs(duration, "--duration")?)?;
+                let mut report = Report::new("baseline crypto");
+                report.baselines.crypto = Some(c);
+                finish(
+                    &report,
+                    &Output {
+                        json,
+                        ..Output::default()
+                    },
+                    "sluice-bench baseline crypto",
+                )?;
+            }
+        },
+    }
+    if sys::interrupted() {
+        // The partial report was printed and written; say it was cut short (128 + SIGINT).
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,499 @@
+//! The commands: `run`, `find-max`, `baseline echo|crypto`, as functions over a [`Target`]
+//! so tests can drive them against a test double.
+//!
+//! Owns: the order of things (set up, measure, always tear down), the find-max search, the
+//! baselines and the progress display. May not touch: socket syscalls (that is [`crate::gen`]).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
+
+use crate::gen::{GenError, Live, Rig, RigSpec, StepOutcome, StepSpec};
+use crate::plot::{self, PlotError};
+use crate::probe::{self, Probe};
+use crate::report::{
+    CryptoBaseline, EchoBaseline, FindMax, GeneratorUsage, LoadConfig, Report, RunResult,
+    TargetStats,
+};
+use crate::sys;
+use crate::target::{Target, TargetError};
+
+/// Errors of a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error(transparent)]
+    Gen(#[from] GenError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Usage(String),
+    #[error("echo reflector: {0}")]
+    Workers(#[from] relay::worker::WorkerError),
+}
+
+/// How to present progress and where to write outputs.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// No progress display or per-step lines.
+    pub quiet: bool,
+    pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+impl Output {
+    fn live(&self) -> bool {
+        !self.quiet && std::io::stdout().is_terminal()
+    }
+
+    fn say(&self, s: &str) {
+        if !self.quiet {
+            println!("{s}");
+        }
+    }
+
+    /// Write the JSON and plot files that were asked for.
+    pub fn write(&self, report: &Report, title: &str) -> Result<(), CmdError> {
+        if let Some(p) = &self.json {
+            report.write_json(p)?;
+        }
+        if let Some(p) = &self.plot {
+            let empty = RunResult::default();
+            let r = report.result.as_ref().unwrap_or(&empty);
+            plot::write_svg(r, title, p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Load and timing of `run` (and of each find-max step).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub rig: RigSpec,
+    /// Total publisher packets per second.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Longest wait for stragglers after sending stops.
+    pub drain: Duration,
+}
+
+impl RunOptions {
+    fn config(&self) -> LoadConfig {
+        LoadConfig {
+            publishers: self.rig.publishers,
+            fanout: if self.rig.reflect { 1 } else { self.rig.fanout },
+            rate: self.rate,
+            size: self.rig.size,
+            profile: self
+                .rig
+                .profile
+                .map_or_else(|| "none".to_string(), |p| p.name().to_string()),
+            duration_s: self.duration.as_secs_f64(),
+            senders: self.rig.senders,
+            receivers: self.rig.receivers,
+            batch: self.rig.batch,
+        }
+    }
+}
+
+fn progress_bar(out: &Output, duration: Duration) -> indicatif::ProgressBar {
+    if !out.live() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {elapsed:>4}/{duration:4} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
+fn live_msg(l: &Live) -> String {
+    format!(
+        "offered {:>9.0} pps  delivered {:>9.0} pps  loss {:.3}%",
+        l.offered_pps,
+        l.delivered_pps,
+        l.loss * 100.0
+    )
+}
+
+/// One measured step with a progress bar.
+fn measured_step(rig: &mut Rig, spec: &StepSpec, out: &Output) -> (StepOutcome, f64) {
+    let pb = progress_bar(out, spec.duration);
+    let cpu0 = sys::process_cpu();
+    let o = rig.run_step(spec, |l| {
+        pb.set_position(l.elapsed.as_millis() as u64);
+        pb.set_message(live_msg(l));
+    });
+    pb.finish_and_clear();
+    (o, sys::process_cpu().saturating_sub(cpu0).as_secs_f64())
+}
+
+/// Build the rig, let `target` create its sessions, run `body`, and always tear down.
+fn with_sessions<T>(
+    target: &mut dyn Target,
+    spec: RigSpec,
+    out: &Output,
+    body: impl FnOnce(&mut Rig, &mut dyn Target) -> Result<T, CmdError>,
+) -> Result<T, CmdError> {
+    let mut rig = Rig::new(spec)?;
+    let plan = rig.plan()?;
+    let t = Instant::now();
+    let wiring = target.setup(&plan)?;
+    out.say(&format!(
+        "set up {} sessions and {} routes in {:.2} s",
+        plan.publishers.len() + plan.subscribers.len(),
+        plan.subscribers.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let r = if sys::interrupted() {
+        Err(CmdError::Interrupted)
+    } else {
+        rig.wire(&wiring)
+            .map_err(CmdError::from)
+            .and_then(|()| body(&mut rig, target))
+    };
+    match target.teardown() {
+        Ok(n) => out.say(&format!("removed {n} sessions and routes")),
+        Err(e) => eprintln!("warning: teardown incomplete: {e}"),
+    }
+    r
+}
+
+/// `sluice-bench run`.
+pub fn run(target: &mut dyn Target, opts: &RunOptions, out: &Output) -> Result<Report, CmdError> {
+    let mut report = Report::new("run");
+    report.config = Some(opts.config());
+    report.target = target.info().ok();
+    let step = StepSpec {
+        step: 0,
+        rate: opts.rate,
+        duration: opts.duration,
+        drain: opts.drain,
+        tick: Duration::from_millis(200),
+    };
+    let (o, cpu) = with_sessions(target, opts.rig.clone(), out, |rig, target| {
+        let before = target.stats();
+        let r = measured_step(rig, &step, out);
+        let after = target.stats();
+        if before.is_some() || after.is_some() {
+            report.target_stats = Some(TargetStats { before, after });
+        }
+        Ok(r)
+    })?;
+    finish(&mut report, &o, cpu);
+    Ok(report)
+}
+
+fn finish(report: &mut Report, o: &StepOutcome, cpu: f64) {
+    let r = RunResult::from_step(o);
+    let g = GeneratorUsage::from_step(o, cpu);
+    report.warnings.extend(g.warnings(&r));
+    if o.interrupted {
+        report.warnings.push("interrupted: partial run".into());
+    }
+    report.generator = Some(g);
+    report.result = Some(r);
+    report.compute_ratios();
+}
+
+/// find-max search settings.
+#[derive(Debug, Clone)]
+pub struct FindMaxOptions {
+    pub run: RunOptions,
+    /// Largest loss ratio that passes (0.001 = 0.1 %).
+    pub loss: f64,
+    /// First rate tried (total publisher pps).
+    pub start: f64,
+    /// Never try above this.
+    pub max: f64,
+    /// Stop bisecting when (high − low) / high is below this.
+    pub precision: f64,
+    pub max_steps: usize,
+}
+
+/// Exponential ramp from `start` until a step fails, then bisection between the last pass and
+/// the first failure. A step fails on loss above the threshold or when the generator could
+/// not offer what was asked (it then bounds the search, with a warning).
+pub fn search(
+    rig: &mut Rig,
+    o: &FindMaxOptions,
+    out: &Output,
+    warnings: &mut Vec<String>,
+) -> (FindMax, Option<(StepOutcome, f64)>) {
+    let mut fm = FindMax {
+        loss_threshold: o.loss,
+        ..FindMax::default()
+    };
+    let mut best: Option<(StepOutcome, f64)> = None;
+    let (mut lo, mut hi) = (0.0f64, f64::INFINITY);
+    let mut rate = o.start.min(o.max);
+    let mut step_id = 1u32;
+    while fm.steps.len() < o.max_steps && !sys::interrupted() {
+        let spec = StepSpec {
+            step: step_id,
+            rate,
+            duration: o.run.duration,
+            drain: o.run.drain,
+            tick: Duration::from_millis(200),
+        };
+        step_id += 1;
+        let (outcome, cpu) = measured_step(rig, &spec, out);
+        if outcome.interrupted {
+            break;
+        }
+        let r = RunResult::from_step(&outcome);
+        let short = r.offered.pps < 0.97 * rate;
+        let passed = r.loss_ratio <= o.loss && !short;
+        let mut s = r.summary();
+        s.passed = passed;
+        fm.steps.push(s);
+        out.say(&format!(
+            "step {:>2}: {:>10.0} pps asked, {:>10.0} offered, {:>10.0} delivered, loss {:.4}%, p99 {:.1} µs  {}",
+            fm.steps.len(),
+            rate,
+            r.offered.pps,
+            r.delivered.pps,
+            r.loss_ratio * 100.0,
+            r.latency.p99_us,
+            if passed { "pass" } else if short { "generator-limited" } else { "FAIL" }
+        ));
+        if short {
+            warnings.push(format!(
+                "generator offered only {:.0} of {:.0} pps asked: the search is bounded by the bench (add --senders)",
+                r.offered.pps, rate
+            ));
+        }
+        if passed {
+            lo = rate;
+            if r.offered.pps >= fm.max_offered_pps {
+                fm.max_offered_pps = r.offered.pps;
+                fm.max_delivered_pps = r.delivered.pps;
+                fm.latency_at_max = Some(r.latency);
+                best = Some((outcome, cpu));
+            }
+        } else {
+            hi = rate;
+        }
+        let next = if hi.is_infinite() {
+            if rate >= o.max {
+                break;
+            }
+            (rate * 2.0).min(o.max)
+        } else {
+            if (hi - lo) / hi <= o.precision {
+                break;
+            }
+            (lo + hi) / 2.0
+        };
+        rate = next;
+        // Let the target settle between steps.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (fm, best)
+}
+
+/// `sluice-bench find-max`.
+pub fn find_max(
+    target: &mut dyn Target,
+    o: &FindMaxOptions,
+    out: &Output,
+) -> Result<Report, CmdError> {
+    let mut report = Report::new("find-max");
+    report.config = Some(o.run.config());
+    report.target = target.info().ok();
+    let mut warnings = Vec::new();
+    let (fm, best) = with_sessions(target, o.run.rig.clone(), out, |rig, _| {
+        Ok(search(rig, o, out, &mut warnings))
+    })?;
+    report.warnings = warnings;
+    if let Some((outcome, cpu)) = &best {
+        finish(&mut report, outcome, *cpu);
+    }
+    report.find_max = Some(fm);
+    Ok(report)
+}
+
+/// Echo baseline against a reflector at `addr` (every datagram comes back to its sender):
+/// the same generator, plain RTP. With `search`, a find-max over the reflector.
+pub fn echo_at(
+    addr: SocketAddr,
+    reflector: &str,
+    opts: &FindMaxOptions,
+    search_max: bool,
+    out: &Output,
+) -> Result<(EchoBaseline, Report), CmdError> {
+    let mut rig_spec = opts.run.rig.clone();
+    rig_spec.reflect = true;
+    rig_spec.profile = None;
+    let mut rig = Rig::new(rig_spec)?;
+    rig.wire_direct(addr)?;
+    let mut report = Report::new("baseline echo");
+    let mut run_opts = opts.run.clone();
+    run_opts.rig = rig.spec().clone();
+    report.config = Some(run_opts.config());
+    let mut echo = EchoBaseline {
+        reflector: reflector.to_string(),
+        ..EchoBaseline::default()
+    };
+    if search_max {
+        let mut warnings = Vec::new();
+        let (fm, best) = search(&mut rig, opts, out, &mut warnings);
+        report.warnings = warnings;
+        if let Some((o, cpu)) = &best {
+            finish(&mut report, o, *cpu);
+        }
+        echo.find_max = Some(fm);
+    } else {
+        let step = StepSpec {
+            step: 0,
+            rate: opts.run.rate,
+            duration: opts.run.duration,
+            drain: opts.run.drain,
+            tick: Duration::from_millis(200),
+        };
+        let (o, cpu) = measured_step(&mut rig, &step, out);
+        finish(&mut report, &o, cpu);
+    }
+    if let Some(r) = &report.result {
+        echo.pps = r.delivered.pps;
+        echo.loss_ratio = r.loss_ratio;
+        echo.latency = r.latency;
+    }
+    Ok((echo, report))
+}
+
+/// Which reflector the echo baseline drives.
+#[derive(Debug, Clone, Copy)]
+pub enum Reflector {
+    /// `relay::worker::Echo` on the relay's own workers, in this process, on 127.0.0.1.
+    Workers {
+        workers: usize,
+        backend: relay::io::BackendKind,
+    },
+    /// A reflector already listening at this address.
+    External(SocketAddr),
+}
+
+/// `sluice-bench baseline echo`: the plain-UDP ceiling.
+pub fn echo(
+    reflector: Reflector,
+    opts: &FindMaxOptions,
+    search_max: bool,
+    out: &Output,
+) -> Result<(EchoBaseline, Report), CmdError> {
+    match reflector {
+        Reflector::External(addr) => echo_at(addr, "external", opts, search_max, out),
+        Reflector::Workers { workers, backend } => {
+            let cfg = relay::worker::WorkerConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                workers: Some(workers),
+                backend,
+                ..relay::worker::WorkerConfig::default()
+            };
+            let w = relay::worker::spawn_workers(cfg, |_| relay::worker::Echo::default())?;
+            let addr = w.local_addr();
+            let kind = w.backend().as_str().to_string();
+            let n = w.len();
+            out.say(&format!(
+                "echo reflector: {n} relay worker(s), {kind} backend, on {addr}"
+            ));
+            let r = echo_at(addr, "relay-workers", opts, search_max, out);
+            w.stop()?;
+            let (mut e, mut report) = r?;
+            e.backend = Some(kind);
+            e.workers = Some(n);
+            report.baselines.echo = Some(e.clone());
+            Ok((e, report))
+        }
+    }
+}
+
+/// `sluice-bench baseline crypto`: one unprotect plus one protect per packet on this thread,
+/// for `duration`.
+pub fn crypto_baseline(
+    profile: Profile,
+    size: usize,
+    duration: Duration,
+) -> Result<CryptoBaseline, CmdError> {
+    let overhead = profile.srtp_overhead();
+    if size < probe::MIN_RTP + overhead || size > sys::RECV_SLOT {
+        return Err(GenError::TooSmall {
+            size,
+            min: probe::MIN_RTP + overhead,
+        }
+        .into());
+    }
+    let rtp_len = size - overhead;
+    let mut raw = [0u8; MasterKey::MAX_LEN];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
+    let key =
+        MasterKey::new(profile, &raw[..profile.key_material_len()]).map_err(GenError::Srtp)?;
+    let mut tx = Context::new(key, ContextOptions::default()).map_err(GenError::Srtp)?;
+    let mut rx = Context::new(key, ContextOptions::default()).map_err(GenError::Srtp)?;
+    let mut buf = vec![0u8; size + 64];
+    let mut template = vec![0u8; rtp_len];
+    probe::template(&mut template, rtp_len, 0x5eed).map_err(|_| GenError::TooSmall {
+        size,
+        min: probe::MIN_RTP + overhead,
+    })?;
+    // Protect once ahead so the loop measures the relay's work: unprotect the inbound
+    // packet, then protect it again for a subscriber.
+    let mut seq: u64 = 0;
+    let mut packets = 0u64;
+    let mut errors = 0u64;
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    loop {
+        for _ in 0..1024 {
+            buf[..rtp_len].copy_from_slice(&template);
+            probe::stamp(
+                &mut buf,
+                seq as u16,
+                seq as u32,
+                &Probe {
+                    stream: 0,
+                    step: 0,
+                    seq,
+                    send_ns: 0,
+                },
+            );
+            seq += 1;
+            let ok = tx
+                .protect_rtp(&mut buf, rtp_len)
+                .and_then(|n| rx.unprotect_rtp(&mut buf, n))
+                .is_ok();
+            if ok {
+                packets += 1;
+            } else {
+                errors += 1;
+            }
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if errors > 0 {
+        return Err(CmdError::Usage(format!(
+            "{errors} packets failed the protect/unprotect round trip"
+        )));
+    }
+    Ok(CryptoBaseline {
+        profile: profile.name().to_string(),
+        size,
+        packets,
+        seconds: secs,
+        pps: packets as f64 / secs,
+        ns_per_packet: secs * 1e9 / packets.max(1) as f64,
+    })
+}

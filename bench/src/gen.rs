@@ -1,0 +1,819 @@
+//! The load generator: publisher sockets that send paced, batched, real SRTP probes and
+//! subscriber sockets whose receiver threads decrypt and account for every packet.
+//!
+//! Owns: the bench's sockets, SRTP contexts and threads, pacing, and the raw counts of a step.
+//! May not touch: the admin API (that is [`crate::target`]); report formatting.
+//!
+//! Threads per step (scoped, so they borrow the endpoints): `senders` sender threads, each
+//! pacing its share of the publishers with a per-publisher token bucket and sending each
+//! publisher's due packets with one `sendmmsg`; `receivers` receiver threads, each polling its
+//! share of the subscriber sockets (epoll via mio) and draining them with `recvmmsg`. The
+//! calling thread samples the counters once per `tick` for the progress display and the
+//! per-second series. Per packet the sender only copies the template, stamps the sequence
+//! number and time and protects; the receiver only unprotects, parses and records.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::RngCore;
+use relay::srtp::{MasterKey, Profile};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Crypto, RxReject};
+use crate::probe::{self, Probe};
+use crate::seq::{Arrival, SeqCounts, SeqTracker};
+use crate::sys::{self, RecvBatch, SendBatch};
+use crate::target::{Plan, SessionPlan, Wiring};
+
+/// Highest latency the histogram records (larger values saturate): 60 s in ns.
+const HIST_MAX_NS: u64 = 60_000_000_000;
+
+/// Errors building or wiring the generator.
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("--size {size} is too small: the probe needs {min} bytes with this profile")]
+    TooSmall { size: usize, min: usize },
+    #[error("--size {size} is larger than {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("SRTP: {0}")]
+    Srtp(#[from] relay::srtp::Error),
+    #[error("the target's wiring does not match the plan ({0})")]
+    Wiring(&'static str),
+    #[error("this generator sends plain RTP; a session plan needs an SRTP profile")]
+    NoProfile,
+}
+
+/// Shape of the load.
+#[derive(Debug, Clone)]
+pub struct RigSpec {
+    pub publishers: usize,
+    /// Subscribers per publisher (forced to 1 with `reflect`).
+    pub fanout: usize,
+    /// Datagram size on the wire (UDP payload, SRTP tag included).
+    pub size: usize,
+    /// `None`: plain RTP (the echo baseline).
+    pub profile: Option<Profile>,
+    /// Subscribers are the publishers' own sockets (a reflector sends packets back).
+    pub reflect: bool,
+    pub senders: usize,
+    pub receivers: usize,
+    /// Datagrams per `sendmmsg` / `recvmmsg`.
+    pub batch: usize,
+    /// Sequence tracker window per subscriber.
+    pub window: usize,
+    /// Local address the bench's sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Requested SO_SNDBUF / SO_RCVBUF per socket.
+    pub socket_buffer: usize,
+}
+
+impl Default for RigSpec {
+    fn default() -> Self {
+        RigSpec {
+            publishers: 1,
+            fanout: 1,
+            size: 1200,
+            profile: Some(Profile::Aes128CmSha1_80),
+            reflect: false,
+            senders: 1,
+            receivers: 1,
+            batch: 32,
+            window: 8192,
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+struct Publisher {
+    sock: UdpSocket,
+    local: SocketAddr,
+    keys: (MasterKey, MasterKey),
+    crypto: Crypto,
+    ssrc: u32,
+    rtp_seq: u16,
+    template: Vec<u8>,
+    stream: u32,
+    /// Per step: probe sequence numbers used, datagrams the kernel took, tokens skipped.
+    next_seq: u64,
+    accepted: u64,
+    skipped: u64,
+    send_errors: u64,
+    protect_errors: u64,
+}
+
+/// Raw receive counts of one subscriber (or a sum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RxCounts {
+    pub seq: SeqCounts,
+    /// Datagrams received (any verdict).
+    pub datagrams: u64,
+    /// Bytes of the delivered datagrams as received.
+    pub bytes: u64,
+    pub auth_failures: u64,
+    /// Rejected by the SRTP replay check: the same packet index again (duplicates).
+    pub replayed: u64,
+    /// Older than the SRTP replay window.
+    pub too_old: u64,
+    /// Not SRTP / not a probe.
+    pub malformed: u64,
+    /// A probe from another find-max step.
+    pub stale: u64,
+    /// A probe of another publisher's stream.
+    pub misrouted: u64,
+}
+
+impl RxCounts {
+    pub fn add(&mut self, o: &RxCounts) {
+        self.seq.add(&o.seq);
+        self.datagrams += o.datagrams;
+        self.bytes += o.bytes;
+        self.auth_failures += o.auth_failures;
+        self.replayed += o.replayed;
+        self.too_old += o.too_old;
+        self.malformed += o.malformed;
+        self.stale += o.stale;
+        self.misrouted += o.misrouted;
+    }
+
+    /// Duplicates from both detectors (replay check before decryption, tracker after).
+    pub fn duplicates(&self) -> u64 {
+        self.seq.duplicates + self.replayed
+    }
+}
+
+struct Subscriber {
+    sock: UdpSocket,
+    local: SocketAddr,
+    keys: (MasterKey, MasterKey),
+    crypto: Crypto,
+    stream: u32,
+    tracker: SeqTracker,
+    rx: RxCounts,
+}
+
+/// CPU use of one generator thread during a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreadUsage {
+    pub cpu_s: f64,
+    pub wall_s: f64,
+    /// cpu / wall.
+    pub busy: f64,
+}
+
+impl ThreadUsage {
+    fn measure(cpu0: Duration, wall0: Instant) -> ThreadUsage {
+        let cpu_s = sys::thread_cpu().saturating_sub(cpu0).as_secs_f64();
+        let wall_s = wall0.elapsed().as_secs_f64();
+        ThreadUsage {
+            cpu_s,
+            wall_s,
+            busy: if wall_s > 0.0 { cpu_s / wall_s } else { 0.0 },
+        }
+    }
+}
+
+/// One step of load.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSpec {
+    /// Step id carried in every probe.
+    pub step: u32,
+    /// Total publisher packets per second (all publishers together).
+    pub rate: f64,
+    pub duration: Duration,
+    /// Longest wait for stragglers after the senders stop.
+    pub drain: Duration,
+    /// Progress/sampling period.
+    pub tick: Duration,
+}
+
+/// A live sample for the progress display.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Live {
+    pub elapsed: Duration,
+    pub duration: Duration,
+    pub offered_pps: f64,
+    pub delivered_pps: f64,
+    /// 1 − delivered/expected over the step so far (packets in flight count as missing).
+    pub loss: f64,
+}
+
+/// Totals per second of the send window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub t: f64,
+    pub offered_pps: f64,
+    pub delivered_pps: f64,
+}
+
+/// Per-publisher-stream totals (the stream's subscribers summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCounts {
+    pub stream: u32,
+    pub ssrc: u32,
+    /// Datagrams the kernel accepted from this publisher.
+    pub sent: u64,
+    pub send_errors: u64,
+    /// Tokens the pacer had to skip because the sender thread fell behind.
+    pub skipped: u64,
+    pub subscribers: u64,
+    pub rx: RxCounts,
+}
+
+impl StreamCounts {
+    /// What the subscribers should have received.
+    pub fn expected(&self) -> u64 {
+        self.sent * self.subscribers
+    }
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.rx.seq.delivered)
+    }
+}
+
+/// Everything one step measured.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub target_pps: f64,
+    /// Length of the send window actually run.
+    pub send_s: f64,
+    pub size: usize,
+    pub streams: Vec<StreamCounts>,
+    /// Latency in ns.
+    pub hist: Histogram<u64>,
+    pub seconds: Vec<Second>,
+    pub senders: Vec<ThreadUsage>,
+    pub receivers: Vec<ThreadUsage>,
+    pub interrupted: bool,
+}
+
+/// The generator's endpoints.
+pub struct Rig {
+    spec: RigSpec,
+    pubs: Vec<Publisher>,
+    subs: Vec<Subscriber>,
+    epoch: Instant,
+}
+
+fn bind(ip: IpAddr, buf: usize) -> Result<(UdpSocket, SocketAddr), GenError> {
+    let domain = if ip.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{w,r}mem_max.
+    let _ = s.set_send_buffer_size(buf);
+    let _ = s.set_recv_buffer_size(buf);
+    s.bind(&SocketAddr::new(ip, 0).into())?;
+    let s: UdpSocket = s.into();
+    let local = s.local_addr()?;
+    Ok((s, local))
+}
+
+fn random_key(profile: Profile) -> MasterKey {
+    let mut b = [0u8; MasterKey::MAX_LEN];
+    rand::thread_rng().fill_bytes(&mut b);
+    // The slice has exactly the profile's key material length, so this cannot fail.
+    MasterKey::new(profile, &b[..profile.key_material_len()]).expect("length matches profile")
+}
+
+impl Rig {
+    /// Bind every socket and draw random keys.
+    pub fn new(spec: RigSpec) -> Result<Rig, GenError> {
+        let mut spec = spec;
+        if spec.reflect {
+            spec.fanout = 1;
+        }
+        for (v, name) in [
+            (spec.publishers, "--publishers"),
+            (spec.fanout, "--fanout"),
+            (spec.senders, "--senders"),
+            (spec.receivers, "--receivers"),
+            (spec.batch, "--batch"),
+        ] {
+            if v == 0 {
+                return Err(GenError::Zero(name));
+            }
+        }
+        let overhead = spec.profile.map_or(0, |p| p.srtp_overhead());
+        if spec.size < probe::MIN_RTP + overhead {
+            return Err(GenError::TooSmall {
+                size: spec.size,
+                min: probe::MIN_RTP + overhead,
+            });
+        }
+        if spec.size > sys::RECV_SLOT {
+            return Err(GenError::TooLarge {
+                size: spec.size,
+                max: sys::RECV_SLOT,
+            });
+        }
+        let rtp_len = spec.size - overhead;
+        let dummy = random_key(Profile::Aes128CmSha1_80);
+        let key = |p: Option<Profile>| p.map_or(dummy, random_key);
+        let mut rng = rand::thread_rng();
+        let mut pubs = Vec::with_capacity(spec.publishers);
+        for i in 0..spec.publishers {
+            let (sock, local) = bind(spec.bind_ip, spec.socket_buffer)?;
+            let ssrc = rng.next_u32();
+            let mut template = vec![0u8; rtp_len];
+            // rtp_len >= MIN_RTP was checked above.
+            probe::template(&mut template, rtp_len, ssrc).expect("size checked");
+            pubs.push(Publisher {
+                sock,
+                local,
+                keys: (key(spec.profile), key(spec.profile)),
+                crypto: Crypto::Null,
+                ssrc,
+                rtp_seq: rng.next_u32() as u16,
+                template,
+                stream: i as u32,
+                next_seq: 0,
+                accepted: 0,
+                skipped: 0,
+                send_errors: 0,
+                protect_errors: 0,
+            });
+        }
+        let mut subs = Vec::with_capacity(spec.publishers * spec.fanout);
+        for p in &pubs {
+            for _ in 0..spec.fanout {
+                let (sock, local) = if spec.reflect {
+                    (p.sock.try_clone()?, p.local)
+                } else {
+                    bind(spec.bind_ip, spec.socket_buffer)?
+                };
+                subs.push(Subscriber {
+                    sock,
+                    local,
+                    keys: (key(spec.profile), key(spec.profile)),
+                    crypto: Crypto::Null,
+                    stream: p.stream,
+                    tracker: SeqTracker::new(spec.window),
+                    rx: RxCounts::default(),
+                });
+            }
+        }
+        Ok(Rig {
+            spec,
+            pubs,
+            subs,
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn spec(&self) -> &RigSpec {
+        &self.spec
+    }
+
+    /// The sessions and routes the target must create.
+    pub fn plan(&self) -> Result<Plan, GenError> {
+        let profile = self.spec.profile.ok_or(GenError::NoProfile)?;
+        let s = |local, keys: (MasterKey, MasterKey)| SessionPlan {
+            peer: local,
+            rx_key: keys.0,
+            tx_key: keys.1,
+        };
+        Ok(Plan {
+            profile,
+            publishers: self.pubs.iter().map(|p| s(p.local, p.keys)).collect(),
+            subscribers: self
+                .subs
+                .iter()
+                .map(|x| (s(x.local, x.keys), x.stream as usize))
+                .collect(),
+        })
+    }
+
+    /// Connect the publishers and build the SRTP contexts from the target's answer.
+    pub fn wire(&mut self, w: &Wiring) -> Result<(), GenError> {
+        if w.publisher_dst.len() != self.pubs.len() {
+            return Err(GenError::Wiring("publisher count"));
+        }
+        if w.subscriber_keys.len() != self.subs.len() {
+            return Err(GenError::Wiring("subscriber count"));
+        }
+        for (p, dst) in self.pubs.iter_mut().zip(&w.publisher_dst) {
+            p.sock.connect(dst)?;
+            if self.spec.profile.is_some() {
+                p.crypto = Crypto::srtp(p.keys.0, false)?;
+            }
+        }
+        for (s, key) in self.subs.iter_mut().zip(&w.subscriber_keys) {
+            if self.spec.profile.is_some() {
+                s.crypto = Crypto::srtp(*key, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send every publisher to `dst` without a target (a reflector): with `reflect`, each
+    /// subscriber decrypts with its publisher's own key.
+    pub fn wire_direct(&mut self, dst: SocketAddr) -> Result<(), GenError> {
+        let keys: Vec<MasterKey> = if self.spec.reflect {
+            self.subs
+                .iter()
+                .map(|s| self.pubs[s.stream as usize].keys.0)
+                .collect()
+        } else {
+            self.subs.iter().map(|s| s.keys.1).collect()
+        };
+        self.wire(&Wiring {
+            publisher_dst: vec![dst; self.pubs.len()],
+            subscriber_keys: keys,
+        })
+    }
+
+    /// Nanoseconds since the rig was built (the probes' clock).
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Run one step of load. `live` is called once per tick from this thread.
+    pub fn run_step(&mut self, spec: &StepSpec, mut live: impl FnMut(&Live)) -> StepOutcome {
+        for p in &mut self.pubs {
+            p.next_seq = 0;
+            p.accepted = 0;
+            p.skipped = 0;
+            p.send_errors = 0;
+            p.protect_errors = 0;
+        }
+        for s in &mut self.subs {
+            s.tracker = SeqTracker::new(self.spec.window);
+            s.rx = RxCounts::default();
+        }
+        let n_pubs = self.pubs.len();
+        let fanout = self.spec.fanout as u64;
+        let per_pub_rate = spec.rate.max(0.0) / n_pubs as f64;
+        let batch = self.spec.batch;
+        let size = self.spec.size;
+        let epoch = self.epoch;
+
+        let stop_send = AtomicBool::new(false);
+        let stop_recv = AtomicBool::new(false);
+        let senders = self.spec.senders.min(n_pubs);
+        let receivers = self.spec.receivers.min(self.subs.len());
+        let sent_ctr: Vec<AtomicU64> = (0..senders).map(|_| AtomicU64::new(0)).collect();
+        let recv_ctr: Vec<AtomicU64> = (0..receivers).map(|_| AtomicU64::new(0)).collect();
+        let mut hist = new_hist();
+        let mut seconds = Vec::new();
+        let mut send_usage = Vec::new();
+        let mut recv_usage = Vec::new();
+        let mut interrupted = false;
+        let t0 = Instant::now();
+        let end = t0 + spec.duration;
+        let mut send_s = spec.duration.as_secs_f64();
+
+        let pub_chunk = n_pubs.div_ceil(senders);
+        let sub_chunk = self.subs.len().div_ceil(receivers);
+        std::thread::scope(|sc| {
+            let mut sh = Vec::new();
+            for (i, chunk) in self.pubs.chunks_mut(pub_chunk).enumerate() {
+                let ctx = SendCtx {
+                    per_pub_rate,
+                    n_pubs,
+                    step: spec.step,
+                    epoch,
+                    t0,
+                    end,
+                    stop: &stop_send,
+                    sent: &sent_ctr[i],
+                    batch,
+                };
+                sh.push(sc.spawn(move || send_loop(chunk, ctx)));
+            }
+            let mut rh = Vec::new();
+            for (i, chunk) in self.subs.chunks_mut(sub_chunk).enumerate() {
+                let ctx = RecvCtx {
+                    step: spec.step,
+                    epoch,
+                    stop: &stop_recv,
+                    received: &recv_ctr[i],
+                    batch,
+                };
+                rh.push(sc.spawn(move || recv_loop(chunk, ctx)));
+            }
+
+            // Sample while sending.
+            let total = |c: &[AtomicU64]| c.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+            let (mut last_t, mut last_sent, mut last_recv) = (0.0f64, 0u64, 0u64);
+            let mut next_second = 1.0f64;
+            let (mut sec_sent, mut sec_recv) = (0u64, 0u64);
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                if sys::interrupted() {
+                    interrupted = true;
+                    send_s = now.duration_since(t0).as_secs_f64();
+                    break;
+                }
+                std::thread::sleep(spec.tick.min(end - now));
+                let t = t0.elapsed().as_secs_f64();
+                let (sent, recv) = (total(&sent_ctr), total(&recv_ctr));
+                let dt = (t - last_t).max(1e-9);
+                live(&Live {
+                    elapsed: t0.elapsed(),
+                    duration: spec.duration,
+                    offered_pps: (sent - last_sent) as f64 / dt,
+                    delivered_pps: (recv - last_recv) as f64 / dt,
+                    loss: if sent == 0 {
+                        0.0
+                    } else {
+                        1.0 - (recv as f64 / (sent * fanout) as f64).min(1.0)
+                    },
+                });
+                (last_t, last_sent, last_recv) = (t, sent, recv);
+                while t >= next_second {
+                    seconds.push(Second {
+                        t: next_second,
+                        offered_pps: (sent - sec_sent) as f64,
+                        delivered_pps: (recv - sec_recv) as f64,
+                    });
+                    (sec_sent, sec_recv) = (sent, recv);
+                    next_second += 1.0;
+                }
+            }
+            stop_send.store(true, Ordering::Relaxed);
+            for h in sh {
+                // A panicking sender is a bench bug; surface it.
+                send_usage.push(h.join().expect("sender thread panicked"));
+            }
+            // Drain: stop once everything expected arrived, or nothing arrived for a while,
+            // or the drain time is up.
+            let expected = total(&sent_ctr) * fanout;
+            let drain_end = Instant::now() + spec.drain;
+            let mut last = total(&recv_ctr);
+            let mut quiet_since = Instant::now();
+            while Instant::now() < drain_end && last < expected {
+                std::thread::sleep(Duration::from_millis(5));
+                let r = total(&recv_ctr);
+                if r != last {
+                    last = r;
+                    quiet_since = Instant::now();
+                } else if quiet_since.elapsed() > spec.drain / 4 {
+                    break;
+                }
+            }
+            stop_recv.store(true, Ordering::Relaxed);
+            for h in rh {
+                let (h2, usage) = h.join().expect("receiver thread panicked");
+                // Both histograms have the same bounds, so adding cannot fail.
+                hist.add(&h2).expect("same bounds");
+                recv_usage.push(usage);
+            }
+        });
+
+        let mut streams: Vec<StreamCounts> = self
+            .pubs
+            .iter()
+            .map(|p| StreamCounts {
+                stream: p.stream,
+                ssrc: p.ssrc,
+                sent: p.accepted,
+                send_errors: p.send_errors + p.protect_errors,
+                skipped: p.skipped,
+                subscribers: 0,
+                rx: RxCounts::default(),
+            })
+            .collect();
+        for s in &mut self.subs {
+            let mut rx = s.rx;
+            rx.seq = s.tracker.counts();
+            let st = &mut streams[s.stream as usize];
+            st.subscribers += 1;
+            st.rx.add(&rx);
+        }
+        StepOutcome {
+            target_pps: spec.rate,
+            send_s,
+            size,
+            streams,
+            hist,
+            seconds,
+            senders: send_usage,
+            receivers: recv_usage,
+            interrupted,
+        }
+    }
+}
+
+/// A fresh latency histogram (ns, 3 significant digits).
+pub fn new_hist() -> Histogram<u64> {
+    // Constant, valid bounds (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid bounds")
+}
+
+struct SendCtx<'a> {
+    per_pub_rate: f64,
+    n_pubs: usize,
+    step: u32,
+    epoch: Instant,
+    t0: Instant,
+    end: Instant,
+    stop: &'a AtomicBool,
+    sent: &'a AtomicU64,
+    batch: usize,
+}
+
+fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
+    let cpu0 = sys::thread_cpu();
+    let wall0 = Instant::now();
+    let slot = pubs
+        .first()
+        .map_or(0, |p| p.template.len() + p.crypto.overhead());
+    let mut arena = vec![0u8; slot * c.batch];
+    let mut lens = vec![0usize; c.batch];
+    let mut sb = SendBatch::new(c.batch);
+    // A sender that falls more than 20 ms (or one batch) behind skips the excess tokens
+    // instead of bursting: the offered rate then shows the shortfall.
+    let burst = (c.per_pub_rate * 0.02).max(c.batch as f64) as u64;
+    let thread_rate = c.per_pub_rate * pubs.len() as f64;
+    let idle = Duration::from_secs_f64((1.0 / thread_rate.max(1.0)).clamp(50e-6, 2e-3));
+    // Spread publishers' send instants over one packet interval.
+    let phases: Vec<f64> = pubs
+        .iter()
+        .map(|p| p.stream as f64 / c.n_pubs as f64)
+        .collect();
+    loop {
+        let now = Instant::now();
+        if now >= c.end || c.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let t = now.duration_since(c.t0).as_secs_f64();
+        let mut any = false;
+        for (p, phase) in pubs.iter_mut().zip(&phases) {
+            let allowed = (t * c.per_pub_rate + phase) as u64;
+            let mut due = allowed.saturating_sub(p.next_seq + p.skipped);
+            if due > burst {
+                p.skipped += due - burst;
+                due = burst;
+            }
+            while due > 0 {
+                any = true;
+                let n = (due as usize).min(c.batch);
+                let send_ns = c.epoch.elapsed().as_nanos() as u64;
+                let mut k = 0;
+                for i in 0..n {
+                    let buf = &mut arena[k * slot..(k + 1) * slot];
+                    let rtp_len = p.template.len();
+                    let seq = p.next_seq + i as u64;
+                    buf[..rtp_len].copy_from_slice(&p.template);
+                    // RTP timestamp: a 48 kHz clock at 20 ms per packet (cosmetic).
+                    let ts = (seq as u32).wrapping_mul(960);
+                    let pr = Probe {
+                        stream: p.stream,
+                        step: c.step,
+                        seq,
+                        send_ns,
+                    };
+                    probe::stamp(buf, p.rtp_seq, ts, &pr);
+                    p.rtp_seq = p.rtp_seq.wrapping_add(1);
+                    match p.crypto.protect(buf, rtp_len) {
+                        Ok(len) => {
+                            lens[k] = len;
+                            k += 1;
+                        }
+                        Err(_) => p.protect_errors += 1,
+                    }
+                }
+                p.next_seq += n as u64;
+                due -= n as u64;
+                let mut off = 0;
+                while off < k {
+                    match sb.send(
+                        p.sock.as_raw_fd(),
+                        &arena[off * slot..],
+                        slot,
+                        &lens[off..k],
+                    ) {
+                        Ok(0) => {
+                            p.send_errors += (k - off) as u64;
+                            break;
+                        }
+                        Ok(m) => {
+                            p.accepted += m as u64;
+                            c.sent.fetch_add(m as u64, Ordering::Relaxed);
+                            off += m;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            // The failing datagram is lost; the rest are retried.
+                            p.send_errors += 1;
+                            off += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if !any {
+            std::thread::sleep(idle);
+        }
+    }
+    ThreadUsage::measure(cpu0, wall0)
+}
+
+struct RecvCtx<'a> {
+    step: u32,
+    epoch: Instant,
+    stop: &'a AtomicBool,
+    received: &'a AtomicU64,
+    batch: usize,
+}
+
+fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, ThreadUsage) {
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    let cpu0 = sys::thread_cpu();
+    let wall0 = Instant::now();
+    let mut hist = new_hist();
+    let mut rb = RecvBatch::new(c.batch);
+    let mut poll = Poll::new().ok();
+    if let Some(p) = &poll {
+        for (i, s) in subs.iter().enumerate() {
+            let fd = s.sock.as_raw_fd();
+            if p.registry()
+                .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)
+                .is_err()
+            {
+                poll = None;
+                break;
+            }
+        }
+    }
+    let mut events = Events::with_capacity(256);
+    let drain = |s: &mut Subscriber, rb: &mut RecvBatch, hist: &mut Histogram<u64>| loop {
+        let n = match rb.recv(s.sock.as_raw_fd()) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now_ns = c.epoch.elapsed().as_nanos() as u64;
+        for i in 0..n {
+            let (buf, len) = rb.slot(i);
+            s.rx.datagrams += 1;
+            match s.crypto.unprotect(buf, len) {
+                Err(RxReject::Auth) => s.rx.auth_failures += 1,
+                Err(RxReject::Replayed) => s.rx.replayed += 1,
+                Err(RxReject::TooOld) => s.rx.too_old += 1,
+                Err(RxReject::Malformed) => s.rx.malformed += 1,
+                Ok(plen) => match probe::parse(&buf[..plen]) {
+                    Err(_) => s.rx.malformed += 1,
+                    Ok(p) if p.step != c.step => s.rx.stale += 1,
+                    Ok(p) if p.stream != s.stream => s.rx.misrouted += 1,
+                    Ok(p) => match s.tracker.record(p.seq) {
+                        Arrival::InOrder | Arrival::Reordered => {
+                            s.rx.bytes += len as u64;
+                            hist.saturating_record(now_ns.saturating_sub(p.send_ns).max(1));
+                        }
+                        Arrival::Duplicate | Arrival::Late => {}
+                    },
+                },
+            }
+        }
+        c.received.fetch_add(n as u64, Ordering::Relaxed);
+    };
+    loop {
+        let stopping = c.stop.load(Ordering::Relaxed);
+        match &mut poll {
+            Some(p) if !stopping => {
+                if p.poll(&mut events, Some(Duration::from_millis(10)))
+                    .is_err()
+                {
+                    events.clear();
+                }
+                for ev in events.iter() {
+                    if let Some(s) = subs.get_mut(ev.token().0) {
+                        drain(s, &mut rb, &mut hist);
+                    }
+                }
+            }
+            _ => {
+                // Final pass (or no epoll): visit every socket.
+                for s in subs.iter_mut() {
+                    drain(s, &mut rb, &mut hist);
+                }
+                if !stopping {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    if let Some(p) = &poll {
+        for s in subs.iter() {
+            let fd = s.sock.as_raw_fd();
+            let _ = p.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+    (hist, ThreadUsage::measure(cpu0, wall0))
+}

@@ -1,0 +1,19 @@
+//! `sluice-bench`: the Sluice load generator, as a library so its accounting can be tested.
+//!
+//! Layers: [`probe`] (packet layout) and [`seq`] (sequence accounting) are pure;
+//! [`crypto`] wraps `relay::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
+//! signals); [`gen`] runs the sockets and threads; [`target`] sets sessions up on the system
+//! under test through [`http`]; [`report`] and [`plot`] present the results; [`cmd`] holds the
+//! commands (`run`, `find-max`, `baseline`).
+#![deny(unsafe_code)]
+
+pub mod cmd;
+pub mod crypto;
+pub mod gen;
+pub mod http;
+pub mod plot;
+pub mod probe;
+pub mod report;
+pub mod seq;
+pub mod sys;
+pub mod target;

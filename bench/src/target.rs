@@ -1,0 +1,366 @@
+//! The session-setup layer: what the bench asks of the system under test before sending.
+//!
+//! Owns: the [`Target`] trait (create the sessions and routes of a [`Plan`], tear them down)
+//! and its Sluice implementation over the admin REST API, plus discovery of a running local
+//! instance through `<runtime_dir>/control.json`. May not touch: media sockets, packets.
+//!
+//! A target may choose its own media addresses and keys (an rtpengine target answers an SDP
+//! offer with a port per call leg and its own SDES keys), so [`Target::setup`] returns a
+//! [`Wiring`]: where each publisher sends and which key each subscriber decrypts with.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use relay::srtp::{MasterKey, Profile};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::http::{AdminClient, HttpError};
+
+/// Errors setting up or tearing down sessions.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("{what}: HTTP {status}: {message}")]
+    Api {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{0}")]
+    Discovery(String),
+    #[error("the admin API answered without {0}")]
+    Missing(&'static str),
+}
+
+/// One endpoint the bench will run, as a session on the target.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPlan {
+    /// The bench socket's address (the session's peer).
+    pub peer: SocketAddr,
+    /// What the peer encrypts with (the target decrypts with it).
+    pub rx_key: MasterKey,
+    /// What the target encrypts with towards the peer.
+    pub tx_key: MasterKey,
+}
+
+/// Everything one run needs on the target.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub profile: Profile,
+    pub publishers: Vec<SessionPlan>,
+    /// Subscribers and the index of the publisher each one receives.
+    pub subscribers: Vec<(SessionPlan, usize)>,
+}
+
+/// What the target decided.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// Where publisher `i` sends.
+    pub publisher_dst: Vec<SocketAddr>,
+    /// The key subscriber `j` decrypts with (usually the planned `tx_key`).
+    pub subscriber_keys: Vec<MasterKey>,
+}
+
+/// Facts about the system under test, for the report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TargetInfo {
+    pub kind: String,
+    pub media_addr: Option<String>,
+    pub admin_url: Option<String>,
+    pub backend: Option<String>,
+    pub workers: Option<u64>,
+    pub relay_pid: Option<u32>,
+    pub version: Option<String>,
+}
+
+/// A system under test.
+pub trait Target {
+    /// Facts for the report.
+    fn info(&mut self) -> Result<TargetInfo, TargetError>;
+    /// Create the sessions and routes of `plan`. On error, whatever was created is removed.
+    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError>;
+    /// Remove everything `setup` created. Idempotent; returns how many objects it removed.
+    fn teardown(&mut self) -> Result<usize, TargetError>;
+    /// Relay counters, if the target exposes them (included raw in the report).
+    fn stats(&mut self) -> Option<Value> {
+        None
+    }
+}
+
+/// The runtime directory of a local instance: `$SLUICE_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/sluice`, else `/tmp/sluice-<uid>`.
+// Kept private to the bench until `relay::config::default_runtime_dir` lands on main.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SLUICE_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(x) if std::path::Path::new(&x).is_absolute() => PathBuf::from(x).join("sluice"),
+        _ => {
+            // The uid is the owner of /proc/self (no libc call needed).
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata("/proc/self")
+                .map(|m| m.uid().to_string())
+                .unwrap_or_else(|_| "user".into());
+            PathBuf::from(format!("/tmp/sluice-{uid}"))
+        }
+    }
+}
+
+/// The discovery file written by a running `sluice-control`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub admin_url: String,
+    pub admin_token: String,
+    #[serde(default)]
+    pub media_addr: String,
+    #[serde(default)]
+    pub public_url: String,
+    #[serde(default)]
+    pub metrics_url: String,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub shm_path: String,
+}
+
+impl RuntimeInfo {
+    /// Read `<runtime_dir>/control.json`.
+    pub fn discover() -> Result<RuntimeInfo, TargetError> {
+        let path = runtime_dir().join("control.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            TargetError::Discovery(format!(
+                "no running Sluice found ({}: {e}); start one with `sluicectl up` or pass --api and --token",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| TargetError::Discovery(format!("{}: {e}", path.display())))
+    }
+}
+
+/// A media address as the bench can send to it: an unspecified IP (`0.0.0.0`, `::`) becomes
+/// loopback of the same family.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(v6) if v6.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// A running Sluice, driven through its admin API.
+pub struct SluiceTarget {
+    api: AdminClient,
+    media: Option<SocketAddr>,
+    sessions: Vec<u64>,
+    routes: Vec<u64>,
+}
+
+impl SluiceTarget {
+    /// Connect to `api` with `token`; either missing is taken from the discovery file.
+    /// `media` overrides the relay address reported by the API.
+    pub fn connect(
+        api: Option<&str>,
+        token: Option<&str>,
+        media: Option<SocketAddr>,
+    ) -> Result<SluiceTarget, TargetError> {
+        let found = if api.is_none() || token.is_none() {
+            Some(RuntimeInfo::discover()?)
+        } else {
+            None
+        };
+        let url = api
+            .map(str::to_string)
+            .or_else(|| found.as_ref().map(|f| f.admin_url.clone()))
+            .ok_or(TargetError::Missing("admin_url"))?;
+        let token = token
+            .map(str::to_string)
+            .or_else(|| found.as_ref().map(|f| f.admin_token.clone()))
+            .ok_or(TargetError::Missing("admin_token"))?;
+        let media = media.or_else(|| found.as_ref().and_then(|f| f.media_addr.parse().ok()));
+        Ok(SluiceTarget {
+            api: AdminClient::new(&url, &token)?,
+            media,
+            sessions: Vec::new(),
+            routes: Vec::new(),
+        })
+    }
+
+    fn call(
+        &self,
+        what: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, TargetError> {
+        let r = self.api.request(method, path, body)?;
+        if !(200..300).contains(&r.status) {
+            return Err(TargetError::Api {
+                what: what.to_string(),
+                status: r.status,
+                message: r.message(),
+            });
+        }
+        Ok(r.json())
+    }
+
+    fn status(&self) -> Result<Value, TargetError> {
+        self.call("GET /v1/status", "GET", "/v1/status", None)
+    }
+
+    fn media_addr(&mut self) -> Result<SocketAddr, TargetError> {
+        if let Some(m) = self.media {
+            return Ok(reachable(m));
+        }
+        let s = self.status()?;
+        let m: SocketAddr = s["media_addr"]
+            .as_str()
+            .and_then(|m| m.parse().ok())
+            .ok_or(TargetError::Missing("media_addr"))?;
+        self.media = Some(m);
+        Ok(reachable(m))
+    }
+
+    fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+        let media = self.media_addr()?;
+        let profile = plan.profile.name();
+        let session = |this: &mut Self, s: &SessionPlan, what: &str| -> Result<u64, TargetError> {
+            let body = json!({
+                "peer": s.peer.to_string(),
+                "profile": profile,
+                "rx_key": s.rx_key.to_base64(),
+                "tx_key": s.tx_key.to_base64(),
+            });
+            let v = this.call(what, "POST", "/v1/sessions", Some(&body))?;
+            let id = v["id"].as_u64().ok_or(TargetError::Missing("session id"))?;
+            this.sessions.push(id);
+            Ok(id)
+        };
+        let mut pub_ids = Vec::with_capacity(plan.publishers.len());
+        for (i, p) in plan.publishers.iter().enumerate() {
+            pub_ids.push(session(self, p, &format!("create publisher session {i}"))?);
+        }
+        let mut sub_keys = Vec::with_capacity(plan.subscribers.len());
+        for (j, (s, from)) in plan.subscribers.iter().enumerate() {
+            let id = session(self, s, &format!("create subscriber session {j}"))?;
+            let from_id = *pub_ids
+                .get(*from)
+                .ok_or(TargetError::Missing("publisher"))?;
+            let body = json!({"from": from_id, "to": id});
+            let v = self.call(
+                &format!("create route {from_id}→{id}"),
+                "POST",
+                "/v1/routes",
+                Some(&body),
+            )?;
+            self.routes
+                .push(v["id"].as_u64().ok_or(TargetError::Missing("route id"))?);
+            sub_keys.push(s.tx_key);
+        }
+        Ok(Wiring {
+            publisher_dst: vec![media; plan.publishers.len()],
+            subscriber_keys: sub_keys,
+        })
+    }
+}
+
+impl Target for SluiceTarget {
+    fn info(&mut self) -> Result<TargetInfo, TargetError> {
+        let s = self.status()?;
+        let media = self.media.map(|m| m.to_string());
+        Ok(TargetInfo {
+            kind: "sluice".into(),
+            media_addr: media.or_else(|| s["media_addr"].as_str().map(str::to_string)),
+            admin_url: Some(self.api.url().to_string()),
+            backend: s["backend"].as_str().map(str::to_string),
+            workers: s["workers"].as_u64(),
+            relay_pid: s["relay"]["pid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok()),
+            version: s["version"].as_str().map(str::to_string),
+        })
+    }
+
+    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+        match self.create(plan) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                // Best effort: the original error is the one worth reporting.
+                let _ = self.teardown();
+                Err(e)
+            }
+        }
+    }
+
+    fn teardown(&mut self) -> Result<usize, TargetError> {
+        let mut removed = 0;
+        let mut first_err = None;
+        let routes = std::mem::take(&mut self.routes);
+        let sessions = std::mem::take(&mut self.sessions);
+        for (kind, ids) in [("routes", routes), ("sessions", sessions)] {
+            for id in ids.into_iter().rev() {
+                match self
+                    .api
+                    .request("DELETE", &format!("/v1/{kind}/{id}"), None)
+                {
+                    Ok(r) if (200..300).contains(&r.status) => removed += 1,
+                    // Already gone (deleting a session also removes its routes).
+                    Ok(r) if r.status == 404 => {}
+                    Ok(r) => {
+                        first_err.get_or_insert(TargetError::Api {
+                            what: format!("DELETE /v1/{kind}/{id}"),
+                            status: r.status,
+                            message: r.message(),
+                        });
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e.into());
+                    }
+                }
+            }
+        }
+        match first_err {
+            None => Ok(removed),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn stats(&mut self) -> Option<Value> {
+        self.call("GET /v1/stats", "GET", "/v1/stats", None).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_becomes_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:5000".parse().unwrap()),
+            "127.0.0.1:5000".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:5000".parse().unwrap()),
+            "[::1]:5000".parse::<SocketAddr>().unwrap()
+        );
+        let a: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(reachable(a), a);
+    }
+
+    #[test]
+    fn runtime_info_parses_minimal_and_full() {
+        let r: RuntimeInfo =
+            serde_json::from_str(r#"{"admin_url":"http://127.0.0.1:1","admin_token":"t"}"#)
+                .unwrap();
+        assert_eq!(r.admin_token, "t");
+        let r: RuntimeInfo = serde_json::from_str(
+            r#"{"admin_url":"unix:/x","admin_token":"t","media_addr":"127.0.0.1:4000","public_url":"","metrics_url":"","pid":5,"shm_path":"/dev/shm/sluice","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.media_addr, "127.0.0.1:4000");
+    }
+}
