@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod daemon;
 pub mod http;
+pub mod ice;
 pub mod metrics;
 pub mod notify;
 pub mod state;
