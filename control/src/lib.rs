@@ -20,5 +20,6 @@ pub mod http;
 pub mod ice;
 pub mod metrics;
 pub mod notify;
+pub mod slowpath;
 pub mod state;
 pub mod util;
