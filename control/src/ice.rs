@@ -495,8 +495,8 @@ impl IceAgent {
             s.last_consent = now;
         } else if msg.use_candidate() && !replayed {
             // Regular nomination (RFC 8445 §8.1.1): USE-CANDIDATE on a check nominates the
-            // pair; §7.3.1.5: the controlled agent marks it nominated once it is valid, which
-            // for a lite agent is this very answer. A later nomination of another address
+            // pair; §7.3.1.5 / §7.3.2 (lite): the controlled agent marks it nominated once it
+            // is valid, which for a lite agent is this very answer. A later nomination of another address
             // (network change) moves the session. A replayed transaction id never moves it.
             s.nominated = Some(peer);
             s.last_consent = now;

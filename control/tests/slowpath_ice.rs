@@ -82,13 +82,13 @@ fn admin(ctl: &Control, method: &str, path: &str, body: Value) -> (u16, Value) {
     (r.status, v)
 }
 
-/// A session with a placeholder peer, as the WebRTC integration would create before ICE.
-fn new_session(ctl: &Control, placeholder: &str) -> u64 {
+/// A session with a provisional peer address, as the WebRTC integration would create before ICE.
+fn new_session(ctl: &Control, provisional: &str) -> u64 {
     let (st, v) = admin(
         ctl,
         "POST",
         "/v1/sessions",
-        json!({"peer": placeholder, "profile": "AES_CM_128_HMAC_SHA1_80", "rx_key": key(1), "tx_key": key(2), "role": "speaker"}),
+        json!({"peer": provisional, "profile": "AES_CM_128_HMAC_SHA1_80", "rx_key": key(1), "tx_key": key(2), "role": "speaker"}),
     );
     assert_eq!(st, 201, "{v}");
     v["id"].as_u64().unwrap()

@@ -592,7 +592,10 @@ impl Config {
         if !(1..=1_000_000).contains(&c.slow_path_per_source_rate) {
             return bad(
                 "control.slow_path_per_source_rate",
-                format!("{} is out of range 1..=1000000", c.slow_path_per_source_rate),
+                format!(
+                    "{} is out of range 1..=1000000",
+                    c.slow_path_per_source_rate
+                ),
             );
         }
         if !(10..=3600).contains(&c.ice_consent_timeout_secs) {
