@@ -13,6 +13,8 @@
 //! - [`metrics`]: Prometheus text and `/v1/stats` from the relay's counter blocks.
 //! - [`notify`]: systemd readiness and watchdog datagrams.
 //! - [`util`]: time formatting, random bytes, private file writes.
+//! - [`webrtc`]: tokens, applications and rooms, SDP offers/answers, DTLS-SRTP over memory.
+//! - [`io`]: FFI edges (the OpenSSL DTLS timer); the only module allowed `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -20,8 +22,10 @@ pub mod audit;
 pub mod daemon;
 pub mod http;
 pub mod ice;
+pub mod io;
 pub mod metrics;
 pub mod notify;
 pub mod slowpath;
 pub mod state;
 pub mod util;
+pub mod webrtc;

@@ -1,0 +1,1315 @@
+//! SDP offer parsing and WHIP/WHEP answers (RFC 8866, RFC 8829 JSEP, RFC 8843 BUNDLE,
+//! RFC 8839 ICE attributes, RFC 8122 / RFC 5763 fingerprint and setup, RFC 8285 extmap).
+//!
+//! Owns: the typed view of an offer, the answer we produce as an ICE-lite, BUNDLE-only,
+//! rtcp-mux-only endpoint, codec and header-extension selection, and the publisher→viewer
+//! payload-type / extension-id maps the relay's route rewrite uses.
+//! May not touch: sockets, DTLS state, tokens, shared memory. Parsing never panics: every
+//! refusal is an [`SdpError`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use super::dtls::Fingerprint;
+
+/// Offers larger than this are refused before parsing.
+pub const MAX_SDP_LEN: usize = 64 * 1024;
+/// Media sections we look at; more is refused.
+pub const MAX_MEDIA: usize = 64;
+
+/// Why an offer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP too large")]
+    TooLarge,
+    #[error("SDP line {line}: {reason}")]
+    BadLine { line: usize, reason: &'static str },
+    #[error("SDP does not start with v=0")]
+    NoVersion,
+    #[error("SDP has no media section")]
+    NoMedia,
+    #[error("SDP has too many media sections")]
+    TooManyMedia,
+    #[error("offer has no BUNDLE group (bundle is required)")]
+    NoBundle,
+    #[error("media section {0:?} lacks a=rtcp-mux (required)")]
+    NoRtcpMux(String),
+    #[error("media section {0} has no a=mid")]
+    NoMid(usize),
+    #[error("media section {0:?} has no ICE credentials")]
+    NoIceCredentials(String),
+    #[error("media section {0:?} has no usable a=fingerprint")]
+    NoFingerprint(String),
+    #[error("media section {0:?} has a=setup:holdconn or no usable setup")]
+    BadSetup(String),
+    #[error("bundled media sections disagree on ICE credentials, fingerprint or setup")]
+    BundleMismatch,
+    #[error("no media section can be accepted (no common codec or direction)")]
+    NothingAccepted,
+}
+
+fn bad(line: usize, reason: &'static str) -> SdpError {
+    SdpError::BadLine { line, reason }
+}
+
+/// `a=setup` (RFC 4145 §4, RFC 5763 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    Active,
+    Passive,
+    ActPass,
+    HoldConn,
+}
+
+impl Setup {
+    fn parse(s: &str) -> Option<Setup> {
+        Some(match s {
+            "active" => Setup::Active,
+            "passive" => Setup::Passive,
+            "actpass" => Setup::ActPass,
+            "holdconn" => Setup::HoldConn,
+            _ => return None,
+        })
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Setup::Active => "active",
+            Setup::Passive => "passive",
+            Setup::ActPass => "actpass",
+            Setup::HoldConn => "holdconn",
+        }
+    }
+}
+
+/// Media direction (RFC 8866 §6.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn parse(s: &str) -> Option<Direction> {
+        Some(match s {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+    const fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+    const fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+}
+
+/// One payload type: `a=rtpmap`, `a=fmtp`, `a=rtcp-fb` (RFC 8866 §6.6, RFC 4585 §4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codec {
+    pub pt: u8,
+    pub name: String,
+    pub clock_rate: u32,
+    pub channels: Option<u16>,
+    pub fmtp: Option<String>,
+    pub rtcp_fb: Vec<String>,
+}
+
+impl Codec {
+    /// fmtp parameters as `key → value` (keys lower-cased).
+    pub fn params(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        if let Some(f) = &self.fmtp {
+            for kv in f.split(';') {
+                let kv = kv.trim();
+                if let Some((k, v)) = kv.split_once('=') {
+                    m.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+        }
+        m
+    }
+}
+
+/// `a=extmap` (RFC 8285 §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extmap {
+    pub id: u8,
+    pub direction: Option<Direction>,
+    pub uri: String,
+}
+
+/// `a=ssrc-group` (RFC 5576 §4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsrcGroup {
+    pub semantics: String,
+    pub ssrcs: Vec<u32>,
+}
+
+/// `m=` kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+    Application,
+    Other(String),
+}
+
+impl MediaKind {
+    fn parse(s: &str) -> MediaKind {
+        match s {
+            "audio" => MediaKind::Audio,
+            "video" => MediaKind::Video,
+            "application" => MediaKind::Application,
+            o => MediaKind::Other(o.to_owned()),
+        }
+    }
+    pub fn name(&self) -> &str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+            MediaKind::Application => "application",
+            MediaKind::Other(s) => s,
+        }
+    }
+}
+
+/// One media section of an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    pub kind: MediaKind,
+    pub port: u16,
+    pub proto: String,
+    pub fmts: Vec<String>,
+    pub mid: Option<String>,
+    pub ice_ufrag: Option<String>,
+    pub ice_pwd: Option<String>,
+    pub fingerprint: Option<Fingerprint>,
+    pub setup: Option<Setup>,
+    pub rtcp_mux: bool,
+    pub rtcp_rsize: bool,
+    pub direction: Direction,
+    pub codecs: Vec<Codec>,
+    pub extmaps: Vec<Extmap>,
+    /// `a=ssrc:<ssrc> <attribute>[:<value>]` lines (RFC 5576 §4.1), as `(ssrc, attribute)`.
+    pub ssrcs: Vec<(u32, String)>,
+    pub ssrc_groups: Vec<SsrcGroup>,
+    pub msid: Option<String>,
+    /// `a=rid` values and the `a=simulcast` line are kept verbatim (tolerated, not negotiated).
+    pub rids: Vec<String>,
+    pub simulcast: Option<String>,
+}
+
+impl Media {
+    /// Distinct SSRCs the offerer announced.
+    pub fn ssrc_list(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.ssrcs.iter().map(|(s, _)| *s).collect();
+        v.dedup();
+        v
+    }
+}
+
+/// A parsed offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub ice_ufrag: Option<String>,
+    pub ice_pwd: Option<String>,
+    pub fingerprint: Option<Fingerprint>,
+    pub setup: Option<Setup>,
+    pub ice_lite: bool,
+    /// Mids of the first BUNDLE group (RFC 8843 §7).
+    pub bundle: Option<Vec<String>>,
+    pub media: Vec<Media>,
+}
+
+fn parse_u<T: std::str::FromStr>(
+    s: &str,
+    line: usize,
+    reason: &'static str,
+) -> Result<T, SdpError> {
+    s.parse().map_err(|_| bad(line, reason))
+}
+
+fn ice_char_ok(s: &str) -> bool {
+    // RFC 8839 §5.4: ice-char = ALPHA / DIGIT / "+" / "/"
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+impl Offer {
+    /// Parse an SDP offer. Unknown lines and attributes are ignored (RFC 8866 §5).
+    pub fn parse(sdp: &str) -> Result<Offer, SdpError> {
+        if sdp.len() > MAX_SDP_LEN {
+            return Err(SdpError::TooLarge);
+        }
+        let mut offer = Offer {
+            ice_ufrag: None,
+            ice_pwd: None,
+            fingerprint: None,
+            setup: None,
+            ice_lite: false,
+            bundle: None,
+            media: Vec::new(),
+        };
+        let mut saw_version = false;
+        for (i, raw) in sdp.split('\n').enumerate() {
+            let n = i + 1;
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if line.is_empty() {
+                continue;
+            }
+            let (t, value) = match line.as_bytes() {
+                [t, b'=', ..] => (*t, &line[2..]),
+                _ => return Err(bad(n, "not <type>=<value>")),
+            };
+            if !saw_version {
+                if t != b'v' || value != "0" {
+                    return Err(SdpError::NoVersion);
+                }
+                saw_version = true;
+                continue;
+            }
+            match t {
+                b'm' => {
+                    if offer.media.len() >= MAX_MEDIA {
+                        return Err(SdpError::TooManyMedia);
+                    }
+                    offer.media.push(parse_m(value, n)?);
+                }
+                b'a' => {
+                    let (name, val) = match value.split_once(':') {
+                        Some((a, b)) => (a, Some(b)),
+                        None => (value, None),
+                    };
+                    match offer.media.last_mut() {
+                        Some(m) => media_attr(m, name, val, n)?,
+                        None => session_attr(&mut offer, name, val, n)?,
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !saw_version {
+            return Err(SdpError::NoVersion);
+        }
+        if offer.media.is_empty() {
+            return Err(SdpError::NoMedia);
+        }
+        Ok(offer)
+    }
+
+    fn ufrag<'a>(&'a self, m: &'a Media) -> Option<&'a str> {
+        m.ice_ufrag.as_deref().or(self.ice_ufrag.as_deref())
+    }
+    fn pwd<'a>(&'a self, m: &'a Media) -> Option<&'a str> {
+        m.ice_pwd.as_deref().or(self.ice_pwd.as_deref())
+    }
+    fn fp<'a>(&'a self, m: &'a Media) -> Option<&'a Fingerprint> {
+        m.fingerprint.as_ref().or(self.fingerprint.as_ref())
+    }
+    fn setup_of(&self, m: &Media) -> Option<Setup> {
+        m.setup.or(self.setup)
+    }
+}
+
+fn parse_m(v: &str, n: usize) -> Result<Media, SdpError> {
+    let mut it = v.split_ascii_whitespace();
+    let kind = it.next().ok_or(bad(n, "m= without media"))?;
+    let port = it.next().ok_or(bad(n, "m= without port"))?;
+    // "port/count" is allowed (RFC 8866 §5.14); we only need the port.
+    let port: u16 = parse_u(port.split('/').next().unwrap_or(port), n, "bad port")?;
+    let proto = it.next().ok_or(bad(n, "m= without proto"))?.to_owned();
+    let fmts: Vec<String> = it.map(str::to_owned).collect();
+    Ok(Media {
+        kind: MediaKind::parse(kind),
+        port,
+        proto,
+        fmts,
+        mid: None,
+        ice_ufrag: None,
+        ice_pwd: None,
+        fingerprint: None,
+        setup: None,
+        rtcp_mux: false,
+        rtcp_rsize: false,
+        direction: Direction::SendRecv,
+        codecs: Vec::new(),
+        extmaps: Vec::new(),
+        ssrcs: Vec::new(),
+        ssrc_groups: Vec::new(),
+        msid: None,
+        rids: Vec::new(),
+        simulcast: None,
+    })
+}
+
+fn session_attr(o: &mut Offer, name: &str, val: Option<&str>, n: usize) -> Result<(), SdpError> {
+    match (name, val) {
+        ("ice-ufrag", Some(v)) => o.ice_ufrag = Some(ice_cred(v, n)?),
+        ("ice-pwd", Some(v)) => o.ice_pwd = Some(ice_cred(v, n)?),
+        ("ice-lite", _) => o.ice_lite = true,
+        ("fingerprint", Some(v)) => o.fingerprint = fingerprint(v, n)?.or(o.fingerprint.take()),
+        ("setup", Some(v)) => o.setup = Some(Setup::parse(v).ok_or(bad(n, "bad a=setup"))?),
+        ("group", Some(v)) => {
+            let mut it = v.split_ascii_whitespace();
+            if it.next() == Some("BUNDLE") && o.bundle.is_none() {
+                o.bundle = Some(it.map(str::to_owned).collect());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn ice_cred(v: &str, n: usize) -> Result<String, SdpError> {
+    if ice_char_ok(v) {
+        Ok(v.to_owned())
+    } else {
+        Err(bad(n, "bad ICE ufrag/pwd"))
+    }
+}
+
+/// Several fingerprints may be offered (RFC 8122 §5); we keep the first we can use.
+fn fingerprint(v: &str, n: usize) -> Result<Option<Fingerprint>, SdpError> {
+    match Fingerprint::parse(v) {
+        Ok(f) => Ok(Some(f)),
+        Err(super::dtls::DtlsError::BadFingerprint("unsupported hash function")) => Ok(None),
+        Err(_) => Err(bad(n, "bad a=fingerprint")),
+    }
+}
+
+fn codec_mut(m: &mut Media, pt: u8) -> &mut Codec {
+    if let Some(i) = m.codecs.iter().position(|c| c.pt == pt) {
+        return &mut m.codecs[i];
+    }
+    m.codecs.push(Codec {
+        pt,
+        name: String::new(),
+        clock_rate: 0,
+        channels: None,
+        fmtp: None,
+        rtcp_fb: Vec::new(),
+    });
+    let last = m.codecs.len() - 1;
+    &mut m.codecs[last]
+}
+
+fn pt_of(s: &str, n: usize) -> Result<u8, SdpError> {
+    let pt: u8 = parse_u(s, n, "bad payload type")?;
+    if pt > 127 {
+        return Err(bad(n, "payload type above 127"));
+    }
+    Ok(pt)
+}
+
+fn media_attr(m: &mut Media, name: &str, val: Option<&str>, n: usize) -> Result<(), SdpError> {
+    match (name, val) {
+        ("mid", Some(v)) => {
+            if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(n, "bad a=mid"));
+            }
+            m.mid = Some(v.to_owned())
+        }
+        ("ice-ufrag", Some(v)) => m.ice_ufrag = Some(ice_cred(v, n)?),
+        ("ice-pwd", Some(v)) => m.ice_pwd = Some(ice_cred(v, n)?),
+        ("fingerprint", Some(v)) => m.fingerprint = fingerprint(v, n)?.or(m.fingerprint.take()),
+        ("setup", Some(v)) => m.setup = Some(Setup::parse(v).ok_or(bad(n, "bad a=setup"))?),
+        ("rtcp-mux", _) => m.rtcp_mux = true,
+        ("rtcp-rsize", _) => m.rtcp_rsize = true,
+        ("sendrecv" | "sendonly" | "recvonly" | "inactive", None) => {
+            m.direction = Direction::parse(name).unwrap_or(Direction::SendRecv)
+        }
+        ("rtpmap", Some(v)) => {
+            // a=rtpmap:<pt> <name>/<clock>[/<channels>]
+            let (pt, enc) = v.split_once(' ').ok_or(bad(n, "bad a=rtpmap"))?;
+            let pt = pt_of(pt, n)?;
+            let mut parts = enc.trim().split('/');
+            let name = parts
+                .next()
+                .filter(|s| !s.is_empty())
+                .ok_or(bad(n, "bad a=rtpmap"))?;
+            let clock: u32 = parse_u(parts.next().unwrap_or(""), n, "bad clock rate")?;
+            let channels = match parts.next() {
+                Some(c) => Some(parse_u::<u16>(c, n, "bad channel count")?),
+                None => None,
+            };
+            let c = codec_mut(m, pt);
+            c.name = name.to_owned();
+            c.clock_rate = clock;
+            c.channels = channels;
+        }
+        ("fmtp", Some(v)) => {
+            let (pt, params) = v.split_once(' ').ok_or(bad(n, "bad a=fmtp"))?;
+            let pt = pt_of(pt, n)?;
+            codec_mut(m, pt).fmtp = Some(params.trim().to_owned());
+        }
+        ("rtcp-fb", Some(v)) => {
+            let (pt, fb) = v.split_once(' ').ok_or(bad(n, "bad a=rtcp-fb"))?;
+            let fb = fb.trim().to_owned();
+            if pt == "*" {
+                for c in &mut m.codecs {
+                    c.rtcp_fb.push(fb.clone());
+                }
+            } else {
+                let pt = pt_of(pt, n)?;
+                codec_mut(m, pt).rtcp_fb.push(fb);
+            }
+        }
+        ("extmap", Some(v)) => {
+            // a=extmap:<id>[/<direction>] <uri> [<attributes>]
+            let mut it = v.split_ascii_whitespace();
+            let idd = it.next().ok_or(bad(n, "bad a=extmap"))?;
+            let uri = it.next().ok_or(bad(n, "bad a=extmap"))?;
+            let (id, dir) = match idd.split_once('/') {
+                Some((id, d)) => (
+                    id,
+                    Some(Direction::parse(d).ok_or(bad(n, "bad extmap direction"))?),
+                ),
+                None => (idd, None),
+            };
+            let id: u8 = parse_u(id, n, "bad extmap id")?;
+            // RFC 8285 §5: 1–14 one-byte, 1–255 two-byte; 0 and 15 are reserved in one-byte form.
+            if id == 0 {
+                return Err(bad(n, "extmap id 0"));
+            }
+            m.extmaps.push(Extmap {
+                id,
+                direction: dir,
+                uri: uri.to_owned(),
+            });
+        }
+        ("ssrc", Some(v)) => {
+            let (ssrc, attr) = v.split_once(' ').ok_or(bad(n, "bad a=ssrc"))?;
+            let ssrc: u32 = parse_u(ssrc, n, "bad ssrc")?;
+            m.ssrcs.push((ssrc, attr.trim().to_owned()));
+        }
+        ("ssrc-group", Some(v)) => {
+            let mut it = v.split_ascii_whitespace();
+            let semantics = it.next().ok_or(bad(n, "bad a=ssrc-group"))?.to_owned();
+            let ssrcs = it
+                .map(|s| parse_u::<u32>(s, n, "bad ssrc in group"))
+                .collect::<Result<Vec<_>, _>>()?;
+            m.ssrc_groups.push(SsrcGroup { semantics, ssrcs });
+        }
+        ("msid", Some(v)) => m.msid = Some(v.to_owned()),
+        ("rid", Some(v)) => m.rids.push(v.to_owned()),
+        ("simulcast", Some(v)) => m.simulcast = Some(v.to_owned()),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Which endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// WHIP ingest: the client publishes, we receive (answer `recvonly`).
+    Whip,
+    /// WHEP egress: the client plays, we send (answer `sendonly`).
+    Whep,
+}
+
+/// Our side of the answer.
+#[derive(Debug, Clone)]
+pub struct AnswerConfig {
+    pub ice_ufrag: String,
+    pub ice_pwd: String,
+    /// Our DTLS certificate fingerprint (sha-256).
+    pub fingerprint: Fingerprint,
+    /// One host candidate per address: the configured public addresses with the media port.
+    pub candidates: Vec<SocketAddr>,
+    pub session_id: u64,
+    /// WHEP: SSRCs we will send with, consumed in order by the accepted sections.
+    pub send_ssrcs: Vec<u32>,
+    /// WHEP: RTCP CNAME of our streams.
+    pub cname: String,
+}
+
+/// What one media section became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedMedia {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub accepted: bool,
+    /// Our direction.
+    pub direction: Direction,
+    /// Accepted codecs with the offerer's payload types, in its order of preference.
+    pub codecs: Vec<Codec>,
+    pub extmaps: Vec<Extmap>,
+    /// SSRCs the offerer announced for this section.
+    pub remote_ssrcs: Vec<u32>,
+    /// WHEP: the SSRC we send with.
+    pub send_ssrc: Option<u32>,
+}
+
+/// An answer and what it decided.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub sdp: String,
+    pub media: Vec<NegotiatedMedia>,
+    /// Our `a=setup`: passive makes us the DTLS server.
+    pub setup: Setup,
+    pub remote_ufrag: String,
+    pub remote_pwd: String,
+    pub remote_fingerprint: Fingerprint,
+}
+
+/// Header extensions the relay passes through unchanged (with their ids remapped).
+/// Transport-wide congestion control is left out: the relay does not generate its feedback.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &[
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "urn:ietf:params:rtp-hdrext:toffset",
+    "urn:3gpp:video-orientation",
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
+];
+
+/// RTCP feedback the relay forwards (RFC 4585 NACK/PLI, RFC 5104 FIR).
+const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
+
+/// Is this codec one we accept? Opus, VP8, VP9, AV1, and H264 with packetization-mode 1.
+pub fn codec_supported(kind: &MediaKind, c: &Codec) -> bool {
+    let n = c.name.to_ascii_lowercase();
+    match kind {
+        MediaKind::Audio => n == "opus" && c.clock_rate == 48_000 && c.channels == Some(2),
+        MediaKind::Video => {
+            c.clock_rate == 90_000
+                && match n.as_str() {
+                    "vp8" | "vp9" | "av1" => true,
+                    "h264" => c.params().get("packetization-mode").map(String::as_str) == Some("1"),
+                    _ => false,
+                }
+        }
+        _ => false,
+    }
+}
+
+fn our_setup(offered: Setup, mid: &str) -> Result<Setup, SdpError> {
+    // RFC 5763 §5: we are ICE-lite and wait for the peer's ClientHello (passive) unless the
+    // offerer insists on being passive itself.
+    match offered {
+        Setup::ActPass | Setup::Active => Ok(Setup::Passive),
+        Setup::Passive => Ok(Setup::Active),
+        Setup::HoldConn => Err(SdpError::BadSetup(mid.to_owned())),
+    }
+}
+
+/// Build the answer to `offer` for a WHIP or WHEP endpoint.
+pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<Answer, SdpError> {
+    let bundle = offer.bundle.as_ref().ok_or(SdpError::NoBundle)?;
+    let mut negotiated = Vec::with_capacity(offer.media.len());
+    let mut transport: Option<(String, String, Fingerprint, Setup)> = None;
+    let mut send_ssrcs = cfg.send_ssrcs.iter().copied();
+    for (i, m) in offer.media.iter().enumerate() {
+        let mid = m.mid.clone().ok_or(SdpError::NoMid(i))?;
+        let in_bundle = bundle.contains(&mid);
+        let rtp =
+            matches!(m.kind, MediaKind::Audio | MediaKind::Video) && m.proto.contains("RTP/SAVPF");
+        let wanted_dir = match endpoint {
+            Endpoint::Whip if m.direction.sends() => Some(Direction::RecvOnly),
+            Endpoint::Whep if m.direction.receives() => Some(Direction::SendOnly),
+            _ => None,
+        };
+        let codecs: Vec<Codec> = if rtp {
+            m.codecs
+                .iter()
+                .filter(|c| codec_supported(&m.kind, c))
+                .map(|c| Codec {
+                    rtcp_fb: c
+                        .rtcp_fb
+                        .iter()
+                        .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()))
+                        .cloned()
+                        .collect(),
+                    ..c.clone()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let accepted =
+            in_bundle && rtp && m.port != 0 && wanted_dir.is_some() && !codecs.is_empty();
+        if accepted {
+            if !m.rtcp_mux {
+                return Err(SdpError::NoRtcpMux(mid));
+            }
+            let ufrag = offer
+                .ufrag(m)
+                .ok_or_else(|| SdpError::NoIceCredentials(mid.clone()))?;
+            let pwd = offer
+                .pwd(m)
+                .ok_or_else(|| SdpError::NoIceCredentials(mid.clone()))?;
+            let fp = offer
+                .fp(m)
+                .ok_or_else(|| SdpError::NoFingerprint(mid.clone()))?;
+            let setup = our_setup(offer.setup_of(m).unwrap_or(Setup::ActPass), &mid)?;
+            let t = (ufrag.to_owned(), pwd.to_owned(), fp.clone(), setup);
+            match &transport {
+                None => transport = Some(t),
+                // RFC 8843 §7.1.3: one transport for the bundle.
+                Some(prev) if *prev != t => return Err(SdpError::BundleMismatch),
+                Some(_) => {}
+            }
+        }
+        let extmaps = if accepted {
+            m.extmaps
+                .iter()
+                .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let send_ssrc = if accepted && endpoint == Endpoint::Whep {
+            send_ssrcs.next()
+        } else {
+            None
+        };
+        negotiated.push(NegotiatedMedia {
+            mid,
+            kind: m.kind.clone(),
+            accepted,
+            direction: wanted_dir
+                .filter(|_| accepted)
+                .unwrap_or(Direction::Inactive),
+            codecs: if accepted { codecs } else { Vec::new() },
+            extmaps,
+            remote_ssrcs: m.ssrc_list(),
+            send_ssrc,
+        });
+    }
+    let (remote_ufrag, remote_pwd, remote_fingerprint, setup) =
+        transport.ok_or(SdpError::NothingAccepted)?;
+    let sdp = write_answer(offer, &negotiated, setup, cfg);
+    Ok(Answer {
+        sdp,
+        media: negotiated,
+        setup,
+        remote_ufrag,
+        remote_pwd,
+        remote_fingerprint,
+    })
+}
+
+fn write_answer(
+    offer: &Offer,
+    media: &[NegotiatedMedia],
+    setup: Setup,
+    cfg: &AnswerConfig,
+) -> String {
+    // `write!` into a String cannot fail; results are ignored with `let _`.
+    let mut s = String::with_capacity(2048);
+    let _ = write!(
+        s,
+        "v=0\r\no=- {} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n",
+        cfg.session_id
+    );
+    let mids: Vec<&str> = media
+        .iter()
+        .filter(|m| m.accepted)
+        .map(|m| m.mid.as_str())
+        .collect();
+    let _ = write!(s, "a=group:BUNDLE {}\r\n", mids.join(" "));
+    s.push_str("a=ice-lite\r\na=msid-semantic: WMS\r\n");
+    let port = cfg.candidates.first().map(|a| a.port()).unwrap_or(9);
+    for (om, nm) in offer.media.iter().zip(media) {
+        if !nm.accepted {
+            // RFC 8866 §5.14 / RFC 3264 §6: a rejected stream keeps its m-line with port 0.
+            let fmt = om.fmts.first().map(String::as_str).unwrap_or("0");
+            let _ = write!(
+                s,
+                "m={} 0 {} {}\r\nc=IN IP4 0.0.0.0\r\n",
+                om.kind.name(),
+                om.proto,
+                fmt
+            );
+            let _ = write!(s, "a=mid:{}\r\na=inactive\r\n", nm.mid);
+            continue;
+        }
+        let pts: Vec<String> = nm.codecs.iter().map(|c| c.pt.to_string()).collect();
+        let _ = write!(
+            s,
+            "m={} {} {} {}\r\nc=IN IP4 0.0.0.0\r\n",
+            nm.kind.name(),
+            port,
+            om.proto,
+            pts.join(" ")
+        );
+        let _ = write!(
+            s,
+            "a=mid:{}\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:{}\r\na=setup:{}\r\n",
+            nm.mid,
+            cfg.ice_ufrag,
+            cfg.ice_pwd,
+            cfg.fingerprint,
+            setup.name()
+        );
+        s.push_str("a=rtcp-mux\r\n");
+        if om.rtcp_rsize {
+            s.push_str("a=rtcp-rsize\r\n");
+        }
+        let _ = write!(s, "a={}\r\n", nm.direction.name());
+        for e in &nm.extmaps {
+            let _ = write!(s, "a=extmap:{} {}\r\n", e.id, e.uri);
+        }
+        for c in &nm.codecs {
+            match c.channels {
+                Some(ch) => {
+                    let _ = write!(
+                        s,
+                        "a=rtpmap:{} {}/{}/{}\r\n",
+                        c.pt, c.name, c.clock_rate, ch
+                    );
+                }
+                None => {
+                    let _ = write!(s, "a=rtpmap:{} {}/{}\r\n", c.pt, c.name, c.clock_rate);
+                }
+            }
+            if let Some(f) = &c.fmtp {
+                let _ = write!(s, "a=fmtp:{} {}\r\n", c.pt, f);
+            }
+            for fb in &c.rtcp_fb {
+                let _ = write!(s, "a=rtcp-fb:{} {}\r\n", c.pt, fb);
+            }
+        }
+        if let Some(ssrc) = nm.send_ssrc {
+            let _ = write!(
+                s,
+                "a=msid:sluice {}\r\na=ssrc:{} cname:{}\r\na=ssrc:{} msid:sluice {}\r\n",
+                nm.mid, ssrc, cfg.cname, ssrc, nm.mid
+            );
+        }
+        // RFC 8839 §5.1: one host candidate per public address, UDP, component 1.
+        for (i, a) in cfg.candidates.iter().enumerate() {
+            let prio = candidate_priority(i, a);
+            let _ = write!(
+                s,
+                "a=candidate:{} 1 udp {} {} {} typ host\r\n",
+                i + 1,
+                prio,
+                a.ip(),
+                a.port()
+            );
+        }
+        s.push_str("a=end-of-candidates\r\n");
+    }
+    s
+}
+
+/// RFC 8445 §5.1.2.1: (2^24)·type_pref + (2^8)·local_pref + (256 − component); host type
+/// preference 126, local preference descending in configuration order.
+fn candidate_priority(index: usize, _addr: &SocketAddr) -> u32 {
+    let local = 65_535u32.saturating_sub(index as u32);
+    (126 << 24) | (local << 8) | (256 - 1)
+}
+
+fn same_codec(a: &Codec, b: &Codec) -> bool {
+    if !a.name.eq_ignore_ascii_case(&b.name)
+        || a.clock_rate != b.clock_rate
+        || a.channels.unwrap_or(1) != b.channels.unwrap_or(1)
+    {
+        return false;
+    }
+    let (pa, pb) = (a.params(), b.params());
+    let get = |p: &BTreeMap<String, String>, k: &str, d: &str| {
+        p.get(k).cloned().unwrap_or_else(|| d.to_owned())
+    };
+    match a.name.to_ascii_lowercase().as_str() {
+        // RFC 6184 §8.1: packetization-mode must match; profile_idc (first byte of
+        // profile-level-id) must match; the level may differ.
+        "h264" => {
+            get(&pa, "packetization-mode", "0") == get(&pb, "packetization-mode", "0")
+                && get(&pa, "profile-level-id", "42001f")
+                    .get(..2)
+                    .map(str::to_ascii_lowercase)
+                    == get(&pb, "profile-level-id", "42001f")
+                        .get(..2)
+                        .map(str::to_ascii_lowercase)
+        }
+        "vp9" => get(&pa, "profile-id", "0") == get(&pb, "profile-id", "0"),
+        "av1" => get(&pa, "profile", "0") == get(&pb, "profile", "0"),
+        _ => true,
+    }
+}
+
+/// Publisher payload type → viewer payload type, for every publisher codec the viewer also
+/// negotiated (by codec name, clock rate, channels and the fmtp parameters that change the
+/// bitstream). Pairs where both numbers are equal are included, so a missing PT means "drop".
+pub fn pt_map(publisher: &[Codec], viewer: &[Codec]) -> Vec<(u8, u8)> {
+    publisher
+        .iter()
+        .filter_map(|p| {
+            viewer
+                .iter()
+                .find(|v| same_codec(p, v))
+                .map(|v| (p.pt, v.pt))
+        })
+        .collect()
+}
+
+/// Publisher extension id → viewer extension id, by URI (RFC 8285).
+pub fn ext_map(publisher: &[Extmap], viewer: &[Extmap]) -> Vec<(u8, u8)> {
+    publisher
+        .iter()
+        .filter_map(|p| viewer.iter().find(|v| v.uri == p.uri).map(|v| (p.id, v.id)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webrtc::dtls::HashFunc;
+
+    const FP: &str = "sha-256 0F:74:31:25:CB:A2:13:EC:28:6F:6D:2C:61:FF:5D:C2:BC:B9:DB:3D:98:14:8D:1A:BB:EA:33:0C:A4:60:A8:8E";
+
+    /// A Chrome-style WHIP offer: audio + video, rtx/red/ulpfec, transport-cc, simulcast lines.
+    fn chrome_offer(setup: &str) -> String {
+        format!(
+            "v=0\r\n\
+o=- 4215775240449105457 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0 1\r\n\
+a=extmap-allow-mixed\r\n\
+a=msid-semantic: WMS stream\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:EsAw\r\n\
+a=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:{FP}\r\n\
+a=setup:{setup}\r\n\
+a=mid:0\r\n\
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=sendonly\r\n\
+a=msid:stream track-a\r\n\
+a=rtcp-mux\r\n\
+a=rtcp-rsize\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:63 red/48000/2\r\n\
+a=fmtp:63 111/111\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+a=rtpmap:126 telephone-event/8000\r\n\
+a=ssrc:3735928559 cname:abc\r\n\
+a=ssrc:3735928559 msid:stream track-a\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 100 101 45 46 102 103 127\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:EsAw\r\n\
+a=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\n\
+a=fingerprint:{FP}\r\n\
+a=setup:{setup}\r\n\
+a=mid:1\r\n\
+a=extmap:14 urn:ietf:params:rtp-hdrext:toffset\r\n\
+a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+a=extmap:13 urn:3gpp:video-orientation\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11/sendonly urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+a=sendonly\r\n\
+a=msid:stream track-v\r\n\
+a=rtcp-mux\r\n\
+a=rtcp-rsize\r\n\
+a=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 goog-remb\r\n\
+a=rtcp-fb:96 transport-cc\r\n\
+a=rtcp-fb:96 ccm fir\r\n\
+a=rtcp-fb:96 nack\r\n\
+a=rtcp-fb:96 nack pli\r\n\
+a=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\n\
+a=rtpmap:98 VP9/90000\r\n\
+a=fmtp:98 profile-id=0\r\n\
+a=rtpmap:99 VP9/90000\r\n\
+a=fmtp:99 profile-id=2\r\n\
+a=rtpmap:100 H264/90000\r\n\
+a=fmtp:100 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:101 H264/90000\r\n\
+a=fmtp:101 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
+a=rtpmap:45 AV1/90000\r\n\
+a=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+a=rtpmap:46 rtx/90000\r\n\
+a=fmtp:46 apt=45\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640032\r\n\
+a=rtpmap:103 red/90000\r\n\
+a=rtpmap:127 ulpfec/90000\r\n\
+a=rid:h send\r\n\
+a=rid:l send\r\n\
+a=simulcast:send h;l\r\n\
+a=ssrc-group:FID 1111 2222\r\n\
+a=ssrc:1111 cname:abc\r\n\
+a=ssrc:2222 cname:abc\r\n"
+        )
+    }
+
+    fn cfg() -> AnswerConfig {
+        AnswerConfig {
+            ice_ufrag: "sluiceUF".into(),
+            ice_pwd: "sluicepasswordsluicepass".into(),
+            fingerprint: Fingerprint::parse(FP).unwrap(),
+            candidates: vec![
+                "203.0.113.7:3478".parse().unwrap(),
+                "[2001:db8::7]:3478".parse().unwrap(),
+            ],
+            session_id: 42,
+            send_ssrcs: vec![0x1000, 0x2000],
+            cname: "sluice".into(),
+        }
+    }
+
+    #[test]
+    fn parses_chrome_offer() {
+        let o = Offer::parse(&chrome_offer("actpass")).unwrap();
+        assert_eq!(
+            o.bundle.as_deref(),
+            Some(&["0".to_owned(), "1".to_owned()][..])
+        );
+        assert_eq!(o.media.len(), 2);
+        let a = &o.media[0];
+        assert_eq!(a.kind, MediaKind::Audio);
+        assert_eq!(a.mid.as_deref(), Some("0"));
+        assert_eq!(a.ice_ufrag.as_deref(), Some("EsAw"));
+        assert_eq!(a.fingerprint.as_ref().unwrap().hash, HashFunc::Sha256);
+        assert_eq!(a.setup, Some(Setup::ActPass));
+        assert!(a.rtcp_mux && a.rtcp_rsize);
+        assert_eq!(a.direction, Direction::SendOnly);
+        assert_eq!(a.codecs[0].name, "opus");
+        assert_eq!(a.codecs[0].channels, Some(2));
+        assert_eq!(a.codecs[0].params()["useinbandfec"], "1");
+        assert_eq!(a.ssrc_list(), vec![3_735_928_559]);
+        let v = &o.media[1];
+        assert_eq!(v.codecs.len(), 11);
+        assert_eq!(v.extmaps.len(), 7);
+        assert_eq!(v.extmaps[6].direction, Some(Direction::SendOnly));
+        assert_eq!(v.ssrc_groups[0].ssrcs, vec![1111, 2222]);
+        assert_eq!(v.rids.len(), 2);
+        assert_eq!(v.simulcast.as_deref(), Some("send h;l"));
+        assert_eq!(v.codecs[0].rtcp_fb.len(), 5);
+    }
+
+    #[test]
+    fn whip_answer() {
+        let o = Offer::parse(&chrome_offer("actpass")).unwrap();
+        let a = answer(&o, Endpoint::Whip, &cfg()).unwrap();
+        assert_eq!(a.setup, Setup::Passive);
+        assert_eq!(a.remote_ufrag, "EsAw");
+        assert_eq!(a.remote_fingerprint, Fingerprint::parse(FP).unwrap());
+        let audio = &a.media[0];
+        assert!(audio.accepted);
+        assert_eq!(audio.direction, Direction::RecvOnly);
+        assert_eq!(
+            audio.codecs.iter().map(|c| c.pt).collect::<Vec<_>>(),
+            vec![111]
+        );
+        assert!(audio.codecs[0].rtcp_fb.is_empty(), "transport-cc dropped");
+        let video = &a.media[1];
+        // Offerer's PTs and order kept; rtx/red/ulpfec and H264 mode 0 left out.
+        assert_eq!(
+            video.codecs.iter().map(|c| c.pt).collect::<Vec<_>>(),
+            vec![96, 98, 99, 100, 45, 102]
+        );
+        assert_eq!(video.codecs[0].rtcp_fb, vec!["ccm fir", "nack", "nack pli"]);
+        assert!(video
+            .extmaps
+            .iter()
+            .all(|e| !e.uri.contains("transport-wide")));
+        assert_eq!(video.extmaps.len(), 6);
+        assert_eq!(video.remote_ssrcs, vec![1111, 2222]);
+        assert_eq!(video.send_ssrc, None);
+
+        let sdp = &a.sdp;
+        for needle in [
+            "a=group:BUNDLE 0 1\r\n",
+            "a=ice-lite\r\n",
+            "a=ice-ufrag:sluiceUF\r\n",
+            "a=ice-pwd:sluicepasswordsluicepass\r\n",
+            &format!("a=fingerprint:{FP}\r\n"),
+            "a=setup:passive\r\n",
+            "a=rtcp-mux\r\n",
+            "a=recvonly\r\n",
+            "m=audio 3478 UDP/TLS/RTP/SAVPF 111\r\n",
+            "m=video 3478 UDP/TLS/RTP/SAVPF 96 98 99 100 45 102\r\n",
+            "a=fmtp:100 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n",
+            "typ host\r\n",
+            " 203.0.113.7 3478 typ host",
+            " 2001:db8::7 3478 typ host",
+            "a=end-of-candidates\r\n",
+        ] {
+            assert!(sdp.contains(needle), "missing {needle:?} in\n{sdp}");
+        }
+        assert!(!sdp.contains("sendonly"));
+        assert!(!sdp.contains("ssrc:"));
+        // Our own parser reads our answer back.
+        let back = Offer::parse(sdp).unwrap();
+        assert_eq!(back.media.len(), 2);
+        assert!(back
+            .media
+            .iter()
+            .all(|m| m.rtcp_mux && m.setup == Some(Setup::Passive)));
+        assert!(back.ice_lite);
+    }
+
+    #[test]
+    fn setup_roles() {
+        let o = Offer::parse(&chrome_offer("passive")).unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whip, &cfg()).unwrap().setup,
+            Setup::Active
+        );
+        let o = Offer::parse(&chrome_offer("active")).unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whip, &cfg()).unwrap().setup,
+            Setup::Passive
+        );
+        let o = Offer::parse(&chrome_offer("holdconn")).unwrap();
+        assert!(matches!(
+            answer(&o, Endpoint::Whip, &cfg()),
+            Err(SdpError::BadSetup(_))
+        ));
+    }
+
+    #[test]
+    fn whep_answer_sendonly_with_ssrcs() {
+        let offer = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let o = Offer::parse(&offer).unwrap();
+        let a = answer(&o, Endpoint::Whep, &cfg()).unwrap();
+        assert!(a
+            .media
+            .iter()
+            .all(|m| m.accepted && m.direction == Direction::SendOnly));
+        assert_eq!(a.media[0].send_ssrc, Some(0x1000));
+        assert_eq!(a.media[1].send_ssrc, Some(0x2000));
+        assert!(a.sdp.contains("a=sendonly\r\n"));
+        assert!(a
+            .sdp
+            .contains(&format!("a=ssrc:{} cname:sluice\r\n", 0x1000)));
+        // A publisher's offer (sendonly) at WHEP has nothing we could send to.
+        let o = Offer::parse(&chrome_offer("actpass")).unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whep, &cfg()).unwrap_err(),
+            SdpError::NothingAccepted
+        );
+    }
+
+    #[test]
+    fn rejects_sections_without_common_codec() {
+        let offer =
+            chrome_offer("actpass").replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 ISAC/16000");
+        let o = Offer::parse(&offer).unwrap();
+        let a = answer(&o, Endpoint::Whip, &cfg()).unwrap();
+        assert!(!a.media[0].accepted);
+        assert!(a.media[1].accepted);
+        assert!(a.sdp.contains("m=audio 0 UDP/TLS/RTP/SAVPF 111\r\n"));
+        assert!(a.sdp.contains("a=group:BUNDLE 1\r\n"));
+        // m-lines stay in offer order (RFC 3264 §6).
+        assert!(a.sdp.find("m=audio").unwrap() < a.sdp.find("m=video").unwrap());
+
+        let none = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:0 PCMU/8000\r\n";
+        let o = Offer::parse(none).unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whip, &cfg()).unwrap_err(),
+            SdpError::NothingAccepted
+        );
+        // Data channels are declined, not an error.
+        let dc = chrome_offer("actpass").replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2")
+            + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\na=sctp-port:5000\r\n";
+        let a = answer(&Offer::parse(&dc).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(!a.media[2].accepted);
+        assert!(a
+            .sdp
+            .contains("m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n"));
+    }
+
+    #[test]
+    fn bundle_and_rtcp_mux_required() {
+        let o =
+            Offer::parse(&chrome_offer("actpass").replace("a=group:BUNDLE 0 1\r\n", "")).unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whip, &cfg()).unwrap_err(),
+            SdpError::NoBundle
+        );
+        let o = Offer::parse(&chrome_offer("actpass").replace("a=rtcp-mux\r\n", "")).unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whip, &cfg()).unwrap_err(),
+            SdpError::NoRtcpMux("0".into())
+        );
+        let o = Offer::parse(&chrome_offer("actpass").replacen(
+            "a=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y",
+            "a=ice-pwd:otherpasswordotherpassword",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            answer(&o, Endpoint::Whip, &cfg()).unwrap_err(),
+            SdpError::BundleMismatch
+        );
+        let o = Offer::parse(&chrome_offer("actpass").replace("a=fingerprint", "a=x-fingerprint"))
+            .unwrap();
+        assert!(matches!(
+            answer(&o, Endpoint::Whip, &cfg()),
+            Err(SdpError::NoFingerprint(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_offers_are_errors() {
+        assert_eq!(Offer::parse(""), Err(SdpError::NoVersion));
+        assert_eq!(Offer::parse("v=1\r\n"), Err(SdpError::NoVersion));
+        assert_eq!(Offer::parse("v=0\r\ns=-\r\n"), Err(SdpError::NoMedia));
+        assert!(matches!(
+            Offer::parse("v=0\r\nbogus\r\n"),
+            Err(SdpError::BadLine { line: 2, .. })
+        ));
+        assert!(matches!(
+            Offer::parse("v=0\r\nm=audio x RTP/AVP 0\r\n"),
+            Err(SdpError::BadLine { .. })
+        ));
+        assert!(matches!(
+            Offer::parse("v=0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:300 opus/48000\r\n"),
+            Err(SdpError::BadLine { .. })
+        ));
+        assert!(matches!(
+            Offer::parse("v=0\r\nm=audio 9 RTP/AVP 0\r\na=ice-ufrag:bad ufrag!\r\n"),
+            Err(SdpError::BadLine { .. })
+        ));
+        assert_eq!(
+            Offer::parse(&"v=0\r\n".repeat(20_000)),
+            Err(SdpError::TooLarge)
+        );
+        let many = format!("v=0\r\n{}", "m=audio 9 RTP/AVP 0\r\n".repeat(MAX_MEDIA + 1));
+        assert_eq!(Offer::parse(&many), Err(SdpError::TooManyMedia));
+        // Every truncation and many byte flips of a real offer: errors or offers, never panics.
+        let full = chrome_offer("actpass");
+        for cut in 0..full.len() {
+            if full.is_char_boundary(cut) {
+                if let Ok(o) = Offer::parse(&full[..cut]) {
+                    let _ = answer(&o, Endpoint::Whip, &cfg());
+                }
+            }
+        }
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..2000 {
+            let mut b = full.clone().into_bytes();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let i = (x as usize) % b.len();
+                b[i] = b" :/=\r\n0aZ*~"[(x >> 8) as usize % 11];
+            }
+            if let Ok(s) = String::from_utf8(b) {
+                if let Ok(o) = Offer::parse(&s) {
+                    let _ = answer(&o, Endpoint::Whep, &cfg());
+                }
+            }
+        }
+    }
+
+    fn codec(pt: u8, name: &str, clock: u32, fmtp: Option<&str>) -> Codec {
+        Codec {
+            pt,
+            name: name.into(),
+            clock_rate: clock,
+            channels: None,
+            fmtp: fmtp.map(Into::into),
+            rtcp_fb: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn payload_type_and_extension_maps() {
+        let publisher = vec![
+            codec(96, "VP8", 90_000, None),
+            codec(98, "VP9", 90_000, Some("profile-id=0")),
+            codec(99, "VP9", 90_000, Some("profile-id=2")),
+            codec(
+                100,
+                "H264",
+                90_000,
+                Some("packetization-mode=1;profile-level-id=42e01f"),
+            ),
+            codec(
+                102,
+                "H264",
+                90_000,
+                Some("packetization-mode=1;profile-level-id=640032"),
+            ),
+            codec(45, "AV1", 90_000, None),
+        ];
+        // A Firefox-like viewer with different numbers.
+        let viewer = vec![
+            codec(120, "VP8", 90_000, Some("max-fs=12288;max-fr=60")),
+            codec(121, "VP9", 90_000, Some("max-fs=12288;max-fr=60")),
+            codec(
+                126,
+                "H264",
+                90_000,
+                Some("profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1"),
+            ),
+            codec(
+                97,
+                "H264",
+                90_000,
+                Some("profile-level-id=42e01f;level-asymmetry-allowed=1"),
+            ),
+        ];
+        assert_eq!(
+            pt_map(&publisher, &viewer),
+            vec![(96, 120), (98, 121), (100, 126)]
+        );
+        let mut opus_p = codec(111, "opus", 48_000, None);
+        opus_p.channels = Some(2);
+        let mut opus_v = codec(109, "OPUS", 48_000, Some("maxplaybackrate=48000"));
+        opus_v.channels = Some(2);
+        assert_eq!(pt_map(&[opus_p], &[opus_v]), vec![(111, 109)]);
+
+        let e = |id, uri: &str| Extmap {
+            id,
+            direction: None,
+            uri: uri.into(),
+        };
+        let pe = vec![
+            e(4, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+            e(
+                2,
+                "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            ),
+            e(13, "urn:3gpp:video-orientation"),
+        ];
+        let ve = vec![
+            e(3, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+            e(4, "urn:3gpp:video-orientation"),
+        ];
+        assert_eq!(ext_map(&pe, &ve), vec![(4, 3), (13, 4)]);
+    }
+}
