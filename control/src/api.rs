@@ -7,16 +7,18 @@
 
 use crate::audit::{Audit, PeerHasher};
 use crate::http::{Handler, Request, Response};
+use crate::ice::IceAgent;
 use crate::metrics;
+use crate::slowpath::SlowPathStats;
 use crate::state::{Entry, RewriteSpec, Store, StoreError, StoredRoute, StoredSession};
 use crate::util;
 use relay::config::{Config, Secret};
-use relay::shm::{Capacity, Role, ShmReader, ShmWriter, MAX_MAPPINGS};
+use relay::shm::{session_flags, Capacity, Role, ShmReader, ShmWriter, MAX_MAPPINGS};
 use relay::srtp::{MasterKey, Profile};
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A relay whose newest heartbeat is older than this is reported down.
 pub const RELAY_UP_MS: u64 = 2000;
@@ -50,8 +52,10 @@ pub struct Control {
     audit_errors_seen: AtomicU64,
     hasher: PeerHasher,
     draining: AtomicBool,
-    /// Datagrams received from the relay over the slow path.
-    pub slow_path_datagrams: AtomicU64,
+    /// The ICE-lite agent (the slow-path thread feeds it; WHIP/WHEP register credentials).
+    pub ice: Arc<Mutex<IceAgent>>,
+    /// Slow-path counters (the slow-path thread counts; `/metrics` reads).
+    pub slow_path_stats: Arc<SlowPathStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,7 +106,11 @@ impl Control {
             audit_errors_seen: AtomicU64::new(0),
             hasher,
             draining: AtomicBool::new(false),
-            slow_path_datagrams: AtomicU64::new(0),
+            ice: Arc::new(Mutex::new(IceAgent::new(
+                std::time::Duration::from_secs(u64::from(cfg.control.ice_consent_timeout_secs)),
+                cfg.shm.sessions as usize,
+            ))),
+            slow_path_stats: Arc::new(SlowPathStats::default()),
             cfg,
         };
         c.ensure_shm();
@@ -341,13 +349,18 @@ impl Control {
             200,
             &metrics::stats_json(
                 r,
-                self.slow_path_datagrams.load(Ordering::Relaxed),
+                self.slow_path_stats.snapshot().datagrams(),
                 self.audit_errors(),
             ),
         )
     }
 
     fn metrics(&self) -> Response {
+        // The agent's lock is never held together with the state lock.
+        let (ice, ice_sessions) = {
+            let a = lock(&self.ice);
+            (a.counters(), a.len() as u64)
+        };
         let g = lock(&self.inner);
         let info = metrics::ControlGauges {
             sessions: g.store.state().sessions.len() as u64,
@@ -356,7 +369,9 @@ impl Control {
             shm_ready: g.shm.is_some(),
             generation: g.shm.as_ref().map_or(0, ShmWriter::generation),
             audit_errors: self.audit_errors(),
-            slow_path_datagrams: self.slow_path_datagrams.load(Ordering::Relaxed),
+            slow_path: self.slow_path_stats.snapshot(),
+            ice,
+            ice_sessions,
             now_unix_ms: util::unix_ms(),
         };
         let text = metrics::render(g.reader.as_ref(), &info);
@@ -503,6 +518,11 @@ impl Control {
             Ok(Response::empty(204))
         })();
         let resp = r.unwrap_or_else(|e| e);
+        if resp.status < 300 {
+            if let Some(id) = ids["session"].as_u64() {
+                lock(&self.ice).remove(id);
+            }
+        }
         self.audit("admin", "session.delete", ids, &resp);
         resp
     }
@@ -641,6 +661,77 @@ impl Control {
         resp
     }
 
+    /// ICE nominated `peer` for session `id` (called by the slow path): persist and publish
+    /// the session with this peer and PENDING cleared (journal → shm → audit, like the API).
+    /// Nothing is written when the session already has this peer and is not pending. Refused
+    /// when another session already uses the address (peers stay unique).
+    pub fn ice_bind_peer(&self, id: u64, peer: SocketAddr) -> Result<(), String> {
+        let ids = json!({"session": id, "peer": self.hasher.hash(&peer.to_string())});
+        let r = (|| -> Result<Option<Response>, Response> {
+            let mut g = lock(&self.inner);
+            let Some(old) = g.store.state().sessions.get(&id).cloned() else {
+                return Err(Response::error(404, format!("session {id} not found")));
+            };
+            if old.peer == peer && old.flags & session_flags::PENDING == 0 {
+                return Ok(None);
+            }
+            if let Some(other) = g
+                .store
+                .state()
+                .sessions
+                .values()
+                .find(|s| s.id != id && s.peer == peer)
+            {
+                return Err(Response::error(
+                    409,
+                    format!("session {} already uses this peer address", other.id),
+                ));
+            }
+            if g.shm.is_none() {
+                return Err(shm_unavailable(&g));
+            }
+            let mut s = old;
+            s.peer = peer;
+            s.flags &= !session_flags::PENDING;
+            commit(&mut g, vec![Entry::PutSession { session: s }])?;
+            Ok(Some(Response::empty(204)))
+        })();
+        let resp = match r {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) | Err(r) => r,
+        };
+        self.audit("ice", "session.ice_bind", ids, &resp);
+        response_result(&resp)
+    }
+
+    /// ICE consent for session `id` expired (called by the slow path): set PENDING so the
+    /// relay stops forwarding its media (journal → shm → audit). No-op when already pending.
+    pub fn ice_mark_pending(&self, id: u64) -> Result<(), String> {
+        let ids = json!({"session": id});
+        let r = (|| -> Result<Option<Response>, Response> {
+            let mut g = lock(&self.inner);
+            let Some(old) = g.store.state().sessions.get(&id).cloned() else {
+                return Err(Response::error(404, format!("session {id} not found")));
+            };
+            if old.flags & session_flags::PENDING != 0 {
+                return Ok(None);
+            }
+            if g.shm.is_none() {
+                return Err(shm_unavailable(&g));
+            }
+            let mut s = old;
+            s.flags |= session_flags::PENDING;
+            commit(&mut g, vec![Entry::PutSession { session: s }])?;
+            Ok(Some(Response::empty(204)))
+        })();
+        let resp = match r {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) | Err(r) => r,
+        };
+        self.audit("ice", "session.ice_expired", ids, &resp);
+        response_result(&resp)
+    }
+
     fn drain(&self) -> Response {
         self.draining.store(true, Ordering::SeqCst);
         tracing::warn!("draining: new sessions are refused from now on");
@@ -743,6 +834,17 @@ fn reconcile(w: &mut ShmWriter, store: &Store) {
         generation = w.generation(),
         "shm reconciled with persisted state"
     );
+}
+
+/// `Ok` for a success status, else the response's error message.
+fn response_result(resp: &Response) -> Result<(), String> {
+    if resp.status < 300 {
+        return Ok(());
+    }
+    Err(serde_json::from_slice::<Value>(&resp.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("status {}", resp.status)))
 }
 
 fn shm_unavailable(g: &Inner) -> Response {

@@ -2,14 +2,15 @@
 //! systemd notifications and the housekeeping loop.
 //!
 //! Start-up: config → admin token (configured, or generated into the runtime dir) → state
-//! (journal replay) → shm (create or re-adopt, then reconcile) → listeners → `control.json`
-//! → `READY=1`. Shutdown on SIGTERM/SIGINT: `STOPPING=1`, stop listeners, compact state,
-//! remove `control.json`. The shm file is left in place so a running relay keeps forwarding.
+//! (journal replay) → shm (create or re-adopt, then reconcile) → listeners → slow-path socket
+//! and thread (docs/ICE.md) → `control.json` → `READY=1`. Shutdown on SIGTERM/SIGINT:
+//! `STOPPING=1`, stop listeners and the slow path, compact state, remove `control.json`. The shm file is left in place so a running relay keeps forwarding.
 //! May not touch: request handling (api), the packet path.
 
 use crate::api::{AdminHandler, Control, PublicHandler, Urls};
 use crate::http::{Listener, Server};
 use crate::notify::Notifier;
+use crate::slowpath::{DiscardDtls, SlowPath, SlowPathParams};
 use crate::util;
 use relay::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -141,6 +142,23 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         Server::spawn(admin_l, Arc::new(AdminHandler(ctl.clone())))
             .map_err(io_err("admin listener", Path::new("")))?,
     );
+    // After the admin listener: a second instance fails there before it could replace a
+    // running instance's slow-path socket.
+    let sp_path = cfg.control.slow_path.clone();
+    let mut slow_path = SlowPath::bind(
+        &sp_path,
+        SlowPathParams::from_config(&cfg.control),
+        ctl.ice.clone(),
+        ctl.clone(),
+        // The hook the WebRTC integration replaces with its DTLS endpoint.
+        Box::new(DiscardDtls),
+        ctl.slow_path_stats.clone(),
+    )
+    .and_then(SlowPath::spawn)
+    .map_err(|source| DaemonError::Listen {
+        addr: sp_path.display().to_string(),
+        source,
+    })?;
     let urls = Urls {
         metrics_url: format!("{admin_url}/metrics"),
         admin_url,
@@ -202,6 +220,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for s in &mut servers {
         s.shutdown();
     }
+    slow_path.shutdown();
     ctl.shutdown();
     // Remove the discovery file only if it is still ours (a newer instance may own it).
     if RuntimeInfo::path_in(&rd).exists() {

@@ -6,6 +6,8 @@
 //! - [`daemon`]: process lifecycle, runtime file, signals, sd_notify, housekeeping loop.
 //! - [`api`]: REST routing, validation, authentication, mutation order, reconciliation.
 //! - [`http`]: a small std-only HTTP/1.1 server (loopback TCP or unix socket).
+//! - [`ice`]: the I/O-free ICE-lite agent (credentials, checks, nomination, consent).
+//! - [`slowpath`]: the relay's slow-path socket, rate limits, dispatch, the DTLS hook.
 //! - [`state`]: write-ahead journal and atomic snapshots of sessions, routes and id counters.
 //! - [`audit`]: the append-only JSON-lines audit log with rotation and retention.
 //! - [`metrics`]: Prometheus text and `/v1/stats` from the relay's counter blocks.
@@ -19,9 +21,11 @@ pub mod api;
 pub mod audit;
 pub mod daemon;
 pub mod http;
+pub mod ice;
 pub mod io;
 pub mod metrics;
 pub mod notify;
+pub mod slowpath;
 pub mod state;
 pub mod util;
 pub mod webrtc;

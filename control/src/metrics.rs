@@ -6,6 +6,8 @@
 //! agree, and neither double counts).
 //! May not touch: shm writes, the state.
 
+use crate::ice::IceCounters;
+use crate::slowpath::SlowPathSnapshot;
 use relay::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_BUCKETS};
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -19,7 +21,12 @@ pub struct ControlGauges {
     pub shm_ready: bool,
     pub generation: u64,
     pub audit_errors: u64,
-    pub slow_path_datagrams: u64,
+    /// Slow-path counters (docs/ICE.md).
+    pub slow_path: SlowPathSnapshot,
+    /// ICE-lite agent counters.
+    pub ice: IceCounters,
+    /// Sessions with ICE credentials.
+    pub ice_sessions: u64,
     pub now_unix_ms: u64,
 }
 
@@ -146,6 +153,109 @@ fn histogram(
     o.sample(&format!("{name}_count"), labels, cum);
 }
 
+/// Slow-path and ICE families (docs/ICE.md).
+fn slow_path_and_ice(o: &mut Out, g: &ControlGauges) {
+    let sp = &g.slow_path;
+    o.family(
+        "sluice_control_slow_path_datagrams_total",
+        "counter",
+        "Datagrams control received from the relay over the slow path, by RFC 7983 kind.",
+    );
+    for (kind, v) in [("stun", sp.stun), ("dtls", sp.dtls), ("other", sp.other)] {
+        o.sample(
+            "sluice_control_slow_path_datagrams_total",
+            &format!("kind=\"{kind}\""),
+            v,
+        );
+    }
+    o.family(
+        "sluice_control_slow_path_drops_total",
+        "counter",
+        "Slow-path datagrams dropped by control, by reason.",
+    );
+    for (reason, v) in sp.drops() {
+        o.sample(
+            "sluice_control_slow_path_drops_total",
+            &format!("reason=\"{reason}\""),
+            v,
+        );
+    }
+    let plain: [(&str, &str, &str, u64); 8] = [
+        (
+            "sluice_control_slow_path_connections",
+            "gauge",
+            "Relay slow-path connections open now.",
+            sp.connections,
+        ),
+        (
+            "sluice_control_slow_path_connects_total",
+            "counter",
+            "Relay slow-path connections accepted.",
+            sp.connects,
+        ),
+        (
+            "sluice_control_slow_path_connections_refused_total",
+            "counter",
+            "Relay slow-path connections refused (connection limit).",
+            sp.refused,
+        ),
+        (
+            "sluice_control_slow_path_source_evictions_total",
+            "counter",
+            "Per-source rate-limit table entries evicted for new sources.",
+            sp.evictions,
+        ),
+        (
+            "sluice_control_ice_sessions",
+            "gauge",
+            "Sessions with ICE credentials.",
+            g.ice_sessions,
+        ),
+        (
+            "sluice_control_ice_nominations_total",
+            "counter",
+            "ICE nominations (first, or a move to a new address).",
+            g.ice.nominations,
+        ),
+        (
+            "sluice_control_ice_consent_expiries_total",
+            "counter",
+            "ICE sessions expired for lack of consent (RFC 7675).",
+            g.ice.expiries,
+        ),
+        (
+            "sluice_control_ice_bind_errors_total",
+            "counter",
+            "ICE events that could not be applied to a session.",
+            sp.bind_errors,
+        ),
+    ];
+    for (name, kind, help, v) in plain {
+        o.family(name, kind, help);
+        o.sample(name, "", v);
+    }
+    o.family(
+        "sluice_control_ice_checks_total",
+        "counter",
+        "STUN datagrams the ICE-lite agent processed, by outcome.",
+    );
+    let ice = &g.ice;
+    for (result, v) in [
+        ("success", ice.success),
+        ("bad_request", ice.bad_request),
+        ("unauthenticated", ice.unauthenticated),
+        ("unknown_attribute", ice.unknown_attribute),
+        ("role_conflict", ice.role_conflict),
+        ("discarded", ice.discarded),
+    ] {
+        o.sample(
+            "sluice_control_ice_checks_total",
+            &format!("result=\"{result}\""),
+            v,
+        );
+    }
+}
+
 /// The `/metrics` body. With no shm reader only control's own gauges are exported.
 pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
@@ -181,16 +291,7 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "Audit log writes that failed.",
     );
     o.sample("sluice_audit_write_errors_total", "", g.audit_errors);
-    o.family(
-        "sluice_control_slow_path_datagrams_total",
-        "counter",
-        "Datagrams control received from the relay over the slow path.",
-    );
-    o.sample(
-        "sluice_control_slow_path_datagrams_total",
-        "",
-        g.slow_path_datagrams,
-    );
+    slow_path_and_ice(&mut o, g);
     let Some(r) = r else {
         return o.0;
     };

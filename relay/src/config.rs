@@ -253,6 +253,12 @@ pub struct ControlConfig {
     pub audit_max_bytes: u64,
     /// Unix socket where control accepts the relay's slow-path connection.
     pub slow_path: PathBuf,
+    /// Slow-path datagrams per second control processes in total (token bucket, 1 s burst).
+    pub slow_path_rate: u32,
+    /// Slow-path datagrams per second from one source (IPv4 address or IPv6 /64).
+    pub slow_path_per_source_rate: u32,
+    /// ICE consent timeout (RFC 7675 §5.1): a nominated peer silent this long is expired.
+    pub ice_consent_timeout_secs: u32,
 }
 
 impl Default for ControlConfig {
@@ -268,6 +274,9 @@ impl Default for ControlConfig {
             audit_retention_days: 180,
             audit_max_bytes: 64 << 20,
             slow_path: PathBuf::new(),
+            slow_path_rate: 20_000,
+            slow_path_per_source_rate: 200,
+            ice_consent_timeout_secs: 30,
         }
     }
 }
@@ -573,6 +582,27 @@ impl Config {
         }
         if c.audit_retention_days == 0 {
             return bad("control.audit_retention_days", "must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&c.slow_path_rate) {
+            return bad(
+                "control.slow_path_rate",
+                format!("{} is out of range 1..=1000000", c.slow_path_rate),
+            );
+        }
+        if !(1..=1_000_000).contains(&c.slow_path_per_source_rate) {
+            return bad(
+                "control.slow_path_per_source_rate",
+                format!(
+                    "{} is out of range 1..=1000000",
+                    c.slow_path_per_source_rate
+                ),
+            );
+        }
+        if !(10..=3600).contains(&c.ice_consent_timeout_secs) {
+            return bad(
+                "control.ice_consent_timeout_secs",
+                format!("{} is out of range 10..=3600", c.ice_consent_timeout_secs),
+            );
         }
         if c.audit_max_bytes < 4096 {
             return bad(
@@ -944,6 +974,9 @@ mod tests {
             "control.audit_retention_days",
             "control.audit_max_bytes",
             "control.slow_path",
+            "control.slow_path_rate",
+            "control.slow_path_per_source_rate",
+            "control.ice_consent_timeout_secs",
             "shm.path",
             "shm.sessions",
             "shm.routes",
