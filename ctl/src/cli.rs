@@ -65,6 +65,22 @@ pub enum Command {
         #[arg(long, value_name = "B64")]
         rx_key: Option<String>,
     },
+    /// Replace the running relay with a new process (the binary on disk) without losing a
+    /// packet: the new relay takes the media sockets over.
+    Upgrade {
+        /// Find the relay's hand-over socket through this configuration's runtime_dir.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The relay's hand-over socket (default: in the runtime directory).
+        #[arg(long, value_name = "PATH")]
+        handover: Option<PathBuf>,
+        /// The new relay binary (default: the path the running relay was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Seconds to wait for the new relay to take over and the old one to exit.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        timeout: u64,
+    },
     /// Protect or unprotect one packet offline (no control needed), for debugging keys.
     #[command(subcommand)]
     Srtp(SrtpCmd),

@@ -112,7 +112,7 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             }
             Request::Rekey(*id, body)
         }
-        Command::Up { .. } | Command::Srtp(_) => {
+        Command::Up { .. } | Command::Srtp(_) | Command::Upgrade { .. } => {
             return Err(CtlError::Other(
                 "internal: command does not talk to the admin API".to_string(),
             ))

@@ -25,6 +25,12 @@ pub enum CtlError {
         join_paths(.paths)
     )]
     NotRunning { paths: Vec<PathBuf> },
+    /// No relay answers on a hand-over socket (`sluicectl upgrade`).
+    #[error(
+        "no running relay: nothing answers on {} (pass --handover PATH or --config FILE)",
+        join_paths(.0)
+    )]
+    NotRunningRelay(Vec<PathBuf>),
     /// The runtime file exists but cannot be read or parsed.
     #[error("cannot read control's runtime file {}: {msg}", .path.display())]
     RuntimeFile { path: PathBuf, msg: String },
@@ -55,6 +61,7 @@ impl CtlError {
         match self {
             CtlError::Usage(_) => EXIT_USAGE,
             CtlError::NotRunning { .. } | CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CtlError::NotRunningRelay(_) => EXIT_UNREACHABLE,
             CtlError::RuntimeFile { .. } => EXIT_UNREACHABLE,
             CtlError::Api { .. } => EXIT_API,
             CtlError::Other(_) => EXIT_OTHER,

@@ -10,6 +10,7 @@ mod http;
 mod srtp_cmd;
 mod table;
 mod up;
+mod upgrade_cmd;
 mod validate;
 
 use std::time::Duration;
@@ -42,6 +43,18 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Up { config, timeout } => {
             up::run(config.as_deref(), Duration::from_secs(*timeout), cli.json)
         }
+        Command::Upgrade {
+            config,
+            handover,
+            binary,
+            timeout,
+        } => upgrade_cmd::run(&upgrade_cmd::UpgradeArgs {
+            config: config.as_deref(),
+            handover: handover.as_deref(),
+            binary: binary.as_deref(),
+            timeout: Duration::from_secs(*timeout),
+            json: cli.json,
+        }),
         Command::Srtp(sub) => {
             let (args, protect) = match sub {
                 SrtpCmd::Protect(a) => (a, true),

@@ -7,15 +7,22 @@
 //! systemd `READY=1`. Then once a second: a heartbeat for every worker whose loop advanced,
 //! `WATCHDOG=1` while every worker is alive. SIGTERM/SIGINT stop the workers cleanly.
 //!
+//! Zero-loss upgrade ([`relay::io::handover`]): the relay listens on
+//! `<runtime_dir>/relay-handover.sock`. A new relay started with `--takeover` receives the
+//! workers' sockets from it, starts its workers on them, and the old relay stops reading,
+//! flushes and exits; datagrams queued in the kernel are read by the new process. The new
+//! relay then tells systemd `MAINPID=` (its own pid) and `READY=1`.
+//!
 //! The relay keeps no state of its own: a restarted relay reads sessions, keys and routes
 //! from shared memory and forwards at once.
 
 use clap::Parser;
 use relay::config::Config;
 use relay::engine::{Engine, EngineConfig};
+use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendKind, SocketBuffers};
 use relay::shm::ShmReader;
-use relay::worker::{spawn_workers, WorkerConfig};
+use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +56,14 @@ struct Cli {
     /// How long to wait for control to create the shared-memory file (seconds; 0 = forever).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     shm_wait: u64,
+    /// The hand-over socket for zero-loss upgrades (default `<runtime_dir>/relay-handover.sock`;
+    /// `none` disables).
+    #[arg(long, value_name = "PATH")]
+    handover: Option<PathBuf>,
+    /// Take the media sockets over from the relay listening on the hand-over socket (an
+    /// upgrade: that relay exits once this one forwards; no datagram is lost).
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -138,6 +153,11 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
 
+    let handover_path = match &cli.handover {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(handover::socket_path(&cfg.runtime_dir)),
+    };
     let reader = Arc::new(open_shm(&shm_path, cli.shm_wait, &stop)?);
     tracing::info!(path = %shm_path.display(), generation = reader.generation(), "shared memory mapped");
     let slots = reader.capacity().workers as usize;
@@ -159,7 +179,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let srtp = cfg.srtp.context_options();
     let r = reader.clone();
-    let running = spawn_workers(wcfg, move |i| {
+    let make_engine = move |i| {
         <Engine>::new(
             r.clone(),
             EngineConfig {
@@ -168,8 +188,32 @@ fn run(cli: Cli) -> Result<(), String> {
                 clock: Some(Instant::now),
             },
         )
-    })
-    .map_err(|e| e.to_string())?;
+    };
+    let mut takeover_from = None;
+    let running = if cli.takeover {
+        let path = handover_path
+            .as_deref()
+            .ok_or("--takeover needs a hand-over socket (not --handover none)")?;
+        let mut t = Takeover::connect(path, &shm_path, Duration::from_secs(10))
+            .map_err(|e| format!("taking over: {e}"))?;
+        tracing::info!(
+            old_pid = t.old.pid, media = %t.old.media, workers = t.sockets.len(),
+            "received the media sockets of the running relay"
+        );
+        let sockets = std::mem::take(&mut t.sockets);
+        let running = spawn_workers_on(wcfg, sockets, make_engine).map_err(|e| e.to_string())?;
+        let old_pid = t.old.pid;
+        t.ready_and_wait(Duration::from_secs(30))
+            .map_err(|e| format!("waiting for the old relay to stop: {e}"))?;
+        tracing::info!(
+            old_pid,
+            "the old relay stopped reading; this relay owns the sockets"
+        );
+        takeover_from = Some(old_pid);
+        running
+    } else {
+        spawn_workers(wcfg, make_engine).map_err(|e| e.to_string())?
+    };
     let n = running.len();
     if n > slots {
         tracing::warn!(
@@ -190,13 +234,39 @@ fn run(cli: Cli) -> Result<(), String> {
         fallback = running.fallback_reason().unwrap_or(""),
         "sluice-relay forwarding"
     );
+    let listener = handover_path.as_deref().and_then(|p| {
+        match HandoverListener::bind(p, takeover_from.is_some()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "zero-loss upgrades of this relay are disabled");
+                None
+            }
+        }
+    });
+    let me = RelayDescription {
+        pid: std::process::id(),
+        exe: handover::current_exe(),
+        media: running.local_addr(),
+        backend: running.backend().as_str().to_string(),
+        workers: n,
+        shm: shm_path.clone(),
+        args: std::env::args()
+            .skip(1)
+            .filter(|a| a != "--takeover")
+            .collect(),
+    };
     // One machine-readable line for supervisors and tests.
     println!(
-        "sluice-relay media={} backend={} workers={n}",
+        "sluice-relay media={} backend={} workers={n}{}",
         running.local_addr(),
-        running.backend()
+        running.backend(),
+        takeover_from.map_or(String::new(), |p| format!(" takeover={p}"))
     );
-    sd_notify("READY=1");
+    if takeover_from.is_some() {
+        sd_notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    } else {
+        sd_notify("READY=1");
+    }
 
     let watchdog = std::env::var("WATCHDOG_USEC")
         .ok()
@@ -207,8 +277,10 @@ fn run(cli: Cli) -> Result<(), String> {
         .min(Duration::from_secs(1));
     let mut turns: Vec<u64> = vec![0; n];
     let mut last_alive: Vec<Instant> = vec![Instant::now(); n];
+    let mut handed_over = None;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(tick.min(Duration::from_millis(200)));
+        // Short sleeps: a hand-over request waits at most this long for an answer.
+        std::thread::sleep(tick.min(Duration::from_millis(50)));
         let now = Instant::now();
         let ms = unix_ms();
         for (i, st) in running.stats().iter().enumerate() {
@@ -223,11 +295,41 @@ fn run(cli: Cli) -> Result<(), String> {
         if watchdog.is_some() && last_alive.iter().all(|t| now.duration_since(*t) < tick * 2) {
             sd_notify("WATCHDOG=1");
         }
+        if let Some(req) = listener.as_ref().and_then(|l| l.poll(&me)) {
+            tracing::info!("a new relay asks for the media sockets");
+            match req.offer(&me, running.sockets(), Duration::from_secs(30)) {
+                Ok(()) => {
+                    handed_over = Some(req);
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "hand-over abandoned; still serving"),
+            }
+        }
+    }
+    if let Some(req) = handed_over {
+        return hand_over(running, req);
     }
     tracing::info!("stopping");
     sd_notify("STOPPING=1");
+    if let Some(l) = listener {
+        l.remove();
+    }
     running.stop().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The new relay runs on our sockets: stop reading, finish what the workers hold, tell it,
+/// exit. The hand-over socket path and the relay info in shared memory now belong to the new
+/// relay (it rebinds the one and rewrites the other), so neither is touched here.
+fn hand_over(running: Workers, req: handover::TakeoverRequest) -> Result<(), String> {
+    let t = Instant::now();
+    let r = running.hand_over();
+    req.done();
+    tracing::info!(
+        took_ms = t.elapsed().as_millis() as u64,
+        "media sockets handed over; exiting"
+    );
+    r.map_err(|e| e.to_string())
 }
 
 fn main() {

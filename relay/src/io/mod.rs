@@ -13,6 +13,7 @@
 //! memory. Nothing here allocates per packet.
 #![allow(unsafe_code)]
 
+pub mod handover;
 pub mod mmsg;
 pub mod slowpath;
 pub mod uring;
@@ -235,6 +236,12 @@ pub trait Backend {
     fn counters(&self) -> &IoCounters;
     /// Stop receiving and wait (bounded) until the kernel no longer references our buffers.
     fn shutdown(&mut self);
+    /// Before a socket hand-over ([`handover`]): stop taking datagrams from the socket but
+    /// keep those already taken for [`drain`](Backend::drain), so the new process reads
+    /// everything after them. The default does nothing, which is right for a backend that
+    /// reads only inside `drain` (mmsg). A backend with receives in flight in the kernel
+    /// (io_uring multishot) should cancel them here and stash what completes.
+    fn stop_receiving(&mut self) {}
 }
 
 /// Settings a backend needs.

@@ -16,7 +16,7 @@
 //!    client, which also forwards control's replies;
 //! 6. log and count the turn if it took longer than `stall_threshold`; publish counters.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -259,8 +259,13 @@ pub struct Workers {
     fallback_reason: Option<String>,
     grant: BufferGrant,
     stop: Arc<AtomicBool>,
+    /// Set with `stop` when the sockets go to a new process: workers finish what they hold.
+    handover: Arc<AtomicBool>,
     handles: Vec<JoinHandle<Result<(), IoError>>>,
     stats: Vec<Arc<WorkerStats>>,
+    /// A duplicate of every worker's socket (same file description), in worker order, kept
+    /// so the sockets can be handed to a new relay process.
+    sockets: Vec<UdpSocket>,
 }
 
 impl Workers {
@@ -302,6 +307,20 @@ impl Workers {
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
+    /// The workers' sockets, in worker order (duplicates sharing each socket's file
+    /// description and its queue of received datagrams).
+    pub fn sockets(&self) -> &[UdpSocket] {
+        &self.sockets
+    }
+    /// Stop for a socket hand-over: each worker ends after its current turn, hands what its
+    /// backend already took from the socket to the handler ([`Backend::stop_receiving`], then
+    /// drain), flushes its transmit queue and shuts the backend down. Datagrams still queued
+    /// in the kernel stay there for the process that now shares the sockets.
+    pub fn hand_over(mut self) -> Result<(), WorkerError> {
+        self.handover.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.join_all()
+    }
     /// Ask every worker to stop and wait for them.
     pub fn stop(mut self) -> Result<(), WorkerError> {
         self.stop.store(true, Ordering::Release);
@@ -338,6 +357,23 @@ impl Drop for Workers {
     }
 }
 
+fn check_config(cfg: &WorkerConfig) -> Result<(), WorkerError> {
+    if cfg.batch == 0 || cfg.tx_capacity == 0 {
+        return Err(WorkerError::Config(
+            "batch and tx_capacity must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn allowed_cores(cfg: &WorkerConfig) -> Vec<core_affinity::CoreId> {
+    if cfg.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Start the workers: bind one SO_REUSEPORT socket each on one port, resolve the backend
 /// (`auto` falls back to mmsg with the reason kept in [`Workers::fallback_reason`]), spawn and
 /// pin the threads, and return once every worker has set up its backend (or the first error).
@@ -346,16 +382,8 @@ where
     H: Handler + Send + 'static,
     F: Fn(usize) -> H,
 {
-    if cfg.batch == 0 || cfg.tx_capacity == 0 {
-        return Err(WorkerError::Config(
-            "batch and tx_capacity must be at least 1".into(),
-        ));
-    }
-    let cores = if cfg.pin {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    check_config(&cfg)?;
+    let cores = allowed_cores(&cfg);
     let n = match cfg.workers {
         Some(0) => return Err(WorkerError::Config("workers must be at least 1".into())),
         Some(n) => n,
@@ -364,17 +392,13 @@ where
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    let (kind, fallback_reason) = io::resolve_backend(cfg.backend)?;
-    if let Some(r) = &fallback_reason {
-        tracing::warn!(reason = %r, "io_uring refused; using the mmsg backend");
-    }
     // Bind the first socket, then the rest to the port it got.
     let (first, grant) = io::bind_udp(cfg.bind, cfg.socket_buffers)?;
     let local_addr = first
         .local_addr()
         .map_err(|e| IoError::os("getsockname", e))?;
     tracing::info!(
-        addr = %local_addr, workers = n, backend = %kind,
+        addr = %local_addr, workers = n,
         rcvbuf = grant.recv, sndbuf = grant.send, forced = grant.forced,
         "binding media sockets"
     );
@@ -383,7 +407,65 @@ where
         let bind = SocketAddr::new(cfg.bind.ip(), local_addr.port());
         sockets.push(io::bind_udp(bind, cfg.socket_buffers)?.0);
     }
+    start(cfg, sockets, local_addr, grant, cores, make_handler)
+}
 
+/// Start one worker per socket on sockets made elsewhere: the sockets a previous relay
+/// process handed over ([`crate::io::handover`]). `cfg.bind` and `cfg.workers` are ignored
+/// (the sockets decide); the sockets must be nonblocking UDP sockets bound to one address.
+pub fn spawn_workers_on<H, F>(
+    cfg: WorkerConfig,
+    sockets: Vec<UdpSocket>,
+    make_handler: F,
+) -> Result<Workers, WorkerError>
+where
+    H: Handler + Send + 'static,
+    F: Fn(usize) -> H,
+{
+    check_config(&cfg)?;
+    let first = sockets
+        .first()
+        .ok_or_else(|| WorkerError::Config("no sockets to run workers on".into()))?;
+    let local_addr = first
+        .local_addr()
+        .map_err(|e| IoError::os("getsockname", e))?;
+    let sref = socket2::SockRef::from(first);
+    let grant = BufferGrant {
+        recv: sref.recv_buffer_size().unwrap_or(0),
+        send: sref.send_buffer_size().unwrap_or(0),
+        forced: false,
+    };
+    tracing::info!(
+        addr = %local_addr, workers = sockets.len(),
+        rcvbuf = grant.recv, sndbuf = grant.send,
+        "running on media sockets handed over"
+    );
+    let cores = allowed_cores(&cfg);
+    start(cfg, sockets, local_addr, grant, cores, make_handler)
+}
+
+fn start<H, F>(
+    cfg: WorkerConfig,
+    sockets: Vec<UdpSocket>,
+    local_addr: SocketAddr,
+    grant: BufferGrant,
+    cores: Vec<core_affinity::CoreId>,
+    make_handler: F,
+) -> Result<Workers, WorkerError>
+where
+    H: Handler + Send + 'static,
+    F: Fn(usize) -> H,
+{
+    let n = sockets.len();
+    let (kind, fallback_reason) = io::resolve_backend(cfg.backend)?;
+    if let Some(r) = &fallback_reason {
+        tracing::warn!(reason = %r, "io_uring refused; using the mmsg backend");
+    }
+    let dups = sockets
+        .iter()
+        .map(|s| s.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IoError::os("dup(media socket)", e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let params = BackendParams {
         batch: cfg.batch,
@@ -397,8 +479,10 @@ where
         fallback_reason,
         grant,
         stop: stop.clone(),
+        handover: Arc::new(AtomicBool::new(false)),
         handles: Vec::with_capacity(n),
         stats: Vec::with_capacity(n),
+        sockets: dups,
     };
     for (i, sock) in sockets.into_iter().enumerate() {
         let stats = Arc::new(WorkerStats::default());
@@ -407,6 +491,7 @@ where
         let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
         let ready = ready_tx.clone();
         let stop = stop.clone();
+        let handover = workers.handover.clone();
         let cfg = cfg.clone();
         let auto = cfg.backend == BackendKind::Auto;
         let h = std::thread::Builder::new()
@@ -418,7 +503,16 @@ where
                     }
                 }
                 run_worker(
-                    i, sock, kind, auto, params, handler, cfg, stats, stop, ready,
+                    i,
+                    sock,
+                    kind,
+                    auto,
+                    params,
+                    handler,
+                    cfg,
+                    stats,
+                    Flags { stop, handover },
+                    ready,
                 )
             })
             .map_err(WorkerError::Spawn)?;
@@ -462,7 +556,7 @@ fn run_worker<H: Handler>(
     mut handler: H,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
-    stop: Arc<AtomicBool>,
+    flags: Flags,
     ready: mpsc::Sender<(usize, Result<BackendKind, IoError>)>,
 ) -> Result<(), IoError> {
     let slow = match &cfg.slow_path {
@@ -487,7 +581,7 @@ fn run_worker<H: Handler>(
             Ok(mut b) => {
                 let _ = ready.send((id, Ok(BackendKind::IoUring)));
                 drop(sock);
-                return run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &stop);
+                return run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags);
             }
             Err(IoError::UringRefused(r)) if auto => {
                 tracing::warn!(worker = id, reason = %r, "io_uring refused; this worker uses mmsg");
@@ -502,7 +596,7 @@ fn run_worker<H: Handler>(
     match MmsgBackend::new(sock, params) {
         Ok(mut b) => {
             let _ = ready.send((id, Ok(BackendKind::Mmsg)));
-            run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &stop)
+            run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags)
         }
         Err(e) => {
             let msg = e.to_string();
@@ -519,8 +613,9 @@ fn run_loop<B: Backend, H: Handler>(
     mut slow: Option<SlowPathClient>,
     cfg: &WorkerConfig,
     stats: &WorkerStats,
-    stop: &AtomicBool,
+    flags: &Flags,
 ) -> Result<(), IoError> {
+    let stop = &*flags.stop;
     let mut slow_q = TxQueue::with_capacity(cfg.batch);
     let mut slow_dropped_local = 0u64;
     let mut turns = 0u64;
@@ -569,6 +664,9 @@ fn run_loop<B: Backend, H: Handler>(
             stalls,
         );
     };
+    if result.is_ok() && flags.handover.load(Ordering::Acquire) {
+        finish_for_handover(id, b, h, &mut slow_q, cfg.batch);
+    }
     b.shutdown();
     publish(
         stats,
@@ -582,6 +680,50 @@ fn run_loop<B: Backend, H: Handler>(
         tracing::error!(worker = id, error = %e, "worker stopped on an I/O error");
     }
     result
+}
+
+/// The stop flags a worker watches.
+struct Flags {
+    stop: Arc<AtomicBool>,
+    /// With `stop`: the sockets now belong to a new process as well.
+    handover: Arc<AtomicBool>,
+}
+
+/// Hand-over exit: no new receive, process what the backend already holds, flush. Slow-path
+/// datagrams of this last pass are dropped (STUN and DTLS retransmit; the new process's
+/// workers answer the retransmissions).
+fn finish_for_handover<B: Backend, H: Handler>(
+    id: usize,
+    b: &mut B,
+    h: &mut H,
+    slow_q: &mut TxQueue,
+    batch: usize,
+) {
+    b.stop_receiving();
+    let now = Instant::now();
+    h.begin_batch(now);
+    let mut handed = 0;
+    // Bounded: a backend that still receives (mmsg reads inside drain) must not keep this
+    // worker alive under load; what it leaves in the socket goes to the new process.
+    for _ in 0..16 {
+        let n = b.drain(batch, |src, buf, len, tx| {
+            h.on_datagram(src, buf, len, tx, slow_q)
+        });
+        handed += n;
+        if n == 0 {
+            break;
+        }
+    }
+    h.end_batch(b.tx(), slow_q);
+    if let Err(e) = b.flush() {
+        tracing::warn!(worker = id, error = %e, "hand-over: final flush failed");
+    }
+    slow_q.clear();
+    tracing::info!(
+        worker = id,
+        datagrams = handed,
+        "worker handed its socket over"
+    );
 }
 
 fn publish(

@@ -1,0 +1,715 @@
+//! Zero-loss relay upgrade: the running relay hands its media sockets to a new relay process
+//! over a unix socket (`SCM_RIGHTS`, unix(7)), so datagrams already queued in the kernel's
+//! socket buffers are read by the new process and none is lost.
+//!
+//! Owns: the hand-over socket (`<runtime_dir>/relay-handover.sock`, mode 0600), its message
+//! format, and the `sendmsg`/`recvmsg` calls that move file descriptors (the only `unsafe`
+//! here, each block with a `// SAFETY:` comment). May not touch: workers (the caller stops and
+//! starts them), shared memory, packet contents.
+//!
+//! Transport: one `SOCK_SEQPACKET` connection per hand-over (message boundaries kept). Every
+//! message is UTF-8 text, one `key=value` per line:
+//!
+//! 1. new → old: `op=takeover` (with `shm=PATH`), or `op=info` (a query: old answers and closes).
+//! 2. old → new: `pid=`, `exe=`, `media=`, `backend=`, `workers=N`, `shm=`, `arg=` (repeated, the
+//!    old process's arguments); on a takeover the message also carries N file descriptors, the
+//!    workers' UDP sockets in worker order.
+//! 3. new → old: `op=ready` once its workers run on those sockets (both processes now read the
+//!    same sockets; each datagram is read by exactly one of them).
+//! 4. old: stops its workers after their current turn (they hand what they already received to
+//!    the engine and flush their transmit queues), then `op=done`, and exits.
+//!
+//! A failure before step 3 (the new process dies, a time-out) leaves the old relay serving: it
+//! closes the connection and keeps going.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// File name of the hand-over socket inside the runtime directory.
+pub const SOCKET_NAME: &str = "relay-handover.sock";
+/// Largest hand-over message (text part).
+const MAX_MESSAGE: usize = 16 * 1024;
+/// Most descriptors one `SCM_RIGHTS` message may carry (`SCM_MAX_FD` in the kernel).
+pub const MAX_FDS: usize = 253;
+
+/// The hand-over socket path for a runtime directory.
+pub fn socket_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join(SOCKET_NAME)
+}
+
+/// Errors of the hand-over protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("hand-over socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no relay is listening on the hand-over socket {0} (is sluice-relay running with the same runtime directory?)")]
+    NotListening(PathBuf),
+    #[error("hand-over socket {0} is in use by another live relay")]
+    InUse(PathBuf),
+    #[error("hand-over {context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("hand-over protocol: {0}")]
+    Protocol(String),
+    #[error("the old relay refused the hand-over: {0}")]
+    Refused(String),
+}
+
+fn ioe(context: &'static str) -> impl FnOnce(io::Error) -> HandoverError {
+    move |source| HandoverError::Io { context, source }
+}
+
+/// What a relay says about itself (step 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayDescription {
+    pub pid: u32,
+    /// The executable the relay runs from (for `sluicectl upgrade`; ` (deleted)` stripped).
+    pub exe: PathBuf,
+    pub media: SocketAddr,
+    pub backend: String,
+    pub workers: usize,
+    pub shm: PathBuf,
+    /// The relay's command-line arguments (without the program name).
+    pub args: Vec<String>,
+}
+
+impl RelayDescription {
+    fn encode(&self) -> String {
+        let mut s = format!(
+            "pid={}\nexe={}\nmedia={}\nbackend={}\nworkers={}\nshm={}\n",
+            self.pid,
+            self.exe.display(),
+            self.media,
+            self.backend,
+            self.workers,
+            self.shm.display()
+        );
+        for a in &self.args {
+            // Arguments with a newline cannot be carried; they never occur in relay options.
+            if !a.contains('\n') {
+                s.push_str("arg=");
+                s.push_str(a);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    fn decode(text: &str) -> Result<RelayDescription, HandoverError> {
+        let bad = |m: String| HandoverError::Protocol(m);
+        let mut pid = None;
+        let mut exe = None;
+        let mut media = None;
+        let mut backend = None;
+        let mut workers = None;
+        let mut shm = None;
+        let mut args = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| bad(format!("line without `=`: {line:?}")))?;
+            match k {
+                "pid" => pid = Some(v.parse().map_err(|_| bad(format!("bad pid {v:?}")))?),
+                "exe" => exe = Some(PathBuf::from(v)),
+                "media" => media = Some(v.parse().map_err(|_| bad(format!("bad media {v:?}")))?),
+                "backend" => backend = Some(v.to_string()),
+                "workers" => {
+                    workers = Some(v.parse().map_err(|_| bad(format!("bad workers {v:?}")))?)
+                }
+                "shm" => shm = Some(PathBuf::from(v)),
+                "arg" => args.push(v.to_string()),
+                "error" => return Err(HandoverError::Refused(v.to_string())),
+                _ => {} // later versions may add keys
+            }
+        }
+        let need = |k: &str| bad(format!("missing `{k}`"));
+        Ok(RelayDescription {
+            pid: pid.ok_or_else(|| need("pid"))?,
+            exe: exe.ok_or_else(|| need("exe"))?,
+            media: media.ok_or_else(|| need("media"))?,
+            backend: backend.ok_or_else(|| need("backend"))?,
+            workers: workers.ok_or_else(|| need("workers"))?,
+            shm: shm.ok_or_else(|| need("shm"))?,
+            args,
+        })
+    }
+}
+
+/// This process's executable, without the ` (deleted)` the kernel appends once the file was
+/// replaced on disk (which is exactly the upgrade case).
+pub fn current_exe() -> PathBuf {
+    let p = std::env::current_exe().unwrap_or_default();
+    let s = p.to_string_lossy();
+    match s.strip_suffix(" (deleted)") {
+        Some(t) => PathBuf::from(t),
+        None => p,
+    }
+}
+
+fn seqpacket() -> io::Result<Socket> {
+    Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
+}
+
+fn connect(path: &Path) -> Result<Socket, HandoverError> {
+    let s = seqpacket().map_err(ioe("socket(AF_UNIX, SOCK_SEQPACKET)"))?;
+    let addr = SockAddr::unix(path).map_err(|e| HandoverError::Socket {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    match s.connect(&addr) {
+        Ok(()) => Ok(s),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Err(HandoverError::NotListening(path.to_path_buf()))
+        }
+        Err(e) => Err(HandoverError::Socket {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn send_text(s: &Socket, text: &str) -> Result<(), HandoverError> {
+    s.send(text.as_bytes()).map_err(ioe("send"))?;
+    Ok(())
+}
+
+/// Receive one message: its text and any descriptors it carried (close-on-exec set).
+/// `Ok(None)` on end of stream.
+fn recv_message(s: &Socket) -> Result<Option<(String, Vec<OwnedFd>)>, HandoverError> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = vec![0u64; cmsg_space_words(MAX_FDS)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid value (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.len() * 8;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (→ `buf`) and `cmsg`, all alive and writable for the
+        // lengths given; the kernel writes at most those lengths.
+        let r = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(HandoverError::Io {
+                context: "recvmsg",
+                source: e,
+            });
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: `msg` was filled by a successful recvmsg; CMSG_FIRSTHDR/NXTHDR walk only the
+    // `msg_controllen` bytes the kernel reported inside `cmsg`.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is non-null and points at a complete cmsghdr inside `cmsg` (above).
+        let hdr = unsafe { &*c };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a pure size computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (hdr.cmsg_len as usize).saturating_sub(header) / size_of::<RawFd>();
+            // SAFETY: an SCM_RIGHTS payload is `count` ints right after the header.
+            let data = unsafe { libc::CMSG_DATA(c) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `i < count` stays inside this cmsg's payload; the read is unaligned
+                // because CMSG_DATA only guarantees the platform's cmsg alignment.
+                let fd = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: the kernel installed `fd` in our table for this message; nothing else
+                // owns it, so the OwnedFd becomes its only owner (and closes it on drop).
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; returns null after the last header.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(HandoverError::Protocol(
+            "descriptors truncated (too many sockets in one message)".into(),
+        ));
+    }
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    let text = String::from_utf8(buf[..n].to_vec())
+        .map_err(|_| HandoverError::Protocol("message is not UTF-8".into()))?;
+    Ok(Some((text, fds)))
+}
+
+/// Control-buffer size for `n` descriptors, in u64 words (u64 keeps cmsghdr alignment).
+fn cmsg_space_words(n: usize) -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let bytes = unsafe { libc::CMSG_SPACE((n * size_of::<RawFd>()) as u32) } as usize;
+    bytes.div_ceil(8)
+}
+
+/// Send `text` with `fds` attached (`SCM_RIGHTS`).
+fn send_with_fds(s: &Socket, text: &str, fds: &[RawFd]) -> Result<(), HandoverError> {
+    if fds.len() > MAX_FDS {
+        return Err(HandoverError::Protocol(format!(
+            "{} sockets exceed the {MAX_FDS} one message can carry",
+            fds.len()
+        )));
+    }
+    let mut cmsg = vec![0u64; cmsg_space_words(fds.len().max(1))];
+    let mut iov = libc::iovec {
+        iov_base: text.as_ptr().cast_mut().cast(),
+        iov_len: text.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        // SAFETY: pure size computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of_val(fds) as u32) } as usize;
+        // SAFETY: msg_control points at `cmsg`, at least CMSG_SPACE bytes, zeroed, so the first
+        // header exists and is writable.
+        let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: `c` is non-null (msg_controllen ≥ one header) and inside `cmsg`.
+        unsafe {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of_val(fds) as u32) as _;
+            let data = libc::CMSG_DATA(c).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(*fd);
+            }
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at `iov` (→ `text`, only read) and `cmsg`, alive for the call;
+        // the descriptors in it are open (borrowed from the caller for the duration).
+        let r = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(HandoverError::Io {
+                context: "sendmsg(SCM_RIGHTS)",
+                source: e,
+            });
+        }
+    }
+}
+
+fn op_of(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("op="))
+}
+
+fn value_of<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+/// Ask the relay listening at `path` to describe itself (no hand-over).
+pub fn query(path: &Path, timeout: Duration) -> Result<RelayDescription, HandoverError> {
+    let s = connect(path)?;
+    s.set_read_timeout(Some(timeout)).map_err(ioe("timeout"))?;
+    send_text(&s, "op=info\n")?;
+    match recv_message(&s)? {
+        Some((text, _)) => RelayDescription::decode(&text),
+        None => Err(HandoverError::Protocol("closed before answering".into())),
+    }
+}
+
+/// The old relay's end: a listening socket polled by the relay's main loop.
+pub struct HandoverListener {
+    sock: Socket,
+    path: PathBuf,
+}
+
+impl HandoverListener {
+    /// Listen at `path` (mode 0600). A stale socket file (nobody listening) is replaced; a
+    /// live one is [`HandoverError::InUse`] unless `replace` (a relay that just took over
+    /// replaces the listener of the relay it replaced, which accepts nothing any more).
+    pub fn bind(path: &Path, replace: bool) -> Result<HandoverListener, HandoverError> {
+        let sock_err = |e| HandoverError::Socket {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        if replace {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(sock_err(e)),
+            }
+        } else if path.exists() {
+            match connect(path) {
+                Ok(_) => return Err(HandoverError::InUse(path.to_path_buf())),
+                Err(HandoverError::NotListening(_)) => {
+                    std::fs::remove_file(path).map_err(sock_err)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(sock_err)?;
+        }
+        let sock = seqpacket().map_err(sock_err)?;
+        sock.bind(&SockAddr::unix(path).map_err(sock_err)?)
+            .map_err(sock_err)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
+        sock.listen(4).map_err(sock_err)?;
+        sock.set_nonblocking(true).map_err(sock_err)?;
+        Ok(HandoverListener {
+            sock,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A waiting request, if any (never blocks). `op=info` queries are answered here with
+    /// `me`; a takeover request is returned for the caller to carry out.
+    pub fn poll(&self, me: &RelayDescription) -> Option<TakeoverRequest> {
+        loop {
+            let conn = match self.sock.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "hand-over accept failed");
+                    return None;
+                }
+            };
+            if let Some(r) = serve(conn, me) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Remove the socket file (on a normal stop; not after a hand-over, when the new relay
+    /// owns the path).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(conn: Socket, me: &RelayDescription) -> Option<TakeoverRequest> {
+    let setup = conn
+        .set_nonblocking(false)
+        .and_then(|()| conn.set_read_timeout(Some(Duration::from_secs(2))));
+    if let Err(e) = setup {
+        tracing::warn!(error = %e, "hand-over connection setup failed");
+        return None;
+    }
+    let text = match recv_message(&conn) {
+        Ok(Some((t, _))) => t,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "hand-over request unreadable");
+            return None;
+        }
+    };
+    match op_of(&text) {
+        Some("info") => {
+            if let Err(e) = send_text(&conn, &me.encode()) {
+                tracing::warn!(error = %e, "hand-over info reply failed");
+            }
+            None
+        }
+        Some("takeover") => {
+            let shm = value_of(&text, "shm").map(PathBuf::from);
+            if shm.as_deref() != Some(me.shm.as_path()) {
+                let why = format!(
+                    "shared memory differs (this relay maps {}, the new one {})",
+                    me.shm.display(),
+                    shm.as_deref().unwrap_or(Path::new("?")).display()
+                );
+                tracing::warn!(reason = %why, "hand-over refused");
+                let _ = send_text(&conn, &format!("error={why}\n"));
+                return None;
+            }
+            Some(TakeoverRequest { conn })
+        }
+        other => {
+            tracing::warn!(op = ?other, "unknown hand-over request");
+            None
+        }
+    }
+}
+
+/// A new relay asking for the sockets (old side).
+pub struct TakeoverRequest {
+    conn: Socket,
+}
+
+impl TakeoverRequest {
+    /// Send our description and the workers' sockets, then wait (up to `timeout`) for the new
+    /// relay to say its workers run. `Ok(())` = stop now and call [`Self::done`].
+    pub fn offer(
+        &self,
+        me: &RelayDescription,
+        sockets: &[UdpSocket],
+        timeout: Duration,
+    ) -> Result<(), HandoverError> {
+        let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+        send_with_fds(&self.conn, &me.encode(), &fds)?;
+        self.conn
+            .set_read_timeout(Some(timeout))
+            .map_err(ioe("timeout"))?;
+        match recv_message(&self.conn)? {
+            Some((t, _)) if op_of(&t) == Some("ready") => Ok(()),
+            Some((t, _)) => Err(HandoverError::Protocol(format!(
+                "expected op=ready, got {t:?}"
+            ))),
+            None => Err(HandoverError::Protocol(
+                "the new relay closed the connection before it was ready".into(),
+            )),
+        }
+    }
+
+    /// Tell the new relay our workers stopped (step 4).
+    pub fn done(self) {
+        if let Err(e) = send_text(&self.conn, "op=done\n") {
+            tracing::warn!(error = %e, "hand-over done message failed");
+        }
+    }
+}
+
+/// The new relay's end: the old relay's sockets, received.
+pub struct Takeover {
+    conn: Socket,
+    /// What the old relay said about itself.
+    pub old: RelayDescription,
+    /// One UDP socket per old worker, in worker order (nonblocking, close-on-exec).
+    pub sockets: Vec<UdpSocket>,
+}
+
+impl Takeover {
+    /// Connect to the relay at `path` and receive its sockets. `shm` must be the file the old
+    /// relay maps (a relay never takes over a relay of another instance).
+    pub fn connect(path: &Path, shm: &Path, timeout: Duration) -> Result<Takeover, HandoverError> {
+        let conn = connect(path)?;
+        conn.set_read_timeout(Some(timeout))
+            .map_err(ioe("timeout"))?;
+        send_text(
+            &conn,
+            &format!(
+                "op=takeover\nshm={}\npid={}\n",
+                shm.display(),
+                std::process::id()
+            ),
+        )?;
+        let (text, fds) = recv_message(&conn)?
+            .ok_or_else(|| HandoverError::Protocol("closed before sending sockets".into()))?;
+        let old = RelayDescription::decode(&text)?;
+        if fds.len() != old.workers || fds.is_empty() {
+            return Err(HandoverError::Protocol(format!(
+                "expected {} sockets, received {}",
+                old.workers,
+                fds.len()
+            )));
+        }
+        let mut sockets = Vec::with_capacity(fds.len());
+        for fd in fds {
+            let s = Socket::from(fd);
+            match s.r#type() {
+                Ok(t) if t == Type::DGRAM => {}
+                Ok(_) => {
+                    return Err(HandoverError::Protocol(
+                        "a received socket is not UDP".into(),
+                    ))
+                }
+                Err(e) => {
+                    return Err(HandoverError::Io {
+                        context: "getsockopt(SO_TYPE)",
+                        source: e,
+                    })
+                }
+            }
+            s.set_nonblocking(true).map_err(ioe("fcntl(O_NONBLOCK)"))?;
+            sockets.push(UdpSocket::from(s));
+        }
+        Ok(Takeover { conn, old, sockets })
+    }
+
+    /// Tell the old relay our workers run on its sockets, then wait (up to `timeout`) until
+    /// its workers stopped. End of stream counts as done (the old process is gone).
+    pub fn ready_and_wait(self, timeout: Duration) -> Result<(), HandoverError> {
+        send_text(&self.conn, "op=ready\n")?;
+        self.conn
+            .set_read_timeout(Some(timeout))
+            .map_err(ioe("timeout"))?;
+        match recv_message(&self.conn) {
+            Ok(Some((t, _))) if op_of(&t) == Some("done") => Ok(()),
+            Ok(Some((t, _))) => Err(HandoverError::Protocol(format!(
+                "expected op=done, got {t:?}"
+            ))),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    fn me(shm: &Path, workers: usize, media: SocketAddr) -> RelayDescription {
+        RelayDescription {
+            pid: std::process::id(),
+            exe: current_exe(),
+            media,
+            backend: "mmsg".into(),
+            workers,
+            shm: shm.to_path_buf(),
+            args: vec!["--bind".into(), media.to_string(), "--x=a=b".into()],
+        }
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-ho-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn description_roundtrip_and_errors() {
+        let d = me(
+            Path::new("/dev/shm/x"),
+            3,
+            "127.0.0.1:5000".parse().unwrap(),
+        );
+        assert_eq!(RelayDescription::decode(&d.encode()).unwrap(), d);
+        assert!(matches!(
+            RelayDescription::decode("pid=1\n"),
+            Err(HandoverError::Protocol(_))
+        ));
+        assert!(matches!(
+            RelayDescription::decode("pid=x\n"),
+            Err(HandoverError::Protocol(_))
+        ));
+        assert!(matches!(
+            RelayDescription::decode("error=no\n"),
+            Err(HandoverError::Refused(_))
+        ));
+        assert!(RelayDescription::decode("garbage").is_err());
+    }
+
+    /// Two sockets cross the unix socket; a datagram queued in the kernel before the
+    /// hand-over is read from the received descriptor.
+    #[test]
+    fn sockets_pass_with_queued_datagrams() {
+        let dir = tmp("pass");
+        let path = socket_path(&dir);
+        let shm = dir.join("shm");
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let desc = me(&shm, 2, a.local_addr().unwrap());
+        let listener = HandoverListener::bind(&path, false).unwrap();
+        // A second listener on a live path is refused.
+        assert!(matches!(
+            HandoverListener::bind(&path, false),
+            Err(HandoverError::InUse(_))
+        ));
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(b"queued", a.local_addr().unwrap()).unwrap();
+
+        let desc2 = desc.clone();
+        let shm2 = shm.clone();
+        let path2 = path.clone();
+        let newer = std::thread::spawn(move || {
+            let info = query(&path2, Duration::from_secs(2)).unwrap();
+            assert_eq!(info, desc2);
+            let t = Takeover::connect(&path2, &shm2, Duration::from_secs(5)).unwrap();
+            assert_eq!(t.sockets.len(), 2);
+            let mut buf = [0u8; 16];
+            t.sockets[0]
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            // The received socket shares the file description (nonblocking): poll it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            let n = loop {
+                match t.sockets[0].recv_from(&mut buf) {
+                    Ok((n, _)) => break n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        assert!(std::time::Instant::now() < deadline);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            assert_eq!(&buf[..n], b"queued");
+            let local = t.sockets[1].local_addr().unwrap();
+            t.ready_and_wait(Duration::from_secs(5)).unwrap();
+            local
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let req = loop {
+            if let Some(r) = listener.poll(&desc) {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "no takeover request");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        req.offer(&desc, &[a, b.try_clone().unwrap()], Duration::from_secs(5))
+            .unwrap();
+        req.done();
+        assert_eq!(newer.join().unwrap(), b.local_addr().unwrap());
+        listener.remove();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn takeover_of_another_instance_is_refused() {
+        let dir = tmp("refuse");
+        let path = socket_path(&dir);
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let desc = me(&dir.join("shm-a"), 1, a.local_addr().unwrap());
+        let listener = HandoverListener::bind(&path, false).unwrap();
+        let path2 = path.clone();
+        let other = dir.join("shm-b");
+        let newer =
+            std::thread::spawn(move || Takeover::connect(&path2, &other, Duration::from_secs(5)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            assert!(listener.poll(&desc).is_none());
+            std::thread::sleep(Duration::from_millis(5));
+            if newer.is_finished() {
+                break;
+            }
+        }
+        assert!(matches!(
+            newer.join().unwrap(),
+            Err(HandoverError::Refused(_))
+        ));
+        // Nobody listening: a clear error.
+        drop(listener);
+        assert!(matches!(
+            Takeover::connect(&path, &dir.join("shm-a"), Duration::from_secs(1)),
+            Err(HandoverError::NotListening(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
