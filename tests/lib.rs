@@ -2,6 +2,8 @@
 //! and a `sluice-relay` child process.
 #![deny(unsafe_code)]
 
+pub mod procs;
+
 use relay::batch::MAX_DATAGRAM;
 use relay::shm::{Role, SessionRecord};
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};

@@ -21,7 +21,7 @@ use relay::config::Config;
 use relay::engine::{Engine, EngineConfig};
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendKind, SocketBuffers};
-use relay::shm::ShmReader;
+use relay::shm::{ShmError, ShmReader};
 use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,13 +93,24 @@ fn sd_notify(msg: &str) {
     }
 }
 
-/// Map the shm file, waiting for control to create it.
+/// Map the shm file, waiting for control to create it (a missing, uninitialised or short
+/// file); a foreign, other-version or world-readable file is refused at once.
 fn open_shm(path: &Path, wait: u64, stop: &AtomicBool) -> Result<ShmReader, String> {
     let start = Instant::now();
     let mut last_note: Option<Instant> = None;
     loop {
         match ShmReader::open(path) {
             Ok(r) => return Ok(r),
+            // A file of another release, of another program, or readable by others is not
+            // going to fix itself: refuse at once (control re-creating it is a restart away).
+            Err(
+                e @ (ShmError::BadMagic { .. }
+                | ShmError::Version { .. }
+                | ShmError::Layout { .. }
+                | ShmError::Mode { .. }),
+            ) => {
+                return Err(format!("refusing shared memory {}: {e}", path.display()));
+            }
             Err(e) => {
                 if wait != 0 && start.elapsed() >= Duration::from_secs(wait) {
                     return Err(format!(
