@@ -368,7 +368,13 @@ impl HandoverListener {
             }
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(sock_err)?;
+            // Owner-only, like the runtime directory control creates.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(sock_err)?;
         }
         let sock = seqpacket().map_err(sock_err)?;
         sock.bind(&SockAddr::unix(path).map_err(sock_err)?)
