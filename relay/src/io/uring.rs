@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
-use super::sys::{run_at, sockaddr_to_std, SendSlot};
+use super::sys::{sockaddr_to_std, TxPlan};
 use super::{Backend, BackendKind, BackendParams, IoCounters, IoError, SocketBuffers};
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 
@@ -121,7 +121,7 @@ impl Drop for BufRing {
 /// One transmit queue with the send descriptors pointing into it.
 struct TxSet {
     q: TxQueue,
-    slots: Box<[SendSlot]>,
+    plan: TxPlan,
     /// Send SQEs whose CQE has not come back.
     inflight: u32,
 }
@@ -207,7 +207,7 @@ impl UringBackend {
         let sets = (0..TX_SETS)
             .map(|_| TxSet {
                 q: TxQueue::with_capacity(cap),
-                slots: SendSlot::new_boxed(cap),
+                plan: TxPlan::new(cap),
                 inflight: 0,
             })
             .collect();
@@ -348,7 +348,7 @@ impl UringBackend {
         let Some(set) = self.sets.get_mut(si) else {
             return;
         };
-        let Some(s) = set.slots.get(slot) else {
+        let Some(s) = set.plan.slots[..set.plan.len].get(slot) else {
             return;
         };
         if res >= 0 {
@@ -415,24 +415,15 @@ impl UringBackend {
             return Ok(());
         }
         let set = &mut self.sets[si];
-        let total = set.q.len();
-        let mut i = 0;
-        let mut n = 0u32;
-        while i < total {
-            let (end, seg) = run_at(set.q.metas(), i, self.gso);
-            let slot = &mut set.slots[n as usize];
-            if slot.fill(&set.q, i, end, seg, self.v6) {
-                let e = opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
-                    .build()
-                    .user_data(TAG_SEND | ((si as u64) << 32) | n as u64);
-                // SAFETY: the slot and the queue's arena belong to this set, which is not
-                // touched again until all of its `inflight` CQEs are reaped (on_send).
-                unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
-                n += 1;
-            } else {
-                self.counters.tx_unroutable += (end - i) as u64;
-            }
-            i = end;
+        self.counters.tx_unroutable += set.plan.build(&set.q, self.gso, self.v6);
+        let n = set.plan.len as u32;
+        for (k, slot) in set.plan.slots[..set.plan.len].iter().enumerate() {
+            let e = opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
+                .build()
+                .user_data(TAG_SEND | ((si as u64) << 32) | k as u64);
+            // SAFETY: the slot, the plan's iovecs and the queue's arena belong to this set,
+            // which is not touched again until all of its `inflight` CQEs are reaped (on_send).
+            unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
         }
         set.inflight = n;
         if n == 0 {
