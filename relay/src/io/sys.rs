@@ -307,6 +307,45 @@ impl TxPlan {
         }
         unroutable
     }
+
+    /// Send the datagrams of slot `k` (a GSO train the kernel refused) one `sendto` each, so
+    /// the train is not lost. Blocking-free (the socket is nonblocking); returns (datagrams
+    /// sent, bytes sent, datagrams failed). Only for the rare fallback, never the hot path.
+    pub fn send_slot_singly(&self, fd: libc::c_int, q: &TxQueue, k: usize) -> (u64, u64, u64) {
+        let Some(slot) = self.slots[..self.len].get(k) else {
+            return (0, 0, 0);
+        };
+        let metas = q.metas();
+        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let first = slot.first as usize;
+        let end = (first + slot.segs as usize).min(self.order.len());
+        for &i in &self.order[first.min(end)..end] {
+            let Some(m) = metas.get(i as usize) else {
+                failed += 1;
+                continue;
+            };
+            let data = &q.arena()[m.offset as usize..(m.offset + m.len) as usize];
+            // SAFETY: `data` and the slot's sockaddr (msg_namelen bytes written by `cut`) are
+            // live for this synchronous call; the kernel only reads them.
+            let r = unsafe {
+                libc::sendto(
+                    fd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&slot.addr as *const libc::sockaddr_storage).cast(),
+                    slot.hdr.msg_namelen,
+                )
+            };
+            if r >= 0 {
+                sent += 1;
+                bytes += r as u64;
+            } else {
+                failed += 1;
+            }
+        }
+        (sent, bytes, failed)
+    }
 }
 
 /// Control buffer big enough for one `UDP_SEGMENT` cmsg, aligned like `cmsghdr`.

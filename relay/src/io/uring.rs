@@ -359,16 +359,25 @@ impl UringBackend {
             }
         } else {
             let errno = -res;
-            if (errno == libc::EIO || errno == libc::EINVAL) && s.segs > 1 && self.gso {
-                tracing::warn!(
-                    errno,
-                    "UDP GSO refused; sending datagrams singly from now on"
-                );
-                self.gso = false;
+            if (errno == libc::EIO || errno == libc::EINVAL) && s.segs > 1 {
+                if self.gso {
+                    tracing::warn!(
+                        errno,
+                        "UDP GSO refused; sending datagrams singly from now on"
+                    );
+                    self.gso = false;
+                }
+                // Resend this train singly rather than lose it (the set is still ours to
+                // read: its queue is cleared only after the last CQE below).
+                let (sent, bytes, failed) = set.plan.send_slot_singly(self.fd, &set.q, slot);
+                self.counters.syscalls += sent + failed;
+                self.counters.tx_packets += sent;
+                self.counters.tx_bytes += bytes;
+                self.counters.tx_errors += failed;
             } else {
                 tracing::debug!(errno, "io_uring sendmsg");
+                self.counters.tx_errors += s.segs as u64;
             }
-            self.counters.tx_errors += s.segs as u64;
         }
         set.inflight = set.inflight.saturating_sub(1);
         if set.inflight == 0 {
