@@ -149,6 +149,49 @@ fn refused(what: &str, e: io::Error) -> IoError {
     IoError::UringRefused(format!("{what}: {e}"))
 }
 
+/// Ring set-up flavours, most specific first. `SLUICE_URING_SETUP` (`defer`, `coop` or
+/// `plain`) starts the list further down, for A/B measurements (docs/IO.md); each flavour the
+/// kernel refuses falls through to the next.
+///
+/// - `defer`: `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1): completion
+///   work runs only inside our `io_uring_enter(GETEVENTS)`, in one go, instead of
+///   interrupting the worker whenever a datagram lands.
+/// - `coop`: `SINGLE_ISSUER | COOP_TASKRUN` (5.19): no IPI to tell us about task work.
+/// - `plain`: neither.
+fn build_ring(sq: u32, cq: u32) -> Result<(IoUring, &'static str), IoError> {
+    let start = match std::env::var("SLUICE_URING_SETUP").as_deref() {
+        Ok("plain") => 2,
+        Ok("coop") => 1,
+        _ => 0,
+    };
+    let mut last = None;
+    for (i, name) in ["defer", "coop", "plain"]
+        .into_iter()
+        .enumerate()
+        .skip(start)
+    {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq);
+        match i {
+            0 => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            1 => {
+                b.setup_single_issuer().setup_coop_taskrun();
+            }
+            _ => {}
+        }
+        match b.build(sq) {
+            Ok(r) => return Ok((r, name)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(refused(
+        "io_uring_setup",
+        last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOSYS)),
+    ))
+}
+
 impl UringBackend {
     /// Set up a ring for `sock` (nonblocking UDP from [`super::bind_udp`]). Refusals by the
     /// kernel or a sandbox come back as [`IoError::UringRefused`].
@@ -162,13 +205,8 @@ impl UringBackend {
         let entries = params.recv_buffers.clamp(2, 32768).next_power_of_two() as u16;
         let sq = (cap + 8).next_power_of_two() as u32;
         let cq = (sq * 4).max(entries as u32 * 2);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .setup_cqsize(cq)
-            .build(sq)
-            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
-            .map_err(|e| refused("io_uring_setup", e))?;
+        let (ring, setup) = build_ring(sq, cq)?;
+        tracing::debug!(setup, sq, cq, entries, "io_uring ring");
         let mut probe = Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
