@@ -18,6 +18,7 @@
 #   SC_RATE    offered pps of that run [20000]
 #   RTPENGINE  1 = also run rtpengine (userspace, one thread) at fan-out 1 [1 if installed]
 #   CPU_RATE   offered pps of the packets-per-CPU-second comparison [20000]
+#   SLUICE_URING_SETUP  io_uring ring flavour: defer, coop or plain [coop]
 # JSON reports go to OUTDIR (default: a new temp dir); the table is printed at the end and
 # written to OUTDIR/table.md. Compare numbers within one run only: the machine is shared.
 set -euo pipefail
@@ -36,6 +37,8 @@ SYSCALLS=${SYSCALLS:-1}
 SC_RATE=${SC_RATE:-20000}
 CPU_RATE=${CPU_RATE:-20000}
 if command -v rtpengine >/dev/null; then RTPENGINE=${RTPENGINE:-1}; else RTPENGINE=0; fi
+# The io_uring ring flavour (relay/src/io/uring.rs build_ring); inherited by the relay.
+export SLUICE_URING_SETUP=${SLUICE_URING_SETUP:-coop}
 OUT=${1:-$(mktemp -d /tmp/sluice-bench-compare.XXXXXX)}
 mkdir -p "$OUT"
 B="$BIN/sluice-bench"
@@ -84,10 +87,13 @@ done
 # ---- the relay ------------------------------------------------------------------------
 start_relay() { # backend workers
     RT=$(mktemp -d /tmp/sluice-bench-rt.XXXXXX)
+    # A free port chosen here: with port 0 the admin API would report port 0.
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     cat >"$RT/sluice.toml" <<EOF
 runtime_dir = "$RT"
 [relay]
-bind = "127.0.0.1:0"
+bind = "127.0.0.1:$port"
 workers = $2
 backend = "$1"
 recv_buffer_bytes = 8388608
@@ -107,7 +113,7 @@ EOF
     UP_PID=$!
     export SLUICE_RUNTIME_DIR="$RT"
     for _ in $(seq 100); do
-        if [[ -s "$RT/control.json" ]] && "$B" run --duration 0.2 --rate 100 --quiet >/dev/null 2>&1; then
+        if [[ -s "$RT/control.json" ]] && "$B" run --duration 0.3 --rate 200 --max-loss 50 --quiet >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.2
