@@ -149,9 +149,11 @@ fn refused(what: &str, e: io::Error) -> IoError {
     IoError::UringRefused(format!("{what}: {e}"))
 }
 
-/// Ring set-up flavours, most specific first. `SLUICE_URING_SETUP` (`defer`, `coop` or
-/// `plain`) starts the list further down, for A/B measurements (docs/IO.md); each flavour the
-/// kernel refuses falls through to the next.
+/// Ring set-up flavours. The default starts at `coop`; `SLUICE_URING_SETUP` (`defer`,
+/// `coop` or `plain`) picks where the list starts, for A/B measurements (docs/IO.md); each
+/// flavour the kernel refuses falls through to the next. `defer` is not the default because
+/// it measured no faster here and made more `io_uring_enter` calls per packet (0.28 against
+/// 0.20 with 8 datagrams in flight; docs/BENCHMARKS.md).
 ///
 /// - `defer`: `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1): completion
 ///   work runs only inside our `io_uring_enter(GETEVENTS)`, in one go, instead of
@@ -161,8 +163,8 @@ fn refused(what: &str, e: io::Error) -> IoError {
 fn build_ring(sq: u32, cq: u32) -> Result<(IoUring, &'static str), IoError> {
     let start = match std::env::var("SLUICE_URING_SETUP").as_deref() {
         Ok("plain") => 2,
-        Ok("coop") => 1,
-        _ => 0,
+        Ok("defer") => 0,
+        _ => 1,
     };
     let mut last = None;
     for (i, name) in ["defer", "coop", "plain"]
