@@ -1,0 +1,1 @@
+//! `sluicectl up` end to end.
