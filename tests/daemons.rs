@@ -955,3 +955,97 @@ pub fn parse_prometheus(text: &str) -> Result<Exposition, String> {
     }
     Ok(ex)
 }
+
+/// A running `sluicectl up --config FILE` and the endpoints it printed.
+pub struct Up {
+    pub proc_: Proc,
+    /// `admin_url`, `media_addr`, `public_url`, `metrics_url` as printed.
+    pub endpoints: BTreeMap<String, String>,
+    /// Everything `up` printed on stdout.
+    pub stdout: String,
+    /// The daemons `up` started (control from `control.json`, relay from `/v1/status`).
+    pub control_pid: u32,
+    pub relay_pid: u32,
+}
+
+impl Up {
+    /// Start `sluicectl up --config` for `app` and wait for the endpoint table.
+    pub fn start(app: &Appliance) -> Up {
+        let mut c = app.command("sluicectl");
+        c.arg("up").arg("--config").arg(&app.config);
+        let mut p = Proc::spawn("sluicectl-up", c, app.dir.path(), Stdio::piped());
+        let out = p.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut stdout = String::new();
+        let mut endpoints = BTreeMap::new();
+        while !endpoints.contains_key("metrics_url") {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) => {
+                    stdout.push_str(&l);
+                    stdout.push('\n');
+                    let mut w = l.split_whitespace();
+                    if let (Some(k), Some(v), None) = (w.next(), w.next(), w.next()) {
+                        endpoints.insert(k.to_string(), v.to_string());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(st) = p.poll() {
+                        panic!("sluicectl up exited early ({st})\n{}", p.log_text());
+                    }
+                    assert!(
+                        p.started.elapsed() < START_TIMEOUT,
+                        "sluicectl up printed no endpoints: {stdout}\n{}",
+                        p.log_text()
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let st = p.wait(Duration::from_secs(5));
+                    panic!(
+                        "sluicectl up closed stdout ({st:?}): {stdout}\n{}",
+                        p.log_text()
+                    );
+                }
+            }
+        }
+        let control_pid = app.runtime_info().expect("control.json").pid;
+        p.also_kill.push(control_pid);
+        let status = app.ctl_json(&["status"]);
+        let relay_pid = status["relay"]["pid"]
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .unwrap_or_else(|| panic!("status names no relay pid: {status}"));
+        p.also_kill.push(relay_pid);
+        Up {
+            proc_: p,
+            endpoints,
+            stdout,
+            control_pid,
+            relay_pid,
+        }
+    }
+
+    /// Send `sig` to `up`; assert it exits 0 and that both daemons are gone (no orphans).
+    pub fn stop(mut self, sig: rustix::process::Signal) {
+        self.proc_.signal(sig);
+        let st = self.proc_.wait(Duration::from_secs(20));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "sluicectl up after {sig:?}: {st:?}\n{}",
+            self.proc_.log_text()
+        );
+        for (name, pid) in [("control", self.control_pid), ("relay", self.relay_pid)] {
+            assert!(
+                wait_pid_gone(pid, Duration::from_secs(5)),
+                "{name} (pid {pid}) still running after `up` stopped"
+            );
+        }
+        let log = std::fs::read_to_string(&self.proc_.log).unwrap_or_default();
+        assert!(log.contains("sluicectl: stopping"), "{log}");
+    }
+}
