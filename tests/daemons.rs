@@ -1049,3 +1049,60 @@ impl Up {
         assert!(log.contains("sluicectl: stopping"), "{log}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "# HELP a_total Things.\n# TYPE a_total counter\na_total{worker=\"0\"} 1\n\
+        a_total{worker=\"1\",reason=\"x\\\"y\\\\z\\n\"} 2 1700000000000\n\
+        # TYPE h histogram\nh_bucket{le=\"0.1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.3\nh_count 2\n\
+        # TYPE g gauge\ng NaN\n";
+
+    #[test]
+    fn accepts_valid_text() {
+        let e = parse_prometheus(GOOD).unwrap();
+        assert_eq!(e.types["h"], "histogram");
+        assert_eq!(e.value("a_total", &[("worker", "0")]), Some(1.0));
+        assert_eq!(
+            e.samples[1].labels["reason"], "x\"y\\z\n",
+            "escapes decoded"
+        );
+        assert_eq!(e.value("h_count", &[]), Some(2.0));
+        assert!(e.value("g", &[]).unwrap().is_nan());
+    }
+
+    #[test]
+    fn rejects_malformed_text() {
+        let bad = [
+            ("a 1", "newline"),
+            ("a 1\n", "without a TYPE"),
+            ("# TYPE a counter\n# TYPE a counter\na 1\n", "second TYPE"),
+            ("# TYPE a blob\na 1\n", "unknown type"),
+            ("# TYPE a counter\na{x=\"1\"} one\n", "bad sample value"),
+            ("# TYPE a counter\na{x=1} 1\n", "not quoted"),
+            ("# TYPE a counter\na{x=\"1\",x=\"2\"} 1\n", "repeated"),
+            (
+                "# TYPE a counter\na{x=\"1\"} 1\na{x=\"1\"} 2\n",
+                "duplicate",
+            ),
+            ("# TYPE a counter\na{1x=\"1\"} 1\n", "bad label name"),
+            ("# TYPE a counter\na{x=\"\\t\"} 1\n", "bad escape"),
+            ("# TYPE a counter\na 1 2 3\n", "trailing"),
+            ("# TYPE a counter\na  1\n", "bad sample value"),
+            (
+                "# TYPE a counter\n# TYPE b gauge\na 1\n",
+                "outside its group",
+            ),
+            (
+                "# TYPE a counter\na 1\n# TYPE b gauge\nb 1\n# HELP a late\n",
+                "after its group ended",
+            ),
+            ("# TYPE 1a counter\n", "bad metric name"),
+        ];
+        for (text, want) in bad {
+            let err = parse_prometheus(text).expect_err(text);
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}
