@@ -50,6 +50,26 @@ fn add_session(
         .unwrap_or_else(|_| panic!("session add printed {out:?}, not an id alone"))
 }
 
+/// Wait until control's `/metrics` shows the relay's slow-path connection (the relay
+/// reconnects by itself after a control restart).
+fn wait_slow_path(app: &Appliance, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let url = app.runtime_info().expect("control.json").metrics_url;
+        let (code, body) = http_get(&url, None);
+        assert_eq!(code, 200, "{body}");
+        let m = parse_prometheus(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+        if m.value("sluice_control_slow_path_connections", &[]) >= Some(1.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the relay never reconnected its slow path to control"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Wait until the receiver has everything sent so far, then assert that every counter in
 /// `[from, sent)` arrived exactly once. Returns the last counter checked.
 fn assert_no_gap(st: &SrtpStream, from: u64, what: &str) -> u64 {
@@ -142,6 +162,7 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
             "sessions after {how}"
         );
         assert_eq!(ids(&app.ctl_json(&["routes"])), [r], "routes after {how}");
+        wait_slow_path(&app, how);
         let up = st.sent();
         assert!(st.wait_counter(up + 50, WAIT), "media after {how}");
         let (arrivals, _) = st.snapshot();
@@ -218,7 +239,32 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_no_gap(&st, resumed.counter, "after the relay restart");
+    let upto = assert_no_gap(&st, resumed.counter, "after the relay restart");
+
+    // 4. Both down: control killed, then the relay killed and restarted while control is
+    //    still down. The relay needs only the shm file; control comes back to it later.
+    app.control.take().expect("control").kill9();
+    app.relay.take().expect("relay").kill9();
+    let spawned = app.start_relay();
+    let at_spawn = st.sent();
+    assert!(
+        st.wait_counter(at_spawn + 50, WAIT),
+        "a relay restarted without control did not forward\n{}",
+        app.relay.as_ref().map(Proc::log_text).unwrap_or_default()
+    );
+    let (arrivals, _) = st.snapshot();
+    let resumed = arrivals
+        .iter()
+        .find(|a| a.at > spawned && a.counter > upto)
+        .expect("a packet after the restart");
+    eprintln!(
+        "e2e: relay restart with control down: first forwarded packet {:?} after spawn",
+        resumed.at - spawned
+    );
+    app.start_control();
+    assert_eq!(ids(&app.ctl_json(&["sessions"])), [a, b]);
+    wait_slow_path(&app, "control after relay");
+    assert_no_gap(&st, resumed.counter, "relay and control restarted");
     st.stop();
 
     app.relay.as_mut().expect("relay").terminate();
