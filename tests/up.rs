@@ -70,6 +70,12 @@ fn up_status_metrics_and_sigterm() {
         m.samples.len()
     );
 
+    // A second `up` on the same runtime directory refuses to start.
+    let o = app.ctl(&["up", "--config", app.config.to_str().expect("UTF-8 path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("control is already running"), "{err}");
+
     up.stop(Signal::TERM);
     assert!(
         app.runtime_info().is_none(),
@@ -154,4 +160,27 @@ fn bench_smoke_against_up_then_sigint() {
     assert_eq!(rt.as_array().map(Vec::len), Some(0), "{rt}");
 
     up.stop(Signal::INT);
+}
+
+#[test]
+fn up_stops_the_relay_when_control_dies() {
+    let app = Appliance::new("up-dies", "mmsg", RuntimeDir::FromXdg);
+    let mut up = Up::start(&app);
+    signal_pid(up.control_pid, Signal::KILL);
+    let st = up.proc_.wait(Duration::from_secs(20));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(1),
+        "`up` after its control died\n{}",
+        up.proc_.log_text()
+    );
+    let log = std::fs::read_to_string(&up.proc_.log).unwrap_or_default();
+    assert!(
+        log.contains("sluice-control exited unexpectedly (signal 9)"),
+        "{log}"
+    );
+    assert!(
+        wait_pid_gone(up.relay_pid, Duration::from_secs(5)),
+        "relay left running after `up` gave up"
+    );
 }
