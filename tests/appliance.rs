@@ -140,8 +140,45 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
     );
     let first = st.snapshot().0[0].counter;
 
+    // The human tables, against the real API's documents.
+    let table = app.ctl_ok(&["stats"]);
+    let total: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .unwrap_or_else(|| panic!("no total row: {table}"))
+        .split_whitespace()
+        .collect();
+    assert!(
+        total[1..5]
+            .iter()
+            .all(|c| c.parse::<u64>().is_ok_and(|n| n > 0)),
+        "RX/TX columns of `sluicectl stats`: {table}"
+    );
+    let table = app.ctl_ok(&["sessions"]);
+    for (id, role) in [(a, "speaker"), (b, "viewer")] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{id} "))
+                    && l.contains(profile.name())
+                    && l.contains(role)),
+            "{table}"
+        );
+    }
+    let table = app.ctl_ok(&["routes"]);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c[..4] == [r.to_string(), a.to_string(), "-".into(), b.to_string()]
+        }),
+        "{table}"
+    );
+
     // 1. Control restarts, clean and hard, while the sender keeps sending.
     for (how, sig) in [("SIGTERM", Signal::TERM), ("SIGKILL", Signal::KILL)] {
+        let rx_before = app.ctl_json(&["stats"])["totals"]["packets_in"]
+            .as_u64()
+            .expect("stats totals");
         let t0 = Instant::now();
         let mut c = app.control.take().expect("control running");
         if sig == Signal::TERM {
@@ -163,6 +200,14 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
         );
         assert_eq!(ids(&app.ctl_json(&["routes"])), [r], "routes after {how}");
         wait_slow_path(&app, how);
+        // The relay's counters live in shm: a new control reads on from where they were.
+        let rx_after = app.ctl_json(&["stats"])["totals"]["packets_in"]
+            .as_u64()
+            .expect("stats totals");
+        assert!(
+            rx_after > rx_before,
+            "{how}: packets_in went from {rx_before} to {rx_after}"
+        );
         let up = st.sent();
         assert!(st.wait_counter(up + 50, WAIT), "media after {how}");
         let (arrivals, _) = st.snapshot();
@@ -269,6 +314,42 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
 
     app.relay.as_mut().expect("relay").terminate();
     app.control.as_mut().expect("control").terminate();
+
+    // The audit log kept every admin action across the restarts, one JSON line each, with
+    // neither keys nor clear peer addresses.
+    let audit = std::fs::read_to_string(app.dir.path().join("audit/audit.log")).expect("audit log");
+    let actions: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}"));
+            assert_eq!(v["actor"], "admin", "{l}");
+            assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{l}");
+            v["action"].as_str().expect("action").to_string()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "session.create",
+            "session.create",
+            "route.create",
+            "session.rekey"
+        ],
+        "{audit}"
+    );
+    for secret in [
+        st.pub_key.to_base64(),
+        st.sub_key.to_base64(),
+        new_key.to_base64(),
+        st.sender_addr.to_string(),
+        st.receiver_addr.to_string(),
+    ] {
+        assert!(
+            !audit.contains(&secret),
+            "audit log holds {secret}: {audit}"
+        );
+    }
 }
 
 fn stderr(o: &std::process::Output) -> String {
