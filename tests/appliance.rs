@@ -487,6 +487,17 @@ fn cli_error_paths_against_real_control() {
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("401"), "{}", stderr(&o));
 
+    // Draining: existing state stays, new sessions are refused with control's reason.
+    let out = app.ctl_ok(&["drain"]);
+    assert!(out.contains("draining"), "{out}");
+    assert_eq!(app.ctl_json(&["status"])["draining"], true);
+    run(
+        &app,
+        add("AEAD_AES_128_GCM", &gcm, &gcm),
+        4,
+        "409 on POST /v1/sessions: control is draining",
+    );
+
     // Control stopped cleanly: no runtime file, "not running", exit 3.
     app.control.as_mut().expect("control").terminate();
     run(
