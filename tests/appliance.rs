@@ -516,3 +516,92 @@ fn cli_error_paths_against_real_control() {
         "control is not reachable",
     );
 }
+
+#[test]
+fn ipv6_peers_and_unix_socket_admin() {
+    let ip6: std::net::IpAddr = "::1".parse().expect("IPv6 loopback");
+    let mut app = Appliance::with("ipv6-unix", "mmsg", RuntimeDir::InConfig, ip6, true);
+    let info = app.start_control();
+    assert!(info.admin_url.starts_with("unix:/"), "{}", info.admin_url);
+    app.start_relay();
+    let s = app.ctl_json(&["status"]);
+    assert_eq!(
+        s["media_addr"].as_str(),
+        Some(app.media.to_string().as_str())
+    );
+
+    let profile = Profile::Aes256CmSha1_32;
+    let mut st = SrtpStream::on(ip6, profile, 606, 16);
+    let unused = |seed| test_key(profile, seed).to_base64();
+    let sender = st.sender_addr.to_string();
+    assert!(sender.starts_with("[::1]:"), "{sender}");
+    let a = add_session(
+        &app,
+        &sender,
+        profile,
+        &st.pub_key.to_base64(),
+        &unused(1),
+        "host",
+    );
+    let b = add_session(
+        &app,
+        &st.receiver_addr.to_string(),
+        profile,
+        &unused(2),
+        &st.sub_key.to_base64(),
+        "viewer",
+    );
+    let sessions = app.ctl_json(&["sessions"]);
+    assert_eq!(sessions[0]["peer"].as_str(), Some(sender.as_str()));
+    app.ctl_ok(&[
+        "route",
+        "add",
+        "--from",
+        &a.to_string(),
+        "--to",
+        &b.to_string(),
+    ]);
+    st.start(app.media, PERIOD);
+    assert!(
+        st.wait_counter(100, WAIT),
+        "no IPv6 media through the relay"
+    );
+    let first = st.snapshot().0[0].counter;
+    assert_no_gap(&st, first, "IPv6");
+    st.stop();
+
+    // The bench, over the unix admin socket and IPv6 media, found by itself.
+    let report = app.dir.path().join("bench.json");
+    let mut c = app.command("sluice-bench");
+    c.args(["run", "--publishers", "1", "--fanout", "2", "--rate", "200"])
+        .args([
+            "--duration",
+            "1",
+            "--bind",
+            "::1",
+            "--profile",
+            "AEAD_AES_256_GCM",
+        ])
+        .args(["--quiet", "--json"])
+        .arg(&report);
+    let mut bench = Proc::spawn(
+        "sluice-bench",
+        c,
+        app.dir.path(),
+        std::process::Stdio::null(),
+    );
+    let code = bench.wait(Duration::from_secs(60));
+    assert!(
+        code.is_some_and(|c| c.success()),
+        "sluice-bench: {code:?}\n{}",
+        bench.log_text()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let r = &v["result"];
+    assert!(r["expected"].as_u64().is_some_and(|n| n >= 200), "{r}");
+    assert_eq!(r["delivered"]["packets"], r["expected"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    // Only the test's own sessions are left.
+    assert_eq!(ids(&app.ctl_json(&["sessions"])), [a, b]);
+}

@@ -12,7 +12,7 @@ use relay::config::RuntimeInfo;
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -256,11 +256,6 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback UDP port (bound once and released; the OS picks it).
-pub fn free_udp_port() -> u16 {
-    crate::free_udp_port()
-}
-
 /// Everything one temporary Sluice needs: directories, a config file, the processes.
 pub struct Appliance {
     pub dir: TempDir,
@@ -285,8 +280,29 @@ impl Appliance {
     /// Write a config: loopback, a free UDP media port, admin API on an OS-chosen port,
     /// shm/state/runtime under a temp dir, one relay worker on `backend`.
     pub fn new(tag: &str, backend: &str, rd: RuntimeDir) -> Appliance {
+        Appliance::with(tag, backend, rd, IpAddr::from([127, 0, 0, 1]), false)
+    }
+
+    /// [`Appliance::new`] with the media address on `media_ip` (IPv4 or IPv6 loopback) and,
+    /// with `unix_admin`, the admin API on a unix socket in the temp dir.
+    pub fn with(
+        tag: &str,
+        backend: &str,
+        rd: RuntimeDir,
+        media_ip: IpAddr,
+        unix_admin: bool,
+    ) -> Appliance {
         let dir = TempDir::new(tag);
-        let media: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let port = UdpSocket::bind((media_ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port();
+        let media = SocketAddr::new(media_ip, port);
+        let admin = if unix_admin {
+            format!("unix:{}", dir.path().join("admin.sock").display())
+        } else {
+            "127.0.0.1:0".to_string()
+        };
         let (runtime, rd_line) = match rd {
             RuntimeDir::InConfig => {
                 let r = dir.path().join("run");
@@ -298,7 +314,7 @@ impl Appliance {
         let p = dir.path();
         let text = format!(
             "{rd_line}\n[relay]\nbind = \"{media}\"\nworkers = 1\nbackend = \"{backend}\"\n\n\
-             [control]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\naudit_log = \"{}\"\n\n\
+             [control]\nadmin_listen = \"{admin}\"\nstate_dir = \"{}\"\naudit_log = \"{}\"\n\n\
              [shm]\npath = \"{}\"\nsessions = 64\nroutes = 256\nworker_slots = 4\n",
             p.join("state").display(),
             p.join("audit/audit.log").display(),
@@ -498,8 +514,13 @@ impl SrtpStream {
     /// `rotation_grace` is the receiver's: after a key change, how many packets under the new
     /// key end the fallback to the old one.
     pub fn new(profile: Profile, seed: u64, rotation_grace: u32) -> SrtpStream {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
-        let r = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
+        SrtpStream::on(IpAddr::from([127, 0, 0, 1]), profile, seed, rotation_grace)
+    }
+
+    /// [`SrtpStream::new`] with both sockets on `ip`.
+    pub fn on(ip: IpAddr, profile: Profile, seed: u64, rotation_grace: u32) -> SrtpStream {
+        let s = UdpSocket::bind((ip, 0)).expect("bind sender");
+        let r = UdpSocket::bind((ip, 0)).expect("bind receiver");
         r.set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
         let pub_key = test_key(profile, seed);
