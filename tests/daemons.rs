@@ -128,6 +128,34 @@ pub fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
     !pid_alive(pid)
 }
 
+/// Live processes whose command line mentions `needle` (e.g. a test's unique config path),
+/// after waiting up to `grace` for them to go away.
+pub fn processes_mentioning(needle: &Path, grace: Duration) -> Vec<(u32, String)> {
+    let needle = needle.display().to_string();
+    let deadline = Instant::now() + grace;
+    loop {
+        let mut found = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                    continue;
+                };
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&needle) && pid_alive(pid) {
+                    found.push((pid, cmd));
+                }
+            }
+        }
+        if found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Send `sig` to `pid` (errors ignored: it may be gone already).
 pub fn signal_pid(pid: u32, sig: rustix::process::Signal) {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
@@ -987,6 +1015,8 @@ pub struct Up {
     /// The daemons `up` started (control from `control.json`, relay from `/v1/status`).
     pub control_pid: u32,
     pub relay_pid: u32,
+    /// The config file every process of this instance names on its command line.
+    pub config: PathBuf,
 }
 
 impl Up {
@@ -1048,6 +1078,7 @@ impl Up {
             stdout,
             control_pid,
             relay_pid,
+            config: app.config.clone(),
         }
     }
 
@@ -1066,6 +1097,8 @@ impl Up {
                 "{name} (pid {pid}) still running after `up` stopped"
             );
         }
+        let left = processes_mentioning(&self.config, Duration::from_secs(5));
+        assert!(left.is_empty(), "left running after `up` stopped: {left:?}");
         let log = std::fs::read_to_string(&self.proc_.log).unwrap_or_default();
         assert!(log.contains("sluicectl: stopping"), "{log}");
     }

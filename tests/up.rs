@@ -1,7 +1,8 @@
 //! `sluicectl up` end to end with the real daemons: endpoints printed, `sluicectl status`
 //! from another process finding the instance by itself, `/metrics` parsed strictly as
 //! Prometheus text, a short `sluice-bench run` against it (zero loss, well-formed report, its
-//! sessions removed afterwards), and SIGTERM/SIGINT stopping everything with no orphan.
+//! sessions removed afterwards), SIGTERM/SIGINT stopping everything with no orphan, and `up`
+//! cleaning up after a daemon that dies or cannot start.
 
 use rustix::process::Signal;
 use sluice_tests::daemons::*;
@@ -183,4 +184,36 @@ fn up_stops_the_relay_when_control_dies() {
         wait_pid_gone(up.relay_pid, Duration::from_secs(5)),
         "relay left running after `up` gave up"
     );
+    let left = processes_mentioning(&app.config, Duration::from_secs(5));
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+#[test]
+fn up_reports_a_relay_that_cannot_bind_and_stops_control() {
+    let app = Appliance::new("up-busy", "mmsg", RuntimeDir::FromXdg);
+    // Someone else holds the media port (no SO_REUSEPORT, so the relay cannot join it).
+    let _squatter = std::net::UdpSocket::bind(app.media).expect("bind the media port");
+    let mut c = app.command("sluicectl");
+    c.arg("up").arg("--config").arg(&app.config);
+    let mut p = Proc::spawn("sluicectl-up", c, app.dir.path(), Stdio::null());
+    let st = p.wait(START_TIMEOUT);
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains("sluice-relay exited before it was ready"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&app.media.to_string()),
+        "names the address: {log}"
+    );
+    // Control was started first; `up` must not leave it (or anything else) behind.
+    let left = processes_mentioning(&app.config, Duration::from_secs(5));
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(
+        app.runtime_info().is_none(),
+        "control.json left behind: {log}"
+    );
+    let o = app.ctl(&["status"]);
+    assert_eq!(o.status.code(), Some(3), "nothing answers any more");
 }
