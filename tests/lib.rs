@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: temp dirs, SRTP peers on loopback UDP sockets,
-//! and a `sluice-relay` child process.
+//! and a `sluice-relay` child process; [`daemons`] runs the whole appliance (control, relay,
+//! sluicectl, sluice-bench) as real processes.
 #![deny(unsafe_code)]
 
 pub mod daemons;
