@@ -1,7 +1,7 @@
 //! The appliance end to end, with the real binaries: `sluice-control` and `sluice-relay` on a
 //! temporary config, sessions and a route added with `sluicectl`, SRTP from one loopback peer
 //! decrypted at another; control restarted (SIGTERM, then SIGKILL) while media flows without a
-//! single packet lost; an outbound rekey with zero loss; the relay SIGKILLed and restarted,
+//! single packet lost; outbound and inbound rekeys with zero loss; the relay SIGKILLed and restarted,
 //! forwarding again from the shared-memory file alone. And every `sluicectl` error path
 //! against a real control.
 
@@ -247,7 +247,22 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let upto = assert_no_gap(&st, first, "rekey");
+    assert_no_gap(&st, first, "tx rekey");
+
+    // 2b. Inbound rekey of the publisher: the relay learns the new key first and keeps
+    //     accepting the old one for in-flight packets; then the sender switches.
+    let pub_new = test_key(profile, 8888);
+    let out = app.ctl_ok(&["rekey", &a.to_string(), "--rx-key", &pub_new.to_base64()]);
+    assert!(out.contains(&format!("session {a} rekeyed")), "{out}");
+    let switched = st.sender_install_key(pub_new);
+    assert!(
+        st.wait_counter(switched + 100, WAIT),
+        "nothing forwarded after the publisher switched keys\n{}",
+        app.relay.as_ref().map(Proc::log_text).unwrap_or_default()
+    );
+    let upto = assert_no_gap(&st, first, "rx rekey");
+    let drops = app.ctl_json(&["stats"])["totals"]["drops_total"].clone();
+    assert_eq!(drops, 0, "the relay dropped packets around the rekeys");
 
     // 3. The relay killed hard and restarted: it maps the file and forwards at once.
     let mut relay = app.relay.take().expect("relay running");
@@ -334,7 +349,8 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
             "session.create",
             "session.create",
             "route.create",
-            "session.rekey"
+            "session.rekey",
+            "session.rekey",
         ],
         "{audit}"
     );
@@ -342,6 +358,7 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
         st.pub_key.to_base64(),
         st.sub_key.to_base64(),
         new_key.to_base64(),
+        pub_new.to_base64(),
         st.sender_addr.to_string(),
         st.receiver_addr.to_string(),
     ] {

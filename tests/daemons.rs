@@ -532,6 +532,8 @@ pub struct SrtpStream {
     sender_sock: Option<UdpSocket>,
     receiver: Option<(UdpSocket, Context)>,
     keys_rx: Option<mpsc::Receiver<(MasterKey, mpsc::Sender<()>)>>,
+    send_keys: mpsc::Sender<(MasterKey, mpsc::Sender<u64>)>,
+    send_keys_rx: Option<mpsc::Receiver<(MasterKey, mpsc::Sender<u64>)>>,
 }
 
 /// SSRC the stream's publisher uses.
@@ -559,6 +561,7 @@ impl SrtpStream {
         };
         let ctx = Context::new(sub_key, opts).expect("receiver context");
         let (ktx, krx) = mpsc::channel();
+        let (sktx, skrx) = mpsc::channel();
         SrtpStream {
             profile,
             sender_addr: s.local_addr().expect("addr"),
@@ -574,6 +577,8 @@ impl SrtpStream {
             sender_sock: Some(s),
             receiver: Some((r, ctx)),
             keys_rx: Some(krx),
+            send_keys: sktx,
+            send_keys_rx: Some(skrx),
         }
     }
 
@@ -628,12 +633,17 @@ impl SrtpStream {
         }));
         let ssock = self.sender_sock.take().expect("started once");
         let (stop, sent, key) = (self.stop.clone(), self.sent.clone(), self.pub_key);
+        let send_keys = self.send_keys_rx.take().expect("started once");
         self.threads.push(std::thread::spawn(move || {
             let mut ctx = Context::new(key, srtp_options()).expect("sender context");
             let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut next = Instant::now();
             let mut counter = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                while let Ok((k, ack)) = send_keys.try_recv() {
+                    ctx.install_key(k).expect("same profile");
+                    let _ = ack.send(counter);
+                }
                 let seq = counter as u16;
                 buf[0] = 0x80;
                 buf[1] = 96;
@@ -703,6 +713,15 @@ impl SrtpStream {
         self.keys.send((key, ack)).expect("receiver running");
         done.recv_timeout(Duration::from_secs(5))
             .expect("receiver installed the key");
+    }
+
+    /// Have the sender encrypt with `key` from its next packet on; returns the counter of
+    /// the first packet under the new key.
+    pub fn sender_install_key(&self, key: MasterKey) -> u64 {
+        let (ack, done) = mpsc::channel();
+        self.send_keys.send((key, ack)).expect("sender running");
+        done.recv_timeout(Duration::from_secs(5))
+            .expect("sender installed the key")
     }
 
     /// True while the receiver still falls back to its previous key.
