@@ -599,7 +599,7 @@ fn ipv6_peers_and_unix_socket_admin() {
             "--profile",
             "AEAD_AES_256_GCM",
         ])
-        .args(["--quiet", "--json"])
+        .args(["--quiet", "--drain-ms", "5000", "--json"])
         .arg(&report);
     let mut bench = Proc::spawn(
         "sluice-bench",
