@@ -100,11 +100,10 @@ fn bench_smoke_against_up_then_sigint() {
             "--profile",
             "AEAD_AES_128_GCM",
             "--quiet",
-            "--json",
         ])
         // Wait out a scheduler stall of the loaded test machine at the end of the send
         // window instead of counting in-flight packets as lost (it ends early once all arrived).
-        .args(["--drain-ms", "5000"])
+        .args(["--drain-ms", "5000", "--json"])
         .arg(&report);
     let mut bench = Proc::spawn("sluice-bench", c, app.dir.path(), Stdio::piped());
     let st = bench.wait(Duration::from_secs(60));
