@@ -1,0 +1,1153 @@
+//! WebRTC signaling on control's HTTP listeners: WHIP (`POST /whip/…`) and WHEP
+//! (`POST /whep/…`) with their resources (`DELETE`), CORS, the `/demo` page and its
+//! loopback-only token endpoint, and the admin API for applications, developer keys, rooms
+//! and tokens (`/v1/apps`, `/v1/rooms`, `/v1/tokens`).
+//!
+//! Owns: the application registry with its master secret ([`Apps`], `<state_dir>/apps.json`),
+//! the table of WebRTC participants ([`Member`]), token checks at the door (401/403 with a
+//! JSON reason and an audit entry), and turning an offer into a session, ICE credentials,
+//! DTLS state and routes. May not touch: sockets, the packet path, DTLS records (the slow
+//! path's [`crate::rtc::WebRtcDtls`] runs handshakes and calls [`KeyBinder`] back).
+//!
+//! A WebRTC session is written to shm at once, `PENDING`, with an unspecified peer address
+//! and throw-away keys (the relay neither indexes nor sends to a pending session). ICE
+//! nomination records the peer; DTLS completion writes the negotiated profile and keys;
+//! the session leaves `PENDING` when both happened (see `ice_bind_peer` and `set_keys`).
+
+use super::{commit, lock, shm_unavailable, Body, Control, StartError};
+use crate::http::{Request, Response};
+use crate::rtc::{KeyBinder, RtcEntry};
+use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
+use crate::util;
+use crate::webrtc::apps::{MasterSecret, Registry};
+use crate::webrtc::dtls::{Role as DtlsRole, SrtpKeys};
+use crate::webrtc::sdp::{self, Endpoint, MediaKind, NegotiatedMedia, Offer, Setup};
+use crate::webrtc::token::{
+    self, Claims, Credential, DevKey, Intent, Limits, Role as TokenRole, RoomPolicy, Target,
+    TokenError,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use relay::config::ControlConfig;
+use relay::shm::{session_flags, Role};
+use relay::srtp::{MasterKey, Profile};
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The peer address of a WebRTC session before ICE nominated one.
+pub const UNBOUND_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+/// Default lifetime of tokens minted by the admin API and the demo endpoint.
+pub const DEFAULT_TOKEN_TTL: u64 = 3600;
+/// The demo page (static, no external resources).
+const DEMO_HTML: &str = include_str!("../../static/demo.html");
+
+/// Applications and developer keys, sealed under the master secret, persisted atomically.
+pub struct Apps {
+    reg: Registry,
+    master: MasterSecret,
+    path: PathBuf,
+}
+
+impl Apps {
+    /// Load (or create) the master secret and the registry; bootstrap the configured
+    /// application with one generated key when no application exists.
+    pub fn open(c: &ControlConfig) -> Result<Apps, StartError> {
+        let err = |e: String| StartError::Apps(e);
+        let master = locate_master(c).map_err(err)?;
+        let path = c.state_dir.join("apps.json");
+        let mut reg = Registry::load(&path).map_err(|e| err(e.to_string()))?;
+        if reg.apps.is_empty() {
+            if let Some(app) = &c.bootstrap_app {
+                let now = util::unix_ms() / 1000;
+                reg.add_app(app, now).map_err(|e| err(e.to_string()))?;
+                reg.generate_key(app, "dev", &master, now)
+                    .map_err(|e| err(e.to_string()))?;
+                reg.save(&path).map_err(|e| err(e.to_string()))?;
+                tracing::info!(app = %app, "created the bootstrap application with a generated developer key");
+            }
+        }
+        Ok(Apps { reg, master, path })
+    }
+
+    fn save(&self) -> Result<(), Response> {
+        self.reg
+            .save(&self.path)
+            .map_err(|e| Response::error(500, format!("could not persist applications: {e}")))
+    }
+
+    fn key(&self, app: &str, kid: Option<&str>) -> Option<DevKey> {
+        self.reg.dev_key(app, kid, &self.master).ok().flatten()
+    }
+}
+
+fn locate_master(c: &ControlConfig) -> Result<MasterSecret, String> {
+    if let Some(p) = &c.master_key_file {
+        return MasterSecret::load(p).map_err(|e| e.to_string());
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let p = Path::new(&dir).join("sluice-master-key");
+        if p.exists() {
+            return MasterSecret::load(&p).map_err(|e| e.to_string());
+        }
+    }
+    let p = c.state_dir.join("master.key");
+    if p.exists() {
+        return MasterSecret::load(&p).map_err(|e| e.to_string());
+    }
+    let m = MasterSecret::generate().map_err(|e| e.to_string())?;
+    util::ensure_private_dir(&c.state_dir).map_err(|e| e.to_string())?;
+    util::write_private_atomic(&p, format!("{}\n", m.to_base64()).as_bytes())
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    tracing::info!(path = %p.display(), "generated the master secret for developer keys");
+    Ok(m)
+}
+
+/// One WebRTC participant (a WHIP publisher or a WHEP viewer).
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub session: u64,
+    pub app: String,
+    pub room: String,
+    /// The role granted by the token.
+    pub role: TokenRole,
+    /// WHIP (true) or WHEP (false).
+    pub publishes: bool,
+    /// The negotiated media sections (codecs, extensions, SSRCs).
+    pub media: Vec<NegotiatedMedia>,
+    /// Per media section: the offerer's primary SSRCs (repair/FEC SSRCs of groups left out).
+    pub primary_ssrcs: Vec<Vec<u32>>,
+    /// Secret part of the resource URL (DELETE must present it).
+    secret: String,
+}
+
+impl Member {
+    /// The resource URL path.
+    pub fn location(&self) -> String {
+        let kind = if self.publishes { "whip" } else { "whep" };
+        format!("/{kind}/resource/{}/{}", self.session, self.secret)
+    }
+}
+
+/// Routes from publisher `p` to viewer `v`: each accepted publisher section is matched with
+/// the viewer's section of the same kind and index among that kind; one route per primary
+/// SSRC (or one any-SSRC route when the publisher announced none), rewriting to the SSRC
+/// announced in the viewer's answer, with payload types and extension ids mapped.
+fn routes_between(p: &Member, v: &Member) -> Vec<(Option<u32>, RewriteSpec)> {
+    let mut out = Vec::new();
+    let kind_idx = |ms: &[NegotiatedMedia], i: usize| {
+        let k = &ms[i].kind;
+        ms[..i]
+            .iter()
+            .filter(|m| m.accepted && &m.kind == k)
+            .count()
+    };
+    for (i, pm) in p.media.iter().enumerate() {
+        if !pm.accepted || !matches!(pm.kind, MediaKind::Audio | MediaKind::Video) {
+            continue;
+        }
+        let n = kind_idx(&p.media, i);
+        let Some(vm) = v
+            .media
+            .iter()
+            .filter(|m| m.accepted && m.kind == pm.kind)
+            .nth(n)
+        else {
+            continue;
+        };
+        let pt_map: Vec<[u8; 2]> = sdp::pt_map(&pm.codecs, &vm.codecs)
+            .into_iter()
+            .take(relay::shm::MAX_MAPPINGS)
+            .map(|(a, b)| [a, b])
+            .collect();
+        if pt_map.is_empty() {
+            continue;
+        }
+        let ext_map: Vec<[u8; 2]> = sdp::ext_map(&pm.extmaps, &vm.extmaps)
+            .into_iter()
+            .filter(|(a, b)| (1..=14).contains(a) && (1..=14).contains(b))
+            .take(relay::shm::MAX_MAPPINGS)
+            .map(|(a, b)| [a, b])
+            .collect();
+        let rw = RewriteSpec {
+            ssrc: vm.send_ssrc,
+            pt_map,
+            ext_map,
+        };
+        let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
+        if ssrcs.is_empty() {
+            out.push((None, rw));
+        } else {
+            for s in ssrcs {
+                out.push((Some(s), rw.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn primary_ssrcs(m: &sdp::Media) -> Vec<u32> {
+    let secondary: Vec<u32> = m
+        .ssrc_groups
+        .iter()
+        .filter(|g| g.semantics == "FID" || g.semantics == "FEC-FR")
+        .flat_map(|g| g.ssrcs.iter().skip(1).copied())
+        .collect();
+    m.ssrc_list()
+        .into_iter()
+        .filter(|s| !secondary.contains(s))
+        .collect()
+}
+
+fn random_u32() -> Result<u32, Response> {
+    let b = util::random_bytes(4).map_err(|e| Response::error(500, format!("random: {e}")))?;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 1)
+}
+
+fn random_hex(n: usize) -> Result<String, Response> {
+    let b = util::random_bytes(n).map_err(|e| Response::error(500, format!("random: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn throwaway_key(p: Profile) -> Result<MasterKey, Response> {
+    let b = util::random_bytes(p.key_material_len())
+        .map_err(|e| Response::error(500, format!("random: {e}")))?;
+    MasterKey::new(p, &b).map_err(|e| Response::error(500, format!("key: {e}")))
+}
+
+/// A stable name for a rejection (the `reason` field of the JSON body and the audit entry).
+pub fn reason_code(e: &TokenError) -> &'static str {
+    match e {
+        TokenError::Malformed(_) => "malformed",
+        TokenError::UnsupportedAlgorithm => "unsupported_algorithm",
+        TokenError::UnknownKey => "unknown_key",
+        TokenError::BadSignature => "bad_signature",
+        TokenError::Expired => "expired",
+        TokenError::NotYetValid => "not_yet_valid",
+        TokenError::IssuedInFuture => "issued_in_future",
+        TokenError::LifetimeTooLong => "lifetime_too_long",
+        TokenError::EmptyValidity => "empty_validity",
+        TokenError::WrongApp => "wrong_app",
+        TokenError::WrongRoom => "wrong_room",
+        TokenError::RoleCannotPublish => "role_cannot_publish",
+        TokenError::EmailDomainNotAllowed => "email_domain_not_allowed",
+        TokenError::KindNotAccepted => "token_kind_not_accepted",
+        TokenError::StreamTokenInvalid => "stream_token_invalid",
+    }
+}
+
+/// 401 when the credential does not authenticate, 403 when it does but is not allowed here.
+pub fn reason_status(e: &TokenError) -> u16 {
+    match e {
+        TokenError::WrongApp
+        | TokenError::WrongRoom
+        | TokenError::RoleCannotPublish
+        | TokenError::EmailDomainNotAllowed
+        | TokenError::KindNotAccepted => 403,
+        _ => 401,
+    }
+}
+
+fn peer_ip(req: &Request) -> Option<IpAddr> {
+    let rest = req.peer.strip_prefix("tcp:")?;
+    rest.parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_canonical())
+}
+
+fn with_cors(mut r: Response, origin: &str) -> Response {
+    r.headers
+        .push(("Access-Control-Allow-Origin", origin.to_string()));
+    r.headers
+        .push(("Access-Control-Expose-Headers", "Location".into()));
+    r
+}
+
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Control {
+    /// WHIP/WHEP are served on the admin listener too when no separate public one exists.
+    pub(super) fn public_on_admin(&self) -> bool {
+        self.cfg
+            .control
+            .public_listen
+            .as_ref()
+            .is_none_or(|p| *p == self.cfg.control.admin_listen)
+    }
+
+    /// The DTLS sink for the slow path (handshakes write keys back through `self`).
+    pub fn dtls_sink(self: &std::sync::Arc<Self>) -> crate::rtc::WebRtcDtls {
+        crate::rtc::WebRtcDtls::new(
+            self.rtc.clone(),
+            self.cert.clone(),
+            self.clone(),
+            crate::rtc::DtlsLimits::from_config(&self.cfg.control),
+        )
+    }
+
+    /// Forget a session's WebRTC state (signaling, ICE, DTLS) after it was deleted.
+    pub(super) fn forget_rtc(&self, id: u64) {
+        lock(&self.members).remove(&id);
+        lock(&self.ice).remove(id);
+        lock(&self.rtc).remove(id);
+    }
+
+    /// WebRTC participants (for the admin API and tests).
+    pub fn members(&self) -> Vec<Member> {
+        lock(&self.members).values().cloned().collect()
+    }
+
+    /// WHIP, WHEP, their resources, CORS preflight and the demo page; `None` for other paths.
+    pub(super) fn handle_webrtc(&self, req: &Request) -> Option<Response> {
+        let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        let origin = self.cfg.control.cors_allow_origin.as_str();
+        let m = req.method.as_str();
+        let r = match (m, segs.as_slice()) {
+            (_, ["demo"]) if self.demo_app().is_none() => return None,
+            ("GET" | "HEAD", ["demo"]) => {
+                return Some(Response::text(
+                    200,
+                    "text/html; charset=utf-8",
+                    DEMO_HTML.to_string(),
+                ))
+            }
+            ("POST", ["demo", "token"]) => self.demo_token(req),
+            ("OPTIONS", [kind @ ("whip" | "whep"), ..]) => {
+                let mut r = Response::empty(204);
+                r.headers.push((
+                    "Access-Control-Allow-Methods",
+                    "POST, DELETE, OPTIONS".into(),
+                ));
+                r.headers.push((
+                    "Access-Control-Allow-Headers",
+                    "Authorization, Content-Type".into(),
+                ));
+                r.headers.push(("Access-Control-Max-Age", "600".into()));
+                if segs.len() <= 3 && segs.get(1) != Some(&"resource") {
+                    r.headers.push(("Accept-Post", "application/sdp".into()));
+                }
+                let _ = kind;
+                r
+            }
+            ("DELETE", ["whip" | "whep", "resource", id, secret]) => self.leave(id, secret),
+            ("POST", [kind @ ("whip" | "whep"), rest @ ..]) if (1..=2).contains(&rest.len()) => {
+                let (app, room) = match rest {
+                    [room] => match self.default_app() {
+                        Some(a) => (a, room.to_string()),
+                        None => {
+                            return Some(with_cors(
+                                Response::error(
+                                    404,
+                                    "several applications exist: use /whip/{app}/{room}",
+                                ),
+                                origin,
+                            ))
+                        }
+                    },
+                    [app, room] => (app.to_string(), room.to_string()),
+                    _ => return None,
+                };
+                self.join(req, *kind == "whip", &app, &room)
+            }
+            (_, ["whip" | "whep", ..]) => method_not_allowed_cors(),
+            _ => return None,
+        };
+        Some(with_cors(r, origin))
+    }
+
+    /// The application `/whip/{room}` means: the bootstrap application when it exists, else
+    /// the only application.
+    fn default_app(&self) -> Option<String> {
+        let a = lock(&self.apps);
+        if let Some(b) = &self.cfg.control.bootstrap_app {
+            if a.reg.app(b).is_some() {
+                return Some(b.clone());
+            }
+        }
+        (a.reg.apps.len() == 1)
+            .then(|| a.reg.apps.keys().next().cloned())
+            .flatten()
+    }
+
+    /// The application the demo page mints tokens for (the bootstrap application, when it
+    /// exists and has a key).
+    fn demo_app(&self) -> Option<String> {
+        let b = self.cfg.control.bootstrap_app.as_ref()?;
+        let a = lock(&self.apps);
+        a.reg
+            .app(b)
+            .is_some_and(|app| !app.keys.is_empty())
+            .then(|| b.clone())
+    }
+
+    /// `POST /demo/token` `{"room", "role"}`: a short-lived token for the bootstrap
+    /// application, to loopback clients only.
+    fn demo_token(&self, req: &Request) -> Response {
+        let Some(app) = self.demo_app() else {
+            return Response::error(404, "the demo is disabled");
+        };
+        if !peer_ip(req).is_some_and(|ip| ip.is_loopback()) {
+            let r = Response::error(403, "demo tokens are minted for loopback clients only");
+            self.audit(
+                "demo",
+                "demo.token",
+                json!({"from": self.hasher.hash(&req.peer)}),
+                &r,
+            );
+            return r;
+        }
+        let r = (|| -> Result<Response, Response> {
+            let b = Body::parse(&req.body, &["room", "role"])?;
+            let room = b.req_str("room")?.to_string();
+            let role = match b.opt_str("role")? {
+                None => TokenRole::Viewer,
+                Some(s) => TokenRole::from_name(s)
+                    .ok_or_else(|| super::bad_field("role", format!("unknown role `{s}`")))?,
+            };
+            self.mint(&app, &room, role, DEFAULT_TOKEN_TTL.min(600), None, "demo")
+        })();
+        let resp = r.unwrap_or_else(|e| e);
+        self.audit("demo", "demo.token", json!({"app": app}), &resp);
+        resp
+    }
+
+    fn mint(
+        &self,
+        app: &str,
+        room: &str,
+        role: TokenRole,
+        ttl: u64,
+        email: Option<String>,
+        sub: &str,
+    ) -> Result<Response, Response> {
+        if !valid_segment(room) {
+            return Err(super::bad_field("room", "1..=64 of A-Z a-z 0-9 - _ ."));
+        }
+        if ttl == 0 || ttl > Limits::default().max_lifetime_secs {
+            return Err(super::bad_field("ttl_secs", "out of range 1..=86400"));
+        }
+        let a = lock(&self.apps);
+        if a.reg.app(app).is_none() {
+            return Err(Response::error(
+                404,
+                format!("application `{app}` not found"),
+            ));
+        }
+        let newest = a
+            .reg
+            .app(app)
+            .and_then(|x| x.keys.iter().max_by_key(|k| k.created_unix))
+            .map(|k| k.kid.clone());
+        let Some(key) = newest.and_then(|kid| a.key(app, Some(&kid))) else {
+            return Err(Response::error(
+                409,
+                format!("application `{app}` has no developer key"),
+            ));
+        };
+        drop(a);
+        let now = util::unix_ms() / 1000;
+        let c = Claims {
+            sub: sub.to_string(),
+            app: app.to_string(),
+            room: room.to_string(),
+            role,
+            exp: now + ttl,
+            nbf: now,
+            iat: now,
+            email,
+        };
+        let t = token::mint(&key, &c);
+        Ok(Response::json(
+            201,
+            &json!({"token": t, "app": app, "room": room, "role": role.name(), "exp": c.exp}),
+        ))
+    }
+
+    fn deny(&self, kind: &str, app: &str, room: &str, req: &Request, e: &TokenError) -> Response {
+        let code = reason_code(e);
+        let mut r = Response::json(
+            reason_status(e),
+            &json!({"error": e.to_string(), "reason": code}),
+        );
+        if r.status == 401 {
+            r.headers.push(("WWW-Authenticate", "Bearer".into()));
+        }
+        self.audit(
+            "anonymous",
+            &format!("{kind}.denied"),
+            json!({"app": app, "room": room, "reason": code, "from": self.hasher.hash(&req.peer)}),
+            &r,
+        );
+        r
+    }
+
+    /// `POST /whip/{app}/{room}` (publish) or `/whep/{app}/{room}` (watch).
+    fn join(&self, req: &Request, publish: bool, app: &str, room: &str) -> Response {
+        let kind = if publish { "whip" } else { "whep" };
+        let intent = if publish {
+            Intent::Publish
+        } else {
+            Intent::Subscribe
+        };
+        let Some(bearer) = req
+            .header("authorization")
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+        else {
+            let e = TokenError::Malformed("missing bearer token");
+            return self.deny(kind, app, room, req, &e);
+        };
+        if !valid_segment(app) || !valid_segment(room) {
+            return Response::error(404, "bad application or room name");
+        }
+        let cred = if bearer.matches('.').count() == 2 {
+            Credential::Signed(bearer)
+        } else {
+            Credential::Stream(bearer)
+        };
+        let now = util::unix_ms() / 1000;
+        let grant = {
+            let a = lock(&self.apps);
+            let Some(policy) = a.reg.policy(app, room).cloned() else {
+                drop(a);
+                // An application we do not know: say so only as "wrong app" for signed
+                // tokens that verify for another application.
+                let e = match cred {
+                    Credential::Signed(_) => TokenError::WrongApp,
+                    Credential::Stream(_) => TokenError::StreamTokenInvalid,
+                };
+                let verified = match cred {
+                    Credential::Signed(t) => {
+                        let a = lock(&self.apps);
+                        token::verify(
+                            t,
+                            |app, kid| a.key(app, kid),
+                            now,
+                            &Target { app, room, intent },
+                            &RoomPolicy::default(),
+                            &Limits::default(),
+                        )
+                        .err()
+                    }
+                    Credential::Stream(_) => None,
+                };
+                return self.deny(kind, app, room, req, &verified.unwrap_or(e));
+            };
+            token::authorize(
+                cred,
+                |app, kid| a.key(app, kid),
+                now,
+                peer_ip(req),
+                &Target { app, room, intent },
+                &policy,
+                &Limits::default(),
+            )
+        };
+        let grant = match grant {
+            Ok(g) => g,
+            Err(e) => return self.deny(kind, app, room, req, &e),
+        };
+        let ids = json!({"app": app, "room": room, "role": grant.role.name(),
+            "sub": grant.sub.as_deref().map(|s| self.hasher.hash(s))});
+        let r = self.join_inner(req, publish, app, room, grant.role);
+        self.audit("webrtc", &format!("{kind}.join"), ids, &r);
+        r
+    }
+
+    fn join_inner(
+        &self,
+        req: &Request,
+        publish: bool,
+        app: &str,
+        room: &str,
+        role: TokenRole,
+    ) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            let text = std::str::from_utf8(&req.body)
+                .map_err(|_| Response::error(400, "the SDP offer is not UTF-8"))?;
+            let offer =
+                Offer::parse(text).map_err(|e| Response::error(400, format!("SDP offer: {e}")))?;
+            if self.is_draining() {
+                return Err(Response::error(503, "control is draining"));
+            }
+            {
+                let mut a = lock(&self.apps);
+                let fresh = a.reg.room(app, room).is_none();
+                a.reg
+                    .join_room(app, room, util::unix_ms() / 1000)
+                    .map_err(|e| Response::error(409, e.to_string()))?;
+                if fresh {
+                    a.save()?;
+                }
+            }
+            let creds = crate::ice::generate_credentials()
+                .map_err(|e| Response::error(500, e.to_string()))?;
+            let media_port = self.cfg.relay.bind.port();
+            let mut candidates: Vec<SocketAddr> = self
+                .cfg
+                .control
+                .public_addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, media_port))
+                .collect();
+            if candidates.is_empty() {
+                let ip = if self.cfg.relay.bind.ip().is_unspecified() {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                } else {
+                    self.cfg.relay.bind.ip()
+                };
+                candidates.push(SocketAddr::new(ip, media_port));
+            }
+            let mut send_ssrcs = Vec::new();
+            if !publish {
+                for _ in 0..offer.media.len() {
+                    send_ssrcs.push(random_u32()?);
+                }
+            }
+            let cfg = sdp::AnswerConfig {
+                ice_ufrag: creds.ufrag.clone(),
+                ice_pwd: creds.pwd.clone(),
+                fingerprint: self.cert.fingerprint().clone(),
+                candidates,
+                session_id: u64::from(random_u32()?),
+                send_ssrcs,
+                cname: format!("sluice-{}", random_hex(6)?),
+            };
+            let endpoint = if publish {
+                Endpoint::Whip
+            } else {
+                Endpoint::Whep
+            };
+            let ans = sdp::answer(&offer, endpoint, &cfg)
+                .map_err(|e| Response::error(400, format!("SDP offer: {e}")))?;
+            let primary: Vec<Vec<u32>> = offer.media.iter().map(primary_ssrcs).collect();
+            let shm_role = if publish {
+                Role::from_name(role.name()).unwrap_or(Role::Speaker)
+            } else {
+                Role::Viewer
+            };
+            let profile = Profile::AeadAes128Gcm;
+            let mut members = lock(&self.members);
+            let mut g = lock(&self.inner);
+            let shm = g.shm.as_ref().ok_or_else(|| shm_unavailable(&g))?;
+            if shm.session_count() >= shm.capacity().sessions as usize {
+                return Err(Response::error(503, "session table is full"));
+            }
+            let id = g.store.state().next_session_id;
+            let member = Member {
+                session: id,
+                app: app.to_string(),
+                room: room.to_string(),
+                role,
+                publishes: publish,
+                media: ans.media.clone(),
+                primary_ssrcs: primary,
+                secret: random_hex(16)?,
+            };
+            let s = StoredSession {
+                id,
+                peer: UNBOUND_PEER,
+                profile: profile.name().to_string(),
+                role: shm_role.name().to_string(),
+                rx_key: throwaway_key(profile)?.to_base64(),
+                tx_key: throwaway_key(profile)?.to_base64(),
+                key_epoch: 0,
+                flags: session_flags::PENDING,
+                max_pps: 0,
+                created_unix_ms: util::unix_ms(),
+            };
+            let mut entries = vec![Entry::PutSession { session: s }];
+            let mut next_route = g.store.state().next_route_id;
+            for other in members.values() {
+                if other.app != app || other.room != room || other.publishes == publish {
+                    continue;
+                }
+                let (p, v) = if publish {
+                    (&member, other)
+                } else {
+                    (other, &member)
+                };
+                for (ssrc, rewrite) in routes_between(p, v) {
+                    entries.push(Entry::PutRoute {
+                        route: StoredRoute {
+                            id: next_route,
+                            from: p.session,
+                            ssrc,
+                            to: v.session,
+                            rewrite,
+                        },
+                    });
+                    next_route += 1;
+                }
+            }
+            let free = shm.capacity().routes as usize - shm.route_count();
+            if entries.len() - 1 > free {
+                return Err(Response::error(503, "route table is full"));
+            }
+            {
+                let mut ice = lock(&self.ice);
+                ice.add_credentials(
+                    id,
+                    &creds.ufrag,
+                    &creds.pwd,
+                    &ans.remote_ufrag,
+                    Some(&ans.remote_pwd),
+                )
+                .map_err(|e| Response::error(400, format!("ICE credentials: {e}")))?;
+            }
+            if let Err(e) = commit(&mut g, entries) {
+                lock(&self.ice).remove(id);
+                return Err(e);
+            }
+            drop(g);
+            let dtls_role = if ans.setup == Setup::Active {
+                DtlsRole::Client
+            } else {
+                DtlsRole::Server
+            };
+            lock(&self.rtc).insert(id, RtcEntry::new(dtls_role, ans.remote_fingerprint.clone()));
+            let location = member.location();
+            members.insert(id, member);
+            let mut r = Response::text(201, "application/sdp", ans.sdp);
+            r.headers.push(("Location", location));
+            Ok(r)
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+
+    /// `DELETE` on a WHIP/WHEP resource: the participant leaves (session and routes go).
+    fn leave(&self, id: &str, secret: &str) -> Response {
+        let Ok(id) = id.parse::<u64>() else {
+            return Response::error(404, "no such resource");
+        };
+        let known = lock(&self.members)
+            .get(&id)
+            .is_some_and(|m| util::ct_eq(m.secret.as_bytes(), secret.as_bytes()));
+        if !known {
+            return Response::error(404, "no such resource");
+        }
+        let r = self.remove_member(id);
+        self.audit("webrtc", "webrtc.leave", json!({"session": id}), &r);
+        r
+    }
+
+    /// Delete a participant's session with its routes, then forget its WebRTC state.
+    fn remove_member(&self, id: u64) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            let mut g = lock(&self.inner);
+            if g.shm.is_none() {
+                return Err(shm_unavailable(&g));
+            }
+            let mut entries: Vec<Entry> = g
+                .store
+                .state()
+                .routes
+                .values()
+                .filter(|r| r.from == id || r.to == id)
+                .map(|r| Entry::DelRoute { id: r.id })
+                .collect();
+            if g.store.state().sessions.contains_key(&id) {
+                entries.push(Entry::DelSession { id });
+            }
+            commit(&mut g, entries)?;
+            Ok(Response::empty(200))
+        })();
+        let resp = r.unwrap_or_else(|e| e);
+        if resp.status < 300 {
+            self.forget_rtc(id);
+        }
+        resp
+    }
+
+    // ---- admin API: /v1/apps, /v1/rooms, /v1/tokens ----
+
+    /// Admin requests under `/v1/apps`, `/v1/rooms` and `/v1/tokens` (`segs` start there).
+    pub(super) fn handle_apps_api(&self, m: &str, segs: &[&str], req: &Request) -> Response {
+        let (action, ids, r) = match (m, segs) {
+            ("GET" | "HEAD", ["apps"]) => return self.list_apps(),
+            ("POST", ["apps"]) => {
+                let r = self.create_app(req);
+                ("app.create", json!({}), r)
+            }
+            ("DELETE", ["apps", id]) => {
+                let r = self.delete_app(id);
+                ("app.delete", json!({"app": id}), r)
+            }
+            ("GET" | "HEAD", ["apps", id, "keys"]) => return self.list_keys(id),
+            ("POST", ["apps", id, "keys"]) => {
+                let r = self.create_key(id, req);
+                ("key.create", json!({"app": id}), r)
+            }
+            ("DELETE", ["apps", id, "keys", kid]) => {
+                let r = self.delete_key(id, kid);
+                ("key.delete", json!({"app": id, "kid": kid}), r)
+            }
+            ("GET" | "HEAD", ["rooms"]) => return self.list_rooms(),
+            ("GET" | "HEAD", ["rooms", app, room]) => return self.get_room(app, room),
+            ("PUT", ["rooms", app, room]) => {
+                let r = self.put_room(app, room, req);
+                ("room.policy", json!({"app": app, "room": room}), r)
+            }
+            ("DELETE", ["rooms", app, room]) => {
+                let r = self.delete_room(app, room);
+                ("room.delete", json!({"app": app, "room": room}), r)
+            }
+            ("POST", ["tokens"]) => {
+                let r = self.mint_api(req);
+                ("token.mint", json!({}), r)
+            }
+            (_, ["apps" | "rooms"]) => return super::method_not_allowed("GET, POST"),
+            _ => return Response::error(404, format!("no such endpoint: {}", req.path)),
+        };
+        self.audit("admin", action, ids, &r);
+        r
+    }
+
+    fn list_apps(&self) -> Response {
+        let a = lock(&self.apps);
+        let v: Vec<Value> = a
+            .reg
+            .apps
+            .iter()
+            .map(|(id, app)| {
+                json!({"id": id, "created_unix": app.created_unix,
+                    "keys": app.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
+                    "rooms": app.rooms.len(), "default_policy": app.default_policy})
+            })
+            .collect();
+        Response::json(200, &json!({ "apps": v }))
+    }
+
+    fn create_app(&self, req: &Request) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            let b = Body::parse(&req.body, &["id", "policy"])?;
+            let id = b.req_str("id")?.to_string();
+            let policy = match b.0.get("policy") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    serde_json::from_value::<RoomPolicy>(v.clone())
+                        .map_err(|e| super::bad_field("policy", e))?,
+                ),
+            };
+            let mut a = lock(&self.apps);
+            let now = util::unix_ms() / 1000;
+            a.reg
+                .add_app(&id, now)
+                .map_err(|e| Response::error(409, e.to_string()))?;
+            if let Some(p) = policy {
+                let _ = a.reg.set_default_policy(&id, p);
+            }
+            let Apps { reg, master, .. } = &mut *a;
+            let k = reg
+                .generate_key(&id, "k1", master, now)
+                .map_err(|e| Response::error(500, e.to_string()))?;
+            a.save()?;
+            Ok(Response::json(
+                201,
+                &json!({"id": id, "key": {"kid": k.kid(), "secret": URL_SAFE_NO_PAD.encode(k.secret())}}),
+            ))
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+
+    fn delete_app(&self, id: &str) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            {
+                let mut a = lock(&self.apps);
+                a.reg
+                    .remove_app(id)
+                    .map_err(|e| Response::error(404, e.to_string()))?;
+                a.save()?;
+            }
+            let gone: Vec<u64> = lock(&self.members)
+                .values()
+                .filter(|m| m.app == id)
+                .map(|m| m.session)
+                .collect();
+            for s in gone {
+                self.remove_member(s);
+            }
+            Ok(Response::empty(204))
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+
+    fn list_keys(&self, id: &str) -> Response {
+        let a = lock(&self.apps);
+        let Some(app) = a.reg.app(id) else {
+            return Response::error(404, format!("application `{id}` not found"));
+        };
+        let v: Vec<Value> = app
+            .keys
+            .iter()
+            .map(|k| json!({"kid": k.kid, "created_unix": k.created_unix}))
+            .collect();
+        Response::json(200, &json!({ "app": id, "keys": v }))
+    }
+
+    fn create_key(&self, id: &str, req: &Request) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            let b = Body::parse(
+                if req.body.is_empty() {
+                    b"{}"
+                } else {
+                    &req.body
+                },
+                &["kid", "secret"],
+            )?;
+            let mut a = lock(&self.apps);
+            let Some(app) = a.reg.app(id) else {
+                return Err(Response::error(
+                    404,
+                    format!("application `{id}` not found"),
+                ));
+            };
+            let kid = match b.opt_str("kid")? {
+                Some(k) => k.to_string(),
+                None => format!("k{}", app.keys.len() + 1),
+            };
+            let now = util::unix_ms() / 1000;
+            let Apps { reg, master, .. } = &mut *a;
+            let key = match b.opt_str("secret")? {
+                Some(s) => {
+                    let raw = URL_SAFE_NO_PAD
+                        .decode(s.trim_end_matches('='))
+                        .map_err(|_| super::bad_field("secret", "not base64url"))?;
+                    let k = DevKey::new(&kid, &raw).map_err(|e| super::bad_field("secret", e))?;
+                    reg.add_key(id, &k, master, now)
+                        .map_err(|e| Response::error(409, e.to_string()))?;
+                    k
+                }
+                None => reg
+                    .generate_key(id, &kid, master, now)
+                    .map_err(|e| Response::error(409, e.to_string()))?,
+            };
+            a.save()?;
+            Ok(Response::json(
+                201,
+                &json!({"app": id, "kid": key.kid(), "secret": URL_SAFE_NO_PAD.encode(key.secret())}),
+            ))
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+
+    fn delete_key(&self, id: &str, kid: &str) -> Response {
+        let mut a = lock(&self.apps);
+        if let Err(e) = a.reg.remove_key(id, kid) {
+            return Response::error(404, e.to_string());
+        }
+        match a.save() {
+            Ok(()) => Response::empty(204),
+            Err(r) => r,
+        }
+    }
+
+    fn room_members(&self, app: &str, room: &str) -> Vec<Value> {
+        lock(&self.members)
+            .values()
+            .filter(|m| m.app == app && m.room == room)
+            .map(|m| {
+                json!({"session": m.session, "role": m.role.name(),
+                    "kind": if m.publishes { "whip" } else { "whep" }})
+            })
+            .collect()
+    }
+
+    fn list_rooms(&self) -> Response {
+        let a = lock(&self.apps);
+        let mut v = Vec::new();
+        for (app_id, app) in &a.reg.apps {
+            for (name, r) in &app.rooms {
+                v.push(
+                    json!({"app": app_id, "room": name, "created_unix": r.created_unix,
+                    "policy": app.policy_for(name)}),
+                );
+            }
+        }
+        drop(a);
+        for r in &mut v {
+            let (app, room) = (
+                r["app"].as_str().unwrap_or_default().to_string(),
+                r["room"].as_str().unwrap_or_default().to_string(),
+            );
+            r["members"] = json!(self.room_members(&app, &room).len());
+        }
+        Response::json(200, &json!({ "rooms": v }))
+    }
+
+    fn get_room(&self, app: &str, room: &str) -> Response {
+        let a = lock(&self.apps);
+        let Some(r) = a.reg.room(app, room) else {
+            return Response::error(404, format!("room `{app}/{room}` not found"));
+        };
+        let created = r.created_unix;
+        let policy = a.reg.policy(app, room).cloned().unwrap_or_default();
+        drop(a);
+        Response::json(
+            200,
+            &json!({"app": app, "room": room, "created_unix": created, "policy": policy,
+                "members": self.room_members(app, room)}),
+        )
+    }
+
+    /// `PUT /v1/rooms/{app}/{room}` `{"policy": {...}|null}`: create the room, set its policy.
+    fn put_room(&self, app: &str, room: &str, req: &Request) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            let b = Body::parse(
+                if req.body.is_empty() {
+                    b"{}"
+                } else {
+                    &req.body
+                },
+                &["policy"],
+            )?;
+            let policy = match b.0.get("policy") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    serde_json::from_value::<RoomPolicy>(v.clone())
+                        .map_err(|e| super::bad_field("policy", e))?,
+                ),
+            };
+            let mut a = lock(&self.apps);
+            a.reg
+                .set_room_policy(app, room, policy, util::unix_ms() / 1000)
+                .map_err(|e| Response::error(404, e.to_string()))?;
+            a.save()?;
+            let p = a.reg.policy(app, room).cloned().unwrap_or_default();
+            Ok(Response::json(
+                200,
+                &json!({"app": app, "room": room, "policy": p}),
+            ))
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+
+    fn delete_room(&self, app: &str, room: &str) -> Response {
+        {
+            let mut a = lock(&self.apps);
+            if let Err(e) = a.reg.remove_room(app, room) {
+                return Response::error(404, e.to_string());
+            }
+            if let Err(r) = a.save() {
+                return r;
+            }
+        }
+        let gone: Vec<u64> = lock(&self.members)
+            .values()
+            .filter(|m| m.app == app && m.room == room)
+            .map(|m| m.session)
+            .collect();
+        for s in gone {
+            self.remove_member(s);
+        }
+        Response::empty(204)
+    }
+
+    /// `POST /v1/tokens` `{"app","room","role","ttl_secs"?,"email"?,"sub"?}`.
+    fn mint_api(&self, req: &Request) -> Response {
+        let r = (|| -> Result<Response, Response> {
+            let b = Body::parse(
+                &req.body,
+                &["app", "room", "role", "ttl_secs", "email", "sub"],
+            )?;
+            let app = b.req_str("app")?.to_string();
+            let room = b.req_str("room")?.to_string();
+            let role_s = b.req_str("role")?;
+            let role = TokenRole::from_name(role_s)
+                .ok_or_else(|| super::bad_field("role", format!("unknown role `{role_s}`")))?;
+            let ttl = match b.0.get("ttl_secs") {
+                None | Some(Value::Null) => DEFAULT_TOKEN_TTL,
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| super::bad_field("ttl_secs", "not an integer"))?,
+            };
+            let email = b.opt_str("email")?.map(str::to_string);
+            let sub = match b.opt_str("sub")? {
+                Some(s) => s.to_string(),
+                None => format!("user-{}", random_hex(6)?),
+            };
+            self.mint(&app, &room, role, ttl, email, &sub)
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+}
+
+fn method_not_allowed_cors() -> Response {
+    let mut r = Response::error(405, "method not allowed");
+    r.headers.push(("Allow", "POST, DELETE, OPTIONS".into()));
+    r
+}
+
+impl KeyBinder for Control {
+    fn set_keys(&self, session: u64, keys: &SrtpKeys) -> Result<(), String> {
+        let nominated = lock(&self.ice).nominated(session);
+        let ids = json!({"session": session, "profile": keys.profile.name()});
+        let r = (|| -> Result<Response, Response> {
+            let mut g = lock(&self.inner);
+            let Some(old) = g.store.state().sessions.get(&session).cloned() else {
+                return Err(Response::error(404, format!("session {session} not found")));
+            };
+            if g.shm.is_none() {
+                return Err(shm_unavailable(&g));
+            }
+            let mut s = old;
+            s.profile = keys.profile.name().to_string();
+            s.rx_key = keys.rx.to_base64();
+            s.tx_key = keys.tx.to_base64();
+            s.key_epoch = s.key_epoch.wrapping_add(1);
+            if let Some(p) = nominated {
+                let taken = g
+                    .store
+                    .state()
+                    .sessions
+                    .values()
+                    .any(|o| o.id != session && o.peer == p);
+                if !taken {
+                    s.peer = p;
+                    s.flags &= !session_flags::PENDING;
+                }
+            }
+            commit(&mut g, vec![Entry::PutSession { session: s }])?;
+            Ok(Response::empty(204))
+        })();
+        let resp = r.unwrap_or_else(|e| e);
+        self.audit("dtls", "webrtc.dtls_keys", ids, &resp);
+        super::response_result(&resp)
+    }
+
+    fn dtls_failed(&self, session: u64, reason: &str) {
+        let r = Response::error(401, reason.to_string());
+        self.audit(
+            "dtls",
+            "webrtc.dtls_failed",
+            json!({"session": session}),
+            &r,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_statuses() {
+        assert_eq!(reason_status(&TokenError::Expired), 401);
+        assert_eq!(reason_status(&TokenError::BadSignature), 401);
+        assert_eq!(reason_status(&TokenError::StreamTokenInvalid), 401);
+        assert_eq!(reason_status(&TokenError::WrongApp), 403);
+        assert_eq!(reason_status(&TokenError::RoleCannotPublish), 403);
+        assert_eq!(
+            reason_code(&TokenError::EmailDomainNotAllowed),
+            "email_domain_not_allowed"
+        );
+    }
+}

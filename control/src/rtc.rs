@@ -1,0 +1,398 @@
+//! WebRTC sessions between signaling and media: the table of sessions created by WHIP/WHEP,
+//! and [`WebRtcDtls`], the slow path's [`DtlsSink`] that runs their DTLS-SRTP handshakes.
+//!
+//! Owns: per-session DTLS state (role from our SDP answer, the peer's fingerprint from its
+//! offer), the nominated-peer → session index fed by ICE events, the handshake bounds (in
+//! total, per source IP, deadline), and handing completed keys to a [`KeyBinder`].
+//! May not touch: shared memory and the journal (the binder — `Control` — writes keys), HTTP,
+//! the packet fast path. Logs carry session ids only, never peer addresses.
+//!
+//! A datagram reaches a session's endpoint only when it comes from the address ICE nominated
+//! for that session (RFC 8842 §5: DTLS runs over the selected pair), so an off-path source
+//! cannot start or disturb a handshake. As DTLS server (our answer says `a=setup:passive`,
+//! RFC 5763 §5) the endpoint is created by the first datagram; as client it is created at
+//! nomination and sends its ClientHello at once.
+
+use crate::ice::{IceEvent, SessionId};
+use crate::slowpath::{DtlsSink, Outbox};
+use crate::webrtc::dtls::{
+    Certificate, Dtls, DtlsConfig, Fingerprint, Role as DtlsRole, SrtpKeys, State,
+    DEFAULT_SRTP_PROFILES,
+};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every mutation of the table completes before its lock is released: a poisoned lock
+    // still guards consistent data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bounds on DTLS work (from `control.dtls_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtlsLimits {
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+    pub handshake_timeout: Duration,
+}
+
+impl DtlsLimits {
+    pub fn from_config(c: &relay::config::ControlConfig) -> DtlsLimits {
+        DtlsLimits {
+            max_handshakes: c.dtls_max_handshakes as usize,
+            max_handshakes_per_ip: c.dtls_max_handshakes_per_ip as usize,
+            handshake_timeout: Duration::from_secs(u64::from(c.dtls_handshake_timeout_secs)),
+        }
+    }
+}
+
+/// What signaling registered for one WebRTC session.
+#[derive(Debug)]
+pub struct RtcEntry {
+    /// Our DTLS role (server when our answer said `a=setup:passive`).
+    pub dtls_role: DtlsRole,
+    /// The fingerprint in the peer's offer (RFC 8122 §5).
+    pub remote_fp: Fingerprint,
+    /// Keys have been written into the session (PENDING may be cleared on nomination).
+    pub keys_ready: bool,
+    /// The nominated peer, once ICE chose it.
+    pub peer: Option<SocketAddr>,
+    dtls: Option<Dtls>,
+}
+
+impl RtcEntry {
+    pub fn new(dtls_role: DtlsRole, remote_fp: Fingerprint) -> RtcEntry {
+        RtcEntry {
+            dtls_role,
+            remote_fp,
+            keys_ready: false,
+            peer: None,
+            dtls: None,
+        }
+    }
+}
+
+/// Counters of the DTLS sink.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DtlsCounters {
+    pub handshakes_started: u64,
+    pub handshakes_completed: u64,
+    pub handshakes_failed: u64,
+    /// Datagrams refused because a handshake cap was reached.
+    pub refused_cap: u64,
+    /// Datagrams from an address that is no session's nominated peer.
+    pub unknown_peer: u64,
+}
+
+/// WebRTC sessions known to signaling, shared by the HTTP handlers and the slow path.
+#[derive(Debug, Default)]
+pub struct RtcTable {
+    sessions: HashMap<SessionId, RtcEntry>,
+    by_peer: HashMap<SocketAddr, SessionId>,
+    counters: DtlsCounters,
+}
+
+impl RtcTable {
+    /// Register a session set up by WHIP/WHEP.
+    pub fn insert(&mut self, id: SessionId, e: RtcEntry) {
+        self.remove(id);
+        self.sessions.insert(id, e);
+    }
+
+    /// Forget a session and its DTLS state. True if it was known.
+    pub fn remove(&mut self, id: SessionId) -> bool {
+        match self.sessions.remove(&id) {
+            Some(e) => {
+                if let Some(p) = e.peer {
+                    if self.by_peer.get(&p) == Some(&id) {
+                        self.by_peer.remove(&p);
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn contains(&self, id: SessionId) -> bool {
+        self.sessions.contains_key(&id)
+    }
+
+    /// False for a WebRTC session whose DTLS keys are not in place yet (keep it PENDING);
+    /// true for keyed WebRTC sessions and for sessions this table does not know.
+    pub fn keys_ready(&self, id: SessionId) -> bool {
+        self.sessions.get(&id).is_none_or(|e| e.keys_ready)
+    }
+
+    pub fn counters(&self) -> DtlsCounters {
+        self.counters
+    }
+
+    /// Handshakes in progress, in total and from `ip`.
+    fn handshaking(&self, ip: IpAddr) -> (usize, usize) {
+        let mut total = 0;
+        let mut from_ip = 0;
+        for e in self.sessions.values() {
+            if e.dtls
+                .as_ref()
+                .is_some_and(|d| d.state() == State::Handshaking)
+            {
+                total += 1;
+                if e.peer.is_some_and(|p| p.ip() == ip) {
+                    from_ip += 1;
+                }
+            }
+        }
+        (total, from_ip)
+    }
+}
+
+/// Receives completed DTLS-SRTP keys and failures. `Control` implements it.
+pub trait KeyBinder: Send + Sync {
+    /// Write the keys into the session (key epoch + 1, PENDING cleared), persist, audit.
+    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String>;
+    /// A handshake failed (audit it; `reason` holds no peer data).
+    fn dtls_failed(&self, session: SessionId, reason: &str);
+}
+
+enum Outcome {
+    Keys(SessionId, SrtpKeys),
+    Failed(SessionId, String),
+}
+
+/// The slow path's DTLS endpoint for WebRTC sessions.
+pub struct WebRtcDtls {
+    table: Arc<Mutex<RtcTable>>,
+    cert: Arc<Certificate>,
+    binder: Arc<dyn KeyBinder>,
+    limits: DtlsLimits,
+    outcomes: Vec<Outcome>,
+}
+
+impl WebRtcDtls {
+    pub fn new(
+        table: Arc<Mutex<RtcTable>>,
+        cert: Arc<Certificate>,
+        binder: Arc<dyn KeyBinder>,
+        limits: DtlsLimits,
+    ) -> WebRtcDtls {
+        WebRtcDtls {
+            table,
+            cert,
+            binder,
+            limits,
+            outcomes: Vec::new(),
+        }
+    }
+
+    fn config(&self) -> DtlsConfig {
+        DtlsConfig {
+            handshake_timeout: self.limits.handshake_timeout,
+            ..DtlsConfig::default()
+        }
+    }
+
+    /// Apply outcomes collected under the table lock, without it (the binder takes
+    /// control's state lock; an HTTP thread may hold that while touching the table).
+    fn flush(&mut self) {
+        for o in self.outcomes.drain(..) {
+            match o {
+                Outcome::Keys(id, keys) => {
+                    if let Err(e) = self.binder.set_keys(id, &keys) {
+                        tracing::warn!(session = id, error = %e, "DTLS keys not applied");
+                    }
+                }
+                Outcome::Failed(id, reason) => {
+                    tracing::info!(session = id, reason = %reason, "DTLS handshake failed");
+                    self.binder.dtls_failed(id, &reason);
+                }
+            }
+        }
+    }
+}
+
+fn send_all(d: &mut Dtls, peer: SocketAddr, out: &mut Outbox) {
+    for t in d.take_transmits() {
+        // A full outbox drops the datagram; DTLS retransmission recovers (RFC 6347 §4.2.4).
+        let _ = out.push(peer, &t);
+    }
+}
+
+impl DtlsSink for WebRtcDtls {
+    fn datagram(&mut self, now: Instant, peer: SocketAddr, data: &[u8], out: &mut Outbox) -> bool {
+        let peer = normalize(peer);
+        let cfg = self.config();
+        let mut t = lock(&self.table);
+        let Some(&id) = t.by_peer.get(&peer) else {
+            t.counters.unknown_peer += 1;
+            return false;
+        };
+        let needs_endpoint = t.sessions.get(&id).is_some_and(|e| {
+            e.dtls
+                .as_ref()
+                .is_none_or(|d| matches!(d.state(), State::Failed | State::Closed))
+        });
+        if needs_endpoint {
+            let (total, from_ip) = t.handshaking(peer.ip());
+            if total >= self.limits.max_handshakes || from_ip >= self.limits.max_handshakes_per_ip {
+                t.counters.refused_cap += 1;
+                return false;
+            }
+            let Some(e) = t.sessions.get(&id) else {
+                return false;
+            };
+            match Dtls::new(
+                e.dtls_role,
+                &self.cert,
+                &DEFAULT_SRTP_PROFILES,
+                e.remote_fp.clone(),
+                cfg,
+                now,
+            ) {
+                Ok(d) => {
+                    t.counters.handshakes_started += 1;
+                    if let Some(e) = t.sessions.get_mut(&id) {
+                        e.dtls = Some(d);
+                    }
+                }
+                Err(err) => {
+                    t.counters.handshakes_failed += 1;
+                    drop(t);
+                    self.outcomes.push(Outcome::Failed(id, err.to_string()));
+                    self.flush();
+                    return true;
+                }
+            }
+        }
+        let mut result = None;
+        if let Some(d) = t.sessions.get_mut(&id).and_then(|e| e.dtls.as_mut()) {
+            let r = d.handle_datagram(now, data);
+            send_all(d, peer, out);
+            result = Some(r);
+        }
+        match result {
+            Some(Ok(Some(keys))) => {
+                t.counters.handshakes_completed += 1;
+                if let Some(e) = t.sessions.get_mut(&id) {
+                    e.keys_ready = true;
+                }
+                self.outcomes.push(Outcome::Keys(id, keys));
+            }
+            Some(Err(crate::webrtc::dtls::DtlsError::Malformed(_))) => {}
+            Some(Err(err)) => {
+                t.counters.handshakes_failed += 1;
+                self.outcomes.push(Outcome::Failed(id, err.to_string()));
+            }
+            Some(Ok(None)) | None => {}
+        }
+        drop(t);
+        self.flush();
+        true
+    }
+
+    fn timeout(&mut self, now: Instant, out: &mut Outbox) {
+        self.start_clients(now, out);
+        let mut t = lock(&self.table);
+        let mut failed = Vec::new();
+        for (&id, e) in t.sessions.iter_mut() {
+            let (Some(d), Some(peer)) = (e.dtls.as_mut(), e.peer) else {
+                continue;
+            };
+            if d.poll_timeout(now).is_some_and(|at| at <= now) {
+                if let Err(err) = d.handle_timeout(now) {
+                    failed.push((id, err.to_string()));
+                }
+                send_all(d, peer, out);
+            }
+        }
+        t.counters.handshakes_failed += failed.len() as u64;
+        drop(t);
+        self.outcomes
+            .extend(failed.into_iter().map(|(id, r)| Outcome::Failed(id, r)));
+        self.flush();
+    }
+
+    fn ice_event(&mut self, ev: &IceEvent) {
+        let mut t = lock(&self.table);
+        match *ev {
+            IceEvent::Nominated { session, peer } => {
+                let peer = normalize(peer);
+                let Some(e) = t.sessions.get_mut(&session) else {
+                    return;
+                };
+                let old = e.peer.replace(peer);
+                if let Some(o) = old {
+                    if t.by_peer.get(&o) == Some(&session) {
+                        t.by_peer.remove(&o);
+                    }
+                }
+                t.by_peer.insert(peer, session);
+            }
+            IceEvent::Expired { session } => {
+                if let Some(p) = t.sessions.get(&session).and_then(|e| e.peer) {
+                    if t.by_peer.get(&p) == Some(&session) {
+                        t.by_peer.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl WebRtcDtls {
+    /// Start client-role handshakes for nominated sessions that have none (called after
+    /// ICE events; a server-role endpoint waits for the peer's ClientHello instead).
+    pub fn start_clients(&mut self, now: Instant, out: &mut Outbox) {
+        let cfg = self.config();
+        let mut t = lock(&self.table);
+        let ids: Vec<(SessionId, SocketAddr)> = t
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.dtls_role == DtlsRole::Client && e.dtls.is_none())
+            .filter_map(|(&id, e)| e.peer.map(|p| (id, p)))
+            .collect();
+        for (id, peer) in ids {
+            let (total, from_ip) = t.handshaking(peer.ip());
+            if total >= self.limits.max_handshakes || from_ip >= self.limits.max_handshakes_per_ip {
+                t.counters.refused_cap += 1;
+                continue;
+            }
+            let Some(e) = t.sessions.get_mut(&id) else {
+                continue;
+            };
+            match Dtls::new(
+                DtlsRole::Client,
+                &self.cert,
+                &DEFAULT_SRTP_PROFILES,
+                e.remote_fp.clone(),
+                cfg,
+                now,
+            ) {
+                Ok(mut d) => {
+                    send_all(&mut d, peer, out);
+                    e.dtls = Some(d);
+                    t.counters.handshakes_started += 1;
+                }
+                Err(err) => {
+                    t.counters.handshakes_failed += 1;
+                    self.outcomes.push(Outcome::Failed(id, err.to_string()));
+                }
+            }
+        }
+        drop(t);
+        self.flush();
+    }
+}
+
+/// IPv4-mapped IPv6 → IPv4, as the ICE agent does, so both index the same address.
+fn normalize(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
