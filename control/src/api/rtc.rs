@@ -1137,6 +1137,131 @@ impl KeyBinder for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webrtc::token::mint_stream;
+    use relay::config::{Config, Secret};
+    use std::sync::Arc;
+
+    const ADMIN: &str = "rtc-test-admin-token-0123456789";
+    const FP: &str = "sha-256 0F:74:31:25:CB:A2:13:EC:28:6F:6D:2C:61:FF:5D:C2:BC:B9:DB:3D:98:14:8D:1A:BB:EA:33:0C:A4:60:A8:8E";
+    const SECRET: [u8; 32] = [7; 32];
+
+    struct Env {
+        dir: PathBuf,
+        shm: PathBuf,
+        ctl: Arc<Control>,
+    }
+
+    impl Drop for Env {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.shm);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn env(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("sluice-rtc-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let shm = PathBuf::from(format!("/dev/shm/sluice-rtc-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&shm);
+        let text = format!(
+            "runtime_dir = \"{d}/run\"\n[relay]\nbind = \"127.0.0.1:40000\"\n[control]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/log/audit.log\"\nbootstrap_app = \"demo\"\n[shm]\npath = \"{s}\"\nsessions = 16\nroutes = 64\nworker_slots = 2\n",
+            d = dir.display(),
+            s = shm.display()
+        );
+        let cfg = Config::from_toml_str(&text, "test").unwrap();
+        std::fs::create_dir_all(&cfg.runtime_dir).unwrap();
+        let ctl = Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap());
+        let e = Env { dir, shm, ctl };
+        // A key whose secret the test knows.
+        let body = format!(
+            r#"{{"kid":"t1","secret":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(SECRET)
+        );
+        let r = e.admin("POST", "/v1/apps/demo/keys", &body);
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        e
+    }
+
+    fn req(method: &str, path: &str, auth: Option<&str>, body: &str, peer: &str) -> Request {
+        let mut headers = Vec::new();
+        if let Some(a) = auth {
+            headers.push(("authorization".to_string(), format!("Bearer {a}")));
+        }
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: String::new(),
+            headers,
+            body: body.as_bytes().to_vec(),
+            peer: peer.into(),
+        }
+    }
+
+    impl Env {
+        fn admin(&self, method: &str, path: &str, body: &str) -> Response {
+            self.ctl
+                .handle_admin(&req(method, path, Some(ADMIN), body, "tcp:127.0.0.1:1"))
+        }
+        fn public(&self, method: &str, path: &str, tok: Option<&str>, body: &str) -> Response {
+            self.public_from(method, path, tok, body, "tcp:127.0.0.1:5555")
+        }
+        fn public_from(
+            &self,
+            method: &str,
+            path: &str,
+            tok: Option<&str>,
+            body: &str,
+            peer: &str,
+        ) -> Response {
+            self.ctl.handle_public(&req(method, path, tok, body, peer))
+        }
+        fn audit(&self) -> String {
+            std::fs::read_to_string(self.dir.join("log/audit.log")).unwrap_or_default()
+        }
+    }
+
+    fn now() -> u64 {
+        util::unix_ms() / 1000
+    }
+
+    fn claims(app: &str, room: &str, role: TokenRole) -> Claims {
+        let n = now();
+        Claims {
+            sub: "alice".into(),
+            app: app.into(),
+            room: room.into(),
+            role,
+            exp: n + 600,
+            nbf: n - 5,
+            iat: n - 5,
+            email: None,
+        }
+    }
+
+    fn sign(c: &Claims) -> String {
+        token::mint(&DevKey::new("t1", &SECRET).unwrap(), c)
+    }
+
+    fn offer(dir: &str, ssrc: u32) -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:{FP}\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na={dir}\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ssrc:{r} cname:x\r\n",
+            r = ssrc + 1
+        )
+    }
+
+    fn reason(r: &Response) -> String {
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v["reason"].as_str().unwrap_or_default().to_string()
+    }
+
+    fn body(r: &Response) -> String {
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
 
     #[test]
     fn rejection_statuses() {
@@ -1149,5 +1274,274 @@ mod tests {
             reason_code(&TokenError::EmailDomainNotAllowed),
             "email_domain_not_allowed"
         );
+    }
+
+    /// Every rejection: status, JSON reason, audit entry; nothing is created.
+    #[test]
+    fn every_token_rejection_is_401_or_403_with_reason_and_audit() {
+        let e = env("reject");
+        let whip = offer("sendonly", 1000);
+        let whep = offer("recvonly", 2000);
+        assert_eq!(e.admin("POST", "/v1/apps", r#"{"id":"other"}"#).status, 201);
+        let n = now();
+        let mut cases: Vec<(&str, String, &str, u16, &str)> = Vec::new();
+        let mut c = claims("demo", "blue", TokenRole::Host);
+        c.exp = n - 100;
+        c.nbf = n - 200;
+        c.iat = n - 200;
+        cases.push(("/whip/demo/blue", sign(&c), &whip, 401, "expired"));
+        let mut c = claims("demo", "blue", TokenRole::Host);
+        c.nbf = n + 1000;
+        c.exp = n + 2000;
+        cases.push(("/whip/demo/blue", sign(&c), &whip, 401, "not_yet_valid"));
+        let c = claims("demo", "blue", TokenRole::Host);
+        cases.push(("/whip/other/blue", sign(&c), &whip, 403, "wrong_app"));
+        cases.push(("/whip/demo/red", sign(&c), &whip, 403, "wrong_room"));
+        let forged = token::mint(&DevKey::new("t1", &[9u8; 32]).unwrap(), &c);
+        cases.push(("/whip/demo/blue", forged, &whip, 401, "bad_signature"));
+        let v = claims("demo", "blue", TokenRole::Viewer);
+        cases.push((
+            "/whip/demo/blue",
+            sign(&v),
+            &whip,
+            403,
+            "role_cannot_publish",
+        ));
+        // Email domains (room policy).
+        let r = e.admin(
+            "PUT",
+            "/v1/rooms/demo/vip",
+            r#"{"policy":{"allowed_email_domains":["example.com"]}}"#,
+        );
+        assert_eq!(r.status, 200, "{}", body(&r));
+        let mut v = claims("demo", "vip", TokenRole::Viewer);
+        v.email = Some("eve@evil.test".into());
+        cases.push((
+            "/whep/demo/vip",
+            sign(&v),
+            &whep,
+            403,
+            "email_domain_not_allowed",
+        ));
+        // Storm md5 stream tokens bound to the viewer's IP.
+        let r = e.admin(
+            "PUT",
+            "/v1/rooms/demo/legacy",
+            r#"{"policy":{"accepted_token_kinds":["stream"],"stream_password":"pw","stream_timeout_minutes":5,"bind_ip":true}}"#,
+        );
+        assert_eq!(r.status, 200, "{}", body(&r));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        cases.push((
+            "/whep/demo/legacy",
+            "0".repeat(32),
+            &whep,
+            401,
+            "stream_token_invalid",
+        ));
+        let stale = mint_stream("pw", n - 3600, Some(ip));
+        cases.push((
+            "/whep/demo/legacy",
+            stale,
+            &whep,
+            401,
+            "stream_token_invalid",
+        ));
+        // Signed tokens are not accepted in that room.
+        let c = claims("demo", "legacy", TokenRole::Viewer);
+        cases.push((
+            "/whep/demo/legacy",
+            sign(&c),
+            &whep,
+            403,
+            "token_kind_not_accepted",
+        ));
+        for (path, tok, sdp, status, why) in &cases {
+            let r = e.public("POST", path, Some(tok), sdp);
+            assert_eq!(r.status, *status, "{why}: {}", body(&r));
+            assert_eq!(reason(&r), *why, "{}", body(&r));
+            assert!(
+                r.headers
+                    .iter()
+                    .any(|(k, v)| *k == "Access-Control-Allow-Origin" && v == "*"),
+                "CORS on errors too"
+            );
+        }
+        // No token at all.
+        let r = e.public("POST", "/whip/demo/blue", None, &whip);
+        assert_eq!(r.status, 401);
+        // IP mismatch: the right token from another address.
+        let good = mint_stream("pw", n, Some(ip));
+        let r = e.public_from(
+            "POST",
+            "/whep/demo/legacy",
+            Some(&good),
+            &whep,
+            "tcp:10.1.2.3:9",
+        );
+        assert_eq!(r.status, 401, "{}", body(&r));
+        assert_eq!(reason(&r), "stream_token_invalid");
+        // ... and accepted from the bound address.
+        let r = e.public("POST", "/whep/demo/legacy", Some(&good), &whep);
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let audit = e.audit();
+        for (_, _, _, _, why) in &cases {
+            assert!(
+                audit.contains(&format!("\"reason\":\"{why}\"")),
+                "audit lacks {why}"
+            );
+        }
+        assert!(audit.contains("whip.denied") && audit.contains("whep.denied"));
+        assert!(
+            !audit.contains("eve@evil.test"),
+            "no e-mail in the audit log"
+        );
+        // Only the accepted viewer became a session.
+        assert_eq!(e.ctl.members().len(), 1);
+    }
+
+    /// WHIP then WHEP: answer, Location, routes publisher → viewer with the viewer's SSRC and
+    /// payload types; the viewer is never a publisher in shm; DELETE and admin removal stop it.
+    #[test]
+    fn whip_whep_routes_and_removal() {
+        let e = env("flow");
+        let pub_tok = sign(&claims("demo", "blue", TokenRole::Host));
+        let view_tok = sign(&claims("demo", "blue", TokenRole::Viewer));
+        // CORS preflight.
+        let r = e.public("OPTIONS", "/whip/blue", None, "");
+        assert_eq!(r.status, 204);
+        let h = |r: &Response, k: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            h(&r, "Access-Control-Expose-Headers").as_deref(),
+            Some("Location")
+        );
+        assert!(h(&r, "Access-Control-Allow-Headers")
+            .unwrap()
+            .contains("Authorization"));
+
+        // `/whip/{room}` means the bootstrap application.
+        let r = e.public(
+            "POST",
+            "/whip/blue",
+            Some(&pub_tok),
+            &offer("sendonly", 1000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        assert_eq!(r.content_type, "application/sdp");
+        let sdp = body(&r);
+        for want in [
+            "a=ice-lite",
+            "a=group:BUNDLE 0",
+            "a=rtcp-mux",
+            "a=setup:passive",
+            "a=recvonly",
+            "a=candidate:1 1 udp",
+            "127.0.0.1 40000 typ host",
+            "a=fingerprint:sha-256 ",
+        ] {
+            assert!(sdp.contains(want), "answer lacks {want}: {sdp}");
+        }
+        let pub_loc = h(&r, "Location").unwrap();
+        assert!(pub_loc.starts_with("/whip/resource/"));
+        let r = e.public(
+            "POST",
+            "/whep/demo/blue",
+            Some(&view_tok),
+            &offer("recvonly", 2000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let sdp = body(&r);
+        assert!(sdp.contains("a=sendonly"), "{sdp}");
+        let send_ssrc: u32 = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ssrc:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .expect("WHEP answer announces our SSRC");
+        let view_loc = h(&r, "Location").unwrap();
+
+        let members = e.ctl.members();
+        let p = members.iter().find(|m| m.publishes).unwrap().session;
+        let v = members.iter().find(|m| !m.publishes).unwrap().session;
+        let st = lock(&e.ctl.inner).store.state().clone();
+        assert_eq!(st.sessions[&p].role, "host");
+        assert_eq!(
+            st.sessions[&v].role, "viewer",
+            "a WHEP session never publishes"
+        );
+        assert!(st.sessions[&v].flags & session_flags::PENDING != 0);
+        let routes: Vec<_> = st.routes.values().collect();
+        assert_eq!(
+            routes.len(),
+            1,
+            "primary SSRC only (RTX left out): {routes:?}"
+        );
+        assert_eq!((routes[0].from, routes[0].to), (p, v));
+        assert_eq!(routes[0].ssrc, Some(1000));
+        assert_eq!(routes[0].rewrite.ssrc, Some(send_ssrc));
+        assert_eq!(routes[0].rewrite.pt_map, vec![[96, 96]]);
+
+        // The admin sees the room with both members.
+        let r = e.admin("GET", "/v1/rooms/demo/blue", "");
+        assert_eq!(r.status, 200);
+        assert!(body(&r).contains("\"kind\":\"whep\""));
+
+        // DELETE with a wrong secret is refused; the right one removes the viewer and routes.
+        let bad = format!("{}x", view_loc);
+        assert_eq!(e.public("DELETE", &bad, None, "").status, 404);
+        assert_eq!(e.public("DELETE", &view_loc, None, "").status, 200);
+        let st = lock(&e.ctl.inner).store.state().clone();
+        assert!(st.routes.is_empty() && !st.sessions.contains_key(&v));
+
+        // Moderator removal through the admin API.
+        let r = e.admin("DELETE", &format!("/v1/sessions/{p}"), "");
+        assert_eq!(r.status, 204, "{}", body(&r));
+        assert!(e.ctl.members().is_empty());
+        assert!(lock(&e.ctl.ice).is_empty());
+        assert_eq!(e.public("DELETE", &pub_loc, None, "").status, 404);
+    }
+
+    #[test]
+    fn tokens_apps_and_demo_endpoint() {
+        let e = env("admin");
+        let r = e.admin(
+            "POST",
+            "/v1/tokens",
+            r#"{"app":"demo","room":"blue","role":"moderator","ttl_secs":60,"email":"a@b.c"}"#,
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let t = v["token"].as_str().unwrap();
+        let r = e.public("POST", "/whip/demo/blue", Some(t), &offer("sendonly", 5));
+        assert_eq!(r.status, 201, "{}", body(&r));
+        assert_eq!(e.admin("GET", "/v1/apps", "").status, 200);
+        let r = e.admin("GET", "/v1/apps/demo/keys", "");
+        assert!(body(&r).contains("\"t1\"") && body(&r).contains("\"dev\""));
+        assert!(
+            !body(&r).contains("secret"),
+            "keys are never listed with secrets"
+        );
+        assert_eq!(e.admin("DELETE", "/v1/apps/demo/keys/t1", "").status, 204);
+        assert_eq!(e.admin("DELETE", "/v1/apps/demo/keys/t1", "").status, 404);
+        // Demo page and loopback-only demo tokens.
+        assert_eq!(e.public("GET", "/demo", None, "").status, 200);
+        let r = e.public("POST", "/demo/token", None, r#"{"room":"x","role":"host"}"#);
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let r = e.public_from(
+            "POST",
+            "/demo/token",
+            None,
+            r#"{"room":"x","role":"host"}"#,
+            "tcp:192.0.2.1:5",
+        );
+        assert_eq!(r.status, 403);
+        // Removing the application removes its participants.
+        assert_eq!(e.admin("DELETE", "/v1/apps/demo", "").status, 204);
+        assert!(e.ctl.members().is_empty());
+        assert_eq!(e.public("GET", "/demo", None, "").status, 404);
     }
 }
