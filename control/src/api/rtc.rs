@@ -792,7 +792,7 @@ impl Control {
             }
             ("GET" | "HEAD", ["rooms"]) => return self.list_rooms(),
             ("GET" | "HEAD", ["rooms", app, room]) => return self.get_room(app, room),
-            ("PUT", ["rooms", app, room]) => {
+            ("PUT" | "POST", ["rooms", app, room]) => {
                 let r = self.put_room(app, room, req);
                 ("room.policy", json!({"app": app, "room": room}), r)
             }
@@ -998,7 +998,7 @@ impl Control {
         )
     }
 
-    /// `PUT /v1/rooms/{app}/{room}` `{"policy": {...}|null}`: create the room, set its policy.
+    /// `PUT` (or `POST`) `/v1/rooms/{app}/{room}` `{"policy": {...}|null}`: create the room, set its policy.
     fn put_room(&self, app: &str, room: &str, req: &Request) -> Response {
         let r = (|| -> Result<Response, Response> {
             let b = Body::parse(
