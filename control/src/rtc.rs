@@ -396,3 +396,262 @@ fn normalize(a: SocketAddr) -> SocketAddr {
         SocketAddr::V4(_) => a,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Binder {
+        keys: Mutex<Vec<(SessionId, SrtpKeys)>>,
+        failed: Mutex<Vec<SessionId>>,
+    }
+
+    impl KeyBinder for Binder {
+        fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String> {
+            lock(&self.keys).push((session, *keys));
+            Ok(())
+        }
+        fn dtls_failed(&self, session: SessionId, _reason: &str) {
+            lock(&self.failed).push(session);
+        }
+    }
+
+    struct Rig {
+        table: Arc<Mutex<RtcTable>>,
+        binder: Arc<Binder>,
+        sink: WebRtcDtls,
+        ours: Arc<Certificate>,
+    }
+
+    fn rig(limits: DtlsLimits) -> Rig {
+        let table = Arc::new(Mutex::new(RtcTable::default()));
+        let binder = Arc::new(Binder::default());
+        let ours = Arc::new(Certificate::generate().unwrap());
+        let sink = WebRtcDtls::new(table.clone(), ours.clone(), binder.clone(), limits);
+        Rig {
+            table,
+            binder,
+            sink,
+            ours,
+        }
+    }
+
+    fn limits() -> DtlsLimits {
+        DtlsLimits {
+            max_handshakes: 4,
+            max_handshakes_per_ip: 1,
+            handshake_timeout: Duration::from_secs(15),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    impl Rig {
+        /// Register session `id` (our role `role`) for a peer with certificate `cert`, nominated
+        /// at `peer`.
+        fn add(&mut self, id: SessionId, role: DtlsRole, cert: &Certificate, peer: SocketAddr) {
+            lock(&self.table).insert(id, RtcEntry::new(role, cert.fingerprint().clone()));
+            self.sink
+                .ice_event(&IceEvent::Nominated { session: id, peer });
+        }
+
+        /// Exchange datagrams between the sink and `remote` (at `peer`) until quiet; the
+        /// sink's first `drop_first` datagrams are lost.
+        fn pump(
+            &mut self,
+            remote: &mut Dtls,
+            peer: SocketAddr,
+            now: Instant,
+            mut drop_first: usize,
+        ) -> Option<SrtpKeys> {
+            let mut remote_keys = None;
+            for _ in 0..50 {
+                let mut out = Outbox::default();
+                for d in remote.take_transmits() {
+                    assert!(self.sink.datagram(now, peer, &d, &mut out));
+                }
+                let to_remote: Vec<_> = out.drain().collect();
+                if to_remote.is_empty() && remote.poll_timeout(now).is_none() {
+                    break;
+                }
+                if to_remote.is_empty() {
+                    break;
+                }
+                for (to, d) in to_remote {
+                    assert_eq!(to, peer, "replies go to the nominated peer");
+                    if drop_first > 0 {
+                        drop_first -= 1;
+                        continue;
+                    }
+                    if let Ok(Some(k)) = remote.handle_datagram(now, &d) {
+                        remote_keys = Some(k);
+                    }
+                }
+            }
+            remote_keys
+        }
+    }
+
+    fn check_keys(ours: SrtpKeys, theirs: SrtpKeys) {
+        assert_eq!(ours.profile, theirs.profile);
+        assert_eq!(ours.rx, theirs.tx);
+        assert_eq!(ours.tx, theirs.rx);
+    }
+
+    /// Server role (our answer said passive) with ECDSA and RSA peers: keys reach the binder.
+    #[test]
+    fn server_role_handshakes_with_ecdsa_and_rsa_peers() {
+        let now = Instant::now();
+        let mut r = rig(limits());
+        for (id, cert, peer) in [
+            (1, Certificate::generate().unwrap(), addr("192.0.2.1:5000")),
+            (
+                2,
+                Certificate::generate_rsa(2048).unwrap(),
+                addr("192.0.2.2:5000"),
+            ),
+        ] {
+            r.add(id, DtlsRole::Server, &cert, peer);
+            let mut remote = Dtls::new(
+                DtlsRole::Client,
+                &cert,
+                &DEFAULT_SRTP_PROFILES,
+                r.ours.fingerprint().clone(),
+                DtlsConfig::default(),
+                now,
+            )
+            .unwrap();
+            let theirs = r.pump(&mut remote, peer, now, 0).expect("peer keys");
+            let got = lock(&r.binder.keys).last().copied().unwrap();
+            assert_eq!(got.0, id);
+            check_keys(got.1, theirs);
+            assert!(lock(&r.table).keys_ready(id));
+        }
+        let c = lock(&r.table).counters();
+        assert_eq!((c.handshakes_started, c.handshakes_completed), (2, 2));
+    }
+
+    /// Datagrams from an address ICE did not nominate are not used; the per-IP cap holds.
+    #[test]
+    fn unknown_sources_and_caps() {
+        let now = Instant::now();
+        let mut r = rig(limits());
+        let peer_cert = Certificate::generate().unwrap();
+        let mut remote = Dtls::new(
+            DtlsRole::Client,
+            &peer_cert,
+            &DEFAULT_SRTP_PROFILES,
+            r.ours.fingerprint().clone(),
+            DtlsConfig::default(),
+            now,
+        )
+        .unwrap();
+        let hello = remote.take_transmits();
+        let mut out = Outbox::default();
+        assert!(!r
+            .sink
+            .datagram(now, addr("198.51.100.9:1"), &hello[0], &mut out));
+        assert_eq!(lock(&r.table).counters().unknown_peer, 1);
+        // Two sessions nominated from one IP: the second handshake is refused (cap 1).
+        r.add(1, DtlsRole::Server, &peer_cert, addr("192.0.2.7:1000"));
+        r.add(2, DtlsRole::Server, &peer_cert, addr("192.0.2.7:1001"));
+        assert!(r
+            .sink
+            .datagram(now, addr("192.0.2.7:1000"), &hello[0], &mut out));
+        assert!(!out.is_empty(), "ServerHello flight");
+        assert!(!r
+            .sink
+            .datagram(now, addr("192.0.2.7:1001"), &hello[0], &mut out));
+        assert_eq!(lock(&r.table).counters().refused_cap, 1);
+        // Forgetting the session frees its slot.
+        lock(&r.table).remove(1);
+        assert!(r
+            .sink
+            .datagram(now, addr("192.0.2.7:1001"), &hello[0], &mut out));
+    }
+
+    /// Client role (the offer said passive): the ClientHello leaves at the first tick after
+    /// nomination; when it is lost, the retransmission timer recovers.
+    #[test]
+    fn client_role_lost_first_flight_recovers() {
+        let t0 = Instant::now();
+        let mut r = rig(limits());
+        let peer_cert = Certificate::generate().unwrap();
+        let peer = addr("[2001:db8::5]:7000");
+        r.add(9, DtlsRole::Client, &peer_cert, peer);
+        let mut remote = Dtls::new(
+            DtlsRole::Server,
+            &peer_cert,
+            &DEFAULT_SRTP_PROFILES,
+            r.ours.fingerprint().clone(),
+            DtlsConfig::default(),
+            t0,
+        )
+        .unwrap();
+        let mut out = Outbox::default();
+        r.sink.timeout(t0, &mut out);
+        assert_eq!(out.len(), 1, "ClientHello sent at once");
+        out.drain().for_each(drop); // lost
+        std::thread::sleep(crate::io::dtls_ffi::INITIAL_RETRANSMIT + Duration::from_millis(30));
+        let now = Instant::now();
+        r.sink.timeout(now, &mut out);
+        let again: Vec<_> = out.drain().collect();
+        assert_eq!(again.len(), 1, "retransmitted ClientHello");
+        let mut theirs = None;
+        for (_, d) in again {
+            assert_eq!(remote.handle_datagram(now, &d), Ok(None));
+        }
+        for _ in 0..20 {
+            let mut out = Outbox::default();
+            for d in remote.take_transmits() {
+                r.sink.datagram(now, peer, &d, &mut out);
+            }
+            if out.is_empty() {
+                break;
+            }
+            for (_, d) in out.drain() {
+                match remote.handle_datagram(now, &d) {
+                    Ok(Some(k)) => theirs = Some(k),
+                    Ok(None) => {}
+                    Err(e) => panic!("remote: {e}"),
+                }
+            }
+        }
+        let got = lock(&r.binder.keys).first().copied().expect("keys");
+        check_keys(got.1, theirs.expect("remote keys"));
+    }
+
+    /// A handshake that does not finish by its deadline fails and is reported.
+    #[test]
+    fn deadline_failure_is_reported() {
+        let t0 = Instant::now();
+        let mut r = rig(DtlsLimits {
+            handshake_timeout: Duration::from_secs(1),
+            ..limits()
+        });
+        let peer_cert = Certificate::generate().unwrap();
+        let peer = addr("192.0.2.3:3");
+        r.add(4, DtlsRole::Server, &peer_cert, peer);
+        let mut remote = Dtls::new(
+            DtlsRole::Client,
+            &peer_cert,
+            &DEFAULT_SRTP_PROFILES,
+            r.ours.fingerprint().clone(),
+            DtlsConfig::default(),
+            t0,
+        )
+        .unwrap();
+        let mut out = Outbox::default();
+        for d in remote.take_transmits() {
+            r.sink.datagram(t0, peer, &d, &mut out);
+        }
+        r.sink.timeout(t0 + Duration::from_secs(2), &mut out);
+        assert_eq!(*lock(&r.binder.failed), vec![4]);
+        assert_eq!(lock(&r.table).counters().handshakes_failed, 1);
+        assert!(!lock(&r.table).keys_ready(4));
+    }
+}
