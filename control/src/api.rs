@@ -405,7 +405,9 @@ impl Control {
             ice_sessions,
             now_unix_ms: util::unix_ms(),
         };
-        let text = metrics::render(g.reader.as_ref(), &info);
+        let mut text = metrics::render(g.reader.as_ref(), &info);
+        drop(g);
+        text.push_str(&self.webrtc_metrics());
         Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)
     }
 

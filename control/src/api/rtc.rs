@@ -297,6 +297,41 @@ impl Control {
         lock(&self.rtc).remove(id);
     }
 
+    /// Prometheus text for the WebRTC families (DTLS handshakes, participants).
+    pub(super) fn webrtc_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let c = lock(&self.rtc).counters();
+        let (pubs, views) = {
+            let m = lock(&self.members);
+            let p = m.values().filter(|x| x.publishes).count();
+            (p, m.len() - p)
+        };
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = write!(
+            s,
+            "# HELP sluice_control_dtls_handshakes_total DTLS-SRTP handshakes by outcome.\n\
+             # TYPE sluice_control_dtls_handshakes_total counter\n\
+             sluice_control_dtls_handshakes_total{{result=\"started\"}} {}\n\
+             sluice_control_dtls_handshakes_total{{result=\"completed\"}} {}\n\
+             sluice_control_dtls_handshakes_total{{result=\"failed\"}} {}\n\
+             # HELP sluice_control_dtls_refused_total DTLS datagrams not used, by reason.\n\
+             # TYPE sluice_control_dtls_refused_total counter\n\
+             sluice_control_dtls_refused_total{{reason=\"handshake_cap\"}} {}\n\
+             sluice_control_dtls_refused_total{{reason=\"unknown_peer\"}} {}\n\
+             # HELP sluice_control_webrtc_participants WHIP publishers and WHEP viewers.\n\
+             # TYPE sluice_control_webrtc_participants gauge\n\
+             sluice_control_webrtc_participants{{kind=\"whip\"}} {pubs}\n\
+             sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n",
+            c.handshakes_started,
+            c.handshakes_completed,
+            c.handshakes_failed,
+            c.refused_cap,
+            c.unknown_peer,
+        );
+        s
+    }
+
     /// WebRTC participants (for the admin API and tests).
     pub fn members(&self) -> Vec<Member> {
         lock(&self.members).values().cloned().collect()
@@ -1485,6 +1520,12 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(routes[0].rewrite.ssrc, Some(send_ssrc));
         assert_eq!(routes[0].rewrite.pt_map, vec![[96, 96]]);
 
+        let m = body(&e.admin("GET", "/metrics", ""));
+        assert!(
+            m.contains("sluice_control_webrtc_participants{kind=\"whep\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("sluice_control_dtls_handshakes_total{result=\"failed\"} 0"));
         // The admin sees the room with both members.
         let r = e.admin("GET", "/v1/rooms/demo/blue", "");
         assert_eq!(r.status, 200);
