@@ -136,6 +136,7 @@ impl Control {
             cfg,
         };
         c.ensure_shm();
+        c.drop_unbound_webrtc_sessions();
         Ok(c)
     }
 

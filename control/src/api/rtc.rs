@@ -332,6 +332,39 @@ impl Control {
         s
     }
 
+    /// At start: WebRTC sessions that never got a peer (signaling state is in memory only,
+    /// so their ICE and DTLS cannot complete any more) are removed with their routes.
+    pub(super) fn drop_unbound_webrtc_sessions(&self) {
+        let mut g = lock(&self.inner);
+        if g.shm.is_none() {
+            return;
+        }
+        let st = g.store.state();
+        let dead: Vec<u64> = st
+            .sessions
+            .values()
+            .filter(|s| s.peer == UNBOUND_PEER && s.flags & session_flags::PENDING != 0)
+            .map(|s| s.id)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let mut entries: Vec<Entry> = st
+            .routes
+            .values()
+            .filter(|r| dead.contains(&r.from) || dead.contains(&r.to))
+            .map(|r| Entry::DelRoute { id: r.id })
+            .collect();
+        entries.extend(dead.iter().map(|&id| Entry::DelSession { id }));
+        match commit(&mut g, entries) {
+            Ok(()) => tracing::info!(
+                sessions = dead.len(),
+                "removed WebRTC sessions left unbound by a restart"
+            ),
+            Err(_) => tracing::warn!("could not remove WebRTC sessions left unbound by a restart"),
+        }
+    }
+
     /// WebRTC participants (for the admin API and tests).
     pub fn members(&self) -> Vec<Member> {
         lock(&self.members).values().cloned().collect()
@@ -1194,6 +1227,29 @@ mod tests {
     }
 
     fn env(name: &str) -> Env {
+        let (dir, shm, cfg) = env_parts(name);
+        let ctl = Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap());
+        add_test_key(&ctl);
+        Env { dir, shm, ctl }
+    }
+
+    /// A key whose secret the test knows.
+    fn add_test_key(ctl: &Control) {
+        let body = format!(
+            r#"{{"kid":"t1","secret":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(SECRET)
+        );
+        let r = ctl.handle_admin(&req(
+            "POST",
+            "/v1/apps/demo/keys",
+            Some(ADMIN),
+            &body,
+            "tcp:127.0.0.1:1",
+        ));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    fn env_parts(name: &str) -> (PathBuf, PathBuf, Config) {
         let dir = std::env::temp_dir().join(format!("sluice-rtc-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -1206,16 +1262,7 @@ mod tests {
         );
         let cfg = Config::from_toml_str(&text, "test").unwrap();
         std::fs::create_dir_all(&cfg.runtime_dir).unwrap();
-        let ctl = Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap());
-        let e = Env { dir, shm, ctl };
-        // A key whose secret the test knows.
-        let body = format!(
-            r#"{{"kid":"t1","secret":"{}"}}"#,
-            URL_SAFE_NO_PAD.encode(SECRET)
-        );
-        let r = e.admin("POST", "/v1/apps/demo/keys", &body);
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        e
+        (dir, shm, cfg)
     }
 
     fn req(method: &str, path: &str, auth: Option<&str>, body: &str, peer: &str) -> Request {
@@ -1544,6 +1591,30 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert!(e.ctl.members().is_empty());
         assert!(lock(&e.ctl.ice).is_empty());
         assert_eq!(e.public("DELETE", &pub_loc, None, "").status, 404);
+    }
+
+    #[test]
+    fn restart_drops_sessions_that_never_bound() {
+        let (dir, shm, cfg) = env_parts("restart");
+        let first = Arc::new(Control::start(cfg.clone(), Secret::new(ADMIN)).unwrap());
+        add_test_key(&first);
+        let tok = sign(&claims("demo", "blue", TokenRole::Host));
+        let r = first.handle_public(&req(
+            "POST",
+            "/whip/blue",
+            Some(&tok),
+            &offer("sendonly", 1),
+            "tcp:127.0.0.1:2",
+        ));
+        assert_eq!(r.status, 201);
+        assert_eq!(lock(&first.inner).store.state().sessions.len(), 1);
+        drop(first); // shm and the journal are the instance's own until it goes
+        let e = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        assert!(lock(&e.ctl.inner).store.state().sessions.is_empty());
     }
 
     #[test]
