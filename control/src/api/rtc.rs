@@ -129,32 +129,29 @@ impl Member {
     }
 }
 
-/// Routes from publisher `p` to viewer `v`: each accepted publisher section is matched with
-/// the viewer's section of the same kind and index among that kind; one route per primary
-/// SSRC (or one any-SSRC route when the publisher announced none), rewriting to the SSRC
-/// announced in the viewer's answer, with payload types and extension ids mapped.
-fn routes_between(p: &Member, v: &Member) -> Vec<(Option<u32>, RewriteSpec)> {
+/// Routes from publisher `p` to viewer `v`. Each accepted publisher section takes the first
+/// accepted viewer section of the same kind whose SSRC (announced in the viewer's answer) is
+/// not in `used` — sections already fed by another publisher — and marks it used; so a
+/// viewer that offers two video sections sees two publishers, in join order. One route per
+/// primary SSRC (or one any-SSRC route when the publisher announced none), rewriting the
+/// SSRC to the viewer section's, with payload types and extension ids mapped.
+fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u32>, RewriteSpec)> {
     let mut out = Vec::new();
-    let kind_idx = |ms: &[NegotiatedMedia], i: usize| {
-        let k = &ms[i].kind;
-        ms[..i]
-            .iter()
-            .filter(|m| m.accepted && &m.kind == k)
-            .count()
-    };
     for (i, pm) in p.media.iter().enumerate() {
         if !pm.accepted || !matches!(pm.kind, MediaKind::Audio | MediaKind::Video) {
             continue;
         }
-        let n = kind_idx(&p.media, i);
-        let Some(vm) = v
-            .media
-            .iter()
-            .filter(|m| m.accepted && m.kind == pm.kind)
-            .nth(n)
-        else {
+        let Some(vm) = v.media.iter().find(|m| {
+            m.accepted
+                && m.kind == pm.kind
+                && m.send_ssrc.is_some_and(|s| !used.contains(&s))
+                && !sdp::pt_map(&pm.codecs, &m.codecs).is_empty()
+        }) else {
             continue;
         };
+        if let Some(s) = vm.send_ssrc {
+            used.push(s);
+        }
         let pt_map: Vec<[u8; 2]> = sdp::pt_map(&pm.codecs, &vm.codecs)
             .into_iter()
             .take(relay::shm::MAX_MAPPINGS)
@@ -734,16 +731,27 @@ impl Control {
             };
             let mut entries = vec![Entry::PutSession { session: s }];
             let mut next_route = g.store.state().next_route_id;
+            // A new viewer fills its sections from the publishers in join order; a new
+            // publisher takes, per viewer, sections no other publisher feeds.
+            let mut used_by_new_viewer = Vec::new();
             for other in members.values() {
                 if other.app != app || other.room != room || other.publishes == publish {
                     continue;
                 }
-                let (p, v) = if publish {
-                    (&member, other)
+                let mut used_in_viewer: Vec<u32> = g
+                    .store
+                    .state()
+                    .routes
+                    .values()
+                    .filter(|r| r.to == other.session)
+                    .filter_map(|r| r.rewrite.ssrc)
+                    .collect();
+                let (p, v, used) = if publish {
+                    (&member, other, &mut used_in_viewer)
                 } else {
-                    (other, &member)
+                    (other, &member, &mut used_by_new_viewer)
                 };
-                for (ssrc, rewrite) in routes_between(p, v) {
+                for (ssrc, rewrite) in routes_between(p, v, used) {
                     entries.push(Entry::PutRoute {
                         route: StoredRoute {
                             id: next_route,
@@ -1615,6 +1623,51 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
         };
         assert!(lock(&e.ctl.inner).store.state().sessions.is_empty());
+    }
+
+    /// A viewer that joined first gets routes when publishers arrive; two publishers fill the
+    /// viewer's two video sections, one each; a third finds no free section.
+    #[test]
+    fn viewer_first_and_several_publishers() {
+        let e = env("multi");
+        let view_tok = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let two = offer("recvonly", 1)
+            .replace("a=group:BUNDLE 0", "a=group:BUNDLE 0 1")
+            .replace(
+                "a=ssrc-group:FID 1 2\r\na=ssrc:1 cname:x\r\na=ssrc:2 cname:x\r\n",
+                "",
+            );
+        let second = two
+            .split("m=video")
+            .nth(1)
+            .unwrap()
+            .replace("a=mid:0", "a=mid:1");
+        let two = format!("{two}m=video{second}");
+        let r = e.public("POST", "/whep/blue", Some(&view_tok), &two);
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let ssrcs: Vec<u32> = body(&r)
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=ssrc:"))
+            .filter(|l| l.contains("cname:"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(ssrcs.len(), 2, "{}", body(&r));
+        for (i, ssrc) in [(0u32, 100u32), (1, 200), (2, 300)] {
+            let tok = sign(&claims("demo", "blue", TokenRole::Speaker));
+            let r = e.public("POST", "/whip/blue", Some(&tok), &offer("sendonly", ssrc));
+            assert_eq!(r.status, 201, "publisher {i}: {}", body(&r));
+        }
+        let st = lock(&e.ctl.inner).store.state().clone();
+        let mut got: Vec<(Option<u32>, Option<u32>)> = st
+            .routes
+            .values()
+            .map(|r| (r.ssrc, r.rewrite.ssrc))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(Some(100), Some(ssrcs[0])), (Some(200), Some(ssrcs[1]))]
+        );
     }
 
     #[test]
