@@ -215,6 +215,42 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     );
     let status = watcher.wait().expect("wait watcher");
     let (st, rooms) = http(&admin, "GET", "/v1/rooms/demo/e2e", "");
+
+    // A moderator removes the publisher through the admin API: a second watcher that was
+    // receiving stops receiving.
+    let view_token2 = mint(&admin, "e2e", "viewer");
+    let (mut watcher2, view2_rx) = spawn_peer(
+        &[
+            "watch",
+            &format!("{base}/whep/e2e"),
+            &view_token2,
+            "10",
+            "25",
+            "2",
+        ],
+        "whep2",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready = false;
+    while Instant::now() < deadline && !ready {
+        if let Ok(l) = view2_rx.recv_timeout(Duration::from_millis(200)) {
+            ready = l == "ready";
+        }
+    }
+    let room: serde_json::Value =
+        serde_json::from_str(&http(&admin, "GET", "/v1/rooms/demo/e2e", "").1).expect("room json");
+    let publisher_session = room["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|x| x["kind"] == "whip"))
+        .and_then(|x| x["session"].as_u64())
+        .expect("the publisher is a member");
+    let (del, del_body) = http(
+        &admin,
+        "DELETE",
+        &format!("/v1/sessions/{publisher_session}"),
+        "",
+    );
+    let stalled = watcher2.wait().expect("wait watcher 2");
     let _ = publisher.kill();
     let _ = publisher.wait();
     let (_, metrics) = http(&admin, "GET", "/metrics", "");
@@ -222,6 +258,12 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     drop(control);
     let _ = std::fs::remove_file(&shm);
     assert_eq!(st, 200, "{rooms}");
+    assert!(ready, "the second watcher never decoded frames");
+    assert_eq!(del, 204, "{del_body}");
+    assert!(
+        stalled.success(),
+        "media kept flowing after the publisher was removed ({stalled})"
+    );
     assert!(
         status.success(),
         "the WHEP watcher did not decode {FRAMES} frames ({status}); rooms: {rooms}\n{}",

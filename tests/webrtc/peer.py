@@ -2,8 +2,11 @@
 """An independent WebRTC peer (aiortc) for Sluice's end-to-end test.
 
     peer.py publish URL TOKEN SECONDS      publish a synthetic VP8 video track through WHIP
-    peer.py watch URL TOKEN FRAMES TIMEOUT  play a room through WHEP; exit 0 once FRAMES
-                                            video frames were decoded
+    peer.py watch URL TOKEN FRAMES TIMEOUT [STALL]
+                                            play a room through WHEP; exit 0 once FRAMES
+                                            video frames were decoded; with STALL, then
+                                            print `ready` and exit 0 once no frame came
+                                            for STALL seconds (media stopped)
 
 Both print one status line per event on stdout (`answer`, `connected`, `frames=N`, `left`)
 and exit non-zero on failure. Exit code 3 means aiortc is not importable.
@@ -105,12 +108,15 @@ async def publish(url: str, token: str, seconds: float):
     await pc.close()
 
 
-async def watch(url: str, token: str, want: int, timeout: float):
+async def watch(url: str, token: str, want: int, timeout: float, stall: float = 0.0):
+    """Decode `want` frames; with `stall` > 0, then print `ready` and wait until no frame
+    arrived for `stall` seconds (prints `stalled`; exit 0) or `timeout` passes (exit 4)."""
     pc = RTCPeerConnection()
     state_logger(pc)
     pc.addTransceiver("video", direction="recvonly")
     done = asyncio.get_running_loop().create_future()
     decoded = 0
+    last = [0.0]
 
     @pc.on("track")
     def on_track(track):
@@ -123,6 +129,7 @@ async def watch(url: str, token: str, want: int, timeout: float):
                     return
                 if frame.width > 0:
                     decoded += 1
+                    last[0] = asyncio.get_running_loop().time()
                     if decoded % 10 == 0:
                         print(f"frames={decoded} size={frame.width}x{frame.height}", flush=True)
                     if decoded >= want and not done.done():
@@ -137,6 +144,20 @@ async def watch(url: str, token: str, want: int, timeout: float):
     except asyncio.TimeoutError:
         ok = False
     print(f"frames={decoded}", flush=True)
+    if ok and stall > 0:
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        ok = False
+        while loop.time() < end:
+            await asyncio.sleep(0.1)
+            if loop.time() - last[0] >= stall:
+                print(f"stalled after frames={decoded}", flush=True)
+                ok = True
+                break
+        if not ok:
+            await pc.close()
+            sys.exit(4)
     await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
     await pc.close()
     sys.exit(0 if ok else 2)
@@ -148,8 +169,9 @@ def main():
         return
     if len(sys.argv) == 5 and sys.argv[1] == "publish":
         asyncio.run(publish(sys.argv[2], sys.argv[3], float(sys.argv[4])))
-    elif len(sys.argv) == 6 and sys.argv[1] == "watch":
-        asyncio.run(watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+    elif len(sys.argv) in (6, 7) and sys.argv[1] == "watch":
+        stall = float(sys.argv[6]) if len(sys.argv) == 7 else 0.0
+        asyncio.run(watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), stall))
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(64)
