@@ -882,8 +882,13 @@ mod tests {
         assert_eq!(c.shm.sessions, 16_384);
         assert_eq!(c.shm.routes, 65_536);
         assert_eq!(c.srtp.replay_window, 1024);
-        // An empty file is the embedded default.
-        assert_eq!(parse("").unwrap(), c);
+        assert_eq!(c.control.bootstrap_app.as_deref(), Some("demo"));
+        // An empty file is the embedded default, except that only the embedded default
+        // bootstraps the `demo` application (a deployment names its own, if any).
+        let mut from_file = parse("").unwrap();
+        assert_eq!(from_file.control.bootstrap_app, None);
+        from_file.control.bootstrap_app = Some("demo".into());
+        assert_eq!(from_file, c);
     }
 
     #[test]
