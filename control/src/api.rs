@@ -4,6 +4,8 @@
 //! mutation (validate → journal + fsync → shared memory → audit → answer), reconciliation of
 //! shm with the persisted state when control (re)starts, and draining.
 //! May not touch: sockets (the [`crate::http`] server hands requests in), the packet path.
+//! The WebRTC endpoints (WHIP/WHEP, `/demo`, `/v1/apps|rooms|tokens`) live in the `rtc`
+//! submodule (control/src/api/rtc.rs), which shares this module's state and mutation order.
 
 use crate::audit::{Audit, PeerHasher};
 use crate::http::{Handler, Request, Response};
