@@ -1,7 +1,8 @@
 //! WebRTC end to end with an independent implementation: the real `sluice-relay` and
 //! `sluice-control` binaries on a temporary config; an aiortc peer (tests/webrtc/peer.py)
-//! publishes a synthetic VP8 track through WHIP and another watches through WHEP and must
-//! decode frames. The media crosses the relay's fast path (DTLS-SRTP keys exported by
+//! publishes a synthetic VP8 track and an Opus track through WHIP and another watches
+//! through WHEP and must decode video and audio frames; then a moderator removes the
+//! publisher through the admin API and a second watcher's media stops. The media crosses the relay's fast path (DTLS-SRTP keys exported by
 //! control into shm); ICE and DTLS cross the slow path.
 //!
 //! Needs Python with aiortc (`pip install aiortc`); without it the test prints
@@ -203,7 +204,7 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         }
         assert!(Instant::now() < deadline, "publisher got no answer");
     }
-    let (mut watcher, _view_rx) = spawn_peer(
+    let (mut watcher, view_rx) = spawn_peer(
         &[
             "watch",
             &format!("{base}/whep/e2e"),
@@ -214,6 +215,16 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         "whep",
     );
     let status = watcher.wait().expect("wait watcher");
+    // "frames=N audio_frames=M": Opus rode the same bundle with its own route.
+    let audio_frames: u64 = view_rx
+        .iter() // ends when the reader thread sees EOF
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("audio_frames="))
+                .and_then(|n| n.parse().ok())
+        })
+        .last()
+        .unwrap_or(0);
     let (st, rooms) = http(&admin, "GET", "/v1/rooms/demo/e2e", "");
 
     // A moderator removes the publisher through the admin API: a second watcher that was
@@ -259,6 +270,10 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     let _ = std::fs::remove_file(&shm);
     assert_eq!(st, 200, "{rooms}");
     assert!(ready, "the second watcher never decoded frames");
+    assert!(
+        audio_frames >= 10,
+        "only {audio_frames} Opus frames decoded"
+    );
     assert_eq!(del, 204, "{del_body}");
     assert!(
         stalled.success(),

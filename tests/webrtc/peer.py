@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An independent WebRTC peer (aiortc) for Sluice's end-to-end test.
 
-    peer.py publish URL TOKEN SECONDS      publish a synthetic VP8 video track through WHIP
+    peer.py publish URL TOKEN SECONDS      publish a synthetic VP8 video track and an Opus
+                                            audio track (silence) through WHIP
     peer.py watch URL TOKEN FRAMES TIMEOUT [STALL]
                                             play a room through WHEP; exit 0 once FRAMES
                                             video frames were decoded; with STALL, then
@@ -23,6 +24,7 @@ import urllib.request
 try:
     import aioice.ice
     from aiortc import (
+        AudioStreamTrack,
         RTCPeerConnection,
         RTCRtpSender,
         RTCSessionDescription,
@@ -98,6 +100,7 @@ def state_logger(pc: RTCPeerConnection):
 async def publish(url: str, token: str, seconds: float):
     pc = RTCPeerConnection()
     state_logger(pc)
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")  # Opus, silence
     tr = pc.addTransceiver(Pattern(), direction="sendonly")
     vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == "VP8"]
     tr.setCodecPreferences(vp8)
@@ -113,13 +116,27 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
     arrived for `stall` seconds (prints `stalled`; exit 0) or `timeout` passes (exit 4)."""
     pc = RTCPeerConnection()
     state_logger(pc)
+    pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
     done = asyncio.get_running_loop().create_future()
     decoded = 0
+    audio = [0]
     last = [0.0]
 
     @pc.on("track")
     def on_track(track):
+        async def pull_audio():
+            while True:
+                try:
+                    await track.recv()
+                except Exception:
+                    return
+                audio[0] += 1
+
+        if track.kind == "audio":
+            asyncio.ensure_future(pull_audio())
+            return
+
         async def pull():
             nonlocal decoded
             while True:
@@ -143,7 +160,7 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
         ok = True
     except asyncio.TimeoutError:
         ok = False
-    print(f"frames={decoded}", flush=True)
+    print(f"frames={decoded} audio_frames={audio[0]}", flush=True)
     if ok and stall > 0:
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
