@@ -9,7 +9,8 @@
 //! `SKIP: aiortc not installed (pip install aiortc)` and passes. `SLUICE_PYTHON` names the
 //! interpreter (default `python3`).
 
-use sluice_tests::{free_udp_port, relay_binary, TempDir};
+use sluice_tests::daemons::bin;
+use sluice_tests::{free_udp_port, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -36,21 +37,6 @@ fn aiortc_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The `sluice-control` binary beside the relay's (built on demand like it).
-fn control_binary() -> PathBuf {
-    let relay = relay_binary();
-    let bin = relay.with_file_name("sluice-control");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "sluice-control", "--bin", "sluice-control"])
-            .status()
-            .expect("run cargo build");
-        assert!(ok.success(), "building sluice-control failed");
-    }
-    bin
 }
 
 struct Proc(Child);
@@ -152,7 +138,7 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 
     let control = Proc(
-        Command::new(control_binary())
+        Command::new(bin("sluice-control"))
             .arg("--config")
             .arg(&cfg)
             .env_remove("NOTIFY_SOCKET")
@@ -179,7 +165,7 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         .expect("admin url")
         .to_string();
     let relay = Proc(
-        Command::new(relay_binary())
+        Command::new(bin("sluice-relay"))
             .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::null())
