@@ -169,7 +169,18 @@ pub struct WebRtcDtls {
     binder: Arc<dyn KeyBinder>,
     limits: DtlsLimits,
     outcomes: Vec<Outcome>,
+    /// DTLS datagrams from not-yet-nominated addresses, kept briefly: a browser may send its
+    /// ClientHello (maybe in two datagrams) as soon as a check succeeded, a moment before the
+    /// nominating check arrives. Replayed at the next tick if the address gets nominated.
+    early: Vec<(Instant, SocketAddr, Vec<u8>)>,
 }
+
+/// Most early DTLS datagrams kept, in total.
+pub const EARLY_MAX: usize = 64;
+/// Most early DTLS datagrams kept per source address (a fragmented ClientHello is two).
+pub const EARLY_PER_PEER: usize = 4;
+/// How long an early datagram is kept.
+pub const EARLY_TTL: Duration = Duration::from_secs(2);
 
 impl WebRtcDtls {
     pub fn new(
@@ -184,6 +195,7 @@ impl WebRtcDtls {
             binder,
             limits,
             outcomes: Vec::new(),
+            early: Vec::new(),
         }
     }
 
@@ -227,6 +239,8 @@ impl DtlsSink for WebRtcDtls {
         let mut t = lock(&self.table);
         let Some(&id) = t.by_peer.get(&peer) else {
             t.counters.unknown_peer += 1;
+            drop(t);
+            self.keep_early(now, peer, data);
             return false;
         };
         let needs_endpoint = t.sessions.get(&id).is_some_and(|e| {
@@ -293,6 +307,7 @@ impl DtlsSink for WebRtcDtls {
     }
 
     fn timeout(&mut self, now: Instant, out: &mut Outbox) {
+        self.replay_early(now, out);
         self.start_clients(now, out);
         let mut t = lock(&self.table);
         let mut failed = Vec::new();
@@ -342,6 +357,39 @@ impl DtlsSink for WebRtcDtls {
 }
 
 impl WebRtcDtls {
+    fn keep_early(&mut self, now: Instant, peer: SocketAddr, data: &[u8]) {
+        self.early
+            .retain(|(at, _, _)| now.saturating_duration_since(*at) < EARLY_TTL);
+        let from_peer = self.early.iter().filter(|(_, p, _)| *p == peer).count();
+        if self.early.len() < EARLY_MAX && from_peer < EARLY_PER_PEER {
+            self.early.push((now, peer, data.to_vec()));
+        }
+    }
+
+    /// Feed early datagrams whose source has been nominated since; drop stale ones.
+    fn replay_early(&mut self, now: Instant, out: &mut Outbox) {
+        if self.early.is_empty() {
+            return;
+        }
+        let early = std::mem::take(&mut self.early);
+        let mut keep = Vec::new();
+        for (at, peer, data) in early {
+            if now.saturating_duration_since(at) >= EARLY_TTL {
+                continue;
+            }
+            let known = lock(&self.table).by_peer.contains_key(&peer);
+            if known {
+                self.datagram(now, peer, &data, out);
+            } else {
+                keep.push((at, peer, data));
+            }
+        }
+        // `datagram` may have queued newer early datagrams meanwhile; keep both, bounded.
+        keep.append(&mut self.early);
+        keep.truncate(EARLY_MAX);
+        self.early = keep;
+    }
+
     /// Start client-role handshakes for nominated sessions that have none (called after
     /// ICE events; a server-role endpoint waits for the peer's ClientHello instead).
     pub fn start_clients(&mut self, now: Instant, out: &mut Outbox) {
@@ -572,6 +620,54 @@ mod tests {
         assert!(r
             .sink
             .datagram(now, addr("192.0.2.7:1001"), &hello[0], &mut out));
+    }
+
+    /// A ClientHello that arrives just before the nominating check is kept and
+    /// answered at the next tick after nomination.
+    #[test]
+    fn early_client_hello_is_replayed_after_nomination() {
+        let now = Instant::now();
+        let mut r = rig(limits());
+        let peer_cert = Certificate::generate().unwrap();
+        let peer = addr("192.0.2.50:4000");
+        lock(&r.table).insert(
+            3,
+            RtcEntry::new(DtlsRole::Server, peer_cert.fingerprint().clone()),
+        );
+        let mut remote = Dtls::new(
+            DtlsRole::Client,
+            &peer_cert,
+            &DEFAULT_SRTP_PROFILES,
+            r.ours.fingerprint().clone(),
+            DtlsConfig::default(),
+            now,
+        )
+        .unwrap();
+        let mut out = Outbox::default();
+        for d in remote.take_transmits() {
+            assert!(
+                !r.sink.datagram(now, peer, &d, &mut out),
+                "not nominated yet"
+            );
+        }
+        r.sink.timeout(now, &mut out);
+        assert!(out.is_empty(), "nothing answered before nomination");
+        r.sink.ice_event(&IceEvent::Nominated { session: 3, peer });
+        r.sink.timeout(now, &mut out);
+        let flight: Vec<_> = out.drain().collect();
+        assert!(!flight.is_empty(), "ServerHello flight after nomination");
+        for (_, d) in flight {
+            assert_eq!(remote.handle_datagram(now, &d), Ok(None));
+        }
+        let theirs = r.pump(&mut remote, peer, now, 0).expect("peer keys");
+        let got = lock(&r.binder.keys).first().copied().unwrap();
+        check_keys(got.1, theirs);
+        // Stale early datagrams are not kept forever.
+        let later = now + EARLY_TTL * 2;
+        r.sink
+            .datagram(later, addr("192.0.2.51:1"), &[22, 0xfe, 0xfd], &mut out);
+        r.sink.timeout(later + EARLY_TTL, &mut out);
+        assert!(r.sink.early.is_empty());
     }
 
     /// Client role (the offer said passive): the ClientHello leaves at the first tick after
