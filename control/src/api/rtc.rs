@@ -1258,13 +1258,18 @@ mod tests {
     }
 
     fn env_parts(name: &str) -> (PathBuf, PathBuf, Config) {
+        env_parts_with(name, "")
+    }
+
+    /// `extra` is added to the `[control]` table.
+    fn env_parts_with(name: &str, extra: &str) -> (PathBuf, PathBuf, Config) {
         let dir = std::env::temp_dir().join(format!("sluice-rtc-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let shm = PathBuf::from(format!("/dev/shm/sluice-rtc-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&shm);
         let text = format!(
-            "runtime_dir = \"{d}/run\"\n[relay]\nbind = \"127.0.0.1:40000\"\n[control]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/log/audit.log\"\nbootstrap_app = \"demo\"\n[shm]\npath = \"{s}\"\nsessions = 16\nroutes = 64\nworker_slots = 2\n",
+            "runtime_dir = \"{d}/run\"\n[relay]\nbind = \"127.0.0.1:40000\"\n[control]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/log/audit.log\"\nbootstrap_app = \"demo\"\n{extra}\n[shm]\npath = \"{s}\"\nsessions = 16\nroutes = 64\nworker_slots = 2\n",
             d = dir.display(),
             s = shm.display()
         );
@@ -1623,6 +1628,28 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
         };
         assert!(lock(&e.ctl.inner).store.state().sessions.is_empty());
+    }
+
+    /// One host candidate per public address, IPv4 and IPv6, on the media port.
+    #[test]
+    fn candidates_for_every_public_address() {
+        let (dir, shm, cfg) = env_parts_with(
+            "cand",
+            "public_addresses = [\"192.0.2.10\", \"2001:db8::10\"]",
+        );
+        let e = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&e.ctl);
+        let tok = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let r = e.public("POST", "/whep/blue", Some(&tok), &offer("recvonly", 7));
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let sdp = body(&r);
+        assert!(sdp.contains(" 192.0.2.10 40000 typ host"), "{sdp}");
+        assert!(sdp.contains(" 2001:db8::10 40000 typ host"), "{sdp}");
+        assert!(sdp.contains("a=end-of-candidates"));
     }
 
     /// A viewer that joined first gets routes when publishers arrive; two publishers fill the
