@@ -112,7 +112,12 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             }
             Request::Rekey(*id, body)
         }
-        Command::Up { .. } | Command::Srtp(_) => {
+        Command::Up { .. }
+        | Command::Srtp(_)
+        | Command::App(_)
+        | Command::Key(_)
+        | Command::Room(_)
+        | Command::Token(_) => {
             return Err(CtlError::Other(
                 "internal: command does not talk to the admin API".to_string(),
             ))
