@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # The whole test suite: what README.md tells a newcomer to run, and what CI runs.
-# Installs the independent peers the cross-checks need when they are missing (Python packages).
+# The cross-checks against independent implementations need Python peers: libsrtp (pylibsrtp,
+# relay/tests/srtp_libsrtp.rs) and aiortc (tests/webrtc_e2e.rs). They are installed into a venv
+# under target/ (never into the system Python) and handed to the tests as SLUICE_PYTHON. Offline,
+# or without python3-venv, those tests print SKIP and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# libsrtp (via pylibsrtp) for relay/tests/srtp_libsrtp.rs; offline or without pip the test SKIPs.
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import pylibsrtp' >/dev/null 2>&1; then
-    timeout 300 python3 -m pip install --quiet pylibsrtp >/dev/null 2>&1 \
-        || echo "note: pylibsrtp not installed; the libsrtp cross-check will SKIP" >&2
+venv=target/py-peers
+if [ -z "${SLUICE_PYTHON:-}" ] && command -v python3 >/dev/null 2>&1; then
+    if [ ! -x "$venv/bin/python" ]; then
+        mkdir -p target
+        python3 -m venv "$venv" >/dev/null 2>&1 \
+            || echo "note: python3 -m venv failed (apt install python3-venv); the Python cross-checks will SKIP" >&2
+    fi
+    if [ -x "$venv/bin/python" ]; then
+        if ! "$venv/bin/python" -c 'import pylibsrtp, aiortc' >/dev/null 2>&1; then
+            timeout 600 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pylibsrtp aiortc >/dev/null 2>&1 \
+                || echo "note: pip could not install pylibsrtp/aiortc; the Python cross-checks will SKIP" >&2
+        fi
+        export SLUICE_PYTHON="$PWD/$venv/bin/python"
+    fi
 fi
 exec cargo test --workspace "$@"

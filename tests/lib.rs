@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end tests: temp dirs, SRTP peers on loopback UDP sockets,
-//! and a `sluice-relay` child process.
+//! and a `sluice-relay` child process; [`daemons`] runs the whole appliance (control, relay,
+//! sluicectl, sluice-bench) as real processes.
 #![deny(unsafe_code)]
 
+pub mod daemons;
 pub mod procs;
 
 use relay::batch::MAX_DATAGRAM;
@@ -162,26 +164,10 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("addr").port()
 }
 
-/// The `sluice-relay` binary beside this test executable (target/<profile>/), built on
-/// demand with the `cargo` that runs the tests.
+/// The `sluice-relay` binary beside this test executable (target/<profile>/), built (and kept
+/// current) by [`daemons::ensure_binaries`].
 pub fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/sluice-relay
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let bin = dir.join("sluice-relay");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sluice-relay", "--bin", "sluice-relay"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building sluice-relay failed");
-    }
-    bin
+    daemons::bin("sluice-relay")
 }
 
 /// A running `sluice-relay`, stopped (SIGTERM, then SIGKILL) on drop.

@@ -3,7 +3,8 @@
 //! Layers: [`probe`] (packet layout) and [`seq`] (sequence accounting) are pure;
 //! [`crypto`] wraps `relay::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
 //! signals); [`gen`] runs the sockets and threads; [`target`] sets sessions up on the system
-//! under test through [`http`]; [`report`] and [`plot`] present the results; [`cmd`] holds the
+//! under test through [`http`] ([`rtpengine`]: the same over rtpengine's ng protocol);
+//! [`report`] and [`plot`] present the results; [`cmd`] holds the
 //! commands (`run`, `find-max`, `baseline`).
 #![deny(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod http;
 pub mod plot;
 pub mod probe;
 pub mod report;
+pub mod rtpengine;
 pub mod seq;
 pub mod sys;
 pub mod target;

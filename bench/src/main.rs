@@ -11,6 +11,7 @@ use relay::srtp::Profile;
 use sluice_bench::cmd::{self, CmdError, FindMaxOptions, Output, Reflector, RunOptions};
 use sluice_bench::gen::RigSpec;
 use sluice_bench::report::Report;
+use sluice_bench::rtpengine::RtpengineTarget;
 use sluice_bench::sys;
 use sluice_bench::target::{SluiceTarget, Target};
 
@@ -112,6 +113,9 @@ enum Baseline {
 enum TargetKind {
     /// A Sluice instance, through its admin REST API.
     Sluice,
+    /// rtpengine in userspace forwarding mode, through its ng control port (`--ng`);
+    /// fan-out 1 only (one call per publisher).
+    Rtpengine,
 }
 
 #[derive(Args)]
@@ -128,6 +132,9 @@ struct TargetArgs {
     /// Relay media address to send to; default: what the admin API reports.
     #[arg(long, value_name = "IP:PORT")]
     target: Option<SocketAddr>,
+    /// rtpengine's ng control address (with --target-kind rtpengine).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:2223")]
+    ng: SocketAddr,
 }
 
 #[derive(Args)]
@@ -286,6 +293,7 @@ fn connect(t: &TargetArgs) -> Result<Box<dyn Target>, CmdError> {
             t.token.as_deref(),
             t.target,
         )?)),
+        TargetKind::Rtpengine => Ok(Box::new(RtpengineTarget::connect(t.ng)?)),
     }
 }
 

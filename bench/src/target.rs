@@ -8,12 +8,10 @@
 //! offer with a port per call leg and its own SDES keys), so [`Target::setup`] returns a
 //! [`Wiring`]: where each publisher sends and which key each subscriber decrypts with.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
-
 use relay::srtp::{MasterKey, Profile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::http::{AdminClient, HttpError};
 
@@ -89,56 +87,27 @@ pub trait Target {
     }
 }
 
-/// The runtime directory of a local instance: `$SLUICE_RUNTIME_DIR`, else
-/// `$XDG_RUNTIME_DIR/sluice`, else `/tmp/sluice-<uid>`.
-// Kept private to the bench until `relay::config::default_runtime_dir` lands on main.
-pub fn runtime_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SLUICE_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(x) if std::path::Path::new(&x).is_absolute() => PathBuf::from(x).join("sluice"),
-        _ => {
-            // The uid is the owner of /proc/self (no libc call needed).
-            use std::os::unix::fs::MetadataExt;
-            let uid = std::fs::metadata("/proc/self")
-                .map(|m| m.uid().to_string())
-                .unwrap_or_else(|_| "user".into());
-            PathBuf::from(format!("/tmp/sluice-{uid}"))
-        }
-    }
-}
+/// The discovery file written by a running `sluice-control`: the same record and the same
+/// search order (`$SLUICE_RUNTIME_DIR`, then the default runtime directory) as `sluicectl`,
+/// both from `relay::config`.
+pub use relay::config::RuntimeInfo;
 
-/// The discovery file written by a running `sluice-control`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RuntimeInfo {
-    pub admin_url: String,
-    pub admin_token: String,
-    #[serde(default)]
-    pub media_addr: String,
-    #[serde(default)]
-    pub public_url: String,
-    #[serde(default)]
-    pub metrics_url: String,
-    #[serde(default)]
-    pub pid: u32,
-    #[serde(default)]
-    pub shm_path: String,
-}
-
-impl RuntimeInfo {
-    /// Read `<runtime_dir>/control.json`.
-    pub fn discover() -> Result<RuntimeInfo, TargetError> {
-        let path = runtime_dir().join("control.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            TargetError::Discovery(format!(
-                "no running Sluice found ({}: {e}); start one with `sluicectl up` or pass --api and --token",
-                path.display()
-            ))
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|e| TargetError::Discovery(format!("{}: {e}", path.display())))
-    }
+/// Read the first `control.json` among `relay::config::runtime_dir_candidates`.
+pub fn discover() -> Result<RuntimeInfo, TargetError> {
+    let Some(path) = RuntimeInfo::find_file() else {
+        let looked: Vec<String> = relay::config::runtime_dir_candidates()
+            .iter()
+            .map(|d| RuntimeInfo::path_in(d).display().to_string())
+            .collect();
+        return Err(TargetError::Discovery(format!(
+            "no running Sluice found (no {}); start one with `sluicectl up` or pass --api and --token",
+            looked.join(" or ")
+        )));
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| TargetError::Discovery(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TargetError::Discovery(format!("{}: {e}", path.display())))
 }
 
 /// A media address as the bench can send to it: an unspecified IP (`0.0.0.0`, `::`) becomes
@@ -168,7 +137,7 @@ impl SluiceTarget {
         media: Option<SocketAddr>,
     ) -> Result<SluiceTarget, TargetError> {
         let found = if api.is_none() || token.is_none() {
-            Some(RuntimeInfo::discover()?)
+            Some(discover()?)
         } else {
             None
         };
@@ -352,15 +321,12 @@ mod tests {
     }
 
     #[test]
-    fn runtime_info_parses_minimal_and_full() {
-        let r: RuntimeInfo =
-            serde_json::from_str(r#"{"admin_url":"http://127.0.0.1:1","admin_token":"t"}"#)
-                .unwrap();
-        assert_eq!(r.admin_token, "t");
+    fn runtime_info_is_the_relay_record() {
         let r: RuntimeInfo = serde_json::from_str(
-            r#"{"admin_url":"unix:/x","admin_token":"t","media_addr":"127.0.0.1:4000","public_url":"","metrics_url":"","pid":5,"shm_path":"/dev/shm/sluice","extra":1}"#,
+            r#"{"admin_url":"unix:/x","admin_token":"t","media_addr":"127.0.0.1:4000","public_url":"","metrics_url":"","pid":5,"shm_path":"/dev/shm/sluice"}"#,
         )
         .unwrap();
         assert_eq!(r.media_addr, "127.0.0.1:4000");
+        assert_eq!(r.admin_token, "t");
     }
 }

@@ -4,6 +4,8 @@
 //! mutation (validate → journal + fsync → shared memory → audit → answer), reconciliation of
 //! shm with the persisted state when control (re)starts, and draining.
 //! May not touch: sockets (the [`crate::http`] server hands requests in), the packet path.
+//! The WebRTC endpoints (WHIP/WHEP, `/demo`, `/v1/apps|rooms|tokens`) live in the `rtc`
+//! submodule (control/src/api/rtc.rs), which shares this module's state and mutation order.
 
 use crate::audit::{Audit, PeerHasher};
 use crate::http::{Handler, Request, Response};
@@ -19,6 +21,9 @@ use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+mod rtc;
+pub use rtc::Member;
 
 /// A relay whose newest heartbeat is older than this is reported down.
 pub const RELAY_UP_MS: u64 = 2000;
@@ -56,6 +61,14 @@ pub struct Control {
     pub ice: Arc<Mutex<IceAgent>>,
     /// Slow-path counters (the slow-path thread counts; `/metrics` reads).
     pub slow_path_stats: Arc<SlowPathStats>,
+    /// WebRTC sessions' DTLS state (shared with the slow path's [`crate::rtc::WebRtcDtls`]).
+    pub rtc: Arc<Mutex<crate::rtc::RtcTable>>,
+    /// Our DTLS certificate (its fingerprint goes into every SDP answer).
+    pub cert: Arc<crate::webrtc::dtls::Certificate>,
+    /// Applications, developer keys and rooms (persisted in `<state_dir>/apps.json`).
+    apps: Mutex<rtc::Apps>,
+    /// WebRTC participants by session id. Lock order: `members` before `inner`.
+    members: Mutex<std::collections::BTreeMap<u64, Member>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,6 +88,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("applications: {0}")]
+    Apps(String),
+    #[error("DTLS certificate: {0}")]
+    Cert(String),
 }
 
 impl Control {
@@ -93,7 +110,14 @@ impl Control {
             cfg.control.audit_max_bytes,
             cfg.control.audit_retention_days,
         );
+        let apps = rtc::Apps::open(&cfg.control)?;
+        let cert = crate::webrtc::dtls::Certificate::generate()
+            .map_err(|e| StartError::Cert(e.to_string()))?;
         let c = Control {
+            rtc: Arc::new(Mutex::new(crate::rtc::RtcTable::default())),
+            cert: Arc::new(cert),
+            apps: Mutex::new(apps),
+            members: Mutex::new(std::collections::BTreeMap::new()),
             token,
             urls: Mutex::new(Urls::default()),
             inner: Mutex::new(Inner {
@@ -114,6 +138,7 @@ impl Control {
             cfg,
         };
         c.ensure_shm();
+        c.drop_unbound_webrtc_sessions();
         Ok(c)
     }
 
@@ -238,6 +263,11 @@ impl Control {
         let path = req.path.trim_end_matches('/');
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let m = req.method.as_str();
+        if self.public_on_admin() {
+            if let Some(r) = self.handle_webrtc(req) {
+                return r;
+            }
+        }
         match segs.as_slice() {
             ["healthz"] => return only_get(m, || self.healthz()),
             ["metrics"] => return only_get(m, || self.metrics()),
@@ -268,6 +298,7 @@ impl Control {
             ("GET" | "HEAD", ["routes", id]) => self.get_route(id),
             ("DELETE", ["routes", id]) => self.delete_route(id),
             ("POST", ["drain"]) => self.drain(),
+            (_, ["apps" | "rooms" | "tokens", ..]) => self.handle_apps_api(m, &segs[1..], req),
             (_, ["status" | "stats"]) => method_not_allowed("GET"),
             (_, ["sessions" | "routes"]) => method_not_allowed("GET, POST"),
             (_, ["sessions" | "routes", _]) => method_not_allowed("GET, DELETE"),
@@ -278,6 +309,9 @@ impl Control {
 
     /// Serve one request on the public listener (when it differs from the admin one).
     pub fn handle_public(&self, req: &Request) -> Response {
+        if let Some(r) = self.handle_webrtc(req) {
+            return r;
+        }
         match req.path.trim_end_matches('/') {
             "/healthz" => only_get(&req.method, || self.healthz()),
             _ => Response::error(404, format!("no such endpoint: {}", req.path)),
@@ -374,7 +408,9 @@ impl Control {
             ice_sessions,
             now_unix_ms: util::unix_ms(),
         };
-        let text = metrics::render(g.reader.as_ref(), &info);
+        let mut text = metrics::render(g.reader.as_ref(), &info);
+        drop(g);
+        text.push_str(&self.webrtc_metrics());
         Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)
     }
 
@@ -521,6 +557,7 @@ impl Control {
         if resp.status < 300 {
             if let Some(id) = ids["session"].as_u64() {
                 lock(&self.ice).remove(id);
+                self.forget_rtc(id);
             }
         }
         self.audit("admin", "session.delete", ids, &resp);
@@ -667,12 +704,15 @@ impl Control {
     /// when another session already uses the address (peers stay unique).
     pub fn ice_bind_peer(&self, id: u64, peer: SocketAddr) -> Result<(), String> {
         let ids = json!({"session": id, "peer": self.hasher.hash(&peer.to_string())});
+        // A WebRTC session stays PENDING until DTLS has produced its keys.
+        let keys_ready = lock(&self.rtc).keys_ready(id);
         let r = (|| -> Result<Option<Response>, Response> {
             let mut g = lock(&self.inner);
             let Some(old) = g.store.state().sessions.get(&id).cloned() else {
                 return Err(Response::error(404, format!("session {id} not found")));
             };
-            if old.peer == peer && old.flags & session_flags::PENDING == 0 {
+            let want_pending = !keys_ready;
+            if old.peer == peer && (old.flags & session_flags::PENDING != 0) == want_pending {
                 return Ok(None);
             }
             if let Some(other) = g
@@ -692,7 +732,11 @@ impl Control {
             }
             let mut s = old;
             s.peer = peer;
-            s.flags &= !session_flags::PENDING;
+            if want_pending {
+                s.flags |= session_flags::PENDING;
+            } else {
+                s.flags &= !session_flags::PENDING;
+            }
             commit(&mut g, vec![Entry::PutSession { session: s }])?;
             Ok(Some(Response::empty(204)))
         })();

@@ -10,7 +10,7 @@
 use crate::api::{AdminHandler, Control, PublicHandler, Urls};
 use crate::http::{Listener, Server};
 use crate::notify::Notifier;
-use crate::slowpath::{DiscardDtls, SlowPath, SlowPathParams};
+use crate::slowpath::{SlowPath, SlowPathParams};
 use crate::util;
 use relay::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -150,8 +150,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         SlowPathParams::from_config(&cfg.control),
         ctl.ice.clone(),
         ctl.clone(),
-        // The hook the WebRTC integration replaces with its DTLS endpoint.
-        Box::new(DiscardDtls),
+        // WebRTC DTLS-SRTP handshakes (control::rtc); keys go back through `ctl`.
+        Box::new(ctl.dtls_sink()),
         ctl.slow_path_stats.clone(),
     )
     .and_then(SlowPath::spawn)

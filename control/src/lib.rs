@@ -7,6 +7,7 @@
 //! - [`api`]: REST routing, validation, authentication, mutation order, reconciliation.
 //! - [`http`]: a small std-only HTTP/1.1 server (loopback TCP or unix socket).
 //! - [`ice`]: the I/O-free ICE-lite agent (credentials, checks, nomination, consent).
+//! - [`rtc`]: WebRTC sessions between signaling and media; the slow path's DTLS sink.
 //! - [`slowpath`]: the relay's slow-path socket, rate limits, dispatch, the DTLS hook.
 //! - [`state`]: write-ahead journal and atomic snapshots of sessions, routes and id counters.
 //! - [`audit`]: the append-only JSON-lines audit log with rotation and retention.
@@ -25,6 +26,7 @@ pub mod ice;
 pub mod io;
 pub mod metrics;
 pub mod notify;
+pub mod rtc;
 pub mod slowpath;
 pub mod state;
 pub mod util;

@@ -84,6 +84,18 @@ pub enum Command {
     /// Protect or unprotect one packet offline (no control needed), for debugging keys.
     #[command(subcommand)]
     Srtp(SrtpCmd),
+    /// WebRTC applications (ids and developer keys).
+    #[command(subcommand)]
+    App(crate::webrtc_cmd::AppCmd),
+    /// Developer keys of an application.
+    #[command(subcommand)]
+    Key(crate::webrtc_cmd::KeyCmd),
+    /// Rooms and their access policy.
+    #[command(subcommand)]
+    Room(crate::webrtc_cmd::RoomCmd),
+    /// Signed access tokens for WHIP/WHEP.
+    #[command(subcommand)]
+    Token(crate::webrtc_cmd::TokenCmd),
 }
 
 #[derive(Debug, Subcommand)]

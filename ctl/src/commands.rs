@@ -112,7 +112,13 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             }
             Request::Rekey(*id, body)
         }
-        Command::Up { .. } | Command::Srtp(_) | Command::Upgrade { .. } => {
+        Command::Up { .. }
+        | Command::Srtp(_)
+        | Command::Upgrade { .. }
+        | Command::App(_)
+        | Command::Key(_)
+        | Command::Room(_)
+        | Command::Token(_) => {
             return Err(CtlError::Other(
                 "internal: command does not talk to the admin API".to_string(),
             ))
@@ -338,10 +344,10 @@ fn stats_text(v: &Value) -> String {
     let row = |w: &Value, name: String| {
         vec![
             name,
-            field(w, "rx_packets"),
-            field(w, "rx_bytes"),
-            field(w, "tx_packets"),
-            field(w, "tx_bytes"),
+            field(w, "packets_in"),
+            field(w, "bytes_in"),
+            field(w, "packets_out"),
+            field(w, "bytes_out"),
             drops_text(w.get("drops")),
         ]
     };
@@ -384,10 +390,10 @@ mod tests {
     fn stats_table_sums_drops_and_lists_reasons() {
         let v = json!({
             "workers": [
-                {"worker": 0, "rx_packets": 10, "rx_bytes": 1000, "tx_packets": 9, "tx_bytes": 900,
+                {"worker": 0, "packets_in": 10, "bytes_in": 1000, "packets_out": 9, "bytes_out": 900,
                  "drops": {"auth_failed": 1, "replayed": 0}},
             ],
-            "totals": {"rx_packets": 10, "rx_bytes": 1000, "tx_packets": 9, "tx_bytes": 900,
+            "totals": {"packets_in": 10, "bytes_in": 1000, "packets_out": 9, "bytes_out": 900,
                        "drops": {"auth_failed": 1, "replayed": 0}}
         });
         let t = stats_text(&v);

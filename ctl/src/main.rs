@@ -12,6 +12,7 @@ mod table;
 mod up;
 mod upgrade_cmd;
 mod validate;
+mod webrtc_cmd;
 
 use std::time::Duration;
 
@@ -73,6 +74,25 @@ fn run(cli: Cli) -> Result<i32> {
                 ),
                 Output::Human => println!("{hex}"),
             }
+            Ok(0)
+        }
+        Command::App(_) | Command::Key(_) | Command::Room(_) | Command::Token(_) => {
+            use webrtc_cmd::WebRtcCommand as W;
+            let w = match &cli.command {
+                Command::App(c) => W::App(c),
+                Command::Key(c) => W::Key(c),
+                Command::Room(c) => W::Room(c),
+                Command::Token(c) => W::Token(c),
+                _ => {
+                    return Err(error::CtlError::Other(
+                        "internal: not a WebRTC command".into(),
+                    ))
+                }
+            };
+            let req = webrtc_cmd::prepare(w)?;
+            let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref())?;
+            let client = api::Client::new(&ep)?;
+            webrtc_cmd::execute(&client, req, out)?;
             Ok(0)
         }
         cmd => {

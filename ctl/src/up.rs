@@ -374,6 +374,10 @@ fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: boo
             "metrics_url",
             pick("metrics_url", info.map(|i| &i.metrics_url)),
         ),
+        (
+            "demo_url",
+            format!("{}/demo", pick("public_url", info.map(|i| &i.public_url))),
+        ),
     ];
     if json {
         let obj: serde_json::Map<String, Value> = rows

@@ -100,8 +100,8 @@ fn tables_render() {
         ),
         "/v1/stats" => (
             200,
-            r#"{"workers":[{"worker":0,"rx_packets":5,"rx_bytes":500,"tx_packets":4,"tx_bytes":400,"drops":{"auth_failed":1}}],
-                "totals":{"rx_packets":5,"rx_bytes":500,"tx_packets":4,"tx_bytes":400,"drops":{"auth_failed":1}}}"#.into(),
+            r#"{"workers":[{"worker":0,"packets_in":5,"bytes_in":500,"packets_out":4,"bytes_out":400,"drops":{"auth_failed":1}}],
+                "totals":{"packets_in":5,"bytes_in":500,"packets_out":4,"bytes_out":400,"drops":{"auth_failed":1}}}"#.into(),
         ),
         "/v1/status" => (
             200,

@@ -259,6 +259,21 @@ pub struct ControlConfig {
     pub slow_path_per_source_rate: u32,
     /// ICE consent timeout (RFC 7675 §5.1): a nominated peer silent this long is expired.
     pub ice_consent_timeout_secs: u32,
+    /// File holding the 32-byte master secret that seals developer keys at rest (base64 or
+    /// raw, mode 0600). Absent: the systemd credential `sluice-master-key`, else
+    /// `<state_dir>/master.key`, generated (0600) on first start.
+    pub master_key_file: Option<PathBuf>,
+    /// `Access-Control-Allow-Origin` of the WHIP/WHEP endpoints.
+    pub cors_allow_origin: String,
+    /// An application created, with one generated developer key, when no application exists
+    /// (the embedded default sets `demo`).
+    pub bootstrap_app: Option<String>,
+    /// Concurrent DTLS handshakes, in total.
+    pub dtls_max_handshakes: u32,
+    /// Concurrent DTLS handshakes from one source IP address.
+    pub dtls_max_handshakes_per_ip: u32,
+    /// A DTLS handshake must finish this many seconds after it starts.
+    pub dtls_handshake_timeout_secs: u32,
 }
 
 impl Default for ControlConfig {
@@ -277,6 +292,12 @@ impl Default for ControlConfig {
             slow_path_rate: 20_000,
             slow_path_per_source_rate: 200,
             ice_consent_timeout_secs: 30,
+            master_key_file: None,
+            cors_allow_origin: "*".into(),
+            bootstrap_app: None,
+            dtls_max_handshakes: 256,
+            dtls_max_handshakes_per_ip: 8,
+            dtls_handshake_timeout_secs: 15,
         }
     }
 }
@@ -434,6 +455,7 @@ impl Config {
     /// generates one at start and publishes it in the runtime directory).
     pub fn embedded_default() -> Config {
         let mut c = Config::default();
+        c.control.bootstrap_app = Some("demo".into());
         c.resolve_paths();
         c
     }
@@ -562,6 +584,49 @@ impl Config {
         }
         if let Some(t) = &c.admin_token {
             check_token_text(t.expose()).or_else(|m| bad("control.admin_token", m))?;
+        }
+        if let Some(p) = &c.master_key_file {
+            abs("control.master_key_file", p)?;
+        }
+        if c.cors_allow_origin.is_empty() || c.cors_allow_origin.chars().any(|ch| ch.is_control()) {
+            return bad(
+                "control.cors_allow_origin",
+                "must be `*` or an origin such as `https://example.com`".into(),
+            );
+        }
+        if let Some(a) = &c.bootstrap_app {
+            let ok = !a.is_empty()
+                && a.len() <= 64
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                return bad(
+                    "control.bootstrap_app",
+                    format!("`{a}`: 1..=64 of A-Z a-z 0-9 - _ ."),
+                );
+            }
+        }
+        if c.dtls_max_handshakes == 0 || c.dtls_max_handshakes > 100_000 {
+            return bad(
+                "control.dtls_max_handshakes",
+                format!("{} is out of range 1..=100000", c.dtls_max_handshakes),
+            );
+        }
+        if c.dtls_max_handshakes_per_ip == 0 || c.dtls_max_handshakes_per_ip > c.dtls_max_handshakes
+        {
+            return bad(
+                "control.dtls_max_handshakes_per_ip",
+                format!(
+                    "{} is out of range 1..=dtls_max_handshakes",
+                    c.dtls_max_handshakes_per_ip
+                ),
+            );
+        }
+        if !(1..=120).contains(&c.dtls_handshake_timeout_secs) {
+            return bad(
+                "control.dtls_handshake_timeout_secs",
+                format!("{} is out of range 1..=120", c.dtls_handshake_timeout_secs),
+            );
         }
         if let Some(p) = &c.admin_token_file {
             abs("control.admin_token_file", p)?;
@@ -817,8 +882,13 @@ mod tests {
         assert_eq!(c.shm.sessions, 16_384);
         assert_eq!(c.shm.routes, 65_536);
         assert_eq!(c.srtp.replay_window, 1024);
-        // An empty file is the embedded default.
-        assert_eq!(parse("").unwrap(), c);
+        assert_eq!(c.control.bootstrap_app.as_deref(), Some("demo"));
+        // An empty file is the embedded default, except that only the embedded default
+        // bootstraps the `demo` application (a deployment names its own, if any).
+        let mut from_file = parse("").unwrap();
+        assert_eq!(from_file.control.bootstrap_app, None);
+        from_file.control.bootstrap_app = Some("demo".into());
+        assert_eq!(from_file, c);
     }
 
     #[test]
@@ -977,6 +1047,12 @@ mod tests {
             "control.slow_path_rate",
             "control.slow_path_per_source_rate",
             "control.ice_consent_timeout_secs",
+            "control.master_key_file",
+            "control.cors_allow_origin",
+            "control.bootstrap_app",
+            "control.dtls_max_handshakes",
+            "control.dtls_max_handshakes_per_ip",
+            "control.dtls_handshake_timeout_secs",
             "shm.path",
             "shm.sessions",
             "shm.routes",

@@ -2,7 +2,8 @@
 //! package (`relay/tests/peers/libsrtp_peer.py`). For every profile both support, Sluice
 //! protects and libsrtp unprotects, and the other way round, for RTP (several SSRCs, CSRCs,
 //! header extensions, a sequence-number wrap so the ROC advances) and RTCP.
-//! Without python3 or pylibsrtp the test prints `SKIP: <why>` and passes.
+//! Without python3 or pylibsrtp the test prints `SKIP: <why>` and passes. `SLUICE_PYTHON` names
+//! the interpreter (default `python3`); `scripts/test.sh` points it at a venv with the peers.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
@@ -10,6 +11,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/libsrtp_peer.py");
+
+fn python() -> String {
+    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -24,11 +29,11 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// Profiles the peer supports, or the reason to skip.
 fn peer_profiles() -> Result<Vec<Profile>, String> {
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(PEER)
         .arg("--profiles")
         .output()
-        .map_err(|e| format!("python3 not runnable: {e}"))?;
+        .map_err(|e| format!("{} not runnable: {e}", python()))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
@@ -39,7 +44,7 @@ fn peer_profiles() -> Result<Vec<Profile>, String> {
 }
 
 fn run_peer(profile: Profile, key: &MasterKey, lines: &[String]) -> Vec<String> {
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(PEER)
         .arg(profile.name())
         .arg(hex(key.as_bytes()))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 
-use super::sys::{run_at, sockaddr_to_std, SendSlot};
+use super::sys::{sockaddr_to_std, TxPlan};
 use super::{Backend, BackendKind, BackendParams, IoCounters, IoError};
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 
@@ -33,7 +33,7 @@ pub struct MmsgBackend {
     rx_addr: Box<[libc::sockaddr_storage]>,
     rx_hdr: Box<[libc::mmsghdr]>,
     tx: TxQueue,
-    tx_slots: Box<[SendSlot]>,
+    plan: TxPlan,
     tx_hdr: Box<[libc::mmsghdr]>,
     gso: bool,
     counters: IoCounters,
@@ -75,7 +75,7 @@ impl MmsgBackend {
             // SAFETY: as above.
             rx_hdr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
             tx: TxQueue::with_capacity(cap),
-            tx_slots: SendSlot::new_boxed(cap),
+            plan: TxPlan::new(cap),
             // SAFETY: as above.
             tx_hdr: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
             gso: super::gso_supported(),
@@ -136,72 +136,70 @@ impl MmsgBackend {
         r
     }
 
-    /// Send everything queued; on a GSO refusal switch GSO off and resend the rest singly.
+    /// Send everything queued (grouped into GSO trains per destination, see [`TxPlan`]); on
+    /// a GSO refusal switch GSO off and resend the rest singly.
     fn send_all(&mut self) {
-        let total = self.tx.len();
-        let mut next = 0usize; // first datagram not yet described
-        while next < total {
-            // Describe as many runs as fit in the header array.
-            let mut n = 0usize;
-            let mut i = next;
-            while i < total && n < self.tx_hdr.len() {
-                let (end, seg) = run_at(self.tx.metas(), i, self.gso);
-                if self.tx_slots[n].fill(&self.tx, i, end, seg, self.v6) {
-                    self.tx_hdr[n].msg_hdr = self.tx_slots[n].hdr;
-                    self.tx_hdr[n].msg_len = 0;
-                    n += 1;
-                } else {
-                    self.counters.tx_unroutable += (end - i) as u64;
+        self.counters.tx_unroutable += self.plan.build(&self.tx, self.gso, self.v6);
+        let mut off = 0usize;
+        let mut n = self.plan.len;
+        for (h, s) in self.tx_hdr.iter_mut().zip(&self.plan.slots[..n]) {
+            h.msg_hdr = s.hdr;
+            h.msg_len = 0;
+        }
+        while off < n {
+            self.counters.syscalls += 1;
+            // SAFETY: tx_hdr[off..n] describe plan slots, iovecs and arena bytes that stay
+            // alive and unmoved for the duration of this synchronous call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.fd,
+                    self.tx_hdr[off..].as_mut_ptr(),
+                    (n - off) as libc::c_uint,
+                    0,
+                )
+            };
+            if r > 0 {
+                for s in &self.plan.slots[off..off + r as usize] {
+                    self.counters.tx_packets += s.segs as u64;
+                    self.counters.tx_bytes += s.bytes as u64;
+                    if s.segs > 1 {
+                        self.counters.tx_gso_trains += 1;
+                    }
                 }
-                i = end;
+                off += r as usize;
+                continue;
             }
-            next = i;
-            let mut off = 0usize;
-            while off < n {
-                self.counters.syscalls += 1;
-                // SAFETY: tx_hdr[off..n] describe slots and arena bytes that stay alive and
-                // unmoved for the duration of this synchronous call.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        self.fd,
-                        self.tx_hdr[off..].as_mut_ptr(),
-                        (n - off) as libc::c_uint,
-                        0,
-                    )
-                };
-                if r > 0 {
-                    for k in off..off + r as usize {
-                        let s = &self.tx_slots[k];
-                        self.counters.tx_packets += s.segs as u64;
-                        self.counters.tx_bytes += s.iov.iov_len as u64;
-                        if s.segs > 1 {
-                            self.counters.tx_gso_trains += 1;
-                        }
-                    }
-                    off += r as usize;
-                    continue;
+            let e = io::Error::last_os_error();
+            let slot = &self.plan.slots[off];
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => {
+                    // Socket buffer full: drop the rest of this batch (UDP semantics).
+                    let lost: u64 = self.plan.slots[off..n].iter().map(|s| s.segs as u64).sum();
+                    self.counters.tx_errors += lost;
+                    off = n;
                 }
-                let e = io::Error::last_os_error();
-                let slot = &self.tx_slots[off];
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => {
-                        // Socket buffer full: drop the rest of this batch (UDP semantics).
-                        let lost: u64 = self.tx_slots[off..n].iter().map(|s| s.segs as u64).sum();
-                        self.counters.tx_errors += lost;
-                        off = n;
+                Some(libc::EIO) | Some(libc::EINVAL) if slot.segs > 1 && self.gso => {
+                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams singly from now on");
+                    self.gso = false;
+                    // Cut the same (grouped) order singly and resume at the refused
+                    // train's first datagram (slots carry their position in the order).
+                    let from = slot.first;
+                    self.plan.cut(&self.tx, false, self.v6);
+                    n = self.plan.len;
+                    for (h, s) in self.tx_hdr.iter_mut().zip(&self.plan.slots[..n]) {
+                        h.msg_hdr = s.hdr;
+                        h.msg_len = 0;
                     }
-                    Some(libc::EIO) | Some(libc::EINVAL) if slot.segs > 1 && self.gso => {
-                        tracing::warn!(error = %e, "UDP GSO refused; sending datagrams singly from now on");
-                        self.gso = false;
-                        next = slot.first as usize;
-                        break;
-                    }
-                    _ => {
-                        tracing::debug!(error = %e, "sendmmsg");
-                        self.counters.tx_errors += slot.segs as u64;
-                        off += 1;
-                    }
+                    off = self.plan.slots[..n]
+                        .iter()
+                        .position(|s| s.first >= from)
+                        .unwrap_or(n);
+                }
+                _ => {
+                    tracing::debug!(error = %e, "sendmmsg");
+                    self.counters.tx_errors += slot.segs as u64;
+                    off += 1;
                 }
             }
         }

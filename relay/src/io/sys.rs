@@ -149,22 +149,22 @@ pub(crate) fn std_to_sockaddr(
     Some(mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
 }
 
-/// The end (exclusive) of the send run starting at `start`, and its segment size.
+/// The end (exclusive) of the send run starting at position `start` of `order` (indices into
+/// `metas`), and its segment size.
 ///
 /// A run is datagrams to one destination, all of the first one's size except that the last
 /// may be shorter (UDP GSO allows a short final segment); at most [`GSO_MAX_SEGMENTS`] and
-/// [`GSO_MAX_BYTES`]. Runs are contiguous in the [`TxQueue`] arena because datagrams are
-/// laid out back to back. Without GSO every run is one datagram.
-pub(crate) fn run_at(metas: &[TxMeta], start: usize, gso: bool) -> (usize, u32) {
-    let first = metas[start];
+/// [`GSO_MAX_BYTES`]. Without GSO every run is one datagram.
+pub(crate) fn run_at(metas: &[TxMeta], order: &[u32], start: usize, gso: bool) -> (usize, u32) {
+    let first = metas[order[start] as usize];
     let seg = first.len;
     let mut end = start + 1;
     if !gso || seg == 0 {
         return (end, seg);
     }
     let mut total = seg as usize;
-    while end < metas.len() && end - start < GSO_MAX_SEGMENTS {
-        let m = metas[end];
+    while end < order.len() && end - start < GSO_MAX_SEGMENTS {
+        let m = metas[order[end] as usize];
         if m.dst != first.dst || m.len > seg || m.len == 0 || total + m.len as usize > GSO_MAX_BYTES
         {
             break;
@@ -178,76 +178,234 @@ pub(crate) fn run_at(metas: &[TxMeta], start: usize, gso: bool) -> (usize, u32) 
     (end, seg)
 }
 
+/// A cheap sort key that keeps datagrams to one destination together. Distinct IPv6
+/// destinations may share a key; [`run_at`] still compares the real address, so a shared key
+/// only costs a shorter train.
+#[inline]
+fn dst_key(a: &SocketAddr) -> u64 {
+    match a {
+        SocketAddr::V4(v4) => (u32::from(*v4.ip()) as u64) << 16 | v4.port() as u64,
+        SocketAddr::V6(v6) => {
+            let o = u128::from(*v6.ip());
+            let h = (o as u64) ^ ((o >> 64) as u64).rotate_left(17);
+            (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ v6.port() as u64) | 1 << 63
+        }
+    }
+}
+
+/// The send descriptors for one transmit queue: datagrams grouped by destination (a stable
+/// order, so each destination's datagrams keep their order), then cut into GSO runs, each run
+/// one `msghdr` whose iovecs point into the queue's arena (no copy).
+///
+/// The engine queues a packet's copies for every subscriber one after the other, so the queue
+/// interleaves destinations (A B C A B C ...). Grouping turns that into runs (A A B B C C) that
+/// leave as one GSO send per subscriber instead of one send per datagram. The iovec array has
+/// one entry per datagram at most (neighbours in the arena share an entry), so a run needs no
+/// copy even when its datagrams are not adjacent. Everything is sized once for the queue's
+/// capacity; building a plan does not allocate.
+pub(crate) struct TxPlan {
+    /// (destination key, datagram index), sorted.
+    keys: Vec<(u64, u32)>,
+    /// Datagram indices in send order.
+    order: Vec<u32>,
+    iovs: Box<[libc::iovec]>,
+    /// One per send; `slots[..len]` are valid after [`build`](Self::build).
+    pub slots: Box<[SendSlot]>,
+    pub len: usize,
+}
+
+impl TxPlan {
+    pub fn new(capacity: usize) -> TxPlan {
+        TxPlan {
+            keys: Vec::with_capacity(capacity),
+            order: Vec::with_capacity(capacity),
+            // SAFETY: iovec is a C struct for which all-zero bytes are valid.
+            iovs: (0..capacity).map(|_| unsafe { mem::zeroed() }).collect(),
+            slots: SendSlot::new_boxed(capacity),
+            len: 0,
+        }
+    }
+
+    /// Describe every datagram of `q` (at most the capacity given to [`new`](Self::new)).
+    /// With `gso` the datagrams are grouped by destination and runs become GSO trains;
+    /// without, they are sent one by one in queue order. Returns how many datagrams could not
+    /// be addressed from this socket (an IPv6 destination on an IPv4 socket); they are skipped.
+    pub fn build(&mut self, q: &TxQueue, gso: bool, socket_v6: bool) -> u64 {
+        let metas = q.metas();
+        let n = metas.len().min(self.iovs.len());
+        self.order.clear();
+        if gso && n > 1 {
+            self.keys.clear();
+            self.keys.extend(
+                metas[..n]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (dst_key(&m.dst), i as u32)),
+            );
+            // (key, index) pairs are distinct, so the unstable sort is stable per destination.
+            self.keys.sort_unstable();
+            self.order.extend(self.keys.iter().map(|&(_, i)| i));
+        } else {
+            self.order.extend(0..n as u32);
+        }
+        self.cut(q, gso, socket_v6)
+    }
+
+    /// Cut the current send order into sends again (after [`build`](Self::build)), e.g.
+    /// singly after GSO was refused: then slot `k` is position `k` of the same order.
+    pub fn cut(&mut self, q: &TxQueue, gso: bool, socket_v6: bool) -> u64 {
+        let metas = q.metas();
+        let n = self.order.len();
+        let base = q.arena().as_ptr();
+        let mut unroutable = 0u64;
+        let mut iov_at = 0usize;
+        let mut pos = 0usize;
+        self.len = 0;
+        while pos < n {
+            let (end, seg) = run_at(metas, &self.order, pos, gso);
+            let slot = &mut self.slots[self.len];
+            let Some(alen) = std_to_sockaddr(
+                metas[self.order[pos] as usize].dst,
+                socket_v6,
+                &mut slot.addr,
+            ) else {
+                unroutable += (end - pos) as u64;
+                pos = end;
+                continue;
+            };
+            // iovecs for the run, merging datagrams that are adjacent in the arena.
+            let first_iov = iov_at;
+            let mut bytes = 0usize;
+            let mut next_off = u32::MAX;
+            for &i in &self.order[pos..end] {
+                let m = metas[i as usize];
+                if m.offset == next_off {
+                    self.iovs[iov_at - 1].iov_len += m.len as usize;
+                } else {
+                    // SAFETY: offset..offset+len lies inside the queue's arena (TxQueue
+                    // invariant), so the pointer stays within `arena()`.
+                    let ptr = unsafe { base.add(m.offset as usize) };
+                    self.iovs[iov_at] = libc::iovec {
+                        iov_base: ptr as *mut libc::c_void,
+                        iov_len: m.len as usize,
+                    };
+                    iov_at += 1;
+                }
+                next_off = m.offset + m.len;
+                bytes += m.len as usize;
+            }
+            slot.set(
+                &mut self.iovs[first_iov..iov_at],
+                alen,
+                (end - pos) as u32,
+                seg,
+                bytes,
+                pos as u32,
+            );
+            self.len += 1;
+            pos = end;
+        }
+        unroutable
+    }
+
+    /// Send the datagrams of slot `k` (a GSO train the kernel refused) one `sendto` each, so
+    /// the train is not lost. Blocking-free (the socket is nonblocking); returns (datagrams
+    /// sent, bytes sent, datagrams failed). Only for the rare fallback, never the hot path.
+    pub fn send_slot_singly(&self, fd: libc::c_int, q: &TxQueue, k: usize) -> (u64, u64, u64) {
+        let Some(slot) = self.slots[..self.len].get(k) else {
+            return (0, 0, 0);
+        };
+        let metas = q.metas();
+        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let first = slot.first as usize;
+        let end = (first + slot.segs as usize).min(self.order.len());
+        for &i in &self.order[first.min(end)..end] {
+            let Some(m) = metas.get(i as usize) else {
+                failed += 1;
+                continue;
+            };
+            let data = &q.arena()[m.offset as usize..(m.offset + m.len) as usize];
+            // SAFETY: `data` and the slot's sockaddr (msg_namelen bytes written by `cut`) are
+            // live for this synchronous call; the kernel only reads them.
+            let r = unsafe {
+                libc::sendto(
+                    fd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&slot.addr as *const libc::sockaddr_storage).cast(),
+                    slot.hdr.msg_namelen,
+                )
+            };
+            if r >= 0 {
+                sent += 1;
+                bytes += r as u64;
+            } else {
+                failed += 1;
+            }
+        }
+        (sent, bytes, failed)
+    }
+}
+
 /// Control buffer big enough for one `UDP_SEGMENT` cmsg, aligned like `cmsghdr`.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub(crate) struct CmsgBuf([u8; 32]);
 
-/// Everything one `sendmsg` points at. Slots live in a boxed slice that is never resized,
-/// so the self-pointers in `hdr` stay valid while the slot is in flight.
+/// Everything one `sendmsg` points at (the iovecs live in the owning [`TxPlan`]). Slots live
+/// in a boxed slice that is never resized, so the self-pointers in `hdr` stay valid while the
+/// slot is in flight.
 #[repr(C)]
 pub(crate) struct SendSlot {
     pub hdr: libc::msghdr,
-    pub iov: libc::iovec,
     pub addr: libc::sockaddr_storage,
     pub cmsg: CmsgBuf,
     /// Datagrams in this send (GSO segments).
     pub segs: u32,
-    /// First datagram (index into the queue's metas).
+    /// Payload bytes in this send.
+    pub bytes: usize,
+    /// Position of the first datagram in the plan's send order.
     pub first: u32,
 }
 
 impl SendSlot {
-    pub fn new_boxed(n: usize) -> Box<[SendSlot]> {
+    fn new_boxed(n: usize) -> Box<[SendSlot]> {
         (0..n)
             .map(|_| SendSlot {
-                // SAFETY: msghdr, iovec and sockaddr_storage are plain C structs for which
-                // all-zero bytes are valid values (null pointers, zero lengths).
+                // SAFETY: msghdr and sockaddr_storage are plain C structs for which all-zero
+                // bytes are valid values (null pointers, zero lengths).
                 hdr: unsafe { mem::zeroed() },
-                // SAFETY: as above.
-                iov: unsafe { mem::zeroed() },
                 // SAFETY: as above.
                 addr: unsafe { mem::zeroed() },
                 cmsg: CmsgBuf([0; 32]),
                 segs: 0,
+                bytes: 0,
                 first: 0,
             })
             .collect()
     }
 
-    /// Describe datagrams `start..end` of `q` (a run from [`run_at`]) in this slot.
-    /// Returns false when the destination cannot be addressed from this socket.
-    pub fn fill(
+    /// Point the header at `iovs`, the address already written (`alen` bytes) and, for more
+    /// than one segment, a `UDP_SEGMENT` cmsg of `seg` bytes.
+    fn set(
         &mut self,
-        q: &TxQueue,
-        start: usize,
-        end: usize,
+        iovs: &mut [libc::iovec],
+        alen: libc::socklen_t,
+        segs: u32,
         seg: u32,
-        socket_v6: bool,
-    ) -> bool {
-        let metas = q.metas();
-        let Some(alen) = std_to_sockaddr(metas[start].dst, socket_v6, &mut self.addr) else {
-            return false;
-        };
-        let first = metas[start];
-        let last = metas[end - 1];
-        let bytes = (last.offset + last.len - first.offset) as usize;
-        let base = q.arena().as_ptr();
-        // SAFETY: datagrams start..end are back to back inside the arena (TxQueue lays
-        // them out contiguously), so offset..offset+bytes is within `arena()`.
-        let ptr = unsafe { base.add(first.offset as usize) };
-        self.iov = libc::iovec {
-            iov_base: ptr as *mut libc::c_void,
-            iov_len: bytes,
-        };
+        bytes: usize,
+        first: u32,
+    ) {
         self.hdr.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
         self.hdr.msg_namelen = alen;
-        self.hdr.msg_iov = &mut self.iov;
-        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_iov = iovs.as_mut_ptr();
+        self.hdr.msg_iovlen = iovs.len() as _;
         self.hdr.msg_flags = 0;
-        self.segs = (end - start) as u32;
-        self.first = start as u32;
-        if end - start > 1 {
+        self.segs = segs;
+        self.bytes = bytes;
+        self.first = first;
+        if segs > 1 {
             // SAFETY: CMSG_SPACE(2) = 24 <= 32 bytes of an 8-aligned buffer; we build exactly
             // one cmsghdr through the libc macros, which stay within msg_controllen.
             unsafe {
@@ -264,7 +422,6 @@ impl SendSlot {
             self.hdr.msg_control = std::ptr::null_mut();
             self.hdr.msg_controllen = 0;
         }
-        true
     }
 }
 
@@ -287,12 +444,66 @@ mod tests {
             q.push(b, &[2; 10]);
         }
         let m = q.metas();
-        assert_eq!(run_at(m, 0, true), (4, 100));
-        assert_eq!(run_at(m, 4, true), (5, 100));
-        assert_eq!(run_at(m, 5, true), (7, 100)); // one short segment ends the train
-        assert_eq!(run_at(m, 7, true), (7 + 64, 10)); // at most 64 segments
-        assert_eq!(run_at(m, 71, true), (76, 10));
-        assert_eq!(run_at(m, 0, false), (1, 100));
+        let order: Vec<u32> = (0..m.len() as u32).collect();
+        assert_eq!(run_at(m, &order, 0, true), (4, 100));
+        assert_eq!(run_at(m, &order, 4, true), (5, 100));
+        assert_eq!(run_at(m, &order, 5, true), (7, 100)); // one short segment ends the train
+        assert_eq!(run_at(m, &order, 7, true), (7 + 64, 10)); // at most 64 segments
+        assert_eq!(run_at(m, &order, 71, true), (76, 10));
+        assert_eq!(run_at(m, &order, 0, false), (1, 100));
+    }
+
+    /// Interleaved destinations (the engine's fan-out order) become one train per
+    /// destination, each destination's datagrams in queue order, with no copy.
+    #[test]
+    fn plan_groups_by_destination() {
+        let subs: Vec<SocketAddr> = (1..=3)
+            .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+            .collect();
+        let mut q = TxQueue::with_capacity(64);
+        for pkt in 0..5u8 {
+            for (k, s) in subs.iter().enumerate() {
+                q.push(*s, &[pkt * 10 + k as u8; 100]);
+            }
+        }
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        q.push(v6, &[0; 100]); // unroutable from an IPv4 socket
+        let mut plan = TxPlan::new(64);
+        assert_eq!(plan.build(&q, true, false), 1);
+        assert_eq!(plan.len, 3);
+        for (k, slot) in plan.slots[..3].iter().enumerate() {
+            assert_eq!((slot.segs, slot.bytes), (5, 500));
+            assert_eq!(slot.hdr.msg_iovlen, 5);
+            assert!(!slot.hdr.msg_control.is_null());
+            // SAFETY: build() pointed msg_iov at msg_iovlen iovecs over the live arena.
+            let iovs = unsafe { std::slice::from_raw_parts(slot.hdr.msg_iov, 5) };
+            for (pkt, iov) in iovs.iter().enumerate() {
+                // SAFETY: each iovec covers one 100-byte datagram inside q's arena.
+                let d =
+                    unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
+                assert_eq!(d, &[pkt as u8 * 10 + k as u8; 100][..]);
+            }
+        }
+        // Cut singly (GSO refused): the grouped order is kept, one send per datagram.
+        assert_eq!(plan.cut(&q, false, false), 1);
+        assert_eq!(plan.len, 15);
+        assert_eq!((plan.slots[1].first, plan.slots[1].segs), (1, 1));
+        // SAFETY: one iovec over a live datagram of q.
+        let d1 = unsafe { *(*plan.slots[1].hdr.msg_iov).iov_base.cast::<u8>() };
+        assert_eq!(d1, 10); // packet 1 to subscriber 0
+                            // Without GSO: one send per datagram, queue order kept.
+        assert_eq!(plan.build(&q, false, false), 1);
+        assert_eq!(plan.len, 15);
+        assert_eq!(plan.slots[1].first, 1);
+        assert!(plan.slots[1].hdr.msg_control.is_null());
+        // Adjacent datagrams to one destination share one iovec.
+        let mut q = TxQueue::with_capacity(8);
+        for _ in 0..4 {
+            q.push(subs[0], &[7; 100]);
+        }
+        plan.build(&q, true, false);
+        assert_eq!((plan.len, plan.slots[0].hdr.msg_iovlen), (1, 1));
+        assert_eq!(plan.slots[0].bytes, 400);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
-use super::sys::{run_at, sockaddr_to_std, SendSlot};
+use super::sys::{sockaddr_to_std, TxPlan};
 use super::{Backend, BackendKind, BackendParams, IoCounters, IoError, SocketBuffers};
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 
@@ -121,7 +121,7 @@ impl Drop for BufRing {
 /// One transmit queue with the send descriptors pointing into it.
 struct TxSet {
     q: TxQueue,
-    slots: Box<[SendSlot]>,
+    plan: TxPlan,
     /// Send SQEs whose CQE has not come back.
     inflight: u32,
 }
@@ -149,6 +149,51 @@ fn refused(what: &str, e: io::Error) -> IoError {
     IoError::UringRefused(format!("{what}: {e}"))
 }
 
+/// Ring set-up flavours. The default starts at `coop`; `SLUICE_URING_SETUP` (`defer`,
+/// `coop` or `plain`) picks where the list starts, for A/B measurements (docs/IO.md); each
+/// flavour the kernel refuses falls through to the next. `defer` is not the default because
+/// it measured no faster here and made more `io_uring_enter` calls per packet (0.28 against
+/// 0.20 with 8 datagrams in flight; docs/BENCHMARKS.md).
+///
+/// - `defer`: `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1): completion
+///   work runs only inside our `io_uring_enter(GETEVENTS)`, in one go, instead of
+///   interrupting the worker whenever a datagram lands.
+/// - `coop`: `SINGLE_ISSUER | COOP_TASKRUN` (5.19): no IPI to tell us about task work.
+/// - `plain`: neither.
+fn build_ring(sq: u32, cq: u32) -> Result<(IoUring, &'static str), IoError> {
+    let start = match std::env::var("SLUICE_URING_SETUP").as_deref() {
+        Ok("plain") => 2,
+        Ok("defer") => 0,
+        _ => 1,
+    };
+    let mut last = None;
+    for (i, name) in ["defer", "coop", "plain"]
+        .into_iter()
+        .enumerate()
+        .skip(start)
+    {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq);
+        match i {
+            0 => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            1 => {
+                b.setup_single_issuer().setup_coop_taskrun();
+            }
+            _ => {}
+        }
+        match b.build(sq) {
+            Ok(r) => return Ok((r, name)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(refused(
+        "io_uring_setup",
+        last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOSYS)),
+    ))
+}
+
 impl UringBackend {
     /// Set up a ring for `sock` (nonblocking UDP from [`super::bind_udp`]). Refusals by the
     /// kernel or a sandbox come back as [`IoError::UringRefused`].
@@ -162,13 +207,8 @@ impl UringBackend {
         let entries = params.recv_buffers.clamp(2, 32768).next_power_of_two() as u16;
         let sq = (cap + 8).next_power_of_two() as u32;
         let cq = (sq * 4).max(entries as u32 * 2);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .setup_cqsize(cq)
-            .build(sq)
-            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
-            .map_err(|e| refused("io_uring_setup", e))?;
+        let (ring, setup) = build_ring(sq, cq)?;
+        tracing::debug!(setup, sq, cq, entries, "io_uring ring");
         let mut probe = Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
@@ -207,7 +247,7 @@ impl UringBackend {
         let sets = (0..TX_SETS)
             .map(|_| TxSet {
                 q: TxQueue::with_capacity(cap),
-                slots: SendSlot::new_boxed(cap),
+                plan: TxPlan::new(cap),
                 inflight: 0,
             })
             .collect();
@@ -348,7 +388,7 @@ impl UringBackend {
         let Some(set) = self.sets.get_mut(si) else {
             return;
         };
-        let Some(s) = set.slots.get(slot) else {
+        let Some(s) = set.plan.slots[..set.plan.len].get(slot) else {
             return;
         };
         if res >= 0 {
@@ -359,16 +399,25 @@ impl UringBackend {
             }
         } else {
             let errno = -res;
-            if (errno == libc::EIO || errno == libc::EINVAL) && s.segs > 1 && self.gso {
-                tracing::warn!(
-                    errno,
-                    "UDP GSO refused; sending datagrams singly from now on"
-                );
-                self.gso = false;
+            if (errno == libc::EIO || errno == libc::EINVAL) && s.segs > 1 {
+                if self.gso {
+                    tracing::warn!(
+                        errno,
+                        "UDP GSO refused; sending datagrams singly from now on"
+                    );
+                    self.gso = false;
+                }
+                // Resend this train singly rather than lose it (the set is still ours to
+                // read: its queue is cleared only after the last CQE below).
+                let (sent, bytes, failed) = set.plan.send_slot_singly(self.fd, &set.q, slot);
+                self.counters.syscalls += sent + failed;
+                self.counters.tx_packets += sent;
+                self.counters.tx_bytes += bytes;
+                self.counters.tx_errors += failed;
             } else {
                 tracing::debug!(errno, "io_uring sendmsg");
+                self.counters.tx_errors += s.segs as u64;
             }
-            self.counters.tx_errors += s.segs as u64;
         }
         set.inflight = set.inflight.saturating_sub(1);
         if set.inflight == 0 {
@@ -415,24 +464,15 @@ impl UringBackend {
             return Ok(());
         }
         let set = &mut self.sets[si];
-        let total = set.q.len();
-        let mut i = 0;
-        let mut n = 0u32;
-        while i < total {
-            let (end, seg) = run_at(set.q.metas(), i, self.gso);
-            let slot = &mut set.slots[n as usize];
-            if slot.fill(&set.q, i, end, seg, self.v6) {
-                let e = opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
-                    .build()
-                    .user_data(TAG_SEND | ((si as u64) << 32) | n as u64);
-                // SAFETY: the slot and the queue's arena belong to this set, which is not
-                // touched again until all of its `inflight` CQEs are reaped (on_send).
-                unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
-                n += 1;
-            } else {
-                self.counters.tx_unroutable += (end - i) as u64;
-            }
-            i = end;
+        self.counters.tx_unroutable += set.plan.build(&set.q, self.gso, self.v6);
+        let n = set.plan.len as u32;
+        for (k, slot) in set.plan.slots[..set.plan.len].iter().enumerate() {
+            let e = opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
+                .build()
+                .user_data(TAG_SEND | ((si as u64) << 32) | k as u64);
+            // SAFETY: the slot, the plan's iovecs and the queue's arena belong to this set,
+            // which is not touched again until all of its `inflight` CQEs are reaped (on_send).
+            unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
         }
         set.inflight = n;
         if n == 0 {

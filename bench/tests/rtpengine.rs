@@ -1,0 +1,142 @@
+//! The rtpengine target against a real rtpengine in userspace mode on loopback: the bench's
+//! SRTP probes must come out of rtpengine decryptable with the keys its SDP announced.
+//! Skipped (with a reason on stderr) when no `rtpengine` binary is installed.
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use relay::srtp::Profile;
+use sluice_bench::cmd::{self, Output, RunOptions};
+use sluice_bench::gen::RigSpec;
+use sluice_bench::rtpengine::RtpengineTarget;
+
+fn find_rtpengine() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin"), "/usr/bin".into()])
+        .map(|d| d.join("rtpengine"))
+        .find(|p| p.is_file())
+}
+
+/// Kills the daemon when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("loopback bind")
+}
+
+#[test]
+fn rtpengine_forwards_bench_srtp() {
+    let Some(bin) = find_rtpengine() else {
+        eprintln!("SKIP: no rtpengine binary (apt-get install rtpengine-daemon)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sluice-rtpe-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An empty config section keeps the system /etc/rtpengine config out of the way.
+    let conf = dir.join("rtpengine.conf");
+    std::fs::write(&conf, "[rtpengine]\ntable = -1\n").unwrap();
+    let ng = free_udp_port();
+    // Media ports: a window derived from the ng port, away from the ephemeral range's start.
+    let port_min = 20000 + (ng % 200) * 50;
+    let child = Command::new(&bin)
+        .arg(format!("--config-file={}", conf.display()))
+        .args([
+            "--foreground",
+            "--log-stderr",
+            "--table=-1",
+            "--num-threads=1",
+        ])
+        .arg("--interface=127.0.0.1")
+        .arg(format!("--listen-ng=127.0.0.1:{ng}"))
+        .arg(format!("--port-min={port_min}"))
+        .arg(format!("--port-max={}", port_min + 49))
+        .arg(format!("--pidfile={}", dir.join("pid").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let _daemon = match child {
+        Ok(c) => Daemon(c),
+        Err(e) => {
+            eprintln!("SKIP: cannot start {}: {e}", bin.display());
+            return;
+        }
+    };
+    let ng_addr = format!("127.0.0.1:{ng}").parse().unwrap();
+    let mut target = None;
+    for _ in 0..25 {
+        match RtpengineTarget::connect(ng_addr) {
+            Ok(t) => {
+                target = Some(t);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let Some(mut target) = target else {
+        eprintln!("SKIP: rtpengine did not answer ng ping on {ng_addr} (refused here?)");
+        return;
+    };
+    for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
+        let opts = RunOptions {
+            rig: RigSpec {
+                publishers: 2,
+                fanout: 1,
+                size: 300,
+                profile: Some(profile),
+                ..RigSpec::default()
+            },
+            rate: 400.0,
+            duration: Duration::from_millis(1500),
+            drain: Duration::from_millis(500),
+        };
+        let out = Output {
+            quiet: true,
+            ..Output::default()
+        };
+        let report = cmd::run(&mut target, &opts, &out).expect("run against rtpengine");
+        let r = report.result.expect("a run result");
+        assert!(
+            r.offered.packets > 400,
+            "{profile}: offered {}",
+            r.offered.packets
+        );
+        assert_eq!(
+            r.auth_failures, 0,
+            "{profile}: packets failed authentication"
+        );
+        assert_eq!(r.misrouted, 0, "{profile}: misrouted packets");
+        // rtpengine drops nothing at this rate on loopback; allow the first packets that
+        // may arrive before its call state is complete.
+        assert!(
+            r.delivered.packets * 100 >= r.expected * 95,
+            "{profile}: delivered {} of {}",
+            r.delivered.packets,
+            r.expected
+        );
+    }
+    // Fan-out > 1 is refused with a clear error, not half set up.
+    let opts = RunOptions {
+        rig: RigSpec {
+            fanout: 2,
+            ..RigSpec::default()
+        },
+        rate: 100.0,
+        duration: Duration::from_millis(100),
+        drain: Duration::from_millis(100),
+    };
+    let err = cmd::run(&mut target, &opts, &Output::default()).unwrap_err();
+    assert!(err.to_string().contains("fan-out 1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,452 @@
+//! WebRTC administration: `sluicectl app|key|room|token` over the admin API
+//! (`/v1/apps`, `/v1/apps/{id}/keys`, `/v1/rooms`, `/v1/tokens`; docs/API.md).
+//!
+//! Owns: the grammar of these commands and what they print. May not touch: discovery and
+//! the HTTP client (used as they are), process spawning.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::api::Client;
+use crate::commands::Output;
+use crate::error::{CtlError, Result};
+use crate::table::{self, cell, field};
+
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// List applications.
+    List,
+    /// Create an application with a generated developer key (the secret is printed once).
+    Add {
+        /// Application id (1..=64 of A-Z a-z 0-9 - _ .).
+        id: String,
+    },
+    /// Remove an application, its keys and rooms (its participants are disconnected).
+    Del { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// List an application's developer key ids (never the secrets).
+    List {
+        #[arg(long, value_name = "APP")]
+        app: String,
+    },
+    /// Add a developer key: generated, or `--secret` (base64url, ≥ 32 bytes); prints it once.
+    Add {
+        #[arg(long, value_name = "APP")]
+        app: String,
+        /// Key id (default: k<N>).
+        #[arg(long)]
+        kid: Option<String>,
+        /// The secret to store instead of a generated one.
+        #[arg(long, value_name = "B64URL", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Remove a developer key (tokens signed with it stop working).
+    Del {
+        #[arg(long, value_name = "APP")]
+        app: String,
+        #[arg(long)]
+        kid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoomCmd {
+    /// List rooms of every application.
+    List,
+    /// Show a room: policy and participants.
+    Show { app: String, room: String },
+    /// Create a room and set its policy (no policy flags: back to the application default).
+    Set(RoomSet),
+    /// Remove a room (its participants are disconnected).
+    Del { app: String, room: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RoomSet {
+    pub app: String,
+    pub room: String,
+    /// Viewers must carry an e-mail in this domain (repeatable).
+    #[arg(long = "email-domain", value_name = "DOMAIN")]
+    pub email_domains: Vec<String>,
+    /// Accepted token kinds: signed, stream (repeatable; default signed).
+    #[arg(long = "accept", value_name = "KIND")]
+    pub accept: Vec<String>,
+    /// Password of Storm-style md5 stream tokens.
+    #[arg(long, value_name = "PASSWORD")]
+    pub stream_password: Option<String>,
+    /// Minutes a stream token stays valid (default 5).
+    #[arg(long, value_name = "MIN")]
+    pub stream_timeout: Option<u32>,
+    /// Stream tokens include the viewer's IP address.
+    #[arg(long)]
+    pub bind_ip: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Mint a signed token (HS256) with the application's newest developer key.
+    Mint {
+        #[arg(long, value_name = "APP")]
+        app: String,
+        #[arg(long, value_name = "ROOM")]
+        room: String,
+        /// host, speaker, moderator or viewer.
+        #[arg(long)]
+        role: String,
+        /// Lifetime in seconds (default 3600, at most 86400).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+        /// E-mail claim (checked against a room's allowed domains for viewers).
+        #[arg(long, value_name = "ADDR")]
+        email: Option<String>,
+        /// Subject (user id; default: random).
+        #[arg(long)]
+        sub: Option<String>,
+    },
+}
+
+/// One of the WebRTC commands.
+#[derive(Debug)]
+pub enum WebRtcCommand<'a> {
+    App(&'a AppCmd),
+    Key(&'a KeyCmd),
+    Room(&'a RoomCmd),
+    Token(&'a TokenCmd),
+}
+
+/// A validated request: method, path, body.
+pub struct Prepared {
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    what: What,
+}
+
+enum What {
+    Apps,
+    AppAdded,
+    Keys,
+    KeyAdded,
+    Rooms,
+    Room,
+    Token,
+    Done,
+}
+
+fn name(what: &str, s: &str) -> Result<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(CtlError::usage(format!(
+            "{what} `{s}`: 1..=64 of A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
+/// Validate a command before control is contacted.
+pub fn prepare(cmd: WebRtcCommand<'_>) -> Result<Prepared> {
+    let p = |method, path: String, body, what| Prepared {
+        method,
+        path,
+        body,
+        what,
+    };
+    Ok(match cmd {
+        WebRtcCommand::App(AppCmd::List) => p("GET", "/v1/apps".into(), None, What::Apps),
+        WebRtcCommand::App(AppCmd::Add { id }) => p(
+            "POST",
+            "/v1/apps".into(),
+            Some(json!({"id": name("application id", id)?})),
+            What::AppAdded,
+        ),
+        WebRtcCommand::App(AppCmd::Del { id }) => p(
+            "DELETE",
+            format!("/v1/apps/{}", name("application id", id)?),
+            None,
+            What::Done,
+        ),
+        WebRtcCommand::Key(KeyCmd::List { app }) => p(
+            "GET",
+            format!("/v1/apps/{}/keys", name("application id", app)?),
+            None,
+            What::Keys,
+        ),
+        WebRtcCommand::Key(KeyCmd::Add { app, kid, secret }) => {
+            let mut body = json!({});
+            if let Some(k) = kid {
+                body["kid"] = json!(name("key id", k)?);
+            }
+            if let Some(s) = secret {
+                body["secret"] = json!(s);
+            }
+            p(
+                "POST",
+                format!("/v1/apps/{}/keys", name("application id", app)?),
+                Some(body),
+                What::KeyAdded,
+            )
+        }
+        WebRtcCommand::Key(KeyCmd::Del { app, kid }) => p(
+            "DELETE",
+            format!(
+                "/v1/apps/{}/keys/{}",
+                name("application id", app)?,
+                name("key id", kid)?
+            ),
+            None,
+            What::Done,
+        ),
+        WebRtcCommand::Room(RoomCmd::List) => p("GET", "/v1/rooms".into(), None, What::Rooms),
+        WebRtcCommand::Room(RoomCmd::Show { app, room }) => p(
+            "GET",
+            format!(
+                "/v1/rooms/{}/{}",
+                name("application id", app)?,
+                name("room", room)?
+            ),
+            None,
+            What::Room,
+        ),
+        WebRtcCommand::Room(RoomCmd::Set(s)) => {
+            let custom = !s.email_domains.is_empty()
+                || !s.accept.is_empty()
+                || s.stream_password.is_some()
+                || s.stream_timeout.is_some()
+                || s.bind_ip;
+            let policy = if custom {
+                for k in &s.accept {
+                    if k != "signed" && k != "stream" {
+                        return Err(CtlError::usage(format!("--accept `{k}`: signed or stream")));
+                    }
+                }
+                let accept = if s.accept.is_empty() {
+                    vec!["signed".to_string()]
+                } else {
+                    s.accept.clone()
+                };
+                json!({
+                    "allowed_email_domains": s.email_domains,
+                    "accepted_token_kinds": accept,
+                    "stream_password": s.stream_password,
+                    "stream_timeout_minutes": s.stream_timeout.unwrap_or(5),
+                    "bind_ip": s.bind_ip,
+                })
+            } else {
+                Value::Null
+            };
+            p(
+                "POST",
+                format!(
+                    "/v1/rooms/{}/{}",
+                    name("application id", &s.app)?,
+                    name("room", &s.room)?
+                ),
+                Some(json!({ "policy": policy })),
+                What::Room,
+            )
+        }
+        WebRtcCommand::Room(RoomCmd::Del { app, room }) => p(
+            "DELETE",
+            format!(
+                "/v1/rooms/{}/{}",
+                name("application id", app)?,
+                name("room", room)?
+            ),
+            None,
+            What::Done,
+        ),
+        WebRtcCommand::Token(TokenCmd::Mint {
+            app,
+            room,
+            role,
+            ttl,
+            email,
+            sub,
+        }) => {
+            if !["host", "speaker", "moderator", "viewer"].contains(&role.as_str()) {
+                return Err(CtlError::usage(format!(
+                    "--role `{role}`: host, speaker, moderator or viewer"
+                )));
+            }
+            let mut body = json!({
+                "app": name("application id", app)?,
+                "room": name("room", room)?,
+                "role": role,
+            });
+            if let Some(t) = ttl {
+                if *t == 0 || *t > 86_400 {
+                    return Err(CtlError::usage("--ttl: 1..=86400 seconds"));
+                }
+                body["ttl_secs"] = json!(t);
+            }
+            if let Some(e) = email {
+                body["email"] = json!(e);
+            }
+            if let Some(s) = sub {
+                body["sub"] = json!(s);
+            }
+            p("POST", "/v1/tokens".into(), Some(body), What::Token)
+        }
+    })
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// Call control and print the result.
+pub fn execute(client: &Client, p: Prepared, out: Output) -> Result<()> {
+    let v = match (p.method, &p.body) {
+        ("GET", _) => client.get(&p.path)?,
+        ("DELETE", _) => client.delete(&p.path)?,
+        (_, Some(b)) => client.post(&p.path, b)?,
+        (_, None) => client.post(&p.path, &json!({}))?,
+    };
+    if out == Output::Json {
+        let ok = json!({"ok": true});
+        print_json(if v.is_null() { &ok } else { &v });
+        return Ok(());
+    }
+    let empty = Vec::new();
+    match p.what {
+        What::Apps => {
+            let rows: Vec<Vec<String>> = v["apps"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|a| {
+                    let keys: Vec<String> = a["keys"]
+                        .as_array()
+                        .unwrap_or(&empty)
+                        .iter()
+                        .map(|k| k.as_str().unwrap_or_default().to_string())
+                        .collect();
+                    vec![field(a, "id"), keys.join(","), cell(a.get("rooms"))]
+                })
+                .collect();
+            print!("{}", table::render(&["APP", "KEYS", "ROOMS"], &rows));
+        }
+        What::AppAdded => {
+            println!(
+                "application {} created; developer key {} (shown once):\n{}",
+                field(&v, "id"),
+                field(&v["key"], "kid"),
+                field(&v["key"], "secret")
+            );
+        }
+        What::Keys => {
+            let rows: Vec<Vec<String>> = v["keys"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|k| vec![field(k, "kid"), cell(k.get("created_unix"))])
+                .collect();
+            print!("{}", table::render(&["KID", "CREATED_UNIX"], &rows));
+        }
+        What::KeyAdded => println!("{}", field(&v, "secret")),
+        What::Rooms => {
+            let rows: Vec<Vec<String>> = v["rooms"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| {
+                    vec![
+                        field(r, "app"),
+                        field(r, "room"),
+                        cell(r.get("members")),
+                        policy_text(&r["policy"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(&["APP", "ROOM", "MEMBERS", "POLICY"], &rows)
+            );
+        }
+        What::Room => {
+            println!(
+                "room {}/{}  policy: {}",
+                field(&v, "app"),
+                field(&v, "room"),
+                policy_text(&v["policy"])
+            );
+            let rows: Vec<Vec<String>> = v["members"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|m| vec![cell(m.get("session")), field(m, "kind"), field(m, "role")])
+                .collect();
+            if !rows.is_empty() {
+                print!("{}", table::render(&["SESSION", "KIND", "ROLE"], &rows));
+            }
+        }
+        What::Token => println!("{}", field(&v, "token")),
+        What::Done => println!("ok"),
+    }
+    Ok(())
+}
+
+fn policy_text(p: &Value) -> String {
+    let kinds: Vec<&str> = p["accepted_token_kinds"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let domains: Vec<&str> = p["allowed_email_domains"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut s = format!("tokens={}", kinds.join("+"));
+    if !domains.is_empty() {
+        s.push_str(&format!(" viewer-domains={}", domains.join(",")));
+    }
+    if p["bind_ip"].as_bool() == Some(true) {
+        s.push_str(" bind-ip");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_mint_validates_before_contacting_control() {
+        let bad_role = TokenCmd::Mint {
+            app: "demo".into(),
+            room: "blue".into(),
+            role: "admin".into(),
+            ttl: None,
+            email: None,
+            sub: None,
+        };
+        assert!(prepare(WebRtcCommand::Token(&bad_role)).is_err());
+        let ok = TokenCmd::Mint {
+            app: "demo".into(),
+            room: "blue".into(),
+            role: "viewer".into(),
+            ttl: Some(60),
+            email: Some("a@example.com".into()),
+            sub: None,
+        };
+        let p = prepare(WebRtcCommand::Token(&ok)).unwrap();
+        assert_eq!(p.path, "/v1/tokens");
+        let b = p.body.unwrap();
+        assert_eq!(b["ttl_secs"], 60);
+        assert_eq!(b["email"], "a@example.com");
+        let bad_room = RoomCmd::Show {
+            app: "demo".into(),
+            room: "a/b".into(),
+        };
+        assert!(prepare(WebRtcCommand::Room(&bad_room)).is_err());
+    }
+}

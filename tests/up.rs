@@ -1,0 +1,221 @@
+//! `sluicectl up` end to end with the real daemons: endpoints printed, `sluicectl status`
+//! from another process finding the instance by itself, `/metrics` parsed strictly as
+//! Prometheus text, a short `sluice-bench run` against it (zero loss, well-formed report, its
+//! sessions removed afterwards), SIGTERM/SIGINT stopping everything with no orphan, and `up`
+//! cleaning up after a daemon that dies or cannot start.
+
+use rustix::process::Signal;
+use sluice_tests::daemons::*;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[test]
+fn up_status_metrics_and_sigterm() {
+    let app = Appliance::new("up", "auto", RuntimeDir::FromXdg);
+    let up = Up::start(&app);
+    let e = &up.endpoints;
+    for k in ["admin_url", "media_addr", "public_url", "metrics_url"] {
+        assert!(e.contains_key(k), "`up` did not print {k}: {}", up.stdout);
+    }
+    assert_eq!(e["media_addr"], app.media.to_string(), "{}", up.stdout);
+    assert!(
+        e["admin_url"].starts_with("http://127.0.0.1:"),
+        "{}",
+        up.stdout
+    );
+    assert_eq!(e["metrics_url"], format!("{}/metrics", e["admin_url"]));
+
+    // Another process, told nothing but XDG_RUNTIME_DIR, finds the instance.
+    let s = app.ctl_json(&["status"]);
+    for k in ["media_addr", "admin_url", "public_url", "metrics_url"] {
+        assert_eq!(s[k].as_str(), Some(e[k].as_str()), "status {k}: {s}");
+    }
+    let backend = s["backend"].as_str().expect("backend");
+    assert!(["io_uring", "mmsg"].contains(&backend), "{s}");
+    assert_eq!(s["workers"].as_u64(), Some(1), "{s}");
+    assert_eq!(s["relay"]["up"], true, "{s}");
+    assert_eq!(
+        s["relay"]["pid"].as_u64(),
+        Some(u64::from(up.relay_pid)),
+        "{s}"
+    );
+    let human = app.ctl_ok(&["status"]);
+    assert!(
+        human.contains(&format!("media_addr   {}", app.media)),
+        "{human}"
+    );
+
+    // Prometheus text, parsed strictly.
+    let (code, body) = http_get(&e["metrics_url"], None);
+    assert_eq!(code, 200, "{body}");
+    let m = parse_prometheus(&body).unwrap_or_else(|err| panic!("{err}\n{body}"));
+    for (fam, ty) in [
+        ("sluice_relay_up", "gauge"),
+        ("sluice_sessions", "gauge"),
+        ("sluice_rx_packets_total", "counter"),
+        ("sluice_drops_total", "counter"),
+    ] {
+        assert_eq!(m.types.get(fam).map(String::as_str), Some(ty), "{fam}");
+        assert!(m.help.contains_key(fam), "{fam} has no HELP");
+    }
+    assert_eq!(m.value("sluice_relay_up", &[]), Some(1.0));
+    assert_eq!(m.value("sluice_sessions", &[]), Some(0.0));
+    assert!(
+        m.value("sluice_rx_packets_total", &[("worker", "0")])
+            .is_some(),
+        "no per-worker sample"
+    );
+    eprintln!(
+        "e2e: /metrics: {} families, {} samples",
+        m.types.len(),
+        m.samples.len()
+    );
+
+    // A second `up` on the same runtime directory refuses to start.
+    let o = app.ctl(&["up", "--config", app.config.to_str().expect("UTF-8 path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("control is already running"), "{err}");
+
+    up.stop(Signal::TERM);
+    assert!(
+        app.runtime_info().is_none(),
+        "control.json left behind after a clean stop"
+    );
+    // With nothing running, discovery says so.
+    let o = app.ctl(&["status"]);
+    assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn bench_smoke_against_up_then_sigint() {
+    let app = Appliance::new("bench", "auto", RuntimeDir::FromXdg);
+    let up = Up::start(&app);
+    let report = app.dir.path().join("report.json");
+    let mut c = app.command("sluice-bench");
+    c.args(["run", "--publishers", "2", "--fanout", "2", "--rate", "500"])
+        .args([
+            "--duration",
+            "3",
+            "--profile",
+            "AEAD_AES_128_GCM",
+            "--quiet",
+        ])
+        // Wait out a scheduler stall of the loaded test machine at the end of the send
+        // window instead of counting in-flight packets as lost (it ends early once all arrived).
+        .args(["--drain-ms", "5000", "--json"])
+        .arg(&report);
+    let mut bench = Proc::spawn("sluice-bench", c, app.dir.path(), Stdio::piped());
+    let st = bench.wait(Duration::from_secs(60));
+    let mut out = String::new();
+    if let Some(mut so) = bench.child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut so, &mut out);
+    }
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sluice-bench: {st:?}\n{out}\n{}",
+        bench.log_text()
+    );
+    eprintln!("e2e: sluice-bench summary:\n{out}");
+
+    let text = std::fs::read_to_string(&report).expect("JSON report written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("report is JSON");
+    let r = &v["result"];
+    let num = |p: &serde_json::Value, what: &str| -> f64 {
+        p.as_f64()
+            .unwrap_or_else(|| panic!("report has no numeric {what}: {text}"))
+    };
+    let offered = num(&r["offered"]["packets"], "offered.packets") as u64;
+    let delivered = num(&r["delivered"]["packets"], "delivered.packets") as u64;
+    let expected = num(&r["expected"], "expected") as u64;
+    // 2 publishers at 500 pps in total for 3 s; a loaded machine may send a little less.
+    assert!(offered >= 1000, "offered {offered}");
+    assert_eq!(expected, offered * 2, "fan-out 2");
+    assert_eq!(delivered, expected, "every packet delivered");
+    assert_eq!(num(&r["lost"], "lost"), 0.0);
+    assert_eq!(num(&r["loss_ratio"], "loss_ratio"), 0.0);
+    for k in ["duplicates", "auth_failures", "misrouted", "malformed"] {
+        assert_eq!(num(&r[k], k), 0.0, "{k}");
+    }
+    let l = &r["latency"];
+    assert_eq!(num(&l["count"], "latency.count") as u64, delivered);
+    let ps: Vec<f64> = ["min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+        .iter()
+        .map(|k| num(&l[k], k))
+        .collect();
+    assert!(ps[0] > 0.0, "latency min {ps:?}");
+    assert!(
+        ps.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles not ordered: {ps:?}"
+    );
+    assert_eq!(v["config"]["publishers"], 2);
+    assert_eq!(v["config"]["fanout"], 2);
+    assert_eq!(v["target"]["kind"], "sluice");
+    assert_eq!(
+        v["target"]["media_addr"].as_str(),
+        Some(app.media.to_string().as_str())
+    );
+
+    // The bench removed what it created.
+    let s = app.ctl_json(&["sessions"]);
+    assert_eq!(s.as_array().map(Vec::len), Some(0), "{s}");
+    let rt = app.ctl_json(&["routes"]);
+    assert_eq!(rt.as_array().map(Vec::len), Some(0), "{rt}");
+
+    up.stop(Signal::INT);
+}
+
+#[test]
+fn up_stops_the_relay_when_control_dies() {
+    let app = Appliance::new("up-dies", "mmsg", RuntimeDir::FromXdg);
+    let mut up = Up::start(&app);
+    signal_pid(up.control_pid, Signal::KILL);
+    let st = up.proc_.wait(Duration::from_secs(20));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(1),
+        "`up` after its control died\n{}",
+        up.proc_.log_text()
+    );
+    let log = std::fs::read_to_string(&up.proc_.log).unwrap_or_default();
+    assert!(
+        log.contains("sluice-control exited unexpectedly (signal 9)"),
+        "{log}"
+    );
+    assert!(
+        wait_pid_gone(up.relay_pid, Duration::from_secs(5)),
+        "relay left running after `up` gave up"
+    );
+    let left = processes_mentioning(&app.config, Duration::from_secs(5));
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+#[test]
+fn up_reports_a_relay_that_cannot_bind_and_stops_control() {
+    let app = Appliance::new("up-busy", "mmsg", RuntimeDir::FromXdg);
+    // Someone else holds the media port (no SO_REUSEPORT, so the relay cannot join it).
+    let _squatter = std::net::UdpSocket::bind(app.media).expect("bind the media port");
+    let mut c = app.command("sluicectl");
+    c.arg("up").arg("--config").arg(&app.config);
+    let mut p = Proc::spawn("sluicectl-up", c, app.dir.path(), Stdio::null());
+    let st = p.wait(START_TIMEOUT);
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains("sluice-relay exited before it was ready"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&app.media.to_string()),
+        "names the address: {log}"
+    );
+    // Control was started first; `up` must not leave it (or anything else) behind.
+    let left = processes_mentioning(&app.config, Duration::from_secs(5));
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(
+        app.runtime_info().is_none(),
+        "control.json left behind: {log}"
+    );
+    let o = app.ctl(&["status"]);
+    assert_eq!(o.status.code(), Some(3), "nothing answers any more");
+}

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""An independent WebRTC peer (aiortc) for Sluice's end-to-end test.
+
+    peer.py publish URL TOKEN SECONDS      publish a synthetic VP8 video track and an Opus
+                                            audio track (silence) through WHIP
+    peer.py watch URL TOKEN FRAMES TIMEOUT [STALL]
+                                            play a room through WHEP; exit 0 once FRAMES
+                                            video frames were decoded; with STALL, then
+                                            print `ready` and exit 0 once no frame came
+                                            for STALL seconds (media stopped)
+
+Both print one status line per event on stdout (`answer`, `connected`, `frames=N`, `left`)
+and exit non-zero on failure. Exit code 3 means aiortc is not importable.
+
+ICE candidates are restricted to 127.0.0.1 (aioice skips loopback by default), so all
+traffic stays on loopback.
+"""
+import asyncio
+import fractions
+import sys
+import urllib.error
+import urllib.request
+
+try:
+    import aioice.ice
+    from aiortc import (
+        AudioStreamTrack,
+        RTCPeerConnection,
+        RTCRtpSender,
+        RTCSessionDescription,
+        VideoStreamTrack,
+    )
+    from av import VideoFrame
+except ImportError as e:  # pragma: no cover - reported to the Rust test
+    print(f"aiortc not importable: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+aioice.ice.get_host_addresses = loopback_only
+
+
+class Pattern(VideoStreamTrack):
+    """A moving colour pattern, 320x240 at 30 fps."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    async def recv(self):
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(width=320, height=240, format="yuv420p")
+        y = (self.n * 7) % 256
+        for i, plane in enumerate(frame.planes):
+            val = y if i == 0 else 128
+            plane.update(bytes([val]) * plane.buffer_size)
+        self.n += 1
+        frame.pts = pts
+        frame.time_base = time_base or fractions.Fraction(1, 90000)
+        return frame
+
+
+def http(method: str, url: str, token: str, body: bytes | None = None):
+    req = urllib.request.Request(url, data=body, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/sdp")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+async def negotiate(pc: RTCPeerConnection, url: str, token: str):
+    offer = await pc.createOffer()
+    await pc.setLocalDescription(offer)
+    status, headers, body = await asyncio.get_running_loop().run_in_executor(
+        None, http, "POST", url, token, pc.localDescription.sdp.encode()
+    )
+    if status != 201:
+        print(f"POST {url}: {status} {body}", file=sys.stderr)
+        sys.exit(1)
+    location = headers.get("Location") or headers.get("location")
+    print("answer", flush=True)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    base = url.split("/whip/")[0].split("/whep/")[0]
+    return base + location
+
+
+def state_logger(pc: RTCPeerConnection):
+    @pc.on("connectionstatechange")
+    async def on_state():
+        print(f"state={pc.connectionState}", flush=True)
+
+
+async def publish(url: str, token: str, seconds: float):
+    pc = RTCPeerConnection()
+    state_logger(pc)
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")  # Opus, silence
+    tr = pc.addTransceiver(Pattern(), direction="sendonly")
+    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == "VP8"]
+    tr.setCodecPreferences(vp8)
+    location = await negotiate(pc, url, token)
+    await asyncio.sleep(seconds)
+    await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
+    print("left", flush=True)
+    await pc.close()
+
+
+async def watch(url: str, token: str, want: int, timeout: float, stall: float = 0.0):
+    """Decode `want` frames; with `stall` > 0, then print `ready` and wait until no frame
+    arrived for `stall` seconds (prints `stalled`; exit 0) or `timeout` passes (exit 4)."""
+    pc = RTCPeerConnection()
+    state_logger(pc)
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    done = asyncio.get_running_loop().create_future()
+    decoded = 0
+    audio = [0]
+    last = [0.0]
+
+    @pc.on("track")
+    def on_track(track):
+        async def pull_audio():
+            while True:
+                try:
+                    await track.recv()
+                except Exception:
+                    return
+                audio[0] += 1
+
+        if track.kind == "audio":
+            asyncio.ensure_future(pull_audio())
+            return
+
+        async def pull():
+            nonlocal decoded
+            while True:
+                try:
+                    frame = await track.recv()
+                except Exception:
+                    return
+                if frame.width > 0:
+                    decoded += 1
+                    last[0] = asyncio.get_running_loop().time()
+                    if decoded % 10 == 0:
+                        print(f"frames={decoded} size={frame.width}x{frame.height}", flush=True)
+                    if decoded >= want and not done.done():
+                        done.set_result(True)
+
+        asyncio.ensure_future(pull())
+
+    location = await negotiate(pc, url, token)
+    try:
+        await asyncio.wait_for(done, timeout)
+        ok = True
+    except asyncio.TimeoutError:
+        ok = False
+    print(f"frames={decoded} audio_frames={audio[0]}", flush=True)
+    if ok and stall > 0:
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        ok = False
+        while loop.time() < end:
+            await asyncio.sleep(0.1)
+            if loop.time() - last[0] >= stall:
+                print(f"stalled after frames={decoded}", flush=True)
+                ok = True
+                break
+        if not ok:
+            await pc.close()
+            sys.exit(4)
+    await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
+    await pc.close()
+    sys.exit(0 if ok else 2)
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "check":
+        print("aiortc ok")
+        return
+    if len(sys.argv) == 5 and sys.argv[1] == "publish":
+        asyncio.run(publish(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    elif len(sys.argv) in (6, 7) and sys.argv[1] == "watch":
+        stall = float(sys.argv[6]) if len(sys.argv) == 7 else 0.0
+        asyncio.run(watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), stall))
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(64)
+
+
+if __name__ == "__main__":
+    main()
