@@ -18,7 +18,7 @@ root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/bin" "$root/etc/systemd/system" "$root/etc/sluice" "$root/usr/lib/systemd"
 cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/" 2>/dev/null || mkdir -p "$root/usr/lib/systemd/system"
-for b in sluice-control sluice-relay; do
+for b in sluice-control sluice-relay sluicectl; do
     if [ -x "$repo/target/debug/$b" ]; then
         cp "$repo/target/debug/$b" "$root/usr/bin/$b"
     else
