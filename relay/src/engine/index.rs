@@ -168,7 +168,8 @@ pub enum ClaimError {
 
 /// Claim output stream `ssrc` of a subscriber (whose owners are `owned`, at most `limit`) for
 /// a non-rewritten packet of `publisher` with sequence number `seq`. Integer compares over a
-/// short array; never allocates (`owned` was reserved with `limit` at session creation).
+/// short array; allocates only for a subscriber's first output stream in this worker (see
+/// [`reserve_owned`]).
 #[inline]
 pub fn claim(
     owned: &mut Vec<Owned>,
@@ -183,6 +184,7 @@ pub fn claim(
         if owned.len() >= limit {
             return Err(ClaimError::Full);
         }
+        reserve_owned(owned, limit);
         owned.push(Owned {
             ssrc,
             owner: publisher,
@@ -222,6 +224,17 @@ pub fn claim(
     Ok(())
 }
 
+/// Reserve a subscriber's whole owner array at its first output stream, like its outbound SRTP
+/// context (created at the first packet to the peer, with all its stream slots): one
+/// allocation per subscriber and worker, none after. Sessions that receive nothing in this
+/// worker hold none.
+#[inline]
+fn reserve_owned(owned: &mut Vec<Owned>, limit: usize) {
+    if owned.capacity() < limit {
+        owned.reserve_exact(limit - owned.len());
+    }
+}
+
 /// One session as a worker holds it.
 pub struct Session<C> {
     pub id: SessionId,
@@ -249,12 +262,12 @@ pub struct Session<C> {
     seen_len: u8,
     seen_next: u8,
     /// Owners of this session's output streams as a subscriber (never shrinks while the
-    /// session lives: a released stream keeps its fence). Reserved at creation.
+    /// session lives: a released stream keeps its fence). Reserved at the first entry.
     pub owned: Vec<Owned>,
 }
 
 impl<C: SrtpOps> Session<C> {
-    fn new(rec: &SessionRecord, owned_limit: usize) -> Session<C> {
+    fn new(rec: &SessionRecord) -> Session<C> {
         Session {
             id: rec.id,
             peer: normalize(rec.peer),
@@ -274,7 +287,7 @@ impl<C: SrtpOps> Session<C> {
             seen: [0; SEEN_SSRCS],
             seen_len: 0,
             seen_next: 0,
-            owned: Vec::with_capacity(owned_limit),
+            owned: Vec::new(),
         }
     }
 
@@ -589,7 +602,7 @@ impl<C: SrtpOps> Index<C> {
                     s.update(rec);
                     s
                 }
-                None => Session::new(rec, self.owned_limit()),
+                None => Session::new(rec),
             };
             let idx = self.sessions.len() as u32;
             self.by_id.insert(s.id, idx);
@@ -786,14 +799,17 @@ impl<C: SrtpOps> Index<C> {
                             c.seed_after(e.last_seq, e.last_ts);
                         }
                     }
-                    None if owned.len() < limit => owned.push(Owned {
-                        ssrc: x,
-                        owner: OWNER_REWRITE,
-                        last_seq: 0,
-                        last_ts: 0,
-                        fence: None,
-                        since_fence: 0,
-                    }),
+                    None if owned.len() < limit => {
+                        reserve_owned(&mut owned, limit);
+                        owned.push(Owned {
+                            ssrc: x,
+                            owner: OWNER_REWRITE,
+                            last_seq: 0,
+                            last_ts: 0,
+                            fence: None,
+                            since_fence: 0,
+                        });
+                    }
                     // Full: a non-rewritten packet with this SSRC finds no entry and no room,
                     // and is refused as well.
                     None => {}
