@@ -788,6 +788,9 @@ impl Control {
 /// Journal the entries (fsync), then apply them to shm. The caller checked shm is open.
 fn commit(g: &mut Inner, entries: Vec<Entry>) -> Result<(), Response> {
     g.store.commit(&entries).map_err(|e| {
+        if let StoreError::Route(c) = &e {
+            return Response::error(409, c.to_string());
+        }
         tracing::error!(error = %e, "state journal write failed; mutation refused");
         Response::error(500, format!("could not persist the change: {e}"))
     })?;

@@ -680,6 +680,16 @@ fn admin_api_end_to_end_with_restart() {
         409,
         "already",
     );
+    assert_error(
+        d.post("/v1/routes", &json!({"from": idb, "to": idb, "ssrc": 5, "rewrite": {"ssrc": 99}})),
+        409,
+        "RFC 3711",
+    );
+    assert_error(
+        d.post("/v1/routes", &json!({"from": idb, "to": idb, "ssrc": 99})),
+        409,
+        "SSRC",
+    );
     let (r1id, r2id, r3id) = (
         r1["id"].as_u64().unwrap(),
         r2["id"].as_u64().unwrap(),
