@@ -580,6 +580,27 @@ impl Appliance {
         o
     }
 
+    /// `sluicectl session add` with static keys (base64); the new session's id.
+    pub fn add_session(&self, peer: &str, profile: Profile, rx: &str, tx: &str, role: &str) -> u64 {
+        let out = self.ctl_ok(&[
+            "session",
+            "add",
+            "--peer",
+            peer,
+            "--profile",
+            profile.name(),
+            "--rx-key",
+            rx,
+            "--tx-key",
+            tx,
+            "--role",
+            role,
+        ]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("session add printed {out:?}, not an id alone"))
+    }
+
     /// `sluicectl ARGS`, asserting exit 0; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let o = self.ctl(args);
@@ -1225,7 +1246,7 @@ impl Up {
         }
         let left = processes_mentioning(&self.config, Duration::from_secs(5));
         assert!(left.is_empty(), "left running after `up` stopped: {left:?}");
-        let log = std::fs::read_to_string(&self.proc_.log).unwrap_or_default();
+        let log = self.proc_.log();
         assert!(log.contains("sluicectl: stopping"), "{log}");
     }
 }

@@ -63,21 +63,13 @@ impl Instance {
             Role::Viewer => "viewer",
             _ => "host",
         };
-        let out = self.ctl_ok(&[
-            "session",
-            "add",
-            "--peer",
+        self.0.add_session(
             &peer.addr().to_string(),
-            "--profile",
-            peer.send_key.profile().name(),
-            "--rx-key",
+            peer.send_key.profile(),
             &peer.send_key.to_base64(),
-            "--tx-key",
             &peer.recv_key.to_base64(),
-            "--role",
             role,
-        ]);
-        out.trim().parse().expect("session id")
+        )
     }
 
     /// A publisher → subscriber pair with a route, created through the admin API.
