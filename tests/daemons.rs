@@ -1,7 +1,8 @@
-//! The real binaries as child processes: building them once, a temporary appliance
-//! configuration, guards that never leave a process behind, running `sluicectl`, a paced SRTP
-//! stream with a receiver that records every packet, an HTTP GET and a strict Prometheus text
-//! parser.
+//! The real binaries as child processes, the one process layer of the end-to-end tests:
+//! building them once, a temporary appliance configuration, guards that never leave a process
+//! behind, running `sluicectl`, a paced SRTP stream with a receiver that records every packet,
+//! an HTTP GET and a strict Prometheus text parser. [`crate::procs`] and
+//! [`crate::RelayProcess`] are thin layers over it.
 //!
 //! Owns: process lifecycles of the end-to-end tests. May not touch: the daemons' code paths
 //! (everything goes through their command lines, files, sockets and the admin API).

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: temp dirs, SRTP peers on loopback UDP sockets,
-//! and a `sluice-relay` child process; [`daemons`] runs the whole appliance (control, relay,
-//! sluicectl, sluice-bench) as real processes.
+//! and a bare `sluice-relay` child process; [`daemons`] runs the whole appliance (control,
+//! relay, sluicectl, sluice-bench) as real processes, and [`procs`] keeps the upgrade and
+//! fault tests' names for it.
 #![deny(unsafe_code)]
 
 pub mod daemons;
