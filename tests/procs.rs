@@ -6,7 +6,7 @@
 //! [`crate::daemons`]; this module only keeps the names the upgrade and fault tests use.
 
 pub use crate::daemons::{pid_alive, wait_pid_gone as wait_gone, Proc};
-use crate::daemons::{Appliance, Setup, SrtpStream};
+use crate::daemons::{signal_pid, Appliance, Setup, SrtpStream};
 use crate::Peer;
 use relay::shm::Role;
 use relay::srtp::Profile;
@@ -16,6 +16,21 @@ use std::ops::Deref;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+/// [`signal_pid`] with the signal by name ("TERM", "KILL", "INT", "HUP", "STOP", "CONT").
+pub fn signal(pid: u32, sig: &str) {
+    use rustix::process::Signal as S;
+    let sig = match sig {
+        "TERM" => S::TERM,
+        "KILL" => S::KILL,
+        "INT" => S::INT,
+        "HUP" => S::HUP,
+        "STOP" => S::STOP,
+        "CONT" => S::CONT,
+        _ => panic!("signal name {sig:?} not known to the tests"),
+    };
+    signal_pid(pid, sig);
+}
 
 /// One Sluice instance in a temp directory (config, runtime dir, shm file, media port); its
 /// fields (`dir`, `config`, `runtime`, `shm`, `media`) are the [`Appliance`]'s.

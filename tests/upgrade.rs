@@ -5,9 +5,7 @@
 
 use relay::shm::ShmReader;
 use relay::srtp::Profile;
-use rustix::process::Signal;
-use sluice_tests::daemons::{pid_alive, signal_pid, wait_pid_gone};
-use sluice_tests::procs::{Instance, Stream};
+use sluice_tests::procs::{pid_alive, signal, wait_gone, Instance, Stream};
 use std::time::{Duration, Instant};
 
 const PPS: u32 = 2000;
@@ -82,9 +80,9 @@ fn upgrade_mid_stream(backend: &str) {
     let last = *pids.last().expect("a relay");
     let info = ShmReader::open(&inst.shm).expect("open shm").relay_info();
     assert_eq!(info.pid, last, "shared memory names the new relay");
-    signal_pid(last, Signal::TERM);
+    signal(last, "TERM");
     assert!(
-        wait_pid_gone(last, Duration::from_secs(10)),
+        wait_gone(last, Duration::from_secs(10)),
         "new relay stops on SIGTERM"
     );
     assert!(
