@@ -14,7 +14,7 @@ use relay::srtp::{Context, ContextOptions, Error, MasterKey, Profile};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 thread_local! {
     /// SRTP calls made on this thread: `[unprotect, protect]`. Tests run one per thread.
@@ -119,7 +119,6 @@ fn pair(a: &mut Attack, profile: Profile) -> (Peer, Peer) {
 #[test]
 fn forged_replayed_wrong_key_truncated_never_routed() {
     for profile in Profile::ALL {
-        let _ = Instant::now();
         let mut a = Attack::new("attack-srtp", 64);
         let (mut p, _s) = pair(&mut a, profile);
         let good = p.rtp(0x1000, 1, 1, 96, &[7; 120]);
@@ -189,8 +188,8 @@ fn forged_replayed_wrong_key_truncated_never_routed() {
             c.drops
         );
         assert!(
-            d(DropReason::AuthFailed) >= 20 + 1,
-            "{profile}: forged and wrong-key"
+            d(DropReason::AuthFailed) > 20,
+            "{profile}: forged tags, wrong key and the forged SRTCP"
         );
         assert_eq!(c.packets_out, base.packets_out, "{profile}: tx unchanged");
         assert_eq!(c.packets_in - base.packets_in, attacks);
