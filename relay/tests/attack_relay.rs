@@ -306,3 +306,37 @@ fn stun_and_dtls_from_unknown_sources_bounded_per_batch() {
     assert_eq!(d(DropReason::UnknownSource), 0);
     assert_eq!(calls(), before, "no SRTP work for STUN/DTLS");
 }
+
+/// A session's `max_pps` cap: from a burst of 200 packets in one second of batch time only
+/// 50 are unprotected and forwarded; the rest are counted as RateLimited before any SRTP
+/// work. The next one-second window admits packets again.
+#[test]
+fn per_session_rate_cap_drops_before_crypto() {
+    let mut a = Attack::new("attack-rate", 64);
+    let (mut p, _s) = pair(&mut a, Profile::AeadAes128Gcm);
+    let mut rec = p.record();
+    rec.max_pps = 50;
+    a.rig.writer.put_session(&rec).expect("session update");
+    let burst: Vec<(SocketAddr, Vec<u8>)> = (0..200u16)
+        .map(|i| (p.addr, p.rtp(0x2000, i, 1, 96, &[3; 100])))
+        .collect();
+    let base = a.rig.counters();
+    let before = calls();
+    let (fwd, _) = a.batch(&burst);
+    let c = a.rig.counters();
+    let limited =
+        c.drops[DropReason::RateLimited as usize] - base.drops[DropReason::RateLimited as usize];
+    assert_eq!(fwd, 50, "only max_pps packets forwarded");
+    assert_eq!(limited, 150);
+    assert_eq!(
+        calls()[0] - before[0],
+        50,
+        "no unprotect for rate-limited packets"
+    );
+    // One second of (simulated) batch time later the cap admits packets again.
+    for _ in 0..50 {
+        a.batch(&[]);
+    }
+    let next = p.rtp(0x2000, 500, 1, 96, &[3; 100]);
+    assert_eq!(a.batch(&[(p.addr, next)]).0, 1);
+}
