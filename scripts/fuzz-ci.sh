@@ -27,7 +27,7 @@ fi
 
 cargo fuzz build
 
-scratch="$(mktemp -d "${TMPDIR:-/tmp}/sluice-fuzz-ci.XXXXXX")"
+scratch="$(mktemp -d -p "${TMPDIR:-/tmp}")"
 trap 'rm -rf "$scratch"' EXIT
 
 failed=()
