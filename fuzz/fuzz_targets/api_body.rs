@@ -65,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let r = c.handle_admin(&request("POST", path, body));
     assert!(
-        matches!(r.status, 200 | 201 | 400 | 404 | 409 | 413 | 422 | 503 | 507),
+        matches!(
+            r.status,
+            200 | 201 | 400 | 404 | 409 | 413 | 422 | 503 | 507
+        ),
         "undocumented status {}",
         r.status
     );

@@ -19,7 +19,12 @@ const PWD1: &str = "sluicepasswordsluicepass";
 const PWD2: &str = "anotherpasswordanotherpw";
 
 fn outcomes(c: &IceCounters) -> u64 {
-    c.success + c.bad_request + c.unauthenticated + c.unknown_attribute + c.role_conflict + c.discarded
+    c.success
+        + c.bad_request
+        + c.unauthenticated
+        + c.unknown_attribute
+        + c.role_conflict
+        + c.discarded
 }
 
 fn build(data: &[u8], out: &mut [u8]) -> Option<usize> {
@@ -98,10 +103,15 @@ fuzz_target!(|data: &[u8]| {
         let before = agent.counters();
         let resp = agent.handle_stun(now, *peer, &msg[..len], &mut out);
         let after = agent.counters();
-        assert_eq!(outcomes(&after), outcomes(&before) + 1, "one outcome per datagram");
+        assert_eq!(
+            outcomes(&after),
+            outcomes(&before) + 1,
+            "one outcome per datagram"
+        );
         if let Some(n) = resp {
             let r = StunMessage::parse(&out[..n]).expect("our response parses");
-            r.verify_fingerprint().expect("our response has a valid FINGERPRINT");
+            r.verify_fingerprint()
+                .expect("our response has a valid FINGERPRINT");
             if after.success > before.success {
                 let req = StunMessage::parse(&msg[..len]).expect("answered request parses");
                 assert!(

@@ -6,7 +6,9 @@
 #![deny(unsafe_code)]
 
 use control::webrtc::dtls::Fingerprint;
-use control::webrtc::sdp::{answer, codec_supported, ext_map, pt_map, AnswerConfig, Endpoint, Offer};
+use control::webrtc::sdp::{
+    answer, codec_supported, ext_map, pt_map, AnswerConfig, Endpoint, Offer,
+};
 use libfuzzer_sys::fuzz_target;
 
 const FP: &str = "sha-256 0F:74:31:25:CB:A2:13:EC:28:6F:6D:2C:61:FF:5D:C2:BC:B9:DB:3D:98:14:8D:1A:BB:EA:33:0C:A4:60:A8:8E";

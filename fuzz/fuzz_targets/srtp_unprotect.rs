@@ -60,12 +60,20 @@ fuzz_target!(|data: &[u8]| {
         let bit = usize::from(flags) * 7 % (n * 8);
         let mut m = b;
         m[bit / 8] ^= 1 << (bit % 8);
-        assert!(rx.unprotect_rtp(&mut m, n).is_err(), "mutated SRTP accepted");
+        assert!(
+            rx.unprotect_rtp(&mut m, n).is_err(),
+            "mutated SRTP accepted"
+        );
         let mut replay = b;
-        let out = rx.unprotect_rtp(&mut b, n).expect("untouched SRTP authenticates");
+        let out = rx
+            .unprotect_rtp(&mut b, n)
+            .expect("untouched SRTP authenticates");
         assert_eq!(&b[..out], &plain[..plain_len]);
         // A replay of the same packet is refused (RFC 3711 §3.3.2).
-        assert!(rx.unprotect_rtp(&mut replay, n).is_err(), "replayed SRTP accepted");
+        assert!(
+            rx.unprotect_rtp(&mut replay, n).is_err(),
+            "replayed SRTP accepted"
+        );
     }
     // RTCP: a header of 8 bytes (V=2, PT from the input, length ignored by protect).
     let mut plain = [0u8; BUF];
@@ -77,10 +85,18 @@ fuzz_target!(|data: &[u8]| {
         let bit = usize::from(flags) * 13 % (n * 8);
         let mut m = b;
         m[bit / 8] ^= 1 << (bit % 8);
-        assert!(rx.unprotect_rtcp(&mut m, n).is_err(), "mutated SRTCP accepted");
+        assert!(
+            rx.unprotect_rtcp(&mut m, n).is_err(),
+            "mutated SRTCP accepted"
+        );
         let mut replay = b;
-        let out = rx.unprotect_rtcp(&mut b, n).expect("untouched SRTCP authenticates");
+        let out = rx
+            .unprotect_rtcp(&mut b, n)
+            .expect("untouched SRTCP authenticates");
         assert_eq!(&b[..out], &plain[..rtcp_len]);
-        assert!(rx.unprotect_rtcp(&mut replay, n).is_err(), "replayed SRTCP accepted");
+        assert!(
+            rx.unprotect_rtcp(&mut replay, n).is_err(),
+            "replayed SRTCP accepted"
+        );
     }
 });

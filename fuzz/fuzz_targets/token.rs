@@ -55,7 +55,8 @@ fuzz_target!(|data: &[u8]| {
     ) {
         // Granted: the token must be exactly one our key signs. Re-verify with a different
         // key: it must fail.
-        let other = DevKey::new("k1", b"another-developer-secret-0123456789abcdef").expect("valid key");
+        let other =
+            DevKey::new("k1", b"another-developer-secret-0123456789abcdef").expect("valid key");
         let lookup2 = |_: &str, _: Option<&str>| Some(other.clone());
         assert!(authorize(
             Credential::Signed(text),
