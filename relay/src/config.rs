@@ -52,8 +52,8 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    /// A file holding a secret (the admin token) is readable by other users.
-    #[error("{path} holds the admin token but is world-readable (mode {mode:04o}); run `chmod o-rwx {path}`", path = path.display())]
+    /// A file holding a secret (the admin token, a key) is readable by other users.
+    #[error("{path} holds a secret (admin token or key) but is world-readable (mode {mode:04o}); run `chmod o-rwx {path}`", path = path.display())]
     InsecurePermissions { path: PathBuf, mode: u32 },
 }
 
@@ -767,6 +767,13 @@ fn check_token_text(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Least privilege (docs/SECURITY.md): refuse a file that holds a secret (admin token, master
+/// key, developer keys) when other users may read it, with an error naming the path and the
+/// `chmod` that fixes it. Every loader of a secret-bearing file calls this before reading it.
+pub fn check_secret_file(path: &Path) -> Result<(), ConfigError> {
+    check_not_world_readable(path)
+}
+
 fn check_not_world_readable(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::metadata(path).map_err(|source| ConfigError::Io {
@@ -1007,6 +1014,12 @@ mod tests {
             c.admin_token().unwrap().unwrap().expose(),
             "0123456789abcdef0123"
         );
+        // The shared check for any other secret file (master key and the like).
+        let kf = write_temp("master.key", "c2VjcmV0\n", 0o604);
+        let e = check_secret_file(&kf).unwrap_err();
+        assert!(e.to_string().contains("chmod o-rwx"), "{e}");
+        std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_secret_file(&kf).unwrap();
         // Debug never shows the token.
         let c = parse(text).unwrap();
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
