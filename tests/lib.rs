@@ -82,6 +82,10 @@ impl Peer {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("set timeout");
+        // Room for a whole test burst while the reader thread waits for a core on a loaded
+        // 2-core runner (loopback charges ~2 KiB of buffer per small datagram); the kernel caps
+        // it at net.core.rmem_max, which is still several times the default.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 4 << 20);
         let send_key = test_key(profile, id * 2);
         let recv_key = test_key(profile, id * 2 + 1);
         Peer {
