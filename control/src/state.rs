@@ -38,6 +38,9 @@ pub enum StoreError {
     },
     #[error("{path}: state format version {found}, this build reads {FORMAT_VERSION}", path = path.display())]
     Version { path: PathBuf, found: u32 },
+    /// A route refused before anything was written (see [`route_conflict`]).
+    #[error(transparent)]
+    Route(#[from] RouteConflict),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -77,6 +80,87 @@ impl RewriteSpec {
         }
         r
     }
+}
+
+/// Why a route may not be added (the admin API answers 409 with this text): it would let two sources feed one output stream
+/// (subscriber, SSRC) of the relay, which can make two packets leave under the same SRTP key
+/// and index — keystream reuse, RFC 3711 §9.1 (docs/ENGINE.md "One owner per output stream").
+/// Each relay worker refuses such packets by itself, but publishers handled by different
+/// workers each keep their own numbering and outbound SRTP state, so only control, which sees
+/// every route, can prevent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteConflict {
+    /// Two publishers rewriting to the same SSRC for one subscriber.
+    #[error(
+        "route {existing} already feeds publisher {from}'s media into session {to} as SSRC {ssrc}; \
+         a second publisher rewritten to the same SSRC could reuse SRTP keystream (RFC 3711 §9.1)"
+    )]
+    RewrittenSsrc {
+        existing: u64,
+        from: u64,
+        to: u64,
+        ssrc: u32,
+    },
+    /// The output SSRC is already sent to the subscriber by another route that numbers it
+    /// differently (another publisher's stream with that SSRC, or a rewritten stream mixed
+    /// with a non-rewritten one).
+    #[error(
+        "route {existing} already sends SSRC {ssrc} to session {to} (from publisher {from}); \
+         two sources in one SRTP stream could reuse keystream (RFC 3711 §9.1)"
+    )]
+    SameSsrc {
+        existing: u64,
+        from: u64,
+        to: u64,
+        ssrc: u32,
+    },
+}
+
+/// The SSRC a route's packets carry towards the subscriber, when known in advance: the
+/// rewritten SSRC, else the route's SSRC filter (`None` for an any-SSRC route that keeps the
+/// publisher's SSRCs, which control cannot know).
+pub fn output_ssrc(r: &StoredRoute) -> Option<u32> {
+    r.rewrite.ssrc.or(r.ssrc)
+}
+
+/// Check `new` against the routes that exist (`new.id` itself is ignored, so an update is
+/// checked against the others). Allowed into one subscriber with the same output SSRC: only
+/// routes of the same publisher that all rewrite the SSRC (one worker handles one publisher
+/// address, and that worker's continuity state renumbers its sources into one stream).
+/// Any-SSRC routes without rewrite have no known output SSRC and are not checked here; the
+/// relay's per-worker owner check still refuses a second source (docs/ENGINE.md).
+pub fn route_conflict<'a>(
+    existing: impl IntoIterator<Item = &'a StoredRoute>,
+    new: &StoredRoute,
+) -> Result<(), RouteConflict> {
+    let Some(ssrc) = output_ssrc(new) else {
+        return Ok(());
+    };
+    for r in existing {
+        if r.id == new.id || r.to != new.to || output_ssrc(r) != Some(ssrc) {
+            continue;
+        }
+        let both_rewritten = r.rewrite.ssrc.is_some() && new.rewrite.ssrc.is_some();
+        if both_rewritten && r.from == new.from {
+            continue;
+        }
+        return Err(if both_rewritten {
+            RouteConflict::RewrittenSsrc {
+                existing: r.id,
+                from: r.from,
+                to: r.to,
+                ssrc,
+            }
+        } else {
+            RouteConflict::SameSsrc {
+                existing: r.id,
+                from: r.from,
+                to: r.to,
+                ssrc,
+            }
+        });
+    }
+    Ok(())
 }
 
 /// A session as control persists it (keys included, base64 of master key ‖ salt).
@@ -253,8 +337,12 @@ impl Store {
     }
 
     /// Append `entries` to the journal, fsync, then apply them in memory. Nothing is applied
-    /// if the write fails.
+    /// if the write fails. A route that conflicts with the routes in force (after the earlier
+    /// entries of the batch) refuses the whole batch before anything is written
+    /// ([`StoreError::Route`]; [`route_conflict`]). Replay at start-up does not check: state
+    /// written by an older build loads as it was.
     pub fn commit(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.check_routes(entries)?;
         let mut buf = Vec::new();
         for e in entries {
             // Serializing plain data structures to JSON cannot fail.
@@ -271,6 +359,40 @@ impl Store {
             self.state.apply(e);
         }
         self.pending += entries.len();
+        Ok(())
+    }
+
+    /// [`route_conflict`] for every route the batch puts, against the state as the batch's
+    /// earlier entries leave it.
+    fn check_routes(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        for (i, e) in entries.iter().enumerate() {
+            let Entry::PutRoute { route } = e else {
+                continue;
+            };
+            let earlier = &entries[..i];
+            let gone = |id: u64| {
+                earlier.iter().any(|e| match e {
+                    Entry::DelRoute { id: d } => *d == id,
+                    Entry::PutRoute { route } => route.id == id,
+                    _ => false,
+                })
+            };
+            // Routes of the state the batch neither removed nor replaced, then the batch's
+            // own puts (the last put of an id wins).
+            let stored = self.state.routes.values().filter(|r| !gone(r.id));
+            let batch = earlier.iter().enumerate().filter_map(|(j, e)| match e {
+                Entry::PutRoute { route }
+                    if !earlier[j + 1..].iter().any(|l| {
+                        matches!(l, Entry::PutRoute { route: r } if r.id == route.id)
+                            || matches!(l, Entry::DelRoute { id } if *id == route.id)
+                    }) =>
+                {
+                    Some(route)
+                }
+                _ => None,
+            });
+            route_conflict(stored.chain(batch), route)?;
+        }
         Ok(())
     }
 
@@ -425,6 +547,106 @@ mod tests {
             Err(StoreError::Corrupt { line: 1, .. }) => {}
             other => panic!("expected corrupt line 1, got {other:?}"),
         }
+    }
+
+    fn rt(id: u64, from: u64, ssrc: Option<u32>, to: u64, out: Option<u32>) -> StoredRoute {
+        StoredRoute {
+            id,
+            from,
+            ssrc,
+            to,
+            rewrite: RewriteSpec {
+                ssrc: out,
+                ..RewriteSpec::default()
+            },
+        }
+    }
+
+    #[test]
+    fn conflicting_routes_refused() {
+        let base = [
+            rt(1, 10, Some(5), 30, Some(77)),
+            rt(2, 10, Some(42), 30, None),
+        ];
+        // Another publisher rewritten to the same SSRC into the same subscriber.
+        let e = route_conflict(&base, &rt(3, 11, Some(6), 30, Some(77))).unwrap_err();
+        assert!(matches!(
+            e,
+            RouteConflict::RewrittenSsrc {
+                existing: 1,
+                ssrc: 77,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("RFC 3711"));
+        assert!(e.to_string().contains("SSRC 77"));
+        // Another publisher's explicit SSRC without rewrite, same SSRC, same subscriber.
+        assert!(matches!(
+            route_conflict(&base, &rt(3, 11, Some(42), 30, None)),
+            Err(RouteConflict::SameSsrc { existing: 2, .. })
+        ));
+        // A non-rewritten stream into an SSRC a rewritten route writes (even same publisher).
+        assert!(matches!(
+            route_conflict(&base, &rt(3, 10, Some(77), 30, None)),
+            Err(RouteConflict::SameSsrc { existing: 1, .. })
+        ));
+        assert!(route_conflict(&base, &rt(3, 10, Some(9), 30, Some(42))).is_err());
+        // Allowed: the same publisher's other SSRC rewritten into the same output (one
+        // worker renumbers them), another subscriber, another SSRC, any-SSRC without rewrite,
+        // and an update of the conflicting route itself.
+        assert!(route_conflict(&base, &rt(3, 10, Some(6), 30, Some(77))).is_ok());
+        assert!(route_conflict(&base, &rt(3, 11, Some(6), 31, Some(77))).is_ok());
+        assert!(route_conflict(&base, &rt(3, 11, Some(43), 30, None)).is_ok());
+        assert!(route_conflict(&base, &rt(3, 11, None, 30, None)).is_ok());
+        assert!(route_conflict(&base, &rt(1, 11, Some(5), 30, Some(77))).is_ok());
+    }
+
+    #[test]
+    fn store_refuses_conflicting_route_batches() {
+        let d = tmpdir("conflict");
+        let mut s = Store::open(&d).unwrap();
+        s.commit(&[Entry::PutRoute {
+            route: rt(1, 10, None, 30, Some(77)),
+        }])
+        .unwrap();
+        let before = std::fs::metadata(d.join(JOURNAL)).unwrap().len();
+        // Refused whole, nothing written or applied.
+        let err = s
+            .commit(&[
+                Entry::PutRoute {
+                    route: rt(2, 10, Some(1), 31, None),
+                },
+                Entry::PutRoute {
+                    route: rt(3, 11, None, 30, Some(77)),
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Route(_)));
+        assert_eq!(s.state().routes.len(), 1);
+        assert_eq!(std::fs::metadata(d.join(JOURNAL)).unwrap().len(), before);
+        // Two new publishers into one output SSRC in one batch: refused too.
+        assert!(s
+            .commit(&[
+                Entry::PutRoute {
+                    route: rt(2, 12, Some(1), 32, Some(5)),
+                },
+                Entry::PutRoute {
+                    route: rt(3, 13, Some(1), 32, Some(5)),
+                },
+            ])
+            .is_err());
+        // A speaker switch: delete the old route and add the new one in one batch.
+        s.commit(&[
+            Entry::DelRoute { id: 1 },
+            Entry::PutRoute {
+                route: rt(2, 11, None, 30, Some(77)),
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            s.state().routes.keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Continuity {
     last_ts: u32,
     /// Highest output sequence number of the previous source at the switch.
     switch_seq: u16,
+    /// `last_seq`/`last_ts` describe output that someone else sent on this stream (see
+    /// [`Continuity::seed_after`]): the first source is re-based after them, not passed through.
+    seeded: bool,
 }
 
 impl Continuity {
@@ -53,6 +56,16 @@ impl Continuity {
     pub fn map(&mut self, src: Source, seq: u16, ts: u32) -> (u16, u32) {
         match self.cur {
             Some(f) if f.src == src => {}
+            None if self.seeded => {
+                // First source after a hand-over: continue after what was sent before, so no
+                // output index is used twice (RFC 3711 §9.1).
+                self.seeded = false;
+                self.cur = Some(Feed {
+                    src,
+                    seq_off: self.last_seq.wrapping_add(1).wrapping_sub(seq),
+                    ts_off: self.last_ts.wrapping_add(1).wrapping_sub(ts),
+                });
+            }
             None => {
                 // First source: passes through unchanged.
                 self.cur = Some(Feed {
@@ -95,6 +108,24 @@ impl Continuity {
             self.last_ts = t;
         }
         (s, t)
+    }
+
+    /// Forget the sources and continue after output (`seq`, `ts`) that was sent on this stream
+    /// by someone else (the previous owner of the output stream in this worker): the next
+    /// source is re-based to `seq + 1`, exactly as at a switch, and late packets of earlier
+    /// sources are re-based too instead of keeping old numbers.
+    pub fn seed_after(&mut self, seq: u16, ts: u32) {
+        *self = Continuity {
+            last_seq: seq,
+            last_ts: ts,
+            seeded: true,
+            ..Continuity::default()
+        };
+    }
+
+    /// The highest output (sequence, timestamp) sent (or seeded), if any.
+    pub fn last(&self) -> Option<(u16, u32)> {
+        (self.cur.is_some() || self.seeded).then_some((self.last_seq, self.last_ts))
     }
 
     /// The source currently feeding the output and its sequence offset (output − input), for
@@ -142,5 +173,18 @@ mod tests {
         // The old source coming back is re-based again, still monotonic.
         let (s, _) = c.map((1, 10), 3, 10);
         assert_eq!(s, 2);
+    }
+
+    #[test]
+    fn seeded_stream_continues_after_the_seed() {
+        let mut c = Continuity::default();
+        assert_eq!(c.last(), None);
+        c.seed_after(500, 9000);
+        assert_eq!(c.last(), Some((500, 9000)));
+        // The first source does not pass through: it continues at 501.
+        assert_eq!(c.map((3, 30), 17, 100), (501, 9001));
+        assert_eq!(c.map((3, 30), 18, 1000), (502, 9901));
+        assert_eq!(c.last(), Some((502, 9901)));
+        assert_eq!(c.current().unwrap().0, (3, 30));
     }
 }

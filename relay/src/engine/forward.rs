@@ -2,7 +2,7 @@
 //! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
 
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-use super::index::{normalize, Index, RebuildReport, Upstream, NONE};
+use super::index::{claim, normalize, ClaimError, Index, RebuildReport, Upstream, NONE};
 use super::stats::Stats;
 use crate::batch::TxQueue;
 use crate::shm::{DropReason, Rewrite, RouteRecord, SessionRecord};
@@ -195,6 +195,7 @@ impl<C: SrtpOps> Forwarder<C> {
             return;
         };
         let plain = &buf[..n];
+        let limit = self.index.owned_limit();
         for oi in specific.clone().chain(any) {
             if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
             {
@@ -208,11 +209,27 @@ impl<C: SrtpOps> Forwarder<C> {
                 ..
             } = &mut self.index;
             let o = &outputs[oi as usize];
-            let (oseq, ots) = match streams.get_mut(o.stream as usize) {
-                Some(c) if o.stream != NONE => c.map((pub_id, ssrc), seq, ts),
-                _ => (seq, ts),
-            };
             let sub = &mut sessions[o.sub as usize];
+            let (oseq, ots) = match streams.get_mut(o.stream as usize) {
+                // Rewritten: the stream's continuity state owns the numbering.
+                Some(c) if o.stream != NONE => c.map((pub_id, ssrc), seq, ts),
+                _ => {
+                    // Not rewritten: the output index is the source's, so the output stream
+                    // must have one owner (RFC 3711 §9.1: never two packets under one index).
+                    let window = opts.replay_window;
+                    match claim(&mut sub.owned, limit, window, pub_id, ssrc, seq, ts) {
+                        Ok(()) => (seq, ts),
+                        Err(ClaimError::Collision) => {
+                            self.stats.drop(DropReason::SsrcCollision);
+                            continue;
+                        }
+                        Err(ClaimError::Full) => {
+                            self.stats.drop(DropReason::Crypto);
+                            continue;
+                        }
+                    }
+                }
+            };
             let peer = sub.peer;
             let Some(ctx) = sub.tx_ctx(*opts) else {
                 self.stats.drop(DropReason::Crypto);
@@ -351,6 +368,16 @@ impl<C: SrtpOps> Forwarder<C> {
             };
             let out_ssrc = o.rewrite.ssrc;
             let sub = &mut sessions[o.sub as usize];
+            // Reports about a stream another source owns would describe the wrong stream.
+            if o.stream == NONE
+                && sub
+                    .owned
+                    .iter()
+                    .any(|e| e.ssrc == ssrc && e.owner != pub_id)
+            {
+                self.stats.drop(DropReason::SsrcCollision);
+                continue;
+            }
             let peer = sub.peer;
             let Some(ctx) = sub.tx_ctx(*opts) else {
                 self.stats.drop(DropReason::Crypto);

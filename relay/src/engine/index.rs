@@ -117,6 +117,124 @@ impl BuildHasher for SeededState {
     }
 }
 
+/// [`Owned::owner`] of an output stream fed by SSRC-rewriting routes (its [`Continuity`]
+/// numbers every source). Session ids are never 0.
+pub const OWNER_REWRITE: SessionId = 0;
+/// [`Owned::owner`] of an output stream whose owner's route went away: the next claimant
+/// takes it over behind a fence (session ids never reach `u64::MAX`).
+pub const OWNER_NONE: SessionId = SessionId::MAX;
+
+/// The owner of one output stream (subscriber, output SSRC) in this worker.
+///
+/// RFC 3711 §9.1: the subscriber's outbound SRTP context encrypts every packet of one SSRC
+/// under one key with the index ROC‖SEQ of the output stream, so two different packets must
+/// never be sent with the same index. Without an SSRC rewrite the output index follows the
+/// source's sequence numbers, so only one source (publisher session; its SSRC is the output
+/// SSRC) may feed the stream; a second one is dropped as `SsrcCollision`. When the owner
+/// changes (its route went away), the new owner must continue after the last sequence number
+/// sent (`fence`), so that the outbound context never goes back to indices it already used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owned {
+    /// The output SSRC.
+    pub ssrc: u32,
+    /// Publisher session id, [`OWNER_REWRITE`] or [`OWNER_NONE`].
+    pub owner: SessionId,
+    /// Highest output sequence number and timestamp sent by a non-rewritten owner (for a
+    /// rewritten stream they are read from its continuity state when it is released).
+    pub last_seq: u16,
+    pub last_ts: u32,
+    /// Set at a hand-over: packets of the new owner must be newer than this (RFC 1982 order).
+    pub fence: Option<u16>,
+    /// How far the owner advanced past the fence; once beyond the replay window, anything
+    /// at or behind the fence is refused by the inbound replay check (RFC 3711 §3.3.2) and
+    /// the fence is lifted.
+    pub since_fence: u32,
+}
+
+/// RFC 1982 serial-number comparison: is `a` after `b`?
+#[inline]
+fn seq_newer(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
+}
+
+/// Why an output stream refused a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Another source owns it, or the packet is behind the hand-over fence.
+    Collision,
+    /// The subscriber already has as many output streams as its SRTP context can hold.
+    Full,
+}
+
+/// Claim output stream `ssrc` of a subscriber (whose owners are `owned`, at most `limit`) for
+/// a non-rewritten packet of `publisher` with sequence number `seq`. Integer compares over a
+/// short array; allocates only for a subscriber's first output stream in this worker (see
+/// [`reserve_owned`]).
+#[inline]
+pub fn claim(
+    owned: &mut Vec<Owned>,
+    limit: usize,
+    window: u32,
+    publisher: SessionId,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+) -> Result<(), ClaimError> {
+    let Some(e) = owned.iter_mut().find(|e| e.ssrc == ssrc) else {
+        if owned.len() >= limit {
+            return Err(ClaimError::Full);
+        }
+        reserve_owned(owned, limit);
+        owned.push(Owned {
+            ssrc,
+            owner: publisher,
+            last_seq: seq,
+            last_ts: ts,
+            fence: None,
+            since_fence: 0,
+        });
+        return Ok(());
+    };
+    if e.owner != publisher {
+        if e.owner != OWNER_NONE {
+            return Err(ClaimError::Collision);
+        }
+        // Hand-over: continue after what the previous owner sent.
+        e.owner = publisher;
+        e.fence = Some(e.last_seq);
+        e.since_fence = 0;
+    }
+    if let Some(f) = e.fence {
+        if !seq_newer(seq, f) {
+            return Err(ClaimError::Collision);
+        }
+    }
+    if seq_newer(seq, e.last_seq) {
+        if e.fence.is_some() {
+            e.since_fence = e
+                .since_fence
+                .saturating_add(u32::from(seq.wrapping_sub(e.last_seq)));
+            if e.since_fence > window {
+                e.fence = None;
+            }
+        }
+        e.last_seq = seq;
+        e.last_ts = ts;
+    }
+    Ok(())
+}
+
+/// Reserve a subscriber's whole owner array at its first output stream, like its outbound SRTP
+/// context (created at the first packet to the peer, with all its stream slots): one
+/// allocation per subscriber and worker, none after. Sessions that receive nothing in this
+/// worker hold none.
+#[inline]
+fn reserve_owned(owned: &mut Vec<Owned>, limit: usize) {
+    if owned.capacity() < limit {
+        owned.reserve_exact(limit - owned.len());
+    }
+}
+
 /// One session as a worker holds it.
 pub struct Session<C> {
     pub id: SessionId,
@@ -143,6 +261,9 @@ pub struct Session<C> {
     seen: [u32; SEEN_SSRCS],
     seen_len: u8,
     seen_next: u8,
+    /// Owners of this session's output streams as a subscriber (never shrinks while the
+    /// session lives: a released stream keeps its fence). Reserved at the first entry.
+    pub owned: Vec<Owned>,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -166,6 +287,7 @@ impl<C: SrtpOps> Session<C> {
             seen: [0; SEEN_SSRCS],
             seen_len: 0,
             seen_next: 0,
+            owned: Vec::new(),
         }
     }
 
@@ -355,6 +477,14 @@ impl<C: SrtpOps> Index<C> {
             edges: Vec::new(),
             feed_scratch: Vec::new(),
         }
+    }
+
+    /// How many output streams one subscriber may have owners for: its outbound SRTP context
+    /// holds `max_streams` SSRCs; twice that leaves room for rewritten streams declared by
+    /// routes that carry no traffic yet.
+    #[inline]
+    pub fn owned_limit(&self) -> usize {
+        self.opts.max_streams.saturating_mul(2)
     }
 
     /// Session index of a source address (already normalized).
@@ -599,10 +729,93 @@ impl<C: SrtpOps> Index<C> {
         // comes back later continues the numbering the subscriber last saw.
         for (k, c) in self.old_streams.drain() {
             if self.by_id.contains_key(&k.0) {
+                self.stream_ids.insert(k, self.streams.len() as u32);
                 self.streams.push(c);
                 self.stream_keys.push(k);
             }
         }
+        self.update_owners();
         rep
+    }
+
+    /// Release the owners whose routes went away and let rewriting routes claim their output
+    /// SSRCs (design: one owner per output stream; see [`Owned`]).
+    fn update_owners(&mut self) {
+        // Marks entries to remove (never a session id: ids are far below).
+        const UNUSED: SessionId = SessionId::MAX - 1;
+        let limit = self.owned_limit();
+        for si in 0..self.sessions.len() {
+            let feeds = self.sessions[si].feeds.clone();
+            let feeds = &self.feeds[feeds.start as usize..feeds.end as usize];
+            let sub_id = self.sessions[si].id;
+            let mut owned = core::mem::take(&mut self.sessions[si].owned);
+            for e in owned.iter_mut() {
+                let keep = match e.owner {
+                    OWNER_NONE => true,
+                    OWNER_REWRITE => feeds.iter().any(|f| f.out_ssrc == Some(e.ssrc)),
+                    p => feeds.iter().any(|f| {
+                        f.out_ssrc.is_none()
+                            && f.src_ssrc.is_none_or(|x| x == e.ssrc)
+                            && self.sessions[f.publisher as usize].id == p
+                    }),
+                };
+                if keep {
+                    continue;
+                }
+                if e.owner == OWNER_REWRITE {
+                    let last = self
+                        .stream_ids
+                        .get(&(sub_id, e.ssrc))
+                        .and_then(|&i| self.streams.get(i as usize))
+                        .and_then(Continuity::last);
+                    match last {
+                        Some((seq, ts)) => {
+                            e.last_seq = seq;
+                            e.last_ts = ts;
+                        }
+                        // Declared but never used: nothing was sent on this SSRC, so the
+                        // entry goes away (no fence needed).
+                        None => {
+                            e.owner = UNUSED;
+                            continue;
+                        }
+                    }
+                }
+                e.owner = OWNER_NONE;
+                e.fence = None;
+            }
+            owned.retain(|e| e.owner != UNUSED);
+            for f in feeds {
+                let Some(x) = f.out_ssrc else { continue };
+                match owned.iter().position(|e| e.ssrc == x) {
+                    Some(i) if owned[i].owner == OWNER_REWRITE => {}
+                    Some(i) => {
+                        let e = &mut owned[i];
+                        // Taken over from a non-rewritten owner (or released): the continuity
+                        // state continues after what was sent on this SSRC.
+                        e.owner = OWNER_REWRITE;
+                        e.fence = None;
+                        if let Some(c) = self.streams.get_mut(f.stream as usize) {
+                            c.seed_after(e.last_seq, e.last_ts);
+                        }
+                    }
+                    None if owned.len() < limit => {
+                        reserve_owned(&mut owned, limit);
+                        owned.push(Owned {
+                            ssrc: x,
+                            owner: OWNER_REWRITE,
+                            last_seq: 0,
+                            last_ts: 0,
+                            fence: None,
+                            since_fence: 0,
+                        });
+                    }
+                    // Full: a non-rewritten packet with this SSRC finds no entry and no room,
+                    // and is refused as well.
+                    None => {}
+                }
+            }
+            self.sessions[si].owned = owned;
+        }
     }
 }

@@ -20,7 +20,7 @@ mod stats;
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 pub use forward::Forwarder;
-pub use index::{normalize, RebuildReport};
+pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
 pub use stats::Stats;
 
 use crate::batch::TxQueue;

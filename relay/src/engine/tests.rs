@@ -2,6 +2,7 @@
 //! that every rewrite is visible on the wire. The SRTP transforms themselves are exercised with
 //! real keys in `relay/tests/engine_*.rs`.
 
+use super::index::OWNER_NONE;
 use super::*;
 use crate::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
 use crate::srtp::{Error, MasterKey, Profile};
@@ -344,4 +345,146 @@ fn removed_subscriber_and_rekey() {
     let rep = rig.rebuild();
     assert_eq!(rep.skipped_routes, 1);
     assert!(rig.send(1, &rtp(1, 3, 1, 96, b"a")).is_empty());
+}
+
+/// RFC 3711 §9.1: two publishers using the same SSRC must not feed one non-rewritten output
+/// stream of a subscriber (their packets would be encrypted under the same index).
+#[test]
+fn same_ssrc_from_two_publishers_second_dropped() {
+    for explicit in [None, Some(42)] {
+        let mut rig = Rig::new(
+            vec![
+                session(1, Role::Speaker),
+                session(2, Role::Speaker),
+                session(3, Role::Viewer),
+            ],
+            vec![
+                route(1, 1, explicit, 3, Rewrite::default()),
+                route(2, 2, explicit, 3, Rewrite::default()),
+            ],
+        );
+        let out = rig.send(1, &rtp(42, 100, 1000, 96, b"one"));
+        assert_eq!(out, vec![(addr(1003), rtp(42, 100, 1000, 96, b"one"))]);
+        // Publisher 2 with the same SSRC (and the very same sequence number): refused.
+        assert!(rig.send(2, &rtp(42, 100, 7, 96, b"two")).is_empty());
+        assert!(rig.send(2, &rtp(42, 101, 8, 96, b"two")).is_empty());
+        assert_eq!(rig.fwd.stats().dropped(DropReason::SsrcCollision), 2);
+        // The owner is unaffected.
+        let out = rig.send(1, &rtp(42, 101, 2000, 96, b"one"));
+        assert_eq!(out, vec![(addr(1003), rtp(42, 101, 2000, 96, b"one"))]);
+        // Publisher 2's other SSRCs are its own output streams.
+        if explicit.is_none() {
+            assert_eq!(rig.send(2, &rtp(43, 5, 5, 96, b"two")).len(), 1);
+        }
+        // A sender report of the non-owner does not go down either.
+        let mut sr = vec![0x80, 200, 0, 6];
+        sr.extend_from_slice(&42u32.to_be_bytes());
+        sr.extend_from_slice(&[0u8; 20]);
+        assert!(rig.send(2, &sr).is_empty());
+        assert_eq!(rig.fwd.stats().dropped(DropReason::SsrcCollision), 3);
+        assert_eq!(rig.send(1, &sr).len(), 1);
+    }
+}
+
+/// When the owner's route goes away, another source may take the output stream over, but only
+/// after the last index sent: nothing at or behind the fence is encrypted again.
+#[test]
+fn owner_released_with_its_route() {
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Speaker),
+            session(3, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, None, 3, Rewrite::default()),
+            route(2, 2, None, 3, Rewrite::default()),
+        ],
+    );
+    rig.send(1, &rtp(42, 500, 1000, 96, b"one"));
+    rig.send(1, &rtp(42, 501, 1100, 96, b"one"));
+    assert!(rig.send(2, &rtp(42, 900, 1, 96, b"two")).is_empty());
+    // Owner 1's route goes away.
+    rig.routes.retain(|r| r.from != 1);
+    rig.rebuild();
+    let sub = &rig.fwd.index().sessions[2];
+    assert_eq!(sub.owned[0].owner, OWNER_NONE);
+    // Behind the fence (index 501 was used): refused.
+    assert!(rig.send(2, &rtp(42, 501, 1, 96, b"two")).is_empty());
+    assert!(rig.send(2, &rtp(42, 300, 1, 96, b"two")).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::SsrcCollision), 3);
+    // After it: forwarded, and publisher 2 now owns the stream.
+    let out = rig.send(2, &rtp(42, 502, 9, 96, b"two"));
+    assert_eq!(out, vec![(addr(1003), rtp(42, 502, 9, 96, b"two"))]);
+    assert_eq!(rig.fwd.index().sessions[2].owned[0].owner, 2);
+    // Publisher 1 coming back (new route) is now the one refused.
+    rig.routes.push(route(3, 1, None, 3, Rewrite::default()));
+    rig.rebuild();
+    assert!(rig.send(1, &rtp(42, 503, 1, 96, b"one")).is_empty());
+    // Late packets of the new owner stay behind the fence until it is past the replay
+    // window (the inbound replay check refuses anything that old from then on).
+    assert!(rig.send(2, &rtp(42, 400, 9, 96, b"two")).is_empty());
+    let far = 502 + ContextOptions::default().replay_window as u16 + 1;
+    assert_eq!(rig.send(2, &rtp(42, far, 9, 96, b"two")).len(), 1);
+    assert_eq!(rig.fwd.index().sessions[2].owned[0].fence, None);
+}
+
+/// Rewriting routes keep switching sources inside a worker (continuity), and a
+/// non-rewritten source whose SSRC equals the rewritten output SSRC is refused.
+#[test]
+fn rewritten_stream_owns_its_ssrc() {
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Speaker),
+            session(3, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, Some(10), 3, rw_ssrc(77)),
+            route(2, 2, Some(77), 3, Rewrite::default()),
+        ],
+    );
+    assert_eq!(rig.send(1, &rtp(10, 1000, 5, 96, b"a")).len(), 1);
+    assert!(rig.send(2, &rtp(77, 1001, 5, 96, b"b")).is_empty());
+    assert_eq!(rig.fwd.stats().dropped(DropReason::SsrcCollision), 1);
+    // Two rewriting sources into one output: both forwarded, renumbered (one stream).
+    rig.routes = vec![
+        route(1, 1, Some(10), 3, rw_ssrc(77)),
+        route(3, 2, Some(20), 3, rw_ssrc(77)),
+    ];
+    rig.rebuild();
+    assert_eq!(
+        rig.send(2, &rtp(20, 5, 100, 96, b"b")),
+        vec![(addr(1003), rtp(77, 1001, 6, 96, b"b"))]
+    );
+    assert_eq!(
+        rig.send(1, &rtp(10, 1001, 7, 96, b"a")),
+        vec![(addr(1003), rtp(77, 1002, 7, 96, b"a"))]
+    );
+}
+
+/// A rewritten stream that takes over an SSRC a non-rewritten source used continues after
+/// the last sequence number sent, instead of passing its source's numbering through.
+#[test]
+fn rewrite_takes_over_after_last_index() {
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Speaker),
+            session(3, Role::Viewer),
+        ],
+        vec![route(1, 1, None, 3, Rewrite::default())],
+    );
+    rig.send(1, &rtp(77, 4000, 50, 96, b"a"));
+    rig.routes = vec![route(2, 2, None, 3, rw_ssrc(77))];
+    rig.rebuild();
+    assert_eq!(
+        rig.send(2, &rtp(20, 12, 900, 96, b"b")),
+        vec![(addr(1003), rtp(77, 4001, 51, 96, b"b"))]
+    );
+    // And back: the non-rewritten source must continue after 4001.
+    rig.routes = vec![route(3, 1, None, 3, Rewrite::default())];
+    rig.rebuild();
+    assert!(rig.send(1, &rtp(77, 4001, 60, 96, b"a")).is_empty());
+    assert_eq!(rig.send(1, &rtp(77, 4002, 60, 96, b"a")).len(), 1);
 }

@@ -66,12 +66,12 @@ const _: () = {
     assert!(offset_of!(WorkerCounters, packets_in) == 8);
     assert!(offset_of!(WorkerCounters, bytes_out) == 32);
     assert!(offset_of!(WorkerCounters, drops) == 40);
-    assert!(offset_of!(WorkerCounters, slow_path_up) == 152);
-    assert!(offset_of!(WorkerCounters, batches) == 168);
-    assert!(offset_of!(WorkerCounters, batch_hist) == 184);
-    assert!(offset_of!(WorkerCounters, time_hist) == 280);
-    assert!(offset_of!(WorkerCounters, loop_turns) == 536);
-    assert!(offset_of!(WorkerCounters, stalls) == 544);
+    assert!(offset_of!(WorkerCounters, slow_path_up) == 160);
+    assert!(offset_of!(WorkerCounters, batches) == 176);
+    assert!(offset_of!(WorkerCounters, batch_hist) == 192);
+    assert!(offset_of!(WorkerCounters, time_hist) == 288);
+    assert!(offset_of!(WorkerCounters, loop_turns) == 544);
+    assert!(offset_of!(WorkerCounters, stalls) == 552);
     assert!(core::mem::size_of::<WorkerCounters>() == 576);
 };
 

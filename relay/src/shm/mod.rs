@@ -166,10 +166,14 @@ pub enum DropReason {
     SendError = 12,
     /// The session's SRTP state could not be set up (bad key, too many streams).
     Crypto = 13,
+    /// The packet would be encrypted into an output stream (subscriber, SSRC) that another
+    /// source owns in this worker, or behind the index its previous owner reached: sending it
+    /// would reuse SRTP keystream (RFC 3711 §9.1). See docs/ENGINE.md "One owner per output stream".
+    SsrcCollision = 14,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Demux,
         DropReason::Malformed,
@@ -185,6 +189,7 @@ impl DropReason {
         DropReason::UnknownSource,
         DropReason::SendError,
         DropReason::Crypto,
+        DropReason::SsrcCollision,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -203,6 +208,7 @@ impl DropReason {
             DropReason::UnknownSource => "unknown_source",
             DropReason::SendError => "send_error",
             DropReason::Crypto => "crypto",
+            DropReason::SsrcCollision => "ssrc_collision",
         }
     }
 }
