@@ -15,12 +15,14 @@ mod continuity;
 mod crypto;
 mod forward;
 mod index;
+mod state;
 mod stats;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 pub use forward::Forwarder;
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
+pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 pub use stats::Stats;
 
 use crate::batch::TxQueue;
@@ -78,12 +80,14 @@ pub struct Engine<C: SrtpOps = crate::srtp::Context> {
 impl<C: SrtpOps> Engine<C> {
     /// An engine reading `shm`; the index is built at the first [`Engine::begin_batch`].
     pub fn new(shm: Arc<ShmReader>, cfg: EngineConfig) -> Engine<C> {
+        let mut fwd = Forwarder::new(cfg.srtp);
+        fwd.attach_stream_state(shm.clone(), cfg.worker);
         Engine {
             shm,
             worker: cfg.worker,
             clock: cfg.clock,
             indexed: None,
-            fwd: Forwarder::new(cfg.srtp),
+            fwd,
             session_buf: Vec::new(),
             route_buf: Vec::new(),
             batch_start: None,
@@ -219,5 +223,7 @@ impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
     }
 }
 
+#[cfg(test)]
+mod roc_tests;
 #[cfg(test)]
 mod tests;
