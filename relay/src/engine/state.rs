@@ -124,9 +124,10 @@ impl StreamState {
         if w >= shm.capacity().workers {
             return;
         }
+        let hw = shm.stream_high_water(w).min(cap);
         self.own = (0..cap)
-            .map(|i| match shm.stream_slot(w, i) {
-                Ok(Some(r)) => Some((r.session, r.dir, r.ssrc)),
+            .map(|i| match (i < hw).then(|| shm.stream_slot(w, i)) {
+                Some(Ok(Some(r))) => Some((r.session, r.dir, r.ssrc)),
                 _ => None,
             })
             .collect();

@@ -5,7 +5,8 @@
 //! sessions_offset = 4096        session slots, capacity.sessions × SESSION_SLOT_SIZE
 //! routes_offset  (page-aligned) route slots,   capacity.routes   × ROUTE_SLOT_SIZE
 //! counters_offset(page-aligned) counter blocks, capacity.workers × COUNTER_BLOCK_SIZE
-//! streams_offset (page-aligned) stream-state slots, capacity.workers × streams × STREAM_SLOT_SIZE
+//! streams_offset (page-aligned) stream-state high-water marks, capacity.workers × u32
+//! stream_slots_offset (page-aligned) stream-state slots, capacity.workers × streams × STREAM_SLOT_SIZE
 //! file_size      (page-aligned)
 //! ```
 //! Every field is an atomic: the header is written by control (layout, generation), by the
@@ -172,7 +173,9 @@ pub(crate) struct Layout {
     pub counters_offset: u64,
     /// Stream-state slots per worker.
     pub streams: u32,
+    /// The per-worker stream-state high-water marks (u32 each), then, page-aligned, the slots.
     pub streams_offset: u64,
+    pub stream_slots_offset: u64,
     pub file_size: u64,
 }
 
@@ -209,9 +212,10 @@ impl Layout {
             page_up(routes_offset + u64::from(capacity.routes) * ROUTE_SLOT_SIZE as u64);
         let streams_offset =
             page_up(counters_offset + u64::from(capacity.workers) * COUNTER_BLOCK_SIZE as u64);
+        let stream_slots_offset = page_up(streams_offset + u64::from(capacity.workers) * 4);
         // ≤ 2^10 workers × 2^16 slots × 64 bytes = 4 GiB: no overflow in u64.
         let file_size = page_up(
-            streams_offset
+            stream_slots_offset
                 + u64::from(capacity.workers) * u64::from(streams) * STREAM_SLOT_SIZE as u64,
         );
         Ok(Layout {
@@ -221,6 +225,7 @@ impl Layout {
             counters_offset,
             streams,
             streams_offset,
+            stream_slots_offset,
             file_size,
         })
     }
@@ -242,7 +247,8 @@ mod tests {
             page_up(l.counters_offset + 64 * COUNTER_BLOCK_SIZE as u64)
         );
         assert_eq!(l.streams, DEFAULT_STREAMS_PER_WORKER);
-        assert_eq!(l.file_size, l.streams_offset + 64 * 2048 * 64);
+        assert_eq!(l.stream_slots_offset, l.streams_offset + 4096);
+        assert_eq!(l.file_size, l.stream_slots_offset + 64 * 2048 * 64);
     }
 
     #[test]

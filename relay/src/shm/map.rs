@@ -331,12 +331,26 @@ impl Mapping {
             return None;
         }
         let n = u64::from(w) * u64::from(self.layout.streams) + u64::from(i);
-        let off = self.layout.streams_offset as usize + n as usize * STREAM_SLOT_SIZE;
+        let off = self.layout.stream_slots_offset as usize + n as usize * STREAM_SLOT_SIZE;
         // SAFETY: `w` and `i` are below the validated capacities and the validated file covers
         // `streams_offset + workers × streams × STREAM_SLOT_SIZE`; the region starts on a page
         // and slots are 64 bytes, matching StreamSlot's alignment; atomics only; the reference
         // borrows `self`, which owns the mapping.
         Some(unsafe { &*(self.raw.as_ptr().add(off) as *const StreamSlot) })
+    }
+
+    /// Worker `w`'s stream-state high-water mark (one past its highest slot ever used), or
+    /// `None` past the worker capacity.
+    pub(crate) fn stream_high_water(&self, w: u32) -> Option<&AtomicU32> {
+        if w >= self.layout.capacity.workers {
+            return None;
+        }
+        let off = self.layout.streams_offset as usize + w as usize * 4;
+        // SAFETY: `w < workers capacity` and the validated file covers the high-water array
+        // (`workers × 4` bytes from the page-aligned `streams_offset`), so the pointer is in
+        // bounds and 4-byte aligned; AtomicU32 may be shared across threads and processes;
+        // the reference borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const AtomicU32) })
     }
 }
 

@@ -257,9 +257,11 @@ impl ShmReader {
     pub fn for_each_stream(&self, mut f: impl FnMut(u32, u32, &StreamRecord)) -> ScanReport {
         let mut total = ScanReport::default();
         for w in 0..self.capacity().workers {
+            // Only `0..high_water`: untouched slots stay unmapped pages of the tmpfs file.
+            let hw = self.stream_high_water(w).min(self.streams_per_worker());
             let rep = self.scan(
                 Table::Streams,
-                self.streams_per_worker(),
+                hw,
                 |i| self.map.stream_slot(w, i),
                 decode_stream,
                 |i, r: &StreamRecord| f(w, i, r),
@@ -280,11 +282,24 @@ impl ShmReader {
     pub fn put_stream(&self, worker: u32, i: u32, rec: &StreamRecord) -> bool {
         match self.map.stream_slot(worker, i) {
             Some(s) => {
+                if let Some(hw) = self.map.stream_high_water(worker) {
+                    // Raised before the slot write (Release), like the tables' marks.
+                    if hw.load(Ordering::Relaxed) <= i {
+                        hw.store(i + 1, Ordering::Release);
+                    }
+                }
                 s.write(&encode_stream(rec));
                 true
             }
             None => false,
         }
+    }
+
+    /// One past the highest stream-state slot worker `worker` ever used (0 past the capacity).
+    pub fn stream_high_water(&self, worker: u32) -> u32 {
+        self.map
+            .stream_high_water(worker)
+            .map_or(0, |h| h.load(Ordering::Acquire))
     }
 
     /// Free stream-state slot `i` of worker `worker` (same single-writer rule).
