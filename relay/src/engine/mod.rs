@@ -3,8 +3,9 @@
 //! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
 //! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
 //! continuity), the per-datagram path, and the batch statistics written to the worker's
-//! counter block. May not touch: sockets (the [`crate::io`] backends send what it queues),
-//! the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
+//! counter block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
+//! restarted relay continues it; `state`). May not touch: sockets (the [`crate::io`] backends
+//! send what it queues), the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
 //! allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path as built.
 //!
 //! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive

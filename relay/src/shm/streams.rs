@@ -106,4 +106,52 @@ mod tests {
         bad[1] = u64::from(r.ssrc) | (3 << 32);
         assert_eq!(decode_stream(&bad), Err(SlotError::BadDirection(3)));
     }
+
+    #[test]
+    fn regions_are_per_worker_and_scanned_up_to_their_high_water_mark() {
+        use crate::shm::{Capacity, ShmReader, ShmWriter};
+        let path = std::env::temp_dir().join(format!("sluice-streams-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cap = Capacity {
+            sessions: 4,
+            routes: 4,
+            workers: 3,
+        };
+        let w = ShmWriter::create_with_streams(&path, cap, 8).unwrap();
+        assert_eq!(w.streams_per_worker(), 8);
+        let r = ShmReader::open(&path).unwrap();
+        assert_eq!(r.streams_per_worker(), 8);
+        let rec = |session, index| StreamRecord {
+            session,
+            ssrc: 9,
+            dir: StreamDir::In,
+            index,
+            ts: 0,
+            rewritten: false,
+        };
+        assert!(r.put_stream(1, 5, &rec(7, 1 << 16)));
+        assert!(r.put_stream(2, 0, &rec(8, 3)));
+        assert!(!r.put_stream(1, 8, &rec(7, 0)), "past the region");
+        assert!(!r.put_stream(3, 0, &rec(7, 0)), "past the workers");
+        assert_eq!(
+            (
+                r.stream_high_water(0),
+                r.stream_high_water(1),
+                r.stream_high_water(2)
+            ),
+            (0, 6, 1)
+        );
+        let mut seen = Vec::new();
+        let rep = r.for_each_stream(|wk, i, s| seen.push((wk, i, s.session, s.roc())));
+        assert_eq!(seen, [(1, 5, 7, 1), (2, 0, 8, 0)]);
+        assert_eq!(rep.records, 2);
+        assert!(r.clear_stream(1, 5));
+        assert_eq!(r.stream_slot(1, 5).unwrap(), None);
+        assert_eq!(r.stream_slot(2, 0).unwrap(), Some(rec(8, 3)));
+        // Another process sees the same entries.
+        let r2 = ShmReader::open(&path).unwrap();
+        assert_eq!(r2.stream_slot(2, 0).unwrap(), Some(rec(8, 3)));
+        drop(w);
+        let _ = std::fs::remove_file(&path);
+    }
 }
