@@ -313,6 +313,9 @@ pub struct ShmConfig {
     pub routes: u32,
     /// Counter blocks: the most relay workers that get counters.
     pub worker_slots: u32,
+    /// Stream-state slots per worker (persisted SRTP rollover state of the streams a worker
+    /// handles, so a restarted relay continues every stream's packet index; docs/SHM.md).
+    pub streams_per_worker: u32,
 }
 
 impl Default for ShmConfig {
@@ -322,6 +325,7 @@ impl Default for ShmConfig {
             sessions: 16_384,
             routes: 65_536,
             worker_slots: 64,
+            streams_per_worker: crate::shm::DEFAULT_STREAMS_PER_WORKER,
         }
     }
 }
@@ -694,6 +698,16 @@ impl Config {
             return bad(
                 "shm.worker_slots",
                 format!("{} is out of range 1..=1024", s.worker_slots),
+            );
+        }
+        if s.streams_per_worker == 0 || s.streams_per_worker > crate::shm::MAX_STREAMS_PER_WORKER {
+            return bad(
+                "shm.streams_per_worker",
+                format!(
+                    "{} is out of range 1..={}",
+                    s.streams_per_worker,
+                    crate::shm::MAX_STREAMS_PER_WORKER
+                ),
             );
         }
         if r.workers > s.worker_slots {
@@ -1070,6 +1084,7 @@ mod tests {
             "shm.sessions",
             "shm.routes",
             "shm.worker_slots",
+            "shm.streams_per_worker",
             "srtp.replay_window",
             "srtp.kdr",
             "srtp.max_streams",
