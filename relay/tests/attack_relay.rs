@@ -59,6 +59,12 @@ impl SrtpOps for Counting {
         bump(0);
         self.0.unprotect_rtcp(buf, len)
     }
+    fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error> {
+        self.0.set_roc(ssrc, roc)
+    }
+    fn roc(&self, ssrc: u32) -> Option<u32> {
+        self.0.roc(ssrc)
+    }
 }
 
 /// The shared harness's shm file and peers, with an engine over [`Counting`].
