@@ -1,0 +1,214 @@
+// A real browser's WebRTC stack against Sluice, for tests/chromium_e2e.rs.
+//
+//     node browser.mjs check
+//         exit 0 when playwright-core is importable and the browser exists, 3 otherwise
+//     node browser.mjs run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS [FIELD_TRIALS]
+//         page 1 publishes getUserMedia({video, audio}) (Chromium's fake devices) through
+//         WHIP at BASE_URL/whip/ROOM; page 2 watches BASE_URL/whep/ROOM with recvonly
+//         transceivers until its <video> decoded FRAMES frames or TIMEOUT_SECS passed
+//
+// `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
+// the watcher's <video>, and getStats() of both peers (transport: DTLS state, version,
+// cipher, SRTP cipher; inbound/outbound RTP counters). Exit 0 when FRAMES were decoded.
+//
+// The pages are served by Playwright itself (page.route) at BASE_URL/__chromium_e2e, so
+// they are a secure context (http://127.0.0.1 is potentially trustworthy, getUserMedia is
+// allowed) and same-origin with the WHIP/WHEP endpoints; no other request leaves the
+// browser. The browser is /usr/bin/chromium (SLUICE_CHROMIUM overrides); Playwright
+// downloads nothing.
+
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const executablePath = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
+const log = (...a) => console.error('[browser]', ...a);
+
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  log(`playwright-core not importable: ${e.message}`);
+  process.exit(3);
+}
+const [cmd, ...args] = process.argv.slice(2);
+if (cmd === 'check') {
+  process.exit(existsSync(executablePath) ? 0 : 3);
+}
+if (cmd !== 'run' || args.length < 6) {
+  log('usage: browser.mjs check | run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS');
+  process.exit(2);
+}
+const [base, pubToken, viewToken, room, framesArg, timeoutArg, fieldTrials] = args;
+const want = Number(framesArg);
+const timeoutMs = Number(timeoutArg) * 1000;
+
+// In-page helpers (serialised into the page by page.evaluate).
+const PAGE_LIB = `
+window.waitGathering = (pc, ms) => new Promise((res) => {
+  if (pc.iceGatheringState === 'complete') return res();
+  const t = setTimeout(res, ms);
+  pc.addEventListener('icegatheringstatechange', () => {
+    if (pc.iceGatheringState === 'complete') { clearTimeout(t); res(); }
+  });
+});
+window.negotiate = async (pc, url, token) => {
+  await pc.setLocalDescription(await pc.createOffer());
+  // No trickle ICE in Sluice: send the offer once gathering is done (or after 2 s; an
+  // ICE-lite answerer learns our address from our checks anyway).
+  await waitGathering(pc, 2000);
+  const r = await fetch(url, {
+    method: 'POST',
+    headers: { 'Authorization': 'Bearer ' + token, 'Content-Type': 'application/sdp' },
+    body: pc.localDescription.sdp,
+  });
+  const body = await r.text();
+  if (r.status !== 201) throw new Error('POST ' + url + ': ' + r.status + ' ' + body);
+  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  return { location: r.headers.get('Location'), answer: body };
+};
+window.summarise = async (pc) => {
+  const stats = await pc.getStats();
+  const out = { transport: null, pair: null, inbound: [], outbound: [] };
+  const byId = new Map();
+  stats.forEach((s) => byId.set(s.id, s));
+  stats.forEach((s) => {
+    if (s.type === 'transport') {
+      out.transport = {
+        dtlsState: s.dtlsState, tlsVersion: s.tlsVersion, dtlsCipher: s.dtlsCipher,
+        srtpCipher: s.srtpCipher, dtlsRole: s.dtlsRole, iceState: s.iceState,
+        packetsSent: s.packetsSent, packetsReceived: s.packetsReceived,
+      };
+      const p = byId.get(s.selectedCandidatePairId);
+      if (p) {
+        const l = byId.get(p.localCandidateId) || {};
+        const r = byId.get(p.remoteCandidateId) || {};
+        out.pair = {
+          state: p.state, nominated: p.nominated,
+          local: (l.address || l.ip) + ':' + l.port + ' ' + l.candidateType,
+          remote: (r.address || r.ip) + ':' + r.port + ' ' + r.candidateType,
+        };
+      }
+    } else if (s.type === 'inbound-rtp') {
+      const c = byId.get(s.codecId) || {};
+      out.inbound.push({ kind: s.kind, codec: c.mimeType, packetsReceived: s.packetsReceived,
+        packetsLost: s.packetsLost, framesDecoded: s.framesDecoded, bytesReceived: s.bytesReceived });
+    } else if (s.type === 'outbound-rtp') {
+      const c = byId.get(s.codecId) || {};
+      out.outbound.push({ kind: s.kind, codec: c.mimeType, packetsSent: s.packetsSent,
+        framesEncoded: s.framesEncoded });
+    }
+  });
+  out.connectionState = pc.connectionState;
+  return out;
+};
+`;
+
+const PAGE_HTML = `<!doctype html><meta charset="utf-8"><title>sluice chromium e2e</title>
+<video id="v" autoplay muted playsinline width="320" height="240"></video>
+<script>${PAGE_LIB}</script>`;
+
+const userDataDir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
+let context;
+let status = 1;
+try {
+  const launchArgs = [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  ];
+  if (fieldTrials) launchArgs.push(`--force-fieldtrials=${fieldTrials}`);
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    args: launchArgs,
+    permissions: ['camera', 'microphone'],
+  });
+  log(`chromium ${context.browser()?.version() ?? '(persistent context)'} started`);
+  const origin = new URL(base).origin;
+  const pageUrl = `${origin}/__chromium_e2e`;
+  await context.route(pageUrl, (r) =>
+    r.fulfill({ status: 200, contentType: 'text/html', body: PAGE_HTML }));
+  const open = async (tag) => {
+    const p = await context.newPage();
+    p.on('console', (m) => log(`${tag} console.${m.type()}: ${m.text()}`));
+    p.on('pageerror', (e) => log(`${tag} page error: ${e.message}`));
+    await p.goto(pageUrl);
+    return p;
+  };
+
+  const pub = await open('whip');
+  const version = await pub.evaluate(() => navigator.userAgent);
+  log(`user agent: ${version}`);
+  const pubInfo = await pub.evaluate(async ({ url, token }) => {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    window.pc = pc;
+    pc.addEventListener('connectionstatechange', () =>
+      console.log('connectionState=' + pc.connectionState));
+    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+    const { location } = await negotiate(pc, url, token);
+    return { location, tracks: stream.getTracks().map((t) => t.kind) };
+  }, { url: `${base}/whip/${room}`, token: pubToken });
+  log(`published ${pubInfo.tracks.join('+')}, resource ${pubInfo.location}`);
+  // The publisher's ICE and DTLS first: then the viewer's routes start from live media.
+  await pub.waitForFunction(() => window.pc.connectionState === 'connected' ||
+    window.pc.connectionState === 'failed', null, { timeout: timeoutMs });
+
+  const view = await open('whep');
+  await view.evaluate(async ({ url, token }) => {
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    window.pc = pc;
+    window.videoFrames = 0;
+    pc.addEventListener('connectionstatechange', () =>
+      console.log('connectionState=' + pc.connectionState));
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    const v = document.getElementById('v');
+    pc.addEventListener('track', (e) => {
+      if (e.track.kind !== 'video') return;
+      v.srcObject = new MediaStream([e.track]);
+      const count = () => { window.videoFrames += 1; v.requestVideoFrameCallback(count); };
+      v.requestVideoFrameCallback(count);
+      v.play().catch((err) => console.log('play: ' + err));
+    });
+    await negotiate(pc, url, token);
+  }, { url: `${base}/whep/${room}`, token: viewToken });
+  log('watching');
+
+  // Frames the <video> element presented: requestVideoFrameCallback count, or the
+  // playback-quality counter when that is larger (headless may skip callbacks).
+  const frames = () => view.evaluate(() => {
+    const q = document.getElementById('v').getVideoPlaybackQuality();
+    return Math.max(window.videoFrames, q.totalVideoFrames - q.droppedVideoFrames);
+  });
+  const deadline = Date.now() + timeoutMs;
+  let n = 0;
+  let last = -1;
+  while (Date.now() < deadline) {
+    n = await frames();
+    if (n !== last && (n === 0 || Math.floor(n / 10) !== Math.floor(last / 10))) log(`frames=${n}`);
+    last = n;
+    if (n >= want) break;
+    await view.waitForTimeout(200);
+  }
+  const result = {
+    frames: n,
+    userAgent: version,
+    publisher: await pub.evaluate(() => summarise(window.pc)),
+    watcher: await view.evaluate(() => summarise(window.pc)),
+  };
+  console.log('RESULT ' + JSON.stringify(result));
+  status = n >= want ? 0 : 1;
+  // Leave politely: DELETE the WHIP resource.
+  await pub.evaluate(async ({ origin, loc, token }) => {
+    await fetch(origin + loc, { method: 'DELETE', headers: { 'Authorization': 'Bearer ' + token } });
+  }, { origin, loc: pubInfo.location, token: pubToken }).catch((e) => log(`delete: ${e.message}`));
+} catch (e) {
+  log(`error: ${e.stack || e}`);
+  status = 1;
+} finally {
+  if (context) await context.close().catch(() => {});
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+process.exit(status);
