@@ -274,6 +274,10 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
         "relay sent {tx} datagrams, {slow_down} of them slow-path replies"
     );
     assert_eq!(auth_failed, 0, "SRTP authentication failures");
+    assert!(
+        slow_down > 0,
+        "control's ICE and DTLS answers left through the relay and were counted"
+    );
     eprintln!(
         "chromium_e2e: WHIP → relay → WHEP with Chromium in {:.1} s; relay tx {tx}\n{}",
         started.elapsed().as_secs_f64(),

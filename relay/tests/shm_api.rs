@@ -610,7 +610,7 @@ fn counters_and_relay_info_are_shared_between_mappings() {
     c0.drop(DropReason::AuthFailed);
     c0.drop_n(DropReason::NoRoute, 5);
     c0.slow_path_up();
-    c0.slow_path_down();
+    c0.slow_path_down(1);
     c0.record_batch(32, 1500);
     c0.loop_turn();
     c0.stall();

@@ -222,6 +222,12 @@ impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
     fn end_batch(&mut self, _tx: &mut TxQueue, _slow: &mut TxQueue) {
         Engine::end_batch(self);
     }
+
+    fn slow_path_replies(&mut self, n: u64) {
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            c.slow_path_down(n);
+        }
+    }
 }
 
 #[cfg(test)]

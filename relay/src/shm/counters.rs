@@ -121,10 +121,10 @@ impl WorkerCounters {
         bump(&self.slow_path_up, 1);
     }
 
-    /// One datagram from control sent out through the relay.
+    /// `n` datagrams from control sent out through the relay.
     #[inline]
-    pub fn slow_path_down(&self) {
-        bump(&self.slow_path_down, 1);
+    pub fn slow_path_down(&self, n: u64) {
+        bump(&self.slow_path_down, n);
     }
 
     /// One batch of `n` datagrams processed in `nanos` nanoseconds.

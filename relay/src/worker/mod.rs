@@ -57,6 +57,11 @@ pub trait Handler {
     fn end_batch(&mut self, tx: &mut TxQueue, slow: &mut TxQueue) {
         let _ = (tx, slow);
     }
+    /// `n` replies from control (STUN answers, DTLS flights) were sent from this worker's
+    /// socket this turn; the engine counts them in shm (`slow_path_down`).
+    fn slow_path_replies(&mut self, n: u64) {
+        let _ = n;
+    }
 }
 
 /// Plain UDP reflector: every datagram goes back to its sender unchanged. The "plain UDP
@@ -657,7 +662,12 @@ fn run_loop<B: Backend, H: Handler>(
                 if b.take_readable() {
                     c.set_readable();
                 }
+                let before = c.counters().down_sent;
                 c.pump_ready(now, &mut slow_q);
+                let replies = c.counters().down_sent - before;
+                if replies > 0 {
+                    h.slow_path_replies(replies);
+                }
                 let conn = c.connection();
                 if conn.map(|(id, _)| id) != watched {
                     // A new connection, or none: watch its fd instead of the old one (closed
