@@ -5,7 +5,30 @@
 //! loopback or a unix socket), so an `https:` URL is refused with a clear error.
 
 use relay::admin_http::{self, BaseUrl};
-pub use relay::admin_http::{HttpError, Response};
+pub use relay::admin_http::Response;
+
+/// Errors talking to the admin API, naming the URL the bench was pointed at.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("unsupported admin URL `{url}`: use http://HOST:PORT or unix:/path ({source})")]
+    Url {
+        url: String,
+        #[source]
+        source: admin_http::HttpError,
+    },
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: admin_http::HttpError,
+    },
+    #[error("admin API at {url}: {source}")]
+    Exchange {
+        url: String,
+        #[source]
+        source: admin_http::HttpError,
+    },
+}
 
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone)]
@@ -33,7 +56,10 @@ impl AdminClient {
     pub fn new(url: &str, token: &str) -> Result<AdminClient, HttpError> {
         Ok(AdminClient {
             url: url.to_string(),
-            base: BaseUrl::parse(url)?,
+            base: BaseUrl::parse(url).map_err(|source| HttpError::Url {
+                url: url.to_string(),
+                source,
+            })?,
             token: token.to_string(),
         })
     }
@@ -58,6 +84,15 @@ impl AdminClient {
             Some(&self.token),
             body.as_deref().map(str::as_bytes),
         )
+        .map_err(|source| {
+            let url = self.url.clone();
+            match source {
+                admin_http::HttpError::Resolve(_)
+                | admin_http::HttpError::Connect { .. }
+                | admin_http::HttpError::ConnectUnix { .. } => HttpError::Connect { url, source },
+                _ => HttpError::Exchange { url, source },
+            }
+        })
     }
 }
 
