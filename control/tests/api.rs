@@ -681,7 +681,10 @@ fn admin_api_end_to_end_with_restart() {
         "already",
     );
     assert_error(
-        d.post("/v1/routes", &json!({"from": idb, "to": idb, "ssrc": 5, "rewrite": {"ssrc": 99}})),
+        d.post(
+            "/v1/routes",
+            &json!({"from": idb, "to": idb, "ssrc": 5, "rewrite": {"ssrc": 99}}),
+        ),
         409,
         "RFC 3711",
     );

@@ -119,6 +119,18 @@ pub struct Member {
     pub primary_ssrcs: Vec<Vec<u32>>,
     /// Secret part of the resource URL (DELETE must present it).
     secret: String,
+    /// Who holds the session, for the per-subject cap: the hashed token subject, or the
+    /// hashed source address for stream tokens (which carry no subject).
+    subject: String,
+    /// When the offer was answered (Unix ms); an unbound session expires from here.
+    created_ms: u64,
+}
+
+/// WebRTC signaling counters (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct WebRtcStats {
+    /// Sessions removed because ICE never nominated a peer in time.
+    pub expired: std::sync::atomic::AtomicU64,
 }
 
 impl Member {
@@ -287,11 +299,42 @@ impl Control {
         )
     }
 
-    /// Forget a session's WebRTC state (signaling, ICE, DTLS) after it was deleted.
+    /// Forget a session's ICE and DTLS state after it was deleted (the caller removed the
+    /// member under the `members` lock before committing the deletion).
     pub(super) fn forget_rtc(&self, id: u64) {
-        lock(&self.members).remove(&id);
         lock(&self.ice).remove(id);
         lock(&self.rtc).remove(id);
+    }
+
+    /// Remove the WebRTC sessions whose peer ICE has not nominated within
+    /// `control.signaling_timeout_secs` of the answer (a client that never sends a
+    /// connectivity check would otherwise hold its session and routes for ever). Each is
+    /// audited `webrtc.expired` and counted. Returns how many went.
+    pub fn expire_unbound_sessions(&self, now_ms: u64) -> usize {
+        let timeout_ms = u64::from(self.cfg.control.signaling_timeout_secs) * 1000;
+        let old: Vec<u64> = lock(&self.members)
+            .values()
+            .filter(|m| now_ms.saturating_sub(m.created_ms) >= timeout_ms)
+            .map(|m| m.session)
+            .collect();
+        let mut n = 0;
+        for id in old {
+            // Checked again under the locks: ICE may have bound the peer meanwhile.
+            let r = self.remove_member(id, true);
+            if r.status == 200 {
+                n += 1;
+                self.webrtc_stats
+                    .expired
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.audit(
+                    "webrtc",
+                    "webrtc.expired",
+                    json!({"session": id, "after_secs": self.cfg.control.signaling_timeout_secs}),
+                    &r,
+                );
+            }
+        }
+        n
     }
 
     /// Prometheus text for the WebRTC families (DTLS handshakes, participants).
@@ -319,12 +362,18 @@ impl Control {
              # HELP sluice_control_webrtc_participants WHIP publishers and WHEP viewers.\n\
              # TYPE sluice_control_webrtc_participants gauge\n\
              sluice_control_webrtc_participants{{kind=\"whip\"}} {pubs}\n\
-             sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n",
+             sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n\
+             # HELP sluice_control_webrtc_expired_total WebRTC sessions removed because ICE never nominated a peer in time.\n\
+             # TYPE sluice_control_webrtc_expired_total counter\n\
+             sluice_control_webrtc_expired_total {}\n",
             c.handshakes_started,
             c.handshakes_completed,
             c.handshakes_failed,
             c.refused_cap,
             c.unknown_peer,
+            self.webrtc_stats
+                .expired
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         s
     }
@@ -622,7 +671,14 @@ impl Control {
         };
         let ids = json!({"app": app, "room": room, "role": grant.role.name(),
             "sub": grant.sub.as_deref().map(|s| self.hasher.hash(s))});
-        let r = self.join_inner(req, publish, app, room, grant.role);
+        let subject = match &grant.sub {
+            Some(s) => self.hasher.hash(&format!("sub:{s}")),
+            None => self.hasher.hash(&format!(
+                "ip:{}",
+                peer_ip(req).map(|i| i.to_string()).unwrap_or_default()
+            )),
+        };
+        let r = self.join_inner(req, publish, app, room, grant.role, subject);
         self.audit("webrtc", &format!("{kind}.join"), ids, &r);
         r
     }
@@ -634,6 +690,7 @@ impl Control {
         app: &str,
         room: &str,
         role: TokenRole,
+        subject: String,
     ) -> Response {
         let r = (|| -> Result<Response, Response> {
             let text = std::str::from_utf8(&req.body)
@@ -701,6 +758,26 @@ impl Control {
             };
             let profile = Profile::AeadAes128Gcm;
             let mut members = lock(&self.members);
+            let in_room = members.values().filter(|m| m.app == app && m.room == room);
+            let (mut room_n, mut subject_n) = (0u32, 0u32);
+            for m in in_room {
+                room_n += 1;
+                subject_n += u32::from(m.subject == subject);
+            }
+            if subject_n >= self.cfg.control.max_sessions_per_subject {
+                return Err(Response::json(
+                    429,
+                    &json!({"error": format!("this subject already holds {subject_n} sessions in the room"),
+                        "reason": "too_many_sessions"}),
+                ));
+            }
+            if room_n >= self.cfg.control.max_sessions_per_room {
+                return Err(Response::json(
+                    403,
+                    &json!({"error": format!("the room is full ({room_n} sessions)"),
+                        "reason": "room_full"}),
+                ));
+            }
             let mut g = lock(&self.inner);
             let shm = g.shm.as_ref().ok_or_else(|| shm_unavailable(&g))?;
             if shm.session_count() >= shm.capacity().sessions as usize {
@@ -716,6 +793,8 @@ impl Control {
                 media: ans.media.clone(),
                 primary_ssrcs: primary,
                 secret: random_hex(16)?,
+                subject,
+                created_ms: util::unix_ms(),
             };
             let s = StoredSession {
                 id,
@@ -810,37 +889,51 @@ impl Control {
         if !known {
             return Response::error(404, "no such resource");
         }
-        let r = self.remove_member(id);
+        let r = self.remove_member(id, false);
         self.audit("webrtc", "webrtc.leave", json!({"session": id}), &r);
         r
     }
 
-    /// Delete a participant's session with its routes, then forget its WebRTC state.
-    fn remove_member(&self, id: u64) -> Response {
-        let r = (|| -> Result<Response, Response> {
-            let mut g = lock(&self.inner);
-            if g.shm.is_none() {
-                return Err(shm_unavailable(&g));
-            }
-            let mut entries: Vec<Entry> = g
-                .store
-                .state()
-                .routes
-                .values()
-                .filter(|r| r.from == id || r.to == id)
-                .map(|r| Entry::DelRoute { id: r.id })
-                .collect();
-            if g.store.state().sessions.contains_key(&id) {
-                entries.push(Entry::DelSession { id });
-            }
-            commit(&mut g, entries)?;
-            Ok(Response::empty(200))
-        })();
-        let resp = r.unwrap_or_else(|e| e);
-        if resp.status < 300 {
-            self.forget_rtc(id);
+    /// Delete a participant's session with its routes, then forget its WebRTC state. With
+    /// `only_unbound`, nothing happens (409) unless the session is still pending without a
+    /// peer. Locks are taken in the order `join_inner` takes them (`members`, then `inner`)
+    /// and the member leaves `members` before the deletion commits, so a concurrent join
+    /// never routes to a session that is gone.
+    fn remove_member(&self, id: u64, only_unbound: bool) -> Response {
+        let mut members = lock(&self.members);
+        let mut g = lock(&self.inner);
+        if g.shm.is_none() {
+            return shm_unavailable(&g);
         }
-        resp
+        let st = g.store.state();
+        if only_unbound
+            && st
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.peer != UNBOUND_PEER || s.flags & session_flags::PENDING == 0)
+        {
+            return Response::error(409, format!("session {id} is bound"));
+        }
+        let mut entries: Vec<Entry> = st
+            .routes
+            .values()
+            .filter(|r| r.from == id || r.to == id)
+            .map(|r| Entry::DelRoute { id: r.id })
+            .collect();
+        if st.sessions.contains_key(&id) {
+            entries.push(Entry::DelSession { id });
+        }
+        let removed = members.remove(&id);
+        if let Err(e) = commit(&mut g, entries) {
+            if let Some(m) = removed {
+                members.insert(id, m);
+            }
+            return e;
+        }
+        drop(g);
+        drop(members);
+        self.forget_rtc(id);
+        Response::empty(200)
     }
 
     // ---- admin API: /v1/apps, /v1/rooms, /v1/tokens ----
@@ -949,7 +1042,7 @@ impl Control {
                 .map(|m| m.session)
                 .collect();
             for s in gone {
-                self.remove_member(s);
+                self.remove_member(s, false);
             }
             Ok(Response::empty(204))
         })();
@@ -1122,7 +1215,7 @@ impl Control {
             .map(|m| m.session)
             .collect();
         for s in gone {
-            self.remove_member(s);
+            self.remove_member(s, false);
         }
         Response::empty(204)
     }
@@ -1695,6 +1788,131 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             got,
             vec![(Some(100), Some(ssrcs[0])), (Some(200), Some(ssrcs[1]))]
         );
+    }
+
+    /// A session ICE never binds is removed after `signaling_timeout_secs` with its routes,
+    /// audited and counted; a bound one stays.
+    #[test]
+    fn unbound_sessions_expire() {
+        let e = env("expire");
+        let host = sign(&claims("demo", "blue", TokenRole::Host));
+        let view = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let r = e.public("POST", "/whip/blue", Some(&host), &offer("sendonly", 10));
+        assert_eq!(r.status, 201, "{}", body(&r));
+        for ssrc in [20, 30] {
+            let r = e.public("POST", "/whep/blue", Some(&view), &offer("recvonly", ssrc));
+            assert_eq!(r.status, 201, "{}", body(&r));
+        }
+        let members = e.ctl.members();
+        let p = members.iter().find(|m| m.publishes).unwrap().session;
+        let bound = members.iter().find(|m| !m.publishes).unwrap().session;
+        e.ctl
+            .ice_bind_peer(bound, "127.0.0.1:50000".parse().unwrap())
+            .unwrap();
+        assert_eq!(lock(&e.ctl.inner).store.state().routes.len(), 2);
+        let t0 = util::unix_ms();
+        assert_eq!(e.ctl.expire_unbound_sessions(t0), 0, "not yet");
+        let later = t0 + 31_000;
+        assert_eq!(e.ctl.expire_unbound_sessions(later), 2);
+        let left: Vec<u64> = e.ctl.members().iter().map(|m| m.session).collect();
+        assert_eq!(left, vec![bound]);
+        let st = lock(&e.ctl.inner).store.state().clone();
+        assert!(!st.sessions.contains_key(&p));
+        assert!(st.sessions.contains_key(&bound));
+        assert!(st.routes.is_empty(), "routes of expired sessions go");
+        assert!(lock(&e.ctl.ice).len() == 1);
+        assert_eq!(e.ctl.expire_unbound_sessions(later + 60_000), 0);
+        assert_eq!(e.audit().matches("webrtc.expired").count(), 2);
+        let m = body(&e.admin("GET", "/metrics", ""));
+        assert!(m.contains("sluice_control_webrtc_expired_total 2"), "{m}");
+    }
+
+    /// Concurrent sessions are capped per subject (429) and per room (403).
+    #[test]
+    fn session_caps_per_subject_and_room() {
+        let (dir, shm, cfg) = env_parts_with(
+            "caps",
+            "max_sessions_per_subject = 2\nmax_sessions_per_room = 3",
+        );
+        let e = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&e.ctl);
+        let tok = |sub: &str, room: &str| {
+            let mut c = claims("demo", room, TokenRole::Viewer);
+            c.sub = sub.into();
+            sign(&c)
+        };
+        let join = |t: &str, room: &str| {
+            e.public(
+                "POST",
+                &format!("/whep/{room}"),
+                Some(t),
+                &offer("recvonly", 5),
+            )
+        };
+        for _ in 0..2 {
+            assert_eq!(join(&tok("alice", "blue"), "blue").status, 201);
+        }
+        let r = join(&tok("alice", "blue"), "blue");
+        assert_eq!(r.status, 429, "{}", body(&r));
+        assert_eq!(reason(&r), "too_many_sessions");
+        // Another room is counted on its own.
+        assert_eq!(join(&tok("alice", "red"), "red").status, 201);
+        assert_eq!(join(&tok("bob", "blue"), "blue").status, 201);
+        let r = join(&tok("carol", "blue"), "blue");
+        assert_eq!(r.status, 403, "{}", body(&r));
+        assert_eq!(reason(&r), "room_full");
+        assert_eq!(e.ctl.members().len(), 4);
+        // Leaving frees a place.
+        let bob = e
+            .ctl
+            .members()
+            .into_iter()
+            .find(|m| m.room == "blue")
+            .unwrap();
+        assert_eq!(e.public("DELETE", &bob.location(), None, "").status, 200);
+        assert_eq!(join(&tok("carol", "blue"), "blue").status, 201);
+    }
+
+    /// Joins racing with removals never leave a route to or from a deleted session.
+    #[test]
+    fn removal_racing_joins_leaves_no_dangling_routes() {
+        let e = env("race");
+        let host = sign(&claims("demo", "blue", TokenRole::Host));
+        let view = sign(&claims("demo", "blue", TokenRole::Viewer));
+        for round in 0..20u32 {
+            let r = e.public(
+                "POST",
+                "/whip/blue",
+                Some(&host),
+                &offer("sendonly", 100 + round),
+            );
+            assert_eq!(r.status, 201, "{}", body(&r));
+            let loc = r
+                .headers
+                .iter()
+                .find(|(k, _)| *k == "Location")
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            std::thread::scope(|sc| {
+                sc.spawn(|| e.public("DELETE", &loc, None, ""));
+                sc.spawn(|| e.public("POST", "/whep/blue", Some(&view), &offer("recvonly", 7)));
+            });
+            let st = lock(&e.ctl.inner).store.state().clone();
+            for r in st.routes.values() {
+                assert!(
+                    st.sessions.contains_key(&r.from) && st.sessions.contains_key(&r.to),
+                    "round {round}: dangling route {r:?}"
+                );
+            }
+            // Clear the viewers for the next round.
+            for m in e.ctl.members() {
+                e.public("DELETE", &m.location(), None, "");
+            }
+        }
     }
 
     #[test]
