@@ -430,7 +430,8 @@ impl Control {
                     DEMO_HTML.to_string(),
                 ))
             }
-            ("POST", ["demo", "token"]) => self.demo_token(req),
+            // No CORS on /demo: only the page control serves itself may call it.
+            ("POST", ["demo", "token"]) => return Some(self.demo_token(req)),
             ("OPTIONS", [kind @ ("whip" | "whep"), ..]) => {
                 let mut r = Response::empty(204);
                 r.headers.push((
@@ -499,14 +500,62 @@ impl Control {
             .then(|| b.clone())
     }
 
-    /// `POST /demo/token` `{"room", "role"}`: a short-lived token for the bootstrap
-    /// application, to loopback clients only.
+    /// Whether `origin` (an `Origin` header) is control's own public origin: the scheme, host
+    /// and port of the public URL (`localhost` stands for a loopback address there).
+    fn own_origin(&self, origin: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        let public = self
+            .urls()
+            .public_url
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        if public.is_empty() {
+            return false;
+        }
+        if origin == public {
+            return true;
+        }
+        for lo in ["127.0.0.1", "[::1]"] {
+            if let Some(port) = public.strip_prefix(&format!("http://{lo}")) {
+                return origin == format!("http://localhost{port}");
+            }
+        }
+        false
+    }
+
+    /// `POST /demo/token` `{"room", "role"}`: a short-lived viewer or speaker token for the
+    /// bootstrap application, to loopback clients only. A cross-site page in the operator's
+    /// browser must not get one: no CORS headers, a JSON body only (a "simple" cross-origin
+    /// POST cannot send `application/json` without a preflight we never allow), and a
+    /// present `Origin` must be control's own.
     fn demo_token(&self, req: &Request) -> Response {
-        let Some(app) = self.demo_app() else {
-            return Response::error(404, "the demo is disabled");
+        let Some(app) = self.demo_app().filter(|_| self.cfg.control.demo_tokens) else {
+            return Response::error(404, "the demo token endpoint is disabled");
         };
-        if !peer_ip(req).is_some_and(|ip| ip.is_loopback()) {
-            let r = Response::error(403, "demo tokens are minted for loopback clients only");
+        let json_body = req.header("content-type").is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+        let refusal = if !peer_ip(req).is_some_and(|ip| ip.is_loopback()) {
+            Some(Response::error(
+                403,
+                "demo tokens are minted for loopback clients only",
+            ))
+        } else if req.header("origin").is_some_and(|o| !self.own_origin(o)) {
+            Some(Response::error(
+                403,
+                "demo tokens are minted for control's own demo page only",
+            ))
+        } else if !json_body {
+            Some(Response::error(
+                415,
+                "the demo token request must be application/json",
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
             self.audit(
                 "demo",
                 "demo.token",
@@ -519,15 +568,29 @@ impl Control {
             let b = Body::parse(&req.body, &["room", "role"])?;
             let room = b.req_str("room")?.to_string();
             let role = match b.opt_str("role")? {
-                None => TokenRole::Viewer,
-                Some(s) => TokenRole::from_name(s)
-                    .ok_or_else(|| super::bad_field("role", format!("unknown role `{s}`")))?,
+                None | Some("viewer") => TokenRole::Viewer,
+                Some("speaker") => TokenRole::Speaker,
+                Some(s) => {
+                    return Err(Response::json(
+                        403,
+                        &json!({"error": format!("the demo mints viewer or speaker tokens, not `{s}`"),
+                            "reason": "role_not_allowed"}),
+                    ))
+                }
             };
             self.mint(&app, &room, role, DEFAULT_TOKEN_TTL.min(600), None, "demo")
         })();
         let resp = r.unwrap_or_else(|e| e);
         self.audit("demo", "demo.token", json!({"app": app}), &resp);
         resp
+    }
+
+    /// Token checks as configured (`control.token_leeway_secs`, `token_max_lifetime_secs`).
+    fn token_limits(&self) -> Limits {
+        Limits {
+            leeway_secs: self.cfg.control.token_leeway_secs,
+            max_lifetime_secs: self.cfg.control.token_max_lifetime_secs,
+        }
     }
 
     fn mint(
@@ -542,8 +605,12 @@ impl Control {
         if !valid_segment(room) {
             return Err(super::bad_field("room", "1..=64 of A-Z a-z 0-9 - _ ."));
         }
-        if ttl == 0 || ttl > Limits::default().max_lifetime_secs {
-            return Err(super::bad_field("ttl_secs", "out of range 1..=86400"));
+        let max = self.token_limits().max_lifetime_secs;
+        if ttl == 0 || ttl > max {
+            return Err(super::bad_field(
+                "ttl_secs",
+                format!("out of range 1..={max} (control.token_max_lifetime_secs)"),
+            ));
         }
         let a = lock(&self.apps);
         if a.reg.app(app).is_none() {
@@ -647,7 +714,7 @@ impl Control {
                             now,
                             &Target { app, room, intent },
                             &RoomPolicy::default(),
-                            &Limits::default(),
+                            &self.token_limits(),
                         )
                         .err()
                     }
@@ -662,7 +729,7 @@ impl Control {
                 peer_ip(req),
                 &Target { app, room, intent },
                 &policy,
-                &Limits::default(),
+                &self.token_limits(),
             )
         };
         let grant = match grant {
@@ -1915,6 +1982,120 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         }
     }
 
+    /// `POST /demo/token` with a content type, an `Origin` and a peer address of choice.
+    fn demo_token(e: &Env, body: &str, ctype: Option<&str>, origin: Option<&str>) -> Response {
+        let mut r = req("POST", "/demo/token", None, body, "tcp:127.0.0.1:5555");
+        let ctype = ctype.unwrap_or("application/json");
+        if !ctype.is_empty() {
+            r.headers.push(("content-type".into(), ctype.into()));
+        }
+        if let Some(o) = origin {
+            r.headers.push(("origin".into(), o.into()));
+        }
+        e.ctl.handle_public(&r)
+    }
+
+    /// A web page in the operator's browser cannot mint demo tokens: no CORS, JSON only,
+    /// foreign `Origin` refused, viewer/speaker roles only; the endpoint can be switched off.
+    #[test]
+    fn demo_token_refuses_cross_site_and_privileged_roles() {
+        let e = env("demotok");
+        e.ctl.set_urls(crate::api::Urls {
+            public_url: "http://127.0.0.1:8080".into(),
+            ..Default::default()
+        });
+        let ok = r#"{"room":"x","role":"viewer"}"#;
+        let r = demo_token(&e, ok, None, None);
+        assert_eq!(r.status, 201, "{}", body(&r));
+        assert!(
+            !r.headers
+                .iter()
+                .any(|(k, _)| k.starts_with("Access-Control-")),
+            "no CORS on /demo: {:?}",
+            r.headers
+        );
+        for origin in ["http://127.0.0.1:8080", "http://localhost:8080"] {
+            let r = demo_token(&e, ok, None, Some(origin));
+            assert_eq!(r.status, 201, "{origin}: {}", body(&r));
+        }
+        for origin in ["http://evil.test", "http://127.0.0.1:9090", "null"] {
+            let r = demo_token(&e, ok, None, Some(origin));
+            assert_eq!(r.status, 403, "{origin}: {}", body(&r));
+            assert!(!r
+                .headers
+                .iter()
+                .any(|(k, _)| k.starts_with("Access-Control-")));
+        }
+        // A "simple" cross-site POST (no preflight) cannot be application/json.
+        for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+            let r = demo_token(&e, ok, Some(ct), None);
+            assert_eq!(r.status, 415, "{ct:?}: {}", body(&r));
+        }
+        let r = demo_token(&e, ok, Some("application/json; charset=utf-8"), None);
+        assert_eq!(r.status, 201);
+        for role in ["host", "moderator"] {
+            let r = demo_token(
+                &e,
+                &format!(r#"{{"room":"x","role":"{role}"}}"#),
+                None,
+                None,
+            );
+            assert_eq!(r.status, 403, "{role}: {}", body(&r));
+            assert_eq!(reason(&r), "role_not_allowed");
+        }
+        let r = demo_token(&e, r#"{"room":"x","role":"speaker"}"#, None, None);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["role"], "speaker");
+        // The switch.
+        let (dir, shm, cfg) = env_parts_with("demotok-off", "demo_tokens = false");
+        let off = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&off.ctl);
+        assert_eq!(demo_token(&off, ok, None, None).status, 404);
+    }
+
+    /// `control.token_leeway_secs` and `token_max_lifetime_secs` reach the token checks.
+    #[test]
+    fn token_limits_come_from_config() {
+        let (dir, shm, cfg) = env_parts_with(
+            "limits",
+            "token_leeway_secs = 0\ntoken_max_lifetime_secs = 900",
+        );
+        let e = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&e.ctl);
+        let n = now();
+        // Within the default 30 s leeway, outside a zero one.
+        let mut c = claims("demo", "blue", TokenRole::Viewer);
+        c.nbf = n + 20;
+        c.iat = n;
+        let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
+        assert_eq!(r.status, 401, "{}", body(&r));
+        assert_eq!(reason(&r), "not_yet_valid");
+        // Longer than the configured lifetime (well under the default 86400 s).
+        let mut c = claims("demo", "blue", TokenRole::Viewer);
+        c.exp = n + 3000;
+        let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
+        assert_eq!(r.status, 401, "{}", body(&r));
+        assert_eq!(reason(&r), "lifetime_too_long");
+        let c = claims("demo", "blue", TokenRole::Viewer);
+        let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
+        assert_eq!(r.status, 201, "{}", body(&r));
+        // The admin API mints no longer token either.
+        let r = e.admin(
+            "POST",
+            "/v1/tokens",
+            r#"{"app":"demo","room":"blue","role":"viewer","ttl_secs":901}"#,
+        );
+        assert_eq!(r.status, 400, "{}", body(&r));
+    }
+
     #[test]
     fn tokens_apps_and_demo_endpoint() {
         let e = env("admin");
@@ -1939,13 +2120,13 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.admin("DELETE", "/v1/apps/demo/keys/t1", "").status, 404);
         // Demo page and loopback-only demo tokens.
         assert_eq!(e.public("GET", "/demo", None, "").status, 200);
-        let r = e.public("POST", "/demo/token", None, r#"{"room":"x","role":"host"}"#);
+        let r = demo_token(&e, r#"{"room":"x","role":"speaker"}"#, None, None);
         assert_eq!(r.status, 201, "{}", body(&r));
         let r = e.public_from(
             "POST",
             "/demo/token",
             None,
-            r#"{"room":"x","role":"host"}"#,
+            r#"{"room":"x","role":"speaker"}"#,
             "tcp:192.0.2.1:5",
         );
         assert_eq!(r.status, 403);
