@@ -212,6 +212,7 @@ impl Control {
     pub fn tick(&self) {
         self.ensure_shm();
         self.expire_unbound_sessions(util::unix_ms());
+        self.report_suppressed_denials(util::unix_ms());
         let mut g = lock(&self.inner);
         if g.store.pending() >= COMPACT_AFTER {
             if let Err(e) = g.store.compact() {

@@ -126,11 +126,52 @@ pub struct Member {
     created_ms: u64,
 }
 
+/// `*.denied` audit entries per second, and their burst: unauthenticated clients must not be
+/// able to grow the audit log at will (every denial is still counted in `/metrics`).
+pub const DENIED_AUDIT_RATE: u64 = 10;
+pub const DENIED_AUDIT_BURST: u64 = 20;
+/// How often a "denied entries suppressed" audit line is written (when some were).
+pub const DENIED_SUPPRESSED_EVERY_MS: u64 = 10_000;
+
 /// WebRTC signaling counters (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct WebRtcStats {
     /// Sessions removed because ICE never nominated a peer in time.
     pub expired: std::sync::atomic::AtomicU64,
+    /// Refused WHIP/WHEP requests by reason, and the rate limit of their audit entries.
+    denied: std::sync::Mutex<DeniedLog>,
+}
+
+/// Token bucket (in thousandths of an entry) for `*.denied` audit entries.
+#[derive(Debug, Default)]
+struct DeniedLog {
+    by_reason: std::collections::BTreeMap<&'static str, u64>,
+    milli_tokens: u64,
+    last_ms: u64,
+    suppressed: u64,
+    last_report_ms: u64,
+}
+
+impl DeniedLog {
+    /// Count a denial; true when it may be audited.
+    fn admit(&mut self, reason: &'static str, now_ms: u64) -> bool {
+        *self.by_reason.entry(reason).or_default() += 1;
+        if self.last_ms == 0 {
+            self.milli_tokens = DENIED_AUDIT_BURST * 1000;
+            self.last_ms = now_ms;
+            self.last_report_ms = now_ms;
+        }
+        let refill = now_ms.saturating_sub(self.last_ms) * DENIED_AUDIT_RATE;
+        self.milli_tokens = (self.milli_tokens + refill).min(DENIED_AUDIT_BURST * 1000);
+        self.last_ms = self.last_ms.max(now_ms);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 impl Member {
@@ -365,7 +406,9 @@ impl Control {
              sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n\
              # HELP sluice_control_webrtc_expired_total WebRTC sessions removed because ICE never nominated a peer in time.\n\
              # TYPE sluice_control_webrtc_expired_total counter\n\
-             sluice_control_webrtc_expired_total {}\n",
+             sluice_control_webrtc_expired_total {}\n\
+             # HELP sluice_control_webrtc_denied_total WHIP/WHEP requests refused at the token check, by reason.\n\
+             # TYPE sluice_control_webrtc_denied_total counter\n",
             c.handshakes_started,
             c.handshakes_completed,
             c.handshakes_failed,
@@ -375,6 +418,12 @@ impl Control {
                 .expired
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
+        for (reason, n) in &lock(&self.webrtc_stats.denied).by_reason {
+            let _ = writeln!(
+                s,
+                "sluice_control_webrtc_denied_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         s
     }
 
@@ -409,6 +458,29 @@ impl Control {
             ),
             Err(_) => tracing::warn!("could not remove WebRTC sessions left unbound by a restart"),
         }
+    }
+
+    /// Write one `webrtc.denied_suppressed` audit line with the number of `*.denied` entries
+    /// the rate limit left out since the last one, at most every
+    /// [`DENIED_SUPPRESSED_EVERY_MS`]. Returns that number (0: nothing written).
+    pub fn report_suppressed_denials(&self, now_ms: u64) -> u64 {
+        let n = {
+            let mut d = lock(&self.webrtc_stats.denied);
+            if d.suppressed == 0
+                || now_ms.saturating_sub(d.last_report_ms) < DENIED_SUPPRESSED_EVERY_MS
+            {
+                return 0;
+            }
+            d.last_report_ms = now_ms;
+            std::mem::take(&mut d.suppressed)
+        };
+        self.audit(
+            "anonymous",
+            "webrtc.denied_suppressed",
+            json!({"count": n}),
+            &Response::empty(200),
+        );
+        n
     }
 
     /// WebRTC participants (for the admin API and tests).
@@ -651,6 +723,7 @@ impl Control {
 
     fn deny(&self, kind: &str, app: &str, room: &str, req: &Request, e: &TokenError) -> Response {
         let code = reason_code(e);
+        let audited = lock(&self.webrtc_stats.denied).admit(code, util::unix_ms());
         let mut r = Response::json(
             reason_status(e),
             &json!({"error": e.to_string(), "reason": code}),
@@ -658,12 +731,14 @@ impl Control {
         if r.status == 401 {
             r.headers.push(("WWW-Authenticate", "Bearer".into()));
         }
-        self.audit(
-            "anonymous",
-            &format!("{kind}.denied"),
-            json!({"app": app, "room": room, "reason": code, "from": self.hasher.hash(&req.peer)}),
-            &r,
-        );
+        if audited {
+            self.audit(
+                "anonymous",
+                &format!("{kind}.denied"),
+                json!({"app": app, "room": room, "reason": code, "from": self.hasher.hash(&req.peer)}),
+                &r,
+            );
+        }
         r
     }
 
@@ -2094,6 +2169,48 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             r#"{"app":"demo","room":"blue","role":"viewer","ttl_secs":901}"#,
         );
         assert_eq!(r.status, 400, "{}", body(&r));
+    }
+
+    /// The token bucket: a burst, then the configured rate; every denial is counted.
+    #[test]
+    fn denied_audit_bucket() {
+        let mut d = DeniedLog::default();
+        let t = 1_000_000;
+        let first: usize = (0..100).filter(|_| d.admit("expired", t)).count();
+        assert_eq!(first as u64, DENIED_AUDIT_BURST);
+        assert!(!d.admit("expired", t + 50), "half an entry refilled");
+        assert!(d.admit("expired", t + 100));
+        let later: usize = (0..100).filter(|_| d.admit("malformed", t + 1100)).count();
+        assert_eq!(later as u64, DENIED_AUDIT_RATE);
+        assert_eq!(d.by_reason["expired"], 102);
+        assert_eq!(d.by_reason["malformed"], 100);
+        assert_eq!(d.suppressed, 202 - 20 - 1 - 10);
+    }
+
+    /// A flood of unauthenticated requests: every one counted, few audited, the rest summed
+    /// in a periodic `webrtc.denied_suppressed` line.
+    #[test]
+    fn denied_flood_is_counted_and_audit_rate_limited() {
+        let e = env("flood");
+        let whep = offer("recvonly", 9);
+        for _ in 0..200 {
+            let r = e.public("POST", "/whep/blue", Some("x.y.z"), &whep);
+            assert_eq!(reason(&r), "malformed");
+        }
+        let audited = e.audit().matches("whep.denied").count() as u64;
+        assert!(
+            (DENIED_AUDIT_BURST..200).contains(&audited),
+            "{audited} entries"
+        );
+        let m = body(&e.admin("GET", "/metrics", ""));
+        assert!(
+            m.contains("sluice_control_webrtc_denied_total{reason=\"malformed\"} 200"),
+            "{m}"
+        );
+        let far = util::unix_ms() + DENIED_SUPPRESSED_EVERY_MS + 1;
+        assert_eq!(e.ctl.report_suppressed_denials(far), 200 - audited);
+        assert!(e.audit().contains(&format!("\"count\":{}", 200 - audited)));
+        assert_eq!(e.ctl.report_suppressed_denials(far + 60_000), 0);
     }
 
     #[test]
