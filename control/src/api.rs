@@ -286,7 +286,7 @@ impl Control {
             self.audit(
                 "anonymous",
                 "auth.failed",
-                json!({"method": req.method, "path": req.path, "from": req.peer}),
+                json!({"method": req.method, "path": req.path, "from": self.hasher.hash(&req.peer)}),
                 &r,
             );
             return r;
