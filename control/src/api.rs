@@ -374,6 +374,7 @@ impl Control {
                 "sessions": g.store.state().sessions.len(),
                 "routes": g.store.state().routes.len(),
                 "draining": self.is_draining(),
+                "demo": self.demo_app().is_some(),
                 "generation": g.shm.as_ref().map(ShmWriter::generation),
                 "shm": {"path": self.cfg.shm.path.display().to_string(), "ready": g.shm.is_some(), "error": g.shm_error},
             }),

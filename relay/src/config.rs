@@ -99,6 +99,16 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    /// Overwrite the bytes before the allocation is freed, so the token does not linger in
+    /// freed heap memory (best effort: copies made by callers of `expose` are theirs).
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.fill(0);
+        std::hint::black_box(&bytes);
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -563,7 +563,7 @@ impl Control {
 
     /// The application the demo page mints tokens for (the bootstrap application, when it
     /// exists and has a key).
-    fn demo_app(&self) -> Option<String> {
+    pub(super) fn demo_app(&self) -> Option<String> {
         let b = self.cfg.control.bootstrap_app.as_ref()?;
         let a = lock(&self.apps);
         a.reg
@@ -1086,7 +1086,15 @@ impl Control {
             ("GET" | "HEAD", ["apps"]) => return self.list_apps(),
             ("POST", ["apps"]) => {
                 let r = self.create_app(req);
-                ("app.create", json!({}), r)
+                let id = serde_json::from_slice::<Value>(&req.body)
+                    .ok()
+                    .and_then(|v| {
+                        v["id"]
+                            .as_str()
+                            .filter(|s| valid_segment(s))
+                            .map(str::to_string)
+                    });
+                ("app.create", json!({ "app": id }), r)
             }
             ("DELETE", ["apps", id]) => {
                 let r = self.delete_app(id);
@@ -1229,10 +1237,14 @@ impl Control {
             let Apps { reg, master, .. } = &mut *a;
             let key = match b.opt_str("secret")? {
                 Some(s) => {
-                    let raw = URL_SAFE_NO_PAD
+                    let mut raw = URL_SAFE_NO_PAD
                         .decode(s.trim_end_matches('='))
                         .map_err(|_| super::bad_field("secret", "not base64url"))?;
-                    let k = DevKey::new(&kid, &raw).map_err(|e| super::bad_field("secret", e))?;
+                    let k = DevKey::new(&kid, &raw);
+                    // The key material is in `k` now; do not leave a copy in freed memory.
+                    raw.fill(0);
+                    std::hint::black_box(&raw);
+                    let k = k.map_err(|e| super::bad_field("secret", e))?;
                     reg.add_key(id, &k, master, now)
                         .map_err(|e| Response::error(409, e.to_string()))?;
                     k
@@ -2227,6 +2239,13 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let r = e.public("POST", "/whip/demo/blue", Some(t), &offer("sendonly", 5));
         assert_eq!(r.status, 201, "{}", body(&r));
         assert_eq!(e.admin("GET", "/v1/apps", "").status, 200);
+        assert_eq!(e.admin("POST", "/v1/apps", r#"{"id":"side"}"#).status, 201);
+        assert!(e
+            .audit()
+            .lines()
+            .any(|l| l.contains("app.create") && l.contains(r#""app":"side""#)));
+        let st: Value = serde_json::from_slice(&e.admin("GET", "/v1/status", "").body).unwrap();
+        assert_eq!(st["demo"], true);
         let r = e.admin("GET", "/v1/apps/demo/keys", "");
         assert!(body(&r).contains("\"t1\"") && body(&r).contains("\"dev\""));
         assert!(
@@ -2251,5 +2270,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.admin("DELETE", "/v1/apps/demo", "").status, 204);
         assert!(e.ctl.members().is_empty());
         assert_eq!(e.public("GET", "/demo", None, "").status, 404);
+        let st: Value = serde_json::from_slice(&e.admin("GET", "/v1/status", "").body).unwrap();
+        assert_eq!(st["demo"], false);
     }
 }
