@@ -256,7 +256,7 @@ fn random_u32() -> Result<u32, Response> {
 
 fn random_hex(n: usize) -> Result<String, Response> {
     let b = util::random_bytes(n).map_err(|e| Response::error(500, format!("random: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(util::hex(&b))
 }
 
 fn throwaway_key(p: Profile) -> Result<MasterKey, Response> {
