@@ -351,6 +351,8 @@ impl Control {
     }
 
     fn status(&self) -> Response {
+        // The applications lock is never taken while the state lock is held.
+        let demo = self.demo_app().is_some();
         let g = lock(&self.inner);
         let relay = self.relay_view(g.reader.as_ref());
         let u = self.urls();
@@ -374,7 +376,7 @@ impl Control {
                 "sessions": g.store.state().sessions.len(),
                 "routes": g.store.state().routes.len(),
                 "draining": self.is_draining(),
-                "demo": self.demo_app().is_some(),
+                "demo": demo,
                 "generation": g.shm.as_ref().map(ShmWriter::generation),
                 "shm": {"path": self.cfg.shm.path.display().to_string(), "ready": g.shm.is_some(), "error": g.shm_error},
             }),
