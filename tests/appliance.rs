@@ -23,33 +23,6 @@ fn ids(v: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
-fn add_session(
-    app: &Appliance,
-    peer: &str,
-    profile: Profile,
-    rx: &str,
-    tx: &str,
-    role: &str,
-) -> u64 {
-    let out = app.ctl_ok(&[
-        "session",
-        "add",
-        "--peer",
-        peer,
-        "--profile",
-        profile.name(),
-        "--rx-key",
-        rx,
-        "--tx-key",
-        tx,
-        "--role",
-        role,
-    ]);
-    out.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("session add printed {out:?}, not an id alone"))
-}
-
 /// Wait until control's `/metrics` shows the relay's slow-path connection (the relay
 /// reconnects by itself after a control restart).
 fn wait_slow_path(app: &Appliance, what: &str) {
@@ -101,16 +74,14 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
     let profile = Profile::AeadAes128Gcm;
     let mut st = SrtpStream::new(profile, 4242, 16);
     let unused = |seed| test_key(profile, seed).to_base64();
-    let a = add_session(
-        &app,
+    let a = app.add_session(
         &st.sender_addr.to_string(),
         profile,
         &st.pub_key.to_base64(),
         &unused(9001),
         "speaker",
     );
-    let b = add_session(
-        &app,
+    let b = app.add_session(
         &st.receiver_addr.to_string(),
         profile,
         &unused(9002),
@@ -552,16 +523,14 @@ fn ipv6_peers_and_unix_socket_admin() {
     let unused = |seed| test_key(profile, seed).to_base64();
     let sender = st.sender_addr.to_string();
     assert!(sender.starts_with("[::1]:"), "{sender}");
-    let a = add_session(
-        &app,
+    let a = app.add_session(
         &sender,
         profile,
         &st.pub_key.to_base64(),
         &unused(1),
         "host",
     );
-    let b = add_session(
-        &app,
+    let b = app.add_session(
         &st.receiver_addr.to_string(),
         profile,
         &unused(2),

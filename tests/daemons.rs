@@ -1,12 +1,13 @@
-//! The real binaries as child processes: building them once, a temporary appliance
-//! configuration, guards that never leave a process behind, running `sluicectl`, a paced SRTP
-//! stream with a receiver that records every packet, an HTTP GET and a strict Prometheus text
-//! parser.
+//! The real binaries as child processes, the one process layer of the end-to-end tests:
+//! building them once, a temporary appliance configuration, guards that never leave a process
+//! behind, running `sluicectl`, a paced SRTP stream with a receiver that records every packet,
+//! an HTTP GET and a strict Prometheus text parser. [`crate::procs`] and
+//! [`crate::RelayProcess`] are thin layers over it.
 //!
 //! Owns: process lifecycles of the end-to-end tests. May not touch: the daemons' code paths
 //! (everything goes through their command lines, files, sockets and the admin API).
 
-use crate::{srtp_options, test_key, TempDir};
+use crate::{srtp_options, test_key, Peer, TempDir};
 use relay::batch::MAX_DATAGRAM;
 use relay::config::RuntimeInfo;
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
@@ -173,6 +174,8 @@ pub struct Proc {
     /// Grandchildren to kill too if this guard has to kill (e.g. the daemons `up` started).
     pub also_kill: Vec<u32>,
     exited: Option<ExitStatus>,
+    /// Stdout lines, when spawned with [`Proc::spawn_lines`].
+    lines: Option<mpsc::Receiver<String>>,
 }
 
 impl Proc {
@@ -202,6 +205,56 @@ impl Proc {
             started,
             also_kill: Vec::new(),
             exited: None,
+            lines: None,
+        }
+    }
+
+    /// [`Proc::spawn`] with stdout drained by a thread (so the child never blocks on a full
+    /// pipe) into lines read with [`Proc::line`].
+    pub fn spawn_lines(name: &str, cmd: Command, log_dir: &Path) -> Proc {
+        let mut p = Proc::spawn(name, cmd, log_dir, Stdio::piped());
+        let out = p.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        p.lines = Some(rx);
+        p
+    }
+
+    /// The next stdout line; None after `timeout` or once stdout is closed.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        let rx = self.lines.as_ref().expect("spawned with Proc::spawn_lines");
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Wait up to `timeout` for a stdout line starting with `prefix` (other lines are
+    /// skipped); panics, with the log, if the child exits or stays silent.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.line(Duration::from_millis(50)) {
+                Some(l) if l.starts_with(prefix) => return l,
+                Some(_) => {}
+                None => {
+                    assert!(
+                        pid_alive(self.pid()),
+                        "{} exited before printing {prefix:?}\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} printed no {prefix:?}\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                }
+            }
         }
     }
 
@@ -237,6 +290,11 @@ impl Proc {
         self.poll()
     }
 
+    /// The name `procs`-style tests use for [`Proc::wait`].
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.wait(timeout)
+    }
+
     /// SIGTERM and wait for a clean exit (asserted: exit status 0).
     pub fn terminate(&mut self) {
         self.signal(rustix::process::Signal::TERM);
@@ -257,8 +315,13 @@ impl Proc {
         }
     }
 
+    /// Everything the child wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(40);
         format!(
@@ -289,6 +352,7 @@ pub struct Appliance {
     pub dir: TempDir,
     pub config: PathBuf,
     pub runtime: PathBuf,
+    pub shm: PathBuf,
     pub media: SocketAddr,
     pub control: Option<Proc>,
     pub relay: Option<Proc>,
@@ -304,11 +368,40 @@ pub enum RuntimeDir {
     FromXdg,
 }
 
+/// The config choices of an [`Appliance`] beyond its backend.
+#[derive(Clone)]
+pub struct Setup {
+    pub runtime_dir: RuntimeDir,
+    /// The media address's IP (IPv4 or IPv6 loopback); the port is a free one.
+    pub media_ip: IpAddr,
+    /// The admin API on a unix socket in the temp dir instead of an OS-chosen TCP port.
+    pub unix_admin: bool,
+    pub workers: u32,
+    /// None: `audit/audit.log` in the temp dir.
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            runtime_dir: RuntimeDir::InConfig,
+            media_ip: IpAddr::from([127, 0, 0, 1]),
+            unix_admin: false,
+            workers: 1,
+            audit_log: None,
+        }
+    }
+}
+
 impl Appliance {
     /// Write a config: loopback, a free UDP media port, admin API on an OS-chosen port,
     /// shm/state/runtime under a temp dir, one relay worker on `backend`.
     pub fn new(tag: &str, backend: &str, rd: RuntimeDir) -> Appliance {
-        Appliance::with(tag, backend, rd, IpAddr::from([127, 0, 0, 1]), false)
+        let setup = Setup {
+            runtime_dir: rd,
+            ..Setup::default()
+        };
+        Appliance::setup(tag, backend, &setup)
     }
 
     /// [`Appliance::new`] with the media address on `media_ip` (IPv4 or IPv6 loopback) and,
@@ -320,33 +413,48 @@ impl Appliance {
         media_ip: IpAddr,
         unix_admin: bool,
     ) -> Appliance {
+        let setup = Setup {
+            runtime_dir: rd,
+            media_ip,
+            unix_admin,
+            ..Setup::default()
+        };
+        Appliance::setup(tag, backend, &setup)
+    }
+
+    /// The general form of [`Appliance::new`].
+    pub fn setup(tag: &str, backend: &str, s: &Setup) -> Appliance {
         let dir = TempDir::new(tag);
-        let port = UdpSocket::bind((media_ip, 0))
+        let p = dir.path();
+        let port = UdpSocket::bind((s.media_ip, 0))
             .and_then(|s| s.local_addr())
             .expect("a free UDP port")
             .port();
-        let media = SocketAddr::new(media_ip, port);
-        let admin = if unix_admin {
-            format!("unix:{}", dir.path().join("admin.sock").display())
+        let media = SocketAddr::new(s.media_ip, port);
+        let admin = if s.unix_admin {
+            format!("unix:{}", p.join("admin.sock").display())
         } else {
             "127.0.0.1:0".to_string()
         };
-        let (runtime, rd_line) = match rd {
+        let (runtime, rd_line) = match s.runtime_dir {
             RuntimeDir::InConfig => {
-                let r = dir.path().join("run");
+                let r = p.join("run");
                 let line = format!("runtime_dir = \"{}\"\n", r.display());
                 (r, line)
             }
-            RuntimeDir::FromXdg => (dir.path().join("sluice"), String::new()),
+            RuntimeDir::FromXdg => (p.join("sluice"), String::new()),
         };
-        let p = dir.path();
+        let audit = s.audit_log.clone().unwrap_or(p.join("audit/audit.log"));
+        let shm = p.join("shm");
         let text = format!(
-            "{rd_line}\n[relay]\nbind = \"{media}\"\nworkers = 1\nbackend = \"{backend}\"\n\n\
+            "{rd_line}\n[relay]\nbind = \"{media}\"\nworkers = {}\nbackend = \"{backend}\"\n\
+             recv_buffer_bytes = 4194304\n\n\
              [control]\nadmin_listen = \"{admin}\"\nstate_dir = \"{}\"\naudit_log = \"{}\"\n\n\
-             [shm]\npath = \"{}\"\nsessions = 64\nroutes = 256\nworker_slots = 4\n",
+             [shm]\npath = \"{}\"\nsessions = 256\nroutes = 1024\nworker_slots = 8\n",
+            s.workers,
             p.join("state").display(),
-            p.join("audit/audit.log").display(),
-            p.join("shm").display(),
+            audit.display(),
+            shm.display(),
         );
         let config = p.join("sluice.toml");
         std::fs::write(&config, text).expect("write config");
@@ -354,6 +462,7 @@ impl Appliance {
             dir,
             config,
             runtime,
+            shm,
             media,
             control: None,
             relay: None,
@@ -385,13 +494,15 @@ impl Appliance {
         serde_json::from_str(&text).ok()
     }
 
-    /// Wait for `control.json` written by `pid`.
+    /// Wait for `control.json` written by `pid` (and for the shm file).
     pub fn wait_runtime_info(&self, pid: u32, proc_: Option<&mut Proc>) -> RuntimeInfo {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut proc_ = proc_;
         loop {
             if let Some(i) = self.runtime_info().filter(|i| i.pid == pid) {
-                return i;
+                if self.shm.exists() {
+                    return i;
+                }
             }
             if let Some(p) = proc_.as_deref_mut() {
                 if let Some(st) = p.poll() {
@@ -407,65 +518,88 @@ impl Appliance {
         }
     }
 
-    /// Start `sluice-control --config` and wait until it published `control.json`.
-    pub fn start_control(&mut self) -> RuntimeInfo {
+    /// Start `sluice-control --config`, wait until it published `control.json`; the caller
+    /// owns the process (see [`Appliance::start_control`]).
+    pub fn spawn_control(&self) -> (Proc, RuntimeInfo) {
         let mut c = self.command("sluice-control");
         c.arg("--config").arg(&self.config);
         let mut p = Proc::spawn("sluice-control", c, self.dir.path(), Stdio::null());
         let info = self.wait_runtime_info(p.pid(), Some(&mut p));
+        (p, info)
+    }
+
+    /// [`Appliance::spawn_control`], kept in `self.control`.
+    pub fn start_control(&mut self) -> RuntimeInfo {
+        let (p, info) = self.spawn_control();
         self.control = Some(p);
         info
     }
 
-    /// Start `sluice-relay --config` and wait for its `media=` line. Returns the spawn time.
-    pub fn start_relay(&mut self) -> Instant {
+    /// Start `sluice-relay --config --no-pin EXTRA`; returns at once (see
+    /// [`Appliance::wait_relay`]).
+    pub fn spawn_relay(&self, extra: &[&str]) -> Proc {
         let mut c = self.command("sluice-relay");
-        c.arg("--config").arg(&self.config).arg("--no-pin");
-        let mut p = Proc::spawn("sluice-relay", c, self.dir.path(), Stdio::piped());
-        let started = p.started;
-        let out = p.child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Keep draining stdout so the relay can never block on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let line = loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(l) if l.starts_with("sluice-relay media=") => break l,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(st) = p.poll() {
-                        panic!("sluice-relay exited early ({st})\n{}", p.log_text());
-                    }
-                    assert!(
-                        started.elapsed() < START_TIMEOUT,
-                        "relay did not report\n{}",
-                        p.log_text()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let st = p.wait(Duration::from_secs(5));
-                    panic!("sluice-relay closed stdout ({st:?})\n{}", p.log_text());
-                }
-            }
-        };
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--no-pin")
+            .args(extra);
+        Proc::spawn_lines("sluice-relay", c, self.dir.path())
+    }
+
+    /// Wait for the relay's readiness line (`sluice-relay media=...`).
+    pub fn wait_relay(&self, p: &Proc) -> String {
+        p.wait_line("sluice-relay media=", START_TIMEOUT)
+    }
+
+    /// Start a relay (kept in `self.relay`) and wait for its `media=` line naming our media
+    /// address. Returns the spawn time.
+    pub fn start_relay(&mut self) -> Instant {
+        let p = self.spawn_relay(&[]);
+        let line = self.wait_relay(&p);
         assert!(
             line.contains(&format!("media={}", self.media)),
             "relay bound elsewhere: {line}"
         );
+        let started = p.started;
         self.relay = Some(p);
         started
     }
 
     /// Run `sluicectl ARGS` with this appliance's environment (discovery through the runtime
-    /// directory, no overrides).
+    /// directory, no overrides). Its stderr goes through a file, not a pipe: `sluicectl
+    /// upgrade` hands its stderr to the new relay, which would hold a pipe open for as long
+    /// as it runs.
     pub fn ctl(&self, args: &[&str]) -> Output {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let err_path = self.dir.path().join(format!("sluicectl-{n}.err"));
+        let err = std::fs::File::create(&err_path).expect("sluicectl stderr file");
         let mut c = self.command("sluicectl");
-        c.args(args).stdin(Stdio::null());
-        c.output().expect("run sluicectl")
+        c.args(args).stdin(Stdio::null()).stderr(err);
+        let mut o = c.output().expect("run sluicectl");
+        o.stderr = std::fs::read(&err_path).unwrap_or_default();
+        o
+    }
+
+    /// `sluicectl session add` with static keys (base64); the new session's id.
+    pub fn add_session(&self, peer: &str, profile: Profile, rx: &str, tx: &str, role: &str) -> u64 {
+        let out = self.ctl_ok(&[
+            "session",
+            "add",
+            "--peer",
+            peer,
+            "--profile",
+            profile.name(),
+            "--rx-key",
+            rx,
+            "--tx-key",
+            tx,
+            "--role",
+            role,
+        ]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("session add printed {out:?}, not an id alone"))
     }
 
     /// `sluicectl ARGS`, asserting exit 0; returns stdout.
@@ -551,10 +685,27 @@ impl SrtpStream {
     pub fn on(ip: IpAddr, profile: Profile, seed: u64, rotation_grace: u32) -> SrtpStream {
         let s = UdpSocket::bind((ip, 0)).expect("bind sender");
         let r = UdpSocket::bind((ip, 0)).expect("bind receiver");
+        let keys = (test_key(profile, seed), test_key(profile, seed + 1));
+        SrtpStream::from_sockets(s, r, keys, rotation_grace)
+    }
+
+    /// A stream from `publisher`'s socket and send key to `subscriber`'s socket and receive
+    /// key (peers whose sessions and route already exist).
+    pub fn from_peers(publisher: Peer, subscriber: Peer) -> SrtpStream {
+        let keys = (publisher.send_key, subscriber.recv_key);
+        let grace = srtp_options().rotation_grace;
+        SrtpStream::from_sockets(publisher.sock, subscriber.sock, keys, grace)
+    }
+
+    fn from_sockets(
+        s: UdpSocket,
+        r: UdpSocket,
+        (pub_key, sub_key): (MasterKey, MasterKey),
+        rotation_grace: u32,
+    ) -> SrtpStream {
         r.set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
-        let pub_key = test_key(profile, seed);
-        let sub_key = test_key(profile, seed + 1);
+        let profile = pub_key.profile();
         let opts = ContextOptions {
             rotation_grace,
             ..srtp_options()
@@ -685,6 +836,12 @@ impl SrtpStream {
             .unwrap_or_else(|p| p.into_inner())
             .arrivals
             .len()
+    }
+
+    /// The first arrival at or after `t`, if any.
+    pub fn first_arrival_after(&self, t: Instant) -> Option<Instant> {
+        let g = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        g.arrivals.iter().map(|a| a.at).find(|a| *a >= t)
     }
 
     /// Wait until the receiver has a packet with counter ≥ `counter`.
@@ -1043,44 +1200,16 @@ impl Up {
     pub fn start(app: &Appliance) -> Up {
         let mut c = app.command("sluicectl");
         c.arg("up").arg("--config").arg(&app.config);
-        let mut p = Proc::spawn("sluicectl-up", c, app.dir.path(), Stdio::piped());
-        let out = p.child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
+        let mut p = Proc::spawn_lines("sluicectl-up", c, app.dir.path());
         let mut stdout = String::new();
         let mut endpoints = BTreeMap::new();
         while !endpoints.contains_key("metrics_url") {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(l) => {
-                    stdout.push_str(&l);
-                    stdout.push('\n');
-                    let mut w = l.split_whitespace();
-                    if let (Some(k), Some(v), None) = (w.next(), w.next(), w.next()) {
-                        endpoints.insert(k.to_string(), v.to_string());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(st) = p.poll() {
-                        panic!("sluicectl up exited early ({st})\n{}", p.log_text());
-                    }
-                    assert!(
-                        p.started.elapsed() < START_TIMEOUT,
-                        "sluicectl up printed no endpoints: {stdout}\n{}",
-                        p.log_text()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let st = p.wait(Duration::from_secs(5));
-                    panic!(
-                        "sluicectl up closed stdout ({st:?}): {stdout}\n{}",
-                        p.log_text()
-                    );
-                }
+            let l = p.wait_line("", START_TIMEOUT.saturating_sub(p.started.elapsed()));
+            stdout.push_str(&l);
+            stdout.push('\n');
+            let mut w = l.split_whitespace();
+            if let (Some(k), Some(v), None) = (w.next(), w.next(), w.next()) {
+                endpoints.insert(k.to_string(), v.to_string());
             }
         }
         let control_pid = app.runtime_info().expect("control.json").pid;
@@ -1118,7 +1247,7 @@ impl Up {
         }
         let left = processes_mentioning(&self.config, Duration::from_secs(5));
         assert!(left.is_empty(), "left running after `up` stopped: {left:?}");
-        let log = std::fs::read_to_string(&self.proc_.log).unwrap_or_default();
+        let log = self.proc_.log();
         assert!(log.contains("sluicectl: stopping"), "{log}");
     }
 }

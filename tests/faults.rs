@@ -10,6 +10,7 @@
 
 use relay::shm::{Capacity, ShmWriter, ABI_VERSION};
 use relay::srtp::Profile;
+use sluice_tests::daemons::http_get;
 use sluice_tests::procs::{Instance, Stream};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
@@ -255,7 +256,7 @@ fn audit_log_on_a_full_disk_keeps_media_and_api_up() {
         &std::fs::read_to_string(inst.runtime.join(relay::config::RUNTIME_FILE)).expect("rt"),
     )
     .expect("runtime JSON");
-    let metrics = http_get(rt["metrics_url"].as_str().expect("metrics_url"));
+    let (_, metrics) = http_get(rt["metrics_url"].as_str().expect("metrics_url"), None);
     let line = metrics
         .lines()
         .find(|l| l.starts_with("sluice_audit_write_errors_total"))
@@ -271,22 +272,4 @@ fn audit_log_on_a_full_disk_keeps_media_and_api_up() {
         assert!(rep.sent > 100);
         assert!(rep.lost().is_empty(), "{} lost", rep.lost().len());
     }
-}
-
-/// A plain HTTP/1.1 GET on loopback (metrics need no token).
-fn http_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-    let mut s = std::net::TcpStream::connect(host).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
-        path.trim_start_matches('/')
-    )
-    .expect("request");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: temp dirs, SRTP peers on loopback UDP sockets,
-//! and a `sluice-relay` child process; [`daemons`] runs the whole appliance (control, relay,
-//! sluicectl, sluice-bench) as real processes.
+//! and a bare `sluice-relay` child process; [`daemons`] runs the whole appliance (control,
+//! relay, sluicectl, sluice-bench) as real processes, and [`procs`] keeps the upgrade and
+//! fault tests' names for it.
 #![deny(unsafe_code)]
 
 pub mod daemons;
@@ -9,10 +10,9 @@ pub mod procs;
 use relay::batch::MAX_DATAGRAM;
 use relay::shm::{Role, SessionRecord};
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,10 @@ impl Peer {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("set timeout");
+        // Room for a whole test burst while the reader thread waits for a core on a loaded
+        // 2-core runner (loopback charges ~2 KiB of buffer per small datagram); the kernel caps
+        // it at net.core.rmem_max, which is still several times the default.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 4 << 20);
         let send_key = test_key(profile, id * 2);
         let recv_key = test_key(profile, id * 2 + 1);
         Peer {
@@ -164,37 +168,33 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("addr").port()
 }
 
-/// The `sluice-relay` binary beside this test executable (target/<profile>/), built (and kept
-/// current) by [`daemons::ensure_binaries`].
-pub fn relay_binary() -> PathBuf {
-    daemons::bin("sluice-relay")
-}
-
-/// A running `sluice-relay`, stopped (SIGTERM, then SIGKILL) on drop.
+/// A running `sluice-relay` (a [`daemons::Proc`], killed on drop) and what it reported.
 pub struct RelayProcess {
-    pub child: Child,
+    pub proc_: daemons::Proc,
     pub media: SocketAddr,
     pub backend: String,
 }
 
+impl std::ops::Deref for RelayProcess {
+    type Target = daemons::Proc;
+    fn deref(&self) -> &daemons::Proc {
+        &self.proc_
+    }
+}
+
 impl RelayProcess {
-    /// Start the relay on `bind` with shared memory at `shm`, one worker, no slow path.
+    /// Start the relay on `bind` with shared memory at `shm`, one worker, no slow path; its
+    /// log goes beside the shm file.
     pub fn start(shm: &Path, bind: SocketAddr, backend: &str) -> RelayProcess {
-        let mut child = Command::new(relay_binary())
-            .arg("--shm")
+        let mut cmd = Command::new(daemons::bin("sluice-relay"));
+        cmd.arg("--shm")
             .arg(shm)
             .args(["--bind", &bind.to_string(), "--workers", "1"])
             .args(["--backend", backend, "--slow-path", "none", "--no-pin"])
-            .args(["--shm-wait", "10"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sluice-relay");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read relay stdout");
+            .args(["--shm-wait", "10"]);
+        let dir = shm.parent().expect("shm file in a directory");
+        let proc_ = daemons::Proc::spawn_lines("sluice-relay", cmd, dir);
+        let line = proc_.wait_line("sluice-relay ", daemons::START_TIMEOUT);
         // "sluice-relay media=IP:PORT backend=NAME workers=N"
         let field = |k: &str| {
             line.split_whitespace()
@@ -205,7 +205,7 @@ impl RelayProcess {
         let media = field("media=").parse().expect("media address");
         let backend = field("backend=");
         RelayProcess {
-            child,
+            proc_,
             media,
             backend,
         }
@@ -213,26 +213,12 @@ impl RelayProcess {
 
     /// SIGTERM and wait; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
+        self.proc_.signal(rustix::process::Signal::TERM);
+        let clean = self
+            .proc_
+            .wait(Duration::from_secs(10))
+            .is_some_and(|st| st.success());
+        self.proc_.kill9();
+        clean
     }
 }

@@ -86,7 +86,7 @@ fn fan_out(backend: BackendKind, profile: Profile) {
     let results: Vec<(u64, Vec<Received>)> = std::thread::scope(|sc| {
         let readers: Vec<_> = subs
             .iter_mut()
-            .map(|s| sc.spawn(move || (s.id, s.recv_rtp(want, Duration::from_secs(3)))))
+            .map(|s| sc.spawn(move || (s.id, s.recv_rtp(want, Duration::from_secs(10)))))
             .collect();
         for seq in 0..per_pub {
             for (i, p) in pubs.iter_mut().enumerate() {

@@ -177,7 +177,7 @@ fn up_stops_the_relay_when_control_dies() {
         "`up` after its control died\n{}",
         up.proc_.log_text()
     );
-    let log = std::fs::read_to_string(&up.proc_.log).unwrap_or_default();
+    let log = up.proc_.log();
     assert!(
         log.contains("sluice-control exited unexpectedly (signal 9)"),
         "{log}"
@@ -199,7 +199,7 @@ fn up_reports_a_relay_that_cannot_bind_and_stops_control() {
     c.arg("up").arg("--config").arg(&app.config);
     let mut p = Proc::spawn("sluicectl-up", c, app.dir.path(), Stdio::null());
     let st = p.wait(START_TIMEOUT);
-    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    let log = p.log();
     assert_eq!(st.and_then(|s| s.code()), Some(1), "{log}");
     assert!(
         log.contains("sluice-relay exited before it was ready"),

@@ -10,6 +10,7 @@
 
 pub mod cmd;
 pub mod crypto;
+pub mod garbage;
 pub mod gen;
 pub mod http;
 pub mod plot;

@@ -44,6 +44,10 @@ enum Command {
         /// authentication or reached the wrong subscriber.
         #[arg(long, value_name = "PCT")]
         max_loss: Option<f64>,
+        /// Also send this many datagrams per second of garbage the relay must refuse
+        /// (bench/src/garbage.rs).
+        #[arg(long, value_name = "PPS")]
+        garbage_rate: Option<f64>,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -297,6 +301,23 @@ fn connect(t: &TargetArgs) -> Result<Box<dyn Target>, CmdError> {
     }
 }
 
+/// `--garbage-rate`: garbage to the target's media address while the run measures.
+fn start_garbage(
+    t: &mut dyn Target,
+    bind: IpAddr,
+    pps: f64,
+) -> Result<sluice_bench::garbage::Garbage, CmdError> {
+    let media = t
+        .info()?
+        .media_addr
+        .and_then(|m| m.parse::<SocketAddr>().ok())
+        .ok_or_else(|| {
+            CmdError::Usage("--garbage-rate: the target reports no media address".into())
+        })?;
+    let media = sluice_bench::target::reachable(media);
+    Ok(sluice_bench::garbage::Garbage::start(media, bind, pps)?)
+}
+
 fn finish(report: &Report, out: &Output, title: &str) -> Result<(), CmdError> {
     print!("{}", report.text());
     out.write(report, title)
@@ -326,6 +347,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             rate,
             baselines,
             max_loss,
+            garbage_rate,
             out,
         } => {
             let opts = load.run_options(rate)?;
@@ -340,7 +362,21 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
                 None
             };
             let mut t = connect(&target)?;
+            let garbage = match garbage_rate {
+                Some(pps) => Some(start_garbage(t.as_mut(), load.bind, pps)?),
+                None => None,
+            };
             let mut report = cmd::run(t.as_mut(), &opts, &output)?;
+            if let Some(g) = garbage {
+                let s = g.stop();
+                eprintln!(
+                    "garbage: {} datagrams in {:.1} s ({:.0}/s), {} send errors",
+                    s.sent,
+                    s.elapsed.as_secs_f64(),
+                    s.rate(),
+                    s.send_errors
+                );
+            }
             report.baselines.crypto = crypto;
             report.compute_ratios();
             finish(&report, &output, "sluice-bench run")?;

@@ -170,10 +170,10 @@ impl SluiceTarget {
             return Err(TargetError::Api {
                 what: what.to_string(),
                 status: r.status,
-                message: r.message(),
+                message: crate::http::message(&r),
             });
         }
-        Ok(r.json())
+        Ok(crate::http::json(&r))
     }
 
     fn status(&self) -> Result<Value, TargetError> {
@@ -282,7 +282,7 @@ impl Target for SluiceTarget {
                         first_err.get_or_insert(TargetError::Api {
                             what: format!("DELETE /v1/{kind}/{id}"),
                             status: r.status,
-                            message: r.message(),
+                            message: crate::http::message(&r),
                         });
                     }
                     Err(e) => {

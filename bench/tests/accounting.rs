@@ -316,7 +316,7 @@ fn clean_relay_loses_nothing_and_report_round_trips() {
 
 #[test]
 fn find_max_brackets_a_lossy_relay() {
-    // Loses 1 % of packets: every step fails a 0.1 % threshold, passes a 5 % one.
+    // Loses 1 % of packets: every step fails a 0.1 % threshold, passes a loose one.
     let lossy = Faults {
         drop: 7,
         ..Faults::NONE
@@ -324,7 +324,8 @@ fn find_max_brackets_a_lossy_relay() {
     let mut relay = DoubleRelay::new(lossy);
     let mut run = options(Profile::AeadAes128Gcm, 1, 1, 500.0);
     run.duration = Duration::from_millis(300);
-    run.drain = Duration::from_millis(200);
+    // Generous drain: on a loaded runner late packets must not count as loss.
+    run.drain = Duration::from_millis(1000);
     let o = FindMaxOptions {
         run: run.clone(),
         loss: 0.001,
@@ -340,7 +341,8 @@ fn find_max_brackets_a_lossy_relay() {
     assert!(report.result.is_none());
 
     let mut relay = DoubleRelay::new(lossy);
-    let o = FindMaxOptions { loss: 0.05, ..o };
+    // 1 % designed loss passes a 20 % threshold even with some scheduling loss on top.
+    let o = FindMaxOptions { loss: 0.2, ..o };
     let report = cmd::find_max(&mut relay, &o, &quiet()).unwrap();
     let fm = report.find_max.unwrap();
     // Ramp 500 → 1000 → 2000 (the cap): all pass.

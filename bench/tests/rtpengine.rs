@@ -40,6 +40,10 @@ fn free_udp_port() -> u16 {
 fn rtpengine_forwards_bench_srtp() {
     let Some(bin) = find_rtpengine() else {
         eprintln!("SKIP: no rtpengine binary (apt-get install rtpengine-daemon)");
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
+            "SLUICE_REQUIRE_PEERS is set but rtpengine is not installed"
+        );
         return;
     };
     let dir = std::env::temp_dir().join(format!("sluice-rtpe-test-{}", std::process::id()));

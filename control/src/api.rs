@@ -178,7 +178,7 @@ impl Control {
             routes: s.routes,
             workers: s.worker_slots,
         };
-        match ShmWriter::open_or_create(&s.path, cap) {
+        match ShmWriter::open_or_create_with_streams(&s.path, cap, s.streams_per_worker) {
             Ok((mut w, adopted)) => {
                 if adopted {
                     let r = w.adopt_report();

@@ -6,7 +6,8 @@ mod cli;
 mod commands;
 mod discovery;
 mod error;
-mod http;
+// The admin API client lives in the relay library so sluice-bench uses the same one.
+use relay::admin_http as http;
 mod srtp_cmd;
 mod table;
 mod up;

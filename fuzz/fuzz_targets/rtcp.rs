@@ -10,12 +10,22 @@ fuzz_target!(|data: &[u8]| {
     for p in packets(data) {
         let Ok(p) = p else { break };
         count += 1;
-        let _ = (p.version(), p.padding(), p.count(), p.packet_type(), p.length_words());
+        let _ = (
+            p.version(),
+            p.padding(),
+            p.count(),
+            p.packet_type(),
+            p.length_words(),
+        );
         assert!(p.body().len() + 4 <= p.as_bytes().len());
         match p.typed() {
             Ok(Rtcp::SenderReport(sr)) => {
                 let _ = (sr.ssrc(), sr.ntp_timestamp(), sr.rtp_timestamp());
-                let _ = (sr.packet_count(), sr.octet_count(), sr.report_blocks().count());
+                let _ = (
+                    sr.packet_count(),
+                    sr.octet_count(),
+                    sr.report_blocks().count(),
+                );
             }
             Ok(Rtcp::ReceiverReport(rr)) => {
                 let _ = (rr.ssrc(), rr.report_blocks().count());

@@ -9,12 +9,22 @@ fuzz_target!(|data: &[u8]| {
     let Ok(p) = RtpPacket::parse(data) else {
         return;
     };
-    let _ = (p.version(), p.padding(), p.extension(), p.marker(), p.payload_type());
+    let _ = (
+        p.version(),
+        p.padding(),
+        p.extension(),
+        p.marker(),
+        p.payload_type(),
+    );
     let _ = (p.sequence(), p.timestamp(), p.ssrc(), p.csrcs().count());
     let range = p.payload_range();
     assert!(p.header_len() == range.start && range.end <= data.len());
     assert_eq!(range.end + p.padding_len(), data.len());
-    let _ = (p.extension_profile(), p.extension_form(), p.extension_data());
+    let _ = (
+        p.extension_profile(),
+        p.extension_form(),
+        p.extension_data(),
+    );
     for (id, d) in p.extensions() {
         assert!(id != 0 && d.len() <= data.len());
     }

@@ -13,9 +13,24 @@ fuzz_target!(|data: &[u8]| {
     for a in m.attributes() {
         assert!(a.offset + 4 + a.value.len() <= data.len());
     }
-    let _ = (m.method(), m.class(), m.transaction_id(), m.username_str(), m.software());
-    let _ = (m.message_integrity(), m.has_message_integrity_sha256(), m.fingerprint());
-    let _ = (m.priority(), m.use_candidate(), m.ice_controlling(), m.ice_controlled());
+    let _ = (
+        m.method(),
+        m.class(),
+        m.transaction_id(),
+        m.username_str(),
+        m.software(),
+    );
+    let _ = (
+        m.message_integrity(),
+        m.has_message_integrity_sha256(),
+        m.fingerprint(),
+    );
+    let _ = (
+        m.priority(),
+        m.use_candidate(),
+        m.ice_controlling(),
+        m.ice_controlled(),
+    );
     let _ = (m.error_code(), m.xor_mapped_address());
     let _ = m.verify_integrity(m.username().unwrap_or(b"key"));
     let _ = m.verify_fingerprint();
@@ -35,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
     w.fingerprint().expect("room for fingerprint");
     let n = w.finish();
     let r = StunMessage::parse(&out[..n]).expect("writer output parses");
-    r.verify_integrity(b"secret").expect("writer integrity verifies");
+    r.verify_integrity(b"secret")
+        .expect("writer integrity verifies");
     r.verify_fingerprint().expect("writer fingerprint verifies");
     assert_eq!(r.transaction_id(), m.transaction_id());
     assert_eq!(r.xor_mapped_address(), m.xor_mapped_address());

@@ -52,8 +52,8 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    /// A file holding a secret (the admin token) is readable by other users.
-    #[error("{path} holds the admin token but is world-readable (mode {mode:04o}); run `chmod o-rwx {path}`", path = path.display())]
+    /// A file holding a secret (the admin token, a key) is readable by other users.
+    #[error("{path} holds a secret (admin token or key) but is world-readable (mode {mode:04o}); run `chmod o-rwx {path}`", path = path.display())]
     InsecurePermissions { path: PathBuf, mode: u32 },
 }
 
@@ -343,6 +343,9 @@ pub struct ShmConfig {
     pub routes: u32,
     /// Counter blocks: the most relay workers that get counters.
     pub worker_slots: u32,
+    /// Stream-state slots per worker (persisted SRTP rollover state of the streams a worker
+    /// handles, so a restarted relay continues every stream's packet index; docs/SHM.md).
+    pub streams_per_worker: u32,
 }
 
 impl Default for ShmConfig {
@@ -352,6 +355,7 @@ impl Default for ShmConfig {
             sessions: 16_384,
             routes: 65_536,
             worker_slots: 64,
+            streams_per_worker: crate::shm::DEFAULT_STREAMS_PER_WORKER,
         }
     }
 }
@@ -759,6 +763,16 @@ impl Config {
                 format!("{} is out of range 1..=1024", s.worker_slots),
             );
         }
+        if s.streams_per_worker == 0 || s.streams_per_worker > crate::shm::MAX_STREAMS_PER_WORKER {
+            return bad(
+                "shm.streams_per_worker",
+                format!(
+                    "{} is out of range 1..={}",
+                    s.streams_per_worker,
+                    crate::shm::MAX_STREAMS_PER_WORKER
+                ),
+            );
+        }
         if r.workers > s.worker_slots {
             return bad(
                 "relay.workers",
@@ -828,6 +842,13 @@ fn check_token_text(t: &str) -> Result<(), String> {
         return Err("token must be printable ASCII without spaces".into());
     }
     Ok(())
+}
+
+/// Least privilege (docs/SECURITY.md): refuse a file that holds a secret (admin token, master
+/// key, developer keys) when other users may read it, with an error naming the path and the
+/// `chmod` that fixes it. Every loader of a secret-bearing file calls this before reading it.
+pub fn check_secret_file(path: &Path) -> Result<(), ConfigError> {
+    check_not_world_readable(path)
 }
 
 fn check_not_world_readable(path: &Path) -> Result<(), ConfigError> {
@@ -1070,6 +1091,12 @@ mod tests {
             c.admin_token().unwrap().unwrap().expose(),
             "0123456789abcdef0123"
         );
+        // The shared check for any other secret file (master key and the like).
+        let kf = write_temp("master.key", "c2VjcmV0\n", 0o604);
+        let e = check_secret_file(&kf).unwrap_err();
+        assert!(e.to_string().contains("chmod o-rwx"), "{e}");
+        std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_secret_file(&kf).unwrap();
         // Debug never shows the token.
         let c = parse(text).unwrap();
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
@@ -1126,6 +1153,7 @@ mod tests {
             "shm.sessions",
             "shm.routes",
             "shm.worker_slots",
+            "shm.streams_per_worker",
             "srtp.replay_window",
             "srtp.kdr",
             "srtp.max_streams",

@@ -11,6 +11,7 @@
 //! - [`config`]: the one TOML configuration file shared by every Sluice process.
 #![deny(unsafe_code)]
 
+pub mod admin_http;
 pub mod batch;
 pub mod config;
 pub mod engine;

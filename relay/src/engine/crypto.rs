@@ -18,6 +18,12 @@ pub trait SrtpOps: Sized {
     fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
     fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
     fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
+    /// Start `ssrc`'s SRTP flow at rollover counter `roc` (RFC 3711 §3.3.1), for a stream
+    /// whose state a previous relay process left in shm. Called only for SSRCs the context
+    /// does not track yet.
+    fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error>;
+    /// The rollover counter of `ssrc`, `None` when the context does not track it.
+    fn roc(&self, ssrc: u32) -> Option<u32>;
 }
 
 /// Production: the SRTP contexts of [`crate::srtp`].
@@ -45,6 +51,14 @@ impl SrtpOps for crate::srtp::Context {
     #[inline]
     fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
         crate::srtp::Context::unprotect_rtcp(self, buf, len)
+    }
+    #[inline]
+    fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error> {
+        crate::srtp::Context::set_roc(self, ssrc, roc)
+    }
+    #[inline]
+    fn roc(&self, ssrc: u32) -> Option<u32> {
+        crate::srtp::Context::roc(self, ssrc)
     }
 }
 

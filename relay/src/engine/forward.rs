@@ -3,14 +3,18 @@
 
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 use super::index::{claim, normalize, ClaimError, Index, RebuildReport, Upstream, NONE};
+use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stats::Stats;
 use crate::batch::TxQueue;
-use crate::shm::{DropReason, Rewrite, RouteRecord, SessionRecord};
+use crate::shm::{
+    DropReason, Rewrite, RouteRecord, SessionRecord, ShmReader, StreamDir, StreamRecord,
+};
 use crate::srtp::ContextOptions;
 use crate::wire::rtcp::{self, fmt, packet_type};
 use crate::wire::rtp::{RtpMut, RtpPacket};
 use crate::wire::{classify, Kind};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// RFC 3550 §6.4.1: the sender report without report blocks is 28 bytes (7 words).
@@ -23,12 +27,77 @@ pub struct Forwarder<C = crate::srtp::Context> {
     index: Index<C>,
     stats: Stats,
     now: Option<Instant>,
+    state: StreamState,
+}
+
+/// Account for one packet of a tracked stream (create the track at its first packet, with the
+/// index its context started at) and persist the stream's index when [`Track::advance`] asks.
+/// Integer compares, plus one seqlock slot write per rollover or `REFRESH` packets.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn note_stream(
+    state: &mut StreamState,
+    tracks: &mut Vec<Track>,
+    ti: Option<usize>,
+    limit: usize,
+    session: u64,
+    dir: StreamDir,
+    ssrc: u32,
+    seq: u16,
+    first_index: u64,
+    ts: u32,
+    rewritten: bool,
+) {
+    let t = match ti {
+        Some(i) => {
+            let t = &mut tracks[i];
+            if !t.advance(seq) {
+                return;
+            }
+            *t
+        }
+        None => {
+            if tracks.len() >= limit {
+                return;
+            }
+            if tracks.capacity() < limit {
+                // Once per session and direction in this worker, like its SRTP context.
+                tracks.reserve_exact(limit - tracks.len());
+            }
+            let t = Track {
+                ssrc,
+                index: first_index,
+                slot: state.open(session, dir, ssrc),
+            };
+            tracks.push(t);
+            t
+        }
+    };
+    state.write(
+        t.slot,
+        &StreamRecord {
+            session,
+            ssrc,
+            dir,
+            index: t.index,
+            ts,
+            rewritten,
+        },
+    );
 }
 
 #[inline]
 fn be32(b: &[u8], at: usize) -> u32 {
     match b.get(at..at + 4) {
         Some(w) => u32::from_be_bytes([w[0], w[1], w[2], w[3]]),
+        None => 0,
+    }
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    match b.get(at..at + 2) {
+        Some(w) => u16::from_be_bytes([w[0], w[1]]),
         None => 0,
     }
 }
@@ -74,7 +143,20 @@ impl<C: SrtpOps> Forwarder<C> {
             index: Index::new(opts),
             stats: Stats::default(),
             now: None,
+            state: StreamState::default(),
         }
+    }
+
+    /// Persist every stream's SRTP index into worker `worker`'s stream-state region of `shm`,
+    /// and seed new streams from all regions (docs/ENGINE.md "Stream state across restarts").
+    /// Call before the first rebuild.
+    pub fn attach_stream_state(&mut self, shm: Arc<ShmReader>, worker: usize) {
+        self.state.attach(shm, worker);
+    }
+
+    /// The stream-state bookkeeping (writes, seeds used).
+    pub fn stream_state(&self) -> &StreamState {
+        &self.state
     }
 
     /// Replace the routing state with these records (contexts of surviving sessions kept).
@@ -83,7 +165,10 @@ impl<C: SrtpOps> Forwarder<C> {
         sessions: &mut [SessionRecord],
         routes: &mut [RouteRecord],
     ) -> RebuildReport {
-        self.index.rebuild(sessions, routes)
+        let rep = self.index.rebuild(sessions, routes);
+        let index = &self.index;
+        self.state.rebuild(|id| index.has_session(id));
+        rep
     }
 
     /// The batch clock (used for per-session rate limits only).
@@ -165,10 +250,24 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         let opts = self.index.opts;
         let publisher = &mut self.index.sessions[idx as usize];
+        // The SSRC and sequence number are in the clear (RFC 3711 §3.1). A stream this process
+        // has not seen yet may continue one a previous relay process handled: start its
+        // context at the index closest to the stored one (RFC 3711 §3.3.1, Appendix A), so
+        // it authenticates past any rollover.
+        let in_ssrc = be32(buf, 8);
+        let ti = Track::find(&publisher.rx_track, in_ssrc);
+        let publisher_id = publisher.id;
         let Some(rx) = publisher.rx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
+        let mut first_index = u64::from(be16(buf, 2));
+        if ti.is_none() && len >= 12 && self.state.has_seeds() && rx.roc(in_ssrc).is_none() {
+            if let Some(r) = self.state.seed(publisher_id, StreamDir::In, in_ssrc) {
+                first_index = estimate_index(r.index, be16(buf, 2));
+                let _ = rx.set_roc(in_ssrc, (first_index >> 16) as u32);
+            }
+        }
         // RFC 3711 §3.3: replay check, authenticate, decrypt, then record.
         let n = match rx.unprotect_rtp(buf, len) {
             Ok(n) => n,
@@ -190,6 +289,25 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         publisher.note_ssrc(ssrc);
         let pub_id = publisher.id;
+        if ssrc == in_ssrc {
+            let limit = opts.max_streams;
+            let tracks = &mut publisher.rx_track;
+            let first = (first_index & !0xffff) | u64::from(seq);
+            let state = &mut self.state;
+            note_stream(
+                state,
+                tracks,
+                ti,
+                limit,
+                pub_id,
+                StreamDir::In,
+                ssrc,
+                seq,
+                first,
+                0,
+                false,
+            );
+        }
         let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
             self.stats.drop(DropReason::NoRoute);
             return;
@@ -210,9 +328,25 @@ impl<C: SrtpOps> Forwarder<C> {
             } = &mut self.index;
             let o = &outputs[oi as usize];
             let sub = &mut sessions[o.sub as usize];
+            let out_ssrc = o.rewrite.ssrc.unwrap_or(ssrc);
+            let rewritten = o.stream != NONE;
+            let ti = Track::find(&sub.tx_track, out_ssrc);
+            // A stream this process has not sent yet may continue one a previous relay process
+            // sent under the same key: continue after its stored index (docs/ENGINE.md).
+            let seed = match ti {
+                None if self.state.has_seeds() => self.state.seed(sub.id, StreamDir::Out, out_ssrc),
+                _ => None,
+            };
             let (oseq, ots) = match streams.get_mut(o.stream as usize) {
                 // Rewritten: the stream's continuity state owns the numbering.
-                Some(c) if o.stream != NONE => c.map((pub_id, ssrc), seq, ts),
+                Some(c) if rewritten => {
+                    if let Some(r) = seed.filter(|_| c.last().is_none()) {
+                        // Past anything the previous process sent (it wrote at most REFRESH
+                        // packets ago), RFC 3711 §9.1.
+                        c.seed_after(r.seq().wrapping_add(SKIP), r.ts);
+                    }
+                    c.map((pub_id, ssrc), seq, ts)
+                }
                 _ => {
                     // Not rewritten: the output index is the source's, so the output stream
                     // must have one owner (RFC 3711 §9.1: never two packets under one index).
@@ -231,10 +365,18 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
             };
             let peer = sub.peer;
+            let sub_id = sub.id;
             let Some(ctx) = sub.tx_ctx(*opts) else {
                 self.stats.drop(DropReason::Crypto);
                 continue;
             };
+            let mut first_index = u64::from(oseq);
+            if let Some(r) = seed {
+                if ctx.roc(out_ssrc).is_none() {
+                    first_index = estimate_index(r.index, oseq);
+                    let _ = ctx.set_roc(out_ssrc, (first_index >> 16) as u32);
+                }
+            }
             if tx.is_full() {
                 self.stats.drop(DropReason::TxQueueFull);
                 continue;
@@ -258,6 +400,20 @@ impl<C: SrtpOps> Forwarder<C> {
             if pushed {
                 self.stats
                     .tx(tx.metas().last().map_or(0, |m| m.len as usize));
+                let limit = opts.max_streams;
+                note_stream(
+                    &mut self.state,
+                    &mut sessions[o.sub as usize].tx_track,
+                    ti,
+                    limit,
+                    sub_id,
+                    StreamDir::Out,
+                    out_ssrc,
+                    oseq,
+                    first_index,
+                    if rewritten { ots } else { 0 },
+                    rewritten,
+                );
             } else {
                 self.stats.drop(err);
             }

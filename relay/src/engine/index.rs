@@ -9,6 +9,7 @@
 
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
+use super::state::Track;
 use crate::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
 use crate::srtp::{ContextOptions, MasterKey};
 use std::collections::hash_map::RandomState;
@@ -264,6 +265,10 @@ pub struct Session<C> {
     /// Owners of this session's output streams as a subscriber (never shrinks while the
     /// session lives: a released stream keeps its fence). Reserved at the first entry.
     pub owned: Vec<Owned>,
+    /// Streams received from the peer (by SSRC) and sent to it (by output SSRC), with the
+    /// index last persisted (engine/state.rs). Each reserved whole at its first entry.
+    pub rx_track: Vec<Track>,
+    pub tx_track: Vec<Track>,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -288,6 +293,8 @@ impl<C: SrtpOps> Session<C> {
             seen_len: 0,
             seen_next: 0,
             owned: Vec::new(),
+            rx_track: Vec::new(),
+            tx_track: Vec::new(),
         }
     }
 
@@ -300,12 +307,17 @@ impl<C: SrtpOps> Session<C> {
         self.flags = rec.flags;
         self.max_pps = rec.max_pps;
         // Only a key change (announced by a new key_epoch) touches SRTP state.
+        // A replaced context (profile change) starts every stream at ROC 0 again.
         if rec.rx_key != self.rx_key {
-            self.rx.rekey(rec.rx_key);
+            if !self.rx.rekey(rec.rx_key) {
+                restart(&mut self.rx_track);
+            }
             self.rx_key = rec.rx_key;
         }
         if rec.tx_key != self.tx_key {
-            self.tx.rekey(rec.tx_key);
+            if !self.tx.rekey(rec.tx_key) {
+                restart(&mut self.tx_track);
+            }
             self.tx_key = rec.tx_key;
         }
         self.key_epoch = rec.key_epoch;
@@ -340,6 +352,12 @@ impl<C: SrtpOps> Session<C> {
     }
 }
 
+fn restart(tracks: &mut [Track]) {
+    for t in tracks {
+        t.index = Track::RESTART;
+    }
+}
+
 /// An SRTP context created on first use: a worker only pays for the sessions whose packets
 /// it actually handles (SO_REUSEPORT spreads peers over workers).
 enum Lazy<C> {
@@ -365,14 +383,15 @@ impl<C: SrtpOps> Lazy<C> {
     }
 
     /// Install a new key: into the live context when the profile is the same (rotation
-    /// without loss), else start over lazily with the new key.
-    fn rekey(&mut self, new: MasterKey) {
+    /// without loss; true), else start over lazily with the new key (false).
+    fn rekey(&mut self, new: MasterKey) -> bool {
         if let Lazy::Ready(c) = self {
             if c.rekey(new).is_ok() {
-                return;
+                return true;
             }
         }
         *self = Lazy::Idle;
+        false
     }
 }
 
@@ -485,6 +504,12 @@ impl<C: SrtpOps> Index<C> {
     #[inline]
     pub fn owned_limit(&self) -> usize {
         self.opts.max_streams.saturating_mul(2)
+    }
+
+    /// True when a session with this id is indexed.
+    #[inline]
+    pub fn has_session(&self, id: SessionId) -> bool {
+        self.by_id.contains_key(&id)
     }
 
     /// Session index of a source address (already normalized).

@@ -3,8 +3,9 @@
 //! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
 //! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
 //! continuity), the per-datagram path, and the batch statistics written to the worker's
-//! counter block. May not touch: sockets (the [`crate::io`] backends send what it queues),
-//! the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
+//! counter block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
+//! restarted relay continues it; `state`). May not touch: sockets (the [`crate::io`] backends
+//! send what it queues), the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
 //! allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path as built.
 //!
 //! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive
@@ -15,12 +16,14 @@ mod continuity;
 mod crypto;
 mod forward;
 mod index;
+mod state;
 mod stats;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 pub use forward::Forwarder;
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
+pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 pub use stats::Stats;
 
 use crate::batch::TxQueue;
@@ -78,12 +81,14 @@ pub struct Engine<C: SrtpOps = crate::srtp::Context> {
 impl<C: SrtpOps> Engine<C> {
     /// An engine reading `shm`; the index is built at the first [`Engine::begin_batch`].
     pub fn new(shm: Arc<ShmReader>, cfg: EngineConfig) -> Engine<C> {
+        let mut fwd = Forwarder::new(cfg.srtp);
+        fwd.attach_stream_state(shm.clone(), cfg.worker);
         Engine {
             shm,
             worker: cfg.worker,
             clock: cfg.clock,
             indexed: None,
-            fwd: Forwarder::new(cfg.srtp),
+            fwd,
             session_buf: Vec::new(),
             route_buf: Vec::new(),
             batch_start: None,
@@ -219,5 +224,7 @@ impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
     }
 }
 
+#[cfg(test)]
+mod roc_tests;
 #[cfg(test)]
 mod tests;

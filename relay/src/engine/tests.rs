@@ -10,6 +10,8 @@ use crate::srtp::{Error, MasterKey, Profile};
 /// Appends a 4-byte tag: FNV-1a over key ‖ packet. Unprotect checks and strips it.
 struct TagCipher {
     key: MasterKey,
+    /// ROCs set by the engine's stream-state seeding (the tag cipher has no index).
+    rocs: Vec<(u32, u32)>,
 }
 
 fn tag(key: &MasterKey, data: &[u8]) -> [u8; 4] {
@@ -43,7 +45,18 @@ impl TagCipher {
 
 impl SrtpOps for TagCipher {
     fn create(key: MasterKey, _: ContextOptions) -> Result<Self, Error> {
-        Ok(TagCipher { key })
+        Ok(TagCipher {
+            key,
+            rocs: Vec::new(),
+        })
+    }
+    fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error> {
+        self.rocs.retain(|(s, _)| *s != ssrc);
+        self.rocs.push((ssrc, roc));
+        Ok(())
+    }
+    fn roc(&self, ssrc: u32) -> Option<u32> {
+        self.rocs.iter().find(|(s, _)| *s == ssrc).map(|(_, r)| *r)
     }
     fn rekey(&mut self, key: MasterKey) -> Result<(), Error> {
         self.key = key;
@@ -141,7 +154,12 @@ impl Rig {
     ) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut buf = [0u8; crate::batch::MAX_DATAGRAM];
         buf[..plain.len()].copy_from_slice(plain);
-        let n = TagCipher { key: *k }.seal(&mut buf, plain.len()).unwrap();
+        let n = TagCipher {
+            key: *k,
+            rocs: Vec::new(),
+        }
+        .seal(&mut buf, plain.len())
+        .unwrap();
         self.send_raw(src, &mut buf, n)
     }
     fn send_raw(
@@ -158,9 +176,12 @@ impl Rig {
                 let sub = self.sessions.iter().find(|s| s.peer == dst).unwrap();
                 let mut d = self.tx.datagram(i).to_vec();
                 let l = d.len();
-                let n = TagCipher { key: sub.tx_key }
-                    .open(&mut d, l)
-                    .expect("subscriber tag");
+                let n = TagCipher {
+                    key: sub.tx_key,
+                    rocs: Vec::new(),
+                }
+                .open(&mut d, l)
+                .expect("subscriber tag");
                 d.truncate(n);
                 (dst, d)
             })

@@ -3,6 +3,11 @@
 //! Receive: one `epoll_wait` only when the previous `recvmmsg` emptied the socket (epoll is
 //! edge-triggered, and every new datagram raises a new edge), then one `recvmmsg` of up to a
 //! batch. Send: one `sendmmsg` per flush (more only after a partial send).
+//!
+//! A second fd (the slow-path connection, [`Backend::watch_readable`]) joins the same epoll
+//! set, so its readiness wakes `wait` without a syscall of its own. While the UDP socket stays
+//! readable `epoll_wait` is skipped; then every [`AUX_EVERY`]th turn polls with a zero timeout
+//! so the other fd is not starved under sustained load.
 
 use std::io;
 use std::mem;
@@ -10,11 +15,19 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{sockaddr_to_std, TxPlan};
 use super::{Backend, BackendKind, BackendParams, IoCounters, IoError};
 use crate::batch::{TxQueue, MAX_DATAGRAM};
+
+/// Token of the media socket in the epoll set.
+const MEDIA: Token = Token(0);
+/// Token of the watched fd ([`Backend::watch_readable`]).
+const AUX: Token = Token(1);
+/// While the media socket stays readable, look at the watched fd every this many turns.
+const AUX_EVERY: u32 = 32;
 
 /// mio + recvmmsg/sendmmsg backend for one worker socket.
 pub struct MmsgBackend {
@@ -27,6 +40,11 @@ pub struct MmsgBackend {
     events: Events,
     /// The socket may still hold datagrams (skip `epoll_wait`).
     readable: bool,
+    /// The watched fd, if any, and whether it signalled readability.
+    aux: Option<RawFd>,
+    aux_ready: bool,
+    /// Turns `epoll_wait` was skipped since the last one.
+    skipped: u32,
     batch: usize,
     rx_data: Box<[u8]>,
     rx_iov: Box<[libc::iovec]>,
@@ -53,7 +71,7 @@ impl MmsgBackend {
             .map_err(|e| IoError::os("dup(media socket)", e))?;
         let mut watched = mio::net::UdpSocket::from_std(dup);
         poll.registry()
-            .register(&mut watched, Token(0), Interest::READABLE)
+            .register(&mut watched, MEDIA, Interest::READABLE)
             .map_err(|e| IoError::os("epoll_ctl(ADD)", e))?;
         let batch = params.batch.clamp(1, 1024);
         let cap = params.tx_capacity.max(1);
@@ -65,6 +83,9 @@ impl MmsgBackend {
             watched,
             events: Events::with_capacity(4),
             readable: true,
+            aux: None,
+            aux_ready: false,
+            skipped: 0,
             batch,
             rx_data: vec![0u8; batch * MAX_DATAGRAM].into_boxed_slice(),
             // SAFETY: iovec, sockaddr_storage and mmsghdr are C structs for which all-zero
@@ -212,15 +233,23 @@ impl Backend for MmsgBackend {
         BackendKind::Mmsg
     }
 
-    fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
+    fn wait(&mut self, mut timeout: Duration) -> Result<(), IoError> {
         if self.readable {
-            return Ok(());
+            self.skipped += 1;
+            if self.aux.is_none() || self.skipped < AUX_EVERY {
+                return Ok(());
+            }
+            timeout = Duration::ZERO;
         }
+        self.skipped = 0;
         self.counters.syscalls += 1;
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {
-                if !self.events.is_empty() {
-                    self.readable = true;
+                for ev in self.events.iter() {
+                    match ev.token() {
+                        MEDIA => self.readable = true,
+                        _ => self.aux_ready = true,
+                    }
                 }
                 Ok(())
             }
@@ -286,5 +315,27 @@ impl Backend for MmsgBackend {
     fn shutdown(&mut self) {
         // Synchronous syscalls only: nothing of ours is referenced by the kernel.
         let _ = self.poll.registry().deregister(&mut self.watched);
+        let _ = self.watch_readable(None);
+    }
+
+    fn watch_readable(&mut self, fd: Option<RawFd>) -> Result<(), IoError> {
+        if let Some(old) = self.aux.take() {
+            // Fails harmlessly (ENOENT/EBADF) when the fd was closed already: closing its
+            // last reference removed it from the epoll set.
+            let _ = self.poll.registry().deregister(&mut SourceFd(&old));
+        }
+        if let Some(fd) = fd {
+            // Edge-triggered (mio): registering an fd that is readable already reports it.
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), AUX, Interest::READABLE)
+                .map_err(|e| IoError::os("epoll_ctl(ADD, slow path)", e))?;
+            self.aux = Some(fd);
+        }
+        Ok(())
+    }
+
+    fn take_readable(&mut self) -> bool {
+        mem::take(&mut self.aux_ready)
     }
 }

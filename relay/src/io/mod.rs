@@ -23,6 +23,7 @@ mod sys;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -242,6 +243,16 @@ pub trait Backend {
     /// reads only inside `drain` (mmsg). A backend with receives in flight in the kernel
     /// (io_uring multishot) should cancel them here and stash what completes.
     fn stop_receiving(&mut self) {}
+    /// Also wake [`wait`](Backend::wait) when `fd` becomes readable (the slow-path
+    /// connection to control), replacing any fd watched before; `None` stops watching. The
+    /// caller keeps `fd` open while it is watched and calls this again (with the new fd or
+    /// `None`) when it closes or replaces it. io_uring: a multishot `IORING_OP_POLL_ADD` in
+    /// the same ring, so readiness arrives as a CQE with no syscall of its own; mmsg: the fd
+    /// joins the epoll set.
+    fn watch_readable(&mut self, fd: Option<RawFd>) -> Result<(), IoError>;
+    /// True once after the watched fd became readable (the flag is cleared). Edge-style: the
+    /// caller reads until `WouldBlock`; every later arrival raises the flag again.
+    fn take_readable(&mut self) -> bool;
 }
 
 /// Settings a backend needs.

@@ -225,6 +225,9 @@ pub struct SlowPathClient {
     iov: Box<[libc::iovec]>,
     hdr: Box<[libc::mmsghdr]>,
     inbuf: Box<[u8]>,
+    /// Control's replies may be waiting: set on connect, by [`set_readable`](Self::set_readable)
+    /// and by the polling [`pump`](Self::pump); cleared when a read finds the socket empty.
+    down_ready: bool,
     counters: SlowPathCounters,
 }
 
@@ -253,6 +256,7 @@ impl SlowPathClient {
             // SAFETY: as above.
             hdr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
             inbuf: vec![0u8; MAX_MESSAGE + 1].into_boxed_slice(),
+            down_ready: false,
             counters: SlowPathCounters::default(),
         })
     }
@@ -270,6 +274,32 @@ impl SlowPathClient {
     /// The connection's fd (to wait for replies), if connected.
     pub fn raw_fd(&self) -> Option<RawFd> {
         self.sock.as_ref().map(|s| s.as_raw_fd())
+    }
+
+    /// The current connection as `(id, fd)`: `id` changes with every new connection (it is
+    /// the `connects` counter), so a caller watching `fd` for readability knows when to watch
+    /// a new one even if the kernel reused the fd number. `None` while disconnected.
+    pub fn connection(&self) -> Option<(u64, RawFd)> {
+        self.raw_fd().map(|fd| (self.counters.connects, fd))
+    }
+
+    /// When the next connection attempt is due, while disconnected (an event loop should not
+    /// sleep past it).
+    pub fn next_connect(&self) -> Option<Instant> {
+        self.sock.is_none().then_some(self.next_attempt)
+    }
+
+    /// The connection became readable (an event loop saw it): the next
+    /// [`pump_ready`](Self::pump_ready) reads control's replies.
+    pub fn set_readable(&mut self) {
+        self.down_ready = true;
+    }
+
+    /// True when replies may still be waiting without a new readiness event (a read stopped
+    /// at its per-turn limit, or a fresh connection not read yet): the caller should turn
+    /// again without blocking.
+    pub fn read_pending(&self) -> bool {
+        self.down_ready && self.sock.is_some()
     }
 
     fn try_connect(&mut self, now: Instant) {
@@ -298,6 +328,8 @@ impl SlowPathClient {
                 self.sock = Some(s);
                 self.backoff = BACKOFF_MIN;
                 self.counters.connects += 1;
+                // Replies may arrive before the caller watches the new fd.
+                self.down_ready = true;
             }
             Err(e) => {
                 tracing::debug!(worker = self.worker, error = %e, "slow path connect");
@@ -315,12 +347,25 @@ impl SlowPathClient {
     }
 
     /// One turn: (re)connect if due, send the queued datagrams `up` (their `dst` is the peer
-    /// they came from) to control, forward control's replies to peers. Clears `up`.
+    /// they came from) to control, forward control's replies to peers. Clears `up`. Polls:
+    /// always tries to read replies (one `recv` that usually finds nothing); an event loop
+    /// that watches [`connection`](Self::connection) uses [`pump_ready`](Self::pump_ready).
     pub fn pump(&mut self, now: Instant, up: &mut TxQueue) {
+        self.down_ready = true;
+        self.pump_ready(now, up);
+    }
+
+    /// Like [`pump`](Self::pump), but reads control's replies only when they may be there:
+    /// after [`set_readable`](Self::set_readable), on a new connection, or when the previous
+    /// read stopped at its limit. Readiness is edge-style: once set, replies are read until
+    /// the socket is empty, so every arrival after that raises a new event.
+    pub fn pump_ready(&mut self, now: Instant, up: &mut TxQueue) {
         self.try_connect(now);
         self.send_up(now, up);
         up.clear();
-        self.forward_down(now);
+        if self.down_ready {
+            self.forward_down(now);
+        }
     }
 
     fn send_up(&mut self, now: Instant, up: &TxQueue) {
@@ -384,9 +429,12 @@ impl SlowPathClient {
         }
     }
 
+    /// Forward up to [`DOWN_PER_PUMP`] replies; `down_ready` stays set only when the limit
+    /// (not an empty socket) ended the read.
     fn forward_down(&mut self, now: Instant) {
         for _ in 0..DOWN_PER_PUMP {
             let Some(sock) = self.sock.as_ref() else {
+                self.down_ready = false;
                 return;
             };
             // SAFETY: `inbuf` is initialised memory; viewing it as MaybeUninit<u8> for the
@@ -430,7 +478,10 @@ impl SlowPathClient {
                         self.counters.down_dropped += 1;
                     }
                 },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.down_ready = false;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.disconnect(now, &e);

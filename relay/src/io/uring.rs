@@ -9,6 +9,16 @@
 //! flight, flush waits for send completions (receive completions seen meanwhile are stashed,
 //! in order, for the next drain). Shutdown cancels the receive and waits for all CQEs; if the
 //! kernel does not answer in time the buffers are leaked rather than freed under it.
+//!
+//! A second fd (the slow-path connection, [`Backend::watch_readable`]) is watched with a
+//! multishot `IORING_OP_POLL_ADD` in the same ring: its readiness is one more CQE reaped with
+//! the datagrams, so neither polling it nor waking for it costs a syscall. The poll's
+//! `user_data` carries a watch generation, so CQEs of a poll replaced or cancelled meanwhile
+//! are recognised and ignored. A poll references no memory of ours.
+//!
+//! [`Backend::stop_receiving`] (socket hand-over) cancels the multishot receive with
+//! `IORING_OP_ASYNC_CANCEL` and waits for its final CQE, stashing every receive completion
+//! posted before it, so after it returns this ring takes no more datagrams from the socket.
 
 use std::alloc::{self, Layout};
 use std::collections::VecDeque;
@@ -43,6 +53,7 @@ const TAG_SHIFT: u32 = 56;
 const TAG_RECV: u64 = 1 << TAG_SHIFT;
 const TAG_SEND: u64 = 2 << TAG_SHIFT;
 const TAG_CANCEL: u64 = 3 << TAG_SHIFT;
+const TAG_POLL: u64 = 4 << TAG_SHIFT;
 const TAG_MASK: u64 = 0xff << TAG_SHIFT;
 
 /// The provided-buffer ring: `entries` ring slots (page-aligned, shared with the kernel) and
@@ -142,6 +153,14 @@ pub struct UringBackend {
     filling: usize,
     gso: bool,
     quiesced: bool,
+    /// After [`Backend::stop_receiving`]: the receive is never re-armed.
+    recv_stopped: bool,
+    /// The fd watched for readability, its generation (in the poll's `user_data`), whether
+    /// the multishot poll is in the kernel, and whether it fired since `take_readable`.
+    watch_fd: Option<RawFd>,
+    watch_gen: u32,
+    poll_armed: bool,
+    watch_ready: bool,
     counters: IoCounters,
 }
 
@@ -217,6 +236,7 @@ impl UringBackend {
             (opcode::RecvMsgMulti::CODE, "RECVMSG"),
             (opcode::SendMsg::CODE, "SENDMSG"),
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+            (opcode::PollAdd::CODE, "POLL_ADD"),
         ] {
             if !probe.is_supported(op) {
                 return Err(IoError::UringRefused(format!(
@@ -265,6 +285,11 @@ impl UringBackend {
             filling: 0,
             gso: super::gso_supported(),
             quiesced: true,
+            recv_stopped: false,
+            watch_fd: None,
+            watch_gen: 0,
+            poll_armed: false,
+            watch_ready: false,
             counters: IoCounters::default(),
         })
     }
@@ -310,6 +335,66 @@ impl UringBackend {
         self.quiesced = false;
         self.counters.rx_rearms += 1;
         Ok(())
+    }
+
+    /// Arm the multishot poll on the watched fd (its SQE goes out with the next submit).
+    fn arm_poll(&mut self) -> Result<(), IoError> {
+        let Some(fd) = self.watch_fd else {
+            return Ok(());
+        };
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(TAG_POLL | self.watch_gen as u64);
+        // SAFETY: a poll SQE points at no memory of ours; the kernel holds its own reference
+        // to the file until the poll ends.
+        unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
+        self.poll_armed = true;
+        Ok(())
+    }
+
+    /// A poll completion: readiness of the watched fd, unless it belongs to a poll of an
+    /// earlier generation (replaced or cancelled).
+    fn on_poll(&mut self, ud: u64, res: i32, flags: u32) {
+        if (ud & 0xffff_ffff) as u32 != self.watch_gen || self.watch_fd.is_none() {
+            return;
+        }
+        if !cqueue::more(flags) {
+            self.poll_armed = false; // ended (error, overflow): re-armed by the next wait
+        }
+        if res >= 0 {
+            self.watch_ready = true;
+        } else if res != -libc::ECANCELED {
+            tracing::debug!(errno = -res, "io_uring poll on the slow-path fd");
+            // Read anyway: the read finds out what is wrong with the connection.
+            self.watch_ready = true;
+        }
+    }
+
+    /// Cancel the receive (if armed) and reap until its final CQE, stashing every receive
+    /// completion before it for the next drain. Bounded by `deadline`; returns false if the
+    /// kernel did not answer in time.
+    fn cancel_recv_and_reap(&mut self, deadline: Instant) -> bool {
+        if self.armed {
+            let e = opcode::AsyncCancel::new(TAG_RECV)
+                .build()
+                .user_data(TAG_CANCEL);
+            // SAFETY: a cancel SQE points at no memory of ours.
+            let _ = unsafe { Self::push(&mut self.ring, &mut self.counters, &e) };
+        }
+        // Completions already posted (and those the submit below flushes) are stashed.
+        self.reap_no_handler();
+        while self.armed {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let ts = Timespec::new().nsec(50_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            self.counters.syscalls += 1;
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap_no_handler();
+        }
+        true
     }
 
     /// Handle one receive completion; returns 1 when a datagram went to `f`.
@@ -449,6 +534,7 @@ impl UringBackend {
                         self.stash.push_back((res, flags));
                     }
                     TAG_SEND => self.on_send(ud, res),
+                    TAG_POLL => self.on_poll(ud, res, flags),
                     _ => {}
                 }
             }
@@ -505,8 +591,11 @@ impl Backend for UringBackend {
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
-        if !self.armed {
+        if !self.armed && !self.recv_stopped {
             self.arm_recv()?;
+        }
+        if !self.poll_armed && self.watch_fd.is_some() {
+            self.arm_poll()?;
         }
         let want = if self.stash.is_empty() { 1 } else { 0 };
         let ts = Timespec::new()
@@ -556,6 +645,7 @@ impl Backend for UringBackend {
                 match ud & TAG_MASK {
                     TAG_RECV => handed += self.on_recv(res, flags, &mut f),
                     TAG_SEND => self.on_send(ud, res),
+                    TAG_POLL => self.on_poll(ud, res, flags),
                     _ => {}
                 }
             }
@@ -581,6 +671,7 @@ impl Backend for UringBackend {
         if self.quiesced {
             return;
         }
+        let _ = self.watch_readable(None);
         if self.armed {
             let e = opcode::AsyncCancel::new(TAG_RECV)
                 .build()
@@ -612,6 +703,35 @@ impl Backend for UringBackend {
         if self.quiesced {
             let _ = self.ring.submitter().unregister_buf_ring(BGID);
         }
+    }
+
+    fn stop_receiving(&mut self) {
+        self.recv_stopped = true;
+        if !self.cancel_recv_and_reap(Instant::now() + Duration::from_secs(2)) {
+            tracing::warn!("io_uring: the receive was not cancelled within 2 s");
+        }
+    }
+
+    fn watch_readable(&mut self, fd: Option<RawFd>) -> Result<(), IoError> {
+        if self.poll_armed {
+            let e = opcode::AsyncCancel::new(TAG_POLL | self.watch_gen as u64)
+                .build()
+                .user_data(TAG_CANCEL);
+            // SAFETY: a cancel SQE points at no memory of ours.
+            unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
+            self.poll_armed = false;
+        }
+        // CQEs of the old poll still in flight carry the old generation and are ignored.
+        self.watch_gen = self.watch_gen.wrapping_add(1);
+        self.watch_fd = fd;
+        if fd.is_some() {
+            self.arm_poll()?;
+        }
+        Ok(())
+    }
+
+    fn take_readable(&mut self) -> bool {
+        mem::take(&mut self.watch_ready)
     }
 }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum Table {
     Sessions,
     Routes,
+    /// The relay workers' stream-state slots (per-stream SRTP rollover state).
+    Streams,
 }
 
 impl core::fmt::Display for Table {
@@ -14,6 +16,7 @@ impl core::fmt::Display for Table {
         f.write_str(match self {
             Table::Sessions => "session",
             Table::Routes => "route",
+            Table::Streams => "stream-state",
         })
     }
 }
@@ -36,6 +39,9 @@ pub enum SlotError {
     /// A payload-type or extension map claims more than [`super::MAX_MAPPINGS`] entries.
     #[error("mapping length {0} exceeds the maximum")]
     MapTooLong(u8),
+    /// A stream-state slot names a direction other than in (1) or out (2).
+    #[error("bad stream direction code {0}")]
+    BadDirection(u8),
     /// A route names session id 0 as publisher or subscriber.
     #[error("route endpoint is session id 0")]
     ZeroEndpoint,

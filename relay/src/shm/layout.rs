@@ -5,6 +5,8 @@
 //! sessions_offset = 4096        session slots, capacity.sessions × SESSION_SLOT_SIZE
 //! routes_offset  (page-aligned) route slots,   capacity.routes   × ROUTE_SLOT_SIZE
 //! counters_offset(page-aligned) counter blocks, capacity.workers × COUNTER_BLOCK_SIZE
+//! streams_offset (page-aligned) stream-state high-water marks, capacity.workers × u32
+//! stream_slots_offset (page-aligned) stream-state slots, capacity.workers × streams × STREAM_SLOT_SIZE
 //! file_size      (page-aligned)
 //! ```
 //! Every field is an atomic: the header is written by control (layout, generation), by the
@@ -21,7 +23,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SLUICESH");
 /// Bumped on any change to the header, the slot encoding or the counter block. Both processes
 /// must speak the same version; there is no in-place migration (see docs/SHM.md).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// Where control creates the file unless configured otherwise.
 pub const DEFAULT_PATH: &str = "/dev/shm/sluice";
 
@@ -33,17 +35,25 @@ pub(crate) const SESSION_WORDS: usize = 23;
 pub(crate) const ROUTE_WORDS: usize = 15;
 pub(crate) type SessionSlot = Slot<SESSION_WORDS>;
 pub(crate) type RouteSlot = Slot<ROUTE_WORDS>;
+/// Payload words of a stream-state slot (1 sequence word + 7 = 8 words = 64 bytes).
+pub(crate) const STREAM_WORDS: usize = 7;
+pub(crate) type StreamSlot = Slot<STREAM_WORDS>;
 
 pub(crate) const HEADER_SIZE: usize = core::mem::size_of::<Header>();
 pub(crate) const SESSION_SLOT_SIZE: usize = core::mem::size_of::<SessionSlot>();
 pub(crate) const ROUTE_SLOT_SIZE: usize = core::mem::size_of::<RouteSlot>();
 pub(crate) const COUNTER_BLOCK_SIZE: usize = core::mem::size_of::<WorkerCounters>();
+pub(crate) const STREAM_SLOT_SIZE: usize = core::mem::size_of::<StreamSlot>();
 
 /// Largest capacities a file may declare (keeps every offset far from overflow and the file
 /// under ~3 GiB).
 pub(crate) const MAX_SESSIONS: u32 = 1 << 22;
 pub(crate) const MAX_ROUTES: u32 = 1 << 24;
 pub(crate) const MAX_WORKERS: u32 = 1024;
+/// Largest number of stream-state slots per worker.
+pub const MAX_STREAMS_PER_WORKER: u32 = 1 << 16;
+/// Stream-state slots per worker when the creator does not choose (`shm.streams_per_worker`).
+pub const DEFAULT_STREAMS_PER_WORKER: u32 = 2048;
 
 /// Table sizes, chosen by control when it creates the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +107,14 @@ pub(crate) struct Header {
     pub file_size: AtomicU64,
     /// Pid of the control process that created or last adopted the file.
     pub writer_pid: AtomicU32,
-    _pad0: [AtomicU32; 13],
+    /// Size of one stream-state slot (ABI 3).
+    pub stream_slot_size: AtomicU32,
+    /// Stream-state slots per worker (ABI 3).
+    pub stream_capacity: AtomicU32,
+    _pad0a: AtomicU32,
+    /// Offset of the stream-state region (ABI 3).
+    pub streams_offset: AtomicU64,
+    _pad0: [AtomicU32; 8],
     // --- offset 128: written by control on every mutation ---
     /// Bumped (Release) after every slot write.
     pub generation: AtomicU64,
@@ -130,6 +147,9 @@ const _: () = {
     assert!(offset_of!(Header, counters_offset) == 56);
     assert!(offset_of!(Header, file_size) == 64);
     assert!(offset_of!(Header, writer_pid) == 72);
+    assert!(offset_of!(Header, stream_slot_size) == 76);
+    assert!(offset_of!(Header, stream_capacity) == 80);
+    assert!(offset_of!(Header, streams_offset) == 88);
     assert!(offset_of!(Header, generation) == 128);
     assert!(offset_of!(Header, generation_futex) == 136);
     assert!(offset_of!(Header, waiters) == 140);
@@ -140,6 +160,7 @@ const _: () = {
     assert!(core::mem::size_of::<Header>() == 4096);
     assert!(core::mem::size_of::<SessionSlot>() == 192);
     assert!(core::mem::size_of::<RouteSlot>() == 128);
+    assert!(core::mem::size_of::<StreamSlot>() == 64);
     assert!(core::mem::size_of::<WorkerCounters>() % 64 == 0);
 };
 
@@ -150,6 +171,11 @@ pub(crate) struct Layout {
     pub sessions_offset: u64,
     pub routes_offset: u64,
     pub counters_offset: u64,
+    /// Stream-state slots per worker.
+    pub streams: u32,
+    /// The per-worker stream-state high-water marks (u32 each), then, page-aligned, the slots.
+    pub streams_offset: u64,
+    pub stream_slots_offset: u64,
     pub file_size: u64,
 }
 
@@ -170,7 +196,12 @@ fn check_range(what: &'static str, value: u32, max: u32) -> Result<(), ShmError>
 
 impl Layout {
     pub(crate) fn for_capacity(capacity: Capacity) -> Result<Layout, ShmError> {
+        Layout::with_streams(capacity, DEFAULT_STREAMS_PER_WORKER)
+    }
+
+    pub(crate) fn with_streams(capacity: Capacity, streams: u32) -> Result<Layout, ShmError> {
         check_range("sessions", capacity.sessions, MAX_SESSIONS)?;
+        check_range("streams per worker", streams, MAX_STREAMS_PER_WORKER)?;
         check_range("routes", capacity.routes, MAX_ROUTES)?;
         check_range("workers", capacity.workers, MAX_WORKERS)?;
         // The bounds above keep every product below 2^32 × 192, far from u64 overflow.
@@ -179,13 +210,22 @@ impl Layout {
             page_up(sessions_offset + u64::from(capacity.sessions) * SESSION_SLOT_SIZE as u64);
         let counters_offset =
             page_up(routes_offset + u64::from(capacity.routes) * ROUTE_SLOT_SIZE as u64);
-        let file_size =
+        let streams_offset =
             page_up(counters_offset + u64::from(capacity.workers) * COUNTER_BLOCK_SIZE as u64);
+        let stream_slots_offset = page_up(streams_offset + u64::from(capacity.workers) * 4);
+        // ≤ 2^10 workers × 2^16 slots × 64 bytes = 4 GiB: no overflow in u64.
+        let file_size = page_up(
+            stream_slots_offset
+                + u64::from(capacity.workers) * u64::from(streams) * STREAM_SLOT_SIZE as u64,
+        );
         Ok(Layout {
             capacity,
             sessions_offset,
             routes_offset,
             counters_offset,
+            streams,
+            streams_offset,
+            stream_slots_offset,
             file_size,
         })
     }
@@ -203,9 +243,12 @@ mod tests {
         assert_eq!(l.counters_offset, l.routes_offset + 65_536 * 128);
         assert_eq!(l.counters_offset % PAGE, 0);
         assert_eq!(
-            l.file_size,
+            l.streams_offset,
             page_up(l.counters_offset + 64 * COUNTER_BLOCK_SIZE as u64)
         );
+        assert_eq!(l.streams, DEFAULT_STREAMS_PER_WORKER);
+        assert_eq!(l.stream_slots_offset, l.streams_offset + 4096);
+        assert_eq!(l.file_size, l.stream_slots_offset + 64 * 2048 * 64);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use super::counters::WorkerCounters;
 use super::error::ShmError;
 use super::layout::{
-    Capacity, Header, Layout, RouteSlot, SessionSlot, ABI_VERSION, COUNTER_BLOCK_SIZE, HEADER_SIZE,
-    MAGIC, ROUTE_SLOT_SIZE, SESSION_SLOT_SIZE,
+    Capacity, Header, Layout, RouteSlot, SessionSlot, StreamSlot, ABI_VERSION, COUNTER_BLOCK_SIZE,
+    HEADER_SIZE, MAGIC, ROUTE_SLOT_SIZE, SESSION_SLOT_SIZE, STREAM_SLOT_SIZE,
 };
 use core::sync::atomic::{AtomicU32, Ordering};
 use memmap2::{MmapOptions, MmapRaw};
@@ -63,8 +63,8 @@ fn mode_ok(path: &Path, file: &File, exact: bool) -> Result<(), ShmError> {
 impl Mapping {
     /// Create a new file (fails if it exists), mode 0600, sized and initialised for `cap`,
     /// exclusively locked for the calling writer. The magic is stored last.
-    pub(crate) fn create(path: &Path, cap: Capacity) -> Result<Mapping, ShmError> {
-        let layout = Layout::for_capacity(cap)?;
+    pub(crate) fn create(path: &Path, cap: Capacity, streams: u32) -> Result<Mapping, ShmError> {
+        let layout = Layout::with_streams(cap, streams)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -109,6 +109,9 @@ impl Mapping {
         h.session_slot_size.store(SESSION_SLOT_SIZE as u32, r);
         h.route_slot_size.store(ROUTE_SLOT_SIZE as u32, r);
         h.counter_block_size.store(COUNTER_BLOCK_SIZE as u32, r);
+        h.stream_slot_size.store(STREAM_SLOT_SIZE as u32, r);
+        h.stream_capacity.store(l.streams, r);
+        h.streams_offset.store(l.streams_offset, r);
         h.session_capacity.store(l.capacity.sessions, r);
         h.route_capacity.store(l.capacity.routes, r);
         h.worker_capacity.store(l.capacity.workers, r);
@@ -194,6 +197,11 @@ impl Mapping {
                 h.counter_block_size.load(r),
                 COUNTER_BLOCK_SIZE,
             ),
+            (
+                "stream slot size",
+                h.stream_slot_size.load(r),
+                STREAM_SLOT_SIZE,
+            ),
         ];
         for (field, file, ours) in sizes {
             if file as usize != ours {
@@ -204,11 +212,14 @@ impl Mapping {
                 });
             }
         }
-        let layout = Layout::for_capacity(Capacity {
-            sessions: h.session_capacity.load(r),
-            routes: h.route_capacity.load(r),
-            workers: h.worker_capacity.load(r),
-        })?;
+        let layout = Layout::with_streams(
+            Capacity {
+                sessions: h.session_capacity.load(r),
+                routes: h.route_capacity.load(r),
+                workers: h.worker_capacity.load(r),
+            },
+            h.stream_capacity.load(r),
+        )?;
         let offsets = [
             (
                 "sessions offset",
@@ -224,6 +235,11 @@ impl Mapping {
                 "counters offset",
                 h.counters_offset.load(r),
                 layout.counters_offset,
+            ),
+            (
+                "streams offset",
+                h.streams_offset.load(r),
+                layout.streams_offset,
             ),
             ("file size", h.file_size.load(r), layout.file_size),
         ];
@@ -253,6 +269,11 @@ impl Mapping {
 
     pub(crate) fn capacity(&self) -> Capacity {
         self.layout.capacity
+    }
+
+    /// Stream-state slots per worker.
+    pub(crate) fn streams_per_worker(&self) -> u32 {
+        self.layout.streams
     }
 
     pub(crate) fn header(&self) -> &Header {
@@ -300,6 +321,36 @@ impl Mapping {
         // starts on a page and blocks are 64-byte multiples, matching WorkerCounters' alignment;
         // all fields are atomics; the reference borrows `self`, which owns the mapping.
         Some(unsafe { &*(self.raw.as_ptr().add(off) as *const WorkerCounters) })
+    }
+}
+
+impl Mapping {
+    /// Stream-state slot `i` of worker `w`, or `None` past either capacity.
+    pub(crate) fn stream_slot(&self, w: u32, i: u32) -> Option<&StreamSlot> {
+        if w >= self.layout.capacity.workers || i >= self.layout.streams {
+            return None;
+        }
+        let n = u64::from(w) * u64::from(self.layout.streams) + u64::from(i);
+        let off = self.layout.stream_slots_offset as usize + n as usize * STREAM_SLOT_SIZE;
+        // SAFETY: `w` and `i` are below the validated capacities and the validated file covers
+        // `streams_offset + workers × streams × STREAM_SLOT_SIZE`; the region starts on a page
+        // and slots are 64 bytes, matching StreamSlot's alignment; atomics only; the reference
+        // borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const StreamSlot) })
+    }
+
+    /// Worker `w`'s stream-state high-water mark (one past its highest slot ever used), or
+    /// `None` past the worker capacity.
+    pub(crate) fn stream_high_water(&self, w: u32) -> Option<&AtomicU32> {
+        if w >= self.layout.capacity.workers {
+            return None;
+        }
+        let off = self.layout.streams_offset as usize + w as usize * 4;
+        // SAFETY: `w < workers capacity` and the validated file covers the high-water array
+        // (`workers × 4` bytes from the page-aligned `streams_offset`), so the pointer is in
+        // bounds and 4-byte aligned; AtomicU32 may be shared across threads and processes;
+        // the reference borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const AtomicU32) })
     }
 }
 

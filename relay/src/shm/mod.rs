@@ -1,6 +1,7 @@
 //! The control ↔ relay shared-memory contract (design.md "Shared memory").
 //!
-//! Owns: the file layout (header, session table, route table, per-worker counter blocks),
+//! Owns: the file layout (header, session table, route table, per-worker counter blocks,
+//! per-worker stream-state regions),
 //! the single writer (control, [`ShmWriter`]) and the lock-free readers (relay workers,
 //! sluicectl, metrics: [`ShmReader`]). `unsafe` is allowed here and only here besides
 //! [`crate::io`]; every block has a `// SAFETY:` note.
@@ -21,14 +22,18 @@ mod layout;
 mod map;
 mod reader;
 mod seqlock;
+mod streams;
 mod writer;
 
 pub use counters::{
     batch_bucket, time_bucket, CounterSnapshot, WorkerCounters, BATCH_BUCKETS, TIME_BUCKETS,
 };
 pub use error::{ShmError, SlotError, Table};
-pub use layout::{Capacity, ABI_VERSION, DEFAULT_PATH, MAGIC};
+pub use layout::{
+    Capacity, ABI_VERSION, DEFAULT_PATH, DEFAULT_STREAMS_PER_WORKER, MAGIC, MAX_STREAMS_PER_WORKER,
+};
 pub use reader::{RelayInfo, ScanReport, ShmReader, BACKEND_NAME_LEN};
+pub use streams::{StreamDir, StreamRecord};
 pub use writer::{AdoptReport, ShmWriter};
 
 use crate::srtp::MasterKey;

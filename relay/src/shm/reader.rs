@@ -4,9 +4,10 @@
 use super::codec::{decode_route, decode_session};
 use super::counters::{CounterSnapshot, WorkerCounters};
 use super::error::{ShmError, SlotError, Table};
-use super::layout::{Capacity, RELAY_INFO_WORDS};
+use super::layout::{Capacity, RELAY_INFO_WORDS, STREAM_WORDS};
 use super::map::{futex_wait, Mapping};
 use super::seqlock::{Read, Slot};
+use super::streams::{decode_stream, encode_stream, StreamRecord};
 use super::{RouteRecord, SessionRecord};
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::path::Path;
@@ -175,7 +176,7 @@ impl ShmReader {
         high_water: u32,
         slot: impl Fn(u32) -> Option<&'m Slot<N>>,
         decode: impl Fn(&[u64; N]) -> Result<R, SlotError>,
-        mut f: impl FnMut(&R),
+        mut f: impl FnMut(u32, &R),
     ) -> ScanReport {
         let mut rep = ScanReport::default();
         for i in 0..high_water {
@@ -184,7 +185,7 @@ impl ShmReader {
                 Ok(None) => {}
                 Ok(Some(r)) => {
                     rep.records += 1;
-                    f(&r);
+                    f(i, &r);
                 }
                 Err(ShmError::Slot { error, .. }) => {
                     if error == SlotError::Busy {
@@ -205,27 +206,111 @@ impl ShmReader {
     /// Call `f` with every session, without allocating (a worker's index rebuild). Slots that
     /// do not decode are skipped and reported; the rest of the table is still delivered.
     /// Read [`ShmReader::generation`] *before* scanning and index under that generation.
-    pub fn for_each_session(&self, f: impl FnMut(&SessionRecord)) -> ScanReport {
+    pub fn for_each_session(&self, mut f: impl FnMut(&SessionRecord)) -> ScanReport {
         let hw = self.map.header().session_high_water.load(Ordering::Acquire);
         self.scan(
             Table::Sessions,
             hw,
             |i| self.map.session_slot(i),
             decode_session,
-            f,
+            |_, r| f(r),
         )
     }
 
     /// Call `f` with every route, without allocating; like [`ShmReader::for_each_session`].
-    pub fn for_each_route(&self, f: impl FnMut(&RouteRecord)) -> ScanReport {
+    pub fn for_each_route(&self, mut f: impl FnMut(&RouteRecord)) -> ScanReport {
         let hw = self.map.header().route_high_water.load(Ordering::Acquire);
         self.scan(
             Table::Routes,
             hw,
             |i| self.map.route_slot(i),
             decode_route,
-            f,
+            |_, r| f(r),
         )
+    }
+
+    /// Stream-state slots per worker (each worker has its own region of this many slots).
+    pub fn streams_per_worker(&self) -> u32 {
+        self.map.streams_per_worker()
+    }
+
+    /// Stream-state slot `i` of worker `worker`: `None` if free, an error if it does not decode,
+    /// stays locked or is out of range. One consistent read, no allocation.
+    pub fn stream_slot(&self, worker: u32, i: u32) -> Result<Option<StreamRecord>, ShmError> {
+        let slot = self
+            .map
+            .stream_slot(worker, i)
+            .ok_or(ShmError::IndexOutOfRange {
+                table: Table::Streams,
+                index: i,
+                capacity: self.streams_per_worker(),
+            })?;
+        let mut retries = 0;
+        let r = self.read_slot(Table::Streams, i, slot, decode_stream, &mut retries);
+        self.note_retries(retries);
+        r
+    }
+
+    /// Call `f(worker, slot, record)` for every stream-state entry of every worker region
+    /// (a relay worker's rebuild: it seeds SRTP contexts from all of them). No allocation;
+    /// slots that do not decode or stay locked are skipped and reported.
+    pub fn for_each_stream(&self, mut f: impl FnMut(u32, u32, &StreamRecord)) -> ScanReport {
+        let mut total = ScanReport::default();
+        for w in 0..self.capacity().workers {
+            // Only `0..high_water`: untouched slots stay unmapped pages of the tmpfs file.
+            let hw = self.stream_high_water(w).min(self.streams_per_worker());
+            let rep = self.scan(
+                Table::Streams,
+                hw,
+                |i| self.map.stream_slot(w, i),
+                decode_stream,
+                |i, r: &StreamRecord| f(w, i, r),
+            );
+            total.records += rep.records;
+            total.invalid += rep.invalid;
+            total.busy += rep.busy;
+            total.retries += rep.retries;
+            if total.first_error.is_none() {
+                total.first_error = rep.first_error;
+            }
+        }
+        total
+    }
+
+    /// Write stream-state slot `i` of worker `worker`. **Only worker `worker` may call this**
+    /// (single writer per region, like the counter blocks); false when out of range.
+    pub fn put_stream(&self, worker: u32, i: u32, rec: &StreamRecord) -> bool {
+        match self.map.stream_slot(worker, i) {
+            Some(s) => {
+                if let Some(hw) = self.map.stream_high_water(worker) {
+                    // Raised before the slot write (Release), like the tables' marks.
+                    if hw.load(Ordering::Relaxed) <= i {
+                        hw.store(i + 1, Ordering::Release);
+                    }
+                }
+                s.write(&encode_stream(rec));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One past the highest stream-state slot worker `worker` ever used (0 past the capacity).
+    pub fn stream_high_water(&self, worker: u32) -> u32 {
+        self.map
+            .stream_high_water(worker)
+            .map_or(0, |h| h.load(Ordering::Acquire))
+    }
+
+    /// Free stream-state slot `i` of worker `worker` (same single-writer rule).
+    pub fn clear_stream(&self, worker: u32, i: u32) -> bool {
+        match self.map.stream_slot(worker, i) {
+            Some(s) => {
+                s.write(&[0; STREAM_WORDS]);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Worker `w`'s counter block (`w < capacity().workers`). Only worker `w` may write it.

@@ -3,7 +3,7 @@
 
 use super::codec::{decode_route, decode_session, encode_route, encode_session, validate_route};
 use super::error::{ShmError, Table};
-use super::layout::{Capacity, ROUTE_WORDS, SESSION_WORDS};
+use super::layout::{Capacity, DEFAULT_STREAMS_PER_WORKER, ROUTE_WORDS, SESSION_WORDS};
 use super::map::{futex_wake, Mapping};
 use super::seqlock::{Read, Slot};
 use super::{RouteId, RouteRecord, SessionId, SessionRecord};
@@ -40,7 +40,17 @@ impl ShmWriter {
     /// Create a new file at `path` with `capacity`. Fails with [`ShmError::Exists`] if the
     /// file exists (use [`ShmWriter::open_existing`] to adopt it).
     pub fn create(path: impl AsRef<Path>, capacity: Capacity) -> Result<ShmWriter, ShmError> {
-        let map = Mapping::create(path.as_ref(), capacity)?;
+        ShmWriter::create_with_streams(path, capacity, DEFAULT_STREAMS_PER_WORKER)
+    }
+
+    /// [`ShmWriter::create`] with `streams` stream-state slots per worker (the relay's
+    /// per-stream SRTP state, `shm.streams_per_worker`; docs/SHM.md "Stream-state slot").
+    pub fn create_with_streams(
+        path: impl AsRef<Path>,
+        capacity: Capacity,
+        streams: u32,
+    ) -> Result<ShmWriter, ShmError> {
+        let map = Mapping::create(path.as_ref(), capacity, streams)?;
         Ok(ShmWriter {
             free_sessions: (0..capacity.sessions).rev().collect(),
             free_routes: (0..capacity.routes).rev().collect(),
@@ -88,11 +98,21 @@ impl ShmWriter {
         path: impl AsRef<Path>,
         capacity: Capacity,
     ) -> Result<(ShmWriter, bool), ShmError> {
+        ShmWriter::open_or_create_with_streams(path, capacity, DEFAULT_STREAMS_PER_WORKER)
+    }
+
+    /// [`ShmWriter::open_or_create`] with `streams` stream-state slots per worker when it
+    /// creates the file (an adopted file keeps its own).
+    pub fn open_or_create_with_streams(
+        path: impl AsRef<Path>,
+        capacity: Capacity,
+        streams: u32,
+    ) -> Result<(ShmWriter, bool), ShmError> {
         let path = path.as_ref();
         match ShmWriter::open_existing(path) {
             Ok(w) => Ok((w, true)),
             Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                match ShmWriter::create(path, capacity) {
+                match ShmWriter::create_with_streams(path, capacity, streams) {
                     Ok(w) => Ok((w, false)),
                     // Someone created it between our two calls: adopt theirs.
                     Err(ShmError::Exists { .. }) => Ok((ShmWriter::open_existing(path)?, true)),
@@ -240,6 +260,11 @@ impl ShmWriter {
     /// The file's capacity (for an adopted file, the one it was created with).
     pub fn capacity(&self) -> Capacity {
         self.map.capacity()
+    }
+
+    /// Stream-state slots per worker in this file.
+    pub fn streams_per_worker(&self) -> u32 {
+        self.map.streams_per_worker()
     }
 
     /// The current generation.

@@ -13,7 +13,9 @@
 //! 3. `drain` up to `batch` datagrams into `handler.on_datagram(src, buf, len, tx, slow)`;
 //! 4. `handler.end_batch(tx, slow)`; `flush` the transmit queue;
 //! 5. pass `slow` (datagrams for control, `dst` = the peer they came from) to the slow-path
-//!    client, which also forwards control's replies;
+//!    client, which also forwards control's replies — read only when the backend reported the
+//!    connection readable (it watches the fd, [`Backend::watch_readable`]), so an idle turn
+//!    makes no slow-path syscall and a reply wakes the worker at once;
 //! 6. log and count the turn if it took longer than `stall_threshold`; publish counters.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -102,8 +104,8 @@ pub struct WorkerConfig {
     pub socket_buffers: SocketBuffers,
     /// A loop turn longer than this is logged and counted.
     pub stall_threshold: Duration,
-    /// Longest wait for datagrams; bounds how late a stop request or a slow-path reply is
-    /// seen (≤ 100 ms).
+    /// Longest wait for datagrams; bounds how late a stop request is seen (at most
+    /// [`MAX_POLL_INTERVAL`]). Slow-path replies and reconnect attempts do not wait for it.
     pub poll_interval: Duration,
     /// Pin worker `i` to allowed CPU `i mod n`.
     pub pin: bool,
@@ -128,6 +130,9 @@ impl Default for WorkerConfig {
         }
     }
 }
+
+/// Upper bound of [`WorkerConfig::poll_interval`].
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Errors starting or running workers.
 #[derive(Debug, thiserror::Error)]
@@ -620,12 +625,22 @@ fn run_loop<B: Backend, H: Handler>(
     let mut slow_dropped_local = 0u64;
     let mut turns = 0u64;
     let mut stalls = 0u64;
-    let wait = cfg.poll_interval.min(Duration::from_millis(100));
+    let wait = cfg.poll_interval.min(MAX_POLL_INTERVAL);
+    // The slow-path connection the backend watches (its id, see SlowPathClient::connection).
+    let mut watched: Option<u64> = None;
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        if let Err(e) = b.wait(wait) {
+        let timeout = match slow.as_ref() {
+            Some(c) if c.read_pending() => Duration::ZERO,
+            Some(c) => match c.next_connect() {
+                Some(at) => at.saturating_duration_since(Instant::now()).min(wait),
+                None => wait,
+            },
+            None => wait,
+        };
+        if let Err(e) = b.wait(timeout) {
             break Err(e);
         }
         let now = Instant::now();
@@ -638,7 +653,21 @@ fn run_loop<B: Backend, H: Handler>(
             break Err(e);
         }
         match slow.as_mut() {
-            Some(c) => c.pump(now, &mut slow_q),
+            Some(c) => {
+                if b.take_readable() {
+                    c.set_readable();
+                }
+                c.pump_ready(now, &mut slow_q);
+                let conn = c.connection();
+                if conn.map(|(id, _)| id) != watched {
+                    // A new connection, or none: watch its fd instead of the old one (closed
+                    // by now; the backend copes with that).
+                    if let Err(e) = b.watch_readable(conn.map(|(_, fd)| fd)) {
+                        break Err(e);
+                    }
+                    watched = conn.map(|(id, _)| id);
+                }
+            }
             None => {
                 slow_dropped_local += slow_q.len() as u64;
                 slow_q.clear();
@@ -665,7 +694,10 @@ fn run_loop<B: Backend, H: Handler>(
         );
     };
     if result.is_ok() && flags.handover.load(Ordering::Acquire) {
-        finish_for_handover(id, b, h, &mut slow_q, cfg.batch);
+        // Enough passes to hand over everything an io_uring backend can hold (one datagram per
+        // provided buffer), plus a margin.
+        let passes = cfg.recv_buffers.clamp(2, 32768).next_power_of_two() / cfg.batch + 16;
+        finish_for_handover(id, b, h, &mut slow_q, cfg.batch, passes);
     }
     b.shutdown();
     publish(
@@ -698,14 +730,16 @@ fn finish_for_handover<B: Backend, H: Handler>(
     h: &mut H,
     slow_q: &mut TxQueue,
     batch: usize,
+    passes: usize,
 ) {
     b.stop_receiving();
     let now = Instant::now();
     h.begin_batch(now);
     let mut handed = 0;
     // Bounded: a backend that still receives (mmsg reads inside drain) must not keep this
-    // worker alive under load; what it leaves in the socket goes to the new process.
-    for _ in 0..16 {
+    // worker alive under load; what it leaves in the socket goes to the new process. After
+    // `stop_receiving` io_uring only hands over what it holds, so it ends with n == 0.
+    for _ in 0..passes {
         let n = b.drain(batch, |src, buf, len, tx| {
             h.on_datagram(src, buf, len, tx, slow_q)
         });

@@ -1,4 +1,5 @@
-//! A tiny blocking HTTP/1.1 client for the loopback admin API.
+//! A tiny blocking HTTP/1.1 client for control's loopback admin API, shared by `sluicectl` and
+//! `sluice-bench` (which find the API through [`crate::config::RuntimeInfo`]).
 //!
 //! Owns: one request per connection (`Connection: close`) over TCP (`http://HOST:PORT`) or a
 //! unix socket (`unix:/path/to.sock`), `Content-Length` and chunked response bodies
@@ -137,7 +138,7 @@ fn exchange(
     body: Option<&[u8]>,
 ) -> Result<Response, HttpError> {
     let mut head = format!(
-        "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: sluicectl/{}\r\n",
+        "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: sluice/{}\r\n",
         base.prefix,
         base.authority,
         env!("CARGO_PKG_VERSION")

@@ -1,0 +1,181 @@
+//! Garbage traffic beside a measurement (`sluice-bench run --garbage-rate PPS`): one thread
+//! sends datagrams the relay must refuse, at a paced rate, to the relay's media address,
+//! while the normal run measures legitimate throughput (docs/SECURITY.md "Garbage under
+//! load").
+//!
+//! The mix, in rotation, from [`SOURCES`] sockets (distinct source ports on the bench's bind
+//! address): SRTP-looking RTP from unknown sources (dropped as `UnknownSource`), bytes outside
+//! every RFC 7983 range (`Demux`), STUN Binding requests with a bogus MESSAGE-INTEGRITY and
+//! DTLS ClientHello-shaped records (both go up the slow path, where control's per-source
+//! limit drops them). Owns only its sockets and thread; no session is created.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Sockets garbage is sent from.
+pub const SOURCES: usize = 16;
+
+/// What the garbage thread did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GarbageStats {
+    pub sent: u64,
+    pub send_errors: u64,
+    pub elapsed: Duration,
+}
+
+impl GarbageStats {
+    pub fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.sent as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A running garbage sender; [`stop`](Self::stop) ends it.
+pub struct Garbage {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<GarbageStats>,
+}
+
+/// Datagram `n` of the rotation (deterministic, cheap to build).
+pub fn datagram(n: u64, out: &mut [u8; 200]) -> usize {
+    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (x >> ((i % 8) * 8)) as u8 ^ i as u8;
+    }
+    match n % 4 {
+        0 => {
+            // RTP version 2, random SSRC and "tag": an unknown source's media.
+            out[0] = 0x80;
+            out[1] = 96;
+            200
+        }
+        1 => {
+            // First byte 64..=127: no RFC 7983 range.
+            out[0] = 64 + (x as u8 & 63);
+            120
+        }
+        2 => {
+            // STUN Binding request (RFC 8489 §5) with a USERNAME and a MESSAGE-INTEGRITY
+            // that no password verifies.
+            let body: [u8; 40] = {
+                let mut b = [0u8; 40];
+                b[..4].copy_from_slice(&[0x00, 0x06, 0x00, 0x09]);
+                b[4..13].copy_from_slice(b"SluI:BrWs");
+                b[16..20].copy_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+                b
+            };
+            out[..4].copy_from_slice(&[0x00, 0x01, 0x00, body.len() as u8]);
+            out[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+            out[20..60].copy_from_slice(&body);
+            60
+        }
+        _ => {
+            // DTLS 1.2 handshake record, ClientHello (RFC 6347 §4.1, §4.2.2).
+            out[..3].copy_from_slice(&[22, 0xFE, 0xFD]);
+            out[11..14].copy_from_slice(&[0, 100, 1]);
+            113
+        }
+    }
+}
+
+impl Garbage {
+    /// Start sending to `dst` at `pps` datagrams per second from sockets on `bind_ip`.
+    pub fn start(dst: SocketAddr, bind_ip: IpAddr, pps: f64) -> io::Result<Garbage> {
+        if !(pps.is_finite() && pps > 0.0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--garbage-rate must be positive",
+            ));
+        }
+        let socks = (0..SOURCES)
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("garbage".into())
+            .spawn(move || run(&socks, dst, pps, &flag))?;
+        Ok(Garbage { stop, thread })
+    }
+
+    pub fn stop(self) -> GarbageStats {
+        self.stop.store(true, Ordering::Relaxed);
+        // The thread only sends and sleeps; a panic there is a bug worth surfacing.
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn run(socks: &[UdpSocket], dst: SocketAddr, pps: f64, stop: &AtomicBool) -> GarbageStats {
+    let start = Instant::now();
+    let mut st = GarbageStats::default();
+    let mut buf = [0u8; 200];
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // Paced: catch up to where the rate says we should be, then sleep a millisecond.
+        let due = (start.elapsed().as_secs_f64() * pps) as u64;
+        while n < due && !stop.load(Ordering::Relaxed) {
+            let len = datagram(n, &mut buf);
+            match socks[n as usize % socks.len()].send_to(&buf[..len], dst) {
+                Ok(_) => st.sent += 1,
+                Err(_) => st.send_errors += 1,
+            }
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    st.elapsed = start.elapsed();
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay::wire::{classify, Kind};
+
+    #[test]
+    fn rotation_covers_each_kind() {
+        let mut buf = [0u8; 200];
+        let kinds: Vec<Kind> = (0..4)
+            .map(|n| {
+                let len = datagram(n, &mut buf);
+                classify(&buf[..len])
+            })
+            .collect();
+        assert_eq!(kinds[0], Kind::Rtp);
+        assert!(!matches!(
+            kinds[1],
+            Kind::Rtp | Kind::Rtcp | Kind::Stun | Kind::Dtls
+        ));
+        assert_eq!(kinds[2], Kind::Stun);
+        assert_eq!(kinds[3], Kind::Dtls);
+        let len = datagram(2, &mut buf);
+        let m = relay::wire::stun::StunMessage::parse(&buf[..len]).expect("STUN parses");
+        assert!(m.verify_integrity(b"anything").is_err());
+    }
+
+    #[test]
+    fn paced_and_stoppable() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let g = Garbage::start(
+            rx.local_addr().expect("addr"),
+            "127.0.0.1".parse().expect("ip"),
+            2000.0,
+        )
+        .expect("start");
+        std::thread::sleep(Duration::from_millis(300));
+        let s = g.stop();
+        assert!(s.sent > 200 && s.sent < 2000, "{s:?}");
+    }
+}

@@ -1,0 +1,283 @@
+//! Stream state across restarts, with real SRTP (AES_CM_128_HMAC_SHA1_80) and a real shm file:
+//! a stream wraps its sequence number, the engine is dropped (a relay killed) and a new one is
+//! built from the same file (on another worker index, as SO_REUSEPORT may decide after a
+//! restart). The publisher's next packets must authenticate, and both subscribers (one keeps
+//! the publisher's numbering, one gets a rewritten SSRC) must decrypt everything with no
+//! output index used twice (RFC 3711 §9.1).
+
+use super::*;
+use crate::batch::{TxQueue, MAX_DATAGRAM};
+use crate::shm::{Capacity, DropReason, Rewrite, Role, ShmWriter, StreamDir};
+use crate::srtp::{Context, MasterKey, Profile};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+const PUB_SSRC: u32 = 0x1111_2222;
+const OUT_SSRC: u32 = 0x5555;
+
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn key(n: u8) -> MasterKey {
+    MasterKey::new(Profile::Aes128CmSha1_80, &[n; 30]).unwrap()
+}
+
+fn peer(id: u64) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 1000 + id as u16))
+}
+
+fn session(id: u64, role: Role) -> SessionRecord {
+    SessionRecord {
+        id,
+        peer: peer(id),
+        role,
+        rx_key: key(id as u8),
+        tx_key: key(id as u8 + 100),
+        key_epoch: 1,
+        flags: 0,
+        max_pps: 0,
+    }
+}
+
+struct Receiver {
+    ctx: Context,
+    /// (SSRC, packet index) of everything decrypted.
+    seen: HashSet<(u32, u64)>,
+    max_before: u64,
+}
+
+impl Receiver {
+    fn take(&mut self, d: &[u8]) -> (u32, u16) {
+        let mut b = d.to_vec();
+        let l = b.len();
+        let n = self
+            .ctx
+            .unprotect_rtp(&mut b, l)
+            .expect("subscriber decrypts");
+        assert!(n >= 12);
+        let seq = u16::from_be_bytes([b[2], b[3]]);
+        let ssrc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+        let index = (u64::from(self.ctx.roc(ssrc).unwrap()) << 16) | u64::from(seq);
+        assert!(
+            self.seen.insert((ssrc, index)),
+            "index {index:#x} of {ssrc:#x} used twice"
+        );
+        (ssrc, seq)
+    }
+}
+
+struct World {
+    sender: Context,
+    subs: [Receiver; 2],
+    tx: TxQueue,
+    slow: TxQueue,
+    now: Instant,
+}
+
+impl World {
+    /// One packet through `engine`; returns what each subscriber got.
+    fn send(&mut self, engine: &mut Engine, seq: u16) -> usize {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        p.extend_from_slice(&PUB_SSRC.to_be_bytes());
+        p.extend_from_slice(&[seq as u8; 100]);
+        buf[..p.len()].copy_from_slice(&p);
+        let n = self.sender.protect_rtp(&mut buf, p.len()).unwrap();
+        self.tx.clear();
+        engine.begin_batch(self.now);
+        engine.on_datagram(peer(1), &mut buf, n, &mut self.tx, &mut self.slow);
+        engine.end_batch_at(None);
+        let mut got = 0;
+        for i in 0..self.tx.len() {
+            let dst = self.tx.metas()[i].dst;
+            let r = if dst == peer(2) { 0 } else { 1 };
+            let d = self.tx.datagram(i).to_vec();
+            self.subs[r].take(&d);
+            got += 1;
+        }
+        got
+    }
+}
+
+#[test]
+fn restart_after_a_wrap_continues_every_stream() {
+    let path = std::env::temp_dir().join(format!("sluice-roc-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _guard = TempFile(path.clone());
+    let mut w = ShmWriter::create_with_streams(
+        &path,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 4,
+        },
+        64,
+    )
+    .unwrap();
+    w.put_session(&session(1, Role::Trunk)).unwrap();
+    w.put_session(&session(2, Role::Viewer)).unwrap();
+    w.put_session(&session(3, Role::Viewer)).unwrap();
+    let route = |id, to, ssrc| RouteRecord {
+        id,
+        from: 1,
+        ssrc: None,
+        to,
+        rewrite: Rewrite {
+            ssrc,
+            ..Rewrite::default()
+        },
+    };
+    w.put_route(&route(1, 2, None)).unwrap();
+    w.put_route(&route(2, 3, Some(OUT_SSRC))).unwrap();
+
+    let cfg = |worker| EngineConfig {
+        worker,
+        ..EngineConfig::default()
+    };
+    let rx = |k| Receiver {
+        ctx: Context::new(k, ContextOptions::default()).unwrap(),
+        seen: HashSet::new(),
+        max_before: 0,
+    };
+    let mut world = World {
+        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
+        subs: [rx(key(102)), rx(key(103))],
+        tx: TxQueue::with_capacity(8),
+        slow: TxQueue::with_capacity(8),
+        now: Instant::now(),
+    };
+
+    // First process: 65000 → wraps after 536 packets, 1600 packets in all (ends at ROC 1).
+    let mut engine = <Engine>::new(Arc::new(ShmReader::open(&path).unwrap()), cfg(0));
+    let mut seq: u16 = 65_000;
+    for _ in 0..1600 {
+        assert_eq!(world.send(&mut engine, seq), 2);
+        seq = seq.wrapping_add(1);
+    }
+    assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
+    // Writes: first sight + one rollover + a refresh per REFRESH packets, per stream; never
+    // per packet.
+    let writes = engine.forwarder().stream_state().writes();
+    assert!((3..=12).contains(&writes), "{writes} stream-state writes");
+    for r in &mut world.subs {
+        r.max_before = r.seen.iter().map(|&(_, i)| i).max().unwrap();
+        assert_eq!(r.max_before >> 16, 1, "wrapped once");
+    }
+    drop(engine);
+
+    // The publisher went on while the relay was down (50 packets lost), and the new process
+    // handles it on another worker.
+    seq = seq.wrapping_add(50);
+    let reader = Arc::new(ShmReader::open(&path).unwrap());
+    let stored: Vec<_> = {
+        let mut v = Vec::new();
+        reader.for_each_stream(|wk, _, r| v.push((wk, r.dir, r.ssrc, r.roc())));
+        v
+    };
+    assert!(
+        stored.contains(&(0, StreamDir::In, PUB_SSRC, 1)),
+        "{stored:?}"
+    );
+    let mut engine = <Engine>::new(reader, cfg(1));
+    for _ in 0..600 {
+        assert_eq!(
+            world.send(&mut engine, seq),
+            2,
+            "forwarded after the restart"
+        );
+        seq = seq.wrapping_add(1);
+    }
+    assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
+    assert!(engine.forwarder().stream_state().seeded() >= 3);
+    for r in &world.subs {
+        let after: Vec<u64> = r
+            .seen
+            .iter()
+            .map(|&(_, i)| i)
+            .filter(|&i| i > r.max_before)
+            .collect();
+        assert_eq!(after.len(), 600, "every packet after the restart is newer");
+    }
+    // Not rewritten: the index follows the publisher's (ROC 1, the sequence number).
+    assert_eq!(world.subs[0].ctx.roc(PUB_SSRC), Some(1));
+    // Rewritten: skipped ahead past what the first process may have sent.
+    let max_after = world.subs[1].seen.iter().map(|&(_, i)| i).max().unwrap();
+    assert!(max_after > world.subs[1].max_before + u64::from(SKIP));
+    // The new worker persists into its own region; the old entries stay for other workers.
+    let mut by_worker = [0u32; 4];
+    ShmReader::open(&path)
+        .unwrap()
+        .for_each_stream(|wk, _, _| by_worker[wk as usize] += 1);
+    assert_eq!(by_worker, [3, 3, 0, 0]);
+}
+
+#[test]
+fn a_second_restart_before_any_refresh_still_skips_ahead() {
+    // Stored state alone (no packets since) must seed correctly again: the second process
+    // writes its own entries at first sight, so a third one sees the newest index.
+    let path = std::env::temp_dir().join(format!("sluice-roc2-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _guard = TempFile(path.clone());
+    let mut w = ShmWriter::create_with_streams(
+        &path,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 2,
+        },
+        16,
+    )
+    .unwrap();
+    w.put_session(&session(1, Role::Trunk)).unwrap();
+    w.put_session(&session(2, Role::Viewer)).unwrap();
+    w.put_session(&session(3, Role::Viewer)).unwrap();
+    for (id, to, ssrc) in [(1, 2, None), (2, 3, Some(OUT_SSRC))] {
+        w.put_route(&RouteRecord {
+            id,
+            from: 1,
+            ssrc: None,
+            to,
+            rewrite: Rewrite {
+                ssrc,
+                ..Rewrite::default()
+            },
+        })
+        .unwrap();
+    }
+    let rx = |k| Receiver {
+        ctx: Context::new(k, ContextOptions::default()).unwrap(),
+        seen: HashSet::new(),
+        max_before: 0,
+    };
+    let mut world = World {
+        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
+        subs: [rx(key(102)), rx(key(103))],
+        tx: TxQueue::with_capacity(8),
+        slow: TxQueue::with_capacity(8),
+        now: Instant::now(),
+    };
+    let mut seq: u16 = 65_530;
+    for round in 0..3 {
+        let mut engine = <Engine>::new(
+            Arc::new(ShmReader::open(&path).unwrap()),
+            EngineConfig {
+                worker: round % 2,
+                ..EngineConfig::default()
+            },
+        );
+        for _ in 0..20 {
+            assert_eq!(world.send(&mut engine, seq), 2, "round {round}");
+            seq = seq.wrapping_add(1);
+        }
+        assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
+    }
+    assert_eq!(world.subs[0].seen.len(), 60);
+    assert_eq!(world.subs[1].seen.len(), 60);
+}
