@@ -69,6 +69,8 @@ pub struct Control {
     apps: Mutex<rtc::Apps>,
     /// WebRTC participants by session id. Lock order: `members` before `inner`.
     members: Mutex<std::collections::BTreeMap<u64, Member>>,
+    /// WebRTC signaling counters.
+    webrtc_stats: rtc::WebRtcStats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +120,7 @@ impl Control {
             cert: Arc::new(cert),
             apps: Mutex::new(apps),
             members: Mutex::new(std::collections::BTreeMap::new()),
+            webrtc_stats: rtc::WebRtcStats::default(),
             token,
             urls: Mutex::new(Urls::default()),
             inner: Mutex::new(Inner {
@@ -204,9 +207,12 @@ impl Control {
         }
     }
 
-    /// Periodic housekeeping: retry shm, compact the journal, expire audit files.
+    /// Periodic housekeeping: retry shm, expire WebRTC sessions ICE never bound, compact
+    /// the journal, expire audit files.
     pub fn tick(&self) {
         self.ensure_shm();
+        self.expire_unbound_sessions(util::unix_ms());
+        self.report_suppressed_denials(util::unix_ms());
         let mut g = lock(&self.inner);
         if g.store.pending() >= COMPACT_AFTER {
             if let Err(e) = g.store.compact() {
@@ -280,7 +286,7 @@ impl Control {
             self.audit(
                 "anonymous",
                 "auth.failed",
-                json!({"method": req.method, "path": req.path, "from": req.peer}),
+                json!({"method": req.method, "path": req.path, "from": self.hasher.hash(&req.peer)}),
                 &r,
             );
             return r;
@@ -345,6 +351,8 @@ impl Control {
     }
 
     fn status(&self) -> Response {
+        // The applications lock is never taken while the state lock is held.
+        let demo = self.demo_app().is_some();
         let g = lock(&self.inner);
         let relay = self.relay_view(g.reader.as_ref());
         let u = self.urls();
@@ -368,6 +376,7 @@ impl Control {
                 "sessions": g.store.state().sessions.len(),
                 "routes": g.store.state().routes.len(),
                 "draining": self.is_draining(),
+                "demo": demo,
                 "generation": g.shm.as_ref().map(ShmWriter::generation),
                 "shm": {"path": self.cfg.shm.path.display().to_string(), "ready": g.shm.is_some(), "error": g.shm_error},
             }),
@@ -527,6 +536,9 @@ impl Control {
         let r = (|| -> Result<Response, Response> {
             let id = parse_id(id, "session")?;
             ids["session"] = json!(id);
+            // Lock order of the WebRTC join: `members`, then `inner`; a WebRTC member leaves
+            // `members` before its session is deleted so no join routes to it meanwhile.
+            let mut members = lock(&self.members);
             let mut g = lock(&self.inner);
             if !g.store.state().sessions.contains_key(&id) {
                 return Err(Response::error(404, format!("session {id} not found")));
@@ -550,13 +562,18 @@ impl Control {
                 })
                 .collect::<Vec<_>>());
             entries.push(Entry::DelSession { id });
-            commit(&mut g, entries)?;
+            let member = members.remove(&id);
+            if let Err(e) = commit(&mut g, entries) {
+                if let Some(m) = member {
+                    members.insert(id, m);
+                }
+                return Err(e);
+            }
             Ok(Response::empty(204))
         })();
         let resp = r.unwrap_or_else(|e| e);
         if resp.status < 300 {
             if let Some(id) = ids["session"].as_u64() {
-                lock(&self.ice).remove(id);
                 self.forget_rtc(id);
             }
         }

@@ -45,11 +45,7 @@ impl PeerHasher {
     /// `h:` + the first 16 hex digits of HMAC-SHA256(key, text).
     pub fn hash(&self, text: &str) -> String {
         let tag = ring::hmac::sign(&self.key, text.as_bytes());
-        let mut s = String::from("h:");
-        for b in &tag.as_ref()[..8] {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        format!("h:{}", crate::util::hex(&tag.as_ref()[..8]))
     }
 }
 
@@ -294,6 +290,11 @@ mod tests {
         let h2 = PeerHasher::load_or_create(&d).unwrap();
         assert_eq!(h1.hash("192.0.2.1:5000"), h2.hash("192.0.2.1:5000"));
         assert_ne!(h1.hash("192.0.2.1:5000"), h1.hash("192.0.2.2:5000"));
-        assert!(!h1.hash("192.0.2.1:5000").contains("192"));
+        // `h:` and 16 hex digits: never the address (the key is random, so the digits may
+        // contain "192" by chance; the address with its dots cannot appear).
+        let h = h1.hash("192.0.2.1:5000");
+        assert_eq!(h.len(), 18, "{h}");
+        assert!(h.starts_with("h:") && h[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!h.contains("192.0"));
     }
 }

@@ -4,7 +4,9 @@
 //! operator or script on loopback; an async stack would add tens of crates to a build that
 //! runs on 2-core machines, for no benefit here. This server is std-only: one thread per
 //! connection (at most [`MAX_CONNECTIONS`]), one request per connection (`Connection: close`),
-//! `Content-Length` bodies only, read/write timeouts, and hard limits on head and body size.
+//! `Content-Length` bodies only, an overall deadline for reading the request (head and body,
+//! counted from accept, so a client trickling bytes cannot hold one of the few connection
+//! slots for long), a write timeout, and hard limits on head and body size.
 //! Every malformed request gets a JSON error response; nothing here panics on input.
 //! May not touch: application state (the [`Handler`] owns that).
 
@@ -15,7 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -24,6 +26,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Concurrent connections; more are answered 503 at once.
 pub const MAX_CONNECTIONS: usize = 64;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole request (head and body) must arrive this long after accept; 408 otherwise.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A parsed request.
 #[derive(Debug, Clone)]
@@ -170,6 +174,15 @@ enum Wake {
 impl Server {
     /// Serve `listener` on a background thread.
     pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> std::io::Result<Server> {
+        Server::spawn_with_deadline(listener, handler, REQUEST_DEADLINE)
+    }
+
+    /// [`Server::spawn`] with another request deadline (tests use a short one).
+    pub fn spawn_with_deadline(
+        listener: Listener,
+        handler: Arc<dyn Handler>,
+        deadline: Duration,
+    ) -> std::io::Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
         let wake = match &listener {
@@ -189,7 +202,7 @@ impl Server {
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("http-accept".into())
-            .spawn(move || accept_loop(listener, handler, st, active))?;
+            .spawn(move || accept_loop(listener, handler, st, active, deadline))?;
         Ok(Server {
             stop,
             wake,
@@ -227,6 +240,7 @@ fn accept_loop(
     handler: Arc<dyn Handler>,
     stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
+    deadline: Duration,
 ) {
     loop {
         let conn: std::io::Result<(Box<dyn Stream>, String)> = match &listener {
@@ -241,6 +255,7 @@ fn accept_loop(
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        let accepted = Instant::now();
         let (mut stream, peer) = match conn {
             Ok(c) => c,
             Err(e) => {
@@ -264,7 +279,7 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name("http-conn".into())
             .spawn(move || {
-                serve_one(stream, peer, &*h);
+                serve_one(stream, peer, &*h, accepted + deadline);
                 act.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
@@ -277,11 +292,15 @@ fn accept_loop(
 /// A connected stream of either kind.
 trait Stream: Read + Write + Send {
     fn set_timeouts(&self, t: Duration) -> std::io::Result<()>;
+    fn set_read_timeout_to(&self, t: Duration) -> std::io::Result<()>;
 }
 impl Stream for TcpStream {
     fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
         self.set_read_timeout(Some(t))?;
         self.set_write_timeout(Some(t))
+    }
+    fn set_read_timeout_to(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))
     }
 }
 impl Stream for UnixStream {
@@ -289,10 +308,25 @@ impl Stream for UnixStream {
         self.set_read_timeout(Some(t))?;
         self.set_write_timeout(Some(t))
     }
+    fn set_read_timeout_to(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))
+    }
 }
 
-fn serve_one(mut stream: Box<dyn Stream>, peer: String, handler: &dyn Handler) {
-    let (resp, head_only) = match read_request(&mut *stream, peer) {
+/// One read that ends by `deadline`: the socket's read timeout is set to the time left, and
+/// a read past the deadline is `TimedOut` without touching the socket.
+fn read_by(stream: &mut dyn Stream, buf: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    // A zero timeout means "block for ever" to the kernel; `left` is not zero here.
+    stream.set_read_timeout_to(left)?;
+    stream.read(buf)
+}
+
+fn serve_one(mut stream: Box<dyn Stream>, peer: String, handler: &dyn Handler, deadline: Instant) {
+    let (resp, head_only) = match read_request(&mut *stream, peer, deadline) {
         Ok(req) => {
             let head = req.method == "HEAD";
             (handler.handle(&req), head)
@@ -311,7 +345,11 @@ enum ReadError {
     Respond(Response),
 }
 
-fn read_request(stream: &mut dyn Stream, peer: String) -> Result<Request, ReadError> {
+fn read_request(
+    stream: &mut dyn Stream,
+    peer: String,
+    deadline: Instant,
+) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -324,7 +362,7 @@ fn read_request(stream: &mut dyn Stream, peer: String) -> Result<Request, ReadEr
                 format!("request head exceeds {MAX_HEAD} bytes"),
             )));
         }
-        match stream.read(&mut chunk) {
+        match read_by(stream, &mut chunk, deadline) {
             Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
             Ok(0) => {
                 return Err(ReadError::Respond(Response::error(
@@ -409,7 +447,7 @@ fn read_request(stream: &mut dyn Stream, peer: String) -> Result<Request, ReadEr
     let len = len as usize;
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
-        match stream.read(&mut chunk) {
+        match read_by(stream, &mut chunk, deadline) {
             Ok(0) => return Err(bad("connection closed before the whole body arrived")),
             Ok(n) => body.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -514,6 +552,45 @@ mod tests {
         big.extend_from_slice(b"\r\n\r\n");
         let r = roundtrip(addr, &big);
         assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        srv.shutdown();
+    }
+
+    /// A client trickling its head one byte at a time (each read well inside the per-read
+    /// timeout) is cut off with 408 at the overall deadline; a normal client meanwhile is
+    /// served.
+    #[test]
+    fn trickling_client_is_cut_off_at_the_deadline() {
+        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let Listener::Tcp(t) = &l else {
+            unreachable!("bound tcp")
+        };
+        let addr = t.local_addr().unwrap();
+        let mut srv =
+            Server::spawn_with_deadline(l, Arc::new(Echo), Duration::from_millis(800)).unwrap();
+        let mut slow = TcpStream::connect(addr).unwrap();
+        let mut reader = slow.try_clone().unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+        let writer = std::thread::spawn(move || {
+            // Never ends the head; gives up when the server closed the connection (or
+            // after 60 s, far past the deadline, so the test cannot hang).
+            for _ in 0..600 {
+                if slow.write_all(b"a").is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        });
+        let r = roundtrip(addr, b"GET /fast HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(
+            writer.join().unwrap(),
+            "the server closed the trickling connection"
+        );
         srv.shutdown();
     }
 }

@@ -96,12 +96,32 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Constant-time equality for secrets (length is not secret).
+/// Constant-time equality for secrets (length is not secret): OpenSSL's `CRYPTO_memcmp`,
+/// which the optimiser cannot turn into an early exit.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    a.len() == b.len() && openssl::memcmp::eq(a, b)
+}
+
+/// Lowercase hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 15)]));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    s
+}
+
+/// Bytes of an even-length string of hex digits (either case); `None` for anything else
+/// (`u8::from_str_radix` alone would accept a leading `+`).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -124,5 +144,15 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn hex_roundtrip_and_strictness() {
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+        assert_eq!(unhex("00ABff"), Some(vec![0x00, 0xab, 0xff]));
+        assert_eq!(unhex(""), Some(vec![]));
+        for bad in ["+a", "0", "0g", "+a+a", " 0a", "é0"] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
+        }
     }
 }

@@ -860,6 +860,10 @@ fn admin_api_end_to_end_with_restart() {
             assert!(v.get(k).is_some(), "audit line lacks {k}: {line}");
         }
         actions.insert(v["action"].as_str().unwrap().to_string());
+        if v["action"] == "auth.failed" {
+            let from = v["ids"]["from"].as_str().unwrap_or_default();
+            assert!(from.starts_with("h:"), "hashed source: {line}");
+        }
     }
     for a in [
         "auth.failed",
@@ -879,6 +883,8 @@ fn admin_api_end_to_end_with_restart() {
         key(gcm, 4),
         "127.0.0.1:6000".into(),
         "::1".into(),
+        // The connecting socket of a failed admin login.
+        "tcp:127.0.0.1".into(),
     ] {
         assert!(!text.contains(&secret), "audit log leaks {secret}");
     }

@@ -360,7 +360,7 @@ fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: boo
             .or_else(|| from_info.cloned())
             .unwrap_or_else(|| "-".to_string())
     };
-    let rows = [
+    let mut rows = vec![
         ("admin_url", pick("admin_url", info.map(|i| &i.admin_url))),
         (
             "media_addr",
@@ -374,11 +374,14 @@ fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: boo
             "metrics_url",
             pick("metrics_url", info.map(|i| &i.metrics_url)),
         ),
-        (
+    ];
+    // Only when control says the demo page is served (a bootstrap application with a key).
+    if status.and_then(|s| s.get("demo")).and_then(Value::as_bool) == Some(true) {
+        rows.push((
             "demo_url",
             format!("{}/demo", pick("public_url", info.map(|i| &i.public_url))),
-        ),
-    ];
+        ));
+    }
     if json {
         let obj: serde_json::Map<String, Value> = rows
             .iter()

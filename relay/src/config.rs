@@ -99,6 +99,16 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    /// Overwrite the bytes before the allocation is freed, so the token does not linger in
+    /// freed heap memory (best effort: copies made by callers of `expose` are theirs).
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.fill(0);
+        std::hint::black_box(&bytes);
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -274,6 +284,20 @@ pub struct ControlConfig {
     pub dtls_max_handshakes_per_ip: u32,
     /// A DTLS handshake must finish this many seconds after it starts.
     pub dtls_handshake_timeout_secs: u32,
+    /// A WHIP/WHEP session whose peer ICE has not nominated this many seconds after the
+    /// offer is removed with its routes.
+    pub signaling_timeout_secs: u32,
+    /// Concurrent WebRTC sessions of one token subject in one room (stream tokens: one
+    /// source address).
+    pub max_sessions_per_subject: u32,
+    /// Concurrent WebRTC sessions in one room.
+    pub max_sessions_per_room: u32,
+    /// Serve `POST /demo/token` (loopback clients only) when the demo page is on.
+    pub demo_tokens: bool,
+    /// Allowed clock difference with the minting back end for signed tokens, seconds.
+    pub token_leeway_secs: u64,
+    /// Longest lifetime (`exp − min(nbf, iat)`) a signed token may have, seconds.
+    pub token_max_lifetime_secs: u64,
 }
 
 impl Default for ControlConfig {
@@ -298,6 +322,12 @@ impl Default for ControlConfig {
             dtls_max_handshakes: 256,
             dtls_max_handshakes_per_ip: 8,
             dtls_handshake_timeout_secs: 15,
+            signaling_timeout_secs: 30,
+            max_sessions_per_subject: 8,
+            max_sessions_per_room: 1000,
+            demo_tokens: true,
+            token_leeway_secs: 30,
+            token_max_lifetime_secs: 86_400,
         }
     }
 }
@@ -630,6 +660,39 @@ impl Config {
             return bad(
                 "control.dtls_handshake_timeout_secs",
                 format!("{} is out of range 1..=120", c.dtls_handshake_timeout_secs),
+            );
+        }
+        if !(5..=600).contains(&c.signaling_timeout_secs) {
+            return bad(
+                "control.signaling_timeout_secs",
+                format!("{} is out of range 5..=600", c.signaling_timeout_secs),
+            );
+        }
+        if !(1..=100_000).contains(&c.max_sessions_per_room) {
+            return bad(
+                "control.max_sessions_per_room",
+                format!("{} is out of range 1..=100000", c.max_sessions_per_room),
+            );
+        }
+        if c.max_sessions_per_subject == 0 || c.max_sessions_per_subject > c.max_sessions_per_room {
+            return bad(
+                "control.max_sessions_per_subject",
+                format!(
+                    "{} is out of range 1..=max_sessions_per_room",
+                    c.max_sessions_per_subject
+                ),
+            );
+        }
+        if c.token_leeway_secs > 600 {
+            return bad(
+                "control.token_leeway_secs",
+                format!("{} is out of range 0..=600", c.token_leeway_secs),
+            );
+        }
+        if !(60..=2_592_000).contains(&c.token_max_lifetime_secs) {
+            return bad(
+                "control.token_max_lifetime_secs",
+                format!("{} is out of range 60..=2592000", c.token_max_lifetime_secs),
             );
         }
         if let Some(p) = &c.admin_token_file {
@@ -1080,6 +1143,12 @@ mod tests {
             "control.dtls_max_handshakes",
             "control.dtls_max_handshakes_per_ip",
             "control.dtls_handshake_timeout_secs",
+            "control.signaling_timeout_secs",
+            "control.max_sessions_per_subject",
+            "control.max_sessions_per_room",
+            "control.demo_tokens",
+            "control.token_leeway_secs",
+            "control.token_max_lifetime_secs",
             "shm.path",
             "shm.sessions",
             "shm.routes",

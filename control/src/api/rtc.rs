@@ -119,6 +119,59 @@ pub struct Member {
     pub primary_ssrcs: Vec<Vec<u32>>,
     /// Secret part of the resource URL (DELETE must present it).
     secret: String,
+    /// Who holds the session, for the per-subject cap: the hashed token subject, or the
+    /// hashed source address for stream tokens (which carry no subject).
+    subject: String,
+    /// When the offer was answered (Unix ms); an unbound session expires from here.
+    created_ms: u64,
+}
+
+/// `*.denied` audit entries per second, and their burst: unauthenticated clients must not be
+/// able to grow the audit log at will (every denial is still counted in `/metrics`).
+pub const DENIED_AUDIT_RATE: u64 = 10;
+pub const DENIED_AUDIT_BURST: u64 = 20;
+/// How often a "denied entries suppressed" audit line is written (when some were).
+pub const DENIED_SUPPRESSED_EVERY_MS: u64 = 10_000;
+
+/// WebRTC signaling counters (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct WebRtcStats {
+    /// Sessions removed because ICE never nominated a peer in time.
+    pub expired: std::sync::atomic::AtomicU64,
+    /// Refused WHIP/WHEP requests by reason, and the rate limit of their audit entries.
+    denied: std::sync::Mutex<DeniedLog>,
+}
+
+/// Token bucket (in thousandths of an entry) for `*.denied` audit entries.
+#[derive(Debug, Default)]
+struct DeniedLog {
+    by_reason: std::collections::BTreeMap<&'static str, u64>,
+    milli_tokens: u64,
+    last_ms: u64,
+    suppressed: u64,
+    last_report_ms: u64,
+}
+
+impl DeniedLog {
+    /// Count a denial; true when it may be audited.
+    fn admit(&mut self, reason: &'static str, now_ms: u64) -> bool {
+        *self.by_reason.entry(reason).or_default() += 1;
+        if self.last_ms == 0 {
+            self.milli_tokens = DENIED_AUDIT_BURST * 1000;
+            self.last_ms = now_ms;
+            self.last_report_ms = now_ms;
+        }
+        let refill = now_ms.saturating_sub(self.last_ms) * DENIED_AUDIT_RATE;
+        self.milli_tokens = (self.milli_tokens + refill).min(DENIED_AUDIT_BURST * 1000);
+        self.last_ms = self.last_ms.max(now_ms);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 impl Member {
@@ -203,7 +256,7 @@ fn random_u32() -> Result<u32, Response> {
 
 fn random_hex(n: usize) -> Result<String, Response> {
     let b = util::random_bytes(n).map_err(|e| Response::error(500, format!("random: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(util::hex(&b))
 }
 
 fn throwaway_key(p: Profile) -> Result<MasterKey, Response> {
@@ -287,11 +340,42 @@ impl Control {
         )
     }
 
-    /// Forget a session's WebRTC state (signaling, ICE, DTLS) after it was deleted.
+    /// Forget a session's ICE and DTLS state after it was deleted (the caller removed the
+    /// member under the `members` lock before committing the deletion).
     pub(super) fn forget_rtc(&self, id: u64) {
-        lock(&self.members).remove(&id);
         lock(&self.ice).remove(id);
         lock(&self.rtc).remove(id);
+    }
+
+    /// Remove the WebRTC sessions whose peer ICE has not nominated within
+    /// `control.signaling_timeout_secs` of the answer (a client that never sends a
+    /// connectivity check would otherwise hold its session and routes for ever). Each is
+    /// audited `webrtc.expired` and counted. Returns how many went.
+    pub fn expire_unbound_sessions(&self, now_ms: u64) -> usize {
+        let timeout_ms = u64::from(self.cfg.control.signaling_timeout_secs) * 1000;
+        let old: Vec<u64> = lock(&self.members)
+            .values()
+            .filter(|m| now_ms.saturating_sub(m.created_ms) >= timeout_ms)
+            .map(|m| m.session)
+            .collect();
+        let mut n = 0;
+        for id in old {
+            // Checked again under the locks: ICE may have bound the peer meanwhile.
+            let r = self.remove_member(id, true);
+            if r.status == 200 {
+                n += 1;
+                self.webrtc_stats
+                    .expired
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.audit(
+                    "webrtc",
+                    "webrtc.expired",
+                    json!({"session": id, "after_secs": self.cfg.control.signaling_timeout_secs}),
+                    &r,
+                );
+            }
+        }
+        n
     }
 
     /// Prometheus text for the WebRTC families (DTLS handshakes, participants).
@@ -319,13 +403,27 @@ impl Control {
              # HELP sluice_control_webrtc_participants WHIP publishers and WHEP viewers.\n\
              # TYPE sluice_control_webrtc_participants gauge\n\
              sluice_control_webrtc_participants{{kind=\"whip\"}} {pubs}\n\
-             sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n",
+             sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n\
+             # HELP sluice_control_webrtc_expired_total WebRTC sessions removed because ICE never nominated a peer in time.\n\
+             # TYPE sluice_control_webrtc_expired_total counter\n\
+             sluice_control_webrtc_expired_total {}\n\
+             # HELP sluice_control_webrtc_denied_total WHIP/WHEP requests refused at the token check, by reason.\n\
+             # TYPE sluice_control_webrtc_denied_total counter\n",
             c.handshakes_started,
             c.handshakes_completed,
             c.handshakes_failed,
             c.refused_cap,
             c.unknown_peer,
+            self.webrtc_stats
+                .expired
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
+        for (reason, n) in &lock(&self.webrtc_stats.denied).by_reason {
+            let _ = writeln!(
+                s,
+                "sluice_control_webrtc_denied_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         s
     }
 
@@ -362,6 +460,29 @@ impl Control {
         }
     }
 
+    /// Write one `webrtc.denied_suppressed` audit line with the number of `*.denied` entries
+    /// the rate limit left out since the last one, at most every
+    /// [`DENIED_SUPPRESSED_EVERY_MS`]. Returns that number (0: nothing written).
+    pub fn report_suppressed_denials(&self, now_ms: u64) -> u64 {
+        let n = {
+            let mut d = lock(&self.webrtc_stats.denied);
+            if d.suppressed == 0
+                || now_ms.saturating_sub(d.last_report_ms) < DENIED_SUPPRESSED_EVERY_MS
+            {
+                return 0;
+            }
+            d.last_report_ms = now_ms;
+            std::mem::take(&mut d.suppressed)
+        };
+        self.audit(
+            "anonymous",
+            "webrtc.denied_suppressed",
+            json!({"count": n}),
+            &Response::empty(200),
+        );
+        n
+    }
+
     /// WebRTC participants (for the admin API and tests).
     pub fn members(&self) -> Vec<Member> {
         lock(&self.members).values().cloned().collect()
@@ -381,7 +502,8 @@ impl Control {
                     DEMO_HTML.to_string(),
                 ))
             }
-            ("POST", ["demo", "token"]) => self.demo_token(req),
+            // No CORS on /demo: only the page control serves itself may call it.
+            ("POST", ["demo", "token"]) => return Some(self.demo_token(req)),
             ("OPTIONS", [kind @ ("whip" | "whep"), ..]) => {
                 let mut r = Response::empty(204);
                 r.headers.push((
@@ -441,7 +563,7 @@ impl Control {
 
     /// The application the demo page mints tokens for (the bootstrap application, when it
     /// exists and has a key).
-    fn demo_app(&self) -> Option<String> {
+    pub(super) fn demo_app(&self) -> Option<String> {
         let b = self.cfg.control.bootstrap_app.as_ref()?;
         let a = lock(&self.apps);
         a.reg
@@ -450,14 +572,62 @@ impl Control {
             .then(|| b.clone())
     }
 
-    /// `POST /demo/token` `{"room", "role"}`: a short-lived token for the bootstrap
-    /// application, to loopback clients only.
+    /// Whether `origin` (an `Origin` header) is control's own public origin: the scheme, host
+    /// and port of the public URL (`localhost` stands for a loopback address there).
+    fn own_origin(&self, origin: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        let public = self
+            .urls()
+            .public_url
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        if public.is_empty() {
+            return false;
+        }
+        if origin == public {
+            return true;
+        }
+        for lo in ["127.0.0.1", "[::1]"] {
+            if let Some(port) = public.strip_prefix(&format!("http://{lo}")) {
+                return origin == format!("http://localhost{port}");
+            }
+        }
+        false
+    }
+
+    /// `POST /demo/token` `{"room", "role"}`: a short-lived viewer or speaker token for the
+    /// bootstrap application, to loopback clients only. A cross-site page in the operator's
+    /// browser must not get one: no CORS headers, a JSON body only (a "simple" cross-origin
+    /// POST cannot send `application/json` without a preflight we never allow), and a
+    /// present `Origin` must be control's own.
     fn demo_token(&self, req: &Request) -> Response {
-        let Some(app) = self.demo_app() else {
-            return Response::error(404, "the demo is disabled");
+        let Some(app) = self.demo_app().filter(|_| self.cfg.control.demo_tokens) else {
+            return Response::error(404, "the demo token endpoint is disabled");
         };
-        if !peer_ip(req).is_some_and(|ip| ip.is_loopback()) {
-            let r = Response::error(403, "demo tokens are minted for loopback clients only");
+        let json_body = req.header("content-type").is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+        let refusal = if !peer_ip(req).is_some_and(|ip| ip.is_loopback()) {
+            Some(Response::error(
+                403,
+                "demo tokens are minted for loopback clients only",
+            ))
+        } else if req.header("origin").is_some_and(|o| !self.own_origin(o)) {
+            Some(Response::error(
+                403,
+                "demo tokens are minted for control's own demo page only",
+            ))
+        } else if !json_body {
+            Some(Response::error(
+                415,
+                "the demo token request must be application/json",
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
             self.audit(
                 "demo",
                 "demo.token",
@@ -470,15 +640,29 @@ impl Control {
             let b = Body::parse(&req.body, &["room", "role"])?;
             let room = b.req_str("room")?.to_string();
             let role = match b.opt_str("role")? {
-                None => TokenRole::Viewer,
-                Some(s) => TokenRole::from_name(s)
-                    .ok_or_else(|| super::bad_field("role", format!("unknown role `{s}`")))?,
+                None | Some("viewer") => TokenRole::Viewer,
+                Some("speaker") => TokenRole::Speaker,
+                Some(s) => {
+                    return Err(Response::json(
+                        403,
+                        &json!({"error": format!("the demo mints viewer or speaker tokens, not `{s}`"),
+                            "reason": "role_not_allowed"}),
+                    ))
+                }
             };
             self.mint(&app, &room, role, DEFAULT_TOKEN_TTL.min(600), None, "demo")
         })();
         let resp = r.unwrap_or_else(|e| e);
         self.audit("demo", "demo.token", json!({"app": app}), &resp);
         resp
+    }
+
+    /// Token checks as configured (`control.token_leeway_secs`, `token_max_lifetime_secs`).
+    fn token_limits(&self) -> Limits {
+        Limits {
+            leeway_secs: self.cfg.control.token_leeway_secs,
+            max_lifetime_secs: self.cfg.control.token_max_lifetime_secs,
+        }
     }
 
     fn mint(
@@ -493,8 +677,12 @@ impl Control {
         if !valid_segment(room) {
             return Err(super::bad_field("room", "1..=64 of A-Z a-z 0-9 - _ ."));
         }
-        if ttl == 0 || ttl > Limits::default().max_lifetime_secs {
-            return Err(super::bad_field("ttl_secs", "out of range 1..=86400"));
+        let max = self.token_limits().max_lifetime_secs;
+        if ttl == 0 || ttl > max {
+            return Err(super::bad_field(
+                "ttl_secs",
+                format!("out of range 1..={max} (control.token_max_lifetime_secs)"),
+            ));
         }
         let a = lock(&self.apps);
         if a.reg.app(app).is_none() {
@@ -535,6 +723,7 @@ impl Control {
 
     fn deny(&self, kind: &str, app: &str, room: &str, req: &Request, e: &TokenError) -> Response {
         let code = reason_code(e);
+        let audited = lock(&self.webrtc_stats.denied).admit(code, util::unix_ms());
         let mut r = Response::json(
             reason_status(e),
             &json!({"error": e.to_string(), "reason": code}),
@@ -542,12 +731,14 @@ impl Control {
         if r.status == 401 {
             r.headers.push(("WWW-Authenticate", "Bearer".into()));
         }
-        self.audit(
-            "anonymous",
-            &format!("{kind}.denied"),
-            json!({"app": app, "room": room, "reason": code, "from": self.hasher.hash(&req.peer)}),
-            &r,
-        );
+        if audited {
+            self.audit(
+                "anonymous",
+                &format!("{kind}.denied"),
+                json!({"app": app, "room": room, "reason": code, "from": self.hasher.hash(&req.peer)}),
+                &r,
+            );
+        }
         r
     }
 
@@ -598,7 +789,7 @@ impl Control {
                             now,
                             &Target { app, room, intent },
                             &RoomPolicy::default(),
-                            &Limits::default(),
+                            &self.token_limits(),
                         )
                         .err()
                     }
@@ -613,7 +804,7 @@ impl Control {
                 peer_ip(req),
                 &Target { app, room, intent },
                 &policy,
-                &Limits::default(),
+                &self.token_limits(),
             )
         };
         let grant = match grant {
@@ -622,7 +813,14 @@ impl Control {
         };
         let ids = json!({"app": app, "room": room, "role": grant.role.name(),
             "sub": grant.sub.as_deref().map(|s| self.hasher.hash(s))});
-        let r = self.join_inner(req, publish, app, room, grant.role);
+        let subject = match &grant.sub {
+            Some(s) => self.hasher.hash(&format!("sub:{s}")),
+            None => self.hasher.hash(&format!(
+                "ip:{}",
+                peer_ip(req).map(|i| i.to_string()).unwrap_or_default()
+            )),
+        };
+        let r = self.join_inner(req, publish, app, room, grant.role, subject);
         self.audit("webrtc", &format!("{kind}.join"), ids, &r);
         r
     }
@@ -634,6 +832,7 @@ impl Control {
         app: &str,
         room: &str,
         role: TokenRole,
+        subject: String,
     ) -> Response {
         let r = (|| -> Result<Response, Response> {
             let text = std::str::from_utf8(&req.body)
@@ -701,6 +900,26 @@ impl Control {
             };
             let profile = Profile::AeadAes128Gcm;
             let mut members = lock(&self.members);
+            let in_room = members.values().filter(|m| m.app == app && m.room == room);
+            let (mut room_n, mut subject_n) = (0u32, 0u32);
+            for m in in_room {
+                room_n += 1;
+                subject_n += u32::from(m.subject == subject);
+            }
+            if subject_n >= self.cfg.control.max_sessions_per_subject {
+                return Err(Response::json(
+                    429,
+                    &json!({"error": format!("this subject already holds {subject_n} sessions in the room"),
+                        "reason": "too_many_sessions"}),
+                ));
+            }
+            if room_n >= self.cfg.control.max_sessions_per_room {
+                return Err(Response::json(
+                    403,
+                    &json!({"error": format!("the room is full ({room_n} sessions)"),
+                        "reason": "room_full"}),
+                ));
+            }
             let mut g = lock(&self.inner);
             let shm = g.shm.as_ref().ok_or_else(|| shm_unavailable(&g))?;
             if shm.session_count() >= shm.capacity().sessions as usize {
@@ -716,6 +935,8 @@ impl Control {
                 media: ans.media.clone(),
                 primary_ssrcs: primary,
                 secret: random_hex(16)?,
+                subject,
+                created_ms: util::unix_ms(),
             };
             let s = StoredSession {
                 id,
@@ -810,37 +1031,51 @@ impl Control {
         if !known {
             return Response::error(404, "no such resource");
         }
-        let r = self.remove_member(id);
+        let r = self.remove_member(id, false);
         self.audit("webrtc", "webrtc.leave", json!({"session": id}), &r);
         r
     }
 
-    /// Delete a participant's session with its routes, then forget its WebRTC state.
-    fn remove_member(&self, id: u64) -> Response {
-        let r = (|| -> Result<Response, Response> {
-            let mut g = lock(&self.inner);
-            if g.shm.is_none() {
-                return Err(shm_unavailable(&g));
-            }
-            let mut entries: Vec<Entry> = g
-                .store
-                .state()
-                .routes
-                .values()
-                .filter(|r| r.from == id || r.to == id)
-                .map(|r| Entry::DelRoute { id: r.id })
-                .collect();
-            if g.store.state().sessions.contains_key(&id) {
-                entries.push(Entry::DelSession { id });
-            }
-            commit(&mut g, entries)?;
-            Ok(Response::empty(200))
-        })();
-        let resp = r.unwrap_or_else(|e| e);
-        if resp.status < 300 {
-            self.forget_rtc(id);
+    /// Delete a participant's session with its routes, then forget its WebRTC state. With
+    /// `only_unbound`, nothing happens (409) unless the session is still pending without a
+    /// peer. Locks are taken in the order `join_inner` takes them (`members`, then `inner`)
+    /// and the member leaves `members` before the deletion commits, so a concurrent join
+    /// never routes to a session that is gone.
+    fn remove_member(&self, id: u64, only_unbound: bool) -> Response {
+        let mut members = lock(&self.members);
+        let mut g = lock(&self.inner);
+        if g.shm.is_none() {
+            return shm_unavailable(&g);
         }
-        resp
+        let st = g.store.state();
+        if only_unbound
+            && st
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.peer != UNBOUND_PEER || s.flags & session_flags::PENDING == 0)
+        {
+            return Response::error(409, format!("session {id} is bound"));
+        }
+        let mut entries: Vec<Entry> = st
+            .routes
+            .values()
+            .filter(|r| r.from == id || r.to == id)
+            .map(|r| Entry::DelRoute { id: r.id })
+            .collect();
+        if st.sessions.contains_key(&id) {
+            entries.push(Entry::DelSession { id });
+        }
+        let removed = members.remove(&id);
+        if let Err(e) = commit(&mut g, entries) {
+            if let Some(m) = removed {
+                members.insert(id, m);
+            }
+            return e;
+        }
+        drop(g);
+        drop(members);
+        self.forget_rtc(id);
+        Response::empty(200)
     }
 
     // ---- admin API: /v1/apps, /v1/rooms, /v1/tokens ----
@@ -851,7 +1086,15 @@ impl Control {
             ("GET" | "HEAD", ["apps"]) => return self.list_apps(),
             ("POST", ["apps"]) => {
                 let r = self.create_app(req);
-                ("app.create", json!({}), r)
+                let id = serde_json::from_slice::<Value>(&req.body)
+                    .ok()
+                    .and_then(|v| {
+                        v["id"]
+                            .as_str()
+                            .filter(|s| valid_segment(s))
+                            .map(str::to_string)
+                    });
+                ("app.create", json!({ "app": id }), r)
             }
             ("DELETE", ["apps", id]) => {
                 let r = self.delete_app(id);
@@ -949,7 +1192,7 @@ impl Control {
                 .map(|m| m.session)
                 .collect();
             for s in gone {
-                self.remove_member(s);
+                self.remove_member(s, false);
             }
             Ok(Response::empty(204))
         })();
@@ -994,10 +1237,14 @@ impl Control {
             let Apps { reg, master, .. } = &mut *a;
             let key = match b.opt_str("secret")? {
                 Some(s) => {
-                    let raw = URL_SAFE_NO_PAD
+                    let mut raw = URL_SAFE_NO_PAD
                         .decode(s.trim_end_matches('='))
                         .map_err(|_| super::bad_field("secret", "not base64url"))?;
-                    let k = DevKey::new(&kid, &raw).map_err(|e| super::bad_field("secret", e))?;
+                    let k = DevKey::new(&kid, &raw);
+                    // The key material is in `k` now; do not leave a copy in freed memory.
+                    raw.fill(0);
+                    std::hint::black_box(&raw);
+                    let k = k.map_err(|e| super::bad_field("secret", e))?;
                     reg.add_key(id, &k, master, now)
                         .map_err(|e| Response::error(409, e.to_string()))?;
                     k
@@ -1122,7 +1369,7 @@ impl Control {
             .map(|m| m.session)
             .collect();
         for s in gone {
-            self.remove_member(s);
+            self.remove_member(s, false);
         }
         Response::empty(204)
     }
@@ -1697,6 +1944,287 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         );
     }
 
+    /// A session ICE never binds is removed after `signaling_timeout_secs` with its routes,
+    /// audited and counted; a bound one stays.
+    #[test]
+    fn unbound_sessions_expire() {
+        let e = env("expire");
+        let host = sign(&claims("demo", "blue", TokenRole::Host));
+        let view = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let r = e.public("POST", "/whip/blue", Some(&host), &offer("sendonly", 10));
+        assert_eq!(r.status, 201, "{}", body(&r));
+        for ssrc in [20, 30] {
+            let r = e.public("POST", "/whep/blue", Some(&view), &offer("recvonly", ssrc));
+            assert_eq!(r.status, 201, "{}", body(&r));
+        }
+        let members = e.ctl.members();
+        let p = members.iter().find(|m| m.publishes).unwrap().session;
+        let bound = members.iter().find(|m| !m.publishes).unwrap().session;
+        e.ctl
+            .ice_bind_peer(bound, "127.0.0.1:50000".parse().unwrap())
+            .unwrap();
+        assert_eq!(lock(&e.ctl.inner).store.state().routes.len(), 2);
+        let t0 = util::unix_ms();
+        assert_eq!(e.ctl.expire_unbound_sessions(t0), 0, "not yet");
+        let later = t0 + 31_000;
+        assert_eq!(e.ctl.expire_unbound_sessions(later), 2);
+        let left: Vec<u64> = e.ctl.members().iter().map(|m| m.session).collect();
+        assert_eq!(left, vec![bound]);
+        let st = lock(&e.ctl.inner).store.state().clone();
+        assert!(!st.sessions.contains_key(&p));
+        assert!(st.sessions.contains_key(&bound));
+        assert!(st.routes.is_empty(), "routes of expired sessions go");
+        assert!(lock(&e.ctl.ice).len() == 1);
+        assert_eq!(e.ctl.expire_unbound_sessions(later + 60_000), 0);
+        assert_eq!(e.audit().matches("webrtc.expired").count(), 2);
+        let m = body(&e.admin("GET", "/metrics", ""));
+        assert!(m.contains("sluice_control_webrtc_expired_total 2"), "{m}");
+    }
+
+    /// Concurrent sessions are capped per subject (429) and per room (403).
+    #[test]
+    fn session_caps_per_subject_and_room() {
+        let (dir, shm, cfg) = env_parts_with(
+            "caps",
+            "max_sessions_per_subject = 2\nmax_sessions_per_room = 3",
+        );
+        let e = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&e.ctl);
+        let tok = |sub: &str, room: &str| {
+            let mut c = claims("demo", room, TokenRole::Viewer);
+            c.sub = sub.into();
+            sign(&c)
+        };
+        let join = |t: &str, room: &str| {
+            e.public(
+                "POST",
+                &format!("/whep/{room}"),
+                Some(t),
+                &offer("recvonly", 5),
+            )
+        };
+        for _ in 0..2 {
+            assert_eq!(join(&tok("alice", "blue"), "blue").status, 201);
+        }
+        let r = join(&tok("alice", "blue"), "blue");
+        assert_eq!(r.status, 429, "{}", body(&r));
+        assert_eq!(reason(&r), "too_many_sessions");
+        // Another room is counted on its own.
+        assert_eq!(join(&tok("alice", "red"), "red").status, 201);
+        assert_eq!(join(&tok("bob", "blue"), "blue").status, 201);
+        let r = join(&tok("carol", "blue"), "blue");
+        assert_eq!(r.status, 403, "{}", body(&r));
+        assert_eq!(reason(&r), "room_full");
+        assert_eq!(e.ctl.members().len(), 4);
+        // Leaving frees a place.
+        let bob = e
+            .ctl
+            .members()
+            .into_iter()
+            .find(|m| m.room == "blue")
+            .unwrap();
+        assert_eq!(e.public("DELETE", &bob.location(), None, "").status, 200);
+        assert_eq!(join(&tok("carol", "blue"), "blue").status, 201);
+    }
+
+    /// Joins racing with removals never leave a route to or from a deleted session.
+    #[test]
+    fn removal_racing_joins_leaves_no_dangling_routes() {
+        let e = env("race");
+        let host = sign(&claims("demo", "blue", TokenRole::Host));
+        let view = sign(&claims("demo", "blue", TokenRole::Viewer));
+        for round in 0..20u32 {
+            let r = e.public(
+                "POST",
+                "/whip/blue",
+                Some(&host),
+                &offer("sendonly", 100 + round),
+            );
+            assert_eq!(r.status, 201, "{}", body(&r));
+            let loc = r
+                .headers
+                .iter()
+                .find(|(k, _)| *k == "Location")
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            std::thread::scope(|sc| {
+                sc.spawn(|| e.public("DELETE", &loc, None, ""));
+                sc.spawn(|| e.public("POST", "/whep/blue", Some(&view), &offer("recvonly", 7)));
+            });
+            let st = lock(&e.ctl.inner).store.state().clone();
+            for r in st.routes.values() {
+                assert!(
+                    st.sessions.contains_key(&r.from) && st.sessions.contains_key(&r.to),
+                    "round {round}: dangling route {r:?}"
+                );
+            }
+            // Clear the viewers for the next round.
+            for m in e.ctl.members() {
+                e.public("DELETE", &m.location(), None, "");
+            }
+        }
+    }
+
+    /// `POST /demo/token` with a content type, an `Origin` and a peer address of choice.
+    fn demo_token(e: &Env, body: &str, ctype: Option<&str>, origin: Option<&str>) -> Response {
+        let mut r = req("POST", "/demo/token", None, body, "tcp:127.0.0.1:5555");
+        let ctype = ctype.unwrap_or("application/json");
+        if !ctype.is_empty() {
+            r.headers.push(("content-type".into(), ctype.into()));
+        }
+        if let Some(o) = origin {
+            r.headers.push(("origin".into(), o.into()));
+        }
+        e.ctl.handle_public(&r)
+    }
+
+    /// A web page in the operator's browser cannot mint demo tokens: no CORS, JSON only,
+    /// foreign `Origin` refused, viewer/speaker roles only; the endpoint can be switched off.
+    #[test]
+    fn demo_token_refuses_cross_site_and_privileged_roles() {
+        let e = env("demotok");
+        e.ctl.set_urls(crate::api::Urls {
+            public_url: "http://127.0.0.1:8080".into(),
+            ..Default::default()
+        });
+        let ok = r#"{"room":"x","role":"viewer"}"#;
+        let r = demo_token(&e, ok, None, None);
+        assert_eq!(r.status, 201, "{}", body(&r));
+        assert!(
+            !r.headers
+                .iter()
+                .any(|(k, _)| k.starts_with("Access-Control-")),
+            "no CORS on /demo: {:?}",
+            r.headers
+        );
+        for origin in ["http://127.0.0.1:8080", "http://localhost:8080"] {
+            let r = demo_token(&e, ok, None, Some(origin));
+            assert_eq!(r.status, 201, "{origin}: {}", body(&r));
+        }
+        for origin in ["http://evil.test", "http://127.0.0.1:9090", "null"] {
+            let r = demo_token(&e, ok, None, Some(origin));
+            assert_eq!(r.status, 403, "{origin}: {}", body(&r));
+            assert!(!r
+                .headers
+                .iter()
+                .any(|(k, _)| k.starts_with("Access-Control-")));
+        }
+        // A "simple" cross-site POST (no preflight) cannot be application/json.
+        for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+            let r = demo_token(&e, ok, Some(ct), None);
+            assert_eq!(r.status, 415, "{ct:?}: {}", body(&r));
+        }
+        let r = demo_token(&e, ok, Some("application/json; charset=utf-8"), None);
+        assert_eq!(r.status, 201);
+        for role in ["host", "moderator"] {
+            let r = demo_token(
+                &e,
+                &format!(r#"{{"room":"x","role":"{role}"}}"#),
+                None,
+                None,
+            );
+            assert_eq!(r.status, 403, "{role}: {}", body(&r));
+            assert_eq!(reason(&r), "role_not_allowed");
+        }
+        let r = demo_token(&e, r#"{"room":"x","role":"speaker"}"#, None, None);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["role"], "speaker");
+        // The switch.
+        let (dir, shm, cfg) = env_parts_with("demotok-off", "demo_tokens = false");
+        let off = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&off.ctl);
+        assert_eq!(demo_token(&off, ok, None, None).status, 404);
+    }
+
+    /// `control.token_leeway_secs` and `token_max_lifetime_secs` reach the token checks.
+    #[test]
+    fn token_limits_come_from_config() {
+        let (dir, shm, cfg) = env_parts_with(
+            "limits",
+            "token_leeway_secs = 0\ntoken_max_lifetime_secs = 900",
+        );
+        let e = Env {
+            dir,
+            shm,
+            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
+        };
+        add_test_key(&e.ctl);
+        let n = now();
+        // Within the default 30 s leeway, outside a zero one.
+        let mut c = claims("demo", "blue", TokenRole::Viewer);
+        c.nbf = n + 20;
+        c.iat = n;
+        let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
+        assert_eq!(r.status, 401, "{}", body(&r));
+        assert_eq!(reason(&r), "not_yet_valid");
+        // Longer than the configured lifetime (well under the default 86400 s).
+        let mut c = claims("demo", "blue", TokenRole::Viewer);
+        c.exp = n + 3000;
+        let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
+        assert_eq!(r.status, 401, "{}", body(&r));
+        assert_eq!(reason(&r), "lifetime_too_long");
+        let c = claims("demo", "blue", TokenRole::Viewer);
+        let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
+        assert_eq!(r.status, 201, "{}", body(&r));
+        // The admin API mints no longer token either.
+        let r = e.admin(
+            "POST",
+            "/v1/tokens",
+            r#"{"app":"demo","room":"blue","role":"viewer","ttl_secs":901}"#,
+        );
+        assert_eq!(r.status, 400, "{}", body(&r));
+    }
+
+    /// The token bucket: a burst, then the configured rate; every denial is counted.
+    #[test]
+    fn denied_audit_bucket() {
+        let mut d = DeniedLog::default();
+        let t = 1_000_000;
+        let first: usize = (0..100).filter(|_| d.admit("expired", t)).count();
+        assert_eq!(first as u64, DENIED_AUDIT_BURST);
+        assert!(!d.admit("expired", t + 50), "half an entry refilled");
+        assert!(d.admit("expired", t + 100));
+        let later: usize = (0..100).filter(|_| d.admit("malformed", t + 1100)).count();
+        assert_eq!(later as u64, DENIED_AUDIT_RATE);
+        assert_eq!(d.by_reason["expired"], 102);
+        assert_eq!(d.by_reason["malformed"], 100);
+        assert_eq!(d.suppressed, 202 - 20 - 1 - 10);
+    }
+
+    /// A flood of unauthenticated requests: every one counted, few audited, the rest summed
+    /// in a periodic `webrtc.denied_suppressed` line.
+    #[test]
+    fn denied_flood_is_counted_and_audit_rate_limited() {
+        let e = env("flood");
+        let whep = offer("recvonly", 9);
+        for _ in 0..200 {
+            let r = e.public("POST", "/whep/blue", Some("x.y.z"), &whep);
+            assert_eq!(reason(&r), "malformed");
+        }
+        let audited = e.audit().matches("whep.denied").count() as u64;
+        assert!(
+            (DENIED_AUDIT_BURST..200).contains(&audited),
+            "{audited} entries"
+        );
+        let m = body(&e.admin("GET", "/metrics", ""));
+        assert!(
+            m.contains("sluice_control_webrtc_denied_total{reason=\"malformed\"} 200"),
+            "{m}"
+        );
+        let far = util::unix_ms() + DENIED_SUPPRESSED_EVERY_MS + 1;
+        assert_eq!(e.ctl.report_suppressed_denials(far), 200 - audited);
+        assert!(e.audit().contains(&format!("\"count\":{}", 200 - audited)));
+        assert_eq!(e.ctl.report_suppressed_denials(far + 60_000), 0);
+    }
+
     #[test]
     fn tokens_apps_and_demo_endpoint() {
         let e = env("admin");
@@ -1711,6 +2239,13 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let r = e.public("POST", "/whip/demo/blue", Some(t), &offer("sendonly", 5));
         assert_eq!(r.status, 201, "{}", body(&r));
         assert_eq!(e.admin("GET", "/v1/apps", "").status, 200);
+        assert_eq!(e.admin("POST", "/v1/apps", r#"{"id":"side"}"#).status, 201);
+        assert!(e
+            .audit()
+            .lines()
+            .any(|l| l.contains("app.create") && l.contains(r#""app":"side""#)));
+        let st: Value = serde_json::from_slice(&e.admin("GET", "/v1/status", "").body).unwrap();
+        assert_eq!(st["demo"], true);
         let r = e.admin("GET", "/v1/apps/demo/keys", "");
         assert!(body(&r).contains("\"t1\"") && body(&r).contains("\"dev\""));
         assert!(
@@ -1721,13 +2256,13 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.admin("DELETE", "/v1/apps/demo/keys/t1", "").status, 404);
         // Demo page and loopback-only demo tokens.
         assert_eq!(e.public("GET", "/demo", None, "").status, 200);
-        let r = e.public("POST", "/demo/token", None, r#"{"room":"x","role":"host"}"#);
+        let r = demo_token(&e, r#"{"room":"x","role":"speaker"}"#, None, None);
         assert_eq!(r.status, 201, "{}", body(&r));
         let r = e.public_from(
             "POST",
             "/demo/token",
             None,
-            r#"{"room":"x","role":"host"}"#,
+            r#"{"room":"x","role":"speaker"}"#,
             "tcp:192.0.2.1:5",
         );
         assert_eq!(r.status, 403);
@@ -1735,5 +2270,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.admin("DELETE", "/v1/apps/demo", "").status, 204);
         assert!(e.ctl.members().is_empty());
         assert_eq!(e.public("GET", "/demo", None, "").status, 404);
+        let st: Value = serde_json::from_slice(&e.admin("GET", "/v1/status", "").body).unwrap();
+        assert_eq!(st["demo"], false);
     }
 }

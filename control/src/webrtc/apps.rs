@@ -126,13 +126,13 @@ impl MasterSecret {
         let text = std::str::from_utf8(contents)
             .map_err(|_| AppError::MasterSecret("neither 32 raw bytes nor text".into()))?
             .trim();
-        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut a = [0u8; 32];
-            for (i, o) in a.iter_mut().enumerate() {
-                // Two ASCII hex digits always parse (checked just above).
-                *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
+        if text.len() == 64 {
+            if let Some(mut v) = crate::util::unhex(text) {
+                let r = MasterSecret::from_bytes(&v);
+                v.fill(0);
+                std::hint::black_box(&v);
+                return r;
             }
-            return Ok(MasterSecret(a));
         }
         let b = STANDARD
             .decode(text)

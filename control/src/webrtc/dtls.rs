@@ -718,26 +718,28 @@ fn export_keys(
 }
 
 /// Check that a datagram is one or more whole DTLS records (RFC 6347 §4.1): content type
-/// 20–23, version DTLS 1.0 or 1.2, 13-byte header, length within the datagram.
-fn check_records(mut d: &[u8]) -> Result<(), DtlsError> {
+/// 20–23, version DTLS 1.0 or 1.2, 13-byte header, length within the datagram. The record
+/// framing is the relay's parser (`relay::wire::dtls`), shared with the slow-path classifier.
+fn check_records(d: &[u8]) -> Result<(), DtlsError> {
+    use relay::wire::dtls::{records, DtlsError as WireError};
     if d.is_empty() {
         return Err(DtlsError::Malformed("empty datagram"));
     }
-    while !d.is_empty() {
-        if d.len() < 13 {
-            return Err(DtlsError::Malformed("truncated record header"));
-        }
-        if !(20..=23).contains(&d[0]) {
+    for rec in records(d) {
+        let rec = rec.map_err(|e| {
+            DtlsError::Malformed(match e {
+                WireError::TooShort => "truncated record header",
+                WireError::RecordOverrun => "record longer than datagram",
+                WireError::BadVersion(_) | WireError::UnifiedHeader => "not a DTLS 1.0/1.2 record",
+                WireError::BadFragment => "bad handshake fragment",
+            })
+        })?;
+        if !(20..=23).contains(&rec.content_type) {
             return Err(DtlsError::Malformed("unknown content type"));
         }
-        if d[1] != 0xFE || !(d[2] == 0xFF || d[2] == 0xFD) {
+        if rec.version != 0xFEFF && rec.version != 0xFEFD {
             return Err(DtlsError::Malformed("not a DTLS 1.0/1.2 record"));
         }
-        let len = usize::from(u16::from_be_bytes([d[11], d[12]]));
-        if d.len() < 13 + len {
-            return Err(DtlsError::Malformed("record longer than datagram"));
-        }
-        d = &d[13 + len..];
     }
     Ok(())
 }
@@ -1152,5 +1154,30 @@ mod tests {
         assert!(Fingerprint::parse("").is_err());
         let pem = Certificate::from_pem(&c.cert_pem().unwrap(), &c.key_pem().unwrap()).unwrap();
         assert!(pem.fingerprint().matches(c.fingerprint()));
+    }
+
+    #[test]
+    fn check_records_accepts_whole_records_only() {
+        let rec = |ct: u8, ver: [u8; 2], body: &[u8]| {
+            let mut v = vec![ct, ver[0], ver[1], 0, 0, 0, 0, 0, 0, 0, 1];
+            v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        };
+        let mut two = rec(22, [0xFE, 0xFD], b"abc");
+        two.extend(rec(20, [0xFE, 0xFF], b"\x01"));
+        assert!(check_records(&two).is_ok());
+        let bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            rec(22, [0xFE, 0xFD], b"abc")[..12].to_vec(),
+            rec(22, [0xFE, 0xFD], b"abc")[..15].to_vec(),
+            rec(24, [0xFE, 0xFD], b""),
+            rec(22, [0x03, 0x03], b""),
+            rec(22, [0xFE, 0xFC], b""),
+            rec(0x2C, [0xFE, 0xFD], b""),
+        ];
+        for b in bad {
+            assert!(check_records(&b).is_err(), "{b:02x?}");
+        }
     }
 }

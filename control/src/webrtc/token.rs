@@ -354,7 +354,7 @@ pub fn verify(
     let key = key_lookup(&app, header.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
     let signed_len = h.len() + 1 + p.len();
     let expected = hs256(&key.secret, &token.as_bytes()[..signed_len]);
-    if !openssl::memcmp::eq(&expected, &sig) {
+    if !crate::util::ct_eq(&expected, &sig) {
         return Err(TokenError::BadSignature);
     }
     let claims: Claims =
@@ -441,19 +441,10 @@ fn stream_digest(password: &str, minute: u64, ip: Option<IpAddr>) -> [u8; 16] {
     out
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::util::hex;
 
 fn unhex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    crate::util::unhex(s)?.try_into().ok()
 }
 
 /// Verify a Storm stream token: valid when it matches the minute of `now_unix` or one of the
@@ -494,7 +485,7 @@ pub fn verify_stream(
     let mut ok = false;
     for m in first..=now_min + ahead {
         // No early exit: the work does not depend on which minute matched.
-        ok |= openssl::memcmp::eq(&stream_digest(password, m * 60, ip), &given);
+        ok |= crate::util::ct_eq(&stream_digest(password, m * 60, ip), &given);
     }
     if ok {
         Ok(())
