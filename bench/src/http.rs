@@ -4,8 +4,8 @@
 //! Owns: nothing but the URL and token. TLS is deliberately not spoken (the admin API listens on
 //! loopback or a unix socket), so an `https:` URL is refused with a clear error.
 
-use relay::admin_http::{self, BaseUrl};
 pub use relay::admin_http::Response;
+use relay::admin_http::{self, BaseUrl};
 
 /// Errors talking to the admin API, naming the URL the bench was pointed at.
 #[derive(Debug, thiserror::Error)]
