@@ -13,15 +13,12 @@
 //! `SLUICE_REQUIRE_PEERS` is set. Two runs: Chromium's default handshake and one with the
 //! post-quantum key share whose ClientHello spans two datagrams (see [`CASES`]).
 
-use sluice_tests::daemons::{bin, Proc};
-use sluice_tests::{free_udp_port, TempDir};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use sluice_tests::daemons::Proc;
+use sluice_tests::webrtc_rig::WebRtcRig;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN_TOKEN: &str = "chromium-e2e-admin-token-0123456789";
 /// Frames the watcher's `<video>` must present.
 const FRAMES: u32 = 30;
 /// Seconds the browser script may wait for the publisher to connect and for the frames.
@@ -68,36 +65,6 @@ fn unavailable() -> Option<String> {
     }
 }
 
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
-
-fn mint(admin: &str, room: &str, role: &str) -> String {
-    let (st, body) = http(
-        admin,
-        "POST",
-        "/v1/tokens",
-        &format!(r#"{{"app":"demo","room":"{room}","role":"{role}","ttl_secs":600}}"#),
-    );
-    assert_eq!(st, 201, "mint: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    v["token"].as_str().expect("token").to_string()
-}
-
 /// The value of an unlabelled (or exactly labelled) Prometheus sample.
 fn metric(text: &str, name_and_labels: &str) -> u64 {
     text.lines()
@@ -120,63 +87,16 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
         return;
     }
     let started = Instant::now();
-    let dir = TempDir::new("chromium");
-    let d = dir.path();
-    let shm = PathBuf::from(format!(
-        "/dev/shm/sluice-chromium-e2e-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&shm);
-    let port = free_udp_port();
-    let cfg = d.join("sluice.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "runtime_dir = \"{d}/run\"\n\
-             [relay]\nbind = \"127.0.0.1:{port}\"\nworkers = 1\n\
-             [control]\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             state_dir = \"{d}/state\"\naudit_log = \"{d}/log/audit.log\"\n\
-             bootstrap_app = \"demo\"\npublic_addresses = [\"127.0.0.1\"]\n\
-             [shm]\npath = \"{s}\"\nsessions = 16\nroutes = 64\nworker_slots = 4\n",
-            d = d.display(),
-            s = shm.display()
-        ),
-    )
-    .expect("config");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-
-    let mut cmd = Command::new(bin("sluice-control"));
-    cmd.arg("--config").arg(&cfg).env_remove("NOTIFY_SOCKET");
-    let control = Proc::spawn("sluice-control", cmd, d, Stdio::null());
-    let rt = d.join("run/control.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info: serde_json::Value = loop {
-        if let Some(v) = std::fs::read(&rt)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "control did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let admin = info["admin_url"]
-        .as_str()
-        .and_then(|u| u.strip_prefix("http://"))
-        .expect("admin url")
-        .to_string();
-    let mut cmd = Command::new(bin("sluice-relay"));
-    cmd.arg("--config").arg(&cfg);
-    let relay = Proc::spawn("sluice-relay", cmd, d, Stdio::null());
+    let mut rig = WebRtcRig::start("chromium-e2e");
+    let admin = rig.admin.clone();
 
     // Control has no separate public listener here: WHIP/WHEP are on the admin one.
     let base = format!("http://{admin}");
     let mut summaries = Vec::new();
     for (i, (case, trials)) in CASES.iter().enumerate() {
         let room = format!("chromium{i}");
-        let pub_token = mint(&admin, &room, "host");
-        let view_token = mint(&admin, &room, "viewer");
+        let pub_token = rig.mint(&room, "host");
+        let view_token = rig.mint(&room, "viewer");
         let mut cmd = Command::new("node");
         cmd.arg(script_dir().join("browser.mjs"))
             .args(["run", &base, &pub_token, &view_token, &room])
@@ -187,7 +107,7 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
             cmd.arg(t);
         }
         let case_started = Instant::now();
-        let mut browser = Proc::spawn_lines("chromium", cmd, d);
+        let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir());
         let mut result = None;
         let deadline = Instant::now() + Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30);
         while Instant::now() < deadline {
@@ -203,11 +123,11 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
         }
         let status = browser.wait(Duration::from_secs(20));
         let context = || {
-            let (_, metrics) = http(&admin, "GET", "/metrics", "");
+            let (_, metrics) = rig.http("GET", "/metrics", "");
             format!(
                 "\n[case {case}]\n{}\n{}\n--- metrics ---\n{}",
                 browser.log_text(),
-                control.log_text(),
+                rig.control_log(),
                 metrics
                     .lines()
                     .filter(|l| !l.starts_with('#')
@@ -258,10 +178,8 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
         ));
         summaries.push(format!("  {}", result["userAgent"]));
     }
-    let (_, metrics) = http(&admin, "GET", "/metrics", "");
-    drop(relay);
-    drop(control);
-    let _ = std::fs::remove_file(&shm);
+    let (_, metrics) = rig.http("GET", "/metrics", "");
+    rig.stop();
 
     // The media took the fast path: the relay's engine forwarded SRTP (its tx counter counts
     // forwarded datagrams; slow-path replies are counted apart), and no SRTP packet failed

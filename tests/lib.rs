@@ -6,6 +6,7 @@
 
 pub mod daemons;
 pub mod procs;
+pub mod webrtc_rig;
 
 use relay::batch::MAX_DATAGRAM;
 use relay::shm::{Role, SessionRecord};

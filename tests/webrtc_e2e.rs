@@ -9,15 +9,12 @@
 //! `SKIP: aiortc not installed (pip install aiortc)` and passes. `SLUICE_PYTHON` names the
 //! interpreter (default `python3`).
 
-use sluice_tests::daemons::{bin, Proc};
-use sluice_tests::{free_udp_port, TempDir};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use sluice_tests::webrtc_rig::WebRtcRig;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN_TOKEN: &str = "webrtc-e2e-admin-token-0123456789";
 /// Frames the watcher must decode.
 const FRAMES: u32 = 30;
 
@@ -37,36 +34,6 @@ fn aiortc_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
-
-fn mint(admin: &str, room: &str, role: &str) -> String {
-    let (st, body) = http(
-        admin,
-        "POST",
-        "/v1/tokens",
-        &format!(r#"{{"app":"demo","room":"{room}","role":"{role}","ttl_secs":600}}"#),
-    );
-    assert_eq!(st, 201, "mint: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    v["token"].as_str().expect("token").to_string()
 }
 
 fn spawn_peer(args: &[&str], tag: &'static str) -> (Child, std::sync::mpsc::Receiver<String>) {
@@ -99,56 +66,12 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         return;
     }
     let started = Instant::now();
-    let dir = TempDir::new("webrtc");
-    let d = dir.path();
-    let shm = PathBuf::from(format!("/dev/shm/sluice-webrtc-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_file(&shm);
-    let port = free_udp_port();
-    let cfg = d.join("sluice.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "runtime_dir = \"{d}/run\"\n\
-             [relay]\nbind = \"127.0.0.1:{port}\"\nworkers = 1\n\
-             [control]\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             state_dir = \"{d}/state\"\naudit_log = \"{d}/log/audit.log\"\n\
-             bootstrap_app = \"demo\"\npublic_addresses = [\"127.0.0.1\"]\n\
-             [shm]\npath = \"{s}\"\nsessions = 16\nroutes = 64\nworker_slots = 4\n",
-            d = d.display(),
-            s = shm.display()
-        ),
-    )
-    .expect("config");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-
-    let mut cmd = Command::new(bin("sluice-control"));
-    cmd.arg("--config").arg(&cfg).env_remove("NOTIFY_SOCKET");
-    let control = Proc::spawn("sluice-control", cmd, d, Stdio::null());
-    let rt = d.join("run/control.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info: serde_json::Value = loop {
-        if let Some(v) = std::fs::read(&rt)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "control did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let admin = info["admin_url"]
-        .as_str()
-        .and_then(|u| u.strip_prefix("http://"))
-        .expect("admin url")
-        .to_string();
-    let mut cmd = Command::new(bin("sluice-relay"));
-    cmd.arg("--config").arg(&cfg);
-    let relay = Proc::spawn("sluice-relay", cmd, d, Stdio::null());
+    let mut rig = WebRtcRig::start("webrtc-e2e");
+    let admin = rig.admin.clone();
 
     let base = format!("http://{admin}");
-    let pub_token = mint(&admin, "e2e", "host");
-    let view_token = mint(&admin, "e2e", "viewer");
+    let pub_token = rig.mint("e2e", "host");
+    let view_token = rig.mint("e2e", "viewer");
     let (mut publisher, pub_rx) = spawn_peer(
         &["publish", &format!("{base}/whip/e2e"), &pub_token, "40"],
         "whip",
@@ -183,11 +106,11 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         })
         .last()
         .unwrap_or(0);
-    let (st, rooms) = http(&admin, "GET", "/v1/rooms/demo/e2e", "");
+    let (st, rooms) = rig.http("GET", "/v1/rooms/demo/e2e", "");
 
     // A moderator removes the publisher through the admin API: a second watcher that was
     // receiving stops receiving.
-    let view_token2 = mint(&admin, "e2e", "viewer");
+    let view_token2 = rig.mint("e2e", "viewer");
     let (mut watcher2, view2_rx) = spawn_peer(
         &[
             "watch",
@@ -207,25 +130,18 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         }
     }
     let room: serde_json::Value =
-        serde_json::from_str(&http(&admin, "GET", "/v1/rooms/demo/e2e", "").1).expect("room json");
+        serde_json::from_str(&rig.http("GET", "/v1/rooms/demo/e2e", "").1).expect("room json");
     let publisher_session = room["members"]
         .as_array()
         .and_then(|m| m.iter().find(|x| x["kind"] == "whip"))
         .and_then(|x| x["session"].as_u64())
         .expect("the publisher is a member");
-    let (del, del_body) = http(
-        &admin,
-        "DELETE",
-        &format!("/v1/sessions/{publisher_session}"),
-        "",
-    );
+    let (del, del_body) = rig.http("DELETE", &format!("/v1/sessions/{publisher_session}"), "");
     let stalled = watcher2.wait().expect("wait watcher 2");
     let _ = publisher.kill();
     let _ = publisher.wait();
-    let (_, metrics) = http(&admin, "GET", "/metrics", "");
-    drop(relay);
-    drop(control);
-    let _ = std::fs::remove_file(&shm);
+    let (_, metrics) = rig.http("GET", "/metrics", "");
+    rig.stop();
     assert_eq!(st, 200, "{rooms}");
     assert!(ready, "the second watcher never decoded frames");
     assert!(
