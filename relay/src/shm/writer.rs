@@ -130,18 +130,13 @@ impl ShmWriter {
                 table: Table::Sessions,
             });
         }
-        let (idx, new) = match self.sessions.get(&rec.id) {
-            Some(&i) => (i, false),
-            None => match self.free_sessions.last() {
-                Some(&i) => (i, true),
-                None => {
-                    return Err(ShmError::TableFull {
-                        table: Table::Sessions,
-                        capacity: self.map.capacity().sessions,
-                    })
-                }
-            },
-        };
+        let (idx, new) = slot_for(
+            &self.sessions,
+            &self.free_sessions,
+            rec.id,
+            Table::Sessions,
+            self.map.capacity().sessions,
+        )?;
         let h = self.map.header();
         raise_high_water(&h.session_high_water, idx);
         // The index came from our map or free list, both bounded by the capacity.
@@ -177,18 +172,13 @@ impl ShmWriter {
             });
         }
         validate_route(rec).map_err(ShmError::InvalidRoute)?;
-        let (idx, new) = match self.routes.get(&rec.id) {
-            Some(&i) => (i, false),
-            None => match self.free_routes.last() {
-                Some(&i) => (i, true),
-                None => {
-                    return Err(ShmError::TableFull {
-                        table: Table::Routes,
-                        capacity: self.map.capacity().routes,
-                    })
-                }
-            },
-        };
+        let (idx, new) = slot_for(
+            &self.routes,
+            &self.free_routes,
+            rec.id,
+            Table::Routes,
+            self.map.capacity().routes,
+        )?;
         let h = self.map.header();
         raise_high_water(&h.route_high_water, idx);
         if let Some(slot) = self.map.route_slot(idx) {
@@ -382,4 +372,22 @@ fn scan<'m, const N: usize>(
         .filter(|&i| keep[i as usize].is_none())
         .collect();
     (free, high_water)
+}
+
+/// The slot of `id` in a table: its current one (`false`), or the next free one (`true`; the
+/// caller pops it from `free` once the record is written).
+fn slot_for(
+    index: &HashMap<u64, u32>,
+    free: &[u32],
+    id: u64,
+    table: Table,
+    capacity: u32,
+) -> Result<(u32, bool), ShmError> {
+    match index.get(&id) {
+        Some(&i) => Ok((i, false)),
+        None => free
+            .last()
+            .map(|&i| (i, true))
+            .ok_or(ShmError::TableFull { table, capacity }),
+    }
 }
