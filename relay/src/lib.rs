@@ -16,6 +16,7 @@ pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod io;
+pub mod ratelimit;
 pub mod shm;
 pub mod srtp;
 pub mod wire;

@@ -18,7 +18,7 @@
 
 use clap::Parser;
 use relay::config::Config;
-use relay::engine::{Engine, EngineConfig};
+use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendKind, SocketBuffers};
 use relay::shm::{ShmError, ShmReader};
@@ -189,6 +189,19 @@ fn run(cli: Cli) -> Result<(), String> {
         ..WorkerConfig::default()
     };
     let srtp = cfg.srtp.context_options();
+    // Control's slow-path limits, split over the workers (each worker gates its own share; a
+    // source keeps its full per-source rate in the worker its packets hash to).
+    let gate_workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let slow_gate = Some(SlowGateRates {
+        global: cfg
+            .control
+            .slow_path_rate
+            .div_ceil(u32::try_from(gate_workers).unwrap_or(u32::MAX).max(1)),
+        per_source: cfg.control.slow_path_per_source_rate,
+    });
     let r = reader.clone();
     let make_engine = move |i| {
         <Engine>::new(
@@ -197,6 +210,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 worker: i,
                 srtp,
                 clock: Some(Instant::now),
+                slow_gate,
             },
         )
     };

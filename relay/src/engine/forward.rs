@@ -6,13 +6,15 @@ use super::index::{claim, normalize, ClaimError, Index, RebuildReport, Upstream,
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stats::Stats;
 use crate::batch::TxQueue;
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::shm::{
     DropReason, Rewrite, RouteRecord, SessionRecord, ShmReader, StreamDir, StreamRecord,
 };
 use crate::srtp::ContextOptions;
 use crate::wire::rtcp::{self, fmt, packet_type};
 use crate::wire::rtp::{RtpMut, RtpPacket};
-use crate::wire::{classify, Kind};
+use crate::wire::stun::StunMessage;
+use crate::wire::{classify, dtls, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,39 @@ pub struct Forwarder<C = crate::srtp::Context> {
     stats: Stats,
     now: Option<Instant>,
     state: StreamState,
+    gate: SlowGate,
+}
+
+/// The slow-path gate's rates (datagrams per second, one second of burst); see
+/// [`Forwarder::set_slow_gate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowGateRates {
+    /// All STUN/DTLS this worker passes to control.
+    pub global: u32,
+    /// Per source address (IPv4, or IPv6 /64).
+    pub per_source: u32,
+}
+
+/// The relay side of the slow-path limit: built at the first batch after the rates are set
+/// (it needs a time), so the per-datagram path never allocates.
+#[derive(Default)]
+enum SlowGate {
+    #[default]
+    Open,
+    Pending(SlowGateRates),
+    On(Box<RateLimiter>),
+}
+
+/// RFC 7983 §7 sends STUN and DTLS to control; only well-formed ones are worth its time: a
+/// STUN message that parses whole (header, magic cookie, length, attributes; RFC 8489 §5,
+/// §14) or a datagram of complete DTLS records (RFC 6347 §4.1).
+#[inline]
+fn slow_path_well_formed(kind: Kind, b: &[u8]) -> bool {
+    match kind {
+        Kind::Stun => StunMessage::parse(b).is_ok(),
+        Kind::Dtls => !b.is_empty() && dtls::records(b).all(|r| r.is_ok()),
+        _ => false,
+    }
 }
 
 /// Account for one packet of a tracked stream (create the track at its first packet, with the
@@ -144,6 +179,7 @@ impl<C: SrtpOps> Forwarder<C> {
             stats: Stats::default(),
             now: None,
             state: StreamState::default(),
+            gate: SlowGate::Open,
         }
     }
 
@@ -171,9 +207,23 @@ impl<C: SrtpOps> Forwarder<C> {
         rep
     }
 
-    /// The batch clock (used for per-session rate limits only).
+    /// Rate-limit the STUN and DTLS datagrams this worker passes to control, per source and
+    /// in total (excess dropped and counted as [`DropReason::RateLimited`]); `None` passes all
+    /// well-formed ones. Takes effect at the next [`Forwarder::set_now`].
+    pub fn set_slow_gate(&mut self, rates: Option<SlowGateRates>) {
+        self.gate = match rates {
+            Some(r) => SlowGate::Pending(r),
+            None => SlowGate::Open,
+        };
+    }
+
+    /// The batch clock (used for rate limits only).
     pub fn set_now(&mut self, now: Instant) {
         self.now = Some(now);
+        if let SlowGate::Pending(r) = self.gate {
+            // Once, outside the per-datagram path.
+            self.gate = SlowGate::On(Box::new(RateLimiter::new(r.global, r.per_source, now)));
+        }
     }
 
     pub fn stats(&self) -> &Stats {
@@ -204,8 +254,19 @@ impl<C: SrtpOps> Forwarder<C> {
         self.stats.rx(len);
         let src = normalize(src);
         let kind = classify(&buf[..len]);
-        // RFC 7983 §7: STUN and DTLS belong to control, known source or not.
+        // RFC 7983 §7: STUN and DTLS belong to control, known source or not; malformed ones
+        // and a source (or this worker) over its rate stop here, before the slow-path socket.
         if matches!(kind, Kind::Stun | Kind::Dtls) {
+            if !slow_path_well_formed(kind, &buf[..len]) {
+                self.stats.drop(DropReason::Malformed);
+                return;
+            }
+            if let (SlowGate::On(g), Some(now)) = (&mut self.gate, self.now) {
+                if g.check(now, src.ip()) != Verdict::Allow {
+                    self.stats.drop(DropReason::RateLimited);
+                    return;
+                }
+            }
             if slow.push(src, &buf[..len]) {
                 self.stats.slow_path += 1;
             } else {

@@ -21,7 +21,7 @@ mod stats;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-pub use forward::Forwarder;
+pub use forward::{Forwarder, SlowGateRates};
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
 pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 pub use stats::Stats;
@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub srtp: ContextOptions,
     /// Read once at the end of each batch (for the batch-time histogram); `None` records 0.
     pub clock: Option<Clock>,
+    /// The relay-side slow-path limit (see [`Forwarder::set_slow_gate`]); `None` = only
+    /// malformed STUN/DTLS is dropped before control.
+    pub slow_gate: Option<SlowGateRates>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
                 ..ContextOptions::default()
             },
             clock: None,
+            slow_gate: None,
         }
     }
 }
@@ -82,6 +86,7 @@ impl<C: SrtpOps> Engine<C> {
     /// An engine reading `shm`; the index is built at the first [`Engine::begin_batch`].
     pub fn new(shm: Arc<ShmReader>, cfg: EngineConfig) -> Engine<C> {
         let mut fwd = Forwarder::new(cfg.srtp);
+        fwd.set_slow_gate(cfg.slow_gate);
         fwd.attach_stream_state(shm.clone(), cfg.worker);
         Engine {
             shm,

@@ -6,6 +6,7 @@ use super::index::OWNER_NONE;
 use super::*;
 use crate::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
 use crate::srtp::{Error, MasterKey, Profile};
+use std::time::{Duration, Instant};
 
 /// Appends a 4-byte tag: FNV-1a over key ‖ packet. Unprotect checks and strips it.
 struct TagCipher {
@@ -229,6 +230,56 @@ fn fan_out_with_rewrite() {
     assert_eq!(rig.fwd.stats().tx_packets, 3);
 }
 
+/// A 20-byte STUN Binding request without attributes (RFC 8489 §5).
+fn binding_request() -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[1] = 0x01;
+    b[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    b[8..20].copy_from_slice(b"transaction!");
+    b
+}
+
+#[test]
+fn slow_path_gate_limits_per_source_and_per_worker() {
+    let mut rig = Rig::new(vec![session(1, Role::Speaker)], vec![]);
+    rig.fwd.set_slow_gate(Some(SlowGateRates {
+        global: 50,
+        per_source: 10,
+    }));
+    let t0 = Instant::now();
+    rig.fwd.set_now(t0);
+    // One flooding source: one second of burst, then nothing until its bucket refills.
+    for _ in 0..100 {
+        let mut b = binding_request();
+        rig.send_raw(addr(9), &mut b, 20);
+        rig.slow.clear();
+    }
+    assert_eq!(rig.fwd.stats().slow_path, 10);
+    assert_eq!(rig.fwd.stats().dropped(DropReason::RateLimited), 90);
+    // Other sources are not starved by it, until the worker's total runs out.
+    let many: Vec<SocketAddr> = (0..100u32)
+        .map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0xC000_0200 + i), 5000)))
+        .collect();
+    for a in &many {
+        let mut b = binding_request();
+        rig.send_raw(*a, &mut b, 20);
+        rig.slow.clear();
+    }
+    assert_eq!(
+        rig.fwd.stats().slow_path,
+        50,
+        "the worker's total: 50 per second"
+    );
+    // 100 ms later: one more for the first source (10/s), and the total refilled by 5.
+    rig.fwd.set_now(t0 + Duration::from_millis(100));
+    for _ in 0..5 {
+        let mut b = binding_request();
+        rig.send_raw(addr(9), &mut b, 20);
+        rig.slow.clear();
+    }
+    assert_eq!(rig.fwd.stats().slow_path, 51);
+}
+
 #[test]
 fn drops_by_reason() {
     let mut rig = Rig::new(
@@ -254,12 +305,20 @@ fn drops_by_reason() {
     assert!(rig.send_raw(addr(1001), &mut p, l).is_empty());
     assert_eq!(rig.fwd.stats().dropped(DropReason::AuthFailed), 1);
     // STUN from anywhere goes to control, addressed by the peer.
-    let mut stun = [0u8; 20];
-    stun[0] = 0x00;
-    stun[1] = 0x01;
+    let mut stun = binding_request();
     rig.send_raw(addr(9), &mut stun, 20);
     assert_eq!(rig.slow.len(), 1);
     assert_eq!(rig.slow.metas()[0].dst, addr(9));
+    // Malformed STUN (no magic cookie, RFC 8489 §5) and DTLS (record overrun) stop here.
+    let mut bad = binding_request();
+    bad[4] = 0;
+    rig.send_raw(addr(9), &mut bad, 20);
+    let mut dtls = [0u8; 20];
+    dtls[..3].copy_from_slice(&[22, 0xFE, 0xFD]);
+    dtls[11..13].copy_from_slice(&500u16.to_be_bytes());
+    rig.send_raw(addr(9), &mut dtls, 20);
+    assert_eq!(rig.slow.len(), 1);
+    assert_eq!(rig.fwd.stats().dropped(DropReason::Malformed), 2);
     // Publisher with no route for nobody: remove the route.
     rig.routes.clear();
     rig.rebuild();
