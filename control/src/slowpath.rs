@@ -632,8 +632,3 @@ impl Drop for SlowPathThread {
         self.shutdown();
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}

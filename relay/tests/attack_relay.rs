@@ -65,6 +65,12 @@ impl SrtpOps for Counting {
     fn roc(&self, ssrc: u32) -> Option<u32> {
         self.0.roc(ssrc)
     }
+    fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        self.0.resume_rtcp(ssrc, highest)
+    }
+    fn srtcp_index(&self, ssrc: u32) -> Option<u64> {
+        self.0.srtcp_index(ssrc)
+    }
 }
 
 /// The shared harness's shm file and peers, with an engine over [`Counting`].

@@ -275,8 +275,10 @@ fn bad_datagrams_counted_by_reason() {
     let mut wrong_version = p.rtp(1, 4, 1, 96, &[1; 50]);
     wrong_version[0] = 0x40;
     let stranger: SocketAddr = "127.0.0.9:9".parse().unwrap();
+    // A Binding request (RFC 8489 §5: type, length 0, magic cookie, transaction id).
     let mut stun = vec![0u8; 20];
     stun[1] = 1;
+    stun[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
     let out = rig.batch(&[
         (p.addr, good.clone()),
         (p.addr, good.clone()), // replay

@@ -24,6 +24,11 @@ pub trait SrtpOps: Sized {
     fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error>;
     /// The rollover counter of `ssrc`, `None` when the context does not track it.
     fn roc(&self, ssrc: u32) -> Option<u32>;
+    /// Continue `ssrc`'s SRTCP flow after index `highest` (everything up to it counts as used),
+    /// for state a previous relay process left in shm.
+    fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error>;
+    /// The highest SRTCP index sent or accepted for `ssrc`, `None` before the first.
+    fn srtcp_index(&self, ssrc: u32) -> Option<u64>;
 }
 
 /// Production: the SRTP contexts of [`crate::srtp`].
@@ -59,6 +64,14 @@ impl SrtpOps for crate::srtp::Context {
     #[inline]
     fn roc(&self, ssrc: u32) -> Option<u32> {
         crate::srtp::Context::roc(self, ssrc)
+    }
+    #[inline]
+    fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        crate::srtp::Context::resume_rtcp(self, ssrc, highest)
+    }
+    #[inline]
+    fn srtcp_index(&self, ssrc: u32) -> Option<u64> {
+        crate::srtp::Context::srtcp_index(self, ssrc)
     }
 }
 

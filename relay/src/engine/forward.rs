@@ -8,7 +8,7 @@ use super::stats::Stats;
 use crate::batch::TxQueue;
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::shm::{
-    DropReason, Rewrite, RouteRecord, SessionRecord, ShmReader, StreamDir, StreamRecord,
+    DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader, StreamDir, StreamRecord,
 };
 use crate::srtp::ContextOptions;
 use crate::wire::rtcp::{self, fmt, packet_type};
@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 
 /// RFC 3550 §6.4.1: the sender report without report blocks is 28 bytes (7 words).
 const SR_FIXED_LEN: usize = 28;
+/// An outbound SRTCP flow's stored index is rewritten every this many packets, so it is at
+/// most this far behind the true one (RTCP is a few packets per second per stream).
+const RTCP_REFRESH: u64 = 16;
+/// A new process continues an outbound SRTCP flow this far past the stored index: past
+/// anything the previous process can have protected.
+const RTCP_SKIP: u64 = 4 * RTCP_REFRESH;
 /// Most RTCP packets of one compound the engine looks at; the rest is consumed.
 const MAX_RTCP_PACKETS: usize = 16;
 
@@ -117,6 +123,82 @@ fn note_stream(
             index: t.index,
             ts,
             rewritten,
+        },
+    );
+}
+
+/// Before the first SRTCP packet this process protects for (`session`, `ssrc`): continue after
+/// the index a previous relay process stored, plus [`RTCP_SKIP`] (RFC 3711 §9.1: an SRTCP
+/// index used twice under one key reuses keystream; the receiver would also refuse it as a
+/// replay). One slice search and a context lookup per outbound RTCP packet.
+#[inline]
+fn resume_srtcp<C: SrtpOps>(
+    state: &mut StreamState,
+    tracks: &[Track],
+    session: SessionId,
+    ctx: &mut C,
+    ssrc: u32,
+) {
+    if !state.has_seeds() || Track::find(tracks, ssrc).is_some() || ctx.srtcp_index(ssrc).is_some()
+    {
+        return;
+    }
+    if let Some(r) = state.seed(session, StreamDir::RtcpOut, ssrc) {
+        // An index past 2^31 − 1 is refused: the flow then needs a new key (§3.4).
+        let _ = ctx.resume_rtcp(ssrc, r.index.saturating_add(RTCP_SKIP));
+    }
+}
+
+/// After an SRTCP packet was protected: persist the flow's index at its first packet and
+/// whenever it moved [`RTCP_REFRESH`] past the last write (or went back: a replaced context).
+#[inline]
+fn note_srtcp<C: SrtpOps>(
+    state: &mut StreamState,
+    tracks: &mut Vec<Track>,
+    limit: usize,
+    session: SessionId,
+    ctx: &C,
+    ssrc: u32,
+) {
+    let Some(index) = ctx.srtcp_index(ssrc) else {
+        return;
+    };
+    let t = match Track::find(tracks, ssrc) {
+        Some(i) => {
+            let t = &mut tracks[i];
+            let last = t.index;
+            if last != Track::RESTART && index >= last && index - last < RTCP_REFRESH {
+                return;
+            }
+            t.index = index;
+            *t
+        }
+        None => {
+            if tracks.len() >= limit {
+                return;
+            }
+            if tracks.capacity() < limit {
+                // Once per session in this worker, like its SRTP context.
+                tracks.reserve_exact(limit - tracks.len());
+            }
+            let t = Track {
+                ssrc,
+                index,
+                slot: state.open(session, StreamDir::RtcpOut, ssrc),
+            };
+            tracks.push(t);
+            t
+        }
+    };
+    state.write(
+        t.slot,
+        &StreamRecord {
+            session,
+            ssrc,
+            dir: StreamDir::RtcpOut,
+            index: t.index,
+            ts: 0,
+            rewritten: false,
         },
     );
 }
@@ -596,7 +678,10 @@ impl<C: SrtpOps> Forwarder<C> {
                 continue;
             }
             let peer = sub.peer;
-            let Some(ctx) = sub.tx_ctx(*opts) else {
+            let sub_id = sub.id;
+            // The SRTCP flow is the compound's first SSRC (RFC 3711 §3.4), as rewritten.
+            let rtcp_ssrc = out_ssrc.unwrap_or(ssrc);
+            let Some((ctx, rtcp_track)) = sub.tx_rtcp(*opts) else {
                 self.stats.drop(DropReason::Crypto);
                 continue;
             };
@@ -604,6 +689,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 self.stats.drop(DropReason::TxQueueFull);
                 continue;
             }
+            resume_srtcp(&mut self.state, rtcp_track, sub_id, ctx, rtcp_ssrc);
             let mut err = DropReason::Malformed;
             let pushed = tx.push_with(peer, |slot| {
                 let w = copy_down(&plain[a..b], slot)?;
@@ -637,6 +723,8 @@ impl<C: SrtpOps> Forwarder<C> {
             if pushed {
                 self.stats
                     .tx(tx.metas().last().map_or(0, |m| m.len as usize));
+                let limit = opts.max_streams;
+                note_srtcp(&mut self.state, rtcp_track, limit, sub_id, ctx, rtcp_ssrc);
             } else {
                 self.stats.drop(err);
             }
@@ -671,7 +759,10 @@ impl<C: SrtpOps> Forwarder<C> {
         let opts = self.index.opts;
         let target = &mut self.index.sessions[publisher as usize];
         let peer = target.peer;
-        let Some(ctx) = target.tx_ctx(opts) else {
+        let target_id = target.id;
+        // The feedback packet's own sender SSRC names the SRTCP flow (RFC 3711 §3.4).
+        let rtcp_ssrc = be32(p, 4);
+        let Some((ctx, rtcp_track)) = target.tx_rtcp(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
@@ -679,6 +770,7 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::TxQueueFull);
             return;
         }
+        resume_srtcp(&mut self.state, rtcp_track, target_id, ctx, rtcp_ssrc);
         let l = p.len();
         let mut err = DropReason::Malformed;
         let pushed = tx.push_with(peer, |slot| {
@@ -719,6 +811,15 @@ impl<C: SrtpOps> Forwarder<C> {
         if pushed {
             self.stats
                 .tx(tx.metas().last().map_or(0, |m| m.len as usize));
+            let limit = opts.max_streams;
+            note_srtcp(
+                &mut self.state,
+                rtcp_track,
+                limit,
+                target_id,
+                ctx,
+                rtcp_ssrc,
+            );
         } else {
             self.stats.drop(err);
         }

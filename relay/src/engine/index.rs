@@ -269,6 +269,9 @@ pub struct Session<C> {
     /// index last persisted (engine/state.rs). Each reserved whole at its first entry.
     pub rx_track: Vec<Track>,
     pub tx_track: Vec<Track>,
+    /// Outbound SRTCP flows (by the compound's first SSRC), same bookkeeping (`index` is the
+    /// SRTCP index).
+    pub rtcp_track: Vec<Track>,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -295,6 +298,7 @@ impl<C: SrtpOps> Session<C> {
             owned: Vec::new(),
             rx_track: Vec::new(),
             tx_track: Vec::new(),
+            rtcp_track: Vec::new(),
         }
     }
 
@@ -317,6 +321,7 @@ impl<C: SrtpOps> Session<C> {
         if rec.tx_key != self.tx_key {
             if !self.tx.rekey(rec.tx_key) {
                 restart(&mut self.tx_track);
+                restart(&mut self.rtcp_track);
             }
             self.tx_key = rec.tx_key;
         }
@@ -406,6 +411,13 @@ impl<C: SrtpOps> Session<C> {
     #[inline]
     pub fn tx_ctx(&mut self, opts: ContextOptions) -> Option<&mut C> {
         self.tx.get(&self.tx_key, opts)
+    }
+
+    /// The outbound context with the outbound SRTCP tracks (both needed per RTCP packet).
+    #[inline]
+    pub fn tx_rtcp(&mut self, opts: ContextOptions) -> Option<(&mut C, &mut Vec<Track>)> {
+        let ctx = self.tx.get(&self.tx_key, opts)?;
+        Some((ctx, &mut self.rtcp_track))
     }
 }
 

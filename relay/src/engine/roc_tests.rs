@@ -281,3 +281,121 @@ fn a_second_restart_before_any_refresh_still_skips_ahead() {
     assert_eq!(world.subs[0].seen.len(), 60);
     assert_eq!(world.subs[1].seen.len(), 60);
 }
+
+#[test]
+fn srtcp_index_continues_across_restarts() {
+    // The relay protects the publisher's sender reports for each subscriber under the
+    // subscriber's key with its own SRTCP index (RFC 3711 §3.4). A new process must continue
+    // after the previous one's index (§9.1: never twice under one key); the subscribers'
+    // SRTCP replay windows would refuse a reused one anyway.
+    let path = std::env::temp_dir().join(format!("sluice-srtcp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _guard = TempFile(path.clone());
+    let mut w = ShmWriter::create_with_streams(
+        &path,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 2,
+        },
+        16,
+    )
+    .unwrap();
+    w.put_session(&session(1, Role::Trunk)).unwrap();
+    w.put_session(&session(2, Role::Viewer)).unwrap();
+    w.put_session(&session(3, Role::Viewer)).unwrap();
+    for (id, to, ssrc) in [(1, 2, None), (2, 3, Some(OUT_SSRC))] {
+        w.put_route(&RouteRecord {
+            id,
+            from: 1,
+            ssrc: None,
+            to,
+            rewrite: Rewrite {
+                ssrc,
+                ..Rewrite::default()
+            },
+        })
+        .unwrap();
+    }
+    let rx = |k| Receiver {
+        ctx: Context::new(k, ContextOptions::default()).unwrap(),
+        seen: HashSet::new(),
+        max_before: 0,
+    };
+    let mut world = World {
+        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
+        subs: [rx(key(102)), rx(key(103))],
+        tx: TxQueue::with_capacity(8),
+        slow: TxQueue::with_capacity(8),
+        now: Instant::now(),
+    };
+    // The SRTCP indices each subscriber received, in order.
+    let mut indices: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut seq: u16 = 100;
+    let mut reports = 0u32;
+    for round in 0..3 {
+        let mut engine = <Engine>::new(
+            Arc::new(ShmReader::open(&path).unwrap()),
+            EngineConfig {
+                worker: round % 2,
+                ..EngineConfig::default()
+            },
+        );
+        // Fewer reports than RTCP_REFRESH in some rounds, more in others.
+        let n = [5, 40, 3][round];
+        for _ in 0..n {
+            assert_eq!(world.send(&mut engine, seq), 2);
+            seq = seq.wrapping_add(1);
+            // A sender report (RFC 3550 §6.4.1) without report blocks.
+            let mut buf = [0u8; MAX_DATAGRAM];
+            buf[..4].copy_from_slice(&[0x80, 200, 0, 6]);
+            buf[4..8].copy_from_slice(&PUB_SSRC.to_be_bytes());
+            buf[16..20].copy_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+            reports += 1;
+            buf[20..24].copy_from_slice(&reports.to_be_bytes());
+            let l = world.sender.protect_rtcp(&mut buf, 28).unwrap();
+            world.tx.clear();
+            engine.begin_batch(world.now);
+            engine.on_datagram(peer(1), &mut buf, l, &mut world.tx, &mut world.slow);
+            engine.end_batch_at(None);
+            assert_eq!(world.tx.len(), 2, "round {round}: the report reaches both");
+            for i in 0..2 {
+                let r = if world.tx.metas()[i].dst == peer(2) {
+                    0
+                } else {
+                    1
+                };
+                let mut d = world.tx.datagram(i).to_vec();
+                let dl = d.len();
+                let ctx = &mut world.subs[r].ctx;
+                ctx.unprotect_rtcp(&mut d, dl)
+                    .unwrap_or_else(|e| panic!("round {round}: subscriber {r}: {e:?}"));
+                let ssrc = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+                indices[r].push(ctx.srtcp_index(ssrc).unwrap());
+            }
+        }
+        assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
+    }
+    for (r, ix) in indices.iter().enumerate() {
+        assert_eq!(ix.len(), 48);
+        assert!(
+            ix.windows(2).all(|w| w[1] > w[0]),
+            "subscriber {r}: SRTCP indices not increasing: {ix:?}"
+        );
+    }
+    let stored = {
+        let mut v = Vec::new();
+        ShmReader::open(&path)
+            .unwrap()
+            .for_each_stream(|_, _, r| v.push((r.dir, r.session, r.ssrc)));
+        v
+    };
+    assert!(
+        stored.contains(&(StreamDir::RtcpOut, 2, PUB_SSRC)),
+        "{stored:?}"
+    );
+    assert!(
+        stored.contains(&(StreamDir::RtcpOut, 3, OUT_SSRC)),
+        "{stored:?}"
+    );
+}

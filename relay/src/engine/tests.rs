@@ -75,6 +75,12 @@ impl SrtpOps for TagCipher {
     fn unprotect_rtcp(&mut self, b: &mut [u8], l: usize) -> Result<usize, Error> {
         self.open(b, l)
     }
+    fn resume_rtcp(&mut self, _ssrc: u32, _highest: u64) -> Result<(), Error> {
+        Ok(())
+    }
+    fn srtcp_index(&self, _ssrc: u32) -> Option<u64> {
+        None
+    }
 }
 
 fn key(n: u8) -> MasterKey {

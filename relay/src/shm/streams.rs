@@ -20,6 +20,10 @@ pub enum StreamDir {
     /// A stream the relay sends to the peer (the session's outbound context), keyed by the
     /// output SSRC.
     Out = 2,
+    /// The SRTCP flow the relay sends to the peer (outbound context), keyed by the SSRC of
+    /// the first packet of each compound (RFC 3711 §3.4): `index` is the SRTCP index, so a new
+    /// process never uses one twice under the same key (§9.1).
+    RtcpOut = 3,
 }
 
 /// One persisted stream.
@@ -67,6 +71,7 @@ pub(crate) fn decode_stream(w: &[u64; STREAM_WORDS]) -> Result<StreamRecord, Slo
     let dir = match (w[1] >> 32) as u8 {
         1 => StreamDir::In,
         2 => StreamDir::Out,
+        3 => StreamDir::RtcpOut,
         d => return Err(SlotError::BadDirection(d)),
     };
     let rewritten = match (w[1] >> 40) as u8 {
@@ -103,8 +108,14 @@ mod tests {
         assert_eq!(r.roc(), 7);
         assert_eq!(r.seq(), 65_000);
         let mut bad = w;
-        bad[1] = u64::from(r.ssrc) | (3 << 32);
-        assert_eq!(decode_stream(&bad), Err(SlotError::BadDirection(3)));
+        bad[1] = u64::from(r.ssrc) | (4 << 32);
+        assert_eq!(decode_stream(&bad), Err(SlotError::BadDirection(4)));
+        let rtcp = StreamRecord {
+            dir: StreamDir::RtcpOut,
+            index: (1 << 31) - 1,
+            ..r
+        };
+        assert_eq!(decode_stream(&encode_stream(&rtcp)).unwrap(), rtcp);
     }
 
     #[test]

@@ -187,6 +187,37 @@ impl Context {
         Ok(())
     }
 
+    /// Continue `ssrc`'s SRTCP flow after `highest` (RFC 3711 §3.4), for state a previous
+    /// relay process left in shm: the flow counts as started at `highest` with every index at
+    /// or below it already seen, so [`Context::protect_rtcp`] continues at `highest + 1` (no
+    /// SRTCP index, hence no keystream, used twice under one key, §9.1) and
+    /// [`Context::unprotect_rtcp`] refuses anything up to it. A new SSRC takes a stream slot.
+    pub fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        if highest > SRTCP_INDEX_MAX {
+            return Err(Error::KeyExpired);
+        }
+        let slot = match self.find(ssrc) {
+            Some(s) => s,
+            None => self.alloc(ssrc)?,
+        };
+        let flow = &mut self.streams[slot].rtcp;
+        if flow.started && flow.highest >= highest {
+            return Ok(());
+        }
+        flow.started = true;
+        flow.highest = highest;
+        self.bitmap(slot, true).fill(u64::MAX);
+        Ok(())
+    }
+
+    /// The highest SRTCP index sent or accepted for `ssrc`, `None` before the first.
+    pub fn srtcp_index(&self, ssrc: u32) -> Option<u64> {
+        self.find(ssrc)
+            .map(|s| self.streams[s].rtcp)
+            .filter(|f| f.started)
+            .map(|f| f.highest)
+    }
+
     /// The rollover counter of `ssrc`, if the context tracks it.
     pub fn roc(&self, ssrc: u32) -> Option<u32> {
         self.find(ssrc).map(|s| {
