@@ -3,14 +3,17 @@
 //! while the normal run measures legitimate throughput (docs/SECURITY.md "Garbage under
 //! load").
 //!
-//! The mix, in rotation, from [`SOURCES`] sockets (distinct source ports on the bench's bind
-//! address): SRTP-looking RTP from unknown sources (dropped as `UnknownSource`), bytes outside
-//! every RFC 7983 range (`Demux`), STUN Binding requests with a bogus MESSAGE-INTEGRITY and
-//! DTLS ClientHello-shaped records (both go up the slow path, where control's per-source
-//! limit drops them). Owns only its sockets and thread; no session is created.
+//! The mix, in rotation, from [`SOURCES`] sockets (distinct source addresses on loopback, else
+//! distinct ports on the bench's bind address), in `sendmmsg` batches: SRTP-looking RTP from
+//! unknown sources (dropped as `UnknownSource`), bytes outside every RFC 7983 range (`Demux`),
+//! STUN Binding requests with a bogus MESSAGE-INTEGRITY and DTLS ClientHello-shaped records
+//! (well-formed, so the relay's slow-path gate rate-limits them per source before control's
+//! own limit). Owns only its sockets and thread; no session is created.
 
+use crate::sys::SendBatch;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -87,7 +90,9 @@ pub fn datagram(n: u64, out: &mut [u8; 200]) -> usize {
 }
 
 impl Garbage {
-    /// Start sending to `dst` at `pps` datagrams per second from sockets on `bind_ip`.
+    /// Start sending to `dst` at `pps` datagrams per second from sockets on `bind_ip`. With a
+    /// loopback IPv4 `bind_ip` the sockets take [`SOURCES`] distinct addresses of 127.0.0.0/8
+    /// (127.66.0.1, 127.66.0.2, ...), so the flood comes from many sources, as a real one does.
     pub fn start(dst: SocketAddr, bind_ip: IpAddr, pps: f64) -> io::Result<Garbage> {
         if !(pps.is_finite() && pps > 0.0) {
             return Err(io::Error::new(
@@ -96,9 +101,16 @@ impl Garbage {
             ));
         }
         let socks = (0..SOURCES)
-            .map(|_| {
-                let s = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+            .map(|i| {
+                let ip = match bind_ip {
+                    IpAddr::V4(v4) if v4.is_loopback() => {
+                        IpAddr::V4(Ipv4Addr::new(127, 66, 0, i as u8 + 1))
+                    }
+                    ip => ip,
+                };
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
                 s.set_nonblocking(true)?;
+                s.connect(dst)?;
                 Ok(s)
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -106,7 +118,7 @@ impl Garbage {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("garbage".into())
-            .spawn(move || run(&socks, dst, pps, &flag))?;
+            .spawn(move || run(&socks, pps, &flag))?;
         Ok(Garbage { stop, thread })
     }
 
@@ -117,21 +129,39 @@ impl Garbage {
     }
 }
 
-fn run(socks: &[UdpSocket], dst: SocketAddr, pps: f64, stop: &AtomicBool) -> GarbageStats {
+/// Datagrams per `sendmmsg` (one source socket per batch, the next batch from the next).
+const BATCH: usize = 64;
+const SLOT: usize = 200;
+
+fn run(socks: &[UdpSocket], pps: f64, stop: &AtomicBool) -> GarbageStats {
     let start = Instant::now();
     let mut st = GarbageStats::default();
-    let mut buf = [0u8; 200];
+    let mut arena = vec![0u8; BATCH * SLOT];
+    let mut lens = [0usize; BATCH];
+    let mut batch = SendBatch::new(BATCH);
     let mut n = 0u64;
+    let mut sock = 0usize;
     while !stop.load(Ordering::Relaxed) {
         // Paced: catch up to where the rate says we should be, then sleep a millisecond.
         let due = (start.elapsed().as_secs_f64() * pps) as u64;
         while n < due && !stop.load(Ordering::Relaxed) {
-            let len = datagram(n, &mut buf);
-            match socks[n as usize % socks.len()].send_to(&buf[..len], dst) {
-                Ok(_) => st.sent += 1,
-                Err(_) => st.send_errors += 1,
+            let b = (due - n).min(BATCH as u64) as usize;
+            for (k, len) in lens[..b].iter_mut().enumerate() {
+                let slot: &mut [u8; SLOT] = (&mut arena[k * SLOT..(k + 1) * SLOT])
+                    .try_into()
+                    .expect("SLOT-sized chunk");
+                *len = datagram(n + k as u64, slot);
             }
-            n += 1;
+            let s = &socks[sock % socks.len()];
+            sock += 1;
+            match batch.send(s.as_raw_fd(), &arena, SLOT, &lens[..b]) {
+                Ok(r) => {
+                    st.sent += r as u64;
+                    st.send_errors += (b - r) as u64;
+                }
+                Err(_) => st.send_errors += b as u64,
+            }
+            n += b as u64;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
