@@ -21,7 +21,7 @@ use control::webrtc::token::{
     RoomPolicy, Target, TokenError, TokenKind,
 };
 use relay::config::{Config, Secret};
-use relay::engine::{Engine, EngineConfig};
+use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::io::BackendKind;
 use relay::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
 use relay::srtp::{Context, Profile};
@@ -34,7 +34,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn workers_over(reader: Arc<ShmReader>, slow_path: Option<&Path>) -> Workers {
+fn workers_over(
+    reader: Arc<ShmReader>,
+    slow_path: Option<&Path>,
+    slow_gate: Option<SlowGateRates>,
+) -> Workers {
     let r = reader.clone();
     spawn_workers(
         WorkerConfig {
@@ -51,6 +55,7 @@ fn workers_over(reader: Arc<ShmReader>, slow_path: Option<&Path>) -> Workers {
                 EngineConfig {
                     worker: i,
                     clock: Some(Instant::now),
+                    slow_gate,
                     ..EngineConfig::default()
                 },
             )
@@ -131,7 +136,7 @@ fn srtp_attacks_dropped_before_routing_and_counted() {
         pairs.push((profile, p, s));
     }
     let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
-    let workers = workers_over(reader.clone(), None);
+    let workers = workers_over(reader.clone(), None, None);
     let relay = workers.local_addr();
 
     let mut replays = 0u64;
@@ -344,7 +349,13 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
     let mut thread = sp.spawn().expect("slow-path thread");
 
     let reader = Arc::new(ShmReader::open(&cfg.shm.path).expect("open shm"));
-    let workers = workers_over(reader.clone(), Some(&sock_path));
+    // The relay gates at the configured rates (one worker: all of the global rate), as
+    // `sluice-relay` does from the same config.
+    let gate = SlowGateRates {
+        global: cfg.control.slow_path_rate,
+        per_source: cfg.control.slow_path_per_source_rate,
+    };
+    let workers = workers_over(reader.clone(), Some(&sock_path), Some(gate));
     let relay = workers.local_addr();
     let deadline = Instant::now() + Duration::from_secs(10);
     while ctl.slow_path_stats.snapshot().connections == 0 {
@@ -441,9 +452,21 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
         forged_seen + snap.dtls_unhandled + snap.rate_source + ice.success,
         "every slow-path datagram is accounted for: {snap:?} {ice:?}"
     );
+    // Most of both floods stopped in the relay, before the socket to control: it forwarded
+    // at most the per-source bound of each flooding source (plus the legitimate checks).
+    let gated = t.drops[DropReason::RateLimited as usize];
     assert!(
-        snap.rate_source > sent[0],
-        "most of both floods dropped: {snap:?}"
+        gated + snap.rate_source > sent[0],
+        "most of both floods dropped: relay {gated}, control {snap:?}"
+    );
+    assert!(
+        gated > sent[0],
+        "the relay's gate dropped the floods: {gated}"
+    );
+    assert!(
+        t.slow_path_up <= 2 * bound + legit_sent,
+        "the relay sent {} datagrams up, more than 2 × {bound} + {legit_sent}",
+        t.slow_path_up
     );
     assert_eq!(snap.rate_global, 0);
     assert_eq!(
