@@ -65,6 +65,9 @@ impl SrtpOps for Counting {
     fn roc(&self, ssrc: u32) -> Option<u32> {
         self.0.roc(ssrc)
     }
+    fn resume_rtp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        self.0.resume_rtp(ssrc, highest)
+    }
     fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
         self.0.resume_rtcp(ssrc, highest)
     }

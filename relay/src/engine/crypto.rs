@@ -24,6 +24,9 @@ pub trait SrtpOps: Sized {
     fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error>;
     /// The rollover counter of `ssrc`, `None` when the context does not track it.
     fn roc(&self, ssrc: u32) -> Option<u32>;
+    /// Continue `ssrc`'s SRTP flow after packet index `highest` (ROC ‖ SEQ; everything up to
+    /// it counts as seen), for state a previous relay process left in shm.
+    fn resume_rtp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error>;
     /// Continue `ssrc`'s SRTCP flow after index `highest` (everything up to it counts as used),
     /// for state a previous relay process left in shm.
     fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error>;
@@ -64,6 +67,10 @@ impl SrtpOps for crate::srtp::Context {
     #[inline]
     fn roc(&self, ssrc: u32) -> Option<u32> {
         crate::srtp::Context::roc(self, ssrc)
+    }
+    #[inline]
+    fn resume_rtp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        crate::srtp::Context::resume_rtp(self, ssrc, highest)
     }
     #[inline]
     fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {

@@ -212,14 +212,6 @@ fn be32(b: &[u8], at: usize) -> u32 {
 }
 
 #[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    match b.get(at..at + 2) {
-        Some(w) => u16::from_be_bytes([w[0], w[1]]),
-        None => 0,
-    }
-}
-
-#[inline]
 fn put32(b: &mut [u8], at: usize, v: u32) {
     if let Some(w) = b.get_mut(at..at + 4) {
         w.copy_from_slice(&v.to_be_bytes());
@@ -404,11 +396,12 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::Crypto);
             return;
         };
-        let mut first_index = u64::from(be16(buf, 2));
         if ti.is_none() && len >= 12 && self.state.has_seeds() && rx.roc(in_ssrc).is_none() {
             if let Some(r) = self.state.seed(publisher_id, StreamDir::In, in_ssrc) {
-                first_index = estimate_index(r.index, be16(buf, 2));
-                let _ = rx.set_roc(in_ssrc, (first_index >> 16) as u32);
+                // Continue after the stored index: each packet's index is estimated from it
+                // (RFC 3711 Appendix A), not from what this first, not yet authenticated,
+                // packet claims; replays of anything up to it are refused.
+                let _ = rx.resume_rtp(in_ssrc, r.index);
             }
         }
         // RFC 3711 §3.3: replay check, authenticate, decrypt, then record.
@@ -419,6 +412,8 @@ impl<C: SrtpOps> Forwarder<C> {
                 return;
             }
         };
+        // The accepted packet's ROC (it is the stream's highest when it is the first one here).
+        let first_roc = u64::from(rx.roc(in_ssrc).unwrap_or(0));
         if !publisher.role.can_publish() {
             self.stats.drop(DropReason::NotPublisher);
             return;
@@ -435,7 +430,7 @@ impl<C: SrtpOps> Forwarder<C> {
         if ssrc == in_ssrc {
             let limit = opts.max_streams;
             let tracks = &mut publisher.rx_track;
-            let first = (first_index & !0xffff) | u64::from(seq);
+            let first = (first_roc << 16) | u64::from(seq);
             let state = &mut self.state;
             note_stream(
                 state,

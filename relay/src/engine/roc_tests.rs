@@ -399,3 +399,115 @@ fn srtcp_index_continues_across_restarts() {
         "{stored:?}"
     );
 }
+
+#[test]
+fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothing() {
+    // RFC 3711 §3.3.2 across a restart: the new process continues the inbound flow after the
+    // stored index with everything up to it counted as seen, so a replay of an old packet is
+    // refused; and the index of each packet is estimated from the stored one, so a forged first
+    // packet (sequence number far off, bad tag) cannot move the rollover counter.
+    let path = std::env::temp_dir().join(format!("sluice-replay-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _guard = TempFile(path.clone());
+    let mut w = ShmWriter::create_with_streams(
+        &path,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 2,
+        },
+        16,
+    )
+    .unwrap();
+    w.put_session(&session(1, Role::Trunk)).unwrap();
+    w.put_session(&session(2, Role::Viewer)).unwrap();
+    w.put_session(&session(3, Role::Viewer)).unwrap();
+    for (id, to) in [(1, 2), (2, 3)] {
+        w.put_route(&RouteRecord {
+            id,
+            from: 1,
+            ssrc: None,
+            to,
+            rewrite: Rewrite::default(),
+        })
+        .unwrap();
+    }
+    let rx = |k| Receiver {
+        ctx: Context::new(k, ContextOptions::default()).unwrap(),
+        seen: HashSet::new(),
+        max_before: 0,
+    };
+    let mut world = World {
+        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
+        subs: [rx(key(102)), rx(key(103))],
+        tx: TxQueue::with_capacity(8),
+        slow: TxQueue::with_capacity(8),
+        now: Instant::now(),
+    };
+    let protect = |sender: &mut Context, seq: u16| {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        p.extend_from_slice(&PUB_SSRC.to_be_bytes());
+        p.extend_from_slice(&[seq as u8; 100]);
+        buf[..p.len()].copy_from_slice(&p);
+        let n = sender.protect_rtp(&mut buf, p.len()).unwrap();
+        buf[..n].to_vec()
+    };
+    let deliver = |world: &mut World, engine: &mut Engine, pkt: &[u8]| {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        buf[..pkt.len()].copy_from_slice(pkt);
+        world.tx.clear();
+        engine.begin_batch(world.now);
+        engine.on_datagram(peer(1), &mut buf, pkt.len(), &mut world.tx, &mut world.slow);
+        engine.end_batch_at(None);
+        world.tx.len()
+    };
+    // First process: 2000 packets from 64000 (wraps to ROC 1); keep an early and a late one.
+    let mut engine = <Engine>::new(
+        Arc::new(ShmReader::open(&path).unwrap()),
+        EngineConfig::default(),
+    );
+    let mut seq: u16 = 64_000;
+    let mut kept = Vec::new();
+    for i in 0..2000 {
+        let p = protect(&mut world.sender, seq);
+        assert_eq!(deliver(&mut world, &mut engine, &p), 2);
+        if i == 1500 {
+            kept.push(p);
+        }
+        seq = seq.wrapping_add(1);
+    }
+    drop(engine);
+
+    let mut engine = <Engine>::new(
+        Arc::new(ShmReader::open(&path).unwrap()),
+        EngineConfig::default(),
+    );
+    // A forged first packet: sequence number 2^15 away from the stream, bad tag.
+    let mut forged = protect(
+        &mut Context::new(key(9), ContextOptions::default()).unwrap(),
+        seq.wrapping_add(0x8000),
+    );
+    let l = forged.len();
+    forged[l - 1] ^= 0xFF;
+    assert_eq!(deliver(&mut world, &mut engine, &forged), 0);
+    // The replayed packet (accepted by the first process, below the stored index): refused.
+    assert_eq!(deliver(&mut world, &mut engine, &kept[0]), 0);
+    // Both are refused before authentication: the forged one's estimated index is a rollover
+    // behind the stored one, the replay is at or below it.
+    let t = engine.totals();
+    assert_eq!(
+        t.dropped(DropReason::Replayed) + t.dropped(DropReason::TooOld),
+        2,
+        "{t:?}"
+    );
+    // The stream goes on: every new packet authenticates (ROC 1 kept despite the forgery).
+    for _ in 0..100 {
+        let p = protect(&mut world.sender, seq);
+        assert_eq!(deliver(&mut world, &mut engine, &p), 2);
+        seq = seq.wrapping_add(1);
+    }
+    assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
+}

@@ -75,6 +75,9 @@ impl SrtpOps for TagCipher {
     fn unprotect_rtcp(&mut self, b: &mut [u8], l: usize) -> Result<usize, Error> {
         self.open(b, l)
     }
+    fn resume_rtp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        self.set_roc(ssrc, (highest >> 16) as u32)
+    }
     fn resume_rtcp(&mut self, _ssrc: u32, _highest: u64) -> Result<(), Error> {
         Ok(())
     }

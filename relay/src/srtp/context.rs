@@ -187,26 +187,45 @@ impl Context {
         Ok(())
     }
 
-    /// Continue `ssrc`'s SRTCP flow after `highest` (RFC 3711 §3.4), for state a previous
-    /// relay process left in shm: the flow counts as started at `highest` with every index at
-    /// or below it already seen, so [`Context::protect_rtcp`] continues at `highest + 1` (no
-    /// SRTCP index, hence no keystream, used twice under one key, §9.1) and
-    /// [`Context::unprotect_rtcp`] refuses anything up to it. A new SSRC takes a stream slot.
+    /// Continue `ssrc`'s SRTP flow after packet index `highest` (ROC ‖ SEQ, RFC 3711 §3.3.1),
+    /// for state a previous relay process left in shm: the flow counts as started at
+    /// `highest` with every index at or below it already seen. Inbound, the next packets'
+    /// indices are estimated from it (Appendix A) whatever the first one claims, and replays
+    /// of anything up to it are refused (§3.3.2). A new SSRC takes a stream slot.
+    pub fn resume_rtp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
+        if highest >= 1 << 48 {
+            return Err(Error::KeyExpired);
+        }
+        self.resume(ssrc, false, highest)
+    }
+
+    /// Continue `ssrc`'s SRTCP flow after `highest` (RFC 3711 §3.4), like
+    /// [`Context::resume_rtp`]: [`Context::protect_rtcp`] continues at `highest + 1` (no SRTCP
+    /// index, hence no keystream, used twice under one key, §9.1) and
+    /// [`Context::unprotect_rtcp`] refuses anything up to it.
     pub fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
         if highest > SRTCP_INDEX_MAX {
             return Err(Error::KeyExpired);
         }
+        self.resume(ssrc, true, highest)
+    }
+
+    fn resume(&mut self, ssrc: u32, rtcp: bool, highest: u64) -> Result<(), Error> {
         let slot = match self.find(ssrc) {
             Some(s) => s,
             None => self.alloc(ssrc)?,
         };
-        let flow = &mut self.streams[slot].rtcp;
+        let st = &mut self.streams[slot];
+        let flow = if rtcp { &mut st.rtcp } else { &mut st.rtp };
         if flow.started && flow.highest >= highest {
             return Ok(());
         }
         flow.started = true;
         flow.highest = highest;
-        self.bitmap(slot, true).fill(u64::MAX);
+        if !rtcp {
+            flow.initial_roc = (highest >> 16) as u32;
+        }
+        self.bitmap(slot, rtcp).fill(u64::MAX);
         Ok(())
     }
 
