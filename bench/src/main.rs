@@ -177,8 +177,8 @@ enum GsoArg {
 enum TargetKind {
     /// A Sluice instance, through its admin REST API.
     Sluice,
-    /// rtpengine in userspace forwarding mode, through its ng control port (`--ng`);
-    /// fan-out 1 only (one call per publisher).
+    /// rtpengine in userspace forwarding mode, through its ng control port (`--ng`): fan-out
+    /// 1 as offer/answer calls, fan-out > 1 with publish / subscribe request / subscribe answer.
     Rtpengine,
 }
 
