@@ -86,11 +86,12 @@ pub struct RigSpec {
 #[serde(rename_all = "lowercase")]
 pub enum Gso {
     /// Use it when a probe at start shows it works, else `sendmmsg` one datagram per message.
-    #[default]
     Auto,
     /// Require it (an error when the probe fails).
     On,
-    /// Never: one message per datagram.
+    /// Never: one message per datagram (the default: the load keeps the shape it had before
+    /// GSO, so results stay comparable).
+    #[default]
     Off,
 }
 
@@ -108,7 +109,7 @@ impl Default for RigSpec {
             window: 8192,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             socket_buffer: 4 << 20,
-            gso: Gso::Auto,
+            gso: Gso::Off,
             sink: false,
         }
     }
