@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 
-use crate::gen::{GenError, Live, Rig, RigSpec, StepOutcome, StepSpec};
+use crate::gen::{GenError, Gso, Live, Rig, RigSpec, StepOutcome, StepSpec};
 use crate::plot::{self, PlotError};
 use crate::probe::{self, Probe};
 use crate::report::{
-    CryptoBaseline, EchoBaseline, FindMax, GeneratorUsage, LoadConfig, Report, RunResult,
-    TargetStats,
+    CryptoBaseline, EchoBaseline, FindMax, GeneratorBaseline, GeneratorUsage, LoadConfig, Report,
+    RunResult, TargetStats,
 };
 use crate::sys;
 use crate::target::{Target, TargetError};
@@ -100,6 +100,7 @@ impl RunOptions {
             senders: self.rig.senders,
             receivers: self.rig.receivers,
             batch: self.rig.batch,
+            gso: false,
         }
     }
 }
@@ -182,6 +183,9 @@ pub fn run(target: &mut dyn Target, opts: &RunOptions, out: &Output) -> Result<R
         tick: Duration::from_millis(200),
     };
     let (o, cpu) = with_sessions(target, opts.rig.clone(), out, |rig, target| {
+        if let Some(c) = report.config.as_mut() {
+            c.gso = rig.gso();
+        }
         let before = target.stats();
         let r = measured_step(rig, &step, out);
         let after = target.stats();
@@ -313,6 +317,9 @@ pub fn find_max(
     report.target = target.info().ok();
     let mut warnings = Vec::new();
     let (fm, best) = with_sessions(target, o.run.rig.clone(), out, |rig, _| {
+        if let Some(c) = report.config.as_mut() {
+            c.gso = rig.gso();
+        }
         Ok(search(rig, o, out, &mut warnings))
     })?;
     report.warnings = warnings;
@@ -340,7 +347,9 @@ pub fn echo_at(
     let mut report = Report::new("baseline echo");
     let mut run_opts = opts.run.clone();
     run_opts.rig = rig.spec().clone();
-    report.config = Some(run_opts.config());
+    let mut config = run_opts.config();
+    config.gso = rig.gso();
+    report.config = Some(config);
     let mut echo = EchoBaseline {
         reflector: reflector.to_string(),
         ..EchoBaseline::default()
@@ -496,4 +505,111 @@ pub fn crypto_baseline(
         pps: packets as f64 / secs,
         ns_per_packet: secs * 1e9 / packets.max(1) as f64,
     })
+}
+
+/// Options of `baseline generator`.
+#[derive(Debug, Clone)]
+pub struct GeneratorOptions {
+    /// Publishers, size, senders, batch and bind address; profile and GSO are set per row.
+    pub rig: RigSpec,
+    /// One row per profile and send mode; `None` is plain UDP (the same packets, no crypto).
+    pub profiles: Vec<Option<Profile>>,
+    /// Send modes to measure: `false` one `sendmmsg` message per datagram, `true` UDP GSO.
+    pub gso: Vec<bool>,
+    /// Total publisher pps asked for; above what the senders can do, they run flat out.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Let the sink take GSO packets whole (UDP_GRO), so loopback does not segment them on
+    /// the sender's CPU for a socket nobody reads.
+    pub sink_gro: bool,
+}
+
+/// `sluice-bench baseline generator`: the senders alone, flat out, to a UDP socket nobody
+/// reads, for every profile × send mode asked. The sender threads' own CPU time
+/// (`RUSAGE_THREAD`) gives packets per sender CPU-second; the plain-UDP row of the same send
+/// mode in the same run gives the ratio.
+///
+/// On loopback the kernel's receive path up to the sink's socket queue runs in the sender's
+/// system call (softirq time is charged to the running thread unless the kernel accounts IRQ
+/// time separately), so that share is in the figures; the sink being full, datagrams are
+/// dropped at its queue, which is the cheapest end of that path.
+pub fn generator_baseline(
+    o: &GeneratorOptions,
+    out: &Output,
+) -> Result<Vec<GeneratorBaseline>, CmdError> {
+    let mut rows: Vec<GeneratorBaseline> = Vec::new();
+    for &gso in &o.gso {
+        for &profile in &o.profiles {
+            if sys::interrupted() {
+                return Err(CmdError::Interrupted);
+            }
+            let spec = RigSpec {
+                profile,
+                sink: true,
+                reflect: false,
+                gso: if gso { Gso::On } else { Gso::Off },
+                ..o.rig.clone()
+            };
+            let mut rig = Rig::new(spec)?;
+            let sink = std::net::UdpSocket::bind(SocketAddr::new(o.rig.bind_ip, 0))?;
+            if o.sink_gro {
+                use std::os::fd::AsRawFd;
+                sys::set_udp_gro(sink.as_raw_fd())?;
+            }
+            rig.wire_sink(sink.local_addr()?)?;
+            let step = StepSpec {
+                step: 0,
+                rate: o.rate,
+                duration: o.duration,
+                drain: Duration::ZERO,
+                tick: Duration::from_millis(200),
+            };
+            let (outcome, _) = measured_step(&mut rig, &step, out);
+            drop(sink);
+            let packets: u64 = outcome.streams.iter().map(|s| s.sent).sum();
+            let send_errors: u64 = outcome.streams.iter().map(|s| s.send_errors).sum();
+            let cpu: f64 = outcome.senders.iter().map(|u| u.cpu_s).sum();
+            let wall = outcome
+                .senders
+                .iter()
+                .map(|u| u.wall_s)
+                .fold(0.0f64, f64::max)
+                .max(1e-9);
+            let row = GeneratorBaseline {
+                profile: profile.map_or_else(|| "none".to_string(), |p| p.name().to_string()),
+                gso,
+                size: o.rig.size,
+                batch: o.rig.batch,
+                senders: outcome.senders.len(),
+                packets,
+                seconds: wall,
+                pps: packets as f64 / wall,
+                sender_cpu_s: cpu,
+                pps_per_sender_cpu_s: if cpu > 0.0 { packets as f64 / cpu } else { 0.0 },
+                vs_plain: None,
+                send_errors,
+                skipped: outcome.streams.iter().map(|s| s.skipped).sum(),
+            };
+            out.say(&format!(
+                "{:<24} {:<5} {:>10.0} pps, {:.3} sender CPU-s, {:>10.0} pps per sender CPU-s",
+                row.profile,
+                if gso { "gso" } else { "mmsg" },
+                row.pps,
+                row.sender_cpu_s,
+                row.pps_per_sender_cpu_s
+            ));
+            rows.push(row);
+        }
+    }
+    let plain: Vec<(bool, f64)> = rows
+        .iter()
+        .filter(|r| r.profile == "none")
+        .map(|r| (r.gso, r.pps_per_sender_cpu_s))
+        .collect();
+    for r in &mut rows {
+        if let Some((_, p)) = plain.iter().find(|(g, p)| *g == r.gso && *p > 0.0) {
+            r.vs_plain = Some(r.pps_per_sender_cpu_s / p);
+        }
+    }
+    Ok(rows)
 }

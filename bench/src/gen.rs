@@ -48,6 +48,8 @@ pub enum GenError {
     Wiring(&'static str),
     #[error("this generator sends plain RTP; a session plan needs an SRTP profile")]
     NoProfile,
+    #[error("--gso on: UDP GSO (UDP_SEGMENT) does not work on {0}")]
+    NoGso(IpAddr),
 }
 
 /// Shape of the load.
@@ -72,6 +74,25 @@ pub struct RigSpec {
     pub bind_ip: IpAddr,
     /// Requested SO_SNDBUF / SO_RCVBUF per socket.
     pub socket_buffer: usize,
+    /// Whether publishers pack their batches into UDP GSO sends.
+    pub gso: Gso,
+    /// No subscribers: the publishers send to a sink (see [`Rig::wire_sink`]) and the step
+    /// measures the senders alone.
+    pub sink: bool,
+}
+
+/// UDP GSO use by the publishers (Linux ≥ 4.18, `UDP_SEGMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gso {
+    /// Use it when a probe at start shows it works, else `sendmmsg` one datagram per message.
+    Auto,
+    /// Require it (an error when the probe fails).
+    On,
+    /// Never: one message per datagram (the default: the load keeps the shape it had before
+    /// GSO, so results stay comparable).
+    #[default]
+    Off,
 }
 
 impl Default for RigSpec {
@@ -88,6 +109,8 @@ impl Default for RigSpec {
             window: 8192,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             socket_buffer: 4 << 20,
+            gso: Gso::Off,
+            sink: false,
         }
     }
 }
@@ -104,6 +127,8 @@ struct Publisher {
     /// Per step: probe sequence numbers used, datagrams the kernel took, tokens skipped.
     next_seq: u64,
     accepted: u64,
+    /// Messages those datagrams took (fewer than datagrams with GSO).
+    messages: u64,
     skipped: u64,
     send_errors: u64,
     protect_errors: u64,
@@ -220,6 +245,9 @@ pub struct StreamCounts {
     pub ssrc: u32,
     /// Datagrams the kernel accepted from this publisher.
     pub sent: u64,
+    /// Send messages they took (with GSO one message carries several datagrams).
+    #[serde(default)]
+    pub messages: u64,
     pub send_errors: u64,
     /// Tokens the pacer had to skip because the sender thread fell behind.
     pub skipped: u64,
@@ -259,6 +287,8 @@ pub struct Rig {
     pubs: Vec<Publisher>,
     subs: Vec<Subscriber>,
     epoch: Instant,
+    /// GSO as resolved at start.
+    gso: bool,
 }
 
 fn bind(ip: IpAddr, buf: usize) -> Result<(UdpSocket, SocketAddr), GenError> {
@@ -337,14 +367,26 @@ impl Rig {
                 stream: i as u32,
                 next_seq: 0,
                 accepted: 0,
+                messages: 0,
                 skipped: 0,
                 send_errors: 0,
                 protect_errors: 0,
             });
         }
-        let mut subs = Vec::with_capacity(spec.publishers * spec.fanout);
+        let gso = match spec.gso {
+            Gso::Off => false,
+            Gso::Auto => sys::gso_works(spec.bind_ip),
+            Gso::On => {
+                if !sys::gso_works(spec.bind_ip) {
+                    return Err(GenError::NoGso(spec.bind_ip));
+                }
+                true
+            }
+        };
+        let per_pub = if spec.sink { 0 } else { spec.fanout };
+        let mut subs = Vec::with_capacity(spec.publishers * per_pub);
         for p in &pubs {
-            for _ in 0..spec.fanout {
+            for _ in 0..per_pub {
                 let (sock, local) = if spec.reflect {
                     (p.sock.try_clone()?, p.local)
                 } else {
@@ -366,11 +408,17 @@ impl Rig {
             pubs,
             subs,
             epoch: Instant::now(),
+            gso,
         })
     }
 
     pub fn spec(&self) -> &RigSpec {
         &self.spec
+    }
+
+    /// Whether the publishers send with UDP GSO.
+    pub fn gso(&self) -> bool {
+        self.gso
     }
 
     /// The sessions and routes the target must create.
@@ -431,6 +479,17 @@ impl Rig {
         })
     }
 
+    /// Sink mode: every publisher sends to `dst` (a socket nobody reads) with its own key.
+    pub fn wire_sink(&mut self, dst: SocketAddr) -> Result<(), GenError> {
+        if !self.spec.sink {
+            return Err(GenError::Wiring("wire_sink needs a sink rig"));
+        }
+        self.wire(&Wiring {
+            publisher_dst: vec![dst; self.pubs.len()],
+            subscriber_keys: Vec::new(),
+        })
+    }
+
     /// Nanoseconds since the rig was built (the probes' clock).
     pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
@@ -441,6 +500,7 @@ impl Rig {
         for p in &mut self.pubs {
             p.next_seq = 0;
             p.accepted = 0;
+            p.messages = 0;
             p.skipped = 0;
             p.send_errors = 0;
             p.protect_errors = 0;
@@ -450,7 +510,12 @@ impl Rig {
             s.rx = RxCounts::default();
         }
         let n_pubs = self.pubs.len();
-        let fanout = self.spec.fanout as u64;
+        let fanout = if self.spec.sink {
+            0
+        } else {
+            self.spec.fanout as u64
+        };
+        let gso = self.gso.then_some(self.spec.size);
         let per_pub_rate = spec.rate.max(0.0) / n_pubs as f64;
         let batch = self.spec.batch;
         let size = self.spec.size;
@@ -472,7 +537,7 @@ impl Rig {
         let mut send_s = spec.duration.as_secs_f64();
 
         let pub_chunk = n_pubs.div_ceil(senders);
-        let sub_chunk = self.subs.len().div_ceil(receivers);
+        let sub_chunk = self.subs.len().div_ceil(receivers.max(1)).max(1);
         std::thread::scope(|sc| {
             let mut sh = Vec::new();
             for (i, chunk) in self.pubs.chunks_mut(pub_chunk).enumerate() {
@@ -486,6 +551,7 @@ impl Rig {
                     stop: &stop_send,
                     sent: &sent_ctr[i],
                     batch,
+                    gso,
                 };
                 sh.push(sc.spawn(move || send_loop(chunk, ctx)));
             }
@@ -525,7 +591,7 @@ impl Rig {
                     duration: spec.duration,
                     offered_pps: (sent - last_sent) as f64 / dt,
                     delivered_pps: (recv - last_recv) as f64 / dt,
-                    loss: if sent == 0 {
+                    loss: if sent * fanout == 0 {
                         0.0
                     } else {
                         1.0 - (recv as f64 / (sent * fanout) as f64).min(1.0)
@@ -579,6 +645,7 @@ impl Rig {
                 stream: p.stream,
                 ssrc: p.ssrc,
                 sent: p.accepted,
+                messages: p.messages,
                 send_errors: p.send_errors + p.protect_errors,
                 skipped: p.skipped,
                 subscribers: 0,
@@ -622,6 +689,8 @@ struct SendCtx<'a> {
     stop: &'a AtomicBool,
     sent: &'a AtomicU64,
     batch: usize,
+    /// `Some(datagram size)`: pack batches into UDP GSO messages.
+    gso: Option<usize>,
 }
 
 fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
@@ -631,6 +700,15 @@ fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
         .first()
         .map_or(0, |p| p.template.len() + p.crypto.overhead());
     let mut arena = vec![0u8; slot * c.batch];
+    // Plain RTP is sent as it is built, so the slots keep the template between batches and a
+    // packet only needs its SSRC and per-packet fields written. SRTP encrypts the slot in
+    // place, so each packet starts from a fresh copy of the template.
+    let plain = pubs.iter().all(|p| matches!(p.crypto, Crypto::Null));
+    if let Some(p) = pubs.first() {
+        for s in arena.chunks_exact_mut(slot) {
+            s[..p.template.len()].copy_from_slice(&p.template);
+        }
+    }
     let mut lens = vec![0usize; c.batch];
     let mut sb = SendBatch::new(c.batch);
     // A sender that falls more than 20 ms (or one batch) behind skips the excess tokens
@@ -644,6 +722,8 @@ fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
         .map(|p| p.stream as f64 / c.n_pubs as f64)
         .collect();
     loop {
+        // One clock read per pass over the publishers for pacing, one per batch for its send
+        // time (every packet of a batch carries the time taken just before it is built).
         let now = Instant::now();
         if now >= c.end || c.stop.load(Ordering::Relaxed) {
             break;
@@ -660,13 +740,24 @@ fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
             while due > 0 {
                 any = true;
                 let n = (due as usize).min(c.batch);
-                let send_ns = c.epoch.elapsed().as_nanos() as u64;
+                // One clock read per batch: its send time, and the end check (a sender far
+                // behind would otherwise overrun the window by a whole burst).
+                let now = Instant::now();
+                if now >= c.end {
+                    break;
+                }
+                let send_ns = now.duration_since(c.epoch).as_nanos() as u64;
+                let rtp_len = p.template.len();
+                let ssrc = p.ssrc.to_be_bytes();
                 let mut k = 0;
                 for i in 0..n {
                     let buf = &mut arena[k * slot..(k + 1) * slot];
-                    let rtp_len = p.template.len();
                     let seq = p.next_seq + i as u64;
-                    buf[..rtp_len].copy_from_slice(&p.template);
+                    if plain {
+                        buf[8..12].copy_from_slice(&ssrc);
+                    } else {
+                        buf[..rtp_len].copy_from_slice(&p.template);
+                    }
                     // RTP timestamp: a 48 kHz clock at 20 ms per packet (cosmetic).
                     let ts = (seq as u32).wrapping_mul(960);
                     let pr = Probe {
@@ -689,11 +780,12 @@ fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
                 due -= n as u64;
                 let mut off = 0;
                 while off < k {
-                    match sb.send(
+                    match sb.send_with(
                         p.sock.as_raw_fd(),
                         &arena[off * slot..],
                         slot,
                         &lens[off..k],
+                        c.gso,
                     ) {
                         Ok(0) => {
                             p.send_errors += (k - off) as u64;
@@ -701,12 +793,13 @@ fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
                         }
                         Ok(m) => {
                             p.accepted += m as u64;
+                            p.messages += sb.last_messages() as u64;
                             c.sent.fetch_add(m as u64, Ordering::Relaxed);
                             off += m;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(_) => {
-                            // The failing datagram is lost; the rest are retried.
+                            // The first datagram is counted lost; the rest are retried.
                             p.send_errors += 1;
                             off += 1;
                         }

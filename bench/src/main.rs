@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use relay::srtp::Profile;
-use sluice_bench::cmd::{self, CmdError, FindMaxOptions, Output, Reflector, RunOptions};
-use sluice_bench::gen::RigSpec;
+use sluice_bench::cmd::{
+    self, CmdError, FindMaxOptions, GeneratorOptions, Output, Reflector, RunOptions,
+};
+use sluice_bench::gen::{Gso, RigSpec};
 use sluice_bench::report::Report;
 use sluice_bench::rtpengine::RtpengineTarget;
 use sluice_bench::sys;
@@ -98,6 +100,48 @@ enum Baseline {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// The generator's senders alone, flat out to a UDP sink nobody reads: packets per
+    /// sender CPU-second for plain UDP and each SRTP profile, with and without UDP GSO.
+    Generator {
+        /// Publisher sockets (split over --senders threads).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Datagram size on the wire, SRTP tag included.
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+        /// Profiles to measure (comma-separated; `none` is plain UDP, the ratio's base).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "none,AES_CM_128_HMAC_SHA1_80,AEAD_AES_128_GCM",
+            value_parser = parse_profile_or_none
+        )]
+        profiles: Vec<Option<Profile>>,
+        /// Send modes to measure.
+        #[arg(long, value_enum, default_value = "both")]
+        send: SendModes,
+        /// Sender threads.
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        /// Datagrams per send call (with GSO: split into messages of up to 64 datagrams and
+        /// 65507 bytes).
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Total pps asked; above what the senders manage they run flat out.
+        #[arg(long, default_value_t = 50_000_000.0)]
+        rate: f64,
+        /// Seconds per row.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// Do not set UDP_GRO on the sink (loopback then segments every GSO packet again, on
+        /// the sender's CPU, before dropping it at the sink).
+        #[arg(long)]
+        no_sink_gro: bool,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// unprotect + protect per packet on one core.
     Crypto {
         #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80", value_parser = parse_profile)]
@@ -114,11 +158,27 @@ enum Baseline {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SendModes {
+    /// `sendmmsg` one message per datagram, then UDP GSO.
+    Both,
+    Mmsg,
+    Gso,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GsoArg {
+    /// When a probe at start shows UDP GSO works.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum TargetKind {
     /// A Sluice instance, through its admin REST API.
     Sluice,
-    /// rtpengine in userspace forwarding mode, through its ng control port (`--ng`);
-    /// fan-out 1 only (one call per publisher).
+    /// rtpengine in userspace forwarding mode, through its ng control port (`--ng`): fan-out
+    /// 1 as offer/answer calls, fan-out > 1 with publish / subscribe request / subscribe answer.
     Rtpengine,
 }
 
@@ -167,6 +227,12 @@ struct LoadArgs {
     /// Datagrams per sendmmsg/recvmmsg.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Publishers send each batch as UDP GSO messages (UDP_SEGMENT, up to 64 datagrams per
+    /// message): several times cheaper per packet for the bench. `auto` probes at start and
+    /// falls back to one message per datagram. Off by default: the load's shape (and so
+    /// results) stays comparable with runs recorded before GSO existed.
+    #[arg(long, value_enum, default_value = "off")]
+    gso: GsoArg,
     /// Longest wait for in-flight packets after sending stops, in ms.
     #[arg(long, default_value_t = 500)]
     drain_ms: u64,
@@ -220,6 +286,13 @@ fn parse_profile(s: &str) -> Result<Profile, String> {
     })
 }
 
+fn parse_profile_or_none(s: &str) -> Result<Option<Profile>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    parse_profile(s).map(Some)
+}
+
 fn secs(s: f64, what: &str) -> Result<Duration, CmdError> {
     Duration::try_from_secs_f64(s)
         .ok()
@@ -244,6 +317,11 @@ impl LoadArgs {
                 batch: self.batch,
                 window: self.window,
                 bind_ip: self.bind,
+                gso: match self.gso {
+                    GsoArg::Auto => Gso::Auto,
+                    GsoArg::On => Gso::On,
+                    GsoArg::Off => Gso::Off,
+                },
                 ..RigSpec::default()
             },
             rate,
@@ -424,6 +502,49 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
                 let (echo, mut report) = cmd::echo(reflector, &opts, find_max, &output)?;
                 report.baselines.echo = Some(echo);
                 finish(&report, &output, "sluice-bench baseline echo")?;
+            }
+            Baseline::Generator {
+                publishers,
+                size,
+                profiles,
+                send,
+                senders,
+                batch,
+                rate,
+                duration,
+                no_sink_gro,
+                bind,
+                json,
+            } => {
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(CmdError::Usage("--rate must be positive".into()));
+                }
+                let opts = GeneratorOptions {
+                    rig: RigSpec {
+                        publishers,
+                        size,
+                        senders,
+                        batch,
+                        bind_ip: bind,
+                        ..RigSpec::default()
+                    },
+                    profiles,
+                    gso: match send {
+                        SendModes::Both => vec![false, true],
+                        SendModes::Mmsg => vec![false],
+                        SendModes::Gso => vec![true],
+                    },
+                    rate,
+                    duration: secs(duration, "--duration")?,
+                    sink_gro: !no_sink_gro,
+                };
+                let output = Output {
+                    json,
+                    ..Output::default()
+                };
+                let mut report = Report::new("baseline generator");
+                report.baselines.generator = cmd::generator_baseline(&opts, &output)?;
+                finish(&report, &output, "sluice-bench baseline generator")?;
             }
             Baseline::Crypto {
                 profile,

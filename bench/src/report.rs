@@ -52,6 +52,9 @@ pub struct LoadConfig {
     pub senders: usize,
     pub receivers: usize,
     pub batch: usize,
+    /// The publishers packed batches into UDP GSO sends.
+    #[serde(default)]
+    pub gso: bool,
 }
 
 /// Packets, packets per second and Mbit/s (UDP payload bits).
@@ -101,6 +104,9 @@ pub struct StreamReport {
     pub misrouted: u64,
     pub stale: u64,
     pub send_errors: u64,
+    /// Send messages the datagrams took (fewer than `sent` with UDP GSO).
+    #[serde(default)]
+    pub messages: u64,
 }
 
 /// The figures of one run (or one find-max step).
@@ -164,6 +170,35 @@ pub struct FindMax {
 pub struct Baselines {
     pub echo: Option<EchoBaseline>,
     pub crypto: Option<CryptoBaseline>,
+    /// `baseline generator`: the senders alone, per profile and send mode.
+    #[serde(default)]
+    pub generator: Vec<GeneratorBaseline>,
+}
+
+/// The generator's senders alone, sending at full speed to a sink nobody reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorBaseline {
+    /// SRTP profile, or `none` for plain UDP (same packets, no crypto).
+    pub profile: String,
+    /// UDP GSO sends (else one `sendmmsg` message per datagram).
+    pub gso: bool,
+    pub size: usize,
+    pub batch: usize,
+    pub senders: usize,
+    /// Datagrams the kernel accepted.
+    pub packets: u64,
+    pub seconds: f64,
+    pub pps: f64,
+    /// CPU seconds (user + system, `RUSAGE_THREAD`) of the sender threads together.
+    pub sender_cpu_s: f64,
+    /// packets ÷ sender CPU seconds: the rate one fully busy sender core sustains.
+    pub pps_per_sender_cpu_s: f64,
+    /// pps per sender CPU-s ÷ the plain-UDP row with the same send mode, same run.
+    pub vs_plain: Option<f64>,
+    /// Datagrams lost to send errors or failed protection.
+    pub send_errors: u64,
+    /// Tokens the pacer skipped because the senders were behind (large when flat out).
+    pub skipped: u64,
 }
 
 /// Plain-UDP reflector driven by the same generator without crypto.
@@ -210,6 +245,9 @@ pub struct GeneratorUsage {
     pub process_cpu_s: f64,
     /// A sender thread was busier than 90 %: the numbers may measure the bench.
     pub saturated: bool,
+    /// Datagrams sent ÷ CPU seconds of the sender threads (user + system).
+    #[serde(default)]
+    pub pps_per_sender_cpu_s: f64,
 }
 
 /// Raw target counters around the run.
@@ -282,6 +320,7 @@ fn stream_report(s: &StreamCounts) -> StreamReport {
         misrouted: s.rx.misrouted,
         stale: s.rx.stale,
         send_errors: s.send_errors,
+        messages: s.messages,
     }
 }
 
@@ -341,7 +380,10 @@ impl RunResult {
 
 impl GeneratorUsage {
     pub fn from_step(o: &StepOutcome, process_cpu_s: f64) -> GeneratorUsage {
+        let sent: u64 = o.streams.iter().map(|s| s.sent).sum();
+        let cpu: f64 = o.senders.iter().map(|u| u.cpu_s).sum();
         GeneratorUsage {
+            pps_per_sender_cpu_s: if cpu > 0.0 { sent as f64 / cpu } else { 0.0 },
             saturated: o.senders.iter().any(|u| u.busy > SATURATED),
             senders: o.senders.clone(),
             receivers: o.receivers.clone(),
@@ -506,6 +548,30 @@ impl Report {
                 c.pps, c.profile, c.size, c.ns_per_packet
             );
         }
+        if !self.baselines.generator.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:<24} {:<5} {:>10} {:>9} {:>12} {:>9}",
+                "generator profile", "send", "pps", "CPU-s", "pps/CPU-s", "vs plain"
+            );
+        }
+        for g in &self.baselines.generator {
+            let _ = writeln!(
+                s,
+                "{:<24} {:<5} {:>10.0} {:>9.3} {:>12.0} {:>9}{}",
+                g.profile,
+                if g.gso { "gso" } else { "mmsg" },
+                g.pps,
+                g.sender_cpu_s,
+                g.pps_per_sender_cpu_s,
+                g.vs_plain.map_or("-".to_string(), |v| format!("{v:.3}")),
+                if g.send_errors > 0 {
+                    format!("  ({} send errors)", g.send_errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
         if let Some(r) = &self.ratios {
             if let Some(e) = r.delivered_vs_echo {
                 let _ = writeln!(s, "ratio      delivered / echo = {e:.3}");
@@ -527,10 +593,11 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 s,
-                "generator  senders busy [{}]  receivers busy [{}]  process CPU {:.2} s",
+                "generator  senders busy [{}]  receivers busy [{}]  process CPU {:.2} s  {:.0} pps per sender CPU-s",
                 busy.join(" "),
                 rbusy.join(" "),
-                g.process_cpu_s
+                g.process_cpu_s,
+                g.pps_per_sender_cpu_s
             );
         }
         for w in &self.warnings {

@@ -13,8 +13,13 @@
 //! tells the publisher where to send. rtpengine decrypts and re-encrypts every packet, as
 //! Sluice does, so the per-packet work is comparable.
 //!
-//! Only fan-out 1 is supported: an rtpengine call has two legs; forking one publisher to many
-//! subscribers needs its publish/subscribe commands, which this adapter does not use.
+//! Fan-out 1 uses one offer/answer call per publisher → subscriber pair. Fan-out M > 1 uses
+//! rtpengine's one-to-many commands (ng protocol `publish`, `subscribe request`, `subscribe
+//! answer`, in rtpengine since mr10.x): one call per publisher, which `publish`es a sendonly
+//! SDP with its key; each subscriber is a `subscribe request` (rtpengine replies with a
+//! sendonly offer carrying the key it will encrypt that copy with) and a `subscribe answer`
+//! (the subscriber's recvonly SDP, which starts forwarding). rtpengine then decrypts each
+//! publisher packet once and re-encrypts it per subscriber.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -262,8 +267,20 @@ pub fn ng_parse(b: &[u8]) -> Result<(String, Bencode), BencodeError> {
 }
 
 /// The SDP one bench endpoint announces: one video stream to `peer`, RTP/SAVP with one SDES
-/// crypto line (RFC 4568 §9.1) carrying `key` under `tag`, RTCP multiplexed.
+/// crypto line (RFC 4568 §9.1) carrying `key` under `tag`, RTCP multiplexed, `sendrecv`.
 pub fn endpoint_sdp(peer: SocketAddr, key: &MasterKey, tag: u32, session_id: u64) -> String {
+    endpoint_sdp_dir(peer, key, tag, session_id, "sendrecv")
+}
+
+/// [`endpoint_sdp`] with another direction attribute (RFC 4566 §6: `sendonly` for a
+/// publisher, `recvonly` for a subscriber).
+pub fn endpoint_sdp_dir(
+    peer: SocketAddr,
+    key: &MasterKey,
+    tag: u32,
+    session_id: u64,
+    direction: &str,
+) -> String {
     let (fam, ip) = match peer.ip() {
         IpAddr::V4(a) => ("IP4", a.to_string()),
         IpAddr::V6(a) => ("IP6", a.to_string()),
@@ -274,7 +291,7 @@ pub fn endpoint_sdp(peer: SocketAddr, key: &MasterKey, tag: u32, session_id: u64
         s,
         "v=0\r\no=- {session_id} 1 IN {fam} {ip}\r\ns=sluice-bench\r\nc=IN {fam} {ip}\r\nt=0 0\r\n\
          m=video {port} RTP/SAVP {pt}\r\na=rtpmap:{pt} VP8/90000\r\n\
-         a=crypto:{tag} {suite} inline:{b64}\r\na=rtcp-mux\r\na=sendrecv\r\n",
+         a=crypto:{tag} {suite} inline:{b64}\r\na=rtcp-mux\r\na={direction}\r\n",
         port = peer.port(),
         pt = PAYLOAD_TYPE,
         suite = key.profile().name(),
@@ -367,8 +384,19 @@ pub fn ng_offer_answer(
         ("call-id", Bencode::str(call_id)),
         ("from-tag", Bencode::str(from_tag)),
         ("sdp", Bencode::str(sdp)),
-        // Keep the bench's addresses out of rtpengine's address learning surprises: the
-        // endpoints send from exactly what they announce.
+    ];
+    pairs.extend(sdp_options());
+    if let Some(t) = to_tag {
+        pairs.push(("to-tag", Bencode::str(t)));
+    }
+    Bencode::dict(pairs)
+}
+
+/// Options every SDP-bearing message carries: the endpoints send from exactly what they
+/// announce (keeps the bench's addresses out of rtpengine's address learning surprises), no
+/// ICE, RTCP multiplexed.
+fn sdp_options() -> Vec<(&'static str, Bencode)> {
+    vec![
         (
             "replace",
             Bencode::List(vec![
@@ -378,19 +406,70 @@ pub fn ng_offer_answer(
         ),
         ("ICE", Bencode::str("remove")),
         ("rtcp-mux", Bencode::List(vec![Bencode::str("accept")])),
+    ]
+}
+
+/// The ng `publish` message: the publisher's sendonly SDP; the reply is rtpengine's recvonly
+/// answer (where to send).
+pub fn ng_publish(call_id: &str, from_tag: &str, sdp: &str) -> Bencode {
+    let mut pairs = vec![
+        ("command", Bencode::str("publish")),
+        ("call-id", Bencode::str(call_id)),
+        ("from-tag", Bencode::str(from_tag)),
+        ("sdp", Bencode::str(sdp)),
+        // `publish` keeps only codecs rtpengine can transcode unless told to take any (the
+        // probes are VP8 by payload type only; rtpengine never decodes them).
+        (
+            "codec",
+            Bencode::dict([("accept", Bencode::List(vec![Bencode::str("any")]))]),
+        ),
     ];
-    if let Some(t) = to_tag {
-        pairs.push(("to-tag", Bencode::str(t)));
-    }
+    pairs.extend(sdp_options());
     Bencode::dict(pairs)
 }
 
-/// The ng message that ends a call.
+/// The ng `subscribe request` message: subscribe `to_tag` to the publisher `from_tag`; the
+/// reply is rtpengine's sendonly offer (its address and the key it encrypts the copy with).
+pub fn ng_subscribe_request(call_id: &str, from_tag: &str, to_tag: &str) -> Bencode {
+    let mut pairs = vec![
+        ("command", Bencode::str("subscribe request")),
+        ("call-id", Bencode::str(call_id)),
+        ("from-tag", Bencode::str(from_tag)),
+        ("to-tag", Bencode::str(to_tag)),
+    ];
+    pairs.extend(sdp_options());
+    Bencode::dict(pairs)
+}
+
+/// The ng `subscribe answer` message: the subscriber's recvonly SDP; forwarding starts.
+pub fn ng_subscribe_answer(call_id: &str, to_tag: &str, sdp: &str) -> Bencode {
+    let mut pairs = vec![
+        ("command", Bencode::str("subscribe answer")),
+        ("call-id", Bencode::str(call_id)),
+        ("to-tag", Bencode::str(to_tag)),
+        ("sdp", Bencode::str(sdp)),
+    ];
+    pairs.extend(sdp_options());
+    Bencode::dict(pairs)
+}
+
+/// The ng message that ends a call, at once (`delete delay` 0: rtpengine otherwise keeps a
+/// deleted call, and its ports, for its `--delete-delay`, 30 s by default).
 pub fn ng_delete(call_id: &str, from_tag: &str) -> Bencode {
     Bencode::dict([
         ("command", Bencode::str("delete")),
         ("call-id", Bencode::str(call_id)),
         ("from-tag", Bencode::str(from_tag)),
+        ("delete delay", Bencode::Int(0)),
+    ])
+}
+
+/// The ng message that ends a whole call, every participant included.
+pub fn ng_delete_call(call_id: &str) -> Bencode {
+    Bencode::dict([
+        ("command", Bencode::str("delete")),
+        ("call-id", Bencode::str(call_id)),
+        ("delete delay", Bencode::Int(0)),
     ])
 }
 
@@ -487,9 +566,12 @@ impl NgClient {
 /// rtpengine as a [`Target`]: one call per publisher → subscriber pair.
 pub struct RtpengineTarget {
     ng: NgClient,
-    /// Calls set up: (call-id, from-tag).
-    calls: Vec<(String, String)>,
+    /// Calls set up: (call-id, from-tag); no from-tag for a publish/subscribe call, which is
+    /// deleted whole (deleting the publisher's tag alone leaves its subscriptions).
+    calls: Vec<(String, Option<String>)>,
     run: u64,
+    /// Setups so far: call-ids differ between runs on the same target.
+    setups: u64,
 }
 
 impl RtpengineTarget {
@@ -502,6 +584,7 @@ impl RtpengineTarget {
             ng,
             calls: Vec::new(),
             run,
+            setups: 0,
         })
     }
 
@@ -517,52 +600,110 @@ impl RtpengineTarget {
         })
     }
 
+    /// The key rtpengine announced for our suite in an SDP it generated, and its tag.
+    fn key_of(
+        sdp: &SdpMedia,
+        profile: Profile,
+        what: &str,
+    ) -> Result<(u32, MasterKey), TargetError> {
+        let (tag, _, key) = sdp
+            .crypto
+            .iter()
+            .find(|(_, suite, _)| suite == profile.name())
+            .ok_or_else(|| TargetError::Api {
+                what: format!("rtpengine {what}"),
+                status: 0,
+                message: format!("its SDP has no {} crypto line", profile.name()),
+            })?;
+        let key = MasterKey::from_base64(profile, key).map_err(|e| TargetError::Api {
+            what: format!("rtpengine {what}"),
+            status: 0,
+            message: format!("rtpengine's {} key: {e}", profile.name()),
+        })?;
+        Ok((*tag, key))
+    }
+
     fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
-        let profile: Profile = plan.profile;
-        if plan.subscribers.len() != plan.publishers.len()
-            || plan
+        self.setups += 1;
+        let one_to_one = plan.subscribers.len() == plan.publishers.len()
+            && plan
                 .subscribers
                 .iter()
                 .enumerate()
-                .any(|(j, (_, i))| *i != j)
-        {
-            return Err(TargetError::Discovery(
-                "the rtpengine target supports fan-out 1 only (one call per publisher)".into(),
-            ));
+                .all(|(j, (_, i))| *i == j);
+        if one_to_one {
+            self.create_pairs(plan)
+        } else {
+            self.create_fanout(plan)
         }
+    }
+
+    /// Fan-out 1: one offer/answer call per publisher → subscriber pair.
+    fn create_pairs(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+        let profile: Profile = plan.profile;
         let mut publisher_dst = Vec::with_capacity(plan.publishers.len());
         let mut subscriber_keys = Vec::with_capacity(plan.subscribers.len());
         for (i, (p, (s, _))) in plan.publishers.iter().zip(&plan.subscribers).enumerate() {
-            let call = format!("sluice-bench-{:x}-{i}", self.run);
+            let call = format!("sluice-bench-{:x}-{}-{i}", self.run, self.setups);
             let from = format!("pub{i}");
             let to = format!("sub{i}");
             let offer = endpoint_sdp(p.peer, &p.rx_key, 1, self.run ^ i as u64);
             let r = self
                 .ng
                 .call(&ng_offer_answer("offer", &call, &from, None, &offer))?;
-            self.calls.push((call.clone(), from.clone()));
-            let to_sub = Self::sdp_of(&r, "offer")?;
+            self.calls.push((call.clone(), Some(from.clone())));
             // rtpengine offers its own keys to the subscriber; pick the one for our suite.
-            let (tag, _, key) = to_sub
-                .crypto
-                .iter()
-                .find(|(_, suite, _)| suite == profile.name())
-                .ok_or_else(|| TargetError::Api {
-                    what: "rtpengine offer".into(),
-                    status: 0,
-                    message: format!("rewritten offer has no {} crypto line", profile.name()),
-                })?;
-            let sub_key = MasterKey::from_base64(profile, key).map_err(|e| TargetError::Api {
-                what: "rtpengine offer".into(),
-                status: 0,
-                message: format!("rtpengine's {} key: {e}", profile.name()),
-            })?;
-            let answer = endpoint_sdp(s.peer, &s.rx_key, *tag, self.run ^ ((i as u64 + 1) << 32));
+            let (tag, sub_key) = Self::key_of(&Self::sdp_of(&r, "offer")?, profile, "offer")?;
+            let answer = endpoint_sdp(s.peer, &s.rx_key, tag, self.run ^ ((i as u64 + 1) << 32));
             let r = self
                 .ng
                 .call(&ng_offer_answer("answer", &call, &from, Some(&to), &answer))?;
             let to_pub = Self::sdp_of(&r, "answer")?;
             publisher_dst.push(crate::target::reachable(to_pub.addr));
+            subscriber_keys.push(sub_key);
+        }
+        Ok(Wiring {
+            publisher_dst,
+            subscriber_keys,
+        })
+    }
+
+    /// Any fan-out: one call per publisher with `publish`, then `subscribe request` +
+    /// `subscribe answer` per subscriber.
+    fn create_fanout(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+        let profile: Profile = plan.profile;
+        let mut publisher_dst = Vec::with_capacity(plan.publishers.len());
+        let mut calls = Vec::with_capacity(plan.publishers.len());
+        for (i, p) in plan.publishers.iter().enumerate() {
+            let call = format!("sluice-bench-{:x}-{}-{i}", self.run, self.setups);
+            let from = format!("pub{i}");
+            let sdp = endpoint_sdp_dir(p.peer, &p.rx_key, 1, self.run ^ i as u64, "sendonly");
+            let r = self.ng.call(&ng_publish(&call, &from, &sdp))?;
+            self.calls.push((call.clone(), None));
+            let to_pub = Self::sdp_of(&r, "publish")?;
+            publisher_dst.push(crate::target::reachable(to_pub.addr));
+            calls.push((call, from));
+        }
+        let mut subscriber_keys = Vec::with_capacity(plan.subscribers.len());
+        for (j, (s, from_pub)) in plan.subscribers.iter().enumerate() {
+            let (call, from) = calls.get(*from_pub).ok_or(TargetError::Discovery(format!(
+                "subscriber {j} names publisher {from_pub}, which the plan does not have"
+            )))?;
+            let to = format!("sub{j}");
+            let r = self.ng.call(&ng_subscribe_request(call, from, &to))?;
+            let (tag, sub_key) = Self::key_of(
+                &Self::sdp_of(&r, "subscribe request")?,
+                profile,
+                "subscribe request",
+            )?;
+            let sdp = endpoint_sdp_dir(
+                s.peer,
+                &s.rx_key,
+                tag,
+                self.run ^ ((j as u64 + 1) << 32),
+                "recvonly",
+            );
+            self.ng.call(&ng_subscribe_answer(call, &to, &sdp))?;
             subscriber_keys.push(sub_key);
         }
         Ok(Wiring {
@@ -596,7 +737,11 @@ impl Target for RtpengineTarget {
         let mut removed = 0;
         let mut first_err = None;
         for (call, from) in std::mem::take(&mut self.calls) {
-            match self.ng.call(&ng_delete(&call, &from)) {
+            let msg = match &from {
+                Some(f) => ng_delete(&call, f),
+                None => ng_delete_call(&call),
+            };
+            match self.ng.call(&msg) {
                 Ok(_) => removed += 1,
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -670,7 +815,7 @@ mod tests {
         let f = ng_frame("ab_1", &m);
         assert_eq!(
             f,
-            b"ab_1 d7:call-id2:c17:command6:delete8:from-tag2:t1e".to_vec()
+            b"ab_1 d7:call-id2:c17:command6:delete12:delete delayi0e8:from-tag2:t1e".to_vec()
         );
         let (cookie, back) = ng_parse(&f).unwrap();
         assert_eq!((cookie.as_str(), back), ("ab_1", m));
@@ -685,6 +830,39 @@ mod tests {
             .get("to-tag")
             .is_none());
         assert!(ng_parse(b"nospace").is_err());
+    }
+
+    #[test]
+    fn publish_subscribe_messages() {
+        let text = |m: &Bencode, k: &str| m.get(k).and_then(Bencode::as_text).unwrap();
+        let p = ng_publish("c", "pub0", "v=0\r\n");
+        assert_eq!(text(&p, "command"), "publish");
+        assert_eq!(
+            (text(&p, "call-id"), text(&p, "from-tag")),
+            ("c".into(), "pub0".into())
+        );
+        assert_eq!(
+            p.get("codec").and_then(|c| c.get("accept")),
+            Some(&Bencode::List(vec![Bencode::str("any")]))
+        );
+        let r = ng_subscribe_request("c", "pub0", "sub3");
+        assert_eq!(text(&r, "command"), "subscribe request");
+        assert_eq!(
+            (text(&r, "from-tag"), text(&r, "to-tag")),
+            ("pub0".into(), "sub3".into())
+        );
+        assert!(r.get("sdp").is_none());
+        let a = ng_subscribe_answer("c", "sub3", "v=0\r\n");
+        assert_eq!(text(&a, "command"), "subscribe answer");
+        assert_eq!(text(&a, "to-tag"), "sub3");
+        assert!(a.get("from-tag").is_none());
+        let d = ng_delete_call("c");
+        assert!(d.get("from-tag").is_none());
+        assert_eq!(d.get("delete delay"), Some(&Bencode::Int(0)));
+        let key = MasterKey::new(Profile::Aes128CmSha1_80, &[1u8; 30]).unwrap();
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert!(endpoint_sdp_dir(peer, &key, 1, 1, "recvonly").ends_with("a=recvonly\r\n"));
+        assert!(endpoint_sdp(peer, &key, 1, 1).ends_with("a=sendrecv\r\n"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The bench's few system calls that std does not offer: `sendmmsg`/`recvmmsg` batches on
-//! connected or unconnected UDP sockets, per-thread CPU time, and SIGINT/SIGTERM as a flag.
+//! connected or unconnected UDP sockets (optionally UDP GSO), UDP socket options,
+//! per-thread CPU time, and SIGINT/SIGTERM as a flag.
 //!
 //! Owns: every `unsafe` block of the bench (each with a `// SAFETY:` comment). May not touch:
 //! packet contents, the clock, the admin API.
@@ -15,10 +16,29 @@ use std::time::Duration;
 /// Largest datagram the bench receives.
 pub const RECV_SLOT: usize = 2048;
 
+/// Most datagrams one UDP GSO send may carry (the kernel's `UDP_MAX_SEGMENTS` is 64 on older
+/// kernels; later ones allow more, 64 is accepted by all that support GSO).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest UDP payload of one GSO send before segmentation (IPv4: 65535 − 20 − 8).
+pub const GSO_MAX_BYTES: usize = 65_507;
+
+/// Room for one `cmsghdr` carrying a `u16` (`CMSG_SPACE(2)`), as u64s for alignment.
+const CMSG_WORDS: usize = 4;
+
 /// Reusable `sendmmsg` state for up to `cap` datagrams on a *connected* socket.
+///
+/// Without GSO each datagram is one message. With GSO (UDP_SEGMENT, Linux ≥ 4.18) runs of
+/// equal-size datagrams share one message: its iovecs are the datagrams and a `UDP_SEGMENT`
+/// control message tells the kernel where to cut, so one `sendmmsg` carries several such
+/// messages and the stack sees one large packet per message until segmentation.
 pub struct SendBatch {
     iov: Vec<libc::iovec>,
     hdr: Vec<libc::mmsghdr>,
+    /// Datagrams in each message of the last call.
+    segs: Vec<usize>,
+    cmsg: Vec<[u64; CMSG_WORDS]>,
+    /// Messages the kernel took in the last call.
+    last_messages: usize,
 }
 
 // SAFETY: the raw pointers inside `iov`/`hdr` are rewritten from borrowed slices on every
@@ -34,6 +54,9 @@ impl SendBatch {
             // (null pointers, zero lengths).
             iov: vec![unsafe { mem::zeroed() }; cap],
             hdr: vec![unsafe { mem::zeroed() }; cap],
+            segs: vec![0; cap],
+            cmsg: vec![[0u64; CMSG_WORDS]; cap],
+            last_messages: 0,
         }
     }
 
@@ -41,8 +64,14 @@ impl SendBatch {
         self.hdr.len()
     }
 
+    /// Messages (with GSO: each carrying one or more datagrams) the last call sent.
+    pub fn last_messages(&self) -> usize {
+        self.last_messages
+    }
+
     /// Send `arena[i*slot .. i*slot + lens[i]]` for every `i` in one `sendmmsg` on the
-    /// connected socket `fd`. Returns how many the kernel took (it may take fewer than asked).
+    /// connected socket `fd`, one message per datagram. Returns how many datagrams the kernel
+    /// took (it may take fewer than asked).
     pub fn send(
         &mut self,
         fd: RawFd,
@@ -50,36 +79,158 @@ impl SendBatch {
         slot: usize,
         lens: &[usize],
     ) -> io::Result<usize> {
-        let n = lens.len().min(self.hdr.len());
-        for i in 0..n {
-            let start = i * slot;
-            let data = &arena[start..start + lens[i]];
+        self.send_with(fd, arena, slot, lens, None)
+    }
+
+    /// As [`SendBatch::send`], with `gso = Some(seg)`: consecutive datagrams of exactly `seg`
+    /// bytes are packed into GSO messages of at most [`gso_segments`]`(seg)` datagrams (one
+    /// shorter datagram may end a message; a longer one goes alone, unsegmented). The kernel
+    /// takes or refuses a GSO message whole; the count returned is in datagrams.
+    pub fn send_with(
+        &mut self,
+        fd: RawFd,
+        arena: &[u8],
+        slot: usize,
+        lens: &[usize],
+        gso: Option<usize>,
+    ) -> io::Result<usize> {
+        self.last_messages = 0;
+        let n = lens.len().min(self.iov.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        for (i, &len) in lens[..n].iter().enumerate() {
+            let data = &arena[i * slot..i * slot + len];
             self.iov[i] = libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
             };
-            let h = &mut self.hdr[i];
+        }
+        // Group datagrams into messages: (first iovec, count, GSO size or 0).
+        let max_segs = gso.map_or(1, gso_segments);
+        let mut msgs = 0;
+        let mut i = 0;
+        while i < n {
+            let first = i;
+            let mut seg = 0;
+            if let Some(s) = gso.filter(|&s| lens[i] <= s && max_segs > 1) {
+                seg = s;
+                // Equal-size datagrams, then at most one shorter one to close the message.
+                while i < n && i - first < max_segs {
+                    let l = lens[i];
+                    i += 1;
+                    if l != s {
+                        break;
+                    }
+                    if i < n && lens[i] > s {
+                        break;
+                    }
+                }
+            } else {
+                i += 1;
+            }
+            let count = i - first;
+            self.segs[msgs] = count;
+            let h = &mut self.hdr[msgs];
             h.msg_hdr.msg_name = ptr::null_mut();
             h.msg_hdr.msg_namelen = 0;
-            h.msg_hdr.msg_iov = &mut self.iov[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_iov = &mut self.iov[first];
+            h.msg_hdr.msg_iovlen = count as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
+            if seg > 0 && count > 1 {
+                let buf = &mut self.cmsg[msgs];
+                *buf = [0; CMSG_WORDS];
+                h.msg_hdr.msg_control = buf.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE is a pure size computation.
+                h.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+                // SAFETY: `msg_control` points at `buf`, which is CMSG_WORDS u64s (32 bytes,
+                // 8-aligned) ≥ CMSG_SPACE(2) = 24 bytes, so the first header and its two data
+                // bytes lie inside it; CMSG_FIRSTHDR is non-null because controllen ≥ the
+                // header size.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+                }
+            } else {
+                h.msg_hdr.msg_control = ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+            msgs += 1;
         }
-        if n == 0 {
-            return Ok(0);
-        }
-        // SAFETY: `hdr[..n]` point at `iov[..n]`, which point into `arena`; all three outlive
-        // the call and the kernel only reads the datagrams. The sockets are connected, so no
-        // address is needed.
-        let rc = unsafe { libc::sendmmsg(fd, self.hdr.as_mut_ptr(), n as libc::c_uint, 0) };
+        // SAFETY: `hdr[..msgs]` point at disjoint runs of `iov[..n]`, which point into
+        // `arena`, and at their own `cmsg` buffers; all outlive the call and the kernel only
+        // reads them. The sockets are connected, so no address is needed.
+        let rc = unsafe { libc::sendmmsg(fd, self.hdr.as_mut_ptr(), msgs as libc::c_uint, 0) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(rc as usize)
+        self.last_messages = rc as usize;
+        Ok(self.segs[..rc as usize].iter().sum())
     }
+}
+
+/// Datagrams of `seg` bytes one GSO message carries: bounded by [`GSO_MAX_SEGMENTS`] and by
+/// the largest UDP payload.
+pub fn gso_segments(seg: usize) -> usize {
+    (GSO_MAX_BYTES / seg.max(1)).clamp(1, GSO_MAX_SEGMENTS)
+}
+
+fn set_udp_opt(fd: RawFd, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+    // SAFETY: `val` is a live c_int and its size is passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Let the kernel hand this socket coalesced GSO packets whole (UDP_GRO, Linux ≥ 5.0): a
+/// sink that never reads then costs the sender no per-datagram segmentation on loopback.
+pub fn set_udp_gro(fd: RawFd) -> io::Result<()> {
+    set_udp_opt(fd, libc::UDP_GRO, 1)
+}
+
+/// Whether UDP GSO works from `ip`: sends two 8-byte datagrams as one GSO message between
+/// two fresh sockets and checks both arrive as separate datagrams.
+pub fn gso_works(ip: std::net::IpAddr) -> bool {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+    let probe = || -> io::Result<bool> {
+        let rx = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let tx = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        tx.connect(rx.local_addr()?)?;
+        let arena = [7u8; 16];
+        let mut sb = SendBatch::new(2);
+        if sb.send_with(tx.as_raw_fd(), &arena, 8, &[8, 8], Some(8))? != 2 {
+            return Ok(false);
+        }
+        let mut rb = RecvBatch::new(4);
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            let n = rb.recv(rx.as_raw_fd())?;
+            for i in 0..n {
+                got.push(rb.slot(i).1);
+            }
+            if got.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(got == [8, 8])
+    };
+    probe().unwrap_or(false)
 }
 
 /// Reusable `recvmmsg` state: `cap` receive slots of [`RECV_SLOT`] bytes.
@@ -238,6 +389,59 @@ mod tests {
         assert_eq!(got[0], vec![1u8; 10]);
         assert_eq!(got[3], vec![4u8; 5]);
         assert_eq!(rb.recv(rx.as_raw_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn gso_batches_arrive_as_datagrams() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        if !gso_works(ip) {
+            eprintln!("SKIP: UDP GSO not available on loopback");
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        // 70 datagrams of 100 bytes (two GSO messages: 64 + 6), then a short one, then a
+        // long one that must go alone.
+        let slot = 300;
+        let mut lens = vec![100usize; 70];
+        lens.push(40);
+        lens.push(250);
+        let mut arena = vec![0u8; slot * lens.len()];
+        for (i, &l) in lens.iter().enumerate() {
+            arena[i * slot..i * slot + l].fill(i as u8);
+        }
+        let mut sb = SendBatch::new(lens.len());
+        assert_eq!(
+            sb.send_with(tx.as_raw_fd(), &arena, slot, &lens, Some(100))
+                .unwrap(),
+            lens.len()
+        );
+        assert_eq!(
+            sb.last_messages(),
+            3,
+            "64, then 6 closed by the short one, then the long one"
+        );
+        let mut rb = RecvBatch::new(32);
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            let n = rb.recv(rx.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let (buf, len) = rb.slot(i);
+                got.push(buf[..len].to_vec());
+            }
+            if got.len() == lens.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(got.len(), lens.len());
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d, &vec![i as u8; lens[i]], "datagram {i}");
+        }
+        assert_eq!(gso_segments(1200), 54);
+        assert_eq!(gso_segments(100), GSO_MAX_SEGMENTS);
+        assert_eq!(gso_segments(0), GSO_MAX_SEGMENTS);
     }
 
     #[test]

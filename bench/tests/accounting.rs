@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use relay::srtp::{Context, ContextOptions, Profile};
 use sluice_bench::cmd::{self, FindMaxOptions, Output, RunOptions};
-use sluice_bench::gen::RigSpec;
+use sluice_bench::gen::{Gso, RigSpec};
 use sluice_bench::probe;
 use sluice_bench::report::Report;
 use sluice_bench::target::{Plan, Target, TargetError, TargetInfo, Wiring};
@@ -48,10 +48,26 @@ struct DoubleRelay {
     torn_down: usize,
 }
 
+/// A loopback UDP socket with room for bursts (GSO sends arrive a batch at a time) while its
+/// thread is descheduled on a loaded runner; the kernel caps the size at net.core.rmem_max.
+fn big_buffer_socket() -> UdpSocket {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.into()
+}
+
 impl DoubleRelay {
     fn new(faults: Faults) -> DoubleRelay {
+        let sock = big_buffer_socket();
         DoubleRelay {
-            sock: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            sock,
             faults,
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
@@ -315,6 +331,82 @@ fn clean_relay_loses_nothing_and_report_round_trips() {
 }
 
 #[test]
+fn gso_sends_are_verified_packet_by_packet() {
+    if !sluice_bench::sys::gso_works(std::net::IpAddr::from([127, 0, 0, 1])) {
+        eprintln!("SKIP: UDP GSO not available on loopback");
+        return;
+    }
+    for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
+        let mut relay = DoubleRelay::new(Faults::NONE);
+        // Fast enough that each pacing pass has several packets due, so GSO messages carry
+        // more than one datagram; the double relay receives them as separate datagrams.
+        let mut opts = options(profile, 1, 2, 5000.0);
+        opts.duration = Duration::from_millis(1000);
+        opts.drain = Duration::from_millis(1500);
+        opts.rig.gso = Gso::On;
+        opts.rig.batch = 64;
+        let report = cmd::run(&mut relay, &opts, &quiet()).unwrap();
+        assert!(report.config.as_ref().unwrap().gso, "GSO was used");
+        let r = report.result.as_ref().unwrap();
+        let s = &r.streams[0];
+        assert!(s.sent > 1000, "sent only {}", s.sent);
+        assert!(
+            s.messages < s.sent,
+            "{} datagrams in {} messages: no GSO message carried more than one",
+            s.sent,
+            s.messages
+        );
+        // Every datagram authenticated, in order, exactly once, at each subscriber.
+        assert_eq!(s.expected, s.sent * 2);
+        assert_eq!(
+            (s.lost, s.duplicates, s.reordered, s.late),
+            (0, 0, 0, 0),
+            "{}",
+            profile.name()
+        );
+        assert_eq!(
+            (s.auth_failures, s.malformed, s.misrouted, s.stale),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(s.send_errors, 0);
+        assert_eq!(s.delivered, s.expected);
+        assert_eq!(r.latency.count, r.delivered.packets);
+    }
+}
+
+#[test]
+fn sink_baseline_measures_the_senders_alone() {
+    let o = cmd::GeneratorOptions {
+        rig: RigSpec {
+            size: 1200,
+            batch: 64,
+            ..RigSpec::default()
+        },
+        profiles: vec![None, Some(Profile::AeadAes128Gcm)],
+        gso: vec![false],
+        rate: 20_000.0,
+        duration: Duration::from_millis(300),
+        sink_gro: true,
+    };
+    let rows = cmd::generator_baseline(&o, &quiet()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].profile, "none");
+    assert_eq!(rows[1].profile, "AEAD_AES_128_GCM");
+    for r in &rows {
+        assert!(!r.gso);
+        // Paced at 20 000 pps for 0.3 s: at most about 6000 tokens, each either sent (and
+        // taken by the kernel) or skipped when the thread was descheduled too long.
+        assert!(r.packets > 0, "{r:?}");
+        assert!(r.packets + r.skipped <= 6100, "{r:?}");
+        assert_eq!(r.send_errors, 0);
+        assert!(r.sender_cpu_s >= 0.0);
+    }
+    if rows[0].pps_per_sender_cpu_s > 0.0 {
+        assert_eq!(rows[0].vs_plain, Some(1.0));
+    }
+}
+
+#[test]
 fn find_max_brackets_a_lossy_relay() {
     // Loses 1 % of packets: every step fails a 0.1 % threshold, passes a loose one.
     let lossy = Faults {
@@ -355,7 +447,7 @@ fn find_max_brackets_a_lossy_relay() {
 
 #[test]
 fn echo_baseline_against_a_reflector() {
-    let refl = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let refl = big_buffer_socket();
     let addr = refl.local_addr().unwrap();
     refl.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use relay::srtp::Profile;
 use sluice_bench::cmd::{self, Output, RunOptions};
 use sluice_bench::gen::RigSpec;
-use sluice_bench::rtpengine::RtpengineTarget;
+use sluice_bench::rtpengine::{Bencode, NgClient, RtpengineTarget};
 
 fn find_rtpengine() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -130,17 +130,54 @@ fn rtpengine_forwards_bench_srtp() {
             r.expected
         );
     }
-    // Fan-out > 1 is refused with a clear error, not half set up.
-    let opts = RunOptions {
-        rig: RigSpec {
-            fanout: 2,
-            ..RigSpec::default()
-        },
-        rate: 100.0,
-        duration: Duration::from_millis(100),
-        drain: Duration::from_millis(100),
+    // Fan-out > 1: publish / subscribe request / subscribe answer; every subscriber gets
+    // its own copy, encrypted with the key rtpengine announced for it.
+    for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
+        let opts = RunOptions {
+            rig: RigSpec {
+                publishers: 2,
+                fanout: 3,
+                size: 300,
+                profile: Some(profile),
+                ..RigSpec::default()
+            },
+            rate: 400.0,
+            duration: Duration::from_millis(1500),
+            drain: Duration::from_millis(500),
+        };
+        let out = Output {
+            quiet: true,
+            ..Output::default()
+        };
+        let report = cmd::run(&mut target, &opts, &out).expect("fan-out run against rtpengine");
+        let r = report.result.expect("a run result");
+        assert_eq!(r.streams.len(), 2);
+        for s in &r.streams {
+            assert_eq!(s.subscribers, 3);
+            assert_eq!(s.expected, s.sent * 3);
+            assert!(
+                s.delivered * 100 >= s.expected * 95,
+                "{profile}: stream {} delivered {} of {}",
+                s.stream,
+                s.delivered,
+                s.expected
+            );
+        }
+        assert_eq!(
+            (r.auth_failures, r.misrouted, r.duplicates),
+            (0, 0, 0),
+            "{profile}: auth failures, misrouted, duplicates"
+        );
+    }
+    // Teardown removed every call.
+    let mut ng = NgClient::new(ng_addr).unwrap();
+    let list = ng
+        .call(&Bencode::dict([("command", Bencode::str("list"))]))
+        .expect("ng list");
+    let calls = match list.get("calls") {
+        Some(Bencode::List(v)) => v.len(),
+        other => panic!("list reply without calls: {other:?}"),
     };
-    let err = cmd::run(&mut target, &opts, &Output::default()).unwrap_err();
-    assert!(err.to_string().contains("fan-out 1"), "{err}");
+    assert_eq!(calls, 0, "calls left after teardown: {list:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
