@@ -16,7 +16,8 @@
 #   LAT_SECS   length of each run at half the max rate [3]
 #   SYSCALLS   1 = count the relay's syscalls with strace in a separate fixed-rate run [1]
 #   SC_RATE    offered pps of that run [20000]
-#   RTPENGINE  1 = also run rtpengine (userspace, one thread) at fan-out 1 [1 if installed]
+#   RTPENGINE  1 = also run rtpengine (userspace, one thread) on the same load [1 if installed]
+#   RTPE_FANOUTS  fan-outs of the Sluice vs rtpengine comparison [FANOUTS]
 #   CPU_RATE   offered pps of the packets-per-CPU-second comparison [20000]
 #   SLUICE_URING_SETUP  io_uring ring flavour: defer, coop or plain [coop]
 # JSON reports go to OUTDIR (default: a new temp dir); the table is printed at the end and
@@ -37,6 +38,7 @@ SYSCALLS=${SYSCALLS:-1}
 SC_RATE=${SC_RATE:-20000}
 CPU_RATE=${CPU_RATE:-20000}
 if command -v rtpengine >/dev/null; then RTPENGINE=${RTPENGINE:-1}; else RTPENGINE=0; fi
+RTPE_FANOUTS=${RTPE_FANOUTS:-$FANOUTS}
 # The io_uring ring flavour (relay/src/io/uring.rs build_ring); inherited by the relay.
 export SLUICE_URING_SETUP=${SLUICE_URING_SETUP:-coop}
 OUT=${1:-$(mktemp -d /tmp/sluice-bench-compare.XXXXXX)}
@@ -180,19 +182,19 @@ if [[ "$RTPENGINE" == 1 ]]; then
     sleep 1
     be=${BACKENDS%% *}
     start_relay "$be" 1 && relay_pid=$(pgrep -n -P "$UP_PID" sluice-relay || true)
-    for p in $PROFILES; do
+    for f in $RTPE_FANOUTS; do for p in $PROFILES; do
         for kind in sluice rtpengine; do
             if [[ $kind == sluice ]]; then pid=$relay_pid; args=(); else pid=$RTPE_PID; args=(--target-kind rtpengine --ng "127.0.0.1:$ng_port"); fi
             [[ -n "$pid" ]] || continue
-            tag="cpu-$kind-$p"
+            tag="cpu-$kind-f$f-$p"
             c0=$(cpu_s "$pid")
-            "$B" run "${args[@]}" --publishers "$PUBS" --fanout 1 --profile "$p" --size "$SIZE" \
+            "$B" run "${args[@]}" --publishers "$PUBS" --fanout "$f" --profile "$p" --size "$SIZE" \
                 --rate "$CPU_RATE" --duration 5 --quiet --json "$OUT/$tag.json" >/dev/null || true
             echo "$(cpu_s "$pid") $c0" | awk '{printf "%.2f\n", $1 - $2}' >"$OUT/$tag.cpu"
-            "$B" find-max "${args[@]}" --publishers "$PUBS" --fanout 1 --profile "$p" --size "$SIZE" \
-                --start-rate 40000 "${search[@]}" --json "$OUT/max-$kind-$p.json" >/dev/null || true
+            "$B" find-max "${args[@]}" --publishers "$PUBS" --fanout "$f" --profile "$p" --size "$SIZE" \
+                --start-rate 40000 "${search[@]}" --json "$OUT/max-$kind-f$f-$p.json" >/dev/null || true
         done
-    done
+    done; done
     stop_relay
     kill -TERM "$RTPE_PID" 2>/dev/null || true; wait "$RTPE_PID" 2>/dev/null || true; RTPE_PID=""
 fi
@@ -266,17 +268,17 @@ first_w=${WORKERS%% *}
     fi
     if [[ "$RTPENGINE" == 1 ]]; then
         echo
-        echo "| Sluice vs rtpengine (fan-out 1, 1 thread each, ${CPU_RATE} pps offered for 5 s) | profile | delivered | daemon CPU-s | packets out per CPU-s | find-max delivered pps |"
-        echo "|---|---|---:|---:|---:|---:|"
-        for p in $PROFILES; do for kind in sluice rtpengine; do
-            d=$(j "$OUT/cpu-$kind-$p.json" .result.delivered.packets); c=$(cat "$OUT/cpu-$kind-$p.cpu" 2>/dev/null || true)
-            echo "| $kind | $p | ${d:-0} | ${c:--} | $(ratio "$d" "$c") | $(j "$OUT/max-$kind-$p.json" .find_max.max_delivered_pps | cut -d. -f1) |"
+        echo "| Sluice vs rtpengine (1 thread each, ${CPU_RATE} pps offered for 5 s) | fan-out | profile | delivered | daemon CPU-s | packets out per CPU-s | find-max delivered pps |"
+        echo "|---|---:|---|---:|---:|---:|---:|"
+        for f in $RTPE_FANOUTS; do for p in $PROFILES; do for kind in sluice rtpengine; do
+            d=$(j "$OUT/cpu-$kind-f$f-$p.json" .result.delivered.packets); c=$(cat "$OUT/cpu-$kind-f$f-$p.cpu" 2>/dev/null || true)
+            echo "| $kind | $f | $p | ${d:-0} | ${c:--} | $(ratio "$d" "$c") | $(j "$OUT/max-$kind-f$f-$p.json" .find_max.max_delivered_pps | cut -d. -f1) |"
         done
-            ds=$(j "$OUT/cpu-sluice-$p.json" .result.delivered.packets); cs=$(cat "$OUT/cpu-sluice-$p.cpu" 2>/dev/null || echo 0)
-            dr=$(j "$OUT/cpu-rtpengine-$p.json" .result.delivered.packets); cr=$(cat "$OUT/cpu-rtpengine-$p.cpu" 2>/dev/null || echo 0)
+            ds=$(j "$OUT/cpu-sluice-f$f-$p.json" .result.delivered.packets); cs=$(cat "$OUT/cpu-sluice-f$f-$p.cpu" 2>/dev/null || echo 0)
+            dr=$(j "$OUT/cpu-rtpengine-f$f-$p.json" .result.delivered.packets); cr=$(cat "$OUT/cpu-rtpengine-f$f-$p.cpu" 2>/dev/null || echo 0)
             a=$(awk -v d="${ds:-0}" -v c="${cs:-0}" 'BEGIN{ if (c>0) print d/c; else print 0 }'); b=$(awk -v d="${dr:-0}" -v c="${cr:-0}" 'BEGIN{ if (c>0) print d/c; else print 0 }')
-            echo "| **Sluice / rtpengine packets per CPU-s** | $p | | | $(ratio "$a" "$b") | |"
-        done
+            echo "| **Sluice / rtpengine packets per CPU-s** | $f | $p | | | $(ratio "$a" "$b") | |"
+        done; done
     fi
 } | tee "$OUT/table.md"
 echo "reports: $OUT" >&2
