@@ -1,5 +1,5 @@
-//! Garbage traffic beside a measurement (`sluice-bench run --garbage-rate PPS`): one thread
-//! sends datagrams the relay must refuse, at a paced rate, to the relay's media address,
+//! Garbage traffic beside a measurement (`sluice-bench run --garbage-rate PPS`): one to four
+//! threads (one per 200 000/s asked) send datagrams the relay must refuse, at a paced rate, to the relay's media address,
 //! while the normal run measures legitimate throughput (docs/SECURITY.md "Garbage under
 //! load").
 //!
@@ -10,7 +10,7 @@
 //! (well-formed, so the relay's slow-path gate rate-limits them per source before control's
 //! own limit). Owns only its sockets and thread; no session is created.
 
-use crate::sys::SendBatch;
+use crate::sys::{gso_works, SendBatch};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -44,11 +44,14 @@ impl GarbageStats {
 /// A running garbage sender; [`stop`](Self::stop) ends it.
 pub struct Garbage {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<GarbageStats>,
+    threads: Vec<JoinHandle<GarbageStats>>,
 }
 
-/// Datagram `n` of the rotation (deterministic, cheap to build).
-pub fn datagram(n: u64, out: &mut [u8; 200]) -> usize {
+/// Every garbage datagram is this long, so a run of them can leave as one UDP GSO message.
+pub const LEN: usize = 200;
+
+/// Datagram `n` of the rotation (deterministic, cheap to build), [`LEN`] bytes.
+pub fn datagram(n: u64, out: &mut [u8; LEN]) -> usize {
     let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for (i, b) in out.iter_mut().enumerate() {
         *b = (x >> ((i % 8) * 8)) as u8 ^ i as u8;
@@ -58,35 +61,35 @@ pub fn datagram(n: u64, out: &mut [u8; 200]) -> usize {
             // RTP version 2, random SSRC and "tag": an unknown source's media.
             out[0] = 0x80;
             out[1] = 96;
-            200
         }
         1 => {
             // First byte 64..=127: no RFC 7983 range.
             out[0] = 64 + (x as u8 & 63);
-            120
         }
         2 => {
-            // STUN Binding request (RFC 8489 §5) with a USERNAME and a MESSAGE-INTEGRITY
-            // that no password verifies.
-            let body: [u8; 40] = {
-                let mut b = [0u8; 40];
-                b[..4].copy_from_slice(&[0x00, 0x06, 0x00, 0x09]);
-                b[4..13].copy_from_slice(b"SluI:BrWs");
-                b[16..20].copy_from_slice(&[0x00, 0x08, 0x00, 0x14]);
-                b
-            };
-            out[..4].copy_from_slice(&[0x00, 0x01, 0x00, body.len() as u8]);
+            // STUN Binding request (RFC 8489 §5): USERNAME, a SOFTWARE attribute that fills
+            // the datagram, and a MESSAGE-INTEGRITY that no password verifies.
+            let body = &mut out[20..];
+            body.fill(0);
+            body[..4].copy_from_slice(&[0x00, 0x06, 0x00, 0x09]);
+            body[4..13].copy_from_slice(b"SluI:BrWs");
+            let sw = LEN - 20 - 16 - 24 - 4;
+            body[16..18].copy_from_slice(&0x8022u16.to_be_bytes());
+            body[18..20].copy_from_slice(&(sw as u16).to_be_bytes());
+            body[20..20 + sw].fill(b'g');
+            let mi = 20 + sw;
+            body[mi..mi + 4].copy_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+            out[..4].copy_from_slice(&[0x00, 0x01, 0x00, (LEN - 20) as u8]);
             out[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
-            out[20..60].copy_from_slice(&body);
-            60
         }
         _ => {
-            // DTLS 1.2 handshake record, ClientHello (RFC 6347 §4.1, §4.2.2).
+            // DTLS 1.2 handshake record, ClientHello (RFC 6347 §4.1, §4.2.2), one whole record.
             out[..3].copy_from_slice(&[22, 0xFE, 0xFD]);
-            out[11..14].copy_from_slice(&[0, 100, 1]);
-            113
+            out[11..13].copy_from_slice(&((LEN - 13) as u16).to_be_bytes());
+            out[13] = 1;
         }
     }
+    LEN
 }
 
 impl Garbage {
@@ -115,32 +118,66 @@ impl Garbage {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("garbage".into())
-            .spawn(move || run(&socks, pps, &flag))?;
-        Ok(Garbage { stop, thread })
+        // One sender thread manages a few hundred thousand datagrams a second on loopback
+        // (the kernel's receive path runs in the sending call); split higher rates.
+        let n = ((pps / PER_THREAD).ceil() as usize).clamp(1, MAX_THREADS);
+        let mut socks = socks;
+        let per = SOURCES / n;
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let mine: Vec<UdpSocket> = socks
+                .drain(..if i + 1 == n { socks.len() } else { per })
+                .collect();
+            let flag = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("garbage-{i}"))
+                    .spawn(move || run(&mine, pps / n as f64, i as u64, &flag))?,
+            );
+        }
+        Ok(Garbage { stop, threads })
     }
 
     pub fn stop(self) -> GarbageStats {
         self.stop.store(true, Ordering::Relaxed);
-        // The thread only sends and sleeps; a panic there is a bug worth surfacing.
-        self.thread.join().unwrap_or_default()
+        let mut total = GarbageStats::default();
+        for t in self.threads {
+            // The threads only send and sleep; a panic there is a bug worth surfacing.
+            let s = t.join().unwrap_or_default();
+            total.sent += s.sent;
+            total.send_errors += s.send_errors;
+            total.elapsed = total.elapsed.max(s.elapsed);
+        }
+        total
     }
 }
 
+/// Garbage rate one sender thread is given at most.
+const PER_THREAD: f64 = 200_000.0;
+/// Most garbage sender threads.
+const MAX_THREADS: usize = 4;
+
 /// Datagrams per `sendmmsg` (one source socket per batch, the next batch from the next).
 const BATCH: usize = 64;
-const SLOT: usize = 200;
+const SLOT: usize = LEN;
 
-fn run(socks: &[UdpSocket], pps: f64, stop: &AtomicBool) -> GarbageStats {
+/// One sender thread: `pps` datagrams per second from `socks`, rotation offset by `lane` so
+/// threads do not send identical datagrams.
+fn run(socks: &[UdpSocket], pps: f64, lane: u64, stop: &AtomicBool) -> GarbageStats {
     let start = Instant::now();
     let mut st = GarbageStats::default();
     let mut arena = vec![0u8; BATCH * SLOT];
     let mut lens = [0usize; BATCH];
     let mut batch = SendBatch::new(BATCH);
+    // One GSO message per batch where the kernel offers it (one send, 64 datagrams).
+    let gso = socks
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .filter(|a| gso_works(a.ip()))
+        .map(|_| SLOT);
     let mut n = 0u64;
     let mut sock = 0usize;
+    let base = lane << 40;
     while !stop.load(Ordering::Relaxed) {
         // Paced: catch up to where the rate says we should be, then sleep a millisecond.
         let due = (start.elapsed().as_secs_f64() * pps) as u64;
@@ -150,11 +187,11 @@ fn run(socks: &[UdpSocket], pps: f64, stop: &AtomicBool) -> GarbageStats {
                 let slot: &mut [u8; SLOT] = (&mut arena[k * SLOT..(k + 1) * SLOT])
                     .try_into()
                     .expect("SLOT-sized chunk");
-                *len = datagram(n + k as u64, slot);
+                *len = datagram(base + n + k as u64, slot);
             }
             let s = &socks[sock % socks.len()];
             sock += 1;
-            match batch.send(s.as_raw_fd(), &arena, SLOT, &lens[..b]) {
+            match batch.send_with(s.as_raw_fd(), &arena, SLOT, &lens[..b], gso) {
                 Ok(r) => {
                     st.sent += r as u64;
                     st.send_errors += (b - r) as u64;
@@ -176,7 +213,7 @@ mod tests {
 
     #[test]
     fn rotation_covers_each_kind() {
-        let mut buf = [0u8; 200];
+        let mut buf = [0u8; LEN];
         let kinds: Vec<Kind> = (0..4)
             .map(|n| {
                 let len = datagram(n, &mut buf);
@@ -190,6 +227,8 @@ mod tests {
         ));
         assert_eq!(kinds[2], Kind::Stun);
         assert_eq!(kinds[3], Kind::Dtls);
+        let len = datagram(3, &mut buf);
+        assert!(relay::wire::dtls::records(&buf[..len]).all(|r| r.is_ok()));
         let len = datagram(2, &mut buf);
         let m = relay::wire::stun::StunMessage::parse(&buf[..len]).expect("STUN parses");
         assert!(m.verify_integrity(b"anything").is_err());
