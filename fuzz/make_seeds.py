@@ -40,12 +40,26 @@ for i, name in enumerate(PROFILES):
     put("srtp_unprotect", "rtcp_" + name, bytes([i, 0x06]) + key + sr)
 
 # shm_open: byte 0 odd = patch the valid template at (u16 LE offset, xor) triples; even = the
-# raw bytes are the file.
+# raw bytes are the file (bit 2: zero-extended to the file size the header declares); byte 0
+# >= 0xf0 also opens refused images as files.
 put("shm_open", "template", b"\x01")
 put("shm_open", "template_adopt", b"\x03")
 put("shm_open", "patch_header", b"\x01" + struct.pack("<HB", 8, 0x01) + struct.pack("<HB", 16, 0x80))
 put("shm_open", "patch_slot", b"\x03" + struct.pack("<HB", 4096 + 8, 0x01))
 put("shm_open", "raw_magic", b"\x00" + b"SLUICESH" + bytes(56))
+put("shm_open", "raw_magic_as_file", b"\xf0" + b"SLUICESH" + bytes(56))
+put("shm_open", "patch_locked_slot", b"\x03" + struct.pack("<HB", 4096, 0x01))
+# A valid header for 1 session, 1 route, 1 worker with 1 stream-state slot (ABI 3; offsets as
+# relay/src/shm/layout.rs computes them), empty tables once zero-extended to its 24 KiB.
+header = (
+    b"SLUICESH"
+    + struct.pack("<IIIII", 3, 4096, 192, 128, 576)
+    + struct.pack("<III", 1, 1, 1)
+    + struct.pack("<QQQQ", 4096, 8192, 12288, 24576)
+    + struct.pack("<IIII", 0, 64, 1, 0)
+    + struct.pack("<Q", 16384)
+)
+put("shm_open", "raw_header_extended", b"\x04" + header)
 
 # config: real files.
 put("config", "minimal", "[relay]\nbind = \"127.0.0.1:4443\"\nworkers = 2\n")

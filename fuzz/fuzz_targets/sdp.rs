@@ -10,8 +10,26 @@ use control::webrtc::sdp::{
     answer, codec_supported, ext_map, pt_map, AnswerConfig, Endpoint, Offer,
 };
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
 
 const FP: &str = "sha-256 0F:74:31:25:CB:A2:13:EC:28:6F:6D:2C:61:FF:5D:C2:BC:B9:DB:3D:98:14:8D:1A:BB:EA:33:0C:A4:60:A8:8E";
+
+/// The answer configuration, the same for every input (built once).
+fn config() -> &'static AnswerConfig {
+    static C: OnceLock<AnswerConfig> = OnceLock::new();
+    C.get_or_init(|| AnswerConfig {
+        ice_ufrag: "sluiceUF".into(),
+        ice_pwd: "sluicepasswordsluicepass".into(),
+        fingerprint: Fingerprint::parse(FP).expect("valid literal fingerprint"),
+        candidates: vec![
+            "203.0.113.7:3478".parse().expect("literal address"),
+            "[2001:db8::7]:3478".parse().expect("literal address"),
+        ],
+        session_id: 42,
+        send_ssrcs: vec![0x1000, 0x2000, 0x3000],
+        cname: "sluice".into(),
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -32,20 +50,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = pt_map(&a.codecs, &b.codecs);
         let _ = ext_map(&a.extmaps, &b.extmaps);
     }
-    let cfg = AnswerConfig {
-        ice_ufrag: "sluiceUF".into(),
-        ice_pwd: "sluicepasswordsluicepass".into(),
-        fingerprint: Fingerprint::parse(FP).expect("valid literal fingerprint"),
-        candidates: vec![
-            "203.0.113.7:3478".parse().expect("literal address"),
-            "[2001:db8::7]:3478".parse().expect("literal address"),
-        ],
-        session_id: 42,
-        send_ssrcs: vec![0x1000, 0x2000, 0x3000],
-        cname: "sluice".into(),
-    };
+    let cfg = config();
     for endpoint in [Endpoint::Whip, Endpoint::Whep] {
-        let Ok(ans) = answer(&offer, endpoint, &cfg) else {
+        let Ok(ans) = answer(&offer, endpoint, cfg) else {
             continue;
         };
         assert!(ans.sdp.starts_with("v=0\r\n"));

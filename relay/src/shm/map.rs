@@ -133,18 +133,7 @@ impl Mapping {
             .map_err(|e| ShmError::io(path, e))?;
         mode_ok(path, &file, false)?;
         let len = file.metadata().map_err(|e| ShmError::io(path, e))?.len();
-        if len == 0 {
-            return Err(ShmError::NotInitialized {
-                path: path.to_path_buf(),
-            });
-        }
-        if len < HEADER_SIZE as u64 {
-            return Err(ShmError::Truncated {
-                path: path.to_path_buf(),
-                len,
-                expected: HEADER_SIZE as u64,
-            });
-        }
+        check_len(len, path)?;
         let raw = map(path, &file, len)?;
         let mut m = Mapping {
             raw,
@@ -159,103 +148,7 @@ impl Mapping {
 
     /// Check the header against this build and the file length; returns the file's layout.
     fn validate(&self, len: u64) -> Result<Layout, ShmError> {
-        let h = self.header();
-        let magic = h.magic.load(Ordering::Acquire);
-        if magic == 0 {
-            return Err(ShmError::NotInitialized {
-                path: self.path.clone(),
-            });
-        }
-        if magic != MAGIC {
-            return Err(ShmError::BadMagic {
-                path: self.path.clone(),
-                found: magic,
-            });
-        }
-        let r = Ordering::Relaxed;
-        let version = h.abi_version.load(r);
-        if version != ABI_VERSION {
-            return Err(ShmError::Version {
-                file: version,
-                ours: ABI_VERSION,
-            });
-        }
-        let sizes = [
-            ("header size", h.header_size.load(r), HEADER_SIZE),
-            (
-                "session slot size",
-                h.session_slot_size.load(r),
-                SESSION_SLOT_SIZE,
-            ),
-            (
-                "route slot size",
-                h.route_slot_size.load(r),
-                ROUTE_SLOT_SIZE,
-            ),
-            (
-                "counter block size",
-                h.counter_block_size.load(r),
-                COUNTER_BLOCK_SIZE,
-            ),
-            (
-                "stream slot size",
-                h.stream_slot_size.load(r),
-                STREAM_SLOT_SIZE,
-            ),
-        ];
-        for (field, file, ours) in sizes {
-            if file as usize != ours {
-                return Err(ShmError::Layout {
-                    field,
-                    file: u64::from(file),
-                    ours: ours as u64,
-                });
-            }
-        }
-        let layout = Layout::with_streams(
-            Capacity {
-                sessions: h.session_capacity.load(r),
-                routes: h.route_capacity.load(r),
-                workers: h.worker_capacity.load(r),
-            },
-            h.stream_capacity.load(r),
-        )?;
-        let offsets = [
-            (
-                "sessions offset",
-                h.sessions_offset.load(r),
-                layout.sessions_offset,
-            ),
-            (
-                "routes offset",
-                h.routes_offset.load(r),
-                layout.routes_offset,
-            ),
-            (
-                "counters offset",
-                h.counters_offset.load(r),
-                layout.counters_offset,
-            ),
-            (
-                "streams offset",
-                h.streams_offset.load(r),
-                layout.streams_offset,
-            ),
-            ("file size", h.file_size.load(r), layout.file_size),
-        ];
-        for (field, file, ours) in offsets {
-            if file != ours {
-                return Err(ShmError::Layout { field, file, ours });
-            }
-        }
-        if len < layout.file_size {
-            return Err(ShmError::Truncated {
-                path: self.path.clone(),
-                len,
-                expected: layout.file_size,
-            });
-        }
-        Ok(layout)
+        validate_fields(&HeaderFields::load(self.header()), len, &self.path)
     }
 
     /// Take the single-writer lock (`flock(LOCK_EX | LOCK_NB)`), held until the file closes.
@@ -354,6 +247,195 @@ impl Mapping {
     }
 }
 
+/// The header fields [`validate_fields`] checks, as plain values: loaded from a mapping's
+/// atomics ([`HeaderFields::load`]) or decoded from a byte image of the file
+/// ([`HeaderFields::decode`]), so both paths run the same checks.
+#[derive(Debug, Clone, Copy)]
+struct HeaderFields {
+    magic: u64,
+    abi_version: u32,
+    header_size: u32,
+    session_slot_size: u32,
+    route_slot_size: u32,
+    counter_block_size: u32,
+    stream_slot_size: u32,
+    session_capacity: u32,
+    route_capacity: u32,
+    worker_capacity: u32,
+    stream_capacity: u32,
+    sessions_offset: u64,
+    routes_offset: u64,
+    counters_offset: u64,
+    streams_offset: u64,
+    file_size: u64,
+}
+
+impl HeaderFields {
+    /// The magic first (Acquire: a reader that sees it sees every store before it), the rest
+    /// Relaxed.
+    fn load(h: &Header) -> HeaderFields {
+        let magic = h.magic.load(Ordering::Acquire);
+        let r = Ordering::Relaxed;
+        HeaderFields {
+            magic,
+            abi_version: h.abi_version.load(r),
+            header_size: h.header_size.load(r),
+            session_slot_size: h.session_slot_size.load(r),
+            route_slot_size: h.route_slot_size.load(r),
+            counter_block_size: h.counter_block_size.load(r),
+            stream_slot_size: h.stream_slot_size.load(r),
+            session_capacity: h.session_capacity.load(r),
+            route_capacity: h.route_capacity.load(r),
+            worker_capacity: h.worker_capacity.load(r),
+            stream_capacity: h.stream_capacity.load(r),
+            sessions_offset: h.sessions_offset.load(r),
+            routes_offset: h.routes_offset.load(r),
+            counters_offset: h.counters_offset.load(r),
+            streams_offset: h.streams_offset.load(r),
+            file_size: h.file_size.load(r),
+        }
+    }
+
+    /// Decode the fields from the first [`HEADER_SIZE`] bytes of a file image, at the offsets
+    /// `Header` has, in native byte order (as the atomics of a mapping on this host hold them).
+    /// `None` if `b` is shorter than the header.
+    fn decode(b: &[u8]) -> Option<HeaderFields> {
+        use core::mem::offset_of;
+        let b = b.get(..HEADER_SIZE)?;
+        let u32_at = |off: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&b[off..off + 4]);
+            u32::from_ne_bytes(w)
+        };
+        let u64_at = |off: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[off..off + 8]);
+            u64::from_ne_bytes(w)
+        };
+        Some(HeaderFields {
+            magic: u64_at(offset_of!(Header, magic)),
+            abi_version: u32_at(offset_of!(Header, abi_version)),
+            header_size: u32_at(offset_of!(Header, header_size)),
+            session_slot_size: u32_at(offset_of!(Header, session_slot_size)),
+            route_slot_size: u32_at(offset_of!(Header, route_slot_size)),
+            counter_block_size: u32_at(offset_of!(Header, counter_block_size)),
+            stream_slot_size: u32_at(offset_of!(Header, stream_slot_size)),
+            session_capacity: u32_at(offset_of!(Header, session_capacity)),
+            route_capacity: u32_at(offset_of!(Header, route_capacity)),
+            worker_capacity: u32_at(offset_of!(Header, worker_capacity)),
+            stream_capacity: u32_at(offset_of!(Header, stream_capacity)),
+            sessions_offset: u64_at(offset_of!(Header, sessions_offset)),
+            routes_offset: u64_at(offset_of!(Header, routes_offset)),
+            counters_offset: u64_at(offset_of!(Header, counters_offset)),
+            streams_offset: u64_at(offset_of!(Header, streams_offset)),
+            file_size: u64_at(offset_of!(Header, file_size)),
+        })
+    }
+}
+
+/// The length checks [`Mapping::open`] makes before it maps the file.
+fn check_len(len: u64, path: &Path) -> Result<(), ShmError> {
+    if len == 0 {
+        return Err(ShmError::NotInitialized {
+            path: path.to_path_buf(),
+        });
+    }
+    if len < HEADER_SIZE as u64 {
+        return Err(ShmError::Truncated {
+            path: path.to_path_buf(),
+            len,
+            expected: HEADER_SIZE as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Check a header against this build and the file length `len`; returns the file's layout.
+/// Pure: [`Mapping::open`] and [`check_image`] both end here.
+fn validate_fields(h: &HeaderFields, len: u64, path: &Path) -> Result<Layout, ShmError> {
+    let magic = h.magic;
+    if magic == 0 {
+        return Err(ShmError::NotInitialized {
+            path: path.to_path_buf(),
+        });
+    }
+    if magic != MAGIC {
+        return Err(ShmError::BadMagic {
+            path: path.to_path_buf(),
+            found: magic,
+        });
+    }
+    let version = h.abi_version;
+    if version != ABI_VERSION {
+        return Err(ShmError::Version {
+            file: version,
+            ours: ABI_VERSION,
+        });
+    }
+    let sizes = [
+        ("header size", h.header_size, HEADER_SIZE),
+        ("session slot size", h.session_slot_size, SESSION_SLOT_SIZE),
+        ("route slot size", h.route_slot_size, ROUTE_SLOT_SIZE),
+        (
+            "counter block size",
+            h.counter_block_size,
+            COUNTER_BLOCK_SIZE,
+        ),
+        ("stream slot size", h.stream_slot_size, STREAM_SLOT_SIZE),
+    ];
+    for (field, file, ours) in sizes {
+        if file as usize != ours {
+            return Err(ShmError::Layout {
+                field,
+                file: u64::from(file),
+                ours: ours as u64,
+            });
+        }
+    }
+    let layout = Layout::with_streams(
+        Capacity {
+            sessions: h.session_capacity,
+            routes: h.route_capacity,
+            workers: h.worker_capacity,
+        },
+        h.stream_capacity,
+    )?;
+    let offsets = [
+        ("sessions offset", h.sessions_offset, layout.sessions_offset),
+        ("routes offset", h.routes_offset, layout.routes_offset),
+        ("counters offset", h.counters_offset, layout.counters_offset),
+        ("streams offset", h.streams_offset, layout.streams_offset),
+        ("file size", h.file_size, layout.file_size),
+    ];
+    for (field, file, ours) in offsets {
+        if file != ours {
+            return Err(ShmError::Layout { field, file, ours });
+        }
+    }
+    if len < layout.file_size {
+        return Err(ShmError::Truncated {
+            path: path.to_path_buf(),
+            len,
+            expected: layout.file_size,
+        });
+    }
+    Ok(layout)
+}
+
+/// Run the checks [`Mapping::open`] makes (length, magic, ABI version, slot sizes, capacities,
+/// offsets, file size) on a byte image of a whole file, without a file or a mapping. `path`
+/// only names the image in errors.
+pub(crate) fn check_image(bytes: &[u8], path: &Path) -> Result<Layout, ShmError> {
+    let len = bytes.len() as u64;
+    check_len(len, path)?;
+    let fields = HeaderFields::decode(bytes).ok_or(ShmError::Truncated {
+        path: path.to_path_buf(),
+        len,
+        expected: HEADER_SIZE as u64,
+    })?;
+    validate_fields(&fields, len, path)
+}
+
 fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, ShmError> {
     let len = usize::try_from(len).map_err(|_| ShmError::Truncated {
         path: path.to_path_buf(),
@@ -420,5 +502,49 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
             core::ptr::null::<u32>(),
             0u32,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::discriminant;
+
+    /// `check_image` on a file's bytes and `Mapping::open` on the file agree: same verdict,
+    /// same error variant, same layout.
+    #[test]
+    fn check_image_agrees_with_open() {
+        let path = std::env::temp_dir().join(format!("sluice-shm-image-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cap = Capacity {
+            sessions: 4,
+            routes: 8,
+            workers: 2,
+        };
+        drop(Mapping::create(&path, cap, 3).unwrap());
+        let pristine = std::fs::read(&path).unwrap();
+        let mut cases: Vec<Vec<u8>> = vec![pristine.clone(), Vec::new(), pristine[..100].to_vec()];
+        cases.push(pristine[..pristine.len() - 4096].to_vec());
+        cases.push(vec![0; pristine.len()]);
+        // Magic, version, a slot size, a capacity, an offset, the file size, a non-header byte.
+        for off in [0usize, 8, 16, 28, 36, 48, 64, 80, 88, 200, 5000] {
+            let mut b = pristine.clone();
+            b[off] ^= 0x5a;
+            cases.push(b);
+        }
+        for bytes in &cases {
+            std::fs::write(&path, bytes).unwrap();
+            let image = check_image(bytes, Path::new("<image>"));
+            match (Mapping::open(&path), image) {
+                (Ok(m), Ok(l)) => assert_eq!(m.layout, l),
+                (Err(a), Err(b)) => assert_eq!(discriminant(&a), discriminant(&b), "{a} / {b}"),
+                (a, b) => panic!("open {a:?}, image {b:?}"),
+            }
+        }
+        assert_eq!(
+            check_image(&pristine, Path::new("x")).unwrap().capacity,
+            cap
+        );
+        let _ = std::fs::remove_file(&path);
     }
 }

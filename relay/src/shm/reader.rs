@@ -5,7 +5,7 @@ use super::codec::{decode_route, decode_session};
 use super::counters::{CounterSnapshot, WorkerCounters};
 use super::error::{ShmError, SlotError, Table};
 use super::layout::{Capacity, RELAY_INFO_WORDS, STREAM_WORDS};
-use super::map::{futex_wait, Mapping};
+use super::map::{check_image, futex_wait, Mapping};
 use super::seqlock::{Read, Slot};
 use super::streams::{decode_stream, encode_stream, StreamRecord};
 use super::{RouteRecord, SessionRecord};
@@ -71,6 +71,14 @@ impl ShmReader {
             map: Mapping::open(path.as_ref())?,
             retries: AtomicU64::new(0),
         })
+    }
+
+    /// Run the checks [`ShmReader::open`] makes on the file (length, magic, ABI version, slot
+    /// sizes, capacities, offsets, file size) on a byte image of the whole file instead, with
+    /// no file and no mapping; returns the capacity the header declares. Accepts exactly the
+    /// images `open` would accept as a file (file permissions aside). For tools and fuzzing.
+    pub fn check_image(bytes: &[u8]) -> Result<Capacity, ShmError> {
+        check_image(bytes, Path::new("<image>")).map(|l| l.capacity)
     }
 
     pub fn path(&self) -> &Path {

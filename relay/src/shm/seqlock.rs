@@ -14,7 +14,13 @@ use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// How many times a reader retries a slot the writer keeps locked before reporting
 /// [`super::SlotError::Busy`]. The first [`SPIN_LIMIT`] retries spin, the rest yield the CPU.
+#[cfg(not(fuzzing))]
 pub(crate) const RETRY_LIMIT: u32 = 100_000;
+/// Fuzz builds (`--cfg fuzzing`, set by cargo-fuzz): the same spin-then-yield path, but a slot
+/// locked in the input is reported busy after a few yields instead of 100,000 of them (tens of
+/// milliseconds per locked slot, which would dominate every fuzz input that patches one).
+#[cfg(fuzzing)]
+pub(crate) const RETRY_LIMIT: u32 = SPIN_LIMIT + 8;
 const SPIN_LIMIT: u32 = 64;
 
 /// A 64-byte-aligned slot: a sequence word followed by `N` payload words.
