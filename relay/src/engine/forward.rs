@@ -97,22 +97,10 @@ fn note_stream(
             }
             *t
         }
-        None => {
-            if tracks.len() >= limit {
-                return;
-            }
-            if tracks.capacity() < limit {
-                // Once per session and direction in this worker, like its SRTP context.
-                tracks.reserve_exact(limit - tracks.len());
-            }
-            let t = Track {
-                ssrc,
-                index: first_index,
-                slot: state.open(session, dir, ssrc),
-            };
-            tracks.push(t);
-            t
-        }
+        None => match open_track(state, tracks, limit, session, dir, ssrc, first_index) {
+            Some(t) => t,
+            None => return,
+        },
     };
     state.write(
         t.slot,
@@ -125,6 +113,35 @@ fn note_stream(
             rewritten,
         },
     );
+}
+
+/// Start tracking (session, dir, ssrc) at `index` in this worker's slot for it; `None` when
+/// the session already tracks `limit` streams in that direction. The list is reserved whole
+/// at its first entry (once per session and direction, like its SRTP context).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn open_track(
+    state: &mut StreamState,
+    tracks: &mut Vec<Track>,
+    limit: usize,
+    session: SessionId,
+    dir: StreamDir,
+    ssrc: u32,
+    index: u64,
+) -> Option<Track> {
+    if tracks.len() >= limit {
+        return None;
+    }
+    if tracks.capacity() < limit {
+        tracks.reserve_exact(limit - tracks.len());
+    }
+    let t = Track {
+        ssrc,
+        index,
+        slot: state.open(session, dir, ssrc),
+    };
+    tracks.push(t);
+    Some(t)
 }
 
 /// Before the first SRTCP packet this process protects for (`session`, `ssrc`): continue after
@@ -174,20 +191,11 @@ fn note_srtcp<C: SrtpOps>(
             *t
         }
         None => {
-            if tracks.len() >= limit {
-                return;
+            let dir = StreamDir::RtcpOut;
+            match open_track(state, tracks, limit, session, dir, ssrc, index) {
+                Some(t) => t,
+                None => return,
             }
-            if tracks.capacity() < limit {
-                // Once per session in this worker, like its SRTP context.
-                tracks.reserve_exact(limit - tracks.len());
-            }
-            let t = Track {
-                ssrc,
-                index,
-                slot: state.open(session, StreamDir::RtcpOut, ssrc),
-            };
-            tracks.push(t);
-            t
         }
     };
     state.write(

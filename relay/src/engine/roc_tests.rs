@@ -106,52 +106,66 @@ impl World {
     }
 }
 
-#[test]
-fn restart_after_a_wrap_continues_every_stream() {
-    let path = std::env::temp_dir().join(format!("sluice-roc-{}", std::process::id()));
+/// A shm file with `workers` stream-state regions of `streams` slots, a trunk publisher (1)
+/// and two viewers (2, 3), the routes `(route id, subscriber, output SSRC)` from session 1,
+/// and a world of one sender and the two subscribers' receivers. The file is removed when the
+/// returned guard drops.
+fn setup(
+    tag: &str,
+    workers: u32,
+    streams: u32,
+    routes: &[(u64, u64, Option<u32>)],
+) -> (TempFile, std::path::PathBuf, World) {
+    let path = std::env::temp_dir().join(format!("sluice-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let _guard = TempFile(path.clone());
+    let guard = TempFile(path.clone());
     let mut w = ShmWriter::create_with_streams(
         &path,
         Capacity {
             sessions: 16,
             routes: 16,
-            workers: 4,
+            workers,
         },
-        64,
+        streams,
     )
     .unwrap();
     w.put_session(&session(1, Role::Trunk)).unwrap();
     w.put_session(&session(2, Role::Viewer)).unwrap();
     w.put_session(&session(3, Role::Viewer)).unwrap();
-    let route = |id, to, ssrc| RouteRecord {
-        id,
-        from: 1,
-        ssrc: None,
-        to,
-        rewrite: Rewrite {
-            ssrc,
-            ..Rewrite::default()
-        },
-    };
-    w.put_route(&route(1, 2, None)).unwrap();
-    w.put_route(&route(2, 3, Some(OUT_SSRC))).unwrap();
-
-    let cfg = |worker| EngineConfig {
-        worker,
-        ..EngineConfig::default()
-    };
+    for &(id, to, ssrc) in routes {
+        w.put_route(&RouteRecord {
+            id,
+            from: 1,
+            ssrc: None,
+            to,
+            rewrite: Rewrite {
+                ssrc,
+                ..Rewrite::default()
+            },
+        })
+        .unwrap();
+    }
     let rx = |k| Receiver {
         ctx: Context::new(k, ContextOptions::default()).unwrap(),
         seen: HashSet::new(),
         max_before: 0,
     };
-    let mut world = World {
+    let world = World {
         sender: Context::new(key(1), ContextOptions::default()).unwrap(),
         subs: [rx(key(102)), rx(key(103))],
         tx: TxQueue::with_capacity(8),
         slow: TxQueue::with_capacity(8),
         now: Instant::now(),
+    };
+    (guard, path, world)
+}
+
+#[test]
+fn restart_after_a_wrap_continues_every_stream() {
+    let (_guard, path, mut world) = setup("roc", 4, 64, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
+    let cfg = |worker| EngineConfig {
+        worker,
+        ..EngineConfig::default()
     };
 
     // First process: 65000 → wraps after 536 packets, 1600 packets in all (ends at ROC 1).
@@ -222,47 +236,7 @@ fn restart_after_a_wrap_continues_every_stream() {
 fn a_second_restart_before_any_refresh_still_skips_ahead() {
     // Stored state alone (no packets since) must seed correctly again: the second process
     // writes its own entries at first sight, so a third one sees the newest index.
-    let path = std::env::temp_dir().join(format!("sluice-roc2-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let _guard = TempFile(path.clone());
-    let mut w = ShmWriter::create_with_streams(
-        &path,
-        Capacity {
-            sessions: 16,
-            routes: 16,
-            workers: 2,
-        },
-        16,
-    )
-    .unwrap();
-    w.put_session(&session(1, Role::Trunk)).unwrap();
-    w.put_session(&session(2, Role::Viewer)).unwrap();
-    w.put_session(&session(3, Role::Viewer)).unwrap();
-    for (id, to, ssrc) in [(1, 2, None), (2, 3, Some(OUT_SSRC))] {
-        w.put_route(&RouteRecord {
-            id,
-            from: 1,
-            ssrc: None,
-            to,
-            rewrite: Rewrite {
-                ssrc,
-                ..Rewrite::default()
-            },
-        })
-        .unwrap();
-    }
-    let rx = |k| Receiver {
-        ctx: Context::new(k, ContextOptions::default()).unwrap(),
-        seen: HashSet::new(),
-        max_before: 0,
-    };
-    let mut world = World {
-        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
-        subs: [rx(key(102)), rx(key(103))],
-        tx: TxQueue::with_capacity(8),
-        slow: TxQueue::with_capacity(8),
-        now: Instant::now(),
-    };
+    let (_guard, path, mut world) = setup("roc2", 2, 16, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
     let mut seq: u16 = 65_530;
     for round in 0..3 {
         let mut engine = <Engine>::new(
@@ -288,47 +262,7 @@ fn srtcp_index_continues_across_restarts() {
     // subscriber's key with its own SRTCP index (RFC 3711 §3.4). A new process must continue
     // after the previous one's index (§9.1: never twice under one key); the subscribers'
     // SRTCP replay windows would refuse a reused one anyway.
-    let path = std::env::temp_dir().join(format!("sluice-srtcp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let _guard = TempFile(path.clone());
-    let mut w = ShmWriter::create_with_streams(
-        &path,
-        Capacity {
-            sessions: 16,
-            routes: 16,
-            workers: 2,
-        },
-        16,
-    )
-    .unwrap();
-    w.put_session(&session(1, Role::Trunk)).unwrap();
-    w.put_session(&session(2, Role::Viewer)).unwrap();
-    w.put_session(&session(3, Role::Viewer)).unwrap();
-    for (id, to, ssrc) in [(1, 2, None), (2, 3, Some(OUT_SSRC))] {
-        w.put_route(&RouteRecord {
-            id,
-            from: 1,
-            ssrc: None,
-            to,
-            rewrite: Rewrite {
-                ssrc,
-                ..Rewrite::default()
-            },
-        })
-        .unwrap();
-    }
-    let rx = |k| Receiver {
-        ctx: Context::new(k, ContextOptions::default()).unwrap(),
-        seen: HashSet::new(),
-        max_before: 0,
-    };
-    let mut world = World {
-        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
-        subs: [rx(key(102)), rx(key(103))],
-        tx: TxQueue::with_capacity(8),
-        slow: TxQueue::with_capacity(8),
-        now: Instant::now(),
-    };
+    let (_guard, path, mut world) = setup("srtcp", 2, 16, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
     // The SRTCP indices each subscriber received, in order.
     let mut indices: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     let mut seq: u16 = 100;
@@ -406,44 +340,7 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     // stored index with everything up to it counted as seen, so a replay of an old packet is
     // refused; and the index of each packet is estimated from the stored one, so a forged first
     // packet (sequence number far off, bad tag) cannot move the rollover counter.
-    let path = std::env::temp_dir().join(format!("sluice-replay-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let _guard = TempFile(path.clone());
-    let mut w = ShmWriter::create_with_streams(
-        &path,
-        Capacity {
-            sessions: 16,
-            routes: 16,
-            workers: 2,
-        },
-        16,
-    )
-    .unwrap();
-    w.put_session(&session(1, Role::Trunk)).unwrap();
-    w.put_session(&session(2, Role::Viewer)).unwrap();
-    w.put_session(&session(3, Role::Viewer)).unwrap();
-    for (id, to) in [(1, 2), (2, 3)] {
-        w.put_route(&RouteRecord {
-            id,
-            from: 1,
-            ssrc: None,
-            to,
-            rewrite: Rewrite::default(),
-        })
-        .unwrap();
-    }
-    let rx = |k| Receiver {
-        ctx: Context::new(k, ContextOptions::default()).unwrap(),
-        seen: HashSet::new(),
-        max_before: 0,
-    };
-    let mut world = World {
-        sender: Context::new(key(1), ContextOptions::default()).unwrap(),
-        subs: [rx(key(102)), rx(key(103))],
-        tx: TxQueue::with_capacity(8),
-        slow: TxQueue::with_capacity(8),
-        now: Instant::now(),
-    };
+    let (_guard, path, mut world) = setup("replay", 2, 16, &[(1, 2, None), (2, 3, None)]);
     let protect = |sender: &mut Context, seq: u16| {
         let mut buf = [0u8; MAX_DATAGRAM];
         let mut p = vec![0x80, 96];
