@@ -16,10 +16,9 @@
 #   WORKERS    relay workers                         [2]
 #   RCVBUF     relay.recv_buffer_bytes               [4194304 = the default]
 #   NICE       nice level for daemons and bench      [-10 when root, else 0]
-#   BIN_DIR    binaries                              [target/release]
+#   BIN_DIR    binaries    [target/release when complete, else target/debug]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN_DIR:-target/release}
 OUT=${1:-garbage-$(date -u +%Y%m%dT%H%M%SZ)}
 RATES=${RATES:-0 250000 500000 1000000}
 REPS=${REPS:-2}
@@ -28,28 +27,13 @@ BACKEND=${BACKEND:-mmsg}
 WORKERS=${WORKERS:-2}
 RCVBUF=${RCVBUF:-4194304}
 if [[ $(id -u) == 0 ]]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
-for b in sluicectl sluice-control sluice-relay sluice-bench; do
-    [[ -x "$BIN/$b" ]] || { echo "garbage-bench: $BIN/$b missing (cargo build --release --bins)" >&2; exit 2; }
-done
-command -v python3 >/dev/null && command -v curl >/dev/null \
-    || { echo "garbage-bench: needs python3 and curl" >&2; exit 2; }
-
-mkdir -p "$OUT/run"
+source scripts/lib.sh
+sluice_bin_dir garbage-bench
+BIN=$BIN_DIR
+command -v curl >/dev/null || { echo "garbage-bench: needs curl" >&2; exit 2; }
+mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$OUT/sluice.toml" <<TOML
-runtime_dir = "$OUT/run"
-[relay]
-bind = "127.0.0.1:$PORT"
-workers = $WORKERS
-backend = "$BACKEND"
-recv_buffer_bytes = $RCVBUF
-[control]
-admin_listen = "127.0.0.1:0"
-[shm]
-path = "$OUT/shm"
-TOML
-export SLUICE_RUNTIME_DIR="$OUT/run"
+sluice_config "$WORKERS" "$BACKEND" "recv_buffer_bytes = $RCVBUF"
 nice -n "$NICE" "$BIN/sluicectl" up --config "$OUT/sluice.toml" >"$OUT/up.log" 2>&1 &
 UP=$!
 trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT

@@ -30,32 +30,12 @@ FANOUT=${SOAK_FANOUT:-2}
 SIZE=${SOAK_SIZE:-1200}
 WORKERS=${SOAK_WORKERS:-0}
 
-if [[ -z "${BIN_DIR:-}" ]]; then
-    BIN_DIR=target/debug
-    if [[ -x target/release/sluicectl && -x target/release/sluice-control \
-          && -x target/release/sluice-relay && -x target/release/sluice-bench ]]; then
-        BIN_DIR=target/release
-    fi
-fi
-for b in sluicectl sluice-control sluice-relay sluice-bench; do
-    [[ -x "$BIN_DIR/$b" ]] || { echo "soak: $BIN_DIR/$b missing (cargo build --release --bins)" >&2; exit 2; }
-done
-command -v python3 >/dev/null || { echo "soak: python3 is needed to read JSON" >&2; exit 2; }
+source scripts/lib.sh
+sluice_bin_dir soak
 
-mkdir -p "$OUT/run"
+mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$OUT/sluice.toml" <<TOML
-runtime_dir = "$OUT/run"
-[relay]
-bind = "127.0.0.1:$PORT"
-workers = $WORKERS
-[control]
-admin_listen = "127.0.0.1:0"
-[shm]
-path = "$OUT/shm"
-TOML
-export SLUICE_RUNTIME_DIR="$OUT/run"
+sluice_config "$WORKERS" ""
 
 UP_PID=
 BENCH_PID=

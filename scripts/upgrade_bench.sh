@@ -14,26 +14,10 @@ DURATION=${2:-20}
 UPGRADES=${3:-3}
 BACKEND=${BACKEND:-auto}
 WORKERS=${WORKERS:-2}
-if [[ -z "${BIN_DIR:-}" ]]; then
-    BIN_DIR=target/debug
-    [[ -x target/release/sluice-relay && -x target/release/sluice-bench && -x target/release/sluicectl \
-       && -x target/release/sluice-control ]] && BIN_DIR=target/release
-fi
+source scripts/lib.sh
+sluice_bin_dir upgrade_bench
 OUT=${OUT:-$(mktemp -d /tmp/sluice-upgrade-bench.XXXXXX)}
-mkdir -p "$OUT/run"
-PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$OUT/sluice.toml" <<TOML
-runtime_dir = "$OUT/run"
-[relay]
-bind = "127.0.0.1:$PORT"
-workers = $WORKERS
-backend = "$BACKEND"
-[control]
-admin_listen = "127.0.0.1:0"
-[shm]
-path = "$OUT/shm"
-TOML
-export SLUICE_RUNTIME_DIR="$OUT/run"
+sluice_config "$WORKERS" "$BACKEND"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -93,22 +93,7 @@ fn rtpengine_forwards_bench_srtp() {
         return;
     };
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
-        let opts = RunOptions {
-            rig: RigSpec {
-                publishers: 2,
-                fanout: 1,
-                size: 300,
-                profile: Some(profile),
-                ..RigSpec::default()
-            },
-            rate: 400.0,
-            duration: Duration::from_millis(1500),
-            drain: Duration::from_millis(500),
-        };
-        let out = Output {
-            quiet: true,
-            ..Output::default()
-        };
+        let (opts, out) = load(profile, 1);
         let report = cmd::run(&mut target, &opts, &out).expect("run against rtpengine");
         let r = report.result.expect("a run result");
         assert!(
@@ -133,22 +118,7 @@ fn rtpengine_forwards_bench_srtp() {
     // Fan-out > 1: publish / subscribe request / subscribe answer; every subscriber gets
     // its own copy, encrypted with the key rtpengine announced for it.
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
-        let opts = RunOptions {
-            rig: RigSpec {
-                publishers: 2,
-                fanout: 3,
-                size: 300,
-                profile: Some(profile),
-                ..RigSpec::default()
-            },
-            rate: 400.0,
-            duration: Duration::from_millis(1500),
-            drain: Duration::from_millis(500),
-        };
-        let out = Output {
-            quiet: true,
-            ..Output::default()
-        };
+        let (opts, out) = load(profile, 3);
         let report = cmd::run(&mut target, &opts, &out).expect("fan-out run against rtpengine");
         let r = report.result.expect("a run result");
         assert_eq!(r.streams.len(), 2);
@@ -180,4 +150,25 @@ fn rtpengine_forwards_bench_srtp() {
     };
     assert_eq!(calls, 0, "calls left after teardown: {list:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two publishers of 300-byte packets at 400 packets/s for 1.5 s, `fanout` subscribers each.
+fn load(profile: Profile, fanout: usize) -> (RunOptions, Output) {
+    let opts = RunOptions {
+        rig: RigSpec {
+            publishers: 2,
+            fanout,
+            size: 300,
+            profile: Some(profile),
+            ..RigSpec::default()
+        },
+        rate: 400.0,
+        duration: Duration::from_millis(1500),
+        drain: Duration::from_millis(500),
+    };
+    let out = Output {
+        quiet: true,
+        ..Output::default()
+    };
+    (opts, out)
 }
