@@ -37,7 +37,24 @@ pub struct Forwarder<C = crate::srtp::Context> {
     now: Option<Instant>,
     state: StreamState,
     gate: SlowGate,
+    /// The sender SSRC of the feedback this worker sends to publishers (see
+    /// [`feedback_ssrc`]).
+    feedback_ssrc: u32,
 }
+
+/// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
+/// key as one SRTCP flow per sender SSRC (RFC 3711 §3.4). Subscribers' own sender SSRCs are
+/// not unique: a receive-only libwebrtc peer always uses 0xFA17FA17, so two viewers handled
+/// by two workers would each start an SRTCP index space for the same (key, SSRC), reusing
+/// keystream (§9.1). The relay therefore sends feedback as itself, from one SSRC per worker:
+/// each worker owns its flow, and its index survives restarts like any other (`RtcpOut`).
+/// RFC 4585 §6.1 receivers match feedback by the *media source* SSRC, which is kept.
+pub fn feedback_ssrc(worker: usize) -> u32 {
+    FEEDBACK_SSRC_BASE.wrapping_add(worker as u32)
+}
+
+/// See [`feedback_ssrc`]; `relay.workers` is at most 1024, so the range stays below 0x51CF_0000.
+const FEEDBACK_SSRC_BASE: u32 = 0x51CE_0000;
 
 /// The slow-path gate's rates (datagrams per second, one second of burst); see
 /// [`Forwarder::set_slow_gate`].
@@ -262,6 +279,7 @@ impl<C: SrtpOps> Forwarder<C> {
             now: None,
             state: StreamState::default(),
             gate: SlowGate::Open,
+            feedback_ssrc: feedback_ssrc(0),
         }
     }
 
@@ -270,6 +288,7 @@ impl<C: SrtpOps> Forwarder<C> {
     /// Call before the first rebuild.
     pub fn attach_stream_state(&mut self, shm: Arc<ShmReader>, worker: usize) {
         self.state.attach(shm, worker);
+        self.feedback_ssrc = feedback_ssrc(worker);
     }
 
     /// The stream-state bookkeeping (writes, seeds used).
@@ -763,8 +782,8 @@ impl<C: SrtpOps> Forwarder<C> {
         let target = &mut self.index.sessions[publisher as usize];
         let peer = target.peer;
         let target_id = target.id;
-        // The feedback packet's own sender SSRC names the SRTCP flow (RFC 3711 §3.4).
-        let rtcp_ssrc = be32(p, 4);
+        // Sent as this worker (see `feedback_ssrc`): that SSRC names the SRTCP flow.
+        let rtcp_ssrc = self.feedback_ssrc;
         let Some((ctx, rtcp_track)) = target.tx_rtcp(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
@@ -779,6 +798,7 @@ impl<C: SrtpOps> Forwarder<C> {
         let pushed = tx.push_with(peer, |slot| {
             let dst = slot.get_mut(..l)?;
             dst.copy_from_slice(p);
+            put32(dst, 4, rtcp_ssrc);
             if is_fir {
                 if let Some(Ok(mut m)) = rtcp::packets_mut(dst).next() {
                     let _ = m.map_fir_ssrcs(|s| if s == key { orig } else { s });

@@ -21,7 +21,7 @@ mod stats;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-pub use forward::{Forwarder, SlowGateRates};
+pub use forward::{feedback_ssrc, Forwarder, SlowGateRates};
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
 pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 pub use stats::Stats;

@@ -408,3 +408,95 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     }
     assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
 }
+
+#[test]
+fn feedback_from_two_workers_uses_two_srtcp_flows() {
+    // Two viewers with the same RTCP sender SSRC (a receive-only libwebrtc peer always uses
+    // 0xFA17FA17) on two workers send PLIs to one publisher. Each worker protects them under
+    // the publisher's key; if both used the viewers' SSRC, both would start SRTCP index 0 for
+    // the same (key, SSRC) (RFC 3711 §9.1) and the publisher would refuse the second as a
+    // replay. Each worker sends as its own SSRC instead.
+    const VIEWER_SSRC: u32 = 0xFA17_FA17;
+    let path = std::env::temp_dir().join(format!("sluice-fb-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _guard = TempFile(path.clone());
+    let mut w = ShmWriter::create_with_streams(
+        &path,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 2,
+        },
+        16,
+    )
+    .unwrap();
+    w.put_session(&session(1, Role::Trunk)).unwrap();
+    w.put_session(&session(2, Role::Viewer)).unwrap();
+    w.put_session(&session(3, Role::Viewer)).unwrap();
+    for (id, to) in [(1, 2), (2, 3)] {
+        w.put_route(&RouteRecord {
+            id,
+            from: 1,
+            ssrc: Some(PUB_SSRC),
+            to,
+            rewrite: Rewrite::default(),
+        })
+        .unwrap();
+    }
+    let engines: Vec<Engine> = (0..2)
+        .map(|worker| {
+            <Engine>::new(
+                Arc::new(ShmReader::open(&path).unwrap()),
+                EngineConfig {
+                    worker,
+                    ..EngineConfig::default()
+                },
+            )
+        })
+        .collect();
+    let mut engines = engines;
+    // The viewers' contexts (towards the relay) and the publisher's receiving context.
+    let mut viewer = [
+        Context::new(key(2), ContextOptions::default()).unwrap(),
+        Context::new(key(3), ContextOptions::default()).unwrap(),
+    ];
+    let mut publisher_rx = Context::new(key(101), ContextOptions::default()).unwrap();
+    let mut tx = TxQueue::with_capacity(8);
+    let mut slow = TxQueue::with_capacity(8);
+    let now = Instant::now();
+    let mut got = Vec::new();
+    // More rounds than the SRTCP resume skip (64): with one shared flow the workers' index
+    // sequences would meet even after one seeded itself from the other's stored entry.
+    for round in 0..100 {
+        for (v, engine) in engines.iter_mut().enumerate() {
+            // PLI (RFC 4585 §6.3.1): sender SSRC, media source SSRC.
+            let mut buf = [0u8; MAX_DATAGRAM];
+            buf[..4].copy_from_slice(&[0x81, 206, 0, 2]);
+            buf[4..8].copy_from_slice(&VIEWER_SSRC.to_be_bytes());
+            buf[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
+            let l = viewer[v].protect_rtcp(&mut buf, 12).unwrap();
+            tx.clear();
+            engine.begin_batch(now);
+            engine.on_datagram(peer(2 + v as u64), &mut buf, l, &mut tx, &mut slow);
+            engine.end_batch_at(None);
+            assert_eq!(tx.len(), 1, "round {round}, viewer {v}: PLI forwarded");
+            assert_eq!(tx.metas()[0].dst, peer(1));
+            let mut d = tx.datagram(0).to_vec();
+            let dl = d.len();
+            let n = publisher_rx
+                .unprotect_rtcp(&mut d, dl)
+                .unwrap_or_else(|e| panic!("round {round}, viewer {v}: {e:?}"));
+            assert_eq!(n, 12);
+            let word = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+            assert_eq!(word(8), PUB_SSRC, "media source kept");
+            got.push(word(4));
+        }
+    }
+    assert_eq!(got.len(), 200);
+    assert!(got.iter().step_by(2).all(|&s| s == feedback_ssrc(0)));
+    assert!(got
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .all(|&s| s == feedback_ssrc(1)));
+}

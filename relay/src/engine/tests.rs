@@ -411,6 +411,8 @@ fn sender_report_down_and_pli_up() {
     assert_eq!(out[0].0, addr(1001));
     assert_eq!(out[0].1.len(), 12);
     assert_eq!(be32(&out[0].1, 8), 0x1111);
+    // Sent as the relay's worker, not as the viewer (its SSRC need not be unique).
+    assert_eq!(be32(&out[0].1, 4), feedback_ssrc(0));
     // Feedback about an SSRC nobody sent: consumed.
     let mut pli2 = pli.clone();
     pli2[8..12].copy_from_slice(&1u32.to_be_bytes());
