@@ -79,28 +79,40 @@ struct World {
     now: Instant,
 }
 
+/// A protected RTP packet of the publisher's stream with sequence number `seq`.
+fn rtp(sender: &mut Context, seq: u16) -> Vec<u8> {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+    p.extend_from_slice(&PUB_SSRC.to_be_bytes());
+    p.extend_from_slice(&[seq as u8; 100]);
+    buf[..p.len()].copy_from_slice(&p);
+    let n = sender.protect_rtp(&mut buf, p.len()).unwrap();
+    buf[..n].to_vec()
+}
+
 impl World {
-    /// One packet through `engine`; returns what each subscriber got.
-    fn send(&mut self, engine: &mut Engine, seq: u16) -> usize {
+    /// `pkt` from the publisher through `engine` as one batch; returns how many copies left.
+    fn deliver(&mut self, engine: &mut Engine, pkt: &[u8]) -> usize {
         let mut buf = [0u8; MAX_DATAGRAM];
-        let mut p = vec![0x80, 96];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
-        p.extend_from_slice(&PUB_SSRC.to_be_bytes());
-        p.extend_from_slice(&[seq as u8; 100]);
-        buf[..p.len()].copy_from_slice(&p);
-        let n = self.sender.protect_rtp(&mut buf, p.len()).unwrap();
+        buf[..pkt.len()].copy_from_slice(pkt);
         self.tx.clear();
         engine.begin_batch(self.now);
-        engine.on_datagram(peer(1), &mut buf, n, &mut self.tx, &mut self.slow);
+        engine.on_datagram(peer(1), &mut buf, pkt.len(), &mut self.tx, &mut self.slow);
         engine.end_batch_at(None);
-        let mut got = 0;
-        for i in 0..self.tx.len() {
+        self.tx.len()
+    }
+
+    /// One packet through `engine`; each subscriber decrypts what it got. Returns the count.
+    fn send(&mut self, engine: &mut Engine, seq: u16) -> usize {
+        let p = rtp(&mut self.sender, seq);
+        let got = self.deliver(engine, &p);
+        for i in 0..got {
             let dst = self.tx.metas()[i].dst;
             let r = if dst == peer(2) { 0 } else { 1 };
             let d = self.tx.datagram(i).to_vec();
             self.subs[r].take(&d);
-            got += 1;
         }
         got
     }
@@ -341,26 +353,6 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     // refused; and the index of each packet is estimated from the stored one, so a forged first
     // packet (sequence number far off, bad tag) cannot move the rollover counter.
     let (_guard, path, mut world) = setup("replay", 2, 16, &[(1, 2, None), (2, 3, None)]);
-    let protect = |sender: &mut Context, seq: u16| {
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let mut p = vec![0x80, 96];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
-        p.extend_from_slice(&PUB_SSRC.to_be_bytes());
-        p.extend_from_slice(&[seq as u8; 100]);
-        buf[..p.len()].copy_from_slice(&p);
-        let n = sender.protect_rtp(&mut buf, p.len()).unwrap();
-        buf[..n].to_vec()
-    };
-    let deliver = |world: &mut World, engine: &mut Engine, pkt: &[u8]| {
-        let mut buf = [0u8; MAX_DATAGRAM];
-        buf[..pkt.len()].copy_from_slice(pkt);
-        world.tx.clear();
-        engine.begin_batch(world.now);
-        engine.on_datagram(peer(1), &mut buf, pkt.len(), &mut world.tx, &mut world.slow);
-        engine.end_batch_at(None);
-        world.tx.len()
-    };
     // First process: 2000 packets from 64000 (wraps to ROC 1); keep an early and a late one.
     let mut engine = <Engine>::new(
         Arc::new(ShmReader::open(&path).unwrap()),
@@ -369,8 +361,8 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     let mut seq: u16 = 64_000;
     let mut kept = Vec::new();
     for i in 0..2000 {
-        let p = protect(&mut world.sender, seq);
-        assert_eq!(deliver(&mut world, &mut engine, &p), 2);
+        let p = rtp(&mut world.sender, seq);
+        assert_eq!(world.deliver(&mut engine, &p), 2);
         if i == 1500 {
             kept.push(p);
         }
@@ -383,15 +375,15 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
         EngineConfig::default(),
     );
     // A forged first packet: sequence number 2^15 away from the stream, bad tag.
-    let mut forged = protect(
+    let mut forged = rtp(
         &mut Context::new(key(9), ContextOptions::default()).unwrap(),
         seq.wrapping_add(0x8000),
     );
     let l = forged.len();
     forged[l - 1] ^= 0xFF;
-    assert_eq!(deliver(&mut world, &mut engine, &forged), 0);
+    assert_eq!(world.deliver(&mut engine, &forged), 0);
     // The replayed packet (accepted by the first process, below the stored index): refused.
-    assert_eq!(deliver(&mut world, &mut engine, &kept[0]), 0);
+    assert_eq!(world.deliver(&mut engine, &kept[0]), 0);
     // Both are refused before authentication: the forged one's estimated index is a rollover
     // behind the stored one, the replay is at or below it.
     let t = engine.totals();
@@ -402,8 +394,8 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     );
     // The stream goes on: every new packet authenticates (ROC 1 kept despite the forgery).
     for _ in 0..100 {
-        let p = protect(&mut world.sender, seq);
-        assert_eq!(deliver(&mut world, &mut engine, &p), 2);
+        let p = rtp(&mut world.sender, seq);
+        assert_eq!(world.deliver(&mut engine, &p), 2);
         seq = seq.wrapping_add(1);
     }
     assert_eq!(engine.totals().dropped(DropReason::AuthFailed), 0);
