@@ -21,12 +21,12 @@ use control::webrtc::token::{
     RoomPolicy, Target, TokenError, TokenKind,
 };
 use relay::config::{Config, Secret};
-use relay::engine::{Engine, EngineConfig, SlowGateRates};
+use relay::engine::SlowGateRates;
 use relay::io::BackendKind;
 use relay::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
 use relay::srtp::{Context, Profile};
 use relay::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
-use relay::worker::{spawn_workers, WorkerConfig, Workers};
+use relay::worker::{WorkerConfig, Workers};
 use sluice_tests::*;
 use std::net::UdpSocket;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -39,8 +39,8 @@ fn workers_over(
     slow_path: Option<&Path>,
     slow_gate: Option<SlowGateRates>,
 ) -> Workers {
-    let r = reader.clone();
-    spawn_workers(
+    relay_workers(
+        reader,
         WorkerConfig {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             workers: Some(1),
@@ -49,19 +49,8 @@ fn workers_over(
             slow_path: slow_path.map(Path::to_path_buf),
             ..WorkerConfig::default()
         },
-        move |i| {
-            <Engine>::new(
-                r.clone(),
-                EngineConfig {
-                    worker: i,
-                    clock: Some(Instant::now),
-                    slow_gate,
-                    ..EngineConfig::default()
-                },
-            )
-        },
+        slow_gate,
     )
-    .expect("spawn workers")
 }
 
 /// Poll the shm counters until `done` holds (the worker publishes them per loop turn).

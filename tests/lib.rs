@@ -9,13 +9,38 @@ pub mod procs;
 pub mod webrtc_rig;
 
 use relay::batch::MAX_DATAGRAM;
-use relay::shm::{Role, SessionRecord};
+use relay::engine::{Engine, EngineConfig, SlowGateRates};
+use relay::shm::{Role, SessionRecord, ShmReader};
 use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
+use relay::worker::{spawn_workers, WorkerConfig, Workers};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// In-process relay workers on `cfg` (bind it to port 0 on loopback), each running the
+/// production engine over `reader` with the real clock and, when given, the relay's
+/// slow-path gate.
+pub fn relay_workers(
+    reader: Arc<ShmReader>,
+    cfg: WorkerConfig,
+    slow_gate: Option<SlowGateRates>,
+) -> Workers {
+    spawn_workers(cfg, move |i| {
+        <Engine>::new(
+            reader.clone(),
+            EngineConfig {
+                worker: i,
+                clock: Some(Instant::now),
+                slow_gate,
+                ..EngineConfig::default()
+            },
+        )
+    })
+    .expect("spawn workers")
+}
 
 /// A temp directory removed on drop.
 pub struct TempDir(pub PathBuf);

@@ -6,11 +6,10 @@
 //! measured by a counting global allocator. Its own test binary, one test, so nothing else
 //! allocates concurrently.
 
-use relay::engine::{Engine, EngineConfig};
 use relay::io::BackendKind;
 use relay::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
 use relay::srtp::Profile;
-use relay::worker::{spawn_workers, WorkerConfig};
+use relay::worker::WorkerConfig;
 use sluice_tests::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -97,8 +96,8 @@ fn overload_drops_are_counted_and_memory_stays_flat() {
         .expect("route");
     }
     let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
-    let r = reader.clone();
-    let workers = spawn_workers(
+    let workers = relay_workers(
+        reader.clone(),
         WorkerConfig {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             workers: Some(1),
@@ -108,18 +107,8 @@ fn overload_drops_are_counted_and_memory_stays_flat() {
             pin: false,
             ..WorkerConfig::default()
         },
-        move |i| {
-            <Engine>::new(
-                r.clone(),
-                EngineConfig {
-                    worker: i,
-                    clock: Some(Instant::now),
-                    ..EngineConfig::default()
-                },
-            )
-        },
-    )
-    .expect("spawn workers");
+        None,
+    );
     let relay = workers.local_addr();
     let payload = [0x5a; 1000];
 

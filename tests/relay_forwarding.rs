@@ -2,16 +2,15 @@
 //! every SRTP profile) → subscribers; and a relay process restarted mid-stream that resumes
 //! forwarding from the shared-memory file alone.
 
-use relay::engine::{Engine, EngineConfig};
 use relay::io::BackendKind;
 use relay::shm::{Capacity, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
 use relay::srtp::Profile;
-use relay::worker::{spawn_workers, WorkerConfig};
+use relay::worker::WorkerConfig;
 use sluice_tests::*;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// (SSRC, sequence number, payload) of one decrypted packet.
 type Received = (u32, u16, Vec<u8>);
@@ -57,8 +56,8 @@ fn fan_out(backend: BackendKind, profile: Profile) {
         }
     }
     let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
-    let r = reader.clone();
-    let workers = spawn_workers(
+    let workers = relay_workers(
+        reader.clone(),
         WorkerConfig {
             bind: "127.0.0.1:0".parse().expect("addr"),
             workers: Some(2),
@@ -66,18 +65,8 @@ fn fan_out(backend: BackendKind, profile: Profile) {
             pin: false,
             ..WorkerConfig::default()
         },
-        move |i| {
-            <Engine>::new(
-                r.clone(),
-                EngineConfig {
-                    worker: i,
-                    clock: Some(Instant::now),
-                    ..EngineConfig::default()
-                },
-            )
-        },
-    )
-    .expect("spawn workers");
+        None,
+    );
     assert_eq!(workers.backend(), backend);
     let relay_addr = workers.local_addr();
     let per_pub = 60u16;
