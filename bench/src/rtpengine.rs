@@ -623,21 +623,6 @@ impl RtpengineTarget {
         Ok((*tag, key))
     }
 
-    fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
-        self.setups += 1;
-        let one_to_one = plan.subscribers.len() == plan.publishers.len()
-            && plan
-                .subscribers
-                .iter()
-                .enumerate()
-                .all(|(j, (_, i))| *i == j);
-        if one_to_one {
-            self.create_pairs(plan)
-        } else {
-            self.create_fanout(plan)
-        }
-    }
-
     /// Fan-out 1: one offer/answer call per publisher → subscriber pair.
     fn create_pairs(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
         let profile: Profile = plan.profile;
@@ -714,23 +699,27 @@ impl RtpengineTarget {
 }
 
 impl Target for RtpengineTarget {
+    fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+        self.setups += 1;
+        let one_to_one = plan.subscribers.len() == plan.publishers.len()
+            && plan
+                .subscribers
+                .iter()
+                .enumerate()
+                .all(|(j, (_, i))| *i == j);
+        if one_to_one {
+            self.create_pairs(plan)
+        } else {
+            self.create_fanout(plan)
+        }
+    }
+
     fn info(&mut self) -> Result<TargetInfo, TargetError> {
         Ok(TargetInfo {
             kind: "rtpengine".into(),
             admin_url: Some(format!("ng://{}", self.ng.addr)),
             ..TargetInfo::default()
         })
-    }
-
-    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
-        match self.create(plan) {
-            Ok(w) => Ok(w),
-            Err(e) => {
-                // Best effort: the original error is the one worth reporting.
-                let _ = self.teardown();
-                Err(e)
-            }
-        }
     }
 
     fn teardown(&mut self) -> Result<usize, TargetError> {

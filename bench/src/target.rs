@@ -77,8 +77,20 @@ pub struct TargetInfo {
 pub trait Target {
     /// Facts for the report.
     fn info(&mut self) -> Result<TargetInfo, TargetError>;
+    /// Create the sessions and routes of `plan`; on error some may be left for
+    /// [`Target::teardown`] (which [`Target::setup`] then calls).
+    fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError>;
     /// Create the sessions and routes of `plan`. On error, whatever was created is removed.
-    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError>;
+    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+        match self.create(plan) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                // Best effort: the original error is the one worth reporting.
+                let _ = self.teardown();
+                Err(e)
+            }
+        }
+    }
     /// Remove everything `setup` created. Idempotent; returns how many objects it removed.
     fn teardown(&mut self) -> Result<usize, TargetError>;
     /// Relay counters, if the target exposes them (included raw in the report).
@@ -192,7 +204,9 @@ impl SluiceTarget {
         self.media = Some(m);
         Ok(reachable(m))
     }
+}
 
+impl Target for SluiceTarget {
     fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
         let media = self.media_addr()?;
         let profile = plan.profile.name();
@@ -234,9 +248,7 @@ impl SluiceTarget {
             subscriber_keys: sub_keys,
         })
     }
-}
 
-impl Target for SluiceTarget {
     fn info(&mut self) -> Result<TargetInfo, TargetError> {
         let s = self.status()?;
         let media = self.media.map(|m| m.to_string());
@@ -251,17 +263,6 @@ impl Target for SluiceTarget {
                 .and_then(|p| u32::try_from(p).ok()),
             version: s["version"].as_str().map(str::to_string),
         })
-    }
-
-    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
-        match self.create(plan) {
-            Ok(w) => Ok(w),
-            Err(e) => {
-                // Best effort: the original error is the one worth reporting.
-                let _ = self.teardown();
-                Err(e)
-            }
-        }
     }
 
     fn teardown(&mut self) -> Result<usize, TargetError> {

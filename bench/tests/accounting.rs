@@ -152,7 +152,7 @@ impl Target for DoubleRelay {
         })
     }
 
-    fn setup(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
+    fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
         let opts = ContextOptions::default();
         let mut pubs: HashMap<SocketAddr, Pub> = HashMap::new();
         let mut by_index = Vec::new();
