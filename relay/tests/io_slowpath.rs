@@ -1,15 +1,22 @@
 //! The slow-path channel end to end: worker → control (SlowPathServer) with the peer address,
 //! control's reply leaving from the relay's port, drop-and-count while control is absent, and
 //! reconnection when it comes back. Also the io_uring buffer-exhaustion re-arm path.
+//!
+//! The slow-path connection is read on readiness, not by polling: a reply from control wakes
+//! an idle worker whose poll interval is far longer than the bound the test allows, for each
+//! backend, also after control restarted. And the io_uring backend's `stop_receiving` (socket
+//! hand-over) leaves every later datagram in the socket for the next process.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use relay::batch::TxQueue;
 use relay::io::slowpath::{SlowPathConn, SlowPathServer, MAX_MESSAGE};
-use relay::io::{self, BackendKind};
+use relay::io::uring::UringBackend;
+use relay::io::{self, Backend, BackendKind, BackendParams, SocketBuffers};
 use relay::worker::{spawn_workers, Echo, Handler, WorkerConfig, Workers};
 
 /// Datagrams whose first byte is 0..=3 (STUN range, RFC 7983) go to control; others echo.
@@ -210,4 +217,155 @@ fn io_uring_rearms_when_buffers_run_out() {
         "buffer ring ran dry {} times, receive armed {} times",
         s.rx_nobufs, s.rx_rearms
     );
+}
+
+/// The workers' poll interval here: a worker that woke only on it would miss every bound below.
+const POLL: Duration = Duration::from_secs(10);
+/// How long a reply may take to come back (generous for a loaded machine, far below `POLL`).
+const BOUND: Duration = Duration::from_secs(2);
+
+/// Control sends `what` down; the peer must get it from the relay's port within [`BOUND`].
+fn reply_arrives(conn: &SlowPathConn, peer: &UdpSocket, relay: SocketAddr, what: &[u8], b: &str) {
+    peer.set_read_timeout(Some(BOUND)).unwrap();
+    conn.send_down(peer.local_addr().unwrap(), what).unwrap();
+    let mut rb = [0u8; 256];
+    let (n, from) = peer
+        .recv_from(&mut rb)
+        .unwrap_or_else(|e| panic!("{b}: reply {what:?} not delivered within {BOUND:?}: {e}"));
+    assert_eq!(from, relay, "{b}: reply must leave from the relay's port");
+    assert_eq!(&rb[..n], what, "{b}");
+}
+
+/// Stop without waiting for the long poll interval: set the flag, then wake the worker with
+/// one echo datagram.
+fn stop(w: Workers, peer: &UdpSocket) {
+    let relay = w.local_addr();
+    w.stop_flag().store(true, Ordering::Release);
+    peer.send_to(&[0x80], relay).unwrap();
+    w.join().unwrap();
+}
+
+#[test]
+fn io_slowpath_reply_wakes_an_idle_worker() {
+    for b in backends() {
+        let path = sock_path(&format!("wake-{}", b.as_str()));
+        let server = SlowPathServer::bind(&path).unwrap();
+        let cfg = WorkerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            workers: Some(1),
+            backend: b,
+            pin: false,
+            poll_interval: POLL,
+            slow_path: Some(path.clone()),
+            ..WorkerConfig::default()
+        };
+        let w = spawn_workers(cfg, |_| Demux).unwrap();
+        assert_eq!(w.backend(), b);
+        let relay = w.local_addr();
+        let mut conn = accept_within(&server, BOUND);
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = b.as_str();
+
+        // No datagram has reached the media socket: only the slow-path fd can wake the worker.
+        assert_eq!(w.total().rx_packets, 0);
+        for i in 0..3u8 {
+            // Let the worker go back to sleep between replies (the poll must fire again).
+            std::thread::sleep(Duration::from_millis(100));
+            reply_arrives(&conn, &peer, relay, &[b'r', i], b);
+        }
+        assert_eq!(w.total().rx_packets, 0, "{b}: nothing but replies");
+
+        // Up and down once more with traffic, as before.
+        peer.send_to(&[0, 1, 0xAB], relay).unwrap();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let up = conn.recv(&mut buf).unwrap().expect("a datagram");
+        assert_eq!(up.data, &[0, 1, 0xAB]);
+        reply_arrives(&conn, &peer, relay, b"after-up", b);
+
+        // Control restarts: the worker notices the hang-up without traffic, reconnects (backoff
+        // ≤ 1 s, not the poll interval), and replies on the new connection wake it too.
+        drop(conn);
+        drop(server);
+        std::thread::sleep(Duration::from_millis(200));
+        let server = SlowPathServer::bind(&path).unwrap();
+        let conn = accept_within(&server, Duration::from_secs(3));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while w.total().slow_connects < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{b}: no reconnect: {:?}",
+                w.total()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        reply_arrives(&conn, &peer, relay, b"after-restart", b);
+        // Counters are published at the end of the turn that sent the reply.
+        let deadline = Instant::now() + BOUND;
+        while w.total().slow_down_sent < 5 {
+            assert!(Instant::now() < deadline, "{b}: {:?}", w.total());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(w.total().slow_down_sent, 5, "{b}");
+        stop(w, &peer);
+    }
+}
+
+#[test]
+fn io_uring_stop_receiving_leaves_later_datagrams_in_the_socket() {
+    if let Err(e) = io::probe_io_uring() {
+        eprintln!("SKIP: io_uring unavailable: {e}");
+        return;
+    }
+    let (sock, _) = io::bind_udp(
+        "127.0.0.1:0".parse().unwrap(),
+        SocketBuffers { recv: 0, send: 0 },
+    )
+    .unwrap();
+    let addr = sock.local_addr().unwrap();
+    // What the next process would read: the same socket (file description).
+    let next = sock.try_clone().unwrap();
+    let mut be = UringBackend::new(sock, BackendParams::default()).unwrap();
+    be.wait(Duration::ZERO).unwrap(); // arms the multishot receive
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..3u8 {
+        client.send_to(&[0x80, i], addr).unwrap();
+    }
+    // Let the ring take all three (their CQEs wait in the CQ; no drain yet).
+    let deadline = Instant::now() + BOUND;
+    loop {
+        be.wait(Duration::from_millis(50)).unwrap();
+        let mut probe = [0u8; 4];
+        match next.peek_from(&mut probe) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the ring did not take the datagrams"
+            ),
+        }
+    }
+    be.stop_receiving();
+    for i in 3..6u8 {
+        client.send_to(&[0x80, i], addr).unwrap();
+    }
+    // The old ring hands over exactly what it took, in order ...
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        be.drain(64, |_, buf, len, _| got.push(buf[..len].to_vec()));
+    }
+    assert_eq!(got, vec![vec![0x80, 0], vec![0x80, 1], vec![0x80, 2]]);
+    // ... even if the loop waits again: the receive stays cancelled.
+    be.wait(Duration::from_millis(50)).unwrap();
+    assert_eq!(be.drain(64, |_, _, _, _| {}), 0);
+    // ... and every later datagram is still in the socket for the next process.
+    next.set_nonblocking(false).unwrap();
+    next.set_read_timeout(Some(BOUND)).unwrap();
+    let mut rb = [0u8; 16];
+    for i in 3..6u8 {
+        let (n, _) = next
+            .recv_from(&mut rb)
+            .expect("datagram left in the socket");
+        assert_eq!(&rb[..n], &[0x80, i]);
+    }
+    be.shutdown();
 }
