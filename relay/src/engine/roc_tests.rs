@@ -119,13 +119,15 @@ impl World {
 }
 
 /// A shm file with `workers` stream-state regions of `streams` slots, a trunk publisher (1)
-/// and two viewers (2, 3), the routes `(route id, subscriber, output SSRC)` from session 1,
+/// and two viewers (2, 3), the routes `(route id, subscriber, output SSRC)` from session 1
+/// (for its SSRC `from_ssrc`, or any),
 /// and a world of one sender and the two subscribers' receivers. The file is removed when the
 /// returned guard drops.
 fn setup(
     tag: &str,
     workers: u32,
     streams: u32,
+    from_ssrc: Option<u32>,
     routes: &[(u64, u64, Option<u32>)],
 ) -> (TempFile, std::path::PathBuf, World) {
     let path = std::env::temp_dir().join(format!("sluice-{tag}-{}", std::process::id()));
@@ -148,7 +150,7 @@ fn setup(
         w.put_route(&RouteRecord {
             id,
             from: 1,
-            ssrc: None,
+            ssrc: from_ssrc,
             to,
             rewrite: Rewrite {
                 ssrc,
@@ -174,7 +176,8 @@ fn setup(
 
 #[test]
 fn restart_after_a_wrap_continues_every_stream() {
-    let (_guard, path, mut world) = setup("roc", 4, 64, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
+    let (_guard, path, mut world) =
+        setup("roc", 4, 64, None, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
     let cfg = |worker| EngineConfig {
         worker,
         ..EngineConfig::default()
@@ -248,7 +251,8 @@ fn restart_after_a_wrap_continues_every_stream() {
 fn a_second_restart_before_any_refresh_still_skips_ahead() {
     // Stored state alone (no packets since) must seed correctly again: the second process
     // writes its own entries at first sight, so a third one sees the newest index.
-    let (_guard, path, mut world) = setup("roc2", 2, 16, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
+    let (_guard, path, mut world) =
+        setup("roc2", 2, 16, None, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
     let mut seq: u16 = 65_530;
     for round in 0..3 {
         let mut engine = <Engine>::new(
@@ -274,7 +278,13 @@ fn srtcp_index_continues_across_restarts() {
     // subscriber's key with its own SRTCP index (RFC 3711 §3.4). A new process must continue
     // after the previous one's index (§9.1: never twice under one key); the subscribers'
     // SRTCP replay windows would refuse a reused one anyway.
-    let (_guard, path, mut world) = setup("srtcp", 2, 16, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
+    let (_guard, path, mut world) = setup(
+        "srtcp",
+        2,
+        16,
+        None,
+        &[(1, 2, None), (2, 3, Some(OUT_SSRC))],
+    );
     // The SRTCP indices each subscriber received, in order.
     let mut indices: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     let mut seq: u16 = 100;
@@ -352,7 +362,7 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     // stored index with everything up to it counted as seen, so a replay of an old packet is
     // refused; and the index of each packet is estimated from the stored one, so a forged first
     // packet (sequence number far off, bad tag) cannot move the rollover counter.
-    let (_guard, path, mut world) = setup("replay", 2, 16, &[(1, 2, None), (2, 3, None)]);
+    let (_guard, path, mut world) = setup("replay", 2, 16, None, &[(1, 2, None), (2, 3, None)]);
     // First process: 2000 packets from 64000 (wraps to ROC 1); keep an early and a late one.
     let mut engine = <Engine>::new(
         Arc::new(ShmReader::open(&path).unwrap()),
@@ -409,32 +419,7 @@ fn feedback_from_two_workers_uses_two_srtcp_flows() {
     // the same (key, SSRC) (RFC 3711 §9.1) and the publisher would refuse the second as a
     // replay. Each worker sends as its own SSRC instead.
     const VIEWER_SSRC: u32 = 0xFA17_FA17;
-    let path = std::env::temp_dir().join(format!("sluice-fb-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let _guard = TempFile(path.clone());
-    let mut w = ShmWriter::create_with_streams(
-        &path,
-        Capacity {
-            sessions: 16,
-            routes: 16,
-            workers: 2,
-        },
-        16,
-    )
-    .unwrap();
-    w.put_session(&session(1, Role::Trunk)).unwrap();
-    w.put_session(&session(2, Role::Viewer)).unwrap();
-    w.put_session(&session(3, Role::Viewer)).unwrap();
-    for (id, to) in [(1, 2), (2, 3)] {
-        w.put_route(&RouteRecord {
-            id,
-            from: 1,
-            ssrc: Some(PUB_SSRC),
-            to,
-            rewrite: Rewrite::default(),
-        })
-        .unwrap();
-    }
+    let (_guard, path, _) = setup("fb", 2, 16, Some(PUB_SSRC), &[(1, 2, None), (2, 3, None)]);
     let engines: Vec<Engine> = (0..2)
         .map(|worker| {
             <Engine>::new(
