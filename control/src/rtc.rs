@@ -473,6 +473,20 @@ mod tests {
         ours: Arc<Certificate>,
     }
 
+    /// The browser's side of a handshake with the sink: `role`, certificate `cert`, expecting
+    /// our fingerprint.
+    fn remote_peer(r: &Rig, role: DtlsRole, cert: &Certificate, t0: Instant) -> Dtls {
+        Dtls::new(
+            role,
+            cert,
+            &DEFAULT_SRTP_PROFILES,
+            r.ours.fingerprint().clone(),
+            DtlsConfig::default(),
+            t0,
+        )
+        .unwrap()
+    }
+
     fn rig(limits: DtlsLimits) -> Rig {
         let table = Arc::new(Mutex::new(RtcTable::default()));
         let binder = Arc::new(Binder::default());
@@ -564,15 +578,7 @@ mod tests {
             ),
         ] {
             r.add(id, DtlsRole::Server, &cert, peer);
-            let mut remote = Dtls::new(
-                DtlsRole::Client,
-                &cert,
-                &DEFAULT_SRTP_PROFILES,
-                r.ours.fingerprint().clone(),
-                DtlsConfig::default(),
-                now,
-            )
-            .unwrap();
+            let mut remote = remote_peer(&r, DtlsRole::Client, &cert, now);
             let theirs = r.pump(&mut remote, peer, now, 0).expect("peer keys");
             let got = lock(&r.binder.keys).last().copied().unwrap();
             assert_eq!(got.0, id);
@@ -589,15 +595,7 @@ mod tests {
         let now = Instant::now();
         let mut r = rig(limits());
         let peer_cert = Certificate::generate().unwrap();
-        let mut remote = Dtls::new(
-            DtlsRole::Client,
-            &peer_cert,
-            &DEFAULT_SRTP_PROFILES,
-            r.ours.fingerprint().clone(),
-            DtlsConfig::default(),
-            now,
-        )
-        .unwrap();
+        let mut remote = remote_peer(&r, DtlsRole::Client, &peer_cert, now);
         let hello = remote.take_transmits();
         let mut out = Outbox::default();
         assert!(!r
@@ -634,15 +632,7 @@ mod tests {
             3,
             RtcEntry::new(DtlsRole::Server, peer_cert.fingerprint().clone()),
         );
-        let mut remote = Dtls::new(
-            DtlsRole::Client,
-            &peer_cert,
-            &DEFAULT_SRTP_PROFILES,
-            r.ours.fingerprint().clone(),
-            DtlsConfig::default(),
-            now,
-        )
-        .unwrap();
+        let mut remote = remote_peer(&r, DtlsRole::Client, &peer_cert, now);
         let mut out = Outbox::default();
         for d in remote.take_transmits() {
             assert!(
@@ -679,15 +669,7 @@ mod tests {
         let peer_cert = Certificate::generate().unwrap();
         let peer = addr("[2001:db8::5]:7000");
         r.add(9, DtlsRole::Client, &peer_cert, peer);
-        let mut remote = Dtls::new(
-            DtlsRole::Server,
-            &peer_cert,
-            &DEFAULT_SRTP_PROFILES,
-            r.ours.fingerprint().clone(),
-            DtlsConfig::default(),
-            t0,
-        )
-        .unwrap();
+        let mut remote = remote_peer(&r, DtlsRole::Server, &peer_cert, t0);
         let mut out = Outbox::default();
         r.sink.timeout(t0, &mut out);
         assert_eq!(out.len(), 1, "ClientHello sent at once");
@@ -732,15 +714,7 @@ mod tests {
         let peer_cert = Certificate::generate().unwrap();
         let peer = addr("192.0.2.3:3");
         r.add(4, DtlsRole::Server, &peer_cert, peer);
-        let mut remote = Dtls::new(
-            DtlsRole::Client,
-            &peer_cert,
-            &DEFAULT_SRTP_PROFILES,
-            r.ours.fingerprint().clone(),
-            DtlsConfig::default(),
-            t0,
-        )
-        .unwrap();
+        let mut remote = remote_peer(&r, DtlsRole::Client, &peer_cert, t0);
         let mut out = Outbox::default();
         for d in remote.take_transmits() {
             r.sink.datagram(t0, peer, &d, &mut out);
