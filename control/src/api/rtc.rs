@@ -1482,7 +1482,12 @@ mod tests {
     }
 
     fn env(name: &str) -> Env {
-        let (dir, shm, cfg) = env_parts(name);
+        env_with(name, "")
+    }
+
+    /// [`env`] with `extra` lines in the `[control]` section.
+    fn env_with(name: &str, extra: &str) -> Env {
+        let (dir, shm, cfg) = env_parts_with(name, extra);
         let ctl = Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap());
         add_test_key(&ctl);
         Env { dir, shm, ctl }
@@ -1880,16 +1885,10 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     /// One host candidate per public address, IPv4 and IPv6, on the media port.
     #[test]
     fn candidates_for_every_public_address() {
-        let (dir, shm, cfg) = env_parts_with(
+        let e = env_with(
             "cand",
             "public_addresses = [\"192.0.2.10\", \"2001:db8::10\"]",
         );
-        let e = Env {
-            dir,
-            shm,
-            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
-        };
-        add_test_key(&e.ctl);
         let tok = sign(&claims("demo", "blue", TokenRole::Viewer));
         let r = e.public("POST", "/whep/blue", Some(&tok), &offer("recvonly", 7));
         assert_eq!(r.status, 201, "{}", body(&r));
@@ -1984,16 +1983,10 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     /// Concurrent sessions are capped per subject (429) and per room (403).
     #[test]
     fn session_caps_per_subject_and_room() {
-        let (dir, shm, cfg) = env_parts_with(
+        let e = env_with(
             "caps",
             "max_sessions_per_subject = 2\nmax_sessions_per_room = 3",
         );
-        let e = Env {
-            dir,
-            shm,
-            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
-        };
-        add_test_key(&e.ctl);
         let tok = |sub: &str, room: &str| {
             let mut c = claims("demo", room, TokenRole::Viewer);
             c.sub = sub.into();
@@ -2134,29 +2127,17 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["role"], "speaker");
         // The switch.
-        let (dir, shm, cfg) = env_parts_with("demotok-off", "demo_tokens = false");
-        let off = Env {
-            dir,
-            shm,
-            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
-        };
-        add_test_key(&off.ctl);
+        let off = env_with("demotok-off", "demo_tokens = false");
         assert_eq!(demo_token(&off, ok, None, None).status, 404);
     }
 
     /// `control.token_leeway_secs` and `token_max_lifetime_secs` reach the token checks.
     #[test]
     fn token_limits_come_from_config() {
-        let (dir, shm, cfg) = env_parts_with(
+        let e = env_with(
             "limits",
             "token_leeway_secs = 0\ntoken_max_lifetime_secs = 900",
         );
-        let e = Env {
-            dir,
-            shm,
-            ctl: Arc::new(Control::start(cfg, Secret::new(ADMIN)).unwrap()),
-        };
-        add_test_key(&e.ctl);
         let n = now();
         // Within the default 30 s leeway, outside a zero one.
         let mut c = claims("demo", "blue", TokenRole::Viewer);
