@@ -58,7 +58,7 @@ pub enum Verdict {
 
 /// Source key: an IPv4 address, or the /64 of an IPv6 address (one host typically owns a
 /// whole /64 and could otherwise rotate through it).
-pub fn source_key(ip: IpAddr) -> u128 {
+fn source_key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1u128 << 127),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

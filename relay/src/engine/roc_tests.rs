@@ -174,17 +174,24 @@ fn setup(
     (guard, path, world)
 }
 
+/// A fresh engine (a new relay process's worker `worker`) over the shm file at `path`.
+fn engine_on(path: &std::path::Path, worker: usize) -> Engine {
+    <Engine>::new(
+        Arc::new(ShmReader::open(path).unwrap()),
+        EngineConfig {
+            worker,
+            ..EngineConfig::default()
+        },
+    )
+}
+
 #[test]
 fn restart_after_a_wrap_continues_every_stream() {
     let (_guard, path, mut world) =
         setup("roc", 4, 64, None, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
-    let cfg = |worker| EngineConfig {
-        worker,
-        ..EngineConfig::default()
-    };
 
     // First process: 65000 → wraps after 536 packets, 1600 packets in all (ends at ROC 1).
-    let mut engine = <Engine>::new(Arc::new(ShmReader::open(&path).unwrap()), cfg(0));
+    let mut engine = engine_on(&path, 0);
     let mut seq: u16 = 65_000;
     for _ in 0..1600 {
         assert_eq!(world.send(&mut engine, seq), 2);
@@ -214,7 +221,7 @@ fn restart_after_a_wrap_continues_every_stream() {
         stored.contains(&(0, StreamDir::In, PUB_SSRC, 1)),
         "{stored:?}"
     );
-    let mut engine = <Engine>::new(reader, cfg(1));
+    let mut engine = engine_on(&path, 1);
     for _ in 0..600 {
         assert_eq!(
             world.send(&mut engine, seq),
@@ -255,13 +262,7 @@ fn a_second_restart_before_any_refresh_still_skips_ahead() {
         setup("roc2", 2, 16, None, &[(1, 2, None), (2, 3, Some(OUT_SSRC))]);
     let mut seq: u16 = 65_530;
     for round in 0..3 {
-        let mut engine = <Engine>::new(
-            Arc::new(ShmReader::open(&path).unwrap()),
-            EngineConfig {
-                worker: round % 2,
-                ..EngineConfig::default()
-            },
-        );
+        let mut engine = engine_on(&path, round % 2);
         for _ in 0..20 {
             assert_eq!(world.send(&mut engine, seq), 2, "round {round}");
             seq = seq.wrapping_add(1);
@@ -290,13 +291,7 @@ fn srtcp_index_continues_across_restarts() {
     let mut seq: u16 = 100;
     let mut reports = 0u32;
     for round in 0..3 {
-        let mut engine = <Engine>::new(
-            Arc::new(ShmReader::open(&path).unwrap()),
-            EngineConfig {
-                worker: round % 2,
-                ..EngineConfig::default()
-            },
-        );
+        let mut engine = engine_on(&path, round % 2);
         // Fewer reports than RTCP_REFRESH in some rounds, more in others.
         let n = [5, 40, 3][round];
         for _ in 0..n {
@@ -364,10 +359,7 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     // packet (sequence number far off, bad tag) cannot move the rollover counter.
     let (_guard, path, mut world) = setup("replay", 2, 16, None, &[(1, 2, None), (2, 3, None)]);
     // First process: 2000 packets from 64000 (wraps to ROC 1); keep an early and a late one.
-    let mut engine = <Engine>::new(
-        Arc::new(ShmReader::open(&path).unwrap()),
-        EngineConfig::default(),
-    );
+    let mut engine = engine_on(&path, 0);
     let mut seq: u16 = 64_000;
     let mut kept = Vec::new();
     for i in 0..2000 {
@@ -380,10 +372,7 @@ fn after_a_restart_old_packets_are_replays_and_a_forged_first_packet_sets_nothin
     }
     drop(engine);
 
-    let mut engine = <Engine>::new(
-        Arc::new(ShmReader::open(&path).unwrap()),
-        EngineConfig::default(),
-    );
+    let mut engine = engine_on(&path, 0);
     // A forged first packet: sequence number 2^15 away from the stream, bad tag.
     let mut forged = rtp(
         &mut Context::new(key(9), ContextOptions::default()).unwrap(),
@@ -420,17 +409,7 @@ fn feedback_from_two_workers_uses_two_srtcp_flows() {
     // replay. Each worker sends as its own SSRC instead.
     const VIEWER_SSRC: u32 = 0xFA17_FA17;
     let (_guard, path, _) = setup("fb", 2, 16, Some(PUB_SSRC), &[(1, 2, None), (2, 3, None)]);
-    let engines: Vec<Engine> = (0..2)
-        .map(|worker| {
-            <Engine>::new(
-                Arc::new(ShmReader::open(&path).unwrap()),
-                EngineConfig {
-                    worker,
-                    ..EngineConfig::default()
-                },
-            )
-        })
-        .collect();
+    let engines: Vec<Engine> = (0..2).map(|worker| engine_on(&path, worker)).collect();
     let mut engines = engines;
     // The viewers' contexts (towards the relay) and the publisher's receiving context.
     let mut viewer = [
