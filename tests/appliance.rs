@@ -5,7 +5,7 @@
 //! forwarding again from the shared-memory file alone. And every `sluicectl` error path
 //! against a real control.
 
-use relay::srtp::Profile;
+use contract::srtp::Profile;
 use rustix::process::Signal;
 use sluice_tests::daemons::*;
 use sluice_tests::test_key;

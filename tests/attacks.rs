@@ -13,6 +13,10 @@
 //! - least privilege: the shm file is 0600, the slow-path socket 0660, the state directory
 //!   0700.
 
+use contract::config::{Config, Secret};
+use contract::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
+use contract::srtp::{Context, Profile};
+use contract::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
 use control::api::Control;
 use control::http::Request;
 use control::slowpath::{DiscardDtls, SlowPath, SlowPathParams};
@@ -20,12 +24,8 @@ use control::webrtc::token::{
     authorize, mint, mint_stream, Claims, Credential, DevKey, Intent, Limits, Role as TokenRole,
     RoomPolicy, Target, TokenError, TokenKind,
 };
-use relay::config::{Config, Secret};
 use relay::engine::SlowGateRates;
 use relay::io::BackendKind;
-use relay::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
-use relay::srtp::{Context, Profile};
-use relay::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
 use relay::worker::{WorkerConfig, Workers};
 use sluice_tests::*;
 use std::net::UdpSocket;
@@ -54,7 +54,11 @@ fn workers_over(
 }
 
 /// Poll the shm counters until `done` holds (the worker publishes them per loop turn).
-fn wait_for(reader: &ShmReader, what: &str, done: impl Fn(&relay::shm::CounterSnapshot) -> bool) {
+fn wait_for(
+    reader: &ShmReader,
+    what: &str,
+    done: impl Fn(&contract::shm::CounterSnapshot) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let t = reader.totals();
@@ -295,7 +299,7 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
     let cfg = Config::from_toml_str(&text, "attacks").expect("config");
     std::fs::create_dir_all(&cfg.runtime_dir).expect("runtime dir");
     let ctl = Arc::new(Control::start(cfg.clone(), Secret::new(TOKEN)).expect("control"));
-    let key = relay::srtp::MasterKey::new(Profile::Aes128CmSha1_80, &[7u8; 30])
+    let key = contract::srtp::MasterKey::new(Profile::Aes128CmSha1_80, &[7u8; 30])
         .expect("key")
         .to_base64();
     let (st, v) = admin(

@@ -8,9 +8,9 @@
 //! (everything goes through their command lines, files, sockets and the admin API).
 
 use crate::{srtp_options, test_key, Peer, TempDir};
+use contract::config::RuntimeInfo;
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use relay::batch::MAX_DATAGRAM;
-use relay::config::RuntimeInfo;
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};

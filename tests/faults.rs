@@ -8,8 +8,8 @@
 //! - audit log on a full disk (`/dev/full`): control keeps serving media and the admin API,
 //!   logs the failure at error level and counts it (`sluice_audit_write_errors_total`).
 
-use relay::shm::{Capacity, ShmWriter, ABI_VERSION};
-use relay::srtp::Profile;
+use contract::shm::{Capacity, ShmWriter, ABI_VERSION};
+use contract::srtp::Profile;
 use sluice_tests::daemons::http_get;
 use sluice_tests::procs::{Instance, Stream};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -253,7 +253,7 @@ fn audit_log_on_a_full_disk_keeps_media_and_api_up() {
     );
     // The Prometheus metric says so too.
     let rt: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(inst.runtime.join(relay::config::RUNTIME_FILE)).expect("rt"),
+        &std::fs::read_to_string(inst.runtime.join(contract::config::RUNTIME_FILE)).expect("rt"),
     )
     .expect("runtime JSON");
     let (_, metrics) = http_get(rt["metrics_url"].as_str().expect("metrics_url"), None);

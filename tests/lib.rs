@@ -8,10 +8,10 @@ pub mod daemons;
 pub mod procs;
 pub mod webrtc_rig;
 
+use contract::shm::{Role, SessionRecord, ShmReader};
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use relay::batch::MAX_DATAGRAM;
 use relay::engine::{Engine, EngineConfig, SlowGateRates};
-use relay::shm::{Role, SessionRecord, ShmReader};
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 use relay::worker::{spawn_workers, WorkerConfig, Workers};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -6,9 +6,9 @@
 //! measured by a counting global allocator. Its own test binary, one test, so nothing else
 //! allocates concurrently.
 
+use contract::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
+use contract::srtp::Profile;
 use relay::io::BackendKind;
-use relay::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
-use relay::srtp::Profile;
 use relay::worker::WorkerConfig;
 use sluice_tests::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -122,7 +122,7 @@ fn overload_drops_are_counted_and_memory_stays_flat() {
     let wait_settled = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Loop-turn and heartbeat counters move while idle; packet counters do not.
-        let key = |t: &relay::shm::CounterSnapshot| (t.packets_in, t.packets_out, t.drops);
+        let key = |t: &contract::shm::CounterSnapshot| (t.packets_in, t.packets_out, t.drops);
         let mut last = reader.totals();
         loop {
             std::thread::sleep(Duration::from_millis(100));
@@ -155,7 +155,7 @@ fn overload_drops_are_counted_and_memory_stays_flat() {
     let end = LIVE.load(Ordering::Relaxed);
     workers.stop().expect("clean stop");
 
-    let d = |t: &relay::shm::CounterSnapshot, r: DropReason| t.drops[r as usize];
+    let d = |t: &contract::shm::CounterSnapshot, r: DropReason| t.drops[r as usize];
     let routed = (after.packets_in - warm.packets_in)
         - (after.drops.iter().sum::<u64>()
             - warm.drops.iter().sum::<u64>()

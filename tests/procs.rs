@@ -8,8 +8,8 @@
 pub use crate::daemons::{pid_alive, wait_pid_gone as wait_gone, Proc};
 use crate::daemons::{signal_pid, Appliance, Setup, SrtpStream};
 use crate::Peer;
-use relay::shm::Role;
-use relay::srtp::Profile;
+use contract::shm::Role;
+use contract::srtp::Profile;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -2,9 +2,9 @@
 //! every SRTP profile) → subscribers; and a relay process restarted mid-stream that resumes
 //! forwarding from the shared-memory file alone.
 
+use contract::shm::{Capacity, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
+use contract::srtp::Profile;
 use relay::io::BackendKind;
-use relay::shm::{Capacity, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
-use relay::srtp::Profile;
 use relay::worker::WorkerConfig;
 use sluice_tests::*;
 use std::collections::HashSet;

@@ -7,8 +7,8 @@
 //! Before the per-stream state was persisted in shm, the new relay's contexts started at ROC 0:
 //! every later packet failed authentication and forwarding never resumed.
 
-use relay::shm::{DropReason, ShmReader};
-use relay::srtp::Profile;
+use contract::shm::{DropReason, ShmReader};
+use contract::srtp::Profile;
 use sluice_tests::procs::Instance;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -3,8 +3,8 @@
 //! twice mid-stream. Every packet must arrive (sequence continuity at the receiver), the old
 //! relays must have exited, and shared memory must name the last relay.
 
-use relay::shm::ShmReader;
-use relay::srtp::Profile;
+use contract::shm::ShmReader;
+use contract::srtp::Profile;
 use sluice_tests::procs::{pid_alive, signal, wait_gone, Instance, Stream};
 use std::time::{Duration, Instant};
 

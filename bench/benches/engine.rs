@@ -5,11 +5,11 @@
 //! Throughput is reported in input packets; per output packet, divide the time by the fan-out.
 //! Run: `cargo bench -p sluice-bench --bench engine`
 
+use contract::shm::{Rewrite, Role, RouteRecord, SessionRecord};
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use relay::batch::{TxQueue, MAX_DATAGRAM};
 use relay::engine::Forwarder;
-use relay::shm::{Rewrite, Role, RouteRecord, SessionRecord};
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 use std::net::SocketAddr;
 
 const BATCH: usize = 256;

@@ -14,9 +14,9 @@
 //! Sizes are whole RTP packets (12-byte header + payload), as the relay sees them.
 
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use hmac::{Hmac, Mac};
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 use std::hint::black_box;
 
 const SIZES: [usize; 2] = [160, 1200];

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 
 use crate::gen::{GenError, Gso, Live, Rig, RigSpec, StepOutcome, StepSpec};
 use crate::plot::{self, PlotError};

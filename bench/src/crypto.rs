@@ -1,9 +1,9 @@
-//! The packet transform a generator endpoint applies: real SRTP through `relay::srtp`, or
+//! The packet transform a generator endpoint applies: real SRTP through `contract::srtp`, or
 //! none (the plain-UDP echo baseline).
 //!
 //! Owns: the mapping from SRTP errors to the bench's receive verdicts. May not touch: sockets.
 
-use relay::srtp::{Context, ContextOptions, Error, MasterKey};
+use contract::srtp::{Context, ContextOptions, Error, MasterKey};
 
 /// Replay window of the subscribers' inbound contexts: wide, so that reordering by a relay is
 /// measured by the bench instead of being dropped by the replay check.

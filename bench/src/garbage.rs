@@ -209,7 +209,7 @@ fn run(socks: &[UdpSocket], pps: f64, lane: u64, stop: &AtomicBool) -> GarbageSt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relay::wire::{classify, Kind};
+    use contract::wire::{classify, Kind};
 
     #[test]
     fn rotation_covers_each_kind() {
@@ -228,9 +228,9 @@ mod tests {
         assert_eq!(kinds[2], Kind::Stun);
         assert_eq!(kinds[3], Kind::Dtls);
         let len = datagram(3, &mut buf);
-        assert!(relay::wire::dtls::records(&buf[..len]).all(|r| r.is_ok()));
+        assert!(contract::wire::dtls::records(&buf[..len]).all(|r| r.is_ok()));
         let len = datagram(2, &mut buf);
-        let m = relay::wire::stun::StunMessage::parse(&buf[..len]).expect("STUN parses");
+        let m = contract::wire::stun::StunMessage::parse(&buf[..len]).expect("STUN parses");
         assert!(m.verify_integrity(b"anything").is_err());
     }
 

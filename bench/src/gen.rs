@@ -17,9 +17,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use contract::srtp::{MasterKey, Profile};
 use hdrhistogram::Histogram;
 use rand::RngCore;
-use relay::srtp::{MasterKey, Profile};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Crypto, RxReject};
@@ -43,7 +43,7 @@ pub enum GenError {
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error("SRTP: {0}")]
-    Srtp(#[from] relay::srtp::Error),
+    Srtp(#[from] contract::srtp::Error),
     #[error("the target's wiring does not match the plan ({0})")]
     Wiring(&'static str),
     #[error("this generator sends plain RTP; a session plan needs an SRTP profile")]

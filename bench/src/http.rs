@@ -1,11 +1,11 @@
 //! The bench's handle on the admin API: a base URL and bearer token over the workspace's one
-//! admin HTTP client ([`relay::admin_http`], shared with `sluicectl`), with JSON helpers.
+//! admin HTTP client ([`sluicectl::admin_http`], shared with `sluicectl`), with JSON helpers.
 //!
 //! Owns: nothing but the URL and token. TLS is deliberately not spoken (the admin API listens on
 //! loopback or a unix socket), so an `https:` URL is refused with a clear error.
 
-pub use relay::admin_http::Response;
-use relay::admin_http::{self, BaseUrl};
+pub use sluicectl::admin_http::Response;
+use sluicectl::admin_http::{self, BaseUrl};
 
 /// Errors talking to the admin API, naming the URL the bench was pointed at.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! `sluice-bench`: the Sluice load generator, as a library so its accounting can be tested.
 //!
 //! Layers: [`probe`] (packet layout) and [`seq`] (sequence accounting) are pure;
-//! [`crypto`] wraps `relay::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
+//! [`crypto`] wraps `contract::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
 //! signals); [`gen`] runs the sockets and threads; [`target`] sets sessions up on the system
 //! under test through [`http`] ([`rtpengine`]: the same over rtpengine's ng protocol);
 //! [`report`] and [`plot`] present the results; [`cmd`] holds the

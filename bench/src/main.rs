@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use relay::srtp::Profile;
+use contract::srtp::Profile;
 use sluice_bench::cmd::{
     self, CmdError, FindMaxOptions, GeneratorOptions, Output, Reflector, RunOptions,
 };

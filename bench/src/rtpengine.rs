@@ -26,8 +26,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use contract::srtp::{MasterKey, Profile};
 use rand::RngCore;
-use relay::srtp::{MasterKey, Profile};
 use serde_json::Value as Json;
 
 use crate::probe::PAYLOAD_TYPE;

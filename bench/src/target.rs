@@ -8,7 +8,7 @@
 //! offer with a port per call leg and its own SDES keys), so [`Target::setup`] returns a
 //! [`Wiring`]: where each publisher sends and which key each subscriber decrypts with.
 
-use relay::srtp::{MasterKey, Profile};
+use contract::srtp::{MasterKey, Profile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -101,13 +101,13 @@ pub trait Target {
 
 /// The discovery file written by a running `sluice-control`: the same record and the same
 /// search order (`$SLUICE_RUNTIME_DIR`, then the default runtime directory) as `sluicectl`,
-/// both from `relay::config`.
-pub use relay::config::RuntimeInfo;
+/// both from `contract::config`.
+pub use contract::config::RuntimeInfo;
 
-/// Read the first `control.json` among `relay::config::runtime_dir_candidates`.
+/// Read the first `control.json` among `contract::config::runtime_dir_candidates`.
 pub fn discover() -> Result<RuntimeInfo, TargetError> {
     let Some(path) = RuntimeInfo::find_file() else {
-        let looked: Vec<String> = relay::config::runtime_dir_candidates()
+        let looked: Vec<String> = contract::config::runtime_dir_candidates()
             .iter()
             .map(|d| RuntimeInfo::path_in(d).display().to_string())
             .collect();

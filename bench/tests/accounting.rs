@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use relay::srtp::{Context, ContextOptions, Profile};
+use contract::srtp::{Context, ContextOptions, Profile};
 use sluice_bench::cmd::{self, FindMaxOptions, Output, RunOptions};
 use sluice_bench::gen::{Gso, RigSpec};
 use sluice_bench::probe;

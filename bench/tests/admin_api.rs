@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use relay::srtp::{MasterKey, Profile};
+use contract::srtp::{MasterKey, Profile};
 use serde_json::{json, Value};
 use sluice_bench::gen::{Rig, RigSpec};
 use sluice_bench::target::{SluiceTarget, Target, TargetError};

@@ -6,7 +6,7 @@ use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use relay::srtp::Profile;
+use contract::srtp::Profile;
 use sluice_bench::cmd::{self, Output, RunOptions};
 use sluice_bench::gen::RigSpec;
 use sluice_bench::rtpengine::{Bencode, NgClient, RtpengineTarget};

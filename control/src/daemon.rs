@@ -12,7 +12,7 @@ use crate::http::{Listener, Server};
 use crate::notify::Notifier;
 use crate::slowpath::{SlowPath, SlowPathParams};
 use crate::util;
-use relay::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
+use contract::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,7 +10,7 @@
 //! Every malformed request gets a JSON error response; nothing here panics on input.
 //! May not touch: application state (the [`Handler`] owns that).
 
-use relay::config::ListenAddr;
+use contract::config::ListenAddr;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -14,7 +14,7 @@
 //! has arrived from the nominated address for the consent timeout (30 s by default, the
 //! RFC 7675 §5.1 value), the peer is gone and the session is expired.
 
-use relay::wire::stun::{self, attr, Class, StunMessage, StunWriter, METHOD_BINDING};
+use contract::wire::stun::{self, attr, Class, StunMessage, StunWriter, METHOD_BINDING};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! Sluice control plane (`sluice-control`): sessions, keys, routes, the admin REST API,
 //! persistence, audit log and systemd integration. It never touches media: it writes
-//! sessions, keys and routes into the shared-memory file the relay reads (`relay::shm`).
+//! sessions, keys and routes into the shared-memory file the relay reads (`contract::shm`).
 //!
 //! Modules (each says what it owns and may not touch):
 //! - [`daemon`]: process lifecycle, runtime file, signals, sd_notify, housekeeping loop.
@@ -8,7 +8,8 @@
 //! - [`http`]: a small std-only HTTP/1.1 server (loopback TCP or unix socket).
 //! - [`ice`]: the I/O-free ICE-lite agent (credentials, checks, nomination, consent).
 //! - [`rtc`]: WebRTC sessions between signaling and media; the slow path's DTLS sink.
-//! - [`slowpath`]: the relay's slow-path socket, rate limits, dispatch, the DTLS hook.
+//! - [`relay_channel`]: the listening end of the relay's slow-path socket.
+//! - [`slowpath`]: slow-path rate limits, dispatch, the DTLS hook.
 //! - [`state`]: write-ahead journal and atomic snapshots of sessions, routes and id counters.
 //! - [`audit`]: the append-only JSON-lines audit log with rotation and retention.
 //! - [`metrics`]: Prometheus text and `/v1/stats` from the relay's counter blocks.
@@ -26,6 +27,7 @@ pub mod ice;
 pub mod io;
 pub mod metrics;
 pub mod notify;
+pub mod relay_channel;
 pub mod rtc;
 pub mod slowpath;
 pub mod state;

@@ -8,7 +8,7 @@
 
 use crate::ice::IceCounters;
 use crate::slowpath::SlowPathSnapshot;
-use relay::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_BUCKETS};
+use contract::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_BUCKETS};
 use serde_json::{json, Value};
 use std::fmt::Write;
 

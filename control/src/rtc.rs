@@ -39,7 +39,7 @@ pub struct DtlsLimits {
 }
 
 impl DtlsLimits {
-    pub fn from_config(c: &relay::config::ControlConfig) -> DtlsLimits {
+    pub fn from_config(c: &contract::config::ControlConfig) -> DtlsLimits {
         DtlsLimits {
             max_handshakes: c.dtls_max_handshakes as usize,
             max_handshakes_per_ip: c.dtls_max_handshakes_per_ip as usize,

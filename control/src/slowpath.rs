@@ -1,6 +1,6 @@
 //! Control's end of the slow path: the relay's STUN, DTLS and unknown-source datagrams come
 //! in over `control.slow_path` (a `SOCK_SEQPACKET` unix socket, framing in
-//! `relay::io::slowpath`), are rate limited, dispatched by first byte (RFC 7983 §7), and
+//! `contract::slowpath`), are rate limited, dispatched by first byte (RFC 7983 §7), and
 //! answered through the relay so replies leave from the media port.
 //!
 //! Owns: the listening socket (mode 0660; a stale file is replaced) and the relay's
@@ -12,17 +12,18 @@
 //! ([`DtlsSink`] is the hook the WebRTC integration implements).
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections; at most [`RECV_BUDGET`] datagrams per
-//! connection per loop turn (fairness between workers); a fixed [`SOURCE_TABLE`](relay::ratelimit::SOURCE_TABLE)-entry
+//! connection per loop turn (fairness between workers); a fixed [`SOURCE_TABLE`](contract::ratelimit::SOURCE_TABLE)-entry
 //! per-source table (4-way set-associative, keyed with a per-process random hash so sources
 //! cannot aim at one set; a new source evicts the least recently seen entry of its set); at
 //! most [`OUTBOX_CAP`] replies per input. Every dropped datagram is counted by reason.
 
 use crate::ice::{IceAgent, IceEvent, SessionId};
+use crate::relay_channel::{SlowPathConn, SlowPathError, SlowPathServer};
+use contract::ratelimit::{RateLimiter, Verdict};
+use contract::slowpath::MAX_MESSAGE;
+use contract::wire::{classify, Kind};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use relay::io::slowpath::{SlowPathConn, SlowPathError, SlowPathServer, MAX_MESSAGE};
-use relay::ratelimit::{RateLimiter, Verdict};
-use relay::wire::{classify, Kind};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -228,7 +229,7 @@ pub struct SlowPathParams {
 }
 
 impl SlowPathParams {
-    pub fn from_config(c: &relay::config::ControlConfig) -> SlowPathParams {
+    pub fn from_config(c: &contract::config::ControlConfig) -> SlowPathParams {
         SlowPathParams {
             global_rate: c.slow_path_rate,
             per_source_rate: c.slow_path_per_source_rate,

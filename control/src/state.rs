@@ -9,8 +9,8 @@
 //! The directory is 0700 and the files 0600: they hold SRTP master keys.
 //! May not touch: shared memory, HTTP. The API layer applies each entry here first, then to shm.
 
-use relay::shm::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
-use relay::srtp::{MasterKey, Profile};
+use contract::shm::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use contract::srtp::{MasterKey, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};

@@ -2,8 +2,8 @@
 //! statuses, the shm contents behind the API, persistence across a restart, `/metrics` as
 //! strict Prometheus text, and the audit log.
 
-use relay::shm::{DropReason, ShmReader};
-use relay::srtp::{MasterKey, Profile};
+use contract::shm::{DropReason, ShmReader};
+use contract::srtp::{MasterKey, Profile};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
@@ -73,7 +73,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         let info = loop {
             if let Ok(b) = std::fs::read(env.runtime_file()) {
-                if let Ok(v) = serde_json::from_slice::<relay::config::RuntimeInfo>(&b) {
+                if let Ok(v) = serde_json::from_slice::<contract::config::RuntimeInfo>(&b) {
                     break v;
                 }
             }
@@ -185,7 +185,7 @@ fn assert_error(res: (u16, Value), status: u16, needle: &str) {
     );
 }
 
-fn shm_sessions(path: &Path) -> BTreeMap<u64, relay::shm::SessionRecord> {
+fn shm_sessions(path: &Path) -> BTreeMap<u64, contract::shm::SessionRecord> {
     let r = ShmReader::open(path).unwrap();
     let mut m = BTreeMap::new();
     let rep = r.for_each_session(|s| {
@@ -195,7 +195,7 @@ fn shm_sessions(path: &Path) -> BTreeMap<u64, relay::shm::SessionRecord> {
     m
 }
 
-fn shm_routes(path: &Path) -> BTreeMap<u64, relay::shm::RouteRecord> {
+fn shm_routes(path: &Path) -> BTreeMap<u64, contract::shm::RouteRecord> {
     let r = ShmReader::open(path).unwrap();
     let mut m = BTreeMap::new();
     r.for_each_route(|x| {
@@ -578,7 +578,7 @@ fn admin_api_end_to_end_with_restart() {
     );
     assert_eq!(m[&idb].rx_key.profile(), gcm);
     assert_eq!(m[&idb].max_pps, 5000);
-    assert_eq!(m[&idv].role, relay::shm::Role::Viewer);
+    assert_eq!(m[&idv].role, contract::shm::Role::Viewer);
 
     // Rekey.
     assert_error(

@@ -1,19 +1,19 @@
 //! Finding a running control: the runtime directory, `control.json`, and the overrides.
 //!
 //! Owns: the order in which the admin URL and token are chosen (flags and environment first,
-//! then the first `control.json` among `relay::config::runtime_dir_candidates`). The record
-//! itself and the directories are `relay::config`'s. May not touch: the network.
+//! then the first `control.json` among `contract::config::runtime_dir_candidates`). The record
+//! itself and the directories are `contract::config`'s. May not touch: the network.
 
 use std::path::{Path, PathBuf};
 
-pub use relay::config::RuntimeInfo;
+pub use contract::config::RuntimeInfo;
 
 use crate::error::{CtlError, Result};
 
 /// Where `control.json` is looked for, in order (`$SLUICE_RUNTIME_DIR`, then the default
-/// runtime directory); see `relay::config::runtime_dir_candidates`.
+/// runtime directory); see `contract::config::runtime_dir_candidates`.
 pub fn runtime_files() -> Vec<PathBuf> {
-    relay::config::runtime_dir_candidates()
+    contract::config::runtime_dir_candidates()
         .iter()
         .map(|d| RuntimeInfo::path_in(d))
         .collect()

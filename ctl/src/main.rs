@@ -6,8 +6,8 @@ mod cli;
 mod commands;
 mod discovery;
 mod error;
-// The admin API client lives in the relay library so sluice-bench uses the same one.
-use relay::admin_http as http;
+// The admin API client lives in this crate's library so sluice-bench uses the same one.
+use sluicectl::admin_http as http;
 mod srtp_cmd;
 mod table;
 mod up;

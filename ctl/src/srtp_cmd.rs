@@ -1,11 +1,11 @@
-//! `sluicectl srtp protect|unprotect`: one packet through `relay::srtp`, offline.
+//! `sluicectl srtp protect|unprotect`: one packet through `contract::srtp`, offline.
 //!
 //! Owns: reading the packet (argument or stdin), building a one-shot [`Context`], and
 //! mapping SRTP errors to messages. May not touch: the network or control.
 
 use std::io::Read;
 
-use relay::srtp::{Context, ContextOptions, Error as SrtpError};
+use contract::srtp::{Context, ContextOptions, Error as SrtpError};
 
 use crate::cli::SrtpArgs;
 use crate::error::{CtlError, Result};

@@ -21,7 +21,7 @@ use std::os::unix::process::CommandExt;
 use serde_json::Value;
 
 use crate::api::Client;
-use relay::config::{Config, RuntimeInfo};
+use contract::config::{Config, RuntimeInfo};
 
 use crate::discovery::{self, Endpoint};
 use crate::error::{CtlError, Result};

@@ -1,7 +1,7 @@
 //! `sluicectl upgrade`: replace the running relay with a new process without losing a packet.
 //!
 //! Asks the running relay to describe itself over its hand-over socket
-//! ([`relay::io::handover`]), starts the relay binary (the one it runs from, which an upgrade
+//! ([`contract::handover`]), starts the relay binary (the one it runs from, which an upgrade
 //! has just replaced on disk, or `--binary`) with the same arguments plus `--takeover`, and
 //! waits until the new relay answers on the hand-over socket and the old one has exited.
 //!
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relay::config::{runtime_dir_candidates, Config};
-use relay::io::handover::{self, HandoverError, RelayDescription};
+use contract::config::{runtime_dir_candidates, Config};
+use contract::handover::{self, HandoverError, RelayDescription};
 
 use crate::error::{CtlError, Result};
 
@@ -102,8 +102,7 @@ fn spawn(bin: &Path, args: &[String]) -> Result<Child> {
 pub fn run(a: &UpgradeArgs) -> Result<i32> {
     let start = Instant::now();
     let socket = socket_path(a)?;
-    let old =
-        handover::query(&socket, Duration::from_secs(5)).map_err(|e| unreachable(&socket, e))?;
+    let old = query(&socket, Duration::from_secs(5)).map_err(|e| unreachable(&socket, e))?;
     let bin = a.binary.map_or_else(|| old.exe.clone(), Path::to_path_buf);
     if !bin.is_file() {
         return Err(CtlError::Other(format!(
@@ -133,7 +132,7 @@ pub fn run(a: &UpgradeArgs) -> Result<i32> {
             )));
         }
         if new.is_none() {
-            if let Ok(d) = handover::query(&socket, Duration::from_secs(1)) {
+            if let Ok(d) = query(&socket, Duration::from_secs(1)) {
                 if d.pid == new_pid {
                     new = Some(d);
                 }
@@ -179,6 +178,39 @@ pub fn run(a: &UpgradeArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Ask the relay listening on the hand-over socket at `path` to describe itself (`op=info`;
+/// no hand-over). The messages are [`contract::handover`]'s; this is the only socket call
+/// sluicectl makes on that socket.
+fn query(path: &Path, timeout: Duration) -> Result<RelayDescription, HandoverError> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::io::{self, Read};
+    let io_err = |context: &'static str| move |source| HandoverError::Io { context, source };
+    let socket_err = |source| HandoverError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let s = Socket::new(Domain::UNIX, Type::SEQPACKET, None)
+        .map_err(io_err("socket(AF_UNIX, SOCK_SEQPACKET)"))?;
+    s.connect(&SockAddr::unix(path).map_err(socket_err)?)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                HandoverError::NotListening(path.to_path_buf())
+            }
+            _ => socket_err(e),
+        })?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(io_err("timeout"))?;
+    s.send(b"op=info\n").map_err(io_err("send"))?;
+    let mut buf = vec![0u8; handover::MAX_MESSAGE];
+    let n = (&s).read(&mut buf).map_err(io_err("recv"))?;
+    if n == 0 {
+        return Err(HandoverError::Protocol("closed before answering".into()));
+    }
+    let text = std::str::from_utf8(&buf[..n])
+        .map_err(|_| HandoverError::Protocol("message is not UTF-8".into()))?;
+    RelayDescription::decode(text)
 }
 
 #[cfg(test)]

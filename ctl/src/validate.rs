@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use relay::shm::{Role, MAX_MAPPINGS};
-use relay::srtp::{KeyParseError, MasterKey, Profile};
+use contract::shm::{Role, MAX_MAPPINGS};
+use contract::srtp::{KeyParseError, MasterKey, Profile};
 
 use crate::error::{CtlError, Result};
 

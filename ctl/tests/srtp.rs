@@ -1,4 +1,4 @@
-//! `sluicectl srtp`: offline protect/unprotect through relay::srtp.
+//! `sluicectl srtp`: offline protect/unprotect through contract::srtp.
 
 mod common;
 

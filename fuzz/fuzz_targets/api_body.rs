@@ -17,7 +17,7 @@
 use control::api::Control;
 use control::http::Request;
 use libfuzzer_sys::fuzz_target;
-use relay::config::{Config, Secret};
+use contract::config::{Config, Secret};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;

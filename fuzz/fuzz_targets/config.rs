@@ -4,7 +4,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::config::Config;
+use contract::config::Config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

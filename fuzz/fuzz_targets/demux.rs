@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::wire::{classify, dtls, rtcp, rtp, stun, Kind};
+use contract::wire::{classify, dtls, rtcp, rtp, stun, Kind};
 
 fuzz_target!(|data: &[u8]| {
     match classify(data) {

@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::wire::dtls::{records, starts_client_hello};
+use contract::wire::dtls::{records, starts_client_hello};
 
 fuzz_target!(|data: &[u8]| {
     for rec in records(data) {

@@ -11,7 +11,7 @@
 
 use control::ice::{IceAgent, IceCounters};
 use libfuzzer_sys::fuzz_target;
-use relay::wire::stun::{message_type, Class, StunMessage, StunWriter, METHOD_BINDING};
+use contract::wire::stun::{message_type, Class, StunMessage, StunWriter, METHOD_BINDING};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::wire::rtcp::{packets, packets_mut, Rtcp};
+use contract::wire::rtcp::{packets, packets_mut, Rtcp};
 
 fuzz_target!(|data: &[u8]| {
     let mut count = 0usize;

@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::wire::rtp::{RtpMut, RtpPacket};
+use contract::wire::rtp::{RtpMut, RtpPacket};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(p) = RtpPacket::parse(data) else {

@@ -19,10 +19,10 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::shm::{
+use contract::shm::{
     Capacity, Rewrite, RouteRecord, SessionRecord, ShmReader, ShmWriter, StreamDir, StreamRecord,
 };
-use relay::srtp::{MasterKey, Profile};
+use contract::srtp::{MasterKey, Profile};
 use std::fs::File;
 use std::mem::discriminant;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -60,7 +60,7 @@ fn template() -> &'static [u8] {
         w.put_session(&SessionRecord {
             id: 1,
             peer: "192.0.2.1:5000".parse().expect("literal address"),
-            role: relay::shm::Role::Host,
+            role: contract::shm::Role::Host,
             rx_key: key,
             tx_key: key,
             key_epoch: 1,

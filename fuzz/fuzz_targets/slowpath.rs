@@ -4,7 +4,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::io::slowpath::{decode, encode, MAX_MESSAGE};
+use contract::slowpath::{decode, encode, MAX_MESSAGE};
 
 fuzz_target!(|data: &[u8]| {
     let Ok((h, payload)) = decode(data) else {

@@ -6,7 +6,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 
 const BUF: usize = 1600;
 

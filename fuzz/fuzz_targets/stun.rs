@@ -4,7 +4,7 @@
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use relay::wire::stun::{StunMessage, StunWriter};
+use contract::wire::stun::{StunMessage, StunWriter};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = StunMessage::parse(data) else {

@@ -8,8 +8,7 @@
 
 use std::net::SocketAddr;
 
-/// Largest datagram Sluice sends or receives (Ethernet MTU 1500 plus headroom for the SRTP tag).
-pub const MAX_DATAGRAM: usize = 2048;
+pub use contract::wire::MAX_DATAGRAM;
 
 /// One queued datagram.
 #[derive(Debug, Clone, Copy)]

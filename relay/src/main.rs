@@ -17,11 +17,11 @@
 //! from shared memory and forwards at once.
 
 use clap::Parser;
-use relay::config::Config;
+use contract::config::Config;
+use contract::shm::{ShmError, ShmReader};
 use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendKind, SocketBuffers};
-use relay::shm::{ShmError, ShmReader};
 use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -135,7 +135,7 @@ fn open_shm(path: &Path, wait: u64, stop: &AtomicBool) -> Result<ShmReader, Stri
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    relay::srtp::self_test().map_err(|e| format!("SRTP self-test failed: {e}"))?;
+    contract::srtp::self_test().map_err(|e| format!("SRTP self-test failed: {e}"))?;
 
     let cfg = match &cli.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
@@ -145,9 +145,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let backend = match cli.backend {
         Some(b) => b,
         None => match cfg.relay.backend {
-            relay::config::Backend::Auto => BackendKind::Auto,
-            relay::config::Backend::IoUring => BackendKind::IoUring,
-            relay::config::Backend::Mmsg => BackendKind::Mmsg,
+            contract::config::Backend::Auto => BackendKind::Auto,
+            contract::config::Backend::IoUring => BackendKind::IoUring,
+            contract::config::Backend::Mmsg => BackendKind::Mmsg,
         },
     };
     let workers = cli.workers.unwrap_or(cfg.relay.workers as usize);

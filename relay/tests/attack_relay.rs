@@ -6,11 +6,11 @@
 
 mod engine_support;
 
+use contract::shm::{DropReason, Role, ShmReader};
+use contract::srtp::{Context, ContextOptions, Error, MasterKey, Profile};
 use engine_support::*;
 use relay::batch::{TxQueue, MAX_DATAGRAM};
 use relay::engine::{Engine, EngineConfig, SrtpOps};
-use relay::shm::{DropReason, Role, ShmReader};
-use relay::srtp::{Context, ContextOptions, Error, MasterKey, Profile};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 
 mod engine_support;
 
+use contract::shm::Role;
+use contract::srtp::Profile;
 use engine_support::*;
 use relay::batch::MAX_DATAGRAM;
-use relay::shm::Role;
-use relay::srtp::Profile;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

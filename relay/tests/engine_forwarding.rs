@@ -4,10 +4,10 @@
 
 mod engine_support;
 
+use contract::shm::{DropReason, Role};
+use contract::srtp::Profile;
 use engine_support::*;
 use proptest::prelude::*;
-use relay::shm::{DropReason, Role};
-use relay::srtp::Profile;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

@@ -28,9 +28,9 @@ use crate::webrtc::token::{
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use relay::config::ControlConfig;
-use relay::shm::{session_flags, Role};
-use relay::srtp::{MasterKey, Profile};
+use contract::config::ControlConfig;
+use contract::shm::{session_flags, Role};
+use contract::srtp::{MasterKey, Profile};
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -207,7 +207,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
         }
         let pt_map: Vec<[u8; 2]> = sdp::pt_map(&pm.codecs, &vm.codecs)
             .into_iter()
-            .take(relay::shm::MAX_MAPPINGS)
+            .take(contract::shm::MAX_MAPPINGS)
             .map(|(a, b)| [a, b])
             .collect();
         if pt_map.is_empty() {
@@ -216,7 +216,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
         let ext_map: Vec<[u8; 2]> = sdp::ext_map(&pm.extmaps, &vm.extmaps)
             .into_iter()
             .filter(|(a, b)| (1..=14).contains(a) && (1..=14).contains(b))
-            .take(relay::shm::MAX_MAPPINGS)
+            .take(contract::shm::MAX_MAPPINGS)
             .map(|(a, b)| [a, b])
             .collect();
         let rw = RewriteSpec {
@@ -1461,7 +1461,7 @@ impl KeyBinder for Control {
 mod tests {
     use super::*;
     use crate::webrtc::token::mint_stream;
-    use relay::config::{Config, Secret};
+    use contract::config::{Config, Secret};
     use std::sync::Arc;
 
     const ADMIN: &str = "rtc-test-admin-token-0123456789";

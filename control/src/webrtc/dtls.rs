@@ -2,7 +2,7 @@
 //!
 //! Owns: the per-peer DTLS state machine (OpenSSL under a memory stream), our self-signed
 //! certificate and its fingerprint, peer-fingerprint verification, SRTP profile negotiation,
-//! retransmission bounds and the keying-material export to [`relay::srtp::MasterKey`].
+//! retransmission bounds and the keying-material export to [`contract::srtp::MasterKey`].
 //! May not touch: sockets, threads, shared memory, the wall clock for its own deadlines
 //! (`now` is passed in). Datagrams in and out are plain byte vectors; the caller sends them
 //! through the relay's port. The only `unsafe` is in `crate::io::dtls_ffi`.
@@ -16,6 +16,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use contract::srtp::{MasterKey, Profile};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
@@ -27,7 +28,6 @@ use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509NameBuilder, X509Ref, X509VerifyResult, X509};
-use relay::srtp::{MasterKey, Profile};
 
 use crate::io::dtls_ffi;
 
@@ -706,7 +706,7 @@ fn export_keys(
     let server_key = &m[kl..2 * kl];
     let client_salt = &m[2 * kl..2 * kl + sl];
     let server_salt = &m[2 * kl + sl..];
-    let key_err = |e: relay::srtp::Error| DtlsError::Handshake(format!("key export: {e}"));
+    let key_err = |e: contract::srtp::Error| DtlsError::Handshake(format!("key export: {e}"));
     let client = MasterKey::from_parts(profile, client_key, client_salt).map_err(key_err)?;
     let server = MasterKey::from_parts(profile, server_key, server_salt).map_err(key_err)?;
     let (rx, tx) = match role {
@@ -719,9 +719,9 @@ fn export_keys(
 
 /// Check that a datagram is one or more whole DTLS records (RFC 6347 §4.1): content type
 /// 20–23, version DTLS 1.0 or 1.2, 13-byte header, length within the datagram. The record
-/// framing is the relay's parser (`relay::wire::dtls`), shared with the slow-path classifier.
+/// framing is the relay's parser (`contract::wire::dtls`), shared with the slow-path classifier.
 fn check_records(d: &[u8]) -> Result<(), DtlsError> {
-    use relay::wire::dtls::{records, DtlsError as WireError};
+    use contract::wire::dtls::{records, DtlsError as WireError};
     if d.is_empty() {
         return Err(DtlsError::Malformed("empty datagram"));
     }

@@ -8,7 +8,7 @@
 //! `offset = last_out + 1 − first_in`. Packets of the previous source that arrive late
 //! (reordered across the switch) keep their old offset as long as they do not overtake it.
 
-use crate::shm::SessionId;
+use contract::shm::SessionId;
 
 /// Which stream feeds the output: (publisher session, its SSRC).
 pub type Source = (SessionId, u32);

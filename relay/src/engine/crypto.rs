@@ -1,11 +1,11 @@
 //! The SRTP operations the engine needs from one direction of one session.
 //!
 //! The engine is generic over this trait so that its routing logic can also be driven by a
-//! transparent test cipher; production uses [`crate::srtp::Context`]. Every method works in
+//! transparent test cipher; production uses [`contract::srtp::Context`]. Every method works in
 //! place on the caller's buffer: `buf[..len]` is the packet, the result is the new length.
 
-use crate::shm::DropReason;
-use crate::srtp::{ContextOptions, Error, MasterKey};
+use contract::shm::DropReason;
+use contract::srtp::{ContextOptions, Error, MasterKey};
 
 /// One direction (inbound or outbound) of one session's SRTP state.
 pub trait SrtpOps: Sized {
@@ -34,11 +34,11 @@ pub trait SrtpOps: Sized {
     fn srtcp_index(&self, ssrc: u32) -> Option<u64>;
 }
 
-/// Production: the SRTP contexts of [`crate::srtp`].
-impl SrtpOps for crate::srtp::Context {
+/// Production: the SRTP contexts of [`contract::srtp`].
+impl SrtpOps for contract::srtp::Context {
     #[inline]
     fn create(key: MasterKey, opts: ContextOptions) -> Result<Self, Error> {
-        crate::srtp::Context::new(key, opts)
+        contract::srtp::Context::new(key, opts)
     }
     #[inline]
     fn rekey(&mut self, key: MasterKey) -> Result<(), Error> {
@@ -46,39 +46,39 @@ impl SrtpOps for crate::srtp::Context {
     }
     #[inline]
     fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
-        crate::srtp::Context::protect_rtp(self, buf, len)
+        contract::srtp::Context::protect_rtp(self, buf, len)
     }
     #[inline]
     fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
-        crate::srtp::Context::unprotect_rtp(self, buf, len)
+        contract::srtp::Context::unprotect_rtp(self, buf, len)
     }
     #[inline]
     fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
-        crate::srtp::Context::protect_rtcp(self, buf, len)
+        contract::srtp::Context::protect_rtcp(self, buf, len)
     }
     #[inline]
     fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
-        crate::srtp::Context::unprotect_rtcp(self, buf, len)
+        contract::srtp::Context::unprotect_rtcp(self, buf, len)
     }
     #[inline]
     fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), Error> {
-        crate::srtp::Context::set_roc(self, ssrc, roc)
+        contract::srtp::Context::set_roc(self, ssrc, roc)
     }
     #[inline]
     fn roc(&self, ssrc: u32) -> Option<u32> {
-        crate::srtp::Context::roc(self, ssrc)
+        contract::srtp::Context::roc(self, ssrc)
     }
     #[inline]
     fn resume_rtp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
-        crate::srtp::Context::resume_rtp(self, ssrc, highest)
+        contract::srtp::Context::resume_rtp(self, ssrc, highest)
     }
     #[inline]
     fn resume_rtcp(&mut self, ssrc: u32, highest: u64) -> Result<(), Error> {
-        crate::srtp::Context::resume_rtcp(self, ssrc, highest)
+        contract::srtp::Context::resume_rtcp(self, ssrc, highest)
     }
     #[inline]
     fn srtcp_index(&self, ssrc: u32) -> Option<u64> {
-        crate::srtp::Context::srtcp_index(self, ssrc)
+        contract::srtp::Context::srtcp_index(self, ssrc)
     }
 }
 

@@ -6,15 +6,15 @@ use super::index::{claim, normalize, ClaimError, Index, RebuildReport, Upstream,
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stats::Stats;
 use crate::batch::TxQueue;
-use crate::ratelimit::{RateLimiter, Verdict};
-use crate::shm::{
+use contract::ratelimit::{RateLimiter, Verdict};
+use contract::shm::{
     DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader, StreamDir, StreamRecord,
 };
-use crate::srtp::ContextOptions;
-use crate::wire::rtcp::{self, fmt, packet_type};
-use crate::wire::rtp::{RtpMut, RtpPacket};
-use crate::wire::stun::StunMessage;
-use crate::wire::{classify, dtls, Kind};
+use contract::srtp::ContextOptions;
+use contract::wire::rtcp::{self, fmt, packet_type};
+use contract::wire::rtp::{RtpMut, RtpPacket};
+use contract::wire::stun::StunMessage;
+use contract::wire::{classify, dtls, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ const RTCP_SKIP: u64 = 4 * RTCP_REFRESH;
 const MAX_RTCP_PACKETS: usize = 16;
 
 /// The forwarding logic of one worker over its [`Index`], with batch statistics.
-pub struct Forwarder<C = crate::srtp::Context> {
+pub struct Forwarder<C = contract::srtp::Context> {
     index: Index<C>,
     stats: Stats,
     now: Option<Instant>,

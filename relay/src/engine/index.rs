@@ -10,8 +10,8 @@
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
 use super::state::Track;
-use crate::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
-use crate::srtp::{ContextOptions, MasterKey};
+use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
+use contract::srtp::{ContextOptions, MasterKey};
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};

@@ -27,8 +27,8 @@ pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 pub use stats::Stats;
 
 use crate::batch::TxQueue;
-use crate::shm::{RouteRecord, SessionRecord, ShmReader};
-use crate::srtp::ContextOptions;
+use contract::shm::{RouteRecord, SessionRecord, ShmReader};
+use contract::srtp::ContextOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,7 +67,7 @@ impl Default for EngineConfig {
 }
 
 /// One worker's engine: a [`Forwarder`] fed from shared memory.
-pub struct Engine<C: SrtpOps = crate::srtp::Context> {
+pub struct Engine<C: SrtpOps = contract::srtp::Context> {
     shm: Arc<ShmReader>,
     worker: usize,
     clock: Option<Clock>,

@@ -7,8 +7,8 @@
 
 use super::*;
 use crate::batch::{TxQueue, MAX_DATAGRAM};
-use crate::shm::{Capacity, DropReason, Rewrite, Role, ShmWriter, StreamDir};
-use crate::srtp::{Context, MasterKey, Profile};
+use contract::shm::{Capacity, DropReason, Rewrite, Role, ShmWriter, StreamDir};
+use contract::srtp::{Context, MasterKey, Profile};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 

@@ -12,7 +12,7 @@
 //! restarts" has the RFC 3711 Appendix A argument for the constants).
 
 use super::index::NONE;
-use crate::shm::{SessionId, ShmReader, StreamDir, StreamRecord};
+use contract::shm::{SessionId, ShmReader, StreamDir, StreamRecord};
 use std::sync::Arc;
 
 /// An entry is rewritten when the sequence number moved on by this many since the last write

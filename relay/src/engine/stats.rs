@@ -1,7 +1,7 @@
 //! Per-batch statistics, kept in plain integers on the worker and added to the worker's
 //! shared-memory counter block once per batch (a handful of stores instead of one per packet).
 
-use crate::shm::{DropReason, WorkerCounters};
+use contract::shm::{DropReason, WorkerCounters};
 
 /// What the engine did since the last flush.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 
 use super::index::OWNER_NONE;
 use super::*;
-use crate::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
-use crate::srtp::{Error, MasterKey, Profile};
+use contract::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use contract::srtp::{Error, MasterKey, Profile};
 use std::time::{Duration, Instant};
 
 /// Appends a 4-byte tag: FNV-1a over key ‖ packet. Unprotect checks and strips it.

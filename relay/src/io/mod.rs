@@ -169,17 +169,7 @@ pub fn bind_udp(
     Ok((sock.into(), grant))
 }
 
-/// Turn an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) into plain IPv4; other addresses pass.
-#[inline]
-pub fn normalize_addr(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
+pub use contract::wire::normalize_addr;
 
 /// Plain per-backend counters, owned by one worker (the worker publishes them once per turn).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -3,12 +3,12 @@
 //! datagrams (no sockets, simulated time).
 #![allow(dead_code)]
 
-use relay::batch::{TxQueue, MAX_DATAGRAM};
-use relay::engine::{Engine, EngineConfig};
-use relay::shm::{
+use contract::shm::{
     Capacity, Rewrite, Role, RouteRecord, SessionRecord, ShmReader, ShmWriter, MAX_MAPPINGS,
 };
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
+use relay::batch::{TxQueue, MAX_DATAGRAM};
+use relay::engine::{Engine, EngineConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl Peer {
         buf
     }
 
-    pub fn open_rtp(&mut self, d: &[u8]) -> Result<Vec<u8>, relay::srtp::Error> {
+    pub fn open_rtp(&mut self, d: &[u8]) -> Result<Vec<u8>, contract::srtp::Error> {
         let mut b = d.to_vec();
         b.resize(MAX_DATAGRAM, 0);
         let n = self.recv.unprotect_rtp(&mut b, d.len())?;
@@ -117,7 +117,7 @@ impl Peer {
         Ok(b)
     }
 
-    pub fn open_rtcp(&mut self, d: &[u8]) -> Result<Vec<u8>, relay::srtp::Error> {
+    pub fn open_rtcp(&mut self, d: &[u8]) -> Result<Vec<u8>, contract::srtp::Error> {
         let mut b = d.to_vec();
         b.resize(MAX_DATAGRAM, 0);
         let n = self.recv.unprotect_rtcp(&mut b, d.len())?;
@@ -245,7 +245,7 @@ impl Rig {
             .collect()
     }
 
-    pub fn counters(&self) -> relay::shm::CounterSnapshot {
+    pub fn counters(&self) -> contract::shm::CounterSnapshot {
         self.reader.worker_counters(0).unwrap().snapshot()
     }
 }

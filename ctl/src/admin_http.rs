@@ -1,5 +1,5 @@
 //! A tiny blocking HTTP/1.1 client for control's loopback admin API, shared by `sluicectl` and
-//! `sluice-bench` (which find the API through [`crate::config::RuntimeInfo`]).
+//! `sluice-bench` (which find the API through [`contract::config::RuntimeInfo`]).
 //!
 //! Owns: one request per connection (`Connection: close`) over TCP (`http://HOST:PORT`) or a
 //! unix socket (`unix:/path/to.sock`), `Content-Length` and chunked response bodies

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use relay::wire::{classify, dtls, rtcp, rtp, stun, Kind};
+use contract::wire::{classify, dtls, rtcp, rtp, stun, Kind};
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 

@@ -1,4 +1,4 @@
-//! Proves that `relay::wire` parses, iterates and rewrites without allocating.
+//! Proves that `contract::wire` parses, iterates and rewrites without allocating.
 //!
 //! A counting global allocator (delegating to the system allocator) counts allocations made
 //! by the current thread while a closure runs; packets are built before counting starts.
@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 
-use relay::wire::{classify, dtls, rtcp, rtp, stun, Kind};
+use contract::wire::{classify, dtls, rtcp, rtp, stun, Kind};
 
 struct Counting;
 

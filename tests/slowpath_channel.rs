@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use contract::slowpath::MAX_MESSAGE;
+use control::relay_channel::{SlowPathConn, SlowPathServer};
 use relay::batch::TxQueue;
-use relay::io::slowpath::{SlowPathConn, SlowPathServer, MAX_MESSAGE};
 use relay::io::uring::UringBackend;
 use relay::io::{self, Backend, BackendKind, BackendParams, SocketBuffers};
 use relay::worker::{spawn_workers, Echo, Handler, WorkerConfig, Workers};

@@ -1,12 +1,12 @@
 //! Cross-check against an independent implementation: libsrtp via the `pylibsrtp` Python
-//! package (`relay/tests/peers/libsrtp_peer.py`). For every profile both support, Sluice
+//! package (`contract/tests/peers/libsrtp_peer.py`). For every profile both support, Sluice
 //! protects and libsrtp unprotects, and the other way round, for RTP (several SSRCs, CSRCs,
 //! header extensions, a sequence-number wrap so the ROC advances) and RTCP.
 //! Without python3 or pylibsrtp the test prints `SKIP: <why>` and passes. `SLUICE_PYTHON` names
 //! the interpreter (default `python3`); `scripts/test.sh` points it at a venv with the peers.
 
+use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use relay::srtp::{Context, ContextOptions, MasterKey, Profile};
 use std::io::Write;
 use std::process::{Command, Stdio};
 

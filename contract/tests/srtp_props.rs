@@ -1,10 +1,10 @@
-//! Property tests of `relay::srtp` through its public API: round trips for every profile over
+//! Property tests of `contract::srtp` through its public API: round trips for every profile over
 //! random headers, sequence wrap and ROC, reordering within the replay window, replay and
 //! too-old rejection, single-bit forgeries, garbage input, key rotation and the key
 //! derivation rate. Case counts are modest so the suite stays fast on 2 cores.
 
+use contract::srtp::{Context, ContextOptions, Error, MasterKey, Profile};
 use proptest::prelude::*;
-use relay::srtp::{Context, ContextOptions, Error, MasterKey, Profile};
 
 fn profile() -> impl Strategy<Value = Profile> {
     prop::sample::select(Profile::ALL.to_vec())
@@ -369,5 +369,5 @@ fn stream_capacity_and_options() {
 
 #[test]
 fn self_test_passes() {
-    relay::srtp::self_test().unwrap();
+    contract::srtp::self_test().unwrap();
 }

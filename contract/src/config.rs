@@ -744,7 +744,7 @@ impl Config {
         }
         let s = &self.shm;
         abs("shm.path", &s.path)?;
-        // Upper bounds mirror the shm layer's limits (relay::shm refuses larger files).
+        // Upper bounds mirror the shm layer's limits (crate::shm refuses larger files).
         if s.sessions == 0 || s.sessions > 1 << 22 {
             return bad(
                 "shm.sessions",

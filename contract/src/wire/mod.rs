@@ -26,6 +26,25 @@ pub mod stun;
 pub use demux::{classify, Kind};
 pub use rtcp::is_rtcp;
 
+use std::net::SocketAddr;
+
+/// Largest datagram any Sluice process receives, queues or frames (bytes).
+pub const MAX_DATAGRAM: usize = 2048;
+
+/// Turn an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) into plain IPv4; other addresses pass.
+/// Every address that keys a table (shm sessions, the relay's index, slow-path messages) is
+/// normalized first, so one peer has one key whichever socket family saw it.
+#[inline]
+pub fn normalize_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
 /// Reads a big-endian u16 at `at`, or `None` when the slice is too short.
 #[inline]
 pub(crate) fn be16(buf: &[u8], at: usize) -> Option<u16> {

@@ -1,11 +1,11 @@
-//! relay::shm through its public API: round trips, validation of foreign files, re-adoption,
+//! contract::shm through its public API: round trips, validation of foreign files, re-adoption,
 //! capacity limits, counters and relay info. Files live under the temp dir, never /dev/shm/sluice.
 
-use relay::shm::{
+use contract::shm::{
     Capacity, DropReason, Rewrite, Role, RouteRecord, SessionRecord, ShmError, ShmReader,
     ShmWriter, SlotError, Table, ABI_VERSION, MAX_MAPPINGS,
 };
-use relay::srtp::{MasterKey, Profile};
+use contract::srtp::{MasterKey, Profile};
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, SocketAddrV6};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};

@@ -5,16 +5,16 @@
 //! flood from one source is rate limited and counted while another source is still served;
 //! consent expiry marks the session pending in shm.
 
+use contract::config::{Config, Secret};
+use contract::shm::{session_flags, ShmReader};
+use contract::srtp::{MasterKey, Profile};
+use contract::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
 use control::api::Control;
 use control::http::Request;
 use control::ice::IceEvent;
 use control::slowpath::{DiscardDtls, Dispatcher, Outbox, SlowPath, SlowPathParams};
 use relay::batch::TxQueue;
-use relay::config::{Config, Secret};
 use relay::io::slowpath::SlowPathClient;
-use relay::shm::{session_flags, ShmReader};
-use relay::srtp::{MasterKey, Profile};
-use relay::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
 use serde_json::{json, Value};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;

@@ -4,10 +4,10 @@
 //! counted and dropped, `/metrics` shows it all, and after a control restart the relay's
 //! client reconnects and is served again; so is a restarted relay.
 
+use contract::config::RuntimeInfo;
+use contract::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
 use relay::batch::TxQueue;
-use relay::config::RuntimeInfo;
 use relay::io::slowpath::SlowPathClient;
-use relay::wire::stun::{self, Class, StunMessage, StunWriter, METHOD_BINDING};
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -63,7 +63,7 @@ impl Daemon {
     fn start(env: &Env) -> Daemon {
         let rt = env.dir.join("run/control.json");
         let _ = std::fs::remove_file(&rt);
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
+        let child = Command::new(sluice_tests::daemons::bin("sluice-control"))
             .arg("--config")
             .arg(&env.cfg)
             .env_remove("NOTIFY_SOCKET")

@@ -1,6 +1,6 @@
 //! Per-packet SRTP/SRTCP transforms for one set of session keys and a known packet index, plus
 //! the minimal RTP/RTCP header parsing they need (fixed header, CSRCs, extension length; kept
-//! local on purpose: no dependency on `relay::wire`).
+//! local on purpose: no dependency on `crate::wire`).
 //!
 //! Owns: IV/nonce construction, which bytes are encrypted and authenticated, trailer layout.
 //! May not touch: stream state (ROC, replay), key lifetime — that is `context.rs`.

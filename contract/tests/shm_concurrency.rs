@@ -3,11 +3,11 @@
 //! loops. A torn read (words from two different writes) would decode to a record that does not
 //! match its own counter; the test demands zero of those and zero invalid decodes.
 
-use relay::shm::{
+use contract::shm::{
     Capacity, Rewrite, Role, RouteRecord, SessionRecord, ShmError, ShmReader, ShmWriter, SlotError,
     MAX_MAPPINGS,
 };
-use relay::srtp::{MasterKey, Profile};
+use contract::srtp::{MasterKey, Profile};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
