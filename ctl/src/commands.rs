@@ -7,23 +7,9 @@ use serde_json::{json, Value};
 use crate::api::Client;
 use crate::cli::{Command, RouteCmd, SessionCmd};
 use crate::error::{CtlError, Result};
+use crate::output::{print_json, Output};
 use crate::table::{self, cell, field};
 use crate::validate;
-
-/// Output mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Human,
-    Json,
-}
-
-fn print_json(v: &Value) {
-    // Serialising a `Value` cannot fail.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
-}
 
 /// Build the request for a command that needs control. Validation happens here, before
 /// discovery, so a bad value is reported even when control is not running.

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod discovery;
 mod error;
+mod output;
 // The admin API client lives in this crate's library so sluice-bench uses the same one.
 use sluicectl::admin_http as http;
 mod srtp_cmd;
@@ -20,8 +21,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, SrtpCmd};
-use crate::commands::Output;
 use crate::error::Result;
+use crate::output::Output;
 
 fn main() {
     let cli = Cli::parse();

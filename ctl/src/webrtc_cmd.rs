@@ -1,112 +1,16 @@
 //! WebRTC administration: `sluicectl app|key|room|token` over the admin API
 //! (`/v1/apps`, `/v1/apps/{id}/keys`, `/v1/rooms`, `/v1/tokens`; docs/API.md).
 //!
-//! Owns: the grammar of these commands and what they print. May not touch: discovery and
+//! Owns: what these commands send and print (their grammar is in [`crate::cli`]). May not touch: discovery and
 //! the HTTP client (used as they are), process spawning.
 
-use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::api::Client;
-use crate::commands::Output;
+use crate::cli::{AppCmd, KeyCmd, RoomCmd, TokenCmd};
 use crate::error::{CtlError, Result};
+use crate::output::{print_json, Output};
 use crate::table::{self, cell, field};
-
-#[derive(Debug, Subcommand)]
-pub enum AppCmd {
-    /// List applications.
-    List,
-    /// Create an application with a generated developer key (the secret is printed once).
-    Add {
-        /// Application id (1..=64 of A-Z a-z 0-9 - _ .).
-        id: String,
-    },
-    /// Remove an application, its keys and rooms (its participants are disconnected).
-    Del { id: String },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCmd {
-    /// List an application's developer key ids (never the secrets).
-    List {
-        #[arg(long, value_name = "APP")]
-        app: String,
-    },
-    /// Add a developer key: generated, or `--secret` (base64url, ≥ 32 bytes); prints it once.
-    Add {
-        #[arg(long, value_name = "APP")]
-        app: String,
-        /// Key id (default: k<N>).
-        #[arg(long)]
-        kid: Option<String>,
-        /// The secret to store instead of a generated one.
-        #[arg(long, value_name = "B64URL", hide_env_values = true)]
-        secret: Option<String>,
-    },
-    /// Remove a developer key (tokens signed with it stop working).
-    Del {
-        #[arg(long, value_name = "APP")]
-        app: String,
-        #[arg(long)]
-        kid: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RoomCmd {
-    /// List rooms of every application.
-    List,
-    /// Show a room: policy and participants.
-    Show { app: String, room: String },
-    /// Create a room and set its policy (no policy flags: back to the application default).
-    Set(RoomSet),
-    /// Remove a room (its participants are disconnected).
-    Del { app: String, room: String },
-}
-
-#[derive(Debug, Args)]
-pub struct RoomSet {
-    pub app: String,
-    pub room: String,
-    /// Viewers must carry an e-mail in this domain (repeatable).
-    #[arg(long = "email-domain", value_name = "DOMAIN")]
-    pub email_domains: Vec<String>,
-    /// Accepted token kinds: signed, stream (repeatable; default signed).
-    #[arg(long = "accept", value_name = "KIND")]
-    pub accept: Vec<String>,
-    /// Password of Storm-style md5 stream tokens.
-    #[arg(long, value_name = "PASSWORD")]
-    pub stream_password: Option<String>,
-    /// Minutes a stream token stays valid (default 5).
-    #[arg(long, value_name = "MIN")]
-    pub stream_timeout: Option<u32>,
-    /// Stream tokens include the viewer's IP address.
-    #[arg(long)]
-    pub bind_ip: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TokenCmd {
-    /// Mint a signed token (HS256) with the application's newest developer key.
-    Mint {
-        #[arg(long, value_name = "APP")]
-        app: String,
-        #[arg(long, value_name = "ROOM")]
-        room: String,
-        /// host, speaker, moderator or viewer.
-        #[arg(long)]
-        role: String,
-        /// Lifetime in seconds (default 3600, at most 86400).
-        #[arg(long, value_name = "SECS")]
-        ttl: Option<u64>,
-        /// E-mail claim (checked against a room's allowed domains for viewers).
-        #[arg(long, value_name = "ADDR")]
-        email: Option<String>,
-        /// Subject (user id; default: random).
-        #[arg(long)]
-        sub: Option<String>,
-    },
-}
 
 /// One of the WebRTC commands.
 #[derive(Debug)]
@@ -295,13 +199,6 @@ pub fn prepare(cmd: WebRtcCommand<'_>) -> Result<Prepared> {
             p("POST", "/v1/tokens".into(), Some(body), What::Token)
         }
     })
-}
-
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
 }
 
 /// Call control and print the result.
