@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: what README.md tells a newcomer to run, and what CI runs.
 # The cross-checks against independent implementations need Python peers: libsrtp (pylibsrtp,
-# relay/tests/srtp_libsrtp.rs) and aiortc (tests/webrtc_e2e.rs). They are installed into a venv
+# contract/tests/srtp_libsrtp.rs) and aiortc (tests/webrtc_e2e.rs). They are installed into a venv
 # under target/ (never into the system Python) and handed to the tests as SLUICE_PYTHON. Offline,
 # or without python3-venv, those tests print SKIP and pass.
 set -euo pipefail
