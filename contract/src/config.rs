@@ -429,16 +429,22 @@ pub fn default_runtime_dir() -> PathBuf {
     }
 }
 
-/// Where sluicectl looks for `control.json`, in order: `$SLUICE_RUNTIME_DIR`, then
-/// [`default_runtime_dir`].
+/// The runtime directory of the system instance: what the shipped `sluice.toml` and the
+/// systemd units use.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/sluice";
+
+/// Where sluicectl looks for `control.json`: `$SLUICE_RUNTIME_DIR` alone when it is set (it
+/// names one instance, as `--runtime-dir` does); else [`default_runtime_dir`] (a per-user
+/// instance such as `sluicectl up`), then [`SYSTEM_RUNTIME_DIR`] (the systemd-installed
+/// instance).
 pub fn runtime_dir_candidates() -> Vec<PathBuf> {
-    let mut v = Vec::new();
     if let Some(d) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
-        v.push(PathBuf::from(d));
+        return vec![PathBuf::from(d)];
     }
-    let d = default_runtime_dir();
-    if !v.contains(&d) {
-        v.push(d);
+    let mut v = vec![default_runtime_dir()];
+    let system = PathBuf::from(SYSTEM_RUNTIME_DIR);
+    if !v.contains(&system) {
+        v.push(system);
     }
     v
 }

@@ -23,6 +23,14 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Configuration file: `up` passes it to both daemons; every other command talks to the
+    /// instance whose `runtime_dir` it names.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Talk to the instance whose runtime directory this is (default: the first running one
+    /// of `$SLUICE_RUNTIME_DIR`, the per-user directory, `/run/sluice`).
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "config")]
+    pub runtime_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,14 +39,16 @@ pub struct Cli {
 pub enum Command {
     /// Start sluice-control and sluice-relay in the foreground; Ctrl-C stops both.
     Up {
-        /// Configuration file passed to both daemons (default: the embedded configuration).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
+        /// A throw-away instance: control's state (sessions, apps, keys) lives in a fresh
+        /// directory removed on stop, so every run starts empty. Not with --config.
+        #[arg(long)]
+        ephemeral: bool,
         /// Seconds to wait for control and the relay to come up.
         #[arg(long, default_value_t = 20, value_name = "SECS")]
         timeout: u64,
     },
-    /// Show the running instance: endpoints, backend, workers, relay health.
+    /// Show the running instance: endpoints, backend, workers, relay health. Exits 5 when
+    /// the relay is down.
     Status,
     /// Show per-worker packet counters and drops.
     Stats,
@@ -68,9 +78,6 @@ pub enum Command {
     /// Replace the running relay with a new process (the binary on disk) without losing a
     /// packet: the new relay takes the media sockets over.
     Upgrade {
-        /// Find the relay's hand-over socket through this configuration's runtime_dir.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
         /// The relay's hand-over socket (default: in the runtime directory).
         #[arg(long, value_name = "PATH")]
         handover: Option<PathBuf>,

@@ -6,9 +6,11 @@ use serde_json::{json, Value};
 
 use crate::api::Client;
 use crate::cli::{Command, RouteCmd, SessionCmd};
-use crate::error::{CtlError, Result};
+use crate::discovery::Endpoint;
+use crate::error::{CtlError, Result, EXIT_DOWN};
 use crate::output::{print_json, Output};
 use crate::table::{self, cell, field};
+use crate::up::relay_up;
 use crate::validate;
 
 /// Build the request for a command that needs control. Validation happens here, before
@@ -112,14 +114,24 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
     })
 }
 
-/// Run a prepared request and print its result.
-pub fn execute(client: &Client, req: Request, out: Output) -> Result<()> {
+/// Run a prepared request and print its result; returns the exit code (non-zero only for
+/// `status` on a relay that is down, [`EXIT_DOWN`]).
+pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Result<i32> {
     match req {
         Request::Status => {
-            let v = client.get("/v1/status")?;
+            let mut v = client.get("/v1/status")?;
+            if let (Some((dir, pid)), Some(obj)) = (&ep.instance, v.as_object_mut()) {
+                obj.insert(
+                    "instance".into(),
+                    json!({"runtime_dir": dir.display().to_string(), "control_pid": pid}),
+                );
+            }
             match out {
                 Output::Json => print_json(&v),
                 Output::Human => print!("{}", status_text(&v)),
+            }
+            if !relay_up(&v) {
+                return Ok(EXIT_DOWN);
             }
         }
         Request::Stats => {
@@ -144,7 +156,9 @@ pub fn execute(client: &Client, req: Request, out: Output) -> Result<()> {
             }
         }
         Request::SessionAdd(body) => {
-            let v = client.post("/v1/sessions", &body)?;
+            let v = client
+                .post("/v1/sessions", &body)
+                .map_err(peer_taken_hint)?;
             print_created(&v, out)?;
         }
         Request::RouteAdd(body) => {
@@ -190,7 +204,29 @@ pub fn execute(client: &Client, req: Request, out: Output) -> Result<()> {
             print_done(out, v, &human);
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// A 409 on `session add` most often meets a newcomer re-running the quick start: control
+/// keeps sessions across restarts. Say so, and how to start empty.
+fn peer_taken_hint(e: CtlError) -> CtlError {
+    match e {
+        CtlError::Api {
+            status: 409,
+            method,
+            path,
+            msg,
+        } if msg.contains("peer address") => CtlError::Api {
+            status: 409,
+            method,
+            path,
+            msg: format!(
+                "{msg} (control keeps sessions across restarts: `sluicectl sessions` lists them, \
+                 `sluicectl session del ID` removes one; `sluicectl up --ephemeral` starts empty)"
+            ),
+        },
+        e => e,
+    }
 }
 
 /// `session add` / `route add`: the id alone, or the whole object with `--json`.
@@ -216,19 +252,27 @@ fn print_done(out: Output, v: Value, human: &str) {
 fn status_text(v: &Value) -> String {
     let relay = v.get("relay").cloned().unwrap_or(Value::Null);
     let relay_line = if relay.is_null() {
-        "-".to_string()
+        "DOWN (no relay has attached)".to_string()
     } else {
-        let up = relay.get("up").and_then(Value::as_bool).unwrap_or(false);
         format!(
             "{} (pid {}, backend {}, {} workers, heartbeat {} ms ago)",
-            if up { "up" } else { "DOWN" },
+            if relay_up(v) { "up" } else { "DOWN" },
             field(&relay, "pid"),
             field(&relay, "backend"),
             field(&relay, "workers"),
             field(&relay, "heartbeat_age_ms"),
         )
     };
+    let instance = match v.get("instance") {
+        Some(i) => format!(
+            "{} (control pid {})",
+            field(i, "runtime_dir"),
+            field(i, "control_pid")
+        ),
+        None => "-".to_string(),
+    };
     let rows: Vec<(&str, String)> = vec![
+        ("instance", instance),
         ("version", field(v, "version")),
         ("admin_url", field(v, "admin_url")),
         ("media_addr", field(v, "media_addr")),

@@ -10,6 +10,8 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNREACHABLE: i32 = 3;
 /// Exit code when the admin API answered with an error status.
 pub const EXIT_API: i32 = 4;
+/// Exit code of `status` when control answers but the relay is down.
+pub const EXIT_DOWN: i32 = 5;
 /// Exit code for anything else (I/O failure, a child process died, SRTP transform failed).
 pub const EXIT_OTHER: i32 = 1;
 

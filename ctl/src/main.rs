@@ -42,17 +42,30 @@ fn run(cli: Cli) -> Result<i32> {
     } else {
         Output::Human
     };
+    let sel = discovery::Selector {
+        config: cli.config.as_deref(),
+        runtime_dir: cli.runtime_dir.as_deref(),
+    };
     match &cli.command {
-        Command::Up { config, timeout } => {
-            up::run(config.as_deref(), Duration::from_secs(*timeout), cli.json)
+        Command::Up { ephemeral, timeout } => {
+            if cli.runtime_dir.is_some() {
+                return Err(error::CtlError::usage(
+                    "up takes --config FILE (its runtime_dir), not --runtime-dir",
+                ));
+            }
+            up::run(
+                cli.config.as_deref(),
+                *ephemeral,
+                Duration::from_secs(*timeout),
+                cli.json,
+            )
         }
         Command::Upgrade {
-            config,
             handover,
             binary,
             timeout,
         } => upgrade_cmd::run(&upgrade_cmd::UpgradeArgs {
-            config: config.as_deref(),
+            sel,
             handover: handover.as_deref(),
             binary: binary.as_deref(),
             timeout: Duration::from_secs(*timeout),
@@ -92,17 +105,16 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             };
             let req = webrtc_cmd::prepare(w)?;
-            let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref())?;
+            let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref(), &sel)?;
             let client = api::Client::new(&ep)?;
             webrtc_cmd::execute(&client, req, out)?;
             Ok(0)
         }
         cmd => {
             let req = commands::prepare(cmd)?;
-            let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref())?;
+            let ep = discovery::resolve(cli.admin.as_deref(), cli.token.as_deref(), &sel)?;
             let client = api::Client::new(&ep)?;
-            commands::execute(&client, req, out)?;
-            Ok(0)
+            commands::execute(&client, &ep, req, out)
         }
     }
 }

@@ -78,9 +78,11 @@ impl Daemon {
         }
         // Own process group: a terminal Ctrl-C reaches only sluicectl, which then stops the
         // children in order instead of racing them.
+        // The daemons' stdout goes to our stderr: sluicectl's stdout carries only its own
+        // result (the endpoints, as JSON with --json).
         cmd.process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(std::io::stderr())
             .stderr(Stdio::piped());
         // ETXTBSY: the binary is still open for writing somewhere (just installed or copied);
         // it clears within moments.
@@ -194,8 +196,59 @@ enum Wait {
     Signalled,
 }
 
+/// A throw-away configuration for `up --ephemeral`: the embedded default with control's
+/// state and audit log in a fresh private directory, removed when `up` returns.
+struct Ephemeral {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Ephemeral {
+    fn create() -> Result<Ephemeral> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("sluice-ephemeral-{}", std::process::id()));
+        let io = |e: std::io::Error| {
+            CtlError::Other(format!("--ephemeral: cannot create {}: {e}", dir.display()))
+        };
+        // A leftover of an earlier process with this pid holds nothing we need.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
+        // JSON string escapes are valid TOML basic-string escapes.
+        let quote = |p: PathBuf| serde_json::Value::String(p.display().to_string()).to_string();
+        let text = format!(
+            "# written by `sluicectl up --ephemeral`; removed when it stops\n\
+             [control]\nstate_dir = {}\naudit_log = {}\nbootstrap_app = \"demo\"\n",
+            quote(dir.join("state")),
+            quote(dir.join("audit").join("audit.log")),
+        );
+        let config = dir.join("sluice.toml");
+        std::fs::write(&config, text).map_err(io)?;
+        Ok(Ephemeral { dir, config })
+    }
+}
+
+impl Drop for Ephemeral {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Run `up`. Returns the process exit code on a clean stop.
-pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> {
+pub fn run(config: Option<&Path>, ephemeral: bool, timeout: Duration, json: bool) -> Result<i32> {
+    let scratch = match (ephemeral, config) {
+        (true, Some(_)) => {
+            return Err(CtlError::usage(
+                "--ephemeral runs the embedded configuration; with --config FILE, point \
+                 control.state_dir at a scratch directory instead",
+            ))
+        }
+        (true, None) => Some(Ephemeral::create()?),
+        (false, _) => None,
+    };
+    let config = scratch.as_ref().map(|e| e.config.as_path()).or(config);
     // The daemons read the same file; loading it here reports a bad key before anything
     // starts and tells where control will write its runtime file.
     let cfg = match config {
@@ -206,7 +259,7 @@ pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> 
     let control_bin = find_binary(CONTROL_BIN)?;
     let relay_bin = find_binary(RELAY_BIN)?;
     if let Ok(Some(info)) = discovery::read_runtime_file(&runtime_file) {
-        if pid_alive(info.pid) {
+        if discovery::alive(info.pid) {
             return Err(CtlError::Other(format!(
                 "control is already running (pid {}, admin {}); see {}",
                 info.pid,
@@ -252,6 +305,7 @@ pub fn run(config: Option<&Path>, timeout: Duration, json: bool) -> Result<i32> 
         let client = Client::new(&Endpoint {
             admin_url: info.admin_url.clone(),
             token: Some(info.admin_token.clone()),
+            instance: None,
         })?;
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -345,10 +399,6 @@ pub fn relay_up(status: &Value) -> bool {
         .and_then(|r| r.get("up"))
         .and_then(Value::as_bool)
         .unwrap_or(false)
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: bool) {

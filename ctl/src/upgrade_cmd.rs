@@ -12,34 +12,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use contract::config::{runtime_dir_candidates, Config};
 use contract::handover::{self, HandoverError, RelayDescription};
 
+use crate::discovery::{alive, Selector};
 use crate::error::{CtlError, Result};
 
 /// What `upgrade` was asked.
 pub struct UpgradeArgs<'a> {
-    pub config: Option<&'a Path>,
+    /// The instance (`--config`, `--runtime-dir`, else the runtime directory candidates).
+    pub sel: Selector<'a>,
     pub handover: Option<&'a Path>,
     pub binary: Option<&'a Path>,
     pub timeout: Duration,
     pub json: bool,
 }
 
-/// The hand-over socket: `--handover`, else `<runtime_dir>/relay-handover.sock` of `--config`,
-/// else the first runtime directory candidate that has one.
+/// The hand-over socket: `--handover`, else `<runtime_dir>/relay-handover.sock` of
+/// `--runtime-dir` or `--config`, else the first runtime directory candidate that has one.
 fn socket_path(a: &UpgradeArgs) -> Result<PathBuf> {
     if let Some(p) = a.handover {
         return Ok(p.to_path_buf());
     }
-    if let Some(c) = a.config {
-        let cfg = Config::load(c).map_err(|e| CtlError::usage(e.to_string()))?;
-        return Ok(handover::socket_path(&cfg.runtime_dir));
+    let dirs = a.sel.dirs()?;
+    if let [only] = dirs.as_slice() {
+        if a.sel.explicit() {
+            return Ok(handover::socket_path(only));
+        }
     }
-    let candidates: Vec<PathBuf> = runtime_dir_candidates()
-        .iter()
-        .map(|d| handover::socket_path(d))
-        .collect();
+    let candidates: Vec<PathBuf> = dirs.iter().map(|d| handover::socket_path(d)).collect();
     match candidates.iter().find(|p| p.exists()) {
         Some(p) => Ok(p.clone()),
         None => Err(CtlError::NotRunningRelay(candidates)),
@@ -50,18 +50,6 @@ fn unreachable(path: &Path, e: HandoverError) -> CtlError {
     match e {
         HandoverError::NotListening(_) => CtlError::NotRunningRelay(vec![path.to_path_buf()]),
         e => CtlError::Other(format!("asking the relay at {}: {e}", path.display())),
-    }
-}
-
-/// True while `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3, after the parenthesised command name, is the state.
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|st| st != "Z" && st != "X"),
-        Err(_) => false,
     }
 }
 

@@ -321,3 +321,132 @@ fn unix_socket_admin_url() {
     assert_eq!(stdout(&o).trim(), "[]");
     assert_eq!(fake.requests()[0].path, "/v1/sessions");
 }
+
+/// A fake control whose `/v1/status` names it and reports the relay `up` or not.
+fn status_control(name: &'static str, up: bool) -> FakeControl {
+    FakeControl::start(move |s| match s.path.as_str() {
+        "/v1/status" => (
+            200,
+            format!(
+                r#"{{"version":"{name}","relay":{{"pid":9,"up":{up},"backend":"mmsg","workers":1,"heartbeat_age_ms":3}}}}"#
+            ),
+        ),
+        _ => (404, r#"{"error":"no such endpoint"}"#.into()),
+    })
+}
+
+/// sluicectl with no `SLUICE_RUNTIME_DIR`, its per-user default runtime directory under `xdg`.
+fn run_unselected(args: &[&str], xdg: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env_remove("SLUICE_ADMIN")
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("SLUICE_RUNTIME_DIR")
+        .env("XDG_RUNTIME_DIR", xdg)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn status_exits_5_when_the_relay_is_down_and_names_the_instance() {
+    let down = status_control("down", false);
+    let dir = temp_dir("status-down");
+    write_runtime(&dir, &down.url, "t");
+    let o = run(&["status"], &dir);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("relay        DOWN (pid 9"), "{out}");
+    assert!(
+        out.starts_with(&format!("instance     {} (control pid 1)", dir.display())),
+        "{out}"
+    );
+    let o = run(&["status", "--json"], &dir);
+    assert_eq!(o.status.code(), Some(5));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["instance"]["runtime_dir"], dir.display().to_string());
+
+    let up = status_control("up", true);
+    write_runtime(&dir, &up.url, "t");
+    let o = run(&["status"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn runtime_dir_and_config_select_the_instance() {
+    let user = status_control("user-instance", true);
+    let other = status_control("other-instance", true);
+    let xdg = temp_dir("select");
+    let user_dir = xdg.join("sluice");
+    std::fs::create_dir_all(&user_dir).unwrap();
+    write_runtime(&user_dir, &user.url, "t");
+    let other_dir = temp_dir("select-other");
+    write_runtime(&other_dir, &other.url, "t");
+    let version = |o: &std::process::Output| -> String {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        let v: Value = serde_json::from_str(&stdout(o)).unwrap();
+        v["version"].as_str().unwrap().to_string()
+    };
+    // Nothing named: the per-user default runtime directory.
+    assert_eq!(
+        version(&run_unselected(&["status", "--json"], &xdg)),
+        "user-instance"
+    );
+    // --runtime-dir names another.
+    let dir = other_dir.display().to_string();
+    assert_eq!(
+        version(&run_unselected(
+            &["--runtime-dir", &dir, "status", "--json"],
+            &xdg
+        )),
+        "other-instance"
+    );
+    // --config: its runtime_dir.
+    let cfg = xdg.join("sluice.toml");
+    std::fs::write(&cfg, format!("runtime_dir = \"{dir}\"\n")).unwrap();
+    let cfg = cfg.display().to_string();
+    assert_eq!(
+        version(&run_unselected(
+            &["status", "--json", "--config", &cfg],
+            &xdg
+        )),
+        "other-instance"
+    );
+    // Both at once is a usage error.
+    let o = run_unselected(&["status", "--config", &cfg, "--runtime-dir", &dir], &xdg);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn taken_peer_on_session_add_hints_at_ephemeral() {
+    let fake = FakeControl::start(|_| {
+        (
+            409,
+            r#"{"error":"session 4 already uses this peer address"}"#.into(),
+        )
+    });
+    let dir = temp_dir("taken");
+    write_runtime(&dir, &fake.url, "t");
+    let key = b64(28, 7);
+    let o = run(
+        &[
+            "session",
+            "add",
+            "--peer",
+            "127.0.0.1:5000",
+            "--profile",
+            "AEAD_AES_128_GCM",
+            "--rx-key",
+            &key,
+            "--tx-key",
+            &key,
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(4));
+    let err = stderr(&o);
+    assert!(
+        err.contains("already uses this peer address") && err.contains("up --ephemeral"),
+        "{err}"
+    );
+    assert!(stdout(&o).is_empty());
+}

@@ -111,9 +111,9 @@ fn control_dying_at_start_shows_its_stderr() {
     assert!(err.contains("config: unknown key foo"), "{err}");
 }
 
-#[test]
-fn full_cycle_with_stand_in_daemons() {
-    let fake = FakeControl::start(|s| {
+/// A fake admin API whose status reports the relay up.
+fn fake_up_control() -> FakeControl {
+    FakeControl::start(|s| {
         match s.path.as_str() {
         "/v1/status" => (
             200,
@@ -121,30 +121,38 @@ fn full_cycle_with_stand_in_daemons() {
         ),
         _ => (404, r#"{"error":"nope"}"#.into()),
     }
-    });
-    let dir = temp_dir("up-full");
-    let bin = isolated_ctl(&dir);
-    let runtime = dir.join("run");
-    std::fs::create_dir_all(&runtime).unwrap();
-    // Stand-in control: writes its runtime file (with its own pid), then waits for SIGTERM.
+    })
+}
+
+/// Stand-in daemons in `dir`: control records its arguments in `dir/control.args`, writes its
+/// runtime file into `runtime` (with its own pid) and waits for SIGTERM; the relay prints a
+/// start line on stdout, as the real one does, and waits too.
+fn stand_ins(dir: &Path, runtime: &Path, admin_url: &str) {
     script(
-        &dir,
+        dir,
         "sluice-control",
         &format!(
-            r#"printf '{{"admin_url":"{}","admin_token":"t","media_addr":"127.0.0.1:3478","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","pid":%d,"shm_path":"/dev/shm/x"}}' $$ > '{}/control.json'
+            r#"echo "$@" > '{}/control.args'
+printf '{{"admin_url":"{}","admin_token":"t","media_addr":"127.0.0.1:3478","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","pid":%d,"shm_path":"/dev/shm/x"}}' $$ > '{}/control.json'
 echo control-started >&2
 trap 'echo control-stopping >&2; exit 0' TERM
 while :; do sleep 0.05; done"#,
-            fake.url,
+            dir.display(),
+            admin_url,
             runtime.display()
         ),
     );
     script(
-        &dir,
+        dir,
         "sluice-relay",
-        "trap 'exit 0' TERM\nwhile :; do sleep 0.05; done",
+        "echo relay-start-line-on-stdout\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done",
     );
-    let mut child = spawn(up_cmd(&bin, &runtime).env("PATH", "/usr/bin:/bin"));
+}
+
+/// Run `up` with the stand-ins until it has polled status, then SIGTERM it. Returns its exit
+/// code, stdout and stderr.
+fn up_until_ready(mut cmd: Command, fake: &FakeControl) -> (Option<i32>, String, String) {
+    let mut child = spawn(cmd.env("PATH", "/usr/bin:/bin"));
     // Wait for the endpoints on stdout.
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -172,7 +180,19 @@ while :; do sleep 0.05; done"#,
     let out = reader.join().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    (status.code(), out, err)
+}
+
+#[test]
+fn full_cycle_with_stand_in_daemons() {
+    let fake = fake_up_control();
+    let dir = temp_dir("up-full");
+    let bin = isolated_ctl(&dir);
+    let runtime = dir.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    stand_ins(&dir, &runtime, &fake.url);
+    let (code, out, err) = up_until_ready(up_cmd(&bin, &runtime), &fake);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(out.contains("media_addr   127.0.0.1:3478"), "{out}");
     assert!(
         out.contains("metrics_url  http://127.0.0.1:8080/metrics"),
@@ -182,4 +202,49 @@ while :; do sleep 0.05; done"#,
     assert!(err.contains("[sluice-control] control-stopping"), "{err}");
     let auth = &fake.requests()[0].auth;
     assert_eq!(auth.as_deref(), Some("Bearer t"));
+}
+
+#[test]
+fn json_stdout_is_one_object_and_ephemeral_state_is_removed() {
+    let fake = fake_up_control();
+    let dir = temp_dir("up-ephemeral");
+    let bin = isolated_ctl(&dir);
+    let runtime = dir.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    stand_ins(&dir, &runtime, &fake.url);
+    let mut cmd = up_cmd(&bin, &runtime);
+    cmd.args(["--json", "--ephemeral"]);
+    let (code, out, err) = up_until_ready(cmd, &fake);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    // The relay's own stdout line went to stderr; stdout is exactly one JSON object.
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(v["media_addr"], "127.0.0.1:3478");
+    assert!(err.contains("relay-start-line-on-stdout"), "{err}");
+    // Control got a scratch configuration whose state lives in a directory that is gone now.
+    let args = std::fs::read_to_string(dir.join("control.args")).unwrap();
+    let config = args
+        .trim()
+        .strip_prefix("--config ")
+        .unwrap_or_else(|| panic!("control args: {args}"));
+    let scratch = Path::new(config).parent().unwrap();
+    assert!(
+        scratch
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("sluice-ephemeral-"),
+        "{config}"
+    );
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
+
+    // --ephemeral and --config exclude each other.
+    let cfg = dir.join("x.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let o = output(
+        up_cmd(&bin, &runtime)
+            .arg("--ephemeral")
+            .arg("--config")
+            .arg(&cfg),
+    );
+    assert_eq!(o.status.code(), Some(2));
 }
