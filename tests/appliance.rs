@@ -260,7 +260,7 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
     let deadline = Instant::now() + WAIT;
     let new_pid = app.relay.as_ref().expect("relay").pid();
     loop {
-        let s = app.ctl_json(&["status"]);
+        let s = app.status_json();
         if s["relay"]["pid"].as_u64() == Some(u64::from(new_pid)) && s["relay"]["up"] == true {
             break;
         }
@@ -478,7 +478,7 @@ fn cli_error_paths_against_real_control() {
     // Draining: existing state stays, new sessions are refused with control's reason.
     let out = app.ctl_ok(&["drain"]);
     assert!(out.contains("draining"), "{out}");
-    assert_eq!(app.ctl_json(&["status"])["draining"], true);
+    assert_eq!(app.status_json()["draining"], true);
     run(
         &app,
         add("AEAD_AES_128_GCM", &gcm, &gcm),
@@ -512,7 +512,7 @@ fn ipv6_peers_and_unix_socket_admin() {
     let info = app.start_control();
     assert!(info.admin_url.starts_with("unix:/"), "{}", info.admin_url);
     app.start_relay();
-    let s = app.ctl_json(&["status"]);
+    let s = app.status_json();
     assert_eq!(
         s["media_addr"].as_str(),
         Some(app.media.to_string().as_str())

@@ -615,6 +615,26 @@ impl Appliance {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `sluicectl --json status` parsed, whether the relay is up (exit 0) or down (exit 5).
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.ctl(&["--json", "status"]);
+        assert!(
+            matches!(o.status.code(), Some(0 | 5)),
+            "sluicectl status: {:?}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status: bad JSON {e}: {out}"));
+        assert_eq!(
+            o.status.code() == Some(0),
+            v["relay"]["up"] == true,
+            "exit code 5 exactly when the relay is down: {v}"
+        );
+        v
+    }
+
     /// `sluicectl --json ARGS` parsed.
     pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = vec!["--json"];
