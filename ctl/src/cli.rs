@@ -103,6 +103,17 @@ pub enum Command {
     /// Signed access tokens for WHIP/WHEP.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Print a shell completion script for sluicectl on stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write sluicectl's man pages (sluicectl.1 and one page per command) into a directory.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -101,6 +101,8 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             Request::Rekey(*id, body)
         }
         Command::Up { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Srtp(_)
         | Command::Upgrade { .. }
         | Command::App(_)

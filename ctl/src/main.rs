@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod commands;
 mod discovery;
+mod docs_gen;
 mod error;
 mod output;
 // The admin API client lives in this crate's library so sluice-bench uses the same one.
@@ -71,6 +72,17 @@ fn run(cli: Cli) -> Result<i32> {
             timeout: Duration::from_secs(*timeout),
             json: cli.json,
         }),
+        Command::Completions { shell } => {
+            docs_gen::completions(*shell);
+            Ok(0)
+        }
+        Command::Man { out: dir } => {
+            let n = docs_gen::man_pages(dir)?;
+            if !cli.json {
+                eprintln!("wrote {n} man pages to {}", dir.display());
+            }
+            Ok(0)
+        }
         Command::Srtp(sub) => {
             let (args, protect) = match sub {
                 SrtpCmd::Protect(a) => (a, true),
