@@ -3,7 +3,7 @@
 # The cross-checks against independent implementations need Python peers: libsrtp (pylibsrtp,
 # contract/tests/srtp_libsrtp.rs) and aiortc (tests/webrtc_e2e.rs). They are installed into a venv
 # under target/ (never into the system Python) and handed to the tests as SLUICE_PYTHON. Offline,
-# or without python3-venv, those tests print SKIP and pass.
+# or without python3-venv, those tests skip and pass; every skip is listed at the end of the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/py-peers
@@ -21,4 +21,19 @@ if [ -z "${SLUICE_PYTHON:-}" ] && command -v python3 >/dev/null 2>&1; then
         export SLUICE_PYTHON="$PWD/$venv/bin/python"
     fi
 fi
-exec cargo test --workspace "$@"
+# Every test that could not check something here says why in this file (tests/support/skip.rs);
+# it is printed after cargo's own summary, so no skip goes unseen.
+export SLUICE_SKIP_LOG="$PWD/target/test-skips.log"
+mkdir -p target
+: >"$SLUICE_SKIP_LOG"
+status=0
+cargo test --workspace "$@" || status=$?
+if [ -s "$SLUICE_SKIP_LOG" ]; then
+    echo
+    echo "SKIPPED: $(sort -u "$SLUICE_SKIP_LOG" | wc -l) check(s) could not run here:"
+    sort -u "$SLUICE_SKIP_LOG" | sed 's/^/  SKIP /'
+else
+    echo
+    echo "SKIPPED: none"
+fi
+exit "$status"

@@ -285,7 +285,7 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("SKIP: cannot bind 127.0.0.2..5 ({e})");
+            sluice_tests::skip::skip(format!("cannot bind 127.0.0.2..5 ({e})"));
             return;
         }
     };

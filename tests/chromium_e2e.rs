@@ -79,7 +79,7 @@ fn metric(text: &str, name_and_labels: &str) -> u64 {
 #[test]
 fn chromium_publishes_through_whip_and_watches_through_whep() {
     if let Some(why) = unavailable() {
-        eprintln!("SKIP: {why}");
+        sluice_tests::skip::skip(&why);
         assert!(
             std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
             "SLUICE_REQUIRE_PEERS is set but the browser cannot run: {why}"

@@ -226,7 +226,7 @@ fn wrong_version_shm_file_is_refused() {
 #[test]
 fn audit_log_on_a_full_disk_keeps_media_and_api_up() {
     if !std::path::Path::new("/dev/full").exists() {
-        eprintln!("SKIP: no /dev/full on this machine");
+        sluice_tests::skip::skip("no /dev/full on this machine");
         return;
     }
     let dir = sluice_tests::TempDir::new("fault-audit-link");

@@ -6,6 +6,8 @@
 
 pub mod daemons;
 pub mod procs;
+#[path = "support/skip.rs"]
+pub mod skip;
 pub mod webrtc_rig;
 
 use contract::shm::{Role, SessionRecord, ShmReader};

@@ -119,7 +119,7 @@ fn every_profile_mmsg() {
 #[test]
 fn every_profile_io_uring() {
     if let Err(e) = relay::io::probe_io_uring() {
-        eprintln!("SKIP: io_uring refused here: {e}");
+        sluice_tests::skip::skip(format!("io_uring refused here: {e}"));
         return;
     }
     for p in Profile::ALL {

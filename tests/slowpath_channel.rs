@@ -43,7 +43,7 @@ fn backends() -> Vec<BackendKind> {
     let mut v = vec![BackendKind::Mmsg];
     match io::probe_io_uring() {
         Ok(()) => v.push(BackendKind::IoUring),
-        Err(e) => eprintln!("SKIP: io_uring unavailable: {e}"),
+        Err(e) => sluice_tests::skip::skip(format!("io_uring unavailable: {e}")),
     }
     v
 }
@@ -182,7 +182,7 @@ fn io_slowpath_without_control_counts_drops() {
 #[test]
 fn io_uring_rearms_when_buffers_run_out() {
     if let Err(e) = io::probe_io_uring() {
-        eprintln!("SKIP: io_uring unavailable: {e}");
+        sluice_tests::skip::skip(format!("io_uring unavailable: {e}"));
         return;
     }
     let cfg = WorkerConfig {
@@ -317,7 +317,7 @@ fn io_slowpath_reply_wakes_an_idle_worker() {
 #[test]
 fn io_uring_stop_receiving_leaves_later_datagrams_in_the_socket() {
     if let Err(e) = io::probe_io_uring() {
-        eprintln!("SKIP: io_uring unavailable: {e}");
+        sluice_tests::skip::skip(format!("io_uring unavailable: {e}"));
         return;
     }
     let (sock, _) = io::bind_udp(

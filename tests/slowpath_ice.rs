@@ -327,7 +327,7 @@ fn flood_from_one_source_is_limited_others_served() {
     ) {
         (Ok(a), Ok(b)) => (a, b),
         _ => {
-            eprintln!("SKIP: cannot bind 127.0.0.2/127.0.0.3");
+            sluice_tests::skip::skip("cannot bind 127.0.0.2/127.0.0.3");
             return;
         }
     };

@@ -131,7 +131,7 @@ fn takeover_of_another_instance_is_refused() {
 #[test]
 fn upgrade_loses_no_packet_io_uring() {
     if let Err(e) = relay::io::probe_io_uring() {
-        eprintln!("SKIP: io_uring refused here: {e}");
+        sluice_tests::skip::skip(format!("io_uring refused here: {e}"));
         return;
     }
     upgrade_mid_stream("io_uring");

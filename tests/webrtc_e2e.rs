@@ -58,7 +58,7 @@ fn spawn_peer(args: &[&str], tag: &'static str) -> (Child, std::sync::mpsc::Rece
 #[test]
 fn aiortc_publishes_through_whip_and_watches_through_whep() {
     if !aiortc_available() {
-        eprintln!("SKIP: aiortc not installed (pip install aiortc)");
+        sluice_tests::skip::skip("aiortc not installed (pip install aiortc)");
         assert!(
             std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
             "SLUICE_REQUIRE_PEERS is set but aiortc is not importable"

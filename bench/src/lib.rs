@@ -20,3 +20,7 @@ pub mod rtpengine;
 pub mod seq;
 pub mod sys;
 pub mod target;
+
+#[cfg(test)]
+#[path = "../../tests/support/skip.rs"]
+mod skip_report;

@@ -395,7 +395,7 @@ mod tests {
     fn gso_batches_arrive_as_datagrams() {
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         if !gso_works(ip) {
-            eprintln!("SKIP: UDP GSO not available on loopback");
+            crate::skip_report::skip("UDP GSO not available on loopback");
             return;
         }
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -1,6 +1,9 @@
 //! The bench's accounting against a test double relay that drops, duplicates, reorders and
 //! corrupts known packets: the report must count exactly those.
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -333,7 +336,7 @@ fn clean_relay_loses_nothing_and_report_round_trips() {
 #[test]
 fn gso_sends_are_verified_packet_by_packet() {
     if !sluice_bench::sys::gso_works(std::net::IpAddr::from([127, 0, 0, 1])) {
-        eprintln!("SKIP: UDP GSO not available on loopback");
+        skip::skip("UDP GSO not available on loopback");
         return;
     }
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {

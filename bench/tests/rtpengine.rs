@@ -2,6 +2,9 @@
 //! SRTP probes must come out of rtpengine decryptable with the keys its SDP announced.
 //! Skipped (with a reason on stderr) when no `rtpengine` binary is installed.
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -39,7 +42,7 @@ fn free_udp_port() -> u16 {
 #[test]
 fn rtpengine_forwards_bench_srtp() {
     let Some(bin) = find_rtpengine() else {
-        eprintln!("SKIP: no rtpengine binary (apt-get install rtpengine-daemon)");
+        skip::skip("no rtpengine binary (apt-get install rtpengine-daemon)");
         assert!(
             std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
             "SLUICE_REQUIRE_PEERS is set but rtpengine is not installed"
@@ -73,7 +76,7 @@ fn rtpengine_forwards_bench_srtp() {
     let _daemon = match child {
         Ok(c) => Daemon(c),
         Err(e) => {
-            eprintln!("SKIP: cannot start {}: {e}", bin.display());
+            skip::skip(format!("cannot start {}: {e}", bin.display()));
             return;
         }
     };
@@ -89,7 +92,9 @@ fn rtpengine_forwards_bench_srtp() {
         }
     }
     let Some(mut target) = target else {
-        eprintln!("SKIP: rtpengine did not answer ng ping on {ng_addr} (refused here?)");
+        skip::skip(format!(
+            "rtpengine did not answer ng ping on {ng_addr} (refused here?)"
+        ));
         return;
     };
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {

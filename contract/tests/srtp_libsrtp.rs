@@ -5,6 +5,9 @@
 //! Without python3 or pylibsrtp the test prints `SKIP: <why>` and passes. `SLUICE_PYTHON` names
 //! the interpreter (default `python3`); `scripts/test.sh` points it at a venv with the peers.
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::io::Write;
@@ -119,7 +122,7 @@ fn sluice_and_libsrtp_interoperate() {
     let profiles = match peer_profiles() {
         Ok(p) => p,
         Err(why) => {
-            eprintln!("SKIP: libsrtp cross-check: {why}");
+            skip::skip(format!("libsrtp cross-check: {why}"));
             assert!(
                 std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
                 "SLUICE_REQUIRE_PEERS is set but the libsrtp peer is missing: {why}"
@@ -129,7 +132,7 @@ fn sluice_and_libsrtp_interoperate() {
     };
     for p in Profile::ALL {
         if !profiles.contains(&p) {
-            eprintln!("SKIP: libsrtp cross-check: pylibsrtp lacks {p}");
+            skip::skip(format!("libsrtp cross-check: pylibsrtp lacks {p}"));
         }
     }
     assert!(!profiles.is_empty(), "pylibsrtp reports no profiles");

@@ -3,6 +3,9 @@
 //! `fuzz/corpus/<target>/`. Regenerate the files with
 //! `SLUICE_WRITE_FUZZ_SEEDS=1 cargo test -p sluice-relay --test wire_fuzz_seeds`.
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 use std::path::PathBuf;
 
 use contract::wire::{classify, dtls, rtcp, rtp, stun, Kind};
@@ -259,7 +262,10 @@ fn committed_corpus_matches() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let write = std::env::var_os("SLUICE_WRITE_FUZZ_SEEDS").is_some();
     if !write && !root.is_dir() {
-        eprintln!("SKIP: {} not present (not a full checkout)", root.display());
+        skip::skip(format!(
+            "{} not present (not a full checkout)",
+            root.display()
+        ));
         return;
     }
     for (target, seeds) in all_seeds() {

@@ -1,6 +1,9 @@
 //! Echo through real workers on loopback, for each backend (io_uring skipped, with a reason,
 //! only where the kernel refuses it).
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -31,7 +34,7 @@ fn backends() -> Vec<BackendKind> {
     let mut v = vec![BackendKind::Mmsg];
     match io::probe_io_uring() {
         Ok(()) => v.push(BackendKind::IoUring),
-        Err(e) => eprintln!("SKIP: io_uring unavailable: {e}"),
+        Err(e) => skip::skip(format!("io_uring unavailable: {e}")),
     }
     v
 }
@@ -129,7 +132,7 @@ fn io_echo_ipv4_one_and_two_workers() {
 #[test]
 fn io_echo_ipv6() {
     if !ipv6_loopback() {
-        eprintln!("SKIP: ::1 unavailable");
+        skip::skip("::1 unavailable");
         return;
     }
     for b in backends() {
@@ -155,7 +158,7 @@ impl Handler for AddrEcho {
 #[test]
 fn io_dual_stack_reports_plain_ipv4() {
     if !ipv6_loopback() {
-        eprintln!("SKIP: ::1 unavailable");
+        skip::skip("::1 unavailable");
         return;
     }
     for b in backends() {
@@ -267,7 +270,7 @@ fn io_gso_train_delivered_in_order() {
                 s.syscalls
             );
         } else {
-            eprintln!("SKIP: UDP GSO unsupported here; checked delivery only");
+            skip::skip("UDP GSO unsupported here; checked delivery only");
         }
     }
 }
