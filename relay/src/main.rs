@@ -23,6 +23,7 @@ use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendKind, SocketBuffers};
 use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
+use sd_notify::NotifyState;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,23 +73,9 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// systemd's notify protocol: one datagram to `$NOTIFY_SOCKET` (a path, or `@abstract`).
-fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let r = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = r {
+/// Tell systemd (`$NOTIFY_SOCKET`, when set) about a state change; a failure is only logged.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }
@@ -288,9 +275,9 @@ fn run(cli: Cli) -> Result<(), String> {
         takeover_from.map_or(String::new(), |p| format!(" takeover={p}"))
     );
     if takeover_from.is_some() {
-        sd_notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        notify_systemd(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
     } else {
-        sd_notify("READY=1");
+        notify_systemd(&[NotifyState::Ready]);
     }
 
     let watchdog = std::env::var("WATCHDOG_USEC")
@@ -318,7 +305,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         if watchdog.is_some() && last_alive.iter().all(|t| now.duration_since(*t) < tick * 2) {
-            sd_notify("WATCHDOG=1");
+            notify_systemd(&[NotifyState::Watchdog]);
         }
         if let Some(req) = listener.as_ref().and_then(|l| l.poll(&me)) {
             tracing::info!("a new relay asks for the media sockets");
@@ -335,7 +322,7 @@ fn run(cli: Cli) -> Result<(), String> {
         return hand_over(running, req);
     }
     tracing::info!("stopping");
-    sd_notify("STOPPING=1");
+    notify_systemd(&[NotifyState::Stopping]);
     if let Some(l) = listener {
         l.remove();
     }
