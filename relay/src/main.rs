@@ -196,7 +196,6 @@ fn run(cli: Cli) -> Result<(), String> {
             EngineConfig {
                 worker: i,
                 srtp,
-                clock: Some(Instant::now),
                 slow_gate,
             },
         )

@@ -88,7 +88,7 @@ fn case(profile: Profile, fanout: u64) {
             rig.tx.clear();
         }
         rig.engine
-            .on_datagram(src, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+            .handle_datagram(src, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
     };
     // Warm-up: index built, every context created, every queue touched.
     rig.engine.begin_batch(rig.now);
@@ -97,7 +97,7 @@ fn case(profile: Profile, fanout: u64) {
         run(&mut rig, p.addr, &rtcp_in[i]);
         run(&mut rig, subs[0].addr, &fb_in[i]);
     }
-    rig.engine.end_batch_at(Some(rig.now));
+    rig.engine.end_batch(rig.now);
     let before = rig.engine.totals().tx_packets;
 
     ALLOCS.store(0, Ordering::SeqCst);
@@ -109,7 +109,7 @@ fn case(profile: Profile, fanout: u64) {
             run(&mut rig, p.addr, &rtcp_in[i]);
             run(&mut rig, subs[0].addr, &fb_in[i]);
         }
-        rig.engine.end_batch_at(Some(rig.now));
+        rig.engine.end_batch(rig.now);
     }
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.load(Ordering::SeqCst);

@@ -206,7 +206,7 @@ impl Handler for Burst {
             ));
         }
     }
-    fn end_batch(&mut self, tx: &mut TxQueue, _slow: &mut TxQueue) {
+    fn end_batch(&mut self, _now: Instant, tx: &mut TxQueue, _slow: &mut TxQueue) {
         if let Some((dst, count, size)) = self.pending.take() {
             for i in 0..count {
                 tx.push_with(dst, |slot| {

@@ -33,10 +33,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Where the engine gets the end-of-batch time for its processing-time histogram. The engine
-/// never reads the clock itself: the worker's binary passes `Instant::now`, tests a fake.
-pub type Clock = fn() -> Instant;
-
 /// Engine tunables.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -45,8 +41,6 @@ pub struct EngineConfig {
     /// Options for every SRTP context. `max_streams` bounds the SSRCs one session direction
     /// tracks: an outbound context carries one stream per SSRC the subscriber receives.
     pub srtp: ContextOptions,
-    /// Read once at the end of each batch (for the batch-time histogram); `None` records 0.
-    pub clock: Option<Clock>,
     /// The relay-side slow-path limit (see [`Forwarder::set_slow_gate`]); `None` = only
     /// malformed STUN/DTLS is dropped before control.
     pub slow_gate: Option<SlowGateRates>,
@@ -60,7 +54,6 @@ impl Default for EngineConfig {
                 max_streams: 64,
                 ..ContextOptions::default()
             },
-            clock: None,
             slow_gate: None,
         }
     }
@@ -70,7 +63,6 @@ impl Default for EngineConfig {
 pub struct Engine<C: SrtpOps = contract::srtp::Context> {
     shm: Arc<ShmReader>,
     worker: usize,
-    clock: Option<Clock>,
     /// The generation the index was built from; `None` forces a rebuild.
     indexed: Option<u64>,
     fwd: Forwarder<C>,
@@ -91,7 +83,6 @@ impl<C: SrtpOps> Engine<C> {
         Engine {
             shm,
             worker: cfg.worker,
-            clock: cfg.clock,
             indexed: None,
             fwd,
             session_buf: Vec::new(),
@@ -143,9 +134,12 @@ impl<C: SrtpOps> Engine<C> {
         true
     }
 
-    /// Handle one datagram (see [`Forwarder::handle`]).
+    /// Handle one received datagram `buf[..len]` from `src` (see [`Forwarder::handle`]):
+    /// what it forwards is queued in `tx`, what belongs to control in `slow` (the `dst` of a
+    /// slow entry is the peer it came from). `buf` is the whole receive buffer; the datagram
+    /// is decrypted and rewritten in place.
     #[inline]
-    pub fn on_datagram(
+    pub fn handle_datagram(
         &mut self,
         src: SocketAddr,
         buf: &mut [u8],
@@ -156,23 +150,24 @@ impl<C: SrtpOps> Engine<C> {
         self.fwd.handle(src, buf, len, tx, slow);
     }
 
-    /// End the batch: add its statistics and processing time (measured with the configured
-    /// [`Clock`]) to this worker's counter block.
-    pub fn end_batch(&mut self) {
-        let now = self.clock.map(|c| c());
-        self.end_batch_at(now);
+    /// `n` replies from control (STUN answers, DTLS flights) were queued for sending this
+    /// turn; counted in shm (`slow_path_down`).
+    pub fn handle_slow_path_replies(&mut self, n: u64) {
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            c.slow_path_down(n);
+        }
     }
 
-    /// [`Engine::end_batch`] with the end time given (`None`: no time recorded).
-    pub fn end_batch_at(&mut self, now: Option<Instant>) {
+    /// End the batch at `now` (the caller's clock): add its statistics and processing time
+    /// (`now` minus the [`Engine::begin_batch`] time) to this worker's counter block.
+    pub fn end_batch(&mut self, now: Instant) {
         let s = self.fwd.take_stats();
         if let Some(c) = self.shm.worker_counters(self.worker) {
             s.flush_to(c);
             if s.rx_packets != 0 {
-                let nanos = match (self.batch_start, now) {
-                    (Some(t), Some(now)) => now.saturating_duration_since(t).as_nanos() as u64,
-                    _ => 0,
-                };
+                let nanos = self
+                    .batch_start
+                    .map_or(0, |t| now.saturating_duration_since(t).as_nanos() as u64);
                 c.record_batch(s.rx_packets, nanos);
             }
         }
@@ -201,37 +196,6 @@ impl<C: SrtpOps> Engine<C> {
 
     pub fn worker(&self) -> usize {
         self.worker
-    }
-}
-
-/// The worker loop drives the engine: `now` comes from the worker's one clock read per turn.
-impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
-    #[inline]
-    fn begin_batch(&mut self, now: Instant) {
-        Engine::begin_batch(self, now);
-    }
-
-    #[inline]
-    fn on_datagram(
-        &mut self,
-        src: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-        tx: &mut TxQueue,
-        slow: &mut TxQueue,
-    ) {
-        self.fwd.handle(src, buf, len, tx, slow);
-    }
-
-    #[inline]
-    fn end_batch(&mut self, _tx: &mut TxQueue, _slow: &mut TxQueue) {
-        Engine::end_batch(self);
-    }
-
-    fn slow_path_replies(&mut self, n: u64) {
-        if let Some(c) = self.shm.worker_counters(self.worker) {
-            c.slow_path_down(n);
-        }
     }
 }
 

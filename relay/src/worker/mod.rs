@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batch::TxQueue;
+use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
 use crate::io::uring::UringBackend;
@@ -53,14 +54,45 @@ pub trait Handler {
         tx: &mut TxQueue,
         slow: &mut TxQueue,
     );
-    /// End of the turn's datagrams (flush per-subscriber trains, timers, ...).
-    fn end_batch(&mut self, tx: &mut TxQueue, slow: &mut TxQueue) {
-        let _ = (tx, slow);
+    /// End of the turn's datagrams at `now` (the worker's clock, read once after the drain):
+    /// flush per-subscriber trains, timers, ... into `tx` and `slow`.
+    fn end_batch(&mut self, now: Instant, tx: &mut TxQueue, slow: &mut TxQueue) {
+        let _ = (now, tx, slow);
     }
-    /// `n` replies from control (STUN answers, DTLS flights) were sent from this worker's
-    /// socket this turn; the engine counts them in shm (`slow_path_down`).
+    /// `n` replies from control (STUN answers, DTLS flights) joined this turn's transmit
+    /// queue; the engine counts them in shm (`slow_path_down`).
     fn slow_path_replies(&mut self, n: u64) {
         let _ = n;
+    }
+}
+
+/// The forwarding engine as a worker's handler: the worker owns the loop and the clock and
+/// calls the engine's sans-I/O API with the turn's time and the backend's queues.
+impl<C: SrtpOps> Handler for Engine<C> {
+    #[inline]
+    fn begin_batch(&mut self, now: Instant) {
+        Engine::begin_batch(self, now);
+    }
+
+    #[inline]
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
+        self.handle_datagram(src, buf, len, tx, slow);
+    }
+
+    #[inline]
+    fn end_batch(&mut self, now: Instant, _tx: &mut TxQueue, _slow: &mut TxQueue) {
+        Engine::end_batch(self, now);
+    }
+
+    fn slow_path_replies(&mut self, n: u64) {
+        self.handle_slow_path_replies(n);
     }
 }
 
@@ -653,35 +685,16 @@ fn run_loop<B: Backend, H: Handler>(
         let n = b.drain(cfg.batch, |src, buf, len, tx| {
             h.on_datagram(src, buf, len, tx, &mut slow_q)
         });
-        h.end_batch(b.tx(), &mut slow_q);
-        if let Err(e) = b.flush() {
+        h.end_batch(Instant::now(), b.tx(), &mut slow_q);
+        if let Err(e) = pump_slow_path(b, h, slow.as_mut(), &mut slow_q, now, &mut watched) {
             break Err(e);
         }
-        match slow.as_mut() {
-            Some(c) => {
-                if b.take_readable() {
-                    c.set_readable();
-                }
-                let before = c.counters().down_sent;
-                c.pump_ready(now, &mut slow_q);
-                let replies = c.counters().down_sent - before;
-                if replies > 0 {
-                    h.slow_path_replies(replies);
-                }
-                let conn = c.connection();
-                if conn.map(|(id, _)| id) != watched {
-                    // A new connection, or none: watch its fd instead of the old one (closed
-                    // by now; the backend copes with that).
-                    if let Err(e) = b.watch_readable(conn.map(|(_, fd)| fd)) {
-                        break Err(e);
-                    }
-                    watched = conn.map(|(id, _)| id);
-                }
-            }
-            None => {
-                slow_dropped_local += slow_q.len() as u64;
-                slow_q.clear();
-            }
+        if slow.is_none() {
+            slow_dropped_local += slow_q.len() as u64;
+            slow_q.clear();
+        }
+        if let Err(e) = b.flush() {
+            break Err(e);
         }
         turns += 1;
         let took = now.elapsed();
@@ -724,6 +737,43 @@ fn run_loop<B: Backend, H: Handler>(
     result
 }
 
+/// Pass the turn's slow-path datagrams to control and queue control's replies in the
+/// backend's transmit queue (they leave with the turn's batch); keep the backend watching the
+/// current connection's fd.
+fn pump_slow_path<B: Backend, H: Handler>(
+    b: &mut B,
+    h: &mut H,
+    slow: Option<&mut SlowPathClient>,
+    slow_q: &mut TxQueue,
+    now: Instant,
+    watched: &mut Option<u64>,
+) -> Result<(), IoError> {
+    let Some(c) = slow else {
+        return Ok(());
+    };
+    if b.take_readable() {
+        c.set_readable();
+    }
+    if b.tx().is_full() {
+        // Room for replies: a full queue would leave them for the next turn.
+        b.flush()?;
+    }
+    let before = c.counters().down_sent;
+    c.pump_into(now, slow_q, b.tx());
+    let replies = c.counters().down_sent - before;
+    if replies > 0 {
+        h.slow_path_replies(replies);
+    }
+    let conn = c.connection();
+    if conn.map(|(id, _)| id) != *watched {
+        // A new connection, or none: watch its fd instead of the old one (closed by now; the
+        // backend copes with that).
+        b.watch_readable(conn.map(|(_, fd)| fd))?;
+        *watched = conn.map(|(id, _)| id);
+    }
+    Ok(())
+}
+
 /// The stop flags a worker watches.
 struct Flags {
     stop: Arc<AtomicBool>,
@@ -758,7 +808,7 @@ fn finish_for_handover<B: Backend, H: Handler>(
             break;
         }
     }
-    h.end_batch(b.tx(), slow_q);
+    h.end_batch(Instant::now(), b.tx(), slow_q);
     if let Err(e) = b.flush() {
         tracing::warn!(worker = id, error = %e, "hand-over: final flush failed");
     }
