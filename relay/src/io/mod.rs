@@ -62,6 +62,18 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// The configuration file's `relay.backend` (a contract type, so control and sluicectl read
+/// it too) names the same three choices.
+impl From<contract::config::Backend> for BackendKind {
+    fn from(b: contract::config::Backend) -> BackendKind {
+        match b {
+            contract::config::Backend::Auto => BackendKind::Auto,
+            contract::config::Backend::IoUring => BackendKind::IoUring,
+            contract::config::Backend::Mmsg => BackendKind::Mmsg,
+        }
+    }
+}
+
 /// A backend name that is not `auto`, `io_uring` or `mmsg`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown backend {0:?} (expected \"auto\", \"io_uring\" or \"mmsg\")")]
