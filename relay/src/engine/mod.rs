@@ -2,11 +2,17 @@
 //!
 //! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
 //! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
-//! continuity), the per-datagram path, and the batch statistics written to the worker's
-//! counter block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
-//! restarted relay continues it; `state`). May not touch: sockets (the [`crate::io`] backends
-//! send what it queues), the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
-//! allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path as built.
+//! continuity), the per-datagram path, the batch statistics written to the worker's counter
+//! block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
+//! restarted relay continues it; `state`). May not touch: sockets and the [`crate::io`]
+//! backends, the worker (nothing here imports [`crate::worker`]; the worker calls this API),
+//! the clock (every call that needs the time is given `now`), threads. Nothing on the
+//! per-datagram path allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path
+//! as built.
+//!
+//! The API is sans-I/O: [`Engine::begin_batch`]`(now)`, [`Engine::handle_datagram`] once per
+//! received datagram (what it emits goes into the transmit queue the caller hands it, what
+//! belongs to control into the slow-path queue), [`Engine::end_batch`]`(now)`.
 //!
 //! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive
 //! directly); [`Engine`] adds the shared-memory reader (generation check once per batch) and

@@ -60,7 +60,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DOWN_PER_PUMP: usize = 64;
 
 /// The relay end: nonblocking, batched sends of slow-path datagrams to control; replies are
-/// sent to peers through a duplicate of the worker's UDP socket (same local port). When
+/// queued in the worker's transmit queue ([`pump_into`](Self::pump_into)) or, for callers
+/// without one, sent to peers through a duplicate of the worker's UDP socket (same local port). When
 /// control is absent or its socket is full the datagrams are dropped and counted; the client
 /// reconnects with exponential backoff (50 ms … 1 s).
 pub struct SlowPathClient {

@@ -11,12 +11,16 @@
 //!    io_uring: this is the turn's one `io_uring_enter`, which also submits last turn's sends);
 //! 2. read the clock once; `handler.begin_batch(now)`;
 //! 3. `drain` up to `batch` datagrams into `handler.on_datagram(src, buf, len, tx, slow)`;
-//! 4. `handler.end_batch(tx, slow)`; `flush` the transmit queue;
+//! 4. `handler.end_batch(end, tx, slow)` with the clock read again (`end`, for the engine's
+//!    batch-time histogram);
 //! 5. pass `slow` (datagrams for control, `dst` = the peer they came from) to the slow-path
-//!    client, which also forwards control's replies — read only when the backend reported the
-//!    connection readable (it watches the fd, [`Backend::watch_readable`]), so an idle turn
-//!    makes no slow-path syscall and a reply wakes the worker at once;
-//! 6. log and count the turn if it took longer than `stall_threshold`; publish counters.
+//!    client and queue control's replies in the backend's transmit queue — read only when the
+//!    backend reported the connection readable (it watches the fd,
+//!    [`Backend::watch_readable`]), so an idle turn makes no slow-path syscall and a reply
+//!    wakes the worker at once;
+//! 6. `flush` the transmit queue: media, engine-made RTCP and control's replies leave in one
+//!    batch (GSO for runs);
+//! 7. log and count the turn if it took longer than `stall_threshold`; publish counters.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
