@@ -24,7 +24,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +35,11 @@ use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
 use crate::io::uring::UringBackend;
 use crate::io::{self, Backend, BackendKind, BackendParams, BufferGrant, IoError, SocketBuffers};
+
+mod stats;
+
+use stats::publish;
+pub use stats::{StatsSnapshot, WorkerStats};
 
 /// What a worker drives: the forwarding engine implements this; [`Echo`] is the baseline.
 ///
@@ -192,110 +197,6 @@ pub enum WorkerError {
     Panicked(usize),
     #[error("invalid worker config: {0}")]
     Config(String),
-}
-
-/// Counters of one worker, each written only by that worker (published once per turn).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct WorkerStats {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub rx_truncated: AtomicU64,
-    pub rx_errors: AtomicU64,
-    pub rx_rearms: AtomicU64,
-    pub rx_nobufs: AtomicU64,
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub tx_errors: AtomicU64,
-    pub tx_unroutable: AtomicU64,
-    pub tx_gso_trains: AtomicU64,
-    pub syscalls: AtomicU64,
-    pub turns: AtomicU64,
-    pub stalls: AtomicU64,
-    pub slow_up_sent: AtomicU64,
-    pub slow_up_dropped: AtomicU64,
-    pub slow_down_sent: AtomicU64,
-    pub slow_down_dropped: AtomicU64,
-    pub slow_connects: AtomicU64,
-}
-
-/// A plain copy of [`WorkerStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub rx_truncated: u64,
-    pub rx_errors: u64,
-    pub rx_rearms: u64,
-    pub rx_nobufs: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub tx_errors: u64,
-    pub tx_unroutable: u64,
-    pub tx_gso_trains: u64,
-    pub syscalls: u64,
-    pub turns: u64,
-    pub stalls: u64,
-    pub slow_up_sent: u64,
-    pub slow_up_dropped: u64,
-    pub slow_down_sent: u64,
-    pub slow_down_dropped: u64,
-    pub slow_connects: u64,
-}
-
-impl WorkerStats {
-    /// Read every counter (relaxed; each is monotonic).
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StatsSnapshot {
-            rx_packets: l(&self.rx_packets),
-            rx_bytes: l(&self.rx_bytes),
-            rx_truncated: l(&self.rx_truncated),
-            rx_errors: l(&self.rx_errors),
-            rx_rearms: l(&self.rx_rearms),
-            rx_nobufs: l(&self.rx_nobufs),
-            tx_packets: l(&self.tx_packets),
-            tx_bytes: l(&self.tx_bytes),
-            tx_errors: l(&self.tx_errors),
-            tx_unroutable: l(&self.tx_unroutable),
-            tx_gso_trains: l(&self.tx_gso_trains),
-            syscalls: l(&self.syscalls),
-            turns: l(&self.turns),
-            stalls: l(&self.stalls),
-            slow_up_sent: l(&self.slow_up_sent),
-            slow_up_dropped: l(&self.slow_up_dropped),
-            slow_down_sent: l(&self.slow_down_sent),
-            slow_down_dropped: l(&self.slow_down_dropped),
-            slow_connects: l(&self.slow_connects),
-        }
-    }
-}
-
-impl std::ops::Add for StatsSnapshot {
-    type Output = StatsSnapshot;
-    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            rx_packets: self.rx_packets + o.rx_packets,
-            rx_bytes: self.rx_bytes + o.rx_bytes,
-            rx_truncated: self.rx_truncated + o.rx_truncated,
-            rx_errors: self.rx_errors + o.rx_errors,
-            rx_rearms: self.rx_rearms + o.rx_rearms,
-            rx_nobufs: self.rx_nobufs + o.rx_nobufs,
-            tx_packets: self.tx_packets + o.tx_packets,
-            tx_bytes: self.tx_bytes + o.tx_bytes,
-            tx_errors: self.tx_errors + o.tx_errors,
-            tx_unroutable: self.tx_unroutable + o.tx_unroutable,
-            tx_gso_trains: self.tx_gso_trains + o.tx_gso_trains,
-            syscalls: self.syscalls + o.syscalls,
-            turns: self.turns + o.turns,
-            stalls: self.stalls + o.stalls,
-            slow_up_sent: self.slow_up_sent + o.slow_up_sent,
-            slow_up_dropped: self.slow_up_dropped + o.slow_up_dropped,
-            slow_down_sent: self.slow_down_sent + o.slow_down_sent,
-            slow_down_dropped: self.slow_down_dropped + o.slow_down_dropped,
-            slow_connects: self.slow_connects + o.slow_connects,
-        }
-    }
 }
 
 /// Running workers.
@@ -822,35 +723,4 @@ fn finish_for_handover<B: Backend, H: Handler>(
         datagrams = handed,
         "worker handed its socket over"
     );
-}
-
-fn publish(
-    s: &WorkerStats,
-    c: &io::IoCounters,
-    slow: Option<&SlowPathClient>,
-    slow_dropped_local: u64,
-    turns: u64,
-    stalls: u64,
-) {
-    let st = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-    st(&s.rx_packets, c.rx_packets);
-    st(&s.rx_bytes, c.rx_bytes);
-    st(&s.rx_truncated, c.rx_truncated);
-    st(&s.rx_errors, c.rx_errors);
-    st(&s.rx_rearms, c.rx_rearms);
-    st(&s.rx_nobufs, c.rx_nobufs);
-    st(&s.tx_packets, c.tx_packets);
-    st(&s.tx_bytes, c.tx_bytes);
-    st(&s.tx_errors, c.tx_errors);
-    st(&s.tx_unroutable, c.tx_unroutable);
-    st(&s.tx_gso_trains, c.tx_gso_trains);
-    st(&s.syscalls, c.syscalls);
-    st(&s.turns, turns);
-    st(&s.stalls, stalls);
-    let sc = slow.map(|c| c.counters()).unwrap_or_default();
-    st(&s.slow_up_sent, sc.up_sent);
-    st(&s.slow_up_dropped, sc.up_dropped + slow_dropped_local);
-    st(&s.slow_down_sent, sc.down_sent);
-    st(&s.slow_down_dropped, sc.down_dropped);
-    st(&s.slow_connects, sc.connects);
 }
