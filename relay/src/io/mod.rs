@@ -226,8 +226,10 @@ pub trait Backend {
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
     /// Hand up to `max` received datagrams to `f(src, buf, len, tx)`: `buf` is a whole
     /// receive buffer of [`crate::batch::MAX_DATAGRAM`] bytes with the datagram in
-    /// `buf[..len]` (the handler may rewrite it in place); `tx` is the queue to fill. A full
-    /// `tx` is flushed between datagrams. Returns how many datagrams were handed over.
+    /// `buf[..len]` (the handler may rewrite it in place); `tx` is the queue to fill. The
+    /// drain stops when `tx` is full (datagrams already taken from the socket stay with the
+    /// backend): the caller [`flush`](Backend::flush)es and drains again. The backend never
+    /// flushes inside a drain. Returns how many datagrams were handed over.
     fn drain<F>(&mut self, max: usize, f: F) -> usize
     where
         F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue);

@@ -587,9 +587,7 @@ fn run_loop<B: Backend, H: Handler>(
         }
         let now = Instant::now();
         h.begin_batch(now);
-        let n = b.drain(cfg.batch, |src, buf, len, tx| {
-            h.on_datagram(src, buf, len, tx, &mut slow_q)
-        });
+        let n = drain_turn(id, b, h, &mut slow_q, cfg.batch);
         h.end_batch(Instant::now(), b.tx(), &mut slow_q);
         if let Err(e) = pump_slow_path(b, h, slow.as_mut(), &mut slow_q, now, &mut watched) {
             break Err(e);
@@ -640,6 +638,32 @@ fn run_loop<B: Backend, H: Handler>(
         tracing::error!(worker = id, error = %e, "worker stopped on an I/O error");
     }
     result
+}
+
+/// Hand up to `max` received datagrams to the handler. The backend stops draining when its
+/// transmit queue is full; the queue is then sent and the drain goes on, so a fan-out larger
+/// than the queue costs an extra send, not the datagrams. Returns how many were handed over.
+fn drain_turn<B: Backend, H: Handler>(
+    id: usize,
+    b: &mut B,
+    h: &mut H,
+    slow_q: &mut TxQueue,
+    max: usize,
+) -> usize {
+    let mut n = 0;
+    loop {
+        n += b.drain(max - n, |src, buf, len, tx| {
+            h.on_datagram(src, buf, len, tx, slow_q)
+        });
+        if n >= max || !b.tx().is_full() {
+            return n;
+        }
+        if let Err(e) = b.flush() {
+            // What is left stays with the backend for the next turn.
+            tracing::warn!(worker = id, error = %e, "flush of a full transmit queue failed");
+            return n;
+        }
+    }
 }
 
 /// Pass the turn's slow-path datagrams to control and queue control's replies in the
@@ -705,9 +729,7 @@ fn finish_for_handover<B: Backend, H: Handler>(
     // worker alive under load; what it leaves in the socket goes to the new process. After
     // `stop_receiving` io_uring only hands over what it holds, so it ends with n == 0.
     for _ in 0..passes {
-        let n = b.drain(batch, |src, buf, len, tx| {
-            h.on_datagram(src, buf, len, tx, slow_q)
-        });
+        let n = drain_turn(id, b, h, slow_q, batch);
         handed += n;
         if n == 0 {
             break;
