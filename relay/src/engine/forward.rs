@@ -3,7 +3,9 @@
 
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-use super::index::{claim, normalize, ClaimError, Index, Owned, RebuildReport, Upstream, NONE};
+use super::index::{
+    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
+};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stats::Stats;
 use crate::batch::TxQueue;
@@ -505,17 +507,14 @@ impl<C: SrtpOps> Forwarder<C> {
     /// rewrite it, protect it under the subscriber's key and queue it.
     fn rtp_to(&mut self, oi: u32, plain: &[u8], inp: &RtpIn, tx: &mut TxQueue) {
         let limit = self.index.owned_limit();
-        let Index {
-            sessions,
-            outputs,
-            streams,
+        let OutputMut {
+            out: o,
+            sub,
+            stream,
             opts,
-            ..
-        } = &mut self.index;
-        let o = &outputs[oi as usize];
-        let sub = &mut sessions[o.sub as usize];
+        } = self.index.output_mut(oi);
         let out_ssrc = o.rewrite.ssrc.unwrap_or(inp.ssrc);
-        let rewritten = o.stream != NONE;
+        let rewritten = stream.is_some();
         let ti = Track::find(&sub.tx_track, out_ssrc);
         // A stream this process has not sent yet may continue one a previous relay process
         // sent under the same key: continue after its stored index (docs/ENGINE.md).
@@ -523,10 +522,8 @@ impl<C: SrtpOps> Forwarder<C> {
             None if self.state.has_seeds() => self.state.seed(sub.id, StreamDir::Out, out_ssrc),
             _ => None,
         };
-        let continuity = streams.get_mut(o.stream as usize).filter(|_| rewritten);
         let window = opts.replay_window;
-        let (oseq, ots) = match number_output(continuity, &mut sub.owned, limit, window, seed, inp)
-        {
+        let (oseq, ots) = match number_output(stream, &mut sub.owned, limit, window, seed, inp) {
             Ok(n) => n,
             Err(reason) => {
                 self.stats.drop(reason);
@@ -534,7 +531,7 @@ impl<C: SrtpOps> Forwarder<C> {
             }
         };
         let (peer, sub_id) = (sub.peer, sub.id);
-        let Some(ctx) = sub.tx_ctx(*opts) else {
+        let Some(ctx) = sub.tx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
@@ -568,7 +565,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 ts: if rewritten { ots } else { 0 },
                 rewritten,
             };
-            let tracks = &mut sessions[o.sub as usize].tx_track;
+            let tracks = &mut sub.tx_track;
             note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
         }
     }
@@ -646,20 +643,14 @@ impl<C: SrtpOps> Forwarder<C> {
         pub_id: SessionId,
         tx: &mut TxQueue,
     ) {
-        let Index {
-            sessions,
-            outputs,
-            streams,
+        let OutputMut {
+            out: o,
+            sub,
+            stream,
             opts,
-            ..
-        } = &mut self.index;
-        let o = &outputs[oi as usize];
-        let ts_off = match streams.get(o.stream as usize) {
-            Some(c) if o.stream != NONE => c.offsets_for((pub_id, ssrc)).map(|(_, t)| t),
-            _ => None,
-        };
+        } = self.index.output_mut(oi);
+        let ts_off = stream.and_then(|c| c.offsets_for((pub_id, ssrc)).map(|(_, t)| t));
         let out_ssrc = o.rewrite.ssrc;
-        let sub = &mut sessions[o.sub as usize];
         // Reports about a stream another source owns would describe the wrong stream.
         if o.stream == NONE
             && sub
@@ -673,7 +664,7 @@ impl<C: SrtpOps> Forwarder<C> {
         let (peer, sub_id) = (sub.peer, sub.id);
         // The SRTCP flow is the compound's first SSRC (RFC 3711 §3.4), as rewritten.
         let rtcp_ssrc = out_ssrc.unwrap_or(ssrc);
-        let Some((ctx, rtcp_track)) = sub.tx_rtcp(*opts) else {
+        let Some((ctx, rtcp_track)) = sub.tx_rtcp(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };

@@ -438,6 +438,14 @@ pub struct Output {
     pub stream: u32,
 }
 
+/// See [`Index::output_mut`].
+pub struct OutputMut<'a, C> {
+    pub out: &'a Output,
+    pub sub: &'a mut Session<C>,
+    pub stream: Option<&'a mut Continuity>,
+    pub opts: ContextOptions,
+}
+
 /// One route into a subscriber, seen from the subscriber (to send its feedback upstream).
 #[derive(Debug, Clone, Copy)]
 pub struct Feed {
@@ -560,6 +568,22 @@ impl<C: SrtpOps> Index<C> {
         self.outputs[specific.start as usize..specific.end as usize]
             .iter()
             .any(|o| o.sub == sub)
+    }
+
+    /// Output `oi` with what sending on it needs: the route's output, its subscriber, and the
+    /// output stream's continuity state (rewriting routes only).
+    #[inline]
+    pub fn output_mut(&mut self, oi: u32) -> OutputMut<'_, C> {
+        let out = &self.outputs[oi as usize];
+        OutputMut {
+            out,
+            sub: &mut self.sessions[out.sub as usize],
+            stream: match out.stream {
+                NONE => None,
+                s => self.streams.get_mut(s as usize),
+            },
+            opts: self.opts,
+        }
     }
 
     /// Where a subscriber's feedback about `out_ssrc` goes.
