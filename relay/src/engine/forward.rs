@@ -647,7 +647,7 @@ impl<C: SrtpOps> Forwarder<C> {
             out: o,
             sub,
             stream,
-            opts,
+            ..
         } = self.index.output_mut(oi);
         let ts_off = stream.and_then(|c| c.offsets_for((pub_id, ssrc)).map(|(_, t)| t));
         let out_ssrc = o.rewrite.ssrc;
@@ -661,18 +661,10 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::SsrcCollision);
             return;
         }
-        let (peer, sub_id) = (sub.peer, sub.id);
+        let to = o.sub;
         // The SRTCP flow is the compound's first SSRC (RFC 3711 §3.4), as rewritten.
         let rtcp_ssrc = out_ssrc.unwrap_or(ssrc);
-        let Some((ctx, rtcp_track)) = sub.tx_rtcp(opts) else {
-            self.stats.drop(DropReason::Crypto);
-            return;
-        };
-        if !room(&mut self.stats, tx) {
-            return;
-        }
-        resume_srtcp(&mut self.state, rtcp_track, sub_id, ctx, rtcp_ssrc);
-        let pushed = emit(&mut self.stats, tx, peer, |slot| {
+        self.send_rtcp(to, rtcp_ssrc, tx, |slot| {
             let w = copy_down(run, slot).ok_or(DropReason::Malformed)?;
             for p in rtcp::packets_mut(&mut slot[..w]) {
                 let mut p = p.map_err(|_| DropReason::Malformed)?;
@@ -685,12 +677,8 @@ impl<C: SrtpOps> Forwarder<C> {
                     let _ = p.map_sr_rtp_timestamp(|t| t.wrapping_add(off));
                 }
             }
-            ctx.protect_rtcp(slot, w).map_err(tx_drop_reason)
+            Ok(w)
         });
-        if pushed {
-            let limit = opts.max_streams;
-            note_srtcp(&mut self.state, rtcp_track, limit, sub_id, ctx, rtcp_ssrc);
-        }
     }
 
     /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
@@ -704,11 +692,33 @@ impl<C: SrtpOps> Forwarder<C> {
         let Some(up) = self.index.upstream_of(idx, key) else {
             return;
         };
-        let opts = self.index.opts;
-        let target = &mut self.index.sessions[up.publisher as usize];
-        let (peer, target_id) = (target.peer, target.id);
         // Sent as this worker (see `feedback_ssrc`): that SSRC names the SRTCP flow.
         let rtcp_ssrc = self.feedback_ssrc;
+        let l = p.len();
+        self.send_rtcp(up.publisher, rtcp_ssrc, tx, |slot| {
+            let dst = slot.get_mut(..l).ok_or(DropReason::Malformed)?;
+            dst.copy_from_slice(p);
+            if let Some(Ok(mut m)) = rtcp::packets_mut(dst).next() {
+                map_feedback_up(&mut m, rtcp_ssrc, key, &up);
+            }
+            Ok(l)
+        });
+    }
+
+    /// Queue one RTCP packet for session `to` on its outbound SRTCP flow `rtcp_ssrc`: `fill`
+    /// writes the plain packet into the slot and returns its length; it is then protected,
+    /// queued and counted. Before the flow's first packet in this process its index resumes
+    /// after a previous process's; after each packet it is persisted when due.
+    fn send_rtcp(
+        &mut self,
+        to: u32,
+        rtcp_ssrc: u32,
+        tx: &mut TxQueue,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, DropReason>,
+    ) {
+        let opts = self.index.opts;
+        let target = &mut self.index.sessions[to as usize];
+        let (peer, target_id) = (target.peer, target.id);
         let Some((ctx, rtcp_track)) = target.tx_rtcp(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
@@ -717,14 +727,9 @@ impl<C: SrtpOps> Forwarder<C> {
             return;
         }
         resume_srtcp(&mut self.state, rtcp_track, target_id, ctx, rtcp_ssrc);
-        let l = p.len();
         let pushed = emit(&mut self.stats, tx, peer, |slot| {
-            let dst = slot.get_mut(..l).ok_or(DropReason::Malformed)?;
-            dst.copy_from_slice(p);
-            if let Some(Ok(mut m)) = rtcp::packets_mut(dst).next() {
-                map_feedback_up(&mut m, rtcp_ssrc, key, &up);
-            }
-            ctx.protect_rtcp(slot, l).map_err(tx_drop_reason)
+            let w = fill(slot)?;
+            ctx.protect_rtcp(slot, w).map_err(tx_drop_reason)
         });
         if pushed {
             let limit = opts.max_streams;
