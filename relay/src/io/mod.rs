@@ -13,6 +13,7 @@
 //! memory. Nothing here allocates per packet.
 #![allow(unsafe_code)]
 
+mod counters;
 pub mod handover;
 pub mod mmsg;
 pub mod slowpath;
@@ -31,6 +32,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::batch::TxQueue;
 
+pub use counters::{IoCounters, SharedCounters};
 pub use sys::gso_supported;
 
 /// Which socket backend a worker runs.
@@ -182,34 +184,6 @@ pub fn bind_udp(
 }
 
 pub use contract::wire::normalize_addr;
-
-/// Plain per-backend counters, owned by one worker (the worker publishes them once per turn).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    /// Datagrams handed to the handler.
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    /// Datagrams larger than [`crate::batch::MAX_DATAGRAM`] (dropped).
-    pub rx_truncated: u64,
-    /// Receive errors (bad address, failed receive).
-    pub rx_errors: u64,
-    /// io_uring: the provided-buffer ring ran dry (ENOBUFS); the datagram stays queued in
-    /// the socket and the receive is re-armed, so this is back-pressure, not loss.
-    pub rx_nobufs: u64,
-    /// io_uring: times the multishot receive was re-armed.
-    pub rx_rearms: u64,
-    /// Datagrams the kernel accepted for sending.
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Datagrams lost to send errors (socket full, unreachable, GSO refused, ...).
-    pub tx_errors: u64,
-    /// Datagrams that could not be addressed (an IPv6 destination on an IPv4 socket).
-    pub tx_unroutable: u64,
-    /// GSO trains (sends of more than one segment).
-    pub tx_gso_trains: u64,
-    /// Syscalls made by the backend (io_uring_enter, recvmmsg, sendmmsg, epoll_wait).
-    pub syscalls: u64,
-}
 
 /// The interface both backends implement. One instance per worker thread, created on that
 /// thread (backends hold raw pointers into their own buffers and are not `Send`).

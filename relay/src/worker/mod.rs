@@ -39,7 +39,11 @@ use crate::io::{self, Backend, BackendKind, BackendParams, BufferGrant, IoError,
 mod stats;
 
 use stats::publish;
-pub use stats::{StatsSnapshot, WorkerStats};
+
+/// Counters of one worker, each written only by that worker (published once per turn).
+pub type WorkerStats = io::SharedCounters;
+/// A plain copy of [`WorkerStats`].
+pub type StatsSnapshot = io::IoCounters;
 
 /// What a worker drives: the forwarding engine implements this; [`Echo`] is the baseline.
 ///
