@@ -181,6 +181,17 @@ impl<C: SrtpOps> Engine<C> {
         self.batch_start = None;
     }
 
+    /// The worker's loop turn ended (`stalled`: it took longer than the stall threshold);
+    /// counted in shm (`loop_turns`, `stalls`).
+    pub fn handle_turn_end(&mut self, stalled: bool) {
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            c.loop_turn();
+            if stalled {
+                c.stall();
+            }
+        }
+    }
+
     /// Everything counted since the engine started (flushed batches only).
     pub fn totals(&self) -> &Stats {
         &self.totals

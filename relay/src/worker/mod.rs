@@ -77,6 +77,10 @@ pub trait Handler {
     fn slow_path_replies(&mut self, n: u64) {
         let _ = n;
     }
+    /// The loop turn ended; `stalled` when it took longer than `stall_threshold`.
+    fn end_turn(&mut self, stalled: bool) {
+        let _ = stalled;
+    }
 }
 
 /// The forwarding engine as a worker's handler: the worker owns the loop and the clock and
@@ -106,6 +110,10 @@ impl<C: SrtpOps> Handler for Engine<C> {
 
     fn slow_path_replies(&mut self, n: u64) {
         self.handle_slow_path_replies(n);
+    }
+
+    fn end_turn(&mut self, stalled: bool) {
+        self.handle_turn_end(stalled);
     }
 }
 
@@ -605,7 +613,9 @@ fn run_loop<B: Backend, H: Handler>(
         }
         turns += 1;
         let took = now.elapsed();
-        if took > cfg.stall_threshold {
+        let stalled = took > cfg.stall_threshold;
+        h.end_turn(stalled);
+        if stalled {
             stalls += 1;
             tracing::warn!(
                 worker = id,
