@@ -438,6 +438,12 @@ pub struct Output {
     pub stream: u32,
 }
 
+/// The end of the run of elements from `start` on whose `key` equals `v[start]`'s.
+fn run_end<T, K: PartialEq>(v: &[T], start: usize, key: impl Fn(&T) -> K) -> usize {
+    let k = key(&v[start]);
+    start + v[start..].iter().take_while(|e| key(e) == k).count()
+}
+
 /// See [`Index::output_mut`].
 pub struct OutputMut<'a, C> {
     pub out: &'a Output,
@@ -739,17 +745,18 @@ impl<C: SrtpOps> Index<C> {
         let mut i = 0;
         while i < self.edges.len() {
             let from = self.edges[i].0;
+            let publisher_end = run_end(&self.edges, i, |e| e.0);
             let start_group = self.groups.len() as u32;
-            // One publisher.
-            while i < self.edges.len() && self.edges[i].0 == from {
+            while i < publisher_end {
+                // One group: this publisher's routes for one SSRC (or for any).
                 let key = self.edges[i].2.ssrc;
+                let group_end = run_end(&self.edges[..publisher_end], i, |e| e.2.ssrc);
                 let out_start = self.outputs.len() as u32;
-                while i < self.edges.len() && self.edges[i].0 == from && self.edges[i].2.ssrc == key
-                {
-                    let (_, to, r) = self.edges[i];
+                for k in i..group_end {
+                    let (_, to, r) = self.edges[k];
                     self.push_output(from, to, &r);
-                    i += 1;
                 }
+                i = group_end;
                 let outputs = out_start..self.outputs.len() as u32;
                 match key {
                     Some(ssrc) => self.groups.push(Group { ssrc, outputs }),
@@ -811,12 +818,12 @@ impl<C: SrtpOps> Index<C> {
         let mut j = 0;
         while j < self.feed_scratch.len() {
             let to = self.feed_scratch[j].0;
+            let end = run_end(&self.feed_scratch, j, |(to, _)| *to);
             let start = self.feeds.len() as u32;
-            while j < self.feed_scratch.len() && self.feed_scratch[j].0 == to {
-                self.feeds.push(self.feed_scratch[j].1);
-                j += 1;
-            }
+            self.feeds
+                .extend(self.feed_scratch[j..end].iter().map(|(_, f)| *f));
             self.sessions[to as usize].feeds = start..self.feeds.len() as u32;
+            j = end;
         }
     }
 
