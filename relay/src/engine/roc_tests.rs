@@ -5,10 +5,11 @@
 //! the publisher's numbering, one gets a rewritten SSRC) must decrypt everything with no
 //! output index used twice (RFC 3711 §9.1).
 
+use super::tests::{key, session};
 use super::*;
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 use contract::shm::{Capacity, DropReason, Rewrite, Role, ShmWriter, StreamDir};
-use contract::srtp::{Context, MasterKey, Profile};
+use contract::srtp::Context;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -23,25 +24,8 @@ impl Drop for TempFile {
     }
 }
 
-fn key(n: u8) -> MasterKey {
-    MasterKey::new(Profile::Aes128CmSha1_80, &[n; 30]).unwrap()
-}
-
 fn peer(id: u64) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 1000 + id as u16))
-}
-
-fn session(id: u64, role: Role) -> SessionRecord {
-    SessionRecord {
-        id,
-        peer: peer(id),
-        role,
-        rx_key: key(id as u8),
-        tx_key: key(id as u8 + 100),
-        key_epoch: 1,
-        flags: 0,
-        max_pps: 0,
-    }
 }
 
 struct Receiver {
