@@ -98,7 +98,7 @@ fn case(profile: Profile, fanout: u64) {
         run(&mut rig, subs[0].addr, &fb_in[i]);
     }
     rig.engine.end_batch(rig.now);
-    let before = rig.engine.totals().tx_packets;
+    let before = rig.engine.totals().packets_out;
 
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -113,7 +113,7 @@ fn case(profile: Profile, fanout: u64) {
     }
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.load(Ordering::SeqCst);
-    let sent = rig.engine.totals().tx_packets - before;
+    let sent = rig.engine.totals().packets_out - before;
     // Every RTP and SR went to each subscriber, every PLI up to the publisher.
     assert_eq!(sent, 280 * (2 * fanout + 1), "{profile} fan-out {fanout}");
     assert_eq!(

@@ -7,11 +7,11 @@ use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
 use super::state::{estimate_index, StreamState, Track, SKIP};
-use super::stats::Stats;
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
-    DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader, StreamDir, StreamRecord,
+    CounterSnapshot, DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader,
+    StreamDir, StreamRecord,
 };
 use contract::srtp::ContextOptions;
 use contract::wire::rtcp::{self, fmt, packet_type};
@@ -34,7 +34,7 @@ const MAX_RTCP_PACKETS: usize = 16;
 /// The forwarding logic of one worker over its [`Index`], with batch statistics.
 pub struct Forwarder<C = contract::srtp::Context> {
     index: Index<C>,
-    stats: Stats,
+    stats: CounterSnapshot,
     now: Option<Instant>,
     state: StreamState,
     gate: SlowGate,
@@ -270,7 +270,7 @@ impl<C: SrtpOps> Forwarder<C> {
     pub fn new(opts: ContextOptions) -> Forwarder<C> {
         Forwarder {
             index: Index::new(opts),
-            stats: Stats::default(),
+            stats: CounterSnapshot::default(),
             now: None,
             state: StreamState::default(),
             gate: SlowGate::Open,
@@ -322,12 +322,12 @@ impl<C: SrtpOps> Forwarder<C> {
         }
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &CounterSnapshot {
         &self.stats
     }
 
     /// The statistics since the last call, resetting them.
-    pub fn take_stats(&mut self) -> Stats {
+    pub fn take_stats(&mut self) -> CounterSnapshot {
         core::mem::take(&mut self.stats)
     }
 
@@ -364,7 +364,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
             }
             if slow.push(src, &buf[..len]) {
-                self.stats.slow_path += 1;
+                self.stats.slow_path_up += 1;
             } else {
                 self.stats.drop(DropReason::SlowPathFull);
             }
@@ -804,7 +804,7 @@ fn map_feedback_up(m: &mut rtcp::RtcpPacketMut<'_>, rtcp_ssrc: u32, key: u32, up
 
 /// True when `tx` can take another datagram; counts [`DropReason::TxQueueFull`] otherwise.
 #[inline]
-fn room(stats: &mut Stats, tx: &TxQueue) -> bool {
+fn room(stats: &mut CounterSnapshot, tx: &TxQueue) -> bool {
     if tx.is_full() {
         stats.drop(DropReason::TxQueueFull);
         return false;
@@ -817,7 +817,7 @@ fn room(stats: &mut Stats, tx: &TxQueue) -> bool {
 /// and counted here.
 #[inline]
 fn emit(
-    stats: &mut Stats,
+    stats: &mut CounterSnapshot,
     tx: &mut TxQueue,
     peer: SocketAddr,
     fill: impl FnOnce(&mut [u8]) -> Result<usize, DropReason>,

@@ -23,17 +23,15 @@ mod crypto;
 mod forward;
 mod index;
 mod state;
-mod stats;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 pub use forward::{feedback_ssrc, Forwarder, SlowGateRates};
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
 pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
-pub use stats::Stats;
 
 use crate::batch::TxQueue;
-use contract::shm::{RouteRecord, SessionRecord, ShmReader};
+use contract::shm::{CounterSnapshot, RouteRecord, SessionRecord, ShmReader};
 use contract::srtp::ContextOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +73,7 @@ pub struct Engine<C: SrtpOps = contract::srtp::Context> {
     session_buf: Vec<SessionRecord>,
     route_buf: Vec<RouteRecord>,
     batch_start: Option<Instant>,
-    totals: Stats,
+    totals: CounterSnapshot,
     last_rebuild: RebuildReport,
     rebuilds: u64,
 }
@@ -94,7 +92,7 @@ impl<C: SrtpOps> Engine<C> {
             session_buf: Vec::new(),
             route_buf: Vec::new(),
             batch_start: None,
-            totals: Stats::default(),
+            totals: CounterSnapshot::default(),
             last_rebuild: RebuildReport::default(),
             rebuilds: 0,
         }
@@ -169,12 +167,12 @@ impl<C: SrtpOps> Engine<C> {
     pub fn end_batch(&mut self, now: Instant) {
         let s = self.fwd.take_stats();
         if let Some(c) = self.shm.worker_counters(self.worker) {
-            s.flush_to(c);
-            if s.rx_packets != 0 {
+            c.add(&s);
+            if s.packets_in != 0 {
                 let nanos = self
                     .batch_start
                     .map_or(0, |t| now.saturating_duration_since(t).as_nanos() as u64);
-                c.record_batch(s.rx_packets, nanos);
+                c.record_batch(s.packets_in, nanos);
             }
         }
         self.totals.merge(&s);
@@ -193,7 +191,7 @@ impl<C: SrtpOps> Engine<C> {
     }
 
     /// Everything counted since the engine started (flushed batches only).
-    pub fn totals(&self) -> &Stats {
+    pub fn totals(&self) -> &CounterSnapshot {
         &self.totals
     }
 

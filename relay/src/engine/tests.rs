@@ -248,7 +248,7 @@ fn fan_out_with_rewrite() {
     // Another SSRC only matches the any-SSRC route.
     let out = rig.send(1, &rtp(0x2222, 1, 1, 97, b"x"));
     assert_eq!(out, vec![(addr(1003), rtp(0x2222, 1, 1, 97, b"x"))]);
-    assert_eq!(rig.fwd.stats().tx_packets, 3);
+    assert_eq!(rig.fwd.stats().packets_out, 3);
 }
 
 /// A 20-byte STUN Binding request without attributes (RFC 8489 §5).
@@ -275,7 +275,7 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         rig.send_raw(addr(9), &mut b, 20);
         rig.slow.clear();
     }
-    assert_eq!(rig.fwd.stats().slow_path, 10);
+    assert_eq!(rig.fwd.stats().slow_path_up, 10);
     assert_eq!(rig.fwd.stats().dropped(DropReason::RateLimited), 90);
     // Other sources are not starved by it, until the worker's total runs out.
     let many: Vec<SocketAddr> = (0..100u32)
@@ -287,7 +287,7 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         rig.slow.clear();
     }
     assert_eq!(
-        rig.fwd.stats().slow_path,
+        rig.fwd.stats().slow_path_up,
         50,
         "the worker's total: 50 per second"
     );
@@ -298,7 +298,7 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         rig.send_raw(addr(9), &mut b, 20);
         rig.slow.clear();
     }
-    assert_eq!(rig.fwd.stats().slow_path, 51);
+    assert_eq!(rig.fwd.stats().slow_path_up, 51);
 }
 
 #[test]
