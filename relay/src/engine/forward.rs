@@ -505,6 +505,7 @@ impl<C: SrtpOps> Forwarder<C> {
 
     /// Forward the plain RTP packet `plain` (described by `inp`) to output `oi`: number it,
     /// rewrite it, protect it under the subscriber's key and queue it.
+    #[inline]
     fn rtp_to(&mut self, oi: u32, plain: &[u8], inp: &RtpIn, tx: &mut TxQueue) {
         let limit = self.index.owned_limit();
         let OutputMut {
