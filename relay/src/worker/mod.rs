@@ -47,12 +47,13 @@ pub type StatsSnapshot = io::IoCounters;
 
 /// What a worker drives: the forwarding engine implements this; [`Echo`] is the baseline.
 ///
-/// All calls of one turn get the same `now` (from [`begin_batch`](Handler::begin_batch)).
+/// All calls of one turn get the same `now` (from [`begin_batch`](Handler::begin_batch));
+/// [`end_batch`](Handler::end_batch) also gets the time the drain ended.
 /// `buf` in [`on_datagram`](Handler::on_datagram) is the whole receive buffer
 /// ([`crate::batch::MAX_DATAGRAM`] bytes) with the datagram in `buf[..len]`; the handler may
 /// decrypt or rewrite it in place. It fills `tx` with datagrams to send and `slow` with
 /// datagrams for control (the `dst` of a slow entry is the peer it came from). A full queue
-/// refuses pushes; the backend flushes `tx` between datagrams when it is full.
+/// refuses pushes; when `tx` is full between datagrams the worker sends it and goes on.
 pub trait Handler {
     /// Start of a loop turn.
     fn begin_batch(&mut self, now: Instant) {
