@@ -2,9 +2,9 @@
 //! group and its own [`io::Backend`](crate::io::Backend); the loop that glues the backend to a
 //! [`Handler`] (the forwarding engine, or [`Echo`]).
 //!
-//! Owns: threads, pinning, the clock (read at the start of each turn and after its drain, and passed in), the stall
-//! detector, the stop flag, per-worker counters. May not touch: packet contents (the handler's
-//! job), syscalls other than through [`crate::io`].
+//! Owns: threads, pinning, the clock (read at the start of each turn and after its drain, and
+//! passed in), the stall detector, the stop flag, per-worker counters. May not touch: packet
+//! contents (the handler's job), syscalls other than through [`crate::io`].
 //!
 //! One loop turn:
 //! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it;
