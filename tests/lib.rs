@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// In-process relay workers on `cfg` (bind it to port 0 on loopback), each running the
-/// production engine over `reader` with the real clock and, when given, the relay's
+/// production engine over `reader` (the worker passes it the time) and, when given, the relay's
 /// slow-path gate.
 pub fn relay_workers(
     reader: Arc<ShmReader>,
@@ -35,7 +35,6 @@ pub fn relay_workers(
             reader.clone(),
             EngineConfig {
                 worker: i,
-                clock: Some(Instant::now),
                 slow_gate,
                 ..EngineConfig::default()
             },

@@ -103,10 +103,19 @@ fn fan_out(backend: BackendKind, profile: Profile) {
             got.len()
         );
     }
+    let workers_total = workers.total();
     workers.stop().expect("clean stop");
     let totals = reader.totals();
     assert_eq!(totals.packets_in, want as u64);
     assert_eq!(totals.packets_out, 3 * want as u64);
+    // The workers publish their loop turns (and stalls) through the same counter blocks.
+    let turns = workers_total.turns;
+    assert!(
+        totals.loop_turns >= turns && turns > 0,
+        "shm loop_turns {} against the workers' {turns}",
+        totals.loop_turns
+    );
+    assert!(totals.stalls <= totals.loop_turns);
 }
 
 #[test]

@@ -23,6 +23,7 @@ use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendKind, SocketBuffers};
 use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
+use sd_notify::NotifyState;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,23 +73,9 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// systemd's notify protocol: one datagram to `$NOTIFY_SOCKET` (a path, or `@abstract`).
-fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let r = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = r {
+/// Tell systemd (`$NOTIFY_SOCKET`, when set) about a state change; a failure is only logged.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }
@@ -142,22 +129,6 @@ fn run(cli: Cli) -> Result<(), String> {
         None => Config::embedded_default(),
     };
     let shm_path = cli.shm.clone().unwrap_or_else(|| cfg.shm.path.clone());
-    let backend = match cli.backend {
-        Some(b) => b,
-        None => match cfg.relay.backend {
-            contract::config::Backend::Auto => BackendKind::Auto,
-            contract::config::Backend::IoUring => BackendKind::IoUring,
-            contract::config::Backend::Mmsg => BackendKind::Mmsg,
-        },
-    };
-    let workers = cli.workers.unwrap_or(cfg.relay.workers as usize);
-    let slow_path = match &cli.slow_path {
-        Some(p) if p.as_os_str() == "none" => None,
-        Some(p) => Some(p.clone()),
-        None if cfg.control.slow_path.as_os_str().is_empty() => None,
-        None => Some(cfg.control.slow_path.clone()),
-    };
-
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -173,71 +144,17 @@ fn run(cli: Cli) -> Result<(), String> {
     tracing::info!(path = %shm_path.display(), generation = reader.generation(), "shared memory mapped");
     let slots = reader.capacity().workers as usize;
 
-    let wcfg = WorkerConfig {
-        bind: cli.bind.unwrap_or(cfg.relay.bind),
-        workers: (workers != 0).then_some(workers),
-        backend,
-        batch: cfg.relay.batch.max(1) as usize,
-        tx_capacity: (cfg.relay.batch.max(1) as usize * 8).max(256),
-        socket_buffers: SocketBuffers {
-            recv: cfg.relay.recv_buffer_bytes as usize,
-            send: cfg.relay.send_buffer_bytes as usize,
-        },
-        stall_threshold: Duration::from_millis(u64::from(cfg.relay.stall_threshold_ms)),
-        pin: !cli.no_pin,
-        slow_path,
-        ..WorkerConfig::default()
-    };
-    let srtp = cfg.srtp.context_options();
-    // Control's slow-path limits, split over the workers (each worker gates its own share; a
-    // source keeps its full per-source rate in the worker its packets hash to).
-    let gate_workers = match workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let slow_gate = Some(SlowGateRates {
-        global: cfg
-            .control
-            .slow_path_rate
-            .div_ceil(u32::try_from(gate_workers).unwrap_or(u32::MAX).max(1)),
-        per_source: cfg.control.slow_path_per_source_rate,
-    });
+    let (wcfg, ecfg) = worker_settings(&cli, &cfg);
     let r = reader.clone();
-    let make_engine = move |i| {
-        <Engine>::new(
-            r.clone(),
-            EngineConfig {
-                worker: i,
-                srtp,
-                clock: Some(Instant::now),
-                slow_gate,
-            },
-        )
-    };
-    let mut takeover_from = None;
-    let running = if cli.takeover {
+    let make_engine = move |i| <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
+    let (running, takeover_from) = if cli.takeover {
         let path = handover_path
             .as_deref()
             .ok_or("--takeover needs a hand-over socket (not --handover none)")?;
-        let mut t = Takeover::connect(path, &shm_path, Duration::from_secs(10))
-            .map_err(|e| format!("taking over: {e}"))?;
-        tracing::info!(
-            old_pid = t.old.pid, media = %t.old.media, workers = t.sockets.len(),
-            "received the media sockets of the running relay"
-        );
-        let sockets = std::mem::take(&mut t.sockets);
-        let running = spawn_workers_on(wcfg, sockets, make_engine).map_err(|e| e.to_string())?;
-        let old_pid = t.old.pid;
-        t.ready_and_wait(Duration::from_secs(30))
-            .map_err(|e| format!("waiting for the old relay to stop: {e}"))?;
-        tracing::info!(
-            old_pid,
-            "the old relay stopped reading; this relay owns the sockets"
-        );
-        takeover_from = Some(old_pid);
-        running
+        take_over(path, &shm_path, wcfg, make_engine)?
     } else {
-        spawn_workers(wcfg, make_engine).map_err(|e| e.to_string())?
+        let w = spawn_workers(wcfg, make_engine).map_err(|e| e.to_string())?;
+        (w, None)
     };
     let n = running.len();
     if n > slots {
@@ -247,12 +164,11 @@ fn run(cli: Cli) -> Result<(), String> {
             "more workers than shared-memory counter blocks; the extra workers are not counted"
         );
     }
-    let started = unix_ms();
     reader.set_relay_info(
         std::process::id(),
         running.backend().as_str(),
         n as u32,
-        started,
+        unix_ms(),
     );
     tracing::info!(
         addr = %running.local_addr(), workers = n, backend = %running.backend(),
@@ -288,11 +204,107 @@ fn run(cli: Cli) -> Result<(), String> {
         takeover_from.map_or(String::new(), |p| format!(" takeover={p}"))
     );
     if takeover_from.is_some() {
-        sd_notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        notify_systemd(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
     } else {
-        sd_notify("READY=1");
+        notify_systemd(&[NotifyState::Ready]);
     }
 
+    if let Some(req) = supervise(&running, &reader, &stop, listener.as_ref(), &me) {
+        return hand_over(running, req);
+    }
+    tracing::info!("stopping");
+    notify_systemd(&[NotifyState::Stopping]);
+    if let Some(l) = listener {
+        l.remove();
+    }
+    running.stop().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The workers' and engines' settings: the configuration file with the command line's
+/// overrides. The engine settings' `worker` is filled in per worker.
+fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
+    let backend = cli.backend.unwrap_or_else(|| cfg.relay.backend.into());
+    let workers = cli.workers.unwrap_or(cfg.relay.workers as usize);
+    let slow_path = match &cli.slow_path {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None if cfg.control.slow_path.as_os_str().is_empty() => None,
+        None => Some(cfg.control.slow_path.clone()),
+    };
+    let wcfg = WorkerConfig {
+        bind: cli.bind.unwrap_or(cfg.relay.bind),
+        workers: (workers != 0).then_some(workers),
+        backend,
+        batch: cfg.relay.batch.max(1) as usize,
+        tx_capacity: (cfg.relay.batch.max(1) as usize * 8).max(256),
+        socket_buffers: SocketBuffers {
+            recv: cfg.relay.recv_buffer_bytes as usize,
+            send: cfg.relay.send_buffer_bytes as usize,
+        },
+        stall_threshold: Duration::from_millis(u64::from(cfg.relay.stall_threshold_ms)),
+        pin: !cli.no_pin,
+        slow_path,
+        ..WorkerConfig::default()
+    };
+    // Control's slow-path limits, split over the workers (each worker gates its own share; a
+    // source keeps its full per-source rate in the worker its packets hash to).
+    let gate_workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let slow_gate = Some(SlowGateRates {
+        global: cfg
+            .control
+            .slow_path_rate
+            .div_ceil(u32::try_from(gate_workers).unwrap_or(u32::MAX).max(1)),
+        per_source: cfg.control.slow_path_per_source_rate,
+    });
+    let ecfg = EngineConfig {
+        worker: 0,
+        srtp: cfg.srtp.context_options(),
+        slow_gate,
+    };
+    (wcfg, ecfg)
+}
+
+/// `--takeover`: receive the running relay's media sockets, start the workers on them and
+/// wait until the old relay stopped reading. Returns the workers and the old relay's pid.
+fn take_over(
+    path: &Path,
+    shm_path: &Path,
+    wcfg: WorkerConfig,
+    make_engine: impl Fn(usize) -> Engine + Send + 'static,
+) -> Result<(Workers, Option<u32>), String> {
+    let mut t = Takeover::connect(path, shm_path, Duration::from_secs(10))
+        .map_err(|e| format!("taking over: {e}"))?;
+    tracing::info!(
+        old_pid = t.old.pid, media = %t.old.media, workers = t.sockets.len(),
+        "received the media sockets of the running relay"
+    );
+    let sockets = std::mem::take(&mut t.sockets);
+    let running = spawn_workers_on(wcfg, sockets, make_engine).map_err(|e| e.to_string())?;
+    let old_pid = t.old.pid;
+    t.ready_and_wait(Duration::from_secs(30))
+        .map_err(|e| format!("waiting for the old relay to stop: {e}"))?;
+    tracing::info!(
+        old_pid,
+        "the old relay stopped reading; this relay owns the sockets"
+    );
+    Ok((running, Some(old_pid)))
+}
+
+/// Until a stop signal or a hand-over: heartbeats for every worker whose loop advanced,
+/// `WATCHDOG=1` while every worker is alive, and answers on the hand-over socket. Returns the
+/// accepted hand-over request, if that is what ended it.
+fn supervise(
+    running: &Workers,
+    reader: &ShmReader,
+    stop: &AtomicBool,
+    listener: Option<&HandoverListener>,
+    me: &RelayDescription,
+) -> Option<handover::TakeoverRequest> {
+    let n = running.len();
     let watchdog = std::env::var("WATCHDOG_USEC")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -302,7 +314,6 @@ fn run(cli: Cli) -> Result<(), String> {
         .min(Duration::from_secs(1));
     let mut turns: Vec<u64> = vec![0; n];
     let mut last_alive: Vec<Instant> = vec![Instant::now(); n];
-    let mut handed_over = None;
     while !stop.load(Ordering::Relaxed) {
         // Short sleeps: a hand-over request waits at most this long for an answer.
         std::thread::sleep(tick.min(Duration::from_millis(50)));
@@ -318,29 +329,17 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         if watchdog.is_some() && last_alive.iter().all(|t| now.duration_since(*t) < tick * 2) {
-            sd_notify("WATCHDOG=1");
+            notify_systemd(&[NotifyState::Watchdog]);
         }
-        if let Some(req) = listener.as_ref().and_then(|l| l.poll(&me)) {
+        if let Some(req) = listener.and_then(|l| l.poll(me)) {
             tracing::info!("a new relay asks for the media sockets");
-            match req.offer(&me, running.sockets(), Duration::from_secs(30)) {
-                Ok(()) => {
-                    handed_over = Some(req);
-                    break;
-                }
+            match req.offer(me, running.sockets(), Duration::from_secs(30)) {
+                Ok(()) => return Some(req),
                 Err(e) => tracing::warn!(error = %e, "hand-over abandoned; still serving"),
             }
         }
     }
-    if let Some(req) = handed_over {
-        return hand_over(running, req);
-    }
-    tracing::info!("stopping");
-    sd_notify("STOPPING=1");
-    if let Some(l) = listener {
-        l.remove();
-    }
-    running.stop().map_err(|e| e.to_string())?;
-    Ok(())
+    None
 }
 
 /// The new relay runs on our sockets: stop reading, finish what the workers hold, tell it,

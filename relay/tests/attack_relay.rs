@@ -112,9 +112,9 @@ impl Attack {
             let n = d.len().min(MAX_DATAGRAM);
             buf[..n].copy_from_slice(&d[..n]);
             self.engine
-                .on_datagram(*src, &mut buf, n, &mut tx, &mut slow);
+                .handle_datagram(*src, &mut buf, n, &mut tx, &mut slow);
         }
-        self.engine.end_batch_at(Some(self.rig.now));
+        self.engine.end_batch(self.rig.now);
         (tx.len(), slow.len())
     }
 }

@@ -88,7 +88,7 @@ fn case(profile: Profile, fanout: u64) {
             rig.tx.clear();
         }
         rig.engine
-            .on_datagram(src, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+            .handle_datagram(src, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
     };
     // Warm-up: index built, every context created, every queue touched.
     rig.engine.begin_batch(rig.now);
@@ -97,8 +97,8 @@ fn case(profile: Profile, fanout: u64) {
         run(&mut rig, p.addr, &rtcp_in[i]);
         run(&mut rig, subs[0].addr, &fb_in[i]);
     }
-    rig.engine.end_batch_at(Some(rig.now));
-    let before = rig.engine.totals().tx_packets;
+    rig.engine.end_batch(rig.now);
+    let before = rig.engine.totals().packets_out;
 
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -109,11 +109,11 @@ fn case(profile: Profile, fanout: u64) {
             run(&mut rig, p.addr, &rtcp_in[i]);
             run(&mut rig, subs[0].addr, &fb_in[i]);
         }
-        rig.engine.end_batch_at(Some(rig.now));
+        rig.engine.end_batch(rig.now);
     }
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.load(Ordering::SeqCst);
-    let sent = rig.engine.totals().tx_packets - before;
+    let sent = rig.engine.totals().packets_out - before;
     // Every RTP and SR went to each subscriber, every PLI up to the publisher.
     assert_eq!(sent, 280 * (2 * fanout + 1), "{profile} fan-out {fanout}");
     assert_eq!(

@@ -209,7 +209,7 @@ impl Handler for Burst {
             ));
         }
     }
-    fn end_batch(&mut self, tx: &mut TxQueue, _slow: &mut TxQueue) {
+    fn end_batch(&mut self, _now: Instant, tx: &mut TxQueue, _slow: &mut TxQueue) {
         if let Some((dst, count, size)) = self.pending.take() {
             for i in 0..count {
                 tx.push_with(dst, |slot| {
@@ -299,5 +299,53 @@ fn io_auto_resolves() {
             assert_eq!(kind, BackendKind::Mmsg);
             assert!(reason.is_some());
         }
+    }
+}
+
+/// Sends every datagram back `COPIES` times: with a transmit queue smaller than a batch's
+/// output, each drain stops at the full queue, the worker sends it and drains on.
+#[derive(Default)]
+struct Triple;
+const COPIES: usize = 3;
+impl Handler for Triple {
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        _slow: &mut TxQueue,
+    ) {
+        for _ in 0..COPIES {
+            tx.push(src, &buf[..len]);
+        }
+    }
+}
+
+#[test]
+fn io_full_transmit_queue_is_sent_between_datagrams() {
+    for b in backends() {
+        let mut cfg = config(b, 1, "127.0.0.1:0".parse().unwrap());
+        // Room for exactly one datagram's copies: a drain stops after every datagram.
+        cfg.tx_capacity = COPIES;
+        let w = spawn_workers(cfg, |_| Triple).unwrap();
+        let relay = w.local_addr();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let n = 20usize;
+        for i in 0..n {
+            c.send_to(&(i as u32).to_be_bytes(), relay).unwrap();
+        }
+        let mut got: HashMap<u32, usize> = HashMap::new();
+        let mut buf = [0u8; 64];
+        for _ in 0..n * COPIES {
+            let (l, _) = c.recv_from(&mut buf).expect("every copy comes back");
+            assert_eq!(l, 4, "{b}");
+            *got.entry(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
+                .or_default() += 1;
+        }
+        assert_eq!(got.len(), n, "{b}: {got:?}");
+        assert!(got.values().all(|&k| k == COPIES), "{b}: {got:?}");
+        w.stop().unwrap();
     }
 }

@@ -136,6 +136,37 @@ impl WorkerCounters {
         bump(&self.time_hist[time_bucket(nanos)], 1);
     }
 
+    /// Add the counts of `s` (a worker's plain counts of one batch, see
+    /// [`CounterSnapshot::rx`]): one store per counter that moved.
+    pub fn add(&self, s: &CounterSnapshot) {
+        fn add<const N: usize>(a: &[AtomicU64; N], b: &[u64; N]) {
+            for (x, &y) in a.iter().zip(b) {
+                if y != 0 {
+                    bump(x, y);
+                }
+            }
+        }
+        for (c, v) in [
+            (&self.packets_in, s.packets_in),
+            (&self.bytes_in, s.bytes_in),
+            (&self.packets_out, s.packets_out),
+            (&self.bytes_out, s.bytes_out),
+            (&self.slow_path_up, s.slow_path_up),
+            (&self.slow_path_down, s.slow_path_down),
+            (&self.batches, s.batches),
+            (&self.batch_nanos, s.batch_nanos),
+            (&self.loop_turns, s.loop_turns),
+            (&self.stalls, s.stalls),
+        ] {
+            if v != 0 {
+                bump(c, v);
+            }
+        }
+        add(&self.drops, &s.drops);
+        add(&self.batch_hist, &s.batch_hist);
+        add(&self.time_hist, &s.time_hist);
+    }
+
     /// One turn of the worker loop.
     #[inline]
     pub fn loop_turn(&self) {
@@ -234,6 +265,28 @@ impl CounterSnapshot {
         add(&mut self.time_hist, &other.time_hist);
         self.loop_turns = self.loop_turns.wrapping_add(other.loop_turns);
         self.stalls = self.stalls.wrapping_add(other.stalls);
+    }
+
+    /// One datagram of `bytes` received. With [`tx`](Self::tx) and [`drop`](Self::drop):
+    /// a worker counts in a plain snapshot during a batch and adds it to its shared block
+    /// once ([`WorkerCounters::add`]).
+    #[inline]
+    pub fn rx(&mut self, bytes: usize) {
+        self.packets_in += 1;
+        self.bytes_in += bytes as u64;
+    }
+
+    /// One datagram of `bytes` sent.
+    #[inline]
+    pub fn tx(&mut self, bytes: usize) {
+        self.packets_out += 1;
+        self.bytes_out += bytes as u64;
+    }
+
+    /// One datagram dropped for `reason`.
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
     }
 
     /// Drops for one reason.

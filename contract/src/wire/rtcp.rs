@@ -11,7 +11,7 @@
 //! |V=2|P| RC/FMT  |      PT       |     length (words - 1)        |
 //! ```
 
-use super::{be16, be32, put32};
+use super::{be16, be32, put16, put32};
 
 /// Length of the common RTCP header.
 pub const HEADER_LEN: usize = 4;
@@ -150,6 +150,34 @@ impl<'a> RtcpPacket<'a> {
         self.buf
             .get(HEADER_LEN..self.buf.len() - self.pad)
             .unwrap_or(&[])
+    }
+
+    /// The first word of the body: the sender's SSRC for SR, RR, APP, RTPFB and PSFB, the
+    /// first chunk's SSRC of an SDES and the first SSRC of a BYE. `None` when there is none.
+    pub fn sender_ssrc(&self) -> Option<u32> {
+        be32(self.body(), 0)
+    }
+
+    /// True for an RFC 4585 application-layer feedback message carrying REMB (the
+    /// "REMB" identifier at FCI offset 0).
+    pub fn is_remb(&self) -> bool {
+        self.packet_type() == packet_type::PSFB
+            && self.count() == fmt::AFB
+            && self.buf.get(12..16) == Some(b"REMB")
+    }
+
+    /// The SSRC a feedback message (RFC 4585 §6.1) is about: the first FIR entry's SSRC
+    /// (RFC 5104 §4.3.1.2 leaves the media SSRC 0), the first SSRC of a REMB, else the media
+    /// source SSRC. 0 when the packet is too short to hold it.
+    pub fn feedback_target(&self) -> u32 {
+        let at = if self.packet_type() == packet_type::PSFB && self.count() == fmt::FIR {
+            12
+        } else if self.is_remb() {
+            20
+        } else {
+            8
+        };
+        be32(self.buf, at).unwrap_or(0)
     }
 
     /// Validates the body for its type and returns a typed view.
@@ -748,6 +776,80 @@ impl RtcpPacketMut<'_> {
         }
         Ok(n)
     }
+
+    /// Rewrites the RTP timestamp of a sender report (RFC 3550 §6.4.1) through `f`.
+    pub fn map_sr_rtp_timestamp(&mut self, f: impl FnOnce(u32) -> u32) -> Result<(), RtcpError> {
+        let pt = self.packet_type();
+        if pt != packet_type::SR {
+            return Err(RtcpError::NoSuchField(pt));
+        }
+        const AT: usize = HEADER_LEN + 12;
+        match be32(self.buf, AT) {
+            Some(t) if self.buf.len() >= SR_FIXED_LEN => {
+                put32(self.buf, AT, f(t));
+                Ok(())
+            }
+            _ => Err(RtcpError::Malformed(pt)),
+        }
+    }
+
+    /// Rewrites the SSRCs of a REMB message through `f`: every word after the bitrate to the
+    /// end of the body. Returns how many words it passed to `f`.
+    pub fn map_remb_ssrcs(&mut self, mut f: impl FnMut(u32) -> u32) -> Result<usize, RtcpError> {
+        let pt = self.packet_type();
+        if !self.packet().is_remb() {
+            return Err(RtcpError::NoSuchField(pt));
+        }
+        let end = HEADER_LEN + self.body_len();
+        let mut n = 0;
+        let mut at = 20;
+        while at + 4 <= end {
+            let old = be32(self.buf, at).unwrap_or(0);
+            put32(self.buf, at, f(old));
+            n += 1;
+            at += 4;
+        }
+        Ok(n)
+    }
+
+    /// Rewrites the packet ID (the first lost sequence number) of every generic NACK entry
+    /// through `f` (RFC 4585 §6.2.1); the bitmasks stay. Returns the number of entries.
+    pub fn map_nack_pids(&mut self, mut f: impl FnMut(u16) -> u16) -> Result<usize, RtcpError> {
+        let pt = self.packet_type();
+        if pt != packet_type::RTPFB || self.count() != fmt::NACK {
+            return Err(RtcpError::NoSuchField(pt));
+        }
+        let end = HEADER_LEN + self.body_len();
+        let mut n = 0;
+        let mut at = HEADER_LEN + 8;
+        while at + 4 <= end {
+            let old = be16(self.buf, at).unwrap_or(0);
+            put16(self.buf, at, f(old));
+            n += 1;
+            at += 4;
+        }
+        Ok(n)
+    }
+}
+
+/// RFC 3550 §6.4.1: a sender report without report blocks is 28 bytes (7 words).
+pub const SR_FIXED_LEN: usize = 28;
+
+/// Copies `p` into `out`, a sender report cut to its fixed part (report blocks and padding
+/// dropped, RC = 0, length 6) and any other packet whole. Returns the bytes written, `None`
+/// when `out` is too small or an SR is shorter than its fixed part.
+pub fn copy_without_reports(p: &RtcpPacket<'_>, out: &mut [u8]) -> Option<usize> {
+    let bytes = p.as_bytes();
+    if p.packet_type() != packet_type::SR {
+        out.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        return Some(bytes.len());
+    }
+    let dst = out.get_mut(..SR_FIXED_LEN)?;
+    dst.copy_from_slice(bytes.get(..SR_FIXED_LEN)?);
+    // V=2, P=0, RC=0; length 7 words − 1.
+    dst[0] = 0x80;
+    put16(dst, 2, (SR_FIXED_LEN / 4 - 1) as u16);
+    Some(SR_FIXED_LEN)
 }
 
 /// Iterator over the packets of a compound RTCP packet in a mutable buffer.
@@ -938,6 +1040,80 @@ mod tests {
             panic!()
         };
         assert_eq!(tw.fci(), &words(&[0xDEAD])[..]);
+    }
+
+    #[test]
+    fn relay_mutators() {
+        let mut c = sr_with_sdes();
+        let sr = packets(&c).next().unwrap().unwrap();
+        assert_eq!(sr.sender_ssrc(), Some(0x1111_1111));
+        let mut out = [0u8; 64];
+        assert_eq!(copy_without_reports(&sr, &mut out), Some(SR_FIXED_LEN));
+        assert_eq!(out[0], 0x80);
+        let cut = packets(&out[..SR_FIXED_LEN]).next().unwrap().unwrap();
+        let Rtcp::SenderReport(r) = cut.typed().unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.rtp_timestamp(), r.report_blocks().count()), (9000, 0));
+        let mut m = packets_mut(&mut out[..SR_FIXED_LEN])
+            .next()
+            .unwrap()
+            .unwrap();
+        m.map_sr_rtp_timestamp(|t| t + 10).unwrap();
+        let Rtcp::SenderReport(r) = m.packet().typed().unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.rtp_timestamp(), 9010);
+        let mut m = packets_mut(&mut c[SR_FIXED_LEN + 24..])
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            m.map_sr_rtp_timestamp(|t| t).unwrap_err(),
+            RtcpError::NoSuchField(202)
+        );
+
+        let mut nack = pkt(
+            fmt::NACK,
+            packet_type::RTPFB,
+            &words(&[1, 2, 0x0064_0003, 0x00C8_0000]),
+        );
+        let p = packets(&nack).next().unwrap().unwrap();
+        assert_eq!((p.feedback_target(), p.is_remb()), (2, false));
+        let mut m = packets_mut(&mut nack).next().unwrap().unwrap();
+        assert_eq!(m.map_nack_pids(|pid| pid - 10).unwrap(), 2);
+        let Rtcp::Nack(n) = m.packet().typed().unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.lost().collect::<Vec<_>>(), [90, 91, 92, 190]);
+
+        let mut remb = pkt(
+            fmt::AFB,
+            packet_type::PSFB,
+            &words(&[1, 0, u32::from_be_bytes(*b"REMB"), 0x0200_1F40, 0x55, 0x66]),
+        );
+        let p = packets(&remb).next().unwrap().unwrap();
+        assert_eq!((p.feedback_target(), p.is_remb()), (0x55, true));
+        let mut m = packets_mut(&mut remb).next().unwrap().unwrap();
+        assert_eq!(
+            m.map_remb_ssrcs(|s| if s == 0x66 { 7 } else { s }).unwrap(),
+            2
+        );
+        let Rtcp::Remb(r) = m.packet().typed().unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.ssrcs().collect::<Vec<_>>(), [0x55, 7]);
+        assert!(m.map_nack_pids(|p| p).is_err());
+
+        let fir = pkt(
+            fmt::FIR,
+            packet_type::PSFB,
+            &words(&[1, 0, 0x3333, 7 << 24]),
+        );
+        assert_eq!(
+            packets(&fir).next().unwrap().unwrap().feedback_target(),
+            0x3333
+        );
     }
 
     #[test]

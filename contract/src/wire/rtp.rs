@@ -367,6 +367,16 @@ impl<'a> RtpPacket<'a> {
 /// An RTP packet in a mutable buffer, validated once, rewritten in place.
 ///
 /// Every setter keeps the packet valid: lengths never change.
+/// The SSRC field of an RTP or SRTP header (bytes 8..12, in the clear, RFC 3711 §3.1),
+/// read without validating the rest; `None` when `buf` is shorter than 12 bytes.
+#[inline]
+pub fn header_ssrc(buf: &[u8]) -> Option<u32> {
+    if buf.len() < 12 {
+        return None;
+    }
+    be32(buf, 8)
+}
+
 #[derive(Debug)]
 pub struct RtpMut<'a> {
     buf: &'a mut [u8],

@@ -1,26 +1,27 @@
 //! The per-datagram path: demultiplex, find the session, unprotect, route, rewrite, protect,
 //! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
 
+use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-use super::index::{claim, normalize, ClaimError, Index, RebuildReport, Upstream, NONE};
+use super::index::{
+    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
+};
 use super::state::{estimate_index, StreamState, Track, SKIP};
-use super::stats::Stats;
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
-    DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader, StreamDir, StreamRecord,
+    CounterSnapshot, DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader,
+    StreamDir, StreamRecord,
 };
 use contract::srtp::ContextOptions;
 use contract::wire::rtcp::{self, fmt, packet_type};
-use contract::wire::rtp::{RtpMut, RtpPacket};
+use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::stun::StunMessage;
 use contract::wire::{classify, dtls, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// RFC 3550 §6.4.1: the sender report without report blocks is 28 bytes (7 words).
-const SR_FIXED_LEN: usize = 28;
 /// An outbound SRTCP flow's stored index is rewritten every this many packets, so it is at
 /// most this far behind the true one (RTCP is a few packets per second per stream).
 const RTCP_REFRESH: u64 = 16;
@@ -33,7 +34,7 @@ const MAX_RTCP_PACKETS: usize = 16;
 /// The forwarding logic of one worker over its [`Index`], with batch statistics.
 pub struct Forwarder<C = contract::srtp::Context> {
     index: Index<C>,
-    stats: Stats,
+    stats: CounterSnapshot,
     now: Option<Instant>,
     state: StreamState,
     gate: SlowGate,
@@ -88,33 +89,45 @@ fn slow_path_well_formed(kind: Kind, b: &[u8]) -> bool {
     }
 }
 
+/// One packet of a tracked stream, for [`note_stream`].
+#[derive(Debug, Clone, Copy)]
+struct StreamNote {
+    session: SessionId,
+    dir: StreamDir,
+    ssrc: u32,
+    seq: u16,
+    /// The index its context started at (the track's first index, if this packet opens it).
+    first_index: u64,
+    ts: u32,
+    rewritten: bool,
+}
+
 /// Account for one packet of a tracked stream (create the track at its first packet, with the
 /// index its context started at) and persist the stream's index when [`Track::advance`] asks.
 /// Integer compares, plus one seqlock slot write per rollover or `REFRESH` packets.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn note_stream(
     state: &mut StreamState,
     tracks: &mut Vec<Track>,
     ti: Option<usize>,
     limit: usize,
-    session: u64,
-    dir: StreamDir,
-    ssrc: u32,
-    seq: u16,
-    first_index: u64,
-    ts: u32,
-    rewritten: bool,
+    n: &StreamNote,
 ) {
     let t = match ti {
         Some(i) => {
             let t = &mut tracks[i];
-            if !t.advance(seq) {
+            if !t.advance(n.seq) {
                 return;
             }
             *t
         }
-        None => match open_track(state, tracks, limit, session, dir, ssrc, first_index) {
+        None => match open_track(
+            state,
+            tracks,
+            limit,
+            (n.session, n.dir, n.ssrc),
+            n.first_index,
+        ) {
             Some(t) => t,
             None => return,
         },
@@ -122,28 +135,25 @@ fn note_stream(
     state.write(
         t.slot,
         &StreamRecord {
-            session,
-            ssrc,
-            dir,
+            session: n.session,
+            ssrc: n.ssrc,
+            dir: n.dir,
             index: t.index,
-            ts,
-            rewritten,
+            ts: n.ts,
+            rewritten: n.rewritten,
         },
     );
 }
 
-/// Start tracking (session, dir, ssrc) at `index` in this worker's slot for it; `None` when
+/// Start tracking `(session, dir, ssrc)` at `index` in this worker's slot for it; `None` when
 /// the session already tracks `limit` streams in that direction. The list is reserved whole
 /// at its first entry (once per session and direction, like its SRTP context).
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn open_track(
     state: &mut StreamState,
     tracks: &mut Vec<Track>,
     limit: usize,
-    session: SessionId,
-    dir: StreamDir,
-    ssrc: u32,
+    (session, dir, ssrc): (SessionId, StreamDir, u32),
     index: u64,
 ) -> Option<Track> {
     if tracks.len() >= limit {
@@ -209,7 +219,7 @@ fn note_srtcp<C: SrtpOps>(
         }
         None => {
             let dir = StreamDir::RtcpOut;
-            match open_track(state, tracks, limit, session, dir, ssrc, index) {
+            match open_track(state, tracks, limit, (session, dir, ssrc), index) {
                 Some(t) => t,
                 None => return,
             }
@@ -226,21 +236,6 @@ fn note_srtcp<C: SrtpOps>(
             rewritten: false,
         },
     );
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(w) => u32::from_be_bytes([w[0], w[1], w[2], w[3]]),
-        None => 0,
-    }
-}
-
-#[inline]
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(w) = b.get_mut(at..at + 4) {
-        w.copy_from_slice(&v.to_be_bytes());
-    }
 }
 
 /// Apply a route's rewrite to a copied, plain RTP packet: SSRC, payload type (through the
@@ -275,7 +270,7 @@ impl<C: SrtpOps> Forwarder<C> {
     pub fn new(opts: ContextOptions) -> Forwarder<C> {
         Forwarder {
             index: Index::new(opts),
-            stats: Stats::default(),
+            stats: CounterSnapshot::default(),
             now: None,
             state: StreamState::default(),
             gate: SlowGate::Open,
@@ -327,12 +322,12 @@ impl<C: SrtpOps> Forwarder<C> {
         }
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &CounterSnapshot {
         &self.stats
     }
 
     /// The statistics since the last call, resetting them.
-    pub fn take_stats(&mut self) -> Stats {
+    pub fn take_stats(&mut self) -> CounterSnapshot {
         core::mem::take(&mut self.stats)
     }
 
@@ -369,7 +364,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
             }
             if slow.push(src, &buf[..len]) {
-                self.stats.slow_path += 1;
+                self.stats.slow_path_up += 1;
             } else {
                 self.stats.drop(DropReason::SlowPathFull);
             }
@@ -405,10 +400,45 @@ impl<C: SrtpOps> Forwarder<C> {
         s.rate_count > s.max_pps
     }
 
+    /// Call `each` for every output of publisher `idx`'s stream `ssrc`: the SSRC-specific
+    /// routes, then the any-SSRC routes of subscribers no specific route already serves.
+    /// False when the stream has no route. The one per-subscriber loop of the engine.
+    #[inline]
+    fn for_each_output(
+        &mut self,
+        idx: u32,
+        ssrc: u32,
+        mut each: impl FnMut(&mut Self, u32),
+    ) -> bool {
+        let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
+            return false;
+        };
+        for oi in specific.clone().chain(any) {
+            if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
+            {
+                continue;
+            }
+            each(self, oi);
+        }
+        true
+    }
+
     fn on_rtp(&mut self, idx: u32, buf: &mut [u8], len: usize, tx: &mut TxQueue) {
+        let Some(inp) = self.accept_rtp(idx, buf, len) else {
+            return;
+        };
+        let plain = &buf[..inp.len];
+        if !self.for_each_output(idx, inp.ssrc, |this, oi| this.rtp_to(oi, plain, &inp, tx)) {
+            self.stats.drop(DropReason::NoRoute);
+        }
+    }
+
+    /// Rate check, unprotect (in place) and account for one RTP packet of publisher `idx`;
+    /// `None` when it was dropped (and counted).
+    fn accept_rtp(&mut self, idx: u32, buf: &mut [u8], len: usize) -> Option<RtpIn> {
         if self.rate_limited(idx) {
             self.stats.drop(DropReason::RateLimited);
-            return;
+            return None;
         }
         let opts = self.index.opts;
         let publisher = &mut self.index.sessions[idx as usize];
@@ -416,12 +446,12 @@ impl<C: SrtpOps> Forwarder<C> {
         // has not seen yet may continue one a previous relay process handled: start its
         // context at the index closest to the stored one (RFC 3711 §3.3.1, Appendix A), so
         // it authenticates past any rollover.
-        let in_ssrc = be32(buf, 8);
+        let in_ssrc = rtp::header_ssrc(&buf[..len.min(buf.len())]).unwrap_or(0);
         let ti = Track::find(&publisher.rx_track, in_ssrc);
         let publisher_id = publisher.id;
         let Some(rx) = publisher.rx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
-            return;
+            return None;
         };
         if ti.is_none() && len >= 12 && self.state.has_seeds() && rx.roc(in_ssrc).is_none() {
             if let Some(r) = self.state.seed(publisher_id, StreamDir::In, in_ssrc) {
@@ -436,152 +466,108 @@ impl<C: SrtpOps> Forwarder<C> {
             Ok(n) => n,
             Err(e) => {
                 self.stats.drop(rx_drop_reason(e));
-                return;
+                return None;
             }
         };
         // The accepted packet's ROC (it is the stream's highest when it is the first one here).
         let first_roc = u64::from(rx.roc(in_ssrc).unwrap_or(0));
         if !publisher.role.can_publish() {
             self.stats.drop(DropReason::NotPublisher);
-            return;
+            return None;
         }
-        let (ssrc, seq, ts) = match RtpPacket::parse(&buf[..n]) {
-            Ok(p) => (p.ssrc(), p.sequence(), p.timestamp()),
-            Err(_) => {
-                self.stats.drop(DropReason::Malformed);
+        let Ok(p) = RtpPacket::parse(&buf[..n]) else {
+            self.stats.drop(DropReason::Malformed);
+            return None;
+        };
+        let inp = RtpIn {
+            pub_id: publisher.id,
+            ssrc: p.ssrc(),
+            seq: p.sequence(),
+            ts: p.timestamp(),
+            len: n,
+        };
+        publisher.note_ssrc(inp.ssrc);
+        if inp.ssrc == in_ssrc {
+            let note = StreamNote {
+                session: inp.pub_id,
+                dir: StreamDir::In,
+                ssrc: inp.ssrc,
+                seq: inp.seq,
+                first_index: (first_roc << 16) | u64::from(inp.seq),
+                ts: 0,
+                rewritten: false,
+            };
+            let tracks = &mut publisher.rx_track;
+            note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
+        }
+        Some(inp)
+    }
+
+    /// Forward the plain RTP packet `plain` (described by `inp`) to output `oi`: number it,
+    /// rewrite it, protect it under the subscriber's key and queue it.
+    #[inline]
+    fn rtp_to(&mut self, oi: u32, plain: &[u8], inp: &RtpIn, tx: &mut TxQueue) {
+        let limit = self.index.owned_limit();
+        let OutputMut {
+            out: o,
+            sub,
+            stream,
+            opts,
+        } = self.index.output_mut(oi);
+        let out_ssrc = o.rewrite.ssrc.unwrap_or(inp.ssrc);
+        let rewritten = stream.is_some();
+        let ti = Track::find(&sub.tx_track, out_ssrc);
+        // A stream this process has not sent yet may continue one a previous relay process
+        // sent under the same key: continue after its stored index (docs/ENGINE.md).
+        let seed = match ti {
+            None if self.state.has_seeds() => self.state.seed(sub.id, StreamDir::Out, out_ssrc),
+            _ => None,
+        };
+        let window = opts.replay_window;
+        let (oseq, ots) = match number_output(stream, &mut sub.owned, limit, window, seed, inp) {
+            Ok(n) => n,
+            Err(reason) => {
+                self.stats.drop(reason);
                 return;
             }
         };
-        publisher.note_ssrc(ssrc);
-        let pub_id = publisher.id;
-        if ssrc == in_ssrc {
-            let limit = opts.max_streams;
-            let tracks = &mut publisher.rx_track;
-            let first = (first_roc << 16) | u64::from(seq);
-            let state = &mut self.state;
-            note_stream(
-                state,
-                tracks,
-                ti,
-                limit,
-                pub_id,
-                StreamDir::In,
-                ssrc,
-                seq,
-                first,
-                0,
-                false,
-            );
-        }
-        let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
-            self.stats.drop(DropReason::NoRoute);
+        let (peer, sub_id) = (sub.peer, sub.id);
+        let Some(ctx) = sub.tx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
             return;
         };
-        let plain = &buf[..n];
-        let limit = self.index.owned_limit();
-        for oi in specific.clone().chain(any) {
-            if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
-            {
-                continue;
+        let mut first_index = u64::from(oseq);
+        if let Some(r) = seed {
+            if ctx.roc(out_ssrc).is_none() {
+                first_index = estimate_index(r.index, oseq);
+                let _ = ctx.set_roc(out_ssrc, (first_index >> 16) as u32);
             }
-            let Index {
-                sessions,
-                outputs,
-                streams,
-                opts,
-                ..
-            } = &mut self.index;
-            let o = &outputs[oi as usize];
-            let sub = &mut sessions[o.sub as usize];
-            let out_ssrc = o.rewrite.ssrc.unwrap_or(ssrc);
-            let rewritten = o.stream != NONE;
-            let ti = Track::find(&sub.tx_track, out_ssrc);
-            // A stream this process has not sent yet may continue one a previous relay process
-            // sent under the same key: continue after its stored index (docs/ENGINE.md).
-            let seed = match ti {
-                None if self.state.has_seeds() => self.state.seed(sub.id, StreamDir::Out, out_ssrc),
-                _ => None,
+        }
+        if !room(&mut self.stats, tx) {
+            return;
+        }
+        let rw = &o.rewrite;
+        let n = plain.len();
+        let pushed = emit(&mut self.stats, tx, peer, |slot| {
+            let dst = slot.get_mut(..n).ok_or(DropReason::Malformed)?;
+            dst.copy_from_slice(plain);
+            if !rewrite_rtp(dst, rw, oseq, ots) {
+                return Err(DropReason::Malformed);
+            }
+            ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
+        });
+        if pushed {
+            let note = StreamNote {
+                session: sub_id,
+                dir: StreamDir::Out,
+                ssrc: out_ssrc,
+                seq: oseq,
+                first_index,
+                ts: if rewritten { ots } else { 0 },
+                rewritten,
             };
-            let (oseq, ots) = match streams.get_mut(o.stream as usize) {
-                // Rewritten: the stream's continuity state owns the numbering.
-                Some(c) if rewritten => {
-                    if let Some(r) = seed.filter(|_| c.last().is_none()) {
-                        // Past anything the previous process sent (it wrote at most REFRESH
-                        // packets ago), RFC 3711 §9.1.
-                        c.seed_after(r.seq().wrapping_add(SKIP), r.ts);
-                    }
-                    c.map((pub_id, ssrc), seq, ts)
-                }
-                _ => {
-                    // Not rewritten: the output index is the source's, so the output stream
-                    // must have one owner (RFC 3711 §9.1: never two packets under one index).
-                    let window = opts.replay_window;
-                    match claim(&mut sub.owned, limit, window, pub_id, ssrc, seq, ts) {
-                        Ok(()) => (seq, ts),
-                        Err(ClaimError::Collision) => {
-                            self.stats.drop(DropReason::SsrcCollision);
-                            continue;
-                        }
-                        Err(ClaimError::Full) => {
-                            self.stats.drop(DropReason::Crypto);
-                            continue;
-                        }
-                    }
-                }
-            };
-            let peer = sub.peer;
-            let sub_id = sub.id;
-            let Some(ctx) = sub.tx_ctx(*opts) else {
-                self.stats.drop(DropReason::Crypto);
-                continue;
-            };
-            let mut first_index = u64::from(oseq);
-            if let Some(r) = seed {
-                if ctx.roc(out_ssrc).is_none() {
-                    first_index = estimate_index(r.index, oseq);
-                    let _ = ctx.set_roc(out_ssrc, (first_index >> 16) as u32);
-                }
-            }
-            if tx.is_full() {
-                self.stats.drop(DropReason::TxQueueFull);
-                continue;
-            }
-            let mut err = DropReason::Malformed;
-            let rw = &o.rewrite;
-            let pushed = tx.push_with(peer, |slot| {
-                let dst = slot.get_mut(..n)?;
-                dst.copy_from_slice(plain);
-                if !rewrite_rtp(dst, rw, oseq, ots) {
-                    return None;
-                }
-                match ctx.protect_rtp(slot, n) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        err = tx_drop_reason(e);
-                        None
-                    }
-                }
-            });
-            if pushed {
-                self.stats
-                    .tx(tx.metas().last().map_or(0, |m| m.len as usize));
-                let limit = opts.max_streams;
-                note_stream(
-                    &mut self.state,
-                    &mut sessions[o.sub as usize].tx_track,
-                    ti,
-                    limit,
-                    sub_id,
-                    StreamDir::Out,
-                    out_ssrc,
-                    oseq,
-                    first_index,
-                    if rewritten { ots } else { 0 },
-                    rewritten,
-                );
-            } else {
-                self.stats.drop(err);
-            }
+            let tracks = &mut sub.tx_track;
+            note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
         }
     }
 
@@ -605,54 +591,30 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         let publishes = session.role.can_publish();
         // Validate the whole compound first (RFC 3550 §6.1); remember packet boundaries.
-        let mut spans = [(0usize, 0usize); MAX_RTCP_PACKETS];
-        let mut count = 0;
-        let mut off = 0;
-        for p in rtcp::packets(&buf[..n]) {
-            let Ok(p) = p else {
-                self.stats.drop(DropReason::Malformed);
-                return;
-            };
-            let l = p.as_bytes().len();
-            if count < MAX_RTCP_PACKETS {
-                spans[count] = (off, off + l);
-                count += 1;
-            }
-            off += l;
-        }
-        if count == 0 {
+        let plain = &buf[..n];
+        let Some((spans, count)) = compound_spans(plain) else {
             self.stats.drop(DropReason::Malformed);
             return;
-        }
-        let plain = &buf[..n];
+        };
         // Runs of consecutive SR/SDES/BYE about one SSRC go down together as one compound.
         let mut run: Option<(usize, usize, u32)> = None;
-        for &(a, b) in &spans[..count] {
-            let pt = plain[a + 1];
-            let rc = plain[a] & 0x1F;
-            let down = publishes
-                && match pt {
-                    packet_type::SR => b - a >= SR_FIXED_LEN,
-                    packet_type::SDES | packet_type::BYE => rc > 0 && b - a >= 8,
-                    _ => false,
-                };
-            if down {
-                let ssrc = be32(plain, a + 4);
+        for s in &spans[..count] {
+            if publishes && s.goes_down() {
                 match run {
-                    Some((ra, _, rs)) if rs == ssrc => run = Some((ra, b, rs)),
+                    Some((ra, _, rs)) if rs == s.ssrc => run = Some((ra, s.end, rs)),
                     Some(r) => {
                         self.send_down(idx, plain, r, tx);
-                        run = Some((a, b, ssrc));
+                        run = Some((s.at, s.end, s.ssrc));
                     }
-                    None => run = Some((a, b, ssrc)),
+                    None => run = Some((s.at, s.end, s.ssrc)),
                 }
                 continue;
             }
             if let Some(r) = run.take() {
                 self.send_down(idx, plain, r, tx);
             }
-            if matches!(pt, packet_type::RTPFB | packet_type::PSFB) && b - a >= 12 {
-                self.send_up(idx, &plain[a..b], tx);
+            if matches!(s.pt, packet_type::RTPFB | packet_type::PSFB) && s.end - s.at >= 12 {
+                self.send_up(idx, &plain[s.at..s.end], tx);
             }
             // RR, APP, XR and anything else: consumed here.
         }
@@ -666,174 +628,111 @@ impl<C: SrtpOps> Forwarder<C> {
     /// (they describe what the publisher receives, RFC 3550 §6.4.1).
     fn send_down(&mut self, idx: u32, plain: &[u8], run: (usize, usize, u32), tx: &mut TxQueue) {
         let (a, b, ssrc) = run;
-        let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
-            return;
-        };
         let pub_id = self.index.sessions[idx as usize].id;
-        for oi in specific.clone().chain(any) {
-            if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
-            {
-                continue;
-            }
-            let Index {
-                sessions,
-                outputs,
-                streams,
-                opts,
-                ..
-            } = &mut self.index;
-            let o = &outputs[oi as usize];
-            let ts_off = match streams.get(o.stream as usize) {
-                Some(c) if o.stream != NONE => c.offsets_for((pub_id, ssrc)).map(|(_, t)| t),
-                _ => None,
-            };
-            let out_ssrc = o.rewrite.ssrc;
-            let sub = &mut sessions[o.sub as usize];
-            // Reports about a stream another source owns would describe the wrong stream.
-            if o.stream == NONE
-                && sub
-                    .owned
-                    .iter()
-                    .any(|e| e.ssrc == ssrc && e.owner != pub_id)
-            {
-                self.stats.drop(DropReason::SsrcCollision);
-                continue;
-            }
-            let peer = sub.peer;
-            let sub_id = sub.id;
-            // The SRTCP flow is the compound's first SSRC (RFC 3711 §3.4), as rewritten.
-            let rtcp_ssrc = out_ssrc.unwrap_or(ssrc);
-            let Some((ctx, rtcp_track)) = sub.tx_rtcp(*opts) else {
-                self.stats.drop(DropReason::Crypto);
-                continue;
-            };
-            if tx.is_full() {
-                self.stats.drop(DropReason::TxQueueFull);
-                continue;
-            }
-            resume_srtcp(&mut self.state, rtcp_track, sub_id, ctx, rtcp_ssrc);
-            let mut err = DropReason::Malformed;
-            let pushed = tx.push_with(peer, |slot| {
-                let w = copy_down(&plain[a..b], slot)?;
-                for p in rtcp::packets_mut(&mut slot[..w]) {
-                    let Ok(mut p) = p else { return None };
-                    if let Some(x) = out_ssrc {
-                        // SR/SDES/BYE carry the sender SSRC first (checked when copied).
-                        let _ = p.set_sender_ssrc(x);
-                    }
+        let run = &plain[a..b];
+        self.for_each_output(idx, ssrc, |this, oi| {
+            this.rtcp_down_to(oi, run, ssrc, pub_id, tx)
+        });
+    }
+
+    /// Send one SR/SDES/BYE run about the publisher's stream `ssrc` to output `oi`.
+    fn rtcp_down_to(
+        &mut self,
+        oi: u32,
+        run: &[u8],
+        ssrc: u32,
+        pub_id: SessionId,
+        tx: &mut TxQueue,
+    ) {
+        let OutputMut {
+            out: o,
+            sub,
+            stream,
+            ..
+        } = self.index.output_mut(oi);
+        let ts_off = stream.and_then(|c| c.offsets_for((pub_id, ssrc)).map(|(_, t)| t));
+        let out_ssrc = o.rewrite.ssrc;
+        // Reports about a stream another source owns would describe the wrong stream.
+        if o.stream == NONE
+            && sub
+                .owned
+                .iter()
+                .any(|e| e.ssrc == ssrc && e.owner != pub_id)
+        {
+            self.stats.drop(DropReason::SsrcCollision);
+            return;
+        }
+        let to = o.sub;
+        // The SRTCP flow is the compound's first SSRC (RFC 3711 §3.4), as rewritten.
+        let rtcp_ssrc = out_ssrc.unwrap_or(ssrc);
+        self.send_rtcp(to, rtcp_ssrc, tx, |slot| {
+            let w = copy_down(run, slot).ok_or(DropReason::Malformed)?;
+            for p in rtcp::packets_mut(&mut slot[..w]) {
+                let mut p = p.map_err(|_| DropReason::Malformed)?;
+                if let Some(x) = out_ssrc {
+                    // SR/SDES/BYE carry the sender SSRC first (checked when copied).
+                    let _ = p.set_sender_ssrc(x);
                 }
                 if let Some(off) = ts_off {
-                    let mut at = 0;
-                    while at + 4 <= w {
-                        let l =
-                            (usize::from(u16::from_be_bytes([slot[at + 2], slot[at + 3]])) + 1) * 4;
-                        if slot[at + 1] == packet_type::SR && l >= SR_FIXED_LEN {
-                            let t = be32(slot, at + 16).wrapping_add(off);
-                            put32(slot, at + 16, t);
-                        }
-                        at += l;
-                    }
+                    // Not an SR: nothing to shift.
+                    let _ = p.map_sr_rtp_timestamp(|t| t.wrapping_add(off));
                 }
-                match ctx.protect_rtcp(slot, w) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        err = tx_drop_reason(e);
-                        None
-                    }
-                }
-            });
-            if pushed {
-                self.stats
-                    .tx(tx.metas().last().map_or(0, |m| m.len as usize));
-                let limit = opts.max_streams;
-                note_srtcp(&mut self.state, rtcp_track, limit, sub_id, ctx, rtcp_ssrc);
-            } else {
-                self.stats.drop(err);
             }
-        }
+            Ok(w)
+        });
     }
 
     /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
     /// stream it names, with the media SSRC (and FIR entries, RFC 5104 §4.3.1) mapped back to
     /// the publisher's own SSRC and NACKed sequence numbers to its numbering.
     fn send_up(&mut self, idx: u32, p: &[u8], tx: &mut TxQueue) {
-        let pt = p[1];
-        let fmt_ = p[0] & 0x1F;
-        let is_fir = pt == packet_type::PSFB && fmt_ == fmt::FIR;
-        let is_remb = pt == packet_type::PSFB && fmt_ == fmt::AFB && p.get(12..16) == Some(b"REMB");
-        let is_nack = pt == packet_type::RTPFB && fmt_ == fmt::NACK;
-        // FIR (RFC 5104 §4.3.1.2) and REMB leave the media SSRC 0 and name streams in the FCI.
-        let key = if is_fir {
-            be32(p, 12)
-        } else if is_remb {
-            be32(p, 20)
-        } else {
-            be32(p, 8)
+        let Ok((pkt, _)) = rtcp::RtcpPacket::parse(p) else {
+            return;
         };
+        let key = pkt.feedback_target();
         let Some(up) = self.index.upstream_of(idx, key) else {
             return;
         };
-        let Upstream {
-            publisher,
-            ssrc: orig,
-            seq_off,
-        } = up;
-        let opts = self.index.opts;
-        let target = &mut self.index.sessions[publisher as usize];
-        let peer = target.peer;
-        let target_id = target.id;
         // Sent as this worker (see `feedback_ssrc`): that SSRC names the SRTCP flow.
         let rtcp_ssrc = self.feedback_ssrc;
+        let l = p.len();
+        self.send_rtcp(up.publisher, rtcp_ssrc, tx, |slot| {
+            let dst = slot.get_mut(..l).ok_or(DropReason::Malformed)?;
+            dst.copy_from_slice(p);
+            if let Some(Ok(mut m)) = rtcp::packets_mut(dst).next() {
+                map_feedback_up(&mut m, rtcp_ssrc, key, &up);
+            }
+            Ok(l)
+        });
+    }
+
+    /// Queue one RTCP packet for session `to` on its outbound SRTCP flow `rtcp_ssrc`: `fill`
+    /// writes the plain packet into the slot and returns its length; it is then protected,
+    /// queued and counted. Before the flow's first packet in this process its index resumes
+    /// after a previous process's; after each packet it is persisted when due.
+    fn send_rtcp(
+        &mut self,
+        to: u32,
+        rtcp_ssrc: u32,
+        tx: &mut TxQueue,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, DropReason>,
+    ) {
+        let opts = self.index.opts;
+        let target = &mut self.index.sessions[to as usize];
+        let (peer, target_id) = (target.peer, target.id);
         let Some((ctx, rtcp_track)) = target.tx_rtcp(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
         };
-        if tx.is_full() {
-            self.stats.drop(DropReason::TxQueueFull);
+        if !room(&mut self.stats, tx) {
             return;
         }
         resume_srtcp(&mut self.state, rtcp_track, target_id, ctx, rtcp_ssrc);
-        let l = p.len();
-        let mut err = DropReason::Malformed;
-        let pushed = tx.push_with(peer, |slot| {
-            let dst = slot.get_mut(..l)?;
-            dst.copy_from_slice(p);
-            put32(dst, 4, rtcp_ssrc);
-            if is_fir {
-                if let Some(Ok(mut m)) = rtcp::packets_mut(dst).next() {
-                    let _ = m.map_fir_ssrcs(|s| if s == key { orig } else { s });
-                }
-            } else if is_remb {
-                let mut at = 20;
-                while at + 4 <= l {
-                    if be32(dst, at) == key {
-                        put32(dst, at, orig);
-                    }
-                    at += 4;
-                }
-            } else {
-                put32(dst, 8, orig);
-            }
-            if is_nack && seq_off != 0 {
-                // Each FCI entry: PID (16 bits) + BLP; shift the PID back to input numbering.
-                let mut at = 12;
-                while at + 4 <= l {
-                    let pid = u16::from_be_bytes([dst[at], dst[at + 1]]).wrapping_sub(seq_off);
-                    dst[at..at + 2].copy_from_slice(&pid.to_be_bytes());
-                    at += 4;
-                }
-            }
-            match ctx.protect_rtcp(slot, l) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    err = tx_drop_reason(e);
-                    None
-                }
-            }
+        let pushed = emit(&mut self.stats, tx, peer, |slot| {
+            let w = fill(slot)?;
+            ctx.protect_rtcp(slot, w).map_err(tx_drop_reason)
         });
         if pushed {
-            self.stats
-                .tx(tx.metas().last().map_or(0, |m| m.len as usize));
             let limit = opts.max_streams;
             note_srtcp(
                 &mut self.state,
@@ -843,10 +742,142 @@ impl<C: SrtpOps> Forwarder<C> {
                 ctx,
                 rtcp_ssrc,
             );
-        } else {
-            self.stats.drop(err);
         }
     }
+}
+
+/// A publisher's RTP packet accepted for forwarding (decrypted in the receive buffer).
+struct RtpIn {
+    pub_id: SessionId,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    /// Plain packet length.
+    len: usize,
+}
+
+/// The sequence number and timestamp an output sends `inp` with. Rewritten (`continuity`
+/// given): the stream's continuity state owns the numbering, continued past a previous
+/// process's stored index (`seed`). Not rewritten: the output index is the source's, so the
+/// output stream must have one owner (RFC 3711 §9.1: never two packets under one index).
+#[inline]
+fn number_output(
+    continuity: Option<&mut Continuity>,
+    owned: &mut Vec<Owned>,
+    limit: usize,
+    window: u32,
+    seed: Option<StreamRecord>,
+    inp: &RtpIn,
+) -> Result<(u16, u32), DropReason> {
+    if let Some(c) = continuity {
+        if let Some(r) = seed.filter(|_| c.last().is_none()) {
+            // Past anything the previous process sent (it wrote at most REFRESH packets ago),
+            // RFC 3711 §9.1.
+            c.seed_after(r.seq().wrapping_add(SKIP), r.ts);
+        }
+        return Ok(c.map((inp.pub_id, inp.ssrc), inp.seq, inp.ts));
+    }
+    match claim(owned, limit, window, inp.pub_id, inp.ssrc, inp.seq, inp.ts) {
+        Ok(()) => Ok((inp.seq, inp.ts)),
+        Err(ClaimError::Collision) => Err(DropReason::SsrcCollision),
+        Err(ClaimError::Full) => Err(DropReason::Crypto),
+    }
+}
+
+/// Rewrite a subscriber's feedback packet for the publisher: sent as `rtcp_ssrc`, about the
+/// publisher's own SSRC instead of the output one (`key`), NACKs in the publisher's numbering.
+fn map_feedback_up(m: &mut rtcp::RtcpPacketMut<'_>, rtcp_ssrc: u32, key: u32, up: &Upstream) {
+    let orig = up.ssrc;
+    let _ = m.set_sender_ssrc(rtcp_ssrc);
+    let p = m.packet();
+    if p.packet_type() == packet_type::PSFB && p.count() == fmt::FIR {
+        let _ = m.map_fir_ssrcs(|s| if s == key { orig } else { s });
+    } else if p.is_remb() {
+        let _ = m.map_remb_ssrcs(|s| if s == key { orig } else { s });
+    } else {
+        let _ = m.set_media_ssrc(orig);
+    }
+    if up.seq_off != 0 {
+        // Each FCI entry: PID (16 bits) + BLP; shift the PID back to input numbering.
+        let _ = m.map_nack_pids(|pid| pid.wrapping_sub(up.seq_off));
+    }
+}
+
+/// True when `tx` can take another datagram; counts [`DropReason::TxQueueFull`] otherwise.
+#[inline]
+fn room(stats: &mut CounterSnapshot, tx: &TxQueue) -> bool {
+    if tx.is_full() {
+        stats.drop(DropReason::TxQueueFull);
+        return false;
+    }
+    true
+}
+
+/// Queue one datagram for `peer` and count it: `fill` writes it into the slot (copy, rewrite,
+/// protect) and returns its length, or why it was dropped. Every forwarded packet is pushed
+/// and counted here.
+#[inline]
+fn emit(
+    stats: &mut CounterSnapshot,
+    tx: &mut TxQueue,
+    peer: SocketAddr,
+    fill: impl FnOnce(&mut [u8]) -> Result<usize, DropReason>,
+) -> bool {
+    let mut err = DropReason::Malformed;
+    let pushed = tx.push_with(peer, |slot| fill(slot).map_err(|e| err = e).ok());
+    if pushed {
+        stats.tx(tx.metas().last().map_or(0, |m| m.len as usize));
+    } else {
+        stats.drop(err);
+    }
+    pushed
+}
+
+/// One packet of a validated compound: where it is and what [`Forwarder`] routes by.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    at: usize,
+    end: usize,
+    pt: u8,
+    count: u8,
+    /// The sender SSRC (first body word; 0 when absent).
+    ssrc: u32,
+}
+
+impl Span {
+    /// SR, SDES and BYE about a stream go down to its subscribers.
+    fn goes_down(&self) -> bool {
+        let len = self.end - self.at;
+        match self.pt {
+            packet_type::SR => len >= rtcp::SR_FIXED_LEN,
+            packet_type::SDES | packet_type::BYE => self.count > 0 && len >= 8,
+            _ => false,
+        }
+    }
+}
+
+/// Validate a whole compound (RFC 3550 §6.1) and note its first [`MAX_RTCP_PACKETS`]
+/// packets; `None` when any packet is malformed or there is none.
+fn compound_spans(plain: &[u8]) -> Option<([Span; MAX_RTCP_PACKETS], usize)> {
+    let mut spans = [Span::default(); MAX_RTCP_PACKETS];
+    let mut count = 0;
+    let mut off = 0;
+    for p in rtcp::packets(plain) {
+        let p = p.ok()?;
+        let l = p.as_bytes().len();
+        if count < MAX_RTCP_PACKETS {
+            spans[count] = Span {
+                at: off,
+                end: off + l,
+                pt: p.packet_type(),
+                count: p.count(),
+                ssrc: p.sender_ssrc().unwrap_or(0),
+            };
+            count += 1;
+        }
+        off += l;
+    }
+    (count > 0).then_some((spans, count))
 }
 
 /// Copy an SR/SDES/BYE run into `slot`, cutting each SR to its fixed part (RC = 0).
@@ -854,19 +885,7 @@ impl<C: SrtpOps> Forwarder<C> {
 fn copy_down(run: &[u8], slot: &mut [u8]) -> Option<usize> {
     let mut w = 0;
     for p in rtcp::packets(run) {
-        let p = p.ok()?;
-        let bytes = p.as_bytes();
-        if p.packet_type() == packet_type::SR {
-            let dst = slot.get_mut(w..w + SR_FIXED_LEN)?;
-            dst.copy_from_slice(bytes.get(..SR_FIXED_LEN)?);
-            // V=2, P=0, RC=0; length 7 words − 1 (RFC 3550 §6.4.1).
-            dst[0] = 0x80;
-            dst[2..4].copy_from_slice(&((SR_FIXED_LEN / 4 - 1) as u16).to_be_bytes());
-            w += SR_FIXED_LEN;
-        } else {
-            slot.get_mut(w..w + bytes.len())?.copy_from_slice(bytes);
-            w += bytes.len();
-        }
+        w += rtcp::copy_without_reports(&p.ok()?, slot.get_mut(w..)?)?;
     }
     Some(w)
 }

@@ -438,6 +438,20 @@ pub struct Output {
     pub stream: u32,
 }
 
+/// The end of the run of elements from `start` on whose `key` equals `v[start]`'s.
+fn run_end<T, K: PartialEq>(v: &[T], start: usize, key: impl Fn(&T) -> K) -> usize {
+    let k = key(&v[start]);
+    start + v[start..].iter().take_while(|e| key(e) == k).count()
+}
+
+/// See [`Index::output_mut`].
+pub struct OutputMut<'a, C> {
+    pub out: &'a Output,
+    pub sub: &'a mut Session<C>,
+    pub stream: Option<&'a mut Continuity>,
+    pub opts: ContextOptions,
+}
+
 /// One route into a subscriber, seen from the subscriber (to send its feedback upstream).
 #[derive(Debug, Clone, Copy)]
 pub struct Feed {
@@ -562,6 +576,22 @@ impl<C: SrtpOps> Index<C> {
             .any(|o| o.sub == sub)
     }
 
+    /// Output `oi` with what sending on it needs: the route's output, its subscriber, and the
+    /// output stream's continuity state (rewriting routes only).
+    #[inline]
+    pub fn output_mut(&mut self, oi: u32) -> OutputMut<'_, C> {
+        let out = &self.outputs[oi as usize];
+        OutputMut {
+            out,
+            sub: &mut self.sessions[out.sub as usize],
+            stream: match out.stream {
+                NONE => None,
+                s => self.streams.get_mut(s as usize),
+            },
+            opts: self.opts,
+        }
+    }
+
     /// Where a subscriber's feedback about `out_ssrc` goes.
     pub fn upstream_of(&self, sub: u32, out_ssrc: u32) -> Option<Upstream> {
         let s = &self.sessions[sub as usize];
@@ -622,8 +652,35 @@ impl<C: SrtpOps> Index<C> {
         let mut rep = RebuildReport::default();
         sessions.sort_unstable_by_key(|s| s.id);
         routes.sort_unstable_by_key(|r| r.id);
+        self.rebuild_sessions(sessions, &mut rep);
 
-        // Sessions: carry over by id.
+        // Continuity states: park the old ones by key.
+        self.old_streams.clear();
+        for (k, c) in self.stream_keys.drain(..).zip(self.streams.drain(..)) {
+            self.old_streams.insert(k, c);
+        }
+        self.stream_ids.clear();
+
+        self.collect_edges(routes, &mut rep);
+        self.build_groups();
+        self.build_feeds();
+
+        // Keep the continuity of output streams whose subscriber still exists, so a route that
+        // comes back later continues the numbering the subscriber last saw.
+        for (k, c) in self.old_streams.drain() {
+            if self.by_id.contains_key(&k.0) {
+                self.stream_ids.insert(k, self.streams.len() as u32);
+                self.streams.push(c);
+                self.stream_keys.push(k);
+            }
+        }
+        self.update_owners();
+        rep
+    }
+
+    /// Sessions: carry the surviving ones over by id (their SRTP contexts with them), index
+    /// the new ones, and map peer addresses.
+    fn rebuild_sessions(&mut self, sessions: &[SessionRecord], rep: &mut RebuildReport) {
         self.old.clear();
         for s in self.sessions.drain(..) {
             self.old.insert(s.id, s);
@@ -653,15 +710,11 @@ impl<C: SrtpOps> Index<C> {
         }
         self.old.clear();
         rep.sessions = self.sessions.len();
+    }
 
-        // Continuity states: park the old ones by key.
-        self.old_streams.clear();
-        for (k, c) in self.stream_keys.drain(..).zip(self.streams.drain(..)) {
-            self.old_streams.insert(k, c);
-        }
-        self.stream_ids.clear();
-
-        // Routes → edges (publisher index, subscriber index, record).
+    /// Routes → edges (publisher index, subscriber index, record), sorted so each publisher's
+    /// SSRC-specific groups come first (ascending SSRC), then its any-SSRC group.
+    fn collect_edges(&mut self, routes: &[RouteRecord], rep: &mut RebuildReport) {
         self.edges.clear();
         for r in routes.iter() {
             let (Some(&from), Some(&to)) = (self.by_id.get(&r.from), self.by_id.get(&r.to)) else {
@@ -678,58 +731,32 @@ impl<C: SrtpOps> Index<C> {
             self.edges.push((from, to, *r));
         }
         rep.routes = self.edges.len();
-        // SSRC-specific groups first (ascending SSRC), then the any-SSRC group.
         self.edges.sort_unstable_by_key(|(from, to, r)| {
             (*from, r.ssrc.is_none(), r.ssrc.unwrap_or(0), *to, r.id)
         });
+    }
 
+    /// Edges → groups of outputs per publisher and SSRC, each output with its continuity
+    /// state; the feeds each output implies are collected in `feed_scratch`.
+    fn build_groups(&mut self) {
         self.groups.clear();
         self.outputs.clear();
         self.feed_scratch.clear();
         let mut i = 0;
         while i < self.edges.len() {
             let from = self.edges[i].0;
+            let publisher_end = run_end(&self.edges, i, |e| e.0);
             let start_group = self.groups.len() as u32;
-            // One publisher.
-            while i < self.edges.len() && self.edges[i].0 == from {
+            while i < publisher_end {
+                // One group: this publisher's routes for one SSRC (or for any).
                 let key = self.edges[i].2.ssrc;
+                let group_end = run_end(&self.edges[..publisher_end], i, |e| e.2.ssrc);
                 let out_start = self.outputs.len() as u32;
-                while i < self.edges.len() && self.edges[i].0 == from && self.edges[i].2.ssrc == key
-                {
-                    let (_, to, r) = self.edges[i];
-                    let stream = match r.rewrite.ssrc {
-                        Some(x) => {
-                            let k = (self.sessions[to as usize].id, x);
-                            match self.stream_ids.get(&k) {
-                                Some(&s) => s,
-                                None => {
-                                    let s = self.streams.len() as u32;
-                                    let c = self.old_streams.remove(&k).unwrap_or_default();
-                                    self.streams.push(c);
-                                    self.stream_keys.push(k);
-                                    self.stream_ids.insert(k, s);
-                                    s
-                                }
-                            }
-                        }
-                        None => NONE,
-                    };
-                    self.outputs.push(Output {
-                        sub: to,
-                        rewrite: r.rewrite,
-                        stream,
-                    });
-                    self.feed_scratch.push((
-                        to,
-                        Feed {
-                            publisher: from,
-                            src_ssrc: r.ssrc,
-                            out_ssrc: r.rewrite.ssrc,
-                            stream,
-                        },
-                    ));
-                    i += 1;
+                for k in i..group_end {
+                    let (_, to, r) = self.edges[k];
+                    self.push_output(from, to, &r);
                 }
+                i = group_end;
                 let outputs = out_start..self.outputs.len() as u32;
                 match key {
                     Some(ssrc) => self.groups.push(Group { ssrc, outputs }),
@@ -747,32 +774,57 @@ impl<C: SrtpOps> Index<C> {
             };
             s.groups = start_group..end;
         }
+    }
 
-        // Feeds, grouped by subscriber.
+    /// One output of route `r` from publisher `from` to subscriber `to`, and its feed.
+    fn push_output(&mut self, from: u32, to: u32, r: &RouteRecord) {
+        let stream = match r.rewrite.ssrc {
+            Some(x) => {
+                let k = (self.sessions[to as usize].id, x);
+                match self.stream_ids.get(&k) {
+                    Some(&s) => s,
+                    None => {
+                        let s = self.streams.len() as u32;
+                        let c = self.old_streams.remove(&k).unwrap_or_default();
+                        self.streams.push(c);
+                        self.stream_keys.push(k);
+                        self.stream_ids.insert(k, s);
+                        s
+                    }
+                }
+            }
+            None => NONE,
+        };
+        self.outputs.push(Output {
+            sub: to,
+            rewrite: r.rewrite,
+            stream,
+        });
+        self.feed_scratch.push((
+            to,
+            Feed {
+                publisher: from,
+                src_ssrc: r.ssrc,
+                out_ssrc: r.rewrite.ssrc,
+                stream,
+            },
+        ));
+    }
+
+    /// Feeds, grouped by subscriber.
+    fn build_feeds(&mut self) {
         self.feed_scratch.sort_by_key(|(to, _)| *to);
         self.feeds.clear();
         let mut j = 0;
         while j < self.feed_scratch.len() {
             let to = self.feed_scratch[j].0;
+            let end = run_end(&self.feed_scratch, j, |(to, _)| *to);
             let start = self.feeds.len() as u32;
-            while j < self.feed_scratch.len() && self.feed_scratch[j].0 == to {
-                self.feeds.push(self.feed_scratch[j].1);
-                j += 1;
-            }
+            self.feeds
+                .extend(self.feed_scratch[j..end].iter().map(|(_, f)| *f));
             self.sessions[to as usize].feeds = start..self.feeds.len() as u32;
+            j = end;
         }
-
-        // Keep the continuity of output streams whose subscriber still exists, so a route that
-        // comes back later continues the numbering the subscriber last saw.
-        for (k, c) in self.old_streams.drain() {
-            if self.by_id.contains_key(&k.0) {
-                self.stream_ids.insert(k, self.streams.len() as u32);
-                self.streams.push(c);
-                self.stream_keys.push(k);
-            }
-        }
-        self.update_owners();
-        rep
     }
 
     /// Release the owners whose routes went away and let rewriting routes claim their output

@@ -2,11 +2,17 @@
 //!
 //! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
 //! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
-//! continuity), the per-datagram path, and the batch statistics written to the worker's
-//! counter block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
-//! restarted relay continues it; `state`). May not touch: sockets (the [`crate::io`] backends
-//! send what it queues), the clock (the worker passes `now` in), threads. Nothing on the per-datagram path
-//! allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path as built.
+//! continuity), the per-datagram path, the batch statistics written to the worker's counter
+//! block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
+//! restarted relay continues it; `state`). May not touch: sockets and the [`crate::io`]
+//! backends, the worker (nothing here imports [`crate::worker`]; the worker calls this API),
+//! the clock (every call that needs the time is given `now`), threads. Nothing on the
+//! per-datagram path allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path
+//! as built.
+//!
+//! The API is sans-I/O: [`Engine::begin_batch`]`(now)`, [`Engine::handle_datagram`] once per
+//! received datagram (what it emits goes into the transmit queue the caller hands it, what
+//! belongs to control into the slow-path queue), [`Engine::end_batch`]`(now)`.
 //!
 //! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive
 //! directly); [`Engine`] adds the shared-memory reader (generation check once per batch) and
@@ -17,25 +23,19 @@ mod crypto;
 mod forward;
 mod index;
 mod state;
-mod stats;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 pub use forward::{feedback_ssrc, Forwarder, SlowGateRates};
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
 pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
-pub use stats::Stats;
 
 use crate::batch::TxQueue;
-use contract::shm::{RouteRecord, SessionRecord, ShmReader};
+use contract::shm::{CounterSnapshot, RouteRecord, SessionRecord, ShmReader};
 use contract::srtp::ContextOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Where the engine gets the end-of-batch time for its processing-time histogram. The engine
-/// never reads the clock itself: the worker's binary passes `Instant::now`, tests a fake.
-pub type Clock = fn() -> Instant;
 
 /// Engine tunables.
 #[derive(Debug, Clone, Copy)]
@@ -45,8 +45,6 @@ pub struct EngineConfig {
     /// Options for every SRTP context. `max_streams` bounds the SSRCs one session direction
     /// tracks: an outbound context carries one stream per SSRC the subscriber receives.
     pub srtp: ContextOptions,
-    /// Read once at the end of each batch (for the batch-time histogram); `None` records 0.
-    pub clock: Option<Clock>,
     /// The relay-side slow-path limit (see [`Forwarder::set_slow_gate`]); `None` = only
     /// malformed STUN/DTLS is dropped before control.
     pub slow_gate: Option<SlowGateRates>,
@@ -60,7 +58,6 @@ impl Default for EngineConfig {
                 max_streams: 64,
                 ..ContextOptions::default()
             },
-            clock: None,
             slow_gate: None,
         }
     }
@@ -70,14 +67,13 @@ impl Default for EngineConfig {
 pub struct Engine<C: SrtpOps = contract::srtp::Context> {
     shm: Arc<ShmReader>,
     worker: usize,
-    clock: Option<Clock>,
     /// The generation the index was built from; `None` forces a rebuild.
     indexed: Option<u64>,
     fwd: Forwarder<C>,
     session_buf: Vec<SessionRecord>,
     route_buf: Vec<RouteRecord>,
     batch_start: Option<Instant>,
-    totals: Stats,
+    totals: CounterSnapshot,
     last_rebuild: RebuildReport,
     rebuilds: u64,
 }
@@ -91,13 +87,12 @@ impl<C: SrtpOps> Engine<C> {
         Engine {
             shm,
             worker: cfg.worker,
-            clock: cfg.clock,
             indexed: None,
             fwd,
             session_buf: Vec::new(),
             route_buf: Vec::new(),
             batch_start: None,
-            totals: Stats::default(),
+            totals: CounterSnapshot::default(),
             last_rebuild: RebuildReport::default(),
             rebuilds: 0,
         }
@@ -143,9 +138,12 @@ impl<C: SrtpOps> Engine<C> {
         true
     }
 
-    /// Handle one datagram (see [`Forwarder::handle`]).
+    /// Handle one received datagram `buf[..len]` from `src` (see [`Forwarder::handle`]):
+    /// what it forwards is queued in `tx`, what belongs to control in `slow` (the `dst` of a
+    /// slow entry is the peer it came from). `buf` is the whole receive buffer; the datagram
+    /// is decrypted and rewritten in place.
     #[inline]
-    pub fn on_datagram(
+    pub fn handle_datagram(
         &mut self,
         src: SocketAddr,
         buf: &mut [u8],
@@ -156,32 +154,44 @@ impl<C: SrtpOps> Engine<C> {
         self.fwd.handle(src, buf, len, tx, slow);
     }
 
-    /// End the batch: add its statistics and processing time (measured with the configured
-    /// [`Clock`]) to this worker's counter block.
-    pub fn end_batch(&mut self) {
-        let now = self.clock.map(|c| c());
-        self.end_batch_at(now);
+    /// `n` replies from control (STUN answers, DTLS flights) were queued for sending this
+    /// turn; counted in shm (`slow_path_down`).
+    pub fn handle_slow_path_replies(&mut self, n: u64) {
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            c.slow_path_down(n);
+        }
     }
 
-    /// [`Engine::end_batch`] with the end time given (`None`: no time recorded).
-    pub fn end_batch_at(&mut self, now: Option<Instant>) {
+    /// End the batch at `now` (the caller's clock): add its statistics and processing time
+    /// (`now` minus the [`Engine::begin_batch`] time) to this worker's counter block.
+    pub fn end_batch(&mut self, now: Instant) {
         let s = self.fwd.take_stats();
         if let Some(c) = self.shm.worker_counters(self.worker) {
-            s.flush_to(c);
-            if s.rx_packets != 0 {
-                let nanos = match (self.batch_start, now) {
-                    (Some(t), Some(now)) => now.saturating_duration_since(t).as_nanos() as u64,
-                    _ => 0,
-                };
-                c.record_batch(s.rx_packets, nanos);
+            c.add(&s);
+            if s.packets_in != 0 {
+                let nanos = self
+                    .batch_start
+                    .map_or(0, |t| now.saturating_duration_since(t).as_nanos() as u64);
+                c.record_batch(s.packets_in, nanos);
             }
         }
         self.totals.merge(&s);
         self.batch_start = None;
     }
 
+    /// The worker's loop turn ended (`stalled`: it took longer than the stall threshold);
+    /// counted in shm (`loop_turns`, `stalls`).
+    pub fn handle_turn_end(&mut self, stalled: bool) {
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            c.loop_turn();
+            if stalled {
+                c.stall();
+            }
+        }
+    }
+
     /// Everything counted since the engine started (flushed batches only).
-    pub fn totals(&self) -> &Stats {
+    pub fn totals(&self) -> &CounterSnapshot {
         &self.totals
     }
 
@@ -201,37 +211,6 @@ impl<C: SrtpOps> Engine<C> {
 
     pub fn worker(&self) -> usize {
         self.worker
-    }
-}
-
-/// The worker loop drives the engine: `now` comes from the worker's one clock read per turn.
-impl<C: SrtpOps> crate::worker::Handler for Engine<C> {
-    #[inline]
-    fn begin_batch(&mut self, now: Instant) {
-        Engine::begin_batch(self, now);
-    }
-
-    #[inline]
-    fn on_datagram(
-        &mut self,
-        src: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-        tx: &mut TxQueue,
-        slow: &mut TxQueue,
-    ) {
-        self.fwd.handle(src, buf, len, tx, slow);
-    }
-
-    #[inline]
-    fn end_batch(&mut self, _tx: &mut TxQueue, _slow: &mut TxQueue) {
-        Engine::end_batch(self);
-    }
-
-    fn slow_path_replies(&mut self, n: u64) {
-        if let Some(c) = self.shm.worker_counters(self.worker) {
-            c.slow_path_down(n);
-        }
     }
 }
 

@@ -5,10 +5,11 @@
 //! the publisher's numbering, one gets a rewritten SSRC) must decrypt everything with no
 //! output index used twice (RFC 3711 §9.1).
 
+use super::tests::{key, session};
 use super::*;
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 use contract::shm::{Capacity, DropReason, Rewrite, Role, ShmWriter, StreamDir};
-use contract::srtp::{Context, MasterKey, Profile};
+use contract::srtp::Context;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -23,25 +24,8 @@ impl Drop for TempFile {
     }
 }
 
-fn key(n: u8) -> MasterKey {
-    MasterKey::new(Profile::Aes128CmSha1_80, &[n; 30]).unwrap()
-}
-
 fn peer(id: u64) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 1000 + id as u16))
-}
-
-fn session(id: u64, role: Role) -> SessionRecord {
-    SessionRecord {
-        id,
-        peer: peer(id),
-        role,
-        rx_key: key(id as u8),
-        tx_key: key(id as u8 + 100),
-        key_epoch: 1,
-        flags: 0,
-        max_pps: 0,
-    }
 }
 
 struct Receiver {
@@ -99,8 +83,8 @@ impl World {
         buf[..pkt.len()].copy_from_slice(pkt);
         self.tx.clear();
         engine.begin_batch(self.now);
-        engine.on_datagram(peer(1), &mut buf, pkt.len(), &mut self.tx, &mut self.slow);
-        engine.end_batch_at(None);
+        engine.handle_datagram(peer(1), &mut buf, pkt.len(), &mut self.tx, &mut self.slow);
+        engine.end_batch(self.now);
         self.tx.len()
     }
 
@@ -307,8 +291,8 @@ fn srtcp_index_continues_across_restarts() {
             let l = world.sender.protect_rtcp(&mut buf, 28).unwrap();
             world.tx.clear();
             engine.begin_batch(world.now);
-            engine.on_datagram(peer(1), &mut buf, l, &mut world.tx, &mut world.slow);
-            engine.end_batch_at(None);
+            engine.handle_datagram(peer(1), &mut buf, l, &mut world.tx, &mut world.slow);
+            engine.end_batch(world.now);
             assert_eq!(world.tx.len(), 2, "round {round}: the report reaches both");
             for i in 0..2 {
                 let r = if world.tx.metas()[i].dst == peer(2) {
@@ -433,8 +417,8 @@ fn feedback_from_two_workers_uses_two_srtcp_flows() {
             let l = viewer[v].protect_rtcp(&mut buf, 12).unwrap();
             tx.clear();
             engine.begin_batch(now);
-            engine.on_datagram(peer(2 + v as u64), &mut buf, l, &mut tx, &mut slow);
-            engine.end_batch_at(None);
+            engine.handle_datagram(peer(2 + v as u64), &mut buf, l, &mut tx, &mut slow);
+            engine.end_batch(now);
             assert_eq!(tx.len(), 1, "round {round}, viewer {v}: PLI forwarded");
             assert_eq!(tx.metas()[0].dst, peer(1));
             let mut d = tx.datagram(0).to_vec();

@@ -11,7 +11,6 @@
 //! stored index is at most `REFRESH` behind the true one (docs/ENGINE.md "Stream state across
 //! restarts" has the RFC 3711 Appendix A argument for the constants).
 
-use super::index::NONE;
 use contract::shm::{SessionId, ShmReader, StreamDir, StreamRecord};
 use std::sync::Arc;
 
@@ -24,13 +23,16 @@ pub const REFRESH: u16 = 1024;
 /// RFC 3711 §3.3.1, and its sequence tracking both take it as a forward jump).
 pub const SKIP: u16 = 2 * REFRESH;
 
+/// No slot: the region is full or absent (the stream flows but is not persisted).
+pub const NO_SLOT: u32 = u32::MAX;
+
 /// A stream this worker saw in this process: the index last written and its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Track {
     pub ssrc: u32,
     /// ROC ‖ SEQ at the last write; [`Track::RESTART`] after the context was replaced.
     pub index: u64,
-    /// This worker's slot, or [`NONE`] when the region is full or absent.
+    /// This worker's slot, or [`NO_SLOT`] when the region is full or absent.
     pub slot: u32,
 }
 
@@ -194,10 +196,10 @@ impl StreamState {
     }
 
     /// A slot of this worker for (session, dir, ssrc): the one already holding it, else a
-    /// free one, else [`NONE`] (the stream flows but is not persisted).
+    /// free one, else [`NO_SLOT`] (the stream flows but is not persisted).
     pub fn open(&mut self, session: SessionId, dir: StreamDir, ssrc: u32) -> u32 {
         if self.shm.is_none() {
-            return NONE;
+            return NO_SLOT;
         }
         let key = (session, dir, ssrc);
         let start = self.seeds.partition_point(|s| s.key < key);
@@ -213,14 +215,14 @@ impl StreamState {
                 self.own[i as usize] = Some(key);
                 i
             }
-            None => NONE,
+            None => NO_SLOT,
         }
     }
 
-    /// Write `rec` into this worker's slot `slot` (no-op for [`NONE`] or without shm).
+    /// Write `rec` into this worker's slot `slot` (no-op for [`NO_SLOT`] or without shm).
     #[inline]
     pub fn write(&mut self, slot: u32, rec: &StreamRecord) {
-        if slot == NONE {
+        if slot == NO_SLOT {
             return;
         }
         if let Some(shm) = self.shm.as_ref() {

@@ -86,7 +86,7 @@ impl SrtpOps for TagCipher {
     }
 }
 
-fn key(n: u8) -> MasterKey {
+pub(super) fn key(n: u8) -> MasterKey {
     MasterKey::new(Profile::Aes128CmSha1_80, &[n; 30]).unwrap()
 }
 
@@ -94,7 +94,7 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
 }
 
-fn session(id: u64, role: Role) -> SessionRecord {
+pub(super) fn session(id: u64, role: Role) -> SessionRecord {
     SessionRecord {
         id,
         peer: addr(id as u16 + 1000),
@@ -105,6 +105,18 @@ fn session(id: u64, role: Role) -> SessionRecord {
         flags: 0,
         max_pps: 0,
     }
+}
+
+/// Publishers 1 and 2 (speakers), subscriber 3 (viewer), on `routes`.
+fn two_speakers_one_viewer(routes: Vec<RouteRecord>) -> Rig {
+    Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Speaker),
+            session(3, Role::Viewer),
+        ],
+        routes,
+    )
 }
 
 fn route(id: u64, from: u64, ssrc: Option<u32>, to: u64, rw: Rewrite) -> RouteRecord {
@@ -236,7 +248,7 @@ fn fan_out_with_rewrite() {
     // Another SSRC only matches the any-SSRC route.
     let out = rig.send(1, &rtp(0x2222, 1, 1, 97, b"x"));
     assert_eq!(out, vec![(addr(1003), rtp(0x2222, 1, 1, 97, b"x"))]);
-    assert_eq!(rig.fwd.stats().tx_packets, 3);
+    assert_eq!(rig.fwd.stats().packets_out, 3);
 }
 
 /// A 20-byte STUN Binding request without attributes (RFC 8489 §5).
@@ -263,7 +275,7 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         rig.send_raw(addr(9), &mut b, 20);
         rig.slow.clear();
     }
-    assert_eq!(rig.fwd.stats().slow_path, 10);
+    assert_eq!(rig.fwd.stats().slow_path_up, 10);
     assert_eq!(rig.fwd.stats().dropped(DropReason::RateLimited), 90);
     // Other sources are not starved by it, until the worker's total runs out.
     let many: Vec<SocketAddr> = (0..100u32)
@@ -275,7 +287,7 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         rig.slow.clear();
     }
     assert_eq!(
-        rig.fwd.stats().slow_path,
+        rig.fwd.stats().slow_path_up,
         50,
         "the worker's total: 50 per second"
     );
@@ -286,7 +298,7 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         rig.send_raw(addr(9), &mut b, 20);
         rig.slow.clear();
     }
-    assert_eq!(rig.fwd.stats().slow_path, 51);
+    assert_eq!(rig.fwd.stats().slow_path_up, 51);
 }
 
 #[test]
@@ -443,17 +455,10 @@ fn removed_subscriber_and_rekey() {
 #[test]
 fn same_ssrc_from_two_publishers_second_dropped() {
     for explicit in [None, Some(42)] {
-        let mut rig = Rig::new(
-            vec![
-                session(1, Role::Speaker),
-                session(2, Role::Speaker),
-                session(3, Role::Viewer),
-            ],
-            vec![
-                route(1, 1, explicit, 3, Rewrite::default()),
-                route(2, 2, explicit, 3, Rewrite::default()),
-            ],
-        );
+        let mut rig = two_speakers_one_viewer(vec![
+            route(1, 1, explicit, 3, Rewrite::default()),
+            route(2, 2, explicit, 3, Rewrite::default()),
+        ]);
         let out = rig.send(1, &rtp(42, 100, 1000, 96, b"one"));
         assert_eq!(out, vec![(addr(1003), rtp(42, 100, 1000, 96, b"one"))]);
         // Publisher 2 with the same SSRC (and the very same sequence number): refused.
@@ -481,17 +486,10 @@ fn same_ssrc_from_two_publishers_second_dropped() {
 /// after the last index sent: nothing at or behind the fence is encrypted again.
 #[test]
 fn owner_released_with_its_route() {
-    let mut rig = Rig::new(
-        vec![
-            session(1, Role::Speaker),
-            session(2, Role::Speaker),
-            session(3, Role::Viewer),
-        ],
-        vec![
-            route(1, 1, None, 3, Rewrite::default()),
-            route(2, 2, None, 3, Rewrite::default()),
-        ],
-    );
+    let mut rig = two_speakers_one_viewer(vec![
+        route(1, 1, None, 3, Rewrite::default()),
+        route(2, 2, None, 3, Rewrite::default()),
+    ]);
     rig.send(1, &rtp(42, 500, 1000, 96, b"one"));
     rig.send(1, &rtp(42, 501, 1100, 96, b"one"));
     assert!(rig.send(2, &rtp(42, 900, 1, 96, b"two")).is_empty());
@@ -524,17 +522,10 @@ fn owner_released_with_its_route() {
 /// non-rewritten source whose SSRC equals the rewritten output SSRC is refused.
 #[test]
 fn rewritten_stream_owns_its_ssrc() {
-    let mut rig = Rig::new(
-        vec![
-            session(1, Role::Speaker),
-            session(2, Role::Speaker),
-            session(3, Role::Viewer),
-        ],
-        vec![
-            route(1, 1, Some(10), 3, rw_ssrc(77)),
-            route(2, 2, Some(77), 3, Rewrite::default()),
-        ],
-    );
+    let mut rig = two_speakers_one_viewer(vec![
+        route(1, 1, Some(10), 3, rw_ssrc(77)),
+        route(2, 2, Some(77), 3, Rewrite::default()),
+    ]);
     assert_eq!(rig.send(1, &rtp(10, 1000, 5, 96, b"a")).len(), 1);
     assert!(rig.send(2, &rtp(77, 1001, 5, 96, b"b")).is_empty());
     assert_eq!(rig.fwd.stats().dropped(DropReason::SsrcCollision), 1);

@@ -50,6 +50,10 @@ pub struct MmsgBackend {
     rx_iov: Box<[libc::iovec]>,
     rx_addr: Box<[libc::sockaddr_storage]>,
     rx_hdr: Box<[libc::mmsghdr]>,
+    /// Received by the last `recvmmsg` and not yet handed over: `rx_hdr[rx_next..rx_count]`
+    /// (a drain stops at a full transmit queue and the next one goes on here).
+    rx_next: usize,
+    rx_count: usize,
     tx: TxQueue,
     plan: TxPlan,
     tx_hdr: Box<[libc::mmsghdr]>,
@@ -95,6 +99,8 @@ impl MmsgBackend {
             rx_addr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
             // SAFETY: as above.
             rx_hdr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
+            rx_next: 0,
+            rx_count: 0,
             tx: TxQueue::with_capacity(cap),
             plan: TxPlan::new(cap),
             // SAFETY: as above.
@@ -234,7 +240,7 @@ impl Backend for MmsgBackend {
     }
 
     fn wait(&mut self, mut timeout: Duration) -> Result<(), IoError> {
-        if self.readable {
+        if self.readable || self.rx_next < self.rx_count {
             self.skipped += 1;
             if self.aux.is_none() || self.skipped < AUX_EVERY {
                 return Ok(());
@@ -262,12 +268,21 @@ impl Backend for MmsgBackend {
     where
         F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue),
     {
-        if !self.readable || max == 0 {
+        if max == 0 {
             return 0;
         }
-        let r = self.recv_batch(max);
+        if self.rx_next == self.rx_count {
+            if !self.readable {
+                return 0;
+            }
+            self.rx_count = self.recv_batch(max);
+            self.rx_next = 0;
+        }
         let mut handed = 0;
-        for i in 0..r {
+        // A full transmit queue ends the drain: the caller flushes it and drains again.
+        while self.rx_next < self.rx_count && handed < max && !self.tx.is_full() {
+            let i = self.rx_next;
+            self.rx_next += 1;
             let h = &self.rx_hdr[i];
             let len = h.msg_len as usize;
             if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -285,9 +300,6 @@ impl Backend for MmsgBackend {
                 self.counters.rx_errors += 1;
                 continue;
             };
-            if self.tx.is_full() {
-                self.send_all();
-            }
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += len as u64;
             let buf = &mut self.rx_data[i * MAX_DATAGRAM..(i + 1) * MAX_DATAGRAM];

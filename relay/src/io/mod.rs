@@ -13,6 +13,7 @@
 //! memory. Nothing here allocates per packet.
 #![allow(unsafe_code)]
 
+mod counters;
 pub mod handover;
 pub mod mmsg;
 pub mod slowpath;
@@ -31,6 +32,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::batch::TxQueue;
 
+pub use counters::{IoCounters, SharedCounters};
 pub use sys::gso_supported;
 
 /// Which socket backend a worker runs.
@@ -59,6 +61,18 @@ impl BackendKind {
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The configuration file's `relay.backend` (a contract type, so control and sluicectl read
+/// it too) names the same three choices.
+impl From<contract::config::Backend> for BackendKind {
+    fn from(b: contract::config::Backend) -> BackendKind {
+        match b {
+            contract::config::Backend::Auto => BackendKind::Auto,
+            contract::config::Backend::IoUring => BackendKind::IoUring,
+            contract::config::Backend::Mmsg => BackendKind::Mmsg,
+        }
     }
 }
 
@@ -171,34 +185,6 @@ pub fn bind_udp(
 
 pub use contract::wire::normalize_addr;
 
-/// Plain per-backend counters, owned by one worker (the worker publishes them once per turn).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    /// Datagrams handed to the handler.
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    /// Datagrams larger than [`crate::batch::MAX_DATAGRAM`] (dropped).
-    pub rx_truncated: u64,
-    /// Receive errors (bad address, failed receive).
-    pub rx_errors: u64,
-    /// io_uring: the provided-buffer ring ran dry (ENOBUFS); the datagram stays queued in
-    /// the socket and the receive is re-armed, so this is back-pressure, not loss.
-    pub rx_nobufs: u64,
-    /// io_uring: times the multishot receive was re-armed.
-    pub rx_rearms: u64,
-    /// Datagrams the kernel accepted for sending.
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Datagrams lost to send errors (socket full, unreachable, GSO refused, ...).
-    pub tx_errors: u64,
-    /// Datagrams that could not be addressed (an IPv6 destination on an IPv4 socket).
-    pub tx_unroutable: u64,
-    /// GSO trains (sends of more than one segment).
-    pub tx_gso_trains: u64,
-    /// Syscalls made by the backend (io_uring_enter, recvmmsg, sendmmsg, epoll_wait).
-    pub syscalls: u64,
-}
-
 /// The interface both backends implement. One instance per worker thread, created on that
 /// thread (backends hold raw pointers into their own buffers and are not `Send`).
 ///
@@ -214,8 +200,10 @@ pub trait Backend {
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
     /// Hand up to `max` received datagrams to `f(src, buf, len, tx)`: `buf` is a whole
     /// receive buffer of [`crate::batch::MAX_DATAGRAM`] bytes with the datagram in
-    /// `buf[..len]` (the handler may rewrite it in place); `tx` is the queue to fill. A full
-    /// `tx` is flushed between datagrams. Returns how many datagrams were handed over.
+    /// `buf[..len]` (the handler may rewrite it in place); `tx` is the queue to fill. The
+    /// drain stops when `tx` is full (datagrams already taken from the socket stay with the
+    /// backend): the caller [`flush`](Backend::flush)es and drains again. The backend never
+    /// flushes inside a drain. Returns how many datagrams were handed over.
     fn drain<F>(&mut self, max: usize, f: F) -> usize
     where
         F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue);

@@ -32,6 +32,13 @@ fn seqpacket() -> io::Result<Socket> {
     Socket::new(Domain::UNIX, Type::SEQPACKET, None)
 }
 
+/// Where control's replies go: sent at once from the media socket's duplicate, or queued
+/// in the worker's transmit queue.
+enum Down<'a> {
+    Send,
+    Queue(&'a mut TxQueue),
+}
+
 /// Counters of one [`SlowPathClient`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SlowPathCounters {
@@ -53,7 +60,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DOWN_PER_PUMP: usize = 64;
 
 /// The relay end: nonblocking, batched sends of slow-path datagrams to control; replies are
-/// sent to peers through a duplicate of the worker's UDP socket (same local port). When
+/// queued in the worker's transmit queue ([`pump_into`](Self::pump_into)) or, for callers
+/// without one, sent to peers through a duplicate of the worker's UDP socket (same local port). When
 /// control is absent or its socket is full the datagrams are dropped and counted; the client
 /// reconnects with exponential backoff (50 ms … 1 s).
 pub struct SlowPathClient {
@@ -207,7 +215,20 @@ impl SlowPathClient {
         self.send_up(now, up);
         up.clear();
         if self.down_ready {
-            self.forward_down(now);
+            self.forward_down(now, &mut Down::Send);
+        }
+    }
+
+    /// Like [`pump_ready`](Self::pump_ready), but control's replies are queued in `tx` (the
+    /// worker's transmit queue, so they leave with the turn's batch, GSO included) instead of
+    /// being sent one by one. Reading stops while `tx` is full; `down_ready` stays set, so
+    /// the rest is read at the next turn (see [`read_pending`](Self::read_pending)).
+    pub fn pump_into(&mut self, now: Instant, up: &mut TxQueue, tx: &mut TxQueue) {
+        self.try_connect(now);
+        self.send_up(now, up);
+        up.clear();
+        if self.down_ready {
+            self.forward_down(now, &mut Down::Queue(tx));
         }
     }
 
@@ -274,8 +295,14 @@ impl SlowPathClient {
 
     /// Forward up to [`DOWN_PER_PUMP`] replies; `down_ready` stays set only when the limit
     /// (not an empty socket) ended the read.
-    fn forward_down(&mut self, now: Instant) {
+    fn forward_down(&mut self, now: Instant, down: &mut Down<'_>) {
         for _ in 0..DOWN_PER_PUMP {
+            if let Down::Queue(tx) = down {
+                if tx.is_full() {
+                    // Read no reply that could not be queued; the next turn goes on.
+                    return;
+                }
+            }
             let Some(sock) = self.sock.as_ref() else {
                 self.down_ready = false;
                 return;
@@ -301,18 +328,15 @@ impl SlowPathClient {
                     Ok((h, data)) if h.kind == MsgKind::DatagramDown => {
                         // decode guarantees a peer for datagram kinds.
                         let Some(peer) = h.peer else { continue };
-                        let peer = match (peer, self.reply_is_v6()) {
-                            (SocketAddr::V4(a), true) => {
-                                SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())
-                            }
-                            (p, _) => p,
+                        let sent = match down {
+                            // The backend maps an IPv4 peer for an IPv6 socket itself.
+                            Down::Queue(tx) => tx.push(peer, data),
+                            Down::Send => self.send_reply(peer, data),
                         };
-                        match self.reply.send_to(data, peer) {
-                            Ok(_) => self.counters.down_sent += 1,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "slow path reply send");
-                                self.counters.down_dropped += 1;
-                            }
+                        if sent {
+                            self.counters.down_sent += 1;
+                        } else {
+                            self.counters.down_dropped += 1;
                         }
                     }
                     Ok(_) => self.counters.down_dropped += 1,
@@ -330,6 +354,21 @@ impl SlowPathClient {
                     self.disconnect(now, &e);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Send one reply from the duplicate of the media socket ([`pump`](Self::pump)).
+    fn send_reply(&self, peer: SocketAddr, data: &[u8]) -> bool {
+        let peer = match (peer, self.reply_is_v6()) {
+            (SocketAddr::V4(a), true) => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+            (p, _) => p,
+        };
+        match self.reply.send_to(data, peer) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "slow path reply send");
+                false
             }
         }
     }

@@ -441,11 +441,6 @@ impl UringBackend {
         };
         let handed = match parsed {
             Ok((src, len)) => {
-                if self.sets[self.filling].q.is_full() {
-                    if let Err(e) = self.flush_filling() {
-                        tracing::warn!(error = %e, "io_uring flush");
-                    }
-                }
                 self.counters.rx_packets += 1;
                 self.counters.rx_bytes += len as u64;
                 let set = &mut self.sets[self.filling];
@@ -542,6 +537,11 @@ impl UringBackend {
         self.scratch = scratch;
     }
 
+    /// True when the set being filled can take no further datagram.
+    fn tx_full(&self) -> bool {
+        self.sets[self.filling].q.is_full()
+    }
+
     /// Turn the filling set into send SQEs (submitted by the next `io_uring_enter`), then
     /// switch to a free set, waiting for send completions if all are in flight.
     fn flush_filling(&mut self) -> Result<(), IoError> {
@@ -622,14 +622,16 @@ impl Backend for UringBackend {
         F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue),
     {
         let mut handed = 0;
-        while handed < max {
+        // A full transmit queue ends the drain (the caller flushes it and drains again);
+        // receive completions already taken from the ring wait in the stash, in order.
+        while handed < max && !self.tx_full() {
             let Some((res, flags)) = self.stash.pop_front() else {
                 break;
             };
             handed += self.on_recv(res, flags, &mut f);
         }
         let mut scratch = mem::take(&mut self.scratch);
-        while handed < max {
+        while handed < max && !self.tx_full() {
             scratch.clear();
             let room = (max - handed).min(64);
             scratch.extend(
@@ -643,6 +645,7 @@ impl Backend for UringBackend {
             }
             for &(ud, res, flags) in &scratch {
                 match ud & TAG_MASK {
+                    TAG_RECV if self.tx_full() => self.stash.push_back((res, flags)),
                     TAG_RECV => handed += self.on_recv(res, flags, &mut f),
                     TAG_SEND => self.on_send(ud, res),
                     TAG_POLL => self.on_poll(ud, res, flags),

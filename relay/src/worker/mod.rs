@@ -2,43 +2,58 @@
 //! group and its own [`io::Backend`](crate::io::Backend); the loop that glues the backend to a
 //! [`Handler`] (the forwarding engine, or [`Echo`]).
 //!
-//! Owns: threads, pinning, the clock (read once per loop turn and passed in), the stall
-//! detector, the stop flag, per-worker counters. May not touch: packet contents (the handler's
-//! job), syscalls other than through [`crate::io`].
+//! Owns: threads, pinning, the clock (read at the start of each turn and after its drain, and
+//! passed in), the stall detector, the stop flag, per-worker counters. May not touch: packet
+//! contents (the handler's job), syscalls other than through [`crate::io`].
 //!
 //! One loop turn:
 //! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it;
 //!    io_uring: this is the turn's one `io_uring_enter`, which also submits last turn's sends);
 //! 2. read the clock once; `handler.begin_batch(now)`;
 //! 3. `drain` up to `batch` datagrams into `handler.on_datagram(src, buf, len, tx, slow)`;
-//! 4. `handler.end_batch(tx, slow)`; `flush` the transmit queue;
+//! 4. `handler.end_batch(end, tx, slow)` with the clock read again (`end`, for the engine's
+//!    batch-time histogram);
 //! 5. pass `slow` (datagrams for control, `dst` = the peer they came from) to the slow-path
-//!    client, which also forwards control's replies — read only when the backend reported the
-//!    connection readable (it watches the fd, [`Backend::watch_readable`]), so an idle turn
-//!    makes no slow-path syscall and a reply wakes the worker at once;
-//! 6. log and count the turn if it took longer than `stall_threshold`; publish counters.
+//!    client and queue control's replies in the backend's transmit queue — read only when the
+//!    backend reported the connection readable (it watches the fd,
+//!    [`Backend::watch_readable`]), so an idle turn makes no slow-path syscall and a reply
+//!    wakes the worker at once;
+//! 6. `flush` the transmit queue: media, engine-made RTCP and control's replies leave in one
+//!    batch (GSO for runs);
+//! 7. log and count the turn if it took longer than `stall_threshold`; publish counters.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batch::TxQueue;
+use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
 use crate::io::uring::UringBackend;
 use crate::io::{self, Backend, BackendKind, BackendParams, BufferGrant, IoError, SocketBuffers};
 
+mod stats;
+
+use stats::publish;
+
+/// Counters of one worker, each written only by that worker (published once per turn).
+pub type WorkerStats = io::SharedCounters;
+/// A plain copy of [`WorkerStats`].
+pub type StatsSnapshot = io::IoCounters;
+
 /// What a worker drives: the forwarding engine implements this; [`Echo`] is the baseline.
 ///
-/// All calls of one turn get the same `now` (from [`begin_batch`](Handler::begin_batch)).
+/// All calls of one turn get the same `now` (from [`begin_batch`](Handler::begin_batch));
+/// [`end_batch`](Handler::end_batch) also gets the time the drain ended.
 /// `buf` in [`on_datagram`](Handler::on_datagram) is the whole receive buffer
 /// ([`crate::batch::MAX_DATAGRAM`] bytes) with the datagram in `buf[..len]`; the handler may
 /// decrypt or rewrite it in place. It fills `tx` with datagrams to send and `slow` with
 /// datagrams for control (the `dst` of a slow entry is the peer it came from). A full queue
-/// refuses pushes; the backend flushes `tx` between datagrams when it is full.
+/// refuses pushes; when `tx` is full between datagrams the worker sends it and goes on.
 pub trait Handler {
     /// Start of a loop turn.
     fn begin_batch(&mut self, now: Instant) {
@@ -53,14 +68,53 @@ pub trait Handler {
         tx: &mut TxQueue,
         slow: &mut TxQueue,
     );
-    /// End of the turn's datagrams (flush per-subscriber trains, timers, ...).
-    fn end_batch(&mut self, tx: &mut TxQueue, slow: &mut TxQueue) {
-        let _ = (tx, slow);
+    /// End of the turn's datagrams at `now` (the worker's clock, read once after the drain):
+    /// flush per-subscriber trains, timers, ... into `tx` and `slow`.
+    fn end_batch(&mut self, now: Instant, tx: &mut TxQueue, slow: &mut TxQueue) {
+        let _ = (now, tx, slow);
     }
-    /// `n` replies from control (STUN answers, DTLS flights) were sent from this worker's
-    /// socket this turn; the engine counts them in shm (`slow_path_down`).
+    /// `n` replies from control (STUN answers, DTLS flights) joined this turn's transmit
+    /// queue; the engine counts them in shm (`slow_path_down`).
     fn slow_path_replies(&mut self, n: u64) {
         let _ = n;
+    }
+    /// The loop turn ended; `stalled` when it took longer than `stall_threshold`.
+    fn end_turn(&mut self, stalled: bool) {
+        let _ = stalled;
+    }
+}
+
+/// The forwarding engine as a worker's handler: the worker owns the loop and the clock and
+/// calls the engine's sans-I/O API with the turn's time and the backend's queues.
+impl<C: SrtpOps> Handler for Engine<C> {
+    #[inline]
+    fn begin_batch(&mut self, now: Instant) {
+        Engine::begin_batch(self, now);
+    }
+
+    #[inline]
+    fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
+        self.handle_datagram(src, buf, len, tx, slow);
+    }
+
+    #[inline]
+    fn end_batch(&mut self, now: Instant, _tx: &mut TxQueue, _slow: &mut TxQueue) {
+        Engine::end_batch(self, now);
+    }
+
+    fn slow_path_replies(&mut self, n: u64) {
+        self.handle_slow_path_replies(n);
+    }
+
+    fn end_turn(&mut self, stalled: bool) {
+        self.handle_turn_end(stalled);
     }
 }
 
@@ -156,110 +210,6 @@ pub enum WorkerError {
     Panicked(usize),
     #[error("invalid worker config: {0}")]
     Config(String),
-}
-
-/// Counters of one worker, each written only by that worker (published once per turn).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct WorkerStats {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub rx_truncated: AtomicU64,
-    pub rx_errors: AtomicU64,
-    pub rx_rearms: AtomicU64,
-    pub rx_nobufs: AtomicU64,
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub tx_errors: AtomicU64,
-    pub tx_unroutable: AtomicU64,
-    pub tx_gso_trains: AtomicU64,
-    pub syscalls: AtomicU64,
-    pub turns: AtomicU64,
-    pub stalls: AtomicU64,
-    pub slow_up_sent: AtomicU64,
-    pub slow_up_dropped: AtomicU64,
-    pub slow_down_sent: AtomicU64,
-    pub slow_down_dropped: AtomicU64,
-    pub slow_connects: AtomicU64,
-}
-
-/// A plain copy of [`WorkerStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub rx_truncated: u64,
-    pub rx_errors: u64,
-    pub rx_rearms: u64,
-    pub rx_nobufs: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub tx_errors: u64,
-    pub tx_unroutable: u64,
-    pub tx_gso_trains: u64,
-    pub syscalls: u64,
-    pub turns: u64,
-    pub stalls: u64,
-    pub slow_up_sent: u64,
-    pub slow_up_dropped: u64,
-    pub slow_down_sent: u64,
-    pub slow_down_dropped: u64,
-    pub slow_connects: u64,
-}
-
-impl WorkerStats {
-    /// Read every counter (relaxed; each is monotonic).
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StatsSnapshot {
-            rx_packets: l(&self.rx_packets),
-            rx_bytes: l(&self.rx_bytes),
-            rx_truncated: l(&self.rx_truncated),
-            rx_errors: l(&self.rx_errors),
-            rx_rearms: l(&self.rx_rearms),
-            rx_nobufs: l(&self.rx_nobufs),
-            tx_packets: l(&self.tx_packets),
-            tx_bytes: l(&self.tx_bytes),
-            tx_errors: l(&self.tx_errors),
-            tx_unroutable: l(&self.tx_unroutable),
-            tx_gso_trains: l(&self.tx_gso_trains),
-            syscalls: l(&self.syscalls),
-            turns: l(&self.turns),
-            stalls: l(&self.stalls),
-            slow_up_sent: l(&self.slow_up_sent),
-            slow_up_dropped: l(&self.slow_up_dropped),
-            slow_down_sent: l(&self.slow_down_sent),
-            slow_down_dropped: l(&self.slow_down_dropped),
-            slow_connects: l(&self.slow_connects),
-        }
-    }
-}
-
-impl std::ops::Add for StatsSnapshot {
-    type Output = StatsSnapshot;
-    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            rx_packets: self.rx_packets + o.rx_packets,
-            rx_bytes: self.rx_bytes + o.rx_bytes,
-            rx_truncated: self.rx_truncated + o.rx_truncated,
-            rx_errors: self.rx_errors + o.rx_errors,
-            rx_rearms: self.rx_rearms + o.rx_rearms,
-            rx_nobufs: self.rx_nobufs + o.rx_nobufs,
-            tx_packets: self.tx_packets + o.tx_packets,
-            tx_bytes: self.tx_bytes + o.tx_bytes,
-            tx_errors: self.tx_errors + o.tx_errors,
-            tx_unroutable: self.tx_unroutable + o.tx_unroutable,
-            tx_gso_trains: self.tx_gso_trains + o.tx_gso_trains,
-            syscalls: self.syscalls + o.syscalls,
-            turns: self.turns + o.turns,
-            stalls: self.stalls + o.stalls,
-            slow_up_sent: self.slow_up_sent + o.slow_up_sent,
-            slow_up_dropped: self.slow_up_dropped + o.slow_up_dropped,
-            slow_down_sent: self.slow_down_sent + o.slow_down_sent,
-            slow_down_dropped: self.slow_down_dropped + o.slow_down_dropped,
-            slow_connects: self.slow_connects + o.slow_connects,
-        }
-    }
 }
 
 /// Running workers.
@@ -650,42 +600,23 @@ fn run_loop<B: Backend, H: Handler>(
         }
         let now = Instant::now();
         h.begin_batch(now);
-        let n = b.drain(cfg.batch, |src, buf, len, tx| {
-            h.on_datagram(src, buf, len, tx, &mut slow_q)
-        });
-        h.end_batch(b.tx(), &mut slow_q);
+        let n = drain_turn(id, b, h, &mut slow_q, cfg.batch);
+        h.end_batch(Instant::now(), b.tx(), &mut slow_q);
+        if let Err(e) = pump_slow_path(b, h, slow.as_mut(), &mut slow_q, now, &mut watched) {
+            break Err(e);
+        }
+        if slow.is_none() {
+            slow_dropped_local += slow_q.len() as u64;
+            slow_q.clear();
+        }
         if let Err(e) = b.flush() {
             break Err(e);
         }
-        match slow.as_mut() {
-            Some(c) => {
-                if b.take_readable() {
-                    c.set_readable();
-                }
-                let before = c.counters().down_sent;
-                c.pump_ready(now, &mut slow_q);
-                let replies = c.counters().down_sent - before;
-                if replies > 0 {
-                    h.slow_path_replies(replies);
-                }
-                let conn = c.connection();
-                if conn.map(|(id, _)| id) != watched {
-                    // A new connection, or none: watch its fd instead of the old one (closed
-                    // by now; the backend copes with that).
-                    if let Err(e) = b.watch_readable(conn.map(|(_, fd)| fd)) {
-                        break Err(e);
-                    }
-                    watched = conn.map(|(id, _)| id);
-                }
-            }
-            None => {
-                slow_dropped_local += slow_q.len() as u64;
-                slow_q.clear();
-            }
-        }
         turns += 1;
         let took = now.elapsed();
-        if took > cfg.stall_threshold {
+        let stalled = took > cfg.stall_threshold;
+        h.end_turn(stalled);
+        if stalled {
             stalls += 1;
             tracing::warn!(
                 worker = id,
@@ -724,6 +655,69 @@ fn run_loop<B: Backend, H: Handler>(
     result
 }
 
+/// Hand up to `max` received datagrams to the handler. The backend stops draining when its
+/// transmit queue is full; the queue is then sent and the drain goes on, so a fan-out larger
+/// than the queue costs an extra send, not the datagrams. Returns how many were handed over.
+fn drain_turn<B: Backend, H: Handler>(
+    id: usize,
+    b: &mut B,
+    h: &mut H,
+    slow_q: &mut TxQueue,
+    max: usize,
+) -> usize {
+    let mut n = 0;
+    loop {
+        n += b.drain(max - n, |src, buf, len, tx| {
+            h.on_datagram(src, buf, len, tx, slow_q)
+        });
+        if n >= max || !b.tx().is_full() {
+            return n;
+        }
+        if let Err(e) = b.flush() {
+            // What is left stays with the backend for the next turn.
+            tracing::warn!(worker = id, error = %e, "flush of a full transmit queue failed");
+            return n;
+        }
+    }
+}
+
+/// Pass the turn's slow-path datagrams to control and queue control's replies in the
+/// backend's transmit queue (they leave with the turn's batch); keep the backend watching the
+/// current connection's fd.
+fn pump_slow_path<B: Backend, H: Handler>(
+    b: &mut B,
+    h: &mut H,
+    slow: Option<&mut SlowPathClient>,
+    slow_q: &mut TxQueue,
+    now: Instant,
+    watched: &mut Option<u64>,
+) -> Result<(), IoError> {
+    let Some(c) = slow else {
+        return Ok(());
+    };
+    if b.take_readable() {
+        c.set_readable();
+    }
+    if b.tx().is_full() {
+        // Room for replies: a full queue would leave them for the next turn.
+        b.flush()?;
+    }
+    let before = c.counters().down_sent;
+    c.pump_into(now, slow_q, b.tx());
+    let replies = c.counters().down_sent - before;
+    if replies > 0 {
+        h.slow_path_replies(replies);
+    }
+    let conn = c.connection();
+    if conn.map(|(id, _)| id) != *watched {
+        // A new connection, or none: watch its fd instead of the old one (closed by now; the
+        // backend copes with that).
+        b.watch_readable(conn.map(|(_, fd)| fd))?;
+        *watched = conn.map(|(id, _)| id);
+    }
+    Ok(())
+}
+
 /// The stop flags a worker watches.
 struct Flags {
     stop: Arc<AtomicBool>,
@@ -750,15 +744,13 @@ fn finish_for_handover<B: Backend, H: Handler>(
     // worker alive under load; what it leaves in the socket goes to the new process. After
     // `stop_receiving` io_uring only hands over what it holds, so it ends with n == 0.
     for _ in 0..passes {
-        let n = b.drain(batch, |src, buf, len, tx| {
-            h.on_datagram(src, buf, len, tx, slow_q)
-        });
+        let n = drain_turn(id, b, h, slow_q, batch);
         handed += n;
         if n == 0 {
             break;
         }
     }
-    h.end_batch(b.tx(), slow_q);
+    h.end_batch(Instant::now(), b.tx(), slow_q);
     if let Err(e) = b.flush() {
         tracing::warn!(worker = id, error = %e, "hand-over: final flush failed");
     }
@@ -768,35 +760,4 @@ fn finish_for_handover<B: Backend, H: Handler>(
         datagrams = handed,
         "worker handed its socket over"
     );
-}
-
-fn publish(
-    s: &WorkerStats,
-    c: &io::IoCounters,
-    slow: Option<&SlowPathClient>,
-    slow_dropped_local: u64,
-    turns: u64,
-    stalls: u64,
-) {
-    let st = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-    st(&s.rx_packets, c.rx_packets);
-    st(&s.rx_bytes, c.rx_bytes);
-    st(&s.rx_truncated, c.rx_truncated);
-    st(&s.rx_errors, c.rx_errors);
-    st(&s.rx_rearms, c.rx_rearms);
-    st(&s.rx_nobufs, c.rx_nobufs);
-    st(&s.tx_packets, c.tx_packets);
-    st(&s.tx_bytes, c.tx_bytes);
-    st(&s.tx_errors, c.tx_errors);
-    st(&s.tx_unroutable, c.tx_unroutable);
-    st(&s.tx_gso_trains, c.tx_gso_trains);
-    st(&s.syscalls, c.syscalls);
-    st(&s.turns, turns);
-    st(&s.stalls, stalls);
-    let sc = slow.map(|c| c.counters()).unwrap_or_default();
-    st(&s.slow_up_sent, sc.up_sent);
-    st(&s.slow_up_dropped, sc.up_dropped + slow_dropped_local);
-    st(&s.slow_down_sent, sc.down_sent);
-    st(&s.slow_down_dropped, sc.down_dropped);
-    st(&s.slow_connects, sc.connects);
 }

@@ -237,9 +237,9 @@ impl Rig {
             let n = d.len().min(MAX_DATAGRAM);
             buf[..n].copy_from_slice(&d[..n]);
             self.engine
-                .on_datagram(*src, &mut buf, n, &mut self.tx, &mut self.slow);
+                .handle_datagram(*src, &mut buf, n, &mut self.tx, &mut self.slow);
         }
-        self.engine.end_batch_at(Some(self.now));
+        self.engine.end_batch(self.now);
         (0..self.tx.len())
             .map(|i| (self.tx.metas()[i].dst, self.tx.datagram(i).to_vec()))
             .collect()

@@ -1,0 +1,88 @@
+//! A worker's own counters, one list of names in two forms: [`IoCounters`], plain integers
+//! written on the worker's thread (its backend counts receives, sends and syscalls; the worker
+//! adds its loop's turns and its slow-path client's counts), and [`SharedCounters`], the same
+//! counters as atomics, published once per loop turn for other threads. (What the forwarding
+//! engine counts goes to the worker's block in shared memory.)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// A worker's counters as plain integers (see the module doc); also what
+        /// [`SharedCounters::snapshot`] returns.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct IoCounters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// [`IoCounters`] published for other threads: written only by the worker's thread.
+        #[derive(Debug, Default)]
+        #[repr(align(64))]
+        pub struct SharedCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl SharedCounters {
+            /// Read every counter (relaxed; each is monotonic).
+            pub fn snapshot(&self) -> IoCounters {
+                IoCounters {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+
+            /// Publish `c` (relaxed stores; one writer).
+            pub fn store(&self, c: &IoCounters) {
+                $(self.$name.store(c.$name, Ordering::Relaxed);)*
+            }
+        }
+
+        impl std::ops::Add for IoCounters {
+            type Output = IoCounters;
+            fn add(self, o: IoCounters) -> IoCounters {
+                IoCounters {
+                    $($name: self.$name + o.$name,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams handed to the handler.
+    rx_packets,
+    rx_bytes,
+    /// Datagrams larger than [`crate::batch::MAX_DATAGRAM`] (dropped).
+    rx_truncated,
+    /// Receive errors (bad address, failed receive).
+    rx_errors,
+    /// io_uring: times the multishot receive was re-armed.
+    rx_rearms,
+    /// io_uring: the provided-buffer ring ran dry (ENOBUFS); the datagram stays queued in
+    /// the socket and the receive is re-armed, so this is back-pressure, not loss.
+    rx_nobufs,
+    /// Datagrams the kernel accepted for sending.
+    tx_packets,
+    tx_bytes,
+    /// Datagrams lost to send errors (socket full, unreachable, GSO refused, ...).
+    tx_errors,
+    /// Datagrams that could not be addressed (an IPv6 destination on an IPv4 socket).
+    tx_unroutable,
+    /// GSO trains (sends of more than one segment).
+    tx_gso_trains,
+    /// Syscalls made by the backend (io_uring_enter, recvmmsg, sendmmsg, epoll_wait).
+    syscalls,
+    /// The worker's loop turns.
+    turns,
+    /// Turns longer than the worker's stall threshold.
+    stalls,
+    /// Datagrams handed to control.
+    slow_up_sent,
+    /// Datagrams for control dropped (control absent or its socket full, or no slow path).
+    slow_up_dropped,
+    /// Replies from control queued for their peers.
+    slow_down_sent,
+    /// Replies from control that could not be queued (bad message, or dropped).
+    slow_down_dropped,
+    /// Successful (re)connections to control.
+    slow_connects,
+}
