@@ -238,10 +238,10 @@ mod tests {
         let i = find_in(&[b.clone(), a.clone()], false).unwrap();
         assert_eq!(i.info.admin_url, "http://b");
         // Only a stale file: it is used (and its control will not answer).
-        let i = find_in(&[stale.clone()], false).unwrap();
+        let i = find_in(std::slice::from_ref(&stale), false).unwrap();
         assert!(!i.live);
         // Nothing: not running, naming every place looked at.
-        match find_in(&[empty.clone()], false) {
+        match find_in(std::slice::from_ref(&empty), false) {
             Err(CtlError::NotRunning { paths }) => {
                 assert_eq!(paths, vec![RuntimeInfo::path_in(&empty)])
             }
