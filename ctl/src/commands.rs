@@ -9,6 +9,7 @@ use crate::cli::{Command, RouteCmd, SessionCmd};
 use crate::discovery::Endpoint;
 use crate::error::{CtlError, Result, EXIT_DOWN};
 use crate::output::{print_json, Output};
+use crate::supervise::UpState;
 use crate::table::{self, cell, field};
 use crate::up::relay_up;
 use crate::validate;
@@ -127,6 +128,9 @@ pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Res
                     "instance".into(),
                     json!({"runtime_dir": dir.display().to_string(), "control_pid": pid}),
                 );
+                if let Some(up) = UpState::read(dir) {
+                    obj.insert("supervisor".into(), json!(up));
+                }
             }
             match out {
                 Output::Json => print_json(&v),
@@ -273,8 +277,19 @@ fn status_text(v: &Value) -> String {
         ),
         None => "-".to_string(),
     };
+    let supervisor = match v.get("supervisor") {
+        Some(u) => format!(
+            "sluicectl up (pid {}): control restarted {}, relay restarted {}, relay upgrades adopted {}",
+            field(u, "pid"),
+            field(u, "control_restarts"),
+            field(u, "relay_restarts"),
+            field(u, "relay_upgrades")
+        ),
+        None => "-".to_string(),
+    };
     let rows: Vec<(&str, String)> = vec![
         ("instance", instance),
+        ("supervisor", supervisor),
         ("version", field(v, "version")),
         ("admin_url", field(v, "admin_url")),
         ("media_addr", field(v, "media_addr")),

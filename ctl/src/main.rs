@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod child;
 mod cli;
 mod commands;
 mod discovery;
@@ -11,6 +12,7 @@ mod output;
 // The admin API client lives in this crate's library so sluice-bench uses the same one.
 use sluicectl::admin_http as http;
 mod srtp_cmd;
+mod supervise;
 mod table;
 mod up;
 mod upgrade_cmd;

@@ -1,194 +1,28 @@
 //! `sluicectl up`: run sluice-control and sluice-relay in the foreground.
 //!
-//! Owns: finding the daemon binaries, starting them (control first, since it creates the
-//! shared-memory file and the runtime file), waiting until control's runtime file appears and
-//! `/v1/status` reports the relay up, printing the endpoints, and stopping both children on
-//! SIGINT/SIGTERM (SIGTERM, then SIGKILL after a grace period). The configuration file is
+//! Owns: starting them (control first, since it creates the shared-memory file and the runtime
+//! file), waiting until control's runtime file appears and `/v1/status` reports the relay up,
+//! and printing the endpoints; then [`crate::supervise`] keeps both running until SIGINT or
+//! SIGTERM. A daemon that dies before it is ready stops everything. The configuration file is
 //! loaded only to validate it and to learn the runtime directory; the daemons get it as given.
 //! May not touch: the daemons' state.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::os::unix::process::CommandExt;
 
 use serde_json::Value;
 
 use crate::api::Client;
 use contract::config::{Config, RuntimeInfo};
 
+use crate::child::{find_binary, stop_all, Daemon, CONTROL_BIN, RELAY_BIN};
 use crate::discovery::{self, Endpoint};
 use crate::error::{CtlError, Result};
+use crate::supervise::Supervisor;
 
-pub const CONTROL_BIN: &str = "sluice-control";
-pub const RELAY_BIN: &str = "sluice-relay";
-/// How long a child gets between SIGTERM and SIGKILL.
-const GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
-/// How many stderr lines of each child are kept for error reports.
-const TAIL_LINES: usize = 20;
-
-/// Find a daemon binary next to the running `sluicectl`, else on `PATH`.
-pub fn find_binary(name: &str) -> Result<PathBuf> {
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
-    if let Some(dir) = &exe_dir {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    let beside = exe_dir
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|| "(unknown)".to_string());
-    Err(CtlError::Other(format!(
-        "cannot find {name}: not in {beside} (next to sluicectl) and not on PATH"
-    )))
-}
-
-/// A running daemon with its stderr being echoed and remembered.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    reader: Option<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
-}
-
-impl Daemon {
-    fn spawn(name: &'static str, bin: &Path, config: Option<&Path>) -> Result<Daemon> {
-        let mut cmd = Command::new(bin);
-        if let Some(c) = config {
-            cmd.arg("--config").arg(c);
-        }
-        // Own process group: a terminal Ctrl-C reaches only sluicectl, which then stops the
-        // children in order instead of racing them.
-        // The daemons' stdout goes to our stderr: sluicectl's stdout carries only its own
-        // result (the endpoints, as JSON with --json).
-        cmd.process_group(0)
-            .stdin(Stdio::null())
-            .stdout(std::io::stderr())
-            .stderr(Stdio::piped());
-        // ETXTBSY: the binary is still open for writing somewhere (just installed or copied);
-        // it clears within moments.
-        let mut attempts = 0;
-        let mut child = loop {
-            match cmd.spawn() {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 20 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                r => {
-                    break r.map_err(|e| {
-                        CtlError::Other(format!("cannot start {}: {e}", bin.display()))
-                    })?
-                }
-            }
-        };
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let reader = child.stderr.take().map(|err| {
-            let tail = Arc::clone(&tail);
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines() {
-                    let Ok(line) = line else { break };
-                    eprintln!("[{name}] {line}");
-                    // A poisoned lock only means another reader panicked; keep going.
-                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-                    if t.len() == TAIL_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(line);
-                }
-            })
-        });
-        Ok(Daemon {
-            name,
-            child,
-            tail,
-            reader,
-            exited: None,
-        })
-    }
-
-    /// `Some(status)` once the child has exited.
-    fn poll(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.exited = Some(st);
-            }
-        }
-        self.exited
-    }
-
-    fn tail(&mut self) -> String {
-        // The reader ends when the child's stderr closes; give it a moment to drain.
-        if self.exited.is_some() {
-            if let Some(r) = self.reader.take() {
-                let _ = r.join();
-            }
-        }
-        let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        if t.is_empty() {
-            format!("  ({} wrote nothing on stderr)\n", self.name)
-        } else {
-            t.iter().map(|l| format!("  {l}\n")).collect()
-        }
-    }
-
-    fn signal_term(&mut self) {
-        if self.poll().is_none() {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-    }
-
-    /// Wait until `deadline`, then SIGKILL.
-    fn reap(&mut self, deadline: Instant) {
-        while self.poll().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if self.poll().is_none() {
-            eprintln!("sluicectl: {} did not stop in time; killing it", self.name);
-            let _ = self.child.kill();
-            self.exited = self.child.wait().ok();
-        }
-    }
-}
-
-/// Stop every running daemon: SIGTERM to all (relay first), then SIGKILL after the grace.
-fn stop_all(daemons: &mut [Daemon]) {
-    for d in daemons.iter_mut().rev() {
-        d.signal_term();
-    }
-    let deadline = Instant::now() + GRACE;
-    for d in daemons.iter_mut().rev() {
-        d.reap(deadline);
-    }
-}
-
-fn describe(st: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("signal {s}"),
-        _ => "unknown status".to_string(),
-    }
-}
 
 /// Why waiting for readiness stopped.
 enum Wait {
@@ -285,7 +119,7 @@ pub fn run(config: Option<&Path>, ephemeral: bool, timeout: Duration, json: bool
                 return Ok((Wait::Signalled, None, None));
             }
             check_children(&mut daemons, "before it was ready")?;
-            if let Some(info) = fresh_runtime_info(&runtime_file, daemons[0].child.id()) {
+            if let Some(info) = fresh_runtime_info(&runtime_file, daemons[0].pid()) {
                 break info;
             }
             if Instant::now() >= deadline {
@@ -333,29 +167,27 @@ pub fn run(config: Option<&Path>, ephemeral: bool, timeout: Duration, json: bool
     let (wait, info, status) = match outcome {
         Ok(o) => o,
         Err(e) => {
-            stop_all(&mut daemons);
+            stop_all(daemons.iter_mut().collect());
             return Err(e);
         }
     };
     if let Wait::Signalled = wait {
-        stop_all(&mut daemons);
+        stop_all(daemons.iter_mut().collect());
         return Ok(0);
     }
     print_endpoints(info.as_ref(), status.as_ref(), json);
 
-    // 3. Foreground until a signal or a child's death.
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            eprintln!("sluicectl: stopping");
-            stop_all(&mut daemons);
-            return Ok(0);
-        }
-        if let Err(e) = check_children(&mut daemons, "unexpectedly") {
-            stop_all(&mut daemons);
-            return Err(e);
-        }
-        std::thread::sleep(POLL);
-    }
+    // 3. Foreground until a signal; daemons that exit are restarted.
+    let (Some(relay), Some(control)) = (daemons.pop(), daemons.pop()) else {
+        return Err(CtlError::Other("internal: both daemons should run".into()));
+    };
+    Supervisor::new(
+        (control, control_bin),
+        (relay, relay_bin),
+        config,
+        &cfg.runtime_dir,
+    )
+    .run(&stop)
 }
 
 /// Error out if any child has exited, naming it and showing its stderr tail.
@@ -365,7 +197,7 @@ fn check_children(daemons: &mut [Daemon], when: &str) -> Result<()> {
             let (name, tail) = (d.name, d.tail());
             return Err(CtlError::Other(format!(
                 "{name} exited {when} ({}); its last stderr lines:\n{}",
-                describe(st),
+                st.describe(),
                 tail.trim_end()
             )));
         }
@@ -374,7 +206,7 @@ fn check_children(daemons: &mut [Daemon], when: &str) -> Result<()> {
 }
 
 fn timeout_error(daemons: &mut [Daemon], what: &str) -> CtlError {
-    stop_all(daemons);
+    stop_all(daemons.iter_mut().collect());
     let mut msg = format!("timed out: {what}");
     for d in daemons.iter_mut() {
         let (name, tail) = (d.name, d.tail());

@@ -171,7 +171,7 @@ pub fn run(a: &UpgradeArgs) -> Result<i32> {
 /// Ask the relay listening on the hand-over socket at `path` to describe itself (`op=info`;
 /// no hand-over). The messages are [`contract::handover`]'s; this is the only socket call
 /// sluicectl makes on that socket.
-fn query(path: &Path, timeout: Duration) -> Result<RelayDescription, HandoverError> {
+pub(crate) fn query(path: &Path, timeout: Duration) -> Result<RelayDescription, HandoverError> {
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::io::{self, Read};
     let io_err = |context: &'static str| move |source| HandoverError::Io { context, source };

@@ -145,7 +145,10 @@ while :; do sleep 0.05; done"#,
     script(
         dir,
         "sluice-relay",
-        "echo relay-start-line-on-stdout\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done",
+        &format!(
+            "echo $$ > '{}/relay.pid'\necho relay-start-line-on-stdout\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done",
+            dir.display()
+        ),
     );
 }
 
@@ -247,4 +250,69 @@ fn json_stdout_is_one_object_and_ephemeral_state_is_removed() {
             .arg(&cfg),
     );
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn up_gives_up_on_a_control_that_keeps_exiting() {
+    let fake = fake_up_control();
+    let dir = temp_dir("up-giveup");
+    let bin = isolated_ctl(&dir);
+    let runtime = dir.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    stand_ins(&dir, &runtime, &fake.url);
+    // Control lives 200 ms per start, then fails.
+    script(
+        &dir,
+        "sluice-control",
+        &format!(
+            r#"printf '{{"admin_url":"{}","admin_token":"t","media_addr":"127.0.0.1:3478","public_url":"http://127.0.0.1:8080","metrics_url":"http://127.0.0.1:8080/metrics","pid":%d,"shm_path":"/dev/shm/x"}}' $$ > '{}/control.json'
+echo control-started >&2
+sleep 0.2
+echo control-failing >&2
+exit 3"#,
+            fake.url,
+            runtime.display()
+        ),
+    );
+    let started = Instant::now();
+    let o = output(up_cmd(&bin, &runtime).env("PATH", "/usr/bin:/bin"));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for n in 1..=5 {
+        assert!(
+            err.contains("(exit code 3); restarting it in")
+                && err.contains(&format!("(restart {n})")),
+            "restart {n} missing: {err}"
+        );
+    }
+    assert!(err.contains("restarting it in 250 ms (restart 1)"), "{err}");
+    assert!(
+        err.contains("restarting it in 4000 ms (restart 5)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sluice-control exited unexpectedly (exit code 3) after 5 restarts within 60 s; giving up"),
+        "{err}"
+    );
+    assert!(
+        err.contains("control-failing"),
+        "the stderr tail is shown: {err}"
+    );
+    // Backoff: 0.25 + 0.5 + 1 + 2 + 4 s between the six starts.
+    assert!(
+        started.elapsed() >= Duration::from_millis(7_750),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stand-in relay was stopped too, and up.json removed.
+    let relay: u32 = std::fs::read_to_string(dir.join("relay.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{relay}")).exists(),
+        "the relay (pid {relay}) was left running"
+    );
+    assert!(!runtime.join("up.json").exists());
 }
