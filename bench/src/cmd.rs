@@ -303,7 +303,37 @@ pub fn search(
         // Let the target settle between steps.
         std::thread::sleep(Duration::from_millis(200));
     }
+    fm.ceiling_found = hi.is_finite() && best.is_some();
+    if let Some(w) = ceiling_warning(&fm, o.start.min(o.max), o.max, o.max_steps) {
+        warnings.push(w);
+    }
     (fm, best)
+}
+
+/// What a find-max result does not say by itself: that no step failed (the rate found is only
+/// a lower bound), or that none passed.
+fn ceiling_warning(fm: &FindMax, start: f64, max: f64, max_steps: usize) -> Option<String> {
+    let last = fm.steps.last()?;
+    if fm.steps.iter().all(|s| !s.passed) {
+        return Some(format!(
+            "no step passed (the first, at {start:.0} pps, already lost more than {:.3}% or was \
+             generator-limited): lower --start-rate",
+            fm.loss_threshold * 100.0
+        ));
+    }
+    (!fm.ceiling_found).then(|| {
+        let why = if fm.steps.len() >= max_steps {
+            format!("--max-steps {max_steps} ran out")
+        } else {
+            format!("--max-rate {max:.0} pps was reached")
+        };
+        format!(
+            "the ceiling was not reached: every step passed up to {:.0} pps and {why}; \
+             {:.0} pps is a lower bound (raise --max-rate or --max-steps)",
+            last.offered_pps.max(fm.max_offered_pps),
+            fm.max_offered_pps
+        )
+    })
 }
 
 /// `sluice-bench find-max`.
@@ -612,4 +642,47 @@ pub fn generator_baseline(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::StepSummary;
+
+    fn step(pps: f64, passed: bool) -> StepSummary {
+        StepSummary {
+            target_pps: pps,
+            offered_pps: pps,
+            delivered_pps: pps,
+            loss_ratio: 0.0,
+            p99_us: 1.0,
+            passed,
+        }
+    }
+
+    #[test]
+    fn find_max_says_when_the_ceiling_was_not_reached() {
+        let mut fm = FindMax {
+            loss_threshold: 0.001,
+            max_offered_pps: 4000.0,
+            steps: vec![step(1000.0, true), step(2000.0, true), step(4000.0, true)],
+            ..FindMax::default()
+        };
+        let w = ceiling_warning(&fm, 1000.0, 4000.0, 20).expect("a warning");
+        assert!(w.contains("--max-rate 4000 pps was reached"), "{w}");
+        assert!(w.contains("4000 pps is a lower bound"), "{w}");
+        let w = ceiling_warning(&fm, 1000.0, 1e9, 3).expect("a warning");
+        assert!(w.contains("--max-steps 3 ran out"), "{w}");
+        // A failing step above the best: the ceiling is bracketed, nothing to say.
+        fm.steps.push(step(8000.0, false));
+        fm.ceiling_found = true;
+        assert_eq!(ceiling_warning(&fm, 1000.0, 1e9, 20), None);
+        // Nothing passed.
+        let none = FindMax {
+            steps: vec![step(1000.0, false)],
+            ..FindMax::default()
+        };
+        let w = ceiling_warning(&none, 1000.0, 1e9, 20).expect("a warning");
+        assert!(w.contains("no step passed"), "{w}");
+    }
 }

@@ -163,6 +163,11 @@ pub struct FindMax {
     pub max_delivered_pps: f64,
     pub latency_at_max: Option<Latency>,
     pub steps: Vec<StepSummary>,
+    /// Whether some step failed above the best passing one, so the ceiling lies between them.
+    /// False when every step passed up to `--max-rate` or `--max-steps`: the result is then
+    /// only a lower bound of the relay's ceiling.
+    #[serde(default)]
+    pub ceiling_found: bool,
 }
 
 /// The ceilings the relay is compared with.
@@ -520,11 +525,16 @@ impl Report {
         if let Some(f) = &self.find_max {
             let _ = writeln!(
                 s,
-                "find-max   {:.0} pps offered ({:.0} delivered) with loss ≤ {:.3}% over {} steps",
+                "find-max   {:.0} pps offered ({:.0} delivered) with loss ≤ {:.3}% over {} steps{}",
                 f.max_offered_pps,
                 f.max_delivered_pps,
                 f.loss_threshold * 100.0,
-                f.steps.len()
+                f.steps.len(),
+                if f.ceiling_found {
+                    ""
+                } else {
+                    " (no step failed: a lower bound, the ceiling was not reached)"
+                }
             );
         }
         if let Some(e) = &self.baselines.echo {
