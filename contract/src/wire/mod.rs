@@ -10,6 +10,8 @@
 //! - [`demux`]: first-byte classification of a datagram (RFC 7983 §7, RFC 5761 §4).
 //! - [`rtp`]: RTP fixed header, CSRCs, padding, RFC 8285 header extensions; in-place rewrites.
 //! - [`rtcp`]: compound RTCP iteration and typed views (SR, RR, SDES, BYE, APP, RTPFB, PSFB).
+//! - [`rtcp_write`]: the RTCP packets the relay writes itself (SR, RR, PLI, FIR, generic NACK).
+//! - [`rtx`]: the RTP retransmission payload format (RFC 4588), both directions.
 //! - [`stun`]: STUN messages (RFC 8489), ICE attributes (RFC 8445), integrity, fingerprint,
 //!   and an allocation-free writer.
 //! - [`dtls`]: DTLS 1.0/1.2 record and handshake headers (RFC 6347 §4.1, §4.2.2).
@@ -20,7 +22,9 @@
 pub mod demux;
 pub mod dtls;
 pub mod rtcp;
+pub mod rtcp_write;
 pub mod rtp;
+pub mod rtx;
 pub mod stun;
 
 pub use demux::{classify, Kind};
