@@ -22,6 +22,8 @@ mod continuity;
 mod crypto;
 mod forward;
 mod index;
+pub mod reception;
+pub mod rtx_cache;
 mod state;
 
 pub use continuity::Continuity;

@@ -1,0 +1,318 @@
+//! Retransmission cache: the packets a publisher stream sent lately, kept once (decrypted, as
+//! received) so that a subscriber's NACK (RFC 4585 §6.2.1) can be answered by the relay, and
+//! per subscriber output stream the map from the sequence numbers it was sent to the source
+//! packets (the shape LiveKit uses: one shared payload, per-subscriber metadata).
+//!
+//! Both are rings allocated once, when a stream is set up; inserting and looking up never
+//! allocate, lock or read the clock (`now` is passed in). Packets are addressed by their SRTP
+//! packet index (ROC ‖ SEQ, RFC 3711 §3.3.1), which keeps counting across sequence-number
+//! wraps, so a slot is never confused with the packet 65 536 before it.
+//!
+//! Owns: the two ring structures and their rules (eviction by count and age, late packets,
+//! one resend per packet and subscriber per round trip). May not touch: SRTP, sockets, shm.
+//!
+//! Not wired into the forwarding path yet (loss-recovery issue): the engine will fill a
+//! [`StreamCache`] per publisher stream after unprotect and record a [`SentMap`] entry per
+//! forwarded copy.
+
+use std::time::{Duration, Instant};
+
+/// The largest packet the cache keeps: an IPv4 Ethernet MTU's UDP payload. WebRTC senders stay
+/// well below it (about 1200 bytes); larger packets are not cached ([`Insert::TooBig`]).
+pub const SLOT_BYTES: usize = 1472;
+
+const EMPTY: u64 = u64::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    index: u64,
+    len: u16,
+    at: Option<Instant>,
+}
+
+const NO_META: Meta = Meta {
+    index: EMPTY,
+    len: 0,
+    at: None,
+};
+
+/// What [`StreamCache::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    Stored,
+    /// Longer than [`SLOT_BYTES`].
+    TooBig,
+    /// Older than every packet the ring can still hold (or its slot already holds a newer
+    /// packet): a late arrival from before the window.
+    TooOld,
+}
+
+/// What [`StreamCache::get`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Hit(&'a [u8]),
+    /// Cached, but older than the age limit.
+    Expired,
+    /// Never received, or overwritten by newer packets.
+    Missing,
+}
+
+/// The last packets of one publisher stream, by packet index.
+#[derive(Debug)]
+pub struct StreamCache {
+    data: Box<[u8]>,
+    meta: Box<[Meta]>,
+    mask: u64,
+    newest: Option<u64>,
+}
+
+impl StreamCache {
+    /// A ring for `capacity` packets (rounded up to a power of two, at least 16).
+    pub fn new(capacity: usize) -> StreamCache {
+        let cap = capacity.max(16).next_power_of_two();
+        StreamCache {
+            data: vec![0u8; cap * SLOT_BYTES].into_boxed_slice(),
+            meta: vec![NO_META; cap].into_boxed_slice(),
+            mask: cap as u64 - 1,
+            newest: None,
+        }
+    }
+
+    /// Packets the ring holds at most.
+    pub fn capacity(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Keep `packet` (a plain RTP packet) as packet `index`, received at `now`.
+    pub fn insert(&mut self, index: u64, now: Instant, packet: &[u8]) -> Insert {
+        if packet.len() > SLOT_BYTES {
+            return Insert::TooBig;
+        }
+        let cap = self.meta.len() as u64;
+        if self.newest.is_some_and(|n| index.saturating_add(cap) <= n) {
+            return Insert::TooOld;
+        }
+        let slot = (index & self.mask) as usize;
+        let m = &mut self.meta[slot];
+        if m.index != EMPTY && m.index > index {
+            return Insert::TooOld;
+        }
+        *m = Meta {
+            index,
+            len: packet.len() as u16,
+            at: Some(now),
+        };
+        self.data[slot * SLOT_BYTES..slot * SLOT_BYTES + packet.len()].copy_from_slice(packet);
+        if self.newest.is_none_or(|n| index > n) {
+            self.newest = Some(index);
+        }
+        Insert::Stored
+    }
+
+    /// Packet `index`, if the ring still holds it and it is at most `max_age` old at `now`.
+    pub fn get(&self, index: u64, now: Instant, max_age: Duration) -> Lookup<'_> {
+        let slot = (index & self.mask) as usize;
+        let m = self.meta[slot];
+        if m.index != index {
+            return Lookup::Missing;
+        }
+        match m.at {
+            Some(at) if now.saturating_duration_since(at) <= max_age => {
+                let start = slot * SLOT_BYTES;
+                Lookup::Hit(&self.data[start..start + usize::from(m.len)])
+            }
+            _ => Lookup::Expired,
+        }
+    }
+
+    /// Forget every packet (a new key or a new source on this stream).
+    pub fn clear(&mut self) {
+        self.meta.fill(NO_META);
+        self.newest = None;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    out_seq: u16,
+    valid: bool,
+    src_index: u64,
+    resent_at: Option<Instant>,
+}
+
+const NO_SENT: Sent = Sent {
+    out_seq: 0,
+    valid: false,
+    src_index: 0,
+    resent_at: None,
+};
+
+/// One subscriber output stream's recent sends: its sequence number → the source packet's
+/// index, and when it was last resent.
+#[derive(Debug)]
+pub struct SentMap {
+    entries: Box<[Sent]>,
+    mask: usize,
+}
+
+impl SentMap {
+    /// Room for the last `capacity` sends (a power of two from 16 to 32 768, so that an entry
+    /// is never mistaken for the send 65 536 sequence numbers earlier).
+    pub fn new(capacity: usize) -> SentMap {
+        let cap = capacity.clamp(16, 32_768).next_power_of_two();
+        SentMap {
+            entries: vec![NO_SENT; cap].into_boxed_slice(),
+            mask: cap - 1,
+        }
+    }
+
+    /// Sequence number `out_seq` was sent to the subscriber from source packet `src_index`.
+    pub fn record(&mut self, out_seq: u16, src_index: u64) {
+        self.entries[usize::from(out_seq) & self.mask] = Sent {
+            out_seq,
+            valid: true,
+            src_index,
+            resent_at: None,
+        };
+    }
+
+    /// The source packet behind `out_seq`, while the map still holds it.
+    pub fn source(&self, out_seq: u16) -> Option<u64> {
+        let e = self.entries[usize::from(out_seq) & self.mask];
+        (e.valid && e.out_seq == out_seq).then_some(e.src_index)
+    }
+
+    /// Whether `out_seq` may be resent at `now`: it is known and was not resent within `rtt`
+    /// (a second NACK for it inside one round trip was sent before the first resend could
+    /// arrive). Marks it resent when the answer is yes.
+    pub fn may_resend(&mut self, out_seq: u16, now: Instant, rtt: Duration) -> bool {
+        let e = &mut self.entries[usize::from(out_seq) & self.mask];
+        if !e.valid || e.out_seq != out_seq {
+            return false;
+        }
+        if e.resent_at
+            .is_some_and(|t| now.saturating_duration_since(t) < rtt)
+        {
+            return false;
+        }
+        e.resent_at = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pkt(index: u64) -> Vec<u8> {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&(index as u16).to_be_bytes());
+        p.extend_from_slice(&index.to_be_bytes());
+        p.resize(100 + (index % 50) as usize, index as u8);
+        p
+    }
+
+    const AGE: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn hits_across_the_sequence_wrap_and_misses_the_packet_65536_before() {
+        let t = Instant::now();
+        let mut c = StreamCache::new(64);
+        // Indices 65_480 ..= 65_560: the 16-bit sequence wraps at 65_536 (ROC 0 -> 1).
+        for i in 65_480..=65_560u64 {
+            assert_eq!(c.insert(i, t, &pkt(i)), Insert::Stored);
+        }
+        assert_eq!(c.get(65_535, t, AGE), Lookup::Hit(&pkt(65_535)));
+        assert_eq!(c.get(65_536, t, AGE), Lookup::Hit(&pkt(65_536)));
+        assert_eq!(c.get(65_560, t, AGE), Lookup::Hit(&pkt(65_560)));
+        // Same slot and same 16-bit sequence, one ROC earlier: not confused.
+        assert_eq!(c.get(65_560 - 65_536, t, AGE), Lookup::Missing);
+        // Overwritten by the packet 64 later.
+        assert_eq!(c.get(65_490, t, AGE), Lookup::Missing);
+    }
+
+    #[test]
+    fn late_packets_inside_the_window_are_kept_older_ones_refused() {
+        let t = Instant::now();
+        let mut c = StreamCache::new(16);
+        for i in [10u64, 12, 13] {
+            c.insert(i, t, &pkt(i));
+        }
+        assert_eq!(c.get(11, t, AGE), Lookup::Missing);
+        assert_eq!(c.insert(11, t, &pkt(11)), Insert::Stored, "reordered");
+        assert_eq!(c.get(11, t, AGE), Lookup::Hit(&pkt(11)));
+        c.insert(40, t, &pkt(40));
+        assert_eq!(c.insert(20, t, &pkt(20)), Insert::TooOld, "40 - 20 >= 16");
+        assert_eq!(c.insert(30, t, &pkt(30)), Insert::Stored);
+    }
+
+    #[test]
+    fn age_limit_and_size_limit() {
+        let t = Instant::now();
+        let mut c = StreamCache::new(16);
+        c.insert(1, t, &pkt(1));
+        assert!(matches!(c.get(1, t + AGE, AGE), Lookup::Hit(_)));
+        assert_eq!(
+            c.get(1, t + AGE + Duration::from_millis(1), AGE),
+            Lookup::Expired
+        );
+        assert_eq!(c.insert(2, t, &[0u8; SLOT_BYTES + 1]), Insert::TooBig);
+        assert_eq!(c.insert(3, t, &[7u8; SLOT_BYTES]), Insert::Stored);
+        c.clear();
+        assert_eq!(c.get(3, t, AGE), Lookup::Missing);
+    }
+
+    #[test]
+    fn sent_map_maps_and_throttles_resends_per_rtt() {
+        let t = Instant::now();
+        let rtt = Duration::from_millis(100);
+        let mut m = SentMap::new(64);
+        m.record(65_535, 1_000);
+        m.record(0, 1_001);
+        assert_eq!(m.source(65_535), Some(1_000));
+        assert_eq!(m.source(0), Some(1_001));
+        assert_eq!(m.source(1), None);
+        assert!(m.may_resend(0, t, rtt));
+        assert!(
+            !m.may_resend(0, t + Duration::from_millis(50), rtt),
+            "within one RTT"
+        );
+        assert!(m.may_resend(0, t + rtt, rtt), "after one RTT");
+        assert!(!m.may_resend(1, t, rtt), "never sent");
+        // 64 sends later the slot belongs to another sequence number.
+        m.record(64, 2_000);
+        assert_eq!(m.source(0), None);
+        assert_eq!(m.source(64), Some(2_000));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Packets arriving in any order: a lookup hits exactly the packets that were stored and
+        /// whose slot no newer packet has taken since.
+        #[test]
+        fn lookups_match_a_model(order in proptest::collection::vec(0u64..300, 1..400)) {
+            let t = Instant::now();
+            let base = 65_400u64; // cross a wrap
+            let mut c = StreamCache::new(64);
+            let mut stored = std::collections::BTreeSet::new();
+            for i in order {
+                let idx = base + i;
+                if c.insert(idx, t, &pkt(idx)) == Insert::Stored {
+                    stored.insert(idx);
+                }
+            }
+            for idx in base..base + 300 {
+                let expect = stored.contains(&idx)
+                    && !stored.iter().any(|s| *s > idx && (s - idx) % 64 == 0);
+                match c.get(idx, t, AGE) {
+                    Lookup::Hit(p) => {
+                        prop_assert!(expect, "hit {idx} not expected");
+                        prop_assert_eq!(p, &pkt(idx)[..]);
+                    }
+                    _ => prop_assert!(!expect, "missed {idx}"),
+                }
+            }
+        }
+    }
+}
