@@ -54,6 +54,16 @@ pub enum RtpError {
     /// A payload type above 127 was asked for.
     #[error("payload type {0} out of range 0-127")]
     BadPayloadType(u8),
+    /// The packet carries no element with this extension id.
+    #[error("RTP packet has no header extension element with id {0}")]
+    MissingExtension(u8),
+    /// The value does not fit the element's form (one-byte form: 1–16 bytes; two-byte form:
+    /// 0–255), or the rebuilt extension block would be too long.
+    #[error("extension value of {0} bytes does not fit")]
+    ValueTooLong(usize),
+    /// The buffer has no room for the packet to grow into.
+    #[error("no room to grow the packet by {0} bytes")]
+    NoRoom(usize),
 }
 
 /// Which RFC 8285 form a header extension block uses.
@@ -483,6 +493,84 @@ impl<'a> RtpMut<'a> {
     }
 }
 
+/// Longest extension block (element data, in bytes) that [`set_extension_value`] rebuilds.
+pub const MAX_EXTENSION_BLOCK: usize = 512;
+
+/// Replace the value of the extension element `id` of the RTP packet `buf[..len]` with
+/// `value`, growing or shrinking the packet in place: the payload and padding move, `buf`
+/// beyond `len` is the room to grow into. Returns the new length. This is for the extensions
+/// whose value is a per-receiver string of any length: MID (RFC 8843 §15) and RID / repaired
+/// RID (RFC 8852 §3). The other elements, their order and ids are kept; the block is padded
+/// with zero bytes to a 32-bit boundary (RFC 8285 §4.1). Nothing is written when an error is
+/// returned.
+pub fn set_extension_value(
+    buf: &mut [u8],
+    len: usize,
+    id: u8,
+    value: &[u8],
+) -> Result<usize, RtpError> {
+    let l = layout(buf.get(..len).ok_or(RtpError::TooShort)?)?;
+    let Some((form, s, e)) = l.ext else {
+        return Err(RtpError::NoExtension);
+    };
+    let fits = match form {
+        ExtensionForm::OneByte => (1..=16).contains(&value.len()),
+        ExtensionForm::TwoByte { .. } => value.len() <= 255,
+        ExtensionForm::Other(_) => return Err(RtpError::NoExtension),
+    };
+    if !fits {
+        return Err(RtpError::ValueTooLong(value.len()));
+    }
+    // Rebuild the element list into a stack buffer with the new value.
+    let mut block = [0u8; MAX_EXTENSION_BLOCK];
+    let mut n = 0usize;
+    let mut found = false;
+    let mut raw = RawElements {
+        form,
+        data: &buf[s..e],
+        pos: 0,
+    };
+    while let Step::Element(eid, start, end) = raw.step() {
+        let data = if eid == id {
+            found = true;
+            value
+        } else {
+            &buf[s + start..s + end]
+        };
+        let head = if matches!(form, ExtensionForm::OneByte) {
+            1
+        } else {
+            2
+        };
+        if n + head + data.len() > block.len() {
+            return Err(RtpError::ValueTooLong(n + head + data.len()));
+        }
+        if head == 1 {
+            block[n] = (eid << 4) | (data.len() as u8 - 1);
+        } else {
+            block[n] = eid;
+            block[n + 1] = data.len() as u8;
+        }
+        block[n + head..n + head + data.len()].copy_from_slice(data);
+        n += head + data.len();
+    }
+    if !found {
+        return Err(RtpError::MissingExtension(id));
+    }
+    let new_block = n.div_ceil(4) * 4;
+    let old_block = e - s;
+    let new_len = len - old_block + new_block;
+    if new_len > buf.len() {
+        return Err(RtpError::NoRoom(new_len - len));
+    }
+    // Move the payload and padding, then write the block and its length in words.
+    buf.copy_within(e..len, s + new_block);
+    buf[s..s + n].copy_from_slice(&block[..n]);
+    buf[s + n..s + new_block].fill(0);
+    let _ = put16(buf, s - 2, (new_block / 4) as u16);
+    Ok(new_len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,6 +833,117 @@ mod tests {
                 prop_assert!(RtpPacket::parse(&bytes).is_ok());
             }
             prop_assert_eq!(bytes.len(), len);
+        }
+    }
+
+    /// PT 96, seq 7, one-byte extensions: id 1 (MID) = "0", id 3 (audio level) = 0x55; payload
+    /// "media!" and 2 bytes of padding.
+    fn with_mid() -> Vec<u8> {
+        let mut p = header(96, 7, 9, 0x11);
+        p[0] |= 0x10 | 0x20;
+        p.extend_from_slice(&[0xBE, 0xDE, 0, 1, 0x10, b'0', 0x30, 0x55]);
+        p.extend_from_slice(b"media!");
+        p.extend_from_slice(&[0, 2]);
+        p
+    }
+
+    #[test]
+    fn extension_value_grows_and_shrinks_in_place() {
+        let orig = with_mid();
+        let mut buf = orig.clone();
+        buf.resize(64, 0xEE);
+        let n = set_extension_value(&mut buf, orig.len(), 1, b"video-1").unwrap();
+        assert_eq!(
+            n,
+            orig.len() + 8,
+            "4 + 7 + 2 = 13 bytes of elements, padded to 16"
+        );
+        let r = RtpPacket::parse(&buf[..n]).unwrap();
+        assert_eq!(r.extension_by_id(1), Some(&b"video-1"[..]));
+        assert_eq!(r.extension_by_id(3), Some(&[0x55][..]));
+        assert_eq!(r.payload(), b"media!");
+        assert_eq!(r.padding_len(), 2);
+        assert_eq!((r.sequence(), r.ssrc()), (7, 0x11));
+        // And back to one byte: the original bytes exactly.
+        let m = set_extension_value(&mut buf, n, 1, b"0").unwrap();
+        assert_eq!(&buf[..m], &orig[..]);
+    }
+
+    #[test]
+    fn extension_value_errors_leave_the_packet_alone() {
+        let orig = with_mid();
+        let mut buf = orig.clone();
+        assert_eq!(
+            set_extension_value(&mut buf, orig.len(), 1, b"longer"),
+            Err(RtpError::NoRoom(8))
+        );
+        assert_eq!(
+            set_extension_value(&mut buf, orig.len(), 2, b"x"),
+            Err(RtpError::MissingExtension(2))
+        );
+        assert_eq!(
+            set_extension_value(&mut buf, orig.len(), 1, &[b'a'; 17]),
+            Err(RtpError::ValueTooLong(17))
+        );
+        assert_eq!(
+            set_extension_value(&mut buf, orig.len(), 1, b""),
+            Err(RtpError::ValueTooLong(0))
+        );
+        assert_eq!(buf, orig);
+        let mut plain = header(96, 1, 1, 1);
+        plain.extend_from_slice(b"x");
+        let n = plain.len();
+        assert_eq!(
+            set_extension_value(&mut plain, n, 1, b"0"),
+            Err(RtpError::NoExtension)
+        );
+    }
+
+    #[test]
+    fn two_byte_form_takes_empty_and_long_values() {
+        let mut p = header(96, 1, 1, 1);
+        p[0] |= 0x10;
+        p.extend_from_slice(&[0x10, 0x00, 0, 1, 5, 1, b'a', 0]);
+        p.extend_from_slice(b"pl");
+        let len = p.len();
+        p.resize(400, 0);
+        let n = set_extension_value(&mut p, len, 5, &[b'z'; 200]).unwrap();
+        let r = RtpPacket::parse(&p[..n]).unwrap();
+        assert_eq!(r.extension_by_id(5), Some(&[b'z'; 200][..]));
+        assert_eq!(r.payload(), b"pl");
+        let n = set_extension_value(&mut p, n, 5, b"").unwrap();
+        assert_eq!(
+            RtpPacket::parse(&p[..n]).unwrap().extension_by_id(5),
+            Some(&b""[..])
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Any packet, any id and value: an error with the bytes untouched, or a packet that
+        /// parses with the new value and the same payload.
+        #[test]
+        fn set_extension_value_on_arbitrary_packets(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..120),
+            id in 1u8..15,
+            value in proptest::collection::vec(any::<u8>(), 0..20),
+            room in 0usize..64,
+        ) {
+            if let Some(b) = bytes.first_mut() { *b = (*b & 0x3F) | 0x90; }
+            if bytes.len() >= 14 { bytes[12] = 0xBE; bytes[13] = 0xDE; }
+            let len = bytes.len();
+            let before = bytes.clone();
+            bytes.resize(len + room, 0);
+            match set_extension_value(&mut bytes, len, id, &value) {
+                Ok(n) => {
+                    let old = RtpPacket::parse(&before).unwrap();
+                    let new = RtpPacket::parse(&bytes[..n]).unwrap();
+                    prop_assert_eq!(new.extension_by_id(id), Some(&value[..]));
+                    prop_assert_eq!(new.payload(), old.payload());
+                    prop_assert_eq!(new.padding_len(), old.padding_len());
+                }
+                Err(_) => prop_assert_eq!(&bytes[..len], &before[..]),
+            }
         }
     }
 }
