@@ -7,12 +7,13 @@
 //! `STOPPING=1`, stop listeners and the slow path, compact state, remove `control.json`. The shm file is left in place so a running relay keeps forwarding.
 //! May not touch: request handling (api), the packet path.
 
-use crate::api::{AdminHandler, Control, PublicHandler, Urls};
+use crate::api::{Control, Urls};
+use crate::http::{AdminHandler, PublicHandler};
 use crate::http::{Listener, Server};
-use crate::notify::Notifier;
 use crate::slowpath::{SlowPath, SlowPathParams};
-use crate::util;
+use crate::{clock, files, secrets};
 use contract::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
+use sd_notify::NotifyState;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ pub enum DaemonError {
     #[error("config: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Start(#[from] crate::api::StartError),
+    Start(#[from] crate::core::StartError),
     #[error("{what} {path}: {source}", path = path.display())]
     Io {
         what: &'static str,
@@ -105,14 +106,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let rd = cfg.runtime_dir.clone();
     if !rd.exists() {
-        util::ensure_private_dir(&rd).map_err(io_err("runtime dir", &rd))?;
+        files::ensure_private_dir(&rd).map_err(io_err("runtime dir", &rd))?;
     }
     let (token, generated) = match cfg.admin_token()? {
         Some(t) => (t, false),
         None => {
-            let t = util::generate_token().map_err(io_err("random", Path::new("/dev/urandom")))?;
+            let t =
+                secrets::generate_token().map_err(io_err("random", Path::new("/dev/urandom")))?;
             let p = rd.join("admin.token");
-            util::write_private_atomic(&p, format!("{t}\n").as_bytes())
+            files::write_private_atomic(&p, format!("{t}\n").as_bytes())
                 .map_err(io_err("token file", &p))?;
             tracing::info!(path = %p.display(), "generated an admin token");
             (Secret::new(t), true)
@@ -182,7 +184,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         path: rt_file.clone(),
         source: std::io::Error::other(e),
     })?;
-    util::write_private_atomic(&rt_file, &json).map_err(io_err("runtime file", &rt_file))?;
+    files::write_private_atomic(&rt_file, &json).map_err(io_err("runtime file", &rt_file))?;
     tracing::info!(
         admin = %urls.admin_url,
         public = %urls.public_url,
@@ -192,31 +194,30 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         "sluice-control ready"
     );
 
-    let notifier = Notifier::from_env();
-    if let Some(n) = &notifier {
-        n.notify("READY=1\nSTATUS=serving the admin API");
-    }
-    let wd = notifier.as_ref().and_then(Notifier::watchdog_interval);
+    // Without `$NOTIFY_SOCKET` (not under systemd) these are no-ops.
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving the admin API"),
+    ]);
+    let wd = watchdog_interval();
     let mut last_wd = Instant::now();
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
-        if let (Some(n), Some(every)) = (&notifier, wd) {
+        if let Some(every) = wd {
             if last_wd.elapsed() >= every {
-                n.notify("WATCHDOG=1");
+                notify(&[NotifyState::Watchdog]);
                 last_wd = Instant::now();
             }
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
-            ctl.tick();
+            ctl.tick(clock::unix_ms());
             last_tick = Instant::now();
         }
     }
 
     tracing::info!("stopping");
-    if let Some(n) = &notifier {
-        n.notify("STOPPING=1");
-    }
+    notify(&[NotifyState::Stopping]);
     for s in &mut servers {
         s.shutdown();
     }
@@ -237,4 +238,24 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, which applies to us when
+/// `$WATCHDOG_PID` is unset or names us (`sd_notify::watchdog_enabled` insists on the PID).
+fn watchdog_interval() -> Option<Duration> {
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_none_or(|p| p.trim() == std::process::id().to_string());
+    std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.trim().parse::<u64>().ok())
+        .filter(|&u| u > 0 && for_us)
+        .map(|u| Duration::from_micros(u) / 2)
+}
+
+/// One sd_notify message; a failure is logged, never fatal.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }

@@ -294,7 +294,7 @@ pub struct Store {
 impl Store {
     /// Open (creating) `dir`, load the snapshot, replay the journal, then compact.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        crate::util::ensure_private_dir(dir).map_err(io_err(dir))?;
+        crate::files::ensure_private_dir(dir).map_err(io_err(dir))?;
         let snap = dir.join(SNAPSHOT);
         let mut state = match std::fs::read(&snap) {
             Ok(bytes) => {
@@ -403,7 +403,7 @@ impl Store {
             path: snap.clone(),
             source: std::io::Error::other(e),
         })?;
-        crate::util::write_private_atomic(&snap, &bytes).map_err(io_err(&snap))?;
+        crate::files::write_private_atomic(&snap, &bytes).map_err(io_err(&snap))?;
         let jpath = self.dir.join(JOURNAL);
         self.journal.set_len(0).map_err(io_err(&jpath))?;
         self.journal.sync_all().map_err(io_err(&jpath))?;

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -127,7 +126,7 @@ impl MasterSecret {
             .map_err(|_| AppError::MasterSecret("neither 32 raw bytes nor text".into()))?
             .trim();
         if text.len() == 64 {
-            if let Some(mut v) = crate::util::unhex(text) {
+            if let Some(mut v) = crate::secrets::unhex(text) {
                 let r = MasterSecret::from_bytes(&v);
                 v.fill(0);
                 std::hint::black_box(&v);
@@ -514,45 +513,13 @@ impl Registry {
     /// Write the state file atomically: a temporary file (mode 0600) in the same directory,
     /// fsync, rename over the old file, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), AppError> {
-        write_atomic(path, self.to_json().as_bytes()).map_err(|e| AppError::State {
-            path: path.to_owned(),
-            msg: e.to_string(),
+        crate::files::write_private_atomic(path, self.to_json().as_bytes()).map_err(|e| {
+            AppError::State {
+                path: path.to_owned(),
+                msg: e.to_string(),
+            }
         })
     }
-}
-
-/// Atomic replace of `path` with `data` (temp file, fsync, rename, directory fsync).
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        // The temp file may not exist; either way there is nothing more to do.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! retransmission bounds and the keying-material export to [`contract::srtp::MasterKey`].
 //! May not touch: sockets, threads, shared memory, the wall clock for its own deadlines
 //! (`now` is passed in). Datagrams in and out are plain byte vectors; the caller sends them
-//! through the relay's port. The only `unsafe` is in `crate::io::dtls_ffi`.
+//! through the relay's port. The only `unsafe` is in `crate::ffi::dtls_ffi`.
 //!
 //! OpenSSL's retransmission timer itself reads the system clock (it cannot be injected), so
 //! [`Dtls::poll_timeout`] reports OpenSSL's remaining time relative to the `now` passed in and
@@ -29,7 +29,7 @@ use openssl::ssl::{
 };
 use openssl::x509::{X509NameBuilder, X509Ref, X509VerifyResult, X509};
 
-use crate::io::dtls_ffi;
+use crate::ffi::dtls_ffi;
 
 /// Which side of the DTLS handshake we play (RFC 5763 §5: `a=setup:passive` is the server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

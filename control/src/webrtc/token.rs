@@ -354,7 +354,7 @@ pub fn verify(
     let key = key_lookup(&app, header.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
     let signed_len = h.len() + 1 + p.len();
     let expected = hs256(&key.secret, &token.as_bytes()[..signed_len]);
-    if !crate::util::ct_eq(&expected, &sig) {
+    if !crate::secrets::ct_eq(&expected, &sig) {
         return Err(TokenError::BadSignature);
     }
     let claims: Claims =
@@ -441,10 +441,10 @@ fn stream_digest(password: &str, minute: u64, ip: Option<IpAddr>) -> [u8; 16] {
     out
 }
 
-use crate::util::hex;
+use crate::secrets::hex;
 
 fn unhex16(s: &str) -> Option<[u8; 16]> {
-    crate::util::unhex(s)?.try_into().ok()
+    crate::secrets::unhex(s)?.try_into().ok()
 }
 
 /// Verify a Storm stream token: valid when it matches the minute of `now_unix` or one of the
@@ -485,7 +485,7 @@ pub fn verify_stream(
     let mut ok = false;
     for m in first..=now_min + ahead {
         // No early exit: the work does not depend on which minute matched.
-        ok |= crate::util::ct_eq(&stream_digest(password, m * 60, ip), &given);
+        ok |= crate::secrets::ct_eq(&stream_digest(password, m * 60, ip), &given);
     }
     if ok {
         Ok(())

@@ -12,6 +12,9 @@ use contract::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_
 use serde_json::{json, Value};
 use std::fmt::Write;
 
+/// A relay whose newest heartbeat is older than this is reported down.
+pub const RELAY_UP_MS: u64 = 2000;
+
 /// Control-side values exported next to the relay counters.
 #[derive(Debug, Clone, Default)]
 pub struct ControlGauges {
@@ -298,9 +301,7 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
     let info = r.relay_info();
     let workers = worker_snapshots(r);
     let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
-    let up = info.pid != 0
-        && newest > 0
-        && g.now_unix_ms.saturating_sub(newest) <= crate::api::RELAY_UP_MS;
+    let up = info.pid != 0 && newest > 0 && g.now_unix_ms.saturating_sub(newest) <= RELAY_UP_MS;
     o.family(
         "sluice_relay_up",
         "gauge",
@@ -451,4 +452,49 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
     debug_assert_eq!(BATCH_BUCKETS, t.batch_hist.len());
     debug_assert_eq!(TIME_BUCKETS, t.time_hist.len());
     o.0
+}
+
+/// Prometheus text for the WebRTC families (DTLS handshakes, participants, expiries,
+/// denials).
+pub fn render_webrtc(core: &crate::core::Core) -> String {
+    let c = crate::core::lock(&core.rtc).counters();
+    let members = core.members();
+    let pubs = members.iter().filter(|x| x.publishes).count();
+    let views = members.len() - pubs;
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        s,
+        "# HELP sluice_control_dtls_handshakes_total DTLS-SRTP handshakes by outcome.\n\
+         # TYPE sluice_control_dtls_handshakes_total counter\n\
+         sluice_control_dtls_handshakes_total{{result=\"started\"}} {}\n\
+         sluice_control_dtls_handshakes_total{{result=\"completed\"}} {}\n\
+         sluice_control_dtls_handshakes_total{{result=\"failed\"}} {}\n\
+         # HELP sluice_control_dtls_refused_total DTLS datagrams not used, by reason.\n\
+         # TYPE sluice_control_dtls_refused_total counter\n\
+         sluice_control_dtls_refused_total{{reason=\"handshake_cap\"}} {}\n\
+         sluice_control_dtls_refused_total{{reason=\"unknown_peer\"}} {}\n\
+         # HELP sluice_control_webrtc_participants WHIP publishers and WHEP viewers.\n\
+         # TYPE sluice_control_webrtc_participants gauge\n\
+         sluice_control_webrtc_participants{{kind=\"whip\"}} {pubs}\n\
+         sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n\
+         # HELP sluice_control_webrtc_expired_total WebRTC sessions removed because ICE never nominated a peer in time.\n\
+         # TYPE sluice_control_webrtc_expired_total counter\n\
+         sluice_control_webrtc_expired_total {}\n\
+         # HELP sluice_control_webrtc_denied_total WHIP/WHEP requests refused at the token check, by reason.\n\
+         # TYPE sluice_control_webrtc_denied_total counter\n",
+        c.handshakes_started,
+        c.handshakes_completed,
+        c.handshakes_failed,
+        c.refused_cap,
+        c.unknown_peer,
+        core.expired_count(),
+    );
+    for (reason, n) in core.denials() {
+        let _ = writeln!(
+            s,
+            "sluice_control_webrtc_denied_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    s
 }
