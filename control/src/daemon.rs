@@ -108,7 +108,74 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     if !rd.exists() {
         files::ensure_private_dir(&rd).map_err(io_err("runtime dir", &rd))?;
     }
-    let (token, generated) = match cfg.admin_token()? {
+    let (token, generated) = admin_token(&cfg, &rd)?;
+    let ctl = Arc::new(Control::start(cfg.clone(), token.clone())?);
+
+    let (servers, admin_url, public_url) = start_listeners(&cfg, &ctl)?;
+    let sp_path = cfg.control.slow_path.clone();
+    let mut slow_path = SlowPath::bind(
+        &sp_path,
+        SlowPathParams::from_config(&cfg.control),
+        ctl.ice.clone(),
+        ctl.clone(),
+        // WebRTC DTLS-SRTP handshakes (slowpath::dtls); keys go back through the core.
+        Box::new(ctl.dtls_sink()),
+        ctl.slow_path_stats.clone(),
+    )
+    .and_then(SlowPath::spawn)
+    .map_err(|source| DaemonError::Listen {
+        addr: sp_path.display().to_string(),
+        source,
+    })?;
+    let urls = Urls {
+        metrics_url: format!("{admin_url}/metrics"),
+        admin_url,
+        public_url,
+        media_addr: dialable(cfg.relay.bind, &cfg.control.public_addresses).to_string(),
+    };
+    ctl.set_urls(urls.clone());
+
+    let rt_file = write_runtime_file(&cfg, &rd, &token, &urls)?;
+    tracing::info!(
+        admin = %urls.admin_url,
+        public = %urls.public_url,
+        media = %urls.media_addr,
+        shm = %cfg.shm.path.display(),
+        runtime = %rt_file.display(),
+        "sluice-control ready"
+    );
+
+    serve_until_stopped(&ctl, &stop);
+
+    tracing::info!("stopping");
+    notify(&[NotifyState::Stopping]);
+    let mut servers = servers;
+    for s in &mut servers {
+        s.shutdown();
+    }
+    slow_path.shutdown();
+    ctl.shutdown();
+    // Remove the discovery file only if it is still ours (a newer instance may own it).
+    if RuntimeInfo::path_in(&rd).exists() {
+        let ours = std::fs::read(&rt_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RuntimeInfo>(&b).ok())
+            .is_some_and(|i| i.pid == std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(&rt_file);
+            if generated {
+                let _ = std::fs::remove_file(rd.join("admin.token"));
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured admin token, or a generated one published in `<runtime_dir>/admin.token`
+/// (true: generated, to be removed at exit).
+fn admin_token(cfg: &Config, rd: &Path) -> Result<(Secret, bool), DaemonError> {
+    Ok(match cfg.admin_token()? {
         Some(t) => (t, false),
         None => {
             let t =
@@ -119,9 +186,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             tracing::info!(path = %p.display(), "generated an admin token");
             (Secret::new(t), true)
         }
-    };
-    let ctl = Arc::new(Control::start(cfg.clone(), token.clone())?);
+    })
+}
 
+/// Bind the admin listener and (when it differs) the public one, and serve both; returns the
+/// servers with the admin and public URLs.
+fn start_listeners(
+    cfg: &Config,
+    ctl: &Arc<Control>,
+) -> Result<(Vec<Server>, String, String), DaemonError> {
     let public = &cfg.control.public_addresses;
     let admin_l = bind(&cfg.control.admin_listen)?;
     let admin_url = listener_url(&admin_l, &[]).map_err(io_err("admin listener", Path::new("")))?;
@@ -146,29 +219,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     // After the admin listener: a second instance fails there before it could replace a
     // running instance's slow-path socket.
-    let sp_path = cfg.control.slow_path.clone();
-    let mut slow_path = SlowPath::bind(
-        &sp_path,
-        SlowPathParams::from_config(&cfg.control),
-        ctl.ice.clone(),
-        ctl.clone(),
-        // WebRTC DTLS-SRTP handshakes (control::rtc); keys go back through `ctl`.
-        Box::new(ctl.dtls_sink()),
-        ctl.slow_path_stats.clone(),
-    )
-    .and_then(SlowPath::spawn)
-    .map_err(|source| DaemonError::Listen {
-        addr: sp_path.display().to_string(),
-        source,
-    })?;
-    let urls = Urls {
-        metrics_url: format!("{admin_url}/metrics"),
-        admin_url,
-        public_url,
-        media_addr: dialable(cfg.relay.bind, public).to_string(),
-    };
-    ctl.set_urls(urls.clone());
+    Ok((servers, admin_url, public_url))
+}
 
+/// Publish `control.json` (URLs, token, pid) in the runtime directory; returns its path.
+fn write_runtime_file(
+    cfg: &Config,
+    rd: &Path,
+    token: &Secret,
+    urls: &Urls,
+) -> Result<PathBuf, DaemonError> {
     let info = RuntimeInfo {
         admin_url: urls.admin_url.clone(),
         admin_token: token.expose().to_string(),
@@ -178,22 +238,18 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         pid: std::process::id(),
         shm_path: cfg.shm.path.display().to_string(),
     };
-    let rt_file = RuntimeInfo::path_in(&rd);
+    let rt_file = RuntimeInfo::path_in(rd);
     let json = serde_json::to_vec_pretty(&info).map_err(|e| DaemonError::Io {
         what: "runtime file",
         path: rt_file.clone(),
         source: std::io::Error::other(e),
     })?;
     files::write_private_atomic(&rt_file, &json).map_err(io_err("runtime file", &rt_file))?;
-    tracing::info!(
-        admin = %urls.admin_url,
-        public = %urls.public_url,
-        media = %urls.media_addr,
-        shm = %cfg.shm.path.display(),
-        runtime = %rt_file.display(),
-        "sluice-control ready"
-    );
+    Ok(rt_file)
+}
 
+/// Signal readiness, then send watchdog pings and run housekeeping until SIGTERM/SIGINT.
+fn serve_until_stopped(ctl: &Control, stop: &AtomicBool) {
     // Without `$NOTIFY_SOCKET` (not under systemd) these are no-ops.
     notify(&[
         NotifyState::Ready,
@@ -215,29 +271,6 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             last_tick = Instant::now();
         }
     }
-
-    tracing::info!("stopping");
-    notify(&[NotifyState::Stopping]);
-    for s in &mut servers {
-        s.shutdown();
-    }
-    slow_path.shutdown();
-    ctl.shutdown();
-    // Remove the discovery file only if it is still ours (a newer instance may own it).
-    if RuntimeInfo::path_in(&rd).exists() {
-        let ours = std::fs::read(&rt_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RuntimeInfo>(&b).ok())
-            .is_some_and(|i| i.pid == std::process::id());
-        if ours {
-            let _ = std::fs::remove_file(&rt_file);
-            if generated {
-                let _ = std::fs::remove_file(rd.join("admin.token"));
-            }
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, which applies to us when
