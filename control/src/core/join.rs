@@ -15,9 +15,8 @@ use crate::secrets;
 use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
 use crate::webrtc::dtls::Role as DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup};
-use crate::webrtc::token::Role as TokenRole;
 use contract::shm::{session_flags, Role};
-use contract::srtp::{MasterKey, Profile};
+use contract::srtp::Profile;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -29,7 +28,7 @@ pub struct JoinRequest<'a> {
     /// WHIP (true) or WHEP (false).
     pub publish: bool,
     /// The role the token grants.
-    pub role: TokenRole,
+    pub role: Role,
     /// The hashed identity the per-subject cap counts.
     pub subject: String,
     /// The SDP offer, as received.
@@ -227,18 +226,14 @@ fn admit(
 /// The session a join writes: unbound, PENDING, throw-away keys; a WHEP session never
 /// publishes.
 fn pending_session(id: u64, m: &Member, now_ms: u64) -> Result<StoredSession, CoreError> {
-    let role = if m.publishes {
-        Role::from_name(m.role.name()).unwrap_or(Role::Speaker)
-    } else {
-        Role::Viewer
-    };
+    let role = if m.publishes { m.role } else { Role::Viewer };
     Ok(StoredSession {
         id,
         peer: UNBOUND_PEER,
-        profile: PLACEHOLDER_PROFILE.name().to_string(),
-        role: role.name().to_string(),
-        rx_key: throwaway_key(PLACEHOLDER_PROFILE)?.to_base64(),
-        tx_key: throwaway_key(PLACEHOLDER_PROFILE)?.to_base64(),
+        profile: PLACEHOLDER_PROFILE,
+        role,
+        rx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
+        tx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
         key_epoch: 0,
         flags: session_flags::PENDING,
         max_pps: 0,
@@ -368,7 +363,7 @@ pub fn random_hex(n: usize) -> Result<String, CoreError> {
     Ok(secrets::hex(&b))
 }
 
-fn throwaway_key(p: Profile) -> Result<MasterKey, CoreError> {
-    let b = secrets::random_bytes(p.key_material_len()).map_err(random_err)?;
-    MasterKey::new(p, &b).map_err(|e| CoreError::Internal(format!("key: {e}")))
+/// Random key material for `p` (a pending session's keys until DTLS produces real ones).
+fn throwaway_key(p: Profile) -> Result<Vec<u8>, CoreError> {
+    secrets::random_bytes(p.key_material_len()).map_err(random_err)
 }

@@ -96,9 +96,9 @@ impl Core {
                 return Err(CoreError::SessionNotFound(session));
             };
             g.require_shm()?;
-            s.profile = keys.profile.name().to_string();
-            s.rx_key = keys.rx.to_base64();
-            s.tx_key = keys.tx.to_base64();
+            s.profile = keys.profile;
+            s.rx_key = keys.rx.as_bytes().to_vec();
+            s.tx_key = keys.tx.as_bytes().to_vec();
             s.key_epoch = s.key_epoch.wrapping_add(1);
             if let Some(p) = nominated {
                 let st = g.store.state();

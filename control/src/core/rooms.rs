@@ -7,10 +7,10 @@ use super::{lock, Core, CoreError, StartError};
 use crate::state::Entry;
 use crate::webrtc::apps::{MasterSecret, Registry};
 use crate::webrtc::sdp::NegotiatedMedia;
-use crate::webrtc::token::{DevKey, Role as TokenRole};
+use crate::webrtc::token::DevKey;
 use crate::{clock, files};
 use contract::config::ControlConfig;
-use contract::shm::session_flags;
+use contract::shm::{session_flags, Role};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ pub struct Member {
     pub app: String,
     pub room: String,
     /// The role granted by the token.
-    pub role: TokenRole,
+    pub role: Role,
     /// WHIP (true) or WHEP (false).
     pub publishes: bool,
     /// The negotiated media sections (codecs, extensions, SSRCs).

@@ -86,10 +86,10 @@ impl Core {
         let s = StoredSession {
             id: g.store.state().next_session_id,
             peer: n.peer,
-            profile: n.profile.name().to_string(),
-            role: n.role.name().to_string(),
-            rx_key: n.rx_key.to_base64(),
-            tx_key: n.tx_key.to_base64(),
+            profile: n.profile,
+            role: n.role,
+            rx_key: n.rx_key.as_bytes().to_vec(),
+            tx_key: n.tx_key.as_bytes().to_vec(),
             key_epoch: 0,
             flags: 0,
             max_pps: n.max_pps,
@@ -147,8 +147,7 @@ impl Core {
         let Some(old) = g.store.state().sessions.get(&id).cloned() else {
             return Err(CoreError::SessionNotFound(id));
         };
-        let profile = Profile::from_name(&old.profile)
-            .map_err(|_| CoreError::Internal("stored session has an unknown profile".into()))?;
+        let profile = old.profile;
         let parse = |field: &str, s: Option<&str>| {
             s.map(|s| MasterKey::from_base64(profile, s).map_err(|e| CoreError::invalid(field, e)))
                 .transpose()
@@ -161,10 +160,10 @@ impl Core {
         g.require_shm()?;
         let mut s = old;
         if let Some(k) = tx {
-            s.tx_key = k.to_base64();
+            s.tx_key = k.as_bytes().to_vec();
         }
         if let Some(k) = rx {
-            s.rx_key = k.to_base64();
+            s.rx_key = k.as_bytes().to_vec();
         }
         s.key_epoch = s.key_epoch.wrapping_add(1);
         ids["key_epoch"] = json!(s.key_epoch);
@@ -186,7 +185,7 @@ impl Core {
         if !st.sessions.contains_key(&to) {
             return Err(CoreError::NotFound(format!("to: session {to} not found")));
         }
-        if Role::from_name(&pubs.role).is_some_and(|r| !r.can_publish()) {
+        if !pubs.role.can_publish() {
             return Err(CoreError::Conflict(format!(
                 "from: session {from} has role {} and may not publish",
                 pubs.role

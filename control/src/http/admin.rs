@@ -346,8 +346,8 @@ fn session_json(s: &StoredSession) -> Value {
     json!({
         "id": s.id,
         "peer": s.peer.to_string(),
-        "profile": s.profile,
-        "role": s.role,
+        "profile": s.profile.name(),
+        "role": s.role.name(),
         "key_epoch": s.key_epoch,
         "flags": s.flags,
         "max_pps": s.max_pps,

@@ -12,9 +12,10 @@ use crate::clock;
 use crate::core::join::random_hex;
 use crate::core::rooms::Apps;
 use crate::core::CoreError;
-use crate::webrtc::token::{self, Claims, DevKey, Role as TokenRole, RoomPolicy};
+use crate::webrtc::token::{self, token_role, Claims, DevKey, RoomPolicy};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use contract::shm::Role;
 use serde_json::{json, Value};
 
 fn answer(r: Result<Response, CoreError>) -> Response {
@@ -274,7 +275,7 @@ impl Control {
             let app = b.req_str("app")?;
             let room = b.req_str("room")?;
             let role_s = b.req_str("role")?;
-            let role = TokenRole::from_name(role_s)
+            let role = token_role(role_s)
                 .ok_or_else(|| CoreError::invalid("role", format!("unknown role `{role_s}`")))?;
             let ttl = match b.get("ttl_secs") {
                 None => DEFAULT_TOKEN_TTL,
@@ -296,7 +297,7 @@ impl Control {
         &self,
         app: &str,
         room: &str,
-        role: TokenRole,
+        role: Role,
         ttl: u64,
         email: Option<String>,
         sub: &str,

@@ -14,9 +14,8 @@ use crate::api::Control;
 use crate::clock;
 use crate::core::denials::Denial;
 use crate::core::join::JoinRequest;
-use crate::webrtc::token::{
-    self, Credential, Intent, Limits, Role as TokenRole, RoomPolicy, Target, TokenError,
-};
+use crate::webrtc::token::{self, Credential, Intent, Limits, RoomPolicy, Target, TokenError};
+use contract::shm::Role;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 
@@ -238,8 +237,8 @@ impl Control {
             let b = Body::parse(&req.body, &["room", "role"]).map_err(|e| error_response(&e))?;
             let room = b.req_str("room").map_err(|e| error_response(&e))?;
             let role = match b.opt_str("role").map_err(|e| error_response(&e))? {
-                None | Some("viewer") => TokenRole::Viewer,
-                Some("speaker") => TokenRole::Speaker,
+                None | Some("viewer") => Role::Viewer,
+                Some("speaker") => Role::Speaker,
                 Some(s) => {
                     return Err(Response::json(
                         403,
@@ -295,7 +294,7 @@ impl Control {
         app: &str,
         room: &str,
         intent: Intent,
-    ) -> Result<(TokenRole, Option<String>), TokenError> {
+    ) -> Result<(Role, Option<String>), TokenError> {
         let bearer = bearer(req).ok_or(TokenError::Malformed("missing bearer token"))?;
         let cred = if bearer.matches('.').count() == 2 {
             Credential::Signed(bearer)
@@ -529,7 +528,7 @@ mod tests {
         clock::unix_ms() / 1000
     }
 
-    fn claims(app: &str, room: &str, role: TokenRole) -> Claims {
+    fn claims(app: &str, room: &str, role: Role) -> Claims {
         let n = now();
         Claims {
             sub: "alice".into(),
@@ -589,21 +588,21 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.admin("POST", "/v1/apps", r#"{"id":"other"}"#).status, 201);
         let n = now();
         let mut cases: Vec<(&str, String, &str, u16, &str)> = Vec::new();
-        let mut c = claims("demo", "blue", TokenRole::Host);
+        let mut c = claims("demo", "blue", Role::Host);
         c.exp = n - 100;
         c.nbf = n - 200;
         c.iat = n - 200;
         cases.push(("/whip/demo/blue", sign(&c), &whip, 401, "expired"));
-        let mut c = claims("demo", "blue", TokenRole::Host);
+        let mut c = claims("demo", "blue", Role::Host);
         c.nbf = n + 1000;
         c.exp = n + 2000;
         cases.push(("/whip/demo/blue", sign(&c), &whip, 401, "not_yet_valid"));
-        let c = claims("demo", "blue", TokenRole::Host);
+        let c = claims("demo", "blue", Role::Host);
         cases.push(("/whip/other/blue", sign(&c), &whip, 403, "wrong_app"));
         cases.push(("/whip/demo/red", sign(&c), &whip, 403, "wrong_room"));
         let forged = token::mint(&DevKey::new("t1", &[9u8; 32]).unwrap(), &c);
         cases.push(("/whip/demo/blue", forged, &whip, 401, "bad_signature"));
-        let v = claims("demo", "blue", TokenRole::Viewer);
+        let v = claims("demo", "blue", Role::Viewer);
         cases.push((
             "/whip/demo/blue",
             sign(&v),
@@ -618,7 +617,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             r#"{"policy":{"allowed_email_domains":["example.com"]}}"#,
         );
         assert_eq!(r.status, 200, "{}", body(&r));
-        let mut v = claims("demo", "vip", TokenRole::Viewer);
+        let mut v = claims("demo", "vip", Role::Viewer);
         v.email = Some("eve@evil.test".into());
         cases.push((
             "/whep/demo/vip",
@@ -651,7 +650,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             "stream_token_invalid",
         ));
         // Signed tokens are not accepted in that room.
-        let c = claims("demo", "legacy", TokenRole::Viewer);
+        let c = claims("demo", "legacy", Role::Viewer);
         cases.push((
             "/whep/demo/legacy",
             sign(&c),
@@ -708,8 +707,8 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     #[test]
     fn whip_whep_routes_and_removal() {
         let e = env("flow");
-        let pub_tok = sign(&claims("demo", "blue", TokenRole::Host));
-        let view_tok = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let pub_tok = sign(&claims("demo", "blue", Role::Host));
+        let view_tok = sign(&claims("demo", "blue", Role::Viewer));
         // CORS preflight.
         let r = e.public("OPTIONS", "/whip/blue", None, "");
         assert_eq!(r.status, 204);
@@ -772,9 +771,10 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let p = members.iter().find(|m| m.publishes).unwrap().session;
         let v = members.iter().find(|m| !m.publishes).unwrap().session;
         let st = e.ctl.core.ledger().store.state().clone();
-        assert_eq!(st.sessions[&p].role, "host");
+        assert_eq!(st.sessions[&p].role.name(), "host");
         assert_eq!(
-            st.sessions[&v].role, "viewer",
+            st.sessions[&v].role.name(),
+            "viewer",
             "a WHEP session never publishes"
         );
         assert!(st.sessions[&v].flags & session_flags::PENDING != 0);
@@ -820,7 +820,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let (dir, shm, cfg) = env_parts("restart");
         let first = Arc::new(Control::start(cfg.clone(), Secret::new(ADMIN)).unwrap());
         add_test_key(&first);
-        let tok = sign(&claims("demo", "blue", TokenRole::Host));
+        let tok = sign(&claims("demo", "blue", Role::Host));
         let r = first.handle_public(&req(
             "POST",
             "/whip/blue",
@@ -846,7 +846,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             "cand",
             "public_addresses = [\"192.0.2.10\", \"2001:db8::10\"]",
         );
-        let tok = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let tok = sign(&claims("demo", "blue", Role::Viewer));
         let r = e.public("POST", "/whep/blue", Some(&tok), &offer("recvonly", 7));
         assert_eq!(r.status, 201, "{}", body(&r));
         let sdp = body(&r);
@@ -860,7 +860,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     #[test]
     fn viewer_first_and_several_publishers() {
         let e = env("multi");
-        let view_tok = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let view_tok = sign(&claims("demo", "blue", Role::Viewer));
         let two = offer("recvonly", 1)
             .replace("a=group:BUNDLE 0", "a=group:BUNDLE 0 1")
             .replace(
@@ -883,7 +883,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             .collect();
         assert_eq!(ssrcs.len(), 2, "{}", body(&r));
         for (i, ssrc) in [(0u32, 100u32), (1, 200), (2, 300)] {
-            let tok = sign(&claims("demo", "blue", TokenRole::Speaker));
+            let tok = sign(&claims("demo", "blue", Role::Speaker));
             let r = e.public("POST", "/whip/blue", Some(&tok), &offer("sendonly", ssrc));
             assert_eq!(r.status, 201, "publisher {i}: {}", body(&r));
         }
@@ -905,8 +905,8 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     #[test]
     fn unbound_sessions_expire() {
         let e = env("expire");
-        let host = sign(&claims("demo", "blue", TokenRole::Host));
-        let view = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let host = sign(&claims("demo", "blue", Role::Host));
+        let view = sign(&claims("demo", "blue", Role::Viewer));
         let r = e.public("POST", "/whip/blue", Some(&host), &offer("sendonly", 10));
         assert_eq!(r.status, 201, "{}", body(&r));
         for ssrc in [20, 30] {
@@ -946,7 +946,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             "max_sessions_per_subject = 2\nmax_sessions_per_room = 3",
         );
         let tok = |sub: &str, room: &str| {
-            let mut c = claims("demo", room, TokenRole::Viewer);
+            let mut c = claims("demo", room, Role::Viewer);
             c.sub = sub.into();
             sign(&c)
         };
@@ -986,8 +986,8 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     #[test]
     fn removal_racing_joins_leaves_no_dangling_routes() {
         let e = env("race");
-        let host = sign(&claims("demo", "blue", TokenRole::Host));
-        let view = sign(&claims("demo", "blue", TokenRole::Viewer));
+        let host = sign(&claims("demo", "blue", Role::Host));
+        let view = sign(&claims("demo", "blue", Role::Viewer));
         for round in 0..20u32 {
             let r = e.public(
                 "POST",
@@ -1098,19 +1098,19 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         );
         let n = now();
         // Within the default 30 s leeway, outside a zero one.
-        let mut c = claims("demo", "blue", TokenRole::Viewer);
+        let mut c = claims("demo", "blue", Role::Viewer);
         c.nbf = n + 20;
         c.iat = n;
         let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
         assert_eq!(r.status, 401, "{}", body(&r));
         assert_eq!(reason(&r), "not_yet_valid");
         // Longer than the configured lifetime (well under the default 86400 s).
-        let mut c = claims("demo", "blue", TokenRole::Viewer);
+        let mut c = claims("demo", "blue", Role::Viewer);
         c.exp = n + 3000;
         let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
         assert_eq!(r.status, 401, "{}", body(&r));
         assert_eq!(reason(&r), "lifetime_too_long");
-        let c = claims("demo", "blue", TokenRole::Viewer);
+        let c = claims("demo", "blue", Role::Viewer);
         let r = e.public("POST", "/whep/blue", Some(&sign(&c)), &offer("recvonly", 3));
         assert_eq!(r.status, 201, "{}", body(&r));
         // The admin API mints no longer token either.
