@@ -6,7 +6,7 @@
 //! DTLS records (the sink drives the endpoints kept here).
 
 use crate::ice::SessionId;
-use crate::webrtc::dtls::{Dtls, Fingerprint, Role as DtlsRole, State};
+use crate::webrtc::dtls::{Dtls, DtlsRole, Fingerprint, State};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 

@@ -13,7 +13,7 @@ use super::{lock, Core, CoreError};
 use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
 use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
-use crate::webrtc::dtls::Role as DtlsRole;
+use crate::webrtc::dtls::DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup};
 use contract::shm::{session_flags, Role};
 use contract::srtp::Profile;

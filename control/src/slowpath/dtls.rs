@@ -16,7 +16,7 @@ use crate::core::dtls_state::RtcTable;
 use crate::ice::{IceEvent, SessionId};
 use crate::slowpath::{DtlsSink, Outbox};
 use crate::webrtc::dtls::{
-    Certificate, Dtls, DtlsConfig, Role as DtlsRole, SrtpKeys, State, DEFAULT_SRTP_PROFILES,
+    Certificate, Dtls, DtlsConfig, DtlsRole, SrtpKeys, State, DEFAULT_SRTP_PROFILES,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
