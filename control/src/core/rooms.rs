@@ -3,8 +3,9 @@
 //! ([`Member`]), and their removal (leave, moderator or application removal, expiry of
 //! sessions ICE never bound, clean-up after a restart).
 
+use super::commit::Ledger;
 use super::{lock, Core, CoreError, StartError};
-use crate::state::Entry;
+use crate::state::{Entry, State};
 use crate::webrtc::apps::{MasterSecret, Registry};
 use crate::webrtc::sdp::NegotiatedMedia;
 use crate::webrtc::token::DevKey;
@@ -12,6 +13,7 @@ use crate::{clock, files};
 use contract::config::ControlConfig;
 use contract::shm::{session_flags, Role};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -133,6 +135,14 @@ impl Core {
             .collect()
     }
 
+    /// Remove every participant of `app` (of `room`, when given), after the application or
+    /// room went.
+    pub fn remove_members_of(&self, app: &str, room: Option<&str>) {
+        for m in self.members_of(app, room) {
+            let _ = self.remove_member(m.session, false);
+        }
+    }
+
     /// The session whose resource secret is `secret` (compared in constant time).
     pub fn member_with_secret(&self, id: u64, secret: &str) -> bool {
         lock(&self.members)
@@ -177,8 +187,8 @@ impl Core {
     /// and the member leaves `members` before the deletion commits, so a concurrent join
     /// never routes to a session that is gone.
     pub fn remove_member(&self, id: u64, only_unbound: bool) -> Result<(), CoreError> {
-        let mut members = lock(&self.members);
-        let mut g = self.ledger();
+        let members = lock(&self.members);
+        let g = self.ledger();
         g.require_shm()?;
         let st = g.store.state();
         if only_unbound
@@ -189,15 +199,20 @@ impl Core {
         {
             return Err(CoreError::Conflict(format!("session {id} is bound")));
         }
-        let mut entries: Vec<Entry> = st
-            .routes
-            .values()
-            .filter(|r| r.from == id || r.to == id)
-            .map(|r| Entry::DelRoute { id: r.id })
-            .collect();
-        if st.sessions.contains_key(&id) {
-            entries.push(Entry::DelSession { id });
-        }
+        let (_, entries) = removal(st, id);
+        self.commit_removal(members, g, id, entries)
+    }
+
+    /// Commit `entries` (a session's removal) with the member out of `members` (so no
+    /// concurrent join routes to it; it comes back when the commit fails), then release the
+    /// locks and forget the session's ICE and DTLS state.
+    pub(super) fn commit_removal(
+        &self,
+        mut members: MutexGuard<'_, BTreeMap<u64, Member>>,
+        mut g: MutexGuard<'_, Ledger>,
+        id: u64,
+        entries: Vec<Entry>,
+    ) -> Result<(), CoreError> {
         let removed = members.remove(&id);
         if let Err(e) = g.commit(entries) {
             if let Some(m) = removed {
@@ -272,4 +287,20 @@ impl Core {
             Err(_) => tracing::warn!("could not remove WebRTC sessions left unbound by a restart"),
         }
     }
+}
+
+/// What removing session `id` deletes: the ids of the routes to or from it, and the journal
+/// entries (those routes, then the session when it exists).
+pub(super) fn removal(st: &State, id: u64) -> (Vec<u64>, Vec<Entry>) {
+    let routes: Vec<u64> = st
+        .routes
+        .values()
+        .filter(|r| r.from == id || r.to == id)
+        .map(|r| r.id)
+        .collect();
+    let mut entries: Vec<Entry> = routes.iter().map(|&id| Entry::DelRoute { id }).collect();
+    if st.sessions.contains_key(&id) {
+        entries.push(Entry::DelSession { id });
+    }
+    (routes, entries)
 }

@@ -2,6 +2,7 @@
 //! validated against the persisted state and shm capacity, then committed (journal → shm).
 //! The caller audits; `ids` collects what the audit entry names.
 
+use super::rooms::removal;
 use super::{lock, Core, CoreError};
 use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
 use contract::shm::Role;
@@ -104,34 +105,15 @@ impl Core {
     /// before the deletion commits (so no join routes to it meanwhile), then its ICE and
     /// DTLS state is forgotten.
     pub fn delete_session(&self, id: u64, ids: &mut Value) -> Result<(), CoreError> {
-        let mut members = lock(&self.members);
-        let mut g = self.ledger();
+        let members = lock(&self.members);
+        let g = self.ledger();
         if !g.store.state().sessions.contains_key(&id) {
             return Err(CoreError::SessionNotFound(id));
         }
         g.require_shm()?;
-        let routes: Vec<u64> = g
-            .store
-            .state()
-            .routes
-            .values()
-            .filter(|r| r.from == id || r.to == id)
-            .map(|r| r.id)
-            .collect();
+        let (routes, entries) = removal(g.store.state(), id);
         ids["routes"] = json!(routes);
-        let mut entries: Vec<Entry> = routes.iter().map(|&id| Entry::DelRoute { id }).collect();
-        entries.push(Entry::DelSession { id });
-        let member = members.remove(&id);
-        if let Err(e) = g.commit(entries) {
-            if let Some(m) = member {
-                members.insert(id, m);
-            }
-            return Err(e);
-        }
-        drop(g);
-        drop(members);
-        self.forget_rtc(id);
-        Ok(())
+        self.commit_removal(members, g, id, entries)
     }
 
     /// New keys (base64 in the session's profile) for one or both directions; the key epoch

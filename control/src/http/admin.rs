@@ -24,6 +24,13 @@ fn answer(r: Result<Response, CoreError>) -> Response {
 }
 
 impl Control {
+    /// Answer `r` and audit the answer as an admin action.
+    fn audited(&self, action: &str, ids: Value, r: Result<Response, CoreError>) -> Response {
+        let resp = answer(r);
+        audit_response(&self.core, "admin", action, ids, &resp);
+        resp
+    }
+
     fn authorized(&self, req: &Request) -> bool {
         let Some(h) = req.header("authorization") else {
             return false;
@@ -228,9 +235,7 @@ impl Control {
             let s = self.core.create_session(n, clock::unix_ms(), &mut ids)?;
             Ok(Response::json(201, &session_json(&s)))
         })();
-        let resp = answer(r);
-        audit_response(&self.core, "admin", "session.create", ids, &resp);
-        resp
+        self.audited("session.create", ids, r)
     }
 
     fn delete_session(&self, id: &str) -> Response {
@@ -241,9 +246,7 @@ impl Control {
             self.core.delete_session(id, &mut ids)?;
             Ok(Response::empty(204))
         })();
-        let resp = answer(r);
-        audit_response(&self.core, "admin", "session.delete", ids, &resp);
-        resp
+        self.audited("session.delete", ids, r)
     }
 
     fn rekey(&self, req: &Request, id: &str) -> Response {
@@ -257,9 +260,7 @@ impl Control {
             let s = self.core.rekey(id, tx, rx, &mut ids)?;
             Ok(Response::json(200, &session_json(&s)))
         })();
-        let resp = answer(r);
-        audit_response(&self.core, "admin", "session.rekey", ids, &resp);
-        resp
+        self.audited("session.rekey", ids, r)
     }
 
     fn create_route(&self, req: &Request) -> Response {
@@ -284,9 +285,7 @@ impl Control {
             let route = self.core.create_route(n, &mut ids)?;
             Ok(Response::json(201, &route_json(&route)))
         })();
-        let resp = answer(r);
-        audit_response(&self.core, "admin", "route.create", ids, &resp);
-        resp
+        self.audited("route.create", ids, r)
     }
 
     fn delete_route(&self, id: &str) -> Response {
@@ -297,9 +296,7 @@ impl Control {
             self.core.delete_route(id)?;
             Ok(Response::empty(204))
         })();
-        let resp = answer(r);
-        audit_response(&self.core, "admin", "route.delete", ids, &resp);
-        resp
+        self.audited("route.delete", ids, r)
     }
 
     fn drain(&self) -> Response {

@@ -119,9 +119,7 @@ impl Control {
                     .map_err(|e| CoreError::NotFound(e.to_string()))?;
                 a.save()?;
             }
-            for m in self.core.members_of(id, None) {
-                let _ = self.core.remove_member(m.session, false);
-            }
+            self.core.remove_members_of(id, None);
             Ok(Response::empty(204))
         })())
     }
@@ -258,9 +256,7 @@ impl Control {
                     .map_err(|e| CoreError::NotFound(e.to_string()))?;
                 a.save()?;
             }
-            for m in self.core.members_of(app, Some(room)) {
-                let _ = self.core.remove_member(m.session, false);
-            }
+            self.core.remove_members_of(app, Some(room));
             Ok(Response::empty(204))
         })())
     }
