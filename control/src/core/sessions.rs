@@ -116,28 +116,30 @@ impl Core {
         self.commit_removal(members, g, id, entries)
     }
 
-    /// New keys (base64 in the session's profile) for one or both directions; the key epoch
-    /// goes up by one.
+    /// New keys (in the session's profile) for one or both directions; the key epoch goes
+    /// up by one.
     pub fn rekey(
         &self,
         id: u64,
-        tx_key: Option<&str>,
-        rx_key: Option<&str>,
+        tx: Option<MasterKey>,
+        rx: Option<MasterKey>,
         ids: &mut Value,
     ) -> Result<StoredSession, CoreError> {
         let mut g = self.ledger();
         let Some(old) = g.store.state().sessions.get(&id).cloned() else {
             return Err(CoreError::SessionNotFound(id));
         };
-        let profile = old.profile;
-        let parse = |field: &str, s: Option<&str>| {
-            s.map(|s| MasterKey::from_base64(profile, s).map_err(|e| CoreError::invalid(field, e)))
-                .transpose()
-        };
-        let tx = parse("tx_key", tx_key)?;
-        let rx = parse("rx_key", rx_key)?;
         if tx.is_none() && rx.is_none() {
             return Err(CoreError::invalid("tx_key", "give tx_key, rx_key or both"));
+        }
+        if [tx, rx]
+            .iter()
+            .flatten()
+            .any(|k| k.profile() != old.profile)
+        {
+            return Err(CoreError::Conflict(format!(
+                "session {id} changed its SRTP profile meanwhile; send the keys again"
+            )));
         }
         g.require_shm()?;
         let mut s = old;

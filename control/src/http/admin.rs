@@ -255,7 +255,9 @@ impl Control {
             let id = parse_id(id, "session")?;
             ids["session"] = json!(id);
             let b = Body::parse(&req.body, &["tx_key", "rx_key"])?;
-            let key = |k: &str| b.has(k).then(|| b.req_str(k)).transpose();
+            // Keys are parsed in the session's profile, with no lock held.
+            let profile = self.core.session(id)?.profile;
+            let key = |k: &str| b.has(k).then(|| parse_key(profile, &b, k)).transpose();
             let (tx, rx) = (key("tx_key")?, key("rx_key")?);
             let s = self.core.rekey(id, tx, rx, &mut ids)?;
             Ok(Response::json(200, &session_json(&s)))

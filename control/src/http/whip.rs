@@ -303,14 +303,17 @@ impl Control {
         };
         let now = clock::unix_ms() / 1000;
         let target = Target { app, room, intent };
-        let a = self.core.apps();
-        let Some(policy) = a.reg.policy(app, room).cloned() else {
+        // The registry is locked only to look a key up, never while the token is parsed or
+        // its signature checked.
+        let key = |app: &str, kid: Option<&str>| self.core.apps().key(app, kid);
+        let policy = self.core.apps().reg.policy(app, room).cloned();
+        let Some(policy) = policy else {
             // An application we do not know: say so only as "wrong app" for signed tokens
             // that verify for another application.
             return Err(match cred {
                 Credential::Signed(t) => token::verify(
                     t,
-                    |app, kid| a.key(app, kid),
+                    key,
                     now,
                     &target,
                     &RoomPolicy::default(),
@@ -323,7 +326,7 @@ impl Control {
         };
         let grant = token::authorize(
             cred,
-            |app, kid| a.key(app, kid),
+            key,
             now,
             peer_ip(req),
             &target,
