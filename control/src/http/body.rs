@@ -171,7 +171,7 @@ impl Body {
         }
     }
 
-    /// An optional field parsed with serde (`what` names it in the error).
+    /// An optional field parsed with serde; a bad value is an error naming the field.
     pub fn opt_serde<T: serde::de::DeserializeOwned>(
         &self,
         k: &str,
