@@ -4,7 +4,7 @@
 
 use super::rooms::removal;
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
+use crate::state::{Entry, RewriteSpec, State, StoredRoute, StoredSession};
 use contract::shm::Role;
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{json, Value};
@@ -31,30 +31,15 @@ pub struct NewRoute {
 }
 
 impl Core {
-    pub fn sessions(&self) -> Vec<StoredSession> {
-        self.ledger()
-            .store
-            .state()
-            .sessions
-            .values()
-            .cloned()
-            .collect()
+    /// A copy of the persisted sessions and routes.
+    pub fn state(&self) -> State {
+        self.ledger().store.state().clone()
     }
 
     pub fn session(&self, id: u64) -> Result<StoredSession, CoreError> {
         let g = self.ledger();
         let s = g.store.state().sessions.get(&id).cloned();
         s.ok_or(CoreError::SessionNotFound(id))
-    }
-
-    pub fn routes(&self) -> Vec<StoredRoute> {
-        self.ledger()
-            .store
-            .state()
-            .routes
-            .values()
-            .cloned()
-            .collect()
     }
 
     pub fn route(&self, id: u64) -> Result<StoredRoute, CoreError> {

@@ -184,7 +184,13 @@ impl Control {
     }
 
     fn list_sessions(&self) -> Response {
-        let v: Vec<Value> = self.core.sessions().iter().map(session_json).collect();
+        let v: Vec<Value> = self
+            .core
+            .state()
+            .sessions
+            .values()
+            .map(session_json)
+            .collect();
         Response::json(200, &Value::Array(v))
     }
 
@@ -196,7 +202,7 @@ impl Control {
     }
 
     fn list_routes(&self) -> Response {
-        let v: Vec<Value> = self.core.routes().iter().map(route_json).collect();
+        let v: Vec<Value> = self.core.state().routes.values().map(route_json).collect();
         Response::json(200, &Value::Array(v))
     }
 
@@ -239,14 +245,24 @@ impl Control {
     }
 
     fn delete_session(&self, id: &str) -> Response {
+        self.delete("session", id, |id, ids| self.core.delete_session(id, ids))
+    }
+
+    /// `DELETE` of a session or route (`what`) by its id, audited as `<what>.delete`.
+    fn delete(
+        &self,
+        what: &str,
+        id: &str,
+        delete: impl FnOnce(u64, &mut Value) -> Result<(), CoreError>,
+    ) -> Response {
         let mut ids = json!({});
         let r = (|| {
-            let id = parse_id(id, "session")?;
-            ids["session"] = json!(id);
-            self.core.delete_session(id, &mut ids)?;
+            let id = parse_id(id, what)?;
+            ids[what] = json!(id);
+            delete(id, &mut ids)?;
             Ok(Response::empty(204))
         })();
-        self.audited("session.delete", ids, r)
+        self.audited(&format!("{what}.delete"), ids, r)
     }
 
     fn rekey(&self, req: &Request, id: &str) -> Response {
@@ -291,14 +307,7 @@ impl Control {
     }
 
     fn delete_route(&self, id: &str) -> Response {
-        let mut ids = json!({});
-        let r = (|| {
-            let id = parse_id(id, "route")?;
-            ids["route"] = json!(id);
-            self.core.delete_route(id)?;
-            Ok(Response::empty(204))
-        })();
-        self.audited("route.delete", ids, r)
+        self.delete("route", id, |id, _| self.core.delete_route(id))
     }
 
     fn drain(&self) -> Response {

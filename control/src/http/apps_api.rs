@@ -12,6 +12,7 @@ use crate::clock;
 use crate::core::join::random_hex;
 use crate::core::rooms::Apps;
 use crate::core::CoreError;
+use crate::webrtc::apps::Registry;
 use crate::webrtc::token::{self, token_role, Claims, DevKey, RoomPolicy};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -69,6 +70,17 @@ impl Control {
         r
     }
 
+    /// Remove something from the application registry (a missing one is "not found") and
+    /// persist the registry.
+    fn remove_from_registry<T, E: std::fmt::Display>(
+        &self,
+        remove: impl FnOnce(&mut Registry) -> Result<T, E>,
+    ) -> Result<(), CoreError> {
+        let mut a = self.core.apps();
+        remove(&mut a.reg).map_err(|e| CoreError::NotFound(e.to_string()))?;
+        a.save()
+    }
+
     fn list_apps(&self) -> Response {
         let a = self.core.apps();
         let v: Vec<Value> = a
@@ -112,13 +124,7 @@ impl Control {
     /// Remove the application, then its participants.
     fn delete_app(&self, id: &str) -> Response {
         answer((|| {
-            {
-                let mut a = self.core.apps();
-                a.reg
-                    .remove_app(id)
-                    .map_err(|e| CoreError::NotFound(e.to_string()))?;
-                a.save()?;
-            }
+            self.remove_from_registry(|reg| reg.remove_app(id))?;
             self.core.remove_members_of(id, None);
             Ok(Response::empty(204))
         })())
@@ -171,11 +177,7 @@ impl Control {
 
     fn delete_key(&self, id: &str, kid: &str) -> Response {
         answer((|| {
-            let mut a = self.core.apps();
-            a.reg
-                .remove_key(id, kid)
-                .map_err(|e| CoreError::NotFound(e.to_string()))?;
-            a.save()?;
+            self.remove_from_registry(|reg| reg.remove_key(id, kid))?;
             Ok(Response::empty(204))
         })())
     }
@@ -249,13 +251,7 @@ impl Control {
     /// Remove the room, then its participants.
     fn delete_room(&self, app: &str, room: &str) -> Response {
         answer((|| {
-            {
-                let mut a = self.core.apps();
-                a.reg
-                    .remove_room(app, room)
-                    .map_err(|e| CoreError::NotFound(e.to_string()))?;
-                a.save()?;
-            }
+            self.remove_from_registry(|reg| reg.remove_room(app, room))?;
             self.core.remove_members_of(app, Some(room));
             Ok(Response::empty(204))
         })())
