@@ -40,7 +40,7 @@ pub struct Control {
 impl Control {
     /// Start the core (see [`Core::start`]).
     pub fn start(cfg: Config, token: Secret) -> Result<Control, StartError> {
-        let core = Arc::new(Core::start(cfg)?);
+        let core = Arc::new(Core::start(cfg, crate::clock::unix_ms())?);
         Ok(Control {
             ice: core.ice.clone(),
             core,

@@ -1,5 +1,5 @@
 //! The persisted state and its mirror in shared memory: every mutation is journalled (fsync)
-//! and then written to shm ([`commit`]); when control (re)starts, shm is made to hold exactly
+//! and then written to shm ([`Ledger::commit`]); when control (re)starts, shm is made to hold exactly
 //! the persisted state ([`reconcile`]).
 
 use super::CoreError;

@@ -124,9 +124,9 @@ pub struct Core {
 }
 
 impl Core {
-    /// Load state, open (or re-adopt) shm and reconcile it with the state. A shm failure is
-    /// not fatal: what needs shm is refused and [`Core::tick`] retries.
-    pub fn start(cfg: Config) -> Result<Core, StartError> {
+    /// Load state, open (or re-adopt) shm and reconcile it with the state, at `now_ms`. A
+    /// shm failure is not fatal: what needs shm is refused and [`Core::tick`] retries.
+    pub fn start(cfg: Config, now_ms: u64) -> Result<Core, StartError> {
         let store = Store::open(&cfg.control.state_dir)?;
         let hasher = PeerHasher::load_or_create(&cfg.control.state_dir).map_err(|source| {
             StartError::AuditKey {
@@ -139,7 +139,7 @@ impl Core {
             cfg.control.audit_max_bytes,
             cfg.control.audit_retention_days,
         );
-        let apps = Apps::open(&cfg.control)?;
+        let apps = Apps::open(&cfg.control, now_ms)?;
         let cert = Certificate::generate().map_err(|e| StartError::Cert(e.to_string()))?;
         let ice = IceAgent::new(
             std::time::Duration::from_secs(u64::from(cfg.control.ice_consent_timeout_secs)),

@@ -4,7 +4,7 @@
 //! throw-away keys (the relay neither indexes nor sends to a pending session). ICE nomination
 //! records the peer ([`Core::bind_peer`]); DTLS completion writes the negotiated profile and
 //! keys ([`Core::set_keys`]); the session leaves `PENDING` exactly when both happened
-//! ([`settle`]). Expired ICE consent puts it back ([`Core::mark_pending`]). Each change is
+//! (`settle`). Expired ICE consent puts it back ([`Core::mark_pending`]). Each change is
 //! journalled, written to shm and audited.
 
 use super::{lock, Core, CoreError};

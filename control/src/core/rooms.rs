@@ -5,11 +5,11 @@
 
 use super::commit::Ledger;
 use super::{lock, Core, CoreError, StartError};
+use crate::files;
 use crate::state::{Entry, State};
 use crate::webrtc::apps::{MasterSecret, Registry};
 use crate::webrtc::sdp::NegotiatedMedia;
 use crate::webrtc::token::DevKey;
-use crate::{clock, files};
 use contract::config::ControlConfig;
 use contract::shm::{session_flags, Role};
 use serde_json::json;
@@ -31,15 +31,15 @@ pub struct Apps {
 
 impl Apps {
     /// Load (or create) the master secret and the registry; bootstrap the configured
-    /// application with one generated key when no application exists.
-    pub fn open(c: &ControlConfig) -> Result<Apps, StartError> {
+    /// application with one generated key (created at `now_ms`) when no application exists.
+    pub fn open(c: &ControlConfig, now_ms: u64) -> Result<Apps, StartError> {
         let err = |e: String| StartError::Apps(e);
         let master = locate_master(c).map_err(err)?;
         let path = c.state_dir.join("apps.json");
         let mut reg = Registry::load(&path).map_err(|e| err(e.to_string()))?;
         if reg.apps.is_empty() {
             if let Some(app) = &c.bootstrap_app {
-                let now = clock::unix_ms() / 1000;
+                let now = now_ms / 1000;
                 reg.add_app(app, now).map_err(|e| err(e.to_string()))?;
                 reg.generate_key(app, "dev", &master, now)
                     .map_err(|e| err(e.to_string()))?;
