@@ -6,7 +6,7 @@
 //! [`SessionBinder`] it is). May not touch: requests (that is [`crate::http`]), shm and the
 //! journal (that is [`crate::core`]).
 
-use crate::core::{lock, Core};
+use crate::core::{lock, Core, CoreError};
 use crate::ice::{IceAgent, SessionId};
 use crate::slowpath::dtls::{DtlsLimits, WebRtcDtls};
 use crate::slowpath::{SessionBinder, SlowPathStats};
@@ -89,12 +89,10 @@ impl Control {
 }
 
 impl SessionBinder for Control {
-    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), String> {
-        self.core
-            .bind_peer(session, peer)
-            .map_err(|e| e.to_string())
+    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), CoreError> {
+        self.core.bind_peer(session, peer)
     }
-    fn mark_pending(&self, session: SessionId) -> Result<(), String> {
-        self.core.mark_pending(session).map_err(|e| e.to_string())
+    fn mark_pending(&self, session: SessionId) -> Result<(), CoreError> {
+        self.core.mark_pending(session)
     }
 }

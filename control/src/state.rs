@@ -188,11 +188,9 @@ pub struct StoredSession {
 
 impl StoredSession {
     /// The shm record. Fails only if the persisted keys do not fit the profile.
-    pub fn to_record(&self) -> Result<SessionRecord, String> {
-        let rx_key =
-            MasterKey::new(self.profile, &self.rx_key).map_err(|e| format!("rx_key: {e}"))?;
-        let tx_key =
-            MasterKey::new(self.profile, &self.tx_key).map_err(|e| format!("tx_key: {e}"))?;
+    pub fn to_record(&self) -> Result<SessionRecord, RecordError> {
+        let rx_key = MasterKey::new(self.profile, &self.rx_key).map_err(RecordError::RxKey)?;
+        let tx_key = MasterKey::new(self.profile, &self.tx_key).map_err(RecordError::TxKey)?;
         Ok(SessionRecord {
             id: self.id,
             peer: self.peer,
@@ -204,6 +202,15 @@ impl StoredSession {
             max_pps: self.max_pps,
         })
     }
+}
+
+/// Why a persisted session makes no shm record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("rx_key: {0}")]
+    RxKey(contract::srtp::Error),
+    #[error("tx_key: {0}")]
+    TxKey(contract::srtp::Error),
 }
 
 /// An SRTP profile as its name (e.g. `AEAD_AES_128_GCM`).

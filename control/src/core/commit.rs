@@ -54,7 +54,7 @@ impl Ledger {
 fn apply(shm: &mut ShmWriter, e: &Entry) -> Result<(), String> {
     match e {
         Entry::PutSession { session } => {
-            let rec = session.to_record()?;
+            let rec = session.to_record().map_err(|e| e.to_string())?;
             shm.put_session(&rec).map_err(|e| e.to_string())
         }
         Entry::DelSession { id } => {

@@ -3,23 +3,23 @@
 
 use super::dtls::KeyBinder;
 use super::SessionBinder;
-use crate::core::Core;
+use crate::core::{Core, CoreError};
 use crate::ice::SessionId;
 use crate::webrtc::dtls::SrtpKeys;
 use std::net::SocketAddr;
 
 impl SessionBinder for Core {
-    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), String> {
-        Core::bind_peer(self, session, peer).map_err(|e| e.to_string())
+    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), CoreError> {
+        Core::bind_peer(self, session, peer)
     }
-    fn mark_pending(&self, session: SessionId) -> Result<(), String> {
-        Core::mark_pending(self, session).map_err(|e| e.to_string())
+    fn mark_pending(&self, session: SessionId) -> Result<(), CoreError> {
+        Core::mark_pending(self, session)
     }
 }
 
 impl KeyBinder for Core {
-    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String> {
-        Core::set_keys(self, session, keys).map_err(|e| e.to_string())
+    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), CoreError> {
+        Core::set_keys(self, session, keys)
     }
     fn dtls_failed(&self, session: SessionId, reason: &str) {
         Core::dtls_failed(self, session, reason)

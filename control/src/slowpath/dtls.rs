@@ -13,6 +13,7 @@
 //! nomination and sends its ClientHello at once.
 
 use crate::core::dtls_state::RtcTable;
+use crate::core::CoreError;
 use crate::ice::{IceEvent, SessionId};
 use crate::slowpath::{DtlsSink, Outbox};
 use crate::webrtc::dtls::{
@@ -49,7 +50,7 @@ impl DtlsLimits {
 /// Receives completed DTLS-SRTP keys and failures. The core implements it.
 pub trait KeyBinder: Send + Sync {
     /// Write the keys into the session (key epoch + 1, PENDING cleared), persist, audit.
-    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String>;
+    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), CoreError>;
     /// A handshake failed (audit it; `reason` holds no peer data).
     fn dtls_failed(&self, session: SessionId, reason: &str);
 }
@@ -355,7 +356,7 @@ mod tests {
     }
 
     impl KeyBinder for Binder {
-        fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String> {
+        fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), CoreError> {
             lock(&self.keys).push((session, *keys));
             Ok(())
         }

@@ -21,6 +21,7 @@ pub mod binding;
 pub mod dtls;
 pub mod relay_channel;
 
+use crate::core::CoreError;
 use crate::ice::{IceAgent, IceEvent, SessionId};
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::slowpath::MAX_MESSAGE;
@@ -109,9 +110,9 @@ impl DtlsSink for DiscardDtls {
 /// Applies ICE outcomes to sessions (persisted state and shm). The core implements it.
 pub trait SessionBinder: Send + Sync {
     /// `peer` was nominated for `session`: bind it and clear PENDING.
-    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), String>;
+    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), CoreError>;
     /// Consent for `session` expired: set PENDING (media stops on the fast path).
-    fn mark_pending(&self, session: SessionId) -> Result<(), String>;
+    fn mark_pending(&self, session: SessionId) -> Result<(), CoreError>;
 }
 
 /// Slow-path counters (shared with `/metrics`).

@@ -62,6 +62,21 @@ pub enum AppError {
     Crypto(String),
 }
 
+/// Why a registry state file does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryParseError {
+    #[error("{0}")]
+    Json(String),
+    #[error("state version {0} (this build reads {STATE_VERSION})")]
+    Version(u32),
+    #[error("invalid application id {0:?}")]
+    AppId(String),
+    #[error("invalid key id {kid:?} in {app:?}")]
+    KeyId { app: String, kid: String },
+    #[error("invalid room name {room:?} in {app:?}")]
+    Room { app: String, room: String },
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -473,23 +488,27 @@ impl Registry {
     }
 
     /// Parse a state file's contents, validating names.
-    pub fn from_json(s: &str) -> Result<Registry, String> {
-        let r: Registry = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    pub fn from_json(s: &str) -> Result<Registry, RegistryParseError> {
+        let r: Registry =
+            serde_json::from_str(s).map_err(|e| RegistryParseError::Json(e.to_string()))?;
         if r.version != STATE_VERSION {
-            return Err(format!(
-                "state version {} (this build reads {STATE_VERSION})",
-                r.version
-            ));
+            return Err(RegistryParseError::Version(r.version));
         }
         for (id, app) in &r.apps {
             if !valid_name(id) {
-                return Err(format!("invalid application id {id:?}"));
+                return Err(RegistryParseError::AppId(id.clone()));
             }
             if let Some(k) = app.keys.iter().find(|k| !valid_name(&k.kid)) {
-                return Err(format!("invalid key id {:?} in {id:?}", k.kid));
+                return Err(RegistryParseError::KeyId {
+                    app: id.clone(),
+                    kid: k.kid.clone(),
+                });
             }
             if let Some(room) = app.rooms.keys().find(|r| !valid_name(r)) {
-                return Err(format!("invalid room name {room:?} in {id:?}"));
+                return Err(RegistryParseError::Room {
+                    app: id.clone(),
+                    room: room.clone(),
+                });
             }
         }
         Ok(r)
@@ -498,9 +517,9 @@ impl Registry {
     /// Load the state file; a missing file is an empty registry.
     pub fn load(path: &Path) -> Result<Registry, AppError> {
         match fs::read_to_string(path) {
-            Ok(s) => Registry::from_json(&s).map_err(|msg| AppError::State {
+            Ok(s) => Registry::from_json(&s).map_err(|e| AppError::State {
                 path: path.to_owned(),
-                msg,
+                msg: e.to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::new()),
             Err(e) => Err(AppError::State {
