@@ -19,6 +19,7 @@ use contract::shm::{session_flags, Role};
 use contract::srtp::Profile;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::MutexGuard;
 
 /// Who joins where, as the token check granted it.
 #[derive(Debug, Clone)]
@@ -65,7 +66,7 @@ impl Core {
             self.cfg.control.max_sessions_per_subject,
             self.cfg.control.max_sessions_per_room,
         )?;
-        let mut g = self.ledger();
+        let g = self.ledger();
         let shm = g.shm()?;
         if shm.session_count() >= shm.capacity().sessions as usize {
             return Err(CoreError::Unavailable("session table is full".into()));
@@ -87,10 +88,32 @@ impl Core {
             session: pending_session(id, &member, now_ms)?,
         }];
         entries.extend(plan_routes(&members, &g, &member));
-        let free = g.shm()?.capacity().routes as usize - g.shm()?.route_count();
+        let shm = g.shm()?;
+        let free = shm.capacity().routes as usize - shm.route_count();
         if entries.len() - 1 > free {
             return Err(CoreError::Unavailable("route table is full".into()));
         }
+        self.commit_join(g, id, &answer, &creds, entries)?;
+        let location = member.location();
+        members.insert(id, member);
+        Ok(Joined {
+            session: id,
+            sdp: answer.sdp,
+            location,
+        })
+    }
+
+    /// Commit a join: the ICE credentials registered, the session and its routes journalled
+    /// and in shm (the credentials go again when that fails), then the DTLS role from our
+    /// answer and the peer's fingerprint in the DTLS table.
+    fn commit_join(
+        &self,
+        mut g: MutexGuard<'_, Ledger>,
+        id: u64,
+        answer: &Answer,
+        creds: &IceCredentials,
+        entries: Vec<Entry>,
+    ) -> Result<(), CoreError> {
         lock(&self.ice)
             .add_credentials(
                 id,
@@ -114,13 +137,7 @@ impl Core {
             id,
             RtcEntry::new(dtls_role, answer.remote_fingerprint.clone()),
         );
-        let location = member.location();
-        members.insert(id, member);
-        Ok(Joined {
-            session: id,
-            sdp: answer.sdp,
-            location,
-        })
+        Ok(())
     }
 
     /// Create the room on first use (and persist the registry then).
