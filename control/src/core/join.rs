@@ -59,7 +59,7 @@ impl Core {
         }
         self.open_room(req.app, req.room, now_ms)?;
         let (answer, creds) = self.answer_offer(&offer, req.publish)?;
-        let mut members = lock(&self.members);
+        let mut members = lock(&self.rooms.members);
         admit(
             &members,
             &req,

@@ -31,7 +31,7 @@ use commit::{reconcile, Ledger};
 use contract::config::Config;
 use contract::shm::{Capacity, ShmReader, ShmWriter};
 use dtls_state::RtcTable;
-use rooms::{Apps, Member};
+use rooms::{Apps, Rooms};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -105,10 +105,8 @@ impl AuditTrail {
 pub struct Core {
     cfg: Config,
     ledger: Mutex<Ledger>,
-    /// WebRTC participants by session id. Lock order: `members` before `ledger`.
-    members: Mutex<BTreeMap<u64, Member>>,
-    /// Applications, developer keys and rooms (persisted in `<state_dir>/apps.json`).
-    apps: Mutex<Apps>,
+    /// Applications, rooms and their participants.
+    rooms: Rooms,
     pub audit: AuditTrail,
     draining: AtomicBool,
     /// The ICE-lite agent (the slow path feeds it; joins register credentials).
@@ -117,8 +115,6 @@ pub struct Core {
     pub rtc: Arc<Mutex<RtcTable>>,
     /// Our DTLS certificate (its fingerprint goes into every SDP answer).
     pub cert: Arc<Certificate>,
-    /// Sessions removed because ICE never nominated a peer in time.
-    expired: AtomicU64,
     /// Refused joins by reason, and the rate limit of their audit entries.
     denied: Mutex<denials::DeniedLog>,
 }
@@ -152,8 +148,11 @@ impl Core {
                 reader: None,
                 shm_error: Some("not opened yet".into()),
             }),
-            members: Mutex::new(BTreeMap::new()),
-            apps: Mutex::new(apps),
+            rooms: Rooms {
+                members: Mutex::new(BTreeMap::new()),
+                apps: Mutex::new(apps),
+                expired: AtomicU64::new(0),
+            },
             audit: AuditTrail {
                 log: Mutex::new(log),
                 errors_seen: AtomicU64::new(0),
@@ -163,7 +162,6 @@ impl Core {
             ice: Arc::new(Mutex::new(ice)),
             rtc: Arc::new(Mutex::new(RtcTable::default())),
             cert: Arc::new(cert),
-            expired: AtomicU64::new(0),
             denied: Mutex::new(denials::DeniedLog::default()),
             cfg,
         };
@@ -198,7 +196,7 @@ impl Core {
 
     /// Sessions removed so far because ICE never nominated a peer in time.
     pub fn expired_count(&self) -> u64 {
-        self.expired.load(Ordering::Relaxed)
+        self.rooms.expired.load(Ordering::Relaxed)
     }
 
     /// Open shm if it is not open, then reconcile it with the persisted state.

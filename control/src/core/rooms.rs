@@ -16,8 +16,9 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::MutexGuard;
+use std::sync::{Mutex, MutexGuard};
 
 /// The peer address of a WebRTC session before ICE nominated one.
 pub const UNBOUND_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
@@ -84,6 +85,17 @@ fn locate_master(c: &ControlConfig) -> Result<MasterSecret, String> {
     Ok(m)
 }
 
+/// Applications with their rooms, and the participants in them. Lock order: `members`
+/// before the ledger; `apps` is never held while the ledger lock is taken.
+pub struct Rooms {
+    /// WebRTC participants by session id.
+    pub(super) members: Mutex<BTreeMap<u64, Member>>,
+    /// Applications, developer keys and rooms (persisted in `<state_dir>/apps.json`).
+    pub(super) apps: Mutex<Apps>,
+    /// Sessions removed because ICE never nominated a peer in time.
+    pub(super) expired: AtomicU64,
+}
+
 /// One WebRTC participant (a WHIP publisher or a WHEP viewer).
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -118,17 +130,17 @@ impl Member {
 impl Core {
     /// The application registry, locked (never while the ledger lock is held).
     pub fn apps(&self) -> MutexGuard<'_, Apps> {
-        lock(&self.apps)
+        lock(&self.rooms.apps)
     }
 
     /// WebRTC participants.
     pub fn members(&self) -> Vec<Member> {
-        lock(&self.members).values().cloned().collect()
+        lock(&self.rooms.members).values().cloned().collect()
     }
 
     /// Participants of `app` (and of `room`, when given).
     pub fn members_of(&self, app: &str, room: Option<&str>) -> Vec<Member> {
-        lock(&self.members)
+        lock(&self.rooms.members)
             .values()
             .filter(|m| m.app == app && room.is_none_or(|r| m.room == r))
             .cloned()
@@ -145,7 +157,7 @@ impl Core {
 
     /// The session whose resource secret is `secret` (compared in constant time).
     pub fn member_with_secret(&self, id: u64, secret: &str) -> bool {
-        lock(&self.members)
+        lock(&self.rooms.members)
             .get(&id)
             .is_some_and(|m| crate::secrets::ct_eq(m.secret.as_bytes(), secret.as_bytes()))
     }
@@ -187,7 +199,7 @@ impl Core {
     /// and the member leaves `members` before the deletion commits, so a concurrent join
     /// never routes to a session that is gone.
     pub fn remove_member(&self, id: u64, only_unbound: bool) -> Result<(), CoreError> {
-        let members = lock(&self.members);
+        let members = lock(&self.rooms.members);
         let g = self.ledger();
         g.require_shm()?;
         let st = g.store.state();
@@ -232,7 +244,7 @@ impl Core {
     /// audited `webrtc.expired` and counted. Returns how many went.
     pub fn expire_unbound_sessions(&self, now_ms: u64) -> usize {
         let timeout_ms = u64::from(self.cfg.control.signaling_timeout_secs) * 1000;
-        let old: Vec<u64> = lock(&self.members)
+        let old: Vec<u64> = lock(&self.rooms.members)
             .values()
             .filter(|m| now_ms.saturating_sub(m.created_ms) >= timeout_ms)
             .map(|m| m.session)
@@ -242,7 +254,7 @@ impl Core {
             // Checked again under the locks: ICE may have bound the peer meanwhile.
             if self.remove_member(id, true).is_ok() {
                 n += 1;
-                self.expired.fetch_add(1, Ordering::Relaxed);
+                self.rooms.expired.fetch_add(1, Ordering::Relaxed);
                 self.audit.record(
                     "webrtc",
                     "webrtc.expired",

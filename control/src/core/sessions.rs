@@ -90,7 +90,7 @@ impl Core {
     /// before the deletion commits (so no join routes to it meanwhile), then its ICE and
     /// DTLS state is forgotten.
     pub fn delete_session(&self, id: u64, ids: &mut Value) -> Result<(), CoreError> {
-        let members = lock(&self.members);
+        let members = lock(&self.rooms.members);
         let g = self.ledger();
         if !g.store.state().sessions.contains_key(&id) {
             return Err(CoreError::SessionNotFound(id));
