@@ -14,7 +14,7 @@
 //! the API.
 //! May not touch: shm, the state journal.
 
-use crate::util;
+use crate::{clock, files, secrets};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +32,8 @@ impl PeerHasher {
         let bytes = match std::fs::read(&p) {
             Ok(b) if b.len() == 32 => b,
             Ok(_) | Err(_) => {
-                let b = util::random_bytes(32)?;
-                util::write_private_atomic(&p, &b)?;
+                let b = secrets::random_bytes(32)?;
+                files::write_private_atomic(&p, &b)?;
                 b
             }
         };
@@ -45,7 +45,7 @@ impl PeerHasher {
     /// `h:` + the first 16 hex digits of HMAC-SHA256(key, text).
     pub fn hash(&self, text: &str) -> String {
         let tag = ring::hmac::sign(&self.key, text.as_bytes());
-        format!("h:{}", crate::util::hex(&tag.as_ref()[..8]))
+        format!("h:{}", crate::secrets::hex(&tag.as_ref()[..8]))
     }
 }
 
@@ -68,7 +68,7 @@ impl Audit {
         let mut a = Audit {
             path: path.to_path_buf(),
             file: None,
-            day: util::day_of(util::unix_ms()),
+            day: clock::day_of(clock::unix_ms()),
             size: 0,
             max_bytes,
             retention_days,
@@ -77,7 +77,7 @@ impl Audit {
         if let Err(e) = a.reopen() {
             a.fail(&e);
         }
-        a.enforce_retention(util::unix_ms());
+        a.enforce_retention(clock::unix_ms());
         a
     }
 
@@ -95,7 +95,7 @@ impl Audit {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = self.path.parent() {
             if !dir.exists() {
-                util::ensure_private_dir(dir)?;
+                files::ensure_private_dir(dir)?;
             }
         }
         let f = std::fs::OpenOptions::new()
@@ -110,7 +110,7 @@ impl Audit {
                 let ms = m
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
-                self.day = util::day_of(ms);
+                self.day = clock::day_of(ms);
             }
         }
         self.file = Some(f);
@@ -126,9 +126,9 @@ impl Audit {
         result: &str,
         status: u16,
     ) {
-        let now = util::unix_ms();
+        let now = clock::unix_ms();
         let line = serde_json::json!({
-            "ts": util::rfc3339(now),
+            "ts": clock::rfc3339(now),
             "actor": actor,
             "action": action,
             "ids": ids,
@@ -143,7 +143,7 @@ impl Audit {
     }
 
     fn write_line(&mut self, now: u64, bytes: &[u8]) -> std::io::Result<()> {
-        let today = util::day_of(now);
+        let today = clock::day_of(now);
         if self.file.is_some()
             && self.size > 0
             && (today != self.day || self.size + bytes.len() as u64 > self.max_bytes)
@@ -175,7 +175,7 @@ impl Audit {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let base = format!("{name}.{}", util::date_string(self.day));
+        let base = format!("{name}.{}", clock::date_string(self.day));
         let mut target = dir.join(&base);
         let mut n = 1;
         while target.exists() {
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(lines, 100);
         // Retention 0 days from a far future "now" deletes every rotated file.
         a.retention_days = 1;
-        a.enforce_retention(util::unix_ms() + 3 * 86_400_000);
+        a.enforce_retention(clock::unix_ms() + 3 * 86_400_000);
         let left: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
         assert_eq!(left.len(), 1, "only the live log remains");
     }
@@ -285,7 +285,7 @@ mod tests {
     fn peer_hash_is_keyed_and_stable() {
         let d = std::env::temp_dir().join(format!("sluice-audit-key-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        util::ensure_private_dir(&d).unwrap();
+        files::ensure_private_dir(&d).unwrap();
         let h1 = PeerHasher::load_or_create(&d).unwrap();
         let h2 = PeerHasher::load_or_create(&d).unwrap();
         assert_eq!(h1.hash("192.0.2.1:5000"), h2.hash("192.0.2.1:5000"));

@@ -7,12 +7,13 @@
 //! `STOPPING=1`, stop listeners and the slow path, compact state, remove `control.json`. The shm file is left in place so a running relay keeps forwarding.
 //! May not touch: request handling (api), the packet path.
 
-use crate::api::{AdminHandler, Control, PublicHandler, Urls};
+use crate::api::{Control, Urls};
+use crate::http::{AdminHandler, PublicHandler};
 use crate::http::{Listener, Server};
-use crate::notify::Notifier;
 use crate::slowpath::{SlowPath, SlowPathParams};
-use crate::util;
+use crate::{clock, files, secrets};
 use contract::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
+use sd_notify::NotifyState;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ pub enum DaemonError {
     #[error("config: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Start(#[from] crate::api::StartError),
+    Start(#[from] crate::core::StartError),
     #[error("{what} {path}: {source}", path = path.display())]
     Io {
         what: &'static str,
@@ -105,21 +106,95 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let rd = cfg.runtime_dir.clone();
     if !rd.exists() {
-        util::ensure_private_dir(&rd).map_err(io_err("runtime dir", &rd))?;
+        files::ensure_private_dir(&rd).map_err(io_err("runtime dir", &rd))?;
     }
-    let (token, generated) = match cfg.admin_token()? {
+    let (token, generated) = admin_token(&cfg, &rd)?;
+    let ctl = Arc::new(Control::start(cfg.clone(), token.clone())?);
+
+    let (servers, admin_url, public_url) = start_listeners(&cfg, &ctl)?;
+    let sp_path = cfg.control.slow_path.clone();
+    let mut slow_path = SlowPath::bind(
+        &sp_path,
+        SlowPathParams::from_config(&cfg.control),
+        ctl.ice.clone(),
+        ctl.clone(),
+        // WebRTC DTLS-SRTP handshakes (slowpath::dtls); keys go back through the core.
+        Box::new(ctl.dtls_sink()),
+        ctl.slow_path_stats.clone(),
+    )
+    .and_then(SlowPath::spawn)
+    .map_err(|source| DaemonError::Listen {
+        addr: sp_path.display().to_string(),
+        source,
+    })?;
+    let urls = Urls {
+        metrics_url: format!("{admin_url}/metrics"),
+        admin_url,
+        public_url,
+        media_addr: dialable(cfg.relay.bind, &cfg.control.public_addresses).to_string(),
+    };
+    ctl.set_urls(urls.clone());
+
+    let rt_file = write_runtime_file(&cfg, &rd, &token, &urls)?;
+    tracing::info!(
+        admin = %urls.admin_url,
+        public = %urls.public_url,
+        media = %urls.media_addr,
+        shm = %cfg.shm.path.display(),
+        runtime = %rt_file.display(),
+        "sluice-control ready"
+    );
+
+    serve_until_stopped(&ctl, &stop);
+
+    tracing::info!("stopping");
+    notify(&[NotifyState::Stopping]);
+    let mut servers = servers;
+    for s in &mut servers {
+        s.shutdown();
+    }
+    slow_path.shutdown();
+    ctl.shutdown();
+    // Remove the discovery file only if it is still ours (a newer instance may own it).
+    if RuntimeInfo::path_in(&rd).exists() {
+        let ours = std::fs::read(&rt_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RuntimeInfo>(&b).ok())
+            .is_some_and(|i| i.pid == std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(&rt_file);
+            if generated {
+                let _ = std::fs::remove_file(rd.join("admin.token"));
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured admin token, or a generated one published in `<runtime_dir>/admin.token`
+/// (true: generated, to be removed at exit).
+fn admin_token(cfg: &Config, rd: &Path) -> Result<(Secret, bool), DaemonError> {
+    Ok(match cfg.admin_token()? {
         Some(t) => (t, false),
         None => {
-            let t = util::generate_token().map_err(io_err("random", Path::new("/dev/urandom")))?;
+            let t =
+                secrets::generate_token().map_err(io_err("random", Path::new("/dev/urandom")))?;
             let p = rd.join("admin.token");
-            util::write_private_atomic(&p, format!("{t}\n").as_bytes())
+            files::write_private_atomic(&p, format!("{t}\n").as_bytes())
                 .map_err(io_err("token file", &p))?;
             tracing::info!(path = %p.display(), "generated an admin token");
             (Secret::new(t), true)
         }
-    };
-    let ctl = Arc::new(Control::start(cfg.clone(), token.clone())?);
+    })
+}
 
+/// Bind the admin listener and (when it differs) the public one, and serve both; returns the
+/// servers with the admin and public URLs.
+fn start_listeners(
+    cfg: &Config,
+    ctl: &Arc<Control>,
+) -> Result<(Vec<Server>, String, String), DaemonError> {
     let public = &cfg.control.public_addresses;
     let admin_l = bind(&cfg.control.admin_listen)?;
     let admin_url = listener_url(&admin_l, &[]).map_err(io_err("admin listener", Path::new("")))?;
@@ -144,29 +219,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     // After the admin listener: a second instance fails there before it could replace a
     // running instance's slow-path socket.
-    let sp_path = cfg.control.slow_path.clone();
-    let mut slow_path = SlowPath::bind(
-        &sp_path,
-        SlowPathParams::from_config(&cfg.control),
-        ctl.ice.clone(),
-        ctl.clone(),
-        // WebRTC DTLS-SRTP handshakes (control::rtc); keys go back through `ctl`.
-        Box::new(ctl.dtls_sink()),
-        ctl.slow_path_stats.clone(),
-    )
-    .and_then(SlowPath::spawn)
-    .map_err(|source| DaemonError::Listen {
-        addr: sp_path.display().to_string(),
-        source,
-    })?;
-    let urls = Urls {
-        metrics_url: format!("{admin_url}/metrics"),
-        admin_url,
-        public_url,
-        media_addr: dialable(cfg.relay.bind, public).to_string(),
-    };
-    ctl.set_urls(urls.clone());
+    Ok((servers, admin_url, public_url))
+}
 
+/// Publish `control.json` (URLs, token, pid) in the runtime directory; returns its path.
+fn write_runtime_file(
+    cfg: &Config,
+    rd: &Path,
+    token: &Secret,
+    urls: &Urls,
+) -> Result<PathBuf, DaemonError> {
     let info = RuntimeInfo {
         admin_url: urls.admin_url.clone(),
         admin_token: token.expose().to_string(),
@@ -176,65 +238,57 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         pid: std::process::id(),
         shm_path: cfg.shm.path.display().to_string(),
     };
-    let rt_file = RuntimeInfo::path_in(&rd);
+    let rt_file = RuntimeInfo::path_in(rd);
     let json = serde_json::to_vec_pretty(&info).map_err(|e| DaemonError::Io {
         what: "runtime file",
         path: rt_file.clone(),
         source: std::io::Error::other(e),
     })?;
-    util::write_private_atomic(&rt_file, &json).map_err(io_err("runtime file", &rt_file))?;
-    tracing::info!(
-        admin = %urls.admin_url,
-        public = %urls.public_url,
-        media = %urls.media_addr,
-        shm = %cfg.shm.path.display(),
-        runtime = %rt_file.display(),
-        "sluice-control ready"
-    );
+    files::write_private_atomic(&rt_file, &json).map_err(io_err("runtime file", &rt_file))?;
+    Ok(rt_file)
+}
 
-    let notifier = Notifier::from_env();
-    if let Some(n) = &notifier {
-        n.notify("READY=1\nSTATUS=serving the admin API");
-    }
-    let wd = notifier.as_ref().and_then(Notifier::watchdog_interval);
+/// Signal readiness, then send watchdog pings and run housekeeping until SIGTERM/SIGINT.
+fn serve_until_stopped(ctl: &Control, stop: &AtomicBool) {
+    // Without `$NOTIFY_SOCKET` (not under systemd) these are no-ops.
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving the admin API"),
+    ]);
+    let wd = watchdog_interval();
     let mut last_wd = Instant::now();
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
-        if let (Some(n), Some(every)) = (&notifier, wd) {
+        if let Some(every) = wd {
             if last_wd.elapsed() >= every {
-                n.notify("WATCHDOG=1");
+                notify(&[NotifyState::Watchdog]);
                 last_wd = Instant::now();
             }
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
-            ctl.tick();
+            ctl.tick(clock::unix_ms());
             last_tick = Instant::now();
         }
     }
+}
 
-    tracing::info!("stopping");
-    if let Some(n) = &notifier {
-        n.notify("STOPPING=1");
+/// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, which applies to us when
+/// `$WATCHDOG_PID` is unset or names us (`sd_notify::watchdog_enabled` insists on the PID).
+fn watchdog_interval() -> Option<Duration> {
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_none_or(|p| p.trim() == std::process::id().to_string());
+    std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.trim().parse::<u64>().ok())
+        .filter(|&u| u > 0 && for_us)
+        .map(|u| Duration::from_micros(u) / 2)
+}
+
+/// One sd_notify message; a failure is logged, never fatal.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
-    for s in &mut servers {
-        s.shutdown();
-    }
-    slow_path.shutdown();
-    ctl.shutdown();
-    // Remove the discovery file only if it is still ours (a newer instance may own it).
-    if RuntimeInfo::path_in(&rd).exists() {
-        let ours = std::fs::read(&rt_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RuntimeInfo>(&b).ok())
-            .is_some_and(|i| i.pid == std::process::id());
-        if ours {
-            let _ = std::fs::remove_file(&rt_file);
-            if generated {
-                let _ = std::fs::remove_file(rd.join("admin.token"));
-            }
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -163,16 +163,23 @@ pub fn route_conflict<'a>(
     Ok(())
 }
 
-/// A session as control persists it (keys included, base64 of master key ‖ salt).
+/// A session as control persists it, keys included. On disk (journal and snapshot) the
+/// profile is its name, the role its lowercase name and each key the base64 of master key ‖
+/// salt, so state files written before these fields were typed load unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredSession {
     pub id: u64,
     pub peer: SocketAddr,
-    pub profile: String,
-    pub role: String,
-    pub rx_key: String,
-    pub tx_key: String,
+    #[serde(with = "profile_name")]
+    pub profile: Profile,
+    pub role: Role,
+    /// Master key ‖ salt the peer encrypts with (`profile.key_material_len()` bytes).
+    #[serde(with = "key_base64")]
+    pub rx_key: Vec<u8>,
+    /// Master key ‖ salt the relay encrypts with towards the peer.
+    #[serde(with = "key_base64")]
+    pub tx_key: Vec<u8>,
     pub key_epoch: u32,
     pub flags: u32,
     pub max_pps: u32,
@@ -180,25 +187,63 @@ pub struct StoredSession {
 }
 
 impl StoredSession {
-    /// The shm record. Fails only if the persisted data is inconsistent.
-    pub fn to_record(&self) -> Result<SessionRecord, String> {
-        let profile = Profile::from_name(&self.profile)
-            .map_err(|_| format!("unknown profile `{}`", self.profile))?;
-        let role = Role::from_name(&self.role).ok_or(format!("unknown role `{}`", self.role))?;
-        let rx_key =
-            MasterKey::from_base64(profile, &self.rx_key).map_err(|e| format!("rx_key: {e}"))?;
-        let tx_key =
-            MasterKey::from_base64(profile, &self.tx_key).map_err(|e| format!("tx_key: {e}"))?;
+    /// The shm record. Fails only if the persisted keys do not fit the profile.
+    pub fn to_record(&self) -> Result<SessionRecord, RecordError> {
+        let rx_key = MasterKey::new(self.profile, &self.rx_key).map_err(RecordError::RxKey)?;
+        let tx_key = MasterKey::new(self.profile, &self.tx_key).map_err(RecordError::TxKey)?;
         Ok(SessionRecord {
             id: self.id,
             peer: self.peer,
-            role,
+            role: self.role,
             rx_key,
             tx_key,
             key_epoch: self.key_epoch,
             flags: self.flags,
             max_pps: self.max_pps,
         })
+    }
+}
+
+/// Why a persisted session makes no shm record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("rx_key: {0}")]
+    RxKey(contract::srtp::Error),
+    #[error("tx_key: {0}")]
+    TxKey(contract::srtp::Error),
+}
+
+/// An SRTP profile as its name (e.g. `AEAD_AES_128_GCM`).
+mod profile_name {
+    use contract::srtp::Profile;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Profile, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Profile, D::Error> {
+        let name = String::deserialize(d)?;
+        Profile::from_name(&name)
+            .map_err(|_| serde::de::Error::custom(format!("unknown profile `{name}`")))
+    }
+}
+
+/// Key bytes as standard base64 (padding optional when read).
+mod key_base64 {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(k))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD_NO_PAD
+            .decode(text.trim().trim_end_matches('='))
+            .map_err(|_| serde::de::Error::custom("key is not base64"))
     }
 }
 
@@ -294,7 +339,7 @@ pub struct Store {
 impl Store {
     /// Open (creating) `dir`, load the snapshot, replay the journal, then compact.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        crate::util::ensure_private_dir(dir).map_err(io_err(dir))?;
+        crate::files::ensure_private_dir(dir).map_err(io_err(dir))?;
         let snap = dir.join(SNAPSHOT);
         let mut state = match std::fs::read(&snap) {
             Ok(bytes) => {
@@ -403,7 +448,7 @@ impl Store {
             path: snap.clone(),
             source: std::io::Error::other(e),
         })?;
-        crate::util::write_private_atomic(&snap, &bytes).map_err(io_err(&snap))?;
+        crate::files::write_private_atomic(&snap, &bytes).map_err(io_err(&snap))?;
         let jpath = self.dir.join(JOURNAL);
         self.journal.set_len(0).map_err(io_err(&jpath))?;
         self.journal.sync_all().map_err(io_err(&jpath))?;
@@ -482,19 +527,28 @@ mod tests {
         StoredSession {
             id,
             peer: format!("127.0.0.1:{}", 5000 + id).parse().unwrap(),
-            profile: "AES_CM_128_HMAC_SHA1_80".into(),
-            role: "trunk".into(),
-            rx_key: MasterKey::new(Profile::Aes128CmSha1_80, &[1; 30])
-                .unwrap()
-                .to_base64(),
-            tx_key: MasterKey::new(Profile::Aes128CmSha1_80, &[2; 30])
-                .unwrap()
-                .to_base64(),
+            profile: Profile::Aes128CmSha1_80,
+            role: Role::Trunk,
+            rx_key: vec![1; 30],
+            tx_key: vec![2; 30],
             key_epoch: 0,
             flags: 0,
             max_pps: 0,
             created_unix_ms: 1,
         }
+    }
+
+    /// The on-disk shape of a session is the one written before its fields were typed:
+    /// profile and role by name, keys as padded base64; such a line still loads.
+    #[test]
+    fn session_on_disk_format_is_unchanged() {
+        let old = r#"{"id":3,"peer":"127.0.0.1:5003","profile":"AES_CM_128_HMAC_SHA1_80","role":"trunk","rx_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB","tx_key":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgIC","key_epoch":0,"flags":0,"max_pps":0,"created_unix_ms":1}"#;
+        let s: StoredSession = serde_json::from_str(old).unwrap();
+        assert_eq!(s, session(3));
+        assert_eq!(serde_json::to_string(&s).unwrap(), old);
+        assert!(s.to_record().is_ok());
+        let bad = old.replace("\"trunk\"", "\"king\"");
+        assert!(serde_json::from_str::<StoredSession>(&bad).is_err());
     }
 
     #[test]

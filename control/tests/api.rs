@@ -711,7 +711,7 @@ fn admin_api_end_to_end_with_restart() {
 
     // Simulate a relay: relay info, heartbeats and counters in the shm file.
     let reader = ShmReader::open(&env.shm).unwrap();
-    let now = control::util::unix_ms();
+    let now = control::clock::unix_ms();
     reader.set_relay_info(4242, "mmsg", 2, now);
     reader.heartbeat(0, now);
     reader.heartbeat(1, now);

@@ -88,6 +88,47 @@ impl Role {
     }
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A role name that is none of [`Role::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}`")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    /// The name, in any case (as [`Role::from_name`]).
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        Role::from_name(s).ok_or_else(|| UnknownRole(s.to_string()))
+    }
+}
+
+/// Serialized as its lowercase name; only the exact lowercase name deserializes.
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                serde::de::Error::unknown_variant(
+                    &s,
+                    &["host", "speaker", "moderator", "viewer", "trunk"],
+                )
+            })
+    }
+}
+
 /// Session flags (bit set).
 pub mod session_flags {
     /// The session is being drained: no new routes to it; existing media still flows.

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -61,6 +60,21 @@ pub enum AppError {
     State { path: PathBuf, msg: String },
     #[error("crypto failure: {0}")]
     Crypto(String),
+}
+
+/// Why a registry state file does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryParseError {
+    #[error("{0}")]
+    Json(String),
+    #[error("state version {0} (this build reads {STATE_VERSION})")]
+    Version(u32),
+    #[error("invalid application id {0:?}")]
+    AppId(String),
+    #[error("invalid key id {kid:?} in {app:?}")]
+    KeyId { app: String, kid: String },
+    #[error("invalid room name {room:?} in {app:?}")]
+    Room { app: String, room: String },
 }
 
 fn valid_name(s: &str) -> bool {
@@ -127,7 +141,7 @@ impl MasterSecret {
             .map_err(|_| AppError::MasterSecret("neither 32 raw bytes nor text".into()))?
             .trim();
         if text.len() == 64 {
-            if let Some(mut v) = crate::util::unhex(text) {
+            if let Some(mut v) = crate::secrets::unhex(text) {
                 let r = MasterSecret::from_bytes(&v);
                 v.fill(0);
                 std::hint::black_box(&v);
@@ -474,23 +488,27 @@ impl Registry {
     }
 
     /// Parse a state file's contents, validating names.
-    pub fn from_json(s: &str) -> Result<Registry, String> {
-        let r: Registry = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    pub fn from_json(s: &str) -> Result<Registry, RegistryParseError> {
+        let r: Registry =
+            serde_json::from_str(s).map_err(|e| RegistryParseError::Json(e.to_string()))?;
         if r.version != STATE_VERSION {
-            return Err(format!(
-                "state version {} (this build reads {STATE_VERSION})",
-                r.version
-            ));
+            return Err(RegistryParseError::Version(r.version));
         }
         for (id, app) in &r.apps {
             if !valid_name(id) {
-                return Err(format!("invalid application id {id:?}"));
+                return Err(RegistryParseError::AppId(id.clone()));
             }
             if let Some(k) = app.keys.iter().find(|k| !valid_name(&k.kid)) {
-                return Err(format!("invalid key id {:?} in {id:?}", k.kid));
+                return Err(RegistryParseError::KeyId {
+                    app: id.clone(),
+                    kid: k.kid.clone(),
+                });
             }
             if let Some(room) = app.rooms.keys().find(|r| !valid_name(r)) {
-                return Err(format!("invalid room name {room:?} in {id:?}"));
+                return Err(RegistryParseError::Room {
+                    app: id.clone(),
+                    room: room.clone(),
+                });
             }
         }
         Ok(r)
@@ -499,9 +517,9 @@ impl Registry {
     /// Load the state file; a missing file is an empty registry.
     pub fn load(path: &Path) -> Result<Registry, AppError> {
         match fs::read_to_string(path) {
-            Ok(s) => Registry::from_json(&s).map_err(|msg| AppError::State {
+            Ok(s) => Registry::from_json(&s).map_err(|e| AppError::State {
                 path: path.to_owned(),
-                msg,
+                msg: e.to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::new()),
             Err(e) => Err(AppError::State {
@@ -514,45 +532,13 @@ impl Registry {
     /// Write the state file atomically: a temporary file (mode 0600) in the same directory,
     /// fsync, rename over the old file, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), AppError> {
-        write_atomic(path, self.to_json().as_bytes()).map_err(|e| AppError::State {
-            path: path.to_owned(),
-            msg: e.to_string(),
+        crate::files::write_private_atomic(path, self.to_json().as_bytes()).map_err(|e| {
+            AppError::State {
+                path: path.to_owned(),
+                msg: e.to_string(),
+            }
         })
     }
-}
-
-/// Atomic replace of `path` with `data` (temp file, fsync, rename, directory fsync).
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        // The temp file may not exist; either way there is nothing more to do.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

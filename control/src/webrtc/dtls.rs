@@ -5,7 +5,7 @@
 //! retransmission bounds and the keying-material export to [`contract::srtp::MasterKey`].
 //! May not touch: sockets, threads, shared memory, the wall clock for its own deadlines
 //! (`now` is passed in). Datagrams in and out are plain byte vectors; the caller sends them
-//! through the relay's port. The only `unsafe` is in `crate::io::dtls_ffi`.
+//! through the relay's port. The only `unsafe` is in `crate::ffi::dtls_ffi`.
 //!
 //! OpenSSL's retransmission timer itself reads the system clock (it cannot be injected), so
 //! [`Dtls::poll_timeout`] reports OpenSSL's remaining time relative to the `now` passed in and
@@ -29,11 +29,11 @@ use openssl::ssl::{
 };
 use openssl::x509::{X509NameBuilder, X509Ref, X509VerifyResult, X509};
 
-use crate::io::dtls_ffi;
+use crate::ffi::dtls_ffi;
 
 /// Which side of the DTLS handshake we play (RFC 5763 §5: `a=setup:passive` is the server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum DtlsRole {
     Client,
     Server,
 }
@@ -408,7 +408,7 @@ const EXPORTER_LABEL: &str = "EXTRACTOR-dtls_srtp";
 /// One DTLS 1.2 association with one peer, driven entirely by the caller.
 pub struct Dtls {
     stream: SslStream<MemStream>,
-    role: Role,
+    role: DtlsRole,
     remote: Fingerprint,
     state: State,
     deadline: Instant,
@@ -437,7 +437,7 @@ impl Dtls {
     /// `remote` is the fingerprint from the peer's SDP, checked against its certificate.
     /// A client queues its ClientHello at once: collect it with [`Dtls::take_transmits`].
     pub fn new(
-        role: Role,
+        role: DtlsRole,
         cert: &Certificate,
         profiles: &[Profile],
         remote: Fingerprint,
@@ -490,8 +490,8 @@ impl Dtls {
         ssl.set_mtu(u32::from(config.mtu)).map_err(setup_err)?;
         dtls_ffi::install_timer(&mut ssl);
         match role {
-            Role::Client => ssl.set_connect_state(),
-            Role::Server => ssl.set_accept_state(),
+            DtlsRole::Client => ssl.set_connect_state(),
+            DtlsRole::Server => ssl.set_accept_state(),
         }
         let stream = SslStream::new(ssl, MemStream::default()).map_err(setup_err)?;
         let mut d = Dtls {
@@ -504,13 +504,13 @@ impl Dtls {
             config,
             keys: None,
         };
-        if role == Role::Client {
+        if role == DtlsRole::Client {
             d.drive()?;
         }
         Ok(d)
     }
 
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> DtlsRole {
         self.role
     }
 
@@ -695,7 +695,7 @@ impl Dtls {
 fn export_keys(
     ssl: &openssl::ssl::SslRef,
     profile: Profile,
-    role: Role,
+    role: DtlsRole,
 ) -> Result<SrtpKeys, DtlsError> {
     let (kl, sl) = (profile.key_len(), profile.salt_len());
     let mut m = [0u8; 2 * MasterKey::MAX_LEN];
@@ -710,8 +710,8 @@ fn export_keys(
     let client = MasterKey::from_parts(profile, client_key, client_salt).map_err(key_err)?;
     let server = MasterKey::from_parts(profile, server_key, server_salt).map_err(key_err)?;
     let (rx, tx) = match role {
-        Role::Client => (server, client),
-        Role::Server => (client, server),
+        DtlsRole::Client => (server, client),
+        DtlsRole::Server => (client, server),
     };
     m.fill(0);
     Ok(SrtpKeys { profile, rx, tx })
@@ -761,7 +761,7 @@ mod tests {
         now: Instant,
     ) -> Pair {
         let server = Dtls::new(
-            Role::Server,
+            DtlsRole::Server,
             server_cert,
             server_profiles,
             client_cert.fingerprint().clone(),
@@ -770,7 +770,7 @@ mod tests {
         )
         .unwrap();
         let client = Dtls::new(
-            Role::Client,
+            DtlsRole::Client,
             client_cert,
             client_profiles,
             server_cert.fingerprint().clone(),
@@ -992,7 +992,7 @@ mod tests {
             ..DtlsConfig::default()
         };
         let mut client = Dtls::new(
-            Role::Client,
+            DtlsRole::Client,
             &c,
             &DEFAULT_SRTP_PROFILES,
             s.fingerprint().clone(),
@@ -1017,7 +1017,7 @@ mod tests {
 
         // The deadline is measured on the caller's clock.
         let mut server = Dtls::new(
-            Role::Server,
+            DtlsRole::Server,
             &s,
             &DEFAULT_SRTP_PROFILES,
             c.fingerprint().clone(),
@@ -1061,7 +1061,7 @@ mod tests {
         let c = Certificate::generate().unwrap();
         let other = Certificate::generate().unwrap();
         let server = Dtls::new(
-            Role::Server,
+            DtlsRole::Server,
             &s,
             &DEFAULT_SRTP_PROFILES,
             other.fingerprint().clone(),
@@ -1070,7 +1070,7 @@ mod tests {
         )
         .unwrap();
         let client = Dtls::new(
-            Role::Client,
+            DtlsRole::Client,
             &c,
             &DEFAULT_SRTP_PROFILES,
             s.fingerprint().clone(),
@@ -1120,7 +1120,7 @@ mod tests {
             g[2] = 0xfd;
             g[11..13].copy_from_slice(&((len - 13) as u16).to_be_bytes());
             let mut fresh = Dtls::new(
-                Role::Server,
+                DtlsRole::Server,
                 &s,
                 &DEFAULT_SRTP_PROFILES,
                 c.fingerprint().clone(),

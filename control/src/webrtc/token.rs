@@ -96,41 +96,18 @@ impl Drop for DevKey {
     }
 }
 
-/// What a participant may do (design.md "Access control").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Host,
-    Speaker,
-    /// May publish and remove participants.
-    Moderator,
-    /// Subscribe only.
-    Viewer,
+/// What a participant may do (design.md "Access control"): the one role type of Sluice.
+/// A token grants any role but [`Role::Trunk`], which static sessions alone have.
+pub use contract::shm::Role;
+
+/// The role a token may grant, by name (any case); `None` for an unknown name and `trunk`.
+pub fn token_role(name: &str) -> Option<Role> {
+    Role::from_name(name).filter(|r| *r != Role::Trunk)
 }
 
-impl Role {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Role::Host => "host",
-            Role::Speaker => "speaker",
-            Role::Moderator => "moderator",
-            Role::Viewer => "viewer",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Role> {
-        [Role::Host, Role::Speaker, Role::Moderator, Role::Viewer]
-            .into_iter()
-            .find(|r| r.name().eq_ignore_ascii_case(s))
-    }
-
-    pub const fn may_publish(self) -> bool {
-        !matches!(self, Role::Viewer)
-    }
-
-    pub const fn may_remove_participants(self) -> bool {
-        matches!(self, Role::Host | Role::Moderator)
-    }
+/// Hosts and moderators may remove participants.
+pub const fn may_remove_participants(r: Role) -> bool {
+    matches!(r, Role::Host | Role::Moderator)
 }
 
 /// The claims of a signed token (RFC 7519 §4.1 names where one exists).
@@ -354,11 +331,13 @@ pub fn verify(
     let key = key_lookup(&app, header.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
     let signed_len = h.len() + 1 + p.len();
     let expected = hs256(&key.secret, &token.as_bytes()[..signed_len]);
-    if !crate::util::ct_eq(&expected, &sig) {
+    if !crate::secrets::ct_eq(&expected, &sig) {
         return Err(TokenError::BadSignature);
     }
-    let claims: Claims =
-        serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed("bad claims"))?;
+    let claims: Claims = serde_json::from_slice(&payload)
+        .ok()
+        .filter(|c: &Claims| c.role != Role::Trunk)
+        .ok_or(TokenError::Malformed("bad claims"))?;
     check_claims(&claims, now_unix, target, policy, limits)?;
     Ok(claims)
 }
@@ -397,7 +376,7 @@ fn check_claims(
     if c.room != target.room {
         return Err(TokenError::WrongRoom);
     }
-    if target.intent == Intent::Publish && !c.role.may_publish() {
+    if target.intent == Intent::Publish && !c.role.can_publish() {
         return Err(TokenError::RoleCannotPublish);
     }
     if c.role == Role::Viewer && !email_allowed(c.email.as_deref(), policy) {
@@ -441,10 +420,10 @@ fn stream_digest(password: &str, minute: u64, ip: Option<IpAddr>) -> [u8; 16] {
     out
 }
 
-use crate::util::hex;
+use crate::secrets::hex;
 
 fn unhex16(s: &str) -> Option<[u8; 16]> {
-    crate::util::unhex(s)?.try_into().ok()
+    crate::secrets::unhex(s)?.try_into().ok()
 }
 
 /// Verify a Storm stream token: valid when it matches the minute of `now_unix` or one of the
@@ -485,7 +464,7 @@ pub fn verify_stream(
     let mut ok = false;
     for m in first..=now_min + ahead {
         // No early exit: the work does not depend on which minute matched.
-        ok |= crate::util::ct_eq(&stream_digest(password, m * 60, ip), &given);
+        ok |= crate::secrets::ct_eq(&stream_digest(password, m * 60, ip), &given);
     }
     if ok {
         Ok(())
@@ -592,6 +571,18 @@ mod tests {
             policy,
             &Limits::default(),
         )
+    }
+
+    /// `trunk` belongs to static sessions: no token grants it, signed or minted by name.
+    #[test]
+    fn trunk_is_no_token_role() {
+        let t = mint(&key(), &claims(Role::Trunk));
+        assert_eq!(
+            check(&t, NOW, Intent::Subscribe, &ok_policy()),
+            Err(TokenError::Malformed("bad claims"))
+        );
+        assert_eq!(token_role("trunk"), None);
+        assert_eq!(token_role("Host"), Some(Role::Host));
     }
 
     fn ok_policy() -> RoomPolicy {
@@ -1008,7 +999,7 @@ MOKghQG_5QPydD9um1_ySyOhKMSLoNskfDp87Ee_z-M";
         )
         .unwrap();
         assert_eq!((g.kind, g.role), (TokenKind::Signed, Role::Moderator));
-        assert!(g.role.may_remove_participants());
+        assert!(may_remove_participants(g.role));
         let corp = RoomPolicy {
             allowed_email_domains: vec!["example.com".into()],
             ..stream_policy(false)

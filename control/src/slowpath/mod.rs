@@ -17,13 +17,18 @@
 //! cannot aim at one set; a new source evicts the least recently seen entry of its set); at
 //! most [`OUTBOX_CAP`] replies per input. Every dropped datagram is counted by reason.
 
+pub mod binding;
+pub mod dtls;
+pub mod relay_channel;
+
+use crate::core::CoreError;
 use crate::ice::{IceAgent, IceEvent, SessionId};
-use crate::relay_channel::{SlowPathConn, SlowPathError, SlowPathServer};
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::slowpath::MAX_MESSAGE;
 use contract::wire::{classify, Kind};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use relay_channel::{SlowPathConn, SlowPathError, SlowPathServer};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -102,21 +107,12 @@ impl DtlsSink for DiscardDtls {
     }
 }
 
-/// Applies ICE outcomes to sessions (persisted state and shm). `Control` implements it.
+/// Applies ICE outcomes to sessions (persisted state and shm). The core implements it.
 pub trait SessionBinder: Send + Sync {
     /// `peer` was nominated for `session`: bind it and clear PENDING.
-    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), String>;
+    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), CoreError>;
     /// Consent for `session` expired: set PENDING (media stops on the fast path).
-    fn mark_pending(&self, session: SessionId) -> Result<(), String>;
-}
-
-impl SessionBinder for crate::api::Control {
-    fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), String> {
-        self.ice_bind_peer(session, peer)
-    }
-    fn mark_pending(&self, session: SessionId) -> Result<(), String> {
-        self.ice_mark_pending(session)
-    }
+    fn mark_pending(&self, session: SessionId) -> Result<(), CoreError>;
 }
 
 /// Slow-path counters (shared with `/metrics`).

@@ -12,6 +12,9 @@ use contract::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_
 use serde_json::{json, Value};
 use std::fmt::Write;
 
+/// A relay whose newest heartbeat is older than this is reported down.
+pub const RELAY_UP_MS: u64 = 2000;
+
 /// Control-side values exported next to the relay counters.
 #[derive(Debug, Clone, Default)]
 pub struct ControlGauges {
@@ -259,6 +262,16 @@ fn slow_path_and_ice(o: &mut Out, g: &ControlGauges) {
 /// The `/metrics` body. With no shm reader only control's own gauges are exported.
 pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
+    control_families(&mut o, g);
+    slow_path_and_ice(&mut o, g);
+    if let Some(r) = r {
+        relay_families(&mut o, r, g);
+    }
+    o.0
+}
+
+/// Control's own gauges and counters.
+fn control_families(o: &mut Out, g: &ControlGauges) {
     o.family(
         "sluice_sessions",
         "gauge",
@@ -291,31 +304,13 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "Audit log writes that failed.",
     );
     o.sample("sluice_audit_write_errors_total", "", g.audit_errors);
-    slow_path_and_ice(&mut o, g);
-    let Some(r) = r else {
-        return o.0;
-    };
-    let info = r.relay_info();
-    let workers = worker_snapshots(r);
-    let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
-    let up = info.pid != 0
-        && newest > 0
-        && g.now_unix_ms.saturating_sub(newest) <= crate::api::RELAY_UP_MS;
-    o.family(
-        "sluice_relay_up",
-        "gauge",
-        "1 when a relay worker heartbeat is under 2 s old.",
-    );
-    o.sample("sluice_relay_up", "", u8::from(up));
-    o.family(
-        "sluice_relay_workers",
-        "gauge",
-        "Worker threads the relay reported.",
-    );
-    o.sample("sluice_relay_workers", "", info.workers);
+}
 
-    type Get = fn(&CounterSnapshot) -> u64;
-    let simple: [(&str, &str, Get); 8] = [
+type Get = fn(&CounterSnapshot) -> u64;
+
+/// The plain counters of a counter block: (name, help, getter).
+fn simple_counters() -> [(&'static str, &'static str, Get); 8] {
+    [
         ("rx_packets", "Datagrams received.", |s| s.packets_in),
         ("rx_bytes", "Bytes received.", |s| s.bytes_in),
         ("tx_packets", "Datagrams sent.", |s| s.packets_out),
@@ -336,11 +331,41 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
             "Loop turns longer than relay.stall_threshold_ms.",
             |s| s.stalls,
         ),
-    ];
+    ]
+}
+
+/// The relay's families: liveness, per worker, and summed over all workers.
+fn relay_families(o: &mut Out, r: &ShmReader, g: &ControlGauges) {
+    let info = r.relay_info();
+    let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
+    let up = info.pid != 0 && newest > 0 && g.now_unix_ms.saturating_sub(newest) <= RELAY_UP_MS;
+    o.family(
+        "sluice_relay_up",
+        "gauge",
+        "1 when a relay worker heartbeat is under 2 s old.",
+    );
+    o.sample("sluice_relay_up", "", u8::from(up));
+    o.family(
+        "sluice_relay_workers",
+        "gauge",
+        "Worker threads the relay reported.",
+    );
+    o.sample("sluice_relay_workers", "", info.workers);
+
+    let workers = worker_snapshots(r);
+    per_worker_families(o, &workers, g.now_unix_ms);
+    let t = r.totals();
+    relay_total_families(o, &t);
+    debug_assert_eq!(BATCH_BUCKETS, t.batch_hist.len());
+    debug_assert_eq!(TIME_BUCKETS, t.time_hist.len());
+}
+
+fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], now_unix_ms: u64) {
+    let simple = simple_counters();
     for (name, help, get) in simple {
         let fam = format!("sluice_{name}_total");
         o.family(&fam, "counter", &format!("{help} Per worker."));
-        for (w, _, s) in &workers {
+        for (w, _, s) in workers {
             o.sample(&fam, &format!("worker=\"{w}\""), get(s));
         }
     }
@@ -349,7 +374,7 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "counter",
         "Datagrams dropped, by reason. Per worker.",
     );
-    for (w, _, s) in &workers {
+    for (w, _, s) in workers {
         for d in DropReason::ALL {
             o.sample(
                 "sluice_drops_total",
@@ -363,9 +388,9 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "histogram",
         "Datagrams per processed batch. Per worker.",
     );
-    for (w, _, s) in &workers {
+    for (w, _, s) in workers {
         histogram(
-            &mut o,
+            o,
             "sluice_batch_size",
             &format!("worker=\"{w}\""),
             &s.batch_hist,
@@ -378,9 +403,9 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "histogram",
         "Processing time per batch in seconds. Per worker.",
     );
-    for (w, _, s) in &workers {
+    for (w, _, s) in workers {
         histogram(
-            &mut o,
+            o,
             "sluice_batch_seconds",
             &format!("worker=\"{w}\""),
             &s.time_hist,
@@ -393,9 +418,9 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "gauge",
         "Seconds since the worker's last heartbeat.",
     );
-    for (w, hb, _) in &workers {
+    for (w, hb, _) in workers {
         if *hb > 0 {
-            let age = g.now_unix_ms.saturating_sub(*hb);
+            let age = now_unix_ms.saturating_sub(*hb);
             o.sample(
                 "sluice_worker_heartbeat_age_seconds",
                 &format!("worker=\"{w}\""),
@@ -403,12 +428,14 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
             );
         }
     }
+}
 
-    let t = r.totals();
+fn relay_total_families(o: &mut Out, t: &CounterSnapshot) {
+    let simple = simple_counters();
     for (name, help, get) in simple {
         let fam = format!("sluice_relay_{name}_total");
         o.family(&fam, "counter", &format!("{help} All workers."));
-        o.sample(&fam, "", get(&t));
+        o.sample(&fam, "", get(t));
     }
     o.family(
         "sluice_relay_drops_total",
@@ -428,7 +455,7 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "Datagrams per processed batch. All workers.",
     );
     histogram(
-        &mut o,
+        o,
         "sluice_relay_batch_size",
         "",
         &t.batch_hist,
@@ -441,14 +468,56 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
         "Processing time per batch in seconds. All workers.",
     );
     histogram(
-        &mut o,
+        o,
         "sluice_relay_batch_seconds",
         "",
         &t.time_hist,
         secs,
         Some(secs(t.batch_nanos)),
     );
-    debug_assert_eq!(BATCH_BUCKETS, t.batch_hist.len());
-    debug_assert_eq!(TIME_BUCKETS, t.time_hist.len());
-    o.0
+}
+
+/// Prometheus text for the WebRTC families (DTLS handshakes, participants, expiries,
+/// denials).
+pub fn render_webrtc(core: &crate::core::Core) -> String {
+    let c = crate::core::lock(&core.rtc).counters();
+    let members = core.members();
+    let pubs = members.iter().filter(|x| x.publishes).count();
+    let views = members.len() - pubs;
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        s,
+        "# HELP sluice_control_dtls_handshakes_total DTLS-SRTP handshakes by outcome.\n\
+         # TYPE sluice_control_dtls_handshakes_total counter\n\
+         sluice_control_dtls_handshakes_total{{result=\"started\"}} {}\n\
+         sluice_control_dtls_handshakes_total{{result=\"completed\"}} {}\n\
+         sluice_control_dtls_handshakes_total{{result=\"failed\"}} {}\n\
+         # HELP sluice_control_dtls_refused_total DTLS datagrams not used, by reason.\n\
+         # TYPE sluice_control_dtls_refused_total counter\n\
+         sluice_control_dtls_refused_total{{reason=\"handshake_cap\"}} {}\n\
+         sluice_control_dtls_refused_total{{reason=\"unknown_peer\"}} {}\n\
+         # HELP sluice_control_webrtc_participants WHIP publishers and WHEP viewers.\n\
+         # TYPE sluice_control_webrtc_participants gauge\n\
+         sluice_control_webrtc_participants{{kind=\"whip\"}} {pubs}\n\
+         sluice_control_webrtc_participants{{kind=\"whep\"}} {views}\n\
+         # HELP sluice_control_webrtc_expired_total WebRTC sessions removed because ICE never nominated a peer in time.\n\
+         # TYPE sluice_control_webrtc_expired_total counter\n\
+         sluice_control_webrtc_expired_total {}\n\
+         # HELP sluice_control_webrtc_denied_total WHIP/WHEP requests refused at the token check, by reason.\n\
+         # TYPE sluice_control_webrtc_denied_total counter\n",
+        c.handshakes_started,
+        c.handshakes_completed,
+        c.handshakes_failed,
+        c.refused_cap,
+        c.unknown_peer,
+        core.expired_count(),
+    );
+    for (reason, n) in core.denials() {
+        let _ = writeln!(
+            s,
+            "sluice_control_webrtc_denied_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    s
 }

@@ -1,10 +1,9 @@
-//! WebRTC sessions between signaling and media: the table of sessions created by WHIP/WHEP,
-//! and [`WebRtcDtls`], the slow path's [`DtlsSink`] that runs their DTLS-SRTP handshakes.
+//! [`WebRtcDtls`], the slow path's [`DtlsSink`] that runs the DTLS-SRTP handshakes of WebRTC
+//! sessions registered in the core's DTLS table ([`crate::core::dtls_state`]).
 //!
-//! Owns: per-session DTLS state (role from our SDP answer, the peer's fingerprint from its
-//! offer), the nominated-peer → session index fed by ICE events, the handshake bounds (in
-//! total, per source IP, deadline), and handing completed keys to a [`KeyBinder`].
-//! May not touch: shared memory and the journal (the binder — `Control` — writes keys), HTTP,
+//! Owns: the handshakes, the nominated-peer → session index fed by ICE events, the handshake
+//! bounds (in total, per source IP, deadline), and handing completed keys to a [`KeyBinder`].
+//! May not touch: shared memory and the journal (the binder — the core — writes keys), HTTP,
 //! the packet fast path. Logs carry session ids only, never peer addresses.
 //!
 //! A datagram reaches a session's endpoint only when it comes from the address ICE nominated
@@ -13,13 +12,13 @@
 //! RFC 5763 §5) the endpoint is created by the first datagram; as client it is created at
 //! nomination and sends its ClientHello at once.
 
+use crate::core::dtls_state::RtcTable;
+use crate::core::CoreError;
 use crate::ice::{IceEvent, SessionId};
 use crate::slowpath::{DtlsSink, Outbox};
 use crate::webrtc::dtls::{
-    Certificate, Dtls, DtlsConfig, Fingerprint, Role as DtlsRole, SrtpKeys, State,
-    DEFAULT_SRTP_PROFILES,
+    Certificate, Dtls, DtlsConfig, DtlsRole, SrtpKeys, State, DEFAULT_SRTP_PROFILES,
 };
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -48,111 +47,10 @@ impl DtlsLimits {
     }
 }
 
-/// What signaling registered for one WebRTC session.
-#[derive(Debug)]
-pub struct RtcEntry {
-    /// Our DTLS role (server when our answer said `a=setup:passive`).
-    pub dtls_role: DtlsRole,
-    /// The fingerprint in the peer's offer (RFC 8122 §5).
-    pub remote_fp: Fingerprint,
-    /// Keys have been written into the session (PENDING may be cleared on nomination).
-    pub keys_ready: bool,
-    /// The nominated peer, once ICE chose it.
-    pub peer: Option<SocketAddr>,
-    dtls: Option<Dtls>,
-}
-
-impl RtcEntry {
-    pub fn new(dtls_role: DtlsRole, remote_fp: Fingerprint) -> RtcEntry {
-        RtcEntry {
-            dtls_role,
-            remote_fp,
-            keys_ready: false,
-            peer: None,
-            dtls: None,
-        }
-    }
-}
-
-/// Counters of the DTLS sink.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DtlsCounters {
-    pub handshakes_started: u64,
-    pub handshakes_completed: u64,
-    pub handshakes_failed: u64,
-    /// Datagrams refused because a handshake cap was reached.
-    pub refused_cap: u64,
-    /// Datagrams from an address that is no session's nominated peer.
-    pub unknown_peer: u64,
-}
-
-/// WebRTC sessions known to signaling, shared by the HTTP handlers and the slow path.
-#[derive(Debug, Default)]
-pub struct RtcTable {
-    sessions: HashMap<SessionId, RtcEntry>,
-    by_peer: HashMap<SocketAddr, SessionId>,
-    counters: DtlsCounters,
-}
-
-impl RtcTable {
-    /// Register a session set up by WHIP/WHEP.
-    pub fn insert(&mut self, id: SessionId, e: RtcEntry) {
-        self.remove(id);
-        self.sessions.insert(id, e);
-    }
-
-    /// Forget a session and its DTLS state. True if it was known.
-    pub fn remove(&mut self, id: SessionId) -> bool {
-        match self.sessions.remove(&id) {
-            Some(e) => {
-                if let Some(p) = e.peer {
-                    if self.by_peer.get(&p) == Some(&id) {
-                        self.by_peer.remove(&p);
-                    }
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn contains(&self, id: SessionId) -> bool {
-        self.sessions.contains_key(&id)
-    }
-
-    /// False for a WebRTC session whose DTLS keys are not in place yet (keep it PENDING);
-    /// true for keyed WebRTC sessions and for sessions this table does not know.
-    pub fn keys_ready(&self, id: SessionId) -> bool {
-        self.sessions.get(&id).is_none_or(|e| e.keys_ready)
-    }
-
-    pub fn counters(&self) -> DtlsCounters {
-        self.counters
-    }
-
-    /// Handshakes in progress, in total and from `ip`.
-    fn handshaking(&self, ip: IpAddr) -> (usize, usize) {
-        let mut total = 0;
-        let mut from_ip = 0;
-        for e in self.sessions.values() {
-            if e.dtls
-                .as_ref()
-                .is_some_and(|d| d.state() == State::Handshaking)
-            {
-                total += 1;
-                if e.peer.is_some_and(|p| p.ip() == ip) {
-                    from_ip += 1;
-                }
-            }
-        }
-        (total, from_ip)
-    }
-}
-
-/// Receives completed DTLS-SRTP keys and failures. `Control` implements it.
+/// Receives completed DTLS-SRTP keys and failures. The core implements it.
 pub trait KeyBinder: Send + Sync {
     /// Write the keys into the session (key epoch + 1, PENDING cleared), persist, audit.
-    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String>;
+    fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), CoreError>;
     /// A handshake failed (audit it; `reason` holds no peer data).
     fn dtls_failed(&self, session: SessionId, reason: &str);
 }
@@ -448,6 +346,7 @@ fn normalize(a: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::dtls_state::RtcEntry;
     use std::time::Duration;
 
     #[derive(Default)]
@@ -457,7 +356,7 @@ mod tests {
     }
 
     impl KeyBinder for Binder {
-        fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), String> {
+        fn set_keys(&self, session: SessionId, keys: &SrtpKeys) -> Result<(), CoreError> {
             lock(&self.keys).push((session, *keys));
             Ok(())
         }
@@ -674,7 +573,7 @@ mod tests {
         r.sink.timeout(t0, &mut out);
         assert_eq!(out.len(), 1, "ClientHello sent at once");
         out.drain().for_each(drop); // lost
-        std::thread::sleep(crate::io::dtls_ffi::INITIAL_RETRANSMIT + Duration::from_millis(30));
+        std::thread::sleep(crate::ffi::dtls_ffi::INITIAL_RETRANSMIT + Duration::from_millis(30));
         let now = Instant::now();
         r.sink.timeout(now, &mut out);
         let again: Vec<_> = out.drain().collect();

@@ -352,37 +352,7 @@ fn read_request(
 ) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = find_head_end(&buf) {
-            break p;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(ReadError::Respond(Response::error(
-                431,
-                format!("request head exceeds {MAX_HEAD} bytes"),
-            )));
-        }
-        match read_by(stream, &mut chunk, deadline) {
-            Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
-            Ok(0) => {
-                return Err(ReadError::Respond(Response::error(
-                    400,
-                    "connection closed mid-request",
-                )))
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadError::Respond(Response::error(408, "request timeout")))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(ReadError::Closed),
-        }
-    };
+    let head_end = read_head(stream, &mut buf, &mut chunk, deadline)?;
     if head_end > MAX_HEAD {
         return Err(ReadError::Respond(Response::error(
             431,
@@ -427,24 +397,7 @@ fn read_request(
             "chunked bodies are not supported; send Content-Length",
         )));
     }
-    let mut lens = headers.iter().filter(|(n, _)| n == "content-length");
-    let len = match (lens.next(), lens.next()) {
-        (None, _) => 0,
-        (Some((_, v)), None) => {
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("malformed Content-Length"));
-            }
-            v.parse::<u64>().unwrap_or(u64::MAX)
-        }
-        (Some(_), Some(_)) => return Err(bad("more than one Content-Length")),
-    };
-    if len > MAX_BODY as u64 {
-        return Err(ReadError::Respond(Response::error(
-            413,
-            format!("body of {len} bytes exceeds the {MAX_BODY}-byte limit"),
-        )));
-    }
-    let len = len as usize;
+    let len = content_length(&headers)?;
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
         match read_by(stream, &mut chunk, deadline) {
@@ -467,6 +420,69 @@ fn read_request(
         body,
         peer,
     })
+}
+
+/// Read until the blank line that ends the request head; returns its offset in `buf`.
+fn read_head(
+    stream: &mut dyn Stream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    deadline: Instant,
+) -> Result<usize, ReadError> {
+    loop {
+        if let Some(p) = find_head_end(buf) {
+            return Ok(p);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(ReadError::Respond(Response::error(
+                431,
+                format!("request head exceeds {MAX_HEAD} bytes"),
+            )));
+        }
+        match read_by(stream, chunk, deadline) {
+            Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
+            Ok(0) => {
+                return Err(ReadError::Respond(Response::error(
+                    400,
+                    "connection closed mid-request",
+                )))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ReadError::Respond(Response::error(408, "request timeout")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+}
+
+/// The body length a request announces (0 without `Content-Length`), within [`MAX_BODY`].
+fn content_length(headers: &[(String, String)]) -> Result<usize, ReadError> {
+    let bad = |m: &str| ReadError::Respond(Response::error(400, m.to_string()));
+    let mut lens = headers.iter().filter(|(n, _)| n == "content-length");
+    let len = match (lens.next(), lens.next()) {
+        (None, _) => 0,
+        (Some((_, v)), None) => {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("malformed Content-Length"));
+            }
+            v.parse::<u64>().unwrap_or(u64::MAX)
+        }
+        (Some(_), Some(_)) => return Err(bad("more than one Content-Length")),
+    };
+    if len > MAX_BODY as u64 {
+        return Err(ReadError::Respond(Response::error(
+            413,
+            format!("body of {len} bytes exceeds the {MAX_BODY}-byte limit"),
+        )));
+    }
+    Ok(len as usize)
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {

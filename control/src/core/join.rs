@@ -1,0 +1,386 @@
+//! A WebRTC join (WHIP publish or WHEP watch), in named steps: read the offer, open the room,
+//! answer the offer (ICE credentials, candidates, DTLS fingerprint), admit the participant
+//! under the per-subject and per-room caps, plan its routes to and from the room's other
+//! participants, and commit (journal → shm, ICE and DTLS registration, room membership).
+//!
+//! The session is written `PENDING` with an unbound peer and throw-away keys; see
+//! [`super::pending`] for how it leaves that state.
+
+use super::commit::Ledger;
+use super::dtls_state::RtcEntry;
+use super::rooms::{Member, UNBOUND_PEER};
+use super::{lock, Core, CoreError};
+use crate::ice::Credentials as IceCredentials;
+use crate::secrets;
+use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
+use crate::webrtc::dtls::DtlsRole;
+use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup};
+use contract::shm::{session_flags, Role};
+use contract::srtp::Profile;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::MutexGuard;
+
+/// Who joins where, as the token check granted it.
+#[derive(Debug, Clone)]
+pub struct JoinRequest<'a> {
+    pub app: &'a str,
+    pub room: &'a str,
+    /// WHIP (true) or WHEP (false).
+    pub publish: bool,
+    /// The role the token grants.
+    pub role: Role,
+    /// The hashed identity the per-subject cap counts.
+    pub subject: String,
+    /// The SDP offer, as received.
+    pub offer: &'a [u8],
+}
+
+/// A committed join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub session: u64,
+    /// The SDP answer.
+    pub sdp: String,
+    /// The resource path (`DELETE` on it leaves).
+    pub location: String,
+}
+
+/// The SRTP profile of a session until DTLS negotiates one.
+const PLACEHOLDER_PROFILE: Profile = Profile::AeadAes128Gcm;
+
+impl Core {
+    /// Join `req.room` at `now_ms`: answer the offer and commit the pending session with
+    /// its routes.
+    pub fn join(&self, req: JoinRequest<'_>, now_ms: u64) -> Result<Joined, CoreError> {
+        let offer = read_offer(req.offer)?;
+        if self.is_draining() {
+            return Err(CoreError::Unavailable("control is draining".into()));
+        }
+        self.open_room(req.app, req.room, now_ms)?;
+        let (answer, creds) = self.answer_offer(&offer, req.publish)?;
+        let mut members = lock(&self.rooms.members);
+        admit(
+            &members,
+            &req,
+            self.cfg.control.max_sessions_per_subject,
+            self.cfg.control.max_sessions_per_room,
+        )?;
+        let g = self.ledger();
+        let shm = g.shm()?;
+        if shm.session_count() >= shm.capacity().sessions as usize {
+            return Err(CoreError::Unavailable("session table is full".into()));
+        }
+        let id = g.store.state().next_session_id;
+        let member = Member {
+            session: id,
+            app: req.app.to_string(),
+            room: req.room.to_string(),
+            role: req.role,
+            publishes: req.publish,
+            media: answer.media.clone(),
+            primary_ssrcs: offer.media.iter().map(primary_ssrcs).collect(),
+            secret: random_hex(16)?,
+            subject: req.subject,
+            created_ms: now_ms,
+        };
+        let mut entries = vec![Entry::PutSession {
+            session: pending_session(id, &member, now_ms)?,
+        }];
+        entries.extend(plan_routes(&members, &g, &member));
+        let shm = g.shm()?;
+        let free = shm.capacity().routes as usize - shm.route_count();
+        if entries.len() - 1 > free {
+            return Err(CoreError::Unavailable("route table is full".into()));
+        }
+        self.commit_join(g, id, &answer, &creds, entries)?;
+        let location = member.location();
+        members.insert(id, member);
+        Ok(Joined {
+            session: id,
+            sdp: answer.sdp,
+            location,
+        })
+    }
+
+    /// Commit a join: the ICE credentials registered, the session and its routes journalled
+    /// and in shm (the credentials go again when that fails), then the DTLS role from our
+    /// answer and the peer's fingerprint in the DTLS table.
+    fn commit_join(
+        &self,
+        mut g: MutexGuard<'_, Ledger>,
+        id: u64,
+        answer: &Answer,
+        creds: &IceCredentials,
+        entries: Vec<Entry>,
+    ) -> Result<(), CoreError> {
+        lock(&self.ice)
+            .add_credentials(
+                id,
+                &creds.ufrag,
+                &creds.pwd,
+                &answer.remote_ufrag,
+                Some(&answer.remote_pwd),
+            )
+            .map_err(|e| CoreError::BadRequest(format!("ICE credentials: {e}")))?;
+        if let Err(e) = g.commit(entries) {
+            lock(&self.ice).remove(id);
+            return Err(e);
+        }
+        drop(g);
+        let dtls_role = if answer.setup == Setup::Active {
+            DtlsRole::Client
+        } else {
+            DtlsRole::Server
+        };
+        lock(&self.rtc).insert(
+            id,
+            RtcEntry::new(dtls_role, answer.remote_fingerprint.clone()),
+        );
+        Ok(())
+    }
+
+    /// Create the room on first use (and persist the registry then).
+    fn open_room(&self, app: &str, room: &str, now_ms: u64) -> Result<(), CoreError> {
+        let mut a = self.apps();
+        let fresh = a.reg.room(app, room).is_none();
+        a.reg
+            .join_room(app, room, now_ms / 1000)
+            .map_err(|e| CoreError::Conflict(e.to_string()))?;
+        if fresh {
+            a.save()?;
+        }
+        Ok(())
+    }
+
+    /// Our answer: fresh ICE credentials, one host candidate per public address on the
+    /// media port, our DTLS fingerprint, and (for a viewer) our SSRC per media section.
+    fn answer_offer(
+        &self,
+        offer: &Offer,
+        publish: bool,
+    ) -> Result<(Answer, IceCredentials), CoreError> {
+        let creds =
+            crate::ice::generate_credentials().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let mut send_ssrcs = Vec::new();
+        if !publish {
+            for _ in 0..offer.media.len() {
+                send_ssrcs.push(random_u32()?);
+            }
+        }
+        let cfg = sdp::AnswerConfig {
+            ice_ufrag: creds.ufrag.clone(),
+            ice_pwd: creds.pwd.clone(),
+            fingerprint: self.cert.fingerprint().clone(),
+            candidates: self.candidates(),
+            session_id: u64::from(random_u32()?),
+            send_ssrcs,
+            cname: format!("sluice-{}", random_hex(6)?),
+        };
+        let endpoint = if publish {
+            Endpoint::Whip
+        } else {
+            Endpoint::Whep
+        };
+        let answer = sdp::answer(offer, endpoint, &cfg)
+            .map_err(|e| CoreError::BadRequest(format!("SDP offer: {e}")))?;
+        Ok((answer, creds))
+    }
+
+    /// Host candidates: the public addresses, else the relay's bind address (loopback when
+    /// it is unspecified), on the media port.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let media_port = self.cfg.relay.bind.port();
+        let mut candidates: Vec<SocketAddr> = self
+            .cfg
+            .control
+            .public_addresses
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, media_port))
+            .collect();
+        if candidates.is_empty() {
+            let ip = if self.cfg.relay.bind.ip().is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                self.cfg.relay.bind.ip()
+            };
+            candidates.push(SocketAddr::new(ip, media_port));
+        }
+        candidates
+    }
+}
+
+fn read_offer(body: &[u8]) -> Result<Offer, CoreError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| CoreError::BadRequest("the SDP offer is not UTF-8".into()))?;
+    Offer::parse(text).map_err(|e| CoreError::BadRequest(format!("SDP offer: {e}")))
+}
+
+/// The per-subject and per-room caps on concurrent sessions.
+fn admit(
+    members: &BTreeMap<u64, Member>,
+    req: &JoinRequest<'_>,
+    max_per_subject: u32,
+    max_per_room: u32,
+) -> Result<(), CoreError> {
+    let (mut room_n, mut subject_n) = (0u32, 0u32);
+    for m in members
+        .values()
+        .filter(|m| m.app == req.app && m.room == req.room)
+    {
+        room_n += 1;
+        subject_n += u32::from(m.subject == req.subject);
+    }
+    if subject_n >= max_per_subject {
+        return Err(CoreError::TooManySessions(subject_n));
+    }
+    if room_n >= max_per_room {
+        return Err(CoreError::RoomFull(room_n));
+    }
+    Ok(())
+}
+
+/// The session a join writes: unbound, PENDING, throw-away keys; a WHEP session never
+/// publishes.
+fn pending_session(id: u64, m: &Member, now_ms: u64) -> Result<StoredSession, CoreError> {
+    let role = if m.publishes { m.role } else { Role::Viewer };
+    Ok(StoredSession {
+        id,
+        peer: UNBOUND_PEER,
+        profile: PLACEHOLDER_PROFILE,
+        role,
+        rx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
+        tx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
+        key_epoch: 0,
+        flags: session_flags::PENDING,
+        max_pps: 0,
+        created_unix_ms: now_ms,
+    })
+}
+
+/// Routes between the new member and the room's members on the other side, with ids from
+/// the next free one. A new viewer fills its sections from the publishers in join order; a
+/// new publisher takes, per viewer, sections no other publisher feeds.
+fn plan_routes(members: &BTreeMap<u64, Member>, g: &Ledger, new: &Member) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut next_route = g.store.state().next_route_id;
+    let mut used_by_new_viewer = Vec::new();
+    for other in members.values() {
+        if other.app != new.app || other.room != new.room || other.publishes == new.publishes {
+            continue;
+        }
+        let mut used_in_viewer: Vec<u32> = g
+            .store
+            .state()
+            .routes
+            .values()
+            .filter(|r| r.to == other.session)
+            .filter_map(|r| r.rewrite.ssrc)
+            .collect();
+        let (p, v, used) = if new.publishes {
+            (new, other, &mut used_in_viewer)
+        } else {
+            (other, new, &mut used_by_new_viewer)
+        };
+        for (ssrc, rewrite) in routes_between(p, v, used) {
+            entries.push(Entry::PutRoute {
+                route: StoredRoute {
+                    id: next_route,
+                    from: p.session,
+                    ssrc,
+                    to: v.session,
+                    rewrite,
+                },
+            });
+            next_route += 1;
+        }
+    }
+    entries
+}
+
+/// Routes from publisher `p` to viewer `v`. Each accepted publisher section takes the first
+/// accepted viewer section of the same kind whose SSRC (announced in the viewer's answer) is
+/// not in `used` — sections already fed by another publisher — and marks it used; so a
+/// viewer that offers two video sections sees two publishers, in join order. One route per
+/// primary SSRC (or one any-SSRC route when the publisher announced none), rewriting the
+/// SSRC to the viewer section's, with payload types and extension ids mapped.
+fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u32>, RewriteSpec)> {
+    let mut out = Vec::new();
+    for (i, pm) in p.media.iter().enumerate() {
+        if !pm.accepted || !matches!(pm.kind, MediaKind::Audio | MediaKind::Video) {
+            continue;
+        }
+        let Some(vm) = v.media.iter().find(|m| {
+            m.accepted
+                && m.kind == pm.kind
+                && m.send_ssrc.is_some_and(|s| !used.contains(&s))
+                && !sdp::pt_map(&pm.codecs, &m.codecs).is_empty()
+        }) else {
+            continue;
+        };
+        if let Some(s) = vm.send_ssrc {
+            used.push(s);
+        }
+        let pt_map: Vec<[u8; 2]> = sdp::pt_map(&pm.codecs, &vm.codecs)
+            .into_iter()
+            .take(contract::shm::MAX_MAPPINGS)
+            .map(|(a, b)| [a, b])
+            .collect();
+        if pt_map.is_empty() {
+            continue;
+        }
+        let ext_map: Vec<[u8; 2]> = sdp::ext_map(&pm.extmaps, &vm.extmaps)
+            .into_iter()
+            .filter(|(a, b)| (1..=14).contains(a) && (1..=14).contains(b))
+            .take(contract::shm::MAX_MAPPINGS)
+            .map(|(a, b)| [a, b])
+            .collect();
+        let rw = RewriteSpec {
+            ssrc: vm.send_ssrc,
+            pt_map,
+            ext_map,
+        };
+        let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
+        if ssrcs.is_empty() {
+            out.push((None, rw));
+        } else {
+            for s in ssrcs {
+                out.push((Some(s), rw.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn primary_ssrcs(m: &sdp::Media) -> Vec<u32> {
+    let secondary: Vec<u32> = m
+        .ssrc_groups
+        .iter()
+        .filter(|g| g.semantics == "FID" || g.semantics == "FEC-FR")
+        .flat_map(|g| g.ssrcs.iter().skip(1).copied())
+        .collect();
+    m.ssrc_list()
+        .into_iter()
+        .filter(|s| !secondary.contains(s))
+        .collect()
+}
+
+fn random_err(e: std::io::Error) -> CoreError {
+    CoreError::Internal(format!("random: {e}"))
+}
+
+fn random_u32() -> Result<u32, CoreError> {
+    let b = secrets::random_bytes(4).map_err(random_err)?;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 1)
+}
+
+/// `n` random bytes in hex (resource secrets, CNAMEs, generated token subjects).
+pub fn random_hex(n: usize) -> Result<String, CoreError> {
+    let b = secrets::random_bytes(n).map_err(random_err)?;
+    Ok(secrets::hex(&b))
+}
+
+/// Random key material for `p` (a pending session's keys until DTLS produces real ones).
+fn throwaway_key(p: Profile) -> Result<Vec<u8>, CoreError> {
+    secrets::random_bytes(p.key_material_len()).map_err(random_err)
+}

@@ -1,0 +1,378 @@
+//! The admin REST API (docs/API.md): routing of `/healthz`, `/metrics` and `/v1/…`, bearer
+//! token authentication, and the sessions, routes, status, stats and drain endpoints. Each
+//! handler parses the request, calls the core, answers and audits the answer.
+//!
+//! May not touch: shm and the journal (the core does), sockets (the server hands requests
+//! in). WebRTC endpoints are in [`super::whip`], applications and rooms in [`super::apps_api`].
+
+use super::body::{parse_id, parse_key, parse_peer, parse_rewrite, Body};
+use super::metrics::{self, RELAY_UP_MS};
+use super::{audit_response, error_response, Request, Response};
+use crate::api::Control;
+use crate::clock;
+use crate::core::sessions::{NewRoute, NewSession};
+use crate::core::CoreError;
+use crate::secrets;
+use crate::state::{RewriteSpec, StoredRoute, StoredSession};
+use contract::shm::{Role, ShmReader, ShmWriter};
+use contract::srtp::Profile;
+use serde_json::{json, Value};
+
+/// The answer of a handler: a success, or the refusal the core (or a parser) gave.
+fn answer(r: Result<Response, CoreError>) -> Response {
+    r.unwrap_or_else(|e| error_response(&e))
+}
+
+impl Control {
+    /// Answer `r` and audit the answer as an admin action.
+    fn audited(&self, action: &str, ids: Value, r: Result<Response, CoreError>) -> Response {
+        let resp = answer(r);
+        audit_response(&self.core, "admin", action, ids, &resp);
+        resp
+    }
+
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(h) = req.header("authorization") else {
+            return false;
+        };
+        let Some(tok) = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+        else {
+            return false;
+        };
+        secrets::ct_eq(tok.trim().as_bytes(), self.token.expose().as_bytes())
+    }
+
+    /// Serve one admin request.
+    pub fn handle_admin(&self, req: &Request) -> Response {
+        let path = req.path.trim_end_matches('/');
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let m = req.method.as_str();
+        if self.public_on_admin() {
+            if let Some(r) = self.handle_webrtc(req) {
+                return r;
+            }
+        }
+        match segs.as_slice() {
+            ["healthz"] => return only_get(m, || self.healthz()),
+            ["metrics"] => return only_get(m, || self.metrics()),
+            ["v1", ..] => {}
+            _ => return Response::error(404, format!("no such endpoint: {}", req.path)),
+        }
+        if !self.authorized(req) {
+            let mut r = Response::error(401, "missing or invalid admin token");
+            r.headers.push(("WWW-Authenticate", "Bearer".into()));
+            let from = self.core.audit.hasher.hash(&req.peer);
+            let ids = json!({"method": req.method, "path": req.path, "from": from});
+            audit_response(&self.core, "anonymous", "auth.failed", ids, &r);
+            return r;
+        }
+        match (m, &segs[1..]) {
+            ("GET" | "HEAD", ["status"]) => self.status(),
+            ("GET" | "HEAD", ["stats"]) => self.stats(),
+            ("GET" | "HEAD", ["sessions"]) => self.list_sessions(),
+            ("POST", ["sessions"]) => self.create_session(req),
+            ("GET" | "HEAD", ["sessions", id]) => self.get_session(id),
+            ("DELETE", ["sessions", id]) => self.delete_session(id),
+            ("POST", ["sessions", id, "rekey"]) => self.rekey(req, id),
+            ("GET" | "HEAD", ["routes"]) => self.list_routes(),
+            ("POST", ["routes"]) => self.create_route(req),
+            ("GET" | "HEAD", ["routes", id]) => self.get_route(id),
+            ("DELETE", ["routes", id]) => self.delete_route(id),
+            ("POST", ["drain"]) => self.drain(),
+            (_, ["apps" | "rooms" | "tokens", ..]) => self.handle_apps_api(m, &segs[1..], req),
+            (_, ["status" | "stats"]) => method_not_allowed("GET"),
+            (_, ["sessions" | "routes"]) => method_not_allowed("GET, POST"),
+            (_, ["sessions" | "routes", _]) => method_not_allowed("GET, DELETE"),
+            (_, ["sessions", _, "rekey"] | ["drain"]) => method_not_allowed("POST"),
+            _ => Response::error(404, format!("no such endpoint: {}", req.path)),
+        }
+    }
+
+    /// Serve one request on the public listener (when it differs from the admin one).
+    pub fn handle_public(&self, req: &Request) -> Response {
+        if let Some(r) = self.handle_webrtc(req) {
+            return r;
+        }
+        match req.path.trim_end_matches('/') {
+            "/healthz" => only_get(&req.method, || self.healthz()),
+            _ => Response::error(404, format!("no such endpoint: {}", req.path)),
+        }
+    }
+
+    fn healthz(&self) -> Response {
+        let ready = self.core.shm_ready();
+        Response::json(
+            if ready { 200 } else { 503 },
+            &json!({"ok": ready, "draining": self.core.is_draining()}),
+        )
+    }
+
+    fn status(&self) -> Response {
+        // The applications lock is never taken while the ledger lock is held.
+        let demo = self.core.demo_app().is_some();
+        let cfg = self.config();
+        let g = self.core.ledger();
+        let relay = relay_view(g.reader.as_ref(), clock::unix_ms());
+        let u = self.urls();
+        let backend = relay["backend"]
+            .as_str()
+            .map_or_else(|| cfg.relay.backend.name().to_string(), str::to_string);
+        let workers = relay["workers"]
+            .as_u64()
+            .unwrap_or(u64::from(cfg.relay.workers));
+        Response::json(
+            200,
+            &json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "media_addr": u.media_addr,
+                "admin_url": u.admin_url,
+                "public_url": u.public_url,
+                "metrics_url": u.metrics_url,
+                "backend": backend,
+                "workers": workers,
+                "relay": relay,
+                "sessions": g.store.state().sessions.len(),
+                "routes": g.store.state().routes.len(),
+                "draining": self.core.is_draining(),
+                "demo": demo,
+                "generation": g.shm.as_ref().map(ShmWriter::generation),
+                "shm": {"path": cfg.shm.path.display().to_string(), "ready": g.shm.is_some(), "error": g.shm_error},
+            }),
+        )
+    }
+
+    fn stats(&self) -> Response {
+        let g = self.core.ledger();
+        let Some(r) = g.reader.as_ref() else {
+            return error_response(&g.shm_unavailable());
+        };
+        Response::json(
+            200,
+            &metrics::stats_json(
+                r,
+                self.slow_path_stats.snapshot().datagrams(),
+                self.core.audit.errors(),
+            ),
+        )
+    }
+
+    fn metrics(&self) -> Response {
+        // The agent's lock is never held together with the ledger lock.
+        let (ice, ice_sessions) = {
+            let a = crate::core::lock(&self.ice);
+            (a.counters(), a.len() as u64)
+        };
+        let g = self.core.ledger();
+        let info = metrics::ControlGauges {
+            sessions: g.store.state().sessions.len() as u64,
+            routes: g.store.state().routes.len() as u64,
+            draining: self.core.is_draining(),
+            shm_ready: g.shm.is_some(),
+            generation: g.shm.as_ref().map_or(0, ShmWriter::generation),
+            audit_errors: self.core.audit.errors(),
+            slow_path: self.slow_path_stats.snapshot(),
+            ice,
+            ice_sessions,
+            now_unix_ms: clock::unix_ms(),
+        };
+        let mut text = metrics::render(g.reader.as_ref(), &info);
+        drop(g);
+        text.push_str(&metrics::render_webrtc(&self.core));
+        Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)
+    }
+
+    fn list_sessions(&self) -> Response {
+        let v: Vec<Value> = self
+            .core
+            .state()
+            .sessions
+            .values()
+            .map(session_json)
+            .collect();
+        Response::json(200, &Value::Array(v))
+    }
+
+    fn get_session(&self, id: &str) -> Response {
+        answer((|| {
+            let s = self.core.session(parse_id(id, "session")?)?;
+            Ok(Response::json(200, &session_json(&s)))
+        })())
+    }
+
+    fn list_routes(&self) -> Response {
+        let v: Vec<Value> = self.core.state().routes.values().map(route_json).collect();
+        Response::json(200, &Value::Array(v))
+    }
+
+    fn get_route(&self, id: &str) -> Response {
+        answer((|| {
+            let r = self.core.route(parse_id(id, "route")?)?;
+            Ok(Response::json(200, &route_json(&r)))
+        })())
+    }
+
+    fn create_session(&self, req: &Request) -> Response {
+        let mut ids = json!({});
+        let r = (|| {
+            let b = Body::parse(
+                &req.body,
+                &["peer", "profile", "rx_key", "tx_key", "role", "max_pps"],
+            )?;
+            let peer = parse_peer(b.req_str("peer")?)?;
+            ids["peer"] = Value::String(self.core.audit.hasher.hash(&peer.to_string()));
+            let profile_name = b.req_str("profile")?;
+            let profile = Profile::from_name(profile_name).map_err(|_| {
+                CoreError::invalid("profile", format!("unknown SRTP profile `{profile_name}`"))
+            })?;
+            let n = NewSession {
+                peer,
+                profile,
+                rx_key: parse_key(profile, &b, "rx_key")?,
+                tx_key: parse_key(profile, &b, "tx_key")?,
+                role: match b.opt_str("role")? {
+                    None => Role::Trunk,
+                    Some(s) => Role::from_name(s)
+                        .ok_or_else(|| CoreError::invalid("role", format!("unknown role `{s}`")))?,
+                },
+                max_pps: b.opt_u32("max_pps")?.unwrap_or(0),
+            };
+            let s = self.core.create_session(n, clock::unix_ms(), &mut ids)?;
+            Ok(Response::json(201, &session_json(&s)))
+        })();
+        self.audited("session.create", ids, r)
+    }
+
+    fn delete_session(&self, id: &str) -> Response {
+        self.delete("session", id, |id, ids| self.core.delete_session(id, ids))
+    }
+
+    /// `DELETE` of a session or route (`what`) by its id, audited as `<what>.delete`.
+    fn delete(
+        &self,
+        what: &str,
+        id: &str,
+        delete: impl FnOnce(u64, &mut Value) -> Result<(), CoreError>,
+    ) -> Response {
+        let mut ids = json!({});
+        let r = (|| {
+            let id = parse_id(id, what)?;
+            ids[what] = json!(id);
+            delete(id, &mut ids)?;
+            Ok(Response::empty(204))
+        })();
+        self.audited(&format!("{what}.delete"), ids, r)
+    }
+
+    fn rekey(&self, req: &Request, id: &str) -> Response {
+        let mut ids = json!({});
+        let r = (|| {
+            let id = parse_id(id, "session")?;
+            ids["session"] = json!(id);
+            let b = Body::parse(&req.body, &["tx_key", "rx_key"])?;
+            // Keys are parsed in the session's profile, with no lock held.
+            let profile = self.core.session(id)?.profile;
+            let key = |k: &str| b.has(k).then(|| parse_key(profile, &b, k)).transpose();
+            let (tx, rx) = (key("tx_key")?, key("rx_key")?);
+            let s = self.core.rekey(id, tx, rx, &mut ids)?;
+            Ok(Response::json(200, &session_json(&s)))
+        })();
+        self.audited("session.rekey", ids, r)
+    }
+
+    fn create_route(&self, req: &Request) -> Response {
+        let mut ids = json!({});
+        let r = (|| {
+            let b = Body::parse(&req.body, &["from", "ssrc", "to", "rewrite"])?;
+            let from = b.req_u64("from")?;
+            let to = b.req_u64("to")?;
+            ids["from"] = json!(from);
+            ids["to"] = json!(to);
+            let ssrc = b.opt_u32("ssrc")?;
+            let rewrite = match b.get("rewrite") {
+                None => RewriteSpec::default(),
+                Some(v) => parse_rewrite(v)?,
+            };
+            let n = NewRoute {
+                from,
+                to,
+                ssrc,
+                rewrite,
+            };
+            let route = self.core.create_route(n, &mut ids)?;
+            Ok(Response::json(201, &route_json(&route)))
+        })();
+        self.audited("route.create", ids, r)
+    }
+
+    fn delete_route(&self, id: &str) -> Response {
+        self.delete("route", id, |id, _| self.core.delete_route(id))
+    }
+
+    fn drain(&self) -> Response {
+        self.core.drain();
+        let resp = Response::json(202, &json!({"draining": true}));
+        audit_response(&self.core, "admin", "drain", json!({}), &resp);
+        resp
+    }
+}
+
+/// The relay as its heartbeats show it at `now`.
+fn relay_view(reader: Option<&ShmReader>, now: u64) -> Value {
+    let Some(r) = reader else {
+        return json!({"pid": null, "up": false, "backend": null, "workers": null, "heartbeat_age_ms": null});
+    };
+    let info = r.relay_info();
+    let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
+    let age = (newest > 0).then(|| now.saturating_sub(newest));
+    let up = info.pid != 0 && age.is_some_and(|a| a <= RELAY_UP_MS);
+    json!({
+        "pid": (info.pid != 0).then_some(info.pid),
+        "up": up,
+        "backend": (info.pid != 0).then_some(info.backend),
+        "workers": (info.pid != 0).then_some(info.workers),
+        "heartbeat_age_ms": age,
+    })
+}
+
+pub(super) fn only_get(method: &str, f: impl FnOnce() -> Response) -> Response {
+    if method == "GET" || method == "HEAD" {
+        f()
+    } else {
+        method_not_allowed("GET")
+    }
+}
+
+pub(super) fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = Response::error(405, format!("method not allowed (allowed: {allow})"));
+    r.headers.push(("Allow", allow.to_string()));
+    r
+}
+
+fn session_json(s: &StoredSession) -> Value {
+    json!({
+        "id": s.id,
+        "peer": s.peer.to_string(),
+        "profile": s.profile.name(),
+        "role": s.role.name(),
+        "key_epoch": s.key_epoch,
+        "flags": s.flags,
+        "max_pps": s.max_pps,
+        "created_unix_ms": s.created_unix_ms,
+    })
+}
+
+fn route_json(r: &StoredRoute) -> Value {
+    json!({
+        "id": r.id,
+        "from": r.from,
+        "ssrc": r.ssrc,
+        "to": r.to,
+        "rewrite": {
+            "ssrc": r.rewrite.ssrc,
+            "pt_map": r.rewrite.pt_map,
+            "ext_map": r.rewrite.ext_map,
+        },
+    })
+}
