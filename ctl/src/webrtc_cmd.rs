@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use crate::api::Client;
-use crate::cli::{AppCmd, KeyCmd, RoomCmd, TokenCmd};
+use crate::cli::{AppCmd, KeyCmd, RoomCmd, RoomSet, TokenCmd};
 use crate::error::{CtlError, Result};
 use crate::output::{print_json, Output};
 use crate::table::{self, cell, field};
@@ -56,33 +56,54 @@ fn name(what: &str, s: &str) -> Result<String> {
 
 /// Validate a command before control is contacted.
 pub fn prepare(cmd: WebRtcCommand<'_>) -> Result<Prepared> {
-    let p = |method, path: String, body, what| Prepared {
+    match cmd {
+        WebRtcCommand::App(c) => prepare_app(c),
+        WebRtcCommand::Key(c) => prepare_key(c),
+        WebRtcCommand::Room(c) => prepare_room(c),
+        WebRtcCommand::Token(c) => prepare_token(c),
+    }
+}
+
+fn request(method: &'static str, path: String, body: Option<Value>, what: What) -> Prepared {
+    Prepared {
         method,
         path,
         body,
         what,
-    };
+    }
+}
+
+fn app_id(s: &str) -> Result<String> {
+    name("application id", s)
+}
+
+fn prepare_app(cmd: &AppCmd) -> Result<Prepared> {
     Ok(match cmd {
-        WebRtcCommand::App(AppCmd::List) => p("GET", "/v1/apps".into(), None, What::Apps),
-        WebRtcCommand::App(AppCmd::Add { id }) => p(
+        AppCmd::List => request("GET", "/v1/apps".into(), None, What::Apps),
+        AppCmd::Add { id } => request(
             "POST",
             "/v1/apps".into(),
-            Some(json!({"id": name("application id", id)?})),
+            Some(json!({"id": app_id(id)?})),
             What::AppAdded,
         ),
-        WebRtcCommand::App(AppCmd::Del { id }) => p(
+        AppCmd::Del { id } => request(
             "DELETE",
-            format!("/v1/apps/{}", name("application id", id)?),
+            format!("/v1/apps/{}", app_id(id)?),
             None,
             What::Done,
         ),
-        WebRtcCommand::Key(KeyCmd::List { app }) => p(
+    })
+}
+
+fn prepare_key(cmd: &KeyCmd) -> Result<Prepared> {
+    Ok(match cmd {
+        KeyCmd::List { app } => request(
             "GET",
-            format!("/v1/apps/{}/keys", name("application id", app)?),
+            format!("/v1/apps/{}/keys", app_id(app)?),
             None,
             What::Keys,
         ),
-        WebRtcCommand::Key(KeyCmd::Add { app, kid, secret }) => {
+        KeyCmd::Add { app, kid, secret } => {
             let mut body = json!({});
             if let Some(k) = kid {
                 body["kid"] = json!(name("key id", k)?);
@@ -90,115 +111,111 @@ pub fn prepare(cmd: WebRtcCommand<'_>) -> Result<Prepared> {
             if let Some(s) = secret {
                 body["secret"] = json!(s);
             }
-            p(
+            request(
                 "POST",
-                format!("/v1/apps/{}/keys", name("application id", app)?),
+                format!("/v1/apps/{}/keys", app_id(app)?),
                 Some(body),
                 What::KeyAdded,
             )
         }
-        WebRtcCommand::Key(KeyCmd::Del { app, kid }) => p(
+        KeyCmd::Del { app, kid } => request(
             "DELETE",
-            format!(
-                "/v1/apps/{}/keys/{}",
-                name("application id", app)?,
-                name("key id", kid)?
-            ),
+            format!("/v1/apps/{}/keys/{}", app_id(app)?, name("key id", kid)?),
             None,
             What::Done,
         ),
-        WebRtcCommand::Room(RoomCmd::List) => p("GET", "/v1/rooms".into(), None, What::Rooms),
-        WebRtcCommand::Room(RoomCmd::Show { app, room }) => p(
-            "GET",
-            format!(
-                "/v1/rooms/{}/{}",
-                name("application id", app)?,
-                name("room", room)?
-            ),
-            None,
+    })
+}
+
+fn room_path(app: &str, room: &str) -> Result<String> {
+    Ok(format!(
+        "/v1/rooms/{}/{}",
+        app_id(app)?,
+        name("room", room)?
+    ))
+}
+
+fn prepare_room(cmd: &RoomCmd) -> Result<Prepared> {
+    Ok(match cmd {
+        RoomCmd::List => request("GET", "/v1/rooms".into(), None, What::Rooms),
+        RoomCmd::Show { app, room } => request("GET", room_path(app, room)?, None, What::Room),
+        RoomCmd::Set(s) => request(
+            "POST",
+            room_path(&s.app, &s.room)?,
+            Some(json!({ "policy": room_policy(s)? })),
             What::Room,
         ),
-        WebRtcCommand::Room(RoomCmd::Set(s)) => {
-            let custom = !s.email_domains.is_empty()
-                || !s.accept.is_empty()
-                || s.stream_password.is_some()
-                || s.stream_timeout.is_some()
-                || s.bind_ip;
-            let policy = if custom {
-                for k in &s.accept {
-                    if k != "signed" && k != "stream" {
-                        return Err(CtlError::usage(format!("--accept `{k}`: signed or stream")));
-                    }
-                }
-                let accept = if s.accept.is_empty() {
-                    vec!["signed".to_string()]
-                } else {
-                    s.accept.clone()
-                };
-                json!({
-                    "allowed_email_domains": s.email_domains,
-                    "accepted_token_kinds": accept,
-                    "stream_password": s.stream_password,
-                    "stream_timeout_minutes": s.stream_timeout.unwrap_or(5),
-                    "bind_ip": s.bind_ip,
-                })
-            } else {
-                Value::Null
-            };
-            p(
-                "POST",
-                format!(
-                    "/v1/rooms/{}/{}",
-                    name("application id", &s.app)?,
-                    name("room", &s.room)?
-                ),
-                Some(json!({ "policy": policy })),
-                What::Room,
-            )
-        }
-        WebRtcCommand::Room(RoomCmd::Del { app, room }) => p(
-            "DELETE",
-            format!(
-                "/v1/rooms/{}/{}",
-                name("application id", app)?,
-                name("room", room)?
-            ),
-            None,
-            What::Done,
-        ),
-        WebRtcCommand::Token(TokenCmd::Mint {
-            app,
-            room,
-            role,
-            ttl,
-            email,
-            sub,
-        }) => {
-            if !["host", "speaker", "moderator", "viewer"].contains(&role.as_str()) {
-                return Err(CtlError::usage(format!(
-                    "--role `{role}`: host, speaker, moderator or viewer"
-                )));
-            }
-            let mut body = json!({
-                "app": name("application id", app)?,
-                "room": name("room", room)?,
-                "role": role,
-            });
-            if let Some(t) = ttl {
-                if *t == 0 || *t > 86_400 {
-                    return Err(CtlError::usage("--ttl: 1..=86400 seconds"));
-                }
-                body["ttl_secs"] = json!(t);
-            }
-            if let Some(e) = email {
-                body["email"] = json!(e);
-            }
-            if let Some(s) = sub {
-                body["sub"] = json!(s);
-            }
-            p("POST", "/v1/tokens".into(), Some(body), What::Token)
-        }
+        RoomCmd::Del { app, room } => request("DELETE", room_path(app, room)?, None, What::Done),
     })
+}
+
+/// The policy object of `room set`, or null (the application's default) when no policy flag
+/// was given.
+fn room_policy(s: &RoomSet) -> Result<Value> {
+    let custom = !s.email_domains.is_empty()
+        || !s.accept.is_empty()
+        || s.stream_password.is_some()
+        || s.stream_timeout.is_some()
+        || s.bind_ip;
+    if !custom {
+        return Ok(Value::Null);
+    }
+    for k in &s.accept {
+        if k != "signed" && k != "stream" {
+            return Err(CtlError::usage(format!("--accept `{k}`: signed or stream")));
+        }
+    }
+    let accept = if s.accept.is_empty() {
+        vec!["signed".to_string()]
+    } else {
+        s.accept.clone()
+    };
+    Ok(json!({
+        "allowed_email_domains": s.email_domains,
+        "accepted_token_kinds": accept,
+        "stream_password": s.stream_password,
+        "stream_timeout_minutes": s.stream_timeout.unwrap_or(5),
+        "bind_ip": s.bind_ip,
+    }))
+}
+
+fn prepare_token(cmd: &TokenCmd) -> Result<Prepared> {
+    let TokenCmd::Mint {
+        app,
+        room,
+        role,
+        ttl,
+        email,
+        sub,
+    } = cmd;
+    if !["host", "speaker", "moderator", "viewer"].contains(&role.as_str()) {
+        return Err(CtlError::usage(format!(
+            "--role `{role}`: host, speaker, moderator or viewer"
+        )));
+    }
+    let mut body = json!({
+        "app": app_id(app)?,
+        "room": name("room", room)?,
+        "role": role,
+    });
+    if let Some(t) = ttl {
+        if *t == 0 || *t > 86_400 {
+            return Err(CtlError::usage("--ttl: 1..=86400 seconds"));
+        }
+        body["ttl_secs"] = json!(t);
+    }
+    if let Some(e) = email {
+        body["email"] = json!(e);
+    }
+    if let Some(s) = sub {
+        body["sub"] = json!(s);
+    }
+    Ok(request(
+        "POST",
+        "/v1/tokens".into(),
+        Some(body),
+        What::Token,
+    ))
 }
 
 /// Call control and print the result.
