@@ -472,12 +472,23 @@ impl Report {
         std::fs::write(path, self.to_json() + "\n")
     }
 
-    /// The human summary.
+    /// The human summary: target and load, the result, the search, the ceilings, the
+    /// generator's own costs, then the warnings.
     pub fn text(&self) -> String {
         let mut s = String::new();
+        self.text_run(&mut s);
+        self.text_baselines(&mut s);
+        self.text_generator(&mut s);
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        s
+    }
+
+    fn text_run(&self, s: &mut String) {
         if let Some(t) = &self.target {
             let _ = writeln!(
-                s,
+                *s,
                 "target     {} media {} backend {} workers {}",
                 t.kind,
                 t.media_addr.as_deref().unwrap_or("?"),
@@ -487,24 +498,24 @@ impl Report {
         }
         if let Some(c) = &self.config {
             let _ = writeln!(
-                s,
+                *s,
                 "load       {} publishers × {} subscribers, {:.0} pps asked, {} B, {}, {:.1} s",
                 c.publishers, c.fanout, c.rate, c.size, c.profile, c.duration_s
             );
         }
         if let Some(r) = &self.result {
             let _ = writeln!(
-                s,
+                *s,
                 "offered    {:>12.0} pps {:>9.1} Mbit/s  ({} packets)",
                 r.offered.pps, r.offered.mbps, r.offered.packets
             );
             let _ = writeln!(
-                s,
+                *s,
                 "delivered  {:>12.0} pps {:>9.1} Mbit/s  ({} of {} expected)",
                 r.delivered.pps, r.delivered.mbps, r.delivered.packets, r.expected
             );
             let _ = writeln!(
-                s,
+                *s,
                 "loss       {} ({:.4}%)  duplicates {}  reordered {}  late {}  auth failures {}  malformed {}  misrouted {}",
                 r.lost,
                 r.loss_ratio * 100.0,
@@ -517,14 +528,14 @@ impl Report {
             );
             let l = &r.latency;
             let _ = writeln!(
-                s,
+                *s,
                 "latency µs p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, n {})",
                 l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
             );
         }
         if let Some(f) = &self.find_max {
             let _ = writeln!(
-                s,
+                *s,
                 "find-max   {:.0} pps offered ({:.0} delivered) with loss ≤ {:.3}% over {} steps{}",
                 f.max_offered_pps,
                 f.max_delivered_pps,
@@ -537,9 +548,12 @@ impl Report {
                 }
             );
         }
+    }
+
+    fn text_baselines(&self, s: &mut String) {
         if let Some(e) = &self.baselines.echo {
             let _ = writeln!(
-                s,
+                *s,
                 "echo       {:.0} pps reflected ({}{}), loss {:.4}%, p99 {:.1} µs",
                 e.pps,
                 e.reflector,
@@ -553,21 +567,21 @@ impl Report {
         }
         if let Some(c) = &self.baselines.crypto {
             let _ = writeln!(
-                s,
+                *s,
                 "crypto     {:.0} pps unprotect+protect on one core ({}, {} B, {:.0} ns/packet)",
                 c.pps, c.profile, c.size, c.ns_per_packet
             );
         }
         if !self.baselines.generator.is_empty() {
             let _ = writeln!(
-                s,
+                *s,
                 "{:<24} {:<5} {:>10} {:>9} {:>12} {:>9}",
                 "generator profile", "send", "pps", "CPU-s", "pps/CPU-s", "vs plain"
             );
         }
         for g in &self.baselines.generator {
             let _ = writeln!(
-                s,
+                *s,
                 "{:<24} {:<5} {:>10.0} {:>9.3} {:>12.0} {:>9}{}",
                 g.profile,
                 if g.gso { "gso" } else { "mmsg" },
@@ -584,12 +598,15 @@ impl Report {
         }
         if let Some(r) = &self.ratios {
             if let Some(e) = r.delivered_vs_echo {
-                let _ = writeln!(s, "ratio      delivered / echo = {e:.3}");
+                let _ = writeln!(*s, "ratio      delivered / echo = {e:.3}");
             }
             if let Some(c) = r.delivered_vs_crypto {
-                let _ = writeln!(s, "ratio      delivered / one-core crypto = {c:.3}");
+                let _ = writeln!(*s, "ratio      delivered / one-core crypto = {c:.3}");
             }
         }
+    }
+
+    fn text_generator(&self, s: &mut String) {
         if let Some(g) = &self.generator {
             let busy: Vec<String> = g
                 .senders
@@ -602,7 +619,7 @@ impl Report {
                 .map(|u| format!("{:.0}%", u.busy * 100.0))
                 .collect();
             let _ = writeln!(
-                s,
+                *s,
                 "generator  senders busy [{}]  receivers busy [{}]  process CPU {:.2} s  {:.0} pps per sender CPU-s",
                 busy.join(" "),
                 rbusy.join(" "),
@@ -610,9 +627,5 @@ impl Report {
                 g.pps_per_sender_cpu_s
             );
         }
-        for w in &self.warnings {
-            let _ = writeln!(s, "warning: {w}");
-        }
-        s
     }
 }
