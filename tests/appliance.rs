@@ -591,3 +591,57 @@ fn ipv6_peers_and_unix_socket_admin() {
     // Only the test's own sessions are left.
     assert_eq!(ids(&app.ctl_json(&["sessions"])), [a, b]);
 }
+
+/// `GET url` until its status is `want` (or `timeout`); the last answer.
+fn wait_status(url: &str, want: u16, timeout: Duration) -> (u16, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, body) = http_get(url, None);
+        if code == want || Instant::now() >= deadline {
+            return (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `/healthz` is liveness (200 while control answers, whatever the relay does); `/readyz` is
+/// 200 only with shm open, every relay worker turning its loop and no drain, else 503 with the
+/// reasons; `sluicectl undrain` ends a drain; `status` exits 5 once the relay is gone.
+#[test]
+fn health_readiness_drain_and_undrain() {
+    let mut app = Appliance::new("health", "mmsg", RuntimeDir::InConfig);
+    let info = app.start_control();
+    let healthz = format!("{}/healthz", info.admin_url);
+    let readyz = format!("{}/readyz", info.admin_url);
+    assert_eq!(http_get(&healthz, None).0, 200);
+    let (code, body) = http_get(&readyz, None);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no relay has attached"), "{body}");
+
+    app.start_relay();
+    let (code, body) = wait_status(&readyz, 200, WAIT);
+    assert_eq!(code, 200, "{body}");
+    let s = app.status_json();
+    assert_eq!(s["relay"]["workers_up"], s["relay"]["workers"], "{s}");
+
+    let out = app.ctl_ok(&["drain"]);
+    assert!(out.contains("draining"), "{out}");
+    let (code, body) = http_get(&readyz, None);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    let out = app.ctl_ok(&["undrain"]);
+    assert!(out.contains("accepting new sessions"), "{out}");
+    assert_eq!(http_get(&readyz, None).0, 200);
+    assert_eq!(app.status_json()["draining"], false);
+    let profile = Profile::AeadAes128Gcm;
+    let key = test_key(profile, 1).to_base64();
+    app.add_session("127.0.0.1:40999", profile, &key, &key, "viewer");
+
+    // The relay gone: not ready within the heartbeat limit, still alive, status exits 5.
+    app.relay.take().expect("relay").kill9();
+    let (code, body) = wait_status(&readyz, 503, WAIT);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("relay down"), "{body}");
+    assert_eq!(http_get(&healthz, None).0, 200);
+    assert_eq!(app.ctl(&["status"]).status.code(), Some(5));
+}

@@ -64,6 +64,8 @@ pub enum Command {
     Route(RouteCmd),
     /// Stop accepting new sessions and routes; existing media keeps flowing.
     Drain,
+    /// Accept new sessions and routes again after `drain`.
+    Undrain,
     /// Replace a session's keys (rotation without loss).
     Rekey {
         /// Session id.

@@ -26,6 +26,7 @@ pub enum Request {
     RouteAdd(Value),
     RouteDel(u64),
     Drain,
+    Undrain,
     Rekey(u64, Value),
 }
 
@@ -36,6 +37,7 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
         Command::Sessions => Request::Sessions,
         Command::Routes => Request::Routes,
         Command::Drain => Request::Drain,
+        Command::Undrain => Request::Undrain,
         Command::Session(SessionCmd::Add {
             peer,
             profile,
@@ -186,6 +188,15 @@ pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Res
                 json!({"id": id, "deleted": true}),
                 &format!("route {id} deleted"),
             );
+        }
+        Request::Undrain => {
+            let v = client.post("/v1/undrain", &json!({}))?;
+            let v = if v.is_null() {
+                json!({"draining": false})
+            } else {
+                v
+            };
+            print_done(out, v, "accepting new sessions and routes again");
         }
         Request::Drain => {
             let v = client.post("/v1/drain", &json!({}))?;

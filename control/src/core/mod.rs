@@ -189,6 +189,13 @@ impl Core {
         tracing::warn!("draining: new sessions are refused from now on");
     }
 
+    /// Accept new sessions again.
+    pub fn undrain(&self) {
+        if self.draining.swap(false, Ordering::SeqCst) {
+            tracing::warn!("undrained: new sessions are accepted again");
+        }
+    }
+
     /// True when shm is open.
     pub fn shm_ready(&self) -> bool {
         self.ledger().shm.is_some()

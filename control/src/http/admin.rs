@@ -6,7 +6,8 @@
 //! in). WebRTC endpoints are in [`super::whip`], applications and rooms in [`super::apps_api`].
 
 use super::body::{parse_id, parse_key, parse_peer, parse_rewrite, Body};
-use super::metrics::{self, RELAY_UP_MS};
+use super::health::{self, RelayHealth};
+use super::metrics;
 use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
@@ -56,6 +57,7 @@ impl Control {
         }
         match segs.as_slice() {
             ["healthz"] => return only_get(m, || self.healthz()),
+            ["readyz"] => return only_get(m, || self.readyz()),
             ["metrics"] => return only_get(m, || self.metrics()),
             ["v1", ..] => {}
             _ => return Response::error(404, format!("no such endpoint: {}", req.path)),
@@ -81,11 +83,12 @@ impl Control {
             ("GET" | "HEAD", ["routes", id]) => self.get_route(id),
             ("DELETE", ["routes", id]) => self.delete_route(id),
             ("POST", ["drain"]) => self.drain(),
+            ("POST", ["undrain"]) => self.undrain(),
             (_, ["apps" | "rooms" | "tokens", ..]) => self.handle_apps_api(m, &segs[1..], req),
             (_, ["status" | "stats"]) => method_not_allowed("GET"),
             (_, ["sessions" | "routes"]) => method_not_allowed("GET, POST"),
             (_, ["sessions" | "routes", _]) => method_not_allowed("GET, DELETE"),
-            (_, ["sessions", _, "rekey"] | ["drain"]) => method_not_allowed("POST"),
+            (_, ["sessions", _, "rekey"] | ["drain"] | ["undrain"]) => method_not_allowed("POST"),
             _ => Response::error(404, format!("no such endpoint: {}", req.path)),
         }
     }
@@ -97,16 +100,25 @@ impl Control {
         }
         match req.path.trim_end_matches('/') {
             "/healthz" => only_get(&req.method, || self.healthz()),
+            "/readyz" => only_get(&req.method, || self.readyz()),
             _ => Response::error(404, format!("no such endpoint: {}", req.path)),
         }
     }
 
     fn healthz(&self) -> Response {
-        let ready = self.core.shm_ready();
-        Response::json(
-            if ready { 200 } else { 503 },
-            &json!({"ok": ready, "draining": self.core.is_draining()}),
-        )
+        health::healthz(self.core.shm_ready(), self.core.is_draining())
+    }
+
+    fn readyz(&self) -> Response {
+        let (shm, relay) = {
+            let g = self.core.ledger();
+            let relay = g
+                .reader
+                .as_ref()
+                .map(|r| RelayHealth::of(&r.relay_info(), clock::unix_ms()));
+            (g.shm.is_some(), relay)
+        };
+        health::readyz(shm, relay.as_ref(), self.core.is_draining())
     }
 
     fn status(&self) -> Response {
@@ -310,6 +322,13 @@ impl Control {
         self.delete("route", id, |id, _| self.core.delete_route(id))
     }
 
+    fn undrain(&self) -> Response {
+        self.core.undrain();
+        let resp = Response::json(200, &json!({"draining": false}));
+        audit_response(&self.core, "admin", "undrain", json!({}), &resp);
+        resp
+    }
+
     fn drain(&self) -> Response {
         self.core.drain();
         let resp = Response::json(202, &json!({"draining": true}));
@@ -321,18 +340,20 @@ impl Control {
 /// The relay as its heartbeats show it at `now`.
 fn relay_view(reader: Option<&ShmReader>, now: u64) -> Value {
     let Some(r) = reader else {
-        return json!({"pid": null, "up": false, "backend": null, "workers": null, "heartbeat_age_ms": null});
+        return json!({"pid": null, "up": false, "backend": null, "workers": null,
+            "workers_up": null, "stale_workers": [], "heartbeat_age_ms": null});
     };
     let info = r.relay_info();
-    let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
-    let age = (newest > 0).then(|| now.saturating_sub(newest));
-    let up = info.pid != 0 && age.is_some_and(|a| a <= RELAY_UP_MS);
+    let h = RelayHealth::of(&info, now);
+    let reported = info.pid != 0;
     json!({
-        "pid": (info.pid != 0).then_some(info.pid),
-        "up": up,
-        "backend": (info.pid != 0).then_some(info.backend),
-        "workers": (info.pid != 0).then_some(info.workers),
-        "heartbeat_age_ms": age,
+        "pid": reported.then_some(info.pid),
+        "up": h.up(),
+        "backend": reported.then_some(info.backend),
+        "workers": reported.then_some(info.workers),
+        "workers_up": reported.then_some(h.workers_up),
+        "stale_workers": h.stale_workers,
+        "heartbeat_age_ms": h.newest_age_ms,
     })
 }
 

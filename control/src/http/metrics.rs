@@ -6,6 +6,7 @@
 //! agree, and neither double counts).
 //! May not touch: shm writes, the state.
 
+use super::health::RelayHealth;
 use crate::ice::IceCounters;
 use crate::slowpath::SlowPathSnapshot;
 use contract::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_BUCKETS};
@@ -13,7 +14,6 @@ use serde_json::{json, Value};
 use std::fmt::Write;
 
 /// A relay whose newest heartbeat is older than this is reported down.
-pub const RELAY_UP_MS: u64 = 2000;
 
 /// Control-side values exported next to the relay counters.
 #[derive(Debug, Clone, Default)]
@@ -337,14 +337,19 @@ fn simple_counters() -> [(&'static str, &'static str, Get); 8] {
 /// The relay's families: liveness, per worker, and summed over all workers.
 fn relay_families(o: &mut Out, r: &ShmReader, g: &ControlGauges) {
     let info = r.relay_info();
-    let newest = info.heartbeats_unix_ms.iter().copied().max().unwrap_or(0);
-    let up = info.pid != 0 && newest > 0 && g.now_unix_ms.saturating_sub(newest) <= RELAY_UP_MS;
+    let health = RelayHealth::of(&info, g.now_unix_ms);
     o.family(
         "sluice_relay_up",
         "gauge",
-        "1 when a relay worker heartbeat is under 2 s old.",
+        "1 when every relay worker's heartbeat is under 2 s old (each worker turns its loop).",
     );
-    o.sample("sluice_relay_up", "", u8::from(up));
+    o.sample("sluice_relay_up", "", u8::from(health.up()));
+    o.family(
+        "sluice_relay_workers_up",
+        "gauge",
+        "Relay workers whose heartbeat is under 2 s old.",
+    );
+    o.sample("sluice_relay_workers_up", "", health.workers_up);
     o.family(
         "sluice_relay_workers",
         "gauge",

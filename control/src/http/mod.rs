@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod apps_api;
 pub mod body;
+pub mod health;
 pub mod metrics;
 pub mod server;
 pub mod whip;
