@@ -13,8 +13,6 @@ use contract::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_
 use serde_json::{json, Value};
 use std::fmt::Write;
 
-/// A relay whose newest heartbeat is older than this is reported down.
-
 /// Control-side values exported next to the relay counters.
 #[derive(Debug, Clone, Default)]
 pub struct ControlGauges {
