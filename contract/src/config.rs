@@ -840,6 +840,28 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What a start checks beyond the file itself, so that `--check-config` and a real start
+    /// agree: the admin token (a configured `admin_token_file` must exist, not be
+    /// world-readable and hold a long enough token). Returns warnings for a configuration that
+    /// starts but is likely wrong: a relay bound to an unspecified address with no
+    /// `control.public_addresses`, whose WebRTC candidates only this host can reach.
+    pub fn check_for_start(&self) -> Result<Vec<String>, ConfigError> {
+        self.admin_token()?;
+        let mut warnings = Vec::new();
+        let bind = self.relay.bind;
+        if self.control.public_addresses.is_empty() && bind.ip().is_unspecified() {
+            let loopback = if bind.is_ipv4() { "127.0.0.1" } else { "::1" };
+            warnings.push(format!(
+                "relay.bind is {bind} and control.public_addresses is empty: WebRTC peers are \
+                 offered {loopback} as the relay's address, which only this host can reach; set \
+                 control.public_addresses to the addresses browsers dial"
+            ));
+        }
+        Ok(warnings)
+    }
+}
+
 fn check_token_text(t: &str) -> Result<(), String> {
     if t.len() < MIN_TOKEN_LEN {
         return Err(format!("token is shorter than {MIN_TOKEN_LEN} characters"));

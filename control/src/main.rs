@@ -36,6 +36,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The same checks a start makes, so that --check-config and the start agree.
+    let warnings = match cfg.check_for_start() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("sluice-control: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    for w in &warnings {
+        if args.check_config {
+            eprintln!("sluice-control: warning: {w}");
+        } else {
+            tracing::warn!("{w}");
+        }
+    }
     if args.check_config {
         println!("configuration OK");
         return std::process::ExitCode::SUCCESS;

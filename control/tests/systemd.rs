@@ -14,20 +14,58 @@ fn units_verify() {
     assert!(out.status.success(), "verify.sh failed: {stderr}");
 }
 
-#[test]
-fn example_config_checks() {
-    let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../systemd/sluice.toml");
+/// `sluice-control --check-config` on the shipped configuration with `admin_token_file`
+/// pointing at `token` (written with `mode` when given); its exit code and stderr.
+fn check_shipped_config(tag: &str, token: Option<(&str, u32)>) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sluice-check-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tok = dir.join("admin.token");
+    if let Some((text, mode)) = token {
+        std::fs::write(&tok, text).unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../systemd/sluice.toml");
+    let text = std::fs::read_to_string(shipped).unwrap().replace(
+        "admin_token_file = \"/etc/sluice/admin.token\"",
+        &format!("admin_token_file = \"{}\"", tok.display()),
+    );
+    let cfg = dir.join("sluice.toml");
+    std::fs::write(&cfg, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
         .arg("--config")
         .arg(&cfg)
         .arg("--check-config")
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn example_config_checks_as_the_start_does() {
+    let token = "0123456789abcdefghijklmnopqrstuvwxyzABCDEF\n";
+    // With its admin token in place the shipped file passes, with a loud warning: it binds
+    // 0.0.0.0 and names no public address, so browsers elsewhere would get 127.0.0.1.
+    let (code, err) = check_shipped_config("ok", Some((token, 0o600)));
+    assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("warning: relay.bind is 0.0.0.0:4443 and control.public_addresses is empty"),
+        "{err}"
     );
+    // What the real start refuses, --check-config refuses too.
+    let (code, err) = check_shipped_config("missing", None);
+    assert_eq!(code, Some(2), "a missing admin_token_file: {err}");
+    assert!(err.contains("admin.token"), "{err}");
+    let (code, err) = check_shipped_config("world", Some((token, 0o644)));
+    assert_eq!(code, Some(2), "a world-readable admin_token_file: {err}");
+    assert!(err.contains("chmod"), "{err}");
+    let (code, err) = check_shipped_config("short", Some(("short\n", 0o600)));
+    assert_eq!(code, Some(2), "a token too short: {err}");
 }
 
 #[test]
