@@ -204,6 +204,26 @@ pub struct Config {
     pub control: ControlConfig,
     pub shm: ShmConfig,
     pub srtp: SrtpConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: how both daemons write their logs (to stderr, which systemd gives to journald).
+/// The level is `$SLUICE_LOG` (a tracing filter such as `info` or `debug`), default `info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human lines; colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields).
+    Json,
 }
 
 /// `[relay]`: the data plane.
@@ -405,6 +425,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             shm: ShmConfig::default(),
             srtp: SrtpConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
