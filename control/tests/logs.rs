@@ -23,7 +23,7 @@ fn run_control(tag: &str, extra: &str) -> String {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
         .arg("--config")
         .arg(&cfg)
         .env("SLUICE_LOG", "info")
