@@ -19,7 +19,7 @@ root="$(mktemp -d /var/tmp/sluice-deb-root.XXXXXX)"
 trap 'rm -rf "$root"' EXIT
 chmod 0755 "$root"   # the sluice user must reach its binaries
 echo "deb-check: debootstrap bookworm into $root" >&2
-debootstrap --variant=minbase --include=systemd,libssl3 bookworm "$root" "$mirror" >/dev/null
+debootstrap --variant=minbase --include=systemd,libssl3,procps bookworm "$root" "$mirror" >/dev/null
 cp "$deb" "$root/tmp/sluice.deb"
 
 # Everything below runs in private mount and network namespaces: nothing leaks to the host.

@@ -26,6 +26,9 @@ for b in sluice-control sluice-relay sluicectl; do
         chmod 0755 "$root/usr/bin/$b"
     fi
 done
+# ExecReload= of sluice-control uses kill(1).
+printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/kill"
+chmod 0755 "$root/usr/bin/kill"
 cp "$here/sluice-control.service" "$here/sluice-relay.service" "$root/etc/systemd/system/"
 cp "$here/sluice.toml" "$root/etc/sluice/sluice.toml"
 

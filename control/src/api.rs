@@ -12,7 +12,7 @@ use crate::slowpath::dtls::{DtlsLimits, WebRtcDtls};
 use crate::slowpath::{SessionBinder, SlowPathStats};
 use contract::config::{Config, Secret};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use crate::core::rooms::Member;
 pub use crate::core::StartError;
@@ -29,7 +29,8 @@ pub struct Urls {
 /// The control plane; one per process, shared by every connection thread.
 pub struct Control {
     pub core: Arc<Core>,
-    pub(crate) token: Secret,
+    /// The admin bearer token; replaced when a reload reads a new one.
+    token: RwLock<Secret>,
     urls: Mutex<Urls>,
     /// The ICE-lite agent (the slow-path thread feeds it; joins register credentials).
     pub ice: Arc<Mutex<IceAgent>>,
@@ -44,14 +45,31 @@ impl Control {
         Ok(Control {
             ice: core.ice.clone(),
             core,
-            token,
+            token: RwLock::new(token),
             urls: Mutex::new(Urls::default()),
             slow_path_stats: Arc::new(SlowPathStats::default()),
         })
     }
 
-    pub fn config(&self) -> &Config {
+    /// The running configuration (see [`Core::reload`]).
+    pub fn config(&self) -> Arc<Config> {
         self.core.config()
+    }
+
+    /// The admin bearer token in force.
+    pub fn admin_token(&self) -> Secret {
+        self.token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Put a new admin token in force (a reload read one).
+    pub fn set_admin_token(&self, token: Secret) {
+        *self
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
     }
 
     pub fn set_urls(&self, u: Urls) {

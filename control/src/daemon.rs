@@ -14,6 +14,7 @@ use crate::slowpath::{SlowPath, SlowPathParams};
 use crate::{clock, files, secrets};
 use contract::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
 use sd_notify::NotifyState;
+use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,10 +96,15 @@ fn bind(addr: &ListenAddr) -> Result<Listener, DaemonError> {
 
 /// Run until SIGTERM/SIGINT. Readiness is signalled by `control.json` appearing in the runtime
 /// directory and, under systemd, by `READY=1`.
-pub fn run(cfg: Config) -> Result<(), DaemonError> {
+pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|source| DaemonError::Io {
+    let hup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        signal_hook::flag::register(sig, flag.clone()).map_err(|source| DaemonError::Io {
             what: "signal handler",
             path: PathBuf::new(),
             source,
@@ -145,7 +151,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         "sluice-control ready"
     );
 
-    serve_until_stopped(&ctl, &stop);
+    let reload = Reload {
+        path: config_path,
+        token_generated: generated,
+        rd: &rd,
+        urls: &urls,
+    };
+    serve_until_stopped(&ctl, &stop, &hup, &reload);
 
     tracing::info!("stopping");
     notify(&[NotifyState::Stopping]);
@@ -248,8 +260,9 @@ fn write_runtime_file(
     Ok(rt_file)
 }
 
-/// Signal readiness, then send watchdog pings and run housekeeping until SIGTERM/SIGINT.
-fn serve_until_stopped(ctl: &Control, stop: &AtomicBool) {
+/// Signal readiness, then send watchdog pings and run housekeeping until SIGTERM/SIGINT;
+/// reload the configuration on SIGHUP.
+fn serve_until_stopped(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool, reload: &Reload) {
     // Without `$NOTIFY_SOCKET` (not under systemd) these are no-ops.
     notify(&[
         NotifyState::Ready,
@@ -266,10 +279,74 @@ fn serve_until_stopped(ctl: &Control, stop: &AtomicBool) {
                 last_wd = Instant::now();
             }
         }
+        if hup.swap(false, Ordering::SeqCst) {
+            notify(&[NotifyState::Reloading]);
+            reload.run(ctl);
+            notify(&[NotifyState::Ready]);
+        }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             ctl.tick(clock::unix_ms());
             last_tick = Instant::now();
         }
+    }
+}
+
+/// What SIGHUP needs: the file to read again, and what to rewrite when the token changes.
+struct Reload<'a> {
+    path: Option<&'a Path>,
+    token_generated: bool,
+    rd: &'a Path,
+    urls: &'a Urls,
+}
+
+impl Reload<'_> {
+    /// Read the configuration file again and apply what may change while running (see
+    /// `core::reload`; a new admin token too, republished in `control.json`). A file that does
+    /// not load changes nothing. Logged and audited; never fatal.
+    fn run(&self, ctl: &Control) {
+        let Some(path) = self.path else {
+            tracing::info!("SIGHUP: running on the embedded default, no file to reload");
+            return;
+        };
+        let (new, warnings) = match Config::load(path)
+            .and_then(|c| c.check_for_start().map(|w| (c, w)))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running one stays");
+                ctl.core
+                    .audit
+                    .record("signal", "config.reload", json!({}), 400, &e.to_string());
+                return;
+            }
+        };
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let mut report = ctl.core.reload(&new);
+        if !self.token_generated {
+            if let Ok(Some(t)) = new.admin_token() {
+                if t != ctl.admin_token() {
+                    ctl.set_admin_token(t.clone());
+                    report.applied.push("control.admin_token");
+                    if let Err(e) = write_runtime_file(&new, self.rd, &t, self.urls) {
+                        tracing::error!(error = %e, "SIGHUP: control.json not rewritten");
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            applied = ?report.applied,
+            needs_restart = ?report.needs_restart,
+            "SIGHUP: configuration reloaded"
+        );
+        ctl.core.audit.record(
+            "signal",
+            "config.reload",
+            json!({"applied": report.applied, "needs_restart": report.needs_restart}),
+            200,
+            "ok",
+        );
     }
 }
 

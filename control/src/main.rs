@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
         println!("configuration OK");
         return std::process::ExitCode::SUCCESS;
     }
-    match control::daemon::run(cfg) {
+    match control::daemon::run(cfg, args.config.as_deref()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

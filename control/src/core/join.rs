@@ -63,8 +63,8 @@ impl Core {
         admit(
             &members,
             &req,
-            self.cfg.control.max_sessions_per_subject,
-            self.cfg.control.max_sessions_per_room,
+            self.config().control.max_sessions_per_subject,
+            self.config().control.max_sessions_per_room,
         )?;
         let g = self.ledger();
         let shm = g.shm()?;
@@ -190,21 +190,21 @@ impl Core {
     /// Host candidates: the public addresses, else the relay's bind address (loopback when
     /// it is unspecified), on the media port.
     fn candidates(&self) -> Vec<SocketAddr> {
-        let media_port = self.cfg.relay.bind.port();
-        let mut candidates: Vec<SocketAddr> = self
-            .cfg
+        let cfg = self.config();
+        let bind = cfg.relay.bind;
+        let mut candidates: Vec<SocketAddr> = cfg
             .control
             .public_addresses
             .iter()
-            .map(|ip| SocketAddr::new(*ip, media_port))
+            .map(|ip| SocketAddr::new(*ip, bind.port()))
             .collect();
         if candidates.is_empty() {
-            let ip = if self.cfg.relay.bind.ip().is_unspecified() {
+            let ip = if bind.ip().is_unspecified() {
                 IpAddr::V4(Ipv4Addr::LOCALHOST)
             } else {
-                self.cfg.relay.bind.ip()
+                bind.ip()
             };
-            candidates.push(SocketAddr::new(ip, media_port));
+            candidates.push(SocketAddr::new(ip, bind.port()));
         }
         candidates
     }

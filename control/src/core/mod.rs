@@ -18,6 +18,7 @@ pub mod dtls_state;
 pub mod error;
 pub mod join;
 pub mod pending;
+pub mod reload;
 pub mod rooms;
 pub mod sessions;
 
@@ -35,7 +36,7 @@ use rooms::{Apps, Rooms};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Compact the journal into a snapshot after this many entries.
 pub const COMPACT_AFTER: usize = 1000;
@@ -103,7 +104,9 @@ impl AuditTrail {
 
 /// The control plane's state; one per process, shared by every thread.
 pub struct Core {
-    cfg: Config,
+    /// The running configuration; [`Core::reload`] swaps in a new one with the keys that may
+    /// change while running.
+    cfg: RwLock<Arc<Config>>,
     ledger: Mutex<Ledger>,
     /// Applications, rooms and their participants.
     rooms: Rooms,
@@ -163,15 +166,33 @@ impl Core {
             rtc: Arc::new(Mutex::new(RtcTable::default())),
             cert: Arc::new(cert),
             denied: Mutex::new(denials::DeniedLog::default()),
-            cfg,
+            cfg: RwLock::new(Arc::new(cfg)),
         };
         c.ensure_shm();
         c.drop_unbound_webrtc_sessions();
         Ok(c)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// The running configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Apply `new` (a configuration file read again, on SIGHUP) as far as it can change while
+    /// running: the join caps, the signaling timeout, the token checks, CORS and the demo
+    /// token endpoint. Every other key that differs is named in the report and keeps its
+    /// running value until a restart.
+    pub fn reload(&self, new: &Config) -> reload::Report {
+        let mut w = self
+            .cfg
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (merged, report) = reload::merge(&w, new);
+        *w = Arc::new(merged);
+        report
     }
 
     /// The persisted state with shm, locked (see the lock order in the module notes).
@@ -212,7 +233,8 @@ impl Core {
         if g.shm.is_some() {
             return;
         }
-        let s = &self.cfg.shm;
+        let cfg = self.config();
+        let s = &cfg.shm;
         let cap = Capacity {
             sessions: s.sessions,
             routes: s.routes,

@@ -166,7 +166,7 @@ impl Core {
     /// the only application.
     pub fn default_app(&self) -> Option<String> {
         let a = self.apps();
-        if let Some(b) = &self.cfg.control.bootstrap_app {
+        if let Some(b) = &self.config().control.bootstrap_app {
             if a.reg.app(b).is_some() {
                 return Some(b.clone());
             }
@@ -179,7 +179,8 @@ impl Core {
     /// The application the demo page mints tokens for (the bootstrap application, when it
     /// exists and has a key).
     pub fn demo_app(&self) -> Option<String> {
-        let b = self.cfg.control.bootstrap_app.as_ref()?;
+        let cfg = self.config();
+        let b = cfg.control.bootstrap_app.as_ref()?;
         let a = self.apps();
         a.reg
             .app(b)
@@ -243,7 +244,7 @@ impl Core {
     /// connectivity check would otherwise hold its session and routes for ever). Each is
     /// audited `webrtc.expired` and counted. Returns how many went.
     pub fn expire_unbound_sessions(&self, now_ms: u64) -> usize {
-        let timeout_ms = u64::from(self.cfg.control.signaling_timeout_secs) * 1000;
+        let timeout_ms = u64::from(self.config().control.signaling_timeout_secs) * 1000;
         let old: Vec<u64> = lock(&self.rooms.members)
             .values()
             .filter(|m| now_ms.saturating_sub(m.created_ms) >= timeout_ms)
@@ -258,7 +259,7 @@ impl Core {
                 self.audit.record(
                     "webrtc",
                     "webrtc.expired",
-                    json!({"session": id, "after_secs": self.cfg.control.signaling_timeout_secs}),
+                    json!({"session": id, "after_secs": self.config().control.signaling_timeout_secs}),
                     200,
                     "ok",
                 );

@@ -42,7 +42,8 @@ impl Control {
         else {
             return false;
         };
-        secrets::ct_eq(tok.trim().as_bytes(), self.token.expose().as_bytes())
+        let token = self.admin_token();
+        secrets::ct_eq(tok.trim().as_bytes(), token.expose().as_bytes())
     }
 
     /// Serve one admin request.

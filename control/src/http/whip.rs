@@ -124,7 +124,8 @@ impl Control {
     /// WHIP, WHEP, their resources, CORS preflight and the demo page; `None` for other paths.
     pub(super) fn handle_webrtc(&self, req: &Request) -> Option<Response> {
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
-        let origin = self.config().control.cors_allow_origin.as_str();
+        let cfg = self.config();
+        let origin = cfg.control.cors_allow_origin.as_str();
         let m = req.method.as_str();
         let r = match (m, segs.as_slice()) {
             (_, ["demo"]) if self.core.demo_app().is_none() => return None,
