@@ -379,7 +379,10 @@ fn check_claims(
     if target.intent == Intent::Publish && !c.role.can_publish() {
         return Err(TokenError::RoleCannotPublish);
     }
-    if c.role == Role::Viewer && !email_allowed(c.email.as_deref(), policy) {
+    // The domain rule decides who may watch: every token used to subscribe must carry an
+    // allowed address, whatever its role (a speaker token is no way around it). Publishing is
+    // not watching, so a publish needs no e-mail.
+    if target.intent == Intent::Subscribe && !email_allowed(c.email.as_deref(), policy) {
         return Err(TokenError::EmailDomainNotAllowed);
     }
     Ok(())
@@ -389,15 +392,38 @@ fn email_allowed(email: Option<&str>, policy: &RoomPolicy) -> bool {
     if policy.allowed_email_domains.is_empty() {
         return true;
     }
-    let Some(email) = email else { return false };
-    let Some((local, domain)) = email.rsplit_once('@') else {
+    let Some(domain) = email.and_then(email_domain) else {
         return false;
     };
-    !local.is_empty()
-        && policy
-            .allowed_email_domains
-            .iter()
-            .any(|d| d.trim_start_matches('@').eq_ignore_ascii_case(domain))
+    policy
+        .allowed_email_domains
+        .iter()
+        .any(|d| d.trim_start_matches('@').eq_ignore_ascii_case(domain))
+}
+
+/// The domain of a plausible address: exactly one `@`, a local part of 1–64 printable
+/// characters without spaces, and a domain of dot-separated labels of 1–63 letters, digits
+/// and hyphens (no hyphen at either end), 253 characters at most (RFC 5321 §4.5.3.1, RFC 1035
+/// §2.3.1). Anything else (`x@evil.com@corp.example`, `a@-b.com`, `a@b..com`) is `None`.
+fn email_domain(email: &str) -> Option<&str> {
+    let (local, domain) = email.split_once('@')?;
+    if domain.contains('@')
+        || local.is_empty()
+        || local.len() > 64
+        || !local.bytes().all(|b| b.is_ascii_graphic())
+        || domain.is_empty()
+        || domain.len() > 253
+    {
+        return None;
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    domain.split('.').all(label_ok).then_some(domain)
 }
 
 /// A Storm stream token for the minute containing `unix_time` (seed 002):
@@ -818,10 +844,33 @@ MOKghQG_5QPydD9um1_ySyOhKMSLoNskfDp87Ee_z-M";
             check(&mint(&key(), &c), NOW, Intent::Subscribe, &corp),
             Err(TokenError::EmailDomainNotAllowed)
         );
-        // Publishers are not subject to the viewer e-mail rule.
+        // Publishing is not watching: no e-mail needed.
         let mut h = claims(Role::Speaker);
         h.email = None;
         assert!(check(&mint(&key(), &h), NOW, Intent::Publish, &corp).is_ok());
+        // But a speaker token used to watch must carry an allowed address like any viewer.
+        assert_eq!(
+            check(&mint(&key(), &h), NOW, Intent::Subscribe, &corp),
+            Err(TokenError::EmailDomainNotAllowed)
+        );
+        h.email = Some("sam@example.com".into());
+        assert!(check(&mint(&key(), &h), NOW, Intent::Subscribe, &corp).is_ok());
+        // Addresses are parsed, not split at the last `@`.
+        for bad in [
+            "x@evil.com@example.com",
+            "@example.com",
+            "a b@example.com",
+            "a@-example.com",
+            "a@example..com",
+            "a@example.com.",
+        ] {
+            c.email = Some(bad.into());
+            assert_eq!(
+                check(&mint(&key(), &c), NOW, Intent::Subscribe, &corp),
+                Err(TokenError::EmailDomainNotAllowed),
+                "{bad}"
+            );
+        }
 
         let stream_only = RoomPolicy {
             accepted_token_kinds: vec![TokenKind::Stream],
