@@ -25,7 +25,7 @@ use control::webrtc::token::{
     RoomPolicy, Target, TokenError, TokenKind,
 };
 use relay::engine::SlowGateRates;
-use relay::io::BackendKind;
+use relay::io::BackendChoice;
 use relay::worker::{WorkerConfig, Workers};
 use sluice_tests::*;
 use std::net::UdpSocket;
@@ -44,7 +44,7 @@ fn workers_over(
         WorkerConfig {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             workers: Some(1),
-            backend: BackendKind::Mmsg,
+            backend: BackendChoice::Mmsg,
             pin: false,
             slow_path: slow_path.map(Path::to_path_buf),
             ..WorkerConfig::default()

@@ -185,12 +185,35 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The configuration spelling: `auto`, `io_uring` or `mmsg`.
     pub const fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::IoUring => "io_uring",
             Backend::Mmsg => "mmsg",
         }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A backend name that is not `auto`, `io_uring` or `mmsg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?} (expected \"auto\", \"io_uring\" or \"mmsg\")")]
+pub struct UnknownBackend(pub String);
+
+/// Parses the configuration spelling (command lines: `sluice-relay --backend`, the bench).
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
+        [Backend::Auto, Backend::IoUring, Backend::Mmsg]
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
@@ -958,6 +981,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "test.toml")
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in [Backend::Auto, Backend::IoUring, Backend::Mmsg] {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+            assert_eq!(b.to_string(), b.name());
+            // The command-line spelling is the configuration file's spelling.
+            let c = parse(&format!("[relay]\nbackend = \"{b}\"\n")).unwrap();
+            assert_eq!(c.relay.backend, b);
+        }
+        let e = "uring".parse::<Backend>().unwrap_err();
+        assert_eq!(e, UnknownBackend("uring".into()));
+        assert!(e.to_string().contains("\"io_uring\""), "{e}");
     }
 
     #[test]

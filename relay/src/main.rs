@@ -21,7 +21,7 @@ use contract::config::Config;
 use contract::shm::{ShmError, ShmReader};
 use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
-use relay::io::{BackendKind, SocketBuffers};
+use relay::io::{BackendChoice, SocketBuffers};
 use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
 use sd_notify::NotifyState;
 use std::net::SocketAddr;
@@ -47,7 +47,7 @@ struct Cli {
     workers: Option<usize>,
     /// Override `relay.backend`: auto, io_uring or mmsg.
     #[arg(long)]
-    backend: Option<BackendKind>,
+    backend: Option<BackendChoice>,
     /// Override `control.slow_path` (control's unix socket for STUN/DTLS); `none` disables.
     #[arg(long, value_name = "PATH")]
     slow_path: Option<PathBuf>,
@@ -224,7 +224,7 @@ fn run(cli: Cli) -> Result<(), String> {
 /// The workers' and engines' settings: the configuration file with the command line's
 /// overrides. The engine settings' `worker` is filled in per worker.
 fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
-    let backend = cli.backend.unwrap_or_else(|| cfg.relay.backend.into());
+    let backend = cli.backend.unwrap_or(cfg.relay.backend);
     let workers = cli.workers.unwrap_or(cfg.relay.workers as usize);
     let slow_path = match &cli.slow_path {
         Some(p) if p.as_os_str() == "none" => None,

@@ -19,7 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{sockaddr_to_std, TxPlan};
-use super::{Backend, BackendKind, BackendParams, IoCounters, IoError};
+use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend};
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 
 /// Token of the media socket in the epoll set.
@@ -235,8 +235,8 @@ impl MmsgBackend {
 }
 
 impl Backend for MmsgBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Mmsg
+    fn kind(&self) -> RunningBackend {
+        RunningBackend::Mmsg
     }
 
     fn wait(&mut self, mut timeout: Duration) -> Result<(), IoError> {

@@ -25,7 +25,6 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::RawFd;
-use std::str::FromStr;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -35,60 +34,36 @@ use crate::batch::TxQueue;
 pub use counters::{IoCounters, SharedCounters};
 pub use sys::gso_supported;
 
-/// Which socket backend a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendKind {
-    /// io_uring when the kernel allows it, else mmsg (the reason is reported).
-    #[default]
-    Auto,
-    /// io_uring only; refusal is an error.
+pub use contract::config::{Backend as BackendChoice, UnknownBackend};
+
+/// The backend a worker actually runs: the configured [`BackendChoice`] with `auto` resolved
+/// ([`resolve_backend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunningBackend {
+    /// Multishot receive into a provided-buffer ring ([`uring::UringBackend`]).
     IoUring,
-    /// mio + recvmmsg/sendmmsg.
+    /// mio + recvmmsg/sendmmsg ([`mmsg::MmsgBackend`]).
     Mmsg,
 }
 
-impl BackendKind {
-    /// The configuration spelling: `auto`, `io_uring` or `mmsg`.
+impl RunningBackend {
+    /// The configuration spelling: `io_uring` or `mmsg`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Auto => "auto",
-            BackendKind::IoUring => "io_uring",
-            BackendKind::Mmsg => "mmsg",
-        }
+        BackendChoice::from(self).name()
     }
 }
 
-impl fmt::Display for BackendKind {
+impl fmt::Display for RunningBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// The configuration file's `relay.backend` (a contract type, so control and sluicectl read
-/// it too) names the same three choices.
-impl From<contract::config::Backend> for BackendKind {
-    fn from(b: contract::config::Backend) -> BackendKind {
+impl From<RunningBackend> for BackendChoice {
+    fn from(b: RunningBackend) -> BackendChoice {
         match b {
-            contract::config::Backend::Auto => BackendKind::Auto,
-            contract::config::Backend::IoUring => BackendKind::IoUring,
-            contract::config::Backend::Mmsg => BackendKind::Mmsg,
-        }
-    }
-}
-
-/// A backend name that is not `auto`, `io_uring` or `mmsg`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend {0:?} (expected \"auto\", \"io_uring\" or \"mmsg\")")]
-pub struct UnknownBackend(pub String);
-
-impl FromStr for BackendKind {
-    type Err = UnknownBackend;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(BackendKind::Auto),
-            "io_uring" => Ok(BackendKind::IoUring),
-            "mmsg" => Ok(BackendKind::Mmsg),
-            other => Err(UnknownBackend(other.to_string())),
+            RunningBackend::IoUring => BackendChoice::IoUring,
+            RunningBackend::Mmsg => BackendChoice::Mmsg,
         }
     }
 }
@@ -194,7 +169,7 @@ pub use contract::wire::normalize_addr;
 /// SQEs; mmsg: `sendmmsg`).
 pub trait Backend {
     /// The backend actually running.
-    fn kind(&self) -> BackendKind;
+    fn kind(&self) -> RunningBackend;
     /// Block until datagrams are ready or `timeout` passes. Returns at once when a previous
     /// [`drain`](Backend::drain) left datagrams behind.
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
@@ -276,15 +251,15 @@ pub fn probe_io_uring() -> Result<(), IoError> {
         .map_err(IoError::UringRefused)
 }
 
-/// Resolve `kind` to a concrete backend: `Auto` probes io_uring and falls back to mmsg,
-/// returning the refusal reason alongside so the caller can log it.
-pub fn resolve_backend(kind: BackendKind) -> Result<(BackendKind, Option<String>), IoError> {
-    match kind {
-        BackendKind::Mmsg => Ok((BackendKind::Mmsg, None)),
-        BackendKind::IoUring => probe_io_uring().map(|()| (BackendKind::IoUring, None)),
-        BackendKind::Auto => match probe_io_uring() {
-            Ok(()) => Ok((BackendKind::IoUring, None)),
-            Err(e) => Ok((BackendKind::Mmsg, Some(e.to_string()))),
+/// Resolve the configured choice to a concrete backend: `auto` probes io_uring and falls back
+/// to mmsg, returning the refusal reason alongside so the caller can log it.
+pub fn resolve_backend(choice: BackendChoice) -> Result<(RunningBackend, Option<String>), IoError> {
+    match choice {
+        BackendChoice::Mmsg => Ok((RunningBackend::Mmsg, None)),
+        BackendChoice::IoUring => probe_io_uring().map(|()| (RunningBackend::IoUring, None)),
+        BackendChoice::Auto => match probe_io_uring() {
+            Ok(()) => Ok((RunningBackend::IoUring, None)),
+            Err(e) => Ok((RunningBackend::Mmsg, Some(e.to_string()))),
         },
     }
 }
@@ -294,15 +269,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backend_kind_parse() {
-        assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
+    fn running_backend_names() {
+        assert_eq!(RunningBackend::IoUring.to_string(), "io_uring");
+        assert_eq!(RunningBackend::Mmsg.as_str(), "mmsg");
         assert_eq!(
-            "io_uring".parse::<BackendKind>().unwrap(),
-            BackendKind::IoUring
+            RunningBackend::Mmsg
+                .as_str()
+                .parse::<BackendChoice>()
+                .unwrap(),
+            BackendChoice::Mmsg
         );
-        assert_eq!("mmsg".parse::<BackendKind>().unwrap(), BackendKind::Mmsg);
-        assert!("uring".parse::<BackendKind>().is_err());
-        assert_eq!(BackendKind::IoUring.to_string(), "io_uring");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use super::sys::{sockaddr_to_std, TxPlan};
-use super::{Backend, BackendKind, BackendParams, IoCounters, IoError, SocketBuffers};
+use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend, SocketBuffers};
 use crate::batch::{TxQueue, MAX_DATAGRAM};
 
 /// Bytes io_uring writes before the name in each provided buffer (`io_uring_recvmsg_out`).
@@ -586,8 +586,8 @@ impl UringBackend {
 }
 
 impl Backend for UringBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::IoUring
+    fn kind(&self) -> RunningBackend {
+        RunningBackend::IoUring
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {

@@ -34,7 +34,10 @@ use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
 use crate::io::uring::UringBackend;
-use crate::io::{self, Backend, BackendKind, BackendParams, BufferGrant, IoError, SocketBuffers};
+use crate::io::{
+    self, Backend, BackendChoice, BackendParams, BufferGrant, IoError, RunningBackend,
+    SocketBuffers,
+};
 
 mod stats;
 
@@ -153,7 +156,8 @@ pub struct WorkerConfig {
     pub bind: SocketAddr,
     /// Worker count; `None` = one per CPU this process may run on.
     pub workers: Option<usize>,
-    pub backend: BackendKind,
+    /// The configured backend (`auto` is resolved at start, [`Workers::backend`]).
+    pub backend: BackendChoice,
     /// Datagrams per receive batch.
     pub batch: usize,
     /// Transmit queue capacity in datagrams (fan-out needs more than `batch`).
@@ -177,7 +181,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             workers: None,
-            backend: BackendKind::Auto,
+            backend: BackendChoice::Auto,
             batch: 64,
             tx_capacity: 256,
             recv_buffers: 1024,
@@ -215,7 +219,7 @@ pub enum WorkerError {
 /// Running workers.
 pub struct Workers {
     local_addr: SocketAddr,
-    backend: BackendKind,
+    backend: RunningBackend,
     fallback_reason: Option<String>,
     grant: BufferGrant,
     stop: Arc<AtomicBool>,
@@ -234,7 +238,7 @@ impl Workers {
         self.local_addr
     }
     /// The backend running.
-    pub fn backend(&self) -> BackendKind {
+    pub fn backend(&self) -> RunningBackend {
         self.backend
     }
     /// Why `auto` did not pick io_uring, if it did not.
@@ -432,7 +436,7 @@ where
         tx_capacity: cfg.tx_capacity,
         recv_buffers: cfg.recv_buffers,
     };
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<BackendKind, IoError>)>();
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<RunningBackend, IoError>)>();
     let mut workers = Workers {
         local_addr,
         backend: kind,
@@ -453,7 +457,7 @@ where
         let stop = stop.clone();
         let handover = workers.handover.clone();
         let cfg = cfg.clone();
-        let auto = cfg.backend == BackendKind::Auto;
+        let auto = cfg.backend == BackendChoice::Auto;
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -510,14 +514,14 @@ where
 fn run_worker<H: Handler>(
     id: usize,
     sock: std::net::UdpSocket,
-    kind: BackendKind,
+    kind: RunningBackend,
     auto: bool,
     params: BackendParams,
     mut handler: H,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
     flags: Flags,
-    ready: mpsc::Sender<(usize, Result<BackendKind, IoError>)>,
+    ready: mpsc::Sender<(usize, Result<RunningBackend, IoError>)>,
 ) -> Result<(), IoError> {
     let slow = match &cfg.slow_path {
         Some(p) => match sock
@@ -533,13 +537,13 @@ fn run_worker<H: Handler>(
         },
         None => None,
     };
-    if kind == BackendKind::IoUring {
+    if kind == RunningBackend::IoUring {
         let dup = sock
             .try_clone()
             .map_err(|e| IoError::os("dup(media socket)", e));
         match dup.and_then(|d| UringBackend::new(d, params)) {
             Ok(mut b) => {
-                let _ = ready.send((id, Ok(BackendKind::IoUring)));
+                let _ = ready.send((id, Ok(RunningBackend::IoUring)));
                 drop(sock);
                 return run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags);
             }
@@ -555,7 +559,7 @@ fn run_worker<H: Handler>(
     }
     match MmsgBackend::new(sock, params) {
         Ok(mut b) => {
-            let _ = ready.send((id, Ok(BackendKind::Mmsg)));
+            let _ = ready.send((id, Ok(RunningBackend::Mmsg)));
             run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags)
         }
         Err(e) => {
