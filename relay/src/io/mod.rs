@@ -85,6 +85,13 @@ pub enum IoError {
     /// An IPv6 bind address was asked for on a host without IPv6, or similar misuse.
     #[error("invalid socket setup: {0}")]
     Invalid(String),
+    /// The media address is held by a socket that is not ours: another Sluice instance
+    /// (which would otherwise share its SO_REUSEPORT group with us) or another program.
+    #[error(
+        "UDP address {0} is already in use by another socket (another Sluice instance or another \
+         program); stop it or choose another relay.bind"
+    )]
+    AddrInUse(SocketAddr),
 }
 
 impl IoError {
@@ -122,15 +129,9 @@ pub struct BufferGrant {
     pub forced: bool,
 }
 
-/// Bind one nonblocking UDP socket with SO_REUSEPORT at `addr`.
-///
-/// An IPv6 wildcard address binds dual-stack (IPV6_V6ONLY off); received IPv4 peers are
-/// reported as plain IPv4. Buffers are requested with the *FORCE options first (root or
-/// CAP_NET_ADMIN), then with the plain options, which the kernel caps at `rmem_max`/`wmem_max`.
-pub fn bind_udp(
-    addr: SocketAddr,
-    bufs: SocketBuffers,
-) -> Result<(UdpSocket, BufferGrant), IoError> {
+/// A UDP socket for `addr` (not bound yet): an IPv6 wildcard is dual-stack (IPV6_V6ONLY
+/// off), any other IPv6 address IPv6-only.
+fn udp_socket(addr: SocketAddr) -> Result<Socket, IoError> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -143,13 +144,56 @@ pub fn bind_udp(
         sock.set_only_v6(only_v6)
             .map_err(|e| IoError::os("setsockopt(IPV6_V6ONLY)", e))?;
     }
+    Ok(sock)
+}
+
+/// Make sure no other socket holds `addr` before this process creates its SO_REUSEPORT group
+/// there: bind a probe socket *without* SO_REUSEPORT (and without SO_REUSEADDR) to exactly
+/// the address the workers will bind, with the same dual-stack setting, and close it again.
+/// The kernel refuses that bind (EADDRINUSE) when any socket holds the port on an overlapping
+/// address — a specific address inside a wildcard, an IPv4 address inside a dual-stack IPv6
+/// wildcard, with or without SO_REUSEPORT/SO_REUSEADDR — which is then reported as
+/// [`IoError::AddrInUse`] naming `addr`. Without the probe a second Sluice instance of the
+/// same user would silently join the first one's SO_REUSEPORT group and the kernel would
+/// spread the first instance's peers over both.
+///
+/// Port 0 needs no probe (the kernel picks a free port). A zero-loss upgrade (`--takeover`)
+/// does not bind at all: it runs on the sockets handed over.
+///
+/// Two instances starting at the same instant can both pass the probe before either binds;
+/// the probe protects against a port already in use, which is the operator mistake.
+pub fn check_port_free(addr: SocketAddr) -> Result<(), IoError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = udp_socket(addr)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(IoError::AddrInUse(addr)),
+        Err(e) => Err(IoError::os("bind(media address probe)", e)),
+    }
+}
+
+/// Bind one nonblocking UDP socket with SO_REUSEPORT at `addr`.
+///
+/// An IPv6 wildcard address binds dual-stack (IPV6_V6ONLY off); received IPv4 peers are
+/// reported as plain IPv4. Buffers are requested with the *FORCE options first (root or
+/// CAP_NET_ADMIN), then with the plain options, which the kernel caps at `rmem_max`/`wmem_max`.
+pub fn bind_udp(
+    addr: SocketAddr,
+    bufs: SocketBuffers,
+) -> Result<(UdpSocket, BufferGrant), IoError> {
+    let sock = udp_socket(addr)?;
     sock.set_reuse_port(true)
         .map_err(|e| IoError::os("setsockopt(SO_REUSEPORT)", e))?;
     sock.set_nonblocking(true)
         .map_err(|e| IoError::os("fcntl(O_NONBLOCK)", e))?;
     let forced = sys::set_buffers(&sock, bufs);
-    sock.bind(&addr.into())
-        .map_err(|e| IoError::os("bind(media address)", e))?;
+    sock.bind(&addr.into()).map_err(|e| match e.kind() {
+        // Held by another user's SO_REUSEPORT socket, or taken between probe and bind.
+        io::ErrorKind::AddrInUse if addr.port() != 0 => IoError::AddrInUse(addr),
+        _ => IoError::os("bind(media address)", e),
+    })?;
     let grant = BufferGrant {
         recv: sock.recv_buffer_size().unwrap_or(0),
         send: sock.send_buffer_size().unwrap_or(0),

@@ -338,9 +338,11 @@ fn allowed_cores(cfg: &WorkerConfig) -> Vec<core_affinity::CoreId> {
     }
 }
 
-/// Start the workers: bind one SO_REUSEPORT socket each on one port, resolve the backend
-/// (`auto` falls back to mmsg with the reason kept in [`Workers::fallback_reason`]), spawn and
-/// pin the threads, and return once every worker has set up its backend (or the first error).
+/// Start the workers: check that no other socket holds `cfg.bind` ([`io::check_port_free`];
+/// [`IoError::AddrInUse`] otherwise), bind one SO_REUSEPORT socket each on one port, resolve
+/// the backend (`auto` falls back to mmsg with the reason kept in
+/// [`Workers::fallback_reason`]), spawn and pin the threads, and return once every worker has
+/// set up its backend (or the first error).
 pub fn spawn_workers<H, F>(cfg: WorkerConfig, make_handler: F) -> Result<Workers, WorkerError>
 where
     H: Handler + Send + 'static,
@@ -356,7 +358,9 @@ where
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    // Bind the first socket, then the rest to the port it got.
+    // No other socket may hold the address (another instance would share our SO_REUSEPORT
+    // group); then bind the first socket, then the rest to the port it got.
+    io::check_port_free(cfg.bind)?;
     let (first, grant) = io::bind_udp(cfg.bind, cfg.socket_buffers)?;
     let local_addr = first
         .local_addr()
