@@ -246,7 +246,15 @@ pub struct RelayConfig {
     pub send_buffer_bytes: u32,
     /// A loop turn longer than this is counted (and logged) as a stall.
     pub stall_threshold_ms: u32,
+    /// Largest datagram a worker receives (its receive buffers' size), bytes. Larger ones are
+    /// dropped and counted (`oversized`).
+    pub max_datagram_bytes: u32,
 }
+
+/// Smallest `relay.max_datagram_bytes`: the default, [`crate::wire::MAX_DATAGRAM`].
+pub const MIN_MAX_DATAGRAM_BYTES: u32 = crate::wire::MAX_DATAGRAM as u32;
+/// Largest `relay.max_datagram_bytes`: a 9216-byte jumbo frame.
+pub const MAX_MAX_DATAGRAM_BYTES: u32 = 9216;
 
 impl Default for RelayConfig {
     fn default() -> RelayConfig {
@@ -258,6 +266,7 @@ impl Default for RelayConfig {
             recv_buffer_bytes: 4 << 20,
             send_buffer_bytes: 4 << 20,
             stall_threshold_ms: 100,
+            max_datagram_bytes: MIN_MAX_DATAGRAM_BYTES,
         }
     }
 }
@@ -627,6 +636,15 @@ impl Config {
         if r.stall_threshold_ms == 0 {
             return bad("relay.stall_threshold_ms", "must be at least 1".into());
         }
+        if !(MIN_MAX_DATAGRAM_BYTES..=MAX_MAX_DATAGRAM_BYTES).contains(&r.max_datagram_bytes) {
+            return bad(
+                "relay.max_datagram_bytes",
+                format!(
+                    "{} is out of range {MIN_MAX_DATAGRAM_BYTES}..={MAX_MAX_DATAGRAM_BYTES}",
+                    r.max_datagram_bytes
+                ),
+            );
+        }
         let c = &self.control;
         if !c.admin_listen.is_local() {
             return bad(
@@ -984,6 +1002,22 @@ mod tests {
     }
 
     #[test]
+    fn max_datagram_bytes_range() {
+        assert_eq!(parse("").unwrap().relay.max_datagram_bytes, 2048);
+        let c = parse("[relay]\nmax_datagram_bytes = 9216\n").unwrap();
+        assert_eq!(c.relay.max_datagram_bytes, 9216);
+        for bad in [0, 2047, 9217, 65_536] {
+            let e = parse(&format!("[relay]\nmax_datagram_bytes = {bad}\n")).unwrap_err();
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("relay.max_datagram_bytes"), Some(2)),
+                "{e}"
+            );
+            assert!(e.to_string().contains("2048..=9216"), "{e}");
+        }
+    }
+
+    #[test]
     fn backend_names_round_trip() {
         for b in [Backend::Auto, Backend::IoUring, Backend::Mmsg] {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
@@ -1167,6 +1201,7 @@ mod tests {
             "relay.recv_buffer_bytes",
             "relay.send_buffer_bytes",
             "relay.stall_threshold_ms",
+            "relay.max_datagram_bytes",
             "control.admin_listen",
             "control.admin_token",
             "control.admin_token_file",

@@ -50,6 +50,7 @@ fn main() {
             batch: 64,
             tx_capacity: window.max(1),
             recv_buffers: 0,
+            ..BackendParams::default()
         },
     )
     .expect("client backend");

@@ -243,6 +243,7 @@ fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
             send: cfg.relay.send_buffer_bytes as usize,
         },
         stall_threshold: Duration::from_millis(u64::from(cfg.relay.stall_threshold_ms)),
+        max_datagram: cfg.relay.max_datagram_bytes as usize,
         pin: !cli.no_pin,
         slow_path,
         ..WorkerConfig::default()

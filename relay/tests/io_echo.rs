@@ -118,7 +118,7 @@ fn echo_roundtrip(backend: BackendChoice, workers: usize, ip: IpAddr, clients: u
         "{backend} x{workers}: received count"
     );
     assert_eq!(sum.tx_packets, total, "{backend} x{workers}: sent count");
-    assert_eq!(sum.tx_errors + sum.rx_errors + sum.rx_truncated, 0);
+    assert_eq!(sum.tx_errors + sum.rx_errors + sum.rx_oversized, 0);
 }
 
 #[test]

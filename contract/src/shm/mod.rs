@@ -175,10 +175,13 @@ pub enum DropReason {
     /// source owns in this worker, or behind the index its previous owner reached: sending it
     /// would reuse SRTP keystream (RFC 3711 §9.1). See docs/ENGINE.md "One owner per output stream".
     SsrcCollision = 14,
+    /// Larger than the worker's receive buffers (`relay.max_datagram_bytes`): the kernel
+    /// truncated it, so it is dropped unread.
+    Oversized = 15,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Demux,
         DropReason::Malformed,
@@ -195,6 +198,7 @@ impl DropReason {
         DropReason::SendError,
         DropReason::Crypto,
         DropReason::SsrcCollision,
+        DropReason::Oversized,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -214,6 +218,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::Crypto => "crypto",
             DropReason::SsrcCollision => "ssrc_collision",
+            DropReason::Oversized => "oversized",
         }
     }
 }

@@ -218,7 +218,7 @@ pub trait Backend {
     /// [`drain`](Backend::drain) left datagrams behind.
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
     /// Hand up to `max` received datagrams to `f(src, buf, len, tx)`: `buf` is a whole
-    /// receive buffer of [`crate::batch::MAX_DATAGRAM`] bytes with the datagram in
+    /// receive buffer of [`BackendParams::datagram_size`] bytes with the datagram in
     /// `buf[..len]` (the handler may rewrite it in place); `tx` is the queue to fill. The
     /// drain stops when `tx` is full (datagrams already taken from the socket stay with the
     /// backend): the caller [`flush`](Backend::flush)es and drains again. The backend never
@@ -261,6 +261,22 @@ pub struct BackendParams {
     pub tx_capacity: usize,
     /// io_uring: provided receive buffers (rounded up to a power of two, at most 32768).
     pub recv_buffers: usize,
+    /// Largest datagram received and sent (`relay.max_datagram_bytes`): the size of every
+    /// receive buffer and transmit-queue slot. A larger datagram arrives truncated and is
+    /// dropped and counted ([`IoCounters::rx_oversized`]). Clamped to
+    /// [`crate::batch::MAX_DATAGRAM`]`..=`[`MAX_DATAGRAM_LIMIT`] by [`BackendParams::datagram_size`].
+    pub max_datagram: usize,
+}
+
+/// Largest receive buffer a worker may have (a 9216-byte jumbo frame).
+pub const MAX_DATAGRAM_LIMIT: usize = contract::config::MAX_MAX_DATAGRAM_BYTES as usize;
+
+impl BackendParams {
+    /// [`max_datagram`](Self::max_datagram) within its bounds.
+    pub fn datagram_size(&self) -> usize {
+        self.max_datagram
+            .clamp(crate::batch::MAX_DATAGRAM, MAX_DATAGRAM_LIMIT)
+    }
 }
 
 impl Default for BackendParams {
@@ -269,6 +285,7 @@ impl Default for BackendParams {
             batch: 64,
             tx_capacity: 256,
             recv_buffers: 1024,
+            max_datagram: crate::batch::MAX_DATAGRAM,
         }
     }
 }

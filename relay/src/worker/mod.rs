@@ -85,6 +85,12 @@ pub trait Handler {
     fn end_turn(&mut self, stalled: bool) {
         let _ = stalled;
     }
+    /// `n` datagrams larger than the receive buffers ([`WorkerConfig::max_datagram`]) arrived
+    /// truncated since the last call and were dropped by the backend; the engine counts them
+    /// in shm (drop reason `oversized`). Called at the end of a turn that saw any.
+    fn oversized(&mut self, n: u64) {
+        let _ = n;
+    }
 }
 
 /// The forwarding engine as a worker's handler: the worker owns the loop and the clock and
@@ -118,6 +124,10 @@ impl<C: SrtpOps> Handler for Engine<C> {
 
     fn end_turn(&mut self, stalled: bool) {
         self.handle_turn_end(stalled);
+    }
+
+    fn oversized(&mut self, n: u64) {
+        self.handle_oversized(n);
     }
 }
 
@@ -164,6 +174,9 @@ pub struct WorkerConfig {
     pub tx_capacity: usize,
     /// io_uring provided receive buffers per worker.
     pub recv_buffers: usize,
+    /// Largest datagram received (and sent): the receive buffers' size
+    /// (`relay.max_datagram_bytes`, [`BackendParams::max_datagram`]).
+    pub max_datagram: usize,
     pub socket_buffers: SocketBuffers,
     /// A loop turn longer than this is logged and counted.
     pub stall_threshold: Duration,
@@ -185,6 +198,7 @@ impl Default for WorkerConfig {
             batch: 64,
             tx_capacity: 256,
             recv_buffers: 1024,
+            max_datagram: crate::batch::MAX_DATAGRAM,
             socket_buffers: SocketBuffers::default(),
             stall_threshold: Duration::from_millis(50),
             poll_interval: Duration::from_millis(20),
@@ -439,6 +453,7 @@ where
         batch: cfg.batch,
         tx_capacity: cfg.tx_capacity,
         recv_buffers: cfg.recv_buffers,
+        max_datagram: cfg.max_datagram,
     };
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<RunningBackend, IoError>)>();
     let mut workers = Workers {
@@ -588,6 +603,7 @@ fn run_loop<B: Backend, H: Handler>(
     let mut slow_dropped_local = 0u64;
     let mut turns = 0u64;
     let mut stalls = 0u64;
+    let mut oversized_seen = 0u64;
     let wait = cfg.poll_interval.min(MAX_POLL_INTERVAL);
     // The slow-path connection the backend watches (its id, see SlowPathClient::connection).
     let mut watched: Option<u64> = None;
@@ -621,6 +637,11 @@ fn run_loop<B: Backend, H: Handler>(
             break Err(e);
         }
         turns += 1;
+        let oversized = b.counters().rx_oversized;
+        if oversized != oversized_seen {
+            h.oversized(oversized - oversized_seen);
+            oversized_seen = oversized;
+        }
         let took = now.elapsed();
         let stalled = took > cfg.stall_threshold;
         h.end_turn(stalled);
@@ -649,6 +670,10 @@ fn run_loop<B: Backend, H: Handler>(
         finish_for_handover(id, b, h, &mut slow_q, cfg.batch, passes);
     }
     b.shutdown();
+    let oversized = b.counters().rx_oversized;
+    if oversized != oversized_seen {
+        h.oversized(oversized - oversized_seen);
+    }
     publish(
         stats,
         b.counters(),
