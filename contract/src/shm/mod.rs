@@ -26,7 +26,8 @@ mod streams;
 mod writer;
 
 pub use counters::{
-    batch_bucket, time_bucket, CounterSnapshot, WorkerCounters, BATCH_BUCKETS, TIME_BUCKETS,
+    batch_bucket, time_bucket, CounterSnapshot, IoTotals, WorkerCounters, BATCH_BUCKETS,
+    IO_COUNTERS, TIME_BUCKETS,
 };
 pub use error::{ShmError, SlotError, Table};
 pub use layout::{

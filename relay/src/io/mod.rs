@@ -202,6 +202,26 @@ pub fn bind_udp(
     Ok((sock.into(), grant))
 }
 
+/// What the kernel holds for one socket's receive side, from `getsockopt(SO_MEMINFO)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SocketMemInfo {
+    /// Bytes of kernel memory the receive queue holds (`SK_MEMINFO_RMEM_ALLOC`: datagrams
+    /// waiting to be read, with their bookkeeping; compared against `rcvbuf`).
+    pub rx_queue_bytes: u32,
+    /// The receive buffer limit (`SK_MEMINFO_RCVBUF`, the doubled `SO_RCVBUF`).
+    pub rcvbuf: u32,
+    /// Datagrams the kernel dropped at this socket since it was created (`SK_MEMINFO_DROPS`:
+    /// receive queue full, mostly); wraps at 2^32.
+    pub drops: u32,
+}
+
+/// One `getsockopt(SO_MEMINFO)` on `sock`: its receive-queue depth and kernel drops. For the
+/// relay's supervisor, which samples every worker socket a few times a second from outside the
+/// workers (never per packet, and never on a worker thread).
+pub fn socket_meminfo(sock: &UdpSocket) -> Result<SocketMemInfo, IoError> {
+    sys::meminfo(sock).map_err(|e| IoError::os("getsockopt(SO_MEMINFO)", e))
+}
+
 pub use contract::wire::normalize_addr;
 
 /// The interface both backends implement. One instance per worker thread, created on that
