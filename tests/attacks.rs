@@ -25,7 +25,7 @@ use control::webrtc::token::{
     RoomPolicy, Target, TokenError, TokenKind,
 };
 use relay::engine::SlowGateRates;
-use relay::io::BackendKind;
+use relay::io::BackendChoice;
 use relay::worker::{WorkerConfig, Workers};
 use sluice_tests::*;
 use std::net::UdpSocket;
@@ -44,7 +44,7 @@ fn workers_over(
         WorkerConfig {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             workers: Some(1),
-            backend: BackendKind::Mmsg,
+            backend: BackendChoice::Mmsg,
             pin: false,
             slow_path: slow_path.map(Path::to_path_buf),
             ..WorkerConfig::default()
@@ -218,6 +218,130 @@ const TOKEN: &str = "attack-test-admin-token-0123456789";
 const L_UFRAG: &str = "SluI";
 const L_PWD: &str = "sluicelocalpassword0123456789ab";
 const R_UFRAG: &str = "BrWs";
+
+/// An SRTP packet of `total` bytes on the wire (payload sized to fit), from `ctx`.
+fn rtp_packet_of(ctx: &mut Context, ssrc: u32, seq: u16, total: usize) -> Vec<u8> {
+    let tag = rtp_packet(ctx, ssrc, 0, &[]).len() - 12; // a throw-away packet's tag length
+    let payload = big_payload(total - 12 - tag);
+    let mut buf = vec![0u8; total + 64];
+    buf[0] = 0x80;
+    buf[1] = 96;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    buf[12..12 + payload.len()].copy_from_slice(&payload);
+    let n = ctx
+        .protect_rtp(&mut buf, 12 + payload.len())
+        .expect("protect");
+    buf.truncate(n);
+    assert_eq!(n, total);
+    buf
+}
+
+/// Datagrams larger than the workers' receive buffers (`relay.max_datagram_bytes`, default
+/// 2048) are dropped and counted under `Oversized` (they used to vanish uncounted); with
+/// the buffers raised to 4096 the same 3000-byte SRTP packet is received and forwarded.
+/// Both backends.
+#[test]
+fn oversized_datagrams_counted_and_forwarded_with_larger_buffers() {
+    let mut backends = vec![BackendChoice::Mmsg];
+    match relay::io::probe_io_uring() {
+        Ok(()) => backends.push(BackendChoice::IoUring),
+        Err(e) => sluice_tests::skip::skip(format!("io_uring refused here: {e}")),
+    }
+    for backend in backends {
+        let dir = TempDir::new("attack-oversized");
+        let shm = dir.path().join("shm");
+        let mut w = ShmWriter::create(
+            &shm,
+            Capacity {
+                sessions: 4,
+                routes: 4,
+                workers: 1,
+            },
+        )
+        .expect("create shm");
+        let profile = Profile::Aes128CmSha1_80;
+        let mut p = Peer::new(40, Role::Speaker, profile);
+        let mut s = Peer::new(41, Role::Viewer, profile);
+        w.put_session(&p.record()).expect("session");
+        w.put_session(&s.record()).expect("session");
+        w.put_route(&RouteRecord {
+            id: 1,
+            from: p.id,
+            ssrc: None,
+            to: s.id,
+            rewrite: Rewrite::default(),
+        })
+        .expect("route");
+        let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
+        let cfg = |max_datagram| WorkerConfig {
+            bind: "127.0.0.1:0".parse().expect("literal address"),
+            workers: Some(1),
+            backend,
+            pin: false,
+            max_datagram,
+            ..WorkerConfig::default()
+        };
+        let oversized = |r: &ShmReader| r.totals().drops[DropReason::Oversized as usize];
+        s.sock
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut rx = vec![0u8; 16_384];
+        let ssrc = 0x5EED;
+
+        // Default buffers: a 3000-byte datagram is dropped and counted, from a stranger and
+        // from the publisher alike; normal packets still flow.
+        let workers = relay_workers(reader.clone(), cfg(2048), None);
+        let relay = workers.local_addr();
+        let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        stranger.send_to(&[0x80; 3000], relay).expect("send");
+        let big = rtp_packet_of(&mut p.send, ssrc, 1, 3000);
+        p.sock.send_to(&big, relay).expect("send");
+        p.sock.send_to(&[0x80; 2049], relay).expect("send");
+        wait_for(&reader, "oversized counted", |t| {
+            t.drops[DropReason::Oversized as usize] >= 3
+        });
+        let small = rtp_packet_of(&mut p.send, ssrc, 2, 200);
+        p.sock.send_to(&small, relay).expect("send");
+        let (n, _) = s
+            .sock
+            .recv_from(&mut rx)
+            .expect("the small packet forwarded");
+        assert_eq!(n, 200, "{backend}");
+        workers.stop().expect("clean stop");
+        assert_eq!(oversized(&reader), 3, "{backend}: {:?}", reader.totals());
+        assert_eq!(
+            reader.totals().packets_in,
+            1,
+            "{backend}: only the small one read"
+        );
+
+        // Buffers of 4096: the 3000-byte packet is received, decrypted and forwarded intact;
+        // a 5000-byte one is still counted.
+        let workers = relay_workers(reader.clone(), cfg(4096), None);
+        let relay = workers.local_addr();
+        let big = rtp_packet_of(&mut p.send, ssrc, 3, 3000);
+        p.sock.send_to(&big, relay).expect("send");
+        let (n, _) = s
+            .sock
+            .recv_from(&mut rx)
+            .expect("the 3000-byte packet forwarded");
+        assert_eq!(n, 3000, "{backend}");
+        let m = s.recv.unprotect_rtp(&mut rx, n).expect("decrypts");
+        assert_eq!(rx[12..m], big_payload(m - 12)[..], "{backend}");
+        p.sock.send_to(&[0x80; 5000], relay).expect("send");
+        wait_for(&reader, "5000 bytes counted", |t| {
+            t.drops[DropReason::Oversized as usize] >= 4
+        });
+        workers.stop().expect("clean stop");
+        assert_eq!(oversized(&reader), 4, "{backend}");
+        assert_eq!(reader.totals().packets_in, 2, "{backend}");
+    }
+}
+
+fn big_payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| i as u8).collect()
+}
 
 fn admin(
     ctl: &Control,

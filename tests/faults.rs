@@ -7,11 +7,14 @@
 //!   naming the problem); control refuses to adopt it and reports it (log, status API);
 //! - audit log on a full disk (`/dev/full`): control keeps serving media and the admin API,
 //!   logs the failure at error level and counts it (`sluice_audit_write_errors_total`).
+//! - a relay frozen with SIGSTOP while a flood overruns its socket: the kernel's drops at the
+//!   worker socket appear in the worker's shm counter block once it continues, and every
+//!   datagram is either read or counted as a kernel drop.
 
 use contract::shm::{Capacity, ShmWriter, ABI_VERSION};
 use contract::srtp::Profile;
 use sluice_tests::daemons::http_get;
-use sluice_tests::procs::{Instance, Stream};
+use sluice_tests::procs::{signal, Instance, Stream};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
@@ -272,5 +275,66 @@ fn audit_log_on_a_full_disk_keeps_media_and_api_up() {
         let rep = st.finish();
         assert!(rep.sent > 100);
         assert!(rep.lost().is_empty(), "{} lost", rep.lost().len());
+    }
+}
+
+/// A relay stopped with SIGSTOP (its workers and supervisor frozen) while a flood fills its
+/// socket: once it continues, the worker's shm counter block shows the kernel's drops at that
+/// socket (relay::health, sampled by the daemon's supervisor), next to the published I/O
+/// statistics and a fresh heartbeat.
+#[test]
+fn stopped_relay_kernel_drops_show_in_shm() {
+    let inst = Instance::new("fault-sigstop", "mmsg", 1, None);
+    // The smallest receive buffer the config allows, so the flood overruns it.
+    let text = std::fs::read_to_string(&inst.config).expect("config");
+    assert!(text.contains("recv_buffer_bytes = 4194304"), "{text}");
+    std::fs::write(
+        &inst.config,
+        text.replace("recv_buffer_bytes = 4194304", "recv_buffer_bytes = 65536"),
+    )
+    .expect("write config");
+    let _control = inst.start_control();
+    let relay = inst.spawn_relay(&[]);
+    inst.wait_relay(&relay);
+    let reader = contract::shm::ShmReader::open(&inst.shm).expect("open shm");
+    let block = |r: &contract::shm::ShmReader| r.worker_counters(0).expect("block 0").snapshot();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while block(&reader).io.syscalls == 0 || reader.worker_counters(0).expect("b").heartbeat() == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no health sample: {:?}",
+            block(&reader)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(block(&reader).kernel_drops, 0);
+
+    signal(relay.pid(), "STOP");
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    const N: u64 = 3000;
+    for _ in 0..N {
+        flood.send_to(&[0x80; 1000], inst.media).expect("send");
+    }
+    signal(relay.pid(), "CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = block(&reader);
+        if c.kernel_drops > 0 {
+            assert!(c.kernel_drops < N, "the queue kept some: {c:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no kernel drops in shm: {c:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Everything the kernel kept was read: received + kernel drops == sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = block(&reader);
+        if c.packets_in + c.kernel_drops == N && c.rx_queue_bytes == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all accounted: {c:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -8,7 +8,7 @@
 
 use contract::shm::{Capacity, DropReason, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
 use contract::srtp::Profile;
-use relay::io::BackendKind;
+use relay::io::BackendChoice;
 use relay::worker::WorkerConfig;
 use sluice_tests::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -101,7 +101,7 @@ fn overload_drops_are_counted_and_memory_stays_flat() {
         WorkerConfig {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             workers: Some(1),
-            backend: BackendKind::Mmsg,
+            backend: BackendChoice::Mmsg,
             batch: 64,
             tx_capacity: TX_CAPACITY,
             pin: false,

@@ -4,7 +4,7 @@
 
 use contract::shm::{Capacity, Rewrite, Role, RouteRecord, ShmReader, ShmWriter};
 use contract::srtp::Profile;
-use relay::io::BackendKind;
+use relay::io::BackendChoice;
 use relay::worker::WorkerConfig;
 use sluice_tests::*;
 use std::collections::HashSet;
@@ -34,7 +34,7 @@ fn route(id: u64, from: u64, to: u64) -> RouteRecord {
 }
 
 /// 2 publishers × 3 subscribers for one profile through in-process workers.
-fn fan_out(backend: BackendKind, profile: Profile) {
+fn fan_out(backend: BackendChoice, profile: Profile) {
     let dir = TempDir::new("fanout");
     let shm = dir.path().join("shm");
     let mut w = ShmWriter::create(&shm, capacity()).expect("create shm");
@@ -67,7 +67,7 @@ fn fan_out(backend: BackendKind, profile: Profile) {
         },
         None,
     );
-    assert_eq!(workers.backend(), backend);
+    assert_eq!(BackendChoice::from(workers.backend()), backend);
     let relay_addr = workers.local_addr();
     let per_pub = 60u16;
     let want = 2 * per_pub as usize;
@@ -121,7 +121,7 @@ fn fan_out(backend: BackendKind, profile: Profile) {
 #[test]
 fn every_profile_mmsg() {
     for p in Profile::ALL {
-        fan_out(BackendKind::Mmsg, p);
+        fan_out(BackendChoice::Mmsg, p);
     }
 }
 
@@ -132,7 +132,7 @@ fn every_profile_io_uring() {
         return;
     }
     for p in Profile::ALL {
-        fan_out(BackendKind::IoUring, p);
+        fan_out(BackendChoice::IoUring, p);
     }
 }
 

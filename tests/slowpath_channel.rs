@@ -17,7 +17,7 @@ use contract::slowpath::MAX_MESSAGE;
 use control::relay_channel::{SlowPathConn, SlowPathServer};
 use relay::batch::TxQueue;
 use relay::io::uring::UringBackend;
-use relay::io::{self, Backend, BackendKind, BackendParams, SocketBuffers};
+use relay::io::{self, Backend, BackendChoice, BackendParams, SocketBuffers};
 use relay::worker::{spawn_workers, Echo, Handler, WorkerConfig, Workers};
 
 /// Datagrams whose first byte is 0..=3 (STUN range, RFC 7983) go to control; others echo.
@@ -39,10 +39,10 @@ impl Handler for Demux {
     }
 }
 
-fn backends() -> Vec<BackendKind> {
-    let mut v = vec![BackendKind::Mmsg];
+fn backends() -> Vec<BackendChoice> {
+    let mut v = vec![BackendChoice::Mmsg];
     match io::probe_io_uring() {
-        Ok(()) => v.push(BackendKind::IoUring),
+        Ok(()) => v.push(BackendChoice::IoUring),
         Err(e) => sluice_tests::skip::skip(format!("io_uring unavailable: {e}")),
     }
     v
@@ -85,7 +85,7 @@ fn wait_for(w: &Workers, what: &str, f: impl Fn(&relay::worker::StatsSnapshot) -
 #[test]
 fn io_slowpath_roundtrip_drop_and_reconnect() {
     for b in backends() {
-        let path = sock_path(b.as_str());
+        let path = sock_path(b.name());
         let server = SlowPathServer::bind(&path).unwrap();
         let cfg = WorkerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -165,7 +165,7 @@ fn io_slowpath_without_control_counts_drops() {
     let cfg = WorkerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         workers: Some(1),
-        backend: BackendKind::Mmsg,
+        backend: BackendChoice::Mmsg,
         pin: false,
         slow_path: None,
         ..WorkerConfig::default()
@@ -188,7 +188,7 @@ fn io_uring_rearms_when_buffers_run_out() {
     let cfg = WorkerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         workers: Some(1),
-        backend: BackendKind::IoUring,
+        backend: BackendChoice::IoUring,
         recv_buffers: 4,
         batch: 64,
         pin: false,
@@ -251,7 +251,7 @@ fn stop(w: Workers, peer: &UdpSocket) {
 #[test]
 fn io_slowpath_reply_wakes_an_idle_worker() {
     for b in backends() {
-        let path = sock_path(&format!("wake-{}", b.as_str()));
+        let path = sock_path(&format!("wake-{}", b.name()));
         let server = SlowPathServer::bind(&path).unwrap();
         let cfg = WorkerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -263,11 +263,11 @@ fn io_slowpath_reply_wakes_an_idle_worker() {
             ..WorkerConfig::default()
         };
         let w = spawn_workers(cfg, |_| Demux).unwrap();
-        assert_eq!(w.backend(), b);
+        assert_eq!(BackendChoice::from(w.backend()), b);
         let relay = w.local_addr();
         let mut conn = accept_within(&server, BOUND);
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = b.as_str();
+        let b = b.name();
 
         // No datagram has reached the media socket: only the slow-path fd can wake the worker.
         assert_eq!(w.total().rx_packets, 0);

@@ -417,7 +417,7 @@ pub enum Reflector {
     /// `relay::worker::Echo` on the relay's own workers, in this process, on 127.0.0.1.
     Workers {
         workers: usize,
-        backend: relay::io::BackendKind,
+        backend: contract::config::Backend,
     },
     /// A reflector already listening at this address.
     External(SocketAddr),

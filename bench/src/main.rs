@@ -86,7 +86,7 @@ enum Baseline {
         workers: usize,
         /// I/O backend for the in-process reflector: auto, io_uring or mmsg.
         #[arg(long, default_value = "auto")]
-        backend: relay::io::BackendKind,
+        backend: contract::config::Backend,
         #[command(flatten)]
         load: LoadArgs,
         /// Fixed offered rate (ignored with --find-max).

@@ -185,12 +185,35 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The configuration spelling: `auto`, `io_uring` or `mmsg`.
     pub const fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::IoUring => "io_uring",
             Backend::Mmsg => "mmsg",
         }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A backend name that is not `auto`, `io_uring` or `mmsg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?} (expected \"auto\", \"io_uring\" or \"mmsg\")")]
+pub struct UnknownBackend(pub String);
+
+/// Parses the configuration spelling (command lines: `sluice-relay --backend`, the bench).
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
+        [Backend::Auto, Backend::IoUring, Backend::Mmsg]
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
@@ -243,7 +266,15 @@ pub struct RelayConfig {
     pub send_buffer_bytes: u32,
     /// A loop turn longer than this is counted (and logged) as a stall.
     pub stall_threshold_ms: u32,
+    /// Largest datagram a worker receives (its receive buffers' size), bytes. Larger ones are
+    /// dropped and counted (`oversized`).
+    pub max_datagram_bytes: u32,
 }
+
+/// Smallest `relay.max_datagram_bytes`: the default, [`crate::wire::MAX_DATAGRAM`].
+pub const MIN_MAX_DATAGRAM_BYTES: u32 = crate::wire::MAX_DATAGRAM as u32;
+/// Largest `relay.max_datagram_bytes`: a 9216-byte jumbo frame.
+pub const MAX_MAX_DATAGRAM_BYTES: u32 = 9216;
 
 impl Default for RelayConfig {
     fn default() -> RelayConfig {
@@ -255,6 +286,7 @@ impl Default for RelayConfig {
             recv_buffer_bytes: 4 << 20,
             send_buffer_bytes: 4 << 20,
             stall_threshold_ms: 100,
+            max_datagram_bytes: MIN_MAX_DATAGRAM_BYTES,
         }
     }
 }
@@ -624,6 +656,15 @@ impl Config {
         }
         if r.stall_threshold_ms == 0 {
             return bad("relay.stall_threshold_ms", "must be at least 1".into());
+        }
+        if !(MIN_MAX_DATAGRAM_BYTES..=MAX_MAX_DATAGRAM_BYTES).contains(&r.max_datagram_bytes) {
+            return bad(
+                "relay.max_datagram_bytes",
+                format!(
+                    "{} is out of range {MIN_MAX_DATAGRAM_BYTES}..={MAX_MAX_DATAGRAM_BYTES}",
+                    r.max_datagram_bytes
+                ),
+            );
         }
         let c = &self.control;
         if !c.admin_listen.is_local() {
@@ -1004,6 +1045,36 @@ mod tests {
     }
 
     #[test]
+    fn max_datagram_bytes_range() {
+        assert_eq!(parse("").unwrap().relay.max_datagram_bytes, 2048);
+        let c = parse("[relay]\nmax_datagram_bytes = 9216\n").unwrap();
+        assert_eq!(c.relay.max_datagram_bytes, 9216);
+        for bad in [0, 2047, 9217, 65_536] {
+            let e = parse(&format!("[relay]\nmax_datagram_bytes = {bad}\n")).unwrap_err();
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("relay.max_datagram_bytes"), Some(2)),
+                "{e}"
+            );
+            assert!(e.to_string().contains("2048..=9216"), "{e}");
+        }
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in [Backend::Auto, Backend::IoUring, Backend::Mmsg] {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+            assert_eq!(b.to_string(), b.name());
+            // The command-line spelling is the configuration file's spelling.
+            let c = parse(&format!("[relay]\nbackend = \"{b}\"\n")).unwrap();
+            assert_eq!(c.relay.backend, b);
+        }
+        let e = "uring".parse::<Backend>().unwrap_err();
+        assert_eq!(e, UnknownBackend("uring".into()));
+        assert!(e.to_string().contains("\"io_uring\""), "{e}");
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded_default();
         c.validate().unwrap();
@@ -1173,6 +1244,7 @@ mod tests {
             "relay.recv_buffer_bytes",
             "relay.send_buffer_bytes",
             "relay.stall_threshold_ms",
+            "relay.max_datagram_bytes",
             "control.admin_listen",
             "control.admin_token",
             "control.admin_token_file",

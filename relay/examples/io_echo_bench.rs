@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use relay::io::mmsg::MmsgBackend;
-use relay::io::{self, Backend, BackendKind, BackendParams, SocketBuffers};
+use relay::io::{self, Backend, BackendChoice, BackendParams, SocketBuffers};
 use relay::worker::{spawn_workers, Echo, WorkerConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let backend: BackendKind = args
+    let backend: BackendChoice = args
         .get(1)
         .map(|s| s.as_str())
         .unwrap_or("mmsg")
@@ -50,6 +50,7 @@ fn main() {
             batch: 64,
             tx_capacity: window.max(1),
             recv_buffers: 0,
+            ..BackendParams::default()
         },
     )
     .expect("client backend");

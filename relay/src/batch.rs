@@ -27,17 +27,31 @@ pub struct TxQueue {
     meta: Vec<TxMeta>,
     used: usize,
     capacity: usize,
+    /// Largest datagram one push takes (the scratch slice `push_with` hands out).
+    slot: usize,
 }
 
 impl TxQueue {
     /// A queue holding up to `capacity` datagrams of up to [`MAX_DATAGRAM`] bytes each.
     pub fn with_capacity(capacity: usize) -> TxQueue {
+        TxQueue::new(capacity, MAX_DATAGRAM)
+    }
+
+    /// A queue holding up to `capacity` datagrams of up to `slot` bytes each (a backend's
+    /// queue: `slot` is its receive buffer size, so a received datagram fits when forwarded).
+    pub fn new(capacity: usize, slot: usize) -> TxQueue {
         TxQueue {
-            arena: vec![0u8; capacity * MAX_DATAGRAM].into_boxed_slice(),
+            arena: vec![0u8; capacity * slot].into_boxed_slice(),
             meta: Vec::with_capacity(capacity),
             used: 0,
             capacity,
+            slot,
         }
+    }
+
+    /// The largest datagram one push takes.
+    pub fn slot_size(&self) -> usize {
+        self.slot
     }
 
     /// How many datagrams it can hold.
@@ -56,13 +70,13 @@ impl TxQueue {
 
     /// True when no further datagram fits.
     pub fn is_full(&self) -> bool {
-        self.meta.len() == self.capacity || self.arena.len() - self.used < MAX_DATAGRAM
+        self.meta.len() == self.capacity || self.arena.len() - self.used < self.slot
     }
 
-    /// Append a datagram for `dst`. `fill` gets a [`MAX_DATAGRAM`]-byte scratch slice at the
-    /// end of the arena, writes the datagram at its start and returns its length, or `None`
-    /// to abandon it (nothing is queued then). Returns false when the queue is full or `fill`
-    /// gave up.
+    /// Append a datagram for `dst`. `fill` gets a [`slot_size`](Self::slot_size)-byte scratch
+    /// slice at the end of the arena, writes the datagram at its start and returns its length,
+    /// or `None` to abandon it (nothing is queued then). Returns false when the queue is full
+    /// or `fill` gave up.
     #[inline]
     pub fn push_with(
         &mut self,
@@ -73,9 +87,9 @@ impl TxQueue {
             return false;
         }
         let start = self.used;
-        let slot = &mut self.arena[start..start + MAX_DATAGRAM];
+        let slot = &mut self.arena[start..start + self.slot];
         match fill(slot) {
-            Some(len) if len <= MAX_DATAGRAM => {
+            Some(len) if len <= self.slot => {
                 self.meta.push(TxMeta {
                     dst,
                     offset: start as u32,
@@ -90,7 +104,7 @@ impl TxQueue {
 
     /// Append a copy of `data` for `dst`.
     pub fn push(&mut self, dst: SocketAddr, data: &[u8]) -> bool {
-        if data.len() > MAX_DATAGRAM {
+        if data.len() > self.slot {
             return false;
         }
         self.push_with(dst, |slot| {

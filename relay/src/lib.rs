@@ -13,5 +13,6 @@
 
 pub mod batch;
 pub mod engine;
+pub mod health;
 pub mod io;
 pub mod worker;

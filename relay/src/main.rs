@@ -4,8 +4,10 @@
 //! embedded default; `--bind/--shm/--workers/--backend/--slow-path` override it), map the
 //! shared-memory file control creates (waiting for it with a clear message), spawn one pinned
 //! worker per core with the forwarding engine as handler, publish the relay's info, tell
-//! systemd `READY=1`. Then once a second: a heartbeat for every worker whose loop advanced,
-//! `WATCHDOG=1` while every worker is alive. SIGTERM/SIGINT stop the workers cleanly.
+//! systemd `READY=1`. Then every 50 ms ([`relay::health`]): a heartbeat for every worker whose
+//! loop advanced, stuck workers (no turn for the stall threshold), each worker socket's
+//! receive-queue depth and kernel drops, the workers' I/O statistics, all into shm;
+//! `WATCHDOG=1` while every worker is turning. SIGTERM/SIGINT stop the workers cleanly.
 //!
 //! Zero-loss upgrade ([`relay::io::handover`]): the relay listens on
 //! `<runtime_dir>/relay-handover.sock`. A new relay started with `--takeover` receives the
@@ -20,8 +22,9 @@ use clap::Parser;
 use contract::config::Config;
 use contract::shm::{ShmError, ShmReader};
 use relay::engine::{Engine, EngineConfig, SlowGateRates};
+use relay::health::HealthMonitor;
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
-use relay::io::{BackendKind, SocketBuffers};
+use relay::io::{BackendChoice, SocketBuffers};
 use relay::worker::{spawn_workers, spawn_workers_on, WorkerConfig, Workers};
 use sd_notify::NotifyState;
 use std::net::SocketAddr;
@@ -47,7 +50,7 @@ struct Cli {
     workers: Option<usize>,
     /// Override `relay.backend`: auto, io_uring or mmsg.
     #[arg(long)]
-    backend: Option<BackendKind>,
+    backend: Option<BackendChoice>,
     /// Override `control.slow_path` (control's unix socket for STUN/DTLS); `none` disables.
     #[arg(long, value_name = "PATH")]
     slow_path: Option<PathBuf>,
@@ -145,6 +148,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let slots = reader.capacity().workers as usize;
 
     let (wcfg, ecfg) = worker_settings(&cli, &cfg);
+    // An idle worker turns once per poll interval: not finishing a turn for the stall
+    // threshold (and at least two poll intervals) means it is stuck.
+    let stuck_after = wcfg.stall_threshold.max(wcfg.poll_interval * 2);
     let r = reader.clone();
     let make_engine = move |i| <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
     let (running, takeover_from) = if cli.takeover {
@@ -209,7 +215,15 @@ fn run(cli: Cli) -> Result<(), String> {
         notify_systemd(&[NotifyState::Ready]);
     }
 
-    if let Some(req) = supervise(&running, &reader, &stop, listener.as_ref(), &me) {
+    if let Some(req) = supervise(
+        &running,
+        &reader,
+        &stop,
+        listener.as_ref(),
+        &me,
+        stuck_after,
+        takeover_from.is_some(),
+    ) {
         return hand_over(running, req);
     }
     tracing::info!("stopping");
@@ -224,7 +238,7 @@ fn run(cli: Cli) -> Result<(), String> {
 /// The workers' and engines' settings: the configuration file with the command line's
 /// overrides. The engine settings' `worker` is filled in per worker.
 fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
-    let backend = cli.backend.unwrap_or_else(|| cfg.relay.backend.into());
+    let backend = cli.backend.unwrap_or(cfg.relay.backend);
     let workers = cli.workers.unwrap_or(cfg.relay.workers as usize);
     let slow_path = match &cli.slow_path {
         Some(p) if p.as_os_str() == "none" => None,
@@ -243,6 +257,7 @@ fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
             send: cfg.relay.send_buffer_bytes as usize,
         },
         stall_threshold: Duration::from_millis(u64::from(cfg.relay.stall_threshold_ms)),
+        max_datagram: cfg.relay.max_datagram_bytes as usize,
         pin: !cli.no_pin,
         slow_path,
         ..WorkerConfig::default()
@@ -294,15 +309,18 @@ fn take_over(
     Ok((running, Some(old_pid)))
 }
 
-/// Until a stop signal or a hand-over: heartbeats for every worker whose loop advanced,
-/// `WATCHDOG=1` while every worker is alive, and answers on the hand-over socket. Returns the
-/// accepted hand-over request, if that is what ended it.
+/// Until a stop signal or a hand-over: worker health sampled into shm ([`HealthMonitor`]:
+/// heartbeats for every worker whose loop advanced, stuck workers, receive queues, kernel
+/// drops, I/O statistics), `WATCHDOG=1` while every worker is turning its loop, and answers
+/// on the hand-over socket. Returns the accepted hand-over request, if that is what ended it.
 fn supervise(
     running: &Workers,
     reader: &ShmReader,
     stop: &AtomicBool,
     listener: Option<&HandoverListener>,
     me: &RelayDescription,
+    stuck_after: Duration,
+    inherited: bool,
 ) -> Option<handover::TakeoverRequest> {
     let n = running.len();
     let watchdog = std::env::var("WATCHDOG_USEC")
@@ -312,23 +330,14 @@ fn supervise(
     let tick = watchdog
         .unwrap_or(Duration::from_secs(1))
         .min(Duration::from_secs(1));
-    let mut turns: Vec<u64> = vec![0; n];
-    let mut last_alive: Vec<Instant> = vec![Instant::now(); n];
+    let mut health = HealthMonitor::new(n, stuck_after, Instant::now(), inherited);
     while !stop.load(Ordering::Relaxed) {
         // Short sleeps: a hand-over request waits at most this long for an answer.
         std::thread::sleep(tick.min(Duration::from_millis(50)));
-        let now = Instant::now();
-        let ms = unix_ms();
-        for (i, st) in running.stats().iter().enumerate() {
-            // A worker whose loop advanced is alive (idle loops still turn every poll interval).
-            let t = st.turns.load(Ordering::Relaxed);
-            if t != turns[i] {
-                turns[i] = t;
-                last_alive[i] = now;
-                reader.heartbeat(i, ms);
-            }
-        }
-        if watchdog.is_some() && last_alive.iter().all(|t| now.duration_since(*t) < tick * 2) {
+        // Heartbeats for workers that turned, stuck workers, receive queues, kernel drops
+        // and I/O statistics into shm (relay::health).
+        let all_turning = health.sample(running, reader, Instant::now(), unix_ms());
+        if watchdog.is_some() && all_turning {
             notify_systemd(&[NotifyState::Watchdog]);
         }
         if let Some(req) = listener.and_then(|l| l.poll(me)) {

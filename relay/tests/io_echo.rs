@@ -9,10 +9,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use relay::batch::TxQueue;
-use relay::io::{self, BackendKind};
+use relay::io::{self, BackendChoice, RunningBackend};
 use relay::worker::{spawn_workers, Echo, Handler, WorkerConfig};
 
-fn config(backend: BackendKind, workers: usize, bind: SocketAddr) -> WorkerConfig {
+fn config(backend: BackendChoice, workers: usize, bind: SocketAddr) -> WorkerConfig {
     WorkerConfig {
         bind,
         workers: Some(workers),
@@ -30,10 +30,10 @@ fn config(backend: BackendKind, workers: usize, bind: SocketAddr) -> WorkerConfi
 }
 
 /// The backends to test here; io_uring only when the kernel allows it.
-fn backends() -> Vec<BackendKind> {
-    let mut v = vec![BackendKind::Mmsg];
+fn backends() -> Vec<BackendChoice> {
+    let mut v = vec![BackendChoice::Mmsg];
     match io::probe_io_uring() {
-        Ok(()) => v.push(BackendKind::IoUring),
+        Ok(()) => v.push(BackendChoice::IoUring),
         Err(e) => skip::skip(format!("io_uring unavailable: {e}")),
     }
     v
@@ -58,12 +58,12 @@ fn payload(client: usize, seq: usize) -> Vec<u8> {
 }
 
 /// Send `n` datagrams from each of `clients` sockets in windows, expect each back intact.
-fn echo_roundtrip(backend: BackendKind, workers: usize, ip: IpAddr, clients: usize, n: usize) {
+fn echo_roundtrip(backend: BackendChoice, workers: usize, ip: IpAddr, clients: usize, n: usize) {
     let w = spawn_workers(config(backend, workers, SocketAddr::new(ip, 0)), |_| {
         Echo::default()
     })
     .expect("spawn workers");
-    assert_eq!(w.backend(), backend);
+    assert_eq!(BackendChoice::from(w.backend()), backend);
     assert_eq!(w.len(), workers);
     let relay = w.local_addr();
     assert_ne!(relay.port(), 0);
@@ -118,7 +118,7 @@ fn echo_roundtrip(backend: BackendKind, workers: usize, ip: IpAddr, clients: usi
         "{backend} x{workers}: received count"
     );
     assert_eq!(sum.tx_packets, total, "{backend} x{workers}: sent count");
-    assert_eq!(sum.tx_errors + sum.rx_errors + sum.rx_truncated, 0);
+    assert_eq!(sum.tx_errors + sum.rx_errors + sum.rx_oversized, 0);
 }
 
 #[test]
@@ -292,11 +292,11 @@ fn io_stop_is_prompt_when_idle() {
 
 #[test]
 fn io_auto_resolves() {
-    let (kind, reason) = io::resolve_backend(BackendKind::Auto).unwrap();
+    let (kind, reason) = io::resolve_backend(BackendChoice::Auto).unwrap();
     match io::probe_io_uring() {
-        Ok(()) => assert_eq!((kind, reason), (BackendKind::IoUring, None)),
+        Ok(()) => assert_eq!((kind, reason), (RunningBackend::IoUring, None)),
         Err(_) => {
-            assert_eq!(kind, BackendKind::Mmsg);
+            assert_eq!(kind, RunningBackend::Mmsg);
             assert!(reason.is_some());
         }
     }

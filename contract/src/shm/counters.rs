@@ -3,8 +3,11 @@
 //! Relaxed store (no lock-prefixed read-modify-write); readers see each counter as a
 //! monotonically growing value, though not a consistent snapshot across counters.
 //!
-//! If two threads ever wrote the same block, increments could be lost (never undefined
-//! behaviour): give each worker its own index.
+//! If two threads ever wrote the same counter, increments could be lost (never undefined
+//! behaviour): give each worker its own index. The heartbeat and the ABI 5 health and I/O
+//! fields (`rx_queue_bytes`, `kernel_drops`, `stuck_since_unix_ms`, `stuck`, `io`) have a
+//! different single writer, the relay's supervisor thread, which samples them from outside
+//! the worker (so they stay current while a worker is blocked).
 
 use super::DropReason;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +60,73 @@ pub struct WorkerCounters {
     time_hist: [AtomicU64; TIME_BUCKETS],
     loop_turns: AtomicU64,
     stalls: AtomicU64,
+    // ABI 5: written by the relay's supervisor thread, not by the worker (one writer each).
+    rx_queue_bytes: AtomicU64,
+    kernel_drops: AtomicU64,
+    stuck_since_unix_ms: AtomicU64,
+    stuck: AtomicU64,
+    io: [AtomicU64; IO_COUNTERS],
+}
+
+/// How many of the worker's I/O counters the block carries ([`IoTotals`]).
+pub const IO_COUNTERS: usize = 7;
+
+/// A worker's I/O statistics as published in its counter block (written by the relay's
+/// supervisor from the worker's backend counters; each a running total).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IoTotals {
+    /// Syscalls the backend made (io_uring_enter, recvmmsg, sendmmsg, epoll_wait).
+    pub syscalls: u64,
+    /// Receives that failed or carried no usable source address.
+    pub rx_errors: u64,
+    /// io_uring: multishot receive re-armed.
+    pub rx_rearms: u64,
+    /// io_uring: the provided-buffer ring ran dry (back-pressure, not loss).
+    pub rx_nobufs: u64,
+    /// Datagrams lost to send errors.
+    pub tx_errors: u64,
+    /// Datagrams that could not be addressed (IPv6 destination on an IPv4 socket).
+    pub tx_unroutable: u64,
+    /// UDP GSO trains sent (sends of more than one segment).
+    pub tx_gso_trains: u64,
+}
+
+impl IoTotals {
+    /// Names (for metrics labels) in block order.
+    pub const NAMES: [&'static str; IO_COUNTERS] = [
+        "syscalls",
+        "rx_errors",
+        "rx_rearms",
+        "rx_nobufs",
+        "tx_errors",
+        "tx_unroutable",
+        "tx_gso_trains",
+    ];
+
+    /// The values in block order ([`IoTotals::NAMES`]).
+    pub fn to_array(&self) -> [u64; IO_COUNTERS] {
+        [
+            self.syscalls,
+            self.rx_errors,
+            self.rx_rearms,
+            self.rx_nobufs,
+            self.tx_errors,
+            self.tx_unroutable,
+            self.tx_gso_trains,
+        ]
+    }
+
+    fn from_array(a: [u64; IO_COUNTERS]) -> IoTotals {
+        IoTotals {
+            syscalls: a[0],
+            rx_errors: a[1],
+            rx_rearms: a[2],
+            rx_nobufs: a[3],
+            tx_errors: a[4],
+            tx_unroutable: a[5],
+            tx_gso_trains: a[6],
+        }
+    }
 }
 
 // Offsets documented in docs/SHM.md; a change here is an ABI change.
@@ -66,13 +136,18 @@ const _: () = {
     assert!(offset_of!(WorkerCounters, packets_in) == 8);
     assert!(offset_of!(WorkerCounters, bytes_out) == 32);
     assert!(offset_of!(WorkerCounters, drops) == 40);
-    assert!(offset_of!(WorkerCounters, slow_path_up) == 160);
-    assert!(offset_of!(WorkerCounters, batches) == 176);
-    assert!(offset_of!(WorkerCounters, batch_hist) == 192);
-    assert!(offset_of!(WorkerCounters, time_hist) == 288);
-    assert!(offset_of!(WorkerCounters, loop_turns) == 544);
-    assert!(offset_of!(WorkerCounters, stalls) == 552);
-    assert!(core::mem::size_of::<WorkerCounters>() == 576);
+    assert!(offset_of!(WorkerCounters, slow_path_up) == 168);
+    assert!(offset_of!(WorkerCounters, batches) == 184);
+    assert!(offset_of!(WorkerCounters, batch_hist) == 200);
+    assert!(offset_of!(WorkerCounters, time_hist) == 296);
+    assert!(offset_of!(WorkerCounters, loop_turns) == 552);
+    assert!(offset_of!(WorkerCounters, stalls) == 560);
+    assert!(offset_of!(WorkerCounters, rx_queue_bytes) == 568);
+    assert!(offset_of!(WorkerCounters, kernel_drops) == 576);
+    assert!(offset_of!(WorkerCounters, stuck_since_unix_ms) == 584);
+    assert!(offset_of!(WorkerCounters, stuck) == 592);
+    assert!(offset_of!(WorkerCounters, io) == 600);
+    assert!(core::mem::size_of::<WorkerCounters>() == 704);
 };
 
 /// Single-writer increment: Relaxed load + Relaxed store.
@@ -179,6 +254,40 @@ impl WorkerCounters {
         bump(&self.stalls, 1);
     }
 
+    /// Supervisor: bytes of kernel memory the worker's socket receive queue holds now
+    /// (`SK_MEMINFO_RMEM_ALLOC`, compared by the kernel against `SO_RCVBUF`). A gauge.
+    #[inline]
+    pub fn set_rx_queue_bytes(&self, bytes: u64) {
+        self.rx_queue_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Supervisor: `n` more datagrams the kernel dropped at the worker's socket (receive
+    /// queue full: `SK_MEMINFO_DROPS`).
+    #[inline]
+    pub fn add_kernel_drops(&self, n: u64) {
+        bump(&self.kernel_drops, n);
+    }
+
+    /// Supervisor: the worker has not finished a loop turn since `unix_ms` (longer than the
+    /// stall threshold); 0 = it is turning. Setting a non-zero time after 0 also counts one
+    /// episode in `stuck`.
+    #[inline]
+    pub fn set_stuck_since(&self, unix_ms: u64) {
+        if unix_ms != 0 && self.stuck_since_unix_ms.load(Ordering::Relaxed) == 0 {
+            bump(&self.stuck, 1);
+        }
+        self.stuck_since_unix_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Supervisor: add the worker's I/O statistics that moved since the last call.
+    pub fn add_io(&self, delta: &IoTotals) {
+        for (c, v) in self.io.iter().zip(delta.to_array()) {
+            if v != 0 {
+                bump(c, v);
+            }
+        }
+    }
+
     /// The worker is alive at `unix_ms`.
     #[inline]
     pub fn set_heartbeat(&self, unix_ms: u64) {
@@ -208,6 +317,11 @@ impl WorkerCounters {
             time_hist: core::array::from_fn(|i| ld(&self.time_hist[i])),
             loop_turns: ld(&self.loop_turns),
             stalls: ld(&self.stalls),
+            rx_queue_bytes: ld(&self.rx_queue_bytes),
+            kernel_drops: ld(&self.kernel_drops),
+            stuck_since_unix_ms: ld(&self.stuck_since_unix_ms),
+            stuck: ld(&self.stuck),
+            io: IoTotals::from_array(core::array::from_fn(|i| ld(&self.io[i]))),
         }
     }
 }
@@ -242,6 +356,18 @@ pub struct CounterSnapshot {
     pub time_hist: [u64; TIME_BUCKETS],
     pub loop_turns: u64,
     pub stalls: u64,
+    /// Bytes queued in the worker's socket receive queue at the last sample (a gauge; summed
+    /// by [`merge`](Self::merge)).
+    pub rx_queue_bytes: u64,
+    /// Datagrams the kernel dropped at the worker's socket (receive queue full).
+    pub kernel_drops: u64,
+    /// Non-zero while the worker has not finished a loop turn for longer than the stall
+    /// threshold: since when (unix ms). [`merge`](Self::merge) keeps the earliest.
+    pub stuck_since_unix_ms: u64,
+    /// Times the worker was found stuck (episodes).
+    pub stuck: u64,
+    /// The worker's I/O statistics.
+    pub io: IoTotals,
 }
 
 impl CounterSnapshot {
@@ -265,6 +391,17 @@ impl CounterSnapshot {
         add(&mut self.time_hist, &other.time_hist);
         self.loop_turns = self.loop_turns.wrapping_add(other.loop_turns);
         self.stalls = self.stalls.wrapping_add(other.stalls);
+        self.rx_queue_bytes = self.rx_queue_bytes.wrapping_add(other.rx_queue_bytes);
+        self.kernel_drops = self.kernel_drops.wrapping_add(other.kernel_drops);
+        self.stuck_since_unix_ms = match (self.stuck_since_unix_ms, other.stuck_since_unix_ms) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+        self.stuck = self.stuck.wrapping_add(other.stuck);
+        let mut io = self.io.to_array();
+        add(&mut io, &other.io.to_array());
+        self.io = IoTotals::from_array(io);
     }
 
     /// One datagram of `bytes` received. With [`tx`](Self::tx) and [`drop`](Self::drop):
@@ -319,7 +456,7 @@ mod tests {
 
     #[test]
     fn block_size() {
-        // 69 words, padded to a cache-line multiple.
-        assert_eq!(core::mem::size_of::<WorkerCounters>(), 576);
+        // 82 words, padded to a cache-line multiple.
+        assert_eq!(core::mem::size_of::<WorkerCounters>(), 704);
     }
 }

@@ -26,7 +26,8 @@ mod streams;
 mod writer;
 
 pub use counters::{
-    batch_bucket, time_bucket, CounterSnapshot, WorkerCounters, BATCH_BUCKETS, TIME_BUCKETS,
+    batch_bucket, time_bucket, CounterSnapshot, IoTotals, WorkerCounters, BATCH_BUCKETS,
+    IO_COUNTERS, TIME_BUCKETS,
 };
 pub use error::{ShmError, SlotError, Table};
 pub use layout::{
@@ -216,10 +217,13 @@ pub enum DropReason {
     /// source owns in this worker, or behind the index its previous owner reached: sending it
     /// would reuse SRTP keystream (RFC 3711 §9.1). See docs/ENGINE.md "One owner per output stream".
     SsrcCollision = 14,
+    /// Larger than the worker's receive buffers (`relay.max_datagram_bytes`): the kernel
+    /// truncated it, so it is dropped unread.
+    Oversized = 15,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Demux,
         DropReason::Malformed,
@@ -236,6 +240,7 @@ impl DropReason {
         DropReason::SendError,
         DropReason::Crypto,
         DropReason::SsrcCollision,
+        DropReason::Oversized,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -255,6 +260,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::Crypto => "crypto",
             DropReason::SsrcCollision => "ssrc_collision",
+            DropReason::Oversized => "oversized",
         }
     }
 }

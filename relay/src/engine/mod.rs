@@ -33,7 +33,7 @@ pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
 pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 
 use crate::batch::TxQueue;
-use contract::shm::{CounterSnapshot, RouteRecord, SessionRecord, ShmReader};
+use contract::shm::{CounterSnapshot, DropReason, RouteRecord, SessionRecord, ShmReader};
 use contract::srtp::ContextOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -190,6 +190,16 @@ impl<C: SrtpOps> Engine<C> {
                 c.stall();
             }
         }
+    }
+
+    /// `n` datagrams larger than the worker's receive buffers were dropped by its backend;
+    /// counted in shm as drop reason `oversized`.
+    pub fn handle_oversized(&mut self, n: u64) {
+        if let Some(c) = self.shm.worker_counters(self.worker) {
+            c.drop_n(DropReason::Oversized, n);
+        }
+        let r = DropReason::Oversized as usize;
+        self.totals.drops[r] = self.totals.drops[r].wrapping_add(n);
     }
 
     /// Everything counted since the engine started (flushed batches only).

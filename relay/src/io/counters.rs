@@ -51,8 +51,10 @@ counters! {
     /// Datagrams handed to the handler.
     rx_packets,
     rx_bytes,
-    /// Datagrams larger than [`crate::batch::MAX_DATAGRAM`] (dropped).
-    rx_truncated,
+    /// Datagrams larger than the receive buffers ([`super::BackendParams::datagram_size`]):
+    /// truncated by the kernel and dropped (the engine counts them as drop reason
+    /// `oversized` in shared memory).
+    rx_oversized,
     /// Receive errors (bad address, failed receive).
     rx_errors,
     /// io_uring: times the multishot receive was re-armed.

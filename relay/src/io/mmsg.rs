@@ -19,8 +19,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{sockaddr_to_std, TxPlan};
-use super::{Backend, BackendKind, BackendParams, IoCounters, IoError};
-use crate::batch::{TxQueue, MAX_DATAGRAM};
+use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend};
+use crate::batch::TxQueue;
 
 /// Token of the media socket in the epoll set.
 const MEDIA: Token = Token(0);
@@ -46,6 +46,8 @@ pub struct MmsgBackend {
     /// Turns `epoll_wait` was skipped since the last one.
     skipped: u32,
     batch: usize,
+    /// Bytes per receive buffer ([`BackendParams::datagram_size`]).
+    stride: usize,
     rx_data: Box<[u8]>,
     rx_iov: Box<[libc::iovec]>,
     rx_addr: Box<[libc::sockaddr_storage]>,
@@ -79,6 +81,7 @@ impl MmsgBackend {
             .map_err(|e| IoError::os("epoll_ctl(ADD)", e))?;
         let batch = params.batch.clamp(1, 1024);
         let cap = params.tx_capacity.max(1);
+        let stride = params.datagram_size();
         let mut b = MmsgBackend {
             sock,
             fd,
@@ -91,7 +94,8 @@ impl MmsgBackend {
             aux_ready: false,
             skipped: 0,
             batch,
-            rx_data: vec![0u8; batch * MAX_DATAGRAM].into_boxed_slice(),
+            stride,
+            rx_data: vec![0u8; batch * stride].into_boxed_slice(),
             // SAFETY: iovec, sockaddr_storage and mmsghdr are C structs for which all-zero
             // bytes are valid (null pointers, zero lengths).
             rx_iov: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
@@ -101,7 +105,7 @@ impl MmsgBackend {
             rx_hdr: (0..batch).map(|_| unsafe { mem::zeroed() }).collect(),
             rx_next: 0,
             rx_count: 0,
-            tx: TxQueue::with_capacity(cap),
+            tx: TxQueue::new(cap, stride),
             plan: TxPlan::new(cap),
             // SAFETY: as above.
             tx_hdr: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
@@ -112,8 +116,8 @@ impl MmsgBackend {
         // never resized, so these pointers stay valid for the backend's lifetime.
         for i in 0..batch {
             b.rx_iov[i] = libc::iovec {
-                iov_base: b.rx_data[i * MAX_DATAGRAM..].as_mut_ptr().cast(),
-                iov_len: MAX_DATAGRAM,
+                iov_base: b.rx_data[i * stride..].as_mut_ptr().cast(),
+                iov_len: stride,
             };
             let h = &mut b.rx_hdr[i].msg_hdr;
             h.msg_name = (&mut b.rx_addr[i] as *mut libc::sockaddr_storage).cast();
@@ -235,8 +239,8 @@ impl MmsgBackend {
 }
 
 impl Backend for MmsgBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Mmsg
+    fn kind(&self) -> RunningBackend {
+        RunningBackend::Mmsg
     }
 
     fn wait(&mut self, mut timeout: Duration) -> Result<(), IoError> {
@@ -286,7 +290,7 @@ impl Backend for MmsgBackend {
             let h = &self.rx_hdr[i];
             let len = h.msg_len as usize;
             if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                self.counters.rx_truncated += 1;
+                self.counters.rx_oversized += 1;
                 continue;
             }
             // SAFETY: the kernel wrote msg_namelen bytes of address into rx_addr[i].
@@ -302,7 +306,7 @@ impl Backend for MmsgBackend {
             };
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += len as u64;
-            let buf = &mut self.rx_data[i * MAX_DATAGRAM..(i + 1) * MAX_DATAGRAM];
+            let buf = &mut self.rx_data[i * self.stride..(i + 1) * self.stride];
             f(src, buf, len, &mut self.tx);
             handed += 1;
         }

@@ -25,7 +25,6 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::RawFd;
-use std::str::FromStr;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -35,60 +34,36 @@ use crate::batch::TxQueue;
 pub use counters::{IoCounters, SharedCounters};
 pub use sys::gso_supported;
 
-/// Which socket backend a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendKind {
-    /// io_uring when the kernel allows it, else mmsg (the reason is reported).
-    #[default]
-    Auto,
-    /// io_uring only; refusal is an error.
+pub use contract::config::{Backend as BackendChoice, UnknownBackend};
+
+/// The backend a worker actually runs: the configured [`BackendChoice`] with `auto` resolved
+/// ([`resolve_backend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunningBackend {
+    /// Multishot receive into a provided-buffer ring ([`uring::UringBackend`]).
     IoUring,
-    /// mio + recvmmsg/sendmmsg.
+    /// mio + recvmmsg/sendmmsg ([`mmsg::MmsgBackend`]).
     Mmsg,
 }
 
-impl BackendKind {
-    /// The configuration spelling: `auto`, `io_uring` or `mmsg`.
+impl RunningBackend {
+    /// The configuration spelling: `io_uring` or `mmsg`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Auto => "auto",
-            BackendKind::IoUring => "io_uring",
-            BackendKind::Mmsg => "mmsg",
-        }
+        BackendChoice::from(self).name()
     }
 }
 
-impl fmt::Display for BackendKind {
+impl fmt::Display for RunningBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// The configuration file's `relay.backend` (a contract type, so control and sluicectl read
-/// it too) names the same three choices.
-impl From<contract::config::Backend> for BackendKind {
-    fn from(b: contract::config::Backend) -> BackendKind {
+impl From<RunningBackend> for BackendChoice {
+    fn from(b: RunningBackend) -> BackendChoice {
         match b {
-            contract::config::Backend::Auto => BackendKind::Auto,
-            contract::config::Backend::IoUring => BackendKind::IoUring,
-            contract::config::Backend::Mmsg => BackendKind::Mmsg,
-        }
-    }
-}
-
-/// A backend name that is not `auto`, `io_uring` or `mmsg`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend {0:?} (expected \"auto\", \"io_uring\" or \"mmsg\")")]
-pub struct UnknownBackend(pub String);
-
-impl FromStr for BackendKind {
-    type Err = UnknownBackend;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(BackendKind::Auto),
-            "io_uring" => Ok(BackendKind::IoUring),
-            "mmsg" => Ok(BackendKind::Mmsg),
-            other => Err(UnknownBackend(other.to_string())),
+            RunningBackend::IoUring => BackendChoice::IoUring,
+            RunningBackend::Mmsg => BackendChoice::Mmsg,
         }
     }
 }
@@ -110,6 +85,13 @@ pub enum IoError {
     /// An IPv6 bind address was asked for on a host without IPv6, or similar misuse.
     #[error("invalid socket setup: {0}")]
     Invalid(String),
+    /// The media address is held by a socket that is not ours: another Sluice instance
+    /// (which would otherwise share its SO_REUSEPORT group with us) or another program.
+    #[error(
+        "UDP address {0} is already in use by another socket (another Sluice instance or another \
+         program); stop it or choose another relay.bind"
+    )]
+    AddrInUse(SocketAddr),
 }
 
 impl IoError {
@@ -147,15 +129,9 @@ pub struct BufferGrant {
     pub forced: bool,
 }
 
-/// Bind one nonblocking UDP socket with SO_REUSEPORT at `addr`.
-///
-/// An IPv6 wildcard address binds dual-stack (IPV6_V6ONLY off); received IPv4 peers are
-/// reported as plain IPv4. Buffers are requested with the *FORCE options first (root or
-/// CAP_NET_ADMIN), then with the plain options, which the kernel caps at `rmem_max`/`wmem_max`.
-pub fn bind_udp(
-    addr: SocketAddr,
-    bufs: SocketBuffers,
-) -> Result<(UdpSocket, BufferGrant), IoError> {
+/// A UDP socket for `addr` (not bound yet): an IPv6 wildcard is dual-stack (IPV6_V6ONLY
+/// off), any other IPv6 address IPv6-only.
+fn udp_socket(addr: SocketAddr) -> Result<Socket, IoError> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -168,19 +144,82 @@ pub fn bind_udp(
         sock.set_only_v6(only_v6)
             .map_err(|e| IoError::os("setsockopt(IPV6_V6ONLY)", e))?;
     }
+    Ok(sock)
+}
+
+/// Make sure no other socket holds `addr` before this process creates its SO_REUSEPORT group
+/// there: bind a probe socket *without* SO_REUSEPORT (and without SO_REUSEADDR) to exactly
+/// the address the workers will bind, with the same dual-stack setting, and close it again.
+/// The kernel refuses that bind (EADDRINUSE) when any socket holds the port on an overlapping
+/// address — a specific address inside a wildcard, an IPv4 address inside a dual-stack IPv6
+/// wildcard, with or without SO_REUSEPORT/SO_REUSEADDR — which is then reported as
+/// [`IoError::AddrInUse`] naming `addr`. Without the probe a second Sluice instance of the
+/// same user would silently join the first one's SO_REUSEPORT group and the kernel would
+/// spread the first instance's peers over both.
+///
+/// Port 0 needs no probe (the kernel picks a free port). A zero-loss upgrade (`--takeover`)
+/// does not bind at all: it runs on the sockets handed over.
+///
+/// Two instances starting at the same instant can both pass the probe before either binds;
+/// the probe protects against a port already in use, which is the operator mistake.
+pub fn check_port_free(addr: SocketAddr) -> Result<(), IoError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = udp_socket(addr)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(IoError::AddrInUse(addr)),
+        Err(e) => Err(IoError::os("bind(media address probe)", e)),
+    }
+}
+
+/// Bind one nonblocking UDP socket with SO_REUSEPORT at `addr`.
+///
+/// An IPv6 wildcard address binds dual-stack (IPV6_V6ONLY off); received IPv4 peers are
+/// reported as plain IPv4. Buffers are requested with the *FORCE options first (root or
+/// CAP_NET_ADMIN), then with the plain options, which the kernel caps at `rmem_max`/`wmem_max`.
+pub fn bind_udp(
+    addr: SocketAddr,
+    bufs: SocketBuffers,
+) -> Result<(UdpSocket, BufferGrant), IoError> {
+    let sock = udp_socket(addr)?;
     sock.set_reuse_port(true)
         .map_err(|e| IoError::os("setsockopt(SO_REUSEPORT)", e))?;
     sock.set_nonblocking(true)
         .map_err(|e| IoError::os("fcntl(O_NONBLOCK)", e))?;
     let forced = sys::set_buffers(&sock, bufs);
-    sock.bind(&addr.into())
-        .map_err(|e| IoError::os("bind(media address)", e))?;
+    sock.bind(&addr.into()).map_err(|e| match e.kind() {
+        // Held by another user's SO_REUSEPORT socket, or taken between probe and bind.
+        io::ErrorKind::AddrInUse if addr.port() != 0 => IoError::AddrInUse(addr),
+        _ => IoError::os("bind(media address)", e),
+    })?;
     let grant = BufferGrant {
         recv: sock.recv_buffer_size().unwrap_or(0),
         send: sock.send_buffer_size().unwrap_or(0),
         forced,
     };
     Ok((sock.into(), grant))
+}
+
+/// What the kernel holds for one socket's receive side, from `getsockopt(SO_MEMINFO)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SocketMemInfo {
+    /// Bytes of kernel memory the receive queue holds (`SK_MEMINFO_RMEM_ALLOC`: datagrams
+    /// waiting to be read, with their bookkeeping; compared against `rcvbuf`).
+    pub rx_queue_bytes: u32,
+    /// The receive buffer limit (`SK_MEMINFO_RCVBUF`, the doubled `SO_RCVBUF`).
+    pub rcvbuf: u32,
+    /// Datagrams the kernel dropped at this socket since it was created (`SK_MEMINFO_DROPS`:
+    /// receive queue full, mostly); wraps at 2^32.
+    pub drops: u32,
+}
+
+/// One `getsockopt(SO_MEMINFO)` on `sock`: its receive-queue depth and kernel drops. For the
+/// relay's supervisor, which samples every worker socket a few times a second from outside the
+/// workers (never per packet, and never on a worker thread).
+pub fn socket_meminfo(sock: &UdpSocket) -> Result<SocketMemInfo, IoError> {
+    sys::meminfo(sock).map_err(|e| IoError::os("getsockopt(SO_MEMINFO)", e))
 }
 
 pub use contract::wire::normalize_addr;
@@ -194,12 +233,12 @@ pub use contract::wire::normalize_addr;
 /// SQEs; mmsg: `sendmmsg`).
 pub trait Backend {
     /// The backend actually running.
-    fn kind(&self) -> BackendKind;
+    fn kind(&self) -> RunningBackend;
     /// Block until datagrams are ready or `timeout` passes. Returns at once when a previous
     /// [`drain`](Backend::drain) left datagrams behind.
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
     /// Hand up to `max` received datagrams to `f(src, buf, len, tx)`: `buf` is a whole
-    /// receive buffer of [`crate::batch::MAX_DATAGRAM`] bytes with the datagram in
+    /// receive buffer of [`BackendParams::datagram_size`] bytes with the datagram in
     /// `buf[..len]` (the handler may rewrite it in place); `tx` is the queue to fill. The
     /// drain stops when `tx` is full (datagrams already taken from the socket stay with the
     /// backend): the caller [`flush`](Backend::flush)es and drains again. The backend never
@@ -242,6 +281,22 @@ pub struct BackendParams {
     pub tx_capacity: usize,
     /// io_uring: provided receive buffers (rounded up to a power of two, at most 32768).
     pub recv_buffers: usize,
+    /// Largest datagram received and sent (`relay.max_datagram_bytes`): the size of every
+    /// receive buffer and transmit-queue slot. A larger datagram arrives truncated and is
+    /// dropped and counted ([`IoCounters::rx_oversized`]). Clamped to
+    /// [`crate::batch::MAX_DATAGRAM`]`..=`[`MAX_DATAGRAM_LIMIT`] by [`BackendParams::datagram_size`].
+    pub max_datagram: usize,
+}
+
+/// Largest receive buffer a worker may have (a 9216-byte jumbo frame).
+pub const MAX_DATAGRAM_LIMIT: usize = contract::config::MAX_MAX_DATAGRAM_BYTES as usize;
+
+impl BackendParams {
+    /// [`max_datagram`](Self::max_datagram) within its bounds.
+    pub fn datagram_size(&self) -> usize {
+        self.max_datagram
+            .clamp(crate::batch::MAX_DATAGRAM, MAX_DATAGRAM_LIMIT)
+    }
 }
 
 impl Default for BackendParams {
@@ -250,6 +305,7 @@ impl Default for BackendParams {
             batch: 64,
             tx_capacity: 256,
             recv_buffers: 1024,
+            max_datagram: crate::batch::MAX_DATAGRAM,
         }
     }
 }
@@ -276,15 +332,15 @@ pub fn probe_io_uring() -> Result<(), IoError> {
         .map_err(IoError::UringRefused)
 }
 
-/// Resolve `kind` to a concrete backend: `Auto` probes io_uring and falls back to mmsg,
-/// returning the refusal reason alongside so the caller can log it.
-pub fn resolve_backend(kind: BackendKind) -> Result<(BackendKind, Option<String>), IoError> {
-    match kind {
-        BackendKind::Mmsg => Ok((BackendKind::Mmsg, None)),
-        BackendKind::IoUring => probe_io_uring().map(|()| (BackendKind::IoUring, None)),
-        BackendKind::Auto => match probe_io_uring() {
-            Ok(()) => Ok((BackendKind::IoUring, None)),
-            Err(e) => Ok((BackendKind::Mmsg, Some(e.to_string()))),
+/// Resolve the configured choice to a concrete backend: `auto` probes io_uring and falls back
+/// to mmsg, returning the refusal reason alongside so the caller can log it.
+pub fn resolve_backend(choice: BackendChoice) -> Result<(RunningBackend, Option<String>), IoError> {
+    match choice {
+        BackendChoice::Mmsg => Ok((RunningBackend::Mmsg, None)),
+        BackendChoice::IoUring => probe_io_uring().map(|()| (RunningBackend::IoUring, None)),
+        BackendChoice::Auto => match probe_io_uring() {
+            Ok(()) => Ok((RunningBackend::IoUring, None)),
+            Err(e) => Ok((RunningBackend::Mmsg, Some(e.to_string()))),
         },
     }
 }
@@ -294,15 +350,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backend_kind_parse() {
-        assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
+    fn running_backend_names() {
+        assert_eq!(RunningBackend::IoUring.to_string(), "io_uring");
+        assert_eq!(RunningBackend::Mmsg.as_str(), "mmsg");
         assert_eq!(
-            "io_uring".parse::<BackendKind>().unwrap(),
-            BackendKind::IoUring
+            RunningBackend::Mmsg
+                .as_str()
+                .parse::<BackendChoice>()
+                .unwrap(),
+            BackendChoice::Mmsg
         );
-        assert_eq!("mmsg".parse::<BackendKind>().unwrap(), BackendKind::Mmsg);
-        assert!("uring".parse::<BackendKind>().is_err());
-        assert_eq!(BackendKind::IoUring.to_string(), "io_uring");
     }
 
     #[test]

@@ -62,6 +62,37 @@ pub(crate) fn set_buffers(sock: &Socket, bufs: SocketBuffers) -> bool {
     forced
 }
 
+/// `getsockopt(SOL_SOCKET, SO_MEMINFO)`: the socket's `SK_MEMINFO_*` array.
+pub(crate) fn meminfo(sock: &std::net::UdpSocket) -> std::io::Result<super::SocketMemInfo> {
+    const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+    let mut v = [0u32; VARS];
+    let mut len = mem::size_of_val(&v) as libc::socklen_t;
+    // SAFETY: `v` is a live, writable array of `len` bytes; the kernel writes at most `len`
+    // bytes into it and stores the length it wrote in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            v.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if (len as usize) < mem::size_of_val(&v) {
+        return Err(std::io::Error::other(
+            "SO_MEMINFO: short answer (kernel < 4.6?)",
+        ));
+    }
+    Ok(super::SocketMemInfo {
+        rx_queue_bytes: v[libc::SK_MEMINFO_RMEM_ALLOC as usize],
+        rcvbuf: v[libc::SK_MEMINFO_RCVBUF as usize],
+        drops: v[libc::SK_MEMINFO_DROPS as usize],
+    })
+}
+
 /// Whether this kernel accepts UDP GSO (probed once on a throw-away socket, because setting
 /// UDP_SEGMENT on a real socket would make it the default for every send).
 pub fn gso_supported() -> bool {

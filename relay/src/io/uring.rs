@@ -33,8 +33,8 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use super::sys::{sockaddr_to_std, TxPlan};
-use super::{Backend, BackendKind, BackendParams, IoCounters, IoError, SocketBuffers};
-use crate::batch::{TxQueue, MAX_DATAGRAM};
+use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend, SocketBuffers};
+use crate::batch::TxQueue;
 
 /// Bytes io_uring writes before the name in each provided buffer (`io_uring_recvmsg_out`).
 const OUT_HDR: usize = 16;
@@ -42,8 +42,6 @@ const OUT_HDR: usize = 16;
 const NAME_LEN: usize = mem::size_of::<libc::sockaddr_in6>();
 /// Where the payload starts in a provided buffer (no control data is requested).
 const PREFIX: usize = OUT_HDR + NAME_LEN;
-/// Size of one provided buffer: the prefix plus a whole [`MAX_DATAGRAM`] for the handler.
-const RECV_BUF: usize = PREFIX + MAX_DATAGRAM;
 /// Buffer group id of our provided-buffer ring.
 const BGID: u16 = 0;
 /// Transmit sets per worker (one filling, the rest may be in flight).
@@ -57,11 +55,13 @@ const TAG_POLL: u64 = 4 << TAG_SHIFT;
 const TAG_MASK: u64 = 0xff << TAG_SHIFT;
 
 /// The provided-buffer ring: `entries` ring slots (page-aligned, shared with the kernel) and
-/// `entries` receive buffers of [`RECV_BUF`] bytes.
+/// `entries` receive buffers of `stride` bytes each: the prefix plus a whole
+/// [`BackendParams::max_datagram`] for the handler.
 struct BufRing {
     ring: *mut BufRingEntry,
     layout: Layout,
     entries: u16,
+    stride: usize,
     tail: u16,
     data: Box<[u8]>,
     /// Set when the kernel may still reference the memory: then it is leaked, not freed.
@@ -69,7 +69,8 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(entries: u16) -> Result<BufRing, IoError> {
+    fn new(entries: u16, max_datagram: usize) -> Result<BufRing, IoError> {
+        let stride = PREFIX + max_datagram;
         let layout =
             Layout::from_size_align(entries as usize * mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(|e| IoError::Invalid(format!("buffer ring layout: {e}")))?;
@@ -82,8 +83,9 @@ impl BufRing {
             ring,
             layout,
             entries,
+            stride,
             tail: 0,
-            data: vec![0u8; entries as usize * RECV_BUF].into_boxed_slice(),
+            data: vec![0u8; entries as usize * stride].into_boxed_slice(),
             leak: false,
         })
     }
@@ -95,9 +97,9 @@ impl BufRing {
         // SAFETY: idx < entries, inside the ring allocation; the kernel only reads slots
         // between its head and the published tail, and this slot is beyond the published tail.
         let e = unsafe { &mut *self.ring.add(idx as usize) };
-        let addr = self.data[bid as usize * RECV_BUF..].as_ptr() as u64;
+        let addr = self.data[bid as usize * self.stride..].as_ptr() as u64;
         e.set_addr(addr);
-        e.set_len(RECV_BUF as u32);
+        e.set_len(self.stride as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -113,7 +115,7 @@ impl BufRing {
 
     #[inline]
     fn buf(&mut self, bid: u16) -> &mut [u8] {
-        &mut self.data[bid as usize * RECV_BUF..(bid as usize + 1) * RECV_BUF]
+        &mut self.data[bid as usize * self.stride..(bid as usize + 1) * self.stride]
     }
 }
 
@@ -244,7 +246,7 @@ impl UringBackend {
                 )));
             }
         }
-        let mut bufs = BufRing::new(entries)?;
+        let mut bufs = BufRing::new(entries, params.datagram_size())?;
         // SAFETY: the ring memory is page aligned, `entries` slots long, and stays allocated
         // until after the io_uring instance is closed (field order) or is leaked.
         unsafe {
@@ -266,7 +268,7 @@ impl UringBackend {
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
         let sets = (0..TX_SETS)
             .map(|_| TxSet {
-                q: TxQueue::with_capacity(cap),
+                q: TxQueue::new(cap, params.datagram_size()),
                 plan: TxPlan::new(cap),
                 inflight: 0,
             })
@@ -425,7 +427,8 @@ impl UringBackend {
             return 0;
         };
         let parsed = {
-            let buf = &self.bufs.buf(bid)[..(res as usize).min(RECV_BUF)];
+            let buf = self.bufs.buf(bid);
+            let buf = &buf[..(res as usize).min(buf.len())];
             match RecvMsgOut::parse(buf, &self.recv_hdr) {
                 Ok(out) if out.is_payload_truncated() => Err(true),
                 Ok(out) => {
@@ -444,13 +447,12 @@ impl UringBackend {
                 self.counters.rx_packets += 1;
                 self.counters.rx_bytes += len as u64;
                 let set = &mut self.sets[self.filling];
-                let buf = &mut self.bufs.data
-                    [bid as usize * RECV_BUF + PREFIX..(bid as usize + 1) * RECV_BUF];
+                let buf = &mut self.bufs.buf(bid)[PREFIX..];
                 f(src, buf, len, &mut set.q);
                 1
             }
             Err(true) => {
-                self.counters.rx_truncated += 1;
+                self.counters.rx_oversized += 1;
                 0
             }
             Err(false) => {
@@ -586,8 +588,8 @@ impl UringBackend {
 }
 
 impl Backend for UringBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::IoUring
+    fn kind(&self) -> RunningBackend {
+        RunningBackend::IoUring
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
@@ -763,6 +765,7 @@ pub(crate) fn probe() -> Result<(), IoError> {
             batch: 4,
             tx_capacity: 4,
             recv_buffers: 8,
+            ..BackendParams::default()
         },
     )?;
     b.wait(Duration::ZERO)?; // arms the multishot receive

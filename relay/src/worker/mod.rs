@@ -34,7 +34,10 @@ use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
 use crate::io::uring::UringBackend;
-use crate::io::{self, Backend, BackendKind, BackendParams, BufferGrant, IoError, SocketBuffers};
+use crate::io::{
+    self, Backend, BackendChoice, BackendParams, BufferGrant, IoError, RunningBackend,
+    SocketBuffers,
+};
 
 mod stats;
 
@@ -82,6 +85,12 @@ pub trait Handler {
     fn end_turn(&mut self, stalled: bool) {
         let _ = stalled;
     }
+    /// `n` datagrams larger than the receive buffers ([`WorkerConfig::max_datagram`]) arrived
+    /// truncated since the last call and were dropped by the backend; the engine counts them
+    /// in shm (drop reason `oversized`). Called at the end of a turn that saw any.
+    fn oversized(&mut self, n: u64) {
+        let _ = n;
+    }
 }
 
 /// The forwarding engine as a worker's handler: the worker owns the loop and the clock and
@@ -115,6 +124,10 @@ impl<C: SrtpOps> Handler for Engine<C> {
 
     fn end_turn(&mut self, stalled: bool) {
         self.handle_turn_end(stalled);
+    }
+
+    fn oversized(&mut self, n: u64) {
+        self.handle_oversized(n);
     }
 }
 
@@ -153,13 +166,17 @@ pub struct WorkerConfig {
     pub bind: SocketAddr,
     /// Worker count; `None` = one per CPU this process may run on.
     pub workers: Option<usize>,
-    pub backend: BackendKind,
+    /// The configured backend (`auto` is resolved at start, [`Workers::backend`]).
+    pub backend: BackendChoice,
     /// Datagrams per receive batch.
     pub batch: usize,
     /// Transmit queue capacity in datagrams (fan-out needs more than `batch`).
     pub tx_capacity: usize,
     /// io_uring provided receive buffers per worker.
     pub recv_buffers: usize,
+    /// Largest datagram received (and sent): the receive buffers' size
+    /// (`relay.max_datagram_bytes`, [`BackendParams::max_datagram`]).
+    pub max_datagram: usize,
     pub socket_buffers: SocketBuffers,
     /// A loop turn longer than this is logged and counted.
     pub stall_threshold: Duration,
@@ -177,10 +194,11 @@ impl Default for WorkerConfig {
         WorkerConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             workers: None,
-            backend: BackendKind::Auto,
+            backend: BackendChoice::Auto,
             batch: 64,
             tx_capacity: 256,
             recv_buffers: 1024,
+            max_datagram: crate::batch::MAX_DATAGRAM,
             socket_buffers: SocketBuffers::default(),
             stall_threshold: Duration::from_millis(50),
             poll_interval: Duration::from_millis(20),
@@ -215,7 +233,7 @@ pub enum WorkerError {
 /// Running workers.
 pub struct Workers {
     local_addr: SocketAddr,
-    backend: BackendKind,
+    backend: RunningBackend,
     fallback_reason: Option<String>,
     grant: BufferGrant,
     stop: Arc<AtomicBool>,
@@ -234,7 +252,7 @@ impl Workers {
         self.local_addr
     }
     /// The backend running.
-    pub fn backend(&self) -> BackendKind {
+    pub fn backend(&self) -> RunningBackend {
         self.backend
     }
     /// Why `auto` did not pick io_uring, if it did not.
@@ -334,9 +352,11 @@ fn allowed_cores(cfg: &WorkerConfig) -> Vec<core_affinity::CoreId> {
     }
 }
 
-/// Start the workers: bind one SO_REUSEPORT socket each on one port, resolve the backend
-/// (`auto` falls back to mmsg with the reason kept in [`Workers::fallback_reason`]), spawn and
-/// pin the threads, and return once every worker has set up its backend (or the first error).
+/// Start the workers: check that no other socket holds `cfg.bind` ([`io::check_port_free`];
+/// [`IoError::AddrInUse`] otherwise), bind one SO_REUSEPORT socket each on one port, resolve
+/// the backend (`auto` falls back to mmsg with the reason kept in
+/// [`Workers::fallback_reason`]), spawn and pin the threads, and return once every worker has
+/// set up its backend (or the first error).
 pub fn spawn_workers<H, F>(cfg: WorkerConfig, make_handler: F) -> Result<Workers, WorkerError>
 where
     H: Handler + Send + 'static,
@@ -352,7 +372,9 @@ where
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    // Bind the first socket, then the rest to the port it got.
+    // No other socket may hold the address (another instance would share our SO_REUSEPORT
+    // group); then bind the first socket, then the rest to the port it got.
+    io::check_port_free(cfg.bind)?;
     let (first, grant) = io::bind_udp(cfg.bind, cfg.socket_buffers)?;
     let local_addr = first
         .local_addr()
@@ -431,8 +453,9 @@ where
         batch: cfg.batch,
         tx_capacity: cfg.tx_capacity,
         recv_buffers: cfg.recv_buffers,
+        max_datagram: cfg.max_datagram,
     };
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<BackendKind, IoError>)>();
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<RunningBackend, IoError>)>();
     let mut workers = Workers {
         local_addr,
         backend: kind,
@@ -453,7 +476,7 @@ where
         let stop = stop.clone();
         let handover = workers.handover.clone();
         let cfg = cfg.clone();
-        let auto = cfg.backend == BackendKind::Auto;
+        let auto = cfg.backend == BackendChoice::Auto;
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -510,14 +533,14 @@ where
 fn run_worker<H: Handler>(
     id: usize,
     sock: std::net::UdpSocket,
-    kind: BackendKind,
+    kind: RunningBackend,
     auto: bool,
     params: BackendParams,
     mut handler: H,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
     flags: Flags,
-    ready: mpsc::Sender<(usize, Result<BackendKind, IoError>)>,
+    ready: mpsc::Sender<(usize, Result<RunningBackend, IoError>)>,
 ) -> Result<(), IoError> {
     let slow = match &cfg.slow_path {
         Some(p) => match sock
@@ -533,13 +556,13 @@ fn run_worker<H: Handler>(
         },
         None => None,
     };
-    if kind == BackendKind::IoUring {
+    if kind == RunningBackend::IoUring {
         let dup = sock
             .try_clone()
             .map_err(|e| IoError::os("dup(media socket)", e));
         match dup.and_then(|d| UringBackend::new(d, params)) {
             Ok(mut b) => {
-                let _ = ready.send((id, Ok(BackendKind::IoUring)));
+                let _ = ready.send((id, Ok(RunningBackend::IoUring)));
                 drop(sock);
                 return run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags);
             }
@@ -555,7 +578,7 @@ fn run_worker<H: Handler>(
     }
     match MmsgBackend::new(sock, params) {
         Ok(mut b) => {
-            let _ = ready.send((id, Ok(BackendKind::Mmsg)));
+            let _ = ready.send((id, Ok(RunningBackend::Mmsg)));
             run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags)
         }
         Err(e) => {
@@ -580,6 +603,7 @@ fn run_loop<B: Backend, H: Handler>(
     let mut slow_dropped_local = 0u64;
     let mut turns = 0u64;
     let mut stalls = 0u64;
+    let mut oversized_seen = 0u64;
     let wait = cfg.poll_interval.min(MAX_POLL_INTERVAL);
     // The slow-path connection the backend watches (its id, see SlowPathClient::connection).
     let mut watched: Option<u64> = None;
@@ -613,6 +637,11 @@ fn run_loop<B: Backend, H: Handler>(
             break Err(e);
         }
         turns += 1;
+        let oversized = b.counters().rx_oversized;
+        if oversized != oversized_seen {
+            h.oversized(oversized - oversized_seen);
+            oversized_seen = oversized;
+        }
         let took = now.elapsed();
         let stalled = took > cfg.stall_threshold;
         h.end_turn(stalled);
@@ -641,6 +670,10 @@ fn run_loop<B: Backend, H: Handler>(
         finish_for_handover(id, b, h, &mut slow_q, cfg.batch, passes);
     }
     b.shutdown();
+    let oversized = b.counters().rx_oversized;
+    if oversized != oversized_seen {
+        h.oversized(oversized - oversized_seen);
+    }
     publish(
         stats,
         b.counters(),
