@@ -13,7 +13,7 @@
 
 use contract::shm::{Capacity, ShmWriter, ABI_VERSION};
 use contract::srtp::Profile;
-use sluice_tests::daemons::http_get;
+use sluice_tests::daemons::{http_get, parse_prometheus};
 use sluice_tests::procs::{signal, Instance, Stream};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
@@ -337,4 +337,28 @@ fn stopped_relay_kernel_drops_show_in_shm() {
         assert!(Instant::now() < deadline, "not all accounted: {c:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Control shows the same in `/v1/stats` and `/metrics`.
+    let kernel = block(&reader).kernel_drops;
+    let stats = inst.ctl_json(&["stats"]);
+    assert_eq!(stats["workers"][0]["kernel_drops"], kernel, "{stats}");
+    assert!(
+        stats["totals"]["io"]["syscalls"].as_u64() > Some(0),
+        "{stats}"
+    );
+    let url = inst.runtime_info().expect("control.json").metrics_url;
+    let (code, body) = http_get(&url, None);
+    assert_eq!(code, 200, "{body}");
+    let m = parse_prometheus(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    assert_eq!(
+        m.value("sluice_kernel_drops_total", &[("worker", "0")]),
+        Some(kernel as f64)
+    );
+    assert_eq!(
+        m.value("sluice_worker_stuck", &[("worker", "0")]),
+        Some(0.0)
+    );
+    assert!(m
+        .value("sluice_rx_queue_bytes", &[("worker", "0")])
+        .is_some());
+    assert!(m.types.contains_key("sluice_io_events_total"), "{body}");
 }

@@ -116,7 +116,7 @@ impl Control {
             let relay = g
                 .reader
                 .as_ref()
-                .map(|r| RelayHealth::of(&r.relay_info(), clock::unix_ms()));
+                .map(|r| RelayHealth::read(r, clock::unix_ms()));
             (g.shm.is_some(), relay)
         };
         health::readyz(shm, relay.as_ref(), self.core.is_draining())
@@ -345,7 +345,7 @@ fn relay_view(reader: Option<&ShmReader>, now: u64) -> Value {
             "workers_up": null, "stale_workers": [], "heartbeat_age_ms": null});
     };
     let info = r.relay_info();
-    let h = RelayHealth::of(&info, now);
+    let h = RelayHealth::read(r, now);
     let reported = info.pid != 0;
     json!({
         "pid": reported.then_some(info.pid),

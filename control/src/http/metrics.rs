@@ -9,7 +9,9 @@
 use super::health::RelayHealth;
 use crate::ice::IceCounters;
 use crate::slowpath::SlowPathSnapshot;
-use contract::shm::{CounterSnapshot, DropReason, ShmReader, BATCH_BUCKETS, TIME_BUCKETS};
+use contract::shm::{
+    CounterSnapshot, DropReason, IoTotals, ShmReader, BATCH_BUCKETS, TIME_BUCKETS,
+};
 use serde_json::{json, Value};
 use std::fmt::Write;
 
@@ -72,6 +74,15 @@ fn snapshot_json(s: &CounterSnapshot) -> Value {
         "time_hist": s.time_hist.to_vec(),
         "loop_turns": s.loop_turns,
         "stalls": s.stalls,
+        "rx_queue_bytes": s.rx_queue_bytes,
+        "kernel_drops": s.kernel_drops,
+        "stuck_since_unix_ms": s.stuck_since_unix_ms,
+        "stuck": s.stuck,
+        "io": IoTotals::NAMES
+            .iter()
+            .zip(s.io.to_array())
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }
 
@@ -307,7 +318,7 @@ fn control_families(o: &mut Out, g: &ControlGauges) {
 type Get = fn(&CounterSnapshot) -> u64;
 
 /// The plain counters of a counter block: (name, help, getter).
-fn simple_counters() -> [(&'static str, &'static str, Get); 8] {
+fn simple_counters() -> [(&'static str, &'static str, Get); 10] {
     [
         ("rx_packets", "Datagrams received.", |s| s.packets_in),
         ("rx_bytes", "Bytes received.", |s| s.bytes_in),
@@ -329,13 +340,23 @@ fn simple_counters() -> [(&'static str, &'static str, Get); 8] {
             "Loop turns longer than relay.stall_threshold_ms.",
             |s| s.stalls,
         ),
+        (
+            "kernel_drops",
+            "Datagrams the kernel dropped at the worker's socket (receive queue full).",
+            |s| s.kernel_drops,
+        ),
+        (
+            "stuck",
+            "Times the worker finished no loop turn within relay.stall_threshold_ms.",
+            |s| s.stuck,
+        ),
     ]
 }
 
 /// The relay's families: liveness, per worker, and summed over all workers.
 fn relay_families(o: &mut Out, r: &ShmReader, g: &ControlGauges) {
     let info = r.relay_info();
-    let health = RelayHealth::of(&info, g.now_unix_ms);
+    let health = RelayHealth::read(r, g.now_unix_ms);
     o.family(
         "sluice_relay_up",
         "gauge",
@@ -372,6 +393,7 @@ fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], n
             o.sample(&fam, &format!("worker=\"{w}\""), get(s));
         }
     }
+    worker_health_families(o, workers);
     o.family(
         "sluice_drops_total",
         "counter",
@@ -428,6 +450,49 @@ fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], n
                 "sluice_worker_heartbeat_age_seconds",
                 &format!("worker=\"{w}\""),
                 format!("{:e}", age as f64 / 1e3),
+            );
+        }
+    }
+}
+
+/// What the relay samples from outside each worker: its socket's receive queue, whether it is
+/// stuck, and its backend's I/O statistics.
+fn worker_health_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)]) {
+    o.family(
+        "sluice_rx_queue_bytes",
+        "gauge",
+        "Bytes waiting in the worker's socket receive queue (sampled every 50 ms).",
+    );
+    for (w, _, s) in workers {
+        o.sample(
+            "sluice_rx_queue_bytes",
+            &format!("worker=\"{w}\""),
+            s.rx_queue_bytes,
+        );
+    }
+    o.family(
+        "sluice_worker_stuck",
+        "gauge",
+        "1 while the worker has finished no loop turn within relay.stall_threshold_ms.",
+    );
+    for (w, _, s) in workers {
+        o.sample(
+            "sluice_worker_stuck",
+            &format!("worker=\"{w}\""),
+            u8::from(s.stuck_since_unix_ms != 0),
+        );
+    }
+    o.family(
+        "sluice_io_events_total",
+        "counter",
+        "The worker's I/O backend events, by kind (syscalls, errors, re-arms, GSO trains).",
+    );
+    for (w, _, s) in workers {
+        for (name, v) in IoTotals::NAMES.iter().zip(s.io.to_array()) {
+            o.sample(
+                "sluice_io_events_total",
+                &format!("worker=\"{w}\",event=\"{name}\""),
+                v,
             );
         }
     }
