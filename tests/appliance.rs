@@ -645,3 +645,58 @@ fn health_readiness_drain_and_undrain() {
     assert_eq!(http_get(&healthz, None).0, 200);
     assert_eq!(app.ctl(&["status"]).status.code(), Some(5));
 }
+
+/// Both daemons with `log.format = "json"`: every line either writes is one JSON object, and
+/// SIGHUP kills neither (control reloads; the relay says how relay keys are applied).
+#[test]
+fn json_logs_and_sighup_on_both_daemons() {
+    let mut app = Appliance::new("jsonlog", "mmsg", RuntimeDir::InConfig);
+    let mut text = std::fs::read_to_string(&app.config).expect("config");
+    text.push_str("\n[log]\nformat = \"json\"\n");
+    std::fs::write(&app.config, text).expect("write config");
+    app.start_control();
+    app.start_relay();
+    let pids = [
+        app.control.as_ref().expect("control").pid(),
+        app.relay.as_ref().expect("relay").pid(),
+    ];
+    for pid in pids {
+        signal_pid(pid, Signal::HUP);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (c, r) = (
+            app.control.as_ref().expect("control").log(),
+            app.relay.as_ref().expect("relay").log(),
+        );
+        if c.contains("SIGHUP: configuration reloaded") && r.contains("SIGHUP: the relay reads") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SIGHUP lines:\n{c}\n{r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        app.control.as_mut().expect("control").poll().is_none(),
+        "control died on SIGHUP"
+    );
+    assert!(
+        app.relay.as_mut().expect("relay").poll().is_none(),
+        "relay died on SIGHUP"
+    );
+    assert_eq!(app.status_json()["relay"]["up"], true);
+    for (name, log) in [
+        ("control", app.control.as_ref().expect("control").log()),
+        ("relay", app.relay.as_ref().expect("relay").log()),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+        assert!(lines.len() >= 2, "{name}: {log}");
+        for l in lines {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {l}"));
+            assert!(
+                v["level"].is_string() && v["message"].is_string(),
+                "{name}: {l}"
+            );
+        }
+    }
+}

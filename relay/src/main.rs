@@ -19,7 +19,7 @@
 //! from shared memory and forwards at once.
 
 use clap::Parser;
-use contract::config::Config;
+use contract::config::{Config, LogFormat};
 use contract::shm::{ShmError, ShmReader};
 use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::health::HealthMonitor;
@@ -124,19 +124,23 @@ fn open_shm(path: &Path, wait: u64, stop: &AtomicBool) -> Result<ShmReader, Stri
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+/// Set by SIGHUP; the supervisor loop logs what a reload of the relay means.
+static SIGHUP_SEEN: std::sync::LazyLock<Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+fn run(cli: Cli, cfg: Config) -> Result<(), String> {
     contract::srtp::self_test().map_err(|e| format!("SRTP self-test failed: {e}"))?;
 
-    let cfg = match &cli.config {
-        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-        None => Config::embedded_default(),
-    };
     let shm_path = cli.shm.clone().unwrap_or_else(|| cfg.shm.path.clone());
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
+    // SIGHUP must not kill the data plane (its default action). The relay reads its
+    // configuration at start only; a reload is a zero-loss upgrade, which re-reads the file.
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, SIGHUP_SEEN.clone())
+        .map_err(|e| format!("installing signal handler: {e}"))?;
 
     let handover_path = match &cli.handover {
         Some(p) if p.as_os_str() == "none" => None,
@@ -337,6 +341,13 @@ fn supervise(
         // Heartbeats for workers that turned, stuck workers, receive queues, kernel drops
         // and I/O statistics into shm (relay::health).
         let all_turning = health.sample(running, reader, Instant::now(), unix_ms());
+        if SIGHUP_SEEN.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                "SIGHUP: the relay reads its configuration at start only; apply relay keys \
+                 with `systemctl reload sluice-relay` (sluicectl upgrade: a new relay on the \
+                 same sockets, no packet lost)"
+            );
+        }
         if watchdog.is_some() && all_turning {
             notify_systemd(&[NotifyState::Watchdog]);
         }
@@ -365,16 +376,37 @@ fn hand_over(running: Workers, req: handover::TakeoverRequest) -> Result<(), Str
     r.map_err(|e| e.to_string())
 }
 
+/// Logs to stderr as `log.format` says, at the level `$SLUICE_LOG` names (default `info`),
+/// colour only on a terminal. The same rule as sluice-control's.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let cfg = match &cli.config {
+        Some(p) => Config::load(p),
+        None => Ok(Config::embedded_default()),
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice-relay: {e}");
+            std::process::exit(1);
+        }
+    };
+    init_logging(cfg.log.format);
+    if let Err(e) = run(cli, cfg) {
         tracing::error!("{e}");
         eprintln!("sluice-relay: {e}");
         std::process::exit(1);
