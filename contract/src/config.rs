@@ -616,264 +616,21 @@ impl Config {
     }
 
     /// Semantic checks. Returns the dotted key and what is wrong with it.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((k.to_string(), m));
-        let abs = |k: &str, p: &Path| -> Result<(), (String, String)> {
-            if p.is_absolute() {
-                Ok(())
-            } else {
-                bad(k, format!("path `{}` must be absolute", p.display()))
-            }
-        };
+    pub fn validate(&self) -> Check {
         abs("runtime_dir", &self.runtime_dir)?;
-        let r = &self.relay;
-        if r.bind.ip().is_multicast() {
-            return bad(
-                "relay.bind",
-                format!("{} is a multicast address", r.bind.ip()),
-            );
-        }
-        if r.workers > 1024 {
-            return bad("relay.workers", format!("{} is more than 1024", r.workers));
-        }
-        if r.batch == 0 || r.batch > 1024 {
-            return bad(
-                "relay.batch",
-                format!("{} is out of range 1..=1024", r.batch),
-            );
-        }
-        if r.recv_buffer_bytes < 65_536 {
-            return bad(
-                "relay.recv_buffer_bytes",
-                format!("{} is below 65536", r.recv_buffer_bytes),
-            );
-        }
-        if r.send_buffer_bytes < 65_536 {
-            return bad(
-                "relay.send_buffer_bytes",
-                format!("{} is below 65536", r.send_buffer_bytes),
-            );
-        }
-        if r.stall_threshold_ms == 0 {
-            return bad("relay.stall_threshold_ms", "must be at least 1".into());
-        }
-        if !(MIN_MAX_DATAGRAM_BYTES..=MAX_MAX_DATAGRAM_BYTES).contains(&r.max_datagram_bytes) {
-            return bad(
-                "relay.max_datagram_bytes",
-                format!(
-                    "{} is out of range {MIN_MAX_DATAGRAM_BYTES}..={MAX_MAX_DATAGRAM_BYTES}",
-                    r.max_datagram_bytes
-                ),
-            );
-        }
-        let c = &self.control;
-        if !c.admin_listen.is_local() {
-            return bad(
-                "control.admin_listen",
-                format!("{} is not loopback: the admin API listens only on loopback or a unix socket (put a TLS proxy in front for remote access)", c.admin_listen),
-            );
-        }
-        if let ListenAddr::Tcp(a) = &c.admin_listen {
-            if a.ip().is_unspecified() {
-                return bad("control.admin_listen", "unspecified address".into());
-            }
-        }
-        if c.admin_token.is_some() && c.admin_token_file.is_some() {
-            return bad(
-                "control.admin_token_file",
-                "set either admin_token or admin_token_file, not both".into(),
-            );
-        }
-        if let Some(t) = &c.admin_token {
-            check_token_text(t.expose()).or_else(|m| bad("control.admin_token", m))?;
-        }
-        if let Some(p) = &c.master_key_file {
-            abs("control.master_key_file", p)?;
-        }
-        if c.cors_allow_origin.is_empty() || c.cors_allow_origin.chars().any(|ch| ch.is_control()) {
-            return bad(
-                "control.cors_allow_origin",
-                "must be `*` or an origin such as `https://example.com`".into(),
-            );
-        }
-        if let Some(a) = &c.bootstrap_app {
-            let ok = !a.is_empty()
-                && a.len() <= 64
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-            if !ok {
-                return bad(
-                    "control.bootstrap_app",
-                    format!("`{a}`: 1..=64 of A-Z a-z 0-9 - _ ."),
-                );
-            }
-        }
-        if c.dtls_max_handshakes == 0 || c.dtls_max_handshakes > 100_000 {
-            return bad(
-                "control.dtls_max_handshakes",
-                format!("{} is out of range 1..=100000", c.dtls_max_handshakes),
-            );
-        }
-        if c.dtls_max_handshakes_per_ip == 0 || c.dtls_max_handshakes_per_ip > c.dtls_max_handshakes
-        {
-            return bad(
-                "control.dtls_max_handshakes_per_ip",
-                format!(
-                    "{} is out of range 1..=dtls_max_handshakes",
-                    c.dtls_max_handshakes_per_ip
-                ),
-            );
-        }
-        if !(1..=120).contains(&c.dtls_handshake_timeout_secs) {
-            return bad(
-                "control.dtls_handshake_timeout_secs",
-                format!("{} is out of range 1..=120", c.dtls_handshake_timeout_secs),
-            );
-        }
-        if !(5..=600).contains(&c.signaling_timeout_secs) {
-            return bad(
-                "control.signaling_timeout_secs",
-                format!("{} is out of range 5..=600", c.signaling_timeout_secs),
-            );
-        }
-        if !(1..=100_000).contains(&c.max_sessions_per_room) {
-            return bad(
-                "control.max_sessions_per_room",
-                format!("{} is out of range 1..=100000", c.max_sessions_per_room),
-            );
-        }
-        if c.max_sessions_per_subject == 0 || c.max_sessions_per_subject > c.max_sessions_per_room {
-            return bad(
-                "control.max_sessions_per_subject",
-                format!(
-                    "{} is out of range 1..=max_sessions_per_room",
-                    c.max_sessions_per_subject
-                ),
-            );
-        }
-        if c.token_leeway_secs > 600 {
-            return bad(
-                "control.token_leeway_secs",
-                format!("{} is out of range 0..=600", c.token_leeway_secs),
-            );
-        }
-        if !(60..=2_592_000).contains(&c.token_max_lifetime_secs) {
-            return bad(
-                "control.token_max_lifetime_secs",
-                format!("{} is out of range 60..=2592000", c.token_max_lifetime_secs),
-            );
-        }
-        if let Some(p) = &c.admin_token_file {
-            abs("control.admin_token_file", p)?;
-        }
-        for a in &c.public_addresses {
-            if a.is_unspecified() || a.is_multicast() {
-                return bad(
-                    "control.public_addresses",
-                    format!("{a} cannot be announced as a candidate"),
-                );
-            }
-        }
-        abs("control.state_dir", &c.state_dir)?;
-        abs("control.audit_log", &c.audit_log)?;
-        abs("control.slow_path", &c.slow_path)?;
-        if c.audit_log.file_name().is_none() {
-            return bad("control.audit_log", "must name a file".into());
-        }
-        if c.audit_retention_days == 0 {
-            return bad("control.audit_retention_days", "must be at least 1".into());
-        }
-        if !(1..=1_000_000).contains(&c.slow_path_rate) {
-            return bad(
-                "control.slow_path_rate",
-                format!("{} is out of range 1..=1000000", c.slow_path_rate),
-            );
-        }
-        if !(1..=1_000_000).contains(&c.slow_path_per_source_rate) {
-            return bad(
-                "control.slow_path_per_source_rate",
-                format!(
-                    "{} is out of range 1..=1000000",
-                    c.slow_path_per_source_rate
-                ),
-            );
-        }
-        if !(10..=3600).contains(&c.ice_consent_timeout_secs) {
-            return bad(
-                "control.ice_consent_timeout_secs",
-                format!("{} is out of range 10..=3600", c.ice_consent_timeout_secs),
-            );
-        }
-        if c.audit_max_bytes < 4096 {
-            return bad(
-                "control.audit_max_bytes",
-                format!("{} is below 4096", c.audit_max_bytes),
-            );
-        }
-        let s = &self.shm;
-        abs("shm.path", &s.path)?;
-        // Upper bounds mirror the shm layer's limits (crate::shm refuses larger files).
-        if s.sessions == 0 || s.sessions > 1 << 22 {
-            return bad(
-                "shm.sessions",
-                format!("{} is out of range 1..=4194304", s.sessions),
-            );
-        }
-        if s.routes == 0 || s.routes > 1 << 24 {
-            return bad(
-                "shm.routes",
-                format!("{} is out of range 1..=16777216", s.routes),
-            );
-        }
-        if s.worker_slots == 0 || s.worker_slots > 1024 {
-            return bad(
-                "shm.worker_slots",
-                format!("{} is out of range 1..=1024", s.worker_slots),
-            );
-        }
-        if s.streams_per_worker == 0 || s.streams_per_worker > crate::shm::MAX_STREAMS_PER_WORKER {
-            return bad(
-                "shm.streams_per_worker",
-                format!(
-                    "{} is out of range 1..={}",
-                    s.streams_per_worker,
-                    crate::shm::MAX_STREAMS_PER_WORKER
-                ),
-            );
-        }
-        if r.workers > s.worker_slots {
+        validate_relay(&self.relay)?;
+        validate_control(&self.control)?;
+        validate_shm(&self.shm)?;
+        if self.relay.workers > self.shm.worker_slots {
             return bad(
                 "relay.workers",
                 format!(
                     "{} is more than shm.worker_slots ({})",
-                    r.workers, s.worker_slots
+                    self.relay.workers, self.shm.worker_slots
                 ),
             );
         }
-        let t = &self.srtp;
-        if !(64..=32_768).contains(&t.replay_window) {
-            return bad(
-                "srtp.replay_window",
-                format!("{} is out of range 64..=32768", t.replay_window),
-            );
-        }
-        // RFC 3711 §4.3.1: the key derivation rate is 0 or a power of two from 1 to 2^24.
-        if t.kdr != 0 && (!t.kdr.is_power_of_two() || t.kdr > 1 << 24) {
-            return bad(
-                "srtp.kdr",
-                format!(
-                    "{} is not 0 or a power of two up to 2^24 (RFC 3711 §4.3.1)",
-                    t.kdr
-                ),
-            );
-        }
-        if t.max_streams == 0 || t.max_streams > 1024 {
-            return bad(
-                "srtp.max_streams",
-                format!("{} is out of range 1..=1024", t.max_streams),
-            );
-        }
-        Ok(())
+        validate_srtp(&self.srtp)
     }
 
     /// The admin token from `admin_token` or `admin_token_file` (first line, trimmed); `None`
@@ -922,6 +679,228 @@ impl Config {
         }
         Ok(warnings)
     }
+}
+
+/// A semantic check's outcome: the dotted key and what is wrong with it.
+type Check = Result<(), (String, String)>;
+
+fn bad(key: &str, message: impl Into<String>) -> Check {
+    Err((key.to_string(), message.into()))
+}
+
+fn abs(key: &str, p: &Path) -> Check {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        bad(key, format!("path `{}` must be absolute", p.display()))
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Check {
+    if v < lo || v > hi {
+        bad(key, format!("{v} is out of range {lo}..={hi}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T) -> Check {
+    if v < lo {
+        bad(key, format!("{v} is below {lo}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_relay(r: &RelayConfig) -> Check {
+    if r.bind.ip().is_multicast() {
+        return bad(
+            "relay.bind",
+            format!("{} is a multicast address", r.bind.ip()),
+        );
+    }
+    if r.workers > 1024 {
+        return bad("relay.workers", format!("{} is more than 1024", r.workers));
+    }
+    in_range("relay.batch", r.batch, 1, 1024)?;
+    at_least("relay.recv_buffer_bytes", r.recv_buffer_bytes, 65_536)?;
+    at_least("relay.send_buffer_bytes", r.send_buffer_bytes, 65_536)?;
+    if r.stall_threshold_ms == 0 {
+        return bad("relay.stall_threshold_ms", "must be at least 1");
+    }
+    in_range(
+        "relay.max_datagram_bytes",
+        r.max_datagram_bytes,
+        MIN_MAX_DATAGRAM_BYTES,
+        MAX_MAX_DATAGRAM_BYTES,
+    )
+}
+
+fn validate_control(c: &ControlConfig) -> Check {
+    validate_admin(c)?;
+    if c.cors_allow_origin.is_empty() || c.cors_allow_origin.chars().any(|ch| ch.is_control()) {
+        return bad(
+            "control.cors_allow_origin",
+            "must be `*` or an origin such as `https://example.com`",
+        );
+    }
+    if let Some(a) = &c.bootstrap_app {
+        let ok = !a.is_empty()
+            && a.len() <= 64
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            return bad(
+                "control.bootstrap_app",
+                format!("`{a}`: 1..=64 of A-Z a-z 0-9 - _ ."),
+            );
+        }
+    }
+    validate_webrtc_limits(c)?;
+    for a in &c.public_addresses {
+        if a.is_unspecified() || a.is_multicast() {
+            return bad(
+                "control.public_addresses",
+                format!("{a} cannot be announced as a candidate"),
+            );
+        }
+    }
+    abs("control.state_dir", &c.state_dir)?;
+    abs("control.audit_log", &c.audit_log)?;
+    abs("control.slow_path", &c.slow_path)?;
+    if c.audit_log.file_name().is_none() {
+        return bad("control.audit_log", "must name a file");
+    }
+    if c.audit_retention_days == 0 {
+        return bad("control.audit_retention_days", "must be at least 1");
+    }
+    in_range("control.slow_path_rate", c.slow_path_rate, 1, 1_000_000)?;
+    in_range(
+        "control.slow_path_per_source_rate",
+        c.slow_path_per_source_rate,
+        1,
+        1_000_000,
+    )?;
+    in_range(
+        "control.ice_consent_timeout_secs",
+        c.ice_consent_timeout_secs,
+        10,
+        3600,
+    )?;
+    at_least("control.audit_max_bytes", c.audit_max_bytes, 4096)
+}
+
+/// The admin listener, token and the secret files' paths.
+fn validate_admin(c: &ControlConfig) -> Check {
+    if !c.admin_listen.is_local() {
+        return bad(
+            "control.admin_listen",
+            format!("{} is not loopback: the admin API listens only on loopback or a unix socket (put a TLS proxy in front for remote access)", c.admin_listen),
+        );
+    }
+    if let ListenAddr::Tcp(a) = &c.admin_listen {
+        if a.ip().is_unspecified() {
+            return bad("control.admin_listen", "unspecified address");
+        }
+    }
+    if c.admin_token.is_some() && c.admin_token_file.is_some() {
+        return bad(
+            "control.admin_token_file",
+            "set either admin_token or admin_token_file, not both",
+        );
+    }
+    if let Some(t) = &c.admin_token {
+        check_token_text(t.expose()).or_else(|m| bad("control.admin_token", m))?;
+    }
+    if let Some(p) = &c.master_key_file {
+        abs("control.master_key_file", p)?;
+    }
+    if let Some(p) = &c.admin_token_file {
+        abs("control.admin_token_file", p)?;
+    }
+    Ok(())
+}
+
+/// DTLS handshakes, signaling, join caps and token checks.
+fn validate_webrtc_limits(c: &ControlConfig) -> Check {
+    in_range(
+        "control.dtls_max_handshakes",
+        c.dtls_max_handshakes,
+        1,
+        100_000,
+    )?;
+    if c.dtls_max_handshakes_per_ip == 0 || c.dtls_max_handshakes_per_ip > c.dtls_max_handshakes {
+        return bad(
+            "control.dtls_max_handshakes_per_ip",
+            format!(
+                "{} is out of range 1..=dtls_max_handshakes",
+                c.dtls_max_handshakes_per_ip
+            ),
+        );
+    }
+    in_range(
+        "control.dtls_handshake_timeout_secs",
+        c.dtls_handshake_timeout_secs,
+        1,
+        120,
+    )?;
+    in_range(
+        "control.signaling_timeout_secs",
+        c.signaling_timeout_secs,
+        5,
+        600,
+    )?;
+    in_range(
+        "control.max_sessions_per_room",
+        c.max_sessions_per_room,
+        1,
+        100_000,
+    )?;
+    if c.max_sessions_per_subject == 0 || c.max_sessions_per_subject > c.max_sessions_per_room {
+        return bad(
+            "control.max_sessions_per_subject",
+            format!(
+                "{} is out of range 1..=max_sessions_per_room",
+                c.max_sessions_per_subject
+            ),
+        );
+    }
+    in_range("control.token_leeway_secs", c.token_leeway_secs, 0, 600)?;
+    in_range(
+        "control.token_max_lifetime_secs",
+        c.token_max_lifetime_secs,
+        60,
+        2_592_000,
+    )
+}
+
+fn validate_shm(s: &ShmConfig) -> Check {
+    abs("shm.path", &s.path)?;
+    // Upper bounds mirror the shm layer's limits (crate::shm refuses larger files).
+    in_range("shm.sessions", s.sessions, 1, 1 << 22)?;
+    in_range("shm.routes", s.routes, 1, 1 << 24)?;
+    in_range("shm.worker_slots", s.worker_slots, 1, 1024)?;
+    in_range(
+        "shm.streams_per_worker",
+        s.streams_per_worker,
+        1,
+        crate::shm::MAX_STREAMS_PER_WORKER,
+    )
+}
+
+fn validate_srtp(t: &SrtpConfig) -> Check {
+    in_range("srtp.replay_window", t.replay_window, 64, 32_768)?;
+    // RFC 3711 §4.3.1: the key derivation rate is 0 or a power of two from 1 to 2^24.
+    if t.kdr != 0 && (!t.kdr.is_power_of_two() || t.kdr > 1 << 24) {
+        return bad(
+            "srtp.kdr",
+            format!(
+                "{} is not 0 or a power of two up to 2^24 (RFC 3711 §4.3.1)",
+                t.kdr
+            ),
+        );
+    }
+    in_range("srtp.max_streams", t.max_streams, 1, 1024)
 }
 
 fn check_token_text(t: &str) -> Result<(), String> {
