@@ -31,28 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Send SRTP through a running relay at a fixed rate and report what came out.
-    Run {
-        #[command(flatten)]
-        target: TargetArgs,
-        #[command(flatten)]
-        load: LoadArgs,
-        /// Total publisher packets per second (all publishers together).
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Also measure the one-core crypto baseline and report the ratio.
-        #[arg(long)]
-        baselines: bool,
-        /// Exit with status 3 when loss exceeds this percentage or any packet failed
-        /// authentication or reached the wrong subscriber.
-        #[arg(long, value_name = "PCT")]
-        max_loss: Option<f64>,
-        /// Also send this many datagrams per second of garbage the relay must refuse
-        /// (bench/src/garbage.rs).
-        #[arg(long, value_name = "PPS")]
-        garbage_rate: Option<f64>,
-        #[command(flatten)]
-        out: OutArgs,
-    },
+    Run(RunArgs),
     /// Search the highest publisher rate whose loss stays below a threshold.
     FindMax {
         #[command(flatten)]
@@ -419,55 +398,9 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
     match cli.cmd {
-        Command::Run {
-            target,
-            load,
-            rate,
-            baselines,
-            max_loss,
-            garbage_rate,
-            out,
-        } => {
-            let opts = load.run_options(rate)?;
-            let output = out.output();
-            let crypto = if baselines {
-                Some(cmd::crypto_baseline(
-                    load.profile,
-                    load.size,
-                    Duration::from_secs(1),
-                )?)
-            } else {
-                None
-            };
-            let mut t = connect(&target)?;
-            let garbage = match garbage_rate {
-                Some(pps) => Some(start_garbage(t.as_mut(), load.bind, pps)?),
-                None => None,
-            };
-            let mut report = cmd::run(t.as_mut(), &opts, &output)?;
-            if let Some(g) = garbage {
-                let s = g.stop();
-                eprintln!(
-                    "garbage: {} datagrams in {:.1} s ({:.0}/s), {} send errors",
-                    s.sent,
-                    s.elapsed.as_secs_f64(),
-                    s.rate(),
-                    s.send_errors
-                );
-            }
-            report.baselines.crypto = crypto;
-            report.compute_ratios();
-            finish(&report, &output, "sluice-bench run")?;
-            if let (Some(max), Some(r)) = (max_loss, &report.result) {
-                if r.loss_ratio * 100.0 > max || r.auth_failures > 0 || r.misrouted > 0 {
-                    eprintln!(
-                        "sluice-bench: check failed: loss {:.4}% (max {max}%), {} auth failures, {} misrouted",
-                        r.loss_ratio * 100.0,
-                        r.auth_failures,
-                        r.misrouted
-                    );
-                    return Ok(ExitCode::from(3));
-                }
+        Command::Run(args) => {
+            if let Some(code) = run_command(args)? {
+                return Ok(code);
             }
         }
         Command::FindMax {
@@ -482,93 +415,179 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             let report = cmd::find_max(t.as_mut(), &opts, &output)?;
             finish(&report, &output, "sluice-bench find-max")?;
         }
-        Command::Baseline { which } => match which {
-            Baseline::Echo {
-                target,
-                workers,
-                backend,
-                load,
-                rate,
-                find_max,
-                search,
-                out,
-            } => {
-                let opts = search.options(load.run_options(rate)?, find_max)?;
-                let output = out.output();
-                let reflector = match target {
-                    Some(addr) => Reflector::External(addr),
-                    None => Reflector::Workers { workers, backend },
-                };
-                let (echo, mut report) = cmd::echo(reflector, &opts, find_max, &output)?;
-                report.baselines.echo = Some(echo);
-                finish(&report, &output, "sluice-bench baseline echo")?;
-            }
-            Baseline::Generator {
-                publishers,
-                size,
-                profiles,
-                send,
-                senders,
-                batch,
-                rate,
-                duration,
-                no_sink_gro,
-                bind,
-                json,
-            } => {
-                if !(rate.is_finite() && rate > 0.0) {
-                    return Err(CmdError::Usage("--rate must be positive".into()));
-                }
-                let opts = GeneratorOptions {
-                    rig: RigSpec {
-                        publishers,
-                        size,
-                        senders,
-                        batch,
-                        bind_ip: bind,
-                        ..RigSpec::default()
-                    },
-                    profiles,
-                    gso: match send {
-                        SendModes::Both => vec![false, true],
-                        SendModes::Mmsg => vec![false],
-                        SendModes::Gso => vec![true],
-                    },
-                    rate,
-                    duration: secs(duration, "--duration")?,
-                    sink_gro: !no_sink_gro,
-                };
-                let output = Output {
-                    json,
-                    ..Output::default()
-                };
-                let mut report = Report::new("baseline generator");
-                report.baselines.generator = cmd::generator_baseline(&opts, &output)?;
-                finish(&report, &output, "sluice-bench baseline generator")?;
-            }
-            Baseline::Crypto {
-                profile,
-                size,
-                duration,
-                json,
-            } => {
-                let c = cmd::crypto_baseline(profile, size, secs(duration, "--duration")?)?;
-                let mut report = Report::new("baseline crypto");
-                report.baselines.crypto = Some(c);
-                finish(
-                    &report,
-                    &Output {
-                        json,
-                        ..Output::default()
-                    },
-                    "sluice-bench baseline crypto",
-                )?;
-            }
-        },
+        Command::Baseline { which } => baseline_command(which)?,
     }
     if sys::interrupted() {
         // The partial report was printed and written; say it was cut short (128 + SIGINT).
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `run` is given.
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Total publisher packets per second (all publishers together).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Also measure the one-core crypto baseline and report the ratio.
+    #[arg(long)]
+    baselines: bool,
+    /// Exit with status 3 when loss exceeds this percentage or any packet failed
+    /// authentication or reached the wrong subscriber.
+    #[arg(long, value_name = "PCT")]
+    max_loss: Option<f64>,
+    /// Also send this many datagrams per second of garbage the relay must refuse
+    /// (bench/src/garbage.rs).
+    #[arg(long, value_name = "PPS")]
+    garbage_rate: Option<f64>,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+/// `sluice-bench run`; `Some(3)` when the `--max-loss` check fails.
+fn run_command(a: RunArgs) -> Result<Option<ExitCode>, CmdError> {
+    let RunArgs {
+        target,
+        load,
+        rate,
+        baselines,
+        max_loss,
+        garbage_rate,
+        out,
+    } = a;
+    let opts = load.run_options(rate)?;
+    let output = out.output();
+    let crypto = if baselines {
+        Some(cmd::crypto_baseline(
+            load.profile,
+            load.size,
+            Duration::from_secs(1),
+        )?)
+    } else {
+        None
+    };
+    let mut t = connect(&target)?;
+    let garbage = match garbage_rate {
+        Some(pps) => Some(start_garbage(t.as_mut(), load.bind, pps)?),
+        None => None,
+    };
+    let mut report = cmd::run(t.as_mut(), &opts, &output)?;
+    if let Some(g) = garbage {
+        let s = g.stop();
+        eprintln!(
+            "garbage: {} datagrams in {:.1} s ({:.0}/s), {} send errors",
+            s.sent,
+            s.elapsed.as_secs_f64(),
+            s.rate(),
+            s.send_errors
+        );
+    }
+    report.baselines.crypto = crypto;
+    report.compute_ratios();
+    finish(&report, &output, "sluice-bench run")?;
+    if let (Some(max), Some(r)) = (max_loss, &report.result) {
+        if r.loss_ratio * 100.0 > max || r.auth_failures > 0 || r.misrouted > 0 {
+            eprintln!(
+                "sluice-bench: check failed: loss {:.4}% (max {max}%), {} auth failures, {} misrouted",
+                r.loss_ratio * 100.0,
+                r.auth_failures,
+                r.misrouted
+            );
+            return Ok(Some(ExitCode::from(3)));
+        }
+    }
+    Ok(None)
+}
+
+/// `sluice-bench baseline echo|generator|crypto`.
+fn baseline_command(which: Baseline) -> Result<(), CmdError> {
+    match which {
+        Baseline::Echo {
+            target,
+            workers,
+            backend,
+            load,
+            rate,
+            find_max,
+            search,
+            out,
+        } => {
+            let opts = search.options(load.run_options(rate)?, find_max)?;
+            let output = out.output();
+            let reflector = match target {
+                Some(addr) => Reflector::External(addr),
+                None => Reflector::Workers { workers, backend },
+            };
+            let (echo, mut report) = cmd::echo(reflector, &opts, find_max, &output)?;
+            report.baselines.echo = Some(echo);
+            finish(&report, &output, "sluice-bench baseline echo")?;
+        }
+        Baseline::Generator {
+            publishers,
+            size,
+            profiles,
+            send,
+            senders,
+            batch,
+            rate,
+            duration,
+            no_sink_gro,
+            bind,
+            json,
+        } => {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(CmdError::Usage("--rate must be positive".into()));
+            }
+            let opts = GeneratorOptions {
+                rig: RigSpec {
+                    publishers,
+                    size,
+                    senders,
+                    batch,
+                    bind_ip: bind,
+                    ..RigSpec::default()
+                },
+                profiles,
+                gso: match send {
+                    SendModes::Both => vec![false, true],
+                    SendModes::Mmsg => vec![false],
+                    SendModes::Gso => vec![true],
+                },
+                rate,
+                duration: secs(duration, "--duration")?,
+                sink_gro: !no_sink_gro,
+            };
+            let output = Output {
+                json,
+                ..Output::default()
+            };
+            let mut report = Report::new("baseline generator");
+            report.baselines.generator = cmd::generator_baseline(&opts, &output)?;
+            finish(&report, &output, "sluice-bench baseline generator")?;
+        }
+        Baseline::Crypto {
+            profile,
+            size,
+            duration,
+            json,
+        } => {
+            let c = cmd::crypto_baseline(profile, size, secs(duration, "--duration")?)?;
+            let mut report = Report::new("baseline crypto");
+            report.baselines.crypto = Some(c);
+            finish(
+                &report,
+                &Output {
+                    json,
+                    ..Output::default()
+                },
+                "sluice-bench baseline crypto",
+            )?;
+        }
+    }
+    Ok(())
 }
