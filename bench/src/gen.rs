@@ -497,18 +497,7 @@ impl Rig {
 
     /// Run one step of load. `live` is called once per tick from this thread.
     pub fn run_step(&mut self, spec: &StepSpec, mut live: impl FnMut(&Live)) -> StepOutcome {
-        for p in &mut self.pubs {
-            p.next_seq = 0;
-            p.accepted = 0;
-            p.messages = 0;
-            p.skipped = 0;
-            p.send_errors = 0;
-            p.protect_errors = 0;
-        }
-        for s in &mut self.subs {
-            s.tracker = SeqTracker::new(self.spec.window);
-            s.rx = RxCounts::default();
-        }
+        self.reset_counts();
         let n_pubs = self.pubs.len();
         let fanout = if self.spec.sink {
             0
@@ -568,67 +557,19 @@ impl Rig {
             }
 
             // Sample while sending.
-            let total = |c: &[AtomicU64]| c.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
-            let (mut last_t, mut last_sent, mut last_recv) = (0.0f64, 0u64, 0u64);
-            let mut next_second = 1.0f64;
-            let (mut sec_sent, mut sec_recv) = (0u64, 0u64);
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                if sys::interrupted() {
-                    interrupted = true;
-                    send_s = now.duration_since(t0).as_secs_f64();
-                    break;
-                }
-                std::thread::sleep(spec.tick.min(end - now));
-                let t = t0.elapsed().as_secs_f64();
-                let (sent, recv) = (total(&sent_ctr), total(&recv_ctr));
-                let dt = (t - last_t).max(1e-9);
-                live(&Live {
-                    elapsed: t0.elapsed(),
-                    duration: spec.duration,
-                    offered_pps: (sent - last_sent) as f64 / dt,
-                    delivered_pps: (recv - last_recv) as f64 / dt,
-                    loss: if sent * fanout == 0 {
-                        0.0
-                    } else {
-                        1.0 - (recv as f64 / (sent * fanout) as f64).min(1.0)
-                    },
-                });
-                (last_t, last_sent, last_recv) = (t, sent, recv);
-                while t >= next_second {
-                    seconds.push(Second {
-                        t: next_second,
-                        offered_pps: (sent - sec_sent) as f64,
-                        delivered_pps: (recv - sec_recv) as f64,
-                    });
-                    (sec_sent, sec_recv) = (sent, recv);
-                    next_second += 1.0;
-                }
+            let sampled =
+                sample_while_sending(spec, (t0, end), (&sent_ctr, &recv_ctr), fanout, &mut live);
+            seconds = sampled.seconds;
+            if let Some(stopped) = sampled.interrupted_at {
+                interrupted = true;
+                send_s = stopped;
             }
             stop_send.store(true, Ordering::Relaxed);
             for h in sh {
                 // A panicking sender is a bench bug; surface it.
                 send_usage.push(h.join().expect("sender thread panicked"));
             }
-            // Drain: stop once everything expected arrived, or nothing arrived for a while,
-            // or the drain time is up.
-            let expected = total(&sent_ctr) * fanout;
-            let drain_end = Instant::now() + spec.drain;
-            let mut last = total(&recv_ctr);
-            let mut quiet_since = Instant::now();
-            while Instant::now() < drain_end && last < expected {
-                std::thread::sleep(Duration::from_millis(5));
-                let r = total(&recv_ctr);
-                if r != last {
-                    last = r;
-                    quiet_since = Instant::now();
-                } else if quiet_since.elapsed() > spec.drain / 4 {
-                    break;
-                }
-            }
+            drain(spec.drain, total(&sent_ctr) * fanout, &recv_ctr);
             stop_recv.store(true, Ordering::Relaxed);
             for h in rh {
                 let (h2, usage) = h.join().expect("receiver thread panicked");
@@ -638,6 +579,40 @@ impl Rig {
             }
         });
 
+        let streams = self.stream_counts();
+        StepOutcome {
+            target_pps: spec.rate,
+            send_s,
+            size,
+            streams,
+            hist,
+            seconds,
+            senders: send_usage,
+            receivers: recv_usage,
+            interrupted,
+        }
+    }
+}
+
+impl Rig {
+    /// Zero every publisher's and subscriber's counts before a step.
+    fn reset_counts(&mut self) {
+        for p in &mut self.pubs {
+            p.next_seq = 0;
+            p.accepted = 0;
+            p.messages = 0;
+            p.skipped = 0;
+            p.send_errors = 0;
+            p.protect_errors = 0;
+        }
+        for s in &mut self.subs {
+            s.tracker = SeqTracker::new(self.spec.window);
+            s.rx = RxCounts::default();
+        }
+    }
+
+    /// Per publisher stream: what it sent and what its subscribers received.
+    fn stream_counts(&self) -> Vec<StreamCounts> {
         let mut streams: Vec<StreamCounts> = self
             .pubs
             .iter()
@@ -652,23 +627,97 @@ impl Rig {
                 rx: RxCounts::default(),
             })
             .collect();
-        for s in &mut self.subs {
+        for s in &self.subs {
             let mut rx = s.rx;
             rx.seq = s.tracker.counts();
             let st = &mut streams[s.stream as usize];
             st.subscribers += 1;
             st.rx.add(&rx);
         }
-        StepOutcome {
-            target_pps: spec.rate,
-            send_s,
-            size,
-            streams,
-            hist,
-            seconds,
-            senders: send_usage,
-            receivers: recv_usage,
-            interrupted,
+        streams
+    }
+}
+
+fn total(c: &[AtomicU64]) -> u64 {
+    c.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+}
+
+/// What the sampler saw while the senders ran.
+struct Sampled {
+    seconds: Vec<Second>,
+    /// Seconds into the step when Ctrl-C stopped it.
+    interrupted_at: Option<f64>,
+}
+
+/// Until `end` (or Ctrl-C): every tick, the live rates for the progress line; every second,
+/// one point of the per-second series.
+fn sample_while_sending(
+    spec: &StepSpec,
+    (t0, end): (Instant, Instant),
+    (sent_ctr, recv_ctr): (&[AtomicU64], &[AtomicU64]),
+    fanout: u64,
+    live: &mut impl FnMut(&Live),
+) -> Sampled {
+    let mut seconds = Vec::new();
+    let (mut last_t, mut last_sent, mut last_recv) = (0.0f64, 0u64, 0u64);
+    let mut next_second = 1.0f64;
+    let (mut sec_sent, mut sec_recv) = (0u64, 0u64);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return Sampled {
+                seconds,
+                interrupted_at: None,
+            };
+        }
+        if sys::interrupted() {
+            return Sampled {
+                seconds,
+                interrupted_at: Some(now.duration_since(t0).as_secs_f64()),
+            };
+        }
+        std::thread::sleep(spec.tick.min(end - now));
+        let t = t0.elapsed().as_secs_f64();
+        let (sent, recv) = (total(sent_ctr), total(recv_ctr));
+        let dt = (t - last_t).max(1e-9);
+        live(&Live {
+            elapsed: t0.elapsed(),
+            duration: spec.duration,
+            offered_pps: (sent - last_sent) as f64 / dt,
+            delivered_pps: (recv - last_recv) as f64 / dt,
+            loss: if sent * fanout == 0 {
+                0.0
+            } else {
+                1.0 - (recv as f64 / (sent * fanout) as f64).min(1.0)
+            },
+        });
+        (last_t, last_sent, last_recv) = (t, sent, recv);
+        while t >= next_second {
+            seconds.push(Second {
+                t: next_second,
+                offered_pps: (sent - sec_sent) as f64,
+                delivered_pps: (recv - sec_recv) as f64,
+            });
+            (sec_sent, sec_recv) = (sent, recv);
+            next_second += 1.0;
+        }
+    }
+}
+
+/// After the senders stopped: wait until `expected` datagrams arrived, or nothing arrived for
+/// a quarter of `limit`, or `limit` is up.
+fn drain(limit: Duration, expected: u64, recv_ctr: &[AtomicU64]) {
+    let drain_end = Instant::now() + limit;
+    let mut last = total(recv_ctr);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < drain_end && last < expected {
+        std::thread::sleep(Duration::from_millis(5));
+        let r = total(recv_ctr);
+        if r != last {
+            last = r;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > limit / 4 {
+            break;
         }
     }
 }
