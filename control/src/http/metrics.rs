@@ -273,10 +273,66 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
     control_families(&mut o, g);
     slow_path_and_ice(&mut o, g);
+    let relay_pid = r.map(|r| r.relay_info().pid).filter(|&p| p != 0);
+    build_and_process_families(&mut o, relay_pid);
     if let Some(r) = r {
         relay_families(&mut o, r, g);
     }
     o.0
+}
+
+/// `sluice_build_info` and the `process_*` families of both daemons (label `process`).
+fn build_and_process_families(o: &mut Out, relay_pid: Option<u32>) {
+    o.family(
+        "sluice_build_info",
+        "gauge",
+        "Always 1; the labels name the running control's version.",
+    );
+    o.sample(
+        "sluice_build_info",
+        &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    );
+    let mut procs = vec![("control", super::process::sample(std::process::id()))];
+    if let Some(pid) = relay_pid {
+        procs.push(("relay", super::process::sample(pid)));
+    }
+    let fams: [(
+        &str,
+        &str,
+        &str,
+        fn(&super::process::ProcessSample) -> String,
+    ); 4] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time, seconds.",
+            |p| format!("{:e}", p.cpu_seconds),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory, bytes.",
+            |p| p.resident_bytes.to_string(),
+        ),
+        ("process_open_fds", "gauge", "Open file descriptors.", |p| {
+            p.open_fds.to_string()
+        }),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time, seconds since the Unix epoch.",
+            |p| format!("{:e}", p.start_time_seconds),
+        ),
+    ];
+    for (name, kind, help, get) in fams {
+        o.family(name, kind, help);
+        for (who, s) in &procs {
+            if let Some(s) = s {
+                o.sample(name, &format!("process=\"{who}\""), get(s));
+            }
+        }
+    }
 }
 
 /// Control's own gauges and counters.

@@ -11,6 +11,7 @@ pub mod apps_api;
 pub mod body;
 pub mod health;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod whip;
 
