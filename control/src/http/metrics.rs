@@ -281,6 +281,14 @@ pub fn render(r: Option<&ShmReader>, g: &ControlGauges) -> String {
     o.0
 }
 
+/// A `process_*` family: name, type, help, and the value of one sample.
+type ProcessFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&super::process::ProcessSample) -> String,
+);
+
 /// `sluice_build_info` and the `process_*` families of both daemons (label `process`).
 fn build_and_process_families(o: &mut Out, relay_pid: Option<u32>) {
     o.family(
@@ -297,12 +305,7 @@ fn build_and_process_families(o: &mut Out, relay_pid: Option<u32>) {
     if let Some(pid) = relay_pid {
         procs.push(("relay", super::process::sample(pid)));
     }
-    let fams: [(
-        &str,
-        &str,
-        &str,
-        fn(&super::process::ProcessSample) -> String,
-    ); 4] = [
+    let fams: [ProcessFamily; 4] = [
         (
             "process_cpu_seconds_total",
             "counter",
