@@ -90,7 +90,7 @@ impl Control {
             .map(|(id, app)| {
                 json!({"id": id, "created_unix": app.created_unix,
                     "keys": app.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
-                    "rooms": app.rooms.len(), "default_policy": app.default_policy})
+                    "rooms": app.rooms.len(), "default_policy": app.default_policy.public_json()})
             })
             .collect();
         Response::json(200, &json!({ "apps": v }))
@@ -100,7 +100,7 @@ impl Control {
         answer((|| {
             let b = Body::parse(&req.body, &["id", "policy"])?;
             let id = b.req_str("id")?.to_string();
-            let policy = b.opt_serde::<RoomPolicy>("policy")?;
+            let policy = valid_policy(b.opt_serde::<RoomPolicy>("policy")?)?;
             let mut a = self.core.apps();
             let now = clock::unix_ms() / 1000;
             a.reg
@@ -200,7 +200,7 @@ impl Control {
             for (name, r) in &app.rooms {
                 v.push(
                     json!({"app": app_id, "room": name, "created_unix": r.created_unix,
-                    "policy": app.policy_for(name)}),
+                    "policy": app.policy_for(name).public_json()}),
                 );
             }
         }
@@ -225,7 +225,7 @@ impl Control {
         drop(a);
         Response::json(
             200,
-            &json!({"app": app, "room": room, "created_unix": created, "policy": policy,
+            &json!({"app": app, "room": room, "created_unix": created, "policy": policy.public_json(),
                 "members": self.room_members(app, room)}),
         )
     }
@@ -234,7 +234,7 @@ impl Control {
     fn put_room(&self, app: &str, room: &str, req: &Request) -> Response {
         answer((|| {
             let b = Body::parse_or_empty(&req.body, &["policy"])?;
-            let policy = b.opt_serde::<RoomPolicy>("policy")?;
+            let policy = valid_policy(b.opt_serde::<RoomPolicy>("policy")?)?;
             let mut a = self.core.apps();
             a.reg
                 .set_room_policy(app, room, policy, clock::unix_ms() / 1000)
@@ -243,7 +243,7 @@ impl Control {
             let p = a.reg.policy(app, room).cloned().unwrap_or_default();
             Ok(Response::json(
                 200,
-                &json!({"app": app, "room": room, "policy": p}),
+                &json!({"app": app, "room": room, "policy": p.public_json()}),
             ))
         })())
     }
@@ -351,4 +351,15 @@ fn dev_key_from_base64(kid: &str, s: &str) -> Result<DevKey, CoreError> {
     raw.fill(0);
     std::hint::black_box(&raw);
     k.map_err(|e| CoreError::invalid("secret", e))
+}
+
+/// A room policy from a request, refused (400, naming the field) when a value is out of bounds.
+fn valid_policy(p: Option<RoomPolicy>) -> Result<Option<RoomPolicy>, CoreError> {
+    if let Some(p) = &p {
+        p.validate().map_err(|(field, msg)| CoreError::Invalid {
+            field: format!("policy.{field}"),
+            msg,
+        })?;
+    }
+    Ok(p)
 }

@@ -634,7 +634,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let r = e.admin(
             "PUT",
             "/v1/rooms/demo/legacy",
-            r#"{"policy":{"accepted_token_kinds":["stream"],"stream_password":"pw","stream_timeout_minutes":5,"bind_ip":true}}"#,
+            r#"{"policy":{"accepted_token_kinds":["stream"],"stream_password":"pw-0123456789","stream_timeout_minutes":5,"bind_ip":true}}"#,
         );
         assert_eq!(r.status, 200, "{}", body(&r));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -645,7 +645,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             401,
             "stream_token_invalid",
         ));
-        let stale = mint_stream("pw", n - 3600, Some(ip));
+        let stale = mint_stream("pw-0123456789", n - 3600, Some(ip));
         cases.push((
             "/whep/demo/legacy",
             stale,
@@ -677,7 +677,7 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let r = e.public("POST", "/whip/demo/blue", None, &whip);
         assert_eq!(r.status, 401);
         // IP mismatch: the right token from another address.
-        let good = mint_stream("pw", n, Some(ip));
+        let good = mint_stream("pw-0123456789", n, Some(ip));
         let r = e.public_from(
             "POST",
             "/whep/demo/legacy",
@@ -1199,5 +1199,63 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.public("GET", "/demo", None, "").status, 404);
         let st: Value = serde_json::from_slice(&e.admin("GET", "/v1/status", "").body).unwrap();
         assert_eq!(st["demo"], false);
+    }
+
+    /// Room policies are bounded at the API (a day of stream-token minutes at most, a real
+    /// password, domains that are domains) and the stream password is never echoed back.
+    #[test]
+    fn room_policy_values_are_bounded_and_passwords_never_echoed() {
+        let e = env("policy-bounds");
+        for (req_body, field) in [
+            (
+                r#"{"policy":{"stream_timeout_minutes":4294967295}}"#,
+                "policy.stream_timeout_minutes",
+            ),
+            (
+                r#"{"policy":{"stream_timeout_minutes":0}}"#,
+                "policy.stream_timeout_minutes",
+            ),
+            (
+                r#"{"policy":{"stream_password":"x"}}"#,
+                "policy.stream_password",
+            ),
+            (
+                r#"{"policy":{"stream_password":"aaaaaaaaaaaaaaaa"}}"#,
+                "policy.stream_password",
+            ),
+            (
+                r#"{"policy":{"allowed_email_domains":["evil.com@corp.example"]}}"#,
+                "policy.allowed_email_domains",
+            ),
+        ] {
+            let r = e.admin("PUT", "/v1/rooms/demo/r1", req_body);
+            assert_eq!(r.status, 400, "{req_body}: {}", body(&r));
+            assert!(body(&r).contains(field), "{}", body(&r));
+        }
+        let r = e.admin(
+            "PUT",
+            "/v1/rooms/demo/r1",
+            r#"{"policy":{"accepted_token_kinds":["stream"],"stream_password":"correct-horse-1","stream_timeout_minutes":1440}}"#,
+        );
+        assert_eq!(r.status, 200, "{}", body(&r));
+        for (method, path) in [
+            ("PUT", "/v1/rooms/demo/r1"),
+            ("GET", "/v1/rooms/demo/r1"),
+            ("GET", "/v1/rooms"),
+            ("GET", "/v1/apps"),
+        ] {
+            let req_body = if method == "PUT" {
+                r#"{"policy":{"accepted_token_kinds":["stream"],"stream_password":"correct-horse-1"}}"#
+            } else {
+                ""
+            };
+            let t = body(&e.admin(method, path, req_body));
+            assert!(
+                !t.contains("correct-horse-1"),
+                "{method} {path} echoes the password: {t}"
+            );
+        }
+        let t = body(&e.admin("GET", "/v1/rooms/demo/r1", ""));
+        assert!(t.contains(r#""stream_password_set":true"#), "{t}");
     }
 }

@@ -232,6 +232,69 @@ impl Default for RoomPolicy {
     }
 }
 
+/// Longest validity of a stream token, minutes: a day. Each check computes one digest per
+/// minute of the window, so the bound is also the most work one unauthenticated request costs.
+pub const MAX_STREAM_TIMEOUT_MINUTES: u32 = 1440;
+/// Shortest stream password. Anyone who knows the minute (everyone) and the password can mint
+/// tokens, so a short one is a dictionary attack away.
+pub const MIN_STREAM_PASSWORD_LEN: usize = 12;
+
+impl RoomPolicy {
+    /// What a room may hold: a stream timeout of 1..=[`MAX_STREAM_TIMEOUT_MINUTES`], a stream
+    /// password of [`MIN_STREAM_PASSWORD_LEN`]..=128 printable ASCII characters with at least 6
+    /// different ones, and e-mail domains that are domain names. The error names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=MAX_STREAM_TIMEOUT_MINUTES).contains(&self.stream_timeout_minutes) {
+            return Err((
+                "stream_timeout_minutes",
+                format!(
+                    "{} is out of range 1..={MAX_STREAM_TIMEOUT_MINUTES}",
+                    self.stream_timeout_minutes
+                ),
+            ));
+        }
+        if let Some(p) = &self.stream_password {
+            let distinct = p.bytes().collect::<std::collections::BTreeSet<u8>>().len();
+            if p.len() < MIN_STREAM_PASSWORD_LEN
+                || p.len() > 128
+                || !p.bytes().all(|b| b.is_ascii_graphic())
+                || distinct < 6
+            {
+                return Err((
+                    "stream_password",
+                    format!(
+                        "must be {MIN_STREAM_PASSWORD_LEN}..=128 printable characters, at least 6 \
+                         of them different"
+                    ),
+                ));
+            }
+        }
+        for d in &self.allowed_email_domains {
+            if email_domain(&format!("x@{}", d.trim_start_matches('@'))).is_none() {
+                return Err((
+                    "allowed_email_domains",
+                    "each entry must be a domain name such as example.com".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy as the admin API shows it: the stream password never leaves control;
+    /// `stream_password_set` says whether the room has one.
+    pub fn public_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("stream_password");
+            o.insert(
+                "stream_password_set".into(),
+                self.stream_password.is_some().into(),
+            );
+        }
+        v
+    }
+}
+
 /// What the request wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
@@ -486,7 +549,11 @@ pub fn verify_stream(
         unhex16(token.trim()).ok_or(TokenError::Malformed("stream token is not md5 hex"))?;
     let now_min = now_unix / 60;
     let ahead = limits.leeway_secs.div_ceil(60);
-    let first = now_min.saturating_sub(u64::from(policy.stream_timeout_minutes));
+    // Bounded even for a policy stored before the bound existed.
+    let minutes = policy
+        .stream_timeout_minutes
+        .min(MAX_STREAM_TIMEOUT_MINUTES);
+    let first = now_min.saturating_sub(u64::from(minutes));
     let mut ok = false;
     for m in first..=now_min + ahead {
         // No early exit: the work does not depend on which minute matched.
