@@ -14,7 +14,7 @@ use crate::api::Control;
 use crate::clock;
 use crate::core::denials::Denial;
 use crate::core::join::JoinRequest;
-use crate::webrtc::token::{self, Credential, Intent, Limits, RoomPolicy, Target, TokenError};
+use crate::webrtc::token::{self, Credential, Intent, Limits, Target, TokenError};
 use contract::shm::Role;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
@@ -307,24 +307,16 @@ impl Control {
         // The registry is locked only to look a key up, never while the token is parsed or
         // its signature checked.
         let key = |app: &str, kid: Option<&str>| self.core.apps().key(app, kid);
-        let policy = self.core.apps().reg.policy(app, room).cloned();
-        let Some(policy) = policy else {
-            // An application we do not know: say so only as "wrong app" for signed tokens
-            // that verify for another application.
-            return Err(match cred {
-                Credential::Signed(t) => token::verify(
-                    t,
-                    key,
-                    now,
-                    &target,
-                    &RoomPolicy::default(),
-                    &self.token_limits(),
-                )
-                .err()
-                .unwrap_or(TokenError::WrongApp),
-                Credential::Stream(_) => TokenError::StreamTokenInvalid,
-            });
-        };
+        // An application or room we do not know is answered exactly as one with the default
+        // policy, so the answer does not tell which applications exist.
+        let policy = self
+            .core
+            .apps()
+            .reg
+            .policy(app, room)
+            .cloned()
+            .unwrap_or_default();
+        let stream = matches!(cred, Credential::Stream(_));
         let grant = token::authorize(
             cred,
             key,
@@ -333,7 +325,14 @@ impl Control {
             &target,
             &policy,
             &self.token_limits(),
-        )?;
+        )
+        .map_err(|e| match e {
+            // Nobody without the password learns more from a stream token than "invalid":
+            // not whether the room exists, nor what it accepts.
+            TokenError::Malformed(_) => e,
+            _ if stream => TokenError::StreamTokenInvalid,
+            e => e,
+        })?;
         Ok((grant.role, grant.sub))
     }
 
@@ -1257,5 +1256,39 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         }
         let t = body(&e.admin("GET", "/v1/rooms/demo/r1", ""));
         assert!(t.contains(r#""stream_password_set":true"#), "{t}");
+    }
+
+    /// Without credentials nobody learns which applications exist: a stream token, or a
+    /// signed token under an unknown key, gets the same answer for an application that exists
+    /// and for one that does not.
+    #[test]
+    fn unknown_and_existing_applications_answer_alike() {
+        let e = env("enumerate");
+        let whep = offer("recvonly", 0);
+        let md5 = "0".repeat(32);
+        let ghost = DevKey::new("k1", b"not-the-demo-key-0123456789abcdefgh").unwrap();
+        let forged = token::mint(&ghost, &claims("demo", "blue", Role::Viewer));
+        let forged_ghost = token::mint(&ghost, &claims("no-such-app", "blue", Role::Viewer));
+        for (a, b) in [
+            (
+                ("/whep/demo/blue", md5.clone()),
+                ("/whep/no-such-app/blue", md5.clone()),
+            ),
+            (
+                ("/whep/demo/blue", forged),
+                ("/whep/no-such-app/blue", forged_ghost),
+            ),
+        ] {
+            let ra = e.public("POST", a.0, Some(&a.1), &whep);
+            let rb = e.public("POST", b.0, Some(&b.1), &whep);
+            assert_eq!(
+                (ra.status, reason(&ra)),
+                (rb.status, reason(&rb)),
+                "{} vs {}",
+                body(&ra),
+                body(&rb)
+            );
+            assert!(ra.status == 401 || ra.status == 403, "{}", body(&ra));
+        }
     }
 }
