@@ -275,17 +275,27 @@ fn accept_loop(
             continue;
         }
         let h = handler.clone();
-        let act = active.clone();
+        // The slot is given back when the guard drops: after the connection, on a panic that
+        // unwinds through it, or with the closure when the thread cannot be spawned.
+        let slot = Slot(active.clone());
         let spawned = std::thread::Builder::new()
             .name("http-conn".into())
             .spawn(move || {
+                let _slot = slot;
                 serve_one(stream, peer, &*h, accepted + deadline);
-                act.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
             tracing::error!(error = %e, "could not spawn a connection thread");
         }
+    }
+}
+
+/// One taken connection slot; dropping it gives the slot back.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -329,7 +339,14 @@ fn serve_one(mut stream: Box<dyn Stream>, peer: String, handler: &dyn Handler, d
     let (resp, head_only) = match read_request(&mut *stream, peer, deadline) {
         Ok(req) => {
             let head = req.method == "HEAD";
-            (handler.handle(&req), head)
+            // A handler bug answers 500 and keeps the server whole.
+            let resp =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&req)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(path = %req.path, "request handler panicked");
+                        Response::error(500, "internal error")
+                    });
+            (resp, head)
         }
         Err(ReadError::Closed) => return,
         Err(ReadError::Respond(r)) => (r, false),
@@ -530,6 +547,33 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    /// A handler that panics on `/boom`.
+    struct Boom;
+    impl Handler for Boom {
+        fn handle(&self, req: &Request) -> Response {
+            assert!(req.path != "/boom", "a handler bug");
+            Response::json(200, &serde_json::json!({"ok": true}))
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_and_leaks_no_slot() {
+        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let Listener::Tcp(t) = &l else {
+            unreachable!("bound tcp")
+        };
+        let addr = t.local_addr().unwrap();
+        let mut srv = Server::spawn(l, Arc::new(Boom)).unwrap();
+        // More panics than there are slots: each must give its slot back.
+        for _ in 0..MAX_CONNECTIONS + 10 {
+            let r = roundtrip(addr, b"GET /boom HTTP/1.1\r\n\r\n");
+            assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+        }
+        let r = roundtrip(addr, b"GET /fine HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        srv.shutdown();
     }
 
     #[test]
