@@ -562,7 +562,11 @@ fn admin_api_end_to_end_with_restart() {
         json!(5000)
     );
     assert_error(d.get("/v1/sessions/999"), 404, "999");
-    assert_error(d.get("/v1/sessions/abc"), 404, "abc");
+    assert_error(
+        d.get("/v1/sessions/abc"),
+        400,
+        "id: `abc` is not a session id",
+    );
 
     // The shm file holds what the API says, keys included.
     let m = shm_sessions(&env.shm);

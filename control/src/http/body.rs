@@ -16,8 +16,29 @@ fn bad_field(field: &str, msg: impl std::fmt::Display) -> CoreError {
 /// A positive id from a path segment; anything else is "not found".
 pub fn parse_id(s: &str, what: &str) -> Result<u64, CoreError> {
     s.parse::<u64>().ok().filter(|&i| i != 0).ok_or_else(|| {
-        CoreError::NotFound(format!("{what} {s} not found (ids are positive integers)"))
+        bad_field(
+            "id",
+            format!("`{}` is not a {what} id (a positive integer)", shown(s)),
+        )
     })
+}
+
+/// At most this many characters of a client's input are quoted back in an error message.
+const SHOWN: usize = 64;
+
+/// `s` as an error message may quote it: its first [`SHOWN`] characters, control characters
+/// replaced, `…` when cut. Messages are copied into the audit log; a client must not be able
+/// to grow them (or forge lines) with its input.
+pub fn shown(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(SHOWN)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > SHOWN {
+        out.push('…');
+    }
+    out
 }
 
 /// Error messages never echo the address: they are copied into the audit log (no peer IPs).
@@ -25,13 +46,13 @@ pub fn parse_peer(s: &str) -> Result<SocketAddr, CoreError> {
     let a: SocketAddr = s.parse().map_err(|_| {
         bad_field(
             "peer",
-            format!("`{s}` is not IP:PORT (IPv6 as [addr]:port)"),
+            format!("`{}` is not IP:PORT (IPv6 as [addr]:port)", shown(s)),
         )
     })?;
     if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
         return Err(bad_field(
             "peer",
-            format!("`{s}` is not a unicast address with a port"),
+            format!("`{}` is not a unicast address with a port", shown(s)),
         ));
     }
     Ok(a)
@@ -109,14 +130,14 @@ pub struct Body(pub Map<String, Value>);
 
 impl Body {
     pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Body, CoreError> {
-        let v: Value = serde_json::from_slice(bytes)
+        let v: Value = strict::from_slice(bytes)
             .map_err(|e| CoreError::BadRequest(format!("body is not valid JSON: {e}")))?;
         let Value::Object(m) = v else {
             return Err(CoreError::BadRequest("body must be a JSON object".into()));
         };
         if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad_field(
-                k,
+                &shown(k),
                 format!("unknown field (expected one of: {})", allowed.join(", ")),
             ));
         }
@@ -179,5 +200,121 @@ impl Body {
         self.get(k)
             .map(|v| serde_json::from_value::<T>(v.clone()).map_err(|e| bad_field(k, e)))
             .transpose()
+    }
+}
+
+/// JSON parsing that refuses an object with the same key twice, at any depth. `serde_json`
+/// keeps the last one silently, so `{"role":"viewer","role":"host"}` would read as host while a
+/// proxy or log that keeps the first saw a viewer.
+mod strict {
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+    use std::fmt;
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+        let mut d = serde_json::Deserializer::from_slice(bytes);
+        let v = Strict.deserialize(&mut d)?;
+        d.end()?;
+        Ok(v)
+    }
+
+    struct Strict;
+
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+            Ok(Value::Bool(b))
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+            Ok(n.into())
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+            Ok(n.into())
+        }
+        fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+            Ok(Value::String(s.to_owned()))
+        }
+        fn visit_string<E>(self, s: String) -> Result<Value, E> {
+            Ok(Value::String(s))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(x) = a.next_element_seed(Strict)? {
+                v.push(x);
+            }
+            Ok(Value::Array(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+            let mut m = Map::new();
+            while let Some(k) = a.next_key::<String>()? {
+                let v = a.next_value_seed(Strict)?;
+                if m.contains_key(&k) {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key `{}`",
+                        super::shown(&k)
+                    )));
+                }
+                m.insert(k, v);
+            }
+            Ok(Value::Object(m))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(Body::parse(
+            br#"{"role":"viewer","peer":"1.2.3.4:5"}"#,
+            &["role", "peer"]
+        )
+        .is_ok());
+        for dup in [
+            r#"{"role":"viewer","role":"host"}"#,
+            r#"{"rewrite":{"ssrc":1,"ssrc":2}}"#,
+            r#"{"rewrite":{"pt_map":[[96,100]],"x":[{"a":1,"a":2}]}}"#,
+        ] {
+            match Body::parse(dup.as_bytes(), &["role", "rewrite"]) {
+                Err(CoreError::BadRequest(m)) => assert!(m.contains("duplicate key"), "{m}"),
+                other => panic!("{dup}: {:?}", other.map(|b| b.0)),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ids_are_400_and_input_is_quoted_short() {
+        assert_eq!(parse_id("7", "session"), Ok(7));
+        let e = parse_id("abc", "session").unwrap_err();
+        assert_eq!(e.status(), 400);
+        let long = "x".repeat(5000);
+        let e = parse_id(&long, "session").unwrap_err().to_string();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        let e = parse_peer(&format!("{long}\nforged audit line"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && !e.contains('\n'), "{e}");
+        assert_eq!(shown("a\u{1b}b"), "a?b");
     }
 }
