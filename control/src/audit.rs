@@ -47,6 +47,35 @@ impl PeerHasher {
         let tag = ring::hmac::sign(&self.key, text.as_bytes());
         format!("h:{}", crate::secrets::hex(&tag.as_ref()[..8]))
     }
+
+    /// The pseudonym of an HTTP client (`tcp:IP:PORT` or a unix-socket peer): its address
+    /// without the port, so one client's requests correlate across its connections.
+    pub fn hash_client(&self, peer: &str) -> String {
+        let addr = peer.strip_prefix("tcp:").unwrap_or(peer);
+        match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => self.hash(&a.ip().to_string()),
+            Err(_) => self.hash(addr),
+        }
+    }
+}
+
+/// At most this many characters of a client's input are quoted in the audit log or an error
+/// message.
+pub const QUOTED_CHARS: usize = 64;
+
+/// What the audit log and error messages may quote of a client's input: its first
+/// [`QUOTED_CHARS`] characters, control characters replaced by `?`, `…` when cut. A client can
+/// then neither grow a line nor forge one with what it sends.
+pub fn quoted(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(QUOTED_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > QUOTED_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 /// The writer. Wrap it in a mutex; [`Audit::errors`] is readable without it.

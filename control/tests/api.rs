@@ -911,3 +911,41 @@ fn bad_config_is_refused_with_key_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":3:") && err.contains("frobnicate"), "{err}");
 }
+
+/// A flood of bad admin tokens with long paths costs the audit log a bounded number of short
+/// lines, all naming the same client (the address without its port).
+#[test]
+fn auth_failures_are_rate_limited_short_and_correlated_in_the_audit_log() {
+    let env = Env::new("authflood");
+    let d = Daemon::start(&env);
+    let long = format!("/v1/{}", "x".repeat(4000));
+    for _ in 0..200 {
+        let (st, _) = d.req("GET", &long, Some("wrong-token-wrong-token"), None);
+        assert_eq!(st, 401);
+    }
+    let mut text = String::new();
+    for e in std::fs::read_dir(env.dir.join("log")).unwrap() {
+        text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["action"] == "auth.failed")
+        .collect();
+    // A burst of 20 and 10/s after it; the run takes well under a few seconds.
+    assert!(
+        (20..=60).contains(&lines.len()),
+        "{} auth.failed lines for 200 failures",
+        lines.len()
+    );
+    let from: HashSet<&str> = lines
+        .iter()
+        .map(|v| v["ids"]["from"].as_str().unwrap())
+        .collect();
+    assert_eq!(from.len(), 1, "one client, one pseudonym: {from:?}");
+    for v in &lines {
+        let line = v.to_string();
+        assert!(line.len() < 600, "{} bytes: {line}", line.len());
+    }
+    d.stop(&env);
+}

@@ -3,6 +3,7 @@
 //! the limit left out is summed in a periodic `webrtc.denied_suppressed` line.
 
 use super::{lock, Core};
+use crate::audit::quoted;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -44,13 +45,14 @@ impl DeniedLog {
     }
 }
 
-/// One refused join, as the audit entry names it.
+/// One refused request, as the audit entry names it.
 #[derive(Debug, Clone)]
 pub struct Denial<'a> {
-    /// `whip` or `whep`.
-    pub kind: &'a str,
-    pub app: &'a str,
-    pub room: &'a str,
+    /// The audit action: `whip.denied`, `whep.denied`, or `auth.failed` (admin API).
+    pub action: &'a str,
+    /// What was asked for (for joins: `app` and `room`; for the admin API: `method` and
+    /// `path`), as the client sent it: quoted short before it is logged.
+    pub target: [(&'static str, &'a str); 2],
     /// The stable reason code.
     pub reason: &'static str,
     /// The hashed source.
@@ -64,12 +66,19 @@ impl Core {
     pub fn record_denial(&self, d: Denial<'_>, now_ms: u64) {
         let audited = lock(&self.denied).admit(d.reason, now_ms);
         if audited {
+            // The target comes from the URL: quoted short, never whole.
+            let mut ids = serde_json::Map::new();
+            for (k, v) in d.target {
+                ids.insert(k.into(), quoted(v).into());
+            }
+            ids.insert("reason".into(), d.reason.into());
+            ids.insert("from".into(), d.from.into());
             self.audit.record(
                 "anonymous",
-                &format!("{}.denied", d.kind),
-                json!({"app": d.app, "room": d.room, "reason": d.reason, "from": d.from}),
+                d.action,
+                Value::Object(ids),
                 d.status,
-                &d.message,
+                &quoted(&d.message),
             );
         }
     }

@@ -11,6 +11,7 @@ use super::metrics;
 use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
+use crate::core::denials::Denial;
 use crate::core::sessions::{NewRoute, NewSession};
 use crate::core::CoreError;
 use crate::secrets;
@@ -66,9 +67,16 @@ impl Control {
         if !self.authorized(req) {
             let mut r = Response::error(401, "missing or invalid admin token");
             r.headers.push(("WWW-Authenticate", "Bearer".into()));
-            let from = self.core.audit.hasher.hash(&req.peer);
-            let ids = json!({"method": req.method, "path": req.path, "from": from});
-            audit_response(&self.core, "anonymous", "auth.failed", ids, &r);
+            // Unauthenticated: through the same counted, rate-limited path as refused joins.
+            let d = Denial {
+                action: "auth.failed",
+                target: [("method", &req.method), ("path", &req.path)],
+                reason: "bad_admin_token",
+                from: self.core.audit.hasher.hash_client(&req.peer),
+                status: r.status,
+                message: "missing or invalid admin token".into(),
+            };
+            self.core.record_denial(d, clock::unix_ms());
             return r;
         }
         match (m, &segs[1..]) {

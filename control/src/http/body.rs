@@ -23,22 +23,9 @@ pub fn parse_id(s: &str, what: &str) -> Result<u64, CoreError> {
     })
 }
 
-/// At most this many characters of a client's input are quoted back in an error message.
-const SHOWN: usize = 64;
-
-/// `s` as an error message may quote it: its first [`SHOWN`] characters, control characters
-/// replaced, `…` when cut. Messages are copied into the audit log; a client must not be able
-/// to grow them (or forge lines) with its input.
+/// A client's input as an error message may quote it ([`crate::audit::quoted`]).
 pub fn shown(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(SHOWN)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > SHOWN {
-        out.push('…');
-    }
-    out
+    crate::audit::quoted(s)
 }
 
 /// Error messages never echo the address: they are copied into the audit log (no peer IPs).

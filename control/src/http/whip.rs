@@ -230,7 +230,7 @@ impl Control {
             return Response::error(404, "the demo token endpoint is disabled");
         };
         if let Some(r) = self.demo_refusal(req) {
-            let ids = json!({"from": self.core.audit.hasher.hash(&req.peer)});
+            let ids = json!({"from": self.core.audit.hasher.hash_client(&req.peer)});
             audit_response(&self.core, "demo", "demo.token", ids, &r);
             return r;
         }
@@ -275,12 +275,12 @@ impl Control {
         if r.status == 401 {
             r.headers.push(("WWW-Authenticate", "Bearer".into()));
         }
+        let action = format!("{kind}.denied");
         let d = Denial {
-            kind,
-            app,
-            room,
+            action: &action,
+            target: [("app", app), ("room", room)],
             reason,
-            from: self.core.audit.hasher.hash(&req.peer),
+            from: self.core.audit.hasher.hash_client(&req.peer),
             status: r.status,
             message: e.to_string(),
         };
