@@ -345,12 +345,13 @@ impl Control {
         } else {
             Intent::Subscribe
         };
+        // Validated before anything is audited: a name that is not one is never logged.
+        if !valid_segment(app) || !valid_segment(room) {
+            return Response::error(404, "bad application or room name");
+        }
         if bearer(req).is_none() {
             let e = TokenError::Malformed("missing bearer token");
             return self.deny(kind, app, room, req, &e);
-        }
-        if !valid_segment(app) || !valid_segment(room) {
-            return Response::error(404, "bad application or room name");
         }
         let (role, sub) = match self.authorize(req, app, room, intent) {
             Ok(g) => g,
@@ -1290,5 +1291,24 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
             );
             assert!(ra.status == 401 || ra.status == 403, "{}", body(&ra));
         }
+    }
+
+    /// Names from the URL are validated before anything is audited: an e-mail address or
+    /// kilobytes in place of an application or room name never reach the audit log.
+    #[test]
+    fn invalid_names_are_refused_before_the_audit() {
+        let e = env("names");
+        let whep = offer("recvonly", 0);
+        let long = "r".repeat(5000);
+        for path in [
+            "/whep/alice@example.com/blue".to_string(),
+            format!("/whep/demo/{long}"),
+        ] {
+            let r = e.public("POST", &path, None, &whep);
+            assert_eq!(r.status, 404, "{path}: {}", body(&r));
+        }
+        let audit = e.audit();
+        assert!(!audit.contains("alice@example.com"), "{audit}");
+        assert!(!audit.contains(&long[..100]), "a long name was logged");
     }
 }
