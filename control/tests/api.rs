@@ -949,3 +949,36 @@ fn auth_failures_are_rate_limited_short_and_correlated_in_the_audit_log() {
     }
     d.stop(&env);
 }
+
+/// Files and directories someone loosened while control was stopped (state with keys, the
+/// application registry, the audit key and log) are owner-only again once it starts.
+#[test]
+fn loosened_private_files_are_tightened_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("perms");
+    let d = Daemon::start(&env);
+    d.stop(&env);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let state = env.dir.join("state");
+    let mut loosened = Vec::new();
+    for e in std::fs::read_dir(&state).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            set(&p, 0o644);
+            loosened.push(p);
+        }
+    }
+    assert!(loosened.len() >= 2, "state files: {loosened:?}");
+    set(&state, 0o755);
+    let audit = env.dir.join("log/audit.log");
+    set(&audit, 0o644);
+    let d = Daemon::start(&env);
+    assert_eq!(mode(&state), 0o700);
+    for p in loosened.iter().chain([&audit]) {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+    d.stop(&env);
+}

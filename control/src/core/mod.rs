@@ -62,6 +62,13 @@ pub enum StartError {
     Apps(String),
     #[error("DTLS certificate: {0}")]
     Cert(String),
+    /// A private directory whose modes could not be made owner-only again.
+    #[error("making {path} owner-only: {source}", path = path.display())]
+    Permissions {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The audit log with its failure counter and the keyed hash of peer identities.
@@ -126,6 +133,25 @@ impl Core {
     /// Load state, open (or re-adopt) shm and reconcile it with the state, at `now_ms`. A
     /// shm failure is not fatal: what needs shm is refused and [`Core::tick`] retries.
     pub fn start(cfg: Config, now_ms: u64) -> Result<Core, StartError> {
+        // Whatever loosened the state (keys!) and audit files while control was stopped is
+        // undone before anything is read from them.
+        fn perm(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+            move |source| StartError::Permissions {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+        let state = &cfg.control.state_dir;
+        crate::files::tighten_private_dir(state).map_err(perm(state))?;
+        if let (Some(dir), Some(name)) = (
+            cfg.control.audit_log.parent(),
+            cfg.control.audit_log.file_name(),
+        ) {
+            // The log and its rotated files (`audit.log.2026-12-06[.n]`).
+            let prefix = name.to_string_lossy().into_owned();
+            crate::files::tighten_files(dir, |f| f.to_string_lossy().starts_with(&prefix))
+                .map_err(perm(dir))?;
+        }
         let store = Store::open(&cfg.control.state_dir)?;
         let hasher = PeerHasher::load_or_create(&cfg.control.state_dir).map_err(|source| {
             StartError::AuditKey {
