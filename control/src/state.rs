@@ -410,33 +410,49 @@ impl Store {
     /// [`route_conflict`] for every route the batch puts, against the state as the batch's
     /// earlier entries leave it.
     fn check_routes(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        for (i, e) in entries.iter().enumerate() {
-            let Entry::PutRoute { route } = e else {
-                continue;
-            };
-            let earlier = &entries[..i];
-            let gone = |id: u64| {
-                earlier.iter().any(|e| match e {
-                    Entry::DelRoute { id: d } => *d == id,
-                    Entry::PutRoute { route } => route.id == id,
-                    _ => false,
-                })
-            };
-            // Routes of the state the batch neither removed nor replaced, then the batch's
-            // own puts (the last put of an id wins).
-            let stored = self.state.routes.values().filter(|r| !gone(r.id));
-            let batch = earlier.iter().enumerate().filter_map(|(j, e)| match e {
-                Entry::PutRoute { route }
-                    if !earlier[j + 1..].iter().any(|l| {
-                        matches!(l, Entry::PutRoute { route: r } if r.id == route.id)
-                            || matches!(l, Entry::DelRoute { id } if *id == route.id)
-                    }) =>
-                {
-                    Some(route)
+        // The batch is replayed in order over an index of the routes by (subscriber, output
+        // SSRC), so each put is checked against the routes in effect at its place in the
+        // batch (stored ones it did not remove or replace, and earlier puts, the last put of
+        // an id winning) in time linear in the state plus the batch: an offer with many
+        // SSRCs, times the viewers of a room, must not cost quadratic work under the lock.
+        let mut by_id: std::collections::HashMap<u64, &StoredRoute> =
+            self.state.routes.values().map(|r| (r.id, r)).collect();
+        let mut by_out: std::collections::HashMap<(u64, u32), Vec<u64>> =
+            std::collections::HashMap::new();
+        for r in by_id.values() {
+            if let Some(ssrc) = output_ssrc(r) {
+                by_out.entry((r.to, ssrc)).or_default().push(r.id);
+            }
+        }
+        let unindex = |by_out: &mut std::collections::HashMap<(u64, u32), Vec<u64>>,
+                       r: &StoredRoute| {
+            if let Some(ssrc) = output_ssrc(r) {
+                if let Some(v) = by_out.get_mut(&(r.to, ssrc)) {
+                    v.retain(|&id| id != r.id);
                 }
-                _ => None,
-            });
-            route_conflict(stored.chain(batch), route)?;
+            }
+        };
+        for e in entries {
+            match e {
+                Entry::DelRoute { id } => {
+                    if let Some(old) = by_id.remove(id) {
+                        unindex(&mut by_out, old);
+                    }
+                }
+                Entry::PutRoute { route } => {
+                    if let Some(ssrc) = output_ssrc(route) {
+                        let same_out = by_out.get(&(route.to, ssrc)).into_iter().flatten();
+                        route_conflict(same_out.filter_map(|id| by_id.get(id).copied()), route)?;
+                    }
+                    if let Some(old) = by_id.insert(route.id, route) {
+                        unindex(&mut by_out, old);
+                    }
+                    if let Some(ssrc) = output_ssrc(route) {
+                        by_out.entry((route.to, ssrc)).or_default().push(route.id);
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -17,6 +17,14 @@ use super::dtls::Fingerprint;
 pub const MAX_SDP_LEN: usize = 64 * 1024;
 /// Media sections we look at; more is refused.
 pub const MAX_MEDIA: usize = 64;
+/// SSRCs one media section may announce: a stream, its RTX and FEC, up to three simulcast
+/// layers of each stay below it. Every SSRC becomes routes for each viewer, so this bounds the
+/// work one join costs.
+pub const MAX_SSRCS_PER_MEDIA: usize = 8;
+/// SSRCs one offer may announce in all.
+pub const MAX_SSRCS_PER_OFFER: usize = 16;
+/// `a=ssrc` lines one media section may hold (several attributes per SSRC).
+pub const MAX_SSRC_LINES_PER_MEDIA: usize = 64;
 
 /// Why an offer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +39,10 @@ pub enum SdpError {
     NoMedia,
     #[error("SDP has too many media sections")]
     TooManyMedia,
+    /// More SSRCs than a real client sends: at most [`MAX_SSRCS_PER_MEDIA`] per media section
+    /// and [`MAX_SSRCS_PER_OFFER`] per offer, [`MAX_SSRC_LINES_PER_MEDIA`] `a=ssrc` lines.
+    #[error("offer has too many SSRCs ({0})")]
+    TooManySsrcs(&'static str),
     #[error("offer has no BUNDLE group (bundle is required)")]
     NoBundle,
     #[error("media section {0:?} lacks a=rtcp-mux (required)")]
@@ -215,6 +227,14 @@ pub struct Media {
 
 impl Media {
     /// Distinct SSRCs the offerer announced.
+    /// How many different SSRCs the `a=ssrc` lines name.
+    pub fn distinct_ssrcs(&self) -> usize {
+        let mut v: Vec<u32> = self.ssrcs.iter().map(|(s, _)| *s).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    }
+
     pub fn ssrc_list(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.ssrcs.iter().map(|(s, _)| *s).collect();
         v.dedup();
@@ -309,6 +329,10 @@ impl Offer {
         }
         if offer.media.is_empty() {
             return Err(SdpError::NoMedia);
+        }
+        let total: usize = offer.media.iter().map(Media::distinct_ssrcs).sum();
+        if total > MAX_SSRCS_PER_OFFER {
+            return Err(SdpError::TooManySsrcs("in the offer"));
         }
         Ok(offer)
     }
@@ -496,6 +520,15 @@ fn media_attr(m: &mut Media, name: &str, val: Option<&str>, n: usize) -> Result<
         ("ssrc", Some(v)) => {
             let (ssrc, attr) = v.split_once(' ').ok_or(bad(n, "bad a=ssrc"))?;
             let ssrc: u32 = parse_u(ssrc, n, "bad ssrc")?;
+            if m.ssrcs.len() >= MAX_SSRC_LINES_PER_MEDIA {
+                return Err(SdpError::TooManySsrcs("a=ssrc lines in one media section"));
+            }
+            if !m.ssrcs.iter().any(|(s, _)| *s == ssrc) {
+                let distinct = m.distinct_ssrcs();
+                if distinct >= MAX_SSRCS_PER_MEDIA {
+                    return Err(SdpError::TooManySsrcs("in one media section"));
+                }
+            }
             m.ssrcs.push((ssrc, attr.trim().to_owned()));
         }
         ("ssrc-group", Some(v)) => {
@@ -1178,6 +1211,41 @@ m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap
         assert!(matches!(
             answer(&o, Endpoint::Whip, &cfg()),
             Err(SdpError::NoFingerprint(_))
+        ));
+    }
+
+    /// The SSRCs a real client announces parse; the thousands an attacker might (each a route
+    /// per viewer) are refused at once.
+    #[test]
+    fn ssrcs_are_capped_per_media_section_and_per_offer() {
+        let media = |ssrcs: std::ops::Range<u32>, lines_each: usize| {
+            let mut m = String::from("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n");
+            for s in ssrcs {
+                for k in 0..lines_each {
+                    m.push_str(&format!("a=ssrc:{s} attr{k}:x\r\n"));
+                }
+            }
+            m
+        };
+        let offer = |body: String| Offer::parse(&format!("v=0\r\n{body}"));
+        // Eight SSRCs with several attributes each, in two sections: fine.
+        assert!(offer(media(1..9, 3) + &media(11..19, 3)).is_ok());
+        assert_eq!(
+            offer(media(1..10, 1)),
+            Err(SdpError::TooManySsrcs("in one media section"))
+        );
+        assert_eq!(
+            offer(media(1..9, 1) + &media(11..19, 1) + &media(21..22, 1)),
+            Err(SdpError::TooManySsrcs("in the offer"))
+        );
+        assert_eq!(
+            offer(media(1..2, 65)),
+            Err(SdpError::TooManySsrcs("a=ssrc lines in one media section"))
+        );
+        // The attack that stalled control: 2,900 SSRCs in one offer.
+        assert!(matches!(
+            offer(media(1..2901, 1)),
+            Err(SdpError::TooManySsrcs(_))
         ));
     }
 
