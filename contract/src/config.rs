@@ -249,6 +249,26 @@ pub enum LogFormat {
     Json,
 }
 
+#[cfg(feature = "logging")]
+impl LogFormat {
+    /// Install the process's logger: stderr, this format, the level `$SLUICE_LOG` names
+    /// (default `info`), colour only on a terminal. Both daemons call it once, after reading
+    /// their configuration.
+    pub fn init(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let fmt = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self {
+            LogFormat::Json => fmt.json().flatten_event(true).init(),
+            LogFormat::Text => fmt
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init(),
+        }
+    }
+}
+
 /// `[relay]`: the data plane.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

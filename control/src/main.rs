@@ -2,7 +2,6 @@
 #![deny(unsafe_code)]
 
 use clap::Parser;
-use contract::config::LogFormat;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -20,21 +19,6 @@ struct Args {
     check_config: bool,
 }
 
-/// Logs to stderr as `log.format` says, at the level `$SLUICE_LOG` names (default `info`).
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => fmt.json().flatten_event(true).init(),
-        LogFormat::Text => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let cfg = match control::daemon::load_config(args.config.as_deref()) {
@@ -44,7 +28,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(cfg.log.format);
+    cfg.log.format.init();
     // The same checks a start makes, so that --check-config and the start agree.
     let warnings = match cfg.check_for_start() {
         Ok(w) => w,

@@ -19,7 +19,7 @@
 //! from shared memory and forwards at once.
 
 use clap::Parser;
-use contract::config::{Config, LogFormat};
+use contract::config::Config;
 use contract::shm::{ShmError, ShmReader};
 use relay::engine::{Engine, EngineConfig, SlowGateRates};
 use relay::health::HealthMonitor;
@@ -376,22 +376,6 @@ fn hand_over(running: Workers, req: handover::TakeoverRequest) -> Result<(), Str
     r.map_err(|e| e.to_string())
 }
 
-/// Logs to stderr as `log.format` says, at the level `$SLUICE_LOG` names (default `info`),
-/// colour only on a terminal. The same rule as sluice-control's.
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => fmt.json().flatten_event(true).init(),
-        LogFormat::Text => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
     let cfg = match &cli.config {
@@ -405,7 +389,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    init_logging(cfg.log.format);
+    cfg.log.format.init();
     if let Err(e) = run(cli, cfg) {
         tracing::error!("{e}");
         eprintln!("sluice-relay: {e}");
