@@ -73,33 +73,7 @@ fn media_survives_control_restarts_rekey_and_relay_restart() {
 
     let profile = Profile::AeadAes128Gcm;
     let mut st = SrtpStream::new(profile, 4242, 16);
-    let unused = |seed| test_key(profile, seed).to_base64();
-    let a = app.add_session(
-        &st.sender_addr.to_string(),
-        profile,
-        &st.pub_key.to_base64(),
-        &unused(9001),
-        "speaker",
-    );
-    let b = app.add_session(
-        &st.receiver_addr.to_string(),
-        profile,
-        &unused(9002),
-        &st.sub_key.to_base64(),
-        "viewer",
-    );
-    let r: u64 = app
-        .ctl_ok(&[
-            "route",
-            "add",
-            "--from",
-            &a.to_string(),
-            "--to",
-            &b.to_string(),
-        ])
-        .trim()
-        .parse()
-        .expect("route add prints the id");
+    let (a, b, r) = app.route_stream(&st, profile);
     assert_eq!(ids(&app.ctl_json(&["sessions"])), [a, b]);
     assert_eq!(ids(&app.ctl_json(&["routes"])), [r]);
 

@@ -581,6 +581,40 @@ impl Appliance {
         o
     }
 
+    /// A publisher and a subscriber session for `st`'s two loopback peers (keys the peers do
+    /// not use for the other direction), and a route between them, added with `sluicectl`:
+    /// (publisher id, subscriber id, route id).
+    pub fn route_stream(&self, st: &SrtpStream, profile: Profile) -> (u64, u64, u64) {
+        let unused = |seed| test_key(profile, seed).to_base64();
+        let a = self.add_session(
+            &st.sender_addr.to_string(),
+            profile,
+            &st.pub_key.to_base64(),
+            &unused(9001),
+            "speaker",
+        );
+        let b = self.add_session(
+            &st.receiver_addr.to_string(),
+            profile,
+            &unused(9002),
+            &st.sub_key.to_base64(),
+            "viewer",
+        );
+        let r = self
+            .ctl_ok(&[
+                "route",
+                "add",
+                "--from",
+                &a.to_string(),
+                "--to",
+                &b.to_string(),
+            ])
+            .trim()
+            .parse()
+            .expect("route add prints the id");
+        (a, b, r)
+    }
+
     /// `sluicectl session add` with static keys (base64); the new session's id.
     pub fn add_session(&self, peer: &str, profile: Profile, rx: &str, tx: &str, role: &str) -> u64 {
         let out = self.ctl_ok(&[

@@ -8,7 +8,6 @@
 use contract::srtp::Profile;
 use rustix::process::Signal;
 use sluice_tests::daemons::*;
-use sluice_tests::test_key;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -214,29 +213,7 @@ fn up_restarts_daemons_and_adopts_an_upgraded_relay() {
     let mut up = Up::start(&app);
     let profile = Profile::AeadAes128Gcm;
     let mut st = SrtpStream::new(profile, 4711, 16);
-    let unused = |seed| test_key(profile, seed).to_base64();
-    let a = app.add_session(
-        &st.sender_addr.to_string(),
-        profile,
-        &st.pub_key.to_base64(),
-        &unused(9001),
-        "speaker",
-    );
-    let b = app.add_session(
-        &st.receiver_addr.to_string(),
-        profile,
-        &unused(9002),
-        &st.sub_key.to_base64(),
-        "viewer",
-    );
-    app.ctl_ok(&[
-        "route",
-        "add",
-        "--from",
-        &a.to_string(),
-        "--to",
-        &b.to_string(),
-    ]);
+    app.route_stream(&st, profile);
     st.start(app.media, Duration::from_millis(2));
     assert!(st.wait_counter(50, Duration::from_secs(20)), "no media");
 
