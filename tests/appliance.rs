@@ -494,33 +494,11 @@ fn ipv6_peers_and_unix_socket_admin() {
 
     let profile = Profile::Aes256CmSha1_32;
     let mut st = SrtpStream::on(ip6, profile, 606, 16);
-    let unused = |seed| test_key(profile, seed).to_base64();
     let sender = st.sender_addr.to_string();
     assert!(sender.starts_with("[::1]:"), "{sender}");
-    let a = app.add_session(
-        &sender,
-        profile,
-        &st.pub_key.to_base64(),
-        &unused(1),
-        "host",
-    );
-    let b = app.add_session(
-        &st.receiver_addr.to_string(),
-        profile,
-        &unused(2),
-        &st.sub_key.to_base64(),
-        "viewer",
-    );
+    let (a, b, _) = app.route_stream(&st, profile);
     let sessions = app.ctl_json(&["sessions"]);
     assert_eq!(sessions[0]["peer"].as_str(), Some(sender.as_str()));
-    app.ctl_ok(&[
-        "route",
-        "add",
-        "--from",
-        &a.to_string(),
-        "--to",
-        &b.to_string(),
-    ]);
     st.start(app.media, PERIOD);
     assert!(
         st.wait_counter(100, WAIT),
