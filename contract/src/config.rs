@@ -364,6 +364,11 @@ pub struct ControlConfig {
     pub max_sessions_per_subject: u32,
     /// Concurrent WebRTC sessions in one room.
     pub max_sessions_per_room: u32,
+    /// SSRCs one media section of a WHIP/WHEP offer may announce (each becomes routes for
+    /// every viewer): a stream, its RTX and FEC, simulcast layers.
+    pub max_ssrcs_per_media: u32,
+    /// SSRCs one offer may announce in all.
+    pub max_ssrcs_per_offer: u32,
     /// Serve `POST /demo/token` (loopback clients only) when the demo page is on.
     pub demo_tokens: bool,
     /// Allowed clock difference with the minting back end for signed tokens, seconds.
@@ -397,6 +402,8 @@ impl Default for ControlConfig {
             signaling_timeout_secs: 30,
             max_sessions_per_subject: 8,
             max_sessions_per_room: 1000,
+            max_ssrcs_per_media: 8,
+            max_ssrcs_per_offer: 16,
             demo_tokens: true,
             token_leeway_secs: 30,
             token_max_lifetime_secs: 86_400,
@@ -885,6 +892,13 @@ fn validate_webrtc_limits(c: &ControlConfig) -> Check {
             ),
         );
     }
+    in_range("control.max_ssrcs_per_media", c.max_ssrcs_per_media, 1, 64)?;
+    in_range(
+        "control.max_ssrcs_per_offer",
+        c.max_ssrcs_per_offer,
+        c.max_ssrcs_per_media,
+        256,
+    )?;
     in_range("control.token_leeway_secs", c.token_leeway_secs, 0, 600)?;
     in_range(
         "control.token_max_lifetime_secs",

@@ -14,7 +14,7 @@ use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
 use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
 use crate::webrtc::dtls::DtlsRole;
-use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup};
+use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup, SsrcLimits};
 use contract::shm::{session_flags, Role};
 use contract::srtp::Profile;
 use std::collections::BTreeMap;
@@ -53,7 +53,14 @@ impl Core {
     /// Join `req.room` at `now_ms`: answer the offer and commit the pending session with
     /// its routes.
     pub fn join(&self, req: JoinRequest<'_>, now_ms: u64) -> Result<Joined, CoreError> {
-        let offer = read_offer(req.offer)?;
+        let limits = {
+            let c = self.config();
+            SsrcLimits {
+                per_media: c.control.max_ssrcs_per_media as usize,
+                per_offer: c.control.max_ssrcs_per_offer as usize,
+            }
+        };
+        let offer = read_offer(req.offer, limits)?;
         if self.is_draining() {
             return Err(CoreError::Unavailable("control is draining".into()));
         }
@@ -210,10 +217,10 @@ impl Core {
     }
 }
 
-fn read_offer(body: &[u8]) -> Result<Offer, CoreError> {
+fn read_offer(body: &[u8], limits: SsrcLimits) -> Result<Offer, CoreError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| CoreError::BadRequest("the SDP offer is not UTF-8".into()))?;
-    Offer::parse(text).map_err(|e| CoreError::BadRequest(format!("SDP offer: {e}")))
+    Offer::parse_with(text, limits).map_err(|e| CoreError::BadRequest(format!("SDP offer: {e}")))
 }
 
 /// The per-subject and per-room caps on concurrent sessions.

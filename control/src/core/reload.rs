@@ -2,7 +2,8 @@
 //! what it could not.
 //!
 //! Changed while running: the join caps (`control.max_sessions_per_subject`,
-//! `max_sessions_per_room`), `signaling_timeout_secs`, the token checks (`token_leeway_secs`,
+//! `max_sessions_per_room`, `max_ssrcs_per_media`, `max_ssrcs_per_offer`),
+//! `signaling_timeout_secs`, the token checks (`token_leeway_secs`,
 //! `token_max_lifetime_secs`), `cors_allow_origin` and `demo_tokens`, all read at each use; and
 //! (by the daemon) the admin token. Everything else is bound to listeners, sockets, files,
 //! threads or the relay, and keeps its running value until a restart; the report names it.
@@ -36,6 +37,8 @@ pub fn merge(old: &Config, new: &Config) -> (Config, Report) {
     take!(
         max_sessions_per_subject,
         max_sessions_per_room,
+        max_ssrcs_per_media,
+        max_ssrcs_per_offer,
         signaling_timeout_secs,
         token_leeway_secs,
         token_max_lifetime_secs,

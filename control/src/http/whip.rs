@@ -1311,4 +1311,25 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert!(!audit.contains("alice@example.com"), "{audit}");
         assert!(!audit.contains(&long[..100]), "a long name was logged");
     }
+
+    /// `control.max_ssrcs_per_media` bounds what one WHIP offer may announce: the usual pair
+    /// (a stream and its RTX) passes, a third SSRC is a 400.
+    #[test]
+    fn ssrc_caps_come_from_config() {
+        let e = env_with(
+            "ssrc-cap",
+            "max_ssrcs_per_media = 2\nmax_ssrcs_per_offer = 2",
+        );
+        let token = sign(&claims("demo", "blue", Role::Host));
+        let ok = offer("sendonly", 100);
+        let r = e.public("POST", "/whip/demo/blue", Some(&token), &ok);
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let three = offer("sendonly", 200).replace(
+            "a=ssrc:201 cname:x\r\n",
+            "a=ssrc:201 cname:x\r\na=ssrc:202 cname:x\r\n",
+        );
+        let r = e.public("POST", "/whip/demo/blue", Some(&token), &three);
+        assert_eq!(r.status, 400, "{}", body(&r));
+        assert!(body(&r).contains("too many SSRCs"), "{}", body(&r));
+    }
 }

@@ -26,6 +26,23 @@ pub const MAX_SSRCS_PER_OFFER: usize = 16;
 /// `a=ssrc` lines one media section may hold (several attributes per SSRC).
 pub const MAX_SSRC_LINES_PER_MEDIA: usize = 64;
 
+/// How many SSRCs an offer may announce (`control.max_ssrcs_per_media`,
+/// `control.max_ssrcs_per_offer`; defaults [`MAX_SSRCS_PER_MEDIA`], [`MAX_SSRCS_PER_OFFER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SsrcLimits {
+    pub per_media: usize,
+    pub per_offer: usize,
+}
+
+impl Default for SsrcLimits {
+    fn default() -> Self {
+        SsrcLimits {
+            per_media: MAX_SSRCS_PER_MEDIA,
+            per_offer: MAX_SSRCS_PER_OFFER,
+        }
+    }
+}
+
 /// Why an offer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -235,9 +252,14 @@ impl Media {
         v.len()
     }
 
+    /// The SSRCs the `a=ssrc` lines name, each once, in order of first appearance.
     pub fn ssrc_list(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.ssrcs.iter().map(|(s, _)| *s).collect();
-        v.dedup();
+        let mut v: Vec<u32> = Vec::new();
+        for (s, _) in &self.ssrcs {
+            if !v.contains(s) {
+                v.push(*s);
+            }
+        }
         v
     }
 }
@@ -273,7 +295,13 @@ fn ice_char_ok(s: &str) -> bool {
 
 impl Offer {
     /// Parse an SDP offer. Unknown lines and attributes are ignored (RFC 8866 §5).
+    /// [`Offer::parse_with`] the default SSRC limits.
     pub fn parse(sdp: &str) -> Result<Offer, SdpError> {
+        Offer::parse_with(sdp, SsrcLimits::default())
+    }
+
+    /// Parse an offer, refusing more SSRCs than `limits` allow.
+    pub fn parse_with(sdp: &str, limits: SsrcLimits) -> Result<Offer, SdpError> {
         if sdp.len() > MAX_SDP_LEN {
             return Err(SdpError::TooLarge);
         }
@@ -317,7 +345,7 @@ impl Offer {
                         None => (value, None),
                     };
                     match offer.media.last_mut() {
-                        Some(m) => media_attr(m, name, val, n)?,
+                        Some(m) => media_attr(m, name, val, n, limits.per_media)?,
                         None => session_attr(&mut offer, name, val, n)?,
                     }
                 }
@@ -331,7 +359,7 @@ impl Offer {
             return Err(SdpError::NoMedia);
         }
         let total: usize = offer.media.iter().map(Media::distinct_ssrcs).sum();
-        if total > MAX_SSRCS_PER_OFFER {
+        if total > limits.per_offer {
             return Err(SdpError::TooManySsrcs("in the offer"));
         }
         Ok(offer)
@@ -441,7 +469,13 @@ fn pt_of(s: &str, n: usize) -> Result<u8, SdpError> {
     Ok(pt)
 }
 
-fn media_attr(m: &mut Media, name: &str, val: Option<&str>, n: usize) -> Result<(), SdpError> {
+fn media_attr(
+    m: &mut Media,
+    name: &str,
+    val: Option<&str>,
+    n: usize,
+    max_ssrcs: usize,
+) -> Result<(), SdpError> {
     match (name, val) {
         ("mid", Some(v)) => {
             if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -525,7 +559,7 @@ fn media_attr(m: &mut Media, name: &str, val: Option<&str>, n: usize) -> Result<
             }
             if !m.ssrcs.iter().any(|(s, _)| *s == ssrc) {
                 let distinct = m.distinct_ssrcs();
-                if distinct >= MAX_SSRCS_PER_MEDIA {
+                if distinct >= max_ssrcs {
                     return Err(SdpError::TooManySsrcs("in one media section"));
                 }
             }
