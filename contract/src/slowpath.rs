@@ -77,6 +77,16 @@ pub enum DecodeError {
     NoRoom,
 }
 
+/// Errors of a slow-path connection, at either end: the socket, or a message that does not
+/// decode.
+#[derive(Debug, thiserror::Error)]
+pub enum SlowPathError {
+    #[error("slow-path socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
 /// Write header + payload into `out`; returns the message length.
 pub fn encode(h: &MsgHeader, payload: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
     if payload.len() > MAX_DATAGRAM {

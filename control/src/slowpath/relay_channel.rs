@@ -9,17 +9,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use contract::slowpath::SlowPathError;
 use contract::slowpath::{decode, encode, DecodeError, MsgHeader, MsgKind, MAX_MESSAGE};
 use socket2::{Domain, SockAddr, Socket, Type};
-
-/// Errors of a slow-path connection.
-#[derive(Debug, thiserror::Error)]
-pub enum SlowPathError {
-    #[error("slow-path socket: {0}")]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-}
 
 /// The control end: a listening `SOCK_SEQPACKET` socket at a path.
 pub struct SlowPathServer {

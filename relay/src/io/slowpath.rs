@@ -19,15 +19,6 @@ pub use contract::slowpath::*;
 
 use crate::batch::TxQueue;
 
-/// Errors of a slow-path connection.
-#[derive(Debug, thiserror::Error)]
-pub enum SlowPathError {
-    #[error("slow-path socket: {0}")]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-}
-
 fn seqpacket() -> io::Result<Socket> {
     Socket::new(Domain::UNIX, Type::SEQPACKET, None)
 }
