@@ -427,21 +427,9 @@ fn taken_peer_on_session_add_hints_at_ephemeral() {
     let dir = temp_dir("taken");
     write_runtime(&dir, &fake.url, "t");
     let key = b64(28, 7);
-    let o = run(
-        &[
-            "session",
-            "add",
-            "--peer",
-            "127.0.0.1:5000",
-            "--profile",
-            "AEAD_AES_128_GCM",
-            "--rx-key",
-            &key,
-            "--tx-key",
-            &key,
-        ],
-        &dir,
-    );
+    let args = session_add("127.0.0.1:5000", "AEAD_AES_128_GCM", &key, &key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(&args, &dir);
     assert_eq!(o.status.code(), Some(4));
     let err = stderr(&o);
     assert!(

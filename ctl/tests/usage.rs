@@ -21,23 +21,6 @@ fn expect_usage(args: &[&str], needle: &str) {
     assert!(fake.requests().is_empty(), "{args:?} reached the API");
 }
 
-fn session_add(peer: &str, profile: &str, rx: &str, tx: &str) -> Vec<String> {
-    [
-        "session",
-        "add",
-        "--peer",
-        peer,
-        "--profile",
-        profile,
-        "--rx-key",
-        rx,
-        "--tx-key",
-        tx,
-    ]
-    .map(str::to_string)
-    .to_vec()
-}
-
 fn check(args: Vec<String>, needle: &str) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     expect_usage(&refs, needle);

@@ -173,3 +173,21 @@ pub fn b64(n: usize, fill: u8) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(vec![fill; n])
 }
+
+/// The arguments of `sluicectl session add`.
+pub fn session_add(peer: &str, profile: &str, rx: &str, tx: &str) -> Vec<String> {
+    [
+        "session",
+        "add",
+        "--peer",
+        peer,
+        "--profile",
+        profile,
+        "--rx-key",
+        rx,
+        "--tx-key",
+        tx,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
