@@ -20,6 +20,11 @@ pub const RUNTIME_FILE: &str = "control.json";
 /// Environment variable that overrides the runtime directory (for sluicectl discovery and the
 /// embedded default).
 pub const RUNTIME_DIR_ENV: &str = "SLUICE_RUNTIME_DIR";
+/// Environment variables naming the public listener's certificate chain and key (PEM) when
+/// the file has no `[http.tls]`; both or neither (`sluicectl up` sets them for its self-signed
+/// certificate).
+pub const TLS_CERT_ENV: &str = "SLUICE_TLS_CERT_FILE";
+pub const TLS_KEY_ENV: &str = "SLUICE_TLS_KEY_FILE";
 /// Shortest admin token accepted (characters).
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -228,6 +233,7 @@ pub struct Config {
     pub shm: ShmConfig,
     pub srtp: SrtpConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
 }
 
 /// `[log]`: how both daemons write their logs (to stderr, which systemd gives to journald).
@@ -411,6 +417,58 @@ impl Default for ControlConfig {
     }
 }
 
+/// `[http]`: connection limits and deadlines of control's HTTP listeners (each listener counts
+/// on its own); `[http.tls]`: HTTPS on the public one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Open connections on one listener; more are refused at accept.
+    pub max_connections: u32,
+    /// Open connections on one listener from one source (IPv4 address or IPv6 /64).
+    pub max_connections_per_address: u32,
+    /// A request head must be complete this long after the connection became ready for it (the
+    /// TLS handshake too must finish within it); this is also how long an idle HTTP/1.1
+    /// keep-alive connection stays open.
+    pub header_timeout_ms: u32,
+    /// A request body must be complete this long after its head.
+    pub body_timeout_ms: u32,
+    /// An HTTP/2 connection that receives nothing this long is closed.
+    pub idle_timeout_secs: u32,
+    /// HTTPS (HTTP/1.1 and HTTP/2) on `control.public_listen`; absent: plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            max_connections: 4096,
+            max_connections_per_address: 32,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_secs: 60,
+            tls: None,
+        }
+    }
+}
+
+/// `[http.tls]`: the public listener's certificate. Both files are read again when they change
+/// (and on SIGHUP) without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1); must not be readable by others.
+    pub key_file: PathBuf,
+    /// `Strict-Transport-Security: max-age` on HTTPS answers; 0 sends no header.
+    #[serde(default = "default_hsts_max_age")]
+    pub hsts_max_age_secs: u64,
+}
+
+fn default_hsts_max_age() -> u64 {
+    31_536_000
+}
+
 /// `[shm]`: the shared-memory file control creates and the relay maps.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -485,6 +543,7 @@ impl Default for Config {
             shm: ShmConfig::default(),
             srtp: SrtpConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -640,6 +699,20 @@ impl Config {
         fill(&mut self.control.state_dir, "state");
         fill(&mut self.control.audit_log, "audit/audit.log");
         fill(&mut self.control.slow_path, "slow-path.sock");
+        if self.http.tls.is_none() {
+            let var = |n| {
+                std::env::var_os(n)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            };
+            if let (Some(cert_file), Some(key_file)) = (var(TLS_CERT_ENV), var(TLS_KEY_ENV)) {
+                self.http.tls = Some(TlsConfig {
+                    cert_file,
+                    key_file,
+                    hsts_max_age_secs: default_hsts_max_age(),
+                });
+            }
+        }
     }
 
     /// Semantic checks. Returns the dotted key and what is wrong with it.
@@ -647,6 +720,7 @@ impl Config {
         abs("runtime_dir", &self.runtime_dir)?;
         validate_relay(&self.relay)?;
         validate_control(&self.control)?;
+        validate_http(&self.http, &self.control)?;
         validate_shm(&self.shm)?;
         if self.relay.workers > self.shm.worker_slots {
             return bad(
@@ -694,6 +768,13 @@ impl Config {
     /// `control.public_addresses`, whose WebRTC candidates only this host can reach.
     pub fn check_for_start(&self) -> Result<Vec<String>, ConfigError> {
         self.admin_token()?;
+        if let Some(t) = &self.http.tls {
+            std::fs::metadata(&t.cert_file).map_err(|source| ConfigError::Io {
+                path: t.cert_file.clone(),
+                source,
+            })?;
+            check_not_world_readable(&t.key_file)?;
+        }
         let mut warnings = Vec::new();
         let bind = self.relay.bind;
         if self.control.public_addresses.is_empty() && bind.ip().is_unspecified() {
@@ -815,6 +896,39 @@ fn validate_control(c: &ControlConfig) -> Check {
         3600,
     )?;
     at_least("control.audit_max_bytes", c.audit_max_bytes, 4096)
+}
+
+/// `[http]` and `[http.tls]`.
+fn validate_http(h: &HttpConfig, c: &ControlConfig) -> Check {
+    in_range("http.max_connections", h.max_connections, 1, 1_000_000)?;
+    in_range(
+        "http.max_connections_per_address",
+        h.max_connections_per_address,
+        1,
+        h.max_connections,
+    )?;
+    in_range("http.header_timeout_ms", h.header_timeout_ms, 100, 60_000)?;
+    in_range("http.body_timeout_ms", h.body_timeout_ms, 100, 300_000)?;
+    in_range("http.idle_timeout_secs", h.idle_timeout_secs, 1, 3600)?;
+    let Some(t) = &h.tls else { return Ok(()) };
+    match &c.public_listen {
+        Some(ListenAddr::Tcp(_)) if c.public_listen.as_ref() != Some(&c.admin_listen) => {}
+        _ => {
+            return bad(
+                "http.tls",
+                "HTTPS is served on control.public_listen: set it to a TCP address other than \
+                 control.admin_listen",
+            )
+        }
+    }
+    abs("http.tls.cert_file", &t.cert_file)?;
+    abs("http.tls.key_file", &t.key_file)?;
+    in_range(
+        "http.tls.hsts_max_age_secs",
+        t.hsts_max_age_secs,
+        0,
+        63_072_000,
+    )
 }
 
 /// The admin listener, token and the secret files' paths.

@@ -36,6 +36,8 @@ pub struct Control {
     pub ice: Arc<Mutex<IceAgent>>,
     /// Slow-path counters (the slow-path thread counts; `/metrics` reads).
     pub slow_path_stats: Arc<SlowPathStats>,
+    /// HTTP listener counters (the listeners count; `/metrics` reads).
+    pub http_stats: Arc<crate::http::stats::HttpStats>,
 }
 
 impl Control {
@@ -48,6 +50,7 @@ impl Control {
             token: RwLock::new(token),
             urls: Mutex::new(Urls::default()),
             slow_path_stats: Arc::new(SlowPathStats::default()),
+            http_stats: Arc::default(),
         })
     }
 

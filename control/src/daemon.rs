@@ -2,14 +2,16 @@
 //! systemd notifications and the housekeeping loop.
 //!
 //! Start-up: config → admin token (configured, or generated into the runtime dir) → state
-//! (journal replay) → shm (create or re-adopt, then reconcile) → listeners → slow-path socket
+//! (journal replay) → shm (create or re-adopt, then reconcile) → TLS certificate (when
+//! `[http.tls]` is set) → listeners on the HTTP runtime → slow-path socket
 //! and thread (docs/ICE.md) → `control.json` → `READY=1`. Shutdown on SIGTERM/SIGINT:
 //! `STOPPING=1`, stop listeners and the slow path, compact state, remove `control.json`. The shm file is left in place so a running relay keeps forwarding.
 //! May not touch: request handling (api), the packet path.
 
 use crate::api::{Control, Urls};
+use crate::http::tls::{CertStore, TlsError};
 use crate::http::{AdminHandler, PublicHandler};
-use crate::http::{Listener, Server};
+use crate::http::{Limits, Listener, Options, Runtime, Server};
 use crate::slowpath::{SlowPath, SlowPathParams};
 use crate::{clock, files, secrets};
 use contract::config::{Config, ConfigError, ListenAddr, RuntimeInfo, Secret};
@@ -35,6 +37,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -80,9 +84,10 @@ fn dialable(a: SocketAddr, public: &[IpAddr]) -> SocketAddr {
     SocketAddr::new(ip, a.port())
 }
 
-fn listener_url(l: &Listener, public: &[IpAddr]) -> std::io::Result<String> {
+fn listener_url(l: &Listener, public: &[IpAddr], tls: bool) -> std::io::Result<String> {
+    let scheme = if tls { "https" } else { "http" };
     match l {
-        Listener::Tcp(t) => Ok(format!("http://{}", dialable(t.local_addr()?, public))),
+        Listener::Tcp(t) => Ok(format!("{scheme}://{}", dialable(t.local_addr()?, public))),
         Listener::Unix(..) => l.url(),
     }
 }
@@ -92,6 +97,15 @@ fn bind(addr: &ListenAddr) -> Result<Listener, DaemonError> {
         addr: addr.to_string(),
         source,
     })
+}
+
+/// What a start checks beyond [`Config::check_for_start`], so that `--check-config` agrees:
+/// the `[http.tls]` certificate and key load and belong together.
+pub fn check_tls(cfg: &Config) -> Result<(), TlsError> {
+    if let Some(t) = &cfg.http.tls {
+        CertStore::open(t)?;
+    }
+    Ok(())
 }
 
 /// Run until SIGTERM/SIGINT. Readiness is signalled by `control.json` appearing in the runtime
@@ -117,7 +131,10 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
     let (token, generated) = admin_token(&cfg, &rd)?;
     let ctl = Arc::new(Control::start(cfg.clone(), token.clone())?);
 
-    let (servers, admin_url, public_url) = start_listeners(&cfg, &ctl)?;
+    // A certificate that does not load stops the start, before anything listens.
+    let certs = cfg.http.tls.as_ref().map(CertStore::open).transpose()?;
+    let rt = Runtime::new().map_err(io_err("HTTP runtime", Path::new("")))?;
+    let (servers, admin_url, public_url) = start_listeners(&cfg, &ctl, &rt, certs.clone())?;
     let sp_path = cfg.control.slow_path.clone();
     let mut slow_path = SlowPath::bind(
         &sp_path,
@@ -156,6 +173,7 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
         token_generated: generated,
         rd: &rd,
         urls: &urls,
+        certs: certs.as_deref(),
     };
     serve_until_stopped(&ctl, &stop, &hup, &reload);
 
@@ -165,6 +183,9 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
     for s in &mut servers {
         s.shutdown();
     }
+    drop(servers);
+    // Requests under way get a moment to finish.
+    rt.shutdown(Duration::from_secs(2));
     slow_path.shutdown();
     ctl.shutdown();
     // Remove the discovery file only if it is still ours (a newer instance may own it).
@@ -201,15 +222,20 @@ fn admin_token(cfg: &Config, rd: &Path) -> Result<(Secret, bool), DaemonError> {
     })
 }
 
-/// Bind the admin listener and (when it differs) the public one, and serve both; returns the
-/// servers with the admin and public URLs.
+/// Bind the admin listener and (when it differs) the public one, and serve both on `rt`;
+/// returns the servers with the admin and public URLs. HTTPS (`certs`) is served on the public
+/// listener only (the configuration check makes sure there is one).
 fn start_listeners(
     cfg: &Config,
     ctl: &Arc<Control>,
+    rt: &Runtime,
+    certs: Option<Arc<CertStore>>,
 ) -> Result<(Vec<Server>, String, String), DaemonError> {
     let public = &cfg.control.public_addresses;
+    let limits = Limits::from_config(&cfg.http);
     let admin_l = bind(&cfg.control.admin_listen)?;
-    let admin_url = listener_url(&admin_l, &[]).map_err(io_err("admin listener", Path::new("")))?;
+    let admin_url =
+        listener_url(&admin_l, &[], false).map_err(io_err("admin listener", Path::new("")))?;
     let mut servers = Vec::new();
     let mut public_url = admin_url.clone();
     if let Some(pl) = cfg
@@ -219,14 +245,27 @@ fn start_listeners(
         .filter(|p| **p != cfg.control.admin_listen)
     {
         let l = bind(pl)?;
-        public_url = listener_url(&l, public).map_err(io_err("public listener", Path::new("")))?;
+        public_url = listener_url(&l, public, certs.is_some())
+            .map_err(io_err("public listener", Path::new("")))?;
+        let opts = Options {
+            limits,
+            tls: certs,
+            hsts_max_age_secs: cfg.http.tls.as_ref().map_or(0, |t| t.hsts_max_age_secs),
+            stats: ctl.http_stats.public.clone(),
+        };
         servers.push(
-            Server::spawn(l, Arc::new(PublicHandler(ctl.clone())))
+            Server::start(rt, l, Arc::new(PublicHandler(ctl.clone())), opts)
                 .map_err(io_err("public listener", Path::new("")))?,
         );
     }
+    let opts = Options {
+        limits,
+        tls: None,
+        hsts_max_age_secs: 0,
+        stats: ctl.http_stats.admin.clone(),
+    };
     servers.push(
-        Server::spawn(admin_l, Arc::new(AdminHandler(ctl.clone())))
+        Server::start(rt, admin_l, Arc::new(AdminHandler(ctl.clone())), opts)
             .map_err(io_err("admin listener", Path::new("")))?,
     );
     // After the admin listener: a second instance fails there before it could replace a
@@ -271,6 +310,7 @@ fn serve_until_stopped(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool, reloa
     let wd = watchdog_interval();
     let mut last_wd = Instant::now();
     let mut last_tick = Instant::now();
+    let mut last_cert_check = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if let Some(every) = wd {
@@ -284,6 +324,12 @@ fn serve_until_stopped(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool, reloa
             reload.run(ctl);
             notify(&[NotifyState::Ready]);
         }
+        if let Some(c) = reload.certs {
+            if last_cert_check.elapsed() >= CERT_CHECK_EVERY {
+                c.reload_if_changed(false);
+                last_cert_check = Instant::now();
+            }
+        }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             ctl.tick(clock::unix_ms());
             last_tick = Instant::now();
@@ -291,19 +337,28 @@ fn serve_until_stopped(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool, reloa
     }
 }
 
-/// What SIGHUP needs: the file to read again, and what to rewrite when the token changes.
+/// How often the TLS certificate and key files are checked for a change.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// What SIGHUP needs: the file to read again, what to rewrite when the token changes, and the
+/// TLS certificate to read again.
 struct Reload<'a> {
     path: Option<&'a Path>,
     token_generated: bool,
     rd: &'a Path,
     urls: &'a Urls,
+    certs: Option<&'a CertStore>,
 }
 
 impl Reload<'_> {
-    /// Read the configuration file again and apply what may change while running (see
-    /// `core::reload`; a new admin token too, republished in `control.json`). A file that does
-    /// not load changes nothing. Logged and audited; never fatal.
+    /// Read the TLS certificate and key files again (they need no configuration change), then
+    /// the configuration file, and apply what may change while running (see `core::reload`; a
+    /// new admin token too, republished in `control.json`). A file that does not load changes
+    /// nothing. Logged and audited; never fatal.
     fn run(&self, ctl: &Control) {
+        if let Some(c) = self.certs {
+            c.reload_if_changed(true);
+        }
         let Some(path) = self.path else {
             tracing::info!("SIGHUP: running on the embedded default, no file to reload");
             return;

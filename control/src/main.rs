@@ -37,6 +37,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Err(e) = control::daemon::check_tls(&cfg) {
+        eprintln!("sluice-control: TLS: {e}");
+        return std::process::ExitCode::from(2);
+    }
     for w in &warnings {
         if args.check_config {
             eprintln!("sluice-control: warning: {w}");

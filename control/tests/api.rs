@@ -137,7 +137,7 @@ impl Daemon {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, Value) {
-        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
         if let Some(t) = token {
             r.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
@@ -162,7 +162,7 @@ impl Daemon {
         self.req("DELETE", path, Some(TOKEN), None)
     }
     fn metrics(&self) -> String {
-        let (st, body) = self.raw(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let (st, body) = self.raw(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert_eq!(st, 200);
         body
     }

@@ -5,7 +5,8 @@
 //     node browser.mjs run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS [FIELD_TRIALS]
 //         page 1 publishes getUserMedia({video, audio}) (Chromium's fake devices) through
 //         WHIP at BASE_URL/whip/ROOM; page 2 watches BASE_URL/whep/ROOM with recvonly
-//         transceivers until its <video> decoded FRAMES frames or TIMEOUT_SECS passed
+//         transceivers until its <video> decoded FRAMES frames or TIMEOUT_SECS passed;
+//         BASE_URL may be https:// with SLUICE_CHROMIUM_SPKI naming the certificate's key
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
 // the watcher's <video>, and getStats() of both peers (transport: DTLS state, version,
@@ -118,6 +119,10 @@ try {
     '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
   ];
   if (fieldTrials) launchArgs.push(`--force-fieldtrials=${fieldTrials}`);
+  // HTTPS with a certificate the test made: SLUICE_CHROMIUM_SPKI is the base64 SHA-256 of its
+  // SubjectPublicKeyInfo, the one key Chromium then accepts without a CA.
+  const spki = process.env.SLUICE_CHROMIUM_SPKI;
+  if (spki) launchArgs.push(`--ignore-certificate-errors-spki-list=${spki}`);
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
@@ -195,6 +200,9 @@ try {
   const result = {
     frames: n,
     userAgent: version,
+    // The protocol the WHIP POST travelled on (h2 over HTTPS, http/1.1 otherwise).
+    whipProtocol: await pub.evaluate(() => performance.getEntriesByType('resource')
+      .filter((e) => e.name.includes('/whip/')).map((e) => e.nextHopProtocol)[0] ?? null),
     publisher: await pub.evaluate(() => summarise(window.pc)),
     watcher: await view.evaluate(() => summarise(window.pc)),
   };

@@ -55,6 +55,10 @@ pub fn merge(old: &Config, new: &Config) -> (Config, Report) {
         ("[shm]", old.shm != new.shm),
         ("[srtp]", old.srtp != new.srtp),
         ("[log]", old.log != new.log),
+        (
+            "[http] (limits; the certificate files are read again on every reload)",
+            old.http != new.http,
+        ),
     ] {
         if differs {
             r.needs_restart.push(name);

@@ -201,6 +201,7 @@ impl Control {
         let mut text = metrics::render(g.reader.as_ref(), &info);
         drop(g);
         text.push_str(&metrics::render_webrtc(&self.core));
+        text.push_str(&self.http_stats.render());
         Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)
     }
 

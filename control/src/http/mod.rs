@@ -1,4 +1,5 @@
-//! The HTTP layer: a small std-only HTTP/1.1 server ([`server`]) and what it serves — the
+//! The HTTP layer: the listeners on tokio and hyper ([`server`], with per-address limits in
+//! [`limits`], HTTPS in [`tls`] and counters in [`stats`]) and what they serve — the
 //! admin REST API ([`admin`], [`apps_api`]), WHIP/WHEP with CORS and the demo page
 //! ([`whip`]), and the Prometheus text and `/v1/stats` rendering ([`metrics`]).
 //!
@@ -10,14 +11,16 @@ pub mod admin;
 pub mod apps_api;
 pub mod body;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod process;
 pub mod server;
+pub mod stats;
+pub mod tls;
 pub mod whip;
 
 pub use server::{
-    Handler, Listener, Request, Response, Server, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD,
-    REQUEST_DEADLINE,
+    Handler, Limits, Listener, Options, Request, Response, Runtime, Server, MAX_BODY, MAX_HEAD,
 };
 
 use crate::api::Control;

@@ -1,33 +1,48 @@
-//! A small blocking HTTP/1.1 server for the admin API (loopback TCP or a unix socket).
+//! The HTTP transport of control's listeners (public WHIP/WHEP/demo, admin API), on tokio and
+//! hyper: HTTP/1.1 with keep-alive, HTTP/2 over TLS (ALPN), HTTPS with rustls on the public
+//! listener ([`super::tls`]). Handlers stay synchronous ([`Handler`]); each request runs on
+//! the runtime's bounded blocking pool, so an idle or slow connection costs a task and a
+//! buffer, never a thread.
 //!
-//! Why not hyper + tokio: the admin API serves a handful of requests per second from one
-//! operator or script on loopback; an async stack would add tens of crates to a build that
-//! runs on 2-core machines, for no benefit here. This server is std-only: one thread per
-//! connection (at most [`MAX_CONNECTIONS`]), one request per connection (`Connection: close`),
-//! `Content-Length` bodies only, an overall deadline for reading the request (head and body,
-//! counted from accept, so a client trickling bytes cannot hold one of the few connection
-//! slots for long), a write timeout, and hard limits on head and body size.
-//! Every malformed request gets a JSON error response; nothing here panics on input.
+//! Limits, each counted by reason when it refuses or closes a connection
+//! ([`super::stats::Refused`]): open connections per listener and per source address
+//! ([`super::limits`]), a deadline for each request head (`http.header_timeout_ms`; it also
+//! ends an idle HTTP/1.1 keep-alive connection and bounds the TLS handshake), one for each
+//! body (`http.body_timeout_ms`), an idle timeout for HTTP/2 connections, and hard limits on
+//! head ([`MAX_HEAD`]) and body ([`MAX_BODY`]) size. A handler that panics answers 500.
 //! May not touch: application state (the [`Handler`] owns that).
 
-use contract::config::ListenAddr;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use super::limits::{ConnTable, Slot, Source};
+use super::stats::{ListenerStats, Refused};
+use super::tls::CertStore;
+use contract::config::{HttpConfig, ListenAddr};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Concurrent connections; more are answered 503 at once.
-pub const MAX_CONNECTIONS: usize = 64;
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The whole request (head and body) must arrive this long after accept; 408 otherwise.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Threads that run handlers at once (both listeners); further requests wait for one.
+pub const HANDLER_THREADS: usize = 16;
+/// Concurrent requests on one HTTP/2 connection.
+pub const H2_STREAMS: u32 = 16;
+/// Answer written (best effort, without waiting) to a plain-HTTP connection refused at accept.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 45\r\nConnection: close\r\n\r\n{\"error\":\"too many connections from this source\"}";
 
 /// A parsed request.
 #[derive(Debug, Clone)]
@@ -97,30 +112,6 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: &Request) -> Response;
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Status",
-    }
-}
-
 /// A bound listener.
 #[derive(Debug)]
 pub enum Listener {
@@ -159,69 +150,149 @@ impl Listener {
     }
 }
 
-/// A running server.
-pub struct Server {
-    stop: Arc<AtomicBool>,
-    wake: Wake,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The limits one listener enforces (from `[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
-enum Wake {
-    Tcp(std::net::SocketAddr),
-    Unix(PathBuf),
+impl Limits {
+    pub fn from_config(h: &HttpConfig) -> Limits {
+        Limits {
+            max_connections: h.max_connections as usize,
+            max_per_address: h.max_connections_per_address as usize,
+            header_timeout: Duration::from_millis(u64::from(h.header_timeout_ms)),
+            body_timeout: Duration::from_millis(u64::from(h.body_timeout_ms)),
+            idle_timeout: Duration::from_secs(u64::from(h.idle_timeout_secs)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from_config(&HttpConfig::default())
+    }
+}
+
+/// The runtime both listeners share: two worker threads for I/O and timers, and at most
+/// [`HANDLER_THREADS`] threads running handlers.
+pub struct Runtime(tokio::runtime::Runtime);
+
+impl Runtime {
+    pub fn new() -> std::io::Result<Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(HANDLER_THREADS)
+            .thread_name("http")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map(Runtime)
+    }
+
+    /// Stop the runtime: connections still open are dropped after at most `grace`.
+    pub fn shutdown(self, grace: Duration) {
+        self.0.shutdown_timeout(grace);
+    }
+}
+
+/// How one listener serves.
+pub struct Options {
+    pub limits: Limits,
+    /// HTTPS with this certificate store; `None`: plain HTTP.
+    pub tls: Option<Arc<CertStore>>,
+    /// `Strict-Transport-Security: max-age` on HTTPS answers (0: none).
+    pub hsts_max_age_secs: u64,
+    pub stats: Arc<ListenerStats>,
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    handler: Arc<dyn Handler>,
+    limits: Limits,
+    table: Arc<ConnTable>,
+    stats: Arc<ListenerStats>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    hsts: Option<HeaderValue>,
+}
+
+/// A running listener.
+pub struct Server {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    rt: tokio::runtime::Handle,
+    unix_path: Option<PathBuf>,
+    table: Arc<ConnTable>,
 }
 
 impl Server {
-    /// Serve `listener` on a background thread.
-    pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> std::io::Result<Server> {
-        Server::spawn_with_deadline(listener, handler, REQUEST_DEADLINE)
-    }
-
-    /// [`Server::spawn`] with another request deadline (tests use a short one).
-    pub fn spawn_with_deadline(
+    /// Serve `listener` on `rt`.
+    pub fn start(
+        rt: &Runtime,
         listener: Listener,
         handler: Arc<dyn Handler>,
-        deadline: Duration,
+        opts: Options,
     ) -> std::io::Result<Server> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(AtomicUsize::new(0));
-        let wake = match &listener {
-            Listener::Tcp(l) => {
-                let mut a = l.local_addr()?;
-                if a.ip().is_unspecified() {
-                    a.set_ip(if a.is_ipv4() {
-                        std::net::Ipv4Addr::LOCALHOST.into()
-                    } else {
-                        std::net::Ipv6Addr::LOCALHOST.into()
-                    });
-                }
-                Wake::Tcp(a)
-            }
-            Listener::Unix(_, p) => Wake::Unix(p.clone()),
+        let tls = match &opts.tls {
+            Some(store) => Some(tokio_rustls::TlsAcceptor::from(
+                store.server_config().map_err(std::io::Error::other)?,
+            )),
+            None => None,
         };
-        let st = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("http-accept".into())
-            .spawn(move || accept_loop(listener, handler, st, active, deadline))?;
+        let hsts = (tls.is_some() && opts.hsts_max_age_secs > 0)
+            .then(|| HeaderValue::from_str(&format!("max-age={}", opts.hsts_max_age_secs)))
+            .and_then(Result::ok);
+        let table = ConnTable::new(opts.limits.max_connections, opts.limits.max_per_address);
+        let shared = Arc::new(Shared {
+            handler,
+            limits: opts.limits,
+            table: table.clone(),
+            stats: opts.stats,
+            tls,
+            hsts,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let _entered = rt.0.enter();
+        let (task, unix_path) = match listener {
+            Listener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                let l = tokio::net::TcpListener::from_std(l)?;
+                (tokio::spawn(accept_tcp(l, shared, stop_rx)), None)
+            }
+            Listener::Unix(l, p) => {
+                if shared.tls.is_some() {
+                    return Err(std::io::Error::other("TLS is served on TCP listeners only"));
+                }
+                l.set_nonblocking(true)?;
+                let l = tokio::net::UnixListener::from_std(l)?;
+                (tokio::spawn(accept_unix(l, shared, stop_rx)), Some(p))
+            }
+        };
         Ok(Server {
             stop,
-            wake,
-            thread: Some(thread),
+            task: Some(task),
+            rt: rt.0.handle().clone(),
+            unix_path,
+            table,
         })
     }
 
-    /// Stop accepting and wait for the accept thread (in-flight requests finish on their own).
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.table.open()
+    }
+
+    /// Stop accepting (connections already open are served until the runtime stops).
     pub fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept with a throwaway connection.
-        match &self.wake {
-            Wake::Tcp(a) => drop(TcpStream::connect_timeout(a, Duration::from_secs(1))),
-            Wake::Unix(p) => drop(UnixStream::connect(p)),
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = self.rt.block_on(t);
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Wake::Unix(p) = &self.wake {
+        if let Some(p) = self.unix_path.take() {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -229,324 +300,417 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if self.task.is_some() {
             self.shutdown();
         }
     }
 }
 
-fn accept_loop(
-    listener: Listener,
-    handler: Arc<dyn Handler>,
-    stop: Arc<AtomicBool>,
-    active: Arc<AtomicUsize>,
-    deadline: Duration,
-) {
+/// A connected stream of either kind.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Back off after an accept error (EMFILE, ENFILE, ENOBUFS): the socket stays in the
+/// backlog; spinning would not help.
+async fn accept_failed(e: &std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn accept_tcp(l: tokio::net::TcpListener, sh: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
-        let conn: std::io::Result<(Box<dyn Stream>, String)> = match &listener {
-            Listener::Tcp(l) => l.accept().map(|(s, a)| {
-                let _ = s.set_nodelay(true);
-                (Box::new(s) as Box<dyn Stream>, format!("tcp:{a}"))
-            }),
-            Listener::Unix(l, _) => l
-                .accept()
-                .map(|(s, _)| (Box::new(s) as Box<dyn Stream>, "unix".to_string())),
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = l.accept() => r,
         };
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let accepted = Instant::now();
-        let (mut stream, peer) = match conn {
+        let (sock, addr) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(50));
+                accept_failed(&e).await;
                 continue;
             }
         };
-        let _ = stream.set_timeouts(IO_TIMEOUT);
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_response(
-                &mut *stream,
-                &Response::error(503, "too many concurrent connections"),
-                false,
-            );
-            continue;
-        }
-        let h = handler.clone();
-        // The slot is given back when the guard drops: after the connection, on a panic that
-        // unwinds through it, or with the closure when the thread cannot be spawned.
-        let slot = Slot(active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("http-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                serve_one(stream, peer, &*h, accepted + deadline);
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not spawn a connection thread");
+        let peer = format!("tcp:{addr}");
+        match sh.table.admit(Source::of(addr.ip())) {
+            Ok(slot) => {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(serve_conn(sock, peer, slot, sh.clone()));
+            }
+            Err(why) => {
+                sh.stats.refuse(why, &peer);
+                if sh.tls.is_none() {
+                    // Best effort: a full send buffer just drops the answer.
+                    let _ = sock.try_write(BUSY);
+                }
+            }
         }
     }
 }
 
-/// One taken connection slot; dropping it gives the slot back.
-struct Slot(Arc<AtomicUsize>);
+async fn accept_unix(
+    l: tokio::net::UnixListener,
+    sh: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = l.accept() => r,
+        };
+        let sock = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                accept_failed(&e).await;
+                continue;
+            }
+        };
+        match sh.table.admit(Source::Local) {
+            Ok(slot) => {
+                tokio::spawn(serve_conn(sock, "unix".to_string(), slot, sh.clone()));
+            }
+            Err(why) => {
+                sh.stats.refuse(why, "unix");
+                let _ = sock.try_write(BUSY);
+            }
+        }
+    }
+}
 
-impl Drop for Slot {
+/// Gives the `open` gauge back when the connection task ends, however it ends.
+struct OpenGuard(Arc<ListenerStats>);
+
+impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed();
     }
 }
 
-/// A connected stream of either kind.
-trait Stream: Read + Write + Send {
-    fn set_timeouts(&self, t: Duration) -> std::io::Result<()>;
-    fn set_read_timeout_to(&self, t: Duration) -> std::io::Result<()>;
-}
-impl Stream for TcpStream {
-    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
-    fn set_read_timeout_to(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))
-    }
-}
-impl Stream for UnixStream {
-    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
-    fn set_read_timeout_to(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))
-    }
-}
-
-/// One read that ends by `deadline`: the socket's read timeout is set to the time left, and
-/// a read past the deadline is `TimedOut` without touching the socket.
-fn read_by(stream: &mut dyn Stream, buf: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(std::io::ErrorKind::TimedOut.into());
-    }
-    // A zero timeout means "block for ever" to the kernel; `left` is not zero here.
-    stream.set_read_timeout_to(left)?;
-    stream.read(buf)
-}
-
-fn serve_one(mut stream: Box<dyn Stream>, peer: String, handler: &dyn Handler, deadline: Instant) {
-    let (resp, head_only) = match read_request(&mut *stream, peer, deadline) {
-        Ok(req) => {
-            let head = req.method == "HEAD";
-            // A handler bug answers 500 and keeps the server whole.
-            let resp =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&req)))
-                    .unwrap_or_else(|_| {
-                        tracing::error!(path = %req.path, "request handler panicked");
-                        Response::error(500, "internal error")
-                    });
-            (resp, head)
-        }
-        Err(ReadError::Closed) => return,
-        Err(ReadError::Respond(r)) => (r, false),
+async fn serve_conn<S: Io>(sock: S, peer: String, slot: Slot, sh: Arc<Shared>) {
+    let _slot = slot;
+    sh.stats.accepted();
+    let _open = OpenGuard(sh.stats.clone());
+    let peer: Arc<str> = peer.into();
+    let Some(acceptor) = &sh.tls else {
+        serve_http1(sock, peer, &sh).await;
+        return;
     };
-    if let Err(e) = write_response(&mut *stream, &resp, head_only) {
-        tracing::debug!(error = %e, "writing the response failed");
+    let tls = match tokio::time::timeout(sh.limits.header_timeout, acceptor.accept(sock)).await {
+        Err(_) => return sh.stats.refuse(Refused::TlsHandshakeTimeout, &peer),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return sh.stats.refuse(Refused::TlsHandshakeFailed, &peer);
+        }
+        Ok(Ok(s)) => s,
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_http2(tls, peer, &sh).await;
+    } else {
+        serve_http1(tls, peer, &sh).await;
     }
 }
 
-enum ReadError {
-    /// The peer went away before sending a request.
-    Closed,
-    Respond(Response),
+/// What a connection has done, seen from its socket.
+struct Activity {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last read that returned data.
+    last_read_ms: AtomicU64,
+    /// Data arrived since the last response bytes left: a request is under way.
+    reading_request: AtomicBool,
+    /// Requests handed to the handler on this connection.
+    requests: AtomicU64,
 }
 
-fn read_request(
-    stream: &mut dyn Stream,
-    peer: String,
-    deadline: Instant,
-) -> Result<Request, ReadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = read_head(stream, &mut buf, &mut chunk, deadline)?;
-    if head_end > MAX_HEAD {
-        return Err(ReadError::Respond(Response::error(
-            431,
-            format!("request head exceeds {MAX_HEAD} bytes"),
-        )));
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            last_read_ms: AtomicU64::new(0),
+            reading_request: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+        })
     }
-    let bad = |m: &str| ReadError::Respond(Response::error(400, m.to_string()));
-    let head =
-        std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("request head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) if !m.is_empty() && !t.is_empty() => (m, t, v),
-        _ => return Err(bad("malformed request line")),
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that records its [`Activity`].
+struct Tracked<S> {
+    inner: S,
+    act: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let now = self.act.epoch.elapsed().as_millis() as u64;
+            self.act.last_read_ms.store(now, Ordering::Relaxed);
+            self.act.reading_request.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.reading_request.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.reading_request.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn serve_http1<S: Io>(sock: S, peer: Arc<str>, sh: &Arc<Shared>) {
+    let act = Activity::new();
+    let io = TokioIo::new(Tracked {
+        inner: sock,
+        act: act.clone(),
+    });
+    let svc = service(peer.clone(), sh.clone(), act.clone());
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(sh.limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD);
+    let Err(e) = b.serve_connection(io, svc).await else {
+        return;
     };
-    if !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(bad("malformed method"));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(ReadError::Respond(Response::error(
-            505,
-            "only HTTP/1.0 and HTTP/1.1 are supported",
-        )));
-    }
-    let mut headers = Vec::new();
-    for l in lines {
-        if l.is_empty() {
-            continue;
+    if e.is_timeout() {
+        // The head deadline also ends idle keep-alive connections: only a connection that
+        // never completed a request, or was part-way through one, is counted.
+        if act.requests.load(Ordering::Relaxed) == 0 || act.reading_request.load(Ordering::Relaxed)
+        {
+            sh.stats.refuse(Refused::HeaderTimeout, &peer);
         }
-        let (n, v) = l
-            .split_once(':')
-            .ok_or_else(|| bad("malformed header line"))?;
-        if n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err(bad("malformed header name"));
+    } else if e.is_parse() || e.is_parse_too_large() {
+        sh.stats.refuse(Refused::Malformed, &peer);
+    } else {
+        tracing::debug!(peer = %peer, error = %e, "HTTP/1 connection ended with an error");
+    }
+}
+
+async fn serve_http2<S: Io>(sock: S, peer: Arc<str>, sh: &Arc<Shared>) {
+    let act = Activity::new();
+    let io = TokioIo::new(Tracked {
+        inner: sock,
+        act: act.clone(),
+    });
+    let svc = service(peer.clone(), sh.clone(), act.clone());
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS)
+        .max_header_list_size(MAX_HEAD as u32)
+        .max_send_buf_size(MAX_BODY * 4);
+    let conn = b.serve_connection(io, svc);
+    let mut conn = std::pin::pin!(conn);
+    let tick = sh.limits.idle_timeout.min(Duration::from_secs(1));
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(tick) => {
+                match closing {
+                    None if act.idle_for() >= sh.limits.idle_timeout => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
+                    }
+                    // A peer that does not finish after GOAWAY is cut off.
+                    Some(t) if t.elapsed() >= sh.limits.header_timeout => return,
+                    _ => {}
+                }
+            }
         }
-        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
     }
-    if headers.iter().any(|(n, _)| n == "transfer-encoding") {
-        return Err(ReadError::Respond(Response::error(
-            411,
-            "chunked bodies are not supported; send Content-Length",
-        )));
-    }
-    let len = content_length(&headers)?;
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < len {
-        match read_by(stream, &mut chunk, deadline) {
-            Ok(0) => return Err(bad("connection closed before the whole body arrived")),
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(ReadError::Respond(Response::error(408, "request timeout"))),
-        }
-    }
-    body.truncate(len);
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (target, ""),
-    };
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body,
-        peer,
+}
+
+type Reply = hyper::Response<Full<Bytes>>;
+
+fn service(
+    peer: Arc<str>,
+    sh: Arc<Shared>,
+    act: Arc<Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = Reply,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Reply, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req| {
+        let (peer, sh, act) = (peer.clone(), sh.clone(), act.clone());
+        async move { Ok::<_, Infallible>(answer(req, peer, sh, act).await) }
     })
 }
 
-/// Read until the blank line that ends the request head; returns its offset in `buf`.
-fn read_head(
-    stream: &mut dyn Stream,
-    buf: &mut Vec<u8>,
-    chunk: &mut [u8],
-    deadline: Instant,
-) -> Result<usize, ReadError> {
-    loop {
-        if let Some(p) = find_head_end(buf) {
-            return Ok(p);
+/// Read the body, run the handler on the blocking pool, and turn its answer into hyper's.
+async fn answer(
+    req: hyper::Request<Incoming>,
+    peer: Arc<str>,
+    sh: Arc<Shared>,
+    act: Arc<Activity>,
+) -> Reply {
+    act.requests.fetch_add(1, Ordering::Relaxed);
+    sh.stats.request();
+    let (parts, body) = req.into_parts();
+    let http1 = parts.version < hyper::Version::HTTP_2;
+    let hsts = sh.hsts.as_ref();
+    let fail = |status: u16, msg: &str, close: bool| {
+        let mut r = reply(Response::error(status, msg.to_string()), hsts);
+        if close && http1 {
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if buf.len() > MAX_HEAD {
-            return Err(ReadError::Respond(Response::error(
-                431,
-                format!("request head exceeds {MAX_HEAD} bytes"),
-            )));
-        }
-        match read_by(stream, chunk, deadline) {
-            Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
-            Ok(0) => {
-                return Err(ReadError::Respond(Response::error(
-                    400,
-                    "connection closed mid-request",
-                )))
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadError::Respond(Response::error(408, "request timeout")))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(ReadError::Closed),
-        }
-    }
-}
-
-/// The body length a request announces (0 without `Content-Length`), within [`MAX_BODY`].
-fn content_length(headers: &[(String, String)]) -> Result<usize, ReadError> {
-    let bad = |m: &str| ReadError::Respond(Response::error(400, m.to_string()));
-    let mut lens = headers.iter().filter(|(n, _)| n == "content-length");
-    let len = match (lens.next(), lens.next()) {
-        (None, _) => 0,
-        (Some((_, v)), None) => {
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("malformed Content-Length"));
-            }
-            v.parse::<u64>().unwrap_or(u64::MAX)
-        }
-        (Some(_), Some(_)) => return Err(bad("more than one Content-Length")),
+        r
     };
-    if len > MAX_BODY as u64 {
-        return Err(ReadError::Respond(Response::error(
+    // An announced length over the limit is refused before anything is read.
+    if hyper::body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
+        return fail(
             413,
-            format!("body of {len} bytes exceeds the {MAX_BODY}-byte limit"),
-        )));
+            &format!("body exceeds the {MAX_BODY}-byte limit"),
+            true,
+        );
     }
-    Ok(len as usize)
+    let collected = tokio::time::timeout(
+        sh.limits.body_timeout,
+        Limited::new(body, MAX_BODY).collect(),
+    )
+    .await;
+    let body = match collected {
+        Err(_) => {
+            sh.stats.refuse(Refused::BodyTimeout, &peer);
+            return fail(408, "request body timeout", true);
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return fail(
+                413,
+                &format!("body exceeds the {MAX_BODY}-byte limit"),
+                true,
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "request body not read");
+            return fail(400, "request body could not be read", true);
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let mut headers = Vec::with_capacity(parts.headers.len());
+    for (n, v) in &parts.headers {
+        let Ok(v) = std::str::from_utf8(v.as_bytes()) else {
+            return fail(400, "header value is not UTF-8", false);
+        };
+        headers.push((n.as_str().to_string(), v.trim().to_string()));
+    }
+    let request = Request {
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body: body.to_vec(),
+        peer: peer.to_string(),
+    };
+    let handler = sh.handler.clone();
+    let path = request.path.clone();
+    let ran = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&request)))
+    })
+    .await;
+    match ran {
+        Ok(Ok(r)) => reply(r, hsts),
+        _ => {
+            // A handler bug answers 500 and keeps the server whole.
+            tracing::error!(path = %path, "request handler panicked");
+            fail(500, "internal error", false)
+        }
+    }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-fn write_response(stream: &mut dyn Stream, r: &Response, head_only: bool) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
+fn reply(r: Response, hsts: Option<&HeaderValue>) -> Reply {
+    let mut out = hyper::Response::new(Full::new(if r.status == 204 {
+        Bytes::new()
+    } else {
+        Bytes::from(r.body)
+    }));
+    *out.status_mut() =
+        hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let h = out.headers_mut();
     if r.status != 204 {
-        out.push_str(&format!(
-            "Content-Type: {}\r\nContent-Length: {}\r\n",
-            r.content_type,
-            r.body.len()
-        ));
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static(r.content_type),
+        );
     }
-    for (n, v) in &r.headers {
-        out.push_str(&format!("{n}: {v}\r\n"));
+    for (n, v) in r.headers {
+        match (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            (Ok(n), Ok(v)) => {
+                h.append(n, v);
+            }
+            _ => tracing::error!(header = n, "a handler set a header HTTP cannot carry"),
+        }
     }
-    out.push_str("Cache-Control: no-store\r\nConnection: close\r\n\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_only && r.status != 204 {
-        bytes.extend_from_slice(&r.body);
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    if let Some(v) = hsts {
+        h.insert(hyper::header::STRICT_TRANSPORT_SECURITY, v.clone());
     }
-    stream.write_all(&bytes)?;
-    stream.flush()
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
 
     struct Echo;
     impl Handler for Echo {
         fn handle(&self, req: &Request) -> Response {
             Response::json(
                 200,
-                &serde_json::json!({"method": req.method, "path": req.path, "len": req.body.len()}),
+                &serde_json::json!({"method": req.method, "path": req.path, "len": req.body.len(), "peer": req.peer}),
             )
         }
-    }
-
-    fn roundtrip(addr: std::net::SocketAddr, raw: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(raw).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
     }
 
     /// A handler that panics on `/boom`.
@@ -558,39 +722,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_panicking_handler_answers_500_and_leaks_no_slot() {
+    fn serve(
+        handler: Arc<dyn Handler>,
+        limits: Limits,
+    ) -> (Runtime, Server, SocketAddr, Arc<ListenerStats>) {
+        let rt = Runtime::new().unwrap();
         let l = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
         let Listener::Tcp(t) = &l else {
             unreachable!("bound tcp")
         };
         let addr = t.local_addr().unwrap();
-        let mut srv = Server::spawn(l, Arc::new(Boom)).unwrap();
+        let stats = super::super::stats::HttpStats::default().public;
+        let opts = Options {
+            limits,
+            tls: None,
+            hsts_max_age_secs: 0,
+            stats: stats.clone(),
+        };
+        let srv = Server::start(&rt, l, handler, opts).unwrap();
+        (rt, srv, addr, stats)
+    }
+
+    /// One request on a fresh connection that asks to be closed; the whole answer.
+    fn roundtrip(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_and_leaks_no_slot() {
+        let limits = Limits {
+            max_connections: 8,
+            ..Limits::default()
+        };
+        let (_rt, mut srv, addr, _) = serve(Arc::new(Boom), limits);
         // More panics than there are slots: each must give its slot back.
-        for _ in 0..MAX_CONNECTIONS + 10 {
-            let r = roundtrip(addr, b"GET /boom HTTP/1.1\r\n\r\n");
+        for _ in 0..20 {
+            let r = roundtrip(addr, b"GET /boom HTTP/1.1\r\nConnection: close\r\n\r\n");
             assert!(r.starts_with("HTTP/1.1 500"), "{r}");
         }
-        let r = roundtrip(addr, b"GET /fine HTTP/1.1\r\n\r\n");
+        let r = roundtrip(addr, b"GET /fine HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         srv.shutdown();
     }
 
     #[test]
     fn limits_and_malformed_requests() {
-        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
-        let Listener::Tcp(t) = &l else {
-            unreachable!("bound tcp")
-        };
-        let addr = t.local_addr().unwrap();
-        let mut srv = Server::spawn(l, Arc::new(Echo)).unwrap();
+        let (_rt, mut srv, addr, stats) = serve(Arc::new(Echo), Limits::default());
         let r = roundtrip(
             addr,
-            b"POST /x?y=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST /x?y=1 HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
         );
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         assert!(
             r.contains("\"path\":\"/x\"") && r.contains("\"len\":3"),
+            "{r}"
+        );
+        assert!(
+            r.to_ascii_lowercase().contains("cache-control: no-store"),
             "{r}"
         );
         let r = roundtrip(addr, b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n");
@@ -598,13 +791,15 @@ mod tests {
         assert!(r.contains("{\"error\""), "{r}");
         let r = roundtrip(addr, b"GARBAGE\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-        let r = roundtrip(addr, b"GET / HTTP/2.0\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 505"), "{r}");
+        // Chunked bodies are read (within the same limit).
         let r = roundtrip(
             addr,
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         );
-        assert!(r.starts_with("HTTP/1.1 411"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\"len\":3"),
+            "{r}"
+        );
         let r = roundtrip(addr, b"POST / HTTP/1.1\r\nContent-Length: -4\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
@@ -612,24 +807,49 @@ mod tests {
         big.extend_from_slice(b"\r\n\r\n");
         let r = roundtrip(addr, &big);
         assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        assert!(stats.refused_count(Refused::Malformed) >= 3);
         srv.shutdown();
     }
 
-    /// A client trickling its head one byte at a time (each read well inside the per-read
-    /// timeout) is cut off with 408 at the overall deadline; a normal client meanwhile is
-    /// served.
+    /// Two requests on one connection: HTTP/1.1 keep-alive.
     #[test]
-    fn trickling_client_is_cut_off_at_the_deadline() {
-        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
-        let Listener::Tcp(t) = &l else {
-            unreachable!("bound tcp")
+    fn keep_alive_serves_several_requests_on_one_connection() {
+        let (_rt, mut srv, addr, _) = serve(Arc::new(Echo), Limits::default());
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            first.starts_with("HTTP/1.1 200") && first.contains("/one"),
+            "{first}"
+        );
+        s.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let second = String::from_utf8_lossy(&rest);
+        assert!(
+            second.starts_with("HTTP/1.1 200") && second.contains("/two"),
+            "{second}"
+        );
+        srv.shutdown();
+    }
+
+    /// A client trickling its head one byte at a time is cut off at the head deadline and
+    /// counted; a normal client meanwhile is served.
+    #[test]
+    fn trickling_client_is_cut_off_at_the_head_deadline() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(800),
+            ..Limits::default()
         };
-        let addr = t.local_addr().unwrap();
-        let mut srv =
-            Server::spawn_with_deadline(l, Arc::new(Echo), Duration::from_millis(800)).unwrap();
+        let (_rt, mut srv, addr, stats) = serve(Arc::new(Echo), limits);
         let mut slow = TcpStream::connect(addr).unwrap();
-        let mut reader = slow.try_clone().unwrap();
         slow.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+        let started = Instant::now();
         let writer = std::thread::spawn(move || {
             // Never ends the head; gives up when the server closed the connection (or
             // after 60 s, far past the deadline, so the test cannot hang).
@@ -641,16 +861,60 @@ mod tests {
             }
             false
         });
-        let r = roundtrip(addr, b"GET /fast HTTP/1.1\r\n\r\n");
+        let r = roundtrip(addr, b"GET /fast HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        let mut out = Vec::new();
-        let _ = reader.read_to_end(&mut out);
-        let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
         assert!(
             writer.join().unwrap(),
             "the server closed the trickling connection"
         );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(stats.refused_count(Refused::HeaderTimeout), 1);
+        srv.shutdown();
+    }
+
+    /// An idle keep-alive connection is closed at the head deadline without being counted as
+    /// refused.
+    #[test]
+    fn idle_keep_alive_is_closed_uncounted() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let (_rt, mut srv, addr, stats) = serve(Arc::new(Echo), limits);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+        assert_eq!(stats.refused_count(Refused::HeaderTimeout), 0);
+        srv.shutdown();
+    }
+
+    /// Connections over the per-address cap are refused with 503 and counted; the listener's
+    /// other sources are unaffected, and a closed connection gives its slot back.
+    #[test]
+    fn per_address_cap_refuses_and_counts() {
+        let limits = Limits {
+            max_per_address: 3,
+            ..Limits::default()
+        };
+        let (_rt, mut srv, addr, stats) = serve(Arc::new(Echo), limits);
+        let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while srv.open_connections() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let r = roundtrip(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert_eq!(stats.refused_count(Refused::PerAddressLimit), 1);
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while srv.open_connections() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let r = roundtrip(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         srv.shutdown();
     }
 }
