@@ -7,8 +7,9 @@
 //!   Needs `/usr/bin/chromium`, Node and `npm ci --prefix tests/webrtc` (see
 //!   tests/chromium_e2e.rs); without them it prints `SKIP: <why>` and passes unless
 //!   `SLUICE_REQUIRE_PEERS` is set.
-//! - `tls_handshake_overhead_on_whip`: WHIP POSTs, each on a new connection, to a plain and a
-//!   TLS public listener in turn; prints p50/p99 of both and the difference (recorded in
+//! - `tls_handshake_overhead_on_whip`: WHIP POSTs (and `/healthz`, which writes no journal),
+//!   each on a new connection, to a plain and a TLS public listener in turn; prints p50/p99 of
+//!   both and the difference (recorded in
 //!   docs/BENCHMARKS.md). It checks the answers, and only a generous bound on the overhead
 //!   (a loaded 2-core test machine is no place for a 5 ms assertion).
 //! - `certificate_is_reloaded_when_its_files_change`: control serves a new certificate after
@@ -111,7 +112,12 @@ impl Rig {
         )
         .expect("config");
         std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let mut cmd = Command::new(bin("sluice-control"));
+        // SLUICE_HTTP_TEST_CONTROL: another build (the figures in docs/BENCHMARKS.md are from
+        // a release build).
+        let control_bin = std::env::var_os("SLUICE_HTTP_TEST_CONTROL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bin("sluice-control"));
+        let mut cmd = Command::new(control_bin);
         cmd.arg("--config").arg(&cfg).env_remove("NOTIFY_SOCKET");
         let control = Proc::spawn("sluice-control", cmd, &d, Stdio::null());
         let rt = d.join("run/control.json");
@@ -210,19 +216,22 @@ fn split(out: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A TLS client that trusts exactly `cert`.
-fn client_config(cert: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+/// A TLS client that trusts exactly `certs`, with session resumption off: every connection
+/// makes a full handshake and sees the certificate served now.
+fn client_config(certs: &[&CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("trust anchor");
+    for c in certs {
+        roots.add((*c).clone()).expect("trust anchor");
+    }
     // The provider control serves with (ring; see control::http::tls::provider).
     let provider = Arc::new(control::http::tls::provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
 }
 
 /// One request on a new connection (TLS when `tls` is given): the raw answer, the leaf
@@ -287,7 +296,7 @@ fn tls_handshake_overhead_on_whip() {
         false,
     );
     let secure = Rig::start("https-bench-tls", tls_dir, Some(&cert), false);
-    let cfg = client_config(&cert.der);
+    let cfg = client_config(&[&cert.der]);
     let tokens: Vec<(String, String)> = (0..N)
         .map(|i| {
             (
@@ -297,7 +306,18 @@ fn tls_handshake_overhead_on_whip() {
         })
         .collect();
     let (mut t_plain, mut t_tls) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    let (mut h_plain, mut h_tls) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    let health = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     for (i, (tp, ts)) in tokens.iter().enumerate() {
+        // /healthz: the handshake without the WHIP handler's journal write.
+        let t = Instant::now();
+        let (out, _, _) = request(plain.public, None, health);
+        h_plain.push(t.elapsed());
+        assert_eq!(split(&out).0, 200, "plain /healthz: {out}");
+        let t = Instant::now();
+        let (out, _, _) = request(secure.public, Some(&cfg), health);
+        h_tls.push(t.elapsed());
+        assert_eq!(split(&out).0, 200, "TLS /healthz: {out}");
         // Alternate, so that both see the same machine load.
         let t = Instant::now();
         let (out, _, _) = request(
@@ -317,8 +337,9 @@ fn tls_handshake_overhead_on_whip() {
         assert_eq!(split(&out).0, 201, "TLS WHIP: {out}");
         assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
     }
-    t_plain.sort();
-    t_tls.sort();
+    for v in [&mut t_plain, &mut t_tls, &mut h_plain, &mut h_tls] {
+        v.sort();
+    }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (p50p, p99p) = (percentile(&t_plain, 0.5), percentile(&t_plain, 0.99));
     let (p50t, p99t) = (percentile(&t_tls, 0.5), percentile(&t_tls, 0.99));
@@ -334,6 +355,16 @@ fn tls_handshake_overhead_on_whip() {
         ms(p99t) - ms(p99p),
         ms(p99t) / ms(p99p)
     );
+    eprintln!(
+        "tls_handshake_overhead_on_healthz: plain p50 {:.2} ms p99 {:.2} ms; TLS 1.3 p50 {:.2} \
+         ms p99 {:.2} ms; added p50 {:.2} ms p99 {:.2} ms",
+        ms(percentile(&h_plain, 0.5)),
+        ms(percentile(&h_plain, 0.99)),
+        ms(percentile(&h_tls, 0.5)),
+        ms(percentile(&h_tls, 0.99)),
+        ms(percentile(&h_tls, 0.5)) - ms(percentile(&h_plain, 0.5)),
+        ms(percentile(&h_tls, 0.99)) - ms(percentile(&h_plain, 0.99)),
+    );
     assert!(
         ms(p50t) - ms(p50p) < 50.0,
         "TLS adds {:.1} ms at the median",
@@ -347,7 +378,7 @@ fn certificate_is_reloaded_when_its_files_change() {
     let first = make_cert(tls_dir.path(), "live");
     let rig = Rig::start("https-reload", tls_dir, Some(&first), false);
     let health = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    let (out, leaf, version) = request(rig.public, Some(&client_config(&first.der)), health);
+    let (out, leaf, version) = request(rig.public, Some(&client_config(&[&first.der])), health);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
         out.to_ascii_lowercase()
@@ -362,8 +393,10 @@ fn certificate_is_reloaded_when_its_files_change() {
     std::fs::copy(&second.key, &first.key).expect("key");
     std::fs::copy(&second.cert, &first.cert).expect("cert");
     let deadline = Instant::now() + Duration::from_secs(15);
+    // Trusts both: until the reload the old certificate is still served.
+    let both = client_config(&[&first.der, &second.der]);
     loop {
-        let (out, leaf, _) = request(rig.public, Some(&client_config(&second.der)), health);
+        let (out, leaf, _) = request(rig.public, Some(&both), health);
         if leaf.as_deref() == Some(second.der.as_ref()) {
             assert!(out.starts_with("HTTP/1.1 200"), "{out}");
             break;
@@ -472,4 +505,58 @@ fn chromium_publishes_and_watches_over_https() {
         "browser script: {status:?}{}",
         context()
     );
+}
+
+/// `sluicectl up` with the public listener on all addresses and no `[http.tls]`: it makes a
+/// self-signed certificate in the state directory, prints its fingerprints, and control serves
+/// HTTPS with it (this test connects to 127.0.0.1 only).
+#[test]
+fn up_on_a_public_address_serves_a_self_signed_certificate() {
+    use rustls_pki_types::pem::PemObject;
+    use sluice_tests::daemons::{Appliance, RuntimeDir, Up};
+    let app = Appliance::new("https-up", "auto", RuntimeDir::InConfig);
+    let port = free_tcp_port();
+    let text = std::fs::read_to_string(&app.config).expect("config");
+    let text = text.replace(
+        "[control]\n",
+        &format!(
+            "[control]\npublic_listen = \"0.0.0.0:{port}\"\npublic_addresses = [\"127.0.0.1\"]\n"
+        ),
+    );
+    std::fs::write(&app.config, text).expect("config");
+    let up = Up::start(&app);
+    let mut rows = up.endpoints.clone();
+    while !rows.contains_key("tls_spki") {
+        let l = up.proc_.wait_line("", Duration::from_secs(10));
+        let mut w = l.split_whitespace();
+        if let (Some(k), Some(v), None) = (w.next(), w.next(), w.next()) {
+            rows.insert(k.to_string(), v.to_string());
+        }
+    }
+    assert_eq!(
+        rows["public_url"],
+        format!("https://127.0.0.1:{port}"),
+        "{rows:?}"
+    );
+    let cert_path = PathBuf::from(&rows["tls_cert"]);
+    assert!(
+        cert_path.starts_with(app.dir.path().join("state/tls")),
+        "{rows:?}"
+    );
+    let der = CertificateDer::from_pem_file(&cert_path).expect("PEM certificate");
+    let (out, leaf, version) = request(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Some(&client_config(&[&der])),
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+    let leaf = leaf.expect("a certificate");
+    let sha256: Vec<String> = ring::digest::digest(&ring::digest::SHA256, &leaf)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(rows["tls_sha256"], sha256.join(":"), "printed fingerprint");
+    up.stop(rustix::process::Signal::TERM);
 }

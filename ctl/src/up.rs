@@ -4,7 +4,10 @@
 //! file), waiting until control's runtime file appears and `/v1/status` reports the relay up,
 //! and printing the endpoints; then [`crate::supervise`] keeps both running until SIGINT or
 //! SIGTERM. A daemon that dies before it is ready stops everything. The configuration file is
-//! loaded only to validate it and to learn the runtime directory; the daemons get it as given.
+//! loaded only to validate it and to learn the runtime and state directories; the daemons get
+//! it as given. A public listener on an address other than loopback with no `[http.tls]` gets
+//! a self-signed certificate ([`self_signed`]), handed to control through
+//! `SLUICE_TLS_CERT_FILE` and `SLUICE_TLS_KEY_FILE`.
 //! May not touch: the daemons' state.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::api::Client;
-use contract::config::{Config, RuntimeInfo};
+use contract::config::{Config, ListenAddr, RuntimeInfo, TLS_CERT_ENV, TLS_KEY_ENV};
 
 use crate::child::{find_binary, stop_all, Daemon, CONTROL_BIN, RELAY_BIN};
 use crate::discovery::{self, Endpoint};
@@ -91,6 +94,12 @@ pub fn run(config: Option<&Path>, ephemeral: bool, timeout: Duration, json: bool
     };
     let runtime_file = RuntimeInfo::path_in(&cfg.runtime_dir);
     let control_bin = find_binary(CONTROL_BIN)?;
+    let tls = self_signed(&cfg)?;
+    if let Some(t) = &tls {
+        // Before any thread or child exists: the daemons (and their restarts) inherit them.
+        std::env::set_var(TLS_CERT_ENV, &t.cert);
+        std::env::set_var(TLS_KEY_ENV, &t.key);
+    }
     let relay_bin = find_binary(RELAY_BIN)?;
     if let Ok(Some(info)) = discovery::read_runtime_file(&runtime_file) {
         if discovery::alive(info.pid) {
@@ -175,7 +184,7 @@ pub fn run(config: Option<&Path>, ephemeral: bool, timeout: Duration, json: bool
         stop_all(daemons.iter_mut().collect());
         return Ok(0);
     }
-    print_endpoints(info.as_ref(), status.as_ref(), json);
+    print_endpoints(info.as_ref(), status.as_ref(), tls.as_ref(), json);
 
     // 3. Foreground until a signal; daemons that exit are restarted.
     let (Some(relay), Some(control)) = (daemons.pop(), daemons.pop()) else {
@@ -233,7 +242,12 @@ pub fn relay_up(status: &Value) -> bool {
         .unwrap_or(false)
 }
 
-fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: bool) {
+fn print_endpoints(
+    info: Option<&RuntimeInfo>,
+    status: Option<&Value>,
+    tls: Option<&SelfSigned>,
+    json: bool,
+) {
     let pick = |key: &str, from_info: Option<&String>| -> String {
         status
             .and_then(|s| s.get(key))
@@ -264,6 +278,11 @@ fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: boo
             format!("{}/demo", pick("public_url", info.map(|i| &i.public_url))),
         ));
     }
+    if let Some(t) = tls {
+        rows.push(("tls_cert", t.cert.display().to_string()));
+        rows.push(("tls_sha256", t.sha256.clone()));
+        rows.push(("tls_spki", t.spki_sha256.clone()));
+    }
     if json {
         let obj: serde_json::Map<String, Value> = rows
             .iter()
@@ -275,5 +294,129 @@ fn print_endpoints(info: Option<&RuntimeInfo>, status: Option<&Value>, json: boo
         for (k, v) in rows {
             println!("  {k:<12} {v}");
         }
+    }
+}
+
+/// A self-signed certificate `up` made (or found from an earlier run) for the public listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfSigned {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SHA-256 of the certificate, `AA:BB:…` (what browsers show).
+    pub sha256: String,
+    /// Base64 SHA-256 of its SubjectPublicKeyInfo (Chromium's
+    /// `--ignore-certificate-errors-spki-list`, HPKP-style pins).
+    pub spki_sha256: String,
+}
+
+/// When the public listener is a TCP address other than loopback and the configuration names
+/// no certificate: `<state_dir>/tls/self-signed.{crt,key}`, created on the first such run
+/// (names: `localhost`, the listen address when specified, `control.public_addresses`) and
+/// kept for later runs, so that a browser's exception stays valid.
+pub fn self_signed(cfg: &Config) -> Result<Option<SelfSigned>> {
+    let Some(ListenAddr::Tcp(public)) = &cfg.control.public_listen else {
+        return Ok(None);
+    };
+    if cfg.http.tls.is_some()
+        || public.ip().is_loopback()
+        || cfg.control.public_listen.as_ref() == Some(&cfg.control.admin_listen)
+    {
+        return Ok(None);
+    }
+    let dir = cfg.control.state_dir.join("tls");
+    let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |e: std::io::Error| CtlError::Other(format!("self-signed certificate: {what}: {e}"))
+    };
+    if !(cert.is_file() && key.is_file()) {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        let mut names = vec!["localhost".to_string()];
+        if !public.ip().is_unspecified() {
+            names.push(public.ip().to_string());
+        }
+        names.extend(cfg.control.public_addresses.iter().map(|a| a.to_string()));
+        names.dedup();
+        let made = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| CtlError::Other(format!("self-signed certificate: {e}")))?;
+        for (path, text) in [
+            (&key, made.key_pair.serialize_pem()),
+            (&cert, made.cert.pem()),
+        ] {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io(path))?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(path))?;
+        }
+    }
+    let (sha256, spki_sha256) = fingerprints(&cert, &key)?;
+    Ok(Some(SelfSigned {
+        cert,
+        key,
+        sha256,
+        spki_sha256,
+    }))
+}
+
+/// The certificate's SHA-256 (`AA:BB:…`) and the SHA-256 of its key's SubjectPublicKeyInfo
+/// (base64).
+fn fingerprints(cert: &Path, key: &Path) -> Result<(String, String)> {
+    use base64::Engine as _;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |p: &Path, m: String| CtlError::Other(format!("{}: {m}", p.display()));
+    let der = rustls_pki_types::CertificateDer::from_pem_file(cert)
+        .map_err(|e| bad(cert, e.to_string()))?;
+    let sha256 = ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let key_pem = std::fs::read_to_string(key).map_err(|e| bad(key, e.to_string()))?;
+    let pair = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| bad(key, e.to_string()))?;
+    let pin = ring::digest::digest(&ring::digest::SHA256, &pair.public_key_der());
+    Ok((
+        sha256,
+        base64::engine::general_purpose::STANDARD.encode(pin.as_ref()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_only_for_a_public_non_loopback_listener_and_kept() {
+        let dir = std::env::temp_dir().join(format!("sluice-up-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = Config::embedded_default();
+        cfg.control.state_dir = dir.join("state");
+        assert_eq!(self_signed(&cfg).unwrap(), None, "no public listener");
+        cfg.control.public_listen = Some("127.0.0.1:8443".parse().unwrap());
+        assert_eq!(self_signed(&cfg).unwrap(), None, "loopback");
+        cfg.control.public_listen = Some("0.0.0.0:8443".parse().unwrap());
+        cfg.control.public_addresses = vec!["192.0.2.10".parse().unwrap()];
+        let made = self_signed(&cfg).unwrap().expect("made");
+        assert!(made.cert.starts_with(dir.join("state/tls")));
+        assert_eq!(made.sha256.len(), 32 * 3 - 1);
+        assert_eq!(made.spki_sha256.len(), 44);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&made.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key is private");
+        assert_eq!(
+            self_signed(&cfg).unwrap(),
+            Some(made),
+            "kept for the next run"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
