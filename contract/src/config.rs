@@ -432,7 +432,8 @@ pub struct HttpConfig {
     pub header_timeout_ms: u32,
     /// A request body must be complete this long after its head.
     pub body_timeout_ms: u32,
-    /// An HTTP/2 connection that receives nothing this long is closed.
+    /// A connection that receives nothing this long (an HTTP/2 connection left open, a client
+    /// that stopped reading its answer) is shut down.
     pub idle_timeout_secs: u32,
     /// HTTPS (HTTP/1.1 and HTTP/2) on `control.public_listen`; absent: plain HTTP.
     pub tls: Option<TlsConfig>,
@@ -1278,6 +1279,36 @@ mod tests {
         assert_eq!((e.key(), e.line()), (Some("relay.bind"), Some(2)), "{e}");
         let e = parse("[shm]\nworker_slots = 2\n[relay]\nworkers = 4\n").unwrap_err();
         assert_eq!((e.key(), e.line()), (Some("relay.workers"), Some(4)), "{e}");
+    }
+
+    #[test]
+    fn http_limits_and_tls_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.http, HttpConfig::default());
+        let e =
+            parse("[http]\nmax_connections = 10\nmax_connections_per_address = 11\n").unwrap_err();
+        assert_eq!(e.key(), Some("http.max_connections_per_address"), "{e}");
+        let e = parse("[http]\nheader_timeout_ms = 10\n").unwrap_err();
+        assert_eq!(e.key(), Some("http.header_timeout_ms"), "{e}");
+        let tls = "[http.tls]\ncert_file = \"/etc/sluice/cert.pem\"\nkey_file = \"/etc/sluice/key.pem\"\n";
+        // HTTPS needs a public listener of its own.
+        let e = parse(tls).unwrap_err();
+        assert_eq!(e.key(), Some("http.tls"), "{e}");
+        let with_public = format!("[control]\npublic_listen = \"0.0.0.0:8443\"\n{tls}");
+        let c = parse(&with_public).unwrap();
+        let t = c.http.tls.expect("tls");
+        assert_eq!(t.hsts_max_age_secs, 31_536_000);
+        assert_eq!(t.key_file, PathBuf::from("/etc/sluice/key.pem"));
+        let e = parse(
+            "[control]\npublic_listen = \"0.0.0.0:8443\"\n[http.tls]\ncert_file = \"rel.pem\"\nkey_file = \"/k.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("http.tls.cert_file"), "{e}");
+        let e = parse(
+            "[control]\npublic_listen = \"0.0.0.0:8443\"\n[http.tls]\ncert_file = \"/c.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("key_file"), "{e}");
     }
 
     #[test]

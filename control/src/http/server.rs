@@ -8,7 +8,8 @@
 //! ([`super::stats::Refused`]): open connections per listener and per source address
 //! ([`super::limits`]), a deadline for each request head (`http.header_timeout_ms`; it also
 //! ends an idle HTTP/1.1 keep-alive connection and bounds the TLS handshake), one for each
-//! body (`http.body_timeout_ms`), an idle timeout for HTTP/2 connections, and hard limits on
+//! body (`http.body_timeout_ms`), an idle timeout (nothing received: an HTTP/2 connection
+//! left open, a client that stopped reading its answer), and hard limits on
 //! head ([`MAX_HEAD`]) and body ([`MAX_BODY`]) size. A handler that panics answers 500.
 //! May not touch: application state (the [`Handler`] owns that).
 
@@ -493,6 +494,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// Drive a hyper connection future to its end. One that received nothing for
+/// `idle_timeout` (an HTTP/2 connection left open, or a client that stopped reading an
+/// answer) is shut down gracefully, and dropped if it has not finished `header_timeout`
+/// later. `None`: dropped that way.
+macro_rules! drive {
+    ($conn:expr, $act:expr, $limits:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        let tick = $limits.idle_timeout.min(Duration::from_secs(1));
+        let mut closing: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break Some(r),
+                _ = tokio::time::sleep(tick) => match closing {
+                    None if $act.idle_for() >= $limits.idle_timeout => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() >= $limits.header_timeout => break None,
+                    _ => {}
+                },
+            }
+        }
+    }};
+}
+
 async fn serve_http1<S: Io>(sock: S, peer: Arc<str>, sh: &Arc<Shared>) {
     let act = Activity::new();
     let io = TokioIo::new(Tracked {
@@ -505,7 +531,7 @@ async fn serve_http1<S: Io>(sock: S, peer: Arc<str>, sh: &Arc<Shared>) {
         .header_read_timeout(sh.limits.header_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_HEAD);
-    let Err(e) = b.serve_connection(io, svc).await else {
+    let Some(Err(e)) = drive!(b.serve_connection(io, svc), act, sh.limits) else {
         return;
     };
     if e.is_timeout() {
@@ -534,30 +560,8 @@ async fn serve_http2<S: Io>(sock: S, peer: Arc<str>, sh: &Arc<Shared>) {
         .max_concurrent_streams(H2_STREAMS)
         .max_header_list_size(MAX_HEAD as u32)
         .max_send_buf_size(MAX_BODY * 4);
-    let conn = b.serve_connection(io, svc);
-    let mut conn = std::pin::pin!(conn);
-    let tick = sh.limits.idle_timeout.min(Duration::from_secs(1));
-    let mut closing: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended with an error");
-                }
-                return;
-            }
-            _ = tokio::time::sleep(tick) => {
-                match closing {
-                    None if act.idle_for() >= sh.limits.idle_timeout => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now());
-                    }
-                    // A peer that does not finish after GOAWAY is cut off.
-                    Some(t) if t.elapsed() >= sh.limits.header_timeout => return,
-                    _ => {}
-                }
-            }
-        }
+    if let Some(Err(e)) = drive!(b.serve_connection(io, svc), act, sh.limits) {
+        tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended with an error");
     }
 }
 
@@ -807,6 +811,11 @@ mod tests {
         big.extend_from_slice(b"\r\n\r\n");
         let r = roundtrip(addr, &big);
         assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        // Counted once the connection task has seen hyper's error, just after the close.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.refused_count(Refused::Malformed) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(stats.refused_count(Refused::Malformed) >= 3);
         srv.shutdown();
     }
@@ -868,6 +877,10 @@ mod tests {
             "the server closed the trickling connection"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.refused_count(Refused::HeaderTimeout) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(stats.refused_count(Refused::HeaderTimeout), 1);
         srv.shutdown();
     }
@@ -888,6 +901,39 @@ mod tests {
         let _ = s.read_to_end(&mut out);
         assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
         assert_eq!(stats.refused_count(Refused::HeaderTimeout), 0);
+        srv.shutdown();
+    }
+
+    /// A client that asks for a large answer and never reads it is dropped after the idle
+    /// timeout (plus the grace for a graceful close), giving its slot back.
+    #[test]
+    fn a_client_that_stops_reading_is_dropped() {
+        struct Big;
+        impl Handler for Big {
+            fn handle(&self, _req: &Request) -> Response {
+                Response::text(200, "text/plain", "x".repeat(32 << 20))
+            }
+        }
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(1),
+            header_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let (_rt, mut srv, addr, _) = serve(Arc::new(Big), limits);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(srv.open_connections(), 1);
+        while srv.open_connections() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the stalled connection is still open"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        drop(s);
         srv.shutdown();
     }
 
