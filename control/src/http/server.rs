@@ -41,9 +41,11 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const HANDLER_THREADS: usize = 16;
 /// Concurrent requests on one HTTP/2 connection.
 pub const H2_STREAMS: u32 = 16;
-/// Answer written (best effort, without waiting) to a plain-HTTP connection refused at accept.
+/// Answer written (best effort, without waiting) to a plain-HTTP connection refused at accept;
+/// the body is `{"error":"too many connections"}` (32 bytes).
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-Content-Length: 45\r\nConnection: close\r\n\r\n{\"error\":\"too many connections from this source\"}";
+Content-Length: 32\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+{\"error\":\"too many connections\"}";
 
 /// A parsed request.
 #[derive(Debug, Clone)]
@@ -675,10 +677,15 @@ fn reply(r: Response, hsts: Option<&HeaderValue>) -> Reply {
         hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let h = out.headers_mut();
     if r.status != 204 {
-        h.insert(
-            hyper::header::CONTENT_TYPE,
-            HeaderValue::from_static(r.content_type),
-        );
+        match HeaderValue::from_str(r.content_type) {
+            Ok(v) => {
+                h.insert(hyper::header::CONTENT_TYPE, v);
+            }
+            Err(_) => tracing::error!(
+                content_type = r.content_type,
+                "a handler set a content type HTTP cannot carry"
+            ),
+        }
     }
     for (n, v) in r.headers {
         match (
@@ -953,6 +960,12 @@ mod tests {
         }
         let r = roundtrip(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        let body = r.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        assert_eq!(body, r#"{"error":"too many connections"}"#);
+        assert!(
+            r.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{r}"
+        );
         assert_eq!(stats.refused_count(Refused::PerAddressLimit), 1);
         drop(held);
         let deadline = Instant::now() + Duration::from_secs(5);
