@@ -76,6 +76,10 @@ pub enum SdpError {
     BundleMismatch,
     #[error("no media section can be accepted (no common codec or direction)")]
     NothingAccepted,
+    /// WHEP: the room has publishers, and the viewer's offer shares no codec with what they
+    /// send (`kinds`: what the room carries, e.g. "video: VP8/90000").
+    #[error("the offer shares no codec with what the room's publishers send ({0})")]
+    NoCodecWithRoom(String),
 }
 
 fn bad(line: usize, reason: &'static str) -> SdpError {
@@ -604,6 +608,11 @@ pub struct AnswerConfig {
     pub send_ssrcs: Vec<u32>,
     /// WHEP: RTCP CNAME of our streams.
     pub cname: String,
+    /// WHEP: the accepted media sections of the room's current publishers. The answer offers
+    /// the viewer, per kind, only codecs, header extensions and feedback those publishers
+    /// send (docs/WEBRTC.md "Negotiation per room"); empty (no publisher yet, or WHIP):
+    /// everything the relay supports.
+    pub publishers: Vec<NegotiatedMedia>,
 }
 
 /// What one media section became.
@@ -652,6 +661,82 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
 /// RTCP feedback the relay forwards (RFC 4585 NACK/PLI, RFC 5104 FIR).
 const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
 
+/// The MID extension (RFC 8843 §15): the relay writes each viewer's own value.
+pub const MID_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
+/// Header extensions a viewer is never offered: RID and repaired RID name the publisher's
+/// simulcast encodings, which mean nothing to a viewer that receives one stream.
+const PUBLISHER_ONLY_EXTENSIONS: &[&str] = &[
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+];
+
+/// A codec offered by a WHEP viewer, as answered: with no publisher of its kind in the room,
+/// every supported feedback the viewer offered; else only when a publisher sends the same
+/// codec, with the feedback that publisher negotiated (a keyframe request the publisher does
+/// not understand would go unanswered, RFC 4585 §4.2, RFC 5104 §7.1). `None`: not answered.
+fn answer_codec(c: &Codec, room: &[&NegotiatedMedia]) -> Option<Codec> {
+    let offered = c
+        .rtcp_fb
+        .iter()
+        .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()));
+    if room.is_empty() {
+        return Some(Codec {
+            rtcp_fb: offered.cloned().collect(),
+            ..c.clone()
+        });
+    }
+    let sent: Vec<&Codec> = room
+        .iter()
+        .flat_map(|p| p.codecs.iter())
+        .filter(|p| same_codec(p, c))
+        .collect();
+    if sent.is_empty() {
+        return None;
+    }
+    Some(Codec {
+        rtcp_fb: offered
+            .filter(|f| sent.iter().any(|p| p.rtcp_fb.contains(f)))
+            .cloned()
+            .collect(),
+        ..c.clone()
+    })
+}
+
+/// Is a header extension offered by a WHEP viewer answered? MID always (the relay writes the
+/// viewer's own value); RID and repaired RID never; the others when the room has no
+/// publisher of this kind yet or a publisher sends them.
+fn extension_for_viewer(e: &Extmap, room: &[&NegotiatedMedia]) -> bool {
+    if e.uri == MID_EXTENSION {
+        return true;
+    }
+    if PUBLISHER_ONLY_EXTENSIONS.contains(&e.uri.as_str()) {
+        return false;
+    }
+    room.is_empty()
+        || room
+            .iter()
+            .any(|p| p.extmaps.iter().any(|pe| pe.uri == e.uri))
+}
+
+/// What the room's publishers send, for a refusal: "audio: opus/48000/2; video: VP8/90000".
+/// `None` when nothing is published.
+fn room_summary(publishers: &[NegotiatedMedia]) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for p in publishers.iter().filter(|p| p.accepted) {
+        for c in &p.codecs {
+            let part = match c.channels {
+                Some(ch) => format!("{}: {}/{}/{}", p.kind.name(), c.name, c.clock_rate, ch),
+                None => format!("{}: {}/{}", p.kind.name(), c.name, c.clock_rate),
+            };
+            if !parts.contains(&part) && parts.len() < 8 {
+                parts.push(part);
+            }
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Is this codec one we accept? Opus, VP8, VP9, AV1, and H264 with packetization-mode 1.
 pub fn codec_supported(kind: &MediaKind, c: &Codec) -> bool {
     let n = c.name.to_ascii_lowercase();
@@ -695,19 +780,20 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             Endpoint::Whep if m.direction.receives() => Some(Direction::SendOnly),
             _ => None,
         };
+        // WHEP into a room with publishers of this kind: cut to what they send.
+        let room: Vec<&NegotiatedMedia> = match endpoint {
+            Endpoint::Whep => cfg
+                .publishers
+                .iter()
+                .filter(|p| p.accepted && p.kind == m.kind)
+                .collect(),
+            Endpoint::Whip => Vec::new(),
+        };
         let codecs: Vec<Codec> = if rtp {
             m.codecs
                 .iter()
                 .filter(|c| codec_supported(&m.kind, c))
-                .map(|c| Codec {
-                    rtcp_fb: c
-                        .rtcp_fb
-                        .iter()
-                        .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()))
-                        .cloned()
-                        .collect(),
-                    ..c.clone()
-                })
+                .filter_map(|c| answer_codec(c, &room))
                 .collect()
         } else {
             Vec::new()
@@ -740,6 +826,7 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             m.extmaps
                 .iter()
                 .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
+                .filter(|e| endpoint == Endpoint::Whip || extension_for_viewer(e, &room))
                 .cloned()
                 .collect()
         } else {
@@ -762,6 +849,11 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             remote_ssrcs: m.ssrc_list(),
             send_ssrc,
         });
+    }
+    if endpoint == Endpoint::Whep && !negotiated.iter().any(|n| n.accepted) {
+        if let Some(what) = room_summary(&cfg.publishers) {
+            return Err(SdpError::NoCodecWithRoom(what));
+        }
     }
     let (remote_ufrag, remote_pwd, remote_fingerprint, setup) =
         transport.ok_or(SdpError::NothingAccepted)?;
@@ -1040,6 +1132,7 @@ a=ssrc:2222 cname:abc\r\n"
 
     fn cfg() -> AnswerConfig {
         AnswerConfig {
+            publishers: Vec::new(),
             ice_ufrag: "sluiceUF".into(),
             ice_pwd: "sluicepasswordsluicepass".into(),
             fingerprint: Fingerprint::parse(FP).unwrap(),
