@@ -1280,6 +1280,111 @@ a=ssrc:2222 cname:abc\r\n"
         );
     }
 
+    /// A room publisher's accepted sections: the answer to a Chrome WHIP offer whose video
+    /// is cut to `video_codecs` (rtpmap lines) with `video_fb` feedback on each.
+    fn room_of(video: &str) -> Vec<NegotiatedMedia> {
+        let o = Offer::parse(video).unwrap();
+        answer(&o, Endpoint::Whip, &cfg()).unwrap().media
+    }
+
+    /// A Chrome-like publisher that sends VP8 only, asks for keyframes with PLI only (no
+    /// FIR), and negotiated no abs-send-time.
+    fn vp8_pli_only_publisher() -> String {
+        chrome_offer("actpass")
+            .replace("a=rtcp-fb:96 ccm fir\r\n", "")
+            .replace(
+                "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n",
+                "",
+            )
+            .replace("a=rtpmap:98 VP9/90000\r\n", "a=rtpmap:98 ISAC/16000\r\n")
+            .replace("a=rtpmap:99 VP9/90000\r\n", "a=rtpmap:99 ISAC/16000\r\n")
+            .replace("a=rtpmap:100 H264/90000\r\n", "a=rtpmap:100 ISAC/16000\r\n")
+            .replace("a=rtpmap:102 H264/90000\r\n", "a=rtpmap:102 ISAC/16000\r\n")
+            .replace("a=rtpmap:45 AV1/90000\r\n", "a=rtpmap:45 ISAC/16000\r\n")
+    }
+
+    /// Negotiation per room: a viewer is answered only what the room's publishers send
+    /// (codecs, extensions, keyframe feedback), MID always, RID never.
+    #[test]
+    fn whep_answer_follows_the_room() {
+        let room = room_of(&vp8_pli_only_publisher());
+        let pv = room.iter().find(|m| m.kind == MediaKind::Video).unwrap();
+        assert_eq!(pv.codecs.len(), 1, "publisher sends VP8 only");
+        let viewer = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let o = Offer::parse(&viewer).unwrap();
+        let c = AnswerConfig {
+            publishers: room,
+            ..cfg()
+        };
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        let v = &a.media[1];
+        assert!(v.accepted);
+        let names: Vec<&str> = v.codecs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["VP8"], "only the codec the room carries");
+        assert_eq!(
+            v.codecs[0].rtcp_fb,
+            ["nack", "nack pli"],
+            "no FIR for a PLI-only publisher"
+        );
+        assert!(!a.sdp.contains("ccm fir"));
+        let uris: Vec<&str> = v.extmaps.iter().map(|e| e.uri.as_str()).collect();
+        assert!(
+            uris.contains(&MID_EXTENSION),
+            "MID kept: the relay writes the viewer's"
+        );
+        assert!(
+            !uris.iter().any(|u| u.contains("stream-id")),
+            "no RID to a viewer"
+        );
+        assert!(
+            !uris.iter().any(|u| u.contains("abs-send-time")),
+            "not sent by the room"
+        );
+        assert!(uris.contains(&"urn:3gpp:video-orientation"));
+        // Audio: the room's Opus.
+        assert_eq!(a.media[0].codecs.len(), 1);
+        assert_eq!(a.media[0].codecs[0].name, "opus");
+    }
+
+    /// Without a publisher of a kind the viewer gets everything the relay supports for it;
+    /// with publishers and no codec in common it is refused with what the room carries.
+    #[test]
+    fn whep_answer_without_publishers_or_common_codec() {
+        let viewer = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let o = Offer::parse(&viewer).unwrap();
+        let a = answer(&o, Endpoint::Whep, &cfg()).unwrap();
+        assert!(a.media[1].codecs.len() > 1);
+        assert!(a.sdp.contains("ccm fir"));
+        // A video-only room: the viewer's audio section keeps every supported codec.
+        let video_room: Vec<NegotiatedMedia> = room_of(&vp8_pli_only_publisher())
+            .into_iter()
+            .filter(|m| m.kind == MediaKind::Video)
+            .collect();
+        let c = AnswerConfig {
+            publishers: video_room.clone(),
+            ..cfg()
+        };
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        assert!(a.media[0].accepted && a.media[1].accepted);
+        // A viewer that offers only H264 video to a VP8 room: refused, naming the room.
+        let h264_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 100\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\n\
+a=fingerprint:"
+            .to_owned()
+            + FP
+            + "\r\na=setup:actpass\r\na=rtcp-mux\r\na=recvonly\r\na=rtpmap:100 H264/90000\r\n\
+a=fmtp:100 packetization-mode=1;profile-level-id=42e01f\r\n";
+        let o = Offer::parse(&h264_only).unwrap();
+        let c = AnswerConfig {
+            publishers: video_room,
+            ..cfg()
+        };
+        match answer(&o, Endpoint::Whep, &c) {
+            Err(SdpError::NoCodecWithRoom(what)) => assert!(what.contains("VP8/90000"), "{what}"),
+            other => panic!("expected NoCodecWithRoom, got {other:?}"),
+        }
+    }
+
     #[test]
     fn rejects_sections_without_common_codec() {
         let offer =
