@@ -328,6 +328,28 @@ mod tests {
     }
 
     #[test]
+    fn rewrite_mid_is_parsed_and_checked() {
+        let v: Value = serde_json::from_str(r#"{"mid":{"id":9,"value":"video-0"}}"#).unwrap();
+        let rw = parse_rewrite(&v).unwrap();
+        let m = rw.mid.as_ref().unwrap();
+        assert_eq!((m.id, m.value.as_str()), (9, "video-0"));
+        let shm = rw.to_rewrite();
+        assert_eq!(shm.mid(), Some((9, &b"video-0"[..])));
+        for bad in [
+            r#"{"mid":{"id":0,"value":"0"}}"#,
+            r#"{"mid":{"id":3,"value":""}}"#,
+            r#"{"mid":{"id":3,"value":"seventeen-chars!!"}}"#,
+            r#"{"mid":{"id":3,"value":"a b"}}"#,
+            r#"{"mid":{"id":3,"value":"0","x":1}}"#,
+            r#"{"mid":"0"}"#,
+        ] {
+            let v: Value = serde_json::from_str(bad).unwrap();
+            let e = parse_rewrite(&v).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_ids_are_400_and_input_is_quoted_short() {
         assert_eq!(parse_id("7", "session"), Ok(7));
         let e = parse_id("abc", "session").unwrap_err();
