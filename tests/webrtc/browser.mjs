@@ -131,6 +131,9 @@ try {
     '--autoplay-policy=no-user-gesture-required',
   ];
   if (fieldTrials) launchArgs.push(`--force-fieldtrials=${fieldTrials}`);
+  // Extra switches, space-separated (e.g. --unsafely-treat-insecure-origin-as-secure=URL
+  // for a plain-HTTP appliance on another host).
+  for (const a of (process.env.SLUICE_CHROMIUM_ARGS || '').split(' ')) if (a) launchArgs.push(a);
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
