@@ -202,3 +202,78 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
         summaries.join("\n")
     );
 }
+
+/// Watcher layouts (kinds of their recvonly transceivers in m-line order) that each must
+/// decode the same publisher: RFC 8843 §15 MID values differ from the publisher's whenever
+/// the m-line orders differ, and receivers pick the transceiver by MID (issue: video
+/// delivered to the audio receiver and back, 0 frames, no error).
+const LAYOUTS: &str = "video+audio,audio+video,video,audio";
+
+#[test]
+fn chromium_watchers_in_any_m_line_order_decode() {
+    if let Some(why) = unavailable() {
+        sluice_tests::skip::skip(&why);
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
+            "SLUICE_REQUIRE_PEERS is set but the browser cannot run: {why}"
+        );
+        return;
+    }
+    let mut rig = WebRtcRig::start("chromium-layouts");
+    let base = format!("http://{}", rig.admin);
+    let room = "layouts";
+    let pub_token = rig.mint(room, "host");
+    let view_token = rig.mint(room, "viewer");
+    let mut cmd = Command::new("node");
+    cmd.arg(script_dir().join("browser.mjs"))
+        .args(["layouts", &base, &pub_token, &view_token, room])
+        .arg(FRAMES.to_string())
+        .arg(BROWSER_TIMEOUT_SECS.to_string())
+        .arg(LAYOUTS)
+        .current_dir(script_dir());
+    let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir());
+    let mut result = None;
+    let deadline = Instant::now() + Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30);
+    while Instant::now() < deadline {
+        match browser.line(Duration::from_millis(200)) {
+            Some(l) => {
+                if let Some(json) = l.strip_prefix("RESULT ") {
+                    result = serde_json::from_str::<serde_json::Value>(json).ok();
+                }
+            }
+            None if browser.poll().is_some() => break,
+            None => {}
+        }
+    }
+    let status = browser.wait(Duration::from_secs(20));
+    let context = format!("\n{}\n{}", browser.log_text(), rig.control_log());
+    rig.stop();
+    let result = result.unwrap_or_else(|| panic!("no RESULT from the browser{context}"));
+    let watchers = result["watchers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(watchers.len(), 4, "{result}{context}");
+    for w in &watchers {
+        let layout = w["layout"].as_str().unwrap_or("?");
+        if layout.contains("video") {
+            let frames = w["frames"].as_u64().unwrap_or(0);
+            assert!(
+                frames >= u64::from(FRAMES),
+                "watcher {layout}: {frames} video frames\n{w}{context}"
+            );
+        }
+        if layout.contains("audio") {
+            let samples = w["samples"].as_f64().unwrap_or(0.0);
+            assert!(
+                samples > 0.0,
+                "watcher {layout}: no audio samples decoded\n{w}{context}"
+            );
+        }
+        eprintln!(
+            "chromium layouts [{layout}]: {} frames, {} audio samples",
+            w["frames"], w["samples"]
+        );
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "browser: {status:?}{context}"
+    );
+}

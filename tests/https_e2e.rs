@@ -464,7 +464,10 @@ fn chromium_publishes_and_watches_over_https() {
         .args(["run", &rig.public_url, &pub_token, &view_token, room])
         .arg(FRAMES.to_string())
         .arg(BROWSER_TIMEOUT_SECS.to_string())
-        .env("SLUICE_CHROMIUM_SPKI", &cert.spki)
+        .env(
+            "SLUICE_CHROMIUM_ARGS",
+            format!("--ignore-certificate-errors-spki-list={}", cert.spki),
+        )
         .current_dir(script_dir());
     let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir.path());
     let mut result = None;

@@ -60,6 +60,28 @@ pub struct RewriteSpec {
     pub pt_map: Vec<[u8; 2]>,
     #[serde(default)]
     pub ext_map: Vec<[u8; 2]>,
+    /// Write the subscriber's own MID into its MID extension element (RFC 8843 §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<MidSpec>,
+}
+
+/// A MID rewrite: the subscriber's extension id for `urn:ietf:params:rtp-hdrext:sdes:mid`
+/// (after the id map) and its `a=mid` value, 1–16 token characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MidSpec {
+    pub id: u8,
+    pub value: String,
+}
+
+impl MidSpec {
+    /// A MID value the route can carry: 1–[`contract::shm::MAX_MID_LEN`] RFC 8866 token
+    /// characters (RFC 8843 §5: `mid-value = token`).
+    pub fn valid_value(v: &str) -> bool {
+        (1..=contract::shm::MAX_MID_LEN).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`{|}~".contains(&b))
+    }
 }
 
 impl RewriteSpec {
@@ -77,6 +99,9 @@ impl RewriteSpec {
         for (i, [a, b]) in self.ext_map.iter().take(MAX_MAPPINGS).enumerate() {
             r.ext_map[i] = (*a, *b);
             r.ext_map_len = i as u8 + 1;
+        }
+        if let Some(m) = &self.mid {
+            r.set_mid(m.id, m.value.as_bytes());
         }
         r
     }

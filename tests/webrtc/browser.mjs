@@ -5,8 +5,14 @@
 //     node browser.mjs run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS [FIELD_TRIALS]
 //         page 1 publishes getUserMedia({video, audio}) (Chromium's fake devices) through
 //         WHIP at BASE_URL/whip/ROOM; page 2 watches BASE_URL/whep/ROOM with recvonly
-//         transceivers until its <video> decoded FRAMES frames or TIMEOUT_SECS passed;
-//         BASE_URL may be https:// with SLUICE_CHROMIUM_SPKI naming the certificate's key
+//         transceivers until its <video> decoded FRAMES frames or TIMEOUT_SECS passed
+//     node browser.mjs layouts BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS LAYOUTS
+//         as `run`, with one watcher page per comma-separated layout, each a `+`-joined
+//         list of the kinds of its recvonly transceivers in m-line order (e.g.
+//         `video+audio,audio+video,video,audio`); a watcher is done when its <video> (if
+//         any) decoded FRAMES frames and its audio receiver (if any) decoded samples
+//     BASE_URL may be https://; for a certificate without a CA, SLUICE_CHROMIUM_ARGS carries
+//     --ignore-certificate-errors-spki-list=<base64 SHA-256 of its public key>
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
 // the watcher's <video>, and getStats() of both peers (transport: DTLS state, version,
@@ -36,11 +42,16 @@ const [cmd, ...args] = process.argv.slice(2);
 if (cmd === 'check') {
   process.exit(existsSync(executablePath) ? 0 : 3);
 }
-if (cmd !== 'run' || args.length < 6) {
-  log('usage: browser.mjs check | run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS');
+if (!['run', 'layouts'].includes(cmd) || args.length < 6 || (cmd === 'layouts' && args.length < 7)) {
+  log('usage: browser.mjs check | run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS [FIELD_TRIALS]' +
+    ' | layouts BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS LAYOUTS');
   process.exit(2);
 }
-const [base, pubToken, viewToken, room, framesArg, timeoutArg, fieldTrials] = args;
+const [base, pubToken, viewToken, room, framesArg, timeoutArg, extra] = args;
+const fieldTrials = cmd === 'run' ? extra : undefined;
+const layouts = cmd === 'layouts'
+  ? extra.split(',').map((l) => l.split('+'))
+  : [['audio', 'video']];
 const want = Number(framesArg);
 const timeoutMs = Number(timeoutArg) * 1000;
 
@@ -92,8 +103,10 @@ window.summarise = async (pc) => {
       }
     } else if (s.type === 'inbound-rtp') {
       const c = byId.get(s.codecId) || {};
-      out.inbound.push({ kind: s.kind, codec: c.mimeType, packetsReceived: s.packetsReceived,
-        packetsLost: s.packetsLost, framesDecoded: s.framesDecoded, bytesReceived: s.bytesReceived });
+      out.inbound.push({ kind: s.kind, mid: s.mid, codec: c.mimeType,
+        packetsReceived: s.packetsReceived, packetsLost: s.packetsLost,
+        framesDecoded: s.framesDecoded, bytesReceived: s.bytesReceived,
+        totalSamplesReceived: s.totalSamplesReceived });
     } else if (s.type === 'outbound-rtp') {
       const c = byId.get(s.codecId) || {};
       out.outbound.push({ kind: s.kind, codec: c.mimeType, packetsSent: s.packetsSent,
@@ -117,12 +130,12 @@ try {
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+    '--autoplay-policy=no-user-gesture-required',
   ];
   if (fieldTrials) launchArgs.push(`--force-fieldtrials=${fieldTrials}`);
-  // HTTPS with a certificate the test made: SLUICE_CHROMIUM_SPKI is the base64 SHA-256 of its
-  // SubjectPublicKeyInfo, the one key Chromium then accepts without a CA.
-  const spki = process.env.SLUICE_CHROMIUM_SPKI;
-  if (spki) launchArgs.push(`--ignore-certificate-errors-spki-list=${spki}`);
+  // Extra switches, space-separated (e.g. --unsafely-treat-insecure-origin-as-secure=URL
+  // for a plain-HTTP appliance on another host).
+  for (const a of (process.env.SLUICE_CHROMIUM_ARGS || '').split(' ')) if (a) launchArgs.push(a);
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
@@ -160,43 +173,73 @@ try {
   await pub.waitForFunction(() => window.pc.connectionState === 'connected' ||
     window.pc.connectionState === 'failed', null, { timeout: timeoutMs });
 
-  const view = await open('whep');
-  await view.evaluate(async ({ url, token }) => {
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-    window.pc = pc;
-    window.videoFrames = 0;
-    pc.addEventListener('connectionstatechange', () =>
-      console.log('connectionState=' + pc.connectionState));
-    pc.addTransceiver('audio', { direction: 'recvonly' });
-    pc.addTransceiver('video', { direction: 'recvonly' });
-    const v = document.getElementById('v');
-    pc.addEventListener('track', (e) => {
-      if (e.track.kind !== 'video') return;
-      v.srcObject = new MediaStream([e.track]);
-      const count = () => { window.videoFrames += 1; v.requestVideoFrameCallback(count); };
-      v.requestVideoFrameCallback(count);
-      v.play().catch((err) => console.log('play: ' + err));
-    });
-    await negotiate(pc, url, token);
-  }, { url: `${base}/whep/${room}`, token: viewToken });
-  log('watching');
+  const watch = async (kinds) => {
+    const view = await open('whep ' + kinds.join('+'));
+    await view.evaluate(async ({ url, token, kinds }) => {
+      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      window.pc = pc;
+      window.videoFrames = 0;
+      pc.addEventListener('connectionstatechange', () =>
+        console.log('connectionState=' + pc.connectionState));
+      for (const k of kinds) pc.addTransceiver(k, { direction: 'recvonly' });
+      const v = document.getElementById('v');
+      pc.addEventListener('track', (e) => {
+        if (e.track.kind === 'audio') {
+          // Chromium decodes remote audio only for a sink that plays it.
+          const a = document.createElement('audio');
+          a.autoplay = true;
+          a.srcObject = new MediaStream([e.track]);
+          document.body.appendChild(a);
+          a.play().catch((err) => console.log('audio play: ' + err));
+          return;
+        }
+        if (e.track.kind !== 'video') return;
+        v.srcObject = new MediaStream([e.track]);
+        const count = () => { window.videoFrames += 1; v.requestVideoFrameCallback(count); };
+        v.requestVideoFrameCallback(count);
+        v.play().catch((err) => console.log('play: ' + err));
+      });
+      await negotiate(pc, url, token);
+    }, { url: `${base}/whep/${room}`, token: viewToken, kinds });
+    return { view, kinds };
+  };
+  const watchers = [];
+  for (const kinds of layouts) watchers.push(await watch(kinds));
+  log(`watching with ${watchers.length} page(s)`);
 
   // Frames the <video> element presented: requestVideoFrameCallback count, or the
   // playback-quality counter when that is larger (headless may skip callbacks).
-  const frames = () => view.evaluate(() => {
+  const frames = (view) => view.evaluate(() => {
     const q = document.getElementById('v').getVideoPlaybackQuality();
     return Math.max(window.videoFrames, q.totalVideoFrames - q.droppedVideoFrames);
   });
+  // Audio samples the audio receiver decoded (0 without an audio receiver).
+  const samples = (view) => view.evaluate(async () => {
+    let n = 0;
+    (await window.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') n += s.totalSamplesReceived || 0;
+    });
+    return n;
+  });
+  const done = async (w) => {
+    w.frames = w.kinds.includes('video') ? await frames(w.view) : 0;
+    w.samples = w.kinds.includes('audio') ? await samples(w.view) : 0;
+    return (!w.kinds.includes('video') || w.frames >= want) &&
+      (!w.kinds.includes('audio') || w.samples > 0);
+  };
   const deadline = Date.now() + timeoutMs;
-  let n = 0;
-  let last = -1;
+  let all = false;
+  let last = '';
   while (Date.now() < deadline) {
-    n = await frames();
-    if (n !== last && (n === 0 || Math.floor(n / 10) !== Math.floor(last / 10))) log(`frames=${n}`);
-    last = n;
-    if (n >= want) break;
-    await view.waitForTimeout(200);
+    all = true;
+    for (const w of watchers) all = (await done(w)) && all;
+    const now = watchers.map((w) => `${w.kinds.join('+')}: ${w.frames}f/${w.samples}s`).join(', ');
+    if (now !== last) log(now);
+    last = now;
+    if (all) break;
+    await watchers[0].view.waitForTimeout(200);
   }
+  const n = watchers[0].frames;
   const result = {
     frames: n,
     userAgent: version,
@@ -204,10 +247,17 @@ try {
     whipProtocol: await pub.evaluate(() => performance.getEntriesByType('resource')
       .filter((e) => e.name.includes('/whip/')).map((e) => e.nextHopProtocol)[0] ?? null),
     publisher: await pub.evaluate(() => summarise(window.pc)),
-    watcher: await view.evaluate(() => summarise(window.pc)),
+    watcher: await watchers[0].view.evaluate(() => summarise(window.pc)),
+    watchers: [],
   };
+  for (const w of watchers) {
+    result.watchers.push({
+      layout: w.kinds.join('+'), frames: w.frames, samples: w.samples,
+      stats: await w.view.evaluate(() => summarise(window.pc)),
+    });
+  }
   console.log('RESULT ' + JSON.stringify(result));
-  status = n >= want ? 0 : 1;
+  status = all ? 0 : 1;
   // Leave politely: DELETE the WHIP resource.
   await pub.evaluate(async ({ origin, loc, token }) => {
     await fetch(origin + loc, { method: 'DELETE', headers: { 'Authorization': 'Bearer ' + token } });

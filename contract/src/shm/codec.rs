@@ -5,7 +5,7 @@
 
 use super::error::SlotError;
 use super::layout::{ROUTE_WORDS, SESSION_WORDS};
-use super::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use super::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS, MAX_MID_LEN};
 use crate::srtp::{MasterKey, Profile};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -135,6 +135,9 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     };
     w[5..7].copy_from_slice(&pairs(&r.rewrite.pt_map));
     w[7..9].copy_from_slice(&pairs(&r.rewrite.ext_map));
+    // Words 12–14: the MID rewrite (id | len << 8, then the value's 16 bytes).
+    w[12] = u64::from(r.rewrite.mid_id) | (u64::from(r.rewrite.mid_len) << 8);
+    w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
     w
 }
 
@@ -147,6 +150,10 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
         if usize::from(len) > MAX_MAPPINGS {
             return Err(SlotError::MapTooLong(len));
         }
+    }
+    let rw = &r.rewrite;
+    if usize::from(rw.mid_len) > MAX_MID_LEN || (rw.mid_len > 0 && rw.mid_id == 0) {
+        return Err(SlotError::BadMid(rw.mid_len));
     }
     Ok(())
 }
@@ -178,6 +185,9 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             pt_map_len: pt_len,
             ext_map: pairs(&w[7..9]),
             ext_map_len: ext_len,
+            mid: words_to_bytes(&w[13..15]),
+            mid_len: (w[12] >> 8) as u8,
+            mid_id: w[12] as u8,
         },
     };
     validate_route(&r)?;

@@ -39,6 +39,8 @@ pub enum SlotError {
     /// A payload-type or extension map claims more than [`super::MAX_MAPPINGS`] entries.
     #[error("mapping length {0} exceeds the maximum")]
     MapTooLong(u8),
+    #[error("MID rewrite of {0} bytes, or without an extension id")]
+    BadMid(u8),
     /// A stream-state slot names a direction other than in (1) or out (2).
     #[error("bad stream direction code {0}")]
     BadDirection(u8),

@@ -171,6 +171,37 @@ pub struct Rewrite {
     /// RFC 8285 header-extension id mapping `(from, to)`; unmapped ids pass unchanged.
     pub ext_map: [(u8, u8); MAX_MAPPINGS],
     pub ext_map_len: u8,
+    /// The subscriber's MID (RFC 8843 §15): the value written into the extension element
+    /// `mid_id` (the subscriber's id, after `ext_map`) of every forwarded packet that carries
+    /// one, so the receiver demuxes it into its own media section. `mid_len` 0: no rewrite.
+    pub mid: [u8; MAX_MID_LEN],
+    pub mid_len: u8,
+    pub mid_id: u8,
+}
+
+/// Longest MID value a route rewrites to (the one-byte header form's limit, RFC 8285 §4.2).
+pub const MAX_MID_LEN: usize = 16;
+
+impl Rewrite {
+    /// The MID value this route writes, if any.
+    pub fn mid(&self) -> Option<(u8, &[u8])> {
+        let n = usize::from(self.mid_len);
+        (n > 0 && n <= MAX_MID_LEN).then(|| (self.mid_id, &self.mid[..n]))
+    }
+
+    /// Set the MID rewrite: the subscriber's extension id and value (1–16 bytes; a longer
+    /// or empty value clears it).
+    pub fn set_mid(&mut self, id: u8, value: &[u8]) {
+        if value.is_empty() || value.len() > MAX_MID_LEN || id == 0 {
+            self.mid_len = 0;
+            self.mid_id = 0;
+            return;
+        }
+        self.mid = [0; MAX_MID_LEN];
+        self.mid[..value.len()].copy_from_slice(value);
+        self.mid_len = value.len() as u8;
+        self.mid_id = id;
+    }
 }
 
 /// One edge publisher (+ SSRC) → subscriber.

@@ -118,6 +118,10 @@ impl Profile {
         self.key_len() + self.salt_len()
     }
 
+    /// The largest [`Profile::srtp_overhead`] of any profile: room a buffer keeps free for
+    /// `protect_rtp` whatever the key.
+    pub const MAX_SRTP_OVERHEAD: usize = 16;
+
     /// Bytes `protect_rtp` appends (authentication tag, or GCM tag).
     pub const fn srtp_overhead(self) -> usize {
         match self {
@@ -251,6 +255,12 @@ pub enum KeyParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_srtp_overhead_is_the_largest() {
+        let max = Profile::ALL.iter().map(|p| p.srtp_overhead()).max();
+        assert_eq!(max, Some(Profile::MAX_SRTP_OVERHEAD));
+    }
 
     #[test]
     fn names_round_trip() {

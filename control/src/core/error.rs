@@ -40,6 +40,9 @@ pub enum CoreError {
     /// The room holds `max_sessions_per_room` sessions already.
     #[error("the room is full ({0} sessions)")]
     RoomFull(u32),
+    /// A WHEP offer the room cannot serve (no codec in common with its publishers).
+    #[error("{0}")]
+    NotAcceptable(String),
     /// Persisting, shared memory or randomness failed.
     #[error("{0}")]
     Internal(String),
@@ -57,6 +60,7 @@ impl CoreError {
             CoreError::ShmUnavailable(_) | CoreError::Unavailable(_) => 503,
             CoreError::TooManySessions(_) => 429,
             CoreError::RoomFull(_) => 403,
+            CoreError::NotAcceptable(_) => 406,
             CoreError::Internal(_) => 500,
         }
     }
@@ -66,6 +70,7 @@ impl CoreError {
         match self {
             CoreError::TooManySessions(_) => Some("too_many_sessions"),
             CoreError::RoomFull(_) => Some("room_full"),
+            CoreError::NotAcceptable(_) => Some("no_common_codec"),
             _ => None,
         }
     }

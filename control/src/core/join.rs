@@ -12,7 +12,7 @@ use super::rooms::{Member, UNBOUND_PEER};
 use super::{lock, Core, CoreError};
 use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
-use crate::state::{Entry, RewriteSpec, StoredRoute, StoredSession};
+use crate::state::{Entry, MidSpec, RewriteSpec, StoredRoute, StoredSession};
 use crate::webrtc::dtls::DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup, SsrcLimits};
 use contract::shm::{session_flags, Role};
@@ -65,8 +65,13 @@ impl Core {
             return Err(CoreError::Unavailable("control is draining".into()));
         }
         self.open_room(req.app, req.room, now_ms)?;
-        let (answer, creds) = self.answer_offer(&offer, req.publish)?;
         let mut members = lock(&self.rooms.members);
+        let publishers = if req.publish {
+            Vec::new()
+        } else {
+            room_publishers(&members, req.app, req.room)
+        };
+        let (answer, creds) = self.answer_offer(&offer, req.publish, publishers)?;
         admit(
             &members,
             &req,
@@ -166,6 +171,7 @@ impl Core {
         &self,
         offer: &Offer,
         publish: bool,
+        publishers: Vec<sdp::NegotiatedMedia>,
     ) -> Result<(Answer, IceCredentials), CoreError> {
         let creds =
             crate::ice::generate_credentials().map_err(|e| CoreError::Internal(e.to_string()))?;
@@ -183,14 +189,19 @@ impl Core {
             session_id: u64::from(random_u32()?),
             send_ssrcs,
             cname: format!("sluice-{}", random_hex(6)?),
+            publishers,
         };
         let endpoint = if publish {
             Endpoint::Whip
         } else {
             Endpoint::Whep
         };
-        let answer = sdp::answer(offer, endpoint, &cfg)
-            .map_err(|e| CoreError::BadRequest(format!("SDP offer: {e}")))?;
+        let answer = sdp::answer(offer, endpoint, &cfg).map_err(|e| match e {
+            sdp::SdpError::NoCodecWithRoom(_) => {
+                CoreError::NotAcceptable(format!("SDP offer: {e}"))
+            }
+            e => CoreError::BadRequest(format!("SDP offer: {e}")),
+        })?;
         Ok((answer, creds))
     }
 
@@ -215,6 +226,20 @@ impl Core {
         }
         candidates
     }
+}
+
+/// The accepted media sections of the room's current publishers (WHIP members), in join
+/// order.
+fn room_publishers(
+    members: &BTreeMap<u64, Member>,
+    app: &str,
+    room: &str,
+) -> Vec<sdp::NegotiatedMedia> {
+    members
+        .values()
+        .filter(|m| m.publishes && m.app == app && m.room == room)
+        .flat_map(|m| m.media.iter().filter(|s| s.accepted).cloned())
+        .collect()
 }
 
 fn read_offer(body: &[u8], limits: SsrcLimits) -> Result<Offer, CoreError> {
@@ -346,6 +371,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             ssrc: vm.send_ssrc,
             pt_map,
             ext_map,
+            mid: viewer_mid(vm),
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
         if ssrcs.is_empty() {
@@ -357,6 +383,18 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
         }
     }
     out
+}
+
+/// The viewer section's own MID, written into the MID element of every packet forwarded to
+/// it (RFC 8843 §15): receivers pick the transceiver by it, so the publisher's value would
+/// land audio in a video receiver whenever the two orders of m-lines differ. `None` when the
+/// viewer did not negotiate the extension (it demuxes by the SSRC our answer announced).
+fn viewer_mid(vm: &sdp::NegotiatedMedia) -> Option<MidSpec> {
+    let e = vm.extmaps.iter().find(|e| e.uri == sdp::MID_EXTENSION)?;
+    MidSpec::valid_value(&vm.mid).then(|| MidSpec {
+        id: e.id,
+        value: vm.mid.clone(),
+    })
 }
 
 fn primary_ssrcs(m: &sdp::Media) -> Vec<u32> {

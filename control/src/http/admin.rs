@@ -404,6 +404,7 @@ fn route_json(r: &StoredRoute) -> Value {
             "ssrc": r.rewrite.ssrc,
             "pt_map": r.rewrite.pt_map,
             "ext_map": r.rewrite.ext_map,
+            "mid": r.rewrite.mid,
         },
     })
 }

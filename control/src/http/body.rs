@@ -3,7 +3,7 @@
 //! returns a typed error ([`CoreError::Invalid`] names the field).
 
 use crate::core::CoreError;
-use crate::state::RewriteSpec;
+use crate::state::{MidSpec, RewriteSpec};
 use contract::shm::MAX_MAPPINGS;
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{Map, Value};
@@ -55,7 +55,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         return Err(bad_field("rewrite", "must be an object"));
     };
     for k in o.keys() {
-        if !["ssrc", "pt_map", "ext_map"].contains(&k.as_str()) {
+        if !["ssrc", "pt_map", "ext_map", "mid"].contains(&k.as_str()) {
             return Err(bad_field(&format!("rewrite.{k}"), "unknown field"));
         }
     }
@@ -70,10 +70,47 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
     // (one-byte form) or 1..=255 (two-byte form).
     let pt_map = parse_map(o.get("pt_map"), "rewrite.pt_map", 0, 127)?;
     let ext_map = parse_map(o.get("ext_map"), "rewrite.ext_map", 1, 255)?;
+    let mid = match o.get("mid") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_mid(v)?),
+    };
     Ok(RewriteSpec {
         ssrc,
         pt_map,
         ext_map,
+        mid,
+    })
+}
+
+/// `{"id": 1..=255, "value": "<1–16 token characters>"}`.
+fn parse_mid(v: &Value) -> Result<MidSpec, CoreError> {
+    let Value::Object(o) = v else {
+        return Err(bad_field(
+            "rewrite.mid",
+            "must be an object {\"id\", \"value\"}",
+        ));
+    };
+    for k in o.keys() {
+        if !["id", "value"].contains(&k.as_str()) {
+            return Err(bad_field(
+                &format!("rewrite.mid.{}", shown(k)),
+                "unknown field",
+            ));
+        }
+    }
+    let id = o
+        .get("id")
+        .and_then(Value::as_u64)
+        .filter(|id| (1..=255).contains(id))
+        .ok_or_else(|| bad_field("rewrite.mid.id", "must be an extension id 1..=255"))?;
+    let value = o
+        .get("value")
+        .and_then(Value::as_str)
+        .filter(|s| MidSpec::valid_value(s))
+        .ok_or_else(|| bad_field("rewrite.mid.value", "must be 1 to 16 token characters"))?;
+    Ok(MidSpec {
+        id: id as u8,
+        value: value.to_owned(),
     })
 }
 
@@ -287,6 +324,28 @@ mod tests {
                 Err(CoreError::BadRequest(m)) => assert!(m.contains("duplicate key"), "{m}"),
                 other => panic!("{dup}: {:?}", other.map(|b| b.0)),
             }
+        }
+    }
+
+    #[test]
+    fn rewrite_mid_is_parsed_and_checked() {
+        let v: Value = serde_json::from_str(r#"{"mid":{"id":9,"value":"video-0"}}"#).unwrap();
+        let rw = parse_rewrite(&v).unwrap();
+        let m = rw.mid.as_ref().unwrap();
+        assert_eq!((m.id, m.value.as_str()), (9, "video-0"));
+        let shm = rw.to_rewrite();
+        assert_eq!(shm.mid(), Some((9, &b"video-0"[..])));
+        for bad in [
+            r#"{"mid":{"id":0,"value":"0"}}"#,
+            r#"{"mid":{"id":3,"value":""}}"#,
+            r#"{"mid":{"id":3,"value":"seventeen-chars!!"}}"#,
+            r#"{"mid":{"id":3,"value":"a b"}}"#,
+            r#"{"mid":{"id":3,"value":"0","x":1}}"#,
+            r#"{"mid":"0"}"#,
+        ] {
+            let v: Value = serde_json::from_str(bad).unwrap();
+            let e = parse_rewrite(&v).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
         }
     }
 

@@ -136,9 +136,13 @@ impl DtlsSink for WebRtcDtls {
         let cfg = self.config();
         let mut t = lock(&self.table);
         let Some(&id) = t.by_peer.get(&peer) else {
-            t.counters.unknown_peer += 1;
             drop(t);
-            self.keep_early(now, peer, data);
+            // Held for a nomination that may follow; counted as refused only when it is
+            // given up (no room, or it expired unused): an alert on the counter then means
+            // datagrams from addresses no session ever bound.
+            if !self.keep_early(now, peer, data) {
+                self.refuse_unknown(1);
+            }
             return false;
         };
         let needs_endpoint = t.sessions.get(&id).is_some_and(|e| {
@@ -255,12 +259,26 @@ impl DtlsSink for WebRtcDtls {
 }
 
 impl WebRtcDtls {
-    fn keep_early(&mut self, now: Instant, peer: SocketAddr, data: &[u8]) {
+    /// Hold a datagram from an address not (yet) bound to a session. False if there was no
+    /// room for it.
+    fn keep_early(&mut self, now: Instant, peer: SocketAddr, data: &[u8]) -> bool {
+        let before = self.early.len();
         self.early
             .retain(|(at, _, _)| now.saturating_duration_since(*at) < EARLY_TTL);
+        let expired = before - self.early.len();
+        self.refuse_unknown(expired);
         let from_peer = self.early.iter().filter(|(_, p, _)| *p == peer).count();
         if self.early.len() < EARLY_MAX && from_peer < EARLY_PER_PEER {
             self.early.push((now, peer, data.to_vec()));
+            return true;
+        }
+        false
+    }
+
+    /// Count `n` datagrams from unbound addresses as refused for good.
+    fn refuse_unknown(&mut self, n: usize) {
+        if n > 0 {
+            lock(&self.table).counters.unknown_peer += n as u64;
         }
     }
 
@@ -271,8 +289,10 @@ impl WebRtcDtls {
         }
         let early = std::mem::take(&mut self.early);
         let mut keep = Vec::new();
+        let mut expired = 0usize;
         for (at, peer, data) in early {
             if now.saturating_duration_since(at) >= EARLY_TTL {
+                expired += 1;
                 continue;
             }
             let known = lock(&self.table).by_peer.contains_key(&peer);
@@ -284,8 +304,10 @@ impl WebRtcDtls {
         }
         // `datagram` may have queued newer early datagrams meanwhile; keep both, bounded.
         keep.append(&mut self.early);
+        let over = keep.len().saturating_sub(EARLY_MAX);
         keep.truncate(EARLY_MAX);
         self.early = keep;
+        self.refuse_unknown(expired + over);
     }
 
     /// Start client-role handshakes for nominated sessions that have none (called after
@@ -500,6 +522,12 @@ mod tests {
         assert!(!r
             .sink
             .datagram(now, addr("198.51.100.9:1"), &hello[0], &mut out));
+        // Held for a nomination that may still come: not refused yet.
+        assert_eq!(lock(&r.table).counters().unknown_peer, 0);
+        // Given up once it expires unused: refused then, once.
+        r.sink.timeout(now + EARLY_TTL * 2, &mut out);
+        assert_eq!(lock(&r.table).counters().unknown_peer, 1);
+        r.sink.timeout(now + EARLY_TTL * 4, &mut out);
         assert_eq!(lock(&r.table).counters().unknown_peer, 1);
         // Two sessions nominated from one IP: the second handshake is refused (cap 1).
         r.add(1, DtlsRole::Server, &peer_cert, addr("192.0.2.7:1000"));
@@ -551,12 +579,15 @@ mod tests {
         let theirs = r.pump(&mut remote, peer, now, 0).expect("peer keys");
         let got = lock(&r.binder.keys).first().copied().unwrap();
         check_keys(got.1, theirs);
+        // Held and then used: no refusal counted.
+        assert_eq!(lock(&r.table).counters().unknown_peer, 0);
         // Stale early datagrams are not kept forever.
         let later = now + EARLY_TTL * 2;
         r.sink
             .datagram(later, addr("192.0.2.51:1"), &[22, 0xfe, 0xfd], &mut out);
         r.sink.timeout(later + EARLY_TTL, &mut out);
         assert!(r.sink.early.is_empty());
+        assert_eq!(lock(&r.table).counters().unknown_peer, 1);
     }
 
     /// Client role (the offer said passive): the ClientHello leaves at the first tick after

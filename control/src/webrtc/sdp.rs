@@ -76,6 +76,10 @@ pub enum SdpError {
     BundleMismatch,
     #[error("no media section can be accepted (no common codec or direction)")]
     NothingAccepted,
+    /// WHEP: the room has publishers, and the viewer's offer shares no codec with what they
+    /// send (`kinds`: what the room carries, e.g. "video: VP8/90000").
+    #[error("the offer shares no codec with what the room's publishers send ({0})")]
+    NoCodecWithRoom(String),
 }
 
 fn bad(line: usize, reason: &'static str) -> SdpError {
@@ -604,6 +608,11 @@ pub struct AnswerConfig {
     pub send_ssrcs: Vec<u32>,
     /// WHEP: RTCP CNAME of our streams.
     pub cname: String,
+    /// WHEP: the accepted media sections of the room's current publishers. The answer offers
+    /// the viewer, per kind, only codecs, header extensions and feedback those publishers
+    /// send (docs/WEBRTC.md "Negotiation per room"); empty (no publisher yet, or WHIP):
+    /// everything the relay supports.
+    pub publishers: Vec<NegotiatedMedia>,
 }
 
 /// What one media section became.
@@ -652,6 +661,82 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
 /// RTCP feedback the relay forwards (RFC 4585 NACK/PLI, RFC 5104 FIR).
 const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
 
+/// The MID extension (RFC 8843 §15): the relay writes each viewer's own value.
+pub const MID_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
+/// Header extensions a viewer is never offered: RID and repaired RID name the publisher's
+/// simulcast encodings, which mean nothing to a viewer that receives one stream.
+const PUBLISHER_ONLY_EXTENSIONS: &[&str] = &[
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+];
+
+/// A codec offered by a WHEP viewer, as answered: with no publisher of its kind in the room,
+/// every supported feedback the viewer offered; else only when a publisher sends the same
+/// codec, with the feedback that publisher negotiated (a keyframe request the publisher does
+/// not understand would go unanswered, RFC 4585 §4.2, RFC 5104 §7.1). `None`: not answered.
+fn answer_codec(c: &Codec, room: &[&NegotiatedMedia]) -> Option<Codec> {
+    let offered = c
+        .rtcp_fb
+        .iter()
+        .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()));
+    if room.is_empty() {
+        return Some(Codec {
+            rtcp_fb: offered.cloned().collect(),
+            ..c.clone()
+        });
+    }
+    let sent: Vec<&Codec> = room
+        .iter()
+        .flat_map(|p| p.codecs.iter())
+        .filter(|p| same_codec(p, c))
+        .collect();
+    if sent.is_empty() {
+        return None;
+    }
+    Some(Codec {
+        rtcp_fb: offered
+            .filter(|f| sent.iter().any(|p| p.rtcp_fb.contains(f)))
+            .cloned()
+            .collect(),
+        ..c.clone()
+    })
+}
+
+/// Is a header extension offered by a WHEP viewer answered? MID always (the relay writes the
+/// viewer's own value); RID and repaired RID never; the others when the room has no
+/// publisher of this kind yet or a publisher sends them.
+fn extension_for_viewer(e: &Extmap, room: &[&NegotiatedMedia]) -> bool {
+    if e.uri == MID_EXTENSION {
+        return true;
+    }
+    if PUBLISHER_ONLY_EXTENSIONS.contains(&e.uri.as_str()) {
+        return false;
+    }
+    room.is_empty()
+        || room
+            .iter()
+            .any(|p| p.extmaps.iter().any(|pe| pe.uri == e.uri))
+}
+
+/// What the room's publishers send, for a refusal: "audio: opus/48000/2; video: VP8/90000".
+/// `None` when nothing is published.
+fn room_summary(publishers: &[NegotiatedMedia]) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for p in publishers.iter().filter(|p| p.accepted) {
+        for c in &p.codecs {
+            let part = match c.channels {
+                Some(ch) => format!("{}: {}/{}/{}", p.kind.name(), c.name, c.clock_rate, ch),
+                None => format!("{}: {}/{}", p.kind.name(), c.name, c.clock_rate),
+            };
+            if !parts.contains(&part) && parts.len() < 8 {
+                parts.push(part);
+            }
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Is this codec one we accept? Opus, VP8, VP9, AV1, and H264 with packetization-mode 1.
 pub fn codec_supported(kind: &MediaKind, c: &Codec) -> bool {
     let n = c.name.to_ascii_lowercase();
@@ -695,19 +780,20 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             Endpoint::Whep if m.direction.receives() => Some(Direction::SendOnly),
             _ => None,
         };
+        // WHEP into a room with publishers of this kind: cut to what they send.
+        let room: Vec<&NegotiatedMedia> = match endpoint {
+            Endpoint::Whep => cfg
+                .publishers
+                .iter()
+                .filter(|p| p.accepted && p.kind == m.kind)
+                .collect(),
+            Endpoint::Whip => Vec::new(),
+        };
         let codecs: Vec<Codec> = if rtp {
             m.codecs
                 .iter()
                 .filter(|c| codec_supported(&m.kind, c))
-                .map(|c| Codec {
-                    rtcp_fb: c
-                        .rtcp_fb
-                        .iter()
-                        .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()))
-                        .cloned()
-                        .collect(),
-                    ..c.clone()
-                })
+                .filter_map(|c| answer_codec(c, &room))
                 .collect()
         } else {
             Vec::new()
@@ -740,6 +826,7 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             m.extmaps
                 .iter()
                 .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
+                .filter(|e| endpoint == Endpoint::Whip || extension_for_viewer(e, &room))
                 .cloned()
                 .collect()
         } else {
@@ -762,6 +849,11 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             remote_ssrcs: m.ssrc_list(),
             send_ssrc,
         });
+    }
+    if endpoint == Endpoint::Whep && !negotiated.iter().any(|n| n.accepted) {
+        if let Some(what) = room_summary(&cfg.publishers) {
+            return Err(SdpError::NoCodecWithRoom(what));
+        }
     }
     let (remote_ufrag, remote_pwd, remote_fingerprint, setup) =
         transport.ok_or(SdpError::NothingAccepted)?;
@@ -1040,6 +1132,7 @@ a=ssrc:2222 cname:abc\r\n"
 
     fn cfg() -> AnswerConfig {
         AnswerConfig {
+            publishers: Vec::new(),
             ice_ufrag: "sluiceUF".into(),
             ice_pwd: "sluicepasswordsluicepass".into(),
             fingerprint: Fingerprint::parse(FP).unwrap(),
@@ -1185,6 +1278,111 @@ a=ssrc:2222 cname:abc\r\n"
             answer(&o, Endpoint::Whep, &cfg()).unwrap_err(),
             SdpError::NothingAccepted
         );
+    }
+
+    /// A room publisher's accepted sections: the answer to a Chrome WHIP offer whose video
+    /// is cut to `video_codecs` (rtpmap lines) with `video_fb` feedback on each.
+    fn room_of(video: &str) -> Vec<NegotiatedMedia> {
+        let o = Offer::parse(video).unwrap();
+        answer(&o, Endpoint::Whip, &cfg()).unwrap().media
+    }
+
+    /// A Chrome-like publisher that sends VP8 only, asks for keyframes with PLI only (no
+    /// FIR), and negotiated no abs-send-time.
+    fn vp8_pli_only_publisher() -> String {
+        chrome_offer("actpass")
+            .replace("a=rtcp-fb:96 ccm fir\r\n", "")
+            .replace(
+                "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n",
+                "",
+            )
+            .replace("a=rtpmap:98 VP9/90000\r\n", "a=rtpmap:98 ISAC/16000\r\n")
+            .replace("a=rtpmap:99 VP9/90000\r\n", "a=rtpmap:99 ISAC/16000\r\n")
+            .replace("a=rtpmap:100 H264/90000\r\n", "a=rtpmap:100 ISAC/16000\r\n")
+            .replace("a=rtpmap:102 H264/90000\r\n", "a=rtpmap:102 ISAC/16000\r\n")
+            .replace("a=rtpmap:45 AV1/90000\r\n", "a=rtpmap:45 ISAC/16000\r\n")
+    }
+
+    /// Negotiation per room: a viewer is answered only what the room's publishers send
+    /// (codecs, extensions, keyframe feedback), MID always, RID never.
+    #[test]
+    fn whep_answer_follows_the_room() {
+        let room = room_of(&vp8_pli_only_publisher());
+        let pv = room.iter().find(|m| m.kind == MediaKind::Video).unwrap();
+        assert_eq!(pv.codecs.len(), 1, "publisher sends VP8 only");
+        let viewer = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let o = Offer::parse(&viewer).unwrap();
+        let c = AnswerConfig {
+            publishers: room,
+            ..cfg()
+        };
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        let v = &a.media[1];
+        assert!(v.accepted);
+        let names: Vec<&str> = v.codecs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["VP8"], "only the codec the room carries");
+        assert_eq!(
+            v.codecs[0].rtcp_fb,
+            ["nack", "nack pli"],
+            "no FIR for a PLI-only publisher"
+        );
+        assert!(!a.sdp.contains("ccm fir"));
+        let uris: Vec<&str> = v.extmaps.iter().map(|e| e.uri.as_str()).collect();
+        assert!(
+            uris.contains(&MID_EXTENSION),
+            "MID kept: the relay writes the viewer's"
+        );
+        assert!(
+            !uris.iter().any(|u| u.contains("stream-id")),
+            "no RID to a viewer"
+        );
+        assert!(
+            !uris.iter().any(|u| u.contains("abs-send-time")),
+            "not sent by the room"
+        );
+        assert!(uris.contains(&"urn:3gpp:video-orientation"));
+        // Audio: the room's Opus.
+        assert_eq!(a.media[0].codecs.len(), 1);
+        assert_eq!(a.media[0].codecs[0].name, "opus");
+    }
+
+    /// Without a publisher of a kind the viewer gets everything the relay supports for it;
+    /// with publishers and no codec in common it is refused with what the room carries.
+    #[test]
+    fn whep_answer_without_publishers_or_common_codec() {
+        let viewer = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let o = Offer::parse(&viewer).unwrap();
+        let a = answer(&o, Endpoint::Whep, &cfg()).unwrap();
+        assert!(a.media[1].codecs.len() > 1);
+        assert!(a.sdp.contains("ccm fir"));
+        // A video-only room: the viewer's audio section keeps every supported codec.
+        let video_room: Vec<NegotiatedMedia> = room_of(&vp8_pli_only_publisher())
+            .into_iter()
+            .filter(|m| m.kind == MediaKind::Video)
+            .collect();
+        let c = AnswerConfig {
+            publishers: video_room.clone(),
+            ..cfg()
+        };
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        assert!(a.media[0].accepted && a.media[1].accepted);
+        // A viewer that offers only H264 video to a VP8 room: refused, naming the room.
+        let h264_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 100\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\n\
+a=fingerprint:"
+            .to_owned()
+            + FP
+            + "\r\na=setup:actpass\r\na=rtcp-mux\r\na=recvonly\r\na=rtpmap:100 H264/90000\r\n\
+a=fmtp:100 packetization-mode=1;profile-level-id=42e01f\r\n";
+        let o = Offer::parse(&h264_only).unwrap();
+        let c = AnswerConfig {
+            publishers: video_room,
+            ..cfg()
+        };
+        match answer(&o, Endpoint::Whep, &c) {
+            Err(SdpError::NoCodecWithRoom(what)) => assert!(what.contains("VP8/90000"), "{what}"),
+            other => panic!("expected NoCodecWithRoom, got {other:?}"),
+        }
     }
 
     #[test]

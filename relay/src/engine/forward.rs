@@ -13,7 +13,7 @@ use contract::shm::{
     CounterSnapshot, DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader,
     StreamDir, StreamRecord,
 };
-use contract::srtp::ContextOptions;
+use contract::srtp::{ContextOptions, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::stun::StunMessage;
@@ -264,6 +264,22 @@ fn rewrite_rtp(pkt: &mut [u8], rw: &Rewrite, seq: u16, ts: u32) -> bool {
         let _ = p.remap_extension_ids(ext_map);
     }
     true
+}
+
+/// Write the subscriber's MID into the packet's MID element (RFC 8843 §15), growing or
+/// shrinking it in place within `slot` less `tag` bytes kept for SRTP. Returns the new
+/// length; a packet without a MID element, or one whose block cannot take the value, goes
+/// unchanged (the receiver then demuxes by SSRC). On the stack: nothing allocated.
+#[inline]
+fn write_mid(slot: &mut [u8], n: usize, rw: &Rewrite, tag: usize) -> usize {
+    let Some((id, value)) = rw.mid() else {
+        return n;
+    };
+    let room = slot.len().saturating_sub(tag);
+    match slot.get_mut(..room) {
+        Some(buf) => rtp::set_extension_value(buf, n, id, value).unwrap_or(n),
+        None => n,
+    }
 }
 
 impl<C: SrtpOps> Forwarder<C> {
@@ -554,6 +570,7 @@ impl<C: SrtpOps> Forwarder<C> {
             if !rewrite_rtp(dst, rw, oseq, ots) {
                 return Err(DropReason::Malformed);
             }
+            let n = write_mid(slot, n, rw, Profile::MAX_SRTP_OVERHEAD);
             ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
         });
         if pushed {

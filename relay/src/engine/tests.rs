@@ -570,3 +570,80 @@ fn rewrite_takes_over_after_last_index() {
     assert!(rig.send(1, &rtp(77, 4001, 60, 96, b"a")).is_empty());
     assert_eq!(rig.send(1, &rtp(77, 4002, 60, 96, b"a")).len(), 1);
 }
+
+/// An RTP packet with a one-byte extension block (RFC 8285 §4.2) holding `elements`.
+fn rtp_with_extensions(ssrc: u32, seq: u16, elements: &[(u8, &[u8])], payload: &[u8]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (id, v) in elements {
+        block.push((id << 4) | (v.len() as u8 - 1));
+        block.extend_from_slice(v);
+    }
+    while block.len() % 4 != 0 {
+        block.push(0);
+    }
+    let mut p = rtp(ssrc, seq, 90_000, 96, &[]);
+    p[0] |= 0x10;
+    p.extend_from_slice(&0xBEDEu16.to_be_bytes());
+    p.extend_from_slice(&((block.len() / 4) as u16).to_be_bytes());
+    p.extend_from_slice(&block);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// RFC 8843 §15: each viewer receives its own MID value in the MID element (after the id
+/// map), whatever its length; other elements and the payload are kept; a viewer route
+/// without a MID rewrite gets the publisher's value.
+#[test]
+fn mid_is_rewritten_per_viewer() {
+    let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
+    ext_map[0] = (4, 9); // MID: publisher id 4 → viewer id 9
+    ext_map[1] = (1, 1); // audio level
+    let mut long = Rewrite {
+        ssrc: Some(0xB0B0),
+        ext_map,
+        ext_map_len: 2,
+        ..Rewrite::default()
+    };
+    long.set_mid(9, b"video-main");
+    let mut short = Rewrite {
+        ssrc: Some(0xC0C0),
+        ext_map,
+        ext_map_len: 2,
+        ..Rewrite::default()
+    };
+    short.set_mid(9, b"0");
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Viewer),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, None, 2, long),
+            route(2, 1, None, 3, short),
+            route(3, 1, None, 4, Rewrite::default()),
+        ],
+    );
+    let sent = rtp_with_extensions(0x1111, 7, &[(1, &[0x7f]), (4, b"12")], b"payload!");
+    let out = rig.send(1, &sent);
+    assert_eq!(out.len(), 3);
+    for (dst, mid, id) in [
+        (addr(1002), &b"video-main"[..], 9),
+        (addr(1003), &b"0"[..], 9),
+        (addr(1004), &b"12"[..], 4),
+    ] {
+        let (_, p) = out.iter().find(|(d, _)| *d == dst).expect("forwarded");
+        let pkt = contract::wire::rtp::RtpPacket::parse(p).unwrap();
+        assert_eq!(pkt.extension_by_id(id), Some(mid), "MID for {dst}");
+        assert_eq!(pkt.extension_by_id(1), Some(&[0x7f][..]));
+        assert_eq!(pkt.payload(), b"payload!");
+        assert_eq!(pkt.sequence(), 7);
+    }
+    // A packet without a MID element goes unchanged apart from the usual rewrite.
+    let out = rig.send(1, &rtp_with_extensions(0x1111, 8, &[(1, &[0x10])], b"x"));
+    let (_, p) = out.iter().find(|(d, _)| *d == addr(1002)).unwrap();
+    let pkt = contract::wire::rtp::RtpPacket::parse(p).unwrap();
+    assert_eq!(pkt.extension_by_id(9), None);
+    assert_eq!(pkt.payload(), b"x");
+}
