@@ -26,7 +26,7 @@ mod streams;
 mod writer;
 
 pub use counters::{
-    batch_bucket, time_bucket, CounterSnapshot, IoTotals, WorkerCounters, BATCH_BUCKETS,
+    batch_bucket, time_bucket, CounterSnapshot, Feedback, IoTotals, WorkerCounters, BATCH_BUCKETS,
     IO_COUNTERS, TIME_BUCKETS,
 };
 pub use error::{ShmError, SlotError, Table};

@@ -3,18 +3,22 @@
 
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
+use super::hub::FeedbackHub;
 use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
+use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
+use super::rtx_cache::{Insert, Resend, SentFrom, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
-    CounterSnapshot, DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader,
-    StreamDir, StreamRecord,
+    CounterSnapshot, DropReason, Feedback, Rewrite, RouteRecord, SessionId, SessionRecord,
+    ShmReader, StreamDir, StreamRecord,
 };
 use contract::srtp::ContextOptions;
-use contract::wire::rtcp::{self, fmt, packet_type};
+use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
+use contract::wire::rtcp_write;
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::stun::StunMessage;
 use contract::wire::{classify, dtls, Kind};
@@ -41,6 +45,21 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// The sender SSRC of the feedback this worker sends to publishers (see
     /// [`feedback_ssrc`]).
     feedback_ssrc: u32,
+    /// Loss recovery (engine/nack.rs).
+    nack: NackConfig,
+    /// Retransmission caches this worker may still allocate (`nack.cache_streams` minus the
+    /// streams that have one).
+    cache_left: usize,
+    /// Some publisher stream has packets to ask for: [`Forwarder::poll`] walks the streams.
+    poll_needed: bool,
+    /// A cached packet on its way to a resend (the cache and the subscriber's context live in
+    /// two sessions of the same index).
+    scratch: Box<[u8]>,
+    /// Cross-worker feedback (see `hub.rs`) and this worker's index in it.
+    hub: Option<Arc<FeedbackHub>>,
+    worker: usize,
+    /// Rebuild scratch: publishers this worker announced in the hub.
+    claimed_scratch: Vec<SessionId>,
 }
 
 /// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
@@ -275,7 +294,28 @@ impl<C: SrtpOps> Forwarder<C> {
             state: StreamState::default(),
             gate: SlowGate::Open,
             feedback_ssrc: feedback_ssrc(0),
+            nack: NackConfig::OFF,
+            cache_left: 0,
+            poll_needed: false,
+            scratch: vec![0u8; SLOT_BYTES].into_boxed_slice(),
+            hub: None,
+            worker: 0,
+            claimed_scratch: Vec::new(),
         }
+    }
+
+    /// Loss-recovery settings ([`NackConfig::OFF`] until set). Call before the first packet.
+    pub fn set_nack(&mut self, cfg: NackConfig) {
+        self.nack = cfg;
+        self.cache_left = if cfg.enabled() { cfg.cache_streams } else { 0 };
+    }
+
+    /// Hand feedback about publishers another worker receives to that worker, and take
+    /// feedback handed to this one (`worker`), through `hub` (docs/ENGINE.md "Feedback
+    /// across workers").
+    pub fn attach_hub(&mut self, hub: Arc<FeedbackHub>, worker: usize) {
+        self.hub = Some(hub);
+        self.worker = worker;
     }
 
     /// Persist every stream's SRTP index into worker `worker`'s stream-state region of `shm`,
@@ -297,9 +337,31 @@ impl<C: SrtpOps> Forwarder<C> {
         sessions: &mut [SessionRecord],
         routes: &mut [RouteRecord],
     ) -> RebuildReport {
+        self.claimed_scratch.clear();
+        let claimed = self
+            .index
+            .sessions
+            .iter()
+            .filter(|s| s.claimed)
+            .map(|s| s.id);
+        self.claimed_scratch.extend(claimed);
         let rep = self.index.rebuild(sessions, routes);
         let index = &self.index;
         self.state.rebuild(|id| index.has_session(id));
+        // Sessions that went away: their caches return to the budget, their hub entries go.
+        if let Some(hub) = &self.hub {
+            for &id in &self.claimed_scratch {
+                if !index.has_session(id) {
+                    hub.release(id, self.worker);
+                }
+            }
+        }
+        if self.nack.enabled() {
+            let used: usize = (index.sessions.iter())
+                .map(|s| s.pubs.iter().filter(|p| p.cached()).count())
+                .sum();
+            self.cache_left = self.nack.cache_streams.saturating_sub(used);
+        }
         rep
     }
 
@@ -479,14 +541,33 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::Malformed);
             return None;
         };
-        let inp = RtpIn {
+        let mut inp = RtpIn {
             pub_id: publisher.id,
             ssrc: p.ssrc(),
             seq: p.sequence(),
             ts: p.timestamp(),
             len: n,
+            cached: None,
         };
         publisher.note_ssrc(inp.ssrc);
+        if !publisher.claimed {
+            // Once per publisher and process: feedback about it arriving on other workers
+            // comes here (hub.rs).
+            publisher.claimed = true;
+            if let Some(h) = &self.hub {
+                h.claim(inp.pub_id, self.worker);
+            }
+        }
+        if let Some(now) = self.now {
+            let pubs = &mut publisher.pubs;
+            let mut budget = CacheBudget {
+                cfg: &self.nack,
+                left: &mut self.cache_left,
+                stats: &mut self.stats,
+                poll_needed: &mut self.poll_needed,
+            };
+            inp.cached = note_pub(pubs, opts.max_streams, &mut budget, &inp, now, &buf[..n]);
+        }
         if inp.ssrc == in_ssrc {
             let note = StreamNote {
                 session: inp.pub_id,
@@ -557,6 +638,16 @@ impl<C: SrtpOps> Forwarder<C> {
             ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
         });
         if pushed {
+            if let Some(index) = inp.cached {
+                let from = SentFrom {
+                    publisher: inp.pub_id,
+                    ssrc: inp.ssrc,
+                    index,
+                    out_ts: ots,
+                };
+                let cap = self.nack.cache_packets;
+                note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
+            }
             let note = StreamNote {
                 session: sub_id,
                 dir: StreamDir::Out,
@@ -614,7 +705,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 self.send_down(idx, plain, r, tx);
             }
             if matches!(s.pt, packet_type::RTPFB | packet_type::PSFB) && s.end - s.at >= 12 {
-                self.send_up(idx, &plain[s.at..s.end], tx);
+                self.feedback(idx, &plain[s.at..s.end], tx, true);
             }
             // RR, APP, XR and anything else: consumed here.
         }
@@ -682,17 +773,254 @@ impl<C: SrtpOps> Forwarder<C> {
         });
     }
 
-    /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
-    /// stream it names, with the media SSRC (and FIR entries, RFC 5104 §4.3.1) mapped back to
-    /// the publisher's own SSRC and NACKed sequence numbers to its numbering.
-    fn send_up(&mut self, idx: u32, p: &[u8], tx: &mut TxQueue) {
+    /// One feedback packet (RFC 4585 §6.1, plain) from subscriber `sub`: handed to the worker
+    /// that receives its publisher when that is another one (`arrived_here`: not handed over
+    /// already); else NACKs are answered from the cache, key-frame requests aggregated, and
+    /// the rest forwarded to the publisher.
+    /// PLIs for one publisher stream are aggregated (one per `pli_interval`). Every packet that goes nowhere is counted.
+    fn feedback(&mut self, sub: u32, p: &[u8], tx: &mut TxQueue, arrived_here: bool) {
         let Ok((pkt, _)) = rtcp::RtcpPacket::parse(p) else {
+            self.stats.count(Feedback::Unroutable, 1);
             return;
         };
         let key = pkt.feedback_target();
-        let Some(up) = self.index.upstream_of(idx, key) else {
+        let up = self.index.upstream_of(sub, key);
+        if arrived_here && self.hand_over(sub, key, up, p) {
+            return;
+        }
+        let Some(up) = up else {
+            self.stats.count(Feedback::Unroutable, 1);
             return;
         };
+        match pkt.typed() {
+            Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
+                self.on_nack(sub, n, up, tx);
+                return;
+            }
+            // FIR carries its own request numbering (RFC 5104 §4.3.1): passed as it is.
+            Ok(Rtcp::Pli(_)) => {
+                if let Some(now) = self.now {
+                    let interval = self.nack.pli_interval;
+                    let pubs = &mut self.index.sessions[up.publisher as usize].pubs;
+                    if let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == up.ssrc) {
+                        if !ps.key_request(now, interval) {
+                            self.stats.count(Feedback::PliAggregated, 1);
+                            return;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.send_up(up, key, p, tx);
+    }
+
+    /// Hand `p` to the worker that receives the publisher it is about, if that is not this
+    /// one; true when it left (or was dropped trying, counted). A stream this worker cannot
+    /// place (`up` = `None`: for example an any-SSRC route whose publisher sends elsewhere) goes
+    /// to the receiving workers of every publisher that may send it.
+    fn hand_over(&mut self, sub: u32, key: u32, up: Option<Upstream>, p: &[u8]) -> bool {
+        let Some(hub) = self.hub.as_deref() else {
+            return false;
+        };
+        let sessions = &self.index.sessions;
+        let sub_id = sessions[sub as usize].id;
+        let stats = &mut self.stats;
+        let mut hand = |w: usize| match hub.hand(w, sub_id, p) {
+            Ok(()) => stats.count(Feedback::HandedOver, 1),
+            Err(_) => stats.count(Feedback::HandOverFull, 1),
+        };
+        if let Some(u) = up {
+            return match hub.owner(sessions[u.publisher as usize].id) {
+                Some(w) if w != self.worker => {
+                    hand(w);
+                    true
+                }
+                _ => false,
+            };
+        }
+        let mut seen = 0u64;
+        let mut handed = false;
+        for pi in self.index.feed_publishers(sub, key) {
+            let Some(w) = hub.owner(sessions[pi as usize].id) else {
+                continue;
+            };
+            let bit = 1u64 << (w % 64);
+            if w == self.worker || seen & bit != 0 {
+                continue;
+            }
+            seen |= bit;
+            hand(w);
+            handed = true;
+        }
+        handed
+    }
+
+    /// A generic NACK (RFC 4585 §6.2.1) from subscriber `sub` about the stream `up` names:
+    /// each lost packet this subscriber was sent is resent from the cache exactly as first
+    /// sent (at most once per round trip); the ones the cache does not hold are asked of the
+    /// publisher, once however many subscribers miss them ([`Forwarder::poll`] sends it).
+    fn on_nack(&mut self, sub: u32, n: rtcp::Nack<'_>, up: Upstream, tx: &mut TxQueue) {
+        let Some(now) = self.now else { return };
+        let key = n.0.media_ssrc();
+        let rtt = self.nack.rtt;
+        for out_seq in n.lost() {
+            self.stats.count(Feedback::NackReceived, 1);
+            let sent = &mut self.index.sessions[sub as usize].sent;
+            let r = match SentStream::find(sent, key) {
+                Some(i) => sent[i].map.resend(out_seq, now, rtt),
+                None => Err(Resend::Unknown),
+            };
+            match r {
+                Ok(from) => {
+                    if !self.resend(sub, out_seq, from, tx) {
+                        self.stats.count(Feedback::CacheMiss, 1);
+                    }
+                }
+                Err(Resend::TooSoon) => self.stats.count(Feedback::ResendSuppressed, 1),
+                Err(Resend::Unknown) => {
+                    // Never sent to this subscriber: lost before the relay (the relay is
+                    // probably asking for it already), or older than the sent map.
+                    self.stats.count(Feedback::CacheMiss, 1);
+                    let seq = out_seq.wrapping_sub(up.seq_off);
+                    self.ask_missing(up.publisher, up.ssrc, seq, now);
+                }
+            }
+        }
+    }
+
+    /// Ask publisher `publisher` for its packet `seq` of stream `ssrc`, unless already asked
+    /// for, no longer worth it (outside the cache window) or held.
+    fn ask_missing(&mut self, publisher: u32, ssrc: u32, seq: u16, now: Instant) {
+        let pubs = &mut self.index.sessions[publisher as usize].pubs;
+        let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == ssrc) else {
+            return;
+        };
+        let Some(index) = ps.index_of(seq) else {
+            return;
+        };
+        if ps.in_window(index)
+            && ps.get(index, now, self.nack.max_age).is_none()
+            && ps.want(index, now)
+        {
+            self.poll_needed = true;
+        }
+    }
+
+    /// Resend the cached packet `from` to subscriber `sub` as `out_seq`, rewritten and
+    /// protected exactly as it was first sent. False when the cache no longer holds it.
+    fn resend(&mut self, sub: u32, out_seq: u16, from: SentFrom, tx: &mut TxQueue) -> bool {
+        let Some(now) = self.now else { return false };
+        let Some(pi) = self.index.session_index(from.publisher) else {
+            return false;
+        };
+        let pubs = &self.index.sessions[pi as usize].pubs;
+        let Some(ps) = pubs.iter().find(|s| s.ssrc == from.ssrc) else {
+            return false;
+        };
+        let Some(b) = ps.get(from.index, now, self.nack.max_age) else {
+            return false;
+        };
+        let len = b.len();
+        self.scratch[..len].copy_from_slice(b);
+        let Some(oi) = self.index.output_to(pi, from.ssrc, sub) else {
+            // The route went away since: the subscriber no longer gets this stream.
+            self.stats.count(Feedback::Unroutable, 1);
+            return true;
+        };
+        let rw = self.index.outputs[oi as usize].rewrite;
+        let opts = self.index.opts;
+        let s = &mut self.index.sessions[sub as usize];
+        let peer = s.peer;
+        let Some(ctx) = s.tx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
+            self.stats.count(Feedback::ResendFailed, 1);
+            return true;
+        };
+        if !room(&mut self.stats, tx) {
+            self.stats.count(Feedback::ResendFailed, 1);
+            return true;
+        }
+        let plain = &self.scratch[..len];
+        let pushed = emit(&mut self.stats, tx, peer, |slot| {
+            let dst = slot.get_mut(..len).ok_or(DropReason::Malformed)?;
+            dst.copy_from_slice(plain);
+            if !rewrite_rtp(dst, &rw, out_seq, from.out_ts) {
+                return Err(DropReason::Malformed);
+            }
+            // Same SSRC, sequence number and key: the same SRTP index as the first copy
+            // (RFC 3711 §3.3.1), so the same keystream over the same plaintext.
+            ctx.protect_rtp(slot, len).map_err(tx_drop_reason)
+        });
+        let f = if pushed {
+            Feedback::Retransmitted
+        } else {
+            Feedback::ResendFailed
+        };
+        self.stats.count(f, 1);
+        true
+    }
+
+    /// Timers and hand-overs, once per loop turn at `now`: the feedback other workers handed
+    /// to this one, then the NACKs this worker owes its publishers (gaps it saw, packets
+    /// subscribers missed), at most one per stream and round trip per packet, bounded
+    /// retries. Allocates nothing.
+    pub fn poll(&mut self, now: Instant, tx: &mut TxQueue) {
+        self.now = Some(now);
+        if let Some(hub) = self.hub.take() {
+            for _ in 0..super::hub::INBOX {
+                let Some(h) = hub.take(self.worker) else {
+                    break;
+                };
+                match self.index.session_index(h.sub) {
+                    Some(sub) => self.feedback(sub, h.packet(), tx, false),
+                    None => self.stats.count(Feedback::Unroutable, 1),
+                }
+            }
+            self.hub = Some(hub);
+        }
+        if !self.poll_needed {
+            return;
+        }
+        self.poll_needed = false;
+        let (rtt, retries) = (self.nack.rtt, self.nack.retries);
+        let mut lost = [0u16; MAX_PENDING];
+        for pi in 0..self.index.sessions.len() {
+            for k in 0..self.index.sessions[pi].pubs.len() {
+                let ps = &mut self.index.sessions[pi].pubs[k];
+                if ps.pending() == 0 {
+                    continue;
+                }
+                let d = ps.poll(now, rtt, retries, &mut lost);
+                let ssrc = ps.ssrc;
+                if ps.pending() != 0 {
+                    self.poll_needed = true;
+                }
+                self.stats.count(Feedback::UpstreamGiveUp, d.gave_up as u64);
+                if d.asked != 0 {
+                    self.stats.count(Feedback::NackUpstream, d.asked as u64);
+                    self.nack_up(pi as u32, ssrc, &lost[..d.asked], tx);
+                }
+            }
+        }
+    }
+
+    /// Send publisher `publisher` a generic NACK for `lost` of its stream `ssrc` (RFC 4585
+    /// §6.2.1), as this worker (see [`feedback_ssrc`]).
+    fn nack_up(&mut self, publisher: u32, ssrc: u32, lost: &[u16], tx: &mut TxQueue) {
+        let rtcp_ssrc = self.feedback_ssrc;
+        self.send_rtcp(publisher, rtcp_ssrc, tx, |slot| {
+            match rtcp_write::nack(slot, rtcp_ssrc, ssrc, lost) {
+                Ok((len, _)) => Ok(len),
+                Err(_) => Err(DropReason::Malformed),
+            }
+        });
+    }
+
+    /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
+    /// stream it names, with the media SSRC (and FIR entries, RFC 5104 §4.3.1) mapped back to
+    /// the publisher's own SSRC and NACKed sequence numbers to its numbering.
+    fn send_up(&mut self, up: Upstream, key: u32, p: &[u8], tx: &mut TxQueue) {
         // Sent as this worker (see `feedback_ssrc`): that SSRC names the SRTCP flow.
         let rtcp_ssrc = self.feedback_ssrc;
         let l = p.len();
@@ -754,6 +1082,89 @@ struct RtpIn {
     ts: u32,
     /// Plain packet length.
     len: usize,
+    /// The packet's index in its stream's retransmission cache, when it was cached.
+    cached: Option<u64>,
+}
+
+/// What [`note_pub`] may use to give a new publisher stream a cache.
+struct CacheBudget<'a> {
+    cfg: &'a NackConfig,
+    left: &'a mut usize,
+    stats: &'a mut CounterSnapshot,
+    poll_needed: &'a mut bool,
+}
+
+/// Account for a received publisher packet (`plain`, described by `inp`) in its stream's
+/// loss-recovery state, created at the stream's first packet (with a cache while the worker's
+/// budget lasts): extend its index, note gaps to ask for, cache it. Returns the cache index
+/// when it was cached. One slice search, integer compares and one packet copy.
+#[inline]
+fn note_pub(
+    pubs: &mut Vec<PubStream>,
+    limit: usize,
+    b: &mut CacheBudget<'_>,
+    inp: &RtpIn,
+    now: Instant,
+    plain: &[u8],
+) -> Option<u64> {
+    let i = match pubs.iter().position(|p| p.ssrc == inp.ssrc) {
+        Some(i) => i,
+        None => {
+            if pubs.len() >= limit {
+                return None;
+            }
+            if pubs.capacity() < limit {
+                pubs.reserve_exact(limit - pubs.len());
+            }
+            let cache = if !b.cfg.enabled() {
+                None
+            } else if *b.left == 0 {
+                b.stats.count(Feedback::CacheFull, 1);
+                None
+            } else {
+                *b.left -= 1;
+                Some(b.cfg.cache_packets)
+            };
+            pubs.push(PubStream::new(inp.ssrc, cache));
+            pubs.len() - 1
+        }
+    };
+    let p = &mut pubs[i];
+    let index = p.receive(inp.seq, now);
+    if p.pending() != 0 {
+        *b.poll_needed = true;
+    }
+    match p.store(index, now, plain) {
+        Some(Insert::Stored) => Some(index),
+        _ => None,
+    }
+}
+
+/// Record that output stream `out_ssrc` of a subscriber sent `from` as `out_seq` (its sent
+/// map created at the stream's first cached packet, sized like the caches).
+#[inline]
+fn note_sent(
+    sent: &mut Vec<SentStream>,
+    limit: usize,
+    cap: usize,
+    out_ssrc: u32,
+    out_seq: u16,
+    from: SentFrom,
+) {
+    let i = match SentStream::find(sent, out_ssrc) {
+        Some(i) => i,
+        None => {
+            if sent.len() >= limit {
+                return;
+            }
+            if sent.capacity() < limit {
+                sent.reserve_exact(limit - sent.len());
+            }
+            sent.push(SentStream::new(out_ssrc, cap));
+            sent.len() - 1
+        }
+    };
+    sent[i].record(out_seq, from);
 }
 
 /// The sequence number and timestamp an output sends `inp` with. Rewritten (`continuity`
