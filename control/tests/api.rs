@@ -672,9 +672,30 @@ fn admin_api_end_to_end_with_restart() {
         400,
         "ssrc",
     );
-    let (st, r1) = d.post("/v1/routes", &json!({"from": ida, "to": idb, "ssrc": 1234, "rewrite": {"ssrc": 99, "pt_map": [[96, 111]], "ext_map": [[3, 5]]}}));
+    // RTX output: a payload type up to 127, on a single-stream route only.
+    assert_error(
+        d.post(
+            "/v1/routes",
+            &json!({"from": ida, "to": idb, "rewrite": {"rtx": {"payload_type": 97, "ssrc": 7}}}),
+        ),
+        400,
+        "rewrite.rtx",
+    );
+    assert_error(
+        d.post(
+            "/v1/routes",
+            &json!({"from": ida, "to": idb, "ssrc": 1, "rewrite": {"rtx": {"payload_type": 200, "ssrc": 7}}}),
+        ),
+        400,
+        "rewrite.rtx.payload_type",
+    );
+    let (st, r1) = d.post("/v1/routes", &json!({"from": ida, "to": idb, "ssrc": 1234, "rewrite": {"ssrc": 99, "pt_map": [[96, 111]], "ext_map": [[3, 5]], "rtx": {"payload_type": 97, "ssrc": 4321}}}));
     assert_eq!(st, 201, "{r1}");
     assert_eq!(r1["rewrite"]["pt_map"], json!([[96, 111]]));
+    assert_eq!(
+        r1["rewrite"]["rtx"],
+        json!({"payload_type": 97, "ssrc": 4321})
+    );
     let (st, r2) = d.post("/v1/routes", &json!({"from": idb, "to": idv}));
     assert_eq!(st, 201);
     let (st, r3) = d.post("/v1/routes", &json!({"from": idb, "to": ida}));

@@ -171,6 +171,18 @@ pub struct Rewrite {
     /// RFC 8285 header-extension id mapping `(from, to)`; unmapped ids pass unchanged.
     pub ext_map: [(u8, u8); MAX_MAPPINGS],
     pub ext_map_len: u8,
+    /// The subscriber's RTX stream for this route (RFC 4588): packets the relay resends on a
+    /// NACK go out as RTX on this SSRC and payload type; `None` resends the original packet.
+    /// Only on a route that carries one stream (an SSRC filter or a rewritten SSRC).
+    pub rtx: Option<RtxOut>,
+}
+
+/// A subscriber's RTX stream (RFC 4588 §8: its own SSRC, a payload type bound to the original
+/// one by `apt` in the subscriber's SDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxOut {
+    pub payload_type: u8,
+    pub ssrc: u32,
 }
 
 /// One edge publisher (+ SSRC) → subscriber.

@@ -346,6 +346,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             ssrc: vm.send_ssrc,
             pt_map,
             ext_map,
+            rtx: None,
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
         if ssrcs.is_empty() {

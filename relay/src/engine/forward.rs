@@ -18,10 +18,10 @@ use contract::shm::{
 };
 use contract::srtp::ContextOptions;
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
-use contract::wire::rtcp_write;
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::stun::StunMessage;
 use contract::wire::{classify, dtls, Kind};
+use contract::wire::{rtcp_write, rtx};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -931,7 +931,33 @@ impl<C: SrtpOps> Forwarder<C> {
         let rw = self.index.outputs[oi as usize].rewrite;
         let opts = self.index.opts;
         let s = &mut self.index.sessions[sub as usize];
-        let peer = s.peer;
+        let (peer, sub_id) = (s.peer, s.id);
+        // RTX (RFC 4588 §4): the original rewritten as first sent, then carried on the
+        // subscriber's RTX stream with that stream's own sequence number (and so its own
+        // SRTP index and ROC, RFC 3711 §3.3.1).
+        let mut rtx = None;
+        if let Some(x) = rw.rtx {
+            let out_ssrc = rw.ssrc.unwrap_or(from.ssrc);
+            let ti = Track::find(&s.tx_track, x.ssrc);
+            let seed = match ti {
+                None if self.state.has_seeds() => self.state.seed(sub_id, StreamDir::Out, x.ssrc),
+                _ => None,
+            };
+            let Some(k) = SentStream::find(&s.sent, out_ssrc) else {
+                return false;
+            };
+            // A stream a previous relay process sent continues past its stored index.
+            let next = s.sent[k]
+                .rtx_next
+                .unwrap_or_else(|| seed.map_or(1, |r| r.seq().wrapping_add(SKIP)));
+            s.sent[k].rtx_next = Some(next.wrapping_add(1));
+            if !rewrite_rtp(&mut self.scratch[..len], &rw, out_seq, from.out_ts) {
+                self.stats.drop(DropReason::Malformed);
+                self.stats.count(Feedback::ResendFailed, 1);
+                return true;
+            }
+            rtx = Some((x, next, ti, seed));
+        }
         let Some(ctx) = s.tx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             self.stats.count(Feedback::ResendFailed, 1);
@@ -942,20 +968,59 @@ impl<C: SrtpOps> Forwarder<C> {
             return true;
         }
         let plain = &self.scratch[..len];
-        let pushed = emit(&mut self.stats, tx, peer, |slot| {
-            let dst = slot.get_mut(..len).ok_or(DropReason::Malformed)?;
-            dst.copy_from_slice(plain);
-            if !rewrite_rtp(dst, &rw, out_seq, from.out_ts) {
-                return Err(DropReason::Malformed);
+        let mut first_index = 0;
+        let pushed = match rtx {
+            Some((x, seq, _, seed)) => {
+                first_index = u64::from(seq);
+                if let Some(r) = seed {
+                    if ctx.roc(x.ssrc).is_none() {
+                        first_index = estimate_index(r.index, seq);
+                        let _ = ctx.set_roc(x.ssrc, (first_index >> 16) as u32);
+                    }
+                }
+                let h = rtx::RtxHeader {
+                    payload_type: x.payload_type,
+                    ssrc: x.ssrc,
+                    sequence: seq,
+                };
+                emit(&mut self.stats, tx, peer, |slot| {
+                    let n = rtx::encapsulate(plain, h, slot).map_err(|_| DropReason::Malformed)?;
+                    ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
+                })
             }
-            // Same SSRC, sequence number and key: the same SRTP index as the first copy
-            // (RFC 3711 §3.3.1), so the same keystream over the same plaintext.
-            ctx.protect_rtp(slot, len).map_err(tx_drop_reason)
-        });
-        let f = if pushed {
-            Feedback::Retransmitted
-        } else {
-            Feedback::ResendFailed
+            None => emit(&mut self.stats, tx, peer, |slot| {
+                let dst = slot.get_mut(..len).ok_or(DropReason::Malformed)?;
+                dst.copy_from_slice(plain);
+                if !rewrite_rtp(dst, &rw, out_seq, from.out_ts) {
+                    return Err(DropReason::Malformed);
+                }
+                // Same SSRC, sequence number and key: the same SRTP index as the first copy
+                // (RFC 3711 §3.3.1), so the same keystream over the same plaintext.
+                ctx.protect_rtp(slot, len).map_err(tx_drop_reason)
+            }),
+        };
+        let f = match (pushed, rtx) {
+            (false, _) => Feedback::ResendFailed,
+            (true, None) => Feedback::Retransmitted,
+            (true, Some((x, seq, ti, _))) => {
+                let note = StreamNote {
+                    session: sub_id,
+                    dir: StreamDir::Out,
+                    ssrc: x.ssrc,
+                    seq,
+                    first_index,
+                    ts: 0,
+                    rewritten: false,
+                };
+                note_stream(
+                    &mut self.state,
+                    &mut s.tx_track,
+                    ti,
+                    opts.max_streams,
+                    &note,
+                );
+                Feedback::RtxSent
+            }
         };
         self.stats.count(f, 1);
         true

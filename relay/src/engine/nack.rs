@@ -260,6 +260,9 @@ pub struct SentStream {
     /// The SSRC the subscriber sees.
     pub ssrc: u32,
     pub map: SentMap,
+    /// The next sequence number of the subscriber's RTX stream for this one (RFC 4588 §4),
+    /// from its first RTX packet on.
+    pub rtx_next: Option<u16>,
 }
 
 impl SentStream {
@@ -267,6 +270,7 @@ impl SentStream {
         SentStream {
             ssrc,
             map: SentMap::new(capacity),
+            rtx_next: None,
         }
     }
 

@@ -799,3 +799,40 @@ fn feedback_crosses_workers() {
     }
     assert_eq!(w[1].fb(Feedback::HandOverFull), 3);
 }
+
+/// A route with an RTX output answers NACKs with RFC 4588 RTX: the subscriber's RTX SSRC and
+/// payload type, its own sequence numbers, the original sequence number first in the payload;
+/// unwrapped, it is the packet first sent.
+#[test]
+fn nack_answered_as_rtx_on_routes_with_rtx() {
+    use contract::shm::RtxOut;
+    use contract::wire::rtx;
+    let rw = Rewrite {
+        ssrc: Some(0xAAAA),
+        rtx: Some(RtxOut {
+            payload_type: 97,
+            ssrc: 0xBBBB,
+        }),
+        ..Rewrite::default()
+    };
+    let (mut rig, _) = nack_rig(vec![route(1, 1, Some(0x1111), 3, rw)]);
+    let mut sent = Vec::new();
+    for seq in 100u16..110 {
+        sent.extend(rig.send(1, &rtp(0x1111, seq, 9000 + u32::from(seq), 96, b"media")));
+    }
+    let lost = [be16(&sent[1].1, 2), be16(&sent[4].1, 2)];
+    let out = rig.send(3, &nack(0xAAAA, &lost));
+    assert_eq!(out.len(), 2);
+    for (i, (k, (dst, d))) in [1usize, 4].iter().zip(&out).enumerate() {
+        assert_eq!(*dst, sent[*k].0);
+        assert_eq!(d[1] & 0x7F, 97);
+        assert_eq!(be32(d, 8), 0xBBBB);
+        assert_eq!(be16(d, 2), 1 + i as u16, "the RTX stream's own numbering");
+        let mut orig = [0u8; 256];
+        let (n, osn) = rtx::decapsulate(d, 96, 0xAAAA, &mut orig).unwrap();
+        assert_eq!(osn, lost[i]);
+        assert_eq!(&orig[..n], &sent[*k].1[..]);
+    }
+    assert_eq!(rig.fb(Feedback::RtxSent), 2);
+    assert_eq!(rig.fb(Feedback::Retransmitted), 0);
+}
