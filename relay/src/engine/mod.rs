@@ -12,7 +12,11 @@
 //!
 //! The API is sans-I/O: [`Engine::begin_batch`]`(now)`, [`Engine::handle_datagram`] once per
 //! received datagram (what it emits goes into the transmit queue the caller hands it, what
-//! belongs to control into the slow-path queue), [`Engine::end_batch`]`(now)`.
+//! belongs to control into the slow-path queue), [`Engine::poll`]`(now, tx)` (feedback handed
+//! over by other workers, NACKs due to publishers), [`Engine::end_batch`]`(now)`.
+//!
+//! Loss recovery (`nack`, `rtx_cache`) and feedback between workers (`hub`) are described in
+//! docs/ENGINE.md "Loss recovery" and "Feedback across workers".
 //!
 //! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive
 //! directly); [`Engine`] adds the shared-memory reader (generation check once per batch) and

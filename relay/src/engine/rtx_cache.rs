@@ -311,6 +311,12 @@ mod tests {
     }
 
     #[test]
+    fn sent_entry_size() {
+        // docs/CONFIG.md quotes the sent map's memory per entry.
+        assert_eq!(core::mem::size_of::<Sent>(), 48);
+    }
+
+    #[test]
     fn sent_map_maps_and_throttles_resends_per_rtt() {
         let t = Instant::now();
         let rtt = Duration::from_millis(100);
