@@ -749,6 +749,9 @@ fn admin_api_end_to_end_with_restart() {
     c0.drop(DropReason::AuthFailed);
     c0.record_batch(5, 3000);
     c0.record_batch(40, 900_000);
+    let mut fb = contract::shm::CounterSnapshot::default();
+    fb.count(contract::shm::Feedback::Retransmitted, 3);
+    c0.add(&fb);
     reader.worker_counters(1).unwrap().add_rx(50);
     let (_, s) = d.get("/v1/status");
     assert_eq!(s["relay"]["up"], json!(true), "{s}");
@@ -766,6 +769,7 @@ fn admin_api_end_to_end_with_restart() {
     assert_eq!(stats["workers"].as_array().unwrap().len(), 2);
     assert_eq!(stats["workers"][0]["packets_in"], json!(10));
     assert_eq!(stats["workers"][0]["drops"]["auth_failed"], json!(2));
+    assert_eq!(stats["workers"][0]["feedback"]["retransmitted"], json!(3));
     assert_eq!(stats["totals"]["packets_in"], json!(11));
     assert_eq!(stats["totals"]["bytes_in"], json!(1050));
 
@@ -795,6 +799,15 @@ fn admin_api_end_to_end_with_restart() {
             &[("worker", "0"), ("reason", "auth_failed")]
         ),
         2.0
+    );
+    assert_eq!(types["sluice_feedback_total"], "counter");
+    assert_eq!(
+        value_of(
+            &samples,
+            "sluice_feedback_total",
+            &[("worker", "0"), ("event", "retransmitted")]
+        ),
+        3.0
     );
     assert_eq!(
         value_of(&samples, "sluice_relay_rx_packets_total", &[]),
