@@ -8,7 +8,7 @@ use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
-use super::rtx_cache::{Insert, Resend, SentFrom, SLOT_BYTES};
+use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
@@ -48,8 +48,12 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// Loss recovery (engine/nack.rs).
     nack: NackConfig,
     /// Retransmission caches this worker may still allocate (`nack.cache_streams` minus the
-    /// streams that have one).
+    /// streams that have one and the rings in `cache_pool`).
     cache_left: usize,
+    /// Rings allocated at the last rebuild for streams that have not started yet (two per
+    /// routed publisher: audio and video), so a stream's first packet takes one instead of
+    /// allocating (a ring is large enough for the allocator to map pages: a syscall).
+    cache_pool: Vec<StreamCache>,
     /// Some publisher stream has packets to ask for: [`Forwarder::poll`] walks the streams.
     poll_needed: bool,
     /// A cached packet on its way to a resend (the cache and the subscriber's context live in
@@ -296,6 +300,7 @@ impl<C: SrtpOps> Forwarder<C> {
             feedback_ssrc: feedback_ssrc(0),
             nack: NackConfig::OFF,
             cache_left: 0,
+            cache_pool: Vec::new(),
             poll_needed: false,
             scratch: vec![0u8; SLOT_BYTES].into_boxed_slice(),
             hub: None,
@@ -360,7 +365,19 @@ impl<C: SrtpOps> Forwarder<C> {
             let used: usize = (index.sessions.iter())
                 .map(|s| s.pubs.iter().filter(|p| p.cached()).count())
                 .sum();
-            self.cache_left = self.nack.cache_streams.saturating_sub(used);
+            // Routed publishers whose streams may still start here.
+            let publishers = (index.sessions.iter())
+                .filter(|s| s.groups.start != s.groups.end || s.any_group != NONE)
+                .filter(|s| s.pubs.iter().filter(|p| p.cached()).count() < 2)
+                .count();
+            let free = self.nack.cache_streams.saturating_sub(used);
+            let target = (2 * publishers).min(free);
+            self.cache_pool.truncate(target);
+            while self.cache_pool.len() < target {
+                self.cache_pool
+                    .push(StreamCache::new(self.nack.cache_packets));
+            }
+            self.cache_left = free - self.cache_pool.len();
         }
         rep
     }
@@ -563,6 +580,7 @@ impl<C: SrtpOps> Forwarder<C> {
             let mut budget = CacheBudget {
                 cfg: &self.nack,
                 left: &mut self.cache_left,
+                pool: &mut self.cache_pool,
                 stats: &mut self.stats,
                 poll_needed: &mut self.poll_needed,
             };
@@ -1155,6 +1173,7 @@ struct RtpIn {
 struct CacheBudget<'a> {
     cfg: &'a NackConfig,
     left: &'a mut usize,
+    pool: &'a mut Vec<StreamCache>,
     stats: &'a mut CounterSnapshot,
     poll_needed: &'a mut bool,
 }
@@ -1183,12 +1202,15 @@ fn note_pub(
             }
             let cache = if !b.cfg.enabled() {
                 None
+            } else if let Some(c) = b.pool.pop() {
+                Some(c)
             } else if *b.left == 0 {
                 b.stats.count(Feedback::CacheFull, 1);
                 None
             } else {
+                // More streams than the rebuild foresaw: allocated here, once per stream.
                 *b.left -= 1;
-                Some(b.cfg.cache_packets)
+                Some(StreamCache::new(b.cfg.cache_packets))
             };
             pubs.push(PubStream::new(inp.ssrc, cache));
             pubs.len() - 1

@@ -100,12 +100,12 @@ pub struct PubStream {
 }
 
 impl PubStream {
-    /// A stream with a cache of `cache_packets` packets (`None`: forwarded uncached).
-    pub fn new(ssrc: u32, cache_packets: Option<usize>) -> PubStream {
+    /// A stream with this cache (`None`: forwarded uncached).
+    pub fn new(ssrc: u32, cache: Option<StreamCache>) -> PubStream {
         PubStream {
             ssrc,
             highest: None,
-            cache: cache_packets.map(StreamCache::new),
+            cache,
             pending: [None; MAX_PENDING],
             pending_len: 0,
             last_key_request: None,
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn index_extends_across_the_wrap_and_gaps_are_asked_once() {
         let t = Instant::now();
-        let mut s = PubStream::new(1, Some(64));
+        let mut s = PubStream::new(1, Some(StreamCache::new(64)));
         assert_eq!(s.receive(65_534, t), B + 65_534);
         assert_eq!(s.receive(65_535, t), B + 65_535);
         // 0 and 1 lost across the wrap; 2 arrives with the next ROC.
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn large_jumps_and_uncached_streams_ask_nothing() {
         let t = Instant::now();
-        let mut s = PubStream::new(1, Some(64));
+        let mut s = PubStream::new(1, Some(StreamCache::new(64)));
         s.receive(10, t);
         s.receive(10 + MAX_PENDING as u16 + 2, t);
         assert_eq!(
@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn reordered_packets_keep_their_index() {
         let t = Instant::now();
-        let mut s = PubStream::new(1, Some(64));
+        let mut s = PubStream::new(1, Some(StreamCache::new(64)));
         s.receive(65_535, t);
         s.receive(1, t); // ROC 1
         assert_eq!(s.receive(0, t), B + 65_536, "late, after the wrap");
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(s.pending(), 0);
         assert!(s.in_window(B + 65_500) && !s.in_window(B + 65_537 - 65));
         // A late packet from before the first one is older, not a jump forward.
-        let mut f = PubStream::new(1, Some(64));
+        let mut f = PubStream::new(1, Some(StreamCache::new(64)));
         f.receive(5, t);
         assert_eq!(f.receive(65_530, t), 65_530);
     }
