@@ -365,10 +365,14 @@ impl<C: SrtpOps> Forwarder<C> {
             let used: usize = (index.sessions.iter())
                 .map(|s| s.pubs.iter().filter(|p| p.cached()).count())
                 .sum();
-            // Routed publishers whose streams may still start here.
+            // Routed publishers whose streams may still start here (not those another worker
+            // is known to receive).
+            let hub = self.hub.as_deref();
+            let me = self.worker;
             let publishers = (index.sessions.iter())
                 .filter(|s| s.groups.start != s.groups.end || s.any_group != NONE)
                 .filter(|s| s.pubs.iter().filter(|p| p.cached()).count() < 2)
+                .filter(|s| hub.is_none_or(|h| h.owner(s.id).is_none_or(|w| w == me)))
                 .count();
             let free = self.nack.cache_streams.saturating_sub(used);
             let target = (2 * publishers).min(free);
