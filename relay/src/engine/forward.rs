@@ -3,7 +3,7 @@
 
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-use super::hub::FeedbackHub;
+use super::hub::{FeedbackHub, HandError};
 use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
@@ -797,9 +797,9 @@ impl<C: SrtpOps> Forwarder<C> {
 
     /// One feedback packet (RFC 4585 §6.1, plain) from subscriber `sub`: handed to the worker
     /// that receives its publisher when that is another one (`arrived_here`: not handed over
-    /// already); else NACKs are answered from the cache, key-frame requests aggregated, and
-    /// the rest forwarded to the publisher.
-    /// PLIs for one publisher stream are aggregated (one per `pli_interval`). Every packet that goes nowhere is counted.
+    /// already); else NACKs are answered from the cache, PLIs aggregated (one per stream and
+    /// `pli_interval`), and the rest forwarded to the publisher. Every packet that goes
+    /// nowhere is counted.
     fn feedback(&mut self, sub: u32, p: &[u8], tx: &mut TxQueue, arrived_here: bool) {
         let Ok((pkt, _)) = rtcp::RtcpPacket::parse(p) else {
             self.stats.count(Feedback::Unroutable, 1);
@@ -850,7 +850,9 @@ impl<C: SrtpOps> Forwarder<C> {
         let stats = &mut self.stats;
         let mut hand = |w: usize| match hub.hand(w, sub_id, p) {
             Ok(()) => stats.count(Feedback::HandedOver, 1),
-            Err(_) => stats.count(Feedback::HandOverFull, 1),
+            Err(HandError::Full) => stats.count(Feedback::HandOverFull, 1),
+            // Longer than an inbox entry, or no such worker: it can go nowhere.
+            Err(HandError::TooBig | HandError::NoWorker) => stats.count(Feedback::Unroutable, 1),
         };
         if let Some(u) = up {
             return match hub.owner(sessions[u.publisher as usize].id) {
