@@ -32,6 +32,9 @@ const RTCP_REFRESH: u64 = 16;
 /// A new process continues an outbound SRTCP flow this far past the stored index: past
 /// anything the previous process can have protected.
 const RTCP_SKIP: u64 = 4 * RTCP_REFRESH;
+/// Most lost packets of one generic NACK the relay acts on (64 FCI entries with every bit
+/// set); the rest are counted `resend_suppressed`.
+const MAX_LOST_PER_NACK: usize = 1088;
 /// Most RTCP packets of one compound the engine looks at; the rest is consumed.
 const MAX_RTCP_PACKETS: usize = 16;
 
@@ -888,9 +891,18 @@ impl<C: SrtpOps> Forwarder<C> {
         let Some(now) = self.now else { return };
         let key = n.0.media_ssrc();
         let rtt = self.nack.rtt;
-        for out_seq in n.lost() {
+        // A NACK is small and a resend is a whole packet: each subscriber may pull at most
+        // one cache's worth of packets per second (RFC 4585 §3.4 leaves the limit to the
+        // sender), and one NACK packet names at most MAX_LOST_PER_NACK of them.
+        let budget = u32::try_from(self.nack.cache_packets).unwrap_or(u32::MAX);
+        for (k, out_seq) in n.lost().enumerate() {
             self.stats.count(Feedback::NackReceived, 1);
-            let sent = &mut self.index.sessions[sub as usize].sent;
+            let s = &mut self.index.sessions[sub as usize];
+            if k >= MAX_LOST_PER_NACK || !s.resend_budget(now, budget) {
+                self.stats.count(Feedback::ResendSuppressed, 1);
+                continue;
+            }
+            let sent = &mut s.sent;
             let r = match SentStream::find(sent, key) {
                 Some(i) => sent[i].map.resend(out_seq, now, rtt),
                 None => Err(Resend::Unknown),

@@ -281,6 +281,10 @@ pub struct Session<C> {
     pub sent: Vec<SentStream>,
     /// This worker announced itself as the session's receiver (see `hub.rs`).
     pub claimed: bool,
+    /// Resends to this session in the current one-second window (NACK answers), and when
+    /// the window started.
+    resend_window: Option<Instant>,
+    resend_count: u32,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -311,6 +315,8 @@ impl<C: SrtpOps> Session<C> {
             pubs: Vec::new(),
             sent: Vec::new(),
             claimed: false,
+            resend_window: None,
+            resend_count: 0,
         }
     }
 
@@ -362,6 +368,24 @@ impl<C: SrtpOps> Session<C> {
 
     pub fn has_sent(&self, ssrc: u32) -> bool {
         self.seen[..usize::from(self.seen_len)].contains(&ssrc)
+    }
+
+    /// One more resend to this session at `now`, if fewer than `per_second` were made in the
+    /// current one-second window.
+    #[inline]
+    pub fn resend_budget(&mut self, now: Instant, per_second: u32) -> bool {
+        match self.resend_window {
+            Some(t) if now.saturating_duration_since(t) < std::time::Duration::from_secs(1) => {}
+            _ => {
+                self.resend_window = Some(now);
+                self.resend_count = 0;
+            }
+        }
+        if self.resend_count >= per_second {
+            return false;
+        }
+        self.resend_count += 1;
+        true
     }
 
     pub fn pending(&self) -> bool {

@@ -836,3 +836,31 @@ fn nack_answered_as_rtx_on_routes_with_rtx() {
     assert_eq!(rig.fb(Feedback::RtxSent), 2);
     assert_eq!(rig.fb(Feedback::Retransmitted), 0);
 }
+
+/// A NACK costs a few bytes and a resend a whole packet: one subscriber gets at most one
+/// cache's worth of resends per second, the rest counted `resend_suppressed`.
+#[test]
+fn resends_per_subscriber_are_bounded() {
+    let mut rig = two_speakers_one_viewer(vec![route(1, 1, None, 3, Rewrite::default())]);
+    rig.fwd.set_nack(NackConfig {
+        cache_packets: 16,
+        ..NackConfig::default()
+    });
+    let t = Instant::now();
+    rig.fwd.set_now(t);
+    for seq in 0u16..20 {
+        rig.send(1, &rtp(0x1111, seq, 0, 96, b"x"));
+    }
+    let all: Vec<u16> = (0..20).collect();
+    let out = rig.send(3, &nack(0x1111, &all));
+    assert_eq!(rig.fb(Feedback::NackReceived), 20);
+    assert_eq!(rig.fb(Feedback::ResendSuppressed), 4);
+    assert_eq!(
+        rig.fb(Feedback::Retransmitted) + rig.fb(Feedback::CacheMiss),
+        16
+    );
+    assert_eq!(out.len() as u64, rig.fb(Feedback::Retransmitted));
+    // A second later the budget is back.
+    rig.fwd.set_now(t + Duration::from_secs(1));
+    assert_eq!(rig.send(3, &nack(0x1111, &[19])).len(), 1);
+}
