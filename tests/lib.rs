@@ -13,7 +13,7 @@ pub mod webrtc_rig;
 use contract::shm::{Role, SessionRecord, ShmReader};
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use relay::batch::MAX_DATAGRAM;
-use relay::engine::{Engine, EngineConfig, SlowGateRates};
+use relay::engine::{Engine, EngineConfig, FeedbackHub, SlowGateRates};
 use relay::worker::{spawn_workers, WorkerConfig, Workers};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -30,15 +30,22 @@ pub fn relay_workers(
     cfg: WorkerConfig,
     slow_gate: Option<SlowGateRates>,
 ) -> Workers {
+    // One feedback hub for all workers, as the daemon builds it (docs/ENGINE.md).
+    let n = cfg.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let hub = Arc::new(FeedbackHub::new(n));
     spawn_workers(cfg, move |i| {
-        <Engine>::new(
+        let mut e = <Engine>::new(
             reader.clone(),
             EngineConfig {
                 worker: i,
                 slow_gate,
                 ..EngineConfig::default()
             },
-        )
+        );
+        e.attach_hub(hub.clone());
+        e
     })
     .expect("spawn workers")
 }

@@ -3,14 +3,17 @@
 //! (demux, session lookup, unprotect, route, copy, rewrite, protect, queue), no sockets.
 //!
 //! Throughput is reported in input packets; per output packet, divide the time by the fan-out.
+//! Each case runs with the retransmission cache off (`fanoutN`) and on (`fanoutN/cache`:
+//! every packet cached once, every copy recorded in its subscriber's sent map).
 //! Run: `cargo bench -p sluice-bench --bench engine`
 
 use contract::shm::{Rewrite, Role, RouteRecord, SessionRecord};
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use relay::batch::{TxQueue, MAX_DATAGRAM};
-use relay::engine::Forwarder;
+use relay::engine::{Forwarder, NackConfig};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 const BATCH: usize = 256;
 const PAYLOAD: usize = 1200 - 12;
@@ -36,7 +39,7 @@ fn peer(i: u16) -> SocketAddr {
 fn bench_engine(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
-        for fanout in [1u16, 10] {
+        for (fanout, cache) in [(1u16, false), (1, true), (10, false), (10, true)] {
             let mut sessions = vec![SessionRecord {
                 id: 1,
                 peer: peer(0),
@@ -72,6 +75,12 @@ fn bench_engine(c: &mut Criterion) {
                 });
             }
             let mut fwd: Forwarder<Context> = Forwarder::new(opts());
+            fwd.set_nack(if cache {
+                NackConfig::default()
+            } else {
+                NackConfig::OFF
+            });
+            fwd.set_now(Instant::now());
             fwd.rebuild(&mut sessions, &mut routes);
             let mut publisher = Context::new(key(profile, 1), opts()).expect("context");
             let mut seq: u16 = 0;
@@ -79,7 +88,12 @@ fn bench_engine(c: &mut Criterion) {
             let mut slow = TxQueue::with_capacity(16);
             let mut rx = vec![0u8; MAX_DATAGRAM];
             g.throughput(Throughput::Elements(BATCH as u64));
-            g.bench_function(format!("{}/fanout{fanout}", profile.name()), |b| {
+            let name = format!(
+                "{}/fanout{fanout}{}",
+                profile.name(),
+                if cache { "/cache" } else { "" }
+            );
+            g.bench_function(name, |b| {
                 b.iter_batched(
                     || {
                         // Fresh packets every iteration (the replay window rejects repeats).

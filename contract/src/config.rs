@@ -295,7 +295,27 @@ pub struct RelayConfig {
     /// Largest datagram a worker receives (its receive buffers' size), bytes. Larger ones are
     /// dropped and counted (`oversized`).
     pub max_datagram_bytes: u32,
+    /// Packets kept per publisher stream for answering NACKs (rounded up to a power of two);
+    /// 0 turns the retransmission cache off (NACKs then go to the publisher).
+    pub nack_cache_packets: u32,
+    /// A cached packet older than this is not resent (it would arrive too late to play).
+    pub nack_cache_age_ms: u32,
+    /// Publisher streams one worker caches at most (memory bound: each takes
+    /// `nack_cache_packets` × 1472 bytes); streams past it are forwarded uncached.
+    pub nack_cache_streams: u32,
+    /// The same packet is resent to the same subscriber at most once per this interval (one
+    /// round trip: a second NACK inside it was sent before the first resend could arrive);
+    /// also the interval between NACKs the relay sends a publisher for one missing packet.
+    pub nack_rtt_ms: u32,
+    /// How many times the relay asks a publisher for a packet missing from its stream.
+    pub nack_upstream_retries: u32,
+    /// PLIs for one publisher stream are forwarded at most once per this interval; the others
+    /// are absorbed (`pli_aggregated`). 0 forwards every PLI.
+    pub pli_interval_ms: u32,
 }
+
+/// Largest `relay.nack_cache_packets` (about 4 s of 3 Mbit/s video).
+pub const MAX_NACK_CACHE_PACKETS: u32 = 4096;
 
 /// Smallest `relay.max_datagram_bytes`: the default, [`crate::wire::MAX_DATAGRAM`].
 pub const MIN_MAX_DATAGRAM_BYTES: u32 = crate::wire::MAX_DATAGRAM as u32;
@@ -313,6 +333,12 @@ impl Default for RelayConfig {
             send_buffer_bytes: 4 << 20,
             stall_threshold_ms: 100,
             max_datagram_bytes: MIN_MAX_DATAGRAM_BYTES,
+            nack_cache_packets: 512,
+            nack_cache_age_ms: 2000,
+            nack_cache_streams: 256,
+            nack_rtt_ms: 100,
+            nack_upstream_retries: 3,
+            pli_interval_ms: 250,
         }
     }
 }
@@ -842,7 +868,25 @@ fn validate_relay(r: &RelayConfig) -> Check {
         r.max_datagram_bytes,
         MIN_MAX_DATAGRAM_BYTES,
         MAX_MAX_DATAGRAM_BYTES,
-    )
+    )?;
+    if r.nack_cache_packets != 0 {
+        in_range(
+            "relay.nack_cache_packets",
+            r.nack_cache_packets,
+            16,
+            MAX_NACK_CACHE_PACKETS,
+        )?;
+    }
+    in_range("relay.nack_cache_age_ms", r.nack_cache_age_ms, 10, 10_000)?;
+    in_range("relay.nack_cache_streams", r.nack_cache_streams, 1, 65_536)?;
+    in_range("relay.nack_rtt_ms", r.nack_rtt_ms, 1, 5_000)?;
+    in_range(
+        "relay.nack_upstream_retries",
+        r.nack_upstream_retries,
+        0,
+        16,
+    )?;
+    in_range("relay.pli_interval_ms", r.pli_interval_ms, 0, 10_000)
 }
 
 fn validate_control(c: &ControlConfig) -> Check {
@@ -1170,6 +1214,21 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "test.toml")
+    }
+
+    #[test]
+    fn nack_keys_defaults_and_ranges() {
+        let r = parse("").unwrap().relay;
+        assert_eq!((r.nack_cache_packets, r.nack_cache_age_ms), (512, 2000));
+        assert_eq!((r.nack_rtt_ms, r.nack_upstream_retries), (100, 3));
+        assert!(
+            parse("[relay]\nnack_cache_packets = 0\n").is_ok(),
+            "0 = off"
+        );
+        assert!(parse("[relay]\nnack_cache_packets = 8\n").is_err());
+        assert!(parse("[relay]\nnack_cache_packets = 8192\n").is_err());
+        assert!(parse("[relay]\nnack_rtt_ms = 0\n").is_err());
+        assert!(parse("[relay]\nnack_cache_streams = 0\n").is_err());
     }
 
     #[test]

@@ -328,9 +328,9 @@ fn file_is_created_0600_and_create_refuses_an_existing_file() {
 fn default_capacity_file_size() {
     let c = Capacity::default();
     assert_eq!((c.sessions, c.routes, c.workers), (16_384, 65_536, 64));
-    // 4096 header + 16384 × 192 + 65536 × 128 + 64 × 704, page-aligned, + one page of
+    // 4096 header + 16384 × 192 + 65536 × 128 + 64 × 832, page-aligned, + one page of
     // stream-state high-water marks + 64 workers × 2048 stream-state slots × 64 (docs/SHM.md).
-    assert_eq!(c.file_size().unwrap(), 11_583_488 + 4096 + 8_388_608);
+    assert_eq!(c.file_size().unwrap(), 11_591_680 + 4096 + 8_388_608);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! The directory is 0700 and the files 0600: they hold SRTP master keys.
 //! May not touch: shared memory, HTTP. The API layer applies each entry here first, then to shm.
 
-use contract::shm::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
+use contract::shm::{Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_MAPPINGS};
 use contract::srtp::{MasterKey, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,6 +63,10 @@ pub struct RewriteSpec {
     /// Write the subscriber's own MID into its MID extension element (RFC 8843 §15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mid: Option<MidSpec>,
+    /// The subscriber's RTX stream (RFC 4588): NACKed packets are resent on it; absent, the
+    /// relay resends the original packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtx: Option<RtxSpec>,
 }
 
 /// A MID rewrite: the subscriber's extension id for `urn:ietf:params:rtp-hdrext:sdes:mid`
@@ -84,12 +88,24 @@ impl MidSpec {
     }
 }
 
+/// A route's RTX output in its JSON form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtxSpec {
+    pub payload_type: u8,
+    pub ssrc: u32,
+}
+
 impl RewriteSpec {
     /// The shm form. Lengths were validated by the API (at most [`MAX_MAPPINGS`]); longer
     /// lists are cut rather than panicking.
     pub fn to_rewrite(&self) -> Rewrite {
         let mut r = Rewrite {
             ssrc: self.ssrc,
+            rtx: self.rtx.map(|x| RtxOut {
+                payload_type: x.payload_type,
+                ssrc: x.ssrc,
+            }),
             ..Rewrite::default()
         };
         for (i, [a, b]) in self.pt_map.iter().take(MAX_MAPPINGS).enumerate() {

@@ -672,9 +672,30 @@ fn admin_api_end_to_end_with_restart() {
         400,
         "ssrc",
     );
-    let (st, r1) = d.post("/v1/routes", &json!({"from": ida, "to": idb, "ssrc": 1234, "rewrite": {"ssrc": 99, "pt_map": [[96, 111]], "ext_map": [[3, 5]]}}));
+    // RTX output: a payload type up to 127, on a single-stream route only.
+    assert_error(
+        d.post(
+            "/v1/routes",
+            &json!({"from": ida, "to": idb, "rewrite": {"rtx": {"payload_type": 97, "ssrc": 7}}}),
+        ),
+        400,
+        "rewrite.rtx",
+    );
+    assert_error(
+        d.post(
+            "/v1/routes",
+            &json!({"from": ida, "to": idb, "ssrc": 1, "rewrite": {"rtx": {"payload_type": 200, "ssrc": 7}}}),
+        ),
+        400,
+        "rewrite.rtx.payload_type",
+    );
+    let (st, r1) = d.post("/v1/routes", &json!({"from": ida, "to": idb, "ssrc": 1234, "rewrite": {"ssrc": 99, "pt_map": [[96, 111]], "ext_map": [[3, 5]], "rtx": {"payload_type": 97, "ssrc": 4321}}}));
     assert_eq!(st, 201, "{r1}");
     assert_eq!(r1["rewrite"]["pt_map"], json!([[96, 111]]));
+    assert_eq!(
+        r1["rewrite"]["rtx"],
+        json!({"payload_type": 97, "ssrc": 4321})
+    );
     let (st, r2) = d.post("/v1/routes", &json!({"from": idb, "to": idv}));
     assert_eq!(st, 201);
     let (st, r3) = d.post("/v1/routes", &json!({"from": idb, "to": ida}));
@@ -728,6 +749,9 @@ fn admin_api_end_to_end_with_restart() {
     c0.drop(DropReason::AuthFailed);
     c0.record_batch(5, 3000);
     c0.record_batch(40, 900_000);
+    let mut fb = contract::shm::CounterSnapshot::default();
+    fb.count(contract::shm::Feedback::Retransmitted, 3);
+    c0.add(&fb);
     reader.worker_counters(1).unwrap().add_rx(50);
     let (_, s) = d.get("/v1/status");
     assert_eq!(s["relay"]["up"], json!(true), "{s}");
@@ -745,6 +769,7 @@ fn admin_api_end_to_end_with_restart() {
     assert_eq!(stats["workers"].as_array().unwrap().len(), 2);
     assert_eq!(stats["workers"][0]["packets_in"], json!(10));
     assert_eq!(stats["workers"][0]["drops"]["auth_failed"], json!(2));
+    assert_eq!(stats["workers"][0]["feedback"]["retransmitted"], json!(3));
     assert_eq!(stats["totals"]["packets_in"], json!(11));
     assert_eq!(stats["totals"]["bytes_in"], json!(1050));
 
@@ -774,6 +799,15 @@ fn admin_api_end_to_end_with_restart() {
             &[("worker", "0"), ("reason", "auth_failed")]
         ),
         2.0
+    );
+    assert_eq!(types["sluice_feedback_total"], "counter");
+    assert_eq!(
+        value_of(
+            &samples,
+            "sluice_feedback_total",
+            &[("worker", "0"), ("event", "retransmitted")]
+        ),
+        3.0
     );
     assert_eq!(
         value_of(&samples, "sluice_relay_rx_packets_total", &[]),

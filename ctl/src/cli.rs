@@ -167,6 +167,13 @@ pub enum RouteCmd {
         /// Rewrite a payload type, FROM:TO (repeatable).
         #[arg(long = "pt", value_name = "FROM:TO")]
         pt: Vec<String>,
+        /// Answer the subscriber's NACKs as RTX (RFC 4588) with this payload type (its `apt`
+        /// is the stream's); needs --rtx-ssrc, and --ssrc or --rewrite-ssrc.
+        #[arg(long, value_name = "PT", requires = "rtx_ssrc")]
+        rtx_pt: Option<u8>,
+        /// The subscriber's RTX SSRC for this route.
+        #[arg(long, value_name = "N", requires = "rtx_pt")]
+        rtx_ssrc: Option<u32>,
     },
     /// Remove a route.
     Del {

@@ -71,19 +71,38 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             to,
             rewrite_ssrc,
             pt,
+            rtx_pt,
+            rtx_ssrc,
         }) => {
             let pt_map = validate::pt_map(pt)?;
             let mut body = json!({ "from": from, "to": to });
             if let Some(s) = ssrc {
                 body["ssrc"] = json!(s);
             }
-            if rewrite_ssrc.is_some() || !pt_map.is_empty() {
+            let rtx = match (rtx_pt, rtx_ssrc) {
+                (Some(p), Some(s)) => {
+                    if *p > 127 {
+                        return Err(CtlError::usage("--rtx-pt: a payload type is 0..=127"));
+                    }
+                    if ssrc.is_none() && rewrite_ssrc.is_none() {
+                        return Err(CtlError::usage(
+                            "--rtx-pt: RTX needs a single-stream route (--ssrc or --rewrite-ssrc)",
+                        ));
+                    }
+                    Some(json!({ "payload_type": p, "ssrc": s }))
+                }
+                _ => None,
+            };
+            if rewrite_ssrc.is_some() || !pt_map.is_empty() || rtx.is_some() {
                 let mut rw = json!({});
                 if let Some(s) = rewrite_ssrc {
                     rw["ssrc"] = json!(s);
                 }
                 if !pt_map.is_empty() {
                     rw["pt_map"] = json!(pt_map);
+                }
+                if let Some(x) = rtx {
+                    rw["rtx"] = x;
                 }
                 body["rewrite"] = rw;
             }
@@ -366,6 +385,13 @@ fn rewrite_text(rw: Option<&Value>) -> String {
         if !pairs.is_empty() {
             parts.push(format!("{label}={}", pairs.join(",")));
         }
+    }
+    if let Some(x) = rw.get("rtx").filter(|x| x.is_object()) {
+        parts.push(format!(
+            "rtx={}/{}",
+            cell(x.get("payload_type")),
+            cell(x.get("ssrc"))
+        ));
     }
     if parts.is_empty() {
         "-".to_string()

@@ -184,6 +184,10 @@ fn route_add_del_drain_rekey() {
             "96:100",
             "--pt",
             "97:101",
+            "--rtx-pt",
+            "98",
+            "--rtx-ssrc",
+            "4321",
         ],
         &dir,
     );
@@ -192,7 +196,7 @@ fn route_add_del_drain_rekey() {
     let body: Value = serde_json::from_str(&fake.requests()[0].body).unwrap();
     assert_eq!(
         body,
-        serde_json::json!({"from":1,"ssrc":1234,"to":2,"rewrite":{"ssrc":77,"pt_map":[[96,100],[97,101]]}})
+        serde_json::json!({"from":1,"ssrc":1234,"to":2,"rewrite":{"ssrc":77,"pt_map":[[96,100],[97,101]],"rtx":{"payload_type":98,"ssrc":4321}}})
     );
 
     let o = run(&["route", "del", "9"], &dir);

@@ -100,6 +100,23 @@ fn bad_role_pt_and_rekey_without_keys() {
         "payload types 0-127",
     );
     check(
+        [
+            "route",
+            "add",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--rtx-pt",
+            "97",
+            "--rtx-ssrc",
+            "5",
+        ]
+        .map(str::to_string)
+        .to_vec(),
+        "RTX needs a single-stream route",
+    );
+    check(
         ["rekey", "3"].map(str::to_string).to_vec(),
         "give --tx-key, --rx-key or both",
     );

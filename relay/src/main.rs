@@ -21,7 +21,7 @@
 use clap::Parser;
 use contract::config::Config;
 use contract::shm::{ShmError, ShmReader};
-use relay::engine::{Engine, EngineConfig, SlowGateRates};
+use relay::engine::{Engine, EngineConfig, FeedbackHub, NackConfig, SlowGateRates};
 use relay::health::HealthMonitor;
 use relay::io::handover::{self, HandoverListener, RelayDescription, Takeover};
 use relay::io::{BackendChoice, SocketBuffers};
@@ -156,7 +156,14 @@ fn run(cli: Cli, cfg: Config) -> Result<(), String> {
     // threshold (and at least two poll intervals) means it is stuck.
     let stuck_after = wcfg.stall_threshold.max(wcfg.poll_interval * 2);
     let r = reader.clone();
-    let make_engine = move |i| <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
+    // One feedback hub for all workers (cross-worker NACK/PLI/FIR, docs/ENGINE.md); sized
+    // for every worker slot, so workers handed over later still have an inbox.
+    let hub = Arc::new(FeedbackHub::new(slots.max(1)));
+    let make_engine = move |i| {
+        let mut e = <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
+        e.attach_hub(hub.clone());
+        e
+    };
     let (running, takeover_from) = if cli.takeover {
         let path = handover_path
             .as_deref()
@@ -279,10 +286,21 @@ fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
             .div_ceil(u32::try_from(gate_workers).unwrap_or(u32::MAX).max(1)),
         per_source: cfg.control.slow_path_per_source_rate,
     });
+    let r = &cfg.relay;
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let nack = NackConfig {
+        cache_packets: r.nack_cache_packets as usize,
+        max_age: ms(r.nack_cache_age_ms),
+        cache_streams: r.nack_cache_streams as usize,
+        rtt: ms(r.nack_rtt_ms),
+        retries: u8::try_from(r.nack_upstream_retries).unwrap_or(u8::MAX),
+        pli_interval: ms(r.pli_interval_ms),
+    };
     let ecfg = EngineConfig {
         worker: 0,
         srtp: cfg.srtp.context_options(),
         slow_gate,
+        nack,
     };
     (wcfg, ecfg)
 }

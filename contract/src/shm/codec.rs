@@ -5,7 +5,7 @@
 
 use super::error::SlotError;
 use super::layout::{ROUTE_WORDS, SESSION_WORDS};
-use super::{Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS, MAX_MID_LEN};
+use super::{Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_MAPPINGS, MAX_MID_LEN};
 use crate::srtp::{MasterKey, Profile};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -113,7 +113,8 @@ pub(crate) fn decode_session(w: &[u64; SESSION_WORDS]) -> Result<SessionRecord, 
 /// Route payload words:
 /// 0 id · 1 from · 2 to ·
 /// 3 has_ssrc | has_rewrite_ssrc<<8 | pt_map_len<<16 | ext_map_len<<24 | ssrc<<32 ·
-/// 4 rewrite ssrc · 5–6 pt_map (8 × (from, to) bytes) · 7–8 ext_map · 9–14 reserved (0).
+/// 4 rewrite ssrc · 5–6 pt_map (8 × (from, to) bytes) · 7–8 ext_map ·
+/// 9 has_rtx | rtx payload type<<8 | rtx ssrc<<32 · 10–14 reserved (0).
 pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     let mut w = [0u64; ROUTE_WORDS];
     w[0] = r.id;
@@ -135,6 +136,9 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     };
     w[5..7].copy_from_slice(&pairs(&r.rewrite.pt_map));
     w[7..9].copy_from_slice(&pairs(&r.rewrite.ext_map));
+    if let Some(x) = r.rewrite.rtx {
+        w[9] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
+    }
     // Words 12–14: the MID rewrite (id | len << 8, then the value's 16 bytes).
     w[12] = u64::from(r.rewrite.mid_id) | (u64::from(r.rewrite.mid_len) << 8);
     w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
@@ -155,6 +159,11 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
     if usize::from(rw.mid_len) > MAX_MID_LEN || (rw.mid_len > 0 && rw.mid_id == 0) {
         return Err(SlotError::BadMid(rw.mid_len));
     }
+    if let Some(x) = r.rewrite.rtx {
+        if x.payload_type > 127 || (r.ssrc.is_none() && r.rewrite.ssrc.is_none()) {
+            return Err(SlotError::BadRtx(x.payload_type));
+        }
+    }
     Ok(())
 }
 
@@ -170,6 +179,11 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
     let pt_len = (meta >> 16) as u8;
     let ext_len = (meta >> 24) as u8;
     let ssrc = (meta >> 32) as u32;
+    let has_rtx = flag(w[9] as u8)?;
+    let rtx = has_rtx.then_some(RtxOut {
+        payload_type: (w[9] >> 8) as u8,
+        ssrc: (w[9] >> 32) as u32,
+    });
     let pairs = |words: &[u64]| -> [(u8, u8); MAX_MAPPINGS] {
         let b: [u8; 2 * MAX_MAPPINGS] = words_to_bytes(words);
         core::array::from_fn(|i| (b[2 * i], b[2 * i + 1]))
@@ -188,6 +202,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             mid: words_to_bytes(&w[13..15]),
             mid_len: (w[12] >> 8) as u8,
             mid_id: w[12] as u8,
+            rtx,
         },
     };
     validate_route(&r)?;
@@ -267,5 +282,26 @@ mod tests {
         let mut w = encode_route(&route);
         w[2] = 0;
         assert_eq!(decode_route(&w), Err(SlotError::ZeroEndpoint));
+        // RTX: needs a single-stream route and a payload type up to 127.
+        let rtx = RtxOut {
+            payload_type: 97,
+            ssrc: 0xdead_beef,
+        };
+        let mut one = route;
+        one.ssrc = Some(5);
+        one.rewrite.rtx = Some(rtx);
+        assert_eq!(decode_route(&encode_route(&one)), Ok(one));
+        let mut w = encode_route(&one);
+        w[9] |= 2;
+        assert_eq!(decode_route(&w), Err(SlotError::BadFlag(3)));
+        let mut w = encode_route(&one);
+        w[9] = (w[9] & !0xff00) | (200 << 8);
+        assert_eq!(decode_route(&w), Err(SlotError::BadRtx(200)));
+        let mut many = route;
+        many.rewrite.rtx = Some(rtx);
+        assert_eq!(
+            decode_route(&encode_route(&many)),
+            Err(SlotError::BadRtx(97))
+        );
     }
 }

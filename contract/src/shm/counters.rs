@@ -66,6 +66,85 @@ pub struct WorkerCounters {
     stuck_since_unix_ms: AtomicU64,
     stuck: AtomicU64,
     io: [AtomicU64; IO_COUNTERS],
+    // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker.
+    feedback: [AtomicU64; Feedback::COUNT],
+}
+
+/// Loss-recovery and feedback events a worker counts (ABI 6, appended to the block): each a
+/// running total, indexed by `Feedback as usize`. Drops on the feedback path are counted here
+/// by reason as well, beside the datagram drop reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Feedback {
+    /// Sequence numbers subscribers reported lost in generic NACKs (RFC 4585 §6.2.1).
+    NackReceived = 0,
+    /// Lost packets resent from the retransmission cache as the original packet.
+    Retransmitted = 1,
+    /// Lost packets resent from the cache as RTX (RFC 4588) on the subscriber's RTX stream.
+    RtxSent = 2,
+    /// Sequence numbers the relay asked a publisher for in NACKs it wrote itself (gaps it saw
+    /// in the publisher's stream, and subscriber losses the cache did not hold).
+    NackUpstream = 3,
+    /// NACKed sequence numbers the cache did not hold (never received, evicted or too old).
+    CacheMiss = 4,
+    /// PLIs not forwarded because the same publisher stream was sent one within the
+    /// aggregation interval (`relay.pli_interval_ms`).
+    PliAggregated = 5,
+    /// NACKed sequence numbers not resent because the same packet went to the same
+    /// subscriber less than one round trip ago.
+    ResendSuppressed = 6,
+    /// Feedback handed to the worker that receives the publisher (cross-worker ring).
+    HandedOver = 7,
+    /// Feedback that could not be handed over: the owner's ring was full.
+    HandOverFull = 8,
+    /// Feedback dropped because no publisher stream could be found for it.
+    Unroutable = 9,
+    /// Retransmission-cache streams refused: the worker's cache budget
+    /// (`relay.nack_cache_streams`) was used up, so that stream is not cached.
+    CacheFull = 10,
+    /// Sequence numbers a publisher was asked for that never arrived within the retry budget.
+    UpstreamGiveUp = 11,
+    /// Copies served from the cache whose resend was refused downstream (queue full,
+    /// protect failed); also counted under the datagram drop reason.
+    ResendFailed = 12,
+}
+
+impl Feedback {
+    pub const COUNT: usize = 16;
+    /// Every counter in index order (indices 13..16 are reserved and stay 0).
+    pub const ALL: [Feedback; 13] = [
+        Feedback::NackReceived,
+        Feedback::Retransmitted,
+        Feedback::RtxSent,
+        Feedback::NackUpstream,
+        Feedback::CacheMiss,
+        Feedback::PliAggregated,
+        Feedback::ResendSuppressed,
+        Feedback::HandedOver,
+        Feedback::HandOverFull,
+        Feedback::Unroutable,
+        Feedback::CacheFull,
+        Feedback::UpstreamGiveUp,
+        Feedback::ResendFailed,
+    ];
+    /// Prometheus label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Feedback::NackReceived => "nack_received",
+            Feedback::Retransmitted => "retransmitted",
+            Feedback::RtxSent => "rtx_sent",
+            Feedback::NackUpstream => "nack_upstream",
+            Feedback::CacheMiss => "cache_miss",
+            Feedback::PliAggregated => "pli_aggregated",
+            Feedback::ResendSuppressed => "resend_suppressed",
+            Feedback::HandedOver => "handed_over",
+            Feedback::HandOverFull => "hand_over_full",
+            Feedback::Unroutable => "unroutable",
+            Feedback::CacheFull => "cache_full",
+            Feedback::UpstreamGiveUp => "upstream_give_up",
+            Feedback::ResendFailed => "resend_failed",
+        }
+    }
 }
 
 /// How many of the worker's I/O counters the block carries ([`IoTotals`]).
@@ -147,7 +226,8 @@ const _: () = {
     assert!(offset_of!(WorkerCounters, stuck_since_unix_ms) == 584);
     assert!(offset_of!(WorkerCounters, stuck) == 592);
     assert!(offset_of!(WorkerCounters, io) == 600);
-    assert!(core::mem::size_of::<WorkerCounters>() == 704);
+    assert!(offset_of!(WorkerCounters, feedback) == 656);
+    assert!(core::mem::size_of::<WorkerCounters>() == 832);
 };
 
 /// Single-writer increment: Relaxed load + Relaxed store.
@@ -238,6 +318,7 @@ impl WorkerCounters {
             }
         }
         add(&self.drops, &s.drops);
+        add(&self.feedback, &s.feedback);
         add(&self.batch_hist, &s.batch_hist);
         add(&self.time_hist, &s.time_hist);
     }
@@ -322,6 +403,7 @@ impl WorkerCounters {
             stuck_since_unix_ms: ld(&self.stuck_since_unix_ms),
             stuck: ld(&self.stuck),
             io: IoTotals::from_array(core::array::from_fn(|i| ld(&self.io[i]))),
+            feedback: core::array::from_fn(|i| ld(&self.feedback[i])),
         }
     }
 }
@@ -368,6 +450,8 @@ pub struct CounterSnapshot {
     pub stuck: u64,
     /// The worker's I/O statistics.
     pub io: IoTotals,
+    /// Indexed by `Feedback as usize`.
+    pub feedback: [u64; Feedback::COUNT],
 }
 
 impl CounterSnapshot {
@@ -402,6 +486,7 @@ impl CounterSnapshot {
         let mut io = self.io.to_array();
         add(&mut io, &other.io.to_array());
         self.io = IoTotals::from_array(io);
+        add(&mut self.feedback, &other.feedback);
     }
 
     /// One datagram of `bytes` received. With [`tx`](Self::tx) and [`drop`](Self::drop):
@@ -424,6 +509,17 @@ impl CounterSnapshot {
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
+    }
+
+    /// `n` loss-recovery events of kind `f`.
+    #[inline]
+    pub fn count(&mut self, f: Feedback, n: u64) {
+        self.feedback[f as usize] += n;
+    }
+
+    /// One loss-recovery counter.
+    pub fn feedback(&self, f: Feedback) -> u64 {
+        self.feedback[f as usize]
     }
 
     /// Drops for one reason.
@@ -456,7 +552,7 @@ mod tests {
 
     #[test]
     fn block_size() {
-        // 82 words, padded to a cache-line multiple.
-        assert_eq!(core::mem::size_of::<WorkerCounters>(), 704);
+        // 98 words, padded to a cache-line multiple.
+        assert_eq!(core::mem::size_of::<WorkerCounters>(), 832);
     }
 }

@@ -44,6 +44,10 @@ pub enum SlotError {
     /// A stream-state slot names a direction other than in (1) or out (2).
     #[error("bad stream direction code {0}")]
     BadDirection(u8),
+    /// An RTX payload type above 127, or RTX on a route that carries several streams (no
+    /// SSRC filter and no rewritten SSRC: one RTX stream pairs with one media stream).
+    #[error("bad RTX output: payload type {0} (0..=127, on a single-stream route)")]
+    BadRtx(u8),
     /// A route names session id 0 as publisher or subscriber.
     #[error("route endpoint is session id 0")]
     ZeroEndpoint,

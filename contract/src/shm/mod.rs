@@ -26,7 +26,7 @@ mod streams;
 mod writer;
 
 pub use counters::{
-    batch_bucket, time_bucket, CounterSnapshot, IoTotals, WorkerCounters, BATCH_BUCKETS,
+    batch_bucket, time_bucket, CounterSnapshot, Feedback, IoTotals, WorkerCounters, BATCH_BUCKETS,
     IO_COUNTERS, TIME_BUCKETS,
 };
 pub use error::{ShmError, SlotError, Table};
@@ -177,6 +177,10 @@ pub struct Rewrite {
     pub mid: [u8; MAX_MID_LEN],
     pub mid_len: u8,
     pub mid_id: u8,
+    /// The subscriber's RTX stream for this route (RFC 4588): packets the relay resends on a
+    /// NACK go out as RTX on this SSRC and payload type; `None` resends the original packet.
+    /// Only on a route that carries one stream (an SSRC filter or a rewritten SSRC).
+    pub rtx: Option<RtxOut>,
 }
 
 /// Longest MID value a route rewrites to (the one-byte header form's limit, RFC 8285 §4.2).
@@ -202,6 +206,14 @@ impl Rewrite {
         self.mid_len = value.len() as u8;
         self.mid_id = id;
     }
+}
+
+/// A subscriber's RTX stream (RFC 4588 §8: its own SSRC, a payload type bound to the original
+/// one by `apt` in the subscriber's SDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxOut {
+    pub payload_type: u8,
+    pub ssrc: u32,
 }
 
 /// One edge publisher (+ SSRC) → subscriber.

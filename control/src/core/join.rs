@@ -372,6 +372,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             pt_map,
             ext_map,
             mid: viewer_mid(vm),
+            rtx: None,
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
         if ssrcs.is_empty() {

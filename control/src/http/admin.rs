@@ -316,6 +316,13 @@ impl Control {
                 None => RewriteSpec::default(),
                 Some(v) => parse_rewrite(v)?,
             };
+            // One RTX stream pairs with one media stream (RFC 4588 §8).
+            if rewrite.rtx.is_some() && ssrc.is_none() && rewrite.ssrc.is_none() {
+                return Err(CoreError::invalid(
+                    "rewrite.rtx",
+                    "needs a single-stream route: give `ssrc` or `rewrite.ssrc`",
+                ));
+            }
             let n = NewRoute {
                 from,
                 to,
@@ -405,6 +412,7 @@ fn route_json(r: &StoredRoute) -> Value {
             "pt_map": r.rewrite.pt_map,
             "ext_map": r.rewrite.ext_map,
             "mid": r.rewrite.mid,
+            "rtx": r.rewrite.rtx,
         },
     })
 }

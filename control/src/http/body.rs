@@ -3,7 +3,7 @@
 //! returns a typed error ([`CoreError::Invalid`] names the field).
 
 use crate::core::CoreError;
-use crate::state::{MidSpec, RewriteSpec};
+use crate::state::{MidSpec, RewriteSpec, RtxSpec};
 use contract::shm::MAX_MAPPINGS;
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{Map, Value};
@@ -55,7 +55,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         return Err(bad_field("rewrite", "must be an object"));
     };
     for k in o.keys() {
-        if !["ssrc", "pt_map", "ext_map", "mid"].contains(&k.as_str()) {
+        if !["ssrc", "pt_map", "ext_map", "mid", "rtx"].contains(&k.as_str()) {
             return Err(bad_field(&format!("rewrite.{k}"), "unknown field"));
         }
     }
@@ -74,11 +74,16 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_mid(v)?),
     };
+    let rtx = match o.get("rtx") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_rtx(v)?),
+    };
     Ok(RewriteSpec {
         ssrc,
         pt_map,
         ext_map,
         mid,
+        rtx,
     })
 }
 
@@ -112,6 +117,29 @@ fn parse_mid(v: &Value) -> Result<MidSpec, CoreError> {
         id: id as u8,
         value: value.to_owned(),
     })
+}
+
+/// `rewrite.rtx`: `{"payload_type": 0..=127, "ssrc": u32}` (RFC 4588 RTX stream).
+fn parse_rtx(v: &Value) -> Result<RtxSpec, CoreError> {
+    let Value::Object(o) = v else {
+        return Err(bad_field("rewrite.rtx", "must be an object"));
+    };
+    for k in o.keys() {
+        if !["payload_type", "ssrc"].contains(&k.as_str()) {
+            return Err(bad_field(&format!("rewrite.rtx.{k}"), "unknown field"));
+        }
+    }
+    let payload_type = o
+        .get("payload_type")
+        .and_then(Value::as_u64)
+        .filter(|n| *n <= 127)
+        .ok_or_else(|| bad_field("rewrite.rtx.payload_type", "must be an integer 0..=127"))?
+        as u8;
+    let ssrc = o
+        .get("ssrc")
+        .and_then(as_u32)
+        .ok_or_else(|| bad_field("rewrite.rtx.ssrc", "must be an integer 0..=4294967295"))?;
+    Ok(RtxSpec { payload_type, ssrc })
 }
 
 fn parse_map(v: Option<&Value>, field: &str, lo: u64, hi: u64) -> Result<Vec<[u8; 2]>, CoreError> {

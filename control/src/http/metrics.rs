@@ -10,7 +10,7 @@ use super::health::RelayHealth;
 use crate::ice::IceCounters;
 use crate::slowpath::SlowPathSnapshot;
 use contract::shm::{
-    CounterSnapshot, DropReason, IoTotals, ShmReader, BATCH_BUCKETS, TIME_BUCKETS,
+    CounterSnapshot, DropReason, Feedback, IoTotals, ShmReader, BATCH_BUCKETS, TIME_BUCKETS,
 };
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -59,12 +59,17 @@ fn snapshot_json(s: &CounterSnapshot) -> Value {
     for r in DropReason::ALL {
         drops.insert(r.name().to_string(), json!(s.dropped(r)));
     }
+    let mut feedback = serde_json::Map::new();
+    for f in Feedback::ALL {
+        feedback.insert(f.name().to_string(), json!(s.feedback(f)));
+    }
     json!({
         "packets_in": s.packets_in,
         "bytes_in": s.bytes_in,
         "packets_out": s.packets_out,
         "bytes_out": s.bytes_out,
         "drops": drops,
+        "feedback": feedback,
         "drops_total": s.dropped_total(),
         "slow_path_up": s.slow_path_up,
         "slow_path_down": s.slow_path_down,
@@ -464,6 +469,22 @@ fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], n
                 "sluice_drops_total",
                 &format!("worker=\"{w}\",reason=\"{}\"", d.name()),
                 s.dropped(d),
+            );
+        }
+    }
+    o.family(
+        "sluice_feedback_total",
+        "counter",
+        "Loss recovery and feedback handled by the relay (NACKs received, packets resent from \
+         the cache or as RTX, NACKs sent to publishers, cache misses, PLIs aggregated, \
+         hand-overs between workers and their drops), by event. Per worker.",
+    );
+    for (w, _, s) in workers {
+        for f in Feedback::ALL {
+            o.sample(
+                "sluice_feedback_total",
+                &format!("worker=\"{w}\",event=\"{}\"", f.name()),
+                s.feedback(f),
             );
         }
     }

@@ -3,21 +3,25 @@
 
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
+use super::hub::{FeedbackHub, HandError};
 use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
+use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
+use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
-    CounterSnapshot, DropReason, Rewrite, RouteRecord, SessionId, SessionRecord, ShmReader,
-    StreamDir, StreamRecord,
+    CounterSnapshot, DropReason, Feedback, Rewrite, RouteRecord, SessionId, SessionRecord,
+    ShmReader, StreamDir, StreamRecord,
 };
 use contract::srtp::{ContextOptions, Profile};
-use contract::wire::rtcp::{self, fmt, packet_type};
+use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::stun::StunMessage;
 use contract::wire::{classify, dtls, Kind};
+use contract::wire::{rtcp_write, rtx};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +32,9 @@ const RTCP_REFRESH: u64 = 16;
 /// A new process continues an outbound SRTCP flow this far past the stored index: past
 /// anything the previous process can have protected.
 const RTCP_SKIP: u64 = 4 * RTCP_REFRESH;
+/// Most lost packets of one generic NACK the relay acts on (64 FCI entries with every bit
+/// set); the rest are counted `resend_suppressed`.
+const MAX_LOST_PER_NACK: usize = 1088;
 /// Most RTCP packets of one compound the engine looks at; the rest is consumed.
 const MAX_RTCP_PACKETS: usize = 16;
 
@@ -41,6 +48,25 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// The sender SSRC of the feedback this worker sends to publishers (see
     /// [`feedback_ssrc`]).
     feedback_ssrc: u32,
+    /// Loss recovery (engine/nack.rs).
+    nack: NackConfig,
+    /// Retransmission caches this worker may still allocate (`nack.cache_streams` minus the
+    /// streams that have one and the rings in `cache_pool`).
+    cache_left: usize,
+    /// Rings allocated at the last rebuild for streams that have not started yet (two per
+    /// routed publisher: audio and video), so a stream's first packet takes one instead of
+    /// allocating (a ring is large enough for the allocator to map pages: a syscall).
+    cache_pool: Vec<StreamCache>,
+    /// Some publisher stream has packets to ask for: [`Forwarder::poll`] walks the streams.
+    poll_needed: bool,
+    /// A cached packet on its way to a resend (the cache and the subscriber's context live in
+    /// two sessions of the same index).
+    scratch: Box<[u8]>,
+    /// Cross-worker feedback (see `hub.rs`) and this worker's index in it.
+    hub: Option<Arc<FeedbackHub>>,
+    worker: usize,
+    /// Rebuild scratch: publishers this worker announced in the hub.
+    claimed_scratch: Vec<SessionId>,
 }
 
 /// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
@@ -270,6 +296,10 @@ fn rewrite_rtp(pkt: &mut [u8], rw: &Rewrite, seq: u16, ts: u32) -> bool {
 /// shrinking it in place within `slot` less `tag` bytes kept for SRTP. Returns the new
 /// length; a packet without a MID element, or one whose block cannot take the value, goes
 /// unchanged (the receiver then demuxes by SSRC). On the stack: nothing allocated.
+/// Room a resent packet keeps when its MID is rewritten in the scratch buffer: the RTX
+/// original sequence number (RFC 4588 §4) and the largest SRTP tag.
+const RTX_ROOM: usize = 2 + Profile::MAX_SRTP_OVERHEAD;
+
 #[inline]
 fn write_mid(slot: &mut [u8], n: usize, rw: &Rewrite, tag: usize) -> usize {
     let Some((id, value)) = rw.mid() else {
@@ -291,7 +321,29 @@ impl<C: SrtpOps> Forwarder<C> {
             state: StreamState::default(),
             gate: SlowGate::Open,
             feedback_ssrc: feedback_ssrc(0),
+            nack: NackConfig::OFF,
+            cache_left: 0,
+            cache_pool: Vec::new(),
+            poll_needed: false,
+            scratch: vec![0u8; SLOT_BYTES].into_boxed_slice(),
+            hub: None,
+            worker: 0,
+            claimed_scratch: Vec::new(),
         }
+    }
+
+    /// Loss-recovery settings ([`NackConfig::OFF`] until set). Call before the first packet.
+    pub fn set_nack(&mut self, cfg: NackConfig) {
+        self.nack = cfg;
+        self.cache_left = if cfg.enabled() { cfg.cache_streams } else { 0 };
+    }
+
+    /// Hand feedback about publishers another worker receives to that worker, and take
+    /// feedback handed to this one (`worker`), through `hub` (docs/ENGINE.md "Feedback
+    /// across workers").
+    pub fn attach_hub(&mut self, hub: Arc<FeedbackHub>, worker: usize) {
+        self.hub = Some(hub);
+        self.worker = worker;
     }
 
     /// Persist every stream's SRTP index into worker `worker`'s stream-state region of `shm`,
@@ -313,9 +365,47 @@ impl<C: SrtpOps> Forwarder<C> {
         sessions: &mut [SessionRecord],
         routes: &mut [RouteRecord],
     ) -> RebuildReport {
+        self.claimed_scratch.clear();
+        let claimed = self
+            .index
+            .sessions
+            .iter()
+            .filter(|s| s.claimed)
+            .map(|s| s.id);
+        self.claimed_scratch.extend(claimed);
         let rep = self.index.rebuild(sessions, routes);
         let index = &self.index;
         self.state.rebuild(|id| index.has_session(id));
+        // Sessions that went away: their caches return to the budget, their hub entries go.
+        if let Some(hub) = &self.hub {
+            for &id in &self.claimed_scratch {
+                if !index.has_session(id) {
+                    hub.release(id, self.worker);
+                }
+            }
+        }
+        if self.nack.enabled() {
+            let used: usize = (index.sessions.iter())
+                .map(|s| s.pubs.iter().filter(|p| p.cached()).count())
+                .sum();
+            // Routed publishers whose streams may still start here (not those another worker
+            // is known to receive).
+            let hub = self.hub.as_deref();
+            let me = self.worker;
+            let publishers = (index.sessions.iter())
+                .filter(|s| s.groups.start != s.groups.end || s.any_group != NONE)
+                .filter(|s| s.pubs.iter().filter(|p| p.cached()).count() < 2)
+                .filter(|s| hub.is_none_or(|h| h.owner(s.id).is_none_or(|w| w == me)))
+                .count();
+            let free = self.nack.cache_streams.saturating_sub(used);
+            let target = (2 * publishers).min(free);
+            self.cache_pool.truncate(target);
+            while self.cache_pool.len() < target {
+                self.cache_pool
+                    .push(StreamCache::new(self.nack.cache_packets));
+            }
+            self.cache_left = free - self.cache_pool.len();
+        }
         rep
     }
 
@@ -495,14 +585,34 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::Malformed);
             return None;
         };
-        let inp = RtpIn {
+        let mut inp = RtpIn {
             pub_id: publisher.id,
             ssrc: p.ssrc(),
             seq: p.sequence(),
             ts: p.timestamp(),
             len: n,
+            cached: None,
         };
         publisher.note_ssrc(inp.ssrc);
+        if !publisher.claimed {
+            // Once per publisher and process: feedback about it arriving on other workers
+            // comes here (hub.rs).
+            publisher.claimed = true;
+            if let Some(h) = &self.hub {
+                h.claim(inp.pub_id, self.worker);
+            }
+        }
+        if let Some(now) = self.now {
+            let pubs = &mut publisher.pubs;
+            let mut budget = CacheBudget {
+                cfg: &self.nack,
+                left: &mut self.cache_left,
+                pool: &mut self.cache_pool,
+                stats: &mut self.stats,
+                poll_needed: &mut self.poll_needed,
+            };
+            inp.cached = note_pub(pubs, opts.max_streams, &mut budget, &inp, now, &buf[..n]);
+        }
         if inp.ssrc == in_ssrc {
             let note = StreamNote {
                 session: inp.pub_id,
@@ -574,6 +684,16 @@ impl<C: SrtpOps> Forwarder<C> {
             ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
         });
         if pushed {
+            if let Some(index) = inp.cached {
+                let from = SentFrom {
+                    publisher: inp.pub_id,
+                    ssrc: inp.ssrc,
+                    index,
+                    out_ts: ots,
+                };
+                let cap = self.nack.cache_packets;
+                note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
+            }
             let note = StreamNote {
                 session: sub_id,
                 dir: StreamDir::Out,
@@ -631,7 +751,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 self.send_down(idx, plain, r, tx);
             }
             if matches!(s.pt, packet_type::RTPFB | packet_type::PSFB) && s.end - s.at >= 12 {
-                self.send_up(idx, &plain[s.at..s.end], tx);
+                self.feedback(idx, &plain[s.at..s.end], tx, true);
             }
             // RR, APP, XR and anything else: consumed here.
         }
@@ -699,17 +819,334 @@ impl<C: SrtpOps> Forwarder<C> {
         });
     }
 
-    /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
-    /// stream it names, with the media SSRC (and FIR entries, RFC 5104 §4.3.1) mapped back to
-    /// the publisher's own SSRC and NACKed sequence numbers to its numbering.
-    fn send_up(&mut self, idx: u32, p: &[u8], tx: &mut TxQueue) {
+    /// One feedback packet (RFC 4585 §6.1, plain) from subscriber `sub`: handed to the worker
+    /// that receives its publisher when that is another one (`arrived_here`: not handed over
+    /// already); else NACKs are answered from the cache, PLIs aggregated (one per stream and
+    /// `pli_interval`), and the rest forwarded to the publisher. Every packet that goes
+    /// nowhere is counted.
+    fn feedback(&mut self, sub: u32, p: &[u8], tx: &mut TxQueue, arrived_here: bool) {
         let Ok((pkt, _)) = rtcp::RtcpPacket::parse(p) else {
+            self.stats.count(Feedback::Unroutable, 1);
             return;
         };
         let key = pkt.feedback_target();
-        let Some(up) = self.index.upstream_of(idx, key) else {
+        let up = self.index.upstream_of(sub, key);
+        if arrived_here && self.hand_over(sub, key, up, p) {
+            return;
+        }
+        let Some(up) = up else {
+            self.stats.count(Feedback::Unroutable, 1);
             return;
         };
+        match pkt.typed() {
+            Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
+                self.on_nack(sub, n, up, tx);
+                return;
+            }
+            // FIR carries its own request numbering (RFC 5104 §4.3.1): passed as it is.
+            Ok(Rtcp::Pli(_)) => {
+                if let Some(now) = self.now {
+                    let interval = self.nack.pli_interval;
+                    let pubs = &mut self.index.sessions[up.publisher as usize].pubs;
+                    if let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == up.ssrc) {
+                        if !ps.key_request(now, interval) {
+                            self.stats.count(Feedback::PliAggregated, 1);
+                            return;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.send_up(up, key, p, tx);
+    }
+
+    /// Hand `p` to the worker that receives the publisher it is about, if that is not this
+    /// one; true when it left (or was dropped trying, counted). A stream this worker cannot
+    /// place (`up` = `None`: for example an any-SSRC route whose publisher sends elsewhere) goes
+    /// to the receiving workers of every publisher that may send it.
+    fn hand_over(&mut self, sub: u32, key: u32, up: Option<Upstream>, p: &[u8]) -> bool {
+        let Some(hub) = self.hub.as_deref() else {
+            return false;
+        };
+        let sessions = &self.index.sessions;
+        let sub_id = sessions[sub as usize].id;
+        let stats = &mut self.stats;
+        let mut hand = |w: usize| match hub.hand(w, sub_id, p) {
+            Ok(()) => stats.count(Feedback::HandedOver, 1),
+            Err(HandError::Full) => stats.count(Feedback::HandOverFull, 1),
+            // Longer than an inbox entry, or no such worker: it can go nowhere.
+            Err(HandError::TooBig | HandError::NoWorker) => stats.count(Feedback::Unroutable, 1),
+        };
+        if let Some(u) = up {
+            return match hub.owner(sessions[u.publisher as usize].id) {
+                Some(w) if w != self.worker => {
+                    hand(w);
+                    true
+                }
+                _ => false,
+            };
+        }
+        let mut seen = 0u64;
+        let mut handed = false;
+        for pi in self.index.feed_publishers(sub, key) {
+            let Some(w) = hub.owner(sessions[pi as usize].id) else {
+                continue;
+            };
+            let bit = 1u64 << (w % 64);
+            if w == self.worker || seen & bit != 0 {
+                continue;
+            }
+            seen |= bit;
+            hand(w);
+            handed = true;
+        }
+        handed
+    }
+
+    /// A generic NACK (RFC 4585 §6.2.1) from subscriber `sub` about the stream `up` names:
+    /// each lost packet this subscriber was sent is resent from the cache exactly as first
+    /// sent (at most once per round trip); the ones the cache does not hold are asked of the
+    /// publisher, once however many subscribers miss them ([`Forwarder::poll`] sends it).
+    fn on_nack(&mut self, sub: u32, n: rtcp::Nack<'_>, up: Upstream, tx: &mut TxQueue) {
+        let Some(now) = self.now else { return };
+        let key = n.0.media_ssrc();
+        let rtt = self.nack.rtt;
+        // A NACK is small and a resend is a whole packet: each subscriber may pull at most
+        // one cache's worth of packets per second (RFC 4585 §3.4 leaves the limit to the
+        // sender), and one NACK packet names at most MAX_LOST_PER_NACK of them.
+        let budget = u32::try_from(self.nack.cache_packets).unwrap_or(u32::MAX);
+        for (k, out_seq) in n.lost().enumerate() {
+            self.stats.count(Feedback::NackReceived, 1);
+            let s = &mut self.index.sessions[sub as usize];
+            if k >= MAX_LOST_PER_NACK || !s.resend_budget(now, budget) {
+                self.stats.count(Feedback::ResendSuppressed, 1);
+                continue;
+            }
+            let sent = &mut s.sent;
+            let r = match SentStream::find(sent, key) {
+                Some(i) => sent[i].map.resend(out_seq, now, rtt),
+                None => Err(Resend::Unknown),
+            };
+            match r {
+                Ok(from) => {
+                    if !self.resend(sub, out_seq, from, tx) {
+                        self.stats.count(Feedback::CacheMiss, 1);
+                    }
+                }
+                Err(Resend::TooSoon) => self.stats.count(Feedback::ResendSuppressed, 1),
+                Err(Resend::Unknown) => {
+                    // Never sent to this subscriber: lost before the relay (the relay is
+                    // probably asking for it already), or older than the sent map.
+                    self.stats.count(Feedback::CacheMiss, 1);
+                    let seq = out_seq.wrapping_sub(up.seq_off);
+                    self.ask_missing(up.publisher, up.ssrc, seq, now);
+                }
+            }
+        }
+    }
+
+    /// Ask publisher `publisher` for its packet `seq` of stream `ssrc`, unless already asked
+    /// for, no longer worth it (outside the cache window) or held.
+    fn ask_missing(&mut self, publisher: u32, ssrc: u32, seq: u16, now: Instant) {
+        let pubs = &mut self.index.sessions[publisher as usize].pubs;
+        let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == ssrc) else {
+            return;
+        };
+        let Some(index) = ps.index_of(seq) else {
+            return;
+        };
+        if ps.in_window(index)
+            && ps.get(index, now, self.nack.max_age).is_none()
+            && ps.want(index, now)
+        {
+            self.poll_needed = true;
+        }
+    }
+
+    /// Resend the cached packet `from` to subscriber `sub` as `out_seq`, rewritten and
+    /// protected exactly as it was first sent. False when the cache no longer holds it.
+    fn resend(&mut self, sub: u32, out_seq: u16, from: SentFrom, tx: &mut TxQueue) -> bool {
+        let Some(now) = self.now else { return false };
+        let Some(pi) = self.index.session_index(from.publisher) else {
+            return false;
+        };
+        let pubs = &self.index.sessions[pi as usize].pubs;
+        let Some(ps) = pubs.iter().find(|s| s.ssrc == from.ssrc) else {
+            return false;
+        };
+        let Some(b) = ps.get(from.index, now, self.nack.max_age) else {
+            return false;
+        };
+        let mut len = b.len();
+        self.scratch[..len].copy_from_slice(b);
+        let Some(oi) = self.index.output_to(pi, from.ssrc, sub) else {
+            // The route went away since: the subscriber no longer gets this stream.
+            self.stats.count(Feedback::Unroutable, 1);
+            return true;
+        };
+        let rw = self.index.outputs[oi as usize].rewrite;
+        let opts = self.index.opts;
+        let s = &mut self.index.sessions[sub as usize];
+        let (peer, sub_id) = (s.peer, s.id);
+        // RTX (RFC 4588 §4): the original rewritten as first sent, then carried on the
+        // subscriber's RTX stream with that stream's own sequence number (and so its own
+        // SRTP index and ROC, RFC 3711 §3.3.1).
+        let mut rtx = None;
+        if let Some(x) = rw.rtx {
+            let out_ssrc = rw.ssrc.unwrap_or(from.ssrc);
+            let ti = Track::find(&s.tx_track, x.ssrc);
+            let seed = match ti {
+                None if self.state.has_seeds() => self.state.seed(sub_id, StreamDir::Out, x.ssrc),
+                _ => None,
+            };
+            let Some(k) = SentStream::find(&s.sent, out_ssrc) else {
+                return false;
+            };
+            // A stream a previous relay process sent continues past its stored index.
+            let next = s.sent[k]
+                .rtx_next
+                .unwrap_or_else(|| seed.map_or(1, |r| r.seq().wrapping_add(SKIP)));
+            s.sent[k].rtx_next = Some(next.wrapping_add(1));
+            if !rewrite_rtp(&mut self.scratch[..len], &rw, out_seq, from.out_ts) {
+                self.stats.drop(DropReason::Malformed);
+                self.stats.count(Feedback::ResendFailed, 1);
+                return true;
+            }
+            // The viewer's MID, as in the first copy; room kept for the RTX header and tag.
+            len = write_mid(&mut self.scratch, len, &rw, RTX_ROOM);
+            rtx = Some((x, next, ti, seed));
+        }
+        let Some(ctx) = s.tx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
+            self.stats.count(Feedback::ResendFailed, 1);
+            return true;
+        };
+        if !room(&mut self.stats, tx) {
+            self.stats.count(Feedback::ResendFailed, 1);
+            return true;
+        }
+        let plain = &self.scratch[..len];
+        let mut first_index = 0;
+        let pushed = match rtx {
+            Some((x, seq, _, seed)) => {
+                first_index = u64::from(seq);
+                if let Some(r) = seed {
+                    if ctx.roc(x.ssrc).is_none() {
+                        first_index = estimate_index(r.index, seq);
+                        let _ = ctx.set_roc(x.ssrc, (first_index >> 16) as u32);
+                    }
+                }
+                let h = rtx::RtxHeader {
+                    payload_type: x.payload_type,
+                    ssrc: x.ssrc,
+                    sequence: seq,
+                };
+                emit(&mut self.stats, tx, peer, |slot| {
+                    let n = rtx::encapsulate(plain, h, slot).map_err(|_| DropReason::Malformed)?;
+                    ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
+                })
+            }
+            None => emit(&mut self.stats, tx, peer, |slot| {
+                let dst = slot.get_mut(..len).ok_or(DropReason::Malformed)?;
+                dst.copy_from_slice(plain);
+                if !rewrite_rtp(dst, &rw, out_seq, from.out_ts) {
+                    return Err(DropReason::Malformed);
+                }
+                // Same SSRC, sequence number and key: the same SRTP index as the first copy
+                // (RFC 3711 §3.3.1), so the same keystream over the same plaintext: the MID is
+                // written exactly as in the first copy.
+                let n = write_mid(slot, len, &rw, Profile::MAX_SRTP_OVERHEAD);
+                ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
+            }),
+        };
+        let f = match (pushed, rtx) {
+            (false, _) => Feedback::ResendFailed,
+            (true, None) => Feedback::Retransmitted,
+            (true, Some((x, seq, ti, _))) => {
+                let note = StreamNote {
+                    session: sub_id,
+                    dir: StreamDir::Out,
+                    ssrc: x.ssrc,
+                    seq,
+                    first_index,
+                    ts: 0,
+                    rewritten: false,
+                };
+                note_stream(
+                    &mut self.state,
+                    &mut s.tx_track,
+                    ti,
+                    opts.max_streams,
+                    &note,
+                );
+                Feedback::RtxSent
+            }
+        };
+        self.stats.count(f, 1);
+        true
+    }
+
+    /// Timers and hand-overs, once per loop turn at `now`: the feedback other workers handed
+    /// to this one, then the NACKs this worker owes its publishers (gaps it saw, packets
+    /// subscribers missed), at most one per stream and round trip per packet, bounded
+    /// retries. Allocates nothing.
+    pub fn poll(&mut self, now: Instant, tx: &mut TxQueue) {
+        self.now = Some(now);
+        if let Some(hub) = self.hub.take() {
+            for _ in 0..super::hub::INBOX {
+                let Some(h) = hub.take(self.worker) else {
+                    break;
+                };
+                match self.index.session_index(h.sub) {
+                    Some(sub) => self.feedback(sub, h.packet(), tx, false),
+                    None => self.stats.count(Feedback::Unroutable, 1),
+                }
+            }
+            self.hub = Some(hub);
+        }
+        if !self.poll_needed {
+            return;
+        }
+        self.poll_needed = false;
+        let (rtt, retries) = (self.nack.rtt, self.nack.retries);
+        let mut lost = [0u16; MAX_PENDING];
+        for pi in 0..self.index.sessions.len() {
+            for k in 0..self.index.sessions[pi].pubs.len() {
+                let ps = &mut self.index.sessions[pi].pubs[k];
+                if ps.pending() == 0 {
+                    continue;
+                }
+                let d = ps.poll(now, rtt, retries, &mut lost);
+                let ssrc = ps.ssrc;
+                if ps.pending() != 0 {
+                    self.poll_needed = true;
+                }
+                self.stats.count(Feedback::UpstreamGiveUp, d.gave_up as u64);
+                if d.asked != 0 {
+                    self.stats.count(Feedback::NackUpstream, d.asked as u64);
+                    self.nack_up(pi as u32, ssrc, &lost[..d.asked], tx);
+                }
+            }
+        }
+    }
+
+    /// Send publisher `publisher` a generic NACK for `lost` of its stream `ssrc` (RFC 4585
+    /// §6.2.1), as this worker (see [`feedback_ssrc`]).
+    fn nack_up(&mut self, publisher: u32, ssrc: u32, lost: &[u16], tx: &mut TxQueue) {
+        let rtcp_ssrc = self.feedback_ssrc;
+        self.send_rtcp(publisher, rtcp_ssrc, tx, |slot| {
+            match rtcp_write::nack(slot, rtcp_ssrc, ssrc, lost) {
+                Ok((len, _)) => Ok(len),
+                Err(_) => Err(DropReason::Malformed),
+            }
+        });
+    }
+
+    /// Forward one feedback packet (RFC 4585 §6.1) from a subscriber to the publisher of the
+    /// stream it names, with the media SSRC (and FIR entries, RFC 5104 §4.3.1) mapped back to
+    /// the publisher's own SSRC and NACKed sequence numbers to its numbering.
+    fn send_up(&mut self, up: Upstream, key: u32, p: &[u8], tx: &mut TxQueue) {
         // Sent as this worker (see `feedback_ssrc`): that SSRC names the SRTCP flow.
         let rtcp_ssrc = self.feedback_ssrc;
         let l = p.len();
@@ -771,6 +1208,93 @@ struct RtpIn {
     ts: u32,
     /// Plain packet length.
     len: usize,
+    /// The packet's index in its stream's retransmission cache, when it was cached.
+    cached: Option<u64>,
+}
+
+/// What [`note_pub`] may use to give a new publisher stream a cache.
+struct CacheBudget<'a> {
+    cfg: &'a NackConfig,
+    left: &'a mut usize,
+    pool: &'a mut Vec<StreamCache>,
+    stats: &'a mut CounterSnapshot,
+    poll_needed: &'a mut bool,
+}
+
+/// Account for a received publisher packet (`plain`, described by `inp`) in its stream's
+/// loss-recovery state, created at the stream's first packet (with a cache while the worker's
+/// budget lasts): extend its index, note gaps to ask for, cache it. Returns the cache index
+/// when it was cached. One slice search, integer compares and one packet copy.
+#[inline]
+fn note_pub(
+    pubs: &mut Vec<PubStream>,
+    limit: usize,
+    b: &mut CacheBudget<'_>,
+    inp: &RtpIn,
+    now: Instant,
+    plain: &[u8],
+) -> Option<u64> {
+    let i = match pubs.iter().position(|p| p.ssrc == inp.ssrc) {
+        Some(i) => i,
+        None => {
+            if pubs.len() >= limit {
+                return None;
+            }
+            if pubs.capacity() < limit {
+                pubs.reserve_exact(limit - pubs.len());
+            }
+            let cache = if !b.cfg.enabled() {
+                None
+            } else if let Some(c) = b.pool.pop() {
+                Some(c)
+            } else if *b.left == 0 {
+                b.stats.count(Feedback::CacheFull, 1);
+                None
+            } else {
+                // More streams than the rebuild foresaw: allocated here, once per stream.
+                *b.left -= 1;
+                Some(StreamCache::new(b.cfg.cache_packets))
+            };
+            pubs.push(PubStream::new(inp.ssrc, cache));
+            pubs.len() - 1
+        }
+    };
+    let p = &mut pubs[i];
+    let index = p.receive(inp.seq, now);
+    if p.pending() != 0 {
+        *b.poll_needed = true;
+    }
+    match p.store(index, now, plain) {
+        Some(Insert::Stored) => Some(index),
+        _ => None,
+    }
+}
+
+/// Record that output stream `out_ssrc` of a subscriber sent `from` as `out_seq` (its sent
+/// map created at the stream's first cached packet, sized like the caches).
+#[inline]
+fn note_sent(
+    sent: &mut Vec<SentStream>,
+    limit: usize,
+    cap: usize,
+    out_ssrc: u32,
+    out_seq: u16,
+    from: SentFrom,
+) {
+    let i = match SentStream::find(sent, out_ssrc) {
+        Some(i) => i,
+        None => {
+            if sent.len() >= limit {
+                return;
+            }
+            if sent.capacity() < limit {
+                sent.reserve_exact(limit - sent.len());
+            }
+            sent.push(SentStream::new(out_ssrc, cap));
+            sent.len() - 1
+        }
+    };
+    sent[i].record(out_seq, from);
 }
 
 /// The sequence number and timestamp an output sends `inp` with. Rewritten (`continuity`

@@ -9,6 +9,7 @@
 
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
+use super::nack::{PubStream, SentStream};
 use super::state::Track;
 use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
 use contract::srtp::{ContextOptions, MasterKey};
@@ -272,6 +273,18 @@ pub struct Session<C> {
     /// Outbound SRTCP flows (by the compound's first SSRC), same bookkeeping (`index` is the
     /// SRTCP index).
     pub rtcp_track: Vec<Track>,
+    /// Streams received from this session as a publisher (loss recovery; engine/nack.rs).
+    /// Reserved whole at the first entry.
+    pub pubs: Vec<PubStream>,
+    /// Output streams sent to this session as a subscriber: sequence number → source packet.
+    /// Reserved whole at the first entry.
+    pub sent: Vec<SentStream>,
+    /// This worker announced itself as the session's receiver (see `hub.rs`).
+    pub claimed: bool,
+    /// Resends to this session in the current one-second window (NACK answers), and when
+    /// the window started.
+    resend_window: Option<Instant>,
+    resend_count: u32,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -299,6 +312,11 @@ impl<C: SrtpOps> Session<C> {
             rx_track: Vec::new(),
             tx_track: Vec::new(),
             rtcp_track: Vec::new(),
+            pubs: Vec::new(),
+            sent: Vec::new(),
+            claimed: false,
+            resend_window: None,
+            resend_count: 0,
         }
     }
 
@@ -350,6 +368,24 @@ impl<C: SrtpOps> Session<C> {
 
     pub fn has_sent(&self, ssrc: u32) -> bool {
         self.seen[..usize::from(self.seen_len)].contains(&ssrc)
+    }
+
+    /// One more resend to this session at `now`, if fewer than `per_second` were made in the
+    /// current one-second window.
+    #[inline]
+    pub fn resend_budget(&mut self, now: Instant, per_second: u32) -> bool {
+        match self.resend_window {
+            Some(t) if now.saturating_duration_since(t) < std::time::Duration::from_secs(1) => {}
+            _ => {
+                self.resend_window = Some(now);
+                self.resend_count = 0;
+            }
+        }
+        if self.resend_count >= per_second {
+            return false;
+        }
+        self.resend_count += 1;
+        true
     }
 
     pub fn pending(&self) -> bool {
@@ -590,6 +626,35 @@ impl<C: SrtpOps> Index<C> {
             },
             opts: self.opts,
         }
+    }
+
+    /// Index of the session with this id.
+    #[inline]
+    pub fn session_index(&self, id: SessionId) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// The output that sends publisher `publisher`'s stream `ssrc` to subscriber `sub` (the
+    /// SSRC-specific route first, as [`Index::outputs_of`] serves them).
+    pub fn output_to(&self, publisher: u32, ssrc: u32, sub: u32) -> Option<u32> {
+        let (specific, any) = self.outputs_of(publisher, ssrc)?;
+        specific
+            .chain(any)
+            .find(|&oi| self.outputs[oi as usize].sub == sub)
+    }
+
+    /// The publishers (session indices) whose routes into subscriber `sub` can carry a stream
+    /// the subscriber sees as `out_ssrc`: the routes rewriting to it and those passing the
+    /// publisher's SSRC through (any SSRC, or that one).
+    pub fn feed_publishers(&self, sub: u32, out_ssrc: u32) -> impl Iterator<Item = u32> + '_ {
+        let s = &self.sessions[sub as usize];
+        self.feeds[s.feeds.start as usize..s.feeds.end as usize]
+            .iter()
+            .filter(move |f| match f.out_ssrc {
+                Some(x) => x == out_ssrc,
+                None => f.src_ssrc.is_none_or(|x| x == out_ssrc),
+            })
+            .map(|f| f.publisher)
     }
 
     /// Where a subscriber's feedback about `out_ssrc` goes.

@@ -12,7 +12,11 @@
 //!
 //! The API is sans-I/O: [`Engine::begin_batch`]`(now)`, [`Engine::handle_datagram`] once per
 //! received datagram (what it emits goes into the transmit queue the caller hands it, what
-//! belongs to control into the slow-path queue), [`Engine::end_batch`]`(now)`.
+//! belongs to control into the slow-path queue), [`Engine::poll`]`(now, tx)` (feedback handed
+//! over by other workers, NACKs due to publishers), [`Engine::end_batch`]`(now)`.
+//!
+//! Loss recovery (`nack`, `rtx_cache`) and feedback between workers (`hub`) are described in
+//! docs/ENGINE.md "Loss recovery" and "Feedback across workers".
 //!
 //! Layers inside: [`Forwarder`] is the pure logic over records (what tests and benches drive
 //! directly); [`Engine`] adds the shared-memory reader (generation check once per batch) and
@@ -21,7 +25,9 @@
 mod continuity;
 mod crypto;
 mod forward;
+pub mod hub;
 mod index;
+pub mod nack;
 pub mod reception;
 pub mod rtx_cache;
 mod state;
@@ -29,7 +35,9 @@ mod state;
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 pub use forward::{feedback_ssrc, Forwarder, SlowGateRates};
+pub use hub::FeedbackHub;
 pub use index::{normalize, Owned, RebuildReport, OWNER_NONE, OWNER_REWRITE};
+pub use nack::NackConfig;
 pub use state::{estimate_index, StreamState, Track, REFRESH, SKIP};
 
 use crate::batch::TxQueue;
@@ -50,6 +58,8 @@ pub struct EngineConfig {
     /// The relay-side slow-path limit (see [`Forwarder::set_slow_gate`]); `None` = only
     /// malformed STUN/DTLS is dropped before control.
     pub slow_gate: Option<SlowGateRates>,
+    /// Loss recovery: retransmission cache, NACK handling, key-frame request aggregation.
+    pub nack: NackConfig,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +71,7 @@ impl Default for EngineConfig {
                 ..ContextOptions::default()
             },
             slow_gate: None,
+            nack: NackConfig::default(),
         }
     }
 }
@@ -85,6 +96,7 @@ impl<C: SrtpOps> Engine<C> {
     pub fn new(shm: Arc<ShmReader>, cfg: EngineConfig) -> Engine<C> {
         let mut fwd = Forwarder::new(cfg.srtp);
         fwd.set_slow_gate(cfg.slow_gate);
+        fwd.set_nack(cfg.nack);
         fwd.attach_stream_state(shm.clone(), cfg.worker);
         Engine {
             shm,
@@ -162,6 +174,18 @@ impl<C: SrtpOps> Engine<C> {
         if let Some(c) = self.shm.worker_counters(self.worker) {
             c.slow_path_down(n);
         }
+    }
+
+    /// Exchange feedback with the other workers through `hub` (one hub per process, every
+    /// worker attached with its own index).
+    pub fn attach_hub(&mut self, hub: Arc<FeedbackHub>) {
+        self.fwd.attach_hub(hub, self.worker);
+    }
+
+    /// Once per loop turn, before [`Engine::end_batch`]: handle the feedback other workers
+    /// handed over and send the NACKs due to publishers, into `tx` (see [`Forwarder::poll`]).
+    pub fn poll(&mut self, now: Instant, tx: &mut TxQueue) {
+        self.fwd.poll(now, tx);
     }
 
     /// End the batch at `now` (the caller's clock): add its statistics and processing time

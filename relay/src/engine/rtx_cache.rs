@@ -11,9 +11,9 @@
 //! Owns: the two ring structures and their rules (eviction by count and age, late packets,
 //! one resend per packet and subscriber per round trip). May not touch: SRTP, sockets, shm.
 //!
-//! Not wired into the forwarding path yet (loss-recovery issue): the engine will fill a
-//! [`StreamCache`] per publisher stream after unprotect and record a [`SentMap`] entry per
-//! forwarded copy.
+//! The forwarding path fills one [`StreamCache`] per publisher stream after unprotect (once per
+//! packet, whatever the fan-out) and records one [`SentMap`] entry per forwarded copy; the
+//! feedback path (`nack.rs`) answers NACKs from them.
 
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,11 @@ impl StreamCache {
         self.meta.len()
     }
 
+    /// The highest index stored.
+    pub fn newest(&self) -> Option<u64> {
+        self.newest
+    }
+
     /// Keep `packet` (a plain RTP packet) as packet `index`, received at `now`.
     pub fn insert(&mut self, index: u64, now: Instant, packet: &[u8]) -> Insert {
         if packet.len() > SLOT_BYTES {
@@ -132,23 +137,50 @@ impl StreamCache {
     }
 }
 
+/// Where a packet sent to a subscriber came from, and how it was numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentFrom {
+    /// The publisher session.
+    pub publisher: u64,
+    /// The publisher's SSRC for the stream.
+    pub ssrc: u32,
+    /// The source packet's index in that stream (its key in the [`StreamCache`]).
+    pub index: u64,
+    /// The RTP timestamp the subscriber was sent.
+    pub out_ts: u32,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sent {
     out_seq: u16,
     valid: bool,
-    src_index: u64,
+    from: SentFrom,
     resent_at: Option<Instant>,
 }
 
 const NO_SENT: Sent = Sent {
     out_seq: 0,
     valid: false,
-    src_index: 0,
+    from: SentFrom {
+        publisher: 0,
+        ssrc: 0,
+        index: 0,
+        out_ts: 0,
+    },
     resent_at: None,
 };
 
-/// One subscriber output stream's recent sends: its sequence number → the source packet's
-/// index, and when it was last resent.
+/// Why [`SentMap::resend`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Not sent lately (never, or the entry was reused by a later send).
+    Unknown,
+    /// Resent less than one round trip ago.
+    TooSoon,
+}
+
+/// One subscriber output stream's recent sends: its sequence number → the source packet, and
+/// when it was last resent.
 #[derive(Debug)]
 pub struct SentMap {
     entries: Box<[Sent]>,
@@ -166,37 +198,43 @@ impl SentMap {
         }
     }
 
-    /// Sequence number `out_seq` was sent to the subscriber from source packet `src_index`.
-    pub fn record(&mut self, out_seq: u16, src_index: u64) {
+    /// Sequence number `out_seq` was sent to the subscriber from `from`.
+    #[inline]
+    pub fn record(&mut self, out_seq: u16, from: SentFrom) {
         self.entries[usize::from(out_seq) & self.mask] = Sent {
             out_seq,
             valid: true,
-            src_index,
+            from,
             resent_at: None,
         };
     }
 
     /// The source packet behind `out_seq`, while the map still holds it.
-    pub fn source(&self, out_seq: u16) -> Option<u64> {
+    pub fn source(&self, out_seq: u16) -> Option<SentFrom> {
         let e = self.entries[usize::from(out_seq) & self.mask];
-        (e.valid && e.out_seq == out_seq).then_some(e.src_index)
+        (e.valid && e.out_seq == out_seq).then_some(e.from)
     }
 
-    /// Whether `out_seq` may be resent at `now`: it is known and was not resent within `rtt`
-    /// (a second NACK for it inside one round trip was sent before the first resend could
-    /// arrive). Marks it resent when the answer is yes.
-    pub fn may_resend(&mut self, out_seq: u16, now: Instant, rtt: Duration) -> bool {
+    /// The source of `out_seq` if it may be resent at `now`: it is known and was not resent
+    /// within `rtt` (a second NACK for it inside one round trip was sent before the first
+    /// resend could arrive). Marks it resent when the answer is yes.
+    pub fn resend(
+        &mut self,
+        out_seq: u16,
+        now: Instant,
+        rtt: Duration,
+    ) -> Result<SentFrom, Resend> {
         let e = &mut self.entries[usize::from(out_seq) & self.mask];
         if !e.valid || e.out_seq != out_seq {
-            return false;
+            return Err(Resend::Unknown);
         }
         if e.resent_at
             .is_some_and(|t| now.saturating_duration_since(t) < rtt)
         {
-            return false;
+            return Err(Resend::TooSoon);
         }
         e.resent_at = Some(now);
-        true
+        Ok(e.from)
     }
 }
 
@@ -263,27 +301,43 @@ mod tests {
         assert_eq!(c.get(3, t, AGE), Lookup::Missing);
     }
 
+    fn from(index: u64) -> SentFrom {
+        SentFrom {
+            publisher: 7,
+            ssrc: 0x1234,
+            index,
+            out_ts: index as u32 * 90,
+        }
+    }
+
+    #[test]
+    fn sent_entry_size() {
+        // docs/CONFIG.md quotes the sent map's memory per entry.
+        assert_eq!(core::mem::size_of::<Sent>(), 48);
+    }
+
     #[test]
     fn sent_map_maps_and_throttles_resends_per_rtt() {
         let t = Instant::now();
         let rtt = Duration::from_millis(100);
         let mut m = SentMap::new(64);
-        m.record(65_535, 1_000);
-        m.record(0, 1_001);
-        assert_eq!(m.source(65_535), Some(1_000));
-        assert_eq!(m.source(0), Some(1_001));
+        m.record(65_535, from(1_000));
+        m.record(0, from(1_001));
+        assert_eq!(m.source(65_535), Some(from(1_000)));
+        assert_eq!(m.source(0), Some(from(1_001)));
         assert_eq!(m.source(1), None);
-        assert!(m.may_resend(0, t, rtt));
-        assert!(
-            !m.may_resend(0, t + Duration::from_millis(50), rtt),
+        assert_eq!(m.resend(0, t, rtt), Ok(from(1_001)));
+        assert_eq!(
+            m.resend(0, t + Duration::from_millis(50), rtt),
+            Err(Resend::TooSoon),
             "within one RTT"
         );
-        assert!(m.may_resend(0, t + rtt, rtt), "after one RTT");
-        assert!(!m.may_resend(1, t, rtt), "never sent");
+        assert!(m.resend(0, t + rtt, rtt).is_ok(), "after one RTT");
+        assert_eq!(m.resend(1, t, rtt), Err(Resend::Unknown), "never sent");
         // 64 sends later the slot belongs to another sequence number.
-        m.record(64, 2_000);
+        m.record(64, from(2_000));
         assert_eq!(m.source(0), None);
-        assert_eq!(m.source(64), Some(2_000));
+        assert_eq!(m.source(64), Some(from(2_000)));
     }
 
     proptest! {

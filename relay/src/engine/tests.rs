@@ -6,6 +6,8 @@ use super::index::OWNER_NONE;
 use super::*;
 use contract::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
 use contract::srtp::{Error, MasterKey, Profile};
+use contract::wire::rtcp::{fmt, packet_type};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Appends a 4-byte tag: FNV-1a over key ‖ packet. Unprotect checks and strips it.
@@ -571,6 +573,298 @@ fn rewrite_takes_over_after_last_index() {
     assert_eq!(rig.send(1, &rtp(77, 4002, 60, 96, b"a")).len(), 1);
 }
 
+// ---- Loss recovery: NACK answered from the cache, gaps asked upstream, hand-over. ----
+
+use super::hub::FeedbackHub;
+use contract::shm::Feedback;
+use contract::wire::rtcp_write;
+
+fn nack_rig(routes: Vec<RouteRecord>) -> (Rig, Instant) {
+    let mut rig = two_speakers_one_viewer(routes);
+    rig.fwd.set_nack(NackConfig::default());
+    let t = Instant::now();
+    rig.fwd.set_now(t);
+    (rig, t)
+}
+
+fn nack(media: u32, lost: &[u16]) -> Vec<u8> {
+    let mut b = [0u8; 256];
+    let (n, rest) = rtcp_write::nack(&mut b, 0x5555, media, lost).unwrap();
+    assert_eq!(rest, 0);
+    b[..n].to_vec()
+}
+
+fn pli(media: u32) -> Vec<u8> {
+    let mut b = [0u8; 12];
+    let n = rtcp_write::pli(&mut b, 0x5555, media).unwrap();
+    b[..n].to_vec()
+}
+
+impl Rig {
+    /// Run the turn's timers and hand-overs at `now`; what they sent.
+    fn poll(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.tx.clear();
+        self.fwd.poll(now, &mut self.tx);
+        self.opened()
+    }
+    fn opened(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+        (0..self.tx.len())
+            .map(|i| {
+                let dst = self.tx.metas()[i].dst;
+                let s = self.sessions.iter().find(|s| s.peer == dst).unwrap();
+                let mut d = self.tx.datagram(i).to_vec();
+                let l = d.len();
+                let n = TagCipher {
+                    key: s.tx_key,
+                    rocs: Vec::new(),
+                }
+                .open(&mut d, l)
+                .unwrap();
+                d.truncate(n);
+                (dst, d)
+            })
+            .collect()
+    }
+    fn fb(&self, f: Feedback) -> u64 {
+        self.fwd.stats().feedback(f)
+    }
+}
+
+/// The relay answers a viewer's NACK from its cache with the very packet the viewer was sent
+/// (rewritten SSRC, sequence number and timestamp; across a sequence-number wrap), not twice
+/// within one round trip, and the publisher hears nothing about it.
+#[test]
+fn nack_answered_from_the_cache_as_first_sent() {
+    for rw in [Rewrite::default(), rw_ssrc(0xAAAA)] {
+        let (mut rig, t) = nack_rig(vec![route(1, 1, None, 3, rw)]);
+        let mut sent = Vec::new();
+        for seq in 65_530u16..=65_535 {
+            sent.extend(rig.send(1, &rtp(0x1111, seq, u32::from(seq) * 10, 96, b"pay")));
+        }
+        for seq in 0u16..4 {
+            sent.extend(rig.send(1, &rtp(0x1111, seq, 700_000 + u32::from(seq), 96, b"p")));
+        }
+        assert_eq!(sent.len(), 10);
+        let out_ssrc = rw.ssrc.unwrap_or(0x1111);
+        // The viewer lost its 3rd and 8th packets (one before, one after the wrap).
+        let lost = [be16(&sent[2].1, 2), be16(&sent[7].1, 2)];
+        let out = rig.send(3, &nack(out_ssrc, &lost));
+        assert_eq!(out.len(), 2, "{rw:?}");
+        assert_eq!(out[0], sent[2]);
+        assert_eq!(out[1], sent[7]);
+        assert_eq!(rig.fb(Feedback::NackReceived), 2);
+        assert_eq!(rig.fb(Feedback::Retransmitted), 2);
+        // Again within one round trip: suppressed.
+        rig.fwd.set_now(t + Duration::from_millis(50));
+        assert!(rig.send(3, &nack(out_ssrc, &lost[..1])).is_empty());
+        assert_eq!(rig.fb(Feedback::ResendSuppressed), 1);
+        // After it: resent again.
+        rig.fwd.set_now(t + Duration::from_millis(150));
+        assert_eq!(
+            rig.send(3, &nack(out_ssrc, &lost[..1])),
+            vec![sent[2].clone()]
+        );
+        // Nothing went to the publisher, now or at the next turn.
+        assert!(rig.poll(t + Duration::from_millis(150)).is_empty());
+        assert_eq!(rig.fb(Feedback::NackUpstream), 0);
+        // Past the age limit: a cache miss.
+        rig.fwd.set_now(t + Duration::from_secs(3));
+        assert!(rig.send(3, &nack(out_ssrc, &lost[1..])).is_empty());
+        assert_eq!(rig.fb(Feedback::CacheMiss), 1);
+        assert_eq!(rig.fwd.stats().dropped_total(), 0);
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// A gap in a publisher's stream is NACKed by the relay once per round trip, for a bounded
+/// number of tries; viewers missing the same packet add no NACK of their own; the repaired
+/// packet is forwarded with its original numbering.
+#[test]
+fn gaps_are_asked_upstream_once_for_all_viewers() {
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, None, 3, Rewrite::default()),
+            route(2, 1, None, 4, Rewrite::default()),
+        ],
+    );
+    rig.fwd.set_nack(NackConfig::default());
+    let t = Instant::now();
+    rig.fwd.set_now(t);
+    for seq in [10u16, 11, 13, 14] {
+        assert_eq!(rig.send(1, &rtp(0x1111, seq, 0, 96, b"x")).len(), 2);
+    }
+    // Both viewers NACK 12 before the turn ends: no resend (not cached), no extra request.
+    assert!(rig.send(3, &nack(0x1111, &[12])).is_empty());
+    assert!(rig.send(4, &nack(0x1111, &[12])).is_empty());
+    let out = rig.poll(t);
+    assert_eq!(out.len(), 1, "one NACK to the publisher");
+    assert_eq!(out[0].0, addr(1001));
+    let p = &out[0].1;
+    assert_eq!((p[0] & 0x1F, p[1]), (fmt::NACK, packet_type::RTPFB));
+    assert_eq!(be32(p, 4), feedback_ssrc(0));
+    assert_eq!(be32(p, 8), 0x1111);
+    assert_eq!((be16(p, 12), be16(p, 14)), (12, 0));
+    assert_eq!(rig.fb(Feedback::NackUpstream), 1);
+    assert_eq!(rig.fb(Feedback::CacheMiss), 2);
+    // Not again within the round trip; again after it.
+    assert!(rig.poll(t + Duration::from_millis(50)).is_empty());
+    assert_eq!(rig.poll(t + Duration::from_millis(100)).len(), 1);
+    // The repair arrives: forwarded as 12 to both, and no more NACKs for it.
+    let out = rig.send(1, &rtp(0x1111, 12, 0, 96, b"x"));
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|(_, d)| be16(d, 2) == 12));
+    assert!(rig.poll(t + Duration::from_millis(300)).is_empty());
+    // A packet that never comes: asked `retries` (3) times, then given up.
+    rig.send(1, &rtp(0x1111, 16, 0, 96, b"x"));
+    for i in 0..3u64 {
+        assert_eq!(rig.poll(t + Duration::from_millis(400 + 100 * i)).len(), 1);
+    }
+    assert!(rig.poll(t + Duration::from_millis(800)).is_empty());
+    assert_eq!(rig.fb(Feedback::UpstreamGiveUp), 1);
+    assert_eq!(rig.fb(Feedback::NackUpstream), 2 + 3);
+}
+
+/// Key-frame requests from several viewers for one stream reach the publisher once per
+/// interval.
+#[test]
+fn key_frame_requests_are_aggregated() {
+    let (mut rig, t) = nack_rig(vec![route(1, 1, None, 3, Rewrite::default())]);
+    rig.send(1, &rtp(0x1111, 1, 0, 96, b"x"));
+    assert_eq!(rig.send(3, &pli(0x1111)).len(), 1);
+    assert!(rig.send(3, &pli(0x1111)).is_empty());
+    assert_eq!(rig.fb(Feedback::PliAggregated), 1);
+    rig.fwd.set_now(t + Duration::from_millis(250));
+    assert_eq!(rig.send(3, &pli(0x1111)).len(), 1);
+}
+
+/// Two workers: the publisher's packets arrive on worker 0, the viewer's feedback on the
+/// other. Feedback about an any-SSRC route (which worker 1 cannot place: it never saw the
+/// publisher's SSRCs) is handed to worker 0, which answers NACKs from its cache and
+/// forwards PLIs; nothing is dropped uncounted.
+#[test]
+fn feedback_crosses_workers() {
+    let sessions = vec![session(1, Role::Speaker), session(3, Role::Viewer)];
+    let routes = vec![route(1, 1, None, 3, Rewrite::default())];
+    let hub = Arc::new(FeedbackHub::new(2));
+    let t = Instant::now();
+    let mut w: Vec<Rig> = (0..2)
+        .map(|i| {
+            let mut r = Rig::new(sessions.clone(), routes.clone());
+            r.fwd.set_nack(NackConfig {
+                pli_interval: Duration::ZERO,
+                ..NackConfig::default()
+            });
+            r.fwd.attach_hub(hub.clone(), i);
+            r.fwd.set_now(t);
+            r
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for seq in 1u16..=5 {
+        sent.extend(w[0].send(1, &rtp(0x1111, seq, 0, 96, b"m")));
+    }
+    assert_eq!(hub.owner(1), Some(0));
+    // 50 PLIs on worker 1: each handed over, each reaches the publisher from worker 0.
+    let mut up = 0;
+    for _ in 0..50 {
+        assert!(w[1].send(3, &pli(0x1111)).is_empty());
+        up += w[0]
+            .poll(t)
+            .iter()
+            .filter(|(dst, d)| *dst == addr(1001) && be32(d, 8) == 0x1111)
+            .count();
+    }
+    assert_eq!(up, 50);
+    assert_eq!(w[1].fb(Feedback::HandedOver), 50);
+    // A NACK on worker 1, answered by worker 0 from its cache.
+    assert!(w[1].send(3, &nack(0x1111, &[3])).is_empty());
+    let out = w[0].poll(t);
+    assert_eq!(out, vec![sent[2].clone()]);
+    assert_eq!(w[0].fb(Feedback::Retransmitted), 1);
+    assert_eq!(
+        w[1].fb(Feedback::Unroutable) + w[0].fb(Feedback::Unroutable),
+        0
+    );
+    // A full inbox is counted, not silent.
+    for _ in 0..super::hub::INBOX + 3 {
+        w[1].send(3, &pli(0x1111));
+    }
+    assert_eq!(w[1].fb(Feedback::HandOverFull), 3);
+}
+
+/// A route with an RTX output answers NACKs with RFC 4588 RTX: the subscriber's RTX SSRC and
+/// payload type, its own sequence numbers, the original sequence number first in the payload;
+/// unwrapped, it is the packet first sent.
+#[test]
+fn nack_answered_as_rtx_on_routes_with_rtx() {
+    use contract::shm::RtxOut;
+    use contract::wire::rtx;
+    let rw = Rewrite {
+        ssrc: Some(0xAAAA),
+        rtx: Some(RtxOut {
+            payload_type: 97,
+            ssrc: 0xBBBB,
+        }),
+        ..Rewrite::default()
+    };
+    let (mut rig, _) = nack_rig(vec![route(1, 1, Some(0x1111), 3, rw)]);
+    let mut sent = Vec::new();
+    for seq in 100u16..110 {
+        sent.extend(rig.send(1, &rtp(0x1111, seq, 9000 + u32::from(seq), 96, b"media")));
+    }
+    let lost = [be16(&sent[1].1, 2), be16(&sent[4].1, 2)];
+    let out = rig.send(3, &nack(0xAAAA, &lost));
+    assert_eq!(out.len(), 2);
+    for (i, (k, (dst, d))) in [1usize, 4].iter().zip(&out).enumerate() {
+        assert_eq!(*dst, sent[*k].0);
+        assert_eq!(d[1] & 0x7F, 97);
+        assert_eq!(be32(d, 8), 0xBBBB);
+        assert_eq!(be16(d, 2), 1 + i as u16, "the RTX stream's own numbering");
+        let mut orig = [0u8; 256];
+        let (n, osn) = rtx::decapsulate(d, 96, 0xAAAA, &mut orig).unwrap();
+        assert_eq!(osn, lost[i]);
+        assert_eq!(&orig[..n], &sent[*k].1[..]);
+    }
+    assert_eq!(rig.fb(Feedback::RtxSent), 2);
+    assert_eq!(rig.fb(Feedback::Retransmitted), 0);
+}
+
+/// A NACK costs a few bytes and a resend a whole packet: one subscriber gets at most one
+/// cache's worth of resends per second, the rest counted `resend_suppressed`.
+#[test]
+fn resends_per_subscriber_are_bounded() {
+    let mut rig = two_speakers_one_viewer(vec![route(1, 1, None, 3, Rewrite::default())]);
+    rig.fwd.set_nack(NackConfig {
+        cache_packets: 16,
+        ..NackConfig::default()
+    });
+    let t = Instant::now();
+    rig.fwd.set_now(t);
+    for seq in 0u16..20 {
+        rig.send(1, &rtp(0x1111, seq, 0, 96, b"x"));
+    }
+    let all: Vec<u16> = (0..20).collect();
+    let out = rig.send(3, &nack(0x1111, &all));
+    assert_eq!(rig.fb(Feedback::NackReceived), 20);
+    assert_eq!(rig.fb(Feedback::ResendSuppressed), 4);
+    assert_eq!(
+        rig.fb(Feedback::Retransmitted) + rig.fb(Feedback::CacheMiss),
+        16
+    );
+    assert_eq!(out.len() as u64, rig.fb(Feedback::Retransmitted));
+    // A second later the budget is back.
+    rig.fwd.set_now(t + Duration::from_secs(1));
+    assert_eq!(rig.send(3, &nack(0x1111, &[19])).len(), 1);
+}
+
 /// An RTP packet with a one-byte extension block (RFC 8285 §4.2) holding `elements`.
 fn rtp_with_extensions(ssrc: u32, seq: u16, elements: &[(u8, &[u8])], payload: &[u8]) -> Vec<u8> {
     let mut block = Vec::new();
@@ -646,4 +940,24 @@ fn mid_is_rewritten_per_viewer() {
     let pkt = contract::wire::rtp::RtpPacket::parse(p).unwrap();
     assert_eq!(pkt.extension_by_id(9), None);
     assert_eq!(pkt.payload(), b"x");
+}
+
+/// A NACKed packet whose MID was rewritten is resent byte for byte as first sent: the same
+/// SRTP index must never cover two different plaintexts (RFC 3711 §9.1).
+#[test]
+fn resend_carries_the_rewritten_mid() {
+    let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
+    ext_map[0] = (4, 9);
+    let mut rw = Rewrite {
+        ssrc: Some(0xB0B0),
+        ext_map,
+        ext_map_len: 1,
+        ..Rewrite::default()
+    };
+    rw.set_mid(9, b"video-main");
+    let (mut rig, _) = nack_rig(vec![route(1, 1, None, 3, rw)]);
+    let sent = rig.send(1, &rtp_with_extensions(0x1111, 40, &[(4, b"1")], b"frame"));
+    assert_eq!(sent.len(), 1);
+    let again = rig.send(3, &nack(0xB0B0, &[40]));
+    assert_eq!(again, sent);
 }

@@ -114,7 +114,8 @@ impl<C: SrtpOps> Handler for Engine<C> {
     }
 
     #[inline]
-    fn end_batch(&mut self, now: Instant, _tx: &mut TxQueue, _slow: &mut TxQueue) {
+    fn end_batch(&mut self, now: Instant, tx: &mut TxQueue, _slow: &mut TxQueue) {
+        self.poll(now, tx);
         Engine::end_batch(self, now);
     }
 

@@ -176,6 +176,16 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(tag: &str) -> Rig {
+        Rig::with_config(tag, |_| {})
+    }
+
+    /// A rig whose engine settings `f` adjusts (from the defaults with [`opts`]).
+    pub fn with_config(tag: &str, f: impl FnOnce(&mut EngineConfig)) -> Rig {
+        let mut cfg = EngineConfig {
+            srtp: opts(),
+            ..EngineConfig::default()
+        };
+        f(&mut cfg);
         let dir = TempDir::new(tag);
         let path = dir.0.join("shm");
         let writer = ShmWriter::create(
@@ -188,13 +198,7 @@ impl Rig {
         )
         .unwrap();
         let reader = Arc::new(ShmReader::open(&path).unwrap());
-        let engine = <Engine>::new(
-            reader.clone(),
-            EngineConfig {
-                srtp: opts(),
-                ..EngineConfig::default()
-            },
-        );
+        let engine = <Engine>::new(reader.clone(), cfg);
         Rig {
             dir,
             writer,
