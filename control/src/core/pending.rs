@@ -8,7 +8,7 @@
 //! journalled, written to shm and audited.
 
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, StoredSession};
+use crate::state::{Entry, StoredIce, StoredSession};
 use crate::webrtc::dtls::SrtpKeys;
 use contract::shm::session_flags::PENDING;
 use serde_json::json;
@@ -30,6 +30,34 @@ fn is_pending(s: &StoredSession) -> bool {
 }
 
 impl Core {
+    /// Register (or replace, for an ICE restart) session `id`'s ICE credentials: in the ICE
+    /// agent, which answers the checks that change state, and in the session's shm slot,
+    /// from which the relay answers the others (docs/ICE.md "Checks answered in the
+    /// relay"); journalled like every session change. A join does this itself.
+    pub fn set_ice_credentials(
+        &self,
+        id: u64,
+        local_ufrag: &str,
+        local_pwd: &str,
+        remote_ufrag: &str,
+        remote_pwd: Option<&str>,
+    ) -> Result<(), CoreError> {
+        let mut g = self.ledger();
+        let Some(mut s) = g.store.state().sessions.get(&id).cloned() else {
+            return Err(CoreError::SessionNotFound(id));
+        };
+        g.require_shm()?;
+        lock(&self.ice)
+            .add_credentials(id, local_ufrag, local_pwd, remote_ufrag, remote_pwd)
+            .map_err(|e| CoreError::BadRequest(format!("ICE credentials: {e}")))?;
+        s.ice = Some(StoredIce {
+            ufrag: local_ufrag.to_string(),
+            pwd: local_pwd.to_string(),
+            remote_ufrag: remote_ufrag.to_string(),
+        });
+        g.commit(vec![Entry::PutSession { session: s }])
+    }
+
     /// ICE nominated `peer` for session `id`: persist and publish the session with this
     /// peer, PENDING while a WebRTC session's keys are not in place. Nothing is written when
     /// that is the session's state already. Refused when another session uses the address

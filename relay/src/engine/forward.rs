@@ -7,6 +7,7 @@ use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
 use super::state::{estimate_index, StreamState, Track, SKIP};
+use super::stun::{IceResponder, StunVerdict};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
@@ -38,6 +39,8 @@ pub struct Forwarder<C = contract::srtp::Context> {
     now: Option<Instant>,
     state: StreamState,
     gate: SlowGate,
+    /// ICE checks answered here from the sessions' credentials (docs/ICE.md).
+    ice: IceResponder,
     /// The sender SSRC of the feedback this worker sends to publishers (see
     /// [`feedback_ssrc`]).
     feedback_ssrc: u32,
@@ -274,6 +277,7 @@ impl<C: SrtpOps> Forwarder<C> {
             now: None,
             state: StreamState::default(),
             gate: SlowGate::Open,
+            ice: IceResponder::default(),
             feedback_ssrc: feedback_ssrc(0),
         }
     }
@@ -297,6 +301,7 @@ impl<C: SrtpOps> Forwarder<C> {
         sessions: &mut [SessionRecord],
         routes: &mut [RouteRecord],
     ) -> RebuildReport {
+        self.ice.rebuild(sessions);
         let rep = self.index.rebuild(sessions, routes);
         let index = &self.index;
         self.state.rebuild(|id| index.has_session(id));
@@ -335,6 +340,11 @@ impl<C: SrtpOps> Forwarder<C> {
         &self.index
     }
 
+    /// The ICE credential index (checks answered in this worker).
+    pub fn ice(&self) -> &IceResponder {
+        &self.ice
+    }
+
     /// Handle one received datagram `buf[..len]` from `src`. `buf` is the receive buffer
     /// (decrypted in place). Forwarded packets go to `tx`, slow-path datagrams (STUN, DTLS,
     /// addressed by the peer) to `slow`.
@@ -350,11 +360,21 @@ impl<C: SrtpOps> Forwarder<C> {
         self.stats.rx(len);
         let src = normalize(src);
         let kind = classify(&buf[..len]);
-        // RFC 7983 §7: STUN and DTLS belong to control, known source or not; malformed ones
-        // and a source (or this worker) over its rate stop here, before the slow-path socket.
+        // RFC 7983 §7: STUN and DTLS belong to control, known source or not; malformed ones,
+        // STUN that is no authenticated ICE check or that the relay answers itself, and a
+        // source (or this worker) over its rate stop here, before the slow-path socket.
         if matches!(kind, Kind::Stun | Kind::Dtls) {
             if !slow_path_well_formed(kind, &buf[..len]) {
                 self.stats.drop(DropReason::Malformed);
+                return;
+            }
+            // ICE checks are answered here; only those that change state go on to control.
+            if kind == Kind::Stun
+                && self
+                    .ice
+                    .handle(self.now, src, &buf[..len], tx, &mut self.stats)
+                    == StunVerdict::Done
+            {
                 return;
             }
             if let (SlowGate::On(g), Some(now)) = (&mut self.gate, self.now) {

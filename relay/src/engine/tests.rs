@@ -104,6 +104,7 @@ pub(super) fn session(id: u64, role: Role) -> SessionRecord {
         key_epoch: 1,
         flags: 0,
         max_pps: 0,
+        ice: None,
     }
 }
 
