@@ -384,7 +384,7 @@ impl IceAgent {
             // RFC 8445 §7 requires FINGERPRINT on every ICE check (RFC 8489 §14.7: without a
             // valid one it is not STUN). Indications (keepalives, RFC 8445 §11) need no
             // answer; responses are never solicited by a lite agent.
-            Err(NotCheck::Discard) => {
+            Err(NotCheck::Malformed | NotCheck::Discard) => {
                 self.counters.discarded += 1;
                 return None;
             }

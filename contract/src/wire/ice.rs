@@ -27,7 +27,9 @@ pub struct Check<'a> {
 /// Why a datagram is not a check to authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotCheck {
-    /// Not a STUN message, no FINGERPRINT or a wrong one, not a Binding request: silently
+    /// Not a whole STUN message (RFC 8489 §5, §14): silently discarded.
+    Malformed,
+    /// No FINGERPRINT or a wrong one, not a Binding request: silently
     /// discarded (RFC 8489 §6.3; ICE mandates FINGERPRINT, RFC 8445 §7, so a missing or bad
     /// one means "not STUN", RFC 8489 §14.7). Indications need no answer.
     Discard,
@@ -53,11 +55,17 @@ pub enum Answer {
 
 /// Parse `data` as an ICE connectivity check.
 pub fn parse_check(data: &[u8]) -> Result<Check<'_>, NotCheck> {
-    let msg = StunMessage::parse(data).map_err(|_| NotCheck::Discard)?;
-    if msg.verify_fingerprint().is_err()
-        || msg.class() != Class::Request
-        || msg.method() != METHOD_BINDING
-    {
+    let c = parse_check_unfingerprinted(data)?;
+    c.verify_fingerprint()?;
+    Ok(c)
+}
+
+/// [`parse_check`] without the FINGERPRINT check (a CRC-32 over the message), for a caller
+/// that first looks the ufrag up, so a flood naming no session costs no CRC; it must call
+/// [`Check::verify_fingerprint`] before trusting the check.
+pub fn parse_check_unfingerprinted(data: &[u8]) -> Result<Check<'_>, NotCheck> {
+    let msg = StunMessage::parse(data).map_err(|_| NotCheck::Malformed)?;
+    if msg.class() != Class::Request || msg.method() != METHOD_BINDING {
         return Err(NotCheck::Discard);
     }
     // ICE uses the HMAC-SHA1 MESSAGE-INTEGRITY (RFC 8445 §7.2.2); a request with only
@@ -74,6 +82,14 @@ pub fn parse_check(data: &[u8]) -> Result<Check<'_>, NotCheck> {
         local_ufrag: &user[..colon],
         remote_ufrag: &user[colon + 1..],
     })
+}
+
+impl Check<'_> {
+    /// The FINGERPRINT every ICE check carries (RFC 8445 §7); without a valid one the
+    /// message is not STUN (RFC 8489 §14.7) and is discarded.
+    pub fn verify_fingerprint(&self) -> Result<(), NotCheck> {
+        self.msg.verify_fingerprint().map_err(|_| NotCheck::Discard)
+    }
 }
 
 /// Attributes an ICE-lite agent understands. A request carrying any other
@@ -220,7 +236,8 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 1;
         assert_eq!(parse_check(&b).unwrap_err(), NotCheck::Discard);
-        assert_eq!(parse_check(&[0, 1, 0]).unwrap_err(), NotCheck::Discard);
+        assert!(parse_check_unfingerprinted(&b).is_ok());
+        assert_eq!(parse_check(&[0, 1, 0]).unwrap_err(), NotCheck::Malformed);
     }
 
     #[test]

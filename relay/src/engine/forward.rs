@@ -17,7 +17,6 @@ use contract::shm::{
 use contract::srtp::ContextOptions;
 use contract::wire::rtcp::{self, fmt, packet_type};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
-use contract::wire::stun::StunMessage;
 use contract::wire::{classify, dtls, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,13 +79,11 @@ enum SlowGate {
     On(Box<RateLimiter>),
 }
 
-/// RFC 7983 §7 sends STUN and DTLS to control; only well-formed ones are worth its time: a
-/// STUN message that parses whole (header, magic cookie, length, attributes; RFC 8489 §5,
-/// §14) or a datagram of complete DTLS records (RFC 6347 §4.1).
+/// RFC 7983 §7 sends DTLS to control; only well-formed datagrams are worth its time: complete
+/// DTLS records (RFC 6347 §4.1). STUN is checked by the ICE responder (`stun`).
 #[inline]
 fn slow_path_well_formed(kind: Kind, b: &[u8]) -> bool {
     match kind {
-        Kind::Stun => StunMessage::parse(b).is_ok(),
         Kind::Dtls => !b.is_empty() && dtls::records(b).all(|r| r.is_ok()),
         _ => false,
     }
@@ -364,17 +361,17 @@ impl<C: SrtpOps> Forwarder<C> {
         // STUN that is no authenticated ICE check or that the relay answers itself, and a
         // source (or this worker) over its rate stop here, before the slow-path socket.
         if matches!(kind, Kind::Stun | Kind::Dtls) {
-            if !slow_path_well_formed(kind, &buf[..len]) {
-                self.stats.drop(DropReason::Malformed);
-                return;
-            }
-            // ICE checks are answered here; only those that change state go on to control.
-            if kind == Kind::Stun
-                && self
+            if kind == Kind::Stun {
+                // ICE checks are answered here (malformed STUN is dropped there); only those
+                // that change state go on to control.
+                let v = self
                     .ice
-                    .handle(self.now, src, &buf[..len], tx, &mut self.stats)
-                    == StunVerdict::Done
-            {
+                    .handle(self.now, src, &buf[..len], tx, &mut self.stats);
+                if v == StunVerdict::Done {
+                    return;
+                }
+            } else if !slow_path_well_formed(kind, &buf[..len]) {
+                self.stats.drop(DropReason::Malformed);
                 return;
             }
             if let (SlowGate::On(g), Some(now)) = (&mut self.gate, self.now) {

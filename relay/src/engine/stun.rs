@@ -2,12 +2,15 @@
 //! relay"), stateless like a STUN server, from the ICE credentials control publishes in each
 //! WebRTC session's shm slot.
 //!
-//! Per check, in this order: the datagram must be a Binding request with FINGERPRINT,
-//! USERNAME and MESSAGE-INTEGRITY (else dropped, [`DropReason::StunNotCheck`]); its USERNAME
-//! must name a session's `ufrag:remote_ufrag` (a hash lookup, else
-//! [`DropReason::StunUnknownUfrag`]: a flood without credentials costs a parse and a lookup and
-//! never reaches control); its MESSAGE-INTEGRITY must verify with the session's password
-//! (one HMAC-SHA1, else [`DropReason::StunBadIntegrity`]). An authenticated check is then
+//! Per check, in this order: the datagram must be a whole STUN message (else
+//! [`DropReason::Malformed`]) and a Binding request with USERNAME and MESSAGE-INTEGRITY (else
+//! [`DropReason::StunNotCheck`]); its USERNAME must name a session's `ufrag:remote_ufrag` (a
+//! hash lookup, else [`DropReason::StunUnknownUfrag`]: a flood without credentials costs a
+//! parse and a lookup, no CRC or HMAC, and never reaches control); its FINGERPRINT must be
+//! valid (else [`DropReason::StunNotCheck`]); its MESSAGE-INTEGRITY must verify with the session's password
+//! (one HMAC-SHA1, else [`DropReason::StunBadIntegrity`]; checks from other addresses than
+//! the session's bound peer get at most [`UNBOUND_CHECKS_PER_SEC`] HMACs, the rest are
+//! dropped as [`DropReason::RateLimited`]). An authenticated check is then
 //! either answered here (success with XOR-MAPPED-ADDRESS, or 420/487/400, through the transmit
 //! queue) or, when it changes state, passed to control, which answers it:
 //!
@@ -40,6 +43,12 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// State-changing checks (nominations, refreshes) passed to control per session, worker and
 /// second.
 pub const EVENTS_PER_SEC: u32 = 20;
+/// Checks from addresses other than the session's bound peer whose MESSAGE-INTEGRITY is
+/// verified per session, worker and second; the rest are dropped before the HMAC. ICE's
+/// pacing (RFC 8445 §14: one check per 50 ms by default) stays far below; a flood that names
+/// the session's ufrag (read from the SDP) cannot make the relay spend an HMAC per datagram
+/// and starve the bound peer, whose checks are always verified.
+pub const UNBOUND_CHECKS_PER_SEC: u32 = 500;
 
 /// A local ufrag as a fixed-size key (lookups build it on the stack).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,29 +72,46 @@ impl UfragKey {
     }
 }
 
-/// What a session's checks have passed to control lately (kept across rebuilds by id).
+/// A per-second budget over one-second windows of batch time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Budget {
+    window: Option<Instant>,
+    used: u32,
+}
+
+impl Budget {
+    /// Take one from this second's `limit`.
+    fn take(&mut self, now: Instant, limit: u32) -> bool {
+        match self.window {
+            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.used = 0;
+            }
+        }
+        if self.used >= limit {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+}
+
+/// What a session's checks have cost lately (kept across rebuilds by id).
 #[derive(Debug, Clone, Copy, Default)]
 struct Pace {
     last_refresh: Option<Instant>,
-    window: Option<Instant>,
-    events: u32,
+    /// Checks passed to control ([`EVENTS_PER_SEC`]).
+    events: Budget,
+    /// HMACs spent on checks from other addresses than the bound peer
+    /// ([`UNBOUND_CHECKS_PER_SEC`]).
+    unbound: Budget,
 }
 
 impl Pace {
     /// Take one event from this second's budget.
     fn take(&mut self, now: Instant) -> bool {
-        match self.window {
-            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => {}
-            _ => {
-                self.window = Some(now);
-                self.events = 0;
-            }
-        }
-        if self.events >= EVENTS_PER_SEC {
-            return false;
-        }
-        self.events += 1;
-        true
+        self.events.take(now, EVENTS_PER_SEC)
     }
 }
 
@@ -171,8 +197,12 @@ impl IceResponder {
         tx: &mut TxQueue,
         stats: &mut CounterSnapshot,
     ) -> StunVerdict {
-        let check = match ice::parse_check(data) {
+        let check = match ice::parse_check_unfingerprinted(data) {
             Ok(c) => c,
+            Err(NotCheck::Malformed) => {
+                stats.drop(DropReason::Malformed);
+                return StunVerdict::Done;
+            }
             Err(NotCheck::BadUsername) => {
                 stats.drop(DropReason::StunUnknownUfrag);
                 return StunVerdict::Done;
@@ -193,11 +223,23 @@ impl IceResponder {
             stats.drop(DropReason::StunUnknownUfrag);
             return StunVerdict::Done;
         };
+        if check.verify_fingerprint().is_err() {
+            stats.drop(DropReason::StunNotCheck);
+            return StunVerdict::Done;
+        }
+        let bound = src == e.peer && !e.pending;
+        if !bound {
+            if let Some(t) = now {
+                if !e.pace.unbound.take(t, UNBOUND_CHECKS_PER_SEC) {
+                    stats.drop(DropReason::RateLimited);
+                    return StunVerdict::Done;
+                }
+            }
+        }
         if check.msg.verify_integrity(e.creds.pwd()).is_err() {
             stats.drop(DropReason::StunBadIntegrity);
             return StunVerdict::Done;
         }
-        let bound = src == e.peer && !e.pending;
         if check.msg.use_candidate() && !bound {
             // A nomination: control decides (replayed transaction ids, address conflicts).
             let allowed = now.is_none_or(|t| e.pace.take(t));
@@ -384,6 +426,21 @@ mod tests {
         }
         assert_eq!(fwd, EVENTS_PER_SEC);
         assert_eq!(st.drops[DropReason::RateLimited as usize], 5);
+
+        // HMACs on checks from unbound addresses are budgeted per second; the bound peer's
+        // checks are always verified.
+        let t2 = t0 + Duration::from_secs(20);
+        let limited = st.drops[DropReason::RateLimited as usize];
+        let bad = check(30, "LoCa:ReMo", "notthepasswordnotthepassword00", false);
+        for _ in 0..UNBOUND_CHECKS_PER_SEC + 3 {
+            r.handle(Some(t2), other, &bad, &mut tx, &mut st);
+        }
+        assert_eq!(st.drops[DropReason::RateLimited as usize], limited + 3);
+        let d = check(31, "LoCa:ReMo", PWD, false);
+        assert_eq!(
+            r.handle(Some(t2), bound, &d, &mut tx, &mut st),
+            StunVerdict::Forward
+        );
 
         // The pacing survives a rebuild; a session without credentials leaves the index.
         r.rebuild(&[record(1, "198.51.100.1:5000", 0, "LoCa")]);
