@@ -30,6 +30,22 @@ fn is_pending(s: &StoredSession) -> bool {
 }
 
 impl Core {
+    /// At start: register the ICE credentials of the sessions that survived a restart in the
+    /// agent again, so the checks the relay passes up (nominations, consent refreshes) are
+    /// answered instead of refused 401. The agent's consent clock restarts with the next
+    /// nomination. A session whose credentials the agent refuses keeps being answered by the
+    /// relay alone (logged).
+    pub(super) fn restore_ice_credentials(&self) {
+        let g = self.ledger();
+        let mut ice = lock(&self.ice);
+        for s in g.store.state().sessions.values() {
+            let Some(c) = &s.ice else { continue };
+            if let Err(e) = ice.add_credentials(s.id, &c.ufrag, &c.pwd, &c.remote_ufrag, None) {
+                tracing::warn!(session = s.id, error = %e, "ICE credentials not restored");
+            }
+        }
+    }
+
     /// Register (or replace, for an ICE restart) session `id`'s ICE credentials: in the ICE
     /// agent, which answers the checks that change state, and in the session's shm slot,
     /// from which the relay answers the others (docs/ICE.md "Checks answered in the
