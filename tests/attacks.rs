@@ -392,11 +392,11 @@ fn client_hello(n: u32) -> Vec<u8> {
 /// The whole stack: relay worker → slow path → control. A source floods forged STUN checks
 /// (right USERNAME, wrong MESSAGE-INTEGRITY key) and another DTLS ClientHello-shaped records,
 /// both far above `slow_path_per_source_rate`; a third floods SRTP-looking media. Media from
-/// an unknown source is dropped by the relay (UnknownSource) and never reaches control; from
-/// each flooding source, control hands the ICE agent / the DTLS hook at most the per-source
-/// rate (with its one-second burst) and counts the rest as `rate_source`; a legitimate
-/// check from a fourth address is answered with a success during the flood. No check
-/// from the forger succeeds.
+/// an unknown source is dropped by the relay (UnknownSource) and never reaches control; the
+/// forged checks are dropped by the relay (`stun_bad_integrity`) and never reach control;
+/// from the DTLS flooder control hands the DTLS hook at most the per-source rate (with its
+/// one-second burst) and counts the rest as `rate_source`; a legitimate check from a fourth
+/// address is answered by the relay during the flood. No check from the forger succeeds.
 ///
 /// The whip helper's DTLS sink is not on main yet: DTLS goes to `DiscardDtls`, so this tests
 /// the per-source limit in front of whatever sink is installed, not the handshake code.
@@ -435,10 +435,8 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
     );
     assert_eq!(st, 201, "{v}");
     let sid = v["id"].as_u64().expect("id");
-    ctl.ice
-        .lock()
-        .expect("ice lock")
-        .add_credentials(sid, L_UFRAG, L_PWD, R_UFRAG, None)
+    ctl.core
+        .set_ice_credentials(sid, L_UFRAG, L_PWD, R_UFRAG, None)
         .expect("credentials");
 
     let sock_path = cfg.control.slow_path.clone();
@@ -494,7 +492,6 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
     let start = Instant::now();
     let mut sent = [0u64; 3];
     let mut answered = false;
-    let mut legit_sent = 0u64;
     good.set_read_timeout(Some(Duration::from_millis(5)))
         .expect("timeout");
     let mut buf = [0u8; 2048];
@@ -518,7 +515,6 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
         if !answered {
             good.send_to(&binding_request(200, &user, L_PWD), relay)
                 .expect("send");
-            legit_sent += 1;
             if let Ok((n, _)) = good.recv_from(&mut buf) {
                 let m = StunMessage::parse(&buf[..n]).expect("reply parses");
                 assert_eq!(m.class(), Class::SuccessResponse);
@@ -547,17 +543,21 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
         sent[2]
     );
     assert_eq!(snap.other, 0, "no media reached control");
-    // Per-source bound: one second of burst plus the rate over the run, per source.
-    let bound = (f64::from(RATE) * (elapsed + 1.0)).ceil() as u64;
+    // Forged checks: dropped in the relay (one HMAC each), none reached the ICE agent.
+    assert!(
+        t.drops[DropReason::StunBadIntegrity as usize] > sent[0] / 2,
+        "forged checks dropped in the relay: {:?} of {}",
+        t.drops,
+        sent[0]
+    );
     let forged_seen = ice.unauthenticated + ice.bad_request + ice.discarded;
-    assert!(
-        forged_seen <= bound,
-        "ICE agent saw {forged_seen} forged checks, more than {bound} (rate {RATE}/s over {elapsed:.2} s)"
-    );
-    assert!(
-        forged_seen >= u64::from(RATE),
-        "the limiter let the burst through"
-    );
+    assert_eq!(forged_seen, 0, "no forged check reached control: {ice:?}");
+    // The legitimate plain check (no USE-CANDIDATE, from an address that is not the
+    // session's peer) changes no state: the relay answered it, control never saw it.
+    assert_eq!(snap.stun, 0, "{snap:?}");
+    assert_eq!(ice.success, 0);
+    // Per-source bound on the DTLS flood: one second of burst plus the rate over the run.
+    let bound = (f64::from(RATE) * (elapsed + 1.0)).ceil() as u64;
     assert!(
         snap.dtls_unhandled <= bound,
         "DTLS hook saw {} datagrams, more than {bound}",
@@ -565,31 +565,23 @@ fn floods_and_forged_stun_rate_limited_towards_control() {
     );
     assert!(snap.dtls_unhandled >= u64::from(RATE));
     assert_eq!(
-        snap.stun + snap.dtls,
-        forged_seen + snap.dtls_unhandled + snap.rate_source + ice.success,
-        "every slow-path datagram is accounted for: {snap:?} {ice:?}"
+        snap.dtls,
+        snap.dtls_unhandled + snap.rate_source,
+        "every slow-path datagram is accounted for: {snap:?}"
     );
-    // Most of both floods stopped in the relay, before the socket to control: it forwarded
-    // at most the per-source bound of each flooding source (plus the legitimate checks).
+    // Most of the DTLS flood stopped in the relay, before the socket to control.
     let gated = t.drops[DropReason::RateLimited as usize];
     assert!(
-        gated + snap.rate_source > sent[0],
-        "most of both floods dropped: relay {gated}, control {snap:?}"
+        gated > sent[1] / 2,
+        "the relay's gate dropped the DTLS flood: {gated} of {}",
+        sent[1]
     );
     assert!(
-        gated > sent[0],
-        "the relay's gate dropped the floods: {gated}"
-    );
-    assert!(
-        t.slow_path_up <= 2 * bound + legit_sent,
-        "the relay sent {} datagrams up, more than 2 × {bound} + {legit_sent}",
+        t.slow_path_up <= 2 * bound,
+        "the relay sent {} datagrams up, more than 2 × {bound}",
         t.slow_path_up
     );
     assert_eq!(snap.rate_global, 0);
-    assert_eq!(
-        ice.success, legit_sent,
-        "only the legitimate checks succeeded"
-    );
     assert_eq!(ice.nominations, 0);
 }
 

@@ -147,6 +147,7 @@ impl Peer {
             key_epoch: 1,
             flags: 0,
             max_pps: 0,
+            ice: None,
         }
     }
 

@@ -384,3 +384,48 @@ fn flood_from_one_source_is_limited_others_served() {
         "the socket file is removed when the thread stops"
     );
 }
+
+/// `Core::set_ice_credentials` publishes the credentials in the session's shm slot (where the
+/// relay answers checks from) and in the journal; a restarted control registers them in its
+/// agent again, so the checks the relay passes up are answered, not refused 401.
+#[test]
+fn ice_credentials_published_in_shm_and_restored_after_restart() {
+    let env = Env::new("restore", 200);
+    let ctl = Control::start(env.cfg.clone(), Secret::new(TOKEN)).unwrap();
+    let sid = new_session(&ctl, "192.0.2.202:9");
+    assert!(ctl
+        .core
+        .set_ice_credentials(sid, L_UFRAG, L_PWD, &"r".repeat(33), None)
+        .is_err());
+    ctl.core
+        .set_ice_credentials(sid, L_UFRAG, L_PWD, R_UFRAG, None)
+        .unwrap();
+    let reader = ShmReader::open(&env.shm).unwrap();
+    let mut ice = None;
+    reader.for_each_session(|s| {
+        if s.id == sid {
+            ice = s.ice;
+        }
+    });
+    let ice = ice.expect("credentials in the shm slot");
+    assert_eq!(ice.ufrag(), L_UFRAG.as_bytes());
+    assert_eq!(ice.pwd(), L_PWD.as_bytes());
+    assert_eq!(ice.remote_ufrag(), R_UFRAG.as_bytes());
+    ctl.shutdown();
+    drop(ctl);
+
+    let ctl = Control::start(env.cfg.clone(), Secret::new(TOKEN)).unwrap();
+    assert_eq!(ctl.ice.lock().unwrap().len(), 1);
+    let peer: SocketAddr = "192.0.2.202:9".parse().unwrap();
+    let user = format!("{L_UFRAG}:{R_UFRAG}");
+    let mut out = [0u8; 256];
+    let n = ctl
+        .ice
+        .lock()
+        .unwrap()
+        .handle_stun(Instant::now(), peer, &check(1, &user, false), &mut out)
+        .expect("answered");
+    let m = StunMessage::parse(&out[..n]).unwrap();
+    assert_eq!(m.class(), Class::SuccessResponse);
+    m.verify_integrity(L_PWD.as_bytes()).unwrap();
+}

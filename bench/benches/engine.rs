@@ -49,6 +49,7 @@ fn bench_engine(c: &mut Criterion) {
                 key_epoch: 1,
                 flags: 0,
                 max_pps: 0,
+                ice: None,
             }];
             let mut routes = Vec::new();
             for j in 0..fanout {
@@ -62,6 +63,7 @@ fn bench_engine(c: &mut Criterion) {
                     key_epoch: 1,
                     flags: 0,
                     max_pps: 0,
+                    ice: None,
                 });
                 routes.push(RouteRecord {
                     id: id + 1000,

@@ -63,6 +63,7 @@ fn session(id: u64, peer: SocketAddr, role: Role, rx: Profile, tx: Profile) -> S
         key_epoch: 0x8000_0000 | id as u32,
         flags: 3,
         max_pps: 5000 + id as u32,
+        ice: None,
     }
 }
 
@@ -328,9 +329,9 @@ fn file_is_created_0600_and_create_refuses_an_existing_file() {
 fn default_capacity_file_size() {
     let c = Capacity::default();
     assert_eq!((c.sessions, c.routes, c.workers), (16_384, 65_536, 64));
-    // 4096 header + 16384 × 192 + 65536 × 128 + 64 × 832, page-aligned, + one page of
+    // 4096 header + 16384 × 320 + 65536 × 128 + 64 × 832, page-aligned, + one page of
     // stream-state high-water marks + 64 workers × 2048 stream-state slots × 64 (docs/SHM.md).
-    assert_eq!(c.file_size().unwrap(), 11_591_680 + 4096 + 8_388_608);
+    assert_eq!(c.file_size().unwrap(), 13_680_640 + 8192 + 4096 + 8_388_608);
 }
 
 #[test]
@@ -376,12 +377,12 @@ fn foreign_files_are_refused_with_the_difference_named() {
         ShmError::Layout {
             field: "session slot size",
             file: 256,
-            ours: 192
+            ours: 320
         }
     ));
     assert!(err
         .to_string()
-        .contains("session slot size is 256 in the file, this build uses 192"));
+        .contains("session slot size is 256 in the file, this build uses 320"));
     restore();
 
     // Capacity that disagrees with the stored offsets (sessions capacity at offset 28).
@@ -545,9 +546,9 @@ fn adoption_repairs_a_slot_left_mid_write_and_invalid_slots_are_reported() {
         .unwrap();
     }
     drop(w);
-    // Session slots start at 4096 and are 192 bytes: word 0 is the sequence, word 1 the id,
+    // Session slots start at 4096 and are 320 bytes: word 0 is the sequence, word 1 the id,
     // word 2 holds family | role << 8 | profiles.
-    let slot = |i: u64| 4096 + i * 192;
+    let slot = |i: u64| 4096 + i * 320;
     write_at(path.as_ref(), slot(0), &7u64.to_le_bytes()); // writer died mid-write
     write_at(path.as_ref(), slot(1) + 16 + 1, &[42]); // role code 42
     let reader = ShmReader::open(&path).unwrap();

@@ -49,6 +49,7 @@ fn session_from(n: u64) -> SessionRecord {
         key_epoch: n as u32,
         flags: (n >> 32) as u32,
         max_pps: !(n as u32),
+        ice: None,
     }
 }
 

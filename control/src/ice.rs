@@ -14,7 +14,9 @@
 //! has arrived from the nominated address for the consent timeout (30 s by default, the
 //! RFC 7675 §5.1 value), the peer is gone and the session is expired.
 
-use contract::wire::stun::{self, attr, Class, StunMessage, StunWriter, METHOD_BINDING};
+use contract::shm::{MAX_ICE_PWD, MAX_ICE_REMOTE_UFRAG, MAX_ICE_UFRAG};
+use contract::wire::ice::{self as check, Answer, NotCheck};
+use contract::wire::stun::StunMessage;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,8 +39,6 @@ const VALID_PAIRS: usize = 8;
 /// Transaction ids remembered per session (a replayed USE-CANDIDATE check from a new address
 /// does not move the session).
 const RECENT_TXIDS: usize = 16;
-/// Most unknown comprehension-required attributes listed in a 420 response.
-const MAX_UNKNOWN: usize = 8;
 
 /// ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839 §5.4); 64 symbols, so one random byte
 /// masked to 6 bits picks one without bias.
@@ -62,7 +62,7 @@ pub enum IceEvent {
 pub enum IceError {
     #[error("{0} has characters outside ALPHA / DIGIT / \"+\" / \"/\" (RFC 8839 §5.4)")]
     BadChars(&'static str),
-    #[error("{what} is {len} characters, outside {min}..={max} (RFC 8839 §5.4)")]
+    #[error("{what} is {len} characters, outside {min}..={max} (RFC 8839 §5.4; the relay's session slot)")]
     BadLength {
         what: &'static str,
         len: usize,
@@ -110,14 +110,16 @@ pub fn generate_credentials() -> Result<Credentials, IceError> {
     })
 }
 
-fn check_ice_string(what: &'static str, s: &str, min: usize) -> Result<(), IceError> {
+/// `max` is 256 (RFC 8839 §5.4) for what stays in control, and the session slot's field
+/// size for what control publishes to the relay in shm (docs/SHM.md).
+fn check_ice_string(what: &'static str, s: &str, min: usize, max: usize) -> Result<(), IceError> {
     let len = s.len();
-    if !(min..=256).contains(&len) {
+    if !(min..=max).contains(&len) {
         return Err(IceError::BadLength {
             what,
             len,
             min,
-            max: 256,
+            max,
         });
     }
     if !s.bytes().all(|b| ICE_CHARS.contains(&b)) {
@@ -208,25 +210,6 @@ fn normalize(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Attributes this agent understands. A request carrying any other comprehension-required
-/// attribute (type < 0x8000) is answered with 420 (RFC 8489 §6.3.1).
-fn understood(typ: u16) -> bool {
-    matches!(
-        typ,
-        attr::MAPPED_ADDRESS
-            | attr::USERNAME
-            | attr::MESSAGE_INTEGRITY
-            | attr::ERROR_CODE
-            | attr::UNKNOWN_ATTRIBUTES
-            | attr::REALM
-            | attr::NONCE
-            | attr::MESSAGE_INTEGRITY_SHA256
-            | attr::XOR_MAPPED_ADDRESS
-            | attr::PRIORITY
-            | attr::USE_CANDIDATE
-    )
-}
-
 impl IceAgent {
     /// An agent expiring consent after `consent_timeout`, holding at most `max_credentials`
     /// sessions.
@@ -244,6 +227,8 @@ impl IceAgent {
     /// Register (or, for an ICE restart, replace) a session's credentials. `local_*` are
     /// what our SDP answer announced; `remote_ufrag` is the peer's `a=ice-ufrag`. The remote
     /// password is validated but unused: a lite agent never sends checks (RFC 8445 §2.5).
+    /// The local ufrag, local password and remote ufrag must fit the session slot control
+    /// publishes them in (32, 64 and 32 characters; docs/SHM.md), so the relay can answer.
     /// A replaced registration keeps the session's nomination and consent clock.
     pub fn add_credentials(
         &mut self,
@@ -253,11 +238,11 @@ impl IceAgent {
         remote_ufrag: &str,
         remote_pwd: Option<&str>,
     ) -> Result<(), IceError> {
-        check_ice_string("local ufrag", local_ufrag, 4)?;
-        check_ice_string("local pwd", local_pwd, 22)?;
-        check_ice_string("remote ufrag", remote_ufrag, 4)?;
+        check_ice_string("local ufrag", local_ufrag, 4, MAX_ICE_UFRAG)?;
+        check_ice_string("local pwd", local_pwd, 22, MAX_ICE_PWD)?;
+        check_ice_string("remote ufrag", remote_ufrag, 4, MAX_ICE_REMOTE_UFRAG)?;
         if let Some(p) = remote_pwd {
-            check_ice_string("remote pwd", p, 22)?;
+            check_ice_string("remote pwd", p, 22, 256)?;
         }
         if self
             .by_ufrag
@@ -393,101 +378,67 @@ impl IceAgent {
         out: &mut [u8],
     ) -> Option<usize> {
         let peer = normalize(peer);
-        let Ok(msg) = StunMessage::parse(data) else {
-            // RFC 8489 §6.3: a message failing the basic checks is silently discarded.
-            self.counters.discarded += 1;
-            return None;
+        let c = match check::parse_check(data) {
+            Ok(c) => c,
+            // RFC 8489 §6.3: a message failing the basic checks is silently discarded;
+            // RFC 8445 §7 requires FINGERPRINT on every ICE check (RFC 8489 §14.7: without a
+            // valid one it is not STUN). Indications (keepalives, RFC 8445 §11) need no
+            // answer; responses are never solicited by a lite agent.
+            Err(NotCheck::Malformed | NotCheck::Discard) => {
+                self.counters.discarded += 1;
+                return None;
+            }
+            // RFC 8489 §9.1.3: both USERNAME and MESSAGE-INTEGRITY, or 400.
+            Err(NotCheck::MissingCredentials) => {
+                self.counters.bad_request += 1;
+                return unauthenticated(out, data, 400, "Bad Request");
+            }
+            Err(NotCheck::BadUsername) => {
+                self.counters.unauthenticated += 1;
+                return unauthenticated(out, data, 401, "Unauthenticated");
+            }
         };
-        // RFC 8445 §7 requires FINGERPRINT on every ICE check; RFC 8489 §7.3/§14.7: when the
-        // usage mandates it, a message without a valid one is not STUN and is discarded.
-        if msg.verify_fingerprint().is_err()
-            || msg.class() != Class::Request
-            || msg.method() != METHOD_BINDING
-        {
-            // Indications (keepalives, RFC 8445 §11) need no answer; responses are never
-            // solicited by a lite agent; other methods are not part of ICE.
-            self.counters.discarded += 1;
-            return None;
-        }
-        // RFC 8489 §9.1.3: both USERNAME and MESSAGE-INTEGRITY, or 400. ICE checks carry the
-        // HMAC-SHA1 MESSAGE-INTEGRITY (RFC 8445 §7.2.2); a request with only
-        // MESSAGE-INTEGRITY-SHA256 is treated as lacking it.
-        let (Some(user), Some(_)) = (msg.username(), msg.message_integrity()) else {
-            self.counters.bad_request += 1;
-            return error_response(out, &msg, 400, "Bad Request", None, &[]);
-        };
+        let msg = c.msg;
         // USERNAME is "ourufrag:theirufrag" (RFC 8445 §7.2.2). An unknown one, or a failing
         // MESSAGE-INTEGRITY, is 401 without MESSAGE-INTEGRITY (RFC 8489 §9.1.3).
-        let sid = core::str::from_utf8(user)
-            .ok()
-            .and_then(|u| u.split_once(':'))
-            .and_then(|(ours, theirs)| {
-                let sid = *self.by_ufrag.get(ours)?;
-                let s = self.sessions.get(&sid)?;
-                (s.remote_ufrag == theirs).then_some(sid)
-            });
+        let sid = core::str::from_utf8(c.local_ufrag).ok().and_then(|ours| {
+            let sid = *self.by_ufrag.get(ours)?;
+            let s = self.sessions.get(&sid)?;
+            (s.remote_ufrag.as_bytes() == c.remote_ufrag).then_some(sid)
+        });
         let Some(sid) = sid else {
             self.counters.unauthenticated += 1;
-            return error_response(out, &msg, 401, "Unauthenticated", None, &[]);
+            return unauthenticated(out, data, 401, "Unauthenticated");
         };
         // The lookup above found it; no other code runs between.
         let s = self.sessions.get_mut(&sid)?;
         if msg.verify_integrity(s.local_pwd.as_bytes()).is_err() {
             self.counters.unauthenticated += 1;
-            return error_response(out, &msg, 401, "Unauthenticated", None, &[]);
+            return unauthenticated(out, data, 401, "Unauthenticated");
         }
-        // Authenticated: every response now carries MESSAGE-INTEGRITY with the same
-        // password (RFC 8489 §9.1.4).
-        // RFC 8489 §6.3.1: unknown comprehension-required attributes → 420 listing them.
-        let mut unknown = [0u16; MAX_UNKNOWN];
-        let mut n_unknown = 0;
-        for a in msg.attributes() {
-            if a.typ < 0x8000 && !understood(a.typ) && n_unknown < MAX_UNKNOWN {
-                unknown[n_unknown] = a.typ;
-                n_unknown += 1;
+        // Authenticated: 420 for unknown comprehension-required attributes, 487 when the peer
+        // claims the controlled role too, 400 without a role, else success; every answer
+        // carries MESSAGE-INTEGRITY with the same password (RFC 8489 §9.1.4). The relay
+        // answers the same checks with the same function.
+        let (answer, n) = check::answer(&msg, peer, s.local_pwd.as_bytes(), out).ok()?;
+        match answer {
+            Answer::Success => {}
+            Answer::UnknownAttribute => {
+                self.counters.unknown_attribute += 1;
+                return Some(n);
+            }
+            Answer::RoleConflict => {
+                self.counters.role_conflict += 1;
+                return Some(n);
+            }
+            Answer::BadRequest => {
+                self.counters.bad_request += 1;
+                return Some(n);
             }
         }
-        if n_unknown > 0 {
-            self.counters.unknown_attribute += 1;
-            return error_response(
-                out,
-                &msg,
-                420,
-                "Unknown Attribute",
-                Some(s.local_pwd.as_bytes()),
-                &unknown[..n_unknown],
-            );
-        }
-        // Roles (RFC 8445 §6.1.1): a lite agent is always controlled. A peer that claims the
-        // controlled role too gets 487 (§7.3.1.1) — we cannot switch to controlling, so we act
-        // as if our tie-breaker were the largest — and switches role on it (§7.2.5.1).
-        if msg.ice_controlled().is_some() {
-            self.counters.role_conflict += 1;
-            return error_response(
-                out,
-                &msg,
-                487,
-                "Role Conflict",
-                Some(s.local_pwd.as_bytes()),
-                &[],
-            );
-        }
-        // RFC 8445 §7.1.3: a check carries ICE-CONTROLLING or ICE-CONTROLLED.
-        if msg.ice_controlling().is_none() {
-            self.counters.bad_request += 1;
-            return error_response(
-                out,
-                &msg,
-                400,
-                "Bad Request",
-                Some(s.local_pwd.as_bytes()),
-                &[],
-            );
-        }
-        // The check succeeds: answer first (no state changes for an answer that cannot be
-        // written), then the pair is valid (a lite agent's pairs become valid by answering,
+        // The check succeeded (answered above; no state changes for an answer that cannot
+        // be written): the pair is valid (a lite agent's pairs become valid by answering,
         // RFC 8445 §2.5) and consent from the nominated address is refreshed.
-        let n = success_response(out, &msg, peer, s.local_pwd.as_bytes())?;
         self.counters.success += 1;
         let replayed = s.seen_txid(msg.transaction_id());
         s.mark_valid(peer);
@@ -507,60 +458,17 @@ impl IceAgent {
     }
 }
 
-/// Binding success: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT (RFC 8489 §6.3.1.1,
-/// RFC 8445 §7.3.1.2).
-fn success_response(
-    out: &mut [u8],
-    req: &StunMessage<'_>,
-    peer: SocketAddr,
-    key: &[u8],
-) -> Option<usize> {
-    let mut w = StunWriter::binding_success(out, req).ok()?;
-    w.xor_mapped_address(peer).ok()?;
-    w.message_integrity(key).ok()?;
-    w.fingerprint().ok()?;
-    Some(w.finish())
-}
-
-/// Binding error response with ERROR-CODE (RFC 8489 §14.8), UNKNOWN-ATTRIBUTES for 420
-/// (§14.9), MESSAGE-INTEGRITY only for authenticated requests (§9.1.3), FINGERPRINT always
-/// (RFC 8445 §7).
-fn error_response(
-    out: &mut [u8],
-    req: &StunMessage<'_>,
-    code: u16,
-    reason: &str,
-    key: Option<&[u8]>,
-    unknown: &[u16],
-) -> Option<usize> {
-    let mut w = StunWriter::new(
-        out,
-        stun::message_type(METHOD_BINDING, Class::ErrorResponse),
-        &req.transaction_id(),
-    )
-    .ok()?;
-    w.error_code(code, reason).ok()?;
-    if !unknown.is_empty() {
-        let mut v = [0u8; 2 * MAX_UNKNOWN];
-        for (i, t) in unknown.iter().take(MAX_UNKNOWN).enumerate() {
-            v[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
-        }
-        w.attribute(
-            attr::UNKNOWN_ATTRIBUTES,
-            &v[..2 * unknown.len().min(MAX_UNKNOWN)],
-        )
-        .ok()?;
-    }
-    if let Some(k) = key {
-        w.message_integrity(k).ok()?;
-    }
-    w.fingerprint().ok()?;
-    Some(w.finish())
+/// An error response without MESSAGE-INTEGRITY to a request that did not authenticate
+/// (RFC 8489 §9.1.3), with FINGERPRINT (RFC 8445 §7).
+fn unauthenticated(out: &mut [u8], data: &[u8], code: u16, reason: &str) -> Option<usize> {
+    let req = StunMessage::parse(data).ok()?;
+    check::error_response(out, &req, code, reason, None, &[]).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::wire::stun::{self, attr, Class, StunWriter, METHOD_BINDING};
 
     const L_UFRAG: &str = "LoCa";
     const L_PWD: &str = "localpasswordlocalpassword0123";
@@ -918,8 +826,8 @@ mod tests {
             let c = generate_credentials().unwrap();
             assert_eq!(c.ufrag.len(), UFRAG_LEN);
             assert!(c.pwd.len() >= 24 && c.pwd.len() == PWD_LEN);
-            check_ice_string("u", &c.ufrag, 4).unwrap();
-            check_ice_string("p", &c.pwd, 22).unwrap();
+            check_ice_string("u", &c.ufrag, 4, MAX_ICE_UFRAG).unwrap();
+            check_ice_string("p", &c.pwd, 22, MAX_ICE_PWD).unwrap();
             assert!(seen.insert(c.pwd.clone()), "passwords repeat");
             assert!(
                 !format!("{c:?}").contains(&c.pwd),
@@ -946,6 +854,16 @@ mod tests {
                 len: 3,
                 min: 22,
                 max: 256
+            })
+        );
+        // What the relay's session slot cannot carry is refused (docs/SHM.md).
+        assert_eq!(
+            a.add_credentials(1, L_UFRAG, L_PWD, &"r".repeat(33), None),
+            Err(IceError::BadLength {
+                what: "remote ufrag",
+                len: 33,
+                min: 4,
+                max: MAX_ICE_REMOTE_UFRAG
             })
         );
         a.add_credentials(1, L_UFRAG, L_PWD, R_UFRAG, None).unwrap();

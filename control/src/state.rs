@@ -9,7 +9,10 @@
 //! The directory is 0700 and the files 0600: they hold SRTP master keys.
 //! May not touch: shared memory, HTTP. The API layer applies each entry here first, then to shm.
 
-use contract::shm::{Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_MAPPINGS};
+use contract::shm::{
+    IceCredentials, IceCredentialsError, Rewrite, Role, RouteRecord, RtxOut, SessionRecord,
+    MAX_MAPPINGS,
+};
 use contract::srtp::{MasterKey, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -225,6 +228,31 @@ pub struct StoredSession {
     pub flags: u32,
     pub max_pps: u32,
     pub created_unix_ms: u64,
+    /// A WebRTC session's ICE credentials, published in its shm slot so the relay answers
+    /// connectivity checks itself (docs/ICE.md); absent for static sessions and in state
+    /// written before they were published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice: Option<StoredIce>,
+}
+
+/// The ICE credentials of a WebRTC session: our ufrag and password (from our SDP answer) and
+/// the peer's ufrag (from its offer).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredIce {
+    pub ufrag: String,
+    pub pwd: String,
+    pub remote_ufrag: String,
+}
+
+impl std::fmt::Debug for StoredIce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredIce")
+            .field("ufrag", &self.ufrag)
+            .field("pwd", &"<redacted>")
+            .field("remote_ufrag", &self.remote_ufrag)
+            .finish()
+    }
 }
 
 impl StoredSession {
@@ -241,6 +269,18 @@ impl StoredSession {
             key_epoch: self.key_epoch,
             flags: self.flags,
             max_pps: self.max_pps,
+            ice: self
+                .ice
+                .as_ref()
+                .map(|i| {
+                    IceCredentials::new(
+                        i.ufrag.as_bytes(),
+                        i.pwd.as_bytes(),
+                        i.remote_ufrag.as_bytes(),
+                    )
+                })
+                .transpose()
+                .map_err(RecordError::Ice)?,
         })
     }
 }
@@ -252,6 +292,8 @@ pub enum RecordError {
     RxKey(contract::srtp::Error),
     #[error("tx_key: {0}")]
     TxKey(contract::srtp::Error),
+    #[error("ICE credentials: {0}")]
+    Ice(IceCredentialsError),
 }
 
 /// An SRTP profile as its name (e.g. `AEAD_AES_128_GCM`).
@@ -592,6 +634,7 @@ mod tests {
             flags: 0,
             max_pps: 0,
             created_unix_ms: 1,
+            ice: None,
         }
     }
 
@@ -606,6 +649,37 @@ mod tests {
         assert!(s.to_record().is_ok());
         let bad = old.replace("\"trunk\"", "\"king\"");
         assert!(serde_json::from_str::<StoredSession>(&bad).is_err());
+    }
+
+    /// A WebRTC session's ICE credentials round-trip through the journal line and reach the
+    /// shm record; ones that do not fit a slot make no record.
+    #[test]
+    fn ice_credentials_persist_and_publish() {
+        let ice = StoredIce {
+            ufrag: "LoCaLuFr".into(),
+            pwd: "p".repeat(32),
+            remote_ufrag: "ReMo".into(),
+        };
+        let s = StoredSession {
+            ice: Some(ice.clone()),
+            ..session(4)
+        };
+        let line = serde_json::to_string(&s).unwrap();
+        assert!(line.ends_with(r#""ice":{"ufrag":"LoCaLuFr","pwd":"pppppppppppppppppppppppppppppppp","remote_ufrag":"ReMo"}}"#));
+        assert_eq!(serde_json::from_str::<StoredSession>(&line).unwrap(), s);
+        let rec = s.to_record().unwrap().ice.unwrap();
+        assert_eq!(rec.ufrag(), b"LoCaLuFr");
+        assert_eq!(rec.pwd(), "p".repeat(32).as_bytes());
+        assert_eq!(rec.remote_ufrag(), b"ReMo");
+        assert!(!format!("{s:?}").contains("pppp"), "password redacted");
+        let long = StoredSession {
+            ice: Some(StoredIce {
+                remote_ufrag: "r".repeat(33),
+                ..ice
+            }),
+            ..session(5)
+        };
+        assert!(matches!(long.to_record(), Err(RecordError::Ice(_))));
     }
 
     #[test]

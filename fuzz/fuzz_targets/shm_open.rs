@@ -66,6 +66,7 @@ fn template() -> &'static [u8] {
             key_epoch: 1,
             flags: 0,
             max_pps: 0,
+            ice: None,
         })
         .expect("session fits");
         w.put_route(&RouteRecord {

@@ -1,12 +1,25 @@
 //! STUN: parse, read every attribute, verify integrity and fingerprint, then answer it with
-//! the writer and check the answer parses and verifies.
+//! the writer and check the answer parses and verifies; and the ICE-check path the relay
+//! runs on every STUN datagram (`wire::ice`: parse, split USERNAME, answer).
 #![no_main]
 #![deny(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
+use contract::wire::ice;
 use contract::wire::stun::{StunMessage, StunWriter};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(c) = ice::parse_check_unfingerprinted(data) {
+        assert!(c.local_ufrag.len() + c.remote_ufrag.len() < data.len());
+        let _ = c.verify_fingerprint();
+        let mut out = [0u8; 128];
+        let peer = "192.0.2.1:9".parse().expect("literal");
+        if let Ok((_, n)) = ice::answer(&c.msg, peer, b"key", &mut out) {
+            let r = StunMessage::parse(&out[..n]).expect("answer parses");
+            r.verify_integrity(b"key").expect("answer integrity verifies");
+            r.verify_fingerprint().expect("answer fingerprint verifies");
+        }
+    }
     let Ok(m) = StunMessage::parse(data) else {
         return;
     };

@@ -277,9 +277,9 @@ fn unknown_source_flood_costs_no_crypto() {
     assert_eq!(c.packets_out, base.packets_out);
 }
 
-/// STUN and DTLS from unknown sources go to control (RFC 7983), but at most the slow-path
-/// queue's capacity per batch: the excess is dropped and counted as SlowPathFull, with no
-/// SRTP work and no forwarding.
+/// DTLS from unknown sources goes to control (RFC 7983), but at most the slow-path queue's
+/// capacity per batch: the excess is dropped and counted as SlowPathFull; STUN that is no ICE
+/// check stops in the relay (StunNotCheck). No SRTP work and no forwarding for either.
 #[test]
 fn stun_and_dtls_from_unknown_sources_bounded_per_batch() {
     const CAP: usize = 32;
@@ -289,6 +289,7 @@ fn stun_and_dtls_from_unknown_sources_bounded_per_batch() {
     let base = a.rig.counters();
     let mut total_slow = 0u64;
     let mut sent = 0u64;
+    let mut dtls_sent = 0u64;
     for round in 0..5u32 {
         let input: Vec<(SocketAddr, Vec<u8>)> = (0..400u32)
             .map(|i| {
@@ -309,6 +310,7 @@ fn stun_and_dtls_from_unknown_sources_bounded_per_batch() {
             })
             .collect();
         sent += input.len() as u64;
+        dtls_sent += input.iter().filter(|(_, d)| d[0] == 22).count() as u64;
         let (fwd, slow) = a.batch(&input);
         assert_eq!(fwd, 0);
         assert_eq!(slow, CAP, "slow path takes at most its capacity per batch");
@@ -317,7 +319,8 @@ fn stun_and_dtls_from_unknown_sources_bounded_per_batch() {
     let c = a.rig.counters();
     let d = |r: DropReason| c.drops[r as usize] - base.drops[r as usize];
     assert_eq!(c.slow_path_up - base.slow_path_up, total_slow);
-    assert_eq!(d(DropReason::SlowPathFull), sent - total_slow);
+    assert_eq!(d(DropReason::SlowPathFull), dtls_sent - total_slow);
+    assert_eq!(d(DropReason::StunNotCheck), sent - dtls_sent);
     assert_eq!(d(DropReason::UnknownSource), 0);
     assert_eq!(calls(), before, "no SRTP work for STUN/DTLS");
 }

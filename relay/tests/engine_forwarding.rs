@@ -275,10 +275,13 @@ fn bad_datagrams_counted_by_reason() {
     let mut wrong_version = p.rtp(1, 4, 1, 96, &[1; 50]);
     wrong_version[0] = 0x40;
     let stranger: SocketAddr = "127.0.0.9:9".parse().unwrap();
-    // A Binding request (RFC 8489 §5: type, length 0, magic cookie, transaction id).
+    // A Binding request (RFC 8489 §5: type, length 0, magic cookie, transaction id): no ICE
+    // check (no USERNAME, MESSAGE-INTEGRITY, FINGERPRINT), so the relay drops it itself.
     let mut stun = vec![0u8; 20];
     stun[1] = 1;
     stun[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    // A complete DTLS record goes to control, addressed by its source.
+    let dtls = vec![22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1];
     let out = rig.batch(&[
         (p.addr, good.clone()),
         (p.addr, good.clone()), // replay
@@ -290,6 +293,8 @@ fn bad_datagrams_counted_by_reason() {
         (stranger, good),
         (stranger, stun.clone()),
         (p.addr, stun),
+        (stranger, dtls.clone()),
+        (p.addr, dtls),
     ]);
     assert_eq!(out.len(), 1);
     assert_eq!(rig.slow.len(), 2);
@@ -302,8 +307,9 @@ fn bad_datagrams_counted_by_reason() {
     assert_eq!(d(DropReason::Malformed) + d(DropReason::AuthFailed), 2);
     assert_eq!(d(DropReason::Demux), 3);
     assert_eq!(d(DropReason::UnknownSource), 1);
+    assert_eq!(d(DropReason::StunNotCheck), 2);
     assert_eq!(c.slow_path_up, 2);
-    assert_eq!(c.packets_in, 10);
+    assert_eq!(c.packets_in, 12);
 }
 
 proptest! {

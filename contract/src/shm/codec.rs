@@ -5,7 +5,10 @@
 
 use super::error::SlotError;
 use super::layout::{ROUTE_WORDS, SESSION_WORDS};
-use super::{Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_MAPPINGS, MAX_MID_LEN};
+use super::{
+    IceCredentials, Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_ICE_PWD,
+    MAX_ICE_REMOTE_UFRAG, MAX_ICE_UFRAG, MAX_MAPPINGS, MAX_MID_LEN,
+};
 use crate::srtp::{MasterKey, Profile};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -33,7 +36,10 @@ fn words_to_bytes<const B: usize>(words: &[u64]) -> [u8; B] {
 /// 0 id · 1 family | role<<8 | rx profile<<16 | tx profile<<24 | port<<32 ·
 /// 2–3 IP address (16 bytes; IPv4 in the first 4) · 4 IPv6 flowinfo | scope_id<<32 ·
 /// 5–10 rx key ‖ salt (zero-padded to 48 bytes) · 11–16 tx key ‖ salt ·
-/// 17 key_epoch | flags<<32 · 18 max_pps · 19–22 reserved (0).
+/// 17 key_epoch | flags<<32 · 18 max_pps ·
+/// 19 ICE lengths: local ufrag | local pwd<<8 | remote ufrag<<16 (all 0: no credentials) ·
+/// 20–23 local ufrag (32 bytes, zero-padded) · 24–31 local pwd (64 bytes) ·
+/// 32–35 remote ufrag (32 bytes) · 36–38 reserved (0).
 pub(crate) fn encode_session(r: &SessionRecord) -> [u64; SESSION_WORDS] {
     let mut w = [0u64; SESSION_WORDS];
     w[0] = r.id;
@@ -63,7 +69,50 @@ pub(crate) fn encode_session(r: &SessionRecord) -> [u64; SESSION_WORDS] {
     w[11..17].copy_from_slice(&tx);
     w[17] = u64::from(r.key_epoch) | (u64::from(r.flags) << 32);
     w[18] = u64::from(r.max_pps);
+    if let Some(ice) = &r.ice {
+        w[19] = ice.ufrag().len() as u64
+            | ((ice.pwd().len() as u64) << 8)
+            | ((ice.remote_ufrag().len() as u64) << 16);
+        let u: [u64; MAX_ICE_UFRAG / 8] = bytes_to_words(ice.ufrag());
+        let p: [u64; MAX_ICE_PWD / 8] = bytes_to_words(ice.pwd());
+        let ru: [u64; MAX_ICE_REMOTE_UFRAG / 8] = bytes_to_words(ice.remote_ufrag());
+        w[ICE_UFRAG..ICE_PWD].copy_from_slice(&u);
+        w[ICE_PWD..ICE_REMOTE].copy_from_slice(&p);
+        w[ICE_REMOTE..ICE_END].copy_from_slice(&ru);
+    }
     w
+}
+
+/// Payload word ranges of the ICE credentials.
+const ICE_UFRAG: usize = 20;
+const ICE_PWD: usize = ICE_UFRAG + MAX_ICE_UFRAG / 8;
+const ICE_REMOTE: usize = ICE_PWD + MAX_ICE_PWD / 8;
+const ICE_END: usize = ICE_REMOTE + MAX_ICE_REMOTE_UFRAG / 8;
+const _: () = assert!(ICE_END <= SESSION_WORDS);
+
+fn decode_ice(w: &[u64; SESSION_WORDS]) -> Result<Option<IceCredentials>, SlotError> {
+    let (lu, lp, lr) = (w[19] as u8, (w[19] >> 8) as u8, (w[19] >> 16) as u8);
+    if w[19] == 0 {
+        return Ok(None);
+    }
+    let u: [u8; MAX_ICE_UFRAG] = words_to_bytes(&w[ICE_UFRAG..ICE_PWD]);
+    let p: [u8; MAX_ICE_PWD] = words_to_bytes(&w[ICE_PWD..ICE_REMOTE]);
+    let r: [u8; MAX_ICE_REMOTE_UFRAG] = words_to_bytes(&w[ICE_REMOTE..ICE_END]);
+    let bad = SlotError::BadIce(lu, lp, lr);
+    if w[19] >> 24 != 0
+        || usize::from(lu) > MAX_ICE_UFRAG
+        || usize::from(lp) > MAX_ICE_PWD
+        || usize::from(lr) > MAX_ICE_REMOTE_UFRAG
+    {
+        return Err(bad);
+    }
+    IceCredentials::new(
+        &u[..usize::from(lu)],
+        &p[..usize::from(lp)],
+        &r[..usize::from(lr)],
+    )
+    .map(Some)
+    .map_err(|_| bad)
 }
 
 fn profile(code: u8) -> Result<Profile, SlotError> {
@@ -107,6 +156,7 @@ pub(crate) fn decode_session(w: &[u64; SESSION_WORDS]) -> Result<SessionRecord, 
         key_epoch: w[17] as u32,
         flags: (w[17] >> 32) as u32,
         max_pps: w[18] as u32,
+        ice: decode_ice(w)?,
     })
 }
 
@@ -225,6 +275,7 @@ mod tests {
             key_epoch: 0xdead_beef,
             flags: 0x8000_0003,
             max_pps: u32::MAX,
+            ice: None,
         }
     }
 
@@ -241,6 +292,17 @@ mod tests {
                 for rx in Profile::ALL {
                     for tx in Profile::ALL {
                         let r = session(peer, role, rx, tx);
+                        assert_eq!(decode_session(&encode_session(&r)).unwrap(), r);
+                        let ice = IceCredentials::new(
+                            &[b'u'; MAX_ICE_UFRAG],
+                            &[b'p'; MAX_ICE_PWD],
+                            b"rEm0",
+                        )
+                        .unwrap();
+                        let r = SessionRecord {
+                            ice: Some(ice),
+                            ..r
+                        };
                         assert_eq!(decode_session(&encode_session(&r)).unwrap(), r);
                     }
                 }
@@ -265,6 +327,13 @@ mod tests {
         let mut w = encode_session(&r);
         w[1] = (w[1] & !0xff) | 5;
         assert_eq!(decode_session(&w), Err(SlotError::BadFamily(5)));
+        let mut w = encode_session(&r);
+        w[19] = 8 | (65 << 8) | (4 << 16);
+        assert_eq!(decode_session(&w), Err(SlotError::BadIce(8, 65, 4)));
+        w[19] = 8 | (4 << 16);
+        assert_eq!(decode_session(&w), Err(SlotError::BadIce(8, 0, 4)));
+        w[19] = 33;
+        assert_eq!(decode_session(&w), Err(SlotError::BadIce(33, 0, 0)));
 
         let route = RouteRecord {
             id: 1,

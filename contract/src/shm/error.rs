@@ -51,6 +51,10 @@ pub enum SlotError {
     /// A route names session id 0 as publisher or subscriber.
     #[error("route endpoint is session id 0")]
     ZeroEndpoint,
+    /// A session slot's ICE credential lengths are out of range (a length of 0 with others
+    /// non-zero, or over the field).
+    #[error("bad ICE credential lengths (ufrag {0}, pwd {1}, remote ufrag {2})")]
+    BadIce(u8, u8, u8),
     /// The writer kept the slot locked for the whole retry budget (it may have died mid-write;
     /// the next writer to adopt the file repairs the slot).
     #[error("slot stayed locked by the writer")]

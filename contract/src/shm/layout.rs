@@ -29,8 +29,9 @@ pub const DEFAULT_PATH: &str = "/dev/shm/sluice";
 
 pub(crate) const PAGE: u64 = 4096;
 
-/// Payload words of a session slot (1 sequence word + 23 = 24 words = 192 bytes).
-pub(crate) const SESSION_WORDS: usize = 23;
+/// Payload words of a session slot (1 sequence word + 39 = 40 words = 320 bytes; ABI 6 grew
+/// it from 192 bytes for the ICE credentials).
+pub(crate) const SESSION_WORDS: usize = 39;
 /// Payload words of a route slot (1 sequence word + 15 = 16 words = 128 bytes).
 pub(crate) const ROUTE_WORDS: usize = 15;
 pub(crate) type SessionSlot = Slot<SESSION_WORDS>;
@@ -158,7 +159,7 @@ const _: () = {
     assert!(offset_of!(Header, relay) == 192);
     assert!(core::mem::size_of::<RelayInfoSlot>() == 64);
     assert!(core::mem::size_of::<Header>() == 4096);
-    assert!(core::mem::size_of::<SessionSlot>() == 192);
+    assert!(core::mem::size_of::<SessionSlot>() == 320);
     assert!(core::mem::size_of::<RouteSlot>() == 128);
     assert!(core::mem::size_of::<StreamSlot>() == 64);
     assert!(core::mem::size_of::<WorkerCounters>() % 64 == 0);
@@ -204,7 +205,7 @@ impl Layout {
         check_range("streams per worker", streams, MAX_STREAMS_PER_WORKER)?;
         check_range("routes", capacity.routes, MAX_ROUTES)?;
         check_range("workers", capacity.workers, MAX_WORKERS)?;
-        // The bounds above keep every product below 2^32 × 192, far from u64 overflow.
+        // The bounds above keep every product below 2^32 × 320, far from u64 overflow.
         let sessions_offset = HEADER_SIZE as u64;
         let routes_offset =
             page_up(sessions_offset + u64::from(capacity.sessions) * SESSION_SLOT_SIZE as u64);
@@ -239,7 +240,7 @@ mod tests {
     fn default_layout() {
         let l = Layout::for_capacity(Capacity::default()).unwrap();
         assert_eq!(l.sessions_offset, 4096);
-        assert_eq!(l.routes_offset, 4096 + 16_384 * 192);
+        assert_eq!(l.routes_offset, 4096 + 16_384 * 320);
         assert_eq!(l.counters_offset, l.routes_offset + 65_536 * 128);
         assert_eq!(l.counters_offset % PAGE, 0);
         assert_eq!(

@@ -155,6 +155,108 @@ pub struct SessionRecord {
     pub flags: u32,
     /// Inbound packet-rate cap (packets per second), 0 = unlimited.
     pub max_pps: u32,
+    /// The session's ICE-lite credentials (WebRTC sessions), from which the relay answers
+    /// connectivity checks itself; `None` for static sessions.
+    pub ice: Option<IceCredentials>,
+}
+
+/// Longest local ufrag a session slot carries (bytes).
+pub const MAX_ICE_UFRAG: usize = 32;
+/// Longest local password a session slot carries (bytes).
+pub const MAX_ICE_PWD: usize = 64;
+/// Longest remote ufrag a session slot carries (bytes).
+pub const MAX_ICE_REMOTE_UFRAG: usize = 32;
+
+/// A WebRTC session's ICE credentials as control publishes them (docs/ICE.md "Checks
+/// answered in the relay"): the relay answers a Binding request whose USERNAME is
+/// `ufrag:remote_ufrag` and whose MESSAGE-INTEGRITY verifies with `pwd` (RFC 8445 §7.2.2).
+/// Fixed-size, so a record stays `Copy` and the relay's index rebuild copies no heap data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IceCredentials {
+    ufrag: [u8; MAX_ICE_UFRAG],
+    ufrag_len: u8,
+    pwd: [u8; MAX_ICE_PWD],
+    pwd_len: u8,
+    remote_ufrag: [u8; MAX_ICE_REMOTE_UFRAG],
+    remote_ufrag_len: u8,
+}
+
+/// Credentials that do not fit a session slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IceCredentialsError {
+    #[error("{what} is {len} bytes, a session slot carries 1..={max}")]
+    Length {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+fn fixed<const N: usize>(
+    what: &'static str,
+    v: &[u8],
+) -> Result<([u8; N], u8), IceCredentialsError> {
+    if v.is_empty() || v.len() > N {
+        return Err(IceCredentialsError::Length {
+            what,
+            len: v.len(),
+            max: N,
+        });
+    }
+    let mut b = [0u8; N];
+    b[..v.len()].copy_from_slice(v);
+    // N ≤ 64, so the length fits a byte.
+    Ok((b, v.len() as u8))
+}
+
+impl IceCredentials {
+    /// Local ufrag and password (what our SDP announced) and the peer's ufrag.
+    pub fn new(
+        ufrag: &[u8],
+        pwd: &[u8],
+        remote_ufrag: &[u8],
+    ) -> Result<IceCredentials, IceCredentialsError> {
+        let (ufrag, ufrag_len) = fixed("local ufrag", ufrag)?;
+        let (pwd, pwd_len) = fixed("local pwd", pwd)?;
+        let (remote_ufrag, remote_ufrag_len) = fixed("remote ufrag", remote_ufrag)?;
+        Ok(IceCredentials {
+            ufrag,
+            ufrag_len,
+            pwd,
+            pwd_len,
+            remote_ufrag,
+            remote_ufrag_len,
+        })
+    }
+
+    /// The local ufrag (the first half of a check's USERNAME).
+    pub fn ufrag(&self) -> &[u8] {
+        &self.ufrag[..usize::from(self.ufrag_len)]
+    }
+
+    /// The local password: the MESSAGE-INTEGRITY key of checks and answers.
+    pub fn pwd(&self) -> &[u8] {
+        &self.pwd[..usize::from(self.pwd_len)]
+    }
+
+    /// The peer's ufrag (the second half of a check's USERNAME).
+    pub fn remote_ufrag(&self) -> &[u8] {
+        &self.remote_ufrag[..usize::from(self.remote_ufrag_len)]
+    }
+}
+
+/// The password stays out of logs.
+impl std::fmt::Debug for IceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceCredentials")
+            .field("ufrag", &String::from_utf8_lossy(self.ufrag()))
+            .field("pwd", &"<redacted>")
+            .field(
+                "remote_ufrag",
+                &String::from_utf8_lossy(self.remote_ufrag()),
+            )
+            .finish()
+    }
 }
 
 /// How many payload-type or header-extension mappings one route may carry.
@@ -263,10 +365,19 @@ pub enum DropReason {
     /// Larger than the worker's receive buffers (`relay.max_datagram_bytes`): the kernel
     /// truncated it, so it is dropped unread.
     Oversized = 15,
+    /// A STUN message that is no ICE connectivity check (no valid FINGERPRINT, not a Binding
+    /// request, or without USERNAME or MESSAGE-INTEGRITY): dropped in the relay, unanswered.
+    StunNotCheck = 16,
+    /// A connectivity check whose USERNAME names no ufrag (with its peer's ufrag) of any
+    /// session: dropped in the relay before any HMAC.
+    StunUnknownUfrag = 17,
+    /// A connectivity check whose MESSAGE-INTEGRITY does not verify with the session's
+    /// password: dropped in the relay.
+    StunBadIntegrity = 18,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 19;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Demux,
         DropReason::Malformed,
@@ -284,6 +395,9 @@ impl DropReason {
         DropReason::Crypto,
         DropReason::SsrcCollision,
         DropReason::Oversized,
+        DropReason::StunNotCheck,
+        DropReason::StunUnknownUfrag,
+        DropReason::StunBadIntegrity,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -304,6 +418,9 @@ impl DropReason {
             DropReason::Crypto => "crypto",
             DropReason::SsrcCollision => "ssrc_collision",
             DropReason::Oversized => "oversized",
+            DropReason::StunNotCheck => "stun_not_check",
+            DropReason::StunUnknownUfrag => "stun_unknown_ufrag",
+            DropReason::StunBadIntegrity => "stun_bad_integrity",
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Zero-copy wire formats: RTP, RTCP, STUN, DTLS records and the RFC 7983 demultiplexer.
 //!
 //! Owns: parsing views over `&[u8]`, allocation-free iterators, in-place field rewrites on
-//! `&mut [u8]` (the route rewrite the engine applies), and the STUN message writer that
-//! control's ICE-lite uses to answer binding requests.
+//! `&mut [u8]` (the route rewrite the engine applies), and the STUN message writer with which
+//! the relay and control's ICE-lite answer binding requests.
 //! May not touch: sockets, threads, the clock, shared memory, SRTP keys. Nothing here
 //! allocates, locks or panics on any input: every parser returns a typed, `Copy` error.
 //!
@@ -14,6 +14,8 @@
 //! - [`rtx`]: the RTP retransmission payload format (RFC 4588), both directions.
 //! - [`stun`]: STUN messages (RFC 8489), ICE attributes (RFC 8445), integrity, fingerprint,
 //!   and an allocation-free writer.
+//! - [`ice`]: ICE-lite answers to connectivity checks (RFC 8445 §7.3), shared by the relay and
+//!   control.
 //! - [`dtls`]: DTLS 1.0/1.2 record and handshake headers (RFC 6347 §4.1, §4.2.2).
 //!
 //! Validation happens once, when a view is built; accessors and iterators on a built view are
@@ -21,6 +23,7 @@
 
 pub mod demux;
 pub mod dtls;
+pub mod ice;
 pub mod rtcp;
 pub mod rtcp_write;
 pub mod rtp;

@@ -12,7 +12,7 @@ use super::rooms::{Member, UNBOUND_PEER};
 use super::{lock, Core, CoreError};
 use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
-use crate::state::{Entry, MidSpec, RewriteSpec, StoredRoute, StoredSession};
+use crate::state::{Entry, MidSpec, RewriteSpec, StoredIce, StoredRoute, StoredSession};
 use crate::webrtc::dtls::DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup, SsrcLimits};
 use contract::shm::{session_flags, Role};
@@ -97,7 +97,16 @@ impl Core {
             created_ms: now_ms,
         };
         let mut entries = vec![Entry::PutSession {
-            session: pending_session(id, &member, now_ms)?,
+            session: pending_session(
+                id,
+                &member,
+                now_ms,
+                StoredIce {
+                    ufrag: creds.ufrag.clone(),
+                    pwd: creds.pwd.clone(),
+                    remote_ufrag: answer.remote_ufrag.clone(),
+                },
+            )?,
         }];
         entries.extend(plan_routes(&members, &g, &member));
         let shm = g.shm()?;
@@ -272,9 +281,14 @@ fn admit(
     Ok(())
 }
 
-/// The session a join writes: unbound, PENDING, throw-away keys; a WHEP session never
-/// publishes.
-fn pending_session(id: u64, m: &Member, now_ms: u64) -> Result<StoredSession, CoreError> {
+/// The session a join writes: unbound, PENDING, throw-away keys, the ICE credentials the relay
+/// answers checks with; a WHEP session never publishes.
+fn pending_session(
+    id: u64,
+    m: &Member,
+    now_ms: u64,
+    ice: StoredIce,
+) -> Result<StoredSession, CoreError> {
     let role = if m.publishes { m.role } else { Role::Viewer };
     Ok(StoredSession {
         id,
@@ -287,6 +301,7 @@ fn pending_session(id: u64, m: &Member, now_ms: u64) -> Result<StoredSession, Co
         flags: session_flags::PENDING,
         max_pps: 0,
         created_unix_ms: now_ms,
+        ice: Some(ice),
     })
 }
 

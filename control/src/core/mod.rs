@@ -196,6 +196,7 @@ impl Core {
         };
         c.ensure_shm();
         c.drop_unbound_webrtc_sessions();
+        c.restore_ice_credentials();
         Ok(c)
     }
 

@@ -8,7 +8,7 @@
 //! journalled, written to shm and audited.
 
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, StoredSession};
+use crate::state::{Entry, StoredIce, StoredSession};
 use crate::webrtc::dtls::SrtpKeys;
 use contract::shm::session_flags::PENDING;
 use serde_json::json;
@@ -30,6 +30,50 @@ fn is_pending(s: &StoredSession) -> bool {
 }
 
 impl Core {
+    /// At start: register the ICE credentials of the sessions that survived a restart in the
+    /// agent again, so the checks the relay passes up (nominations, consent refreshes) are
+    /// answered instead of refused 401. The agent's consent clock restarts with the next
+    /// nomination. A session whose credentials the agent refuses keeps being answered by the
+    /// relay alone (logged).
+    pub(super) fn restore_ice_credentials(&self) {
+        let g = self.ledger();
+        let mut ice = lock(&self.ice);
+        for s in g.store.state().sessions.values() {
+            let Some(c) = &s.ice else { continue };
+            if let Err(e) = ice.add_credentials(s.id, &c.ufrag, &c.pwd, &c.remote_ufrag, None) {
+                tracing::warn!(session = s.id, error = %e, "ICE credentials not restored");
+            }
+        }
+    }
+
+    /// Register (or replace, for an ICE restart) session `id`'s ICE credentials: in the ICE
+    /// agent, which answers the checks that change state, and in the session's shm slot,
+    /// from which the relay answers the others (docs/ICE.md "Checks answered in the
+    /// relay"); journalled like every session change. A join does this itself.
+    pub fn set_ice_credentials(
+        &self,
+        id: u64,
+        local_ufrag: &str,
+        local_pwd: &str,
+        remote_ufrag: &str,
+        remote_pwd: Option<&str>,
+    ) -> Result<(), CoreError> {
+        let mut g = self.ledger();
+        let Some(mut s) = g.store.state().sessions.get(&id).cloned() else {
+            return Err(CoreError::SessionNotFound(id));
+        };
+        g.require_shm()?;
+        lock(&self.ice)
+            .add_credentials(id, local_ufrag, local_pwd, remote_ufrag, remote_pwd)
+            .map_err(|e| CoreError::BadRequest(format!("ICE credentials: {e}")))?;
+        s.ice = Some(StoredIce {
+            ufrag: local_ufrag.to_string(),
+            pwd: local_pwd.to_string(),
+            remote_ufrag: remote_ufrag.to_string(),
+        });
+        g.commit(vec![Entry::PutSession { session: s }])
+    }
+
     /// ICE nominated `peer` for session `id`: persist and publish the session with this
     /// peer, PENDING while a WebRTC session's keys are not in place. Nothing is written when
     /// that is the session's state already. Refused when another session uses the address

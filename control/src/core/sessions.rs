@@ -80,6 +80,7 @@ impl Core {
             flags: 0,
             max_pps: n.max_pps,
             created_unix_ms: now_ms,
+            ice: None,
         };
         ids["session"] = json!(s.id);
         g.commit(vec![Entry::PutSession { session: s.clone() }])?;

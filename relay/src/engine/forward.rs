@@ -10,6 +10,7 @@ use super::index::{
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
+use super::stun::{IceResponder, StunVerdict};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
@@ -19,7 +20,6 @@ use contract::shm::{
 use contract::srtp::{ContextOptions, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
-use contract::wire::stun::StunMessage;
 use contract::wire::{classify, dtls, Kind};
 use contract::wire::{rtcp_write, rtx};
 use std::net::SocketAddr;
@@ -45,6 +45,8 @@ pub struct Forwarder<C = contract::srtp::Context> {
     now: Option<Instant>,
     state: StreamState,
     gate: SlowGate,
+    /// ICE checks answered here from the sessions' credentials (docs/ICE.md).
+    ice: IceResponder,
     /// The sender SSRC of the feedback this worker sends to publishers (see
     /// [`feedback_ssrc`]).
     feedback_ssrc: u32,
@@ -103,13 +105,11 @@ enum SlowGate {
     On(Box<RateLimiter>),
 }
 
-/// RFC 7983 §7 sends STUN and DTLS to control; only well-formed ones are worth its time: a
-/// STUN message that parses whole (header, magic cookie, length, attributes; RFC 8489 §5,
-/// §14) or a datagram of complete DTLS records (RFC 6347 §4.1).
+/// RFC 7983 §7 sends DTLS to control; only well-formed datagrams are worth its time: complete
+/// DTLS records (RFC 6347 §4.1). STUN is checked by the ICE responder (`stun`).
 #[inline]
 fn slow_path_well_formed(kind: Kind, b: &[u8]) -> bool {
     match kind {
-        Kind::Stun => StunMessage::parse(b).is_ok(),
         Kind::Dtls => !b.is_empty() && dtls::records(b).all(|r| r.is_ok()),
         _ => false,
     }
@@ -320,6 +320,7 @@ impl<C: SrtpOps> Forwarder<C> {
             now: None,
             state: StreamState::default(),
             gate: SlowGate::Open,
+            ice: IceResponder::default(),
             feedback_ssrc: feedback_ssrc(0),
             nack: NackConfig::OFF,
             cache_left: 0,
@@ -373,6 +374,7 @@ impl<C: SrtpOps> Forwarder<C> {
             .filter(|s| s.claimed)
             .map(|s| s.id);
         self.claimed_scratch.extend(claimed);
+        self.ice.rebuild(sessions);
         let rep = self.index.rebuild(sessions, routes);
         let index = &self.index;
         self.state.rebuild(|id| index.has_session(id));
@@ -441,6 +443,11 @@ impl<C: SrtpOps> Forwarder<C> {
         &self.index
     }
 
+    /// The ICE credential index (checks answered in this worker).
+    pub fn ice(&self) -> &IceResponder {
+        &self.ice
+    }
+
     /// Handle one received datagram `buf[..len]` from `src`. `buf` is the receive buffer
     /// (decrypted in place). Forwarded packets go to `tx`, slow-path datagrams (STUN, DTLS,
     /// addressed by the peer) to `slow`.
@@ -456,10 +463,20 @@ impl<C: SrtpOps> Forwarder<C> {
         self.stats.rx(len);
         let src = normalize(src);
         let kind = classify(&buf[..len]);
-        // RFC 7983 §7: STUN and DTLS belong to control, known source or not; malformed ones
-        // and a source (or this worker) over its rate stop here, before the slow-path socket.
+        // RFC 7983 §7: STUN and DTLS belong to control, known source or not; malformed ones,
+        // STUN that is no authenticated ICE check or that the relay answers itself, and a
+        // source (or this worker) over its rate stop here, before the slow-path socket.
         if matches!(kind, Kind::Stun | Kind::Dtls) {
-            if !slow_path_well_formed(kind, &buf[..len]) {
+            if kind == Kind::Stun {
+                // ICE checks are answered here (malformed STUN is dropped there); only those
+                // that change state go on to control.
+                let v = self
+                    .ice
+                    .handle(self.now, src, &buf[..len], tx, &mut self.stats);
+                if v == StunVerdict::Done {
+                    return;
+                }
+            } else if !slow_path_well_formed(kind, &buf[..len]) {
                 self.stats.drop(DropReason::Malformed);
                 return;
             }

@@ -3,7 +3,8 @@
 //! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
 //! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
 //! continuity), the per-datagram path, the batch statistics written to the worker's counter
-//! block, and this worker's stream-state slots in shm (each stream's SRTP index, so a
+//! block, the ICE checks it answers itself from the sessions' credentials (`stun`), and this
+//! worker's stream-state slots in shm (each stream's SRTP index, so a
 //! restarted relay continues it; `state`). May not touch: sockets and the [`crate::io`]
 //! backends, the worker (nothing here imports [`crate::worker`]; the worker calls this API),
 //! the clock (every call that needs the time is given `now`), threads. Nothing on the
@@ -31,6 +32,7 @@ pub mod nack;
 pub mod reception;
 pub mod rtx_cache;
 mod state;
+pub mod stun;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};

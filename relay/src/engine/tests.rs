@@ -106,6 +106,7 @@ pub(super) fn session(id: u64, role: Role) -> SessionRecord {
         key_epoch: 1,
         flags: 0,
         max_pps: 0,
+        ice: None,
     }
 }
 
@@ -262,6 +263,11 @@ fn binding_request() -> [u8; 20] {
     b
 }
 
+/// A complete DTLS 1.2 handshake record with a 1-byte body (RFC 6347 §4.1).
+fn dtls_record() -> [u8; 14] {
+    [22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]
+}
+
 #[test]
 fn slow_path_gate_limits_per_source_and_per_worker() {
     let mut rig = Rig::new(vec![session(1, Role::Speaker)], vec![]);
@@ -273,8 +279,8 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
     rig.fwd.set_now(t0);
     // One flooding source: one second of burst, then nothing until its bucket refills.
     for _ in 0..100 {
-        let mut b = binding_request();
-        rig.send_raw(addr(9), &mut b, 20);
+        let mut b = dtls_record();
+        rig.send_raw(addr(9), &mut b, 14);
         rig.slow.clear();
     }
     assert_eq!(rig.fwd.stats().slow_path_up, 10);
@@ -284,8 +290,8 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
         .map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0xC000_0200 + i), 5000)))
         .collect();
     for a in &many {
-        let mut b = binding_request();
-        rig.send_raw(*a, &mut b, 20);
+        let mut b = dtls_record();
+        rig.send_raw(*a, &mut b, 14);
         rig.slow.clear();
     }
     assert_eq!(
@@ -296,8 +302,8 @@ fn slow_path_gate_limits_per_source_and_per_worker() {
     // 100 ms later: one more for the first source (10/s), and the total refilled by 5.
     rig.fwd.set_now(t0 + Duration::from_millis(100));
     for _ in 0..5 {
-        let mut b = binding_request();
-        rig.send_raw(addr(9), &mut b, 20);
+        let mut b = dtls_record();
+        rig.send_raw(addr(9), &mut b, 14);
         rig.slow.clear();
     }
     assert_eq!(rig.fwd.stats().slow_path_up, 51);
@@ -327,11 +333,17 @@ fn drops_by_reason() {
     let l = p.len();
     assert!(rig.send_raw(addr(1001), &mut p, l).is_empty());
     assert_eq!(rig.fwd.stats().dropped(DropReason::AuthFailed), 1);
-    // STUN from anywhere goes to control, addressed by the peer.
+    // DTLS from anywhere goes to control, addressed by the peer.
+    let mut d = dtls_record();
+    rig.send_raw(addr(9), &mut d, 14);
+    assert_eq!(rig.slow.len(), 1);
+    assert_eq!(rig.slow.metas()[0].dst, addr(9));
+    // STUN that is no ICE check (no USERNAME, MESSAGE-INTEGRITY, FINGERPRINT) stops in the
+    // relay's ICE responder (engine/stun.rs has the checks).
     let mut stun = binding_request();
     rig.send_raw(addr(9), &mut stun, 20);
     assert_eq!(rig.slow.len(), 1);
-    assert_eq!(rig.slow.metas()[0].dst, addr(9));
+    assert_eq!(rig.fwd.stats().dropped(DropReason::StunNotCheck), 1);
     // Malformed STUN (no magic cookie, RFC 8489 §5) and DTLS (record overrun) stop here.
     let mut bad = binding_request();
     bad[4] = 0;

@@ -87,6 +87,7 @@ impl Peer {
             key_epoch: self.epoch,
             flags: 0,
             max_pps: 0,
+            ice: None,
         }
     }
 
