@@ -9,6 +9,8 @@ pub enum Table {
     Routes,
     /// The relay workers' stream-state slots (per-stream SRTP rollover state).
     Streams,
+    /// The relay workers' session-stats slots (per-session and per-stream diagnostics).
+    Stats,
 }
 
 impl core::fmt::Display for Table {
@@ -17,6 +19,7 @@ impl core::fmt::Display for Table {
             Table::Sessions => "session",
             Table::Routes => "route",
             Table::Streams => "stream-state",
+            Table::Stats => "session-stats",
         })
     }
 }
@@ -42,6 +45,9 @@ pub enum SlotError {
     /// A stream-state slot names a direction other than in (1) or out (2).
     #[error("bad stream direction code {0}")]
     BadDirection(u8),
+    /// A session-stats slot names a record kind other than session (1) or stream (2).
+    #[error("bad session-stats record kind {0}")]
+    BadStatKind(u8),
     /// A route names session id 0 as publisher or subscriber.
     #[error("route endpoint is session id 0")]
     ZeroEndpoint,
