@@ -156,7 +156,12 @@ fn run(cli: Cli, cfg: Config) -> Result<(), String> {
     // threshold (and at least two poll intervals) means it is stuck.
     let stuck_after = wcfg.stall_threshold.max(wcfg.poll_interval * 2);
     let r = reader.clone();
-    let make_engine = move |i| <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
+    let make_engine = move |i| {
+        let mut e = <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
+        // The engine never reads the wall clock: published packet times count from here.
+        e.set_wall_clock(Instant::now(), unix_ms());
+        e
+    };
     let (running, takeover_from) = if cli.takeover {
         let path = handover_path
             .as_deref()

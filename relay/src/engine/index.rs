@@ -9,6 +9,7 @@
 
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
+use super::diag::SessionDiag;
 use super::state::Track;
 use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
 use contract::srtp::{ContextOptions, MasterKey};
@@ -272,6 +273,8 @@ pub struct Session<C> {
     /// Outbound SRTCP flows (by the compound's first SSRC), same bookkeeping (`index` is the
     /// SRTCP index).
     pub rtcp_track: Vec<Track>,
+    /// What this worker counted for the session (engine/diag.rs).
+    pub diag: SessionDiag,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -299,6 +302,7 @@ impl<C: SrtpOps> Session<C> {
             rx_track: Vec::new(),
             tx_track: Vec::new(),
             rtcp_track: Vec::new(),
+            diag: SessionDiag::default(),
         }
     }
 
