@@ -64,8 +64,13 @@ fn mode_ok(path: &Path, file: &File, exact: bool) -> Result<(), ShmError> {
 impl Mapping {
     /// Create a new file (fails if it exists), mode 0600, sized and initialised for `cap`,
     /// exclusively locked for the calling writer. The magic is stored last.
-    pub(crate) fn create(path: &Path, cap: Capacity, streams: u32) -> Result<Mapping, ShmError> {
-        let layout = Layout::with_streams(cap, streams)?;
+    pub(crate) fn create(
+        path: &Path,
+        cap: Capacity,
+        streams: u32,
+        stats: u32,
+    ) -> Result<Mapping, ShmError> {
+        let layout = Layout::with_regions(cap, streams, stats)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -571,7 +576,7 @@ mod tests {
             routes: 8,
             workers: 2,
         };
-        drop(Mapping::create(&path, cap, 3).unwrap());
+        drop(Mapping::create(&path, cap, 3, 5).unwrap());
         let pristine = std::fs::read(&path).unwrap();
         let mut cases: Vec<Vec<u8>> = vec![pristine.clone(), Vec::new(), pristine[..100].to_vec()];
         cases.push(pristine[..pristine.len() - 4096].to_vec());

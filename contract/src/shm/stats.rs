@@ -23,7 +23,8 @@ const KIND_STREAM: u8 = 2;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SessionStats {
     pub session: SessionId,
-    /// Datagrams received from the session's peer (RTP and RTCP, accepted or not).
+    /// Media datagrams received from the session's peer (RTP, RTCP or undecodable, accepted
+    /// or not; STUN and DTLS go to control and are not counted).
     pub packets_in: u64,
     pub bytes_in: u64,
     /// Datagrams the relay queued towards the peer (media and RTCP it forwarded or made).
