@@ -396,6 +396,7 @@ impl DiagState {
         self.last_publish = Some(now);
         self.publishes += 1;
         let Some(shm) = self.shm.clone() else { return };
+        let skipped_before = self.unpublished;
         let published = self.unix_ms(Some(now));
         for (id, d) in sessions {
             if !d.dirty {
@@ -458,6 +459,13 @@ impl DiagState {
                 shm.put_stat(self.worker, i, &rec);
                 self.writes += 1;
             }
+        }
+        if skipped_before == 0 && self.unpublished != 0 {
+            tracing::warn!(
+                worker = self.worker,
+                slots = self.own.len(),
+                "session-stats region full: some sessions' diagnostics are not published"
+            );
         }
     }
 

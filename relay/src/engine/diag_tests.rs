@@ -223,3 +223,45 @@ fn a_new_engine_clears_its_region_and_others_are_untouched() {
         "other worker kept"
     );
 }
+
+#[test]
+fn a_full_region_skips_records_and_never_blocks_forwarding() {
+    let path = std::env::temp_dir().join(format!("sluice-diag3-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _guard = TempFile(path.clone());
+    let cap = Capacity {
+        sessions: 8,
+        routes: 8,
+        workers: 1,
+    };
+    // Two slots: the publisher's session and stream records fit, the viewer's do not.
+    let mut w = ShmWriter::create_with_regions(&path, cap, 8, 2).unwrap();
+    w.put_session(&session(1, Role::Trunk)).unwrap();
+    w.put_session(&session(2, Role::Viewer)).unwrap();
+    w.put_route(&RouteRecord {
+        id: 1,
+        from: 1,
+        ssrc: None,
+        to: 2,
+        rewrite: Rewrite::default(),
+    })
+    .unwrap();
+    let shm = Arc::new(ShmReader::open(&path).unwrap());
+    let mut world = World {
+        engine: Engine::new(shm.clone(), EngineConfig::default()),
+        tx: TxQueue::with_capacity(8),
+        slow: TxQueue::with_capacity(8),
+    };
+    let mut sender = Context::new(key(1), ContextOptions::default()).unwrap();
+    let t0 = Instant::now();
+    for seq in 1..=5u16 {
+        let p = rtp(&mut sender, seq);
+        world.batch(t0 + PUBLISH_INTERVAL * u32::from(seq), Some(&p));
+        assert_eq!(world.tx.len(), 1, "forwarded whatever the region holds");
+    }
+    let d = world.engine.forwarder().diagnostics();
+    assert!(d.unpublished() > 0);
+    let (diag, _) = shm.diagnostics();
+    // The publisher (first in the index) took both slots at the first publish.
+    assert_eq!(diag.sessions.keys().copied().collect::<Vec<_>>(), [1]);
+}
