@@ -10,8 +10,8 @@
 //! other workers' slots, SRTP.
 //!
 //! Counting is plain integer arithmetic on the worker's own state: no atomics, no allocation
-//! per packet (a session's stream lists are reserved whole at their first entry, like its
-//! SRTP stream tracks). Publishing is not per packet: at most every [`PUBLISH_INTERVAL`], from
+//! per packet (a session's stream lists grow only when a new stream arrives past their
+//! capacity, [`make_room`]). Publishing is not per packet: at most every [`PUBLISH_INTERVAL`], from
 //! the end of a batch, and only sessions that had traffic since.
 
 use super::reception::Reception;
@@ -196,7 +196,7 @@ pub struct SessionDiag {
     pub replays: u64,
     pub last_in: Option<Instant>,
     pub last_out: Option<Instant>,
-    /// Received and sent streams; each list reserved whole (`limit`) at its first entry.
+    /// Received and sent streams, each list grown by [`make_room`].
     pub rx: Vec<RxStream>,
     pub tx: Vec<TxStream>,
     /// Anything changed since the last publish.
@@ -250,11 +250,8 @@ impl SessionDiag {
         let s = match self.rx.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => &mut self.rx[i],
             None => {
-                if self.rx.len() >= limit {
+                if !make_room(&mut self.rx, limit) {
                     return;
-                }
-                if self.rx.capacity() < limit {
-                    self.rx.reserve_exact(limit - self.rx.len());
                 }
                 self.rx.push(RxStream::new(ssrc, seq, ts, now));
                 let last = self.rx.len() - 1;
@@ -270,11 +267,8 @@ impl SessionDiag {
         let s = match self.tx.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => &mut self.tx[i],
             None => {
-                if self.tx.len() >= limit {
+                if !make_room(&mut self.tx, limit) {
                     return;
-                }
-                if self.tx.capacity() < limit {
-                    self.tx.reserve_exact(limit - self.tx.len());
                 }
                 self.tx.push(TxStream {
                     ssrc,
@@ -291,6 +285,25 @@ impl SessionDiag {
         s.bytes += len as u64;
         s.last = now.or(s.last);
     }
+}
+
+/// A session's stream lists start at this capacity.
+const INITIAL_STREAMS: usize = 4;
+
+/// Room for one more stream in `v` (false at `limit`): capacity doubles from
+/// [`INITIAL_STREAMS`] up to `limit`, so a list allocates only when a new stream arrives past
+/// its capacity (a few times per session at most), never for a packet of a known stream; and
+/// a session with one or two streams does not hold `limit` entries.
+#[inline]
+fn make_room<T>(v: &mut Vec<T>, limit: usize) -> bool {
+    if v.len() >= limit {
+        return false;
+    }
+    if v.len() == v.capacity() {
+        let want = (v.len() * 2).max(INITIAL_STREAMS).min(limit);
+        v.reserve_exact(want - v.len());
+    }
+    true
 }
 
 /// This worker's session-stats region and publish clock.

@@ -265,3 +265,24 @@ fn a_full_region_skips_records_and_never_blocks_forwarding() {
     // The publisher (first in the index) took both slots at the first publish.
     assert_eq!(diag.sessions.keys().copied().collect::<Vec<_>>(), [1]);
 }
+
+#[test]
+fn stream_lists_grow_by_doubling_up_to_the_limit() {
+    use super::diag::SessionDiag;
+    let mut d = SessionDiag::default();
+    let now = Some(Instant::now());
+    d.on_rtp_out(1, 100, now, 10);
+    assert_eq!(d.tx.capacity(), 4, "one stream does not hold the limit");
+    for ssrc in 2..=12 {
+        d.on_rtp_out(ssrc, 100, now, 10);
+    }
+    assert_eq!(d.tx.len(), 10, "streams past the limit are not tracked");
+    assert_eq!(d.tx.capacity(), 10);
+    // A known stream counts without growing anything.
+    d.on_rtp_out(3, 50, now, 10);
+    assert_eq!((d.tx[2].packets, d.tx[2].bytes), (2, 150));
+    d.on_rtp_in(7, 1, 0, 80, now, 2);
+    d.on_rtp_in(8, 1, 0, 80, now, 2);
+    d.on_rtp_in(9, 1, 0, 80, now, 2);
+    assert_eq!((d.rx.len(), d.rx.capacity()), (2, 2));
+}
