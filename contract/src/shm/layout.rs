@@ -8,7 +8,7 @@
 //! streams_offset (page-aligned) stream-state high-water marks, capacity.workers × u32
 //! stream_slots_offset (page-aligned) stream-state slots, capacity.workers × streams × STREAM_SLOT_SIZE
 //! stats_offset   (page-aligned) session-stats high-water marks, capacity.workers × u32
-//! stat_slots_offset (page-aligned) session-stats slots, capacity.workers × stats × STAT_SLOT_SIZE
+//! stat_slots_offset (page-aligned) session-stats slots, workers × stats × STAT_SLOT_SIZE
 //! file_size      (page-aligned)
 //! ```
 //! Every field is an atomic: the header is written by control (layout, generation), by the

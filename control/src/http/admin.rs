@@ -6,7 +6,8 @@
 //!
 //! May not touch: shm writes and the journal (the core does; handlers only read the relay's
 //! counters and statistics through the ledger's reader, which never blocks the relay),
-//! sockets (the server hands requests in). WebRTC endpoints are in [`super::whip`], applications and rooms in [`super::apps_api`].
+//! sockets (the server hands requests in). WebRTC endpoints are in [`super::whip`],
+//! applications and rooms in [`super::apps_api`].
 
 use super::body::{parse_id, parse_key, parse_peer, parse_rewrite, Body};
 use super::health::{self, RelayHealth};
@@ -540,12 +541,17 @@ fn stream_json(st: &StreamStats, now: u64) -> Value {
     };
     let reception = st.reception.map_or(Value::Null, |r| {
         let known = r.clock_rate != 0;
+        let loss = if r.expected == 0 {
+            0.0
+        } else {
+            r.cumulative_lost.max(0) as f64 / f64::from(r.expected)
+        };
         json!({
             "extended_highest_seq": r.extended_highest,
             "expected": r.expected,
             "received": r.received,
             "cumulative_lost": r.cumulative_lost,
-            "loss_fraction": if r.expected == 0 { 0.0 } else { r.cumulative_lost.max(0) as f64 / f64::from(r.expected) },
+            "loss_fraction": loss,
             "fraction_lost_recent": f64::from(r.fraction_lost) / 256.0,
             "clock_rate": known.then_some(r.clock_rate),
             "jitter_rtp": known.then_some(r.jitter_rtp),
