@@ -84,6 +84,8 @@ fn bench_engine(c: &mut Criterion) {
             });
             fwd.set_now(Instant::now());
             fwd.rebuild(&mut sessions, &mut routes);
+            // A batch clock, as a worker sets one: per-stream statistics run as in production.
+            fwd.set_now(std::time::Instant::now());
             let mut publisher = Context::new(key(profile, 1), opts()).expect("context");
             let mut seq: u16 = 0;
             let mut tx = TxQueue::with_capacity(BATCH * usize::from(fanout));

@@ -557,6 +557,24 @@ fn admin_api_end_to_end_with_restart() {
 
     let (st, list) = d.get("/v1/sessions");
     assert_eq!((st, list.as_array().unwrap().len()), (200, 3));
+    // No relay has counted anything yet: zero counters, state "new", no room.
+    assert_eq!(list[0]["stats"]["state"], json!("new"), "{list}");
+    assert_eq!(list[0]["stats"]["packets_in"], json!(0));
+    assert_eq!(list[0]["app"], Value::Null);
+    let (st, one) = d.get(&format!("/v1/sessions/{ida}/stats"));
+    assert_eq!(st, 200, "{one}");
+    assert_eq!(
+        (one["id"].as_u64(), &one["streams"]),
+        (Some(ida), &json!([]))
+    );
+    assert_eq!(one["stats"]["last_in_unix_ms"], Value::Null);
+    assert_error(d.get("/v1/sessions/999/stats"), 404, "999");
+    assert_eq!(d.get("/v1/streams"), (200, json!([])));
+    assert_eq!(
+        d.req("POST", "/v1/streams", Some(TOKEN), None).0,
+        405,
+        "GET only"
+    );
     assert_eq!(
         d.get(&format!("/v1/sessions/{idb}")).1["max_pps"],
         json!(5000)

@@ -51,7 +51,11 @@ pub enum Command {
     /// the relay is down.
     Status,
     /// Show per-worker packet counters and drops.
-    Stats,
+    Stats {
+        /// Per-stream statistics instead: packets, bytes, loss and jitter of every stream.
+        #[arg(long)]
+        streams: bool,
+    },
     /// List sessions.
     Sessions,
     /// List routes.
@@ -143,6 +147,14 @@ pub enum SessionCmd {
     },
     /// Remove a session.
     Del {
+        /// Session id.
+        id: u64,
+    },
+    /// List sessions with their traffic: packets in/out, last packet, state.
+    List,
+    /// Everything about one session: counters, auth failures, replays, last packet times,
+    /// profile, peer, and its streams with loss and jitter.
+    Show {
         /// Session id.
         id: u64,
     },

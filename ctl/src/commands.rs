@@ -19,7 +19,10 @@ use crate::validate;
 pub enum Request {
     Status,
     Stats,
+    Streams,
     Sessions,
+    SessionList,
+    SessionShow(u64),
     Routes,
     SessionAdd(Value),
     SessionDel(u64),
@@ -33,7 +36,8 @@ pub enum Request {
 pub fn prepare(cmd: &Command) -> Result<Request> {
     Ok(match cmd {
         Command::Status => Request::Status,
-        Command::Stats => Request::Stats,
+        Command::Stats { streams: false } => Request::Stats,
+        Command::Stats { streams: true } => Request::Streams,
         Command::Sessions => Request::Sessions,
         Command::Routes => Request::Routes,
         Command::Drain => Request::Drain,
@@ -65,6 +69,8 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             Request::SessionAdd(body)
         }
         Command::Session(SessionCmd::Del { id }) => Request::SessionDel(*id),
+        Command::Session(SessionCmd::List) => Request::SessionList,
+        Command::Session(SessionCmd::Show { id }) => Request::SessionShow(*id),
         Command::Route(RouteCmd::Add {
             from,
             ssrc,
@@ -166,6 +172,27 @@ pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Res
             match out {
                 Output::Json => print_json(&v),
                 Output::Human => print!("{}", stats_text(&v)),
+            }
+        }
+        Request::Streams => {
+            let v = client.get("/v1/streams")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", streams_text(&v, true)),
+            }
+        }
+        Request::SessionList => {
+            let v = client.get("/v1/sessions")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", session_list_text(&v)),
+            }
+        }
+        Request::SessionShow(id) => {
+            let v = client.get(&format!("/v1/sessions/{id}/stats"))?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", session_show_text(&v)),
             }
         }
         Request::Sessions => {
@@ -364,6 +391,188 @@ fn sessions_text(v: &Value) -> String {
         ],
         &rows,
     )
+}
+
+/// `app/room`, or `-` for a session outside any room.
+fn room_cell(s: &Value) -> String {
+    match (
+        s.get("app").and_then(Value::as_str),
+        s.get("room").and_then(Value::as_str),
+    ) {
+        (Some(a), Some(r)) => format!("{a}/{r}"),
+        _ => "-".to_string(),
+    }
+}
+
+/// An age in milliseconds as `850ms`, `12.3s`, `4m05s`, `2h03m`; `-` for null (never).
+fn age(v: Option<&Value>) -> String {
+    let Some(ms) = v.and_then(Value::as_u64) else {
+        return "-".to_string();
+    };
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// The more recent of the last packet in and out, as an age.
+fn last_packet_age(stats: &Value) -> String {
+    let a = stats.get("last_in_age_ms").and_then(Value::as_u64);
+    let b = stats.get("last_out_age_ms").and_then(Value::as_u64);
+    match (a, b) {
+        (Some(a), Some(b)) => age(Some(&json!(a.min(b)))),
+        (Some(x), None) | (None, Some(x)) => age(Some(&json!(x))),
+        (None, None) => "-".to_string(),
+    }
+}
+
+/// `sluicectl session list`.
+fn session_list_text(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = as_list(v)
+        .iter()
+        .map(|s| {
+            let st = s.get("stats").unwrap_or(&Value::Null);
+            vec![
+                field(s, "id"),
+                room_cell(s),
+                field(s, "peer"),
+                field(s, "profile"),
+                field(st, "packets_in"),
+                field(st, "packets_out"),
+                last_packet_age(st),
+                field(st, "state"),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "ID", "APP/ROOM", "PEER", "PROFILE", "PKTS_IN", "PKTS_OUT", "LAST", "STATE",
+        ],
+        &rows,
+    )
+}
+
+/// `sluicectl session show ID`: the session and its counters as `key value` lines, then its
+/// streams.
+fn session_show_text(v: &Value) -> String {
+    let st = v.get("stats").unwrap_or(&Value::Null);
+    let when = |t: &str, a: &str| match st.get(t).filter(|x| !x.is_null()) {
+        Some(x) => format!("{} ({} ago)", table::unix_ms(Some(x)), age(st.get(a))),
+        None => "never".to_string(),
+    };
+    let workers: Vec<String> = as_list(v.get("workers").unwrap_or(&Value::Null))
+        .iter()
+        .map(|w| cell(Some(w)))
+        .collect();
+    let rows: Vec<(&str, String)> = vec![
+        ("session", field(v, "id")),
+        ("state", field(st, "state")),
+        ("app/room", room_cell(v)),
+        ("peer", field(v, "peer")),
+        ("profile", field(v, "profile")),
+        ("role", field(v, "role")),
+        ("key_epoch", field(v, "key_epoch")),
+        ("created", table::unix_ms(v.get("created_unix_ms"))),
+        (
+            "in",
+            format!(
+                "{} packets, {} bytes",
+                field(st, "packets_in"),
+                field(st, "bytes_in")
+            ),
+        ),
+        (
+            "out",
+            format!(
+                "{} packets, {} bytes",
+                field(st, "packets_out"),
+                field(st, "bytes_out")
+            ),
+        ),
+        ("auth_failures", field(st, "auth_failures")),
+        ("replays", field(st, "replays")),
+        ("last_in", when("last_in_unix_ms", "last_in_age_ms")),
+        ("last_out", when("last_out_unix_ms", "last_out_age_ms")),
+        (
+            "workers",
+            if workers.is_empty() {
+                "-".to_string()
+            } else {
+                workers.join(",")
+            },
+        ),
+    ];
+    let mut out: String = rows
+        .iter()
+        .map(|(k, val)| format!("{k:<14} {val}\n"))
+        .collect();
+    let streams = v.get("streams").unwrap_or(&Value::Null);
+    if as_list(streams).is_empty() {
+        out.push_str("streams        none\n");
+    } else {
+        out.push('\n');
+        out.push_str(&streams_text(streams, false));
+    }
+    out
+}
+
+/// A float cell with `digits` decimals; `-` for null.
+fn fixed(v: Option<&Value>, digits: usize) -> String {
+    match v.and_then(Value::as_f64) {
+        Some(x) => format!("{x:.digits$}"),
+        None => "-".to_string(),
+    }
+}
+
+/// Streams with their loss and jitter (`stats --streams`, and `session show` without the
+/// session column).
+fn streams_text(v: &Value, with_session: bool) -> String {
+    let rows: Vec<Vec<String>> = as_list(v)
+        .iter()
+        .map(|s| {
+            let r = s.get("reception").unwrap_or(&Value::Null);
+            let loss = r
+                .get("loss_fraction")
+                .and_then(Value::as_f64)
+                .map_or("-".to_string(), |f| format!("{:.2}", f * 100.0));
+            let mut row = Vec::new();
+            if with_session {
+                row.push(field(s, "session"));
+            }
+            row.extend([
+                field(s, "direction"),
+                field(s, "ssrc"),
+                field(s, "packets"),
+                field(s, "bytes"),
+                field(r, "expected"),
+                field(r, "cumulative_lost"),
+                loss,
+                fixed(r.get("jitter_ms"), 2),
+                field(r, "clock_rate"),
+                age(s.get("last_age_ms")),
+            ]);
+            row
+        })
+        .collect();
+    let mut headers = Vec::new();
+    if with_session {
+        headers.push("SESSION");
+    }
+    headers.extend([
+        "DIR",
+        "SSRC",
+        "PKTS",
+        "BYTES",
+        "EXPECTED",
+        "LOST",
+        "LOSS_%",
+        "JITTER_MS",
+        "CLOCK",
+        "LAST",
+    ]);
+    table::render(&headers, &rows)
 }
 
 fn rewrite_text(rw: Option<&Value>) -> String {

@@ -157,6 +157,90 @@ fn tables_render() {
     assert_eq!(v["workers"], 2);
 }
 
+const STREAM_IN: &str = r#"{"session":7,"ssrc":168496141,"direction":"in","packets":197,"bytes":18124,"last_unix_ms":1709251199000,"last_age_ms":180,
+    "reception":{"extended_highest_seq":200,"expected":199,"received":196,"cumulative_lost":3,"loss_fraction":0.0150753,"fraction_lost_recent":0.0,"clock_rate":48000,"jitter_rtp":94,"jitter_ms":1.958}}"#;
+const STREAM_OUT: &str = r#"{"session":7,"ssrc":1287,"direction":"out","packets":12,"bytes":1400,"last_unix_ms":null,"last_age_ms":null,"reception":null}"#;
+
+#[test]
+fn session_list_show_and_stream_stats() {
+    let fake = FakeControl::start(|s| {
+        match s.path.as_str() {
+        "/v1/sessions" => (
+            200,
+            r#"[{"id":7,"peer":"127.0.0.1:5000","profile":"AEAD_AES_128_GCM","role":"trunk","app":"demo","room":"blue",
+                "stats":{"state":"active","packets_in":200,"packets_out":12,"last_in_age_ms":180,"last_out_age_ms":65000}},
+               {"id":8,"peer":"[::1]:9","profile":"AES_CM_128_HMAC_SHA1_80","role":"viewer","app":null,"room":null,
+                "stats":{"state":"new","packets_in":0,"packets_out":0,"last_in_age_ms":null,"last_out_age_ms":null}}]"#
+                .into(),
+        ),
+        "/v1/sessions/7/stats" => (
+            200,
+            format!(
+                r#"{{"id":7,"peer":"127.0.0.1:5000","profile":"AEAD_AES_128_GCM","role":"trunk","key_epoch":0,"created_unix_ms":1709251199000,"app":null,"room":null,
+                "stats":{{"state":"active","packets_in":200,"bytes_in":20000,"packets_out":12,"bytes_out":1400,"auth_failures":1,"replays":2,
+                  "last_in_unix_ms":1709251199000,"last_in_age_ms":180,"last_out_unix_ms":null,"last_out_age_ms":null}},
+                "workers":[0,1],"streams":[{STREAM_IN},{STREAM_OUT}]}}"#
+            ),
+        ),
+        "/v1/streams" => (200, format!("[{STREAM_IN},{STREAM_OUT}]")),
+        _ => (404, r#"{"error":"no such session"}"#.into()),
+    }
+    });
+    let dir = temp_dir("diag");
+    write_runtime(&dir, &fake.url, "t");
+
+    let o = run(&["session", "list"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "ID  APP/ROOM   PEER            PROFILE                  PKTS_IN  PKTS_OUT  LAST   STATE\n \
+          7  demo/blue  127.0.0.1:5000  AEAD_AES_128_GCM             200        12  180ms  active\n \
+          8  -          [::1]:9         AES_CM_128_HMAC_SHA1_80        0         0  -      new\n"
+    );
+
+    let o = run(&["session", "show", "7"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        "state          active\n",
+        "peer           127.0.0.1:5000\n",
+        "profile        AEAD_AES_128_GCM\n",
+        "in             200 packets, 20000 bytes\n",
+        "auth_failures  1\n",
+        "replays        2\n",
+        "last_in        2024-02-29T23:59:59Z (180ms ago)\n",
+        "last_out       never\n",
+        "workers        0,1\n",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from\n{out}");
+    }
+    assert!(
+        out.contains(
+            "DIR  SSRC       PKTS  BYTES  EXPECTED  LOST  LOSS_%  JITTER_MS  CLOCK  LAST\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "in   168496141   197  18124       199     3  1.51    1.96       48000  180ms\n"
+        ),
+        "{out}"
+    );
+
+    let o = run(&["session", "show", "7", "--json"], &dir);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["streams"][0]["reception"]["cumulative_lost"], 3);
+
+    let o = run(&["stats", "--streams"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("SESSION  DIR  SSRC"), "{out}");
+    assert!(out.contains("      7  out       1287"), "{out}");
+
+    let o = run(&["session", "show", "99"], &dir);
+    assert_eq!(o.status.code(), Some(4), "API error: {}", stderr(&o));
+}
+
 #[test]
 fn route_add_del_drain_rekey() {
     let fake = FakeControl::start(|s| match (s.method.as_str(), s.path.as_str()) {

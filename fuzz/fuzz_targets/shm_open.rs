@@ -4,14 +4,15 @@
 //! The image: either the raw input (byte 0 even; with bit 2 set, zero-extended to the file
 //! size its header declares, at most 1 MiB, so that crafted headers reach every field check),
 //! or (byte 0 odd) a valid file written by `ShmWriter` with one session, one route, one
-//! stream-state entry and relay info, patched at offsets the input chooses, which reaches the
-//! slot decoders past the header checks.
+//! stream-state entry, two session-stats entries and relay info, patched at offsets the input
+//! chooses, which reaches the slot decoders past the header checks.
 //!
 //! 1. `ShmReader::check_image` (the same checks `open` runs, on the bytes; no file, no map).
 //! 2. When it accepts the image, and for one refused image in 16 (byte 0 ≥ 0xf0): the image is
 //!    written as a shm file (tmpfs when there is one; one file per process, rewritten in place) and opened with `ShmReader::open`, which
 //!    must agree with step 1 (same verdict, same error variant, same capacity); then every
-//!    session, route and stream-state slot, the counters and the relay info are read, and
+//!    session, route, stream-state and session-stats slot, the counters and the relay info are
+//!    read (and the per-session diagnostics summed), and
 //!    (byte 0 bit 1) the writer's adopt path `ShmWriter::open_existing` runs on it.
 //!
 //! Nothing may panic or read outside the mapping.
@@ -20,7 +21,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use contract::shm::{
-    Capacity, Rewrite, RouteRecord, SessionRecord, ShmReader, ShmWriter, StreamDir, StreamRecord,
+    Capacity, ReceptionStats, Rewrite, RouteRecord, SessionRecord, SessionStats, ShmReader,
+    ShmWriter, StatRecord, StreamDir, StreamRecord, StreamStats,
 };
 use contract::srtp::{MasterKey, Profile};
 use std::fs::File;
@@ -42,9 +44,10 @@ fn path(tag: &str) -> PathBuf {
     dir.join(format!("sluice-fuzz-shm-{}-{tag}", std::process::id()))
 }
 
-/// A small valid file: 4 sessions, 4 routes, 1 worker with 4 stream-state slots; one session,
-/// one route and one stream-state entry written, relay info and a heartbeat set. Small enough
-/// (about 24 KiB) that the u16 patch offsets reach every byte of it.
+/// A small valid file: 4 sessions, 4 routes, 1 worker with 4 stream-state and 4 session-stats
+/// slots; one session, one route, one stream-state entry and two session-stats entries
+/// written, relay info and a heartbeat set. Small enough (about 32 KiB) that the u16 patch
+/// offsets reach every byte of it.
 fn template() -> &'static [u8] {
     static T: OnceLock<Vec<u8>> = OnceLock::new();
     T.get_or_init(|| {
@@ -55,7 +58,7 @@ fn template() -> &'static [u8] {
             routes: 4,
             workers: 1,
         };
-        let mut w = ShmWriter::create_with_streams(&p, cap, 4).expect("template shm file");
+        let mut w = ShmWriter::create_with_regions(&p, cap, 4, 4).expect("template shm file");
         let key = MasterKey::new(Profile::Aes128CmSha1_80, &[7u8; 30]).expect("30-byte key");
         w.put_session(&SessionRecord {
             id: 1,
@@ -91,6 +94,38 @@ fn template() -> &'static [u8] {
                 ts: 0,
                 rewritten: false,
             },
+        ));
+        assert!(r.put_stat(
+            0,
+            0,
+            &StatRecord::Session(SessionStats {
+                session: 1,
+                packets_in: 10,
+                auth_failures: 1,
+                writer_pid: 1,
+                ..SessionStats::default()
+            }),
+        ));
+        assert!(r.put_stat(
+            0,
+            1,
+            &StatRecord::Stream(StreamStats {
+                session: 1,
+                ssrc: 0x1234,
+                dir: StreamDir::In,
+                packets: 9,
+                bytes: 900,
+                last_unix_ms: 1_700_000_000_400,
+                published_unix_ms: 1_700_000_000_450,
+                writer_pid: 1,
+                reception: Some(ReceptionStats {
+                    extended_highest: 9,
+                    expected: 9,
+                    received: 9,
+                    clock_rate: 48_000,
+                    ..ReceptionStats::default()
+                }),
+            }),
         ));
         drop(r);
         drop(w);
@@ -176,6 +211,18 @@ fn scan(r: &ShmReader) {
     assert!(
         u64::from(st.records + st.invalid + st.busy) <= u64::from(cap.workers) * u64::from(per)
     );
+    let per = r.stats_per_worker();
+    for w in 0..cap.workers.min(4) + 1 {
+        let _ = r.stat_high_water(w);
+        for i in 0..per.min(16) + 1 {
+            let _ = r.stat_slot(w, i);
+        }
+    }
+    let (d, st) = r.diagnostics();
+    assert!(
+        u64::from(st.records + st.invalid + st.busy) <= u64::from(cap.workers) * u64::from(per)
+    );
+    assert!(d.sessions.len() as u64 + u64::from(d.stale) <= u64::from(st.records));
     for w in 0..cap.workers as usize + 1 {
         let _ = r.worker_counters(w);
     }

@@ -162,6 +162,8 @@ fn run(cli: Cli, cfg: Config) -> Result<(), String> {
     let make_engine = move |i| {
         let mut e = <Engine>::new(r.clone(), EngineConfig { worker: i, ..ecfg });
         e.attach_hub(hub.clone());
+        // The engine never reads the wall clock: published packet times count from here.
+        e.set_wall_clock(Instant::now(), unix_ms());
         e
     };
     let (running, takeover_from) = if cli.takeover {

@@ -1,5 +1,5 @@
 //! Zero heap allocations per packet in the engine after warm-up (fan-out 1 and 10, RTP and
-//! RTCP), counted by a global allocator. Its own test binary so no other test allocates
+//! RTCP, per-session diagnostics counted and published), counted by a global allocator. Its own test binary so no other test allocates
 //! concurrently; the one test runs its cases in sequence.
 
 mod engine_support;
@@ -102,9 +102,13 @@ fn case(profile: Profile, fanout: u64) {
     rig.engine.end_batch(rig.now);
     let before = rig.engine.totals().packets_out;
 
+    let published = rig.engine.forwarder().diagnostics().publishes();
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     for chunk in 2..(total as usize / 10) {
+        // Each batch a publish interval later: every end_batch publishes the per-session
+        // diagnostics too, and that must not allocate either.
+        rig.now += relay::engine::diag::PUBLISH_INTERVAL;
         rig.engine.begin_batch(rig.now);
         for i in chunk * 10..chunk * 10 + 10 {
             run(&mut rig, p.addr, &rtp_in[i]);
@@ -122,6 +126,13 @@ fn case(profile: Profile, fanout: u64) {
         allocs, 0,
         "{profile} fan-out {fanout}: {allocs} allocations"
     );
+    let rounds = rig.engine.forwarder().diagnostics().publishes() - published;
+    assert_eq!(
+        rounds,
+        total as u64 / 10 - 2,
+        "one diagnostics publish per batch"
+    );
+    assert_eq!(rig.engine.forwarder().diagnostics().unpublished(), 0);
     if fanout > 1 {
         nack_case(&mut rig, &mut subs[1], profile);
     }

@@ -9,6 +9,8 @@ pub enum Table {
     Routes,
     /// The relay workers' stream-state slots (per-stream SRTP rollover state).
     Streams,
+    /// The relay workers' session-stats slots (per-session and per-stream diagnostics).
+    Stats,
 }
 
 impl core::fmt::Display for Table {
@@ -17,6 +19,7 @@ impl core::fmt::Display for Table {
             Table::Sessions => "session",
             Table::Routes => "route",
             Table::Streams => "stream-state",
+            Table::Stats => "session-stats",
         })
     }
 }
@@ -48,6 +51,9 @@ pub enum SlotError {
     /// SSRC filter and no rewritten SSRC: one RTX stream pairs with one media stream).
     #[error("bad RTX output: payload type {0} (0..=127, on a single-stream route)")]
     BadRtx(u8),
+    /// A session-stats slot names a record kind other than session (1) or stream (2).
+    #[error("bad session-stats record kind {0}")]
+    BadStatKind(u8),
     /// A route names session id 0 as publisher or subscriber.
     #[error("route endpoint is session id 0")]
     ZeroEndpoint,

@@ -7,6 +7,8 @@
 //! counters_offset(page-aligned) counter blocks, capacity.workers × COUNTER_BLOCK_SIZE
 //! streams_offset (page-aligned) stream-state high-water marks, capacity.workers × u32
 //! stream_slots_offset (page-aligned) stream-state slots, capacity.workers × streams × STREAM_SLOT_SIZE
+//! stats_offset   (page-aligned) session-stats high-water marks, capacity.workers × u32
+//! stat_slots_offset (page-aligned) session-stats slots, workers × stats × STAT_SLOT_SIZE
 //! file_size      (page-aligned)
 //! ```
 //! Every field is an atomic: the header is written by control (layout, generation), by the
@@ -39,12 +41,16 @@ pub(crate) type RouteSlot = Slot<ROUTE_WORDS>;
 /// Payload words of a stream-state slot (1 sequence word + 7 = 8 words = 64 bytes).
 pub(crate) const STREAM_WORDS: usize = 7;
 pub(crate) type StreamSlot = Slot<STREAM_WORDS>;
+/// Payload words of a session-stats slot (1 sequence word + 15 = 16 words = 128 bytes).
+pub(crate) const STAT_WORDS: usize = 15;
+pub(crate) type StatSlot = Slot<STAT_WORDS>;
 
 pub(crate) const HEADER_SIZE: usize = core::mem::size_of::<Header>();
 pub(crate) const SESSION_SLOT_SIZE: usize = core::mem::size_of::<SessionSlot>();
 pub(crate) const ROUTE_SLOT_SIZE: usize = core::mem::size_of::<RouteSlot>();
 pub(crate) const COUNTER_BLOCK_SIZE: usize = core::mem::size_of::<WorkerCounters>();
 pub(crate) const STREAM_SLOT_SIZE: usize = core::mem::size_of::<StreamSlot>();
+pub(crate) const STAT_SLOT_SIZE: usize = core::mem::size_of::<StatSlot>();
 
 /// Largest capacities a file may declare (keeps every offset far from overflow and the file
 /// under ~3 GiB).
@@ -55,6 +61,11 @@ pub(crate) const MAX_WORKERS: u32 = 1024;
 pub const MAX_STREAMS_PER_WORKER: u32 = 1 << 16;
 /// Stream-state slots per worker when the creator does not choose (`shm.streams_per_worker`).
 pub const DEFAULT_STREAMS_PER_WORKER: u32 = 2048;
+/// Largest number of session-stats slots per worker.
+pub const MAX_STATS_PER_WORKER: u32 = 1 << 16;
+/// Session-stats slots per worker (one per session the worker handled plus one per stream of
+/// it; docs/SHM.md "Session-stats slot").
+pub const DEFAULT_STATS_PER_WORKER: u32 = 8192;
 
 /// Table sizes, chosen by control when it creates the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +126,13 @@ pub(crate) struct Header {
     _pad0a: AtomicU32,
     /// Offset of the stream-state region (ABI 3).
     pub streams_offset: AtomicU64,
-    _pad0: [AtomicU32; 8],
+    /// Offset of the session-stats region (ABI 6).
+    pub stats_offset: AtomicU64,
+    /// Size of one session-stats slot (ABI 6).
+    pub stat_slot_size: AtomicU32,
+    /// Session-stats slots per worker (ABI 6).
+    pub stat_capacity: AtomicU32,
+    _pad0: [AtomicU32; 4],
     // --- offset 128: written by control on every mutation ---
     /// Bumped (Release) after every slot write.
     pub generation: AtomicU64,
@@ -151,6 +168,9 @@ const _: () = {
     assert!(offset_of!(Header, stream_slot_size) == 76);
     assert!(offset_of!(Header, stream_capacity) == 80);
     assert!(offset_of!(Header, streams_offset) == 88);
+    assert!(offset_of!(Header, stats_offset) == 96);
+    assert!(offset_of!(Header, stat_slot_size) == 104);
+    assert!(offset_of!(Header, stat_capacity) == 108);
     assert!(offset_of!(Header, generation) == 128);
     assert!(offset_of!(Header, generation_futex) == 136);
     assert!(offset_of!(Header, waiters) == 140);
@@ -162,6 +182,7 @@ const _: () = {
     assert!(core::mem::size_of::<SessionSlot>() == 320);
     assert!(core::mem::size_of::<RouteSlot>() == 128);
     assert!(core::mem::size_of::<StreamSlot>() == 64);
+    assert!(core::mem::size_of::<StatSlot>() == 128);
     assert!(core::mem::size_of::<WorkerCounters>() % 64 == 0);
 };
 
@@ -177,6 +198,11 @@ pub(crate) struct Layout {
     /// The per-worker stream-state high-water marks (u32 each), then, page-aligned, the slots.
     pub streams_offset: u64,
     pub stream_slots_offset: u64,
+    /// Session-stats slots per worker.
+    pub stats: u32,
+    /// The per-worker session-stats high-water marks (u32 each), then, page-aligned, the slots.
+    pub stats_offset: u64,
+    pub stat_slots_offset: u64,
     pub file_size: u64,
 }
 
@@ -201,8 +227,17 @@ impl Layout {
     }
 
     pub(crate) fn with_streams(capacity: Capacity, streams: u32) -> Result<Layout, ShmError> {
+        Layout::with_regions(capacity, streams, DEFAULT_STATS_PER_WORKER)
+    }
+
+    pub(crate) fn with_regions(
+        capacity: Capacity,
+        streams: u32,
+        stats: u32,
+    ) -> Result<Layout, ShmError> {
         check_range("sessions", capacity.sessions, MAX_SESSIONS)?;
         check_range("streams per worker", streams, MAX_STREAMS_PER_WORKER)?;
+        check_range("session stats per worker", stats, MAX_STATS_PER_WORKER)?;
         check_range("routes", capacity.routes, MAX_ROUTES)?;
         check_range("workers", capacity.workers, MAX_WORKERS)?;
         // The bounds above keep every product below 2^32 × 320, far from u64 overflow.
@@ -215,9 +250,15 @@ impl Layout {
             page_up(counters_offset + u64::from(capacity.workers) * COUNTER_BLOCK_SIZE as u64);
         let stream_slots_offset = page_up(streams_offset + u64::from(capacity.workers) * 4);
         // ≤ 2^10 workers × 2^16 slots × 64 bytes = 4 GiB: no overflow in u64.
-        let file_size = page_up(
+        let stats_offset = page_up(
             stream_slots_offset
                 + u64::from(capacity.workers) * u64::from(streams) * STREAM_SLOT_SIZE as u64,
+        );
+        let stat_slots_offset = page_up(stats_offset + u64::from(capacity.workers) * 4);
+        // ≤ 2^10 workers × 2^16 slots × 128 bytes = 8 GiB: no overflow in u64.
+        let file_size = page_up(
+            stat_slots_offset
+                + u64::from(capacity.workers) * u64::from(stats) * STAT_SLOT_SIZE as u64,
         );
         Ok(Layout {
             capacity,
@@ -227,6 +268,9 @@ impl Layout {
             streams,
             streams_offset,
             stream_slots_offset,
+            stats,
+            stats_offset,
+            stat_slots_offset,
             file_size,
         })
     }
@@ -249,7 +293,10 @@ mod tests {
         );
         assert_eq!(l.streams, DEFAULT_STREAMS_PER_WORKER);
         assert_eq!(l.stream_slots_offset, l.streams_offset + 4096);
-        assert_eq!(l.file_size, l.stream_slots_offset + 64 * 2048 * 64);
+        assert_eq!(l.stats_offset, l.stream_slots_offset + 64 * 2048 * 64);
+        assert_eq!(l.stats, DEFAULT_STATS_PER_WORKER);
+        assert_eq!(l.stat_slots_offset, l.stats_offset + 4096);
+        assert_eq!(l.file_size, l.stat_slots_offset + 64 * 8192 * 128);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use super::counters::WorkerCounters;
 use super::error::ShmError;
 use super::layout::{
-    Capacity, Header, Layout, RouteSlot, SessionSlot, StreamSlot, ABI_VERSION, COUNTER_BLOCK_SIZE,
-    HEADER_SIZE, MAGIC, ROUTE_SLOT_SIZE, SESSION_SLOT_SIZE, STREAM_SLOT_SIZE,
+    Capacity, Header, Layout, RouteSlot, SessionSlot, StatSlot, StreamSlot, ABI_VERSION,
+    COUNTER_BLOCK_SIZE, HEADER_SIZE, MAGIC, ROUTE_SLOT_SIZE, SESSION_SLOT_SIZE, STAT_SLOT_SIZE,
+    STREAM_SLOT_SIZE,
 };
 use core::sync::atomic::{AtomicU32, Ordering};
 use memmap2::{MmapOptions, MmapRaw};
@@ -63,8 +64,13 @@ fn mode_ok(path: &Path, file: &File, exact: bool) -> Result<(), ShmError> {
 impl Mapping {
     /// Create a new file (fails if it exists), mode 0600, sized and initialised for `cap`,
     /// exclusively locked for the calling writer. The magic is stored last.
-    pub(crate) fn create(path: &Path, cap: Capacity, streams: u32) -> Result<Mapping, ShmError> {
-        let layout = Layout::with_streams(cap, streams)?;
+    pub(crate) fn create(
+        path: &Path,
+        cap: Capacity,
+        streams: u32,
+        stats: u32,
+    ) -> Result<Mapping, ShmError> {
+        let layout = Layout::with_regions(cap, streams, stats)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -112,6 +118,9 @@ impl Mapping {
         h.stream_slot_size.store(STREAM_SLOT_SIZE as u32, r);
         h.stream_capacity.store(l.streams, r);
         h.streams_offset.store(l.streams_offset, r);
+        h.stat_slot_size.store(STAT_SLOT_SIZE as u32, r);
+        h.stat_capacity.store(l.stats, r);
+        h.stats_offset.store(l.stats_offset, r);
         h.session_capacity.store(l.capacity.sessions, r);
         h.route_capacity.store(l.capacity.routes, r);
         h.worker_capacity.store(l.capacity.workers, r);
@@ -247,6 +256,40 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Session-stats slots per worker.
+    pub(crate) fn stats_per_worker(&self) -> u32 {
+        self.layout.stats
+    }
+
+    /// Session-stats slot `i` of worker `w`, or `None` past either capacity.
+    pub(crate) fn stat_slot(&self, w: u32, i: u32) -> Option<&StatSlot> {
+        if w >= self.layout.capacity.workers || i >= self.layout.stats {
+            return None;
+        }
+        let n = u64::from(w) * u64::from(self.layout.stats) + u64::from(i);
+        let off = self.layout.stat_slots_offset as usize + n as usize * STAT_SLOT_SIZE;
+        // SAFETY: `w` and `i` are below the validated capacities and the validated file covers
+        // `stat_slots_offset + workers × stats × STAT_SLOT_SIZE`; the region starts on a page
+        // and slots are 128 bytes, a multiple of StatSlot's 64-byte alignment; atomics only;
+        // the reference borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const StatSlot) })
+    }
+
+    /// Worker `w`'s session-stats high-water mark, or `None` past the worker capacity.
+    pub(crate) fn stat_high_water(&self, w: u32) -> Option<&AtomicU32> {
+        if w >= self.layout.capacity.workers {
+            return None;
+        }
+        let off = self.layout.stats_offset as usize + w as usize * 4;
+        // SAFETY: `w < workers capacity` and the validated file covers the high-water array
+        // (`workers × 4` bytes from the page-aligned `stats_offset`), so the pointer is in
+        // bounds and 4-byte aligned; AtomicU32 may be shared across threads and processes;
+        // the reference borrows `self`, which owns the mapping.
+        Some(unsafe { &*(self.raw.as_ptr().add(off) as *const AtomicU32) })
+    }
+}
+
 /// The header fields [`validate_fields`] checks, as plain values: loaded from a mapping's
 /// atomics ([`HeaderFields::load`]) or decoded from a byte image of the file
 /// ([`HeaderFields::decode`]), so both paths run the same checks.
@@ -259,14 +302,17 @@ struct HeaderFields {
     route_slot_size: u32,
     counter_block_size: u32,
     stream_slot_size: u32,
+    stat_slot_size: u32,
     session_capacity: u32,
     route_capacity: u32,
     worker_capacity: u32,
     stream_capacity: u32,
+    stat_capacity: u32,
     sessions_offset: u64,
     routes_offset: u64,
     counters_offset: u64,
     streams_offset: u64,
+    stats_offset: u64,
     file_size: u64,
 }
 
@@ -284,14 +330,17 @@ impl HeaderFields {
             route_slot_size: h.route_slot_size.load(r),
             counter_block_size: h.counter_block_size.load(r),
             stream_slot_size: h.stream_slot_size.load(r),
+            stat_slot_size: h.stat_slot_size.load(r),
             session_capacity: h.session_capacity.load(r),
             route_capacity: h.route_capacity.load(r),
             worker_capacity: h.worker_capacity.load(r),
             stream_capacity: h.stream_capacity.load(r),
+            stat_capacity: h.stat_capacity.load(r),
             sessions_offset: h.sessions_offset.load(r),
             routes_offset: h.routes_offset.load(r),
             counters_offset: h.counters_offset.load(r),
             streams_offset: h.streams_offset.load(r),
+            stats_offset: h.stats_offset.load(r),
             file_size: h.file_size.load(r),
         }
     }
@@ -320,14 +369,17 @@ impl HeaderFields {
             route_slot_size: u32_at(offset_of!(Header, route_slot_size)),
             counter_block_size: u32_at(offset_of!(Header, counter_block_size)),
             stream_slot_size: u32_at(offset_of!(Header, stream_slot_size)),
+            stat_slot_size: u32_at(offset_of!(Header, stat_slot_size)),
             session_capacity: u32_at(offset_of!(Header, session_capacity)),
             route_capacity: u32_at(offset_of!(Header, route_capacity)),
             worker_capacity: u32_at(offset_of!(Header, worker_capacity)),
             stream_capacity: u32_at(offset_of!(Header, stream_capacity)),
+            stat_capacity: u32_at(offset_of!(Header, stat_capacity)),
             sessions_offset: u64_at(offset_of!(Header, sessions_offset)),
             routes_offset: u64_at(offset_of!(Header, routes_offset)),
             counters_offset: u64_at(offset_of!(Header, counters_offset)),
             streams_offset: u64_at(offset_of!(Header, streams_offset)),
+            stats_offset: u64_at(offset_of!(Header, stats_offset)),
             file_size: u64_at(offset_of!(Header, file_size)),
         })
     }
@@ -382,6 +434,7 @@ fn validate_fields(h: &HeaderFields, len: u64, path: &Path) -> Result<Layout, Sh
             COUNTER_BLOCK_SIZE,
         ),
         ("stream slot size", h.stream_slot_size, STREAM_SLOT_SIZE),
+        ("session-stats slot size", h.stat_slot_size, STAT_SLOT_SIZE),
     ];
     for (field, file, ours) in sizes {
         if file as usize != ours {
@@ -392,19 +445,21 @@ fn validate_fields(h: &HeaderFields, len: u64, path: &Path) -> Result<Layout, Sh
             });
         }
     }
-    let layout = Layout::with_streams(
+    let layout = Layout::with_regions(
         Capacity {
             sessions: h.session_capacity,
             routes: h.route_capacity,
             workers: h.worker_capacity,
         },
         h.stream_capacity,
+        h.stat_capacity,
     )?;
     let offsets = [
         ("sessions offset", h.sessions_offset, layout.sessions_offset),
         ("routes offset", h.routes_offset, layout.routes_offset),
         ("counters offset", h.counters_offset, layout.counters_offset),
         ("streams offset", h.streams_offset, layout.streams_offset),
+        ("session-stats offset", h.stats_offset, layout.stats_offset),
         ("file size", h.file_size, layout.file_size),
     ];
     for (field, file, ours) in offsets {
@@ -521,7 +576,7 @@ mod tests {
             routes: 8,
             workers: 2,
         };
-        drop(Mapping::create(&path, cap, 3).unwrap());
+        drop(Mapping::create(&path, cap, 3, 5).unwrap());
         let pristine = std::fs::read(&path).unwrap();
         let mut cases: Vec<Vec<u8>> = vec![pristine.clone(), Vec::new(), pristine[..100].to_vec()];
         cases.push(pristine[..pristine.len() - 4096].to_vec());

@@ -1,7 +1,7 @@
 //! The control ↔ relay shared-memory contract (design.md "Shared memory").
 //!
 //! Owns: the file layout (header, session table, route table, per-worker counter blocks,
-//! per-worker stream-state regions),
+//! per-worker stream-state regions, per-worker session-stats regions),
 //! the single writer (control, [`ShmWriter`]) and the lock-free readers (relay workers,
 //! sluicectl, metrics: [`ShmReader`]). `unsafe` is allowed here and only here besides
 //! [`crate::io`]; every block has a `// SAFETY:` note.
@@ -22,6 +22,7 @@ mod layout;
 mod map;
 mod reader;
 mod seqlock;
+mod stats;
 mod streams;
 mod writer;
 
@@ -31,9 +32,13 @@ pub use counters::{
 };
 pub use error::{ShmError, SlotError, Table};
 pub use layout::{
-    Capacity, ABI_VERSION, DEFAULT_PATH, DEFAULT_STREAMS_PER_WORKER, MAGIC, MAX_STREAMS_PER_WORKER,
+    Capacity, ABI_VERSION, DEFAULT_PATH, DEFAULT_STATS_PER_WORKER, DEFAULT_STREAMS_PER_WORKER,
+    MAGIC, MAX_STATS_PER_WORKER, MAX_STREAMS_PER_WORKER,
 };
 pub use reader::{RelayInfo, ScanReport, ShmReader, BACKEND_NAME_LEN};
+pub use stats::{
+    Diagnostics, ReceptionStats, SessionDiagnostics, SessionStats, StatRecord, StreamStats,
+};
 pub use streams::{StreamDir, StreamRecord};
 pub use writer::{AdoptReport, ShmWriter};
 

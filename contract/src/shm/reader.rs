@@ -4,9 +4,10 @@
 use super::codec::{decode_route, decode_session};
 use super::counters::{CounterSnapshot, WorkerCounters};
 use super::error::{ShmError, SlotError, Table};
-use super::layout::{Capacity, RELAY_INFO_WORDS, STREAM_WORDS};
+use super::layout::{Capacity, RELAY_INFO_WORDS, STAT_WORDS, STREAM_WORDS};
 use super::map::{check_image, futex_wait, Mapping};
 use super::seqlock::{Read, Slot};
+use super::stats::{decode_stat, encode_stat, Diagnostics, StatRecord};
 use super::streams::{decode_stream, encode_stream, StreamRecord};
 use super::{RouteRecord, SessionRecord};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -319,6 +320,99 @@ impl ShmReader {
             }
             None => false,
         }
+    }
+
+    /// Session-stats slots per worker (each worker has its own region of this many slots).
+    pub fn stats_per_worker(&self) -> u32 {
+        self.map.stats_per_worker()
+    }
+
+    /// Session-stats slot `i` of worker `worker`, like [`ShmReader::stream_slot`].
+    pub fn stat_slot(&self, worker: u32, i: u32) -> Result<Option<StatRecord>, ShmError> {
+        let slot = self
+            .map
+            .stat_slot(worker, i)
+            .ok_or(ShmError::IndexOutOfRange {
+                table: Table::Stats,
+                index: i,
+                capacity: self.stats_per_worker(),
+            })?;
+        let mut retries = 0;
+        let r = self.read_slot(Table::Stats, i, slot, decode_stat, &mut retries);
+        self.note_retries(retries);
+        r
+    }
+
+    /// Call `f(worker, slot, record)` for every session-stats entry of every worker region
+    /// (`0..high_water` of each). No allocation; slots that do not decode or stay locked are
+    /// skipped and reported.
+    pub fn for_each_stat(&self, mut f: impl FnMut(u32, u32, &StatRecord)) -> ScanReport {
+        let mut total = ScanReport::default();
+        for w in 0..self.capacity().workers {
+            let hw = self.stat_high_water(w).min(self.stats_per_worker());
+            let rep = self.scan(
+                Table::Stats,
+                hw,
+                |i| self.map.stat_slot(w, i),
+                decode_stat,
+                |i, r: &StatRecord| f(w, i, r),
+            );
+            total.records += rep.records;
+            total.invalid += rep.invalid;
+            total.busy += rep.busy;
+            total.retries += rep.retries;
+            if total.first_error.is_none() {
+                total.first_error = rep.first_error;
+            }
+        }
+        total
+    }
+
+    /// Every session's statistics summed over the workers, counting only records of the relay
+    /// process the relay-info block names (all records when no relay wrote its info). For
+    /// control and tools: allocates, reads every worker's region once.
+    pub fn diagnostics(&self) -> (Diagnostics, ScanReport) {
+        let pid = self.relay_info().pid;
+        let mut d = Diagnostics::default();
+        let rep = self.for_each_stat(|w, _, r| d.add(w, r, pid));
+        (d, rep)
+    }
+
+    /// Write session-stats slot `i` of worker `worker`. **Only worker `worker` may call this**
+    /// (single writer per region); false when out of range.
+    pub fn put_stat(&self, worker: u32, i: u32, rec: &StatRecord) -> bool {
+        match self.map.stat_slot(worker, i) {
+            Some(s) => {
+                if let Some(hw) = self.map.stat_high_water(worker) {
+                    // Raised before the slot write (Release), like the tables' marks.
+                    if hw.load(Ordering::Relaxed) <= i {
+                        hw.store(i + 1, Ordering::Release);
+                    }
+                }
+                s.write(&encode_stat(rec));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Free session-stats slot `i` of worker `worker` (same single-writer rule).
+    pub fn clear_stat(&self, worker: u32, i: u32) -> bool {
+        match self.map.stat_slot(worker, i) {
+            Some(s) => {
+                s.write(&[0; STAT_WORDS]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One past the highest session-stats slot worker `worker` ever used (0 past the
+    /// capacity).
+    pub fn stat_high_water(&self, worker: u32) -> u32 {
+        self.map
+            .stat_high_water(worker)
+            .map_or(0, |h| h.load(Ordering::Acquire))
     }
 
     /// Worker `w`'s counter block (`w < capacity().workers`). Only worker `w` may write it.

@@ -3,7 +3,9 @@
 
 use super::codec::{decode_route, decode_session, encode_route, encode_session, validate_route};
 use super::error::{ShmError, Table};
-use super::layout::{Capacity, DEFAULT_STREAMS_PER_WORKER, ROUTE_WORDS, SESSION_WORDS};
+use super::layout::{
+    Capacity, DEFAULT_STATS_PER_WORKER, DEFAULT_STREAMS_PER_WORKER, ROUTE_WORDS, SESSION_WORDS,
+};
 use super::map::{futex_wake, Mapping};
 use super::seqlock::{Read, Slot};
 use super::{RouteId, RouteRecord, SessionId, SessionRecord};
@@ -50,7 +52,18 @@ impl ShmWriter {
         capacity: Capacity,
         streams: u32,
     ) -> Result<ShmWriter, ShmError> {
-        let map = Mapping::create(path.as_ref(), capacity, streams)?;
+        ShmWriter::create_with_regions(path, capacity, streams, DEFAULT_STATS_PER_WORKER)
+    }
+
+    /// [`ShmWriter::create_with_streams`] with `stats` session-stats slots per worker too
+    /// (docs/SHM.md "Session-stats slot"; small files for tools and fuzzing).
+    pub fn create_with_regions(
+        path: impl AsRef<Path>,
+        capacity: Capacity,
+        streams: u32,
+        stats: u32,
+    ) -> Result<ShmWriter, ShmError> {
+        let map = Mapping::create(path.as_ref(), capacity, streams, stats)?;
         Ok(ShmWriter {
             free_sessions: (0..capacity.sessions).rev().collect(),
             free_routes: (0..capacity.routes).rev().collect(),

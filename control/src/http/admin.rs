@@ -1,9 +1,13 @@
 //! The admin REST API (docs/API.md): routing of `/healthz`, `/metrics` and `/v1/…`, bearer
-//! token authentication, and the sessions, routes, status, stats and drain endpoints. Each
-//! handler parses the request, calls the core, answers and audits the answer.
+//! token authentication, and the sessions, routes, status, stats and drain endpoints, with the
+//! per-session diagnostics the relay workers publish (`/v1/sessions/{id}/stats`,
+//! `/v1/streams`). Each handler parses the request, calls the core, answers and audits the
+//! answer.
 //!
-//! May not touch: shm and the journal (the core does), sockets (the server hands requests
-//! in). WebRTC endpoints are in [`super::whip`], applications and rooms in [`super::apps_api`].
+//! May not touch: shm writes and the journal (the core does; handlers only read the relay's
+//! counters and statistics through the ledger's reader, which never blocks the relay),
+//! sockets (the server hands requests in). WebRTC endpoints are in [`super::whip`],
+//! applications and rooms in [`super::apps_api`].
 
 use super::body::{parse_id, parse_key, parse_peer, parse_rewrite, Body};
 use super::health::{self, RelayHealth};
@@ -16,9 +20,12 @@ use crate::core::sessions::{NewRoute, NewSession};
 use crate::core::CoreError;
 use crate::secrets;
 use crate::state::{RewriteSpec, StoredRoute, StoredSession};
-use contract::shm::{Role, ShmReader, ShmWriter};
+use contract::shm::{
+    session_flags, Role, SessionStats, ShmReader, ShmWriter, StreamDir, StreamStats,
+};
 use contract::srtp::Profile;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// The answer of a handler: a success, or the refusal the core (or a parser) gave.
 fn answer(r: Result<Response, CoreError>) -> Response {
@@ -85,6 +92,8 @@ impl Control {
             ("GET" | "HEAD", ["sessions"]) => self.list_sessions(),
             ("POST", ["sessions"]) => self.create_session(req),
             ("GET" | "HEAD", ["sessions", id]) => self.get_session(id),
+            ("GET" | "HEAD", ["sessions", id, "stats"]) => self.session_stats(id),
+            ("GET" | "HEAD", ["streams"]) => self.list_streams(),
             ("DELETE", ["sessions", id]) => self.delete_session(id),
             ("POST", ["sessions", id, "rekey"]) => self.rekey(req, id),
             ("GET" | "HEAD", ["routes"]) => self.list_routes(),
@@ -94,7 +103,9 @@ impl Control {
             ("POST", ["drain"]) => self.drain(),
             ("POST", ["undrain"]) => self.undrain(),
             (_, ["apps" | "rooms" | "tokens", ..]) => self.handle_apps_api(m, &segs[1..], req),
-            (_, ["status" | "stats"]) => method_not_allowed("GET"),
+            (_, ["status" | "stats" | "streams"] | ["sessions", _, "stats"]) => {
+                method_not_allowed("GET")
+            }
             (_, ["sessions" | "routes"]) => method_not_allowed("GET, POST"),
             (_, ["sessions" | "routes", _]) => method_not_allowed("GET, DELETE"),
             (_, ["sessions", _, "rekey"] | ["drain"] | ["undrain"]) => method_not_allowed("POST"),
@@ -205,13 +216,84 @@ impl Control {
         Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)
     }
 
+    /// Every session with its room (WebRTC participants) and its counters summed over the
+    /// relay workers (`stats` is null while shm is not open).
     fn list_sessions(&self) -> Response {
-        let v: Vec<Value> = self
-            .core
+        // Lock order: the members before the ledger.
+        let rooms = self.rooms_by_session();
+        let now = clock::unix_ms();
+        let g = self.core.ledger();
+        let diag = g.reader.as_ref().map(|r| r.diagnostics().0);
+        let v: Vec<Value> = g
+            .store
             .state()
             .sessions
             .values()
-            .map(session_json)
+            .map(|s| {
+                let mut j = session_json(s);
+                add_room(&mut j, rooms.get(&s.id));
+                j["stats"] = diag.as_ref().map_or(Value::Null, |d| {
+                    stats_json(s, d.sessions.get(&s.id).map(|x| &x.totals), now)
+                });
+                j
+            })
+            .collect();
+        Response::json(200, &Value::Array(v))
+    }
+
+    /// (app, room) of every WebRTC participant, by session id.
+    fn rooms_by_session(&self) -> BTreeMap<u64, (String, String)> {
+        self.core
+            .members()
+            .into_iter()
+            .map(|m| (m.session, (m.app, m.room)))
+            .collect()
+    }
+
+    /// One session with everything the relay knows about it: counters summed over workers,
+    /// the workers that handle it, and its streams with their reception statistics.
+    fn session_stats(&self, id: &str) -> Response {
+        answer((|| {
+            let id = parse_id(id, "session")?;
+            let rooms = self.rooms_by_session();
+            let now = clock::unix_ms();
+            let g = self.core.ledger();
+            let Some(s) = g.store.state().sessions.get(&id).cloned() else {
+                return Err(CoreError::SessionNotFound(id));
+            };
+            let r = g.reader.as_ref().ok_or_else(|| g.shm_unavailable())?;
+            let (diag, scan) = r.diagnostics();
+            drop(g);
+            let d = diag.sessions.get(&id);
+            let mut j = session_json(&s);
+            add_room(&mut j, rooms.get(&id));
+            j["stats"] = stats_json(&s, d.map(|x| &x.totals), now);
+            j["workers"] = json!(d.map_or(&[][..], |x| &x.workers[..]));
+            j["streams"] = Value::Array(
+                d.map_or(&[][..], |x| &x.streams[..])
+                    .iter()
+                    .map(|st| stream_json(st, now))
+                    .collect(),
+            );
+            j["stale_records"] = json!(diag.stale);
+            j["unreadable_records"] = json!(scan.invalid + scan.busy);
+            Ok(Response::json(200, &j))
+        })())
+    }
+
+    /// Every stream of every session, flat (`sluicectl stats --streams`).
+    fn list_streams(&self) -> Response {
+        let now = clock::unix_ms();
+        let g = self.core.ledger();
+        let Some(r) = g.reader.as_ref() else {
+            return error_response(&g.shm_unavailable());
+        };
+        let (diag, _) = r.diagnostics();
+        drop(g);
+        let v: Vec<Value> = diag
+            .sessions
+            .values()
+            .flat_map(|d| d.streams.iter().map(|st| stream_json(st, now)))
             .collect();
         Response::json(200, &Value::Array(v))
     }
@@ -398,6 +480,101 @@ fn session_json(s: &StoredSession) -> Value {
         "flags": s.flags,
         "max_pps": s.max_pps,
         "created_unix_ms": s.created_unix_ms,
+    })
+}
+
+/// A session without a room gets `"app": null, "room": null`.
+fn add_room(j: &mut Value, room: Option<&(String, String)>) {
+    j["app"] = json!(room.map(|r| &r.0));
+    j["room"] = json!(room.map(|r| &r.1));
+}
+
+/// How recent the session's traffic is: `pending` (its peer is not confirmed yet), `new`
+/// (nothing in or out yet), `active` (a packet either way within [`ACTIVE_WITHIN_MS`]) or
+/// `idle`.
+fn activity(s: &StoredSession, t: Option<&SessionStats>, now: u64) -> &'static str {
+    if s.flags & session_flags::PENDING != 0 {
+        return "pending";
+    }
+    let last = t.map_or(0, |t| t.last_in_unix_ms.max(t.last_out_unix_ms));
+    if last == 0 {
+        "new"
+    } else if now.saturating_sub(last) <= ACTIVE_WITHIN_MS {
+        "active"
+    } else {
+        "idle"
+    }
+}
+
+/// A session is `active` while a packet went either way this recently.
+const ACTIVE_WITHIN_MS: u64 = 5_000;
+
+/// A time in unix ms and its age at `now` (both null for 0 = never).
+fn when(ms: u64, now: u64) -> (Value, Value) {
+    if ms == 0 {
+        (Value::Null, Value::Null)
+    } else {
+        (json!(ms), json!(now.saturating_sub(ms)))
+    }
+}
+
+/// The counters of one session summed over the workers (zeros when no worker saw it).
+fn stats_json(s: &StoredSession, t: Option<&SessionStats>, now: u64) -> Value {
+    let z = SessionStats::default();
+    let c = t.unwrap_or(&z);
+    let (last_in, in_age) = when(c.last_in_unix_ms, now);
+    let (last_out, out_age) = when(c.last_out_unix_ms, now);
+    json!({
+        "state": activity(s, t, now),
+        "packets_in": c.packets_in,
+        "bytes_in": c.bytes_in,
+        "packets_out": c.packets_out,
+        "bytes_out": c.bytes_out,
+        "auth_failures": c.auth_failures,
+        "replays": c.replays,
+        "last_in_unix_ms": last_in,
+        "last_in_age_ms": in_age,
+        "last_out_unix_ms": last_out,
+        "last_out_age_ms": out_age,
+        "published_unix_ms": when(c.published_unix_ms, now).0,
+    })
+}
+
+/// One stream; received streams carry their RFC 3550 reception statistics.
+fn stream_json(st: &StreamStats, now: u64) -> Value {
+    let (last, age) = when(st.last_unix_ms, now);
+    let dir = match st.dir {
+        StreamDir::In => "in",
+        StreamDir::Out | StreamDir::RtcpOut => "out",
+    };
+    let reception = st.reception.map_or(Value::Null, |r| {
+        let known = r.clock_rate != 0;
+        let loss = if r.expected == 0 {
+            0.0
+        } else {
+            r.cumulative_lost.max(0) as f64 / f64::from(r.expected)
+        };
+        json!({
+            "extended_highest_seq": r.extended_highest,
+            "expected": r.expected,
+            "received": r.received,
+            "cumulative_lost": r.cumulative_lost,
+            "loss_fraction": loss,
+            "fraction_lost_recent": f64::from(r.fraction_lost) / 256.0,
+            "clock_rate": known.then_some(r.clock_rate),
+            "jitter_rtp": known.then_some(r.jitter_rtp),
+            "jitter_ms": known.then(|| f64::from(r.jitter_us) / 1000.0),
+        })
+    });
+    json!({
+        "session": st.session,
+        "ssrc": st.ssrc,
+        "direction": dir,
+        "packets": st.packets,
+        "bytes": st.bytes,
+        "last_unix_ms": last,
+        "last_age_ms": age,
+        "reception": reception,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
+use super::diag::DiagState;
 use super::hub::{FeedbackHub, HandError};
 use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
@@ -44,6 +45,7 @@ pub struct Forwarder<C = contract::srtp::Context> {
     stats: CounterSnapshot,
     now: Option<Instant>,
     state: StreamState,
+    diag: DiagState,
     gate: SlowGate,
     /// ICE checks answered here from the sessions' credentials (docs/ICE.md).
     ice: IceResponder,
@@ -319,6 +321,7 @@ impl<C: SrtpOps> Forwarder<C> {
             stats: CounterSnapshot::default(),
             now: None,
             state: StreamState::default(),
+            diag: DiagState::default(),
             gate: SlowGate::Open,
             ice: IceResponder::default(),
             feedback_ssrc: feedback_ssrc(0),
@@ -408,7 +411,35 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             self.cache_left = free - self.cache_pool.len();
         }
+        self.diag.rebuild(|id| index.has_session(id));
         rep
+    }
+
+    /// Publish per-session diagnostics into worker `worker`'s session-stats region of `shm`
+    /// as relay process `pid` (docs/SHM.md "Session-stats slot"); the region is cleared.
+    pub fn attach_diagnostics(&mut self, shm: Arc<ShmReader>, worker: usize, pid: u32) {
+        self.diag.attach(shm, worker, pid);
+    }
+
+    /// The wall clock read at `at` was `unix_ms` (published times are derived from it).
+    pub fn set_wall_clock(&mut self, at: Instant, unix_ms: u64) {
+        self.diag.set_wall_clock(at, unix_ms);
+    }
+
+    /// Publish the diagnostics of sessions with traffic since the last publish, if
+    /// [`super::diag::PUBLISH_INTERVAL`] passed since then. True when it published.
+    pub fn publish_diagnostics(&mut self, now: Instant) -> bool {
+        if !self.diag.due(now) {
+            return false;
+        }
+        let sessions = self.index.sessions.iter_mut().map(|s| (s.id, &mut s.diag));
+        self.diag.publish(now, sessions);
+        true
+    }
+
+    /// The diagnostics bookkeeping (slot writes, publishes).
+    pub fn diagnostics(&self) -> &DiagState {
+        &self.diag
     }
 
     /// Rate-limit the STUN and DTLS datagrams this worker passes to control, per source and
@@ -497,6 +528,7 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::UnknownSource);
             return;
         };
+        self.index.sessions[idx as usize].diag.on_in(len, self.now);
         match kind {
             Kind::Rtp => self.on_rtp(idx, buf, len, tx),
             Kind::Rtcp => self.on_rtcp(idx, buf, len, tx),
@@ -588,7 +620,9 @@ impl<C: SrtpOps> Forwarder<C> {
         let n = match rx.unprotect_rtp(buf, len) {
             Ok(n) => n,
             Err(e) => {
-                self.stats.drop(rx_drop_reason(e));
+                let reason = rx_drop_reason(e);
+                publisher.diag.on_rx_drop(reason);
+                self.stats.drop(reason);
                 return None;
             }
         };
@@ -630,6 +664,10 @@ impl<C: SrtpOps> Forwarder<C> {
             };
             inp.cached = note_pub(pubs, opts.max_streams, &mut budget, &inp, now, &buf[..n]);
         }
+        let now = self.now;
+        publisher
+            .diag
+            .on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
         if inp.ssrc == in_ssrc {
             let note = StreamNote {
                 session: inp.pub_id,
@@ -711,6 +749,10 @@ impl<C: SrtpOps> Forwarder<C> {
                 let cap = self.nack.cache_packets;
                 note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
             }
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            sub.diag.on_out(sent, self.now);
+            sub.diag
+                .on_rtp_out(out_ssrc, sent, self.now, opts.max_streams);
             let note = StreamNote {
                 session: sub_id,
                 dir: StreamDir::Out,
@@ -739,7 +781,9 @@ impl<C: SrtpOps> Forwarder<C> {
         let n = match rx.unprotect_rtcp(buf, len) {
             Ok(n) => n,
             Err(e) => {
-                self.stats.drop(rx_drop_reason(e));
+                let reason = rx_drop_reason(e);
+                session.diag.on_rx_drop(reason);
+                self.stats.drop(reason);
                 return;
             }
         };
@@ -1213,6 +1257,8 @@ impl<C: SrtpOps> Forwarder<C> {
                 ctx,
                 rtcp_ssrc,
             );
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            self.index.sessions[to as usize].diag.on_out(sent, self.now);
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
+use super::diag::SessionDiag;
 use super::nack::{PubStream, SentStream};
 use super::state::Track;
 use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
@@ -285,6 +286,8 @@ pub struct Session<C> {
     /// the window started.
     resend_window: Option<Instant>,
     resend_count: u32,
+    /// What this worker counted for the session (engine/diag.rs).
+    pub diag: SessionDiag,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -317,6 +320,7 @@ impl<C: SrtpOps> Session<C> {
             claimed: false,
             resend_window: None,
             resend_count: 0,
+            diag: SessionDiag::default(),
         }
     }
 

@@ -3,9 +3,10 @@
 //! Owns: the worker-local index rebuilt from shared memory (source address → session, SRTP
 //! contexts per session and direction, routes grouped by publisher and SSRC, output-stream
 //! continuity), the per-datagram path, the batch statistics written to the worker's counter
-//! block, the ICE checks it answers itself from the sessions' credentials (`stun`), and this
-//! worker's stream-state slots in shm (each stream's SRTP index, so a
-//! restarted relay continues it; `state`). May not touch: sockets and the [`crate::io`]
+//! block, the ICE checks it answers itself from the sessions' credentials (`stun`), this
+//! worker's stream-state slots in shm (each stream's SRTP index, so a restarted relay
+//! continues it; `state`) and its session-stats slots (per-session and per-stream counters
+//! and reception statistics; `diag`). May not touch: sockets and the [`crate::io`]
 //! backends, the worker (nothing here imports [`crate::worker`]; the worker calls this API),
 //! the clock (every call that needs the time is given `now`), threads. Nothing on the
 //! per-datagram path allocates, locks or makes a syscall. `docs/ENGINE.md` describes the path
@@ -25,6 +26,7 @@
 
 mod continuity;
 mod crypto;
+pub mod diag;
 mod forward;
 pub mod hub;
 mod index;
@@ -100,6 +102,7 @@ impl<C: SrtpOps> Engine<C> {
         fwd.set_slow_gate(cfg.slow_gate);
         fwd.set_nack(cfg.nack);
         fwd.attach_stream_state(shm.clone(), cfg.worker);
+        fwd.attach_diagnostics(shm.clone(), cfg.worker, std::process::id());
         Engine {
             shm,
             worker: cfg.worker,
@@ -205,6 +208,15 @@ impl<C: SrtpOps> Engine<C> {
         }
         self.totals.merge(&s);
         self.batch_start = None;
+        // At most every PUBLISH_INTERVAL, never per packet; an idle worker still ends a batch
+        // every poll interval, so the records stay fresh.
+        self.fwd.publish_diagnostics(now);
+    }
+
+    /// The wall clock read at `at` was `unix_ms`: the published packet times (unix ms) are
+    /// derived from it, so the engine never reads the wall clock. The worker sets it once.
+    pub fn set_wall_clock(&mut self, at: Instant, unix_ms: u64) {
+        self.fwd.set_wall_clock(at, unix_ms);
     }
 
     /// The worker's loop turn ended (`stalled`: it took longer than the stall threshold);
@@ -252,6 +264,8 @@ impl<C: SrtpOps> Engine<C> {
     }
 }
 
+#[cfg(test)]
+mod diag_tests;
 #[cfg(test)]
 mod roc_tests;
 #[cfg(test)]

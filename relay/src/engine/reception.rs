@@ -1,13 +1,12 @@
 //! Reception statistics of one incoming RTP stream, as RFC 3550 Appendix A defines them: the
 //! sequence-number bookkeeping with probation and resynchronisation (A.1), expected and lost
 //! packets with the fraction lost since the last report (A.3), and the interarrival jitter
-//! estimate (A.8). They fill the report blocks of the receiver reports the relay sends to
-//! publishers ([`contract::wire::rtcp_write`]).
+//! estimate (A.8). They feed the per-stream diagnostics ([`super::diag`]: every received
+//! stream of every session) and fill the report blocks of receiver reports
+//! ([`contract::wire::rtcp_write`]).
 //!
 //! Owns: the arithmetic. May not touch: the clock (arrival times come in RTP clock units from
 //! the caller), sockets, SRTP.
-//!
-//! Not wired into the forwarding path yet (loss-recovery issue).
 
 use contract::wire::rtcp::ReportBlock;
 
@@ -133,6 +132,12 @@ impl Reception {
         self.extended_max()
             .wrapping_sub(self.base_seq)
             .wrapping_add(1)
+    }
+
+    /// Packets counted by [`Reception::update_seq`] since the source was validated (A.1
+    /// `received`, duplicates included).
+    pub fn received(&self) -> u32 {
+        self.received
     }
 
     /// Cumulative packets lost (A.3; negative with duplicates).
