@@ -70,6 +70,20 @@ pub struct RewriteSpec {
     /// relay resends the original packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtx: Option<RtxSpec>,
+    /// The keyframe requests the publisher understands; empty: unknown (requests pass as
+    /// they come). A viewer's PLI reaches a FIR-only publisher as a FIR and back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyframe: Vec<KeyframeKind>,
+}
+
+/// A keyframe request kind, as negotiated in `a=rtcp-fb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyframeKind {
+    /// `nack pli` (RFC 4585 §6.3.1).
+    Pli,
+    /// `ccm fir` (RFC 5104 §4.3.1).
+    Fir,
 }
 
 /// A MID rewrite: the subscriber's extension id for `urn:ietf:params:rtp-hdrext:sdes:mid`
@@ -121,6 +135,12 @@ impl RewriteSpec {
         }
         if let Some(m) = &self.mid {
             r.set_mid(m.id, m.value.as_bytes());
+        }
+        for k in &self.keyframe {
+            r.keyframe |= match k {
+                KeyframeKind::Pli => contract::shm::keyframe::PLI,
+                KeyframeKind::Fir => contract::shm::keyframe::FIR,
+            };
         }
         r
     }

@@ -189,8 +189,10 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     if let Some(x) = r.rewrite.rtx {
         w[9] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
     }
-    // Words 12–14: the MID rewrite (id | len << 8, then the value's 16 bytes).
-    w[12] = u64::from(r.rewrite.mid_id) | (u64::from(r.rewrite.mid_len) << 8);
+    // Word 12: MID id | MID length << 8 | keyframe bits << 16; words 13–14: the MID value.
+    w[12] = u64::from(r.rewrite.mid_id)
+        | (u64::from(r.rewrite.mid_len) << 8)
+        | (u64::from(r.rewrite.keyframe) << 16);
     w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
     w
 }
@@ -208,6 +210,9 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
     let rw = &r.rewrite;
     if usize::from(rw.mid_len) > MAX_MID_LEN || (rw.mid_len > 0 && rw.mid_id == 0) {
         return Err(SlotError::BadMid(rw.mid_len));
+    }
+    if rw.keyframe & !(super::keyframe::PLI | super::keyframe::FIR) != 0 {
+        return Err(SlotError::BadFlag(rw.keyframe));
     }
     if let Some(x) = r.rewrite.rtx {
         if x.payload_type > 127 || (r.ssrc.is_none() && r.rewrite.ssrc.is_none()) {
@@ -252,6 +257,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             mid: words_to_bytes(&w[13..15]),
             mid_len: (w[12] >> 8) as u8,
             mid_id: w[12] as u8,
+            keyframe: (w[12] >> 16) as u8,
             rtx,
         },
     };

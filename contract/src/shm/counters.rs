@@ -107,12 +107,15 @@ pub enum Feedback {
     /// Copies served from the cache whose resend was refused downstream (queue full,
     /// protect failed); also counted under the datagram drop reason.
     ResendFailed = 12,
+    /// Keyframe requests sent to a publisher as the other kind: a PLI as a FIR to a publisher
+    /// that negotiated only `ccm fir`, a FIR as a PLI to one that negotiated only `nack pli`.
+    KeyframeTranslated = 13,
 }
 
 impl Feedback {
     pub const COUNT: usize = 16;
-    /// Every counter in index order (indices 13..16 are reserved and stay 0).
-    pub const ALL: [Feedback; 13] = [
+    /// Every counter in index order (indices 14..16 are reserved and stay 0).
+    pub const ALL: [Feedback; 14] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -126,6 +129,7 @@ impl Feedback {
         Feedback::CacheFull,
         Feedback::UpstreamGiveUp,
         Feedback::ResendFailed,
+        Feedback::KeyframeTranslated,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -143,6 +147,7 @@ impl Feedback {
             Feedback::CacheFull => "cache_full",
             Feedback::UpstreamGiveUp => "upstream_give_up",
             Feedback::ResendFailed => "resend_failed",
+            Feedback::KeyframeTranslated => "keyframe_translated",
         }
     }
 }

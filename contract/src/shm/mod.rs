@@ -288,6 +288,18 @@ pub struct Rewrite {
     /// NACK go out as RTX on this SSRC and payload type; `None` resends the original packet.
     /// Only on a route that carries one stream (an SSRC filter or a rewritten SSRC).
     pub rtx: Option<RtxOut>,
+    /// The keyframe requests the publisher understands ([`keyframe`] bits; 0: unknown, pass
+    /// requests through as they come). A viewer's PLI goes up as a FIR when the publisher only
+    /// takes FIR, a FIR as a PLI when it only takes PLI (RFC 4585 §6.3.1, RFC 5104 §4.3.1).
+    pub keyframe: u8,
+}
+
+/// Bits of [`Rewrite::keyframe`].
+pub mod keyframe {
+    /// The publisher negotiated `nack pli`.
+    pub const PLI: u8 = 1;
+    /// The publisher negotiated `ccm fir`.
+    pub const FIR: u8 = 2;
 }
 
 /// Longest MID value a route rewrites to (the one-byte header form's limit, RFC 8285 §4.2).

@@ -12,7 +12,9 @@ use super::rooms::{Member, UNBOUND_PEER};
 use super::{lock, Core, CoreError};
 use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
-use crate::state::{Entry, MidSpec, RewriteSpec, StoredIce, StoredRoute, StoredSession};
+use crate::state::{
+    Entry, KeyframeKind, MidSpec, RewriteSpec, StoredIce, StoredRoute, StoredSession,
+};
 use crate::webrtc::dtls::DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup, SsrcLimits};
 use contract::shm::{session_flags, Role};
@@ -387,6 +389,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             pt_map,
             ext_map,
             mid: viewer_mid(vm),
+            keyframe: publisher_keyframe(pm),
             rtx: None,
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
@@ -399,6 +402,19 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
         }
     }
     out
+}
+
+/// The keyframe requests the publisher section negotiated on any of its codecs.
+fn publisher_keyframe(pm: &sdp::NegotiatedMedia) -> Vec<KeyframeKind> {
+    let has = |fb: &str| pm.codecs.iter().any(|c| c.rtcp_fb.iter().any(|f| f == fb));
+    let mut k = Vec::new();
+    if has("nack pli") {
+        k.push(KeyframeKind::Pli);
+    }
+    if has("ccm fir") {
+        k.push(KeyframeKind::Fir);
+    }
+    k
 }
 
 /// The viewer section's own MID, written into the MID element of every packet forwarded to

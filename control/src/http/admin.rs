@@ -590,6 +590,7 @@ fn route_json(r: &StoredRoute) -> Value {
             "ext_map": r.rewrite.ext_map,
             "mid": r.rewrite.mid,
             "rtx": r.rewrite.rtx,
+            "keyframe": r.rewrite.keyframe,
         },
     })
 }

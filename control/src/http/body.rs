@@ -3,7 +3,7 @@
 //! returns a typed error ([`CoreError::Invalid`] names the field).
 
 use crate::core::CoreError;
-use crate::state::{MidSpec, RewriteSpec, RtxSpec};
+use crate::state::{KeyframeKind, MidSpec, RewriteSpec, RtxSpec};
 use contract::shm::MAX_MAPPINGS;
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{Map, Value};
@@ -55,7 +55,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         return Err(bad_field("rewrite", "must be an object"));
     };
     for k in o.keys() {
-        if !["ssrc", "pt_map", "ext_map", "mid", "rtx"].contains(&k.as_str()) {
+        if !["ssrc", "pt_map", "ext_map", "mid", "rtx", "keyframe"].contains(&k.as_str()) {
             return Err(bad_field(&format!("rewrite.{k}"), "unknown field"));
         }
     }
@@ -78,13 +78,47 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_rtx(v)?),
     };
+    let keyframe = parse_keyframe(o.get("keyframe"))?;
     Ok(RewriteSpec {
         ssrc,
         pt_map,
         ext_map,
         mid,
         rtx,
+        keyframe,
     })
+}
+
+/// `["pli", "fir"]`: the keyframe requests the publisher understands (each at most once).
+fn parse_keyframe(v: Option<&Value>) -> Result<Vec<KeyframeKind>, CoreError> {
+    let arr = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() <= 2 => a,
+        Some(_) => {
+            return Err(bad_field(
+                "rewrite.keyframe",
+                "must be a list of \"pli\" and \"fir\"",
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for k in arr {
+        let kind = match k.as_str() {
+            Some("pli") => KeyframeKind::Pli,
+            Some("fir") => KeyframeKind::Fir,
+            _ => {
+                return Err(bad_field(
+                    "rewrite.keyframe",
+                    "must be a list of \"pli\" and \"fir\"",
+                ))
+            }
+        };
+        if out.contains(&kind) {
+            return Err(bad_field("rewrite.keyframe", "names a kind twice"));
+        }
+        out.push(kind);
+    }
+    Ok(out)
 }
 
 /// `{"id": 1..=255, "value": "<1–16 token characters>"}`.
@@ -352,6 +386,24 @@ mod tests {
                 Err(CoreError::BadRequest(m)) => assert!(m.contains("duplicate key"), "{m}"),
                 other => panic!("{dup}: {:?}", other.map(|b| b.0)),
             }
+        }
+    }
+
+    #[test]
+    fn rewrite_keyframe_is_parsed_and_checked() {
+        let v: Value = serde_json::from_str(r#"{"keyframe":["fir","pli"]}"#).unwrap();
+        let rw = parse_rewrite(&v).unwrap();
+        assert_eq!(rw.keyframe, [KeyframeKind::Fir, KeyframeKind::Pli]);
+        use contract::shm::keyframe::{FIR, PLI};
+        assert_eq!(rw.to_rewrite().keyframe, PLI | FIR);
+        for bad in [
+            r#"{"keyframe":["pli","pli"]}"#,
+            r#"{"keyframe":["nack"]}"#,
+            r#"{"keyframe":"pli"}"#,
+            r#"{"keyframe":["pli","fir","pli"]}"#,
+        ] {
+            let v: Value = serde_json::from_str(bad).unwrap();
+            assert_eq!(parse_rewrite(&v).unwrap_err().status(), 400, "{bad}");
         }
     }
 

@@ -904,22 +904,51 @@ impl<C: SrtpOps> Forwarder<C> {
                 self.on_nack(sub, n, up, tx);
                 return;
             }
-            // FIR carries its own request numbering (RFC 5104 §4.3.1): passed as it is.
-            Ok(Rtcp::Pli(_)) => {
-                if let Some(now) = self.now {
-                    let interval = self.nack.pli_interval;
-                    let pubs = &mut self.index.sessions[up.publisher as usize].pubs;
-                    if let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == up.ssrc) {
-                        if !ps.key_request(now, interval) {
-                            self.stats.count(Feedback::PliAggregated, 1);
-                            return;
-                        }
-                    }
-                }
-            }
+            Ok(Rtcp::Pli(_)) => return self.key_request(up, key, false, tx),
+            Ok(Rtcp::Fir(_)) => return self.key_request(up, key, true, tx),
             _ => {}
         }
         self.send_up(up, key, p, tx);
+    }
+
+    /// A subscriber's keyframe request (PLI, or FIR when `fir`) about the stream it sees as
+    /// `key`: aggregated (at most one per publisher stream and `pli_interval`), then sent to
+    /// the publisher in the kind it negotiated — a PLI as a FIR to a publisher that only takes
+    /// FIR, a FIR as a PLI to one that only takes PLI (unknown: as asked). A FIR is written
+    /// with this worker's own command sequence number for the publisher, one per request
+    /// sent (RFC 5104 §4.3.1.2): subscribers' numbers would collide with each other's.
+    fn key_request(&mut self, up: Upstream, key: u32, fir: bool, tx: &mut TxQueue) {
+        use contract::shm::keyframe::{FIR, PLI};
+        if let Some(now) = self.now {
+            let interval = self.nack.pli_interval;
+            let pubs = &mut self.index.sessions[up.publisher as usize].pubs;
+            if let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == up.ssrc) {
+                if !ps.key_request(now, interval) {
+                    self.stats.count(Feedback::PliAggregated, 1);
+                    return;
+                }
+            }
+        }
+        let send_fir = match (fir, up.keyframe) {
+            (false, k) => k == FIR,
+            (true, k) => k & FIR != 0 || k & PLI == 0,
+        };
+        if send_fir != fir {
+            self.stats.count(Feedback::KeyframeTranslated, 1);
+        }
+        let mut b = [0u8; 20];
+        let written = if send_fir {
+            let publisher = &mut self.index.sessions[up.publisher as usize];
+            let seq_nr = publisher.fir_seq;
+            publisher.fir_seq = seq_nr.wrapping_add(1);
+            rtcp_write::fir(&mut b, 0, &[rtcp::FirEntry { ssrc: key, seq_nr }])
+        } else {
+            rtcp_write::pli(&mut b, 0, key)
+        };
+        match written {
+            Ok(n) => self.send_up(up, key, &b[..n], tx),
+            Err(_) => self.stats.count(Feedback::Unroutable, 1),
+        }
     }
 
     /// Hand `p` to the worker that receives the publisher it is about, if that is not this

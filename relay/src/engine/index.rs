@@ -288,6 +288,9 @@ pub struct Session<C> {
     resend_count: u32,
     /// What this worker counted for the session (engine/diag.rs).
     pub diag: SessionDiag,
+    /// Command sequence number of the next FIR this worker sends the session as a
+    /// publisher (RFC 5104 §4.3.1.2: one per new request, whoever asked).
+    pub fir_seq: u8,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -321,6 +324,7 @@ impl<C: SrtpOps> Session<C> {
             resend_window: None,
             resend_count: 0,
             diag: SessionDiag::default(),
+            fir_seq: 0,
         }
     }
 
@@ -502,6 +506,8 @@ pub struct Feed {
     /// The SSRC the subscriber sees, when rewritten.
     pub out_ssrc: Option<u32>,
     pub stream: u32,
+    /// The keyframe requests the publisher understands (`contract::shm::keyframe` bits).
+    pub keyframe: u8,
 }
 
 /// Where a feedback packet about `out_ssrc` seen by a subscriber goes.
@@ -512,6 +518,8 @@ pub struct Upstream {
     pub ssrc: u32,
     /// Output minus input sequence number (to map NACKed sequence numbers back).
     pub seq_off: u16,
+    /// The keyframe requests the publisher understands (`contract::shm::keyframe` bits).
+    pub keyframe: u8,
 }
 
 /// What a rebuild found.
@@ -679,6 +687,7 @@ impl<C: SrtpOps> Index<C> {
                                 publisher: f.publisher,
                                 ssrc,
                                 seq_off,
+                                keyframe: f.keyframe,
                             })
                         }
                         _ => {
@@ -687,6 +696,7 @@ impl<C: SrtpOps> Index<C> {
                                     publisher: f.publisher,
                                     ssrc,
                                     seq_off: 0,
+                                    keyframe: f.keyframe,
                                 });
                             }
                         }
@@ -703,6 +713,7 @@ impl<C: SrtpOps> Index<C> {
                             publisher: f.publisher,
                             ssrc: out_ssrc,
                             seq_off: 0,
+                            keyframe: f.keyframe,
                         });
                     }
                 }
@@ -876,6 +887,7 @@ impl<C: SrtpOps> Index<C> {
                 src_ssrc: r.ssrc,
                 out_ssrc: r.rewrite.ssrc,
                 stream,
+                keyframe: r.rewrite.keyframe,
             },
         ));
     }

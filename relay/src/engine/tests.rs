@@ -973,3 +973,79 @@ fn resend_carries_the_rewritten_mid() {
     let again = rig.send(3, &nack(0xB0B0, &[40]));
     assert_eq!(again, sent);
 }
+
+fn fir(media: u32, seq_nr: u8) -> Vec<u8> {
+    let mut b = [0u8; 20];
+    let e = contract::wire::rtcp::FirEntry {
+        ssrc: media,
+        seq_nr,
+    };
+    let n = rtcp_write::fir(&mut b, 0x5555, &[e]).unwrap();
+    b[..n].to_vec()
+}
+
+/// What a keyframe request reached the publisher as: `("pli", media SSRC)` or
+/// `("fir", (entry SSRC, command sequence number))`.
+fn key_request_seen(out: &[(SocketAddr, Vec<u8>)]) -> Vec<(&'static str, u32, u8)> {
+    out.iter()
+        .filter(|(d, _)| *d == addr(1001))
+        .map(|(_, p)| {
+            let (pkt, _) = contract::wire::rtcp::RtcpPacket::parse(p).unwrap();
+            match pkt.typed().unwrap() {
+                contract::wire::rtcp::Rtcp::Pli(_) => ("pli", pkt.feedback_target(), 0),
+                contract::wire::rtcp::Rtcp::Fir(_) => ("fir", pkt.feedback_target(), p[16]),
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// RFC 4585 §6.3.1 / RFC 5104 §4.3.1: a viewer's keyframe request reaches the publisher in
+/// the kind the publisher negotiated (FIR → PLI for a PLI-only publisher such as aiortc, PLI →
+/// FIR for a FIR-only one), with the relay's own FIR numbering, one number per request sent;
+/// unknown capabilities pass the kind through.
+#[test]
+fn keyframe_requests_follow_what_the_publisher_takes() {
+    use contract::shm::keyframe::{FIR, PLI};
+    for (caps, asked_fir, want) in [
+        (PLI, true, "pli"),
+        (FIR, false, "fir"),
+        (PLI | FIR, true, "fir"),
+        (PLI | FIR, false, "pli"),
+        (0, true, "fir"),
+        (0, false, "pli"),
+    ] {
+        let rw = Rewrite {
+            ssrc: Some(0xAAAA),
+            keyframe: caps,
+            ..Rewrite::default()
+        };
+        let (mut rig, t) = nack_rig(vec![route(1, 1, None, 3, rw)]);
+        assert_eq!(rig.send(1, &rtp(0x1111, 1, 0, 96, b"k")).len(), 1);
+        let req = |fir_req: bool| {
+            if fir_req {
+                fir(0xAAAA, 77)
+            } else {
+                pli(0xAAAA)
+            }
+        };
+        let out = rig.send(3, &req(asked_fir));
+        let seen = key_request_seen(&out);
+        assert_eq!(seen.len(), 1, "caps {caps} fir {asked_fir}: {seen:?}");
+        assert_eq!(seen[0].0, want, "caps {caps} fir {asked_fir}");
+        assert_eq!(seen[0].1, 0x1111, "the publisher's own SSRC");
+        let translated = u64::from((want == "fir") != asked_fir);
+        assert_eq!(rig.fb(Feedback::KeyframeTranslated), translated);
+        // Aggregated within the interval, whatever the kind.
+        rig.fwd.set_now(t + Duration::from_millis(10));
+        assert!(key_request_seen(&rig.send(3, &req(!asked_fir))).is_empty());
+        assert_eq!(rig.fb(Feedback::PliAggregated), 1);
+        // The next request sent as a FIR carries the next command sequence number.
+        if want == "fir" {
+            assert_eq!(seen[0].2, 0);
+            rig.fwd.set_now(t + Duration::from_secs(1));
+            let again = key_request_seen(&rig.send(3, &req(asked_fir)));
+            assert_eq!(again, vec![("fir", 0x1111, 1)]);
+        }
+    }
+}
