@@ -1,0 +1,416 @@
+//! The AF_XDP backend end to end: the relay's workers in one network namespace, libsrtp peers
+//! (pylibsrtp) in another, one veth pair between them (copy mode; generic or native XDP as
+//! veth offers). Every SRTP profile at fan-out 1 and 3, byte-exact and lossless; then a
+//! garbage flood (random datagrams to the port, and raw frames with broken IPv4/UDP headers)
+//! that the relay survives, counting every drop.
+//!
+//! Skips (through `support/skip.rs`) without `ip`, without AF_XDP or BPF in the kernel, without
+//! the privileges to create namespaces and load XDP programs, or without pylibsrtp.
+#![allow(unsafe_code)]
+
+use contract::shm::{Capacity, Rewrite, Role, RouteRecord, SessionRecord, ShmReader, ShmWriter};
+use contract::srtp::{MasterKey, Profile};
+use relay::io::BackendChoice;
+use relay::worker::{WorkerConfig, Workers};
+use sluice_tests::*;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PEER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../contract/tests/peers/libsrtp_peer.py"
+);
+
+fn python() -> String {
+    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Two namespaces joined by a veth pair: the relay's end `10.201.N.1/24`, the peers'
+/// `10.201.N.2/24`. Removed on drop.
+struct Pair {
+    relay_ns: String,
+    peers_ns: String,
+    relay_ip: Ipv4Addr,
+    peers_ip: Ipv4Addr,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Pair {
+    fn new() -> Result<Pair, String> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let sub = (std::process::id() % 200 + n) % 250;
+        let p = Pair {
+            relay_ns: format!("sxr{tag}"),
+            peers_ns: format!("sxp{tag}"),
+            relay_ip: Ipv4Addr::new(10, 201, sub as u8, 1),
+            peers_ip: Ipv4Addr::new(10, 201, sub as u8, 2),
+        };
+        let (vr, vp) = (format!("vr{tag}"), format!("vp{tag}"));
+        sh(&["ip", "netns", "add", &p.relay_ns])?;
+        sh(&["ip", "netns", "add", &p.peers_ns])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &vr,
+            "netns",
+            &p.relay_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vp,
+            "netns",
+            &p.peers_ns,
+        ])?;
+        for (ns, dev, ip) in [
+            (&p.relay_ns, &vr, p.relay_ip),
+            (&p.peers_ns, &vp, p.peers_ip),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.relay_ns]);
+        let _ = sh(&["ip", "netns", "del", &self.peers_ns]);
+    }
+}
+
+/// Run `f` on a thread that entered network namespace `ns` (threads and sockets it creates
+/// live there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+/// The profiles the libsrtp peer supports, or why this host cannot run the test.
+fn available() -> Result<Vec<Profile>, String> {
+    // SAFETY: plain socket(2) probe; the fd is closed at once.
+    let fd = unsafe { libc::socket(44, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "no AF_XDP socket here: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: closing the fd just opened.
+    unsafe { libc::close(fd) };
+    if let Err(e) = sh(&["ip", "netns", "list"]) {
+        return Err(format!("no iproute2: {e}"));
+    }
+    let out = Command::new(python()).arg(PEER).arg("--profiles").output();
+    match out {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|n| Profile::from_name(n).ok())
+            .collect()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Err(format!("{} not runnable: {e}", python())),
+    }
+}
+
+/// One pass of lines through the libsrtp peer (`protect`/`unprotect` with `key`).
+fn libsrtp(profile: Profile, key: &MasterKey, lines: Vec<String>) -> Vec<String> {
+    let mut child = Command::new(python())
+        .arg(PEER)
+        .arg(profile.name())
+        .arg(hex(key.as_bytes()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn libsrtp peer");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = lines.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("peer output");
+    writer.join().expect("writer").expect("write peer stdin");
+    assert!(
+        out.status.success(),
+        "libsrtp peer failed: {:?}",
+        out.status
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// RTP packet `seq` of the publisher: 12-byte header, payload sizes 40..1240 bytes.
+fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80u8, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    let len = 40 + (seq as usize * 37) % 1200;
+    p.extend((0..len).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+fn session(id: u64, peer: SocketAddr, role: Role, rx: MasterKey, tx: MasterKey) -> SessionRecord {
+    SessionRecord {
+        id,
+        peer,
+        role,
+        rx_key: rx,
+        tx_key: tx,
+        key_epoch: 1,
+        flags: 0,
+        max_pps: 0,
+    }
+}
+
+/// A relay in `pair`'s relay namespace with the xdp backend over `shm`.
+fn start_relay(pair: &Pair, reader: Arc<ShmReader>) -> Workers {
+    let bind = SocketAddr::from((pair.relay_ip, 0));
+    in_ns(&pair.relay_ns, move || {
+        relay_workers(
+            reader,
+            WorkerConfig {
+                bind,
+                workers: Some(1),
+                backend: BackendChoice::Xdp,
+                pin: false,
+                ..WorkerConfig::default()
+            },
+            None,
+        )
+    })
+}
+
+fn peer_socket(pair: &Pair) -> UdpSocket {
+    let ip = pair.peers_ip;
+    in_ns(&pair.peers_ns, move || {
+        let s = UdpSocket::bind((ip, 0)).expect("bind peer");
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&s, 4 << 20);
+        s
+    })
+}
+
+/// One publisher → `fan_out` subscribers through the xdp relay; libsrtp protects and
+/// unprotects on the peers' side.
+fn forward(profile: Profile, fan_out: usize) {
+    let pair = Pair::new().expect("namespaces");
+    let dir = TempDir::new("xdp");
+    let shm = dir.path().join("shm");
+    let mut w = ShmWriter::create(
+        &shm,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 2,
+        },
+    )
+    .expect("shm");
+    let base = 1000 * profile.code() as u64 + 10 * fan_out as u64;
+    let pub_sock = peer_socket(&pair);
+    let pub_key = test_key(profile, base * 2);
+    w.put_session(&session(
+        base,
+        pub_sock.local_addr().expect("addr"),
+        Role::Speaker,
+        pub_key,
+        test_key(profile, base * 2 + 1),
+    ))
+    .expect("session");
+    let mut subs = Vec::new();
+    for j in 0..fan_out as u64 {
+        let id = base + 1 + j;
+        let sock = peer_socket(&pair);
+        let key = test_key(profile, id * 2 + 1);
+        w.put_session(&session(
+            id,
+            sock.local_addr().expect("addr"),
+            Role::Viewer,
+            test_key(profile, id * 2),
+            key,
+        ))
+        .expect("session");
+        w.put_route(&RouteRecord {
+            id: j + 1,
+            from: base,
+            ssrc: None,
+            to: id,
+            rewrite: Rewrite::default(),
+        })
+        .expect("route");
+        subs.push((sock, key));
+    }
+    let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
+    let workers = start_relay(&pair, reader.clone());
+    assert_eq!(BackendChoice::from(workers.backend()), BackendChoice::Xdp);
+    let relay_addr = workers.local_addr();
+
+    let n = 300u16;
+    let ssrc = 0x5100 + fan_out as u32;
+    let plain: Vec<Vec<u8>> = (0..n).map(|s| rtp(ssrc, s.wrapping_add(65_500))).collect();
+    let protected: Vec<Vec<u8>> = libsrtp(
+        profile,
+        &pub_key,
+        plain
+            .iter()
+            .map(|p| format!("protect {}", hex(p)))
+            .collect(),
+    )
+    .iter()
+    .map(|l| {
+        assert!(!l.starts_with("ERR"), "libsrtp protect: {l}");
+        unhex(l)
+    })
+    .collect();
+
+    let got: Vec<Vec<Vec<u8>>> = std::thread::scope(|sc| {
+        let readers: Vec<_> = subs
+            .iter()
+            .map(|(s, _)| {
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; 2048];
+                    let mut last = Instant::now();
+                    while out.len() < n as usize && last.elapsed() < Duration::from_secs(5) {
+                        if let Ok((len, from)) = s.recv_from(&mut buf) {
+                            assert_eq!(from, relay_addr, "datagram from elsewhere");
+                            out.push(buf[..len].to_vec());
+                            last = Instant::now();
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        for (i, p) in protected.iter().enumerate() {
+            pub_sock.send_to(p, relay_addr).expect("send");
+            if i % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        readers
+            .into_iter()
+            .map(|h| h.join().expect("reader"))
+            .collect()
+    });
+    let io = workers.total();
+    workers.stop().expect("clean stop");
+    for ((_, key), got) in subs.iter().zip(&got) {
+        assert_eq!(
+            got.len(),
+            n as usize,
+            "{profile} fan-out {fan_out}: a subscriber got {} of {n} (io {io:?})",
+            got.len()
+        );
+        let clear = libsrtp(
+            profile,
+            key,
+            got.iter()
+                .map(|c| format!("unprotect {}", hex(c)))
+                .collect(),
+        );
+        for (i, (c, want)) in clear.iter().zip(&plain).enumerate() {
+            assert_eq!(
+                &unhex(c),
+                want,
+                "{profile} fan-out {fan_out}: packet {i} differs"
+            );
+        }
+    }
+    let totals = reader.totals();
+    assert_eq!(totals.packets_in, n as u64);
+    assert_eq!(totals.packets_out, n as u64 * fan_out as u64);
+    // The datagrams came and went through the AF_XDP socket, not the kernel's UDP stack
+    // (the first ones may leave through the kernel while the neighbour is resolved).
+    assert_eq!(io.xdp_rx_frames, n as u64, "{io:?}");
+    assert_eq!(
+        io.xdp_tx_frames + io.xdp_tx_kernel,
+        n as u64 * fan_out as u64,
+        "{io:?}"
+    );
+    assert_eq!(
+        (io.xdp_rx_invalid, io.xdp_tx_ring_full, io.tx_errors),
+        (0, 0, 0),
+        "{io:?}"
+    );
+    assert!(
+        io.xdp_tx_kernel < 10,
+        "{profile}: {} datagrams left through the kernel: {io:?}",
+        io.xdp_tx_kernel
+    );
+}
+
+#[test]
+fn every_profile_fan_out_1_and_3() {
+    let profiles = match available() {
+        Ok(p) => p,
+        Err(why) => {
+            skip::skip(why);
+            return;
+        }
+    };
+    for profile in Profile::ALL {
+        if !profiles.contains(&profile) {
+            skip::skip(format!("the libsrtp peer has no {profile}"));
+            continue;
+        }
+        for fan_out in [1, 3] {
+            forward(profile, fan_out);
+        }
+    }
+}
