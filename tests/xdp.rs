@@ -8,7 +8,9 @@
 //! the privileges to create namespaces and load XDP programs, or without pylibsrtp.
 #![allow(unsafe_code)]
 
-use contract::shm::{Capacity, Rewrite, Role, RouteRecord, SessionRecord, ShmReader, ShmWriter};
+use contract::shm::{
+    Capacity, DropReason, Rewrite, Role, RouteRecord, SessionRecord, ShmReader, ShmWriter,
+};
 use contract::srtp::{MasterKey, Profile};
 use relay::io::BackendChoice;
 use relay::worker::{WorkerConfig, Workers};
@@ -60,6 +62,7 @@ fn sh(args: &[&str]) -> Result<(), String> {
 /// Two namespaces joined by a veth pair: the relay's end `10.201.N.1/24`, the peers'
 /// `10.201.N.2/24`. Removed on drop.
 struct Pair {
+    tag: String,
     relay_ns: String,
     peers_ns: String,
     relay_ip: Ipv4Addr,
@@ -74,6 +77,7 @@ impl Pair {
         let tag = format!("{}x{n}", std::process::id() % 100_000);
         let sub = (std::process::id() % 200 + n) % 250;
         let p = Pair {
+            tag: tag.clone(),
             relay_ns: format!("sxr{tag}"),
             peers_ns: format!("sxp{tag}"),
             relay_ip: Ipv4Addr::new(10, 201, sub as u8, 1),
@@ -115,6 +119,12 @@ impl Pair {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
         Ok(p)
+    }
+}
+
+impl Pair {
+    fn tag(&self) -> &str {
+        &self.tag
     }
 }
 
@@ -413,4 +423,223 @@ fn every_profile_fan_out_1_and_3() {
             forward(profile, fan_out);
         }
     }
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", dev])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text:?}"));
+    let mut mac = [0u8; 6];
+    for (m, h) in mac.iter_mut().zip(hex.split(':')) {
+        *m = u8::from_str_radix(h, 16).expect("mac");
+    }
+    mac
+}
+
+/// An Ethernet/IPv4/UDP frame from `src` to `dst` carrying `payload`, header checksum right.
+fn frame(dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
+        panic!("IPv4 only")
+    };
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_len = (28 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&ip_len.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&s.ip().octets());
+    ip.extend_from_slice(&d.ip().octets());
+    let mut sum = 0u32;
+    for w in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum >> 16) + (sum & 0xffff);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&s.port().to_be_bytes());
+    f.extend_from_slice(&d.port().to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Send raw Ethernet frames out of `dev` in namespace `ns` (AF_PACKET).
+fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
+    let dev = std::ffi::CString::new(dev).expect("name");
+    in_ns(ns, move || {
+        // SAFETY: plain socket(2) call; closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: dev is a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+        assert!(ifindex > 0);
+        // SAFETY: sockaddr_ll is a C struct for which all-zero bytes are valid.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_ifindex = ifindex as i32;
+        sa.sll_halen = 6;
+        for f in &frames {
+            // SAFETY: f and sa are live for the call, with the lengths passed.
+            let r = unsafe {
+                libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(r, f.len() as isize, "{}", std::io::Error::last_os_error());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+    })
+}
+
+/// A garbage flood at the xdp relay: random datagrams from unknown sources, forged SRTP from
+/// the known publisher, raw frames with a broken IPv4 checksum or inconsistent lengths, and
+/// datagrams too large for one frame (fragments, which the program leaves to the kernel). The
+/// relay keeps running, counts each drop by reason, and still forwards the publisher's media.
+#[test]
+fn garbage_flood_dropped_and_counted() {
+    if let Err(why) = available() {
+        skip::skip(why);
+        return;
+    }
+    let profile = Profile::Aes128CmSha1_80;
+    let pair = Pair::new().expect("namespaces");
+    let dir = TempDir::new("xdp-flood");
+    let shm = dir.path().join("shm");
+    let mut w = ShmWriter::create(
+        &shm,
+        Capacity {
+            sessions: 8,
+            routes: 8,
+            workers: 2,
+        },
+    )
+    .expect("shm");
+    let pub_ = peer_socket(&pair);
+    let sub = peer_socket(&pair);
+    let attacker = peer_socket(&pair);
+    let mut pub_peer = Peer::new(1, Role::Speaker, profile);
+    let mut sub_peer = Peer::new(2, Role::Viewer, profile);
+    // The peers' keys and contexts, on the namespace's sockets.
+    pub_peer.sock = pub_.try_clone().expect("dup");
+    sub_peer.sock = sub.try_clone().expect("dup");
+    w.put_session(&pub_peer.record()).expect("session");
+    w.put_session(&sub_peer.record()).expect("session");
+    w.put_route(&RouteRecord {
+        id: 1,
+        from: 1,
+        ssrc: None,
+        to: 2,
+        rewrite: Rewrite::default(),
+    })
+    .expect("route");
+    let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
+    let workers = start_relay(&pair, reader.clone());
+    let relay = workers.local_addr();
+
+    // Random datagrams from an unknown source, and forged SRTP (a flipped tag byte) from the
+    // publisher's own address.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let garbage = 2000u64;
+    for i in 0..garbage {
+        let len = 1 + (rnd() % 1400) as usize;
+        let d: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        attacker.send_to(&d, relay).expect("send");
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let forged = 200u64;
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..forged as u16 {
+        let mut rtp = vec![0x80u8, 96];
+        rtp.extend_from_slice(&seq.to_be_bytes());
+        rtp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x11, 0x11]);
+        rtp.extend_from_slice(&[7u8; 200]);
+        buf[..rtp.len()].copy_from_slice(&rtp);
+        let n = pub_peer
+            .send
+            .protect_rtp(&mut buf, rtp.len())
+            .expect("protect");
+        buf[n - 1] ^= 0xff;
+        pub_.send_to(&buf[..n], relay).expect("send");
+    }
+    // Frames the program hands to the socket but that do not parse.
+    let relay_mac = mac_of(&pair.relay_ns, &format!("vr{}", pair.tag()));
+    let from = SocketAddr::from((pair.peers_ip, 40_000));
+    let mut bad = Vec::new();
+    for i in 0..50u8 {
+        let mut f = frame(relay_mac, from, relay, &[i; 100]);
+        f[24] ^= 0x5a; // IPv4 header checksum
+        bad.push(f);
+        let mut f = frame(relay_mac, from, relay, &[i; 100]);
+        f[38..40].copy_from_slice(&500u16.to_be_bytes()); // UDP length beyond the packet
+        bad.push(f);
+    }
+    let bad_frames = bad.len() as u64;
+    send_frames(&pair.peers_ns, &format!("vp{}", pair.tag()), bad);
+    // Datagrams larger than one frame and than the relay's receive buffers: IPv4 fragments,
+    // which reach the kernel, are reassembled there and dropped as oversized.
+    let big = 3u64;
+    for _ in 0..big {
+        attacker.send_to(&[9u8; 3000], relay).expect("send big");
+    }
+
+    // The publisher's media still flows.
+    let n = 100u16;
+    let got = std::thread::scope(|sc| {
+        let r = sc.spawn(|| sub_peer.recv_rtp(n as usize, Duration::from_secs(5)));
+        for seq in 0..n {
+            pub_peer.send_rtp(relay, 0x2222, 1000 + seq, &[seq as u8; 600]);
+            if seq % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        r.join().expect("reader")
+    });
+    // Counters settle within a turn or two.
+    std::thread::sleep(Duration::from_millis(200));
+    let io = workers.total();
+    workers.stop().expect("clean stop after the flood");
+    assert_eq!(got.len(), n as usize, "media after the flood: {io:?}");
+    for (ssrc, seq, payload) in &got {
+        assert_eq!(*ssrc, 0x2222);
+        assert_eq!(payload, &vec![(*seq - 1000) as u8; 600]);
+    }
+    assert_eq!(io.xdp_rx_invalid, bad_frames, "{io:?}");
+    assert_eq!(io.rx_oversized, big, "{io:?}");
+    let t = reader.totals();
+    let drops: u64 = t.drops.iter().sum();
+    assert_eq!(t.drops[DropReason::AuthFailed as usize], forged, "{t:?}");
+    assert_eq!(
+        drops,
+        garbage + forged + big,
+        "every garbage datagram dropped and counted: {t:?}"
+    );
+    assert_eq!(t.packets_out, n as u64);
 }
