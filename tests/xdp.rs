@@ -643,3 +643,89 @@ fn garbage_flood_dropped_and_counted() {
     );
     assert_eq!(t.packets_out, n as u64);
 }
+
+/// Drop `caps` from this thread's effective and permitted sets (capabilities are per thread;
+/// threads it spawns inherit the reduced sets).
+fn drop_caps(caps: &[u32]) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: h and d are the header and the two data words capget expects for version 3.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
+    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+    for &c in caps {
+        let (i, bit) = ((c / 32) as usize, 1u32 << (c % 32));
+        d[i].effective &= !bit;
+        d[i].permitted &= !bit;
+    }
+    // SAFETY: as above; capset on pid 0 changes only the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
+    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// Without CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF (and CAP_SYS_ADMIN, which would stand in for
+/// CAP_BPF) the relay refuses the xdp backend with a message naming them.
+#[test]
+fn refused_without_capabilities() {
+    if let Err(why) = available() {
+        skip::skip(why);
+        return;
+    }
+    let pair = Pair::new().expect("namespaces");
+    let dir = TempDir::new("xdp-caps");
+    let shm = dir.path().join("shm");
+    let _w = ShmWriter::create(
+        &shm,
+        Capacity {
+            sessions: 4,
+            routes: 4,
+            workers: 1,
+        },
+    )
+    .expect("shm");
+    let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
+    let bind = SocketAddr::from((pair.relay_ip, 0));
+    let err = in_ns(&pair.relay_ns, move || {
+        // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39.
+        drop_caps(&[12, 13, 21, 38, 39]);
+        relay::worker::spawn_workers(
+            WorkerConfig {
+                bind,
+                workers: Some(1),
+                backend: BackendChoice::Xdp,
+                pin: false,
+                ..WorkerConfig::default()
+            },
+            move |i| {
+                <relay::engine::Engine>::new(
+                    reader.clone(),
+                    relay::engine::EngineConfig {
+                        worker: i,
+                        ..Default::default()
+                    },
+                )
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+    })
+    .expect("the xdp backend must be refused without capabilities");
+    assert!(
+        err.contains("CAP_NET_ADMIN") && err.contains("CAP_BPF") && err.contains("mmsg"),
+        "{err}"
+    );
+}

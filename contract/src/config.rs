@@ -182,8 +182,8 @@ pub enum Backend {
     Auto,
     IoUring,
     Mmsg,
-    /// AF_XDP: an XDP program steers the media port to AF_XDP sockets (needs CAP_NET_ADMIN
-    /// and CAP_BPF, and `bind` set to one interface's IPv4 address).
+    /// AF_XDP: an XDP program steers the media port to AF_XDP sockets (needs CAP_NET_ADMIN,
+    /// CAP_NET_RAW and CAP_BPF, and `bind` set to one interface's IPv4 address).
     Xdp,
 }
 

@@ -83,7 +83,8 @@ pub enum IoError {
     /// (provided-buffer rings, multishot receive). `auto` falls back to mmsg on this.
     #[error("io_uring unavailable: {0}")]
     UringRefused(String),
-    /// The xdp backend cannot run here: missing capabilities (CAP_NET_ADMIN, CAP_BPF), no
+    /// The xdp backend cannot run here: missing capabilities (CAP_NET_ADMIN, CAP_NET_RAW,
+    /// CAP_BPF), no
     /// AF_XDP or BPF in the kernel, or a `relay.bind` it cannot attach for. The message says
     /// which and what to do.
     #[error("xdp backend refused: {0}")]

@@ -19,7 +19,8 @@
 //!
 //! Zero-copy mode is used where the driver supports it, copy mode elsewhere (veth, loopback
 //! and drivers without AF_XDP support; generic XDP where the driver has no native XDP).
-//! Needs `CAP_NET_ADMIN` and `CAP_BPF` (or root); without them start-up fails with
+//! Needs `CAP_NET_ADMIN` (attach the program, create the XSKMAP), `CAP_NET_RAW` (AF_XDP
+//! sockets) and `CAP_BPF` (load the program), or root; without them start-up fails with
 //! [`IoError::XdpRefused`] saying so.
 
 use std::io;
@@ -206,9 +207,9 @@ impl std::fmt::Debug for XdpShared {
 fn refused(what: &str, e: io::Error) -> IoError {
     match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => IoError::XdpRefused(format!(
-            "{what}: {e}; the xdp backend needs CAP_NET_ADMIN and CAP_BPF (systemd: \
-             AmbientCapabilities=CAP_NET_ADMIN CAP_BPF, see systemd/xdp.conf), or choose \
-             relay.backend = \"mmsg\""
+            "{what}: {e}; the xdp backend needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF \
+             (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF, see the drop-in \
+             systemd/sluice-relay.service.d/xdp.conf), or choose relay.backend = \"mmsg\""
         )),
         Some(libc::EAFNOSUPPORT) | Some(libc::ENOSYS) => IoError::XdpRefused(format!(
             "{what}: {e}; this kernel has no AF_XDP or BPF support"
