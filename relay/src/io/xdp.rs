@@ -46,6 +46,7 @@ const XDP_TX_RING: libc::c_int = 3;
 const XDP_UMEM_REG: libc::c_int = 4;
 const XDP_UMEM_FILL_RING: libc::c_int = 5;
 const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
+const XDP_STATISTICS: libc::c_int = 7;
 const XDP_PGOFF_RX_RING: libc::off_t = 0;
 const XDP_PGOFF_TX_RING: libc::off_t = 0x8000_0000;
 const XDP_UMEM_PGOFF_FILL_RING: libc::off_t = 0x1_0000_0000;
@@ -64,6 +65,8 @@ const TX_FRAMES: usize = 2048;
 const HDR: usize = 14 + 20 + 8;
 /// While frames keep arriving, look at the kernel path every this many turns.
 const KERNEL_EVERY: u32 = 16;
+/// Read the kernel's drop counters of the socket (`XDP_STATISTICS`) every this many turns.
+const STATS_EVERY: u32 = 256;
 /// Kicks per flush while the kernel still has frames of ours in the TX ring.
 const MAX_KICKS: usize = 256;
 
@@ -809,6 +812,41 @@ impl XdpBackend {
         let _ = self.kernel.flush();
     }
 
+    /// The kernel's drop counters for this socket (one `getsockopt`, every [`STATS_EVERY`]
+    /// turns and at shutdown).
+    fn read_kernel_drops(&mut self) {
+        let Some(x) = &self.xsk else { return };
+        /// `struct xdp_statistics`.
+        #[repr(C)]
+        #[derive(Default)]
+        struct XdpStatistics {
+            rx_dropped: u64,
+            rx_invalid_descs: u64,
+            tx_invalid_descs: u64,
+            rx_ring_full: u64,
+            rx_fill_ring_empty_descs: u64,
+            tx_ring_empty_descs: u64,
+        }
+        let mut st = XdpStatistics::default();
+        let mut len = mem::size_of::<XdpStatistics>() as libc::socklen_t;
+        self.own.syscalls += 1;
+        // SAFETY: st is a live xdp_statistics of the size passed; the kernel writes at most
+        // `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                x.fd.as_raw_fd(),
+                SOL_XDP,
+                XDP_STATISTICS,
+                (&mut st as *mut XdpStatistics).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            self.own.xdp_rx_ring_full = st.rx_ring_full;
+            self.own.xdp_rx_dropped = st.rx_dropped + st.rx_fill_ring_empty_descs;
+        }
+    }
+
     fn merge_counters(&mut self) {
         self.own.xdp_route_lookups = self.routes.lookups;
         self.merged = self.own + *self.kernel.counters();
@@ -833,6 +871,9 @@ impl Backend for XdpBackend {
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
         self.turns = self.turns.wrapping_add(1);
+        if self.turns % STATS_EVERY == 0 {
+            self.read_kernel_drops();
+        }
         let frames = match &mut self.xsk {
             Some(x) => x.rx.available() > 0,
             None => false,
@@ -971,6 +1012,8 @@ impl Backend for XdpBackend {
     }
 
     fn shutdown(&mut self) {
+        self.read_kernel_drops();
+        self.merge_counters();
         if let Some(q) = self.queue.take() {
             self.shared.program.remove(q);
         }
