@@ -139,6 +139,12 @@ impl MmsgBackend {
         self.poll.as_raw_fd()
     }
 
+    /// True when the socket may still hold datagrams or some were received and not yet
+    /// handed over ([`Backend::wait`] then returns without a syscall).
+    pub(crate) fn pending(&self) -> bool {
+        self.readable || self.rx_next < self.rx_count
+    }
+
     fn recv_batch(&mut self, max: usize) -> usize {
         let n = max.min(self.batch);
         for h in &mut self.rx_hdr[..n] {

@@ -887,6 +887,11 @@ impl Backend for XdpBackend {
         let Some(x) = &self.xsk else {
             return self.kernel.wait(timeout);
         };
+        if self.kernel.pending() {
+            // Datagrams left on the kernel path: no blocking (its epoll is edge-triggered and
+            // would not report them again).
+            return self.kernel.wait(Duration::ZERO);
+        }
         let mut fds = [
             libc::pollfd {
                 fd: x.fd.as_raw_fd(),
