@@ -729,3 +729,105 @@ fn refused_without_capabilities() {
         "{err}"
     );
 }
+
+/// The relay follows a neighbour change: the peers' interface gets a new MAC address and the
+/// relay's neighbour entry is replaced; the change notification makes the worker look the
+/// destination up again, so the next frames go to the new address (with the old one the
+/// peers' kernel would drop them as addressed to another host).
+#[test]
+fn neighbour_change_followed() {
+    if let Err(why) = available() {
+        skip::skip(why);
+        return;
+    }
+    let profile = Profile::Aes128CmSha1_80;
+    let pair = Pair::new().expect("namespaces");
+    let dir = TempDir::new("xdp-neigh");
+    let shm = dir.path().join("shm");
+    let mut w = ShmWriter::create(
+        &shm,
+        Capacity {
+            sessions: 4,
+            routes: 4,
+            workers: 2,
+        },
+    )
+    .expect("shm");
+    let mut pub_peer = Peer::new(1, Role::Speaker, profile);
+    let mut sub_peer = Peer::new(2, Role::Viewer, profile);
+    pub_peer.sock = peer_socket(&pair);
+    sub_peer.sock = peer_socket(&pair);
+    w.put_session(&pub_peer.record()).expect("session");
+    w.put_session(&sub_peer.record()).expect("session");
+    w.put_route(&RouteRecord {
+        id: 1,
+        from: 1,
+        ssrc: None,
+        to: 2,
+        rewrite: Rewrite::default(),
+    })
+    .expect("route");
+    let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
+    let workers = start_relay(&pair, reader);
+    let relay = workers.local_addr();
+    let mut burst = |first: u16| {
+        let n = 50u16;
+        std::thread::scope(|sc| {
+            let sub = &mut sub_peer;
+            let r = sc.spawn(move || sub.recv_rtp(n as usize, Duration::from_secs(3)));
+            for seq in first..first + n {
+                pub_peer.send_rtp(relay, 0x3333, seq, &[seq as u8; 300]);
+            }
+            r.join().expect("reader").len()
+        })
+    };
+    assert_eq!(burst(0), 50);
+    let before = workers.total();
+    let vp = format!("vp{}", pair.tag());
+    let vr = format!("vr{}", pair.tag());
+    sh(&[
+        "ip",
+        "-n",
+        &pair.peers_ns,
+        "link",
+        "set",
+        &vp,
+        "address",
+        "02:5a:11:ce:00:02",
+    ])
+    .expect("new MAC");
+    sh(&[
+        "ip",
+        "-n",
+        &pair.relay_ns,
+        "neigh",
+        "replace",
+        &pair.peers_ip.to_string(),
+        "lladdr",
+        "02:5a:11:ce:00:02",
+        "dev",
+        &vr,
+        "nud",
+        "reachable",
+    ])
+    .expect("neighbour entry");
+    // The watcher thread sees the notification within its receive loop.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        burst(100),
+        50,
+        "after the MAC change: {:?}",
+        workers.total()
+    );
+    let after = workers.total();
+    workers.stop().expect("clean stop");
+    assert!(
+        after.xdp_route_lookups > before.xdp_route_lookups,
+        "no new lookup after the change: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.xdp_tx_frames - before.xdp_tx_frames,
+        50,
+        "the second burst left as frames: {after:?}"
+    );
+}
