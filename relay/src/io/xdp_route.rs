@@ -101,15 +101,6 @@ fn nl_socket(groups: u32, timeout: Duration) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Append one rtattr with `data`.
-fn attr(msg: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    msg.extend_from_slice(&(len as u16).to_ne_bytes());
-    msg.extend_from_slice(&ty.to_ne_bytes());
-    msg.extend_from_slice(data);
-    msg.resize(msg.len().next_multiple_of(4), 0);
-}
-
 /// The attributes after a fixed header of `fixed` bytes in one netlink message body.
 fn attrs(body: &[u8], fixed: usize) -> impl Iterator<Item = (u16, &[u8])> {
     let mut rest = body.get(fixed..).unwrap_or(&[]);
@@ -146,15 +137,17 @@ impl Netlink {
     fn request(
         &mut self,
         ty: u16,
-        head: &[u8],
+        head: &[u8; 12],
         dst: (u16, [u8; 4]),
         want: u16,
     ) -> io::Result<Option<usize>> {
         self.seq = self.seq.wrapping_add(1);
-        let mut msg = Vec::with_capacity(64);
-        msg.extend_from_slice(&[0u8; 16]);
-        msg.extend_from_slice(head);
-        attr(&mut msg, dst.0, &dst.1);
+        // nlmsghdr (16) + fixed header (12) + one 8-byte rtattr holding an IPv4 address.
+        let mut msg = [0u8; 36];
+        msg[16..28].copy_from_slice(head);
+        msg[28..30].copy_from_slice(&8u16.to_ne_bytes());
+        msg[30..32].copy_from_slice(&dst.0.to_ne_bytes());
+        msg[32..36].copy_from_slice(&dst.1);
         let len = msg.len() as u32;
         msg[0..4].copy_from_slice(&len.to_ne_bytes());
         msg[4..6].copy_from_slice(&ty.to_ne_bytes());
