@@ -942,22 +942,20 @@ impl Backend for XdpBackend {
                 });
                 match frame.map(|fr| (parse_frame(&fr[..d.len as usize]), fr)) {
                     Some((Ok((src, off, len)), fr)) => {
-                        self.own.rx_packets += 1;
-                        self.own.xdp_rx_frames += 1;
-                        self.own.rx_bytes += len as u64;
                         if len > self.stride {
+                            // As on the kernel path: dropped and counted, not received.
                             self.own.rx_oversized += 1;
-                        } else if fr.len() - off >= self.stride {
-                            f(
-                                SocketAddr::V4(src),
-                                &mut fr[off..off + self.stride],
-                                len,
-                                &mut self.tx,
-                            );
-                            handed += 1;
                         } else {
-                            self.scratch[..len].copy_from_slice(&fr[off..off + len]);
-                            f(SocketAddr::V4(src), &mut self.scratch, len, &mut self.tx);
+                            self.own.rx_packets += 1;
+                            self.own.xdp_rx_frames += 1;
+                            self.own.rx_bytes += len as u64;
+                            let src = SocketAddr::V4(src);
+                            if fr.len() - off >= self.stride {
+                                f(src, &mut fr[off..off + self.stride], len, &mut self.tx);
+                            } else {
+                                self.scratch[..len].copy_from_slice(&fr[off..off + len]);
+                                f(src, &mut self.scratch, len, &mut self.tx);
+                            }
                             handed += 1;
                         }
                     }
@@ -967,13 +965,13 @@ impl Backend for XdpBackend {
                     }
                     None => self.own.xdp_rx_invalid += 1,
                 }
-                // The frame goes back to the fill ring (it holds every receive frame, so
-                // there is always room).
+                // The frame goes back to the fill ring (published below with the others; the
+                // fill ring holds every receive frame, so there is always room).
                 // SAFETY: we own the fill ring's producer side; a slot is free for each frame
                 // the RX ring handed us.
-                unsafe { *x.fill.addr_at(x.fill.cached_own) = chunk };
-                x.fill.submit(1);
+                unsafe { *x.fill.addr_at(x.fill.cached_own.wrapping_add(taken - 1)) = chunk };
             }
+            x.fill.submit(taken);
             x.rx.release(taken);
             if taken > 0 && x.fill.needs_wakeup() {
                 self.own.syscalls += 1;
