@@ -358,6 +358,11 @@ fn forward(profile: Profile, fan_out: usize) {
             .map(|h| h.join().expect("reader"))
             .collect()
     });
+    // Counters are published once per loop turn: wait for the turn that sent the last frame.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while workers.total().tx_packets < n as u64 * fan_out as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let io = workers.total();
     workers.stop().expect("clean stop");
     for ((_, key), got) in subs.iter().zip(&got) {
@@ -782,7 +787,16 @@ fn neighbour_change_followed() {
         })
     };
     assert_eq!(burst(0), 50);
-    let before = workers.total();
+    // Counters are published once per loop turn: wait for the turn that sent the last frame.
+    let settled = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while workers.total().tx_packets < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        workers.total()
+    };
+    let before = settled(50);
+    assert_eq!(before.tx_packets, 50, "{before:?}");
     let vp = format!("vp{}", pair.tag());
     let vr = format!("vr{}", pair.tag());
     sh(&[
@@ -819,7 +833,7 @@ fn neighbour_change_followed() {
         "after the MAC change: {:?}",
         workers.total()
     );
-    let after = workers.total();
+    let after = settled(100);
     workers.stop().expect("clean stop");
     assert!(
         after.xdp_route_lookups > before.xdp_route_lookups,
