@@ -31,6 +31,9 @@ printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/kill"
 chmod 0755 "$root/usr/bin/kill"
 cp "$here/sluice-control.service" "$here/sluice-relay.service" "$root/etc/systemd/system/"
 cp "$here/sluice.toml" "$root/etc/sluice/sluice.toml"
+# The xdp drop-in is verified applied, as an operator would install it.
+mkdir -p "$root/etc/systemd/system/sluice-relay.service.d"
+cp "$here/sluice-relay.service.d/xdp.conf" "$root/etc/systemd/system/sluice-relay.service.d/"
 
 fail=0
 out="$(systemd-analyze verify --root="$root" sluice-control.service sluice-relay.service 2>&1)" || fail=1

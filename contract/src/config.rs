@@ -187,15 +187,19 @@ pub enum Backend {
     Auto,
     IoUring,
     Mmsg,
+    /// AF_XDP: an XDP program steers the media port to AF_XDP sockets (needs CAP_NET_ADMIN,
+    /// CAP_NET_RAW and CAP_BPF, and `bind` set to one interface's IPv4 address).
+    Xdp,
 }
 
 impl Backend {
-    /// The configuration spelling: `auto`, `io_uring` or `mmsg`.
+    /// The configuration spelling: `auto`, `io_uring`, `mmsg` or `xdp`.
     pub const fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::IoUring => "io_uring",
             Backend::Mmsg => "mmsg",
+            Backend::Xdp => "xdp",
         }
     }
 }
@@ -206,16 +210,16 @@ impl fmt::Display for Backend {
     }
 }
 
-/// A backend name that is not `auto`, `io_uring` or `mmsg`.
+/// A backend name that is not `auto`, `io_uring`, `mmsg` or `xdp`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend {0:?} (expected \"auto\", \"io_uring\" or \"mmsg\")")]
+#[error("unknown backend {0:?} (expected \"auto\", \"io_uring\", \"mmsg\" or \"xdp\")")]
 pub struct UnknownBackend(pub String);
 
 /// Parses the configuration spelling (command lines: `sluice-relay --backend`, the bench).
 impl std::str::FromStr for Backend {
     type Err = UnknownBackend;
     fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
-        [Backend::Auto, Backend::IoUring, Backend::Mmsg]
+        [Backend::Auto, Backend::IoUring, Backend::Mmsg, Backend::Xdp]
             .into_iter()
             .find(|b| b.name() == s)
             .ok_or_else(|| UnknownBackend(s.to_string()))
@@ -857,6 +861,19 @@ fn validate_relay(r: &RelayConfig) -> Check {
     if r.workers > 1024 {
         return bad("relay.workers", format!("{} is more than 1024", r.workers));
     }
+    if r.backend == Backend::Xdp {
+        // The XDP program is attached to the interface that holds the bind address.
+        let ip = r.bind.ip();
+        if !ip.is_ipv4() || ip.is_unspecified() || ip.is_loopback() {
+            return bad(
+                "relay.bind",
+                format!(
+                    "backend \"xdp\" needs the IPv4 address of one network interface \
+                     (the XDP program is attached there), not {ip}"
+                ),
+            );
+        }
+    }
     in_range("relay.batch", r.batch, 1, 1024)?;
     at_least("relay.recv_buffer_bytes", r.recv_buffer_bytes, 65_536)?;
     at_least("relay.send_buffer_bytes", r.send_buffer_bytes, 65_536)?;
@@ -1249,12 +1266,22 @@ mod tests {
 
     #[test]
     fn backend_names_round_trip() {
-        for b in [Backend::Auto, Backend::IoUring, Backend::Mmsg] {
+        for b in [Backend::Auto, Backend::IoUring, Backend::Mmsg, Backend::Xdp] {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
             assert_eq!(b.to_string(), b.name());
             // The command-line spelling is the configuration file's spelling.
-            let c = parse(&format!("[relay]\nbackend = \"{b}\"\n")).unwrap();
+            let c = parse(&format!(
+                "[relay]\nbackend = \"{b}\"\nbind = \"192.0.2.1:4443\"\n"
+            ))
+            .unwrap();
             assert_eq!(c.relay.backend, b);
+        }
+        // xdp attaches to the interface holding the bind address: a wildcard or loopback
+        // address names none.
+        for bind in ["0.0.0.0:4443", "127.0.0.1:4443", "[2001:db8::1]:4443"] {
+            let e = parse(&format!("[relay]\nbackend = \"xdp\"\nbind = \"{bind}\"\n")).unwrap_err();
+            assert_eq!(e.key(), Some("relay.bind"), "{e}");
+            assert!(e.to_string().contains("xdp"), "{e}");
         }
         let e = "uring".parse::<Backend>().unwrap_err();
         assert_eq!(e, UnknownBackend("uring".into()));

@@ -48,7 +48,7 @@ struct Cli {
     /// Override `relay.workers` (0 = one per CPU).
     #[arg(long)]
     workers: Option<usize>,
-    /// Override `relay.backend`: auto, io_uring or mmsg.
+    /// Override `relay.backend`: auto, io_uring, mmsg or xdp.
     #[arg(long)]
     backend: Option<BackendChoice>,
     /// Override `control.slow_path` (control's unix socket for STUN/DTLS); `none` disables.

@@ -71,6 +71,28 @@ counters! {
     tx_unroutable,
     /// GSO trains (sends of more than one segment).
     tx_gso_trains,
+    /// xdp: datagrams received through the AF_XDP socket (included in `rx_packets`).
+    xdp_rx_frames,
+    /// xdp: datagrams sent as frames built here through the AF_XDP socket (included in
+    /// `tx_packets`).
+    xdp_tx_frames,
+    /// xdp: frames the kernel dropped before our RX ring because it was full
+    /// (`XDP_STATISTICS` `rx_ring_full`; read every few hundred turns).
+    xdp_rx_ring_full,
+    /// xdp: frames the kernel dropped for other reasons: no free frame in the fill ring, or a
+    /// frame larger than a UMEM chunk (`XDP_STATISTICS` `rx_dropped` +
+    /// `rx_fill_ring_empty_descs`).
+    xdp_rx_dropped,
+    /// xdp: frames from the RX ring that were not well-formed IPv4/UDP (dropped).
+    xdp_rx_invalid,
+    /// xdp: datagrams dropped because no transmit frame was free (the kernel had not
+    /// completed earlier sends).
+    xdp_tx_ring_full,
+    /// xdp: datagrams sent through the kernel socket instead (IPv6, no route through the
+    /// interface, no neighbour entry yet).
+    xdp_tx_kernel,
+    /// xdp: route and neighbour lookups over netlink (destination cache misses).
+    xdp_route_lookups,
     /// Syscalls made by the backend (io_uring_enter, recvmmsg, sendmmsg, epoll_wait).
     syscalls,
     /// The worker's loop turns.

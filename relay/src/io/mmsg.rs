@@ -132,6 +132,19 @@ impl MmsgBackend {
         &self.sock
     }
 
+    /// The epoll fd: readable when the socket or the watched fd has an event, so another
+    /// backend can block on it beside its own fds and then call [`Backend::wait`] with a zero
+    /// timeout.
+    pub(crate) fn poll_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// True when the socket may still hold datagrams or some were received and not yet
+    /// handed over ([`Backend::wait`] then returns without a syscall).
+    pub(crate) fn pending(&self) -> bool {
+        self.readable || self.rx_next < self.rx_count
+    }
+
     fn recv_batch(&mut self, max: usize) -> usize {
         let n = max.min(self.batch);
         for h in &mut self.rx_hdr[..n] {

@@ -4,7 +4,9 @@
 //! `// SAFETY:` comment). Two backends sit behind one small interface, [`Backend`]:
 //! - [`uring::UringBackend`]: multishot `RecvMsgMulti` into a provided-buffer ring, batched
 //!   `SendMsg` SQEs (UDP GSO for runs), one `io_uring_enter` per loop turn;
-//! - [`mmsg::MmsgBackend`]: mio readiness + `recvmmsg`/`sendmmsg` batches (UDP GSO as well).
+//! - [`mmsg::MmsgBackend`]: mio readiness + `recvmmsg`/`sendmmsg` batches (UDP GSO as well);
+//! - [`xdp::XdpBackend`]: AF_XDP rings fed by an XDP program on the interface, headers built
+//!   here, with the mmsg backend on the same socket as its kernel path.
 //!
 //! [`slowpath`] carries STUN/DTLS/unknown-source datagrams between relay and control over a
 //! `SOCK_SEQPACKET` unix socket.
@@ -18,6 +20,9 @@ pub mod handover;
 pub mod mmsg;
 pub mod slowpath;
 pub mod uring;
+pub mod xdp;
+pub mod xdp_bpf;
+pub mod xdp_route;
 
 mod sys;
 
@@ -44,6 +49,8 @@ pub enum RunningBackend {
     IoUring,
     /// mio + recvmmsg/sendmmsg ([`mmsg::MmsgBackend`]).
     Mmsg,
+    /// AF_XDP sockets fed by an XDP program ([`xdp::XdpBackend`]).
+    Xdp,
 }
 
 impl RunningBackend {
@@ -64,6 +71,7 @@ impl From<RunningBackend> for BackendChoice {
         match b {
             RunningBackend::IoUring => BackendChoice::IoUring,
             RunningBackend::Mmsg => BackendChoice::Mmsg,
+            RunningBackend::Xdp => BackendChoice::Xdp,
         }
     }
 }
@@ -75,6 +83,12 @@ pub enum IoError {
     /// (provided-buffer rings, multishot receive). `auto` falls back to mmsg on this.
     #[error("io_uring unavailable: {0}")]
     UringRefused(String),
+    /// The xdp backend cannot run here: missing capabilities (CAP_NET_ADMIN, CAP_NET_RAW,
+    /// CAP_BPF), no
+    /// AF_XDP or BPF in the kernel, or a `relay.bind` it cannot attach for. The message says
+    /// which and what to do.
+    #[error("xdp backend refused: {0}")]
+    XdpRefused(String),
     /// A syscall failed.
     #[error("{context}: {source}")]
     Os {
@@ -337,6 +351,8 @@ pub fn probe_io_uring() -> Result<(), IoError> {
 pub fn resolve_backend(choice: BackendChoice) -> Result<(RunningBackend, Option<String>), IoError> {
     match choice {
         BackendChoice::Mmsg => Ok((RunningBackend::Mmsg, None)),
+        // Checked when the workers set up the program ([`xdp::XdpShared::setup`]).
+        BackendChoice::Xdp => Ok((RunningBackend::Xdp, None)),
         BackendChoice::IoUring => probe_io_uring().map(|()| (RunningBackend::IoUring, None)),
         BackendChoice::Auto => match probe_io_uring() {
             Ok(()) => Ok((RunningBackend::IoUring, None)),

@@ -34,6 +34,7 @@ use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
 use crate::io::uring::UringBackend;
+use crate::io::xdp::{XdpBackend, XdpShared};
 use crate::io::{
     self, Backend, BackendChoice, BackendParams, BufferGrant, IoError, RunningBackend,
     SocketBuffers,
@@ -444,6 +445,11 @@ where
     if let Some(r) = &fallback_reason {
         tracing::warn!(reason = %r, "io_uring refused; using the mmsg backend");
     }
+    // xdp: one program for the interface holding the bind address, shared by every worker.
+    let xdp = match kind {
+        RunningBackend::Xdp => Some(XdpShared::setup(local_addr)?),
+        _ => None,
+    };
     let dups = sockets
         .iter()
         .map(|s| s.try_clone())
@@ -478,6 +484,7 @@ where
         let handover = workers.handover.clone();
         let cfg = cfg.clone();
         let auto = cfg.backend == BackendChoice::Auto;
+        let xdp = xdp.clone();
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -491,6 +498,7 @@ where
                     sock,
                     kind,
                     auto,
+                    xdp,
                     params,
                     handler,
                     cfg,
@@ -536,6 +544,7 @@ fn run_worker<H: Handler>(
     sock: std::net::UdpSocket,
     kind: RunningBackend,
     auto: bool,
+    xdp: Option<Arc<XdpShared>>,
     params: BackendParams,
     mut handler: H,
     cfg: WorkerConfig,
@@ -557,6 +566,19 @@ fn run_worker<H: Handler>(
         },
         None => None,
     };
+    if let Some(shared) = xdp {
+        return match XdpBackend::new(sock, params, shared, id) {
+            Ok(mut b) => {
+                let _ = ready.send((id, Ok(RunningBackend::Xdp)));
+                run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = ready.send((id, Err(e)));
+                Err(IoError::Invalid(msg))
+            }
+        };
+    }
     if kind == RunningBackend::IoUring {
         let dup = sock
             .try_clone()
