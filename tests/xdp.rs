@@ -224,6 +224,7 @@ fn session(id: u64, peer: SocketAddr, role: Role, rx: MasterKey, tx: MasterKey) 
         key_epoch: 1,
         flags: 0,
         max_pps: 0,
+        ice: None,
     }
 }
 
