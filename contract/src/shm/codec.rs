@@ -190,7 +190,10 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
         w[9] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
     }
     // Words 12–14: the MID rewrite (id | len << 8, then the value's 16 bytes).
-    w[12] = u64::from(r.rewrite.mid_id) | (u64::from(r.rewrite.mid_len) << 8);
+    // Byte 2 of word 12: the transport-wide sequence extension id (0: none).
+    w[12] = u64::from(r.rewrite.mid_id)
+        | (u64::from(r.rewrite.mid_len) << 8)
+        | (u64::from(r.rewrite.twcc_id) << 16);
     w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
     w
 }
@@ -252,6 +255,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             mid: words_to_bytes(&w[13..15]),
             mid_len: (w[12] >> 8) as u8,
             mid_id: w[12] as u8,
+            twcc_id: (w[12] >> 16) as u8,
             rtx,
         },
     };

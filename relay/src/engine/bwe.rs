@@ -200,6 +200,12 @@ impl Bwe {
         seq
     }
 
+    /// The transport-wide sequence number the next [`Bwe::on_send`] takes.
+    #[inline]
+    pub fn peek_seq(&self) -> u16 {
+        self.next_seq
+    }
+
     /// The current estimate, bit/s.
     pub fn estimate(&self) -> u64 {
         self.estimate_at(None)

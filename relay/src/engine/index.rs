@@ -7,6 +7,7 @@
 //! continuity states are carried over by id, so rollover counters, replay windows and output
 //! numbering survive every rebuild that does not change the session's keys.
 
+use super::bwe::Bwe;
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
 use super::diag::SessionDiag;
@@ -288,6 +289,9 @@ pub struct Session<C> {
     resend_count: u32,
     /// What this worker counted for the session (engine/diag.rs).
     pub diag: SessionDiag,
+    /// Downlink bandwidth estimate towards this session as a subscriber (engine/bwe.rs),
+    /// created at the first packet stamped with a transport-wide sequence number.
+    pub bwe: Option<Box<Bwe>>,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -321,6 +325,7 @@ impl<C: SrtpOps> Session<C> {
             resend_window: None,
             resend_count: 0,
             diag: SessionDiag::default(),
+            bwe: None,
         }
     }
 
