@@ -145,6 +145,7 @@ fn every_route_field_round_trips() {
         ssrc: Some(0xfeed_f00d),
         pt_map_len: MAX_MAPPINGS as u8,
         ext_map_len: 3,
+        twcc_id: 7,
         ..Rewrite::default()
     };
     for i in 0..MAX_MAPPINGS {

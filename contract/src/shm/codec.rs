@@ -189,10 +189,12 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     if let Some(x) = r.rewrite.rtx {
         w[9] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
     }
-    // Word 12: MID id | MID length << 8 | keyframe bits << 16; words 13–14: the MID value.
+    // Word 12: MID id | MID length << 8 | keyframe bits << 16 | transport-wide sequence
+    // extension id << 24 (0: none); words 13–14: the MID value.
     w[12] = u64::from(r.rewrite.mid_id)
         | (u64::from(r.rewrite.mid_len) << 8)
-        | (u64::from(r.rewrite.keyframe) << 16);
+        | (u64::from(r.rewrite.keyframe) << 16)
+        | (u64::from(r.rewrite.twcc_id) << 24);
     w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
     w
 }
@@ -258,6 +260,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             mid_len: (w[12] >> 8) as u8,
             mid_id: w[12] as u8,
             keyframe: (w[12] >> 16) as u8,
+            twcc_id: (w[12] >> 24) as u8,
             rtx,
         },
     };

@@ -284,6 +284,11 @@ pub struct Rewrite {
     pub mid: [u8; MAX_MID_LEN],
     pub mid_len: u8,
     pub mid_id: u8,
+    /// The subscriber's id for the transport-wide sequence number extension
+    /// (draft-holmer-rmcat-transport-wide-cc-extensions-01), after `ext_map`: a forwarded
+    /// packet carrying that element gets the relay's own per-subscriber number, and the
+    /// subscriber's transport-cc feedback drives its bandwidth estimate. 0: no stamping.
+    pub twcc_id: u8,
     /// The subscriber's RTX stream for this route (RFC 4588): packets the relay resends on a
     /// NACK go out as RTX on this SSRC and payload type; `None` resends the original packet.
     /// Only on a route that carries one stream (an SSRC filter or a rewritten SSRC).

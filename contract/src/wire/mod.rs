@@ -12,6 +12,8 @@
 //! - [`rtcp`]: compound RTCP iteration and typed views (SR, RR, SDES, BYE, APP, RTPFB, PSFB).
 //! - [`rtcp_write`]: the RTCP packets the relay writes itself (SR, RR, PLI, FIR, generic NACK).
 //! - [`rtx`]: the RTP retransmission payload format (RFC 4588), both directions.
+//! - [`twcc`]: transport-wide congestion control: the sequence extension, transport-cc
+//!   feedback read and written, REMB written.
 //! - [`stun`]: STUN messages (RFC 8489), ICE attributes (RFC 8445), integrity, fingerprint,
 //!   and an allocation-free writer.
 //! - [`ice`]: ICE-lite answers to connectivity checks (RFC 8445 §7.3), shared by the relay and
@@ -29,6 +31,7 @@ pub mod rtcp_write;
 pub mod rtp;
 pub mod rtx;
 pub mod stun;
+pub mod twcc;
 
 pub use demux::{classify, Kind};
 pub use rtcp::is_rtcp;

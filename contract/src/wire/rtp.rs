@@ -433,6 +433,27 @@ impl<'a> RtpMut<'a> {
         Ok(())
     }
 
+    /// The value of extension element `id`, writable in place (same length: the packet
+    /// layout never changes). `None` when the packet has no such element. This is how a
+    /// fixed-size per-receiver value (the transport-wide sequence number) is rewritten.
+    pub fn extension_value_mut(&mut self, id: u8) -> Option<&mut [u8]> {
+        let (form, s, e) = self.layout.ext?;
+        let mut raw = RawElements {
+            form,
+            data: &self.buf[s..e],
+            pos: 0,
+        };
+        loop {
+            match raw.step() {
+                Step::Element(eid, start, end) if eid == id => {
+                    return self.buf.get_mut(s + start..s + end);
+                }
+                Step::Element(..) => {}
+                Step::End | Step::Malformed => return None,
+            }
+        }
+    }
+
     /// Rewrites RFC 8285 extension ids in place through `map` (`(from, to)` pairs; the first
     /// matching pair wins; unmapped ids pass unchanged). Returns how many elements changed.
     ///

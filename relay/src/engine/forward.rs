@@ -1,6 +1,7 @@
 //! The per-datagram path: demultiplex, find the session, unprotect, route, rewrite, protect,
 //! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
 
+use super::bwe::{Bwe, BweConfig};
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 use super::diag::DiagState;
@@ -22,7 +23,7 @@ use contract::srtp::{ContextOptions, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::{classify, dtls, Kind};
-use contract::wire::{rtcp_write, rtx};
+use contract::wire::{rtcp_write, rtx, twcc};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,8 @@ pub struct Forwarder<C = contract::srtp::Context> {
     worker: usize,
     /// Rebuild scratch: publishers this worker announced in the hub.
     claimed_scratch: Vec<SessionId>,
+    /// Origin of the microsecond clock the bandwidth estimators run on (the first `now`).
+    epoch: Option<Instant>,
 }
 
 /// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
@@ -294,6 +297,17 @@ fn rewrite_rtp(pkt: &mut [u8], rw: &Rewrite, seq: u16, ts: u32) -> bool {
     true
 }
 
+/// Write the per-subscriber transport-wide sequence number into the packet's element `id`
+/// in place; `false` (packet unchanged) when it carries no such element of two bytes.
+#[inline]
+fn stamp_twcc(pkt: &mut [u8], id: u8, seq: u16) -> bool {
+    let Ok(mut p) = RtpMut::parse(pkt) else {
+        return false;
+    };
+    p.extension_value_mut(id)
+        .is_some_and(|v| twcc::write_seq(v, seq).is_ok())
+}
+
 /// Write the subscriber's MID into the packet's MID element (RFC 8843 §15), growing or
 /// shrinking it in place within `slot` less `tag` bytes kept for SRTP. Returns the new
 /// length; a packet without a MID element, or one whose block cannot take the value, goes
@@ -320,6 +334,7 @@ impl<C: SrtpOps> Forwarder<C> {
             index: Index::new(opts),
             stats: CounterSnapshot::default(),
             now: None,
+            epoch: None,
             state: StreamState::default(),
             diag: DiagState::default(),
             gate: SlowGate::Open,
@@ -428,6 +443,27 @@ impl<C: SrtpOps> Forwarder<C> {
 
     /// Publish the diagnostics of sessions with traffic since the last publish, if
     /// [`super::diag::PUBLISH_INTERVAL`] passed since then. True when it published.
+    /// Microseconds since this forwarder's first `now`: the bandwidth estimators' clock.
+    fn now_us(&self) -> u64 {
+        match (self.now, self.epoch) {
+            (Some(n), Some(e)) => n.saturating_duration_since(e).as_micros() as u64,
+            _ => 0,
+        }
+    }
+
+    /// The downlink bandwidth estimate (bit/s) towards `subscriber`, when this worker
+    /// stamps its packets and has heard from it (engine/bwe.rs). For the layer selector and
+    /// the session statistics.
+    pub fn estimate(&self, subscriber: SessionId) -> Option<u64> {
+        let now = self.now_us();
+        self.index
+            .sessions
+            .iter()
+            .find(|s| s.id == subscriber)
+            .and_then(|s| s.bwe.as_deref())
+            .map(|b| b.estimate_at(Some(now)))
+    }
+
     pub fn publish_diagnostics(&mut self, now: Instant) -> bool {
         if !self.diag.due(now) {
             return false;
@@ -455,6 +491,7 @@ impl<C: SrtpOps> Forwarder<C> {
     /// The batch clock (used for rate limits only).
     pub fn set_now(&mut self, now: Instant) {
         self.now = Some(now);
+        self.epoch.get_or_insert(now);
         if let SlowGate::Pending(r) = self.gate {
             // Once, outside the per-datagram path.
             self.gate = SlowGate::On(Box::new(RateLimiter::new(r.global, r.per_source, now)));
@@ -689,6 +726,7 @@ impl<C: SrtpOps> Forwarder<C> {
     #[inline]
     fn rtp_to(&mut self, oi: u32, plain: &[u8], inp: &RtpIn, tx: &mut TxQueue) {
         let limit = self.index.owned_limit();
+        let now_us = self.now_us();
         let OutputMut {
             out: o,
             sub,
@@ -713,6 +751,12 @@ impl<C: SrtpOps> Forwarder<C> {
             }
         };
         let (peer, sub_id) = (sub.peer, sub.id);
+        // The transport-wide number this packet gets if it carries the element (bwe.rs).
+        let tw_seq = match (&sub.bwe, o.rewrite.twcc_id) {
+            (_, 0) => None,
+            (Some(b), _) => Some(b.peek_seq()),
+            (None, _) => Some(0),
+        };
         let Some(ctx) = sub.tx_ctx(opts) else {
             self.stats.drop(DropReason::Crypto);
             return;
@@ -729,15 +773,26 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         let rw = &o.rewrite;
         let n = plain.len();
+        let mut stamped = false;
         let pushed = emit(&mut self.stats, tx, peer, |slot| {
             let dst = slot.get_mut(..n).ok_or(DropReason::Malformed)?;
             dst.copy_from_slice(plain);
             if !rewrite_rtp(dst, rw, oseq, ots) {
                 return Err(DropReason::Malformed);
             }
+            if let Some(seq) = tw_seq {
+                stamped = stamp_twcc(dst, rw.twcc_id, seq);
+            }
             let n = write_mid(slot, n, rw, Profile::MAX_SRTP_OVERHEAD);
             ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
         });
+        if pushed && stamped {
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            let bwe = sub
+                .bwe
+                .get_or_insert_with(|| Box::new(Bwe::new(BweConfig::default())));
+            bwe.on_send(now_us, sent);
+        }
         if pushed {
             if let Some(index) = inp.cached {
                 let from = SentFrom {
@@ -899,6 +954,21 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.count(Feedback::Unroutable, 1);
             return;
         };
+        // Congestion feedback about what this worker sends the subscriber feeds its estimate;
+        // transport-cc is hop-by-hop and stops here, REMB also goes on to the publisher.
+        let now_us = self.now_us();
+        if let Some(bwe) = self.index.sessions[sub as usize].bwe.as_deref_mut() {
+            match pkt.typed() {
+                Ok(Rtcp::TransportCc(fb)) => {
+                    if let Ok(f) = twcc::Feedback::parse(fb.fci()) {
+                        bwe.on_feedback(now_us, &f);
+                    }
+                    return;
+                }
+                Ok(Rtcp::Remb(r)) => bwe.on_remb(now_us, r.bitrate()),
+                _ => {}
+            }
+        }
         match pkt.typed() {
             Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
                 self.on_nack(sub, n, up, tx);
@@ -1183,6 +1253,7 @@ impl<C: SrtpOps> Forwarder<C> {
     /// retries. Allocates nothing.
     pub fn poll(&mut self, now: Instant, tx: &mut TxQueue) {
         self.now = Some(now);
+        self.epoch.get_or_insert(now);
         if let Some(hub) = self.hub.take() {
             for _ in 0..super::hub::INBOX {
                 let Some(h) = hub.take(self.worker) else {

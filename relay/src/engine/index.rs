@@ -7,6 +7,7 @@
 //! continuity states are carried over by id, so rollover counters, replay windows and output
 //! numbering survive every rebuild that does not change the session's keys.
 
+use super::bwe::Bwe;
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
 use super::diag::SessionDiag;
@@ -291,6 +292,9 @@ pub struct Session<C> {
     /// Command sequence number of the next FIR this worker sends the session as a
     /// publisher (RFC 5104 §4.3.1.2: one per new request, whoever asked).
     pub fir_seq: u8,
+    /// Downlink bandwidth estimate towards this session as a subscriber (engine/bwe.rs),
+    /// created at the first packet stamped with a transport-wide sequence number.
+    pub bwe: Option<Box<Bwe>>,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -325,6 +329,7 @@ impl<C: SrtpOps> Session<C> {
             resend_count: 0,
             diag: SessionDiag::default(),
             fir_seq: 0,
+            bwe: None,
         }
     }
 

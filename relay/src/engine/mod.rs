@@ -24,6 +24,7 @@
 //! directly); [`Engine`] adds the shared-memory reader (generation check once per batch) and
 //! counter flushing.
 
+pub mod bwe;
 mod continuity;
 mod crypto;
 pub mod diag;

@@ -7,6 +7,7 @@ use super::*;
 use contract::shm::{DropReason, Rewrite, Role, RouteRecord, SessionRecord, MAX_MAPPINGS};
 use contract::srtp::{Error, MasterKey, Profile};
 use contract::wire::rtcp::{fmt, packet_type};
+use contract::wire::twcc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1048,4 +1049,79 @@ fn keyframe_requests_follow_what_the_publisher_takes() {
             assert_eq!(again, vec![("fir", 0x1111, 1)]);
         }
     }
+}
+
+/// Transport-wide congestion control towards a viewer: each viewer with the extension
+/// negotiated gets its own gap-free transport-wide numbering (the publisher's value is
+/// overwritten), a viewer without it gets the packet unchanged; the viewer's transport-cc
+/// feedback is consumed by the relay (hop-by-hop: nothing reaches the publisher) and gives
+/// it an estimate.
+#[test]
+fn transport_wide_numbers_per_viewer_and_feedback_gives_an_estimate() {
+    let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
+    ext_map[0] = (3, 5); // transport-wide seq: publisher id 3 → viewer id 5
+    let stamped = Rewrite {
+        ssrc: Some(0xB0B0),
+        ext_map,
+        ext_map_len: 1,
+        twcc_id: 5,
+        ..Rewrite::default()
+    };
+    let plain = Rewrite {
+        ssrc: Some(0xC0C0),
+        ..Rewrite::default()
+    };
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(2, Role::Viewer),
+            session(3, Role::Viewer),
+        ],
+        vec![route(1, 1, None, 2, stamped), route(2, 1, None, 3, plain)],
+    );
+    let t0 = Instant::now();
+    rig.fwd.set_now(t0);
+    assert_eq!(rig.fwd.estimate(2), None, "no packet stamped yet");
+    for k in 0..40u16 {
+        rig.fwd
+            .set_now(t0 + Duration::from_millis(u64::from(k) * 5));
+        let pubseq = 1000u16.wrapping_add(k * 7).to_be_bytes();
+        let out = rig.send(
+            1,
+            &rtp_with_extensions(0x1111, k, &[(3, &pubseq)], b"media"),
+        );
+        assert_eq!(out.len(), 2);
+        let (_, p) = out.iter().find(|(d, _)| *d == addr(1002)).unwrap();
+        let pkt = contract::wire::rtp::RtpPacket::parse(p).unwrap();
+        assert_eq!(
+            pkt.extension_by_id(5),
+            Some(&k.to_be_bytes()[..]),
+            "renumbered"
+        );
+        assert_eq!(pkt.payload(), b"media");
+        let (_, p) = out.iter().find(|(d, _)| *d == addr(1003)).unwrap();
+        let pkt = contract::wire::rtp::RtpPacket::parse(p).unwrap();
+        assert_eq!(
+            pkt.extension_by_id(3),
+            Some(&pubseq[..]),
+            "not negotiated: unchanged"
+        );
+    }
+    // The viewer reports all 40 arrivals, 5 ms apart.
+    let arrivals: Vec<Option<u64>> = (0..40).map(|k| Some(1_000_000 + k * 5_000)).collect();
+    let mut b = [0u8; 512];
+    let h = twcc::FeedbackHeader {
+        sender_ssrc: 0xFA17_FA17,
+        media_ssrc: 0xB0B0,
+        base_seq: 0,
+        fb_pkt_count: 0,
+    };
+    let (n, covered) = twcc::write_feedback(&mut b, &h, &arrivals).unwrap();
+    assert_eq!(covered, 40);
+    rig.fwd.set_now(t0 + Duration::from_millis(250));
+    let up = rig.send(2, &b[..n]);
+    assert!(up.is_empty(), "transport-cc stops at the relay: {up:?}");
+    let e = rig.fwd.estimate(2).expect("estimate after feedback");
+    assert!(e >= 30_000, "{e}");
+    assert_eq!(rig.fwd.estimate(3), None, "viewer without the extension");
 }
