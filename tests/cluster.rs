@@ -10,7 +10,7 @@
 use serde_json::Value;
 use sluice_tests::daemons::*;
 use sluice_tests::skip::skip;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -521,4 +521,142 @@ fn node_death_and_redis_outage() {
     );
     drop(b);
     redis.kill();
+}
+
+fn python() -> String {
+    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn peer_script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc/peer.py")
+}
+
+/// An aiortc peer (tests/webrtc/peer.py) with its stdout lines on a channel.
+fn spawn_peer(
+    args: &[&str],
+    tag: &'static str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(python())
+        .arg(peer_script())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python peer");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Real WebRTC across two nodes: an aiortc publisher on node a (with its relay), an aiortc
+/// viewer whose WHEP goes to node b and is forwarded to a; Redis is killed while the viewer
+/// decodes, and the frames keep coming (media never touches Redis); the viewer's DELETE goes
+/// to the absolute Location on a.
+#[test]
+fn media_continues_through_a_redis_outage() {
+    let aiortc = Command::new(python())
+        .arg(peer_script())
+        .arg("check")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !aiortc {
+        skip("aiortc not installed (pip install aiortc)");
+        return;
+    }
+    ensure_binaries();
+    let tmp = sluice_tests::TempDir::new("cluster-redis-4");
+    let Some(mut redis) = Redis::start(tmp.path()) else {
+        return;
+    };
+    let url = redis.url();
+    let mut a = Node::start("a", "eu", &url, "t4");
+    a.app.start_relay();
+    let b = Node::start("b", "eu", &url, "t4");
+    eventually("two nodes registered", Duration::from_secs(10), || {
+        node_ids(&b.cluster().1).len() == 2
+    });
+    let pub_token = a.mint("m1", "host");
+    let (mut publisher, pub_rx) = spawn_peer(
+        &[
+            "publish",
+            &format!("{}/whip/live/m1", a.url),
+            &pub_token,
+            "40",
+        ],
+        "whip",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pub_rx
+        .recv_timeout(Duration::from_millis(200))
+        .is_ok_and(|l| l.starts_with("answer"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "publisher got no answer\n{}",
+            a.log()
+        );
+    }
+    assert_eq!(owner(&b.cluster().1, "m1").as_deref(), Some("a"));
+    // 150 frames at 30 fps: about five seconds, most of them after Redis is gone.
+    let (mut watcher, view_rx) = spawn_peer(
+        &[
+            "watch",
+            &format!("{}/whep/live/m1", b.url),
+            &b.mint("m1", "viewer"),
+            "150",
+            "30",
+        ],
+        "whep",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !view_rx
+        .recv_timeout(Duration::from_millis(200))
+        .is_ok_and(|l| l.starts_with("frames=20 "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the viewer decodes nothing\n{}",
+            a.log()
+        );
+    }
+    redis.kill();
+    let killed = Instant::now();
+    // Meanwhile a new room cannot be placed.
+    let (st, _, body) = join(&b.url, true, "other", &b.mint("other", "host"));
+    assert_eq!(
+        (st, reason(&body).as_str()),
+        (503, "cluster_unavailable"),
+        "{body}"
+    );
+    let status = watcher.wait().expect("wait watcher");
+    let frames: u64 = view_rx
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("frames="))
+                .and_then(|n| n.parse().ok())
+        })
+        .last()
+        .unwrap_or(0);
+    assert!(
+        status.success(),
+        "viewer: {status}, {frames} frames\n{}",
+        a.log()
+    );
+    assert!(frames >= 150, "{frames} frames");
+    assert!(
+        killed.elapsed() > Duration::from_secs(2),
+        "the frames came after Redis died"
+    );
+    assert_eq!(metric(&a.metrics(), "sluice_cluster_redis_up "), 0.0);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
 }
