@@ -32,6 +32,8 @@ fn free_port() -> u16 {
 
 /// `redis-server` on a loopback port, no persistence; `None` (skipped) when not installed.
 struct Redis {
+    bind: String,
+    password: Option<String>,
     port: u16,
     proc_: Option<Proc>,
     dir: std::path::PathBuf,
@@ -39,6 +41,12 @@ struct Redis {
 
 impl Redis {
     fn start(dir: &Path) -> Option<Redis> {
+        Redis::start_on(dir, "127.0.0.1", None)
+    }
+
+    /// On `bind`; with a password (required off loopback: Redis's protected mode refuses
+    /// clients from elsewhere when there is none).
+    fn start_on(dir: &Path, bind: &str, password: Option<&str>) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -49,6 +57,8 @@ impl Redis {
             return None;
         }
         let mut r = Redis {
+            bind: bind.to_string(),
+            password: password.map(str::to_string),
             port: free_port(),
             proc_: None,
             dir: dir.to_path_buf(),
@@ -58,19 +68,26 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        format!("redis://{auth}{}:{}", self.bind, self.port)
     }
 
     /// Start (again) on the same port.
     fn restart(&mut self) {
         let mut c = Command::new("redis-server");
-        c.args(["--bind", "127.0.0.1", "--port"])
+        c.args(["--bind", &self.bind, "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir);
+        if let Some(p) = &self.password {
+            c.args(["--requirepass", p]);
+        }
         self.proc_ = Some(Proc::spawn("redis-server", c, &self.dir, Stdio::null()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect((self.bind.as_str(), self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -86,21 +103,65 @@ impl Redis {
 /// One control node of the cluster (no relay: placement and signalling only).
 struct Node {
     app: Appliance,
+    /// `http://IP:PORT` or `unix:PATH`.
+    admin_url: String,
     url: String,
     admin_token: String,
 }
 
 impl Node {
     fn start(id: &str, region: &str, redis: &str, prefix: &str) -> Node {
-        let mut app = Appliance::new(&format!("cluster-{id}"), "mmsg", RuntimeDir::InConfig);
+        Node::start_in(id, region, redis, prefix, None)
+    }
+
+    /// [`Node::start`]; with `netns = (namespace, address)`, control runs in that network
+    /// namespace and listens (and binds the relay's address) on `address`.
+    fn start_in(
+        id: &str,
+        region: &str,
+        redis: &str,
+        prefix: &str,
+        netns: Option<(&str, &str)>,
+    ) -> Node {
+        // In a namespace the admin API is on a unix socket the test reaches through the
+        // file system (it listens only on loopback or a socket).
+        let setup = Setup {
+            unix_admin: netns.is_some(),
+            ..Setup::default()
+        };
+        let mut app = Appliance::setup(&format!("cluster-{id}"), "mmsg", &setup);
         let mut text = std::fs::read_to_string(&app.config).expect("config");
+        if let Some((_, ip)) = netns {
+            text = text
+                .replace(
+                    "[control]\n",
+                    &format!(
+                        "[control]\npublic_listen = \"{ip}:8080\"\npublic_addresses = [\"{ip}\"]\n"
+                    ),
+                )
+                .replace("bind = \"127.0.0.1:", &format!("bind = \"{ip}:"));
+        }
         text.push_str(&format!(
             "\n[cluster]\nredis_url = \"{redis}\"\nnode_id = \"{id}\"\nregion = \"{region}\"\n\
              heartbeat_ms = {HEARTBEAT_MS}\nentry_ttl_ms = {TTL_MS}\nkey_prefix = \"{prefix}\"\n"
         ));
         std::fs::write(&app.config, text).expect("write config");
-        let info = app.start_control();
+        let info = match netns {
+            None => app.start_control(),
+            Some((ns, _)) => {
+                // `ip netns exec` execs control: the pid is control's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("sluice-control"));
+                app.env(&mut c);
+                c.arg("--config").arg(&app.config);
+                let mut p = Proc::spawn("sluice-control", c, app.dir.path(), Stdio::null());
+                let info = app.wait_runtime_info(p.pid(), Some(&mut p));
+                app.control = Some(p);
+                info
+            }
+        };
         let n = Node {
+            admin_url: info.admin_url.clone(),
             url: info.public_url.clone(),
             admin_token: info.admin_token.clone(),
             app,
@@ -121,7 +182,7 @@ impl Node {
 
     fn admin(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let (st, _, b) = request(
-            &self.url,
+            &self.admin_url,
             method,
             path,
             &[
@@ -182,6 +243,9 @@ impl Node {
     }
 }
 
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// An answer: status, headers (names lowercased), body.
 type Answer = (u16, Vec<(String, String)>, String);
 
@@ -194,10 +258,20 @@ fn request(
     headers: &[(&str, String)],
     body: &str,
 ) -> std::io::Result<Answer> {
-    let host = base.strip_prefix("http://").expect("http URL");
-    let addr: SocketAddr = host.parse().expect("IP:PORT");
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let (host, mut s): (&str, Box<dyn ReadWrite>) = match base.strip_prefix("unix:") {
+        Some(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            ("localhost", Box::new(s))
+        }
+        None => {
+            let host = base.strip_prefix("http://").expect("http URL");
+            let addr: SocketAddr = host.parse().expect("IP:PORT");
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            (host, Box::new(s))
+        }
+    };
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -659,4 +733,145 @@ fn media_continues_through_a_redis_outage() {
     assert_eq!(metric(&a.metrics(), "sluice_cluster_redis_up "), 0.0);
     let _ = publisher.kill();
     let _ = publisher.wait();
+}
+
+/// Three network namespaces on one bridge in the test's namespace (which runs Redis and the
+/// clients): `10.{net}.0.1` the bridge, `10.{net}.0.11..=13` the namespaces.
+struct Namespaces {
+    names: Vec<String>,
+    bridge: String,
+    net: u32,
+}
+
+impl Namespaces {
+    fn create() -> Option<Namespaces> {
+        let id = std::process::id();
+        let net = 100 + id % 150;
+        let mut n = Namespaces {
+            names: Vec::new(),
+            bridge: format!("slcb{}", id % 100_000),
+            net,
+        };
+        let run = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["link", "add", &n.bridge, "type", "bridge"]) {
+            skip("cannot create a bridge (needs root and iproute2)");
+            return None;
+        }
+        let br = n.bridge.clone();
+        assert!(run(&[
+            "addr",
+            "add",
+            &format!("10.{net}.0.1/24"),
+            "dev",
+            &br
+        ]));
+        assert!(run(&["link", "set", &br, "up"]));
+        for i in 1..=3 {
+            let ns = format!("slc{}n{i}", id % 100_000);
+            let (host, inner) = (
+                format!("slch{}{i}", id % 100_000),
+                format!("slci{}{i}", id % 100_000),
+            );
+            assert!(run(&["netns", "add", &ns]), "netns add {ns}");
+            n.names.push(ns.clone());
+            assert!(run(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &inner
+            ]));
+            assert!(run(&["link", "set", &inner, "netns", &ns]));
+            assert!(run(&["link", "set", &host, "master", &br, "up"]));
+            let addr = format!("10.{net}.0.1{i}/24");
+            assert!(run(&["-n", &ns, "addr", "add", &addr, "dev", &inner]));
+            assert!(run(&["-n", &ns, "link", "set", &inner, "up"]));
+            assert!(run(&["-n", &ns, "link", "set", "lo", "up"]));
+        }
+        Some(n)
+    }
+
+    fn host(&self) -> String {
+        format!("10.{}.0.1", self.net)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("10.{}.0.1{}", self.net, i + 1)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// Three nodes, each in its own network namespace joined by veth links, and one Redis: a
+/// publisher placed on a; viewers sent to b and c are forwarded over the veth links to a;
+/// b is killed: a viewer that tries it cannot connect, and rejoins through c.
+#[test]
+fn three_nodes_in_network_namespaces() {
+    ensure_binaries();
+    let Some(ns) = Namespaces::create() else {
+        return;
+    };
+    let tmp = sluice_tests::TempDir::new("cluster-redis-5");
+    let Some(mut redis) = Redis::start_on(tmp.path(), &ns.host(), Some("cluster-test-pw")) else {
+        return;
+    };
+    let url = redis.url();
+    let ids = ["a", "b", "c"];
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let addr = ns.addr(i);
+            Node::start_in(ids[i], "eu", &url, "t5", Some((&ns.names[i], &addr)))
+        })
+        .collect();
+    eventually("three nodes registered", Duration::from_secs(10), || {
+        node_ids(&nodes[0].cluster().1) == ids
+    });
+    let v = nodes[2].cluster().1;
+    assert_eq!(
+        v["nodes"][0]["public_url"],
+        format!("http://{}:8080", ns.addr(0))
+    );
+    let (st, _, body) = join(&nodes[0].url, true, "wide", &nodes[0].mint("wide", "host"));
+    assert_eq!(st, 201, "{body}");
+    let tok = nodes[1].mint("wide", "viewer");
+    for i in [1, 2, 1, 2, 1, 2] {
+        let (st, loc, body) = join(&nodes[i].url, false, "wide", &tok);
+        assert_eq!(st, 201, "{body}");
+        assert!(loc.unwrap().starts_with(&nodes[0].url));
+    }
+    assert_eq!(
+        (
+            nodes[0].sessions(),
+            nodes[1].sessions(),
+            nodes[2].sessions()
+        ),
+        (7, 0, 0)
+    );
+    nodes[1].kill();
+    let (st, _, _) = join(&nodes[1].url, false, "wide", &tok);
+    assert_eq!(st, 0, "a dead node answers nothing");
+    let (st, _, body) = join(&nodes[2].url, false, "wide", &tok);
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(nodes[0].sessions(), 8);
+    eventually("b leaves the registry", Duration::from_secs(15), || {
+        node_ids(&nodes[0].cluster().1) == ["a", "c"]
+    });
+    // The Redis password is in no log and no audit entry.
+    for n in [&nodes[0], &nodes[2]] {
+        assert!(!n.log().contains("cluster-test-pw") && !n.audit().contains("cluster-test-pw"));
+        assert!(n.audit().contains("cluster.redis"));
+    }
+    drop(nodes);
+    redis.kill();
 }
