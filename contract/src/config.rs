@@ -833,6 +833,25 @@ impl Config {
                  control.public_addresses to the addresses browsers dial"
             ));
         }
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.advertise_url.is_empty())
+        {
+            let public = self
+                .control
+                .public_listen
+                .as_ref()
+                .unwrap_or(&self.control.admin_listen);
+            let reachable = matches!(public, ListenAddr::Tcp(a) if !a.ip().is_loopback());
+            if !reachable {
+                warnings.push(format!(
+                    "cluster.advertise_url is empty and the public listener is {public}: other \
+                     nodes forward WHIP/WHEP for this node's rooms there, which only this host \
+                     can reach; set cluster.advertise_url (or a public_listen off loopback)"
+                ));
+            }
+        }
         Ok(warnings)
     }
 }
@@ -1494,6 +1513,12 @@ mod tests {
         assert_eq!((cl.heartbeat_ms, cl.entry_ttl_ms), (1_000, 5_000));
         assert!(!format!("{c:?}").contains("pw0123"));
         assert!(Config::from_toml_str("", "t").unwrap().cluster.is_none());
+        // A node other nodes cannot reach (loopback, no advertise_url) starts with a warning.
+        let w = c.check_for_start().unwrap();
+        assert!(
+            w.iter().any(|w| w.contains("cluster.advertise_url")),
+            "{w:?}"
+        );
         for (extra, key) in [
             ("redis_url = \"http://h\"", "cluster.redis_url"),
             ("redis_url = \"redis://\"", "cluster.redis_url"),
