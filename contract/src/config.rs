@@ -238,6 +238,51 @@ pub struct Config {
     pub srtp: SrtpConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
+    /// `[cluster]`: several nodes sharing room placement through Redis; absent: one node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node's place in a cluster whose registry and room placement live in Redis
+/// (or Valkey). Every node of a cluster must hold the same applications and keys, since any
+/// node checks a token before it forwards the request to the room's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS); may carry a password,
+    /// so `Debug` never prints it.
+    pub redis_url: Secret,
+    /// This node's name in the registry: 1..=64 of `A-Z a-z 0-9 - _ .`, unique in the cluster.
+    pub node_id: String,
+    /// The region this node serves (same character set); placement prefers the receiving
+    /// node's region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The URL other nodes forward WHIP/WHEP requests to (`http://IP:PORT` on the cluster's
+    /// private network); empty: this node's public URL.
+    #[serde(default)]
+    pub advertise_url: String,
+    /// How often the node refreshes its registry entry and the rooms it owns.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// How long an entry outlives its last refresh; a node silent this long has left.
+    #[serde(default = "default_entry_ttl_ms")]
+    pub entry_ttl_ms: u32,
+    /// Prefix of every key this cluster writes in Redis (several clusters may share one).
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_region() -> String {
+    "default".into()
+}
+fn default_heartbeat_ms() -> u32 {
+    1_000
+}
+fn default_entry_ttl_ms() -> u32 {
+    5_000
+}
+fn default_key_prefix() -> String {
+    "sluice".into()
 }
 
 /// `[log]`: how both daemons write their logs (to stderr, which systemd gives to journald).
@@ -575,6 +620,7 @@ impl Default for Config {
             srtp: SrtpConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -762,7 +808,8 @@ impl Config {
                 ),
             );
         }
-        validate_srtp(&self.srtp)
+        validate_srtp(&self.srtp)?;
+        self.cluster.as_ref().map_or(Ok(()), validate_cluster)
     }
 
     /// The admin token from `admin_token` or `admin_token_file` (first line, trimmed); `None`
@@ -815,6 +862,25 @@ impl Config {
                  offered {loopback} as the relay's address, which only this host can reach; set \
                  control.public_addresses to the addresses browsers dial"
             ));
+        }
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.advertise_url.is_empty())
+        {
+            let public = self
+                .control
+                .public_listen
+                .as_ref()
+                .unwrap_or(&self.control.admin_listen);
+            let reachable = matches!(public, ListenAddr::Tcp(a) if !a.ip().is_loopback());
+            if !reachable {
+                warnings.push(format!(
+                    "cluster.advertise_url is empty and the public listener is {public}: other \
+                     nodes forward WHIP/WHEP for this node's rooms there, which only this host \
+                     can reach; set cluster.advertise_url (or a public_listen off loopback)"
+                ));
+            }
         }
         Ok(warnings)
     }
@@ -990,6 +1056,60 @@ fn validate_http(h: &HttpConfig, c: &ControlConfig) -> Check {
         t.hsts_max_age_secs,
         0,
         63_072_000,
+    )
+}
+
+/// `[cluster]`.
+fn validate_cluster(c: &ClusterConfig) -> Check {
+    let url = c.redis_url.expose();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad(
+            "cluster.redis_url",
+            "expected redis://HOST[:PORT] or rediss://HOST[:PORT]",
+        );
+    };
+    if scheme != "redis" && scheme != "rediss" {
+        return bad(
+            "cluster.redis_url",
+            format!("scheme `{scheme}` is not redis or rediss"),
+        );
+    }
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host.split(['/', ':']).next().is_none_or(str::is_empty) {
+        return bad("cluster.redis_url", "the URL names no host");
+    }
+    let name = |key: &str, v: &str| {
+        if !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            Ok(())
+        } else {
+            bad(key, format!("`{v}` is not 1..=64 of A-Z a-z 0-9 - _ ."))
+        }
+    };
+    name("cluster.node_id", &c.node_id)?;
+    name("cluster.region", &c.region)?;
+    name("cluster.key_prefix", &c.key_prefix)?;
+    if !c.advertise_url.is_empty() {
+        let ok = c
+            .advertise_url
+            .strip_prefix("http://")
+            .is_some_and(|h| !h.is_empty() && !h.contains('/') && !h.contains('@'));
+        if !ok {
+            return bad(
+                "cluster.advertise_url",
+                "expected http://HOST:PORT (no path, no credentials)",
+            );
+        }
+    }
+    in_range("cluster.heartbeat_ms", c.heartbeat_ms, 100, 60_000)?;
+    in_range(
+        "cluster.entry_ttl_ms",
+        c.entry_ttl_ms,
+        c.heartbeat_ms.saturating_mul(2),
+        600_000,
     )
 }
 
@@ -1467,6 +1587,53 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section() {
+        let base = "[cluster]\nnode_id = \"a\"\n";
+        let c = Config::from_toml_str(
+            &format!("{base}redis_url = \"rediss://:pw0123@redis.example:6380/2\"\n"),
+            "t",
+        )
+        .unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(cl.region, "default");
+        assert_eq!((cl.heartbeat_ms, cl.entry_ttl_ms), (1_000, 5_000));
+        assert!(!format!("{c:?}").contains("pw0123"));
+        assert!(Config::from_toml_str("", "t").unwrap().cluster.is_none());
+        // A node other nodes cannot reach (loopback, no advertise_url) starts with a warning.
+        let w = c.check_for_start().unwrap();
+        assert!(
+            w.iter().any(|w| w.contains("cluster.advertise_url")),
+            "{w:?}"
+        );
+        for (extra, key) in [
+            ("redis_url = \"http://h\"", "cluster.redis_url"),
+            ("redis_url = \"redis://\"", "cluster.redis_url"),
+            ("redis_url = \"redis://:pw@\"", "cluster.redis_url"),
+            (
+                "redis_url = \"redis://h\"\nregion = \"eu west\"",
+                "cluster.region",
+            ),
+            (
+                "redis_url = \"redis://h\"\nadvertise_url = \"https://h:1\"",
+                "cluster.advertise_url",
+            ),
+            (
+                "redis_url = \"redis://h\"\nentry_ttl_ms = 1500",
+                "cluster.entry_ttl_ms",
+            ),
+        ] {
+            let e = Config::from_toml_str(&format!("{base}{extra}\n"), "t").unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        let e = Config::from_toml_str(
+            "[cluster]\nredis_url = \"redis://h\"\nnode_id = \"\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster.node_id"), "{e}");
+    }
+
+    #[test]
     fn example_file_parses() {
         let text = include_str!("../../systemd/sluice.toml");
         let c = Config::from_toml_str(text, "systemd/sluice.toml").unwrap();
@@ -1523,6 +1690,13 @@ mod tests {
             "srtp.kdr",
             "srtp.max_streams",
             "srtp.rotation_grace",
+            "cluster.redis_url",
+            "cluster.node_id",
+            "cluster.region",
+            "cluster.advertise_url",
+            "cluster.heartbeat_ms",
+            "cluster.entry_ttl_ms",
+            "cluster.key_prefix",
         ] {
             assert!(
                 docs.contains(&format!("`{key}`")),

@@ -9,6 +9,7 @@
 //! May not touch: request handling (api), the packet path.
 
 use crate::api::{Control, Urls};
+use crate::cluster::{spawn_heartbeat, Cluster, ClusterError};
 use crate::http::tls::{CertStore, TlsError};
 use crate::http::{AdminHandler, PublicHandler};
 use crate::http::{Limits, Listener, Options, Runtime, Server};
@@ -39,6 +40,8 @@ pub enum DaemonError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -157,6 +160,26 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
         media_addr: dialable(cfg.relay.bind, &cfg.control.public_addresses).to_string(),
     };
     ctl.set_urls(urls.clone());
+    let cluster_stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = match &cfg.cluster {
+        Some(cc) => {
+            let c = Arc::new(Cluster::new(cc)?);
+            c.set_urls(&urls.public_url, &urls.media_addr);
+            // Set once, here, before any listener could have asked for it.
+            let _ = ctl.core.cluster.set(c.clone());
+            tracing::info!(node = %cc.node_id, region = %cc.region, "cluster: joining");
+            Some(
+                spawn_heartbeat(c, ctl.core.clone(), cluster_stop.clone()).map_err(|source| {
+                    DaemonError::Io {
+                        what: "cluster heartbeat thread",
+                        path: PathBuf::new(),
+                        source,
+                    }
+                })?,
+            )
+        }
+        None => None,
+    };
 
     let rt_file = write_runtime_file(&cfg, &rd, &token, &urls)?;
     tracing::info!(
@@ -184,6 +207,11 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
         s.shutdown();
     }
     drop(servers);
+    // Leave the registry (and give the rooms up) once no new join can arrive.
+    cluster_stop.store(true, Ordering::SeqCst);
+    if let Some(h) = heartbeat {
+        let _ = h.join();
+    }
     // Requests under way get a moment to finish.
     rt.shutdown(Duration::from_secs(2));
     slow_path.shutdown();

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod core;
 pub mod daemon;
 pub mod ffi;

@@ -56,6 +56,9 @@ pub enum Command {
         #[arg(long)]
         streams: bool,
     },
+    /// The cluster this node belongs to (Redis registry).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// List sessions.
     Sessions,
     /// List routes.
@@ -120,6 +123,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Nodes (region, URLs, load, last heartbeat) and rooms with their owners, read from
+    /// Redis through this node.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::api::Client;
-use crate::cli::{Command, RouteCmd, SessionCmd};
+use crate::cli::{ClusterCmd, Command, RouteCmd, SessionCmd};
 use crate::discovery::Endpoint;
 use crate::error::{CtlError, Result, EXIT_DOWN};
 use crate::output::{print_json, Output};
@@ -20,6 +20,7 @@ pub enum Request {
     Status,
     Stats,
     Streams,
+    ClusterStatus,
     Sessions,
     SessionList,
     SessionShow(u64),
@@ -38,6 +39,7 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
         Command::Status => Request::Status,
         Command::Stats { streams: false } => Request::Stats,
         Command::Stats { streams: true } => Request::Streams,
+        Command::Cluster(ClusterCmd::Status) => Request::ClusterStatus,
         Command::Sessions => Request::Sessions,
         Command::Routes => Request::Routes,
         Command::Drain => Request::Drain,
@@ -193,6 +195,13 @@ pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Res
             match out {
                 Output::Json => print_json(&v),
                 Output::Human => print!("{}", session_show_text(&v)),
+            }
+        }
+        Request::ClusterStatus => {
+            let v = client.get("/v1/cluster")?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Human => print!("{}", cluster_text(&v)),
             }
         }
         Request::Sessions => {
@@ -367,6 +376,56 @@ fn status_text(v: &Value) -> String {
 
 fn as_list(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// `cluster status`: this node, then the nodes and the rooms with their owners.
+fn cluster_text(v: &Value) -> String {
+    let empty = Vec::new();
+    let list = |k: &str| v.get(k).and_then(Value::as_array).unwrap_or(&empty);
+    let nodes: Vec<Vec<String>> = list("nodes")
+        .iter()
+        .map(|n| {
+            let load = n.get("load").cloned().unwrap_or(Value::Null);
+            vec![
+                field(n, "node_id"),
+                field(n, "region"),
+                field(n, "public_url"),
+                field(n, "media_addr"),
+                field(&load, "sessions"),
+                field(&load, "free_sessions"),
+                field(&load, "rooms"),
+                field(&load, "packets_per_sec"),
+                field(&load, "cpu_percent"),
+                table::unix_ms(n.get("heartbeat_ms")),
+            ]
+        })
+        .collect();
+    let rooms: Vec<Vec<String>> = list("rooms")
+        .iter()
+        .map(|r| vec![field(r, "app"), field(r, "room"), field(r, "owner")])
+        .collect();
+    format!(
+        "node {} (region {}), registry {}\n\n{}\n{}",
+        field(v, "node_id"),
+        field(v, "region"),
+        field(v, "redis"),
+        table::render(
+            &[
+                "NODE",
+                "REGION",
+                "PUBLIC_URL",
+                "MEDIA",
+                "SESSIONS",
+                "FREE",
+                "ROOMS",
+                "PPS",
+                "CPU%",
+                "HEARTBEAT",
+            ],
+            &nodes,
+        ),
+        table::render(&["APP", "ROOM", "OWNER"], &rooms),
+    )
 }
 
 fn sessions_text(v: &Value) -> String {

@@ -19,6 +19,7 @@ import asyncio
 import fractions
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 try:
@@ -87,8 +88,8 @@ async def negotiate(pc: RTCPeerConnection, url: str, token: str):
     location = headers.get("Location") or headers.get("location")
     print("answer", flush=True)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    base = url.split("/whip/")[0].split("/whep/")[0]
-    return base + location
+    # Relative to the request's URL, or absolute (a cluster node answers with the owner's).
+    return urllib.parse.urljoin(url, location)
 
 
 def state_logger(pc: RTCPeerConnection):

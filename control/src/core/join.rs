@@ -55,6 +55,10 @@ impl Core {
     /// Join `req.room` at `now_ms`: answer the offer and commit the pending session with
     /// its routes.
     pub fn join(&self, req: JoinRequest<'_>, now_ms: u64) -> Result<Joined, CoreError> {
+        // In a cluster, only rooms placed on this node (the HTTP edge forwards the others).
+        if let Some(c) = self.cluster.get() {
+            c.admit(req.app, req.room)?;
+        }
         let limits = {
             let c = self.config();
             SsrcLimits {

@@ -127,6 +127,9 @@ pub struct Core {
     pub cert: Arc<Certificate>,
     /// Refused joins by reason, and the rate limit of their audit entries.
     denied: Mutex<denials::DeniedLog>,
+    /// This node's cluster membership, set once at start when `[cluster]` is configured:
+    /// joins are admitted only for rooms placed on this node.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Core {
@@ -192,6 +195,7 @@ impl Core {
             rtc: Arc::new(Mutex::new(RtcTable::default())),
             cert: Arc::new(cert),
             denied: Mutex::new(denials::DeniedLog::default()),
+            cluster: std::sync::OnceLock::new(),
             cfg: RwLock::new(Arc::new(cfg)),
         };
         c.ensure_shm();

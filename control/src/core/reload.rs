@@ -55,6 +55,7 @@ pub fn merge(old: &Config, new: &Config) -> (Config, Report) {
         ("[shm]", old.shm != new.shm),
         ("[srtp]", old.srtp != new.srtp),
         ("[log]", old.log != new.log),
+        ("[cluster]", old.cluster != new.cluster),
         (
             "[http] (limits; the certificate files are read again on every reload)",
             old.http != new.http,

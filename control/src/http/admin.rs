@@ -89,6 +89,7 @@ impl Control {
         match (m, &segs[1..]) {
             ("GET" | "HEAD", ["status"]) => self.status(),
             ("GET" | "HEAD", ["stats"]) => self.stats(),
+            ("GET" | "HEAD", ["cluster"]) => self.cluster_status(),
             ("GET" | "HEAD", ["sessions"]) => self.list_sessions(),
             ("POST", ["sessions"]) => self.create_session(req),
             ("GET" | "HEAD", ["sessions", id]) => self.get_session(id),
@@ -103,7 +104,7 @@ impl Control {
             ("POST", ["drain"]) => self.drain(),
             ("POST", ["undrain"]) => self.undrain(),
             (_, ["apps" | "rooms" | "tokens", ..]) => self.handle_apps_api(m, &segs[1..], req),
-            (_, ["status" | "stats" | "streams"] | ["sessions", _, "stats"]) => {
+            (_, ["status" | "stats" | "streams" | "cluster"] | ["sessions", _, "stats"]) => {
                 method_not_allowed("GET")
             }
             (_, ["sessions" | "routes"]) => method_not_allowed("GET, POST"),
@@ -175,6 +176,26 @@ impl Control {
         )
     }
 
+    /// `GET /v1/cluster`: the registry's nodes and rooms with their owners; 404 on a single
+    /// node, 503 with `cluster_unavailable` while Redis cannot be reached.
+    fn cluster_status(&self) -> Response {
+        let Some(c) = self.core.cluster.get() else {
+            return Response::json(
+                404,
+                &json!({"error": "this node is not in a cluster (no [cluster] section)",
+                    "reason": "not_clustered"}),
+            );
+        };
+        match c.status() {
+            Ok(v) => Response::json(200, &v),
+            Err(e) => Response::json(
+                503,
+                &json!({"error": e.to_string(), "reason": e.reason(),
+                    "node_id": c.node_id(), "redis": "down"}),
+            ),
+        }
+    }
+
     fn stats(&self) -> Response {
         let g = self.core.ledger();
         let Some(r) = g.reader.as_ref() else {
@@ -213,6 +234,9 @@ impl Control {
         drop(g);
         text.push_str(&metrics::render_webrtc(&self.core));
         text.push_str(&self.http_stats.render());
+        if let Some(c) = self.core.cluster.get() {
+            text.push_str(&c.render_metrics());
+        }
         Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)
     }
 

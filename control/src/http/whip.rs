@@ -12,6 +12,8 @@ use super::body::Body;
 use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
+use crate::cluster::forward::FORWARDED_BY;
+use crate::cluster::{ClusterError, Placement};
 use crate::core::denials::Denial;
 use crate::core::join::JoinRequest;
 use crate::webrtc::token::{self, Credential, Intent, Limits, Target, TokenError};
@@ -367,6 +369,10 @@ impl Control {
                 peer_ip(req).map(|i| i.to_string()).unwrap_or_default()
             )),
         };
+        if let Some(r) = self.place_or_forward(req, kind, app, room) {
+            audit_response(&self.core, "webrtc", &format!("{kind}.join"), ids, &r);
+            return r;
+        }
         let jr = JoinRequest {
             app,
             room,
@@ -385,6 +391,68 @@ impl Control {
         };
         audit_response(&self.core, "webrtc", &format!("{kind}.join"), ids, &r);
         r
+    }
+
+    /// In a cluster: place the room, and answer for the owner when it is another node (the
+    /// request forwarded to it, `Authorization` included). `None`: the join runs here.
+    /// Every placement that creates an entry, and every refusal, is audited.
+    fn place_or_forward(
+        &self,
+        req: &Request,
+        kind: &str,
+        app: &str,
+        room: &str,
+    ) -> Option<Response> {
+        let cluster = self.core.cluster.get()?;
+        let forwarded_by = req.header(FORWARDED_BY);
+        let refuse = |status: u16, e: &ClusterError| {
+            let mut r = Response::json(
+                status,
+                &json!({"error": e.to_string(), "reason": e.reason()}),
+            );
+            r.headers.push(("Retry-After", "1".into()));
+            r
+        };
+        let placed = cluster.place(app, room, clock::unix_ms());
+        let audit = |owner: &str, placed: bool, status: u16, result: &str| {
+            self.core.audit.record(
+                "cluster",
+                "cluster.place",
+                json!({"app": app, "room": room, "kind": kind, "owner": owner,
+                    "node": cluster.node_id(), "placed": placed, "forwarded_by": forwarded_by}),
+                status,
+                result,
+            );
+        };
+        match placed {
+            Ok(Placement::Local { placed }) => {
+                if placed {
+                    audit(cluster.node_id(), true, 200, "ok");
+                }
+                None
+            }
+            // A forwarded request is never forwarded again: the placement moved meanwhile.
+            Ok(Placement::Remote(owner)) if forwarded_by.is_some() => {
+                let e = ClusterError::Forward {
+                    node: owner.node_id.clone(),
+                    message: "the room moved while the request was forwarded".into(),
+                };
+                audit(&owner.node_id, false, 503, &e.to_string());
+                Some(refuse(503, &e))
+            }
+            Ok(Placement::Remote(owner)) => match cluster.forward(req, &owner) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, %app, %room, "cluster: forwarding a join failed");
+                    audit(&owner.node_id, false, 502, &e.to_string());
+                    Some(refuse(502, &e))
+                }
+            },
+            Err(e) => {
+                audit("", false, 503, &e.to_string());
+                Some(refuse(503, &e))
+            }
+        }
     }
 
     /// `DELETE` on a WHIP/WHEP resource: the participant leaves (session and routes go).
