@@ -25,6 +25,7 @@ mod context;
 mod crypto;
 mod keys;
 mod profile;
+pub mod sha1mb;
 mod transform;
 mod vectors;
 
