@@ -74,6 +74,7 @@ fn main() {
         key_epoch: 1,
         flags: 0,
         max_pps: 0,
+        ice: None,
     }];
     let mut routes = Vec::new();
     for j in 0..fanout {
@@ -87,6 +88,7 @@ fn main() {
             key_epoch: 1,
             flags: 0,
             max_pps: 0,
+            ice: None,
         });
         routes.push(RouteRecord {
             id: id + 1000,
