@@ -18,7 +18,10 @@
 #   SC_RATE    offered pps of that run [20000]
 #   RTPENGINE  1 = also run rtpengine (userspace, one thread) on the same load [1 if installed]
 #   RTPE_FANOUTS  fan-outs of the Sluice vs rtpengine comparison [FANOUTS]
-#   CPU_RATE   offered pps of the packets-per-CPU-second comparison [20000]
+#   CPU_RATE   packets out per second of the packets-per-CPU-second comparison [20000]: at
+#              fan-out 1, PUBS publishers at CPU_RATE pps; at fan-out F > 1, 2 publishers at
+#              CPU_RATE / F pps (the load docs/BENCHMARKS.md describes). A ratio is printed only
+#              when both daemons delivered >= 99 % of what was asked; otherwise the row says why.
 #   SLUICE_URING_SETUP  io_uring ring flavour: defer, coop or plain [coop]
 # JSON reports go to OUTDIR (default: a new temp dir); the table is printed at the end and
 # written to OUTDIR/table.md. Compare numbers within one run only: the machine is shared.
@@ -183,16 +186,24 @@ if [[ "$RTPENGINE" == 1 ]]; then
     be=${BACKENDS%% *}
     start_relay "$be" 1 && relay_pid=$(pgrep -n -P "$UP_PID" sluice-relay || true)
     for f in $RTPE_FANOUTS; do for p in $PROFILES; do
+        # The same packets out per second at every fan-out: PUBS publishers at CPU_RATE at
+        # fan-out 1, 2 publishers at CPU_RATE / f beyond (as the relay section above).
+        pubs=$PUBS; [[ $f -gt 1 ]] && pubs=2
+        rate=$(( CPU_RATE / f )); [[ $rate -lt 100 ]] && rate=100
+        # find-max starts at a quarter of that load, which both daemons carry, and climbs from
+        # there; starting above what a daemon carries reports 0.
+        start=$(( rate / 4 )); [[ $start -lt 100 ]] && start=100
         for kind in sluice rtpengine; do
             if [[ $kind == sluice ]]; then pid=$relay_pid; args=(); else pid=$RTPE_PID; args=(--target-kind rtpengine --ng "127.0.0.1:$ng_port"); fi
             [[ -n "$pid" ]] || continue
             tag="cpu-$kind-f$f-$p"
             c0=$(cpu_s "$pid")
-            "$B" run "${args[@]}" --publishers "$PUBS" --fanout "$f" --profile "$p" --size "$SIZE" \
-                --rate "$CPU_RATE" --duration 5 --quiet --json "$OUT/$tag.json" >/dev/null || true
+            "$B" run "${args[@]}" --publishers "$pubs" --fanout "$f" --profile "$p" --size "$SIZE" \
+                --rate "$rate" --duration 5 --quiet --json "$OUT/$tag.json" >/dev/null || true
             echo "$(cpu_s "$pid") $c0" | awk '{printf "%.2f\n", $1 - $2}' >"$OUT/$tag.cpu"
-            "$B" find-max "${args[@]}" --publishers "$PUBS" --fanout "$f" --profile "$p" --size "$SIZE" \
-                --start-rate 40000 "${search[@]}" --json "$OUT/max-$kind-f$f-$p.json" >/dev/null || true
+            echo "$f" >"$OUT/$tag.fanout"
+            "$B" find-max "${args[@]}" --publishers "$pubs" --fanout "$f" --profile "$p" --size "$SIZE" \
+                --start-rate "$start" "${search[@]}" --json "$OUT/max-$kind-f$f-$p.json" >/dev/null || true
         done
     done; done
     stop_relay
@@ -202,6 +213,10 @@ fi
 # ---- table ----------------------------------------------------------------------------
 j() { jq -r "$2 // empty" "$1" 2>/dev/null || true; }
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN{ if (a>0 && b>0) printf "%.2f", a/b; else printf "-" }'; }
+# Empty when `delivered` is at least 99 % of `asked`, else why a ratio over it would mislead.
+short_of() { awk -v d="${1:-0}" -v a="${2:-0}" 'BEGIN{
+    if (a <= 0) print "has no report";
+    else if (d < 0.99 * a) printf "delivered %d of %d asked (%.1f %%)", d, a, 100 * d / a }'; }
 first_w=${WORKERS%% *}
 {
     cat "$OUT/machine.txt"
@@ -268,16 +283,29 @@ first_w=${WORKERS%% *}
     fi
     if [[ "$RTPENGINE" == 1 ]]; then
         echo
-        echo "| Sluice vs rtpengine (1 thread each, ${CPU_RATE} pps offered for 5 s) | fan-out | profile | delivered | daemon CPU-s | packets out per CPU-s | find-max delivered pps |"
+        echo "| Sluice vs rtpengine (1 thread each, ${CPU_RATE} packets out/s asked for 5 s) | fan-out | profile | delivered of asked | daemon CPU-s | packets out per CPU-s | find-max delivered pps |"
         echo "|---|---:|---|---:|---:|---:|---:|"
-        for f in $RTPE_FANOUTS; do for p in $PROFILES; do for kind in sluice rtpengine; do
-            d=$(j "$OUT/cpu-$kind-f$f-$p.json" .result.delivered.packets); c=$(cat "$OUT/cpu-$kind-f$f-$p.cpu" 2>/dev/null || true)
-            echo "| $kind | $f | $p | ${d:-0} | ${c:--} | $(ratio "$d" "$c") | $(j "$OUT/max-$kind-f$f-$p.json" .find_max.max_delivered_pps | cut -d. -f1) |"
-        done
-            ds=$(j "$OUT/cpu-sluice-f$f-$p.json" .result.delivered.packets); cs=$(cat "$OUT/cpu-sluice-f$f-$p.cpu" 2>/dev/null || echo 0)
-            dr=$(j "$OUT/cpu-rtpengine-f$f-$p.json" .result.delivered.packets); cr=$(cat "$OUT/cpu-rtpengine-f$f-$p.cpu" 2>/dev/null || echo 0)
-            a=$(awk -v d="${ds:-0}" -v c="${cs:-0}" 'BEGIN{ if (c>0) print d/c; else print 0 }'); b=$(awk -v d="${dr:-0}" -v c="${cr:-0}" 'BEGIN{ if (c>0) print d/c; else print 0 }')
-            echo "| **Sluice / rtpengine packets per CPU-s** | $f | $p | | | $(ratio "$a" "$b") | |"
+        for f in $RTPE_FANOUTS; do for p in $PROFILES; do
+            why=""
+            for kind in sluice rtpengine; do
+                r="$OUT/cpu-$kind-f$f-$p.json"
+                d=$(j "$r" .result.delivered.packets); c=$(cat "$OUT/cpu-$kind-f$f-$p.cpu" 2>/dev/null || true)
+                # Asked = publisher rate x send window x fan-out.
+                asked=$(j "$r" "(.result.target_pps * .result.duration_s * $f)" | cut -d. -f1)
+                short=$(short_of "${d:-0}" "${asked:-0}")
+                [[ -n "$short" ]] && why="${why:+$why; }$kind $short"
+                mx=$(j "$OUT/max-$kind-f$f-$p.json" .find_max.max_delivered_pps | cut -d. -f1)
+                [[ "${mx:-0}" == 0 ]] && mx="none passed"
+                echo "| $kind | $f | $p | ${d:-0} of ${asked:-?} | ${c:--} | $(ratio "$d" "$c") | $mx |"
+            done
+            if [[ -n "$why" ]]; then
+                echo "| **Sluice / rtpengine packets per CPU-s** | $f | $p | | | no ratio: $why | |"
+            else
+                ds=$(j "$OUT/cpu-sluice-f$f-$p.json" .result.delivered.packets); cs=$(cat "$OUT/cpu-sluice-f$f-$p.cpu" 2>/dev/null || echo 0)
+                dr=$(j "$OUT/cpu-rtpengine-f$f-$p.json" .result.delivered.packets); cr=$(cat "$OUT/cpu-rtpengine-f$f-$p.cpu" 2>/dev/null || echo 0)
+                a=$(awk -v d="${ds:-0}" -v c="${cs:-0}" 'BEGIN{ if (c>0) print d/c; else print 0 }'); b=$(awk -v d="${dr:-0}" -v c="${cr:-0}" 'BEGIN{ if (c>0) print d/c; else print 0 }')
+                echo "| **Sluice / rtpengine packets per CPU-s** | $f | $p | | | $(ratio "$a" "$b") | |"
+            fi
         done; done
     fi
 } | tee "$OUT/table.md"

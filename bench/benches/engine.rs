@@ -4,7 +4,9 @@
 //!
 //! Throughput is reported in input packets; per output packet, divide the time by the fan-out.
 //! Each case runs with the retransmission cache off (`fanoutN`) and on (`fanoutN/cache`:
-//! every packet cached once, every copy recorded in its subscriber's sent map).
+//! every packet cached once, every copy recorded in its subscriber's sent map). AES-CM cases
+//! run twice: `/single` authenticates each copy on its own (SHA-NI), `/multi` authenticates the
+//! fan-out's copies together with multi-buffer HMAC-SHA1 (AVX-512 or AVX2).
 //! Run: `cargo bench -p sluice-bench --bench engine`
 
 use contract::shm::{Rewrite, Role, RouteRecord, SessionRecord};
@@ -39,7 +41,17 @@ fn peer(i: u16) -> SocketAddr {
 fn bench_engine(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
-        for (fanout, cache) in [(1u16, false), (1, true), (10, false), (10, true)] {
+        // AES-CM runs each case twice: tags one at a time (`single`, SHA-NI) and across the
+        // fan-out with multi-buffer HMAC-SHA1 (`multi`), in the same run.
+        let macs: &[bool] = if profile.is_aead() {
+            &[true]
+        } else {
+            &[false, true]
+        };
+        for ((fanout, cache), &multi) in [(1u16, false), (1, true), (10, false), (10, true)]
+            .into_iter()
+            .flat_map(|c| macs.iter().map(move |m| (c, m)))
+        {
             let mut sessions = vec![SessionRecord {
                 id: 1,
                 peer: peer(0),
@@ -82,6 +94,7 @@ fn bench_engine(c: &mut Criterion) {
             } else {
                 NackConfig::OFF
             });
+            fwd.set_multi_buffer_mac(multi);
             fwd.set_now(Instant::now());
             fwd.rebuild(&mut sessions, &mut routes);
             // A batch clock, as a worker sets one: per-stream statistics run as in production.
@@ -93,9 +106,14 @@ fn bench_engine(c: &mut Criterion) {
             let mut rx = vec![0u8; MAX_DATAGRAM];
             g.throughput(Throughput::Elements(BATCH as u64));
             let name = format!(
-                "{}/fanout{fanout}{}",
+                "{}/fanout{fanout}{}{}",
                 profile.name(),
-                if cache { "/cache" } else { "" }
+                if cache { "/cache" } else { "" },
+                match (profile.is_aead(), multi) {
+                    (true, _) => "",
+                    (false, false) => "/single",
+                    (false, true) => "/multi",
+                }
             );
             g.bench_function(name, |b| {
                 b.iter_batched(

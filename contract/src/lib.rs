@@ -6,7 +6,8 @@
 //! not touch in its own doc:
 //! - [`wire`]: zero-copy parsers and in-place editors for RTP, RTCP, STUN, DTLS records and
 //!   the RFC 7983 demux.
-//! - [`srtp`]: SRTP/SRTCP transforms and crypto contexts (RFC 3711, 6188, 7714).
+//! - [`srtp`]: SRTP/SRTCP transforms and crypto contexts (RFC 3711, 6188, 7714); its
+//!   multi-buffer SHA-1 kernels (`srtp::sha1mb`) are the other place `unsafe` lives.
 //! - [`shm`]: the control ↔ relay shared-memory layout, its writer and reader. `unsafe` lives
 //!   here.
 //! - [`slowpath`]: the messages of the relay ↔ control slow-path channel.

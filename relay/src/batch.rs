@@ -129,6 +129,12 @@ impl TxQueue {
         &self.arena[..self.used]
     }
 
+    /// The queued datagrams' bytes, writable (the engine writes deferred SRTP tags into
+    /// datagrams it has already queued).
+    pub fn arena_mut(&mut self) -> &mut [u8] {
+        &mut self.arena[..self.used]
+    }
+
     /// Forget every queued datagram.
     pub fn clear(&mut self) {
         self.meta.clear();

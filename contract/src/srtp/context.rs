@@ -5,8 +5,9 @@
 //! neither allocates nor locks: every stream slot, replay bitmap and key cache is allocated in
 //! [`Context::new`].
 
+use super::batch::MacBatch;
 use super::keys::{KeySet, SessionKeys};
-use super::transform::{self, RTCP_HEADER};
+use super::transform::{self, Protected, RTCP_HEADER};
 use super::{Error, MasterKey, Profile};
 
 /// Master-key lifetime for SRTP packets (RFC 3711 §9.2).
@@ -421,6 +422,51 @@ impl Context {
     /// Protect the RTP packet `buf[..len]` in place; returns the SRTP length.
     /// Needs `buf.len() >= len + profile().srtp_overhead()`.
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        self.protect_rtp_with(buf, len, |k, tag_len, buf, len, hdr, ssrc, index| {
+            transform::protect_rtp(k, tag_len, buf, len, hdr, ssrc, index)
+        })
+    }
+
+    /// [`Context::protect_rtp`] for one packet of a fan-out: `buf` is the packet's slot, which
+    /// starts at byte `at` of the transmit arena later handed to [`MacBatch::finish`]. With a
+    /// multi-buffer `batch` an AES-CM packet is encrypted here and its HMAC-SHA1 tag is left to
+    /// the batch (the returned length already counts it); everything else, and every packet
+    /// once the batch is full, is protected at once. The packet is not valid SRTP until
+    /// `finish` has run over the arena.
+    pub fn protect_rtp_batched(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        at: usize,
+        batch: &mut MacBatch,
+    ) -> Result<usize, Error> {
+        if !batch.has_room() {
+            return self.protect_rtp(buf, len);
+        }
+        let p = self.protect_rtp_with(buf, len, |k, tag_len, buf, len, hdr, ssrc, index| {
+            (
+                transform::protect_rtp_deferred(k, tag_len, buf, len, hdr, ssrc, index),
+                tag_len,
+            )
+        })?;
+        Ok(match p {
+            (Protected::Done(n), _) => n,
+            (Protected::Mac { len, key, roc }, tag_len) => {
+                batch.push(key, at, len, roc, tag_len);
+                len + tag_len
+            }
+        })
+    }
+
+    /// The stream bookkeeping of RTP protect around the transform `f`.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    fn protect_rtp_with<R>(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        f: impl FnOnce(&SessionKeys, usize, &mut [u8], usize, usize, u32, u64) -> R,
+    ) -> Result<R, Error> {
         let tag_len = self.profile.srtp_overhead();
         if len > buf.len() {
             return Err(Error::Malformed);
@@ -445,7 +491,7 @@ impl Context {
             (u64::from(flow.initial_roc) << 16) | u64::from(h.seq)
         };
         let out = self.with_keys(Which::Current, Some(slot), false, index, |k| {
-            transform::protect_rtp(k, tag_len, buf, len, h.len, h.ssrc, index)
+            f(k, tag_len, buf, len, h.len, h.ssrc, index)
         });
         let flow = &mut self.streams[slot].rtp;
         if !flow.started || index > flow.highest {

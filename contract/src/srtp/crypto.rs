@@ -21,6 +21,8 @@ use hmac::{Hmac, Mac};
 use ring::aead;
 use sha1::Sha1;
 
+use super::sha1mb::HmacState;
+
 /// An expanded AES encryption key, 128 or 256 bits.
 // Inline on purpose: boxing the larger schedule would add a pointer chase per packet.
 #[allow(clippy::large_enum_variant)]
@@ -76,14 +78,24 @@ pub(crate) fn kdf(master: &AesKey, master_salt: &[u8], label: u8, r: u64, out: &
     master.xor_keystream(&iv, out);
 }
 
-/// HMAC-SHA1 keyed once; [`HmacSha1::tag`] clones the keyed state per packet.
+/// HMAC-SHA1 keyed once; [`HmacSha1::tag`] clones the keyed state per packet. The same key's
+/// inner/outer chaining values ([`HmacState`]) feed the multi-buffer path (`sha1mb.rs`).
 #[derive(Clone)]
-pub(crate) struct HmacSha1(Hmac<Sha1>);
+pub(crate) struct HmacSha1(Hmac<Sha1>, HmacState);
 
 impl HmacSha1 {
     pub(crate) fn new(key: &[u8]) -> HmacSha1 {
         // HMAC accepts keys of any length, so this cannot fail.
-        HmacSha1(<Hmac<Sha1> as Mac>::new_from_slice(key).expect("HMAC takes any key length"))
+        HmacSha1(
+            <Hmac<Sha1> as Mac>::new_from_slice(key).expect("HMAC takes any key length"),
+            HmacState::new(key),
+        )
+    }
+
+    /// The keyed state a multi-buffer lane starts from.
+    #[inline]
+    pub(crate) fn state(&self) -> &HmacState {
+        &self.1
     }
 
     /// HMAC-SHA1 over `a ‖ b` (RFC 3711 §4.2: authenticated portion ‖ ROC).

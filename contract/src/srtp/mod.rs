@@ -14,6 +14,8 @@
 //                        (plus an optional previous one during rotation) and per-SSRC streams.
 //       protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>
 //       unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>
+//       protect_rtp_batched(&mut self, buf, len, at, &mut MacBatch) — fan-out: tags deferred
+//                          to MacBatch::finish(arena), multi-buffer HMAC-SHA1 (sha1mb)
 //       protect_rtcp / unprotect_rtcp (same shape)
 //       install_key(&mut self, key: MasterKey)  — rotation without loss
 //       set_roc(&mut self, ssrc, roc) / roc(&self, ssrc) — ROC signalled out of band
@@ -21,13 +23,16 @@
 //   `buf[..len]` is the packet; the result length is the new packet length in `buf`.
 //   protect needs `buf.len() >= len + profile.srtp_overhead()` (resp. srtcp_overhead()).
 
+mod batch;
 mod context;
 mod crypto;
 mod keys;
 mod profile;
+pub mod sha1mb;
 mod transform;
 mod vectors;
 
+pub use batch::{MacBatch, MAX_PENDING};
 pub use context::{Context, ContextOptions, SRTCP_KEY_LIFETIME, SRTP_KEY_LIFETIME};
 pub use profile::{KeyParseError, MasterKey, Profile};
 pub use vectors::self_test;

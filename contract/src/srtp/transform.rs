@@ -7,6 +7,7 @@
 
 use super::crypto::ct_eq;
 use super::keys::SessionKeys;
+use super::sha1mb::HmacState;
 use super::Error;
 
 /// Fixed RTP header length (RFC 3550 §5.1).
@@ -126,6 +127,45 @@ pub(crate) fn protect_rtp(
             let tag = gcm.seal(gcm_rtp_iv(salt, ssrc, index), h, &mut rest[..len - hdr]);
             buf[len..len + GCM_TAG].copy_from_slice(&tag);
             len + GCM_TAG
+        }
+    }
+}
+
+/// What [`protect_rtp_deferred`] left to do.
+pub(crate) enum Protected {
+    /// Fully protected; the SRTP length.
+    Done(usize),
+    /// Encrypted; the HMAC-SHA1 tag over `buf[..len] ‖ roc` under `key` is still to be
+    /// appended (RFC 3711 §4.2).
+    Mac {
+        len: usize,
+        key: HmacState,
+        roc: [u8; 4],
+    },
+}
+
+/// [`protect_rtp`], except that a counter-mode packet is only encrypted: its tag is left to a
+/// multi-buffer batch (`batch.rs`). GCM packets are sealed at once.
+pub(crate) fn protect_rtp_deferred(
+    keys: &SessionKeys,
+    tag_len: usize,
+    buf: &mut [u8],
+    len: usize,
+    hdr: usize,
+    ssrc: u32,
+    index: u64,
+) -> Protected {
+    match keys {
+        SessionKeys::Cm { aes, salt, mac } => {
+            aes.xor_keystream(&cm_iv(salt, ssrc, index), &mut buf[hdr..len]);
+            Protected::Mac {
+                len,
+                key: *mac.state(),
+                roc: ((index >> 16) as u32).to_be_bytes(),
+            }
+        }
+        SessionKeys::Gcm { .. } => {
+            Protected::Done(protect_rtp(keys, tag_len, buf, len, hdr, ssrc, index))
         }
     }
 }

@@ -5,7 +5,7 @@
 //! place on the caller's buffer: `buf[..len]` is the packet, the result is the new length.
 
 use contract::shm::DropReason;
-use contract::srtp::{ContextOptions, Error, MasterKey};
+use contract::srtp::{ContextOptions, Error, MacBatch, MasterKey};
 
 /// One direction (inbound or outbound) of one session's SRTP state.
 pub trait SrtpOps: Sized {
@@ -15,6 +15,20 @@ pub trait SrtpOps: Sized {
     /// (rollover counters and replay windows survive).
     fn rekey(&mut self, key: MasterKey) -> Result<(), Error>;
     fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
+    /// Protect one output of a fan-out whose slot starts at byte `at` of the transmit arena;
+    /// a tag may be left to `batch` (see [`contract::srtp::MacBatch`]), written when the
+    /// fan-out calls `batch.finish`. By default the packet is protected at once.
+    #[inline]
+    fn protect_rtp_batched(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        at: usize,
+        batch: &mut MacBatch,
+    ) -> Result<usize, Error> {
+        let _ = (at, batch);
+        self.protect_rtp(buf, len)
+    }
     fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
     fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
     fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
@@ -47,6 +61,16 @@ impl SrtpOps for contract::srtp::Context {
     #[inline]
     fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
         contract::srtp::Context::protect_rtp(self, buf, len)
+    }
+    #[inline]
+    fn protect_rtp_batched(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        at: usize,
+        batch: &mut MacBatch,
+    ) -> Result<usize, Error> {
+        contract::srtp::Context::protect_rtp_batched(self, buf, len, at, batch)
     }
     #[inline]
     fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {

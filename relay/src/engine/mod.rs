@@ -260,6 +260,11 @@ impl<C: SrtpOps> Engine<C> {
         &self.fwd
     }
 
+    /// See [`Forwarder::set_multi_buffer_mac`].
+    pub fn set_multi_buffer_mac(&mut self, on: bool) {
+        self.fwd.set_multi_buffer_mac(on);
+    }
+
     pub fn worker(&self) -> usize {
         self.worker
     }
