@@ -17,6 +17,7 @@ mod counters;
 pub mod handover;
 pub mod mmsg;
 pub mod slowpath;
+pub mod tcp;
 pub mod uring;
 
 mod sys;
