@@ -7,8 +7,8 @@
 //! that names one of this worker's connections is written to it framed instead of sent as UDP
 //! ([`TcpSide::take_frames`]).
 //!
-//! Bounds, all fixed at accept time: one receive buffer of `2 + max_datagram` bytes and one
-//! send remainder of the same size per connection, at most `max_connections` connections per
+//! Bounds, all fixed per connection: one receive buffer of `2 + max_datagram` bytes (at
+//! accept) and one send remainder of the same size (at the first partial write), at most `max_connections` connections per
 //! worker. A frame announcing more than `max_datagram` bytes closes the connection. A first
 //! frame that is no STUN binding request closes it; so does a connection the engine has not
 //! answered a binding request on (a success response written to it) within the handshake
@@ -368,7 +368,8 @@ impl TcpSide {
         let conn = Conn {
             peer,
             rx: Deframer::new(self.max_frame),
-            tx_buf: vec![0u8; self.max_frame + 2].into_boxed_slice(),
+            // Allocated at the first partial write only (most connections never have one).
+            tx_buf: Box::default(),
             tx_off: 0,
             tx_end: 0,
             answered: false,
@@ -563,6 +564,9 @@ fn write_frame(conn: &mut Conn, data: &[u8], c: &mut IoCounters) -> Written {
         Ok(n) => {
             // Keep the tail: it goes out before anything else on this connection.
             let total = data.len() + 2;
+            if conn.tx_buf.len() < total {
+                conn.tx_buf = vec![0u8; conn.rx.max_frame() + 2].into_boxed_slice();
+            }
             conn.tx_buf[..2].copy_from_slice(&head);
             conn.tx_buf[2..total].copy_from_slice(data);
             conn.tx_off = n;
