@@ -859,6 +859,14 @@ impl Config {
                  control.public_addresses to the addresses browsers dial"
             ));
         }
+        if self.relay.tcp.enabled && self.relay.workers != 1 {
+            warnings.push(
+                "relay.tcp.enabled with relay.workers other than 1: an ICE-TCP connection is \
+                 served by the worker that accepted it only, so media forwarded to it by \
+                 another worker is lost; set relay.workers = 1 for ICE-TCP peers"
+                    .to_string(),
+            );
+        }
         Ok(warnings)
     }
 }
