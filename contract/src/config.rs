@@ -361,6 +361,52 @@ pub struct RelayConfig {
     /// PLIs for one publisher stream are forwarded at most once per this interval; the others
     /// are absorbed (`pli_aggregated`). 0 forwards every PLI.
     pub pli_interval_ms: u32,
+    /// `[relay.tcp]`: passive ICE-TCP (RFC 6544, RFC 4571 framing).
+    pub tcp: TcpConfig,
+}
+
+/// `[relay.tcp]`: the passive ICE-TCP listener of the workers (docs/IO.md "ICE-TCP").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Listen for ICE-TCP and announce `tcptype passive` candidates.
+    pub enabled: bool,
+    /// TCP port (same IP as `relay.bind`); 0 = the port of `relay.bind`.
+    pub port: u16,
+    /// Open connections per worker, validated or not; more are accepted and closed at once
+    /// (counted).
+    pub max_connections: u32,
+    /// A connection whose first frame is not a STUN binding request, or that sends none within
+    /// this time, is closed.
+    pub handshake_timeout_ms: u32,
+    /// SO_SNDBUF per connection, bytes: what a slow reader may have unread before the relay
+    /// drops it.
+    pub send_buffer_bytes: u32,
+}
+
+impl Default for TcpConfig {
+    fn default() -> TcpConfig {
+        TcpConfig {
+            enabled: false,
+            port: 0,
+            max_connections: 16_384,
+            handshake_timeout_ms: 5_000,
+            send_buffer_bytes: 262_144,
+        }
+    }
+}
+
+impl TcpConfig {
+    /// The address the TCP listener binds: `bind`'s IP with [`port`](Self::port) (or `bind`'s
+    /// port when that is 0).
+    pub fn listen_addr(&self, bind: SocketAddr) -> SocketAddr {
+        let port = if self.port == 0 {
+            bind.port()
+        } else {
+            self.port
+        };
+        SocketAddr::new(bind.ip(), port)
+    }
 }
 
 /// Largest `relay.nack_cache_packets` (about 4 s of 3 Mbit/s video).
@@ -388,6 +434,7 @@ impl Default for RelayConfig {
             nack_rtt_ms: 100,
             nack_upstream_retries: 3,
             pli_interval_ms: 250,
+            tcp: TcpConfig::default(),
         }
     }
 }
@@ -882,6 +929,14 @@ impl Config {
                 ));
             }
         }
+        if self.relay.tcp.enabled && self.relay.workers != 1 {
+            warnings.push(
+                "relay.tcp.enabled with relay.workers other than 1: an ICE-TCP connection is \
+                 served by the worker that accepted it only, so media forwarded to it by \
+                 another worker is lost; set relay.workers = 1 for ICE-TCP peers"
+                    .to_string(),
+            );
+        }
         Ok(warnings)
     }
 }
@@ -969,7 +1024,24 @@ fn validate_relay(r: &RelayConfig) -> Check {
         0,
         16,
     )?;
-    in_range("relay.pli_interval_ms", r.pli_interval_ms, 0, 10_000)
+    in_range("relay.pli_interval_ms", r.pli_interval_ms, 0, 10_000)?;
+    validate_tcp(&r.tcp)
+}
+
+fn validate_tcp(t: &TcpConfig) -> Check {
+    in_range("relay.tcp.max_connections", t.max_connections, 1, 1_000_000)?;
+    in_range(
+        "relay.tcp.handshake_timeout_ms",
+        t.handshake_timeout_ms,
+        100,
+        60_000,
+    )?;
+    in_range(
+        "relay.tcp.send_buffer_bytes",
+        t.send_buffer_bytes,
+        16_384,
+        16 << 20,
+    )
 }
 
 fn validate_control(c: &ControlConfig) -> Check {
@@ -1366,6 +1438,27 @@ mod tests {
         assert!(parse("[relay]\nnack_cache_packets = 8192\n").is_err());
         assert!(parse("[relay]\nnack_rtt_ms = 0\n").is_err());
         assert!(parse("[relay]\nnack_cache_streams = 0\n").is_err());
+    }
+
+    #[test]
+    fn tcp_keys_defaults_and_ranges() {
+        let c = parse("").unwrap();
+        assert!(!c.relay.tcp.enabled);
+        assert_eq!(
+            c.relay.tcp.listen_addr(c.relay.bind),
+            c.relay.bind,
+            "port 0 = the UDP port"
+        );
+        let c = parse("[relay]\nbind = \"[::]:4443\"\n[relay.tcp]\nenabled = true\nport = 443\n")
+            .unwrap();
+        assert_eq!(
+            c.relay.tcp.listen_addr(c.relay.bind),
+            "[::]:443".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse("[relay.tcp]\nmax_connections = 0\n").is_err());
+        assert!(parse("[relay.tcp]\nhandshake_timeout_ms = 10\n").is_err());
+        assert!(parse("[relay.tcp]\nsend_buffer_bytes = 1024\n").is_err());
+        assert!(parse("[relay.tcp]\nbogus = 1\n").is_err());
     }
 
     #[test]

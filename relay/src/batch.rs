@@ -141,6 +141,17 @@ impl TxQueue {
         self.used = 0;
     }
 
+    /// Keep only the datagrams for which `keep(meta, bytes)` is true, in order (their bytes
+    /// stay where they are; the arena is reused at the next [`clear`](Self::clear)).
+    pub fn retain(&mut self, mut keep: impl FnMut(&TxMeta, &[u8]) -> bool) {
+        let arena = &self.arena;
+        self.meta
+            .retain(|m| keep(m, &arena[m.offset as usize..(m.offset + m.len) as usize]));
+        if self.meta.is_empty() {
+            self.used = 0;
+        }
+    }
+
     /// Forget the first `n` datagrams (a partial send), keeping the rest queued in order.
     pub fn consume(&mut self, n: usize) {
         if n >= self.meta.len() {

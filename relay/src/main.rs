@@ -273,6 +273,20 @@ fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
         max_datagram: cfg.relay.max_datagram_bytes as usize,
         pin: !cli.no_pin,
         slow_path,
+        tcp: cfg.relay.tcp.enabled.then(|| {
+            (
+                cfg.relay
+                    .tcp
+                    .listen_addr(cli.bind.unwrap_or(cfg.relay.bind)),
+                relay::io::tcp::TcpParams {
+                    max_connections: cfg.relay.tcp.max_connections as usize,
+                    handshake_timeout: Duration::from_millis(u64::from(
+                        cfg.relay.tcp.handshake_timeout_ms,
+                    )),
+                    send_buffer: cfg.relay.tcp.send_buffer_bytes as usize,
+                },
+            )
+        }),
         ..WorkerConfig::default()
     };
     // Control's slow-path limits, split over the workers (each worker gates its own share; a

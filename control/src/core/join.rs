@@ -201,6 +201,7 @@ impl Core {
             ice_pwd: creds.pwd.clone(),
             fingerprint: self.cert.fingerprint().clone(),
             candidates: self.candidates(),
+            tcp_candidates: self.tcp_candidates(),
             session_id: u64::from(random_u32()?),
             send_ssrcs,
             cname: format!("sluice-{}", random_hex(6)?),
@@ -240,6 +241,20 @@ impl Core {
             candidates.push(SocketAddr::new(ip, bind.port()));
         }
         candidates
+    }
+
+    /// Passive ICE-TCP candidates: the UDP candidates' addresses on the TCP port, when
+    /// `relay.tcp` is on.
+    fn tcp_candidates(&self) -> Vec<SocketAddr> {
+        let cfg = self.config();
+        if !cfg.relay.tcp.enabled {
+            return Vec::new();
+        }
+        let port = cfg.relay.tcp.listen_addr(cfg.relay.bind).port();
+        self.candidates()
+            .into_iter()
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .collect()
     }
 }
 

@@ -603,6 +603,9 @@ pub struct AnswerConfig {
     pub fingerprint: Fingerprint,
     /// One host candidate per address: the configured public addresses with the media port.
     pub candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP host candidates (RFC 6544), written after the UDP ones with a lower
+    /// priority; empty when `relay.tcp` is off.
+    pub tcp_candidates: Vec<SocketAddr>,
     pub session_id: u64,
     /// WHEP: SSRCs we will send with, consumed in order by the accepted sections.
     pub send_ssrcs: Vec<u32>,
@@ -968,9 +971,30 @@ fn write_answer(
                 a.port()
             );
         }
+        // RFC 6544 §4.5: passive TCP host candidates, after (and below) the UDP ones.
+        let n = cfg.candidates.len();
+        for (i, a) in cfg.tcp_candidates.iter().enumerate() {
+            let _ = write!(
+                s,
+                "a=candidate:{} 1 tcp {} {} {} typ host tcptype passive\r\n",
+                n + i + 1,
+                tcp_candidate_priority(i),
+                a.ip(),
+                a.port()
+            );
+        }
         s.push_str("a=end-of-candidates\r\n");
     }
     s
+}
+
+/// RFC 6544 §4.2: host type preference 126; local preference (2^13)·direction_pref +
+/// other_pref with direction_pref 4 for passive host candidates and other_pref descending in
+/// configuration order. Always below every UDP candidate's ([`candidate_priority`]), so a
+/// peer that reaches both picks UDP.
+fn tcp_candidate_priority(index: usize) -> u32 {
+    let local = (4u32 << 13) | 8_191u32.saturating_sub(index as u32);
+    (126 << 24) | (local << 8) | (256 - 1)
 }
 
 /// RFC 8445 §5.1.2.1: (2^24)·type_pref + (2^8)·local_pref + (256 − component); host type
@@ -1140,6 +1164,7 @@ a=ssrc:2222 cname:abc\r\n"
                 "203.0.113.7:3478".parse().unwrap(),
                 "[2001:db8::7]:3478".parse().unwrap(),
             ],
+            tcp_candidates: vec!["203.0.113.7:443".parse().unwrap()],
             session_id: 42,
             send_ssrcs: vec![0x1000, 0x2000],
             cname: "sluice".into(),
@@ -1222,10 +1247,15 @@ a=ssrc:2222 cname:abc\r\n"
             "typ host\r\n",
             " 203.0.113.7 3478 typ host",
             " 2001:db8::7 3478 typ host",
-            "a=end-of-candidates\r\n",
+            "a=candidate:3 1 tcp 2124414975 203.0.113.7 443 typ host tcptype passive\r\n\
+             a=end-of-candidates\r\n",
         ] {
             assert!(sdp.contains(needle), "missing {needle:?} in\n{sdp}");
         }
+        assert!(
+            tcp_candidate_priority(0) < candidate_priority(1, &"[::1]:1".parse().unwrap()),
+            "TCP ranks below UDP"
+        );
         assert!(!sdp.contains("sendonly"));
         assert!(!sdp.contains("ssrc:"));
         // Our own parser reads our answer back.

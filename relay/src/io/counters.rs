@@ -109,4 +109,25 @@ counters! {
     slow_down_dropped,
     /// Successful (re)connections to control.
     slow_connects,
+    /// ICE-TCP connections accepted.
+    tcp_accepted,
+    /// ICE-TCP connections closed at once because the worker held `relay.tcp.max_connections`.
+    tcp_refused_full,
+    /// Closed: the first frame was no STUN binding request.
+    tcp_closed_garbage,
+    /// Closed: a frame longer than `relay.max_datagram_bytes` was announced.
+    tcp_closed_oversized,
+    /// Closed: no answered STUN binding within `relay.tcp.handshake_timeout_ms`.
+    tcp_closed_timeout,
+    /// Closed: the peer did not read what the relay sent (its send buffer stayed full).
+    tcp_closed_slow_reader,
+    /// Closed by the peer (end of stream or a socket error).
+    tcp_closed_peer,
+    /// RFC 4571 frames received and handed to the engine.
+    tcp_rx_frames,
+    /// Frames written to ICE-TCP connections.
+    tcp_tx_frames,
+    /// Frames not written because the connection's send buffer was full (the frame is lost,
+    /// as a UDP datagram would be).
+    tcp_tx_dropped,
 }

@@ -13,12 +13,13 @@ use std::io;
 use std::mem;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{sockaddr_to_std, TxPlan};
+use super::tcp::TcpSide;
 use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend};
 use crate::batch::TxQueue;
 
@@ -26,6 +27,10 @@ use crate::batch::TxQueue;
 const MEDIA: Token = Token(0);
 /// Token of the watched fd ([`Backend::watch_readable`]).
 const AUX: Token = Token(1);
+/// Token of the ICE-TCP listener.
+const TCP_LISTENER: Token = Token(2);
+/// Tokens of ICE-TCP connections: this plus the connection's slot.
+const TCP_CONN_BASE: usize = 3;
 /// While the media socket stays readable, look at the watched fd every this many turns.
 const AUX_EVERY: u32 = 32;
 
@@ -61,6 +66,8 @@ pub struct MmsgBackend {
     tx_hdr: Box<[libc::mmsghdr]>,
     gso: bool,
     counters: IoCounters,
+    /// Passive ICE-TCP ([`MmsgBackend::attach_tcp`]).
+    tcp: Option<TcpSide>,
 }
 
 impl MmsgBackend {
@@ -111,6 +118,7 @@ impl MmsgBackend {
             tx_hdr: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
             gso: super::gso_supported(),
             counters: IoCounters::default(),
+            tcp: None,
         };
         // Point each receive header at its buffer and address slot. The boxed slices are
         // never resized, so these pointers stay valid for the backend's lifetime.
@@ -125,6 +133,45 @@ impl MmsgBackend {
             h.msg_iovlen = 1;
         }
         Ok(b)
+    }
+
+    /// Also serve passive ICE-TCP: `side`'s listener joins the readiness set, its
+    /// connections' frames are drained after the UDP datagrams and datagrams queued for its
+    /// connections are written to them framed.
+    pub fn attach_tcp(&mut self, side: TcpSide) -> Result<(), IoError> {
+        let fd = side.listener_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), TCP_LISTENER, Interest::READABLE)
+            .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP listener)", e))?;
+        self.events = Events::with_capacity(256);
+        self.tcp = Some(side);
+        Ok(())
+    }
+
+    /// Open ICE-TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp.as_ref().map_or(0, TcpSide::connections)
+    }
+
+    /// Accept, expire and register ICE-TCP connections.
+    fn maintain_tcp(&mut self) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        tcp.maintain(Instant::now(), &mut self.counters);
+        let registry = self.poll.registry();
+        let counters = &mut self.counters;
+        tcp.take_accepted(|fd, slot| {
+            if let Err(e) = registry.register(
+                &mut SourceFd(&fd),
+                Token(TCP_CONN_BASE + slot),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                counters.rx_errors += 1;
+                tracing::debug!(error = %e, "epoll_ctl(ADD, ICE-TCP connection)");
+            }
+        });
     }
 
     /// The socket this backend drives.
@@ -259,9 +306,12 @@ impl Backend for MmsgBackend {
     fn wait(&mut self, mut timeout: Duration) -> Result<(), IoError> {
         if self.readable || self.rx_next < self.rx_count {
             self.skipped += 1;
-            if self.aux.is_none() || self.skipped < AUX_EVERY {
+            if (self.aux.is_none() && self.tcp.is_none()) || self.skipped < AUX_EVERY {
                 return Ok(());
             }
+            timeout = Duration::ZERO;
+        }
+        if self.tcp.as_ref().is_some_and(TcpSide::has_work) {
             timeout = Duration::ZERO;
         }
         self.skipped = 0;
@@ -271,9 +321,25 @@ impl Backend for MmsgBackend {
                 for ev in self.events.iter() {
                     match ev.token() {
                         MEDIA => self.readable = true,
-                        _ => self.aux_ready = true,
+                        AUX => self.aux_ready = true,
+                        TCP_LISTENER => {
+                            if let Some(t) = self.tcp.as_mut() {
+                                t.on_listener_event();
+                            }
+                        }
+                        Token(t) => {
+                            if let Some(side) = self.tcp.as_mut() {
+                                side.on_event(
+                                    t - TCP_CONN_BASE,
+                                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                                    ev.is_writable(),
+                                    &mut self.counters,
+                                );
+                            }
+                        }
                     }
                 }
+                self.maintain_tcp();
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
@@ -288,14 +354,17 @@ impl Backend for MmsgBackend {
         if max == 0 {
             return 0;
         }
+        let mut handed = 0;
+        if let Some(tcp) = self.tcp.as_mut() {
+            handed += tcp.drain(max, &mut self.tx, &mut self.counters, &mut f);
+        }
         if self.rx_next == self.rx_count {
-            if !self.readable {
-                return 0;
+            if !self.readable || handed >= max {
+                return handed;
             }
-            self.rx_count = self.recv_batch(max);
+            self.rx_count = self.recv_batch(max - handed);
             self.rx_next = 0;
         }
-        let mut handed = 0;
         // A full transmit queue ends the drain: the caller flushes it and drains again.
         while self.rx_next < self.rx_count && handed < max && !self.tx.is_full() {
             let i = self.rx_next;
@@ -331,6 +400,9 @@ impl Backend for MmsgBackend {
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.take_frames(&mut self.tx, &mut self.counters);
+        }
         if !self.tx.is_empty() {
             self.send_all();
         }

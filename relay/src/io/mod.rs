@@ -19,6 +19,7 @@ mod counters;
 pub mod handover;
 pub mod mmsg;
 pub mod slowpath;
+pub mod tcp;
 pub mod uring;
 pub mod xdp;
 pub mod xdp_bpf;

@@ -33,6 +33,7 @@ use crate::batch::TxQueue;
 use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
+use crate::io::tcp::{self, TcpParams, TcpSide};
 use crate::io::uring::UringBackend;
 use crate::io::xdp::{XdpBackend, XdpShared};
 use crate::io::{
@@ -189,6 +190,9 @@ pub struct WorkerConfig {
     pub pin: bool,
     /// Control's slow-path socket; `None` = slow-path datagrams are dropped and counted.
     pub slow_path: Option<PathBuf>,
+    /// Passive ICE-TCP: the listen address (port 0: the media port) and its bounds. Runs on
+    /// the mmsg backend only: `auto` then resolves to mmsg, `io_uring` is refused.
+    pub tcp: Option<(SocketAddr, TcpParams)>,
 }
 
 impl Default for WorkerConfig {
@@ -206,6 +210,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_millis(20),
             pin: true,
             slow_path: None,
+            tcp: None,
         }
     }
 }
@@ -246,12 +251,18 @@ pub struct Workers {
     /// A duplicate of every worker's socket (same file description), in worker order, kept
     /// so the sockets can be handed to a new relay process.
     sockets: Vec<UdpSocket>,
+    /// The ICE-TCP listen address, when ICE-TCP runs.
+    tcp_addr: Option<SocketAddr>,
 }
 
 impl Workers {
     /// The media address every worker is bound to (the chosen port when asked for 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+    /// The ICE-TCP address every worker listens on, when ICE-TCP runs.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
     /// The backend running.
     pub fn backend(&self) -> RunningBackend {
@@ -343,6 +354,13 @@ fn check_config(cfg: &WorkerConfig) -> Result<(), WorkerError> {
             "batch and tx_capacity must be at least 1".into(),
         ));
     }
+    if cfg.tcp.is_some() && cfg.backend == BackendChoice::IoUring {
+        return Err(WorkerError::Config(
+            "ICE-TCP (relay.tcp.enabled) runs on the mmsg backend; set relay.backend to \"auto\" \
+             or \"mmsg\""
+                .into(),
+        ));
+    }
     Ok(())
 }
 
@@ -391,7 +409,28 @@ where
         let bind = SocketAddr::new(cfg.bind.ip(), local_addr.port());
         sockets.push(io::bind_udp(bind, cfg.socket_buffers)?.0);
     }
-    start(cfg, sockets, local_addr, grant, cores, make_handler)
+    let mut listeners = Vec::new();
+    if let Some((addr, _)) = cfg.tcp {
+        let addr = if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), local_addr.port())
+        } else {
+            addr
+        };
+        tcp::check_port_free(addr)?;
+        for _ in 0..n {
+            listeners.push(tcp::bind_listener(addr)?);
+        }
+        tracing::info!(%addr, workers = n, "listening for ICE-TCP");
+    }
+    start(
+        cfg,
+        sockets,
+        listeners,
+        local_addr,
+        grant,
+        cores,
+        make_handler,
+    )
 }
 
 /// Start one worker per socket on sockets made elsewhere: the sockets a previous relay
@@ -425,12 +464,26 @@ where
         "running on media sockets handed over"
     );
     let cores = allowed_cores(&cfg);
-    start(cfg, sockets, local_addr, grant, cores, make_handler)
+    if cfg.tcp.is_some() {
+        tracing::warn!(
+            "ICE-TCP does not survive a socket hand-over yet: this process serves UDP only"
+        );
+    }
+    start(
+        cfg,
+        sockets,
+        Vec::new(),
+        local_addr,
+        grant,
+        cores,
+        make_handler,
+    )
 }
 
 fn start<H, F>(
     cfg: WorkerConfig,
     sockets: Vec<UdpSocket>,
+    listeners: Vec<std::net::TcpListener>,
     local_addr: SocketAddr,
     grant: BufferGrant,
     cores: Vec<core_affinity::CoreId>,
@@ -441,7 +494,19 @@ where
     F: Fn(usize) -> H,
 {
     let n = sockets.len();
-    let (kind, fallback_reason) = io::resolve_backend(cfg.backend)?;
+    let tcp_addr = match listeners.first() {
+        Some(l) => Some(l.local_addr().map_err(|e| IoError::os("getsockname", e))?),
+        None => None,
+    };
+    let (kind, fallback_reason) = if tcp_addr.is_some() {
+        (
+            RunningBackend::Mmsg,
+            Some("ICE-TCP runs on the mmsg backend".to_string()),
+        )
+    } else {
+        io::resolve_backend(cfg.backend)?
+    };
+    let mut listeners = listeners.into_iter();
     if let Some(r) = &fallback_reason {
         tracing::warn!(reason = %r, "io_uring refused; using the mmsg backend");
     }
@@ -473,6 +538,7 @@ where
         handles: Vec::with_capacity(n),
         stats: Vec::with_capacity(n),
         sockets: dups,
+        tcp_addr,
     };
     for (i, sock) in sockets.into_iter().enumerate() {
         let stats = Arc::new(WorkerStats::default());
@@ -485,6 +551,7 @@ where
         let cfg = cfg.clone();
         let auto = cfg.backend == BackendChoice::Auto;
         let xdp = xdp.clone();
+        let listener = listeners.next();
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -496,6 +563,7 @@ where
                 run_worker(
                     i,
                     sock,
+                    listener,
                     kind,
                     auto,
                     xdp,
@@ -542,6 +610,7 @@ where
 fn run_worker<H: Handler>(
     id: usize,
     sock: std::net::UdpSocket,
+    listener: Option<std::net::TcpListener>,
     kind: RunningBackend,
     auto: bool,
     xdp: Option<Arc<XdpShared>>,
@@ -599,7 +668,13 @@ fn run_worker<H: Handler>(
             }
         }
     }
-    match MmsgBackend::new(sock, params) {
+    let backend = MmsgBackend::new(sock, params).and_then(|mut b| {
+        if let (Some(l), Some((_, tp))) = (listener, cfg.tcp) {
+            b.attach_tcp(TcpSide::new(l, tp, params.datagram_size()))?;
+        }
+        Ok(b)
+    });
+    match backend {
         Ok(mut b) => {
             let _ = ready.send((id, Ok(RunningBackend::Mmsg)));
             run_loop(id, &mut b, &mut handler, slow, &cfg, &stats, &flags)
