@@ -232,7 +232,8 @@ fn rtcp_down_and_feedback_up() {
     assert_eq!(plain.len(), 40);
     assert_eq!(be32(&plain, 4), 0x2222);
     assert_eq!(be32(&plain, 32), 0x2222);
-    // RR + PLI + FIR from the subscriber → the publisher, SSRCs mapped back.
+    // RR + PLI + FIR from the subscriber: the PLI goes to the publisher with its SSRC mapped
+    // back; the FIR right behind it asks for the same keyframe and is aggregated with it.
     let mut f = vec![0x80, 201, 0, 1];
     f.extend_from_slice(&0x5u32.to_be_bytes());
     f.extend_from_slice(&[0x81, 206, 0, 2]);
@@ -245,7 +246,11 @@ fn rtcp_down_and_feedback_up() {
     f.extend_from_slice(&[3, 0, 0, 0]);
     let d = s.rtcp(&f);
     let out = rig.batch(&[(s.addr, d)]);
-    assert_eq!(out.len(), 2);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        rig.counters().feedback[contract::shm::Feedback::PliAggregated as usize],
+        1
+    );
     for (dst, d) in &out {
         assert_eq!(*dst, p.addr);
         let plain = p.open_rtcp(d).unwrap();
