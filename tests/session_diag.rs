@@ -251,7 +251,10 @@ fn session_show_and_admin_api_report_exact_counts_and_loss() {
     assert_eq!(st["packets_in"], packets_in, "{v:#}");
     assert_eq!(st["auth_failures"], FORGED, "{v:#}");
     assert_eq!(st["replays"], REPLAYED, "{v:#}");
-    assert_eq!(st["packets_out"], 0, "{v:#}");
+    // What the relay sent the publisher: only its own NACKs for the 4 gaps (loss recovery,
+    // at most `relay.nack_upstream_retries` = 3 tries each).
+    let nacks_up = st["packets_out"].as_u64().unwrap();
+    assert!(nacks_up <= 4 * 3, "{v:#}");
     assert_eq!(st["state"], "active", "{v:#}");
     assert!(st["last_in_age_ms"].as_u64().unwrap() < 5_000, "{v:#}");
     assert_eq!(v["profile"], PROFILE.name());
