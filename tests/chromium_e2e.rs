@@ -14,9 +14,8 @@
 //! post-quantum key share whose ClientHello spans two datagrams (see [`CASES`]).
 
 use sluice_tests::daemons::Proc;
-use sluice_tests::webrtc_rig::WebRtcRig;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use sluice_tests::webrtc_rig::{script_dir, unavailable, WebRtcRig};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Frames the watcher's `<video>` must present.
@@ -36,34 +35,6 @@ const CASES: [(&str, Option<&str>); 2] = [
     ("default", None),
     ("pq-fragmented", Some("WebRTC-EnableDtlsPqc/Enabled/")),
 ];
-
-fn script_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc")
-}
-
-/// Why the browser cannot run here, if it cannot.
-fn unavailable() -> Option<String> {
-    let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).is_file() {
-        return Some(format!(
-            "{chromium} not installed (apt-get install chromium)"
-        ));
-    }
-    let node = Command::new("node")
-        .arg(script_dir().join("browser.mjs"))
-        .arg("check")
-        .current_dir(script_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match node {
-        Err(e) => Some(format!("node not runnable: {e}")),
-        Ok(s) if !s.success() => {
-            Some("playwright-core not installed (npm ci --prefix tests/webrtc)".into())
-        }
-        Ok(_) => None,
-    }
-}
 
 /// The value of an unlabelled (or exactly labelled) Prometheus sample.
 fn metric(text: &str, name_and_labels: &str) -> u64 {

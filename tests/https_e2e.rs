@@ -17,6 +17,7 @@
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use sluice_tests::daemons::{bin, Proc};
+use sluice_tests::webrtc_rig::{script_dir, unavailable};
 use sluice_tests::{free_udp_port, TempDir};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -413,34 +414,6 @@ fn certificate_is_reloaded_when_its_files_change() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(rig.control_log().contains("TLS certificate reloaded"));
-}
-
-fn script_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc")
-}
-
-/// Why the browser cannot run here, if it cannot.
-fn unavailable() -> Option<String> {
-    let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).is_file() {
-        return Some(format!(
-            "{chromium} not installed (apt-get install chromium)"
-        ));
-    }
-    let node = Command::new("node")
-        .arg(script_dir().join("browser.mjs"))
-        .arg("check")
-        .current_dir(script_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match node {
-        Err(e) => Some(format!("node not runnable: {e}")),
-        Ok(s) if !s.success() => {
-            Some("playwright-core not installed (npm ci --prefix tests/webrtc)".into())
-        }
-        Ok(_) => None,
-    }
 }
 
 #[test]

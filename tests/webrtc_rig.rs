@@ -145,3 +145,33 @@ impl Drop for WebRtcRig {
         let _ = std::fs::remove_file(&self.shm);
     }
 }
+
+/// Where the browser driver (`browser.mjs`, playwright-core) lives.
+pub fn script_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc")
+}
+
+/// Why headless Chromium cannot run here, if it cannot: no browser, no node, or no
+/// playwright-core.
+pub fn unavailable() -> Option<String> {
+    let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).is_file() {
+        return Some(format!(
+            "{chromium} not installed (apt-get install chromium)"
+        ));
+    }
+    let node = Command::new("node")
+        .arg(script_dir().join("browser.mjs"))
+        .arg("check")
+        .current_dir(script_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match node {
+        Err(e) => Some(format!("node not runnable: {e}")),
+        Ok(s) if !s.success() => {
+            Some("playwright-core not installed (npm ci --prefix tests/webrtc)".into())
+        }
+        Ok(_) => None,
+    }
+}
