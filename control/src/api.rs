@@ -38,6 +38,9 @@ pub struct Control {
     pub slow_path_stats: Arc<SlowPathStats>,
     /// HTTP listener counters (the listeners count; `/metrics` reads).
     pub http_stats: Arc<crate::http::stats::HttpStats>,
+    /// This node's cluster membership, set once at start when `[cluster]` is configured
+    /// (WHIP/WHEP forwarding, `/v1/cluster`).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Control {
@@ -51,6 +54,7 @@ impl Control {
             urls: Mutex::new(Urls::default()),
             slow_path_stats: Arc::new(SlowPathStats::default()),
             http_stats: Arc::default(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

@@ -166,7 +166,8 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
             let c = Arc::new(Cluster::new(cc)?);
             c.set_urls(&urls.public_url, &urls.media_addr);
             // Set once, here, before any listener could have asked for it.
-            let _ = ctl.core.cluster.set(c.clone());
+            let _ = ctl.core.room_gate.set(c.clone());
+            let _ = ctl.cluster.set(c.clone());
             tracing::info!(node = %cc.node_id, region = %cc.region, "cluster: joining");
             Some(
                 spawn_heartbeat(c, ctl.core.clone(), cluster_stop.clone()).map_err(|source| {

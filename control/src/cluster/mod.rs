@@ -316,17 +316,6 @@ impl Cluster {
         lock(&self.owned).contains_key(&self.keys.room(app, room))
     }
 
-    /// The gate at the entry of a join: a room this node does not own is refused.
-    pub fn admit(&self, app: &str, room: &str) -> Result<(), CoreError> {
-        if self.owns(app, room) {
-            Ok(())
-        } else {
-            Err(CoreError::Unavailable(format!(
-                "room {app}/{room} is not placed on this node"
-            )))
-        }
-    }
-
     /// One heartbeat at `now_ms`: write this node's entry with `load`, keep the rooms it
     /// owns (`live`: rooms with a participant here), give up those that stayed empty, and
     /// read the live nodes. Returns the rooms found owned by another node (conflicts).
@@ -721,5 +710,18 @@ impl Cluster {
             n(&s.rooms_released),
         );
         o
+    }
+}
+
+/// The gate at the entry of a join: a room this node does not own is refused.
+impl crate::core::RoomGate for Cluster {
+    fn admit(&self, app: &str, room: &str) -> Result<(), CoreError> {
+        if self.owns(app, room) {
+            Ok(())
+        } else {
+            Err(CoreError::Unavailable(format!(
+                "room {app}/{room} is not placed on this node"
+            )))
+        }
     }
 }

@@ -56,7 +56,7 @@ impl Core {
     /// its routes.
     pub fn join(&self, req: JoinRequest<'_>, now_ms: u64) -> Result<Joined, CoreError> {
         // In a cluster, only rooms placed on this node (the HTTP edge forwards the others).
-        if let Some(c) = self.cluster.get() {
+        if let Some(c) = self.room_gate.get() {
             c.admit(req.app, req.room)?;
         }
         let limits = {

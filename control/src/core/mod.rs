@@ -127,9 +127,16 @@ pub struct Core {
     pub cert: Arc<Certificate>,
     /// Refused joins by reason, and the rate limit of their audit entries.
     denied: Mutex<denials::DeniedLog>,
-    /// This node's cluster membership, set once at start when `[cluster]` is configured:
-    /// joins are admitted only for rooms placed on this node.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Set once at start when `[cluster]` is configured: joins are admitted only for rooms
+    /// placed on this node. A trait object, so the core does not depend on the cluster
+    /// module (which builds on the core).
+    pub room_gate: std::sync::OnceLock<Arc<dyn RoomGate>>,
+}
+
+/// Decides whether a room may be joined on this node (the cluster's placement).
+pub trait RoomGate: Send + Sync {
+    /// `Ok` when `app`/`room` may be joined here; the refusal otherwise.
+    fn admit(&self, app: &str, room: &str) -> Result<(), CoreError>;
 }
 
 impl Core {
@@ -195,7 +202,7 @@ impl Core {
             rtc: Arc::new(Mutex::new(RtcTable::default())),
             cert: Arc::new(cert),
             denied: Mutex::new(denials::DeniedLog::default()),
-            cluster: std::sync::OnceLock::new(),
+            room_gate: std::sync::OnceLock::new(),
             cfg: RwLock::new(Arc::new(cfg)),
         };
         c.ensure_shm();

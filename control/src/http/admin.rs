@@ -179,7 +179,7 @@ impl Control {
     /// `GET /v1/cluster`: the registry's nodes and rooms with their owners; 404 on a single
     /// node, 503 with `cluster_unavailable` while Redis cannot be reached.
     fn cluster_status(&self) -> Response {
-        let Some(c) = self.core.cluster.get() else {
+        let Some(c) = self.cluster.get() else {
             return Response::json(
                 404,
                 &json!({"error": "this node is not in a cluster (no [cluster] section)",
@@ -234,7 +234,7 @@ impl Control {
         drop(g);
         text.push_str(&metrics::render_webrtc(&self.core));
         text.push_str(&self.http_stats.render());
-        if let Some(c) = self.core.cluster.get() {
+        if let Some(c) = self.cluster.get() {
             text.push_str(&c.render_metrics());
         }
         Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text)

@@ -403,7 +403,7 @@ impl Control {
         app: &str,
         room: &str,
     ) -> Option<Response> {
-        let cluster = self.core.cluster.get()?;
+        let cluster = self.cluster.get()?;
         let forwarded_by = req.header(FORWARDED_BY);
         let refuse = |status: u16, e: &ClusterError| {
             let mut r = Response::json(
