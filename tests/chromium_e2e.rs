@@ -14,7 +14,7 @@
 //! post-quantum key share whose ClientHello spans two datagrams (see [`CASES`]).
 
 use sluice_tests::daemons::Proc;
-use sluice_tests::webrtc_rig::{script_dir, unavailable, WebRtcRig};
+use sluice_tests::webrtc_rig::{browser_result, script_dir, unavailable, WebRtcRig};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -79,20 +79,10 @@ fn chromium_publishes_through_whip_and_watches_through_whep() {
         }
         let case_started = Instant::now();
         let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir());
-        let mut result = None;
-        let deadline = Instant::now() + Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30);
-        while Instant::now() < deadline {
-            match browser.line(Duration::from_millis(200)) {
-                Some(l) => {
-                    if let Some(json) = l.strip_prefix("RESULT ") {
-                        result = serde_json::from_str::<serde_json::Value>(json).ok();
-                    }
-                }
-                None if browser.poll().is_some() => break,
-                None => {}
-            }
-        }
-        let status = browser.wait(Duration::from_secs(20));
+        let (result, status) = browser_result(
+            &mut browser,
+            Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30),
+        );
         let context = || {
             let (_, metrics) = rig.http("GET", "/metrics", "");
             format!(
@@ -203,20 +193,10 @@ fn chromium_watchers_in_any_m_line_order_decode() {
         .arg(LAYOUTS)
         .current_dir(script_dir());
     let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir());
-    let mut result = None;
-    let deadline = Instant::now() + Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30);
-    while Instant::now() < deadline {
-        match browser.line(Duration::from_millis(200)) {
-            Some(l) => {
-                if let Some(json) = l.strip_prefix("RESULT ") {
-                    result = serde_json::from_str::<serde_json::Value>(json).ok();
-                }
-            }
-            None if browser.poll().is_some() => break,
-            None => {}
-        }
-    }
-    let status = browser.wait(Duration::from_secs(20));
+    let (result, status) = browser_result(
+        &mut browser,
+        Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30),
+    );
     let context = format!("\n{}\n{}", browser.log_text(), rig.control_log());
     rig.stop();
     let result = result.unwrap_or_else(|| panic!("no RESULT from the browser{context}"));

@@ -17,7 +17,7 @@
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use sluice_tests::daemons::{bin, Proc};
-use sluice_tests::webrtc_rig::{script_dir, unavailable};
+use sluice_tests::webrtc_rig::{browser_result, script_dir, unavailable};
 use sluice_tests::{free_udp_port, TempDir};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -443,20 +443,10 @@ fn chromium_publishes_and_watches_over_https() {
         )
         .current_dir(script_dir());
     let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir.path());
-    let mut result = None;
-    let deadline = Instant::now() + Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30);
-    while Instant::now() < deadline {
-        match browser.line(Duration::from_millis(200)) {
-            Some(l) => {
-                if let Some(json) = l.strip_prefix("RESULT ") {
-                    result = serde_json::from_str::<serde_json::Value>(json).ok();
-                }
-            }
-            None if browser.poll().is_some() => break,
-            None => {}
-        }
-    }
-    let status = browser.wait(Duration::from_secs(20));
+    let (result, status) = browser_result(
+        &mut browser,
+        Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30),
+    );
     let context = || format!("\n{}\n{}", browser.log_text(), rig.control_log());
     let result = result.unwrap_or_else(|| panic!("no RESULT from the browser{}", context()));
     eprintln!("https_e2e: {result}");

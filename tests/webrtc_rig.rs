@@ -175,3 +175,25 @@ pub fn unavailable() -> Option<String> {
         Ok(_) => None,
     }
 }
+
+/// The `RESULT {json}` line the browser driver (`browser.mjs`) prints, read until the driver
+/// exits or `timeout` passes, then its exit status (waited for up to 20 s more).
+pub fn browser_result(
+    browser: &mut Proc,
+    timeout: Duration,
+) -> (Option<serde_json::Value>, Option<std::process::ExitStatus>) {
+    let mut result = None;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match browser.line(Duration::from_millis(200)) {
+            Some(l) => {
+                if let Some(json) = l.strip_prefix("RESULT ") {
+                    result = serde_json::from_str::<serde_json::Value>(json).ok();
+                }
+            }
+            None if browser.poll().is_some() => break,
+            None => {}
+        }
+    }
+    (result, browser.wait(Duration::from_secs(20)))
+}
