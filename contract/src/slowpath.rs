@@ -14,7 +14,7 @@
 //! | 1 | 1 | kind: 1 hello, 2 datagram-up (relay → control), 3 datagram-down (control → relay) |
 //! | 2 | 2 | worker id (big endian) |
 //! | 4 | 1 | peer address family: 4, 6, or 0 (hello only) |
-//! | 5 | 1 | reserved, 0 |
+//! | 5 | 1 | peer transport: 0 UDP, 1 ICE-TCP (the peer key is `wire::tcp_peer`) |
 //! | 6 | 2 | peer port (big endian) |
 //! | 8 | 2 | relay local port (big endian) |
 //! | 10 | 2 | reserved, 0 |
@@ -25,7 +25,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::wire::{normalize_addr, MAX_DATAGRAM};
+use crate::wire::{is_tcp_peer, normalize_addr, tcp_peer, transport_addr, MAX_DATAGRAM};
 
 /// Protocol version in every header.
 pub const VERSION: u8 = 1;
@@ -105,7 +105,10 @@ pub fn encode(h: &MsgHeader, payload: &[u8], out: &mut [u8]) -> Result<usize, De
     hdr[1] = h.kind as u8;
     hdr[2..4].copy_from_slice(&h.worker.to_be_bytes());
     hdr[8..10].copy_from_slice(&h.local_port.to_be_bytes());
-    if let Some(peer) = h.peer.map(normalize_addr) {
+    if let Some(key) = h.peer.map(normalize_addr) {
+        // Byte 5: the peer's transport (0 UDP, 1 ICE-TCP, see `wire::tcp_peer`).
+        hdr[5] = u8::from(is_tcp_peer(&key));
+        let peer = transport_addr(key);
         hdr[6..8].copy_from_slice(&peer.port().to_be_bytes());
         match peer.ip() {
             IpAddr::V4(ip) => {
@@ -136,7 +139,7 @@ pub fn decode(msg: &[u8]) -> Result<(MsgHeader, &[u8]), DecodeError> {
         3 => MsgKind::DatagramDown,
         k => return Err(DecodeError::Kind(k)),
     };
-    if msg[5] != 0 || msg[10] != 0 || msg[11] != 0 {
+    if msg[5] > 1 || msg[10] != 0 || msg[11] != 0 {
         return Err(DecodeError::Reserved);
     }
     let worker = u16::from_be_bytes([msg[2], msg[3]]);
@@ -164,6 +167,11 @@ pub fn decode(msg: &[u8]) -> Result<(MsgHeader, &[u8]), DecodeError> {
     if kind != MsgKind::Hello && peer.is_none() {
         return Err(DecodeError::MissingPeer);
     }
+    let peer = match (peer, msg[5]) {
+        (Some(p), 1) => Some(tcp_peer(p)),
+        (None, 1) => return Err(DecodeError::Reserved),
+        (p, _) => p,
+    };
     let payload = &msg[HEADER_LEN..];
     if payload.len() > MAX_DATAGRAM {
         return Err(DecodeError::TooLong(payload.len()));
@@ -186,8 +194,9 @@ mod tests {
     #[test]
     fn roundtrip_and_errors() {
         let mut buf = [0u8; MAX_MESSAGE];
-        for peer in ["192.0.2.1:4000", "[2001:db8::7]:5", "[::ffff:10.0.0.1]:9"] {
-            let peer: SocketAddr = peer.parse().unwrap();
+        let plain = ["192.0.2.1:4000", "[2001:db8::7]:5", "[::ffff:10.0.0.1]:9"];
+        let plain = plain.map(|p| p.parse::<SocketAddr>().unwrap());
+        for peer in plain.into_iter().chain(plain.map(tcp_peer)) {
             let h = MsgHeader {
                 kind: MsgKind::DatagramUp,
                 worker: 3,

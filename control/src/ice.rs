@@ -199,16 +199,8 @@ impl Default for IceAgent {
     }
 }
 
-/// The address as a peer sees it: IPv4-mapped IPv6 becomes IPv4.
-fn normalize(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
-}
+/// The address as a peer sees it: IPv4-mapped IPv6 becomes IPv4 (ICE-TCP keys pass).
+use contract::wire::normalize_addr as normalize;
 
 impl IceAgent {
     /// An agent expiring consent after `consent_timeout`, holding at most `max_credentials`

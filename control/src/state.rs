@@ -234,6 +234,7 @@ pub fn route_conflict<'a>(
 #[serde(deny_unknown_fields)]
 pub struct StoredSession {
     pub id: u64,
+    #[serde(with = "peer_key")]
     pub peer: SocketAddr,
     #[serde(with = "profile_name")]
     pub profile: Profile,
@@ -314,6 +315,23 @@ pub enum RecordError {
     TxKey(contract::srtp::Error),
     #[error("ICE credentials: {0}")]
     Ice(IceCredentialsError),
+}
+
+/// A peer key as text: `tcp:ADDR` for an ICE-TCP peer, the plain address for UDP (what
+/// state files always held).
+mod peer_key {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(p: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&contract::wire::peer_to_string(p))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        contract::wire::parse_peer(&text)
+            .map_err(|_| serde::de::Error::custom(format!("bad peer address `{text}`")))
+    }
 }
 
 /// An SRTP profile as its name (e.g. `AEAD_AES_128_GCM`).
@@ -669,6 +687,14 @@ mod tests {
         assert!(s.to_record().is_ok());
         let bad = old.replace("\"trunk\"", "\"king\"");
         assert!(serde_json::from_str::<StoredSession>(&bad).is_err());
+        // An ICE-TCP peer persists as `tcp:ADDR` and comes back as the same key.
+        let tcp = StoredSession {
+            peer: contract::wire::tcp_peer(s.peer),
+            ..s
+        };
+        let line = serde_json::to_string(&tcp).unwrap();
+        assert!(line.contains(r#""peer":"tcp:127.0.0.1:5003""#), "{line}");
+        assert_eq!(serde_json::from_str::<StoredSession>(&line).unwrap(), tcp);
     }
 
     /// A WebRTC session's ICE credentials round-trip through the journal line and reach the

@@ -185,6 +185,37 @@ fn frames_both_ways_ipv4_and_dual_stack() {
     w.stop().unwrap();
 }
 
+/// A peer's UDP socket and its TCP connection on the same IP and port are two peers: each
+/// echo returns on the transport its datagram came in on (with 10,000 TCP connections the
+/// kernel hands out a UDP port some connection already uses as often as not).
+#[test]
+fn udp_and_tcp_peers_on_one_address_stay_apart() {
+    let w = start("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5), 64);
+    let addr = w.tcp_addr().unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    tcp.bind(&udp.local_addr().unwrap().into())
+        .expect("TCP bound to the UDP socket's port");
+    tcp.connect(&addr.into()).unwrap();
+    let mut tcp = TcpStream::from(tcp);
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert_eq!(tcp.local_addr().unwrap(), udp.local_addr().unwrap());
+    tcp.write_all(&frame(&binding_request(9))).unwrap();
+    assert_eq!(read_frame(&mut tcp)[0..2], [0x01, 0x01], "binding success");
+    let mut buf = [0u8; 64];
+    for i in 0..50u8 {
+        udp.send_to(&[b'u', i], w.local_addr()).unwrap();
+        tcp.write_all(&frame(&[b't', i])).unwrap();
+        let (n, _) = udp.recv_from(&mut buf).expect("UDP echo over UDP");
+        assert_eq!(buf[..n], [b'u', i]);
+        assert_eq!(read_frame(&mut tcp), [b't', i], "TCP echo over TCP");
+    }
+    let t = w.total();
+    assert_eq!((t.tcp_rx_frames, t.tcp_accepted), (51, 1));
+    w.stop().unwrap();
+}
+
 #[test]
 fn hostile_connections_are_closed_and_udp_keeps_flowing() {
     let w = start(

@@ -655,11 +655,13 @@ impl<'a> StunWriter<'a> {
         self.push(attr::ERROR_CODE, &[&head, reason.as_bytes()])
     }
 
-    /// XOR-MAPPED-ADDRESS (RFC 8489 §14.2) for IPv4 or IPv6.
+    /// XOR-MAPPED-ADDRESS (RFC 8489 §14.2) for IPv4 or IPv6. An ICE-TCP peer key is written
+    /// as the connection's transport address ([`super::transport_addr`]).
     pub fn xor_mapped_address(&mut self, addr: SocketAddr) -> Result<(), StunError> {
         if self.sealed != 0 {
             return Err(StunError::BadWrite);
         }
+        let addr = super::transport_addr(addr);
         let port = (addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes();
         match addr.ip() {
             IpAddr::V4(ip) => {

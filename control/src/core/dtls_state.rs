@@ -102,7 +102,9 @@ impl RtcTable {
                 .is_some_and(|d| d.state() == State::Handshaking)
             {
                 total += 1;
-                if e.peer.is_some_and(|p| p.ip() == ip) {
+                if e.peer
+                    .is_some_and(|p| contract::wire::transport_addr(p).ip() == ip)
+                {
                     from_ip += 1;
                 }
             }

@@ -497,7 +497,7 @@ pub(super) fn method_not_allowed(allow: &'static str) -> Response {
 fn session_json(s: &StoredSession) -> Value {
     json!({
         "id": s.id,
-        "peer": s.peer.to_string(),
+        "peer": contract::wire::peer_to_string(&s.peer),
         "profile": s.profile.name(),
         "role": s.role.name(),
         "key_epoch": s.key_epoch,

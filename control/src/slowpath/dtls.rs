@@ -19,7 +19,7 @@ use crate::slowpath::{DtlsSink, Outbox};
 use crate::webrtc::dtls::{
     Certificate, Dtls, DtlsConfig, DtlsRole, SrtpKeys, State, DEFAULT_SRTP_PROFILES,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -151,7 +151,7 @@ impl DtlsSink for WebRtcDtls {
                 .is_none_or(|d| matches!(d.state(), State::Failed | State::Closed))
         });
         if needs_endpoint {
-            let (total, from_ip) = t.handshaking(peer.ip());
+            let (total, from_ip) = t.handshaking(contract::wire::transport_addr(peer).ip());
             if total >= self.limits.max_handshakes || from_ip >= self.limits.max_handshakes_per_ip {
                 t.counters.refused_cap += 1;
                 return false;
@@ -322,7 +322,7 @@ impl WebRtcDtls {
             .filter_map(|(&id, e)| e.peer.map(|p| (id, p)))
             .collect();
         for (id, peer) in ids {
-            let (total, from_ip) = t.handshaking(peer.ip());
+            let (total, from_ip) = t.handshaking(contract::wire::transport_addr(peer).ip());
             if total >= self.limits.max_handshakes || from_ip >= self.limits.max_handshakes_per_ip {
                 t.counters.refused_cap += 1;
                 continue;
@@ -355,15 +355,7 @@ impl WebRtcDtls {
 }
 
 /// IPv4-mapped IPv6 → IPv4, as the ICE agent does, so both index the same address.
-fn normalize(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        SocketAddr::V4(_) => a,
-    }
-}
+use contract::wire::normalize_addr as normalize;
 
 #[cfg(test)]
 mod tests {

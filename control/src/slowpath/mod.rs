@@ -271,7 +271,9 @@ impl Dispatcher {
             Kind::Dtls => &self.stats.dtls,
             _ => &self.stats.other,
         });
-        let verdict = self.limiter.check(now, peer.ip());
+        let verdict = self
+            .limiter
+            .check(now, contract::wire::transport_addr(peer).ip());
         self.stats
             .evictions
             .store(self.limiter.evictions(), Ordering::Relaxed);

@@ -563,7 +563,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 return;
             }
             if let (SlowGate::On(g), Some(now)) = (&mut self.gate, self.now) {
-                if g.check(now, src.ip()) != Verdict::Allow {
+                if g.check(now, contract::wire::transport_addr(src).ip()) != Verdict::Allow {
                     self.stats.drop(DropReason::RateLimited);
                     return;
                 }

@@ -30,17 +30,9 @@ pub const NONE: u32 = u32::MAX;
 const SEEN_SSRCS: usize = 8;
 
 /// Maps an IPv4-mapped IPv6 address to plain IPv4, so that a dual-stack socket's
-/// `::ffff:a.b.c.d` and the `a.b.c.d` control wrote meet (RFC 4291 §2.5.5.2).
-#[inline]
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
+/// `::ffff:a.b.c.d` and the `a.b.c.d` control wrote meet (RFC 4291 §2.5.5.2); ICE-TCP peer
+/// keys pass unchanged.
+pub use contract::wire::normalize_addr as normalize;
 
 /// A multiply-rotate hasher (FxHash style) with a per-process random seed: cheap for the
 /// 6- or 18-byte socket addresses looked up once per datagram.

@@ -131,7 +131,9 @@ pub(crate) unsafe fn sockaddr_to_std(ptr: *const u8, len: usize) -> Option<Socke
                 let a = SocketAddr::V6(SocketAddrV6::new(
                     sin6.sin6_addr.s6_addr.into(),
                     u16::from_be(sin6.sin6_port),
-                    sin6.sin6_flowinfo,
+                    // A datagram's source has no flow information (the kernel writes 0);
+                    // forcing it keeps every UDP source apart from ICE-TCP peer keys.
+                    0,
                     sin6.sin6_scope_id,
                 ));
                 Some(normalize_addr(a))
@@ -142,12 +144,16 @@ pub(crate) unsafe fn sockaddr_to_std(ptr: *const u8, len: usize) -> Option<Socke
 }
 
 /// Write `addr` as a sockaddr for a socket of the given family. A v4 destination on a v6
-/// socket becomes IPv4-mapped; a v6 destination on a v4 socket cannot be sent (None).
+/// socket becomes IPv4-mapped; a v6 destination on a v4 socket and an ICE-TCP peer key (its
+/// connection is gone) cannot be sent as UDP (None).
 pub(crate) fn std_to_sockaddr(
     addr: SocketAddr,
     socket_v6: bool,
     out: &mut libc::sockaddr_storage,
 ) -> Option<libc::socklen_t> {
+    if contract::wire::is_tcp_peer(&addr) {
+        return None;
+    }
     let v6 = match (addr, socket_v6) {
         (SocketAddr::V4(a), false) => {
             let sin = libc::sockaddr_in {

@@ -3,9 +3,11 @@
 //! Each worker owns a TCP listener on the relay's TCP port (SO_REUSEPORT, so the kernel
 //! spreads connections over the workers as it spreads UDP peers) and the connections it
 //! accepted. A connection's frames are handed to the engine exactly like UDP datagrams, with
-//! the connection's remote address as the source; a datagram the engine queues for an address
-//! that names one of this worker's connections is written to it framed instead of sent as UDP
-//! ([`TcpSide::take_frames`]).
+//! the connection's peer key as the source: its remote address marked as ICE-TCP
+//! ([`contract::wire::tcp_peer`]), so a peer's UDP address and its TCP connection never share
+//! a key even when IP and port match. A datagram the engine queues for a key that names one
+//! of this worker's connections is written to it framed instead of sent as UDP
+//! ([`TcpSide::take_frames`]); one for a closed connection's key is unroutable as UDP.
 //!
 //! Bounds, all fixed per connection: one receive buffer of `2 + max_datagram` bytes (at
 //! accept) and one send remainder of the same size (at the first partial write), at most `max_connections` connections per
@@ -23,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{normalize_addr, IoCounters, IoError};
+use contract::wire::tcp_peer;
+
+use super::{IoCounters, IoError};
 use crate::batch::TxQueue;
 
 /// Frames dropped in a row on a full send buffer before the connection is closed.
@@ -192,6 +196,7 @@ pub fn check_port_free(addr: SocketAddr) -> Result<(), IoError> {
 /// One accepted connection.
 struct Conn {
     stream: TcpStream,
+    /// The peer key ([`tcp_peer`]) the engine sees as the source.
     peer: SocketAddr,
     rx: Deframer,
     /// The unwritten tail of a partially written frame (`tx_buf[tx_off..tx_end]`).
@@ -331,7 +336,7 @@ impl TcpSide {
         }
         loop {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, normalize_addr(peer), now, c),
+                Ok((stream, peer)) => self.admit(stream, tcp_peer(peer), now, c),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listener_ready = false;
                     return;
