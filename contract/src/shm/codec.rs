@@ -164,7 +164,8 @@ pub(crate) fn decode_session(w: &[u64; SESSION_WORDS]) -> Result<SessionRecord, 
 /// 0 id · 1 from · 2 to ·
 /// 3 has_ssrc | has_rewrite_ssrc<<8 | pt_map_len<<16 | ext_map_len<<24 | ssrc<<32 ·
 /// 4 rewrite ssrc · 5–6 pt_map (8 × (from, to) bytes) · 7–8 ext_map ·
-/// 9 has_rtx | rtx payload type<<8 | rtx ssrc<<32 · 10–14 reserved (0).
+/// 9 has_rtx | rtx payload type<<8 | rtx ssrc<<32 · 10 reserved (0) ·
+/// 11 has_source_rtx | its payload type<<8 | its ssrc<<32 · 12–14 below.
 pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     let mut w = [0u64; ROUTE_WORDS];
     w[0] = r.id;
@@ -188,6 +189,9 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     w[7..9].copy_from_slice(&pairs(&r.rewrite.ext_map));
     if let Some(x) = r.rewrite.rtx {
         w[9] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
+    }
+    if let Some(x) = r.rewrite.source_rtx {
+        w[11] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
     }
     // Word 12: MID id | MID length << 8 | keyframe bits << 16 | transport-wide sequence
     // extension id << 24 (0: none); words 13–14: the MID value.
@@ -221,6 +225,11 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
             return Err(SlotError::BadRtx(x.payload_type));
         }
     }
+    if let Some(x) = r.rewrite.source_rtx {
+        if x.payload_type > 127 || r.ssrc.is_none() {
+            return Err(SlotError::BadRtx(x.payload_type));
+        }
+    }
     Ok(())
 }
 
@@ -240,6 +249,10 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
     let rtx = has_rtx.then_some(RtxOut {
         payload_type: (w[9] >> 8) as u8,
         ssrc: (w[9] >> 32) as u32,
+    });
+    let source_rtx = flag(w[11] as u8)?.then_some(RtxOut {
+        payload_type: (w[11] >> 8) as u8,
+        ssrc: (w[11] >> 32) as u32,
     });
     let pairs = |words: &[u64]| -> [(u8, u8); MAX_MAPPINGS] {
         let b: [u8; 2 * MAX_MAPPINGS] = words_to_bytes(words);
@@ -262,6 +275,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             keyframe: (w[12] >> 16) as u8,
             twcc_id: (w[12] >> 24) as u8,
             rtx,
+            source_rtx,
         },
     };
     validate_route(&r)?;
@@ -380,6 +394,19 @@ mod tests {
         assert_eq!(
             decode_route(&encode_route(&many)),
             Err(SlotError::BadRtx(97))
+        );
+        // The publisher's RTX: needs the route's SSRC filter (a rewritten SSRC is not enough).
+        one.rewrite.source_rtx = Some(RtxOut {
+            payload_type: 98,
+            ssrc: 0x5eed,
+        });
+        assert_eq!(decode_route(&encode_route(&one)), Ok(one));
+        let mut unfiltered = one;
+        unfiltered.ssrc = None;
+        unfiltered.rewrite.ssrc = Some(9);
+        assert_eq!(
+            decode_route(&encode_route(&unfiltered)),
+            Err(SlotError::BadRtx(98))
         );
     }
 }

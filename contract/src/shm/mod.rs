@@ -293,6 +293,11 @@ pub struct Rewrite {
     /// NACK go out as RTX on this SSRC and payload type; `None` resends the original packet.
     /// Only on a route that carries one stream (an SSRC filter or a rewritten SSRC).
     pub rtx: Option<RtxOut>,
+    /// The publisher's RTX stream for the route's source stream (RFC 4588, its `a=ssrc-group:FID`
+    /// partner and `apt` payload type): the relay unwraps a packet the publisher sends on it
+    /// (original sequence number restored, SSRC and payload type of the original stream) and
+    /// forwards it as the repaired original. Only on a route with an SSRC filter.
+    pub source_rtx: Option<RtxOut>,
     /// The keyframe requests the publisher understands ([`keyframe`] bits; 0: unknown, pass
     /// requests through as they come). A viewer's PLI goes up as a FIR when the publisher only
     /// takes FIR, a FIR as a PLI when it only takes PLI (RFC 4585 §6.3.1, RFC 5104 §4.3.1).
@@ -332,8 +337,8 @@ impl Rewrite {
     }
 }
 
-/// A subscriber's RTX stream (RFC 4588 §8: its own SSRC, a payload type bound to the original
-/// one by `apt` in the subscriber's SDP).
+/// An RTX stream (RFC 4588 §8: its own SSRC, a payload type bound to the original one by `apt`
+/// in the SDP): a subscriber's ([`Rewrite::rtx`]) or a publisher's ([`Rewrite::source_rtx`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtxOut {
     pub payload_type: u8,
