@@ -12,6 +12,8 @@
 //! - [`rtcp`]: compound RTCP iteration and typed views (SR, RR, SDES, BYE, APP, RTPFB, PSFB).
 //! - [`rtcp_write`]: the RTCP packets the relay writes itself (SR, RR, PLI, FIR, generic NACK).
 //! - [`rtx`]: the RTP retransmission payload format (RFC 4588), both directions.
+//! - [`vp8`]: the VP8 RTP payload descriptor (RFC 7741 §4.2): key frames, temporal layers,
+//!   picture ID / TL0PICIDX / key index rewritten in place for layer switching.
 //! - [`stun`]: STUN messages (RFC 8489), ICE attributes (RFC 8445), integrity, fingerprint,
 //!   and an allocation-free writer.
 //! - [`ice`]: ICE-lite answers to connectivity checks (RFC 8445 §7.3), shared by the relay and
@@ -29,6 +31,7 @@ pub mod rtcp_write;
 pub mod rtp;
 pub mod rtx;
 pub mod stun;
+pub mod vp8;
 
 pub use demux::{classify, Kind};
 pub use rtcp::is_rtcp;
