@@ -107,12 +107,20 @@ pub enum Feedback {
     /// Copies served from the cache whose resend was refused downstream (queue full,
     /// protect failed); also counted under the datagram drop reason.
     ResendFailed = 12,
+    /// Packets of a simulcast layer not sent to a subscriber (ABI 7): not its current layer,
+    /// or older than its last layer switch (docs/ENGINE.md "Simulcast").
+    LayerSkipped = 13,
+    /// Simulcast layer switches made for subscribers (ABI 7).
+    LayerSwitch = 14,
+    /// Key-frame requests (PLI) the relay sent a publisher so that a subscriber can switch
+    /// to one of its layers (ABI 7).
+    LayerKeyframeRequest = 15,
 }
 
 impl Feedback {
     pub const COUNT: usize = 16;
-    /// Every counter in index order (indices 13..16 are reserved and stay 0).
-    pub const ALL: [Feedback; 13] = [
+    /// Every counter in index order.
+    pub const ALL: [Feedback; 16] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -126,6 +134,9 @@ impl Feedback {
         Feedback::CacheFull,
         Feedback::UpstreamGiveUp,
         Feedback::ResendFailed,
+        Feedback::LayerSkipped,
+        Feedback::LayerSwitch,
+        Feedback::LayerKeyframeRequest,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -143,6 +154,9 @@ impl Feedback {
             Feedback::CacheFull => "cache_full",
             Feedback::UpstreamGiveUp => "upstream_give_up",
             Feedback::ResendFailed => "resend_failed",
+            Feedback::LayerSkipped => "layer_skipped",
+            Feedback::LayerSwitch => "layer_switch",
+            Feedback::LayerKeyframeRequest => "layer_keyframe_request",
         }
     }
 }

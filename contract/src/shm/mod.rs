@@ -288,6 +288,29 @@ pub struct Rewrite {
     /// NACK go out as RTX on this SSRC and payload type; `None` resends the original packet.
     /// Only on a route that carries one stream (an SSRC filter or a rewritten SSRC).
     pub rtx: Option<RtxOut>,
+    /// This route carries one spatial layer of a simulcast source (docs/ENGINE.md
+    /// "Simulcast"): the routes of a source's layers to one subscriber rewrite to the same
+    /// output SSRC and the relay forwards one layer at a time on it. Only on a route with an
+    /// SSRC filter and a rewritten SSRC.
+    pub layer: Option<Layer>,
+}
+
+/// Most spatial layers of one simulcast source.
+pub const MAX_LAYERS: u8 = 3;
+
+/// A route's place in a simulcast source (see [`Rewrite::layer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layer {
+    /// 0 = the lowest resolution.
+    pub index: u8,
+    /// Layers of the source (1..=[`MAX_LAYERS`]).
+    pub count: u8,
+    /// Highest layer this subscriber may receive; [`Layer::NO_CAP`]: any.
+    pub max: u8,
+}
+
+impl Layer {
+    pub const NO_CAP: u8 = u8::MAX;
 }
 
 /// Longest MID value a route rewrites to (the one-byte header form's limit, RFC 8285 §4.2).
