@@ -10,7 +10,7 @@
 //! May not touch: shared memory, HTTP. The API layer applies each entry here first, then to shm.
 
 use contract::shm::{
-    IceCredentials, IceCredentialsError, Rewrite, Role, RouteRecord, RtxOut, SessionRecord,
+    IceCredentials, IceCredentialsError, Layer, Rewrite, Role, RouteRecord, RtxOut, SessionRecord,
     MAX_MAPPINGS,
 };
 use contract::srtp::{MasterKey, Profile};
@@ -70,6 +70,22 @@ pub struct RewriteSpec {
     /// relay resends the original packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtx: Option<RtxSpec>,
+    /// This route carries one spatial layer of a simulcast source; the routes of all its
+    /// layers into one subscriber rewrite to one SSRC, and the relay forwards one layer at a
+    /// time on it (docs/ENGINE.md "Simulcast").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerSpec>,
+}
+
+/// A route's simulcast layer: `index` of `count` (lowest resolution 0), and the highest
+/// layer the subscriber may receive (`max`, absent: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    pub index: u8,
+    pub count: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u8>,
 }
 
 /// A MID rewrite: the subscriber's extension id for `urn:ietf:params:rtp-hdrext:sdes:mid`
@@ -108,6 +124,11 @@ impl RewriteSpec {
             rtx: self.rtx.map(|x| RtxOut {
                 payload_type: x.payload_type,
                 ssrc: x.ssrc,
+            }),
+            layer: self.layer.map(|l| Layer {
+                index: l.index,
+                count: l.count,
+                max: l.max.unwrap_or(Layer::NO_CAP),
             }),
             ..Rewrite::default()
         };
