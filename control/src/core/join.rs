@@ -410,6 +410,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             mid: viewer_mid(vm),
             keyframe: publisher_keyframe(pm),
             rtx: None,
+            layer: None,
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
         if ssrcs.is_empty() {
