@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod daemons;
+pub mod netns;
 pub mod procs;
 #[path = "support/skip.rs"]
 pub mod skip;
