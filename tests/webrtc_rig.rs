@@ -186,6 +186,21 @@ impl WebRtcRig {
         v["token"].as_str().expect("token").to_string()
     }
 
+    /// [`WebRtcRig::mint`] for subject `sub` (a subject may hold only a few sessions per
+    /// room).
+    pub fn mint_for(&self, room: &str, role: &str, sub: &str) -> String {
+        let (st, body) = self.http(
+            "POST",
+            "/v1/tokens",
+            &format!(
+                r#"{{"app":"demo","room":"{room}","role":"{role}","ttl_secs":600,"sub":"{sub}"}}"#
+            ),
+        );
+        assert_eq!(st, 201, "mint: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["token"].as_str().expect("token").to_string()
+    }
+
     /// Control's stderr so far (for failure messages).
     pub fn control_log(&self) -> String {
         self.control

@@ -20,7 +20,8 @@
 //           { "mode": "relay" | "direct", "base": URL, "room": ROOM, "seconds": S,
 //             "connectSecs": C, "args": [switches for every browser],
 //             "publisher": { "chromium": EXE, "token": T },
-//             "viewers": [ { "label": L, "chromium": EXE, "token": T, "pages": N } ] }
+//             "viewers": [ { "label": L, "chromium": EXE, "token": T, "pages": N,
+//                            "tokens": [one per page, instead of T] } ] }
 //         relay: the publisher's page publishes its fake camera and microphone through WHIP
 //         at BASE/whip/ROOM, then each viewer group's N pages watch BASE/whep/ROOM; direct:
 //         one viewer page and the publisher's page call each other, the driver passing offer
@@ -248,7 +249,7 @@ async function session(specPath) {
     for (const v of spec.viewers) {
       const ctx = await launch(v.chromium, v.label);
       for (let i = 0; i < (v.pages || 1); i++) {
-        viewers.push({ label: v.label, index: i, token: v.token, page: await open(ctx, `${v.label}#${i}`) });
+        viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token, page: await open(ctx, `${v.label}#${i}`) });
       }
     }
     const connectMs = (spec.connectSecs || 30) * 1000;
