@@ -14,7 +14,10 @@
 //! - `one_bad_viewer_does_not_hurt_a_good_one`: one publisher, a viewer behind 300 kbit/s with
 //!   5 % loss and a free viewer: the free viewer has no freeze and a steady frame rate.
 //! - `ten_viewers_one_impaired_publisher_bitrate`: nine free viewer pages in one browser, then
-//!   the same plus one impaired viewer: the publisher's video bitrate in both, and the ratio.
+//!   the same plus one impaired viewer (5 % loss, 40 ms): every page decodes, the publisher
+//!   receives at most a quarter of the impaired viewer's NACKs; the publisher's video bitrate in
+//!   both runs and their ratio are printed (the bandwidth estimate varies from run to run by
+//!   more than issue 16's 2 %, so the ratio is recorded, not asserted).
 //!
 //! On a kernel without netem the loss and rate are still applied in the kernel (nftables and
 //! tbf) but not the delay: the test reports that as a SKIP line and goes on. The measuring time
@@ -350,6 +353,15 @@ fn ten_viewers_one_impaired_publisher_bitrate() {
             assert!(
                 view_delta(&r, j, "framesDecoded") > 0.0,
                 "{label}: viewer page {j} decoded nothing"
+            );
+        }
+        if impaired {
+            // The relay, not the publisher, repairs the impaired viewer.
+            assert!(
+                pub_delta(&r, "nackCount") * 4.0 <= view_delta(&r, 9, "nackCount"),
+                "the publisher received {} NACKs for the impaired viewer's {}",
+                pub_delta(&r, "nackCount"),
+                view_delta(&r, 9, "nackCount")
             );
         }
         rates.push(kbps);
