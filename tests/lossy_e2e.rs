@@ -46,7 +46,8 @@ fn secs(default: u64) -> u64 {
 
 /// The bridge, one namespace per browser and a wrapper script per namespace.
 struct Scene {
-    // Field order is drop order: the directory (driver logs) outlives nothing that uses it.
+    // Field order is drop order: the namespaces (and anything left running in them) go
+    // before the directory holding the wrapper scripts and the driver's logs.
     net: Net,
     hosts: Vec<(Host, PathBuf)>,
     dir: TempDir,
