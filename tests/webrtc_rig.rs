@@ -1,6 +1,8 @@
 //! The appliance as the WebRTC end-to-end tests (aiortc, Chromium) need it: control and one
 //! relay worker on loopback with the bootstrap `demo` application, WHIP/WHEP on control's
 //! listener, and the admin calls those tests make (minting tokens, room state, metrics).
+//! [`WebRtcRig::start_with`] puts the relay and the public (WHIP/WHEP) listener on another
+//! address, e.g. a test bridge's (tests/netns.rs), with HTTPS, extra relay keys or ICE-TCP.
 
 use crate::daemons::{bin, Proc};
 use crate::{free_udp_port, TempDir};
@@ -21,29 +23,82 @@ pub struct WebRtcRig {
     control: Option<Proc>,
     shm: PathBuf,
     dir: TempDir,
-    /// `HOST:PORT` of control's admin (and here also WHIP/WHEP) listener.
+    /// `HOST:PORT` of control's admin (and, without [`RigOptions::public_ip`], also
+    /// WHIP/WHEP) listener.
     pub admin: String,
+    /// Base URL of WHIP/WHEP (`http://` or `https://`).
+    public_url: String,
+    /// The relay's media address (UDP, and TCP with [`RigOptions::ice_tcp`]).
+    pub media: std::net::SocketAddr,
+}
+
+/// How [`WebRtcRig::start_with`] configures the appliance.
+#[derive(Clone, Debug, Default)]
+pub struct RigOptions {
+    /// Address of the relay and of a public listener apart from the admin one (which stays
+    /// on loopback); also the only address in the answers' candidates. None: all on 127.0.0.1,
+    /// WHIP/WHEP on the admin listener.
+    pub public_ip: Option<std::net::IpAddr>,
+    /// `[http.tls]` certificate and key files (PEM) for the public listener.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Passive ICE-TCP on the relay's port (`relay.tcp.enabled`).
+    pub ice_tcp: bool,
+    /// More `[relay]` lines, e.g. `nack_cache_packets = 0`.
+    pub relay_extra: String,
 }
 
 impl WebRtcRig {
     /// Start control, wait for its runtime file, then start the relay.
     pub fn start(tag: &str) -> WebRtcRig {
+        WebRtcRig::start_with(tag, &RigOptions::default())
+    }
+
+    /// [`WebRtcRig::start`] configured by `opt`. One relay worker always: the tests' peers
+    /// all meet the same worker, which ICE-TCP still requires (docs/IO.md "ICE-TCP").
+    pub fn start_with(tag: &str, opt: &RigOptions) -> WebRtcRig {
         let dir = TempDir::new(tag);
         let d = dir.path();
         let shm = PathBuf::from(format!("/dev/shm/sluice-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_file(&shm);
-        let port = free_udp_port();
+        let ip = opt
+            .public_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let port = match opt.public_ip {
+            Some(ip) => free_port_on(ip),
+            None => free_udp_port(),
+        };
+        let public = match opt.public_ip {
+            Some(ip) => format!("public_listen = \"{}\"\n", free_tcp_addr(ip)),
+            None => String::new(),
+        };
+        let tls = opt.tls.as_ref().map_or(String::new(), |(cert, key)| {
+            format!(
+                "[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                cert.display(),
+                key.display()
+            )
+        });
+        let tcp = if opt.ice_tcp {
+            "[relay.tcp]\nenabled = true\n"
+        } else {
+            ""
+        };
         let cfg = d.join("sluice.toml");
         std::fs::write(
             &cfg,
             format!(
                 "runtime_dir = \"{d}/run\"\n\
-                 [relay]\nbind = \"127.0.0.1:{port}\"\nworkers = 1\n\
+                 [relay]\nbind = \"{media}\"\nworkers = 1\n{extra}\n\
+                 {tcp}\
                  [control]\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+                 {public}\
                  state_dir = \"{d}/state\"\naudit_log = \"{d}/log/audit.log\"\n\
-                 bootstrap_app = \"demo\"\npublic_addresses = [\"127.0.0.1\"]\n\
-                 [shm]\npath = \"{s}\"\nsessions = 16\nroutes = 64\nworker_slots = 4\n",
+                 bootstrap_app = \"demo\"\npublic_addresses = [\"{ip}\"]\n\
+                 [shm]\npath = \"{s}\"\nsessions = 64\nroutes = 256\nworker_slots = 4\n\
+                 {tls}",
                 d = d.display(),
+                media = std::net::SocketAddr::new(ip, port),
+                extra = opt.relay_extra,
                 s = shm.display()
             ),
         )
@@ -63,7 +118,11 @@ impl WebRtcRig {
             {
                 break v;
             }
-            assert!(Instant::now() < deadline, "control did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "control did not become ready:\n{}",
+                control.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let admin = info["admin_url"]
@@ -71,6 +130,7 @@ impl WebRtcRig {
             .and_then(|u| u.strip_prefix("http://"))
             .expect("admin url")
             .to_string();
+        let public_url = info["public_url"].as_str().expect("public url").to_string();
         let mut cmd = Command::new(bin("sluice-relay"));
         cmd.arg("--config").arg(&cfg);
         let relay = Proc::spawn("sluice-relay", cmd, d, Stdio::null());
@@ -80,6 +140,8 @@ impl WebRtcRig {
             shm,
             dir,
             admin,
+            public_url,
+            media: std::net::SocketAddr::new(ip, port),
         }
     }
 
@@ -88,9 +150,9 @@ impl WebRtcRig {
         self.dir.path()
     }
 
-    /// `http://HOST:PORT` of the WHIP/WHEP endpoints.
+    /// `http(s)://HOST:PORT` of the WHIP/WHEP endpoints.
     pub fn base(&self) -> String {
-        format!("http://{}", self.admin)
+        self.public_url.clone()
     }
 
     /// One admin request with the admin token; returns status and body.
@@ -124,6 +186,21 @@ impl WebRtcRig {
         v["token"].as_str().expect("token").to_string()
     }
 
+    /// [`WebRtcRig::mint`] for subject `sub` (a subject may hold only a few sessions per
+    /// room).
+    pub fn mint_for(&self, room: &str, role: &str, sub: &str) -> String {
+        let (st, body) = self.http(
+            "POST",
+            "/v1/tokens",
+            &format!(
+                r#"{{"app":"demo","room":"{room}","role":"{role}","ttl_secs":600,"sub":"{sub}"}}"#
+            ),
+        );
+        assert_eq!(st, 201, "mint: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["token"].as_str().expect("token").to_string()
+    }
+
     /// Control's stderr so far (for failure messages).
     pub fn control_log(&self) -> String {
         self.control
@@ -144,6 +221,26 @@ impl Drop for WebRtcRig {
         self.stop();
         let _ = std::fs::remove_file(&self.shm);
     }
+}
+
+/// A port free for both UDP and TCP on `ip` now (the relay's media port; ICE-TCP listens on
+/// the same number).
+fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind((ip, 0)).expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP on {ip}");
+}
+
+/// `IP:PORT` with a TCP port free on `ip` now.
+fn free_tcp_addr(ip: std::net::IpAddr) -> std::net::SocketAddr {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free tcp port")
 }
 
 /// Where the browser driver (`browser.mjs`, playwright-core) lives.
@@ -196,4 +293,33 @@ pub fn browser_result(
         }
     }
     (result, browser.wait(Duration::from_secs(20)))
+}
+
+/// Run the browser driver's `session` command on `spec` (written to `dir`; see browser.mjs)
+/// and return its `RESULT`, panicking with the driver's log when there is none. The driver may
+/// take `spec.connectSecs + spec.seconds` plus start-up and teardown.
+pub fn run_session(dir: &Path, name: &str, spec: &serde_json::Value) -> serde_json::Value {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, spec.to_string()).expect("write spec");
+    let mut cmd = Command::new("node");
+    cmd.arg(script_dir().join("browser.mjs"))
+        .arg("session")
+        .arg(&path)
+        .current_dir(script_dir());
+    let mut browser = Proc::spawn_lines(name, cmd, dir);
+    let secs = spec["connectSecs"].as_u64().unwrap_or(30) + spec["seconds"].as_u64().unwrap_or(0);
+    let (result, status) = browser_result(&mut browser, Duration::from_secs(secs + 90));
+    let result = result.unwrap_or_else(|| {
+        panic!(
+            "{name}: no RESULT from the browser driver ({status:?}):\n{}",
+            browser.log_text()
+        )
+    });
+    if !status.is_some_and(|s| s.success()) {
+        eprintln!(
+            "{name}: driver exit {status:?} (not every viewer decoded):\n{}",
+            browser.log_text()
+        );
+    }
+    result
 }

@@ -13,6 +13,23 @@
 //         any) decoded FRAMES frames and its audio receiver (if any) decoded samples
 //     BASE_URL may be https://; for a certificate without a CA, SLUICE_CHROMIUM_ARGS carries
 //     --ignore-certificate-errors-spki-list=<base64 SHA-256 of its public key>
+//     node browser.mjs session SPEC.json
+//         one browser process per peer group, each its own executable (e.g. a wrapper that
+//         runs Chromium inside a network namespace; tests/netns.rs), for tests/lossy_e2e.rs
+//         and tests/ice_tcp_e2e.rs. SPEC:
+//           { "mode": "relay" | "direct", "base": URL, "room": ROOM, "seconds": S,
+//             "connectSecs": C, "args": [switches for every browser],
+//             "publisher": { "chromium": EXE, "token": T },
+//             "viewers": [ { "label": L, "chromium": EXE, "token": T, "pages": N,
+//                            "tokens": [one per page, instead of T] } ] }
+//         relay: the publisher's page publishes its fake camera and microphone through WHIP
+//         at BASE/whip/ROOM, then each viewer group's N pages watch BASE/whep/ROOM; direct:
+//         one viewer page and the publisher's page call each other, the driver passing offer
+//         and answer (complete, no trickle) between the two browsers. Once every viewer
+//         decoded a frame (or C seconds passed), getStats() of every page is taken (`start`),
+//         then once a second for S seconds (publisher bytesSent, viewers framesDecoded), then
+//         again (`end`). One line `RESULT {json}`; exit 0 when every viewer decoded frames.
+//         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
 // the watcher's <video>, and getStats() of both peers (transport: DTLS state, version,
@@ -42,12 +59,13 @@ const [cmd, ...args] = process.argv.slice(2);
 if (cmd === 'check') {
   process.exit(existsSync(executablePath) ? 0 : 3);
 }
-if (!['run', 'layouts'].includes(cmd) || args.length < 6 || (cmd === 'layouts' && args.length < 7)) {
+if (cmd !== 'session' && (!['run', 'layouts'].includes(cmd) || args.length < 6 ||
+    (cmd === 'layouts' && args.length < 7))) {
   log('usage: browser.mjs check | run BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS [FIELD_TRIALS]' +
     ' | layouts BASE_URL PUB_TOKEN VIEW_TOKEN ROOM FRAMES TIMEOUT_SECS LAYOUTS');
   process.exit(2);
 }
-const [base, pubToken, viewToken, room, framesArg, timeoutArg, extra] = args;
+const [base, pubToken, viewToken, room, framesArg, timeoutArg, extra] = cmd === 'session' ? [] : args;
 const fieldTrials = cmd === 'run' ? extra : undefined;
 const layouts = cmd === 'layouts'
   ? extra.split(',').map((l) => l.split('+'))
@@ -78,6 +96,59 @@ window.negotiate = async (pc, url, token) => {
   if (r.status !== 201) throw new Error('POST ' + url + ': ' + r.status + ' ' + body);
   await pc.setRemoteDescription({ type: 'answer', sdp: body });
   return { location: r.headers.get('Location'), answer: body };
+};
+// Video counters of one peer for the session command: inbound (a viewer's) and outbound (a
+// publisher's) video stream, and the selected candidate pair with its protocols.
+window.videoStats = async (pc) => {
+  const stats = await pc.getStats();
+  const byId = new Map();
+  stats.forEach((s) => byId.set(s.id, s));
+  const out = { inbound: null, outbound: null, pair: null };
+  const pick = (s, keys) => Object.fromEntries(keys.filter((k) => s[k] !== undefined).map((k) => [k, s[k]]));
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      out.inbound = pick(s, ['packetsReceived', 'packetsLost', 'nackCount', 'retransmittedPacketsReceived',
+        'retransmittedBytesReceived', 'freezeCount', 'totalFreezesDuration', 'pauseCount', 'totalPausesDuration',
+        'framesDecoded', 'framesDropped', 'framesReceived', 'keyFramesDecoded', 'framesPerSecond', 'pliCount',
+        'firCount', 'jitter', 'bytesReceived', 'frameWidth', 'frameHeight']);
+    } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
+      out.outbound = pick(s, ['packetsSent', 'bytesSent', 'retransmittedPacketsSent', 'retransmittedBytesSent',
+        'nackCount', 'pliCount', 'firCount', 'framesEncoded', 'framesSent', 'keyFramesEncoded', 'framesPerSecond',
+        'qualityLimitationReason', 'targetBitrate', 'frameWidth', 'frameHeight']);
+    } else if (s.type === 'transport') {
+      const p = byId.get(s.selectedCandidatePairId);
+      if (p) {
+        const l = byId.get(p.localCandidateId) || {};
+        const r = byId.get(p.remoteCandidateId) || {};
+        out.pair = {
+          state: p.state, currentRoundTripTime: p.currentRoundTripTime,
+          localProtocol: l.protocol, localType: l.candidateType, localTcpType: l.tcpType,
+          localAddress: (l.address || l.ip) + ':' + l.port,
+          remoteProtocol: r.protocol, remoteType: r.candidateType, remoteTcpType: r.tcpType,
+          remoteAddress: (r.address || r.ip) + ':' + r.port,
+        };
+      }
+    }
+  });
+  out.connectionState = pc.connectionState;
+  return out;
+};
+// The viewer side of the session command: a <video> per video track, audio played.
+window.attachMedia = (pc) => {
+  window.videoFrames = 0;
+  pc.addEventListener('track', (e) => {
+    if (e.track.kind === 'audio') {
+      const a = document.createElement('audio');
+      a.autoplay = true;
+      a.srcObject = new MediaStream([e.track]);
+      document.body.appendChild(a);
+      a.play().catch((err) => console.log('audio play: ' + err));
+      return;
+    }
+    const v = document.getElementById('v');
+    v.srcObject = new MediaStream([e.track]);
+    v.play().catch((err) => console.log('play: ' + err));
+  });
 };
 window.summarise = async (pc) => {
   const stats = await pc.getStats();
@@ -121,6 +192,155 @@ window.summarise = async (pc) => {
 const PAGE_HTML = `<!doctype html><meta charset="utf-8"><title>sluice chromium e2e</title>
 <video id="v" autoplay muted playsinline width="320" height="240"></video>
 <script>${PAGE_LIB}</script>`;
+
+
+if (cmd === 'session') process.exit(await session(args[0]));
+
+// The session command (see the top of this file).
+async function session(specPath) {
+  const { readFileSync } = await import('node:fs');
+  const spec = JSON.parse(readFileSync(specPath, 'utf8'));
+  const direct = spec.mode === 'direct';
+  const origin = direct ? 'http://127.0.0.1' : new URL(spec.base).origin;
+  const pageUrl = `${origin}/__chromium_e2e`;
+  const contexts = [];
+  const dirs = [];
+  let status = 1;
+  const launch = async (exe, tag) => {
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
+    dirs.push(dir);
+    const a = [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required',
+      // Peers in other network namespaces must see each other's real host addresses.
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+      // Background pages of one browser must not be throttled (several viewers per browser).
+      '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
+      '--disable-backgrounding-occluded-windows',
+    ];
+    const u = new URL(pageUrl);
+    if (u.protocol === 'http:' && !['127.0.0.1', 'localhost'].includes(u.hostname)) {
+      // A plain-HTTP appliance on a bridge address: treat it as a secure context
+      // (getUserMedia needs one).
+      a.push(`--unsafely-treat-insecure-origin-as-secure=${origin}`);
+    }
+    for (const x of spec.args || []) a.push(x);
+    const ctx = await chromium.launchPersistentContext(dir, {
+      executablePath: exe, headless: true, args: a, permissions: ['camera', 'microphone'],
+    });
+    contexts.push(ctx);
+    await ctx.route(pageUrl, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: PAGE_HTML }));
+    log(`${tag}: chromium started (${exe})`);
+    return ctx;
+  };
+  const open = async (ctx, tag) => {
+    const p = await ctx.newPage();
+    p.on('console', (m) => log(`${tag} console.${m.type()}: ${m.text()}`));
+    p.on('pageerror', (e) => log(`${tag} page error: ${e.message}`));
+    await p.goto(pageUrl);
+    return p;
+  };
+  try {
+    const pubCtx = await launch(spec.publisher.chromium, 'publisher');
+    const pub = await open(pubCtx, 'publisher');
+    const viewers = [];
+    for (const v of spec.viewers) {
+      const ctx = await launch(v.chromium, v.label);
+      for (let i = 0; i < (v.pages || 1); i++) {
+        viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token, page: await open(ctx, `${v.label}#${i}`) });
+      }
+    }
+    const connectMs = (spec.connectSecs || 30) * 1000;
+    if (direct) {
+      if (viewers.length !== 1) throw new Error('direct mode takes exactly one viewer page');
+      const offer = await pub.evaluate(async () => {
+        const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+        window.pc = pc;
+        pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
+        for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+        await pc.setLocalDescription(await pc.createOffer());
+        await waitGathering(pc, 5000);
+        return pc.localDescription.sdp;
+      });
+      const answer = await viewers[0].page.evaluate(async (sdp) => {
+        const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+        window.pc = pc;
+        pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
+        attachMedia(pc);
+        await pc.setRemoteDescription({ type: 'offer', sdp });
+        await pc.setLocalDescription(await pc.createAnswer());
+        await waitGathering(pc, 5000);
+        return pc.localDescription.sdp;
+      }, offer);
+      await pub.evaluate(async (sdp) => window.pc.setRemoteDescription({ type: 'answer', sdp }), answer);
+      log('direct call: offer and answer exchanged');
+    } else {
+      await pub.evaluate(async ({ url, token }) => {
+        const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+        window.pc = pc;
+        pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
+        for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+        await negotiate(pc, url, token);
+      }, { url: `${spec.base}/whip/${spec.room}`, token: spec.publisher.token });
+      await pub.waitForFunction(() => ['connected', 'failed'].includes(window.pc.connectionState), null,
+        { timeout: connectMs });
+      log('published');
+      for (const v of viewers) {
+        await v.page.evaluate(async ({ url, token }) => {
+          const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+          window.pc = pc;
+          pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
+          for (const k of ['audio', 'video']) pc.addTransceiver(k, { direction: 'recvonly' });
+          attachMedia(pc);
+          await negotiate(pc, url, token);
+        }, { url: `${spec.base}/whep/${spec.room}`, token: v.token });
+      }
+      log(`watching with ${viewers.length} page(s)`);
+    }
+    const decoded = async (p) => ((await p.evaluate(() => videoStats(window.pc))).inbound?.framesDecoded) || 0;
+    const connectDeadline = Date.now() + connectMs;
+    let ready = false;
+    while (Date.now() < connectDeadline) {
+      ready = true;
+      for (const v of viewers) ready = ready && (await decoded(v.page)) > 0;
+      if (ready) break;
+      await pub.waitForTimeout(250);
+    }
+    log(ready ? 'every viewer decodes' : 'not every viewer decodes; measuring anyway');
+    const snapshot = async () => ({
+      publisher: await pub.evaluate(() => videoStats(window.pc)),
+      viewers: await Promise.all(viewers.map(async (v) => ({
+        label: v.label, index: v.index, stats: await v.page.evaluate(() => videoStats(window.pc)),
+      }))),
+    });
+    const start = await snapshot();
+    const t0 = Date.now();
+    const series = { t: [], publisherBytesSent: [], viewerFramesDecoded: viewers.map(() => []) };
+    for (let i = 1; i <= spec.seconds; i++) {
+      const wait = t0 + i * 1000 - Date.now();
+      if (wait > 0) await pub.waitForTimeout(wait);
+      series.t.push((Date.now() - t0) / 1000);
+      series.publisherBytesSent.push((await pub.evaluate(() => videoStats(window.pc))).outbound?.bytesSent ?? 0);
+      for (let j = 0; j < viewers.length; j++) series.viewerFramesDecoded[j].push(await decoded(viewers[j].page));
+    }
+    const end = await snapshot();
+    const result = { mode: spec.mode, ready, seconds: (Date.now() - t0) / 1000, start, end, series };
+    console.log('RESULT ' + JSON.stringify(result));
+    status = end.viewers.every((v, j) => (v.stats.inbound?.framesDecoded || 0) >
+      (start.viewers[j].stats.inbound?.framesDecoded || 0)) ? 0 : 1;
+  } catch (e) {
+    log(`error: ${e.stack || e}`);
+    status = 1;
+  } finally {
+    for (const c of contexts) await c.close().catch(() => {});
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+  return status;
+}
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
 let context;
