@@ -605,3 +605,91 @@ fn io_uring_carries_ice_tcp() {
     assert!(t.tcp_closed_timeout >= 1, "{t:?}");
     w.stop().unwrap();
 }
+
+/// Nanoseconds the worker thread named `name` has run (`/proc/self/task/*/schedstat`).
+fn thread_cpu_ns(name: &str) -> u64 {
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap();
+            return s.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no thread {name}");
+}
+
+/// `n` datagrams of `size` bytes echoed over UDP, in windows of 32.
+fn udp_windows(relay: SocketAddr, n: usize, size: usize) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let p = vec![0x80u8; size];
+    let mut buf = [0u8; 2048];
+    for _ in 0..n / 32 {
+        for _ in 0..32 {
+            s.send_to(&p, relay).unwrap();
+        }
+        for _ in 0..32 {
+            s.recv_from(&mut buf).expect("UDP echo");
+        }
+    }
+}
+
+/// `n` frames of `size` bytes echoed over one ICE-TCP connection, in windows of 32.
+fn tcp_windows(addr: SocketAddr, n: usize, size: usize) {
+    let mut s = connect(addr);
+    s.write_all(&frame(&binding_request(5))).unwrap();
+    read_frame(&mut s);
+    let window: Vec<u8> = (0..32).flat_map(|_| frame(&vec![0x80u8; size])).collect();
+    let mut back = vec![0u8; window.len()];
+    for _ in 0..n / 32 {
+        s.write_all(&window).unwrap();
+        s.read_exact(&mut back).expect("TCP echo");
+    }
+}
+
+/// The relay worker's CPU time per echoed 1200-byte packet over ICE-TCP against UDP, in the
+/// same run on the same worker (docs/BENCHMARKS.md "ICE-TCP against UDP"). A measurement, not
+/// a check: run it in release, alone:
+/// `cargo test --release -p sluice-relay --test ice_tcp_io -- --ignored --nocapture cost`.
+#[test]
+#[ignore = "a measurement; run in release on an idle machine"]
+fn cost_per_packet_tcp_against_udp() {
+    let mut backends = vec![(BackendChoice::Mmsg, "mmsg")];
+    match io::probe_io_uring() {
+        Ok(()) => backends.push((BackendChoice::IoUring, "io_uring")),
+        Err(e) => skip::skip(format!("io_uring unavailable ({e}): measured on mmsg only")),
+    }
+    const N: usize = 100_000;
+    for (backend, name) in backends {
+        let w = try_start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::from_secs(5),
+            64,
+            backend,
+            1,
+            262_144,
+            |_| StunEcho,
+        )
+        .expect("workers");
+        let (mut udp_ns, mut tcp_ns) = (0u64, 0u64);
+        udp_windows(w.local_addr(), 3_200, 1200);
+        tcp_windows(w.tcp_addr().unwrap(), 3_200, 1200);
+        for _ in 0..3 {
+            let t0 = thread_cpu_ns("sluice-w0");
+            udp_windows(w.local_addr(), N, 1200);
+            let t1 = thread_cpu_ns("sluice-w0");
+            tcp_windows(w.tcp_addr().unwrap(), N, 1200);
+            let t2 = thread_cpu_ns("sluice-w0");
+            udp_ns += t1 - t0;
+            tcp_ns += t2 - t1;
+        }
+        let per = |ns: u64| ns as f64 / (3 * N) as f64;
+        println!(
+            "{name}: worker CPU per echoed packet: UDP {:.0} ns, ICE-TCP {:.0} ns, TCP/UDP {:.2}",
+            per(udp_ns),
+            per(tcp_ns),
+            tcp_ns as f64 / udp_ns as f64
+        );
+        w.stop().unwrap();
+    }
+}
