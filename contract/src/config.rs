@@ -979,6 +979,12 @@ fn validate_relay(r: &RelayConfig) -> Check {
     if r.workers > 1024 {
         return bad("relay.workers", format!("{} is more than 1024", r.workers));
     }
+    if r.tcp.enabled && r.backend == Backend::Xdp {
+        return bad(
+            "relay.tcp.enabled",
+            "ICE-TCP runs on the io_uring and mmsg backends, not on relay.backend = \"xdp\"",
+        );
+    }
     if r.backend == Backend::Xdp {
         // The XDP program is attached to the interface that holds the bind address.
         let ip = r.bind.ip();
@@ -1464,6 +1470,9 @@ mod tests {
         assert_eq!(c.relay.tcp.forward_queue_frames, 4096);
         assert!(parse("[relay.tcp]\nforward_queue_frames = 1\n").is_err());
         assert!(parse("[relay.tcp]\nforward_queue_frames = 100000\n").is_err());
+        let e = parse("[relay]\nbackend = \"xdp\"\n[relay.tcp]\nenabled = true\n").unwrap_err();
+        assert_eq!(e.key(), Some("relay.tcp.enabled"), "{e}");
+        assert!(parse("[relay]\nworkers = 4\n[relay.tcp]\nenabled = true\n").is_ok());
         assert!(parse("[relay.tcp]\nbogus = 1\n").is_err());
     }
 
