@@ -373,8 +373,8 @@ pub struct TcpConfig {
     pub enabled: bool,
     /// TCP port (same IP as `relay.bind`); 0 = the port of `relay.bind`.
     pub port: u16,
-    /// Open connections per worker, validated or not; more are accepted and closed at once
-    /// (counted).
+    /// Open connections, validated or not (all held by worker 0); more are accepted and
+    /// closed at once (counted).
     pub max_connections: u32,
     /// A connection whose first frame is not a STUN binding request, or that sends none within
     /// this time, is closed.
@@ -382,6 +382,10 @@ pub struct TcpConfig {
     /// SO_SNDBUF per connection, bytes: what a slow reader may have unread before the relay
     /// drops it.
     pub send_buffer_bytes: u32,
+    /// Datagrams for ICE-TCP peers the other workers may have queued for worker 0 (which
+    /// holds every connection) at once; more are dropped and counted. Each takes
+    /// `relay.max_datagram_bytes` of memory, allocated at start.
+    pub forward_queue_frames: u32,
 }
 
 impl Default for TcpConfig {
@@ -392,6 +396,7 @@ impl Default for TcpConfig {
             max_connections: 16_384,
             handshake_timeout_ms: 5_000,
             send_buffer_bytes: 262_144,
+            forward_queue_frames: 4096,
         }
     }
 }
@@ -929,14 +934,6 @@ impl Config {
                 ));
             }
         }
-        if self.relay.tcp.enabled && self.relay.workers != 1 {
-            warnings.push(
-                "relay.tcp.enabled with relay.workers other than 1: an ICE-TCP connection is \
-                 served by the worker that accepted it only, so media forwarded to it by \
-                 another worker is lost; set relay.workers = 1 for ICE-TCP peers"
-                    .to_string(),
-            );
-        }
         Ok(warnings)
     }
 }
@@ -981,6 +978,12 @@ fn validate_relay(r: &RelayConfig) -> Check {
     }
     if r.workers > 1024 {
         return bad("relay.workers", format!("{} is more than 1024", r.workers));
+    }
+    if r.tcp.enabled && r.backend == Backend::Xdp {
+        return bad(
+            "relay.tcp.enabled",
+            "ICE-TCP runs on the io_uring and mmsg backends, not on relay.backend = \"xdp\"",
+        );
     }
     if r.backend == Backend::Xdp {
         // The XDP program is attached to the interface that holds the bind address.
@@ -1041,6 +1044,12 @@ fn validate_tcp(t: &TcpConfig) -> Check {
         t.send_buffer_bytes,
         16_384,
         16 << 20,
+    )?;
+    in_range(
+        "relay.tcp.forward_queue_frames",
+        t.forward_queue_frames,
+        16,
+        65_536,
     )
 }
 
@@ -1458,6 +1467,12 @@ mod tests {
         assert!(parse("[relay.tcp]\nmax_connections = 0\n").is_err());
         assert!(parse("[relay.tcp]\nhandshake_timeout_ms = 10\n").is_err());
         assert!(parse("[relay.tcp]\nsend_buffer_bytes = 1024\n").is_err());
+        assert_eq!(c.relay.tcp.forward_queue_frames, 4096);
+        assert!(parse("[relay.tcp]\nforward_queue_frames = 1\n").is_err());
+        assert!(parse("[relay.tcp]\nforward_queue_frames = 100000\n").is_err());
+        let e = parse("[relay]\nbackend = \"xdp\"\n[relay.tcp]\nenabled = true\n").unwrap_err();
+        assert_eq!(e.key(), Some("relay.tcp.enabled"), "{e}");
+        assert!(parse("[relay]\nworkers = 4\n[relay.tcp]\nenabled = true\n").is_ok());
         assert!(parse("[relay.tcp]\nbogus = 1\n").is_err());
     }
 

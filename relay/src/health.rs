@@ -14,14 +14,15 @@
 //!   count for the socket (added to `kernel_drops` as it grows). A worker that stops draining
 //!   shows a full queue and growing kernel drops even though it publishes nothing itself.
 //! - **I/O statistics**: the worker's backend counters (syscalls, receive and send errors,
-//!   io_uring re-arms and ENOBUFS, GSO trains), added to the block's `io` counters as they grow.
+//!   io_uring re-arms and ENOBUFS, GSO trains), added to the block's `io` counters as they grow;
+//!   its ICE-TCP counters likewise to the block's `tcp` section.
 //!
 //! Owns: the supervisor's view of each worker. May not touch: the workers' threads or
 //! backends. No syscall here runs on a worker thread or per packet.
 
 use std::time::{Duration, Instant};
 
-use contract::shm::{IoTotals, ShmReader};
+use contract::shm::{IoTotals, ShmReader, TcpTotals};
 
 use crate::io::{self, IoCounters};
 use crate::worker::Workers;
@@ -35,6 +36,7 @@ struct Watch {
     /// The socket's kernel drop count at the last sample (`None`: not sampled yet).
     drops_seen: Option<u32>,
     io_seen: IoTotals,
+    tcp_seen: TcpTotals,
 }
 
 /// The supervisor's health sampler for a set of workers (see the module doc).
@@ -54,6 +56,29 @@ fn io_totals(c: &IoCounters) -> IoTotals {
         tx_unroutable: c.tx_unroutable,
         tx_gso_trains: c.tx_gso_trains,
     }
+}
+
+fn tcp_totals(c: &IoCounters) -> TcpTotals {
+    TcpTotals {
+        accepted: c.tcp_accepted,
+        refused_full: c.tcp_refused_full,
+        closed_garbage: c.tcp_closed_garbage,
+        closed_oversized: c.tcp_closed_oversized,
+        closed_timeout: c.tcp_closed_timeout,
+        closed_slow_reader: c.tcp_closed_slow_reader,
+        closed_peer: c.tcp_closed_peer,
+        rx_frames: c.tcp_rx_frames,
+        tx_frames: c.tcp_tx_frames,
+        tx_dropped: c.tcp_tx_dropped,
+        forwarded: c.tcp_forwarded,
+        forward_full: c.tcp_forward_full,
+        unroutable: c.tcp_unroutable,
+    }
+}
+
+fn tcp_delta(now: &TcpTotals, seen: &TcpTotals) -> TcpTotals {
+    let (n, s) = (now.to_array(), seen.to_array());
+    TcpTotals::from_array(core::array::from_fn(|i| n[i].wrapping_sub(s[i])))
 }
 
 fn delta(now: &IoTotals, seen: &IoTotals) -> IoTotals {
@@ -88,6 +113,7 @@ impl HealthMonitor {
                     stuck: false,
                     drops_seen: (!inherited_sockets).then_some(0),
                     io_seen: IoTotals::default(),
+                    tcp_seen: TcpTotals::default(),
                 };
                 workers
             ],
@@ -164,6 +190,9 @@ impl HealthMonitor {
             let io_now = io_totals(&snap);
             c.add_io(&delta(&io_now, &w.io_seen));
             w.io_seen = io_now;
+            let tcp_now = tcp_totals(&snap);
+            c.add_tcp(&tcp_delta(&tcp_now, &w.tcp_seen));
+            w.tcp_seen = tcp_now;
         }
         all_turning
     }

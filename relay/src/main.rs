@@ -284,6 +284,7 @@ fn worker_settings(cli: &Cli, cfg: &Config) -> (WorkerConfig, EngineConfig) {
                         cfg.relay.tcp.handshake_timeout_ms,
                     )),
                     send_buffer: cfg.relay.tcp.send_buffer_bytes as usize,
+                    forward_queue: cfg.relay.tcp.forward_queue_frames as usize,
                 },
             )
         }),

@@ -68,6 +68,108 @@ pub struct WorkerCounters {
     io: [AtomicU64; IO_COUNTERS],
     // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker.
     feedback: [AtomicU64; Feedback::COUNT],
+    // ABI 7: ICE-TCP, written by the relay's supervisor from the worker's counters. Always
+    // the last section of the block: its offset is COUNTER_TCP_OFFSET.
+    tcp: [AtomicU64; TCP_COUNTERS],
+}
+
+/// Byte offset of the ICE-TCP section ([`TcpTotals`]) in a counter block: right after the
+/// feedback counters, at the end of the block.
+pub const COUNTER_TCP_OFFSET: usize = core::mem::offset_of!(WorkerCounters, tcp);
+/// Words of the ICE-TCP section ([`TcpTotals::NAMES`] are the first of them; the rest are
+/// reserved and stay 0).
+pub const TCP_COUNTERS: usize = 16;
+/// How many of the ICE-TCP section's words carry a counter.
+pub const TCP_COUNTERS_USED: usize = 13;
+
+/// A worker's ICE-TCP counters as published in its counter block (ABI 7; written by the
+/// relay's supervisor from the worker's own counters; each a running total). Worker 0 holds
+/// every connection; the other workers count only what they hand to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpTotals {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed at once: `relay.tcp.max_connections` were open.
+    pub refused_full: u64,
+    /// Closed: the first frame was no STUN binding request.
+    pub closed_garbage: u64,
+    /// Closed: a frame longer than `relay.max_datagram_bytes` was announced.
+    pub closed_oversized: u64,
+    /// Closed: no STUN binding answered within `relay.tcp.handshake_timeout_ms`.
+    pub closed_timeout: u64,
+    /// Closed: the peer left the relay's frames unread (send buffer full too long).
+    pub closed_slow_reader: u64,
+    /// Closed by the peer (end of stream or a socket error).
+    pub closed_peer: u64,
+    /// RFC 4571 frames received and handed to the engine.
+    pub rx_frames: u64,
+    /// Frames written to connections.
+    pub tx_frames: u64,
+    /// Frames dropped: the connection's send buffer was full.
+    pub tx_dropped: u64,
+    /// Datagrams for TCP peers handed to worker 0 by this worker.
+    pub forwarded: u64,
+    /// Datagrams for TCP peers dropped: the hand-over queue to worker 0 was full.
+    pub forward_full: u64,
+    /// Datagrams for a TCP peer no open connection holds: dropped.
+    pub unroutable: u64,
+}
+
+impl TcpTotals {
+    /// Names (for metrics) in block order.
+    pub const NAMES: [&'static str; TCP_COUNTERS_USED] = [
+        "accepted",
+        "refused_full",
+        "closed_garbage",
+        "closed_oversized",
+        "closed_timeout",
+        "closed_slow_reader",
+        "closed_peer",
+        "rx_frames",
+        "tx_frames",
+        "tx_dropped",
+        "forwarded",
+        "forward_full",
+        "unroutable",
+    ];
+
+    /// The values in block order ([`TcpTotals::NAMES`]).
+    pub fn to_array(&self) -> [u64; TCP_COUNTERS_USED] {
+        [
+            self.accepted,
+            self.refused_full,
+            self.closed_garbage,
+            self.closed_oversized,
+            self.closed_timeout,
+            self.closed_slow_reader,
+            self.closed_peer,
+            self.rx_frames,
+            self.tx_frames,
+            self.tx_dropped,
+            self.forwarded,
+            self.forward_full,
+            self.unroutable,
+        ]
+    }
+
+    /// From values in block order.
+    pub fn from_array(a: [u64; TCP_COUNTERS_USED]) -> TcpTotals {
+        TcpTotals {
+            accepted: a[0],
+            refused_full: a[1],
+            closed_garbage: a[2],
+            closed_oversized: a[3],
+            closed_timeout: a[4],
+            closed_slow_reader: a[5],
+            closed_peer: a[6],
+            rx_frames: a[7],
+            tx_frames: a[8],
+            tx_dropped: a[9],
+            forwarded: a[10],
+            forward_full: a[11],
+            unroutable: a[12],
+        }
+    }
 }
 
 /// Loss-recovery and feedback events a worker counts (ABI 6, appended to the block): each a
@@ -246,7 +348,13 @@ const _: () = {
     assert!(offset_of!(WorkerCounters, stuck) == 616);
     assert!(offset_of!(WorkerCounters, io) == 624);
     assert!(offset_of!(WorkerCounters, feedback) == 680);
-    assert!(core::mem::size_of::<WorkerCounters>() == 960);
+    assert!(offset_of!(WorkerCounters, tcp) == COUNTER_TCP_OFFSET);
+    assert!(COUNTER_TCP_OFFSET == offset_of!(WorkerCounters, feedback) + 8 * Feedback::COUNT);
+    assert!(TCP_COUNTERS_USED <= TCP_COUNTERS);
+    assert!(
+        core::mem::size_of::<WorkerCounters>()
+            == (COUNTER_TCP_OFFSET + 8 * TCP_COUNTERS).next_multiple_of(64)
+    );
 };
 
 /// Single-writer increment: Relaxed load + Relaxed store.
@@ -388,6 +496,15 @@ impl WorkerCounters {
         }
     }
 
+    /// Supervisor: add the worker's ICE-TCP counters that moved since the last call.
+    pub fn add_tcp(&self, delta: &TcpTotals) {
+        for (c, v) in self.tcp.iter().zip(delta.to_array()) {
+            if v != 0 {
+                bump(c, v);
+            }
+        }
+    }
+
     /// The worker is alive at `unix_ms`.
     #[inline]
     pub fn set_heartbeat(&self, unix_ms: u64) {
@@ -423,6 +540,7 @@ impl WorkerCounters {
             stuck: ld(&self.stuck),
             io: IoTotals::from_array(core::array::from_fn(|i| ld(&self.io[i]))),
             feedback: core::array::from_fn(|i| ld(&self.feedback[i])),
+            tcp: TcpTotals::from_array(core::array::from_fn(|i| ld(&self.tcp[i]))),
         }
     }
 }
@@ -471,6 +589,8 @@ pub struct CounterSnapshot {
     pub io: IoTotals,
     /// Indexed by `Feedback as usize`.
     pub feedback: [u64; Feedback::COUNT],
+    /// ICE-TCP (ABI 7).
+    pub tcp: TcpTotals,
 }
 
 impl CounterSnapshot {
@@ -506,6 +626,9 @@ impl CounterSnapshot {
         add(&mut io, &other.io.to_array());
         self.io = IoTotals::from_array(io);
         add(&mut self.feedback, &other.feedback);
+        let mut tcp = self.tcp.to_array();
+        add(&mut tcp, &other.tcp.to_array());
+        self.tcp = TcpTotals::from_array(tcp);
     }
 
     /// One datagram of `bytes` received. With [`tx`](Self::tx) and [`drop`](Self::drop):
@@ -571,7 +694,9 @@ mod tests {
 
     #[test]
     fn block_size() {
-        // 101 words, padded to a cache-line multiple.
-        assert_eq!(core::mem::size_of::<WorkerCounters>(), 960);
+        // 101 words, the loss-recovery array's 16 more (117), the ICE-TCP section's 16 (133
+        // words), padded to a cache-line multiple.
+        assert_eq!(COUNTER_TCP_OFFSET, 936);
+        assert_eq!(core::mem::size_of::<WorkerCounters>(), 1088);
     }
 }

@@ -27,8 +27,8 @@ mod streams;
 mod writer;
 
 pub use counters::{
-    batch_bucket, time_bucket, CounterSnapshot, Feedback, IoTotals, WorkerCounters, BATCH_BUCKETS,
-    IO_COUNTERS, TIME_BUCKETS,
+    batch_bucket, time_bucket, CounterSnapshot, Feedback, IoTotals, TcpTotals, WorkerCounters,
+    BATCH_BUCKETS, COUNTER_TCP_OFFSET, IO_COUNTERS, TCP_COUNTERS, TCP_COUNTERS_USED, TIME_BUCKETS,
 };
 pub use error::{ShmError, SlotError, Table};
 pub use layout::{

@@ -10,7 +10,8 @@ use super::health::RelayHealth;
 use crate::ice::IceCounters;
 use crate::slowpath::SlowPathSnapshot;
 use contract::shm::{
-    CounterSnapshot, DropReason, Feedback, IoTotals, ShmReader, BATCH_BUCKETS, TIME_BUCKETS,
+    CounterSnapshot, DropReason, Feedback, IoTotals, ShmReader, TcpTotals, BATCH_BUCKETS,
+    TIME_BUCKETS,
 };
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -86,6 +87,11 @@ fn snapshot_json(s: &CounterSnapshot) -> Value {
         "io": IoTotals::NAMES
             .iter()
             .zip(s.io.to_array())
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect::<serde_json::Map<String, Value>>(),
+        "tcp": TcpTotals::NAMES
+            .iter()
+            .zip(s.tcp.to_array())
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect::<serde_json::Map<String, Value>>(),
     })
@@ -625,6 +631,66 @@ fn relay_total_families(o: &mut Out, t: &CounterSnapshot) {
         secs,
         Some(secs(t.batch_nanos)),
     );
+    tcp_families(o, &t.tcp);
+}
+
+/// One `/metrics` family of the ICE-TCP section: name, help, label name, (label value, value).
+type TcpFamily<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+
+/// The relay's ICE-TCP counters (the counter blocks' TCP section), summed over workers.
+fn tcp_families(o: &mut Out, t: &TcpTotals) {
+    let families: [TcpFamily; 5] = [
+        (
+            "sluice_relay_tcp_connections_total",
+            "ICE-TCP connections accepted, and those closed at once because relay.tcp.max_connections were open.",
+            "event",
+            &[("accepted", t.accepted), ("refused_full", t.refused_full)],
+        ),
+        (
+            "sluice_relay_tcp_closed_total",
+            "ICE-TCP connections closed, by reason.",
+            "reason",
+            &[
+                ("garbage", t.closed_garbage),
+                ("oversized", t.closed_oversized),
+                ("timeout", t.closed_timeout),
+                ("slow_reader", t.closed_slow_reader),
+                ("peer", t.closed_peer),
+            ],
+        ),
+        (
+            "sluice_relay_tcp_frames_total",
+            "RFC 4571 frames received from and written to ICE-TCP connections.",
+            "direction",
+            &[("rx", t.rx_frames), ("tx", t.tx_frames)],
+        ),
+        (
+            "sluice_relay_tcp_dropped_total",
+            "Datagrams for ICE-TCP peers dropped, by reason: the connection's send buffer was full, the hand-over queue to worker 0 was full, or no connection held the peer.",
+            "reason",
+            &[
+                ("send_buffer_full", t.tx_dropped),
+                ("forward_queue_full", t.forward_full),
+                ("unroutable", t.unroutable),
+            ],
+        ),
+        (
+            "sluice_relay_tcp_forwarded_total",
+            "Datagrams for ICE-TCP peers handed to worker 0 (which holds every connection) by the other workers.",
+            "",
+            &[("", t.forwarded)],
+        ),
+    ];
+    for (fam, help, label, samples) in families {
+        o.family(fam, "counter", &format!("{help} All workers."));
+        for &(value, v) in samples {
+            if label.is_empty() {
+                o.sample(fam, "", v);
+            } else {
+                o.sample(fam, &format!("{label}=\"{value}\""), v);
+            }
+        }
+    }
 }
 
 /// Prometheus text for the WebRTC families (DTLS handshakes, participants, expiries,
@@ -670,4 +736,32 @@ pub fn render_webrtc(core: &crate::core::Core) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_section_rendered_by_reason() {
+        let mut t = TcpTotals::from_array(core::array::from_fn(|i| i as u64 + 1));
+        t.forwarded = 40;
+        let mut o = Out(String::new());
+        tcp_families(&mut o, &t);
+        for line in [
+            "sluice_relay_tcp_connections_total{event=\"accepted\"} 1",
+            "sluice_relay_tcp_connections_total{event=\"refused_full\"} 2",
+            "sluice_relay_tcp_closed_total{reason=\"garbage\"} 3",
+            "sluice_relay_tcp_closed_total{reason=\"peer\"} 7",
+            "sluice_relay_tcp_frames_total{direction=\"rx\"} 8",
+            "sluice_relay_tcp_frames_total{direction=\"tx\"} 9",
+            "sluice_relay_tcp_dropped_total{reason=\"send_buffer_full\"} 10",
+            "sluice_relay_tcp_dropped_total{reason=\"forward_queue_full\"} 12",
+            "sluice_relay_tcp_dropped_total{reason=\"unroutable\"} 13",
+            "sluice_relay_tcp_forwarded_total 40",
+            "# TYPE sluice_relay_tcp_closed_total counter",
+        ] {
+            assert!(o.0.lines().any(|l| l == line), "{line} missing in\n{}", o.0);
+        }
+    }
 }

@@ -130,4 +130,12 @@ counters! {
     /// Frames not written because the connection's send buffer was full (the frame is lost,
     /// as a UDP datagram would be).
     tcp_tx_dropped,
+    /// Datagrams for ICE-TCP peers this worker handed to the TCP owner (worker 0).
+    tcp_forwarded,
+    /// Datagrams for ICE-TCP peers dropped because the hand-over queue to the TCP owner was
+    /// full (`relay.tcp.forward_queue_frames`).
+    tcp_forward_full,
+    /// Datagrams for an ICE-TCP peer key no open connection holds (closed meanwhile): dropped,
+    /// never sent as UDP.
+    tcp_unroutable,
 }

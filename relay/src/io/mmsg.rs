@@ -13,13 +13,13 @@ use std::io;
 use std::mem;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{sockaddr_to_std, TxPlan};
-use super::tcp::TcpSide;
+use super::tcp::TcpRole;
 use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend};
 use crate::batch::TxQueue;
 
@@ -27,10 +27,8 @@ use crate::batch::TxQueue;
 const MEDIA: Token = Token(0);
 /// Token of the watched fd ([`Backend::watch_readable`]).
 const AUX: Token = Token(1);
-/// Token of the ICE-TCP listener.
-const TCP_LISTENER: Token = Token(2);
-/// Tokens of ICE-TCP connections: this plus the connection's slot.
-const TCP_CONN_BASE: usize = 3;
+/// Token of the ICE-TCP side's own epoll set ([`super::tcp::TcpSide::fd`]).
+const TCP: Token = Token(2);
 /// While the media socket stays readable, look at the watched fd every this many turns.
 const AUX_EVERY: u32 = 32;
 
@@ -66,8 +64,9 @@ pub struct MmsgBackend {
     tx_hdr: Box<[libc::mmsghdr]>,
     gso: bool,
     counters: IoCounters,
-    /// Passive ICE-TCP ([`MmsgBackend::attach_tcp`]).
-    tcp: Option<TcpSide>,
+    /// Passive ICE-TCP ([`MmsgBackend::attach_tcp`]) and whether its fd signalled.
+    tcp: Option<TcpRole>,
+    tcp_signalled: bool,
 }
 
 impl MmsgBackend {
@@ -119,6 +118,7 @@ impl MmsgBackend {
             gso: super::gso_supported(),
             counters: IoCounters::default(),
             tcp: None,
+            tcp_signalled: false,
         };
         // Point each receive header at its buffer and address slot. The boxed slices are
         // never resized, so these pointers stay valid for the backend's lifetime.
@@ -135,43 +135,24 @@ impl MmsgBackend {
         Ok(b)
     }
 
-    /// Also serve passive ICE-TCP: `side`'s listener joins the readiness set, its
-    /// connections' frames are drained after the UDP datagrams and datagrams queued for its
-    /// connections are written to them framed.
-    pub fn attach_tcp(&mut self, side: TcpSide) -> Result<(), IoError> {
-        let fd = side.listener_fd();
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), TCP_LISTENER, Interest::READABLE)
-            .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP listener)", e))?;
-        self.events = Events::with_capacity(256);
-        self.tcp = Some(side);
+    /// Also carry passive ICE-TCP: the owner's epoll set joins the readiness set (its
+    /// connections' frames are drained before the UDP datagrams and datagrams queued for
+    /// them are written to them framed); a forwarder hands datagrams for TCP peers to the
+    /// owner at each flush.
+    pub fn attach_tcp(&mut self, role: TcpRole) -> Result<(), IoError> {
+        if let Some(fd) = role.fd() {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), TCP, Interest::READABLE)
+                .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP)", e))?;
+        }
+        self.tcp = Some(role);
         Ok(())
     }
 
     /// Open ICE-TCP connections.
     pub fn tcp_connections(&self) -> usize {
-        self.tcp.as_ref().map_or(0, TcpSide::connections)
-    }
-
-    /// Accept, expire and register ICE-TCP connections.
-    fn maintain_tcp(&mut self) {
-        let Some(tcp) = self.tcp.as_mut() else {
-            return;
-        };
-        tcp.maintain(Instant::now(), &mut self.counters);
-        let registry = self.poll.registry();
-        let counters = &mut self.counters;
-        tcp.take_accepted(|fd, slot| {
-            if let Err(e) = registry.register(
-                &mut SourceFd(&fd),
-                Token(TCP_CONN_BASE + slot),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                counters.rx_errors += 1;
-                tracing::debug!(error = %e, "epoll_ctl(ADD, ICE-TCP connection)");
-            }
-        });
+        self.tcp.as_ref().map_or(0, TcpRole::connections)
     }
 
     /// The socket this backend drives.
@@ -306,12 +287,13 @@ impl Backend for MmsgBackend {
     fn wait(&mut self, mut timeout: Duration) -> Result<(), IoError> {
         if self.readable || self.rx_next < self.rx_count {
             self.skipped += 1;
-            if (self.aux.is_none() && self.tcp.is_none()) || self.skipped < AUX_EVERY {
+            let tcp_fd = self.tcp.as_ref().and_then(TcpRole::fd);
+            if (self.aux.is_none() && tcp_fd.is_none()) || self.skipped < AUX_EVERY {
                 return Ok(());
             }
             timeout = Duration::ZERO;
         }
-        if self.tcp.as_ref().is_some_and(TcpSide::has_work) {
+        if self.tcp.as_ref().is_some_and(TcpRole::has_work) {
             timeout = Duration::ZERO;
         }
         self.skipped = 0;
@@ -322,24 +304,13 @@ impl Backend for MmsgBackend {
                     match ev.token() {
                         MEDIA => self.readable = true,
                         AUX => self.aux_ready = true,
-                        TCP_LISTENER => {
-                            if let Some(t) = self.tcp.as_mut() {
-                                t.on_listener_event();
-                            }
-                        }
-                        Token(t) => {
-                            if let Some(side) = self.tcp.as_mut() {
-                                side.on_event(
-                                    t - TCP_CONN_BASE,
-                                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                                    ev.is_writable(),
-                                    &mut self.counters,
-                                );
-                            }
-                        }
+                        TCP => self.tcp_signalled = true,
+                        Token(_) => {}
                     }
                 }
-                self.maintain_tcp();
+                if let Some(t) = self.tcp.as_mut() {
+                    t.service(mem::take(&mut self.tcp_signalled), &mut self.counters);
+                }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
@@ -401,7 +372,7 @@ impl Backend for MmsgBackend {
 
     fn flush(&mut self) -> Result<(), IoError> {
         if let Some(tcp) = self.tcp.as_mut() {
-            tcp.take_frames(&mut self.tx, &mut self.counters);
+            tcp.route(&mut self.tx, &mut self.counters);
         }
         if !self.tx.is_empty() {
             self.send_all();

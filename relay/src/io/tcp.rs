@@ -1,13 +1,28 @@
 //! Passive ICE-TCP (RFC 6544) with RFC 4571 framing, terminated in a worker.
 //!
-//! Each worker owns a TCP listener on the relay's TCP port (SO_REUSEPORT, so the kernel
-//! spreads connections over the workers as it spreads UDP peers) and the connections it
-//! accepted. A connection's frames are handed to the engine exactly like UDP datagrams, with
-//! the connection's peer key as the source: its remote address marked as ICE-TCP
-//! ([`contract::wire::tcp_peer`]), so a peer's UDP address and its TCP connection never share
-//! a key even when IP and port match. A datagram the engine queues for a key that names one
-//! of this worker's connections is written to it framed instead of sent as UDP
-//! ([`TcpSide::take_frames`]); one for a closed connection's key is unroutable as UDP.
+//! One worker, the *TCP owner* (worker 0), holds the TCP listener on the relay's TCP port and
+//! every connection accepted on it ([`TcpSide`]). A connection's frames are handed to that
+//! worker's engine exactly like UDP datagrams, with the connection's peer key as the source:
+//! its remote address marked as ICE-TCP ([`contract::wire::tcp_peer`]), so a peer's UDP
+//! address and its TCP connection never share a key even when IP and port match. A datagram
+//! the owner's engine queues for a key that names one of its connections is written to it
+//! framed instead of sent as UDP ([`TcpSide::take_frames`]).
+//!
+//! Any other worker may queue a datagram for a TCP peer key too (the peer subscribes to a
+//! publisher that worker receives). Such a datagram is taken out of that worker's transmit
+//! queue ([`TcpForwarder::forward`]) and copied into the [`TcpHub`]: a fixed set of frame
+//! slots moved between two lock-free bounded queues (`free` and `full`, crossbeam
+//! `ArrayQueue`s), so the fast path takes no lock and allocates nothing. The owner drains the
+//! hub every turn and is woken through an eventfd in its readiness set (written at most once
+//! per owner drain: a flag tells producers a wake-up is already pending). A full hub drops
+//! the datagram and counts it (`tcp_forward_full`), as a full socket buffer would. A datagram
+//! for a TCP peer key that no connection holds (closed meanwhile) is dropped and counted
+//! (`tcp_unroutable`), never sent as UDP.
+//!
+//! The owner's listener and connections live in an epoll set of their own; the backend
+//! watches that set's fd beside its socket (mmsg: nested in its epoll set; io_uring: a
+//! multishot poll in its ring) and lets the side collect the events
+//! ([`TcpSide::service`]) when it signals, so both backends carry ICE-TCP the same way.
 //!
 //! Bounds, all fixed per connection: one receive buffer of `2 + max_datagram` bytes (at
 //! accept) and one send remainder of the same size (at the first partial write), at most `max_connections` connections per
@@ -17,15 +32,21 @@
 //! timeout. A frame that finds the connection's send buffer full is dropped (counted) and a
 //! connection that keeps its buffer full for [`SLOW_READER_DROPS`] frames in a row is closed.
 
+use std::cell::UnsafeCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam::queue::ArrayQueue;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use contract::wire::tcp_peer;
+use contract::wire::{is_tcp_peer, tcp_peer};
 
 use super::{IoCounters, IoError};
 use crate::batch::TxQueue;
@@ -45,6 +66,8 @@ pub struct TcpParams {
     pub handshake_timeout: Duration,
     /// SO_SNDBUF of each connection.
     pub send_buffer: usize,
+    /// Frames other workers may have queued for the owner at once ([`TcpHub`]).
+    pub forward_queue: usize,
 }
 
 /// Why a connection's byte stream cannot be framed any further.
@@ -193,6 +216,246 @@ pub fn check_port_free(addr: SocketAddr) -> Result<(), IoError> {
     }
 }
 
+/// One frame slot of the [`TcpHub`].
+struct HubSlot {
+    dst: SocketAddr,
+    len: usize,
+    buf: Box<[u8]>,
+}
+
+/// Datagrams for TCP peers handed from other workers to the TCP owner (see the module doc):
+/// `capacity` fixed slots, each held by exactly one party at a time. A slot index is in `free`
+/// (nobody touches the slot), or popped from `free` by one producer (who fills it), or in
+/// `full` (nobody touches it), or popped from `full` by the owner (who reads it and returns
+/// it to `free`).
+pub struct TcpHub {
+    slots: Box<[UnsafeCell<HubSlot>]>,
+    free: ArrayQueue<u32>,
+    full: ArrayQueue<u32>,
+    /// The owner's wake-up: readable while a producer pushed since the owner last drained.
+    wake: OwnedFd,
+    /// A wake-up was written and the owner has not drained since.
+    wake_pending: AtomicBool,
+    /// The owner's open connections (producers skip the scan of their queue while 0).
+    connections: AtomicUsize,
+}
+
+// SAFETY: a slot is accessed only by the party that popped its index from `free` (a
+// producer) or from `full` (the owner), never by two at once (see the type doc). ArrayQueue's
+// push (release) and pop (acquire) order a producer's writes before the owner's reads and the
+// owner's reads before the next producer's writes.
+unsafe impl Sync for TcpHub {}
+// SAFETY: as above; the slots own their buffers.
+unsafe impl Send for TcpHub {}
+
+impl TcpHub {
+    /// A hub of `capacity` frames of at most `max_frame` bytes each (both at least 1).
+    pub fn new(capacity: usize, max_frame: usize) -> Result<Arc<TcpHub>, IoError> {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        // SAFETY: eventfd takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(IoError::os(
+                "eventfd(ICE-TCP hub)",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fd is a fresh eventfd nobody else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        let free = ArrayQueue::new(capacity);
+        for i in 0..capacity {
+            // Cannot fail: the queue has exactly `capacity` places.
+            let _ = free.push(i as u32);
+        }
+        Ok(Arc::new(TcpHub {
+            slots: (0..capacity)
+                .map(|_| {
+                    UnsafeCell::new(HubSlot {
+                        dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        len: 0,
+                        buf: vec![0u8; max_frame.max(1)].into_boxed_slice(),
+                    })
+                })
+                .collect(),
+            free,
+            full: ArrayQueue::new(capacity),
+            wake,
+            wake_pending: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Frames the hub holds at once.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Copy `data` for `dst` into a free slot; false when every slot is taken (or the datagram
+    /// is larger than a slot).
+    fn push(&self, dst: SocketAddr, data: &[u8]) -> bool {
+        let Some(i) = self.free.pop() else {
+            return false;
+        };
+        // SAFETY: index `i` was popped from `free`, so this thread alone holds the slot.
+        let slot = unsafe { &mut *self.slots[i as usize].get() };
+        if data.len() > slot.buf.len() {
+            // Cannot fail: the index just came out of `free`, which has room for all.
+            let _ = self.free.push(i);
+            return false;
+        }
+        slot.dst = dst;
+        slot.len = data.len();
+        slot.buf[..data.len()].copy_from_slice(data);
+        // Cannot fail: `full` has room for every slot and this index is in neither queue.
+        let _ = self.full.push(i);
+        true
+    }
+
+    /// Wake the owner unless a wake-up is pending already (one `write` per owner drain).
+    fn wake(&self) {
+        if self.wake_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to our eventfd.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Owner: clear the wake-up (read the eventfd) so producers write it again.
+    fn rearm(&self) {
+        let mut v = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live local buffer; nonblocking eventfd.
+        let _ = unsafe { libc::read(self.wake.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+        self.wake_pending.store(false, Ordering::SeqCst);
+    }
+
+    /// Owner: hand every queued frame to `f(dst, data)`.
+    fn drain(&self, mut f: impl FnMut(SocketAddr, &[u8])) {
+        while let Some(i) = self.full.pop() {
+            // SAFETY: index `i` was popped from `full`, so this thread alone holds the slot.
+            let slot = unsafe { &*self.slots[i as usize].get() };
+            f(slot.dst, &slot.buf[..slot.len]);
+            // Cannot fail: `free` has room for every slot and this index is in neither queue.
+            let _ = self.free.push(i);
+        }
+    }
+}
+
+/// A non-owner worker's side of ICE-TCP: hands datagrams for TCP peers to the owner.
+pub struct TcpForwarder {
+    hub: Arc<TcpHub>,
+}
+
+impl TcpForwarder {
+    /// A forwarder into `hub`.
+    pub fn new(hub: Arc<TcpHub>) -> TcpForwarder {
+        TcpForwarder { hub }
+    }
+
+    /// Move every datagram of `tx` addressed to a TCP peer key into the hub (the rest leave as
+    /// UDP); wake the owner if any went. Scans `tx` only while the owner holds connections.
+    pub fn forward(&self, tx: &mut TxQueue, c: &mut IoCounters) {
+        if self.hub.connections.load(Ordering::Relaxed) == 0 {
+            // No connection: nothing to reach; a stale TCP key must still not leave as UDP.
+            if tx.metas().iter().any(|m| is_tcp_peer(&m.dst)) {
+                tx.retain(|m, _| {
+                    let tcp = is_tcp_peer(&m.dst);
+                    c.tcp_unroutable += u64::from(tcp);
+                    !tcp
+                });
+            }
+            return;
+        }
+        let mut pushed = false;
+        tx.retain(|m, data| {
+            if !is_tcp_peer(&m.dst) {
+                return true;
+            }
+            if self.hub.push(m.dst, data) {
+                c.tcp_forwarded += 1;
+                pushed = true;
+            } else {
+                c.tcp_forward_full += 1;
+            }
+            false
+        });
+        if pushed {
+            self.hub.wake();
+        }
+    }
+}
+
+/// What a worker does with ICE-TCP: the owner serves the connections, every other worker
+/// forwards datagrams for them.
+pub enum TcpRole {
+    /// Worker 0: the listener and every connection.
+    Owner(Box<TcpSide>),
+    /// Any other worker.
+    Forwarder(TcpForwarder),
+}
+
+impl TcpRole {
+    /// The fd the backend watches for readability (the owner's epoll set), if any.
+    pub fn fd(&self) -> Option<RawFd> {
+        match self {
+            TcpRole::Owner(s) => Some(s.fd()),
+            TcpRole::Forwarder(_) => None,
+        }
+    }
+
+    /// True when the owner has frames or connections waiting (the backend should not block).
+    pub fn has_work(&self) -> bool {
+        match self {
+            TcpRole::Owner(s) => s.has_work(),
+            TcpRole::Forwarder(_) => false,
+        }
+    }
+
+    /// Collect events (when `signalled`), accept and expire connections (owner only).
+    pub fn service(&mut self, signalled: bool, c: &mut IoCounters) {
+        if let TcpRole::Owner(s) = self {
+            s.service(signalled, Instant::now(), c);
+        }
+    }
+
+    /// Hand received frames to `f` (owner only; see [`TcpSide::drain`]).
+    pub fn drain<F>(&mut self, max: usize, tx: &mut TxQueue, c: &mut IoCounters, f: &mut F) -> usize
+    where
+        F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue),
+    {
+        match self {
+            TcpRole::Owner(s) => s.drain(max, tx, c, f),
+            TcpRole::Forwarder(_) => 0,
+        }
+    }
+
+    /// Before a send: take every datagram for a TCP peer out of `tx` (owner: write it to its
+    /// connection; forwarder: hand it to the owner).
+    pub fn route(&mut self, tx: &mut TxQueue, c: &mut IoCounters) {
+        match self {
+            TcpRole::Owner(s) => s.take_frames(tx, c),
+            TcpRole::Forwarder(f) => f.forward(tx, c),
+        }
+    }
+
+    /// Open connections (0 on a forwarder).
+    pub fn connections(&self) -> usize {
+        match self {
+            TcpRole::Owner(s) => s.connections(),
+            TcpRole::Forwarder(_) => 0,
+        }
+    }
+}
+
+/// Token of the listener in the side's epoll set.
+const LISTENER: Token = Token(0);
+/// Token of the hub's wake-up eventfd.
+const HUB_WAKE: Token = Token(1);
+/// Tokens of connections: this plus the connection's slot.
+const CONN_BASE: usize = 2;
+/// Events collected per `epoll_wait` of the side's own set.
+const EVENTS: usize = 256;
+
 /// One accepted connection.
 struct Conn {
     stream: TcpStream,
@@ -225,13 +488,20 @@ enum Close {
     Peer,
 }
 
-/// A worker's ICE-TCP listener and connections. The owner (a backend) registers the fds it
-/// is told about in its readiness set with the token [`TcpSide::token_of`] gives, and calls
-/// [`on_event`](Self::on_event) for their events.
+/// The TCP owner's listener and connections (see the module doc). The backend watches
+/// [`fd`](Self::fd) and calls [`service`](Self::service) each turn (with `signalled` when the
+/// fd was reported readable).
 pub struct TcpSide {
     listener: TcpListener,
     params: TcpParams,
     max_frame: usize,
+    /// The listener, the hub's wake-up and every connection, edge-triggered.
+    poll: Poll,
+    events: Events,
+    /// The last `epoll_wait` filled `events`: more may be waiting.
+    more_events: bool,
+    /// Datagrams other workers queued for these connections.
+    hub: Arc<TcpHub>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     by_peer: HashMap<SocketAddr, usize>,
@@ -245,18 +515,40 @@ pub struct TcpSide {
     /// and needs a whole receive buffer).
     scratch: Box<[u8]>,
     generation: u32,
-    /// Accepted connections the owner must register: (fd, slot).
-    changes: Vec<(RawFd, usize)>,
 }
 
 impl TcpSide {
-    /// A side on `listener` (from [`bind_listener`]) taking frames up to `max_frame` bytes.
-    pub fn new(listener: TcpListener, params: TcpParams, max_frame: usize) -> TcpSide {
-        let cap = params.max_connections.max(1);
-        TcpSide {
+    /// A side on `listener` (from [`bind_listener`]) taking frames up to `max_frame` bytes,
+    /// serving what other workers queue in `hub`.
+    pub fn new(
+        listener: TcpListener,
+        params: TcpParams,
+        max_frame: usize,
+        hub: Arc<TcpHub>,
+    ) -> Result<TcpSide, IoError> {
+        let poll = Poll::new().map_err(|e| IoError::os("epoll_create(ICE-TCP)", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )
+            .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP listener)", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&hub.wake.as_raw_fd()),
+                HUB_WAKE,
+                Interest::READABLE,
+            )
+            .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP hub)", e))?;
+        Ok(TcpSide {
             listener,
             params,
             max_frame,
+            poll,
+            events: Events::with_capacity(EVENTS),
+            more_events: true,
+            hub,
             conns: Vec::new(),
             free: Vec::new(),
             by_peer: HashMap::new(),
@@ -265,13 +557,17 @@ impl TcpSide {
             listener_ready: true,
             scratch: vec![0u8; max_frame.max(crate::batch::MAX_DATAGRAM)].into_boxed_slice(),
             generation: 0,
-            changes: Vec::with_capacity(cap.min(1024)),
-        }
+        })
     }
 
-    /// The listener's fd (register it readable).
-    pub fn listener_fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
+    /// The side's epoll fd: readable when the listener, a connection or the hub has an event.
+    pub fn fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// The local address of the listener.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 
     /// Open connections.
@@ -285,21 +581,48 @@ impl TcpSide {
         !self.by_peer.is_empty() && self.by_peer.contains_key(dst)
     }
 
-    /// Connections accepted since the last call: `(fd, slot)`; the owner registers the fd
-    /// (readable and writable, edge-triggered). A closed fd leaves the set by itself.
-    pub fn take_accepted(&mut self, mut f: impl FnMut(RawFd, usize)) {
-        for (fd, slot) in self.changes.drain(..) {
-            f(fd, slot);
+    /// One turn's upkeep at `now`: when `signalled` (the fd was readable) or the last collection
+    /// was cut short, collect the side's events (one `epoll_wait` with a zero timeout); then
+    /// accept pending connections and close those past their handshake deadline.
+    pub fn service(&mut self, signalled: bool, now: Instant, c: &mut IoCounters) {
+        if signalled || self.more_events {
+            self.collect(c);
         }
+        self.maintain(now, c);
     }
 
-    /// The listener became readable.
-    pub fn on_listener_event(&mut self) {
-        self.listener_ready = true;
+    fn collect(&mut self, c: &mut IoCounters) {
+        c.syscalls += 1;
+        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                c.rx_errors += 1;
+                tracing::debug!(error = %e, "epoll_wait(ICE-TCP)");
+            }
+            self.more_events = true;
+            return;
+        }
+        let mut n = 0;
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            n += 1;
+            match ev.token() {
+                LISTENER => self.listener_ready = true,
+                HUB_WAKE => {} // drained every turn by take_frames
+                Token(t) => self.on_event(
+                    t - CONN_BASE,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable(),
+                    c,
+                ),
+            }
+        }
+        events.clear();
+        self.events = events;
+        self.more_events = n >= EVENTS;
     }
 
     /// Connection `slot` became readable and/or writable.
-    pub fn on_event(&mut self, slot: usize, readable: bool, writable: bool, c: &mut IoCounters) {
+    fn on_event(&mut self, slot: usize, readable: bool, writable: bool, c: &mut IoCounters) {
         if writable {
             self.flush_tail(slot, c);
         }
@@ -313,13 +636,16 @@ impl TcpSide {
         }
     }
 
-    /// True when frames or connections may be waiting.
+    /// True when frames, events or connections may be waiting.
     pub fn has_work(&self) -> bool {
-        self.listener_ready || !self.ready.is_empty()
+        self.listener_ready
+            || self.more_events
+            || !self.ready.is_empty()
+            || !self.hub.full.is_empty()
     }
 
     /// Accept pending connections and close those past their handshake deadline.
-    pub fn maintain(&mut self, now: Instant, c: &mut IoCounters) {
+    fn maintain(&mut self, now: Instant, c: &mut IoCounters) {
         while let Some(&(deadline, slot, gen)) = self.deadlines.front() {
             if deadline > now {
                 break;
@@ -395,11 +721,24 @@ impl TcpSide {
                 self.conns.len() - 1
             }
         };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(CONN_BASE + slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            c.rx_errors += 1;
+            tracing::debug!(error = %e, "epoll_ctl(ADD, ICE-TCP connection)");
+            self.conns[slot] = None;
+            self.free.push(slot);
+            return;
+        }
         self.by_peer.insert(peer, slot);
+        self.hub
+            .connections
+            .store(self.by_peer.len(), Ordering::Relaxed);
         self.deadlines
             .push_back((now + self.params.handshake_timeout, slot, self.generation));
         self.ready.push_back(slot);
-        self.changes.push((fd, slot));
     }
 
     fn close(&mut self, slot: usize, why: Close, c: &mut IoCounters) {
@@ -414,6 +753,9 @@ impl TcpSide {
             Close::Peer => c.tcp_closed_peer += 1,
         }
         self.by_peer.remove(&conn.peer);
+        self.hub
+            .connections
+            .store(self.by_peer.len(), Ordering::Relaxed);
         self.free.push(slot);
         // Dropping the stream closes the fd, which removes it from the readiness set. An
         // event already collected for the slot reaches its next tenant as a spurious wake-up.
@@ -491,25 +833,39 @@ impl TcpSide {
     }
 
     /// Write every datagram of `tx` addressed to one of this worker's connections framed to
-    /// it and remove it from `tx` (the rest leave as UDP).
+    /// it and remove it from `tx` (the rest leave as UDP); a datagram for a TCP peer key no
+    /// connection holds is dropped (`tcp_unroutable`). Then write what other workers queued
+    /// in the hub.
     pub fn take_frames(&mut self, tx: &mut TxQueue, c: &mut IoCounters) {
-        if self.by_peer.is_empty() {
-            return;
-        }
         let mut slow = 0usize;
         let mut slow_slots = [0usize; 8];
-        tx.retain(|m, data| {
-            let Some(&slot) = self.by_peer.get(&m.dst) else {
-                return true;
+        let by_peer = &self.by_peer;
+        let conns = &mut self.conns;
+        let mut write = |dst: SocketAddr, data: &[u8], c: &mut IoCounters| {
+            let Some(&slot) = by_peer.get(&dst) else {
+                c.tcp_unroutable += 1;
+                return;
             };
-            if let Some(conn) = self.conns[slot].as_mut() {
+            if let Some(conn) = conns[slot].as_mut() {
                 if write_frame(conn, data, c) == Written::SlowReader && slow < slow_slots.len() {
                     slow_slots[slow] = slot;
                     slow += 1;
                 }
             }
-            false
-        });
+        };
+        if tx.metas().iter().any(|m| is_tcp_peer(&m.dst)) {
+            tx.retain(|m, data| {
+                if !is_tcp_peer(&m.dst) {
+                    return true;
+                }
+                write(m.dst, data, c);
+                false
+            });
+        }
+        if self.hub.wake_pending.load(Ordering::SeqCst) {
+            self.hub.rearm();
+        }
+        self.hub.drain(|dst, data| write(dst, data, c));
         for &slot in &slow_slots[..slow] {
             self.close(slot, Close::SlowReader, c);
         }

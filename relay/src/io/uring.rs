@@ -33,6 +33,7 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use super::sys::{sockaddr_to_std, TxPlan};
+use super::tcp::TcpRole;
 use super::{Backend, BackendParams, IoCounters, IoError, RunningBackend, SocketBuffers};
 use crate::batch::TxQueue;
 
@@ -52,6 +53,7 @@ const TAG_RECV: u64 = 1 << TAG_SHIFT;
 const TAG_SEND: u64 = 2 << TAG_SHIFT;
 const TAG_CANCEL: u64 = 3 << TAG_SHIFT;
 const TAG_POLL: u64 = 4 << TAG_SHIFT;
+const TAG_TCP: u64 = 5 << TAG_SHIFT;
 const TAG_MASK: u64 = 0xff << TAG_SHIFT;
 
 /// The provided-buffer ring: `entries` ring slots (page-aligned, shared with the kernel) and
@@ -163,6 +165,11 @@ pub struct UringBackend {
     watch_gen: u32,
     poll_armed: bool,
     watch_ready: bool,
+    /// Passive ICE-TCP ([`UringBackend::attach_tcp`]); its fd's multishot poll is in the
+    /// ring (`tcp_armed`) and fired since the last service (`tcp_signalled`).
+    tcp: Option<TcpRole>,
+    tcp_armed: bool,
+    tcp_signalled: bool,
     counters: IoCounters,
 }
 
@@ -292,8 +299,52 @@ impl UringBackend {
             watch_gen: 0,
             poll_armed: false,
             watch_ready: false,
+            tcp: None,
+            tcp_armed: false,
+            tcp_signalled: false,
             counters: IoCounters::default(),
         })
+    }
+
+    /// Also carry passive ICE-TCP: the owner's epoll set is watched with a multishot poll in
+    /// this ring (its readiness is one more CQE), its connections' frames are drained before
+    /// the datagrams and datagrams queued for them are written to them framed; a forwarder
+    /// hands datagrams for TCP peers to the owner at each flush.
+    pub fn attach_tcp(&mut self, role: TcpRole) -> Result<(), IoError> {
+        self.tcp = Some(role);
+        self.arm_tcp_poll()
+    }
+
+    /// Open ICE-TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp.as_ref().map_or(0, TcpRole::connections)
+    }
+
+    /// Arm the multishot poll on the ICE-TCP side's fd (owner only).
+    fn arm_tcp_poll(&mut self) -> Result<(), IoError> {
+        let Some(fd) = self.tcp.as_ref().and_then(TcpRole::fd) else {
+            return Ok(());
+        };
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(TAG_TCP);
+        // SAFETY: a poll SQE points at no memory of ours; the side's epoll fd lives as long
+        // as the backend (shutdown cancels the poll before the side is dropped).
+        unsafe { Self::push(&mut self.ring, &mut self.counters, &e)? };
+        self.tcp_armed = true;
+        self.quiesced = false;
+        Ok(())
+    }
+
+    /// A completion of the ICE-TCP poll.
+    fn on_tcp_poll(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.tcp_armed = false; // re-armed by the next wait
+        }
+        if res != -libc::ECANCELED {
+            self.tcp_signalled = true;
+        }
     }
 
     /// The socket this backend drives.
@@ -532,6 +583,7 @@ impl UringBackend {
                     }
                     TAG_SEND => self.on_send(ud, res),
                     TAG_POLL => self.on_poll(ud, res, flags),
+                    TAG_TCP => self.on_tcp_poll(res, flags),
                     _ => {}
                 }
             }
@@ -599,7 +651,13 @@ impl Backend for UringBackend {
         if !self.poll_armed && self.watch_fd.is_some() {
             self.arm_poll()?;
         }
-        let want = if self.stash.is_empty() { 1 } else { 0 };
+        if !self.tcp_armed && self.tcp.is_some() {
+            self.arm_tcp_poll()?;
+        }
+        let busy = !self.stash.is_empty()
+            || self.tcp_signalled
+            || self.tcp.as_ref().is_some_and(TcpRole::has_work);
+        let want = if busy { 0 } else { 1 };
         let ts = Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
@@ -624,6 +682,11 @@ impl Backend for UringBackend {
         F: FnMut(SocketAddr, &mut [u8], usize, &mut TxQueue),
     {
         let mut handed = 0;
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.service(mem::take(&mut self.tcp_signalled), &mut self.counters);
+            let q = &mut self.sets[self.filling].q;
+            handed += tcp.drain(max, q, &mut self.counters, &mut f);
+        }
         // A full transmit queue ends the drain (the caller flushes it and drains again);
         // receive completions already taken from the ring wait in the stash, in order.
         while handed < max && !self.tx_full() {
@@ -651,6 +714,7 @@ impl Backend for UringBackend {
                     TAG_RECV => handed += self.on_recv(res, flags, &mut f),
                     TAG_SEND => self.on_send(ud, res),
                     TAG_POLL => self.on_poll(ud, res, flags),
+                    TAG_TCP => self.on_tcp_poll(res, flags),
                     _ => {}
                 }
             }
@@ -665,6 +729,9 @@ impl Backend for UringBackend {
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.route(&mut self.sets[self.filling].q, &mut self.counters);
+        }
         self.flush_filling()
     }
 
@@ -677,6 +744,13 @@ impl Backend for UringBackend {
             return;
         }
         let _ = self.watch_readable(None);
+        if self.tcp_armed {
+            let e = opcode::AsyncCancel::new(TAG_TCP)
+                .build()
+                .user_data(TAG_CANCEL);
+            // SAFETY: a cancel SQE points at no memory of ours.
+            let _ = unsafe { Self::push(&mut self.ring, &mut self.counters, &e) };
+        }
         if self.armed {
             let e = opcode::AsyncCancel::new(TAG_RECV)
                 .build()
@@ -692,7 +766,7 @@ impl Backend for UringBackend {
                     self.bufs.recycle(b);
                 }
             }
-            if !self.armed && self.sets.iter().all(|s| s.inflight == 0) {
+            if !self.armed && !self.tcp_armed && self.sets.iter().all(|s| s.inflight == 0) {
                 self.quiesced = true;
                 break;
             }

@@ -33,7 +33,7 @@ use crate::batch::TxQueue;
 use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
-use crate::io::tcp::{self, TcpParams, TcpSide};
+use crate::io::tcp::{self, TcpForwarder, TcpHub, TcpParams, TcpRole, TcpSide};
 use crate::io::uring::UringBackend;
 use crate::io::xdp::{XdpBackend, XdpShared};
 use crate::io::{
@@ -190,8 +190,9 @@ pub struct WorkerConfig {
     pub pin: bool,
     /// Control's slow-path socket; `None` = slow-path datagrams are dropped and counted.
     pub slow_path: Option<PathBuf>,
-    /// Passive ICE-TCP: the listen address (port 0: the media port) and its bounds. Runs on
-    /// the mmsg backend only: `auto` then resolves to mmsg, `io_uring` is refused.
+    /// Passive ICE-TCP: the listen address (port 0: the media port) and its bounds. Worker 0
+    /// holds the listener and every connection; the other workers hand it datagrams for TCP
+    /// peers ([`crate::io::tcp`]). Runs on the io_uring and mmsg backends (not xdp).
     pub tcp: Option<(SocketAddr, TcpParams)>,
 }
 
@@ -354,10 +355,10 @@ fn check_config(cfg: &WorkerConfig) -> Result<(), WorkerError> {
             "batch and tx_capacity must be at least 1".into(),
         ));
     }
-    if cfg.tcp.is_some() && cfg.backend == BackendChoice::IoUring {
+    if cfg.tcp.is_some() && cfg.backend == BackendChoice::Xdp {
         return Err(WorkerError::Config(
-            "ICE-TCP (relay.tcp.enabled) runs on the mmsg backend; set relay.backend to \"auto\" \
-             or \"mmsg\""
+            "ICE-TCP (relay.tcp.enabled) runs on the io_uring and mmsg backends; set \
+             relay.backend to \"auto\", \"io_uring\" or \"mmsg\""
                 .into(),
         ));
     }
@@ -417,10 +418,9 @@ where
             addr
         };
         tcp::check_port_free(addr)?;
-        for _ in 0..n {
-            listeners.push(tcp::bind_listener(addr)?);
-        }
-        tracing::info!(%addr, workers = n, "listening for ICE-TCP");
+        // One listener: worker 0 owns every ICE-TCP connection.
+        listeners.push(tcp::bind_listener(addr)?);
+        tracing::info!(%addr, workers = n, "listening for ICE-TCP on worker 0");
     }
     start(
         cfg,
@@ -498,13 +498,18 @@ where
         Some(l) => Some(l.local_addr().map_err(|e| IoError::os("getsockname", e))?),
         None => None,
     };
-    let (kind, fallback_reason) = if tcp_addr.is_some() {
-        (
-            RunningBackend::Mmsg,
-            Some("ICE-TCP runs on the mmsg backend".to_string()),
-        )
-    } else {
-        io::resolve_backend(cfg.backend)?
+    let (kind, fallback_reason) = io::resolve_backend(cfg.backend)?;
+    // ICE-TCP: worker 0 owns the listener and the connections; the others forward to it.
+    let hub = match (&cfg.tcp, tcp_addr) {
+        (Some((_, tp)), Some(_)) => Some(TcpHub::new(
+            tp.forward_queue,
+            BackendParams {
+                max_datagram: cfg.max_datagram,
+                ..BackendParams::default()
+            }
+            .datagram_size(),
+        )?),
+        _ => None,
     };
     let mut listeners = listeners.into_iter();
     if let Some(r) = &fallback_reason {
@@ -551,7 +556,13 @@ where
         let cfg = cfg.clone();
         let auto = cfg.backend == BackendChoice::Auto;
         let xdp = xdp.clone();
-        let listener = listeners.next();
+        let tcp = match (&hub, cfg.tcp) {
+            (Some(hub), Some((_, tp))) => match listeners.next() {
+                Some(l) => Some(TcpPlan::Owner(l, tp, hub.clone())),
+                None => Some(TcpPlan::Forwarder(hub.clone())),
+            },
+            _ => None,
+        };
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -563,7 +574,7 @@ where
                 run_worker(
                     i,
                     sock,
-                    listener,
+                    tcp,
                     kind,
                     auto,
                     xdp,
@@ -610,7 +621,7 @@ where
 fn run_worker<H: Handler>(
     id: usize,
     sock: std::net::UdpSocket,
-    listener: Option<std::net::TcpListener>,
+    tcp: Option<TcpPlan>,
     kind: RunningBackend,
     auto: bool,
     xdp: Option<Arc<XdpShared>>,
@@ -648,11 +659,28 @@ fn run_worker<H: Handler>(
             }
         };
     }
+    let mut tcp = match tcp.map(|p| p.build(params.datagram_size())).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = ready.send((id, Err(e)));
+            return Err(IoError::Invalid(msg));
+        }
+    };
     if kind == RunningBackend::IoUring {
         let dup = sock
             .try_clone()
             .map_err(|e| IoError::os("dup(media socket)", e));
-        match dup.and_then(|d| UringBackend::new(d, params)) {
+        let uring = dup.and_then(|d| UringBackend::new(d, params));
+        let uring = match (uring, tcp.take()) {
+            (Ok(mut b), Some(role)) => b.attach_tcp(role).map(|()| b),
+            (r, None) => r,
+            (Err(e), Some(role)) => {
+                tcp = Some(role);
+                Err(e)
+            }
+        };
+        match uring {
             Ok(mut b) => {
                 let _ = ready.send((id, Ok(RunningBackend::IoUring)));
                 drop(sock);
@@ -669,8 +697,8 @@ fn run_worker<H: Handler>(
         }
     }
     let backend = MmsgBackend::new(sock, params).and_then(|mut b| {
-        if let (Some(l), Some((_, tp))) = (listener, cfg.tcp) {
-            b.attach_tcp(TcpSide::new(l, tp, params.datagram_size()))?;
+        if let Some(role) = tcp {
+            b.attach_tcp(role)?;
         }
         Ok(b)
     });
@@ -847,6 +875,25 @@ fn pump_slow_path<B: Backend, H: Handler>(
         *watched = conn.map(|(id, _)| id);
     }
     Ok(())
+}
+
+/// A worker's part in ICE-TCP, handed to its thread.
+enum TcpPlan {
+    /// Worker 0: the listener, its bounds and the hub the others fill.
+    Owner(std::net::TcpListener, TcpParams, Arc<TcpHub>),
+    /// The others: hand datagrams for TCP peers to worker 0.
+    Forwarder(Arc<TcpHub>),
+}
+
+impl TcpPlan {
+    fn build(self, max_frame: usize) -> Result<TcpRole, IoError> {
+        Ok(match self {
+            TcpPlan::Owner(l, tp, hub) => {
+                TcpRole::Owner(Box::new(TcpSide::new(l, tp, max_frame, hub)?))
+            }
+            TcpPlan::Forwarder(hub) => TcpRole::Forwarder(TcpForwarder::new(hub)),
+        })
+    }
 }
 
 /// The stop flags a worker watches.
