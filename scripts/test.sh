@@ -27,7 +27,7 @@ export SLUICE_SKIP_LOG="$PWD/target/test-skips.log"
 mkdir -p target
 : >"$SLUICE_SKIP_LOG"
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 if [ -s "$SLUICE_SKIP_LOG" ]; then
     echo
     echo "SKIPPED: $(sort -u "$SLUICE_SKIP_LOG" | wc -l) check(s) could not run here:"

@@ -10,7 +10,7 @@
 use serde_json::Value;
 use sluice_tests::daemons::*;
 use sluice_tests::skip::skip;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -597,52 +597,13 @@ fn node_death_and_redis_outage() {
     redis.kill();
 }
 
-fn python() -> String {
-    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn peer_script() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc/peer.py")
-}
-
-/// An aiortc peer (tests/webrtc/peer.py) with its stdout lines on a channel.
-fn spawn_peer(
-    args: &[&str],
-    tag: &'static str,
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(python())
-        .arg(peer_script())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn python peer");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("[{tag}] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
 /// Real WebRTC across two nodes: an aiortc publisher on node a (with its relay), an aiortc
 /// viewer whose WHEP goes to node b and is forwarded to a; Redis is killed while the viewer
 /// decodes, and the frames keep coming (media never touches Redis); the viewer's DELETE goes
 /// to the absolute Location on a.
 #[test]
 fn media_continues_through_a_redis_outage() {
-    let aiortc = Command::new(python())
-        .arg(peer_script())
-        .arg("check")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !aiortc {
-        skip("aiortc not installed (pip install aiortc)");
+    if !sluice_tests::aiortc::available() {
         return;
     }
     ensure_binaries();
@@ -658,7 +619,7 @@ fn media_continues_through_a_redis_outage() {
         node_ids(&b.cluster().1).len() == 2
     });
     let pub_token = a.mint("m1", "host");
-    let (mut publisher, pub_rx) = spawn_peer(
+    let (mut publisher, pub_rx) = sluice_tests::aiortc::spawn(
         &[
             "publish",
             &format!("{}/whip/live/m1", a.url),
@@ -680,7 +641,7 @@ fn media_continues_through_a_redis_outage() {
     }
     assert_eq!(owner(&b.cluster().1, "m1").as_deref(), Some("a"));
     // 150 frames at 30 fps: about five seconds, most of them after Redis is gone.
-    let (mut watcher, view_rx) = spawn_peer(
+    let (mut watcher, view_rx) = sluice_tests::aiortc::spawn(
         &[
             "watch",
             &format!("{}/whep/live/m1", b.url),

@@ -4,6 +4,7 @@
 //! fault tests' names for it.
 #![deny(unsafe_code)]
 
+pub mod aiortc;
 pub mod daemons;
 pub mod procs;
 #[path = "support/skip.rs"]

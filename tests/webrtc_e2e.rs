@@ -9,60 +9,16 @@
 //! `SKIP: aiortc not installed (pip install aiortc)` and passes. `SLUICE_PYTHON` names the
 //! interpreter (default `python3`).
 
+use sluice_tests::aiortc;
 use sluice_tests::webrtc_rig::WebRtcRig;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Frames the watcher must decode.
 const FRAMES: u32 = 30;
 
-fn python() -> String {
-    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn peer_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc/peer.py")
-}
-
-fn aiortc_available() -> bool {
-    Command::new(python())
-        .arg(peer_script())
-        .arg("check")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn spawn_peer(args: &[&str], tag: &'static str) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(python())
-        .arg(peer_script())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn python peer");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("[{tag}] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
 #[test]
 fn aiortc_publishes_through_whip_and_watches_through_whep() {
-    if !aiortc_available() {
-        sluice_tests::skip::skip("aiortc not installed (pip install aiortc)");
-        assert!(
-            std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
-            "SLUICE_REQUIRE_PEERS is set but aiortc is not importable"
-        );
+    if !aiortc::available() {
         return;
     }
     let started = Instant::now();
@@ -72,7 +28,7 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     let base = format!("http://{admin}");
     let pub_token = rig.mint("e2e", "host");
     let view_token = rig.mint("e2e", "viewer");
-    let (mut publisher, pub_rx) = spawn_peer(
+    let (mut publisher, pub_rx) = aiortc::spawn(
         &["publish", &format!("{base}/whip/e2e"), &pub_token, "40"],
         "whip",
     );
@@ -85,7 +41,7 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
         }
         assert!(Instant::now() < deadline, "publisher got no answer");
     }
-    let (mut watcher, view_rx) = spawn_peer(
+    let (mut watcher, view_rx) = aiortc::spawn(
         &[
             "watch",
             &format!("{base}/whep/e2e"),
@@ -111,7 +67,7 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     // A moderator removes the publisher through the admin API: a second watcher that was
     // receiving stops receiving.
     let view_token2 = rig.mint("e2e", "viewer");
-    let (mut watcher2, view2_rx) = spawn_peer(
+    let (mut watcher2, view2_rx) = aiortc::spawn(
         &[
             "watch",
             &format!("{base}/whep/e2e"),

@@ -10,7 +10,7 @@
 //! May not touch: shared memory, HTTP. The API layer applies each entry here first, then to shm.
 
 use contract::shm::{
-    IceCredentials, IceCredentialsError, Rewrite, Role, RouteRecord, RtxOut, SessionRecord,
+    IceCredentials, IceCredentialsError, Layer, Rewrite, Role, RouteRecord, RtxOut, SessionRecord,
     MAX_MAPPINGS,
 };
 use contract::srtp::{MasterKey, Profile};
@@ -84,6 +84,11 @@ pub struct RewriteSpec {
     /// they come). A viewer's PLI reaches a FIR-only publisher as a FIR and back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keyframe: Vec<KeyframeKind>,
+    /// This route carries one spatial layer of a simulcast source; the routes of all its
+    /// layers into one subscriber rewrite to one SSRC, and the relay forwards one layer at a
+    /// time on it (docs/ENGINE.md "Simulcast").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerSpec>,
 }
 
 /// A keyframe request kind, as negotiated in `a=rtcp-fb`.
@@ -94,6 +99,17 @@ pub enum KeyframeKind {
     Pli,
     /// `ccm fir` (RFC 5104 §4.3.1).
     Fir,
+}
+
+/// A route's simulcast layer: `index` of `count` (lowest resolution 0), and the highest
+/// layer the subscriber may receive (`max`, absent: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    pub index: u8,
+    pub count: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u8>,
 }
 
 /// A MID rewrite: the subscriber's extension id for `urn:ietf:params:rtp-hdrext:sdes:mid`
@@ -138,6 +154,11 @@ impl RewriteSpec {
                 ssrc: x.ssrc,
             }),
             twcc_id: self.twcc_id.unwrap_or(0),
+            layer: self.layer.map(|l| Layer {
+                index: l.index,
+                count: l.count,
+                max: l.max.unwrap_or(Layer::NO_CAP),
+            }),
             ..Rewrite::default()
         };
         for (i, [a, b]) in self.pt_map.iter().take(MAX_MAPPINGS).enumerate() {

@@ -34,6 +34,10 @@ impl Client {
         self.call("POST", path, Some(body))
     }
 
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call("PUT", path, Some(body))
+    }
+
     pub fn delete(&self, path: &str) -> Result<Value> {
         self.call("DELETE", path, None)
     }

@@ -168,6 +168,14 @@ pub enum SessionCmd {
         /// Session id.
         id: u64,
     },
+    /// Cap the simulcast layer a subscriber receives on its layered routes.
+    Layer {
+        /// Subscriber session id.
+        id: u64,
+        /// Highest layer, 0 (the lowest resolution) to 2, or `none` to lift the cap.
+        #[arg(long, value_name = "N|none")]
+        max: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +216,20 @@ pub enum RouteCmd {
         /// downlink from its transport-cc feedback.
         #[arg(long, value_name = "ID")]
         twcc_id: Option<u8>,
+        /// A simulcast source: the SSRCs of its spatial layers, lowest resolution first (up
+        /// to 3, comma-separated). One route per layer, all rewritten to --rewrite-ssrc; the
+        /// subscriber receives one layer at a time. Prints one route id per layer.
+        #[arg(
+            long,
+            value_name = "SSRC,...",
+            value_delimiter = ',',
+            conflicts_with_all = ["ssrc", "rtx_pt"],
+            requires = "rewrite_ssrc"
+        )]
+        layers: Vec<u32>,
+        /// With --layers: the highest layer the subscriber may receive (0 = the lowest).
+        #[arg(long, value_name = "N", requires = "layers")]
+        max_layer: Option<u8>,
     },
     /// Remove a route.
     Del {

@@ -24,10 +24,11 @@ pub enum Request {
     Sessions,
     SessionList,
     SessionShow(u64),
+    SessionLayer(u64, Value),
     Routes,
     SessionAdd(Value),
     SessionDel(u64),
-    RouteAdd(Value),
+    RouteAdd(Vec<Value>),
     RouteDel(u64),
     Drain,
     Undrain,
@@ -73,6 +74,20 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
         Command::Session(SessionCmd::Del { id }) => Request::SessionDel(*id),
         Command::Session(SessionCmd::List) => Request::SessionList,
         Command::Session(SessionCmd::Show { id }) => Request::SessionShow(*id),
+        Command::Session(SessionCmd::Layer { id, max }) => {
+            let max = match max.as_str() {
+                "none" => Value::Null,
+                m => match m.parse::<u8>() {
+                    Ok(n) if n < contract::shm::MAX_LAYERS => json!(n),
+                    _ => {
+                        return Err(CtlError::usage(format!(
+                            "--max: {m:?} is not a layer 0-2 or `none`"
+                        )))
+                    }
+                },
+            };
+            Request::SessionLayer(*id, json!({ "max": max }))
+        }
         Command::Route(RouteCmd::Add {
             from,
             ssrc,
@@ -84,6 +99,8 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             source_rtx_pt,
             source_rtx_ssrc,
             twcc_id,
+            layers,
+            max_layer,
         }) => {
             let pt_map = validate::pt_map(pt)?;
             let mut body = json!({ "from": from, "to": to });
@@ -147,7 +164,11 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
                 }
                 body["rewrite"] = rw;
             }
-            Request::RouteAdd(body)
+            if layers.is_empty() {
+                Request::RouteAdd(vec![body])
+            } else {
+                Request::RouteAdd(validate::layer_routes(&body, layers, *max_layer)?)
+            }
         }
         Command::Route(RouteCmd::Del { id }) => Request::RouteDel(*id),
         Command::Rekey { id, tx_key, rx_key } => {
@@ -257,9 +278,40 @@ pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Res
                 .map_err(peer_taken_hint)?;
             print_created(&v, out)?;
         }
-        Request::RouteAdd(body) => {
-            let v = client.post("/v1/routes", &body)?;
+        Request::SessionLayer(id, body) => {
+            let v = client.put(&format!("/v1/sessions/{id}/layer"), &body)?;
+            let routes = v
+                .get("routes")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let max = match body["max"].as_u64() {
+                Some(n) => format!("layer {n}"),
+                None => "no cap".to_string(),
+            };
+            print_done(
+                out,
+                v,
+                &format!("session {id}: {max} on {routes} layered route(s)"),
+            );
+        }
+        Request::RouteAdd(bodies) if bodies.len() == 1 => {
+            let v = client.post("/v1/routes", &bodies[0])?;
             print_created(&v, out)?;
+        }
+        Request::RouteAdd(bodies) => {
+            // The layers of one simulcast source: one route each, ids printed in layer order.
+            let mut created = Vec::with_capacity(bodies.len());
+            for b in &bodies {
+                created.push(client.post("/v1/routes", b)?);
+            }
+            match out {
+                Output::Json => print_json(&Value::Array(created)),
+                Output::Human => {
+                    for v in &created {
+                        print_created(v, Output::Human)?;
+                    }
+                }
+            }
         }
         Request::SessionDel(id) => {
             client.delete(&format!("/v1/sessions/{id}"))?;

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use contract::shm::{Role, MAX_MAPPINGS};
+use contract::shm::{Role, MAX_LAYERS, MAX_MAPPINGS};
 use contract::srtp::{KeyParseError, MasterKey, Profile};
 
 use crate::error::{CtlError, Result};
@@ -79,6 +79,46 @@ pub fn role(s: &str) -> Result<Role> {
             names.join(", ")
         ))
     })
+}
+
+/// `route add --layers A,B,C`: one route body per layer (`base` is the body without an SSRC
+/// filter; it already rewrites the SSRC), each with its layer's SSRC filter and place.
+pub fn layer_routes(
+    base: &serde_json::Value,
+    layers: &[u32],
+    max_layer: Option<u8>,
+) -> Result<Vec<serde_json::Value>> {
+    let count = layers.len();
+    if count == 0 || count > usize::from(MAX_LAYERS) {
+        return Err(CtlError::usage(format!(
+            "--layers: 1 to {MAX_LAYERS} SSRCs, lowest resolution first; got {count}"
+        )));
+    }
+    if let Some(i) = (1..count).find(|&i| layers[..i].contains(&layers[i])) {
+        return Err(CtlError::usage(format!(
+            "--layers: SSRC {} is given twice",
+            layers[i]
+        )));
+    }
+    if let Some(m) = max_layer.filter(|m| usize::from(*m) >= count) {
+        return Err(CtlError::usage(format!(
+            "--max-layer: {m} is not one of the {count} layers (0 = the lowest)"
+        )));
+    }
+    Ok(layers
+        .iter()
+        .enumerate()
+        .map(|(i, ssrc)| {
+            let mut b = base.clone();
+            b["ssrc"] = serde_json::json!(ssrc);
+            let mut layer = serde_json::json!({ "index": i, "count": count });
+            if let Some(m) = max_layer {
+                layer["max"] = serde_json::json!(m);
+            }
+            b["rewrite"]["layer"] = layer;
+            b
+        })
+        .collect())
 }
 
 /// Parse repeated `--pt FROM:TO` into payload-type pairs (RTP payload types are 7 bits).
@@ -157,6 +197,28 @@ pub fn to_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_routes_one_body_per_layer() {
+        let base = serde_json::json!({"from": 1, "to": 2, "rewrite": {"ssrc": 99}});
+        let b = layer_routes(&base, &[10, 20, 30], Some(1)).unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[2]["ssrc"], 30);
+        assert_eq!(b[2]["rewrite"]["ssrc"], 99);
+        assert_eq!(
+            b[2]["rewrite"]["layer"],
+            serde_json::json!({"index": 2, "count": 3, "max": 1})
+        );
+        assert!(b[0]["rewrite"]["layer"].get("max").is_some());
+        let b = layer_routes(&base, &[10, 20], None).unwrap();
+        assert_eq!(
+            b[1]["rewrite"]["layer"],
+            serde_json::json!({"index": 1, "count": 2})
+        );
+        assert!(layer_routes(&base, &[1, 2, 3, 4], None).is_err());
+        assert!(layer_routes(&base, &[1, 1], None).is_err());
+        assert!(layer_routes(&base, &[1, 2], Some(2)).is_err());
+    }
 
     #[test]
     fn hex_round_trip_and_errors() {

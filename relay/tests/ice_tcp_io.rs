@@ -8,6 +8,7 @@ mod skip;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use relay::batch::TxQueue;
@@ -33,6 +34,13 @@ impl Handler for StunEcho {
         }
         tx.push(src, &buf[..len]);
     }
+}
+
+/// The tests run one at a time: the idle-connection test measures the process's RSS and holds
+/// 10,000 ephemeral ports, which the others would disturb and collide with.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn binding_request(tid: u8) -> Vec<u8> {
@@ -160,6 +168,7 @@ fn rss_kib() -> u64 {
 
 #[test]
 fn frames_both_ways_ipv4_and_dual_stack() {
+    let _serial = serial();
     let w = start("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5), 64);
     let addr = w.tcp_addr().expect("ICE-TCP listening");
     assert_eq!(
@@ -190,13 +199,20 @@ fn frames_both_ways_ipv4_and_dual_stack() {
 /// kernel hands out a UDP port some connection already uses as often as not).
 #[test]
 fn udp_and_tcp_peers_on_one_address_stay_apart() {
+    let _serial = serial();
     let w = start("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5), 64);
     let addr = w.tcp_addr().unwrap();
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A UDP port whose TCP twin is free (some other process may hold it).
+    let (udp, tcp) = (0..50)
+        .find_map(|_| {
+            let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let tcp =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            tcp.bind(&udp.local_addr().ok()?.into()).ok()?;
+            Some((udp, tcp))
+        })
+        .expect("a UDP port whose TCP twin is free");
     udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    tcp.bind(&udp.local_addr().unwrap().into())
-        .expect("TCP bound to the UDP socket's port");
     tcp.connect(&addr.into()).unwrap();
     let mut tcp = TcpStream::from(tcp);
     tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -211,6 +227,11 @@ fn udp_and_tcp_peers_on_one_address_stay_apart() {
         assert_eq!(buf[..n], [b'u', i]);
         assert_eq!(read_frame(&mut tcp), [b't', i], "TCP echo over TCP");
     }
+    // The totals are published by the worker loop: wait for its next turn.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while w.total().tcp_rx_frames < 51 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t = w.total();
     assert_eq!((t.tcp_rx_frames, t.tcp_accepted), (51, 1));
     w.stop().unwrap();
@@ -218,6 +239,7 @@ fn udp_and_tcp_peers_on_one_address_stay_apart() {
 
 #[test]
 fn hostile_connections_are_closed_and_udp_keeps_flowing() {
+    let _serial = serial();
     let w = start(
         "127.0.0.1:0".parse().unwrap(),
         Duration::from_millis(500),
@@ -323,6 +345,7 @@ fn raise_nofile(want: u64) -> bool {
 
 #[test]
 fn ten_thousand_idle_connections() {
+    let _serial = serial();
     if !raise_nofile(12_000) {
         skip::skip("cannot raise RLIMIT_NOFILE to 12000: 10,000 connections not tested");
         return;

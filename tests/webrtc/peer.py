@@ -8,6 +8,17 @@
                                             video frames were decoded; with STALL, then
                                             print `ready` and exit 0 once no frame came
                                             for STALL seconds (media stopped)
+    peer.py publish-pli-only URL TOKEN SECONDS
+                                            publish like `publish`, as a stack that only
+                                            knows PLI: FIRs are ignored; prints
+                                            `keyframe_request=pli|fir` for each request
+    peer.py watch-fir URL TOKEN REQUESTS TIMEOUT
+                                            watch as a stack that prefers FIR (offers
+                                            `ccm fir`, asks for every keyframe with a FIR,
+                                            never a PLI); once decoding, sends REQUESTS
+                                            FIRs 1.5 s apart and prints
+                                            `keyframe_after_ms=N` for each (the next VP8
+                                            keyframe's arrival); exit 0 when all came
 
 Both print one status line per event on stdout (`answer`, `connected`, `frames=N`, `left`)
 and exit non-zero on failure. Exit code 3 means aiortc is not importable.
@@ -31,6 +42,11 @@ try:
         RTCSessionDescription,
         VideoStreamTrack,
     )
+    from aiortc import codecs as aiortc_codecs
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+    from aiortc.rtcrtpsender import RTCRtpSender as Sender
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback
+    from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
     from av import VideoFrame
 except ImportError as e:  # pragma: no cover - reported to the Rust test
     print(f"aiortc not importable: {e}", file=sys.stderr)
@@ -181,12 +197,137 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
     sys.exit(0 if ok else 2)
 
 
+def vp8_keyframe(payload: bytes) -> bool:
+    """True for the first packet of a VP8 key frame (RFC 7741 §4.2-4.3): start of a
+    partition 0 with the P bit of the payload header clear."""
+    if len(payload) < 2:
+        return False
+    b0 = payload[0]
+    start, pid = b0 & 0x10, b0 & 0x07
+    i = 1
+    if b0 & 0x80:  # X: extension byte follows
+        x = payload[1]
+        i = 2
+        if x & 0x80:  # I: picture id, 1 or 2 bytes
+            i += 2 if len(payload) > i and payload[i] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            i += 1
+        if x & 0x30:  # T or K: TID/Y/KEYIDX byte
+            i += 1
+    return bool(start) and pid == 0 and len(payload) > i and payload[i] & 0x01 == 0
+
+
+async def publish_pli_only(url: str, token: str, seconds: float):
+    """`publish`, answering PLI only, the way stacks without FIR support do."""
+    handle = Sender._handle_rtcp_packet
+
+    async def only_pli(self, packet):
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            kind = "pli" if packet.fmt == RTCP_PSFB_PLI else "fir"
+            print(f"keyframe_request={kind}", flush=True)
+            if kind == "fir":
+                return  # not understood
+        await handle(self, packet)
+
+    Sender._handle_rtcp_packet = only_pli
+    await publish(url, token, seconds)
+
+
+async def watch_fir(url: str, token: str, requests: int, timeout: float):
+    """Watch as a FIR-preferring stack; measure each FIR's keyframe latency."""
+    for codec in aiortc_codecs.CODECS["video"]:
+        if codec.mimeType != "video/rtx":
+            codec.rtcpFeedback.append(RTCRtcpFeedback(type="ccm", parameter="fir"))
+    state = {"seq": 0, "rtcp_ssrc": None, "media_ssrc": None, "waiting": None, "pt": None}
+    lat = []
+    keyframe_seen = asyncio.Event()
+
+    async def send_fir(self, media_ssrc):
+        state["media_ssrc"] = media_ssrc
+        state["seq"] = (state["seq"] + 1) % 256
+        fci = media_ssrc.to_bytes(4, "big") + bytes([state["seq"], 0, 0, 0])
+        rtcp_ssrc = self._RTCRtpReceiver__rtcp_ssrc
+        if rtcp_ssrc is not None:
+            pkt = RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci)
+            await self._send_rtcp(pkt)
+
+    handle_rtp = RTCRtpReceiver._handle_rtp_packet
+
+    async def watch_rtp(self, packet, arrival_time_ms):
+        if state["pt"] is not None and packet.payload_type == state["pt"]:
+            state["receiver"], state["media_ssrc"] = self, packet.ssrc
+        if (
+            state["pt"] is not None
+            and packet.payload_type == state["pt"]
+            and vp8_keyframe(packet.payload)
+        ):
+            t0 = state["waiting"]
+            if t0 is not None:
+                lat.append((asyncio.get_running_loop().time() - t0) * 1000)
+                state["waiting"] = None
+                print(f"keyframe_after_ms={lat[-1]:.0f}", flush=True)
+                keyframe_seen.set()
+        await handle_rtp(self, packet, arrival_time_ms)
+
+    RTCRtpReceiver._send_rtcp_pli = send_fir
+    RTCRtpReceiver._handle_rtp_packet = watch_rtp
+
+    pc = RTCPeerConnection()
+    state_logger(pc)
+    pc.addTransceiver("video", direction="recvonly")
+    decoded = [0]
+    first = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def on_track(track):
+        async def pull():
+            while True:
+                try:
+                    frame = await track.recv()
+                except Exception:
+                    return
+                if frame.width > 0:
+                    decoded[0] += 1
+                    if decoded[0] == 10 and not first.done():
+                        first.set_result(True)
+
+        asyncio.ensure_future(pull())
+
+    location = await negotiate(pc, url, token)
+    for line in pc.remoteDescription.sdp.splitlines():
+        if line.startswith("a=rtpmap:") and " VP8/90000" in line:
+            state["pt"] = int(line[len("a=rtpmap:"):].split()[0])
+            break
+    ok = True
+    try:
+        # The first keyframe comes from the FIR aiortc's decoder asks for on joining.
+        await asyncio.wait_for(first, timeout)
+        print(f"frames={decoded[0]}", flush=True)
+        for _ in range(requests):
+            await asyncio.sleep(1.5)  # past the relay's aggregation interval
+            receiver = state.get("receiver")
+            keyframe_seen.clear()
+            state["waiting"] = asyncio.get_running_loop().time()
+            await send_fir(receiver, state["media_ssrc"])
+            await asyncio.wait_for(keyframe_seen.wait(), 5.0)
+    except asyncio.TimeoutError:
+        print(f"timeout frames={decoded[0]} keyframes={len(lat)}", flush=True)
+        ok = False
+    await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
+    await pc.close()
+    sys.exit(0 if ok else 2)
+
+
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "check":
         print("aiortc ok")
         return
     if len(sys.argv) == 5 and sys.argv[1] == "publish":
         asyncio.run(publish(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    elif len(sys.argv) == 5 and sys.argv[1] == "publish-pli-only":
+        asyncio.run(publish_pli_only(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    elif len(sys.argv) == 6 and sys.argv[1] == "watch-fir":
+        asyncio.run(watch_fir(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
     elif len(sys.argv) in (6, 7) and sys.argv[1] == "watch":
         stall = float(sys.argv[6]) if len(sys.argv) == 7 else 0.0
         asyncio.run(watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), stall))

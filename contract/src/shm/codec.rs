@@ -6,8 +6,8 @@
 use super::error::SlotError;
 use super::layout::{ROUTE_WORDS, SESSION_WORDS};
 use super::{
-    IceCredentials, Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_ICE_PWD,
-    MAX_ICE_REMOTE_UFRAG, MAX_ICE_UFRAG, MAX_MAPPINGS, MAX_MID_LEN,
+    IceCredentials, Layer, Rewrite, Role, RouteRecord, RtxOut, SessionRecord, MAX_ICE_PWD,
+    MAX_ICE_REMOTE_UFRAG, MAX_ICE_UFRAG, MAX_LAYERS, MAX_MAPPINGS, MAX_MID_LEN,
 };
 use crate::srtp::{MasterKey, Profile};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -164,7 +164,8 @@ pub(crate) fn decode_session(w: &[u64; SESSION_WORDS]) -> Result<SessionRecord, 
 /// 0 id · 1 from · 2 to ·
 /// 3 has_ssrc | has_rewrite_ssrc<<8 | pt_map_len<<16 | ext_map_len<<24 | ssrc<<32 ·
 /// 4 rewrite ssrc · 5–6 pt_map (8 × (from, to) bytes) · 7–8 ext_map ·
-/// 9 has_rtx | rtx payload type<<8 | rtx ssrc<<32 · 10 reserved (0) ·
+/// 9 has_rtx | rtx payload type<<8 | rtx ssrc<<32 ·
+/// 10 has_layer | layer index<<8 | layer count<<16 | max layer<<24 ·
 /// 11 has_source_rtx | its payload type<<8 | its ssrc<<32 · 12–14 below.
 pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     let mut w = [0u64; ROUTE_WORDS];
@@ -199,6 +200,10 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
         | (u64::from(r.rewrite.mid_len) << 8)
         | (u64::from(r.rewrite.keyframe) << 16)
         | (u64::from(r.rewrite.twcc_id) << 24);
+    if let Some(l) = r.rewrite.layer {
+        w[10] =
+            1 | (u64::from(l.index) << 8) | (u64::from(l.count) << 16) | (u64::from(l.max) << 24);
+    }
     w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
     w
 }
@@ -230,6 +235,16 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
             return Err(SlotError::BadRtx(x.payload_type));
         }
     }
+    if let Some(l) = r.rewrite.layer {
+        if l.count == 0
+            || l.count > MAX_LAYERS
+            || l.index >= l.count
+            || r.ssrc.is_none()
+            || r.rewrite.ssrc.is_none()
+        {
+            return Err(SlotError::BadLayer(l.index, l.count));
+        }
+    }
     Ok(())
 }
 
@@ -254,6 +269,11 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
         payload_type: (w[11] >> 8) as u8,
         ssrc: (w[11] >> 32) as u32,
     });
+    let layer = flag(w[10] as u8)?.then_some(Layer {
+        index: (w[10] >> 8) as u8,
+        count: (w[10] >> 16) as u8,
+        max: (w[10] >> 24) as u8,
+    });
     let pairs = |words: &[u64]| -> [(u8, u8); MAX_MAPPINGS] {
         let b: [u8; 2 * MAX_MAPPINGS] = words_to_bytes(words);
         core::array::from_fn(|i| (b[2 * i], b[2 * i + 1]))
@@ -276,6 +296,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             twcc_id: (w[12] >> 24) as u8,
             rtx,
             source_rtx,
+            layer,
         },
     };
     validate_route(&r)?;
@@ -407,6 +428,28 @@ mod tests {
         assert_eq!(
             decode_route(&encode_route(&unfiltered)),
             Err(SlotError::BadRtx(98))
+        );
+        // Simulcast layer: round-trips on a single-stream rewriting route, refused elsewhere.
+        let mut layered = one;
+        layered.rewrite.ssrc = Some(77);
+        layered.rewrite.layer = Some(Layer {
+            index: 2,
+            count: 3,
+            max: 1,
+        });
+        assert_eq!(decode_route(&encode_route(&layered)), Ok(layered));
+        let mut w = encode_route(&layered);
+        w[10] = (w[10] & !0xff00) | (3 << 8);
+        assert_eq!(decode_route(&w), Err(SlotError::BadLayer(3, 3)));
+        let mut w = encode_route(&layered);
+        w[10] |= 4;
+        assert_eq!(decode_route(&w), Err(SlotError::BadFlag(5)));
+        let mut no_rewrite = layered;
+        no_rewrite.rewrite.ssrc = None;
+        no_rewrite.rewrite.rtx = None;
+        assert_eq!(
+            decode_route(&encode_route(&no_rewrite)),
+            Err(SlotError::BadLayer(2, 3))
         );
     }
 }

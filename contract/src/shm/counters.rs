@@ -110,12 +110,20 @@ pub enum Feedback {
     /// Keyframe requests sent to a publisher as the other kind: a PLI as a FIR to a publisher
     /// that negotiated only `ccm fir`, a FIR as a PLI to one that negotiated only `nack pli`.
     KeyframeTranslated = 13,
+    /// Packets of a simulcast layer not sent to a subscriber (ABI 7): not its current layer,
+    /// or older than its last layer switch (docs/ENGINE.md "Simulcast").
+    LayerSkipped = 16,
+    /// Simulcast layer switches made for subscribers (ABI 7).
+    LayerSwitch = 17,
+    /// Key-frame requests (PLI) the relay sent a publisher so that a subscriber can switch
+    /// to one of its layers (ABI 7).
+    LayerKeyframeRequest = 18,
 }
 
 impl Feedback {
-    pub const COUNT: usize = 16;
-    /// Every counter in index order (indices 14..16 are reserved and stay 0).
-    pub const ALL: [Feedback; 14] = [
+    pub const COUNT: usize = 32;
+    /// Every counter in index order (indices 14, 15 and 19..32 are reserved and stay 0).
+    pub const ALL: [Feedback; 17] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -130,6 +138,9 @@ impl Feedback {
         Feedback::UpstreamGiveUp,
         Feedback::ResendFailed,
         Feedback::KeyframeTranslated,
+        Feedback::LayerSkipped,
+        Feedback::LayerSwitch,
+        Feedback::LayerKeyframeRequest,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -148,6 +159,9 @@ impl Feedback {
             Feedback::UpstreamGiveUp => "upstream_give_up",
             Feedback::ResendFailed => "resend_failed",
             Feedback::KeyframeTranslated => "keyframe_translated",
+            Feedback::LayerSkipped => "layer_skipped",
+            Feedback::LayerSwitch => "layer_switch",
+            Feedback::LayerKeyframeRequest => "layer_keyframe_request",
         }
     }
 }
@@ -232,7 +246,7 @@ const _: () = {
     assert!(offset_of!(WorkerCounters, stuck) == 616);
     assert!(offset_of!(WorkerCounters, io) == 624);
     assert!(offset_of!(WorkerCounters, feedback) == 680);
-    assert!(core::mem::size_of::<WorkerCounters>() == 832);
+    assert!(core::mem::size_of::<WorkerCounters>() == 960);
 };
 
 /// Single-writer increment: Relaxed load + Relaxed store.
@@ -558,6 +572,6 @@ mod tests {
     #[test]
     fn block_size() {
         // 101 words, padded to a cache-line multiple.
-        assert_eq!(core::mem::size_of::<WorkerCounters>(), 832);
+        assert_eq!(core::mem::size_of::<WorkerCounters>(), 960);
     }
 }

@@ -51,6 +51,10 @@ pub enum SlotError {
     /// SSRC filter and no rewritten SSRC: one RTX stream pairs with one media stream).
     #[error("bad RTX output: payload type {0} (0..=127, on a single-stream route)")]
     BadRtx(u8),
+    /// A simulcast layer (index, count) outside 0..count, 1..=3, or on a route without an
+    /// SSRC filter and a rewritten SSRC.
+    #[error("bad simulcast layer {0} of {1} (up to 3 layers, on a single-stream rewriting route)")]
+    BadLayer(u8, u8),
     /// A session-stats slot names a record kind other than session (1) or stream (2).
     #[error("bad session-stats record kind {0}")]
     BadStatKind(u8),

@@ -302,6 +302,11 @@ pub struct Rewrite {
     /// requests through as they come). A viewer's PLI goes up as a FIR when the publisher only
     /// takes FIR, a FIR as a PLI when it only takes PLI (RFC 4585 §6.3.1, RFC 5104 §4.3.1).
     pub keyframe: u8,
+    /// This route carries one spatial layer of a simulcast source (docs/ENGINE.md
+    /// "Simulcast"): the routes of a source's layers to one subscriber rewrite to the same
+    /// output SSRC and the relay forwards one layer at a time on it. Only on a route with an
+    /// SSRC filter and a rewritten SSRC.
+    pub layer: Option<Layer>,
 }
 
 /// Bits of [`Rewrite::keyframe`].
@@ -310,6 +315,24 @@ pub mod keyframe {
     pub const PLI: u8 = 1;
     /// The publisher negotiated `ccm fir`.
     pub const FIR: u8 = 2;
+}
+
+/// Most spatial layers of one simulcast source.
+pub const MAX_LAYERS: u8 = 3;
+
+/// A route's place in a simulcast source (see [`Rewrite::layer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layer {
+    /// 0 = the lowest resolution.
+    pub index: u8,
+    /// Layers of the source (1..=[`MAX_LAYERS`]).
+    pub count: u8,
+    /// Highest layer this subscriber may receive; [`Layer::NO_CAP`]: any.
+    pub max: u8,
+}
+
+impl Layer {
+    pub const NO_CAP: u8 = u8::MAX;
 }
 
 /// Longest MID value a route rewrites to (the one-byte header form's limit, RFC 8285 §4.2).

@@ -14,6 +14,8 @@
 //! - [`rtx`]: the RTP retransmission payload format (RFC 4588), both directions.
 //! - [`twcc`]: transport-wide congestion control: the sequence extension, transport-cc
 //!   feedback read and written, REMB written.
+//! - [`vp8`]: the VP8 RTP payload descriptor (RFC 7741 §4.2): key frames, temporal layers,
+//!   picture ID / TL0PICIDX / key index rewritten in place for layer switching.
 //! - [`stun`]: STUN messages (RFC 8489), ICE attributes (RFC 8445), integrity, fingerprint,
 //!   and an allocation-free writer.
 //! - [`ice`]: ICE-lite answers to connectivity checks (RFC 8445 §7.3), shared by the relay and
@@ -32,6 +34,7 @@ pub mod rtp;
 pub mod rtx;
 pub mod stun;
 pub mod twcc;
+pub mod vp8;
 
 pub use demux::{classify, Kind};
 pub use rtcp::is_rtcp;

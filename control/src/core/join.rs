@@ -423,6 +423,7 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             rtx: viewer_rtx(vm, &pt_map),
             source_rtx: None,
             twcc_id,
+            layer: None,
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
         if ssrcs.is_empty() {

@@ -4,7 +4,7 @@
 
 use super::rooms::removal;
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, RewriteSpec, State, StoredRoute, StoredSession};
+use crate::state::{Entry, LayerSpec, RewriteSpec, State, StoredRoute, StoredSession};
 use contract::shm::Role;
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{json, Value};
@@ -190,6 +190,40 @@ impl Core {
             route: route.clone(),
         }])?;
         Ok(route)
+    }
+
+    /// Cap the simulcast layer session `to` receives (`None`: no cap) on every layered route
+    /// into it (docs/ENGINE.md "Simulcast"); returns the routes changed. The relay applies it
+    /// at its next rebuild: a lower cap switches down at the next key frame of that layer.
+    pub fn set_max_layer(&self, to: u64, max: Option<u8>) -> Result<Vec<StoredRoute>, CoreError> {
+        let mut g = self.ledger();
+        let st = g.store.state();
+        if !st.sessions.contains_key(&to) {
+            return Err(CoreError::SessionNotFound(to));
+        }
+        let changed: Vec<StoredRoute> = st
+            .routes
+            .values()
+            .filter(|r| r.to == to)
+            .filter_map(|r| {
+                let l = r.rewrite.layer?;
+                let mut r = r.clone();
+                r.rewrite.layer = Some(LayerSpec { max, ..l });
+                Some(r)
+            })
+            .collect();
+        if changed.is_empty() {
+            return Err(CoreError::Conflict(format!(
+                "session {to} receives no simulcast source (no layered route into it)"
+            )));
+        }
+        g.require_shm()?;
+        let entries = changed
+            .iter()
+            .map(|r| Entry::PutRoute { route: r.clone() })
+            .collect();
+        g.commit(entries)?;
+        Ok(changed)
     }
 
     pub fn delete_route(&self, id: u64) -> Result<(), CoreError> {

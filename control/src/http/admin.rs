@@ -9,7 +9,7 @@
 //! sockets (the server hands requests in). WebRTC endpoints are in [`super::whip`],
 //! applications and rooms in [`super::apps_api`].
 
-use super::body::{parse_id, parse_key, parse_peer, parse_rewrite, Body};
+use super::body::{parse_id, parse_key, parse_max_layer, parse_peer, parse_rewrite, Body};
 use super::health::{self, RelayHealth};
 use super::metrics;
 use super::{audit_response, error_response, Request, Response};
@@ -97,6 +97,7 @@ impl Control {
             ("GET" | "HEAD", ["streams"]) => self.list_streams(),
             ("DELETE", ["sessions", id]) => self.delete_session(id),
             ("POST", ["sessions", id, "rekey"]) => self.rekey(req, id),
+            ("PUT", ["sessions", id, "layer"]) => self.set_layer(req, id),
             ("GET" | "HEAD", ["routes"]) => self.list_routes(),
             ("POST", ["routes"]) => self.create_route(req),
             ("GET" | "HEAD", ["routes", id]) => self.get_route(id),
@@ -110,6 +111,7 @@ impl Control {
             (_, ["sessions" | "routes"]) => method_not_allowed("GET, POST"),
             (_, ["sessions" | "routes", _]) => method_not_allowed("GET, DELETE"),
             (_, ["sessions", _, "rekey"] | ["drain"] | ["undrain"]) => method_not_allowed("POST"),
+            (_, ["sessions", _, "layer"]) => method_not_allowed("PUT"),
             _ => Response::error(404, format!("no such endpoint: {}", req.path)),
         }
     }
@@ -409,6 +411,30 @@ impl Control {
         self.audited("session.rekey", ids, r)
     }
 
+    /// `PUT /v1/sessions/{id}/layer` `{"max": 0..=2 | null}`: the highest simulcast layer
+    /// the session receives on every layered route into it; answers the routes changed.
+    fn set_layer(&self, req: &Request, id: &str) -> Response {
+        let mut ids = json!({});
+        let r = (|| {
+            let id = parse_id(id, "session")?;
+            ids["session"] = json!(id);
+            let b = Body::parse(&req.body, &["max"])?;
+            let max = match b.get("max") {
+                // Absent or null: no cap.
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_max_layer(v, "max")?),
+            };
+            ids["max"] = json!(max);
+            let routes = self.core.set_max_layer(id, max)?;
+            let v: Vec<Value> = routes.iter().map(route_json).collect();
+            Ok(Response::json(
+                200,
+                &json!({"session": id, "max": max, "routes": v}),
+            ))
+        })();
+        self.audited("session.layer", ids, r)
+    }
+
     fn create_route(&self, req: &Request) -> Response {
         let mut ids = json!({});
         let r = (|| {
@@ -423,6 +449,14 @@ impl Control {
                 Some(v) => parse_rewrite(v)?,
             };
             check_rtx(ssrc, &rewrite)?;
+            // A simulcast layer feeds one output stream: it names its source SSRC and the
+            // SSRC the subscriber sees.
+            if rewrite.layer.is_some() && (ssrc.is_none() || rewrite.ssrc.is_none()) {
+                return Err(CoreError::invalid(
+                    "rewrite.layer",
+                    "needs `ssrc` (the layer's) and `rewrite.ssrc` (the subscriber's)",
+                ));
+            }
             let n = NewRoute {
                 from,
                 to,
@@ -646,6 +680,7 @@ fn route_json(r: &StoredRoute) -> Value {
             "source_rtx": r.rewrite.source_rtx,
             "twcc_id": r.rewrite.twcc_id,
             "keyframe": r.rewrite.keyframe,
+            "layer": r.rewrite.layer,
         },
     })
 }

@@ -3,8 +3,8 @@
 //! returns a typed error ([`CoreError::Invalid`] names the field).
 
 use crate::core::CoreError;
-use crate::state::{KeyframeKind, MidSpec, RewriteSpec, RtxSpec};
-use contract::shm::MAX_MAPPINGS;
+use crate::state::{KeyframeKind, LayerSpec, MidSpec, RewriteSpec, RtxSpec};
+use contract::shm::{MAX_LAYERS, MAX_MAPPINGS};
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
@@ -64,6 +64,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
             "source_rtx",
             "twcc_id",
             "keyframe",
+            "layer",
         ]
         .contains(&k.as_str())
         {
@@ -104,6 +105,10 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         ),
     };
     let keyframe = parse_keyframe(o.get("keyframe"))?;
+    let layer = match o.get("layer") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_layer(v)?),
+    };
     Ok(RewriteSpec {
         ssrc,
         pt_map,
@@ -113,6 +118,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         source_rtx,
         twcc_id,
         keyframe,
+        layer,
     })
 }
 
@@ -146,6 +152,49 @@ fn parse_keyframe(v: Option<&Value>) -> Result<Vec<KeyframeKind>, CoreError> {
         out.push(kind);
     }
     Ok(out)
+}
+
+/// `rewrite.layer`: `{"index": 0..count, "count": 1..=3, "max": 0..=2 | null}`.
+fn parse_layer(v: &Value) -> Result<LayerSpec, CoreError> {
+    let Value::Object(o) = v else {
+        return Err(bad_field("rewrite.layer", "must be an object"));
+    };
+    for k in o.keys() {
+        if !["index", "count", "max"].contains(&k.as_str()) {
+            return Err(bad_field(
+                &format!("rewrite.layer.{}", shown(k)),
+                "unknown field",
+            ));
+        }
+    }
+    let max_layers = u64::from(MAX_LAYERS);
+    let count = o
+        .get("count")
+        .and_then(Value::as_u64)
+        .filter(|n| (1..=max_layers).contains(n))
+        .ok_or_else(|| bad_field("rewrite.layer.count", "must be an integer 1..=3"))?;
+    let index = o
+        .get("index")
+        .and_then(Value::as_u64)
+        .filter(|n| *n < count)
+        .ok_or_else(|| bad_field("rewrite.layer.index", "must be an integer below `count`"))?;
+    let max = match o.get("max") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_max_layer(v, "rewrite.layer.max")?),
+    };
+    Ok(LayerSpec {
+        index: index as u8,
+        count: count as u8,
+        max,
+    })
+}
+
+/// A subscriber's highest simulcast layer: 0..=2 (0 = the lowest resolution).
+pub fn parse_max_layer(v: &Value, field: &str) -> Result<u8, CoreError> {
+    v.as_u64()
+        .filter(|n| *n < u64::from(MAX_LAYERS))
+        .map(|n| n as u8)
+        .ok_or_else(|| bad_field(field, "must be a layer 0..=2 or null"))
 }
 
 /// `{"id": 1..=255, "value": "<1–16 token characters>"}`.

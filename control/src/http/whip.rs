@@ -8,7 +8,7 @@
 //! answer with its `Location`. May not touch: shm and the journal (the core does), sockets,
 //! DTLS records (the slow path runs handshakes and hands keys to the core).
 
-use super::body::Body;
+use super::body::{parse_max_layer, Body};
 use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
@@ -18,7 +18,7 @@ use crate::core::denials::Denial;
 use crate::core::join::JoinRequest;
 use crate::webrtc::token::{self, Credential, Intent, Limits, Target, TokenError};
 use contract::shm::Role;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 
 /// Default lifetime of tokens minted by the admin API and the demo endpoint.
@@ -86,7 +86,7 @@ fn preflight(segs: &[&str]) -> Response {
     let mut r = Response::empty(204);
     r.headers.push((
         "Access-Control-Allow-Methods",
-        "POST, DELETE, OPTIONS".into(),
+        "POST, PATCH, DELETE, OPTIONS".into(),
     ));
     r.headers.push((
         "Access-Control-Allow-Headers",
@@ -142,6 +142,7 @@ impl Control {
             ("POST", ["demo", "token"]) => return Some(self.demo_token(req)),
             ("OPTIONS", ["whip" | "whep", ..]) => preflight(&segs),
             ("DELETE", ["whip" | "whep", "resource", id, secret]) => self.leave(id, secret),
+            ("PATCH", ["whep", "resource", id, secret]) => self.whep_layer(req, id, secret),
             ("POST", [kind @ ("whip" | "whep"), rest @ ..]) if (1..=2).contains(&rest.len()) => {
                 let (app, room) = match rest {
                     [room] => match self.core.default_app() {
@@ -456,6 +457,50 @@ impl Control {
     }
 
     /// `DELETE` on a WHIP/WHEP resource: the participant leaves (session and routes go).
+    /// `PATCH` on a WHEP resource with `application/json` `{"max_layer": 0..=2 | null}`: the
+    /// viewer's own cap on the simulcast layer it receives (docs/WEBRTC.md "Simulcast"). 200
+    /// `{"max_layer": N|null, "routes": COUNT}`; 404 unknown resource; 409 no simulcast source
+    /// reaches the viewer; 415 another body type (trickle ICE is not offered).
+    fn whep_layer(&self, req: &Request, id: &str, secret: &str) -> Response {
+        let Ok(id) = id.parse::<u64>() else {
+            return Response::error(404, "no such resource");
+        };
+        if !self.core.member_with_secret(id, secret) {
+            return Response::error(404, "no such resource");
+        }
+        let json = req
+            .header("content-type")
+            .is_some_and(|c| c.trim().starts_with("application/json"));
+        if !json {
+            return Response::error(415, "a WHEP resource takes application/json layer requests");
+        }
+        let r = (|| {
+            let b = Body::parse(&req.body, &["max_layer"])?;
+            let max = match b.get("max_layer") {
+                // Absent or null: no cap.
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_max_layer(v, "max_layer")?),
+            };
+            let routes = self.core.set_max_layer(id, max)?;
+            Ok(Response::json(
+                200,
+                &json!({"max_layer": max, "routes": routes.len()}),
+            ))
+        })();
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        audit_response(
+            &self.core,
+            "webrtc",
+            "webrtc.layer",
+            json!({"session": id}),
+            &r,
+        );
+        r
+    }
+
     fn leave(&self, id: &str, secret: &str) -> Response {
         let Ok(id) = id.parse::<u64>() else {
             return Response::error(404, "no such resource");
@@ -871,6 +916,60 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let r = e.admin("GET", "/v1/rooms/demo/blue", "");
         assert_eq!(r.status, 200);
         assert!(body(&r).contains("\"kind\":\"whep\""));
+
+        // The viewer's layer cap: PATCH on its resource with JSON (docs/WEBRTC.md).
+        let patch = |loc: &str, ct: &str, b: &str| {
+            e.ctl.handle_public(&Request {
+                method: "PATCH".into(),
+                path: loc.into(),
+                query: String::new(),
+                headers: vec![("content-type".into(), ct.into())],
+                body: b.as_bytes().to_vec(),
+                peer: "tcp:127.0.0.1:5555".into(),
+            })
+        };
+        let json_ct = "application/json";
+        let bad = format!("{}x", view_loc);
+        assert_eq!(patch(&bad, json_ct, r#"{"max_layer":0}"#).status, 404);
+        let frag = "application/trickle-ice-sdpfrag";
+        assert_eq!(patch(&view_loc, frag, "a=x").status, 415);
+        // No simulcast source reaches the viewer yet.
+        assert_eq!(patch(&view_loc, json_ct, r#"{"max_layer":0}"#).status, 409);
+        // Two layers of the publisher routed into the viewer's output SSRC by the operator.
+        for (i, ssrc) in [1001u32, 1002].into_iter().enumerate() {
+            let b = json!({"from": p, "ssrc": ssrc, "to": v,
+                "rewrite": {"ssrc": send_ssrc, "layer": {"index": i, "count": 2}}});
+            let r = e.admin("POST", "/v1/routes", &b.to_string());
+            assert_eq!(r.status, 201, "{}", body(&r));
+        }
+        let b = json!({"from": p, "ssrc": 1003, "to": v, "rewrite": {"layer": {"index": 0, "count": 1}}});
+        assert_eq!(e.admin("POST", "/v1/routes", &b.to_string()).status, 400);
+        let r = patch(&view_loc, json_ct, r#"{"max_layer":0}"#);
+        assert_eq!(r.status, 200, "{}", body(&r));
+        assert!(body(&r).contains("\"routes\":2"), "{}", body(&r));
+        let caps = |e: &Env| -> Vec<Option<u8>> {
+            let st = e.ctl.core.ledger().store.state().clone();
+            st.routes
+                .values()
+                .filter_map(|r| r.rewrite.layer.map(|l| l.max))
+                .collect()
+        };
+        assert_eq!(caps(&e), vec![Some(0), Some(0)]);
+        assert_eq!(patch(&view_loc, json_ct, r#"{"max_layer":3}"#).status, 400);
+        // The operator lifts it through the admin API.
+        let r = e.admin("PUT", &format!("/v1/sessions/{v}/layer"), r#"{"max":null}"#);
+        assert_eq!(r.status, 200, "{}", body(&r));
+        assert_eq!(caps(&e), vec![None, None]);
+        assert_eq!(
+            e.admin("PUT", &format!("/v1/sessions/{p}/layer"), r#"{"max":1}"#)
+                .status,
+            409
+        );
+        assert_eq!(
+            e.admin("PUT", "/v1/sessions/999999/layer", r#"{"max":1}"#)
+                .status,
+            404
+        );
 
         // DELETE with a wrong secret is refused; the right one removes the viewer and routes.
         let bad = format!("{}x", view_loc);

@@ -121,8 +121,36 @@ fn serve_one(mut stream: impl Read + Write, handler: &Handler, seen: &Mutex<Vec<
     let _ = stream.write_all(msg.as_bytes());
 }
 
-/// A fresh empty directory under the target temp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
+/// A fresh empty directory under the system temp dir, removed when dropped (it may hold a
+/// copy of the sluicectl binary: tens of MB per test).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn temp_dir(tag: &str) -> TempDir {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
         "sluicectl-test-{tag}-{}-{}",
@@ -131,7 +159,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 /// Run sluicectl with a clean environment (no discovery from the real runtime dir).

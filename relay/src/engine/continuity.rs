@@ -8,6 +8,7 @@
 //! `offset = last_out + 1 − first_in`. Packets of the previous source that arrive late
 //! (reordered across the switch) keep their old offset as long as they do not overtake it.
 
+use super::layers::Selector;
 use contract::shm::SessionId;
 
 /// Which stream feeds the output: (publisher session, its SSRC).
@@ -49,6 +50,9 @@ pub struct Continuity {
     /// `last_seq`/`last_ts` describe output that someone else sent on this stream (see
     /// [`Continuity::seed_after`]): the first source is re-based after them, not passed through.
     seeded: bool,
+    /// The simulcast layer selection of this output, when layered routes feed it
+    /// (engine/layers.rs); kept with the numbering across rebuilds.
+    layers: Option<Selector>,
 }
 
 impl Continuity {
@@ -119,8 +123,51 @@ impl Continuity {
             last_seq: seq,
             last_ts: ts,
             seeded: true,
+            layers: self.layers,
             ..Continuity::default()
         };
+    }
+
+    /// Declare this output fed by a simulcast source of `count` layers, capped at `cap`
+    /// (a route's [`contract::shm::Layer`]); an existing selection keeps its state.
+    pub fn set_layers(&mut self, count: u8, cap: u8) {
+        match &mut self.layers {
+            Some(s) => {
+                s.set_count(usize::from(count));
+                s.set_cap(cap);
+            }
+            None => self.layers = Some(Selector::new(usize::from(count), cap)),
+        }
+    }
+
+    /// The layer selection, when this output is layered.
+    pub fn layers(&self) -> Option<&Selector> {
+        self.layers.as_ref()
+    }
+
+    pub fn layers_mut(&mut self) -> Option<&mut Selector> {
+        self.layers.as_mut()
+    }
+
+    /// Make `src` the current feed so that its packet (`seq`, `ts`) goes out `gap` sequence
+    /// numbers and `ts_advance` timestamp ticks after the last output (a simulcast layer
+    /// switch, engine/layers.rs). Late packets of the previous feed keep their numbering as
+    /// at any switch. Nothing sent yet: the first source passes through (or continues after
+    /// the seed) as in [`Continuity::map`].
+    pub fn rebase(&mut self, src: Source, seq: u16, ts: u32, gap: u16, ts_advance: u32) {
+        if self.cur.is_none() && !self.seeded {
+            return;
+        }
+        if let Some(cur) = self.cur.filter(|c| c.src != src) {
+            self.prev = Some(cur);
+            self.switch_seq = self.last_seq;
+        }
+        self.seeded = false;
+        self.cur = Some(Feed {
+            src,
+            seq_off: self.last_seq.wrapping_add(gap).wrapping_sub(seq),
+            ts_off: self.last_ts.wrapping_add(ts_advance).wrapping_sub(ts),
+        });
     }
 
     /// The highest output (sequence, timestamp) sent (or seeded), if any.
@@ -173,6 +220,26 @@ mod tests {
         // The old source coming back is re-based again, still monotonic.
         let (s, _) = c.map((1, 10), 3, 10);
         assert_eq!(s, 2);
+    }
+
+    #[test]
+    fn rebase_continues_with_a_gap_and_keeps_late_packets_of_the_old_feed() {
+        let mut c = Continuity::default();
+        // Nothing sent: no effect, the first source passes through.
+        c.rebase((1, 10), 5, 50, 2, 900);
+        assert_eq!(c.map((1, 10), 5, 50), (5, 50));
+        // A reordered older packet: passes, the last output stays (5, 50).
+        assert_eq!(c.map((1, 10), 65535, 0xFFFF_FFFF), (65535, 0xFFFF_FFFF));
+        assert_eq!(c.last(), Some((5, 50)));
+        c.rebase((1, 20), 300, 7, 2, 4500);
+        assert_eq!(c.map((1, 20), 300, 7), (7, 4550));
+        assert_eq!(c.map((1, 20), 301, 3007), (8, 7550));
+        // A late packet of the old feed keeps its old numbering.
+        assert_eq!(c.map((1, 10), 65534, 0xFFFF_F000), (65534, 0xFFFF_F000));
+        // Seeded: continues after the seed.
+        c.seed_after(100, 1000);
+        c.rebase((1, 30), 9, 9, 1, 10);
+        assert_eq!(c.map((1, 30), 9, 9), (101, 1010));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::hub::{FeedbackHub, HandError};
 use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
 };
+use super::layers::{Decision, LayerPacket};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
@@ -22,6 +23,7 @@ use contract::shm::{
 use contract::srtp::{ContextOptions, MacBatch, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
+use contract::wire::vp8::Vp8Descriptor;
 use contract::wire::{classify, dtls, Kind};
 use contract::wire::{rtcp_write, rtx, twcc};
 use std::net::SocketAddr;
@@ -327,6 +329,51 @@ fn write_mid(slot: &mut [u8], n: usize, rw: &Rewrite, tag: usize) -> usize {
     match slot.get_mut(..room) {
         Some(buf) => rtp::set_extension_value(buf, n, id, value).unwrap_or(n),
         None => n,
+    }
+}
+
+/// The layer decision for one packet of simulcast layer `layer` on output stream `c`; at a
+/// switch the stream's numbering is re-based so the new layer continues it.
+#[inline]
+fn select_layer(
+    c: &mut Continuity,
+    now: Instant,
+    layer: u8,
+    plain: &[u8],
+    inp: &RtpIn,
+) -> Decision {
+    let payload = plain.get(inp.payload.clone()).unwrap_or(&[]);
+    let vp8 = Vp8Descriptor::parse(payload).ok();
+    let p = LayerPacket {
+        seq: inp.seq,
+        ts: inp.ts,
+        marker: inp.marker,
+        bytes: payload.len(),
+        vp8,
+        keyframe: vp8.is_some_and(|d| d.keyframe),
+    };
+    let Some(s) = c.layers_mut() else {
+        return Decision::Skip;
+    };
+    let d = s.on_packet(now, usize::from(layer), &p);
+    if let Decision::Forward {
+        switch: Some(r), ..
+    } = d
+    {
+        c.rebase((inp.pub_id, inp.ssrc), inp.seq, inp.ts, r.gap, r.ts_advance);
+    }
+    d
+}
+
+/// Write the layer-continuous VP8 picture ID, TL0PICIDX and key index into the copied packet
+/// `pkt` whose payload lies at `payload` (RFC 7741 §4.2); a payload that is no VP8 descriptor
+/// stays as it is.
+#[inline]
+fn rewrite_vp8(pkt: &mut [u8], payload: &core::ops::Range<usize>, pid: u16, tl0: u8, key: u8) {
+    if let Some(p) = pkt.get_mut(payload.clone()) {
+        if let Ok(d) = Vp8Descriptor::parse(p) {
+            d.rewrite(p, pid, tl0, key);
+        }
     }
 }
 
@@ -694,9 +741,12 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         let mut inp = RtpIn {
             pub_id: publisher.id,
+            pub_idx: idx,
             ssrc: p.ssrc(),
             seq: p.sequence(),
             ts: p.timestamp(),
+            marker: p.marker(),
+            payload: p.payload_range(),
             len: n,
             cached: None,
         };
@@ -753,6 +803,32 @@ impl<C: SrtpOps> Forwarder<C> {
             opts,
         } = self.index.output_mut(oi);
         let out_ssrc = o.rewrite.ssrc.unwrap_or(inp.ssrc);
+        let mut stream = stream;
+        // A simulcast layer: sent only while it is the subscriber's current layer.
+        let mut vp8 = None;
+        if let Some(l) = o.rewrite.layer {
+            let decision = match (stream.as_deref_mut(), self.now) {
+                (Some(c), Some(now)) => select_layer(c, now, l.index, plain, inp),
+                _ => Decision::Skip,
+            };
+            match decision {
+                Decision::Forward { switch, vp8: v } => {
+                    if switch.is_some() {
+                        self.stats.count(Feedback::LayerSwitch, 1);
+                    }
+                    vp8 = v;
+                }
+                Decision::SkipRequestKeyframe => {
+                    self.stats.count(Feedback::LayerSkipped, 1);
+                    self.layer_keyframe(inp.pub_idx, inp.ssrc, tx);
+                    return;
+                }
+                Decision::Skip | Decision::Late => {
+                    self.stats.count(Feedback::LayerSkipped, 1);
+                    return;
+                }
+            }
+        }
         let rewritten = stream.is_some();
         let ti = Track::find(&sub.tx_track, out_ssrc);
         // A stream this process has not sent yet may continue one a previous relay process
@@ -803,6 +879,9 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             if let Some(seq) = tw_seq {
                 stamped = stamp_twcc(dst, rw.twcc_id, seq);
+            }
+            if let Some((pid, tl0, key)) = vp8 {
+                rewrite_vp8(dst, &inp.payload, pid, tl0, key);
             }
             let n = write_mid(slot, n, rw, Profile::MAX_SRTP_OVERHEAD);
             ctx.protect_rtp_batched(slot, n, at, macs)
@@ -1314,6 +1393,27 @@ impl<C: SrtpOps> Forwarder<C> {
         }
     }
 
+    /// Ask publisher `publisher` for a key frame of its stream `ssrc` (a PLI, RFC 4585
+    /// §6.3.1) so that a subscriber can switch to that simulcast layer; aggregated with the
+    /// subscribers' own PLIs (one per stream and `relay.pli_interval_ms`).
+    fn layer_keyframe(&mut self, publisher: u32, ssrc: u32, tx: &mut TxQueue) {
+        if let Some(now) = self.now {
+            let interval = self.nack.pli_interval;
+            let pubs = &mut self.index.sessions[publisher as usize].pubs;
+            if let Some(ps) = pubs.iter_mut().find(|s| s.ssrc == ssrc) {
+                if !ps.key_request(now, interval) {
+                    self.stats.count(Feedback::PliAggregated, 1);
+                    return;
+                }
+            }
+        }
+        self.stats.count(Feedback::LayerKeyframeRequest, 1);
+        let rtcp_ssrc = self.feedback_ssrc;
+        self.send_rtcp(publisher, rtcp_ssrc, tx, |slot| {
+            rtcp_write::pli(slot, rtcp_ssrc, ssrc).map_err(|_| DropReason::Malformed)
+        });
+    }
+
     /// Send publisher `publisher` a generic NACK for `lost` of its stream `ssrc` (RFC 4585
     /// §6.2.1), as this worker (see [`feedback_ssrc`]).
     fn nack_up(&mut self, publisher: u32, ssrc: u32, lost: &[u16], tx: &mut TxQueue) {
@@ -1388,9 +1488,14 @@ impl<C: SrtpOps> Forwarder<C> {
 /// A publisher's RTP packet accepted for forwarding (decrypted in the receive buffer).
 struct RtpIn {
     pub_id: SessionId,
+    /// The publisher's session index.
+    pub_idx: u32,
     ssrc: u32,
     seq: u16,
     ts: u32,
+    marker: bool,
+    /// Where the payload lies in the plain packet (padding excluded).
+    payload: core::ops::Range<usize>,
     /// Plain packet length.
     len: usize,
     /// The packet's index in its stream's retransmission cache, when it was cached.

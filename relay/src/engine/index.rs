@@ -872,6 +872,9 @@ impl<C: SrtpOps> Index<C> {
             }
             None => NONE,
         };
+        if let (Some(l), Some(c)) = (r.rewrite.layer, self.streams.get_mut(stream as usize)) {
+            c.set_layers(l.count, l.max);
+        }
         self.outputs.push(Output {
             sub: to,
             rewrite: r.rewrite,

@@ -31,6 +31,7 @@ pub mod diag;
 mod forward;
 pub mod hub;
 mod index;
+pub mod layers;
 pub mod nack;
 pub mod reception;
 pub mod rtx_cache;
@@ -272,6 +273,8 @@ impl<C: SrtpOps> Engine<C> {
 
 #[cfg(test)]
 mod diag_tests;
+#[cfg(test)]
+mod layer_tests;
 #[cfg(test)]
 mod roc_tests;
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Appends a 4-byte tag: FNV-1a over key ‖ packet. Unprotect checks and strips it.
-struct TagCipher {
+pub(super) struct TagCipher {
     key: MasterKey,
     /// ROCs set by the engine's stream-state seeding (the tag cipher has no index).
     rocs: Vec<(u32, u32)>,
@@ -93,7 +93,7 @@ pub(super) fn key(n: u8) -> MasterKey {
     MasterKey::new(Profile::Aes128CmSha1_80, &[n; 30]).unwrap()
 }
 
-fn addr(port: u16) -> SocketAddr {
+pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
 }
 
@@ -123,7 +123,7 @@ fn two_speakers_one_viewer(routes: Vec<RouteRecord>) -> Rig {
     )
 }
 
-fn route(id: u64, from: u64, ssrc: Option<u32>, to: u64, rw: Rewrite) -> RouteRecord {
+pub(super) fn route(id: u64, from: u64, ssrc: Option<u32>, to: u64, rw: Rewrite) -> RouteRecord {
     RouteRecord {
         id,
         from,
@@ -133,7 +133,7 @@ fn route(id: u64, from: u64, ssrc: Option<u32>, to: u64, rw: Rewrite) -> RouteRe
     }
 }
 
-fn rtp(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn rtp(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = vec![0x80, pt];
     v.extend_from_slice(&seq.to_be_bytes());
     v.extend_from_slice(&ts.to_be_bytes());
@@ -142,16 +142,16 @@ fn rtp(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-struct Rig {
-    fwd: Forwarder<TagCipher>,
+pub(super) struct Rig {
+    pub(super) fwd: Forwarder<TagCipher>,
     sessions: Vec<SessionRecord>,
-    routes: Vec<RouteRecord>,
+    pub(super) routes: Vec<RouteRecord>,
     tx: TxQueue,
     slow: TxQueue,
 }
 
 impl Rig {
-    fn new(sessions: Vec<SessionRecord>, routes: Vec<RouteRecord>) -> Rig {
+    pub(super) fn new(sessions: Vec<SessionRecord>, routes: Vec<RouteRecord>) -> Rig {
         let mut r = Rig {
             fwd: Forwarder::new(ContextOptions::default()),
             sessions,
@@ -162,13 +162,13 @@ impl Rig {
         r.rebuild();
         r
     }
-    fn rebuild(&mut self) -> RebuildReport {
+    pub(super) fn rebuild(&mut self) -> RebuildReport {
         let mut s = self.sessions.clone();
         let mut r = self.routes.clone();
         self.fwd.rebuild(&mut s, &mut r)
     }
     /// Send `plain` from session `id` (sealed with its rx key); returns what came out.
-    fn send(&mut self, id: u64, plain: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+    pub(super) fn send(&mut self, id: u64, plain: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
         let s = *self.sessions.iter().find(|s| s.id == id).unwrap();
         self.send_from(s.peer, &s.rx_key, plain)
     }

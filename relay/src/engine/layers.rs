@@ -1,0 +1,803 @@
+//! Simulcast layer selection for one subscriber's video output (docs/ENGINE.md "Simulcast").
+//!
+//! A publisher sends up to [`MAX_LAYERS`] spatial layers of one video source, each on its own
+//! SSRC; the subscriber receives one of them at a time on one output SSRC. Per output the
+//! selector keeps a *target* layer (the highest layer that is eligible, allowed by the
+//! subscriber's cap and, once an estimate is fed in with [`Selector::set_estimate`], carried by
+//! the subscriber's link) and a *current* layer (the one being forwarded). It switches only on
+//! a key frame of the target layer, asking for one at most every [`KEYFRAME_INTERVAL`]; until
+//! then the current layer keeps flowing.
+//!
+//! At a switch the output numbering is re-based so the subscriber sees one stream: sequence
+//! numbers continue after the last one sent (one more is skipped when the last packet sent
+//! ended mid-frame, so the receiver sees a loss instead of a frame glued from two layers),
+//! the timestamp advances by the time elapsed since the last packet sent, and the VP8 picture
+//! ID, TL0PICIDX and key index continue after the last ones sent (RFC 7741 §4.2).
+//!
+//! A layer is eligible once it has been sending for [`ELIGIBLE_AFTER`] and has not been
+//! silent for [`LAYER_IDLE`]; while no layer within the cap is that mature, the highest active
+//! one is used, so a new subscriber gets a picture at once.
+//!
+//! Owns: that state, fixed size, no heap. May not touch: packets (the caller rewrites them
+//! with the numbers returned), the clock (time is passed in), SRTP.
+
+use contract::wire::vp8::{Vp8Descriptor, PICTURE_ID_MASK};
+use std::time::{Duration, Instant};
+
+/// Most spatial layers of one simulcast source.
+pub const MAX_LAYERS: usize = 3;
+/// A layer must have been sending this long before a subscriber may switch to it.
+pub const ELIGIBLE_AFTER: Duration = Duration::from_millis(1000);
+/// A layer silent this long is inactive.
+pub const LAYER_IDLE: Duration = Duration::from_millis(1000);
+/// At most one key-frame request per output in this interval.
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// A layer's bit rate is measured over windows this long.
+pub const RATE_WINDOW: Duration = Duration::from_millis(1000);
+/// Going up needs an estimate this much above the higher layer's rate (percent) ...
+pub const UP_MARGIN_PCT: u64 = 115;
+/// ... held for this long.
+pub const UP_HOLD: Duration = Duration::from_millis(2000);
+/// RTP clock rate of video (RFC 7741 §6.1: VP8 always uses 90 kHz).
+pub const VIDEO_CLOCK: u64 = 90_000;
+
+/// How far (sequence numbers) the switch point trails the newest forwarded packet; older
+/// packets of the current layer are late.
+const SWITCH_TRAIL: u16 = 0x4000;
+
+/// The cap meaning "no cap".
+pub const NO_CAP: u8 = u8::MAX;
+
+/// What a packet of one layer carries that the selector needs.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerPacket {
+    pub seq: u16,
+    pub ts: u32,
+    pub marker: bool,
+    /// RTP payload bytes (for the layer's bit rate).
+    pub bytes: usize,
+    /// The VP8 payload descriptor, when the payload is VP8 and it parsed.
+    pub vp8: Option<Vp8Descriptor>,
+    /// The packet starts a key frame (from the descriptor or the codec's own header).
+    pub keyframe: bool,
+}
+
+/// How far after the last packet sent the first packet of a new layer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebase {
+    pub gap: u16,
+    pub ts_advance: u32,
+}
+
+/// What to do with one packet of one layer for this output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it; `switch` when it is the first packet of a new layer: the output stream's
+    /// numbering is to be re-based ([`crate::engine::Continuity::rebase`]) so that it continues
+    /// `gap` sequence numbers and `ts_advance` timestamp ticks after the last packet sent;
+    /// `vp8` (picture ID, TL0PICIDX, key index) to write into its descriptor.
+    Forward {
+        switch: Option<Rebase>,
+        vp8: Option<(u16, u8, u8)>,
+    },
+    /// Not the current layer: not sent.
+    Skip,
+    /// Not sent; ask the publisher for a key frame of this layer (a switch waits for one).
+    SkipRequestKeyframe,
+    /// A packet of the current layer from before the last switch, or older than what was sent.
+    Late,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Activity {
+    since: Option<Instant>,
+    last: Option<Instant>,
+    window_start: Option<Instant>,
+    window_bytes: u64,
+    bps: u64,
+}
+
+impl Activity {
+    fn note(&mut self, now: Instant, bytes: usize) {
+        match self.last {
+            Some(l) if now.saturating_duration_since(l) < LAYER_IDLE => {}
+            _ => {
+                self.since = Some(now);
+                self.window_start = Some(now);
+                self.window_bytes = 0;
+            }
+        }
+        self.last = Some(now);
+        let start = self.window_start.unwrap_or(now);
+        let span = now.saturating_duration_since(start);
+        if span >= RATE_WINDOW {
+            let ms = span.as_millis().max(1) as u64;
+            self.bps = self.window_bytes.saturating_mul(8000) / ms;
+            self.window_start = Some(now);
+            self.window_bytes = 0;
+        }
+        self.window_bytes = self.window_bytes.saturating_add(bytes as u64);
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.last
+            .is_some_and(|l| now.saturating_duration_since(l) < LAYER_IDLE)
+    }
+
+    fn mature(&self, now: Instant) -> bool {
+        self.active(now)
+            && self
+                .since
+                .is_some_and(|s| now.saturating_duration_since(s) >= ELIGIBLE_AFTER)
+    }
+}
+
+/// Output numbering of the VP8 descriptor fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Vp8Numbers {
+    pid_off: u16,
+    tl0_off: u8,
+    key_off: u8,
+    last_pid: u16,
+    last_tl0: u8,
+    last_key: u8,
+    seen: bool,
+}
+
+/// The layer state of one output. Fixed size, no heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selector {
+    layers: [Activity; MAX_LAYERS],
+    count: u8,
+    cap: u8,
+    estimate: Option<u64>,
+    /// Since when the estimate has carried the next layer up.
+    up_since: Option<Instant>,
+    current: Option<u8>,
+    target: u8,
+    /// Input sequence number of the first packet forwarded after the last switch: earlier
+    /// ones of the current layer are late.
+    switch_in_seq: u16,
+    /// Highest input sequence number forwarded of the current layer, whether that packet
+    /// ended its frame, and when it arrived.
+    high_seq: u16,
+    last_marker: bool,
+    last_at: Option<Instant>,
+    vp8: Vp8Numbers,
+    last_request: Option<Instant>,
+    switches: u32,
+}
+
+/// RFC 1982 serial-number comparison: is `a` after `b`?
+#[inline]
+fn seq_newer(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
+}
+
+impl Selector {
+    /// A selector over `count` layers (clamped to 1..=[`MAX_LAYERS`]), ordered lowest first,
+    /// capped at layer `cap` ([`NO_CAP`]: none).
+    pub fn new(count: usize, cap: u8) -> Selector {
+        Selector {
+            layers: [Activity::default(); MAX_LAYERS],
+            count: count.clamp(1, MAX_LAYERS) as u8,
+            cap,
+            estimate: None,
+            up_since: None,
+            current: None,
+            target: 0,
+            switch_in_seq: 0,
+            high_seq: 0,
+            last_marker: true,
+            last_at: None,
+            vp8: Vp8Numbers::default(),
+            last_request: None,
+            switches: 0,
+        }
+    }
+
+    /// Highest layer this output may receive ([`NO_CAP`]: any).
+    pub fn set_cap(&mut self, cap: u8) {
+        self.cap = cap;
+    }
+
+    /// Layers of the source (a route update may change it).
+    pub fn set_count(&mut self, count: usize) {
+        self.count = count.clamp(1, MAX_LAYERS) as u8;
+    }
+
+    pub fn count(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    pub fn cap(&self) -> u8 {
+        self.cap
+    }
+
+    /// The subscriber's downlink estimate (bits/s), `None` when there is none: the target is
+    /// then the highest eligible layer within the cap. Going down happens as soon as the
+    /// current layer's rate exceeds the estimate; going up needs [`UP_MARGIN_PCT`] of the
+    /// higher layer's rate held for [`UP_HOLD`], so layers do not flap.
+    pub fn set_estimate(&mut self, bps: Option<u64>) {
+        self.estimate = bps;
+    }
+
+    /// The layer being forwarded, if any.
+    pub fn current(&self) -> Option<u8> {
+        self.current
+    }
+
+    /// The layer the selector is heading for.
+    pub fn target(&self) -> u8 {
+        self.target
+    }
+
+    /// Layer switches made (the first layer chosen is not a switch).
+    pub fn switches(&self) -> u32 {
+        self.switches
+    }
+
+    /// Measured bit rate of `layer` over the last window.
+    pub fn layer_bps(&self, layer: usize) -> u64 {
+        self.layers.get(layer).map_or(0, |a| a.bps)
+    }
+
+    fn top(&self) -> u8 {
+        (self.count - 1).min(self.cap)
+    }
+
+    /// Recompute the target layer at `now`.
+    fn choose(&mut self, now: Instant) -> u8 {
+        let top = self.top();
+        let any_mature = (0..=top).any(|l| self.layers[usize::from(l)].mature(now));
+        let ok = |s: &Selector, l: u8| {
+            let a = &s.layers[usize::from(l)];
+            if any_mature {
+                a.mature(now)
+            } else {
+                a.active(now)
+            }
+        };
+        let Some(best) = (0..=top).rev().find(|&l| ok(self, l)) else {
+            // Nothing within the cap sends: keep what there is.
+            return self.current.unwrap_or(self.target);
+        };
+        let Some(est) = self.estimate else {
+            self.up_since = None;
+            return best;
+        };
+        let cur = self.current.unwrap_or(0);
+        // Highest eligible layer the estimate carries: the current one and below at their
+        // rate, higher ones with a margin.
+        let fits = (0..=best).rev().find(|&l| {
+            if !ok(self, l) {
+                return false;
+            }
+            let bps = self.layers[usize::from(l)].bps;
+            if l > cur {
+                bps.saturating_mul(UP_MARGIN_PCT) / 100 <= est
+            } else {
+                bps <= est
+            }
+        });
+        let lowest = (0..=best).find(|&l| ok(self, l)).unwrap_or(best);
+        let want = fits.unwrap_or(lowest);
+        if want > cur && self.current.is_some() {
+            let since = *self.up_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < UP_HOLD {
+                return cur;
+            }
+        } else {
+            self.up_since = None;
+        }
+        want
+    }
+
+    /// Decide for one packet of `layer` arriving at `now`.
+    pub fn on_packet(&mut self, now: Instant, layer: usize, p: &LayerPacket) -> Decision {
+        if layer >= usize::from(self.count) {
+            return Decision::Skip;
+        }
+        self.layers[layer].note(now, p.bytes);
+        self.target = self.choose(now);
+        let l = layer as u8;
+        let mut switch = None;
+        if self.current != Some(self.target) && l == self.target {
+            if !p.keyframe {
+                return self.request(now);
+            }
+            switch = self.switch_to(now, l, p);
+        }
+        if self.current != Some(l) {
+            return Decision::Skip;
+        }
+        if switch.is_none() && !seq_newer(p.seq, self.switch_in_seq) && p.seq != self.switch_in_seq
+        {
+            return Decision::Late;
+        }
+        if switch.is_some() || seq_newer(p.seq, self.high_seq) {
+            self.high_seq = p.seq;
+            self.last_marker = p.marker;
+            self.last_at = Some(now);
+            // The switch point trails the newest packet by at most a quarter of the number
+            // space, so the serial comparison above stays meaningful on a long-lived layer.
+            if self.high_seq.wrapping_sub(self.switch_in_seq) > SWITCH_TRAIL {
+                self.switch_in_seq = self.high_seq.wrapping_sub(SWITCH_TRAIL);
+            }
+        }
+        let vp8 = p.vp8.map(|d| self.vp8_numbers(&d));
+        Decision::Forward { switch, vp8 }
+    }
+
+    fn request(&mut self, now: Instant) -> Decision {
+        match self.last_request {
+            Some(t) if now.saturating_duration_since(t) < KEYFRAME_INTERVAL => Decision::Skip,
+            _ => {
+                self.last_request = Some(now);
+                Decision::SkipRequestKeyframe
+            }
+        }
+    }
+
+    /// Make `l` current from its key frame `p`; the re-basing of the output numbering when
+    /// something was sent before.
+    fn switch_to(&mut self, now: Instant, l: u8, p: &LayerPacket) -> Option<Rebase> {
+        self.switch_in_seq = p.seq;
+        let rebase = self.last_at.map(|at| {
+            self.switches = self.switches.saturating_add(1);
+            let elapsed = now.saturating_duration_since(at).as_micros() as u64;
+            let ticks = (elapsed.saturating_mul(VIDEO_CLOCK) / 1_000_000).clamp(1, 1 << 30);
+            Rebase {
+                // Skip one when the last packet sent ended mid-frame: the receiver then sees
+                // that frame incomplete instead of one glued from two layers.
+                gap: if self.last_marker { 1 } else { 2 },
+                ts_advance: ticks as u32,
+            }
+        });
+        if let Some(d) = p.vp8 {
+            let v = &mut self.vp8;
+            let (pid, tl0, key) = (
+                d.picture_id.map_or(0, |(p, _)| p),
+                d.tl0_pic_idx.unwrap_or(0),
+                d.key_idx.unwrap_or(0),
+            );
+            if v.seen {
+                v.pid_off = v.last_pid.wrapping_add(1).wrapping_sub(pid) & PICTURE_ID_MASK;
+                v.tl0_off = v.last_tl0.wrapping_add(1).wrapping_sub(tl0);
+                if d.key_idx.is_some() {
+                    // The switch is a key frame: the key index moves on by one.
+                    v.key_off = v.last_key.wrapping_add(1).wrapping_sub(key) & 0x1F;
+                }
+            } else {
+                *v = Vp8Numbers::default();
+            }
+        }
+        self.current = Some(l);
+        self.up_since = None;
+        rebase
+    }
+
+    fn vp8_numbers(&mut self, d: &Vp8Descriptor) -> (u16, u8, u8) {
+        let v = &mut self.vp8;
+        let pid = d
+            .picture_id
+            .map_or(0, |(p, _)| p.wrapping_add(v.pid_off) & PICTURE_ID_MASK);
+        let tl0 = d.tl0_pic_idx.unwrap_or(0).wrapping_add(v.tl0_off);
+        let key = d.key_idx.map_or(0, |k| k.wrapping_add(v.key_off) & 0x1F);
+        if !v.seen || (pid.wrapping_sub(v.last_pid) & PICTURE_ID_MASK) < 0x4000 {
+            v.last_pid = pid;
+            v.last_tl0 = tl0;
+            v.last_key = key;
+            v.seen = true;
+        }
+        (pid, tl0, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Continuity;
+
+    /// A layer's packet stream: one frame of `per_frame` packets every 1/30 s, VP8 with
+    /// 15-bit picture IDs, key frame when asked.
+    struct Layer {
+        seq: u16,
+        ts: u32,
+        pid: u16,
+        tl0: u8,
+    }
+
+    impl Layer {
+        fn packet(&mut self, first: bool, last: bool, key: bool) -> LayerPacket {
+            let pid = self.pid | 0x8000;
+            let b = [
+                0x80 | if first { 0x10 } else { 0 },
+                0xE0,
+                (pid >> 8) as u8,
+                pid as u8,
+                self.tl0,
+                0x00,
+                if key { 0x10 } else { 0x11 },
+            ];
+            let d = Vp8Descriptor::parse(&b).unwrap();
+            let p = LayerPacket {
+                seq: self.seq,
+                ts: self.ts,
+                marker: last,
+                bytes: 1000,
+                vp8: Some(d),
+                keyframe: d.keyframe,
+            };
+            self.seq = self.seq.wrapping_add(1);
+            p
+        }
+        fn next_frame(&mut self) {
+            self.ts = self.ts.wrapping_add(3000);
+            self.pid = (self.pid + 1) & PICTURE_ID_MASK;
+            self.tl0 = self.tl0.wrapping_add(1);
+        }
+    }
+
+    fn ms(t0: Instant, m: u64) -> Instant {
+        t0 + Duration::from_millis(m)
+    }
+
+    /// A selector and the output stream's numbering, as the engine drives them.
+    struct Out {
+        s: Selector,
+        c: Continuity,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Got {
+        Sent(u16, u32, (u16, u8, u8)),
+        Not(Decision),
+    }
+
+    impl Out {
+        fn new(count: usize, cap: u8) -> Out {
+            Out {
+                s: Selector::new(count, cap),
+                c: Continuity::default(),
+            }
+        }
+
+        fn on_packet(&mut self, now: Instant, layer: usize, p: &LayerPacket) -> Got {
+            match self.s.on_packet(now, layer, p) {
+                Decision::Forward { switch, vp8 } => {
+                    let src = (1, layer as u32);
+                    if let Some(r) = switch {
+                        self.c.rebase(src, p.seq, p.ts, r.gap, r.ts_advance);
+                    }
+                    let (seq, ts) = self.c.map(src, p.seq, p.ts);
+                    Got::Sent(seq, ts, vp8.unwrap())
+                }
+                d => Got::Not(d),
+            }
+        }
+    }
+
+    impl core::ops::Deref for Out {
+        type Target = Selector;
+        fn deref(&self) -> &Selector {
+            &self.s
+        }
+    }
+
+    impl core::ops::DerefMut for Out {
+        fn deref_mut(&mut self) -> &mut Selector {
+            &mut self.s
+        }
+    }
+
+    fn fwd(g: Got) -> (u16, u32, (u16, u8, u8)) {
+        match g {
+            Got::Sent(seq, ts, vp8) => (seq, ts, vp8),
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn starts_on_the_first_keyframe_then_climbs_on_a_keyframe_with_continuous_numbers() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, NO_CAP);
+        let mut lo = Layer {
+            seq: 65530,
+            ts: 0xFFFF_F000,
+            pid: 0x7FFD,
+            tl0: 254,
+        };
+        let mut hi = Layer {
+            seq: 100,
+            ts: 777,
+            pid: 3,
+            tl0: 9,
+        };
+        // Only the low layer sends at first: it becomes the target; a delta frame waits for a
+        // key frame (and asks for one), the key frame starts it.
+        assert_eq!(
+            s.on_packet(t0, 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        lo.next_frame();
+        let (seq, ts, vp8) = fwd(s.on_packet(ms(t0, 33), 0, &lo.packet(true, false, true)));
+        assert_eq!((seq, ts), (65531, 0xFFFF_F000 + 3000));
+        assert_eq!(vp8, (0x7FFE, 255, 0));
+        assert_eq!(s.current(), Some(0));
+        assert_eq!(s.switches(), 0);
+        // The low layer runs for 1.2 s across the sequence-number wrap.
+        let mut t = 33;
+        for _ in 0..36 {
+            fwd(s.on_packet(ms(t0, t), 0, &lo.packet(false, true, false)));
+            lo.next_frame();
+            t += 33;
+            fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, false, false)));
+        }
+        // Last low packet sent ended mid-frame (no marker).
+        let (last_seq, last_ts, last_vp8) = (lo.seq.wrapping_sub(1), lo.ts, (lo.pid, lo.tl0));
+        assert_eq!(s.current(), Some(0));
+        // The high layer appears: active but not yet mature, the low layer is; it stays.
+        let mut at = t + 10;
+        assert_eq!(
+            s.on_packet(ms(t0, at), 2, &hi.packet(true, true, true)),
+            Got::Not(Decision::Skip)
+        );
+        assert_eq!(s.target(), 0);
+        // Both run; the high layer's delta frames are skipped while it matures.
+        while at < t + 1000 {
+            at += 33;
+            hi.next_frame();
+            assert_eq!(
+                s.on_packet(ms(t0, at), 2, &hi.packet(true, true, false)),
+                Got::Not(Decision::Skip)
+            );
+            fwd(s.on_packet(ms(t0, at), 0, &lo.packet(false, true, false)));
+            lo.next_frame();
+            fwd(s.on_packet(ms(t0, at), 0, &lo.packet(true, false, false)));
+        }
+        assert!(seq_newer(lo.seq, last_seq) && lo.ts != last_ts && lo.pid != last_vp8.0);
+        // Mature now: the high layer is the target; its delta frames ask (throttled) ...
+        at += 33;
+        hi.next_frame();
+        assert_eq!(
+            s.on_packet(ms(t0, at + 1), 2, &hi.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        assert_eq!(s.target(), 2);
+        hi.next_frame();
+        assert_eq!(
+            s.on_packet(ms(t0, at + 34), 2, &hi.packet(true, true, false)),
+            Got::Not(Decision::Skip)
+        );
+        // ... and the low layer keeps flowing meanwhile (this one ends its frame).
+        let (lseq, lts, lvp8) =
+            fwd(s.on_packet(ms(t0, at + 40), 0, &lo.packet(false, true, false)));
+        assert_eq!(lseq, lo.seq.wrapping_sub(1));
+        // The key frame switches: the sequence continues at +1 (the last packet ended its
+        // frame), the timestamp advances by the 50 ms elapsed, picture ID and TL0PICIDX by 1.
+        hi.next_frame();
+        let (seq, ts, vp8) = fwd(s.on_packet(ms(t0, at + 90), 2, &hi.packet(true, false, true)));
+        assert_eq!(seq, lseq.wrapping_add(1));
+        assert_eq!(ts, lts.wrapping_add(4500));
+        assert_eq!(
+            vp8,
+            (
+                (lvp8.0 + 1) & PICTURE_ID_MASK,
+                lvp8.1.wrapping_add(1),
+                lvp8.2
+            )
+        );
+        assert_eq!(s.current(), Some(2));
+        assert_eq!(s.switches(), 1);
+        // The rest of the high layer follows on the new numbering; the low layer is skipped.
+        let (seq2, ts2, vp82) =
+            fwd(s.on_packet(ms(t0, at + 91), 2, &hi.packet(false, true, false)));
+        assert_eq!((seq2, ts2, vp82), (seq.wrapping_add(1), ts, vp8));
+        assert_eq!(
+            s.on_packet(ms(t0, at + 92), 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::Skip)
+        );
+        hi.next_frame();
+        let (seq3, ts3, vp83) =
+            fwd(s.on_packet(ms(t0, at + 120), 2, &hi.packet(true, true, false)));
+        assert_eq!(seq3, seq2.wrapping_add(1));
+        assert_eq!(ts3, ts.wrapping_add(3000));
+        assert_eq!(vp83.0, (vp8.0 + 1) & PICTURE_ID_MASK);
+        assert_eq!(vp83.1, vp8.1.wrapping_add(1));
+    }
+
+    /// Run layers 0 and 2 for `ms_total` from `start`, 30 frames a second with a key frame
+    /// every tenth; return the time reached.
+    fn warm(
+        s: &mut Out,
+        t0: Instant,
+        lo: &mut Layer,
+        hi: &mut Layer,
+        start: u64,
+        ms_total: u64,
+    ) -> u64 {
+        let mut t = start;
+        while t < start + ms_total {
+            let key = (t - start) % 330 == 0;
+            let _ = s.on_packet(ms(t0, t), 0, &lo.packet(true, true, key));
+            let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, key));
+            lo.next_frame();
+            hi.next_frame();
+            t += 33;
+        }
+        t
+    }
+
+    #[test]
+    fn cap_holds_the_low_layer_and_lifting_it_climbs_mid_frame_skip() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer {
+            seq: 10,
+            ts: 10,
+            pid: 10,
+            tl0: 10,
+        };
+        let mut hi = Layer {
+            seq: 60000,
+            ts: 5,
+            pid: 0x7FFF,
+            tl0: 0,
+        };
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        assert_eq!(s.current(), Some(0));
+        assert_eq!(s.target(), 0);
+        // A low packet that ends mid-frame, then the cap is lifted.
+        let (lseq, _, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, false, false)));
+        s.set_cap(NO_CAP);
+        assert_eq!(
+            s.on_packet(ms(t0, t + 1), 2, &hi.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        hi.next_frame();
+        let (seq, _, vp8) = fwd(s.on_packet(ms(t0, t + 30), 2, &hi.packet(true, true, true)));
+        // One sequence number skipped: the receiver sees the low layer's frame incomplete.
+        assert_eq!(seq, lseq.wrapping_add(2));
+        assert_eq!(s.current(), Some(2));
+        assert_eq!(s.switches(), 1);
+        // Capping again goes down on the next low key frame.
+        s.set_cap(0);
+        lo.next_frame();
+        assert_eq!(
+            s.on_packet(ms(t0, t + 600), 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        // The high layer still flows until then.
+        hi.next_frame();
+        let (hseq, _, hvp8) = fwd(s.on_packet(ms(t0, t + 620), 2, &hi.packet(true, true, false)));
+        assert_eq!(hseq, seq.wrapping_add(1));
+        assert_eq!(hvp8.0, (vp8.0 + 1) & PICTURE_ID_MASK);
+        lo.next_frame();
+        let (dseq, _, dvp8) = fwd(s.on_packet(ms(t0, t + 630), 0, &lo.packet(true, true, true)));
+        assert_eq!(dseq, hseq.wrapping_add(1));
+        assert_eq!(dvp8.0, (hvp8.0 + 1) & PICTURE_ID_MASK);
+        assert_eq!(s.switches(), 2);
+    }
+
+    #[test]
+    fn late_packets_of_the_old_layer_and_before_the_switch_are_not_sent() {
+        let t0 = Instant::now();
+        let mut s = Out::new(2, NO_CAP);
+        let mut lo = Layer {
+            seq: 1,
+            ts: 1,
+            pid: 1,
+            tl0: 1,
+        };
+        let first = lo.packet(true, true, true);
+        fwd(s.on_packet(t0, 0, &first));
+        let mut early = first;
+        early.seq = 0;
+        early.keyframe = false;
+        assert_eq!(s.on_packet(ms(t0, 1), 0, &early), Got::Not(Decision::Late));
+        // A layer index past the count is never forwarded.
+        assert_eq!(s.on_packet(ms(t0, 2), 2, &first), Got::Not(Decision::Skip));
+    }
+
+    #[test]
+    fn a_long_lived_layer_is_never_late_across_wraps() {
+        let t0 = Instant::now();
+        let mut s = Out::new(1, NO_CAP);
+        let mut lo = Layer {
+            seq: 100,
+            ts: 0,
+            pid: 0,
+            tl0: 0,
+        };
+        let (first, _, _) = fwd(s.on_packet(t0, 0, &lo.packet(true, true, true)));
+        for i in 1..70_000u32 {
+            let (seq, _, _) = fwd(s.on_packet(t0, 0, &lo.packet(true, true, false)));
+            assert_eq!(seq, first.wrapping_add(i as u16));
+        }
+        // A packet from long ago is late; a recently reordered one is still sent.
+        let mut old = lo.packet(true, true, false);
+        old.seq = lo.seq.wrapping_sub(0x5000);
+        assert_eq!(s.on_packet(t0, 0, &old), Got::Not(Decision::Late));
+        old.seq = lo.seq.wrapping_sub(5);
+        fwd(s.on_packet(t0, 0, &old));
+    }
+
+    #[test]
+    fn a_silent_layer_is_left_for_an_active_one() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, NO_CAP);
+        let mut lo = Layer {
+            seq: 1,
+            ts: 1,
+            pid: 1,
+            tl0: 1,
+        };
+        let mut hi = Layer {
+            seq: 500,
+            ts: 1,
+            pid: 1,
+            tl0: 1,
+        };
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1200);
+        // Next high key frame after maturity.
+        let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, true));
+        assert_eq!(s.current(), Some(2));
+        // The high layer stops (the publisher's uplink dropped it); after LAYER_IDLE the low
+        // layer is the target again and its next key frame switches.
+        let t = t + 1100;
+        assert_eq!(
+            s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        assert_eq!(s.target(), 0);
+        fwd(s.on_packet(ms(t0, t + 33), 0, &lo.packet(true, true, true)));
+        assert_eq!(s.current(), Some(0));
+    }
+
+    #[test]
+    fn estimate_goes_down_at_once_and_up_only_with_margin_held() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, NO_CAP);
+        let mut lo = Layer {
+            seq: 1,
+            ts: 1,
+            pid: 1,
+            tl0: 1,
+        };
+        let mut hi = Layer {
+            seq: 500,
+            ts: 1,
+            pid: 1,
+            tl0: 1,
+        };
+        // Both layers send 1000 bytes per 33 ms: about 242 kbit/s each.
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 2500);
+        let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, true));
+        assert_eq!(s.current(), Some(2));
+        let rate = s.layer_bps(2);
+        assert!((200_000..300_000).contains(&rate), "{rate}");
+        // An estimate below the high layer's rate: the target drops at once.
+        s.set_estimate(Some(rate - 1));
+        let _ = s.on_packet(ms(t0, t + 1), 0, &lo.packet(true, true, false));
+        assert_eq!(s.target(), 0);
+        let _ = s.on_packet(ms(t0, t + 2), 0, &lo.packet(true, true, true));
+        assert_eq!(s.current(), Some(0));
+        // Back to exactly the rate: not enough margin to go up.
+        s.set_estimate(Some(rate));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, t + 33, 300);
+        assert_eq!(s.target(), 0);
+        // With margin: only after UP_HOLD.
+        s.set_estimate(Some(rate * 2));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, t, 1000);
+        assert_eq!(s.target(), 0);
+        let t = warm(&mut s, t0, &mut lo, &mut hi, t, 1100);
+        assert_eq!(s.target(), 2);
+        assert_eq!(s.current(), Some(2));
+        assert_eq!(s.switches(), 3);
+        // No estimate: straight to the best layer.
+        s.set_estimate(None);
+        let _ = s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false));
+        assert_eq!(s.target(), 2);
+    }
+}
