@@ -228,3 +228,152 @@ fn chromium_watchers_in_any_m_line_order_decode() {
         "browser: {status:?}{context}"
     );
 }
+
+/// The routes the admin API lists, polled while the browser driver runs; the last non-empty
+/// listing is kept (the driver leaves, and its routes go, once the watcher is done).
+fn run_polling_routes(
+    rig: &WebRtcRig,
+    browser: &mut Proc,
+    timeout: Duration,
+) -> (Option<serde_json::Value>, Vec<serde_json::Value>) {
+    let mut result = None;
+    let mut routes = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut next_poll = Instant::now();
+    while Instant::now() < deadline {
+        if Instant::now() >= next_poll {
+            let (st, body) = rig.http("GET", "/v1/routes", "");
+            if st == 200 {
+                let listed: Vec<serde_json::Value> =
+                    serde_json::from_str(&body).unwrap_or_default();
+                if !listed.is_empty() {
+                    routes = listed;
+                }
+            }
+            next_poll = Instant::now() + Duration::from_millis(500);
+        }
+        match browser.line(Duration::from_millis(100)) {
+            Some(l) => {
+                if let Some(json) = l.strip_prefix("RESULT ") {
+                    result = serde_json::from_str::<serde_json::Value>(json).ok();
+                }
+            }
+            None if browser.poll().is_some() => break,
+            None => {}
+        }
+    }
+    (result, routes)
+}
+
+/// A Chromium publisher and viewer negotiate RTX (RFC 4588) and transport-cc with the relay:
+/// the publisher's video route carries its RTX stream (`source_rtx`, the FID partner of its
+/// SSRC), the viewer's RTX stream (`rtx`, the relay's RTX SSRC and the viewer's `apt`-bound
+/// payload type) and the viewer's transport-wide extension id (`twcc_id`); audio carries
+/// `twcc_id` and no RTX; and the viewer decodes.
+#[test]
+fn chromium_negotiates_rtx_and_transport_cc() {
+    if let Some(why) = unavailable() {
+        sluice_tests::skip::skip(&why);
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
+            "SLUICE_REQUIRE_PEERS is set but the browser cannot run: {why}"
+        );
+        return;
+    }
+    let mut rig = WebRtcRig::start("chromium-rtx");
+    let base = format!("http://{}", rig.admin);
+    let room = "rtx";
+    let pub_token = rig.mint(room, "host");
+    let view_token = rig.mint(room, "viewer");
+    let mut cmd = Command::new("node");
+    cmd.arg(script_dir().join("browser.mjs"))
+        .args(["run", &base, &pub_token, &view_token, room])
+        .arg(FRAMES.to_string())
+        .arg(BROWSER_TIMEOUT_SECS.to_string())
+        .current_dir(script_dir());
+    let mut browser = Proc::spawn_lines("chromium", cmd, rig.dir());
+    let (result, routes) = run_polling_routes(
+        &rig,
+        &mut browser,
+        Duration::from_secs(BROWSER_TIMEOUT_SECS * 2 + 30),
+    );
+    let status = browser.wait(Duration::from_secs(20));
+    let context = format!(
+        "\nroutes: {}\n{}\n{}",
+        serde_json::Value::Array(routes.clone()),
+        browser.log_text(),
+        rig.control_log()
+    );
+    rig.stop();
+    let result = result.unwrap_or_else(|| panic!("no RESULT from the browser{context}"));
+    let frames = result["frames"].as_u64().unwrap_or(0);
+    assert!(
+        frames >= u64::from(FRAMES),
+        "the watcher decoded only {frames} frames{context}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "browser: {status:?}{context}"
+    );
+    assert_eq!(routes.len(), 2, "one audio and one video route{context}");
+    let rtx_of = |r: &serde_json::Value, k: &str| -> Option<(u64, u64)> {
+        let x = &r["rewrite"][k];
+        Some((x["payload_type"].as_u64()?, x["ssrc"].as_u64()?))
+    };
+    let video: Vec<&serde_json::Value> = routes
+        .iter()
+        .filter(|r| !r["rewrite"]["source_rtx"].is_null())
+        .collect();
+    assert_eq!(
+        video.len(),
+        1,
+        "the video route names the publisher's RTX{context}"
+    );
+    let v = video[0];
+    let (src_pt, src_ssrc) = rtx_of(v, "source_rtx").expect("source_rtx");
+    assert_ne!(
+        Some(src_ssrc),
+        v["ssrc"].as_u64(),
+        "RTX on its own SSRC{context}"
+    );
+    assert!(src_pt <= 127);
+    let (rtx_pt, rtx_ssrc) = rtx_of(v, "rtx").unwrap_or_else(|| panic!("no rtx{context}"));
+    assert!(rtx_pt <= 127);
+    assert_ne!(Some(rtx_ssrc), v["rewrite"]["ssrc"].as_u64(), "{context}");
+    let mapped: Vec<u64> = v["rewrite"]["pt_map"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|p| p[1].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(
+        !mapped.contains(&rtx_pt),
+        "the viewer's RTX type is not a media type{context}"
+    );
+    for r in &routes {
+        let id = r["rewrite"]["twcc_id"].as_u64();
+        assert!(
+            id.is_some_and(|id| (1..=14).contains(&id)),
+            "every route numbers transport-wide sequence numbers: {r}{context}"
+        );
+        let ext = r["rewrite"]["ext_map"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            ext.iter().any(|p| p[1].as_u64() == id),
+            "the publisher's transport-wide element is mapped to the viewer's id: {r}{context}"
+        );
+    }
+    let audio = routes
+        .iter()
+        .find(|r| r["rewrite"]["source_rtx"].is_null())
+        .expect("audio route");
+    assert!(
+        audio["rewrite"]["rtx"].is_null(),
+        "no RTX for Opus{context}"
+    );
+    eprintln!(
+        "chromium rtx: {frames} frames; video route source_rtx {src_pt}/{src_ssrc}, \
+         rtx {rtx_pt}/{rtx_ssrc}, twcc {}",
+        v["rewrite"]["twcc_id"]
+    );
+}

@@ -85,6 +85,12 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
             ready = l == "ready";
         }
     }
+    // aiortc offers no transport-wide extension: no numbering. Its watcher offers RTX (with
+    // its default codecs), so the second watcher's video route names the relay's RTX stream
+    // towards it; the publisher (codec preferences: VP8 alone) offers none, so no route names
+    // a publisher RTX stream.
+    let (_, routes) = rig.http("GET", "/v1/routes", "");
+    let routes: Vec<serde_json::Value> = serde_json::from_str(&routes).expect("routes json");
     let room: serde_json::Value =
         serde_json::from_str(&rig.http("GET", "/v1/rooms/demo/e2e", "").1).expect("room json");
     let publisher_session = room["members"]
@@ -99,6 +105,23 @@ fn aiortc_publishes_through_whip_and_watches_through_whep() {
     let (_, metrics) = rig.http("GET", "/metrics", "");
     rig.stop();
     assert_eq!(st, 200, "{rooms}");
+    assert!(!routes.is_empty(), "the watcher's routes are listed");
+    assert!(
+        routes.iter().all(|r| r["rewrite"]["twcc_id"].is_null()),
+        "aiortc negotiated no transport-wide numbering: {routes:?}"
+    );
+    let video: Vec<&serde_json::Value> = routes
+        .iter()
+        .filter(|r| !r["rewrite"]["rtx"].is_null())
+        .collect();
+    assert!(
+        !video.is_empty(),
+        "the viewer's RTX on the video route: {routes:?}"
+    );
+    assert!(
+        routes.iter().all(|r| r["rewrite"]["source_rtx"].is_null()),
+        "the publisher offered no RTX: {routes:?}"
+    );
     assert!(ready, "the second watcher never decoded frames");
     assert!(
         audio_frames >= 10,

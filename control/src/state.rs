@@ -70,6 +70,16 @@ pub struct RewriteSpec {
     /// relay resends the original packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtx: Option<RtxSpec>,
+    /// The publisher's RTX stream for the route's source SSRC (its `a=ssrc-group:FID` partner
+    /// and the RTX payload type, RFC 4588): packets on it are unwrapped into the source stream.
+    /// Only on a route with an SSRC filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_rtx: Option<RtxSpec>,
+    /// The subscriber's id (after `ext_map`) for the transport-wide sequence number extension:
+    /// the relay numbers the route's packets that carry it and reads the subscriber's
+    /// transport-cc feedback. `None`: no numbering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twcc_id: Option<u8>,
     /// The keyframe requests the publisher understands; empty: unknown (requests pass as
     /// they come). A viewer's PLI reaches a FIR-only publisher as a FIR and back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -139,6 +149,11 @@ impl RewriteSpec {
                 payload_type: x.payload_type,
                 ssrc: x.ssrc,
             }),
+            source_rtx: self.source_rtx.map(|x| RtxOut {
+                payload_type: x.payload_type,
+                ssrc: x.ssrc,
+            }),
+            twcc_id: self.twcc_id.unwrap_or(0),
             layer: self.layer.map(|l| Layer {
                 index: l.index,
                 count: l.count,

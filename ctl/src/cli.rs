@@ -204,6 +204,18 @@ pub enum RouteCmd {
         /// The subscriber's RTX SSRC for this route.
         #[arg(long, value_name = "N", requires = "rtx_pt")]
         rtx_ssrc: Option<u32>,
+        /// The publisher sends RTX (RFC 4588) for --ssrc with this payload type: the relay
+        /// unwraps it into the stream; needs --source-rtx-ssrc and --ssrc.
+        #[arg(long, value_name = "PT", requires = "source_rtx_ssrc")]
+        source_rtx_pt: Option<u8>,
+        /// The publisher's RTX SSRC for --ssrc (its `a=ssrc-group:FID` partner).
+        #[arg(long, value_name = "N", requires = "source_rtx_pt")]
+        source_rtx_ssrc: Option<u32>,
+        /// Number this route's packets with the relay's own transport-wide sequence numbers in
+        /// the subscriber's extension id N (1..=255, after the id map) and estimate its
+        /// downlink from its transport-cc feedback.
+        #[arg(long, value_name = "ID")]
+        twcc_id: Option<u8>,
         /// A simulcast source: the SSRCs of its spatial layers, lowest resolution first (up
         /// to 3, comma-separated). One route per layer, all rewritten to --rewrite-ssrc; the
         /// subscriber receives one layer at a time. Prints one route id per layer.

@@ -96,6 +96,9 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             pt,
             rtx_pt,
             rtx_ssrc,
+            source_rtx_pt,
+            source_rtx_ssrc,
+            twcc_id,
             layers,
             max_layer,
         }) => {
@@ -118,7 +121,31 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
                 }
                 _ => None,
             };
-            if rewrite_ssrc.is_some() || !pt_map.is_empty() || rtx.is_some() {
+            let source_rtx = match (source_rtx_pt, source_rtx_ssrc) {
+                (Some(p), Some(s)) => {
+                    if *p > 127 {
+                        return Err(CtlError::usage(
+                            "--source-rtx-pt: a payload type is 0..=127",
+                        ));
+                    }
+                    if ssrc.is_none() {
+                        return Err(CtlError::usage(
+                            "--source-rtx-pt: the publisher's RTX repairs one stream (give --ssrc)",
+                        ));
+                    }
+                    Some(json!({ "payload_type": p, "ssrc": s }))
+                }
+                _ => None,
+            };
+            if *twcc_id == Some(0) {
+                return Err(CtlError::usage("--twcc-id: an extension id is 1..=255"));
+            }
+            if rewrite_ssrc.is_some()
+                || !pt_map.is_empty()
+                || rtx.is_some()
+                || source_rtx.is_some()
+                || twcc_id.is_some()
+            {
                 let mut rw = json!({});
                 if let Some(s) = rewrite_ssrc {
                     rw["ssrc"] = json!(s);
@@ -128,6 +155,12 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
                 }
                 if let Some(x) = rtx {
                     rw["rtx"] = x;
+                }
+                if let Some(x) = source_rtx {
+                    rw["source_rtx"] = x;
+                }
+                if let Some(id) = twcc_id {
+                    rw["twcc_id"] = json!(id);
                 }
                 body["rewrite"] = rw;
             }
@@ -706,12 +739,17 @@ fn rewrite_text(rw: Option<&Value>) -> String {
             parts.push(format!("{label}={}", pairs.join(",")));
         }
     }
-    if let Some(x) = rw.get("rtx").filter(|x| x.is_object()) {
-        parts.push(format!(
-            "rtx={}/{}",
-            cell(x.get("payload_type")),
-            cell(x.get("ssrc"))
-        ));
+    for (key, label) in [("rtx", "rtx"), ("source_rtx", "source-rtx")] {
+        if let Some(x) = rw.get(key).filter(|x| x.is_object()) {
+            parts.push(format!(
+                "{label}={}/{}",
+                cell(x.get("payload_type")),
+                cell(x.get("ssrc"))
+            ));
+        }
+    }
+    if let Some(id) = rw.get("twcc_id").filter(|x| !x.is_null()) {
+        parts.push(format!("twcc={}", cell(Some(id))));
     }
     if parts.is_empty() {
         "-".to_string()

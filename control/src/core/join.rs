@@ -13,7 +13,7 @@ use super::{lock, Core, CoreError};
 use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
 use crate::state::{
-    Entry, KeyframeKind, MidSpec, RewriteSpec, StoredIce, StoredRoute, StoredSession,
+    Entry, KeyframeKind, MidSpec, RewriteSpec, RtxSpec, StoredIce, StoredRoute, StoredSession,
 };
 use crate::webrtc::dtls::DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup, SsrcLimits};
@@ -190,10 +190,15 @@ impl Core {
     ) -> Result<(Answer, IceCredentials), CoreError> {
         let creds =
             crate::ice::generate_credentials().map_err(|e| CoreError::Internal(e.to_string()))?;
+        // A viewer's media and RTX SSRCs: all distinct within the session (each is its own
+        // SRTP stream under the session's key, RFC 3711 §3.2.3).
         let mut send_ssrcs = Vec::new();
+        let mut send_rtx_ssrcs = Vec::new();
         if !publish {
+            let mut taken: Vec<u32> = Vec::with_capacity(2 * offer.media.len());
             for _ in 0..offer.media.len() {
-                send_ssrcs.push(random_u32()?);
+                send_ssrcs.push(fresh_ssrc(&mut taken)?);
+                send_rtx_ssrcs.push(fresh_ssrc(&mut taken)?);
             }
         }
         let cfg = sdp::AnswerConfig {
@@ -204,6 +209,7 @@ impl Core {
             tcp_candidates: self.tcp_candidates(),
             session_id: u64::from(random_u32()?),
             send_ssrcs,
+            send_rtx_ssrcs,
             cname: format!("sluice-{}", random_hex(6)?),
             publishers,
         };
@@ -403,13 +409,20 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             .take(contract::shm::MAX_MAPPINGS)
             .map(|(a, b)| [a, b])
             .collect();
+        // The viewer's id for the transport-wide extension, when the publisher's element
+        // reaches it (mapped): the relay renumbers it per viewer.
+        let twcc_id = vm
+            .twcc_id()
+            .filter(|id| ext_map.iter().any(|[_, to]| to == id));
         let rw = RewriteSpec {
             ssrc: vm.send_ssrc,
-            pt_map,
+            pt_map: pt_map.clone(),
             ext_map,
             mid: viewer_mid(vm),
             keyframe: publisher_keyframe(pm),
-            rtx: None,
+            rtx: viewer_rtx(vm, &pt_map),
+            source_rtx: None,
+            twcc_id,
             layer: None,
         };
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
@@ -417,11 +430,32 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             out.push((None, rw));
         } else {
             for s in ssrcs {
-                out.push((Some(s), rw.clone()));
+                let source_rtx = pm
+                    .source_rtx_of(s)
+                    .map(|(payload_type, ssrc)| RtxSpec { payload_type, ssrc });
+                out.push((
+                    Some(s),
+                    RewriteSpec {
+                        source_rtx,
+                        ..rw.clone()
+                    },
+                ));
             }
         }
     }
     out
+}
+
+/// The viewer's RTX stream for a route (RFC 4588): our RTX SSRC of the viewer section and the
+/// viewer's RTX payload type bound to the forwarded codec, the publisher's first codec the
+/// viewer takes (the first pair of `pt_map`, in the publisher's order of preference, which is
+/// what a sender uses). `None` when the viewer accepted no RTX for that codec: NACKs are then
+/// answered with the original packet.
+fn viewer_rtx(vm: &sdp::NegotiatedMedia, pt_map: &[[u8; 2]]) -> Option<RtxSpec> {
+    let ssrc = vm.send_rtx_ssrc?;
+    let [_, viewer_pt] = *pt_map.first()?;
+    let payload_type = vm.rtx_for(viewer_pt)?;
+    Some(RtxSpec { payload_type, ssrc })
 }
 
 /// The keyframe requests the publisher section negotiated on any of its codecs.
@@ -466,6 +500,17 @@ fn random_err(e: std::io::Error) -> CoreError {
     CoreError::Internal(format!("random: {e}"))
 }
 
+/// A random SSRC not in `taken`, then added to it.
+fn fresh_ssrc(taken: &mut Vec<u32>) -> Result<u32, CoreError> {
+    loop {
+        let s = random_u32()?;
+        if !taken.contains(&s) {
+            taken.push(s);
+            return Ok(s);
+        }
+    }
+}
+
 fn random_u32() -> Result<u32, CoreError> {
     let b = secrets::random_bytes(4).map_err(random_err)?;
     Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 1)
@@ -480,4 +525,161 @@ pub fn random_hex(n: usize) -> Result<String, CoreError> {
 /// Random key material for `p` (a pending session's keys until DTLS produces real ones).
 fn throwaway_key(p: Profile) -> Result<Vec<u8>, CoreError> {
     secrets::random_bytes(p.key_material_len()).map_err(random_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webrtc::dtls::Fingerprint;
+
+    const FP: &str = "sha-256 0F:74:31:25:CB:A2:13:EC:28:6F:6D:2C:61:FF:5D:C2:BC:B9:DB:3D:98:14:8D:1A:BB:EA:33:0C:A4:60:A8:8E";
+
+    /// One video section: `dir`, the codec lines, then `extra` lines.
+    fn offer(dir: &str, codecs: &str, extra: &str) -> Offer {
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=ice-ufrag:abcd\r\n\
+a=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\na=fingerprint:{FP}\r\na=setup:actpass\r\n\
+a=rtcp-mux\r\na={dir}\r\n{codecs}{extra}"
+        );
+        Offer::parse(&sdp).unwrap()
+    }
+
+    fn member(
+        session: u64,
+        publishes: bool,
+        o: &Offer,
+        publishers: Vec<sdp::NegotiatedMedia>,
+    ) -> Member {
+        let cfg = sdp::AnswerConfig {
+            ice_ufrag: "sluiceUF".into(),
+            ice_pwd: "sluicepasswordsluicepass".into(),
+            fingerprint: Fingerprint::parse(FP).unwrap(),
+            candidates: vec!["127.0.0.1:3478".parse().unwrap()],
+            tcp_candidates: Vec::new(),
+            session_id: 1,
+            send_ssrcs: vec![0x5000],
+            send_rtx_ssrcs: vec![0x5001],
+            cname: "sluice".into(),
+            publishers,
+        };
+        let endpoint = if publishes {
+            Endpoint::Whip
+        } else {
+            Endpoint::Whep
+        };
+        let a = sdp::answer(o, endpoint, &cfg).unwrap();
+        Member {
+            session,
+            app: "a".into(),
+            room: "r".into(),
+            role: if publishes { Role::Host } else { Role::Viewer },
+            publishes,
+            media: a.media,
+            primary_ssrcs: o.media.iter().map(primary_ssrcs).collect(),
+            secret: String::new(),
+            subject: String::new(),
+            created_ms: 0,
+        }
+    }
+
+    const TWCC: &str =
+        "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
+    const PUB_RTX: &str = "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n\
+a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+    const PUB_SSRCS: &str =
+        "a=ssrc-group:FID 1111 2222\r\na=ssrc:1111 cname:x\r\na=ssrc:2222 cname:x\r\n";
+
+    /// A Chromium-like publisher (VP8 96, RTX 97, FID 1111/2222, transport-wide id 3) and a
+    /// viewer with other numbers (VP8 120, RTX 124, transport-wide id 9): the route carries
+    /// the publisher's RTX stream, the viewer's RTX stream bound to its own VP8, and the
+    /// viewer's transport-wide id.
+    #[test]
+    fn routes_carry_rtx_source_rtx_and_twcc() {
+        let p = member(
+            1,
+            true,
+            &offer("sendonly", PUB_RTX, &format!("{TWCC}{PUB_SSRCS}")),
+            Vec::new(),
+        );
+        let view = "a=rtpmap:120 VP8/90000\r\na=rtcp-fb:120 nack\r\na=rtcp-fb:120 transport-cc\r\n\
+a=rtpmap:124 rtx/90000\r\na=fmtp:124 apt=120\r\n\
+a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
+        let v = member(2, false, &offer("recvonly", view, ""), p.media.clone());
+        let routes = routes_between(&p, &v, &mut Vec::new());
+        assert_eq!(
+            routes.len(),
+            1,
+            "one route for the primary SSRC, none for its RTX"
+        );
+        let (ssrc, rw) = &routes[0];
+        assert_eq!(*ssrc, Some(1111));
+        assert_eq!(rw.ssrc, Some(0x5000));
+        assert_eq!(rw.pt_map, [[96, 120]]);
+        assert!(rw.ext_map.contains(&[3, 9]));
+        assert_eq!(rw.twcc_id, Some(9));
+        assert_eq!(
+            rw.rtx,
+            Some(RtxSpec {
+                payload_type: 124,
+                ssrc: 0x5001
+            })
+        );
+        assert_eq!(
+            rw.source_rtx,
+            Some(RtxSpec {
+                payload_type: 97,
+                ssrc: 2222
+            })
+        );
+        // In shm: the route word the relay reads.
+        let shm = rw.to_rewrite();
+        assert_eq!(shm.twcc_id, 9);
+        assert_eq!(
+            shm.rtx.map(|x| (x.payload_type, x.ssrc)),
+            Some((124, 0x5001))
+        );
+        assert_eq!(
+            shm.source_rtx.map(|x| (x.payload_type, x.ssrc)),
+            Some((97, 2222))
+        );
+    }
+
+    /// Neither side with RTX or the transport-wide extension (aiortc's offers): plain routes,
+    /// as before; a publisher without `a=ssrc` lines gets an any-SSRC route, its RTX is
+    /// declined and the route has no `source_rtx`.
+    #[test]
+    fn routes_without_rtx_or_ssrcs() {
+        let plain = "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\n";
+        let p = member(
+            1,
+            true,
+            &offer("sendonly", plain, "a=ssrc:1111 cname:x\r\n"),
+            Vec::new(),
+        );
+        let v = member(2, false, &offer("recvonly", plain, ""), p.media.clone());
+        let routes = routes_between(&p, &v, &mut Vec::new());
+        assert_eq!(routes.len(), 1);
+        let rw = &routes[0].1;
+        assert_eq!((rw.rtx, rw.source_rtx, rw.twcc_id), (None, None, None));
+
+        let p = member(1, true, &offer("sendonly", PUB_RTX, TWCC), Vec::new());
+        let view = "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+        let v = member(2, false, &offer("recvonly", view, ""), p.media.clone());
+        let routes = routes_between(&p, &v, &mut Vec::new());
+        assert_eq!(routes.len(), 1);
+        let (ssrc, rw) = &routes[0];
+        assert_eq!(*ssrc, None, "no a=ssrc lines: one any-SSRC route");
+        assert!(p.media[0].rtx.is_empty(), "RTX declined without FID");
+        assert_eq!(rw.source_rtx, None);
+        assert_eq!(rw.twcc_id, None, "the viewer did not offer the extension");
+        assert_eq!(
+            rw.rtx,
+            Some(RtxSpec {
+                payload_type: 97,
+                ssrc: 0x5001
+            }),
+            "the viewer's own RTX still answers its NACKs (the route has a rewritten SSRC)"
+        );
+    }
 }

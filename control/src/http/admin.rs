@@ -448,13 +448,7 @@ impl Control {
                 None => RewriteSpec::default(),
                 Some(v) => parse_rewrite(v)?,
             };
-            // One RTX stream pairs with one media stream (RFC 4588 §8).
-            if rewrite.rtx.is_some() && ssrc.is_none() && rewrite.ssrc.is_none() {
-                return Err(CoreError::invalid(
-                    "rewrite.rtx",
-                    "needs a single-stream route: give `ssrc` or `rewrite.ssrc`",
-                ));
-            }
+            check_rtx(ssrc, &rewrite)?;
             // A simulcast layer feeds one output stream: it names its source SSRC and the
             // SSRC the subscriber sees.
             if rewrite.layer.is_some() && (ssrc.is_none() || rewrite.ssrc.is_none()) {
@@ -636,6 +630,41 @@ fn stream_json(st: &StreamStats, now: u64) -> Value {
     })
 }
 
+/// One RTX stream pairs with one media stream (RFC 4588 §8): `rewrite.rtx` needs a route that
+/// carries one stream (an SSRC filter or a rewritten SSRC), `rewrite.source_rtx` an SSRC
+/// filter (the publisher stream it repairs); neither RTX SSRC may be the media stream's own.
+fn check_rtx(ssrc: Option<u32>, rw: &RewriteSpec) -> Result<(), CoreError> {
+    if let Some(x) = rw.rtx {
+        let Some(out) = rw.ssrc.or(ssrc) else {
+            return Err(CoreError::invalid(
+                "rewrite.rtx",
+                "needs a single-stream route: give `ssrc` or `rewrite.ssrc`",
+            ));
+        };
+        if x.ssrc == out {
+            return Err(CoreError::invalid(
+                "rewrite.rtx.ssrc",
+                "must differ from the stream's own SSRC (RFC 4588 §5: RTX has its own SSRC)",
+            ));
+        }
+    }
+    if let Some(x) = rw.source_rtx {
+        let Some(src) = ssrc else {
+            return Err(CoreError::invalid(
+                "rewrite.source_rtx",
+                "needs an SSRC filter: give `ssrc` (the publisher stream it repairs)",
+            ));
+        };
+        if x.ssrc == src {
+            return Err(CoreError::invalid(
+                "rewrite.source_rtx.ssrc",
+                "must differ from `ssrc` (RFC 4588 §5: RTX has its own SSRC)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn route_json(r: &StoredRoute) -> Value {
     json!({
         "id": r.id,
@@ -648,8 +677,64 @@ fn route_json(r: &StoredRoute) -> Value {
             "ext_map": r.rewrite.ext_map,
             "mid": r.rewrite.mid,
             "rtx": r.rewrite.rtx,
+            "source_rtx": r.rewrite.source_rtx,
+            "twcc_id": r.rewrite.twcc_id,
             "keyframe": r.rewrite.keyframe,
             "layer": r.rewrite.layer,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RtxSpec;
+
+    fn rtx(payload_type: u8, ssrc: u32) -> Option<RtxSpec> {
+        Some(RtxSpec { payload_type, ssrc })
+    }
+
+    fn field(r: Result<(), CoreError>) -> String {
+        match r {
+            Err(CoreError::Invalid { field, .. }) => field,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    /// RTX pairs with one stream: the subscriber's needs a single-stream route, the
+    /// publisher's an SSRC filter, and neither may reuse the stream's own SSRC.
+    #[test]
+    fn rtx_streams_are_checked_against_the_route() {
+        let ok = RewriteSpec {
+            ssrc: Some(5000),
+            rtx: rtx(97, 5001),
+            source_rtx: rtx(97, 2222),
+            ..RewriteSpec::default()
+        };
+        assert!(check_rtx(Some(1111), &ok).is_ok());
+        let sub_only = RewriteSpec {
+            rtx: rtx(97, 5001),
+            ..RewriteSpec::default()
+        };
+        assert!(
+            check_rtx(Some(1111), &sub_only).is_ok(),
+            "the SSRC filter is enough"
+        );
+        assert_eq!(field(check_rtx(None, &sub_only)), "rewrite.rtx");
+        let same = RewriteSpec {
+            ssrc: Some(5001),
+            ..sub_only.clone()
+        };
+        assert_eq!(field(check_rtx(Some(1111), &same)), "rewrite.rtx.ssrc");
+        let src = RewriteSpec {
+            source_rtx: rtx(97, 2222),
+            ..RewriteSpec::default()
+        };
+        assert_eq!(field(check_rtx(None, &src)), "rewrite.source_rtx");
+        assert_eq!(
+            field(check_rtx(Some(2222), &src)),
+            "rewrite.source_rtx.ssrc"
+        );
+        assert!(check_rtx(Some(1111), &src).is_ok());
+    }
 }

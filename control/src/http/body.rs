@@ -56,7 +56,15 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
     };
     for k in o.keys() {
         if ![
-            "ssrc", "pt_map", "ext_map", "mid", "rtx", "keyframe", "layer",
+            "ssrc",
+            "pt_map",
+            "ext_map",
+            "mid",
+            "rtx",
+            "source_rtx",
+            "twcc_id",
+            "keyframe",
+            "layer",
         ]
         .contains(&k.as_str())
         {
@@ -80,7 +88,21 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
     };
     let rtx = match o.get("rtx") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(parse_rtx(v)?),
+        Some(v) => Some(parse_rtx(v, "rewrite.rtx")?),
+    };
+    let source_rtx = match o.get("source_rtx") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_rtx(v, "rewrite.source_rtx")?),
+    };
+    // draft-holmer-rmcat-transport-wide-cc-extensions-01 §2: an RFC 8285 extension id.
+    let twcc_id = match o.get("twcc_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|id| (1..=255).contains(id))
+                .ok_or_else(|| bad_field("rewrite.twcc_id", "must be an extension id 1..=255"))?
+                as u8,
+        ),
     };
     let keyframe = parse_keyframe(o.get("keyframe"))?;
     let layer = match o.get("layer") {
@@ -93,6 +115,8 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         ext_map,
         mid,
         rtx,
+        source_rtx,
+        twcc_id,
         keyframe,
         layer,
     })
@@ -205,26 +229,33 @@ fn parse_mid(v: &Value) -> Result<MidSpec, CoreError> {
     })
 }
 
-/// `rewrite.rtx`: `{"payload_type": 0..=127, "ssrc": u32}` (RFC 4588 RTX stream).
-fn parse_rtx(v: &Value) -> Result<RtxSpec, CoreError> {
+/// `rewrite.rtx` or `rewrite.source_rtx` (`field`): `{"payload_type": 0..=127, "ssrc": u32}`
+/// (an RFC 4588 RTX stream).
+fn parse_rtx(v: &Value, field: &str) -> Result<RtxSpec, CoreError> {
     let Value::Object(o) = v else {
-        return Err(bad_field("rewrite.rtx", "must be an object"));
+        return Err(bad_field(field, "must be an object"));
     };
     for k in o.keys() {
         if !["payload_type", "ssrc"].contains(&k.as_str()) {
-            return Err(bad_field(&format!("rewrite.rtx.{k}"), "unknown field"));
+            return Err(bad_field(&format!("{field}.{}", shown(k)), "unknown field"));
         }
     }
     let payload_type = o
         .get("payload_type")
         .and_then(Value::as_u64)
         .filter(|n| *n <= 127)
-        .ok_or_else(|| bad_field("rewrite.rtx.payload_type", "must be an integer 0..=127"))?
-        as u8;
-    let ssrc = o
-        .get("ssrc")
-        .and_then(as_u32)
-        .ok_or_else(|| bad_field("rewrite.rtx.ssrc", "must be an integer 0..=4294967295"))?;
+        .ok_or_else(|| {
+            bad_field(
+                &format!("{field}.payload_type"),
+                "must be an integer 0..=127",
+            )
+        })? as u8;
+    let ssrc = o.get("ssrc").and_then(as_u32).ok_or_else(|| {
+        bad_field(
+            &format!("{field}.ssrc"),
+            "must be an integer 0..=4294967295",
+        )
+    })?;
     Ok(RtxSpec { payload_type, ssrc })
 }
 
@@ -478,6 +509,53 @@ mod tests {
             let v: Value = serde_json::from_str(bad).unwrap();
             let e = parse_rewrite(&v).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rewrite_source_rtx_and_twcc_id_are_parsed_and_checked() {
+        let v: Value = serde_json::from_str(
+            r#"{"rtx":{"payload_type":97,"ssrc":7},"source_rtx":{"payload_type":101,"ssrc":2222},"twcc_id":3}"#,
+        )
+        .unwrap();
+        let rw = parse_rewrite(&v).unwrap();
+        assert_eq!(
+            rw.source_rtx,
+            Some(RtxSpec {
+                payload_type: 101,
+                ssrc: 2222
+            })
+        );
+        assert_eq!(rw.twcc_id, Some(3));
+        let shm = rw.to_rewrite();
+        assert_eq!(shm.twcc_id, 3);
+        assert_eq!(
+            shm.source_rtx.map(|x| (x.payload_type, x.ssrc)),
+            Some((101, 2222))
+        );
+        for (bad, field) in [
+            (
+                r#"{"source_rtx":{"payload_type":128,"ssrc":1}}"#,
+                "rewrite.source_rtx.payload_type",
+            ),
+            (
+                r#"{"source_rtx":{"payload_type":96}}"#,
+                "rewrite.source_rtx.ssrc",
+            ),
+            (
+                r#"{"source_rtx":{"payload_type":96,"ssrc":1,"apt":96}}"#,
+                "rewrite.source_rtx.apt",
+            ),
+            (r#"{"source_rtx":5}"#, "rewrite.source_rtx"),
+            (r#"{"twcc_id":0}"#, "rewrite.twcc_id"),
+            (r#"{"twcc_id":256}"#, "rewrite.twcc_id"),
+            (r#"{"twcc_id":"3"}"#, "rewrite.twcc_id"),
+        ] {
+            let v: Value = serde_json::from_str(bad).unwrap();
+            match parse_rewrite(&v) {
+                Err(CoreError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

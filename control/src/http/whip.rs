@@ -1046,10 +1046,10 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         let two = format!("{two}m=video{second}");
         let r = e.public("POST", "/whep/blue", Some(&view_tok), &two);
         assert_eq!(r.status, 201, "{}", body(&r));
+        // Our media SSRCs: the first of each FID group (the second is our RTX stream).
         let ssrcs: Vec<u32> = body(&r)
             .lines()
-            .filter_map(|l| l.strip_prefix("a=ssrc:"))
-            .filter(|l| l.contains("cname:"))
+            .filter_map(|l| l.strip_prefix("a=ssrc-group:FID "))
             .filter_map(|l| l.split_whitespace().next()?.parse().ok())
             .collect();
         assert_eq!(ssrcs.len(), 2, "{}", body(&r));

@@ -609,6 +609,9 @@ pub struct AnswerConfig {
     pub session_id: u64,
     /// WHEP: SSRCs we will send with, consumed in order by the accepted sections.
     pub send_ssrcs: Vec<u32>,
+    /// WHEP: RTX SSRCs, one per entry of `send_ssrcs` (distinct from all of them), used by the
+    /// sections that accept RTX.
+    pub send_rtx_ssrcs: Vec<u32>,
     /// WHEP: RTCP CNAME of our streams.
     pub cname: String,
     /// WHEP: the accepted media sections of the room's current publishers. The answer offers
@@ -633,6 +636,45 @@ pub struct NegotiatedMedia {
     pub remote_ssrcs: Vec<u32>,
     /// WHEP: the SSRC we send with.
     pub send_ssrc: Option<u32>,
+    /// Accepted RTX payload types (RFC 4588 §8.1), the offerer's numbers, each bound by `apt`
+    /// to one of `codecs`.
+    pub rtx: Vec<RtxCodec>,
+    /// WHIP: the offerer's `a=ssrc-group:FID` pairs `(primary, rtx)` when RTX was accepted.
+    pub rtx_ssrcs: Vec<(u32, u32)>,
+    /// WHEP: the RTX SSRC we resend on, when RTX was accepted.
+    pub send_rtx_ssrc: Option<u32>,
+}
+
+/// An RTX payload type: `a=rtpmap:<pt> rtx/<clock>` with `a=fmtp:<pt> apt=<apt>` (RFC 4588
+/// §8.1): retransmissions of payload type `apt` travel as `pt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxCodec {
+    pub pt: u8,
+    pub apt: u8,
+}
+
+impl NegotiatedMedia {
+    /// The RTX payload type bound to codec `apt`, if one was accepted.
+    pub fn rtx_for(&self, apt: u8) -> Option<u8> {
+        self.rtx.iter().find(|r| r.apt == apt).map(|r| r.pt)
+    }
+
+    /// The publisher's RTX stream of its primary SSRC `ssrc`: the FID partner and the RTX
+    /// payload type bound to the first accepted codec that has one (the codec a sender uses
+    /// first, RFC 8829 §5.3.1 answers in the offerer's order of preference).
+    pub fn source_rtx_of(&self, ssrc: u32) -> Option<(u8, u32)> {
+        let (_, rtx_ssrc) = self.rtx_ssrcs.iter().find(|(p, _)| *p == ssrc)?;
+        let pt = self.codecs.iter().find_map(|c| self.rtx_for(c.pt))?;
+        Some((pt, *rtx_ssrc))
+    }
+
+    /// The id this section negotiated for the transport-wide sequence number extension.
+    pub fn twcc_id(&self) -> Option<u8> {
+        self.extmaps
+            .iter()
+            .find(|e| e.uri == TWCC_EXTENSION)
+            .map(|e| e.id)
+    }
 }
 
 /// An answer and what it decided.
@@ -647,10 +689,13 @@ pub struct Answer {
     pub remote_fingerprint: Fingerprint,
 }
 
-/// Header extensions the relay passes through unchanged (with their ids remapped).
-/// Transport-wide congestion control is left out: the relay does not generate its feedback.
+/// Header extensions the relay passes through (with their ids remapped). The transport-wide
+/// sequence number is renumbered per viewer by the relay (route `twcc_id`), which reads the
+/// viewer's transport-cc feedback; a publisher negotiates it so that its packets carry the
+/// element the relay overwrites.
 pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "urn:ietf:params:rtp-hdrext:sdes:mid",
+    TWCC_EXTENSION,
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
@@ -661,8 +706,23 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 ];
 
-/// RTCP feedback the relay forwards (RFC 4585 NACK/PLI, RFC 5104 FIR).
-const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
+/// RTCP feedback the relay honours: NACK (answered from its cache, RFC 4585 §6.2.1), PLI and
+/// FIR (aggregated and translated to what the publisher takes, RFC 4585 §6.3.1, RFC 5104
+/// §4.3.1), transport-cc from viewers (its downlink estimate). The relay sends no transport-cc
+/// feedback to publishers, so a WHIP answer never carries `transport-cc`.
+const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", TRANSPORT_CC];
+
+/// `a=rtcp-fb:<pt> transport-cc` (draft-holmer-rmcat-transport-wide-cc-extensions-01 §4).
+const TRANSPORT_CC: &str = "transport-cc";
+
+/// The transport-wide sequence number extension
+/// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2).
+pub const TWCC_EXTENSION: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// Most RTX payload types one section keeps (one per accepted codec; the route table holds
+/// one per route).
+const MAX_RTX_PER_MEDIA: usize = 16;
 
 /// The MID extension (RFC 8843 §15): the relay writes each viewer's own value.
 pub const MID_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
@@ -676,34 +736,80 @@ const PUBLISHER_ONLY_EXTENSIONS: &[&str] = &[
 
 /// A codec offered by a WHEP viewer, as answered: with no publisher of its kind in the room,
 /// every supported feedback the viewer offered; else only when a publisher sends the same
-/// codec, with the feedback that publisher negotiated (a keyframe request the publisher does
-/// not understand would go unanswered, RFC 4585 §4.2, RFC 5104 §7.1). `None`: not answered.
-fn answer_codec(c: &Codec, room: &[&NegotiatedMedia]) -> Option<Codec> {
-    let offered = c
-        .rtcp_fb
-        .iter()
-        .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()));
-    if room.is_empty() {
-        return Some(Codec {
-            rtcp_fb: offered.cloned().collect(),
-            ..c.clone()
-        });
-    }
+/// codec, with the keyframe requests that publisher negotiated (a keyframe request the
+/// publisher does not understand would go unanswered, RFC 4585 §4.2, RFC 5104 §7.1). `nack`
+/// whenever offered (the relay answers it from its cache), `transport-cc` when the section
+/// answers the transport-wide extension (`twcc`: the relay numbers the packets and reads the
+/// feedback). `None`: not answered.
+fn answer_codec(c: &Codec, room: &[&NegotiatedMedia], twcc: bool) -> Option<Codec> {
     let sent: Vec<&Codec> = room
         .iter()
         .flat_map(|p| p.codecs.iter())
         .filter(|p| same_codec(p, c))
         .collect();
-    if sent.is_empty() {
+    if !room.is_empty() && sent.is_empty() {
         return None;
     }
+    let keep = |f: &str| match f {
+        "nack" => true,
+        TRANSPORT_CC => twcc,
+        f => {
+            SUPPORTED_FEEDBACK.contains(&f)
+                && (room.is_empty() || sent.iter().any(|p| p.rtcp_fb.iter().any(|x| x == f)))
+        }
+    };
     Some(Codec {
-        rtcp_fb: offered
-            .filter(|f| sent.iter().any(|p| p.rtcp_fb.contains(f)))
+        rtcp_fb: c.rtcp_fb.iter().filter(|f| keep(f)).cloned().collect(),
+        ..c.clone()
+    })
+}
+
+/// A codec offered by a WHIP publisher, as answered: the feedback the relay honours towards a
+/// publisher (it sends NACK, PLI and FIR; not transport-cc).
+fn answer_publisher_codec(c: &Codec) -> Codec {
+    Codec {
+        rtcp_fb: c
+            .rtcp_fb
+            .iter()
+            .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()) && *f != TRANSPORT_CC)
             .cloned()
             .collect(),
         ..c.clone()
-    })
+    }
+}
+
+/// The offered RTX payload types (RFC 4588 §8.1) bound by `apt` to an accepted codec of the
+/// same clock rate, the first per codec, at most [`MAX_RTX_PER_MEDIA`].
+fn rtx_codecs(m: &Media, accepted: &[Codec]) -> Vec<RtxCodec> {
+    let mut out: Vec<RtxCodec> = Vec::new();
+    for c in m
+        .codecs
+        .iter()
+        .filter(|c| c.name.eq_ignore_ascii_case("rtx"))
+    {
+        let Some(apt) = c.params().get("apt").and_then(|a| a.parse::<u8>().ok()) else {
+            continue;
+        };
+        let bound = accepted
+            .iter()
+            .any(|a| a.pt == apt && a.clock_rate == c.clock_rate);
+        if bound && !out.iter().any(|r| r.apt == apt) && out.len() < MAX_RTX_PER_MEDIA {
+            out.push(RtxCodec { pt: c.pt, apt });
+        }
+    }
+    out
+}
+
+/// The offerer's `a=ssrc-group:FID primary rtx` pairs (RFC 5576 §4.2, RFC 4588 §8.3).
+fn fid_pairs(m: &Media) -> Vec<(u32, u32)> {
+    m.ssrc_groups
+        .iter()
+        .filter(|g| g.semantics == "FID")
+        .filter_map(|g| match g.ssrcs[..] {
+            [p, r] if p != r => Some((p, r)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Is a header extension offered by a WHEP viewer answered? MID always (the relay writes the
@@ -773,6 +879,7 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
     let mut negotiated = Vec::with_capacity(offer.media.len());
     let mut transport: Option<(String, String, Fingerprint, Setup)> = None;
     let mut send_ssrcs = cfg.send_ssrcs.iter().copied();
+    let mut send_rtx_ssrcs = cfg.send_rtx_ssrcs.iter().copied();
     for (i, m) in offer.media.iter().enumerate() {
         let mid = m.mid.clone().ok_or(SdpError::NoMid(i))?;
         let in_bundle = bundle.contains(&mid);
@@ -792,11 +899,22 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
                 .collect(),
             Endpoint::Whip => Vec::new(),
         };
+        let extmaps: Vec<Extmap> = m
+            .extmaps
+            .iter()
+            .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
+            .filter(|e| endpoint == Endpoint::Whip || extension_for_viewer(e, &room))
+            .cloned()
+            .collect();
+        let twcc = extmaps.iter().any(|e| e.uri == TWCC_EXTENSION);
         let codecs: Vec<Codec> = if rtp {
             m.codecs
                 .iter()
                 .filter(|c| codec_supported(&m.kind, c))
-                .filter_map(|c| answer_codec(c, &room))
+                .filter_map(|c| match endpoint {
+                    Endpoint::Whip => Some(answer_publisher_codec(c)),
+                    Endpoint::Whep => answer_codec(c, &room, twcc),
+                })
                 .collect()
         } else {
             Vec::new()
@@ -825,20 +943,26 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
                 Some(_) => {}
             }
         }
-        let extmaps = if accepted {
-            m.extmaps
-                .iter()
-                .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
-                .filter(|e| endpoint == Endpoint::Whip || extension_for_viewer(e, &room))
-                .cloned()
-                .collect()
+        let extmaps = if accepted { extmaps } else { Vec::new() };
+        // A publisher's RTX is taken only with the FID groups that name its RTX SSRCs: the
+        // relay tells retransmissions apart by SSRC (route `source_rtx`), and without them
+        // they would be forwarded as if they were the stream. Declined, it resends originals.
+        let rtx = if accepted && (endpoint == Endpoint::Whep || !fid_pairs(m).is_empty()) {
+            rtx_codecs(m, &codecs)
         } else {
             Vec::new()
         };
-        let send_ssrc = if accepted && endpoint == Endpoint::Whep {
-            send_ssrcs.next()
+        let (send_ssrc, send_rtx_ssrc) = if accepted && endpoint == Endpoint::Whep {
+            let ssrc = send_ssrcs.next();
+            let rtx_ssrc = send_rtx_ssrcs.next();
+            (ssrc, rtx_ssrc.filter(|_| ssrc.is_some() && !rtx.is_empty()))
         } else {
-            None
+            (None, None)
+        };
+        let rtx_ssrcs = if endpoint == Endpoint::Whip && !rtx.is_empty() {
+            fid_pairs(m)
+        } else {
+            Vec::new()
         };
         negotiated.push(NegotiatedMedia {
             mid,
@@ -851,6 +975,9 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             extmaps,
             remote_ssrcs: m.ssrc_list(),
             send_ssrc,
+            rtx,
+            rtx_ssrcs,
+            send_rtx_ssrc,
         });
     }
     if endpoint == Endpoint::Whep && !negotiated.iter().any(|n| n.accepted) {
@@ -906,7 +1033,12 @@ fn write_answer(
             let _ = write!(s, "a=mid:{}\r\na=inactive\r\n", nm.mid);
             continue;
         }
-        let pts: Vec<String> = nm.codecs.iter().map(|c| c.pt.to_string()).collect();
+        let pts: Vec<String> = nm
+            .codecs
+            .iter()
+            .flat_map(|c| std::iter::once(c.pt).chain(nm.rtx_for(c.pt)))
+            .map(|pt| pt.to_string())
+            .collect();
         let _ = write!(
             s,
             "m={} {} {} {}\r\nc=IN IP4 0.0.0.0\r\n",
@@ -951,13 +1083,31 @@ fn write_answer(
             for fb in &c.rtcp_fb {
                 let _ = write!(s, "a=rtcp-fb:{} {}\r\n", c.pt, fb);
             }
+            if let Some(rtx) = nm.rtx_for(c.pt) {
+                let _ = write!(
+                    s,
+                    "a=rtpmap:{rtx} rtx/{}\r\na=fmtp:{rtx} apt={}\r\n",
+                    c.clock_rate, c.pt
+                );
+            }
         }
         if let Some(ssrc) = nm.send_ssrc {
-            let _ = write!(
-                s,
-                "a=msid:sluice {}\r\na=ssrc:{} cname:{}\r\na=ssrc:{} msid:sluice {}\r\n",
-                nm.mid, ssrc, cfg.cname, ssrc, nm.mid
-            );
+            let _ = write!(s, "a=msid:sluice {}\r\n", nm.mid);
+            // RFC 4588 §8.3 / RFC 5576 §4.2: the RTX stream is the FID partner of ours.
+            let ours: &[u32] = match nm.send_rtx_ssrc {
+                Some(rtx) => {
+                    let _ = write!(s, "a=ssrc-group:FID {ssrc} {rtx}\r\n");
+                    &[ssrc, rtx]
+                }
+                None => &[ssrc],
+            };
+            for x in ours {
+                let _ = write!(
+                    s,
+                    "a=ssrc:{x} cname:{}\r\na=ssrc:{x} msid:sluice {}\r\n",
+                    cfg.cname, nm.mid
+                );
+            }
         }
         // RFC 8839 §5.1: one host candidate per public address, UDP, component 1.
         for (i, a) in cfg.candidates.iter().enumerate() {
@@ -1167,6 +1317,7 @@ a=ssrc:2222 cname:abc\r\n"
             tcp_candidates: vec!["203.0.113.7:443".parse().unwrap()],
             session_id: 42,
             send_ssrcs: vec![0x1000, 0x2000],
+            send_rtx_ssrcs: vec![0x1001, 0x2001],
             cname: "sluice".into(),
         }
     }
@@ -1217,17 +1368,21 @@ a=ssrc:2222 cname:abc\r\n"
         );
         assert!(audio.codecs[0].rtcp_fb.is_empty(), "transport-cc dropped");
         let video = &a.media[1];
-        // Offerer's PTs and order kept; rtx/red/ulpfec and H264 mode 0 left out.
+        // Offerer's PTs and order kept; red/ulpfec and H264 mode 0 left out, RTX kept beside
+        // its codec.
         assert_eq!(
             video.codecs.iter().map(|c| c.pt).collect::<Vec<_>>(),
             vec![96, 98, 99, 100, 45, 102]
         );
+        assert_eq!(
+            video.rtx,
+            [RtxCodec { pt: 97, apt: 96 }, RtxCodec { pt: 46, apt: 45 }]
+        );
+        // No transport-cc towards a publisher (the relay sends it no such feedback), but the
+        // extension is kept: the relay renumbers it per viewer.
         assert_eq!(video.codecs[0].rtcp_fb, vec!["ccm fir", "nack", "nack pli"]);
-        assert!(video
-            .extmaps
-            .iter()
-            .all(|e| !e.uri.contains("transport-wide")));
-        assert_eq!(video.extmaps.len(), 6);
+        assert_eq!(video.twcc_id(), Some(3));
+        assert_eq!(video.extmaps.len(), 7);
         assert_eq!(video.remote_ssrcs, vec![1111, 2222]);
         assert_eq!(video.send_ssrc, None);
 
@@ -1242,7 +1397,10 @@ a=ssrc:2222 cname:abc\r\n"
             "a=rtcp-mux\r\n",
             "a=recvonly\r\n",
             "m=audio 3478 UDP/TLS/RTP/SAVPF 111\r\n",
-            "m=video 3478 UDP/TLS/RTP/SAVPF 96 98 99 100 45 102\r\n",
+            "m=video 3478 UDP/TLS/RTP/SAVPF 96 97 98 99 100 45 46 102\r\n",
+            "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n",
+            "a=rtpmap:46 rtx/90000\r\na=fmtp:46 apt=45\r\n",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
             "a=fmtp:100 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n",
             "typ host\r\n",
             " 203.0.113.7 3478 typ host",
@@ -1353,8 +1511,8 @@ a=ssrc:2222 cname:abc\r\n"
         assert_eq!(names, ["VP8"], "only the codec the room carries");
         assert_eq!(
             v.codecs[0].rtcp_fb,
-            ["nack", "nack pli"],
-            "no FIR for a PLI-only publisher"
+            ["transport-cc", "nack", "nack pli"],
+            "no FIR for a PLI-only publisher; transport-cc: the room sends the extension"
         );
         assert!(!a.sdp.contains("ccm fir"));
         let uris: Vec<&str> = v.extmaps.iter().map(|e| e.uri.as_str()).collect();
@@ -1563,6 +1721,173 @@ m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap
                 }
             }
         }
+    }
+
+    /// WHIP: the publisher's RTX stream of each primary SSRC is its FID partner with the RTX
+    /// payload type of its first codec; without RTX in the offer there is none, FID or not.
+    #[test]
+    fn whip_records_the_publishers_rtx_streams() {
+        let o = Offer::parse(&chrome_offer("actpass")).unwrap();
+        let a = answer(&o, Endpoint::Whip, &cfg()).unwrap();
+        let video = &a.media[1];
+        assert_eq!(video.rtx_ssrcs, [(1111, 2222)]);
+        assert_eq!(video.source_rtx_of(1111), Some((97, 2222)));
+        assert_eq!(video.source_rtx_of(2222), None, "not a primary");
+        assert!(a.media[0].rtx.is_empty() && a.media[0].rtx_ssrcs.is_empty());
+        // RTX whose apt names a codec we do not take, or nothing, is left out.
+        let odd = chrome_offer("actpass")
+            .replace("a=fmtp:97 apt=96", "a=fmtp:97 apt=101")
+            .replace("a=fmtp:46 apt=45", "a=fmtp:46 rtx-time=3000");
+        let a = answer(&Offer::parse(&odd).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(a.media[1].rtx.is_empty());
+        assert!(!a.sdp.contains("rtx/90000"));
+        assert_eq!(a.media[1].rtx_ssrcs, [], "FID without RTX is not recorded");
+        // RTX without FID groups (no a=ssrc lines, or simulcast by RID): declined.
+        let no_fid = chrome_offer("actpass").replace("a=ssrc-group:FID 1111 2222\r\n", "");
+        let a = answer(&Offer::parse(&no_fid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(a.media[1].rtx.is_empty());
+        assert!(!a.sdp.contains("rtx/90000"));
+        // A publisher offering no RTX at all: the same.
+        let plain = chrome_offer("actpass")
+            .replace("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n", "")
+            .replace("a=rtpmap:46 rtx/90000\r\na=fmtp:46 apt=45\r\n", "");
+        let a = answer(&Offer::parse(&plain).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(a.media[1].rtx.is_empty());
+        assert_eq!(a.media[1].source_rtx_of(1111), None);
+        assert!(!a.sdp.contains("rtx"));
+        // The first accepted codec with an RTX gives the stream's RTX payload type.
+        let no_vp8_rtx =
+            chrome_offer("actpass").replace("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n", "");
+        let a = answer(&Offer::parse(&no_vp8_rtx).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert_eq!(a.media[1].source_rtx_of(1111), Some((46, 2222)));
+    }
+
+    /// A Firefox-like WHEP viewer: other payload type numbers, RTX for VP8 and H264, the
+    /// transport-wide extension at id 7 with transport-cc feedback.
+    fn remapped_viewer(with_rtx: bool, with_twcc: bool) -> String {
+        let mut v = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE v\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 120 124 126 127\r\na=mid:v\r\na=ice-ufrag:abcd\r\n\
+a=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\na=fingerprint:"
+            .to_owned()
+            + FP
+            + "\r\na=setup:actpass\r\na=rtcp-mux\r\na=recvonly\r\n\
+a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=rtpmap:120 VP8/90000\r\na=rtcp-fb:120 nack\r\na=rtcp-fb:120 nack pli\r\na=rtcp-fb:120 ccm fir\r\n\
+a=rtpmap:126 H264/90000\r\na=fmtp:126 profile-level-id=42e01f;packetization-mode=1\r\n";
+        if with_rtx {
+            v += "a=rtpmap:124 rtx/90000\r\na=fmtp:124 apt=120\r\n\
+a=rtpmap:127 rtx/90000\r\na=fmtp:127 apt=126\r\n";
+        }
+        if with_twcc {
+            v += "a=extmap:7 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=rtcp-fb:120 transport-cc\r\n";
+        }
+        v
+    }
+
+    /// WHEP: RTX for each answered codec the viewer offered it for, bound by its own apt; our
+    /// media and RTX SSRCs in an FID group; transport-cc and the extension when offered and
+    /// sent by the room.
+    #[test]
+    fn whep_answers_rtx_fid_and_transport_cc() {
+        let room = room_of(&chrome_offer("actpass"));
+        let c = AnswerConfig {
+            publishers: room.clone(),
+            ..cfg()
+        };
+        let o = Offer::parse(&remapped_viewer(true, true)).unwrap();
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        let v = &a.media[0];
+        assert!(v.accepted);
+        assert_eq!(
+            v.rtx,
+            [
+                RtxCodec { pt: 124, apt: 120 },
+                RtxCodec { pt: 127, apt: 126 }
+            ]
+        );
+        assert_eq!(v.send_ssrc, Some(0x1000));
+        assert_eq!(v.send_rtx_ssrc, Some(0x1001));
+        assert_eq!(v.twcc_id(), Some(7));
+        assert_eq!(
+            v.codecs[0].rtcp_fb,
+            ["nack", "nack pli", "ccm fir", "transport-cc"]
+        );
+        for needle in [
+            "m=video 3478 UDP/TLS/RTP/SAVPF 120 124 126 127\r\n",
+            "a=rtpmap:124 rtx/90000\r\na=fmtp:124 apt=120\r\n",
+            "a=rtpmap:127 rtx/90000\r\na=fmtp:127 apt=126\r\n",
+            "a=rtcp-fb:120 transport-cc\r\n",
+            "a=extmap:7 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
+            "a=ssrc-group:FID 4096 4097\r\n",
+            "a=ssrc:4096 cname:sluice\r\n",
+            "a=ssrc:4097 cname:sluice\r\na=ssrc:4097 msid:sluice v\r\n",
+        ] {
+            assert!(a.sdp.contains(needle), "missing {needle:?} in\n{}", a.sdp);
+        }
+        // The route's maps: publisher VP8 96 → viewer 120, whose RTX is 124; publisher's
+        // transport-wide id 3 → the viewer's 7.
+        let pv = room.iter().find(|m| m.kind == MediaKind::Video).unwrap();
+        assert_eq!(pt_map(&pv.codecs, &v.codecs)[0], (96, 120));
+        assert_eq!(v.rtx_for(120), Some(124));
+        assert!(ext_map(&pv.extmaps, &v.extmaps).contains(&(3, 7)));
+        // Our parser reads the FID group back.
+        let back = Offer::parse(&a.sdp).unwrap();
+        assert_eq!(back.media[0].ssrc_groups[0].ssrcs, [0x1000, 0x1001]);
+    }
+
+    /// A viewer without RTX gets none (no FID, no RTX SSRC); one without the transport-wide
+    /// extension gets no transport-cc; a room whose publisher does not send the extension
+    /// answers neither.
+    #[test]
+    fn whep_without_rtx_or_transport_cc() {
+        let room = room_of(&chrome_offer("actpass"));
+        let c = AnswerConfig {
+            publishers: room,
+            ..cfg()
+        };
+        let o = Offer::parse(&remapped_viewer(false, false)).unwrap();
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        let v = &a.media[0];
+        assert!(v.accepted && v.rtx.is_empty());
+        assert_eq!(v.send_rtx_ssrc, None);
+        assert_eq!(v.twcc_id(), None);
+        assert!(!a.sdp.contains("rtx") && !a.sdp.contains("FID"));
+        assert!(!a.sdp.contains("transport-cc") && !a.sdp.contains("transport-wide"));
+        assert!(a.sdp.contains("a=ssrc:4096 cname:sluice\r\n"));
+        assert!(!a.sdp.contains("a=ssrc:4097"));
+
+        // A publisher that did not negotiate the extension: nothing to renumber.
+        let no_twcc_publisher = chrome_offer("actpass").replace(
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
+            "",
+        );
+        let c = AnswerConfig {
+            publishers: room_of(&no_twcc_publisher),
+            ..cfg()
+        };
+        let o = Offer::parse(&remapped_viewer(true, true)).unwrap();
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[0].twcc_id(), None);
+        assert!(!a.sdp.contains("transport-cc"));
+        assert_eq!(a.media[0].send_rtx_ssrc, Some(0x1001), "RTX still answered");
+    }
+
+    /// The relay answers NACKs from its own cache: a viewer is answered `nack` even when the
+    /// room's publisher did not negotiate it.
+    #[test]
+    fn whep_nack_does_not_depend_on_the_publisher() {
+        let publisher = chrome_offer("actpass").replace("a=rtcp-fb:96 nack\r\n", "");
+        let c = AnswerConfig {
+            publishers: room_of(&publisher),
+            ..cfg()
+        };
+        let o = Offer::parse(&remapped_viewer(false, false)).unwrap();
+        let a = answer(&o, Endpoint::Whep, &c).unwrap();
+        assert_eq!(
+            a.media[0].codecs[0].rtcp_fb,
+            ["nack", "nack pli", "ccm fir"]
+        );
     }
 
     fn codec(pt: u8, name: &str, clock: u32, fmtp: Option<&str>) -> Codec {
