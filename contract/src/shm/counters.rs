@@ -66,7 +66,8 @@ pub struct WorkerCounters {
     stuck_since_unix_ms: AtomicU64,
     stuck: AtomicU64,
     io: [AtomicU64; IO_COUNTERS],
-    // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker.
+    // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker;
+    // ABI 7 grew it from 16 to 24 counters.
     feedback: [AtomicU64; Feedback::COUNT],
 }
 
@@ -110,12 +111,28 @@ pub enum Feedback {
     /// Keyframe requests sent to a publisher as the other kind: a PLI as a FIR to a publisher
     /// that negotiated only `ccm fir`, a FIR as a PLI to one that negotiated only `nack pli`.
     KeyframeTranslated = 13,
+    /// Sender reports the relay wrote itself for an output stream (RFC 3550 §6.4.1, ABI 7).
+    SrSent = 14,
+    /// Publisher sender reports not forwarded to subscribers: the relay's own reports replace
+    /// them (their packet and octet counts would contradict the output streams', ABI 7).
+    SrReplaced = 15,
+    /// Receiver reports the relay wrote itself to a publisher (RFC 3550 §6.4.2, ABI 7).
+    RrSent = 16,
+    /// Keyframe requests sent to a publisher because a subscriber joined one of its video
+    /// streams (ABI 7; aggregated like any other request).
+    PliOnJoin = 17,
+    /// Publisher RTX packets (RFC 4588) unwrapped into their original stream (ABI 7).
+    RtxUnwrapped = 18,
+    /// Publisher RTX packets dropped: padding-only probes (bandwidth probing, no original
+    /// packet inside), and packets of a stream whose original payload type is not known yet
+    /// (ABI 7).
+    RtxDropped = 19,
 }
 
 impl Feedback {
-    pub const COUNT: usize = 16;
-    /// Every counter in index order (indices 14..16 are reserved and stay 0).
-    pub const ALL: [Feedback; 14] = [
+    pub const COUNT: usize = 24;
+    /// Every counter in index order (indices 20..24 are reserved and stay 0).
+    pub const ALL: [Feedback; 20] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -130,6 +147,12 @@ impl Feedback {
         Feedback::UpstreamGiveUp,
         Feedback::ResendFailed,
         Feedback::KeyframeTranslated,
+        Feedback::SrSent,
+        Feedback::SrReplaced,
+        Feedback::RrSent,
+        Feedback::PliOnJoin,
+        Feedback::RtxUnwrapped,
+        Feedback::RtxDropped,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -148,6 +171,12 @@ impl Feedback {
             Feedback::UpstreamGiveUp => "upstream_give_up",
             Feedback::ResendFailed => "resend_failed",
             Feedback::KeyframeTranslated => "keyframe_translated",
+            Feedback::SrSent => "sr_sent",
+            Feedback::SrReplaced => "sr_replaced",
+            Feedback::RrSent => "rr_sent",
+            Feedback::PliOnJoin => "pli_on_join",
+            Feedback::RtxUnwrapped => "rtx_unwrapped",
+            Feedback::RtxDropped => "rtx_dropped",
         }
     }
 }
@@ -232,7 +261,7 @@ const _: () = {
     assert!(offset_of!(WorkerCounters, stuck) == 616);
     assert!(offset_of!(WorkerCounters, io) == 624);
     assert!(offset_of!(WorkerCounters, feedback) == 680);
-    assert!(core::mem::size_of::<WorkerCounters>() == 832);
+    assert!(core::mem::size_of::<WorkerCounters>() == 896);
 };
 
 /// Single-writer increment: Relaxed load + Relaxed store.
@@ -557,7 +586,7 @@ mod tests {
 
     #[test]
     fn block_size() {
-        // 101 words, padded to a cache-line multiple.
-        assert_eq!(core::mem::size_of::<WorkerCounters>(), 832);
+        // 109 words, padded to a cache-line multiple.
+        assert_eq!(core::mem::size_of::<WorkerCounters>(), 896);
     }
 }
