@@ -261,6 +261,19 @@ impl SessionDiag {
         s.on_packet(seq, ts, len, now);
     }
 
+    /// A repaired packet of stream `ssrc` (restored from the peer's RTX stream): counted in
+    /// the stream's packets and sequence bookkeeping (RFC 3550 A.1: it lowers the loss), not
+    /// sampled for jitter (it arrives late by design).
+    #[inline]
+    pub fn on_rtp_repaired(&mut self, ssrc: u32, seq: u16, len: usize, now: Option<Instant>) {
+        if let Some(s) = self.rx.iter_mut().find(|s| s.ssrc == ssrc) {
+            s.packets += 1;
+            s.bytes += len as u64;
+            s.last = now.or(s.last);
+            s.reception.update_seq(seq);
+        }
+    }
+
     /// An RTP packet of output stream `ssrc` was queued (protected length `len`).
     #[inline]
     pub fn on_rtp_out(&mut self, ssrc: u32, len: usize, now: Option<Instant>, limit: usize) {

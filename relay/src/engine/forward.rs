@@ -692,13 +692,67 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::Malformed);
             return None;
         };
+        let (in_seq, in_pt) = (p.sequence(), p.payload_type());
+        // The SRTP stream as received (an RTX stream has its own index, RFC 3711 §3.3.1).
+        let note = StreamNote {
+            session: publisher.id,
+            dir: StreamDir::In,
+            ssrc: in_ssrc,
+            seq: in_seq,
+            first_index: (first_roc << 16) | u64::from(in_seq),
+            ts: 0,
+            rewritten: false,
+        };
+        let tracks = &mut publisher.rx_track;
+        note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
+        let mut n = n;
+        let mut repaired = false;
+        if let Some(x) = publisher.rtx_in.iter().find(|x| x.rtx_ssrc == in_ssrc) {
+            // RFC 4588 §4: the publisher's retransmission of a packet of stream `x.ssrc`,
+            // restored to that packet (its sequence number from the first two payload bytes,
+            // the stream's SSRC and payload type; `apt` binds them in the publisher's SDP, the
+            // relay takes the type of the stream's last packet).
+            let orig_pt = (publisher.pubs.iter())
+                .find(|s| s.ssrc == x.ssrc)
+                .and_then(PubStream::payload_type);
+            if in_pt != x.rtx_pt {
+                // On the RTX SSRC but not the RTX payload type: nothing RFC 4588 describes.
+                self.stats.drop(DropReason::Malformed);
+                return None;
+            }
+            let Some(orig_pt) = orig_pt else {
+                self.stats.count(Feedback::RtxDropped, 1);
+                return None;
+            };
+            match rtx::decapsulate_in_place(buf, n, orig_pt, x.ssrc) {
+                Ok(rtx::Unwrapped::Original { len, .. }) => {
+                    n = len;
+                    repaired = true;
+                    self.stats.count(Feedback::RtxUnwrapped, 1);
+                }
+                Ok(rtx::Unwrapped::Padding) => {
+                    self.stats.count(Feedback::RtxDropped, 1);
+                    return None;
+                }
+                Err(_) => {
+                    self.stats.drop(DropReason::Malformed);
+                    return None;
+                }
+            }
+        }
+        let Ok(p) = RtpPacket::parse(&buf[..n]) else {
+            self.stats.drop(DropReason::Malformed);
+            return None;
+        };
         let mut inp = RtpIn {
             pub_id: publisher.id,
             ssrc: p.ssrc(),
             seq: p.sequence(),
             ts: p.timestamp(),
+            pt: p.payload_type(),
             len: n,
             cached: None,
+            repaired,
         };
         publisher.note_ssrc(inp.ssrc);
         if !publisher.claimed {
@@ -721,21 +775,13 @@ impl<C: SrtpOps> Forwarder<C> {
             inp.cached = note_pub(pubs, opts.max_streams, &mut budget, &inp, now, &buf[..n]);
         }
         let now = self.now;
-        publisher
-            .diag
-            .on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
-        if inp.ssrc == in_ssrc {
-            let note = StreamNote {
-                session: inp.pub_id,
-                dir: StreamDir::In,
-                ssrc: inp.ssrc,
-                seq: inp.seq,
-                first_index: (first_roc << 16) | u64::from(inp.seq),
-                ts: 0,
-                rewritten: false,
-            };
-            let tracks = &mut publisher.rx_track;
-            note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
+        let d = &mut publisher.diag;
+        if repaired {
+            // A late copy: counted in the stream's sequence bookkeeping (the loss it
+            // repairs), not as a jitter sample (RFC 3550 A.8 measures the first copy).
+            d.on_rtp_repaired(inp.ssrc, inp.seq, n, now);
+        } else {
+            d.on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
         }
         Some(inp)
     }
@@ -769,6 +815,24 @@ impl<C: SrtpOps> Forwarder<C> {
                 return;
             }
         };
+        if let (true, Some(_), Some(index)) = (inp.repaired, o.rewrite.rtx, inp.cached) {
+            // A repair from the publisher goes to a subscriber that negotiated RTX as RTX
+            // (RFC 4588: its receiver expects retransmissions there), exactly like a resend
+            // from the cache: the output stream's own numbering first, then the RTX stream's.
+            let from = SentFrom {
+                publisher: inp.pub_id,
+                ssrc: inp.ssrc,
+                index,
+                out_ts: ots,
+            };
+            let cap = self.nack.cache_packets;
+            note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
+            let to = o.sub;
+            if !self.resend(to, oseq, from, tx) {
+                self.stats.count(Feedback::CacheMiss, 1);
+            }
+            return;
+        }
         let (peer, sub_id) = (sub.peer, sub.id);
         // The transport-wide number this packet gets if it carries the element (bwe.rs).
         let tw_seq = match (&sub.bwe, o.rewrite.twcc_id) {
@@ -1391,10 +1455,13 @@ struct RtpIn {
     ssrc: u32,
     seq: u16,
     ts: u32,
+    pt: u8,
     /// Plain packet length.
     len: usize,
     /// The packet's index in its stream's retransmission cache, when it was cached.
     cached: Option<u64>,
+    /// Restored from the publisher's RTX stream (a repair, not a first copy).
+    repaired: bool,
 }
 
 /// What [`note_pub`] may use to give a new publisher stream a cache.
@@ -1445,6 +1512,9 @@ fn note_pub(
         }
     };
     let p = &mut pubs[i];
+    if !inp.repaired {
+        p.note_payload_type(inp.pt);
+    }
     let index = p.receive(inp.seq, now);
     if p.pending() != 0 {
         *b.poll_needed = true;

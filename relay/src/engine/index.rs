@@ -287,6 +287,19 @@ pub struct Session<C> {
     /// Downlink bandwidth estimate towards this session as a subscriber (engine/bwe.rs),
     /// created at the first packet stamped with a transport-wide sequence number.
     pub bwe: Option<Box<Bwe>>,
+    /// The publisher's RTX streams its routes name ([`Rewrite::source_rtx`]), rebuilt with
+    /// the routes: a packet on one of these SSRCs is unwrapped into its original stream.
+    pub rtx_in: Vec<RtxIn>,
+}
+
+/// A publisher's RTX stream (RFC 4588) and the stream it repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxIn {
+    /// The RTX stream's SSRC and payload type.
+    pub rtx_ssrc: u32,
+    pub rtx_pt: u8,
+    /// The original stream's SSRC.
+    pub ssrc: u32,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -322,6 +335,7 @@ impl<C: SrtpOps> Session<C> {
             diag: SessionDiag::default(),
             fir_seq: 0,
             bwe: None,
+            rtx_in: Vec::new(),
         }
     }
 
@@ -352,6 +366,7 @@ impl<C: SrtpOps> Session<C> {
         self.groups = 0..0;
         self.any_group = NONE;
         self.feeds = 0..0;
+        self.rtx_in.clear();
     }
 
     /// Remember an SSRC this session sent (cheap when it repeats the last one).
@@ -872,6 +887,16 @@ impl<C: SrtpOps> Index<C> {
             }
             None => NONE,
         };
+        if let (Some(x), Some(ssrc)) = (r.rewrite.source_rtx, r.ssrc) {
+            let rtx_in = &mut self.sessions[from as usize].rtx_in;
+            if !rtx_in.iter().any(|e| e.rtx_ssrc == x.ssrc) {
+                rtx_in.push(RtxIn {
+                    rtx_ssrc: x.ssrc,
+                    rtx_pt: x.payload_type,
+                    ssrc,
+                });
+            }
+        }
         self.outputs.push(Output {
             sub: to,
             rewrite: r.rewrite,

@@ -1125,3 +1125,95 @@ fn transport_wide_numbers_per_viewer_and_feedback_gives_an_estimate() {
     assert!(e >= 30_000, "{e}");
     assert_eq!(rig.fwd.estimate(3), None, "viewer without the extension");
 }
+
+/// A publisher's RTX packet (RFC 4588) is unwrapped on the fast path: the hole it fills is no
+/// longer asked for, a viewer without RTX gets the original back (original sequence number,
+/// SSRC and payload type; across the sequence-number wrap), a viewer with RTX gets it on its
+/// RTX stream; padding-only probes and RTX before any original packet are dropped and counted.
+#[test]
+fn publisher_rtx_is_unwrapped_into_the_original() {
+    use contract::shm::RtxOut;
+    use contract::wire::rtx;
+    let source_rtx = Some(RtxOut {
+        payload_type: 97,
+        ssrc: 0x2222,
+    });
+    let plain = Rewrite {
+        source_rtx,
+        ..Rewrite::default()
+    };
+    let with_rtx = Rewrite {
+        ssrc: Some(0xAAAA),
+        rtx: Some(RtxOut {
+            payload_type: 99,
+            ssrc: 0xBBBB,
+        }),
+        source_rtx,
+        ..Rewrite::default()
+    };
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, Some(0x1111), 3, plain),
+            route(2, 1, Some(0x1111), 4, with_rtx),
+        ],
+    );
+    rig.fwd.set_nack(NackConfig::default());
+    let t = Instant::now();
+    rig.fwd.set_now(t);
+    let wrap = |orig: &[u8], seq: u16| {
+        let mut b = [0u8; 256];
+        let h = rtx::RtxHeader {
+            payload_type: 97,
+            ssrc: 0x2222,
+            sequence: seq,
+        };
+        let n = rtx::encapsulate(orig, h, &mut b).unwrap();
+        b[..n].to_vec()
+    };
+    // RTX before the stream itself: the original payload type is unknown.
+    assert!(rig
+        .send(1, &wrap(&rtp(0x1111, 65_533, 0, 96, b"early"), 1))
+        .is_empty());
+    assert_eq!(rig.fb(Feedback::RtxDropped), 1);
+    let mut sent = Vec::new();
+    for seq in [65_534u16, 65_535, 1, 2] {
+        sent.push(rig.send(1, &rtp(0x1111, seq, u32::from(seq), 96, b"media")));
+    }
+    // 0 is missing: the relay asks for it once.
+    let up = rig.poll(t);
+    assert_eq!(up.len(), 1);
+    assert_eq!((be16(&up[0].1, 12), be16(&up[0].1, 14)), (0, 0));
+    // The publisher retransmits 0 on its RTX stream (its own sequence number 7).
+    let lost = rtp(0x1111, 0, 0, 96, b"media");
+    let out = rig.send(1, &wrap(&lost, 7));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let to3 = out.iter().find(|(d, _)| *d == addr(1003)).unwrap();
+    assert_eq!(to3.1, lost, "viewer 3: the original packet itself");
+    let to4 = out.iter().find(|(d, _)| *d == addr(1004)).unwrap();
+    assert_eq!((to4.1[1] & 0x7F, be32(&to4.1, 8)), (99, 0xBBBB));
+    let mut orig = [0u8; 256];
+    let (n, osn) = rtx::decapsulate(&to4.1, 96, 0xAAAA, &mut orig).unwrap();
+    // Viewer 4's numbering of source packet 0 follows its numbering of 65_535.
+    let prev = be16(
+        &sent[1].iter().find(|(d, _)| *d == addr(1004)).unwrap().1,
+        2,
+    );
+    assert_eq!(osn, prev.wrapping_add(1));
+    assert_eq!(&orig[12..n], b"media");
+    assert_eq!(rig.fb(Feedback::RtxUnwrapped), 1);
+    assert_eq!(rig.fb(Feedback::RtxSent), 1);
+    // Repaired: not asked for again.
+    assert!(rig.poll(t + Duration::from_millis(200)).is_empty());
+    // Viewer 3 NACKs 0 later: served from the cache the repair filled.
+    assert_eq!(rig.send(3, &nack(0x1111, &[0])), vec![to3.clone()]);
+    // A padding-only probe on the RTX stream: dropped, counted.
+    let probe = [0xA0, 97, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 4];
+    assert!(rig.send(1, &probe).is_empty());
+    assert_eq!(rig.fb(Feedback::RtxDropped), 2);
+    assert_eq!(rig.fwd.stats().dropped_total(), 0);
+}
