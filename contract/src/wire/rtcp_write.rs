@@ -264,7 +264,10 @@ mod tests {
     fn ntp_arithmetic_follows_rfc_3550() {
         // 1.5 s later: one second and half of 2^32 in the fraction.
         let t = 0x0000_0010_8000_0000u64;
-        assert_eq!(ntp_add(t, Duration::from_millis(1500)), 0x0000_0012_0000_0000);
+        assert_eq!(
+            ntp_add(t, Duration::from_millis(1500)),
+            0x0000_0012_0000_0000
+        );
         // LSR: the middle 32 bits of the 64-bit timestamp.
         assert_eq!(ntp_middle(0xB44D_B705_2000_0000), 0xB705_2000);
         // DLSR: §6.4.1's example, 5.250 s = 0x0005_4000.

@@ -4,10 +4,10 @@
 use super::bwe::{Bwe, BweConfig};
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-use super::diag::DiagState;
+use super::diag::{DiagState, RtpOut, SrSeen};
 use super::hub::{FeedbackHub, HandError};
 use super::index::{
-    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
+    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, MAX_CNAME, NONE,
 };
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
@@ -76,6 +76,11 @@ pub struct Forwarder<C = contract::srtp::Context> {
     epoch: Option<Instant>,
     /// HMAC-SHA1 tags of the current RTP fan-out, computed together (multi-buffer SHA-1).
     macs: MacBatch,
+    /// The earliest time a report of the relay's own (SR to a subscriber, RR to a
+    /// publisher) may be due: [`Forwarder::poll`] walks the sessions only from then on.
+    rtcp_due: Option<Instant>,
+    /// State of the generator that randomises report intervals (xorshift64).
+    rng: u64,
 }
 
 /// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
@@ -120,6 +125,26 @@ fn slow_path_well_formed(kind: Kind, b: &[u8]) -> bool {
         Kind::Dtls => !b.is_empty() && dtls::records(b).all(|r| r.is_ok()),
         _ => false,
     }
+}
+
+/// The mean interval of the relay's own reports per stream (SR) and per publisher (RR),
+/// randomised ±50 % ([`Forwarder::report_interval`]). RFC 3550 §6.2 scales the interval with
+/// the session's RTCP bandwidth; one report per stream and second is what WebRTC endpoints
+/// send for video, and stays far below 5 % of any media stream's rate.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The CNAME of the relay's receiver reports (RFC 3550 §6.5.1: one per endpoint; every worker
+/// is the same endpoint).
+const RELAY_CNAME: &[u8] = b"sluice-relay";
+
+/// A CNAME for a publisher that sent none: `sluice-` and its session id in hex, written into
+/// `out`; returns its length.
+fn derived_cname(id: SessionId, out: &mut [u8; MAX_CNAME]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out[..7].copy_from_slice(b"sluice-");
+    for i in 0..16 {
+        out[7 + i] = HEX[((id >> (60 - 4 * i)) & 0xF) as usize];
+    }
+    23
 }
 
 /// One packet of a tracked stream, for [`note_stream`].
@@ -351,6 +376,8 @@ impl<C: SrtpOps> Forwarder<C> {
             worker: 0,
             claimed_scratch: Vec::new(),
             macs: MacBatch::new(),
+            rtcp_due: None,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -385,6 +412,7 @@ impl<C: SrtpOps> Forwarder<C> {
     pub fn attach_stream_state(&mut self, shm: Arc<ShmReader>, worker: usize) {
         self.state.attach(shm, worker);
         self.feedback_ssrc = feedback_ssrc(worker);
+        self.rng ^= (worker as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     }
 
     /// The stream-state bookkeeping (writes, seeds used).
@@ -751,6 +779,7 @@ impl<C: SrtpOps> Forwarder<C> {
             ts: p.timestamp(),
             pt: p.payload_type(),
             len: n,
+            payload: p.payload().len(),
             cached: None,
             repaired,
         };
@@ -776,6 +805,13 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         let now = self.now;
         let d = &mut publisher.diag;
+        if let (None, Some(t)) = (d.next_rr, now) {
+            // The first packet from this publisher here: its first receiver report at the
+            // next turn that is one interval on.
+            let due = t + REPORT_INTERVAL;
+            d.next_rr = Some(due);
+            self.rtcp_due = Some(self.rtcp_due.map_or(due, |x| x.min(due)));
+        }
         if repaired {
             // A late copy: counted in the stream's sequence bookkeeping (the loss it
             // repairs), not as a jitter sample (RFC 3550 A.8 measures the first copy).
@@ -892,8 +928,19 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             let sent = tx.metas().last().map_or(0, |m| m.len as usize);
             sub.diag.on_out(sent, self.now);
-            sub.diag
-                .on_rtp_out(out_ssrc, sent, self.now, opts.max_streams);
+            let out = RtpOut {
+                ssrc: out_ssrc,
+                len: sent,
+                payload: inp.payload,
+                src: (inp.pub_id, inp.ssrc),
+                ts_off: ots.wrapping_sub(inp.ts),
+            };
+            if sub.diag.on_rtp_out(&out, self.now, opts.max_streams) {
+                // A new output stream: its first sender report at the next turn.
+                if let Some(now) = self.now {
+                    self.rtcp_due = Some(self.rtcp_due.map_or(now, |d| d.min(now)));
+                }
+            }
             let note = StreamNote {
                 session: sub_id,
                 dir: StreamDir::Out,
@@ -938,6 +985,9 @@ impl<C: SrtpOps> Forwarder<C> {
         // Runs of consecutive SR/SDES/BYE about one SSRC go down together as one compound.
         let mut run: Option<(usize, usize, u32)> = None;
         for s in &spans[..count] {
+            if publishes {
+                self.note_publisher_rtcp(idx, &plain[s.at..s.end], s);
+            }
             if publishes && s.goes_down() {
                 match run {
                     Some((ra, _, rs)) if rs == s.ssrc => run = Some((ra, s.end, rs)),
@@ -959,6 +1009,176 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         if let Some(r) = run.take() {
             self.send_down(idx, plain, r, tx);
+        }
+    }
+
+    /// What the relay keeps from a publisher's own RTCP: each SR's NTP↔RTP mapping (the
+    /// relay's SRs and RRs derive from it; the SR itself is replaced, `sr_replaced`), and the
+    /// CNAME of its SDES (the relay's SRs carry it).
+    fn note_publisher_rtcp(&mut self, idx: u32, p: &[u8], s: &Span) {
+        let Ok((pkt, _)) = rtcp::RtcpPacket::parse(p) else {
+            return;
+        };
+        let now = self.now;
+        let session = &mut self.index.sessions[idx as usize];
+        match pkt.typed() {
+            Ok(Rtcp::SenderReport(sr)) => {
+                let rx = session.diag.rx.iter_mut().find(|r| r.ssrc == sr.ssrc());
+                if let (Some(rx), Some(at)) = (rx, now) {
+                    rx.last_sr = Some(SrSeen {
+                        ntp: sr.ntp_timestamp(),
+                        rtp: sr.rtp_timestamp(),
+                        at,
+                    });
+                }
+                self.stats.count(Feedback::SrReplaced, 1);
+            }
+            Ok(Rtcp::Sdes(sdes)) if s.count > 0 => {
+                let cname = (sdes.chunks().next())
+                    .and_then(|c| c.items().find(|(t, _)| *t == 1).map(|(_, v)| v));
+                if let Some(v) = cname.filter(|v| !v.is_empty() && v.len() <= MAX_CNAME) {
+                    session.cname[..v.len()].copy_from_slice(v);
+                    session.cname_len = v.len() as u8;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The next report interval: [`REPORT_INTERVAL`] randomised over ±50 % (RFC 3550 §6.2:
+    /// reports of many streams must not synchronise), from a xorshift64 generator.
+    fn report_interval(&mut self) -> Duration {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let half = REPORT_INTERVAL.as_micros() as u64 / 2;
+        Duration::from_micros(half + x % (2 * half + 1))
+    }
+
+    /// The relay's own reports due at `now`: a receiver report to each publisher about the
+    /// streams this worker receives from it, a sender report (with SDES CNAME: a compound,
+    /// RFC 3550 §6.1) on each output stream this worker sends a subscriber. Each stream or
+    /// session is reported once per [`Forwarder::report_interval`]. Walks the sessions only
+    /// when the earliest due time passed. Allocates nothing.
+    fn reports(&mut self, now: Instant, tx: &mut TxQueue) {
+        if self.rtcp_due.is_none_or(|d| now < d) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        let earliest = |n: &mut Option<Instant>, t: Instant| {
+            *n = Some(n.map_or(t, |m| m.min(t)));
+        };
+        for si in 0..self.index.sessions.len() {
+            if let Some(due) = self.index.sessions[si].diag.next_rr {
+                let due = if now >= due {
+                    self.receiver_report(si as u32, now, tx);
+                    let d = now + self.report_interval();
+                    self.index.sessions[si].diag.next_rr = Some(d);
+                    d
+                } else {
+                    due
+                };
+                earliest(&mut next, due);
+            }
+            for k in 0..self.index.sessions[si].diag.tx.len() {
+                let due = match self.index.sessions[si].diag.tx[k].next_sr {
+                    Some(due) if now < due => due,
+                    Some(_) => {
+                        self.sender_report(si as u32, k, now, tx);
+                        now + self.report_interval()
+                    }
+                    // A new stream: its first report soon (a viewer syncs from it), then at
+                    // the interval.
+                    None => now + self.report_interval() / 4,
+                };
+                self.index.sessions[si].diag.tx[k].next_sr = Some(due);
+                earliest(&mut next, due);
+            }
+        }
+        self.rtcp_due = next;
+    }
+
+    /// A receiver report (RFC 3550 §6.4.2) to publisher `pi` about every stream this worker
+    /// receives from it (at most 31, the packet's limit), with SDES CNAME, as this worker's
+    /// feedback SSRC.
+    fn receiver_report(&mut self, pi: u32, now: Instant, tx: &mut TxQueue) {
+        let mut blocks = [rtcp::ReportBlock::default(); rtcp_write::MAX_REPORT_BLOCKS];
+        let mut n = 0;
+        for rx in self.index.sessions[pi as usize].diag.rx.iter_mut() {
+            if n == blocks.len() {
+                break;
+            }
+            blocks[n] = rx.report_block(now);
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        let rtcp_ssrc = self.feedback_ssrc;
+        let blocks = &blocks[..n];
+        let before = tx.len();
+        self.send_rtcp(pi, rtcp_ssrc, tx, |slot| {
+            let w = rtcp_write::receiver_report(slot, rtcp_ssrc, blocks)
+                .map_err(|_| DropReason::Malformed)?;
+            let c = rtcp_write::sdes_cname(&mut slot[w..], rtcp_ssrc, RELAY_CNAME)
+                .map_err(|_| DropReason::Malformed)?;
+            Ok(w + c)
+        });
+        if tx.len() > before {
+            self.stats.count(Feedback::RrSent, 1);
+        }
+    }
+
+    /// A sender report on output stream `k` of subscriber `si` (RFC 3550 §6.4.1): the
+    /// publisher's NTP↔RTP mapping from its last SR about the source stream, extrapolated to
+    /// `now` and carried through the route's timestamp rewriting; the output stream's own
+    /// packet and octet counts; then SDES with the publisher's CNAME. Nothing is sent before
+    /// the publisher's first SR and the source's clock rate are known (no mapping to give).
+    fn sender_report(&mut self, si: u32, k: usize, now: Instant, tx: &mut TxQueue) {
+        let t = self.index.sessions[si as usize].diag.tx[k];
+        let (pub_id, src_ssrc) = t.src;
+        let Some(pi) = self.index.session_index(pub_id) else {
+            return;
+        };
+        let publisher = &self.index.sessions[pi as usize];
+        let Some(rx) = publisher.diag.rx.iter().find(|r| r.ssrc == src_ssrc) else {
+            return;
+        };
+        let (Some(sr), rate) = (rx.last_sr, rx.clock_rate) else {
+            return;
+        };
+        if rate == 0 {
+            return;
+        }
+        let (ntp, rtp) = sr.at_time(now, rate);
+        let info = rtcp_write::SenderInfo {
+            ssrc: t.ssrc,
+            ntp,
+            rtp_timestamp: rtp.wrapping_add(t.ts_off),
+            // RFC 3550 §6.4.1: both wrap.
+            packet_count: t.packets as u32,
+            octet_count: t.octets as u32,
+        };
+        let mut cname = [0u8; MAX_CNAME];
+        let cl = match usize::from(publisher.cname_len) {
+            0 => derived_cname(pub_id, &mut cname),
+            l => {
+                cname[..l].copy_from_slice(&publisher.cname[..l]);
+                l
+            }
+        };
+        let before = tx.len();
+        self.send_rtcp(si, t.ssrc, tx, |slot| {
+            let w =
+                rtcp_write::sender_report(slot, &info, &[]).map_err(|_| DropReason::Malformed)?;
+            let c = rtcp_write::sdes_cname(&mut slot[w..], t.ssrc, &cname[..cl])
+                .map_err(|_| DropReason::Malformed)?;
+            Ok(w + c)
+        });
+        if tx.len() > before {
+            self.stats.count(Feedback::SrSent, 1);
         }
     }
 
@@ -1352,6 +1572,7 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             self.hub = Some(hub);
         }
+        self.reports(now, tx);
         if !self.poll_needed {
             return;
         }
@@ -1456,8 +1677,9 @@ struct RtpIn {
     seq: u16,
     ts: u32,
     pt: u8,
-    /// Plain packet length.
+    /// Plain packet length, and of its payload.
     len: usize,
+    payload: usize,
     /// The packet's index in its stream's retransmission cache, when it was cached.
     cached: Option<u64>,
     /// Restored from the publisher's RTX stream (a repair, not a first copy).
@@ -1641,11 +1863,11 @@ struct Span {
 }
 
 impl Span {
-    /// SR, SDES and BYE about a stream go down to its subscribers.
+    /// SDES and BYE about a stream go down to its subscribers. SRs do not: the relay writes
+    /// its own for each output stream (`Forwarder::reports`), with that stream's counts.
     fn goes_down(&self) -> bool {
         let len = self.end - self.at;
         match self.pt {
-            packet_type::SR => len >= rtcp::SR_FIXED_LEN,
             packet_type::SDES | packet_type::BYE => self.count > 0 && len >= 8,
             _ => false,
         }

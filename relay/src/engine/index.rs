@@ -290,7 +290,16 @@ pub struct Session<C> {
     /// The publisher's RTX streams its routes name ([`Rewrite::source_rtx`]), rebuilt with
     /// the routes: a packet on one of these SSRCs is unwrapped into its original stream.
     pub rtx_in: Vec<RtxIn>,
+    /// The CNAME the peer gave in its last SDES (RFC 3550 §6.5.1), when it fits: the relay's
+    /// sender reports about this publisher's streams carry it, so a viewer groups the
+    /// rewritten streams of one publisher for lip sync as the publisher grouped them.
+    pub cname: [u8; MAX_CNAME],
+    pub cname_len: u8,
 }
+
+/// Longest peer CNAME kept (libwebrtc's are 16 characters); a longer one is replaced by a name
+/// the relay derives from the session id.
+pub const MAX_CNAME: usize = 64;
 
 /// A publisher's RTX stream (RFC 4588) and the stream it repairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +345,8 @@ impl<C: SrtpOps> Session<C> {
             fir_seq: 0,
             bwe: None,
             rtx_in: Vec::new(),
+            cname: [0; MAX_CNAME],
+            cname_len: 0,
         }
     }
 
