@@ -81,7 +81,20 @@ pub struct Forwarder<C = contract::srtp::Context> {
     rtcp_due: Option<Instant>,
     /// State of the generator that randomises report intervals (xorshift64).
     rng: u64,
+    /// Rebuild scratch: every output (publisher, SSRC filter, subscriber) before and after.
+    edges_before: Vec<Edge>,
+    edges_after: Vec<Edge>,
+    /// Video streams of publishers this worker receives that gained a subscriber at the
+    /// last rebuild: a keyframe is asked for at the next [`Forwarder::poll`].
+    join_keyframes: Vec<Upstream>,
 }
+
+/// One output as seen across a rebuild: publisher, SSRC filter (`None`: any), subscriber,
+/// the route's keyframe bits.
+type Edge = (SessionId, Option<u32>, SessionId, u8);
+
+/// The RTP clock rate of every video payload format (RFC 3551 §5) and of no audio one.
+const VIDEO_CLOCK: u32 = 90_000;
 
 /// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
 /// key as one SRTCP flow per sender SSRC (RFC 3711 §3.4). Subscribers' own sender SSRCs are
@@ -145,6 +158,24 @@ fn derived_cname(id: SessionId, out: &mut [u8; MAX_CNAME]) -> usize {
         out[7 + i] = HEX[((id >> (60 - 4 * i)) & 0xF) as usize];
     }
     23
+}
+
+/// Every output of `index` as (publisher, SSRC filter, subscriber, keyframe bits), sorted.
+fn edges<C>(index: &Index<C>, out: &mut Vec<Edge>) {
+    out.clear();
+    for s in &index.sessions {
+        let specific = (s.groups.start..s.groups.end).map(|g| (g, true));
+        let any = (s.any_group != NONE).then_some((s.any_group, false));
+        for (g, filtered) in specific.chain(any) {
+            let g = &index.groups[g as usize];
+            let filter = filtered.then_some(g.ssrc);
+            for o in &index.outputs[g.outputs.start as usize..g.outputs.end as usize] {
+                let sub = index.sessions[o.sub as usize].id;
+                out.push((s.id, filter, sub, o.rewrite.keyframe));
+            }
+        }
+    }
+    out.sort_unstable();
 }
 
 /// One packet of a tracked stream, for [`note_stream`].
@@ -378,6 +409,9 @@ impl<C: SrtpOps> Forwarder<C> {
             macs: MacBatch::new(),
             rtcp_due: None,
             rng: 0x9E37_79B9_7F4A_7C15,
+            edges_before: Vec::new(),
+            edges_after: Vec::new(),
+            join_keyframes: Vec::new(),
         }
     }
 
@@ -435,7 +469,14 @@ impl<C: SrtpOps> Forwarder<C> {
             .map(|s| s.id);
         self.claimed_scratch.extend(claimed);
         self.ice.rebuild(sessions);
+        let mut before = core::mem::take(&mut self.edges_before);
+        edges(&self.index, &mut before);
         let rep = self.index.rebuild(sessions, routes);
+        let mut after = core::mem::take(&mut self.edges_after);
+        edges(&self.index, &mut after);
+        self.note_joins(&before, &after);
+        self.edges_before = before;
+        self.edges_after = after;
         let index = &self.index;
         self.state.rebuild(|id| index.has_session(id));
         // Sessions that went away: their caches return to the budget, their hub entries go.
@@ -470,6 +511,40 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         self.diag.rebuild(|id| index.has_session(id));
         rep
+    }
+
+    /// Outputs in `after` that `before` did not have: for each video stream this worker
+    /// receives from that publisher, a keyframe request at the next poll (docs/ENGINE.md
+    /// "Keyframe on join"). Rebuild time only.
+    fn note_joins(&mut self, before: &[Edge], after: &[Edge]) {
+        self.join_keyframes.clear();
+        for e in after {
+            if before.binary_search(e).is_ok() {
+                continue;
+            }
+            let (pub_id, filter, _, keyframe) = *e;
+            let Some(pi) = self.index.session_index(pub_id) else {
+                continue;
+            };
+            let p = &self.index.sessions[pi as usize];
+            for ps in &p.pubs {
+                if filter.is_some_and(|f| f != ps.ssrc) {
+                    continue;
+                }
+                let clock = p.diag.rx.iter().find(|r| r.ssrc == ps.ssrc);
+                let video = (filter.is_some() && keyframe != 0)
+                    || clock.is_some_and(|r| r.clock_rate == VIDEO_CLOCK);
+                let up = Upstream {
+                    publisher: pi,
+                    ssrc: ps.ssrc,
+                    seq_off: 0,
+                    keyframe,
+                };
+                if video && !self.join_keyframes.contains(&up) {
+                    self.join_keyframes.push(up);
+                }
+            }
+        }
     }
 
     /// Publish per-session diagnostics into worker `worker`'s session-stats region of `shm`
@@ -1572,6 +1647,15 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             self.hub = Some(hub);
         }
+        for k in 0..self.join_keyframes.len() {
+            let up = self.join_keyframes[k];
+            let before = tx.len();
+            self.key_request(up, up.ssrc, false, tx);
+            if tx.len() > before {
+                self.stats.count(Feedback::PliOnJoin, 1);
+            }
+        }
+        self.join_keyframes.clear();
         self.reports(now, tx);
         if !self.poll_needed {
             return;

@@ -1325,3 +1325,55 @@ fn relay_writes_its_own_sender_and_receiver_reports() {
     assert_eq!(later.len(), 2, "one SR and one RR again");
     assert_eq!(rig.fwd.stats().dropped_total(), 0);
 }
+
+/// A viewer that joins gets a keyframe soon: the rebuild that gives it a new output makes the
+/// publisher's worker send one PLI per video stream (declared by the route's keyframe bits,
+/// or a 90 kHz clock), none for audio, none again for outputs that already existed.
+#[test]
+fn a_viewer_joining_a_video_stream_triggers_a_keyframe_request() {
+    use contract::shm::keyframe::PLI;
+    let video = Rewrite {
+        keyframe: PLI,
+        ..Rewrite::default()
+    };
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, Some(0x1111), 3, video),
+            route(2, 1, None, 3, Rewrite::default()),
+        ],
+    );
+    let t0 = Instant::now();
+    for i in 0..40u32 {
+        rig.fwd
+            .set_now(t0 + Duration::from_millis(20 * u64::from(i)));
+        rig.send(1, &rtp(0x1111, i as u16, 3000 * i, 96, b"v"));
+        rig.send(1, &rtp(0x2222, i as u16, 960 * i, 111, b"a"));
+        rig.send(1, &rtp(0x3333, i as u16, 1800 * i, 97, b"v"));
+    }
+    let now = t0 + Duration::from_millis(800);
+    assert!(rig
+        .poll(now)
+        .iter()
+        .all(|(d, p)| *d != addr(1001) || p[1] != 206));
+    // Viewer 4 joins both routes.
+    rig.routes.push(route(3, 1, Some(0x1111), 4, video));
+    rig.routes.push(route(4, 1, None, 4, Rewrite::default()));
+    rig.rebuild();
+    let out = rig.poll(now);
+    let mut plis: Vec<u32> = (out.iter())
+        .filter(|(d, p)| *d == addr(1001) && p[1] == 206 && p[0] & 0x1F == fmt::PLI)
+        .map(|(_, p)| be32(p, 8))
+        .collect();
+    plis.sort_unstable();
+    assert_eq!(plis, [0x1111, 0x3333], "video only");
+    assert_eq!(rig.fb(Feedback::PliOnJoin), 2);
+    // Nothing changed: no request.
+    rig.rebuild();
+    assert!(rig.poll(now).iter().all(|(_, p)| p[1] != 206));
+    assert_eq!(rig.fb(Feedback::PliOnJoin), 2);
+}
