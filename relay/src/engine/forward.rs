@@ -81,6 +81,9 @@ pub struct Forwarder<C = contract::srtp::Context> {
     rtcp_due: Option<Instant>,
     /// State of the generator that randomises report intervals (xorshift64).
     rng: u64,
+    /// Workers this one handed feedback to since the last [`Forwarder::take_wakes`] (bit
+    /// `w % 64` of word `w / 64`; `relay.workers` is at most 1024).
+    wake_mask: [u64; 16],
     /// Rebuild scratch: every output (publisher, SSRC filter, subscriber) before and after.
     edges_before: Vec<Edge>,
     edges_after: Vec<Edge>,
@@ -409,6 +412,7 @@ impl<C: SrtpOps> Forwarder<C> {
             macs: MacBatch::new(),
             rtcp_due: None,
             rng: 0x9E37_79B9_7F4A_7C15,
+            wake_mask: [0; 16],
             edges_before: Vec::new(),
             edges_after: Vec::new(),
             join_keyframes: Vec::new(),
@@ -511,6 +515,18 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         self.diag.rebuild(|id| index.has_session(id));
         rep
+    }
+
+    /// Call `wake` once for each worker this one handed feedback to since the last call (the
+    /// worker wakes them at the end of its turn: one wake per target and turn, not per packet).
+    pub fn take_wakes(&mut self, wake: &mut dyn FnMut(usize)) {
+        for (i, m) in self.wake_mask.iter_mut().enumerate() {
+            while *m != 0 {
+                let b = m.trailing_zeros() as usize;
+                *m &= *m - 1;
+                wake(i * 64 + b);
+            }
+        }
     }
 
     /// Outputs in `after` that `before` did not have: for each video stream this worker
@@ -1413,8 +1429,14 @@ impl<C: SrtpOps> Forwarder<C> {
         let sessions = &self.index.sessions;
         let sub_id = sessions[sub as usize].id;
         let stats = &mut self.stats;
+        let mask = &mut self.wake_mask;
         let mut hand = |w: usize| match hub.hand(w, sub_id, p) {
-            Ok(()) => stats.count(Feedback::HandedOver, 1),
+            Ok(()) => {
+                stats.count(Feedback::HandedOver, 1);
+                if let Some(m) = mask.get_mut(w / 64) {
+                    *m |= 1 << (w % 64);
+                }
+            }
             Err(HandError::Full) => stats.count(Feedback::HandOverFull, 1),
             // Longer than an inbox entry, or no such worker: it can go nowhere.
             Err(HandError::TooBig | HandError::NoWorker) => stats.count(Feedback::Unroutable, 1),
