@@ -3,8 +3,9 @@
 //! [`Handler`] (the forwarding engine, or [`Echo`]).
 //!
 //! Owns: threads, pinning, the clock (read at the start of each turn and after its drain, and
-//! passed in), the stall detector, the stop flag, per-worker counters. May not touch: packet
-//! contents (the handler's job), syscalls other than through [`crate::io`].
+//! passed in), the stall detector, the stop flag, per-worker counters, the wake fds (`wake`:
+//! one eventfd per worker, a few syscalls per cross-worker wake, none per packet). May not
+//! touch: packet contents (the handler's job), other syscalls than through [`crate::io`].
 //!
 //! One loop turn:
 //! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it;
