@@ -387,3 +387,161 @@ fn publisher_leg_loss_is_repaired_before_fan_out() {
         "no viewer had to ask"
     );
 }
+
+/// The relay's own RTCP on both legs (Rust SRTP peers): a publisher sends 90 kHz video with a
+/// sender report every 500 ms; the viewer, on a route that rewrites the SSRC, receives the
+/// relay's SRs on its rewritten SSRC, each with the publisher's NTP↔RTP mapping carried
+/// through the rewrite (so lip sync survives) and its own stream's counts; the publisher
+/// receives the relay's RRs about its stream, with LSR naming one of its SRs.
+#[test]
+fn relay_reports_on_both_legs() {
+    const OUT_SSRC: u32 = 0x00FE_ED00;
+    const NTP_BASE: u64 = 0xE7A0_0000_0000_0000;
+    let profile = Profile::AeadAes128Gcm;
+    let dir = TempDir::new("rtcp-legs");
+    let shm = dir.path().join("shm");
+    let mut w = ShmWriter::create(
+        &shm,
+        Capacity {
+            sessions: 16,
+            routes: 16,
+            workers: 4,
+        },
+    )
+    .expect("create shm");
+    let mut publisher = Peer::new(31, Role::Speaker, profile);
+    let mut viewer = Peer::new(32, Role::Viewer, profile);
+    w.put_session(&publisher.record()).expect("session");
+    w.put_session(&viewer.record()).expect("session");
+    w.put_route(&RouteRecord {
+        id: 1,
+        from: publisher.id,
+        ssrc: Some(MEDIA_SSRC),
+        to: viewer.id,
+        rewrite: Rewrite {
+            ssrc: Some(OUT_SSRC),
+            ..Rewrite::default()
+        },
+    })
+    .expect("route");
+    let reader = Arc::new(ShmReader::open(&shm).expect("open shm"));
+    let workers = relay_workers(
+        reader.clone(),
+        WorkerConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            workers: Some(1),
+            backend: BackendChoice::Mmsg,
+            pin: false,
+            ..WorkerConfig::default()
+        },
+        None,
+    );
+    let relay_addr = workers.local_addr();
+    // The publisher's clocks: packet `seq` is sampled at seq / 30 s (RTP seq × 3000 at 90 kHz,
+    // `Peer::send_rtp`), NTP_BASE + that time on its wall clock.
+    let ntp_of = |seq: u16| NTP_BASE + ((u64::from(seq) << 32) / 30);
+    publisher.sock.set_nonblocking(true).expect("nonblocking");
+    let mut sr_ntp = Vec::new();
+    let (viewer_got, rrs) = std::thread::scope(|sc| {
+        let v = sc.spawn(|| {
+            // (RTP timestamp offset seen on media, relay SRs as (NTP, RTP, packets, octets)).
+            let mut off = None;
+            let mut srs = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            let until = Instant::now() + Duration::from_millis(4500);
+            while Instant::now() < until {
+                let Ok((n, _)) = viewer.sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if (192..=223).contains(&buf[1]) {
+                    let m = viewer.recv.unprotect_rtcp(&mut buf, n).expect("SRTCP");
+                    for p in rtcp::packets(&buf[..m]).flatten() {
+                        if let Ok(Rtcp::SenderReport(sr)) = p.typed() {
+                            assert_eq!(sr.ssrc(), OUT_SSRC, "the rewritten SSRC");
+                            srs.push((
+                                sr.ntp_timestamp(),
+                                sr.rtp_timestamp(),
+                                sr.packet_count(),
+                                sr.octet_count(),
+                            ));
+                        }
+                    }
+                } else {
+                    viewer.recv.unprotect_rtp(&mut buf, n).expect("SRTP");
+                    let seq = u16::from_be_bytes([buf[2], buf[3]]);
+                    let ts = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                    off.get_or_insert(ts.wrapping_sub(u32::from(seq) * 3000));
+                }
+            }
+            (off, srs)
+        });
+        let mut rrs = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        let start = Instant::now();
+        for seq in 0..110u16 {
+            publisher.send_rtp(relay_addr, MEDIA_SSRC, seq, &[seq as u8; 400]);
+            if seq % 15 == 14 {
+                // RFC 3550 §6.4.1: NTP and RTP timestamps of the same instant.
+                let mut sr = [0u8; 128];
+                sr[..4].copy_from_slice(&[0x80, 200, 0, 6]);
+                sr[4..8].copy_from_slice(&MEDIA_SSRC.to_be_bytes());
+                sr[8..16].copy_from_slice(&ntp_of(seq).to_be_bytes());
+                sr[16..20].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+                sr[20..24].copy_from_slice(&u32::from(seq + 1).to_be_bytes());
+                let n = publisher.send.protect_rtcp(&mut sr, 28).expect("protect");
+                publisher.sock.send_to(&sr[..n], relay_addr).expect("send");
+                sr_ntp.push(ntp_of(seq));
+            }
+            while let Ok((n, _)) = publisher.sock.recv_from(&mut buf) {
+                let Ok(m) = publisher.recv.unprotect_rtcp(&mut buf, n) else {
+                    continue;
+                };
+                for p in rtcp::packets(&buf[..m]).flatten() {
+                    if let Ok(Rtcp::ReceiverReport(rr)) = p.typed() {
+                        rrs.extend(rr.report_blocks());
+                    }
+                }
+            }
+            // 30 packets per second of the test's clock.
+            let next = start + Duration::from_micros(33_333 * (u64::from(seq) + 1));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        (v.join().expect("viewer"), rrs)
+    });
+    let totals = reader.totals();
+    workers.stop().expect("clean stop");
+    let (off, srs) = viewer_got;
+    let off = off.expect("media reached the viewer");
+    eprintln!(
+        "viewer: {} relay SRs; publisher: {} RR blocks; sr_sent {} sr_replaced {} rr_sent {}",
+        srs.len(),
+        rrs.len(),
+        totals.feedback(Feedback::SrSent),
+        totals.feedback(Feedback::SrReplaced),
+        totals.feedback(Feedback::RrSent),
+    );
+    assert!(srs.len() >= 2, "{srs:?}");
+    for &(ntp, rtp, packets, octets) in &srs {
+        // The publisher's mapping, through the rewrite: RTP = 90 kHz × (NTP − base) + offset.
+        let secs = (ntp - NTP_BASE) as f64 / 4_294_967_296.0;
+        let want = ((secs * 90_000.0).round() as u64 as u32).wrapping_add(off);
+        let diff = rtp.wrapping_sub(want) as i32;
+        assert!(
+            diff.abs() <= 2,
+            "SR NTP {ntp:#x} RTP {rtp}: {diff} ticks off"
+        );
+        assert!((1..=110).contains(&packets), "{packets}");
+        assert_eq!(octets, packets * 400, "payload octets of the stream sent");
+    }
+    assert!(!rrs.is_empty(), "the publisher got receiver reports");
+    let b = rrs.last().expect("a block");
+    assert_eq!(b.ssrc, MEDIA_SSRC);
+    assert!(b.highest_sequence >= 30, "{b:?}");
+    assert_eq!(b.cumulative_lost, 0, "{b:?}");
+    let lsrs: Vec<u32> = sr_ntp.iter().map(|n| (n >> 16) as u32).collect();
+    assert!(
+        rrs.iter().any(|b| lsrs.contains(&b.last_sr)),
+        "LSR names one of the publisher's SRs: {rrs:?}"
+    );
+    assert_eq!(totals.feedback(Feedback::SrReplaced), sr_ntp.len() as u64);
+}

@@ -1,5 +1,6 @@
 //! Zero heap allocations per packet in the engine after warm-up (fan-out 1 and 10, RTP and
-//! RTCP, per-session diagnostics counted and published), counted by a global allocator. Its own test binary so no other test allocates
+//! RTCP, per-session diagnostics counted and published, the relay's own sender and receiver
+//! reports written at each turn's end), counted by a global allocator. Its own test binary so no other test allocates
 //! concurrently; the one test runs its cases in sequence.
 
 mod engine_support;
@@ -66,11 +67,16 @@ fn case(profile: Profile, fanout: u64) {
     let total = 300u16;
     let mut rtp_in = Vec::new();
     for seq in 0..total {
-        rtp_in.push(p.rtp(0x1234, seq, u32::from(seq) * 90, 96, &[7; 1200]));
+        // 10 packets per 100 ms batch below: a 90 kHz clock, so the relay's SRs have a rate.
+        rtp_in.push(p.rtp(0x1234, seq, u32::from(seq) * 900, 96, &[7; 1200]));
     }
+    // SR (replaced by the relay's own) + SDES (goes down).
     let mut sr = vec![0x80, 200, 0, 6];
     sr.extend_from_slice(&0x1234u32.to_be_bytes());
     sr.extend_from_slice(&[0; 20]);
+    sr.extend_from_slice(&[0x81, 202, 0, 2]);
+    sr.extend_from_slice(&0x1234u32.to_be_bytes());
+    sr.extend_from_slice(&[1, 1, b'p', 0]);
     let mut rtcp_in = Vec::new();
     for _ in 0..total {
         rtcp_in.push(p.rtcp(&sr));
@@ -103,6 +109,12 @@ fn case(profile: Profile, fanout: u64) {
     let before = rig.engine.totals().packets_out;
 
     let published = rig.engine.forwarder().diagnostics().publishes();
+    let reports = |rig: &Rig| {
+        use contract::shm::Feedback;
+        let t = rig.engine.totals();
+        t.feedback(Feedback::SrSent) + t.feedback(Feedback::RrSent)
+    };
+    let reports_before = reports(&rig);
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     for chunk in 2..(total as usize / 10) {
@@ -115,13 +127,27 @@ fn case(profile: Profile, fanout: u64) {
             run(&mut rig, p.addr, &rtcp_in[i]);
             run(&mut rig, subs[0].addr, &fb_in[i]);
         }
+        // The relay's own reports (SR per output stream, RR to the publisher) when due.
+        rig.tx.clear();
+        rig.engine.poll(rig.now, &mut rig.tx);
         rig.engine.end_batch(rig.now);
     }
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.load(Ordering::SeqCst);
     let sent = rig.engine.totals().packets_out - before;
-    // Every RTP and SR went to each subscriber, every PLI up to the publisher.
-    assert_eq!(sent, 280 * (2 * fanout + 1), "{profile} fan-out {fanout}");
+    let reported = reports(&rig) - reports_before;
+    // 2.8 s: about three reports per output stream and to the publisher (1 s ± 50 %).
+    assert!(
+        reported >= 2 * (fanout + 1),
+        "{profile} fan-out {fanout}: {reported} reports"
+    );
+    // Every RTP and SDES went to each subscriber, every PLI up to the publisher, and the
+    // relay's own reports.
+    assert_eq!(
+        sent,
+        280 * (2 * fanout + 1) + reported,
+        "{profile} fan-out {fanout}"
+    );
     assert_eq!(
         allocs, 0,
         "{profile} fan-out {fanout}: {allocs} allocations"

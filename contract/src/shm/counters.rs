@@ -66,7 +66,8 @@ pub struct WorkerCounters {
     stuck_since_unix_ms: AtomicU64,
     stuck: AtomicU64,
     io: [AtomicU64; IO_COUNTERS],
-    // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker.
+    // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker;
+    // ABI 7 grew it from 16 to 24 counters.
     feedback: [AtomicU64; Feedback::COUNT],
     // ABI 7: ICE-TCP, written by the relay's supervisor from the worker's counters. Always
     // the last section of the block: its offset is COUNTER_TCP_OFFSET.
@@ -212,20 +213,36 @@ pub enum Feedback {
     /// Keyframe requests sent to a publisher as the other kind: a PLI as a FIR to a publisher
     /// that negotiated only `ccm fir`, a FIR as a PLI to one that negotiated only `nack pli`.
     KeyframeTranslated = 13,
+    /// Sender reports the relay wrote itself for an output stream (RFC 3550 §6.4.1, ABI 7).
+    SrSent = 14,
+    /// Publisher sender reports not forwarded to subscribers: the relay's own reports replace
+    /// them (their packet and octet counts would contradict the output streams', ABI 7).
+    SrReplaced = 15,
+    /// Receiver reports the relay wrote itself to a publisher (RFC 3550 §6.4.2, ABI 7).
+    RrSent = 16,
+    /// Keyframe requests sent to a publisher because a subscriber joined one of its video
+    /// streams (ABI 7; aggregated like any other request).
+    PliOnJoin = 17,
+    /// Publisher RTX packets (RFC 4588) unwrapped into their original stream (ABI 7).
+    RtxUnwrapped = 18,
+    /// Publisher RTX packets dropped: padding-only probes (bandwidth probing, no original
+    /// packet inside), and packets of a stream whose original payload type is not known yet
+    /// (ABI 7).
+    RtxDropped = 19,
     /// Packets of a simulcast layer not sent to a subscriber (ABI 7): not its current layer,
     /// or older than its last layer switch (docs/ENGINE.md "Simulcast").
-    LayerSkipped = 16,
+    LayerSkipped = 20,
     /// Simulcast layer switches made for subscribers (ABI 7).
-    LayerSwitch = 17,
+    LayerSwitch = 21,
     /// Key-frame requests (PLI) the relay sent a publisher so that a subscriber can switch
     /// to one of its layers (ABI 7).
-    LayerKeyframeRequest = 18,
+    LayerKeyframeRequest = 22,
 }
 
 impl Feedback {
     pub const COUNT: usize = 32;
-    /// Every counter in index order (indices 14, 15 and 19..32 are reserved and stay 0).
-    pub const ALL: [Feedback; 17] = [
+    /// Every counter in index order (indices 23..32 are reserved and stay 0).
+    pub const ALL: [Feedback; 23] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -240,6 +257,12 @@ impl Feedback {
         Feedback::UpstreamGiveUp,
         Feedback::ResendFailed,
         Feedback::KeyframeTranslated,
+        Feedback::SrSent,
+        Feedback::SrReplaced,
+        Feedback::RrSent,
+        Feedback::PliOnJoin,
+        Feedback::RtxUnwrapped,
+        Feedback::RtxDropped,
         Feedback::LayerSkipped,
         Feedback::LayerSwitch,
         Feedback::LayerKeyframeRequest,
@@ -261,6 +284,12 @@ impl Feedback {
             Feedback::UpstreamGiveUp => "upstream_give_up",
             Feedback::ResendFailed => "resend_failed",
             Feedback::KeyframeTranslated => "keyframe_translated",
+            Feedback::SrSent => "sr_sent",
+            Feedback::SrReplaced => "sr_replaced",
+            Feedback::RrSent => "rr_sent",
+            Feedback::PliOnJoin => "pli_on_join",
+            Feedback::RtxUnwrapped => "rtx_unwrapped",
+            Feedback::RtxDropped => "rtx_dropped",
             Feedback::LayerSkipped => "layer_skipped",
             Feedback::LayerSwitch => "layer_switch",
             Feedback::LayerKeyframeRequest => "layer_keyframe_request",

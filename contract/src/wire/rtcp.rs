@@ -339,7 +339,7 @@ pub enum Rtcp<'a> {
 }
 
 /// One reception report block (RFC 3550 §6.4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReportBlock {
     /// SSRC of the source reported on.
     pub ssrc: u32,

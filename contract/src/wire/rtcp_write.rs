@@ -120,6 +120,45 @@ pub fn receiver_report(
     Ok(len)
 }
 
+/// Longest CNAME [`sdes_cname`] writes (the item's length octet allows 255; RFC 3550 §6.5.1).
+pub const MAX_CNAME: usize = 255;
+
+/// A source description with one chunk: `ssrc` and its CNAME item (RFC 3550 §6.5), the item
+/// list ended by a null octet and padded to a 32-bit boundary.
+pub fn sdes_cname(out: &mut [u8], ssrc: u32, cname: &[u8]) -> Result<usize, WriteError> {
+    if cname.len() > MAX_CNAME {
+        return Err(WriteError::TooMany(cname.len()));
+    }
+    // Header, SSRC, type and length, the value, at least one null octet, padding.
+    let len = (8 + 2 + cname.len() + 1).div_ceil(4) * 4;
+    room(out, len)?;
+    header(out, 1, packet_type::SDES, len);
+    put32(out, 4, ssrc);
+    out[8] = 1; // CNAME
+    out[9] = cname.len() as u8;
+    out[10..10 + cname.len()].copy_from_slice(cname);
+    out[10 + cname.len()..len].fill(0);
+    Ok(len)
+}
+
+/// The NTP timestamp (RFC 3550 §4: seconds since 1900 ‖ 32-bit fraction) `d` after `ntp`.
+pub fn ntp_add(ntp: u64, d: core::time::Duration) -> u64 {
+    let secs = d.as_secs() << 32;
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    ntp.wrapping_add(secs).wrapping_add(frac)
+}
+
+/// The middle 32 bits of an NTP timestamp: the LSR field of a report block (RFC 3550 §6.4.1).
+pub fn ntp_middle(ntp: u64) -> u32 {
+    (ntp >> 16) as u32
+}
+
+/// A delay in units of 1/65536 s, saturating: the DLSR field of a report block (§6.4.1).
+pub fn dlsr(d: core::time::Duration) -> u32 {
+    let units = (d.as_nanos() << 16) / 1_000_000_000;
+    units.min(u128::from(u32::MAX)) as u32
+}
+
 /// Picture loss indication from `sender_ssrc` about `media_ssrc` (RFC 4585 §6.3.1).
 pub fn pli(out: &mut [u8], sender_ssrc: u32, media_ssrc: u32) -> Result<usize, WriteError> {
     room(out, 12)?;
@@ -193,6 +232,48 @@ pub fn nack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::time::Duration;
+
+    #[test]
+    fn sdes_cname_is_one_padded_chunk() {
+        let mut b = [0u8; 64];
+        for (name, want) in [(&b"ab"[..], 16), (b"abcdef", 20), (b"", 12)] {
+            let n = sdes_cname(&mut b, 0x1234, name).unwrap();
+            assert_eq!(n, want, "{name:?}");
+            let (p, rest) = crate::wire::rtcp::RtcpPacket::parse(&b[..n]).unwrap();
+            assert!(rest.is_empty());
+            let Ok(Rtcp::Sdes(sdes)) = p.typed() else {
+                panic!("not SDES");
+            };
+            let chunks: Vec<_> = sdes.chunks().collect();
+            assert_eq!(chunks.len(), 1);
+            assert_eq!(chunks[0].ssrc, 0x1234);
+            assert_eq!(chunks[0].items().collect::<Vec<_>>(), [(1u8, name)]);
+        }
+        assert_eq!(
+            sdes_cname(&mut [0u8; 15], 1, b"ab"),
+            Err(WriteError::BufferTooSmall { need: 16, have: 15 })
+        );
+        assert_eq!(
+            sdes_cname(&mut b, 1, &[b'x'; 256]),
+            Err(WriteError::TooMany(256))
+        );
+    }
+
+    #[test]
+    fn ntp_arithmetic_follows_rfc_3550() {
+        // 1.5 s later: one second and half of 2^32 in the fraction.
+        let t = 0x0000_0010_8000_0000u64;
+        assert_eq!(
+            ntp_add(t, Duration::from_millis(1500)),
+            0x0000_0012_0000_0000
+        );
+        // LSR: the middle 32 bits of the 64-bit timestamp.
+        assert_eq!(ntp_middle(0xB44D_B705_2000_0000), 0xB705_2000);
+        // DLSR: §6.4.1's example, 5.250 s = 0x0005_4000.
+        assert_eq!(dlsr(Duration::from_millis(5250)), 0x0005_4000);
+        assert_eq!(dlsr(Duration::from_secs(1 << 20)), u32::MAX);
+    }
     use crate::wire::rtcp::{packets, Rtcp};
 
     fn block(ssrc: u32, lost: i32) -> ReportBlock {

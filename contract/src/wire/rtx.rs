@@ -89,6 +89,53 @@ pub fn decapsulate(
     Ok((need, osn))
 }
 
+/// What [`decapsulate_in_place`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwrapped {
+    /// The original packet, now in the front of the buffer: its length and sequence number.
+    Original { len: usize, osn: u16 },
+    /// An RTX packet with no payload at all: padding sent to probe bandwidth (libwebrtc
+    /// sends these on the RTX stream, RFC 4588 §4 gives them no original to restore).
+    Padding,
+}
+
+/// [`decapsulate`] in place: the RTX packet `buf[..len]` (plain) becomes the original, with
+/// `original_payload_type` and `original_ssrc` (the stream `apt` and `a=ssrc-group:FID`
+/// bind it to), the original sequence number and no padding. Nothing is copied but the
+/// payload (two bytes to the left). A packet whose payload is empty is
+/// [`Unwrapped::Padding`]; one whose payload is a single byte has no OSN.
+pub fn decapsulate_in_place(
+    buf: &mut [u8],
+    len: usize,
+    original_payload_type: u8,
+    original_ssrc: u32,
+) -> Result<Unwrapped, RtxError> {
+    let buf = buf
+        .get_mut(..len)
+        .ok_or(RtxError::Rtp(RtpError::TooShort))?;
+    let p = RtpPacket::parse(buf)?;
+    let hlen = p.header_len();
+    let plen = p.payload().len();
+    let osn = match p.payload() {
+        [] => return Ok(Unwrapped::Padding),
+        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+        _ => return Err(RtxError::NoOsn),
+    };
+    if original_payload_type > 127 {
+        return Err(RtxError::Rtp(RtpError::BadPayloadType(
+            original_payload_type,
+        )));
+    }
+    buf.copy_within(hlen + 2..hlen + plen, hlen);
+    let n = hlen + plen - 2;
+    buf[0] &= !0x20;
+    let mut m = RtpMut::parse(&mut buf[..n])?;
+    m.set_payload_type(original_payload_type)?;
+    m.set_ssrc(original_ssrc);
+    m.set_sequence(osn);
+    Ok(Unwrapped::Original { len: n, osn })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,7 +163,61 @@ mod tests {
                 prop_assert_eq!(b.header_len(), orig.header_len());
             }
             let _ = decapsulate(&bytes, 96, 1, &mut out);
+            let n = bytes.len();
+            let mut copy = vec![0u8; n];
+            let copied = decapsulate(&bytes, 96, 1, &mut copy);
+            match decapsulate_in_place(&mut bytes, n, 96, 1) {
+                Ok(Unwrapped::Original { len, osn }) => {
+                    let (m, o) = copied.unwrap();
+                    prop_assert_eq!((len, osn), (m, o));
+                    prop_assert_eq!(&bytes[..len], &copy[..m]);
+                }
+                Ok(Unwrapped::Padding) => {
+                    prop_assert!(RtpPacket::parse(&bytes).unwrap().payload().is_empty());
+                }
+                Err(e) => prop_assert_eq!(Err(e), copied.map(|_| ())),
+            }
         }
+    }
+
+    #[test]
+    fn in_place_restores_the_original_across_the_wrap() {
+        let orig = original();
+        for (osn, rtx_seq) in [(65_535u16, 0u16), (0, 65_535), (1, 2)] {
+            let mut o = orig.clone();
+            o[2..4].copy_from_slice(&osn.to_be_bytes());
+            let rtx = RtxHeader {
+                payload_type: 97,
+                ssrc: 0x22,
+                sequence: rtx_seq,
+            };
+            let mut buf = [0u8; 64];
+            let n = encapsulate(&o, rtx, &mut buf).unwrap();
+            let got = decapsulate_in_place(&mut buf, n, 96, 0x11).unwrap();
+            let Unwrapped::Original { len, osn: got_osn } = got else {
+                panic!("{got:?}");
+            };
+            assert_eq!(got_osn, osn);
+            let mut unpadded = o.clone();
+            unpadded.truncate(o.len() - 3);
+            unpadded[0] &= !0x20;
+            assert_eq!(&buf[..len], &unpadded[..]);
+        }
+        // A padding-only probe: padding bit, no payload.
+        let mut probe = [0xA0, 97, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0x22, 0, 0, 0, 4];
+        assert_eq!(
+            decapsulate_in_place(&mut probe, 16, 96, 0x11),
+            Ok(Unwrapped::Padding)
+        );
+        let mut one = [0x80, 97, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA];
+        assert_eq!(
+            decapsulate_in_place(&mut one, 13, 96, 1),
+            Err(RtxError::NoOsn)
+        );
+        assert_eq!(
+            decapsulate_in_place(&mut one, 40, 96, 1),
+            Err(RtxError::Rtp(RtpError::TooShort))
+        );
     }
 
     /// An RTP packet: PT 96, marker, seq 65535, ts 3000, SSRC 0x11, one CSRC, a one-byte

@@ -19,6 +19,8 @@ use contract::shm::{
     DropReason, ReceptionStats, SessionId, SessionStats, ShmReader, StatRecord, StreamDir,
     StreamStats,
 };
+use contract::wire::rtcp::ReportBlock;
+use contract::wire::rtcp_write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,30 @@ pub struct RxStream {
     interval: (u32, u32, Option<Instant>),
     pub fraction_lost: u8,
     slot: u32,
+    /// The peer's last sender report about this stream (RFC 3550 §6.4.1): the relay's own
+    /// reports derive their NTP↔RTP mapping and their LSR/DLSR from it.
+    pub last_sr: Option<SrSeen>,
+}
+
+/// A sender report as received: its NTP and RTP timestamps and when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SrSeen {
+    pub ntp: u64,
+    pub rtp: u32,
+    pub at: Instant,
+}
+
+impl SrSeen {
+    /// RFC 3550 §6.4.1: the sender's NTP and RTP clocks at `now`, extrapolated from this
+    /// report with the stream's RTP clock rate (both advance in real time).
+    pub fn at_time(&self, now: Instant, clock_rate: u32) -> (u64, u32) {
+        let d = now.saturating_duration_since(self.at);
+        let ticks = d.as_nanos() * u128::from(clock_rate) / 1_000_000_000;
+        (
+            rtcp_write::ntp_add(self.ntp, d),
+            self.rtp.wrapping_add(ticks as u32),
+        )
+    }
 }
 
 impl RxStream {
@@ -74,7 +100,27 @@ impl RxStream {
             interval: (0, 0, None),
             fraction_lost: 0,
             slot: NO_SLOT,
+            last_sr: None,
         }
+    }
+
+    /// The report block about this stream for a receiver report sent at `now` (RFC 3550
+    /// §6.4.1, A.3, A.8): loss since the previous block, cumulative loss, extended highest
+    /// sequence number, jitter (0 until the clock rate is known), LSR/DLSR from the peer's
+    /// last sender report. Starts the next report interval.
+    pub fn report_block(&mut self, now: Instant) -> ReportBlock {
+        let (lsr, dlsr) = match self.last_sr {
+            Some(sr) => (
+                rtcp_write::ntp_middle(sr.ntp),
+                rtcp_write::dlsr(now.saturating_duration_since(sr.at)),
+            ),
+            None => (0, 0),
+        };
+        let mut b = self.reception.report_block(self.ssrc, lsr, dlsr);
+        if self.clock_rate == 0 {
+            b.jitter = 0;
+        }
+        b
     }
 
     /// One authenticated packet: sequence bookkeeping (A.1), then the jitter (A.8) once the
@@ -183,6 +229,27 @@ pub struct TxStream {
     pub bytes: u64,
     pub last: Option<Instant>,
     slot: u32,
+    /// RTP payload octets sent (the SR octet count, RFC 3550 §6.4.1).
+    pub octets: u64,
+    /// The publisher session and SSRC of the last packet sent, and the output timestamp
+    /// minus the source's (the route's timestamp rewriting): what the relay's sender reports
+    /// map the publisher's NTP↔RTP relation through.
+    pub src: (SessionId, u32),
+    pub ts_off: u32,
+    /// When the relay's next sender report on this stream is due (`None`: not scheduled).
+    pub next_sr: Option<Instant>,
+}
+
+/// One RTP packet queued to the peer, for [`SessionDiag::on_rtp_out`].
+#[derive(Debug, Clone, Copy)]
+pub struct RtpOut {
+    /// Output SSRC, protected length, RTP payload length.
+    pub ssrc: u32,
+    pub len: usize,
+    pub payload: usize,
+    /// Source publisher session and SSRC, output minus source RTP timestamp.
+    pub src: (SessionId, u32),
+    pub ts_off: u32,
 }
 
 /// A session's counters in this worker.
@@ -199,6 +266,8 @@ pub struct SessionDiag {
     /// Received and sent streams, each list grown by [`make_room`].
     pub rx: Vec<RxStream>,
     pub tx: Vec<TxStream>,
+    /// When the relay's next receiver report to this session (as a publisher) is due.
+    pub next_rr: Option<Instant>,
     /// Anything changed since the last publish.
     dirty: bool,
     slot: Option<u32>,
@@ -261,29 +330,53 @@ impl SessionDiag {
         s.on_packet(seq, ts, len, now);
     }
 
-    /// An RTP packet of output stream `ssrc` was queued (protected length `len`).
+    /// A repaired packet of stream `ssrc` (restored from the peer's RTX stream): counted in
+    /// the stream's packets and sequence bookkeeping (RFC 3550 A.1: it lowers the loss), not
+    /// sampled for jitter (it arrives late by design).
     #[inline]
-    pub fn on_rtp_out(&mut self, ssrc: u32, len: usize, now: Option<Instant>, limit: usize) {
-        let s = match self.tx.iter().position(|s| s.ssrc == ssrc) {
+    pub fn on_rtp_repaired(&mut self, ssrc: u32, seq: u16, len: usize, now: Option<Instant>) {
+        if let Some(s) = self.rx.iter_mut().find(|s| s.ssrc == ssrc) {
+            s.packets += 1;
+            s.bytes += len as u64;
+            s.last = now.or(s.last);
+            s.reception.update_seq(seq);
+        }
+    }
+
+    /// An RTP packet of an output stream was queued. True when it opened the stream (its
+    /// first sender report is still to be scheduled).
+    #[inline]
+    pub fn on_rtp_out(&mut self, o: &RtpOut, now: Option<Instant>, limit: usize) -> bool {
+        let mut opened = false;
+        let s = match self.tx.iter().position(|s| s.ssrc == o.ssrc) {
             Some(i) => &mut self.tx[i],
             None => {
                 if !make_room(&mut self.tx, limit) {
-                    return;
+                    return false;
                 }
+                opened = true;
                 self.tx.push(TxStream {
-                    ssrc,
+                    ssrc: o.ssrc,
                     packets: 0,
                     bytes: 0,
                     last: None,
                     slot: NO_SLOT,
+                    octets: 0,
+                    src: o.src,
+                    ts_off: o.ts_off,
+                    next_sr: None,
                 });
                 let last = self.tx.len() - 1;
                 &mut self.tx[last]
             }
         };
         s.packets += 1;
-        s.bytes += len as u64;
+        s.bytes += o.len as u64;
+        s.octets += o.payload as u64;
+        s.src = o.src;
+        s.ts_off = o.ts_off;
         s.last = now.or(s.last);
+        opened
     }
 }
 

@@ -271,18 +271,28 @@ fn stream_lists_grow_by_doubling_up_to_the_limit() {
     use super::diag::SessionDiag;
     let mut d = SessionDiag::default();
     let now = Some(Instant::now());
-    d.on_rtp_out(1, 100, now, 10);
+    d.on_rtp_out(&out(1, 100), now, 10);
     assert_eq!(d.tx.capacity(), 4, "one stream does not hold the limit");
     for ssrc in 2..=12 {
-        d.on_rtp_out(ssrc, 100, now, 10);
+        d.on_rtp_out(&out(ssrc, 100), now, 10);
     }
     assert_eq!(d.tx.len(), 10, "streams past the limit are not tracked");
     assert_eq!(d.tx.capacity(), 10);
     // A known stream counts without growing anything.
-    d.on_rtp_out(3, 50, now, 10);
+    d.on_rtp_out(&out(3, 50), now, 10);
     assert_eq!((d.tx[2].packets, d.tx[2].bytes), (2, 150));
     d.on_rtp_in(7, 1, 0, 80, now, 2);
     d.on_rtp_in(8, 1, 0, 80, now, 2);
     d.on_rtp_in(9, 1, 0, 80, now, 2);
     assert_eq!((d.rx.len(), d.rx.capacity()), (2, 2));
+}
+
+fn out(ssrc: u32, len: usize) -> super::diag::RtpOut {
+    super::diag::RtpOut {
+        ssrc,
+        len,
+        payload: len.saturating_sub(12),
+        src: (1, ssrc),
+        ts_off: 0,
+    }
 }

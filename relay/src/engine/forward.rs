@@ -4,10 +4,10 @@
 use super::bwe::{Bwe, BweConfig};
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
-use super::diag::DiagState;
+use super::diag::{DiagState, RtpOut, SrSeen};
 use super::hub::{FeedbackHub, HandError};
 use super::index::{
-    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, NONE,
+    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, MAX_CNAME, NONE,
 };
 use super::layers::{Decision, LayerPacket};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
@@ -78,7 +78,28 @@ pub struct Forwarder<C = contract::srtp::Context> {
     epoch: Option<Instant>,
     /// HMAC-SHA1 tags of the current RTP fan-out, computed together (multi-buffer SHA-1).
     macs: MacBatch,
+    /// The earliest time a report of the relay's own (SR to a subscriber, RR to a
+    /// publisher) may be due: [`Forwarder::poll`] walks the sessions only from then on.
+    rtcp_due: Option<Instant>,
+    /// State of the generator that randomises report intervals (xorshift64).
+    rng: u64,
+    /// Workers this one handed feedback to since the last [`Forwarder::take_wakes`] (bit
+    /// `w % 64` of word `w / 64`; `relay.workers` is at most 1024).
+    wake_mask: [u64; 16],
+    /// Rebuild scratch: every output (publisher, SSRC filter, subscriber) before and after.
+    edges_before: Vec<Edge>,
+    edges_after: Vec<Edge>,
+    /// Video streams of publishers this worker receives that gained a subscriber at the
+    /// last rebuild: a keyframe is asked for at the next [`Forwarder::poll`].
+    join_keyframes: Vec<Upstream>,
 }
+
+/// One output as seen across a rebuild: publisher, SSRC filter (`None`: any), subscriber,
+/// the route's keyframe bits.
+type Edge = (SessionId, Option<u32>, SessionId, u8);
+
+/// The RTP clock rate of every video payload format (RFC 3551 §5) and of no audio one.
+const VIDEO_CLOCK: u32 = 90_000;
 
 /// Feedback (RFC 4585) the relay forwards to a publisher is protected under the publisher's
 /// key as one SRTCP flow per sender SSRC (RFC 3711 §3.4). Subscribers' own sender SSRCs are
@@ -122,6 +143,44 @@ fn slow_path_well_formed(kind: Kind, b: &[u8]) -> bool {
         Kind::Dtls => !b.is_empty() && dtls::records(b).all(|r| r.is_ok()),
         _ => false,
     }
+}
+
+/// The mean interval of the relay's own reports per stream (SR) and per publisher (RR),
+/// randomised ±50 % ([`Forwarder::report_interval`]). RFC 3550 §6.2 scales the interval with
+/// the session's RTCP bandwidth; one report per stream and second is what WebRTC endpoints
+/// send for video, and stays far below 5 % of any media stream's rate.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The CNAME of the relay's receiver reports (RFC 3550 §6.5.1: one per endpoint; every worker
+/// is the same endpoint).
+const RELAY_CNAME: &[u8] = b"sluice-relay";
+
+/// A CNAME for a publisher that sent none: `sluice-` and its session id in hex, written into
+/// `out`; returns its length.
+fn derived_cname(id: SessionId, out: &mut [u8; MAX_CNAME]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out[..7].copy_from_slice(b"sluice-");
+    for i in 0..16 {
+        out[7 + i] = HEX[((id >> (60 - 4 * i)) & 0xF) as usize];
+    }
+    23
+}
+
+/// Every output of `index` as (publisher, SSRC filter, subscriber, keyframe bits), sorted.
+fn edges<C>(index: &Index<C>, out: &mut Vec<Edge>) {
+    out.clear();
+    for s in &index.sessions {
+        let specific = (s.groups.start..s.groups.end).map(|g| (g, true));
+        let any = (s.any_group != NONE).then_some((s.any_group, false));
+        for (g, filtered) in specific.chain(any) {
+            let g = &index.groups[g as usize];
+            let filter = filtered.then_some(g.ssrc);
+            for o in &index.outputs[g.outputs.start as usize..g.outputs.end as usize] {
+                let sub = index.sessions[o.sub as usize].id;
+                out.push((s.id, filter, sub, o.rewrite.keyframe));
+            }
+        }
+    }
+    out.sort_unstable();
 }
 
 /// One packet of a tracked stream, for [`note_stream`].
@@ -398,6 +457,12 @@ impl<C: SrtpOps> Forwarder<C> {
             worker: 0,
             claimed_scratch: Vec::new(),
             macs: MacBatch::new(),
+            rtcp_due: None,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            wake_mask: [0; 16],
+            edges_before: Vec::new(),
+            edges_after: Vec::new(),
+            join_keyframes: Vec::new(),
         }
     }
 
@@ -432,6 +497,7 @@ impl<C: SrtpOps> Forwarder<C> {
     pub fn attach_stream_state(&mut self, shm: Arc<ShmReader>, worker: usize) {
         self.state.attach(shm, worker);
         self.feedback_ssrc = feedback_ssrc(worker);
+        self.rng ^= (worker as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     }
 
     /// The stream-state bookkeeping (writes, seeds used).
@@ -454,7 +520,14 @@ impl<C: SrtpOps> Forwarder<C> {
             .map(|s| s.id);
         self.claimed_scratch.extend(claimed);
         self.ice.rebuild(sessions);
+        let mut before = core::mem::take(&mut self.edges_before);
+        edges(&self.index, &mut before);
         let rep = self.index.rebuild(sessions, routes);
+        let mut after = core::mem::take(&mut self.edges_after);
+        edges(&self.index, &mut after);
+        self.note_joins(&before, &after);
+        self.edges_before = before;
+        self.edges_after = after;
         let index = &self.index;
         self.state.rebuild(|id| index.has_session(id));
         // Sessions that went away: their caches return to the budget, their hub entries go.
@@ -489,6 +562,52 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         self.diag.rebuild(|id| index.has_session(id));
         rep
+    }
+
+    /// Call `wake` once for each worker this one handed feedback to since the last call (the
+    /// worker wakes them at the end of its turn: one wake per target and turn, not per packet).
+    pub fn take_wakes(&mut self, wake: &mut dyn FnMut(usize)) {
+        for (i, m) in self.wake_mask.iter_mut().enumerate() {
+            while *m != 0 {
+                let b = m.trailing_zeros() as usize;
+                *m &= *m - 1;
+                wake(i * 64 + b);
+            }
+        }
+    }
+
+    /// Outputs in `after` that `before` did not have: for each video stream this worker
+    /// receives from that publisher, a keyframe request at the next poll (docs/ENGINE.md
+    /// "Keyframe on join"). Rebuild time only.
+    fn note_joins(&mut self, before: &[Edge], after: &[Edge]) {
+        self.join_keyframes.clear();
+        for e in after {
+            if before.binary_search(e).is_ok() {
+                continue;
+            }
+            let (pub_id, filter, _, keyframe) = *e;
+            let Some(pi) = self.index.session_index(pub_id) else {
+                continue;
+            };
+            let p = &self.index.sessions[pi as usize];
+            for ps in &p.pubs {
+                if filter.is_some_and(|f| f != ps.ssrc) {
+                    continue;
+                }
+                let clock = p.diag.rx.iter().find(|r| r.ssrc == ps.ssrc);
+                let video = (filter.is_some() && keyframe != 0)
+                    || clock.is_some_and(|r| r.clock_rate == VIDEO_CLOCK);
+                let up = Upstream {
+                    publisher: pi,
+                    ssrc: ps.ssrc,
+                    seq_off: 0,
+                    keyframe,
+                };
+                if video && !self.join_keyframes.contains(&up) {
+                    self.join_keyframes.push(up);
+                }
+            }
+        }
     }
 
     /// Publish per-session diagnostics into worker `worker`'s session-stats region of `shm`
@@ -739,6 +858,58 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::Malformed);
             return None;
         };
+        let (in_seq, in_pt) = (p.sequence(), p.payload_type());
+        // The SRTP stream as received (an RTX stream has its own index, RFC 3711 §3.3.1).
+        let note = StreamNote {
+            session: publisher.id,
+            dir: StreamDir::In,
+            ssrc: in_ssrc,
+            seq: in_seq,
+            first_index: (first_roc << 16) | u64::from(in_seq),
+            ts: 0,
+            rewritten: false,
+        };
+        let tracks = &mut publisher.rx_track;
+        note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
+        let mut n = n;
+        let mut repaired = false;
+        if let Some(x) = publisher.rtx_in.iter().find(|x| x.rtx_ssrc == in_ssrc) {
+            // RFC 4588 §4: the publisher's retransmission of a packet of stream `x.ssrc`,
+            // restored to that packet (its sequence number from the first two payload bytes,
+            // the stream's SSRC and payload type; `apt` binds them in the publisher's SDP, the
+            // relay takes the type of the stream's last packet).
+            let orig_pt = (publisher.pubs.iter())
+                .find(|s| s.ssrc == x.ssrc)
+                .and_then(PubStream::payload_type);
+            if in_pt != x.rtx_pt {
+                // On the RTX SSRC but not the RTX payload type: nothing RFC 4588 describes.
+                self.stats.drop(DropReason::Malformed);
+                return None;
+            }
+            let Some(orig_pt) = orig_pt else {
+                self.stats.count(Feedback::RtxDropped, 1);
+                return None;
+            };
+            match rtx::decapsulate_in_place(buf, n, orig_pt, x.ssrc) {
+                Ok(rtx::Unwrapped::Original { len, .. }) => {
+                    n = len;
+                    repaired = true;
+                    self.stats.count(Feedback::RtxUnwrapped, 1);
+                }
+                Ok(rtx::Unwrapped::Padding) => {
+                    self.stats.count(Feedback::RtxDropped, 1);
+                    return None;
+                }
+                Err(_) => {
+                    self.stats.drop(DropReason::Malformed);
+                    return None;
+                }
+            }
+        }
+        let Ok(p) = RtpPacket::parse(&buf[..n]) else {
+            self.stats.drop(DropReason::Malformed);
+            return None;
+        };
         let mut inp = RtpIn {
             pub_id: publisher.id,
             pub_idx: idx,
@@ -747,8 +918,11 @@ impl<C: SrtpOps> Forwarder<C> {
             ts: p.timestamp(),
             marker: p.marker(),
             payload: p.payload_range(),
+            pt: p.payload_type(),
             len: n,
+            payload_len: p.payload().len(),
             cached: None,
+            repaired,
         };
         publisher.note_ssrc(inp.ssrc);
         if !publisher.claimed {
@@ -771,21 +945,20 @@ impl<C: SrtpOps> Forwarder<C> {
             inp.cached = note_pub(pubs, opts.max_streams, &mut budget, &inp, now, &buf[..n]);
         }
         let now = self.now;
-        publisher
-            .diag
-            .on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
-        if inp.ssrc == in_ssrc {
-            let note = StreamNote {
-                session: inp.pub_id,
-                dir: StreamDir::In,
-                ssrc: inp.ssrc,
-                seq: inp.seq,
-                first_index: (first_roc << 16) | u64::from(inp.seq),
-                ts: 0,
-                rewritten: false,
-            };
-            let tracks = &mut publisher.rx_track;
-            note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
+        let d = &mut publisher.diag;
+        if let (None, Some(t)) = (d.next_rr, now) {
+            // The first packet from this publisher here: its first receiver report at the
+            // next turn that is one interval on.
+            let due = t + REPORT_INTERVAL;
+            d.next_rr = Some(due);
+            self.rtcp_due = Some(self.rtcp_due.map_or(due, |x| x.min(due)));
+        }
+        if repaired {
+            // A late copy: counted in the stream's sequence bookkeeping (the loss it
+            // repairs), not as a jitter sample (RFC 3550 A.8 measures the first copy).
+            d.on_rtp_repaired(inp.ssrc, inp.seq, n, now);
+        } else {
+            d.on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
         }
         Some(inp)
     }
@@ -845,6 +1018,24 @@ impl<C: SrtpOps> Forwarder<C> {
                 return;
             }
         };
+        if let (true, Some(_), Some(index)) = (inp.repaired, o.rewrite.rtx, inp.cached) {
+            // A repair from the publisher goes to a subscriber that negotiated RTX as RTX
+            // (RFC 4588: its receiver expects retransmissions there), exactly like a resend
+            // from the cache: the output stream's own numbering first, then the RTX stream's.
+            let from = SentFrom {
+                publisher: inp.pub_id,
+                ssrc: inp.ssrc,
+                index,
+                out_ts: ots,
+            };
+            let cap = self.nack.cache_packets;
+            note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
+            let to = o.sub;
+            if !self.resend(to, oseq, from, tx) {
+                self.stats.count(Feedback::CacheMiss, 1);
+            }
+            return;
+        }
         let (peer, sub_id) = (sub.peer, sub.id);
         // The transport-wide number this packet gets if it carries the element (bwe.rs).
         let tw_seq = match (&sub.bwe, o.rewrite.twcc_id) {
@@ -907,8 +1098,19 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             let sent = tx.metas().last().map_or(0, |m| m.len as usize);
             sub.diag.on_out(sent, self.now);
-            sub.diag
-                .on_rtp_out(out_ssrc, sent, self.now, opts.max_streams);
+            let out = RtpOut {
+                ssrc: out_ssrc,
+                len: sent,
+                payload: inp.payload_len,
+                src: (inp.pub_id, inp.ssrc),
+                ts_off: ots.wrapping_sub(inp.ts),
+            };
+            if sub.diag.on_rtp_out(&out, self.now, opts.max_streams) {
+                // A new output stream: its first sender report at the next turn.
+                if let Some(now) = self.now {
+                    self.rtcp_due = Some(self.rtcp_due.map_or(now, |d| d.min(now)));
+                }
+            }
             let note = StreamNote {
                 session: sub_id,
                 dir: StreamDir::Out,
@@ -953,6 +1155,9 @@ impl<C: SrtpOps> Forwarder<C> {
         // Runs of consecutive SR/SDES/BYE about one SSRC go down together as one compound.
         let mut run: Option<(usize, usize, u32)> = None;
         for s in &spans[..count] {
+            if publishes {
+                self.note_publisher_rtcp(idx, &plain[s.at..s.end], s);
+            }
             if publishes && s.goes_down() {
                 match run {
                     Some((ra, _, rs)) if rs == s.ssrc => run = Some((ra, s.end, rs)),
@@ -974,6 +1179,176 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         if let Some(r) = run.take() {
             self.send_down(idx, plain, r, tx);
+        }
+    }
+
+    /// What the relay keeps from a publisher's own RTCP: each SR's NTP↔RTP mapping (the
+    /// relay's SRs and RRs derive from it; the SR itself is replaced, `sr_replaced`), and the
+    /// CNAME of its SDES (the relay's SRs carry it).
+    fn note_publisher_rtcp(&mut self, idx: u32, p: &[u8], s: &Span) {
+        let Ok((pkt, _)) = rtcp::RtcpPacket::parse(p) else {
+            return;
+        };
+        let now = self.now;
+        let session = &mut self.index.sessions[idx as usize];
+        match pkt.typed() {
+            Ok(Rtcp::SenderReport(sr)) => {
+                let rx = session.diag.rx.iter_mut().find(|r| r.ssrc == sr.ssrc());
+                if let (Some(rx), Some(at)) = (rx, now) {
+                    rx.last_sr = Some(SrSeen {
+                        ntp: sr.ntp_timestamp(),
+                        rtp: sr.rtp_timestamp(),
+                        at,
+                    });
+                }
+                self.stats.count(Feedback::SrReplaced, 1);
+            }
+            Ok(Rtcp::Sdes(sdes)) if s.count > 0 => {
+                let cname = (sdes.chunks().next())
+                    .and_then(|c| c.items().find(|(t, _)| *t == 1).map(|(_, v)| v));
+                if let Some(v) = cname.filter(|v| !v.is_empty() && v.len() <= MAX_CNAME) {
+                    session.cname[..v.len()].copy_from_slice(v);
+                    session.cname_len = v.len() as u8;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The next report interval: [`REPORT_INTERVAL`] randomised over ±50 % (RFC 3550 §6.2:
+    /// reports of many streams must not synchronise), from a xorshift64 generator.
+    fn report_interval(&mut self) -> Duration {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let half = REPORT_INTERVAL.as_micros() as u64 / 2;
+        Duration::from_micros(half + x % (2 * half + 1))
+    }
+
+    /// The relay's own reports due at `now`: a receiver report to each publisher about the
+    /// streams this worker receives from it, a sender report (with SDES CNAME: a compound,
+    /// RFC 3550 §6.1) on each output stream this worker sends a subscriber. Each stream or
+    /// session is reported once per [`Forwarder::report_interval`]. Walks the sessions only
+    /// when the earliest due time passed. Allocates nothing.
+    fn reports(&mut self, now: Instant, tx: &mut TxQueue) {
+        if self.rtcp_due.is_none_or(|d| now < d) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        let earliest = |n: &mut Option<Instant>, t: Instant| {
+            *n = Some(n.map_or(t, |m| m.min(t)));
+        };
+        for si in 0..self.index.sessions.len() {
+            if let Some(due) = self.index.sessions[si].diag.next_rr {
+                let due = if now >= due {
+                    self.receiver_report(si as u32, now, tx);
+                    let d = now + self.report_interval();
+                    self.index.sessions[si].diag.next_rr = Some(d);
+                    d
+                } else {
+                    due
+                };
+                earliest(&mut next, due);
+            }
+            for k in 0..self.index.sessions[si].diag.tx.len() {
+                let due = match self.index.sessions[si].diag.tx[k].next_sr {
+                    Some(due) if now < due => due,
+                    Some(_) => {
+                        self.sender_report(si as u32, k, now, tx);
+                        now + self.report_interval()
+                    }
+                    // A new stream: its first report soon (a viewer syncs from it), then at
+                    // the interval.
+                    None => now + self.report_interval() / 4,
+                };
+                self.index.sessions[si].diag.tx[k].next_sr = Some(due);
+                earliest(&mut next, due);
+            }
+        }
+        self.rtcp_due = next;
+    }
+
+    /// A receiver report (RFC 3550 §6.4.2) to publisher `pi` about every stream this worker
+    /// receives from it (at most 31, the packet's limit), with SDES CNAME, as this worker's
+    /// feedback SSRC.
+    fn receiver_report(&mut self, pi: u32, now: Instant, tx: &mut TxQueue) {
+        let mut blocks = [rtcp::ReportBlock::default(); rtcp_write::MAX_REPORT_BLOCKS];
+        let mut n = 0;
+        for rx in self.index.sessions[pi as usize].diag.rx.iter_mut() {
+            if n == blocks.len() {
+                break;
+            }
+            blocks[n] = rx.report_block(now);
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        let rtcp_ssrc = self.feedback_ssrc;
+        let blocks = &blocks[..n];
+        let before = tx.len();
+        self.send_rtcp(pi, rtcp_ssrc, tx, |slot| {
+            let w = rtcp_write::receiver_report(slot, rtcp_ssrc, blocks)
+                .map_err(|_| DropReason::Malformed)?;
+            let c = rtcp_write::sdes_cname(&mut slot[w..], rtcp_ssrc, RELAY_CNAME)
+                .map_err(|_| DropReason::Malformed)?;
+            Ok(w + c)
+        });
+        if tx.len() > before {
+            self.stats.count(Feedback::RrSent, 1);
+        }
+    }
+
+    /// A sender report on output stream `k` of subscriber `si` (RFC 3550 §6.4.1): the
+    /// publisher's NTP↔RTP mapping from its last SR about the source stream, extrapolated to
+    /// `now` and carried through the route's timestamp rewriting; the output stream's own
+    /// packet and octet counts; then SDES with the publisher's CNAME. Nothing is sent before
+    /// the publisher's first SR and the source's clock rate are known (no mapping to give).
+    fn sender_report(&mut self, si: u32, k: usize, now: Instant, tx: &mut TxQueue) {
+        let t = self.index.sessions[si as usize].diag.tx[k];
+        let (pub_id, src_ssrc) = t.src;
+        let Some(pi) = self.index.session_index(pub_id) else {
+            return;
+        };
+        let publisher = &self.index.sessions[pi as usize];
+        let Some(rx) = publisher.diag.rx.iter().find(|r| r.ssrc == src_ssrc) else {
+            return;
+        };
+        let (Some(sr), rate) = (rx.last_sr, rx.clock_rate) else {
+            return;
+        };
+        if rate == 0 {
+            return;
+        }
+        let (ntp, rtp) = sr.at_time(now, rate);
+        let info = rtcp_write::SenderInfo {
+            ssrc: t.ssrc,
+            ntp,
+            rtp_timestamp: rtp.wrapping_add(t.ts_off),
+            // RFC 3550 §6.4.1: both wrap.
+            packet_count: t.packets as u32,
+            octet_count: t.octets as u32,
+        };
+        let mut cname = [0u8; MAX_CNAME];
+        let cl = match usize::from(publisher.cname_len) {
+            0 => derived_cname(pub_id, &mut cname),
+            l => {
+                cname[..l].copy_from_slice(&publisher.cname[..l]);
+                l
+            }
+        };
+        let before = tx.len();
+        self.send_rtcp(si, t.ssrc, tx, |slot| {
+            let w =
+                rtcp_write::sender_report(slot, &info, &[]).map_err(|_| DropReason::Malformed)?;
+            let c = rtcp_write::sdes_cname(&mut slot[w..], t.ssrc, &cname[..cl])
+                .map_err(|_| DropReason::Malformed)?;
+            Ok(w + c)
+        });
+        if tx.len() > before {
+            self.stats.count(Feedback::SrSent, 1);
         }
     }
 
@@ -1133,8 +1508,14 @@ impl<C: SrtpOps> Forwarder<C> {
         let sessions = &self.index.sessions;
         let sub_id = sessions[sub as usize].id;
         let stats = &mut self.stats;
+        let mask = &mut self.wake_mask;
         let mut hand = |w: usize| match hub.hand(w, sub_id, p) {
-            Ok(()) => stats.count(Feedback::HandedOver, 1),
+            Ok(()) => {
+                stats.count(Feedback::HandedOver, 1);
+                if let Some(m) = mask.get_mut(w / 64) {
+                    *m |= 1 << (w % 64);
+                }
+            }
             Err(HandError::Full) => stats.count(Feedback::HandOverFull, 1),
             // Longer than an inbox entry, or no such worker: it can go nowhere.
             Err(HandError::TooBig | HandError::NoWorker) => stats.count(Feedback::Unroutable, 1),
@@ -1367,6 +1748,16 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             self.hub = Some(hub);
         }
+        for k in 0..self.join_keyframes.len() {
+            let up = self.join_keyframes[k];
+            let before = tx.len();
+            self.key_request(up, up.ssrc, false, tx);
+            if tx.len() > before {
+                self.stats.count(Feedback::PliOnJoin, 1);
+            }
+        }
+        self.join_keyframes.clear();
+        self.reports(now, tx);
         if !self.poll_needed {
             return;
         }
@@ -1496,10 +1887,14 @@ struct RtpIn {
     marker: bool,
     /// Where the payload lies in the plain packet (padding excluded).
     payload: core::ops::Range<usize>,
-    /// Plain packet length.
+    pt: u8,
+    /// Plain packet length, and its payload length (padding excluded).
     len: usize,
+    payload_len: usize,
     /// The packet's index in its stream's retransmission cache, when it was cached.
     cached: Option<u64>,
+    /// Restored from the publisher's RTX stream (a repair, not a first copy).
+    repaired: bool,
 }
 
 /// What [`note_pub`] may use to give a new publisher stream a cache.
@@ -1550,6 +1945,9 @@ fn note_pub(
         }
     };
     let p = &mut pubs[i];
+    if !inp.repaired {
+        p.note_payload_type(inp.pt);
+    }
     let index = p.receive(inp.seq, now);
     if p.pending() != 0 {
         *b.poll_needed = true;
@@ -1676,11 +2074,11 @@ struct Span {
 }
 
 impl Span {
-    /// SR, SDES and BYE about a stream go down to its subscribers.
+    /// SDES and BYE about a stream go down to its subscribers. SRs do not: the relay writes
+    /// its own for each output stream (`Forwarder::reports`), with that stream's counts.
     fn goes_down(&self) -> bool {
         let len = self.end - self.at;
         match self.pt {
-            packet_type::SR => len >= rtcp::SR_FIXED_LEN,
             packet_type::SDES | packet_type::BYE => self.count > 0 && len >= 8,
             _ => false,
         }

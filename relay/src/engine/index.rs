@@ -287,6 +287,28 @@ pub struct Session<C> {
     /// Downlink bandwidth estimate towards this session as a subscriber (engine/bwe.rs),
     /// created at the first packet stamped with a transport-wide sequence number.
     pub bwe: Option<Box<Bwe>>,
+    /// The publisher's RTX streams its routes name ([`Rewrite::source_rtx`]), rebuilt with
+    /// the routes: a packet on one of these SSRCs is unwrapped into its original stream.
+    pub rtx_in: Vec<RtxIn>,
+    /// The CNAME the peer gave in its last SDES (RFC 3550 §6.5.1), when it fits: the relay's
+    /// sender reports about this publisher's streams carry it, so a viewer groups the
+    /// rewritten streams of one publisher for lip sync as the publisher grouped them.
+    pub cname: [u8; MAX_CNAME],
+    pub cname_len: u8,
+}
+
+/// Longest peer CNAME kept (libwebrtc's are 16 characters); a longer one is replaced by a name
+/// the relay derives from the session id.
+pub const MAX_CNAME: usize = 64;
+
+/// A publisher's RTX stream (RFC 4588) and the stream it repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxIn {
+    /// The RTX stream's SSRC and payload type.
+    pub rtx_ssrc: u32,
+    pub rtx_pt: u8,
+    /// The original stream's SSRC.
+    pub ssrc: u32,
 }
 
 impl<C: SrtpOps> Session<C> {
@@ -322,6 +344,9 @@ impl<C: SrtpOps> Session<C> {
             diag: SessionDiag::default(),
             fir_seq: 0,
             bwe: None,
+            rtx_in: Vec::new(),
+            cname: [0; MAX_CNAME],
+            cname_len: 0,
         }
     }
 
@@ -352,6 +377,7 @@ impl<C: SrtpOps> Session<C> {
         self.groups = 0..0;
         self.any_group = NONE;
         self.feeds = 0..0;
+        self.rtx_in.clear();
     }
 
     /// Remember an SSRC this session sent (cheap when it repeats the last one).
@@ -874,6 +900,16 @@ impl<C: SrtpOps> Index<C> {
         };
         if let (Some(l), Some(c)) = (r.rewrite.layer, self.streams.get_mut(stream as usize)) {
             c.set_layers(l.count, l.max);
+        }
+        if let (Some(x), Some(ssrc)) = (r.rewrite.source_rtx, r.ssrc) {
+            let rtx_in = &mut self.sessions[from as usize].rtx_in;
+            if !rtx_in.iter().any(|e| e.rtx_ssrc == x.ssrc) {
+                rtx_in.push(RtxIn {
+                    rtx_ssrc: x.ssrc,
+                    rtx_pt: x.payload_type,
+                    ssrc,
+                });
+            }
         }
         self.outputs.push(Output {
             sub: to,

@@ -189,6 +189,12 @@ impl<C: SrtpOps> Engine<C> {
         self.fwd.attach_hub(hub, self.worker);
     }
 
+    /// After [`Engine::poll`]: the workers this one handed feedback to this turn, each once
+    /// (the worker wakes them, see [`Forwarder::take_wakes`]).
+    pub fn take_wakes(&mut self, wake: &mut dyn FnMut(usize)) {
+        self.fwd.take_wakes(wake);
+    }
+
     /// Once per loop turn, before [`Engine::end_batch`]: handle the feedback other workers
     /// handed over and send the NACKs due to publishers, into `tx` (see [`Forwarder::poll`]).
     pub fn poll(&mut self, now: Instant, tx: &mut TxQueue) {

@@ -97,6 +97,9 @@ pub struct PubStream {
     pending: [Option<Pending>; MAX_PENDING],
     pending_len: usize,
     last_key_request: Option<Instant>,
+    /// The payload type of the last packet received on the stream itself (not through RTX):
+    /// what a publisher RTX packet of this stream is restored to (see `forward.rs`).
+    payload_type: Option<u8>,
 }
 
 impl PubStream {
@@ -109,7 +112,19 @@ impl PubStream {
             pending: [None; MAX_PENDING],
             pending_len: 0,
             last_key_request: None,
+            payload_type: None,
         }
+    }
+
+    /// A packet of the stream itself arrived with payload type `pt`.
+    #[inline]
+    pub fn note_payload_type(&mut self, pt: u8) {
+        self.payload_type = Some(pt);
+    }
+
+    /// The payload type of the last packet of the stream itself, if any arrived.
+    pub fn payload_type(&self) -> Option<u8> {
+        self.payload_type
     }
 
     pub fn cached(&self) -> bool {

@@ -259,7 +259,7 @@ fn a_second_restart_before_any_refresh_still_skips_ahead() {
 
 #[test]
 fn srtcp_index_continues_across_restarts() {
-    // The relay protects the publisher's sender reports for each subscriber under the
+    // The relay protects the publisher's source descriptions for each subscriber under the
     // subscriber's key with its own SRTCP index (RFC 3711 §3.4). A new process must continue
     // after the previous one's index (§9.1: never twice under one key); the subscribers'
     // SRTCP replay windows would refuse a reused one anyway.
@@ -281,14 +281,14 @@ fn srtcp_index_continues_across_restarts() {
         for _ in 0..n {
             assert_eq!(world.send(&mut engine, seq), 2);
             seq = seq.wrapping_add(1);
-            // A sender report (RFC 3550 §6.4.1) without report blocks.
+            // A source description (RFC 3550 §6.5), which goes down to every subscriber
+            // (sender reports do not: the relay writes its own).
             let mut buf = [0u8; MAX_DATAGRAM];
-            buf[..4].copy_from_slice(&[0x80, 200, 0, 6]);
+            buf[..4].copy_from_slice(&[0x81, 202, 0, 2]);
             buf[4..8].copy_from_slice(&PUB_SSRC.to_be_bytes());
-            buf[16..20].copy_from_slice(&(u32::from(seq) * 960).to_be_bytes());
             reports += 1;
-            buf[20..24].copy_from_slice(&reports.to_be_bytes());
-            let l = world.sender.protect_rtcp(&mut buf, 28).unwrap();
+            buf[8..12].copy_from_slice(&[1, 1, b'a' + (reports % 26) as u8, 0]);
+            let l = world.sender.protect_rtcp(&mut buf, 12).unwrap();
             world.tx.clear();
             engine.begin_batch(world.now);
             engine.handle_datagram(peer(1), &mut buf, l, &mut world.tx, &mut world.slow);

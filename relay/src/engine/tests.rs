@@ -406,9 +406,10 @@ fn sender_report_down_and_pli_up() {
         vec![session(1, Role::Host), session(2, Role::Viewer)],
         vec![route(1, 1, Some(0x1111), 2, rw_ssrc(0x9999))],
     );
-    // Establish the stream so the SR timestamp has an offset to follow (zero here).
+    // Establish the stream so the SDES has an output to go to.
     rig.send(1, &rtp(0x1111, 1, 1000, 96, b"m"));
-    // SR with one report block + SDES + RR-only compound afterwards.
+    // SR with one report block + SDES: the SR is replaced by the relay's own (counted), the
+    // SDES goes down with the rewritten SSRC.
     let mut c = vec![0x81, 200, 0, 12];
     c.extend_from_slice(&0x1111u32.to_be_bytes());
     c.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]); // NTP
@@ -421,11 +422,10 @@ fn sender_report_down_and_pli_up() {
     let out = rig.send(1, &c);
     assert_eq!(out.len(), 1);
     let d = &out[0].1;
-    assert_eq!(d.len(), 28 + 12);
-    assert_eq!(&d[..4], &[0x80, 200, 0, 6]);
+    assert_eq!(d.len(), 12);
+    assert_eq!(&d[..4], &[0x81, 202, 0, 2]);
     assert_eq!(be32(d, 4), 0x9999);
-    assert_eq!(be32(d, 16), 1000);
-    assert_eq!(be32(d, 32), 0x9999);
+    assert_eq!(rig.fb(Feedback::SrReplaced), 1);
     // PLI from the viewer about 0x9999 → publisher, media SSRC 0x1111.
     let mut pli = vec![0x81, 206, 0, 2];
     pli.extend_from_slice(&0x5555u32.to_be_bytes());
@@ -487,10 +487,10 @@ fn same_ssrc_from_two_publishers_second_dropped() {
         if explicit.is_none() {
             assert_eq!(rig.send(2, &rtp(43, 5, 5, 96, b"two")).len(), 1);
         }
-        // A sender report of the non-owner does not go down either.
-        let mut sr = vec![0x80, 200, 0, 6];
+        // A source description of the non-owner does not go down either.
+        let mut sr = vec![0x81, 202, 0, 2];
         sr.extend_from_slice(&42u32.to_be_bytes());
-        sr.extend_from_slice(&[0u8; 20]);
+        sr.extend_from_slice(&[1, 1, b'a', 0]);
         assert!(rig.send(2, &sr).is_empty());
         assert_eq!(rig.fwd.stats().dropped(DropReason::SsrcCollision), 3);
         assert_eq!(rig.send(1, &sr).len(), 1);
@@ -1124,4 +1124,256 @@ fn transport_wide_numbers_per_viewer_and_feedback_gives_an_estimate() {
     let e = rig.fwd.estimate(2).expect("estimate after feedback");
     assert!(e >= 30_000, "{e}");
     assert_eq!(rig.fwd.estimate(3), None, "viewer without the extension");
+}
+
+/// A publisher's RTX packet (RFC 4588) is unwrapped on the fast path: the hole it fills is no
+/// longer asked for, a viewer without RTX gets the original back (original sequence number,
+/// SSRC and payload type; across the sequence-number wrap), a viewer with RTX gets it on its
+/// RTX stream; padding-only probes and RTX before any original packet are dropped and counted.
+#[test]
+fn publisher_rtx_is_unwrapped_into_the_original() {
+    use contract::shm::RtxOut;
+    use contract::wire::rtx;
+    let source_rtx = Some(RtxOut {
+        payload_type: 97,
+        ssrc: 0x2222,
+    });
+    let plain = Rewrite {
+        source_rtx,
+        ..Rewrite::default()
+    };
+    let with_rtx = Rewrite {
+        ssrc: Some(0xAAAA),
+        rtx: Some(RtxOut {
+            payload_type: 99,
+            ssrc: 0xBBBB,
+        }),
+        source_rtx,
+        ..Rewrite::default()
+    };
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, Some(0x1111), 3, plain),
+            route(2, 1, Some(0x1111), 4, with_rtx),
+        ],
+    );
+    rig.fwd.set_nack(NackConfig::default());
+    let t = Instant::now();
+    rig.fwd.set_now(t);
+    let wrap = |orig: &[u8], seq: u16| {
+        let mut b = [0u8; 256];
+        let h = rtx::RtxHeader {
+            payload_type: 97,
+            ssrc: 0x2222,
+            sequence: seq,
+        };
+        let n = rtx::encapsulate(orig, h, &mut b).unwrap();
+        b[..n].to_vec()
+    };
+    // RTX before the stream itself: the original payload type is unknown.
+    assert!(rig
+        .send(1, &wrap(&rtp(0x1111, 65_533, 0, 96, b"early"), 1))
+        .is_empty());
+    assert_eq!(rig.fb(Feedback::RtxDropped), 1);
+    let mut sent = Vec::new();
+    for seq in [65_534u16, 65_535, 1, 2] {
+        sent.push(rig.send(1, &rtp(0x1111, seq, u32::from(seq), 96, b"media")));
+    }
+    // 0 is missing: the relay asks for it once.
+    let up = rig.poll(t);
+    assert_eq!(up.len(), 1);
+    assert_eq!((be16(&up[0].1, 12), be16(&up[0].1, 14)), (0, 0));
+    // The publisher retransmits 0 on its RTX stream (its own sequence number 7).
+    let lost = rtp(0x1111, 0, 0, 96, b"media");
+    let out = rig.send(1, &wrap(&lost, 7));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let to3 = out.iter().find(|(d, _)| *d == addr(1003)).unwrap();
+    assert_eq!(to3.1, lost, "viewer 3: the original packet itself");
+    let to4 = out.iter().find(|(d, _)| *d == addr(1004)).unwrap();
+    assert_eq!((to4.1[1] & 0x7F, be32(&to4.1, 8)), (99, 0xBBBB));
+    let mut orig = [0u8; 256];
+    let (n, osn) = rtx::decapsulate(&to4.1, 96, 0xAAAA, &mut orig).unwrap();
+    // Viewer 4's numbering of source packet 0 follows its numbering of 65_535.
+    let prev = be16(
+        &sent[1].iter().find(|(d, _)| *d == addr(1004)).unwrap().1,
+        2,
+    );
+    assert_eq!(osn, prev.wrapping_add(1));
+    assert_eq!(&orig[12..n], b"media");
+    assert_eq!(rig.fb(Feedback::RtxUnwrapped), 1);
+    assert_eq!(rig.fb(Feedback::RtxSent), 1);
+    // Repaired: not asked for again.
+    assert!(rig.poll(t + Duration::from_millis(200)).is_empty());
+    // Viewer 3 NACKs 0 later: served from the cache the repair filled.
+    assert_eq!(rig.send(3, &nack(0x1111, &[0])), vec![to3.clone()]);
+    // A padding-only probe on the RTX stream: dropped, counted.
+    let probe = [0xA0, 97, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 4];
+    assert!(rig.send(1, &probe).is_empty());
+    assert_eq!(rig.fb(Feedback::RtxDropped), 2);
+    assert_eq!(rig.fwd.stats().dropped_total(), 0);
+}
+
+/// Find the first RTCP packet of type `pt` in a compound.
+fn rtcp_of(d: &[u8], pt: u8) -> Option<&[u8]> {
+    contract::wire::rtcp::packets(d)
+        .filter_map(Result::ok)
+        .find(|p| p.packet_type() == pt)
+        .map(|p| p.as_bytes())
+}
+
+/// The relay's own reports (RFC 3550 §6.4): a receiver report to the publisher with the A.3
+/// loss figures and LSR/DLSR from its last SR, and a sender report on the viewer's rewritten
+/// stream whose NTP↔RTP mapping is the publisher's, extrapolated to the sending time and
+/// shifted by the route's timestamp rewriting, with the stream's own counts; each in a
+/// compound with SDES CNAME (the publisher's, for the SR).
+#[test]
+fn relay_writes_its_own_sender_and_receiver_reports() {
+    use contract::wire::rtcp_write::{dlsr, ntp_add, ntp_middle};
+    let mut rig = Rig::new(
+        vec![session(1, Role::Speaker), session(3, Role::Viewer)],
+        vec![route(1, 1, Some(0x1111), 3, rw_ssrc(0xAAAA))],
+    );
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    // 30 packets of 90 kHz video, 40 ms apart; sequence number 105 lost.
+    let mut first_out_ts = None;
+    for i in 0..31u32 {
+        if i == 5 {
+            continue;
+        }
+        rig.fwd.set_now(ms(40 * u64::from(i)));
+        let out = rig.send(
+            1,
+            &rtp(0x1111, 100 + i as u16, 5000 + 3600 * i, 96, &[7; 100]),
+        );
+        assert_eq!(out.len(), 1);
+        first_out_ts.get_or_insert(be32(&out[0].1, 4));
+    }
+    let ts_off = first_out_ts.unwrap().wrapping_sub(5000);
+    // The publisher's SR (and SDES with its CNAME) at 1240 ms.
+    let ntp0 = 0xE1B2_C3D4_8000_0000u64;
+    let rtp0: u32 = 5000 + 3600 * 31;
+    rig.fwd.set_now(ms(1240));
+    let mut c = vec![0x80, 200, 0, 6];
+    c.extend_from_slice(&0x1111u32.to_be_bytes());
+    c.extend_from_slice(&ntp0.to_be_bytes());
+    c.extend_from_slice(&rtp0.to_be_bytes());
+    c.extend_from_slice(&[0, 0, 0, 30, 0, 0, 0x0B, 0xB8]);
+    c.extend_from_slice(&[0x81, 202, 0, 3]);
+    c.extend_from_slice(&0x1111u32.to_be_bytes());
+    c.extend_from_slice(&[1, 5, b'p', b'u', b'b', b'c', b'n', 0]);
+    let down = rig.send(1, &c);
+    assert_eq!(down.len(), 1, "only the SDES goes down");
+    assert_eq!(down[0].1[1], 202);
+    assert_eq!(rig.fb(Feedback::SrReplaced), 1);
+
+    // 500 ms after the SR: the receiver report (due 1 s after the first packet) goes out.
+    let out = rig.poll(ms(1740));
+    let rr: Vec<_> = out.iter().filter(|(d, _)| *d == addr(1001)).collect();
+    assert_eq!(rr.len(), 1, "{out:?}");
+    let p = rtcp_of(&rr[0].1, 201).expect("RR first");
+    assert_eq!(rr[0].1[1], 201, "the compound starts with the RR");
+    assert_eq!(p[0] & 0x1F, 1, "one report block");
+    assert_eq!(be32(p, 4), feedback_ssrc(0));
+    assert_eq!(be32(p, 8), 0x1111);
+    // A.1: probation swallows the first packet; 101..=130 expected, 105 missing: 1 of 30.
+    assert_eq!(p[12], (256 / 30) as u8, "fraction lost");
+    assert_eq!(be32(p, 12) & 0x00FF_FFFF, 1, "cumulative lost");
+    assert_eq!(be32(p, 16), 130, "extended highest sequence number");
+    assert_eq!(be32(p, 24), ntp_middle(ntp0), "LSR");
+    assert_eq!(be32(p, 28), dlsr(Duration::from_millis(500)), "DLSR");
+    let sdes = rtcp_of(&rr[0].1, 202).expect("SDES CNAME");
+    assert_eq!(&sdes[10..10 + usize::from(sdes[9])], b"sluice-relay");
+    assert_eq!(rig.fb(Feedback::RrSent), 1);
+
+    // The viewer's stream gets its first SR within a quarter interval of that walk.
+    let out = rig.poll(ms(2140));
+    let sr: Vec<_> = out.iter().filter(|(d, _)| *d == addr(1003)).collect();
+    assert_eq!(sr.len(), 1, "{out:?}");
+    let p = rtcp_of(&sr[0].1, 200).expect("SR");
+    assert_eq!(sr[0].1[1], 200, "the compound starts with the SR");
+    assert_eq!(be32(p, 4), 0xAAAA);
+    let ntp = (u64::from(be32(p, 8)) << 32) | u64::from(be32(p, 12));
+    let d = Duration::from_millis(900);
+    assert_eq!(
+        ntp,
+        ntp_add(ntp0, d),
+        "the publisher's NTP clock, 900 ms on"
+    );
+    assert_eq!(
+        be32(p, 16),
+        rtp0.wrapping_add(81_000).wrapping_add(ts_off),
+        "its RTP clock at the same instant (90 kHz × 0.9 s), through the rewrite"
+    );
+    assert_eq!(
+        (be32(p, 20), be32(p, 24)),
+        (30, 3000),
+        "the stream's own counts"
+    );
+    let sdes = rtcp_of(&sr[0].1, 202).expect("SDES CNAME");
+    assert_eq!(be32(sdes, 4), 0xAAAA);
+    assert_eq!(&sdes[10..15], b"pubcn", "the publisher's CNAME");
+    assert_eq!(rig.fb(Feedback::SrSent), 1);
+    // Nothing more until the next interval (0.5 s at least).
+    assert!(rig.poll(ms(2300)).is_empty());
+    let later = rig.poll(ms(4000));
+    assert_eq!(later.len(), 2, "one SR and one RR again");
+    assert_eq!(rig.fwd.stats().dropped_total(), 0);
+}
+
+/// A viewer that joins gets a keyframe soon: the rebuild that gives it a new output makes the
+/// publisher's worker send one PLI per video stream (declared by the route's keyframe bits,
+/// or a 90 kHz clock), none for audio, none again for outputs that already existed.
+#[test]
+fn a_viewer_joining_a_video_stream_triggers_a_keyframe_request() {
+    use contract::shm::keyframe::PLI;
+    let video = Rewrite {
+        keyframe: PLI,
+        ..Rewrite::default()
+    };
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        vec![
+            route(1, 1, Some(0x1111), 3, video),
+            route(2, 1, None, 3, Rewrite::default()),
+        ],
+    );
+    let t0 = Instant::now();
+    for i in 0..40u32 {
+        rig.fwd
+            .set_now(t0 + Duration::from_millis(20 * u64::from(i)));
+        rig.send(1, &rtp(0x1111, i as u16, 3000 * i, 96, b"v"));
+        rig.send(1, &rtp(0x2222, i as u16, 960 * i, 111, b"a"));
+        rig.send(1, &rtp(0x3333, i as u16, 1800 * i, 97, b"v"));
+    }
+    let now = t0 + Duration::from_millis(800);
+    assert!(rig
+        .poll(now)
+        .iter()
+        .all(|(d, p)| *d != addr(1001) || p[1] != 206));
+    // Viewer 4 joins both routes.
+    rig.routes.push(route(3, 1, Some(0x1111), 4, video));
+    rig.routes.push(route(4, 1, None, 4, Rewrite::default()));
+    rig.rebuild();
+    let out = rig.poll(now);
+    let mut plis: Vec<u32> = (out.iter())
+        .filter(|(d, p)| *d == addr(1001) && p[1] == 206 && p[0] & 0x1F == fmt::PLI)
+        .map(|(_, p)| be32(p, 8))
+        .collect();
+    plis.sort_unstable();
+    assert_eq!(plis, [0x1111, 0x3333], "video only");
+    assert_eq!(rig.fb(Feedback::PliOnJoin), 2);
+    // Nothing changed: no request.
+    rig.rebuild();
+    assert!(rig.poll(now).iter().all(|(_, p)| p[1] != 206));
+    assert_eq!(rig.fb(Feedback::PliOnJoin), 2);
 }

@@ -3,8 +3,9 @@
 //! [`Handler`] (the forwarding engine, or [`Echo`]).
 //!
 //! Owns: threads, pinning, the clock (read at the start of each turn and after its drain, and
-//! passed in), the stall detector, the stop flag, per-worker counters. May not touch: packet
-//! contents (the handler's job), syscalls other than through [`crate::io`].
+//! passed in), the stall detector, the stop flag, per-worker counters, the wake fds (`wake`:
+//! one eventfd per worker, a few syscalls per cross-worker wake, none per packet). May not
+//! touch: packet contents (the handler's job), other syscalls than through [`crate::io`].
 //!
 //! One loop turn:
 //! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it;
@@ -42,6 +43,10 @@ use crate::io::{
 };
 
 mod stats;
+pub mod wake;
+
+pub use wake::Wakers;
+use wake::WatchSet;
 
 use stats::publish;
 
@@ -87,6 +92,11 @@ pub trait Handler {
     fn end_turn(&mut self, stalled: bool) {
         let _ = stalled;
     }
+    /// After [`end_batch`](Handler::end_batch): call `wake` with each worker this turn handed
+    /// work to (feedback about a publisher that worker receives), once each.
+    fn take_wakes(&mut self, wake: &mut dyn FnMut(usize)) {
+        let _ = wake;
+    }
     /// `n` datagrams larger than the receive buffers ([`WorkerConfig::max_datagram`]) arrived
     /// truncated since the last call and were dropped by the backend; the engine counts them
     /// in shm (drop reason `oversized`). Called at the end of a turn that saw any.
@@ -131,6 +141,10 @@ impl<C: SrtpOps> Handler for Engine<C> {
 
     fn oversized(&mut self, n: u64) {
         self.handle_oversized(n);
+    }
+
+    fn take_wakes(&mut self, wake: &mut dyn FnMut(usize)) {
+        Engine::take_wakes(self, wake);
     }
 }
 
@@ -545,6 +559,7 @@ where
         sockets: dups,
         tcp_addr,
     };
+    let wakers = Arc::new(Wakers::new(n).map_err(|e| IoError::os("eventfd", e))?);
     for (i, sock) in sockets.into_iter().enumerate() {
         let stats = Arc::new(WorkerStats::default());
         workers.stats.push(stats.clone());
@@ -563,6 +578,7 @@ where
             },
             _ => None,
         };
+        let wakers = wakers.clone();
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -582,7 +598,11 @@ where
                     handler,
                     cfg,
                     stats,
-                    Flags { stop, handover },
+                    Flags {
+                        stop,
+                        handover,
+                        wakers,
+                    },
                     ready,
                 )
             })
@@ -731,8 +751,16 @@ fn run_loop<B: Backend, H: Handler>(
     let mut stalls = 0u64;
     let mut oversized_seen = 0u64;
     let wait = cfg.poll_interval.min(MAX_POLL_INTERVAL);
-    // The slow-path connection the backend watches (its id, see SlowPathClient::connection).
+    // The slow-path connection in the watch set (its id, see SlowPathClient::connection).
     let mut watched: Option<u64> = None;
+    // The backend watches one fd: an epoll set holding this worker's wake fd and the
+    // slow-path connection (worker/wake.rs).
+    let wakers = &*flags.wakers;
+    let mut watch = match WatchSet::new(wakers, id) {
+        Ok(w) => w,
+        Err(e) => return Err(IoError::os("epoll (wake set)", e)),
+    };
+    b.watch_readable(Some(watch.fd()))?;
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
@@ -748,11 +776,21 @@ fn run_loop<B: Backend, H: Handler>(
         if let Err(e) = b.wait(timeout) {
             break Err(e);
         }
+        let conn_readable = b.take_readable() && watch.take(wakers);
         let now = Instant::now();
         h.begin_batch(now);
         let n = drain_turn(id, b, h, &mut slow_q, cfg.batch);
         h.end_batch(Instant::now(), b.tx(), &mut slow_q);
-        if let Err(e) = pump_slow_path(b, h, slow.as_mut(), &mut slow_q, now, &mut watched) {
+        h.take_wakes(&mut |w| wakers.wake(w));
+        let pumped = pump_slow_path(
+            b,
+            h,
+            slow.as_mut(),
+            &mut slow_q,
+            now,
+            (conn_readable, &mut watch, &mut watched),
+        );
+        if let Err(e) = pumped {
             break Err(e);
         }
         if slow.is_none() {
@@ -849,12 +887,12 @@ fn pump_slow_path<B: Backend, H: Handler>(
     slow: Option<&mut SlowPathClient>,
     slow_q: &mut TxQueue,
     now: Instant,
-    watched: &mut Option<u64>,
+    (readable, watch, watched): (bool, &mut WatchSet, &mut Option<u64>),
 ) -> Result<(), IoError> {
     let Some(c) = slow else {
         return Ok(());
     };
-    if b.take_readable() {
+    if readable {
         c.set_readable();
     }
     if b.tx().is_full() {
@@ -869,9 +907,11 @@ fn pump_slow_path<B: Backend, H: Handler>(
     }
     let conn = c.connection();
     if conn.map(|(id, _)| id) != *watched {
-        // A new connection, or none: watch its fd instead of the old one (closed by now; the
-        // backend copes with that).
-        b.watch_readable(conn.map(|(_, fd)| fd))?;
+        // A new connection, or none: watch its fd instead of the old one (closed by now,
+        // which took it out of the set).
+        watch
+            .set_connection(conn.map(|(_, fd)| fd))
+            .map_err(|e| IoError::os("epoll_ctl (slow-path connection)", e))?;
         *watched = conn.map(|(id, _)| id);
     }
     Ok(())
@@ -896,11 +936,12 @@ impl TcpPlan {
     }
 }
 
-/// The stop flags a worker watches.
+/// The stop flags a worker watches, and the wake fds of all workers.
 struct Flags {
     stop: Arc<AtomicBool>,
     /// With `stop`: the sockets now belong to a new process as well.
     handover: Arc<AtomicBool>,
+    wakers: Arc<Wakers>,
 }
 
 /// Hand-over exit: no new receive, process what the backend already holds, flush. Slow-path
