@@ -3,9 +3,11 @@
 //! fan-out N the relay authenticates N packets of (nearly) the same length under N keys, which is
 //! exactly this batch.
 //!
-//! - AVX-512F: 16 lanes; AVX2: 8 lanes; both picked at run time. Without either, or for a batch
-//!   too small to pay for the transposition, every message goes through the single-buffer
-//!   compression function of the `sha1` crate (SHA-NI picked at run time).
+//! - AVX-512F/BW: 16 lanes, the whole HMAC in registers (blocks loaded per lane, byte-swapped
+//!   and transposed with shuffles; ternary logic and rotates in the rounds); AVX2: 8 lanes; both
+//!   picked at run time. Without either, or for a batch below [`Kernel::min_lanes`], every
+//!   message goes through the single-buffer compression function of the `sha1` crate (SHA-NI
+//!   picked at run time).
 //! - The HMAC inner and outer states (RFC 2104: key ⊕ ipad and key ⊕ opad already absorbed) are
 //!   computed once per session key ([`HmacState`]); a lane starts from them.
 //! - Lanes may carry messages of different lengths: a lane whose message has no further block
