@@ -3,9 +3,11 @@
 //! fan-out N the relay authenticates N packets of (nearly) the same length under N keys, which is
 //! exactly this batch.
 //!
-//! - AVX-512F: 16 lanes; AVX2: 8 lanes; both picked at run time. Without either, or for a batch
-//!   too small to pay for the transposition, every message goes through the single-buffer
-//!   compression function of the `sha1` crate (SHA-NI picked at run time).
+//! - AVX-512F/BW: 16 lanes, the whole HMAC in registers (blocks loaded per lane, byte-swapped
+//!   and transposed with shuffles; ternary logic and rotates in the rounds); AVX2: 8 lanes; both
+//!   picked at run time. Without either, or for a batch below [`Kernel::min_lanes`], every
+//!   message goes through the single-buffer compression function of the `sha1` crate (SHA-NI
+//!   picked at run time).
 //! - The HMAC inner and outer states (RFC 2104: key ⊕ ipad and key ⊕ opad already absorbed) are
 //!   computed once per session key ([`HmacState`]); a lane starts from them.
 //! - Lanes may carry messages of different lengths: a lane whose message has no further block
@@ -21,9 +23,6 @@ use sha1::{Digest, Sha1};
 
 /// Most messages one kernel call hashes.
 pub(crate) const MAX_LANES: usize = 16;
-/// Below this many messages a batch goes through the single-buffer path: transposing fewer
-/// lanes costs more than the SIMD rounds save (see the `sha1mb` criterion bench).
-pub(crate) const MIN_LANES: usize = 3;
 
 const H0: [u32; 5] = [
     0x6745_2301,
@@ -56,12 +55,9 @@ pub enum Kernel {
     Single,
     /// 8 lanes of AVX2.
     Avx2,
-    /// 16 lanes of AVX-512F (intrinsics stable since Rust 1.89; `build.rs` sets the cfg).
+    /// 16 lanes of AVX-512F/BW (intrinsics stable since Rust 1.89; `build.rs` sets the cfg).
     #[cfg(sluice_avx512)]
     #[clippy::msrv = "1.89"]
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
     Avx512,
 }
 
@@ -71,7 +67,9 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             #[cfg(sluice_avx512)]
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
                 return Kernel::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -88,9 +86,23 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(all(target_arch = "x86_64", sluice_avx512))]
-            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            }
             #[allow(unreachable_patterns)]
             _ => false,
+        }
+    }
+
+    /// Below this many messages a batch goes through the single-buffer path (SHA-NI): the
+    /// kernel costs the same for 1 lane as for all of them, so it pays only once enough lanes
+    /// are filled (measured with the `sha1mb` criterion bench, docs/BENCHMARKS.md).
+    pub fn min_lanes(self) -> usize {
+        match self {
+            Kernel::Single => 1,
+            Kernel::Avx2 => 3,
+            Kernel::Avx512 => 4,
         }
     }
 
@@ -227,12 +239,12 @@ pub fn hmac_sha1_batch(kernel: Kernel, inputs: &[MacInput<'_>], out: &mut [[u8; 
     };
     let lanes = kernel.lanes();
     for (chunk, o) in inputs.chunks(lanes).zip(out.chunks_mut(lanes)) {
-        if kernel == Kernel::Single || chunk.len() < MIN_LANES {
+        if kernel == Kernel::Single || chunk.len() < kernel.min_lanes() {
             for (i, d) in chunk.iter().zip(o.iter_mut()) {
                 *d = i.key.tag(i.a, i.b);
             }
         } else {
-            lanes_run(kernel, chunk, o);
+            run(kernel, chunk, o);
         }
     }
 }
@@ -246,7 +258,18 @@ pub fn hmac_sha1_lanes(kernel: Kernel, inputs: &[MacInput<'_>], out: &mut [[u8; 
             *d = i.key.tag(i.a, i.b);
         }
     } else {
-        lanes_run(kernel, inputs, out);
+        run(kernel, inputs, out);
+    }
+}
+
+/// One call of a SIMD kernel on 1..=`kernel.lanes()` inputs; `kernel` is available.
+fn run(kernel: Kernel, inputs: &[MacInput<'_>], out: &mut [[u8; 20]]) {
+    match kernel {
+        #[cfg(all(target_arch = "x86_64", sluice_avx512))]
+        // SAFETY: callers pass only a kernel whose `available()` was true: the CPU has AVX-512F
+        // and AVX-512BW. `inputs` holds at most 16 messages and `out` at least as many digests.
+        Kernel::Avx512 => unsafe { x86::hmac16(inputs, out) },
+        _ => lanes_run(kernel, inputs, out),
     }
 }
 
@@ -317,13 +340,10 @@ fn lanes_run(kernel: Kernel, inputs: &[MacInput<'_>], out: &mut [[u8; 20]]) {
 
 fn compress_lanes(kernel: Kernel, state: &mut LaneState, w: &LaneBlock, active: &[u32; 16]) {
     match kernel {
-        #[cfg(all(target_arch = "x86_64", sluice_avx512))]
-        // SAFETY: `lanes_run` runs only with a kernel whose `available()` was true, i.e. the CPU
-        // has AVX-512F.
-        Kernel::Avx512 => unsafe { x86::compress16(state, w, active) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
-            // SAFETY: as above, the CPU has AVX2. Two halves of 8 lanes each.
+            // SAFETY: `lanes_run` runs only with a kernel whose `available()` was true, i.e. the
+            // CPU has AVX2. Two halves of 8 lanes each.
             unsafe { x86::compress8(state, w, active, 0) };
             if active[8..].iter().any(|&a| a != 0) {
                 // SAFETY: as above.
@@ -358,6 +378,8 @@ fn compress_lanes(kernel: Kernel, state: &mut LaneState, w: &LaneBlock, active: 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{LaneBlock, LaneState, K};
+    #[cfg(sluice_avx512)]
+    use super::{MacInput, Msg, H0, MAX_LANES};
     use std::arch::x86_64::*;
 
     /// The 80 SHA-1 rounds (FIPS 180-4 §6.1.2) on vectors of lanes, with the per-lane `active`
@@ -416,19 +438,6 @@ mod x86 {
         }};
     }
 
-    #[cfg(sluice_avx512)]
-    macro_rules! rol512 {
-        ($x:expr, 1) => {
-            _mm512_rol_epi32::<1>($x)
-        };
-        ($x:expr, 5) => {
-            _mm512_rol_epi32::<5>($x)
-        };
-        ($x:expr, 30) => {
-            _mm512_rol_epi32::<30>($x)
-        };
-    }
-
     macro_rules! rol256 {
         ($x:expr, 1) => {
             _mm256_or_si256(_mm256_slli_epi32::<1>($x), _mm256_srli_epi32::<31>($x))
@@ -439,38 +448,6 @@ mod x86 {
         ($x:expr, 30) => {
             _mm256_or_si256(_mm256_slli_epi32::<30>($x), _mm256_srli_epi32::<2>($x))
         };
-    }
-
-    /// 16 lanes of AVX-512F (intrinsics stable since Rust 1.89; `build.rs` sets the cfg).
-    #[cfg(sluice_avx512)]
-    #[clippy::msrv = "1.89"]
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn compress16(state: &mut LaneState, w: &LaneBlock, active: &[u32; 16]) {
-        // SAFETY: each slice is a row of 16 u32 from lane 0, so its 64 bytes are in bounds;
-        // the unaligned load needs no alignment.
-        let load = |s: &[u32]| unsafe { _mm512_loadu_si512(s.as_ptr().cast()) };
-        // SAFETY: as for `load`, and the row is borrowed mutably.
-        let store = |s: &mut [u32], v| unsafe { _mm512_storeu_si512(s.as_mut_ptr().cast(), v) };
-        rounds!(
-            __m512i,
-            state,
-            w,
-            active,
-            0,
-            load = load,
-            store = store,
-            splat = |x| _mm512_set1_epi32(x),
-            add = |x, y| _mm512_add_epi32(x, y),
-            xor = |x, y| _mm512_xor_si512(x, y),
-            and = |x, y| _mm512_and_si512(x, y),
-            ch = |x, y, z| _mm512_ternarylogic_epi32::<0xCA>(x, y, z),
-            par = |x, y, z| _mm512_ternarylogic_epi32::<0x96>(x, y, z),
-            maj = |x, y, z| _mm512_ternarylogic_epi32::<0xE8>(x, y, z),
-            rol = rol512
-        )
     }
 
     /// 8 lanes of AVX2, lanes `off..off + 8` (`off` is 0 or 8).
@@ -510,6 +487,200 @@ mod x86 {
             ),
             rol = rol256
         )
+    }
+
+    /// `_mm512_shuffle_epi8` control that turns every 32-bit word big-endian.
+    #[cfg(sluice_avx512)]
+    const BSWAP32: [u8; 16] = [3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12];
+
+    /// 16×16 transpose of 32-bit words: row `l` (lane `l`'s block) in, row `t` (word `t` of
+    /// every lane) out. 64 shuffles: 32-bit and 64-bit interleaves within 128-bit lanes, then a
+    /// 4×4 transpose of 128-bit lanes in two rounds of `vshufi32x4`.
+    #[cfg(sluice_avx512)]
+    #[clippy::msrv = "1.89"]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + m], 128-bit lane k: word 4k + m of rows 4g..4g + 4.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+        }
+        let mut w = [_mm512_setzero_si512(); 16];
+        for m in 0..4 {
+            let x0 = _mm512_shuffle_i32x4::<0x44>(u[m], u[4 + m]);
+            let x1 = _mm512_shuffle_i32x4::<0xEE>(u[m], u[4 + m]);
+            let x2 = _mm512_shuffle_i32x4::<0x44>(u[8 + m], u[12 + m]);
+            let x3 = _mm512_shuffle_i32x4::<0xEE>(u[8 + m], u[12 + m]);
+            w[m] = _mm512_shuffle_i32x4::<0x88>(x0, x2);
+            w[4 + m] = _mm512_shuffle_i32x4::<0xDD>(x0, x2);
+            w[8 + m] = _mm512_shuffle_i32x4::<0x88>(x1, x3);
+            w[12 + m] = _mm512_shuffle_i32x4::<0xDD>(x1, x3);
+        }
+        w
+    }
+
+    /// One SHA-1 compression (FIPS 180-4 §6.1.2) of 16 lanes, message words in registers;
+    /// lanes outside `active` keep their chaining value. The round functions are one
+    /// `vpternlogd` each (Ch 0xCA, Parity 0x96, Maj 0xE8), the rotates `vprold`, the schedule's
+    /// three-way XOR one `vpternlogd`.
+    #[cfg(sluice_avx512)]
+    #[clippy::msrv = "1.89"]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    // The schedule words of rounds 77–79 are stored like the others and never read.
+    #[allow(unused_assignments)]
+    fn compress16(h: &mut [__m512i; 5], mut w: [__m512i; 16], active: __mmask16) {
+        let [mut a, mut b, mut c, mut d, mut e] = *h;
+        macro_rules! round {
+            ($t:expr, $f:literal, $k:expr, $a:ident, $b:ident, $c:ident, $d:ident, $e:ident) => {{
+                let wt = if $t < 16 {
+                    w[$t & 15]
+                } else {
+                    let x = _mm512_ternarylogic_epi32::<0x96>(
+                        w[($t + 13) & 15],
+                        w[($t + 8) & 15],
+                        w[($t + 2) & 15],
+                    );
+                    let x = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[$t & 15]));
+                    w[$t & 15] = x;
+                    x
+                };
+                let f = _mm512_ternarylogic_epi32::<$f>($b, $c, $d);
+                $e = _mm512_add_epi32(
+                    _mm512_add_epi32($e, _mm512_add_epi32($k, wt)),
+                    _mm512_add_epi32(_mm512_rol_epi32::<5>($a), f),
+                );
+                $b = _mm512_rol_epi32::<30>($b);
+            }};
+        }
+        macro_rules! twenty {
+            ($start:expr, $f:literal, $k:expr) => {{
+                let k = _mm512_set1_epi32($k as i32);
+                round!($start + 0, $f, k, a, b, c, d, e);
+                round!($start + 1, $f, k, e, a, b, c, d);
+                round!($start + 2, $f, k, d, e, a, b, c);
+                round!($start + 3, $f, k, c, d, e, a, b);
+                round!($start + 4, $f, k, b, c, d, e, a);
+                round!($start + 5, $f, k, a, b, c, d, e);
+                round!($start + 6, $f, k, e, a, b, c, d);
+                round!($start + 7, $f, k, d, e, a, b, c);
+                round!($start + 8, $f, k, c, d, e, a, b);
+                round!($start + 9, $f, k, b, c, d, e, a);
+                round!($start + 10, $f, k, a, b, c, d, e);
+                round!($start + 11, $f, k, e, a, b, c, d);
+                round!($start + 12, $f, k, d, e, a, b, c);
+                round!($start + 13, $f, k, c, d, e, a, b);
+                round!($start + 14, $f, k, b, c, d, e, a);
+                round!($start + 15, $f, k, a, b, c, d, e);
+                round!($start + 16, $f, k, e, a, b, c, d);
+                round!($start + 17, $f, k, d, e, a, b, c);
+                round!($start + 18, $f, k, c, d, e, a, b);
+                round!($start + 19, $f, k, b, c, d, e, a);
+            }};
+        }
+        twenty!(0, 0xCA, K[0]);
+        twenty!(20, 0x96, K[1]);
+        twenty!(40, 0xE8, K[2]);
+        twenty!(60, 0x96, K[3]);
+        for (s, v) in h.iter_mut().zip([a, b, c, d, e]) {
+            *s = _mm512_mask_add_epi32(*s, active, *s, v);
+        }
+    }
+
+    /// Whole HMAC-SHA1 of up to 16 messages, one per lane of AVX-512: each block of every lane
+    /// is loaded as one vector (straight from the message when the block lies inside it),
+    /// byte-swapped and transposed in registers; the inner digest stays transposed and is the
+    /// outer block's first five words as it stands, so only the keyed states go in and the
+    /// digests come out lane by lane.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512BW. Panics unless `inputs.len() <= 16` and
+    /// `out.len() >= inputs.len()`.
+    #[cfg(sluice_avx512)]
+    #[clippy::msrv = "1.89"]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn hmac16(inputs: &[MacInput<'_>], out: &mut [[u8; 20]]) {
+        let n = inputs.len();
+        assert!(n <= MAX_LANES && out.len() >= n);
+        let mut msgs = [Msg::new(&[], &[]); MAX_LANES];
+        // Transposed keyed states, inner and outer; idle lanes hash zeros from H0 unseen.
+        let mut inner = [[0u32; MAX_LANES]; 5];
+        let mut outer = [[0u32; MAX_LANES]; 5];
+        let mut max_blocks = 0;
+        for (l, i) in inputs.iter().enumerate() {
+            msgs[l] = Msg::new(i.a, i.b);
+            max_blocks = max_blocks.max(msgs[l].blocks);
+            for w in 0..5 {
+                inner[w][l] = i.key.inner[w];
+                outer[w][l] = i.key.outer[w];
+            }
+        }
+        for w in 0..5 {
+            for l in n..MAX_LANES {
+                inner[w][l] = H0[w];
+                outer[w][l] = H0[w];
+            }
+        }
+        // SAFETY: each row is 16 u32 = 64 bytes; unaligned loads need no alignment.
+        let load = |r: &[u32; MAX_LANES]| unsafe { _mm512_loadu_si512(r.as_ptr().cast()) };
+        let mut h = [
+            load(&inner[0]),
+            load(&inner[1]),
+            load(&inner[2]),
+            load(&inner[3]),
+            load(&inner[4]),
+        ];
+        let bswap = _mm512_broadcast_i32x4(
+            // SAFETY: BSWAP32 is 16 bytes; unaligned load.
+            unsafe { _mm_loadu_si128(BSWAP32.as_ptr().cast()) },
+        );
+        let mut tails = [[0u8; 64]; MAX_LANES];
+        for j in 0..max_blocks {
+            let mut rows = [_mm512_setzero_si512(); 16];
+            let mut active: __mmask16 = 0;
+            for l in 0..n {
+                if j < msgs[l].blocks {
+                    active |= 1 << l;
+                    let blk = msgs[l].block(j, &mut tails[l]);
+                    // SAFETY: `blk` is a 64-byte array; unaligned load.
+                    let v = unsafe { _mm512_loadu_si512(blk.as_ptr().cast()) };
+                    rows[l] = _mm512_shuffle_epi8(v, bswap);
+                }
+            }
+            compress16(&mut h, transpose16(rows), active);
+        }
+        // Outer hash, one block: inner digest ‖ 0x80 ‖ zeros ‖ (64 + 20) · 8 bits.
+        let mut w = [_mm512_setzero_si512(); 16];
+        w[..5].copy_from_slice(&h);
+        w[5] = _mm512_set1_epi32(0x8000_0000u32 as i32);
+        w[15] = _mm512_set1_epi32((64 + 20) * 8);
+        let mut o = [
+            load(&outer[0]),
+            load(&outer[1]),
+            load(&outer[2]),
+            load(&outer[3]),
+            load(&outer[4]),
+        ];
+        compress16(&mut o, w, 0xFFFF);
+        let mut d = [[0u32; MAX_LANES]; 5];
+        for (row, v) in d.iter_mut().zip(o) {
+            // SAFETY: each row is 16 u32 = 64 bytes; unaligned store.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), v) };
+        }
+        for (l, digest) in out.iter_mut().enumerate().take(n) {
+            for (k, row) in d.iter().enumerate() {
+                digest[4 * k..4 * k + 4].copy_from_slice(&row[l].to_be_bytes());
+            }
+        }
     }
 }
 
