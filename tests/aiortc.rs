@@ -38,7 +38,27 @@ pub fn available() -> bool {
 /// Start `peer.py ARGS`; its stdout lines are printed with `tag` and sent on the receiver
 /// (which ends when the peer exits).
 pub fn spawn(args: &[&str], tag: &'static str) -> (Child, Receiver<String>) {
-    let mut child = Command::new(python())
+    spawn_cmd(Command::new(python()), args, tag)
+}
+
+/// [`spawn`] inside network namespace `ns`, gathering only `host` (its address there), with
+/// NACK counting on (`nacks_received=N` / `nacks_sent=N` at the end).
+pub fn spawn_in(
+    ns: &str,
+    host: std::net::Ipv4Addr,
+    args: &[&str],
+    tag: &'static str,
+) -> (Child, Receiver<String>) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(python())
+        .env("SLUICE_AIORTC_HOST", host.to_string())
+        .env("SLUICE_AIORTC_COUNT_NACKS", "1");
+    spawn_cmd(cmd, args, tag)
+}
+
+fn spawn_cmd(mut cmd: Command, args: &[&str], tag: &'static str) -> (Child, Receiver<String>) {
+    let mut child = cmd
         .arg(peer_script())
         .args(args)
         .stdout(Stdio::piped())

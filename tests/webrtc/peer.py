@@ -24,10 +24,13 @@ Both print one status line per event on stdout (`answer`, `connected`, `frames=N
 and exit non-zero on failure. Exit code 3 means aiortc is not importable.
 
 ICE candidates are restricted to 127.0.0.1 (aioice skips loopback by default), so all
-traffic stays on loopback.
+traffic stays on loopback; SLUICE_AIORTC_HOST names another single address (a test
+namespace's). With SLUICE_AIORTC_COUNT_NACKS set, `publish` prints `nacks_received=N` (sequence
+numbers NACKed to it) and `watch` prints `nacks_sent=N` when they end.
 """
 import asyncio
 import fractions
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -54,7 +57,8 @@ except ImportError as e:  # pragma: no cover - reported to the Rust test
 
 
 def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list:
-    return ["127.0.0.1"] if use_ipv4 else []
+    # SLUICE_AIORTC_HOST: the one address to gather (a test namespace's); loopback otherwise.
+    return [os.environ.get("SLUICE_AIORTC_HOST", "127.0.0.1")] if use_ipv4 else []
 
 
 aioice.ice.get_host_addresses = loopback_only
@@ -124,6 +128,8 @@ async def publish(url: str, token: str, seconds: float):
     location = await negotiate(pc, url, token)
     await asyncio.sleep(seconds)
     await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
+    if NACKS is not None:
+        print(f"nacks_received={NACKS['received']}", flush=True)
     print("left", flush=True)
     await pc.close()
 
@@ -178,6 +184,8 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
     except asyncio.TimeoutError:
         ok = False
     print(f"frames={decoded} audio_frames={audio[0]}", flush=True)
+    if NACKS is not None:
+        print(f"nacks_sent={NACKS['sent']}", flush=True)
     if ok and stall > 0:
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
@@ -316,6 +324,30 @@ async def watch_fir(url: str, token: str, requests: int, timeout: float):
     await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
     await pc.close()
     sys.exit(0 if ok else 2)
+
+
+def count_nacks():
+    """Count NACKed sequence numbers both ways (printed by publish/watch at the end)."""
+    counts = {"received": 0, "sent": 0}
+    handle = Sender._handle_rtcp_packet
+
+    async def counting(self, packet):
+        if getattr(packet, "lost", None) is not None and packet.__class__.__name__ == "RtcpRtpfbPacket":
+            counts["received"] += len(packet.lost)
+        await handle(self, packet)
+
+    send_nack = RTCRtpReceiver._send_rtcp_nack
+
+    async def counting_nack(self, media_ssrc, lost):
+        counts["sent"] += len(lost)
+        await send_nack(self, media_ssrc, lost)
+
+    Sender._handle_rtcp_packet = counting
+    RTCRtpReceiver._send_rtcp_nack = counting_nack
+    return counts
+
+
+NACKS = count_nacks() if os.environ.get("SLUICE_AIORTC_COUNT_NACKS") else None
 
 
 def main():

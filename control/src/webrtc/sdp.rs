@@ -691,8 +691,10 @@ pub struct Answer {
 
 /// Header extensions the relay passes through (with their ids remapped). The transport-wide
 /// sequence number is renumbered per viewer by the relay (route `twcc_id`), which reads the
-/// viewer's transport-cc feedback; a publisher negotiates it so that its packets carry the
-/// element the relay overwrites.
+/// viewer's transport-cc feedback, where a (static) publisher's packets carry the element. A
+/// WebRTC publisher is never answered the extension ([`for_publisher`]): the relay sends it no
+/// transport-cc feedback, and a sender that numbers its packets and hears nothing back
+/// throttles itself.
 pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     TWCC_EXTENSION,
@@ -705,6 +707,16 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 ];
+
+/// Whether a WHIP answer keeps extension `e`: not the transport-wide sequence number. A
+/// libwebrtc sender that negotiated it runs send-side congestion control on transport-cc
+/// feedback alone; with none coming back (the relay sends publishers none) its congestion
+/// window fills and pushes the encoder down to its minimum (seen: a Chromium publisher at
+/// 59 kbit/s, 10 fps, where it sent 400 kbit/s, 20 fps without the extension). Without it the
+/// publisher estimates from the relay's receiver reports.
+fn for_publisher(e: &Extmap) -> bool {
+    e.uri != TWCC_EXTENSION
+}
 
 /// RTCP feedback the relay honours: NACK (answered from its cache, RFC 4585 §6.2.1), PLI and
 /// FIR (aggregated and translated to what the publisher takes, RFC 4585 §6.3.1, RFC 5104
@@ -903,7 +915,10 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             .extmaps
             .iter()
             .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
-            .filter(|e| endpoint == Endpoint::Whip || extension_for_viewer(e, &room))
+            .filter(|e| match endpoint {
+                Endpoint::Whip => for_publisher(e),
+                Endpoint::Whep => extension_for_viewer(e, &room),
+            })
             .cloned()
             .collect();
         let twcc = extmaps.iter().any(|e| e.uri == TWCC_EXTENSION);
@@ -1378,11 +1393,11 @@ a=ssrc:2222 cname:abc\r\n"
             video.rtx,
             [RtxCodec { pt: 97, apt: 96 }, RtxCodec { pt: 46, apt: 45 }]
         );
-        // No transport-cc towards a publisher (the relay sends it no such feedback), but the
-        // extension is kept: the relay renumbers it per viewer.
+        // No transport-cc towards a publisher and no transport-wide extension (the relay
+        // sends it no such feedback, see `for_publisher`).
         assert_eq!(video.codecs[0].rtcp_fb, vec!["ccm fir", "nack", "nack pli"]);
-        assert_eq!(video.twcc_id(), Some(3));
-        assert_eq!(video.extmaps.len(), 7);
+        assert_eq!(video.twcc_id(), None);
+        assert_eq!(video.extmaps.len(), 6);
         assert_eq!(video.remote_ssrcs, vec![1111, 2222]);
         assert_eq!(video.send_ssrc, None);
 
@@ -1400,7 +1415,6 @@ a=ssrc:2222 cname:abc\r\n"
             "m=video 3478 UDP/TLS/RTP/SAVPF 96 97 98 99 100 45 46 102\r\n",
             "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n",
             "a=rtpmap:46 rtx/90000\r\na=fmtp:46 apt=45\r\n",
-            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
             "a=fmtp:100 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n",
             "typ host\r\n",
             " 203.0.113.7 3478 typ host",
@@ -1410,6 +1424,10 @@ a=ssrc:2222 cname:abc\r\n"
         ] {
             assert!(sdp.contains(needle), "missing {needle:?} in\n{sdp}");
         }
+        assert!(
+            !sdp.contains("transport-wide-cc"),
+            "no transport-wide extension to a publisher"
+        );
         assert!(
             tcp_candidate_priority(0) < candidate_priority(1, &"[::1]:1".parse().unwrap()),
             "TCP ranks below UDP"
@@ -1475,6 +1493,20 @@ a=ssrc:2222 cname:abc\r\n"
         answer(&o, Endpoint::Whip, &cfg()).unwrap().media
     }
 
+    /// [`room_of`] with the transport-wide extension at id 3 in every section, as a publisher
+    /// whose packets carry it (not a WebRTC one: `for_publisher`).
+    fn room_with_twcc(video: &str) -> Vec<NegotiatedMedia> {
+        let mut room = room_of(video);
+        for m in &mut room {
+            m.extmaps.push(Extmap {
+                id: 3,
+                direction: None,
+                uri: TWCC_EXTENSION.into(),
+            });
+        }
+        room
+    }
+
     /// A Chrome-like publisher that sends VP8 only, asks for keyframes with PLI only (no
     /// FIR), and negotiated no abs-send-time.
     fn vp8_pli_only_publisher() -> String {
@@ -1511,8 +1543,8 @@ a=ssrc:2222 cname:abc\r\n"
         assert_eq!(names, ["VP8"], "only the codec the room carries");
         assert_eq!(
             v.codecs[0].rtcp_fb,
-            ["transport-cc", "nack", "nack pli"],
-            "no FIR for a PLI-only publisher; transport-cc: the room sends the extension"
+            ["nack", "nack pli"],
+            "no FIR for a PLI-only publisher; no transport-cc: a WebRTC publisher is not answered the extension"
         );
         assert!(!a.sdp.contains("ccm fir"));
         let uris: Vec<&str> = v.extmaps.iter().map(|e| e.uri.as_str()).collect();
@@ -1790,7 +1822,7 @@ a=rtcp-fb:120 transport-cc\r\n";
     /// sent by the room.
     #[test]
     fn whep_answers_rtx_fid_and_transport_cc() {
-        let room = room_of(&chrome_offer("actpass"));
+        let room = room_with_twcc(&chrome_offer("actpass"));
         let c = AnswerConfig {
             publishers: room.clone(),
             ..cfg()
