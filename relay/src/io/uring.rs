@@ -11,8 +11,8 @@
 //! kernel does not answer in time the buffers are leaked rather than freed under it.
 //!
 //! A second fd (the slow-path connection, [`Backend::watch_readable`]) is watched with a
-//! multishot `IORING_OP_POLL_ADD` in the same ring: its readiness is one more CQE reaped with
-//! the datagrams, so neither polling it nor waking for it costs a syscall. The poll's
+//! one-shot `IORING_OP_POLL_ADD` (re-armed by each wait after it fired) in the same ring: its
+//! readiness is one more CQE reaped with the datagrams, so neither polling it nor waking for it costs a syscall. The poll's
 //! `user_data` carries a watch generation, so CQEs of a poll replaced or cancelled meanwhile
 //! are recognised and ignored. A poll references no memory of ours.
 //!
@@ -160,12 +160,12 @@ pub struct UringBackend {
     /// After [`Backend::stop_receiving`]: the receive is never re-armed.
     recv_stopped: bool,
     /// The fd watched for readability, its generation (in the poll's `user_data`), whether
-    /// the multishot poll is in the kernel, and whether it fired since `take_readable`.
+    /// the poll is in the kernel, and whether it fired since `take_readable`.
     watch_fd: Option<RawFd>,
     watch_gen: u32,
     poll_armed: bool,
     watch_ready: bool,
-    /// Passive ICE-TCP ([`UringBackend::attach_tcp`]); its fd's multishot poll is in the
+    /// Passive ICE-TCP ([`UringBackend::attach_tcp`]); its fd's one-shot poll is in the
     /// ring (`tcp_armed`) and fired since the last service (`tcp_signalled`).
     tcp: Option<TcpRole>,
     tcp_armed: bool,
@@ -306,7 +306,7 @@ impl UringBackend {
         })
     }
 
-    /// Also carry passive ICE-TCP: the owner's epoll set is watched with a multishot poll in
+    /// Also carry passive ICE-TCP: the owner's epoll set is watched with a one-shot poll in
     /// this ring (its readiness is one more CQE), its connections' frames are drained before
     /// the datagrams and datagrams queued for them are written to them framed; a forwarder
     /// hands datagrams for TCP peers to the owner at each flush.
@@ -320,13 +320,13 @@ impl UringBackend {
         self.tcp.as_ref().map_or(0, TcpRole::connections)
     }
 
-    /// Arm the multishot poll on the ICE-TCP side's fd (owner only).
+    /// Arm the one-shot poll on the ICE-TCP side's fd (owner only).
     fn arm_tcp_poll(&mut self) -> Result<(), IoError> {
         let Some(fd) = self.tcp.as_ref().and_then(TcpRole::fd) else {
             return Ok(());
         };
+        // One-shot, re-armed by the next wait, as the watched fd's poll (`arm_poll`).
         let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
-            .multi(true)
             .build()
             .user_data(TAG_TCP);
         // SAFETY: a poll SQE points at no memory of ours; the side's epoll fd lives as long
@@ -390,13 +390,16 @@ impl UringBackend {
         Ok(())
     }
 
-    /// Arm the multishot poll on the watched fd (its SQE goes out with the next submit).
+    /// Arm a one-shot poll on the watched fd (its SQE goes out with the next submit; the next
+    /// wait re-arms it after its completion). Not multishot: the watched fd is an epoll set
+    /// (worker/wake.rs), and a multishot poll on it missed the slow-path replies that should
+    /// have woken an idle worker (`slowpath_channel::io_slowpath_reply_wakes_an_idle_worker`);
+    /// one SQE per wake-up costs nothing on the packet path.
     fn arm_poll(&mut self) -> Result<(), IoError> {
         let Some(fd) = self.watch_fd else {
             return Ok(());
         };
         let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
-            .multi(true)
             .build()
             .user_data(TAG_POLL | self.watch_gen as u64);
         // SAFETY: a poll SQE points at no memory of ours; the kernel holds its own reference
