@@ -18,8 +18,8 @@ const SECONDS: u64 = 30;
 fn count(lines: &[String], key: &str) -> u64 {
     lines
         .iter()
-        .filter_map(|l| l.strip_prefix(key)?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.parse().ok())
         .unwrap_or(0)
 }
 
