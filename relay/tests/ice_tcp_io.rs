@@ -666,7 +666,7 @@ fn tcp_windows(addr: SocketAddr, n: usize, size: usize) {
 /// a check: run it in release, alone:
 /// `cargo test --release -p sluice-relay --test ice_tcp_io -- --ignored --nocapture cost`.
 #[test]
-#[ignore = "a measurement; run in release on an idle machine"]
+#[ignore = "a measurement, not a check: run with --release --ignored on an idle machine (docs/BENCHMARKS.md \"ICE-TCP against UDP\" gives the command and the figures)"]
 fn cost_per_packet_tcp_against_udp() {
     let _one = exclusive();
     let mut backends = vec![(BackendChoice::Mmsg, "mmsg")];
@@ -719,7 +719,7 @@ fn cost_per_packet_tcp_against_udp() {
 /// itself), in the same run (docs/BENCHMARKS.md "ICE-TCP against UDP"). Run like
 /// [`cost_per_packet_tcp_against_udp`].
 #[test]
-#[ignore = "a measurement; run in release on an idle machine"]
+#[ignore = "a measurement, not a check: run with --release --ignored on an idle machine (docs/BENCHMARKS.md \"ICE-TCP against UDP\" gives the command and the figures)"]
 fn cost_per_packet_across_workers() {
     let _one = exclusive();
     let w = (0..10)

@@ -33,6 +33,17 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
+    /// Add `other` (a scan of another region) to this report; the first error stays first.
+    fn absorb(&mut self, other: ScanReport) {
+        self.records += other.records;
+        self.invalid += other.invalid;
+        self.busy += other.busy;
+        self.retries += other.retries;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
     /// The first skipped slot as a typed error, if any.
     pub fn error(&self) -> Option<ShmError> {
         self.first_error
@@ -275,13 +286,7 @@ impl ShmReader {
                 decode_stream,
                 |i, r: &StreamRecord| f(w, i, r),
             );
-            total.records += rep.records;
-            total.invalid += rep.invalid;
-            total.busy += rep.busy;
-            total.retries += rep.retries;
-            if total.first_error.is_none() {
-                total.first_error = rep.first_error;
-            }
+            total.absorb(rep);
         }
         total
     }
@@ -357,13 +362,7 @@ impl ShmReader {
                 decode_stat,
                 |i, r: &StatRecord| f(w, i, r),
             );
-            total.records += rep.records;
-            total.invalid += rep.invalid;
-            total.busy += rep.busy;
-            total.retries += rep.retries;
-            if total.first_error.is_none() {
-                total.first_error = rep.first_error;
-            }
+            total.absorb(rep);
         }
         total
     }

@@ -409,6 +409,12 @@ mod tests {
     }
 
     impl Layer {
+        /// A layer whose next packet has these sequence number, timestamp, picture ID and
+        /// TL0PICIDX.
+        fn at(seq: u16, ts: u32, pid: u16, tl0: u8) -> Layer {
+            Layer { seq, ts, pid, tl0 }
+        }
+
         fn packet(&mut self, first: bool, last: bool, key: bool) -> LayerPacket {
             let pid = self.pid | 0x8000;
             let b = [
@@ -502,18 +508,8 @@ mod tests {
     fn starts_on_the_first_keyframe_then_climbs_on_a_keyframe_with_continuous_numbers() {
         let t0 = Instant::now();
         let mut s = Out::new(3, NO_CAP);
-        let mut lo = Layer {
-            seq: 65530,
-            ts: 0xFFFF_F000,
-            pid: 0x7FFD,
-            tl0: 254,
-        };
-        let mut hi = Layer {
-            seq: 100,
-            ts: 777,
-            pid: 3,
-            tl0: 9,
-        };
+        let mut lo = Layer::at(65530, 0xFFFF_F000, 0x7FFD, 254);
+        let mut hi = Layer::at(100, 777, 3, 9);
         // Only the low layer sends at first: it becomes the target; a delta frame waits for a
         // key frame (and asks for one), the key frame starts it.
         assert_eq!(
@@ -633,18 +629,8 @@ mod tests {
     fn cap_holds_the_low_layer_and_lifting_it_climbs_mid_frame_skip() {
         let t0 = Instant::now();
         let mut s = Out::new(3, 0);
-        let mut lo = Layer {
-            seq: 10,
-            ts: 10,
-            pid: 10,
-            tl0: 10,
-        };
-        let mut hi = Layer {
-            seq: 60000,
-            ts: 5,
-            pid: 0x7FFF,
-            tl0: 0,
-        };
+        let mut lo = Layer::at(10, 10, 10, 10);
+        let mut hi = Layer::at(60000, 5, 0x7FFF, 0);
         let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
         assert_eq!(s.current(), Some(0));
         assert_eq!(s.target(), 0);
@@ -684,12 +670,7 @@ mod tests {
     fn late_packets_of_the_old_layer_and_before_the_switch_are_not_sent() {
         let t0 = Instant::now();
         let mut s = Out::new(2, NO_CAP);
-        let mut lo = Layer {
-            seq: 1,
-            ts: 1,
-            pid: 1,
-            tl0: 1,
-        };
+        let mut lo = Layer::at(1, 1, 1, 1);
         let first = lo.packet(true, true, true);
         fwd(s.on_packet(t0, 0, &first));
         let mut early = first;
@@ -704,12 +685,7 @@ mod tests {
     fn a_long_lived_layer_is_never_late_across_wraps() {
         let t0 = Instant::now();
         let mut s = Out::new(1, NO_CAP);
-        let mut lo = Layer {
-            seq: 100,
-            ts: 0,
-            pid: 0,
-            tl0: 0,
-        };
+        let mut lo = Layer::at(100, 0, 0, 0);
         let (first, _, _) = fwd(s.on_packet(t0, 0, &lo.packet(true, true, true)));
         for i in 1..70_000u32 {
             let (seq, _, _) = fwd(s.on_packet(t0, 0, &lo.packet(true, true, false)));
@@ -727,18 +703,8 @@ mod tests {
     fn a_silent_layer_is_left_for_an_active_one() {
         let t0 = Instant::now();
         let mut s = Out::new(3, NO_CAP);
-        let mut lo = Layer {
-            seq: 1,
-            ts: 1,
-            pid: 1,
-            tl0: 1,
-        };
-        let mut hi = Layer {
-            seq: 500,
-            ts: 1,
-            pid: 1,
-            tl0: 1,
-        };
+        let mut lo = Layer::at(1, 1, 1, 1);
+        let mut hi = Layer::at(500, 1, 1, 1);
         let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1200);
         // Next high key frame after maturity.
         let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, true));
@@ -759,18 +725,8 @@ mod tests {
     fn estimate_goes_down_at_once_and_up_only_with_margin_held() {
         let t0 = Instant::now();
         let mut s = Out::new(3, NO_CAP);
-        let mut lo = Layer {
-            seq: 1,
-            ts: 1,
-            pid: 1,
-            tl0: 1,
-        };
-        let mut hi = Layer {
-            seq: 500,
-            ts: 1,
-            pid: 1,
-            tl0: 1,
-        };
+        let mut lo = Layer::at(1, 1, 1, 1);
+        let mut hi = Layer::at(500, 1, 1, 1);
         // Both layers send 1000 bytes per 33 ms: about 242 kbit/s each.
         let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 2500);
         let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, true));
