@@ -372,8 +372,11 @@ pub enum RuntimeDir {
 #[derive(Clone)]
 pub struct Setup {
     pub runtime_dir: RuntimeDir,
-    /// The media address's IP (IPv4 or IPv6 loopback); the port is a free one.
+    /// The media address's IP (IPv4 or IPv6 loopback).
     pub media_ip: IpAddr,
+    /// The media port; 0 picks a free one. A test that must hold the port itself binds it
+    /// first and passes it here, so nothing else can take it in between.
+    pub media_port: u16,
     /// The admin API on a unix socket in the temp dir instead of an OS-chosen TCP port.
     pub unix_admin: bool,
     pub workers: u32,
@@ -386,6 +389,7 @@ impl Default for Setup {
         Setup {
             runtime_dir: RuntimeDir::InConfig,
             media_ip: IpAddr::from([127, 0, 0, 1]),
+            media_port: 0,
             unix_admin: false,
             workers: 1,
             audit_log: None,
@@ -426,10 +430,13 @@ impl Appliance {
     pub fn setup(tag: &str, backend: &str, s: &Setup) -> Appliance {
         let dir = TempDir::new(tag);
         let p = dir.path();
-        let port = UdpSocket::bind((s.media_ip, 0))
-            .and_then(|s| s.local_addr())
-            .expect("a free UDP port")
-            .port();
+        let port = match s.media_port {
+            0 => UdpSocket::bind((s.media_ip, 0))
+                .and_then(|s| s.local_addr())
+                .expect("a free UDP port")
+                .port(),
+            p => p,
+        };
         let media = SocketAddr::new(s.media_ip, port);
         let admin = if s.unix_admin {
             format!("unix:{}", p.join("admin.sock").display())

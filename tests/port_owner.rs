@@ -4,8 +4,9 @@
 //! the SO_REUSEPORT group and taking part of the first instance's peers. The zero-loss
 //! upgrade (`--takeover`, tests/upgrade.rs) still shares the sockets.
 
-use sluice_tests::procs::{pid_alive, Instance};
+use sluice_tests::procs::{pid_alive, Instance, Setup};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn assert_refused(inst: &Instance, p: &mut sluice_tests::procs::Proc) {
@@ -47,12 +48,25 @@ fn a_second_instance_on_the_same_bind_is_refused() {
 
 #[test]
 fn a_port_held_by_another_program_is_refused() {
-    let inst = Instance::new("port-held", "mmsg", 1, None);
-    let _control = inst.start_control();
     for reuseport in [true, false] {
+        // The holder binds first, on a port the kernel picks, and the instance is configured
+        // with that port: nothing else can take it between choosing and holding it.
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
         s.set_reuse_port(reuseport).expect("SO_REUSEPORT");
-        s.bind(&inst.media.into()).expect("hold the media port");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        s.bind(&any.into()).expect("hold a port");
+        let port = s
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("the held address")
+            .port();
+        let setup = Setup {
+            media_port: port,
+            ..Setup::default()
+        };
+        let inst = Instance::with_setup("port-held", "mmsg", &setup);
+        let _control = inst.start_control();
         let mut relay = inst.spawn_relay(&["--handover", "none"]);
         assert_refused(&inst, &mut relay);
         drop(s);

@@ -6,7 +6,8 @@
 //! [`crate::daemons`]; this module only keeps the names the upgrade and fault tests use.
 
 pub use crate::daemons::{pid_alive, wait_pid_gone as wait_gone, Proc};
-use crate::daemons::{signal_pid, Appliance, Setup, SrtpStream};
+pub use crate::daemons::Setup;
+use crate::daemons::{signal_pid, Appliance, SrtpStream};
 use crate::Peer;
 use contract::shm::Role;
 use contract::srtp::Profile;
@@ -52,6 +53,11 @@ impl Instance {
             ..Setup::default()
         };
         Instance(Appliance::setup(tag, backend, &setup))
+    }
+
+    /// [`Instance::new`] with every [`Setup`] choice open.
+    pub fn with_setup(tag: &str, backend: &str, setup: &Setup) -> Instance {
+        Instance(Appliance::setup(tag, backend, setup))
     }
 
     /// Start `sluice-control` and wait for its runtime file (control.json naming its pid).
