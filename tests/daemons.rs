@@ -431,10 +431,7 @@ impl Appliance {
         let dir = TempDir::new(tag);
         let p = dir.path();
         let port = match s.media_port {
-            0 => UdpSocket::bind((s.media_ip, 0))
-                .and_then(|s| s.local_addr())
-                .expect("a free UDP port")
-                .port(),
+            0 => crate::free_port_on(s.media_ip),
             p => p,
         };
         let media = SocketAddr::new(s.media_ip, port);

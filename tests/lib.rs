@@ -199,10 +199,51 @@ impl Peer {
     }
 }
 
-/// A free loopback UDP port (bound once, then released).
+/// A free loopback UDP port (see [`free_port_on`]).
 pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    free_port_on(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
+/// A port free now for both UDP and TCP on `ip` (a relay's media port: ICE-TCP listens on the
+/// same number), chosen at random *below* the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port the kernel picked for a bind to port 0 would sit
+/// inside that range, where any socket that sends or connects without binding (a test's
+/// client, a browser, a daemon's outgoing connection) may be given it between the moment the
+/// test picks it and the moment the daemon binds it; below the range only an explicit bind
+/// can take it.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    const FLOOR: u16 = 10_000;
+    if low > FLOOR + 1000 {
+        let span = u64::from(low - FLOOR);
+        let keys = std::collections::hash_map::RandomState::new();
+        for i in 0u64..500 {
+            let mut h = keys.build_hasher();
+            h.write_u64(i);
+            let port = FLOOR + (h.finish() % span) as u16;
+            let udp = UdpSocket::bind((ip, port));
+            if udp.is_ok() && std::net::TcpListener::bind((ip, port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    // A machine whose ephemeral range starts low: the kernel's choice, checked for TCP too.
+    for _ in 0..100 {
+        let udp = UdpSocket::bind((ip, 0)).expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP on {ip}");
 }
 
 /// A running `sluice-relay` (a [`daemons::Proc`], killed on drop) and what it reported.

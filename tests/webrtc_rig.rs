@@ -5,7 +5,7 @@
 //! address, e.g. a test bridge's (tests/netns.rs), with HTTPS, extra relay keys or ICE-TCP.
 
 use crate::daemons::{bin, Proc};
-use crate::{free_udp_port, TempDir};
+use crate::{free_port_on, free_udp_port, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -221,19 +221,6 @@ impl Drop for WebRtcRig {
         self.stop();
         let _ = std::fs::remove_file(&self.shm);
     }
-}
-
-/// A port free for both UDP and TCP on `ip` now (the relay's media port; ICE-TCP listens on
-/// the same number).
-fn free_port_on(ip: std::net::IpAddr) -> u16 {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind((ip, 0)).expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for UDP and TCP on {ip}");
 }
 
 /// `IP:PORT` with a TCP port free on `ip` now.
