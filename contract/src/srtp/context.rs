@@ -615,9 +615,9 @@ impl Context {
         Ok(len - self.profile.srtcp_overhead())
     }
 
-    /// Try the current key, then (during the rotation grace) the previous one. GCM zeroes the
-    /// payload on a failed open, so the packet is saved to the scratch buffer first and restored
-    /// before the second try; counter mode authenticates before decrypting and needs no copy.
+    /// Try the current key, then (during the rotation grace) the previous one. A failed GCM
+    /// open may overwrite the payload, so the packet is saved to the scratch buffer first and
+    /// restored before the second try; counter mode authenticates before decrypting and needs no copy.
     /// (The first half of the scratch holds the saved packet; the second half is the SRTCP
     /// unencrypted-AAD buffer.)
     fn authenticate(

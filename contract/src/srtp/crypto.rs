@@ -8,7 +8,8 @@
 //! - HMAC-SHA1 (RFC 3711 §4.2.1): RustCrypto `hmac` + `sha1` (SHA-NI picked at run time). The
 //!   keyed state (inner and outer pads already absorbed) is computed once per session key and
 //!   cloned per packet.
-//! - AES-GCM (RFC 7714): `ring`'s `LessSafeKey`, sealing and opening in place with a separate tag.
+//! - AES-GCM (RFC 7714): `aws-lc-rs`'s `LessSafeKey`, sealing and opening in place with a
+//!   separate tag.
 //!
 //! Owns no protocol state. May not touch: packets' layout (that is `context.rs`), the clock.
 
@@ -17,8 +18,8 @@ use aes::cipher::{
     generic_array::GenericArray, BlockCipher, BlockEncrypt, BlockSizeUser, InnerIvInit, KeyInit,
     StreamCipher,
 };
+use aws_lc_rs::aead;
 use hmac::{Hmac, Mac};
-use ring::aead;
 use sha1::Sha1;
 
 use super::sha1mb::HmacState;
@@ -147,14 +148,15 @@ impl Gcm {
                 aead::Aad::from(aad),
                 data,
             )
-            // ring refuses only inputs longer than GCM's 2^36-byte limit; a packet is far shorter.
+            // Refused only for inputs longer than GCM's 2^36-byte limit; a packet is far shorter.
             .expect("GCM input length is within limits");
         let mut t = [0u8; 16];
         t.copy_from_slice(tag.as_ref());
         t
     }
 
-    /// Authenticate and decrypt `data` in place. On failure `data` is zeroed (ring's behaviour).
+    /// Authenticate and decrypt `data` in place. On failure `data` holds unspecified bytes
+    /// (the caller drops the packet or, during a key rotation, restores it from its copy).
     #[inline]
     pub(crate) fn open(
         &self,
@@ -167,9 +169,8 @@ impl Gcm {
             .open_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
-                aead::Tag::from(tag),
+                &tag,
                 data,
-                0..,
             )
             .map(|_| ())
             .map_err(|_| ())
