@@ -270,3 +270,62 @@ fn static_session_over_ice_tcp() {
         "still bound to the real peer"
     );
 }
+
+/// `sluice-bench run --transport tcp` against the real daemons (two workers, so datagrams for
+/// the subscribers' connections also cross from the other worker through the hub): every
+/// publisher and subscriber is an ICE-TCP connection bound to its static session, and every
+/// packet sent arrives, decrypted, at every subscriber.
+#[test]
+fn bench_runs_over_ice_tcp() {
+    use sluice_tests::daemons::Proc;
+    use sluice_tests::procs::Instance;
+    use std::time::Duration;
+
+    let inst = Instance::new("ice-tcp-bench", "mmsg", 2, None);
+    let mut cfg = std::fs::read_to_string(&inst.config).expect("config");
+    cfg.push_str("\n[relay.tcp]\nenabled = true\n");
+    std::fs::write(&inst.config, cfg).expect("config");
+    let _control = inst.start_control();
+    let relay = inst.spawn_relay(&[]);
+    inst.wait_relay(&relay);
+    let report = inst.dir.path().join("bench.json");
+    let mut c = inst.command("sluice-bench");
+    c.args([
+        "run",
+        "--transport",
+        "tcp",
+        "--publishers",
+        "2",
+        "--fanout",
+        "3",
+    ])
+    .args(["--rate", "400", "--duration", "2", "--size", "1000"])
+    .args(["--quiet", "--drain-ms", "5000", "--json"])
+    .arg(&report);
+    let mut bench = Proc::spawn(
+        "sluice-bench",
+        c,
+        inst.dir.path(),
+        std::process::Stdio::null(),
+    );
+    let code = bench.wait(Duration::from_secs(120));
+    assert!(
+        code.is_some_and(|c| c.success()),
+        "sluice-bench: {code:?}\n{}",
+        bench.log_text()
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let r = &v["result"];
+    eprintln!("ice_tcp_e2e: bench over ICE-TCP: {r}");
+    assert_eq!(v["config"]["transport"], "tcp");
+    assert!(r["expected"].as_u64().is_some_and(|n| n >= 2000), "{r}");
+    assert_eq!(r["delivered"]["packets"], r["expected"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["auth_failures"], 0, "{r}");
+    assert_eq!(r["misrouted"], 0, "{r}");
+    assert!(
+        r["latency"]["p99_us"].as_f64().is_some_and(|us| us > 0.0),
+        "{r}"
+    );
+}
