@@ -139,3 +139,193 @@ fn media_flows_over_ice_tcp_when_udp_is_blocked() {
         }
     }
 }
+
+/// A static-key session reached over ICE-TCP (docs/ICE.md "Static sessions over ICE"): the
+/// session is created with `ice` and no peer (PENDING), a TCP connection nominates itself with
+/// an authenticated check, and SRTP from a UDP publisher reaches it framed. Before that, a
+/// connection with the session's ufrag but a wrong password and one with no credentials at all
+/// get no answer and bind nothing, so a connection cannot take a session without its password.
+#[test]
+fn static_session_over_ice_tcp() {
+    use contract::shm::Role;
+    use contract::srtp::Profile;
+    use sluice_tests::daemons::http_get;
+    use sluice_tests::ice_tcp_peer::{admin_post, IceCreds, IceTcpPeer};
+    use sluice_tests::procs::Instance;
+    use sluice_tests::Peer;
+    use std::time::Duration;
+
+    let inst = Instance::new("ice-tcp-static", "mmsg", 1, None);
+    let mut cfg = std::fs::read_to_string(&inst.config).expect("config");
+    cfg.push_str("\n[relay.tcp]\nenabled = true\nhandshake_timeout_ms = 3000\n");
+    std::fs::write(&inst.config, cfg).expect("config");
+    let _control = inst.start_control();
+    let relay = inst.spawn_relay(&[]);
+    inst.wait_relay(&relay);
+    let info = inst.runtime_info().expect("control.json");
+
+    let profile = Profile::AeadAes128Gcm;
+    let mut publisher = Peer::new(40, Role::Host, profile);
+    let mut viewer = Peer::new(41, Role::Viewer, profile);
+    let pid = inst.add_session(&publisher);
+    let (st, created) = admin_post(
+        &info.admin_url,
+        &info.admin_token,
+        "/v1/sessions",
+        &json!({"profile": profile.name(), "rx_key": viewer.send_key.to_base64(),
+                "tx_key": viewer.recv_key.to_base64(), "role": "viewer",
+                "ice": {"remote_ufrag": "tcpV"}}),
+    );
+    assert_eq!(st, 201, "{created}");
+    let sid = created["id"].as_u64().expect("id");
+    let creds = IceCreds::from_created(&created);
+    assert_eq!(creds.pwd.len(), 32, "a generated 192-bit password");
+    inst.ctl_ok(&[
+        "route",
+        "add",
+        "--from",
+        &pid.to_string(),
+        "--to",
+        &sid.to_string(),
+    ]);
+    let session = || {
+        let (st, body) = http_get(
+            &format!("{}/v1/sessions/{sid}", info.admin_url),
+            Some(&info.admin_token),
+        );
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str::<Value>(&body).expect("session JSON")
+    };
+    let s = session();
+    let pending = |s: &Value| s["flags"].as_u64().expect("flags") & 2 != 0;
+    assert!(pending(&s), "created PENDING: {s}");
+    assert!(
+        s["ice"]["pwd"].is_null(),
+        "the password is shown only at creation: {s}"
+    );
+    assert_eq!(s["ice"]["ufrag"], creds.ufrag.as_str());
+
+    // Without the password: a wrong MESSAGE-INTEGRITY, then a check with no credentials.
+    let mut intruder = IceTcpPeer::connect(inst.media);
+    let wrong = "x".repeat(32);
+    for _ in 0..3 {
+        assert_eq!(
+            intruder.check(&creds, &wrong, true, Duration::from_millis(700)),
+            None,
+            "a check with a wrong password is not answered"
+        );
+    }
+    let mut anonymous = IceTcpPeer::connect(inst.media);
+    let bare = sluice_tests::ice_tcp_peer::binding_check([9; 12], "", "", false);
+    let _ = anonymous.send_frame(&bare[..20]);
+    assert_eq!(anonymous.recv_frame(Duration::from_secs(1)), None);
+    assert_eq!(session()["peer"], "0.0.0.0:0", "nothing bound the session");
+
+    // The peer with the password binds its connection.
+    let mut tcp = IceTcpPeer::connect(inst.media);
+    let mapped = tcp.nominate(&creds, Duration::from_secs(20));
+    assert_eq!(
+        mapped,
+        tcp.stream.local_addr().expect("local"),
+        "XOR-MAPPED-ADDRESS"
+    );
+    let want = format!("tcp:{mapped}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while session()["peer"] != want.as_str() {
+        assert!(std::time::Instant::now() < deadline, "bound: {}", session());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pending(&session()), "bound and no longer PENDING");
+
+    const N: u16 = 300;
+    let payload = [0x5au8; 400];
+    let mut got = std::collections::BTreeSet::new();
+    for seq in 0..N {
+        publisher.send_rtp(inst.media, 0x7c9, seq, &payload);
+        if seq % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    while got.len() < usize::from(N) {
+        let Some(mut f) = tcp.recv_frame(Duration::from_secs(10)) else {
+            break;
+        };
+        if f.first().is_some_and(|b| b >> 6 == 2) {
+            let n = f.len();
+            let m = viewer.recv.unprotect_rtp(&mut f, n).expect("decrypts");
+            assert_eq!(&f[12..m], &payload[..]);
+            got.insert(u16::from_be_bytes([f[2], f[3]]));
+        }
+    }
+    assert_eq!(
+        got.len(),
+        usize::from(N),
+        "every packet arrived over ICE-TCP"
+    );
+    // The intruder's connection never got a binding success: closed at the handshake timeout.
+    assert_eq!(intruder.recv_frame(Duration::from_secs(6)), None);
+    assert_eq!(
+        session()["peer"],
+        want.as_str(),
+        "still bound to the real peer"
+    );
+}
+
+/// `sluice-bench run --transport tcp` against the real daemons (two workers, so datagrams for
+/// the subscribers' connections also cross from the other worker through the hub): every
+/// publisher and subscriber is an ICE-TCP connection bound to its static session, and every
+/// packet sent arrives, decrypted, at every subscriber.
+#[test]
+fn bench_runs_over_ice_tcp() {
+    use sluice_tests::daemons::Proc;
+    use sluice_tests::procs::Instance;
+    use std::time::Duration;
+
+    let inst = Instance::new("ice-tcp-bench", "mmsg", 2, None);
+    let mut cfg = std::fs::read_to_string(&inst.config).expect("config");
+    cfg.push_str("\n[relay.tcp]\nenabled = true\n");
+    std::fs::write(&inst.config, cfg).expect("config");
+    let _control = inst.start_control();
+    let relay = inst.spawn_relay(&[]);
+    inst.wait_relay(&relay);
+    let report = inst.dir.path().join("bench.json");
+    let mut c = inst.command("sluice-bench");
+    c.args([
+        "run",
+        "--transport",
+        "tcp",
+        "--publishers",
+        "2",
+        "--fanout",
+        "3",
+    ])
+    .args(["--rate", "400", "--duration", "2", "--size", "1000"])
+    .args(["--quiet", "--drain-ms", "5000", "--json"])
+    .arg(&report);
+    let mut bench = Proc::spawn(
+        "sluice-bench",
+        c,
+        inst.dir.path(),
+        std::process::Stdio::null(),
+    );
+    let code = bench.wait(Duration::from_secs(120));
+    assert!(
+        code.is_some_and(|c| c.success()),
+        "sluice-bench: {code:?}\n{}",
+        bench.log_text()
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let r = &v["result"];
+    eprintln!("ice_tcp_e2e: bench over ICE-TCP: {r}");
+    assert_eq!(v["config"]["transport"], "tcp");
+    assert!(r["expected"].as_u64().is_some_and(|n| n >= 2000), "{r}");
+    assert_eq!(r["delivered"]["packets"], r["expected"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["auth_failures"], 0, "{r}");
+    assert_eq!(r["misrouted"], 0, "{r}");
+    assert!(
+        r["latency"]["p99_us"].as_f64().is_some_and(|us| us > 0.0),
+        "{r}"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod aiortc;
 pub mod daemons;
+pub mod ice_tcp_peer;
 pub mod netns;
 pub mod procs;
 #[path = "support/skip.rs"]

@@ -101,6 +101,7 @@ impl RunOptions {
             receivers: self.rig.receivers,
             batch: self.rig.batch,
             gso: false,
+            transport: "udp".into(),
         }
     }
 }
@@ -194,6 +195,67 @@ pub fn run(target: &mut dyn Target, opts: &RunOptions, out: &Output) -> Result<R
         }
         Ok(r)
     })?;
+    finish(&mut report, &o, cpu);
+    Ok(report)
+}
+
+/// `sluice-bench run --transport tcp`: the same step and report as [`run`], with every
+/// publisher and subscriber an ICE-TCP connection (static sessions reached by ICE;
+/// [`crate::tcp`]). `tcp_port`: the relay's ICE-TCP port when it is not the media port.
+pub fn run_tcp(
+    target: &mut dyn Target,
+    opts: &RunOptions,
+    tcp_port: Option<u16>,
+    out: &Output,
+) -> Result<Report, CmdError> {
+    let mut report = Report::new("run");
+    let mut config = opts.config();
+    config.transport = "tcp".into();
+    report.config = Some(config);
+    report.target = target.info().ok();
+    let step = StepSpec {
+        step: 0,
+        rate: opts.rate,
+        duration: opts.duration,
+        drain: opts.drain,
+        tick: Duration::from_millis(200),
+    };
+    let mut rig = crate::tcp::TcpRig::new(opts.rig.clone())?;
+    let (plan, ufrags) = rig.plan()?;
+    let t = Instant::now();
+    let wiring = target.setup_ice(&plan, &ufrags, tcp_port)?;
+    let r = if sys::interrupted() {
+        Err(CmdError::Interrupted)
+    } else {
+        rig.wire(&wiring).map_err(CmdError::from).map(|()| {
+            out.say(&format!(
+                "set up {} sessions and {} routes, connected and nominated over ICE-TCP in {:.2} s",
+                plan.publishers.len() + plan.subscribers.len(),
+                plan.subscribers.len(),
+                t.elapsed().as_secs_f64()
+            ));
+            let before = target.stats();
+            let pb = progress_bar(out, step.duration);
+            let cpu0 = sys::process_cpu();
+            let o = rig.run_step(&step, |l| {
+                pb.set_position(l.elapsed.as_millis() as u64);
+                pb.set_message(live_msg(l));
+            });
+            pb.finish_and_clear();
+            let cpu = sys::process_cpu().saturating_sub(cpu0).as_secs_f64();
+            let after = target.stats();
+            if before.is_some() || after.is_some() {
+                report.target_stats = Some(TargetStats { before, after });
+            }
+            (o, cpu)
+        })
+    };
+    drop(rig);
+    match target.teardown() {
+        Ok(n) => out.say(&format!("removed {n} sessions and routes")),
+        Err(e) => eprintln!("warning: teardown incomplete: {e}"),
+    }
+    let (o, cpu) = r?;
     finish(&mut report, &o, cpu);
     Ok(report)
 }

@@ -50,6 +50,10 @@ pub enum GenError {
     NoProfile,
     #[error("--gso on: UDP GSO (UDP_SEGMENT) does not work on {0}")]
     NoGso(IpAddr),
+    #[error("STUN check: {0}")]
+    Stun(String),
+    #[error("ICE-TCP nomination failed: {0}")]
+    Nomination(&'static str),
 }
 
 /// Shape of the load.
@@ -194,7 +198,7 @@ pub struct ThreadUsage {
 }
 
 impl ThreadUsage {
-    fn measure(cpu0: Duration, wall0: Instant) -> ThreadUsage {
+    pub(crate) fn measure(cpu0: Duration, wall0: Instant) -> ThreadUsage {
         let cpu_s = sys::thread_cpu().saturating_sub(cpu0).as_secs_f64();
         let wall_s = wall0.elapsed().as_secs_f64();
         ThreadUsage {
@@ -307,7 +311,7 @@ fn bind(ip: IpAddr, buf: usize) -> Result<(UdpSocket, SocketAddr), GenError> {
     Ok((s, local))
 }
 
-fn random_key(profile: Profile) -> MasterKey {
+pub(crate) fn random_key(profile: Profile) -> MasterKey {
     let mut b = [0u8; MasterKey::MAX_LEN];
     rand::thread_rng().fill_bytes(&mut b);
     // The slice has exactly the profile's key material length, so this cannot fail.
@@ -643,15 +647,15 @@ fn total(c: &[AtomicU64]) -> u64 {
 }
 
 /// What the sampler saw while the senders ran.
-struct Sampled {
-    seconds: Vec<Second>,
+pub(crate) struct Sampled {
+    pub(crate) seconds: Vec<Second>,
     /// Seconds into the step when Ctrl-C stopped it.
-    interrupted_at: Option<f64>,
+    pub(crate) interrupted_at: Option<f64>,
 }
 
 /// Until `end` (or Ctrl-C): every tick, the live rates for the progress line; every second,
 /// one point of the per-second series.
-fn sample_while_sending(
+pub(crate) fn sample_while_sending(
     spec: &StepSpec,
     (t0, end): (Instant, Instant),
     (sent_ctr, recv_ctr): (&[AtomicU64], &[AtomicU64]),
@@ -706,7 +710,7 @@ fn sample_while_sending(
 
 /// After the senders stopped: wait until `expected` datagrams arrived, or nothing arrived for
 /// a quarter of `limit`, or `limit` is up.
-fn drain(limit: Duration, expected: u64, recv_ctr: &[AtomicU64]) {
+pub(crate) fn drain(limit: Duration, expected: u64, recv_ctr: &[AtomicU64]) {
     let drain_end = Instant::now() + limit;
     let mut last = total(recv_ctr);
     let mut quiet_since = Instant::now();

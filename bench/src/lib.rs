@@ -4,6 +4,7 @@
 //! [`crypto`] wraps `contract::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
 //! signals); [`gen`] runs the sockets and threads; [`target`] sets sessions up on the system
 //! under test through [`http`] ([`rtpengine`]: the same over rtpengine's ng protocol);
+//! [`tcp`] is the ICE-TCP transport of `run --transport tcp`;
 //! [`report`] and [`plot`] present the results; [`cmd`] holds the
 //! commands (`run`, `find-max`, `baseline`).
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod rtpengine;
 pub mod seq;
 pub mod sys;
 pub mod target;
+pub mod tcp;
 
 #[cfg(test)]
 #[path = "../../tests/support/skip.rs"]

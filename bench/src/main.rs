@@ -445,8 +445,22 @@ struct RunArgs {
     /// (bench/src/garbage.rs).
     #[arg(long, value_name = "PPS")]
     garbage_rate: Option<f64>,
+    /// `udp`, or `tcp`: every publisher and subscriber is an ICE-TCP connection to the relay
+    /// (static sessions reached by ICE; the relay needs `relay.tcp.enabled`).
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// The relay's ICE-TCP port, when `relay.tcp.port` is not the media port.
+    #[arg(long, value_name = "PORT")]
+    tcp_port: Option<u16>,
     #[command(flatten)]
     out: OutArgs,
+}
+
+/// How `run` reaches the relay.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Udp,
+    Tcp,
 }
 
 /// `sluice-bench run`; `Some(3)` when the `--max-loss` check fails.
@@ -458,6 +472,8 @@ fn run_command(a: RunArgs) -> Result<Option<ExitCode>, CmdError> {
         baselines,
         max_loss,
         garbage_rate,
+        transport,
+        tcp_port,
         out,
     } = a;
     let opts = load.run_options(rate)?;
@@ -476,7 +492,10 @@ fn run_command(a: RunArgs) -> Result<Option<ExitCode>, CmdError> {
         Some(pps) => Some(start_garbage(t.as_mut(), load.bind, pps)?),
         None => None,
     };
-    let mut report = cmd::run(t.as_mut(), &opts, &output)?;
+    let mut report = match transport {
+        Transport::Udp => cmd::run(t.as_mut(), &opts, &output)?,
+        Transport::Tcp => cmd::run_tcp(t.as_mut(), &opts, tcp_port, &output)?,
+    };
     if let Some(g) = garbage {
         let s = g.stop();
         eprintln!(

@@ -55,6 +55,13 @@ pub struct LoadConfig {
     /// The publishers packed batches into UDP GSO sends.
     #[serde(default)]
     pub gso: bool,
+    /// `udp`, or `tcp` for ICE-TCP connections (`run --transport tcp`).
+    #[serde(default = "udp")]
+    pub transport: String,
+}
+
+fn udp() -> String {
+    "udp".into()
 }
 
 /// Packets, packets per second and Mbit/s (UDP payload bits).

@@ -30,6 +30,8 @@ pub enum TargetError {
     Discovery(String),
     #[error("the admin API answered without {0}")]
     Missing(&'static str),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// One endpoint the bench will run, as a session on the target.
@@ -58,6 +60,35 @@ pub struct Wiring {
     /// Where publisher `i` sends.
     pub publisher_dst: Vec<SocketAddr>,
     /// The key subscriber `j` decrypts with (usually the planned `tx_key`).
+    pub subscriber_keys: Vec<MasterKey>,
+}
+
+/// The ICE credentials of one session reached over ICE-TCP: the relay's ufrag and password
+/// and the bench endpoint's ufrag.
+#[derive(Clone)]
+pub struct IceCredentials {
+    pub ufrag: String,
+    pub pwd: String,
+    pub remote_ufrag: String,
+}
+
+impl std::fmt::Debug for IceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceCredentials")
+            .field("ufrag", &self.ufrag)
+            .field("remote_ufrag", &self.remote_ufrag)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the target decided for a plan reached over ICE-TCP.
+#[derive(Debug, Clone)]
+pub struct IceWiring {
+    /// The relay's ICE-TCP address.
+    pub tcp_addr: SocketAddr,
+    pub publishers: Vec<IceCredentials>,
+    pub subscribers: Vec<IceCredentials>,
+    /// The key subscriber `j` decrypts with.
     pub subscriber_keys: Vec<MasterKey>,
 }
 
@@ -90,6 +121,20 @@ pub trait Target {
                 Err(e)
             }
         }
+    }
+    /// Create the sessions and routes of `plan` as static sessions reached by ICE (each
+    /// endpoint's ufrag in `ufrags`, publishers first), on the relay's ICE-TCP address
+    /// `tcp_port` (`None`: the media port). On error, whatever was created is removed.
+    fn setup_ice(
+        &mut self,
+        plan: &Plan,
+        ufrags: &[String],
+        tcp_port: Option<u16>,
+    ) -> Result<IceWiring, TargetError> {
+        let _ = (plan, ufrags, tcp_port);
+        Err(TargetError::Unsupported(
+            "this target has no ICE-TCP sessions (--transport tcp needs a Sluice target)",
+        ))
     }
     /// Remove everything `setup` created. Idempotent; returns how many objects it removed.
     fn teardown(&mut self) -> Result<usize, TargetError>;
@@ -206,6 +251,99 @@ impl SluiceTarget {
     }
 }
 
+impl SluiceTarget {
+    /// [`Target::setup_ice`] without the clean-up.
+    fn create_ice(
+        &mut self,
+        plan: &Plan,
+        ufrags: &[String],
+        tcp_port: Option<u16>,
+    ) -> Result<IceWiring, TargetError> {
+        let media = self.media_addr()?;
+        let tcp_addr = SocketAddr::new(media.ip(), tcp_port.unwrap_or(media.port()));
+        let profile = plan.profile.name();
+        if ufrags.len() != plan.publishers.len() + plan.subscribers.len() {
+            return Err(TargetError::Missing("a ufrag per endpoint"));
+        }
+        let session = |this: &mut Self,
+                       s: &SessionPlan,
+                       ufrag: &str,
+                       role: &str,
+                       what: &str|
+         -> Result<(u64, IceCredentials), TargetError> {
+            let body = json!({
+                "profile": profile,
+                "rx_key": s.rx_key.to_base64(),
+                "tx_key": s.tx_key.to_base64(),
+                "role": role,
+                "ice": {"remote_ufrag": ufrag},
+            });
+            let v = this.call(what, "POST", "/v1/sessions", Some(&body))?;
+            let id = v["id"].as_u64().ok_or(TargetError::Missing("session id"))?;
+            this.sessions.push(id);
+            let field = |k: &'static str| {
+                v["ice"][k]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or(TargetError::Missing(k))
+            };
+            Ok((
+                id,
+                IceCredentials {
+                    ufrag: field("ufrag")?,
+                    pwd: field("pwd")?,
+                    remote_ufrag: ufrag.to_string(),
+                },
+            ))
+        };
+        let (pub_ufrags, sub_ufrags) = ufrags.split_at(plan.publishers.len());
+        let mut pub_ids = Vec::with_capacity(plan.publishers.len());
+        let mut publishers = Vec::with_capacity(plan.publishers.len());
+        for (i, (p, u)) in plan.publishers.iter().zip(pub_ufrags).enumerate() {
+            let (id, c) = session(
+                self,
+                p,
+                u,
+                "trunk",
+                &format!("create publisher session {i}"),
+            )?;
+            pub_ids.push(id);
+            publishers.push(c);
+        }
+        let mut subscribers = Vec::with_capacity(plan.subscribers.len());
+        let mut sub_keys = Vec::with_capacity(plan.subscribers.len());
+        for (j, ((s, from), u)) in plan.subscribers.iter().zip(sub_ufrags).enumerate() {
+            let (id, c) = session(
+                self,
+                s,
+                u,
+                "viewer",
+                &format!("create subscriber session {j}"),
+            )?;
+            let from_id = *pub_ids
+                .get(*from)
+                .ok_or(TargetError::Missing("publisher"))?;
+            let body = json!({"from": from_id, "to": id});
+            let v = self.call(
+                &format!("create route {from_id}→{id}"),
+                "POST",
+                "/v1/routes",
+                Some(&body),
+            )?;
+            self.routes
+                .push(v["id"].as_u64().ok_or(TargetError::Missing("route id"))?);
+            subscribers.push(c);
+            sub_keys.push(s.tx_key);
+        }
+        Ok(IceWiring {
+            tcp_addr,
+            publishers,
+            subscribers,
+            subscriber_keys: sub_keys,
+        })
+    }
+}
+
 impl Target for SluiceTarget {
     fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
         let media = self.media_addr()?;
@@ -247,6 +385,21 @@ impl Target for SluiceTarget {
             publisher_dst: vec![media; plan.publishers.len()],
             subscriber_keys: sub_keys,
         })
+    }
+
+    fn setup_ice(
+        &mut self,
+        plan: &Plan,
+        ufrags: &[String],
+        tcp_port: Option<u16>,
+    ) -> Result<IceWiring, TargetError> {
+        match self.create_ice(plan, ufrags, tcp_port) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                let _ = self.teardown();
+                Err(e)
+            }
+        }
     }
 
     fn info(&mut self) -> Result<TargetInfo, TargetError> {

@@ -1034,3 +1034,79 @@ fn loosened_private_files_are_tightened_at_start() {
     }
     d.stop(&env);
 }
+
+/// Static sessions reached by ICE (docs/ICE.md "Static sessions over ICE"): created without a
+/// peer they are PENDING and unbound with their credentials in shm; the password is shown only
+/// in the 201; bad combinations are 400 naming the field; and an unbound one survives a
+/// restart of control (unbound WebRTC sessions do not).
+#[test]
+fn static_sessions_with_ice_credentials() {
+    let env = Env::new("static-ice");
+    let d = Daemon::start(&env);
+    let p = Profile::AeadAes128Gcm;
+    let base = |ice: Value| json!({"profile": "AEAD_AES_128_GCM", "rx_key": key(p, 1), "tx_key": key(p, 2), "ice": ice});
+    let (st, v) = d.post("/v1/sessions", &base(json!({"remote_ufrag": "peer"})));
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    assert_eq!(v["peer"], "0.0.0.0:0");
+    assert_ne!(v["flags"].as_u64().unwrap() & 2, 0, "PENDING: {v}");
+    let (ufrag, pwd) = (
+        v["ice"]["ufrag"].as_str().unwrap().to_string(),
+        v["ice"]["pwd"].as_str().unwrap().to_string(),
+    );
+    assert_eq!((ufrag.len(), pwd.len()), (8, 32), "{v}");
+    let rec = &shm_sessions(&env.shm)[&id];
+    let ice = rec.ice.as_ref().expect("credentials in shm");
+    assert_eq!(ice.ufrag(), ufrag.as_bytes());
+    assert_eq!(ice.pwd(), pwd.as_bytes());
+    assert_eq!(ice.remote_ufrag(), b"peer");
+    let (st, g) = d.get(&format!("/v1/sessions/{id}"));
+    assert_eq!(st, 200);
+    assert!(g["ice"]["pwd"].is_null(), "no password after creation: {g}");
+
+    // Given credentials; a second unbound session; then the refusals.
+    let given = json!({"remote_ufrag": "peer2", "ufrag": "OpsUfrag", "pwd": "o".repeat(24)});
+    let (st, v2) = d.post("/v1/sessions", &base(given));
+    assert_eq!(st, 201, "{v2}");
+    assert_eq!(v2["ice"]["ufrag"], "OpsUfrag");
+    let id2 = v2["id"].as_u64().unwrap();
+    assert_error(
+        d.post(
+            "/v1/sessions",
+            &base(json!({"remote_ufrag": "x", "ufrag": "OnlyUfrag"})),
+        ),
+        400,
+        "ice",
+    );
+    assert_error(
+        d.post(
+            "/v1/sessions",
+            &base(json!({"remote_ufrag": "x", "ufrag": "OpsUfrag", "pwd": "p".repeat(24)})),
+        ),
+        400,
+        "ice",
+    );
+    assert_error(
+        d.post(
+            "/v1/sessions",
+            &base(json!({"remote_ufrag": "x", "nope": 1})),
+        ),
+        400,
+        "ice",
+    );
+    let mut no_peer = base(Value::Null);
+    no_peer.as_object_mut().unwrap().remove("ice");
+    assert_error(d.post("/v1/sessions", &no_peer), 400, "peer");
+
+    d.stop(&env);
+    let d = Daemon::start(&env);
+    for (i, u) in [(id, ufrag.as_str()), (id2, "OpsUfrag")] {
+        let (st, g) = d.get(&format!("/v1/sessions/{i}"));
+        assert_eq!(
+            st, 200,
+            "unbound static ICE session {i} kept across a restart: {g}"
+        );
+        assert_eq!(g["ice"]["ufrag"], u);
+    }
+    d.stop(&env);
+}

@@ -111,6 +111,7 @@ impl Core {
                     ufrag: creds.ufrag.clone(),
                     pwd: creds.pwd.clone(),
                     remote_ufrag: answer.remote_ufrag.clone(),
+                    admin: false,
                 },
             )?,
         }];

@@ -66,10 +66,12 @@ impl Core {
         lock(&self.ice)
             .add_credentials(id, local_ufrag, local_pwd, remote_ufrag, remote_pwd)
             .map_err(|e| CoreError::BadRequest(format!("ICE credentials: {e}")))?;
+        let admin = s.ice.as_ref().is_some_and(|i| i.admin);
         s.ice = Some(StoredIce {
             ufrag: local_ufrag.to_string(),
             pwd: local_pwd.to_string(),
             remote_ufrag: remote_ufrag.to_string(),
+            admin,
         });
         g.commit(vec![Entry::PutSession { session: s }])
     }

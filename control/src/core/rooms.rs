@@ -280,6 +280,7 @@ impl Core {
             .sessions
             .values()
             .filter(|s| s.peer == UNBOUND_PEER && s.flags & session_flags::PENDING != 0)
+            .filter(|s| !s.ice.as_ref().is_some_and(|i| i.admin))
             .map(|s| s.id)
             .collect();
         if dead.is_empty() {

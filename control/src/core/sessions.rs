@@ -3,9 +3,10 @@
 //! The caller audits; `ids` collects what the audit entry names.
 
 use super::rooms::removal;
+use super::rooms::UNBOUND_PEER;
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, LayerSpec, RewriteSpec, State, StoredRoute, StoredSession};
-use contract::shm::Role;
+use crate::state::{Entry, LayerSpec, RewriteSpec, State, StoredIce, StoredRoute, StoredSession};
+use contract::shm::{session_flags, Role};
 use contract::srtp::{MasterKey, Profile};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -13,12 +14,39 @@ use std::net::SocketAddr;
 /// A session the admin API asks for (fields already parsed).
 #[derive(Debug, Clone)]
 pub struct NewSession {
-    pub peer: SocketAddr,
+    /// The peer's media address; `None` only with `ice`: the session waits, PENDING, for
+    /// the peer to be nominated by an authenticated check (over UDP or ICE-TCP).
+    pub peer: Option<SocketAddr>,
     pub profile: Profile,
     pub rx_key: MasterKey,
     pub tx_key: MasterKey,
     pub role: Role,
     pub max_pps: u32,
+    /// ICE credentials: the peer reaches the session by ICE connectivity checks (docs/ICE.md
+    /// "Static sessions over ICE").
+    pub ice: Option<NewIce>,
+}
+
+/// The ICE credentials of a static session: the peer's ufrag, and the relay's ufrag and
+/// password (generated when not given).
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewIce {
+    pub remote_ufrag: String,
+    #[serde(default)]
+    pub ufrag: Option<String>,
+    #[serde(default)]
+    pub pwd: Option<String>,
+}
+
+impl std::fmt::Debug for NewIce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewIce")
+            .field("remote_ufrag", &self.remote_ufrag)
+            .field("ufrag", &self.ufrag)
+            .field("pwd", &self.pwd.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A route the admin API asks for.
@@ -66,24 +94,44 @@ impl Core {
                 shm.capacity().sessions
             )));
         }
-        if let Some(other) = g.store.state().sessions.values().find(|s| s.peer == n.peer) {
-            return Err(CoreError::PeerInUse(other.id));
+        if let Some(p) = n.peer {
+            if let Some(other) = g.store.state().sessions.values().find(|s| s.peer == p) {
+                return Err(CoreError::PeerInUse(other.id));
+            }
         }
+        let ice = match n.ice {
+            None => None,
+            Some(i) => Some(static_ice(i)?),
+        };
         let s = StoredSession {
             id: g.store.state().next_session_id,
-            peer: n.peer,
+            peer: n.peer.unwrap_or(UNBOUND_PEER),
             profile: n.profile,
             role: n.role,
             rx_key: n.rx_key.as_bytes().to_vec(),
             tx_key: n.tx_key.as_bytes().to_vec(),
             key_epoch: 0,
-            flags: 0,
+            flags: if n.peer.is_none() {
+                session_flags::PENDING
+            } else {
+                0
+            },
             max_pps: n.max_pps,
             created_unix_ms: now_ms,
-            ice: None,
+            ice,
         };
         ids["session"] = json!(s.id);
-        g.commit(vec![Entry::PutSession { session: s.clone() }])?;
+        if let Some(c) = &s.ice {
+            lock(&self.ice)
+                .add_credentials(s.id, &c.ufrag, &c.pwd, &c.remote_ufrag, None)
+                .map_err(|e| CoreError::invalid("ice", e.to_string()))?;
+        }
+        if let Err(e) = g.commit(vec![Entry::PutSession { session: s.clone() }]) {
+            if s.ice.is_some() {
+                lock(&self.ice).remove(s.id);
+            }
+            return Err(e);
+        }
         Ok(s)
     }
 
@@ -234,4 +282,30 @@ impl Core {
         g.require_shm()?;
         g.commit(vec![Entry::DelRoute { id }])
     }
+}
+
+/// A static session's ICE credentials as stored: the relay's ufrag and password as given
+/// (both or neither) or drawn from the system CSPRNG. The ICE agent validates them when they
+/// are registered.
+fn static_ice(i: NewIce) -> Result<StoredIce, CoreError> {
+    let (ufrag, pwd) = match (i.ufrag, i.pwd) {
+        (Some(u), Some(p)) => (u, p),
+        (None, None) => {
+            let c = crate::ice::generate_credentials()
+                .map_err(|e| CoreError::Internal(e.to_string()))?;
+            (c.ufrag, c.pwd)
+        }
+        _ => {
+            return Err(CoreError::invalid(
+                "ice",
+                "give both ufrag and pwd, or neither (then they are generated)",
+            ))
+        }
+    };
+    Ok(StoredIce {
+        ufrag,
+        pwd,
+        remote_ufrag: i.remote_ufrag,
+        admin: true,
+    })
 }

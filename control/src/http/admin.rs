@@ -16,7 +16,7 @@ use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
 use crate::core::denials::Denial;
-use crate::core::sessions::{NewRoute, NewSession};
+use crate::core::sessions::{NewIce, NewRoute, NewSession};
 use crate::core::CoreError;
 use crate::secrets;
 use crate::state::{RewriteSpec, StoredRoute, StoredSession};
@@ -348,10 +348,21 @@ impl Control {
         let r = (|| {
             let b = Body::parse(
                 &req.body,
-                &["peer", "profile", "rx_key", "tx_key", "role", "max_pps"],
+                &[
+                    "peer", "profile", "rx_key", "tx_key", "role", "max_pps", "ice",
+                ],
             )?;
-            let peer = parse_peer(b.req_str("peer")?)?;
-            ids["peer"] = Value::String(self.core.audit.hasher.hash(&peer.to_string()));
+            let ice: Option<NewIce> = b.opt_serde("ice")?;
+            let peer = match (b.opt_str("peer")?, &ice) {
+                (Some(p), _) => Some(parse_peer(p)?),
+                (None, Some(_)) => None,
+                (None, None) => {
+                    return Err(CoreError::invalid("peer", "is required (without ice)"))
+                }
+            };
+            if let Some(p) = peer {
+                ids["peer"] = Value::String(self.core.audit.hasher.hash(&p.to_string()));
+            }
             let profile_name = b.req_str("profile")?;
             let profile = Profile::from_name(profile_name).map_err(|_| {
                 CoreError::invalid("profile", format!("unknown SRTP profile `{profile_name}`"))
@@ -367,9 +378,15 @@ impl Control {
                         .ok_or_else(|| CoreError::invalid("role", format!("unknown role `{s}`")))?,
                 },
                 max_pps: b.opt_u32("max_pps")?.unwrap_or(0),
+                ice,
             };
             let s = self.core.create_session(n, clock::unix_ms(), &mut ids)?;
-            Ok(Response::json(201, &session_json(&s)))
+            let mut j = session_json(&s);
+            // The password is shown once, to whoever created the session.
+            if let Some(i) = &s.ice {
+                j["ice"]["pwd"] = json!(i.pwd);
+            }
+            Ok(Response::json(201, &j))
         })();
         self.audited("session.create", ids, r)
     }
@@ -532,6 +549,7 @@ fn session_json(s: &StoredSession) -> Value {
         "flags": s.flags,
         "max_pps": s.max_pps,
         "created_unix_ms": s.created_unix_ms,
+        "ice": s.ice.as_ref().map(|i| json!({"ufrag": i.ufrag, "remote_ufrag": i.remote_ufrag})),
     })
 }
 

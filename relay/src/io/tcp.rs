@@ -6,15 +6,18 @@
 //! its remote address marked as ICE-TCP ([`contract::wire::tcp_peer`]), so a peer's UDP
 //! address and its TCP connection never share a key even when IP and port match. A datagram
 //! the owner's engine queues for a key that names one of its connections is written to it
-//! framed instead of sent as UDP ([`TcpSide::take_frames`]).
+//! framed instead of sent as UDP ([`TcpSide::take_frames`]): a turn's frames for one connection
+//! leave with one `sendmsg` of up to [`MAX_RUN`] frames (two iovecs each).
 //!
 //! Any other worker may queue a datagram for a TCP peer key too (the peer subscribes to a
 //! publisher that worker receives). Such a datagram is taken out of that worker's transmit
 //! queue ([`TcpForwarder::forward`]) and copied into the [`TcpHub`]: a fixed set of frame
 //! slots moved between two lock-free bounded queues (`free` and `full`, crossbeam
 //! `ArrayQueue`s), so the fast path takes no lock and allocates nothing. The owner drains the
-//! hub every turn and is woken through an eventfd in its readiness set (written at most once
-//! per owner drain: a flag tells producers a wake-up is already pending). A full hub drops
+//! hub every turn and is woken through an eventfd in its readiness set, written only while the
+//! owner may be about to block (it clears an "awake" flag right before its last check for work
+//! and sets it again each turn; see [`TcpHub`]) and at most once per owner drain (a flag tells
+//! producers a wake-up is already pending). A full hub drops
 //! the datagram and counts it (`tcp_forward_full`), as a full socket buffer would. A datagram
 //! for a TCP peer key that no connection holds (closed meanwhile) is dropped and counted
 //! (`tcp_unroutable`), never sent as UDP.
@@ -37,7 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +56,10 @@ use crate::batch::TxQueue;
 
 /// Frames dropped in a row on a full send buffer before the connection is closed.
 pub const SLOW_READER_DROPS: u32 = 256;
+
+/// Frames written to one connection with one `sendmsg` (a length prefix and a datagram each:
+/// twice as many iovecs, well under `IOV_MAX`).
+pub const MAX_RUN: usize = 32;
 
 /// STUN magic cookie (RFC 5389 §6).
 const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
@@ -236,6 +243,13 @@ pub struct TcpHub {
     wake: OwnedFd,
     /// A wake-up was written and the owner has not drained since.
     wake_pending: AtomicBool,
+    /// The owner runs its loop and drains the hub before it next blocks: producers need not
+    /// write the eventfd. Set at each turn's upkeep, cleared right before the owner's last
+    /// check for work ahead of a blocking wait. Producer (push, fence, load) and owner
+    /// (clear, fence, check `full`) order their steps with `SeqCst` fences, so either the
+    /// producer sees the flag clear and wakes the owner, or the owner sees the frame and does
+    /// not block: no wake-up is lost.
+    owner_awake: AtomicBool,
     /// The owner's open connections (producers skip the scan of their queue while 0).
     connections: AtomicUsize,
 }
@@ -281,6 +295,7 @@ impl TcpHub {
             full: ArrayQueue::new(capacity),
             wake,
             wake_pending: AtomicBool::new(false),
+            owner_awake: AtomicBool::new(true),
             connections: AtomicUsize::new(0),
         }))
     }
@@ -311,6 +326,38 @@ impl TcpHub {
         true
     }
 
+    /// Producer, after pushing: wake the owner unless it is awake (it drains the hub before it
+    /// next blocks) or a wake-up is pending already.
+    fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.owner_awake.load(Ordering::SeqCst) {
+            return;
+        }
+        self.wake();
+    }
+
+    /// Owner, each turn: awake, so producers skip the eventfd.
+    fn mark_awake(&self) {
+        self.owner_awake.store(true, Ordering::SeqCst);
+    }
+
+    /// Owner, right before a wait that may block: producers wake it from now on. True when
+    /// frames are queued (then it must not block).
+    fn about_to_block(&self) -> bool {
+        self.owner_awake.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        !self.full.is_empty()
+    }
+
+    /// The slot at index `i`.
+    ///
+    /// # Safety
+    /// The caller holds `i`: popped from `full` by the owner and not yet returned to `free`.
+    unsafe fn held(&self, i: u32) -> &HubSlot {
+        // SAFETY: the caller holds the index, so no producer writes this slot meanwhile.
+        unsafe { &*self.slots[i as usize].get() }
+    }
+
     /// Wake the owner unless a wake-up is pending already (one `write` per owner drain).
     fn wake(&self) {
         if self.wake_pending.swap(true, Ordering::SeqCst) {
@@ -327,17 +374,6 @@ impl TcpHub {
         // SAFETY: reads at most 8 bytes into a live local buffer; nonblocking eventfd.
         let _ = unsafe { libc::read(self.wake.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
         self.wake_pending.store(false, Ordering::SeqCst);
-    }
-
-    /// Owner: hand every queued frame to `f(dst, data)`.
-    fn drain(&self, mut f: impl FnMut(SocketAddr, &[u8])) {
-        while let Some(i) = self.full.pop() {
-            // SAFETY: index `i` was popped from `full`, so this thread alone holds the slot.
-            let slot = unsafe { &*self.slots[i as usize].get() };
-            f(slot.dst, &slot.buf[..slot.len]);
-            // Cannot fail: `free` has room for every slot and this index is in neither queue.
-            let _ = self.free.push(i);
-        }
     }
 }
 
@@ -380,7 +416,7 @@ impl TcpForwarder {
             false
         });
         if pushed {
-            self.hub.wake();
+            self.hub.notify();
         }
     }
 }
@@ -515,6 +551,19 @@ pub struct TcpSide {
     /// and needs a whole receive buffer).
     scratch: Box<[u8]>,
     generation: u32,
+    /// A turn's frames for connections, as (connection slot << 32 | arrival, source), sorted
+    /// so each connection's frames are adjacent and in order ([`TcpSide::take_frames`]).
+    gather: Vec<(u64, FrameSrc)>,
+    /// Hub slots taken this turn (returned to the hub after the writes), at most its capacity.
+    held: Vec<u32>,
+}
+
+/// Where a frame [`TcpSide::take_frames`] writes sits: a datagram of the transmit queue or a
+/// hub slot the owner holds.
+#[derive(Debug, Clone, Copy)]
+enum FrameSrc {
+    Tx(u32),
+    Hub(u32),
 }
 
 impl TcpSide {
@@ -548,7 +597,6 @@ impl TcpSide {
             poll,
             events: Events::with_capacity(EVENTS),
             more_events: true,
-            hub,
             conns: Vec::new(),
             free: Vec::new(),
             by_peer: HashMap::new(),
@@ -557,6 +605,9 @@ impl TcpSide {
             listener_ready: true,
             scratch: vec![0u8; max_frame.max(crate::batch::MAX_DATAGRAM)].into_boxed_slice(),
             generation: 0,
+            gather: Vec::with_capacity(2 * hub.capacity()),
+            held: Vec::with_capacity(hub.capacity()),
+            hub,
         })
     }
 
@@ -585,6 +636,7 @@ impl TcpSide {
     /// was cut short, collect the side's events (one `epoll_wait` with a zero timeout); then
     /// accept pending connections and close those past their handshake deadline.
     pub fn service(&mut self, signalled: bool, now: Instant, c: &mut IoCounters) {
+        self.hub.mark_awake();
         if signalled || self.more_events {
             self.collect(c);
         }
@@ -636,12 +688,12 @@ impl TcpSide {
         }
     }
 
-    /// True when frames, events or connections may be waiting.
+    /// True when frames, events or connections may be waiting. The backend asks right before
+    /// a wait that may block, so this also tells producers to wake the owner from now on
+    /// (until the next [`service`](Self::service)).
     pub fn has_work(&self) -> bool {
-        self.listener_ready
-            || self.more_events
-            || !self.ready.is_empty()
-            || !self.hub.full.is_empty()
+        let hub = self.hub.about_to_block();
+        hub || self.listener_ready || self.more_events || !self.ready.is_empty()
     }
 
     /// Accept pending connections and close those past their handshake deadline.
@@ -833,39 +885,90 @@ impl TcpSide {
     }
 
     /// Write every datagram of `tx` addressed to one of this worker's connections framed to
-    /// it and remove it from `tx` (the rest leave as UDP); a datagram for a TCP peer key no
-    /// connection holds is dropped (`tcp_unroutable`). Then write what other workers queued
-    /// in the hub.
+    /// it and remove it from `tx` (the rest leave as UDP), and what other workers queued in
+    /// the hub; a datagram for a TCP peer key no connection holds is dropped
+    /// (`tcp_unroutable`). Each connection's frames of the turn, in order, leave with one
+    /// `sendmsg` per [`MAX_RUN`] frames.
     pub fn take_frames(&mut self, tx: &mut TxQueue, c: &mut IoCounters) {
-        let mut slow = 0usize;
-        let mut slow_slots = [0usize; 8];
-        let by_peer = &self.by_peer;
-        let conns = &mut self.conns;
-        let mut write = |dst: SocketAddr, data: &[u8], c: &mut IoCounters| {
-            let Some(&slot) = by_peer.get(&dst) else {
-                c.tcp_unroutable += 1;
-                return;
-            };
-            if let Some(conn) = conns[slot].as_mut() {
-                if write_frame(conn, data, c) == Written::SlowReader && slow < slow_slots.len() {
-                    slow_slots[slow] = slot;
-                    slow += 1;
+        self.gather.clear();
+        self.held.clear();
+        let from_tx = tx.metas().iter().any(|m| is_tcp_peer(&m.dst));
+        if from_tx {
+            for (i, m) in tx.metas().iter().enumerate() {
+                if !is_tcp_peer(&m.dst) {
+                    continue;
+                }
+                match self.by_peer.get(&m.dst) {
+                    Some(&slot) => {
+                        let key = (slot as u64) << 32 | self.gather.len() as u64;
+                        self.gather.push((key, FrameSrc::Tx(i as u32)));
+                    }
+                    None => c.tcp_unroutable += 1,
                 }
             }
-        };
-        if tx.metas().iter().any(|m| is_tcp_peer(&m.dst)) {
-            tx.retain(|m, data| {
-                if !is_tcp_peer(&m.dst) {
-                    return true;
-                }
-                write(m.dst, data, c);
-                false
-            });
         }
         if self.hub.wake_pending.load(Ordering::SeqCst) {
             self.hub.rearm();
         }
-        self.hub.drain(|dst, data| write(dst, data, c));
+        while self.held.len() < self.held.capacity() {
+            let Some(i) = self.hub.full.pop() else {
+                break;
+            };
+            self.held.push(i);
+            // SAFETY: `i` was just popped from `full`; it goes back to `free` below.
+            let dst = unsafe { self.hub.held(i) }.dst;
+            match self.by_peer.get(&dst) {
+                Some(&slot) => {
+                    let key = (slot as u64) << 32 | self.gather.len() as u64;
+                    self.gather.push((key, FrameSrc::Hub(i)));
+                }
+                None => c.tcp_unroutable += 1,
+            }
+        }
+        // Keys are unique (arrival order in the low half), so the unstable sort (which
+        // allocates nothing) keeps each connection's frames in order.
+        self.gather.sort_unstable_by_key(|e| e.0);
+        let mut slow = 0usize;
+        let mut slow_slots = [0usize; 8];
+        let mut start = 0;
+        while start < self.gather.len() {
+            let slot = (self.gather[start].0 >> 32) as usize;
+            let mut end = start + 1;
+            while end < self.gather.len()
+                && end - start < MAX_RUN
+                && (self.gather[end].0 >> 32) as usize == slot
+            {
+                end += 1;
+            }
+            let mut frames: [&[u8]; MAX_RUN] = [&[]; MAX_RUN];
+            for (f, e) in frames.iter_mut().zip(&self.gather[start..end]) {
+                *f = match e.1 {
+                    FrameSrc::Tx(i) => tx.datagram(i as usize),
+                    // SAFETY: hub indices in `gather` are in `held`, returned after the writes.
+                    FrameSrc::Hub(i) => {
+                        let h = unsafe { self.hub.held(i) };
+                        &h.buf[..h.len]
+                    }
+                };
+            }
+            if let Some(conn) = self.conns[slot].as_mut() {
+                if write_frames(conn, &frames[..end - start], c) == Written::SlowReader
+                    && slow < slow_slots.len()
+                    && !slow_slots[..slow].contains(&slot)
+                {
+                    slow_slots[slow] = slot;
+                    slow += 1;
+                }
+            }
+            start = end;
+        }
+        for &i in &self.held {
+            // Cannot fail: `free` has room for every slot and this index is in neither queue.
+            let _ = self.hub.free.push(i);
+        }
+        if from_tx {
+            tx.retain(|m, _| !is_tcp_peer(&m.dst));
+        }
         for &slot in &slow_slots[..slow] {
             self.close(slot, Close::SlowReader, c);
         }
@@ -894,51 +997,97 @@ enum Written {
     SlowReader,
 }
 
-/// Write one frame (length prefix and `data`) to `conn`, keeping a partially written tail.
-fn write_frame(conn: &mut Conn, data: &[u8], c: &mut IoCounters) -> Written {
-    if is_binding_success(data) {
+/// Write `frames` (at most [`MAX_RUN`]; each a length prefix and the datagram) to `conn`
+/// with one `sendmsg`. A frame cut by a partial write keeps its tail for the next write (it
+/// goes out before anything else on the connection); frames after it, and every frame when
+/// the socket buffer is full, are dropped (counted).
+fn write_frames(conn: &mut Conn, frames: &[&[u8]], c: &mut IoCounters) -> Written {
+    let frames = &frames[..frames.len().min(MAX_RUN)];
+    if frames.iter().any(|f| is_binding_success(f)) {
         conn.answered = true;
     }
+    let drop_all = |conn: &mut Conn, c: &mut IoCounters, from: usize| {
+        let mut w = Written::Dropped;
+        for _ in from..frames.len() {
+            if dropped(conn, c) == Written::SlowReader {
+                w = Written::SlowReader;
+            }
+        }
+        w
+    };
     if conn.tx_off < conn.tx_end {
         // Finish the previous frame first, or the stream loses its framing.
         match send(&conn.stream, &[&conn.tx_buf[conn.tx_off..conn.tx_end]]) {
             Ok(n) => conn.tx_off += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Written::Dropped,
+            Err(_) => {
+                c.tcp_tx_dropped += frames.len() as u64;
+                return Written::Dropped;
+            }
         }
         if conn.tx_off < conn.tx_end {
-            return dropped(conn, c);
+            return drop_all(conn, c, 0);
         }
     }
-    let Ok(len) = u16::try_from(data.len()) else {
-        c.tcp_tx_dropped += 1;
+    let mut heads = [[0u8; 2]; MAX_RUN];
+    let mut parts: [&[u8]; 2 * MAX_RUN] = [&[]; 2 * MAX_RUN];
+    let mut n_parts = 0;
+    for (f, h) in frames.iter().zip(heads.iter_mut()) {
+        // A datagram over 64 KiB cannot be framed; the relay never builds one (max_frame is
+        // at most that), so this only guards the length prefix.
+        *h = u16::try_from(f.len()).unwrap_or(0).to_be_bytes();
+    }
+    for (f, h) in frames.iter().zip(heads.iter()) {
+        if u16::from_be_bytes(*h) as usize != f.len() {
+            continue;
+        }
+        parts[n_parts] = h;
+        parts[n_parts + 1] = f;
+        n_parts += 2;
+    }
+    let oversized = frames.len() - n_parts / 2;
+    c.tcp_tx_dropped += oversized as u64;
+    if n_parts == 0 {
         return Written::Dropped;
-    };
-    let head = len.to_be_bytes();
-    match send(&conn.stream, &[&head, data]) {
-        Ok(n) if n == data.len() + 2 => {
-            c.tcp_tx_frames += 1;
-            c.tx_bytes += data.len() as u64;
-            conn.dropped_in_row = 0;
-            Written::Ok
-        }
-        Ok(n) => {
-            // Keep the tail: it goes out before anything else on this connection.
-            let total = data.len() + 2;
-            if conn.tx_buf.len() < total {
-                conn.tx_buf = vec![0u8; conn.rx.max_frame() + 2].into_boxed_slice();
+    }
+    match send(&conn.stream, &parts[..n_parts]) {
+        Ok(mut n) => {
+            let mut w = Written::Ok;
+            for pair in parts[..n_parts].chunks_exact(2) {
+                let (head, data) = (pair[0], pair[1]);
+                let total = data.len() + 2;
+                if n >= total {
+                    n -= total;
+                    c.tcp_tx_frames += 1;
+                    c.tx_bytes += data.len() as u64;
+                    conn.dropped_in_row = 0;
+                    continue;
+                }
+                if n > 0 {
+                    // Keep the tail: it goes out before anything else on this connection.
+                    if conn.tx_buf.len() < total {
+                        conn.tx_buf = vec![0u8; conn.rx.max_frame() + 2].into_boxed_slice();
+                    }
+                    conn.tx_buf[..2].copy_from_slice(head);
+                    conn.tx_buf[2..total].copy_from_slice(data);
+                    conn.tx_off = n;
+                    conn.tx_end = total;
+                    n = 0;
+                    c.tcp_tx_frames += 1;
+                    c.tx_bytes += data.len() as u64;
+                    continue;
+                }
+                if dropped(conn, c) == Written::SlowReader {
+                    w = Written::SlowReader;
+                } else if w == Written::Ok {
+                    w = Written::Dropped;
+                }
             }
-            conn.tx_buf[..2].copy_from_slice(&head);
-            conn.tx_buf[2..total].copy_from_slice(data);
-            conn.tx_off = n;
-            conn.tx_end = total;
-            c.tcp_tx_frames += 1;
-            c.tx_bytes += data.len() as u64;
-            Written::Ok
+            w
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => dropped(conn, c),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => drop_all(conn, c, oversized),
         Err(_) => {
-            c.tcp_tx_dropped += 1;
+            c.tcp_tx_dropped += (n_parts / 2) as u64;
             Written::Dropped
         }
     }
@@ -954,13 +1103,13 @@ fn dropped(conn: &mut Conn, c: &mut IoCounters) -> Written {
     }
 }
 
-/// One nonblocking `sendmsg` of `parts` (no SIGPIPE).
+/// One nonblocking `sendmsg` of `parts` (at most `2 * MAX_RUN`; no SIGPIPE).
 fn send(stream: &TcpStream, parts: &[&[u8]]) -> io::Result<usize> {
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
-    }; 2];
-    let n = parts.len().min(2);
+    }; 2 * MAX_RUN];
+    let n = parts.len().min(2 * MAX_RUN);
     for (v, p) in iov.iter_mut().zip(parts) {
         v.iov_base = p.as_ptr() as *mut libc::c_void;
         v.iov_len = p.len();
@@ -1038,5 +1187,174 @@ mod tests {
         req[1] = 0x11;
         assert!(!is_binding_request(&req));
         assert!(!is_binding_request(b"GET / HTTP/1.1\r\n\r\n...."));
+    }
+
+    /// Producers push frames while the owner runs its loop the way the backends drive it:
+    /// each turn marks it awake and drains, and before blocking it asks `has_work`'s question
+    /// ([`TcpHub::about_to_block`]) and then waits on the eventfd. Producers skip the eventfd
+    /// while the owner is awake. A lost wake-up would leave frames queued while the owner
+    /// sleeps: its wait would time out with work pending. Every frame must arrive with no such
+    /// timeout, across many sleep/wake cycles.
+    #[test]
+    fn no_wake_up_is_lost_when_producers_skip_it() {
+        const PER_PRODUCER: u64 = 40_000;
+        const PRODUCERS: u64 = 2;
+        let hub = TcpHub::new(64, 16).unwrap();
+        let dst = SocketAddr::from(([127, 0, 0, 1], 9));
+        let owner = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let (mut got, mut sleeps, mut writes_seen) = (0u64, 0u64, 0u64);
+                while got < PER_PRODUCER * PRODUCERS {
+                    hub.mark_awake();
+                    if hub.wake_pending.load(Ordering::SeqCst) {
+                        hub.rearm();
+                        writes_seen += 1;
+                    }
+                    while let Some(i) = hub.full.pop() {
+                        got += 1;
+                        let _ = hub.free.push(i);
+                    }
+                    if got == PER_PRODUCER * PRODUCERS {
+                        break;
+                    }
+                    if hub.about_to_block() {
+                        continue;
+                    }
+                    sleeps += 1;
+                    let mut pfd = libc::pollfd {
+                        fd: hub.wake.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one live pollfd for the duration of the call.
+                    let r = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+                    assert!(
+                        r > 0,
+                        "lost wake-up: the owner slept 10 s with {} frames queued ({got} of {} taken, wake pending {})",
+                        hub.full.len(),
+                        PER_PRODUCER * PRODUCERS,
+                        hub.wake_pending.load(Ordering::SeqCst)
+                    );
+                }
+                (sleeps, writes_seen)
+            })
+        };
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    for k in 0..PER_PRODUCER {
+                        while !hub.push(dst, &k.to_be_bytes()) {
+                            std::thread::yield_now();
+                        }
+                        hub.notify();
+                        // Bursts and pauses, so the owner both stays awake and goes to sleep.
+                        if (k + p) % 512 == 0 {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let (sleeps, writes) = owner.join().unwrap();
+        assert!(sleeps > 0, "the owner went to sleep at least once");
+        assert!(
+            writes <= sleeps + 1,
+            "wake-ups written only around sleeps: {writes} > {sleeps}"
+        );
+    }
+
+    /// A connection pair: the relay's side (nonblocking, small send buffer) and the peer.
+    fn conn_pair() -> (Conn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (stream, from) = l.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        socket2::SockRef::from(&stream)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
+        let conn = Conn {
+            peer: tcp_peer(from),
+            rx: Deframer::new(2048),
+            tx_buf: Box::default(),
+            tx_off: 0,
+            tx_end: 0,
+            answered: false,
+            greeted: true,
+            dropped_in_row: 0,
+            generation: 0,
+            readable: false,
+            stream,
+        };
+        (conn, peer)
+    }
+
+    /// Runs of frames go out whole and in order with one `sendmsg` each; when the peer stops
+    /// reading, a run is cut: the cut frame's tail is kept and written first next time, the
+    /// frames after it are dropped and counted, and the byte stream never loses its framing.
+    #[test]
+    fn runs_of_frames_keep_framing_across_partial_writes() {
+        use std::io::Read as _;
+        let (mut conn, mut peer) = conn_pair();
+        let mut c = IoCounters::default();
+        let payloads: Vec<Vec<u8>> = (0..4000u32)
+            .map(|i| {
+                let mut v = vec![(i % 251) as u8; 900 + (i % 7) as usize];
+                v[..4].copy_from_slice(&i.to_be_bytes());
+                v
+            })
+            .collect();
+        let mut slow = false;
+        for run in payloads.chunks(MAX_RUN) {
+            let frames: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+            slow |= write_frames(&mut conn, &frames, &mut c) == Written::SlowReader;
+        }
+        assert!(
+            c.tcp_tx_dropped > 0,
+            "the peer did not read: frames dropped"
+        );
+        assert!(
+            slow,
+            "a connection that never reads is reported as a slow reader"
+        );
+        // Now read everything: whole frames, increasing ids, payload intact.
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 65536];
+        peer.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        loop {
+            if conn.tx_off < conn.tx_end {
+                let _ = send(&conn.stream, &[&conn.tx_buf[conn.tx_off..conn.tx_end]])
+                    .map(|n| conn.tx_off += n);
+            }
+            match peer.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut d = &bytes[..];
+        let mut last = None;
+        let mut frames = 0u64;
+        while d.len() >= 2 {
+            let n = usize::from(u16::from_be_bytes([d[0], d[1]]));
+            assert!(d.len() >= 2 + n, "a whole frame");
+            let f = &d[2..2 + n];
+            let id = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
+            assert_eq!(f, &payloads[id as usize][..], "frame {id} intact");
+            assert!(last.is_none_or(|l| id > l), "in order");
+            last = Some(id);
+            frames += 1;
+            d = &d[2 + n..];
+        }
+        assert!(d.is_empty(), "no partial frame left");
+        assert_eq!(
+            frames, c.tcp_tx_frames,
+            "every frame counted as written arrived"
+        );
+        assert_eq!(frames + c.tcp_tx_dropped, payloads.len() as u64);
     }
 }
