@@ -136,9 +136,24 @@ pub enum ClusterCmd {
 pub enum SessionCmd {
     /// Add a static-key session; prints its id.
     Add {
-        /// Peer media address, IP:PORT (IPv6 as [ADDR]:PORT).
-        #[arg(long, value_name = "IP:PORT")]
-        peer: String,
+        /// Peer media address, IP:PORT (IPv6 as [ADDR]:PORT). Required unless
+        /// --ice-remote-ufrag is given.
+        #[arg(
+            long,
+            value_name = "IP:PORT",
+            required_unless_present = "ice_remote_ufrag"
+        )]
+        peer: Option<String>,
+        /// The peer reaches the session by ICE checks (UDP or ICE-TCP) with this ufrag of its
+        /// own; without --peer the session waits PENDING until an authenticated check binds it.
+        #[arg(long, value_name = "UFRAG")]
+        ice_remote_ufrag: Option<String>,
+        /// The relay's ICE ufrag for this session (with --ice-pwd; default: generated).
+        #[arg(long, value_name = "UFRAG", requires_all = ["ice_pwd", "ice_remote_ufrag"])]
+        ice_ufrag: Option<String>,
+        /// The relay's ICE password for this session (with --ice-ufrag; default: generated).
+        #[arg(long, value_name = "PWD", requires_all = ["ice_ufrag", "ice_remote_ufrag"])]
+        ice_pwd: Option<String>,
         /// SRTP profile, e.g. AEAD_AES_128_GCM or AES_CM_128_HMAC_SHA1_80.
         #[arg(long)]
         profile: String,

@@ -47,6 +47,9 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
         Command::Undrain => Request::Undrain,
         Command::Session(SessionCmd::Add {
             peer,
+            ice_remote_ufrag,
+            ice_ufrag,
+            ice_pwd,
             profile,
             rx_key,
             tx_key,
@@ -54,15 +57,24 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
             max_pps,
         }) => {
             let profile = validate::profile(profile)?;
-            let peer = validate::peer(peer)?;
             let rx = validate::key("--rx-key", profile, rx_key)?;
             let tx = validate::key("--tx-key", profile, tx_key)?;
             let mut body = json!({
-                "peer": peer.to_string(),
                 "profile": profile.name(),
                 "rx_key": rx.to_base64(),
                 "tx_key": tx.to_base64(),
             });
+            if let Some(p) = peer {
+                body["peer"] = json!(validate::peer(p)?.to_string());
+            }
+            if let Some(remote) = ice_remote_ufrag {
+                let mut ice = json!({ "remote_ufrag": remote });
+                if let (Some(u), Some(p)) = (ice_ufrag, ice_pwd) {
+                    ice["ufrag"] = json!(u);
+                    ice["pwd"] = json!(p);
+                }
+                body["ice"] = ice;
+            }
             if let Some(r) = role {
                 body["role"] = json!(validate::role(r)?.name());
             }
@@ -394,7 +406,19 @@ fn print_created(v: &Value, out: Output) -> Result<()> {
         .ok_or_else(|| CtlError::Other(format!("control's answer has no numeric id: {v}")))?;
     match out {
         Output::Json => print_json(v),
-        Output::Human => println!("{id}"),
+        Output::Human => {
+            println!("{id}");
+            // A session reached by ICE: the relay's credentials, which the peer needs for its
+            // checks (the password is in this answer only).
+            let ice = v.get("ice").filter(|i| !i.is_null());
+            if let Some(i) = ice {
+                let field = |k: &str| i.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                println!("ice-ufrag {}", field("ufrag"));
+                if let Some(p) = i.get("pwd").and_then(Value::as_str) {
+                    println!("ice-pwd {p}");
+                }
+            }
+        }
     }
     Ok(())
 }

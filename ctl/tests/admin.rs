@@ -58,6 +58,67 @@ fn session_add_prints_id_alone_and_sends_validated_body() {
 }
 
 #[test]
+fn session_add_over_ice_sends_credentials_and_prints_the_relays() {
+    let answer = r#"{"id":7,"peer":"0.0.0.0:0","profile":"AEAD_AES_128_GCM","role":"trunk","ice":{"ufrag":"relayU","remote_ufrag":"peerU","pwd":"relayPasswordOfThirtyTwoCharsXX"}}"#;
+    let fake = FakeControl::start(move |_| (201, answer.to_string()));
+    let dir = temp_dir("addice");
+    write_runtime(&dir, &fake.url, "t");
+    let key = b64(28, 3);
+    let base = [
+        "session",
+        "add",
+        "--profile",
+        "AEAD_AES_128_GCM",
+        "--rx-key",
+        &key,
+        "--tx-key",
+        &key,
+    ];
+    // No peer: the relay's credentials are generated and printed after the id.
+    let o = run(
+        &[&base[..], &["--ice-remote-ufrag", "peerU"]].concat(),
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "7\nice-ufrag relayU\nice-pwd relayPasswordOfThirtyTwoCharsXX\n"
+    );
+    let body: Value = serde_json::from_str(&fake.requests()[0].body).unwrap();
+    assert!(body.get("peer").is_none(), "{body}");
+    assert_eq!(body["ice"], serde_json::json!({"remote_ufrag": "peerU"}));
+    // Both of the relay's credentials given: sent as they are.
+    let o = run(
+        &[
+            &base[..],
+            &[
+                "--ice-remote-ufrag",
+                "peerU",
+                "--ice-ufrag",
+                "mine",
+                "--ice-pwd",
+                "minePasswordOfTwentyTwo",
+            ],
+        ]
+        .concat(),
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let body: Value = serde_json::from_str(&fake.requests()[1].body).unwrap();
+    assert_eq!(body["ice"]["ufrag"], "mine");
+    assert_eq!(body["ice"]["pwd"], "minePasswordOfTwentyTwo");
+    // Neither a peer nor ICE, or one relay credential alone: usage errors, nothing sent.
+    for extra in [
+        &[][..],
+        &["--ice-remote-ufrag", "peerU", "--ice-ufrag", "mine"][..],
+    ] {
+        let o = run(&[&base[..], extra].concat(), &dir);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+    }
+    assert_eq!(fake.requests().len(), 2);
+}
+
+#[test]
 fn session_add_json_parses() {
     let fake = FakeControl::start(|_| (201, SESSION.to_string()));
     let dir = temp_dir("addjson");
