@@ -4,7 +4,8 @@
 //! [`crypto`] wraps `contract::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
 //! signals); [`gen`] runs the sockets and threads; [`target`] sets sessions up on the system
 //! under test through [`http`] ([`rtpengine`]: the same over rtpengine's ng protocol);
-//! [`report`] and [`plot`] present the results; [`cmd`] holds the
+//! [`webrtc`] joins WHIP/WHEP servers (and Janus) with real ICE and DTLS-SRTP on the
+//! generator's sockets; [`report`] and [`plot`] present the results; [`cmd`] holds the
 //! commands (`run`, `find-max`, `baseline`).
 #![deny(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod crypto;
 pub mod garbage;
 pub mod gen;
 pub mod http;
+pub mod janus;
 pub mod plot;
 pub mod probe;
 pub mod report;
@@ -20,6 +22,7 @@ pub mod rtpengine;
 pub mod seq;
 pub mod sys;
 pub mod target;
+pub mod webrtc;
 
 #[cfg(test)]
 #[path = "../../tests/support/skip.rs"]

@@ -1,6 +1,7 @@
 //! The bench's few system calls that std does not offer: `sendmmsg`/`recvmmsg` batches on
 //! connected or unconnected UDP sockets (optionally UDP GSO), UDP socket options,
-//! per-thread CPU time, and SIGINT/SIGTERM as a flag.
+//! per-thread CPU time, SIGINT/SIGTERM as a flag, and OpenSSL's DTLS retransmission timer
+//! (for the WebRTC mode's handshakes).
 //!
 //! Owns: every `unsafe` block of the bench (each with a `// SAFETY:` comment). May not touch:
 //! packet contents, the clock, the admin API.
@@ -349,6 +350,20 @@ pub fn catch_interrupts() {
 /// True once SIGINT or SIGTERM arrived (after [`catch_interrupts`]).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// `DTLS_CTRL_HANDLE_TIMEOUT` from `openssl/ssl.h` (`DTLSv1_handle_timeout` is a C macro the
+/// `openssl` crate does not wrap).
+const DTLS_CTRL_HANDLE_TIMEOUT: libc::c_int = 74;
+
+/// `DTLSv1_handle_timeout`: retransmit the last flight if OpenSSL's timer has expired. Returns
+/// 1 when a flight was retransmitted, 0 when nothing was due, negative on a fatal error.
+pub fn dtls_handle_timeout(ssl: &openssl::ssl::SslRef) -> libc::c_long {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: `ssl.as_ptr()` is a live `SSL*` owned by the borrowed `SslRef`, which its owner
+    // (`webrtc::dtls::Dtls`, through `&mut self`) does not use concurrently. The control
+    // takes no argument (`parg` NULL) and may only write to the BIO the same `SSL` owns.
+    unsafe { openssl_sys::SSL_ctrl(ssl.as_ptr(), DTLS_CTRL_HANDLE_TIMEOUT, 0, ptr::null_mut()) }
 }
 
 #[cfg(test)]
