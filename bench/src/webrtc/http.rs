@@ -211,7 +211,33 @@ fn complete(raw: &[u8]) -> Option<usize> {
     (raw.len() >= head + len).then_some(head + len)
 }
 
-/// Parse a whole answer (the body runs to `Content-Length` or to the end).
+/// A chunked body (RFC 9112 §7.1) decoded; trailers are ignored.
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size = std::str::from_utf8(&b[..line_end])
+            .ok()
+            .and_then(|l| l.split(';').next())
+            .and_then(|h| usize::from_str_radix(h.trim(), 16).ok())
+            .ok_or("bad chunk size")?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 || &b[size..size + 2] != b"\r\n" {
+            return Err("truncated chunk".into());
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// Parse a whole answer (the body runs to `Content-Length`, through its chunks, or to the
+/// end).
 pub fn parse(raw: &[u8]) -> Result<Reply, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Response::new(&mut headers);
@@ -228,10 +254,14 @@ pub fn parse(raw: &[u8]) -> Result<Reply, String> {
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(|v| v.trim().to_string())
     };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        return Err("chunked answers are not read".into());
-    }
     let body = &raw[head..];
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return Ok(Reply {
+            status,
+            location: header("location"),
+            body: dechunk(body)?,
+        });
+    }
     let body = match header("content-length").map(|v| v.parse::<usize>()) {
         Some(Ok(n)) if n <= body.len() => &body[..n],
         Some(Ok(_)) => return Err("body shorter than Content-Length".into()),
@@ -274,6 +304,12 @@ mod tests {
         assert_eq!(r.body, b"v=0");
         assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
         assert!(parse(b"garbage").is_err());
+        let chunked = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(chunked.body, b"abcde");
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab").is_err());
         let no_len = parse(b"HTTP/1.1 200 OK\r\n\r\nto the end").unwrap();
         assert_eq!(no_len.body, b"to the end");
     }
