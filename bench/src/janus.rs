@@ -23,6 +23,8 @@ use crate::webrtc::http::{self, HttpError, Url};
 use crate::webrtc::sdp::Remote;
 use crate::webrtc::{Describe, JoinError, Role, Signaling, HTTP_TIMEOUT};
 
+/// Longest wait for a publisher's feed to appear to subscribers.
+const FEED_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for one asynchronous Janus event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -214,12 +216,25 @@ impl Signaling for Janus {
                         *self.feeds.lock().expect("feeds").get(&i).ok_or_else(|| {
                             JoinError::Signal(format!("janus: publisher {i} not in"))
                         })?;
-                    let (_, jsep) = self.message(
-                        sh,
-                        json!({"request": "join", "ptype": "subscriber", "room": room,
-                           "streams": [{"feed": feed}]}),
-                        None,
-                    )?;
+                    // Janus lists a feed only once the publisher's PeerConnection is up on its
+                    // side, which may trail the bench's end of the DTLS handshake a little.
+                    let deadline = Instant::now() + FEED_WAIT;
+                    let (_, jsep) = loop {
+                        let r = self.message(
+                            sh,
+                            json!({"request": "join", "ptype": "subscriber", "room": room,
+                                   "streams": [{"feed": feed}]}),
+                            None,
+                        );
+                        match r {
+                            Err(JoinError::Signal(m))
+                                if m.contains("No such feed") && Instant::now() < deadline =>
+                            {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            r => break r?,
+                        }
+                    };
                     let offer = Remote::parse(&Self::sdp_of(jsep, "subscribe")?)?;
                     let answer = describe(Some(&offer));
                     self.message(

@@ -206,6 +206,7 @@ impl Dtls {
     pub fn new(id: &Identity, client: bool, remote: (String, String)) -> Result<Dtls, DtlsError> {
         let mut ssl = Ssl::new(&id.ctx).map_err(setup_err)?;
         ssl.set_mtu(MTU).map_err(setup_err)?;
+        sys::dtls_install_timer(&mut ssl);
         let expected = remote.clone();
         // Self-signed peers: no chain is checked, the leaf must match the SDP (RFC 8122 §5).
         ssl.set_verify_callback(
