@@ -30,6 +30,9 @@ pub enum TargetError {
     Discovery(String),
     #[error("the admin API answered without {0}")]
     Missing(&'static str),
+    /// A WebRTC join or leave (signalling, ICE, DTLS) failed; the message names the endpoint.
+    #[error("{0}")]
+    Join(String),
 }
 
 /// One endpoint the bench will run, as a session on the target.

@@ -401,8 +401,7 @@ impl WebRtcTarget {
         signaling: Box<dyn Signaling>,
         opts: WebRtcOptions,
     ) -> Result<WebRtcTarget, TargetError> {
-        let identity =
-            Identity::new(opts.profile).map_err(|e| TargetError::Discovery(e.to_string()))?;
+        let identity = Identity::new(opts.profile).map_err(|e| TargetError::Join(e.to_string()))?;
         Ok(WebRtcTarget {
             signaling: Arc::from(signaling),
             identity,
@@ -594,12 +593,11 @@ impl Target for WebRtcTarget {
     }
 
     fn create(&mut self, plan: &Plan) -> Result<Wiring, TargetError> {
-        let e = self
-            .endpoints
-            .take()
-            .ok_or(TargetError::Missing("the generator's sockets"))?;
+        let e = self.endpoints.take().ok_or_else(|| {
+            TargetError::Join("the generator's sockets were not lent (lend_endpoints)".into())
+        })?;
         if plan.profile != self.opts.profile {
-            return Err(TargetError::Discovery(format!(
+            return Err(TargetError::Join(format!(
                 "the run's profile {} is not the negotiated {}",
                 plan.profile.name(),
                 self.opts.profile.name()
@@ -611,7 +609,7 @@ impl Target for WebRtcTarget {
             .iter()
             .map(|p| p.0.try_clone())
             .collect::<Result<_, _>>()
-            .map_err(|e| TargetError::Discovery(format!("socket: {e}")))?;
+            .map_err(|e| TargetError::Join(format!("socket: {e}")))?;
         let ssrcs: Vec<u32> = e.publishers.iter().map(|p| p.1).collect();
         let pubs = self.join_all(&pub_socks, &Role::Publish, &|i| Some(ssrcs[i]));
         let streams: Vec<usize> = e.subscribers.iter().map(|s| s.1).collect();
@@ -620,7 +618,7 @@ impl Target for WebRtcTarget {
             .iter()
             .map(|s| s.0.try_clone())
             .collect::<Result<_, _>>()
-            .map_err(|e| TargetError::Discovery(format!("socket: {e}")))?;
+            .map_err(|e| TargetError::Join(format!("socket: {e}")))?;
         // Viewers only once every publisher is in (so their routes exist).
         let subs = if pubs.iter().all(Result::is_ok) {
             self.join_all(&sub_socks, &|j| Role::Subscribe(streams[j]), &|_| None)
@@ -686,7 +684,7 @@ impl Target for WebRtcTarget {
         self.summary.dtls_ms = ms(|t| t.dtls);
         self.summary.join_ms = ms(|t| t.total);
         if let Some(e) = first_err {
-            return Err(TargetError::Discovery(format!(
+            return Err(TargetError::Join(format!(
                 "{} of {} joins failed; first: {e}",
                 self.summary.failed,
                 pub_socks.len() + sub_socks.len()
@@ -714,7 +712,7 @@ impl Target for WebRtcTarget {
         }
         match first_err {
             None => Ok(removed),
-            Some(e) => Err(TargetError::Discovery(format!("leaving: {e}"))),
+            Some(e) => Err(TargetError::Join(format!("leaving: {e}"))),
         }
     }
 
