@@ -150,6 +150,9 @@ fn with_sessions<T>(
     let mut rig = Rig::new(spec)?;
     let plan = rig.plan()?;
     let t = Instant::now();
+    if target.wants_endpoints() {
+        target.lend_endpoints(rig.endpoints()?);
+    }
     let wiring = target.setup(&plan)?;
     out.say(&format!(
         "set up {} sessions and {} routes in {:.2} s",
@@ -189,6 +192,7 @@ pub fn run(target: &mut dyn Target, opts: &RunOptions, out: &Output) -> Result<R
         }
         let before = target.stats();
         let r = measured_step(rig, &step, out);
+        target.observe_step(&r.0);
         let after = target.stats();
         if before.is_some() || after.is_some() {
             report.target_stats = Some(TargetStats { before, after });

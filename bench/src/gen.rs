@@ -26,7 +26,7 @@ use crate::crypto::{Crypto, RxReject};
 use crate::probe::{self, Probe};
 use crate::seq::{Arrival, SeqCounts, SeqTracker};
 use crate::sys::{self, RecvBatch, SendBatch};
-use crate::target::{Plan, SessionPlan, Wiring};
+use crate::target::{Endpoints, Plan, SessionPlan, Wiring};
 
 /// Highest latency the histogram records (larger values saturate): 60 s in ns.
 const HIST_MAX_NS: u64 = 60_000_000_000;
@@ -157,6 +157,10 @@ pub struct RxCounts {
     pub stale: u64,
     /// A probe of another publisher's stream.
     pub misrouted: u64,
+    /// STUN, DTLS and RTCP datagrams (RFC 7983, RFC 5761): a WebRTC server's consent
+    /// answers, retransmitted flights and reports, not media.
+    #[serde(default)]
+    pub control: u64,
 }
 
 impl RxCounts {
@@ -170,6 +174,7 @@ impl RxCounts {
         self.malformed += o.malformed;
         self.stale += o.stale;
         self.misrouted += o.misrouted;
+        self.control += o.control;
     }
 
     /// Duplicates from both detectors (replay check before decryption, tracker after).
@@ -186,6 +191,8 @@ struct Subscriber {
     stream: u32,
     tracker: SeqTracker,
     rx: RxCounts,
+    /// When this step's first probe arrived (ns since the rig's epoch).
+    first_ns: Option<u64>,
 }
 
 /// CPU use of one generator thread during a step.
@@ -283,6 +290,8 @@ pub struct StepOutcome {
     pub senders: Vec<ThreadUsage>,
     pub receivers: Vec<ThreadUsage>,
     pub interrupted: bool,
+    /// Per subscriber: ns from the step's start to its first probe (`None`: none came).
+    pub first_media_ns: Vec<Option<u64>>,
 }
 
 /// The generator's endpoints.
@@ -404,6 +413,7 @@ impl Rig {
                     stream: p.stream,
                     tracker: SeqTracker::new(spec.window),
                     rx: RxCounts::default(),
+                    first_ns: None,
                 });
             }
         }
@@ -444,6 +454,22 @@ impl Rig {
         })
     }
 
+    /// Clones of every socket, for a target that handshakes on them (WebRTC).
+    pub fn endpoints(&self) -> Result<Endpoints, GenError> {
+        Ok(Endpoints {
+            publishers: self
+                .pubs
+                .iter()
+                .map(|p| Ok((p.sock.try_clone()?, p.ssrc)))
+                .collect::<Result<_, std::io::Error>>()?,
+            subscribers: self
+                .subs
+                .iter()
+                .map(|s| Ok((s.sock.try_clone()?, s.stream as usize)))
+                .collect::<Result<_, std::io::Error>>()?,
+        })
+    }
+
     /// Connect the publishers and build the SRTP contexts from the target's answer.
     pub fn wire(&mut self, w: &Wiring) -> Result<(), GenError> {
         if w.publisher_dst.len() != self.pubs.len() {
@@ -452,8 +478,14 @@ impl Rig {
         if w.subscriber_keys.len() != self.subs.len() {
             return Err(GenError::Wiring("subscriber count"));
         }
-        for (p, dst) in self.pubs.iter_mut().zip(&w.publisher_dst) {
+        if !w.publisher_keys.is_empty() && w.publisher_keys.len() != self.pubs.len() {
+            return Err(GenError::Wiring("publisher key count"));
+        }
+        for (i, (p, dst)) in self.pubs.iter_mut().zip(&w.publisher_dst).enumerate() {
             p.sock.connect(dst)?;
+            if let Some(k) = w.publisher_keys.get(i) {
+                p.keys.0 = *k;
+            }
             if self.spec.profile.is_some() {
                 p.crypto = Crypto::srtp(p.keys.0, false)?;
             }
@@ -480,6 +512,7 @@ impl Rig {
         self.wire(&Wiring {
             publisher_dst: vec![dst; self.pubs.len()],
             subscriber_keys: keys,
+            publisher_keys: Vec::new(),
         })
     }
 
@@ -491,6 +524,7 @@ impl Rig {
         self.wire(&Wiring {
             publisher_dst: vec![dst; self.pubs.len()],
             subscriber_keys: Vec::new(),
+            publisher_keys: Vec::new(),
         })
     }
 
@@ -584,7 +618,14 @@ impl Rig {
         });
 
         let streams = self.stream_counts();
+        let t0_ns = t0.duration_since(epoch).as_nanos() as u64;
+        let first_media_ns = self
+            .subs
+            .iter()
+            .map(|s| s.first_ns.map(|f| f.saturating_sub(t0_ns)))
+            .collect();
         StepOutcome {
+            first_media_ns,
             target_pps: spec.rate,
             send_s,
             size,
@@ -612,6 +653,7 @@ impl Rig {
         for s in &mut self.subs {
             s.tracker = SeqTracker::new(self.spec.window);
             s.rx = RxCounts::default();
+            s.first_ns = None;
         }
     }
 
@@ -867,6 +909,17 @@ fn send_loop(pubs: &mut [Publisher], c: SendCtx<'_>) -> ThreadUsage {
     ThreadUsage::measure(cpu0, wall0)
 }
 
+/// Not media: STUN (first byte 0–3) or DTLS (20–63) by RFC 7983, or RTCP muxed with RTP
+/// (RFC 5761 §4: packet types 192–223 in the second byte).
+#[inline]
+fn is_control(d: &[u8]) -> bool {
+    match d {
+        [b, ..] if *b < 4 || (20..=63).contains(b) => true,
+        [b, pt, ..] if (128..=191).contains(b) => (192..=223).contains(pt),
+        _ => false,
+    }
+}
+
 struct RecvCtx<'a> {
     step: u32,
     epoch: Instant,
@@ -905,6 +958,10 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
         for i in 0..n {
             let (buf, len) = rb.slot(i);
             s.rx.datagrams += 1;
+            if is_control(&buf[..len]) {
+                s.rx.control += 1;
+                continue;
+            }
             match s.crypto.unprotect(buf, len) {
                 Err(RxReject::Auth) => s.rx.auth_failures += 1,
                 Err(RxReject::Replayed) => s.rx.replayed += 1,
@@ -916,6 +973,7 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
                     Ok(p) if p.stream != s.stream => s.rx.misrouted += 1,
                     Ok(p) => match s.tracker.record(p.seq) {
                         Arrival::InOrder | Arrival::Reordered => {
+                            s.first_ns.get_or_insert(now_ns);
                             s.rx.bytes += len as u64;
                             hist.saturating_record(now_ns.saturating_sub(p.send_ns).max(1));
                         }

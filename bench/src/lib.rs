@@ -4,8 +4,9 @@
 //! [`crypto`] wraps `contract::srtp`; [`sys`] holds the only `unsafe` (mmsg syscalls, rusage,
 //! signals); [`gen`] runs the sockets and threads; [`target`] sets sessions up on the system
 //! under test through [`http`] ([`rtpengine`]: the same over rtpengine's ng protocol);
-//! [`tcp`] is the ICE-TCP transport of `run --transport tcp`;
-//! [`report`] and [`plot`] present the results; [`cmd`] holds the
+//! [`tcp`] is the ICE-TCP transport of `run --transport tcp`; [`webrtc`] joins WHIP/WHEP
+//! servers (and Janus) with real ICE and DTLS-SRTP on the generator's sockets; [`report`] and
+//! [`plot`] present the results; [`cmd`] holds the
 //! commands (`run`, `find-max`, `baseline`).
 #![deny(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod crypto;
 pub mod garbage;
 pub mod gen;
 pub mod http;
+pub mod janus;
 pub mod plot;
 pub mod probe;
 pub mod report;
@@ -22,6 +24,7 @@ pub mod seq;
 pub mod sys;
 pub mod target;
 pub mod tcp;
+pub mod webrtc;
 
 #[cfg(test)]
 #[path = "../../tests/support/skip.rs"]

@@ -43,6 +43,9 @@ enum Command {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// Join a WebRTC server as publishers and viewers (real ICE and DTLS-SRTP), then send
+    /// SRTP through it at a fixed rate and report handshakes and what came out.
+    Webrtc(WebrtcArgs),
     /// The ceilings: a plain UDP reflector, or the SRTP transforms alone.
     Baseline {
         #[command(subcommand)]
@@ -416,6 +419,11 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             finish(&report, &output, "sluice-bench find-max")?;
         }
         Command::Baseline { which } => baseline_command(which)?,
+        Command::Webrtc(args) => {
+            if let Some(code) = webrtc_command(args)? {
+                return Ok(code);
+            }
+        }
     }
     if sys::interrupted() {
         // The partial report was printed and written; say it was cut short (128 + SIGINT).
@@ -609,4 +617,141 @@ fn baseline_command(which: Baseline) -> Result<(), CmdError> {
         }
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WebrtcServer {
+    /// A Sluice instance: WHIP/WHEP on its public URL, tokens minted per room through its admin
+    /// API (`--api`/`--token`, default: the running instance's control.json).
+    Sluice,
+    /// Any WHIP/WHEP server: `--whip-url` and `--whep-url`, `--bearer`.
+    Whip,
+    /// Janus's videoroom plugin over Janus's HTTP API (`--janus-url`).
+    Janus,
+}
+
+/// What `webrtc` is given.
+#[derive(Args)]
+struct WebrtcArgs {
+    /// Kind of server under test.
+    #[arg(long, value_enum, default_value = "sluice")]
+    target_kind: WebrtcServer,
+    /// Sluice admin API base URL (http://HOST:PORT or unix:/path); default: from control.json.
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Sluice admin token; default: from control.json.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+    /// Sluice application the rooms belong to.
+    #[arg(long, default_value = "demo")]
+    app: String,
+    /// Room name prefix: publisher i and its viewers meet in room `<ROOM>-<i>`.
+    #[arg(long, default_value = "bench")]
+    room: String,
+    /// WHIP endpoint (with --target-kind whip); `{room}` is replaced by the room name.
+    #[arg(long, value_name = "URL")]
+    whip_url: Option<String>,
+    /// WHEP endpoint (with --target-kind whip); `{room}` is replaced by the room name.
+    #[arg(long, value_name = "URL")]
+    whep_url: Option<String>,
+    /// Bearer token sent with every WHIP/WHEP request (with --target-kind whip).
+    #[arg(long, value_name = "T")]
+    bearer: Option<String>,
+    /// Janus HTTP API base (with --target-kind janus).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8088/janus"
+    )]
+    janus_url: String,
+    /// Handshakes (signalling + ICE + DTLS) run at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Longest join of one endpoint, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    handshake_timeout: f64,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Total publisher packets per second (all publishers together).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Exit with status 3 when loss exceeds this percentage, any packet failed
+    /// authentication or reached the wrong viewer, or a join failed.
+    #[arg(long, value_name = "PCT")]
+    max_loss: Option<f64>,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+/// `sluice-bench webrtc`; `Some(3)` when the `--max-loss` check fails.
+fn webrtc_command(a: WebrtcArgs) -> Result<Option<ExitCode>, CmdError> {
+    use sluice_bench::webrtc::{self, WebRtcOptions, WebRtcTarget};
+    let opts = a.load.run_options(a.rate)?;
+    let output = a.out.output();
+    let signaling: Box<dyn webrtc::Signaling> = match a.target_kind {
+        WebrtcServer::Sluice => Box::new(webrtc::sluice(
+            a.api.as_deref(),
+            a.token.as_deref(),
+            &a.app,
+            &a.room,
+        )?),
+        WebrtcServer::Whip => {
+            let (Some(whip), Some(whep)) = (a.whip_url.clone(), a.whep_url.clone()) else {
+                return Err(CmdError::Usage(
+                    "--target-kind whip needs --whip-url and --whep-url".into(),
+                ));
+            };
+            let bearer = a.bearer.clone();
+            Box::new(webrtc::Whip {
+                whip,
+                whep,
+                room: a.room.clone(),
+                tokens: Box::new(move |_| Ok(bearer.clone())),
+                kind: "whip".into(),
+                admin: None,
+            })
+        }
+        WebrtcServer::Janus => Box::new(
+            sluice_bench::janus::Janus::new(&a.janus_url)
+                .map_err(|e| CmdError::Usage(format!("--janus-url: {e}")))?,
+        ),
+    };
+    if a.concurrency == 0 {
+        return Err(CmdError::Usage("--concurrency must be at least 1".into()));
+    }
+    let mut t = WebRtcTarget::new(
+        signaling,
+        WebRtcOptions {
+            profile: a.load.profile,
+            concurrency: a.concurrency,
+            handshake_timeout: secs(a.handshake_timeout, "--handshake-timeout")?,
+        },
+    )?;
+    let run = cmd::run(&mut t, &opts, &output);
+    let summary = t.summary().clone();
+    let mut report = match run {
+        Ok(r) => r,
+        Err(e) => {
+            // The joins are the measurement too: say how far they got.
+            eprint!("{}", summary.text());
+            return Err(e);
+        }
+    };
+    report.command = "webrtc".into();
+    report.webrtc = Some(summary);
+    finish(&report, &output, "sluice-bench webrtc")?;
+    if let (Some(max), Some(r)) = (a.max_loss, &report.result) {
+        let w = report.webrtc.as_ref();
+        let failed = w.map_or(0, |w| w.failed + w.viewers_without_media);
+        if r.loss_ratio * 100.0 > max || r.auth_failures > 0 || r.misrouted > 0 || failed > 0 {
+            eprintln!(
+                "sluice-bench: check failed: loss {:.4}% (max {max}%), {} auth failures, {} misrouted, {failed} failed joins or viewers without media",
+                r.loss_ratio * 100.0,
+                r.auth_failures,
+                r.misrouted
+            );
+            return Ok(Some(ExitCode::from(3)));
+        }
+    }
+    Ok(None)
 }

@@ -34,6 +34,9 @@ pub struct Report {
     pub generator: Option<GeneratorUsage>,
     /// The target's own counters (`GET /v1/stats`) before and after, when it has them.
     pub target_stats: Option<TargetStats>,
+    /// `webrtc`: joins, handshakes per second, time to first media.
+    #[serde(default)]
+    pub webrtc: Option<crate::webrtc::WebRtcSummary>,
     pub warnings: Vec<String>,
 }
 
@@ -484,6 +487,9 @@ impl Report {
     pub fn text(&self) -> String {
         let mut s = String::new();
         self.text_run(&mut s);
+        if let Some(w) = &self.webrtc {
+            s.push_str(&w.text());
+        }
         self.text_baselines(&mut s);
         self.text_generator(&mut s);
         for w in &self.warnings {

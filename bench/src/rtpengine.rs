@@ -650,6 +650,7 @@ impl RtpengineTarget {
         Ok(Wiring {
             publisher_dst,
             subscriber_keys,
+            publisher_keys: Vec::new(),
         })
     }
 
@@ -694,6 +695,7 @@ impl RtpengineTarget {
         Ok(Wiring {
             publisher_dst,
             subscriber_keys,
+            publisher_keys: Vec::new(),
         })
     }
 }

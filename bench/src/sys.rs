@@ -1,6 +1,7 @@
 //! The bench's few system calls that std does not offer: `sendmmsg`/`recvmmsg` batches on
 //! connected or unconnected UDP sockets (optionally UDP GSO), UDP socket options,
-//! per-thread CPU time, and SIGINT/SIGTERM as a flag.
+//! per-thread CPU time, SIGINT/SIGTERM as a flag, and OpenSSL's DTLS retransmission timer
+//! (for the WebRTC mode's handshakes).
 //!
 //! Owns: every `unsafe` block of the bench (each with a `// SAFETY:` comment). May not touch:
 //! packet contents, the clock, the admin API.
@@ -349,6 +350,56 @@ pub fn catch_interrupts() {
 /// True once SIGINT or SIGTERM arrived (after [`catch_interrupts`]).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// `DTLS_CTRL_HANDLE_TIMEOUT` from `openssl/ssl.h` (`DTLSv1_handle_timeout` is a C macro the
+/// `openssl` crate does not wrap).
+const DTLS_CTRL_HANDLE_TIMEOUT: libc::c_int = 74;
+
+/// `DTLSv1_handle_timeout`: retransmit the last flight if OpenSSL's timer has expired. Returns
+/// 1 when a flight was retransmitted, 0 when nothing was due, negative on a fatal error.
+pub fn dtls_handle_timeout(ssl: &openssl::ssl::SslRef) -> libc::c_long {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: `ssl.as_ptr()` is a live `SSL*` owned by the borrowed `SslRef`, which its owner
+    // (`webrtc::dtls::Dtls`, through `&mut self`) does not use concurrently. The control
+    // takes no argument (`parg` NULL) and may only write to the BIO the same `SSL` owns.
+    unsafe { openssl_sys::SSL_ctrl(ssl.as_ptr(), DTLS_CTRL_HANDLE_TIMEOUT, 0, ptr::null_mut()) }
+}
+
+/// First DTLS retransmission timeout: 100 ms, as browsers use, instead of OpenSSL's 1 s (the
+/// peer has already answered ICE checks; a first flight the server dropped because its own ICE
+/// was not ready yet would otherwise cost a whole second of "handshake time").
+const DTLS_INITIAL_RETRANSMIT_US: libc::c_uint = 100_000;
+/// Upper bound of the doubling timer.
+const DTLS_MAX_RETRANSMIT_US: libc::c_uint = 3_000_000;
+
+type DtlsTimerCb =
+    unsafe extern "C" fn(ssl: *mut openssl_sys::SSL, timer_us: libc::c_uint) -> libc::c_uint;
+
+extern "C" {
+    // void DTLS_set_timer_cb(SSL *s, DTLS_timer_cb cb); exported by libssl >= 1.1.1.
+    fn DTLS_set_timer_cb(s: *mut openssl_sys::SSL, cb: Option<DtlsTimerCb>);
+}
+
+/// `timer_us` is 0 for a first flight, else the previous timeout: double it (RFC 6347
+/// §4.2.4.1) up to the bound.
+unsafe extern "C" fn dtls_timer_cb(
+    _ssl: *mut openssl_sys::SSL,
+    timer_us: libc::c_uint,
+) -> libc::c_uint {
+    if timer_us == 0 {
+        DTLS_INITIAL_RETRANSMIT_US
+    } else {
+        timer_us.saturating_mul(2).min(DTLS_MAX_RETRANSMIT_US)
+    }
+}
+
+/// Install the bench's DTLS retransmission timer policy on `ssl`.
+pub fn dtls_install_timer(ssl: &mut openssl::ssl::SslRef) {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: `ssl.as_ptr()` is a live `SSL*` owned by the borrowed `SslRef`; the callback is a
+    // plain function with the C signature libssl expects and reads nothing through the pointer.
+    unsafe { DTLS_set_timer_cb(ssl.as_ptr(), Some(dtls_timer_cb)) }
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub enum TargetError {
     Missing(&'static str),
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A WebRTC join or leave (signalling, ICE, DTLS) failed; the message names the endpoint.
+    #[error("{0}")]
+    Join(String),
 }
 
 /// One endpoint the bench will run, as a session on the target.
@@ -55,12 +58,25 @@ pub struct Plan {
 }
 
 /// What the target decided.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Wiring {
     /// Where publisher `i` sends.
     pub publisher_dst: Vec<SocketAddr>,
     /// The key subscriber `j` decrypts with (usually the planned `tx_key`).
     pub subscriber_keys: Vec<MasterKey>,
+    /// The key publisher `i` encrypts with, when the target negotiated one (DTLS-SRTP);
+    /// empty: the planned `rx_key`.
+    pub publisher_keys: Vec<MasterKey>,
+}
+
+/// The generator's sockets, lent to a target that runs ICE and DTLS on them itself
+/// ([`Target::wants_endpoints`]).
+#[derive(Debug)]
+pub struct Endpoints {
+    /// Each publisher's socket and the SSRC it sends with.
+    pub publishers: Vec<(std::net::UdpSocket, u32)>,
+    /// Each subscriber's socket and the index of the publisher it receives.
+    pub subscribers: Vec<(std::net::UdpSocket, usize)>,
 }
 
 /// The ICE credentials of one session reached over ICE-TCP: the relay's ufrag and password
@@ -142,6 +158,15 @@ pub trait Target {
     fn stats(&mut self) -> Option<Value> {
         None
     }
+    /// Whether [`Target::create`] needs the generator's sockets (a WebRTC target does its
+    /// handshakes on them); they are then lent with [`Target::lend_endpoints`] first.
+    fn wants_endpoints(&self) -> bool {
+        false
+    }
+    /// Take (clones of) the generator's sockets before [`Target::setup`].
+    fn lend_endpoints(&mut self, _endpoints: Endpoints) {}
+    /// See a measured step's outcome (a WebRTC target reads each viewer's first media).
+    fn observe_step(&mut self, _outcome: &crate::gen::StepOutcome) {}
 }
 
 /// The discovery file written by a running `sluice-control`: the same record and the same
@@ -384,6 +409,7 @@ impl Target for SluiceTarget {
         Ok(Wiring {
             publisher_dst: vec![media; plan.publishers.len()],
             subscriber_keys: sub_keys,
+            publisher_keys: Vec::new(),
         })
     }
 

@@ -461,6 +461,8 @@ impl TcpRig {
             senders: send_usage,
             receivers: recv_usage,
             interrupted,
+            // Time to first media is a WebRTC join figure (webrtc.rs); not measured here.
+            first_media_ns: Vec::new(),
         }
     }
 }

@@ -185,6 +185,7 @@ impl Target for DoubleRelay {
         Ok(Wiring {
             publisher_dst: vec![media; plan.publishers.len()],
             subscriber_keys: plan.subscribers.iter().map(|(s, _)| s.tx_key).collect(),
+            publisher_keys: Vec::new(),
         })
     }
 
