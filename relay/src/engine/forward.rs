@@ -1,13 +1,14 @@
 //! The per-datagram path: demultiplex, find the session, unprotect, route, rewrite, protect,
 //! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
 
-use super::bwe::{Bwe, BweConfig};
+use super::bwe::{layer_budget, Bwe, BweConfig};
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 use super::diag::{DiagState, RtpOut, SrSeen};
 use super::hub::{FeedbackHub, HandError};
 use super::index::{
-    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, MAX_CNAME, NONE,
+    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Session, Upstream,
+    MAX_CNAME, NONE,
 };
 use super::layers::{Decision, LayerPacket};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
@@ -92,11 +93,29 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// Video streams of publishers this worker receives that gained a subscriber at the
     /// last rebuild: a keyframe is asked for at the next [`Forwarder::poll`].
     join_keyframes: Vec<Upstream>,
+    /// When the layer budgets are next refreshed from the estimates on the timer path
+    /// ([`Forwarder::poll`]).
+    budgets_due: Option<Instant>,
 }
 
 /// One output as seen across a rebuild: publisher, SSRC filter (`None`: any), subscriber,
 /// the route's keyframe bits.
 type Edge = (SessionId, Option<u32>, SessionId, u8);
+
+/// How often [`Forwarder::poll`] refreshes the layer budgets from the estimates (feedback
+/// refreshes its subscriber's at once).
+const BUDGET_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Subscriber `s`'s layer budget from its estimate at `now_us` ([`layer_budget`]); the
+/// selectors of its simulcast outputs take it at their next packet.
+fn refresh_budget<C>(s: &mut Session<C>, now_us: u64) {
+    let Some(bwe) = s.bwe.as_deref() else {
+        return;
+    };
+    let est = bwe.estimate_at(Some(now_us));
+    let other = s.other_rate.bps(now_us);
+    s.layer_budget = layer_budget(est, other, usize::from(s.layered));
+}
 
 /// The RTP clock rate of every video payload format (RFC 3551 §5) and of no audio one.
 const VIDEO_CLOCK: u32 = 90_000;
@@ -463,6 +482,7 @@ impl<C: SrtpOps> Forwarder<C> {
             edges_before: Vec::new(),
             edges_after: Vec::new(),
             join_keyframes: Vec::new(),
+            budgets_due: None,
         }
     }
 
@@ -981,7 +1001,12 @@ impl<C: SrtpOps> Forwarder<C> {
         let mut vp8 = None;
         if let Some(l) = o.rewrite.layer {
             let decision = match (stream.as_deref_mut(), self.now) {
-                (Some(c), Some(now)) => select_layer(c, now, l.index, plain, inp),
+                (Some(c), Some(now)) => {
+                    if let Some(s) = c.layers_mut() {
+                        s.set_estimate(sub.layer_budget);
+                    }
+                    select_layer(c, now, l.index, plain, inp)
+                }
                 _ => Decision::Skip,
             };
             match decision {
@@ -1084,6 +1109,11 @@ impl<C: SrtpOps> Forwarder<C> {
                 .bwe
                 .get_or_insert_with(|| Box::new(Bwe::new(BweConfig::default())));
             bwe.on_send(now_us, sent);
+        }
+        if pushed && o.rewrite.layer.is_none() && sub.bwe.is_some() {
+            // What the layer selectors cannot scale (bwe::layer_budget).
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            sub.other_rate.add(now_us, sent);
         }
         if pushed {
             if let Some(index) = inp.cached {
@@ -1439,11 +1469,13 @@ impl<C: SrtpOps> Forwarder<C> {
                     if let Ok(f) = twcc::Feedback::parse(fb.fci()) {
                         bwe.on_feedback(now_us, &f);
                     }
+                    refresh_budget(&mut self.index.sessions[sub as usize], now_us);
                     return;
                 }
                 Ok(Rtcp::Remb(r)) => bwe.on_remb(now_us, r.bitrate()),
                 _ => {}
             }
+            refresh_budget(&mut self.index.sessions[sub as usize], now_us);
         }
         match pkt.typed() {
             Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
@@ -1758,6 +1790,7 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         self.join_keyframes.clear();
         self.reports(now, tx);
+        self.refresh_budgets(now);
         if !self.poll_needed {
             return;
         }
@@ -1780,6 +1813,22 @@ impl<C: SrtpOps> Forwarder<C> {
                     self.stats.count(Feedback::NackUpstream, d.asked as u64);
                     self.nack_up(pi as u32, ssrc, &lost[..d.asked], tx);
                 }
+            }
+        }
+    }
+
+    /// Every [`BUDGET_INTERVAL`]: the layer budget of each subscriber this worker estimates
+    /// for, from its estimate at `now` (which moves without feedback too: a REMB ceiling
+    /// expires, a silent subscriber's estimate holds). Walks the sessions only when due.
+    fn refresh_budgets(&mut self, now: Instant) {
+        if self.budgets_due.is_some_and(|d| now < d) {
+            return;
+        }
+        self.budgets_due = Some(now + BUDGET_INTERVAL);
+        let now_us = self.now_us();
+        for s in self.index.sessions.iter_mut() {
+            if s.bwe.is_some() {
+                refresh_budget(s, now_us);
             }
         }
     }
