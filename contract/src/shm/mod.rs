@@ -37,7 +37,8 @@ pub use layout::{
 };
 pub use reader::{RelayInfo, ScanReport, ShmReader, BACKEND_NAME_LEN};
 pub use stats::{
-    Diagnostics, ReceptionStats, SessionDiagnostics, SessionStats, StatRecord, StreamStats,
+    Diagnostics, LayerStats, ReceptionStats, SessionDiagnostics, SessionStats, StatRecord,
+    StreamStats,
 };
 pub use streams::{StreamDir, StreamRecord};
 pub use writer::{AdoptReport, ShmWriter};

@@ -115,6 +115,7 @@ fn refresh_budget<C>(s: &mut Session<C>, now_us: u64) {
     let est = bwe.estimate_at(Some(now_us));
     let other = s.other_rate.bps(now_us);
     s.layer_budget = layer_budget(est, other, usize::from(s.layered));
+    s.diag.set_downlink(est);
 }
 
 /// The RTP clock rate of every video payload format (RFC 3551 §5) and of no audio one.
@@ -999,6 +1000,7 @@ impl<C: SrtpOps> Forwarder<C> {
         let mut stream = stream;
         // A simulcast layer: sent only while it is the subscriber's current layer.
         let mut vp8 = None;
+        let mut layer = None;
         if let Some(l) = o.rewrite.layer {
             let decision = match (stream.as_deref_mut(), self.now) {
                 (Some(c), Some(now)) => {
@@ -1015,6 +1017,10 @@ impl<C: SrtpOps> Forwarder<C> {
                         self.stats.count(Feedback::LayerSwitch, 1);
                     }
                     vp8 = v;
+                    layer = stream
+                        .as_deref()
+                        .and_then(|c| c.layers())
+                        .map(|s| s.stats());
                 }
                 Decision::SkipRequestKeyframe => {
                     self.stats.count(Feedback::LayerSkipped, 1);
@@ -1134,6 +1140,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 payload: inp.payload_len,
                 src: (inp.pub_id, inp.ssrc),
                 ts_off: ots.wrapping_sub(inp.ts),
+                layer,
             };
             if sub.diag.on_rtp_out(&out, self.now, opts.max_streams) {
                 // A new output stream: its first sender report at the next turn.

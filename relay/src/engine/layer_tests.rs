@@ -343,4 +343,17 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
     let got = run(&mut rig, &mut t, 60, Some(5_000_000));
     assert_eq!(got.last(), Some(&1), "high layer after the hold: {got:?}");
     assert_eq!(switches(&rig), down + 1);
+    // What the session statistics publish: the estimate and the output's layer state.
+    let viewer = rig.fwd.index().sessions.iter().find(|s| s.id == 3).unwrap();
+    assert!(viewer.diag.downlink_bps() > 1_000_000);
+    let l = viewer
+        .diag
+        .tx
+        .iter()
+        .find(|s| s.ssrc == OUT)
+        .unwrap()
+        .layer
+        .unwrap();
+    assert_eq!((l.current, l.target, l.count), (Some(1), 1, 2));
+    assert_eq!(u64::from(l.switches), down + 1);
 }
