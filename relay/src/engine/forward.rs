@@ -15,11 +15,12 @@ use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stun::{IceResponder, StunVerdict};
+use super::twcc_rx::{UplinkTwcc, FEEDBACK_INTERVAL_US};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
-    CounterSnapshot, DropReason, Feedback, Rewrite, RouteRecord, SessionId, SessionRecord,
-    ShmReader, StreamDir, StreamRecord,
+    session_flags, CounterSnapshot, DropReason, Feedback, Rewrite, RouteRecord, SessionId,
+    SessionRecord, ShmReader, StreamDir, StreamRecord,
 };
 use contract::srtp::{ContextOptions, MacBatch, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
@@ -96,11 +97,17 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// When the layer budgets are next refreshed from the estimates on the timer path
     /// ([`Forwarder::poll`]).
     budgets_due: Option<Instant>,
+    /// When publishers are next sent transport-cc feedback (`None`: no publisher here
+    /// carries the extension yet).
+    uplink_due: Option<Instant>,
 }
 
 /// One output as seen across a rebuild: publisher, SSRC filter (`None`: any), subscriber,
 /// the route's keyframe bits.
 type Edge = (SessionId, Option<u32>, SessionId, u8);
+
+/// Most transport-cc messages one publisher is sent per feedback turn.
+const UPLINK_MESSAGES_PER_TURN: usize = 4;
 
 /// How often [`Forwarder::poll`] refreshes the layer budgets from the estimates (feedback
 /// refreshes its subscriber's at once).
@@ -484,6 +491,7 @@ impl<C: SrtpOps> Forwarder<C> {
             edges_after: Vec::new(),
             join_keyframes: Vec::new(),
             budgets_due: None,
+            uplink_due: None,
         }
     }
 
@@ -839,6 +847,7 @@ impl<C: SrtpOps> Forwarder<C> {
             return None;
         }
         let opts = self.index.opts;
+        let now_us = self.now_us();
         let publisher = &mut self.index.sessions[idx as usize];
         // The SSRC and sequence number are in the clear (RFC 3711 §3.1). A stream this process
         // has not seen yet may continue one a previous relay process handled: start its
@@ -880,6 +889,17 @@ impl<C: SrtpOps> Forwarder<C> {
             return None;
         };
         let (in_seq, in_pt) = (p.sequence(), p.payload_type());
+        // Its transport-wide number (RTX and padding probes included: the sender's estimator
+        // counts them) for the feedback the relay sends the publisher (twcc_rx.rs).
+        if let Some(id) = session_flags::twcc_id(publisher.flags) {
+            if let Some(tw) = p.extension_by_id(id).and_then(|v| twcc::read_seq(v).ok()) {
+                let u = (publisher.uplink).get_or_insert_with(|| Box::new(UplinkTwcc::new()));
+                u.on_packet(tw, in_ssrc, now_us);
+                if let (None, Some(now)) = (self.uplink_due, self.now) {
+                    self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
+                }
+            }
+        }
         // The SRTP stream as received (an RTX stream has its own index, RFC 3711 §3.3.1).
         let note = StreamNote {
             session: publisher.id,
@@ -1798,6 +1818,7 @@ impl<C: SrtpOps> Forwarder<C> {
         self.join_keyframes.clear();
         self.reports(now, tx);
         self.refresh_budgets(now);
+        self.uplink_feedback(now, tx);
         if !self.poll_needed {
             return;
         }
@@ -1822,6 +1843,42 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
             }
         }
+    }
+
+    /// Every [`FEEDBACK_INTERVAL_US`]: transport-cc feedback (RTPFB FMT 15) to each publisher
+    /// whose packets carry the transport-wide sequence extension, about what arrived since
+    /// the last message, as this worker's feedback SSRC through the same SRTCP path as its
+    /// receiver reports (twcc_rx.rs). Walks the sessions only when due; allocates nothing.
+    fn uplink_feedback(&mut self, now: Instant, tx: &mut TxQueue) {
+        if self.uplink_due.is_none_or(|d| now < d) {
+            return;
+        }
+        self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
+        let rtcp_ssrc = self.feedback_ssrc;
+        let mut buf = core::mem::take(&mut self.scratch);
+        for pi in 0..self.index.sessions.len() {
+            let Some(mut u) = self.index.sessions[pi].uplink.take() else {
+                continue;
+            };
+            // A burst longer than one message takes a few; the rest waits for the next turn.
+            for _ in 0..UPLINK_MESSAGES_PER_TURN {
+                let Some(n) = u.write(&mut buf, rtcp_ssrc) else {
+                    break;
+                };
+                let msg = &buf[..n];
+                let before = tx.len();
+                self.send_rtcp(pi as u32, rtcp_ssrc, tx, |slot| {
+                    let d = slot.get_mut(..n).ok_or(DropReason::Malformed)?;
+                    d.copy_from_slice(msg);
+                    Ok(n)
+                });
+                if tx.len() > before {
+                    self.stats.count(Feedback::TwccSent, 1);
+                }
+            }
+            self.index.sessions[pi].uplink = Some(u);
+        }
+        self.scratch = buf;
     }
 
     /// Every [`BUDGET_INTERVAL`]: the layer budget of each subscriber this worker estimates

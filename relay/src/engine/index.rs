@@ -13,6 +13,7 @@ use super::crypto::SrtpOps;
 use super::diag::SessionDiag;
 use super::nack::{PubStream, SentStream};
 use super::state::Track;
+use super::twcc_rx::UplinkTwcc;
 use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
 use contract::srtp::{ContextOptions, MasterKey};
 use std::collections::hash_map::RandomState;
@@ -293,6 +294,10 @@ pub struct Session<C> {
     pub layered: u16,
     pub layer_budget: Option<u64>,
     pub other_rate: RateMeter,
+    /// Transport-wide arrivals of this session's packets as a publisher, for the
+    /// transport-cc feedback the relay sends it (engine/twcc_rx.rs); created at its first
+    /// packet carrying the extension its flags name.
+    pub uplink: Option<Box<UplinkTwcc>>,
     /// The publisher's RTX streams its routes name ([`Rewrite::source_rtx`]), rebuilt with
     /// the routes: a packet on one of these SSRCs is unwrapped into its original stream.
     pub rtx_in: Vec<RtxIn>,
@@ -353,6 +358,7 @@ impl<C: SrtpOps> Session<C> {
             layered: 0,
             layer_budget: None,
             other_rate: RateMeter::default(),
+            uplink: None,
             rtx_in: Vec::new(),
             cname: [0; MAX_CNAME],
             cname_len: 0,
