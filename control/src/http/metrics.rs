@@ -529,8 +529,8 @@ fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], n
         "Loss recovery and feedback handled by the relay (NACKs received, packets resent from \
          the cache or as RTX, NACKs sent to publishers, cache misses, PLIs aggregated, \
          hand-overs between workers and their drops) and simulcast layer selection (packets \
-         of a layer not sent, layer switches, key frames asked for a switch), by event. Per \
-         worker.",
+         of a layer not sent, layer switches, key frames asked for a switch), transport-cc \
+         feedback written to publishers, by event. Per worker.",
     );
     for (w, _, s) in workers {
         for f in Feedback::ALL {
