@@ -268,8 +268,8 @@ fn run_polling_routes(
 /// A Chromium publisher and viewer negotiate RTX (RFC 4588) with the relay: the publisher's
 /// video route carries its RTX stream (`source_rtx`, the FID partner of its SSRC) and the
 /// viewer's RTX stream (`rtx`, the relay's RTX SSRC and the viewer's `apt`-bound payload
-/// type); no route numbers transport-wide sequence numbers (the publisher is not answered the
-/// extension); audio has no RTX; and the viewer decodes.
+/// type); every route numbers transport-wide sequence numbers under the viewer's id (both
+/// sides negotiated the extension); audio has no RTX; and the viewer decodes.
 #[test]
 fn chromium_negotiates_rtx_and_transport_cc() {
     if let Some(why) = unavailable() {
@@ -348,13 +348,15 @@ fn chromium_negotiates_rtx_and_transport_cc() {
         !mapped.contains(&rtx_pt),
         "the viewer's RTX type is not a media type{context}"
     );
-    // A WebRTC publisher is not answered the transport-wide extension (it would throttle
-    // itself without transport-cc feedback, which the relay does not send it), so no route
-    // numbers transport-wide sequence numbers.
+    // Both sides negotiated the transport-wide extension (the relay sends the publisher
+    // transport-cc feedback, tests/chromium_twcc.rs): every route numbers the viewer's
+    // packets under the viewer's id.
     for r in &routes {
         assert!(
-            r["rewrite"]["twcc_id"].is_null(),
-            "no transport-wide numbering from a WebRTC publisher: {r}{context}"
+            r["rewrite"]["twcc_id"]
+                .as_u64()
+                .is_some_and(|id| (1..=14).contains(&id)),
+            "transport-wide numbering towards the viewer: {r}{context}"
         );
     }
     let audio = routes

@@ -721,6 +721,7 @@ fn streams_text(v: &Value, with_session: bool) -> String {
                 field(r, "clock_rate"),
                 age(s.get("last_age_ms")),
             ]);
+            row.extend(layer_cells(s));
             row
         })
         .collect();
@@ -739,8 +740,30 @@ fn streams_text(v: &Value, with_session: bool) -> String {
         "JITTER_MS",
         "CLOCK",
         "LAST",
+        "EST_KBPS",
+        "LAYER",
+        "SWITCHES",
     ]);
     table::render(&headers, &rows)
+}
+
+/// A sent stream's downlink estimate (kbit/s), simulcast layer (`current/target` of
+/// `count`, `-` before the first) and layer switches; `-` where they do not apply.
+fn layer_cells(s: &Value) -> [String; 3] {
+    let est = s
+        .get("downlink_bps")
+        .and_then(Value::as_u64)
+        .map_or("-".to_string(), |b| (b / 1000).to_string());
+    let Some(l) = s.get("layer").filter(|l| l.is_object()) else {
+        return [est, "-".to_string(), "-".to_string()];
+    };
+    let layer = format!(
+        "{}/{} of {}",
+        field(l, "current"),
+        field(l, "target"),
+        field(l, "count")
+    );
+    [est, layer, field(l, "switches")]
 }
 
 fn rewrite_text(rw: Option<&Value>) -> String {

@@ -125,6 +125,7 @@ fn template() -> &'static [u8] {
                     clock_rate: 48_000,
                     ..ReceptionStats::default()
                 }),
+                layer: None,
             }),
         ));
         drop(r);

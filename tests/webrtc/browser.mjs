@@ -122,6 +122,7 @@ window.videoStats = async (pc) => {
         const r = byId.get(p.remoteCandidateId) || {};
         out.pair = {
           state: p.state, currentRoundTripTime: p.currentRoundTripTime,
+          availableOutgoingBitrate: p.availableOutgoingBitrate,
           localProtocol: l.protocol, localType: l.candidateType, localTcpType: l.tcpType,
           localAddress: (l.address || l.ip) + ':' + l.port,
           remoteProtocol: r.protocol, remoteType: r.candidateType, remoteTcpType: r.tcpType,

@@ -237,12 +237,16 @@ pub enum Feedback {
     /// Key-frame requests (PLI) the relay sent a publisher so that a subscriber can switch
     /// to one of its layers (ABI 7).
     LayerKeyframeRequest = 22,
+    /// Transport-cc feedback messages (RTPFB FMT 15) the relay wrote to publishers whose
+    /// packets carry the transport-wide sequence extension (ABI 7; docs/ENGINE.md "Bandwidth
+    /// estimation").
+    TwccSent = 23,
 }
 
 impl Feedback {
     pub const COUNT: usize = 32;
-    /// Every counter in index order (indices 23..32 are reserved and stay 0).
-    pub const ALL: [Feedback; 23] = [
+    /// Every counter in index order (indices 24..32 are reserved and stay 0).
+    pub const ALL: [Feedback; 24] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -266,6 +270,7 @@ impl Feedback {
         Feedback::LayerSkipped,
         Feedback::LayerSwitch,
         Feedback::LayerKeyframeRequest,
+        Feedback::TwccSent,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -293,6 +298,7 @@ impl Feedback {
             Feedback::LayerSkipped => "layer_skipped",
             Feedback::LayerSwitch => "layer_switch",
             Feedback::LayerKeyframeRequest => "layer_keyframe_request",
+            Feedback::TwccSent => "twcc_sent",
         }
     }
 }

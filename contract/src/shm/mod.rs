@@ -37,7 +37,8 @@ pub use layout::{
 };
 pub use reader::{RelayInfo, ScanReport, ShmReader, BACKEND_NAME_LEN};
 pub use stats::{
-    Diagnostics, ReceptionStats, SessionDiagnostics, SessionStats, StatRecord, StreamStats,
+    Diagnostics, LayerStats, ReceptionStats, SessionDiagnostics, SessionStats, StatRecord,
+    StreamStats,
 };
 pub use streams::{StreamDir, StreamRecord};
 pub use writer::{AdoptReport, ShmWriter};
@@ -141,6 +142,30 @@ pub mod session_flags {
     pub const DRAINING: u32 = 1 << 0;
     /// The peer address is not confirmed yet (ICE pending); media from it is not forwarded.
     pub const PENDING: u32 = 1 << 1;
+    /// Bits 8–11: the id (1–14, RFC 8285 one-byte form) of the transport-wide sequence
+    /// extension the peer's RTP carries, 0 = none. The relay then sends the peer
+    /// transport-cc feedback about its packets (docs/ENGINE.md "Bandwidth estimation").
+    pub const TWCC_ID_SHIFT: u32 = 8;
+    pub const TWCC_ID_MASK: u32 = 0xF << TWCC_ID_SHIFT;
+
+    /// The transport-wide sequence extension id in `flags` (`None`: 0, or 15, which the
+    /// one-byte form reserves).
+    pub const fn twcc_id(flags: u32) -> Option<u8> {
+        match ((flags & TWCC_ID_MASK) >> TWCC_ID_SHIFT) as u8 {
+            0 | 15 => None,
+            id => Some(id),
+        }
+    }
+
+    /// `flags` with the transport-wide sequence extension id set to `id` (`None` or an id
+    /// outside 1–14: cleared).
+    pub const fn with_twcc_id(flags: u32, id: Option<u8>) -> u32 {
+        let bits = match id {
+            Some(i) if i >= 1 && i <= 14 => (i as u32) << TWCC_ID_SHIFT,
+            _ => 0,
+        };
+        (flags & !TWCC_ID_MASK) | bits
+    }
 }
 
 /// One session as control writes it and workers read it.

@@ -41,6 +41,11 @@ pub struct SessionStats {
     pub published_unix_ms: u64,
     /// The relay process that wrote it.
     pub writer_pid: u32,
+    /// The downlink bandwidth estimate (bit/s) of the worker that sends to the session as a
+    /// subscriber and numbers its packets with the transport-wide sequence extension
+    /// (docs/ENGINE.md "Bandwidth estimation"); 0 = none. Word 10, appended within ABI 7: an
+    /// older relay leaves it 0.
+    pub downlink_bps: u64,
 }
 
 impl SessionStats {
@@ -55,7 +60,22 @@ impl SessionStats {
         self.last_in_unix_ms = self.last_in_unix_ms.max(o.last_in_unix_ms);
         self.last_out_unix_ms = self.last_out_unix_ms.max(o.last_out_unix_ms);
         self.published_unix_ms = self.published_unix_ms.max(o.published_unix_ms);
+        // Only the worker whose numbering the subscriber's feedback reaches estimates.
+        self.downlink_bps = self.downlink_bps.max(o.downlink_bps);
     }
+}
+
+/// The simulcast layer state of one output stream (docs/ENGINE.md "Simulcast").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LayerStats {
+    /// The layer being forwarded (0 = lowest); `None` before the first.
+    pub current: Option<u8>,
+    /// The layer the selector is heading for.
+    pub target: u8,
+    /// Layers of the source.
+    pub count: u8,
+    /// Layer switches made on this output.
+    pub switches: u32,
 }
 
 /// RFC 3550 Appendix A reception statistics of one received stream.
@@ -98,6 +118,9 @@ pub struct StreamStats {
     pub writer_pid: u32,
     /// Received streams only.
     pub reception: Option<ReceptionStats>,
+    /// Output streams fed by a simulcast source only. Word 11, appended within ABI 7: an
+    /// older relay leaves it 0 (none).
+    pub layer: Option<LayerStats>,
 }
 
 fn dir_name<S: serde::Serializer>(d: &StreamDir, s: S) -> Result<S::Ok, S::Error> {
@@ -136,7 +159,10 @@ impl StatRecord {
 /// 4 packets out · 5 bytes out · 6 auth failures · 7 replays · 8 last in ms · 9 last out ms.
 /// Stream: 2 packets · 3 bytes · 4 last ms · 5 flags (bit 0: reception present) ·
 /// 6 extended highest | jitter (RTP units) << 32 · 7 expected | received << 32 ·
-/// 8 cumulative lost (i64) · 9 fraction lost | clock rate << 32 · 10 jitter µs.
+/// 8 cumulative lost (i64) · 9 fraction lost | clock rate << 32 · 10 jitter µs ·
+/// 11 layer: 0 none, else 1 | (current + 1, 0 none) << 8 | target << 16 | count << 24 |
+/// switches << 32. Session word 10: downlink estimate bit/s (0 none). Words 10–12 were zero
+/// before; a reader of an older relay's records sees no estimate and no layer.
 pub(crate) fn encode_stat(r: &StatRecord) -> [u64; STAT_WORDS] {
     let mut w = [0u64; STAT_WORDS];
     match r {
@@ -151,6 +177,7 @@ pub(crate) fn encode_stat(r: &StatRecord) -> [u64; STAT_WORDS] {
             w[7] = s.replays;
             w[8] = s.last_in_unix_ms;
             w[9] = s.last_out_unix_ms;
+            w[10] = s.downlink_bps;
             w[13] = s.published_unix_ms;
             w[14] = u64::from(s.writer_pid);
         }
@@ -168,6 +195,13 @@ pub(crate) fn encode_stat(r: &StatRecord) -> [u64; STAT_WORDS] {
                 w[8] = rc.cumulative_lost as u64;
                 w[9] = u64::from(rc.fraction_lost) | (u64::from(rc.clock_rate) << 32);
                 w[10] = u64::from(rc.jitter_us);
+            }
+            if let Some(l) = &s.layer {
+                w[11] = 1
+                    | (l.current.map_or(0, |c| u64::from(c) + 1) << 8)
+                    | (u64::from(l.target) << 16)
+                    | (u64::from(l.count) << 24)
+                    | (u64::from(l.switches) << 32);
             }
             w[13] = s.published_unix_ms;
             w[14] = u64::from(s.writer_pid);
@@ -191,6 +225,7 @@ pub(crate) fn decode_stat(w: &[u64; STAT_WORDS]) -> Result<StatRecord, SlotError
             last_out_unix_ms: w[9],
             published_unix_ms: w[13],
             writer_pid,
+            downlink_bps: w[10],
         })),
         KIND_STREAM => {
             let dir = match (w[1] >> 8) as u8 {
@@ -212,6 +247,16 @@ pub(crate) fn decode_stat(w: &[u64; STAT_WORDS]) -> Result<StatRecord, SlotError
                 }),
                 f => return Err(SlotError::BadFlag(f as u8)),
             };
+            let layer = match w[11] & 0xFF {
+                0 => None,
+                1 => Some(LayerStats {
+                    current: ((w[11] >> 8) as u8).checked_sub(1),
+                    target: (w[11] >> 16) as u8,
+                    count: (w[11] >> 24) as u8,
+                    switches: (w[11] >> 32) as u32,
+                }),
+                f => return Err(SlotError::BadFlag(f as u8)),
+            };
             Ok(StatRecord::Stream(StreamStats {
                 session: w[0],
                 ssrc: (w[1] >> 32) as u32,
@@ -222,6 +267,7 @@ pub(crate) fn decode_stat(w: &[u64; STAT_WORDS]) -> Result<StatRecord, SlotError
                 published_unix_ms: w[13],
                 writer_pid,
                 reception,
+                layer,
             }))
         }
         k => Err(SlotError::BadStatKind(k)),
@@ -279,6 +325,9 @@ impl Diagnostics {
                             if s.reception.is_some() {
                                 e.reception = s.reception;
                             }
+                            if s.layer.is_some() {
+                                e.layer = s.layer;
+                            }
                         }
                         e.published_unix_ms = e.published_unix_ms.max(s.published_unix_ms);
                     }
@@ -309,6 +358,7 @@ mod tests {
             last_out_unix_ms: 2_000,
             published_unix_ms: 3_000,
             writer_pid: 77,
+            downlink_bps: 1_234_567,
         })
     }
 
@@ -332,6 +382,7 @@ mod tests {
                 clock_rate: 48_000,
                 jitter_us: 10_000,
             }),
+            layer: None,
         })
     }
 
@@ -343,12 +394,28 @@ mod tests {
         let out = StatRecord::Stream(StreamStats {
             dir: StreamDir::Out,
             reception: None,
+            layer: Some(LayerStats {
+                current: Some(2),
+                target: 0,
+                count: 3,
+                switches: 70_000,
+            }),
             ..match stream(5, 4, 0) {
                 StatRecord::Stream(s) => s,
                 StatRecord::Session(_) => unreachable!("built as a stream"),
             }
         });
         assert_eq!(decode_stat(&encode_stat(&out)).unwrap(), out);
+        let mut first = match out {
+            StatRecord::Stream(s) => s,
+            StatRecord::Session(_) => unreachable!("built as a stream"),
+        };
+        first.layer = Some(LayerStats {
+            current: None,
+            ..first.layer.unwrap_or_default()
+        });
+        let first = StatRecord::Stream(first);
+        assert_eq!(decode_stat(&encode_stat(&first)).unwrap(), first);
         let mut bad = encode_stat(&out);
         bad[1] = 9;
         assert_eq!(decode_stat(&bad), Err(SlotError::BadStatKind(9)));

@@ -310,7 +310,9 @@ fn admit(
 }
 
 /// The session a join writes: unbound, PENDING, throw-away keys, the ICE credentials the relay
-/// answers checks with; a WHEP session never publishes.
+/// answers checks with; a WHEP session never publishes. A publisher whose answer kept the
+/// transport-wide sequence extension carries its id in the flags: the relay sends it
+/// transport-cc feedback (docs/ENGINE.md "Bandwidth estimation").
 fn pending_session(
     id: u64,
     m: &Member,
@@ -318,6 +320,10 @@ fn pending_session(
     ice: StoredIce,
 ) -> Result<StoredSession, CoreError> {
     let role = if m.publishes { m.role } else { Role::Viewer };
+    // One id for the bundle (RFC 8285 §6: the offerer uses one mapping per transport).
+    let twcc = (m.media.iter())
+        .filter(|x| m.publishes && x.accepted)
+        .find_map(|x| x.twcc_id());
     Ok(StoredSession {
         id,
         peer: UNBOUND_PEER,
@@ -326,7 +332,7 @@ fn pending_session(
         rx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
         tx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
         key_epoch: 0,
-        flags: session_flags::PENDING,
+        flags: session_flags::with_twcc_id(session_flags::PENDING, twcc),
         max_pps: 0,
         created_unix_ms: now_ms,
         ice: Some(ice),
@@ -617,10 +623,10 @@ a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extension
         assert_eq!(*ssrc, Some(1111));
         assert_eq!(rw.ssrc, Some(0x5000));
         assert_eq!(rw.pt_map, [[96, 120]]);
-        // The publisher was not answered the transport-wide extension (sdp::for_publisher),
-        // so nothing is mapped to the viewer's id and the relay numbers nothing.
-        assert!(!rw.ext_map.iter().any(|m| m[1] == 9));
-        assert_eq!(rw.twcc_id, None);
+        // The publisher's transport-wide element (id 3) maps to the viewer's id, which the
+        // relay renumbers per viewer.
+        assert!(rw.ext_map.contains(&[3, 9]));
+        assert_eq!(rw.twcc_id, Some(9));
         assert_eq!(
             rw.rtx,
             Some(RtxSpec {
@@ -637,7 +643,19 @@ a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extension
         );
         // In shm: the route word the relay reads.
         let shm = rw.to_rewrite();
-        assert_eq!(shm.twcc_id, 0);
+        assert_eq!(shm.twcc_id, 9);
+        // The publisher's session names its id, so the relay sends it transport-cc feedback;
+        // a viewer's names none.
+        let ice = || StoredIce {
+            ufrag: "u".into(),
+            pwd: "p".into(),
+            remote_ufrag: "r".into(),
+        };
+        let ps = pending_session(1, &p, 0, ice()).unwrap();
+        assert_eq!(session_flags::twcc_id(ps.flags), Some(3));
+        assert_ne!(ps.flags & session_flags::PENDING, 0);
+        let vs = pending_session(2, &v, 0, ice()).unwrap();
+        assert_eq!(session_flags::twcc_id(vs.flags), None);
         assert_eq!(
             shm.rtx.map(|x| (x.payload_type, x.ssrc)),
             Some((124, 0x5001))

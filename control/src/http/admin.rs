@@ -298,7 +298,7 @@ impl Control {
             j["streams"] = Value::Array(
                 d.map_or(&[][..], |x| &x.streams[..])
                     .iter()
-                    .map(|st| stream_json(st, now))
+                    .map(|st| stream_json(st, d.map_or(0, |x| x.totals.downlink_bps), now))
                     .collect(),
             );
             j["stale_records"] = json!(diag.stale);
@@ -319,7 +319,10 @@ impl Control {
         let v: Vec<Value> = diag
             .sessions
             .values()
-            .flat_map(|d| d.streams.iter().map(|st| stream_json(st, now)))
+            .flat_map(|d| {
+                let est = d.totals.downlink_bps;
+                d.streams.iter().map(move |st| stream_json(st, est, now))
+            })
             .collect();
         Response::json(200, &Value::Array(v))
     }
@@ -607,11 +610,14 @@ fn stats_json(s: &StoredSession, t: Option<&SessionStats>, now: u64) -> Value {
         "last_out_unix_ms": last_out,
         "last_out_age_ms": out_age,
         "published_unix_ms": when(c.published_unix_ms, now).0,
+        "downlink_bps": (c.downlink_bps != 0).then_some(c.downlink_bps),
     })
 }
 
-/// One stream; received streams carry their RFC 3550 reception statistics.
-fn stream_json(st: &StreamStats, now: u64) -> Value {
+/// One stream; received streams carry their RFC 3550 reception statistics, sent streams the
+/// downlink estimate towards their session (`downlink_bps`, 0: none) and, when a simulcast
+/// source feeds them, their layer state.
+fn stream_json(st: &StreamStats, downlink_bps: u64, now: u64) -> Value {
     let (last, age) = when(st.last_unix_ms, now);
     let dir = match st.dir {
         StreamDir::In => "in",
@@ -645,6 +651,13 @@ fn stream_json(st: &StreamStats, now: u64) -> Value {
         "last_unix_ms": last,
         "last_age_ms": age,
         "reception": reception,
+        "downlink_bps": (st.dir != StreamDir::In && downlink_bps != 0).then_some(downlink_bps),
+        "layer": st.layer.map(|l| json!({
+            "current": l.current,
+            "target": l.target,
+            "count": l.count,
+            "switches": l.switches,
+        })),
     })
 }
 

@@ -10,8 +10,8 @@ use super::health::RelayHealth;
 use crate::ice::IceCounters;
 use crate::slowpath::SlowPathSnapshot;
 use contract::shm::{
-    CounterSnapshot, DropReason, Feedback, IoTotals, ShmReader, TcpTotals, BATCH_BUCKETS,
-    TIME_BUCKETS,
+    CounterSnapshot, Diagnostics, DropReason, Feedback, IoTotals, ShmReader, TcpTotals,
+    BATCH_BUCKETS, TIME_BUCKETS,
 };
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -450,8 +450,53 @@ fn relay_families(o: &mut Out, r: &ShmReader, g: &ControlGauges) {
     per_worker_families(o, &workers, g.now_unix_ms);
     let t = r.totals();
     relay_total_families(o, &t);
+    session_families(o, &r.diagnostics().0);
     debug_assert_eq!(BATCH_BUCKETS, t.batch_hist.len());
     debug_assert_eq!(TIME_BUCKETS, t.time_hist.len());
+}
+
+/// Most sessions `/metrics` gives series of their own: the lowest session ids with an
+/// estimate (a session's series stay put while it lives); the others are counted in
+/// `sluice_sessions_estimated` only, so a scrape never grows with the audience.
+pub const MAX_SESSION_SERIES: usize = 256;
+
+/// Per-session families from the session statistics: the downlink estimate of each
+/// subscriber the relay estimates for, and the layer switches made on its simulcast outputs,
+/// for at most [`MAX_SESSION_SERIES`] sessions.
+fn session_families(o: &mut Out, d: &Diagnostics) {
+    let estimated = d.sessions.values().filter(|s| s.totals.downlink_bps != 0);
+    let total = estimated.clone().count();
+    o.family(
+        "sluice_sessions_estimated",
+        "gauge",
+        "Subscribers with a downlink bandwidth estimate (all of them, series or not).",
+    );
+    o.sample("sluice_sessions_estimated", "", total);
+    o.family(
+        "sluice_session_downlink_estimate_bps",
+        "gauge",
+        "The relay's downlink bandwidth estimate towards a subscriber, bit/s (lowest session ids first, at most 256 sessions).",
+    );
+    for s in estimated.clone().take(MAX_SESSION_SERIES) {
+        let labels = format!("session=\"{}\"", s.totals.session);
+        o.sample(
+            "sluice_session_downlink_estimate_bps",
+            &labels,
+            s.totals.downlink_bps,
+        );
+    }
+    o.family(
+        "sluice_session_layer_switches_total",
+        "counter",
+        "Simulcast layer switches made on a subscriber's outputs (the sessions of sluice_session_downlink_estimate_bps).",
+    );
+    for s in estimated.take(MAX_SESSION_SERIES) {
+        let switches: u64 = (s.streams.iter())
+            .filter_map(|st| st.layer.map(|l| u64::from(l.switches)))
+            .sum();
+        let labels = format!("session=\"{}\"", s.totals.session);
+        o.sample("sluice_session_layer_switches_total", &labels, switches);
+    }
 }
 
 fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], now_unix_ms: u64) {
@@ -484,8 +529,8 @@ fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], n
         "Loss recovery and feedback handled by the relay (NACKs received, packets resent from \
          the cache or as RTX, NACKs sent to publishers, cache misses, PLIs aggregated, \
          hand-overs between workers and their drops) and simulcast layer selection (packets \
-         of a layer not sent, layer switches, key frames asked for a switch), by event. Per \
-         worker.",
+         of a layer not sent, layer switches, key frames asked for a switch), transport-cc \
+         feedback written to publishers, by event. Per worker.",
     );
     for (w, _, s) in workers {
         for f in Feedback::ALL {
@@ -741,6 +786,65 @@ pub fn render_webrtc(core: &crate::core::Core) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::shm::{LayerStats, SessionDiagnostics, SessionStats, StreamDir, StreamStats};
+
+    #[test]
+    fn estimates_are_one_series_per_session_and_bounded() {
+        let mut d = Diagnostics::default();
+        for id in 1..=(2 * MAX_SESSION_SERIES as u64 + 10) {
+            let mut s = SessionDiagnostics {
+                totals: SessionStats {
+                    session: id,
+                    // Odd sessions are viewers the relay estimates for.
+                    downlink_bps: if id % 2 == 1 { 300_000 + id } else { 0 },
+                    ..SessionStats::default()
+                },
+                ..SessionDiagnostics::default()
+            };
+            s.streams.push(StreamStats {
+                session: id,
+                ssrc: 7,
+                dir: StreamDir::Out,
+                packets: 1,
+                bytes: 1,
+                last_unix_ms: 0,
+                published_unix_ms: 0,
+                writer_pid: 1,
+                reception: None,
+                layer: Some(LayerStats {
+                    current: Some(0),
+                    target: 0,
+                    count: 3,
+                    switches: 4,
+                }),
+            });
+            d.sessions.insert(id, s);
+        }
+        let mut o = Out(String::new());
+        session_families(&mut o, &d);
+        let total = MAX_SESSION_SERIES + 5;
+        for line in [
+            format!("sluice_sessions_estimated {total}"),
+            "sluice_session_downlink_estimate_bps{session=\"1\"} 300001".to_string(),
+            "sluice_session_layer_switches_total{session=\"3\"} 4".to_string(),
+            "# TYPE sluice_session_downlink_estimate_bps gauge".to_string(),
+        ] {
+            assert!(o.0.lines().any(|l| l == line), "{line} missing in\n{}", o.0);
+        }
+        let series = |name: &str| o.0.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!(
+            series("sluice_session_downlink_estimate_bps{"),
+            MAX_SESSION_SERIES
+        );
+        assert_eq!(
+            series("sluice_session_layer_switches_total{"),
+            MAX_SESSION_SERIES
+        );
+        assert!(
+            !o.0.contains("session=\"2\""),
+            "no series without an estimate"
+        );
+    }
 
     #[test]
     fn tcp_section_rendered_by_reason() {

@@ -691,10 +691,8 @@ pub struct Answer {
 
 /// Header extensions the relay passes through (with their ids remapped). The transport-wide
 /// sequence number is renumbered per viewer by the relay (route `twcc_id`), which reads the
-/// viewer's transport-cc feedback, where a (static) publisher's packets carry the element. A
-/// WebRTC publisher is never answered the extension ([`for_publisher`]): the relay sends it no
-/// transport-cc feedback, and a sender that numbers its packets and hears nothing back
-/// throttles itself.
+/// viewer's transport-cc feedback; a publisher that sends it gets transport-cc feedback from
+/// the relay (its session flags carry the id, docs/ENGINE.md "Bandwidth estimation").
 pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     TWCC_EXTENSION,
@@ -708,20 +706,12 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 ];
 
-/// Whether a WHIP answer keeps extension `e`: not the transport-wide sequence number. A
-/// libwebrtc sender that negotiated it runs send-side congestion control on transport-cc
-/// feedback alone; with none coming back (the relay sends publishers none) its congestion
-/// window fills and pushes the encoder down to its minimum (seen: a Chromium publisher at
-/// 59 kbit/s, 10 fps, where it sent 400 kbit/s, 20 fps without the extension). Without it the
-/// publisher estimates from the relay's receiver reports.
-fn for_publisher(e: &Extmap) -> bool {
-    e.uri != TWCC_EXTENSION
-}
-
 /// RTCP feedback the relay honours: NACK (answered from its cache, RFC 4585 §6.2.1), PLI and
 /// FIR (aggregated and translated to what the publisher takes, RFC 4585 §6.3.1, RFC 5104
-/// §4.3.1), transport-cc from viewers (its downlink estimate). The relay sends no transport-cc
-/// feedback to publishers, so a WHIP answer never carries `transport-cc`.
+/// §4.3.1), transport-cc from viewers (its downlink estimate) and to publishers (feedback the
+/// relay writes about their packets; a libwebrtc sender that negotiated the transport-wide
+/// extension runs its congestion control on it alone: without it Chromium held a WHIP
+/// publisher at 59 kbit/s).
 const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", TRANSPORT_CC];
 
 /// `a=rtcp-fb:<pt> transport-cc` (draft-holmer-rmcat-transport-wide-cc-extensions-01 §4).
@@ -777,13 +767,14 @@ fn answer_codec(c: &Codec, room: &[&NegotiatedMedia], twcc: bool) -> Option<Code
 }
 
 /// A codec offered by a WHIP publisher, as answered: the feedback the relay honours towards a
-/// publisher (it sends NACK, PLI and FIR; not transport-cc).
-fn answer_publisher_codec(c: &Codec) -> Codec {
+/// publisher (it sends NACK, PLI and FIR; transport-cc when the section answers the
+/// transport-wide extension, `twcc`).
+fn answer_publisher_codec(c: &Codec, twcc: bool) -> Codec {
     Codec {
         rtcp_fb: c
             .rtcp_fb
             .iter()
-            .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()) && *f != TRANSPORT_CC)
+            .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()) && (twcc || *f != TRANSPORT_CC))
             .cloned()
             .collect(),
         ..c.clone()
@@ -916,7 +907,7 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             .iter()
             .filter(|e| SUPPORTED_EXTENSIONS.contains(&e.uri.as_str()))
             .filter(|e| match endpoint {
-                Endpoint::Whip => for_publisher(e),
+                Endpoint::Whip => true,
                 Endpoint::Whep => extension_for_viewer(e, &room),
             })
             .cloned()
@@ -927,7 +918,7 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
                 .iter()
                 .filter(|c| codec_supported(&m.kind, c))
                 .filter_map(|c| match endpoint {
-                    Endpoint::Whip => Some(answer_publisher_codec(c)),
+                    Endpoint::Whip => Some(answer_publisher_codec(c, twcc)),
                     Endpoint::Whep => answer_codec(c, &room, twcc),
                 })
                 .collect()
@@ -1381,7 +1372,11 @@ a=ssrc:2222 cname:abc\r\n"
             audio.codecs.iter().map(|c| c.pt).collect::<Vec<_>>(),
             vec![111]
         );
-        assert!(audio.codecs[0].rtcp_fb.is_empty(), "transport-cc dropped");
+        assert_eq!(
+            audio.codecs[0].rtcp_fb,
+            ["transport-cc"],
+            "the relay sends publishers transport-cc feedback"
+        );
         let video = &a.media[1];
         // Offerer's PTs and order kept; red/ulpfec and H264 mode 0 left out, RTX kept beside
         // its codec.
@@ -1393,11 +1388,14 @@ a=ssrc:2222 cname:abc\r\n"
             video.rtx,
             [RtxCodec { pt: 97, apt: 96 }, RtxCodec { pt: 46, apt: 45 }]
         );
-        // No transport-cc towards a publisher and no transport-wide extension (the relay
-        // sends it no such feedback, see `for_publisher`).
-        assert_eq!(video.codecs[0].rtcp_fb, vec!["ccm fir", "nack", "nack pli"]);
-        assert_eq!(video.twcc_id(), None);
-        assert_eq!(video.extmaps.len(), 6);
+        // transport-cc and the transport-wide extension: the relay sends the publisher
+        // feedback about its packets (its session flags carry the id).
+        assert_eq!(
+            video.codecs[0].rtcp_fb,
+            vec!["transport-cc", "ccm fir", "nack", "nack pli"]
+        );
+        assert_eq!(video.twcc_id(), Some(3));
+        assert_eq!(video.extmaps.len(), 7);
         assert_eq!(video.remote_ssrcs, vec![1111, 2222]);
         assert_eq!(video.send_ssrc, None);
 
@@ -1424,10 +1422,16 @@ a=ssrc:2222 cname:abc\r\n"
         ] {
             assert!(sdp.contains(needle), "missing {needle:?} in\n{sdp}");
         }
-        assert!(
-            !sdp.contains("transport-wide-cc"),
-            "no transport-wide extension to a publisher"
-        );
+        for needle in [
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
+            "a=rtcp-fb:96 transport-cc\r\n",
+            "a=rtcp-fb:111 transport-cc\r\n",
+        ] {
+            assert!(
+                sdp.contains(needle),
+                "the transport-wide extension and transport-cc to a publisher: {needle:?} in\n{sdp}"
+            );
+        }
         assert!(
             tcp_candidate_priority(0) < candidate_priority(1, &"[::1]:1".parse().unwrap()),
             "TCP ranks below UDP"
@@ -1543,8 +1547,8 @@ a=ssrc:2222 cname:abc\r\n"
         assert_eq!(names, ["VP8"], "only the codec the room carries");
         assert_eq!(
             v.codecs[0].rtcp_fb,
-            ["nack", "nack pli"],
-            "no FIR for a PLI-only publisher; no transport-cc: a WebRTC publisher is not answered the extension"
+            ["transport-cc", "nack", "nack pli"],
+            "no FIR for a PLI-only publisher; transport-cc: the publisher sends the extension"
         );
         assert!(!a.sdp.contains("ccm fir"));
         let uris: Vec<&str> = v.extmaps.iter().map(|e| e.uri.as_str()).collect();

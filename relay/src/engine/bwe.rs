@@ -474,6 +474,59 @@ impl Bwe {
     }
 }
 
+/// Window over which [`RateMeter`] measures.
+const METER_WINDOW_US: u64 = 500_000;
+
+/// The rate of what the relay sends a subscriber outside its simulcast outputs (audio,
+/// single-layer video), measured over [`METER_WINDOW_US`] windows: the part of the estimate
+/// the layer selectors cannot use. Fixed size; one add per packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateMeter {
+    start_us: Option<u64>,
+    bytes: u64,
+    bps: u64,
+}
+
+impl RateMeter {
+    /// `bytes` sent at `now_us`.
+    #[inline]
+    pub fn add(&mut self, now_us: u64, bytes: usize) {
+        self.roll(now_us);
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+    }
+
+    /// The rate over the last complete window at `now_us` (bit/s); a window with nothing in
+    /// it measures 0.
+    pub fn bps(&mut self, now_us: u64) -> u64 {
+        self.roll(now_us);
+        self.bps
+    }
+
+    fn roll(&mut self, now_us: u64) {
+        let start = *self.start_us.get_or_insert(now_us);
+        let span = now_us.saturating_sub(start);
+        if span >= METER_WINDOW_US {
+            // A window longer than two (nothing was sent for a while) measures what it held
+            // over its whole length.
+            self.bps = self.bytes.saturating_mul(8_000_000) / span;
+            self.bytes = 0;
+            self.start_us = Some(now_us);
+        }
+    }
+}
+
+/// The share of downlink estimate `estimate` (bit/s) each of a subscriber's `layered`
+/// simulcast outputs may use (docs/ENGINE.md "Bandwidth estimation"): the subscriber's other
+/// outputs (audio, single-layer video) keep what they were measured to send, `other_bps`,
+/// because the relay cannot scale them; the rest is split evenly between the layered outputs.
+/// `None` without layered outputs.
+pub fn layer_budget(estimate: u64, other_bps: u64, layered: usize) -> Option<u64> {
+    match layered {
+        0 => None,
+        n => Some(estimate.saturating_sub(other_bps) / n as u64),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,5 +777,21 @@ mod tests {
         bwe.on_feedback(100_000, &f);
         assert_eq!(bwe.stats().unknown, 20, "10 never sent, twice");
         assert_eq!(bwe.stats().feedbacks, 2);
+    }
+
+    #[test]
+    fn the_layered_outputs_share_what_the_others_leave() {
+        assert_eq!(layer_budget(1_000_000, 100_000, 0), None);
+        assert_eq!(layer_budget(1_000_000, 100_000, 1), Some(900_000));
+        assert_eq!(layer_budget(1_000_000, 100_000, 2), Some(450_000));
+        assert_eq!(layer_budget(50_000, 100_000, 1), Some(0));
+        // 40 kbit/s of audio: 50 packets of 100 bytes a second.
+        let mut m = RateMeter::default();
+        for k in 0..100u64 {
+            m.add(k * 20_000, 100);
+        }
+        assert_eq!(m.bps(2_000_000), 40_000);
+        // Silence: the next complete window measures nothing.
+        assert_eq!(m.bps(4_000_000), 0);
     }
 }

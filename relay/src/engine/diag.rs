@@ -16,8 +16,8 @@
 
 use super::reception::Reception;
 use contract::shm::{
-    DropReason, ReceptionStats, SessionId, SessionStats, ShmReader, StatRecord, StreamDir,
-    StreamStats,
+    DropReason, LayerStats, ReceptionStats, SessionId, SessionStats, ShmReader, StatRecord,
+    StreamDir, StreamStats,
 };
 use contract::wire::rtcp::ReportBlock;
 use contract::wire::rtcp_write;
@@ -236,6 +236,8 @@ pub struct TxStream {
     /// map the publisher's NTP↔RTP relation through.
     pub src: (SessionId, u32),
     pub ts_off: u32,
+    /// The simulcast layer state after the last packet sent, for an output fed by layers.
+    pub layer: Option<LayerStats>,
     /// When the relay's next sender report on this stream is due (`None`: not scheduled).
     pub next_sr: Option<Instant>,
 }
@@ -250,6 +252,8 @@ pub struct RtpOut {
     /// Source publisher session and SSRC, output minus source RTP timestamp.
     pub src: (SessionId, u32),
     pub ts_off: u32,
+    /// The output's layer state, when a simulcast source feeds it.
+    pub layer: Option<LayerStats>,
 }
 
 /// A session's counters in this worker.
@@ -268,6 +272,8 @@ pub struct SessionDiag {
     pub tx: Vec<TxStream>,
     /// When the relay's next receiver report to this session (as a publisher) is due.
     pub next_rr: Option<Instant>,
+    /// The downlink estimate towards the session (bit/s, 0: none; engine/bwe.rs).
+    downlink_bps: u64,
     /// Anything changed since the last publish.
     dirty: bool,
     slot: Option<u32>,
@@ -281,6 +287,21 @@ impl SessionDiag {
         self.bytes_in += len as u64;
         self.last_in = now.or(self.last_in);
         self.dirty = true;
+    }
+
+    /// The downlink estimate towards the session is now `bps` (published with the next
+    /// records when it changed).
+    #[inline]
+    pub fn set_downlink(&mut self, bps: u64) {
+        if bps != self.downlink_bps {
+            self.downlink_bps = bps;
+            self.dirty = true;
+        }
+    }
+
+    /// The downlink estimate last set (bit/s, 0: none).
+    pub fn downlink_bps(&self) -> u64 {
+        self.downlink_bps
     }
 
     /// A datagram of `len` bytes was queued to the peer.
@@ -364,6 +385,7 @@ impl SessionDiag {
                     octets: 0,
                     src: o.src,
                     ts_off: o.ts_off,
+                    layer: None,
                     next_sr: None,
                 });
                 let last = self.tx.len() - 1;
@@ -375,6 +397,7 @@ impl SessionDiag {
         s.octets += o.payload as u64;
         s.src = o.src;
         s.ts_off = o.ts_off;
+        s.layer = o.layer.or(s.layer);
         s.last = now.or(s.last);
         opened
     }
@@ -523,6 +546,7 @@ impl DiagState {
                     last_out_unix_ms: self.unix_ms(d.last_out),
                     published_unix_ms: published,
                     writer_pid: self.pid,
+                    downlink_bps: d.downlink_bps,
                 });
                 shm.put_stat(self.worker, i, &rec);
                 self.writes += 1;
@@ -543,6 +567,7 @@ impl DiagState {
                     published_unix_ms: published,
                     writer_pid: self.pid,
                     reception: Some(s.stats()),
+                    layer: None,
                 });
                 shm.put_stat(self.worker, i, &rec);
                 self.writes += 1;
@@ -561,6 +586,7 @@ impl DiagState {
                     published_unix_ms: published,
                     writer_pid: self.pid,
                     reception: None,
+                    layer: s.layer,
                 });
                 shm.put_stat(self.worker, i, &rec);
                 self.writes += 1;

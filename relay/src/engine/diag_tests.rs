@@ -294,5 +294,6 @@ fn out(ssrc: u32, len: usize) -> super::diag::RtpOut {
         payload: len.saturating_sub(12),
         src: (1, ssrc),
         ts_off: 0,
+        layer: None,
     }
 }

@@ -1,24 +1,26 @@
 //! The per-datagram path: demultiplex, find the session, unprotect, route, rewrite, protect,
 //! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
 
-use super::bwe::{Bwe, BweConfig};
+use super::bwe::{layer_budget, Bwe, BweConfig};
 use super::continuity::Continuity;
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 use super::diag::{DiagState, RtpOut, SrSeen};
 use super::hub::{FeedbackHub, HandError};
 use super::index::{
-    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Upstream, MAX_CNAME, NONE,
+    claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Session, Upstream,
+    MAX_CNAME, NONE,
 };
 use super::layers::{Decision, LayerPacket};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stun::{IceResponder, StunVerdict};
+use super::twcc_rx::{UplinkTwcc, FEEDBACK_INTERVAL_US};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
 use contract::shm::{
-    CounterSnapshot, DropReason, Feedback, Rewrite, RouteRecord, SessionId, SessionRecord,
-    ShmReader, StreamDir, StreamRecord,
+    session_flags, CounterSnapshot, DropReason, Feedback, Rewrite, RouteRecord, SessionId,
+    SessionRecord, ShmReader, StreamDir, StreamRecord,
 };
 use contract::srtp::{ContextOptions, MacBatch, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
@@ -92,11 +94,36 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// Video streams of publishers this worker receives that gained a subscriber at the
     /// last rebuild: a keyframe is asked for at the next [`Forwarder::poll`].
     join_keyframes: Vec<Upstream>,
+    /// When the layer budgets are next refreshed from the estimates on the timer path
+    /// ([`Forwarder::poll`]).
+    budgets_due: Option<Instant>,
+    /// When publishers are next sent transport-cc feedback (`None`: no publisher here
+    /// carries the extension yet).
+    uplink_due: Option<Instant>,
 }
 
 /// One output as seen across a rebuild: publisher, SSRC filter (`None`: any), subscriber,
 /// the route's keyframe bits.
 type Edge = (SessionId, Option<u32>, SessionId, u8);
+
+/// Most transport-cc messages one publisher is sent per feedback turn.
+const UPLINK_MESSAGES_PER_TURN: usize = 4;
+
+/// How often [`Forwarder::poll`] refreshes the layer budgets from the estimates (feedback
+/// refreshes its subscriber's at once).
+const BUDGET_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Subscriber `s`'s layer budget from its estimate at `now_us` ([`layer_budget`]); the
+/// selectors of its simulcast outputs take it at their next packet.
+fn refresh_budget<C>(s: &mut Session<C>, now_us: u64) {
+    let Some(bwe) = s.bwe.as_deref() else {
+        return;
+    };
+    let est = bwe.estimate_at(Some(now_us));
+    let other = s.other_rate.bps(now_us);
+    s.layer_budget = layer_budget(est, other, usize::from(s.layered));
+    s.diag.set_downlink(est);
+}
 
 /// The RTP clock rate of every video payload format (RFC 3551 §5) and of no audio one.
 const VIDEO_CLOCK: u32 = 90_000;
@@ -463,6 +490,8 @@ impl<C: SrtpOps> Forwarder<C> {
             edges_before: Vec::new(),
             edges_after: Vec::new(),
             join_keyframes: Vec::new(),
+            budgets_due: None,
+            uplink_due: None,
         }
     }
 
@@ -818,6 +847,7 @@ impl<C: SrtpOps> Forwarder<C> {
             return None;
         }
         let opts = self.index.opts;
+        let now_us = self.now_us();
         let publisher = &mut self.index.sessions[idx as usize];
         // The SSRC and sequence number are in the clear (RFC 3711 §3.1). A stream this process
         // has not seen yet may continue one a previous relay process handled: start its
@@ -859,6 +889,17 @@ impl<C: SrtpOps> Forwarder<C> {
             return None;
         };
         let (in_seq, in_pt) = (p.sequence(), p.payload_type());
+        // Its transport-wide number (RTX and padding probes included: the sender's estimator
+        // counts them) for the feedback the relay sends the publisher (twcc_rx.rs).
+        if let Some(id) = session_flags::twcc_id(publisher.flags) {
+            if let Some(tw) = p.extension_by_id(id).and_then(|v| twcc::read_seq(v).ok()) {
+                let u = (publisher.uplink).get_or_insert_with(|| Box::new(UplinkTwcc::new()));
+                u.on_packet(tw, in_ssrc, now_us);
+                if let (None, Some(now)) = (self.uplink_due, self.now) {
+                    self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
+                }
+            }
+        }
         // The SRTP stream as received (an RTX stream has its own index, RFC 3711 §3.3.1).
         let note = StreamNote {
             session: publisher.id,
@@ -979,9 +1020,15 @@ impl<C: SrtpOps> Forwarder<C> {
         let mut stream = stream;
         // A simulcast layer: sent only while it is the subscriber's current layer.
         let mut vp8 = None;
+        let mut layer = None;
         if let Some(l) = o.rewrite.layer {
             let decision = match (stream.as_deref_mut(), self.now) {
-                (Some(c), Some(now)) => select_layer(c, now, l.index, plain, inp),
+                (Some(c), Some(now)) => {
+                    if let Some(s) = c.layers_mut() {
+                        s.set_estimate(sub.layer_budget);
+                    }
+                    select_layer(c, now, l.index, plain, inp)
+                }
                 _ => Decision::Skip,
             };
             match decision {
@@ -990,6 +1037,10 @@ impl<C: SrtpOps> Forwarder<C> {
                         self.stats.count(Feedback::LayerSwitch, 1);
                     }
                     vp8 = v;
+                    layer = stream
+                        .as_deref()
+                        .and_then(|c| c.layers())
+                        .map(|s| s.stats());
                 }
                 Decision::SkipRequestKeyframe => {
                     self.stats.count(Feedback::LayerSkipped, 1);
@@ -1085,6 +1136,11 @@ impl<C: SrtpOps> Forwarder<C> {
                 .get_or_insert_with(|| Box::new(Bwe::new(BweConfig::default())));
             bwe.on_send(now_us, sent);
         }
+        if pushed && o.rewrite.layer.is_none() && sub.bwe.is_some() {
+            // What the layer selectors cannot scale (bwe::layer_budget).
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            sub.other_rate.add(now_us, sent);
+        }
         if pushed {
             if let Some(index) = inp.cached {
                 let from = SentFrom {
@@ -1104,6 +1160,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 payload: inp.payload_len,
                 src: (inp.pub_id, inp.ssrc),
                 ts_off: ots.wrapping_sub(inp.ts),
+                layer,
             };
             if sub.diag.on_rtp_out(&out, self.now, opts.max_streams) {
                 // A new output stream: its first sender report at the next turn.
@@ -1439,11 +1496,13 @@ impl<C: SrtpOps> Forwarder<C> {
                     if let Ok(f) = twcc::Feedback::parse(fb.fci()) {
                         bwe.on_feedback(now_us, &f);
                     }
+                    refresh_budget(&mut self.index.sessions[sub as usize], now_us);
                     return;
                 }
                 Ok(Rtcp::Remb(r)) => bwe.on_remb(now_us, r.bitrate()),
                 _ => {}
             }
+            refresh_budget(&mut self.index.sessions[sub as usize], now_us);
         }
         match pkt.typed() {
             Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
@@ -1758,6 +1817,8 @@ impl<C: SrtpOps> Forwarder<C> {
         }
         self.join_keyframes.clear();
         self.reports(now, tx);
+        self.refresh_budgets(now);
+        self.uplink_feedback(now, tx);
         if !self.poll_needed {
             return;
         }
@@ -1780,6 +1841,58 @@ impl<C: SrtpOps> Forwarder<C> {
                     self.stats.count(Feedback::NackUpstream, d.asked as u64);
                     self.nack_up(pi as u32, ssrc, &lost[..d.asked], tx);
                 }
+            }
+        }
+    }
+
+    /// Every [`FEEDBACK_INTERVAL_US`]: transport-cc feedback (RTPFB FMT 15) to each publisher
+    /// whose packets carry the transport-wide sequence extension, about what arrived since
+    /// the last message, as this worker's feedback SSRC through the same SRTCP path as its
+    /// receiver reports (twcc_rx.rs). Walks the sessions only when due; allocates nothing.
+    fn uplink_feedback(&mut self, now: Instant, tx: &mut TxQueue) {
+        if self.uplink_due.is_none_or(|d| now < d) {
+            return;
+        }
+        self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
+        let rtcp_ssrc = self.feedback_ssrc;
+        let mut buf = core::mem::take(&mut self.scratch);
+        for pi in 0..self.index.sessions.len() {
+            let Some(mut u) = self.index.sessions[pi].uplink.take() else {
+                continue;
+            };
+            // A burst longer than one message takes a few; the rest waits for the next turn.
+            for _ in 0..UPLINK_MESSAGES_PER_TURN {
+                let Some(n) = u.write(&mut buf, rtcp_ssrc) else {
+                    break;
+                };
+                let msg = &buf[..n];
+                let before = tx.len();
+                self.send_rtcp(pi as u32, rtcp_ssrc, tx, |slot| {
+                    let d = slot.get_mut(..n).ok_or(DropReason::Malformed)?;
+                    d.copy_from_slice(msg);
+                    Ok(n)
+                });
+                if tx.len() > before {
+                    self.stats.count(Feedback::TwccSent, 1);
+                }
+            }
+            self.index.sessions[pi].uplink = Some(u);
+        }
+        self.scratch = buf;
+    }
+
+    /// Every [`BUDGET_INTERVAL`]: the layer budget of each subscriber this worker estimates
+    /// for, from its estimate at `now` (which moves without feedback too: a REMB ceiling
+    /// expires, a silent subscriber's estimate holds). Walks the sessions only when due.
+    fn refresh_budgets(&mut self, now: Instant) {
+        if self.budgets_due.is_some_and(|d| now < d) {
+            return;
+        }
+        self.budgets_due = Some(now + BUDGET_INTERVAL);
+        let now_us = self.now_us();
+        for s in self.index.sessions.iter_mut() {
+            if s.bwe.is_some() {
+                refresh_budget(s, now_us);
             }
         }
     }

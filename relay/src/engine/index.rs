@@ -7,12 +7,13 @@
 //! continuity states are carried over by id, so rollover counters, replay windows and output
 //! numbering survive every rebuild that does not change the session's keys.
 
-use super::bwe::Bwe;
+use super::bwe::{Bwe, RateMeter};
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
 use super::diag::SessionDiag;
 use super::nack::{PubStream, SentStream};
 use super::state::Track;
+use super::twcc_rx::UplinkTwcc;
 use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
 use contract::srtp::{ContextOptions, MasterKey};
 use std::collections::hash_map::RandomState;
@@ -287,6 +288,16 @@ pub struct Session<C> {
     /// Downlink bandwidth estimate towards this session as a subscriber (engine/bwe.rs),
     /// created at the first packet stamped with a transport-wide sequence number.
     pub bwe: Option<Box<Bwe>>,
+    /// Simulcast output streams this session receives as a subscriber (rebuilt with the
+    /// routes), the share of the estimate each may use ([`super::bwe::layer_budget`]), and
+    /// the measured rate of what it receives outside them.
+    pub layered: u16,
+    pub layer_budget: Option<u64>,
+    pub other_rate: RateMeter,
+    /// Transport-wide arrivals of this session's packets as a publisher, for the
+    /// transport-cc feedback the relay sends it (engine/twcc_rx.rs); created at its first
+    /// packet carrying the extension its flags name.
+    pub uplink: Option<Box<UplinkTwcc>>,
     /// The publisher's RTX streams its routes name ([`Rewrite::source_rtx`]), rebuilt with
     /// the routes: a packet on one of these SSRCs is unwrapped into its original stream.
     pub rtx_in: Vec<RtxIn>,
@@ -344,6 +355,10 @@ impl<C: SrtpOps> Session<C> {
             diag: SessionDiag::default(),
             fir_seq: 0,
             bwe: None,
+            layered: 0,
+            layer_budget: None,
+            other_rate: RateMeter::default(),
+            uplink: None,
             rtx_in: Vec::new(),
             cname: [0; MAX_CNAME],
             cname_len: 0,
@@ -377,6 +392,7 @@ impl<C: SrtpOps> Session<C> {
         self.groups = 0..0;
         self.any_group = NONE;
         self.feeds = 0..0;
+        self.layered = 0;
         self.rtx_in.clear();
     }
 
@@ -887,6 +903,10 @@ impl<C: SrtpOps> Index<C> {
                 match self.stream_ids.get(&k) {
                     Some(&s) => s,
                     None => {
+                        if r.rewrite.layer.is_some() {
+                            let sub = &mut self.sessions[to as usize];
+                            sub.layered = sub.layered.saturating_add(1);
+                        }
                         let s = self.streams.len() as u32;
                         let c = self.old_streams.remove(&k).unwrap_or_default();
                         self.streams.push(c);

@@ -189,3 +189,306 @@ fn one_layer_at_a_time_switching_on_key_frames_with_continuous_numbering() {
     assert!(rig.send(1, &hi.frame(true)).is_empty());
     assert_eq!(rig.fwd.stats().feedback(Feedback::LayerSwitch), 2);
 }
+
+/// `p` with the transport-wide sequence element (id 3, `tw`) in a one-byte header extension.
+fn with_twcc(p: &[u8], tw: u16) -> Vec<u8> {
+    let mut v = p[..12].to_vec();
+    v[0] |= 0x10;
+    v.extend_from_slice(&[0xBE, 0xDE, 0, 1, 0x31]);
+    v.extend_from_slice(&tw.to_be_bytes());
+    v.push(0);
+    v.extend_from_slice(&p[12..]);
+    v
+}
+
+/// A simulcast layer for the estimate test: `per_frame` packets of `size` payload bytes per
+/// frame at 30 frames/s; a key frame once the relay asked for one.
+struct Paced {
+    src: Source,
+    per_frame: usize,
+    size: usize,
+    key_due: bool,
+}
+
+impl Paced {
+    fn frame(&mut self, tw: &mut u16) -> Vec<Vec<u8>> {
+        let key = std::mem::take(&mut self.key_due);
+        let s = &mut self.src;
+        let mut out = Vec::new();
+        for k in 0..self.per_frame {
+            let last = k + 1 == self.per_frame;
+            let mut p = vp8(s.ssrc, s.seq, s.ts, s.pid, s.tl0, key && k == 0, last);
+            p.resize(12 + self.size, 0x55);
+            s.seq = s.seq.wrapping_add(1);
+            *tw = tw.wrapping_add(1);
+            out.push(with_twcc(&p, *tw));
+        }
+        s.ts = s.ts.wrapping_add(3000);
+        s.pid = (s.pid + 1) & 0x7FFF;
+        s.tl0 = s.tl0.wrapping_add(1);
+        out
+    }
+}
+
+/// The layer the viewer receives, by payload size (low: 300 bytes, high: 1000).
+fn layer_of(p: &[u8]) -> usize {
+    let r = RtpPacket::parse(p).unwrap();
+    assert_eq!(r.ssrc(), OUT);
+    usize::from(r.payload().len() > 600)
+}
+
+/// The subscriber's downlink estimate picks its layer (docs/ENGINE.md "Bandwidth
+/// estimation"): without feedback the start estimate carries the high layer; feedback that
+/// says 300 kbit/s moves it to the low layer (≈72 kbit/s) at the next low key frame; a steady
+/// estimate makes no further switch; when the estimate recovers, the high layer (≈960 kbit/s)
+/// comes back only after the up-switch hold.
+#[test]
+fn the_estimate_picks_the_layer_with_hysteresis() {
+    use crate::engine::layers::UP_HOLD;
+    let mut ext_map = [(0u8, 0u8); contract::shm::MAX_MAPPINGS];
+    ext_map[0] = (3, 5);
+    let rw = |ssrc, index| {
+        route(
+            u64::from(index) + 1,
+            1,
+            Some(ssrc),
+            3,
+            Rewrite {
+                ssrc: Some(OUT),
+                layer: Some(Layer {
+                    index,
+                    count: 2,
+                    max: Layer::NO_CAP,
+                }),
+                ext_map,
+                ext_map_len: 1,
+                twcc_id: 5,
+                ..Rewrite::default()
+            },
+        )
+    };
+    let mut rig = Rig::new(
+        vec![session(1, Role::Speaker), session(3, Role::Viewer)],
+        vec![rw(LOW, 0), rw(HIGH, 1)],
+    );
+    let source = |ssrc| Source {
+        ssrc,
+        seq: 100,
+        ts: 0,
+        pid: 1,
+        tl0: 0,
+    };
+    let mut layers = [
+        Paced {
+            src: source(LOW),
+            per_frame: 1,
+            size: 300,
+            key_due: true,
+        },
+        Paced {
+            src: source(HIGH),
+            per_frame: 4,
+            size: 1000,
+            key_due: true,
+        },
+    ];
+    let t0 = Instant::now();
+    let mut tw = 0u16;
+    // Runs `frames` frames (33 ms apart) from `*t`; a REMB of `remb` every 250 ms; returns the
+    // layer of each frame the viewer received.
+    let mut run = |rig: &mut Rig, t: &mut Duration, frames: usize, remb: Option<u64>| {
+        let mut got = Vec::new();
+        for f in 0..frames {
+            *t += Duration::from_millis(33);
+            rig.fwd.set_now(t0 + *t);
+            if let (Some(bps), 0) = (remb, f % 8) {
+                let mut b = [0u8; 64];
+                let n = contract::wire::twcc::write_remb(&mut b, 0xFA17_FA17, bps, &[OUT]).unwrap();
+                rig.send(3, &b[..n]);
+            }
+            for li in 0..layers.len() {
+                for p in layers[li].frame(&mut tw) {
+                    for (d, out) in rig.send(1, &p) {
+                        if d == addr(1003) {
+                            got.push(layer_of(&out));
+                        } else if is_pli_for(&out, LOW) {
+                            layers[0].key_due = true;
+                        } else if is_pli_for(&out, HIGH) {
+                            layers[1].key_due = true;
+                        }
+                    }
+                }
+            }
+        }
+        got
+    };
+    let switches = |rig: &Rig| rig.fwd.stats().feedback(Feedback::LayerSwitch);
+    let mut t = Duration::ZERO;
+    // 3 s without feedback: the start estimate (1.5 Mbit/s) carries the high layer.
+    let got = run(&mut rig, &mut t, 90, None);
+    assert_eq!(got.last(), Some(&1), "high layer at the start estimate");
+    assert!(rig.fwd.estimate(3).is_some());
+    // The viewer reports 300 kbit/s: low layer within a second.
+    let got = run(&mut rig, &mut t, 30, Some(300_000));
+    assert_eq!(got.last(), Some(&0), "low layer at 300 kbit/s: {got:?}");
+    let down = switches(&rig);
+    // Steady at 300 kbit/s for 10 s: no switch.
+    let got = run(&mut rig, &mut t, 300, Some(300_000));
+    assert!(got.iter().all(|&l| l == 0), "steady: {got:?}");
+    assert_eq!(switches(&rig), down, "no flapping on a steady estimate");
+    // Recovery to 5 Mbit/s: still low before the hold time, high after it.
+    let hold_frames = (UP_HOLD.as_millis() / 33) as usize;
+    let got = run(&mut rig, &mut t, hold_frames - 6, Some(5_000_000));
+    assert!(got.iter().all(|&l| l == 0), "held: {got:?}");
+    let got = run(&mut rig, &mut t, 60, Some(5_000_000));
+    assert_eq!(got.last(), Some(&1), "high layer after the hold: {got:?}");
+    assert_eq!(switches(&rig), down + 1);
+    // What the session statistics publish: the estimate and the output's layer state.
+    let viewer = rig.fwd.index().sessions.iter().find(|s| s.id == 3).unwrap();
+    assert!(viewer.diag.downlink_bps() > 1_000_000);
+    let l = viewer
+        .diag
+        .tx
+        .iter()
+        .find(|s| s.ssrc == OUT)
+        .unwrap()
+        .layer
+        .unwrap();
+    assert_eq!((l.current, l.target, l.count), (Some(1), 1, 2));
+    assert_eq!(u64::from(l.switches), down + 1);
+}
+
+/// The same with transport-cc feedback from a viewer behind a 300 kbit/s bottleneck (a FIFO
+/// the relay's packets queue in; arrivals reported every 100 ms with the real codec): the
+/// delay-based estimate falls, the viewer moves to the low layer, and stays there without a
+/// further switch while the link stays the same.
+#[test]
+fn transport_cc_from_a_300k_link_moves_the_viewer_to_the_low_layer() {
+    use contract::wire::twcc;
+    let mut ext_map = [(0u8, 0u8); contract::shm::MAX_MAPPINGS];
+    ext_map[0] = (3, 5);
+    let rw = |ssrc, index| {
+        route(
+            u64::from(index) + 1,
+            1,
+            Some(ssrc),
+            3,
+            Rewrite {
+                ssrc: Some(OUT),
+                layer: Some(Layer {
+                    index,
+                    count: 2,
+                    max: Layer::NO_CAP,
+                }),
+                ext_map,
+                ext_map_len: 1,
+                twcc_id: 5,
+                ..Rewrite::default()
+            },
+        )
+    };
+    let mut rig = Rig::new(
+        vec![session(1, Role::Speaker), session(3, Role::Viewer)],
+        vec![rw(LOW, 0), rw(HIGH, 1)],
+    );
+    let source = |ssrc| Source {
+        ssrc,
+        seq: 100,
+        ts: 0,
+        pid: 1,
+        tl0: 0,
+    };
+    let mut layers = [
+        Paced {
+            src: source(LOW),
+            per_frame: 1,
+            size: 300,
+            key_due: true,
+        },
+        Paced {
+            src: source(HIGH),
+            per_frame: 4,
+            size: 1000,
+            key_due: true,
+        },
+    ];
+    const LINK_BPS: u64 = 300_000;
+    let t0 = Instant::now();
+    let mut tw = 0u16;
+    let mut link_free_us = 0u64;
+    // Arrivals not yet reported: (transport-wide number, arrival µs).
+    let mut pending: Vec<(u16, u64)> = Vec::new();
+    let mut fb_count = 0u8;
+    let mut got = Vec::new();
+    let mut t_us = 0u64;
+    let mut next_fb = 100_000u64;
+    while t_us < 20_000_000 {
+        t_us += 33_333;
+        rig.fwd.set_now(t0 + Duration::from_micros(t_us));
+        for li in 0..layers.len() {
+            for p in layers[li].frame(&mut tw) {
+                for (d, out) in rig.send(1, &p) {
+                    if d == addr(1003) {
+                        let r = RtpPacket::parse(&out).unwrap();
+                        let seq = twcc::read_seq(r.extension_by_id(5).unwrap()).unwrap();
+                        // The bottleneck: serialised at LINK_BPS behind what is queued.
+                        let bits = (out.len() as u64 + 28) * 8;
+                        link_free_us = link_free_us.max(t_us) + bits * 1_000_000 / LINK_BPS;
+                        pending.push((seq, link_free_us + 20_000));
+                        got.push((t_us, layer_of(&out)));
+                    } else if is_pli_for(&out, LOW) {
+                        layers[0].key_due = true;
+                    } else if is_pli_for(&out, HIGH) {
+                        layers[1].key_due = true;
+                    }
+                }
+            }
+        }
+        while t_us >= next_fb {
+            // The viewer reports what arrived by now, in number order.
+            let arrived: Vec<(u16, u64)> =
+                pending.iter().copied().filter(|p| p.1 <= next_fb).collect();
+            pending.retain(|p| p.1 > next_fb);
+            if let Some(&(base, _)) = arrived.first() {
+                let arrivals: Vec<Option<u64>> = arrived.iter().map(|p| Some(p.1)).collect();
+                let mut b = [0u8; 1500];
+                let h = twcc::FeedbackHeader {
+                    sender_ssrc: 0xFA17_FA17,
+                    media_ssrc: OUT,
+                    base_seq: base,
+                    fb_pkt_count: fb_count,
+                };
+                fb_count = fb_count.wrapping_add(1);
+                let (n, covered) = twcc::write_feedback(&mut b, &h, &arrivals).unwrap();
+                assert_eq!(covered, arrivals.len());
+                assert!(
+                    rig.send(3, &b[..n]).is_empty(),
+                    "transport-cc stops at the relay"
+                );
+            }
+            next_fb += 100_000;
+        }
+    }
+    let est = rig.fwd.estimate(3).expect("an estimate");
+    assert!(
+        est < 400_000,
+        "estimate {est} bit/s behind a 300 kbit/s link"
+    );
+    // Low within 6 s, then low to the end with no further switch.
+    let low_from = got
+        .iter()
+        .position(|&(t, l)| t > 2_000_000 && l == 0)
+        .expect("moved to the low layer");
+    assert!(
+        got[low_from].0 < 6_000_000,
+        "low layer only at {} µs",
+        got[low_from].0
+    );
+    assert!(got[low_from..].iter().all(|&(_, l)| l == 0), "stays low");
+    // The first frame is the low layer's (the high one's key frame comes right after it), the
+    // start estimate carries the high layer, the bottleneck brings it down once: no flapping.
+    let mut runs: Vec<usize> = got.iter().map(|&(_, l)| l).collect();
+    runs.dedup();
+    assert_eq!(runs, [0, 1, 0], "layers in order of use");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::LayerSwitch), 2);
+}

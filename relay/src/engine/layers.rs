@@ -237,6 +237,16 @@ impl Selector {
         self.switches
     }
 
+    /// What the session statistics publish (docs/SHM.md).
+    pub fn stats(&self) -> contract::shm::LayerStats {
+        contract::shm::LayerStats {
+            current: self.current,
+            target: self.target,
+            count: self.count,
+            switches: self.switches,
+        }
+    }
+
     /// Measured bit rate of `layer` over the last window.
     pub fn layer_bps(&self, layer: usize) -> u64 {
         self.layers.get(layer).map_or(0, |a| a.bps)

@@ -37,6 +37,7 @@ pub mod reception;
 pub mod rtx_cache;
 mod state;
 pub mod stun;
+pub mod twcc_rx;
 
 pub use continuity::Continuity;
 pub use crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};

@@ -1126,6 +1126,77 @@ fn transport_wide_numbers_per_viewer_and_feedback_gives_an_estimate() {
     assert_eq!(rig.fwd.estimate(3), None, "viewer without the extension");
 }
 
+/// A publisher whose session flags name its transport-wide sequence extension id gets
+/// transport-cc feedback about its packets (engine/twcc_rx.rs): one message per feedback
+/// interval from the timer path, as this worker's feedback SSRC, arrivals and losses as they
+/// happened, each packet reported once; a publisher without the id gets none.
+#[test]
+fn publishers_get_transport_cc_feedback_about_their_packets() {
+    use contract::shm::session_flags;
+    use contract::wire::rtcp::{Rtcp, RtcpPacket};
+    let mut speaker = session(1, Role::Speaker);
+    speaker.flags = session_flags::with_twcc_id(speaker.flags, Some(3));
+    let mut rig = Rig::new(
+        vec![speaker, session(2, Role::Speaker), session(3, Role::Viewer)],
+        vec![
+            route(1, 1, None, 3, Rewrite::default()),
+            route(2, 2, None, 3, Rewrite::default()),
+        ],
+    );
+    let t0 = Instant::now();
+    for k in 0..10u16 {
+        rig.fwd
+            .set_now(t0 + Duration::from_millis(u64::from(k) * 4));
+        if k == 5 {
+            continue; // lost on the way in
+        }
+        let tw = (65533u16).wrapping_add(k).to_be_bytes();
+        let p = rtp_with_extensions(0x1111, k, &[(3, &tw)], b"media");
+        assert_eq!(rig.send(1, &p).len(), 1);
+        let p = rtp_with_extensions(0x2222, k, &[(3, &tw)], b"media");
+        assert_eq!(rig.send(2, &p).len(), 1);
+    }
+    // (destination, sender SSRC, (sequence, arrived) per status, feedback count)
+    type Message = (SocketAddr, u32, Vec<(u16, bool)>, u8);
+    let feedback = |out: &[(SocketAddr, Vec<u8>)]| -> Vec<Message> {
+        out.iter()
+            .filter_map(|(d, p)| {
+                let (pkt, _) = RtcpPacket::parse(p).ok()?;
+                let Ok(Rtcp::TransportCc(fb)) = pkt.typed() else {
+                    return None;
+                };
+                let f = twcc::Feedback::parse(fb.fci()).unwrap();
+                let st = f.packets().map(|s| (s.seq, s.delta.is_some())).collect();
+                Some((*d, pkt.sender_ssrc().unwrap(), st, f.fb_pkt_count()))
+            })
+            .collect()
+    };
+    let out = rig.poll(t0 + Duration::from_millis(100));
+    let fb = feedback(&out);
+    assert_eq!(
+        fb.len(),
+        1,
+        "one message, to the publisher with the id only: {out:?}"
+    );
+    let (dst, sender, statuses, count) = &fb[0];
+    assert_eq!(*dst, addr(1001));
+    assert_eq!(*sender, feedback_ssrc(0));
+    assert_eq!(*count, 0);
+    let expect: Vec<(u16, bool)> = (0..10u16)
+        .map(|k| ((65533u16).wrapping_add(k), k != 5))
+        .collect();
+    assert_eq!(statuses, &expect, "arrivals and the loss, across the wrap");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::TwccSent), 1);
+    // Nothing new: no message; the next packet gets the next one.
+    assert!(feedback(&rig.poll(t0 + Duration::from_millis(160))).is_empty());
+    rig.fwd.set_now(t0 + Duration::from_millis(170));
+    let tw = 7u16.to_be_bytes();
+    rig.send(1, &rtp_with_extensions(0x1111, 10, &[(3, &tw)], b"media"));
+    let fb = feedback(&rig.poll(t0 + Duration::from_millis(230)));
+    assert_eq!(fb.len(), 1);
+    assert_eq!((fb[0].2.clone(), fb[0].3), (vec![(7, true)], 1));
+}
+
 /// A publisher's RTX packet (RFC 4588) is unwrapped on the fast path: the hole it fills is no
 /// longer asked for, a viewer without RTX gets the original back (original sequence number,
 /// SSRC and payload type; across the sequence-number wrap), a viewer with RTX gets it on its
