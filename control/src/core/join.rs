@@ -650,6 +650,7 @@ a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extension
             ufrag: "u".into(),
             pwd: "p".into(),
             remote_ufrag: "r".into(),
+            admin: false,
         };
         let ps = pending_session(1, &p, 0, ice()).unwrap();
         assert_eq!(session_flags::twcc_id(ps.flags), Some(3));
