@@ -270,6 +270,15 @@ pub struct ClusterConfig {
     /// Prefix of every key this cluster writes in Redis (several clusters may share one).
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// A file holding the cluster secret (first line, at least 32 characters, not
+    /// world-readable), the same on every node: node-to-node requests that carry keys
+    /// (`/cluster/v1/…`) are authenticated with it. Unset: those requests are refused.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// How far a node-to-node request's timestamp may be from this node's clock, in
+    /// milliseconds; older or newer requests are refused as stale.
+    #[serde(default = "default_auth_window_ms")]
+    pub auth_window_ms: u32,
 }
 
 fn default_region() -> String {
@@ -283,6 +292,9 @@ fn default_entry_ttl_ms() -> u32 {
 }
 fn default_key_prefix() -> String {
     "sluice".into()
+}
+fn default_auth_window_ms() -> u32 {
+    10_000
 }
 
 /// `[log]`: how both daemons write their logs (to stderr, which systemd gives to journald).
@@ -888,6 +900,32 @@ impl Config {
         })?;
         Ok(Some(Secret(tok)))
     }
+
+    /// The cluster secret from `cluster.secret_file` (first line, trimmed, at least 32
+    /// characters, not world-readable); `None` without a cluster or a secret file.
+    pub fn cluster_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let Some(p) = self.cluster.as_ref().and_then(|c| c.secret_file.as_ref()) else {
+            return Ok(None);
+        };
+        check_not_world_readable(p)?;
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let secret = text.lines().next().unwrap_or("").trim().to_string();
+        if secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                origin: p.display().to_string(),
+                line: Some(1),
+                key: "cluster.secret_file".into(),
+                message: format!(
+                    "the secret has {} characters; at least 32 are required",
+                    secret.len()
+                ),
+            });
+        }
+        Ok(Some(Secret(secret)))
+    }
 }
 
 impl Config {
@@ -898,6 +936,7 @@ impl Config {
     /// `control.public_addresses`, whose WebRTC candidates only this host can reach.
     pub fn check_for_start(&self) -> Result<Vec<String>, ConfigError> {
         self.admin_token()?;
+        self.cluster_secret()?;
         if let Some(t) = &self.http.tls {
             std::fs::metadata(&t.cert_file).map_err(|source| ConfigError::Io {
                 path: t.cert_file.clone(),
@@ -1186,6 +1225,12 @@ fn validate_cluster(c: &ClusterConfig) -> Check {
         }
     }
     in_range("cluster.heartbeat_ms", c.heartbeat_ms, 100, 60_000)?;
+    in_range("cluster.auth_window_ms", c.auth_window_ms, 1_000, 120_000)?;
+    if let Some(p) = &c.secret_file {
+        if !p.is_absolute() {
+            return bad("cluster.secret_file", "expected an absolute path");
+        }
+    }
     in_range(
         "cluster.entry_ttl_ms",
         c.entry_ttl_ms,

@@ -19,12 +19,13 @@
 //!
 //! May not touch: shm and the journal (the core does), the packet path.
 
+pub mod auth;
 pub mod forward;
 pub mod registry;
 
 use crate::core::{Core, CoreError};
 use crate::http::process;
-use contract::config::ClusterConfig;
+use contract::config::{ClusterConfig, Secret};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, AsyncConnectionConfig, Script};
 use registry::{Keys, Load, NodeInfo};
@@ -133,6 +134,8 @@ pub struct Cluster {
     place: Script,
     refresh: Script,
     release: Script,
+    /// Signs and verifies node-to-node requests; `None` without `cluster.secret_file`.
+    pub auth: Option<auth::Authenticator>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,7 +144,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Cluster {
     /// Set up this node's membership; makes no connection yet (the first heartbeat does).
-    pub fn new(cfg: &ClusterConfig) -> Result<Cluster, ClusterError> {
+    pub fn new(cfg: &ClusterConfig, secret: Option<&Secret>) -> Result<Cluster, ClusterError> {
         let client = redis::Client::open(cfg.redis_url.expose()).map_err(|e| {
             // The URL may hold a password: only the error's kind is shown.
             ClusterError::Unavailable(format!("cluster.redis_url: {:?}", e.kind()))
@@ -174,6 +177,13 @@ impl Cluster {
             place: Script::new(registry::PLACE),
             refresh: Script::new(registry::REFRESH),
             release: Script::new(registry::RELEASE),
+            auth: secret.map(|s| {
+                auth::Authenticator::new(
+                    s.expose().as_bytes(),
+                    &cfg.node_id,
+                    u64::from(cfg.auth_window_ms),
+                )
+            }),
             cfg: cfg.clone(),
         })
     }
@@ -694,7 +704,9 @@ impl Cluster {
              sluice_cluster_ownership_conflicts_total {}\n\
              # HELP sluice_cluster_rooms_released_total Rooms given up because they stayed empty.\n\
              # TYPE sluice_cluster_rooms_released_total counter\n\
-             sluice_cluster_rooms_released_total {}\n",
+             sluice_cluster_rooms_released_total {}\n\
+             # HELP sluice_cluster_auth_total Node-to-node requests checked against the cluster secret, by outcome.\n\
+             # TYPE sluice_cluster_auth_total counter\n",
             u8::from(g.redis_up),
             g.nodes,
             g.rooms_owned,
@@ -709,6 +721,20 @@ impl Cluster {
             n(&s.ownership_conflicts),
             n(&s.rooms_released),
         );
+        let (accepted, refused) = self.auth.as_ref().map_or_else(
+            || (0, auth::AuthStats::default().refused()),
+            |a| (n(&a.stats.accepted), a.stats.refused()),
+        );
+        let _ = writeln!(
+            o,
+            "sluice_cluster_auth_total{{result=\"accepted\"}} {accepted}"
+        );
+        for (reason, count) in refused {
+            let _ = writeln!(
+                o,
+                "sluice_cluster_auth_total{{result=\"{reason}\"}} {count}"
+            );
+        }
         o
     }
 }
