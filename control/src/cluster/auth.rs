@@ -27,6 +27,8 @@ const LABEL: &str = "sluice-cluster-v1";
 pub const MAX_NONCES: usize = 65_536;
 /// Random bytes in a nonce.
 const NONCE_BYTES: usize = 16;
+/// What the key that seals key material in answers is derived from (HMAC under the secret).
+const SEAL_LABEL: &str = "sluice-cluster-v1 seal";
 
 /// Why a node-to-node request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -196,9 +198,22 @@ pub fn signing_input(
     .into_bytes()
 }
 
-/// Signs this node's requests and verifies other nodes'.
+/// Why sealed key material could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("sealed data is not base64 of nonce and ciphertext")]
+    Malformed,
+    #[error("sealed data does not authenticate")]
+    Forged,
+    #[error("randomness: {0}")]
+    Random(String),
+}
+
+/// Signs this node's requests and verifies other nodes'; seals key material in answers.
 pub struct Authenticator {
     key: hmac::Key,
+    /// AES-256-GCM key derived from the secret for key material in answers.
+    seal_key: ring::aead::LessSafeKey,
     node: String,
     window_ms: u64,
     seen: Mutex<Nonces>,
@@ -237,8 +252,14 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator for node `node` with the cluster `secret`.
     pub fn new(secret: &[u8], node: &str, window_ms: u64) -> Authenticator {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let derived = hmac::sign(&key, SEAL_LABEL.as_bytes());
+        // 32 bytes of HMAC-SHA256 are exactly an AES-256 key, so this cannot fail.
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, derived.as_ref())
+            .expect("an HMAC-SHA256 tag is a valid AES-256 key");
         Authenticator {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key,
+            seal_key: ring::aead::LessSafeKey::new(unbound),
             node: node.to_string(),
             window_ms,
             seen: Mutex::new(Nonces::default()),
@@ -246,14 +267,54 @@ impl Authenticator {
         }
     }
 
-    /// The [`AUTH_HEADER`] value for a request this node sends at `now_ms`.
+    /// Encrypt `plain` under the key derived from the cluster secret, bound to `aad` (the
+    /// request's nonce, so an answer cannot be replayed to another request): base64 of a
+    /// random 96-bit nonce, the ciphertext and the GCM tag.
+    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<String, SealError> {
+        use base64::Engine as _;
+        use ring::aead::{Aad, Nonce, NONCE_LEN};
+        let n: [u8; NONCE_LEN] = crate::secrets::random_bytes(NONCE_LEN)
+            .map_err(|e| SealError::Random(e.to_string()))?
+            .try_into()
+            .map_err(|_| SealError::Random("short read".into()))?;
+        let mut buf = plain.to_vec();
+        self.seal_key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::from(aad), &mut buf)
+            .map_err(|_| SealError::Forged)?;
+        let mut out = n.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    /// Decrypt what [`Authenticator::seal`] produced with the same `aad`.
+    pub fn open(&self, sealed: &str, aad: &[u8]) -> Result<Vec<u8>, SealError> {
+        use base64::Engine as _;
+        use ring::aead::{Aad, Nonce, NONCE_LEN};
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| SealError::Malformed)?;
+        if raw.len() < NONCE_LEN + ring::aead::AES_256_GCM.tag_len() {
+            return Err(SealError::Malformed);
+        }
+        let (n, ct) = raw.split_at(NONCE_LEN);
+        let n = Nonce::try_assume_unique_for_key(n).map_err(|_| SealError::Malformed)?;
+        let mut buf = ct.to_vec();
+        let plain = self
+            .seal_key
+            .open_in_place(n, Aad::from(aad), &mut buf)
+            .map_err(|_| SealError::Forged)?;
+        Ok(plain.to_vec())
+    }
+
+    /// The signature of a request this node sends at `now_ms` ([`Signature::render`] is
+    /// the [`AUTH_HEADER`] value).
     pub fn sign(
         &self,
         method: &str,
         path: &str,
         body: &[u8],
         now_ms: u64,
-    ) -> std::io::Result<String> {
+    ) -> std::io::Result<Signature> {
         let nonce: [u8; NONCE_BYTES] = crate::secrets::random_bytes(NONCE_BYTES)?
             .try_into()
             .map_err(|_| std::io::Error::other("short random read"))?;
@@ -267,7 +328,7 @@ impl Authenticator {
         body: &[u8],
         ts_ms: u64,
         nonce: [u8; NONCE_BYTES],
-    ) -> String {
+    ) -> Signature {
         let input = signing_input(method, path, &self.node, ts_ms, &nonce, body);
         let tag = hmac::sign(&self.key, &input);
         let mut mac = [0u8; 32];
@@ -278,11 +339,11 @@ impl Authenticator {
             nonce,
             mac,
         }
-        .render()
     }
 
     /// Verify a request received at `now_ms` with `header` (the [`AUTH_HEADER`] value, if
-    /// any); returns the signing node's id. Refusals are counted by reason.
+    /// any); returns the verified signature (its node and nonce). Refusals are counted by
+    /// reason.
     pub fn verify(
         &self,
         method: &str,
@@ -290,7 +351,7 @@ impl Authenticator {
         body: &[u8],
         header: Option<&str>,
         now_ms: u64,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Signature, AuthError> {
         let r = self.check(method, path, body, header, now_ms);
         match &r {
             Ok(_) => {
@@ -308,7 +369,7 @@ impl Authenticator {
         body: &[u8],
         header: Option<&str>,
         now_ms: u64,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Signature, AuthError> {
         let sig = Signature::parse(header.ok_or(AuthError::Missing)?)?;
         let mut seen = crate::core::lock(&self.seen);
         seen.forget_before(now_ms);
@@ -331,7 +392,7 @@ impl Authenticator {
         let forget_at = sig.ts_ms.saturating_add(self.window_ms).saturating_add(1);
         seen.by_nonce.insert(sig.nonce, forget_at);
         seen.by_time.insert((forget_at, sig.nonce), ());
-        Ok(sig.node)
+        Ok(sig)
     }
 }
 
@@ -352,9 +413,12 @@ mod tests {
     #[test]
     fn a_signed_request_verifies_once() {
         let (edge, origin) = pair();
-        let h = edge.sign("POST", "/cluster/v1/trunks", b"{}", NOW).unwrap();
+        let h = edge
+            .sign("POST", "/cluster/v1/trunks", b"{}", NOW)
+            .unwrap()
+            .render();
         let who = origin.verify("POST", "/cluster/v1/trunks", b"{}", Some(&h), NOW + 50);
-        assert_eq!(who, Ok("edge-1".to_string()));
+        assert_eq!(who.map(|s| s.node), Ok("edge-1".to_string()));
         let again = origin.verify("POST", "/cluster/v1/trunks", b"{}", Some(&h), NOW + 60);
         assert_eq!(again, Err(AuthError::Replay));
         assert_eq!(origin.stats.accepted.load(Ordering::Relaxed), 1);
@@ -364,7 +428,7 @@ mod tests {
     #[test]
     fn any_change_to_what_is_signed_breaks_the_mac() {
         let (edge, origin) = pair();
-        let h = edge.sign_with("POST", "/cluster/v1/trunks", b"{\"a\":1}", NOW, [7; 16]);
+        let h = edge.sign_with("POST", "/cluster/v1/trunks", b"{\"a\":1}", NOW, [7; 16]).render();
         for (m, p, b) in [
             ("DELETE", "/cluster/v1/trunks", &b"{\"a\":1}"[..]),
             ("POST", "/cluster/v1/trunks/1", &b"{\"a\":1}"[..]),
@@ -390,7 +454,7 @@ mod tests {
         );
         // Signed with another secret.
         let stranger = Authenticator::new(b"another secret of thirty-two chars", "edge-1", 10_000);
-        let h2 = stranger.sign_with("POST", "/p", b"", NOW, [8; 16]);
+        let h2 = stranger.sign_with("POST", "/p", b"", NOW, [8; 16]).render();
         assert_eq!(
             origin.verify("POST", "/p", b"", Some(&h2), NOW),
             Err(AuthError::BadMac)
@@ -405,9 +469,9 @@ mod tests {
     #[test]
     fn stale_and_future_timestamps_are_refused() {
         let (edge, origin) = pair();
-        let old = edge.sign_with("GET", "/p", b"", NOW - 10_001, [1; 16]);
-        let new = edge.sign_with("GET", "/p", b"", NOW + 10_001, [2; 16]);
-        let edge_ok = edge.sign_with("GET", "/p", b"", NOW - 10_000, [3; 16]);
+        let old = edge.sign_with("GET", "/p", b"", NOW - 10_001, [1; 16]).render();
+        let new = edge.sign_with("GET", "/p", b"", NOW + 10_001, [2; 16]).render();
+        let edge_ok = edge.sign_with("GET", "/p", b"", NOW - 10_000, [3; 16]).render();
         for h in [&old, &new] {
             assert!(matches!(
                 origin.verify("GET", "/p", b"", Some(h), NOW),
@@ -421,7 +485,7 @@ mod tests {
     #[test]
     fn a_replay_after_the_window_is_stale_not_accepted() {
         let (edge, origin) = pair();
-        let h = edge.sign_with("GET", "/p", b"", NOW, [4; 16]);
+        let h = edge.sign_with("GET", "/p", b"", NOW, [4; 16]).render();
         assert!(origin.verify("GET", "/p", b"", Some(&h), NOW).is_ok());
         // The nonce is forgotten once its timestamp can no longer pass the window check.
         assert!(matches!(
@@ -470,23 +534,36 @@ mod tests {
     }
 
     #[test]
+    fn sealed_material_opens_only_with_the_secret_and_the_same_binding() {
+        let (edge, origin) = pair();
+        let sealed = origin.seal(b"key material", b"nonce-1").unwrap();
+        assert!(!sealed.contains("key material"));
+        assert_eq!(edge.open(&sealed, b"nonce-1").unwrap(), b"key material");
+        assert_eq!(edge.open(&sealed, b"nonce-2"), Err(SealError::Forged));
+        let stranger = Authenticator::new(b"another secret of thirty-two chars", "x", 10_000);
+        assert_eq!(stranger.open(&sealed, b"nonce-1"), Err(SealError::Forged));
+        assert_eq!(edge.open("!!", b"nonce-1"), Err(SealError::Malformed));
+        assert_eq!(edge.open("AAAA", b"nonce-1"), Err(SealError::Malformed));
+    }
+
+    #[test]
     fn the_nonce_record_is_bounded() {
         let edge = Authenticator::new(SECRET, "edge-1", 10_000);
         let origin = Authenticator::new(SECRET, "origin-1", 10_000);
         for i in 0..MAX_NONCES {
             let mut n = [0u8; 16];
             n[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let h = edge.sign_with("GET", "/p", b"", NOW, n);
+            let h = edge.sign_with("GET", "/p", b"", NOW, n).render();
             assert!(origin.verify("GET", "/p", b"", Some(&h), NOW).is_ok());
         }
-        let h = edge.sign_with("GET", "/p", b"", NOW, [0xff; 16]);
+        let h = edge.sign_with("GET", "/p", b"", NOW, [0xff; 16]).render();
         assert_eq!(
             origin.verify("GET", "/p", b"", Some(&h), NOW),
             Err(AuthError::Saturated)
         );
         // Once the window has passed, the old nonces are forgotten and requests pass again.
         let later = NOW + 10_001;
-        let h = edge.sign_with("GET", "/p", b"", later, [0xfe; 16]);
+        let h = edge.sign_with("GET", "/p", b"", later, [0xfe; 16]).render();
         assert!(origin.verify("GET", "/p", b"", Some(&h), later).is_ok());
         assert_eq!(crate::core::lock(&origin.seen).by_nonce.len(), 1);
     }
