@@ -279,6 +279,15 @@ pub struct ClusterConfig {
     /// milliseconds; older or newer requests are refused as stale.
     #[serde(default = "default_auth_window_ms")]
     pub auth_window_ms: u32,
+    /// Serve WHEP viewers of rooms owned elsewhere from this node's relay over a trunk from
+    /// the owner's relay (docs/CLUSTER.md "Cascade"); needs `secret_file`. As an origin,
+    /// whether this node grants trunks to other nodes.
+    #[serde(default)]
+    pub cascade: bool,
+    /// As an origin: grant a trunk to an edge in this node's region once the room has at
+    /// least this many viewers here (an edge in another region always gets one); 0: always.
+    #[serde(default)]
+    pub cascade_after_viewers: u32,
 }
 
 fn default_region() -> String {
@@ -1230,6 +1239,12 @@ fn validate_cluster(c: &ClusterConfig) -> Check {
         if !p.is_absolute() {
             return bad("cluster.secret_file", "expected an absolute path");
         }
+    }
+    if c.cascade && c.secret_file.is_none() {
+        return bad(
+            "cluster.cascade",
+            "cascading needs cluster.secret_file (trunk keys travel only between authenticated nodes)",
+        );
     }
     in_range(
         "cluster.entry_ttl_ms",

@@ -428,7 +428,9 @@ mod tests {
     #[test]
     fn any_change_to_what_is_signed_breaks_the_mac() {
         let (edge, origin) = pair();
-        let h = edge.sign_with("POST", "/cluster/v1/trunks", b"{\"a\":1}", NOW, [7; 16]).render();
+        let h = edge
+            .sign_with("POST", "/cluster/v1/trunks", b"{\"a\":1}", NOW, [7; 16])
+            .render();
         for (m, p, b) in [
             ("DELETE", "/cluster/v1/trunks", &b"{\"a\":1}"[..]),
             ("POST", "/cluster/v1/trunks/1", &b"{\"a\":1}"[..]),
@@ -469,9 +471,15 @@ mod tests {
     #[test]
     fn stale_and_future_timestamps_are_refused() {
         let (edge, origin) = pair();
-        let old = edge.sign_with("GET", "/p", b"", NOW - 10_001, [1; 16]).render();
-        let new = edge.sign_with("GET", "/p", b"", NOW + 10_001, [2; 16]).render();
-        let edge_ok = edge.sign_with("GET", "/p", b"", NOW - 10_000, [3; 16]).render();
+        let old = edge
+            .sign_with("GET", "/p", b"", NOW - 10_001, [1; 16])
+            .render();
+        let new = edge
+            .sign_with("GET", "/p", b"", NOW + 10_001, [2; 16])
+            .render();
+        let edge_ok = edge
+            .sign_with("GET", "/p", b"", NOW - 10_000, [3; 16])
+            .render();
         for h in [&old, &new] {
             assert!(matches!(
                 origin.verify("GET", "/p", b"", Some(h), NOW),

@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod forward;
 pub mod registry;
+pub mod trunk;
 
 use crate::core::{Core, CoreError};
 use crate::http::process;
@@ -136,6 +137,11 @@ pub struct Cluster {
     release: Script,
     /// Signs and verifies node-to-node requests; `None` without `cluster.secret_file`.
     pub auth: Option<auth::Authenticator>,
+    /// Trunks on both sides ([`trunk`]).
+    book: Mutex<trunk::Book>,
+    /// Held while an edge opens a trunk room (one request per room, whatever the viewers).
+    opening: Mutex<()>,
+    pub trunk_stats: trunk::TrunkStats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -184,6 +190,9 @@ impl Cluster {
                     u64::from(cfg.auth_window_ms),
                 )
             }),
+            book: Mutex::new(trunk::Book::default()),
+            opening: Mutex::new(()),
+            trunk_stats: trunk::TrunkStats::default(),
             cfg: cfg.clone(),
         })
     }
@@ -577,12 +586,15 @@ pub fn spawn_heartbeat(
             while !stop.load(Ordering::SeqCst) {
                 let now = crate::clock::unix_ms();
                 let load = meter.sample(&core, now);
+                // Rooms served here from a trunk are the origin's, not this node's.
                 let live: BTreeSet<(String, String)> = core
                     .members()
                     .into_iter()
+                    .filter(|m| !cluster.edge_serves(&m.app, &m.room))
                     .map(|m| (m.app, m.room))
                     .collect();
                 let r = cluster.heartbeat(load, &live, now);
+                cluster.trunk_tick(&core, now);
                 let up = r.is_ok();
                 match r {
                     Ok(conflicts) => {
@@ -721,6 +733,38 @@ impl Cluster {
             n(&s.ownership_conflicts),
             n(&s.rooms_released),
         );
+        let (origin, edge) = self.trunk_counts();
+        let t = &self.trunk_stats;
+        let _ = write!(
+            o,
+            "# HELP sluice_cluster_trunks Relay-to-relay trunks, by this node's side.\n\
+             # TYPE sluice_cluster_trunks gauge\n\
+             sluice_cluster_trunks{{side=\"origin\"}} {origin}\n\
+             sluice_cluster_trunks{{side=\"edge\"}} {edge}\n\
+             # HELP sluice_cluster_trunks_opened_total Trunks opened, by this node's side.\n\
+             # TYPE sluice_cluster_trunks_opened_total counter\n\
+             sluice_cluster_trunks_opened_total{{side=\"origin\"}} {}\n\
+             sluice_cluster_trunks_opened_total{{side=\"edge\"}} {}\n\
+             # HELP sluice_cluster_trunk_joins_total WHEP joins for rooms owned elsewhere, by how the edge handled them.\n\
+             # TYPE sluice_cluster_trunk_joins_total counter\n\
+             sluice_cluster_trunk_joins_total{{result=\"served\"}} {}\n\
+             sluice_cluster_trunk_joins_total{{result=\"declined\"}} {}\n\
+             sluice_cluster_trunk_joins_total{{result=\"failed\"}} {}\n\
+             # HELP sluice_cluster_trunk_closed_total Trunk rooms closed, by reason.\n\
+             # TYPE sluice_cluster_trunk_closed_total counter\n",
+            n(&t.opened_origin),
+            n(&t.opened_edge),
+            n(&t.viewers_served),
+            n(&t.declined),
+            n(&t.open_failed),
+        );
+        for (reason, c) in trunk::CLOSE_REASONS.iter().zip(&t.closed) {
+            let _ = writeln!(
+                o,
+                "sluice_cluster_trunk_closed_total{{reason=\"{reason}\"}} {}",
+                n(c)
+            );
+        }
         let (accepted, refused) = self.auth.as_ref().map_or_else(
             || (0, auth::AuthStats::default().refused()),
             |a| (n(&a.stats.accepted), a.stats.refused()),
@@ -742,7 +786,7 @@ impl Cluster {
 /// The gate at the entry of a join: a room this node does not own is refused.
 impl crate::core::RoomGate for Cluster {
     fn admit(&self, app: &str, room: &str) -> Result<(), CoreError> {
-        if self.owns(app, room) {
+        if self.owns(app, room) || self.edge_serves(app, room) {
             Ok(())
         } else {
             Err(CoreError::Unavailable(format!(
