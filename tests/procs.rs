@@ -5,8 +5,8 @@
 //! Owns nothing of its own: binaries, processes, configs and the stream all come from
 //! [`crate::daemons`]; this module only keeps the names the upgrade and fault tests use.
 
-pub use crate::daemons::{pid_alive, wait_pid_gone as wait_gone, Proc};
 pub use crate::daemons::Setup;
+pub use crate::daemons::{pid_alive, wait_pid_gone as wait_gone, Proc};
 use crate::daemons::{signal_pid, Appliance, SrtpStream};
 use crate::Peer;
 use contract::shm::Role;

@@ -19,10 +19,12 @@
                                             FIRs 1.5 s apart and prints
                                             `keyframe_after_ms=N` for each (the next VP8
                                             keyframe's arrival); exit 0 when all came
-    peer.py watch-many URLS TOKEN FRAMES TIMEOUT
+    peer.py watch-many URLS TOKENS FRAMES TIMEOUT
                                             many viewers in this one process, one
                                             RTCPeerConnection per URL of the comma-separated
-                                            URLS (WHEP); each must decode FRAMES video
+                                            URLS (WHEP), each with the token at the same
+                                            place in the comma-separated TOKENS (or the one
+                                            token for all); each must decode FRAMES video
                                             frames; prints `viewer=I joined location=L`,
                                             `viewer=I decoded=N`, then `decoded_all=K/N`;
                                             exit 0 when all did within TIMEOUT
@@ -212,7 +214,7 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
     sys.exit(0 if ok else 2)
 
 
-async def watch_many(urls: list, token: str, want: int, timeout: float):
+async def watch_many(urls: list, tokens: list, want: int, timeout: float):
     """One RTCPeerConnection per URL, all in this process (cheaper than one process each on
     a small machine); success when every one decoded `want` frames."""
     loop = asyncio.get_running_loop()
@@ -221,7 +223,11 @@ async def watch_many(urls: list, token: str, want: int, timeout: float):
     decoded = [0] * len(urls)
     locations = [None] * len(urls)
 
+    def token_of(i: int) -> str:
+        return tokens[i] if len(tokens) == len(urls) else tokens[0]
+
     async def one(i: int, url: str):
+        token = token_of(i)
         pc = RTCPeerConnection()
         pcs.append(pc)
         pc.addTransceiver("audio", direction="recvonly")
@@ -270,7 +276,7 @@ async def watch_many(urls: list, token: str, want: int, timeout: float):
     print(f"decoded_all={ok}/{len(urls)}", flush=True)
     for i, loc in enumerate(locations):
         if loc is not None:
-            await loop.run_in_executor(None, http, "DELETE", loc, token)
+            await loop.run_in_executor(None, http, "DELETE", loc, token_of(i))
     for pc in pcs:
         await pc.close()
     sys.exit(0 if ok == len(urls) else 2)
@@ -433,7 +439,8 @@ def main():
         asyncio.run(watch_fir(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
     elif len(sys.argv) == 6 and sys.argv[1] == "watch-many":
         urls = [u for u in sys.argv[2].split(",") if u]
-        asyncio.run(watch_many(urls, sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+        tokens = [t for t in sys.argv[3].split(",") if t]
+        asyncio.run(watch_many(urls, tokens, int(sys.argv[4]), float(sys.argv[5])))
     elif len(sys.argv) in (6, 7) and sys.argv[1] == "watch":
         stall = float(sys.argv[6]) if len(sys.argv) == 7 else 0.0
         asyncio.run(watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), stall))
