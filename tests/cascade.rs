@@ -263,6 +263,8 @@ fn cascade_across_three_nodes() {
     let origin_trunks = trunks(&nodes[0]);
     let b_trunks = trunks(&nodes[1]);
     let a_sessions = nodes[0].sessions();
+    let status_text = nodes[0].app.ctl(&["cluster", "status"]);
+    let status_text = String::from_utf8_lossy(&status_text.stdout).into_owned();
     let status = many.wait().expect("wait viewers");
     assert!(
         status.success() && done == "decoded_all=30/30",
@@ -277,6 +279,10 @@ fn cascade_across_three_nodes() {
             "viewer {i} joined at {loc}"
         );
     }
+    assert!(
+        status_text.contains("TRUNK") && status_text.contains("live/big"),
+        "{status_text}"
+    );
     // The origin holds the publisher and one trunk per edge: no viewer session at all.
     assert_eq!(a_sessions, 3, "{origin_trunks:?}");
     let (to_b, to_c) = (
