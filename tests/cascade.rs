@@ -4,7 +4,8 @@
 //! watched by 30 aiortc viewers whose WHEP went to b and c, each edge taking one copy of the
 //! streams over a trunk; an edge viewer's FIR yields keyframes through the trunk; a killed
 //! edge is dropped by the origin (`edge_lost`) and its viewers rejoin through c; a killed
-//! origin drops c's trunk and its viewers (`origin_lost`).
+//! origin drops c's trunk and its viewers (`origin_lost`). And `sluice-bench --targets`
+//! spreading static sessions over three nodes with figures per node.
 
 use serde_json::Value;
 use sluice_tests::cluster_rig::*;
@@ -442,4 +443,54 @@ fn cascade_across_three_nodes() {
     let _ = publisher.wait();
     drop(nodes);
     redis.kill();
+}
+
+/// `sluice-bench run --targets`: static publishers and subscribers spread over three nodes
+/// (publisher i and its subscribers on node i mod 3), real SRTP, figures per node.
+#[test]
+fn bench_spreads_static_subscribers_over_nodes() {
+    use sluice_tests::daemons::{bin, Appliance, Setup};
+    ensure_binaries();
+    let mut apps: Vec<Appliance> = (0..3)
+        .map(|i| Appliance::setup(&format!("cascade-bench-{i}"), "mmsg", &Setup::default()))
+        .collect();
+    let mut urls = Vec::new();
+    let mut tokens = Vec::new();
+    for a in &mut apps {
+        let info = a.start_control();
+        a.start_relay();
+        urls.push(info.admin_url.clone());
+        tokens.push(info.admin_token.clone());
+    }
+    let out = std::process::Command::new(bin("sluice-bench"))
+        .args([
+            "run",
+            "--targets",
+            &urls.join(","),
+            "--tokens",
+            &tokens.join(","),
+        ])
+        .args(["--publishers", "3", "--fanout", "10", "--rate", "300"])
+        .args(["--duration", "2", "--quiet"])
+        .output()
+        .expect("run sluice-bench");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("per node:"))
+        .filter(|l| urls.iter().any(|u| l.starts_with(u.as_str())))
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for r in rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        // NODE PUBS SUBS SENT DELIVERED PPS LOSS%
+        assert_eq!((cols[1], cols[2]), ("1", "10"), "{r}");
+        let delivered: u64 = cols[4].parse().expect("delivered");
+        assert!(delivered > 0, "{r}");
+    }
 }

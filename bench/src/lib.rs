@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod garbage;
 pub mod gen;
 pub mod http;
+pub mod multi;
 pub mod plot;
 pub mod probe;
 pub mod report;
