@@ -445,14 +445,17 @@ fn cascade_across_three_nodes() {
     redis.kill();
 }
 
-/// `sluice-bench run --targets`: static publishers and subscribers spread over three nodes
-/// (publisher i and its subscribers on node i mod 3), real SRTP, figures per node.
-#[test]
-fn bench_spreads_static_subscribers_over_nodes() {
-    use sluice_tests::daemons::{bin, Appliance, Setup};
-    ensure_binaries();
+/// Three loopback nodes with their relays: (appliances, admin URLs, admin tokens).
+fn three_static_nodes(
+    tag: &str,
+) -> (
+    Vec<sluice_tests::daemons::Appliance>,
+    Vec<String>,
+    Vec<String>,
+) {
+    use sluice_tests::daemons::{Appliance, Setup};
     let mut apps: Vec<Appliance> = (0..3)
-        .map(|i| Appliance::setup(&format!("cascade-bench-{i}"), "mmsg", &Setup::default()))
+        .map(|i| Appliance::setup(&format!("{tag}-{i}"), "mmsg", &Setup::default()))
         .collect();
     let mut urls = Vec::new();
     let mut tokens = Vec::new();
@@ -462,7 +465,12 @@ fn bench_spreads_static_subscribers_over_nodes() {
         urls.push(info.admin_url.clone());
         tokens.push(info.admin_token.clone());
     }
-    let out = std::process::Command::new(bin("sluice-bench"))
+    (apps, urls, tokens)
+}
+
+/// `sluice-bench run --targets URLS --tokens TOKENS ARGS`: its stdout; fails on an error.
+fn bench_across(urls: &[String], tokens: &[String], args: &[&str]) -> String {
+    let out = std::process::Command::new(sluice_tests::daemons::bin("sluice-bench"))
         .args([
             "run",
             "--targets",
@@ -470,8 +478,7 @@ fn bench_spreads_static_subscribers_over_nodes() {
             "--tokens",
             &tokens.join(","),
         ])
-        .args(["--publishers", "3", "--fanout", "10", "--rate", "300"])
-        .args(["--duration", "2", "--quiet"])
+        .args(args)
         .output()
         .expect("run sluice-bench");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -480,17 +487,49 @@ fn bench_spreads_static_subscribers_over_nodes() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<&str> = text
-        .lines()
+    text
+}
+
+/// The per-node rows of a `--targets` report, split into columns.
+fn node_rows(text: &str, urls: &[String]) -> Vec<Vec<String>> {
+    text.lines()
         .skip_while(|l| !l.starts_with("per node:"))
         .filter(|l| urls.iter().any(|u| l.starts_with(u.as_str())))
-        .collect();
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// `sluice-bench run --targets`: static publishers and subscribers spread over three nodes
+/// (publisher i and its subscribers on node i mod 3), real SRTP, figures per node.
+#[test]
+fn bench_spreads_static_subscribers_over_nodes() {
+    ensure_binaries();
+    let (_apps, urls, tokens) = three_static_nodes("cascade-bench");
+    let text = bench_across(
+        &urls,
+        &tokens,
+        &[
+            "--publishers",
+            "3",
+            "--fanout",
+            "10",
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--quiet",
+        ],
+    );
+    let rows = node_rows(&text, &urls);
     assert_eq!(rows.len(), 3, "{text}");
-    for r in rows {
-        let cols: Vec<&str> = r.split_whitespace().collect();
+    for cols in rows {
         // NODE PUBS SUBS SENT DELIVERED PPS LOSS%
-        assert_eq!((cols[1], cols[2]), ("1", "10"), "{r}");
+        assert_eq!(
+            (cols[1].as_str(), cols[2].as_str()),
+            ("1", "10"),
+            "{cols:?}"
+        );
         let delivered: u64 = cols[4].parse().expect("delivered");
-        assert!(delivered > 0, "{r}");
+        assert!(delivered > 0, "{cols:?}");
     }
 }
