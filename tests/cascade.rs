@@ -417,6 +417,32 @@ fn cascade_across_three_nodes() {
     });
     let before = nodes[2].sessions();
     assert!(before >= 2, "c holds its trunk and the viewer: {before}");
+    // The origin's control restarts: the trunk is kept (its session and routes are in the
+    // journal, the trunk in state_dir), the room stays placed on a, c's viewer decodes on.
+    nodes[0].restart_control();
+    wait_line(
+        &last_rx,
+        Duration::from_secs(30),
+        "frames after a's restart",
+        |l| l.starts_with("frames="),
+    );
+    std::thread::sleep(Duration::from_millis(3 * 2_000));
+    let n = wait_line(
+        &last_rx,
+        Duration::from_secs(30),
+        "frames long after a's restart",
+        |l| l.starts_with("frames="),
+    );
+    assert!(
+        trunk_to(&trunks(&nodes[0]), "c").is_some(),
+        "{}",
+        nodes[0].log()
+    );
+    assert_eq!(owner(&nodes[2].cluster().1, "big").as_deref(), Some("a"));
+    assert!(
+        trunk_to(&trunks(&nodes[2]), "a").is_some(),
+        "c still takes the room: {n}"
+    );
     nodes[0].kill_all();
     eventually(
         "c drops the trunk (origin_lost)",

@@ -5,6 +5,7 @@
 
 use crate::daemons::*;
 use crate::skip::skip;
+use contract::config::RuntimeInfo;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -156,20 +157,7 @@ impl Node {
              heartbeat_ms = {HEARTBEAT_MS}\nentry_ttl_ms = {TTL_MS}\nkey_prefix = \"{prefix}\"\n{extra}"
         ));
         std::fs::write(&app.config, text).expect("write config");
-        let info = match netns {
-            None => app.start_control(),
-            Some((ns, _)) => {
-                // `ip netns exec` execs control: the pid is control's.
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("sluice-control"));
-                app.env(&mut c);
-                c.arg("--config").arg(&app.config);
-                let mut p = Proc::spawn("sluice-control", c, app.dir.path(), Stdio::null());
-                let info = app.wait_runtime_info(p.pid(), Some(&mut p));
-                app.control = Some(p);
-                info
-            }
-        };
+        let info = spawn_control(&mut app, netns.map(|(ns, _)| ns));
         let n = Node {
             netns: netns.map(|(ns, _)| ns.to_string()),
             admin_url: info.admin_url.clone(),
@@ -189,6 +177,15 @@ impl Node {
         let (st, b) = n.admin("DELETE", "/v1/apps/live/keys/k1", "");
         assert!(st < 300, "delete key: {b}");
         n
+    }
+
+    /// Kill control (SIGKILL) and start it again on the same state; the relay runs on.
+    pub fn restart_control(&mut self) {
+        self.kill();
+        let ns = self.netns.clone();
+        let info = spawn_control(&mut self.app, ns.as_deref());
+        self.admin_url = info.admin_url;
+        self.admin_token = info.admin_token;
     }
 
     /// Start this node's relay (in its namespace, if any) and wait until it serves.
@@ -274,6 +271,24 @@ impl Node {
             .as_ref()
             .map(Proc::log_text)
             .unwrap_or_default()
+    }
+}
+
+/// Start `app`'s control (in network namespace `ns`, if any) and wait for its runtime file.
+fn spawn_control(app: &mut Appliance, ns: Option<&str>) -> RuntimeInfo {
+    match ns {
+        None => app.start_control(),
+        Some(ns) => {
+            // `ip netns exec` execs control: the pid is control's.
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("sluice-control"));
+            app.env(&mut c);
+            c.arg("--config").arg(&app.config);
+            let mut p = Proc::spawn("sluice-control", c, app.dir.path(), Stdio::null());
+            let info = app.wait_runtime_info(p.pid(), Some(&mut p));
+            app.control = Some(p);
+            info
+        }
     }
 }
 

@@ -587,11 +587,13 @@ pub fn spawn_heartbeat(
                 let now = crate::clock::unix_ms();
                 let load = meter.sample(&core, now);
                 // Rooms served here from a trunk are the origin's, not this node's.
+                // Rooms this node carries to edges stay placed here.
                 let live: BTreeSet<(String, String)> = core
                     .members()
                     .into_iter()
                     .filter(|m| !cluster.edge_serves(&m.app, &m.room))
                     .map(|m| (m.app, m.room))
+                    .chain(cluster.origin_rooms())
                     .collect();
                 let r = cluster.heartbeat(load, &live, now);
                 cluster.trunk_tick(&core, now);

@@ -378,6 +378,17 @@ impl Cluster {
             .any(|t| t.rooms.contains_key(&k))
     }
 
+    /// The rooms this node serves to edges over trunks: the origin keeps them placed here
+    /// while a trunk carries them, even with no participant of its own (after a control
+    /// restart the participant table is empty while media flows on).
+    pub fn origin_rooms(&self) -> Vec<(String, String)> {
+        lock(&self.book)
+            .origin
+            .values()
+            .flat_map(|t| t.rooms.values().map(|r| (r.app.clone(), r.room.clone())))
+            .collect()
+    }
+
     /// The number of trunks on each side: `(origin, edge)`.
     pub fn trunk_counts(&self) -> (u64, u64) {
         let b = lock(&self.book);
