@@ -1789,6 +1789,18 @@ mod tests {
                 "redis_url = \"redis://h\"\nentry_ttl_ms = 1500",
                 "cluster.entry_ttl_ms",
             ),
+            (
+                "redis_url = \"redis://h\"\ncascade = true",
+                "cluster.cascade",
+            ),
+            (
+                "redis_url = \"redis://h\"\nsecret_file = \"rel/secret\"",
+                "cluster.secret_file",
+            ),
+            (
+                "redis_url = \"redis://h\"\nauth_window_ms = 100",
+                "cluster.auth_window_ms",
+            ),
         ] {
             let e = Config::from_toml_str(&format!("{base}{extra}\n"), "t").unwrap_err();
             assert!(e.to_string().contains(key), "{extra}: {e}");
@@ -1799,6 +1811,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("cluster.node_id"), "{e}");
+    }
+
+    #[test]
+    fn cluster_secret_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("secret");
+        let cfg = |p: &Path| {
+            Config::from_toml_str(
+                &format!(
+                    "[cluster]\nredis_url = \"redis://h\"\nnode_id = \"a\"\nsecret_file = \"{}\"\ncascade = true\n",
+                    p.display()
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&p, "short\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = cfg(&p).cluster_secret().unwrap_err();
+        assert!(e.to_string().contains("cluster.secret_file"), "{e}");
+        std::fs::write(&p, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let c = cfg(&p);
+        assert!(c.cluster.as_ref().unwrap().cascade);
+        let s = c.cluster_secret().unwrap().unwrap();
+        assert_eq!(s.expose(), "0123456789abcdef0123456789abcdef");
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(cfg(&p).cluster_secret().is_err(), "world-readable");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

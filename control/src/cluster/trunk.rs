@@ -1274,3 +1274,75 @@ async fn exchange(
     driver.abort();
     Ok((status, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video() -> NegotiatedMedia {
+        NegotiatedMedia {
+            mid: "1".into(),
+            kind: MediaKind::Video,
+            accepted: true,
+            direction: Direction::RecvOnly,
+            codecs: vec![Codec {
+                pt: 96,
+                name: "VP8".into(),
+                clock_rate: 90_000,
+                channels: None,
+                fmtp: None,
+                rtcp_fb: vec!["nack".into(), "nack pli".into()],
+            }],
+            extmaps: vec![Extmap {
+                id: 4,
+                direction: None,
+                uri: "urn:ietf:params:rtp-hdrext:sdes:mid".into(),
+            }],
+            remote_ssrcs: vec![1111, 2222],
+            send_ssrc: None,
+            rtx: vec![RtxCodec { pt: 97, apt: 96 }],
+            rtx_ssrcs: vec![(1111, 2222)],
+            send_rtx_ssrc: None,
+        }
+    }
+
+    #[test]
+    fn a_stream_becomes_an_edge_section_with_the_trunk_ssrc() {
+        let s = Stream::of(&video(), 0xdead_beef);
+        // Through JSON, as the origin answers it.
+        let s: Stream = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let m = s.media(3).unwrap();
+        assert_eq!(m.kind, MediaKind::Video);
+        assert_eq!(m.mid, "t3");
+        assert_eq!(m.codecs, video().codecs);
+        assert_eq!(
+            (m.extmaps[0].id, m.extmaps[0].uri.as_str()),
+            (4, "urn:ietf:params:rtp-hdrext:sdes:mid")
+        );
+        assert_eq!(m.remote_ssrcs, vec![0xdead_beef]);
+        assert_eq!(m.rtx, video().rtx);
+        // The trunk carries no RTX stream: the origin unwraps it.
+        assert!(m.rtx_ssrcs.is_empty() && m.source_rtx_of(0xdead_beef).is_none());
+        let (media, ssrcs) = member_media(&[
+            s.clone(),
+            Stream {
+                kind: "application".into(),
+                ..s
+            },
+        ]);
+        assert_eq!((media.len(), ssrcs), (1, vec![vec![0xdead_beef]]));
+    }
+
+    #[test]
+    fn fresh_ssrcs_are_unique_and_odd() {
+        let mut taken = vec![1, 3];
+        for _ in 0..100 {
+            let s = fresh_ssrc(&mut taken).unwrap();
+            assert_eq!(s & 1, 1);
+        }
+        let mut sorted = taken.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), taken.len());
+    }
+}
