@@ -134,7 +134,7 @@ fn trunk_requests_are_authenticated() {
         );
     }
     let audit = a.audit();
-    assert!(audit.contains("cluster.auth") && audit.contains("bad_mac"));
+    assert!(audit.contains("cluster.denied") && audit.contains("cluster_auth_bad_mac"));
     assert!(!audit.contains(SECRET) && !a.log().contains(SECRET));
 }
 

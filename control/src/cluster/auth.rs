@@ -68,6 +68,23 @@ impl AuthError {
     }
 }
 
+impl AuthError {
+    /// The reason under which the refusal is counted and audited with other refused
+    /// requests (`sluice_control_webrtc_denied_total`, the rate-limited `cluster.denied`
+    /// audit entries).
+    pub fn denial_reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "cluster_auth_missing",
+            AuthError::Malformed(_) => "cluster_auth_malformed",
+            AuthError::Stale { .. } => "cluster_auth_stale",
+            AuthError::Replay => "cluster_auth_replay",
+            AuthError::BadMac => "cluster_auth_bad_mac",
+            AuthError::Saturated => "cluster_auth_saturated",
+            AuthError::NoSecret => "cluster_auth_no_secret",
+        }
+    }
+}
+
 /// Refused node-to-node requests by reason, and accepted ones.
 #[derive(Debug, Default)]
 pub struct AuthStats {

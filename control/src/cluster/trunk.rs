@@ -416,13 +416,18 @@ impl Cluster {
                 } else {
                     401
                 };
-                tracing::warn!(reason = e.reason(), path = %req.path, "cluster: refused a node-to-node request");
-                core.audit.record(
-                    "cluster",
-                    "cluster.auth",
-                    json!({"path": req.path, "reason": e.reason()}),
-                    status,
-                    &e.to_string(),
+                // Counted, and audited through the rate limit of refused requests: a flood of
+                // bad requests cannot flood the audit log.
+                core.record_denial(
+                    crate::core::denials::Denial {
+                        action: "cluster.denied",
+                        target: [("method", &req.method), ("path", &req.path)],
+                        reason: e.denial_reason(),
+                        from: core.audit.hasher.hash_client(&req.peer),
+                        status,
+                        message: e.to_string(),
+                    },
+                    now,
                 );
                 return Some(refusal(status, e.reason(), &e.to_string()));
             }
