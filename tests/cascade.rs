@@ -497,13 +497,10 @@ fn three_static_nodes(
 /// `sluice-bench run --targets URLS --tokens TOKENS ARGS`: its stdout; fails on an error.
 fn bench_across(urls: &[String], tokens: &[String], args: &[&str]) -> String {
     let out = std::process::Command::new(sluice_tests::daemons::bin("sluice-bench"))
-        .args([
-            "run",
-            "--targets",
-            &urls.join(","),
-            "--tokens",
-            &tokens.join(","),
-        ])
+        // `--tokens=`: a generated token may begin with `-`.
+        .arg("run")
+        .arg(format!("--targets={}", urls.join(",")))
+        .arg(format!("--tokens={}", tokens.join(",")))
         .args(args)
         .output()
         .expect("run sluice-bench");

@@ -571,12 +571,29 @@ async fn mget(
 
 /// The heartbeat thread: every `cluster.heartbeat_ms`, the node's load and live rooms go
 /// to [`Cluster::heartbeat`]; Redis going away and coming back is logged and audited once
-/// per change. Stops when `stop` is set, then leaves the registry.
+/// per change. Stops when `stop` is set, then leaves the registry. Trunk upkeep
+/// ([`Cluster::trunk_tick`], which waits on other nodes' controls) runs on a thread of its
+/// own at the same pace, so a slow or silent origin never delays the registry heartbeat.
 pub fn spawn_heartbeat(
     cluster: Arc<Cluster>,
     core: Arc<Core>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let trunks = {
+        let (cluster, core, stop) = (cluster.clone(), core.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("cluster-trunks".into())
+            .spawn(move || {
+                let every = Duration::from_millis(u64::from(cluster.cfg.heartbeat_ms));
+                while !stop.load(Ordering::SeqCst) {
+                    cluster.trunk_tick(&core, crate::clock::unix_ms());
+                    let until = std::time::Instant::now() + every;
+                    while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50).min(every));
+                    }
+                }
+            })?
+    };
     std::thread::Builder::new()
         .name("cluster-heartbeat".into())
         .spawn(move || {
@@ -596,7 +613,6 @@ pub fn spawn_heartbeat(
                     .chain(cluster.origin_rooms())
                     .collect();
                 let r = cluster.heartbeat(load, &live, now);
-                cluster.trunk_tick(&core, now);
                 let up = r.is_ok();
                 match r {
                     Ok(conflicts) => {
@@ -627,6 +643,8 @@ pub fn spawn_heartbeat(
                     std::thread::sleep(Duration::from_millis(50).min(every));
                 }
             }
+            // Trunk upkeep ends before the node leaves (its last call is bounded).
+            let _ = trunks.join();
             cluster.leave();
         })
 }
