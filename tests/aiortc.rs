@@ -57,6 +57,14 @@ pub fn spawn_in(
     spawn_cmd(cmd, args, tag)
 }
 
+/// [`spawn`] gathering only `host` (an address the peers of a test network reach this
+/// namespace on).
+pub fn spawn_with_host(host: &str, args: &[&str], tag: &'static str) -> (Child, Receiver<String>) {
+    let mut cmd = Command::new(python());
+    cmd.env("SLUICE_AIORTC_HOST", host);
+    spawn_cmd(cmd, args, tag)
+}
+
 fn spawn_cmd(mut cmd: Command, args: &[&str], tag: &'static str) -> (Child, Receiver<String>) {
     let mut child = cmd
         .arg(peer_script())

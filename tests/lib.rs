@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod aiortc;
+pub mod cluster_rig;
 pub mod daemons;
 pub mod ice_tcp_peer;
 pub mod netns;

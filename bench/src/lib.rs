@@ -16,6 +16,7 @@ pub mod garbage;
 pub mod gen;
 pub mod http;
 pub mod janus;
+pub mod multi;
 pub mod plot;
 pub mod probe;
 pub mod report;

@@ -181,6 +181,13 @@ struct TargetArgs {
     /// rtpengine's ng control address (with --target-kind rtpengine).
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:2223")]
     ng: SocketAddr,
+    /// Several Sluice nodes' admin API URLs, comma-separated: publisher i and its
+    /// subscribers go to node i mod N, and the report adds figures per node.
+    #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// The admin tokens of --targets, comma-separated, in the same order (or one for all).
+    #[arg(long, value_name = "T,T,...", value_delimiter = ',')]
+    tokens: Vec<String>,
 }
 
 #[derive(Args)]
@@ -351,6 +358,14 @@ impl OutArgs {
 }
 
 fn connect(t: &TargetArgs) -> Result<Box<dyn Target>, CmdError> {
+    if !t.targets.is_empty() {
+        if t.tokens.is_empty() {
+            return Err(CmdError::Usage("--targets needs --tokens".into()));
+        }
+        return Ok(Box::new(sluice_bench::multi::MultiTarget::connect(
+            &t.targets, &t.tokens,
+        )?));
+    }
     match t.target_kind {
         TargetKind::Sluice => Ok(Box::new(SluiceTarget::connect(
             t.api.as_deref(),
@@ -417,6 +432,12 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             let mut t = connect(&target)?;
             let report = cmd::find_max(t.as_mut(), &opts, &output)?;
             finish(&report, &output, "sluice-bench find-max")?;
+            if !target.targets.is_empty() {
+                print!(
+                    "{}",
+                    sluice_bench::multi::per_node_text(&report, &target.targets)
+                );
+            }
         }
         Command::Baseline { which } => baseline_command(which)?,
         Command::Webrtc(args) => {
@@ -517,6 +538,12 @@ fn run_command(a: RunArgs) -> Result<Option<ExitCode>, CmdError> {
     report.baselines.crypto = crypto;
     report.compute_ratios();
     finish(&report, &output, "sluice-bench run")?;
+    if !target.targets.is_empty() {
+        print!(
+            "{}",
+            sluice_bench::multi::per_node_text(&report, &target.targets)
+        );
+    }
     if let (Some(max), Some(r)) = (max_loss, &report.result) {
         if r.loss_ratio * 100.0 > max || r.auth_failures > 0 || r.misrouted > 0 {
             eprintln!(

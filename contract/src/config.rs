@@ -270,6 +270,24 @@ pub struct ClusterConfig {
     /// Prefix of every key this cluster writes in Redis (several clusters may share one).
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// A file holding the cluster secret (first line, at least 32 characters, not
+    /// world-readable), the same on every node: node-to-node requests that carry keys
+    /// (`/cluster/v1/…`) are authenticated with it. Unset: those requests are refused.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// How far a node-to-node request's timestamp may be from this node's clock, in
+    /// milliseconds; older or newer requests are refused as stale.
+    #[serde(default = "default_auth_window_ms")]
+    pub auth_window_ms: u32,
+    /// Serve WHEP viewers of rooms owned elsewhere from this node's relay over a trunk from
+    /// the owner's relay (docs/CLUSTER.md "Cascade"); needs `secret_file`. As an origin,
+    /// whether this node grants trunks to other nodes.
+    #[serde(default)]
+    pub cascade: bool,
+    /// As an origin: grant a trunk to an edge in this node's region once the room has at
+    /// least this many viewers here (an edge in another region always gets one); 0: always.
+    #[serde(default)]
+    pub cascade_after_viewers: u32,
 }
 
 fn default_region() -> String {
@@ -283,6 +301,9 @@ fn default_entry_ttl_ms() -> u32 {
 }
 fn default_key_prefix() -> String {
     "sluice".into()
+}
+fn default_auth_window_ms() -> u32 {
+    10_000
 }
 
 /// `[log]`: how both daemons write their logs (to stderr, which systemd gives to journald).
@@ -888,6 +909,32 @@ impl Config {
         })?;
         Ok(Some(Secret(tok)))
     }
+
+    /// The cluster secret from `cluster.secret_file` (first line, trimmed, at least 32
+    /// characters, not world-readable); `None` without a cluster or a secret file.
+    pub fn cluster_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let Some(p) = self.cluster.as_ref().and_then(|c| c.secret_file.as_ref()) else {
+            return Ok(None);
+        };
+        check_not_world_readable(p)?;
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let secret = text.lines().next().unwrap_or("").trim().to_string();
+        if secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                origin: p.display().to_string(),
+                line: Some(1),
+                key: "cluster.secret_file".into(),
+                message: format!(
+                    "the secret has {} characters; at least 32 are required",
+                    secret.len()
+                ),
+            });
+        }
+        Ok(Some(Secret(secret)))
+    }
 }
 
 impl Config {
@@ -898,6 +945,7 @@ impl Config {
     /// `control.public_addresses`, whose WebRTC candidates only this host can reach.
     pub fn check_for_start(&self) -> Result<Vec<String>, ConfigError> {
         self.admin_token()?;
+        self.cluster_secret()?;
         if let Some(t) = &self.http.tls {
             std::fs::metadata(&t.cert_file).map_err(|source| ConfigError::Io {
                 path: t.cert_file.clone(),
@@ -1186,6 +1234,18 @@ fn validate_cluster(c: &ClusterConfig) -> Check {
         }
     }
     in_range("cluster.heartbeat_ms", c.heartbeat_ms, 100, 60_000)?;
+    in_range("cluster.auth_window_ms", c.auth_window_ms, 1_000, 120_000)?;
+    if let Some(p) = &c.secret_file {
+        if !p.is_absolute() {
+            return bad("cluster.secret_file", "expected an absolute path");
+        }
+    }
+    if c.cascade && c.secret_file.is_none() {
+        return bad(
+            "cluster.cascade",
+            "cascading needs cluster.secret_file (trunk keys travel only between authenticated nodes)",
+        );
+    }
     in_range(
         "cluster.entry_ttl_ms",
         c.entry_ttl_ms,
@@ -1729,6 +1789,18 @@ mod tests {
                 "redis_url = \"redis://h\"\nentry_ttl_ms = 1500",
                 "cluster.entry_ttl_ms",
             ),
+            (
+                "redis_url = \"redis://h\"\ncascade = true",
+                "cluster.cascade",
+            ),
+            (
+                "redis_url = \"redis://h\"\nsecret_file = \"rel/secret\"",
+                "cluster.secret_file",
+            ),
+            (
+                "redis_url = \"redis://h\"\nauth_window_ms = 100",
+                "cluster.auth_window_ms",
+            ),
         ] {
             let e = Config::from_toml_str(&format!("{base}{extra}\n"), "t").unwrap_err();
             assert!(e.to_string().contains(key), "{extra}: {e}");
@@ -1739,6 +1811,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("cluster.node_id"), "{e}");
+    }
+
+    #[test]
+    fn cluster_secret_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("secret");
+        let cfg = |p: &Path| {
+            Config::from_toml_str(
+                &format!(
+                    "[cluster]\nredis_url = \"redis://h\"\nnode_id = \"a\"\nsecret_file = \"{}\"\ncascade = true\n",
+                    p.display()
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&p, "short\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = cfg(&p).cluster_secret().unwrap_err();
+        assert!(e.to_string().contains("cluster.secret_file"), "{e}");
+        std::fs::write(&p, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let c = cfg(&p);
+        assert!(c.cluster.as_ref().unwrap().cascade);
+        let s = c.cluster_secret().unwrap().unwrap();
+        assert_eq!(s.expose(), "0123456789abcdef0123456789abcdef");
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(cfg(&p).cluster_secret().is_err(), "world-readable");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -163,8 +163,9 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
     let cluster_stop = Arc::new(AtomicBool::new(false));
     let heartbeat = match &cfg.cluster {
         Some(cc) => {
-            let c = Arc::new(Cluster::new(cc)?);
+            let c = Arc::new(Cluster::new(cc, cfg.cluster_secret()?.as_ref())?);
             c.set_urls(&urls.public_url, &urls.media_addr);
+            c.load_trunks(&ctl.core, &cfg.control.state_dir, crate::clock::unix_ms());
             // Set once, here, before any listener could have asked for it.
             let _ = ctl.core.room_gate.set(c.clone());
             let _ = ctl.cluster.set(c.clone());

@@ -513,8 +513,53 @@ fn cluster_text(v: &Value) -> String {
         .iter()
         .map(|r| vec![field(r, "app"), field(r, "room"), field(r, "owner")])
         .collect();
+    let trunks: Vec<Vec<String>> = list("trunks")
+        .iter()
+        .map(|t| {
+            let c = t.get("counters").cloned().unwrap_or(Value::Null);
+            let rooms: Vec<String> = t
+                .get("rooms")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| format!("{}/{}", field(r, "app"), field(r, "room")))
+                .collect();
+            vec![
+                field(t, "side"),
+                field(t, "node"),
+                field(t, "session"),
+                field(t, "peer"),
+                rooms.join(","),
+                field(t, "viewers"),
+                field(&c, "packets_in"),
+                field(&c, "packets_out"),
+                field(&c, "bytes_out"),
+            ]
+        })
+        .collect();
+    let trunk_table = if trunks.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n{}",
+            table::render(
+                &[
+                    "TRUNK",
+                    "NODE",
+                    "SESSION",
+                    "PEER",
+                    "ROOMS",
+                    "VIEWERS",
+                    "PKTS_IN",
+                    "PKTS_OUT",
+                    "BYTES_OUT",
+                ],
+                &trunks,
+            )
+        )
+    };
     format!(
-        "node {} (region {}), registry {}\n\n{}\n{}",
+        "node {} (region {}), registry {}\n\n{}\n{}{trunk_table}",
         field(v, "node_id"),
         field(v, "region"),
         field(v, "redis"),

@@ -19,6 +19,15 @@
                                             FIRs 1.5 s apart and prints
                                             `keyframe_after_ms=N` for each (the next VP8
                                             keyframe's arrival); exit 0 when all came
+    peer.py watch-many URLS TOKENS FRAMES TIMEOUT
+                                            many viewers in this one process, one
+                                            RTCPeerConnection per URL of the comma-separated
+                                            URLS (WHEP), each with the token at the same
+                                            place in the comma-separated TOKENS (or the one
+                                            token for all); each must decode FRAMES video
+                                            frames; prints `viewer=I joined location=L`,
+                                            `viewer=I decoded=N`, then `decoded_all=K/N`;
+                                            exit 0 when all did within TIMEOUT
 
 Both print one status line per event on stdout (`answer`, `connected`, `frames=N`, `left`)
 and exit non-zero on failure. Exit code 3 means aiortc is not importable.
@@ -205,6 +214,74 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
     sys.exit(0 if ok else 2)
 
 
+async def watch_many(urls: list, tokens: list, want: int, timeout: float):
+    """One RTCPeerConnection per URL, all in this process (cheaper than one process each on
+    a small machine); success when every one decoded `want` frames."""
+    loop = asyncio.get_running_loop()
+    pcs = []
+    done = []
+    decoded = [0] * len(urls)
+    locations = [None] * len(urls)
+
+    def token_of(i: int) -> str:
+        return tokens[i] if len(tokens) == len(urls) else tokens[0]
+
+    async def one(i: int, url: str):
+        token = token_of(i)
+        pc = RTCPeerConnection()
+        pcs.append(pc)
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        fut = loop.create_future()
+        done.append(fut)
+
+        @pc.on("track")
+        def on_track(track):
+            async def pull():
+                while True:
+                    try:
+                        frame = await track.recv()
+                    except Exception:
+                        return
+                    if track.kind == "video" and frame.width > 0:
+                        decoded[i] += 1
+                        if decoded[i] == want:
+                            print(f"viewer={i} decoded={want}", flush=True)
+                            if not fut.done():
+                                fut.set_result(True)
+
+            asyncio.ensure_future(pull())
+
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+        status, headers, body = await loop.run_in_executor(
+            None, http, "POST", url, token, pc.localDescription.sdp.encode()
+        )
+        if status != 201:
+            print(f"viewer={i} refused status={status} body={body}", flush=True)
+            fut.set_result(False)
+            return
+        location = headers.get("Location") or headers.get("location")
+        locations[i] = urllib.parse.urljoin(url, location)
+        print(f"viewer={i} joined location={locations[i]}", flush=True)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    for i, url in enumerate(urls):
+        await one(i, url)
+    try:
+        await asyncio.wait_for(asyncio.gather(*done), timeout)
+    except asyncio.TimeoutError:
+        pass
+    ok = sum(1 for d in decoded if d >= want)
+    print(f"decoded_all={ok}/{len(urls)}", flush=True)
+    for i, loc in enumerate(locations):
+        if loc is not None:
+            await loop.run_in_executor(None, http, "DELETE", loc, token_of(i))
+    for pc in pcs:
+        await pc.close()
+    sys.exit(0 if ok == len(urls) else 2)
+
+
 def vp8_keyframe(payload: bytes) -> bool:
     """True for the first packet of a VP8 key frame (RFC 7741 §4.2-4.3): start of a
     partition 0 with the P bit of the payload header clear."""
@@ -360,6 +437,10 @@ def main():
         asyncio.run(publish_pli_only(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     elif len(sys.argv) == 6 and sys.argv[1] == "watch-fir":
         asyncio.run(watch_fir(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+    elif len(sys.argv) == 6 and sys.argv[1] == "watch-many":
+        urls = [u for u in sys.argv[2].split(",") if u]
+        tokens = [t for t in sys.argv[3].split(",") if t]
+        asyncio.run(watch_many(urls, tokens, int(sys.argv[4]), float(sys.argv[5])))
     elif len(sys.argv) in (6, 7) and sys.argv[1] == "watch":
         stall = float(sys.argv[6]) if len(sys.argv) == 7 else 0.0
         asyncio.run(watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), stall))

@@ -19,12 +19,14 @@
 //!
 //! May not touch: shm and the journal (the core does), the packet path.
 
+pub mod auth;
 pub mod forward;
 pub mod registry;
+pub mod trunk;
 
 use crate::core::{Core, CoreError};
 use crate::http::process;
-use contract::config::ClusterConfig;
+use contract::config::{ClusterConfig, Secret};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, AsyncConnectionConfig, Script};
 use registry::{Keys, Load, NodeInfo};
@@ -133,6 +135,13 @@ pub struct Cluster {
     place: Script,
     refresh: Script,
     release: Script,
+    /// Signs and verifies node-to-node requests; `None` without `cluster.secret_file`.
+    pub auth: Option<auth::Authenticator>,
+    /// Trunks on both sides ([`trunk`]).
+    book: Mutex<trunk::Book>,
+    /// Held while an edge opens a trunk room (one request per room, whatever the viewers).
+    opening: Mutex<()>,
+    pub trunk_stats: trunk::TrunkStats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,7 +150,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Cluster {
     /// Set up this node's membership; makes no connection yet (the first heartbeat does).
-    pub fn new(cfg: &ClusterConfig) -> Result<Cluster, ClusterError> {
+    pub fn new(cfg: &ClusterConfig, secret: Option<&Secret>) -> Result<Cluster, ClusterError> {
         let client = redis::Client::open(cfg.redis_url.expose()).map_err(|e| {
             // The URL may hold a password: only the error's kind is shown.
             ClusterError::Unavailable(format!("cluster.redis_url: {:?}", e.kind()))
@@ -174,6 +183,16 @@ impl Cluster {
             place: Script::new(registry::PLACE),
             refresh: Script::new(registry::REFRESH),
             release: Script::new(registry::RELEASE),
+            auth: secret.map(|s| {
+                auth::Authenticator::new(
+                    s.expose().as_bytes(),
+                    &cfg.node_id,
+                    u64::from(cfg.auth_window_ms),
+                )
+            }),
+            book: Mutex::new(trunk::Book::default()),
+            opening: Mutex::new(()),
+            trunk_stats: trunk::TrunkStats::default(),
             cfg: cfg.clone(),
         })
     }
@@ -552,12 +571,29 @@ async fn mget(
 
 /// The heartbeat thread: every `cluster.heartbeat_ms`, the node's load and live rooms go
 /// to [`Cluster::heartbeat`]; Redis going away and coming back is logged and audited once
-/// per change. Stops when `stop` is set, then leaves the registry.
+/// per change. Stops when `stop` is set, then leaves the registry. Trunk upkeep
+/// ([`Cluster::trunk_tick`], which waits on other nodes' controls) runs on a thread of its
+/// own at the same pace, so a slow or silent origin never delays the registry heartbeat.
 pub fn spawn_heartbeat(
     cluster: Arc<Cluster>,
     core: Arc<Core>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let trunks = {
+        let (cluster, core, stop) = (cluster.clone(), core.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("cluster-trunks".into())
+            .spawn(move || {
+                let every = Duration::from_millis(u64::from(cluster.cfg.heartbeat_ms));
+                while !stop.load(Ordering::SeqCst) {
+                    cluster.trunk_tick(&core, crate::clock::unix_ms());
+                    let until = std::time::Instant::now() + every;
+                    while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50).min(every));
+                    }
+                }
+            })?
+    };
     std::thread::Builder::new()
         .name("cluster-heartbeat".into())
         .spawn(move || {
@@ -567,10 +603,14 @@ pub fn spawn_heartbeat(
             while !stop.load(Ordering::SeqCst) {
                 let now = crate::clock::unix_ms();
                 let load = meter.sample(&core, now);
+                // Rooms served here from a trunk are the origin's, not this node's.
+                // Rooms this node carries to edges stay placed here.
                 let live: BTreeSet<(String, String)> = core
                     .members()
                     .into_iter()
+                    .filter(|m| !cluster.edge_serves(&m.app, &m.room))
                     .map(|m| (m.app, m.room))
+                    .chain(cluster.origin_rooms())
                     .collect();
                 let r = cluster.heartbeat(load, &live, now);
                 let up = r.is_ok();
@@ -603,6 +643,8 @@ pub fn spawn_heartbeat(
                     std::thread::sleep(Duration::from_millis(50).min(every));
                 }
             }
+            // Trunk upkeep ends before the node leaves (its last call is bounded).
+            let _ = trunks.join();
             cluster.leave();
         })
 }
@@ -694,7 +736,9 @@ impl Cluster {
              sluice_cluster_ownership_conflicts_total {}\n\
              # HELP sluice_cluster_rooms_released_total Rooms given up because they stayed empty.\n\
              # TYPE sluice_cluster_rooms_released_total counter\n\
-             sluice_cluster_rooms_released_total {}\n",
+             sluice_cluster_rooms_released_total {}\n\
+             # HELP sluice_cluster_auth_total Node-to-node requests checked against the cluster secret, by outcome.\n\
+             # TYPE sluice_cluster_auth_total counter\n",
             u8::from(g.redis_up),
             g.nodes,
             g.rooms_owned,
@@ -709,6 +753,52 @@ impl Cluster {
             n(&s.ownership_conflicts),
             n(&s.rooms_released),
         );
+        let (origin, edge) = self.trunk_counts();
+        let t = &self.trunk_stats;
+        let _ = write!(
+            o,
+            "# HELP sluice_cluster_trunks Relay-to-relay trunks, by this node's side.\n\
+             # TYPE sluice_cluster_trunks gauge\n\
+             sluice_cluster_trunks{{side=\"origin\"}} {origin}\n\
+             sluice_cluster_trunks{{side=\"edge\"}} {edge}\n\
+             # HELP sluice_cluster_trunks_opened_total Trunks opened, by this node's side.\n\
+             # TYPE sluice_cluster_trunks_opened_total counter\n\
+             sluice_cluster_trunks_opened_total{{side=\"origin\"}} {}\n\
+             sluice_cluster_trunks_opened_total{{side=\"edge\"}} {}\n\
+             # HELP sluice_cluster_trunk_joins_total WHEP joins for rooms owned elsewhere, by how the edge handled them.\n\
+             # TYPE sluice_cluster_trunk_joins_total counter\n\
+             sluice_cluster_trunk_joins_total{{result=\"served\"}} {}\n\
+             sluice_cluster_trunk_joins_total{{result=\"declined\"}} {}\n\
+             sluice_cluster_trunk_joins_total{{result=\"failed\"}} {}\n\
+             # HELP sluice_cluster_trunk_closed_total Trunk rooms closed, by reason.\n\
+             # TYPE sluice_cluster_trunk_closed_total counter\n",
+            n(&t.opened_origin),
+            n(&t.opened_edge),
+            n(&t.viewers_served),
+            n(&t.declined),
+            n(&t.open_failed),
+        );
+        for (reason, c) in trunk::CLOSE_REASONS.iter().zip(&t.closed) {
+            let _ = writeln!(
+                o,
+                "sluice_cluster_trunk_closed_total{{reason=\"{reason}\"}} {}",
+                n(c)
+            );
+        }
+        let (accepted, refused) = self.auth.as_ref().map_or_else(
+            || (0, auth::AuthStats::default().refused()),
+            |a| (n(&a.stats.accepted), a.stats.refused()),
+        );
+        let _ = writeln!(
+            o,
+            "sluice_cluster_auth_total{{result=\"accepted\"}} {accepted}"
+        );
+        for (reason, count) in refused {
+            let _ = writeln!(
+                o,
+                "sluice_cluster_auth_total{{result=\"{reason}\"}} {count}"
+            );
+        }
         o
     }
 }
@@ -716,7 +806,7 @@ impl Cluster {
 /// The gate at the entry of a join: a room this node does not own is refused.
 impl crate::core::RoomGate for Cluster {
     fn admit(&self, app: &str, room: &str) -> Result<(), CoreError> {
-        if self.owns(app, room) {
+        if self.owns(app, room) || self.edge_serves(app, room) {
             Ok(())
         } else {
             Err(CoreError::Unavailable(format!(

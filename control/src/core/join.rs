@@ -342,7 +342,7 @@ fn pending_session(
 /// Routes between the new member and the room's members on the other side, with ids from
 /// the next free one. A new viewer fills its sections from the publishers in join order; a
 /// new publisher takes, per viewer, sections no other publisher feeds.
-fn plan_routes(members: &BTreeMap<u64, Member>, g: &Ledger, new: &Member) -> Vec<Entry> {
+pub(super) fn plan_routes(members: &BTreeMap<u64, Member>, g: &Ledger, new: &Member) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut next_route = g.store.state().next_route_id;
     let mut used_by_new_viewer = Vec::new();
@@ -466,7 +466,7 @@ fn viewer_rtx(vm: &sdp::NegotiatedMedia, pt_map: &[[u8; 2]]) -> Option<RtxSpec> 
 }
 
 /// The keyframe requests the publisher section negotiated on any of its codecs.
-fn publisher_keyframe(pm: &sdp::NegotiatedMedia) -> Vec<KeyframeKind> {
+pub(crate) fn publisher_keyframe(pm: &sdp::NegotiatedMedia) -> Vec<KeyframeKind> {
     let has = |fb: &str| pm.codecs.iter().any(|c| c.rtcp_fb.iter().any(|f| f == fb));
     let mut k = Vec::new();
     if has("nack pli") {

@@ -189,7 +189,10 @@ impl Control {
             );
         };
         match c.status() {
-            Ok(v) => Response::json(200, &v),
+            Ok(mut v) => {
+                v["trunks"] = c.trunks_status(&self.core);
+                Response::json(200, &v)
+            }
             Err(e) => Response::json(
                 503,
                 &json!({"error": e.to_string(), "reason": e.reason(),

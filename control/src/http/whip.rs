@@ -129,6 +129,9 @@ impl Control {
         let cfg = self.config();
         let origin = cfg.control.cors_allow_origin.as_str();
         let m = req.method.as_str();
+        if let (Some(c), ["cluster", ..]) = (self.cluster.get(), segs.as_slice()) {
+            return c.handle_trunks(&self.core, req);
+        }
         let r = match (m, segs.as_slice()) {
             (_, ["demo"]) if self.core.demo_app().is_none() => return None,
             ("GET" | "HEAD", ["demo"]) => {
@@ -440,6 +443,15 @@ impl Control {
                 };
                 audit(&owner.node_id, false, 503, &e.to_string());
                 Some(refuse(503, &e))
+            }
+            // Cascade: a viewer served from this node's relay over a trunk from the owner's.
+            Ok(Placement::Remote(owner))
+                if kind == "whep" && cluster.serve_from_trunk(&self.core, app, room, &owner).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, %app, %room, "cluster: no trunk; forwarding the viewer");
+                    false
+                }) =>
+            {
+                None
             }
             Ok(Placement::Remote(owner)) => match cluster.forward(req, &owner) {
                 Ok(r) => Some(r),

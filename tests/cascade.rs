@@ -1,0 +1,558 @@
+//! Relay-to-relay cascade between cluster nodes (docs/CLUSTER.md "Cascade"): the signed
+//! node-to-node trunk request (bad MAC, stale timestamp, replay: refused and counted), and
+//! three nodes in three network namespaces with one Redis, where a publisher on node a is
+//! watched by 30 aiortc viewers whose WHEP went to b and c, each edge taking one copy of the
+//! streams over a trunk; an edge viewer's FIR yields keyframes through the trunk; a killed
+//! edge is dropped by the origin (`edge_lost`) and its viewers rejoin through c; a killed
+//! origin drops c's trunk and its viewers (`origin_lost`). And `sluice-bench --targets`
+//! spreading static sessions over three nodes with figures per node.
+
+use serde_json::Value;
+use sluice_tests::cluster_rig::*;
+use sluice_tests::daemons::ensure_binaries;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cascade-test-secret-0123456789abcdef";
+
+/// A cluster secret file (mode 0600) under `dir`, and the `[cluster]` lines that use it.
+fn secret_config(dir: &Path, extra: &str) -> String {
+    let p = dir.join("cluster.secret");
+    std::fs::write(&p, format!("{SECRET}\n")).expect("write secret");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    format!("secret_file = \"{}\"\ncascade = true\n{extra}", p.display())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The `Sluice-Cluster-Auth` header for a request, computed here independently of control
+/// (HMAC-SHA256 over the documented signing text, docs/CLUSTER.md).
+fn sign(
+    secret: &str,
+    node: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    ts_ms: u64,
+    nonce: [u8; 16],
+) -> String {
+    let body_hash = ring::digest::digest(&ring::digest::SHA256, body);
+    let text = format!(
+        "sluice-cluster-v1\n{method}\n{path}\n{node}\n{ts_ms}\n{}\n{}",
+        hex(&nonce),
+        hex(body_hash.as_ref())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mac = ring::hmac::sign(&key, text.as_bytes());
+    format!(
+        "v1 node={node} ts={ts_ms} nonce={} mac={}",
+        hex(&nonce),
+        hex(mac.as_ref())
+    )
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Unsigned, wrongly signed, stale and replayed trunk requests are refused with their
+/// reason and counted; a well-signed one is authenticated (and then refused for what it
+/// asks: the room is not this node's). Nothing of the secret reaches the log or the audit.
+#[test]
+fn trunk_requests_are_authenticated() {
+    ensure_binaries();
+    let tmp = sluice_tests::TempDir::new("cascade-auth");
+    let Some(redis) = Redis::start(tmp.path()) else {
+        return;
+    };
+    let extra = secret_config(tmp.path(), "");
+    let a = Node::start_with("a", "eu", &redis.url(), "ca1", None, &extra);
+    let path = "/cluster/v1/trunks";
+    let body = br#"{"edge":"b","media_addr":"127.0.0.1:1","app":"live","room":"r"}"#;
+    let send = |auth: Option<String>| {
+        let mut h = vec![("Content-Type", "application/json".to_string())];
+        if let Some(a) = auth {
+            h.push(("Sluice-Cluster-Auth", a));
+        }
+        let (st, _, b) = request(&a.url, "POST", path, &h, std::str::from_utf8(body).unwrap())
+            .expect("trunk request");
+        (st, reason(&b))
+    };
+    assert_eq!(send(None), (401, "missing".into()));
+    let now = unix_ms();
+    let forged = sign(
+        "another-secret-of-32-characters!!",
+        "b",
+        "POST",
+        path,
+        body,
+        now,
+        [1; 16],
+    );
+    assert_eq!(send(Some(forged)), (401, "bad_mac".into()));
+    let tampered = sign(
+        SECRET,
+        "b",
+        "POST",
+        "/cluster/v1/trunks/x",
+        body,
+        now,
+        [2; 16],
+    );
+    assert_eq!(send(Some(tampered)), (401, "bad_mac".into()));
+    let stale = sign(SECRET, "b", "POST", path, body, now - 60_000, [3; 16]);
+    assert_eq!(send(Some(stale)), (401, "stale".into()));
+    assert_eq!(send(Some("v1 node=b".into())), (401, "malformed".into()));
+    let good = sign(SECRET, "b", "POST", path, body, unix_ms(), [4; 16]);
+    // Authenticated; the room is not placed on a, so no trunk.
+    let (st, why) = send(Some(good.clone()));
+    assert_eq!((st, why.as_str()), (409, "not_owner"));
+    assert_eq!(send(Some(good)), (401, "replay".into()));
+    let m = a.metrics();
+    for (result, n) in [
+        ("accepted", 1.0),
+        ("missing", 1.0),
+        ("bad_mac", 2.0),
+        ("stale", 1.0),
+        ("replay", 1.0),
+        ("malformed", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("sluice_cluster_auth_total{{result=\"{result}\"}} ")
+            ),
+            n,
+            "{result}"
+        );
+    }
+    let audit = a.audit();
+    assert!(audit.contains("cluster.denied") && audit.contains("cluster_auth_bad_mac"));
+    assert!(!audit.contains(SECRET) && !a.log().contains(SECRET));
+}
+
+/// Lines from `rx` until one satisfies `f` (returned), or fail after `timeout`.
+fn wait_line(
+    rx: &Receiver<String>,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for {what}");
+        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(l) if f(&l) => return l,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the peer exited before {what}")
+            }
+        }
+    }
+}
+
+/// The trunk entries of a node's `GET /v1/cluster`.
+fn trunks(n: &Node) -> Vec<Value> {
+    n.cluster().1["trunks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn trunk_to<'a>(t: &'a [Value], node: &str) -> Option<&'a Value> {
+    t.iter().find(|x| x["node"] == node)
+}
+
+fn session_packets_in(n: &Node, id: u64) -> u64 {
+    let (st, b) = n.admin("GET", &format!("/v1/sessions/{id}/stats"), "");
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).expect("json");
+    v["stats"]["packets_in"].as_u64().unwrap_or(0)
+}
+
+/// Three nodes in three namespaces, one Redis; the publisher on a; 30 viewers sent to b and
+/// c are served by b's and c's relays over one trunk each from a.
+#[test]
+fn cascade_across_three_nodes() {
+    ensure_binaries();
+    if !sluice_tests::aiortc::available() {
+        return;
+    }
+    let Some(ns) = Namespaces::create() else {
+        return;
+    };
+    let tmp = sluice_tests::TempDir::new("cascade-3");
+    let Some(mut redis) = Redis::start_on(tmp.path(), &ns.host(), Some("cascade-pw")) else {
+        return;
+    };
+    let url = redis.url();
+    let extra = secret_config(tmp.path(), "");
+    let ids = ["a", "b", "c"];
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let addr = ns.addr(i);
+            Node::start_with(
+                ids[i],
+                "eu",
+                &url,
+                "c3",
+                Some((&ns.names[i], &addr)),
+                &extra,
+            )
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start_relay();
+    }
+    eventually("three nodes registered", Duration::from_secs(15), || {
+        node_ids(&nodes[0].cluster().1) == ids
+    });
+    let host = ns.host();
+    let (mut publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
+        &host,
+        &[
+            "publish-pli-only",
+            &format!("{}/whip/live/big", nodes[0].url),
+            &nodes[0].mint("big", "host"),
+            "240",
+        ],
+        "whip",
+    );
+    wait_line(
+        &pub_rx,
+        Duration::from_secs(30),
+        "the publisher's answer",
+        |l| l.starts_with("answer"),
+    );
+    // 30 viewers, alternately through b and c, in one process.
+    let urls: Vec<String> = (0..30)
+        .map(|i| format!("{}/whep/live/big", nodes[1 + i % 2].url))
+        .collect();
+    // One token (one subject) per viewer: a subject may hold only a few sessions.
+    let view_token = nodes[1].mint("big", "viewer");
+    let tokens: Vec<String> = (0..30).map(|_| nodes[1].mint("big", "viewer")).collect();
+    let (mut many, many_rx) = sluice_tests::aiortc::spawn_with_host(
+        &host,
+        &[
+            "watch-many",
+            &urls.join(","),
+            &tokens.join(","),
+            "30",
+            "150",
+        ],
+        "whep-many",
+    );
+    let mut joined = Vec::new();
+    let done = loop {
+        let l = wait_line(&many_rx, Duration::from_secs(180), "the viewers", |_| true);
+        if let Some(loc) = l.split("location=").nth(1) {
+            joined.push(loc.to_string());
+        }
+        if l.starts_with("decoded_all=") {
+            break l;
+        }
+    };
+    // Right away, before the viewers' DELETEs make the edges idle: the trunks and counters.
+    let origin_trunks = trunks(&nodes[0]);
+    let b_trunks = trunks(&nodes[1]);
+    let a_sessions = nodes[0].sessions();
+    let status_text = nodes[0].app.ctl(&["cluster", "status"]);
+    let status_text = String::from_utf8_lossy(&status_text.stdout).into_owned();
+    let status = many.wait().expect("wait viewers");
+    assert!(
+        status.success() && done == "decoded_all=30/30",
+        "{done}\n{}",
+        nodes[1].log()
+    );
+    // Every viewer was answered by the edge it asked, not by the origin.
+    assert_eq!(joined.len(), 30);
+    for (i, loc) in joined.iter().enumerate() {
+        assert!(
+            loc.starts_with(&nodes[1].url) || loc.starts_with(&nodes[2].url),
+            "viewer {i} joined at {loc}"
+        );
+    }
+    assert!(
+        status_text.contains("TRUNK") && status_text.contains("live/big"),
+        "{status_text}"
+    );
+    // The origin holds the publisher and one trunk per edge: no viewer session at all.
+    assert_eq!(a_sessions, 3, "{origin_trunks:?}");
+    let (to_b, to_c) = (
+        trunk_to(&origin_trunks, "b").expect("a trunk to b"),
+        trunk_to(&origin_trunks, "c").expect("a trunk to c"),
+    );
+    assert_eq!(
+        (to_b["side"].as_str(), to_c["side"].as_str()),
+        (Some("origin"), Some("origin"))
+    );
+    // One copy per edge: what a sends on the trunk to b is what the publisher sent (plus
+    // RTCP), not 15 copies for b's 15 viewers.
+    let publisher_session = nodes[0]
+        .admin("GET", "/v1/sessions", "")
+        .1
+        .parse::<Value>()
+        .ok()
+        .and_then(|v| {
+            let list = v
+                .as_array()
+                .cloned()
+                .or_else(|| v["sessions"].as_array().cloned())?;
+            list.iter()
+                .find(|s| s["role"] == "host")
+                .and_then(|s| s["id"].as_u64())
+        })
+        .expect("the publisher's session");
+    let published = session_packets_in(&nodes[0], publisher_session);
+    let to_b_out = to_b["counters"]["packets_out"].as_u64().expect("counters");
+    eprintln!("cascade: publisher sent {published} packets; trunk a→b carried {to_b_out}");
+    assert!(published > 50, "publisher packets {published}");
+    assert!(
+        to_b_out <= published + published / 5 + 200,
+        "the trunk to b carried {to_b_out} packets for {published} published"
+    );
+    assert!(
+        to_b_out >= published / 2,
+        "the trunk to b carried only {to_b_out}"
+    );
+    let edge_b = trunk_to(&b_trunks, "a").expect("b's trunk from a");
+    assert_eq!(edge_b["side"], "edge");
+    assert!(edge_b["counters"]["packets_in"].as_u64().unwrap_or(0) >= published / 2);
+
+    // Feedback over the trunk: a viewer on c that asks for keyframes with FIRs gets them,
+    // from a publisher that only understands PLI.
+    let (mut fir, fir_rx) = sluice_tests::aiortc::spawn_with_host(
+        &host,
+        &[
+            "watch-fir",
+            &format!("{}/whep/live/big", nodes[2].url),
+            &view_token,
+            "3",
+            "40",
+        ],
+        "whep-fir",
+    );
+    let status = fir.wait().expect("wait fir viewer");
+    let lines: Vec<String> = fir_rx.iter().collect();
+    assert!(status.success(), "FIR viewer through the edge: {lines:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("keyframe_after_ms="))
+            .count(),
+        3,
+        "{lines:?}"
+    );
+    assert!(pub_rx.try_iter().any(|l| l == "keyframe_request=pli"));
+
+    // Kill b while it serves a viewer: the viewer's media stops, a drops its trunk to b
+    // once b leaves the registry (`edge_lost`), and the viewer rejoins through c.
+    let (mut on_b, on_b_rx) = sluice_tests::aiortc::spawn_with_host(
+        &host,
+        &[
+            "watch",
+            &format!("{}/whep/live/big", nodes[1].url),
+            &view_token,
+            "100000",
+            "120",
+        ],
+        "whep-b",
+    );
+    wait_line(&on_b_rx, Duration::from_secs(60), "frames on b", |l| {
+        l.starts_with("frames=20 ")
+    });
+    assert!(trunk_to(&trunks(&nodes[0]), "b").is_some());
+    nodes[1].kill_all();
+    let _ = on_b.kill();
+    let _ = on_b.wait();
+    let (st, _, _) = join(&nodes[1].url, false, "big", &view_token);
+    assert_eq!(st, 0, "a dead node answers nothing");
+    let again: Vec<String> = (0..5)
+        .map(|_| format!("{}/whep/live/big", nodes[2].url))
+        .collect();
+    let (mut rejoin, rejoin_rx) = sluice_tests::aiortc::spawn_with_host(
+        &host,
+        &["watch-many", &again.join(","), &view_token, "20", "90"],
+        "whep-rejoin",
+    );
+    let status = rejoin.wait().expect("wait rejoin");
+    let lines: Vec<String> = rejoin_rx.iter().collect();
+    assert!(status.success(), "rejoin through c: {lines:?}");
+    eventually(
+        "a closes the trunk to b (edge_lost)",
+        Duration::from_secs(20),
+        || {
+            metric(
+                &nodes[0].metrics(),
+                "sluice_cluster_trunk_closed_total{reason=\"edge_lost\"} ",
+            ) >= 1.0
+        },
+    );
+    assert!(trunk_to(&trunks(&nodes[0]), "b").is_none());
+    assert!(nodes[0].audit().contains("edge_lost"));
+
+    // Kill the origin while c serves a viewer: c drops the room and the viewer with
+    // `origin_lost`.
+    let (mut last, last_rx) = sluice_tests::aiortc::spawn_with_host(
+        &host,
+        &[
+            "watch",
+            &format!("{}/whep/live/big", nodes[2].url),
+            &view_token,
+            "100000",
+            "120",
+        ],
+        "whep-last",
+    );
+    wait_line(&last_rx, Duration::from_secs(60), "frames on c", |l| {
+        l.starts_with("frames=20 ")
+    });
+    let before = nodes[2].sessions();
+    assert!(before >= 2, "c holds its trunk and the viewer: {before}");
+    // The origin's control restarts: the trunk is kept (its session and routes are in the
+    // journal, the trunk in state_dir), the room stays placed on a, c's viewer decodes on.
+    nodes[0].restart_control();
+    wait_line(
+        &last_rx,
+        Duration::from_secs(30),
+        "frames after a's restart",
+        |l| l.starts_with("frames="),
+    );
+    std::thread::sleep(Duration::from_millis(3 * 2_000));
+    let n = wait_line(
+        &last_rx,
+        Duration::from_secs(30),
+        "frames long after a's restart",
+        |l| l.starts_with("frames="),
+    );
+    assert!(
+        trunk_to(&trunks(&nodes[0]), "c").is_some(),
+        "{}",
+        nodes[0].log()
+    );
+    assert_eq!(owner(&nodes[2].cluster().1, "big").as_deref(), Some("a"));
+    assert!(
+        trunk_to(&trunks(&nodes[2]), "a").is_some(),
+        "c still takes the room: {n}"
+    );
+    nodes[0].kill_all();
+    eventually(
+        "c drops the trunk (origin_lost)",
+        Duration::from_secs(30),
+        || {
+            metric(
+                &nodes[2].metrics(),
+                "sluice_cluster_trunk_closed_total{reason=\"origin_lost\"} ",
+            ) >= 1.0
+        },
+    );
+    assert_eq!(nodes[2].sessions(), 0, "the trunk and its viewer are gone");
+    let audit = nodes[2].audit();
+    assert!(audit.contains("cluster.trunk") && audit.contains("origin_lost"));
+    // Keys stay out of logs and audit; so do the secret and the Redis password.
+    for n in [&nodes[0], &nodes[2]] {
+        for s in [SECRET, "cascade-pw"] {
+            assert!(!n.log().contains(s) && !n.audit().contains(s));
+        }
+    }
+    let _ = last.kill();
+    let _ = last.wait();
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    drop(nodes);
+    redis.kill();
+}
+
+/// Three loopback nodes with their relays: (appliances, admin URLs, admin tokens).
+fn three_static_nodes(
+    tag: &str,
+) -> (
+    Vec<sluice_tests::daemons::Appliance>,
+    Vec<String>,
+    Vec<String>,
+) {
+    use sluice_tests::daemons::{Appliance, Setup};
+    let mut apps: Vec<Appliance> = (0..3)
+        .map(|i| Appliance::setup(&format!("{tag}-{i}"), "mmsg", &Setup::default()))
+        .collect();
+    let mut urls = Vec::new();
+    let mut tokens = Vec::new();
+    for a in &mut apps {
+        let info = a.start_control();
+        a.start_relay();
+        urls.push(info.admin_url.clone());
+        tokens.push(info.admin_token.clone());
+    }
+    (apps, urls, tokens)
+}
+
+/// `sluice-bench run --targets URLS --tokens TOKENS ARGS`: its stdout; fails on an error.
+fn bench_across(urls: &[String], tokens: &[String], args: &[&str]) -> String {
+    let out = std::process::Command::new(sluice_tests::daemons::bin("sluice-bench"))
+        // `--tokens=`: a generated token may begin with `-`.
+        .arg("run")
+        .arg(format!("--targets={}", urls.join(",")))
+        .arg(format!("--tokens={}", tokens.join(",")))
+        .args(args)
+        .output()
+        .expect("run sluice-bench");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The per-node rows of a `--targets` report, split into columns.
+fn node_rows(text: &str, urls: &[String]) -> Vec<Vec<String>> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("per node:"))
+        .filter(|l| urls.iter().any(|u| l.starts_with(u.as_str())))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// `sluice-bench run --targets`: static publishers and subscribers spread over three nodes
+/// (publisher i and its subscribers on node i mod 3), real SRTP, figures per node.
+#[test]
+fn bench_spreads_static_subscribers_over_nodes() {
+    ensure_binaries();
+    let (_apps, urls, tokens) = three_static_nodes("cascade-bench");
+    let text = bench_across(
+        &urls,
+        &tokens,
+        &[
+            "--publishers",
+            "3",
+            "--fanout",
+            "10",
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--quiet",
+        ],
+    );
+    let rows = node_rows(&text, &urls);
+    assert_eq!(rows.len(), 3, "{text}");
+    for cols in rows {
+        // NODE PUBS SUBS SENT DELIVERED PPS LOSS%
+        assert_eq!(
+            (cols[1].as_str(), cols[2].as_str()),
+            ("1", "10"),
+            "{cols:?}"
+        );
+        let delivered: u64 = cols[4].parse().expect("delivered");
+        assert!(delivered > 0, "{cols:?}");
+    }
+}
