@@ -410,6 +410,7 @@ fn select_layer(
         bytes: payload.len(),
         vp8,
         keyframe: vp8.is_some_and(|d| d.keyframe),
+        sr: inp.sr,
     };
     let Some(s) = c.layers_mut() else {
         return Decision::Skip;
@@ -923,6 +924,7 @@ impl<C: SrtpOps> Forwarder<C> {
             payload_len: p.payload().len(),
             cached: None,
             repaired,
+            sr: None,
         };
         publisher.note_ssrc(inp.ssrc);
         if !publisher.claimed {
@@ -958,7 +960,9 @@ impl<C: SrtpOps> Forwarder<C> {
             // repairs), not as a jitter sample (RFC 3550 A.8 measures the first copy).
             d.on_rtp_repaired(inp.ssrc, inp.seq, n, now);
         } else {
-            d.on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
+            inp.sr = d
+                .on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams)
+                .map(|sr| (sr.ntp, sr.rtp));
         }
         Some(inp)
     }
@@ -1895,6 +1899,9 @@ struct RtpIn {
     cached: Option<u64>,
     /// Restored from the publisher's RTX stream (a repair, not a first copy).
     repaired: bool,
+    /// The publisher's last Sender Report about this stream (NTP, RTP): simulcast layer
+    /// switches map timestamps through it (layers.rs).
+    sr: Option<(u64, u32)>,
 }
 
 /// What [`note_pub`] may use to give a new publisher stream a cache.

@@ -11,8 +11,10 @@
 //! At a switch the output numbering is re-based so the subscriber sees one stream: sequence
 //! numbers continue after the last one sent (one more is skipped when the last packet sent
 //! ended mid-frame, so the receiver sees a loss instead of a frame glued from two layers),
-//! the timestamp advances by the time elapsed since the last packet sent, and the VP8 picture
-//! ID, TL0PICIDX and key index continue after the last ones sent (RFC 7741 §4.2).
+//! the timestamp is mapped onto the old layer's timeline through both layers' Sender Reports
+//! ([`map_through_reports`]; before both have reported, it advances by the time elapsed since
+//! the last packet sent), and the VP8 picture ID, TL0PICIDX and key index continue after the
+//! last ones sent (RFC 7741 §4.2).
 //!
 //! A layer is eligible once it has been sending for [`ELIGIBLE_AFTER`] and has not been
 //! silent for [`LAYER_IDLE`]; while no layer within the cap is that mature, the highest active
@@ -41,6 +43,11 @@ pub const UP_HOLD: Duration = Duration::from_millis(2000);
 /// RTP clock rate of video (RFC 7741 §6.1: VP8 always uses 90 kHz).
 pub const VIDEO_CLOCK: u64 = 90_000;
 
+/// A timestamp mapping through Sender Reports that moves the output further than this
+/// (ticks, either way) is not believed: the reports disagree (a publisher that restarted a
+/// layer's clock, a stale report) and the elapsed-time rule is used instead.
+pub const MAX_MAPPED_ADVANCE: u32 = 10 * VIDEO_CLOCK as u32;
+
 /// How far (sequence numbers) the switch point trails the newest forwarded packet; older
 /// packets of the current layer are late.
 const SWITCH_TRAIL: u16 = 0x4000;
@@ -60,6 +67,9 @@ pub struct LayerPacket {
     pub vp8: Option<Vp8Descriptor>,
     /// The packet starts a key frame (from the descriptor or the codec's own header).
     pub keyframe: bool,
+    /// The publisher's last Sender Report about this packet's stream, as its NTP timestamp
+    /// (64-bit, RFC 3550 §4) and the RTP timestamp of the same instant; `None` before one.
+    pub sr: Option<(u64, u32)>,
 }
 
 /// How far after the last packet sent the first packet of a new layer goes.
@@ -95,17 +105,25 @@ struct Activity {
     window_start: Option<Instant>,
     window_bytes: u64,
     bps: u64,
+    /// The layer's last Sender Report (NTP, RTP), forgotten when the layer restarts.
+    sr: Option<(u64, u32)>,
 }
 
 impl Activity {
-    fn note(&mut self, now: Instant, bytes: usize) {
+    fn note(&mut self, now: Instant, bytes: usize, sr: Option<(u64, u32)>) {
         match self.last {
             Some(l) if now.saturating_duration_since(l) < LAYER_IDLE => {}
             _ => {
                 self.since = Some(now);
                 self.window_start = Some(now);
                 self.window_bytes = 0;
+                // A restarted layer may run on a new RTP clock offset: its old report no
+                // longer maps it.
+                self.sr = None;
             }
+        }
+        if sr.is_some() {
+            self.sr = sr;
         }
         self.last = Some(now);
         let start = self.window_start.unwrap_or(now);
@@ -158,14 +176,49 @@ pub struct Selector {
     /// Input sequence number of the first packet forwarded after the last switch: earlier
     /// ones of the current layer are late.
     switch_in_seq: u16,
-    /// Highest input sequence number forwarded of the current layer, whether that packet
-    /// ended its frame, and when it arrived.
+    /// Highest input sequence number forwarded of the current layer, its timestamp, whether
+    /// that packet ended its frame, and when it arrived.
     high_seq: u16,
+    high_ts: u32,
     last_marker: bool,
     last_at: Option<Instant>,
     vp8: Vp8Numbers,
     last_request: Option<Instant>,
     switches: u32,
+}
+
+/// The RTP timestamp `ts` of a layer whose last Sender Report is `new` (NTP, RTP), expressed on
+/// the timeline of the layer whose last report is `old` (RFC 3550 §6.4.1: a report pairs the
+/// sender's wall clock with the stream's RTP clock; the layers of one source share the wall
+/// clock). `None` when the reports are more than a day apart (not one sender's clock).
+pub fn map_through_reports(old: (u64, u32), new: (u64, u32), ts: u32) -> Option<u32> {
+    // NTP difference in 32.32 fixed point, signed: new report minus old report.
+    let d = new.0.wrapping_sub(old.0) as i64;
+    if d.unsigned_abs() > 86_400u64 << 32 {
+        return None;
+    }
+    // Whole ticks at 90 kHz, rounded to nearest; |d| < 2^49 and 90_000 < 2^17, so the
+    // product needs more than 64 bits but fits i128.
+    let ticks = (i128::from(d) * i128::from(VIDEO_CLOCK) + (1 << 31)) >> 32;
+    // ts on the new timeline is ts - new.rtp after the new report, which is `ticks` after the
+    // old report: old.rtp + ticks + (ts - new.rtp).
+    Some(
+        old.1
+            .wrapping_add(ticks as i64 as u32)
+            .wrapping_add(ts.wrapping_sub(new.1)),
+    )
+}
+
+/// How far `next` lies after `last` on one timeline, at least one tick: a frame mapped onto or
+/// before the last one sent (the layers carry the same capture instants) still goes out after
+/// it, so the receiver never sees two frames with one timestamp.
+fn advance_after(last: u32, next: u32) -> u32 {
+    match next.wrapping_sub(last) as i32 {
+        a if a >= 1 => a as u32,
+        a if a.unsigned_abs() <= MAX_MAPPED_ADVANCE => 1,
+        // Far before: the reports disagree; refused by the caller's bound.
+        _ => u32::MAX,
+    }
 }
 
 /// RFC 1982 serial-number comparison: is `a` after `b`?
@@ -188,6 +241,7 @@ impl Selector {
             target: 0,
             switch_in_seq: 0,
             high_seq: 0,
+            high_ts: 0,
             last_marker: true,
             last_at: None,
             vp8: Vp8Numbers::default(),
@@ -298,7 +352,7 @@ impl Selector {
         if layer >= usize::from(self.count) {
             return Decision::Skip;
         }
-        self.layers[layer].note(now, p.bytes);
+        self.layers[layer].note(now, p.bytes, p.sr);
         self.target = self.choose(now);
         let l = layer as u8;
         let mut switch = None;
@@ -317,6 +371,7 @@ impl Selector {
         }
         if switch.is_some() || seq_newer(p.seq, self.high_seq) {
             self.high_seq = p.seq;
+            self.high_ts = p.ts;
             self.last_marker = p.marker;
             self.last_at = Some(now);
             // The switch point trails the newest packet by at most a quarter of the number
@@ -343,15 +398,25 @@ impl Selector {
     /// something was sent before.
     fn switch_to(&mut self, now: Instant, l: u8, p: &LayerPacket) -> Option<Rebase> {
         self.switch_in_seq = p.seq;
+        let old = self.current.and_then(|c| self.layers[usize::from(c)].sr);
+        let new = self.layers[usize::from(l)].sr;
         let rebase = self.last_at.map(|at| {
             self.switches = self.switches.saturating_add(1);
-            let elapsed = now.saturating_duration_since(at).as_micros() as u64;
-            let ticks = (elapsed.saturating_mul(VIDEO_CLOCK) / 1_000_000).clamp(1, 1 << 30);
+            let mapped = match (old, new) {
+                (Some(o), Some(n)) => map_through_reports(o, n, p.ts)
+                    .map(|on_old| advance_after(self.high_ts, on_old))
+                    .filter(|&a| a <= MAX_MAPPED_ADVANCE),
+                _ => None,
+            };
+            let ts_advance = mapped.unwrap_or_else(|| {
+                let elapsed = now.saturating_duration_since(at).as_micros() as u64;
+                (elapsed.saturating_mul(VIDEO_CLOCK) / 1_000_000).clamp(1, 1 << 30) as u32
+            });
             Rebase {
                 // Skip one when the last packet sent ended mid-frame: the receiver then sees
                 // that frame incomplete instead of one glued from two layers.
                 gap: if self.last_marker { 1 } else { 2 },
-                ts_advance: ticks as u32,
+                ts_advance,
             }
         });
         if let Some(d) = p.vp8 {
@@ -406,13 +471,21 @@ mod tests {
         ts: u32,
         pid: u16,
         tl0: u8,
+        /// The publisher's last Sender Report about this layer, as packets carry it.
+        sr: Option<(u64, u32)>,
     }
 
     impl Layer {
         /// A layer whose next packet has these sequence number, timestamp, picture ID and
         /// TL0PICIDX.
         fn at(seq: u16, ts: u32, pid: u16, tl0: u8) -> Layer {
-            Layer { seq, ts, pid, tl0 }
+            Layer {
+                seq,
+                ts,
+                pid,
+                tl0,
+                sr: None,
+            }
         }
 
         fn packet(&mut self, first: bool, last: bool, key: bool) -> LayerPacket {
@@ -434,6 +507,7 @@ mod tests {
                 bytes: 1000,
                 vp8: Some(d),
                 keyframe: d.keyframe,
+                sr: self.sr,
             };
             self.seq = self.seq.wrapping_add(1);
             p
@@ -664,6 +738,108 @@ mod tests {
         assert_eq!(dseq, hseq.wrapping_add(1));
         assert_eq!(dvp8.0, (hvp8.0 + 1) & PICTURE_ID_MASK);
         assert_eq!(s.switches(), 2);
+    }
+
+    /// NTP timestamp (32.32) `ms` milliseconds after an arbitrary wall-clock origin.
+    fn ntp_ms(ms: u64) -> u64 {
+        (0xE000_0000u64 << 32) + (ms << 32) / 1000
+    }
+
+    #[test]
+    fn reports_map_one_timeline_onto_another_across_wraps_and_either_order() {
+        // Old layer: RTP 1000 at wall 10 s. New layer: RTP 0xFFFF_FF00 at wall 10.5 s.
+        let old = (ntp_ms(10_000), 1000);
+        let new = (ntp_ms(10_500), 0xFFFF_FF00);
+        // The new layer's report instant is 45 000 ticks after the old one's.
+        assert_eq!(map_through_reports(old, new, 0xFFFF_FF00), Some(46_000));
+        // 100 ticks later on the new timeline (across its wrap) is 100 later on the old.
+        assert_eq!(map_through_reports(old, new, 0xA0), Some(46_416));
+        // The old report may be the later one.
+        assert_eq!(
+            map_through_reports(new, old, 1000),
+            Some(0xFFFF_FF00u32.wrapping_sub(45_000))
+        );
+        // A fraction of a tick rounds to the nearest.
+        let half = (ntp_ms(0) + (1u64 << 32) / 180_000 + 1, 0);
+        assert_eq!(map_through_reports((ntp_ms(0), 0), half, 0), Some(1));
+        // Reports days apart are not one sender's clock.
+        assert_eq!(
+            map_through_reports((ntp_ms(0), 0), (ntp_ms(0) + ((2 * 86_400u64) << 32), 0), 0),
+            None
+        );
+    }
+
+    #[test]
+    fn a_switch_maps_timestamps_through_sender_reports_whatever_the_arrival_time() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, 0);
+        // Both layers encode the same frames (30 per second) on unrelated RTP offsets; each
+        // has reported once, at different wall-clock instants.
+        let mut lo = Layer::at(10, 0x1000, 10, 10);
+        let mut hi = Layer::at(60000, 0xFFFF_0000, 0x7FFF, 0);
+        lo.sr = Some((ntp_ms(50_000), 0x1000));
+        // The high layer's report 200 ms later, i.e. 6 frames on.
+        hi.sr = Some((ntp_ms(50_200), 0xFFFF_0000u32.wrapping_add(18_000)));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        assert_eq!(s.current(), Some(0));
+        // The last low frame sent, ending its frame.
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        // The high layer's next frame is a key frame, delivered 140 ms late (the arrival
+        // clock would say 12 600 ticks): the reports say it is the next frame, 3000 ticks on.
+        lo.next_frame();
+        hi.next_frame();
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 140), 2, &hi.packet(true, true, true)));
+        assert_eq!(s.current(), Some(2));
+        assert_eq!(ts, lts.wrapping_add(3000));
+        // And back down: the low layer's key frame two frames later is 6000 ticks on.
+        s.set_cap(0);
+        hi.next_frame();
+        lo.next_frame();
+        let (_, hts, _) = fwd(s.on_packet(ms(t0, t + 150), 2, &hi.packet(true, true, false)));
+        hi.next_frame();
+        lo.next_frame();
+        let (_, lts2, _) = fwd(s.on_packet(ms(t0, t + 400), 0, &lo.packet(true, true, true)));
+        assert_eq!(lts2, hts.wrapping_add(3000));
+        assert_eq!(s.switches(), 2);
+    }
+
+    #[test]
+    fn a_switch_onto_the_same_instant_moves_one_tick_and_without_reports_uses_arrival() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer::at(10, 500, 10, 10);
+        let mut hi = Layer::at(900, 7_000_000, 1, 0);
+        lo.sr = Some((ntp_ms(1_000), 500));
+        hi.sr = Some((ntp_ms(1_000), 7_000_000));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        // The low frame is sent; the high layer's key frame of the same capture instant
+        // follows: it goes one tick after, not onto the same timestamp.
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 5), 2, &hi.packet(true, true, true)));
+        assert_eq!(ts, lts.wrapping_add(1));
+        // Reports that disagree wildly (a restarted clock) are not believed: arrival time.
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer::at(10, 500, 10, 10);
+        let mut hi = Layer::at(900, 7_000_000, 1, 0);
+        lo.sr = Some((ntp_ms(1_000), 500));
+        hi.sr = Some((ntp_ms(1_000), 7_000_000u32.wrapping_add(90_000 * 60)));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 50), 2, &hi.packet(true, true, true)));
+        assert_eq!(ts, lts.wrapping_add(4500));
+        // Only one layer has reported: arrival time too.
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer::at(10, 500, 10, 10);
+        let mut hi = Layer::at(900, 7_000_000, 1, 0);
+        lo.sr = Some((ntp_ms(1_000), 500));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 20), 2, &hi.packet(true, true, true)));
+        assert_eq!(ts, lts.wrapping_add(1800));
     }
 
     #[test]
