@@ -21,6 +21,7 @@ pub mod pending;
 pub mod reload;
 pub mod rooms;
 pub mod sessions;
+pub mod simulcast;
 
 pub use error::CoreError;
 

@@ -819,6 +819,159 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         assert_eq!(e.ctl.members().len(), 1);
     }
 
+    /// A Chromium-style simulcast WHIP offer: three RIDs, the RID extension (id 10), no
+    /// `a=ssrc` lines.
+    fn simulcast_offer() -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:{FP}\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n\
+a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
+        )
+    }
+
+    /// The plain RTP header a relay reports for an unrouted stream: MID "0" and `rid` in
+    /// one-byte extension elements (RFC 8285 §4.2), padded to 32 bits.
+    fn rid_header(ssrc: u32, rid: &[u8]) -> Vec<u8> {
+        let mut ext = vec![(4 << 4), b'0'];
+        if !rid.is_empty() {
+            ext.push((10 << 4) | (rid.len() as u8 - 1));
+            ext.extend_from_slice(rid);
+        }
+        while ext.len() % 4 != 0 {
+            ext.push(0);
+        }
+        let mut h = vec![0x90, 96, 0, 1, 0, 0, 0, 9];
+        h.extend_from_slice(&ssrc.to_be_bytes());
+        h.extend_from_slice(&[0xBE, 0xDE]);
+        h.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+        h.extend_from_slice(&ext);
+        h
+    }
+
+    /// WHIP simulcast by RID: the answer receives the three RIDs; each layer's SSRC is learned
+    /// from its first reported packet and routed, layered, to the viewers already there and to
+    /// those joining later; repeats, unknown RIDs and strangers teach nothing.
+    #[test]
+    fn whip_simulcast_layers_are_learned_from_rids_and_routed() {
+        use crate::core::simulcast::StreamLearned;
+        let e = env("simulcast");
+        let pub_tok = sign(&claims("demo", "blue", Role::Host));
+        let view_tok = sign(&claims("demo", "blue", Role::Viewer));
+        let r = e.public(
+            "POST",
+            "/whep/demo/blue",
+            Some(&view_tok),
+            &offer("recvonly", 2000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let r = e.public("POST", "/whip/blue", Some(&pub_tok), &simulcast_offer());
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let sdp = body(&r);
+        assert!(sdp.contains("a=simulcast:recv q;h;f\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rid:f recv\r\n"), "{sdp}");
+        let members = e.ctl.members();
+        let p = members.iter().find(|m| m.publishes).unwrap().session;
+        let v1 = members.iter().find(|m| !m.publishes).unwrap().session;
+        // No route before a layer is known: an any-SSRC route would mix the layers.
+        assert!(e.ctl.core.ledger().store.state().routes.is_empty());
+        let peer: std::net::SocketAddr = "192.0.2.10:5000".parse().unwrap();
+        e.ctl.core.bind_peer(p, peer).unwrap();
+        let learn = |ssrc: u32, rid: &[u8]| {
+            e.ctl
+                .core
+                .learn_stream(peer, &rid_header(ssrc, rid))
+                .unwrap()
+        };
+        assert_eq!(
+            learn(0xA1, b"h"),
+            StreamLearned::Layer {
+                layer: 1,
+                viewers: 1
+            }
+        );
+        assert_eq!(
+            learn(0xA0, b"q"),
+            StreamLearned::Layer {
+                layer: 0,
+                viewers: 1
+            }
+        );
+        // Known SSRC, known layer on another SSRC, unknown RID, no RID, a stranger: nothing.
+        assert_eq!(learn(0xA1, b"h"), StreamLearned::Ignored);
+        assert_eq!(learn(0xB1, b"h"), StreamLearned::Ignored);
+        assert_eq!(learn(0xB2, b"x"), StreamLearned::Ignored);
+        assert_eq!(learn(0xB3, b""), StreamLearned::Ignored);
+        let stranger = "192.0.2.99:1".parse().unwrap();
+        let h = rid_header(0xB4, b"f");
+        assert_eq!(
+            e.ctl.core.learn_stream(stranger, &h).unwrap(),
+            StreamLearned::Ignored
+        );
+        let short = [0x80, 96];
+        assert_eq!(
+            e.ctl.core.learn_stream(peer, &short).unwrap(),
+            StreamLearned::Ignored
+        );
+        let layered = |e: &Env, to: u64| -> Vec<(Option<u32>, Option<u32>, u8, u8)> {
+            let st = e.ctl.core.ledger().store.state().clone();
+            let mut v: Vec<_> = st
+                .routes
+                .values()
+                .filter(|r| r.from == p && r.to == to)
+                .map(|r| {
+                    let l = r.rewrite.layer.expect("a layered route");
+                    (r.ssrc, r.rewrite.ssrc, l.index, l.count)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let routes = layered(&e, v1);
+        assert_eq!(routes.len(), 2, "{routes:?}");
+        assert_eq!((routes[0].0, routes[0].2, routes[0].3), (Some(0xA0), 0, 3));
+        assert_eq!((routes[1].0, routes[1].2, routes[1].3), (Some(0xA1), 1, 3));
+        assert!(
+            routes[0].1.is_some() && routes[0].1 == routes[1].1,
+            "one output SSRC"
+        );
+        // The viewer's cap reaches layers learned after it was set.
+        let r = e.admin("PUT", &format!("/v1/sessions/{v1}/layer"), r#"{"max":0}"#);
+        assert_eq!(r.status, 200, "{}", body(&r));
+        assert_eq!(
+            learn(0xA2, b"f"),
+            StreamLearned::Layer {
+                layer: 2,
+                viewers: 1
+            }
+        );
+        let st = e.ctl.core.ledger().store.state().clone();
+        assert!(st
+            .routes
+            .values()
+            .all(|r| r.rewrite.layer.is_some_and(|l| l.max == Some(0))));
+        // A viewer joining now gets all three layers, journalled like every route.
+        let r = e.public(
+            "POST",
+            "/whep/demo/blue",
+            Some(&view_tok),
+            &offer("recvonly", 3000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let v2 = e.ctl.members().iter().map(|m| m.session).max().unwrap();
+        let routes = layered(&e, v2);
+        let ssrcs: Vec<_> = routes.iter().map(|r| (r.0, r.2)).collect();
+        assert_eq!(
+            ssrcs,
+            vec![(Some(0xA0), 0), (Some(0xA1), 1), (Some(0xA2), 2)]
+        );
+        assert_eq!(e.ctl.core.ledger().store.state().routes.len(), 6);
+    }
+
     /// WHIP then WHEP: answer, Location, routes publisher → viewer with the viewer's SSRC and
     /// payload types; the viewer is never a publisher in shm; DELETE and admin removal stop it.
     #[test]

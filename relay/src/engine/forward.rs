@@ -748,7 +748,7 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         self.index.sessions[idx as usize].diag.on_in(len, self.now);
         match kind {
-            Kind::Rtp => self.on_rtp(idx, buf, len, tx),
+            Kind::Rtp => self.on_rtp(idx, buf, len, tx, slow),
             Kind::Rtcp => self.on_rtcp(idx, buf, len, tx),
             _ => self.stats.drop(DropReason::Demux),
         }
@@ -796,18 +796,53 @@ impl<C: SrtpOps> Forwarder<C> {
         true
     }
 
-    fn on_rtp(&mut self, idx: u32, buf: &mut [u8], len: usize, tx: &mut TxQueue) {
+    fn on_rtp(
+        &mut self,
+        idx: u32,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
         let Some(inp) = self.accept_rtp(idx, buf, len) else {
             return;
         };
         let plain = &buf[..inp.len];
         if !self.for_each_output(idx, inp.ssrc, |this, oi| this.rtp_to(oi, plain, &inp, tx)) {
             self.stats.drop(DropReason::NoRoute);
+            self.report_stream(
+                idx,
+                &plain[..inp.payload.start.min(plain.len())],
+                &inp,
+                slow,
+            );
         }
         // The tags rtp_to left to the batch, all outputs at once, before anything else
         // touches the queue.
         if !self.macs.is_empty() {
             self.macs.finish(tx.arena_mut());
+        }
+    }
+
+    /// Tell control about publisher `idx`'s unrouted stream `inp.ssrc` (a stream-up message
+    /// with the plain RTP `header`, contract::slowpath), so that it can learn a simulcast
+    /// layer's SSRC from the RID extension (docs/ENGINE.md "Simulcast"). Only packets with a
+    /// header extension, from a session that may publish, and within the session's
+    /// [`STREAM_REPORTS`](super::index::STREAM_REPORTS) budget; the rest stay counted as `no_route` only.
+    fn report_stream(&mut self, idx: u32, header: &[u8], inp: &RtpIn, slow: &mut TxQueue) {
+        let Some(now) = self.now else { return };
+        let s = &mut self.index.sessions[idx as usize];
+        let has_extension = header.first().is_some_and(|b| b & 0x10 != 0);
+        if inp.repaired || !has_extension || !s.role.can_publish() {
+            return;
+        }
+        if !s.stream_report_due(inp.ssrc, now) {
+            return;
+        }
+        if slow.push(s.peer, header) {
+            self.stats.slow_path_up += 1;
+        } else {
+            self.stats.drop(DropReason::SlowPathFull);
         }
     }
 
