@@ -352,11 +352,18 @@ impl Selector {
         if layer >= usize::from(self.count) {
             return Decision::Skip;
         }
-        self.layers[layer].note(now, p.bytes, p.sr);
-        self.target = self.choose(now);
+        // A padding-only packet (no payload after padding removal, RFC 3550 §5.1) carries no
+        // media: a sender probes its uplink with them, on layers it does not encode too, so
+        // they neither make a layer active nor start a switch; on the current layer they pass
+        // (the receiver's sequence numbers stay whole).
+        let media = p.bytes > 0;
+        if media {
+            self.layers[layer].note(now, p.bytes, p.sr);
+            self.target = self.choose(now);
+        }
         let l = layer as u8;
         let mut switch = None;
-        if self.current != Some(self.target) && l == self.target {
+        if media && self.current != Some(self.target) && l == self.target {
             if !p.keyframe {
                 return self.request(now);
             }
@@ -551,7 +558,7 @@ mod tests {
                         self.c.rebase(src, p.seq, p.ts, r.gap, r.ts_advance);
                     }
                     let (seq, ts) = self.c.map(src, p.seq, p.ts);
-                    Got::Sent(seq, ts, vp8.unwrap())
+                    Got::Sent(seq, ts, vp8.unwrap_or_default())
                 }
                 d => Got::Not(d),
             }
@@ -840,6 +847,36 @@ mod tests {
         s.set_cap(NO_CAP);
         let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 20), 2, &hi.packet(true, true, true)));
         assert_eq!(ts, lts.wrapping_add(1800));
+    }
+
+    #[test]
+    fn padding_only_packets_neither_activate_a_layer_nor_start_a_switch() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, NO_CAP);
+        let mut lo = Layer::at(1, 1, 1, 1);
+        let mut hi = Layer::at(500, 1, 1, 1);
+        fwd(s.on_packet(t0, 0, &lo.packet(true, true, true)));
+        // The high layer sends only padding (a paused encoding the sender probes on) for
+        // two seconds: never the target, no key frame asked for, nothing of it forwarded.
+        let mut t = 0;
+        while t < 2000 {
+            t += 33;
+            let mut pad = hi.packet(false, false, false);
+            pad.bytes = 0;
+            pad.vp8 = None;
+            pad.keyframe = false;
+            assert_eq!(s.on_packet(ms(t0, t), 2, &pad), Got::Not(Decision::Skip));
+            lo.next_frame();
+            fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        }
+        assert_eq!((s.target(), s.current()), (0, Some(0)));
+        // Padding on the current layer is forwarded in sequence.
+        let mut pad = lo.packet(false, false, false);
+        pad.bytes = 0;
+        pad.vp8 = None;
+        let (seq, _, _) = fwd(s.on_packet(ms(t0, t + 1), 0, &pad));
+        let (next, _, _) = fwd(s.on_packet(ms(t0, t + 2), 0, &lo.packet(true, true, false)));
+        assert_eq!(next, seq.wrapping_add(1));
     }
 
     #[test]
