@@ -448,6 +448,7 @@ pub(super) fn routes_between(
                             index: l.layer,
                             count,
                             max: None,
+                            max_temporal: None,
                         }),
                         ..rw.clone()
                     },

@@ -8,7 +8,7 @@
 //! answer with its `Location`. May not touch: shm and the journal (the core does), sockets,
 //! DTLS records (the slow path runs handshakes and hands keys to the core).
 
-use super::body::{parse_max_layer, Body};
+use super::body::{parse_max_layer, parse_max_temporal, Body};
 use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
@@ -457,9 +457,10 @@ impl Control {
     }
 
     /// `DELETE` on a WHIP/WHEP resource: the participant leaves (session and routes go).
-    /// `PATCH` on a WHEP resource with `application/json` `{"max_layer": 0..=2 | null}`: the
-    /// viewer's own cap on the simulcast layer it receives (docs/WEBRTC.md "Simulcast"). 200
-    /// `{"max_layer": N|null, "routes": COUNT}`; 404 unknown resource; 409 no simulcast source
+    /// `PATCH` on a WHEP resource with `application/json` `{"max_layer": 0..=2 | null,
+    /// "max_temporal": 0..=3 | null}`: the viewer's own caps on the simulcast layer and the
+    /// VP8 temporal layer it receives (docs/WEBRTC.md "Simulcast"; absent or null: no cap).
+    /// 200 `{"max_layer": N|null, "max_temporal": N|null, "routes": COUNT}`; 404 unknown resource; 409 no simulcast source
     /// reaches the viewer; 415 another body type (trickle ICE is not offered).
     fn whep_layer(&self, req: &Request, id: &str, secret: &str) -> Response {
         let Ok(id) = id.parse::<u64>() else {
@@ -475,16 +476,20 @@ impl Control {
             return Response::error(415, "a WHEP resource takes application/json layer requests");
         }
         let r = (|| {
-            let b = Body::parse(&req.body, &["max_layer"])?;
+            let b = Body::parse(&req.body, &["max_layer", "max_temporal"])?;
             let max = match b.get("max_layer") {
                 // Absent or null: no cap.
                 None | Some(Value::Null) => None,
                 Some(v) => Some(parse_max_layer(v, "max_layer")?),
             };
-            let routes = self.core.set_max_layer(id, max)?;
+            let max_temporal = match b.get("max_temporal") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_max_temporal(v, "max_temporal")?),
+            };
+            let routes = self.core.set_max_layer(id, max, max_temporal)?;
             Ok(Response::json(
                 200,
-                &json!({"max_layer": max, "routes": routes.len()}),
+                &json!({"max_layer": max, "max_temporal": max_temporal, "routes": routes.len()}),
             ))
         })();
         let r = match r {
@@ -939,9 +944,13 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
             routes[0].1.is_some() && routes[0].1 == routes[1].1,
             "one output SSRC"
         );
-        // The viewer's cap reaches layers learned after it was set.
-        let r = e.admin("PUT", &format!("/v1/sessions/{v1}/layer"), r#"{"max":0}"#);
+        // The viewer's caps (spatial and temporal) reach layers learned after they were set.
+        let path = format!("/v1/sessions/{v1}/layer");
+        let r = e.admin("PUT", &path, r#"{"max":0,"max_temporal":4}"#);
+        assert_eq!(r.status, 400, "{}", body(&r));
+        let r = e.admin("PUT", &path, r#"{"max":0,"max_temporal":1}"#);
         assert_eq!(r.status, 200, "{}", body(&r));
+        assert!(body(&r).contains("\"max_temporal\":1"), "{}", body(&r));
         assert_eq!(
             learn(0xA2, b"f"),
             StreamLearned::Layer {
@@ -950,10 +959,10 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
             }
         );
         let st = e.ctl.core.ledger().store.state().clone();
-        assert!(st
-            .routes
-            .values()
-            .all(|r| r.rewrite.layer.is_some_and(|l| l.max == Some(0))));
+        assert!(st.routes.values().all(|r| r
+            .rewrite
+            .layer
+            .is_some_and(|l| l.max == Some(0) && l.max_temporal == Some(1))));
         // A viewer joining now gets all three layers, journalled like every route.
         let r = e.public(
             "POST",

@@ -1025,7 +1025,7 @@ impl<C: SrtpOps> Forwarder<C> {
             };
             match decision {
                 Decision::Forward { switch, vp8: v } => {
-                    if switch.is_some() {
+                    if switch.is_some_and(|r| r.new_layer) {
                         self.stats.count(Feedback::LayerSwitch, 1);
                     }
                     vp8 = v;

@@ -933,7 +933,7 @@ impl<C: SrtpOps> Index<C> {
             None => NONE,
         };
         if let (Some(l), Some(c)) = (r.rewrite.layer, self.streams.get_mut(stream as usize)) {
-            c.set_layers(l.count, l.max);
+            c.set_layers(l.count, l.max, l.max_temporal);
         }
         if let (Some(x), Some(ssrc)) = (r.rewrite.source_rtx, r.ssrc) {
             let rtx_in = &mut self.sessions[from as usize].rtx_in;

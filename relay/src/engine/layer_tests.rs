@@ -25,6 +25,7 @@ fn layered(id: u64, ssrc: u32, index: u8, max: u8) -> RouteRecord {
                 index,
                 count: 2,
                 max,
+                max_temporal: Layer::NO_CAP,
             }),
             ..Rewrite::default()
         },

@@ -16,6 +16,13 @@
 //! the last packet sent), and the VP8 picture ID, TL0PICIDX and key index continue after the
 //! last ones sent (RFC 7741 §4.2).
 //!
+//! Temporal layers (VP8, RFC 7741 §4.2 TID): per output a highest temporal layer
+//! ([`Selector::set_temporal_cap`]); packets of the current layer with a higher TID are not
+//! sent, and the output numbering closes over them (the next packet sent continues the
+//! sequence numbers, [`Rebase`] with `new_layer` false) and the picture ID skips none. A lower
+//! cap takes effect at once; a higher TID is sent again only from a frame that starts with the
+//! layer-sync bit (Y) or a key frame, which references nothing that was dropped.
+//!
 //! A layer is eligible once it has been sending for [`ELIGIBLE_AFTER`] and has not been
 //! silent for [`LAYER_IDLE`]; while no layer within the cap is that mature, the highest active
 //! one is used, so a new subscriber gets a picture at once.
@@ -77,6 +84,8 @@ pub struct LayerPacket {
 pub struct Rebase {
     pub gap: u16,
     pub ts_advance: u32,
+    /// A new spatial layer (a switch), not the numbering closed over dropped temporal layers.
+    pub new_layer: bool,
 }
 
 /// What to do with one packet of one layer for this output.
@@ -160,6 +169,10 @@ struct Vp8Numbers {
     last_tl0: u8,
     last_key: u8,
     seen: bool,
+    /// Input picture ID of the newest picture forwarded, and of the last picture dropped for
+    /// its temporal layer (counted once in `pid_off`).
+    last_in_pid: u16,
+    dropped_pid: Option<u16>,
 }
 
 /// The layer state of one output. Fixed size, no heap.
@@ -185,6 +198,12 @@ pub struct Selector {
     vp8: Vp8Numbers,
     last_request: Option<Instant>,
     switches: u32,
+    /// Highest temporal layer this output may receive ([`NO_CAP`]: any), the highest one
+    /// being sent now (raised only at a layer-sync frame), and whether packets were dropped
+    /// for it since the last one sent (the next one closes the numbering).
+    temporal_cap: u8,
+    temporal_open: u8,
+    temporal_gap: bool,
 }
 
 /// The RTP timestamp `ts` of a layer whose last Sender Report is `new` (NTP, RTP), expressed on
@@ -247,7 +266,54 @@ impl Selector {
             vp8: Vp8Numbers::default(),
             last_request: None,
             switches: 0,
+            temporal_cap: NO_CAP,
+            temporal_open: NO_CAP,
+            temporal_gap: false,
         }
+    }
+
+    /// Highest VP8 temporal layer (TID) this output may receive ([`NO_CAP`]: any).
+    pub fn set_temporal_cap(&mut self, cap: u8) {
+        self.temporal_cap = cap;
+    }
+
+    pub fn temporal_cap(&self) -> u8 {
+        self.temporal_cap
+    }
+
+    /// Whether a packet of the current layer is within the temporal cap; opens a higher
+    /// temporal layer at a layer-sync frame start or a key frame.
+    fn temporal_ok(&mut self, p: &LayerPacket) -> bool {
+        self.temporal_open = self.temporal_open.min(self.temporal_cap);
+        let Some(d) = p.vp8 else { return true };
+        let Some(t) = d.temporal_id else { return true };
+        if t <= self.temporal_open {
+            return true;
+        }
+        let frame_start = d.start_of_partition && d.partition_index == 0;
+        if t <= self.temporal_cap && (p.keyframe || (d.layer_sync && frame_start)) {
+            self.temporal_open = t;
+            return true;
+        }
+        false
+    }
+
+    /// Drop packet `p` of the current layer for its temporal layer: the next packet sent
+    /// closes the sequence numbers over it, and its picture (once) leaves the picture IDs.
+    fn drop_temporal(&mut self, p: &LayerPacket) -> Decision {
+        if seq_newer(p.seq, self.high_seq) {
+            self.temporal_gap = true;
+            if let Some((pid, _)) = p.vp8.and_then(|d| d.picture_id) {
+                let v = &mut self.vp8;
+                let newer = (pid.wrapping_sub(v.last_in_pid) & PICTURE_ID_MASK) < 0x4000
+                    && pid != v.last_in_pid;
+                if v.dropped_pid != Some(pid) && newer {
+                    v.pid_off = v.pid_off.wrapping_sub(1) & PICTURE_ID_MASK;
+                    v.dropped_pid = Some(pid);
+                }
+            }
+        }
+        Decision::Skip
     }
 
     /// Highest layer this output may receive ([`NO_CAP`]: any).
@@ -376,7 +442,22 @@ impl Selector {
         {
             return Decision::Late;
         }
-        if switch.is_some() || seq_newer(p.seq, self.high_seq) {
+        if media && switch.is_none() && !self.temporal_ok(p) {
+            return self.drop_temporal(p);
+        }
+        if switch.is_none() && self.temporal_gap && seq_newer(p.seq, self.high_seq) {
+            // The first packet after dropped temporal-layer packets: continue right after the
+            // last one sent, on the same timeline.
+            self.temporal_gap = false;
+            self.switch_in_seq = p.seq;
+            switch = Some(Rebase {
+                gap: 1,
+                ts_advance: p.ts.wrapping_sub(self.high_ts),
+                new_layer: false,
+            });
+        }
+        // The first packet ever sent starts the bookkeeping whatever its number.
+        if switch.is_some() || self.last_at.is_none() || seq_newer(p.seq, self.high_seq) {
             self.high_seq = p.seq;
             self.high_ts = p.ts;
             self.last_marker = p.marker;
@@ -424,6 +505,7 @@ impl Selector {
                 // that frame incomplete instead of one glued from two layers.
                 gap: if self.last_marker { 1 } else { 2 },
                 ts_advance,
+                new_layer: true,
             }
         });
         if let Some(d) = p.vp8 {
@@ -444,6 +526,8 @@ impl Selector {
                 *v = Vp8Numbers::default();
             }
         }
+        self.vp8.dropped_pid = None;
+        self.temporal_gap = false;
         self.current = Some(l);
         self.up_since = None;
         rebase
@@ -457,6 +541,7 @@ impl Selector {
         let tl0 = d.tl0_pic_idx.unwrap_or(0).wrapping_add(v.tl0_off);
         let key = d.key_idx.map_or(0, |k| k.wrapping_add(v.key_off) & 0x1F);
         if !v.seen || (pid.wrapping_sub(v.last_pid) & PICTURE_ID_MASK) < 0x4000 {
+            v.last_in_pid = d.picture_id.map_or(0, |(p, _)| p);
             v.last_pid = pid;
             v.last_tl0 = tl0;
             v.last_key = key;
@@ -480,6 +565,9 @@ mod tests {
         tl0: u8,
         /// The publisher's last Sender Report about this layer, as packets carry it.
         sr: Option<(u64, u32)>,
+        /// Temporal layer id and layer-sync bit of the next frame's packets.
+        tid: u8,
+        sync: bool,
     }
 
     impl Layer {
@@ -492,6 +580,8 @@ mod tests {
                 pid,
                 tl0,
                 sr: None,
+                tid: 0,
+                sync: false,
             }
         }
 
@@ -503,7 +593,7 @@ mod tests {
                 (pid >> 8) as u8,
                 pid as u8,
                 self.tl0,
-                0x00,
+                (self.tid << 6) | if self.sync { 0x20 } else { 0 },
                 if key { 0x10 } else { 0x11 },
             ];
             let d = Vp8Descriptor::parse(&b).unwrap();
@@ -877,6 +967,87 @@ mod tests {
         let (seq, _, _) = fwd(s.on_packet(ms(t0, t + 1), 0, &pad));
         let (next, _, _) = fwd(s.on_packet(ms(t0, t + 2), 0, &lo.packet(true, true, false)));
         assert_eq!(next, seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn temporal_cap_drops_higher_tids_with_numbering_closed_and_opens_at_layer_sync() {
+        let t0 = Instant::now();
+        let mut s = Out::new(1, NO_CAP);
+        let mut l = Layer::at(65534, 1000, 0x7FFE, 200);
+        // L1T3: TID 0, 2, 1, 2, 0, ... one packet per frame; TL0PICIDX moves on at TID 0.
+        let pattern = [0u8, 2, 1, 2];
+        let mut frame = 0usize;
+        let mut send = |s: &mut Out, l: &mut Layer, key: bool, sync: bool, at: u64| {
+            if frame > 0 {
+                l.ts = l.ts.wrapping_add(3000);
+                l.pid = (l.pid + 1) & PICTURE_ID_MASK;
+            }
+            l.tid = pattern[frame % 4];
+            if frame > 0 && l.tid == 0 {
+                l.tl0 = l.tl0.wrapping_add(1);
+            }
+            l.sync = sync;
+            frame += 1;
+            let tid = l.tid;
+            (tid, s.on_packet(ms(t0, at), 0, &l.packet(true, true, key)))
+        };
+        let (_, first) = send(&mut s, &mut l, true, false, 0);
+        let (seq0, ts0, vp80) = fwd(first);
+        s.set_temporal_cap(0);
+        // Three cycles capped at TID 0: only every fourth frame, numbered without holes.
+        let mut out = vec![(seq0, ts0, vp80)];
+        for i in 1..12u64 {
+            match send(&mut s, &mut l, false, false, i * 33) {
+                (0, g) => out.push(fwd(g)),
+                (_, g) => assert_eq!(g, Got::Not(Decision::Skip)),
+            }
+        }
+        assert_eq!(out.len(), 3);
+        for w in out.windows(2) {
+            let ((s1, t1, v1), (s2, t2, v2)) = (w[0], w[1]);
+            assert_eq!(
+                s2,
+                s1.wrapping_add(1),
+                "sequence closed over dropped packets"
+            );
+            assert_eq!(
+                t2,
+                t1.wrapping_add(12_000),
+                "timestamps keep their timeline"
+            );
+            assert_eq!(
+                v2.0,
+                (v1.0 + 1) & PICTURE_ID_MASK,
+                "picture IDs skip no dropped picture"
+            );
+            assert_eq!(v2.1, v1.1.wrapping_add(1), "TL0PICIDX as sent");
+        }
+        assert_eq!(s.switches(), 0, "closing the numbering is no layer switch");
+        // Cap lifted: a TID 2 frame without layer sync still waits; the TID 1 frame with Y
+        // opens TID 1, the next TID 2 frame with Y opens TID 2.
+        s.set_temporal_cap(NO_CAP);
+        let (last_seq, _, last_vp8) = out[2];
+        let (t, g) = send(&mut s, &mut l, false, false, 400);
+        assert_eq!(t, 0);
+        let (seq, _, vp8) = fwd(g);
+        assert_eq!(
+            (seq, vp8.0),
+            (last_seq.wrapping_add(1), (last_vp8.0 + 1) & PICTURE_ID_MASK)
+        );
+        let (t, g) = send(&mut s, &mut l, false, false, 433);
+        assert_eq!((t, g), (2, Got::Not(Decision::Skip)));
+        let (t, g) = send(&mut s, &mut l, false, true, 466);
+        assert_eq!(t, 1);
+        let (seq1, _, vp81) = fwd(g);
+        assert_eq!(seq1, seq.wrapping_add(1));
+        assert_eq!(vp81.0, (vp8.0 + 1) & PICTURE_ID_MASK);
+        let (t, g) = send(&mut s, &mut l, false, true, 500);
+        assert_eq!(t, 2);
+        let (seq2, _, vp82) = fwd(g);
+        assert_eq!(
+            (seq2, vp82.0),
+            (seq1.wrapping_add(1), (vp81.0 + 1) & PICTURE_ID_MASK)
+        );
     }
 
     #[test]
