@@ -441,9 +441,14 @@ pub(super) fn routes_between(
         if let Some(sc) = &pm.simulcast {
             let count = sc.layers.len() as u8;
             for l in p.learned.iter().filter(|l| l.section == i) {
+                let source_rtx = l.rtx_ssrc.and_then(|ssrc| {
+                    let payload_type = pm.codecs.iter().find_map(|c| pm.rtx_for(c.pt))?;
+                    Some(RtxSpec { payload_type, ssrc })
+                });
                 out.push((
                     Some(l.ssrc),
                     RewriteSpec {
+                        source_rtx,
                         layer: Some(LayerSpec {
                             index: l.layer,
                             count,

@@ -130,6 +130,8 @@ pub struct LearnedLayer {
     /// Layer index, 0 = lowest resolution (`sdp::Simulcast::layers`).
     pub layer: u8,
     pub ssrc: u32,
+    /// The layer's RTX stream (RFC 4588), learned from its repaired RID (RFC 8852 §3.2).
+    pub rtx_ssrc: Option<u32>,
 }
 
 impl Member {

@@ -19,8 +19,8 @@
 use super::join::routes_between;
 use super::rooms::{LearnedLayer, Member};
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, LayerSpec, StoredRoute};
-use crate::webrtc::sdp::{self, MID_EXTENSION, RID_EXTENSION};
+use crate::state::{Entry, LayerSpec, RtxSpec, StoredRoute};
+use crate::webrtc::sdp::{self, MID_EXTENSION, REPAIRED_RID_EXTENSION, RID_EXTENSION};
 use contract::wire::normalize_addr;
 use contract::wire::rtp::RtpPacket;
 use std::net::SocketAddr;
@@ -34,6 +34,8 @@ const MAX_REPORT: usize = 2048;
 pub enum StreamLearned {
     /// A new layer SSRC; routes from it were added to this many viewers.
     Layer { layer: u8, viewers: usize },
+    /// A layer's RTX SSRC (its repaired RID); this many routes of the layer now unwrap it.
+    Rtx { layer: u8, routes: usize },
     /// Nothing to learn: not a simulcast publisher, no or unknown RID, a layer already known,
     /// or a report that does not parse.
     Ignored,
@@ -41,8 +43,8 @@ pub enum StreamLearned {
 
 /// The simulcast section and layer a publisher's packet belongs to: the section named by
 /// the packet's MID when it carries one, else the only simulcast section; the layer named by
-/// its RID.
-fn layer_of(p: &Member, pkt: &RtpPacket<'_>) -> Option<(usize, u8)> {
+/// its RID, or by its repaired RID (then `true`: the packet is of the layer's RTX stream).
+fn layer_of(p: &Member, pkt: &RtpPacket<'_>) -> Option<(usize, u8, bool)> {
     let sections = || {
         p.media
             .iter()
@@ -58,8 +60,11 @@ fn layer_of(p: &Member, pkt: &RtpPacket<'_>) -> Option<(usize, u8)> {
         1 => sections().next()?,
         _ => sections().find(|(_, m, _)| ext(m, MID_EXTENSION) == Some(m.mid.as_bytes()))?,
     };
-    let rid = ext(m, RID_EXTENSION)?;
-    Some((i, sc.layer_of(rid)?))
+    if let Some(rid) = ext(m, RID_EXTENSION) {
+        return Some((i, sc.layer_of(rid)?, false));
+    }
+    let rrid = ext(m, REPAIRED_RID_EXTENSION)?;
+    Some((i, sc.layer_of(rrid)?, true))
 }
 
 impl Core {
@@ -97,20 +102,59 @@ impl Core {
         let Some(p) = members.get(&id).filter(|m| m.publishes) else {
             return Ok(StreamLearned::Ignored);
         };
-        let Some((section, layer)) = layer_of(p, &pkt) else {
+        let Some((section, layer, repaired)) = layer_of(p, &pkt) else {
             return Ok(StreamLearned::Ignored);
         };
         if p.learned
             .iter()
-            .any(|l| l.ssrc == ssrc || (l.section == section && l.layer == layer))
+            .any(|l| l.ssrc == ssrc || l.rtx_ssrc == Some(ssrc))
         {
             return Ok(StreamLearned::Ignored);
         }
+        let known = p
+            .learned
+            .iter()
+            .position(|l| l.section == section && l.layer == layer);
         let mut p = p.clone();
+        if repaired {
+            // The layer's RTX stream: known only once the layer is (the relay reports again).
+            let (Some(k), Some(payload_type)) = (
+                known.filter(|&k| p.learned[k].rtx_ssrc.is_none()),
+                p.media[section]
+                    .codecs
+                    .iter()
+                    .find_map(|c| p.media[section].rtx_for(c.pt)),
+            ) else {
+                return Ok(StreamLearned::Ignored);
+            };
+            p.learned[k].rtx_ssrc = Some(ssrc);
+            let primary = p.learned[k].ssrc;
+            let entries: Vec<Entry> = st
+                .routes
+                .values()
+                .filter(|r| r.from == p.session && r.ssrc == Some(primary))
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.rewrite.source_rtx = Some(RtxSpec { payload_type, ssrc });
+                    Entry::PutRoute { route: r }
+                })
+                .collect();
+            let routes = entries.len();
+            if !entries.is_empty() {
+                g.require_shm()?;
+                g.commit(entries)?;
+            }
+            members.insert(id, p);
+            return Ok(StreamLearned::Rtx { layer, routes });
+        }
+        if known.is_some() {
+            return Ok(StreamLearned::Ignored);
+        }
         p.learned.push(LearnedLayer {
             section,
             layer,
             ssrc,
+            rtx_ssrc: None,
         });
         let mut next_route = st.next_route_id;
         let mut entries = Vec::new();
@@ -132,6 +176,9 @@ impl Core {
             let planned = match sibling {
                 Some(r) => {
                     let mut rw = r.rewrite.clone();
+                    // The sibling's RTX stream is its own; this layer's comes with its
+                    // repaired RID.
+                    rw.source_rtx = None;
                     rw.layer = rw.layer.map(|l| LayerSpec { index: layer, ..l });
                     vec![(Some(ssrc), rw)]
                 }

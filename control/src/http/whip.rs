@@ -829,12 +829,13 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
     fn simulcast_offer() -> String {
         format!(
             "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
 a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:{FP}\r\n\
 a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\n\
 a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
 a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
-a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
 a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
         )
     }
@@ -842,9 +843,14 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
     /// The plain RTP header a relay reports for an unrouted stream: MID "0" and `rid` in
     /// one-byte extension elements (RFC 8285 §4.2), padded to 32 bits.
     fn rid_header(ssrc: u32, rid: &[u8]) -> Vec<u8> {
+        rid_header_with(ssrc, 10, rid)
+    }
+
+    /// [`rid_header`] with the RID in extension element `id` (11: the repaired RID).
+    fn rid_header_with(ssrc: u32, id: u8, rid: &[u8]) -> Vec<u8> {
         let mut ext = vec![(4 << 4), b'0'];
         if !rid.is_empty() {
-            ext.push((10 << 4) | (rid.len() as u8 - 1));
+            ext.push((id << 4) | (rid.len() as u8 - 1));
             ext.extend_from_slice(rid);
         }
         while ext.len() % 4 != 0 {
@@ -892,6 +898,14 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
                 .learn_stream(peer, &rid_header(ssrc, rid))
                 .unwrap()
         };
+        let repair = |ssrc: u32, rid: &[u8]| {
+            e.ctl
+                .core
+                .learn_stream(peer, &rid_header_with(ssrc, 11, rid))
+                .unwrap()
+        };
+        // A repaired RID before its layer is known teaches nothing (the relay reports again).
+        assert_eq!(repair(0xC1, b"h"), StreamLearned::Ignored);
         assert_eq!(
             learn(0xA1, b"h"),
             StreamLearned::Layer {
@@ -899,6 +913,14 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
                 viewers: 1
             }
         );
+        assert_eq!(
+            repair(0xC1, b"h"),
+            StreamLearned::Rtx {
+                layer: 1,
+                routes: 1
+            }
+        );
+        assert_eq!(repair(0xC2, b"h"), StreamLearned::Ignored);
         assert_eq!(
             learn(0xA0, b"q"),
             StreamLearned::Layer {
@@ -977,6 +999,21 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
         assert_eq!(
             ssrcs,
             vec![(Some(0xA0), 0), (Some(0xA1), 1), (Some(0xA2), 2)]
+        );
+        // The RTX stream of layer 1 is unwrapped on its routes into both viewers.
+        let st = e.ctl.core.ledger().store.state().clone();
+        let rtx: Vec<_> = st
+            .routes
+            .values()
+            .filter_map(|r| {
+                r.rewrite
+                    .source_rtx
+                    .map(|x| (r.ssrc, r.to, x.payload_type, x.ssrc))
+            })
+            .collect();
+        assert_eq!(
+            rtx,
+            vec![(Some(0xA1), v1, 97, 0xC1), (Some(0xA1), v2, 97, 0xC1)]
         );
         assert_eq!(e.ctl.core.ledger().store.state().routes.len(), 6);
     }

@@ -18,8 +18,18 @@ impl SessionBinder for Core {
     }
     fn learn_stream(&self, peer: SocketAddr, header: &[u8]) -> Result<bool, CoreError> {
         let learned = Core::learn_stream(self, peer, header)?;
-        if let StreamLearned::Layer { layer, viewers } = learned {
-            tracing::info!(layer, viewers, "simulcast layer learned from its RID");
+        match learned {
+            StreamLearned::Layer { layer, viewers } => {
+                tracing::info!(layer, viewers, "simulcast layer learned from its RID");
+            }
+            StreamLearned::Rtx { layer, routes } => {
+                tracing::info!(
+                    layer,
+                    routes,
+                    "simulcast RTX stream learned from its repaired RID"
+                );
+            }
+            StreamLearned::Ignored => {}
         }
         Ok(learned != StreamLearned::Ignored)
     }

@@ -1141,7 +1141,19 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
         // A publisher's RTX is taken only with the FID groups that name its RTX SSRCs: the
         // relay tells retransmissions apart by SSRC (route `source_rtx`), and without them
         // they would be forwarded as if they were the stream. Declined, it resends originals.
-        let rtx = if accepted && (endpoint == Endpoint::Whep || !fid_pairs(m).is_empty()) {
+        // A simulcast section names its RTX streams by repaired RID (RFC 8852 §3.2) instead:
+        // control learns their SSRCs from their packets like the layers' (core/simulcast.rs).
+        let simulcast = if accepted && endpoint == Endpoint::Whip {
+            Simulcast::negotiate(m, &mid)?
+        } else {
+            None
+        };
+        let repaired_rid = m.extmaps.iter().any(|e| e.uri == REPAIRED_RID_EXTENSION);
+        let rtx = if accepted
+            && (endpoint == Endpoint::Whep
+                || !fid_pairs(m).is_empty()
+                || (simulcast.is_some() && repaired_rid))
+        {
             rtx_codecs(m, &codecs)
         } else {
             Vec::new()
@@ -1157,11 +1169,6 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             fid_pairs(m)
         } else {
             Vec::new()
-        };
-        let simulcast = if accepted && endpoint == Endpoint::Whip {
-            Simulcast::negotiate(m, &mid)?
-        } else {
-            None
         };
         negotiated.push(NegotiatedMedia {
             mid,
@@ -2233,6 +2240,23 @@ a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmt
         ] {
             assert!(a.sdp.contains(needle), "missing {needle:?} in\n{}", a.sdp);
         }
+        // RTX is taken: its streams are named by repaired RID.
+        assert!(
+            a.sdp
+                .contains("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"),
+            "{}",
+            a.sdp
+        );
+        let no_rrid = o.replace(
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n",
+            "",
+        );
+        let b = answer(&Offer::parse(&no_rrid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(
+            b.media[0].simulcast.is_some() && b.media[0].rtx.is_empty(),
+            "{}",
+            b.sdp
+        );
         // The answer parses back as what it says.
         let back = Offer::parse(&a.sdp).unwrap();
         assert_eq!(back.media[0].simulcast.as_deref(), Some("recv q;h;f"));
