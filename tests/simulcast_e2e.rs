@@ -98,6 +98,15 @@ fn chromium_simulcast_through_whip_one_viewer_capped_one_free() {
     });
     let r = run_session(rig.dir(), "simulcast", &spec);
     let (_, metrics) = rig.http("GET", "/metrics", "");
+    let (_, routes) = rig.http("GET", "/v1/routes", "");
+    // Layer routes whose RTX stream was learned from its repaired RID (Chromium sends RTX
+    // when asked to repair or when it probes; neither is certain in a run).
+    let rtx_routes = routes.matches("\"source_rtx\":{").count();
+    let unwrapped = metric_sum(
+        &metrics,
+        "sluice_feedback_total{",
+        "event=\"rtx_unwrapped\"",
+    );
     let free = widths(&r, 0);
     let capped = widths(&r, 1);
     let top = top_layer_widths(&r);
@@ -120,6 +129,11 @@ fn chromium_simulcast_through_whip_one_viewer_capped_one_free() {
         r["series"]["layerRequests"],
         freezes(0),
         freezes(1)
+    );
+    eprintln!(
+        "simulcast_e2e: layered routes {}, with a learned RTX stream {rtx_routes}; RTX \
+         packets unwrapped {unwrapped}",
+        routes.matches("\"layer\":{").count()
     );
     eprintln!("simulcast_e2e: publisher top layer width/s {top:?}");
     eprintln!("simulcast_e2e: free viewer width/s   {free:?}");
