@@ -1974,11 +1974,15 @@ m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap
         assert!(a.media[1].rtx.is_empty());
         assert!(!a.sdp.contains("rtx/90000"));
         assert_eq!(a.media[1].rtx_ssrcs, [], "FID without RTX is not recorded");
-        // RTX without FID groups (no a=ssrc lines, or simulcast by RID): declined.
+        // RTX without FID groups and without simulcast by RID: declined.
         let no_fid = chrome_offer("actpass").replace("a=ssrc-group:FID 1111 2222\r\n", "");
-        let a = answer(&Offer::parse(&no_fid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        let no_sim = no_fid.replace("a=simulcast:send h;l\r\n", "");
+        let a = answer(&Offer::parse(&no_sim).unwrap(), Endpoint::Whip, &cfg()).unwrap();
         assert!(a.media[1].rtx.is_empty());
         assert!(!a.sdp.contains("rtx/90000"));
+        // Simulcast by RID with the repaired-RID extension names its RTX streams: taken.
+        let a = answer(&Offer::parse(&no_fid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(a.media[1].simulcast.is_some() && !a.media[1].rtx.is_empty());
         // A publisher offering no RTX at all: the same.
         let plain = chrome_offer("actpass")
             .replace("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n", "")
