@@ -11,7 +11,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | version ([`VERSION`]) |
-//! | 1 | 1 | kind: 1 hello, 2 datagram-up (relay → control), 3 datagram-down (control → relay) |
+//! | 1 | 1 | kind: 1 hello, 2 datagram-up (relay → control), 3 datagram-down (control → relay), 4 stream-up (relay → control) |
 //! | 2 | 2 | worker id (big endian) |
 //! | 4 | 1 | peer address family: 4, 6, or 0 (hello only) |
 //! | 5 | 1 | peer transport: 0 UDP, 1 ICE-TCP (the peer key is `wire::tcp_peer`) |
@@ -20,7 +20,10 @@
 //! | 10 | 2 | reserved, 0 |
 //! | 12 | 16 | peer IP (IPv4 in the first 4 bytes, the rest 0) |
 //!
-//! A hello (no peer, no payload) is the first message of every client connection. Decoding a
+//! A hello (no peer, no payload) is the first message of every client connection. A
+//! stream-up carries the plain RTP header (fixed header, CSRCs and header extension; no
+//! payload) of an authenticated packet from a publisher session `peer` on an SSRC no route
+//! carries: control may learn a simulcast layer's SSRC from its RID (RFC 8852). Decoding a
 //! malformed message is a [`DecodeError`], never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -43,6 +46,9 @@ pub enum MsgKind {
     DatagramUp = 2,
     /// A datagram control wants sent to `peer` from the relay's port.
     DatagramDown = 3,
+    /// The plain RTP header of an authenticated packet from publisher `peer` on an SSRC no
+    /// route carries, for control.
+    StreamUp = 4,
 }
 
 /// A decoded header.
@@ -137,6 +143,7 @@ pub fn decode(msg: &[u8]) -> Result<(MsgHeader, &[u8]), DecodeError> {
         1 => MsgKind::Hello,
         2 => MsgKind::DatagramUp,
         3 => MsgKind::DatagramDown,
+        4 => MsgKind::StreamUp,
         k => return Err(DecodeError::Kind(k)),
     };
     if msg[5] > 1 || msg[10] != 0 || msg[11] != 0 {
@@ -211,6 +218,14 @@ mod tests {
                 (3, 3478, MsgKind::DatagramUp, &b"stun"[..])
             );
         }
+        let h = MsgHeader {
+            kind: MsgKind::StreamUp,
+            worker: 1,
+            peer: Some(plain[0]),
+            local_port: 9,
+        };
+        let n = encode(&h, &[0x90, 96, 0, 1], &mut buf).unwrap();
+        assert_eq!(decode(&buf[..n]).unwrap(), (h, &[0x90, 96, 0, 1][..]));
         assert_eq!(decode(&buf[..5]), Err(DecodeError::Short(5)));
         let mut bad = buf;
         bad[0] = 9;

@@ -120,4 +120,7 @@ impl SessionBinder for Control {
     fn mark_pending(&self, session: SessionId) -> Result<(), CoreError> {
         self.core.mark_pending(session)
     }
+    fn learn_stream(&self, peer: SocketAddr, header: &[u8]) -> Result<bool, CoreError> {
+        SessionBinder::learn_stream(&*self.core, peer, header)
+    }
 }

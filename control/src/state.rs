@@ -102,7 +102,7 @@ pub enum KeyframeKind {
 }
 
 /// A route's simulcast layer: `index` of `count` (lowest resolution 0), and the highest
-/// layer the subscriber may receive (`max`, absent: any).
+/// layer (`max`) and temporal layer (`max_temporal`) the subscriber may receive (absent: any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
@@ -110,6 +110,9 @@ pub struct LayerSpec {
     pub count: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<u8>,
+    /// The highest VP8 temporal layer (TID 0..=3) the subscriber may receive (absent: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_temporal: Option<u8>,
 }
 
 /// A MID rewrite: the subscriber's extension id for `urn:ietf:params:rtp-hdrext:sdes:mid`
@@ -158,6 +161,7 @@ impl RewriteSpec {
                 index: l.index,
                 count: l.count,
                 max: l.max.unwrap_or(Layer::NO_CAP),
+                max_temporal: l.max_temporal.unwrap_or(Layer::NO_CAP),
             }),
             ..Rewrite::default()
         };

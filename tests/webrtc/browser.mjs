@@ -29,6 +29,15 @@
 //         decoded a frame (or C seconds passed), getStats() of every page is taken (`start`),
 //         then once a second for S seconds (publisher bytesSent, viewers framesDecoded), then
 //         again (`end`). One line `RESULT {json}`; exit 0 when every viewer decoded frames.
+//         Options: `publisher.simulcast: true` publishes a 1280x720 fake camera as three VP8
+//         simulcast encodings (RIDs q, h, f at scaleResolutionDownBy 4, 2, 1; the offer's
+//         a=simulcast line is in the result as `simulcastOffer`); a viewer group's
+//         `layerPlan: [{ "at": SECOND, "max": 0..2 | null }]` PATCHes its pages' WHEP
+//         resources with {"max_layer": max} at that second of the measurement. The series
+//         then also has every viewer's frameWidth and the publisher's per-RID frameWidth.
+//         `publisher.minBitrateKbps: N` starts and floors the publisher's uplink estimate at N
+//         kbit/s (x-google-start-bitrate / x-google-min-bitrate added to the answer it
+//         applies), for a publisher whose uplink carries every simulcast layer.
 //         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
@@ -82,7 +91,7 @@ window.waitGathering = (pc, ms) => new Promise((res) => {
     if (pc.iceGatheringState === 'complete') { clearTimeout(t); res(); }
   });
 });
-window.negotiate = async (pc, url, token) => {
+window.negotiate = async (pc, url, token, editAnswer) => {
   await pc.setLocalDescription(await pc.createOffer());
   // No trickle ICE in Sluice: send the offer once gathering is done (or after 2 s; an
   // ICE-lite answerer learns our address from our checks anyway).
@@ -94,7 +103,7 @@ window.negotiate = async (pc, url, token) => {
   });
   const body = await r.text();
   if (r.status !== 201) throw new Error('POST ' + url + ': ' + r.status + ' ' + body);
-  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  await pc.setRemoteDescription({ type: 'answer', sdp: editAnswer ? editAnswer(body) : body });
   return { location: r.headers.get('Location'), answer: body };
 };
 // Video counters of one peer for the session command: inbound (a viewer's) and outbound (a
@@ -112,6 +121,7 @@ window.videoStats = async (pc) => {
         'framesDecoded', 'framesDropped', 'framesReceived', 'keyFramesDecoded', 'framesPerSecond', 'pliCount',
         'firCount', 'jitter', 'bytesReceived', 'frameWidth', 'frameHeight']);
     } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
+      if (s.rid) (out.layers = out.layers || {})[s.rid] = pick(s, ['frameWidth', 'frameHeight', 'bytesSent', 'framesEncoded']);
       out.outbound = pick(s, ['packetsSent', 'bytesSent', 'retransmittedPacketsSent', 'retransmittedBytesSent',
         'nackCount', 'pliCount', 'firCount', 'framesEncoded', 'framesSent', 'keyFramesEncoded', 'framesPerSecond',
         'qualityLimitationReason', 'targetBitrate', 'frameWidth', 'frameHeight']);
@@ -247,10 +257,12 @@ async function session(specPath) {
     const pubCtx = await launch(spec.publisher.chromium, 'publisher');
     const pub = await open(pubCtx, 'publisher');
     const viewers = [];
+    let simulcastOffer = null;
     for (const v of spec.viewers) {
       const ctx = await launch(v.chromium, v.label);
       for (let i = 0; i < (v.pages || 1); i++) {
-        viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token, page: await open(ctx, `${v.label}#${i}`) });
+        viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token,
+          layerPlan: v.layerPlan || [], page: await open(ctx, `${v.label}#${i}`) });
       }
     }
     const connectMs = (spec.connectSecs || 30) * 1000;
@@ -279,14 +291,33 @@ async function session(specPath) {
       await pub.evaluate(async (sdp) => window.pc.setRemoteDescription({ type: 'answer', sdp }), answer);
       log('direct call: offer and answer exchanged');
     } else {
-      await pub.evaluate(async ({ url, token }) => {
-        const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+      simulcastOffer = await pub.evaluate(async ({ url, token, simulcast, minKbps }) => {
+        const video = simulcast ? { width: 1280, height: 720 } : true;
+        const stream = await navigator.mediaDevices.getUserMedia({ video, audio: true });
         const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
         window.pc = pc;
         pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
-        for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
-        await negotiate(pc, url, token);
-      }, { url: `${spec.base}/whip/${spec.room}`, token: spec.publisher.token });
+        for (const t of stream.getTracks()) {
+          const init = { direction: 'sendonly', streams: [stream] };
+          if (simulcast && t.kind === 'video') {
+            init.sendEncodings = [{ rid: 'q', scaleResolutionDownBy: 4 },
+              { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }];
+          }
+          const tr = pc.addTransceiver(t, init);
+          if (simulcast && t.kind === 'video') {
+            const vp8 = RTCRtpSender.getCapabilities('video').codecs.filter((c) => c.mimeType === 'video/VP8');
+            tr.setCodecPreferences(vp8);
+          }
+        }
+        // Chromium's uplink estimate: with minKbps, start and floor it there (libwebrtc's
+        // x-google-start/min-bitrate on the answer's VP8), as a publisher whose uplink
+        // carries every layer.
+        const edit = minKbps ? (sdp) => sdp.replace(/a=rtpmap:(\d+) VP8\/90000\r\n/,
+          (line, pt) => `${line}a=fmtp:${pt} x-google-start-bitrate=${minKbps};x-google-min-bitrate=${minKbps}\r\n`) : null;
+        await negotiate(pc, url, token, edit);
+        return (pc.localDescription.sdp.match(/a=simulcast:[^\r\n]*/) || [null])[0];
+      }, { url: `${spec.base}/whip/${spec.room}`, token: spec.publisher.token, simulcast: !!spec.publisher.simulcast,
+        minKbps: spec.publisher.minBitrateKbps || 0 });
       await pub.waitForFunction(() => ['connected', 'failed'].includes(window.pc.connectionState), null,
         { timeout: connectMs });
       log('published');
@@ -297,7 +328,7 @@ async function session(specPath) {
           pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
           for (const k of ['audio', 'video']) pc.addTransceiver(k, { direction: 'recvonly' });
           attachMedia(pc);
-          await negotiate(pc, url, token);
+          window.resource = (await negotiate(pc, url, token)).location;
         }, { url: `${spec.base}/whep/${spec.room}`, token: v.token });
       }
       log(`watching with ${viewers.length} page(s)`);
@@ -320,16 +351,34 @@ async function session(specPath) {
     });
     const start = await snapshot();
     const t0 = Date.now();
-    const series = { t: [], publisherBytesSent: [], viewerFramesDecoded: viewers.map(() => []) };
+    const series = { t: [], publisherBytesSent: [], publisherLayers: [], viewerFramesDecoded: viewers.map(() => []),
+      viewerFrameWidth: viewers.map(() => []), layerRequests: [] };
     for (let i = 1; i <= spec.seconds; i++) {
       const wait = t0 + i * 1000 - Date.now();
       if (wait > 0) await pub.waitForTimeout(wait);
+      for (const v of viewers) {
+        for (const step of v.layerPlan.filter((x) => x.at === i - 1)) {
+          const status = await v.page.evaluate(async ({ max }) => {
+            const r = await fetch(window.resource, { method: 'PATCH',
+              headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ max_layer: max }) });
+            return r.status;
+          }, { max: step.max });
+          series.layerRequests.push({ label: v.label, index: v.index, at: i - 1, max: step.max, status });
+          log(`${v.label}#${v.index}: max_layer ${step.max} -> ${status}`);
+        }
+      }
       series.t.push((Date.now() - t0) / 1000);
-      series.publisherBytesSent.push((await pub.evaluate(() => videoStats(window.pc))).outbound?.bytesSent ?? 0);
-      for (let j = 0; j < viewers.length; j++) series.viewerFramesDecoded[j].push(await decoded(viewers[j].page));
+      const ps = await pub.evaluate(() => videoStats(window.pc));
+      series.publisherBytesSent.push(ps.outbound?.bytesSent ?? 0);
+      series.publisherLayers.push(ps.layers || null);
+      for (let j = 0; j < viewers.length; j++) {
+        const vs = await viewers[j].page.evaluate(() => videoStats(window.pc));
+        series.viewerFramesDecoded[j].push(vs.inbound?.framesDecoded || 0);
+        series.viewerFrameWidth[j].push(vs.inbound?.frameWidth || 0);
+      }
     }
     const end = await snapshot();
-    const result = { mode: spec.mode, ready, seconds: (Date.now() - t0) / 1000, start, end, series };
+    const result = { mode: spec.mode, ready, seconds: (Date.now() - t0) / 1000, start, end, series, simulcastOffer };
     console.log('RESULT ' + JSON.stringify(result));
     status = end.viewers.every((v, j) => (v.stats.inbound?.framesDecoded || 0) >
       (start.viewers[j].stats.inbound?.framesDecoded || 0)) ? 0 : 1;

@@ -165,7 +165,7 @@ pub(crate) fn decode_session(w: &[u64; SESSION_WORDS]) -> Result<SessionRecord, 
 /// 3 has_ssrc | has_rewrite_ssrc<<8 | pt_map_len<<16 | ext_map_len<<24 | ssrc<<32 ·
 /// 4 rewrite ssrc · 5–6 pt_map (8 × (from, to) bytes) · 7–8 ext_map ·
 /// 9 has_rtx | rtx payload type<<8 | rtx ssrc<<32 ·
-/// 10 has_layer | layer index<<8 | layer count<<16 | max layer<<24 ·
+/// 10 has_layer | layer index<<8 | layer count<<16 | max layer<<24 | (max temporal + 1)<<32 ·
 /// 11 has_source_rtx | its payload type<<8 | its ssrc<<32 · 12–14 below.
 pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
     let mut w = [0u64; ROUTE_WORDS];
@@ -201,8 +201,12 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
         | (u64::from(r.rewrite.keyframe) << 16)
         | (u64::from(r.rewrite.twcc_id) << 24);
     if let Some(l) = r.rewrite.layer {
-        w[10] =
-            1 | (u64::from(l.index) << 8) | (u64::from(l.count) << 16) | (u64::from(l.max) << 24);
+        // The temporal cap is stored plus one, so 0 (what ABI 7 writers leave) means none.
+        w[10] = 1
+            | (u64::from(l.index) << 8)
+            | (u64::from(l.count) << 16)
+            | (u64::from(l.max) << 24)
+            | (u64::from(l.max_temporal.wrapping_add(1)) << 32);
     }
     w[13..15].copy_from_slice(&bytes_to_words::<2>(&r.rewrite.mid));
     w
@@ -239,6 +243,7 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
         if l.count == 0
             || l.count > MAX_LAYERS
             || l.index >= l.count
+            || (l.max_temporal > Layer::MAX_TEMPORAL && l.max_temporal != Layer::NO_CAP)
             || r.ssrc.is_none()
             || r.rewrite.ssrc.is_none()
         {
@@ -273,6 +278,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
         index: (w[10] >> 8) as u8,
         count: (w[10] >> 16) as u8,
         max: (w[10] >> 24) as u8,
+        max_temporal: ((w[10] >> 32) as u8).wrapping_sub(1),
     });
     let pairs = |words: &[u64]| -> [(u8, u8); MAX_MAPPINGS] {
         let b: [u8; 2 * MAX_MAPPINGS] = words_to_bytes(words);
@@ -436,8 +442,21 @@ mod tests {
             index: 2,
             count: 3,
             max: 1,
+            max_temporal: 2,
         });
         assert_eq!(decode_route(&encode_route(&layered)), Ok(layered));
+        // No temporal cap round-trips; a word written without one (ABI 7) reads as none; a
+        // TID past 3 is refused.
+        let mut uncapped = layered;
+        uncapped.rewrite.layer = uncapped.rewrite.layer.map(|l| Layer {
+            max_temporal: Layer::NO_CAP,
+            ..l
+        });
+        assert_eq!(encode_route(&uncapped)[10] >> 32, 0);
+        assert_eq!(decode_route(&encode_route(&uncapped)), Ok(uncapped));
+        let mut w = encode_route(&layered);
+        w[10] = (w[10] & 0xFFFF_FFFF) | (5 << 32);
+        assert_eq!(decode_route(&w), Err(SlotError::BadLayer(2, 3)));
         let mut w = encode_route(&layered);
         w[10] = (w[10] & !0xff00) | (3 << 8);
         assert_eq!(decode_route(&w), Err(SlotError::BadLayer(3, 3)));

@@ -354,10 +354,15 @@ pub struct Layer {
     pub count: u8,
     /// Highest layer this subscriber may receive; [`Layer::NO_CAP`]: any.
     pub max: u8,
+    /// Highest VP8 temporal layer (TID, 0..=[`Layer::MAX_TEMPORAL`]) this subscriber may
+    /// receive; [`Layer::NO_CAP`]: any.
+    pub max_temporal: u8,
 }
 
 impl Layer {
     pub const NO_CAP: u8 = u8::MAX;
+    /// Highest VP8 temporal layer id (RFC 7741 §4.2: TID is two bits).
+    pub const MAX_TEMPORAL: u8 = 3;
 }
 
 /// Longest MID value a route rewrites to (the one-byte header form's limit, RFC 8285 §4.2).

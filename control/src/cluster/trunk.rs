@@ -187,6 +187,7 @@ impl Stream {
                 .collect(),
             rtx_ssrcs: Vec::new(),
             send_rtx_ssrc: None,
+            simulcast: None,
         })
     }
 }
@@ -1310,6 +1311,7 @@ mod tests {
             rtx: vec![RtxCodec { pt: 97, apt: 96 }],
             rtx_ssrcs: vec![(1111, 2222)],
             send_rtx_ssrc: None,
+            simulcast: None,
         }
     }
 

@@ -13,7 +13,8 @@ use super::{lock, Core, CoreError};
 use crate::ice::Credentials as IceCredentials;
 use crate::secrets;
 use crate::state::{
-    Entry, KeyframeKind, MidSpec, RewriteSpec, RtxSpec, StoredIce, StoredRoute, StoredSession,
+    Entry, KeyframeKind, LayerSpec, MidSpec, RewriteSpec, RtxSpec, StoredIce, StoredRoute,
+    StoredSession,
 };
 use crate::webrtc::dtls::DtlsRole;
 use crate::webrtc::sdp::{self, Answer, Endpoint, MediaKind, Offer, Setup, SsrcLimits};
@@ -98,6 +99,7 @@ impl Core {
             publishes: req.publish,
             media: answer.media.clone(),
             primary_ssrcs: offer.media.iter().map(primary_ssrcs).collect(),
+            learned: Vec::new(),
             secret: random_hex(16)?,
             subject: req.subject,
             created_ms: now_ms,
@@ -363,7 +365,7 @@ pub(super) fn plan_routes(members: &BTreeMap<u64, Member>, g: &Ledger, new: &Mem
         } else {
             (other, new, &mut used_by_new_viewer)
         };
-        for (ssrc, rewrite) in routes_between(p, v, used) {
+        for (ssrc, rewrite) in routes_between(p, v, used, None) {
             entries.push(Entry::PutRoute {
                 route: StoredRoute {
                     id: next_route,
@@ -384,11 +386,22 @@ pub(super) fn plan_routes(members: &BTreeMap<u64, Member>, g: &Ledger, new: &Mem
 /// not in `used` — sections already fed by another publisher — and marks it used; so a
 /// viewer that offers two video sections sees two publishers, in join order. One route per
 /// primary SSRC (or one any-SSRC route when the publisher announced none), rewriting the
-/// SSRC to the viewer section's, with payload types and extension ids mapped.
-fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u32>, RewriteSpec)> {
+/// SSRC to the viewer section's, with payload types and extension ids mapped. A simulcast
+/// section (WHIP, RIDs) has one layered route per layer SSRC learned so far, all to the one
+/// viewer section (docs/ENGINE.md "Simulcast"), and no any-SSRC route: its layers' SSRCs are
+/// learned from their packets (core/simulcast.rs). `only`: just that publisher section.
+pub(super) fn routes_between(
+    p: &Member,
+    v: &Member,
+    used: &mut Vec<u32>,
+    only: Option<usize>,
+) -> Vec<(Option<u32>, RewriteSpec)> {
     let mut out = Vec::new();
     for (i, pm) in p.media.iter().enumerate() {
         if !pm.accepted || !matches!(pm.kind, MediaKind::Audio | MediaKind::Video) {
+            continue;
+        }
+        if only.is_some_and(|o| o != i) {
             continue;
         }
         let Some(vm) = v.media.iter().find(|m| {
@@ -432,6 +445,29 @@ fn routes_between(p: &Member, v: &Member, used: &mut Vec<u32>) -> Vec<(Option<u3
             twcc_id,
             layer: None,
         };
+        if let Some(sc) = &pm.simulcast {
+            let count = sc.layers.len() as u8;
+            for l in p.learned.iter().filter(|l| l.section == i) {
+                let source_rtx = l.rtx_ssrc.and_then(|ssrc| {
+                    let payload_type = pm.codecs.iter().find_map(|c| pm.rtx_for(c.pt))?;
+                    Some(RtxSpec { payload_type, ssrc })
+                });
+                out.push((
+                    Some(l.ssrc),
+                    RewriteSpec {
+                        source_rtx,
+                        layer: Some(LayerSpec {
+                            index: l.layer,
+                            count,
+                            max: None,
+                            max_temporal: None,
+                        }),
+                        ..rw.clone()
+                    },
+                ));
+            }
+            continue;
+        }
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
         if ssrcs.is_empty() {
             out.push((None, rw));
@@ -584,6 +620,7 @@ a=rtcp-mux\r\na={dir}\r\n{codecs}{extra}"
             publishes,
             media: a.media,
             primary_ssrcs: o.media.iter().map(primary_ssrcs).collect(),
+            learned: Vec::new(),
             secret: String::new(),
             subject: String::new(),
             created_ms: 0,
@@ -613,7 +650,7 @@ a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
 a=rtpmap:124 rtx/90000\r\na=fmtp:124 apt=120\r\n\
 a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
         let v = member(2, false, &offer("recvonly", view, ""), p.media.clone());
-        let routes = routes_between(&p, &v, &mut Vec::new());
+        let routes = routes_between(&p, &v, &mut Vec::new(), None);
         assert_eq!(
             routes.len(),
             1,
@@ -680,7 +717,7 @@ a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extension
             Vec::new(),
         );
         let v = member(2, false, &offer("recvonly", plain, ""), p.media.clone());
-        let routes = routes_between(&p, &v, &mut Vec::new());
+        let routes = routes_between(&p, &v, &mut Vec::new(), None);
         assert_eq!(routes.len(), 1);
         let rw = &routes[0].1;
         assert_eq!((rw.rtx, rw.source_rtx, rw.twcc_id), (None, None, None));
@@ -688,7 +725,7 @@ a=extmap:9 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extension
         let p = member(1, true, &offer("sendonly", PUB_RTX, TWCC), Vec::new());
         let view = "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
         let v = member(2, false, &offer("recvonly", view, ""), p.media.clone());
-        let routes = routes_between(&p, &v, &mut Vec::new());
+        let routes = routes_between(&p, &v, &mut Vec::new(), None);
         assert_eq!(routes.len(), 1);
         let (ssrc, rw) = &routes[0];
         assert_eq!(*ssrc, None, "no a=ssrc lines: one any-SSRC route");

@@ -21,6 +21,7 @@ pub mod pending;
 pub mod reload;
 pub mod rooms;
 pub mod sessions;
+pub mod simulcast;
 pub mod trunks;
 
 pub use error::CoreError;

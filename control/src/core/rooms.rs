@@ -110,6 +110,9 @@ pub struct Member {
     pub media: Vec<NegotiatedMedia>,
     /// Per media section: the offerer's primary SSRCs (repair/FEC SSRCs of groups left out).
     pub primary_ssrcs: Vec<Vec<u32>>,
+    /// WHIP simulcast: the layer SSRCs learned from the RIDs of the publisher's packets
+    /// (core/simulcast.rs), at most one per layer of each simulcast section.
+    pub learned: Vec<LearnedLayer>,
     /// Secret part of the resource URL (DELETE must present it).
     pub(crate) secret: String,
     /// Who holds the session, for the per-subject cap: the hashed token subject, or the
@@ -117,6 +120,18 @@ pub struct Member {
     pub(crate) subject: String,
     /// When the offer was answered (Unix ms); an unbound session expires from here.
     pub(crate) created_ms: u64,
+}
+
+/// A simulcast layer's SSRC, learned from a packet's RID (RFC 8852 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnedLayer {
+    /// The publisher's media section.
+    pub section: usize,
+    /// Layer index, 0 = lowest resolution (`sdp::Simulcast::layers`).
+    pub layer: u8,
+    pub ssrc: u32,
+    /// The layer's RTX stream (RFC 4588), learned from its repaired RID (RFC 8852 §3.2).
+    pub rtx_ssrc: Option<u32>,
 }
 
 impl Member {

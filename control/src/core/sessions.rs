@@ -240,10 +240,16 @@ impl Core {
         Ok(route)
     }
 
-    /// Cap the simulcast layer session `to` receives (`None`: no cap) on every layered route
-    /// into it (docs/ENGINE.md "Simulcast"); returns the routes changed. The relay applies it
-    /// at its next rebuild: a lower cap switches down at the next key frame of that layer.
-    pub fn set_max_layer(&self, to: u64, max: Option<u8>) -> Result<Vec<StoredRoute>, CoreError> {
+    /// Cap the simulcast layer and the VP8 temporal layer session `to` receives (`None`: no
+    /// cap) on every layered route into it (docs/ENGINE.md "Simulcast"); returns the routes
+    /// changed. The relay applies it at its next rebuild: a lower cap switches down at the next
+    /// key frame of that layer, a lower temporal cap at once.
+    pub fn set_max_layer(
+        &self,
+        to: u64,
+        max: Option<u8>,
+        max_temporal: Option<u8>,
+    ) -> Result<Vec<StoredRoute>, CoreError> {
         let mut g = self.ledger();
         let st = g.store.state();
         if !st.sessions.contains_key(&to) {
@@ -256,7 +262,11 @@ impl Core {
             .filter_map(|r| {
                 let l = r.rewrite.layer?;
                 let mut r = r.clone();
-                r.rewrite.layer = Some(LayerSpec { max, ..l });
+                r.rewrite.layer = Some(LayerSpec {
+                    max,
+                    max_temporal,
+                    ..l
+                });
                 Some(r)
             })
             .collect();

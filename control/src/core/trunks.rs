@@ -51,6 +51,9 @@ impl Core {
             publishes: true,
             media,
             primary_ssrcs,
+            // A trunk carries the origin's announced streams; simulcast layers learned from
+            // RIDs on the origin are not carried (docs/CLUSTER.md).
+            learned: Vec::new(),
             secret: super::join::random_hex(16)?,
             subject: format!("trunk-{session}"),
             created_ms: now_ms,

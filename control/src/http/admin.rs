@@ -9,7 +9,9 @@
 //! sockets (the server hands requests in). WebRTC endpoints are in [`super::whip`],
 //! applications and rooms in [`super::apps_api`].
 
-use super::body::{parse_id, parse_key, parse_max_layer, parse_peer, parse_rewrite, Body};
+use super::body::{
+    parse_id, parse_key, parse_max_layer, parse_max_temporal, parse_peer, parse_rewrite, Body,
+};
 use super::health::{self, RelayHealth};
 use super::metrics;
 use super::{audit_response, error_response, Request, Response};
@@ -434,25 +436,31 @@ impl Control {
         self.audited("session.rekey", ids, r)
     }
 
-    /// `PUT /v1/sessions/{id}/layer` `{"max": 0..=2 | null}`: the highest simulcast layer
-    /// the session receives on every layered route into it; answers the routes changed.
+    /// `PUT /v1/sessions/{id}/layer` `{"max": 0..=2 | null, "max_temporal": 0..=3 | null}`:
+    /// the highest simulcast layer and VP8 temporal layer the session receives on every
+    /// layered route into it (absent or null: no cap); answers the routes changed.
     fn set_layer(&self, req: &Request, id: &str) -> Response {
         let mut ids = json!({});
         let r = (|| {
             let id = parse_id(id, "session")?;
             ids["session"] = json!(id);
-            let b = Body::parse(&req.body, &["max"])?;
+            let b = Body::parse(&req.body, &["max", "max_temporal"])?;
             let max = match b.get("max") {
                 // Absent or null: no cap.
                 None | Some(Value::Null) => None,
                 Some(v) => Some(parse_max_layer(v, "max")?),
             };
+            let max_temporal = match b.get("max_temporal") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_max_temporal(v, "max_temporal")?),
+            };
             ids["max"] = json!(max);
-            let routes = self.core.set_max_layer(id, max)?;
+            ids["max_temporal"] = json!(max_temporal);
+            let routes = self.core.set_max_layer(id, max, max_temporal)?;
             let v: Vec<Value> = routes.iter().map(route_json).collect();
             Ok(Response::json(
                 200,
-                &json!({"session": id, "max": max, "routes": v}),
+                &json!({"session": id, "max": max, "max_temporal": max_temporal, "routes": v}),
             ))
         })();
         self.audited("session.layer", ids, r)

@@ -160,7 +160,7 @@ fn parse_layer(v: &Value) -> Result<LayerSpec, CoreError> {
         return Err(bad_field("rewrite.layer", "must be an object"));
     };
     for k in o.keys() {
-        if !["index", "count", "max"].contains(&k.as_str()) {
+        if !["index", "count", "max", "max_temporal"].contains(&k.as_str()) {
             return Err(bad_field(
                 &format!("rewrite.layer.{}", shown(k)),
                 "unknown field",
@@ -182,11 +182,24 @@ fn parse_layer(v: &Value) -> Result<LayerSpec, CoreError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_max_layer(v, "rewrite.layer.max")?),
     };
+    let max_temporal = match o.get("max_temporal") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_max_temporal(v, "rewrite.layer.max_temporal")?),
+    };
     Ok(LayerSpec {
         index: index as u8,
         count: count as u8,
         max,
+        max_temporal,
     })
+}
+
+/// A subscriber's highest VP8 temporal layer: 0..=3 (the TID, RFC 7741 §4.2).
+pub fn parse_max_temporal(v: &Value, field: &str) -> Result<u8, CoreError> {
+    v.as_u64()
+        .filter(|n| *n <= u64::from(contract::shm::Layer::MAX_TEMPORAL))
+        .map(|n| n as u8)
+        .ok_or_else(|| bad_field(field, "must be a temporal layer 0..=3 or null"))
 }
 
 /// A subscriber's highest simulcast layer: 0..=2 (0 = the lowest resolution).

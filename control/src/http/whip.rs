@@ -8,7 +8,7 @@
 //! answer with its `Location`. May not touch: shm and the journal (the core does), sockets,
 //! DTLS records (the slow path runs handshakes and hands keys to the core).
 
-use super::body::{parse_max_layer, Body};
+use super::body::{parse_max_layer, parse_max_temporal, Body};
 use super::{audit_response, error_response, Request, Response};
 use crate::api::Control;
 use crate::clock;
@@ -469,9 +469,10 @@ impl Control {
     }
 
     /// `DELETE` on a WHIP/WHEP resource: the participant leaves (session and routes go).
-    /// `PATCH` on a WHEP resource with `application/json` `{"max_layer": 0..=2 | null}`: the
-    /// viewer's own cap on the simulcast layer it receives (docs/WEBRTC.md "Simulcast"). 200
-    /// `{"max_layer": N|null, "routes": COUNT}`; 404 unknown resource; 409 no simulcast source
+    /// `PATCH` on a WHEP resource with `application/json` `{"max_layer": 0..=2 | null,
+    /// "max_temporal": 0..=3 | null}`: the viewer's own caps on the simulcast layer and the
+    /// VP8 temporal layer it receives (docs/WEBRTC.md "Simulcast"; absent or null: no cap).
+    /// 200 `{"max_layer": N|null, "max_temporal": N|null, "routes": COUNT}`; 404 unknown resource; 409 no simulcast source
     /// reaches the viewer; 415 another body type (trickle ICE is not offered).
     fn whep_layer(&self, req: &Request, id: &str, secret: &str) -> Response {
         let Ok(id) = id.parse::<u64>() else {
@@ -487,16 +488,20 @@ impl Control {
             return Response::error(415, "a WHEP resource takes application/json layer requests");
         }
         let r = (|| {
-            let b = Body::parse(&req.body, &["max_layer"])?;
+            let b = Body::parse(&req.body, &["max_layer", "max_temporal"])?;
             let max = match b.get("max_layer") {
                 // Absent or null: no cap.
                 None | Some(Value::Null) => None,
                 Some(v) => Some(parse_max_layer(v, "max_layer")?),
             };
-            let routes = self.core.set_max_layer(id, max)?;
+            let max_temporal = match b.get("max_temporal") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_max_temporal(v, "max_temporal")?),
+            };
+            let routes = self.core.set_max_layer(id, max, max_temporal)?;
             Ok(Response::json(
                 200,
-                &json!({"max_layer": max, "routes": routes.len()}),
+                &json!({"max_layer": max, "max_temporal": max_temporal, "routes": routes.len()}),
             ))
         })();
         let r = match r {
@@ -829,6 +834,200 @@ a=fmtp:97 apt=96\r\na=ssrc-group:FID {ssrc} {r}\r\na=ssrc:{ssrc} cname:x\r\na=ss
         );
         // Only the accepted viewer became a session.
         assert_eq!(e.ctl.members().len(), 1);
+    }
+
+    /// A Chromium-style simulcast WHIP offer: three RIDs, the RID extension (id 10), no
+    /// `a=ssrc` lines.
+    fn simulcast_offer() -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:{FP}\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
+        )
+    }
+
+    /// The plain RTP header a relay reports for an unrouted stream: MID "0" and `rid` in
+    /// one-byte extension elements (RFC 8285 §4.2), padded to 32 bits.
+    fn rid_header(ssrc: u32, rid: &[u8]) -> Vec<u8> {
+        rid_header_with(ssrc, 10, rid)
+    }
+
+    /// [`rid_header`] with the RID in extension element `id` (11: the repaired RID).
+    fn rid_header_with(ssrc: u32, id: u8, rid: &[u8]) -> Vec<u8> {
+        let mut ext = vec![(4 << 4), b'0'];
+        if !rid.is_empty() {
+            ext.push((id << 4) | (rid.len() as u8 - 1));
+            ext.extend_from_slice(rid);
+        }
+        while ext.len() % 4 != 0 {
+            ext.push(0);
+        }
+        let mut h = vec![0x90, 96, 0, 1, 0, 0, 0, 9];
+        h.extend_from_slice(&ssrc.to_be_bytes());
+        h.extend_from_slice(&[0xBE, 0xDE]);
+        h.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+        h.extend_from_slice(&ext);
+        h
+    }
+
+    /// WHIP simulcast by RID: the answer receives the three RIDs; each layer's SSRC is learned
+    /// from its first reported packet and routed, layered, to the viewers already there and to
+    /// those joining later; repeats, unknown RIDs and strangers teach nothing.
+    #[test]
+    fn whip_simulcast_layers_are_learned_from_rids_and_routed() {
+        use crate::core::simulcast::StreamLearned;
+        let e = env("simulcast");
+        let pub_tok = sign(&claims("demo", "blue", Role::Host));
+        let view_tok = sign(&claims("demo", "blue", Role::Viewer));
+        let r = e.public(
+            "POST",
+            "/whep/demo/blue",
+            Some(&view_tok),
+            &offer("recvonly", 2000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let r = e.public("POST", "/whip/blue", Some(&pub_tok), &simulcast_offer());
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let sdp = body(&r);
+        assert!(sdp.contains("a=simulcast:recv q;h;f\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rid:f recv\r\n"), "{sdp}");
+        let members = e.ctl.members();
+        let p = members.iter().find(|m| m.publishes).unwrap().session;
+        let v1 = members.iter().find(|m| !m.publishes).unwrap().session;
+        // No route before a layer is known: an any-SSRC route would mix the layers.
+        assert!(e.ctl.core.ledger().store.state().routes.is_empty());
+        let peer: std::net::SocketAddr = "192.0.2.10:5000".parse().unwrap();
+        e.ctl.core.bind_peer(p, peer).unwrap();
+        let learn = |ssrc: u32, rid: &[u8]| {
+            e.ctl
+                .core
+                .learn_stream(peer, &rid_header(ssrc, rid))
+                .unwrap()
+        };
+        let repair = |ssrc: u32, rid: &[u8]| {
+            e.ctl
+                .core
+                .learn_stream(peer, &rid_header_with(ssrc, 11, rid))
+                .unwrap()
+        };
+        // A repaired RID before its layer is known teaches nothing (the relay reports again).
+        assert_eq!(repair(0xC1, b"h"), StreamLearned::Ignored);
+        assert_eq!(
+            learn(0xA1, b"h"),
+            StreamLearned::Layer {
+                layer: 1,
+                viewers: 1
+            }
+        );
+        assert_eq!(
+            repair(0xC1, b"h"),
+            StreamLearned::Rtx {
+                layer: 1,
+                routes: 1
+            }
+        );
+        assert_eq!(repair(0xC2, b"h"), StreamLearned::Ignored);
+        assert_eq!(
+            learn(0xA0, b"q"),
+            StreamLearned::Layer {
+                layer: 0,
+                viewers: 1
+            }
+        );
+        // Known SSRC, known layer on another SSRC, unknown RID, no RID, a stranger: nothing.
+        assert_eq!(learn(0xA1, b"h"), StreamLearned::Ignored);
+        assert_eq!(learn(0xB1, b"h"), StreamLearned::Ignored);
+        assert_eq!(learn(0xB2, b"x"), StreamLearned::Ignored);
+        assert_eq!(learn(0xB3, b""), StreamLearned::Ignored);
+        let stranger = "192.0.2.99:1".parse().unwrap();
+        let h = rid_header(0xB4, b"f");
+        assert_eq!(
+            e.ctl.core.learn_stream(stranger, &h).unwrap(),
+            StreamLearned::Ignored
+        );
+        let short = [0x80, 96];
+        assert_eq!(
+            e.ctl.core.learn_stream(peer, &short).unwrap(),
+            StreamLearned::Ignored
+        );
+        let layered = |e: &Env, to: u64| -> Vec<(Option<u32>, Option<u32>, u8, u8)> {
+            let st = e.ctl.core.ledger().store.state().clone();
+            let mut v: Vec<_> = st
+                .routes
+                .values()
+                .filter(|r| r.from == p && r.to == to)
+                .map(|r| {
+                    let l = r.rewrite.layer.expect("a layered route");
+                    (r.ssrc, r.rewrite.ssrc, l.index, l.count)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let routes = layered(&e, v1);
+        assert_eq!(routes.len(), 2, "{routes:?}");
+        assert_eq!((routes[0].0, routes[0].2, routes[0].3), (Some(0xA0), 0, 3));
+        assert_eq!((routes[1].0, routes[1].2, routes[1].3), (Some(0xA1), 1, 3));
+        assert!(
+            routes[0].1.is_some() && routes[0].1 == routes[1].1,
+            "one output SSRC"
+        );
+        // The viewer's caps (spatial and temporal) reach layers learned after they were set.
+        let path = format!("/v1/sessions/{v1}/layer");
+        let r = e.admin("PUT", &path, r#"{"max":0,"max_temporal":4}"#);
+        assert_eq!(r.status, 400, "{}", body(&r));
+        let r = e.admin("PUT", &path, r#"{"max":0,"max_temporal":1}"#);
+        assert_eq!(r.status, 200, "{}", body(&r));
+        assert!(body(&r).contains("\"max_temporal\":1"), "{}", body(&r));
+        assert_eq!(
+            learn(0xA2, b"f"),
+            StreamLearned::Layer {
+                layer: 2,
+                viewers: 1
+            }
+        );
+        let st = e.ctl.core.ledger().store.state().clone();
+        assert!(st.routes.values().all(|r| r
+            .rewrite
+            .layer
+            .is_some_and(|l| l.max == Some(0) && l.max_temporal == Some(1))));
+        // A viewer joining now gets all three layers, journalled like every route.
+        let r = e.public(
+            "POST",
+            "/whep/demo/blue",
+            Some(&view_tok),
+            &offer("recvonly", 3000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let v2 = e.ctl.members().iter().map(|m| m.session).max().unwrap();
+        let routes = layered(&e, v2);
+        let ssrcs: Vec<_> = routes.iter().map(|r| (r.0, r.2)).collect();
+        assert_eq!(
+            ssrcs,
+            vec![(Some(0xA0), 0), (Some(0xA1), 1), (Some(0xA2), 2)]
+        );
+        // The RTX stream of layer 1 is unwrapped on its routes into both viewers.
+        let st = e.ctl.core.ledger().store.state().clone();
+        let rtx: Vec<_> = st
+            .routes
+            .values()
+            .filter_map(|r| {
+                r.rewrite
+                    .source_rtx
+                    .map(|x| (r.ssrc, r.to, x.payload_type, x.ssrc))
+            })
+            .collect();
+        assert_eq!(
+            rtx,
+            vec![(Some(0xA1), v1, 97, 0xC1), (Some(0xA1), v2, 97, 0xC1)]
+        );
+        assert_eq!(e.ctl.core.ledger().store.state().routes.len(), 6);
     }
 
     /// WHIP then WHEP: answer, Location, routes publisher → viewer with the viewer's SSRC and

@@ -3,6 +3,7 @@
 
 use super::dtls::KeyBinder;
 use super::SessionBinder;
+use crate::core::simulcast::StreamLearned;
 use crate::core::{Core, CoreError};
 use crate::ice::SessionId;
 use crate::webrtc::dtls::SrtpKeys;
@@ -14,6 +15,23 @@ impl SessionBinder for Core {
     }
     fn mark_pending(&self, session: SessionId) -> Result<(), CoreError> {
         Core::mark_pending(self, session)
+    }
+    fn learn_stream(&self, peer: SocketAddr, header: &[u8]) -> Result<bool, CoreError> {
+        let learned = Core::learn_stream(self, peer, header)?;
+        match learned {
+            StreamLearned::Layer { layer, viewers } => {
+                tracing::info!(layer, viewers, "simulcast layer learned from its RID");
+            }
+            StreamLearned::Rtx { layer, routes } => {
+                tracing::info!(
+                    layer,
+                    routes,
+                    "simulcast RTX stream learned from its repaired RID"
+                );
+            }
+            StreamLearned::Ignored => {}
+        }
+        Ok(learned != StreamLearned::Ignored)
     }
 }
 

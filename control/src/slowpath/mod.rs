@@ -24,7 +24,7 @@ pub mod relay_channel;
 use crate::core::CoreError;
 use crate::ice::{IceAgent, IceEvent, SessionId};
 use contract::ratelimit::{RateLimiter, Verdict};
-use contract::slowpath::MAX_MESSAGE;
+use contract::slowpath::{MsgKind, MAX_MESSAGE};
 use contract::wire::{classify, Kind};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -113,6 +113,12 @@ pub trait SessionBinder: Send + Sync {
     fn bind_peer(&self, session: SessionId, peer: SocketAddr) -> Result<(), CoreError>;
     /// Consent for `session` expired: set PENDING (media stops on the fast path).
     fn mark_pending(&self, session: SessionId) -> Result<(), CoreError>;
+    /// The relay reports publisher `peer`'s packet on an unrouted SSRC (its plain RTP
+    /// `header`): learn a simulcast layer from its RID (core/simulcast.rs). True when a layer
+    /// was learned.
+    fn learn_stream(&self, _peer: SocketAddr, _header: &[u8]) -> Result<bool, CoreError> {
+        Ok(false)
+    }
 }
 
 /// Slow-path counters (shared with `/metrics`).
@@ -128,6 +134,9 @@ pub struct SlowPathStats {
     unhandled_kind: AtomicU64,
     reply_failed: AtomicU64,
     bad_message: AtomicU64,
+    streams: AtomicU64,
+    streams_learned: AtomicU64,
+    stream_ignored: AtomicU64,
     connections: AtomicU64,
     connects: AtomicU64,
     refused: AtomicU64,
@@ -156,6 +165,13 @@ pub struct SlowPathSnapshot {
     pub reply_failed: u64,
     /// Drops: malformed slow-path messages.
     pub bad_message: u64,
+    /// Reports of publishers' unrouted streams (stream-up), and those that taught a
+    /// simulcast layer's SSRC.
+    pub streams: u64,
+    pub streams_learned: u64,
+    /// Drops: stream reports with nothing to learn (no simulcast, no or unknown RID, layer
+    /// already known).
+    pub stream_ignored: u64,
     /// Relay connections open now.
     pub connections: u64,
     /// Relay connections accepted so far.
@@ -175,7 +191,7 @@ impl SlowPathSnapshot {
     }
 
     /// Drops as `(reason label, count)`.
-    pub fn drops(&self) -> [(&'static str, u64); 7] {
+    pub fn drops(&self) -> [(&'static str, u64); 8] {
         [
             ("rate_global", self.rate_global),
             ("rate_source", self.rate_source),
@@ -184,6 +200,7 @@ impl SlowPathSnapshot {
             ("unhandled_kind", self.unhandled_kind),
             ("reply_failed", self.reply_failed),
             ("bad_message", self.bad_message),
+            ("stream_ignored", self.stream_ignored),
         ]
     }
 }
@@ -206,6 +223,9 @@ impl SlowPathStats {
             unhandled_kind: g(&self.unhandled_kind),
             reply_failed: g(&self.reply_failed),
             bad_message: g(&self.bad_message),
+            streams: g(&self.streams),
+            streams_learned: g(&self.streams_learned),
+            stream_ignored: g(&self.stream_ignored),
             connections: g(&self.connections),
             connects: g(&self.connects),
             refused: g(&self.refused),
@@ -301,6 +321,28 @@ impl Dispatcher {
                 }
             }
             _ => inc(&self.stats.unhandled_kind),
+        }
+    }
+
+    /// A stream report from the relay (publisher `peer`'s packet on an unrouted SSRC, its
+    /// plain RTP `header`): rate limited per source like datagrams, then handed to the binder.
+    pub fn stream(&mut self, now: Instant, peer: SocketAddr, header: &[u8]) {
+        inc(&self.stats.streams);
+        match self
+            .limiter
+            .check(now, contract::wire::transport_addr(peer).ip())
+        {
+            Verdict::Allow => {}
+            Verdict::Source => return inc(&self.stats.rate_source),
+            Verdict::Global => return inc(&self.stats.rate_global),
+        }
+        match self.binder.learn_stream(peer, header) {
+            Ok(true) => inc(&self.stats.streams_learned),
+            Ok(false) => inc(&self.stats.stream_ignored),
+            Err(e) => {
+                inc(&self.stats.bind_errors);
+                tracing::warn!(error = %e, "stream report not applied");
+            }
         }
     }
 
@@ -537,6 +579,9 @@ impl SlowPath {
         if let Some(c) = conns[i].as_mut() {
             for _ in 0..RECV_BUDGET {
                 match c.conn.recv(buf) {
+                    Ok(Some(d)) if d.kind == MsgKind::StreamUp => {
+                        dispatcher.stream(now, d.peer, d.data);
+                    }
                     Ok(Some(d)) => {
                         dispatcher.handle(now, d.peer, d.data, outbox);
                         for (peer, data) in outbox.drain() {

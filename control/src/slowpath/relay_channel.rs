@@ -73,6 +73,9 @@ impl Drop for SlowPathServer {
 /// A datagram a relay worker passed up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpDatagram<'a> {
+    /// [`MsgKind::DatagramUp`] (a peer's STUN or DTLS) or [`MsgKind::StreamUp`] (the plain
+    /// RTP header of a publisher's unrouted stream).
+    pub kind: MsgKind,
     pub peer: SocketAddr,
     pub worker: u16,
     pub local_port: u16,
@@ -113,7 +116,7 @@ impl SlowPathConn {
                     self.worker = Some(h.worker);
                     self.local_port = Some(h.local_port);
                 }
-                MsgKind::DatagramUp => break n,
+                MsgKind::DatagramUp | MsgKind::StreamUp => break n,
                 MsgKind::DatagramDown => {
                     return Err(DecodeError::Kind(MsgKind::DatagramDown as u8).into())
                 }
@@ -121,6 +124,7 @@ impl SlowPathConn {
         };
         let (h, data) = decode(&buf[..n])?;
         Ok(Some(UpDatagram {
+            kind: h.kind,
             // decode guarantees a peer for datagram kinds
             peer: h.peer.ok_or(DecodeError::MissingPeer)?,
             worker: h.worker,

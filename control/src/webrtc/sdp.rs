@@ -80,6 +80,11 @@ pub enum SdpError {
     /// send (`kinds`: what the room carries, e.g. "video: VP8/90000").
     #[error("the offer shares no codec with what the room's publishers send ({0})")]
     NoCodecWithRoom(String),
+    /// A simulcast description (RFC 8851 `a=rid`, RFC 8853 `a=simulcast`) the relay cannot
+    /// take: malformed, more than [`MAX_SIMULCAST_LAYERS`] streams, or naming a RID without
+    /// its `a=rid` line.
+    #[error("media section {mid:?}: {reason}")]
+    Simulcast { mid: String, reason: &'static str },
 }
 
 fn bad(line: usize, reason: &'static str) -> SdpError {
@@ -241,7 +246,8 @@ pub struct Media {
     pub ssrcs: Vec<(u32, String)>,
     pub ssrc_groups: Vec<SsrcGroup>,
     pub msid: Option<String>,
-    /// `a=rid` values and the `a=simulcast` line are kept verbatim (tolerated, not negotiated).
+    /// `a=rid` values and the `a=simulcast` value, verbatim; [`Simulcast::negotiate`] reads
+    /// them when the section is answered.
     pub rids: Vec<String>,
     pub simulcast: Option<String>,
 }
@@ -643,6 +649,179 @@ pub struct NegotiatedMedia {
     pub rtx_ssrcs: Vec<(u32, u32)>,
     /// WHEP: the RTX SSRC we resend on, when RTX was accepted.
     pub send_rtx_ssrc: Option<u32>,
+    /// WHIP: the simulcast streams the publisher sends, when negotiated.
+    pub simulcast: Option<Simulcast>,
+}
+
+/// The RID header extension (RFC 8852 §3.1): names a packet's simulcast stream.
+pub const RID_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// The repaired-RID header extension (RFC 8852 §3.2): names the stream an RTX packet repairs.
+pub const REPAIRED_RID_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+
+/// Most simulcast streams one WHIP video section may send (the relay's spatial layers).
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
+/// Longest RID the relay takes: what one RID header extension element carries (RFC 8285
+/// §4.2, one-byte form, 16 bytes).
+pub const MAX_RID_LEN: usize = 16;
+
+/// A negotiated simulcast reception (RFC 8853): the RIDs a WHIP publisher sends on one video
+/// section, in the offer's order and in layer order.
+///
+/// Layer order (lowest resolution first, layer 0) follows the RIDs' restrictions (RFC 8851
+/// §5) when every RID declares a resolution (`max-width`·`max-height`, or `max-fs`) or every
+/// RID declares `max-br`: ascending by resolution, then bit rate. Otherwise it is the order of
+/// `a=simulcast:send`, read as lowest first: a browser lists its encodings in the order the
+/// application gave them (`sendEncodings`), and WHIP clients and the common `q;h;f` examples
+/// give them lowest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Simulcast {
+    /// The RIDs in the order of the offer's `a=simulcast:send` (the answer keeps it).
+    pub offered: Vec<String>,
+    /// The same RIDs by layer, lowest resolution first.
+    pub layers: Vec<String>,
+}
+
+/// What one `a=rid` line says (RFC 8851 §10): its id, direction and the restrictions the
+/// relay orders layers by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RidOrder {
+    send: bool,
+    /// Pixels per frame (`max-width`·`max-height`, else `max-fs`, macroblocks × 256).
+    pixels: Option<u64>,
+    max_br: Option<u64>,
+}
+
+fn rid_id_ok(id: &str) -> bool {
+    // RFC 8851 §10: rid-id = 1*(alpha-numeric / "-" / "_"); RFC 8852 §3.1 carries it in one
+    // extension element.
+    !id.is_empty()
+        && id.len() <= MAX_RID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parse one `a=rid` value: `<rid-id> SP <send|recv> [SP <params>]`.
+fn parse_rid(v: &str) -> Option<(&str, RidOrder)> {
+    let mut it = v.splitn(3, ' ');
+    let id = it.next()?;
+    let send = match it.next()? {
+        "send" => true,
+        "recv" => false,
+        _ => return None,
+    };
+    if !rid_id_ok(id) {
+        return None;
+    }
+    let (mut w, mut h, mut fs, mut br) = (None, None, None, None);
+    for p in it.next().unwrap_or("").split(';').filter(|p| !p.is_empty()) {
+        let (k, val) = p.split_once('=')?;
+        let n = || val.trim().parse::<u64>().ok();
+        match k.trim() {
+            "max-width" => w = Some(n()?),
+            "max-height" => h = Some(n()?),
+            "max-fs" => fs = Some(n()?),
+            "max-br" => br = Some(n()?),
+            // pt= and the other restrictions (max-fps, max-pps, depend, ...) do not order.
+            _ => {}
+        }
+    }
+    let pixels = match (w, h) {
+        (Some(w), Some(h)) => Some(w.saturating_mul(h)),
+        _ => fs.map(|f| f.saturating_mul(256)),
+    };
+    Some((
+        id,
+        RidOrder {
+            send,
+            pixels,
+            max_br: br,
+        },
+    ))
+}
+
+impl Simulcast {
+    /// The simulcast a WHIP publisher's media section `m` sends, `Ok(None)` when it declares
+    /// none or cannot be told apart (no RID extension offered: the relay would not know which
+    /// packet is which layer). A single stream is no simulcast. An alternative list
+    /// (`a,b`, RFC 8853 §5.1) takes its first RID; a paused stream (`~h`) still counts.
+    pub fn negotiate(m: &Media, mid: &str) -> Result<Option<Simulcast>, SdpError> {
+        let Some(line) = m.simulcast.as_deref() else {
+            return Ok(None);
+        };
+        let err = |reason| SdpError::Simulcast {
+            mid: mid.to_owned(),
+            reason,
+        };
+        if m.kind != MediaKind::Video || !m.extmaps.iter().any(|e| e.uri == RID_EXTENSION) {
+            return Ok(None);
+        }
+        // RFC 8853 §5.1: sc-value = ( sc-send [SP sc-recv] ) / ( sc-recv [SP sc-send] ).
+        let mut words = line.split(' ').filter(|w| !w.is_empty());
+        let mut send = None;
+        while let Some(dir) = words.next() {
+            let list = words.next().ok_or(err("bad a=simulcast"))?;
+            match dir {
+                "send" if send.is_none() => send = Some(list),
+                "recv" => {}
+                _ => return Err(err("bad a=simulcast")),
+            }
+        }
+        let Some(list) = send else {
+            return Ok(None);
+        };
+        let mut offered: Vec<String> = Vec::new();
+        for stream in list.split(';') {
+            let first = stream.split(',').next().unwrap_or("");
+            let id = first.strip_prefix('~').unwrap_or(first);
+            if !rid_id_ok(id) {
+                return Err(err("bad RID in a=simulcast"));
+            }
+            if offered.iter().any(|r| r == id) {
+                return Err(err("a RID twice in a=simulcast"));
+            }
+            if offered.len() == MAX_SIMULCAST_LAYERS {
+                return Err(err("more than three simulcast streams"));
+            }
+            offered.push(id.to_owned());
+        }
+        let mut rids: Vec<(&str, RidOrder)> = Vec::new();
+        for v in &m.rids {
+            let r = parse_rid(v).ok_or(err("bad a=rid"))?;
+            rids.push(r);
+        }
+        let mut orders = Vec::with_capacity(offered.len());
+        for id in &offered {
+            let (_, o) = rids
+                .iter()
+                .find(|(r, _)| r == id)
+                .ok_or(err("a=simulcast names a RID without a=rid"))?;
+            if !o.send {
+                return Err(err("a=simulcast:send names a recv RID"));
+            }
+            orders.push((id.clone(), *o));
+        }
+        if offered.len() < 2 {
+            return Ok(None);
+        }
+        if orders.iter().all(|(_, o)| o.pixels.is_some()) {
+            orders.sort_by_key(|(_, o)| (o.pixels, o.max_br));
+        } else if orders.iter().all(|(_, o)| o.max_br.is_some()) {
+            orders.sort_by_key(|(_, o)| o.max_br);
+        }
+        Ok(Some(Simulcast {
+            layers: orders.into_iter().map(|(id, _)| id).collect(),
+            offered,
+        }))
+    }
+
+    /// The layer (0 = lowest) a RID names, if it is one of these.
+    pub fn layer_of(&self, rid: &[u8]) -> Option<u8> {
+        self.layers
+            .iter()
+            .position(|r| r.as_bytes() == rid)
+            .map(|i| i as u8)
+    }
 }
 
 /// An RTX payload type: `a=rtpmap:<pt> rtx/<clock>` with `a=fmtp:<pt> apt=<apt>` (RFC 4588
@@ -953,7 +1132,19 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
         // A publisher's RTX is taken only with the FID groups that name its RTX SSRCs: the
         // relay tells retransmissions apart by SSRC (route `source_rtx`), and without them
         // they would be forwarded as if they were the stream. Declined, it resends originals.
-        let rtx = if accepted && (endpoint == Endpoint::Whep || !fid_pairs(m).is_empty()) {
+        // A simulcast section names its RTX streams by repaired RID (RFC 8852 §3.2) instead:
+        // control learns their SSRCs from their packets like the layers' (core/simulcast.rs).
+        let simulcast = if accepted && endpoint == Endpoint::Whip {
+            Simulcast::negotiate(m, &mid)?
+        } else {
+            None
+        };
+        let repaired_rid = m.extmaps.iter().any(|e| e.uri == REPAIRED_RID_EXTENSION);
+        let rtx = if accepted
+            && (endpoint == Endpoint::Whep
+                || !fid_pairs(m).is_empty()
+                || (simulcast.is_some() && repaired_rid))
+        {
             rtx_codecs(m, &codecs)
         } else {
             Vec::new()
@@ -984,6 +1175,7 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             rtx,
             rtx_ssrcs,
             send_rtx_ssrc,
+            simulcast,
         });
     }
     if endpoint == Endpoint::Whep && !negotiated.iter().any(|n| n.accepted) {
@@ -1096,6 +1288,14 @@ fn write_answer(
                     c.clock_rate, c.pt
                 );
             }
+        }
+        if let Some(sc) = &nm.simulcast {
+            // RFC 8851 §4, RFC 8853 §5.3: each RID the offer sends, received; the streams in
+            // the offer's order.
+            for r in &sc.offered {
+                let _ = write!(s, "a=rid:{r} recv\r\n");
+            }
+            let _ = write!(s, "a=simulcast:recv {}\r\n", sc.offered.join(";"));
         }
         if let Some(ssrc) = nm.send_ssrc {
             let _ = write!(s, "a=msid:sluice {}\r\n", nm.mid);
@@ -1778,11 +1978,15 @@ m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap
         assert!(a.media[1].rtx.is_empty());
         assert!(!a.sdp.contains("rtx/90000"));
         assert_eq!(a.media[1].rtx_ssrcs, [], "FID without RTX is not recorded");
-        // RTX without FID groups (no a=ssrc lines, or simulcast by RID): declined.
+        // RTX without FID groups and without simulcast by RID: declined.
         let no_fid = chrome_offer("actpass").replace("a=ssrc-group:FID 1111 2222\r\n", "");
-        let a = answer(&Offer::parse(&no_fid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        let no_sim = no_fid.replace("a=simulcast:send h;l\r\n", "");
+        let a = answer(&Offer::parse(&no_sim).unwrap(), Endpoint::Whip, &cfg()).unwrap();
         assert!(a.media[1].rtx.is_empty());
         assert!(!a.sdp.contains("rtx/90000"));
+        // Simulcast by RID with the repaired-RID extension names its RTX streams: taken.
+        let a = answer(&Offer::parse(&no_fid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(a.media[1].simulcast.is_some() && !a.media[1].rtx.is_empty());
         // A publisher offering no RTX at all: the same.
         let plain = chrome_offer("actpass")
             .replace("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n", "")
@@ -2002,5 +2206,182 @@ a=rtcp-fb:120 transport-cc\r\n";
             e(4, "urn:3gpp:video-orientation"),
         ];
         assert_eq!(ext_map(&pe, &ve), vec![(4, 3), (13, 4)]);
+    }
+
+    /// A WHIP video section as Chromium offers three-encoding simulcast: RIDs and the RID
+    /// extensions, no `a=ssrc` lines; `extra` goes after the `a=rid` lines.
+    fn simulcast_offer(rids: &str, simulcast: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\na=fingerprint:{FP}\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+{rids}{simulcast}"
+        )
+    }
+
+    fn simulcast_of(o: &str) -> Result<Option<Simulcast>, SdpError> {
+        let o = Offer::parse(o).unwrap();
+        answer(&o, Endpoint::Whip, &cfg()).map(|a| a.media[0].simulcast.clone())
+    }
+
+    #[test]
+    fn whip_simulcast_is_answered_with_recv_rids_in_the_offer_order() {
+        let o = simulcast_offer(
+            "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n",
+            "a=simulcast:send q;h;f\r\n",
+        );
+        let a = answer(&Offer::parse(&o).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        let sc = a.media[0].simulcast.clone().unwrap();
+        // No restrictions: the declared order, lowest first.
+        assert_eq!(sc.layers, ["q", "h", "f"]);
+        assert_eq!(sc.layer_of(b"f"), Some(2));
+        assert_eq!(sc.layer_of(b"x"), None);
+        for needle in [
+            "a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv q;h;f\r\n",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n",
+        ] {
+            assert!(a.sdp.contains(needle), "missing {needle:?} in\n{}", a.sdp);
+        }
+        // RTX is taken: its streams are named by repaired RID.
+        assert!(
+            a.sdp
+                .contains("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"),
+            "{}",
+            a.sdp
+        );
+        let no_rrid = o.replace(
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n",
+            "",
+        );
+        let b = answer(&Offer::parse(&no_rrid).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert!(
+            b.media[0].simulcast.is_some() && b.media[0].rtx.is_empty(),
+            "{}",
+            b.sdp
+        );
+        // The answer parses back as what it says.
+        let back = Offer::parse(&a.sdp).unwrap();
+        assert_eq!(back.media[0].simulcast.as_deref(), Some("recv q;h;f"));
+    }
+
+    #[test]
+    fn simulcast_layers_follow_declared_restrictions() {
+        // Resolutions given (in any order of declaration): ascending pixels.
+        let sc = simulcast_of(&simulcast_offer(
+            "a=rid:hi send max-width=1280;max-height=720\r\n\
+a=rid:lo send pt=96;max-width=320;max-height=180\r\n\
+a=rid:mid send max-fs=900\r\n",
+            "a=simulcast:send hi;lo;mid\r\n",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(sc.layers, ["lo", "mid", "hi"]);
+        assert_eq!(sc.offered, ["hi", "lo", "mid"]);
+        // Bit rates only.
+        let sc = simulcast_of(&simulcast_offer(
+            "a=rid:a send max-br=2500000\r\na=rid:b send max-br=150000\r\n",
+            "a=simulcast:send a;~b\r\n",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(sc.layers, ["b", "a"]);
+        // Restrictions on some RIDs only: the declared order.
+        let sc = simulcast_of(&simulcast_offer(
+            "a=rid:a send max-br=2500000\r\na=rid:b send\r\n",
+            "a=simulcast:send a,x;b\r\n",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(sc.layers, ["a", "b"]);
+    }
+
+    #[test]
+    fn simulcast_that_cannot_be_taken_is_refused_or_declined() {
+        let refused =
+            |rids: &str, sc: &str, why: &str| match simulcast_of(&simulcast_offer(rids, sc)) {
+                Err(SdpError::Simulcast { reason, .. }) => assert_eq!(reason, why),
+                other => panic!("{rids}{sc}: {other:?}"),
+            };
+        refused(
+            "a=rid:a send\r\na=rid:b send\r\na=rid:c send\r\na=rid:d send\r\n",
+            "a=simulcast:send a;b;c;d\r\n",
+            "more than three simulcast streams",
+        );
+        refused(
+            "a=rid:a send\r\n",
+            "a=simulcast:send a;b\r\n",
+            "a=simulcast names a RID without a=rid",
+        );
+        refused(
+            "a=rid:a send\r\na=rid:b recv\r\n",
+            "a=simulcast:send a;b\r\n",
+            "a=simulcast:send names a recv RID",
+        );
+        refused(
+            "a=rid:a sideways\r\n",
+            "a=simulcast:send a\r\n",
+            "bad a=rid",
+        );
+        refused(
+            "a=rid:a send max-width=wide\r\n",
+            "a=simulcast:send a\r\n",
+            "bad a=rid",
+        );
+        refused(
+            "a=rid:a send\r\n",
+            "a=simulcast:send a;a\r\n",
+            "a RID twice in a=simulcast",
+        );
+        refused(
+            "a=rid:a send\r\n",
+            "a=simulcast:send\r\n",
+            "bad a=simulcast",
+        );
+        refused(
+            "a=rid:a send\r\n",
+            "a=simulcast:send a;b!c\r\n",
+            "bad RID in a=simulcast",
+        );
+        let long = "r".repeat(MAX_RID_LEN + 1);
+        refused(
+            &format!("a=rid:{long} send\r\n"),
+            &format!("a=simulcast:send {long}\r\n"),
+            "bad RID in a=simulcast",
+        );
+        // Declined (answered without simulcast): one stream, receive-only simulcast, no RID
+        // extension to tell the layers apart.
+        assert_eq!(
+            simulcast_of(&simulcast_offer(
+                "a=rid:a send\r\n",
+                "a=simulcast:send a\r\n"
+            ))
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            simulcast_of(&simulcast_offer(
+                "a=rid:a recv\r\n",
+                "a=simulcast:recv a\r\n"
+            ))
+            .unwrap(),
+            None
+        );
+        let no_ext = simulcast_offer(
+            "a=rid:a send\r\na=rid:b send\r\n",
+            "a=simulcast:send a;b\r\n",
+        )
+        .replace(
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+            "",
+        );
+        let a = answer(&Offer::parse(&no_ext).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert_eq!(a.media[0].simulcast, None);
+        assert!(!a.sdp.contains("a=simulcast"), "{}", a.sdp);
     }
 }

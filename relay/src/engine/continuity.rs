@@ -128,16 +128,16 @@ impl Continuity {
         };
     }
 
-    /// Declare this output fed by a simulcast source of `count` layers, capped at `cap`
-    /// (a route's [`contract::shm::Layer`]); an existing selection keeps its state.
-    pub fn set_layers(&mut self, count: u8, cap: u8) {
-        match &mut self.layers {
-            Some(s) => {
-                s.set_count(usize::from(count));
-                s.set_cap(cap);
-            }
-            None => self.layers = Some(Selector::new(usize::from(count), cap)),
-        }
+    /// Declare this output fed by a simulcast source of `count` layers, capped at spatial
+    /// layer `cap` and temporal layer `temporal` (a route's [`contract::shm::Layer`]); an
+    /// existing selection keeps its state.
+    pub fn set_layers(&mut self, count: u8, cap: u8, temporal: u8) {
+        let s = self
+            .layers
+            .get_or_insert_with(|| Selector::new(usize::from(count), cap));
+        s.set_count(usize::from(count));
+        s.set_cap(cap);
+        s.set_temporal_cap(temporal);
     }
 
     /// The layer selection, when this output is layered.

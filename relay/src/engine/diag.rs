@@ -325,7 +325,8 @@ impl SessionDiag {
     }
 
     /// An authenticated RTP packet of stream `ssrc` (plain length `len`). Streams past `limit`
-    /// are counted in the session totals only.
+    /// are counted in the session totals only. Returns the peer's last Sender Report about the
+    /// stream, if any (simulcast layer switches map timestamps through it).
     #[inline]
     pub fn on_rtp_in(
         &mut self,
@@ -335,13 +336,13 @@ impl SessionDiag {
         len: usize,
         now: Option<Instant>,
         limit: usize,
-    ) {
-        let Some(now) = now else { return };
+    ) -> Option<SrSeen> {
+        let now = now?;
         let s = match self.rx.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => &mut self.rx[i],
             None => {
                 if !make_room(&mut self.rx, limit) {
-                    return;
+                    return None;
                 }
                 self.rx.push(RxStream::new(ssrc, seq, ts, now));
                 let last = self.rx.len() - 1;
@@ -349,6 +350,7 @@ impl SessionDiag {
             }
         };
         s.on_packet(seq, ts, len, now);
+        s.last_sr
     }
 
     /// A repaired packet of stream `ssrc` (restored from the peer's RTX stream): counted in

@@ -437,6 +437,7 @@ fn select_layer(
         bytes: payload.len(),
         vp8,
         keyframe: vp8.is_some_and(|d| d.keyframe),
+        sr: inp.sr,
     };
     let Some(s) = c.layers_mut() else {
         return Decision::Skip;
@@ -776,7 +777,7 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         self.index.sessions[idx as usize].diag.on_in(len, self.now);
         match kind {
-            Kind::Rtp => self.on_rtp(idx, buf, len, tx),
+            Kind::Rtp => self.on_rtp(idx, buf, len, tx, slow),
             Kind::Rtcp => self.on_rtcp(idx, buf, len, tx),
             _ => self.stats.drop(DropReason::Demux),
         }
@@ -824,18 +825,53 @@ impl<C: SrtpOps> Forwarder<C> {
         true
     }
 
-    fn on_rtp(&mut self, idx: u32, buf: &mut [u8], len: usize, tx: &mut TxQueue) {
+    fn on_rtp(
+        &mut self,
+        idx: u32,
+        buf: &mut [u8],
+        len: usize,
+        tx: &mut TxQueue,
+        slow: &mut TxQueue,
+    ) {
         let Some(inp) = self.accept_rtp(idx, buf, len) else {
             return;
         };
         let plain = &buf[..inp.len];
         if !self.for_each_output(idx, inp.ssrc, |this, oi| this.rtp_to(oi, plain, &inp, tx)) {
             self.stats.drop(DropReason::NoRoute);
+            self.report_stream(
+                idx,
+                &plain[..inp.payload.start.min(plain.len())],
+                &inp,
+                slow,
+            );
         }
         // The tags rtp_to left to the batch, all outputs at once, before anything else
         // touches the queue.
         if !self.macs.is_empty() {
             self.macs.finish(tx.arena_mut());
+        }
+    }
+
+    /// Tell control about publisher `idx`'s unrouted stream `inp.ssrc` (a stream-up message
+    /// with the plain RTP `header`, contract::slowpath), so that it can learn a simulcast
+    /// layer's SSRC from the RID extension (docs/ENGINE.md "Simulcast"). Only packets with a
+    /// header extension, from a session that may publish, and within the session's
+    /// [`STREAM_REPORTS`](super::index::STREAM_REPORTS) budget; the rest stay counted as `no_route` only.
+    fn report_stream(&mut self, idx: u32, header: &[u8], inp: &RtpIn, slow: &mut TxQueue) {
+        let Some(now) = self.now else { return };
+        let s = &mut self.index.sessions[idx as usize];
+        let has_extension = header.first().is_some_and(|b| b & 0x10 != 0);
+        if inp.repaired || !has_extension || !s.role.can_publish() {
+            return;
+        }
+        if !s.stream_report_due(inp.ssrc, now) {
+            return;
+        }
+        if slow.push(s.peer, header) {
+            self.stats.slow_path_up += 1;
+        } else {
+            self.stats.drop(DropReason::SlowPathFull);
         }
     }
 
@@ -964,6 +1000,7 @@ impl<C: SrtpOps> Forwarder<C> {
             payload_len: p.payload().len(),
             cached: None,
             repaired,
+            sr: None,
         };
         publisher.note_ssrc(inp.ssrc);
         if !publisher.claimed {
@@ -999,7 +1036,9 @@ impl<C: SrtpOps> Forwarder<C> {
             // repairs), not as a jitter sample (RFC 3550 A.8 measures the first copy).
             d.on_rtp_repaired(inp.ssrc, inp.seq, n, now);
         } else {
-            d.on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams);
+            inp.sr = d
+                .on_rtp_in(inp.ssrc, inp.seq, inp.ts, n, now, opts.max_streams)
+                .map(|sr| (sr.ntp, sr.rtp));
         }
         Some(inp)
     }
@@ -1033,7 +1072,7 @@ impl<C: SrtpOps> Forwarder<C> {
             };
             match decision {
                 Decision::Forward { switch, vp8: v } => {
-                    if switch.is_some() {
+                    if switch.is_some_and(|r| r.new_layer) {
                         self.stats.count(Feedback::LayerSwitch, 1);
                     }
                     vp8 = v;
@@ -2008,6 +2047,9 @@ struct RtpIn {
     cached: Option<u64>,
     /// Restored from the publisher's RTX stream (a repair, not a first copy).
     repaired: bool,
+    /// The publisher's last Sender Report about this stream (NTP, RTP): simulcast layer
+    /// switches map timestamps through it (layers.rs).
+    sr: Option<(u64, u32)>,
 }
 
 /// What [`note_pub`] may use to give a new publisher stream a cache.

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// "No entry" in the u32 index fields.
 pub const NONE: u32 = u32::MAX;
@@ -29,6 +29,14 @@ pub const NONE: u32 = u32::MAX;
 /// How many distinct SSRCs a publisher's session remembers (for mapping feedback on routes
 /// that keep the publisher's SSRC and match any SSRC).
 const SEEN_SSRCS: usize = 8;
+
+/// Unrouted SSRCs one publisher session may report to control per worker (stream-up, so that
+/// control learns simulcast layers by RID): three layers and their RTX streams. Further
+/// unrouted SSRCs are only counted (`no_route`), so random SSRCs cost control nothing.
+pub const STREAM_REPORTS: usize = 6;
+/// An unrouted SSRC is reported again at most this often while it stays unrouted (its first
+/// packets may carry no RID, or control may have been away).
+pub const STREAM_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Maps an IPv4-mapped IPv6 address to plain IPv4, so that a dual-stack socket's
 /// `::ffff:a.b.c.d` and the `a.b.c.d` control wrote meet (RFC 4291 §2.5.5.2); ICE-TCP peer
@@ -306,6 +314,10 @@ pub struct Session<C> {
     /// rewritten streams of one publisher for lip sync as the publisher grouped them.
     pub cname: [u8; MAX_CNAME],
     pub cname_len: u8,
+    /// Unrouted SSRCs reported to control and when ([`STREAM_REPORTS`] at most, for the
+    /// session's lifetime on this worker).
+    stream_reports: [(u32, Instant); STREAM_REPORTS],
+    stream_reports_len: u8,
 }
 
 /// Longest peer CNAME kept (libwebrtc's are 16 characters); a longer one is replaced by a name
@@ -362,6 +374,8 @@ impl<C: SrtpOps> Session<C> {
             rtx_in: Vec::new(),
             cname: [0; MAX_CNAME],
             cname_len: 0,
+            stream_reports: [(0, Instant::now()); STREAM_REPORTS],
+            stream_reports_len: 0,
         }
     }
 
@@ -411,6 +425,26 @@ impl<C: SrtpOps> Session<C> {
         if n < SEEN_SSRCS {
             self.seen_len += 1;
         }
+    }
+
+    /// Whether unrouted SSRC `ssrc` is to be reported to control at `now`: the first time for
+    /// each of up to [`STREAM_REPORTS`] SSRCs, then at most every [`STREAM_REPORT_INTERVAL`];
+    /// never for more SSRCs than that.
+    pub fn stream_report_due(&mut self, ssrc: u32, now: Instant) -> bool {
+        let n = usize::from(self.stream_reports_len);
+        if let Some(e) = self.stream_reports[..n].iter_mut().find(|e| e.0 == ssrc) {
+            if now.saturating_duration_since(e.1) < STREAM_REPORT_INTERVAL {
+                return false;
+            }
+            e.1 = now;
+            return true;
+        }
+        if n == STREAM_REPORTS {
+            return false;
+        }
+        self.stream_reports[n] = (ssrc, now);
+        self.stream_reports_len += 1;
+        true
     }
 
     pub fn has_sent(&self, ssrc: u32) -> bool {
@@ -919,7 +953,7 @@ impl<C: SrtpOps> Index<C> {
             None => NONE,
         };
         if let (Some(l), Some(c)) = (r.rewrite.layer, self.streams.get_mut(stream as usize)) {
-            c.set_layers(l.count, l.max);
+            c.set_layers(l.count, l.max, l.max_temporal);
         }
         if let (Some(x), Some(ssrc)) = (r.rewrite.source_rtx, r.ssrc) {
             let rtx_in = &mut self.sessions[from as usize].rtx_in;

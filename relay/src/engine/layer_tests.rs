@@ -25,6 +25,7 @@ fn layered(id: u64, ssrc: u32, index: u8, max: u8) -> RouteRecord {
                 index,
                 count: 2,
                 max,
+                max_temporal: Layer::NO_CAP,
             }),
             ..Rewrite::default()
         },
@@ -259,6 +260,7 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
                     index,
                     count: 2,
                     max: Layer::NO_CAP,
+                    max_temporal: Layer::NO_CAP,
                 }),
                 ext_map,
                 ext_map_len: 1,
@@ -379,6 +381,7 @@ fn transport_cc_from_a_300k_link_moves_the_viewer_to_the_low_layer() {
                     index,
                     count: 2,
                     max: Layer::NO_CAP,
+                    max_temporal: Layer::NO_CAP,
                 }),
                 ext_map,
                 ext_map_len: 1,

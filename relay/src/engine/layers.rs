@@ -11,8 +11,17 @@
 //! At a switch the output numbering is re-based so the subscriber sees one stream: sequence
 //! numbers continue after the last one sent (one more is skipped when the last packet sent
 //! ended mid-frame, so the receiver sees a loss instead of a frame glued from two layers),
-//! the timestamp advances by the time elapsed since the last packet sent, and the VP8 picture
-//! ID, TL0PICIDX and key index continue after the last ones sent (RFC 7741 §4.2).
+//! the timestamp is mapped onto the old layer's timeline through both layers' Sender Reports
+//! ([`map_through_reports`]; before both have reported, it advances by the time elapsed since
+//! the last packet sent), and the VP8 picture ID, TL0PICIDX and key index continue after the
+//! last ones sent (RFC 7741 §4.2).
+//!
+//! Temporal layers (VP8, RFC 7741 §4.2 TID): per output a highest temporal layer
+//! ([`Selector::set_temporal_cap`]); packets of the current layer with a higher TID are not
+//! sent, and the output numbering closes over them (the next packet sent continues the
+//! sequence numbers, [`Rebase`] with `new_layer` false) and the picture ID skips none. A lower
+//! cap takes effect at once; a higher TID is sent again only from a frame that starts with the
+//! layer-sync bit (Y) or a key frame, which references nothing that was dropped.
 //!
 //! A layer is eligible once it has been sending for [`ELIGIBLE_AFTER`] and has not been
 //! silent for [`LAYER_IDLE`]; while no layer within the cap is that mature, the highest active
@@ -41,6 +50,11 @@ pub const UP_HOLD: Duration = Duration::from_millis(2000);
 /// RTP clock rate of video (RFC 7741 §6.1: VP8 always uses 90 kHz).
 pub const VIDEO_CLOCK: u64 = 90_000;
 
+/// A timestamp mapping through Sender Reports that moves the output further than this
+/// (ticks, either way) is not believed: the reports disagree (a publisher that restarted a
+/// layer's clock, a stale report) and the elapsed-time rule is used instead.
+pub const MAX_MAPPED_ADVANCE: u32 = 10 * VIDEO_CLOCK as u32;
+
 /// How far (sequence numbers) the switch point trails the newest forwarded packet; older
 /// packets of the current layer are late.
 const SWITCH_TRAIL: u16 = 0x4000;
@@ -60,6 +74,9 @@ pub struct LayerPacket {
     pub vp8: Option<Vp8Descriptor>,
     /// The packet starts a key frame (from the descriptor or the codec's own header).
     pub keyframe: bool,
+    /// The publisher's last Sender Report about this packet's stream, as its NTP timestamp
+    /// (64-bit, RFC 3550 §4) and the RTP timestamp of the same instant; `None` before one.
+    pub sr: Option<(u64, u32)>,
 }
 
 /// How far after the last packet sent the first packet of a new layer goes.
@@ -67,6 +84,8 @@ pub struct LayerPacket {
 pub struct Rebase {
     pub gap: u16,
     pub ts_advance: u32,
+    /// A new spatial layer (a switch), not the numbering closed over dropped temporal layers.
+    pub new_layer: bool,
 }
 
 /// What to do with one packet of one layer for this output.
@@ -95,17 +114,25 @@ struct Activity {
     window_start: Option<Instant>,
     window_bytes: u64,
     bps: u64,
+    /// The layer's last Sender Report (NTP, RTP), forgotten when the layer restarts.
+    sr: Option<(u64, u32)>,
 }
 
 impl Activity {
-    fn note(&mut self, now: Instant, bytes: usize) {
+    fn note(&mut self, now: Instant, bytes: usize, sr: Option<(u64, u32)>) {
         match self.last {
             Some(l) if now.saturating_duration_since(l) < LAYER_IDLE => {}
             _ => {
                 self.since = Some(now);
                 self.window_start = Some(now);
                 self.window_bytes = 0;
+                // A restarted layer may run on a new RTP clock offset: its old report no
+                // longer maps it.
+                self.sr = None;
             }
+        }
+        if sr.is_some() {
+            self.sr = sr;
         }
         self.last = Some(now);
         let start = self.window_start.unwrap_or(now);
@@ -142,6 +169,10 @@ struct Vp8Numbers {
     last_tl0: u8,
     last_key: u8,
     seen: bool,
+    /// Input picture ID of the newest picture forwarded, and of the last picture dropped for
+    /// its temporal layer (counted once in `pid_off`).
+    last_in_pid: u16,
+    dropped_pid: Option<u16>,
 }
 
 /// The layer state of one output. Fixed size, no heap.
@@ -158,14 +189,55 @@ pub struct Selector {
     /// Input sequence number of the first packet forwarded after the last switch: earlier
     /// ones of the current layer are late.
     switch_in_seq: u16,
-    /// Highest input sequence number forwarded of the current layer, whether that packet
-    /// ended its frame, and when it arrived.
+    /// Highest input sequence number forwarded of the current layer, its timestamp, whether
+    /// that packet ended its frame, and when it arrived.
     high_seq: u16,
+    high_ts: u32,
     last_marker: bool,
     last_at: Option<Instant>,
     vp8: Vp8Numbers,
     last_request: Option<Instant>,
     switches: u32,
+    /// Highest temporal layer this output may receive ([`NO_CAP`]: any), the highest one
+    /// being sent now (raised only at a layer-sync frame), and whether packets were dropped
+    /// for it since the last one sent (the next one closes the numbering).
+    temporal_cap: u8,
+    temporal_open: u8,
+    temporal_gap: bool,
+}
+
+/// The RTP timestamp `ts` of a layer whose last Sender Report is `new` (NTP, RTP), expressed on
+/// the timeline of the layer whose last report is `old` (RFC 3550 §6.4.1: a report pairs the
+/// sender's wall clock with the stream's RTP clock; the layers of one source share the wall
+/// clock). `None` when the reports are more than a day apart (not one sender's clock).
+pub fn map_through_reports(old: (u64, u32), new: (u64, u32), ts: u32) -> Option<u32> {
+    // NTP difference in 32.32 fixed point, signed: new report minus old report.
+    let d = new.0.wrapping_sub(old.0) as i64;
+    if d.unsigned_abs() > 86_400u64 << 32 {
+        return None;
+    }
+    // Whole ticks at 90 kHz, rounded to nearest; |d| < 2^49 and 90_000 < 2^17, so the
+    // product needs more than 64 bits but fits i128.
+    let ticks = (i128::from(d) * i128::from(VIDEO_CLOCK) + (1 << 31)) >> 32;
+    // ts on the new timeline is ts - new.rtp after the new report, which is `ticks` after the
+    // old report: old.rtp + ticks + (ts - new.rtp).
+    Some(
+        old.1
+            .wrapping_add(ticks as i64 as u32)
+            .wrapping_add(ts.wrapping_sub(new.1)),
+    )
+}
+
+/// How far `next` lies after `last` on one timeline, at least one tick: a frame mapped onto or
+/// before the last one sent (the layers carry the same capture instants) still goes out after
+/// it, so the receiver never sees two frames with one timestamp.
+fn advance_after(last: u32, next: u32) -> u32 {
+    match next.wrapping_sub(last) as i32 {
+        a if a >= 1 => a as u32,
+        a if a.unsigned_abs() <= MAX_MAPPED_ADVANCE => 1,
+        // Far before: the reports disagree; refused by the caller's bound.
+        _ => u32::MAX,
+    }
 }
 
 /// RFC 1982 serial-number comparison: is `a` after `b`?
@@ -188,12 +260,60 @@ impl Selector {
             target: 0,
             switch_in_seq: 0,
             high_seq: 0,
+            high_ts: 0,
             last_marker: true,
             last_at: None,
             vp8: Vp8Numbers::default(),
             last_request: None,
             switches: 0,
+            temporal_cap: NO_CAP,
+            temporal_open: NO_CAP,
+            temporal_gap: false,
         }
+    }
+
+    /// Highest VP8 temporal layer (TID) this output may receive ([`NO_CAP`]: any).
+    pub fn set_temporal_cap(&mut self, cap: u8) {
+        self.temporal_cap = cap;
+    }
+
+    pub fn temporal_cap(&self) -> u8 {
+        self.temporal_cap
+    }
+
+    /// Whether a packet of the current layer is within the temporal cap; opens a higher
+    /// temporal layer at a layer-sync frame start or a key frame.
+    fn temporal_ok(&mut self, p: &LayerPacket) -> bool {
+        self.temporal_open = self.temporal_open.min(self.temporal_cap);
+        let Some(d) = p.vp8 else { return true };
+        let Some(t) = d.temporal_id else { return true };
+        if t <= self.temporal_open {
+            return true;
+        }
+        let frame_start = d.start_of_partition && d.partition_index == 0;
+        if t <= self.temporal_cap && (p.keyframe || (d.layer_sync && frame_start)) {
+            self.temporal_open = t;
+            return true;
+        }
+        false
+    }
+
+    /// Drop packet `p` of the current layer for its temporal layer: the next packet sent
+    /// closes the sequence numbers over it, and its picture (once) leaves the picture IDs.
+    fn drop_temporal(&mut self, p: &LayerPacket) -> Decision {
+        if seq_newer(p.seq, self.high_seq) {
+            self.temporal_gap = true;
+            if let Some((pid, _)) = p.vp8.and_then(|d| d.picture_id) {
+                let v = &mut self.vp8;
+                let newer = (pid.wrapping_sub(v.last_in_pid) & PICTURE_ID_MASK) < 0x4000
+                    && pid != v.last_in_pid;
+                if v.dropped_pid != Some(pid) && newer {
+                    v.pid_off = v.pid_off.wrapping_sub(1) & PICTURE_ID_MASK;
+                    v.dropped_pid = Some(pid);
+                }
+            }
+        }
+        Decision::Skip
     }
 
     /// Highest layer this output may receive ([`NO_CAP`]: any).
@@ -308,11 +428,18 @@ impl Selector {
         if layer >= usize::from(self.count) {
             return Decision::Skip;
         }
-        self.layers[layer].note(now, p.bytes);
-        self.target = self.choose(now);
+        // A padding-only packet (no payload after padding removal, RFC 3550 §5.1) carries no
+        // media: a sender probes its uplink with them, on layers it does not encode too, so
+        // they neither make a layer active nor start a switch; on the current layer they pass
+        // (the receiver's sequence numbers stay whole).
+        let media = p.bytes > 0;
+        if media {
+            self.layers[layer].note(now, p.bytes, p.sr);
+            self.target = self.choose(now);
+        }
         let l = layer as u8;
         let mut switch = None;
-        if self.current != Some(self.target) && l == self.target {
+        if media && self.current != Some(self.target) && l == self.target {
             if !p.keyframe {
                 return self.request(now);
             }
@@ -325,8 +452,24 @@ impl Selector {
         {
             return Decision::Late;
         }
-        if switch.is_some() || seq_newer(p.seq, self.high_seq) {
+        if media && switch.is_none() && !self.temporal_ok(p) {
+            return self.drop_temporal(p);
+        }
+        if switch.is_none() && self.temporal_gap && seq_newer(p.seq, self.high_seq) {
+            // The first packet after dropped temporal-layer packets: continue right after the
+            // last one sent, on the same timeline.
+            self.temporal_gap = false;
+            self.switch_in_seq = p.seq;
+            switch = Some(Rebase {
+                gap: 1,
+                ts_advance: p.ts.wrapping_sub(self.high_ts),
+                new_layer: false,
+            });
+        }
+        // The first packet ever sent starts the bookkeeping whatever its number.
+        if switch.is_some() || self.last_at.is_none() || seq_newer(p.seq, self.high_seq) {
             self.high_seq = p.seq;
+            self.high_ts = p.ts;
             self.last_marker = p.marker;
             self.last_at = Some(now);
             // The switch point trails the newest packet by at most a quarter of the number
@@ -353,15 +496,26 @@ impl Selector {
     /// something was sent before.
     fn switch_to(&mut self, now: Instant, l: u8, p: &LayerPacket) -> Option<Rebase> {
         self.switch_in_seq = p.seq;
+        let old = self.current.and_then(|c| self.layers[usize::from(c)].sr);
+        let new = self.layers[usize::from(l)].sr;
         let rebase = self.last_at.map(|at| {
             self.switches = self.switches.saturating_add(1);
-            let elapsed = now.saturating_duration_since(at).as_micros() as u64;
-            let ticks = (elapsed.saturating_mul(VIDEO_CLOCK) / 1_000_000).clamp(1, 1 << 30);
+            let mapped = match (old, new) {
+                (Some(o), Some(n)) => map_through_reports(o, n, p.ts)
+                    .map(|on_old| advance_after(self.high_ts, on_old))
+                    .filter(|&a| a <= MAX_MAPPED_ADVANCE),
+                _ => None,
+            };
+            let ts_advance = mapped.unwrap_or_else(|| {
+                let elapsed = now.saturating_duration_since(at).as_micros() as u64;
+                (elapsed.saturating_mul(VIDEO_CLOCK) / 1_000_000).clamp(1, 1 << 30) as u32
+            });
             Rebase {
                 // Skip one when the last packet sent ended mid-frame: the receiver then sees
                 // that frame incomplete instead of one glued from two layers.
                 gap: if self.last_marker { 1 } else { 2 },
-                ts_advance: ticks as u32,
+                ts_advance,
+                new_layer: true,
             }
         });
         if let Some(d) = p.vp8 {
@@ -382,6 +536,8 @@ impl Selector {
                 *v = Vp8Numbers::default();
             }
         }
+        self.vp8.dropped_pid = None;
+        self.temporal_gap = false;
         self.current = Some(l);
         self.up_since = None;
         rebase
@@ -395,6 +551,7 @@ impl Selector {
         let tl0 = d.tl0_pic_idx.unwrap_or(0).wrapping_add(v.tl0_off);
         let key = d.key_idx.map_or(0, |k| k.wrapping_add(v.key_off) & 0x1F);
         if !v.seen || (pid.wrapping_sub(v.last_pid) & PICTURE_ID_MASK) < 0x4000 {
+            v.last_in_pid = d.picture_id.map_or(0, |(p, _)| p);
             v.last_pid = pid;
             v.last_tl0 = tl0;
             v.last_key = key;
@@ -416,13 +573,26 @@ mod tests {
         ts: u32,
         pid: u16,
         tl0: u8,
+        /// The publisher's last Sender Report about this layer, as packets carry it.
+        sr: Option<(u64, u32)>,
+        /// Temporal layer id and layer-sync bit of the next frame's packets.
+        tid: u8,
+        sync: bool,
     }
 
     impl Layer {
         /// A layer whose next packet has these sequence number, timestamp, picture ID and
         /// TL0PICIDX.
         fn at(seq: u16, ts: u32, pid: u16, tl0: u8) -> Layer {
-            Layer { seq, ts, pid, tl0 }
+            Layer {
+                seq,
+                ts,
+                pid,
+                tl0,
+                sr: None,
+                tid: 0,
+                sync: false,
+            }
         }
 
         fn packet(&mut self, first: bool, last: bool, key: bool) -> LayerPacket {
@@ -433,7 +603,7 @@ mod tests {
                 (pid >> 8) as u8,
                 pid as u8,
                 self.tl0,
-                0x00,
+                (self.tid << 6) | if self.sync { 0x20 } else { 0 },
                 if key { 0x10 } else { 0x11 },
             ];
             let d = Vp8Descriptor::parse(&b).unwrap();
@@ -444,6 +614,7 @@ mod tests {
                 bytes: 1000,
                 vp8: Some(d),
                 keyframe: d.keyframe,
+                sr: self.sr,
             };
             self.seq = self.seq.wrapping_add(1);
             p
@@ -487,7 +658,7 @@ mod tests {
                         self.c.rebase(src, p.seq, p.ts, r.gap, r.ts_advance);
                     }
                     let (seq, ts) = self.c.map(src, p.seq, p.ts);
-                    Got::Sent(seq, ts, vp8.unwrap())
+                    Got::Sent(seq, ts, vp8.unwrap_or_default())
                 }
                 d => Got::Not(d),
             }
@@ -674,6 +845,219 @@ mod tests {
         assert_eq!(dseq, hseq.wrapping_add(1));
         assert_eq!(dvp8.0, (hvp8.0 + 1) & PICTURE_ID_MASK);
         assert_eq!(s.switches(), 2);
+    }
+
+    /// NTP timestamp (32.32) `ms` milliseconds after an arbitrary wall-clock origin.
+    fn ntp_ms(ms: u64) -> u64 {
+        (0xE000_0000u64 << 32) + (ms << 32) / 1000
+    }
+
+    #[test]
+    fn reports_map_one_timeline_onto_another_across_wraps_and_either_order() {
+        // Old layer: RTP 1000 at wall 10 s. New layer: RTP 0xFFFF_FF00 at wall 10.5 s.
+        let old = (ntp_ms(10_000), 1000);
+        let new = (ntp_ms(10_500), 0xFFFF_FF00);
+        // The new layer's report instant is 45 000 ticks after the old one's.
+        assert_eq!(map_through_reports(old, new, 0xFFFF_FF00), Some(46_000));
+        // 100 ticks later on the new timeline (across its wrap) is 100 later on the old.
+        assert_eq!(map_through_reports(old, new, 0xA0), Some(46_416));
+        // The old report may be the later one.
+        assert_eq!(
+            map_through_reports(new, old, 1000),
+            Some(0xFFFF_FF00u32.wrapping_sub(45_000))
+        );
+        // A fraction of a tick rounds to the nearest.
+        let half = (ntp_ms(0) + (1u64 << 32) / 180_000 + 1, 0);
+        assert_eq!(map_through_reports((ntp_ms(0), 0), half, 0), Some(1));
+        // Reports days apart are not one sender's clock.
+        assert_eq!(
+            map_through_reports((ntp_ms(0), 0), (ntp_ms(0) + ((2 * 86_400u64) << 32), 0), 0),
+            None
+        );
+    }
+
+    #[test]
+    fn a_switch_maps_timestamps_through_sender_reports_whatever_the_arrival_time() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, 0);
+        // Both layers encode the same frames (30 per second) on unrelated RTP offsets; each
+        // has reported once, at different wall-clock instants.
+        let mut lo = Layer::at(10, 0x1000, 10, 10);
+        let mut hi = Layer::at(60000, 0xFFFF_0000, 0x7FFF, 0);
+        lo.sr = Some((ntp_ms(50_000), 0x1000));
+        // The high layer's report 200 ms later, i.e. 6 frames on.
+        hi.sr = Some((ntp_ms(50_200), 0xFFFF_0000u32.wrapping_add(18_000)));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        assert_eq!(s.current(), Some(0));
+        // The last low frame sent, ending its frame.
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        // The high layer's next frame is a key frame, delivered 140 ms late (the arrival
+        // clock would say 12 600 ticks): the reports say it is the next frame, 3000 ticks on.
+        lo.next_frame();
+        hi.next_frame();
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 140), 2, &hi.packet(true, true, true)));
+        assert_eq!(s.current(), Some(2));
+        assert_eq!(ts, lts.wrapping_add(3000));
+        // And back down: the low layer's key frame two frames later is 6000 ticks on.
+        s.set_cap(0);
+        hi.next_frame();
+        lo.next_frame();
+        let (_, hts, _) = fwd(s.on_packet(ms(t0, t + 150), 2, &hi.packet(true, true, false)));
+        hi.next_frame();
+        lo.next_frame();
+        let (_, lts2, _) = fwd(s.on_packet(ms(t0, t + 400), 0, &lo.packet(true, true, true)));
+        assert_eq!(lts2, hts.wrapping_add(3000));
+        assert_eq!(s.switches(), 2);
+    }
+
+    #[test]
+    fn a_switch_onto_the_same_instant_moves_one_tick_and_without_reports_uses_arrival() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer::at(10, 500, 10, 10);
+        let mut hi = Layer::at(900, 7_000_000, 1, 0);
+        lo.sr = Some((ntp_ms(1_000), 500));
+        hi.sr = Some((ntp_ms(1_000), 7_000_000));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        // The low frame is sent; the high layer's key frame of the same capture instant
+        // follows: it goes one tick after, not onto the same timestamp.
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 5), 2, &hi.packet(true, true, true)));
+        assert_eq!(ts, lts.wrapping_add(1));
+        // Reports that disagree wildly (a restarted clock) are not believed: arrival time.
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer::at(10, 500, 10, 10);
+        let mut hi = Layer::at(900, 7_000_000, 1, 0);
+        lo.sr = Some((ntp_ms(1_000), 500));
+        hi.sr = Some((ntp_ms(1_000), 7_000_000u32.wrapping_add(90_000 * 60)));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 50), 2, &hi.packet(true, true, true)));
+        assert_eq!(ts, lts.wrapping_add(4500));
+        // Only one layer has reported: arrival time too.
+        let mut s = Out::new(3, 0);
+        let mut lo = Layer::at(10, 500, 10, 10);
+        let mut hi = Layer::at(900, 7_000_000, 1, 0);
+        lo.sr = Some((ntp_ms(1_000), 500));
+        let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 1500);
+        let (_, lts, _) = fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        s.set_cap(NO_CAP);
+        let (_, ts, _) = fwd(s.on_packet(ms(t0, t + 20), 2, &hi.packet(true, true, true)));
+        assert_eq!(ts, lts.wrapping_add(1800));
+    }
+
+    #[test]
+    fn padding_only_packets_neither_activate_a_layer_nor_start_a_switch() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, NO_CAP);
+        let mut lo = Layer::at(1, 1, 1, 1);
+        let mut hi = Layer::at(500, 1, 1, 1);
+        fwd(s.on_packet(t0, 0, &lo.packet(true, true, true)));
+        // The high layer sends only padding (a paused encoding the sender probes on) for
+        // two seconds: never the target, no key frame asked for, nothing of it forwarded.
+        let mut t = 0;
+        while t < 2000 {
+            t += 33;
+            let mut pad = hi.packet(false, false, false);
+            pad.bytes = 0;
+            pad.vp8 = None;
+            pad.keyframe = false;
+            assert_eq!(s.on_packet(ms(t0, t), 2, &pad), Got::Not(Decision::Skip));
+            lo.next_frame();
+            fwd(s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false)));
+        }
+        assert_eq!((s.target(), s.current()), (0, Some(0)));
+        // Padding on the current layer is forwarded in sequence.
+        let mut pad = lo.packet(false, false, false);
+        pad.bytes = 0;
+        pad.vp8 = None;
+        let (seq, _, _) = fwd(s.on_packet(ms(t0, t + 1), 0, &pad));
+        let (next, _, _) = fwd(s.on_packet(ms(t0, t + 2), 0, &lo.packet(true, true, false)));
+        assert_eq!(next, seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn temporal_cap_drops_higher_tids_with_numbering_closed_and_opens_at_layer_sync() {
+        let t0 = Instant::now();
+        let mut s = Out::new(1, NO_CAP);
+        let mut l = Layer::at(65534, 1000, 0x7FFE, 200);
+        // L1T3: TID 0, 2, 1, 2, 0, ... one packet per frame; TL0PICIDX moves on at TID 0.
+        let pattern = [0u8, 2, 1, 2];
+        let mut frame = 0usize;
+        let mut send = |s: &mut Out, l: &mut Layer, key: bool, sync: bool, at: u64| {
+            if frame > 0 {
+                l.ts = l.ts.wrapping_add(3000);
+                l.pid = (l.pid + 1) & PICTURE_ID_MASK;
+            }
+            l.tid = pattern[frame % 4];
+            if frame > 0 && l.tid == 0 {
+                l.tl0 = l.tl0.wrapping_add(1);
+            }
+            l.sync = sync;
+            frame += 1;
+            let tid = l.tid;
+            (tid, s.on_packet(ms(t0, at), 0, &l.packet(true, true, key)))
+        };
+        let (_, first) = send(&mut s, &mut l, true, false, 0);
+        let (seq0, ts0, vp80) = fwd(first);
+        s.set_temporal_cap(0);
+        // Three cycles capped at TID 0: only every fourth frame, numbered without holes.
+        let mut out = vec![(seq0, ts0, vp80)];
+        for i in 1..12u64 {
+            match send(&mut s, &mut l, false, false, i * 33) {
+                (0, g) => out.push(fwd(g)),
+                (_, g) => assert_eq!(g, Got::Not(Decision::Skip)),
+            }
+        }
+        assert_eq!(out.len(), 3);
+        for w in out.windows(2) {
+            let ((s1, t1, v1), (s2, t2, v2)) = (w[0], w[1]);
+            assert_eq!(
+                s2,
+                s1.wrapping_add(1),
+                "sequence closed over dropped packets"
+            );
+            assert_eq!(
+                t2,
+                t1.wrapping_add(12_000),
+                "timestamps keep their timeline"
+            );
+            assert_eq!(
+                v2.0,
+                (v1.0 + 1) & PICTURE_ID_MASK,
+                "picture IDs skip no dropped picture"
+            );
+            assert_eq!(v2.1, v1.1.wrapping_add(1), "TL0PICIDX as sent");
+        }
+        assert_eq!(s.switches(), 0, "closing the numbering is no layer switch");
+        // Cap lifted: a TID 2 frame without layer sync still waits; the TID 1 frame with Y
+        // opens TID 1, the next TID 2 frame with Y opens TID 2.
+        s.set_temporal_cap(NO_CAP);
+        let (last_seq, _, last_vp8) = out[2];
+        let (t, g) = send(&mut s, &mut l, false, false, 400);
+        assert_eq!(t, 0);
+        let (seq, _, vp8) = fwd(g);
+        assert_eq!(
+            (seq, vp8.0),
+            (last_seq.wrapping_add(1), (last_vp8.0 + 1) & PICTURE_ID_MASK)
+        );
+        let (t, g) = send(&mut s, &mut l, false, false, 433);
+        assert_eq!((t, g), (2, Got::Not(Decision::Skip)));
+        let (t, g) = send(&mut s, &mut l, false, true, 466);
+        assert_eq!(t, 1);
+        let (seq1, _, vp81) = fwd(g);
+        assert_eq!(seq1, seq.wrapping_add(1));
+        assert_eq!(vp81.0, (vp8.0 + 1) & PICTURE_ID_MASK);
+        let (t, g) = send(&mut s, &mut l, false, true, 500);
+        assert_eq!(t, 2);
+        let (seq2, _, vp82) = fwd(g);
+        assert_eq!(
+            (seq2, vp82.0),
+            (seq1.wrapping_add(1), (vp81.0 + 1) & PICTURE_ID_MASK)
+        );
     }
 
     #[test]

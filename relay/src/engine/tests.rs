@@ -1448,3 +1448,62 @@ fn a_viewer_joining_a_video_stream_triggers_a_keyframe_request() {
     assert!(rig.poll(now).iter().all(|(_, p)| p[1] != 206));
     assert_eq!(rig.fb(Feedback::PliOnJoin), 2);
 }
+
+/// RTP with one one-byte header extension element `(id, value)` (RFC 8285 §4.2).
+fn rtp_with_rid(ssrc: u32, seq: u16, rid: &[u8]) -> Vec<u8> {
+    let mut ext = vec![(10 << 4) | (rid.len() as u8 - 1)];
+    ext.extend_from_slice(rid);
+    while ext.len() % 4 != 0 {
+        ext.push(0);
+    }
+    let mut v = rtp(ssrc, seq, 1, 96, &[]);
+    v[0] |= 0x10;
+    v.extend_from_slice(&[0xBE, 0xDE]);
+    v.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+    v.extend_from_slice(&ext);
+    v.extend_from_slice(b"payload");
+    v
+}
+
+/// A publisher's packet on an SSRC no route carries goes to control as its plain header
+/// (stream-up, so control can learn a simulcast layer by RID): once per SSRC per second, for
+/// at most STREAM_REPORTS SSRCs per session; without a header extension, from a viewer, or
+/// beyond the budget it is only counted as `no_route`.
+#[test]
+fn unrouted_publisher_streams_are_reported_to_control_within_a_budget() {
+    use super::index::{STREAM_REPORTS, STREAM_REPORT_INTERVAL};
+    let mut rig = Rig::new(
+        vec![session(1, Role::Speaker), session(2, Role::Viewer)],
+        vec![route(1, 1, Some(7), 2, Rewrite::default())],
+    );
+    let t0 = Instant::now();
+    rig.fwd.set_now(t0);
+    // The routed SSRC is forwarded, not reported.
+    assert_eq!(rig.send(1, &rtp_with_rid(7, 1, b"q")).len(), 1);
+    assert!(rig.slow.is_empty());
+    // An unrouted SSRC with the RID: its plain header goes up, addressed by the publisher.
+    let p = rtp_with_rid(0xA1, 1, b"h");
+    assert!(rig.send(1, &p).is_empty());
+    assert_eq!(rig.slow.len(), 1);
+    assert_eq!(rig.slow.metas()[0].dst, addr(1001));
+    assert_eq!(rig.slow.datagram(0), &p[..p.len() - b"payload".len()]);
+    // Again within the interval: counted only.
+    assert!(rig.send(1, &rtp_with_rid(0xA1, 2, b"h")).is_empty());
+    assert_eq!(rig.slow.len(), 1);
+    // No header extension: nothing to learn from it.
+    assert!(rig.send(1, &rtp(0xA2, 1, 1, 96, b"x")).is_empty());
+    assert_eq!(rig.slow.len(), 1);
+    // A viewer's RTP never goes up.
+    assert!(rig.send(2, &rtp_with_rid(0xA3, 1, b"f")).is_empty());
+    assert_eq!(rig.slow.len(), 1);
+    // Random SSRCs: the budget, then only counted.
+    for i in 0..20u32 {
+        rig.send(1, &rtp_with_rid(0xB000 + i, 1, b"f"));
+    }
+    assert_eq!(rig.slow.len(), STREAM_REPORTS);
+    // After the interval a reported, still unrouted SSRC is reported again.
+    rig.fwd.set_now(t0 + STREAM_REPORT_INTERVAL);
+    rig.send(1, &rtp_with_rid(0xA1, 3, b"h"));
+    assert_eq!(rig.slow.len(), STREAM_REPORTS + 1);
+    assert_eq!(rig.fwd.stats().dropped(DropReason::NoRoute), 24);
+}

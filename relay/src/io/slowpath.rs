@@ -237,8 +237,14 @@ impl SlowPathClient {
             let n = (up.len() - i).min(batch);
             for k in 0..n {
                 let m = up.metas()[i + k];
+                // The engine queues RTP here only as reports of unrouted publisher streams
+                // (plain headers); peers' RTP and RTCP never go to control.
+                let kind = match contract::wire::classify(up.datagram(i + k)) {
+                    contract::wire::Kind::Rtp | contract::wire::Kind::Rtcp => MsgKind::StreamUp,
+                    _ => MsgKind::DatagramUp,
+                };
                 let h = MsgHeader {
-                    kind: MsgKind::DatagramUp,
+                    kind,
                     worker: self.worker,
                     peer: Some(m.dst),
                     local_port: self.local_port,
