@@ -211,9 +211,12 @@ fn daemon_serves_slow_path_and_survives_restart() {
     assert!(m.message_integrity().is_none());
     m.verify_fingerprint().unwrap();
 
-    // A DTLS ClientHello-looking record and an RTP packet from an unknown source: counted,
-    // dropped. A second STUN answer proves both were processed (the channel is ordered).
+    // A DTLS ClientHello-looking record and a datagram of no RFC 7983 kind: counted, dropped.
+    // An RTP header goes up as a report of an unrouted publisher stream (simulcast learning),
+    // and from a peer that is no publisher it is ignored and counted. A second STUN answer
+    // proves all three were processed (the channel is ordered).
     relay.send(&peer, &[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    relay.send(&peer, &[0xf0, 1, 2, 3]);
     relay.send(&peer, &[0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2]);
     relay.exchange(&peer, &unknown_check(2));
     let text = d.metrics();
@@ -249,6 +252,13 @@ fn daemon_serves_slow_path_and_survives_restart() {
         sample(
             &text,
             "sluice_control_slow_path_drops_total{reason=\"unhandled_kind\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_control_slow_path_drops_total{reason=\"stream_ignored\"}"
         ),
         1
     );
