@@ -265,6 +265,20 @@ fn daemon_serves_slow_path_and_survives_restart() {
     assert_eq!(
         sample(
             &text,
+            "sluice_control_slow_path_stream_reports_total{result=\"received\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_control_slow_path_stream_reports_total{result=\"learned\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        sample(
+            &text,
             "sluice_control_ice_checks_total{result=\"unauthenticated\"}"
         ),
         2

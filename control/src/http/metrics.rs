@@ -192,6 +192,19 @@ fn slow_path_and_ice(o: &mut Out, g: &ControlGauges) {
         );
     }
     o.family(
+        "sluice_control_slow_path_stream_reports_total",
+        "counter",
+        "Reports of publishers' packets on unrouted SSRCs from the relay (simulcast layer \
+         learning), by outcome; ignored ones are also in the drops.",
+    );
+    for (result, v) in [("learned", sp.streams_learned), ("received", sp.streams)] {
+        o.sample(
+            "sluice_control_slow_path_stream_reports_total",
+            &format!("result=\"{result}\""),
+            v,
+        );
+    }
+    o.family(
         "sluice_control_slow_path_drops_total",
         "counter",
         "Slow-path datagrams dropped by control, by reason.",
