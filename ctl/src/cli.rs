@@ -190,6 +190,9 @@ pub enum SessionCmd {
         /// Highest layer, 0 (the lowest resolution) to 2, or `none` to lift the cap.
         #[arg(long, value_name = "N|none")]
         max: String,
+        /// Highest VP8 temporal layer (TID) 0 to 3, or `none` (the default: no cap).
+        #[arg(long, value_name = "N|none")]
+        max_temporal: Option<String>,
     },
 }
 

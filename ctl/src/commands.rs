@@ -86,19 +86,30 @@ pub fn prepare(cmd: &Command) -> Result<Request> {
         Command::Session(SessionCmd::Del { id }) => Request::SessionDel(*id),
         Command::Session(SessionCmd::List) => Request::SessionList,
         Command::Session(SessionCmd::Show { id }) => Request::SessionShow(*id),
-        Command::Session(SessionCmd::Layer { id, max }) => {
-            let max = match max.as_str() {
-                "none" => Value::Null,
-                m => match m.parse::<u8>() {
-                    Ok(n) if n < contract::shm::MAX_LAYERS => json!(n),
-                    _ => {
-                        return Err(CtlError::usage(format!(
-                            "--max: {m:?} is not a layer 0-2 or `none`"
-                        )))
-                    }
-                },
+        Command::Session(SessionCmd::Layer {
+            id,
+            max,
+            max_temporal,
+        }) => {
+            // `none` or a number below `limit`, else a usage error naming the option.
+            let cap = |opt: &str, v: &str, limit: u8| -> Result<Value> {
+                match v {
+                    "none" => Ok(Value::Null),
+                    m => match m.parse::<u8>() {
+                        Ok(n) if n < limit => Ok(json!(n)),
+                        _ => Err(CtlError::usage(format!(
+                            "{opt}: {m:?} is not a layer 0-{} or `none`",
+                            limit - 1
+                        ))),
+                    },
+                }
             };
-            Request::SessionLayer(*id, json!({ "max": max }))
+            let max = cap("--max", max, contract::shm::MAX_LAYERS)?;
+            let temporal = match max_temporal {
+                Some(t) => cap("--max-temporal", t, contract::shm::Layer::MAX_TEMPORAL + 1)?,
+                None => Value::Null,
+            };
+            Request::SessionLayer(*id, json!({ "max": max, "max_temporal": temporal }))
         }
         Command::Route(RouteCmd::Add {
             from,
@@ -296,10 +307,13 @@ pub fn execute(client: &Client, ep: &Endpoint, req: Request, out: Output) -> Res
                 .get("routes")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
-            let max = match body["max"].as_u64() {
+            let mut max = match body["max"].as_u64() {
                 Some(n) => format!("layer {n}"),
                 None => "no cap".to_string(),
             };
+            if let Some(t) = body["max_temporal"].as_u64() {
+                max.push_str(&format!(", temporal layer {t}"));
+            }
             print_done(
                 out,
                 v,

@@ -119,6 +119,50 @@ fn session_add_over_ice_sends_credentials_and_prints_the_relays() {
 }
 
 #[test]
+fn session_layer_states_both_caps() {
+    let answer = r#"{"session":2,"max":null,"max_temporal":0,"routes":[{},{},{}]}"#;
+    let fake = FakeControl::start(move |_| (200, answer.to_string()));
+    let dir = temp_dir("layer");
+    write_runtime(&dir, &fake.url, "t");
+    let o = run(
+        &[
+            "session",
+            "layer",
+            "2",
+            "--max",
+            "none",
+            "--max-temporal",
+            "0",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "session 2: no cap, temporal layer 0 on 3 layered route(s)\n"
+    );
+    let o = run(&["session", "layer", "2", "--max", "1"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reqs = fake.requests();
+    assert_eq!(reqs[0].method, "PUT");
+    assert_eq!(reqs[0].path, "/v1/sessions/2/layer");
+    let body: Value = serde_json::from_str(&reqs[0].body).unwrap();
+    assert_eq!(body, serde_json::json!({"max": null, "max_temporal": 0}));
+    // Without --max-temporal the request lifts the temporal cap.
+    let body: Value = serde_json::from_str(&reqs[1].body).unwrap();
+    assert_eq!(body, serde_json::json!({"max": 1, "max_temporal": null}));
+    for bad in [
+        &["--max", "3"][..],
+        &["--max", "0", "--max-temporal", "4"][..],
+    ] {
+        let o = run(&[&["session", "layer", "2"][..], bad].concat(), &dir);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("is not a layer"), "{}", stderr(&o));
+    }
+    assert_eq!(fake.requests().len(), 2);
+}
+
+#[test]
 fn session_add_json_parses() {
     let fake = FakeControl::start(|_| (201, SESSION.to_string()));
     let dir = temp_dir("addjson");
