@@ -192,7 +192,7 @@ pub fn run(target: &mut dyn Target, opts: &RunOptions, out: &Output) -> Result<R
         }
         let before = target.stats();
         let r = measured_step(rig, &step, out);
-        target.observe_step(&r.0);
+        target.observe_first_media(&r.0.first_media_ns);
         let after = target.stats();
         if before.is_some() || after.is_some() {
             report.target_stats = Some(TargetStats { before, after });

@@ -165,8 +165,9 @@ pub trait Target {
     }
     /// Take (clones of) the generator's sockets before [`Target::setup`].
     fn lend_endpoints(&mut self, _endpoints: Endpoints) {}
-    /// See a measured step's outcome (a WebRTC target reads each viewer's first media).
-    fn observe_step(&mut self, _outcome: &crate::gen::StepOutcome) {}
+    /// A measured step's time to first media per subscriber (ns from the step's start;
+    /// `None`: none came), which a WebRTC target reports with its joins.
+    fn observe_first_media(&mut self, _first_media_ns: &[Option<u64>]) {}
 }
 
 /// The discovery file written by a running `sluice-control`: the same record and the same

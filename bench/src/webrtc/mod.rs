@@ -720,8 +720,8 @@ impl Target for WebRtcTarget {
         self.signaling.stats()
     }
 
-    fn observe_step(&mut self, o: &crate::gen::StepOutcome) {
-        self.first_media(&o.first_media_ns);
+    fn observe_first_media(&mut self, first_media_ns: &[Option<u64>]) {
+        self.first_media(first_media_ns);
     }
 }
 
