@@ -238,14 +238,10 @@ fn layer_of(p: &[u8]) -> usize {
     usize::from(r.payload().len() > 600)
 }
 
-/// The subscriber's downlink estimate picks its layer (docs/ENGINE.md "Bandwidth
-/// estimation"): without feedback the start estimate carries the high layer; feedback that
-/// says 300 kbit/s moves it to the low layer (≈72 kbit/s) at the next low key frame; a steady
-/// estimate makes no further switch; when the estimate recovers, the high layer (≈960 kbit/s)
-/// comes back only after the up-switch hold.
-#[test]
-fn the_estimate_picks_the_layer_with_hysteresis() {
-    use crate::engine::layers::UP_HOLD;
+/// A speaker sending two VP8 layers (low: one 300-byte packet per frame, high: four of 1000
+/// bytes) into one viewer whose routes stamp the transport-wide extension (id 5), so its
+/// downlink estimate picks the layer.
+fn estimated_two_layers() -> (Rig, [Paced; 2]) {
     let mut ext_map = [(0u8, 0u8); contract::shm::MAX_MAPPINGS];
     ext_map[0] = (3, 5);
     let rw = |ssrc, index| {
@@ -269,7 +265,7 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
             },
         )
     };
-    let mut rig = Rig::new(
+    let rig = Rig::new(
         vec![session(1, Role::Speaker), session(3, Role::Viewer)],
         vec![rw(LOW, 0), rw(HIGH, 1)],
     );
@@ -280,7 +276,7 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
         pid: 1,
         tl0: 0,
     };
-    let mut layers = [
+    let layers = [
         Paced {
             src: source(LOW),
             per_frame: 1,
@@ -294,6 +290,18 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
             key_due: true,
         },
     ];
+    (rig, layers)
+}
+
+/// The subscriber's downlink estimate picks its layer (docs/ENGINE.md "Bandwidth
+/// estimation"): without feedback the start estimate carries the high layer; feedback that
+/// says 300 kbit/s moves it to the low layer (≈72 kbit/s) at the next low key frame; a steady
+/// estimate makes no further switch; when the estimate recovers, the high layer (≈960 kbit/s)
+/// comes back only after the up-switch hold.
+#[test]
+fn the_estimate_picks_the_layer_with_hysteresis() {
+    use crate::engine::layers::UP_HOLD;
+    let (mut rig, mut layers) = estimated_two_layers();
     let t0 = Instant::now();
     let mut tw = 0u16;
     // Runs `frames` frames (33 ms apart) from `*t`; a REMB of `remb` every 250 ms; returns the
@@ -367,54 +375,7 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
 #[test]
 fn transport_cc_from_a_300k_link_moves_the_viewer_to_the_low_layer() {
     use contract::wire::twcc;
-    let mut ext_map = [(0u8, 0u8); contract::shm::MAX_MAPPINGS];
-    ext_map[0] = (3, 5);
-    let rw = |ssrc, index| {
-        route(
-            u64::from(index) + 1,
-            1,
-            Some(ssrc),
-            3,
-            Rewrite {
-                ssrc: Some(OUT),
-                layer: Some(Layer {
-                    index,
-                    count: 2,
-                    max: Layer::NO_CAP,
-                    max_temporal: Layer::NO_CAP,
-                }),
-                ext_map,
-                ext_map_len: 1,
-                twcc_id: 5,
-                ..Rewrite::default()
-            },
-        )
-    };
-    let mut rig = Rig::new(
-        vec![session(1, Role::Speaker), session(3, Role::Viewer)],
-        vec![rw(LOW, 0), rw(HIGH, 1)],
-    );
-    let source = |ssrc| Source {
-        ssrc,
-        seq: 100,
-        ts: 0,
-        pid: 1,
-        tl0: 0,
-    };
-    let mut layers = [
-        Paced {
-            src: source(LOW),
-            per_frame: 1,
-            size: 300,
-            key_due: true,
-        },
-        Paced {
-            src: source(HIGH),
-            per_frame: 4,
-            size: 1000,
-            key_due: true,
-        },
-    ];
+    let (mut rig, mut layers) = estimated_two_layers();
     const LINK_BPS: u64 = 300_000;
     let t0 = Instant::now();
     let mut tw = 0u16;
