@@ -25,9 +25,12 @@ fn config() -> &'static AnswerConfig {
             "203.0.113.7:3478".parse().expect("literal address"),
             "[2001:db8::7]:3478".parse().expect("literal address"),
         ],
+        tcp_candidates: vec!["203.0.113.7:443".parse().expect("literal address")],
         session_id: 42,
         send_ssrcs: vec![0x1000, 0x2000, 0x3000],
+        send_rtx_ssrcs: vec![0x1001, 0x2001, 0x3001],
         cname: "sluice".into(),
+        publishers: Vec::new(),
     })
 }
 
