@@ -548,94 +548,53 @@ impl Rig {
         let size = self.spec.size;
         let epoch = self.epoch;
 
-        let stop_send = AtomicBool::new(false);
-        let stop_recv = AtomicBool::new(false);
         let senders = self.spec.senders.min(n_pubs);
         let receivers = self.spec.receivers.min(self.subs.len());
-        let sent_ctr: Vec<AtomicU64> = (0..senders).map(|_| AtomicU64::new(0)).collect();
-        let recv_ctr: Vec<AtomicU64> = (0..receivers).map(|_| AtomicU64::new(0)).collect();
-        let mut hist = new_hist();
-        let mut seconds = Vec::new();
-        let mut send_usage = Vec::new();
-        let mut recv_usage = Vec::new();
-        let mut interrupted = false;
-        let t0 = Instant::now();
-        let end = t0 + spec.duration;
-        let mut send_s = spec.duration.as_secs_f64();
-
-        let pub_chunk = n_pubs.div_ceil(senders);
-        let sub_chunk = self.subs.len().div_ceil(receivers.max(1)).max(1);
-        std::thread::scope(|sc| {
-            let mut sh = Vec::new();
-            for (i, chunk) in self.pubs.chunks_mut(pub_chunk).enumerate() {
-                let ctx = SendCtx {
-                    per_pub_rate,
-                    n_pubs,
-                    step: spec.step,
-                    epoch,
-                    t0,
-                    end,
-                    stop: &stop_send,
-                    sent: &sent_ctr[i],
-                    batch,
-                    gso,
-                };
-                sh.push(sc.spawn(move || send_loop(chunk, ctx)));
-            }
-            let mut rh = Vec::new();
-            for (i, chunk) in self.subs.chunks_mut(sub_chunk).enumerate() {
-                let ctx = RecvCtx {
-                    step: spec.step,
-                    epoch,
-                    stop: &stop_recv,
-                    received: &recv_ctr[i],
-                    batch,
-                };
-                rh.push(sc.spawn(move || recv_loop(chunk, ctx)));
-            }
-
-            // Sample while sending.
-            let sampled =
-                sample_while_sending(spec, (t0, end), (&sent_ctr, &recv_ctr), fanout, &mut live);
-            seconds = sampled.seconds;
-            if let Some(stopped) = sampled.interrupted_at {
-                interrupted = true;
-                send_s = stopped;
-            }
-            stop_send.store(true, Ordering::Relaxed);
-            for h in sh {
-                // A panicking sender is a bench bug; surface it.
-                send_usage.push(h.join().expect("sender thread panicked"));
-            }
-            drain(spec.drain, total(&sent_ctr) * fanout, &recv_ctr);
-            stop_recv.store(true, Ordering::Relaxed);
-            for h in rh {
-                let (h2, usage) = h.join().expect("receiver thread panicked");
-                // Both histograms have the same bounds, so adding cannot fail.
-                hist.add(&h2).expect("same bounds");
-                recv_usage.push(usage);
-            }
-        });
+        let driven = drive(
+            spec,
+            (&mut self.pubs, senders),
+            (&mut self.subs, receivers),
+            fanout,
+            &mut live,
+            |chunk, lane| {
+                send_loop(
+                    chunk,
+                    SendCtx {
+                        per_pub_rate,
+                        n_pubs,
+                        step: spec.step,
+                        epoch,
+                        t0: lane.t0,
+                        end: lane.end,
+                        stop: lane.stop,
+                        sent: lane.count,
+                        batch,
+                        gso,
+                    },
+                )
+            },
+            |chunk, lane| {
+                recv_loop(
+                    chunk,
+                    RecvCtx {
+                        step: spec.step,
+                        epoch,
+                        stop: lane.stop,
+                        received: lane.count,
+                        batch,
+                    },
+                )
+            },
+        );
 
         let streams = self.stream_counts();
-        let t0_ns = t0.duration_since(epoch).as_nanos() as u64;
+        let t0_ns = driven.t0.duration_since(epoch).as_nanos() as u64;
         let first_media_ns = self
             .subs
             .iter()
             .map(|s| s.first_ns.map(|f| f.saturating_sub(t0_ns)))
             .collect();
-        StepOutcome {
-            first_media_ns,
-            target_pps: spec.rate,
-            send_s,
-            size,
-            streams,
-            hist,
-            seconds,
-            senders: send_usage,
-            receivers: recv_usage,
-            interrupted,
-        }
+        driven.outcome(spec, size, streams, first_media_ns)
     }
 }
 
@@ -659,10 +618,8 @@ impl Rig {
 
     /// Per publisher stream: what it sent and what its subscribers received.
     fn stream_counts(&self) -> Vec<StreamCounts> {
-        let mut streams: Vec<StreamCounts> = self
-            .pubs
-            .iter()
-            .map(|p| StreamCounts {
+        stream_totals(
+            self.pubs.iter().map(|p| StreamCounts {
                 stream: p.stream,
                 ssrc: p.ssrc,
                 sent: p.accepted,
@@ -671,17 +628,159 @@ impl Rig {
                 skipped: p.skipped,
                 subscribers: 0,
                 rx: RxCounts::default(),
-            })
-            .collect();
-        for s in &self.subs {
-            let mut rx = s.rx;
-            rx.seq = s.tracker.counts();
-            let st = &mut streams[s.stream as usize];
-            st.subscribers += 1;
-            st.rx.add(&rx);
-        }
-        streams
+            }),
+            self.subs.iter().map(|s| (s.stream, s.rx, &s.tracker)),
+        )
     }
+}
+
+/// Per publisher stream (`pubs`, their receive counts zero), with each subscriber's counts
+/// (its stream, its receive counts, its sequence tracker) added to its stream's.
+pub(crate) fn stream_totals<'a>(
+    pubs: impl Iterator<Item = StreamCounts>,
+    subs: impl Iterator<Item = (u32, RxCounts, &'a SeqTracker)>,
+) -> Vec<StreamCounts> {
+    let mut streams: Vec<StreamCounts> = pubs.collect();
+    for (stream, mut rx, tracker) in subs {
+        rx.seq = tracker.counts();
+        let st = &mut streams[stream as usize];
+        st.subscribers += 1;
+        st.rx.add(&rx);
+    }
+    streams
+}
+
+/// What a step's threads measured, before the per-stream counts.
+pub(crate) struct Driven {
+    /// When the send window began.
+    pub(crate) t0: Instant,
+    send_s: f64,
+    hist: Histogram<u64>,
+    seconds: Vec<Second>,
+    senders: Vec<ThreadUsage>,
+    receivers: Vec<ThreadUsage>,
+    interrupted: bool,
+}
+
+impl Driven {
+    pub(crate) fn outcome(
+        self,
+        spec: &StepSpec,
+        size: usize,
+        streams: Vec<StreamCounts>,
+        first_media_ns: Vec<Option<u64>>,
+    ) -> StepOutcome {
+        StepOutcome {
+            target_pps: spec.rate,
+            send_s: self.send_s,
+            size,
+            streams,
+            hist: self.hist,
+            seconds: self.seconds,
+            senders: self.senders,
+            receivers: self.receivers,
+            interrupted: self.interrupted,
+            first_media_ns,
+        }
+    }
+}
+
+/// What one sender or receiver thread of a step is given.
+pub(crate) struct Lane<'a> {
+    pub(crate) t0: Instant,
+    /// End of the send window.
+    pub(crate) end: Instant,
+    pub(crate) stop: &'a AtomicBool,
+    /// The thread's count of packets sent (senders) or received (receivers).
+    pub(crate) count: &'a AtomicU64,
+}
+
+/// Run one step's threads, the same for every transport: `senders` threads each run `send`
+/// on a share of `pubs` until the window ends (or Ctrl-C), `receivers` threads each run
+/// `recv` on a share of `subs`, this thread samples the counts for `live` and the per-second
+/// series, then waits for stragglers ([`drain`]) before stopping the receivers.
+pub(crate) fn drive<P: Send, S: Send>(
+    spec: &StepSpec,
+    (pubs, senders): (&mut [P], usize),
+    (subs, receivers): (&mut [S], usize),
+    fanout: u64,
+    live: &mut impl FnMut(&Live),
+    send: impl Fn(&mut [P], Lane<'_>) -> ThreadUsage + Sync,
+    recv: impl Fn(&mut [S], Lane<'_>) -> (Histogram<u64>, ThreadUsage) + Sync,
+) -> Driven {
+    let stop_send = AtomicBool::new(false);
+    let stop_recv = AtomicBool::new(false);
+    let sent_ctr: Vec<AtomicU64> = (0..senders).map(|_| AtomicU64::new(0)).collect();
+    let recv_ctr: Vec<AtomicU64> = (0..receivers).map(|_| AtomicU64::new(0)).collect();
+    let t0 = Instant::now();
+    let end = t0 + spec.duration;
+    let mut driven = Driven {
+        t0,
+        send_s: spec.duration.as_secs_f64(),
+        hist: new_hist(),
+        seconds: Vec::new(),
+        senders: Vec::new(),
+        receivers: Vec::new(),
+        interrupted: false,
+    };
+    let pub_chunk = pubs.len().div_ceil(senders.max(1)).max(1);
+    let sub_chunk = subs.len().div_ceil(receivers.max(1)).max(1);
+    let (send, recv) = (&send, &recv);
+    std::thread::scope(|sc| {
+        let mut sh = Vec::new();
+        for (chunk, count) in pubs.chunks_mut(pub_chunk).zip(&sent_ctr) {
+            let (stop, end) = (&stop_send, end);
+            sh.push(sc.spawn(move || {
+                send(
+                    chunk,
+                    Lane {
+                        t0,
+                        end,
+                        stop,
+                        count,
+                    },
+                )
+            }));
+        }
+        let mut rh = Vec::new();
+        for (chunk, count) in subs.chunks_mut(sub_chunk).zip(&recv_ctr) {
+            let stop = &stop_recv;
+            rh.push(sc.spawn(move || {
+                recv(
+                    chunk,
+                    Lane {
+                        t0,
+                        end,
+                        stop,
+                        count,
+                    },
+                )
+            }));
+        }
+
+        let sampled = sample_while_sending(spec, (t0, end), (&sent_ctr, &recv_ctr), fanout, live);
+        driven.seconds = sampled.seconds;
+        if let Some(stopped) = sampled.interrupted_at {
+            driven.interrupted = true;
+            driven.send_s = stopped;
+        }
+        stop_send.store(true, Ordering::Relaxed);
+        for h in sh {
+            // A panicking sender is a bench bug; surface it.
+            driven
+                .senders
+                .push(h.join().expect("sender thread panicked"));
+        }
+        drain(spec.drain, total(&sent_ctr) * fanout, &recv_ctr);
+        stop_recv.store(true, Ordering::Relaxed);
+        for h in rh {
+            let (h2, usage) = h.join().expect("receiver thread panicked");
+            // Both histograms have the same bounds, so adding cannot fail.
+            driven.hist.add(&h2).expect("same bounds");
+            driven.receivers.push(usage);
+        }
+    });
+    driven
 }
 
 fn total(c: &[AtomicU64]) -> u64 {

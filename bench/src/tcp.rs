@@ -28,8 +28,8 @@ use rand::{Rng, RngCore};
 
 use crate::crypto::{Crypto, RxReject};
 use crate::gen::{
-    drain, new_hist, random_key, sample_while_sending, GenError, Live, RigSpec, RxCounts,
-    StepOutcome, StepSpec, StreamCounts, ThreadUsage,
+    drive, new_hist, random_key, stream_totals, GenError, Live, RigSpec, RxCounts, StepOutcome,
+    StepSpec, StreamCounts, ThreadUsage,
 };
 use crate::probe::{self, Probe};
 use crate::seq::{Arrival, SeqTracker};
@@ -369,71 +369,44 @@ impl TcpRig {
         let per_pub_rate = spec.rate.max(0.0) / n_pubs as f64;
         let batch = self.spec.batch;
         let epoch = self.epoch;
-        let stop_send = AtomicBool::new(false);
-        let stop_recv = AtomicBool::new(false);
         let senders = self.spec.senders.min(n_pubs);
         let receivers = self.spec.receivers.min(self.subs.len()).max(1);
-        let sent_ctr: Vec<AtomicU64> = (0..senders).map(|_| AtomicU64::new(0)).collect();
-        let recv_ctr: Vec<AtomicU64> = (0..receivers).map(|_| AtomicU64::new(0)).collect();
-        let mut hist = new_hist();
-        let mut seconds = Vec::new();
-        let mut send_usage = Vec::new();
-        let mut recv_usage = Vec::new();
-        let mut interrupted = false;
-        let t0 = Instant::now();
-        let end = t0 + spec.duration;
-        let mut send_s = spec.duration.as_secs_f64();
-        let pub_chunk = n_pubs.div_ceil(senders);
-        let sub_chunk = self.subs.len().div_ceil(receivers).max(1);
-        std::thread::scope(|sc| {
-            let mut sh = Vec::new();
-            for (i, chunk) in self.pubs.chunks_mut(pub_chunk).enumerate() {
-                let c = SendCtx {
-                    per_pub_rate,
-                    n_pubs,
-                    step: spec.step,
-                    epoch,
-                    t0,
-                    end,
-                    stop: &stop_send,
-                    sent: &sent_ctr[i],
-                    batch,
-                };
-                sh.push(sc.spawn(move || send_loop(chunk, c)));
-            }
-            let mut rh = Vec::new();
-            for (i, chunk) in self.subs.chunks_mut(sub_chunk).enumerate() {
-                let c = RecvCtx {
-                    step: spec.step,
-                    epoch,
-                    stop: &stop_recv,
-                    received: &recv_ctr[i],
-                };
-                rh.push(sc.spawn(move || recv_loop(chunk, c)));
-            }
-            let sampled =
-                sample_while_sending(spec, (t0, end), (&sent_ctr, &recv_ctr), fanout, &mut live);
-            seconds = sampled.seconds;
-            if let Some(stopped) = sampled.interrupted_at {
-                interrupted = true;
-                send_s = stopped;
-            }
-            stop_send.store(true, Ordering::Relaxed);
-            for h in sh {
-                send_usage.push(h.join().expect("sender thread panicked"));
-            }
-            drain(spec.drain, total(&sent_ctr) * fanout, &recv_ctr);
-            stop_recv.store(true, Ordering::Relaxed);
-            for h in rh {
-                let (h2, usage) = h.join().expect("receiver thread panicked");
-                hist.add(&h2).expect("same bounds");
-                recv_usage.push(usage);
-            }
-        });
-        let mut streams: Vec<StreamCounts> = self
-            .pubs
-            .iter()
-            .map(|p| StreamCounts {
+        let driven = drive(
+            spec,
+            (&mut self.pubs, senders),
+            (&mut self.subs, receivers),
+            fanout,
+            &mut live,
+            |chunk, lane| {
+                send_loop(
+                    chunk,
+                    SendCtx {
+                        per_pub_rate,
+                        n_pubs,
+                        step: spec.step,
+                        epoch,
+                        t0: lane.t0,
+                        end: lane.end,
+                        stop: lane.stop,
+                        sent: lane.count,
+                        batch,
+                    },
+                )
+            },
+            |chunk, lane| {
+                recv_loop(
+                    chunk,
+                    RecvCtx {
+                        step: spec.step,
+                        epoch,
+                        stop: lane.stop,
+                        received: lane.count,
+                    },
+                )
+            },
+        );
+        let streams = stream_totals(
+            self.pubs.iter().map(|p| StreamCounts {
                 stream: p.stream,
                 ssrc: p.ssrc,
                 sent: p.accepted,
@@ -442,33 +415,12 @@ impl TcpRig {
                 skipped: p.skipped,
                 subscribers: 0,
                 rx: RxCounts::default(),
-            })
-            .collect();
-        for s in &self.subs {
-            let mut rx = s.rx;
-            rx.seq = s.tracker.counts();
-            let st = &mut streams[s.stream as usize];
-            st.subscribers += 1;
-            st.rx.add(&rx);
-        }
-        StepOutcome {
-            target_pps: spec.rate,
-            send_s,
-            size: self.spec.size,
-            streams,
-            hist,
-            seconds,
-            senders: send_usage,
-            receivers: recv_usage,
-            interrupted,
-            // Time to first media is a WebRTC join figure (webrtc.rs); not measured here.
-            first_media_ns: Vec::new(),
-        }
+            }),
+            self.subs.iter().map(|s| (s.stream, s.rx, &s.tracker)),
+        );
+        // Time to first media is a WebRTC join figure (webrtc.rs); not measured here.
+        driven.outcome(spec, self.spec.size, streams, Vec::new())
     }
-}
-
-fn total(c: &[AtomicU64]) -> u64 {
-    c.iter().map(|a| a.load(Ordering::Relaxed)).sum()
 }
 
 struct SendCtx<'a> {
