@@ -337,15 +337,52 @@ fn take_over(
         "received the media sockets of the running relay"
     );
     let sockets = std::mem::take(&mut t.sockets);
+    let tcp_addr = wcfg.tcp.map(|(addr, _)| addr);
     let running = spawn_workers_on(wcfg, sockets, make_engine).map_err(|e| e.to_string())?;
     let old_pid = t.old.pid;
-    t.ready_and_wait(Duration::from_secs(30))
+    let mut tcp = t
+        .ready_and_wait(Duration::from_secs(30))
         .map_err(|e| format!("waiting for the old relay to stop: {e}"))?;
     tracing::info!(
         old_pid,
+        tcp_connections = tcp.conns.len(),
         "the old relay stopped reading; this relay owns the sockets"
     );
+    match tcp_addr {
+        Some(addr) => {
+            if tcp.listener.is_none() {
+                // The old relay ran no ICE-TCP: listen ourselves (its port may be held until
+                // it has exited).
+                tcp.listener = Some(listen_tcp_after(addr, Duration::from_secs(5))?.into());
+            }
+            running.adopt_tcp(tcp);
+        }
+        None if tcp.listener.is_some() || !tcp.conns.is_empty() => tracing::warn!(
+            connections = tcp.conns.len(),
+            "the old relay ran ICE-TCP and this one does not (relay.tcp.enabled): its \
+             connections are closed"
+        ),
+        None => {}
+    }
     Ok((running, Some(old_pid)))
+}
+
+/// Bind the ICE-TCP listener on `addr`, retrying while the port is still taken (for up to
+/// `patience`).
+fn listen_tcp_after(
+    addr: std::net::SocketAddr,
+    patience: Duration,
+) -> Result<std::net::TcpListener, String> {
+    let give_up = Instant::now() + patience;
+    loop {
+        match relay::io::tcp::bind_listener(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() >= give_up => {
+                return Err(format!("ICE-TCP listener on {addr}: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Until a stop signal or a hand-over: worker health sampled into shm ([`HealthMonitor`]:
@@ -402,7 +439,18 @@ fn supervise(
 /// relay (it rebinds the one and rewrites the other), so neither is touched here.
 fn hand_over(running: Workers, req: handover::TakeoverRequest) -> Result<(), String> {
     let t = Instant::now();
-    let r = running.hand_over();
+    let r = match running.hand_over() {
+        Ok(Some(tcp)) => {
+            let n = tcp.conns.len();
+            // Our copies of the descriptors close after sending; the new relay holds its own.
+            match req.send_tcp(tcp) {
+                Ok(()) => tracing::info!(connections = n, "ICE-TCP connections handed over"),
+                Err(e) => tracing::warn!(error = %e, "ICE-TCP hand-over failed"),
+            }
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    };
     req.done();
     tracing::info!(
         took_ms = t.elapsed().as_millis() as u64,

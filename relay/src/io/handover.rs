@@ -17,7 +17,14 @@
 //! 3. new → old: `op=ready` once its workers run on those sockets (both processes now read the
 //!    same sockets; each datagram is read by exactly one of them).
 //! 4. old: stops its workers after their current turn (they hand what they already received to
-//!    the engine and flush their transmit queues), then `op=done`, and exits.
+//!    the engine and flush their transmit queues). With ICE-TCP it then sends its TCP
+//!    listener and connections: one or more `op=tcp` messages, each with `listener=1` (the
+//!    first message only, when there is a listener; its fd comes first) and one
+//!    `conn=PEER GREETED ANSWERED RX TX` line per connection (the peer's address, two 0/1 flags,
+//!    the unframed received bytes and the unwritten tail of a partly written frame, each in
+//!    hex or `-`), the descriptors in line order. The TCP streams are read by one process at
+//!    a time: the old one until here, the new one from its adoption on. Then `op=done`, and
+//!    it exits.
 //!
 //! A failure before step 3 (the new process dies, a time-out) leaves the old relay serving: it
 //! closes the connection and keeps going.
@@ -29,6 +36,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::tcp::{HandedConn, TcpHandover};
 
 pub use contract::handover::*;
 
@@ -82,7 +91,15 @@ fn send_text(s: &Socket, text: &str) -> Result<(), HandoverError> {
 /// Receive one message: its text and any descriptors it carried (close-on-exec set).
 /// `Ok(None)` on end of stream.
 fn recv_message(s: &Socket) -> Result<Option<(String, Vec<OwnedFd>)>, HandoverError> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    recv_message_of(s, MAX_MESSAGE)
+}
+
+/// [`recv_message`] for messages of up to `max` bytes.
+fn recv_message_of(
+    s: &Socket,
+    max: usize,
+) -> Result<Option<(String, Vec<OwnedFd>)>, HandoverError> {
+    let mut buf = vec![0u8; max];
     let mut cmsg = vec![0u64; cmsg_space_words(MAX_FDS)];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -138,6 +155,11 @@ fn recv_message(s: &Socket) -> Result<Option<(String, Vec<OwnedFd>)>, HandoverEr
         return Err(HandoverError::Protocol(
             "descriptors truncated (too many sockets in one message)".into(),
         ));
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(HandoverError::Protocol(format!(
+            "a message longer than {max} bytes"
+        )));
     }
     if n == 0 && fds.is_empty() {
         return Ok(None);
@@ -372,6 +394,31 @@ impl TakeoverRequest {
         }
     }
 
+    /// Send our ICE-TCP listener and connections (step 4, after the workers stopped): as many
+    /// `op=tcp` messages as the descriptors and the bytes in flight need.
+    pub fn send_tcp(&self, h: TcpHandover) -> Result<(), HandoverError> {
+        let mut text = String::from("op=tcp\n");
+        let mut fds: Vec<RawFd> = Vec::new();
+        if let Some(l) = &h.listener {
+            text.push_str("listener=1\n");
+            fds.push(l.as_raw_fd());
+        }
+        for c in &h.conns {
+            let line = encode_conn(c);
+            if fds.len() >= TCP_FDS_PER_MESSAGE || text.len() + line.len() > TCP_MESSAGE_TEXT {
+                send_with_fds(&self.conn, &text, &fds)?;
+                text = String::from("op=tcp\n");
+                fds.clear();
+            }
+            text.push_str(&line);
+            fds.push(c.fd.as_raw_fd());
+        }
+        if !fds.is_empty() {
+            send_with_fds(&self.conn, &text, &fds)?;
+        }
+        Ok(())
+    }
+
     /// Tell the new relay our workers stopped (step 4).
     pub fn done(self) {
         if let Err(e) = send_text(&self.conn, "op=done\n") {
@@ -438,21 +485,132 @@ impl Takeover {
     }
 
     /// Tell the old relay our workers run on its sockets, then wait (up to `timeout`) until
-    /// its workers stopped. End of stream counts as done (the old process is gone).
-    pub fn ready_and_wait(self, timeout: Duration) -> Result<(), HandoverError> {
+    /// its workers stopped. End of stream counts as done (the old process is gone). Returns
+    /// the old relay's ICE-TCP listener and connections (empty when it ran none).
+    pub fn ready_and_wait(self, timeout: Duration) -> Result<TcpHandover, HandoverError> {
         send_text(&self.conn, "op=ready\n")?;
         self.conn
             .set_read_timeout(Some(timeout))
             .map_err(ioe("timeout"))?;
-        match recv_message(&self.conn) {
-            Ok(Some((t, _))) if op_of(&t) == Some("done") => Ok(()),
-            Ok(Some((t, _))) => Err(HandoverError::Protocol(format!(
-                "expected op=done, got {t:?}"
-            ))),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
+        let mut tcp = TcpHandover::default();
+        loop {
+            match recv_message_of(&self.conn, TCP_MESSAGE_MAX)? {
+                Some((t, fds)) if op_of(&t) == Some("tcp") => decode_tcp(&t, fds, &mut tcp)?,
+                Some((t, _)) if op_of(&t) == Some("done") => return Ok(tcp),
+                Some((t, _)) => {
+                    return Err(HandoverError::Protocol(format!(
+                        "expected op=tcp or op=done, got {t:?}"
+                    )))
+                }
+                None => return Ok(tcp),
+            }
         }
     }
+}
+
+/// Descriptors per `op=tcp` message (below [`MAX_FDS`]).
+const TCP_FDS_PER_MESSAGE: usize = 128;
+/// Text per `op=tcp` message before another starts (one connection line can take up to
+/// 4 × (9,216 + 2) bytes of hex with jumbo datagrams).
+const TCP_MESSAGE_TEXT: usize = 48 * 1024;
+/// Largest `op=tcp` message taken: the text limit plus one whole connection line.
+const TCP_MESSAGE_MAX: usize = TCP_MESSAGE_TEXT + 40 * 1024;
+
+fn hex(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "-".into();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, HandoverError> {
+    if s == "-" {
+        return Ok(Vec::new());
+    }
+    let bad = || HandoverError::Protocol("bad hex in an op=tcp connection line".into());
+    if s.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
+}
+
+fn encode_conn(c: &HandedConn) -> String {
+    format!(
+        "conn={} {} {} {} {}\n",
+        // The transport address: the key's ICE-TCP mark (flow info) has no text form.
+        contract::wire::transport_addr(c.peer),
+        u8::from(c.greeted),
+        u8::from(c.answered),
+        hex(&c.rx),
+        hex(&c.tx)
+    )
+}
+
+/// Take one `op=tcp` message's listener and connections into `into`; every descriptor must
+/// be a stream socket and match one line.
+fn decode_tcp(text: &str, fds: Vec<OwnedFd>, into: &mut TcpHandover) -> Result<(), HandoverError> {
+    let proto = |m: &str| HandoverError::Protocol(format!("op=tcp: {m}"));
+    for fd in &fds {
+        match socket2::SockRef::from(fd).r#type() {
+            Ok(t) if t == Type::STREAM => {}
+            Ok(_) => return Err(proto("a received descriptor is not a TCP socket")),
+            Err(e) => {
+                return Err(HandoverError::Io {
+                    context: "getsockopt(SO_TYPE)",
+                    source: e,
+                })
+            }
+        }
+    }
+    let mut fds = fds.into_iter();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key {
+            "listener" if value == "1" => {
+                if into.listener.is_some() {
+                    return Err(proto("a second listener"));
+                }
+                into.listener = Some(fds.next().ok_or_else(|| proto("listener without fd"))?);
+            }
+            "conn" => {
+                let mut f = value.split(' ');
+                let mut next = || f.next().ok_or_else(|| proto("short connection line"));
+                let peer = contract::wire::tcp_peer(
+                    next()?
+                        .parse::<std::net::SocketAddr>()
+                        .map_err(|_| proto("bad peer"))?,
+                );
+                let flag = |v: &str| match v {
+                    "0" => Ok(false),
+                    "1" => Ok(true),
+                    _ => Err(proto("bad flag")),
+                };
+                let greeted = flag(next()?)?;
+                let answered = flag(next()?)?;
+                let rx = unhex(next()?)?;
+                let tx = unhex(next()?)?;
+                let fd = fds.next().ok_or_else(|| proto("connection without fd"))?;
+                into.conns.push(HandedConn {
+                    fd,
+                    peer,
+                    greeted,
+                    answered,
+                    rx,
+                    tx,
+                });
+            }
+            _ => {}
+        }
+    }
+    if fds.next().is_some() {
+        return Err(proto("more descriptors than lines"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -460,6 +618,51 @@ mod tests {
     use super::*;
     use std::io::ErrorKind;
     use std::net::SocketAddr;
+
+    /// Connection lines keep the ICE-TCP peer key (whose mark has no text form), the flags
+    /// and the bytes in flight; descriptors must be stream sockets, one per line.
+    #[test]
+    fn tcp_connection_lines_round_trip() {
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let peer = contract::wire::tcp_peer("192.0.2.7:40000".parse().unwrap());
+        let c = HandedConn {
+            fd: OwnedFd::from(a),
+            peer,
+            greeted: true,
+            answered: false,
+            rx: vec![0, 20, 1, 2],
+            tx: Vec::new(),
+        };
+        let text = format!("op=tcp\nlistener=1\n{}", encode_conn(&c));
+        let fds = vec![OwnedFd::from(l), c.fd];
+        let mut h = TcpHandover::default();
+        decode_tcp(&text, fds, &mut h).unwrap();
+        assert!(h.listener.is_some());
+        let got = &h.conns[0];
+        assert_eq!(got.peer, peer);
+        assert!(contract::wire::is_tcp_peer(&got.peer));
+        assert!(got.greeted && !got.answered);
+        assert_eq!(got.rx, vec![0, 20, 1, 2]);
+        assert!(got.tx.is_empty());
+
+        // A line without its descriptor, a descriptor without its line, a UDP socket, bad hex.
+        let udp = || OwnedFd::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let stream = || {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            OwnedFd::from(TcpStream::connect(l.local_addr().unwrap()).unwrap())
+        };
+        let line = "op=tcp\nconn=192.0.2.7:1 1 1 - -\n";
+        let mut h = TcpHandover::default();
+        assert!(decode_tcp(line, Vec::new(), &mut h).is_err());
+        assert!(decode_tcp("op=tcp\n", vec![stream()], &mut h).is_err());
+        assert!(decode_tcp(line, vec![udp()], &mut h).is_err());
+        let bad = "op=tcp\nconn=192.0.2.7:1 1 1 0g -\n";
+        assert!(decode_tcp(bad, vec![stream()], &mut h).is_err());
+        let odd = "op=tcp\nconn=192.0.2.7:1 1 2 - -\n";
+        assert!(decode_tcp(odd, vec![stream()], &mut h).is_err());
+    }
 
     fn me(shm: &Path, workers: usize, media: SocketAddr) -> RelayDescription {
         RelayDescription {

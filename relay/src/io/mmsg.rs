@@ -410,4 +410,7 @@ impl Backend for MmsgBackend {
     fn take_readable(&mut self) -> bool {
         mem::take(&mut self.aux_ready)
     }
+    fn take_tcp(&mut self) -> Option<TcpRole> {
+        self.tcp.take()
+    }
 }

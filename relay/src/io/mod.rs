@@ -285,6 +285,11 @@ pub trait Backend {
     /// True once after the watched fd became readable (the flag is cleared). Edge-style: the
     /// caller reads until `WouldBlock`; every later arrival raises the flag again.
     fn take_readable(&mut self) -> bool;
+    /// After [`shutdown`](Backend::shutdown): give back the ICE-TCP role attached to this
+    /// backend, if any (a hand-over passes the owner's connections on). The default has none.
+    fn take_tcp(&mut self) -> Option<tcp::TcpRole> {
+        None
+    }
 }
 
 /// Settings a backend needs.

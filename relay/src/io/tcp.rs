@@ -41,7 +41,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
@@ -252,6 +252,14 @@ pub struct TcpHub {
     owner_awake: AtomicBool,
     /// The owner's open connections (producers skip the scan of their queue while 0).
     connections: AtomicUsize,
+    /// The owner waits for its predecessor's listener and connections (zero-loss upgrade):
+    /// producers queue frames for TCP peers even while no connection is open, and the owner
+    /// keeps them queued until it adopted the connections.
+    adopting: AtomicBool,
+    /// The predecessor's listener and connections, put here for the owner
+    /// ([`TcpHub::offer`]); `handoff_ready` says it is there.
+    handoff: Mutex<Option<TcpHandover>>,
+    handoff_ready: AtomicBool,
 }
 
 // SAFETY: a slot is accessed only by the party that popped its index from `free` (a
@@ -297,12 +305,30 @@ impl TcpHub {
             wake_pending: AtomicBool::new(false),
             owner_awake: AtomicBool::new(true),
             connections: AtomicUsize::new(0),
+            adopting: AtomicBool::new(false),
+            handoff: Mutex::new(None),
+            handoff_ready: AtomicBool::new(false),
         }))
     }
 
     /// Frames the hub holds at once.
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// From now until [`offer`](Self::offer): frames for TCP peers wait in the hub for the
+    /// predecessor's connections (call before any worker runs).
+    pub fn await_handoff(&self) {
+        self.adopting.store(true, Ordering::Release);
+    }
+
+    /// Give the owner its predecessor's listener and connections (zero-loss upgrade) and wake
+    /// it; it adopts them at its next turn. Called once, by the thread that received them.
+    pub fn offer(&self, h: TcpHandover) {
+        // A poisoned lock only means a panicking thread held it; the slot is still valid.
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+        self.handoff_ready.store(true, Ordering::Release);
+        self.wake();
     }
 
     /// Copy `data` for `dst` into a free slot; false when every slot is taken (or the datagram
@@ -391,7 +417,9 @@ impl TcpForwarder {
     /// Move every datagram of `tx` addressed to a TCP peer key into the hub (the rest leave as
     /// UDP); wake the owner if any went. Scans `tx` only while the owner holds connections.
     pub fn forward(&self, tx: &mut TxQueue, c: &mut IoCounters) {
-        if self.hub.connections.load(Ordering::Relaxed) == 0 {
+        if self.hub.connections.load(Ordering::Relaxed) == 0
+            && !self.hub.adopting.load(Ordering::Relaxed)
+        {
             // No connection: nothing to reach; a stale TCP key must still not leave as UDP.
             if tx.metas().iter().any(|m| is_tcp_peer(&m.dst)) {
                 tx.retain(|m, _| {
@@ -528,7 +556,8 @@ enum Close {
 /// [`fd`](Self::fd) and calls [`service`](Self::service) each turn (with `signalled` when the
 /// fd was reported readable).
 pub struct TcpSide {
-    listener: TcpListener,
+    /// `None` while the side waits for its predecessor's (zero-loss upgrade).
+    listener: Option<TcpListener>,
     params: TcpParams,
     max_frame: usize,
     /// The listener, the hub's wake-up and every connection, edge-triggered.
@@ -566,23 +595,48 @@ enum FrameSrc {
     Hub(u32),
 }
 
+/// A TCP owner's listener and connections on their way to the relay that takes over (zero-loss
+/// upgrade, [`crate::io::handover`]): the descriptors, and per connection what was in flight.
+#[derive(Debug, Default)]
+pub struct TcpHandover {
+    pub listener: Option<OwnedFd>,
+    pub conns: Vec<HandedConn>,
+}
+
+/// One connection of a [`TcpHandover`].
+#[derive(Debug)]
+pub struct HandedConn {
+    pub fd: OwnedFd,
+    /// The peer key ([`tcp_peer`]) the engine knows the connection by.
+    pub peer: SocketAddr,
+    /// The first frame was a binding request.
+    pub greeted: bool,
+    /// A binding success response was written on it.
+    pub answered: bool,
+    /// Bytes received and not yet framed (the start of a frame), at most a whole frame.
+    pub rx: Vec<u8>,
+    /// The unwritten tail of a partly written frame: it goes out before anything else.
+    pub tx: Vec<u8>,
+}
+
 impl TcpSide {
     /// A side on `listener` (from [`bind_listener`]) taking frames up to `max_frame` bytes,
-    /// serving what other workers queue in `hub`.
+    /// serving what other workers queue in `hub`. Without a listener the side waits for its
+    /// predecessor's ([`TcpHub::offer`]) and keeps frames for TCP peers queued until then.
     pub fn new(
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         params: TcpParams,
         max_frame: usize,
         hub: Arc<TcpHub>,
     ) -> Result<TcpSide, IoError> {
         let poll = Poll::new().map_err(|e| IoError::os("epoll_create(ICE-TCP)", e))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&listener.as_raw_fd()),
-                LISTENER,
-                Interest::READABLE,
-            )
-            .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP listener)", e))?;
+        if let Some(l) = &listener {
+            poll.registry()
+                .register(&mut SourceFd(&l.as_raw_fd()), LISTENER, Interest::READABLE)
+                .map_err(|e| IoError::os("epoll_ctl(ADD, ICE-TCP listener)", e))?;
+        } else {
+            hub.await_handoff();
+        }
         poll.registry()
             .register(
                 &mut SourceFd(&hub.wake.as_raw_fd()),
@@ -618,7 +672,13 @@ impl TcpSide {
 
     /// The local address of the listener.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "waiting for the listener of the relay it takes over from",
+            )),
+        }
     }
 
     /// Open connections.
@@ -637,6 +697,9 @@ impl TcpSide {
     /// accept pending connections and close those past their handshake deadline.
     pub fn service(&mut self, signalled: bool, now: Instant, c: &mut IoCounters) {
         self.hub.mark_awake();
+        if self.hub.handoff_ready.load(Ordering::Acquire) {
+            self.adopt(now, c);
+        }
         if signalled || self.more_events {
             self.collect(c);
         }
@@ -692,8 +755,12 @@ impl TcpSide {
     /// a wait that may block, so this also tells producers to wake the owner from now on
     /// (until the next [`service`](Self::service)).
     pub fn has_work(&self) -> bool {
-        let hub = self.hub.about_to_block();
-        hub || self.listener_ready || self.more_events || !self.ready.is_empty()
+        // While adopting, queued frames wait for the connections: they are no work yet.
+        let hub = self.hub.about_to_block() && !self.hub.adopting.load(Ordering::Relaxed);
+        hub || self.hub.handoff_ready.load(Ordering::Acquire)
+            || self.listener_ready
+            || self.more_events
+            || !self.ready.is_empty()
     }
 
     /// Accept pending connections and close those past their handshake deadline.
@@ -709,11 +776,12 @@ impl TcpSide {
                 self.close(slot, Close::Timeout, c);
             }
         }
-        if !self.listener_ready {
-            return;
-        }
         loop {
-            match self.listener.accept() {
+            let accepted = match &self.listener {
+                Some(l) if self.listener_ready => l.accept(),
+                _ => return,
+            };
+            match accepted {
                 Ok((stream, peer)) => self.admit(stream, tcp_peer(peer), now, c),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listener_ready = false;
@@ -747,7 +815,6 @@ impl TcpSide {
             tracing::debug!(error = %e, "ICE-TCP socket setup");
             return;
         }
-        self.generation = self.generation.wrapping_add(1);
         let conn = Conn {
             peer,
             rx: Deframer::new(self.max_frame),
@@ -758,10 +825,18 @@ impl TcpSide {
             answered: false,
             greeted: false,
             dropped_in_row: 0,
-            generation: self.generation,
+            generation: 0,
             readable: true,
             stream,
         };
+        self.insert(conn, now, c);
+    }
+
+    /// Give `conn` a slot, watch it, and (until it is answered) a handshake deadline.
+    fn insert(&mut self, mut conn: Conn, now: Instant, c: &mut IoCounters) {
+        self.generation = self.generation.wrapping_add(1);
+        conn.generation = self.generation;
+        let (peer, answered) = (conn.peer, conn.answered);
         let fd = conn.stream.as_raw_fd();
         let slot = match self.free.pop() {
             Some(s) => {
@@ -788,9 +863,121 @@ impl TcpSide {
         self.hub
             .connections
             .store(self.by_peer.len(), Ordering::Relaxed);
-        self.deadlines
-            .push_back((now + self.params.handshake_timeout, slot, self.generation));
+        if !answered {
+            self.deadlines
+                .push_back((now + self.params.handshake_timeout, slot, self.generation));
+        }
         self.ready.push_back(slot);
+    }
+
+    /// Take over the predecessor's listener and connections ([`TcpHub::offer`]), each with
+    /// the bytes it had in flight, then write the frames queued meanwhile. A connection whose
+    /// state does not fit this side's bounds (a smaller `max_datagram`) or whose peer key is
+    /// taken is closed (counted as `garbage`).
+    fn adopt(&mut self, now: Instant, c: &mut IoCounters) {
+        self.hub.handoff_ready.store(false, Ordering::Release);
+        let taken = self
+            .hub
+            .handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(h) = taken else {
+            return;
+        };
+        if let Some(fd) = h.listener {
+            let l = TcpListener::from(fd);
+            match self.poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            ) {
+                Ok(()) => {
+                    self.listener = Some(l);
+                    self.listener_ready = true;
+                }
+                Err(e) => {
+                    c.rx_errors += 1;
+                    tracing::warn!(error = %e, "epoll_ctl(ADD, adopted ICE-TCP listener)");
+                }
+            }
+        }
+        let adopted = h.conns.len();
+        for hc in h.conns {
+            let stream = TcpStream::from(hc.fd);
+            let mut rx = Deframer::new(self.max_frame);
+            let fits = hc.rx.len() <= rx.buf.len() && hc.tx.len() <= self.max_frame + 2;
+            if !fits
+                || self.by_peer.contains_key(&hc.peer)
+                || self.by_peer.len() >= self.params.max_connections
+                || stream.set_nonblocking(true).is_err()
+            {
+                c.tcp_closed_garbage += 1;
+                continue;
+            }
+            rx.spare()[..hc.rx.len()].copy_from_slice(&hc.rx);
+            rx.filled(hc.rx.len());
+            let mut tx_buf = Box::default();
+            if !hc.tx.is_empty() {
+                let mut b = vec![0u8; self.max_frame + 2].into_boxed_slice();
+                b[..hc.tx.len()].copy_from_slice(&hc.tx);
+                tx_buf = b;
+            }
+            let conn = Conn {
+                peer: hc.peer,
+                rx,
+                tx_buf,
+                tx_off: 0,
+                tx_end: hc.tx.len(),
+                answered: hc.answered,
+                greeted: hc.greeted,
+                dropped_in_row: 0,
+                generation: 0,
+                readable: true,
+                stream,
+            };
+            self.insert(conn, now, c);
+        }
+        self.hub.adopting.store(false, Ordering::Release);
+        tracing::info!(
+            connections = self.by_peer.len(),
+            handed = adopted,
+            listening = self.listener.is_some(),
+            "adopted the ICE-TCP listener and connections of the relay taken over"
+        );
+        // Each connection's unwritten tail first, then what was queued while adopting.
+        for slot in 0..self.conns.len() {
+            self.flush_tail(slot, c);
+        }
+    }
+
+    /// Zero-loss upgrade, after every worker stopped: write what other workers queued in the
+    /// hub, then give up the listener and every connection with the bytes in flight, for the
+    /// relay that takes over. Nothing is read from the connections any more.
+    pub fn hand_over(mut self, c: &mut IoCounters) -> TcpHandover {
+        let mut none = TxQueue::with_capacity(1);
+        for _ in 0..self.hub.capacity().div_ceil(self.held.capacity().max(1)) + 1 {
+            if self.hub.full.is_empty() {
+                break;
+            }
+            self.take_frames(&mut none, c);
+        }
+        let mut h = TcpHandover {
+            listener: self.listener.take().map(OwnedFd::from),
+            conns: Vec::with_capacity(self.by_peer.len()),
+        };
+        for conn in self.conns.drain(..).flatten() {
+            h.conns.push(HandedConn {
+                peer: conn.peer,
+                greeted: conn.greeted,
+                answered: conn.answered,
+                rx: conn.rx.buf[conn.rx.start..conn.rx.end].to_vec(),
+                tx: conn.tx_buf[conn.tx_off..conn.tx_end].to_vec(),
+                fd: OwnedFd::from(conn.stream),
+            });
+        }
+        self.by_peer.clear();
+        h
     }
 
     fn close(&mut self, slot: usize, why: Close, c: &mut IoCounters) {
@@ -890,6 +1077,10 @@ impl TcpSide {
     /// (`tcp_unroutable`). Each connection's frames of the turn, in order, leave with one
     /// `sendmsg` per [`MAX_RUN`] frames.
     pub fn take_frames(&mut self, tx: &mut TxQueue, c: &mut IoCounters) {
+        if self.hub.adopting.load(Ordering::Acquire) {
+            self.queue_while_adopting(tx, c);
+            return;
+        }
         self.gather.clear();
         self.held.clear();
         let from_tx = tx.metas().iter().any(|m| is_tcp_peer(&m.dst));
@@ -972,6 +1163,29 @@ impl TcpSide {
         for &slot in &slow_slots[..slow] {
             self.close(slot, Close::SlowReader, c);
         }
+    }
+
+    /// While the side waits for its predecessor's connections: datagrams for TCP peers wait in
+    /// the hub with the other workers' (a full hub drops and counts, `tcp_forward_full`).
+    fn queue_while_adopting(&mut self, tx: &mut TxQueue, c: &mut IoCounters) {
+        if self.hub.wake_pending.load(Ordering::SeqCst) {
+            self.hub.rearm();
+        }
+        if !tx.metas().iter().any(|m| is_tcp_peer(&m.dst)) {
+            return;
+        }
+        let hub = &self.hub;
+        tx.retain(|m, data| {
+            if !is_tcp_peer(&m.dst) {
+                return true;
+            }
+            if hub.push(m.dst, data) {
+                c.tcp_forwarded += 1;
+            } else {
+                c.tcp_forward_full += 1;
+            }
+            false
+        });
     }
 
     /// The connection became writable: send what is left of a partially written frame.

@@ -815,6 +815,9 @@ impl Backend for UringBackend {
     fn take_readable(&mut self) -> bool {
         mem::take(&mut self.watch_ready)
     }
+    fn take_tcp(&mut self) -> Option<TcpRole> {
+        self.tcp.take()
+    }
 }
 
 impl Drop for UringBackend {

@@ -26,7 +26,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use crate::batch::TxQueue;
 use crate::engine::{Engine, SrtpOps};
 use crate::io::mmsg::MmsgBackend;
 use crate::io::slowpath::SlowPathClient;
-use crate::io::tcp::{self, TcpForwarder, TcpHub, TcpParams, TcpRole, TcpSide};
+use crate::io::tcp::{self, TcpForwarder, TcpHandover, TcpHub, TcpParams, TcpRole, TcpSide};
 use crate::io::uring::UringBackend;
 use crate::io::xdp::{XdpBackend, XdpShared};
 use crate::io::{
@@ -268,6 +268,10 @@ pub struct Workers {
     sockets: Vec<UdpSocket>,
     /// The ICE-TCP listen address, when ICE-TCP runs.
     tcp_addr: Option<SocketAddr>,
+    /// The ICE-TCP hub, when ICE-TCP runs (adoption of a predecessor's connections).
+    tcp_hub: Option<Arc<TcpHub>>,
+    /// Where the TCP owner leaves its side when it stops for a hand-over.
+    tcp_parked: Arc<Mutex<Option<Box<TcpSide>>>>,
 }
 
 impl Workers {
@@ -321,11 +325,33 @@ impl Workers {
     /// Stop for a socket hand-over: each worker ends after its current turn, hands what its
     /// backend already took from the socket to the handler ([`Backend::stop_receiving`], then
     /// drain), flushes its transmit queue and shuts the backend down. Datagrams still queued
-    /// in the kernel stay there for the process that now shares the sockets.
-    pub fn hand_over(mut self) -> Result<(), WorkerError> {
+    /// in the kernel stay there for the process that now shares the sockets. Returns the
+    /// ICE-TCP listener and connections, when ICE-TCP runs, for the process that takes over
+    /// ([`TcpSide::hand_over`]: what other workers queued for them is written first).
+    pub fn hand_over(mut self) -> Result<Option<TcpHandover>, WorkerError> {
         self.handover.store(true, Ordering::Release);
         self.stop.store(true, Ordering::Release);
-        self.join_all()
+        let r = self.join_all();
+        let side = self
+            .tcp_parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut scratch = crate::io::IoCounters::default();
+        let handed = side.map(|s| s.hand_over(&mut scratch));
+        r.map(|()| handed)
+    }
+    /// Give the ICE-TCP owner the listener and connections of the relay this one took over
+    /// from (or, when that relay had none, a listener of its own). False when this relay does
+    /// not run ICE-TCP (the connections are then closed).
+    pub fn adopt_tcp(&self, h: TcpHandover) -> bool {
+        match &self.tcp_hub {
+            Some(hub) => {
+                hub.offer(h);
+                true
+            }
+            None => false,
+        }
     }
     /// Ask every worker to stop and wait for them.
     pub fn stop(mut self) -> Result<(), WorkerError> {
@@ -478,11 +504,6 @@ where
         "running on media sockets handed over"
     );
     let cores = allowed_cores(&cfg);
-    if cfg.tcp.is_some() {
-        tracing::warn!(
-            "ICE-TCP does not survive a socket hand-over yet: this process serves UDP only"
-        );
-    }
     start(
         cfg,
         sockets,
@@ -508,14 +529,17 @@ where
     F: Fn(usize) -> H,
 {
     let n = sockets.len();
-    let tcp_addr = match listeners.first() {
-        Some(l) => Some(l.local_addr().map_err(|e| IoError::os("getsockname", e))?),
-        None => None,
+    // Without a listener (a take-over), worker 0 waits for the predecessor's
+    // (`Workers::adopt_tcp`) on the configured address.
+    let tcp_addr = match (listeners.first(), &cfg.tcp) {
+        (Some(l), _) => Some(l.local_addr().map_err(|e| IoError::os("getsockname", e))?),
+        (None, Some((addr, _))) => Some(*addr),
+        (None, None) => None,
     };
     let (kind, fallback_reason) = io::resolve_backend(cfg.backend)?;
     // ICE-TCP: worker 0 owns the listener and the connections; the others forward to it.
-    let hub = match (&cfg.tcp, tcp_addr) {
-        (Some((_, tp)), Some(_)) => Some(TcpHub::new(
+    let hub = match &cfg.tcp {
+        Some((_, tp)) => Some(TcpHub::new(
             tp.forward_queue,
             BackendParams {
                 max_datagram: cfg.max_datagram,
@@ -525,6 +549,9 @@ where
         )?),
         _ => None,
     };
+    if let (Some(hub), true) = (&hub, listeners.is_empty()) {
+        hub.await_handoff();
+    }
     let mut listeners = listeners.into_iter();
     if let Some(r) = &fallback_reason {
         tracing::warn!(reason = %r, "io_uring refused; using the mmsg backend");
@@ -558,6 +585,8 @@ where
         stats: Vec::with_capacity(n),
         sockets: dups,
         tcp_addr,
+        tcp_hub: hub.clone(),
+        tcp_parked: Arc::new(Mutex::new(None)),
     };
     let wakers = Arc::new(Wakers::new(n).map_err(|e| IoError::os("eventfd", e))?);
     for (i, sock) in sockets.into_iter().enumerate() {
@@ -572,13 +601,14 @@ where
         let auto = cfg.backend == BackendChoice::Auto;
         let xdp = xdp.clone();
         let tcp = match (&hub, cfg.tcp) {
-            (Some(hub), Some((_, tp))) => match listeners.next() {
-                Some(l) => Some(TcpPlan::Owner(l, tp, hub.clone())),
-                None => Some(TcpPlan::Forwarder(hub.clone())),
-            },
+            (Some(hub), Some((_, tp))) if i == 0 => {
+                Some(TcpPlan::Owner(listeners.next(), tp, hub.clone()))
+            }
+            (Some(hub), Some(_)) => Some(TcpPlan::Forwarder(hub.clone())),
             _ => None,
         };
         let wakers = wakers.clone();
+        let tcp_parked = workers.tcp_parked.clone();
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{i}"))
             .spawn(move || {
@@ -602,6 +632,7 @@ where
                         stop,
                         handover,
                         wakers,
+                        tcp_parked,
                     },
                     ready,
                 )
@@ -834,6 +865,11 @@ fn run_loop<B: Backend, H: Handler>(
         finish_for_handover(id, b, h, &mut slow_q, cfg.batch, passes);
     }
     b.shutdown();
+    if flags.handover.load(Ordering::Acquire) {
+        if let Some(TcpRole::Owner(side)) = b.take_tcp() {
+            *flags.tcp_parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(side);
+        }
+    }
     let oversized = b.counters().rx_oversized;
     if oversized != oversized_seen {
         h.oversized(oversized - oversized_seen);
@@ -919,8 +955,9 @@ fn pump_slow_path<B: Backend, H: Handler>(
 
 /// A worker's part in ICE-TCP, handed to its thread.
 enum TcpPlan {
-    /// Worker 0: the listener, its bounds and the hub the others fill.
-    Owner(std::net::TcpListener, TcpParams, Arc<TcpHub>),
+    /// Worker 0: the listener (none while it waits for a predecessor's), its bounds and the
+    /// hub the others fill.
+    Owner(Option<std::net::TcpListener>, TcpParams, Arc<TcpHub>),
     /// The others: hand datagrams for TCP peers to worker 0.
     Forwarder(Arc<TcpHub>),
 }
@@ -942,6 +979,8 @@ struct Flags {
     /// With `stop`: the sockets now belong to a new process as well.
     handover: Arc<AtomicBool>,
     wakers: Arc<Wakers>,
+    /// Where the TCP owner leaves its side at a hand-over exit ([`Workers::hand_over`]).
+    tcp_parked: Arc<Mutex<Option<Box<TcpSide>>>>,
 }
 
 /// Hand-over exit: no new receive, process what the backend already holds, flush. Slow-path
