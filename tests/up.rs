@@ -295,9 +295,16 @@ fn up_restarts_daemons_and_adopts_an_upgraded_relay() {
 
 #[test]
 fn up_reports_a_relay_that_cannot_bind_and_stops_control() {
-    let app = Appliance::new("up-busy", "mmsg", RuntimeDir::FromXdg);
-    // Someone else holds the media port (no SO_REUSEPORT, so the relay cannot join it).
-    let _squatter = std::net::UdpSocket::bind(app.media).expect("bind the media port");
+    // Someone else holds the media port (no SO_REUSEPORT, so the relay cannot join it). The
+    // squatter binds first and the appliance is configured onto its port: choosing a free port
+    // and binding it afterwards raced with every other test on the machine.
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the squatter");
+    let setup = Setup {
+        runtime_dir: RuntimeDir::FromXdg,
+        media_port: squatter.local_addr().expect("squatter address").port(),
+        ..Setup::default()
+    };
+    let app = Appliance::setup("up-busy", "mmsg", &setup);
     let mut c = app.command("sluicectl");
     c.arg("up").arg("--config").arg(&app.config);
     let mut p = Proc::spawn("sluicectl-up", c, app.dir.path(), Stdio::null());
