@@ -241,12 +241,19 @@ pub enum Feedback {
     /// packets carry the transport-wide sequence extension (ABI 7; docs/ENGINE.md "Bandwidth
     /// estimation").
     TwccSent = 23,
+    /// REMB messages (PSFB FMT 15, draft-alvestrand-rmcat-remb) the relay wrote to
+    /// publishers that take REMB and not transport-cc (ABI 7; docs/ENGINE.md "REMB to
+    /// publishers").
+    RembSent = 24,
+    /// Subscribers' REMBs not passed on to a publisher the relay sends its own REMB: they cap
+    /// the relay's instead (ABI 7; docs/ENGINE.md "REMB to publishers").
+    RembFolded = 25,
 }
 
 impl Feedback {
     pub const COUNT: usize = 32;
-    /// Every counter in index order (indices 24..32 are reserved and stay 0).
-    pub const ALL: [Feedback; 24] = [
+    /// Every counter in index order (indices 26..32 are reserved and stay 0).
+    pub const ALL: [Feedback; 26] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -271,6 +278,8 @@ impl Feedback {
         Feedback::LayerSwitch,
         Feedback::LayerKeyframeRequest,
         Feedback::TwccSent,
+        Feedback::RembSent,
+        Feedback::RembFolded,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -299,6 +308,8 @@ impl Feedback {
             Feedback::LayerSwitch => "layer_switch",
             Feedback::LayerKeyframeRequest => "layer_keyframe_request",
             Feedback::TwccSent => "twcc_sent",
+            Feedback::RembSent => "remb_sent",
+            Feedback::RembFolded => "remb_folded",
         }
     }
 }

@@ -166,6 +166,31 @@ pub mod session_flags {
         };
         (flags & !TWCC_ID_MASK) | bits
     }
+
+    /// Bits 12–15: the id (1–14) of the abs-send-time extension the peer's RTP carries when
+    /// the peer takes REMB (`goog-remb`) and not transport-cc, 0 = none. The relay then runs a
+    /// receive-side estimator on the peer's packets and sends it REMB (docs/ENGINE.md "REMB
+    /// to publishers"). Ignored while bits 8–11 name a transport-wide extension.
+    pub const ABS_SEND_TIME_ID_SHIFT: u32 = 12;
+    pub const ABS_SEND_TIME_ID_MASK: u32 = 0xF << ABS_SEND_TIME_ID_SHIFT;
+
+    /// The abs-send-time extension id in `flags` for REMB (`None`: 0, or 15).
+    pub const fn abs_send_time_id(flags: u32) -> Option<u8> {
+        match ((flags & ABS_SEND_TIME_ID_MASK) >> ABS_SEND_TIME_ID_SHIFT) as u8 {
+            0 | 15 => None,
+            id => Some(id),
+        }
+    }
+
+    /// `flags` with the abs-send-time extension id set to `id` (`None` or an id outside
+    /// 1–14: cleared).
+    pub const fn with_abs_send_time_id(flags: u32, id: Option<u8>) -> u32 {
+        let bits = match id {
+            Some(i) if i >= 1 && i <= 14 => (i as u32) << ABS_SEND_TIME_ID_SHIFT,
+            _ => 0,
+        };
+        (flags & !ABS_SEND_TIME_ID_MASK) | bits
+    }
 }
 
 /// One session as control writes it and workers read it.

@@ -66,6 +66,9 @@ pub enum TwccError {
     /// Nothing to report: no packet in the range was received.
     #[error("transport-cc feedback with no received packet")]
     NothingReceived,
+    /// The abs-send-time extension value is not three bytes.
+    #[error("abs-send-time extension of {0} bytes (expected 3)")]
+    BadAbsSendTimeLen(usize),
 }
 
 /// Reads the transport-wide sequence number from an extension element's value.
@@ -74,6 +77,24 @@ pub fn read_seq(value: &[u8]) -> Result<u16, TwccError> {
     match value {
         [a, b] => Ok(u16::from_be_bytes([*a, *b])),
         _ => Err(TwccError::BadSeqLen(value.len())),
+    }
+}
+
+/// URI of the absolute send time extension (`abs-send-time`, the header extension
+/// libwebrtc's receive-side estimator and REMB work from).
+pub const ABS_SEND_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+
+/// Ticks of the abs-send-time clock per second: the value is a 6.18 fixed-point number of
+/// seconds, so it wraps every 64 s.
+pub const ABS_SEND_TIME_HZ: u64 = 1 << 18;
+
+/// Reads the 24-bit send time (units of 1/[`ABS_SEND_TIME_HZ`] s, wrapping at 64 s) from an
+/// abs-send-time extension element's value.
+#[inline]
+pub fn read_abs_send_time(value: &[u8]) -> Result<u32, TwccError> {
+    match value {
+        [a, b, c] => Ok(u32::from_be_bytes([0, *a, *b, *c])),
+        _ => Err(TwccError::BadAbsSendTimeLen(value.len())),
     }
 }
 

@@ -314,7 +314,8 @@ fn admit(
 /// The session a join writes: unbound, PENDING, throw-away keys, the ICE credentials the relay
 /// answers checks with; a WHEP session never publishes. A publisher whose answer kept the
 /// transport-wide sequence extension carries its id in the flags: the relay sends it
-/// transport-cc feedback (docs/ENGINE.md "Bandwidth estimation").
+/// transport-cc feedback (docs/ENGINE.md "Bandwidth estimation"); one that took REMB instead
+/// carries its abs-send-time id: the relay sends it REMB.
 fn pending_session(
     id: u64,
     m: &Member,
@@ -326,6 +327,12 @@ fn pending_session(
     let twcc = (m.media.iter())
         .filter(|x| m.publishes && x.accepted)
         .find_map(|x| x.twcc_id());
+    // Without transport-cc, a publisher that took REMB: the relay estimates from its
+    // abs-send-time and sends it REMB.
+    let remb = (m.media.iter())
+        .filter(|x| m.publishes && x.accepted && twcc.is_none())
+        .find_map(|x| x.remb_abs_send_time_id());
+    let flags = session_flags::with_twcc_id(session_flags::PENDING, twcc);
     Ok(StoredSession {
         id,
         peer: UNBOUND_PEER,
@@ -334,7 +341,7 @@ fn pending_session(
         rx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
         tx_key: throwaway_key(PLACEHOLDER_PROFILE)?,
         key_epoch: 0,
-        flags: session_flags::with_twcc_id(session_flags::PENDING, twcc),
+        flags: session_flags::with_abs_send_time_id(flags, remb),
         max_pps: 0,
         created_unix_ms: now_ms,
         ice: Some(ice),

@@ -854,6 +854,23 @@ impl NegotiatedMedia {
             .find(|e| e.uri == TWCC_EXTENSION)
             .map(|e| e.id)
     }
+
+    /// The abs-send-time extension id when this section answered REMB (`goog-remb` kept on a
+    /// codec, which happens only without transport-cc): the relay estimates from it and
+    /// sends the publisher REMB.
+    pub fn remb_abs_send_time_id(&self) -> Option<u8> {
+        if !self
+            .codecs
+            .iter()
+            .any(|c| c.rtcp_fb.iter().any(|f| f == GOOG_REMB))
+        {
+            return None;
+        }
+        self.extmaps
+            .iter()
+            .find(|e| e.uri == ABS_SEND_TIME_EXTENSION)
+            .map(|e| e.id)
+    }
 }
 
 /// An answer and what it decided.
@@ -880,7 +897,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
     "urn:ietf:params:rtp-hdrext:toffset",
     "urn:3gpp:video-orientation",
-    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    ABS_SEND_TIME_EXTENSION,
     "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 ];
@@ -895,6 +912,15 @@ const SUPPORTED_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", TRANSPORT_C
 
 /// `a=rtcp-fb:<pt> transport-cc` (draft-holmer-rmcat-transport-wide-cc-extensions-01 §4).
 const TRANSPORT_CC: &str = "transport-cc";
+
+/// `a=rtcp-fb:<pt> goog-remb` (draft-alvestrand-rmcat-remb-03 §2): answered to a publisher
+/// that negotiated abs-send-time and not transport-cc; the relay then sends it REMB from a
+/// receive-side estimate (its session flags carry the abs-send-time id).
+const GOOG_REMB: &str = "goog-remb";
+
+/// The absolute send time extension, which the relay's receive-side estimate reads.
+pub const ABS_SEND_TIME_EXTENSION: &str =
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
 
 /// The transport-wide sequence number extension
 /// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2).
@@ -947,13 +973,16 @@ fn answer_codec(c: &Codec, room: &[&NegotiatedMedia], twcc: bool) -> Option<Code
 
 /// A codec offered by a WHIP publisher, as answered: the feedback the relay honours towards a
 /// publisher (it sends NACK, PLI and FIR; transport-cc when the section answers the
-/// transport-wide extension, `twcc`).
-fn answer_publisher_codec(c: &Codec, twcc: bool) -> Codec {
+/// transport-wide extension, `twcc`; else REMB when it answers abs-send-time, `remb`).
+fn answer_publisher_codec(c: &Codec, twcc: bool, remb: bool) -> Codec {
     Codec {
         rtcp_fb: c
             .rtcp_fb
             .iter()
-            .filter(|f| SUPPORTED_FEEDBACK.contains(&f.as_str()) && (twcc || *f != TRANSPORT_CC))
+            .filter(|f| {
+                (SUPPORTED_FEEDBACK.contains(&f.as_str()) && (twcc || *f != TRANSPORT_CC))
+                    || (remb && *f == GOOG_REMB)
+            })
             .cloned()
             .collect(),
         ..c.clone()
@@ -1092,12 +1121,15 @@ pub fn answer(offer: &Offer, endpoint: Endpoint, cfg: &AnswerConfig) -> Result<A
             .cloned()
             .collect();
         let twcc = extmaps.iter().any(|e| e.uri == TWCC_EXTENSION);
+        // A publisher without transport-cc gets REMB from the relay's receive-side estimate,
+        // which works from abs-send-time (transport-cc preferred when both are offered).
+        let remb = !twcc && extmaps.iter().any(|e| e.uri == ABS_SEND_TIME_EXTENSION);
         let codecs: Vec<Codec> = if rtp {
             m.codecs
                 .iter()
                 .filter(|c| codec_supported(&m.kind, c))
                 .filter_map(|c| match endpoint {
-                    Endpoint::Whip => Some(answer_publisher_codec(c, twcc)),
+                    Endpoint::Whip => Some(answer_publisher_codec(c, twcc, remb)),
                     Endpoint::Whep => answer_codec(c, &room, twcc),
                 })
                 .collect()
@@ -1558,6 +1590,42 @@ a=ssrc:2222 cname:abc\r\n"
         assert_eq!(v.codecs[0].rtcp_fb.len(), 5);
     }
 
+    /// A publisher that offers goog-remb and abs-send-time but not transport-cc (aiortc's
+    /// shape) is answered REMB, and the abs-send-time id goes to the relay; one that offers
+    /// neither extension is answered no REMB.
+    #[test]
+    fn whip_answer_takes_remb_without_transport_cc() {
+        let offer = chrome_offer("actpass")
+            .replace(
+                "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
+                "",
+            )
+            .replace("a=rtcp-fb:111 transport-cc\r\n", "")
+            .replace("a=rtcp-fb:96 transport-cc\r\n", "");
+        let a = answer(&Offer::parse(&offer).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        let video = &a.media[1];
+        assert_eq!(video.twcc_id(), None);
+        assert_eq!(
+            video.codecs[0].rtcp_fb,
+            ["goog-remb", "ccm fir", "nack", "nack pli"]
+        );
+        assert_eq!(video.remb_abs_send_time_id(), Some(2));
+        assert!(a.sdp.contains("a=rtcp-fb:96 goog-remb\r\n"));
+        assert!(a
+            .sdp
+            .contains(&format!("a=extmap:2 {ABS_SEND_TIME_EXTENSION}\r\n")));
+        // Audio offered no goog-remb: none answered, though the section has the extension.
+        assert_eq!(a.media[0].remb_abs_send_time_id(), None);
+        // Without abs-send-time the relay cannot estimate: no goog-remb.
+        let offer = offer.replace(&format!("a=extmap:2 {ABS_SEND_TIME_EXTENSION}\r\n"), "");
+        let a = answer(&Offer::parse(&offer).unwrap(), Endpoint::Whip, &cfg()).unwrap();
+        assert_eq!(
+            a.media[1].codecs[0].rtcp_fb,
+            ["ccm fir", "nack", "nack pli"]
+        );
+        assert_eq!(a.media[1].remb_abs_send_time_id(), None);
+    }
+
     #[test]
     fn whip_answer() {
         let o = Offer::parse(&chrome_offer("actpass")).unwrap();
@@ -1595,6 +1663,11 @@ a=ssrc:2222 cname:abc\r\n"
             vec!["transport-cc", "ccm fir", "nack", "nack pli"]
         );
         assert_eq!(video.twcc_id(), Some(3));
+        assert_eq!(
+            video.remb_abs_send_time_id(),
+            None,
+            "transport-cc preferred: goog-remb not answered beside it"
+        );
         assert_eq!(video.extmaps.len(), 7);
         assert_eq!(video.remote_ssrcs, vec![1111, 2222]);
         assert_eq!(video.send_ssrc, None);

@@ -279,6 +279,25 @@ impl Bwe {
         self.update_rate(now_us);
     }
 
+    /// Receive-side use (remb_rx.rs): one packet of `size` bytes, sent at `send_us` on the
+    /// sender's clock, arrived at `arrival_us` on ours. Fed to the received rate and the
+    /// delay-based part exactly as an acknowledged packet of transport-cc feedback is;
+    /// [`Bwe::update_delay_rate`] then runs the rate control.
+    #[inline]
+    pub fn on_received(&mut self, send_us: u64, arrival_us: u64, size: u32) {
+        let arrival = arrival_us.min(i64::MAX as u64) as i64;
+        self.on_ack(arrival, size);
+        self.on_arrival(send_us, arrival);
+    }
+
+    /// Receive-side use (remb_rx.rs): the AIMD rate control at `now_us` over what
+    /// [`Bwe::on_received`] fed since the last call; returns the delay-based rate, bit/s
+    /// (the loss-based part and REMB play no part).
+    pub fn update_delay_rate(&mut self, now_us: u64) -> u64 {
+        self.update_rate(now_us);
+        self.delay_bps as u64
+    }
+
     fn on_ack(&mut self, arrival: i64, size: u32) {
         let start = *self.ack_start.get_or_insert(arrival);
         self.ack_bytes += u64::from(size);

@@ -12,6 +12,7 @@ use super::index::{
 };
 use super::layers::{Decision, LayerPacket};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
+use super::remb_rx::UplinkRemb;
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stun::{IceResponder, StunVerdict};
@@ -97,8 +98,8 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// When the layer budgets are next refreshed from the estimates on the timer path
     /// ([`Forwarder::poll`]).
     budgets_due: Option<Instant>,
-    /// When publishers are next sent transport-cc feedback (`None`: no publisher here
-    /// carries the extension yet).
+    /// When publishers are next sent transport-cc feedback or REMB (`None`: no publisher
+    /// here carries the transport-wide or the abs-send-time extension yet).
     uplink_due: Option<Instant>,
 }
 
@@ -935,6 +936,18 @@ impl<C: SrtpOps> Forwarder<C> {
                     self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
                 }
             }
+        } else if let Some(id) = session_flags::abs_send_time_id(publisher.flags) {
+            // A publisher that takes REMB: its send time for the receive-side estimate
+            // (remb_rx.rs), RTX included (it shares the path and the sender's clock).
+            let ast = p.extension_by_id(id).map(twcc::read_abs_send_time);
+            if let Some(Ok(ast)) = ast {
+                let r = (publisher.remb)
+                    .get_or_insert_with(|| Box::new(UplinkRemb::new(BweConfig::default())));
+                r.on_packet(ast, in_ssrc, in_seq, len, now_us);
+                if let (None, Some(now)) = (self.uplink_due, self.now) {
+                    self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
+                }
+            }
         }
         // The SRTP stream as received (an RTX stream has its own index, RFC 3711 §3.3.1).
         let note = StreamNote {
@@ -1550,6 +1563,16 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             Ok(Rtcp::Pli(_)) => return self.key_request(up, key, false, tx),
             Ok(Rtcp::Fir(_)) => return self.key_request(up, key, true, tx),
+            // A publisher the relay sends its own REMB (remb_rx.rs): the subscriber's caps it
+            // rather than contending with it at the publisher.
+            Ok(Rtcp::Remb(r)) => {
+                let publisher = &mut self.index.sessions[up.publisher as usize];
+                if let Some(u) = publisher.remb.as_deref_mut() {
+                    u.on_subscriber_remb(now_us, r.bitrate());
+                    self.stats.count(Feedback::RembFolded, 1);
+                    return;
+                }
+            }
             _ => {}
         }
         self.send_up(up, key, p, tx);
@@ -1895,7 +1918,9 @@ impl<C: SrtpOps> Forwarder<C> {
         self.uplink_due = Some(now + Duration::from_micros(FEEDBACK_INTERVAL_US));
         let rtcp_ssrc = self.feedback_ssrc;
         let mut buf = core::mem::take(&mut self.scratch);
+        let now_us = self.now_us();
         for pi in 0..self.index.sessions.len() {
+            self.uplink_remb(pi, now_us, rtcp_ssrc, &mut buf, tx);
             let Some(mut u) = self.index.sessions[pi].uplink.take() else {
                 continue;
             };
@@ -1918,6 +1943,38 @@ impl<C: SrtpOps> Forwarder<C> {
             self.index.sessions[pi].uplink = Some(u);
         }
         self.scratch = buf;
+    }
+
+    /// At the feedback tick: the receive-side estimate of publisher `pi` if it takes REMB,
+    /// and a REMB (PSFB FMT 15) naming its SSRCs when one is due (remb_rx.rs), through the
+    /// same SRTCP path as its receiver reports.
+    fn uplink_remb(
+        &mut self,
+        pi: usize,
+        now_us: u64,
+        rtcp_ssrc: u32,
+        buf: &mut [u8],
+        tx: &mut TxQueue,
+    ) {
+        let Some(r) = self.index.sessions[pi].remb.as_mut() else {
+            return;
+        };
+        let Some(bps) = r.tick(now_us) else {
+            return;
+        };
+        let Some(n) = r.write(buf, rtcp_ssrc, bps) else {
+            return;
+        };
+        let msg = &buf[..n];
+        let before = tx.len();
+        self.send_rtcp(pi as u32, rtcp_ssrc, tx, |slot| {
+            let d = slot.get_mut(..n).ok_or(DropReason::Malformed)?;
+            d.copy_from_slice(msg);
+            Ok(n)
+        });
+        if tx.len() > before {
+            self.stats.count(Feedback::RembSent, 1);
+        }
     }
 
     /// Every [`BUDGET_INTERVAL`]: the layer budget of each subscriber this worker estimates

@@ -12,6 +12,7 @@ use super::continuity::Continuity;
 use super::crypto::SrtpOps;
 use super::diag::SessionDiag;
 use super::nack::{PubStream, SentStream};
+use super::remb_rx::UplinkRemb;
 use super::state::Track;
 use super::twcc_rx::UplinkTwcc;
 use contract::shm::{session_flags, Rewrite, Role, RouteRecord, SessionId, SessionRecord};
@@ -306,6 +307,10 @@ pub struct Session<C> {
     /// transport-cc feedback the relay sends it (engine/twcc_rx.rs); created at its first
     /// packet carrying the extension its flags name.
     pub uplink: Option<Box<UplinkTwcc>>,
+    /// The receive-side estimate of this session's packets as a publisher that takes REMB
+    /// and not transport-cc (engine/remb_rx.rs); created at its first packet carrying the
+    /// abs-send-time extension its flags name.
+    pub remb: Option<Box<UplinkRemb>>,
     /// The publisher's RTX streams its routes name ([`Rewrite::source_rtx`]), rebuilt with
     /// the routes: a packet on one of these SSRCs is unwrapped into its original stream.
     pub rtx_in: Vec<RtxIn>,
@@ -371,6 +376,7 @@ impl<C: SrtpOps> Session<C> {
             layer_budget: None,
             other_rate: RateMeter::default(),
             uplink: None,
+            remb: None,
             rtx_in: Vec::new(),
             cname: [0; MAX_CNAME],
             cname_len: 0,

@@ -34,6 +34,7 @@ mod index;
 pub mod layers;
 pub mod nack;
 pub mod reception;
+pub mod remb_rx;
 pub mod rtx_cache;
 mod state;
 pub mod stun;

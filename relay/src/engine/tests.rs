@@ -1197,6 +1197,124 @@ fn publishers_get_transport_cc_feedback_about_their_packets() {
     assert_eq!((fb[0].2.clone(), fb[0].3), (vec![(7, true)], 1));
 }
 
+/// A publisher whose session flags name an abs-send-time id (it took REMB, not transport-cc)
+/// gets REMB from the relay's receive-side estimate (engine/remb_rx.rs): none before its rate
+/// was measured, then periodically, naming the SSRCs that carried the extension, as this
+/// worker's feedback SSRC; a publisher that also names a transport-wide id gets transport-cc
+/// feedback and no REMB.
+#[test]
+fn publishers_that_take_remb_get_remb() {
+    use contract::shm::session_flags;
+    use contract::wire::rtcp::{Rtcp, RtcpPacket};
+    let mut remb_only = session(1, Role::Speaker);
+    remb_only.flags = session_flags::with_abs_send_time_id(remb_only.flags, Some(2));
+    let mut both = session(2, Role::Speaker);
+    both.flags = session_flags::with_abs_send_time_id(both.flags, Some(2));
+    both.flags = session_flags::with_twcc_id(both.flags, Some(3));
+    let mut rig = Rig::new(
+        vec![remb_only, both, session(3, Role::Viewer)],
+        vec![
+            route(1, 1, None, 3, Rewrite::default()),
+            route(2, 2, None, 3, Rewrite::default()),
+        ],
+    );
+    // (destination, sender SSRC, bitrate, SSRCs) of each REMB.
+    type Message = (SocketAddr, u32, u64, Vec<u32>);
+    let rembs = |out: &[(SocketAddr, Vec<u8>)]| -> Vec<Message> {
+        out.iter()
+            .filter_map(|(d, p)| {
+                let (pkt, _) = RtcpPacket::parse(p).ok()?;
+                let Ok(Rtcp::Remb(r)) = pkt.typed() else {
+                    return None;
+                };
+                Some((
+                    *d,
+                    pkt.sender_ssrc().unwrap(),
+                    r.bitrate(),
+                    r.ssrcs().collect(),
+                ))
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    let mut got: Vec<(u64, Message)> = Vec::new();
+    let mut twcc_seen = 0;
+    // 2 s of 1000-byte packets every 10 ms on two SSRCs, the send clock starting near its
+    // 64 s wrap; the feedback tick polled every 50 ms.
+    for k in 0..200u64 {
+        let at = t0 + Duration::from_millis(k * 10);
+        rig.fwd.set_now(at);
+        let ast = (((63_500 + k * 10) * 262_144 / 1000) & 0xFF_FFFF) as u32;
+        let ast_bytes = ast.to_be_bytes();
+        let ast = &ast_bytes[1..];
+        let tw = (k as u16).to_be_bytes();
+        // Every fourth packet on the second SSRC, each SSRC numbered without gaps.
+        let (ssrc, seq) = if k % 4 == 0 {
+            (0x1112, k / 4)
+        } else {
+            (0x1111, k - k / 4 - 1)
+        };
+        let body = [0u8; 1000];
+        let p = rtp_with_extensions(ssrc, seq as u16, &[(2, ast)], &body);
+        assert_eq!(rig.send(1, &p).len(), 1);
+        let p = rtp_with_extensions(0x2222, k as u16, &[(2, ast), (3, &tw)], &body);
+        assert_eq!(rig.send(2, &p).len(), 1);
+        if k % 5 == 4 {
+            let out = rig.poll(at);
+            twcc_seen += out
+                .iter()
+                .filter(|(_, p)| {
+                    RtcpPacket::parse(p)
+                        .is_ok_and(|(x, _)| matches!(x.typed(), Ok(Rtcp::TransportCc(_))))
+                })
+                .count();
+            got.extend(rembs(&out).into_iter().map(|m| (k * 10, m)));
+        }
+    }
+    assert!(!got.is_empty(), "no REMB");
+    assert!(
+        got[0].0 >= 500,
+        "the first after the rate is measured: {got:?}"
+    );
+    for (_, (dst, sender, bps, ssrcs)) in &got {
+        assert_eq!(*dst, addr(1001), "only to the REMB-only publisher");
+        assert_eq!(*sender, feedback_ssrc(0));
+        assert_eq!(ssrcs, &[0x1112, 0x1111]);
+        assert!(
+            *bps >= 800_000,
+            "a clean link: at least what is sent, {bps}"
+        );
+    }
+    assert!(
+        (2..=4).contains(&got.len()),
+        "one per 500 ms over the last 1.5 s: {got:?}"
+    );
+    assert_eq!(
+        rig.fwd.stats().feedback(Feedback::RembSent),
+        got.len() as u64
+    );
+    assert!(twcc_seen > 0, "the publisher with both got transport-cc");
+    // The viewer's own REMB about the REMB-only publisher's stream caps the relay's REMB
+    // instead of going on; about the other publisher's stream it goes on as before.
+    let at = t0 + Duration::from_millis(2_000);
+    rig.fwd.set_now(at);
+    let mut b = [0u8; 64];
+    let n = twcc::write_remb(&mut b, 0x3333, 300_000, &[0x1111]).unwrap();
+    assert!(rig.send(3, &b[..n]).is_empty(), "folded, not passed on");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::RembFolded), 1);
+    let n = twcc::write_remb(&mut b, 0x3333, 300_000, &[0x2222]).unwrap();
+    let up = rig.send(3, &b[..n]);
+    assert_eq!(up.len(), 1);
+    assert_eq!(
+        up[0].0,
+        addr(1002),
+        "passed on to a publisher without the relay's REMB"
+    );
+    let r = rembs(&rig.poll(at + Duration::from_millis(50)));
+    assert_eq!(r.len(), 1, "the capped REMB at the next tick: {r:?}");
+    assert_eq!((r[0].0, r[0].2), (addr(1001), 300_000));
+}
+
 /// A publisher's RTX packet (RFC 4588) is unwrapped on the fast path: the hole it fills is no
 /// longer asked for, a viewer without RTX gets the original back (original sequence number,
 /// SSRC and payload type; across the sequence-number wrap), a viewer with RTX gets it on its
