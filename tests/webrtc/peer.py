@@ -19,6 +19,13 @@
                                             FIRs 1.5 s apart and prints
                                             `keyframe_after_ms=N` for each (the next VP8
                                             keyframe's arrival); exit 0 when all came
+    peer.py publish-remb URL TOKEN SECONDS  publish like `publish`, but video of random blocks
+                                            (VP8 spends about its target bitrate on it, so
+                                            what is sent is what REMB allows);
+                                            every second prints `remb=B rembs=N target=T
+                                            sent_bps=S`: the last REMB bitrate received for
+                                            the video SSRC, REMBs so far, the encoder's target
+                                            bitrate and the video bytes sent that second (×8)
     peer.py watch-many URLS TOKENS FRAMES TIMEOUT
                                             many viewers in this one process, one
                                             RTCPeerConnection per URL of the comma-separated
@@ -58,7 +65,13 @@ try:
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
     from aiortc.rtcrtpsender import RTCRtpSender as Sender
     from aiortc.rtcrtpparameters import RTCRtcpFeedback
-    from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+    from aiortc.rtp import (
+        RTCP_PSFB_APP,
+        RTCP_PSFB_FIR,
+        RTCP_PSFB_PLI,
+        RtcpPsfbPacket,
+        unpack_remb_fci,
+    )
     from av import VideoFrame
 except ImportError as e:  # pragma: no cover - reported to the Rust test
     print(f"aiortc not importable: {e}", file=sys.stderr)
@@ -88,6 +101,26 @@ class Pattern(VideoStreamTrack):
             val = y if i == 0 else 128
             plane.update(bytes([val]) * plane.buffer_size)
         self.n += 1
+        frame.pts = pts
+        frame.time_base = time_base or fractions.Fraction(1, 90000)
+        return frame
+
+
+class Blocks(VideoStreamTrack):
+    """320x240 at 30 fps of fresh random 8x8 blocks of low contrast every frame: VP8 spends
+    what its target bitrate allows on them (measured with aiortc's encoder: about 0.28, 0.49
+    and 1.5 Mbit/s at targets of 0.25, 0.5 and 1.5 Mbit/s), so what is sent follows REMB."""
+
+    async def recv(self):
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(width=320, height=240, format="yuv420p")
+        for i, plane in enumerate(frame.planes):
+            width, height, block = (320, 240, 8) if i == 0 else (160, 120, 4)
+            data = bytearray()
+            for _ in range(height // block):
+                row = bytes(112 + v % 32 for v in os.urandom(width // block) for _ in range(block))
+                data += row * block
+            plane.update(bytes(data))
         frame.pts = pts
         frame.time_base = time_base or fractions.Fraction(1, 90000)
         return frame
@@ -139,6 +172,50 @@ async def publish(url: str, token: str, seconds: float):
     await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
     if NACKS is not None:
         print(f"nacks_received={NACKS['received']}", flush=True)
+    print("left", flush=True)
+    await pc.close()
+
+
+async def publish_remb(url: str, token: str, seconds: float):
+    """Publish block video and audio; report REMB received and the encoder's response."""
+    rembs = {"last": 0, "count": 0}
+    handle = Sender._handle_rtcp_packet
+
+    async def recording(self, packet):
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                if self._ssrc in ssrcs and self.kind == "video":
+                    rembs["last"] = bitrate
+                    rembs["count"] += 1
+            except ValueError:
+                pass
+        await handle(self, packet)
+
+    Sender._handle_rtcp_packet = recording
+    pc = RTCPeerConnection()
+    state_logger(pc)
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")  # Opus, silence
+    tr = pc.addTransceiver(Blocks(), direction="sendonly")
+    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == "VP8"]
+    tr.setCodecPreferences(vp8)
+    location = await negotiate(pc, url, token)
+    sender = tr.sender
+    sent = 0
+    for _ in range(int(seconds)):
+        await asyncio.sleep(1.0)
+        total = sum(
+            s.bytesSent for s in (await sender.getStats()).values() if s.type == "outbound-rtp"
+        )
+        encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+        target = getattr(encoder, "target_bitrate", 0) if encoder is not None else 0
+        print(
+            f"remb={rembs['last']} rembs={rembs['count']} target={target} "
+            f"sent_bps={(total - sent) * 8}",
+            flush=True,
+        )
+        sent = total
+    await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", location, token)
     print("left", flush=True)
     await pc.close()
 
@@ -433,6 +510,8 @@ def main():
         return
     if len(sys.argv) == 5 and sys.argv[1] == "publish":
         asyncio.run(publish(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    elif len(sys.argv) == 5 and sys.argv[1] == "publish-remb":
+        asyncio.run(publish_remb(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     elif len(sys.argv) == 5 and sys.argv[1] == "publish-pli-only":
         asyncio.run(publish_pli_only(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     elif len(sys.argv) == 6 and sys.argv[1] == "watch-fir":
