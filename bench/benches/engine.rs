@@ -7,10 +7,21 @@
 //! every packet cached once, every copy recorded in its subscriber's sent map). AES-CM cases
 //! run twice: `/single` authenticates each copy on its own (SHA-NI), `/multi` authenticates the
 //! fan-out's copies together with multi-buffer HMAC-SHA1 (AVX-512 or AVX2).
-//! Run: `cargo bench -p sluice-bench --bench engine`
+//!
+//! The `layers` group prices simulcast layer selection (docs/ENGINE.md "Simulcast"): the same
+//! VP8 packets of one publisher stream (four packets a frame, each with a picture ID and
+//! TL0PICIDX) go to N subscribers over plain routes (`plain`: an SSRC filter and a rewritten
+//! SSRC) and over layered routes (`layered`: the stream is layer 0 of a two-layer source, the
+//! subscribers capped to it, so every packet passes the layer selector and has its sequence
+//! number, timestamp and VP8 descriptor rewritten), in the same run. The ratio of the two is
+//! the cost of layer selection per output packet. It measures the benchmark thread's CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`, [`ThreadCpu`]) rather than wall time, so that time the thread
+//! spends preempted on a shared machine does not land in one case and not the other.
+//! Run: `cargo bench -p sluice-bench --bench engine` (only the layers group: `-- layers`)
 
-use contract::shm::{Rewrite, Role, RouteRecord, SessionRecord};
+use contract::shm::{Layer, Rewrite, Role, RouteRecord, SessionRecord};
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use relay::batch::{TxQueue, MAX_DATAGRAM};
 use relay::engine::{Forwarder, NackConfig};
@@ -152,5 +163,210 @@ fn bench_engine(c: &mut Criterion) {
     g.finish();
 }
 
+/// Payload bytes after the VP8 descriptor and RTP header: 1200-byte packets.
+const VP8_BODY: usize = 1200 - 12 - 6;
+/// Packets per video frame in the `layers` group.
+const PER_FRAME: u16 = 4;
+/// The publisher stream (layer 0 of a two-layer source in the layered case).
+const LAYER_SSRC: u32 = 0x1010;
+/// Every subscriber's output SSRC.
+const OUT_SSRC: u32 = 0xAAAA;
+
+/// The `n`th VP8 packet of the publisher stream (RFC 7741 §4.2 descriptor with a 15-bit
+/// picture ID, TL0PICIDX and TID 0): `PER_FRAME` packets a frame, the first with S set, the
+/// last with the marker; a key frame when `key`. Sequence numbers, timestamps, picture IDs
+/// and TL0PICIDX wrap as a long-running stream's do.
+fn vp8_packet(n: u64, key: bool) -> Vec<u8> {
+    let seq = n as u16;
+    let frame = (n / u64::from(PER_FRAME)) as u32;
+    let first = n % u64::from(PER_FRAME) == 0;
+    let pid = (frame as u16 & 0x7FFF) | 0x8000;
+    let mut p = vec![0u8; 12 + 6 + VP8_BODY];
+    p[0] = 0x80;
+    p[1] = 96
+        | if n % u64::from(PER_FRAME) == u64::from(PER_FRAME) - 1 {
+            0x80
+        } else {
+            0
+        };
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&frame.wrapping_mul(3000).to_be_bytes());
+    p[8..12].copy_from_slice(&LAYER_SSRC.to_be_bytes());
+    p[12..18].copy_from_slice(&[
+        if first { 0x90 } else { 0x80 },
+        0xE0,
+        (pid >> 8) as u8,
+        pid as u8,
+        frame as u8,
+        0x00,
+    ]);
+    // VP8 payload header (RFC 7741 §4.3): P = 0 on a key frame.
+    p[18] = if key { 0x10 } else { 0x11 };
+    p
+}
+
+/// CPU time of the calling thread, ns (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
+    // CLOCK_THREAD_CPUTIME_ID is supported by every Linux kernel this runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Criterion measurement of the benchmark thread's CPU time, in ns (formatted as durations).
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(start)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // Wall time's formatter takes nanoseconds as well.
+        WallTime.formatter()
+    }
+}
+
+fn bench_layers(c: &mut Criterion<ThreadCpu>) {
+    let mut g = c.benchmark_group("layers");
+    let profile = Profile::AeadAes128Gcm;
+    for fanout in [1u16, 10] {
+        for layered in [false, true] {
+            let mut sessions = vec![SessionRecord {
+                id: 1,
+                peer: peer(0),
+                role: Role::Speaker,
+                rx_key: key(profile, 1),
+                tx_key: key(profile, 2),
+                key_epoch: 1,
+                flags: 0,
+                max_pps: 0,
+                ice: None,
+            }];
+            let mut routes = Vec::new();
+            for j in 0..fanout {
+                let id = 100 + u64::from(j);
+                sessions.push(SessionRecord {
+                    id,
+                    peer: peer(100 + j),
+                    role: Role::Viewer,
+                    rx_key: key(profile, 10 + j as u8),
+                    tx_key: key(profile, 50 + j as u8),
+                    key_epoch: 1,
+                    flags: 0,
+                    max_pps: 0,
+                    ice: None,
+                });
+                // Layer 0 (the stream sent) and layer 1 (silent) into one output, capped to
+                // layer 0; or the one plain route.
+                let layers: &[(u8, u32)] = if layered {
+                    &[(0, LAYER_SSRC), (1, 0x3030)]
+                } else {
+                    &[(0, LAYER_SSRC)]
+                };
+                for &(index, ssrc) in layers {
+                    routes.push(RouteRecord {
+                        id: id * 10 + u64::from(index),
+                        from: 1,
+                        ssrc: Some(ssrc),
+                        to: id,
+                        rewrite: Rewrite {
+                            ssrc: Some(OUT_SSRC),
+                            layer: layered.then_some(Layer {
+                                index,
+                                count: 2,
+                                max: 0,
+                                max_temporal: Layer::NO_CAP,
+                            }),
+                            ..Rewrite::default()
+                        },
+                    });
+                }
+            }
+            let mut fwd: Forwarder<Context> = Forwarder::new(opts());
+            fwd.set_nack(NackConfig::OFF);
+            fwd.set_now(Instant::now());
+            fwd.rebuild(&mut sessions, &mut routes);
+            fwd.set_now(Instant::now());
+            let mut publisher = Context::new(key(profile, 1), opts()).expect("context");
+            let mut tx = TxQueue::with_capacity(BATCH * usize::from(fanout));
+            let mut slow = TxQueue::with_capacity(16);
+            let mut rx = vec![0u8; MAX_DATAGRAM];
+            let mut protect = |n: u64, key: bool| {
+                let mut p = vp8_packet(n, key);
+                let n = p.len();
+                p.resize(MAX_DATAGRAM, 0);
+                let n = publisher.protect_rtp(&mut p, n).expect("protect");
+                p.truncate(n);
+                p
+            };
+            // A key frame first: it starts each layered output (both cases get it).
+            for n in 0..u64::from(PER_FRAME) {
+                let p = protect(n, true);
+                rx[..p.len()].copy_from_slice(&p);
+                fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
+            }
+            assert_eq!(
+                tx.len(),
+                usize::from(PER_FRAME * fanout),
+                "the key frame went out"
+            );
+            let mut n = u64::from(PER_FRAME);
+            g.throughput(Throughput::Elements(BATCH as u64 * u64::from(fanout)));
+            let name = format!(
+                "{}/fanout{fanout}/{}",
+                profile.name(),
+                if layered { "layered" } else { "plain" }
+            );
+            g.bench_function(name, |b| {
+                b.iter_batched(
+                    || {
+                        (0..BATCH)
+                            .map(|_| {
+                                let p = protect(n, false);
+                                n += 1;
+                                p
+                            })
+                            .collect::<Vec<_>>()
+                    },
+                    |pkts| {
+                        tx.clear();
+                        for p in &pkts {
+                            rx[..p.len()].copy_from_slice(p);
+                            fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
+                        }
+                        assert_eq!(tx.len(), BATCH * usize::from(fanout));
+                    },
+                    BatchSize::PerIteration,
+                );
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(benches, bench_engine);
-criterion_main!(benches);
+criterion_group! {
+    name = layers;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_layers
+}
+criterion_main!(benches, layers);

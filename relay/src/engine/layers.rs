@@ -151,11 +151,10 @@ impl Activity {
             .is_some_and(|l| now.saturating_duration_since(l) < LAYER_IDLE)
     }
 
-    fn mature(&self, now: Instant) -> bool {
-        self.active(now)
-            && self
-                .since
-                .is_some_and(|s| now.saturating_duration_since(s) >= ELIGIBLE_AFTER)
+    /// Sending since [`ELIGIBLE_AFTER`] or longer (mature when also [`Activity::active`]).
+    fn eligible(&self, now: Instant) -> bool {
+        self.since
+            .is_some_and(|s| now.saturating_duration_since(s) >= ELIGIBLE_AFTER)
     }
 }
 
@@ -379,16 +378,18 @@ impl Selector {
     /// Recompute the target layer at `now`.
     fn choose(&mut self, now: Instant) -> u8 {
         let top = self.top();
-        let any_mature = (0..=top).any(|l| self.layers[usize::from(l)].mature(now));
-        let ok = |s: &Selector, l: u8| {
-            let a = &s.layers[usize::from(l)];
-            if any_mature {
-                a.mature(now)
-            } else {
-                a.active(now)
-            }
-        };
-        let Some(best) = (0..=top).rev().find(|&l| ok(self, l)) else {
+        // Each layer's state at `now`, worked out once: this runs for every media packet of
+        // every output, and each test is a clock subtraction.
+        let mut active = [false; MAX_LAYERS];
+        let mut mature = [false; MAX_LAYERS];
+        for l in 0..=usize::from(top) {
+            active[l] = self.layers[l].active(now);
+            mature[l] = active[l] && self.layers[l].eligible(now);
+        }
+        let any_mature = mature.iter().any(|&m| m);
+        let eligible = if any_mature { mature } else { active };
+        let ok = |l: u8| eligible[usize::from(l)];
+        let Some(best) = (0..=top).rev().find(|&l| ok(l)) else {
             // Nothing within the cap sends: keep what there is.
             return self.current.unwrap_or(self.target);
         };
@@ -400,7 +401,7 @@ impl Selector {
         // Highest eligible layer the estimate carries: the current one and below at their
         // rate, higher ones with a margin.
         let fits = (0..=best).rev().find(|&l| {
-            if !ok(self, l) {
+            if !ok(l) {
                 return false;
             }
             let bps = self.layers[usize::from(l)].bps;
@@ -410,7 +411,7 @@ impl Selector {
                 bps <= est
             }
         });
-        let lowest = (0..=best).find(|&l| ok(self, l)).unwrap_or(best);
+        let lowest = (0..=best).find(|&l| ok(l)).unwrap_or(best);
         let want = fits.unwrap_or(lowest);
         if want > cur && self.current.is_some() {
             let since = *self.up_since.get_or_insert(now);
