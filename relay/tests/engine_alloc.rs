@@ -1,6 +1,7 @@
 //! Zero heap allocations per packet in the engine after warm-up (fan-out 1 and 10, RTP and
 //! RTCP, per-session diagnostics counted and published, the relay's own sender and receiver
-//! reports written at each turn's end), counted by a global allocator. Its own test binary so no other test allocates
+//! reports written at each turn's end, REMB to a publisher that takes it), counted by a global
+//! allocator. Its own test binary so no other test allocates
 //! concurrently; the one test runs its cases in sequence.
 
 mod engine_support;
@@ -204,10 +205,90 @@ fn nack_case(rig: &mut Rig, sub: &mut Peer, profile: Profile) {
     assert_eq!(allocs, 0, "{profile} NACKs: {allocs} allocations");
 }
 
+/// A publisher that takes REMB (its session flags name an abs-send-time id): once its
+/// estimator exists (the first packet with the extension), its packets feed it, the feedback
+/// tick sends it REMB and a viewer's REMB about its stream is folded in, all without
+/// allocating.
+fn remb_case(profile: Profile) {
+    use contract::shm::{session_flags, Feedback};
+    let mut rig = Rig::new("alloc-remb");
+    let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
+    let mut s = Peer::new(2, addr(1), Role::Viewer, profile);
+    let mut rec = p.record();
+    rec.flags = session_flags::with_abs_send_time_id(rec.flags, Some(2));
+    rig.writer.put_session(&rec).unwrap();
+    rig.add(&s);
+    rig.route(1, None, 2, rewrite(None, Some((96, 100))));
+    // 3 s of 1000-byte packets every 10 ms, stamped with abs-send-time (id 2).
+    let rtp_in: Vec<Vec<u8>> = (0..300u16)
+        .map(|seq| {
+            let ast = (u32::from(seq) * 10 * 262_144 / 1000).to_be_bytes();
+            let mut plain = vec![0x90, 96];
+            plain.extend_from_slice(&seq.to_be_bytes());
+            plain.extend_from_slice(&(u32::from(seq) * 900).to_be_bytes());
+            plain.extend_from_slice(&0x1234u32.to_be_bytes());
+            plain.extend_from_slice(&[0xBE, 0xDE, 0, 1, 0x22, ast[1], ast[2], ast[3]]);
+            plain.extend_from_slice(&[7; 1000]);
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            buf[..plain.len()].copy_from_slice(&plain);
+            let n = p.send.protect_rtp(&mut buf, plain.len()).unwrap();
+            buf.truncate(n);
+            buf
+        })
+        .collect();
+    let mut remb = [0u8; 64];
+    let n = contract::wire::twcc::write_remb(&mut remb, 9, 400_000, &[0x1234]).unwrap();
+    let remb_in: Vec<Vec<u8>> = (0..30).map(|_| s.rtcp(&remb[..n])).collect();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut turn = |rig: &mut Rig, k: usize| {
+        rig.now += Duration::from_millis(10);
+        rig.tx.clear();
+        rig.engine.begin_batch(rig.now);
+        let d = &rtp_in[k];
+        buf[..d.len()].copy_from_slice(d);
+        rig.engine
+            .handle_datagram(p.addr, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+        if k % 10 == 0 {
+            let d = &remb_in[k / 10];
+            buf[..d.len()].copy_from_slice(d);
+            rig.engine
+                .handle_datagram(s.addr, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+        }
+        rig.engine.poll(rig.now, &mut rig.tx);
+        rig.engine.end_batch(rig.now);
+    };
+    // Warm-up: the estimator created, its rate measured, the first REMB sent.
+    for k in 0..100 {
+        turn(&mut rig, k);
+    }
+    let sent = |rig: &Rig| rig.engine.totals().feedback(Feedback::RembSent);
+    let folded = |rig: &Rig| rig.engine.totals().feedback(Feedback::RembFolded);
+    let (sent_before, folded_before) = (sent(&rig), folded(&rig));
+    assert!(sent_before > 0, "{profile}: no REMB in the warm-up");
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for k in 100..300 {
+        turn(&mut rig, k);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    assert!(
+        sent(&rig) > sent_before,
+        "{profile}: REMB sent while counting"
+    );
+    assert_eq!(
+        folded(&rig) - folded_before,
+        20,
+        "{profile}: viewer REMBs folded"
+    );
+    assert_eq!(allocs, 0, "{profile} REMB: {allocs} allocations");
+}
+
 #[test]
 fn no_allocation_per_packet() {
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
         case(profile, 1);
         case(profile, 10);
+        remb_case(profile);
     }
 }
