@@ -35,7 +35,6 @@ use crate::core::join::publisher_keyframe;
 use crate::core::sessions::{NewRoute, NewSession};
 use crate::core::trunks::TRUNK_MEMBER_BASE;
 use crate::core::{Core, CoreError};
-use crate::http::{Request, Response, MAX_BODY};
 use crate::state::{RewriteSpec, RtxSpec};
 use crate::webrtc::sdp::{Codec, Direction, Extmap, MediaKind, NegotiatedMedia, RtxCodec};
 use base64::Engine as _;
@@ -64,6 +63,9 @@ const BOOK_FILE: &str = "cluster-trunks.json";
 /// trunk per live node anyway).
 const MAX_ROOMS_PER_TRUNK: usize = 4_096;
 const MAX_TRUNKS: usize = 1_024;
+/// The largest answer read from another node's control (a grant lists at most a few
+/// streams per publisher; the same bound as a request body on the listeners).
+pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// `POST /cluster/v1/trunks`: an edge asks for a room over its trunk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +194,14 @@ impl Stream {
     }
 }
 
+/// The origin's answer to an edge's check of one room: the trunk session and the room's
+/// streams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomStreams {
+    pub session: u64,
+    pub streams: Vec<Stream>,
+}
+
 /// The edge member's sections and SSRCs for `streams`.
 fn member_media(streams: &[Stream]) -> (Vec<NegotiatedMedia>, Vec<Vec<u32>>) {
     streams
@@ -308,12 +318,26 @@ fn fresh_key() -> Result<MasterKey, CoreError> {
     MasterKey::new(TRUNK_PROFILE, &raw).map_err(|e| CoreError::Internal(e.to_string()))
 }
 
-fn refusal(status: u16, reason: &str, message: &str) -> Response {
-    Response::json(status, &json!({"error": message, "reason": reason}))
+/// Why the origin refused a node's trunk request: answered as `{"error", "reason"}` with
+/// `status`, or as the core's own refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrunkRefusal {
+    #[error("{message}")]
+    Refused {
+        status: u16,
+        reason: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
-fn core_refusal(e: &CoreError) -> Response {
-    crate::http::error_response(e)
+fn refusal(status: u16, reason: &'static str, message: &str) -> TrunkRefusal {
+    TrunkRefusal::Refused {
+        status,
+        reason,
+        message: message.to_string(),
+    }
 }
 
 impl Book {
@@ -404,103 +428,67 @@ impl Cluster {
 
     // ------------------------------------------------------------------ origin side
 
-    /// Serve `/cluster/v1/trunks…` (node-to-node, signed); `None` for another path.
-    pub fn handle_trunks(&self, core: &Core, req: &Request) -> Option<Response> {
-        let rest = req.path.strip_prefix(TRUNKS_PATH)?;
-        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let now = crate::clock::unix_ms();
-        let sig = match self.verify(req, now) {
-            Ok(s) => s,
-            Err(e) => {
-                let status = if matches!(e, AuthError::NoSecret) {
-                    404
-                } else {
-                    401
-                };
-                // Counted, and audited through the rate limit of refused requests: a flood of
-                // bad requests cannot flood the audit log.
-                core.record_denial(
-                    crate::core::denials::Denial {
-                        action: "cluster.denied",
-                        target: [("method", &req.method), ("path", &req.path)],
-                        reason: e.denial_reason(),
-                        from: core.audit.hasher.hash_client(&req.peer),
-                        status,
-                        message: e.to_string(),
-                    },
-                    now,
-                );
-                return Some(refusal(status, e.reason(), &e.to_string()));
-            }
-        };
-        Some(match (req.method.as_str(), segs.as_slice()) {
-            ("POST", []) => self.open_origin(core, req, &sig, now),
-            ("GET", [edge, "rooms", app, room]) => self.origin_streams(core, &sig, edge, app, room),
-            ("DELETE", [edge, "rooms", app, room]) => {
-                self.origin_close_room(core, &sig, edge, app, room)
-            }
-            _ => refusal(404, "no_such_endpoint", "no such cluster endpoint"),
-        })
-    }
-
-    fn verify(&self, req: &Request, now_ms: u64) -> Result<Signature, AuthError> {
+    /// Check a node-to-node request's signature (`path` with its query, as signed).
+    pub fn verify_node(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        header: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Signature, AuthError> {
         let Some(a) = &self.auth else {
             return Err(AuthError::NoSecret);
         };
-        let path = if req.query.is_empty() {
-            req.path.clone()
-        } else {
-            format!("{}?{}", req.path, req.query)
-        };
-        a.verify(
-            &req.method,
-            &path,
-            &req.body,
-            req.header(AUTH_HEADER),
-            now_ms,
-        )
+        a.verify(method, path, body, header, now_ms)
     }
 
     /// `POST /cluster/v1/trunks`: open (or extend) the trunk to the signing edge with a
     /// room this node owns, when the cascade rule allows it.
-    fn open_origin(&self, core: &Core, req: &Request, sig: &Signature, now_ms: u64) -> Response {
-        let o: OpenRequest = match serde_json::from_slice(&req.body) {
-            Ok(o) => o,
-            Err(e) => return refusal(400, "bad_request", &format!("trunk request: {e}")),
-        };
+    pub fn open_origin(
+        &self,
+        core: &Core,
+        o: &OpenRequest,
+        sig: &Signature,
+        now_ms: u64,
+    ) -> Result<Grant, TrunkRefusal> {
         if o.edge != sig.node {
-            return refusal(
+            return Err(refusal(
                 403,
                 "wrong_node",
                 "the request names another node than its signer",
-            );
+            ));
         }
         if !self.cfg.cascade {
-            return refusal(
+            return Err(refusal(
                 409,
                 "cascade_off",
                 "this node grants no trunks (cluster.cascade)",
-            );
+            ));
         }
         if !self.owns(&o.app, &o.room) {
-            return refusal(409, "not_owner", "this node does not own the room");
+            return Err(refusal(409, "not_owner", "this node does not own the room"));
         }
         let Some(edge) = lock(&self.nodes)
             .iter()
             .find(|n| n.node_id == o.edge)
             .cloned()
         else {
-            return refusal(409, "edge_unknown", "the edge is not in the registry");
+            return Err(refusal(
+                409,
+                "edge_unknown",
+                "the edge is not in the registry",
+            ));
         };
         if edge.media_addr != o.media_addr {
-            return refusal(
+            return Err(refusal(
                 409,
                 "edge_mismatch",
                 "the media address differs from the edge's registry entry",
-            );
+            ));
         }
         let Ok(peer) = o.media_addr.parse::<SocketAddr>() else {
-            return refusal(400, "bad_request", "media_addr is not IP:PORT");
+            return Err(refusal(400, "bad_request", "media_addr is not IP:PORT"));
         };
         let viewers = core.viewers_of(&o.app, &o.room).len();
         let other_region = edge.region != self.cfg.region;
@@ -512,24 +500,28 @@ impl Cluster {
             .get(&o.edge)
             .is_some_and(|t| t.rooms.contains_key(&k));
         if !has_room && !other_region && viewers < threshold {
-            return refusal(
+            return Err(refusal(
                 409,
                 "below_threshold",
                 &format!("the room has {viewers} viewers here; trunks open from {threshold}"),
-            );
+            ));
         }
         let (opened, session) = match book.origin.get(&o.edge) {
             Some(t) => (false, t.session),
             None => {
                 if book.origin.len() >= MAX_TRUNKS {
-                    return refusal(503, "too_many_trunks", "this node serves too many trunks");
+                    return Err(refusal(
+                        503,
+                        "too_many_trunks",
+                        "this node serves too many trunks",
+                    ));
                 }
                 let keys = match (fresh_key(), fresh_key()) {
                     (Ok(a), Ok(b)) => (a, b),
-                    (Err(e), _) | (_, Err(e)) => return core_refusal(&e),
+                    (Err(e), _) | (_, Err(e)) => return Err(e.into()),
                 };
                 let mut ids = json!({});
-                let s = match core.create_session(
+                let s = core.create_session(
                     NewSession {
                         peer: Some(peer),
                         profile: TRUNK_PROFILE,
@@ -541,10 +533,7 @@ impl Cluster {
                     },
                     now_ms,
                     &mut ids,
-                ) {
-                    Ok(s) => s,
-                    Err(e) => return core_refusal(&e),
-                };
+                )?;
                 book.origin.insert(
                     o.edge.clone(),
                     OriginTrunk {
@@ -558,10 +547,14 @@ impl Cluster {
             }
         };
         let Some(t) = book.origin.get_mut(&o.edge) else {
-            return refusal(500, "internal", "the trunk vanished");
+            return Err(refusal(500, "internal", "the trunk vanished"));
         };
         if !t.rooms.contains_key(&k) && t.rooms.len() >= MAX_ROOMS_PER_TRUNK {
-            return refusal(503, "too_many_rooms", "the trunk carries too many rooms");
+            return Err(refusal(
+                503,
+                "too_many_rooms",
+                "the trunk carries too many rooms",
+            ));
         }
         let room = t.rooms.entry(k).or_insert_with(|| OriginRoom {
             app: o.app.clone(),
@@ -586,10 +579,7 @@ impl Cluster {
             "ok",
         );
         tracing::info!(edge = %o.edge, app = %o.app, room = %o.room, session, "cluster: trunk room opened (origin)");
-        let stored = match core.session(session) {
-            Ok(s) => s,
-            Err(e) => return core_refusal(&e),
-        };
+        let stored = core.session(session)?;
         let keys = TrunkKeys {
             origin_tx: b64(&stored.tx_key),
             origin_rx: b64(&stored.rx_key),
@@ -604,7 +594,7 @@ impl Cluster {
                     .map_err(|e| e.to_string())
             }) {
             Ok(s) => s,
-            Err(m) => return refusal(500, "internal", &m),
+            Err(m) => return Err(refusal(500, "internal", &m)),
         };
         let me = lock(&self.me).media_addr.clone();
         let grant = Grant {
@@ -614,36 +604,40 @@ impl Cluster {
             origin_media_addr: me,
             streams,
         };
-        Response::json(201, &serde_json::to_value(&grant).unwrap_or(Value::Null))
+        Ok(grant)
     }
 
     /// `GET …/{edge}/rooms/{app}/{room}`: the room's current streams on the trunk (the edge
     /// asks every heartbeat: new publishers join, and a 404 tells it the trunk is gone).
-    fn origin_streams(
+    pub fn origin_streams(
         &self,
         core: &Core,
         sig: &Signature,
         edge: &str,
         app: &str,
         room: &str,
-    ) -> Response {
+    ) -> Result<RoomStreams, TrunkRefusal> {
         if sig.node != edge {
-            return refusal(
+            return Err(refusal(
                 403,
                 "wrong_node",
                 "the request names another node than its signer",
-            );
+            ));
         }
         let mut book = lock(&self.book);
         let Some(t) = book.origin.get_mut(edge) else {
-            return refusal(404, "trunk_gone", "no trunk to this edge");
+            return Err(refusal(404, "trunk_gone", "no trunk to this edge"));
         };
         let session = t.session;
         let Some(r) = t.rooms.get_mut(&room_key(app, room)) else {
-            return refusal(404, "trunk_gone", "the trunk carries no such room");
+            return Err(refusal(404, "trunk_gone", "the trunk carries no such room"));
         };
         if !self.owns(app, room) {
-            return refusal(404, "trunk_gone", "this node no longer owns the room");
+            return Err(refusal(
+                404,
+                "trunk_gone",
+                "this node no longer owns the room",
+            ));
         }
         let before = r.routes.len();
         reconcile_room(core, session, r);
@@ -651,31 +645,32 @@ impl Cluster {
         if r.routes.len() != before {
             book.save();
         }
-        Response::json(200, &json!({"session": session, "streams": streams}))
+        drop(book);
+        Ok(RoomStreams { session, streams })
     }
 
     /// `DELETE …/{edge}/rooms/{app}/{room}`: the edge gives a room up.
-    fn origin_close_room(
+    pub fn origin_close_room(
         &self,
         core: &Core,
         sig: &Signature,
         edge: &str,
         app: &str,
         room: &str,
-    ) -> Response {
+    ) -> Result<(), TrunkRefusal> {
         if sig.node != edge {
-            return refusal(
+            return Err(refusal(
                 403,
                 "wrong_node",
                 "the request names another node than its signer",
-            );
+            ));
         }
         let mut book = lock(&self.book);
         let Some(t) = book.origin.get_mut(edge) else {
-            return refusal(404, "trunk_gone", "no trunk to this edge");
+            return Err(refusal(404, "trunk_gone", "no trunk to this edge"));
         };
         let Some(r) = t.rooms.remove(&room_key(app, room)) else {
-            return refusal(404, "trunk_gone", "the trunk carries no such room");
+            return Err(refusal(404, "trunk_gone", "the trunk carries no such room"));
         };
         for x in &r.routes {
             // A route already gone (its publisher left) needs nothing.
@@ -698,7 +693,7 @@ impl Cluster {
             200,
             "edge_closed",
         );
-        Response::empty(204)
+        Ok(())
     }
 
     /// Origin upkeep on each heartbeat: every trunk room gets routes from new publisher
@@ -1273,7 +1268,7 @@ async fn exchange(
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
+    let body = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
         .map_err(|e| format!("answer body: {e}"))?
