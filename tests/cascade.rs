@@ -471,6 +471,152 @@ fn cascade_across_three_nodes() {
     redis.kill();
 }
 
+/// Two cascading nodes, a and b, in network namespaces with their relays and one Redis,
+/// and an aiortc publisher on a in room `live/r`: (namespaces, redis, nodes, publisher,
+/// the publisher's lines, the temporary directory). `None` when something is missing (the
+/// SKIP line is printed).
+#[allow(clippy::type_complexity)]
+fn two_cascading_nodes(
+    tag: &str,
+    extra: &str,
+) -> Option<(
+    Namespaces,
+    Redis,
+    Vec<Node>,
+    std::process::Child,
+    Receiver<String>,
+    sluice_tests::TempDir,
+)> {
+    ensure_binaries();
+    if !sluice_tests::aiortc::available() {
+        return None;
+    }
+    let ns = Namespaces::create()?;
+    let tmp = sluice_tests::TempDir::new(tag);
+    let redis = Redis::start_on(tmp.path(), &ns.host(), Some("cascade-pw"))?;
+    let extra = secret_config(tmp.path(), extra);
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let addr = ns.addr(i);
+            Node::start_with(
+                ids[i],
+                "eu",
+                &redis.url(),
+                tag,
+                Some((&ns.names[i], &addr)),
+                &extra,
+            )
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start_relay();
+    }
+    eventually("two nodes registered", Duration::from_secs(15), || {
+        node_ids(&nodes[0].cluster().1) == ids
+    });
+    let (publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
+        &ns.host(),
+        &[
+            "publish",
+            &format!("{}/whip/live/r", nodes[0].url),
+            &nodes[0].mint("r", "host"),
+            "600",
+        ],
+        "whip",
+    );
+    wait_line(
+        &pub_rx,
+        Duration::from_secs(30),
+        "the publisher's answer",
+        |l| l.starts_with("answer"),
+    );
+    Some((ns, redis, nodes, publisher, pub_rx, tmp))
+}
+
+/// An edge whose trunk stops carrying media while the origin keeps sending on it (here an
+/// nftables rule in the edge's namespace drops UDP from the origin; HTTP between the
+/// controls goes on) closes the room and its viewers' sessions with `trunk_silent` within
+/// `cluster.trunk_silence_ms`, tells the origin (which closes its side, `edge_closed`),
+/// counts and audits it. While media flows, the watch never fires.
+#[test]
+fn edge_closes_a_silent_trunk() {
+    let Some((ns, mut redis, mut nodes, mut publisher, _pub_rx, _tmp)) =
+        two_cascading_nodes("csil", "trunk_silence_ms = 2000\n")
+    else {
+        return;
+    };
+    let view_token = nodes[1].mint("r", "viewer");
+    let (mut viewer, viewer_rx) = sluice_tests::aiortc::spawn_with_host(
+        &ns.host(),
+        &[
+            "watch",
+            &format!("{}/whep/live/r", nodes[1].url),
+            &view_token,
+            "100000",
+            "300",
+        ],
+        "whep-b",
+    );
+    wait_line(&viewer_rx, Duration::from_secs(60), "frames on b", |l| {
+        l.starts_with("frames=20 ")
+    });
+    assert!(
+        trunk_to(&trunks(&nodes[1]), "a").is_some(),
+        "b serves the viewer over a trunk"
+    );
+    // Twice the window with media flowing: nothing closes.
+    std::thread::sleep(Duration::from_millis(4_000));
+    wait_line(
+        &viewer_rx,
+        Duration::from_secs(30),
+        "frames still on b",
+        |l| l.starts_with("frames="),
+    );
+    let silent = "sluice_cluster_trunk_closed_total{reason=\"trunk_silent\"} ";
+    assert_eq!(metric(&nodes[1].metrics(), silent), 0.0);
+    assert!(nodes[1].sessions() >= 2, "the trunk and the viewer");
+
+    if !ns.drop_udp_from(1, &ns.addr(0)) {
+        return;
+    }
+    eventually(
+        "b closes the silent trunk (trunk_silent)",
+        Duration::from_secs(30),
+        || metric(&nodes[1].metrics(), silent) >= 1.0,
+    );
+    assert_eq!(
+        nodes[1].sessions(),
+        0,
+        "the trunk and the viewer's session are gone"
+    );
+    assert!(trunk_to(&trunks(&nodes[1]), "a").is_none());
+    let audit = nodes[1].audit();
+    assert!(
+        audit.contains("cluster.trunk") && audit.contains("trunk_silent"),
+        "{audit}"
+    );
+    eventually(
+        "a closes its side (edge_closed)",
+        Duration::from_secs(20),
+        || trunk_to(&trunks(&nodes[0]), "b").is_none(),
+    );
+    assert!(
+        metric(
+            &nodes[0].metrics(),
+            "sluice_cluster_trunk_closed_total{reason=\"edge_closed\"} "
+        ) >= 1.0
+    );
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    for n in &mut nodes {
+        n.kill_all();
+    }
+    redis.kill();
+}
+
 /// Three loopback nodes with their relays: (appliances, admin URLs, admin tokens).
 fn three_static_nodes(
     tag: &str,

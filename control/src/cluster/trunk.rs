@@ -22,9 +22,12 @@
 //!
 //! Failure: the edge asks the origin for each room's streams on every heartbeat; a trunk the
 //! origin no longer has (404), or an origin that does not answer and has left the registry,
-//! drops the room's viewers with reason `origin_lost`. The origin drops a trunk whose edge
-//! left the registry (`edge_lost`), and a room the edge gives up (`DELETE`, after it stayed
-//! without viewers for `cluster.entry_ttl_ms`). Both sides keep their trunks in
+//! drops the room's viewers with reason `origin_lost`; a trunk on which nothing arrives for
+//! `cluster.trunk_silence_ms` while the origin reports sending on it (the path between the
+//! relays is cut) is given back and its viewers dropped with `trunk_silent`. The origin
+//! drops a trunk whose edge left the registry (`edge_lost`), and a room the edge gives up
+//! (`DELETE`, after it stayed without viewers for `cluster.entry_ttl_ms`). Both sides keep
+//! their trunks in
 //! `<state_dir>/cluster-trunks.json` (ids and addresses; the keys are in the journal with
 //! every session's), so a restart of control keeps them.
 
@@ -38,7 +41,7 @@ use crate::core::{Core, CoreError};
 use crate::state::{RewriteSpec, RtxSpec};
 use crate::webrtc::sdp::{Codec, Direction, Extmap, MediaKind, NegotiatedMedia, RtxCodec};
 use base64::Engine as _;
-use contract::shm::Role;
+use contract::shm::{Role, StatRecord};
 use contract::srtp::{MasterKey, Profile};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -194,12 +197,35 @@ impl Stream {
     }
 }
 
-/// The origin's answer to an edge's check of one room: the trunk session and the room's
-/// streams.
+/// The origin's answer to an edge's check of one room: the trunk session, the room's
+/// streams, and the packets the origin relay has sent on the trunk (`None` when the relay's
+/// statistics are not readable), which lets the edge tell a silent trunk from a silent room.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomStreams {
     pub session: u64,
     pub streams: Vec<Stream>,
+    #[serde(default)]
+    pub packets_out: Option<u64>,
+}
+
+/// The relay's `(packets_in, packets_out)` of `session`, summed over its workers; `None`
+/// without readable statistics or before the relay published any for it. One pass over the
+/// statistics slots, keeping only the session's own records of the running relay.
+fn session_packets(core: &Core, session: u64) -> Option<(u64, u64)> {
+    let g = core.ledger();
+    let r = g.reader.as_ref()?;
+    let pid = r.relay_info().pid;
+    let mut found: Option<(u64, u64)> = None;
+    r.for_each_stat(|_, _, rec| {
+        if let StatRecord::Session(s) = rec {
+            if s.session == session && (pid == 0 || s.writer_pid == pid) {
+                let (i, o) = found.get_or_insert((0, 0));
+                *i = i.wrapping_add(s.packets_in);
+                *o = o.wrapping_add(s.packets_out);
+            }
+        }
+    });
+    found
 }
 
 /// The edge member's sections and SSRCs for `streams`.
@@ -247,6 +273,34 @@ struct EdgeRoom {
     idle_since_ms: Option<u64>,
 }
 
+/// The edge's watch on a trunk's media: the relay's count of packets received on the trunk
+/// session at the last check, and since when (with the origin's count of packets sent on
+/// its side then) it has not moved.
+#[derive(Debug, Clone, Copy, Default)]
+struct SilenceWatch {
+    packets_in: u64,
+    still_since: Option<(u64, u64)>,
+}
+
+impl SilenceWatch {
+    /// One check: `packets_in` received here so far, `origin_out` sent by the origin so far.
+    /// True when nothing arrived for `window_ms` while the origin sent.
+    fn silent(&mut self, packets_in: u64, origin_out: u64, now_ms: u64, window_ms: u64) -> bool {
+        if packets_in != self.packets_in {
+            self.packets_in = packets_in;
+            self.still_since = None;
+            return false;
+        }
+        match self.still_since {
+            None => {
+                self.still_since = Some((now_ms, origin_out));
+                false
+            }
+            Some((since, out)) => now_ms.saturating_sub(since) >= window_ms && origin_out > out,
+        }
+    }
+}
+
 /// A trunk this node takes from one origin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct EdgeTrunk {
@@ -258,6 +312,8 @@ struct EdgeTrunk {
     /// Since when the origin's control has not answered.
     unreachable_since_ms: Option<u64>,
     opened_ms: u64,
+    #[serde(skip)]
+    watch: SilenceWatch,
 }
 
 /// Both sides' trunks, persisted.
@@ -288,8 +344,9 @@ pub struct TrunkStats {
 }
 
 /// Why a trunk (or one of its rooms) closed.
-pub const CLOSE_REASONS: [&str; 6] = [
+pub const CLOSE_REASONS: [&str; 7] = [
     "origin_lost",
+    "trunk_silent",
     "edge_lost",
     "edge_closed",
     "idle",
@@ -646,7 +703,11 @@ impl Cluster {
             book.save();
         }
         drop(book);
-        Ok(RoomStreams { session, streams })
+        Ok(RoomStreams {
+            session,
+            streams,
+            packets_out: session_packets(core, session).map(|(_, out)| out),
+        })
     }
 
     /// `DELETE …/{edge}/rooms/{app}/{room}`: the edge gives a room up.
@@ -887,6 +948,7 @@ impl Cluster {
                         rooms: BTreeMap::new(),
                         unreachable_since_ms: None,
                         opened_ms: now,
+                        watch: SilenceWatch::default(),
                     },
                 );
                 self.trunk_stats.opened_edge.fetch_add(1, Ordering::Relaxed);
@@ -1007,6 +1069,8 @@ impl Cluster {
                 continue;
             };
             let mut reachable = true;
+            // The most the origin reported sending on the trunk this round.
+            let mut origin_out: Option<u64> = None;
             for (k, r) in &t.rooms {
                 let idle = core.viewers_of(&r.app, &r.room).is_empty();
                 let idle_since = if idle {
@@ -1027,10 +1091,11 @@ impl Cluster {
                 }
                 match self.call(&info, "GET", &path, Vec::new()) {
                     Ok((200, body, _)) => {
-                        let streams = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-                            serde_json::from_value::<Vec<Stream>>(v["streams"].clone()).ok()
-                        });
-                        if let Some(streams) = streams {
+                        let answer = serde_json::from_slice::<RoomStreams>(&body).ok();
+                        if let Some(out) = answer.as_ref().and_then(|a| a.packets_out) {
+                            origin_out = Some(origin_out.map_or(out, |o| o.max(out)));
+                        }
+                        if let Some(streams) = answer.map(|a| a.streams) {
                             if streams != r.streams {
                                 let (media, ssrcs) = member_media(&streams);
                                 if let Err(e) = core.put_trunk_member(
@@ -1057,13 +1122,58 @@ impl Cluster {
                     Err(_) => reachable = false,
                 }
             }
-            if let Some(x) = lock(&self.book).edge.get_mut(&origin) {
+            let silent = {
+                let mut book = lock(&self.book);
+                let Some(x) = book.edge.get_mut(&origin) else {
+                    continue;
+                };
                 x.unreachable_since_ms = if reachable {
                     None
                 } else {
                     Some(x.unreachable_since_ms.unwrap_or(now_ms))
                 };
+                match (origin_out, session_packets(core, t.session)) {
+                    (Some(out), Some((packets_in, _))) => x.watch.silent(
+                        packets_in,
+                        out,
+                        now_ms,
+                        u64::from(self.cfg.trunk_silence_ms),
+                    ),
+                    // Without both counts there is nothing to compare: the watch restarts.
+                    _ => {
+                        x.watch.still_since = None;
+                        false
+                    }
+                }
+            };
+            if silent {
+                self.close_silent_trunk(core, &info, &origin);
             }
+        }
+    }
+
+    /// The origin sends on the trunk and nothing arrives here (the path between the relays
+    /// is cut): give every room of the trunk back to the origin, so that it stops sending
+    /// into the void, and close them here with `trunk_silent`; the viewers lose their
+    /// sessions and reconnect.
+    fn close_silent_trunk(&self, core: &Core, info: &NodeInfo, origin: &str) {
+        let rooms: Vec<(String, String, String)> = lock(&self.book)
+            .edge
+            .get(origin)
+            .map(|t| {
+                t.rooms
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.app.clone(), r.room.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::warn!(%origin, rooms = rooms.len(), window_ms = self.cfg.trunk_silence_ms, "cluster: no media on the trunk while the origin sends");
+        for (k, app, room) in rooms {
+            let path = format!("{TRUNKS_PATH}/{}/rooms/{app}/{room}", self.cfg.node_id);
+            // Best effort: an origin that cannot be told drops the routes when the trunk
+            // goes (edge_lost) or a later open replaces it.
+            let _ = self.call(info, "DELETE", &path, Vec::new());
+            self.close_edge_room(core, origin, &k, "trunk_silent");
         }
     }
 
@@ -1348,5 +1458,25 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), taken.len());
+    }
+
+    #[test]
+    fn a_trunk_is_silent_only_when_the_origin_sends_and_nothing_arrives() {
+        let mut w = SilenceWatch::default();
+        // Media arrives: never silent.
+        assert!(!w.silent(10, 10, 0, 1_000));
+        assert!(!w.silent(20, 20, 2_000, 1_000));
+        // Nothing arrives from t=3000, the origin keeps sending: silent once the window is over.
+        assert!(!w.silent(20, 30, 3_000, 1_000));
+        assert!(!w.silent(20, 40, 3_500, 1_000));
+        assert!(w.silent(20, 50, 4_000, 1_000));
+        // A paused publisher: the origin sends nothing either, never silent.
+        let mut p = SilenceWatch::default();
+        assert!(!p.silent(5, 5, 0, 1_000));
+        assert!(!p.silent(5, 5, 1_000, 1_000));
+        assert!(!p.silent(5, 5, 60_000, 1_000));
+        // Something arrives again: the watch starts over.
+        assert!(!w.silent(21, 60, 5_000, 1_000));
+        assert!(!w.silent(21, 70, 5_500, 1_000));
     }
 }
