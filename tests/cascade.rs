@@ -702,3 +702,59 @@ fn bench_spreads_static_subscribers_over_nodes() {
         assert!(delivered > 0, "{cols:?}");
     }
 }
+
+/// `sluice-bench run --targets --cascade`: both publishers on the first node, the second
+/// node's subscribers fed over a static trunk from it; the JSON report has every node's
+/// delivered packets, loss, latency and relay CPU per delivered packet.
+#[test]
+fn bench_cascades_static_subscribers_over_a_trunk() {
+    ensure_binaries();
+    let (apps, urls, tokens) = three_static_nodes("cascade-trunk");
+    let urls = &urls[..2];
+    let tokens = &tokens[..2];
+    let json = apps[0].dir.path().join("cascade-report.json");
+    bench_across(
+        urls,
+        tokens,
+        &[
+            "--cascade",
+            "--publishers",
+            "2",
+            "--fanout",
+            "10",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--quiet",
+            "--json",
+            json.to_str().expect("path"),
+        ],
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("json");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{report}");
+    for (n, url) in nodes.iter().zip(urls) {
+        assert_eq!(n["node"], url.as_str());
+        assert_eq!(
+            (n["publishers"].as_u64(), n["subscribers"].as_u64()),
+            (Some(1), Some(10))
+        );
+        let (delivered, expected) = (
+            n["delivered"].as_u64().expect("delivered"),
+            n["expected"].as_u64().expect("expected"),
+        );
+        // A loaded CI machine may drop a few; most must arrive, through the trunk too.
+        assert!(delivered * 10 >= expected * 9, "{}", report["nodes"]);
+        assert!(n["latency"]["p50_us"].as_f64().expect("p50") > 0.0, "{n}");
+        assert!(n["relay_cpu_s"].as_f64().is_some(), "{n}");
+        assert!(n["relay_cpu_ns_per_delivered"].as_f64().is_some(), "{n}");
+    }
+    // Each node's statistics carry its relay's CPU time, read from its control.
+    let stats = &report["target_stats"]["before"];
+    assert!(
+        stats[urls[0].as_str()]["relay_cpu_seconds"].is_number(),
+        "{stats}"
+    );
+}
