@@ -617,6 +617,74 @@ fn edge_closes_a_silent_trunk() {
     redis.kill();
 }
 
+/// The median of `v` (not empty).
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// A viewer's first decoded frame, timed from its WHEP POST, through the origin and through
+/// an edge that must first open a trunk (the previous one closed after its last viewer
+/// left), alternately. Prints the figures (docs/BENCHMARKS.md "Cascade"); asserts that every
+/// viewer decodes and that every edge viewer came over a new trunk.
+#[test]
+fn first_frame_through_a_new_trunk() {
+    let Some((ns, mut redis, mut nodes, mut publisher, _pub_rx, _tmp)) =
+        two_cascading_nodes("cff", "")
+    else {
+        return;
+    };
+    let rounds = 3;
+    let (mut origin, mut edge) = (Vec::new(), Vec::new());
+    let first_frame = |node: &Node, tag: &'static str| -> u64 {
+        let token = node.mint("r", "viewer");
+        let (mut v, rx) = sluice_tests::aiortc::spawn_with_host(
+            &ns.host(),
+            &[
+                "watch",
+                &format!("{}/whep/live/r", node.url),
+                &token,
+                "1",
+                "60",
+            ],
+            tag,
+        );
+        let line = wait_line(&rx, Duration::from_secs(90), "a first frame", |l| {
+            l.starts_with("first_frame_ms=")
+        });
+        let status = v.wait().expect("wait viewer");
+        assert!(status.success(), "{tag}: {line}");
+        line["first_frame_ms=".len()..].parse().expect("ms")
+    };
+    let opened = "sluice_cluster_trunks_opened_total{side=\"edge\"} ";
+    for round in 0..rounds {
+        origin.push(first_frame(&nodes[0], "whep-origin"));
+        eventually(
+            "b holds no trunk (the last one went idle)",
+            Duration::from_secs(30),
+            || trunks(&nodes[1]).is_empty(),
+        );
+        edge.push(first_frame(&nodes[1], "whep-edge"));
+        assert_eq!(
+            metric(&nodes[1].metrics(), opened),
+            f64::from(round + 1),
+            "each edge viewer opened a new trunk"
+        );
+    }
+    eprintln!(
+        "first frame from the WHEP POST: origin {origin:?} ms, edge with a new trunk {edge:?} ms; \
+         medians {} and {} ms",
+        median(&mut origin.clone()),
+        median(&mut edge.clone())
+    );
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    for n in &mut nodes {
+        n.kill_all();
+    }
+    redis.kill();
+}
+
 /// Three loopback nodes with their relays: (appliances, admin URLs, admin tokens).
 fn three_static_nodes(
     tag: &str,
