@@ -625,8 +625,9 @@ fn median(v: &mut [u64]) -> u64 {
 
 /// A viewer's first decoded frame, timed from its WHEP POST, through the origin and through
 /// an edge that must first open a trunk (the previous one closed after its last viewer
-/// left), alternately. Prints the figures (docs/BENCHMARKS.md "Cascade"); asserts that every
-/// viewer decodes and that every edge viewer came over a new trunk.
+/// left), alternately. Prints the figures (docs/BENCHMARKS.md "Cascade and scale-out across
+/// nodes"); asserts that every viewer decodes and that every edge viewer came over a new
+/// trunk.
 #[test]
 fn first_frame_through_a_new_trunk() {
     let Some((ns, mut redis, mut nodes, mut publisher, _pub_rx, _tmp)) =

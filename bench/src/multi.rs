@@ -14,7 +14,7 @@
 //! packet (its control's `process_cpu_seconds_total{process="relay"}`, read before and after
 //! the measured step with each node's statistics).
 
-use crate::report::{NodeFigures, Report};
+use crate::report::{Latency, NodeFigures, Report};
 use crate::target::{Plan, SluiceTarget, Target, TargetError, TargetInfo, Wiring};
 use serde_json::{json, Value};
 
@@ -282,7 +282,12 @@ pub fn per_node(report: &Report, urls: &[String]) -> Vec<NodeFigures> {
         .enumerate()
         .map(|(k, u)| NodeFigures {
             node: u.clone(),
-            latency: result.group_latency.get(k).copied().unwrap_or_default(),
+            // One node: its latency is the run's (the generator keeps no groups for one).
+            latency: match (result.group_latency.get(k), urls.len()) {
+                (Some(l), _) => *l,
+                (None, 1) => result.latency,
+                (None, _) => Latency::default(),
+            },
             ..NodeFigures::default()
         })
         .collect();
@@ -368,7 +373,7 @@ pub fn per_node_text(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Latency, RunResult, StreamReport, TargetStats};
+    use crate::report::{RunResult, StreamReport, TargetStats};
     use serde_json::json;
 
     #[test]
@@ -419,5 +424,21 @@ mod tests {
             (None, None)
         );
         assert_eq!(node_of(5, 3), 2);
+    }
+
+    #[test]
+    fn one_node_has_the_runs_latency() {
+        let report = Report {
+            result: Some(RunResult {
+                latency: Latency {
+                    p50_us: 7.0,
+                    ..Latency::default()
+                },
+                ..RunResult::default()
+            }),
+            ..Report::default()
+        };
+        let f = per_node(&report, &["http://a".to_string()]);
+        assert_eq!(f[0].latency.p50_us, 7.0);
     }
 }
