@@ -436,7 +436,10 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn create() -> Option<Namespaces> {
-        let id = std::process::id();
+        // Unique per test of this process too: tests of one binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + seq % 10;
         let net = 100 + id % 150;
         let mut n = Namespaces {
             names: Vec::new(),
