@@ -471,6 +471,221 @@ fn cascade_across_three_nodes() {
     redis.kill();
 }
 
+/// Two cascading nodes, a and b, in network namespaces with their relays and one Redis,
+/// and an aiortc publisher on a in room `live/r`: (namespaces, redis, nodes, publisher,
+/// the publisher's lines, the temporary directory). `None` when something is missing (the
+/// SKIP line is printed).
+#[allow(clippy::type_complexity)]
+fn two_cascading_nodes(
+    tag: &str,
+    extra: &str,
+) -> Option<(
+    Namespaces,
+    Redis,
+    Vec<Node>,
+    std::process::Child,
+    Receiver<String>,
+    sluice_tests::TempDir,
+)> {
+    ensure_binaries();
+    if !sluice_tests::aiortc::available() {
+        return None;
+    }
+    let ns = Namespaces::create()?;
+    let tmp = sluice_tests::TempDir::new(tag);
+    let redis = Redis::start_on(tmp.path(), &ns.host(), Some("cascade-pw"))?;
+    let extra = secret_config(tmp.path(), extra);
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let addr = ns.addr(i);
+            Node::start_with(
+                ids[i],
+                "eu",
+                &redis.url(),
+                tag,
+                Some((&ns.names[i], &addr)),
+                &extra,
+            )
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start_relay();
+    }
+    eventually("two nodes registered", Duration::from_secs(15), || {
+        node_ids(&nodes[0].cluster().1) == ids
+    });
+    let (publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
+        &ns.host(),
+        &[
+            "publish",
+            &format!("{}/whip/live/r", nodes[0].url),
+            &nodes[0].mint("r", "host"),
+            "600",
+        ],
+        "whip",
+    );
+    wait_line(
+        &pub_rx,
+        Duration::from_secs(30),
+        "the publisher's answer",
+        |l| l.starts_with("answer"),
+    );
+    Some((ns, redis, nodes, publisher, pub_rx, tmp))
+}
+
+/// An edge whose trunk stops carrying media while the origin keeps sending on it (here an
+/// nftables rule in the edge's namespace drops UDP from the origin; HTTP between the
+/// controls goes on) closes the room and its viewers' sessions with `trunk_silent` within
+/// `cluster.trunk_silence_ms`, tells the origin (which closes its side, `edge_closed`),
+/// counts and audits it. While media flows, the watch never fires.
+#[test]
+fn edge_closes_a_silent_trunk() {
+    let Some((ns, mut redis, mut nodes, mut publisher, _pub_rx, _tmp)) =
+        two_cascading_nodes("csil", "trunk_silence_ms = 2000\n")
+    else {
+        return;
+    };
+    let view_token = nodes[1].mint("r", "viewer");
+    let (mut viewer, viewer_rx) = sluice_tests::aiortc::spawn_with_host(
+        &ns.host(),
+        &[
+            "watch",
+            &format!("{}/whep/live/r", nodes[1].url),
+            &view_token,
+            "100000",
+            "300",
+        ],
+        "whep-b",
+    );
+    wait_line(&viewer_rx, Duration::from_secs(60), "frames on b", |l| {
+        l.starts_with("frames=20 ")
+    });
+    assert!(
+        trunk_to(&trunks(&nodes[1]), "a").is_some(),
+        "b serves the viewer over a trunk"
+    );
+    // Twice the window with media flowing: nothing closes.
+    std::thread::sleep(Duration::from_millis(4_000));
+    wait_line(
+        &viewer_rx,
+        Duration::from_secs(30),
+        "frames still on b",
+        |l| l.starts_with("frames="),
+    );
+    let silent = "sluice_cluster_trunk_closed_total{reason=\"trunk_silent\"} ";
+    assert_eq!(metric(&nodes[1].metrics(), silent), 0.0);
+    assert!(nodes[1].sessions() >= 2, "the trunk and the viewer");
+
+    if !ns.drop_udp_from(1, &ns.addr(0)) {
+        return;
+    }
+    eventually(
+        "b closes the silent trunk (trunk_silent)",
+        Duration::from_secs(30),
+        || metric(&nodes[1].metrics(), silent) >= 1.0,
+    );
+    assert_eq!(
+        nodes[1].sessions(),
+        0,
+        "the trunk and the viewer's session are gone"
+    );
+    assert!(trunk_to(&trunks(&nodes[1]), "a").is_none());
+    let audit = nodes[1].audit();
+    assert!(
+        audit.contains("cluster.trunk") && audit.contains("trunk_silent"),
+        "{audit}"
+    );
+    eventually(
+        "a closes its side (edge_closed)",
+        Duration::from_secs(20),
+        || trunk_to(&trunks(&nodes[0]), "b").is_none(),
+    );
+    assert!(
+        metric(
+            &nodes[0].metrics(),
+            "sluice_cluster_trunk_closed_total{reason=\"edge_closed\"} "
+        ) >= 1.0
+    );
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    for n in &mut nodes {
+        n.kill_all();
+    }
+    redis.kill();
+}
+
+/// The median of `v` (not empty).
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// A viewer's first decoded frame, timed from its WHEP POST, through the origin and through
+/// an edge that must first open a trunk (the previous one closed after its last viewer
+/// left), alternately. Prints the figures (docs/BENCHMARKS.md "Cascade and scale-out across
+/// nodes"); asserts that every viewer decodes and that every edge viewer came over a new
+/// trunk.
+#[test]
+fn first_frame_through_a_new_trunk() {
+    let Some((ns, mut redis, mut nodes, mut publisher, _pub_rx, _tmp)) =
+        two_cascading_nodes("cff", "")
+    else {
+        return;
+    };
+    let rounds = 3;
+    let (mut origin, mut edge) = (Vec::new(), Vec::new());
+    let first_frame = |node: &Node, tag: &'static str| -> u64 {
+        let token = node.mint("r", "viewer");
+        let (mut v, rx) = sluice_tests::aiortc::spawn_with_host(
+            &ns.host(),
+            &[
+                "watch",
+                &format!("{}/whep/live/r", node.url),
+                &token,
+                "1",
+                "60",
+            ],
+            tag,
+        );
+        let line = wait_line(&rx, Duration::from_secs(90), "a first frame", |l| {
+            l.starts_with("first_frame_ms=")
+        });
+        let status = v.wait().expect("wait viewer");
+        assert!(status.success(), "{tag}: {line}");
+        line["first_frame_ms=".len()..].parse().expect("ms")
+    };
+    let opened = "sluice_cluster_trunks_opened_total{side=\"edge\"} ";
+    for round in 0..rounds {
+        origin.push(first_frame(&nodes[0], "whep-origin"));
+        eventually(
+            "b holds no trunk (the last one went idle)",
+            Duration::from_secs(30),
+            || trunks(&nodes[1]).is_empty(),
+        );
+        edge.push(first_frame(&nodes[1], "whep-edge"));
+        assert_eq!(
+            metric(&nodes[1].metrics(), opened),
+            f64::from(round + 1),
+            "each edge viewer opened a new trunk"
+        );
+    }
+    eprintln!(
+        "first frame from the WHEP POST: origin {origin:?} ms, edge with a new trunk {edge:?} ms; \
+         medians {} and {} ms",
+        median(&mut origin.clone()),
+        median(&mut edge.clone())
+    );
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    for n in &mut nodes {
+        n.kill_all();
+    }
+    redis.kill();
+}
+
 /// Three loopback nodes with their relays: (appliances, admin URLs, admin tokens).
 fn three_static_nodes(
     tag: &str,
@@ -555,4 +770,60 @@ fn bench_spreads_static_subscribers_over_nodes() {
         let delivered: u64 = cols[4].parse().expect("delivered");
         assert!(delivered > 0, "{cols:?}");
     }
+}
+
+/// `sluice-bench run --targets --cascade`: both publishers on the first node, the second
+/// node's subscribers fed over a static trunk from it; the JSON report has every node's
+/// delivered packets, loss, latency and relay CPU per delivered packet.
+#[test]
+fn bench_cascades_static_subscribers_over_a_trunk() {
+    ensure_binaries();
+    let (apps, urls, tokens) = three_static_nodes("cascade-trunk");
+    let urls = &urls[..2];
+    let tokens = &tokens[..2];
+    let json = apps[0].dir.path().join("cascade-report.json");
+    bench_across(
+        urls,
+        tokens,
+        &[
+            "--cascade",
+            "--publishers",
+            "2",
+            "--fanout",
+            "10",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--quiet",
+            "--json",
+            json.to_str().expect("path"),
+        ],
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("json");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{report}");
+    for (n, url) in nodes.iter().zip(urls) {
+        assert_eq!(n["node"], url.as_str());
+        assert_eq!(
+            (n["publishers"].as_u64(), n["subscribers"].as_u64()),
+            (Some(1), Some(10))
+        );
+        let (delivered, expected) = (
+            n["delivered"].as_u64().expect("delivered"),
+            n["expected"].as_u64().expect("expected"),
+        );
+        // A loaded CI machine may drop a few; most must arrive, through the trunk too.
+        assert!(delivered * 10 >= expected * 9, "{}", report["nodes"]);
+        assert!(n["latency"]["p50_us"].as_f64().expect("p50") > 0.0, "{n}");
+        assert!(n["relay_cpu_s"].as_f64().is_some(), "{n}");
+        assert!(n["relay_cpu_ns_per_delivered"].as_f64().is_some(), "{n}");
+    }
+    // Each node's statistics carry its relay's CPU time, read from its control.
+    let stats = &report["target_stats"]["before"];
+    assert!(
+        stats[urls[0].as_str()]["relay_cpu_seconds"].is_number(),
+        "{stats}"
+    );
 }

@@ -436,7 +436,10 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn create() -> Option<Namespaces> {
-        let id = std::process::id();
+        // Unique per test of this process too: tests of one binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + seq % 10;
         let net = 100 + id % 150;
         let mut n = Namespaces {
             names: Vec::new(),
@@ -490,6 +493,29 @@ impl Namespaces {
 
     pub fn addr(&self, i: usize) -> String {
         format!("10.{}.0.1{}", self.net, i + 1)
+    }
+
+    /// Drop every UDP datagram from `from` arriving in namespace `i` (an nftables rule in
+    /// the namespace's own table, gone with the namespace): media between relays stops,
+    /// HTTP between controls goes on. False (and a SKIP line) when `nft` cannot do it.
+    pub fn drop_udp_from(&self, i: usize, from: &str) -> bool {
+        let ns = &self.names[i];
+        let rules = format!(
+            "table inet sluice_cut {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip saddr {from} meta l4proto udp drop\n }}\n}}\n"
+        );
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped());
+        let ok = c.spawn().ok().and_then(|mut child| {
+            child.stdin.take()?.write_all(rules.as_bytes()).ok()?;
+            child.wait().ok()
+        });
+        if !ok.is_some_and(|s| s.success()) {
+            skip("nft cannot add a rule in a network namespace (apt-get install nftables)");
+            return false;
+        }
+        true
     }
 }
 

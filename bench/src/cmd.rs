@@ -291,20 +291,28 @@ pub struct FindMaxOptions {
     pub max_steps: usize,
 }
 
+/// The best step of a search: its outcome, the generator's CPU seconds, and the target's
+/// statistics before and after it.
+pub type BestStep = (StepOutcome, f64, Option<TargetStats>);
+
 /// Exponential ramp from `start` until a step fails, then bisection between the last pass and
 /// the first failure. A step fails on loss above the threshold or when the generator could
 /// not offer what was asked (it then bounds the search, with a warning).
+///
+/// With a `target`, its statistics are read before and after every step and kept with the
+/// best one.
 pub fn search(
     rig: &mut Rig,
     o: &FindMaxOptions,
     out: &Output,
     warnings: &mut Vec<String>,
-) -> (FindMax, Option<(StepOutcome, f64)>) {
+    mut target: Option<&mut dyn Target>,
+) -> (FindMax, Option<BestStep>) {
     let mut fm = FindMax {
         loss_threshold: o.loss,
         ..FindMax::default()
     };
-    let mut best: Option<(StepOutcome, f64)> = None;
+    let mut best: Option<BestStep> = None;
     let (mut lo, mut hi) = (0.0f64, f64::INFINITY);
     let mut rate = o.start.min(o.max);
     let mut step_id = 1u32;
@@ -317,7 +325,9 @@ pub fn search(
             tick: Duration::from_millis(200),
         };
         step_id += 1;
+        let before = target.as_deref_mut().and_then(Target::stats);
         let (outcome, cpu) = measured_step(rig, &spec, out);
+        let after = target.as_deref_mut().and_then(Target::stats);
         if outcome.interrupted {
             break;
         }
@@ -349,7 +359,9 @@ pub fn search(
                 fm.max_offered_pps = r.offered.pps;
                 fm.max_delivered_pps = r.delivered.pps;
                 fm.latency_at_max = Some(r.latency);
-                best = Some((outcome, cpu));
+                let stats =
+                    (before.is_some() || after.is_some()).then_some(TargetStats { before, after });
+                best = Some((outcome, cpu, stats));
             }
         } else {
             hi = rate;
@@ -412,15 +424,16 @@ pub fn find_max(
     report.config = Some(o.run.config());
     report.target = target.info().ok();
     let mut warnings = Vec::new();
-    let (fm, best) = with_sessions(target, o.run.rig.clone(), out, |rig, _| {
+    let (fm, best) = with_sessions(target, o.run.rig.clone(), out, |rig, target| {
         if let Some(c) = report.config.as_mut() {
             c.gso = rig.gso();
         }
-        Ok(search(rig, o, out, &mut warnings))
+        Ok(search(rig, o, out, &mut warnings, Some(target)))
     })?;
     report.warnings = warnings;
-    if let Some((outcome, cpu)) = &best {
-        finish(&mut report, outcome, *cpu);
+    if let Some((outcome, cpu, stats)) = best {
+        finish(&mut report, &outcome, cpu);
+        report.target_stats = stats;
     }
     report.find_max = Some(fm);
     Ok(report)
@@ -452,9 +465,9 @@ pub fn echo_at(
     };
     if search_max {
         let mut warnings = Vec::new();
-        let (fm, best) = search(&mut rig, opts, out, &mut warnings);
+        let (fm, best) = search(&mut rig, opts, out, &mut warnings, None);
         report.warnings = warnings;
-        if let Some((o, cpu)) = &best {
+        if let Some((o, cpu, _)) = &best {
             finish(&mut report, o, *cpu);
         }
         echo.find_max = Some(fm);

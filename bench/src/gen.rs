@@ -83,6 +83,9 @@ pub struct RigSpec {
     /// No subscribers: the publishers send to a sink (see [`Rig::wire_sink`]) and the step
     /// measures the senders alone.
     pub sink: bool,
+    /// Latency is also kept per group of publisher streams, stream `i` in group
+    /// `i mod latency_groups` (the node of `--targets` it was placed on); 1: one histogram.
+    pub latency_groups: usize,
 }
 
 /// UDP GSO use by the publishers (Linux ≥ 4.18, `UDP_SEGMENT`).
@@ -115,6 +118,7 @@ impl Default for RigSpec {
             socket_buffer: 4 << 20,
             gso: Gso::Off,
             sink: false,
+            latency_groups: 1,
         }
     }
 }
@@ -286,6 +290,9 @@ pub struct StepOutcome {
     pub streams: Vec<StreamCounts>,
     /// Latency in ns.
     pub hist: Histogram<u64>,
+    /// Latency in ns per group of streams ([`RigSpec::latency_groups`] of them when more
+    /// than one; empty otherwise).
+    pub group_hists: Vec<Histogram<u64>>,
     pub seconds: Vec<Second>,
     pub senders: Vec<ThreadUsage>,
     pub receivers: Vec<ThreadUsage>,
@@ -451,6 +458,7 @@ impl Rig {
                 .iter()
                 .map(|x| (s(x.local, x.keys), x.stream as usize))
                 .collect(),
+            publisher_ssrcs: self.pubs.iter().map(|p| p.ssrc).collect(),
         })
     }
 
@@ -550,11 +558,12 @@ impl Rig {
 
         let senders = self.spec.senders.min(n_pubs);
         let receivers = self.spec.receivers.min(self.subs.len());
+        let groups = self.spec.latency_groups.max(1);
         let driven = drive(
             spec,
             (&mut self.pubs, senders),
             (&mut self.subs, receivers),
-            fanout,
+            (fanout, groups),
             &mut live,
             |chunk, lane| {
                 send_loop(
@@ -583,6 +592,7 @@ impl Rig {
                         received: lane.count,
                         batch,
                     },
+                    groups,
                 )
             },
         );
@@ -656,6 +666,8 @@ pub(crate) struct Driven {
     pub(crate) t0: Instant,
     send_s: f64,
     hist: Histogram<u64>,
+    /// Per group of streams (see [`drive`]).
+    group_hists: Vec<Histogram<u64>>,
     seconds: Vec<Second>,
     senders: Vec<ThreadUsage>,
     receivers: Vec<ThreadUsage>,
@@ -676,6 +688,12 @@ impl Driven {
             size,
             streams,
             hist: self.hist,
+            // One group is the whole step's histogram: not repeated.
+            group_hists: if self.group_hists.len() > 1 {
+                self.group_hists
+            } else {
+                Vec::new()
+            },
             seconds: self.seconds,
             senders: self.senders,
             receivers: self.receivers,
@@ -699,14 +717,17 @@ pub(crate) struct Lane<'a> {
 /// on a share of `pubs` until the window ends (or Ctrl-C), `receivers` threads each run
 /// `recv` on a share of `subs`, this thread samples the counts for `live` and the per-second
 /// series, then waits for stragglers ([`drain`]) before stopping the receivers.
+///
+/// Every receiver returns its latency histograms per group of streams (`groups` ≥ 1 of
+/// them, [`RigSpec::latency_groups`]); the step keeps their sum and each group's.
 pub(crate) fn drive<P: Send, S: Send>(
     spec: &StepSpec,
     (pubs, senders): (&mut [P], usize),
     (subs, receivers): (&mut [S], usize),
-    fanout: u64,
+    (fanout, groups): (u64, usize),
     live: &mut impl FnMut(&Live),
     send: impl Fn(&mut [P], Lane<'_>) -> ThreadUsage + Sync,
-    recv: impl Fn(&mut [S], Lane<'_>) -> (Histogram<u64>, ThreadUsage) + Sync,
+    recv: impl Fn(&mut [S], Lane<'_>) -> (Vec<Histogram<u64>>, ThreadUsage) + Sync,
 ) -> Driven {
     let stop_send = AtomicBool::new(false);
     let stop_recv = AtomicBool::new(false);
@@ -718,6 +739,7 @@ pub(crate) fn drive<P: Send, S: Send>(
         t0,
         send_s: spec.duration.as_secs_f64(),
         hist: new_hist(),
+        group_hists: (0..groups.max(1)).map(|_| new_hist()).collect(),
         seconds: Vec::new(),
         senders: Vec::new(),
         receivers: Vec::new(),
@@ -774,9 +796,12 @@ pub(crate) fn drive<P: Send, S: Send>(
         drain(spec.drain, total(&sent_ctr) * fanout, &recv_ctr);
         stop_recv.store(true, Ordering::Relaxed);
         for h in rh {
-            let (h2, usage) = h.join().expect("receiver thread panicked");
-            // Both histograms have the same bounds, so adding cannot fail.
-            driven.hist.add(&h2).expect("same bounds");
+            let (hists, usage) = h.join().expect("receiver thread panicked");
+            for (sum, h2) in driven.group_hists.iter_mut().zip(&hists) {
+                // All histograms have the same bounds, so adding cannot fail.
+                sum.add(h2).expect("same bounds");
+                driven.hist.add(h2).expect("same bounds");
+            }
             driven.receivers.push(usage);
         }
     });
@@ -1027,12 +1052,18 @@ struct RecvCtx<'a> {
     batch: usize,
 }
 
-fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, ThreadUsage) {
+/// Receive until stopped; latency per group of streams (`groups` ≥ 1 histograms, stream `i`
+/// in group `i mod groups`).
+fn recv_loop(
+    subs: &mut [Subscriber],
+    c: RecvCtx<'_>,
+    groups: usize,
+) -> (Vec<Histogram<u64>>, ThreadUsage) {
     use mio::unix::SourceFd;
     use mio::{Events, Interest, Poll, Token};
     let cpu0 = sys::thread_cpu();
     let wall0 = Instant::now();
-    let mut hist = new_hist();
+    let mut hist: Vec<Histogram<u64>> = (0..groups.max(1)).map(|_| new_hist()).collect();
     let mut rb = RecvBatch::new(c.batch);
     let mut poll = Poll::new().ok();
     if let Some(p) = &poll {
@@ -1048,7 +1079,8 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
         }
     }
     let mut events = Events::with_capacity(256);
-    let drain = |s: &mut Subscriber, rb: &mut RecvBatch, hist: &mut Histogram<u64>| loop {
+    let drain = |s: &mut Subscriber, rb: &mut RecvBatch, hist: &mut [Histogram<u64>]| loop {
+        let group = s.stream as usize % hist.len();
         let n = match rb.recv(s.sock.as_raw_fd()) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -1074,7 +1106,7 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
                         Arrival::InOrder | Arrival::Reordered => {
                             s.first_ns.get_or_insert(now_ns);
                             s.rx.bytes += len as u64;
-                            hist.saturating_record(now_ns.saturating_sub(p.send_ns).max(1));
+                            hist[group].saturating_record(now_ns.saturating_sub(p.send_ns).max(1));
                         }
                         Arrival::Duplicate | Arrival::Late => {}
                     },
@@ -1094,14 +1126,14 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
                 }
                 for ev in events.iter() {
                     if let Some(s) = subs.get_mut(ev.token().0) {
-                        drain(s, &mut rb, &mut hist);
+                        drain(s, &mut rb, hist.as_mut_slice());
                     }
                 }
             }
             _ => {
                 // Final pass (or no epoll): visit every socket.
                 for s in subs.iter_mut() {
-                    drain(s, &mut rb, &mut hist);
+                    drain(s, &mut rb, hist.as_mut_slice());
                 }
                 if !stopping {
                     std::thread::sleep(Duration::from_micros(200));

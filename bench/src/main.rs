@@ -188,6 +188,11 @@ struct TargetArgs {
     /// The admin tokens of --targets, comma-separated, in the same order (or one for all).
     #[arg(long, value_name = "T,T,...", value_delimiter = ',')]
     tokens: Vec<String>,
+    /// With --targets: every publisher on the first node (the origin); the subscribers of
+    /// publisher i on node i mod N, the other nodes fed from the origin over one static
+    /// relay-to-relay trunk each.
+    #[arg(long, requires = "targets")]
+    cascade: bool,
 }
 
 #[derive(Args)]
@@ -363,7 +368,7 @@ fn connect(t: &TargetArgs) -> Result<Box<dyn Target>, CmdError> {
             return Err(CmdError::Usage("--targets needs --tokens".into()));
         }
         return Ok(Box::new(sluice_bench::multi::MultiTarget::connect(
-            &t.targets, &t.tokens,
+            &t.targets, &t.tokens, t.cascade,
         )?));
     }
     match t.target_kind {
@@ -427,16 +432,17 @@ fn real_main(cli: Cli) -> Result<ExitCode, CmdError> {
             search,
             out,
         } => {
-            let opts = search.options(load.run_options(search.start_rate)?, true)?;
+            let mut opts = search.options(load.run_options(search.start_rate)?, true)?;
+            opts.run.rig.latency_groups = target.targets.len().max(1);
             let output = out.output();
             let mut t = connect(&target)?;
-            let report = cmd::find_max(t.as_mut(), &opts, &output)?;
+            let mut report = cmd::find_max(t.as_mut(), &opts, &output)?;
+            if !target.targets.is_empty() {
+                report.nodes = sluice_bench::multi::per_node(&report, &target.targets);
+            }
             finish(&report, &output, "sluice-bench find-max")?;
             if !target.targets.is_empty() {
-                print!(
-                    "{}",
-                    sluice_bench::multi::per_node_text(&report, &target.targets)
-                );
+                print!("{}", sluice_bench::multi::per_node_text(&report));
             }
         }
         Command::Baseline { which } => baseline_command(which)?,
@@ -505,7 +511,8 @@ fn run_command(a: RunArgs) -> Result<Option<ExitCode>, CmdError> {
         tcp_port,
         out,
     } = a;
-    let opts = load.run_options(rate)?;
+    let mut opts = load.run_options(rate)?;
+    opts.rig.latency_groups = target.targets.len().max(1);
     let output = out.output();
     let crypto = if baselines {
         Some(cmd::crypto_baseline(
@@ -537,12 +544,12 @@ fn run_command(a: RunArgs) -> Result<Option<ExitCode>, CmdError> {
     }
     report.baselines.crypto = crypto;
     report.compute_ratios();
+    if !target.targets.is_empty() {
+        report.nodes = sluice_bench::multi::per_node(&report, &target.targets);
+    }
     finish(&report, &output, "sluice-bench run")?;
     if !target.targets.is_empty() {
-        print!(
-            "{}",
-            sluice_bench::multi::per_node_text(&report, &target.targets)
-        );
+        print!("{}", sluice_bench::multi::per_node_text(&report));
     }
     if let (Some(max), Some(r)) = (max_loss, &report.result) {
         if r.loss_ratio * 100.0 > max || r.auth_failures > 0 || r.misrouted > 0 {

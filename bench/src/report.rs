@@ -37,7 +37,35 @@ pub struct Report {
     /// `webrtc`: joins, handshakes per second, time to first media.
     #[serde(default)]
     pub webrtc: Option<crate::webrtc::WebRtcSummary>,
+    /// `--targets`: each node's share of the measured run ([`crate::multi::per_node`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeFigures>,
     pub warnings: Vec<String>,
+}
+
+/// One node's share of a run over several nodes (`--targets`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeFigures {
+    /// The node's admin URL.
+    pub node: String,
+    pub publishers: u64,
+    pub subscribers: u64,
+    /// Datagrams the publishers sent to this node.
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    /// Delivered datagrams per second of the send window.
+    pub delivered_pps: f64,
+    pub loss_ratio: f64,
+    /// Latency of the datagrams this node's subscribers received.
+    pub latency: Latency,
+    /// The node's relay CPU seconds (user + system) over the measured step, from its
+    /// control's `process_cpu_seconds_total{process="relay"}` before and after; `None`
+    /// when either reading is missing.
+    pub relay_cpu_s: Option<f64>,
+    /// `relay_cpu_s` ÷ `delivered`, in nanoseconds: the relay's CPU per packet it delivered.
+    pub relay_cpu_ns_per_delivered: Option<f64>,
 }
 
 /// The load asked for.
@@ -149,6 +177,10 @@ pub struct RunResult {
     pub latency_curve: Vec<CurvePoint>,
     pub per_second: Vec<Second>,
     pub streams: Vec<StreamReport>,
+    /// Latency per group of streams ([`crate::gen::RigSpec::latency_groups`]; with
+    /// `--targets`, per node), when there is more than one group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_latency: Vec<Latency>,
 }
 
 /// One step of a find-max search.
@@ -378,6 +410,7 @@ impl RunResult {
             latency_curve: latency_curve(&o.hist),
             per_second: o.seconds.clone(),
             streams: o.streams.iter().map(stream_report).collect(),
+            group_latency: o.group_hists.iter().map(latency).collect(),
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Plan {
     pub publishers: Vec<SessionPlan>,
     /// Subscribers and the index of the publisher each one receives.
     pub subscribers: Vec<(SessionPlan, usize)>,
+    /// The SSRC publisher `i` sends with.
+    pub publisher_ssrcs: Vec<u32>,
 }
 
 /// What the target decided.
@@ -263,7 +265,19 @@ impl SluiceTarget {
         self.call("GET /v1/status", "GET", "/v1/status", None)
     }
 
-    fn media_addr(&mut self) -> Result<SocketAddr, TargetError> {
+    /// The relay's CPU seconds (user + system) as its control reports them
+    /// (`process_cpu_seconds_total{process="relay"}` on `/metrics`); `None` when the node
+    /// does not answer or reports no relay.
+    pub fn relay_cpu_seconds(&self) -> Option<f64> {
+        let r = self.api.request("GET", "/metrics", None).ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        relay_cpu_of(&String::from_utf8_lossy(&r.body))
+    }
+
+    /// The relay's media address as the bench reaches it.
+    pub(crate) fn media_addr(&mut self) -> Result<SocketAddr, TargetError> {
         if let Some(m) = self.media {
             return Ok(reachable(m));
         }
@@ -278,6 +292,22 @@ impl SluiceTarget {
 }
 
 impl SluiceTarget {
+    /// `POST /v1/sessions` with `body`; the session is removed by [`Target::teardown`].
+    pub(crate) fn add_session(&mut self, what: &str, body: &Value) -> Result<u64, TargetError> {
+        let v = self.call(what, "POST", "/v1/sessions", Some(body))?;
+        let id = v["id"].as_u64().ok_or(TargetError::Missing("session id"))?;
+        self.sessions.push(id);
+        Ok(id)
+    }
+
+    /// `POST /v1/routes` with `body`; the route is removed by [`Target::teardown`].
+    pub(crate) fn add_route(&mut self, what: &str, body: &Value) -> Result<u64, TargetError> {
+        let v = self.call(what, "POST", "/v1/routes", Some(body))?;
+        let id = v["id"].as_u64().ok_or(TargetError::Missing("route id"))?;
+        self.routes.push(id);
+        Ok(id)
+    }
+
     /// [`Target::setup_ice`] without the clean-up.
     fn create_ice(
         &mut self,
@@ -483,9 +513,29 @@ impl Target for SluiceTarget {
     }
 }
 
+/// `process_cpu_seconds_total{process="relay"}` in a Prometheus text exposition.
+fn relay_cpu_of(metrics: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix("process_cpu_seconds_total{process=\"relay\"} ")
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_cpu_is_read_from_metrics() {
+        let text = "# TYPE process_cpu_seconds_total counter\n\
+            process_cpu_seconds_total{process=\"control\"} 1.5e0\n\
+            process_cpu_seconds_total{process=\"relay\"} 2.25e1\n";
+        assert_eq!(relay_cpu_of(text), Some(22.5));
+        assert_eq!(
+            relay_cpu_of("process_cpu_seconds_total{process=\"control\"} 1\n"),
+            None
+        );
+    }
 
     #[test]
     fn unspecified_becomes_loopback() {

@@ -317,6 +317,7 @@ impl TcpRig {
                 .iter()
                 .map(|x| (s(x.keys), x.stream as usize))
                 .collect(),
+            publisher_ssrcs: self.pubs.iter().map(|p| p.ssrc).collect(),
         };
         let ufrags = (0..self.pubs.len() + self.subs.len())
             .map(|_| random_ufrag())
@@ -375,7 +376,7 @@ impl TcpRig {
             spec,
             (&mut self.pubs, senders),
             (&mut self.subs, receivers),
-            fanout,
+            (fanout, 1),
             &mut live,
             |chunk, lane| {
                 send_loop(
@@ -587,7 +588,8 @@ fn take_frames(s: &mut Subscriber, c: &RecvCtx<'_>, hist: &mut Histogram<u64>) {
     c.received.fetch_add(n, Ordering::Relaxed);
 }
 
-fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, ThreadUsage) {
+/// Receive until stopped; latency in one histogram (one group, [`drive`]).
+fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Vec<Histogram<u64>>, ThreadUsage) {
     use mio::unix::SourceFd;
     use mio::{Events, Interest, Poll, Token};
     let cpu0 = crate::sys::thread_cpu();
@@ -653,7 +655,7 @@ fn recv_loop(subs: &mut [Subscriber], c: RecvCtx<'_>) -> (Histogram<u64>, Thread
             break;
         }
     }
-    (hist, ThreadUsage::measure(cpu0, wall0))
+    (vec![hist], ThreadUsage::measure(cpu0, wall0))
 }
 
 #[cfg(test)]

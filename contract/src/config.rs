@@ -288,6 +288,11 @@ pub struct ClusterConfig {
     /// least this many viewers here (an edge in another region always gets one); 0: always.
     #[serde(default)]
     pub cascade_after_viewers: u32,
+    /// As an edge: a trunk on which nothing arrives for this long while the origin reports
+    /// sending on it is closed with its rooms' viewers (`trunk_silent`), so that they
+    /// reconnect. Milliseconds.
+    #[serde(default = "default_trunk_silence_ms")]
+    pub trunk_silence_ms: u32,
 }
 
 fn default_region() -> String {
@@ -303,6 +308,9 @@ fn default_key_prefix() -> String {
     "sluice".into()
 }
 fn default_auth_window_ms() -> u32 {
+    10_000
+}
+fn default_trunk_silence_ms() -> u32 {
     10_000
 }
 
@@ -1235,6 +1243,12 @@ fn validate_cluster(c: &ClusterConfig) -> Check {
     }
     in_range("cluster.heartbeat_ms", c.heartbeat_ms, 100, 60_000)?;
     in_range("cluster.auth_window_ms", c.auth_window_ms, 1_000, 120_000)?;
+    in_range(
+        "cluster.trunk_silence_ms",
+        c.trunk_silence_ms,
+        1_000,
+        600_000,
+    )?;
     if let Some(p) = &c.secret_file {
         if !p.is_absolute() {
             return bad("cluster.secret_file", "expected an absolute path");

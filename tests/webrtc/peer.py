@@ -231,6 +231,8 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
     decoded = 0
     audio = [0]
     last = [0.0]
+    # When the WHEP POST was sent: the first decoded frame prints the time since.
+    posted = [0.0]
 
     @pc.on("track")
     def on_track(track):
@@ -256,6 +258,8 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
                 if frame.width > 0:
                     decoded += 1
                     last[0] = asyncio.get_running_loop().time()
+                    if decoded == 1:
+                        print(f"first_frame_ms={(last[0] - posted[0]) * 1000:.0f}", flush=True)
                     if decoded % 10 == 0:
                         print(f"frames={decoded} size={frame.width}x{frame.height}", flush=True)
                     if decoded >= want and not done.done():
@@ -263,6 +267,7 @@ async def watch(url: str, token: str, want: int, timeout: float, stall: float = 
 
         asyncio.ensure_future(pull())
 
+    posted[0] = asyncio.get_running_loop().time()
     location = await negotiate(pc, url, token)
     try:
         await asyncio.wait_for(done, timeout)

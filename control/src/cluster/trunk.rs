@@ -22,9 +22,12 @@
 //!
 //! Failure: the edge asks the origin for each room's streams on every heartbeat; a trunk the
 //! origin no longer has (404), or an origin that does not answer and has left the registry,
-//! drops the room's viewers with reason `origin_lost`. The origin drops a trunk whose edge
-//! left the registry (`edge_lost`), and a room the edge gives up (`DELETE`, after it stayed
-//! without viewers for `cluster.entry_ttl_ms`). Both sides keep their trunks in
+//! drops the room's viewers with reason `origin_lost`; a trunk on which nothing arrives for
+//! `cluster.trunk_silence_ms` while the origin reports sending on it (the path between the
+//! relays is cut) is given back and its viewers dropped with `trunk_silent`. The origin
+//! drops a trunk whose edge left the registry (`edge_lost`), and a room the edge gives up
+//! (`DELETE`, after it stayed without viewers for `cluster.entry_ttl_ms`). Both sides keep
+//! their trunks in
 //! `<state_dir>/cluster-trunks.json` (ids and addresses; the keys are in the journal with
 //! every session's), so a restart of control keeps them.
 
@@ -35,11 +38,10 @@ use crate::core::join::publisher_keyframe;
 use crate::core::sessions::{NewRoute, NewSession};
 use crate::core::trunks::TRUNK_MEMBER_BASE;
 use crate::core::{Core, CoreError};
-use crate::http::{Request, Response, MAX_BODY};
 use crate::state::{RewriteSpec, RtxSpec};
 use crate::webrtc::sdp::{Codec, Direction, Extmap, MediaKind, NegotiatedMedia, RtxCodec};
 use base64::Engine as _;
-use contract::shm::Role;
+use contract::shm::{Role, StatRecord};
 use contract::srtp::{MasterKey, Profile};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -64,6 +66,9 @@ const BOOK_FILE: &str = "cluster-trunks.json";
 /// trunk per live node anyway).
 const MAX_ROOMS_PER_TRUNK: usize = 4_096;
 const MAX_TRUNKS: usize = 1_024;
+/// The largest answer read from another node's control (a grant lists at most a few
+/// streams per publisher; the same bound as a request body on the listeners).
+pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// `POST /cluster/v1/trunks`: an edge asks for a room over its trunk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +197,37 @@ impl Stream {
     }
 }
 
+/// The origin's answer to an edge's check of one room: the trunk session, the room's
+/// streams, and the packets the origin relay has sent on the trunk (`None` when the relay's
+/// statistics are not readable), which lets the edge tell a silent trunk from a silent room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomStreams {
+    pub session: u64,
+    pub streams: Vec<Stream>,
+    #[serde(default)]
+    pub packets_out: Option<u64>,
+}
+
+/// The relay's `(packets_in, packets_out)` of `session`, summed over its workers; `None`
+/// without readable statistics or before the relay published any for it. One pass over the
+/// statistics slots, keeping only the session's own records of the running relay.
+fn session_packets(core: &Core, session: u64) -> Option<(u64, u64)> {
+    let g = core.ledger();
+    let r = g.reader.as_ref()?;
+    let pid = r.relay_info().pid;
+    let mut found: Option<(u64, u64)> = None;
+    r.for_each_stat(|_, _, rec| {
+        if let StatRecord::Session(s) = rec {
+            if s.session == session && (pid == 0 || s.writer_pid == pid) {
+                let (i, o) = found.get_or_insert((0, 0));
+                *i = i.wrapping_add(s.packets_in);
+                *o = o.wrapping_add(s.packets_out);
+            }
+        }
+    });
+    found
+}
+
 /// The edge member's sections and SSRCs for `streams`.
 fn member_media(streams: &[Stream]) -> (Vec<NegotiatedMedia>, Vec<Vec<u32>>) {
     streams
@@ -237,6 +273,34 @@ struct EdgeRoom {
     idle_since_ms: Option<u64>,
 }
 
+/// The edge's watch on a trunk's media: the relay's count of packets received on the trunk
+/// session at the last check, and since when (with the origin's count of packets sent on
+/// its side then) it has not moved.
+#[derive(Debug, Clone, Copy, Default)]
+struct SilenceWatch {
+    packets_in: u64,
+    still_since: Option<(u64, u64)>,
+}
+
+impl SilenceWatch {
+    /// One check: `packets_in` received here so far, `origin_out` sent by the origin so far.
+    /// True when nothing arrived for `window_ms` while the origin sent.
+    fn silent(&mut self, packets_in: u64, origin_out: u64, now_ms: u64, window_ms: u64) -> bool {
+        if packets_in != self.packets_in {
+            self.packets_in = packets_in;
+            self.still_since = None;
+            return false;
+        }
+        match self.still_since {
+            None => {
+                self.still_since = Some((now_ms, origin_out));
+                false
+            }
+            Some((since, out)) => now_ms.saturating_sub(since) >= window_ms && origin_out > out,
+        }
+    }
+}
+
 /// A trunk this node takes from one origin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct EdgeTrunk {
@@ -248,6 +312,8 @@ struct EdgeTrunk {
     /// Since when the origin's control has not answered.
     unreachable_since_ms: Option<u64>,
     opened_ms: u64,
+    #[serde(skip)]
+    watch: SilenceWatch,
 }
 
 /// Both sides' trunks, persisted.
@@ -278,8 +344,9 @@ pub struct TrunkStats {
 }
 
 /// Why a trunk (or one of its rooms) closed.
-pub const CLOSE_REASONS: [&str; 6] = [
+pub const CLOSE_REASONS: [&str; 7] = [
     "origin_lost",
+    "trunk_silent",
     "edge_lost",
     "edge_closed",
     "idle",
@@ -308,12 +375,26 @@ fn fresh_key() -> Result<MasterKey, CoreError> {
     MasterKey::new(TRUNK_PROFILE, &raw).map_err(|e| CoreError::Internal(e.to_string()))
 }
 
-fn refusal(status: u16, reason: &str, message: &str) -> Response {
-    Response::json(status, &json!({"error": message, "reason": reason}))
+/// Why the origin refused a node's trunk request: answered as `{"error", "reason"}` with
+/// `status`, or as the core's own refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrunkRefusal {
+    #[error("{message}")]
+    Refused {
+        status: u16,
+        reason: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
-fn core_refusal(e: &CoreError) -> Response {
-    crate::http::error_response(e)
+fn refusal(status: u16, reason: &'static str, message: &str) -> TrunkRefusal {
+    TrunkRefusal::Refused {
+        status,
+        reason,
+        message: message.to_string(),
+    }
 }
 
 impl Book {
@@ -404,103 +485,67 @@ impl Cluster {
 
     // ------------------------------------------------------------------ origin side
 
-    /// Serve `/cluster/v1/trunks…` (node-to-node, signed); `None` for another path.
-    pub fn handle_trunks(&self, core: &Core, req: &Request) -> Option<Response> {
-        let rest = req.path.strip_prefix(TRUNKS_PATH)?;
-        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let now = crate::clock::unix_ms();
-        let sig = match self.verify(req, now) {
-            Ok(s) => s,
-            Err(e) => {
-                let status = if matches!(e, AuthError::NoSecret) {
-                    404
-                } else {
-                    401
-                };
-                // Counted, and audited through the rate limit of refused requests: a flood of
-                // bad requests cannot flood the audit log.
-                core.record_denial(
-                    crate::core::denials::Denial {
-                        action: "cluster.denied",
-                        target: [("method", &req.method), ("path", &req.path)],
-                        reason: e.denial_reason(),
-                        from: core.audit.hasher.hash_client(&req.peer),
-                        status,
-                        message: e.to_string(),
-                    },
-                    now,
-                );
-                return Some(refusal(status, e.reason(), &e.to_string()));
-            }
-        };
-        Some(match (req.method.as_str(), segs.as_slice()) {
-            ("POST", []) => self.open_origin(core, req, &sig, now),
-            ("GET", [edge, "rooms", app, room]) => self.origin_streams(core, &sig, edge, app, room),
-            ("DELETE", [edge, "rooms", app, room]) => {
-                self.origin_close_room(core, &sig, edge, app, room)
-            }
-            _ => refusal(404, "no_such_endpoint", "no such cluster endpoint"),
-        })
-    }
-
-    fn verify(&self, req: &Request, now_ms: u64) -> Result<Signature, AuthError> {
+    /// Check a node-to-node request's signature (`path` with its query, as signed).
+    pub fn verify_node(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        header: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Signature, AuthError> {
         let Some(a) = &self.auth else {
             return Err(AuthError::NoSecret);
         };
-        let path = if req.query.is_empty() {
-            req.path.clone()
-        } else {
-            format!("{}?{}", req.path, req.query)
-        };
-        a.verify(
-            &req.method,
-            &path,
-            &req.body,
-            req.header(AUTH_HEADER),
-            now_ms,
-        )
+        a.verify(method, path, body, header, now_ms)
     }
 
     /// `POST /cluster/v1/trunks`: open (or extend) the trunk to the signing edge with a
     /// room this node owns, when the cascade rule allows it.
-    fn open_origin(&self, core: &Core, req: &Request, sig: &Signature, now_ms: u64) -> Response {
-        let o: OpenRequest = match serde_json::from_slice(&req.body) {
-            Ok(o) => o,
-            Err(e) => return refusal(400, "bad_request", &format!("trunk request: {e}")),
-        };
+    pub fn open_origin(
+        &self,
+        core: &Core,
+        o: &OpenRequest,
+        sig: &Signature,
+        now_ms: u64,
+    ) -> Result<Grant, TrunkRefusal> {
         if o.edge != sig.node {
-            return refusal(
+            return Err(refusal(
                 403,
                 "wrong_node",
                 "the request names another node than its signer",
-            );
+            ));
         }
         if !self.cfg.cascade {
-            return refusal(
+            return Err(refusal(
                 409,
                 "cascade_off",
                 "this node grants no trunks (cluster.cascade)",
-            );
+            ));
         }
         if !self.owns(&o.app, &o.room) {
-            return refusal(409, "not_owner", "this node does not own the room");
+            return Err(refusal(409, "not_owner", "this node does not own the room"));
         }
         let Some(edge) = lock(&self.nodes)
             .iter()
             .find(|n| n.node_id == o.edge)
             .cloned()
         else {
-            return refusal(409, "edge_unknown", "the edge is not in the registry");
+            return Err(refusal(
+                409,
+                "edge_unknown",
+                "the edge is not in the registry",
+            ));
         };
         if edge.media_addr != o.media_addr {
-            return refusal(
+            return Err(refusal(
                 409,
                 "edge_mismatch",
                 "the media address differs from the edge's registry entry",
-            );
+            ));
         }
         let Ok(peer) = o.media_addr.parse::<SocketAddr>() else {
-            return refusal(400, "bad_request", "media_addr is not IP:PORT");
+            return Err(refusal(400, "bad_request", "media_addr is not IP:PORT"));
         };
         let viewers = core.viewers_of(&o.app, &o.room).len();
         let other_region = edge.region != self.cfg.region;
@@ -512,24 +557,28 @@ impl Cluster {
             .get(&o.edge)
             .is_some_and(|t| t.rooms.contains_key(&k));
         if !has_room && !other_region && viewers < threshold {
-            return refusal(
+            return Err(refusal(
                 409,
                 "below_threshold",
                 &format!("the room has {viewers} viewers here; trunks open from {threshold}"),
-            );
+            ));
         }
         let (opened, session) = match book.origin.get(&o.edge) {
             Some(t) => (false, t.session),
             None => {
                 if book.origin.len() >= MAX_TRUNKS {
-                    return refusal(503, "too_many_trunks", "this node serves too many trunks");
+                    return Err(refusal(
+                        503,
+                        "too_many_trunks",
+                        "this node serves too many trunks",
+                    ));
                 }
                 let keys = match (fresh_key(), fresh_key()) {
                     (Ok(a), Ok(b)) => (a, b),
-                    (Err(e), _) | (_, Err(e)) => return core_refusal(&e),
+                    (Err(e), _) | (_, Err(e)) => return Err(e.into()),
                 };
                 let mut ids = json!({});
-                let s = match core.create_session(
+                let s = core.create_session(
                     NewSession {
                         peer: Some(peer),
                         profile: TRUNK_PROFILE,
@@ -541,10 +590,7 @@ impl Cluster {
                     },
                     now_ms,
                     &mut ids,
-                ) {
-                    Ok(s) => s,
-                    Err(e) => return core_refusal(&e),
-                };
+                )?;
                 book.origin.insert(
                     o.edge.clone(),
                     OriginTrunk {
@@ -558,10 +604,14 @@ impl Cluster {
             }
         };
         let Some(t) = book.origin.get_mut(&o.edge) else {
-            return refusal(500, "internal", "the trunk vanished");
+            return Err(refusal(500, "internal", "the trunk vanished"));
         };
         if !t.rooms.contains_key(&k) && t.rooms.len() >= MAX_ROOMS_PER_TRUNK {
-            return refusal(503, "too_many_rooms", "the trunk carries too many rooms");
+            return Err(refusal(
+                503,
+                "too_many_rooms",
+                "the trunk carries too many rooms",
+            ));
         }
         let room = t.rooms.entry(k).or_insert_with(|| OriginRoom {
             app: o.app.clone(),
@@ -586,10 +636,7 @@ impl Cluster {
             "ok",
         );
         tracing::info!(edge = %o.edge, app = %o.app, room = %o.room, session, "cluster: trunk room opened (origin)");
-        let stored = match core.session(session) {
-            Ok(s) => s,
-            Err(e) => return core_refusal(&e),
-        };
+        let stored = core.session(session)?;
         let keys = TrunkKeys {
             origin_tx: b64(&stored.tx_key),
             origin_rx: b64(&stored.rx_key),
@@ -604,7 +651,7 @@ impl Cluster {
                     .map_err(|e| e.to_string())
             }) {
             Ok(s) => s,
-            Err(m) => return refusal(500, "internal", &m),
+            Err(m) => return Err(refusal(500, "internal", &m)),
         };
         let me = lock(&self.me).media_addr.clone();
         let grant = Grant {
@@ -614,36 +661,40 @@ impl Cluster {
             origin_media_addr: me,
             streams,
         };
-        Response::json(201, &serde_json::to_value(&grant).unwrap_or(Value::Null))
+        Ok(grant)
     }
 
     /// `GET …/{edge}/rooms/{app}/{room}`: the room's current streams on the trunk (the edge
     /// asks every heartbeat: new publishers join, and a 404 tells it the trunk is gone).
-    fn origin_streams(
+    pub fn origin_streams(
         &self,
         core: &Core,
         sig: &Signature,
         edge: &str,
         app: &str,
         room: &str,
-    ) -> Response {
+    ) -> Result<RoomStreams, TrunkRefusal> {
         if sig.node != edge {
-            return refusal(
+            return Err(refusal(
                 403,
                 "wrong_node",
                 "the request names another node than its signer",
-            );
+            ));
         }
         let mut book = lock(&self.book);
         let Some(t) = book.origin.get_mut(edge) else {
-            return refusal(404, "trunk_gone", "no trunk to this edge");
+            return Err(refusal(404, "trunk_gone", "no trunk to this edge"));
         };
         let session = t.session;
         let Some(r) = t.rooms.get_mut(&room_key(app, room)) else {
-            return refusal(404, "trunk_gone", "the trunk carries no such room");
+            return Err(refusal(404, "trunk_gone", "the trunk carries no such room"));
         };
         if !self.owns(app, room) {
-            return refusal(404, "trunk_gone", "this node no longer owns the room");
+            return Err(refusal(
+                404,
+                "trunk_gone",
+                "this node no longer owns the room",
+            ));
         }
         let before = r.routes.len();
         reconcile_room(core, session, r);
@@ -651,31 +702,36 @@ impl Cluster {
         if r.routes.len() != before {
             book.save();
         }
-        Response::json(200, &json!({"session": session, "streams": streams}))
+        drop(book);
+        Ok(RoomStreams {
+            session,
+            streams,
+            packets_out: session_packets(core, session).map(|(_, out)| out),
+        })
     }
 
     /// `DELETE …/{edge}/rooms/{app}/{room}`: the edge gives a room up.
-    fn origin_close_room(
+    pub fn origin_close_room(
         &self,
         core: &Core,
         sig: &Signature,
         edge: &str,
         app: &str,
         room: &str,
-    ) -> Response {
+    ) -> Result<(), TrunkRefusal> {
         if sig.node != edge {
-            return refusal(
+            return Err(refusal(
                 403,
                 "wrong_node",
                 "the request names another node than its signer",
-            );
+            ));
         }
         let mut book = lock(&self.book);
         let Some(t) = book.origin.get_mut(edge) else {
-            return refusal(404, "trunk_gone", "no trunk to this edge");
+            return Err(refusal(404, "trunk_gone", "no trunk to this edge"));
         };
         let Some(r) = t.rooms.remove(&room_key(app, room)) else {
-            return refusal(404, "trunk_gone", "the trunk carries no such room");
+            return Err(refusal(404, "trunk_gone", "the trunk carries no such room"));
         };
         for x in &r.routes {
             // A route already gone (its publisher left) needs nothing.
@@ -698,7 +754,7 @@ impl Cluster {
             200,
             "edge_closed",
         );
-        Response::empty(204)
+        Ok(())
     }
 
     /// Origin upkeep on each heartbeat: every trunk room gets routes from new publisher
@@ -892,6 +948,7 @@ impl Cluster {
                         rooms: BTreeMap::new(),
                         unreachable_since_ms: None,
                         opened_ms: now,
+                        watch: SilenceWatch::default(),
                     },
                 );
                 self.trunk_stats.opened_edge.fetch_add(1, Ordering::Relaxed);
@@ -1012,6 +1069,8 @@ impl Cluster {
                 continue;
             };
             let mut reachable = true;
+            // The most the origin reported sending on the trunk this round.
+            let mut origin_out: Option<u64> = None;
             for (k, r) in &t.rooms {
                 let idle = core.viewers_of(&r.app, &r.room).is_empty();
                 let idle_since = if idle {
@@ -1032,10 +1091,11 @@ impl Cluster {
                 }
                 match self.call(&info, "GET", &path, Vec::new()) {
                     Ok((200, body, _)) => {
-                        let streams = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-                            serde_json::from_value::<Vec<Stream>>(v["streams"].clone()).ok()
-                        });
-                        if let Some(streams) = streams {
+                        let answer = serde_json::from_slice::<RoomStreams>(&body).ok();
+                        if let Some(out) = answer.as_ref().and_then(|a| a.packets_out) {
+                            origin_out = Some(origin_out.map_or(out, |o| o.max(out)));
+                        }
+                        if let Some(streams) = answer.map(|a| a.streams) {
                             if streams != r.streams {
                                 let (media, ssrcs) = member_media(&streams);
                                 if let Err(e) = core.put_trunk_member(
@@ -1062,13 +1122,58 @@ impl Cluster {
                     Err(_) => reachable = false,
                 }
             }
-            if let Some(x) = lock(&self.book).edge.get_mut(&origin) {
+            let silent = {
+                let mut book = lock(&self.book);
+                let Some(x) = book.edge.get_mut(&origin) else {
+                    continue;
+                };
                 x.unreachable_since_ms = if reachable {
                     None
                 } else {
                     Some(x.unreachable_since_ms.unwrap_or(now_ms))
                 };
+                match (origin_out, session_packets(core, t.session)) {
+                    (Some(out), Some((packets_in, _))) => x.watch.silent(
+                        packets_in,
+                        out,
+                        now_ms,
+                        u64::from(self.cfg.trunk_silence_ms),
+                    ),
+                    // Without both counts there is nothing to compare: the watch restarts.
+                    _ => {
+                        x.watch.still_since = None;
+                        false
+                    }
+                }
+            };
+            if silent {
+                self.close_silent_trunk(core, &info, &origin);
             }
+        }
+    }
+
+    /// The origin sends on the trunk and nothing arrives here (the path between the relays
+    /// is cut): give every room of the trunk back to the origin, so that it stops sending
+    /// into the void, and close them here with `trunk_silent`; the viewers lose their
+    /// sessions and reconnect.
+    fn close_silent_trunk(&self, core: &Core, info: &NodeInfo, origin: &str) {
+        let rooms: Vec<(String, String, String)> = lock(&self.book)
+            .edge
+            .get(origin)
+            .map(|t| {
+                t.rooms
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.app.clone(), r.room.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::warn!(%origin, rooms = rooms.len(), window_ms = self.cfg.trunk_silence_ms, "cluster: no media on the trunk while the origin sends");
+        for (k, app, room) in rooms {
+            let path = format!("{TRUNKS_PATH}/{}/rooms/{app}/{room}", self.cfg.node_id);
+            // Best effort: an origin that cannot be told drops the routes when the trunk
+            // goes (edge_lost) or a later open replaces it.
+            let _ = self.call(info, "DELETE", &path, Vec::new());
+            self.close_edge_room(core, origin, &k, "trunk_silent");
         }
     }
 
@@ -1273,7 +1378,7 @@ async fn exchange(
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
+    let body = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
         .map_err(|e| format!("answer body: {e}"))?
@@ -1353,5 +1458,25 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), taken.len());
+    }
+
+    #[test]
+    fn a_trunk_is_silent_only_when_the_origin_sends_and_nothing_arrives() {
+        let mut w = SilenceWatch::default();
+        // Media arrives: never silent.
+        assert!(!w.silent(10, 10, 0, 1_000));
+        assert!(!w.silent(20, 20, 2_000, 1_000));
+        // Nothing arrives from t=3000, the origin keeps sending: silent once the window is over.
+        assert!(!w.silent(20, 30, 3_000, 1_000));
+        assert!(!w.silent(20, 40, 3_500, 1_000));
+        assert!(w.silent(20, 50, 4_000, 1_000));
+        // A paused publisher: the origin sends nothing either, never silent.
+        let mut p = SilenceWatch::default();
+        assert!(!p.silent(5, 5, 0, 1_000));
+        assert!(!p.silent(5, 5, 1_000, 1_000));
+        assert!(!p.silent(5, 5, 60_000, 1_000));
+        // Something arrives again: the watch starts over.
+        assert!(!w.silent(21, 60, 5_000, 1_000));
+        assert!(!w.silent(21, 70, 5_500, 1_000));
     }
 }

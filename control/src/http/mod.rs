@@ -1,7 +1,8 @@
 //! The HTTP layer: the listeners on tokio and hyper ([`server`], with per-address limits in
 //! [`limits`], HTTPS in [`tls`] and counters in [`stats`]) and what they serve — the
 //! admin REST API ([`admin`], [`apps_api`]), WHIP/WHEP with CORS and the demo page
-//! ([`whip`]), and the Prometheus text and `/v1/stats` rendering ([`metrics`]).
+//! ([`whip`]), the node-to-node trunk endpoints ([`trunks`]), and the Prometheus text and
+//! `/v1/stats` rendering ([`metrics`]).
 //!
 //! Owns: request routing, parsing and validation of bodies ([`body`]), bearer-token
 //! authentication, and mapping the core's [`CoreError`] to answers. May not touch: shm and
@@ -17,6 +18,7 @@ pub mod process;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod trunks;
 pub mod whip;
 
 pub use server::{

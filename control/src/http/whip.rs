@@ -130,7 +130,7 @@ impl Control {
         let origin = cfg.control.cors_allow_origin.as_str();
         let m = req.method.as_str();
         if let (Some(c), ["cluster", ..]) = (self.cluster.get(), segs.as_slice()) {
-            return c.handle_trunks(&self.core, req);
+            return super::trunks::handle_trunks(c, &self.core, req);
         }
         let r = match (m, segs.as_slice()) {
             (_, ["demo"]) if self.core.demo_app().is_none() => return None,
