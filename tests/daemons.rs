@@ -380,6 +380,9 @@ pub struct Setup {
     /// The admin API on a unix socket in the temp dir instead of an OS-chosen TCP port.
     pub unix_admin: bool,
     pub workers: u32,
+    /// The shm's session and route capacity (`shm.sessions`, `shm.routes`).
+    pub sessions: u32,
+    pub routes: u32,
     /// None: `audit/audit.log` in the temp dir.
     pub audit_log: Option<PathBuf>,
 }
@@ -392,6 +395,8 @@ impl Default for Setup {
             media_port: 0,
             unix_admin: false,
             workers: 1,
+            sessions: 256,
+            routes: 1024,
             audit_log: None,
         }
     }
@@ -454,11 +459,13 @@ impl Appliance {
             "{rd_line}\n[relay]\nbind = \"{media}\"\nworkers = {}\nbackend = \"{backend}\"\n\
              recv_buffer_bytes = 4194304\n\n\
              [control]\nadmin_listen = \"{admin}\"\nstate_dir = \"{}\"\naudit_log = \"{}\"\n\n\
-             [shm]\npath = \"{}\"\nsessions = 256\nroutes = 1024\nworker_slots = 8\n",
+             [shm]\npath = \"{}\"\nsessions = {}\nroutes = {}\nworker_slots = 8\n",
             s.workers,
             p.join("state").display(),
             audit.display(),
             shm.display(),
+            s.sessions,
+            s.routes,
         );
         let config = p.join("sluice.toml");
         std::fs::write(&config, text).expect("write config");

@@ -329,3 +329,77 @@ fn up_reports_a_relay_that_cannot_bind_and_stops_control() {
     let o = app.ctl(&["status"]);
     assert_eq!(o.status.code(), Some(3), "nothing answers any more");
 }
+
+/// One worker, one publisher, 1,000 static subscribers: every packet fans out to more
+/// datagrams than the worker's transmit queue holds (8 × `relay.batch`, 512 by default). The
+/// worker sends the queue and the engine goes on where it stopped, so every subscriber gets
+/// every packet, on both backends (docs/ENGINE.md "Large fan-outs").
+fn thousand_subscribers_on_one_worker(backend: &str) {
+    let setup = Setup {
+        runtime_dir: RuntimeDir::FromXdg,
+        sessions: 1100,
+        routes: 1100,
+        ..Setup::default()
+    };
+    let app = Appliance::setup(&format!("fanout-{backend}"), backend, &setup);
+    let up = Up::start(&app);
+    let report = app.dir.path().join("report.json");
+    let mut c = app.command("sluice-bench");
+    c.args([
+        "run",
+        "--publishers",
+        "1",
+        "--fanout",
+        "1000",
+        "--rate",
+        "5",
+    ])
+    .args(["--duration", "3", "--quiet", "--drain-ms", "5000", "--json"])
+    .arg(&report);
+    let mut bench = Proc::spawn("sluice-bench", c, app.dir.path(), Stdio::piped());
+    let st = bench.wait(Duration::from_secs(180));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sluice-bench: {st:?}\n{}",
+        bench.log_text()
+    );
+    let text = std::fs::read_to_string(&report).expect("JSON report written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("report is JSON");
+    let r = &v["result"];
+    let offered = r["offered"]["packets"].as_u64().expect("offered");
+    let delivered = r["delivered"]["packets"].as_u64().expect("delivered");
+    assert!(offered >= 10, "offered {offered}");
+    assert_eq!(r["expected"].as_u64(), Some(offered * 1000), "fan-out 1000");
+    assert_eq!(
+        delivered,
+        offered * 1000,
+        "every subscriber, every packet: {r}"
+    );
+
+    let (code, body) = http_get(&up.endpoints["metrics_url"], None);
+    assert_eq!(code, 200, "{body}");
+    let m = parse_prometheus(&body).unwrap_or_else(|err| panic!("{err}\n{body}"));
+    let full = m
+        .value(
+            "sluice_drops_total",
+            &[("worker", "0"), ("reason", "tx_queue_full")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(full, 0.0, "tx_queue_full drops");
+    eprintln!("e2e: {backend}: {delivered} of {offered} × 1000 delivered");
+    up.stop(Signal::TERM);
+}
+
+#[test]
+fn thousand_subscribers_on_one_mmsg_worker() {
+    thousand_subscribers_on_one_worker("mmsg");
+}
+
+#[test]
+fn thousand_subscribers_on_one_io_uring_worker() {
+    if let Err(e) = relay::io::probe_io_uring() {
+        sluice_tests::skip::skip(format!("io_uring refused here: {e}"));
+        return;
+    }
+    thousand_subscribers_on_one_worker("io_uring");
+}

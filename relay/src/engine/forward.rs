@@ -81,6 +81,10 @@ pub struct Forwarder<C = contract::srtp::Context> {
     epoch: Option<Instant>,
     /// HMAC-SHA1 tags of the current RTP fan-out, computed together (multi-buffer SHA-1).
     macs: MacBatch,
+    /// A fan-out the transmit queue could not take at once, resumed after the worker sent the
+    /// queue ([`Forwarder::resume`]); its plain packet waits in `spill_buf`.
+    spill: Option<Spill>,
+    spill_buf: Box<[u8]>,
     /// The earliest time a report of the relay's own (SR to a subscriber, RR to a
     /// publisher) may be due: [`Forwarder::poll`] walks the sessions only from then on.
     rtcp_due: Option<Instant>,
@@ -482,6 +486,8 @@ impl<C: SrtpOps> Forwarder<C> {
             cache_pool: Vec::new(),
             poll_needed: false,
             scratch: vec![0u8; SLOT_BYTES].into_boxed_slice(),
+            spill: None,
+            spill_buf: vec![0u8; crate::batch::MAX_DATAGRAM].into_boxed_slice(),
             hub: None,
             worker: 0,
             claimed_scratch: Vec::new(),
@@ -738,6 +744,11 @@ impl<C: SrtpOps> Forwarder<C> {
         tx: &mut TxQueue,
         slow: &mut TxQueue,
     ) {
+        // A fan-out still pending here was not resumed (a caller that does not send the
+        // queue when it fills): what it did not reach is dropped and counted.
+        if self.spill.is_some() {
+            self.abandon();
+        }
         let len = len.min(buf.len());
         self.stats.rx(len);
         let src = normalize(src);
@@ -807,23 +818,85 @@ impl<C: SrtpOps> Forwarder<C> {
     /// routes, then the any-SSRC routes of subscribers no specific route already serves.
     /// False when the stream has no route. The one per-subscriber loop of the engine.
     #[inline]
+    /// Call `each` with the outputs of publisher `idx`'s stream `ssrc`, from position `from`
+    /// of the output list on, while it returns true. [`Fanout::Stopped`] carries the position
+    /// of the output `each` declined, to go on from there.
     fn for_each_output(
         &mut self,
         idx: u32,
         ssrc: u32,
-        mut each: impl FnMut(&mut Self, u32),
-    ) -> bool {
+        from: usize,
+        mut each: impl FnMut(&mut Self, u32) -> bool,
+    ) -> Fanout {
         let Some((specific, any)) = self.index.outputs_of(idx, ssrc) else {
-            return false;
+            return Fanout::NoRoute;
         };
-        for oi in specific.clone().chain(any) {
+        for (at, oi) in specific.clone().chain(any).enumerate().skip(from) {
             if !specific.is_empty() && !specific.contains(&oi) && self.index.shadowed(oi, &specific)
             {
                 continue;
             }
-            each(self, oi);
+            if !each(self, oi) {
+                return Fanout::Stopped(at);
+            }
         }
-        true
+        Fanout::Done
+    }
+
+    /// Send packet `inp` (plain text `plain`) of publisher `idx` to its outputs from position
+    /// `from` on, until the transmit queue is full.
+    fn fan_out(
+        &mut self,
+        idx: u32,
+        plain: &[u8],
+        inp: &RtpIn,
+        from: usize,
+        tx: &mut TxQueue,
+    ) -> Fanout {
+        let r = self.for_each_output(idx, inp.ssrc, from, |this, oi| {
+            if tx.is_full() {
+                return false;
+            }
+            this.rtp_to(oi, plain, inp, tx);
+            true
+        });
+        // The tags rtp_to left to the batch, all outputs at once, before anything else
+        // touches the queue.
+        if !self.macs.is_empty() {
+            self.macs.finish(tx.arena_mut());
+        }
+        r
+    }
+
+    /// Go on with a fan-out the transmit queue could not hold (the worker has just sent the
+    /// queue). True while some of it is still left for the next call.
+    pub fn resume(&mut self, tx: &mut TxQueue) -> bool {
+        let Some(Spill { idx, inp, next }) = self.spill.take() else {
+            return false;
+        };
+        let buf = core::mem::take(&mut self.spill_buf);
+        let plain = buf.get(..inp.len).unwrap_or(&[]);
+        let r = self.fan_out(idx, plain, &inp, next, tx);
+        self.spill_buf = buf;
+        if let Fanout::Stopped(next) = r {
+            self.spill = Some(Spill { idx, inp, next });
+        }
+        self.spill.is_some()
+    }
+
+    /// Give up a pending fan-out (its queue could not be sent): every output it did not reach
+    /// counts as a `tx_queue_full` drop.
+    pub fn abandon(&mut self) {
+        if let Some(Spill { idx, inp, next }) = self.spill.take() {
+            self.abandon_from(idx, inp.ssrc, next);
+        }
+    }
+
+    fn abandon_from(&mut self, idx: u32, ssrc: u32, next: usize) {
+        self.for_each_output(idx, ssrc, next, |this, _| {
+            this.stats.drop(DropReason::TxQueueFull);
+            true
+        });
     }
 
     fn on_rtp(
@@ -838,19 +911,24 @@ impl<C: SrtpOps> Forwarder<C> {
             return;
         };
         let plain = &buf[..inp.len];
-        if !self.for_each_output(idx, inp.ssrc, |this, oi| this.rtp_to(oi, plain, &inp, tx)) {
-            self.stats.drop(DropReason::NoRoute);
-            self.report_stream(
-                idx,
-                &plain[..inp.payload.start.min(plain.len())],
-                &inp,
-                slow,
-            );
-        }
-        // The tags rtp_to left to the batch, all outputs at once, before anything else
-        // touches the queue.
-        if !self.macs.is_empty() {
-            self.macs.finish(tx.arena_mut());
+        match self.fan_out(idx, plain, &inp, 0, tx) {
+            Fanout::Done => {}
+            Fanout::NoRoute => {
+                self.stats.drop(DropReason::NoRoute);
+                let header = &plain[..inp.payload.start.min(plain.len())];
+                self.report_stream(idx, header, &inp, slow);
+            }
+            Fanout::Stopped(next) => {
+                // More outputs than the queue holds: the rest go out after the worker sent
+                // it (resume). One copy per queue's worth of outputs, into a buffer made at
+                // start.
+                if let Some(dst) = self.spill_buf.get_mut(..plain.len()) {
+                    dst.copy_from_slice(plain);
+                    self.spill = Some(Spill { idx, inp, next });
+                } else {
+                    self.abandon_from(idx, inp.ssrc, next);
+                }
+            }
         }
     }
 
@@ -1468,8 +1546,9 @@ impl<C: SrtpOps> Forwarder<C> {
         let (a, b, ssrc) = run;
         let pub_id = self.index.sessions[idx as usize].id;
         let run = &plain[a..b];
-        self.for_each_output(idx, ssrc, |this, oi| {
-            this.rtcp_down_to(oi, run, ssrc, pub_id, tx)
+        self.for_each_output(idx, ssrc, 0, |this, oi| {
+            this.rtcp_down_to(oi, run, ssrc, pub_id, tx);
+            true
         });
     }
 
@@ -2086,6 +2165,22 @@ impl<C: SrtpOps> Forwarder<C> {
 }
 
 /// A publisher's RTP packet accepted for forwarding (decrypted in the receive buffer).
+/// How far [`Forwarder::for_each_output`] went.
+enum Fanout {
+    /// The stream has no route.
+    NoRoute,
+    Done,
+    /// Stopped before the output at this position.
+    Stopped(usize),
+}
+
+/// The rest of a fan-out, for [`Forwarder::resume`].
+struct Spill {
+    idx: u32,
+    inp: RtpIn,
+    next: usize,
+}
+
 struct RtpIn {
     pub_id: SessionId,
     /// The publisher's session index.

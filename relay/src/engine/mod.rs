@@ -177,6 +177,18 @@ impl<C: SrtpOps> Engine<C> {
         self.fwd.handle(src, buf, len, tx, slow);
     }
 
+    /// Go on with a fan-out larger than what was left of the transmit queue, after the worker
+    /// sent the queue; true while some of it is left for another call (docs/ENGINE.md
+    /// "Large fan-outs").
+    pub fn resume_fan_out(&mut self, tx: &mut TxQueue) -> bool {
+        self.fwd.resume(tx)
+    }
+
+    /// The queue of a pending fan-out could not be sent: count the rest as dropped.
+    pub fn abandon_fan_out(&mut self) {
+        self.fwd.abandon();
+    }
+
     /// `n` replies from control (STUN answers, DTLS flights) were queued for sending this
     /// turn; counted in shm (`slow_path_down`).
     pub fn handle_slow_path_replies(&mut self, n: u64) {

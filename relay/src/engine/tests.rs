@@ -196,6 +196,10 @@ impl Rig {
     ) -> Vec<(SocketAddr, Vec<u8>)> {
         self.tx.clear();
         self.fwd.handle(src, buf, n, &mut self.tx, &mut self.slow);
+        self.opened_tx()
+    }
+    /// What `tx` holds, each datagram opened with its subscriber's key.
+    fn opened_tx(&self) -> Vec<(SocketAddr, Vec<u8>)> {
         (0..self.tx.len())
             .map(|i| {
                 let dst = self.tx.metas()[i].dst;
@@ -213,6 +217,65 @@ impl Rig {
             })
             .collect()
     }
+}
+
+/// One speaker (session 1) routed to `viewers` viewers (sessions 2, 3, ...).
+fn one_speaker_many_viewers(viewers: u64) -> Rig {
+    let mut sessions = vec![session(1, Role::Speaker)];
+    let mut routes = Vec::new();
+    for v in 0..viewers {
+        sessions.push(session(2 + v, Role::Viewer));
+        routes.push(route(1 + v, 1, None, 2 + v, Rewrite::default()));
+    }
+    Rig::new(sessions, routes)
+}
+
+#[test]
+fn a_fan_out_larger_than_the_queue_resumes_after_each_send() {
+    // 150 viewers, a queue of 64: the worker sends the full queue and the engine goes on
+    // where it stopped, until every viewer has the packet exactly once.
+    let mut rig = one_speaker_many_viewers(150);
+    let pkt = rtp(0x1111, 7, 900, 96, b"to everyone");
+    let mut got = rig.send(1, &pkt);
+    assert_eq!(got.len(), 64, "the first queue's worth");
+    let mut sends = 1;
+    loop {
+        rig.tx.clear();
+        let more = rig.fwd.resume(&mut rig.tx);
+        got.extend(rig.opened_tx());
+        sends += 1;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(sends, 3, "150 outputs in queues of 64");
+    let mut dsts: Vec<SocketAddr> = got.iter().map(|(d, _)| *d).collect();
+    dsts.sort();
+    dsts.dedup();
+    assert_eq!(dsts.len(), 150, "every viewer once");
+    assert!(got.iter().all(|(_, p)| *p == pkt));
+    let st = rig.fwd.stats();
+    assert_eq!(st.packets_out, 150);
+    assert_eq!(st.dropped(DropReason::TxQueueFull), 0);
+    // Nothing is pending any more: the next packet starts a fresh fan-out.
+    assert!(!rig.fwd.resume(&mut rig.tx));
+}
+
+#[test]
+fn a_pending_fan_out_that_cannot_be_sent_is_counted_as_dropped() {
+    let mut rig = one_speaker_many_viewers(100);
+    let got = rig.send(1, &rtp(0x1111, 1, 1, 96, b"x"));
+    assert_eq!(got.len(), 64);
+    // The queue could not be sent: the 36 viewers not reached are drops, by reason.
+    rig.fwd.abandon();
+    assert_eq!(rig.fwd.stats().dropped(DropReason::TxQueueFull), 36);
+    assert!(!rig.fwd.resume(&mut rig.tx));
+    // A caller that hands the next datagram without sending the queue gets the same.
+    let mut rig = one_speaker_many_viewers(100);
+    rig.send(1, &rtp(0x1111, 1, 1, 96, b"x"));
+    let got = rig.send(1, &rtp(0x1111, 2, 1, 96, b"y"));
+    assert_eq!(got.len(), 64);
+    assert_eq!(rig.fwd.stats().dropped(DropReason::TxQueueFull), 36);
 }
 
 fn rw_ssrc(x: u32) -> Rewrite {

@@ -78,6 +78,15 @@ pub trait Handler {
         tx: &mut TxQueue,
         slow: &mut TxQueue,
     );
+    /// The last datagram filled `tx` before it reached all its outputs, and the worker has
+    /// sent the queue: queue the rest (as much as fits). True while some is left.
+    fn resume(&mut self, tx: &mut TxQueue) -> bool {
+        let _ = tx;
+        false
+    }
+    /// The queue could not be sent: give up what [`resume`](Handler::resume) would have
+    /// queued (counted as dropped).
+    fn abandon(&mut self) {}
     /// End of the turn's datagrams at `now` (the worker's clock, read once after the drain):
     /// flush per-subscriber trains, timers, ... into `tx` and `slow`.
     fn end_batch(&mut self, now: Instant, tx: &mut TxQueue, slow: &mut TxQueue) {
@@ -123,6 +132,15 @@ impl<C: SrtpOps> Handler for Engine<C> {
         slow: &mut TxQueue,
     ) {
         self.handle_datagram(src, buf, len, tx, slow);
+    }
+
+    #[inline]
+    fn resume(&mut self, tx: &mut TxQueue) -> bool {
+        self.resume_fan_out(tx)
+    }
+
+    fn abandon(&mut self) {
+        self.abandon_fan_out();
     }
 
     #[inline]
@@ -889,8 +907,10 @@ fn run_loop<B: Backend, H: Handler>(
 }
 
 /// Hand up to `max` received datagrams to the handler. The backend stops draining when its
-/// transmit queue is full; the queue is then sent and the drain goes on, so a fan-out larger
-/// than the queue costs an extra send, not the datagrams. Returns how many were handed over.
+/// transmit queue is full; the queue is then sent, the datagram that filled it goes on to the
+/// outputs it had not reached (one send per queue's worth, however many subscribers), and
+/// the drain goes on. So a fan-out larger than the queue costs extra sends, not datagrams.
+/// Returns how many were handed over.
 fn drain_turn<B: Backend, H: Handler>(
     id: usize,
     b: &mut B,
@@ -903,12 +923,22 @@ fn drain_turn<B: Backend, H: Handler>(
         n += b.drain(max - n, |src, buf, len, tx| {
             h.on_datagram(src, buf, len, tx, slow_q)
         });
-        if n >= max || !b.tx().is_full() {
+        if !b.tx().is_full() {
             return n;
         }
-        if let Err(e) = b.flush() {
-            // What is left stays with the backend for the next turn.
-            tracing::warn!(worker = id, error = %e, "flush of a full transmit queue failed");
+        loop {
+            if let Err(e) = b.flush() {
+                // What is queued stays with the backend for the next turn; the rest of a
+                // pending fan-out is dropped and counted.
+                tracing::warn!(worker = id, error = %e, "flush of a full transmit queue failed");
+                h.abandon();
+                return n;
+            }
+            if !h.resume(b.tx()) {
+                break;
+            }
+        }
+        if n >= max {
             return n;
         }
     }
