@@ -232,21 +232,35 @@ pub enum Feedback {
     /// Packets of a simulcast layer not sent to a subscriber (ABI 7): not its current layer,
     /// or older than its last layer switch (docs/ENGINE.md "Simulcast").
     LayerSkipped = 20,
-    /// Simulcast layer switches made for subscribers (ABI 7).
+    /// Simulcast layer switches made for subscribers (ABI 7), and SVC decode target switches.
     LayerSwitch = 21,
     /// Key-frame requests (PLI) the relay sent a publisher so that a subscriber can switch
-    /// to one of its layers (ABI 7).
+    /// to one of its layers (ABI 7), or because a chain of an SVC stream a subscriber needs
+    /// broke.
     LayerKeyframeRequest = 22,
     /// Transport-cc feedback messages (RTPFB FMT 15) the relay wrote to publishers whose
     /// packets carry the transport-wide sequence extension (ABI 7; docs/ENGINE.md "Bandwidth
     /// estimation").
     TwccSent = 23,
+    /// Packets of an SVC stream (docs/ENGINE.md "SVC") not sent to a subscriber: their frame
+    /// is not part of the decode target it receives (its decode target indication is "not
+    /// present"), or no decode target can start yet (waiting for a switch point).
+    SvcNotPresent = 28,
+    /// Packets of an SVC stream not sent: their frame references a frame that was not sent
+    /// to the subscriber (dropped, or lost before the relay).
+    SvcUnreferenced = 29,
+    /// Packets of an SVC stream not sent: no Dependency Descriptor, one that does not parse,
+    /// or none with a template structure known yet (the subscriber waits for a key frame).
+    SvcNoDescriptor = 30,
+    /// Packets of an SVC stream not sent: older than the subscriber's last re-numbering or
+    /// than the window of frames the relay remembers.
+    SvcLate = 31,
 }
 
 impl Feedback {
     pub const COUNT: usize = 32;
-    /// Every counter in index order (indices 24..32 are reserved and stay 0).
-    pub const ALL: [Feedback; 24] = [
+    /// Every counter in index order (indices 24..28 are reserved and stay 0).
+    pub const ALL: [Feedback; 28] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -271,6 +285,10 @@ impl Feedback {
         Feedback::LayerSwitch,
         Feedback::LayerKeyframeRequest,
         Feedback::TwccSent,
+        Feedback::SvcNotPresent,
+        Feedback::SvcUnreferenced,
+        Feedback::SvcNoDescriptor,
+        Feedback::SvcLate,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -299,6 +317,10 @@ impl Feedback {
             Feedback::LayerSwitch => "layer_switch",
             Feedback::LayerKeyframeRequest => "layer_keyframe_request",
             Feedback::TwccSent => "twcc_sent",
+            Feedback::SvcNotPresent => "svc_not_present",
+            Feedback::SvcUnreferenced => "svc_unreferenced",
+            Feedback::SvcNoDescriptor => "svc_no_descriptor",
+            Feedback::SvcLate => "svc_late",
         }
     }
 }

@@ -847,6 +847,14 @@ impl NegotiatedMedia {
         Some((pt, *rtx_ssrc))
     }
 
+    /// The id this section negotiated for the Dependency Descriptor extension.
+    pub fn dd_id(&self) -> Option<u8> {
+        self.extmaps
+            .iter()
+            .find(|e| e.uri == DD_EXTENSION)
+            .map(|e| e.id)
+    }
+
     /// The id this section negotiated for the transport-wide sequence number extension.
     pub fn twcc_id(&self) -> Option<u8> {
         self.extmaps
@@ -882,8 +890,14 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "urn:3gpp:video-orientation",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
-    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
+    DD_EXTENSION,
 ];
+
+/// The Dependency Descriptor extension (AV1 RTP specification, appendix A): a video section
+/// of a publisher that sends it is forwarded as SVC, per viewer by decode target
+/// (docs/ENGINE.md "SVC").
+pub const DD_EXTENSION: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
 
 /// RTCP feedback the relay honours: NACK (answered from its cache, RFC 4585 §6.2.1), PLI and
 /// FIR (aggregated and translated to what the publisher takes, RFC 4585 §6.3.1, RFC 5104
@@ -1768,6 +1782,62 @@ a=ssrc:2222 cname:abc\r\n"
         // Audio: the room's Opus.
         assert_eq!(a.media[0].codecs.len(), 1);
         assert_eq!(a.media[0].codecs[0].name, "opus");
+    }
+
+    /// SVC: a WHIP publisher offering VP9, AV1 and the Dependency Descriptor keeps all three
+    /// (its DD id is what the relay reads frames by); a WHEP viewer gets the extension only
+    /// when it offers it too and the room's publisher sends it.
+    #[test]
+    fn dependency_descriptor_for_svc_publishers_and_viewers() {
+        let dd_line = format!("a=extmap:12 {DD_EXTENSION}\r\n");
+        let with_dd = |sdp: String| {
+            sdp.replace(
+                "a=extmap:13 urn:3gpp:video-orientation\r\n",
+                &format!("a=extmap:13 urn:3gpp:video-orientation\r\n{dd_line}"),
+            )
+        };
+        let publisher = with_dd(chrome_offer("actpass"));
+        let room = room_of(&publisher);
+        let pv = room.iter().find(|m| m.kind == MediaKind::Video).unwrap();
+        assert_eq!(pv.dd_id(), Some(12));
+        let names: Vec<&str> = pv.codecs.iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            names.contains(&"VP9") && names.contains(&"AV1"),
+            "{names:?}"
+        );
+        let vp9 = pv.codecs.iter().find(|c| c.name == "VP9").unwrap();
+        assert_eq!(
+            vp9.params().get("profile-id").map(String::as_str),
+            Some("0")
+        );
+
+        // A viewer offering the extension (under another id) is answered it.
+        let viewer = with_dd(chrome_offer("actpass").replace("a=sendonly", "a=recvonly"))
+            .replace("a=extmap:12 ", "a=extmap:9 ");
+        let c = AnswerConfig {
+            publishers: room.clone(),
+            ..cfg()
+        };
+        let a = answer(&Offer::parse(&viewer).unwrap(), Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[1].dd_id(), Some(9));
+        assert!(a.sdp.contains(&format!("a=extmap:9 {DD_EXTENSION}\r\n")));
+        assert_eq!(
+            ext_map(&pv.extmaps, &a.media[1].extmaps)
+                .iter()
+                .find(|m| m.0 == 12),
+            Some(&(12, 9))
+        );
+        // One that does not offer it is not.
+        let plain = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let a = answer(&Offer::parse(&plain).unwrap(), Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[1].dd_id(), None);
+        // Nor is a viewer of a room whose publisher does not send it.
+        let c = AnswerConfig {
+            publishers: room_of(&chrome_offer("actpass")),
+            ..cfg()
+        };
+        let a = answer(&Offer::parse(&viewer).unwrap(), Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[1].dd_id(), None);
     }
 
     /// Without a publisher of a kind the viewer gets everything the relay supports for it;

@@ -37,6 +37,7 @@ pub mod reception;
 pub mod rtx_cache;
 mod state;
 pub mod stun;
+pub mod svc;
 pub mod twcc_rx;
 
 pub use continuity::Continuity;
