@@ -282,6 +282,10 @@ pub struct Offer {
     pub fingerprint: Option<Fingerprint>,
     pub setup: Option<Setup>,
     pub ice_lite: bool,
+    /// `a=extmap-allow-mixed` (RFC 8285 §6): the offerer may send and take the two-byte
+    /// header extension form. Chromium sends the Dependency Descriptor of a key frame (its
+    /// template structure, longer than 16 bytes) only when the answer allows it.
+    pub extmap_allow_mixed: bool,
     /// Mids of the first BUNDLE group (RFC 8843 §7).
     pub bundle: Option<Vec<String>>,
     pub media: Vec<Media>,
@@ -321,6 +325,7 @@ impl Offer {
             fingerprint: None,
             setup: None,
             ice_lite: false,
+            extmap_allow_mixed: false,
             bundle: None,
             media: Vec::new(),
         };
@@ -425,6 +430,7 @@ fn session_attr(o: &mut Offer, name: &str, val: Option<&str>, n: usize) -> Resul
         ("ice-ufrag", Some(v)) => o.ice_ufrag = Some(ice_cred(v, n)?),
         ("ice-pwd", Some(v)) => o.ice_pwd = Some(ice_cred(v, n)?),
         ("ice-lite", _) => o.ice_lite = true,
+        ("extmap-allow-mixed", None) => o.extmap_allow_mixed = true,
         ("fingerprint", Some(v)) => o.fingerprint = fingerprint(v, n)?.or(o.fingerprint.take()),
         ("setup", Some(v)) => o.setup = Some(Setup::parse(v).ok_or(bad(n, "bad a=setup"))?),
         ("group", Some(v)) => {
@@ -1230,6 +1236,11 @@ fn write_answer(
         .collect();
     let _ = write!(s, "a=group:BUNDLE {}\r\n", mids.join(" "));
     s.push_str("a=ice-lite\r\na=msid-semantic: WMS\r\n");
+    // RFC 8285 §6: both forms of header extensions, when the offerer allows them; the relay
+    // parses and rewrites both and passes each packet's form on.
+    if offer.extmap_allow_mixed {
+        s.push_str("a=extmap-allow-mixed\r\n");
+    }
     let port = cfg.candidates.first().map(|a| a.port()).unwrap_or(9);
     for (om, nm) in offer.media.iter().zip(media) {
         if !nm.accepted {
@@ -1827,6 +1838,14 @@ a=ssrc:2222 cname:abc\r\n"
                 .find(|m| m.0 == 12),
             Some(&(12, 9))
         );
+        // Chromium writes a key frame's descriptor (longer than 16 bytes) only in the two-byte
+        // form: the answer allows mixed forms when the offer does (RFC 8285 §6).
+        assert!(a.sdp.contains("a=extmap-allow-mixed\r\n"));
+        let one_byte = viewer.replace("a=extmap-allow-mixed\r\n", "");
+        let o = Offer::parse(&one_byte).unwrap();
+        assert!(!o.extmap_allow_mixed);
+        let a1 = answer(&o, Endpoint::Whep, &c).unwrap();
+        assert!(!a1.sdp.contains("extmap-allow-mixed"));
         // One that does not offer it is not.
         let plain = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
         let a = answer(&Offer::parse(&plain).unwrap(), Endpoint::Whep, &c).unwrap();

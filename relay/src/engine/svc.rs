@@ -31,7 +31,7 @@ use super::continuity::{Continuity, Source};
 use super::layers::{Rebase, KEYFRAME_INTERVAL, RATE_WINDOW, UP_HOLD, UP_MARGIN_PCT};
 use contract::shm::{Feedback, LayerStats};
 
-use contract::wire::dd::{self, DdError, Dti, Frame, Structure, MAX_SPATIAL};
+use contract::wire::dd::{self, DdError, Dti, Frame, Structure};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use std::time::Instant;
 
@@ -132,7 +132,10 @@ pub struct Svc {
     cap_temporal: u8,
     estimate: Option<u64>,
     up_since: Option<Instant>,
-    rates: [Rate; MAX_SPATIAL],
+    /// Measured rate of each decode target: the bytes of the frames it includes (its DTI is
+    /// not "not present"), so a K-SVC target costs its own layer, a full-SVC one its layer and
+    /// those below.
+    rates: [Rate; dd::MAX_DECODE_TARGETS],
     current: Option<u8>,
     target: Option<u8>,
     forwarded: [u64; WORDS],
@@ -166,7 +169,7 @@ impl Svc {
             cap_temporal,
             estimate: None,
             up_since: None,
-            rates: [Rate::default(); MAX_SPATIAL],
+            rates: [Rate::default(); dd::MAX_DECODE_TARGETS],
             current: None,
             target: None,
             forwarded: [0; WORDS],
@@ -213,9 +216,9 @@ impl Svc {
         self.switches
     }
 
-    /// Measured bit rate of spatial layer `s` over the last window.
-    pub fn spatial_bps(&self, s: usize) -> u64 {
-        self.rates.get(s).map_or(0, |r| r.bps)
+    /// Measured bit rate of decode target `dt` over the last window.
+    pub fn target_bps(&self, dt: u8) -> u64 {
+        self.rates.get(usize::from(dt)).map_or(0, |r| r.bps)
     }
 
     /// What the session statistics publish (docs/SHM.md): spatial layers as layers.
@@ -299,54 +302,60 @@ impl Svc {
         m & self.active_in
     }
 
-    /// The highest active decode target within the caps and the estimate.
+    /// The highest active decode target (by spatial, then temporal layer) within the caps
+    /// and, with an estimate, whose measured rate it carries (one of a higher spatial layer
+    /// than now with [`UP_MARGIN_PCT`], held for [`UP_HOLD`]); the lowest one within the caps
+    /// when none fits.
     fn choose(&mut self, now: Instant) -> Option<u8> {
         let s = &self.structure;
         let cap_s = self.cap_spatial.min(s.max_spatial);
         let cap_t = self.cap_temporal.min(s.max_temporal);
         let cur_s = self.current.map(|c| self.dt_spatial(c));
-        // The estimate limits the spatial layer: the layers up to it (each references the one
-        // below in L*T* modes; in K-SVC modes the lower ones are no longer sent after the key
-        // frame and measure 0) must fit, a higher one than now with a margin.
-        let mut top_s = cap_s;
-        if let Some(est) = self.estimate {
-            let mut fits = 0u8;
-            let mut sum = 0u64;
-            for l in 0..=cap_s {
-                sum = sum.saturating_add(self.rates[usize::from(l)].bps);
-                let need = if cur_s.is_some_and(|c| l > c) {
-                    sum.saturating_mul(UP_MARGIN_PCT) / 100
-                } else {
-                    sum
-                };
-                if need <= est {
-                    fits = l;
-                }
-            }
-            top_s = fits;
-            if cur_s.is_some_and(|c| top_s > c) {
-                let since = *self.up_since.get_or_insert(now);
-                if now.saturating_duration_since(since) < UP_HOLD {
-                    top_s = cur_s.unwrap_or(0);
-                }
-            } else {
-                self.up_since = None;
-            }
-        }
-        let mut best: Option<(u8, u8, u8)> = None;
+        // (spatial, temporal, decode target) of: the best that fits, the best that fits at or
+        // below the current spatial layer, the lowest within the caps.
+        let (mut best, mut here, mut lowest) = (None::<(u8, u8, u8)>, None, None);
         for d in 0..s.decode_targets.min(32) {
-            if self.active_in & (1 << d) == 0 {
+            let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
+            if self.active_in & (1 << d) == 0 || ds > cap_s || dt > cap_t {
                 continue;
             }
-            let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
-            if ds > top_s || dt > cap_t {
+            if lowest.is_none_or(|(ls, lt, _)| (ds, dt) < (ls, lt)) {
+                lowest = Some((ds, dt, d));
+            }
+            let up = cur_s.is_some_and(|c| ds > c);
+            let fits = self.estimate.is_none_or(|est| {
+                let bps = self.rates[usize::from(d)].bps;
+                let need = if up {
+                    bps.saturating_mul(UP_MARGIN_PCT) / 100
+                } else {
+                    bps
+                };
+                need <= est
+            });
+            if !fits {
                 continue;
             }
             if best.is_none_or(|(bs, bt, _)| (ds, dt) > (bs, bt)) {
                 best = Some((ds, dt, d));
             }
+            if !up && here.is_none_or(|(hs, ht, _)| (ds, dt) > (hs, ht)) {
+                here = Some((ds, dt, d));
+            }
         }
-        best.map(|(_, _, d)| d)
+        let going_up = self.estimate.is_some()
+            && matches!((best, cur_s), (Some((bs, _, _)), Some(c)) if bs > c);
+        let pick = if going_up {
+            let since = *self.up_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < UP_HOLD {
+                here
+            } else {
+                best
+            }
+        } else {
+            self.up_since = None;
+            best
+        };
+        pick.or(lowest).map(|(_, _, d)| d)
     }
 
     fn refs_forwarded(&self, f: &Frame) -> bool {
@@ -445,6 +454,7 @@ impl Svc {
             if self.structure != self.scratch {
                 self.current = None;
                 self.target = None;
+                self.rates = [Rate::default(); dd::MAX_DECODE_TARGETS];
             }
             reset = f.fdiff_count == 0;
         }
@@ -452,8 +462,11 @@ impl Svc {
             self.active_in = m;
         }
         if p.bytes > 0 {
-            let s = usize::from(f.spatial).min(MAX_SPATIAL - 1);
-            self.rates[s].note(now, p.bytes);
+            for dt in 0..self.structure.decode_targets.min(32) {
+                if f.dti(dt) != Dti::NotPresent {
+                    self.rates[usize::from(dt)].note(now, p.bytes);
+                }
+            }
         }
         let n = f.frame_number;
         // A key frame far from the window (a restarted encoder) starts it afresh.

@@ -515,21 +515,50 @@ fn packets_before_a_structure_ask_for_a_key_frame() {
 }
 
 #[test]
-fn estimate_limits_the_spatial_layer() {
+fn estimate_limits_the_decode_target() {
+    // K-SVC: after the key frame a spatial layer's decode target holds only its own frames.
     let mut p = Publisher::new(3, 3, true);
     let mut o = Out::new(NO, NO);
     o.feed(&p.superframe(true));
-    // Two seconds of every layer: each measures 2 packets x 1000 bytes x 30 fps = 480 kbit/s.
+    // Two seconds of every layer: each layer measures 2 packets x 1000 bytes x 30 fps =
+    // 480 kbit/s, its T0 frames a quarter of that, T0 and T1 half.
     for _ in 0..60 {
         o.feed(&p.superframe(false));
     }
-    assert!(o.svc.spatial_bps(0) > 400_000);
+    let top = o.svc.current().unwrap().0;
+    assert!((400_000..600_000).contains(&o.svc.target_bps(top)));
+    // 600 kbit/s carries the top layer alone: no change.
     o.svc.set_estimate(Some(600_000));
-    o.feed(&p.superframe(true));
     o.feed(&p.superframe(false));
-    assert_eq!(o.svc.target().map(|t| o.svc.dt_spatial(t)), Some(0));
-    assert!(o.frames.iter().rev().take(2).all(|&(s, _)| s == 0));
-    assert_eq!(o.svc.stats().current, Some(0));
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)));
+    // 300 kbit/s: the top layer's T0 and T1 frames (240 kbit/s).
+    o.svc.set_estimate(Some(300_000));
+    o.feed(&p.superframe(true));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)));
+    assert!(o
+        .frames
+        .iter()
+        .rev()
+        .take(2)
+        .all(|&(s, t)| s == 2 && t <= 1));
+
+    // Full SVC: the top decode target holds every layer's frames (1.44 Mbit/s); 600 kbit/s
+    // carries the three layers' T0 frames (360 kbit/s) but not their T1 ones (720).
+    let mut p = Publisher::new(3, 3, false);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    o.svc.set_estimate(Some(600_000));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 0)));
+    assert_eq!(o.svc.stats().current, Some(2));
     assert_eq!(o.svc.stats().count, 3);
 }
 
