@@ -145,7 +145,6 @@ impl Continuity {
         s.set_temporal_cap(temporal);
     }
 
-    /// The layer selection, when this output is layered.
     /// Make this an SVC stream capped at spatial layer `cap` and temporal layer `temporal`
     /// (allocates once, when the route is set up).
     pub fn set_svc(&mut self, cap: u8, temporal: u8) {
@@ -154,6 +153,7 @@ impl Continuity {
             .set_caps(cap, temporal);
     }
 
+    /// The SVC selector, when this output is forwarded by its Dependency Descriptor.
     pub fn svc(&self) -> Option<&Svc> {
         self.svc.as_deref()
     }
@@ -162,6 +162,7 @@ impl Continuity {
         self.svc.as_deref_mut()
     }
 
+    /// The layer selection, when this output is layered.
     pub fn layers(&self) -> Option<&Selector> {
         self.layers.as_ref()
     }
