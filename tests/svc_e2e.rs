@@ -16,6 +16,10 @@
 //! [`MAX_FREEZES`] freezes; the relay counted frames not sent (`svc_not_present`) and
 //! decode target switches. Figures are printed (docs/BENCHMARKS.md).
 //!
+//! A third test publishes H.264 in `L1T3` (temporal layers only, described by the same
+//! extension): the capped viewer caps `max_temporal` to 0 and its frame rate falls below half
+//! the free viewer's, and comes back after the lift.
+//!
 //! An encoder of this Chromium build without the codec or the mode skips that codec visibly
 //! (`SKIP: ...`), as does a Chromium that does not offer the extension.
 //!
@@ -229,4 +233,96 @@ fn chromium_vp9_l3t3_key_through_whip_one_viewer_capped_one_free() {
 #[test]
 fn chromium_av1_l3t3_key_through_whip_one_viewer_capped_one_free() {
     svc_through_whip("AV1");
+}
+
+/// Temporal layers only (`L1T3`): the capped viewer PATCHes `{"max_temporal": 0}` at
+/// [`CAP_AT`] and lifts it at [`LIFT_AT`]; its frame rate falls below half the free viewer's
+/// while capped and both keep decoding at the publisher's width.
+fn temporal_through_whip(codec: &str) {
+    if let Some(why) = unavailable() {
+        skip(&why);
+        return;
+    }
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let tag = format!("svc-t-{}", codec.to_ascii_lowercase());
+    let rig = WebRtcRig::start(&tag);
+    let room = "svct";
+    let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let spec = json!({
+        "mode": "relay", "base": rig.base(), "room": room, "seconds": SECONDS, "connectSecs": 40,
+        "publisher": { "chromium": chromium, "token": rig.mint(room, "host"),
+                       "svc": { "codec": codec, "scalabilityMode": "L1T3" },
+                       "minBitrateKbps": UPLINK_KBPS },
+        "viewers": [
+            { "label": "free", "chromium": chromium, "token": rig.mint_for(room, "viewer", "free"),
+              "dd": true },
+            { "label": "capped", "chromium": chromium, "token": rig.mint_for(room, "viewer", "capped"),
+              "dd": true,
+              "layerPlan": [ { "at": CAP_AT, "max": null, "temporal": 0 },
+                             { "at": LIFT_AT, "max": null, "temporal": null } ] },
+        ],
+    });
+    let r = run_session(rig.dir(), &tag, &spec);
+    if let Some(why) = r["unsupported"].as_str() {
+        skip(format!("{codec} L1T3: Chromium's encoder here: {why}"));
+        return;
+    }
+    let info = &r["svc"];
+    if info["ddOffered"] != json!(true) {
+        skip(format!(
+            "{codec}: Chromium did not offer the Dependency Descriptor extension ({info})"
+        ));
+        return;
+    }
+    let (_, metrics) = rig.http("GET", "/metrics", "");
+    let feedback = |e: &str| {
+        metric_sum(
+            &metrics,
+            "sluice_feedback_total{",
+            &format!("event=\"{e}\""),
+        )
+    };
+    let not_present = feedback("svc_not_present");
+    let no_dd = feedback("svc_no_descriptor");
+    let free_fps = series(&r, "viewerFramesPerSecond", 0);
+    let capped_fps = series(&r, "viewerFramesPerSecond", 1);
+    let free_dec = series(&r, "viewerFramesDecoded", 0);
+    let capped_dec = series(&r, "viewerFramesDecoded", 1);
+    eprintln!(
+        "svc_e2e {codec} L1T3: {info}; not sent: not_present {not_present} no_descriptor {no_dd}"
+    );
+    eprintln!("svc_e2e {codec} L1T3: free fps/s   {free_fps:?}");
+    eprintln!("svc_e2e {codec} L1T3: capped fps/s {capped_fps:?}");
+    eprintln!("svc_e2e {codec} L1T3: decoded free {free_dec:?} capped {capped_dec:?}");
+    assert_eq!(info["ddAnswered"], json!(true), "{info}");
+    let (cap_at, lift_at) = (CAP_AT as usize, LIFT_AT as usize);
+    let settled = cap_at + CAP_WITHIN as usize;
+    let (cf, ff) = (
+        mean(&capped_fps[settled..lift_at]),
+        mean(&free_fps[settled..lift_at]),
+    );
+    assert!(
+        ff > 0.0 && cf < ff / 2.0,
+        "capped {cf:.1} fps vs free {ff:.1} fps"
+    );
+    for (name, d) in [("free", &free_dec), ("capped", &capped_dec)] {
+        assert!(
+            d[lift_at] > d[settled] + 10.0,
+            "{name} viewer stalled while capped: {d:?}"
+        );
+    }
+    let after = mean(&capped_fps[capped_fps.len() - 5..]);
+    assert!(
+        after > ff / 2.0,
+        "capped viewer after the lift: {capped_fps:?}"
+    );
+    assert!(
+        not_present > 0.0,
+        "the relay dropped no frame for the capped viewer"
+    );
+}
+
+#[test]
+fn chromium_h264_l1t3_through_whip_one_viewer_temporally_capped() {
+    temporal_through_whip("H264");
 }
