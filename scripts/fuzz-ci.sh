@@ -7,7 +7,7 @@
 #
 # Needs cargo-fuzz and a C++ compiler; uses RUSTC_BOOTSTRAP=1 so a stable toolchain can pass
 # the sanitizer flags. New corpus entries go to a scratch directory, never into fuzz/corpus.
-# With 13 targets at 20 s the runs take about 4.5 minutes (plus the build: ~3 min cold).
+# With 14 targets at 20 s the runs take about 5 minutes (plus the build: ~3 min cold).
 set -euo pipefail
 
 cd "$(dirname "$0")/../fuzz"

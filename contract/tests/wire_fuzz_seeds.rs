@@ -8,7 +8,7 @@ mod skip;
 
 use std::path::PathBuf;
 
-use contract::wire::{classify, dtls, rtcp, rtp, stun, Kind};
+use contract::wire::{classify, dd, dtls, rtcp, rtp, stun, Kind};
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 
@@ -206,6 +206,40 @@ fn demux_seeds() -> Seeds {
     ]
 }
 
+/// Dependency Descriptors captured from Chromium sending AV1 L3T3: a key frame's first packet
+/// (with the template structure) and packets of the frames after it.
+const DD_CAPTURE: [&str; 5] = [
+    "c1017280081485214eafffaaaa863cf0430c10c302afc0aaa0063c00430010c002a000a80006000040001d954926e082b04a0941b820ac1282503157f974000ca864330e222222eca8655304224230eca877530077004200ef008601df010d",
+    "86017340fc",
+    "46017340fc",
+    "860173",
+    "c30175",
+];
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The `dd` target reads a run of (length byte, descriptor).
+fn dd_seeds() -> Seeds {
+    let run = |parts: &[&str]| -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in parts {
+            let b = hex(p);
+            v.push(b.len() as u8);
+            v.extend(b);
+        }
+        v
+    };
+    vec![
+        ("chromium_l3t3", run(&DD_CAPTURE)),
+        ("structure_only", run(&DD_CAPTURE[..1])),
+    ]
+}
+
 fn all_seeds() -> Vec<(&'static str, Seeds)> {
     vec![
         ("rtp", rtp_seeds()),
@@ -213,6 +247,7 @@ fn all_seeds() -> Vec<(&'static str, Seeds)> {
         ("stun", stun_seeds()),
         ("dtls", dtls_seeds()),
         ("demux", demux_seeds()),
+        ("dd", dd_seeds()),
     ]
 }
 
@@ -241,6 +276,16 @@ fn seeds_are_valid() {
                     h.unwrap_or_else(|e| panic!("dtls seed {name}: {e}"));
                 }
             }
+        }
+    }
+    let mut known = None;
+    for (i, h) in DD_CAPTURE.iter().enumerate() {
+        let mut new = dd::Structure::default();
+        let f = dd::parse(&hex(h), known.as_ref(), &mut new)
+            .unwrap_or_else(|e| panic!("dd seed part {i}: {e}"));
+        assert_eq!(f.structure, i == 0);
+        if f.structure {
+            known = Some(new);
         }
     }
     let kinds: Vec<_> = demux_seeds().iter().map(|(_, d)| classify(d)).collect();

@@ -89,6 +89,11 @@ pub struct RewriteSpec {
     /// time on it (docs/ENGINE.md "Simulcast").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<LayerSpec>,
+    /// The publisher's id of the Dependency Descriptor extension: an SVC route (one stream
+    /// carrying spatial and temporal layers; `layer` of count 1 caps them) forwarded frame by
+    /// frame for the subscriber's decode target (docs/ENGINE.md "SVC").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dd_id: Option<u8>,
 }
 
 /// A keyframe request kind, as negotiated in `a=rtcp-fb`.
@@ -157,6 +162,7 @@ impl RewriteSpec {
                 ssrc: x.ssrc,
             }),
             twcc_id: self.twcc_id.unwrap_or(0),
+            dd_id: self.dd_id.unwrap_or(0),
             layer: self.layer.map(|l| Layer {
                 index: l.index,
                 count: l.count,

@@ -38,6 +38,14 @@
 //         `publisher.minBitrateKbps: N` starts and floors the publisher's uplink estimate at N
 //         kbit/s (x-google-start-bitrate / x-google-min-bitrate added to the answer it
 //         applies), for a publisher whose uplink carries every simulcast layer.
+//         `publisher.svc: { "codec": "VP9" | "AV1", "scalabilityMode": "L3T3_KEY" }` publishes
+//         a 1280x720 fake camera as one encoding in that SVC mode on that codec only (VP9
+//         profile 0); an encoder without it fails the publisher with `SVC_UNSUPPORTED: ...`.
+//         The result's `svc` says whether the offer and answer carry the Dependency
+//         Descriptor extension and the mode the sender applied. A `layerPlan` step's
+//         `temporal: 0..3 | null` also sends {"max_temporal": temporal}; a viewer group's
+//         `dd: true` makes its pages offer the Dependency Descriptor extension. The series also has
+//         every viewer's framesPerSecond and the publisher's outbound frameWidth.
 //         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
@@ -124,7 +132,7 @@ window.videoStats = async (pc) => {
       if (s.rid) (out.layers = out.layers || {})[s.rid] = pick(s, ['frameWidth', 'frameHeight', 'bytesSent', 'framesEncoded']);
       out.outbound = pick(s, ['packetsSent', 'bytesSent', 'retransmittedPacketsSent', 'retransmittedBytesSent',
         'nackCount', 'pliCount', 'firCount', 'framesEncoded', 'framesSent', 'keyFramesEncoded', 'framesPerSecond',
-        'qualityLimitationReason', 'targetBitrate', 'frameWidth', 'frameHeight']);
+        'qualityLimitationReason', 'targetBitrate', 'frameWidth', 'frameHeight', 'scalabilityMode']);
     } else if (s.type === 'transport') {
       const p = byId.get(s.selectedCandidatePairId);
       if (p) {
@@ -262,7 +270,7 @@ async function session(specPath) {
       const ctx = await launch(v.chromium, v.label);
       for (let i = 0; i < (v.pages || 1); i++) {
         viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token,
-          layerPlan: v.layerPlan || [], page: await open(ctx, `${v.label}#${i}`) });
+          layerPlan: v.layerPlan || [], dd: !!v.dd, page: await open(ctx, `${v.label}#${i}`) });
       }
     }
     const connectMs = (spec.connectSecs || 30) * 1000;
@@ -291,8 +299,8 @@ async function session(specPath) {
       await pub.evaluate(async (sdp) => window.pc.setRemoteDescription({ type: 'answer', sdp }), answer);
       log('direct call: offer and answer exchanged');
     } else {
-      simulcastOffer = await pub.evaluate(async ({ url, token, simulcast, minKbps }) => {
-        const video = simulcast ? { width: 1280, height: 720 } : true;
+      simulcastOffer = await pub.evaluate(async ({ url, token, simulcast, minKbps, svc }) => {
+        const video = simulcast || svc ? { width: 1280, height: 720 } : true;
         const stream = await navigator.mediaDevices.getUserMedia({ video, audio: true });
         const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
         window.pc = pc;
@@ -303,33 +311,71 @@ async function session(specPath) {
             init.sendEncodings = [{ rid: 'q', scaleResolutionDownBy: 4 },
               { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }];
           }
+          if (svc && t.kind === 'video') {
+            // One encoding in an SVC mode, on the one codec asked for (VP9: profile 0 only).
+            const caps = RTCRtpSender.getCapabilities('video').codecs.filter((c) =>
+              c.mimeType === `video/${svc.codec}` && !/profile-id=[^0]/.test(c.sdpFmtpLine || ''));
+            window.svcCaps = caps.map((c) => ({ fmtp: c.sdpFmtpLine || '', modes: c.scalabilityModes || null }));
+            if (!caps.length) throw new Error(`SVC_UNSUPPORTED: no ${svc.codec} encoder`);
+            if (caps.every((c) => c.scalabilityModes && !c.scalabilityModes.includes(svc.scalabilityMode))) {
+              throw new Error(`SVC_UNSUPPORTED: ${svc.codec} without ${svc.scalabilityMode}`);
+            }
+            init.sendEncodings = [{ scalabilityMode: svc.scalabilityMode }];
+          }
           const tr = pc.addTransceiver(t, init);
           if (simulcast && t.kind === 'video') {
             const vp8 = RTCRtpSender.getCapabilities('video').codecs.filter((c) => c.mimeType === 'video/VP8');
             tr.setCodecPreferences(vp8);
           }
+          if (svc && t.kind === 'video') {
+            tr.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs.filter((c) =>
+              c.mimeType === `video/${svc.codec}` && !/profile-id=[^0]/.test(c.sdpFmtpLine || '')));
+            window.svcSender = tr.sender;
+          }
         }
         // Chromium's uplink estimate: with minKbps, start and floor it there (libwebrtc's
         // x-google-start/min-bitrate on the answer's VP8), as a publisher whose uplink
         // carries every layer.
-        const edit = minKbps ? (sdp) => sdp.replace(/a=rtpmap:(\d+) VP8\/90000\r\n/,
-          (line, pt) => `${line}a=fmtp:${pt} x-google-start-bitrate=${minKbps};x-google-min-bitrate=${minKbps}\r\n`) : null;
-        await negotiate(pc, url, token, edit);
+        const floor = `x-google-start-bitrate=${minKbps};x-google-min-bitrate=${minKbps}`;
+        const edit = minKbps && !svc ? (sdp) => sdp.replace(/a=rtpmap:(\d+) VP8\/90000\r\n/,
+          (line, pt) => `${line}a=fmtp:${pt} ${floor}\r\n`) : minKbps ? (sdp) => {
+          // The SVC codec's first payload type: the floor joins its fmtp line (or makes one).
+          const m = sdp.match(new RegExp(`a=rtpmap:(\\d+) ${svc.codec}/90000\\r\\n`));
+          if (!m) return sdp;
+          const fmtp = new RegExp(`a=fmtp:${m[1]} ([^\\r\\n]*)\\r\\n`);
+          return fmtp.test(sdp) ? sdp.replace(fmtp, (l, p) => `a=fmtp:${m[1]} ${p};${floor}\r\n`)
+            : sdp.replace(m[0], `${m[0]}a=fmtp:${m[1]} ${floor}\r\n`);
+        } : null;
+        const neg = await negotiate(pc, url, token, edit);
+        if (svc) {
+          const dd = 'https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension';
+          window.svcInfo = { caps: window.svcCaps, ddOffered: pc.localDescription.sdp.includes(dd),
+            ddAnswered: neg.answer.includes(dd),
+            applied: window.svcSender.getParameters().encodings.map((e) => e.scalabilityMode || null) };
+        }
         return (pc.localDescription.sdp.match(/a=simulcast:[^\r\n]*/) || [null])[0];
       }, { url: `${spec.base}/whip/${spec.room}`, token: spec.publisher.token, simulcast: !!spec.publisher.simulcast,
-        minKbps: spec.publisher.minBitrateKbps || 0 });
+        minKbps: spec.publisher.minBitrateKbps || 0, svc: spec.publisher.svc || null });
       await pub.waitForFunction(() => ['connected', 'failed'].includes(window.pc.connectionState), null,
         { timeout: connectMs });
       log('published');
       for (const v of viewers) {
-        await v.page.evaluate(async ({ url, token }) => {
+        await v.page.evaluate(async ({ url, token, dd }) => {
           const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
           window.pc = pc;
           pc.addEventListener('connectionstatechange', () => console.log('connectionState=' + pc.connectionState));
-          for (const k of ['audio', 'video']) pc.addTransceiver(k, { direction: 'recvonly' });
+          for (const k of ['audio', 'video']) {
+            const tr = pc.addTransceiver(k, { direction: 'recvonly' });
+            // Chromium offers the Dependency Descriptor only for an SVC sender by default: a
+            // viewer asks for it through the header extension control API.
+            if (dd && k === 'video') {
+              tr.setHeaderExtensionsToNegotiate(tr.getHeaderExtensionsToNegotiate().map((h) =>
+                /dependency-descriptor/.test(h.uri) ? { ...h, direction: 'recvonly' } : h));
+            }
+          }
           attachMedia(pc);
           window.resource = (await negotiate(pc, url, token)).location;
-        }, { url: `${spec.base}/whep/${spec.room}`, token: v.token });
+        }, { url: `${spec.base}/whep/${spec.room}`, token: v.token, dd: v.dd });
       }
       log(`watching with ${viewers.length} page(s)`);
     }
@@ -352,18 +398,22 @@ async function session(specPath) {
     const start = await snapshot();
     const t0 = Date.now();
     const series = { t: [], publisherBytesSent: [], publisherLayers: [], viewerFramesDecoded: viewers.map(() => []),
-      viewerFrameWidth: viewers.map(() => []), layerRequests: [] };
+      viewerFrameWidth: viewers.map(() => []), viewerFramesPerSecond: viewers.map(() => []),
+      publisherFrameWidth: [], layerRequests: [] };
     for (let i = 1; i <= spec.seconds; i++) {
       const wait = t0 + i * 1000 - Date.now();
       if (wait > 0) await pub.waitForTimeout(wait);
       for (const v of viewers) {
         for (const step of v.layerPlan.filter((x) => x.at === i - 1)) {
-          const status = await v.page.evaluate(async ({ max }) => {
+          const body = { max_layer: step.max };
+          if ('temporal' in step) body.max_temporal = step.temporal;
+          const status = await v.page.evaluate(async ({ body }) => {
             const r = await fetch(window.resource, { method: 'PATCH',
-              headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ max_layer: max }) });
+              headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
             return r.status;
-          }, { max: step.max });
-          series.layerRequests.push({ label: v.label, index: v.index, at: i - 1, max: step.max, status });
+          }, { body });
+          series.layerRequests.push({ label: v.label, index: v.index, at: i - 1, max: step.max,
+            temporal: step.temporal, status });
           log(`${v.label}#${v.index}: max_layer ${step.max} -> ${status}`);
         }
       }
@@ -371,19 +421,26 @@ async function session(specPath) {
       const ps = await pub.evaluate(() => videoStats(window.pc));
       series.publisherBytesSent.push(ps.outbound?.bytesSent ?? 0);
       series.publisherLayers.push(ps.layers || null);
+      series.publisherFrameWidth.push(ps.outbound?.frameWidth || 0);
       for (let j = 0; j < viewers.length; j++) {
         const vs = await viewers[j].page.evaluate(() => videoStats(window.pc));
         series.viewerFramesDecoded[j].push(vs.inbound?.framesDecoded || 0);
         series.viewerFrameWidth[j].push(vs.inbound?.frameWidth || 0);
+        series.viewerFramesPerSecond[j].push(vs.inbound?.framesPerSecond || 0);
       }
     }
     const end = await snapshot();
-    const result = { mode: spec.mode, ready, seconds: (Date.now() - t0) / 1000, start, end, series, simulcastOffer };
+    const svcInfo = spec.publisher.svc ? await pub.evaluate(() => window.svcInfo || null) : undefined;
+    const result = { mode: spec.mode, ready, seconds: (Date.now() - t0) / 1000, start, end, series, simulcastOffer,
+      svc: svcInfo };
     console.log('RESULT ' + JSON.stringify(result));
     status = end.viewers.every((v, j) => (v.stats.inbound?.framesDecoded || 0) >
       (start.viewers[j].stats.inbound?.framesDecoded || 0)) ? 0 : 1;
   } catch (e) {
     log(`error: ${e.stack || e}`);
+    // The encoder lacks the SVC mode asked for: a result saying so, for a visible skip.
+    const unsupported = String(e.message || e).match(/SVC_UNSUPPORTED: [^\n]*/);
+    if (unsupported) console.log('RESULT ' + JSON.stringify({ unsupported: unsupported[0] }));
     status = 1;
   } finally {
     for (const c of contexts) await c.close().catch(() => {});

@@ -195,11 +195,13 @@ pub(crate) fn encode_route(r: &RouteRecord) -> [u64; ROUTE_WORDS] {
         w[11] = 1 | (u64::from(x.payload_type) << 8) | (u64::from(x.ssrc) << 32);
     }
     // Word 12: MID id | MID length << 8 | keyframe bits << 16 | transport-wide sequence
-    // extension id << 24 (0: none); words 13–14: the MID value.
+    // extension id << 24 (0: none) | Dependency Descriptor id << 32 (0: none); words 13–14:
+    // the MID value.
     w[12] = u64::from(r.rewrite.mid_id)
         | (u64::from(r.rewrite.mid_len) << 8)
         | (u64::from(r.rewrite.keyframe) << 16)
-        | (u64::from(r.rewrite.twcc_id) << 24);
+        | (u64::from(r.rewrite.twcc_id) << 24)
+        | (u64::from(r.rewrite.dd_id) << 32);
     if let Some(l) = r.rewrite.layer {
         // The temporal cap is stored plus one, so 0 (what ABI 7 writers leave) means none.
         w[10] = 1
@@ -249,6 +251,10 @@ pub(crate) fn validate_route(r: &RouteRecord) -> Result<(), SlotError> {
         {
             return Err(SlotError::BadLayer(l.index, l.count));
         }
+    }
+    if rw.dd_id != 0 && rw.layer.is_none_or(|l| l.count != 1) {
+        let (index, count) = rw.layer.map_or((0, 0), |l| (l.index, l.count));
+        return Err(SlotError::BadLayer(index, count));
     }
     Ok(())
 }
@@ -300,6 +306,7 @@ pub(crate) fn decode_route(w: &[u64; ROUTE_WORDS]) -> Result<RouteRecord, SlotEr
             mid_id: w[12] as u8,
             keyframe: (w[12] >> 16) as u8,
             twcc_id: (w[12] >> 24) as u8,
+            dd_id: (w[12] >> 32) as u8,
             rtx,
             source_rtx,
             layer,
@@ -469,6 +476,30 @@ mod tests {
         assert_eq!(
             decode_route(&encode_route(&no_rewrite)),
             Err(SlotError::BadLayer(2, 3))
+        );
+        // An SVC route: the Dependency Descriptor id round-trips with a one-layer route and
+        // is refused on a simulcast layer or without a layer.
+        let mut svc = layered;
+        svc.rewrite.layer = Some(Layer {
+            index: 0,
+            count: 1,
+            max: 0,
+            max_temporal: 0,
+        });
+        svc.rewrite.dd_id = 12;
+        assert_eq!(encode_route(&svc)[12] >> 32, 12);
+        assert_eq!(decode_route(&encode_route(&svc)), Ok(svc));
+        let mut on_simulcast = layered;
+        on_simulcast.rewrite.dd_id = 12;
+        assert_eq!(
+            decode_route(&encode_route(&on_simulcast)),
+            Err(SlotError::BadLayer(2, 3))
+        );
+        let mut no_layer = svc;
+        no_layer.rewrite.layer = None;
+        assert_eq!(
+            decode_route(&encode_route(&no_layer)),
+            Err(SlotError::BadLayer(0, 0))
         );
     }
 }

@@ -67,7 +67,7 @@ pub struct WorkerCounters {
     stuck: AtomicU64,
     io: [AtomicU64; IO_COUNTERS],
     // ABI 6: loss recovery (RFC 4585 feedback handled by the relay), written by the worker;
-    // ABI 7 grew it from 16 to 24 counters.
+    // ABI 7 grew it from 16 to 32 counters, ABI 8 to 48.
     feedback: [AtomicU64; Feedback::COUNT],
     // ABI 7: ICE-TCP, written by the relay's supervisor from the worker's counters. Always
     // the last section of the block: its offset is COUNTER_TCP_OFFSET.
@@ -232,10 +232,11 @@ pub enum Feedback {
     /// Packets of a simulcast layer not sent to a subscriber (ABI 7): not its current layer,
     /// or older than its last layer switch (docs/ENGINE.md "Simulcast").
     LayerSkipped = 20,
-    /// Simulcast layer switches made for subscribers (ABI 7).
+    /// Simulcast layer switches made for subscribers (ABI 7), and SVC decode target switches.
     LayerSwitch = 21,
     /// Key-frame requests (PLI) the relay sent a publisher so that a subscriber can switch
-    /// to one of its layers (ABI 7).
+    /// to one of its layers (ABI 7), or because a chain of an SVC stream a subscriber needs
+    /// broke.
     LayerKeyframeRequest = 22,
     /// Transport-cc feedback messages (RTPFB FMT 15) the relay wrote to publishers whose
     /// packets carry the transport-wide sequence extension (ABI 7; docs/ENGINE.md "Bandwidth
@@ -248,12 +249,25 @@ pub enum Feedback {
     /// Subscribers' REMBs not passed on to a publisher the relay sends its own REMB: they cap
     /// the relay's instead (ABI 7; docs/ENGINE.md "REMB to publishers").
     RembFolded = 25,
+    /// Packets of an SVC stream (docs/ENGINE.md "SVC") not sent to a subscriber: their frame
+    /// is not part of the decode target it receives (its decode target indication is "not
+    /// present"), or no decode target can start yet (waiting for a switch point).
+    SvcNotPresent = 26,
+    /// Packets of an SVC stream not sent: their frame references a frame that was not sent
+    /// to the subscriber (dropped, or lost before the relay).
+    SvcUnreferenced = 27,
+    /// Packets of an SVC stream not sent: no Dependency Descriptor, one that does not parse,
+    /// or none with a template structure known yet (the subscriber waits for a key frame).
+    SvcNoDescriptor = 28,
+    /// Packets of an SVC stream not sent: older than the subscriber's last re-numbering or
+    /// than the window of frames the relay remembers.
+    SvcLate = 29,
 }
 
 impl Feedback {
-    pub const COUNT: usize = 32;
-    /// Every counter in index order (indices 26..32 are reserved and stay 0).
-    pub const ALL: [Feedback; 26] = [
+    pub const COUNT: usize = 48;
+    /// Every counter in index order (indices 30..48 are reserved and stay 0).
+    pub const ALL: [Feedback; 30] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -280,6 +294,10 @@ impl Feedback {
         Feedback::TwccSent,
         Feedback::RembSent,
         Feedback::RembFolded,
+        Feedback::SvcNotPresent,
+        Feedback::SvcUnreferenced,
+        Feedback::SvcNoDescriptor,
+        Feedback::SvcLate,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -310,6 +328,10 @@ impl Feedback {
             Feedback::TwccSent => "twcc_sent",
             Feedback::RembSent => "remb_sent",
             Feedback::RembFolded => "remb_folded",
+            Feedback::SvcNotPresent => "svc_not_present",
+            Feedback::SvcUnreferenced => "svc_unreferenced",
+            Feedback::SvcNoDescriptor => "svc_no_descriptor",
+            Feedback::SvcLate => "svc_late",
         }
     }
 }

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SLUICESH");
 /// Bumped on any change to the header, the slot encoding or the counter block. Both processes
 /// must speak the same version; there is no in-place migration (see docs/SHM.md).
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 /// Where control creates the file unless configured otherwise.
 pub const DEFAULT_PATH: &str = "/dev/shm/sluice";
 

@@ -357,6 +357,12 @@ pub struct Rewrite {
     /// output SSRC and the relay forwards one layer at a time on it. Only on a route with an
     /// SSRC filter and a rewritten SSRC.
     pub layer: Option<Layer>,
+    /// The publisher's id of the Dependency Descriptor extension (AV1 RTP specification,
+    /// appendix A) on an SVC route: the relay forwards the frames of the decode target the
+    /// subscriber's caps and estimate select and re-writes the active decode targets mask
+    /// (docs/ENGINE.md "SVC"). Only with a [`Layer`] of count 1 (its `max` and
+    /// `max_temporal` cap the spatial and temporal layer). 0: none.
+    pub dd_id: u8,
 }
 
 /// Bits of [`Rewrite::keyframe`].
@@ -394,6 +400,23 @@ impl Layer {
 pub const MAX_MID_LEN: usize = 16;
 
 impl Rewrite {
+    /// The subscriber's id of the Dependency Descriptor element on an SVC route: the
+    /// publisher's [`Rewrite::dd_id`] through `ext_map` (unchanged when the route maps no
+    /// ids); `None` when the route has none or maps it nowhere (the subscriber did not
+    /// negotiate the extension).
+    pub fn dd_out(&self) -> Option<u8> {
+        if self.dd_id == 0 {
+            return None;
+        }
+        let map = &self.ext_map[..usize::from(self.ext_map_len).min(MAX_MAPPINGS)];
+        if map.is_empty() {
+            return Some(self.dd_id);
+        }
+        map.iter()
+            .find(|(from, _)| *from == self.dd_id)
+            .map(|&(_, to)| to)
+    }
+
     /// The MID value this route writes, if any.
     pub fn mid(&self) -> Option<(u8, &[u8])> {
         let n = usize::from(self.mid_len);

@@ -7,6 +7,9 @@
 //! allocates, locks or panics on any input: every parser returns a typed, `Copy` error.
 //!
 //! Submodules:
+//! - [`dd`]: the Dependency Descriptor header extension (AV1 RTP specification, appendix A):
+//!   template structures, per-frame decode target indications, references and chains, and the
+//!   active decode targets mask re-written for SVC forwarding.
 //! - [`demux`]: first-byte classification of a datagram (RFC 7983 §7, RFC 5761 §4).
 //! - [`rtp`]: RTP fixed header, CSRCs, padding, RFC 8285 header extensions; in-place rewrites.
 //! - [`rtcp`]: compound RTCP iteration and typed views (SR, RR, SDES, BYE, APP, RTPFB, PSFB).
@@ -25,6 +28,7 @@
 //! Validation happens once, when a view is built; accessors and iterators on a built view are
 //! then infallible. Offsets used after validation are proven in range by that validation.
 
+pub mod dd;
 pub mod demux;
 pub mod dtls;
 pub mod ice;

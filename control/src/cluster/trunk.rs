@@ -1310,6 +1310,7 @@ fn reconcile_room(core: &Core, trunk: u64, r: &mut OriginRoom) {
                         .source_rtx_of(s)
                         .map(|(payload_type, ssrc)| RtxSpec { payload_type, ssrc }),
                     twcc_id: None,
+                    dd_id: None,
                     keyframe: publisher_keyframe(pm),
                     layer: None,
                 };

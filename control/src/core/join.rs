@@ -451,6 +451,7 @@ pub(super) fn routes_between(
             source_rtx: None,
             twcc_id,
             layer: None,
+            dd_id: None,
         };
         if let Some(sc) = &pm.simulcast {
             let count = sc.layers.len() as u8;
@@ -476,6 +477,22 @@ pub(super) fn routes_between(
             continue;
         }
         let ssrcs = p.primary_ssrcs.get(i).cloned().unwrap_or_default();
+        // A video section whose publisher sends the Dependency Descriptor is forwarded as SVC
+        // (docs/ENGINE.md "SVC"): per viewer the frames of the decode target its caps select,
+        // capped like a simulcast source through the same layer caps.
+        let rw = match pm.dd_id() {
+            Some(id) if pm.kind == MediaKind::Video && !ssrcs.is_empty() => RewriteSpec {
+                layer: Some(LayerSpec {
+                    index: 0,
+                    count: 1,
+                    max: None,
+                    max_temporal: None,
+                }),
+                dd_id: Some(id),
+                ..rw
+            },
+            _ => rw,
+        };
         if ssrcs.is_empty() {
             out.push((None, rw));
         } else {

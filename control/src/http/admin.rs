@@ -723,6 +723,7 @@ fn route_json(r: &StoredRoute) -> Value {
             "twcc_id": r.rewrite.twcc_id,
             "keyframe": r.rewrite.keyframe,
             "layer": r.rewrite.layer,
+            "dd_id": r.rewrite.dd_id,
         },
     })
 }

@@ -65,6 +65,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
             "twcc_id",
             "keyframe",
             "layer",
+            "dd_id",
         ]
         .contains(&k.as_str())
         {
@@ -109,6 +110,23 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_layer(v)?),
     };
+    // The Dependency Descriptor (AV1 RTP specification, appendix A): an SVC route, whose
+    // one-layer `layer` caps the spatial and temporal layer (docs/ENGINE.md "SVC").
+    let dd_id = match o.get("dd_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|id| (1..=255).contains(id))
+                .ok_or_else(|| bad_field("rewrite.dd_id", "must be an extension id 1..=255"))?
+                as u8,
+        ),
+    };
+    if dd_id.is_some() && layer.is_none_or(|l| l.count != 1) {
+        return Err(bad_field(
+            "rewrite.dd_id",
+            "needs a layer of count 1 (an SVC route)",
+        ));
+    }
     Ok(RewriteSpec {
         ssrc,
         pt_map,
@@ -119,6 +137,7 @@ pub fn parse_rewrite(v: &Value) -> Result<RewriteSpec, CoreError> {
         twcc_id,
         keyframe,
         layer,
+        dd_id,
     })
 }
 

@@ -282,6 +282,10 @@ pub struct Offer {
     pub fingerprint: Option<Fingerprint>,
     pub setup: Option<Setup>,
     pub ice_lite: bool,
+    /// `a=extmap-allow-mixed` (RFC 8285 §6): the offerer may send and take the two-byte
+    /// header extension form. Chromium sends the Dependency Descriptor of a key frame (its
+    /// template structure, longer than 16 bytes) only when the answer allows it.
+    pub extmap_allow_mixed: bool,
     /// Mids of the first BUNDLE group (RFC 8843 §7).
     pub bundle: Option<Vec<String>>,
     pub media: Vec<Media>,
@@ -321,6 +325,7 @@ impl Offer {
             fingerprint: None,
             setup: None,
             ice_lite: false,
+            extmap_allow_mixed: false,
             bundle: None,
             media: Vec::new(),
         };
@@ -425,6 +430,7 @@ fn session_attr(o: &mut Offer, name: &str, val: Option<&str>, n: usize) -> Resul
         ("ice-ufrag", Some(v)) => o.ice_ufrag = Some(ice_cred(v, n)?),
         ("ice-pwd", Some(v)) => o.ice_pwd = Some(ice_cred(v, n)?),
         ("ice-lite", _) => o.ice_lite = true,
+        ("extmap-allow-mixed", None) => o.extmap_allow_mixed = true,
         ("fingerprint", Some(v)) => o.fingerprint = fingerprint(v, n)?.or(o.fingerprint.take()),
         ("setup", Some(v)) => o.setup = Some(Setup::parse(v).ok_or(bad(n, "bad a=setup"))?),
         ("group", Some(v)) => {
@@ -847,6 +853,14 @@ impl NegotiatedMedia {
         Some((pt, *rtx_ssrc))
     }
 
+    /// The id this section negotiated for the Dependency Descriptor extension.
+    pub fn dd_id(&self) -> Option<u8> {
+        self.extmaps
+            .iter()
+            .find(|e| e.uri == DD_EXTENSION)
+            .map(|e| e.id)
+    }
+
     /// The id this section negotiated for the transport-wide sequence number extension.
     pub fn twcc_id(&self) -> Option<u8> {
         self.extmaps
@@ -899,8 +913,14 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "urn:3gpp:video-orientation",
     ABS_SEND_TIME_EXTENSION,
     "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
-    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
+    DD_EXTENSION,
 ];
+
+/// The Dependency Descriptor extension (AV1 RTP specification, appendix A): a video section
+/// of a publisher that sends it is forwarded as SVC, per viewer by decode target
+/// (docs/ENGINE.md "SVC").
+pub const DD_EXTENSION: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
 
 /// RTCP feedback the relay honours: NACK (answered from its cache, RFC 4585 §6.2.1), PLI and
 /// FIR (aggregated and translated to what the publisher takes, RFC 4585 §6.3.1, RFC 5104
@@ -1248,6 +1268,11 @@ fn write_answer(
         .collect();
     let _ = write!(s, "a=group:BUNDLE {}\r\n", mids.join(" "));
     s.push_str("a=ice-lite\r\na=msid-semantic: WMS\r\n");
+    // RFC 8285 §6: both forms of header extensions, when the offerer allows them; the relay
+    // parses and rewrites both and passes each packet's form on.
+    if offer.extmap_allow_mixed {
+        s.push_str("a=extmap-allow-mixed\r\n");
+    }
     let port = cfg.candidates.first().map(|a| a.port()).unwrap_or(9);
     for (om, nm) in offer.media.iter().zip(media) {
         if !nm.accepted {
@@ -1841,6 +1866,70 @@ a=ssrc:2222 cname:abc\r\n"
         // Audio: the room's Opus.
         assert_eq!(a.media[0].codecs.len(), 1);
         assert_eq!(a.media[0].codecs[0].name, "opus");
+    }
+
+    /// SVC: a WHIP publisher offering VP9, AV1 and the Dependency Descriptor keeps all three
+    /// (its DD id is what the relay reads frames by); a WHEP viewer gets the extension only
+    /// when it offers it too and the room's publisher sends it.
+    #[test]
+    fn dependency_descriptor_for_svc_publishers_and_viewers() {
+        let dd_line = format!("a=extmap:12 {DD_EXTENSION}\r\n");
+        let with_dd = |sdp: String| {
+            sdp.replace(
+                "a=extmap:13 urn:3gpp:video-orientation\r\n",
+                &format!("a=extmap:13 urn:3gpp:video-orientation\r\n{dd_line}"),
+            )
+        };
+        let publisher = with_dd(chrome_offer("actpass"));
+        let room = room_of(&publisher);
+        let pv = room.iter().find(|m| m.kind == MediaKind::Video).unwrap();
+        assert_eq!(pv.dd_id(), Some(12));
+        let names: Vec<&str> = pv.codecs.iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            names.contains(&"VP9") && names.contains(&"AV1"),
+            "{names:?}"
+        );
+        let vp9 = pv.codecs.iter().find(|c| c.name == "VP9").unwrap();
+        assert_eq!(
+            vp9.params().get("profile-id").map(String::as_str),
+            Some("0")
+        );
+
+        // A viewer offering the extension (under another id) is answered it.
+        let viewer = with_dd(chrome_offer("actpass").replace("a=sendonly", "a=recvonly"))
+            .replace("a=extmap:12 ", "a=extmap:9 ");
+        let c = AnswerConfig {
+            publishers: room.clone(),
+            ..cfg()
+        };
+        let a = answer(&Offer::parse(&viewer).unwrap(), Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[1].dd_id(), Some(9));
+        assert!(a.sdp.contains(&format!("a=extmap:9 {DD_EXTENSION}\r\n")));
+        assert_eq!(
+            ext_map(&pv.extmaps, &a.media[1].extmaps)
+                .iter()
+                .find(|m| m.0 == 12),
+            Some(&(12, 9))
+        );
+        // Chromium writes a key frame's descriptor (longer than 16 bytes) only in the two-byte
+        // form: the answer allows mixed forms when the offer does (RFC 8285 §6).
+        assert!(a.sdp.contains("a=extmap-allow-mixed\r\n"));
+        let one_byte = viewer.replace("a=extmap-allow-mixed\r\n", "");
+        let o = Offer::parse(&one_byte).unwrap();
+        assert!(!o.extmap_allow_mixed);
+        let a1 = answer(&o, Endpoint::Whep, &c).unwrap();
+        assert!(!a1.sdp.contains("extmap-allow-mixed"));
+        // One that does not offer it is not.
+        let plain = chrome_offer("actpass").replace("a=sendonly", "a=recvonly");
+        let a = answer(&Offer::parse(&plain).unwrap(), Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[1].dd_id(), None);
+        // Nor is a viewer of a room whose publisher does not send it.
+        let c = AnswerConfig {
+            publishers: room_of(&chrome_offer("actpass")),
+            ..cfg()
+        };
+        let a = answer(&Offer::parse(&viewer).unwrap(), Endpoint::Whep, &c).unwrap();
+        assert_eq!(a.media[1].dd_id(), None);
     }
 
     /// Without a publisher of a kind the viewer gets everything the relay supports for it;

@@ -9,6 +9,7 @@
 //! (reordered across the switch) keep their old offset as long as they do not overtake it.
 
 use super::layers::Selector;
+use super::svc::Svc;
 use contract::shm::SessionId;
 
 /// Which stream feeds the output: (publisher session, its SSRC).
@@ -39,7 +40,7 @@ fn ts_newer(a: u32, b: u32) -> bool {
 }
 
 /// The state of one output stream. Fixed size, no heap.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Continuity {
     cur: Option<Feed>,
     prev: Option<Feed>,
@@ -53,6 +54,9 @@ pub struct Continuity {
     /// The simulcast layer selection of this output, when layered routes feed it
     /// (engine/layers.rs); kept with the numbering across rebuilds.
     layers: Option<Selector>,
+    /// The SVC selector of a stream forwarded by its Dependency Descriptor (svc.rs); boxed:
+    /// it holds two template structures.
+    svc: Option<Box<Svc>>,
 }
 
 impl Continuity {
@@ -124,6 +128,7 @@ impl Continuity {
             last_ts: ts,
             seeded: true,
             layers: self.layers,
+            svc: self.svc.take(),
             ..Continuity::default()
         };
     }
@@ -138,6 +143,23 @@ impl Continuity {
         s.set_count(usize::from(count));
         s.set_cap(cap);
         s.set_temporal_cap(temporal);
+    }
+
+    /// Make this an SVC stream capped at spatial layer `cap` and temporal layer `temporal`
+    /// (allocates once, when the route is set up).
+    pub fn set_svc(&mut self, cap: u8, temporal: u8) {
+        self.svc
+            .get_or_insert_with(|| Box::new(Svc::new(cap, temporal)))
+            .set_caps(cap, temporal);
+    }
+
+    /// The SVC selector, when this output is forwarded by its Dependency Descriptor.
+    pub fn svc(&self) -> Option<&Svc> {
+        self.svc.as_deref()
+    }
+
+    pub fn svc_mut(&mut self) -> Option<&mut Svc> {
+        self.svc.as_deref_mut()
     }
 
     /// The layer selection, when this output is layered.

@@ -16,6 +16,7 @@ use super::remb_rx::UplinkRemb;
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stun::{IceResponder, StunVerdict};
+use super::svc::{self, SvcDecision};
 use super::twcc_rx::{UplinkTwcc, FEEDBACK_INTERVAL_US};
 use crate::batch::TxQueue;
 use contract::ratelimit::{RateLimiter, Verdict};
@@ -1151,7 +1152,38 @@ impl<C: SrtpOps> Forwarder<C> {
         // A simulcast layer: sent only while it is the subscriber's current layer.
         let mut vp8 = None;
         let mut layer = None;
-        if let Some(l) = o.rewrite.layer {
+        // An SVC stream: frames of the subscriber's decode target only (svc.rs).
+        let mut svc_out = None;
+        let mut want_key = false;
+        let svc = match (o.rewrite.dd_id, stream.as_deref_mut(), self.now) {
+            (1.., Some(c), Some(now)) => {
+                let (n, src) = ((inp.seq, inp.ts), (inp.pub_id, inp.ssrc));
+                let (budget, len) = (sub.layer_budget, inp.payload_len);
+                svc::select(c, now, budget, plain, len, n, src, o.rewrite.dd_id)
+            }
+            _ => None,
+        };
+        if let Some(d) = svc {
+            match d {
+                SvcDecision::Forward {
+                    out,
+                    switched,
+                    keyframe,
+                    ..
+                } => {
+                    self.stats.count(Feedback::LayerSwitch, u64::from(switched));
+                    (svc_out, want_key) = (Some(out), keyframe);
+                    layer = stream.as_deref().and_then(|c| c.svc()).map(|s| s.stats());
+                }
+                SvcDecision::Drop { reason, keyframe } => {
+                    self.stats.count(svc::counter(reason), 1);
+                    if keyframe {
+                        self.layer_keyframe(inp.pub_idx, inp.ssrc, tx);
+                    }
+                    return;
+                }
+            }
+        } else if let Some(l) = o.rewrite.layer {
             let decision = match (stream.as_deref_mut(), self.now) {
                 (Some(c), Some(now)) => {
                     if let Some(s) = c.layers_mut() {
@@ -1255,6 +1287,10 @@ impl<C: SrtpOps> Forwarder<C> {
             if let Some((pid, tl0, key)) = vp8 {
                 rewrite_vp8(dst, &inp.payload, pid, tl0, key);
             }
+            let n = match &svc_out {
+                Some(out) => svc::rewrite(slot, n, rw.dd_out(), out, Profile::MAX_SRTP_OVERHEAD),
+                None => n,
+            };
             let n = write_mid(slot, n, rw, Profile::MAX_SRTP_OVERHEAD);
             ctx.protect_rtp_batched(slot, n, at, macs)
                 .map_err(tx_drop_reason)
@@ -1309,6 +1345,9 @@ impl<C: SrtpOps> Forwarder<C> {
             };
             let tracks = &mut sub.tx_track;
             note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
+        }
+        if want_key {
+            self.layer_keyframe(inp.pub_idx, inp.ssrc, tx);
         }
     }
 

@@ -959,7 +959,12 @@ impl<C: SrtpOps> Index<C> {
             None => NONE,
         };
         if let (Some(l), Some(c)) = (r.rewrite.layer, self.streams.get_mut(stream as usize)) {
-            c.set_layers(l.count, l.max, l.max_temporal);
+            if r.rewrite.dd_id != 0 {
+                // An SVC route (svc.rs): the layer caps are its spatial and temporal caps.
+                c.set_svc(l.max, l.max_temporal);
+            } else {
+                c.set_layers(l.count, l.max, l.max_temporal);
+            }
         }
         if let (Some(x), Some(ssrc)) = (r.rewrite.source_rtx, r.ssrc) {
             let rtx_in = &mut self.sessions[from as usize].rtx_in;

@@ -38,6 +38,7 @@ pub mod remb_rx;
 pub mod rtx_cache;
 mod state;
 pub mod stun;
+pub mod svc;
 pub mod twcc_rx;
 
 pub use continuity::Continuity;

@@ -1,0 +1,660 @@
+//! SVC forwarding on one SSRC by the Dependency Descriptor (docs/ENGINE.md "SVC").
+//!
+//! A VP9 or AV1 publisher encoding several spatial and temporal layers on one SSRC (and an
+//! H.264 or VP8 one with temporal layers) describes every frame in the Dependency Descriptor
+//! header extension ([`contract::wire::dd`]): its template, its decode target indications
+//! (DTIs), the frames it references and the chains. Per output the selector keeps the last
+//! template structure (from the key frame that carried it), a *target* decode target (the
+//! highest one within the subscriber's spatial cap (`max_layer`) and temporal cap
+//! (`max_temporal`) that is active and, once an estimate is fed in, whose spatial layers'
+//! measured rate fits it) and a *current* one (the one being forwarded).
+//!
+//! A frame is forwarded when its DTI for the current decode target is not "not present" and
+//! every frame it references was forwarded (a ring of the last [`WINDOW`] frame numbers);
+//! any other frame is dropped, and the output's sequence numbers close over the dropped
+//! packets ([`Rebase`] with `new_layer` false, as for VP8 temporal layers). The current
+//! decode target becomes the target at a frame whose references were all forwarded and that
+//! is a switch point of the target (DTI "switch") or whose chain for the target is intact;
+//! until then the current one keeps flowing, and while the target differs in its spatial
+//! layer a key frame is asked for at most every [`KEYFRAME_INTERVAL`]. A frame whose chain
+//! for the current decode target lost a frame (never received, or dropped) also asks for one.
+//!
+//! The subscriber's active decode targets (those at or below the current one, among the
+//! publisher's active ones) are written into the descriptor of forwarded packets that carry
+//! a structure or a mask, and into every frame's first packet while they differ from the
+//! publisher's, so the receiver does not wait for frames it will never get.
+//!
+//! Owns: that state, fixed size (one allocation per output when its route is set up, none per
+//! packet). May not touch: packets (the caller rewrites them), the clock, SRTP.
+
+use super::continuity::{Continuity, Source};
+use super::layers::{Rebase, KEYFRAME_INTERVAL, RATE_WINDOW, UP_HOLD, UP_MARGIN_PCT};
+use contract::shm::{Feedback, LayerStats};
+
+use contract::wire::dd::{self, DdError, Dti, Frame, Structure};
+use contract::wire::rtp::{self, RtpMut, RtpPacket};
+use std::time::Instant;
+
+/// Frame numbers remembered as forwarded or decided.
+pub const WINDOW: usize = 1024;
+const WORDS: usize = WINDOW / 64;
+
+/// How far (sequence numbers) the switch point trails the newest forwarded packet.
+const SWITCH_TRAIL: u16 = 0x4000;
+
+/// What a packet carries that the selector needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SvcPacket<'a> {
+    pub seq: u16,
+    pub ts: u32,
+    /// RTP payload bytes (for the layer rates).
+    pub bytes: usize,
+    /// The Dependency Descriptor element's value; empty when the packet has none.
+    pub dd: &'a [u8],
+}
+
+/// Why a packet was not forwarded (one counter each, docs/ENGINE.md "SVC").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvcDrop {
+    /// Its frame is not part of the current decode target, or no decode target can be
+    /// forwarded yet (waiting for a switch point).
+    NotPresent,
+    /// Its frame references a frame that was not forwarded.
+    Unreferenced,
+    /// No descriptor, one that does not parse, or none with a known structure yet.
+    NoStructure,
+    /// Older than the last re-basing of the output numbering, or than the frame window.
+    Late,
+}
+
+/// What a forwarded packet's copy gets written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvcOut {
+    /// The active decode targets to write into its descriptor (parsed as the frame given).
+    pub mask: Option<(u32, Frame)>,
+    /// Set the RTP marker: the packet ends the last frame of its picture this output gets
+    /// (the highest spatial layer of its decode target), where the publisher set it on the
+    /// picture's last frame, which this output does not get; the receiver completes the
+    /// picture by it.
+    pub marker: bool,
+}
+
+/// What to do with one packet for this output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvcDecision {
+    /// Send it; `rebase` closes the output numbering over dropped packets; `out`: what to
+    /// write into the copy ([`rewrite`]).
+    Forward {
+        rebase: Option<Rebase>,
+        out: SvcOut,
+        /// The current decode target changed with this packet.
+        switched: bool,
+        /// Ask the publisher for a key frame (a spatial switch waits, or a chain broke).
+        keyframe: bool,
+    },
+    /// Not sent; `keyframe`: ask the publisher for a key frame.
+    Drop { reason: SvcDrop, keyframe: bool },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Rate {
+    window_start: Option<Instant>,
+    bytes: u64,
+    bps: u64,
+    last: Option<Instant>,
+}
+
+impl Rate {
+    fn note(&mut self, now: Instant, bytes: usize) {
+        let start = *self.window_start.get_or_insert(now);
+        let span = now.saturating_duration_since(start);
+        if span >= RATE_WINDOW {
+            let ms = span.as_millis().max(1) as u64;
+            self.bps = self.bytes.saturating_mul(8000) / ms;
+            self.window_start = Some(now);
+            self.bytes = 0;
+        }
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+        self.last = Some(now);
+    }
+}
+
+/// The SVC state of one output. Fixed size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Svc {
+    structure: Structure,
+    has_structure: bool,
+    /// Where a packet's structure is parsed; swapped in when it is valid.
+    scratch: Structure,
+    /// The publisher's active decode targets.
+    active_in: u32,
+    cap_spatial: u8,
+    cap_temporal: u8,
+    estimate: Option<u64>,
+    up_since: Option<Instant>,
+    /// Measured rate of each decode target: the bytes of the frames it includes (its DTI is
+    /// not "not present"), so a K-SVC target costs its own layer, a full-SVC one its layer and
+    /// those below.
+    rates: [Rate; dd::MAX_DECODE_TARGETS],
+    current: Option<u8>,
+    target: Option<u8>,
+    forwarded: [u64; WORDS],
+    decided: [u64; WORDS],
+    newest: Option<u16>,
+    /// Output numbering: as in the simulcast selector (layers.rs).
+    high_seq: u16,
+    high_ts: u32,
+    switch_in_seq: u16,
+    gap: bool,
+    started: bool,
+    last_request: Option<Instant>,
+    switches: u32,
+}
+
+#[inline]
+fn seq_newer(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
+}
+
+impl Svc {
+    /// An SVC selector capped at spatial layer `cap_spatial` and temporal layer
+    /// `cap_temporal` ([`contract::shm::Layer::NO_CAP`]: none).
+    pub fn new(cap_spatial: u8, cap_temporal: u8) -> Svc {
+        Svc {
+            structure: Structure::default(),
+            has_structure: false,
+            scratch: Structure::default(),
+            active_in: 0,
+            cap_spatial,
+            cap_temporal,
+            estimate: None,
+            up_since: None,
+            rates: [Rate::default(); dd::MAX_DECODE_TARGETS],
+            current: None,
+            target: None,
+            forwarded: [0; WORDS],
+            decided: [0; WORDS],
+            newest: None,
+            high_seq: 0,
+            high_ts: 0,
+            switch_in_seq: 0,
+            gap: false,
+            started: false,
+            last_request: None,
+            switches: 0,
+        }
+    }
+
+    pub fn set_caps(&mut self, cap_spatial: u8, cap_temporal: u8) {
+        self.cap_spatial = cap_spatial;
+        self.cap_temporal = cap_temporal;
+    }
+
+    pub fn caps(&self) -> (u8, u8) {
+        (self.cap_spatial, self.cap_temporal)
+    }
+
+    /// The subscriber's share of its downlink estimate for this output (bits/s); `None`:
+    /// caps only.
+    pub fn set_estimate(&mut self, bps: Option<u64>) {
+        self.estimate = bps;
+    }
+
+    /// The decode target being forwarded and its (spatial, temporal) layers.
+    pub fn current(&self) -> Option<(u8, u8, u8)> {
+        let c = self.current?;
+        Some((c, self.dt_spatial(c), self.dt_temporal(c)))
+    }
+
+    /// The decode target the selector is heading for.
+    pub fn target(&self) -> Option<u8> {
+        self.target
+    }
+
+    /// Decode target switches made (the first one chosen is not a switch).
+    pub fn switches(&self) -> u32 {
+        self.switches
+    }
+
+    /// Measured bit rate of decode target `dt` over the last window.
+    pub fn target_bps(&self, dt: u8) -> u64 {
+        self.rates.get(usize::from(dt)).map_or(0, |r| r.bps)
+    }
+
+    /// What the session statistics publish (docs/SHM.md): spatial layers as layers.
+    pub fn stats(&self) -> LayerStats {
+        LayerStats {
+            current: self.current.map(|c| self.dt_spatial(c)),
+            target: self.target.map_or(0, |t| self.dt_spatial(t)),
+            count: if self.has_structure {
+                self.structure.max_spatial + 1
+            } else {
+                0
+            },
+            switches: self.switches,
+        }
+    }
+
+    fn dt_spatial(&self, dt: u8) -> u8 {
+        self.structure.target_spatial[usize::from(dt) % dd::MAX_DECODE_TARGETS]
+    }
+
+    fn dt_temporal(&self, dt: u8) -> u8 {
+        self.structure.target_temporal[usize::from(dt) % dd::MAX_DECODE_TARGETS]
+    }
+
+    fn bit(ring: &[u64; WORDS], n: u16) -> bool {
+        let i = usize::from(n) % WINDOW;
+        ring[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn set(ring: &mut [u64; WORDS], n: u16, on: bool) {
+        let i = usize::from(n) % WINDOW;
+        if on {
+            ring[i / 64] |= 1 << (i % 64);
+        } else {
+            ring[i / 64] &= !(1 << (i % 64));
+        }
+    }
+
+    /// Is frame `n` within the window behind the newest frame?
+    fn in_window(&self, n: u16) -> bool {
+        self.newest
+            .is_some_and(|h| usize::from(h.wrapping_sub(n)) < WINDOW && !seq_newer(n, h))
+    }
+
+    fn was_forwarded(&self, n: u16) -> bool {
+        self.in_window(n) && Self::bit(&self.forwarded, n)
+    }
+
+    /// Advance the window to frame `n` (newer than the newest), forgetting what falls out.
+    fn advance(&mut self, n: u16) {
+        match self.newest {
+            Some(h) if seq_newer(n, h) => {
+                let steps = usize::from(n.wrapping_sub(h));
+                if steps >= WINDOW {
+                    self.forwarded = [0; WORDS];
+                    self.decided = [0; WORDS];
+                } else {
+                    for k in 1..=steps {
+                        let f = h.wrapping_add(k as u16);
+                        Self::set(&mut self.forwarded, f, false);
+                        Self::set(&mut self.decided, f, false);
+                    }
+                }
+                self.newest = Some(n);
+            }
+            Some(_) => {}
+            None => self.newest = Some(n),
+        }
+    }
+
+    /// The decode targets active for this output when `c` is forwarded: those at or below
+    /// it, among the publisher's active ones.
+    fn mask_for(&self, c: u8) -> u32 {
+        let (s, t) = (self.dt_spatial(c), self.dt_temporal(c));
+        let mut m = 0u32;
+        for d in 0..self.structure.decode_targets.min(32) {
+            if self.dt_spatial(d) <= s && self.dt_temporal(d) <= t {
+                m |= 1 << d;
+            }
+        }
+        m & self.active_in
+    }
+
+    /// The highest active decode target (by spatial, then temporal layer) within the caps
+    /// and, with an estimate, whose measured rate it carries (one of a higher spatial layer
+    /// than now with [`UP_MARGIN_PCT`], held for [`UP_HOLD`]); the lowest one within the caps
+    /// when none fits.
+    fn choose(&mut self, now: Instant) -> Option<u8> {
+        let s = &self.structure;
+        let cap_s = self.cap_spatial.min(s.max_spatial);
+        let cap_t = self.cap_temporal.min(s.max_temporal);
+        let cur_s = self.current.map(|c| self.dt_spatial(c));
+        // (spatial, temporal, decode target) of: the best that fits, the best that fits at or
+        // below the current spatial layer, the lowest within the caps.
+        let (mut best, mut here, mut lowest) = (None::<(u8, u8, u8)>, None, None);
+        for d in 0..s.decode_targets.min(32) {
+            let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
+            if self.active_in & (1 << d) == 0 || ds > cap_s || dt > cap_t {
+                continue;
+            }
+            if lowest.is_none_or(|(ls, lt, _)| (ds, dt) < (ls, lt)) {
+                lowest = Some((ds, dt, d));
+            }
+            let up = cur_s.is_some_and(|c| ds > c);
+            let fits = self.estimate.is_none_or(|est| {
+                let bps = self.rates[usize::from(d)].bps;
+                let need = if up {
+                    bps.saturating_mul(UP_MARGIN_PCT) / 100
+                } else {
+                    bps
+                };
+                need <= est
+            });
+            if !fits {
+                continue;
+            }
+            if best.is_none_or(|(bs, bt, _)| (ds, dt) > (bs, bt)) {
+                best = Some((ds, dt, d));
+            }
+            if !up && here.is_none_or(|(hs, ht, _)| (ds, dt) > (hs, ht)) {
+                here = Some((ds, dt, d));
+            }
+        }
+        let going_up = self.estimate.is_some()
+            && matches!((best, cur_s), (Some((bs, _, _)), Some(c)) if bs > c);
+        let pick = if going_up {
+            let since = *self.up_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < UP_HOLD {
+                here
+            } else {
+                best
+            }
+        } else {
+            self.up_since = None;
+            best
+        };
+        pick.or(lowest).map(|(_, _, d)| d)
+    }
+
+    fn refs_forwarded(&self, f: &Frame) -> bool {
+        f.references().all(|r| self.was_forwarded(r))
+    }
+
+    /// Is the chain protecting decode target `dt` intact at frame `f`?
+    fn chain_intact(&self, f: &Frame, dt: u8) -> bool {
+        if self.structure.chain_count == 0 {
+            return true;
+        }
+        let chain = self.structure.protected_by[usize::from(dt) % dd::MAX_CHAINS];
+        match f.chain_previous(chain) {
+            None => true,
+            Some(p) => !self.in_window(p) || Self::bit(&self.forwarded, p),
+        }
+    }
+
+    fn request(&mut self, now: Instant) -> bool {
+        match self.last_request {
+            Some(t) if now.saturating_duration_since(t) < KEYFRAME_INTERVAL => false,
+            _ => {
+                self.last_request = Some(now);
+                true
+            }
+        }
+    }
+
+    fn drop(&mut self, p: &SvcPacket<'_>, reason: SvcDrop, keyframe: bool) -> SvcDecision {
+        if self.started && seq_newer(p.seq, self.high_seq) {
+            self.gap = true;
+        }
+        SvcDecision::Drop { reason, keyframe }
+    }
+
+    /// Decide whether frame `f` (first packet seen) is forwarded.
+    fn decide(&mut self, now: Instant, f: &Frame) -> Result<bool, (SvcDrop, bool)> {
+        self.target = self.choose(now);
+        let Some(target) = self.target else {
+            return Err((SvcDrop::NotPresent, false));
+        };
+        let refs_ok = self.refs_forwarded(f);
+        let mut switched = false;
+        if self.current != Some(target)
+            && refs_ok
+            && f.dti(target) != Dti::NotPresent
+            && (f.dti(target) == Dti::Switch || self.chain_intact(f, target))
+        {
+            if self.current.is_some() {
+                self.switches = self.switches.saturating_add(1);
+            }
+            self.current = Some(target);
+            switched = true;
+        }
+        let pending_spatial = self
+            .current
+            .is_none_or(|c| self.dt_spatial(c) != self.dt_spatial(target));
+        let Some(c) = self.current else {
+            let k = self.request(now);
+            return Err((SvcDrop::NotPresent, k));
+        };
+        let wants_key = |s: &mut Svc| pending_spatial && s.request(now);
+        if f.dti(c) == Dti::NotPresent {
+            let k = wants_key(self);
+            return Err((SvcDrop::NotPresent, k));
+        }
+        if !refs_ok {
+            let broken = !self.chain_intact(f, c);
+            let k = (broken || pending_spatial) && self.request(now);
+            return Err((SvcDrop::Unreferenced, k));
+        }
+        // Forwarded; a key frame is still wanted while the chain is broken or a spatial
+        // switch waits.
+        Ok(!switched && (!self.chain_intact(f, c) || pending_spatial) && self.request(now))
+    }
+
+    /// Decide for one packet at `now`.
+    pub fn on_packet(&mut self, now: Instant, p: &SvcPacket<'_>) -> SvcDecision {
+        // The structure is parsed into the scratch copy and kept only when the whole
+        // descriptor is valid.
+        let known = self.has_structure.then_some(&self.structure);
+        let f = match dd::parse(p.dd, known, &mut self.scratch) {
+            Ok(f) => f,
+            // No descriptor (a padding-only probe, RFC 3550 §5.1): nothing to decide by.
+            Err(_) if p.dd.is_empty() => return self.drop(p, SvcDrop::NoStructure, false),
+            Err(e) => {
+                let k = matches!(e, DdError::NoStructure) && self.request(now);
+                return self.drop(p, SvcDrop::NoStructure, k);
+            }
+        };
+        let mut reset = false;
+        if f.structure {
+            core::mem::swap(&mut self.structure, &mut self.scratch);
+            self.has_structure = true;
+            // A structure can renumber decode targets: choose again from this key frame.
+            if self.structure != self.scratch {
+                self.current = None;
+                self.target = None;
+                self.rates = [Rate::default(); dd::MAX_DECODE_TARGETS];
+            }
+            reset = f.fdiff_count == 0;
+        }
+        if let Some(m) = f.active_targets {
+            self.active_in = m;
+        }
+        if p.bytes > 0 {
+            for dt in 0..self.structure.decode_targets.min(32) {
+                if f.dti(dt) != Dti::NotPresent {
+                    self.rates[usize::from(dt)].note(now, p.bytes);
+                }
+            }
+        }
+        let n = f.frame_number;
+        // A key frame far from the window (a restarted encoder) starts it afresh.
+        if reset && !self.in_window(n) {
+            self.newest = None;
+            self.forwarded = [0; WORDS];
+            self.decided = [0; WORDS];
+        }
+        if self
+            .newest
+            .is_some_and(|h| !seq_newer(n, h) && !self.in_window(n))
+        {
+            return self.drop(p, SvcDrop::Late, false);
+        }
+        self.advance(n);
+        let before = self.current;
+        let mut keyframe = false;
+        if !Self::bit(&self.decided, n) {
+            Self::set(&mut self.decided, n, true);
+            match self.decide(now, &f) {
+                Ok(k) => {
+                    Self::set(&mut self.forwarded, n, true);
+                    keyframe = k;
+                }
+                Err((reason, k)) => {
+                    Self::set(&mut self.forwarded, n, false);
+                    return self.drop(p, reason, k);
+                }
+            }
+        } else if !Self::bit(&self.forwarded, n) {
+            return self.drop(p, SvcDrop::NotPresent, false);
+        }
+        self.forward(p, &f, before, keyframe)
+    }
+
+    fn forward(
+        &mut self,
+        p: &SvcPacket<'_>,
+        f: &Frame,
+        before: Option<u8>,
+        keyframe: bool,
+    ) -> SvcDecision {
+        if self.started && !seq_newer(p.seq, self.switch_in_seq) && p.seq != self.switch_in_seq {
+            return SvcDecision::Drop {
+                reason: SvcDrop::Late,
+                keyframe: false,
+            };
+        }
+        let mut rebase = None;
+        if self.started && self.gap && seq_newer(p.seq, self.high_seq) {
+            self.gap = false;
+            self.switch_in_seq = p.seq;
+            rebase = Some(Rebase {
+                gap: 1,
+                ts_advance: p.ts.wrapping_sub(self.high_ts),
+                new_layer: false,
+            });
+        }
+        if !self.started || seq_newer(p.seq, self.high_seq) {
+            if !self.started {
+                self.switch_in_seq = p.seq;
+            }
+            self.started = true;
+            self.high_seq = p.seq;
+            self.high_ts = p.ts;
+            if self.high_seq.wrapping_sub(self.switch_in_seq) > SWITCH_TRAIL {
+                self.switch_in_seq = self.high_seq.wrapping_sub(SWITCH_TRAIL);
+            }
+        }
+        let switched = self.current != before;
+        let mask = self.current.and_then(|c| {
+            let m = self.mask_for(c);
+            let says = f.structure || f.active_targets.is_some();
+            (says || (f.start_of_frame && m != self.active_in)).then_some((m, *f))
+        });
+        let marker = f.end_of_frame
+            && self
+                .current
+                .is_some_and(|c| f.spatial == self.dt_spatial(c));
+        SvcDecision::Forward {
+            rebase,
+            out: SvcOut { mask, marker },
+            switched,
+            keyframe,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "svc_tests.rs"]
+mod tests;
+
+/// The counter of a drop reason.
+pub(super) fn counter(r: SvcDrop) -> Feedback {
+    match r {
+        SvcDrop::NotPresent => Feedback::SvcNotPresent,
+        SvcDrop::Unreferenced => Feedback::SvcUnreferenced,
+        SvcDrop::NoStructure => Feedback::SvcNoDescriptor,
+        SvcDrop::Late => Feedback::SvcLate,
+    }
+}
+
+/// The SVC decision for one packet (`plain`, its RTP payload `payload_len` bytes long, input
+/// numbers `seq`/`ts` of source `src`) on output stream `c`, whose route names the
+/// publisher's Dependency Descriptor id `dd_id`; `budget`: the subscriber's share of its
+/// estimate. A re-basing is applied to the stream's numbering here.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(super) fn select(
+    c: &mut Continuity,
+    now: Instant,
+    budget: Option<u64>,
+    plain: &[u8],
+    payload_len: usize,
+    (seq, ts): (u16, u32),
+    src: Source,
+    dd_id: u8,
+) -> Option<SvcDecision> {
+    let s = c.svc_mut()?;
+    let dd = RtpPacket::parse(plain)
+        .ok()
+        .and_then(|p| p.extension_by_id(dd_id))
+        .unwrap_or(&[]);
+    s.set_estimate(budget);
+    let d = s.on_packet(
+        now,
+        &SvcPacket {
+            seq,
+            ts,
+            bytes: payload_len,
+            dd,
+        },
+    );
+    if let SvcDecision::Forward {
+        rebase: Some(r), ..
+    } = d
+    {
+        c.rebase(src, seq, ts, r.gap, r.ts_advance);
+    }
+    Some(d)
+}
+
+/// Apply `out` to the copied RTP packet `slot[..n]` whose Dependency Descriptor element is
+/// `id` (the subscriber's; `None`: it did not negotiate one, only the marker is written),
+/// keeping `tag` bytes of `slot` free for SRTP. Returns the new length.
+#[inline]
+pub(super) fn rewrite(
+    slot: &mut [u8],
+    n: usize,
+    id: Option<u8>,
+    out: &SvcOut,
+    tag: usize,
+) -> usize {
+    if out.marker {
+        if let Some(mut p) = slot.get_mut(..n).and_then(|b| RtpMut::parse(b).ok()) {
+            p.set_marker(true);
+        }
+    }
+    match (out.mask, id) {
+        (Some((mask, f)), Some(id)) => write_mask(slot, n, id, &f, mask, tag),
+        _ => n,
+    }
+}
+
+/// Write the active decode targets `mask` into the Dependency Descriptor element `id` of the
+/// RTP packet `slot[..n]` whose descriptor was parsed as `f`, keeping `tag` bytes of `slot`
+/// free for SRTP. Returns the new length; a packet whose element is missing or whose block
+/// cannot take the new value goes unchanged. On the stack.
+#[inline]
+fn write_mask(slot: &mut [u8], n: usize, id: u8, f: &Frame, mask: u32, tag: usize) -> usize {
+    let mut src = [0u8; dd::MAX_LEN];
+    let len = match RtpPacket::parse(&slot[..n.min(slot.len())])
+        .ok()
+        .and_then(|p| p.extension_by_id(id))
+    {
+        Some(v) if v.len() <= src.len() => {
+            src[..v.len()].copy_from_slice(v);
+            v.len()
+        }
+        _ => return n,
+    };
+    let mut out = [0u8; dd::MAX_LEN];
+    let Ok(w) = dd::write_active_targets(&src[..len], f, mask, &mut out) else {
+        return n;
+    };
+    let room = slot.len().saturating_sub(tag);
+    match slot.get_mut(..room) {
+        Some(buf) => rtp::set_extension_value(buf, n, id, &out[..w]).unwrap_or(n),
+        None => n,
+    }
+}

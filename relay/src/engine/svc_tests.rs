@@ -1,0 +1,575 @@
+//! SVC selector tests: a synthetic K-SVC publisher (L3T3_KEY, the shape Chromium sends for
+//! VP9 and AV1 SVC) and an L1T3 one, described by Dependency Descriptors written bit by bit,
+//! fed through one output's selector.
+
+use super::*;
+use contract::shm::Layer;
+use std::time::Duration;
+
+const NO: u8 = Layer::NO_CAP;
+
+/// MSB-first bit writer for the test descriptors.
+#[derive(Default)]
+struct Enc {
+    bits: Vec<bool>,
+}
+
+impl Enc {
+    fn f(&mut self, v: u32, n: u32) {
+        for i in (0..n).rev() {
+            self.bits.push((v >> i) & 1 == 1);
+        }
+    }
+    fn ns(&mut self, n: u32, v: u32) {
+        let w = 32 - n.leading_zeros();
+        let m = (1 << w) - n;
+        if v < m {
+            self.f(v, w - 1);
+        } else {
+            self.f((v + m) >> 1, w - 1);
+            self.f((v + m) & 1, 1);
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.bits.len().div_ceil(8)];
+        for (i, b) in self.bits.iter().enumerate() {
+            if *b {
+                out[i / 8] |= 0x80 >> (i % 8);
+            }
+        }
+        out
+    }
+}
+
+/// A publisher of `spatial` x `temporal` layers, K-SVC (`ksvc`: spatial layers reference each
+/// other only in the key frame) or full SVC; temporal pattern T0 T2 T1 T2.
+struct Publisher {
+    spatial: u8,
+    temporal: u8,
+    ksvc: bool,
+    frame: u16,
+    seq: u16,
+    ts: u32,
+    superframe: u32,
+    /// Last frame number per (spatial, temporal) and per chain.
+    last: [[Option<u16>; 3]; 3],
+    chain_last: [Option<u16>; 3],
+}
+
+/// (spatial, temporal, key) of each template, in the structure's order.
+fn templates(spatial: u8, temporal: u8) -> Vec<(u8, u8, bool)> {
+    let mut v = Vec::new();
+    for s in 0..spatial {
+        v.push((s, 0, true));
+        for t in 0..temporal {
+            v.push((s, t, false));
+        }
+    }
+    v
+}
+
+impl Publisher {
+    fn new(spatial: u8, temporal: u8, ksvc: bool) -> Publisher {
+        Publisher {
+            spatial,
+            temporal,
+            ksvc,
+            frame: 1000,
+            seq: 50_000,
+            ts: 7_000,
+            superframe: 0,
+            last: [[None; 3]; 3],
+            chain_last: [None; 3],
+        }
+    }
+
+    fn dts(&self) -> u8 {
+        self.spatial * self.temporal
+    }
+
+    /// The DTI of a frame of layer (s, t) for decode target (ds, dt).
+    fn dti(&self, s: u8, t: u8, key: bool, ds: u8, dt: u8) -> Dti {
+        let present = t <= dt && (s == ds || (s < ds && (key || !self.ksvc)));
+        if !present {
+            Dti::NotPresent
+        } else if key {
+            Dti::Switch
+        } else if t == dt && t == self.temporal - 1 && t > 0 {
+            Dti::Discardable
+        } else {
+            Dti::Required
+        }
+    }
+
+    fn structure_bits(&self, e: &mut Enc) {
+        let ts = templates(self.spatial, self.temporal);
+        e.f(0, 6); // template id offset
+        e.f(u32::from(self.dts()) - 1, 5);
+        for (i, t) in ts.iter().enumerate() {
+            let idc = match ts.get(i + 1) {
+                None => 3,
+                Some(n) if n.0 != t.0 => 2,
+                Some(n) if n.1 == t.1 => 0,
+                Some(_) => 1,
+            };
+            e.f(idc, 2);
+        }
+        for &(s, t, key) in &ts {
+            for d in 0..self.dts() {
+                e.f(
+                    self.dti(s, t, key, d / self.temporal, d % self.temporal) as u32,
+                    2,
+                );
+            }
+        }
+        for _ in &ts {
+            e.f(0, 1); // no template fdiffs: every frame states its own
+        }
+        e.ns(u32::from(self.dts()) + 1, u32::from(self.spatial));
+        for d in 0..self.dts() {
+            e.ns(u32::from(self.spatial), u32::from(d / self.temporal));
+        }
+        for _ in &ts {
+            for _ in 0..self.spatial {
+                e.f(0, 4);
+            }
+        }
+        e.f(0, 1); // no resolutions
+    }
+
+    /// The descriptor of frame `n` of layer (s, t).
+    fn descriptor(
+        &self,
+        n: u16,
+        (s, t, key): (u8, u8, bool),
+        refs: &[u16],
+        chains: &[u8],
+        (first, last): (bool, bool),
+    ) -> Vec<u8> {
+        let ts = templates(self.spatial, self.temporal);
+        let id = ts.iter().position(|x| *x == (s, t, key)).unwrap() as u32;
+        let mut e = Enc::default();
+        e.f(u32::from(first), 1);
+        e.f(u32::from(last), 1);
+        e.f(id, 6);
+        e.f(u32::from(n), 16);
+        let with_structure = key && s == 0 && first;
+        e.f(u32::from(with_structure), 1);
+        e.f(0, 1); // no mask
+        e.f(0, 1); // template DTIs
+        e.f(1, 1); // custom fdiffs
+        e.f(1, 1); // custom chains
+        if with_structure {
+            self.structure_bits(&mut e);
+        }
+        for r in refs {
+            let d = u32::from(n.wrapping_sub(*r)) - 1;
+            e.f(2, 2);
+            e.f(d, 8);
+        }
+        e.f(0, 2);
+        for c in chains {
+            e.f(u32::from(*c), 8);
+        }
+        e.bytes()
+    }
+
+    /// The next superframe: per spatial layer (s, t, [packets: (seq, ts, dd)]).
+    fn superframe(&mut self, key: bool) -> Superframe {
+        let pattern = [0u8, 2, 1, 2];
+        let t = if key {
+            0
+        } else {
+            pattern[self.superframe as usize % 4].min(self.temporal - 1)
+        };
+        if key {
+            self.superframe = 0;
+        }
+        let mut out = Vec::new();
+        for s in 0..self.spatial {
+            let n = self.frame;
+            self.frame = self.frame.wrapping_add(1);
+            let mut refs = Vec::new();
+            if key {
+                if s > 0 {
+                    refs.push(n.wrapping_sub(1));
+                }
+            } else {
+                // The previous frame of this layer with a lower or equal temporal id.
+                let prev = (0..=t)
+                    .filter_map(|x| self.last[usize::from(s)][usize::from(x)])
+                    .max_by_key(|&f| f.wrapping_sub(n) as i16);
+                refs.extend(prev);
+                if !self.ksvc && s > 0 {
+                    refs.push(n.wrapping_sub(1));
+                }
+            }
+            let chains: Vec<u8> = (0..self.spatial)
+                .map(|c| {
+                    if key && s == 0 {
+                        0
+                    } else {
+                        self.chain_last[usize::from(c)].map_or(0, |p| n.wrapping_sub(p) as u8)
+                    }
+                })
+                .collect();
+            if key && s == 0 {
+                self.last = [[None; 3]; 3];
+                self.chain_last = [None; 3];
+            }
+            self.last[usize::from(s)][usize::from(t)] = Some(n);
+            for c in 0..self.spatial {
+                let on_chain = t == 0 && (s == c || (s < c && (key || !self.ksvc)));
+                if on_chain {
+                    self.chain_last[usize::from(c)] = Some(n);
+                }
+            }
+            let mut packets = Vec::new();
+            for k in 0..2 {
+                let dd = self.descriptor(n, (s, t, key), &refs, &chains, (k == 0, k == 1));
+                packets.push((self.seq, self.ts, dd));
+                self.seq = self.seq.wrapping_add(1);
+            }
+            out.push((s, t, packets));
+        }
+        self.superframe += 1;
+        self.ts = self.ts.wrapping_add(3000);
+        out
+    }
+}
+
+/// A frame's packets: (sequence number, timestamp, descriptor).
+type Packets = Vec<(u16, u32, Vec<u8>)>;
+/// A superframe: per spatial layer (spatial, temporal, packets).
+type Superframe = Vec<(u8, u8, Packets)>;
+
+/// One output fed by a publisher: what it forwarded, in output numbering.
+struct Out {
+    svc: Svc,
+    now: Instant,
+    out_seq: Option<u16>,
+    last_in: u16,
+    /// Forwarded (spatial, temporal) per frame start.
+    frames: Vec<(u8, u8)>,
+    keyframe_requests: usize,
+    drops: Vec<SvcDrop>,
+    masks: Vec<u32>,
+    markers: usize,
+}
+
+impl Out {
+    fn new(cap_s: u8, cap_t: u8) -> Out {
+        Out {
+            svc: Svc::new(cap_s, cap_t),
+            now: Instant::now(),
+            out_seq: None,
+            last_in: 0,
+            frames: Vec::new(),
+            keyframe_requests: 0,
+            drops: Vec::new(),
+            masks: Vec::new(),
+            markers: 0,
+        }
+    }
+
+    fn feed(&mut self, sf: &[(u8, u8, Packets)]) {
+        self.now += Duration::from_millis(33);
+        for (s, t, packets) in sf {
+            for (k, (seq, ts, dd)) in packets.iter().enumerate() {
+                self.packet(*s, *t, k == 0, *seq, *ts, dd);
+            }
+        }
+    }
+
+    fn packet(&mut self, s: u8, t: u8, first: bool, seq: u16, ts: u32, dd: &[u8]) {
+        let p = SvcPacket {
+            seq,
+            ts,
+            bytes: 1000,
+            dd,
+        };
+        match self.svc.on_packet(self.now, &p) {
+            SvcDecision::Forward {
+                rebase,
+                out: SvcOut { mask, marker },
+                keyframe,
+                ..
+            } => {
+                self.markers += usize::from(marker);
+                // The continuity model: a re-basing continues right after the last packet.
+                let out = match (self.out_seq, rebase) {
+                    (Some(o), Some(r)) => o.wrapping_add(r.gap),
+                    (Some(o), None) => o.wrapping_add(seq.wrapping_sub(self.last_in)),
+                    (None, _) => 0,
+                };
+                if let Some(o) = self.out_seq {
+                    assert_eq!(out, o.wrapping_add(1), "output sequence continuous");
+                }
+                self.out_seq = Some(out);
+                self.last_in = seq;
+                if first {
+                    self.frames.push((s, t));
+                }
+                if let Some((m, _)) = mask {
+                    self.masks.push(m);
+                }
+                self.keyframe_requests += usize::from(keyframe);
+            }
+            SvcDecision::Drop { reason, keyframe } => {
+                self.drops.push(reason);
+                self.keyframe_requests += usize::from(keyframe);
+            }
+        }
+    }
+}
+
+#[test]
+fn uncapped_output_forwards_every_frame() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..16 {
+        o.feed(&p.superframe(false));
+    }
+    // K-SVC: the key frame's three spatial frames, then S2 alone (S0 and S1 are their own
+    // decode targets' after the key frame).
+    assert_eq!(o.frames.len(), 3 + 16);
+    assert!(o.frames[3..].iter().all(|&(s, _)| s == 2), "{:?}", o.frames);
+    assert!(
+        o.drops.iter().all(|d| *d == SvcDrop::NotPresent),
+        "{:?}",
+        o.drops
+    );
+    assert_eq!(o.keyframe_requests, 0);
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)));
+    // The structure's mask is written as the publisher's: every target.
+    assert_eq!(o.masks, vec![0x1FF]);
+}
+
+#[test]
+fn capped_output_gets_the_base_layer_with_closed_numbering() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(0, 0);
+    o.feed(&p.superframe(true));
+    for _ in 0..16 {
+        o.feed(&p.superframe(false));
+    }
+    // The key frame's S0 and then every fourth superframe's S0T0 only.
+    assert!(
+        o.frames.iter().all(|&(s, t)| s == 0 && t == 0),
+        "{:?}",
+        o.frames
+    );
+    assert_eq!(o.frames.len(), 1 + 4);
+    assert!(o.drops.contains(&SvcDrop::NotPresent));
+    assert!(!o.drops.contains(&SvcDrop::Unreferenced));
+    assert_eq!(o.keyframe_requests, 0);
+    // Active decode targets: only DT0 (S0T0), written into the structure packet and into
+    // every forwarded frame's first packet.
+    assert_eq!(o.masks.len(), 5);
+    assert!(o.masks.iter().all(|&m| m == 1));
+    // Each forwarded S0 frame ends this output's picture: its last packet gets the marker.
+    assert_eq!(o.markers, 5);
+}
+
+#[test]
+fn temporal_cap_on_l1t3() {
+    let mut p = Publisher::new(1, 3, false);
+    let mut o = Out::new(NO, 1);
+    o.feed(&p.superframe(true));
+    for _ in 0..8 {
+        o.feed(&p.superframe(false));
+    }
+    assert!(o.frames.iter().all(|&(_, t)| t <= 1));
+    // Key, then T0 T2 T1 T2 twice: key + 2 T0 + 2 T1.
+    assert_eq!(o.frames.len(), 5, "{:?}", o.frames);
+    assert_eq!(o.keyframe_requests, 0);
+    // Lifting the cap opens T2 at once: its frames reference forwarded ones.
+    o.svc.set_caps(NO, NO);
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert!(
+        o.frames.iter().rev().take(2).any(|&(_, t)| t == 2),
+        "{:?}",
+        o.frames
+    );
+    assert_eq!(o.keyframe_requests, 0);
+}
+
+#[test]
+fn spatial_up_switch_waits_for_a_key_frame() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(0, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert!(o.frames.iter().all(|&(s, _)| s == 0));
+    o.svc.set_caps(NO, NO);
+    let before = o.frames.len();
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    // Still S0 (an S2 frame references S2 frames that were not sent), and a key frame asked.
+    assert!(
+        o.frames[before..].iter().all(|&(s, _)| s == 0),
+        "{:?}",
+        &o.frames[before..]
+    );
+    assert!(o.keyframe_requests >= 1);
+    // Throttled: at most one per KEYFRAME_INTERVAL (4 superframes at 33 ms = 132 ms).
+    assert_eq!(o.keyframe_requests, 1);
+    let switches = o.svc.switches();
+    o.feed(&p.superframe(true));
+    o.feed(&p.superframe(false));
+    assert_eq!(o.svc.switches(), switches + 1);
+    assert!(o.frames.iter().rev().take(2).any(|&(s, _)| s == 2));
+}
+
+#[test]
+fn spatial_down_switch_in_k_svc_keeps_the_old_layer_until_a_key_frame() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..5 {
+        o.feed(&p.superframe(false));
+    }
+    o.svc.set_caps(0, NO);
+    let before = o.frames.len();
+    for _ in 0..3 {
+        o.feed(&p.superframe(false));
+    }
+    // K-SVC: the S0 frames after the key frame were never sent to this output, so S0 cannot
+    // start mid-GOP; S2 continues, a key frame is asked for.
+    assert!(
+        o.frames[before..].iter().all(|&(s, _)| s == 2),
+        "{:?}",
+        &o.frames[before..]
+    );
+    assert!(o.keyframe_requests >= 1);
+    o.feed(&p.superframe(true));
+    o.feed(&p.superframe(false));
+    let tail: Vec<_> = o.frames.iter().rev().take(2).collect();
+    assert!(tail.iter().all(|&&(s, _)| s == 0), "{:?}", tail);
+    assert!(o.svc.switches() >= 1);
+}
+
+#[test]
+fn full_svc_down_switch_is_immediate() {
+    let mut p = Publisher::new(3, 3, false);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    o.feed(&p.superframe(false));
+    o.svc.set_caps(1, NO);
+    let before = o.frames.len();
+    for _ in 0..3 {
+        o.feed(&p.superframe(false));
+    }
+    assert!(o.frames[before..].iter().all(|&(s, _)| s <= 1));
+    assert!(o.frames[before..].iter().any(|&(s, _)| s == 1));
+    assert_eq!(o.keyframe_requests, 0);
+}
+
+#[test]
+fn broken_chain_asks_for_a_key_frame() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..3 {
+        o.feed(&p.superframe(false));
+    }
+    // Superframe 4 (T0) loses its S2 frame upstream: never reaches the relay.
+    let mut sf = p.superframe(false);
+    assert_eq!(sf[2].1, 0);
+    sf.remove(2);
+    o.feed(&sf);
+    let requests = o.keyframe_requests;
+    o.feed(&p.superframe(false));
+    // The next S2 frame references the lost one: dropped, and a key frame asked.
+    assert!(o.drops.contains(&SvcDrop::Unreferenced));
+    assert_eq!(o.keyframe_requests, requests + 1);
+    o.feed(&p.superframe(true));
+    o.feed(&p.superframe(false));
+    assert!(o.frames.iter().rev().take(2).any(|&(s, _)| s == 2));
+}
+
+#[test]
+fn packets_before_a_structure_ask_for_a_key_frame() {
+    let mut p = Publisher::new(3, 3, true);
+    let _ = p.superframe(true);
+    let mut o = Out::new(NO, NO);
+    for _ in 0..3 {
+        o.feed(&p.superframe(false));
+    }
+    assert!(o.frames.is_empty());
+    assert!(o.drops.iter().all(|d| *d == SvcDrop::NoStructure));
+    assert_eq!(o.keyframe_requests, 1);
+    // A packet without a descriptor (padding) neither passes nor asks.
+    let requests = o.keyframe_requests;
+    o.now += Duration::from_secs(1);
+    o.packet(0, 0, true, 1, 1, &[]);
+    assert_eq!(o.keyframe_requests, requests);
+    o.feed(&p.superframe(true));
+    assert_eq!(o.frames.len(), 3);
+}
+
+#[test]
+fn estimate_limits_the_decode_target() {
+    // K-SVC: after the key frame a spatial layer's decode target holds only its own frames.
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    // Two seconds of every layer: each layer measures 2 packets x 1000 bytes x 30 fps =
+    // 480 kbit/s, its T0 frames a quarter of that, T0 and T1 half.
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    let top = o.svc.current().unwrap().0;
+    assert!((400_000..600_000).contains(&o.svc.target_bps(top)));
+    // 600 kbit/s carries the top layer alone: no change.
+    o.svc.set_estimate(Some(600_000));
+    o.feed(&p.superframe(false));
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)));
+    // 300 kbit/s: the top layer's T0 and T1 frames (240 kbit/s).
+    o.svc.set_estimate(Some(300_000));
+    o.feed(&p.superframe(true));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)));
+    assert!(o
+        .frames
+        .iter()
+        .rev()
+        .take(2)
+        .all(|&(s, t)| s == 2 && t <= 1));
+
+    // Full SVC: the top decode target holds every layer's frames (1.44 Mbit/s); 600 kbit/s
+    // carries the three layers' T0 frames (360 kbit/s) but not their T1 ones (720).
+    let mut p = Publisher::new(3, 3, false);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    o.svc.set_estimate(Some(600_000));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 0)));
+    assert_eq!(o.svc.stats().current, Some(2));
+    assert_eq!(o.svc.stats().count, 3);
+}
+
+#[test]
+fn garbage_descriptors_are_dropped_not_forwarded() {
+    let mut p = Publisher::new(1, 3, false);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    let n = o.frames.len();
+    o.packet(0, 0, true, 60_000, 1, &[0xFF; 2]);
+    o.packet(0, 0, true, 60_001, 1, &[0x3F, 0, 0, 0xFF]);
+    assert_eq!(o.frames.len(), n);
+    assert!(o.drops.iter().all(|d| *d == SvcDrop::NoStructure));
+}

@@ -1,0 +1,269 @@
+//! SVC through the whole engine (docs/ENGINE.md "SVC"): a publisher sends two spatial layers
+//! on one SSRC, each frame described by a Dependency Descriptor; two viewers' routes carry
+//! the descriptor's id and a one-layer cap, one of them capped to spatial layer 0. The capped
+//! viewer gets the S0 frames only, numbered without gaps, with its active decode targets
+//! written into the descriptor and the marker on its last packet of each picture; the free
+//! one gets everything unchanged. Then the same stream runs with a counting allocator: the
+//! per-packet path allocates nothing.
+
+mod engine_support;
+
+use contract::shm::{Feedback, Layer, Role};
+use contract::srtp::Profile;
+use contract::wire::dd::{self, Structure};
+use contract::wire::rtp::RtpPacket;
+use engine_support::*;
+use relay::batch::MAX_DATAGRAM;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+struct Counting;
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The publisher's id of the Dependency Descriptor element.
+const DD_ID: u8 = 5;
+const SSRC: u32 = 0x5555;
+
+/// MSB-first bits.
+#[derive(Default)]
+struct Bits(Vec<bool>);
+
+impl Bits {
+    fn f(&mut self, v: u32, n: u32) {
+        for i in (0..n).rev() {
+            self.0.push((v >> i) & 1 == 1);
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.0.len().div_ceil(8)];
+        for (i, b) in self.0.iter().enumerate() {
+            if *b {
+                out[i / 8] |= 0x80 >> (i % 8);
+            }
+        }
+        out
+    }
+}
+
+/// L2T1, full SVC: decode target 0 is S0, 1 is S0+S1. Templates: 0 S0 key (no reference),
+/// 1 S0 delta (references the S0 frame two back), 2 S1 (references the S0 frame before it).
+fn descriptor(template: u8, frame: u16, structure: bool) -> Vec<u8> {
+    let mut b = Bits::default();
+    b.f(1, 1); // start of frame
+    b.f(1, 1); // end of frame
+    b.f(u32::from(template), 6);
+    b.f(u32::from(frame), 16);
+    if structure {
+        b.f(0b10000, 5);
+        b.f(0, 6); // template id offset
+        b.f(1, 5); // two decode targets
+        b.f(0, 2); // template 1: same layers
+        b.f(2, 2); // template 2: next spatial layer
+        b.f(3, 2); // no more templates
+        for dtis in [[2, 2], [2, 3], [0, 2]] {
+            for d in dtis {
+                b.f(d, 2); // switch / required / not present
+            }
+        }
+        b.f(0, 1); // template 0: no fdiff
+        b.f(1, 1);
+        b.f(1, 4); // template 1: fdiff 2
+        b.f(0, 1);
+        b.f(1, 1);
+        b.f(0, 4); // template 2: fdiff 1
+        b.f(0, 1);
+        b.f(0, 1); // ns(3) = 0: no chains
+        b.f(0, 1); // no resolutions
+    }
+    b.bytes()
+}
+
+/// A plain RTP packet carrying `dd` as a one-byte-form element.
+fn packet(seq: u16, ts: u32, marker: bool, dd: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x90, 96 | if marker { 0x80 } else { 0 }];
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&ts.to_be_bytes());
+    v.extend_from_slice(&SSRC.to_be_bytes());
+    let mut ext = vec![(DD_ID << 4) | (dd.len() as u8 - 1)];
+    ext.extend_from_slice(dd);
+    while ext.len() % 4 != 0 {
+        ext.push(0);
+    }
+    v.extend_from_slice(&[0xBE, 0xDE]);
+    v.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+    v.extend_from_slice(&ext);
+    v.extend_from_slice(&[0x42; 200]);
+    v
+}
+
+/// Superframe `k`: S0 then S1 (one packet each, the S1 one with the marker); frame numbers
+/// 2k and 2k+1; superframe 0 is the key frame with the structure.
+fn superframe(k: u16) -> [Vec<u8>; 2] {
+    let ts = u32::from(k) * 3000;
+    let s0 = if k == 0 {
+        descriptor(0, 0, true)
+    } else {
+        descriptor(1, 2 * k, false)
+    };
+    [
+        packet(2 * k, ts, false, &s0),
+        packet(2 * k + 1, ts, true, &descriptor(2, 2 * k + 1, false)),
+    ]
+}
+
+/// The publisher's SRTP packet of `plain`.
+fn protect(p: &mut Peer, plain: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    buf[..plain.len()].copy_from_slice(plain);
+    let n = p.send.protect_rtp(&mut buf, plain.len()).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn svc_rewrite(out_ssrc: u32, max: u8) -> contract::shm::Rewrite {
+    let mut rw = rewrite(Some(out_ssrc), Some((96, 98)));
+    rw.layer = Some(Layer {
+        index: 0,
+        count: 1,
+        max,
+        max_temporal: Layer::NO_CAP,
+    });
+    rw.dd_id = DD_ID;
+    rw
+}
+
+#[test]
+fn svc_routes_forward_per_decode_target_without_allocating() {
+    let profile = Profile::AeadAes128Gcm;
+    let mut rig = Rig::new("svc");
+    let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
+    let mut free = Peer::new(2, addr(2), Role::Viewer, profile);
+    let mut capped = Peer::new(3, addr(3), Role::Viewer, profile);
+    for x in [&p, &free, &capped] {
+        rig.add(x);
+    }
+    rig.route(1, Some(SSRC), 2, svc_rewrite(0x700, Layer::NO_CAP));
+    rig.route(1, Some(SSRC), 3, svc_rewrite(0x701, 0));
+
+    let mut got_free = Vec::new();
+    let mut got_capped = Vec::new();
+    for k in 0..20u16 {
+        let input: Vec<_> = superframe(k)
+            .iter()
+            .map(|d| (p.addr, protect(&mut p, d)))
+            .collect();
+        for (dst, d) in rig.batch(&input) {
+            if dst == free.addr {
+                got_free.push(free.open_rtp(&d).unwrap());
+            } else if dst == capped.addr {
+                got_capped.push(capped.open_rtp(&d).unwrap());
+            }
+        }
+    }
+    assert_eq!(got_free.len(), 40, "the free viewer gets every frame");
+    assert_eq!(got_capped.len(), 20, "the capped viewer gets the S0 frames");
+    let mut known: Option<Structure> = None;
+    for (i, b) in got_capped.iter().enumerate() {
+        let r = RtpPacket::parse(b).unwrap();
+        // Output numbering without gaps over the dropped S1 packets.
+        let first = RtpPacket::parse(&got_capped[0]).unwrap().sequence();
+        assert_eq!(r.sequence(), first.wrapping_add(i as u16));
+        assert_eq!(r.ssrc(), 0x701);
+        // Its picture ends with its S0 frame: the marker moved there.
+        assert!(r.marker(), "packet {i}");
+        let v = r.extension_by_id(DD_ID).expect("descriptor kept");
+        let mut new = Structure::default();
+        let f = dd::parse(v, known.as_ref(), &mut new).unwrap();
+        assert_eq!(f.spatial, 0);
+        if f.structure {
+            known = Some(new);
+        }
+        // Decode target 0 only is active for this viewer.
+        assert_eq!(f.active_targets, Some(0b01), "packet {i}");
+    }
+    // The free viewer's packets keep the publisher's descriptors and markers (its active
+    // decode targets are the publisher's: only the structure's packet states them).
+    for (i, b) in got_free.iter().enumerate() {
+        let r = RtpPacket::parse(b).unwrap();
+        assert_eq!(r.marker(), i % 2 == 1);
+        let v = r.extension_by_id(DD_ID).unwrap();
+        let sent = superframe(i as u16 / 2)[i % 2].clone();
+        let orig = RtpPacket::parse(&sent)
+            .unwrap()
+            .extension_by_id(DD_ID)
+            .unwrap()
+            .to_vec();
+        if i > 0 {
+            assert_eq!(v, &orig[..], "packet {i}");
+        }
+    }
+    let c = rig.counters();
+    // Every S1 frame is not part of the capped viewer's decode target.
+    assert_eq!(c.feedback(Feedback::SvcNotPresent), 20);
+    assert_eq!(c.feedback(Feedback::SvcUnreferenced), 0);
+    assert_eq!(c.feedback(Feedback::SvcNoDescriptor), 0);
+
+    // The steady state allocates nothing.
+    let pre: Vec<Vec<u8>> = (20..220u16)
+        .flat_map(superframe)
+        .map(|d| protect(&mut p, &d))
+        .collect();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut feed = |rig: &mut Rig, d: &[u8]| {
+        buf[..d.len()].copy_from_slice(d);
+        if rig.tx.len() + 2 >= rig.tx.capacity() {
+            rig.tx.clear();
+        }
+        rig.engine
+            .handle_datagram(p.addr, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+    };
+    rig.engine.begin_batch(rig.now);
+    for d in &pre[..40] {
+        feed(&mut rig, d);
+    }
+    rig.engine.end_batch(rig.now);
+    let before = rig.engine.totals().packets_out;
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for chunk in pre[40..].chunks(40) {
+        rig.now += std::time::Duration::from_millis(100);
+        rig.engine.begin_batch(rig.now);
+        for d in chunk {
+            feed(&mut rig, d);
+        }
+        rig.engine.end_batch(rig.now);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let sent = rig.engine.totals().packets_out - before;
+    // 360 packets: all to the free viewer, the S0 half to the capped one.
+    assert_eq!(sent, 360 + 180);
+    assert_eq!(allocs, 0, "{allocs} allocations");
+}
