@@ -241,12 +241,21 @@ pub enum Feedback {
     /// packets carry the transport-wide sequence extension (ABI 7; docs/ENGINE.md "Bandwidth
     /// estimation").
     TwccSent = 23,
+    /// Bandwidth probe clusters the relay started towards subscribers (ABI 7; docs/ENGINE.md
+    /// "Probing"). Indices 24–27 stay reserved.
+    ProbeCluster = 28,
+    /// Padding-only probe packets sent in those clusters (ABI 7).
+    ProbePacket = 29,
+    /// Bytes of those probe packets on the wire (ABI 7).
+    ProbeBytes = 30,
+    /// Clusters whose acknowledged rate raised a subscriber's estimate (ABI 7).
+    ProbeSuccess = 31,
 }
 
 impl Feedback {
     pub const COUNT: usize = 32;
-    /// Every counter in index order (indices 24..32 are reserved and stay 0).
-    pub const ALL: [Feedback; 24] = [
+    /// Every counter in index order (indices 24..28 are reserved and stay 0).
+    pub const ALL: [Feedback; 28] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -271,6 +280,10 @@ impl Feedback {
         Feedback::LayerSwitch,
         Feedback::LayerKeyframeRequest,
         Feedback::TwccSent,
+        Feedback::ProbeCluster,
+        Feedback::ProbePacket,
+        Feedback::ProbeBytes,
+        Feedback::ProbeSuccess,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -299,6 +312,10 @@ impl Feedback {
             Feedback::LayerSwitch => "layer_switch",
             Feedback::LayerKeyframeRequest => "layer_keyframe_request",
             Feedback::TwccSent => "twcc_sent",
+            Feedback::ProbeCluster => "probe_cluster",
+            Feedback::ProbePacket => "probe_packet",
+            Feedback::ProbeBytes => "probe_bytes",
+            Feedback::ProbeSuccess => "probe_success",
         }
     }
 }

@@ -615,7 +615,7 @@ fn pli(media: u32) -> Vec<u8> {
 
 impl Rig {
     /// Run the turn's timers and hand-overs at `now`; what they sent.
-    fn poll(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    pub(super) fn poll(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
         self.tx.clear();
         self.fwd.poll(now, &mut self.tx);
         self.opened()
