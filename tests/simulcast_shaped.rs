@@ -115,9 +115,26 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The relay's view of the shaped viewer at one second of the measurement.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    second: u64,
+    estimate_bps: u64,
+    switches: u64,
+    probe_clusters: f64,
+    probe_successes: f64,
+}
+
 /// Waits for the driver's start mark (`startedFile`), then shapes the link at `SHAPE_AT` and
-/// lifts it at `LIFT_AT`; returns the seconds of the measurement at which each happened.
-fn shape_on_schedule(net: &Net, host: &netns::Host, started: &Path) -> Option<(f64, f64)> {
+/// lifts it at `LIFT_AT`, sampling the relay's view of the shaped viewer (`sample`) once a
+/// second from a second before the shaping to the end of the measurement; returns the seconds
+/// at which the link was shaped and lifted, and the samples.
+fn shape_on_schedule(
+    net: &Net,
+    host: &netns::Host,
+    started: &Path,
+    sample: &dyn Fn(u64) -> Sample,
+) -> Option<(f64, f64, Vec<Sample>)> {
     let deadline = unix_ms() + 180_000;
     let t0 = loop {
         if let Some(t) = std::fs::read_to_string(started)
@@ -139,19 +156,29 @@ fn shape_on_schedule(net: &Net, host: &netns::Host, started: &Path) -> Option<(f
         }
         (unix_ms() - t0) as f64 / 1000.0
     };
-    let shaped = at(SHAPE_AT);
-    let imp = Impairment {
-        rate_kbit: Some(SHAPED_KBIT),
-        ..Impairment::default()
-    };
-    let how = net.impair(host, imp).expect("shape");
-    eprintln!(
-        "simulcast_shaped: {SHAPED_KBIT} kbit/s on the shaped viewer by {}",
-        how.by
-    );
-    let lifted = at(LIFT_AT);
-    net.lift(host).expect("lift");
-    Some((shaped, lifted))
+    let mut samples = Vec::new();
+    let (mut shaped, mut lifted) = (0.0, 0.0);
+    for s in SHAPE_AT - 1..=SECONDS {
+        let t = at(s);
+        if s == SHAPE_AT {
+            shaped = t;
+            let imp = Impairment {
+                rate_kbit: Some(SHAPED_KBIT),
+                ..Impairment::default()
+            };
+            let how = net.impair(host, imp).expect("shape");
+            eprintln!(
+                "simulcast_shaped: {SHAPED_KBIT} kbit/s on the shaped viewer by {}",
+                how.by
+            );
+        }
+        if s == LIFT_AT {
+            lifted = t;
+            net.lift(host).expect("lift");
+        }
+        samples.push(sample(s));
+    }
+    Some((shaped, lifted, samples))
 }
 
 #[test]
@@ -195,16 +222,29 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
               "token": rig.mint_for(room, "viewer", "shaped") },
         ],
     });
+    let sample = |second| {
+        let (switches, estimate_bps) = relay_view(&rig, shaped_host.ip.into());
+        let (_, metrics) = rig.http("GET", "/metrics", "");
+        Sample {
+            second,
+            estimate_bps,
+            switches,
+            probe_clusters: metric_sum(&metrics, "event=\"probe_cluster\""),
+            probe_successes: metric_sum(&metrics, "event=\"probe_success\""),
+        }
+    };
     let (r, times, views) = std::thread::scope(|sc| {
-        let shaper = sc.spawn(|| shape_on_schedule(&net, &shaped_host, &started));
-        let r = run_session(rig.dir(), "shaped", &spec);
+        let dir = rig.dir();
+        let session = sc.spawn(|| run_session(dir, "shaped", &spec));
+        let times = shape_on_schedule(&net, &shaped_host, &started, &sample);
+        let r = session.join().expect("session");
         let views = (
             relay_view(&rig, free_host.ip.into()),
             relay_view(&rig, shaped_host.ip.into()),
         );
-        (r, shaper.join().expect("shaper"), views)
+        (r, times, views)
     });
-    let (shaped_at, lifted_at) = times.expect("the driver never started measuring");
+    let (shaped_at, lifted_at, samples) = times.expect("the driver never started measuring");
     let (_, metrics) = rig.http("GET", "/metrics", "");
     let free = widths(&r, 0);
     let shaped = widths(&r, 1);
@@ -249,6 +289,13 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
         "simulcast_shaped: probe clusters {}, packets {}, bytes {}, successes {}",
         probes[0], probes[1], probes[2], probes[3]
     );
+    for x in &samples {
+        eprintln!(
+            "simulcast_shaped: second {:2}: shaped viewer estimate {:8} bit/s, switches {}, \
+             probe clusters {}, successes {}",
+            x.second, x.estimate_bps, x.switches, x.probe_clusters, x.probe_successes
+        );
+    }
     eprintln!("simulcast_shaped: free viewer width/s   {free:?}");
     eprintln!("simulcast_shaped: shaped viewer width/s {shaped:?}");
 

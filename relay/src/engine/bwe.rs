@@ -390,7 +390,9 @@ impl Bwe {
         self.update_loss(now_us);
         self.update_rate(now_us);
         if self.stats.decreases != decreases {
-            self.prober.on_overuse(now_us);
+            if let Some(o) = self.prober.on_overuse(now_us) {
+                self.apply_probe(o);
+            }
         }
         if let Some(o) = self.prober.conclude(now_us, estimate_before) {
             self.apply_probe(o);
@@ -1061,14 +1063,17 @@ mod tests {
             t + 2 * MIN_INTERVAL_US,
             "a failure doubles the wait"
         );
-        // Nothing reported: a failure after the timeout.
+        // Half reported (all lost): a failure after the timeout, the wait doubled again.
         p.set_need(Some(4_000_000));
         let t = p.next_at();
         p.maybe_start(t, 1_000_000, 20_000_000, false, None)
             .unwrap();
-        let (n, _) = p.due(t + CLUSTER_US);
+        let (n, tag) = p.due(t + CLUSTER_US);
         for _ in 0..n {
             p.on_sent(t + CLUSTER_US, 264);
+        }
+        for _ in 0..n / 2 {
+            p.on_report(tag, t + CLUSTER_US, 264, None);
         }
         assert_eq!(p.conclude(t + CLUSTER_US + 1000, 1_000_000), None);
         assert_eq!(
@@ -1076,6 +1081,51 @@ mod tests {
             Some(Outcome::Failed)
         );
         assert_eq!(p.interval_us(), 4 * MIN_INTERVAL_US);
+        // Not mentioned by any feedback: a failure that does not grow the wait.
+        let t = p.next_at();
+        p.maybe_start(t, 1_000_000, 20_000_000, false, None)
+            .unwrap();
+        let (n, _) = p.due(t + CLUSTER_US);
+        for _ in 0..n {
+            p.on_sent(t + CLUSTER_US, 264);
+        }
+        let end = t + CLUSTER_US + RESULT_TIMEOUT_US;
+        assert_eq!(p.conclude(end, 1_000_000), Some(Outcome::Failed));
+        assert_eq!(p.interval_us(), 4 * MIN_INTERVAL_US);
+        assert_eq!(p.next_at(), end + MIN_INTERVAL_US);
+    }
+
+    /// An overuse while a cluster is being sent stops it: with fewer than the minimum sent it
+    /// fails at once, otherwise what went out waits for its feedback and is measured.
+    #[test]
+    fn overuse_stops_a_cluster_being_sent() {
+        for sent in [2u32, MIN_PACKETS] {
+            let mut p = Prober::default();
+            p.set_need(Some(4_000_000));
+            p.maybe_start(0, 1_000_000, 20_000_000, false, None)
+                .unwrap();
+            for k in 0..sent {
+                p.on_sent(u64::from(k) * 2_000, 264);
+            }
+            assert!(p.sending());
+            let o = p.on_overuse(10_000);
+            assert!(!p.sending());
+            if sent < MIN_PACKETS {
+                assert_eq!(o, Some(Outcome::Failed));
+                assert!(!p.in_flight());
+                continue;
+            }
+            assert_eq!(o, None);
+            assert!(p.in_flight(), "awaits its feedback");
+            for k in 0..sent {
+                let at = u64::from(k) * 2_000;
+                p.on_report(1, at, 264, Some(50_000 + at as i64));
+            }
+            match p.conclude(20_000, 500_000) {
+                Some(Outcome::Rate(r)) => assert!((r - 1_056_000.0).abs() < 1_000.0, "{r}"),
+                o => panic!("{o:?}"),
+            }
+        }
     }
 
     #[test]

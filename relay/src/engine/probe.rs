@@ -19,8 +19,10 @@
 //!   [`CLUSTER_US`] with at least [`MIN_PACKETS`] packets and at most [`MAX_PACKETS`];
 //! - after a success (the link carried at least [`SUCCESS_OF_TARGET_PCT`] % of the target,
 //!   above the estimate) the next cluster may start [`MIN_INTERVAL_US`] later; after a failure
-//!   the interval doubles up to [`MAX_INTERVAL_US`]; an overuse while a cluster is in flight
-//!   ends it (a failure). A result above the estimate raises it either way.
+//!   the interval doubles up to [`MAX_INTERVAL_US`]; an overuse while a cluster is being sent
+//!   stops its sending (what went out is still measured when it is [`MIN_PACKETS`] or more,
+//!   as libwebrtc measures a cluster independently of its delay detector). A result above the
+//!   estimate raises it either way.
 //!
 //! Owns: the probing state of one subscriber, fixed size. Time is passed in (µs); nothing here
 //! reads a clock, allocates or locks.
@@ -41,8 +43,10 @@ pub const MIN_INTERVAL_US: u64 = 1_000_000;
 pub const MAX_INTERVAL_US: u64 = 8_000_000;
 /// A cluster's result waits this long after its last packet for the feedback about it.
 pub const RESULT_TIMEOUT_US: u64 = 1_000_000;
-/// No cluster starts this soon after the estimate was cut.
-pub const QUIET_AFTER_DECREASE_US: u64 = 2_000_000;
+/// No cluster starts this soon after the estimate was cut (five feedback intervals: the
+/// detector's present state; on a loaded host its false alarms come every few seconds, and
+/// a 2 s wait kept a lifted link from being probed for many seconds).
+pub const QUIET_AFTER_DECREASE_US: u64 = 500_000;
 /// A result of at least this much of the cluster's target (percent) that raised the estimate
 /// is a success (libwebrtc probes further above 70 %).
 pub const SUCCESS_OF_TARGET_PCT: u64 = 70;
@@ -75,8 +79,7 @@ pub struct ProbeStats {
 pub enum Outcome {
     /// The link carried `bps` (bit/s).
     Rate(f64),
-    /// Too little of the cluster was reported, its timing was implausible, or an overuse
-    /// ended it.
+    /// Too little of the cluster was reported or sent, or its timing was implausible.
     Failed,
 }
 
@@ -304,13 +307,20 @@ impl Prober {
 
     /// After a feedback message (or on the timer) at `now_us`: the cluster's outcome when it
     /// is complete (every packet reported) or timed out, with `estimate` the estimate before
-    /// it (for counting a success).
+    /// it (for counting a success). A cluster no feedback mentioned at all (neither as
+    /// received nor as lost, which a lossy link would give once later packets are reported)
+    /// says nothing about the link: it fails without growing the wait.
     pub fn conclude(&mut self, now_us: u64, estimate: u64) -> Option<Outcome> {
         let c = self.cluster?;
         let done = c.done_at?;
         let complete = c.reported >= c.sent_packets;
         if !complete && now_us.saturating_sub(done) < RESULT_TIMEOUT_US {
             return None;
+        }
+        if c.reported == 0 {
+            self.cluster = None;
+            self.next_at = now_us.saturating_add(MIN_INTERVAL_US);
+            return Some(Outcome::Failed);
         }
         let outcome = match c.rate() {
             Some(r) => Outcome::Rate(r),
@@ -320,10 +330,13 @@ impl Prober {
         self.finish(now_us, outcome, enough)
     }
 
-    /// An overuse was detected at `now_us`: a cluster in flight ends as a failure.
-    pub fn on_overuse(&mut self, now_us: u64) {
-        if self.cluster.is_some() {
-            self.finish(now_us, Outcome::Failed, u64::MAX);
+    /// An overuse was detected at `now_us`: a cluster being sent stops there (a failure
+    /// with fewer than [`MIN_PACKETS`] sent, else it waits for its feedback as it is).
+    pub fn on_overuse(&mut self, now_us: u64) -> Option<Outcome> {
+        if self.sending() {
+            self.abort_sending(now_us)
+        } else {
+            None
         }
     }
 
