@@ -1738,8 +1738,13 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         let rw = self.index.outputs[oi as usize].rewrite;
         let opts = self.index.opts;
+        let now_us = self.now_us();
         let s = &mut self.index.sessions[sub as usize];
         let (peer, sub_id) = (s.peer, s.id);
+        // The RTX copy is a new packet on the transport: it takes the subscriber's next
+        // transport-wide number (bwe.rs), as libwebrtc numbers retransmissions; left as cached
+        // it would carry the publisher's number into the subscriber's feedback.
+        let mut tw_stamped = false;
         // RTX (RFC 4588 §4): the original rewritten as first sent, then carried on the
         // subscriber's RTX stream with that stream's own sequence number (and so its own
         // SRTP index and ROC, RFC 3711 §3.3.1).
@@ -1766,6 +1771,9 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             // The viewer's MID, as in the first copy; room kept for the RTX header and tag.
             len = write_mid(&mut self.scratch, len, &rw, RTX_ROOM);
+            if let Some(b) = s.bwe.as_deref().filter(|_| rw.twcc_id != 0) {
+                tw_stamped = stamp_twcc(&mut self.scratch[..len], rw.twcc_id, b.peek_seq());
+            }
             rtx = Some((x, next, ti, seed));
         }
         let Some(ctx) = s.tx_ctx(opts) else {
@@ -1811,6 +1819,12 @@ impl<C: SrtpOps> Forwarder<C> {
                 ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
             }),
         };
+        if pushed && tw_stamped {
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            if let Some(b) = s.bwe.as_deref_mut() {
+                b.on_send(now_us, sent);
+            }
+        }
         let f = match (pushed, rtx) {
             (false, _) => Feedback::ResendFailed,
             (true, None) => Feedback::Retransmitted,
