@@ -685,6 +685,17 @@ impl<C: SrtpOps> Forwarder<C> {
             .map(|b| b.estimate_at(Some(now)))
     }
 
+    /// Transport-cc feedback messages the estimator of `subscriber` took.
+    #[cfg(test)]
+    pub(super) fn bwe_feedbacks(&self, subscriber: SessionId) -> Option<u64> {
+        self.index
+            .sessions
+            .iter()
+            .find(|s| s.id == subscriber)
+            .and_then(|s| s.bwe.as_deref())
+            .map(|b| b.stats().feedbacks)
+    }
+
     pub fn publish_diagnostics(&mut self, now: Instant) -> bool {
         if !self.diag.due(now) {
             return false;
@@ -1533,12 +1544,10 @@ impl<C: SrtpOps> Forwarder<C> {
         if arrived_here && self.hand_over(sub, key, up, p) {
             return;
         }
-        let Some(up) = up else {
-            self.stats.count(Feedback::Unroutable, 1);
-            return;
-        };
         // Congestion feedback about what this worker sends the subscriber feeds its estimate;
         // transport-cc is hop-by-hop and stops here, REMB also goes on to the publisher.
+        // Taken before the upstream is looked at: transport-cc names whatever SSRC the
+        // receiver saw last (libwebrtc: the last packet's, often an RTX probe or resend).
         let now_us = self.now_us();
         if let Some(bwe) = self.index.sessions[sub as usize].bwe.as_deref_mut() {
             match pkt.typed() {
@@ -1554,6 +1563,10 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             refresh_budget(&mut self.index.sessions[sub as usize], now_us);
         }
+        let Some(up) = up else {
+            self.stats.count(Feedback::Unroutable, 1);
+            return;
+        };
         match pkt.typed() {
             Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
                 self.on_nack(sub, n, up, tx);

@@ -926,6 +926,20 @@ fn rtx_resend_takes_the_next_transport_wide_number() {
     let (n, _) = rtx::decapsulate(d, 96, 0xAAAA, &mut orig).unwrap();
     assert_eq!(tw(&orig[..n]), 3);
     assert_eq!(rig.fb(Feedback::RtxSent), 1);
+    // Chromium names the SSRC of the last packet it got in its transport-cc feedback: here
+    // the RTX stream's, which has no upstream. It still reaches the estimator.
+    let arrivals: Vec<Option<u64>> = (0..4).map(|k| Some(1_000_000 + k * 5_000)).collect();
+    let mut b = [0u8; 128];
+    let h = twcc::FeedbackHeader {
+        sender_ssrc: 0xFA17_FA17,
+        media_ssrc: 0xBBBB,
+        base_seq: 0,
+        fb_pkt_count: 0,
+    };
+    let (n, _) = twcc::write_feedback(&mut b, &h, &arrivals).unwrap();
+    assert!(rig.send(3, &b[..n]).is_empty());
+    assert_eq!(rig.fb(Feedback::Unroutable), 0, "taken, not unroutable");
+    assert_eq!(rig.fwd.bwe_feedbacks(3), Some(1));
 }
 
 fn rtp_with_extensions(ssrc: u32, seq: u16, elements: &[(u8, &[u8])], payload: &[u8]) -> Vec<u8> {
