@@ -17,7 +17,7 @@
 //! Asserted, generously for a loaded 2-core machine: the free viewer reaches the widest layer
 //! the publisher sends and has it at the end; the shaped viewer is at ≤ 320 pixels wide within
 //! [`DOWN_WITHIN`] s of the shaping and back at the widest layer within [`UP_WITHIN`] s of the
-//! lift (5–8 s measured on a loaded 2-core host; docs/BENCHMARKS.md); the relay made layer
+//! lift (4–8 s measured on a loaded 2-core host; docs/BENCHMARKS.md); the relay made layer
 //! switches for it; after the lift at least one probe succeeded (raised its estimate).
 //! Recorded (printed; docs/BENCHMARKS.md): both viewers' widths
 //! per second, the seconds to the low layer and back (issue 17's targets: 5 s and 15 s),
