@@ -320,6 +320,23 @@ impl Net {
         })
     }
 
+    /// Lift a rate limit [`Net::impair`] put on `host`'s link (both ends' root qdisc back to
+    /// the default). The nftables loss rules, if any, stay.
+    pub fn lift(&self, host: &Host) -> Result<(), String> {
+        sh(&["tc", "qdisc", "del", "dev", &host.root_dev, "root"])?;
+        sh(&[
+            "tc",
+            "-n",
+            &host.ns,
+            "qdisc",
+            "del",
+            "dev",
+            &host.ns_dev,
+            "root",
+        ])?;
+        Ok(())
+    }
+
     /// Drop every UDP datagram `host` sends to `to` (nftables, inside the host's namespace).
     pub fn drop_udp_to(&self, host: &Host, to: Ipv4Addr) -> Result<(), String> {
         nft(

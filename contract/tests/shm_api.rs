@@ -330,13 +330,13 @@ fn file_is_created_0600_and_create_refuses_an_existing_file() {
 fn default_capacity_file_size() {
     let c = Capacity::default();
     assert_eq!((c.sessions, c.routes, c.workers), (16_384, 65_536, 64));
-    // 4096 header + 16384 × 320 + 65536 × 128 + 64 × 1088, page-aligned, + one page of
+    // 4096 header + 16384 × 320 + 65536 × 128 + 64 × 1216, page-aligned, + one page of
     // stream-state high-water marks + 64 workers × 2048 stream-state slots × 64, + one page of
     // session-stats high-water marks + 64 workers × 8192 session-stats slots × 128
     // (docs/SHM.md).
     assert_eq!(
         c.file_size().unwrap(),
-        13_705_216 + 4096 + 8_388_608 + 4096 + 67_108_864
+        13_713_408 + 4096 + 8_388_608 + 4096 + 67_108_864
     );
 }
 

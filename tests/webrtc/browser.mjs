@@ -47,6 +47,8 @@
 //         `dd: true` makes its pages offer the Dependency Descriptor extension. The series also has
 //         every viewer's framesPerSecond and the publisher's outbound frameWidth.
 //         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
+//         `startedFile: PATH`: written (the start time, ms since the epoch) when the per-second
+//         measurement starts, so the caller can change the network at known seconds of it.
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
 // the watcher's <video>, and getStats() of both peers (transport: DTLS state, version,
@@ -58,7 +60,7 @@
 // browser. The browser is /usr/bin/chromium (SLUICE_CHROMIUM overrides); Playwright
 // downloads nothing.
 
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -397,6 +399,8 @@ async function session(specPath) {
     });
     const start = await snapshot();
     const t0 = Date.now();
+    // The caller times changes of the network (a link shaped, then lifted) from this mark.
+    if (spec.startedFile) writeFileSync(spec.startedFile, String(t0));
     const series = { t: [], publisherBytesSent: [], publisherLayers: [], viewerFramesDecoded: viewers.map(() => []),
       viewerFrameWidth: viewers.map(() => []), viewerFramesPerSecond: viewers.map(() => []),
       publisherFrameWidth: [], layerRequests: [] };

@@ -262,12 +262,21 @@ pub enum Feedback {
     /// Packets of an SVC stream not sent: older than the subscriber's last re-numbering or
     /// than the window of frames the relay remembers.
     SvcLate = 29,
+    /// Bandwidth probe clusters the relay started towards subscribers (ABI 8; docs/ENGINE.md
+    /// "Probing").
+    ProbeCluster = 30,
+    /// Padding-only probe packets sent in those clusters (ABI 8).
+    ProbePacket = 31,
+    /// Bytes of those probe packets on the wire (ABI 8).
+    ProbeBytes = 32,
+    /// Clusters whose acknowledged rate raised a subscriber's estimate (ABI 8).
+    ProbeSuccess = 33,
 }
 
 impl Feedback {
     pub const COUNT: usize = 48;
-    /// Every counter in index order (indices 30..48 are reserved and stay 0).
-    pub const ALL: [Feedback; 30] = [
+    /// Every counter in index order (indices 34..48 are reserved and stay 0).
+    pub const ALL: [Feedback; 34] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -298,6 +307,10 @@ impl Feedback {
         Feedback::SvcUnreferenced,
         Feedback::SvcNoDescriptor,
         Feedback::SvcLate,
+        Feedback::ProbeCluster,
+        Feedback::ProbePacket,
+        Feedback::ProbeBytes,
+        Feedback::ProbeSuccess,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -332,6 +345,10 @@ impl Feedback {
             Feedback::SvcUnreferenced => "svc_unreferenced",
             Feedback::SvcNoDescriptor => "svc_no_descriptor",
             Feedback::SvcLate => "svc_late",
+            Feedback::ProbeCluster => "probe_cluster",
+            Feedback::ProbePacket => "probe_packet",
+            Feedback::ProbeBytes => "probe_bytes",
+            Feedback::ProbeSuccess => "probe_success",
         }
     }
 }
@@ -623,7 +640,7 @@ impl core::fmt::Debug for WorkerCounters {
 }
 
 /// A plain copy of one worker's counters (or, after [`merge`](CounterSnapshot::merge), of many).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterSnapshot {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -659,6 +676,34 @@ pub struct CounterSnapshot {
     pub feedback: [u64; Feedback::COUNT],
     /// ICE-TCP (ABI 7).
     pub tcp: TcpTotals,
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements, and `feedback` has 48.
+impl Default for CounterSnapshot {
+    fn default() -> CounterSnapshot {
+        CounterSnapshot {
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            drops: [0; DropReason::COUNT],
+            slow_path_up: 0,
+            slow_path_down: 0,
+            batches: 0,
+            batch_nanos: 0,
+            batch_hist: [0; BATCH_BUCKETS],
+            time_hist: [0; TIME_BUCKETS],
+            loop_turns: 0,
+            stalls: 0,
+            rx_queue_bytes: 0,
+            kernel_drops: 0,
+            stuck_since_unix_ms: 0,
+            stuck: 0,
+            io: IoTotals::default(),
+            feedback: [0; Feedback::COUNT],
+            tcp: TcpTotals::default(),
+        }
+    }
 }
 
 impl CounterSnapshot {
@@ -765,6 +810,6 @@ mod tests {
         // 101 words, the loss-recovery array's 16 more (117), the ICE-TCP section's 16 (133
         // words), padded to a cache-line multiple.
         assert_eq!(COUNTER_TCP_OFFSET, 936);
-        assert_eq!(core::mem::size_of::<WorkerCounters>(), 1088);
+        assert_eq!(core::mem::size_of::<WorkerCounters>(), 1216);
     }
 }

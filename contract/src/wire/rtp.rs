@@ -592,10 +592,109 @@ pub fn set_extension_value(
     Ok(new_len)
 }
 
+/// A padding-only RTP packet (RFC 3550 §5.1, P bit; what bandwidth probes are made of, as
+/// libwebrtc sends them on an RTX stream): no payload, `padding` bytes of padding (1–255, the
+/// last one the count), and a one-byte-form extension block (RFC 8285 §4.2) carrying the
+/// elements given (ids 1–14, values 1–16 bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct PaddingPacket<'a> {
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub padding: u8,
+    /// Up to four `(id, value)` elements, in order.
+    pub elements: &'a [(u8, &'a [u8])],
+}
+
+/// Write `p` into `out`; returns its length.
+pub fn write_padding_only(out: &mut [u8], p: &PaddingPacket<'_>) -> Result<usize, RtpError> {
+    if p.payload_type > 127 {
+        return Err(RtpError::BadPayloadType(p.payload_type));
+    }
+    if p.padding == 0 {
+        return Err(RtpError::BadPadding);
+    }
+    let mut ext = 0usize;
+    for &(id, v) in p.elements {
+        if !(1..=14).contains(&id) {
+            return Err(RtpError::BadExtensionMap { from: id, to: id });
+        }
+        if !(1..=16).contains(&v.len()) {
+            return Err(RtpError::ValueTooLong(v.len()));
+        }
+        ext += 1 + v.len();
+    }
+    let block = ext.div_ceil(4) * 4;
+    let ext_len = if p.elements.is_empty() { 0 } else { 4 + block };
+    let len = FIXED_HEADER_LEN + ext_len + usize::from(p.padding);
+    if len > out.len() {
+        return Err(RtpError::NoRoom(len - out.len()));
+    }
+    let x = if ext_len > 0 { 0x10 } else { 0 };
+    out[0] = 0x80 | 0x20 | x;
+    out[1] = p.payload_type;
+    out[2..4].copy_from_slice(&p.sequence.to_be_bytes());
+    out[4..8].copy_from_slice(&p.timestamp.to_be_bytes());
+    out[8..12].copy_from_slice(&p.ssrc.to_be_bytes());
+    let mut at = FIXED_HEADER_LEN;
+    if ext_len > 0 {
+        out[at..at + 2].copy_from_slice(&ONE_BYTE_PROFILE.to_be_bytes());
+        out[at + 2..at + 4].copy_from_slice(&((block / 4) as u16).to_be_bytes());
+        at += 4;
+        let start = at;
+        for &(id, v) in p.elements {
+            out[at] = (id << 4) | (v.len() as u8 - 1);
+            out[at + 1..at + 1 + v.len()].copy_from_slice(v);
+            at += 1 + v.len();
+        }
+        out[at..start + block].fill(0);
+        at = start + block;
+    }
+    let end = at + usize::from(p.padding);
+    out[at..end - 1].fill(0);
+    out[end - 1] = p.padding;
+    Ok(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn padding_only_packet_parses_back() {
+        let mut out = [0u8; 400];
+        let p = PaddingPacket {
+            payload_type: 97,
+            sequence: 7,
+            timestamp: 9000,
+            ssrc: 0x1234_5678,
+            padding: 224,
+            elements: &[(3, &[0, 42]), (9, b"1")],
+        };
+        let n = write_padding_only(&mut out, &p).unwrap();
+        assert_eq!(n, 12 + 4 + 8 + 224);
+        let r = RtpPacket::parse(&out[..n]).unwrap();
+        assert!(r.padding());
+        assert_eq!(r.padding_len(), 224);
+        assert!(r.payload().is_empty());
+        assert_eq!(
+            (r.payload_type(), r.sequence(), r.ssrc()),
+            (97, 7, 0x1234_5678)
+        );
+        assert_eq!(r.extension_by_id(3), Some(&[0u8, 42][..]));
+        assert_eq!(r.extension_by_id(9), Some(&b"1"[..]));
+        let bad = PaddingPacket {
+            elements: &[(15, &[0])],
+            ..p
+        };
+        assert!(write_padding_only(&mut out, &bad).is_err());
+        assert!(matches!(
+            write_padding_only(&mut out[..100], &p),
+            Err(RtpError::NoRoom(_))
+        ));
+    }
 
     fn header(pt: u8, seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
         let mut v = vec![0x80, pt];

@@ -543,7 +543,8 @@ fn per_worker_families(o: &mut Out, workers: &[(usize, u64, CounterSnapshot)], n
          the cache or as RTX, NACKs sent to publishers, cache misses, PLIs aggregated, \
          hand-overs between workers and their drops) and simulcast layer selection (packets \
          of a layer not sent, layer switches, key frames asked for a switch), transport-cc \
-         feedback written to publishers, by event. Per worker.",
+         feedback written to publishers, bandwidth probes sent to subscribers (clusters, \
+         packets, bytes, successes), by event. Per worker.",
     );
     for (w, _, s) in workers {
         for f in Feedback::ALL {

@@ -14,11 +14,15 @@
 //! - a **loss-based** part: above 10 % loss the rate drops by half the loss fraction, under
 //!   2 % it may grow by 5 %, between the two it holds;
 //! - **REMB**, where a subscriber sends it: a ceiling, or the estimate itself when no
-//!   transport-cc feedback arrives.
+//!   transport-cc feedback arrives;
+//! - **probing** (engine/probe.rs): while the estimate is below what the subscriber's best
+//!   layers need, short clusters of padding at a higher rate measure what the link carries,
+//!   and a cluster's acknowledged rate raises the estimate past the 1.5 × limit.
 //!
 //! Owns: the estimator state of one subscriber. Time is passed in (microseconds on any
 //! monotonic epoch); nothing here reads a clock, allocates after construction, or locks.
 
+use super::probe::{Outcome, ProbeStats, Prober};
 use contract::wire::twcc;
 
 /// Packets remembered for matching feedback (a power of two).
@@ -84,6 +88,8 @@ struct Sent {
     size: u32,
     seq: u16,
     acked: bool,
+    /// Probe cluster tag (engine/probe.rs), 0 for media.
+    probe: u8,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -144,6 +150,11 @@ pub struct Bwe {
     // REMB.
     remb: Option<(u64, u64)>,
     seen_twcc: bool,
+    /// When the delay- or loss-based part last cut the rate (µs).
+    last_decrease: Option<u64>,
+    prober: Prober,
+    /// Probing counters already taken by [`Bwe::take_probe_counts`].
+    probe_taken: ProbeStats,
     stats: BweStats,
 }
 
@@ -181,6 +192,9 @@ impl Bwe {
             loss_lost: 0,
             remb: None,
             seen_twcc: false,
+            last_decrease: None,
+            prober: Prober::default(),
+            probe_taken: ProbeStats::default(),
             stats: BweStats::default(),
         }
     }
@@ -189,6 +203,11 @@ impl Bwe {
     /// records its send time and size (bytes on the wire).
     #[inline]
     pub fn on_send(&mut self, now_us: u64, size: usize) -> u16 {
+        self.record(now_us, size, 0)
+    }
+
+    #[inline]
+    fn record(&mut self, now_us: u64, size: usize, probe: u8) -> u16 {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         self.history[usize::from(seq) & (HISTORY - 1)] = Sent {
@@ -196,8 +215,92 @@ impl Bwe {
             size: size.min(u32::MAX as usize) as u32,
             seq,
             acked: false,
+            probe,
         };
         seq
+    }
+
+    /// The probing state (engine/probe.rs): its need is set from the subscriber's layers.
+    pub fn prober_mut(&mut self) -> &mut Prober {
+        &mut self.prober
+    }
+
+    /// The probing state.
+    pub fn prober(&self) -> &Prober {
+        &self.prober
+    }
+
+    /// Probing counters.
+    pub fn probe_stats(&self) -> ProbeStats {
+        self.prober.stats()
+    }
+
+    /// What the probing counters gained since the last call (for the worker's counters).
+    pub fn take_probe_counts(&mut self) -> ProbeStats {
+        let (now, was) = (self.prober.stats(), self.probe_taken);
+        self.probe_taken = now;
+        ProbeStats {
+            clusters: now.clusters - was.clusters,
+            packets: now.packets - was.packets,
+            bytes: now.bytes - was.bytes,
+            successes: now.successes - was.successes,
+        }
+    }
+
+    /// The timer at `now_us`: concludes a cluster whose feedback timed out, starts one when
+    /// it is wanted (engine/probe.rs), and returns how many probe packets are due now (each
+    /// then sent with [`Bwe::on_probe_send`]).
+    pub fn probe_poll(&mut self, now_us: u64) -> u32 {
+        let est = self.estimate_at(Some(now_us));
+        if let Some(o) = self.prober.conclude(now_us, est) {
+            self.apply_probe(o);
+        }
+        if !self.prober.in_flight() && self.seen_twcc && !self.remb_binds(now_us) {
+            let overusing = self.usage == Usage::Overusing;
+            let (max, last) = (self.cfg.max_bps, self.last_decrease);
+            self.prober.maybe_start(now_us, est, max, overusing, last);
+        }
+        self.prober.due(now_us).0
+    }
+
+    /// Takes the next transport-wide sequence number for a probe packet of `size` wire
+    /// bytes leaving at `now_us`, recorded as part of the cluster being sent.
+    pub fn on_probe_send(&mut self, now_us: u64, size: usize) -> u16 {
+        let tag = self.prober.due(now_us).1;
+        self.prober.on_sent(now_us, size);
+        self.record(now_us, size, tag)
+    }
+
+    /// The probe packets due could not be sent at `now_us` (no RTX stream to carry them,
+    /// queue full): the cluster ends with what went out.
+    pub fn probe_abort(&mut self, now_us: u64) {
+        if let Some(o) = self.prober.abort_sending(now_us) {
+            self.apply_probe(o);
+        }
+    }
+
+    /// A fresh REMB at or below the transport-cc estimate is what limits the estimate:
+    /// probing cannot raise it.
+    fn remb_binds(&self, now_us: u64) -> bool {
+        self.remb.is_some_and(|(bps, at)| {
+            now_us.saturating_sub(at) < REMB_TTL_US && (bps as f64) <= self.delay_bps
+        })
+    }
+
+    /// A cluster's result: a rate above the estimate becomes the estimate (libwebrtc's
+    /// AimdRateControl::SetEstimate on a probe result).
+    fn apply_probe(&mut self, o: Outcome) {
+        let Outcome::Rate(r) = o else {
+            return;
+        };
+        let r = r.clamp(self.cfg.min_bps as f64, self.cfg.max_bps as f64);
+        if r > self.delay_bps {
+            self.delay_bps = r;
+            self.link_capacity = None;
+            self.hold = false;
+        }
+        // Loss under 2 % lets the loss-based rate follow; loss above 10 % cuts it again.
+        self.loss_bps = self.loss_bps.max(r).min(self.delay_bps);
     }
 
     /// The transport-wide sequence number the next [`Bwe::on_send`] takes.
@@ -251,6 +354,8 @@ impl Bwe {
         self.stats.feedbacks += 1;
         // Arrival times in µs on the receiver's clock (only differences matter).
         let mut arrival = i64::from(fb.reference_time()) * twcc::REFERENCE_TICK_US as i64;
+        let estimate_before = self.estimate_at(Some(now_us));
+        let decreases = self.stats.decreases;
         for st in fb.packets() {
             let slot = &mut self.history[usize::from(st.seq) & (HISTORY - 1)];
             let known = slot.at != 0 && slot.seq == st.seq;
@@ -258,6 +363,10 @@ impl Bwe {
                 if known && !slot.acked {
                     self.loss_lost += 1;
                     self.stats.lost += 1;
+                    if slot.probe != 0 {
+                        self.prober
+                            .on_report(slot.probe, slot.at - 1, slot.size, None);
+                    }
                 }
                 continue;
             };
@@ -270,13 +379,24 @@ impl Bwe {
                 continue;
             }
             slot.acked = true;
-            let (send, size) = (slot.at - 1, slot.size);
+            let (send, size, probe) = (slot.at - 1, slot.size, slot.probe);
+            if probe != 0 {
+                self.prober.on_report(probe, send, size, Some(arrival));
+            }
             self.loss_received += 1;
             self.on_ack(arrival, size);
             self.on_arrival(send, arrival);
         }
-        self.update_loss();
+        self.update_loss(now_us);
         self.update_rate(now_us);
+        if self.stats.decreases != decreases {
+            if let Some(o) = self.prober.on_overuse(now_us) {
+                self.apply_probe(o);
+            }
+        }
+        if let Some(o) = self.prober.conclude(now_us, estimate_before) {
+            self.apply_probe(o);
+        }
     }
 
     /// Receive-side use (remb_rx.rs): one packet of `size` bytes, sent at `send_us` on the
@@ -428,7 +548,7 @@ impl Bwe {
         }
     }
 
-    fn update_loss(&mut self) {
+    fn update_loss(&mut self, now_us: u64) {
         let total = self.loss_received + self.loss_lost;
         if total < LOSS_MIN_PACKETS {
             return;
@@ -436,6 +556,7 @@ impl Bwe {
         let frac = f64::from(self.loss_lost) / f64::from(total);
         if frac > 0.10 {
             self.loss_bps *= 1.0 - 0.5 * frac;
+            self.last_decrease = Some(now_us);
         } else if frac < 0.02 {
             self.loss_bps = self.loss_bps * 1.05 + 1000.0;
         }
@@ -461,6 +582,7 @@ impl Bwe {
                 self.link_capacity = Some(base);
                 self.hold = true;
                 self.stats.decreases += 1;
+                self.last_decrease = Some(now_us);
                 // One decision per detection: wait for the next group to conclude again.
                 self.usage = Usage::Normal;
             }
@@ -549,6 +671,9 @@ pub fn layer_budget(estimate: u64, other_bps: u64, layered: usize) -> Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::probe::{
+        CLUSTER_US, MIN_INTERVAL_US, MIN_PACKETS, RESULT_TIMEOUT_US, TICK_US,
+    };
 
     /// A bottleneck link: FIFO at `capacity_bps`, 20 ms propagation, tail drop at 300 ms
     /// of queue, optional random loss; feedback every 100 ms written with the real
@@ -796,6 +921,230 @@ mod tests {
         bwe.on_feedback(100_000, &f);
         assert_eq!(bwe.stats().unknown, 20, "10 never sent, twice");
         assert_eq!(bwe.stats().feedbacks, 2);
+    }
+
+    /// Three simulcast layers: the sender forwards the highest the estimate carries (going up
+    /// needs 1.15 × the layer's rate, as engine/layers.rs does), and tells the prober what
+    /// the best layer needs while it is below it.
+    const LAYERS: [u64; 3] = [150_000, 500_000, 2_000_000];
+
+    fn pick(est: u64, cur: usize) -> usize {
+        let mut l = cur;
+        while l + 1 < LAYERS.len() && LAYERS[l + 1] * 115 / 100 <= est {
+            l += 1;
+        }
+        while l > 0 && LAYERS[l] > est {
+            l -= 1;
+        }
+        l
+    }
+
+    /// Runs `secs` of layered traffic in 1 ms steps: media at the current layer's rate in
+    /// 1200-byte packets, probe packets (264 bytes on the wire) on the 5 ms timer when
+    /// `probing`, feedback every 100 ms. Returns the layer after each feedback.
+    fn run_layers(
+        bwe: &mut Bwe,
+        link: &mut Link,
+        t: &mut u64,
+        secs: u64,
+        layer: &mut usize,
+        probing: bool,
+    ) -> Vec<usize> {
+        let end = *t + secs * 1_000_000;
+        let mut credit = 0u64;
+        let mut trace = Vec::new();
+        while *t < end {
+            credit += LAYERS[*layer] / 8 / 1000;
+            while credit >= 1200 {
+                credit -= 1200;
+                let seq = bwe.on_send(*t, 1200);
+                link.send(seq, *t, 1200);
+            }
+            if probing && *t % 5_000 == 0 {
+                for _ in 0..bwe.probe_poll(*t) {
+                    let seq = bwe.on_probe_send(*t, 264);
+                    link.send(seq, *t, 264);
+                }
+            }
+            if *t % 100_000 == 0 {
+                link.feedback(*t, bwe);
+                *layer = pick(bwe.estimate(), *layer);
+                let need = LAYERS[LAYERS.len() - 1] * 115 / 100;
+                let p = bwe.prober_mut();
+                p.set_need((*layer + 1 < LAYERS.len()).then_some(need));
+                trace.push(*layer);
+            }
+            *t += 1_000;
+        }
+        trace
+    }
+
+    /// Shaped to 300 kbit/s, then lifted: the layered sender sits on its lowest layer and
+    /// acknowledges only its rate, so AIMD alone (capped at 1.5 × acknowledged) never reaches
+    /// the next layer; with probing the best layer is back within 12 s.
+    #[test]
+    fn after_a_step_up_only_probing_reaches_the_best_layer() {
+        for probing in [false, true] {
+            let mut bwe = Bwe::new(BweConfig::default());
+            let mut link = Link::new(300_000.0);
+            let (mut t, mut layer) = (1_000_000, 2);
+            run_layers(&mut bwe, &mut link, &mut t, 8, &mut layer, probing);
+            assert_eq!(layer, 0, "shaped: lowest layer ({probing})");
+            link.capacity_bps = 10_000_000.0;
+            let trace = run_layers(&mut bwe, &mut link, &mut t, 12, &mut layer, probing);
+            if probing {
+                assert_eq!(layer, 2, "probing: best layer again ({trace:?})");
+                let at = trace.iter().position(|&l| l == 2).unwrap();
+                assert!(at <= 120, "within 12 s: {at}");
+                let st = bwe.probe_stats();
+                assert!(
+                    st.successes >= 1 && st.packets >= u64::from(MIN_PACKETS),
+                    "{st:?}"
+                );
+            } else {
+                assert_eq!(layer, 0, "no probing: stuck ({trace:?})");
+                assert_eq!(bwe.probe_stats(), ProbeStats::default());
+            }
+        }
+    }
+
+    #[test]
+    fn no_probing_at_the_best_layer() {
+        let mut bwe = Bwe::new(BweConfig::default());
+        let mut link = Link::new(10_000_000.0);
+        let (mut t, mut layer) = (1_000_000, 0);
+        // Start 1.5 Mbit/s: not enough for 2 Mbit/s × 1.15, so probing brings it up first.
+        run_layers(&mut bwe, &mut link, &mut t, 10, &mut layer, true);
+        assert_eq!(layer, 2);
+        let before = bwe.probe_stats();
+        run_layers(&mut bwe, &mut link, &mut t, 20, &mut layer, true);
+        assert_eq!(layer, 2);
+        assert_eq!(
+            bwe.probe_stats().clusters,
+            before.clusters,
+            "at the top: no probe"
+        );
+    }
+
+    /// On a link that stays shaped, probes fail and back off (1 s doubling to 8 s): over
+    /// 90 s far fewer clusters than one a second, and the layer stays down.
+    #[test]
+    fn failed_probes_back_off() {
+        let mut bwe = Bwe::new(BweConfig::default());
+        let mut link = Link::new(300_000.0);
+        let (mut t, mut layer) = (1_000_000, 2);
+        run_layers(&mut bwe, &mut link, &mut t, 8, &mut layer, true);
+        let trace = run_layers(&mut bwe, &mut link, &mut t, 90, &mut layer, true);
+        let st = bwe.probe_stats();
+        assert!(st.clusters >= 2 && st.clusters <= 16, "{st:?}");
+        assert!(bwe.prober().interval_us() >= 8_000_000, "backed off");
+        assert!(trace.iter().filter(|&&l| l > 0).count() < 30, "{trace:?}");
+        assert!(bwe.estimate() < 600_000, "{}", bwe.estimate());
+    }
+
+    /// The rate of a cluster is min(send, receive) as libwebrtc measures it, and an incomplete
+    /// cluster yields nothing.
+    #[test]
+    fn cluster_rate_is_min_of_send_and_receive() {
+        let mut p = Prober::default();
+        p.set_need(Some(4_000_000));
+        let target = p
+            .maybe_start(0, 1_000_000, 20_000_000, false, None)
+            .unwrap();
+        assert_eq!(target, 2_000_000);
+        assert!(
+            p.maybe_start(0, 1_000_000, 20_000_000, false, None)
+                .is_none(),
+            "one at a time"
+        );
+        let mut t = 0;
+        let mut sent = Vec::new();
+        while p.sending() {
+            let (n, tag) = p.due(t);
+            for _ in 0..n {
+                p.on_sent(t, 264);
+                sent.push((tag, t));
+            }
+            t += TICK_US;
+        }
+        assert!(sent.len() >= MIN_PACKETS as usize);
+        // The bottleneck carries 1 Mbit/s: 264 bytes every 2112 µs.
+        for (k, &(tag, at)) in sent.iter().enumerate() {
+            p.on_report(tag, at, 264, Some(10_000 + k as i64 * 2112));
+        }
+        match p.conclude(t, 800_000) {
+            Some(Outcome::Rate(r)) => assert!((r - 950_000.0).abs() < 20_000.0, "{r}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(p.stats().successes, 0, "under 70 % of the 2 Mbit/s target");
+        assert_eq!(
+            p.next_at(),
+            t + 2 * MIN_INTERVAL_US,
+            "a failure doubles the wait"
+        );
+        // Half reported (all lost): a failure after the timeout, the wait doubled again.
+        p.set_need(Some(4_000_000));
+        let t = p.next_at();
+        p.maybe_start(t, 1_000_000, 20_000_000, false, None)
+            .unwrap();
+        let (n, tag) = p.due(t + CLUSTER_US);
+        for _ in 0..n {
+            p.on_sent(t + CLUSTER_US, 264);
+        }
+        for _ in 0..n / 2 {
+            p.on_report(tag, t + CLUSTER_US, 264, None);
+        }
+        assert_eq!(p.conclude(t + CLUSTER_US + 1000, 1_000_000), None);
+        assert_eq!(
+            p.conclude(t + CLUSTER_US + RESULT_TIMEOUT_US, 1_000_000),
+            Some(Outcome::Failed)
+        );
+        assert_eq!(p.interval_us(), 4 * MIN_INTERVAL_US);
+        // Not mentioned by any feedback: a failure that does not grow the wait.
+        let t = p.next_at();
+        p.maybe_start(t, 1_000_000, 20_000_000, false, None)
+            .unwrap();
+        let (n, _) = p.due(t + CLUSTER_US);
+        for _ in 0..n {
+            p.on_sent(t + CLUSTER_US, 264);
+        }
+        let end = t + CLUSTER_US + RESULT_TIMEOUT_US;
+        assert_eq!(p.conclude(end, 1_000_000), Some(Outcome::Failed));
+        assert_eq!(p.interval_us(), 4 * MIN_INTERVAL_US);
+        assert_eq!(p.next_at(), end + MIN_INTERVAL_US);
+    }
+
+    /// An overuse while a cluster is being sent stops it: with fewer than the minimum sent it
+    /// fails at once, otherwise what went out waits for its feedback and is measured.
+    #[test]
+    fn overuse_stops_a_cluster_being_sent() {
+        for sent in [2u32, MIN_PACKETS] {
+            let mut p = Prober::default();
+            p.set_need(Some(4_000_000));
+            p.maybe_start(0, 1_000_000, 20_000_000, false, None)
+                .unwrap();
+            for k in 0..sent {
+                p.on_sent(u64::from(k) * 2_000, 264);
+            }
+            assert!(p.sending());
+            let o = p.on_overuse(10_000);
+            assert!(!p.sending());
+            if sent < MIN_PACKETS {
+                assert_eq!(o, Some(Outcome::Failed));
+                assert!(!p.in_flight());
+                continue;
+            }
+            assert_eq!(o, None);
+            assert!(p.in_flight(), "awaits its feedback");
+            for k in 0..sent {
+                let at = u64::from(k) * 2_000;
+                p.on_report(1, at, 264, Some(50_000 + at as i64));
+            }
+            match p.conclude(20_000, 500_000) {
+                Some(Outcome::Rate(r)) => assert!((r - 1_056_000.0).abs() < 1_000.0, "{r}"),
+                o => panic!("{o:?}"),
+            }
+        }
     }
 
     #[test]

@@ -10,8 +10,9 @@ use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Session, Upstream,
     MAX_CNAME, NONE,
 };
-use super::layers::{Decision, LayerPacket};
+use super::layers::{Decision, LayerPacket, UP_MARGIN_PCT};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
+use super::probe::{PADDING, TICK_US};
 use super::remb_rx::UplinkRemb;
 use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
@@ -103,6 +104,13 @@ pub struct Forwarder<C = contract::srtp::Context> {
     /// When the layer budgets are next refreshed from the estimates on the timer path
     /// ([`Forwarder::poll`]).
     budgets_due: Option<Instant>,
+    /// When [`Forwarder::probes`] next walks the subscribers: every [`BUDGET_INTERVAL`] to
+    /// start clusters, every [`TICK_US`] while one is being sent (engine/probe.rs).
+    probe_due: Option<Instant>,
+    /// A probe cluster is being sent: the worker should not sleep past `probe_due`.
+    probe_sending: bool,
+    /// When all estimated subscribers are next walked for probing (clusters start there).
+    probe_walk_due: Option<Instant>,
     /// When publishers are next sent transport-cc feedback or REMB (`None`: no publisher
     /// here carries the transport-wide or the abs-send-time extension yet).
     uplink_due: Option<Instant>,
@@ -500,6 +508,9 @@ impl<C: SrtpOps> Forwarder<C> {
             edges_after: Vec::new(),
             join_keyframes: Vec::new(),
             budgets_due: None,
+            probe_due: None,
+            probe_sending: false,
+            probe_walk_due: None,
             uplink_due: None,
         }
     }
@@ -680,6 +691,17 @@ impl<C: SrtpOps> Forwarder<C> {
             .find(|s| s.id == subscriber)
             .and_then(|s| s.bwe.as_deref())
             .map(|b| b.estimate_at(Some(now)))
+    }
+
+    /// Transport-cc feedback messages the estimator of `subscriber` took.
+    #[cfg(test)]
+    pub(super) fn bwe_feedbacks(&self, subscriber: SessionId) -> Option<u64> {
+        self.index
+            .sessions
+            .iter()
+            .find(|s| s.id == subscriber)
+            .and_then(|s| s.bwe.as_deref())
+            .map(|b| b.stats().feedbacks)
     }
 
     pub fn publish_diagnostics(&mut self, now: Instant) -> bool {
@@ -1653,12 +1675,10 @@ impl<C: SrtpOps> Forwarder<C> {
         if arrived_here && self.hand_over(sub, key, up, p) {
             return;
         }
-        let Some(up) = up else {
-            self.stats.count(Feedback::Unroutable, 1);
-            return;
-        };
         // Congestion feedback about what this worker sends the subscriber feeds its estimate;
         // transport-cc is hop-by-hop and stops here, REMB also goes on to the publisher.
+        // Taken before the upstream is looked at: transport-cc names whatever SSRC the
+        // receiver saw last (libwebrtc: the last packet's, often an RTX probe or resend).
         let now_us = self.now_us();
         if let Some(bwe) = self.index.sessions[sub as usize].bwe.as_deref_mut() {
             match pkt.typed() {
@@ -1674,6 +1694,10 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             refresh_budget(&mut self.index.sessions[sub as usize], now_us);
         }
+        let Some(up) = up else {
+            self.stats.count(Feedback::Unroutable, 1);
+            return;
+        };
         match pkt.typed() {
             Ok(Rtcp::Nack(n)) if self.nack.enabled() && self.now.is_some() => {
                 self.on_nack(sub, n, up, tx);
@@ -1868,8 +1892,13 @@ impl<C: SrtpOps> Forwarder<C> {
         };
         let rw = self.index.outputs[oi as usize].rewrite;
         let opts = self.index.opts;
+        let now_us = self.now_us();
         let s = &mut self.index.sessions[sub as usize];
         let (peer, sub_id) = (s.peer, s.id);
+        // The RTX copy is a new packet on the transport: it takes the subscriber's next
+        // transport-wide number (bwe.rs), as libwebrtc numbers retransmissions; left as cached
+        // it would carry the publisher's number into the subscriber's feedback.
+        let mut tw_stamped = false;
         // RTX (RFC 4588 §4): the original rewritten as first sent, then carried on the
         // subscriber's RTX stream with that stream's own sequence number (and so its own
         // SRTP index and ROC, RFC 3711 §3.3.1).
@@ -1896,6 +1925,9 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             // The viewer's MID, as in the first copy; room kept for the RTX header and tag.
             len = write_mid(&mut self.scratch, len, &rw, RTX_ROOM);
+            if let Some(b) = s.bwe.as_deref().filter(|_| rw.twcc_id != 0) {
+                tw_stamped = stamp_twcc(&mut self.scratch[..len], rw.twcc_id, b.peek_seq());
+            }
             rtx = Some((x, next, ti, seed));
         }
         let Some(ctx) = s.tx_ctx(opts) else {
@@ -1941,6 +1973,12 @@ impl<C: SrtpOps> Forwarder<C> {
                 ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
             }),
         };
+        if pushed && tw_stamped {
+            let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+            if let Some(b) = s.bwe.as_deref_mut() {
+                b.on_send(now_us, sent);
+            }
+        }
         let f = match (pushed, rtx) {
             (false, _) => Feedback::ResendFailed,
             (true, None) => Feedback::Retransmitted,
@@ -1998,6 +2036,7 @@ impl<C: SrtpOps> Forwarder<C> {
         self.join_keyframes.clear();
         self.reports(now, tx);
         self.refresh_budgets(now);
+        self.probes(now, tx);
         self.uplink_feedback(now, tx);
         if !self.poll_needed {
             return;
@@ -2109,6 +2148,229 @@ impl<C: SrtpOps> Forwarder<C> {
                 refresh_budget(s, now_us);
             }
         }
+        self.probe_needs(now_us);
+    }
+
+    /// What each estimated subscriber's best eligible layers need, for its prober
+    /// (engine/probe.rs): per simulcast source (its layer-0 route stands for the source),
+    /// the rate of the highest layer within the cap that sends, with the selector's margin
+    /// for going up, and whether the subscriber is below it. Runs with the budgets.
+    fn probe_needs(&mut self, now_us: u64) {
+        for s in self.index.sessions.iter_mut() {
+            if let Some(b) = s.bwe.as_deref_mut() {
+                b.prober_mut().begin_need();
+            }
+        }
+        for o in &self.index.outputs {
+            if o.rewrite.layer.is_none_or(|l| l.index != 0) {
+                continue;
+            }
+            let Some(sel) = self
+                .index
+                .streams
+                .get(o.stream as usize)
+                .and_then(|c| c.layers())
+            else {
+                continue;
+            };
+            let count = sel.count();
+            if count == 0 {
+                continue;
+            }
+            let top = (count - 1).min(usize::from(sel.cap()));
+            let Some(best) = (0..=top).rev().find(|&l| sel.layer_bps(l) > 0) else {
+                continue;
+            };
+            let below = sel.current().is_some_and(|c| usize::from(c) < best);
+            let need = sel.layer_bps(best).saturating_mul(UP_MARGIN_PCT) / 100;
+            let sub = &mut self.index.sessions[o.sub as usize];
+            if let Some(b) = sub.bwe.as_deref_mut() {
+                b.prober_mut().add_need(need, below);
+            }
+        }
+        for s in self.index.sessions.iter_mut() {
+            let other = s.other_rate.bps(now_us);
+            let layered = s.layered;
+            if let Some(b) = s.bwe.as_deref_mut() {
+                b.prober_mut().end_need(other, layered);
+            }
+        }
+    }
+
+    /// The time the worker should wake at the latest for probing: set while a probe cluster
+    /// is being paced (every [`TICK_US`]), `None` otherwise (the ordinary poll interval
+    /// serves the [`BUDGET_INTERVAL`] checks).
+    pub fn probe_deadline(&self) -> Option<Instant> {
+        self.probe_due.filter(|_| self.probe_sending)
+    }
+
+    /// Bandwidth probing (engine/probe.rs, docs/ENGINE.md "Probing"): each estimated
+    /// subscriber's prober decides whether a cluster starts and how many of its packets are
+    /// due; they go out as padding-only RTX packets ([`Forwarder::send_probe`]). Walks the
+    /// sessions every [`BUDGET_INTERVAL`], or every [`TICK_US`] while a cluster is being
+    /// sent. Allocates nothing.
+    fn probes(&mut self, now: Instant, tx: &mut TxQueue) {
+        if self.probe_due.is_some_and(|d| now < d) {
+            return;
+        }
+        let now_us = self.now_us();
+        // Every BUDGET_INTERVAL all estimated subscribers (clusters start, results time out);
+        // on the 5 ms ticks between, only those with a cluster being sent.
+        let full = self.probe_walk_due.is_none_or(|d| now >= d);
+        if full {
+            self.probe_walk_due = Some(now + BUDGET_INTERVAL);
+        }
+        let mut sending = false;
+        for si in 0..self.index.sessions.len() {
+            match self.index.sessions[si].bwe.as_deref() {
+                None => continue,
+                Some(b) if !full && !b.prober().sending() => continue,
+                Some(_) => {}
+            }
+            // A subscriber with no RTX stream to carry probes is not probed at all.
+            let Some(carrier) = self.probe_carrier(si as u32) else {
+                continue;
+            };
+            let Some(b) = self.index.sessions[si].bwe.as_deref_mut() else {
+                continue;
+            };
+            let due = b.probe_poll(now_us);
+            if due > 0 {
+                for _ in 0..due {
+                    if !self.send_probe(si as u32, carrier, now_us, tx) {
+                        if let Some(b) = self.index.sessions[si].bwe.as_deref_mut() {
+                            b.probe_abort(now_us);
+                        }
+                        break;
+                    }
+                }
+            }
+            let Some(b) = self.index.sessions[si].bwe.as_deref_mut() else {
+                continue;
+            };
+            sending |= b.prober().sending();
+            let c = b.take_probe_counts();
+            self.stats.count(Feedback::ProbeCluster, c.clusters);
+            self.stats.count(Feedback::ProbePacket, c.packets);
+            self.stats.count(Feedback::ProbeBytes, c.bytes);
+            self.stats.count(Feedback::ProbeSuccess, c.successes);
+        }
+        self.probe_sending = sending;
+        self.probe_due = if sending {
+            Some(now + Duration::from_micros(TICK_US))
+        } else {
+            self.probe_walk_due
+        };
+    }
+
+    /// The output whose RTX stream carries subscriber `sub`'s probes: a simulcast route with
+    /// an RTX stream and the transport-wide extension, one of whose packets the subscriber
+    /// has been sent. `None`: the subscriber has no RTX stream, and is not probed (a
+    /// padding packet on the media SSRC would take a number in the media sequence).
+    fn probe_carrier(&self, sub: u32) -> Option<u32> {
+        let s = &self.index.sessions[sub as usize];
+        let feeds = &self.index.feeds[s.feeds.start as usize..s.feeds.end as usize];
+        feeds.iter().find_map(|f| {
+            let oi = self.index.output_to(f.publisher, f.src_ssrc?, sub)?;
+            let rw = &self.index.outputs[oi as usize].rewrite;
+            let ok = rw.layer.is_some()
+                && rw.rtx.is_some()
+                && rw.twcc_id != 0
+                && rw
+                    .ssrc
+                    .is_some_and(|x| SentStream::find(&s.sent, x).is_some());
+            ok.then_some(oi)
+        })
+    }
+
+    /// One probe packet to subscriber `sub` on output `oi`'s RTX stream (RFC 4588): padding
+    /// only ([`PADDING`] bytes, RFC 3550 §5.1), the next RTX sequence number, the
+    /// subscriber's transport-wide number and MID, protected under its key. libwebrtc counts
+    /// such a packet in its transport-cc feedback and drops it after that (an RTX packet with
+    /// no original inside). False when it could not be queued.
+    fn send_probe(&mut self, sub: u32, oi: u32, now_us: u64, tx: &mut TxQueue) -> bool {
+        let rw = self.index.outputs[oi as usize].rewrite;
+        let (Some(x), Some(out_ssrc)) = (rw.rtx, rw.ssrc) else {
+            return false;
+        };
+        let opts = self.index.opts;
+        let s = &mut self.index.sessions[sub as usize];
+        let (peer, sub_id) = (s.peer, s.id);
+        let Some(k) = SentStream::find(&s.sent, out_ssrc) else {
+            return false;
+        };
+        let Some(tw) = s.bwe.as_deref().map(|b| b.peek_seq()) else {
+            return false;
+        };
+        let ti = Track::find(&s.tx_track, x.ssrc);
+        let seed = match ti {
+            None if self.state.has_seeds() => self.state.seed(sub_id, StreamDir::Out, x.ssrc),
+            _ => None,
+        };
+        let seq = s.sent[k]
+            .rtx_next
+            .unwrap_or_else(|| seed.map_or(1, |r| r.seq().wrapping_add(SKIP)));
+        let Some(ctx) = s.tx_ctx(opts) else {
+            self.stats.drop(DropReason::Crypto);
+            return false;
+        };
+        if !room(&mut self.stats, tx) {
+            return false;
+        }
+        let mut first_index = u64::from(seq);
+        if let Some(r) = seed {
+            if ctx.roc(x.ssrc).is_none() {
+                first_index = estimate_index(r.index, seq);
+                let _ = ctx.set_roc(x.ssrc, (first_index >> 16) as u32);
+            }
+        }
+        let tw = tw.to_be_bytes();
+        let mut elements: [(u8, &[u8]); 2] = [(rw.twcc_id, &tw), (0, &[])];
+        let n_el = match rw.mid() {
+            Some(m) => {
+                elements[1] = m;
+                2
+            }
+            None => 1,
+        };
+        let p = rtp::PaddingPacket {
+            payload_type: x.payload_type,
+            sequence: seq,
+            // 90 kHz; a padding-only RTX packet is never played out.
+            timestamp: (now_us.wrapping_mul(9) / 100) as u32,
+            ssrc: x.ssrc,
+            padding: PADDING as u8,
+            elements: &elements[..n_el],
+        };
+        let pushed = emit(&mut self.stats, tx, peer, |slot| {
+            let n = rtp::write_padding_only(slot, &p).map_err(|_| DropReason::Malformed)?;
+            ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
+        });
+        if !pushed {
+            return false;
+        }
+        s.sent[k].rtx_next = Some(seq.wrapping_add(1));
+        let sent = tx.metas().last().map_or(0, |m| m.len as usize);
+        if let Some(b) = s.bwe.as_deref_mut() {
+            b.on_probe_send(now_us, sent);
+        }
+        let note = StreamNote {
+            session: sub_id,
+            dir: StreamDir::Out,
+            ssrc: x.ssrc,
+            seq,
+            first_index,
+            ts: 0,
+            rewritten: false,
+        };
+        note_stream(
+            &mut self.state,
+            &mut s.tx_track,
+            ti,
+            opts.max_streams,
+            &note,
+        );
+        true
     }
 
     /// Ask publisher `publisher` for a key frame of its stream `ssrc` (a PLI, RFC 4585

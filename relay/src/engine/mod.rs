@@ -33,6 +33,7 @@ pub mod hub;
 mod index;
 pub mod layers;
 pub mod nack;
+pub mod probe;
 pub mod reception;
 pub mod remb_rx;
 pub mod rtx_cache;
@@ -216,6 +217,13 @@ impl<C: SrtpOps> Engine<C> {
         self.fwd.poll(now, tx);
     }
 
+    /// The latest time the worker should run its next turn (and so [`Engine::poll`]) for the
+    /// engine's timers to keep their pace: set only while a bandwidth probe is being paced
+    /// (every 5 ms, docs/ENGINE.md "Probing"); `None` leaves the worker's poll interval.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.fwd.probe_deadline()
+    }
+
     /// End the batch at `now` (the caller's clock): add its statistics and processing time
     /// (`now` minus the [`Engine::begin_batch`] time) to this worker's counter block.
     pub fn end_batch(&mut self, now: Instant) {
@@ -296,6 +304,8 @@ impl<C: SrtpOps> Engine<C> {
 mod diag_tests;
 #[cfg(test)]
 mod layer_tests;
+#[cfg(test)]
+mod probe_tests;
 #[cfg(test)]
 mod roc_tests;
 #[cfg(test)]

@@ -678,7 +678,7 @@ fn pli(media: u32) -> Vec<u8> {
 
 impl Rig {
     /// Run the turn's timers and hand-overs at `now`; what they sent.
-    fn poll(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    pub(super) fn poll(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
         self.tx.clear();
         self.fwd.poll(now, &mut self.tx);
         self.opened()
@@ -942,6 +942,69 @@ fn resends_per_subscriber_are_bounded() {
 }
 
 /// An RTP packet with a one-byte extension block (RFC 8285 §4.2) holding `elements`.
+/// An RTX resend to a subscriber numbered with the transport-wide extension takes the
+/// subscriber's next number (and counts in its estimator, bwe.rs), as libwebrtc numbers
+/// retransmissions: the publisher's number in the cached packet never reaches the subscriber,
+/// whose feedback would otherwise cover a range the relay never sent it.
+#[test]
+fn rtx_resend_takes_the_next_transport_wide_number() {
+    use contract::shm::RtxOut;
+    use contract::wire::{rtp::RtpPacket, rtx, twcc};
+    let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
+    ext_map[0] = (3, 5);
+    let rw = Rewrite {
+        ssrc: Some(0xAAAA),
+        rtx: Some(RtxOut {
+            payload_type: 97,
+            ssrc: 0xBBBB,
+        }),
+        ext_map,
+        ext_map_len: 1,
+        twcc_id: 5,
+        ..Rewrite::default()
+    };
+    let (mut rig, _) = nack_rig(vec![route(1, 1, Some(0x1111), 3, rw)]);
+    let tw = |p: &[u8]| {
+        let r = RtpPacket::parse(p).unwrap();
+        twcc::read_seq(r.extension_by_id(5).unwrap()).unwrap()
+    };
+    let mut sent = Vec::new();
+    for seq in 100u16..103 {
+        let publisher_tw = (4000 + seq).to_be_bytes();
+        let p = rtp_with_extensions(0x1111, seq, &[(3, &publisher_tw)], b"media");
+        sent.extend(rig.send(1, &p));
+    }
+    let first: Vec<u16> = sent.iter().map(|(_, p)| tw(p)).collect();
+    assert_eq!(first, [0, 1, 2], "the subscriber's own numbering");
+    let out = rig.send(3, &nack(0xAAAA, &[be16(&sent[1].1, 2)]));
+    assert_eq!(out.len(), 1);
+    let d = &out[0].1;
+    assert_eq!(be32(d, 8), 0xBBBB);
+    assert_eq!(
+        tw(d),
+        3,
+        "the next number, not the publisher's 4101 nor the first copy's 1"
+    );
+    let mut orig = [0u8; 256];
+    let (n, _) = rtx::decapsulate(d, 96, 0xAAAA, &mut orig).unwrap();
+    assert_eq!(tw(&orig[..n]), 3);
+    assert_eq!(rig.fb(Feedback::RtxSent), 1);
+    // Chromium names the SSRC of the last packet it got in its transport-cc feedback: here
+    // the RTX stream's, which has no upstream. It still reaches the estimator.
+    let arrivals: Vec<Option<u64>> = (0..4).map(|k| Some(1_000_000 + k * 5_000)).collect();
+    let mut b = [0u8; 128];
+    let h = twcc::FeedbackHeader {
+        sender_ssrc: 0xFA17_FA17,
+        media_ssrc: 0xBBBB,
+        base_seq: 0,
+        fb_pkt_count: 0,
+    };
+    let (n, _) = twcc::write_feedback(&mut b, &h, &arrivals).unwrap();
+    assert!(rig.send(3, &b[..n]).is_empty());
+    assert_eq!(rig.fb(Feedback::Unroutable), 0, "taken, not unroutable");
+    assert_eq!(rig.fwd.bwe_feedbacks(3), Some(1));
+}
+
 fn rtp_with_extensions(ssrc: u32, seq: u16, elements: &[(u8, &[u8])], payload: &[u8]) -> Vec<u8> {
     let mut block = Vec::new();
     for (id, v) in elements {

@@ -8,7 +8,8 @@
 //! touch: packet contents (the handler's job), other syscalls than through [`crate::io`].
 //!
 //! One loop turn:
-//! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it;
+//! 1. `wait` for datagrams (at most `poll_interval`, so a stop request is seen within it, and
+//!    no later than the handler's [`Handler::next_deadline`];
 //!    io_uring: this is the turn's one `io_uring_enter`, which also submits last turn's sends);
 //! 2. read the clock once; `handler.begin_batch(now)`;
 //! 3. `drain` up to `batch` datagrams into `handler.on_datagram(src, buf, len, tx, slow)`;
@@ -106,6 +107,11 @@ pub trait Handler {
     fn take_wakes(&mut self, wake: &mut dyn FnMut(usize)) {
         let _ = wake;
     }
+    /// The latest time the next turn should start for the handler's timers (the engine paces
+    /// a bandwidth probe at 5 ms); `None`: the poll interval is soon enough.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
     /// `n` datagrams larger than the receive buffers ([`WorkerConfig::max_datagram`]) arrived
     /// truncated since the last call and were dropped by the backend; the engine counts them
     /// in shm (drop reason `oversized`). Called at the end of a turn that saw any.
@@ -151,6 +157,10 @@ impl<C: SrtpOps> Handler for Engine<C> {
 
     fn slow_path_replies(&mut self, n: u64) {
         self.handle_slow_path_replies(n);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        Engine::next_deadline(self)
     }
 
     fn end_turn(&mut self, stalled: bool) {
@@ -821,6 +831,11 @@ fn run_loop<B: Backend, H: Handler>(
                 None => wait,
             },
             None => wait,
+        };
+        // The engine's timers (a bandwidth probe being paced) may want the turn sooner.
+        let timeout = match h.next_deadline() {
+            Some(at) => at.saturating_duration_since(Instant::now()).min(timeout),
+            None => timeout,
         };
         if let Err(e) = b.wait(timeout) {
             break Err(e);
