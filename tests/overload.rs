@@ -1,8 +1,10 @@
 //! Overload (docs/SECURITY.md): a publisher offers far more than the relay can send. One
 //! publisher fans out to 24 subscribers that never read (slow consumers), through a worker
-//! whose transmit queue holds 32 datagrams per loop turn, so most copies cannot be queued.
-//! Asserted: the excess is dropped and counted as `TxQueueFull` (every routed copy is either
-//! sent or counted), and the process's live heap does not grow while the overload lasts,
+//! whose transmit queue holds 32 datagrams, less than one packet's fan-out. Asserted: the
+//! worker reads less than it is offered (the kernel drops the rest at its socket); every
+//! packet it read reaches every subscriber, its fan-out sent a queue's worth at a time
+//! (docs/ENGINE.md "Large fan-outs"), so every routed copy is sent or counted and none is
+//! lost to the queue; and the process's live heap does not grow while the overload lasts,
 //! measured by a counting global allocator. Its own test binary, one test, so nothing else
 //! allocates concurrently.
 
@@ -177,7 +179,13 @@ fn overload_drops_are_counted_and_memory_stays_flat() {
         after.packets_in - warm.packets_in >= 1_000,
         "the relay saw too little of the load to overload it"
     );
-    assert!(full > 0, "no TxQueueFull drops: the queue was never full");
+    let received = after.packets_in - warm.packets_in;
+    assert!(
+        received < u64::from(offered),
+        "the relay read all {offered} packets: no overload"
+    );
+    // A fan-out larger than the queue resumes after each send instead of dropping.
+    assert_eq!(full, 0, "copies lost to a full transmit queue");
     assert_eq!(
         sent + full + send_err,
         routed * FANOUT,
