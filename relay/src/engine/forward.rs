@@ -2,7 +2,7 @@
 //! queue (design.md "Packet path" steps 1–6). No allocation, lock, syscall or clock here.
 
 use super::bwe::{layer_budget, Bwe, BweConfig};
-use super::continuity::Continuity;
+use super::continuity::{Continuity, Source};
 use super::crypto::{rx_drop_reason, tx_drop_reason, SrtpOps};
 use super::diag::{DiagState, RtpOut, SrSeen};
 use super::hub::{FeedbackHub, HandError};
@@ -464,6 +464,46 @@ fn select_layer(
         c.rebase((inp.pub_id, inp.ssrc), inp.seq, inp.ts, r.gap, r.ts_advance);
     }
     d
+}
+
+/// The SVC decision for one packet (`plain`, its RTP payload `payload_len` bytes long, input
+/// numbers `seq`/`ts` of source `src`) on output stream `c`, whose route names the
+/// publisher's Dependency Descriptor id `dd_id`; `budget`: the subscriber's share of its
+/// estimate. A re-basing is applied to the stream's numbering here.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn select_svc(
+    c: &mut Continuity,
+    now: Instant,
+    budget: Option<u64>,
+    plain: &[u8],
+    payload_len: usize,
+    (seq, ts): (u16, u32),
+    src: Source,
+    dd_id: u8,
+) -> Option<SvcDecision> {
+    let s = c.svc_mut()?;
+    let dd = RtpPacket::parse(plain)
+        .ok()
+        .and_then(|p| p.extension_by_id(dd_id))
+        .unwrap_or(&[]);
+    s.set_estimate(budget);
+    let d = s.on_packet(
+        now,
+        &svc::SvcPacket {
+            seq,
+            ts,
+            bytes: payload_len,
+            dd,
+        },
+    );
+    if let SvcDecision::Forward {
+        rebase: Some(r), ..
+    } = d
+    {
+        c.rebase(src, seq, ts, r.gap, r.ts_advance);
+    }
+    Some(d)
 }
 
 /// Write the layer-continuous VP8 picture ID, TL0PICIDX and key index into the copied packet
@@ -1181,7 +1221,7 @@ impl<C: SrtpOps> Forwarder<C> {
             (1.., Some(c), Some(now)) => {
                 let (n, src) = ((inp.seq, inp.ts), (inp.pub_id, inp.ssrc));
                 let (budget, len) = (sub.layer_budget, inp.payload_len);
-                svc::select(c, now, budget, plain, len, n, src, o.rewrite.dd_id)
+                select_svc(c, now, budget, plain, len, n, src, o.rewrite.dd_id)
             }
             _ => None,
         };

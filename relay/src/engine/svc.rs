@@ -27,7 +27,6 @@
 //! Owns: that state, fixed size (one allocation per output when its route is set up, none per
 //! packet). May not touch: packets (the caller rewrites them), the clock, SRTP.
 
-use super::continuity::{Continuity, Source};
 use super::layers::{Rebase, KEYFRAME_INTERVAL, RATE_WINDOW, UP_HOLD, UP_MARGIN_PCT};
 use contract::shm::{Feedback, LayerStats};
 
@@ -567,46 +566,6 @@ pub(super) fn counter(r: SvcDrop) -> Feedback {
         SvcDrop::NoStructure => Feedback::SvcNoDescriptor,
         SvcDrop::Late => Feedback::SvcLate,
     }
-}
-
-/// The SVC decision for one packet (`plain`, its RTP payload `payload_len` bytes long, input
-/// numbers `seq`/`ts` of source `src`) on output stream `c`, whose route names the
-/// publisher's Dependency Descriptor id `dd_id`; `budget`: the subscriber's share of its
-/// estimate. A re-basing is applied to the stream's numbering here.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(super) fn select(
-    c: &mut Continuity,
-    now: Instant,
-    budget: Option<u64>,
-    plain: &[u8],
-    payload_len: usize,
-    (seq, ts): (u16, u32),
-    src: Source,
-    dd_id: u8,
-) -> Option<SvcDecision> {
-    let s = c.svc_mut()?;
-    let dd = RtpPacket::parse(plain)
-        .ok()
-        .and_then(|p| p.extension_by_id(dd_id))
-        .unwrap_or(&[]);
-    s.set_estimate(budget);
-    let d = s.on_packet(
-        now,
-        &SvcPacket {
-            seq,
-            ts,
-            bytes: payload_len,
-            dd,
-        },
-    );
-    if let SvcDecision::Forward {
-        rebase: Some(r), ..
-    } = d
-    {
-        c.rebase(src, seq, ts, r.gap, r.ts_advance);
-    }
-    Some(d)
 }
 
 /// Apply `out` to the copied RTP packet `slot[..n]` whose Dependency Descriptor element is
