@@ -7,6 +7,7 @@
 //! nothing, and the viewer keeps decoding.
 
 use sluice_tests::aiortc;
+use sluice_tests::daemons::feedback_total as feedback;
 use sluice_tests::netns::{self, Impairment, Net};
 use sluice_tests::skip::skip;
 use sluice_tests::webrtc_rig::{RigOptions, WebRtcRig};
@@ -23,14 +24,6 @@ fn count(lines: &[String], key: &str) -> u64 {
         .rev()
         .find_map(|l| l.strip_prefix(key)?.parse().ok())
         .unwrap_or(0)
-}
-
-fn feedback(metrics: &str, event: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_feedback_total{") && l.contains(event))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

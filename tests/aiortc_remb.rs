@@ -10,6 +10,7 @@
 //! wire, the rates its own counters.
 
 use sluice_tests::aiortc;
+use sluice_tests::daemons::feedback_total as feedback;
 use sluice_tests::netns::{self, Impairment, Net};
 use sluice_tests::skip::skip;
 use sluice_tests::webrtc_rig::{RigOptions, WebRtcRig};
@@ -53,14 +54,6 @@ fn seconds(rx: &Receiver<String>) -> Vec<Second> {
 fn tail_mean(s: &[Second], f: impl Fn(&Second) -> u64) -> u64 {
     let t = &s[s.len().saturating_sub(TAIL)..];
     t.iter().map(f).sum::<u64>() / t.len().max(1) as u64
-}
-
-fn feedback(metrics: &str, event: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_feedback_total{") && l.contains(event))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

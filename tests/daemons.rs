@@ -1098,6 +1098,16 @@ fn family_of<'a>(name: &'a str, types: &BTreeMap<String, String>) -> &'a str {
     name
 }
 
+/// The sum over workers of `sluice_feedback_total` samples in the `/metrics` text `metrics`
+/// whose labels contain `event` (e.g. `event="rtx_sent"`).
+pub fn feedback_total(metrics: &str, event: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_feedback_total{") && l.contains(event))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Parse Prometheus text format 0.0.4 strictly: `# HELP` / `# TYPE` at most once per family
 /// and before its samples, a known type, every sample's family declared with `# TYPE`, a
 /// family's samples in one group, valid metric and label names, quoted label values with only
