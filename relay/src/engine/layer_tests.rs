@@ -3,15 +3,15 @@
 //! `tests.rs`.
 
 use super::tests::{addr, route, rtp, session, Rig};
-use contract::shm::{Feedback, Layer, Rewrite, Role, RouteRecord};
+use contract::shm::{Feedback, Layer, Rewrite, Role, RouteRecord, RtxOut};
 use contract::wire::rtcp::{fmt, packet_type, RtcpPacket};
 use contract::wire::rtp::RtpPacket;
 use contract::wire::vp8::Vp8Descriptor;
 use std::time::{Duration, Instant};
 
-const LOW: u32 = 0x1010;
-const HIGH: u32 = 0x3030;
-const OUT: u32 = 0xAAAA;
+pub(super) const LOW: u32 = 0x1010;
+pub(super) const HIGH: u32 = 0x3030;
+pub(super) const OUT: u32 = 0xAAAA;
 
 fn layered(id: u64, ssrc: u32, index: u8, max: u8) -> RouteRecord {
     route(
@@ -238,10 +238,9 @@ fn layer_of(p: &[u8]) -> usize {
     usize::from(r.payload().len() > 600)
 }
 
-/// A speaker sending two VP8 layers (low: one 300-byte packet per frame, high: four of 1000
-/// bytes) into one viewer whose routes stamp the transport-wide extension (id 5), so its
-/// downlink estimate picks the layer.
-fn estimated_two_layers() -> (Rig, [Paced; 2]) {
+/// Layered routes from speaker 1's `LOW` and `HIGH` SSRCs to viewer 3 on one output SSRC
+/// (`OUT`), stamping the transport-wide extension (id 5, from the publisher's 3), with `rtx`.
+pub(super) fn stamped_layer_routes(rtx: Option<RtxOut>) -> Vec<RouteRecord> {
     let mut ext_map = [(0u8, 0u8); contract::shm::MAX_MAPPINGS];
     ext_map[0] = (3, 5);
     let rw = |ssrc, index| {
@@ -261,13 +260,21 @@ fn estimated_two_layers() -> (Rig, [Paced; 2]) {
                 ext_map,
                 ext_map_len: 1,
                 twcc_id: 5,
+                rtx,
                 ..Rewrite::default()
             },
         )
     };
+    vec![rw(LOW, 0), rw(HIGH, 1)]
+}
+
+/// A speaker sending two VP8 layers (low: one 300-byte packet per frame, high: four of 1000
+/// bytes) into one viewer whose routes stamp the transport-wide extension (id 5), so its
+/// downlink estimate picks the layer.
+fn estimated_two_layers() -> (Rig, [Paced; 2]) {
     let rig = Rig::new(
         vec![session(1, Role::Speaker), session(3, Role::Viewer)],
-        vec![rw(LOW, 0), rw(HIGH, 1)],
+        stamped_layer_routes(None),
     );
     let source = |ssrc| Source {
         ssrc,

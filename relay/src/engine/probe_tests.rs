@@ -2,16 +2,14 @@
 //! simulcast source behind a simulated bottleneck that reports its arrivals with the real
 //! transport-cc codec, over the transparent test cipher of `tests.rs`.
 
-use super::tests::{addr, route, rtp, session, Rig};
-use contract::shm::{Feedback, Layer, Rewrite, Role, RtxOut};
+use super::layer_tests::{stamped_layer_routes, HIGH, LOW, OUT};
+use super::tests::{addr, rtp, session, Rig};
+use contract::shm::{Feedback, Role, RtxOut};
 use contract::wire::rtcp::{fmt, packet_type, RtcpPacket};
 use contract::wire::rtp::RtpPacket;
 use contract::wire::twcc;
 use std::time::{Duration, Instant};
 
-const LOW: u32 = 0x1010;
-const HIGH: u32 = 0x3030;
-const OUT: u32 = 0xAAAA;
 const RTX_OUT: u32 = 0xBBBB;
 const RTX_PT: u8 = 97;
 
@@ -96,33 +94,9 @@ struct Seen {
 /// layer one 300-byte packet a frame, ≈80 kbit/s; high four of 1000 bytes, ≈1 Mbit/s), the
 /// timer path every 5 ms, feedback every 100 ms.
 fn shaped_then_lifted(rtx: Option<RtxOut>, after_s: u64) -> (Rig, Seen) {
-    let mut ext_map = [(0u8, 0u8); contract::shm::MAX_MAPPINGS];
-    ext_map[0] = (3, 5);
-    let rw = |ssrc, index| {
-        route(
-            u64::from(index) + 1,
-            1,
-            Some(ssrc),
-            3,
-            Rewrite {
-                ssrc: Some(OUT),
-                layer: Some(Layer {
-                    index,
-                    count: 2,
-                    max: Layer::NO_CAP,
-                    max_temporal: Layer::NO_CAP,
-                }),
-                ext_map,
-                ext_map_len: 1,
-                twcc_id: 5,
-                rtx,
-                ..Rewrite::default()
-            },
-        )
-    };
     let mut rig = Rig::new(
         vec![session(1, Role::Speaker), session(3, Role::Viewer)],
-        vec![rw(LOW, 0), rw(HIGH, 1)],
+        stamped_layer_routes(rtx),
     );
     rig.fwd.set_nack(super::NackConfig::default());
     let layer = |ssrc, per_frame, size| Layered {
