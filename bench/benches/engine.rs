@@ -63,31 +63,10 @@ fn bench_engine(c: &mut Criterion) {
             .into_iter()
             .flat_map(|c| macs.iter().map(move |m| (c, m)))
         {
-            let mut sessions = vec![SessionRecord {
-                id: 1,
-                peer: peer(0),
-                role: Role::Speaker,
-                rx_key: key(profile, 1),
-                tx_key: key(profile, 2),
-                key_epoch: 1,
-                flags: 0,
-                max_pps: 0,
-                ice: None,
-            }];
+            let mut sessions = speaker_and_viewers(profile, fanout);
             let mut routes = Vec::new();
             for j in 0..fanout {
                 let id = 100 + u64::from(j);
-                sessions.push(SessionRecord {
-                    id,
-                    peer: peer(100 + j),
-                    role: Role::Viewer,
-                    rx_key: key(profile, 10 + j as u8),
-                    tx_key: key(profile, 50 + j as u8),
-                    key_epoch: 1,
-                    flags: 0,
-                    max_pps: 0,
-                    ice: None,
-                });
                 routes.push(RouteRecord {
                     id: id + 1000,
                     from: 1,
@@ -245,36 +224,42 @@ impl Measurement for ThreadCpu {
     }
 }
 
+/// Speaker 1 and `fanout` viewers (ids 100, 101, ...), each with its own keys.
+fn speaker_and_viewers(profile: Profile, fanout: u16) -> Vec<SessionRecord> {
+    let session = |id: u64, port: u16, role, rx: u8, tx: u8| SessionRecord {
+        id,
+        peer: peer(port),
+        role,
+        rx_key: key(profile, rx),
+        tx_key: key(profile, tx),
+        key_epoch: 1,
+        flags: 0,
+        max_pps: 0,
+        ice: None,
+    };
+    let mut v = vec![session(1, 0, Role::Speaker, 1, 2)];
+    for j in 0..fanout {
+        let id = 100 + u64::from(j);
+        v.push(session(
+            id,
+            100 + j,
+            Role::Viewer,
+            10 + j as u8,
+            50 + j as u8,
+        ));
+    }
+    v
+}
+
 fn bench_layers(c: &mut Criterion<ThreadCpu>) {
     let mut g = c.benchmark_group("layers");
     let profile = Profile::AeadAes128Gcm;
     for fanout in [1u16, 10] {
         for layered in [false, true] {
-            let mut sessions = vec![SessionRecord {
-                id: 1,
-                peer: peer(0),
-                role: Role::Speaker,
-                rx_key: key(profile, 1),
-                tx_key: key(profile, 2),
-                key_epoch: 1,
-                flags: 0,
-                max_pps: 0,
-                ice: None,
-            }];
+            let mut sessions = speaker_and_viewers(profile, fanout);
             let mut routes = Vec::new();
             for j in 0..fanout {
                 let id = 100 + u64::from(j);
-                sessions.push(SessionRecord {
-                    id,
-                    peer: peer(100 + j),
-                    role: Role::Viewer,
-                    rx_key: key(profile, 10 + j as u8),
-                    tx_key: key(profile, 50 + j as u8),
-                    key_epoch: 1,
-                    flags: 0,
-                    max_pps: 0,
-                    ice: None,
-                });
                 // Layer 0 (the stream sent) and layer 1 (silent) into one output, capped to
                 // layer 0; or the one plain route.
                 let layers: &[(u8, u32)] = if layered {
