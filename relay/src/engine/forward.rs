@@ -237,6 +237,36 @@ struct StreamNote {
     rewritten: bool,
 }
 
+/// A stream this process has not sent yet (`ti` is `None`) may continue one a previous relay
+/// process sent under the same key: its stored record (docs/ENGINE.md).
+#[inline]
+fn out_seed(
+    state: &mut StreamState,
+    ti: Option<usize>,
+    session: SessionId,
+    ssrc: u32,
+) -> Option<StreamRecord> {
+    match ti {
+        None if state.has_seeds() => state.seed(session, StreamDir::Out, ssrc),
+        _ => None,
+    }
+}
+
+/// The SRTP index of packet `seq` on output stream `ssrc`: with a stored record of the stream
+/// and no rollover counter yet, the index closest to the stored one (RFC 3711 §3.3.1), whose
+/// ROC the context takes; else the sequence number itself.
+#[inline]
+fn continue_index<C: SrtpOps>(ctx: &mut C, ssrc: u32, seq: u16, seed: Option<StreamRecord>) -> u64 {
+    match seed {
+        Some(r) if ctx.roc(ssrc).is_none() => {
+            let index = estimate_index(r.index, seq);
+            let _ = ctx.set_roc(ssrc, (index >> 16) as u32);
+            index
+        }
+        _ => u64::from(seq),
+    }
+}
+
 /// Account for one packet of a tracked stream (create the track at its first packet, with the
 /// index its context started at) and persist the stream's index when [`Track::advance`] asks.
 /// Integer compares, plus one seqlock slot write per rollover or `REFRESH` packets.
@@ -1281,10 +1311,7 @@ impl<C: SrtpOps> Forwarder<C> {
         let ti = Track::find(&sub.tx_track, out_ssrc);
         // A stream this process has not sent yet may continue one a previous relay process
         // sent under the same key: continue after its stored index (docs/ENGINE.md).
-        let seed = match ti {
-            None if self.state.has_seeds() => self.state.seed(sub.id, StreamDir::Out, out_ssrc),
-            _ => None,
-        };
+        let seed = out_seed(&mut self.state, ti, sub.id, out_ssrc);
         let window = opts.replay_window;
         let (oseq, ots) = match number_output(stream, &mut sub.owned, limit, window, seed, inp) {
             Ok(n) => n,
@@ -1322,13 +1349,7 @@ impl<C: SrtpOps> Forwarder<C> {
             self.stats.drop(DropReason::Crypto);
             return;
         };
-        let mut first_index = u64::from(oseq);
-        if let Some(r) = seed {
-            if ctx.roc(out_ssrc).is_none() {
-                first_index = estimate_index(r.index, oseq);
-                let _ = ctx.set_roc(out_ssrc, (first_index >> 16) as u32);
-            }
-        }
+        let first_index = continue_index(ctx, out_ssrc, oseq, seed);
         if !room(&mut self.stats, tx) {
             return;
         }
@@ -1946,10 +1967,7 @@ impl<C: SrtpOps> Forwarder<C> {
         if let Some(x) = rw.rtx {
             let out_ssrc = rw.ssrc.unwrap_or(from.ssrc);
             let ti = Track::find(&s.tx_track, x.ssrc);
-            let seed = match ti {
-                None if self.state.has_seeds() => self.state.seed(sub_id, StreamDir::Out, x.ssrc),
-                _ => None,
-            };
+            let seed = out_seed(&mut self.state, ti, sub_id, x.ssrc);
             let Some(k) = SentStream::find(&s.sent, out_ssrc) else {
                 return false;
             };
@@ -1983,13 +2001,7 @@ impl<C: SrtpOps> Forwarder<C> {
         let mut first_index = 0;
         let pushed = match rtx {
             Some((x, seq, _, seed)) => {
-                first_index = u64::from(seq);
-                if let Some(r) = seed {
-                    if ctx.roc(x.ssrc).is_none() {
-                        first_index = estimate_index(r.index, seq);
-                        let _ = ctx.set_roc(x.ssrc, (first_index >> 16) as u32);
-                    }
-                }
+                first_index = continue_index(ctx, x.ssrc, seq, seed);
                 let h = rtx::RtxHeader {
                     payload_type: x.payload_type,
                     ssrc: x.ssrc,
@@ -2343,10 +2355,7 @@ impl<C: SrtpOps> Forwarder<C> {
             return false;
         };
         let ti = Track::find(&s.tx_track, x.ssrc);
-        let seed = match ti {
-            None if self.state.has_seeds() => self.state.seed(sub_id, StreamDir::Out, x.ssrc),
-            _ => None,
-        };
+        let seed = out_seed(&mut self.state, ti, sub_id, x.ssrc);
         let seq = s.sent[k]
             .rtx_next
             .unwrap_or_else(|| seed.map_or(1, |r| r.seq().wrapping_add(SKIP)));
@@ -2357,13 +2366,7 @@ impl<C: SrtpOps> Forwarder<C> {
         if !room(&mut self.stats, tx) {
             return false;
         }
-        let mut first_index = u64::from(seq);
-        if let Some(r) = seed {
-            if ctx.roc(x.ssrc).is_none() {
-                first_index = estimate_index(r.index, seq);
-                let _ = ctx.set_roc(x.ssrc, (first_index >> 16) as u32);
-            }
-        }
+        let first_index = continue_index(ctx, x.ssrc, seq, seed);
         let tw = tw.to_be_bytes();
         let mut elements: [(u8, &[u8]); 2] = [(rw.twcc_id, &tw), (0, &[])];
         let n_el = match rw.mid() {
