@@ -237,6 +237,21 @@ struct StreamNote {
     rewritten: bool,
 }
 
+impl StreamNote {
+    /// A packet of a stream sent or received as it is (no timestamp rewrite to persist).
+    fn plain(session: SessionId, dir: StreamDir, ssrc: u32, seq: u16, first_index: u64) -> Self {
+        StreamNote {
+            session,
+            dir,
+            ssrc,
+            seq,
+            first_index,
+            ts: 0,
+            rewritten: false,
+        }
+    }
+}
+
 /// A stream this process has not sent yet (`ti` is `None`) may continue one a previous relay
 /// process sent under the same key: its stored record (docs/ENGINE.md).
 #[inline]
@@ -1121,15 +1136,8 @@ impl<C: SrtpOps> Forwarder<C> {
             }
         }
         // The SRTP stream as received (an RTX stream has its own index, RFC 3711 §3.3.1).
-        let note = StreamNote {
-            session: publisher.id,
-            dir: StreamDir::In,
-            ssrc: in_ssrc,
-            seq: in_seq,
-            first_index: (first_roc << 16) | u64::from(in_seq),
-            ts: 0,
-            rewritten: false,
-        };
+        let first_index = (first_roc << 16) | u64::from(in_seq);
+        let note = StreamNote::plain(publisher.id, StreamDir::In, in_ssrc, in_seq, first_index);
         let tracks = &mut publisher.rx_track;
         note_stream(&mut self.state, tracks, ti, opts.max_streams, &note);
         let mut n = n;
@@ -2035,15 +2043,7 @@ impl<C: SrtpOps> Forwarder<C> {
             (false, _) => Feedback::ResendFailed,
             (true, None) => Feedback::Retransmitted,
             (true, Some((x, seq, ti, _))) => {
-                let note = StreamNote {
-                    session: sub_id,
-                    dir: StreamDir::Out,
-                    ssrc: x.ssrc,
-                    seq,
-                    first_index,
-                    ts: 0,
-                    rewritten: false,
-                };
+                let note = StreamNote::plain(sub_id, StreamDir::Out, x.ssrc, seq, first_index);
                 note_stream(
                     &mut self.state,
                     &mut s.tx_track,
@@ -2397,15 +2397,7 @@ impl<C: SrtpOps> Forwarder<C> {
         if let Some(b) = s.bwe.as_deref_mut() {
             b.on_probe_send(now_us, sent);
         }
-        let note = StreamNote {
-            session: sub_id,
-            dir: StreamDir::Out,
-            ssrc: x.ssrc,
-            seq,
-            first_index,
-            ts: 0,
-            rewritten: false,
-        };
+        let note = StreamNote::plain(sub_id, StreamDir::Out, x.ssrc, seq, first_index);
         note_stream(
             &mut self.state,
             &mut s.tx_track,
