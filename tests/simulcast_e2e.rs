@@ -20,9 +20,9 @@
 //! Real processes: `sluice-control`, `sluice-relay` (one worker), three Chromium processes;
 //! loopback only. Without Chromium, Node or playwright-core the test prints `SKIP: <why>`.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_tests::skip::skip;
-use sluice_tests::webrtc_rig::{run_session, unavailable, WebRtcRig};
+use sluice_tests::webrtc_rig::{run_session, top_layer_widths, unavailable, widths, WebRtcRig};
 
 /// The publisher's uplink estimate, started and floored here. The relay sends publishers no
 /// transport-cc feedback yet (issue 17 item 5), and without it Chromium's estimate stays near
@@ -37,37 +37,6 @@ const LIFT_AT: u64 = 45;
 /// low layer, asked for with a PLI, plus the receiver's own adaptation), generous for a loaded
 /// 2-core machine.
 const CAP_WITHIN: u64 = 15;
-
-fn widths(r: &Value, viewer: usize) -> Vec<u64> {
-    r["series"]["viewerFrameWidth"][viewer]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
-        .unwrap_or_default()
-}
-
-/// Per second, the frame width of the widest layer the publisher sent in that second (its
-/// bytes grew), 0 when none did.
-fn top_layer_widths(r: &Value) -> Vec<u64> {
-    let layers = r["series"]["publisherLayers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut prev: Option<&Value> = None;
-    let mut out = Vec::new();
-    for l in &layers {
-        let mut top = 0;
-        for rid in ["q", "h", "f"] {
-            let bytes =
-                |v: Option<&Value>| v.and_then(|v| v[rid]["bytesSent"].as_u64()).unwrap_or(0);
-            if bytes(Some(l)) > bytes(prev) {
-                top = top.max(l[rid]["frameWidth"].as_u64().unwrap_or(0));
-            }
-        }
-        out.push(top);
-        prev = Some(l);
-    }
-    out
-}
 
 fn metric_sum(metrics: &str, family: &str, label: &str) -> f64 {
     metrics

@@ -310,3 +310,37 @@ pub fn run_session(dir: &Path, name: &str, spec: &serde_json::Value) -> serde_js
     }
     result
 }
+
+/// Per second of a `session` result, viewer `viewer`'s `frameWidth` (0 before its first
+/// frame).
+pub fn widths(r: &serde_json::Value, viewer: usize) -> Vec<u64> {
+    r["series"]["viewerFrameWidth"][viewer]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default()
+}
+
+/// Per second of a simulcast `session` result, the frame width of the widest layer the
+/// publisher sent in that second (its bytes grew), 0 when none did.
+pub fn top_layer_widths(r: &serde_json::Value) -> Vec<u64> {
+    let layers = r["series"]["publisherLayers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut prev: Option<&serde_json::Value> = None;
+    let mut out = Vec::new();
+    for l in &layers {
+        let mut top = 0;
+        for rid in ["q", "h", "f"] {
+            let bytes = |v: Option<&serde_json::Value>| {
+                v.and_then(|v| v[rid]["bytesSent"].as_u64()).unwrap_or(0)
+            };
+            if bytes(Some(l)) > bytes(prev) {
+                top = top.max(l[rid]["frameWidth"].as_u64().unwrap_or(0));
+            }
+        }
+        out.push(top);
+        prev = Some(l);
+    }
+    out
+}

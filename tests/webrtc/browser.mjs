@@ -49,6 +49,8 @@
 //         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
 //         `startedFile: PATH`: written (the start time, ms since the epoch) when the per-second
 //         measurement starts, so the caller can change the network at known seconds of it.
+//         A viewer group's `base: URL` watches BASE/whep/ROOM of that appliance instead (a
+//         cluster's edge node); its pages are served on that origin.
 //
 // `run` prints progress on stderr and one line `RESULT {json}` on stdout: frames decoded by
 // the watcher's <video>, and getStats() of both peers (transport: DTLS state, version,
@@ -222,12 +224,14 @@ async function session(specPath) {
   const { readFileSync } = await import('node:fs');
   const spec = JSON.parse(readFileSync(specPath, 'utf8'));
   const direct = spec.mode === 'direct';
-  const origin = direct ? 'http://127.0.0.1' : new URL(spec.base).origin;
-  const pageUrl = `${origin}/__chromium_e2e`;
+  // The page of a browser watching `base`: on that appliance's origin (same-origin WHIP/WHEP).
+  const pageOf = (base) => `${direct ? 'http://127.0.0.1' : new URL(base).origin}/__chromium_e2e`;
   const contexts = [];
   const dirs = [];
   let status = 1;
-  const launch = async (exe, tag) => {
+  const launch = async (exe, tag, base = spec.base) => {
+    const pageUrl = pageOf(base);
+    const origin = new URL(pageUrl).origin;
     const dir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
     dirs.push(dir);
     const a = [
@@ -253,6 +257,7 @@ async function session(specPath) {
     });
     contexts.push(ctx);
     await ctx.route(pageUrl, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: PAGE_HTML }));
+    ctx.pageUrl = pageUrl;
     log(`${tag}: chromium started (${exe})`);
     return ctx;
   };
@@ -260,7 +265,7 @@ async function session(specPath) {
     const p = await ctx.newPage();
     p.on('console', (m) => log(`${tag} console.${m.type()}: ${m.text()}`));
     p.on('pageerror', (e) => log(`${tag} page error: ${e.message}`));
-    await p.goto(pageUrl);
+    await p.goto(ctx.pageUrl);
     return p;
   };
   try {
@@ -269,9 +274,9 @@ async function session(specPath) {
     const viewers = [];
     let simulcastOffer = null;
     for (const v of spec.viewers) {
-      const ctx = await launch(v.chromium, v.label);
+      const ctx = await launch(v.chromium, v.label, v.base || spec.base);
       for (let i = 0; i < (v.pages || 1); i++) {
-        viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token,
+        viewers.push({ label: v.label, index: i, token: (v.tokens || [])[i] || v.token, base: v.base || spec.base,
           layerPlan: v.layerPlan || [], dd: !!v.dd, page: await open(ctx, `${v.label}#${i}`) });
       }
     }
@@ -377,7 +382,7 @@ async function session(specPath) {
           }
           attachMedia(pc);
           window.resource = (await negotiate(pc, url, token)).location;
-        }, { url: `${spec.base}/whep/${spec.room}`, token: v.token, dd: v.dd });
+        }, { url: `${v.base}/whep/${spec.room}`, token: v.token, dd: v.dd });
       }
       log(`watching with ${viewers.length} page(s)`);
     }
