@@ -491,6 +491,31 @@ fn two_cascading_nodes(
     if !sluice_tests::aiortc::available() {
         return None;
     }
+    let (ns, redis, nodes, tmp) = two_nodes(tag, extra)?;
+    let (publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
+        &ns.host(),
+        &[
+            "publish",
+            &format!("{}/whip/live/r", nodes[0].url),
+            &nodes[0].mint("r", "host"),
+            "600",
+        ],
+        "whip",
+    );
+    wait_line(
+        &pub_rx,
+        Duration::from_secs(30),
+        "the publisher's answer",
+        |l| l.starts_with("answer"),
+    );
+    Some((ns, redis, nodes, publisher, pub_rx, tmp))
+}
+
+/// Nodes `a` and `b` in namespaces of their own, with their relays, registered in one Redis.
+fn two_nodes(
+    tag: &str,
+    extra: &str,
+) -> Option<(Namespaces, Redis, Vec<Node>, sluice_tests::TempDir)> {
     let ns = Namespaces::create()?;
     let tmp = sluice_tests::TempDir::new(tag);
     let redis = Redis::start_on(tmp.path(), &ns.host(), Some("cascade-pw"))?;
@@ -515,23 +540,118 @@ fn two_cascading_nodes(
     eventually("two nodes registered", Duration::from_secs(15), || {
         node_ids(&nodes[0].cluster().1) == ids
     });
-    let (publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
-        &ns.host(),
-        &[
-            "publish",
-            &format!("{}/whip/live/r", nodes[0].url),
-            &nodes[0].mint("r", "host"),
-            "600",
+    Some((ns, redis, nodes, tmp))
+}
+
+/// A simulcast publisher on the origin, watched through an edge (issue 17 across a cascade):
+/// Chromium publishes three VP8 layers by RID through WHIP to node a; two Chromium viewers
+/// watch through WHEP on node b, which takes the room over a trunk. The origin carries every
+/// layer it learned as a stream of its own; the edge puts them back into one simulcast source
+/// and selects per viewer. One viewer caps itself to the lowest layer (PATCH on its edge
+/// resource) and lifts the cap; the other is free.
+///
+/// Asserted: the edge has one layered route per layer into each viewer, all into one output
+/// SSRC per viewer; the free viewer reaches the widest layer the publisher sends; the capped
+/// one falls to ≤ 320 wide while capped and returns above it after the lift; the edge counted
+/// layer switches. Without Chromium (or namespaces) the test prints `SKIP: <why>`.
+#[test]
+fn simulcast_publisher_watched_through_an_edge() {
+    use sluice_tests::webrtc_rig::{run_session, top_layer_widths, unavailable, widths};
+    const SECONDS: u64 = 50;
+    const CAP_AT: u64 = 5;
+    const LIFT_AT: u64 = 30;
+    ensure_binaries();
+    if let Some(why) = unavailable() {
+        sluice_tests::skip::skip(&why);
+        return;
+    }
+    let Some((_ns, mut redis, mut nodes, tmp)) = two_nodes("csim", "") else {
+        return;
+    };
+    let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let (origin, edge) = (&nodes[0], &nodes[1]);
+    let spec = serde_json::json!({
+        "mode": "relay", "base": origin.url, "room": "live/sim", "seconds": SECONDS,
+        "connectSecs": 60,
+        "publisher": { "chromium": chromium, "token": origin.mint("sim", "host"),
+                       "simulcast": true, "minBitrateKbps": 2500 },
+        "viewers": [
+            { "label": "free", "chromium": chromium, "base": edge.url,
+              "token": edge.mint("sim", "viewer") },
+            { "label": "capped", "chromium": chromium, "base": edge.url,
+              "token": edge.mint("sim", "viewer"),
+              "layerPlan": [ { "at": CAP_AT, "max": 0 }, { "at": LIFT_AT, "max": null } ] },
         ],
-        "whip",
+    });
+    let r = run_session(tmp.path(), "cascade-simulcast", &spec);
+    let (_, routes) = edge.admin("GET", "/v1/routes", "");
+    let routes: Value = serde_json::from_str(&routes).expect("routes json");
+    let metrics = edge.metrics();
+    let switches: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_feedback_total{") && l.contains("event=\"layer_switch\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let (free, capped, top) = (widths(&r, 0), widths(&r, 1), top_layer_widths(&r));
+    eprintln!("cascade simulcast: publisher top layer width/s {top:?}");
+    eprintln!("cascade simulcast: free viewer (edge) width/s   {free:?}");
+    eprintln!("cascade simulcast: capped viewer (edge) width/s {capped:?}");
+    eprintln!("cascade simulcast: edge layer switches {switches}");
+    // Per viewer on the edge: one layered route per layer, one output SSRC.
+    let layered: Vec<&Value> = routes
+        .as_array()
+        .or_else(|| routes["routes"].as_array())
+        .expect("route list")
+        .iter()
+        .filter(|x| !x["rewrite"]["layer"].is_null())
+        .collect();
+    let mut by_viewer: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
+    for x in &layered {
+        by_viewer
+            .entry(x["to"].as_u64().expect("to"))
+            .or_default()
+            .push(x);
+    }
+    assert_eq!(
+        by_viewer.len(),
+        2,
+        "layered routes on the edge: {layered:?}"
     );
-    wait_line(
-        &pub_rx,
-        Duration::from_secs(30),
-        "the publisher's answer",
-        |l| l.starts_with("answer"),
+    for (v, rs) in &by_viewer {
+        assert_eq!(rs.len(), 3, "viewer {v}: {rs:?}");
+        let out: std::collections::BTreeSet<_> = rs
+            .iter()
+            .map(|x| x["rewrite"]["ssrc"].to_string())
+            .collect();
+        assert_eq!(out.len(), 1, "viewer {v}: one output SSRC: {rs:?}");
+    }
+    let widest = top.iter().copied().max().unwrap_or(0);
+    assert!(
+        widest > 320,
+        "the publisher sent only the low layer: {top:?}"
     );
-    Some((ns, redis, nodes, publisher, pub_rx, tmp))
+    assert_eq!(
+        free.iter().copied().max(),
+        Some(widest),
+        "free viewer {free:?}, publisher {top:?}"
+    );
+    let (cap_at, lift_at) = (CAP_AT as usize, LIFT_AT as usize);
+    let low_from = (cap_at..lift_at)
+        .find(|&i| capped.get(i).is_some_and(|&w| w > 0 && w <= 320))
+        .unwrap_or_else(|| panic!("capped viewer never at ≤ 320 after its cap: {capped:?}"));
+    assert!(
+        capped[low_from..=lift_at].iter().all(|&w| w <= 320),
+        "capped viewer above 320 while capped: {capped:?}"
+    );
+    assert!(
+        capped[lift_at..].iter().any(|&w| w > 320),
+        "capped viewer did not climb after the lift: {capped:?}, publisher {top:?}"
+    );
+    assert!(switches >= 2.0, "edge layer switches {switches}");
+    for n in &mut nodes {
+        n.kill_all();
+    }
+    redis.kill();
 }
 
 /// An edge whose trunk stops carrying media while the origin keeps sending on it (here an

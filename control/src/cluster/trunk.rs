@@ -35,11 +35,14 @@ use super::auth::{AuthError, Signature, AUTH_HEADER};
 use super::registry::NodeInfo;
 use super::{lock, Cluster, ClusterError};
 use crate::core::join::publisher_keyframe;
+use crate::core::rooms::LearnedLayer;
 use crate::core::sessions::{NewRoute, NewSession};
-use crate::core::trunks::TRUNK_MEMBER_BASE;
+use crate::core::trunks::{TrunkMedia, TRUNK_MEMBER_BASE};
 use crate::core::{Core, CoreError};
 use crate::state::{RewriteSpec, RtxSpec};
-use crate::webrtc::sdp::{Codec, Direction, Extmap, MediaKind, NegotiatedMedia, RtxCodec};
+use crate::webrtc::sdp::{
+    Codec, Direction, Extmap, MediaKind, NegotiatedMedia, RtxCodec, Simulcast,
+};
 use base64::Engine as _;
 use contract::shm::{Role, StatRecord};
 use contract::srtp::{MasterKey, Profile};
@@ -115,7 +118,30 @@ pub struct Stream {
     /// RTX payload types `(rtx, apt)` the publisher negotiated (the trunk carries no RTX:
     /// the origin unwraps it; edge viewers get their own).
     pub rtx: Vec<(u8, u8)>,
+    /// The simulcast layer this stream is, when the publisher's section is simulcast by RID
+    /// (absent in answers of nodes that carry no layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<StreamLayer>,
 }
+
+/// A simulcast layer on a trunk: the origin learned its SSRC from the publisher's RID and
+/// carries every layer as a stream of its own; the edge puts the layers of one publisher
+/// section back into one simulcast section, so that each local viewer gets the layer its
+/// caps and its estimate allow (docs/CLUSTER.md "Cascade").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamLayer {
+    /// The origin's publisher session and media section: the layers of one section share
+    /// both.
+    pub publisher: u64,
+    pub section: u16,
+    /// 0 = lowest resolution.
+    pub index: u8,
+    /// The section's number of layers.
+    pub count: u8,
+}
+
+/// The most layers a trunk section takes (WHIP simulcast offers at most three).
+const MAX_TRUNK_LAYERS: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamCodec {
@@ -146,6 +172,7 @@ impl Stream {
                 .collect(),
             extmaps: pm.extmaps.iter().map(|e| (e.id, e.uri.clone())).collect(),
             rtx: pm.rtx.iter().map(|r| (r.pt, r.apt)).collect(),
+            layer: None,
         }
     }
 
@@ -183,7 +210,12 @@ impl Stream {
                     uri: uri.clone(),
                 })
                 .collect(),
-            remote_ssrcs: vec![self.ssrc],
+            // A layer's SSRC is learned, not announced: the section is simulcast.
+            remote_ssrcs: if self.layer.is_some() {
+                Vec::new()
+            } else {
+                vec![self.ssrc]
+            },
             send_ssrc: None,
             rtx: self
                 .rtx
@@ -192,7 +224,13 @@ impl Stream {
                 .collect(),
             rtx_ssrcs: Vec::new(),
             send_rtx_ssrc: None,
-            simulcast: None,
+            simulcast: self.layer.map(|l| {
+                let rids: Vec<String> = (0..l.count).map(|i| format!("l{i}")).collect();
+                Simulcast {
+                    offered: rids.clone(),
+                    layers: rids,
+                }
+            }),
         })
     }
 }
@@ -228,13 +266,56 @@ fn session_packets(core: &Core, session: u64) -> Option<(u64, u64)> {
     found
 }
 
-/// The edge member's sections and SSRCs for `streams`.
-fn member_media(streams: &[Stream]) -> (Vec<NegotiatedMedia>, Vec<Vec<u32>>) {
-    streams
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| s.media(i).map(|m| (m, vec![s.ssrc])))
-        .unzip()
+/// The edge member's sections, SSRCs and simulcast layers for `streams`: one section per
+/// stream, except that the layers of one publisher section become one simulcast section
+/// whose layers are the streams' SSRCs. A layer outside its count, beyond
+/// [`MAX_TRUNK_LAYERS`], or given twice is left out.
+pub(crate) fn member_media(streams: &[Stream]) -> TrunkMedia {
+    let mut m = TrunkMedia::default();
+    // (publisher, section) of each simulcast section made so far, and its index.
+    let mut groups: Vec<((u64, u16), usize)> = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let Some(l) = s.layer else {
+            if let Some(media) = s.media(i) {
+                m.media.push(media);
+                m.primary_ssrcs.push(vec![s.ssrc]);
+            }
+            continue;
+        };
+        if l.index >= l.count || l.count > MAX_TRUNK_LAYERS {
+            continue;
+        }
+        let section = match groups.iter().find(|(g, _)| *g == (l.publisher, l.section)) {
+            Some(&(_, at)) => at,
+            None => {
+                let Some(media) = s.media(i) else {
+                    continue;
+                };
+                m.media.push(media);
+                m.primary_ssrcs.push(Vec::new());
+                groups.push(((l.publisher, l.section), m.media.len() - 1));
+                m.media.len() - 1
+            }
+        };
+        let count = m.media[section]
+            .simulcast
+            .as_ref()
+            .map_or(0, |sc| sc.layers.len());
+        let taken = m
+            .learned
+            .iter()
+            .any(|x| x.section == section && (x.layer == l.index || x.ssrc == s.ssrc));
+        if usize::from(l.index) >= count || taken {
+            continue;
+        }
+        m.learned.push(LearnedLayer {
+            section,
+            layer: l.index,
+            ssrc: s.ssrc,
+            rtx_ssrc: None,
+        });
+    }
+    m
 }
 
 /// The origin's record of one route into a trunk.
@@ -439,9 +520,9 @@ impl Cluster {
             .retain(|_, t| state.sessions.contains_key(&t.session));
         for t in book.edge.values() {
             for r in t.rooms.values() {
-                let (media, ssrcs) = member_media(&r.streams);
+                let m = member_media(&r.streams);
                 if let Err(e) =
-                    core.put_trunk_member(r.key, t.session, &r.app, &r.room, media, ssrcs, now_ms)
+                    core.put_trunk_member(r.key, t.session, (&r.app, &r.room), m, now_ms)
                 {
                     tracing::warn!(error = %e, app = %r.app, room = %r.room, "cluster: could not restore a trunk room");
                 }
@@ -957,8 +1038,7 @@ impl Cluster {
         };
         let key = TRUNK_MEMBER_BASE + book.next_key;
         book.next_key += 1;
-        let (media, ssrcs) = member_media(&grant.streams);
-        core.put_trunk_member(key, session, app, room, media, ssrcs, now)
+        core.put_trunk_member(key, session, (app, room), member_media(&grant.streams), now)
             .map_err(|e| fail(format!("trunk room: {e}")))?;
         if let Some(t) = book.edge.get_mut(&owner.node_id) {
             t.rooms.insert(
@@ -1097,9 +1177,13 @@ impl Cluster {
                         }
                         if let Some(streams) = answer.map(|a| a.streams) {
                             if streams != r.streams {
-                                let (media, ssrcs) = member_media(&streams);
+                                let m = member_media(&streams);
                                 if let Err(e) = core.put_trunk_member(
-                                    r.key, t.session, &r.app, &r.room, media, ssrcs, now_ms,
+                                    r.key,
+                                    t.session,
+                                    (&r.app, &r.room),
+                                    m,
+                                    now_ms,
                                 ) {
                                     tracing::warn!(error = %e, app = %r.app, room = %r.room, "cluster: could not update a trunk room");
                                     continue;
@@ -1290,7 +1374,43 @@ fn reconcile_room(core: &Core, trunk: u64, r: &mut OriginRoom) {
             if !pm.accepted || !matches!(pm.kind, MediaKind::Audio | MediaKind::Video) {
                 continue;
             }
-            for &s in p.primary_ssrcs.get(i).map_or(&[][..], |v| &v[..]) {
+            // The section's streams: its primary SSRCs, or the simulcast layers learned
+            // from its RIDs so far (each its own stream on the trunk).
+            let sources: Vec<(u32, Option<RtxSpec>, Option<StreamLayer>)> = match &pm.simulcast {
+                Some(sc) => {
+                    let rtx_pt = pm.codecs.iter().find_map(|c| pm.rtx_for(c.pt));
+                    p.learned
+                        .iter()
+                        .filter(|l| l.section == i)
+                        .map(|l| {
+                            let rtx = l
+                                .rtx_ssrc
+                                .zip(rtx_pt)
+                                .map(|(ssrc, payload_type)| RtxSpec { payload_type, ssrc });
+                            let layer = StreamLayer {
+                                publisher: p.session,
+                                section: u16::try_from(i).unwrap_or(u16::MAX),
+                                index: l.layer,
+                                count: u8::try_from(sc.layers.len()).unwrap_or(u8::MAX),
+                            };
+                            (l.ssrc, rtx, Some(layer))
+                        })
+                        .collect()
+                }
+                None => p
+                    .primary_ssrcs
+                    .get(i)
+                    .map_or(&[][..], |v| &v[..])
+                    .iter()
+                    .map(|&s| {
+                        let rtx = pm
+                            .source_rtx_of(s)
+                            .map(|(payload_type, ssrc)| RtxSpec { payload_type, ssrc });
+                        (s, rtx, None)
+                    })
+                    .collect(),
+            };
+            for (s, source_rtx, layer) in sources {
                 if r.routes
                     .iter()
                     .any(|x| x.publisher == p.session && x.source_ssrc == s)
@@ -1306,9 +1426,7 @@ fn reconcile_room(core: &Core, trunk: u64, r: &mut OriginRoom) {
                     ext_map: Vec::new(),
                     mid: None,
                     rtx: None,
-                    source_rtx: pm
-                        .source_rtx_of(s)
-                        .map(|(payload_type, ssrc)| RtxSpec { payload_type, ssrc }),
+                    source_rtx,
                     twcc_id: None,
                     dd_id: None,
                     keyframe: publisher_keyframe(pm),
@@ -1327,7 +1445,10 @@ fn reconcile_room(core: &Core, trunk: u64, r: &mut OriginRoom) {
                         publisher: p.session,
                         source_ssrc: s,
                         route: route.id,
-                        stream: Stream::of(pm, ssrc),
+                        stream: Stream {
+                            layer,
+                            ..Stream::of(pm, ssrc)
+                        },
                     }),
                     Err(e) => {
                         tracing::warn!(error = %e, app = %r.app, room = %r.room, "cluster: could not route a stream into a trunk");
@@ -1438,14 +1559,18 @@ mod tests {
         assert_eq!(m.rtx, video().rtx);
         // The trunk carries no RTX stream: the origin unwraps it.
         assert!(m.rtx_ssrcs.is_empty() && m.source_rtx_of(0xdead_beef).is_none());
-        let (media, ssrcs) = member_media(&[
+        let m = member_media(&[
             s.clone(),
             Stream {
                 kind: "application".into(),
                 ..s
             },
         ]);
-        assert_eq!((media.len(), ssrcs), (1, vec![vec![0xdead_beef]]));
+        assert_eq!(
+            (m.media.len(), m.primary_ssrcs),
+            (1, vec![vec![0xdead_beef]])
+        );
+        assert!(m.learned.is_empty() && m.media[0].simulcast.is_none());
     }
 
     #[test]

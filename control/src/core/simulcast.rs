@@ -19,10 +19,11 @@
 use super::join::routes_between;
 use super::rooms::{LearnedLayer, Member};
 use super::{lock, Core, CoreError};
-use crate::state::{Entry, LayerSpec, RtxSpec, StoredRoute};
+use crate::state::{Entry, LayerSpec, RtxSpec, State, StoredRoute};
 use crate::webrtc::sdp::{self, MID_EXTENSION, REPAIRED_RID_EXTENSION, RID_EXTENSION};
 use contract::wire::normalize_addr;
 use contract::wire::rtp::RtpPacket;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// Largest RTP header a report may carry: 12 bytes, 15 CSRCs, 4 + 4·255 bytes of extension
@@ -157,52 +158,8 @@ impl Core {
             rtx_ssrc: None,
         });
         let mut next_route = st.next_route_id;
-        let mut entries = Vec::new();
-        let mut viewers = 0;
-        for v in members
-            .values()
-            .filter(|v| !v.publishes && v.app == p.app && v.room == p.room)
-        {
-            let into_v = || st.routes.values().filter(|r| r.to == v.session);
-            // A layer of this section already reaches the viewer: the new one takes that
-            // route's output (same SSRC, numbering, cap) with its own index.
-            let sibling = into_v().find(|r| {
-                r.from == p.session
-                    && r.rewrite.layer.is_some()
-                    && p.learned
-                        .iter()
-                        .any(|l| l.section == section && Some(l.ssrc) == r.ssrc)
-            });
-            let planned = match sibling {
-                Some(r) => {
-                    let mut rw = r.rewrite.clone();
-                    // The sibling's RTX stream is its own; this layer's comes with its
-                    // repaired RID.
-                    rw.source_rtx = None;
-                    rw.layer = rw.layer.map(|l| LayerSpec { index: layer, ..l });
-                    vec![(Some(ssrc), rw)]
-                }
-                None => {
-                    let mut used: Vec<u32> = into_v().filter_map(|r| r.rewrite.ssrc).collect();
-                    routes_between(&p, v, &mut used, Some(section))
-                }
-            };
-            if !planned.is_empty() {
-                viewers += 1;
-            }
-            for (filter, rewrite) in planned {
-                entries.push(Entry::PutRoute {
-                    route: StoredRoute {
-                        id: next_route,
-                        from: p.session,
-                        ssrc: filter,
-                        to: v.session,
-                        rewrite,
-                    },
-                });
-                next_route += 1;
-            }
-        }
+        let (entries, viewers) =
+            layer_routes(&members, st, &p, section, layer, ssrc, &mut next_route);
         if !entries.is_empty() {
             let shm = g.shm()?;
             let free = (shm.capacity().routes as usize).saturating_sub(shm.route_count());
@@ -214,4 +171,71 @@ impl Core {
         members.insert(id, p);
         Ok(StreamLearned::Layer { layer, viewers })
     }
+}
+
+/// The routes that bring layer `layer` (SSRC `ssrc`) of simulcast section `section` of
+/// publisher `p` (whose `learned` already names it) to every viewer of its room, numbered from
+/// `next_route`, and how many viewers they reach. A viewer that a sibling layer of the section
+/// already reaches gets the new layer into that route's output (same SSRC, numbering, caps)
+/// with its own index; one that none reaches gets the section's learned layers as a joining
+/// viewer would; one that already has a route from `ssrc` gets nothing.
+pub(super) fn layer_routes(
+    members: &BTreeMap<u64, Member>,
+    st: &State,
+    p: &Member,
+    section: usize,
+    layer: u8,
+    ssrc: u32,
+    next_route: &mut u64,
+) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::new();
+    let mut viewers = 0;
+    for v in members
+        .values()
+        .filter(|v| !v.publishes && v.app == p.app && v.room == p.room)
+    {
+        let into_v = || st.routes.values().filter(|r| r.to == v.session);
+        if into_v().any(|r| r.from == p.session && r.ssrc == Some(ssrc)) {
+            continue;
+        }
+        // A layer of this section already reaches the viewer: the new one takes that
+        // route's output (same SSRC, numbering, cap) with its own index.
+        let sibling = into_v().find(|r| {
+            r.from == p.session
+                && r.rewrite.layer.is_some()
+                && p.learned
+                    .iter()
+                    .any(|l| l.section == section && Some(l.ssrc) == r.ssrc)
+        });
+        let planned = match sibling {
+            Some(r) => {
+                let mut rw = r.rewrite.clone();
+                // The sibling's RTX stream is its own; this layer's comes with its
+                // repaired RID.
+                rw.source_rtx = None;
+                rw.layer = rw.layer.map(|l| LayerSpec { index: layer, ..l });
+                vec![(Some(ssrc), rw)]
+            }
+            None => {
+                let mut used: Vec<u32> = into_v().filter_map(|r| r.rewrite.ssrc).collect();
+                routes_between(p, v, &mut used, Some(section))
+            }
+        };
+        if !planned.is_empty() {
+            viewers += 1;
+        }
+        for (filter, rewrite) in planned {
+            entries.push(Entry::PutRoute {
+                route: StoredRoute {
+                    id: *next_route,
+                    from: p.session,
+                    ssrc: filter,
+                    to: v.session,
+                    rewrite,
+                },
+            });
+            *next_route += 1;
+        }
+    }
+    (entries, viewers)
 }

@@ -9,7 +9,8 @@
 //! carries every room the edge takes from that origin.
 
 use super::join::plan_routes;
-use super::rooms::Member;
+use super::rooms::{LearnedLayer, Member};
+use super::simulcast::layer_routes;
 use super::{lock, Core, CoreError};
 use crate::webrtc::sdp::NegotiatedMedia;
 use contract::shm::Role;
@@ -17,20 +18,29 @@ use contract::shm::Role;
 /// Member keys of trunk rooms start here (session ids never reach it).
 pub const TRUNK_MEMBER_BASE: u64 = 1 << 62;
 
+/// What a trunk room's member announces: its media sections, per section the SSRCs of the
+/// streams it carries, and the simulcast layers of its simulcast sections (the origin learned
+/// them from the publisher's RIDs; on the trunk each layer is a stream of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrunkMedia {
+    pub media: Vec<NegotiatedMedia>,
+    pub primary_ssrcs: Vec<Vec<u32>>,
+    pub learned: Vec<LearnedLayer>,
+}
+
 impl Core {
     /// Put the member of trunk room `key` (session `session`, `app`/`room`) with the streams
-    /// `media` and their SSRCs `primary_ssrcs`. When the member already exists, the streams
-    /// it did not have yet are routed into the room's current viewers (sections no other
-    /// stream feeds, as a new local publisher is). Returns the number of routes added.
-    #[allow(clippy::too_many_arguments)]
+    /// of `m`. When the member already exists, the streams it did not have yet are routed
+    /// into the room's current viewers: a new stream to sections no other stream feeds, as a
+    /// new local publisher's; a new simulcast layer into the output its section's other
+    /// layers already feed, as a layer learned from a local publisher's RID
+    /// (core/simulcast.rs). Returns the number of routes added.
     pub fn put_trunk_member(
         &self,
         key: u64,
         session: u64,
-        app: &str,
-        room: &str,
-        media: Vec<NegotiatedMedia>,
-        primary_ssrcs: Vec<Vec<u32>>,
+        (app, room): (&str, &str),
+        m: TrunkMedia,
         now_ms: u64,
     ) -> Result<usize, CoreError> {
         if key < TRUNK_MEMBER_BASE {
@@ -39,21 +49,31 @@ impl Core {
             )));
         }
         let mut members = lock(&self.rooms.members);
-        let old_ssrcs: Vec<u32> = members
+        let (old_ssrcs, old_layers): (Vec<u32>, Vec<u32>) = members
             .get(&key)
-            .map(|m| m.primary_ssrcs.iter().flatten().copied().collect())
+            .map(|m| {
+                (
+                    m.primary_ssrcs.iter().flatten().copied().collect(),
+                    m.learned.iter().map(|l| l.ssrc).collect(),
+                )
+            })
             .unwrap_or_default();
+        let existed = members.contains_key(&key);
+        let new_layers: Vec<LearnedLayer> = m
+            .learned
+            .iter()
+            .filter(|l| !old_layers.contains(&l.ssrc))
+            .copied()
+            .collect();
         let member = Member {
             session,
             app: app.to_string(),
             room: room.to_string(),
             role: Role::Trunk,
             publishes: true,
-            media,
-            primary_ssrcs,
-            // A trunk carries the origin's announced streams; simulcast layers learned from
-            // RIDs on the origin are not carried (docs/CLUSTER.md).
-            learned: Vec::new(),
+            media: m.media,
+            primary_ssrcs: m.primary_ssrcs,
+            learned: m.learned,
             secret: super::join::random_hex(16)?,
             subject: format!("trunk-{session}"),
             created_ms: now_ms,
@@ -70,13 +90,15 @@ impl Core {
                         .collect()
                 })
                 .collect(),
+            learned: Vec::new(),
             ..member.clone()
         };
         let mut added = 0;
-        if members.contains_key(&key) && delta.primary_ssrcs.iter().any(|s| !s.is_empty()) {
+        if existed && delta.primary_ssrcs.iter().any(|s| !s.is_empty()) {
             let mut delta = delta;
             for (m, s) in delta.media.iter_mut().zip(&delta.primary_ssrcs) {
-                m.accepted &= !s.is_empty();
+                // Simulcast sections carry no primary SSRC: their layers come below.
+                m.accepted &= !s.is_empty() && m.simulcast.is_none();
             }
             let g = self.ledger();
             let entries = plan_routes(&members, &g, &delta);
@@ -88,6 +110,35 @@ impl Core {
                 }
                 added = entries.len();
                 let mut g = g;
+                g.commit(entries)?;
+            }
+        }
+        if existed {
+            // One layer at a time, each committed before the next: a viewer that no layer of
+            // the section reached yet gets the section's layers from the first, the next ones
+            // find its output through their siblings.
+            let mut g = self.ledger();
+            for l in &new_layers {
+                let st = g.store.state();
+                let mut next_route = st.next_route_id;
+                let (entries, _) = layer_routes(
+                    &members,
+                    st,
+                    &member,
+                    l.section,
+                    l.layer,
+                    l.ssrc,
+                    &mut next_route,
+                );
+                if entries.is_empty() {
+                    continue;
+                }
+                let shm = g.shm()?;
+                let free = (shm.capacity().routes as usize).saturating_sub(shm.route_count());
+                if entries.len() > free {
+                    return Err(CoreError::Unavailable("route table is full".into()));
+                }
+                added += entries.len();
                 g.commit(entries)?;
             }
         }

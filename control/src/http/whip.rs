@@ -876,6 +876,166 @@ a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
         h
     }
 
+    /// An edge's trunk room whose origin carries a simulcast publisher's layers as streams of
+    /// their own: the edge puts them back into one simulcast section, and every local viewer
+    /// gets every layer into one output SSRC as layered routes, whether it was there when
+    /// the layers arrived (one update bringing several) or joins later; nothing twice.
+    #[test]
+    fn a_trunk_rooms_simulcast_layers_reach_each_viewer_in_one_output() {
+        use crate::cluster::trunk::{member_media, Stream, StreamCodec, StreamLayer};
+        use crate::core::sessions::NewSession;
+        use crate::core::trunks::TRUNK_MEMBER_BASE;
+        use contract::srtp::{MasterKey, Profile};
+        let e = env("trunk-layers");
+        let view_tok = sign(&claims("demo", "blue", Role::Viewer));
+        let watch = |e: &Env| {
+            let r = e.public(
+                "POST",
+                "/whep/demo/blue",
+                Some(&view_tok),
+                &offer("recvonly", 2000),
+            );
+            assert_eq!(r.status, 201, "{}", body(&r));
+        };
+        watch(&e);
+        let core = &e.ctl.core;
+        let key = MasterKey::new(Profile::AeadAes128Gcm, &[9u8; 28]).unwrap();
+        let trunk = core
+            .create_session(
+                NewSession {
+                    peer: Some("192.0.2.20:4000".parse().unwrap()),
+                    profile: Profile::AeadAes128Gcm,
+                    rx_key: key,
+                    tx_key: key,
+                    role: Role::Trunk,
+                    max_pps: 0,
+                    ice: None,
+                },
+                0,
+                &mut serde_json::json!({}),
+            )
+            .unwrap()
+            .id;
+        let layer = |index: u8, ssrc: u32| Stream {
+            kind: "video".into(),
+            ssrc,
+            codecs: vec![StreamCodec {
+                pt: 96,
+                name: "VP8".into(),
+                clock_rate: 90_000,
+                channels: None,
+                fmtp: None,
+                rtcp_fb: vec!["nack".into(), "nack pli".into()],
+            }],
+            extmaps: Vec::new(),
+            rtx: Vec::new(),
+            layer: Some(StreamLayer {
+                publisher: 77,
+                section: 0,
+                index,
+                count: 3,
+            }),
+        };
+        let key = TRUNK_MEMBER_BASE + 1;
+        let put = |streams: &[Stream]| {
+            core.put_trunk_member(key, trunk, ("demo", "blue"), member_media(streams), 0)
+                .unwrap()
+        };
+        let m = member_media(&[layer(0, 0xF0), layer(1, 0xF1), layer(2, 0xF2)]);
+        assert_eq!(m.media.len(), 1, "one simulcast section");
+        assert!(m.media[0].simulcast.is_some() && m.media[0].remote_ssrcs.is_empty());
+        assert_eq!(m.primary_ssrcs, vec![Vec::<u32>::new()]);
+        assert_eq!(m.learned.len(), 3);
+        // A layer given twice, or outside its count, is left out.
+        let odd = member_media(&[layer(0, 0xF0), layer(0, 0xF9), layer(3, 0xFA)]);
+        assert_eq!(odd.learned.len(), 1);
+        // The room opens with the lowest layer (the member is new: its first viewer joins
+        // after it), then one update brings the two others.
+        assert_eq!(put(&[layer(0, 0xF0)]), 0);
+        let layered = |to: u64| -> Vec<(Option<u32>, Option<u32>, u8)> {
+            let st = core.ledger().store.state().clone();
+            let mut v: Vec<_> = st
+                .routes
+                .values()
+                .filter(|r| r.from == trunk && r.to == to)
+                .map(|r| {
+                    (
+                        r.ssrc,
+                        r.rewrite.ssrc,
+                        r.rewrite.layer.expect("layered").index,
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let viewers = |e: &Env| -> Vec<u64> {
+            e.ctl
+                .members()
+                .iter()
+                .filter(|m| !m.publishes && m.session < TRUNK_MEMBER_BASE)
+                .map(|m| m.session)
+                .collect()
+        };
+        let first = viewers(&e)[0];
+        // The viewer was there before the member: nothing reached it yet.
+        assert!(layered(first).is_empty());
+        assert_eq!(put(&[layer(0, 0xF0), layer(1, 0xF1), layer(2, 0xF2)]), 3);
+        let routes = layered(first);
+        assert_eq!(
+            routes.iter().map(|r| (r.0, r.2)).collect::<Vec<_>>(),
+            vec![(Some(0xF0), 0), (Some(0xF1), 1), (Some(0xF2), 2)]
+        );
+        assert!(
+            routes.iter().all(|r| r.1.is_some() && r.1 == routes[0].1),
+            "one output SSRC"
+        );
+        // The same streams again add nothing.
+        assert_eq!(put(&[layer(0, 0xF0), layer(1, 0xF1), layer(2, 0xF2)]), 0);
+        // A viewer joining now gets the three layers with its join.
+        watch(&e);
+        let later = *viewers(&e).iter().find(|&&v| v != first).unwrap();
+        let routes = layered(later);
+        assert_eq!(routes.len(), 3, "{routes:?}");
+        assert!(
+            routes.iter().all(|r| r.1.is_some() && r.1 == routes[0].1),
+            "one output SSRC"
+        );
+        // A layer arriving after a viewer gets the lowest one joins that viewer's output.
+        let (key2, green) = (TRUNK_MEMBER_BASE + 2, [layer(0, 0xE0), layer(1, 0xE1)]);
+        let put2 = |streams: &[Stream]| {
+            core.put_trunk_member(key2, trunk, ("demo", "green"), member_media(streams), 0)
+                .unwrap()
+        };
+        assert_eq!(put2(&green[..1]), 0);
+        let tok = sign(&claims("demo", "green", Role::Viewer));
+        let r = e.public(
+            "POST",
+            "/whep/demo/green",
+            Some(&tok),
+            &offer("recvonly", 2000),
+        );
+        assert_eq!(r.status, 201, "{}", body(&r));
+        let v = e
+            .ctl
+            .members()
+            .iter()
+            .find(|m| !m.publishes && m.room == "green")
+            .unwrap()
+            .session;
+        assert_eq!(layered(v).len(), 1);
+        assert_eq!(put2(&green), 1);
+        let routes = layered(v);
+        assert_eq!(
+            routes.iter().map(|r| (r.0, r.2)).collect::<Vec<_>>(),
+            vec![(Some(0xE0), 0), (Some(0xE1), 1)]
+        );
+        assert!(
+            routes[0].1.is_some() && routes[0].1 == routes[1].1,
+            "one output SSRC"
+        );
+    }
+
     /// WHIP simulcast by RID: the answer receives the three RIDs; each layer's SSRC is learned
     /// from its first reported packet and routed, layered, to the viewers already there and to
     /// those joining later; repeats, unknown RIDs and strangers teach nothing.
