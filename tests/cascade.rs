@@ -756,7 +756,7 @@ fn first_frame_through_a_new_trunk() {
         return;
     };
     let rounds = 3;
-    let (mut origin, mut edge) = (Vec::new(), Vec::new());
+    let (mut origin, mut edge): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     let first_frame = |node: &Node, tag: &'static str| -> u64 {
         let token = node.mint("r", "viewer");
         let (mut v, rx) = sluice_tests::aiortc::spawn_with_host(
@@ -778,19 +778,38 @@ fn first_frame_through_a_new_trunk() {
         line["first_frame_ms=".len()..].parse().expect("ms")
     };
     let opened = "sluice_cluster_trunks_opened_total{side=\"edge\"} ";
-    for round in 0..rounds {
+    let failed = "sluice_cluster_trunk_joins_total{result=\"failed\"} ";
+    // A join whose trunk could not be opened is forwarded to the origin (counted `failed`):
+    // on a loaded machine the edge's call to the origin can time out. Such a round measured
+    // no trunk, so it is repeated, a few times at most.
+    let mut retries = 0;
+    while edge.len() < rounds {
         origin.push(first_frame(&nodes[0], "whep-origin"));
         eventually(
             "b holds no trunk (the last one went idle)",
             Duration::from_secs(30),
             || trunks(&nodes[1]).is_empty(),
         );
-        edge.push(first_frame(&nodes[1], "whep-edge"));
-        assert_eq!(
-            metric(&nodes[1].metrics(), opened),
-            f64::from(round + 1),
-            "each edge viewer opened a new trunk"
+        let (opened_before, failed_before) = {
+            let m = nodes[1].metrics();
+            (metric(&m, opened), metric(&m, failed))
+        };
+        let ms = first_frame(&nodes[1], "whep-edge");
+        let m = nodes[1].metrics();
+        if metric(&m, opened) == opened_before + 1.0 {
+            edge.push(ms);
+            continue;
+        }
+        assert!(
+            metric(&m, failed) > failed_before && retries < 3,
+            "the edge viewer neither opened a new trunk nor failed to open one (retries {retries}):\n{}",
+            m.lines()
+                .filter(|l| l.starts_with("sluice_cluster_trunk"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
+        retries += 1;
+        eprintln!("first_frame_through_a_new_trunk: the edge could not open its trunk (loaded machine); round repeated");
     }
     eprintln!(
         "first frame from the WHEP POST: origin {origin:?} ms, edge with a new trunk {edge:?} ms; \
