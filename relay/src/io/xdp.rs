@@ -393,14 +393,19 @@ impl Ring {
         self.consumer().store(self.cached_own, Ordering::Release);
     }
 
-    /// Producer side: free slots.
+    /// Producer side: free slots. The producer never runs more than `size` ahead of the
+    /// consumer (`send_all` writes a descriptor only into a free slot), so the subtraction
+    /// cannot wrap; should it, the ring reads as full rather than as 4 billion free slots.
     fn free(&mut self) -> u32 {
-        let f = self.size - self.cached_own.wrapping_sub(self.cached_other);
+        let f = self
+            .size
+            .saturating_sub(self.cached_own.wrapping_sub(self.cached_other));
         if f > 0 {
             return f;
         }
         self.cached_other = self.consumer().load(Ordering::Acquire);
-        self.size - self.cached_own.wrapping_sub(self.cached_other)
+        self.size
+            .saturating_sub(self.cached_own.wrapping_sub(self.cached_other))
     }
 
     /// Producer side: publish `n` entries written since the last submit.
@@ -759,6 +764,12 @@ impl XdpBackend {
                 queued = 0;
                 self.kick();
                 self.reap();
+                // Still full (the kernel took nothing): writing a descriptor now would
+                // overwrite one it has not read yet. This datagram is dropped, counted.
+                if self.xsk.as_mut().is_some_and(|x| x.tx.free() == 0) {
+                    self.own.xdp_tx_ring_full += 1;
+                    continue;
+                }
             }
             let Some(addr) = self.tx_free.pop() else {
                 self.own.xdp_tx_ring_full += 1;
