@@ -24,7 +24,8 @@
 #              when both daemons delivered >= 99 % of what was asked; otherwise the row says why.
 #   SLUICE_URING_SETUP  io_uring ring flavour: defer, coop or plain [coop]
 #   PERF       1 = `perf record -g` each daemon of the rtpengine comparison for PERF_SECS [4]
-#              of an extra run at the same load (OUTDIR/perf-KIND-fF-PROFILE.*) [0]
+#              of an extra run at the same load, split by scripts/bench-perf-split.py
+#              (OUTDIR/perf-cpu-KIND-fF-PROFILE.*) [0]
 # JSON reports go to OUTDIR (default: a new temp dir); the table is printed at the end and
 # written to OUTDIR/table.md. Compare numbers within one run only: the machine is shared.
 set -euo pipefail
@@ -215,8 +216,13 @@ if [[ "$RTPENGINE" == 1 ]]; then
                     --rate "$rate" --duration $(( PERF_SECS + 3 )) --quiet --json "$OUT/perf-$tag.json" >/dev/null &
                 bp=$!
                 sleep 1.5
+                pc0=$(cpu_s "$pid")
                 perf record -g -o "$OUT/perf-$tag.perf.data" -p "$pid" -- sleep "$PERF_SECS" >"$OUT/perf-$tag.log" 2>&1 || true
+                pc1=$(cpu_s "$pid")
                 wait "$bp" || true
+                perf script -i "$OUT/perf-$tag.perf.data" 2>/dev/null | python3 "$(dirname "$0")/bench-perf-split.py" \
+                    --packets $(( rate * f * PERF_SECS )) --cpu-s "$(awk -v a="$pc1" -v b="$pc0" 'BEGIN{print a-b}')" \
+                    >"$OUT/perf-$tag.split.txt" || true
                 perf report -i "$OUT/perf-$tag.perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
                     | grep -v '^#' | grep -v '^$' | head -30 >"$OUT/perf-$tag.dso.txt" || true
                 perf report -i "$OUT/perf-$tag.perf.data" --no-children --sort sym --stdio -g none 2>/dev/null \

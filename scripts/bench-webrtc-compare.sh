@@ -28,7 +28,8 @@
 #   FM_MAX    its highest, likewise [400000]    STEP  seconds per step [2]
 #   STEPS     step budget [8]                   LOSS  loss threshold in percent [0.1]
 #   PERF      1 = `perf record -g` each server for PERF_SECS [4] of an extra fixed-rate run at
-#             the last fan-out, after its joins [0]
+#             the last fan-out, after its joins, split by scripts/bench-perf-split.py into
+#             OUTDIR/perf-KIND-fF.split.txt (user space, own send path, receivers' stack, ...) [0]
 set -euo pipefail
 
 BIN=${BIN:-target/release}
@@ -225,9 +226,15 @@ if [[ "$PERF" == 1 ]]; then
         # The bench says "set up N sessions" once every join is done and media starts.
         for _ in $(seq 300); do grep -q '^set up' "$OUT/$tag.txt" 2>/dev/null && break; sleep 0.1; done
         sleep 1
+        c0=$(cpu_s "${pids[@]}")
         perf record -g -o "$OUT/$tag.perf.data" -p "$(IFS=,; echo "${pids[*]}")" -- sleep "$PERF_SECS" \
             >"$OUT/$tag.perf.log" 2>&1 || true
+        c1=$(cpu_s "${pids[@]}")
         wait "$bp" || true
+        # Where the CPU went per packet out (the asked rate over the recording).
+        perf script -i "$OUT/$tag.perf.data" 2>/dev/null | python3 "$(dirname "$0")/bench-perf-split.py" \
+            --packets $(( rate * f * PERF_SECS )) --cpu-s "$(awk -v a="$c1" -v b="$c0" 'BEGIN{print a-b}')" \
+            >"$OUT/$tag.split.txt" || true
         perf report -i "$OUT/$tag.perf.data" --no-children --sort comm,dso --stdio -g none 2>/dev/null \
             | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/$tag.dso.txt" || true
         perf report -i "$OUT/$tag.perf.data" --no-children --sort sym --stdio -g none 2>/dev/null \
