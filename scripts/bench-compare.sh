@@ -23,6 +23,9 @@
 #              CPU_RATE / F pps (the load docs/BENCHMARKS.md describes). A ratio is printed only
 #              when both daemons delivered >= 99 % of what was asked; otherwise the row says why.
 #   SLUICE_URING_SETUP  io_uring ring flavour: defer, coop or plain [coop]
+#   PERF       1 = `perf record -g` each daemon of the rtpengine comparison for PERF_SECS [4]
+#              of an extra run at the same load, split by scripts/bench-perf-split.py
+#              (OUTDIR/perf-cpu-KIND-fF-PROFILE.*) [0]
 # JSON reports go to OUTDIR (default: a new temp dir); the table is printed at the end and
 # written to OUTDIR/table.md. Compare numbers within one run only: the machine is shared.
 set -euo pipefail
@@ -42,6 +45,9 @@ SC_RATE=${SC_RATE:-20000}
 CPU_RATE=${CPU_RATE:-20000}
 if command -v rtpengine >/dev/null; then RTPENGINE=${RTPENGINE:-1}; else RTPENGINE=0; fi
 RTPE_FANOUTS=${RTPE_FANOUTS:-$FANOUTS}
+PERF=${PERF:-0}
+PERF_SECS=${PERF_SECS:-4}
+if [[ "$PERF" == 1 ]]; then command -v perf >/dev/null || { echo "PERF=1 needs perf" >&2; exit 2; }; fi
 # The io_uring ring flavour (relay/src/io/uring.rs build_ring); inherited by the relay.
 export SLUICE_URING_SETUP=${SLUICE_URING_SETUP:-coop}
 OUT=${1:-$(mktemp -d /tmp/sluice-bench-compare.XXXXXX)}
@@ -204,6 +210,24 @@ if [[ "$RTPENGINE" == 1 ]]; then
             echo "$f" >"$OUT/$tag.fanout"
             "$B" find-max "${args[@]}" --publishers "$pubs" --fanout "$f" --profile "$p" --size "$SIZE" \
                 --start-rate "$start" "${search[@]}" --json "$OUT/max-$kind-f$f-$p.json" >/dev/null || true
+            if [[ "$PERF" == 1 ]]; then
+                # The same load again with perf attached once the sessions exist.
+                "$B" run "${args[@]}" --publishers "$pubs" --fanout "$f" --profile "$p" --size "$SIZE" \
+                    --rate "$rate" --duration $(( PERF_SECS + 3 )) --quiet --json "$OUT/perf-$tag.json" >/dev/null &
+                bp=$!
+                sleep 1.5
+                pc0=$(cpu_s "$pid")
+                perf record -g -o "$OUT/perf-$tag.perf.data" -p "$pid" -- sleep "$PERF_SECS" >"$OUT/perf-$tag.log" 2>&1 || true
+                pc1=$(cpu_s "$pid")
+                wait "$bp" || true
+                perf script -i "$OUT/perf-$tag.perf.data" 2>/dev/null | python3 "$(dirname "$0")/bench-perf-split.py" \
+                    --packets $(( rate * f * PERF_SECS )) --cpu-s "$(awk -v a="$pc1" -v b="$pc0" 'BEGIN{print a-b}')" \
+                    >"$OUT/perf-$tag.split.txt" || true
+                perf report -i "$OUT/perf-$tag.perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
+                    | grep -v '^#' | grep -v '^$' | head -30 >"$OUT/perf-$tag.dso.txt" || true
+                perf report -i "$OUT/perf-$tag.perf.data" --no-children --sort sym --stdio -g none 2>/dev/null \
+                    | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-$tag.sym.txt" || true
+            fi
         done
     done; done
     stop_relay

@@ -3,13 +3,16 @@
 //!
 //! - against the real `sluice-control` and `sluice-relay` (tests/webrtc_rig.rs): 2 publishers
 //!   × 3 viewers; every join completes, media flows with at most 1 % loss, and the report
-//!   carries the handshake, first-media, throughput, loss and latency fields;
+//!   carries the handshake, first-media, throughput, loss and latency fields; then
+//!   `--find-max` over one set of joins: a short search at low rates finds a passing rate,
+//!   and the report splits the server's CPU time into the joins and the media;
 //! - against Janus's videoroom (Debian's `janus`, started here with its HTTP transport on
 //!   loopback): the same load through `--target-kind janus`. Janus (libnice) gathers no
 //!   loopback candidates, so its ICE runs on the address of a bridge the test creates
 //!   (tests/netns.rs), where the bench binds too. Without `janus`, or without the rights to
 //!   create the bridge, the test prints `SKIP: …` and passes (it fails instead when
-//!   `SLUICE_REQUIRE_PEERS` is set: CI installs Janus, .ci/run).
+//!   `SLUICE_REQUIRE_PEERS` is set: CI installs Janus, .ci/run). The same short `--find-max`
+//!   follows against the same Janus.
 
 use sluice_tests::daemons::{bin, Proc};
 use sluice_tests::netns::Net;
@@ -21,14 +24,55 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Run `sluice-bench webrtc ARGS` with a JSON report; the report.
-fn bench(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> serde_json::Value {
+/// The fixed-rate run: 2 publishers × 3 viewers at 300 pps for 4 s, at most 1 % loss.
+const RUN: &[&str] = &[
+    "--publishers",
+    "2",
+    "--fanout",
+    "3",
+    "--rate",
+    "300",
+    "--size",
+    "400",
+    "--duration",
+    "4",
+    "--max-loss",
+    "1",
+    "--drain-ms",
+    "2000",
+];
+
+/// A short search over the same joins: 100, 200, then 400 pps, 2 s each, 1 % loss passes.
+const FIND_MAX: &[&str] = &[
+    "--find-max",
+    "--publishers",
+    "2",
+    "--fanout",
+    "3",
+    "--size",
+    "400",
+    "--start-rate",
+    "100",
+    "--max-rate",
+    "400",
+    "--max-steps",
+    "3",
+    "--step-duration",
+    "2",
+    "--loss",
+    "1",
+    "--drain-ms",
+    "2000",
+];
+
+/// Run `sluice-bench webrtc LOAD ARGS` with a JSON report; the report.
+fn bench(dir: &Path, env: &[(&str, &Path)], load: &[&str], args: &[&str]) -> serde_json::Value {
     let json = dir.join("bench-report.json");
+    let _ = std::fs::remove_file(&json);
     let mut cmd = Command::new(bin("sluice-bench"));
     cmd.arg("webrtc")
-        .args(["--publishers", "2", "--fanout", "3"])
-        .args(["--rate", "300", "--size", "400", "--duration", "4"])
-        .args(["--max-loss", "1", "--drain-ms", "2000", "--quiet"])
+        .args(load)
+        .arg("--quiet")
         .args(args)
         .arg("--json")
         .arg(&json);
@@ -51,6 +95,12 @@ fn bench(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> serde_json::Value 
 /// What every run must show: all 8 joins done, every viewer got media, ≤ 1 % loss, and the
 /// report's fields present.
 fn check_report(r: &serde_json::Value) {
+    check_joins(r);
+    check_result(&r["result"]);
+}
+
+/// All 8 joins done, every viewer got media, the join figures present.
+fn check_joins(r: &serde_json::Value) {
     let w = &r["webrtc"];
     assert_eq!(w["publishers"], 2, "{w}");
     assert_eq!(w["viewers"], 6, "{w}");
@@ -70,7 +120,11 @@ fn check_report(r: &serde_json::Value) {
         }
         assert!(w[k]["max"].as_f64().unwrap() > 0.0, "{k}: {w}");
     }
-    let res = &r["result"];
+}
+
+/// The measured step (a find-max's best): ≤ 1 % loss, nothing forged or misrouted, every
+/// viewer's share accounted.
+fn check_result(res: &serde_json::Value) {
     let loss = res["loss_ratio"].as_f64().expect("loss_ratio");
     assert!(loss <= 0.01, "loss {loss}: {res}");
     assert_eq!(res["auth_failures"], 0, "{res}");
@@ -92,9 +146,72 @@ fn check_report(r: &serde_json::Value) {
 fn bench_joins_sluice_through_whip_and_whep() {
     let rig = WebRtcRig::start("bench-webrtc");
     let run = rig.dir().join("run");
-    let report = bench(rig.dir(), &[("SLUICE_RUNTIME_DIR", &run)], &[]);
+    let report = bench(rig.dir(), &[("SLUICE_RUNTIME_DIR", &run)], RUN, &[]);
     assert_eq!(report["command"], "webrtc");
     check_report(&report);
+
+    let pids = rig
+        .pids()
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let report = bench(
+        rig.dir(),
+        &[("SLUICE_RUNTIME_DIR", &run)],
+        FIND_MAX,
+        &["--server-pid", &pids],
+    );
+    check_find_max(&report, 2);
+}
+
+/// A `--find-max` report over one set of joins at rates every server carries: each step
+/// passed, the best is the last (400 pps, the top), the search says the ceiling was not
+/// reached, and with `server_pids` PIDs the server's CPU is split into joins and media.
+fn check_find_max(r: &serde_json::Value, server_pids: usize) {
+    assert_eq!(r["command"], "webrtc find-max");
+    check_joins(r);
+    let fm = &r["find_max"];
+    let steps = fm["steps"].as_array().expect("find_max.steps");
+    assert_eq!(steps.len(), 3, "100, 200 and 400 pps: {fm}");
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s["passed"], true, "step {i}: {fm}");
+        if server_pids > 0 {
+            let c = &s["server_cpu"];
+            assert!(c["user_s"].as_f64().is_some(), "step {i}: {fm}");
+            assert!(c["system_s"].as_f64().is_some(), "step {i}: {fm}");
+        }
+    }
+    let best = fm["max_offered_pps"].as_f64().expect("max_offered_pps");
+    assert!(best > 0.0, "a passing rate: {fm}");
+    assert!(best >= 0.97 * 400.0, "the top step passed: {fm}");
+    assert!(fm["max_delivered_pps"].as_f64().unwrap() > 0.0, "{fm}");
+    assert_eq!(fm["ceiling_found"], false, "{fm}");
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("the ceiling was not reached"),
+        "the search says its rate is a lower bound: {warnings}"
+    );
+    let res = &r["result"];
+    check_result(res);
+    assert_eq!(res["target_pps"].as_f64(), Some(400.0), "{res}");
+    let w = &r["webrtc"];
+    if server_pids == 0 {
+        return;
+    }
+    assert_eq!(
+        w["server_pids"].as_array().map(Vec::len),
+        Some(server_pids),
+        "{w}"
+    );
+    // The joins took the server some CPU (DTLS at least), and the media's share is there.
+    assert!(w["join_cpu"]["user_s"].as_f64().is_some(), "{w}");
+    let c = &r["server_cpu"];
+    let delivered = res["delivered"]["packets"].as_u64().unwrap();
+    assert_eq!(c["delivered"].as_u64(), Some(delivered), "{c}");
+    assert!(c["cpu"]["user_s"].as_f64().is_some(), "{c}");
+    assert!(c["cpu"]["system_s"].as_f64().is_some(), "{c}");
+    assert!(c["delivered_per_cpu_s"].as_f64().is_some(), "{c}");
 }
 
 /// Where Debian's janus package keeps its modules.
@@ -240,20 +357,24 @@ fn bench_joins_janus_videoroom() {
     net.add_host().expect("bridge host");
     let ip = IpAddr::V4(net.bridge_ip());
     let dir = TempDir::new("bench-janus");
-    let (_janus, base) = start_janus(dir.path(), ip);
+    let (janus, base) = start_janus(dir.path(), ip);
     let ip_s = ip.to_string();
-    let report = bench(
-        dir.path(),
-        &[],
-        &[
-            "--target-kind",
-            "janus",
-            "--janus-url",
-            &base,
-            "--bind",
-            &ip_s,
-        ],
-    );
+    let janus_args = [
+        "--target-kind",
+        "janus",
+        "--janus-url",
+        &base,
+        "--bind",
+        &ip_s,
+    ];
+    let report = bench(dir.path(), &[], RUN, &janus_args);
     assert_eq!(report["target"]["kind"], "janus (videoroom)");
     check_report(&report);
+
+    let pid = janus.pid().to_string();
+    let mut args = janus_args.to_vec();
+    args.extend(["--server-pid", &pid]);
+    let report = bench(dir.path(), &[], FIND_MAX, &args);
+    assert_eq!(report["target"]["kind"], "janus (videoroom)");
+    check_find_max(&report, 1);
 }

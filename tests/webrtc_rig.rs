@@ -150,6 +150,15 @@ impl WebRtcRig {
         self.dir.path()
     }
 
+    /// PIDs of the relay and control processes (while they run).
+    pub fn pids(&self) -> Vec<u32> {
+        self.relay
+            .iter()
+            .chain(&self.control)
+            .map(Proc::pid)
+            .collect()
+    }
+
     /// `http(s)://HOST:PORT` of the WHIP/WHEP endpoints.
     pub fn base(&self) -> String {
         self.public_url.clone()

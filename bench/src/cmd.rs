@@ -15,8 +15,8 @@ use crate::gen::{GenError, Gso, Live, Rig, RigSpec, StepOutcome, StepSpec};
 use crate::plot::{self, PlotError};
 use crate::probe::{self, Probe};
 use crate::report::{
-    CryptoBaseline, EchoBaseline, FindMax, GeneratorBaseline, GeneratorUsage, LoadConfig, Report,
-    RunResult, TargetStats,
+    CpuTimes, CryptoBaseline, EchoBaseline, FindMax, GeneratorBaseline, GeneratorUsage, LoadConfig,
+    Report, RunResult, ServerCpu, TargetStats,
 };
 use crate::sys;
 use crate::target::{Target, TargetError};
@@ -186,20 +186,24 @@ pub fn run(target: &mut dyn Target, opts: &RunOptions, out: &Output) -> Result<R
         drain: opts.drain,
         tick: Duration::from_millis(200),
     };
-    let (o, cpu) = with_sessions(target, opts.rig.clone(), out, |rig, target| {
+    let (o, cpu, server) = with_sessions(target, opts.rig.clone(), out, |rig, target| {
         if let Some(c) = report.config.as_mut() {
             c.gso = rig.gso();
         }
         let before = target.stats();
-        let r = measured_step(rig, &step, out);
-        target.observe_first_media(&r.0.first_media_ns);
+        let cpu0 = target.server_cpu();
+        let (o, cpu) = measured_step(rig, &step, out);
+        let cpu1 = target.server_cpu();
+        target.observe_first_media(&o.first_media_ns);
         let after = target.stats();
         if before.is_some() || after.is_some() {
             report.target_stats = Some(TargetStats { before, after });
         }
-        Ok(r)
+        Ok((o, cpu, (cpu0, cpu1)))
     })?;
     finish(&mut report, &o, cpu);
+    let delivered = report.result.as_ref().map_or(0, |r| r.delivered.packets);
+    report.server_cpu = ServerCpu::of(server.0, server.1, delivered);
     Ok(report)
 }
 
@@ -291,16 +295,23 @@ pub struct FindMaxOptions {
     pub max_steps: usize,
 }
 
-/// The best step of a search: its outcome, the generator's CPU seconds, and the target's
-/// statistics before and after it.
-pub type BestStep = (StepOutcome, f64, Option<TargetStats>);
+/// The best step of a search: its outcome, the generator's CPU seconds, the target's
+/// statistics before and after it, and the server's CPU readings before and after it.
+pub type BestStep = (
+    StepOutcome,
+    f64,
+    Option<TargetStats>,
+    (Option<CpuTimes>, Option<CpuTimes>),
+);
 
 /// Exponential ramp from `start` until a step fails, then bisection between the last pass and
 /// the first failure. A step fails on loss above the threshold or when the generator could
 /// not offer what was asked (it then bounds the search, with a warning).
 ///
-/// With a `target`, its statistics are read before and after every step and kept with the
-/// best one.
+/// With a `target`, its statistics (and the server's CPU time, when it reads it) are taken
+/// before and after every step and kept with the best one, and the first step's time to first
+/// media goes to [`Target::observe_first_media`]: the sessions are set up once, before the
+/// search, so the first step is the one that starts the media.
 pub fn search(
     rig: &mut Rig,
     o: &FindMaxOptions,
@@ -326,16 +337,24 @@ pub fn search(
         };
         step_id += 1;
         let before = target.as_deref_mut().and_then(Target::stats);
+        let cpu0 = target.as_deref_mut().and_then(Target::server_cpu);
         let (outcome, cpu) = measured_step(rig, &spec, out);
+        let cpu1 = target.as_deref_mut().and_then(Target::server_cpu);
         let after = target.as_deref_mut().and_then(Target::stats);
         if outcome.interrupted {
             break;
+        }
+        if fm.steps.is_empty() {
+            if let Some(t) = target.as_deref_mut() {
+                t.observe_first_media(&outcome.first_media_ns);
+            }
         }
         let r = RunResult::from_step(&outcome);
         let short = r.offered.pps < 0.97 * rate;
         let passed = r.loss_ratio <= o.loss && !short;
         let mut s = r.summary();
         s.passed = passed;
+        s.server_cpu = cpu1.zip(cpu0).map(|(b, a)| b.since(&a));
         fm.steps.push(s);
         out.say(&format!(
             "step {:>2}: {:>10.0} pps asked, {:>10.0} offered, {:>10.0} delivered, loss {:.4}%, p99 {:.1} µs  {}",
@@ -361,7 +380,7 @@ pub fn search(
                 fm.latency_at_max = Some(r.latency);
                 let stats =
                     (before.is_some() || after.is_some()).then_some(TargetStats { before, after });
-                best = Some((outcome, cpu, stats));
+                best = Some((outcome, cpu, stats, (cpu0, cpu1)));
             }
         } else {
             hi = rate;
@@ -431,9 +450,11 @@ pub fn find_max(
         Ok(search(rig, o, out, &mut warnings, Some(target)))
     })?;
     report.warnings = warnings;
-    if let Some((outcome, cpu, stats)) = best {
+    if let Some((outcome, cpu, stats, (cpu0, cpu1))) = best {
         finish(&mut report, &outcome, cpu);
         report.target_stats = stats;
+        let delivered = report.result.as_ref().map_or(0, |r| r.delivered.packets);
+        report.server_cpu = ServerCpu::of(cpu0, cpu1, delivered);
     }
     report.find_max = Some(fm);
     Ok(report)
@@ -467,7 +488,7 @@ pub fn echo_at(
         let mut warnings = Vec::new();
         let (fm, best) = search(&mut rig, opts, out, &mut warnings, None);
         report.warnings = warnings;
-        if let Some((o, cpu, _)) = &best {
+        if let Some((o, cpu, _, _)) = &best {
             finish(&mut report, o, *cpu);
         }
         echo.find_max = Some(fm);
@@ -736,6 +757,7 @@ mod tests {
             loss_ratio: 0.0,
             p99_us: 1.0,
             passed,
+            server_cpu: None,
         }
     }
 

@@ -44,7 +44,8 @@ enum Command {
         out: OutArgs,
     },
     /// Join a WebRTC server as publishers and viewers (real ICE and DTLS-SRTP), then send
-    /// SRTP through it at a fixed rate and report handshakes and what came out.
+    /// SRTP through it at a fixed rate (or search the highest rate within a loss threshold
+    /// with --find-max) and report handshakes and what came out.
     Webrtc(WebrtcArgs),
     /// The ceilings: a plain UDP reflector, or the SRTP transforms alone.
     Baseline {
@@ -704,15 +705,26 @@ struct WebrtcArgs {
     /// Longest join of one endpoint, in seconds.
     #[arg(long, default_value_t = 20.0)]
     handshake_timeout: f64,
+    /// The server's processes on this host (comma-separated PIDs): their CPU time from
+    /// /proc/PID/stat is reported for the joins and for the media separately, with packets
+    /// out per server CPU-second of the media.
+    #[arg(long, value_name = "PID,PID,...", value_delimiter = ',')]
+    server_pid: Vec<u32>,
     #[command(flatten)]
     load: LoadArgs,
     /// Total publisher packets per second (all publishers together).
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, conflicts_with = "find_max")]
     rate: f64,
     /// Exit with status 3 when loss exceeds this percentage, any packet failed
     /// authentication or reached the wrong viewer, or a join failed.
-    #[arg(long, value_name = "PCT")]
+    #[arg(long, value_name = "PCT", conflicts_with = "find_max")]
     max_loss: Option<f64>,
+    /// Join once, then search the highest publisher rate whose loss stays below --loss over
+    /// the established sessions (the steps and rules of `find-max`).
+    #[arg(long)]
+    find_max: bool,
+    #[command(flatten)]
+    search: SearchArgs,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -720,7 +732,19 @@ struct WebrtcArgs {
 /// `sluice-bench webrtc`; `Some(3)` when the `--max-loss` check fails.
 fn webrtc_command(a: WebrtcArgs) -> Result<Option<ExitCode>, CmdError> {
     use sluice_bench::webrtc::{self, WebRtcOptions, WebRtcTarget};
-    let opts = a.load.run_options(a.rate)?;
+    let search = if a.find_max {
+        Some(
+            a.search
+                .options(a.load.run_options(a.search.start_rate)?, true)?,
+        )
+    } else {
+        None
+    };
+    let opts = a.load.run_options(if a.find_max {
+        a.search.start_rate
+    } else {
+        a.rate
+    })?;
     let output = a.out.output();
     let signaling: Box<dyn webrtc::Signaling> = match a.target_kind {
         WebrtcServer::Sluice => Box::new(webrtc::sluice(
@@ -759,9 +783,13 @@ fn webrtc_command(a: WebrtcArgs) -> Result<Option<ExitCode>, CmdError> {
             profile: a.load.profile,
             concurrency: a.concurrency,
             handshake_timeout: secs(a.handshake_timeout, "--handshake-timeout")?,
+            server_pids: a.server_pid.clone(),
         },
     )?;
-    let run = cmd::run(&mut t, &opts, &output);
+    let run = match &search {
+        Some(s) => cmd::find_max(&mut t, s, &output),
+        None => cmd::run(&mut t, &opts, &output),
+    };
     let summary = t.summary().clone();
     let mut report = match run {
         Ok(r) => r,
@@ -771,7 +799,12 @@ fn webrtc_command(a: WebrtcArgs) -> Result<Option<ExitCode>, CmdError> {
             return Err(e);
         }
     };
-    report.command = "webrtc".into();
+    report.command = if a.find_max {
+        "webrtc find-max"
+    } else {
+        "webrtc"
+    }
+    .into();
     report.webrtc = Some(summary);
     finish(&report, &output, "sluice-bench webrtc")?;
     if let (Some(max), Some(r)) = (a.max_loss, &report.result) {

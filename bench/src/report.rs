@@ -40,7 +40,75 @@ pub struct Report {
     /// `--targets`: each node's share of the measured run ([`crate::multi::per_node`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeFigures>,
+    /// The server's own CPU time over the measured step (find-max: the best step), when the
+    /// target reads it (`webrtc --server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpu>,
     pub warnings: Vec<String>,
+}
+
+/// CPU seconds of a process or a set of processes, split as the kernel accounts them
+/// (`utime` and `stime` of `/proc/PID/stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuTimes {
+    pub user_s: f64,
+    pub system_s: f64,
+}
+
+impl CpuTimes {
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.system_s
+    }
+
+    /// What was used between `earlier` and `self` (never negative).
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            system_s: (self.system_s - earlier.system_s).max(0.0),
+        }
+    }
+
+    pub fn add(&self, other: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_s: self.user_s + other.user_s,
+            system_s: self.system_s + other.system_s,
+        }
+    }
+}
+
+/// The server's CPU over a measured media step, against the packets it delivered then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerCpu {
+    pub cpu: CpuTimes,
+    /// Datagrams the subscribers received in the step.
+    pub delivered: u64,
+    /// `delivered` ÷ the step's CPU seconds: packets out per server CPU-second.
+    pub delivered_per_cpu_s: f64,
+    /// The step's CPU ÷ `delivered`, in nanoseconds.
+    pub ns_per_delivered: f64,
+}
+
+impl ServerCpu {
+    /// CPU readings before and after a step that delivered `delivered` datagrams; `None`
+    /// when either reading is missing.
+    pub fn of(
+        before: Option<CpuTimes>,
+        after: Option<CpuTimes>,
+        delivered: u64,
+    ) -> Option<ServerCpu> {
+        let cpu = after?.since(&before?);
+        let t = cpu.total_s();
+        Some(ServerCpu {
+            cpu,
+            delivered,
+            delivered_per_cpu_s: if t > 0.0 { delivered as f64 / t } else { 0.0 },
+            ns_per_delivered: if delivered > 0 {
+                t * 1e9 / delivered as f64
+            } else {
+                0.0
+            },
+        })
+    }
 }
 
 /// One node's share of a run over several nodes (`--targets`).
@@ -192,6 +260,9 @@ pub struct StepSummary {
     pub loss_ratio: f64,
     pub p99_us: f64,
     pub passed: bool,
+    /// The server's CPU seconds over this step, when the target reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<CpuTimes>,
 }
 
 /// The find-max outcome.
@@ -422,6 +493,7 @@ impl RunResult {
             loss_ratio: self.loss_ratio,
             p99_us: self.latency.p99_us,
             passed: false,
+            server_cpu: None,
         }
     }
 }
@@ -594,6 +666,18 @@ impl Report {
                 }
             );
         }
+        if let Some(c) = &self.server_cpu {
+            let _ = writeln!(
+                *s,
+                "server CPU {:.2} s (user {:.2}, system {:.2}) for {} delivered: {:.0} packets out per CPU-s, {:.0} ns each",
+                c.cpu.total_s(),
+                c.cpu.user_s,
+                c.cpu.system_s,
+                c.delivered,
+                c.delivered_per_cpu_s,
+                c.ns_per_delivered
+            );
+        }
     }
 
     fn text_baselines(&self, s: &mut String) {
@@ -673,5 +757,48 @@ impl Report {
                 g.pps_per_sender_cpu_s
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_cpu_is_the_difference_over_the_step() {
+        let before = CpuTimes {
+            user_s: 1.0,
+            system_s: 2.0,
+        };
+        let after = CpuTimes {
+            user_s: 1.5,
+            system_s: 2.5,
+        };
+        let c = ServerCpu::of(Some(before), Some(after), 2000).expect("both readings");
+        assert_eq!(
+            c.cpu,
+            CpuTimes {
+                user_s: 0.5,
+                system_s: 0.5
+            }
+        );
+        assert_eq!(c.delivered_per_cpu_s, 2000.0);
+        assert_eq!(c.ns_per_delivered, 500_000.0);
+        // A missing reading (the process exited) gives no figure rather than a wrong one.
+        assert_eq!(ServerCpu::of(None, Some(after), 2000), None);
+        assert_eq!(ServerCpu::of(Some(before), None, 2000), None);
+        // Nothing used, nothing delivered: zeros, not infinities.
+        let z = ServerCpu::of(Some(before), Some(before), 0).expect("both readings");
+        assert_eq!((z.delivered_per_cpu_s, z.ns_per_delivered), (0.0, 0.0));
+        // A counter that went back (another process with a reused PID) never goes negative.
+        assert_eq!(
+            after
+                .since(&CpuTimes {
+                    user_s: 9.0,
+                    system_s: 0.0
+                })
+                .user_s,
+            0.0
+        );
     }
 }

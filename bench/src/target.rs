@@ -170,6 +170,11 @@ pub trait Target {
     /// A measured step's time to first media per subscriber (ns from the step's start;
     /// `None`: none came), which a WebRTC target reports with its joins.
     fn observe_first_media(&mut self, _first_media_ns: &[Option<u64>]) {}
+    /// CPU seconds (user + system) the server's processes have used so far, when the target
+    /// was told which they are (`webrtc --server-pid`); sampled around every measured step.
+    fn server_cpu(&mut self) -> Option<crate::report::CpuTimes> {
+        None
+    }
 }
 
 /// The discovery file written by a running `sluice-control`: the same record and the same

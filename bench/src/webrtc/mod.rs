@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::http::AdminClient;
+use crate::report::CpuTimes;
 use crate::target::{Endpoints, Plan, Target, TargetError, TargetInfo, Wiring};
 use dtls::Identity;
 use ice::Credentials;
@@ -274,6 +275,9 @@ pub struct WebRtcOptions {
     pub concurrency: usize,
     /// Longest join (signalling, ICE and DTLS) of one endpoint.
     pub handshake_timeout: Duration,
+    /// The server's processes (on this host) whose CPU time the report splits into the joins
+    /// and the media; empty: not read.
+    pub server_pids: Vec<u32>,
 }
 
 /// Timings of one endpoint's join.
@@ -346,6 +350,13 @@ pub struct WebRtcSummary {
     /// Viewers that received no probe at all.
     pub viewers_without_media: usize,
     pub profile: String,
+    /// The server processes whose CPU time is read (`--server-pid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_pids: Vec<u32>,
+    /// Their CPU time over the joins, before any media (the media's is the report's
+    /// `server_cpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_cpu: Option<CpuTimes>,
 }
 
 impl WebRtcSummary {
@@ -375,7 +386,15 @@ impl WebRtcSummary {
             m(&self.dtls_ms),
             m(&self.first_media_ms),
             self.viewers_without_media,
-        )
+        ) + &self.join_cpu.map_or(String::new(), |c| {
+            format!(
+                "join CPU   {:.2} s (user {:.2}, system {:.2}) of the server, {:.2} ms per join\n",
+                c.total_s(),
+                c.user_s,
+                c.system_s,
+                c.total_s() * 1e3 / self.handshakes.max(1) as f64
+            )
+        })
     }
 }
 
@@ -408,6 +427,7 @@ impl WebRtcTarget {
             summary: WebRtcSummary {
                 concurrency: opts.concurrency,
                 profile: opts.profile.name().to_string(),
+                server_pids: opts.server_pids.clone(),
                 ..WebRtcSummary::default()
             },
             opts,
@@ -427,6 +447,19 @@ impl WebRtcTarget {
         self.summary.first_media_ms =
             Millis::of(first.iter().flatten().map(|ns| *ns as f64 / 1e6).collect());
         self.summary.viewers_without_media = first.iter().filter(|f| f.is_none()).count();
+    }
+
+    /// The server processes' CPU time so far; `None` without `server_pids` or when one of
+    /// them cannot be read (it exited).
+    fn read_server_cpu(&self) -> Option<CpuTimes> {
+        if self.opts.server_pids.is_empty() {
+            return None;
+        }
+        let mut sum = CpuTimes::default();
+        for &pid in &self.opts.server_pids {
+            sum = sum.add(&crate::sys::pid_cpu(pid).ok()?);
+        }
+        Some(sum)
     }
 
     /// Join every endpoint of `role_of` over `socks`, `concurrency` at a time.
@@ -603,6 +636,7 @@ impl Target for WebRtcTarget {
                 self.opts.profile.name()
             )));
         }
+        let cpu0 = self.read_server_cpu();
         let t0 = Instant::now();
         let pub_socks: Vec<UdpSocket> = e
             .publishers
@@ -626,6 +660,10 @@ impl Target for WebRtcTarget {
             Vec::new()
         };
         self.summary.setup_s = t0.elapsed().as_secs_f64();
+        self.summary.join_cpu = self
+            .read_server_cpu()
+            .zip(cpu0)
+            .map(|(after, before)| after.since(&before));
         self.summary.publishers = pubs.len();
         self.summary.viewers = sub_socks.len();
 
@@ -722,6 +760,10 @@ impl Target for WebRtcTarget {
 
     fn observe_first_media(&mut self, first_media_ns: &[Option<u64>]) {
         self.first_media(first_media_ns);
+    }
+
+    fn server_cpu(&mut self) -> Option<CpuTimes> {
+        self.read_server_cpu()
     }
 }
 
