@@ -14,7 +14,7 @@ use super::layers::{Decision, LayerPacket, UP_MARGIN_PCT};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::probe::{PADDING, TICK_US};
 use super::remb_rx::UplinkRemb;
-use super::rtx_cache::{Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
+use super::rtx_cache::{AsSent, Insert, Resend, SentFrom, StreamCache, SLOT_BYTES};
 use super::state::{estimate_index, StreamState, Track, SKIP};
 use super::stun::{IceResponder, StunVerdict};
 use super::svc::{self, SvcDecision};
@@ -549,6 +549,22 @@ fn select_svc(
         c.rebase(src, seq, ts, r.gap, r.ts_advance);
     }
     Some(d)
+}
+
+/// Rewrite a cached packet `pkt` (already renumbered) as its first copy was beyond the
+/// numbering: the VP8 descriptor of a simulcast layer's output and an SVC output's marker.
+/// Resends only, so the descriptor is parsed here.
+fn rewrite_as_sent(pkt: &mut [u8], from: &SentFrom) {
+    if from.as_sent.marker() {
+        if let Ok(mut p) = RtpMut::parse(pkt) {
+            p.set_marker(true);
+        }
+    }
+    if let Some((pid, tl0, key)) = from.as_sent.vp8() {
+        if let Ok(range) = RtpPacket::parse(pkt).map(|p| p.payload_range()) {
+            rewrite_vp8(pkt, &range, pid, tl0, key);
+        }
+    }
 }
 
 /// Write the layer-continuous VP8 picture ID, TL0PICIDX and key index into the copied packet
@@ -1337,6 +1353,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 ssrc: inp.ssrc,
                 index,
                 out_ts: ots,
+                as_sent: AsSent::new(vp8, None, svc_out.as_ref().is_some_and(|s| s.marker)),
             };
             let cap = self.nack.cache_packets;
             note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
@@ -1405,6 +1422,11 @@ impl<C: SrtpOps> Forwarder<C> {
                     ssrc: inp.ssrc,
                     index,
                     out_ts: ots,
+                    as_sent: AsSent::new(
+                        vp8,
+                        tw_seq.filter(|_| stamped),
+                        svc_out.as_ref().is_some_and(|s| s.marker),
+                    ),
                 };
                 let cap = self.nack.cache_packets;
                 note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
@@ -1989,6 +2011,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 self.stats.count(Feedback::ResendFailed, 1);
                 return true;
             }
+            rewrite_as_sent(&mut self.scratch[..len], &from);
             // The viewer's MID, as in the first copy; room kept for the RTX header and tag.
             len = write_mid(&mut self.scratch, len, &rw, RTX_ROOM);
             if let Some(b) = s.bwe.as_deref().filter(|_| rw.twcc_id != 0) {
@@ -2027,8 +2050,13 @@ impl<C: SrtpOps> Forwarder<C> {
                     return Err(DropReason::Malformed);
                 }
                 // Same SSRC, sequence number and key: the same SRTP index as the first copy
-                // (RFC 3711 §3.3.1), so the same keystream over the same plaintext: the MID is
-                // written exactly as in the first copy.
+                // (RFC 3711 §3.3.1), so the same keystream over the same plaintext: the VP8
+                // descriptor, marker, transport-wide number and MID are written exactly as in
+                // the first copy.
+                rewrite_as_sent(dst, &from);
+                if let (Some(n), 1..) = (from.as_sent.tw(), rw.twcc_id) {
+                    stamp_twcc(dst, rw.twcc_id, n);
+                }
                 let n = write_mid(slot, len, &rw, Profile::MAX_SRTP_OVERHEAD);
                 ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
             }),

@@ -463,3 +463,63 @@ fn transport_cc_from_a_300k_link_moves_the_viewer_to_the_low_layer() {
     assert_eq!(runs, [0, 1, 0], "layers in order of use");
     assert_eq!(rig.fwd.stats().feedback(Feedback::LayerSwitch), 2);
 }
+
+/// A NACKed packet of a layer the output switched to is resent as the subscriber first got
+/// it: with the picture ID, TL0PICIDX and key index continued across the switch, not the
+/// layer's own from the cache (the decoder would see a picture from another stream, and the
+/// same SRTP index would cover another plaintext).
+#[test]
+fn a_resend_after_a_switch_carries_the_rewritten_vp8_descriptor() {
+    use super::nack::NackConfig;
+    use super::tests::nack;
+    let mut rig = Rig::new(
+        vec![session(1, Role::Speaker), session(3, Role::Viewer)],
+        vec![
+            layered(1, LOW, 0, Layer::NO_CAP),
+            layered(2, HIGH, 1, Layer::NO_CAP),
+        ],
+    );
+    rig.fwd.set_nack(NackConfig::default());
+    let t0 = Instant::now();
+    let mut lo = Source {
+        ssrc: LOW,
+        seq: 100,
+        ts: 1000,
+        pid: 500,
+        tl0: 10,
+    };
+    let mut hi = Source {
+        ssrc: HIGH,
+        seq: 7,
+        ts: 50_000,
+        pid: 40,
+        tl0: 3,
+    };
+    rig.fwd.set_now(t0);
+    let to_viewer = |out: Vec<(std::net::SocketAddr, Vec<u8>)>| -> Vec<Vec<u8>> {
+        out.into_iter()
+            .filter(|(d, _)| *d == addr(1003))
+            .map(|(_, p)| p)
+            .collect()
+    };
+    let mut sent = to_viewer(rig.send(1, &lo.frame(true)));
+    let mut t = Duration::ZERO;
+    for i in 1..45 {
+        t += Duration::from_millis(33);
+        rig.fwd.set_now(t0 + t);
+        sent.extend(to_viewer(rig.send(1, &lo.frame(false))));
+        sent.extend(to_viewer(rig.send(1, &hi.frame(i >= 36 && i % 10 == 0))));
+    }
+    assert_eq!(rig.fwd.stats().feedback(Feedback::LayerSwitch), 1);
+    let last = sent.last().unwrap().clone();
+    let (seq, _, pid, tl0, _) = seen(&last);
+    // The high layer's own picture ID for that frame was hi.pid - 1: the output's differs.
+    assert_ne!(pid, (hi.pid + 0x7FFF) & 0x7FFF);
+    assert_ne!(tl0, hi.tl0.wrapping_sub(1));
+    t += Duration::from_millis(20);
+    rig.fwd.set_now(t0 + t);
+    let out = to_viewer(rig.send(3, &nack(OUT, &[seq])));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0], last, "the first copy, byte for byte");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::Retransmitted), 1);
+}

@@ -148,6 +148,58 @@ pub struct SentFrom {
     pub index: u64,
     /// The RTP timestamp the subscriber was sent.
     pub out_ts: u32,
+    /// What else the first copy was rewritten with, so that a resend is the same packet.
+    pub as_sent: AsSent,
+}
+
+/// How a subscriber's first copy of a packet was rewritten beyond its numbering, packed into
+/// 7 bytes (the sent map keeps one per packet sent): its VP8 picture ID, TL0PICIDX and key
+/// index (a simulcast layer's output), its transport-wide sequence number (a resend on the
+/// stream itself, not as RTX, has the same SRTP index and so must carry the same plaintext),
+/// and the marker an SVC output set on it (the end of the last frame of its picture the
+/// subscriber gets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AsSent {
+    pid: u16,
+    tw: u16,
+    tl0: u8,
+    key: u8,
+    flags: u8,
+}
+
+impl AsSent {
+    const VP8: u8 = 1;
+    const TW: u8 = 2;
+    const MARKER: u8 = 4;
+
+    pub fn new(vp8: Option<(u16, u8, u8)>, tw: Option<u16>, marker: bool) -> AsSent {
+        let (pid, tl0, key) = vp8.unwrap_or_default();
+        let flags = u8::from(vp8.is_some()) * AsSent::VP8
+            | u8::from(tw.is_some()) * AsSent::TW
+            | u8::from(marker) * AsSent::MARKER;
+        AsSent {
+            pid,
+            tw: tw.unwrap_or_default(),
+            tl0,
+            key,
+            flags,
+        }
+    }
+
+    /// The VP8 picture ID, TL0PICIDX and key index written into the first copy.
+    pub fn vp8(&self) -> Option<(u16, u8, u8)> {
+        (self.flags & AsSent::VP8 != 0).then_some((self.pid, self.tl0, self.key))
+    }
+
+    /// The transport-wide sequence number the first copy carried.
+    pub fn tw(&self) -> Option<u16> {
+        (self.flags & AsSent::TW != 0).then_some(self.tw)
+    }
+
+    /// Whether the first copy's marker was set by the relay.
+    pub fn marker(&self) -> bool {
+        self.flags & AsSent::MARKER != 0
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +218,13 @@ const NO_SENT: Sent = Sent {
         ssrc: 0,
         index: 0,
         out_ts: 0,
+        as_sent: AsSent {
+            pid: 0,
+            tw: 0,
+            tl0: 0,
+            key: 0,
+            flags: 0,
+        },
     },
     resent_at: None,
 };
@@ -307,13 +366,26 @@ mod tests {
             ssrc: 0x1234,
             index,
             out_ts: index as u32 * 90,
+            as_sent: AsSent::default(),
         }
     }
 
     #[test]
     fn sent_entry_size() {
         // docs/CONFIG.md quotes the sent map's memory per entry.
-        assert_eq!(core::mem::size_of::<Sent>(), 48);
+        assert_eq!(core::mem::size_of::<Sent>(), 56);
+    }
+
+    #[test]
+    fn as_sent_keeps_what_it_was_given() {
+        let a = AsSent::new(Some((0x7FFF, 255, 31)), Some(65_535), true);
+        assert_eq!(
+            (a.vp8(), a.tw(), a.marker()),
+            (Some((0x7FFF, 255, 31)), Some(65_535), true)
+        );
+        let b = AsSent::new(None, Some(0), false);
+        assert_eq!((b.vp8(), b.tw(), b.marker()), (None, Some(0), false));
+        assert_eq!(AsSent::new(None, None, false), AsSent::default());
     }
 
     #[test]

@@ -663,7 +663,7 @@ fn nack_rig(routes: Vec<RouteRecord>) -> (Rig, Instant) {
     (rig, t)
 }
 
-fn nack(media: u32, lost: &[u16]) -> Vec<u8> {
+pub(super) fn nack(media: u32, lost: &[u16]) -> Vec<u8> {
     let mut b = [0u8; 256];
     let (n, rest) = rtcp_write::nack(&mut b, 0x5555, media, lost).unwrap();
     assert_eq!(rest, 0);
@@ -942,6 +942,44 @@ fn resends_per_subscriber_are_bounded() {
 }
 
 /// An RTP packet with a one-byte extension block (RFC 8285 §4.2) holding `elements`.
+/// A resend on the stream itself (a subscriber without RTX) has the first copy's SRTP index,
+/// so it must be the first copy's plaintext too (RFC 3711 §9.1: never two plaintexts under
+/// one keystream): it carries the transport-wide number the first copy carried, not the
+/// publisher's from the cache nor a new one, and is byte for byte the first copy.
+#[test]
+fn plain_resend_is_the_first_copy_with_its_transport_wide_number() {
+    use contract::wire::{rtp::RtpPacket, twcc};
+    let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
+    ext_map[0] = (3, 5);
+    let rw = Rewrite {
+        ssrc: Some(0xAAAA),
+        ext_map,
+        ext_map_len: 1,
+        twcc_id: 5,
+        ..Rewrite::default()
+    };
+    let (mut rig, _) = nack_rig(vec![route(1, 1, Some(0x1111), 3, rw)]);
+    let tw = |p: &[u8]| {
+        let r = RtpPacket::parse(p).unwrap();
+        twcc::read_seq(r.extension_by_id(5).unwrap()).unwrap()
+    };
+    let mut sent = Vec::new();
+    for seq in 100u16..103 {
+        let publisher_tw = (4000 + seq).to_be_bytes();
+        let p = rtp_with_extensions(0x1111, seq, &[(3, &publisher_tw)], b"media");
+        sent.extend(rig.send(1, &p));
+    }
+    assert_eq!(
+        sent.iter().map(|(_, p)| tw(p)).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    let out = rig.send(3, &nack(0xAAAA, &[be16(&sent[1].1, 2)]));
+    assert_eq!(out.len(), 1);
+    assert_eq!(tw(&out[0].1), 1, "the first copy's number");
+    assert_eq!(out[0], sent[1], "the first copy, byte for byte");
+    assert_eq!(rig.fb(Feedback::Retransmitted), 1);
+}
+
 /// An RTX resend to a subscriber numbered with the transport-wide extension takes the
 /// subscriber's next number (and counts in its estimator, bwe.rs), as libwebrtc numbers
 /// retransmissions: the publisher's number in the cached packet never reaches the subscriber,
