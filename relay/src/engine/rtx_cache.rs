@@ -174,9 +174,10 @@ impl AsSent {
 
     pub fn new(vp8: Option<(u16, u8, u8)>, tw: Option<u16>, marker: bool) -> AsSent {
         let (pid, tl0, key) = vp8.unwrap_or_default();
-        let flags = u8::from(vp8.is_some()) * AsSent::VP8
-            | u8::from(tw.is_some()) * AsSent::TW
-            | u8::from(marker) * AsSent::MARKER;
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        let flags = flag(vp8.is_some(), AsSent::VP8)
+            | flag(tw.is_some(), AsSent::TW)
+            | flag(marker, AsSent::MARKER);
         AsSent {
             pid,
             tw: tw.unwrap_or_default(),
