@@ -1,8 +1,7 @@
 //! Zero heap allocations per packet in the engine after warm-up (fan-out 1 and 10, RTP and
 //! RTCP, per-session diagnostics counted and published, the relay's own sender and receiver
 //! reports written at each turn's end, REMB to a publisher that takes it, simulcast layer
-//! selection), counted by a global
-//! allocator. Its own test binary so no other test allocates
+//! selection), counted by a global allocator. Its own test binary so no other test allocates
 //! concurrently; the one test runs its cases in sequence.
 
 mod engine_support;
