@@ -263,6 +263,9 @@ pub struct Session<C> {
     pub groups: Range<u32>,
     /// The any-SSRC group, or [`NONE`].
     pub any_group: u32,
+    /// Some group in `groups` carries a simulcast layer stream (so the other streams of a
+    /// publisher without one skip the layer lookup).
+    pub layer_groups: bool,
     /// Routes into this session as a subscriber: `feeds[range]`.
     pub feeds: Range<u32>,
     seen: [u32; SEEN_SSRCS],
@@ -357,6 +360,7 @@ impl<C: SrtpOps> Session<C> {
             rate_count: 0,
             groups: 0..0,
             any_group: NONE,
+            layer_groups: false,
             feeds: 0..0,
             seen: [0; SEEN_SSRCS],
             seen_len: 0,
@@ -412,6 +416,7 @@ impl<C: SrtpOps> Session<C> {
         self.key_epoch = rec.key_epoch;
         self.groups = 0..0;
         self.any_group = NONE;
+        self.layer_groups = false;
         self.feeds = 0..0;
         self.layered = 0;
         self.rtx_in.clear();
@@ -715,6 +720,9 @@ impl<C: SrtpOps> Index<C> {
     #[inline]
     pub fn activity_of(&self, publisher: u32, ssrc: u32) -> Option<u32> {
         let s = &self.sessions[publisher as usize];
+        if !s.layer_groups {
+            return None;
+        }
         let groups = &self.groups[s.groups.start as usize..s.groups.end as usize];
         let i = groups.binary_search_by_key(&ssrc, |g| g.ssrc).ok()?;
         Some(groups[i].activity).filter(|&a| a != NONE)
@@ -982,6 +990,9 @@ impl<C: SrtpOps> Index<C> {
                 self.groups.len() as u32
             };
             s.groups = start_group..end;
+            s.layer_groups = self.groups[start_group as usize..end as usize]
+                .iter()
+                .any(|g| g.activity != NONE);
         }
     }
 
