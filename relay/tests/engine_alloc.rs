@@ -1,7 +1,7 @@
 //! Zero heap allocations per packet in the engine after warm-up (fan-out 1 and 10, RTP and
 //! RTCP, per-session diagnostics counted and published, the relay's own sender and receiver
-//! reports written at each turn's end, REMB to a publisher that takes it), counted by a global
-//! allocator. Its own test binary so no other test allocates
+//! reports written at each turn's end, REMB to a publisher that takes it, simulcast layer
+//! selection), counted by a global allocator. Its own test binary so no other test allocates
 //! concurrently; the one test runs its cases in sequence.
 
 mod engine_support;
@@ -284,11 +284,85 @@ fn remb_case(profile: Profile) {
     assert_eq!(allocs, 0, "{profile} REMB: {allocs} allocations");
 }
 
+/// Simulcast: two VP8 layers of one speaker into ten viewers over layered routes. Layer
+/// selection (the VP8 descriptor read once per packet, the layers' activity noted, key frames
+/// asked of the publisher, every viewer switching up on the high layer's key frame) allocates
+/// nothing either.
+fn layered_case(profile: Profile) {
+    use contract::shm::{Feedback, Layer};
+    const LOW: u32 = 0x1010;
+    const HIGH: u32 = 0x3030;
+    let mut rig = Rig::new("alloc-layers");
+    let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
+    rig.add(&p);
+    for j in 0..10u64 {
+        let s = Peer::new(100 + j, addr(100 + j as u16), Role::Viewer, profile);
+        rig.add(&s);
+        for (index, ssrc) in [(0u8, LOW), (1, HIGH)] {
+            let mut rw = rewrite(Some(0xAAAA), None);
+            rw.layer = Some(Layer {
+                index,
+                count: 2,
+                max: Layer::NO_CAP,
+                max_temporal: Layer::NO_CAP,
+            });
+            rig.route(1, Some(ssrc), s.id, rw);
+        }
+    }
+    // 3 s at 30 frames/s, one packet per frame and layer (RFC 7741 descriptor with a 15-bit
+    // picture ID): a low key frame first; the high layer's only key frame at 1.5 s.
+    let mut frames = Vec::new();
+    for f in 0..90u16 {
+        let mut layer = |ssrc, key: bool| {
+            let pid = f | 0x8000;
+            let mut payload = vec![0x90, 0xE0, (pid >> 8) as u8, pid as u8, f as u8, 0];
+            payload.push(if key { 0x10 } else { 0x11 });
+            payload.extend_from_slice(&[7; 1000]);
+            p.rtp(ssrc, f, u32::from(f) * 3000, 96, &payload)
+        };
+        frames.push([layer(LOW, f == 0), layer(HIGH, f == 45)]);
+    }
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut turn = |rig: &mut Rig, f: usize| {
+        rig.now += Duration::from_millis(33);
+        rig.tx.clear();
+        rig.engine.begin_batch(rig.now);
+        for d in &frames[f] {
+            buf[..d.len()].copy_from_slice(d);
+            rig.engine
+                .handle_datagram(p.addr, &mut buf, d.len(), &mut rig.tx, &mut rig.slow);
+        }
+        rig.engine.poll(rig.now, &mut rig.tx);
+        rig.engine.end_batch(rig.now);
+    };
+    // Warm-up: every viewer on the low layer, the high one wanted and asked for.
+    for f in 0..15 {
+        turn(&mut rig, f);
+    }
+    let count = |rig: &Rig, e| rig.engine.totals().feedback(e);
+    assert!(count(&rig, Feedback::LayerKeyframeRequest) > 0, "{profile}");
+    let switches = count(&rig, Feedback::LayerSwitch);
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for f in 15..90 {
+        turn(&mut rig, f);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    assert_eq!(
+        count(&rig, Feedback::LayerSwitch) - switches,
+        10,
+        "{profile}: every viewer switched up while counting"
+    );
+    assert_eq!(allocs, 0, "{profile} layers: {allocs} allocations");
+}
+
 #[test]
 fn no_allocation_per_packet() {
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
         case(profile, 1);
         case(profile, 10);
         remb_case(profile);
+        layered_case(profile);
     }
 }

@@ -10,7 +10,7 @@ use super::index::{
     claim, normalize, ClaimError, Index, OutputMut, Owned, RebuildReport, Session, Upstream,
     MAX_CNAME, NONE,
 };
-use super::layers::{Decision, LayerPacket, UP_MARGIN_PCT};
+use super::layers::{Decision, LayerActivity, LayerPacket, UP_MARGIN_PCT};
 use super::nack::{NackConfig, PubStream, SentStream, MAX_PENDING};
 use super::probe::{PADDING, TICK_US};
 use super::remb_rx::UplinkRemb;
@@ -477,31 +477,22 @@ fn write_mid(slot: &mut [u8], n: usize, rw: &Rewrite, tag: usize) -> usize {
     }
 }
 
-/// The layer decision for one packet of simulcast layer `layer` on output stream `c`; at a
-/// switch the stream's numbering is re-based so the new layer continues it.
+/// The layer decision for packet `p` (of input `inp`) of simulcast layer `layer` on output
+/// stream `c`, the source layers' activity being `acts`; at a switch the stream's numbering is
+/// re-based so the new layer continues it.
 #[inline]
 fn select_layer(
     c: &mut Continuity,
     now: Instant,
     layer: u8,
-    plain: &[u8],
+    p: &LayerPacket,
+    acts: &[LayerActivity],
     inp: &RtpIn,
 ) -> Decision {
-    let payload = plain.get(inp.payload.clone()).unwrap_or(&[]);
-    let vp8 = Vp8Descriptor::parse(payload).ok();
-    let p = LayerPacket {
-        seq: inp.seq,
-        ts: inp.ts,
-        marker: inp.marker,
-        bytes: payload.len(),
-        vp8,
-        keyframe: vp8.is_some_and(|d| d.keyframe),
-        sr: inp.sr,
-    };
     let Some(s) = c.layers_mut() else {
         return Decision::Skip;
     };
-    let d = s.on_packet(now, usize::from(layer), &p);
+    let d = s.on_packet(now, usize::from(layer), p, acts);
     if let Decision::Forward {
         switch: Some(r), ..
     } = d
@@ -562,20 +553,23 @@ fn rewrite_as_sent(pkt: &mut [u8], from: &SentFrom) {
     }
     if let Some((pid, tl0, key)) = from.as_sent.vp8() {
         if let Ok(range) = RtpPacket::parse(pkt).map(|p| p.payload_range()) {
-            rewrite_vp8(pkt, &range, pid, tl0, key);
+            if let Some(p) = pkt.get_mut(range) {
+                if let Ok(d) = Vp8Descriptor::parse(p) {
+                    d.rewrite(p, pid, tl0, key);
+                }
+            }
         }
     }
 }
 
 /// Write the layer-continuous VP8 picture ID, TL0PICIDX and key index into the copied packet
-/// `pkt` whose payload lies at `payload` (RFC 7741 §4.2); a payload that is no VP8 descriptor
-/// stays as it is.
+/// `pkt` of input `inp` (RFC 7741 §4.2), at the offsets of the descriptor parsed once for all
+/// outputs ([`RtpIn::layer`]); a payload that is no VP8 descriptor stays as it is.
 #[inline]
-fn rewrite_vp8(pkt: &mut [u8], payload: &core::ops::Range<usize>, pid: u16, tl0: u8, key: u8) {
-    if let Some(p) = pkt.get_mut(payload.clone()) {
-        if let Ok(d) = Vp8Descriptor::parse(p) {
-            d.rewrite(p, pid, tl0, key);
-        }
+fn rewrite_vp8(pkt: &mut [u8], inp: &RtpIn, pid: u16, tl0: u8, key: u8) {
+    let d = inp.layer.as_ref().and_then(|l| l.vp8.as_ref());
+    if let (Some(d), Some(p)) = (d, pkt.get_mut(inp.payload.clone())) {
+        d.rewrite(p, pid, tl0, key);
     }
 }
 
@@ -1031,10 +1025,11 @@ impl<C: SrtpOps> Forwarder<C> {
         tx: &mut TxQueue,
         slow: &mut TxQueue,
     ) {
-        let Some(inp) = self.accept_rtp(idx, buf, len) else {
+        let Some(mut inp) = self.accept_rtp(idx, buf, len) else {
             return;
         };
         let plain = &buf[..inp.len];
+        self.note_layer(idx, plain, &mut inp);
         match self.fan_out(idx, plain, &inp, 0, tx) {
             Fanout::Done => {}
             Fanout::NoRoute => {
@@ -1054,6 +1049,35 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
             }
         }
+    }
+
+    /// When simulcast layer routes carry publisher `idx`'s stream `inp.ssrc`: what every
+    /// output's layer selector reads of the packet (`plain`), its VP8 descriptor parsed once,
+    /// into `inp.layer`, and the packet noted in the stream's layer activity, once for all
+    /// outputs (layers.rs).
+    #[inline]
+    fn note_layer(&mut self, idx: u32, plain: &[u8], inp: &mut RtpIn) {
+        let (Some(a), Some(now)) = (self.index.activity_of(idx, inp.ssrc), self.now) else {
+            return;
+        };
+        let payload = plain.get(inp.payload.clone()).unwrap_or(&[]);
+        let vp8 = Vp8Descriptor::parse(payload).ok();
+        let p = LayerPacket {
+            seq: inp.seq,
+            ts: inp.ts,
+            marker: inp.marker,
+            bytes: payload.len(),
+            vp8,
+            keyframe: vp8.is_some_and(|d| d.keyframe),
+            sr: inp.sr,
+        };
+        // Padding carries no media: it neither starts nor keeps a layer active.
+        if p.bytes > 0 {
+            if let Some(act) = self.index.activity.get_mut(a as usize) {
+                act.note(now, p.bytes, p.sr);
+            }
+        }
+        inp.layer = Some(p);
     }
 
     /// Tell control about publisher `idx`'s unrouted stream `inp.ssrc` (a stream-up message
@@ -1209,6 +1233,7 @@ impl<C: SrtpOps> Forwarder<C> {
             cached: None,
             repaired,
             sr: None,
+            layer: None,
         };
         publisher.note_ssrc(inp.ssrc);
         if !publisher.claimed {
@@ -1261,6 +1286,7 @@ impl<C: SrtpOps> Forwarder<C> {
             out: o,
             sub,
             stream,
+            activity,
             opts,
         } = self.index.output_mut(oi);
         let out_ssrc = o.rewrite.ssrc.unwrap_or(inp.ssrc);
@@ -1300,12 +1326,12 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
             }
         } else if let Some(l) = o.rewrite.layer {
-            let decision = match (stream.as_deref_mut(), self.now) {
-                (Some(c), Some(now)) => {
+            let decision = match (stream.as_deref_mut(), self.now, &inp.layer) {
+                (Some(c), Some(now), Some(p)) => {
                     if let Some(s) = c.layers_mut() {
                         s.set_estimate(sub.layer_budget);
                     }
-                    select_layer(c, now, l.index, plain, inp)
+                    select_layer(c, now, l.index, p, activity, inp)
                 }
                 _ => Decision::Skip,
             };
@@ -1393,7 +1419,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 stamped = stamp_twcc(dst, rw.twcc_id, seq);
             }
             if let Some((pid, tl0, key)) = vp8 {
-                rewrite_vp8(dst, &inp.payload, pid, tl0, key);
+                rewrite_vp8(dst, inp, pid, tl0, key);
             }
             let n = match &svc_out {
                 Some(out) => svc::rewrite(slot, n, rw.dd_out(), out, Profile::MAX_SRTP_OVERHEAD),
@@ -2258,11 +2284,12 @@ impl<C: SrtpOps> Forwarder<C> {
                 continue;
             }
             let top = (count - 1).min(usize::from(sel.cap()));
-            let Some(best) = (0..=top).rev().find(|&l| sel.layer_bps(l) > 0) else {
+            let acts = &self.index.activity;
+            let Some(best) = (0..=top).rev().find(|&l| sel.layer_bps(l, acts) > 0) else {
                 continue;
             };
             let below = sel.current().is_some_and(|c| usize::from(c) < best);
-            let need = sel.layer_bps(best).saturating_mul(UP_MARGIN_PCT) / 100;
+            let need = sel.layer_bps(best, acts).saturating_mul(UP_MARGIN_PCT) / 100;
             let sub = &mut self.index.sessions[o.sub as usize];
             if let Some(b) = sub.bwe.as_deref_mut() {
                 b.prober_mut().add_need(need, below);
@@ -2566,6 +2593,9 @@ struct RtpIn {
     /// The publisher's last Sender Report about this stream (NTP, RTP): simulcast layer
     /// switches map timestamps through it (layers.rs).
     sr: Option<(u64, u32)>,
+    /// What the layer selectors read, when simulcast layer routes carry the stream
+    /// ([`Forwarder::note_layer`]).
+    layer: Option<LayerPacket>,
 }
 
 /// What [`note_pub`] may use to give a new publisher stream a cache.

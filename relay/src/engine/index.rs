@@ -1,6 +1,6 @@
 //! The worker-local index: sessions with their SRTP contexts, the source-address map, routes
-//! grouped by (publisher, SSRC), per-subscriber feeds (for feedback going back up) and the
-//! continuity state of rewritten output streams.
+//! grouped by (publisher, SSRC), per-subscriber feeds (for feedback going back up), the
+//! continuity state of rewritten output streams and the activity of simulcast source layers.
 //!
 //! Rebuilt from shared-memory records when the generation changes. A rebuild may allocate
 //! (it reuses the capacity of the previous one); lookups never do. SRTP contexts and
@@ -11,6 +11,7 @@ use super::bwe::{Bwe, RateMeter};
 use super::continuity::Continuity;
 use super::crypto::SrtpOps;
 use super::diag::SessionDiag;
+use super::layers::LayerActivity;
 use super::nack::{PubStream, SentStream};
 use super::remb_rx::UplinkRemb;
 use super::state::Track;
@@ -262,6 +263,9 @@ pub struct Session<C> {
     pub groups: Range<u32>,
     /// The any-SSRC group, or [`NONE`].
     pub any_group: u32,
+    /// Some group in `groups` carries a simulcast layer stream (so the other streams of a
+    /// publisher without one skip the layer lookup).
+    pub layer_groups: bool,
     /// Routes into this session as a subscriber: `feeds[range]`.
     pub feeds: Range<u32>,
     seen: [u32; SEEN_SSRCS],
@@ -356,6 +360,7 @@ impl<C: SrtpOps> Session<C> {
             rate_count: 0,
             groups: 0..0,
             any_group: NONE,
+            layer_groups: false,
             feeds: 0..0,
             seen: [0; SEEN_SSRCS],
             seen_len: 0,
@@ -411,6 +416,7 @@ impl<C: SrtpOps> Session<C> {
         self.key_epoch = rec.key_epoch;
         self.groups = 0..0;
         self.any_group = NONE;
+        self.layer_groups = false;
         self.feeds = 0..0;
         self.layered = 0;
         self.rtx_in.clear();
@@ -549,6 +555,9 @@ impl<C: SrtpOps> Session<C> {
 pub struct Group {
     pub ssrc: u32,
     pub outputs: Range<u32>,
+    /// The stream's [`LayerActivity`] in [`Index::activity`] when a simulcast layer route
+    /// carries it, else [`NONE`].
+    pub activity: u32,
 }
 
 /// One subscriber of a group.
@@ -572,6 +581,8 @@ pub struct OutputMut<'a, C> {
     pub out: &'a Output,
     pub sub: &'a mut Session<C>,
     pub stream: Option<&'a mut Continuity>,
+    /// The simulcast source layers' activity ([`Index::activity`]).
+    pub activity: &'a [LayerActivity],
     pub opts: ContextOptions,
 }
 
@@ -621,12 +632,19 @@ pub struct Index<C> {
     pub feeds: Vec<Feed>,
     pub streams: Vec<Continuity>,
     stream_keys: Vec<(SessionId, u32)>,
+    /// Per publisher stream that a simulcast layer route carries, what every output's layer
+    /// selector reads (layers.rs), noted once per input packet; kept across rebuilds while a
+    /// layer route carries the stream, by (publisher, SSRC).
+    pub activity: Vec<LayerActivity>,
+    activity_keys: Vec<(SessionId, u32)>,
     pub opts: ContextOptions,
     // Rebuild scratch, kept for its capacity.
     old: HashMap<SessionId, Session<C>>,
     by_id: HashMap<SessionId, u32>,
     old_streams: HashMap<(SessionId, u32), Continuity>,
     stream_ids: HashMap<(SessionId, u32), u32>,
+    old_activity: HashMap<(SessionId, u32), LayerActivity>,
+    activity_ids: HashMap<(SessionId, u32), u32>,
     edges: Vec<(u32, u32, RouteRecord)>,
     feed_scratch: Vec<(u32, Feed)>,
 }
@@ -641,11 +659,15 @@ impl<C: SrtpOps> Index<C> {
             feeds: Vec::new(),
             streams: Vec::new(),
             stream_keys: Vec::new(),
+            activity: Vec::new(),
+            activity_keys: Vec::new(),
             opts,
             old: HashMap::new(),
             by_id: HashMap::new(),
             old_streams: HashMap::new(),
             stream_ids: HashMap::new(),
+            old_activity: HashMap::new(),
+            activity_ids: HashMap::new(),
             edges: Vec::new(),
             feed_scratch: Vec::new(),
         }
@@ -693,6 +715,19 @@ impl<C: SrtpOps> Index<C> {
         }
     }
 
+    /// The index in [`Index::activity`] of publisher `publisher`'s stream `ssrc`, when a
+    /// simulcast layer route carries it.
+    #[inline]
+    pub fn activity_of(&self, publisher: u32, ssrc: u32) -> Option<u32> {
+        let s = &self.sessions[publisher as usize];
+        if !s.layer_groups {
+            return None;
+        }
+        let groups = &self.groups[s.groups.start as usize..s.groups.end as usize];
+        let i = groups.binary_search_by_key(&ssrc, |g| g.ssrc).ok()?;
+        Some(groups[i].activity).filter(|&a| a != NONE)
+    }
+
     /// True when output `oi` of an any-SSRC group is shadowed by an SSRC-specific route to
     /// the same subscriber.
     #[inline]
@@ -715,6 +750,7 @@ impl<C: SrtpOps> Index<C> {
                 NONE => None,
                 s => self.streams.get_mut(s as usize),
             },
+            activity: &self.activity,
             opts: self.opts,
         }
     }
@@ -813,12 +849,21 @@ impl<C: SrtpOps> Index<C> {
         routes.sort_unstable_by_key(|r| r.id);
         self.rebuild_sessions(sessions, &mut rep);
 
-        // Continuity states: park the old ones by key.
+        // Continuity states: park the old ones by key (their layer selectors learn again
+        // which source streams feed them), and the layer activity likewise.
         self.old_streams.clear();
-        for (k, c) in self.stream_keys.drain(..).zip(self.streams.drain(..)) {
+        for (k, mut c) in self.stream_keys.drain(..).zip(self.streams.drain(..)) {
+            if let Some(s) = c.layers_mut() {
+                s.clear_feeds();
+            }
             self.old_streams.insert(k, c);
         }
         self.stream_ids.clear();
+        self.old_activity.clear();
+        for (k, a) in self.activity_keys.drain(..).zip(self.activity.drain(..)) {
+            self.old_activity.insert(k, a);
+        }
+        self.activity_ids.clear();
 
         self.collect_edges(routes, &mut rep);
         self.build_groups();
@@ -833,6 +878,8 @@ impl<C: SrtpOps> Index<C> {
                 self.stream_keys.push(k);
             }
         }
+        // A stream no layer route carries any more starts afresh if one comes back.
+        self.old_activity.clear();
         self.update_owners();
         rep
     }
@@ -911,17 +958,28 @@ impl<C: SrtpOps> Index<C> {
                 let key = self.edges[i].2.ssrc;
                 let group_end = run_end(&self.edges[..publisher_end], i, |e| e.2.ssrc);
                 let out_start = self.outputs.len() as u32;
+                let mut activity = NONE;
                 for k in i..group_end {
                     let (_, to, r) = self.edges[k];
-                    self.push_output(from, to, &r);
+                    if let Some(a) = self.push_output(from, to, &r) {
+                        activity = a;
+                    }
                 }
                 i = group_end;
                 let outputs = out_start..self.outputs.len() as u32;
                 match key {
-                    Some(ssrc) => self.groups.push(Group { ssrc, outputs }),
+                    Some(ssrc) => self.groups.push(Group {
+                        ssrc,
+                        outputs,
+                        activity,
+                    }),
                     None => {
                         self.sessions[from as usize].any_group = self.groups.len() as u32;
-                        self.groups.push(Group { ssrc: 0, outputs });
+                        self.groups.push(Group {
+                            ssrc: 0,
+                            outputs,
+                            activity: NONE,
+                        });
                     }
                 }
             }
@@ -932,11 +990,15 @@ impl<C: SrtpOps> Index<C> {
                 self.groups.len() as u32
             };
             s.groups = start_group..end;
+            s.layer_groups = self.groups[start_group as usize..end as usize]
+                .iter()
+                .any(|g| g.activity != NONE);
         }
     }
 
     /// One output of route `r` from publisher `from` to subscriber `to`, and its feed.
-    fn push_output(&mut self, from: u32, to: u32, r: &RouteRecord) {
+    /// Returns the index of the stream's layer activity when `r` is a simulcast layer route.
+    fn push_output(&mut self, from: u32, to: u32, r: &RouteRecord) -> Option<u32> {
         let stream = match r.rewrite.ssrc {
             Some(x) => {
                 let k = (self.sessions[to as usize].id, x);
@@ -958,12 +1020,29 @@ impl<C: SrtpOps> Index<C> {
             }
             None => NONE,
         };
+        let mut activity = None;
         if let (Some(l), Some(c)) = (r.rewrite.layer, self.streams.get_mut(stream as usize)) {
             if r.rewrite.dd_id != 0 {
                 // An SVC route (svc.rs): the layer caps are its spatial and temporal caps.
                 c.set_svc(l.max, l.max_temporal);
             } else {
                 c.set_layers(l.count, l.max, l.max_temporal);
+            }
+            if let (0, Some(ssrc), Some(s)) = (r.rewrite.dd_id, r.ssrc, c.layers_mut()) {
+                let k = (self.sessions[from as usize].id, ssrc);
+                let a = match self.activity_ids.get(&k) {
+                    Some(&a) => a,
+                    None => {
+                        let a = self.activity.len() as u32;
+                        let kept = self.old_activity.remove(&k).unwrap_or_default();
+                        self.activity.push(kept);
+                        self.activity_keys.push(k);
+                        self.activity_ids.insert(k, a);
+                        a
+                    }
+                };
+                s.set_feed(l.index, a);
+                activity = Some(a);
             }
         }
         if let (Some(x), Some(ssrc)) = (r.rewrite.source_rtx, r.ssrc) {
@@ -991,6 +1070,7 @@ impl<C: SrtpOps> Index<C> {
                 keyframe: r.rewrite.keyframe,
             },
         ));
+        activity
     }
 
     /// Feeds, grouped by subscriber.

@@ -7,6 +7,7 @@ use contract::shm::{Feedback, Layer, Rewrite, Role, RouteRecord, RtxOut};
 use contract::wire::rtcp::{fmt, packet_type, RtcpPacket};
 use contract::wire::rtp::RtpPacket;
 use contract::wire::vp8::Vp8Descriptor;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub(super) const LOW: u32 = 0x1010;
@@ -522,4 +523,131 @@ fn a_resend_after_a_switch_carries_the_rewritten_vp8_descriptor() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0], last, "the first copy, byte for byte");
     assert_eq!(rig.fwd.stats().feedback(Feedback::Retransmitted), 1);
+}
+
+/// Speaker 1's two layers into viewer `to` (route ids `to * 10 + layer`), uncapped.
+fn layers_into(to: u64) -> Vec<RouteRecord> {
+    [(LOW, 0u8), (HIGH, 1)]
+        .into_iter()
+        .map(|(ssrc, index)| {
+            let mut r = layered(to * 10 + u64::from(index), ssrc, index, Layer::NO_CAP);
+            r.to = to;
+            r
+        })
+        .collect()
+}
+
+/// What each layer sends is the source's, not a subscriber's: one activity per publisher
+/// stream whatever the number of viewers, both viewers move up on the same key frame, and a
+/// layer that goes silent stops being eligible for both at once (after `LAYER_IDLE`), so both
+/// move down on the same low key frame.
+#[test]
+fn viewers_of_one_source_share_its_layer_activity() {
+    use crate::engine::layers::LAYER_IDLE;
+    let mut routes = layers_into(3);
+    routes.extend(layers_into(4));
+    let mut rig = Rig::new(
+        vec![
+            session(1, Role::Speaker),
+            session(3, Role::Viewer),
+            session(4, Role::Viewer),
+        ],
+        routes,
+    );
+    assert_eq!(rig.fwd.index().activity.len(), 2, "one per layer stream");
+    let t0 = Instant::now();
+    let mut lo = Source {
+        ssrc: LOW,
+        seq: 100,
+        ts: 0,
+        pid: 1,
+        tl0: 0,
+    };
+    let mut hi = Source {
+        ssrc: HIGH,
+        seq: 9000,
+        ts: 90_000,
+        pid: 700,
+        tl0: 50,
+    };
+    // A frame of `s`, its payload 300 bytes (low) or 1000 (high), as `layer_of` tells them.
+    let frame = |s: &mut Source, key: bool| {
+        let size = if s.ssrc == LOW { 300 } else { 1000 };
+        let mut p = s.frame(key);
+        p.resize(12 + size, 0x55);
+        p
+    };
+    // Per viewer, the layer of each packet received, and the PLIs asked of each layer.
+    let mut got: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+    let mut plis = [0usize; 2];
+    let note =
+        |out: Vec<(SocketAddr, Vec<u8>)>, got: &mut [Vec<usize>; 2], plis: &mut [usize; 2]| {
+            for (d, p) in out {
+                if d == addr(1003) {
+                    got[0].push(layer_of(&p));
+                } else if d == addr(1004) {
+                    got[1].push(layer_of(&p));
+                } else if is_pli_for(&p, LOW) {
+                    plis[0] += 1;
+                } else if is_pli_for(&p, HIGH) {
+                    plis[1] += 1;
+                }
+            }
+        };
+    let mut t = Duration::ZERO;
+    rig.fwd.set_now(t0);
+    note(rig.send(1, &frame(&mut lo, true)), &mut got, &mut plis);
+    // Both layers for 1.5 s; a high key frame once it is mature (frame 40).
+    for i in 1..45 {
+        t += Duration::from_millis(33);
+        rig.fwd.set_now(t0 + t);
+        note(rig.send(1, &frame(&mut lo, false)), &mut got, &mut plis);
+        note(rig.send(1, &frame(&mut hi, i == 40)), &mut got, &mut plis);
+    }
+    for g in &got {
+        assert_eq!(
+            g.first(),
+            Some(&0),
+            "both start on the low key frame: {got:?}"
+        );
+        assert_eq!(g.last(), Some(&1), "both on the high layer: {got:?}");
+    }
+    assert_eq!(got[0], got[1], "the same packets for both");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::LayerSwitch), 2);
+    // A rebuild keeps the layers' activity.
+    rig.rebuild();
+    assert_eq!(rig.fwd.index().activity.len(), 2);
+    // The high layer stops. Until it has been silent LAYER_IDLE the low one is no target
+    // (no PLI for it); then both viewers want it, and its next key frame moves both.
+    let last_high = t;
+    got = [Vec::new(), Vec::new()];
+    let low_plis = plis[0];
+    let mut key_at = None;
+    while t < last_high + LAYER_IDLE + Duration::from_millis(500) {
+        t += Duration::from_millis(33);
+        rig.fwd.set_now(t0 + t);
+        let before = plis[0];
+        let key = key_at.is_none() && plis[0] > low_plis;
+        if key {
+            key_at = Some(t);
+        }
+        note(rig.send(1, &frame(&mut lo, key)), &mut got, &mut plis);
+        if plis[0] > before && t < last_high + LAYER_IDLE {
+            panic!(
+                "low key frame asked for {:?} after the last high packet",
+                t - last_high
+            );
+        }
+    }
+    let key_at = key_at.expect("a low key frame was asked for");
+    assert!(key_at >= last_high + LAYER_IDLE);
+    assert!(
+        !got[0].is_empty() && got[0].iter().all(|&l| l == 0),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[0], got[1],
+        "both back on the low layer at the same key frame"
+    );
+    assert_eq!(rig.fwd.stats().feedback(Feedback::LayerSwitch), 4);
 }

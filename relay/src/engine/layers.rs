@@ -25,7 +25,10 @@
 //!
 //! A layer is eligible once it has been sending for [`ELIGIBLE_AFTER`] and has not been
 //! silent for [`LAYER_IDLE`]; while no layer within the cap is that mature, the highest active
-//! one is used, so a new subscriber gets a picture at once.
+//! one is used, so a new subscriber gets a picture at once. Whether a layer sends, since when,
+//! and at what rate is a property of the source, not of a subscriber: it is kept once per
+//! publisher stream ([`LayerActivity`], noted once per input packet) and every selector fed by
+//! that stream reads it.
 //!
 //! Owns: that state, fixed size, no heap. May not touch: packets (the caller rewrites them
 //! with the numbers returned), the clock (time is passed in), SRTP.
@@ -62,7 +65,8 @@ const SWITCH_TRAIL: u16 = 0x4000;
 /// The cap meaning "no cap".
 pub const NO_CAP: u8 = u8::MAX;
 
-/// What a packet of one layer carries that the selector needs.
+/// What a packet of one layer carries that the selector needs: worked out once per input
+/// packet (its VP8 descriptor parsed once) and read by every output's selector.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerPacket {
     pub seq: u16,
@@ -107,24 +111,36 @@ pub enum Decision {
     Late,
 }
 
+/// What the selectors of one source layer (one publisher stream) measure: since when it sends,
+/// whether it is still active, its bit rate, its last Sender Report. Kept once per publisher
+/// stream ([`crate::engine::Index`]) and noted once per input packet, before the fan-out; every
+/// output's [`Selector`] reads it. Instants rather than durations, so that the per-output
+/// tests are comparisons and the only clock arithmetic is in [`LayerActivity::note`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Activity {
-    since: Option<Instant>,
-    last: Option<Instant>,
+pub struct LayerActivity {
+    /// When the layer becomes eligible: [`ELIGIBLE_AFTER`] after it started sending.
+    mature_at: Option<Instant>,
+    /// When the layer becomes inactive: [`LAYER_IDLE`] after its last media packet.
+    idle_at: Option<Instant>,
     window_start: Option<Instant>,
+    /// [`RATE_WINDOW`] after `window_start`.
+    window_end: Option<Instant>,
     window_bytes: u64,
     bps: u64,
     /// The layer's last Sender Report (NTP, RTP), forgotten when the layer restarts.
     sr: Option<(u64, u32)>,
 }
 
-impl Activity {
-    fn note(&mut self, now: Instant, bytes: usize, sr: Option<(u64, u32)>) {
-        match self.last {
-            Some(l) if now.saturating_duration_since(l) < LAYER_IDLE => {}
+impl LayerActivity {
+    /// One media packet of the layer (`bytes` of RTP payload, at least one) at `now`, with the
+    /// publisher's last Sender Report about the stream when it has sent one.
+    pub fn note(&mut self, now: Instant, bytes: usize, sr: Option<(u64, u32)>) {
+        match self.idle_at {
+            Some(i) if now < i => {}
             _ => {
-                self.since = Some(now);
+                self.mature_at = now.checked_add(ELIGIBLE_AFTER);
                 self.window_start = Some(now);
+                self.window_end = now.checked_add(RATE_WINDOW);
                 self.window_bytes = 0;
                 // A restarted layer may run on a new RTP clock offset: its old report no
                 // longer maps it.
@@ -134,29 +150,38 @@ impl Activity {
         if sr.is_some() {
             self.sr = sr;
         }
-        self.last = Some(now);
-        let start = self.window_start.unwrap_or(now);
-        let span = now.saturating_duration_since(start);
-        if span >= RATE_WINDOW {
+        self.idle_at = now.checked_add(LAYER_IDLE);
+        if self.window_end.is_some_and(|e| now >= e) {
+            let span = now.saturating_duration_since(self.window_start.unwrap_or(now));
             let ms = span.as_millis().max(1) as u64;
             self.bps = self.window_bytes.saturating_mul(8000) / ms;
             self.window_start = Some(now);
+            self.window_end = now.checked_add(RATE_WINDOW);
             self.window_bytes = 0;
         }
         self.window_bytes = self.window_bytes.saturating_add(bytes as u64);
     }
 
-    fn active(&self, now: Instant) -> bool {
-        self.last
-            .is_some_and(|l| now.saturating_duration_since(l) < LAYER_IDLE)
+    /// Sent media within the last [`LAYER_IDLE`].
+    #[inline]
+    pub fn active(&self, now: Instant) -> bool {
+        self.idle_at.is_some_and(|i| now < i)
     }
 
-    /// Sending since [`ELIGIBLE_AFTER`] or longer (mature when also [`Activity::active`]).
-    fn eligible(&self, now: Instant) -> bool {
-        self.since
-            .is_some_and(|s| now.saturating_duration_since(s) >= ELIGIBLE_AFTER)
+    /// Sending since [`ELIGIBLE_AFTER`] or longer (mature when also [`LayerActivity::active`]).
+    #[inline]
+    pub fn eligible(&self, now: Instant) -> bool {
+        self.mature_at.is_some_and(|m| now >= m)
+    }
+
+    /// The bit rate measured over the last complete window.
+    pub fn bps(&self) -> u64 {
+        self.bps
     }
 }
+
+/// No source layer behind a selector's layer (no route of that layer into the output).
+pub const NO_FEED: u32 = u32::MAX;
 
 /// Output numbering of the VP8 descriptor fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -174,10 +199,14 @@ struct Vp8Numbers {
     dropped_pid: Option<u16>,
 }
 
-/// The layer state of one output. Fixed size, no heap.
+/// The layer state of one output: what is per subscriber (cap, estimate, target and current
+/// layer, numbering). What is per source layer lives in [`LayerActivity`], which the selector
+/// reads through `feeds`. Fixed size, no heap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selector {
-    layers: [Activity; MAX_LAYERS],
+    /// Per layer, the index of its source stream's [`LayerActivity`] in the table the caller
+    /// passes in ([`NO_FEED`]: no route of that layer feeds this output).
+    feeds: [u32; MAX_LAYERS],
     count: u8,
     cap: u8,
     estimate: Option<u64>,
@@ -250,7 +279,7 @@ impl Selector {
     /// capped at layer `cap` ([`NO_CAP`]: none).
     pub fn new(count: usize, cap: u8) -> Selector {
         Selector {
-            layers: [Activity::default(); MAX_LAYERS],
+            feeds: [NO_FEED; MAX_LAYERS],
             count: count.clamp(1, MAX_LAYERS) as u8,
             cap,
             estimate: None,
@@ -284,7 +313,9 @@ impl Selector {
     /// temporal layer at a layer-sync frame start or a key frame.
     fn temporal_ok(&mut self, p: &LayerPacket) -> bool {
         self.temporal_open = self.temporal_open.min(self.temporal_cap);
-        let Some(d) = p.vp8 else { return true };
+        let Some(d) = p.vp8.as_ref() else {
+            return true;
+        };
         let Some(t) = d.temporal_id else { return true };
         if t <= self.temporal_open {
             return true;
@@ -302,7 +333,7 @@ impl Selector {
     fn drop_temporal(&mut self, p: &LayerPacket) -> Decision {
         if seq_newer(p.seq, self.high_seq) {
             self.temporal_gap = true;
-            if let Some((pid, _)) = p.vp8.and_then(|d| d.picture_id) {
+            if let Some((pid, _)) = p.vp8.as_ref().and_then(|d| d.picture_id) {
                 let v = &mut self.vp8;
                 let newer = (pid.wrapping_sub(v.last_in_pid) & PICTURE_ID_MASK) < 0x4000
                     && pid != v.last_in_pid;
@@ -366,25 +397,49 @@ impl Selector {
         }
     }
 
+    /// Layer `layer` of this output is fed by the source stream whose activity is
+    /// `acts[feed]` in the table passed to [`Selector::on_packet`].
+    pub fn set_feed(&mut self, layer: u8, feed: u32) {
+        if let Some(f) = self.feeds.get_mut(usize::from(layer)) {
+            *f = feed;
+        }
+    }
+
+    /// Forget which source streams feed the layers (a rebuild sets them again).
+    pub fn clear_feeds(&mut self) {
+        self.feeds = [NO_FEED; MAX_LAYERS];
+    }
+
+    /// The activity of `layer`'s source stream in `acts`, when a route of it feeds this output.
+    #[inline]
+    fn activity<'a>(&self, acts: &'a [LayerActivity], layer: usize) -> Option<&'a LayerActivity> {
+        let f = *self.feeds.get(layer)?;
+        acts.get(f as usize)
+    }
+
     /// Measured bit rate of `layer` over the last window.
-    pub fn layer_bps(&self, layer: usize) -> u64 {
-        self.layers.get(layer).map_or(0, |a| a.bps)
+    pub fn layer_bps(&self, layer: usize, acts: &[LayerActivity]) -> u64 {
+        self.activity(acts, layer).map_or(0, |a| a.bps)
     }
 
     fn top(&self) -> u8 {
         (self.count - 1).min(self.cap)
     }
 
-    /// Recompute the target layer at `now`.
-    fn choose(&mut self, now: Instant) -> u8 {
+    /// Recompute the target layer at `now` from the layers' activity `acts`.
+    fn choose(&mut self, now: Instant, acts: &[LayerActivity]) -> u8 {
         let top = self.top();
         // Each layer's state at `now`, worked out once: this runs for every media packet of
-        // every output, and each test is a clock subtraction.
+        // every output.
         let mut active = [false; MAX_LAYERS];
         let mut mature = [false; MAX_LAYERS];
+        let mut bps = [0u64; MAX_LAYERS];
         for l in 0..=usize::from(top) {
-            active[l] = self.layers[l].active(now);
-            mature[l] = active[l] && self.layers[l].eligible(now);
+            if let Some(a) = self.activity(acts, l) {
+                active[l] = a.active(now);
+                mature[l] = active[l] && a.eligible(now);
+                bps[l] = a.bps;
+            }
         }
         let any_mature = mature.iter().any(|&m| m);
         let eligible = if any_mature { mature } else { active };
@@ -404,7 +459,7 @@ impl Selector {
             if !ok(l) {
                 return false;
             }
-            let bps = self.layers[usize::from(l)].bps;
+            let bps = bps[usize::from(l)];
             if l > cur {
                 bps.saturating_mul(UP_MARGIN_PCT) / 100 <= est
             } else {
@@ -424,8 +479,16 @@ impl Selector {
         want
     }
 
-    /// Decide for one packet of `layer` arriving at `now`.
-    pub fn on_packet(&mut self, now: Instant, layer: usize, p: &LayerPacket) -> Decision {
+    /// Decide for one packet of `layer` arriving at `now`; `acts`: the source layers'
+    /// activity, in which the caller has already noted this packet when it carries media
+    /// ([`LayerActivity::note`], once per input packet for all outputs).
+    pub fn on_packet(
+        &mut self,
+        now: Instant,
+        layer: usize,
+        p: &LayerPacket,
+        acts: &[LayerActivity],
+    ) -> Decision {
         if layer >= usize::from(self.count) {
             return Decision::Skip;
         }
@@ -435,8 +498,7 @@ impl Selector {
         // (the receiver's sequence numbers stay whole).
         let media = p.bytes > 0;
         if media {
-            self.layers[layer].note(now, p.bytes, p.sr);
-            self.target = self.choose(now);
+            self.target = self.choose(now, acts);
         }
         let l = layer as u8;
         let mut switch = None;
@@ -444,7 +506,7 @@ impl Selector {
             if !p.keyframe {
                 return self.request(now);
             }
-            switch = self.switch_to(now, l, p);
+            switch = self.switch_to(now, l, p, acts);
         }
         if self.current != Some(l) {
             return Decision::Skip;
@@ -479,7 +541,7 @@ impl Selector {
                 self.switch_in_seq = self.high_seq.wrapping_sub(SWITCH_TRAIL);
             }
         }
-        let vp8 = p.vp8.map(|d| self.vp8_numbers(&d));
+        let vp8 = p.vp8.as_ref().map(|d| self.vp8_numbers(d));
         Decision::Forward { switch, vp8 }
     }
 
@@ -495,10 +557,17 @@ impl Selector {
 
     /// Make `l` current from its key frame `p`; the re-basing of the output numbering when
     /// something was sent before.
-    fn switch_to(&mut self, now: Instant, l: u8, p: &LayerPacket) -> Option<Rebase> {
+    fn switch_to(
+        &mut self,
+        now: Instant,
+        l: u8,
+        p: &LayerPacket,
+        acts: &[LayerActivity],
+    ) -> Option<Rebase> {
         self.switch_in_seq = p.seq;
-        let old = self.current.and_then(|c| self.layers[usize::from(c)].sr);
-        let new = self.layers[usize::from(l)].sr;
+        let sr = |l: u8| self.activity(acts, usize::from(l)).and_then(|a| a.sr);
+        let old = self.current.and_then(sr);
+        let new = sr(l);
         let rebase = self.last_at.map(|at| {
             self.switches = self.switches.saturating_add(1);
             let mapped = match (old, new) {
@@ -519,7 +588,7 @@ impl Selector {
                 new_layer: true,
             }
         });
-        if let Some(d) = p.vp8 {
+        if let Some(d) = p.vp8.as_ref() {
             let v = &mut self.vp8;
             let (pid, tl0, key) = (
                 d.picture_id.map_or(0, |(p, _)| p),
@@ -631,10 +700,12 @@ mod tests {
         t0 + Duration::from_millis(m)
     }
 
-    /// A selector and the output stream's numbering, as the engine drives them.
+    /// A selector, its source layers' activity (layer `l` fed by `acts[l]`) and the output
+    /// stream's numbering, as the engine drives them.
     struct Out {
         s: Selector,
         c: Continuity,
+        acts: [LayerActivity; MAX_LAYERS],
     }
 
     #[derive(Debug, PartialEq, Eq)]
@@ -645,14 +716,23 @@ mod tests {
 
     impl Out {
         fn new(count: usize, cap: u8) -> Out {
+            let mut s = Selector::new(count, cap);
+            for l in 0..MAX_LAYERS as u8 {
+                s.set_feed(l, u32::from(l));
+            }
             Out {
-                s: Selector::new(count, cap),
+                s,
                 c: Continuity::default(),
+                acts: [LayerActivity::default(); MAX_LAYERS],
             }
         }
 
+        /// The packet noted in its layer's activity (media only), then decided for.
         fn on_packet(&mut self, now: Instant, layer: usize, p: &LayerPacket) -> Got {
-            match self.s.on_packet(now, layer, p) {
+            if p.bytes > 0 && layer < self.s.count() {
+                self.acts[layer].note(now, p.bytes, p.sr);
+            }
+            match self.s.on_packet(now, layer, p, &self.acts) {
                 Decision::Forward { switch, vp8 } => {
                     let src = (1, layer as u32);
                     if let Some(r) = switch {
@@ -1126,7 +1206,7 @@ mod tests {
         let t = warm(&mut s, t0, &mut lo, &mut hi, 0, 2500);
         let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, true));
         assert_eq!(s.current(), Some(2));
-        let rate = s.layer_bps(2);
+        let rate = s.layer_bps(2, &s.acts);
         assert!((200_000..300_000).contains(&rate), "{rate}");
         // An estimate below the high layer's rate: the target drops at once.
         s.set_estimate(Some(rate - 1));
