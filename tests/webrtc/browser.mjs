@@ -403,6 +403,7 @@ async function session(specPath) {
     if (spec.startedFile) writeFileSync(spec.startedFile, String(t0));
     const series = { t: [], publisherBytesSent: [], publisherLayers: [], viewerFramesDecoded: viewers.map(() => []),
       viewerFrameWidth: viewers.map(() => []), viewerFramesPerSecond: viewers.map(() => []),
+      viewerFreezeCount: viewers.map(() => []),
       publisherFrameWidth: [], layerRequests: [] };
     for (let i = 1; i <= spec.seconds; i++) {
       const wait = t0 + i * 1000 - Date.now();
@@ -431,6 +432,7 @@ async function session(specPath) {
         series.viewerFramesDecoded[j].push(vs.inbound?.framesDecoded || 0);
         series.viewerFrameWidth[j].push(vs.inbound?.frameWidth || 0);
         series.viewerFramesPerSecond[j].push(vs.inbound?.framesPerSecond || 0);
+        series.viewerFreezeCount[j].push(vs.inbound?.freezeCount || 0);
       }
     }
     const end = await snapshot();
