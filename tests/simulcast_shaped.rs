@@ -53,11 +53,15 @@ const SHAPED_KBIT: u32 = 300;
 const DOWN_WITHIN: u64 = 15;
 const UP_WITHIN: u64 = 30;
 
-fn widths(r: &Value, viewer: usize) -> Vec<u64> {
-    r["series"]["viewerFrameWidth"][viewer]
+fn series(r: &Value, key: &str, viewer: usize) -> Vec<u64> {
+    r["series"][key][viewer]
         .as_array()
         .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
         .unwrap_or_default()
+}
+
+fn widths(r: &Value, viewer: usize) -> Vec<u64> {
+    series(r, "viewerFrameWidth", viewer)
 }
 
 /// The widest layer the publisher sent during the measurement (its bytes grew).
@@ -301,6 +305,9 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     }
     eprintln!("simulcast_shaped: free viewer width/s   {free:?}");
     eprintln!("simulcast_shaped: shaped viewer width/s {shaped:?}");
+    let freezes = [0, 1].map(|v| series(&r, "viewerFreezeCount", v));
+    eprintln!("simulcast_shaped: free viewer freezes/s   {:?}", freezes[0]);
+    eprintln!("simulcast_shaped: shaped viewer freezes/s {:?}", freezes[1]);
 
     assert!(widest > 320, "the publisher sent only the low layer: {r}");
     assert_eq!(
