@@ -19,9 +19,7 @@
 //!   [`CLUSTER_US`] with at least [`MIN_PACKETS`] packets and at most [`MAX_PACKETS`];
 //! - after a success (the link carried at least [`SUCCESS_OF_TARGET_PCT`] % of the target,
 //!   above the estimate) the next cluster may start [`MIN_INTERVAL_US`] later; after a failure
-//!   the interval doubles up to [`MAX_INTERVAL_US`]; after a loss-based cut of the estimate
-//!   ([`Prober::on_loss_cut`]) the next cluster waits [`AFTER_LOSS_US`] and so does any later
-//!   one until a success; an overuse while a cluster is being sent
+//!   the interval doubles up to [`MAX_INTERVAL_US`]; an overuse while a cluster is being sent
 //!   stops its sending (what went out is still measured when it is [`MIN_PACKETS`] or more,
 //!   as libwebrtc measures a cluster independently of its delay detector). A result above the
 //!   estimate raises it either way.
@@ -53,11 +51,6 @@ pub const PADDING: usize = 224;
 /// the estimate's bytes at one cluster per 8 s).
 pub const MIN_INTERVAL_US: u64 = 1_000_000;
 pub const MAX_INTERVAL_US: u64 = 8_000_000;
-/// After a loss-based cut (the link dropped packets: it is full) no cluster starts for this
-/// long, and the wait between clusters is at least this: a cluster through a full link adds
-/// its bytes to a queue that is already dropping media, and in the Chromium runs each of the
-/// clusters sent 1 and 2 s after a link was shaped came with a freeze of the viewer's video.
-pub const AFTER_LOSS_US: u64 = 4_000_000;
 /// A cluster's result waits this long after its last packet for the feedback about it.
 pub const RESULT_TIMEOUT_US: u64 = 1_000_000;
 /// No cluster starts this soon after the estimate was cut (five feedback intervals: the
@@ -379,13 +372,6 @@ impl Prober {
         }
         self.next_at = now_us.saturating_add(self.interval_us);
         Some(outcome)
-    }
-
-    /// The loss-based part of the estimator cut the rate at `now_us`: the link is full, so
-    /// the next cluster waits [`AFTER_LOSS_US`] and the back-off starts from there.
-    pub fn on_loss_cut(&mut self, now_us: u64) {
-        self.next_at = self.next_at.max(now_us.saturating_add(AFTER_LOSS_US));
-        self.interval_us = self.interval_us.max(AFTER_LOSS_US);
     }
 
     /// Target rate of the cluster in flight.
