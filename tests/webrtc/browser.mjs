@@ -45,7 +45,7 @@
 //         Descriptor extension and the mode the sender applied. A `layerPlan` step's
 //         `temporal: 0..3 | null` also sends {"max_temporal": temporal}; a viewer group's
 //         `dd: true` makes its pages offer the Dependency Descriptor extension. The series also has
-//         every viewer's framesPerSecond and the publisher's outbound frameWidth.
+//         every viewer's framesPerSecond and freezeCount, and the publisher's outbound frameWidth.
 //         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
 //         `startedFile: PATH`: written (the start time, ms since the epoch) when the per-second
 //         measurement starts, so the caller can change the network at known seconds of it.

@@ -15,8 +15,10 @@
 //! - a cluster starts only while the estimate is below what the subscriber's best eligible
 //!   layers need ([`Prober::set_need`]), the delay detector saw no overuse and the loss-based
 //!   controller made no cut for [`QUIET_AFTER_DECREASE_US`], and no cluster is in flight;
-//! - its target is `min(2 × estimate, need × 1.25, max)`, at least 1.2 × the estimate; it lasts
-//!   [`CLUSTER_US`] with at least [`MIN_PACKETS`] packets and at most [`MAX_PACKETS`];
+//! - its target is `min(2 × estimate, need × 1.25, max)`, at least 1.2 × the estimate; it
+//!   carries [`CLUSTER_US`] of the target rate but at least [`MIN_CLUSTER_BYTES`] (so that a
+//!   shaper's token bucket cannot pass it whole), paced at the target rate, with at least
+//!   [`MIN_PACKETS`] packets and at most [`MAX_PACKETS`];
 //! - after a success (the link carried at least [`SUCCESS_OF_TARGET_PCT`] % of the target,
 //!   above the estimate) the next cluster may start [`MIN_INTERVAL_US`] later; after a failure
 //!   the interval doubles up to [`MAX_INTERVAL_US`]; an overuse while a cluster is being sent
@@ -260,7 +262,7 @@ impl Prober {
         let Some(c) = self.cluster.filter(|c| c.done_at.is_none()) else {
             return (0, 0);
         };
-        let d = c.duration_us;
+        let d = c.duration_us.max(1);
         let elapsed = now_us.saturating_sub(c.start_us).min(d);
         // The first tick sends one tick's worth so the cluster has a start to measure from.
         let should = u64::from(c.packets) * (elapsed + TICK_US).min(d) / d;
