@@ -15,10 +15,14 @@
 //! show the link carries more, so the viewer's return to the top layer is what probing buys.
 //!
 //! Asserted, generously for a loaded 2-core machine: the free viewer reaches the widest layer
-//! the publisher sends and has it at the end; the shaped viewer is at ≤ 320 pixels wide within
-//! [`DOWN_WITHIN`] s of the shaping and back at the widest layer within [`UP_WITHIN`] s of the
-//! lift (4–8 s measured on a loaded 2-core host; docs/BENCHMARKS.md); the relay made layer
-//! switches for it; after the lift at least one probe succeeded (raised its estimate).
+//! the publisher sends, has it at the end and for [`FREE_AT_WIDEST_PCT`] % of the seconds from
+//! the shaping on; the shaped viewer is at ≤ 320 pixels wide within [`DOWN_WITHIN`] s of the
+//! shaping and back at the widest layer within [`UP_WITHIN`] s of the lift; the relay made
+//! layer switches for it, none while the link stayed shaped after the drop, and once it had
+//! been back at the top for 5 s at most one per 5 s (issue 17's target for a steady link;
+//! the publisher's own layers may still move both viewers there);
+//! it froze at most [`MAX_SHAPED_FREEZES`] times; after the lift at least one probe succeeded
+//! (raised its estimate).
 //! Recorded (printed; docs/BENCHMARKS.md): both viewers' widths
 //! per second, the seconds to the low layer and back (issue 17's targets: 5 s and 15 s),
 //! freezes, frames decoded, layer switches per viewer, probe counters, and the shaped
@@ -47,17 +51,29 @@ const SECONDS: u64 = 90;
 const SHAPE_AT: u64 = 15;
 const LIFT_AT: u64 = 40;
 const SHAPED_KBIT: u32 = 300;
-/// Asserted bounds (issue 17 targets 5 s and 15 s; these leave room for a loaded CI box: a
-/// slow feedback loop, a late key frame, the browser's own stats delay, a failed probe's
-/// back-off).
-const DOWN_WITHIN: u64 = 15;
-const UP_WITHIN: u64 = 30;
+/// Asserted bounds (issue 17 targets 5 s and 15 s; 2–7 s and 4–11 s measured on a loaded
+/// 2-core host, docs/BENCHMARKS.md runs 16–21; these leave room for a loaded CI box: a slow
+/// feedback loop, a late key frame, the browser's own stats delay, a failed probe's back-off).
+const DOWN_WITHIN: u64 = 10;
+const UP_WITHIN: u64 = 20;
+/// Most freezes of the shaped viewer over the run (issue 17 targets 2 over 60 s; 2–6 measured,
+/// most in the seconds after the shaping; before the estimator's loss floor, up to 10).
+const MAX_SHAPED_FREEZES: u64 = 8;
+/// Share of the seconds from the shaping to the end the free viewer must spend at the widest
+/// layer (percent): the shaped viewer must not cost it its resolution (100 % in runs 16–18, 20,
+/// 21; 87 % in run 19, where the publisher's top layer faltered on the loaded host and both
+/// viewers went to 640 for a few seconds).
+const FREE_AT_WIDEST_PCT: usize = 75;
 
-fn widths(r: &Value, viewer: usize) -> Vec<u64> {
-    r["series"]["viewerFrameWidth"][viewer]
+fn series(r: &Value, key: &str, viewer: usize) -> Vec<u64> {
+    r["series"][key][viewer]
         .as_array()
         .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
         .unwrap_or_default()
+}
+
+fn widths(r: &Value, viewer: usize) -> Vec<u64> {
+    series(r, "viewerFrameWidth", viewer)
 }
 
 /// The widest layer the publisher sent during the measurement (its bytes grew).
@@ -301,6 +317,9 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     }
     eprintln!("simulcast_shaped: free viewer width/s   {free:?}");
     eprintln!("simulcast_shaped: shaped viewer width/s {shaped:?}");
+    let freezes = [0, 1].map(|v| series(&r, "viewerFreezeCount", v));
+    eprintln!("simulcast_shaped: free viewer freezes/s   {:?}", freezes[0]);
+    eprintln!("simulcast_shaped: shaped viewer freezes/s {:?}", freezes[1]);
 
     assert!(widest > 320, "the publisher sent only the low layer: {r}");
     assert_eq!(
@@ -328,6 +347,39 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     assert!(
         views.1 .0 >= 2,
         "layer switches for the shaped viewer: {views:?}"
+    );
+    let from_shaping = free.get(shape_i..).unwrap_or_default();
+    let at_widest = from_shaping.iter().filter(|&&w| w == widest).count();
+    assert!(
+        at_widest * 100 >= from_shaping.len() * FREE_AT_WIDEST_PCT,
+        "free viewer at {widest} only {at_widest} of {} s from the shaping on: {free:?}",
+        from_shaping.len()
+    );
+    let freezes = inbound(1, "freezeCount").as_u64().unwrap_or(u64::MAX);
+    assert!(
+        freezes <= MAX_SHAPED_FREEZES,
+        "shaped viewer froze {freezes} times: {:?}",
+        series(&r, "viewerFreezeCount", 1)
+    );
+    // Steady links: no switch while the link stays shaped after the drop; at most one per 5 s
+    // once the viewer has been back at the top for 5 s.
+    let switches_at = |s: u64| {
+        samples
+            .iter()
+            .find(|x| x.second == s)
+            .map_or(0, |x| x.switches)
+    };
+    let (from, to) = (SHAPE_AT + DOWN_WITHIN, LIFT_AT);
+    assert_eq!(
+        switches_at(from),
+        switches_at(to),
+        "switches while shaped, seconds {from}–{to}: {samples:?}"
+    );
+    let (from, to) = ((up as u64 + 1 + 5).min(SECONDS), SECONDS);
+    let made = switches_at(to).saturating_sub(switches_at(from));
+    assert!(
+        made <= (to - from) / 5,
+        "{made} switches on the lifted link in seconds {from}–{to}: {samples:?}"
     );
     let successes_at = |s: u64| {
         samples

@@ -45,7 +45,7 @@
 //         Descriptor extension and the mode the sender applied. A `layerPlan` step's
 //         `temporal: 0..3 | null` also sends {"max_temporal": temporal}; a viewer group's
 //         `dd: true` makes its pages offer the Dependency Descriptor extension. The series also has
-//         every viewer's framesPerSecond and the publisher's outbound frameWidth.
+//         every viewer's framesPerSecond and freezeCount, and the publisher's outbound frameWidth.
 //         Host candidates are not hidden behind mDNS names (the peers are in other namespaces).
 //         `startedFile: PATH`: written (the start time, ms since the epoch) when the per-second
 //         measurement starts, so the caller can change the network at known seconds of it.
@@ -408,6 +408,7 @@ async function session(specPath) {
     if (spec.startedFile) writeFileSync(spec.startedFile, String(t0));
     const series = { t: [], publisherBytesSent: [], publisherLayers: [], viewerFramesDecoded: viewers.map(() => []),
       viewerFrameWidth: viewers.map(() => []), viewerFramesPerSecond: viewers.map(() => []),
+      viewerFreezeCount: viewers.map(() => []),
       publisherFrameWidth: [], layerRequests: [] };
     for (let i = 1; i <= spec.seconds; i++) {
       const wait = t0 + i * 1000 - Date.now();
@@ -436,6 +437,7 @@ async function session(specPath) {
         series.viewerFramesDecoded[j].push(vs.inbound?.framesDecoded || 0);
         series.viewerFrameWidth[j].push(vs.inbound?.frameWidth || 0);
         series.viewerFramesPerSecond[j].push(vs.inbound?.framesPerSecond || 0);
+        series.viewerFreezeCount[j].push(vs.inbound?.freezeCount || 0);
       }
     }
     const end = await snapshot();

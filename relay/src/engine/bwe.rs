@@ -11,8 +11,10 @@
 //!   receiver acknowledged on overuse, holds on underuse, and otherwise grows it (8 %/s
 //!   multiplicatively far from the last known capacity, additively near it), never beyond
 //!   1.5 × the acknowledged rate;
-//! - a **loss-based** part: above 10 % loss the rate drops by half the loss fraction, under
-//!   2 % it may grow by 5 %, between the two it holds;
+//! - a **loss-based** part: above 10 % loss the rate drops by half the loss fraction (at most
+//!   once per 300 ms, and never below 0.85 × the acknowledged rate: under tail drop what the
+//!   receiver acknowledged is what the link carries), under 2 % it may grow by 5 %, between
+//!   the two it holds;
 //! - **REMB**, where a subscriber sends it: a ceiling, or the estimate itself when no
 //!   transport-cc feedback arrives;
 //! - **probing** (engine/probe.rs): while the estimate is below what the subscriber's best
@@ -49,6 +51,13 @@ const BETA: f64 = 0.85;
 const ACK_WINDOW_US: u64 = 500_000;
 /// Fewest reports before a loss fraction is acted on.
 const LOSS_MIN_PACKETS: u32 = 20;
+/// Loss-based cuts are at least this far apart (libwebrtc: 300 ms plus a round trip), so
+/// that the feedback after a cut can show its effect.
+const LOSS_CUT_INTERVAL_US: u64 = 300_000;
+/// A loss-based cut stops at this fraction of the acknowledged rate (the shape of
+/// libwebrtc's loss-based estimators, which decrease to a fraction of the acknowledged
+/// bitrate rather than below it).
+const LOSS_ACKED_FLOOR: f64 = 0.85;
 /// A REMB older than this no longer caps the estimate.
 const REMB_TTL_US: u64 = 5_000_000;
 
@@ -144,9 +153,13 @@ pub struct Bwe {
     ack_bytes: u64,
     ack_start: Option<i64>,
     acked_bps: Option<f64>,
+    /// The acknowledged rate of the last complete window alone (not smoothed).
+    acked_last_bps: Option<f64>,
     // Loss.
     loss_received: u32,
     loss_lost: u32,
+    /// When the loss-based part last cut (µs).
+    last_loss_cut: Option<u64>,
     // REMB.
     remb: Option<(u64, u64)>,
     seen_twcc: bool,
@@ -188,8 +201,10 @@ impl Bwe {
             ack_bytes: 0,
             ack_start: None,
             acked_bps: None,
+            acked_last_bps: None,
             loss_received: 0,
             loss_lost: 0,
+            last_loss_cut: None,
             remb: None,
             seen_twcc: false,
             last_decrease: None,
@@ -424,6 +439,7 @@ impl Bwe {
         let span = arrival - start;
         if span >= ACK_WINDOW_US as i64 {
             let r = self.ack_bytes as f64 * 8.0 * 1e6 / span as f64;
+            self.acked_last_bps = Some(r);
             self.acked_bps = Some(match self.acked_bps {
                 Some(old) => 0.5 * old + 0.5 * r,
                 None => r,
@@ -555,8 +571,27 @@ impl Bwe {
         }
         let frac = f64::from(self.loss_lost) / f64::from(total);
         if frac > 0.10 {
-            self.loss_bps *= 1.0 - 0.5 * frac;
-            self.last_decrease = Some(now_us);
+            let spaced = self
+                .last_loss_cut
+                .is_none_or(|at| now_us.saturating_sub(at) >= LOSS_CUT_INTERVAL_US);
+            if spaced {
+                // What the receiver acknowledged is what the link carried: a cut never goes
+                // below LOSS_ACKED_FLOOR of it (tail drop on a saturated link reports the
+                // excess lost, not the link rate).
+                // The last window alone: the smoothed rate still remembers the link before it
+                // was limited and would hold the cut up for a second or two.
+                let acked = match (self.acked_bps, self.acked_last_bps) {
+                    (Some(a), Some(l)) => Some(a.min(l)),
+                    (a, l) => a.or(l),
+                };
+                let floor = acked.map_or(0.0, |a| LOSS_ACKED_FLOOR * a);
+                let cut = (self.loss_bps * (1.0 - 0.5 * frac)).max(floor);
+                if cut < self.loss_bps {
+                    self.loss_bps = cut;
+                    self.last_decrease = Some(now_us);
+                }
+                self.last_loss_cut = Some(now_us);
+            }
         } else if frac < 0.02 {
             self.loss_bps = self.loss_bps * 1.05 + 1000.0;
         }
@@ -672,7 +707,7 @@ pub fn layer_budget(estimate: u64, other_bps: u64, layered: usize) -> Option<u64
 mod tests {
     use super::*;
     use crate::engine::probe::{
-        CLUSTER_US, MIN_INTERVAL_US, MIN_PACKETS, RESULT_TIMEOUT_US, TICK_US,
+        MAX_CLUSTER_US, MIN_INTERVAL_US, MIN_PACKETS, RESULT_TIMEOUT_US, TICK_US,
     };
 
     /// A bottleneck link: FIFO at `capacity_bps`, 20 ms propagation, tail drop at 300 ms
@@ -681,6 +716,11 @@ mod tests {
     struct Link {
         capacity_bps: f64,
         busy_until: f64,
+        /// Token bucket in front of the rate (bytes, 0: none), as `tbf` has: a burst up to it
+        /// passes at the sender's pace. Tokens, and when they were counted (µs).
+        bucket: f64,
+        tokens: f64,
+        tokens_at: f64,
         loss_every: Option<u64>,
         rnd: u64,
         /// (seq, arrival µs) of packets not yet reported.
@@ -693,6 +733,9 @@ mod tests {
             Link {
                 capacity_bps,
                 busy_until: 0.0,
+                bucket: 0.0,
+                tokens: 0.0,
+                tokens_at: 0.0,
                 loss_every: None,
                 rnd: 0x9E37_79B9_7F4A_7C15,
                 pending: Vec::new(),
@@ -713,9 +756,16 @@ mod tests {
                 self.pending.push((seq, None));
                 return;
             }
-            self.busy_until = start + size as f64 * 8.0 * 1e6 / self.capacity_bps;
-            self.pending
-                .push((seq, Some((self.busy_until + 20_000.0) as u64)));
+            // Tokens accrue at the link rate up to the bucket; a packet leaves once there are
+            // enough for it (without a bucket: after its serialisation at the link rate).
+            let per_us = self.capacity_bps / 8e6;
+            let tokens = (self.tokens + (start - self.tokens_at) * per_us).min(self.bucket);
+            let wait = (size as f64 - tokens).max(0.0) / per_us;
+            let depart = start + wait;
+            self.tokens = tokens + wait * per_us - size as f64;
+            self.tokens_at = depart;
+            self.busy_until = depart;
+            self.pending.push((seq, Some((depart + 20_000.0) as u64)));
         }
         /// Feedback for every packet that has arrived by `now`.
         fn feedback(&mut self, now: u64, bwe: &mut Bwe) {
@@ -818,6 +868,10 @@ mod tests {
         assert!(bwe.estimate() < 400_000, "{}", bwe.estimate());
     }
 
+    /// Without probing (a sender that fills the estimate), the estimate climbs back from
+    /// about the shaped link's rate: the loss-based ceiling by 5 % per 20 reported packets,
+    /// the delay-based rate by 8 %/s once past the capacity the detector last saw, so about
+    /// 22 s from 0.25 to 1.5 Mbit/s.
     #[test]
     fn step_up_recovers() {
         let mut bwe = Bwe::new(BweConfig::default());
@@ -826,10 +880,10 @@ mod tests {
         run(&mut bwe, &mut link, &mut t, 6, 2_500_000);
         assert!(bwe.estimate() < 400_000, "{}", bwe.estimate());
         link.capacity_bps = 5_000_000.0;
-        let trace = run(&mut bwe, &mut link, &mut t, 20, 2_500_000);
+        let trace = run(&mut bwe, &mut link, &mut t, 30, 2_500_000);
         assert!(
             bwe.estimate() > 1_500_000,
-            "20 s after lifting: {} (trace {trace:?})",
+            "30 s after lifting: {} (trace {trace:?})",
             bwe.estimate()
         );
     }
@@ -950,6 +1004,21 @@ mod tests {
         layer: &mut usize,
         probing: bool,
     ) -> Vec<usize> {
+        run_layers_traced(bwe, link, t, secs, layer, probing)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    /// [`run_layers`], with the estimate next to the layer after each feedback.
+    fn run_layers_traced(
+        bwe: &mut Bwe,
+        link: &mut Link,
+        t: &mut u64,
+        secs: u64,
+        layer: &mut usize,
+        probing: bool,
+    ) -> Vec<(u64, usize)> {
         let end = *t + secs * 1_000_000;
         let mut credit = 0u64;
         let mut trace = Vec::new();
@@ -972,7 +1041,7 @@ mod tests {
                 let need = LAYERS[LAYERS.len() - 1] * 115 / 100;
                 let p = bwe.prober_mut();
                 p.set_need((*layer + 1 < LAYERS.len()).then_some(need));
-                trace.push(*layer);
+                trace.push((bwe.estimate(), *layer));
             }
             *t += 1_000;
         }
@@ -1087,16 +1156,16 @@ mod tests {
         let t = p.next_at();
         p.maybe_start(t, 1_000_000, 20_000_000, false, None)
             .unwrap();
-        let (n, tag) = p.due(t + CLUSTER_US);
+        let (n, tag) = p.due(t + MAX_CLUSTER_US);
         for _ in 0..n {
-            p.on_sent(t + CLUSTER_US, 264);
+            p.on_sent(t + MAX_CLUSTER_US, 264);
         }
         for _ in 0..n / 2 {
-            p.on_report(tag, t + CLUSTER_US, 264, None);
+            p.on_report(tag, t + MAX_CLUSTER_US, 264, None);
         }
-        assert_eq!(p.conclude(t + CLUSTER_US + 1000, 1_000_000), None);
+        assert_eq!(p.conclude(t + MAX_CLUSTER_US + 1000, 1_000_000), None);
         assert_eq!(
-            p.conclude(t + CLUSTER_US + RESULT_TIMEOUT_US, 1_000_000),
+            p.conclude(t + MAX_CLUSTER_US + RESULT_TIMEOUT_US, 1_000_000),
             Some(Outcome::Failed)
         );
         assert_eq!(p.interval_us(), 4 * MIN_INTERVAL_US);
@@ -1104,11 +1173,11 @@ mod tests {
         let t = p.next_at();
         p.maybe_start(t, 1_000_000, 20_000_000, false, None)
             .unwrap();
-        let (n, _) = p.due(t + CLUSTER_US);
+        let (n, _) = p.due(t + MAX_CLUSTER_US);
         for _ in 0..n {
-            p.on_sent(t + CLUSTER_US, 264);
+            p.on_sent(t + MAX_CLUSTER_US, 264);
         }
-        let end = t + CLUSTER_US + RESULT_TIMEOUT_US;
+        let end = t + MAX_CLUSTER_US + RESULT_TIMEOUT_US;
         assert_eq!(p.conclude(end, 1_000_000), Some(Outcome::Failed));
         assert_eq!(p.interval_us(), 4 * MIN_INTERVAL_US);
         assert_eq!(p.next_at(), end + MIN_INTERVAL_US);
@@ -1161,5 +1230,66 @@ mod tests {
         assert_eq!(m.bps(2_000_000), 40_000);
         // Silence: the next complete window measures nothing.
         assert_eq!(m.bps(4_000_000), 0);
+    }
+
+    /// Issue 17's shaping: a layered sender on its best layer (2 Mbit/s) when the link drops to
+    /// 300 kbit/s behind a 4 kB token bucket with tail drop. About 85 % of what is sent is
+    /// lost at first; the loss-based cut stops at 0.85 × what was acknowledged, so the
+    /// estimate settles near the link rate and keeps the 150 kbit/s layer, instead of falling
+    /// to the 30 kbit/s floor and swinging back.
+    #[test]
+    fn tail_drop_step_down_settles_near_the_link_rate() {
+        let mut bwe = Bwe::new(BweConfig::default());
+        let mut link = Link::new(10_000_000.0);
+        let (mut t, mut layer) = (1_000_000, 0);
+        run_layers(&mut bwe, &mut link, &mut t, 10, &mut layer, true);
+        assert_eq!(layer, 2, "free link: best layer");
+        link.capacity_bps = 300_000.0;
+        link.bucket = 4_000.0;
+        let trace: Vec<(u64, usize)> =
+            run_layers_traced(&mut bwe, &mut link, &mut t, 10, &mut layer, true)
+                .into_iter()
+                .map(|(e, l)| (e / 1000, l))
+                .collect();
+        let lowest = trace.iter().map(|&(e, _)| e * 1000).min().unwrap_or(0);
+        let down = trace.iter().position(|&(_, l)| l == 0).expect("down");
+        assert!(down <= 30, "lowest layer within 3 s: {trace:?}");
+        assert!(
+            lowest >= 150_000,
+            "never below the low layer's rate: {lowest} ({trace:?})"
+        );
+        assert!(
+            trace[down..].iter().all(|&(_, l)| l == 0),
+            "stays on the lowest layer while shaped: {trace:?}"
+        );
+        let last = &trace[60..];
+        assert!(
+            last.iter().all(|&(e, _)| (150..=450).contains(&e)),
+            "settles near 300 kbit/s: {trace:?}"
+        );
+    }
+
+    /// A cluster through 300 kbit/s behind a 4 kB token bucket: a 30 ms cluster at twice the
+    /// estimate (about 2 kB) would pass inside the bucket at its send rate and "succeed";
+    /// With `probe::MIN_CLUSTER_BYTES` the arrivals are paced by the limit, so no probe lifts the
+    /// estimate far above the link rate and the viewer stays on the layer the link carries.
+    #[test]
+    fn a_probe_does_not_measure_a_token_bucket() {
+        let mut bwe = Bwe::new(BweConfig::default());
+        let mut link = Link::new(300_000.0);
+        link.bucket = 4_000.0;
+        let (mut t, mut layer) = (1_000_000, 2);
+        run_layers(&mut bwe, &mut link, &mut t, 8, &mut layer, true);
+        assert_eq!(layer, 0, "shaped: lowest layer");
+        let before = bwe.probe_stats();
+        let trace = run_layers_traced(&mut bwe, &mut link, &mut t, 40, &mut layer, true);
+        let st = bwe.probe_stats();
+        assert!(st.clusters > before.clusters, "it probed: {st:?}");
+        // A probe may lift an estimate that had fallen below the link rate (the link carries
+        // 300 kbit/s, the layer 150 kbit/s); none lifts it above 1.5 × the link rate, where
+        // the bucket alone would put it.
+        let highest = trace.iter().map(|&(e, _)| e).max().unwrap_or(0);
+        assert!(highest <= 450_000, "{highest}: {trace:?}");
+        assert!(trace.iter().all(|&(_, l)| l == 0), "{trace:?}");
     }
 }

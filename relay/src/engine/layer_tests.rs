@@ -305,10 +305,10 @@ fn estimated_two_layers() -> (Rig, [Paced; 2]) {
 /// estimation"): without feedback the start estimate carries the high layer; feedback that
 /// says 300 kbit/s moves it to the low layer (≈72 kbit/s) at the next low key frame; a steady
 /// estimate makes no further switch; when the estimate recovers, the high layer (≈960 kbit/s)
-/// comes back only after the up-switch hold.
+/// comes back only after the up-switch hold, and no sooner than 5 s after a switch down.
 #[test]
 fn the_estimate_picks_the_layer_with_hysteresis() {
-    use crate::engine::layers::UP_HOLD;
+    use crate::engine::layers::{UP_AFTER_DOWN, UP_HOLD};
     let (mut rig, mut layers) = estimated_two_layers();
     let t0 = Instant::now();
     let mut tw = 0u16;
@@ -374,6 +374,19 @@ fn the_estimate_picks_the_layer_with_hysteresis() {
         .unwrap();
     assert_eq!((l.current, l.target, l.count), (Some(1), 1, 2));
     assert_eq!(u64::from(l.switches), down + 1);
+    // Down again, and an estimate that recovers a second later: the higher layer waits for
+    // UP_AFTER_DOWN after the switch down, not just for the hold.
+    let got = run(&mut rig, &mut t, 30, Some(300_000));
+    assert_eq!(got.last(), Some(&0), "low again: {got:?}");
+    let before_up = (UP_AFTER_DOWN.as_millis() / 33) as usize - 45;
+    let got = run(&mut rig, &mut t, before_up, Some(5_000_000));
+    assert!(
+        got.iter().all(|&l| l == 0),
+        "within 5 s of the switch down: {got:?}"
+    );
+    let got = run(&mut rig, &mut t, 60, Some(5_000_000));
+    assert_eq!(got.last(), Some(&1), "high after UP_AFTER_DOWN: {got:?}");
+    assert_eq!(switches(&rig), down + 3);
 }
 
 /// The same with transport-cc feedback from a viewer behind a 300 kbit/s bottleneck (a FIFO

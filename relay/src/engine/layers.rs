@@ -50,6 +50,10 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(1000);
 pub const UP_MARGIN_PCT: u64 = 115;
 /// ... held for this long.
 pub const UP_HOLD: Duration = Duration::from_millis(2000);
+/// No switch up sooner than this after a switch down: the estimate that fell with loss or
+/// queuing delay must carry the higher layer for a while before the link is trusted with it
+/// again (issue 17: at most one switch per 5 s on a steady link).
+pub const UP_AFTER_DOWN: Duration = Duration::from_millis(5000);
 /// RTP clock rate of video (RFC 7741 §6.1: VP8 always uses 90 kHz).
 pub const VIDEO_CLOCK: u64 = 90_000;
 
@@ -212,6 +216,8 @@ pub struct Selector {
     estimate: Option<u64>,
     /// Since when the estimate has carried the next layer up.
     up_since: Option<Instant>,
+    /// When the last switch down was made.
+    last_down: Option<Instant>,
     current: Option<u8>,
     target: u8,
     /// Input sequence number of the first packet forwarded after the last switch: earlier
@@ -284,6 +290,7 @@ impl Selector {
             cap,
             estimate: None,
             up_since: None,
+            last_down: None,
             current: None,
             target: 0,
             switch_in_seq: 0,
@@ -367,7 +374,8 @@ impl Selector {
     /// The subscriber's downlink estimate (bits/s), `None` when there is none: the target is
     /// then the highest eligible layer within the cap. Going down happens as soon as the
     /// current layer's rate exceeds the estimate; going up needs [`UP_MARGIN_PCT`] of the
-    /// higher layer's rate held for [`UP_HOLD`], so layers do not flap.
+    /// higher layer's rate held for [`UP_HOLD`], and no switch down in the last
+    /// [`UP_AFTER_DOWN`], so layers do not flap.
     pub fn set_estimate(&mut self, bps: Option<u64>) {
         self.estimate = bps;
     }
@@ -471,6 +479,12 @@ impl Selector {
         if want > cur && self.current.is_some() {
             let since = *self.up_since.get_or_insert(now);
             if now.saturating_duration_since(since) < UP_HOLD {
+                return cur;
+            }
+            if self
+                .last_down
+                .is_some_and(|d| now.saturating_duration_since(d) < UP_AFTER_DOWN)
+            {
                 return cur;
             }
         } else {
@@ -608,6 +622,9 @@ impl Selector {
         }
         self.vp8.dropped_pid = None;
         self.temporal_gap = false;
+        if self.current.is_some_and(|c| l < c) {
+            self.last_down = Some(now);
+        }
         self.current = Some(l);
         self.up_since = None;
         rebase
@@ -1218,11 +1235,13 @@ mod tests {
         s.set_estimate(Some(rate));
         let t = warm(&mut s, t0, &mut lo, &mut hi, t + 33, 300);
         assert_eq!(s.target(), 0);
-        // With margin: only after UP_HOLD.
+        // With margin: only after UP_HOLD, and UP_AFTER_DOWN after the switch down.
         s.set_estimate(Some(rate * 2));
         let t = warm(&mut s, t0, &mut lo, &mut hi, t, 1000);
         assert_eq!(s.target(), 0);
         let t = warm(&mut s, t0, &mut lo, &mut hi, t, 1100);
+        assert_eq!(s.target(), 0, "held UP_AFTER_DOWN");
+        let t = warm(&mut s, t0, &mut lo, &mut hi, t, 2700);
         assert_eq!(s.target(), 2);
         assert_eq!(s.current(), Some(2));
         assert_eq!(s.switches(), 3);

@@ -15,8 +15,10 @@
 //! - a cluster starts only while the estimate is below what the subscriber's best eligible
 //!   layers need ([`Prober::set_need`]), the delay detector saw no overuse and the loss-based
 //!   controller made no cut for [`QUIET_AFTER_DECREASE_US`], and no cluster is in flight;
-//! - its target is `min(2 × estimate, need × 1.25, max)`, at least 1.2 × the estimate; it lasts
-//!   [`CLUSTER_US`] with at least [`MIN_PACKETS`] packets and at most [`MAX_PACKETS`];
+//! - its target is `min(2 × estimate, need × 1.25, max)`, at least 1.2 × the estimate; it
+//!   carries [`CLUSTER_US`] of the target rate but at least [`MIN_CLUSTER_BYTES`] (so that a
+//!   shaper's token bucket cannot pass it whole), paced at the target rate, with at least
+//!   [`MIN_PACKETS`] packets and at most [`MAX_PACKETS`];
 //! - after a success (the link carried at least [`SUCCESS_OF_TARGET_PCT`] % of the target,
 //!   above the estimate) the next cluster may start [`MIN_INTERVAL_US`] later; after a failure
 //!   the interval doubles up to [`MAX_INTERVAL_US`]; an overuse while a cluster is being sent
@@ -27,12 +29,22 @@
 //! Owns: the probing state of one subscriber, fixed size. Time is passed in (µs); nothing here
 //! reads a clock, allocates or locks.
 
-/// How long a cluster is paced over.
+/// How long a cluster is paced over, at the least.
 pub const CLUSTER_US: u64 = 30_000;
+/// Fewest bytes in a cluster; one that would be smaller is paced over longer than
+/// [`CLUSTER_US`] at its target rate. A token-bucket shaper passes its bucket at the sender's
+/// rate whatever the limit behind it (Linux `tbf` needs a bucket of at least rate / HZ, and
+/// 4 kB or more is common at a few hundred kbit/s): a 30 ms cluster at 600 kbit/s is 2.25 kB
+/// and would measure the bucket, not the link. With three times a 4 kB bucket, its arrival
+/// span is dominated by the limit: through 300 kbit/s the cluster measures at most 1.5 × the
+/// link rate, and far less while media shares the link, so the probe fails there.
+pub const MIN_CLUSTER_BYTES: u64 = 12_000;
 /// Fewest packets in a cluster (libwebrtc: 5).
 pub const MIN_PACKETS: u32 = 5;
 /// Most packets in a cluster: bounds what one probe costs the link.
 pub const MAX_PACKETS: u32 = 96;
+/// Longest a cluster is paced over (its minimum bytes at a low target rate).
+pub const MAX_CLUSTER_US: u64 = 500_000;
 /// Padding bytes in one probe packet (libwebrtc's largest padding-only packet).
 pub const PADDING: usize = 224;
 /// Shortest and longest wait between two clusters of one subscriber. The longest bounds how
@@ -89,6 +101,8 @@ struct Cluster {
     id: u8,
     target_bps: u64,
     start_us: u64,
+    /// How long the cluster is paced over (µs).
+    duration_us: u64,
     /// Packets the cluster is to send in all.
     packets: u32,
     sent_bytes: u64,
@@ -222,15 +236,19 @@ impl Prober {
             .min(need.saturating_mul(5) / 4)
             .min(max_bps)
             .max(estimate.saturating_mul(6) / 5);
-        let bytes = target.saturating_mul(CLUSTER_US) / 8_000_000;
+        let bytes = (target.saturating_mul(CLUSTER_US) / 8_000_000).max(MIN_CLUSTER_BYTES);
         // Packets of PADDING bytes plus about 40 of headers and tag.
         let packets = (bytes / (PADDING as u64 + 40)).clamp(MIN_PACKETS.into(), MAX_PACKETS.into());
+        // Paced at the target rate: longer than CLUSTER_US when the minimum bytes set the size.
+        let duration_us = (packets * (PADDING as u64 + 40) * 8_000_000 / target.max(1))
+            .clamp(CLUSTER_US, MAX_CLUSTER_US);
         let id = self.next_id;
         self.next_id = if id == u8::MAX { 1 } else { id + 1 };
         self.cluster = Some(Cluster {
             id,
             target_bps: target,
             start_us: now_us,
+            duration_us,
             packets: packets as u32,
             ..Cluster::default()
         });
@@ -244,9 +262,10 @@ impl Prober {
         let Some(c) = self.cluster.filter(|c| c.done_at.is_none()) else {
             return (0, 0);
         };
-        let elapsed = now_us.saturating_sub(c.start_us).min(CLUSTER_US);
+        let d = c.duration_us.max(1);
+        let elapsed = now_us.saturating_sub(c.start_us).min(d);
         // The first tick sends one tick's worth so the cluster has a start to measure from.
-        let should = u64::from(c.packets) * (elapsed + TICK_US).min(CLUSTER_US) / CLUSTER_US;
+        let should = u64::from(c.packets) * (elapsed + TICK_US).min(d) / d;
         let should = (should as u32).max(1).min(c.packets);
         (should.saturating_sub(c.sent_packets), c.id)
     }
