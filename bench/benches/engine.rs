@@ -14,19 +14,22 @@
 //! SSRC) and over layered routes (`layered`: the stream is layer 0 of a two-layer source, the
 //! subscribers capped to it, so every packet passes the layer selector and has its sequence
 //! number, timestamp and VP8 descriptor rewritten), in the same run. The ratio of the two is
-//! the cost of layer selection per output packet. It measures the benchmark thread's CPU time
-//! (`CLOCK_THREAD_CPUTIME_ID`, [`ThreadCpu`]) rather than wall time, so that time the thread
-//! spends preempted on a shared machine does not land in one case and not the other.
+//! the cost of layer selection per output packet. Both groups measure the benchmark thread's
+//! CPU time (`CLOCK_THREAD_CPUTIME_ID`, [`ThreadCpu`]) rather than wall time, so that time the
+//! thread spends preempted on a shared machine does not land in one case and not the other
+//! (the `srtp` bench, the engine's crypto-only ceiling, measures the same way).
 //! Run: `cargo bench -p sluice-bench --bench engine` (only the layers group: `-- layers`)
 
 use contract::shm::{Layer, Rewrite, Role, RouteRecord, SessionRecord};
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use relay::batch::{TxQueue, MAX_DATAGRAM};
 use relay::engine::{Forwarder, NackConfig};
 use std::net::SocketAddr;
 use std::time::Instant;
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
+use thread_cpu::ThreadCpu;
 
 const BATCH: usize = 256;
 const PAYLOAD: usize = 1200 - 12;
@@ -49,7 +52,7 @@ fn peer(i: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5000))
 }
 
-fn bench_engine(c: &mut Criterion) {
+fn bench_engine(c: &mut Criterion<ThreadCpu>) {
     let mut g = c.benchmark_group("engine");
     for profile in [Profile::Aes128CmSha1_80, Profile::AeadAes128Gcm] {
         // AES-CM runs each case twice: tags one at a time (`single`, SHA-NI) and across the
@@ -184,46 +187,6 @@ fn vp8_packet(n: u64, key: bool) -> Vec<u8> {
     p
 }
 
-/// CPU time of the calling thread, ns (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
-    // CLOCK_THREAD_CPUTIME_ID is supported by every Linux kernel this runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Criterion measurement of the benchmark thread's CPU time, in ns (formatted as durations).
-struct ThreadCpu;
-
-impl Measurement for ThreadCpu {
-    type Intermediate = u64;
-    type Value = u64;
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, start: u64) -> u64 {
-        thread_cpu_ns().saturating_sub(start)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, v: &u64) -> f64 {
-        *v as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        // Wall time's formatter takes nanoseconds as well.
-        WallTime.formatter()
-    }
-}
-
 /// Speaker 1 and `fanout` viewers (ids 100, 101, ...), each with its own keys.
 fn speaker_and_viewers(profile: Profile, fanout: u16) -> Vec<SessionRecord> {
     let session = |id: u64, port: u16, role, rx: u8, tx: u8| SessionRecord {
@@ -348,7 +311,11 @@ fn bench_layers(c: &mut Criterion<ThreadCpu>) {
     g.finish();
 }
 
-criterion_group!(benches, bench_engine);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_engine
+}
 criterion_group! {
     name = layers;
     config = Criterion::default().with_measurement(ThreadCpu);

@@ -11,13 +11,17 @@
 //! - `baseline/aes128ctr_hmacsha1/<size>`: copy + AES-128-CTR over the payload (RustCrypto `ctr`,
 //!   pre-expanded key) + HMAC-SHA1 (pre-keyed state cloned) over header ‖ payload ‖ ROC.
 //!
-//! Sizes are whole RTP packets (12-byte header + payload), as the relay sees them.
+//! Sizes are whole RTP packets (12-byte header + payload), as the relay sees them. Times are the
+//! benchmark thread's CPU time (`support/thread_cpu.rs`), like the `engine` bench's.
 
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use hmac::{Hmac, Mac};
 use std::hint::black_box;
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
+use thread_cpu::ThreadCpu;
 
 const SIZES: [usize; 2] = [160, 1200];
 
@@ -38,7 +42,7 @@ fn key(p: Profile) -> MasterKey {
     MasterKey::new(p, &km).unwrap()
 }
 
-fn bench_srtp(c: &mut Criterion) {
+fn bench_srtp(c: &mut Criterion<ThreadCpu>) {
     for profile in Profile::ALL {
         for size in SIZES {
             let mut g = c.benchmark_group(format!("protect/{profile}"));
@@ -81,7 +85,7 @@ fn bench_srtp(c: &mut Criterion) {
     }
 }
 
-fn bench_baselines(c: &mut Criterion) {
+fn bench_baselines(c: &mut Criterion<ThreadCpu>) {
     use ring::aead;
     let mut g = c.benchmark_group("baseline/ring_aes128gcm_seal");
     let gcm =
@@ -142,5 +146,9 @@ fn bench_baselines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_srtp, bench_baselines);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_srtp, bench_baselines
+}
 criterion_main!(benches);

@@ -1,14 +1,15 @@
 //! Cross-check against an independent implementation: libsrtp via the `pylibsrtp` Python
 //! package (`contract/tests/peers/libsrtp_peer.py`). For every profile both support, Sluice
-//! protects and libsrtp unprotects, and the other way round, for RTP (several SSRCs, CSRCs,
-//! header extensions, a sequence-number wrap so the ROC advances) and RTCP.
+//! protects (in place, and out of place as the relay's fan-out does) and libsrtp unprotects, and
+//! the other way round, for RTP (several SSRCs, CSRCs, header extensions, a sequence-number wrap
+//! so the ROC advances) and RTCP.
 //! Without python3 or pylibsrtp the test prints `SKIP: <why>` and passes. `SLUICE_PYTHON` names
 //! the interpreter (default `python3`); `scripts/test.sh` points it at a venv with the peers.
 
 #[path = "../../tests/support/skip.rs"]
 mod skip;
 
-use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
+use contract::srtp::{Context, ContextOptions, MacBatch, MasterKey, Profile};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -71,6 +72,15 @@ fn run_peer(profile: Profile, key: &MasterKey, lines: &[String]) -> Vec<String> 
 
 /// RTP packets: two SSRCs, sequence numbers crossing 65535 → 0, random CSRCs, extensions,
 /// padding bit and payload sizes (kept under pylibsrtp's 1500-byte buffer).
+/// Header length of an RTP packet (RFC 3550 §5.1, §5.3.1).
+fn header_len(p: &[u8]) -> usize {
+    let mut h = 12 + 4 * usize::from(p[0] & 0x0f);
+    if p[0] & 0x10 != 0 {
+        h += 4 + 4 * usize::from(u16::from_be_bytes([p[h + 2], p[h + 3]]));
+    }
+    h
+}
+
 fn rtp_packets(rng: &mut StdRng) -> Vec<Vec<u8>> {
     let mut v = Vec::new();
     for i in 0..40u32 {
@@ -145,12 +155,26 @@ fn sluice_and_libsrtp_interoperate() {
         let rtcp = rtcp_packets(&mut rng);
 
         // Sluice protects; libsrtp unprotects. Then libsrtp protects the same plaintexts.
+        // Every other RTP packet is protected out of place, as the relay's fan-out does: its
+        // header and a few payload bytes in the output buffer, the rest read from the plain
+        // packet, the HMAC-SHA1 tag from a multi-buffer batch.
         let mut tx = Context::new(key, ContextOptions::default()).unwrap();
         let mut lines = Vec::new();
-        for p in &rtp {
-            let mut buf = p.clone();
-            buf.resize(p.len() + profile.srtp_overhead(), 0);
-            let n = tx.protect_rtp(&mut buf, p.len()).unwrap();
+        let mut batch = MacBatch::new();
+        for (i, p) in rtp.iter().enumerate() {
+            let mut buf = vec![0u8; p.len() + profile.srtp_overhead()];
+            let n = if i % 2 == 0 {
+                buf[..p.len()].copy_from_slice(p);
+                tx.protect_rtp(&mut buf, p.len()).unwrap()
+            } else {
+                let split = (header_len(p) + i % 7).min(p.len());
+                buf[..split].copy_from_slice(&p[..split]);
+                let n = tx
+                    .protect_rtp_batched_from(&mut buf, split, &p[split..], 0, &mut batch)
+                    .unwrap();
+                batch.finish(&mut buf);
+                n
+            };
             lines.push(format!("unprotect {}", hex(&buf[..n])));
         }
         for p in &rtcp {

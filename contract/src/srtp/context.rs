@@ -458,6 +458,46 @@ impl Context {
         })
     }
 
+    /// [`Context::protect_rtp_batched`] of the RTP packet `buf[..len] ‖ rest`, written into
+    /// `buf` without first copying `rest` there (a fan-out's outputs share one decrypted
+    /// payload): `buf[..len]` is the packet's start, at least its whole header (already
+    /// rewritten for this output), and `rest` the remainder of its payload, padding included.
+    /// The payload is encrypted from `rest` straight into `buf[len..]`; header, ciphertext
+    /// and tag are byte for byte what `protect_rtp_batched` writes after copying `rest` to
+    /// `buf[len..]`. Needs `buf.len() >= len + rest.len() + profile().srtp_overhead()`.
+    pub fn protect_rtp_batched_from(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        rest: &[u8],
+        at: usize,
+        batch: &mut MacBatch,
+    ) -> Result<usize, Error> {
+        let defer = batch.has_room();
+        let extra = rest.len();
+        let p =
+            self.protect_rtp_extra(buf, len, extra, |k, tag_len, buf, len, hdr, ssrc, index| {
+                let p = transform::protect_rtp_from(
+                    k,
+                    tag_len,
+                    buf,
+                    len,
+                    rest,
+                    hdr,
+                    (ssrc, index),
+                    defer,
+                );
+                (p, tag_len)
+            })?;
+        Ok(match p {
+            (Protected::Done(n), _) => n,
+            (Protected::Mac { len, key, roc }, tag_len) => {
+                batch.push(key, at, len, roc, tag_len);
+                len + tag_len
+            }
+        })
+    }
+
     /// The stream bookkeeping of RTP protect around the transform `f`.
     #[inline]
     #[allow(clippy::type_complexity)]
@@ -467,12 +507,27 @@ impl Context {
         len: usize,
         f: impl FnOnce(&SessionKeys, usize, &mut [u8], usize, usize, u32, u64) -> R,
     ) -> Result<R, Error> {
+        self.protect_rtp_extra(buf, len, 0, f)
+    }
+
+    /// [`Context::protect_rtp_with`] for a packet that continues `extra` bytes beyond
+    /// `buf[..len]` (elsewhere, see [`Context::protect_rtp_batched_from`]); `buf` needs room
+    /// for them and the tag.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    fn protect_rtp_extra<R>(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        extra: usize,
+        f: impl FnOnce(&SessionKeys, usize, &mut [u8], usize, usize, u32, u64) -> R,
+    ) -> Result<R, Error> {
         let tag_len = self.profile.srtp_overhead();
         if len > buf.len() {
             return Err(Error::Malformed);
         }
         let h = transform::rtp_header(&buf[..len])?;
-        if buf.len() < len + tag_len {
+        if buf.len() < len + extra + tag_len {
             return Err(Error::BufferTooSmall);
         }
         if self.expired(Which::Current, false) {

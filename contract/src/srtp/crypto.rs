@@ -9,7 +9,7 @@
 //!   keyed state (inner and outer pads already absorbed) is computed once per session key and
 //!   cloned per packet.
 //! - AES-GCM (RFC 7714): `aws-lc-rs`'s `LessSafeKey`, sealing and opening in place with a
-//!   separate tag.
+//!   separate tag, or sealing a message whose tail is read from another buffer (scatter).
 //!
 //! Owns no protocol state. May not touch: packets' layout (that is `context.rs`), the clock.
 
@@ -59,6 +59,36 @@ impl AesKey {
         match self {
             AesKey::A128(k) => run(k, iv, data),
             AesKey::A256(k) => run(k, iv, data),
+        }
+    }
+
+    /// [`AesKey::xor_keystream`] over the message `head ‖ src`, with `head` encrypted in place
+    /// and `src` encrypted into `dst` (of `src`'s length): the keystream runs on from the end
+    /// of `head` into `src` (counter mode is position-based), so the result is what XORing the
+    /// concatenation in place gives, without first copying `src`.
+    #[inline]
+    pub(crate) fn xor_keystream_from(
+        &self,
+        iv: &[u8; 16],
+        head: &mut [u8],
+        src: &[u8],
+        dst: &mut [u8],
+    ) {
+        fn run<C>(c: C, iv: &[u8; 16], head: &mut [u8], src: &[u8], dst: &mut [u8])
+        where
+            C: BlockEncrypt + BlockCipher + BlockSizeUser<BlockSize = U16>,
+        {
+            let core = ctr::CtrCore::<C, ctr::flavors::Ctr128BE>::inner_iv_init(c, iv.into());
+            let mut ctr = ctr::Ctr128BE::<C>::from_core(core);
+            ctr.apply_keystream(head);
+            // The lengths are equal (checked by the caller) and a packet is far below the
+            // counter's 2^128-block limit, the only other refusal.
+            ctr.apply_keystream_b2b(src, dst)
+                .expect("equal lengths within the counter's range");
+        }
+        match self {
+            AesKey::A128(k) => run(k, iv, head, src, dst),
+            AesKey::A256(k) => run(k, iv, head, src, dst),
         }
     }
 }
@@ -153,6 +183,31 @@ impl Gcm {
         let mut t = [0u8; 16];
         t.copy_from_slice(tag.as_ref());
         t
+    }
+
+    /// Encrypt the message `head ‖ src`: `head` in place, `src` into `dst_and_tag`, which is
+    /// `src.len()` bytes for its ciphertext followed by the 16-byte tag (aws-lc's scatter
+    /// seal: one GCM pass over both parts, no copy of `src`).
+    #[inline]
+    pub(crate) fn seal_from(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        head: &mut [u8],
+        src: &[u8],
+        dst_and_tag: &mut [u8],
+    ) {
+        self.0
+            .seal_in_place_scatter(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                head,
+                src,
+                dst_and_tag,
+            )
+            // Refused only for a `dst_and_tag` of another length than `src` ‖ tag (the caller
+            // slices it so) or an input beyond GCM's limit; a packet is far shorter.
+            .expect("GCM scatter lengths match");
     }
 
     /// Authenticate and decrypt `data` in place. On failure `data` holds unspecified bytes

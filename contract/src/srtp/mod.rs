@@ -16,6 +16,9 @@
 //       unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>
 //       protect_rtp_batched(&mut self, buf, len, at, &mut MacBatch) — fan-out: tags deferred
 //                          to MacBatch::finish(arena), multi-buffer HMAC-SHA1 (sha1mb)
+//       protect_rtp_batched_from(&mut self, buf, len, rest, at, &mut MacBatch) — the same for
+//                          the packet buf[..len] ‖ rest: the payload tail is encrypted from
+//                          `rest` into `buf` (out of place), no copy first
 //       protect_rtcp / unprotect_rtcp (same shape)
 //       install_key(&mut self, key: MasterKey)  — rotation without loss
 //       set_roc(&mut self, ssrc, roc) / roc(&self, ssrc) — ROC signalled out of band

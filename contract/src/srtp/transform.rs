@@ -170,6 +170,54 @@ pub(crate) fn protect_rtp_deferred(
     }
 }
 
+/// [`protect_rtp`] (`defer`: [`protect_rtp_deferred`]) of the RTP packet `buf[..len] ‖ rest`,
+/// written into `buf` without first copying `rest` there: `buf[..len]` holds the header (length
+/// `hdr`) and possibly the first payload bytes, encrypted in place; `rest`, the remainder of
+/// the payload, is encrypted from where it lies into `buf[len..len + rest.len()]`. `buf` has
+/// room for the whole packet and the tag (checked by the caller). The bytes written are those
+/// `protect_rtp` writes over the concatenation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn protect_rtp_from(
+    keys: &SessionKeys,
+    tag_len: usize,
+    buf: &mut [u8],
+    len: usize,
+    rest: &[u8],
+    hdr: usize,
+    (ssrc, index): (u32, u64),
+    defer: bool,
+) -> Protected {
+    let end = len + rest.len();
+    match keys {
+        SessionKeys::Cm { aes, salt, mac } => {
+            let (head, tail) = buf.split_at_mut(len);
+            let iv = cm_iv(salt, ssrc, index);
+            aes.xor_keystream_from(&iv, &mut head[hdr..], rest, &mut tail[..rest.len()]);
+            let roc = ((index >> 16) as u32).to_be_bytes();
+            if defer {
+                return Protected::Mac {
+                    len: end,
+                    key: *mac.state(),
+                    roc,
+                };
+            }
+            // RFC 3711 §3.3: authenticate header ‖ encrypted payload ‖ ROC, all in `buf` now.
+            let tag = mac.tag(&buf[..end], &roc);
+            buf[end..end + tag_len].copy_from_slice(&tag[..tag_len]);
+            Protected::Done(end + tag_len)
+        }
+        SessionKeys::Gcm { gcm, salt } => {
+            // RFC 7714 §8.2: AAD = the RTP header, plaintext = the payload (its first
+            // `len - hdr` bytes in `buf`, the rest in `rest`), the tag right after it.
+            let (h, after) = buf.split_at_mut(hdr);
+            let (head, tail) = after.split_at_mut(len - hdr);
+            let iv = gcm_rtp_iv(salt, ssrc, index);
+            gcm.seal_from(iv, h, head, rest, &mut tail[..rest.len() + GCM_TAG]);
+            Protected::Done(end + GCM_TAG)
+        }
+    }
+}
+
 /// Authenticate, then decrypt an SRTP packet. `len` includes the tag; returns the RTP length.
 /// On `AuthFailed` a counter-mode packet is untouched; a GCM packet's payload is zeroed.
 pub(crate) fn unprotect_rtp(

@@ -514,6 +514,9 @@ impl<'a> RtpMut<'a> {
     }
 }
 
+/// The P bit of the first header octet (RFC 3550 §5.1): the packet ends in padding.
+pub const PADDING_BIT: u8 = 0x20;
+
 /// Longest extension block (element data, in bytes) that [`set_extension_value`] rebuilds.
 pub const MAX_EXTENSION_BLOCK: usize = 512;
 

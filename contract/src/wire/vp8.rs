@@ -39,6 +39,12 @@ pub enum Vp8Error {
 /// Mask of a 15-bit picture ID.
 pub const PICTURE_ID_MASK: u16 = 0x7FFF;
 
+/// Longest descriptor (RFC 7741 §4.2): the required byte, X, a two-byte picture ID,
+/// TL0PICIDX and TID/Y/KEYIDX. A parse of a payload's first `MAX_LEN` bytes finds the same
+/// rewritable fields as a parse of the whole payload, and [`Vp8Descriptor::rewrite`] writes
+/// nothing beyond them.
+pub const MAX_LEN: usize = 6;
+
 /// A validated VP8 payload descriptor, with the offsets of its rewritable fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vp8Descriptor {

@@ -2,7 +2,8 @@
 //!
 //! The engine is generic over this trait so that its routing logic can also be driven by a
 //! transparent test cipher; production uses [`contract::srtp::Context`]. Every method works in
-//! place on the caller's buffer: `buf[..len]` is the packet, the result is the new length.
+//! place on the caller's buffer: `buf[..len]` is the packet, the result is the new length
+//! (`protect_rtp_from` reads the payload's tail from a second, shared buffer).
 
 use contract::shm::DropReason;
 use contract::srtp::{ContextOptions, Error, MacBatch, MasterKey};
@@ -28,6 +29,26 @@ pub trait SrtpOps: Sized {
     ) -> Result<usize, Error> {
         let _ = (at, batch);
         self.protect_rtp(buf, len)
+    }
+    /// [`SrtpOps::protect_rtp_batched`] of the packet `buf[..len] ‖ rest`: `buf[..len]` holds
+    /// at least the (rewritten) header, `rest` the remainder of the payload, which the
+    /// production context encrypts straight into `buf` (no copy per output). The result is
+    /// what copying `rest` to `buf[len..]` and protecting in place gives, which is what this
+    /// default does.
+    #[inline]
+    fn protect_rtp_from(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        rest: &[u8],
+        at: usize,
+        batch: &mut MacBatch,
+    ) -> Result<usize, Error> {
+        let end = len + rest.len();
+        buf.get_mut(len..end)
+            .ok_or(Error::BufferTooSmall)?
+            .copy_from_slice(rest);
+        self.protect_rtp_batched(buf, end, at, batch)
     }
     fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
     fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error>;
@@ -71,6 +92,17 @@ impl SrtpOps for contract::srtp::Context {
         batch: &mut MacBatch,
     ) -> Result<usize, Error> {
         contract::srtp::Context::protect_rtp_batched(self, buf, len, at, batch)
+    }
+    #[inline]
+    fn protect_rtp_from(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        rest: &[u8],
+        at: usize,
+        batch: &mut MacBatch,
+    ) -> Result<usize, Error> {
+        contract::srtp::Context::protect_rtp_batched_from(self, buf, len, rest, at, batch)
     }
     #[inline]
     fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {

@@ -28,7 +28,7 @@ use contract::shm::{
 use contract::srtp::{ContextOptions, MacBatch, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
-use contract::wire::vp8::Vp8Descriptor;
+use contract::wire::vp8::{self as vp8_wire, Vp8Descriptor};
 use contract::wire::{classify, dtls, Kind};
 use contract::wire::{rtcp_write, rtx, twcc};
 use std::net::SocketAddr;
@@ -568,9 +568,26 @@ fn rewrite_as_sent(pkt: &mut [u8], from: &SentFrom) {
 #[inline]
 fn rewrite_vp8(pkt: &mut [u8], inp: &RtpIn, pid: u16, tl0: u8, key: u8) {
     let d = inp.layer.as_ref().and_then(|l| l.vp8.as_ref());
-    if let (Some(d), Some(p)) = (d, pkt.get_mut(inp.payload.clone())) {
+    // `pkt` may hold only the start of the payload (the descriptor): the rest is encrypted
+    // from the shared packet straight into the slot.
+    if let (Some(d), Some(p)) = (d, pkt.get_mut(inp.payload.start..)) {
         d.rewrite(p, pid, tl0, key);
     }
+}
+
+/// Copy `head`, the start of a plain RTP packet (its whole header, perhaps the first payload
+/// bytes), into `buf` for an output's rewrites, with the P bit cleared: without the payload's
+/// tail, the last byte is no padding count, so the header alone must parse as a packet without
+/// padding. Returns whether P was set; the caller sets it again once the rewrites are done
+/// (none of them depends on the padding, and the whole packet was validated on input).
+#[inline]
+fn copy_head(buf: &mut [u8], head: &[u8]) -> Option<bool> {
+    let dst = buf.get_mut(..head.len())?;
+    dst.copy_from_slice(head);
+    let first = dst.first_mut()?;
+    let padded = *first & rtp::PADDING_BIT != 0;
+    *first &= !rtp::PADDING_BIT;
+    Some(padded)
 }
 
 impl<C: SrtpOps> Forwarder<C> {
@@ -1405,13 +1422,21 @@ impl<C: SrtpOps> Forwarder<C> {
             return;
         }
         let rw = &o.rewrite;
-        let n = plain.len();
         let mut stamped = false;
         // The slot starts where the queued datagrams end; its tag may come from the batch.
         let (at, macs) = (tx.arena().len(), &mut self.macs);
+        // Only the header, and a VP8 descriptor to rewrite, is copied into the slot; the rest
+        // of the payload is encrypted from `plain` straight into the slot (docs/ENGINE.md).
+        let descriptor = vp8.map_or(0, |_| inp.payload.len().min(vp8_wire::MAX_LEN));
+        let split = inp.payload.start + descriptor;
         let pushed = emit(&mut self.stats, tx, peer, |slot| {
-            let dst = slot.get_mut(..n).ok_or(DropReason::Malformed)?;
-            dst.copy_from_slice(plain);
+            let (head, rest) = plain.split_at_checked(split).ok_or(DropReason::Malformed)?;
+            // The slot less the tail's room: a header that grows must leave room for it.
+            let room = slot.len().checked_sub(rest.len());
+            let buf = room.and_then(|r| slot.get_mut(..r));
+            let buf = buf.ok_or(DropReason::Malformed)?;
+            let padded = copy_head(buf, head).ok_or(DropReason::Malformed)?;
+            let dst = &mut buf[..head.len()];
             if !rewrite_rtp(dst, rw, oseq, ots) {
                 return Err(DropReason::Malformed);
             }
@@ -1421,12 +1446,16 @@ impl<C: SrtpOps> Forwarder<C> {
             if let Some((pid, tl0, key)) = vp8 {
                 rewrite_vp8(dst, inp, pid, tl0, key);
             }
+            let n = head.len();
             let n = match &svc_out {
-                Some(out) => svc::rewrite(slot, n, rw.dd_out(), out, Profile::MAX_SRTP_OVERHEAD),
+                Some(out) => svc::rewrite(buf, n, rw.dd_out(), out, Profile::MAX_SRTP_OVERHEAD),
                 None => n,
             };
-            let n = write_mid(slot, n, rw, Profile::MAX_SRTP_OVERHEAD);
-            ctx.protect_rtp_batched(slot, n, at, macs)
+            let n = write_mid(buf, n, rw, Profile::MAX_SRTP_OVERHEAD);
+            if padded {
+                buf[0] |= rtp::PADDING_BIT;
+            }
+            ctx.protect_rtp_from(slot, n, rest, at, macs)
                 .map_err(tx_drop_reason)
         });
         if pushed && stamped {
