@@ -464,32 +464,45 @@ where
     // No other socket may hold the address (another instance would share our SO_REUSEPORT
     // group); then bind the first socket, then the rest to the port it got.
     io::check_port_free(cfg.bind)?;
-    let (first, grant) = io::bind_udp(cfg.bind, cfg.socket_buffers)?;
-    let local_addr = first
-        .local_addr()
-        .map_err(|e| IoError::os("getsockname", e))?;
-    tracing::info!(
-        addr = %local_addr, workers = n,
-        rcvbuf = grant.recv, sndbuf = grant.send, forced = grant.forced,
-        "binding media sockets"
-    );
-    let mut sockets = vec![first];
-    for _ in 1..n {
-        let bind = SocketAddr::new(cfg.bind.ip(), local_addr.port());
-        sockets.push(io::bind_udp(bind, cfg.socket_buffers)?.0);
-    }
-    let mut listeners = Vec::new();
-    if let Some((addr, _)) = cfg.tcp {
-        let addr = if addr.port() == 0 {
-            SocketAddr::new(addr.ip(), local_addr.port())
-        } else {
-            addr
-        };
-        tcp::check_port_free(addr)?;
-        // One listener: worker 0 owns every ICE-TCP connection.
-        listeners.push(tcp::bind_listener(addr)?);
-        tracing::info!(%addr, workers = n, "listening for ICE-TCP on worker 0");
-    }
+    // With port 0 for both, the ICE-TCP listener takes the UDP port the kernel chose; a TCP
+    // socket may already hold that number (an outgoing connection's, often in TIME_WAIT on a
+    // busy host), so another UDP port is tried, a few times at most.
+    const PORT_PAIR_ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    let (sockets, listeners, local_addr, grant) = loop {
+        attempt += 1;
+        let (first, grant) = io::bind_udp(cfg.bind, cfg.socket_buffers)?;
+        let local_addr = first
+            .local_addr()
+            .map_err(|e| IoError::os("getsockname", e))?;
+        let mut listeners = Vec::new();
+        if let Some((addr, _)) = cfg.tcp {
+            let chosen = addr.port() == 0 && cfg.bind.port() == 0;
+            let addr = if addr.port() == 0 {
+                SocketAddr::new(addr.ip(), local_addr.port())
+            } else {
+                addr
+            };
+            // One listener: worker 0 owns every ICE-TCP connection.
+            match tcp::check_port_free(addr).and_then(|()| tcp::bind_listener(addr)) {
+                Ok(l) => listeners.push(l),
+                Err(IoError::AddrInUse(_)) if chosen && attempt < PORT_PAIR_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(%addr, workers = n, "listening for ICE-TCP on worker 0");
+        }
+        tracing::info!(
+            addr = %local_addr, workers = n,
+            rcvbuf = grant.recv, sndbuf = grant.send, forced = grant.forced,
+            "binding media sockets"
+        );
+        let mut sockets = vec![first];
+        for _ in 1..n {
+            let bind = SocketAddr::new(cfg.bind.ip(), local_addr.port());
+            sockets.push(io::bind_udp(bind, cfg.socket_buffers)?.0);
+        }
+        break (sockets, listeners, local_addr, grant);
+    };
     start(
         cfg,
         sockets,
