@@ -47,34 +47,7 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// CPU seconds of a process or a set of processes, split as the kernel accounts them
-/// (`utime` and `stime` of `/proc/PID/stat`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct CpuTimes {
-    pub user_s: f64,
-    pub system_s: f64,
-}
-
-impl CpuTimes {
-    pub fn total_s(&self) -> f64 {
-        self.user_s + self.system_s
-    }
-
-    /// What was used between `earlier` and `self` (never negative).
-    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
-        CpuTimes {
-            user_s: (self.user_s - earlier.user_s).max(0.0),
-            system_s: (self.system_s - earlier.system_s).max(0.0),
-        }
-    }
-
-    pub fn add(&self, other: &CpuTimes) -> CpuTimes {
-        CpuTimes {
-            user_s: self.user_s + other.user_s,
-            system_s: self.system_s + other.system_s,
-        }
-    }
-}
+pub use crate::sys::CpuTimes;
 
 /// The server's CPU over a measured media step, against the packets it delivered then.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

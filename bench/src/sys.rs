@@ -364,14 +364,43 @@ pub fn parse_stat_times(stat: &str) -> Result<(u64, u64), &'static str> {
     Ok((next()?, next()?))
 }
 
+/// CPU seconds of a process or a set of processes, split as the kernel accounts them
+/// (`utime` and `stime` of `/proc/PID/stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CpuTimes {
+    pub user_s: f64,
+    pub system_s: f64,
+}
+
+impl CpuTimes {
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.system_s
+    }
+
+    /// What was used between `earlier` and `self` (never negative).
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            system_s: (self.system_s - earlier.system_s).max(0.0),
+        }
+    }
+
+    pub fn add(&self, other: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_s: self.user_s + other.user_s,
+            system_s: self.system_s + other.system_s,
+        }
+    }
+}
+
 /// CPU time of process `pid` so far (all its threads), from `/proc/PID/stat`.
-pub fn pid_cpu(pid: u32) -> Result<crate::report::CpuTimes, ProcStatError> {
+pub fn pid_cpu(pid: u32) -> Result<CpuTimes, ProcStatError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|source| ProcStatError::Read { pid, source })?;
     let (user, system) =
         parse_stat_times(&stat).map_err(|what| ProcStatError::Malformed { pid, what })?;
     let hz = clock_ticks();
-    Ok(crate::report::CpuTimes {
+    Ok(CpuTimes {
         user_s: user as f64 / hz,
         system_s: system as f64 / hz,
     })

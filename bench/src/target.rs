@@ -172,7 +172,7 @@ pub trait Target {
     fn observe_first_media(&mut self, _first_media_ns: &[Option<u64>]) {}
     /// CPU seconds (user + system) the server's processes have used so far, when the target
     /// was told which they are (`webrtc --server-pid`); sampled around every measured step.
-    fn server_cpu(&mut self) -> Option<crate::report::CpuTimes> {
+    fn server_cpu(&mut self) -> Option<crate::sys::CpuTimes> {
         None
     }
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::http::AdminClient;
-use crate::report::CpuTimes;
+use crate::sys::CpuTimes;
 use crate::target::{Endpoints, Plan, Target, TargetError, TargetInfo, Wiring};
 use dtls::Identity;
 use ice::Credentials;
