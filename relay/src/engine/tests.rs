@@ -942,33 +942,45 @@ fn resends_per_subscriber_are_bounded() {
 }
 
 /// An RTP packet with a one-byte extension block (RFC 8285 §4.2) holding `elements`.
-/// A resend on the stream itself (a subscriber without RTX) has the first copy's SRTP index,
-/// so it must be the first copy's plaintext too (RFC 3711 §9.1: never two plaintexts under
-/// one keystream): it carries the transport-wide number the first copy carried, not the
-/// publisher's from the cache nor a new one, and is byte for byte the first copy.
-#[test]
-fn plain_resend_is_the_first_copy_with_its_transport_wide_number() {
-    use contract::wire::{rtp::RtpPacket, twcc};
+/// A subscriber route numbered with the transport-wide extension (the publisher's id 3, the
+/// subscriber's 5), with RTX when `rtx`, and three packets sent through it, each carrying
+/// publisher number 4000 + its sequence number: the rig and the copies sent.
+fn twcc_route_sent(rtx: Option<contract::shm::RtxOut>) -> (Rig, Vec<(SocketAddr, Vec<u8>)>) {
     let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
     ext_map[0] = (3, 5);
     let rw = Rewrite {
         ssrc: Some(0xAAAA),
+        rtx,
         ext_map,
         ext_map_len: 1,
         twcc_id: 5,
         ..Rewrite::default()
     };
     let (mut rig, _) = nack_rig(vec![route(1, 1, Some(0x1111), 3, rw)]);
-    let tw = |p: &[u8]| {
-        let r = RtpPacket::parse(p).unwrap();
-        twcc::read_seq(r.extension_by_id(5).unwrap()).unwrap()
-    };
     let mut sent = Vec::new();
     for seq in 100u16..103 {
         let publisher_tw = (4000 + seq).to_be_bytes();
         let p = rtp_with_extensions(0x1111, seq, &[(3, &publisher_tw)], b"media");
         sent.extend(rig.send(1, &p));
     }
+    (rig, sent)
+}
+
+/// The transport-wide number (the subscriber's id 5) of RTP packet `p`.
+fn tw5(p: &[u8]) -> u16 {
+    use contract::wire::{rtp::RtpPacket, twcc};
+    let r = RtpPacket::parse(p).unwrap();
+    twcc::read_seq(r.extension_by_id(5).unwrap()).unwrap()
+}
+
+/// A resend on the stream itself (a subscriber without RTX) has the first copy's SRTP index,
+/// so it must be the first copy's plaintext too (RFC 3711 §9.1: never two plaintexts under
+/// one keystream): it carries the transport-wide number the first copy carried, not the
+/// publisher's from the cache nor a new one, and is byte for byte the first copy.
+#[test]
+fn plain_resend_is_the_first_copy_with_its_transport_wide_number() {
+    let (mut rig, sent) = twcc_route_sent(None);
+    let tw = tw5;
     assert_eq!(
         sent.iter().map(|(_, p)| tw(p)).collect::<Vec<_>>(),
         [0, 1, 2]
@@ -987,31 +999,12 @@ fn plain_resend_is_the_first_copy_with_its_transport_wide_number() {
 #[test]
 fn rtx_resend_takes_the_next_transport_wide_number() {
     use contract::shm::RtxOut;
-    use contract::wire::{rtp::RtpPacket, rtx, twcc};
-    let mut ext_map = [(0u8, 0u8); MAX_MAPPINGS];
-    ext_map[0] = (3, 5);
-    let rw = Rewrite {
-        ssrc: Some(0xAAAA),
-        rtx: Some(RtxOut {
-            payload_type: 97,
-            ssrc: 0xBBBB,
-        }),
-        ext_map,
-        ext_map_len: 1,
-        twcc_id: 5,
-        ..Rewrite::default()
-    };
-    let (mut rig, _) = nack_rig(vec![route(1, 1, Some(0x1111), 3, rw)]);
-    let tw = |p: &[u8]| {
-        let r = RtpPacket::parse(p).unwrap();
-        twcc::read_seq(r.extension_by_id(5).unwrap()).unwrap()
-    };
-    let mut sent = Vec::new();
-    for seq in 100u16..103 {
-        let publisher_tw = (4000 + seq).to_be_bytes();
-        let p = rtp_with_extensions(0x1111, seq, &[(3, &publisher_tw)], b"media");
-        sent.extend(rig.send(1, &p));
-    }
+    use contract::wire::{rtx, twcc};
+    let (mut rig, sent) = twcc_route_sent(Some(RtxOut {
+        payload_type: 97,
+        ssrc: 0xBBBB,
+    }));
+    let tw = tw5;
     let first: Vec<u16> = sent.iter().map(|(_, p)| tw(p)).collect();
     assert_eq!(first, [0, 1, 2], "the subscriber's own numbering");
     let out = rig.send(3, &nack(0xAAAA, &[be16(&sent[1].1, 2)]));
