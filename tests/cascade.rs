@@ -216,22 +216,7 @@ fn cascade_across_three_nodes() {
         node_ids(&nodes[0].cluster().1) == ids
     });
     let host = ns.host();
-    let (mut publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
-        &host,
-        &[
-            "publish-pli-only",
-            &format!("{}/whip/live/big", nodes[0].url),
-            &nodes[0].mint("big", "host"),
-            "240",
-        ],
-        "whip",
-    );
-    wait_line(
-        &pub_rx,
-        Duration::from_secs(30),
-        "the publisher's answer",
-        |l| l.starts_with("answer"),
-    );
+    let (mut publisher, pub_rx) = publish(&host, "publish-pli-only", &nodes[0], "big", "240");
     // 30 viewers, alternately through b and c, in one process.
     let urls: Vec<String> = (0..30)
         .map(|i| format!("{}/whep/live/big", nodes[1 + i % 2].url))
@@ -499,13 +484,26 @@ fn two_cascading_nodes(
         return None;
     }
     let (ns, redis, nodes, tmp) = two_nodes(tag, extra)?;
+    let (publisher, pub_rx) = publish(&ns.host(), "publish", &nodes[0], "r", "600");
+    Some((ns, redis, nodes, publisher, pub_rx, tmp))
+}
+
+/// An aiortc publisher (`mode`: `publish` or `publish-pli-only`) on `host` into room `room` of
+/// `node` for `secs` seconds, once it has its WHIP answer: the process and its output lines.
+fn publish(
+    host: &str,
+    mode: &str,
+    node: &Node,
+    room: &str,
+    secs: &str,
+) -> (std::process::Child, Receiver<String>) {
     let (publisher, pub_rx) = sluice_tests::aiortc::spawn_with_host(
-        &ns.host(),
+        host,
         &[
-            "publish",
-            &format!("{}/whip/live/r", nodes[0].url),
-            &nodes[0].mint("r", "host"),
-            "600",
+            mode,
+            &format!("{}/whip/live/{room}", node.url),
+            &node.mint(room, "host"),
+            secs,
         ],
         "whip",
     );
@@ -515,7 +513,7 @@ fn two_cascading_nodes(
         "the publisher's answer",
         |l| l.starts_with("answer"),
     );
-    Some((ns, redis, nodes, publisher, pub_rx, tmp))
+    (publisher, pub_rx)
 }
 
 /// Nodes `a` and `b` in namespaces of their own, with their relays, registered in one Redis.
