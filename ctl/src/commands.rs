@@ -802,27 +802,34 @@ fn streams_text(v: &Value, with_session: bool) -> String {
         "EST_KBPS",
         "LAYER",
         "SWITCHES",
+        "SWITCH_MS",
     ]);
     table::render(&headers, &rows)
 }
 
 /// A sent stream's downlink estimate (kbit/s), simulcast layer (`current/target` of
-/// `count`, `-` before the first) and layer switches; `-` where they do not apply.
-fn layer_cells(s: &Value) -> [String; 3] {
+/// `count`, `-` before the first), layer switches and switch latency (`last/longest` ms);
+/// `-` where they do not apply.
+fn layer_cells(s: &Value) -> [String; 4] {
     let est = s
         .get("downlink_bps")
         .and_then(Value::as_u64)
         .map_or("-".to_string(), |b| (b / 1000).to_string());
     let Some(l) = s.get("layer").filter(|l| l.is_object()) else {
-        return [est, "-".to_string(), "-".to_string()];
+        return [est, "-".to_string(), "-".to_string(), "-".to_string()];
     };
+    let latency = format!(
+        "{}/{}",
+        field(l, "switch_ms_last"),
+        field(l, "switch_ms_max")
+    );
     let layer = format!(
         "{}/{} of {}",
         field(l, "current"),
         field(l, "target"),
         field(l, "count")
     );
-    [est, layer, field(l, "switches")]
+    [est, layer, field(l, "switches"), latency]
 }
 
 fn rewrite_text(rw: Option<&Value>) -> String {

@@ -265,7 +265,8 @@ fn tables_render() {
 const STREAM_IN: &str = r#"{"session":7,"ssrc":168496141,"direction":"in","packets":197,"bytes":18124,"last_unix_ms":1709251199000,"last_age_ms":180,
     "reception":{"extended_highest_seq":200,"expected":199,"received":196,"cumulative_lost":3,"loss_fraction":0.0150753,"fraction_lost_recent":0.0,"clock_rate":48000,"jitter_rtp":94,"jitter_ms":1.958}}"#;
 const STREAM_OUT: &str = r#"{"session":7,"ssrc":1287,"direction":"out","packets":12,"bytes":1400,"last_unix_ms":null,"last_age_ms":null,"reception":null,
-    "downlink_bps":312500,"layer":{"current":0,"target":2,"count":3,"switches":4}}"#;
+    "downlink_bps":312500,"layer":{"current":0,"target":2,"count":3,"switches":4,
+    "switch_ms_last":180,"switch_ms_max":950}}"#;
 
 #[test]
 fn session_list_show_and_stream_stats() {
@@ -322,21 +323,21 @@ fn session_list_show_and_stream_stats() {
     }
     assert!(
         out.contains(
-            "DIR  SSRC       PKTS  BYTES  EXPECTED  LOST  LOSS_%  JITTER_MS  CLOCK  LAST   EST_KBPS  LAYER     SWITCHES\n"
+            "DIR  SSRC       PKTS  BYTES  EXPECTED  LOST  LOSS_%  JITTER_MS  CLOCK  LAST   EST_KBPS  LAYER     SWITCHES  SWITCH_MS\n"
         ),
         "{out}"
     );
     assert!(
         out.contains(
-            "in   168496141   197  18124       199     3  1.51    1.96       48000  180ms         -  -                -\n"
+            "in   168496141   197  18124       199     3  1.51    1.96       48000  180ms         -  -                -  -\n"
         ),
         "{out}"
     );
     assert!(
         out.contains(
-            "out       1287    12   1400         -     -  -       -              -  -           312  0/2 of 3         4\n"
+            "out       1287    12   1400         -     -  -       -              -  -           312  0/2 of 3         4  180/950\n"
         ),
-        "the estimate, current/target layer and switches of a simulcast output: {out}"
+        "the estimate, current/target layer, switches and switch latency of a simulcast output: {out}"
     );
 
     let o = run(&["session", "show", "7", "--json"], &dir);

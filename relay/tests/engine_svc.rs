@@ -47,6 +47,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The allocation count is process-wide: the tests of this file run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The publisher's id of the Dependency Descriptor element.
 const DD_ID: u8 = 5;
 const SSRC: u32 = 0x5555;
@@ -161,6 +164,7 @@ fn svc_rewrite(out_ssrc: u32, max: u8) -> contract::shm::Rewrite {
 
 #[test]
 fn svc_routes_forward_per_decode_target_without_allocating() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let profile = Profile::AeadAes128Gcm;
     let mut rig = Rig::new("svc");
     let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
@@ -266,4 +270,91 @@ fn svc_routes_forward_per_decode_target_without_allocating() {
     // 360 packets: all to the free viewer, the S0 half to the capped one.
     assert_eq!(sent, 360 + 180);
     assert_eq!(allocs, 0, "{allocs} allocations");
+}
+
+/// A resend of a packet whose first copy got the subscriber's active decode targets gets them
+/// again: on the stream itself (no RTX) it has the first copy's SRTP index, so it must be the
+/// same plaintext (RFC 3711 §9.1) and is the first datagram byte for byte; as RTX it is the
+/// first copy inside the RTX payload (RFC 4588 §4), mask included.
+#[test]
+fn resends_carry_the_active_decode_targets_of_the_first_copy() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use contract::shm::RtxOut;
+    use contract::wire::{rtcp_write, rtx};
+    let profile = Profile::AeadAes128Gcm;
+    let mut rig = Rig::new("svc-resend");
+    let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
+    let mut plain = Peer::new(2, addr(2), Role::Viewer, profile);
+    let mut with_rtx = Peer::new(3, addr(3), Role::Viewer, profile);
+    for x in [&p, &plain, &with_rtx] {
+        rig.add(x);
+    }
+    rig.route(1, Some(SSRC), 2, svc_rewrite(0x700, 0));
+    let mut rw = svc_rewrite(0x701, 0);
+    rw.rtx = Some(RtxOut {
+        payload_type: 97,
+        ssrc: 0x801,
+    });
+    rig.route(1, Some(SSRC), 3, rw);
+
+    let (mut to_plain, mut to_rtx) = (Vec::new(), Vec::new());
+    for k in 0..6u16 {
+        let input: Vec<_> = superframe(k)
+            .iter()
+            .map(|d| (p.addr, protect(&mut p, d)))
+            .collect();
+        for (dst, d) in rig.batch(&input) {
+            if dst == plain.addr {
+                to_plain.push(d);
+            } else if dst == with_rtx.addr {
+                to_rtx.push(with_rtx.open_rtp(&d).unwrap());
+            }
+        }
+    }
+    assert_eq!((to_plain.len(), to_rtx.len()), (6, 6), "the S0 frames");
+    let nack = |media: u32, seq: u16| {
+        let mut b = [0u8; 64];
+        let (n, _) = rtcp_write::nack(&mut b, 0xFA17_FA17, media, &[seq]).unwrap();
+        b[..n].to_vec()
+    };
+    // Packet 0 carries the structure, packet 3 a plain frame whose first packet got the mask.
+    for i in [0usize, 3] {
+        let first = plain.open_rtp(&to_plain[i]).unwrap();
+        let seq = RtpPacket::parse(&first).unwrap().sequence();
+        let f = dd::parse(
+            RtpPacket::parse(&first)
+                .unwrap()
+                .extension_by_id(DD_ID)
+                .unwrap(),
+            None,
+            &mut Structure::default(),
+        );
+        if i == 0 {
+            assert_eq!(f.unwrap().active_targets, Some(0b01));
+        }
+        let fb = plain.rtcp(&nack(0x700, seq));
+        let out = rig.batch(&[(plain.addr, fb)]);
+        let resent: Vec<_> = out.iter().filter(|(d, _)| *d == plain.addr).collect();
+        assert_eq!(resent.len(), 1, "packet {i}: {out:?}");
+        assert_eq!(
+            resent[0].1, to_plain[i],
+            "packet {i}: the first datagram, byte for byte"
+        );
+
+        let seq = RtpPacket::parse(&to_rtx[i]).unwrap().sequence();
+        let fb = with_rtx.rtcp(&nack(0x701, seq));
+        let out = rig.batch(&[(with_rtx.addr, fb)]);
+        let resent: Vec<_> = out.iter().filter(|(d, _)| *d == with_rtx.addr).collect();
+        assert_eq!(resent.len(), 1, "packet {i}: {out:?}");
+        let opened = with_rtx.open_rtp(&resent[0].1).unwrap();
+        assert_eq!(RtpPacket::parse(&opened).unwrap().ssrc(), 0x801);
+        let mut orig = vec![0u8; MAX_DATAGRAM];
+        let (n, _) = rtx::decapsulate(&opened, 98, 0x701, &mut orig).unwrap();
+        assert_eq!(
+            &orig[..n],
+            &to_rtx[i][..],
+            "packet {i}: the first copy inside RTX"
+        );
+    }
+    assert_eq!(rig.counters().feedback(Feedback::ResendFailed), 0);
 }

@@ -271,12 +271,16 @@ pub enum Feedback {
     ProbeBytes = 32,
     /// Clusters whose acknowledged rate raised a subscriber's estimate (ABI 8).
     ProbeSuccess = 33,
+    /// Lost packets not resent: the subscriber's output switched to another simulcast layer
+    /// after them, from a key frame it was sent (its decoder has no use for them; appended
+    /// within ABI 8, 0 from an older relay).
+    ResendStale = 34,
 }
 
 impl Feedback {
     pub const COUNT: usize = 48;
-    /// Every counter in index order (indices 34..48 are reserved and stay 0).
-    pub const ALL: [Feedback; 34] = [
+    /// Every counter in index order (indices 35..48 are reserved and stay 0).
+    pub const ALL: [Feedback; 35] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -311,6 +315,7 @@ impl Feedback {
         Feedback::ProbePacket,
         Feedback::ProbeBytes,
         Feedback::ProbeSuccess,
+        Feedback::ResendStale,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -349,6 +354,7 @@ impl Feedback {
             Feedback::ProbePacket => "probe_packet",
             Feedback::ProbeBytes => "probe_bytes",
             Feedback::ProbeSuccess => "probe_success",
+            Feedback::ResendStale => "resend_stale",
         }
     }
 }

@@ -76,6 +76,13 @@ pub struct LayerStats {
     pub count: u8,
     /// Layer switches made on this output.
     pub switches: u32,
+    /// Switch latency of the last switch and the longest one since the relay process began
+    /// handling the output, in milliseconds: from the moment the selector first wanted
+    /// another layer (and asked for its key frame) to the first packet of that layer
+    /// forwarded. 0 before a switch. Stream word 12, appended within ABI 7: an older relay
+    /// leaves it 0.
+    pub switch_ms_last: u32,
+    pub switch_ms_max: u32,
 }
 
 /// RFC 3550 Appendix A reception statistics of one received stream.
@@ -161,8 +168,9 @@ impl StatRecord {
 /// 6 extended highest | jitter (RTP units) << 32 · 7 expected | received << 32 ·
 /// 8 cumulative lost (i64) · 9 fraction lost | clock rate << 32 · 10 jitter µs ·
 /// 11 layer: 0 none, else 1 | (current + 1, 0 none) << 8 | target << 16 | count << 24 |
-/// switches << 32. Session word 10: downlink estimate bit/s (0 none). Words 10–12 were zero
-/// before; a reader of an older relay's records sees no estimate and no layer.
+/// switches << 32 · 12 switch latency ms: last | longest << 32. Session word 10: downlink
+/// estimate bit/s (0 none). Words 10–12 were zero before; a reader of an older relay's
+/// records sees no estimate, no layer and no switch latency.
 pub(crate) fn encode_stat(r: &StatRecord) -> [u64; STAT_WORDS] {
     let mut w = [0u64; STAT_WORDS];
     match r {
@@ -202,6 +210,7 @@ pub(crate) fn encode_stat(r: &StatRecord) -> [u64; STAT_WORDS] {
                     | (u64::from(l.target) << 16)
                     | (u64::from(l.count) << 24)
                     | (u64::from(l.switches) << 32);
+                w[12] = u64::from(l.switch_ms_last) | (u64::from(l.switch_ms_max) << 32);
             }
             w[13] = s.published_unix_ms;
             w[14] = u64::from(s.writer_pid);
@@ -254,6 +263,8 @@ pub(crate) fn decode_stat(w: &[u64; STAT_WORDS]) -> Result<StatRecord, SlotError
                     target: (w[11] >> 16) as u8,
                     count: (w[11] >> 24) as u8,
                     switches: (w[11] >> 32) as u32,
+                    switch_ms_last: w[12] as u32,
+                    switch_ms_max: (w[12] >> 32) as u32,
                 }),
                 f => return Err(SlotError::BadFlag(f as u8)),
             };
@@ -399,6 +410,8 @@ mod tests {
                 target: 0,
                 count: 3,
                 switches: 70_000,
+                switch_ms_last: 120,
+                switch_ms_max: 4_000_000,
             }),
             ..match stream(5, 4, 0) {
                 StatRecord::Stream(s) => s,

@@ -668,6 +668,8 @@ fn stream_json(st: &StreamStats, downlink_bps: u64, now: u64) -> Value {
             "target": l.target,
             "count": l.count,
             "switches": l.switches,
+            "switch_ms_last": l.switch_ms_last,
+            "switch_ms_max": l.switch_ms_max,
         })),
     })
 }

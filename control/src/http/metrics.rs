@@ -503,12 +503,29 @@ fn session_families(o: &mut Out, d: &Diagnostics) {
         "counter",
         "Simulcast layer switches made on a subscriber's outputs (the sessions of sluice_session_downlink_estimate_bps).",
     );
-    for s in estimated.take(MAX_SESSION_SERIES) {
+    for s in estimated.clone().take(MAX_SESSION_SERIES) {
         let switches: u64 = (s.streams.iter())
             .filter_map(|st| st.layer.map(|l| u64::from(l.switches)))
             .sum();
         let labels = format!("session=\"{}\"", s.totals.session);
         o.sample("sluice_session_layer_switches_total", &labels, switches);
+    }
+    o.family(
+        "sluice_session_layer_switch_latency_max_seconds",
+        "gauge",
+        "Longest layer switch on a subscriber's outputs, from the selector wanting the layer to its first packet forwarded (the sessions of sluice_session_downlink_estimate_bps).",
+    );
+    for s in estimated.take(MAX_SESSION_SERIES) {
+        let ms = (s.streams.iter())
+            .filter_map(|st| st.layer.map(|l| l.switch_ms_max))
+            .max()
+            .unwrap_or(0);
+        let labels = format!("session=\"{}\"", s.totals.session);
+        o.sample(
+            "sluice_session_layer_switch_latency_max_seconds",
+            &labels,
+            f64::from(ms) / 1000.0,
+        );
     }
 }
 
@@ -830,6 +847,8 @@ mod tests {
                     target: 0,
                     count: 3,
                     switches: 4,
+                    switch_ms_last: 250,
+                    switch_ms_max: 1500,
                 }),
             });
             d.sessions.insert(id, s);
@@ -841,6 +860,7 @@ mod tests {
             format!("sluice_sessions_estimated {total}"),
             "sluice_session_downlink_estimate_bps{session=\"1\"} 300001".to_string(),
             "sluice_session_layer_switches_total{session=\"3\"} 4".to_string(),
+            "sluice_session_layer_switch_latency_max_seconds{session=\"3\"} 1.5".to_string(),
             "# TYPE sluice_session_downlink_estimate_bps gauge".to_string(),
         ] {
             assert!(o.0.lines().any(|l| l == line), "{line} missing in\n{}", o.0);
@@ -850,10 +870,12 @@ mod tests {
             series("sluice_session_downlink_estimate_bps{"),
             MAX_SESSION_SERIES
         );
-        assert_eq!(
-            series("sluice_session_layer_switches_total{"),
-            MAX_SESSION_SERIES
-        );
+        for name in [
+            "sluice_session_layer_switches_total{",
+            "sluice_session_layer_switch_latency_max_seconds{",
+        ] {
+            assert_eq!(series(name), MAX_SESSION_SERIES, "{name}");
+        }
         assert!(
             !o.0.contains("session=\"2\""),
             "no series without an estimate"

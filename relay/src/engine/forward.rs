@@ -29,7 +29,7 @@ use contract::srtp::{ContextOptions, MacBatch, Profile};
 use contract::wire::rtcp::{self, fmt, packet_type, Rtcp};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::vp8::{self as vp8_wire, Vp8Descriptor};
-use contract::wire::{classify, dtls, Kind};
+use contract::wire::{classify, dd, dtls, Kind};
 use contract::wire::{rtcp_write, rtx, twcc};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -540,6 +540,21 @@ fn select_svc(
         c.rebase(src, seq, ts, r.gap, r.ts_advance);
     }
     Some(d)
+}
+
+/// The active decode targets an SVC output's copy gets written ([`svc::rewrite`]): where
+/// the selector gives a mask and the subscriber negotiated the descriptor.
+fn svc_mask(out: Option<&svc::SvcOut>, rw: &Rewrite) -> Option<u32> {
+    let (mask, _) = out?.mask?;
+    rw.dd_out().map(|_| mask)
+}
+
+/// The frame of the cached packet `pkt` as output stream `c`'s SVC selector parses its
+/// Dependency Descriptor (element `dd_id`, the publisher's) now, for rewriting a resend's
+/// active decode targets as the first copy had them.
+fn resend_frame(c: Option<&mut Continuity>, pkt: &[u8], dd_id: u8) -> Option<dd::Frame> {
+    let dd = RtpPacket::parse(pkt).ok()?.extension_by_id(dd_id)?;
+    c?.svc_mut()?.frame_of(dd)
 }
 
 /// Rewrite a cached packet `pkt` (already renumbered) as its first copy was beyond the
@@ -1314,6 +1329,8 @@ impl<C: SrtpOps> Forwarder<C> {
         // An SVC stream: frames of the subscriber's decode target only (svc.rs).
         let mut svc_out = None;
         let mut want_key = false;
+        // This packet is the key frame of a simulcast layer switched to.
+        let mut new_layer = false;
         let svc = match (o.rewrite.dd_id, stream.as_deref_mut(), self.now) {
             (1.., Some(c), Some(now)) => {
                 let (n, src) = ((inp.seq, inp.ts), (inp.pub_id, inp.ssrc));
@@ -1356,6 +1373,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 Decision::Forward { switch, vp8: v } => {
                     if switch.is_some_and(|r| r.new_layer) {
                         self.stats.count(Feedback::LayerSwitch, 1);
+                        new_layer = true;
                     }
                     vp8 = v;
                     layer = stream
@@ -1396,10 +1414,19 @@ impl<C: SrtpOps> Forwarder<C> {
                 ssrc: inp.ssrc,
                 index,
                 out_ts: ots,
-                as_sent: AsSent::new(vp8, None, svc_out.as_ref().is_some_and(|s| s.marker)),
+                as_sent: AsSent::new(vp8, None, svc_out.as_ref().is_some_and(|s| s.marker))
+                    .with_svc_mask(svc_mask(svc_out.as_ref(), &o.rewrite)),
             };
             let cap = self.nack.cache_packets;
-            note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
+            note_sent(
+                &mut sub.sent,
+                opts.max_streams,
+                cap,
+                out_ssrc,
+                oseq,
+                from,
+                false,
+            );
             let to = o.sub;
             if !self.resend(to, oseq, from, tx) {
                 self.stats.count(Feedback::CacheMiss, 1);
@@ -1487,10 +1514,20 @@ impl<C: SrtpOps> Forwarder<C> {
                         vp8,
                         tw_seq.filter(|_| stamped),
                         svc_out.as_ref().is_some_and(|s| s.marker),
-                    ),
+                    )
+                    .with_svc_mask(svc_mask(svc_out.as_ref(), &o.rewrite)),
                 };
                 let cap = self.nack.cache_packets;
-                note_sent(&mut sub.sent, opts.max_streams, cap, out_ssrc, oseq, from);
+                let switched = new_layer;
+                note_sent(
+                    &mut sub.sent,
+                    opts.max_streams,
+                    cap,
+                    out_ssrc,
+                    oseq,
+                    from,
+                    switched,
+                );
             }
             let sent = tx.metas().last().map_or(0, |m| m.len as usize);
             sub.diag.on_out(sent, self.now);
@@ -1982,6 +2019,14 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             let sent = &mut s.sent;
             let r = match SentStream::find(sent, key) {
+                // Sent before the output switched layer at a key frame: the decoder starts
+                // again from that key frame, and on a link that made the relay switch down
+                // a resend only takes room from the new layer (docs/ENGINE.md "Loss
+                // recovery").
+                Some(i) if sent[i].before_switch(out_seq) => {
+                    self.stats.count(Feedback::ResendStale, 1);
+                    continue;
+                }
                 Some(i) => sent[i].map.resend(out_seq, now, rtt),
                 None => Err(Resend::Unknown),
             };
@@ -2043,6 +2088,23 @@ impl<C: SrtpOps> Forwarder<C> {
             return true;
         };
         let rw = self.index.outputs[oi as usize].rewrite;
+        // An SVC output's first copy got the subscriber's active decode targets: the resend
+        // gets them again, or is not sent (a plain resend has the first copy's SRTP index, so
+        // it must carry the same plaintext).
+        let mask = match (from.as_sent.svc_mask(), rw.dd_out()) {
+            (Some(m), Some(id)) => {
+                let stream = self.index.outputs[oi as usize].stream;
+                let c = self.index.streams.get_mut(stream as usize);
+                match resend_frame(c, &self.scratch[..len], rw.dd_id) {
+                    Some(f) => Some((m, f, id)),
+                    None => {
+                        self.stats.count(Feedback::ResendFailed, 1);
+                        return true;
+                    }
+                }
+            }
+            _ => None,
+        };
         let opts = self.index.opts;
         let now_us = self.now_us();
         let s = &mut self.index.sessions[sub as usize];
@@ -2073,6 +2135,9 @@ impl<C: SrtpOps> Forwarder<C> {
                 return true;
             }
             rewrite_as_sent(&mut self.scratch[..len], &from);
+            if let Some((m, f, id)) = &mask {
+                len = svc::write_mask(&mut self.scratch, len, *id, f, *m, RTX_ROOM);
+            }
             // The viewer's MID, as in the first copy; room kept for the RTX header and tag.
             len = write_mid(&mut self.scratch, len, &rw, RTX_ROOM);
             if let Some(b) = s.bwe.as_deref().filter(|_| rw.twcc_id != 0) {
@@ -2118,7 +2183,13 @@ impl<C: SrtpOps> Forwarder<C> {
                 if let (Some(n), 1..) = (from.as_sent.tw(), rw.twcc_id) {
                     stamp_twcc(dst, rw.twcc_id, n);
                 }
-                let n = write_mid(slot, len, &rw, Profile::MAX_SRTP_OVERHEAD);
+                let n = match &mask {
+                    Some((m, f, id)) => {
+                        svc::write_mask(slot, len, *id, f, *m, Profile::MAX_SRTP_OVERHEAD)
+                    }
+                    None => len,
+                };
+                let n = write_mid(slot, n, &rw, Profile::MAX_SRTP_OVERHEAD);
                 ctx.protect_rtp(slot, n).map_err(tx_drop_reason)
             }),
         };
@@ -2295,8 +2366,10 @@ impl<C: SrtpOps> Forwarder<C> {
     /// What each estimated subscriber's best eligible layers need, for its prober
     /// (engine/probe.rs): per simulcast source (its layer-0 route stands for the source),
     /// the rate of the highest layer within the cap that sends, with the selector's margin
-    /// for going up, and whether the subscriber is below it. Runs with the budgets.
+    /// for going up, and whether the subscriber is below it; per SVC output, the same of its
+    /// best decode target within the caps ([`svc::Svc::probe_need`]). Runs with the budgets.
     fn probe_needs(&mut self, now_us: u64) {
+        let Some(now) = self.now else { return };
         for s in self.index.sessions.iter_mut() {
             if let Some(b) = s.bwe.as_deref_mut() {
                 b.prober_mut().begin_need();
@@ -2306,12 +2379,18 @@ impl<C: SrtpOps> Forwarder<C> {
             if o.rewrite.layer.is_none_or(|l| l.index != 0) {
                 continue;
             }
-            let Some(sel) = self
-                .index
-                .streams
-                .get(o.stream as usize)
-                .and_then(|c| c.layers())
-            else {
+            let Some(c) = self.index.streams.get(o.stream as usize) else {
+                continue;
+            };
+            // An SVC output: its best decode target within the caps (svc.rs).
+            if let Some((need, below)) = c.svc().and_then(|s| s.probe_need(now)) {
+                let sub = &mut self.index.sessions[o.sub as usize];
+                if let Some(b) = sub.bwe.as_deref_mut() {
+                    b.prober_mut().add_need(need, below);
+                }
+                continue;
+            }
+            let Some(sel) = c.layers() else {
                 continue;
             };
             let count = sel.count();
@@ -2323,7 +2402,7 @@ impl<C: SrtpOps> Forwarder<C> {
             let Some(best) = (0..=top).rev().find(|&l| sel.layer_bps(l, acts) > 0) else {
                 continue;
             };
-            let below = sel.current().is_some_and(|c| usize::from(c) < best);
+            let below = sel.current().is_some_and(|c| usize::from(c) < best) && sel.may_probe(now);
             let need = sel.layer_bps(best, acts).saturating_mul(UP_MARGIN_PCT) / 100;
             let sub = &mut self.index.sessions[o.sub as usize];
             if let Some(b) = sub.bwe.as_deref_mut() {
@@ -2704,6 +2783,7 @@ fn note_sent(
     out_ssrc: u32,
     out_seq: u16,
     from: SentFrom,
+    switched: bool,
 ) {
     let i = match SentStream::find(sent, out_ssrc) {
         Some(i) => i,
@@ -2718,7 +2798,7 @@ fn note_sent(
             sent.len() - 1
         }
     };
-    sent[i].record(out_seq, from);
+    sent[i].record(out_seq, from, switched);
 }
 
 /// The sequence number and timestamp an output sends `inp` with. Rewritten (`continuity`

@@ -483,7 +483,7 @@ fn transport_cc_from_a_300k_link_moves_the_viewer_to_the_low_layer() {
 /// layer's own from the cache (the decoder would see a picture from another stream, and the
 /// same SRTP index would cover another plaintext).
 #[test]
-fn a_resend_after_a_switch_carries_the_rewritten_vp8_descriptor() {
+fn a_resend_after_a_switch_carries_the_rewritten_vp8_descriptor_and_none_before_it() {
     use super::nack::NackConfig;
     use super::tests::nack;
     let mut rig = Rig::new(
@@ -535,6 +535,13 @@ fn a_resend_after_a_switch_carries_the_rewritten_vp8_descriptor() {
     let out = to_viewer(rig.send(3, &nack(OUT, &[seq])));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0], last, "the first copy, byte for byte");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::Retransmitted), 1);
+    // A packet of the low layer from before the switch's key frame: the viewer's decoder
+    // starts again from that key frame, so it is not resent.
+    let (old, ..) = seen(&sent[5]);
+    let out = to_viewer(rig.send(3, &nack(OUT, &[old])));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(rig.fwd.stats().feedback(Feedback::ResendStale), 1);
     assert_eq!(rig.fwd.stats().feedback(Feedback::Retransmitted), 1);
 }
 

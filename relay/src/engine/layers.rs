@@ -54,6 +54,12 @@ pub const UP_HOLD: Duration = Duration::from_millis(2000);
 /// queuing delay must carry the higher layer for a while before the link is trusted with it
 /// again (issue 17: at most one switch per 5 s on a steady link).
 pub const UP_AFTER_DOWN: Duration = Duration::from_millis(5000);
+/// No probing for an output sooner than this after its last switch down: the selector goes up
+/// no sooner than [`UP_AFTER_DOWN`] after it, and needs [`UP_HOLD`] of an estimate that
+/// carries the layer first, so a probe earlier than their difference buys nothing, and into a
+/// link that just proved too narrow it costs media (a cluster 2 s after the drop froze a
+/// shaped viewer's picture, docs/BENCHMARKS.md).
+pub const PROBE_AFTER_DOWN: Duration = UP_AFTER_DOWN.saturating_sub(UP_HOLD);
 /// RTP clock rate of video (RFC 7741 §6.1: VP8 always uses 90 kHz).
 pub const VIDEO_CLOCK: u64 = 90_000;
 
@@ -203,6 +209,42 @@ struct Vp8Numbers {
     dropped_pid: Option<u16>,
 }
 
+/// Switch latency of one output (docs/ENGINE.md "Switch latency"): since when its selector
+/// has wanted a layer other than the one it forwards, and how long its last and longest
+/// switches took from then to the first packet of the new layer forwarded. Fixed size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwitchClock {
+    wanted_since: Option<Instant>,
+    last_ms: u32,
+    max_ms: u32,
+}
+
+impl SwitchClock {
+    /// A decision at `now`; `differs`: the target is not the layer being forwarded.
+    #[inline]
+    pub fn track(&mut self, now: Instant, differs: bool) {
+        if differs {
+            self.wanted_since.get_or_insert(now);
+        } else {
+            self.wanted_since = None;
+        }
+    }
+
+    /// A switch was made at `now`.
+    pub fn switched(&mut self, now: Instant) {
+        let ms = self.wanted_since.take().map_or(0, |t| {
+            u32::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u32::MAX)
+        });
+        self.last_ms = ms;
+        self.max_ms = self.max_ms.max(ms);
+    }
+
+    /// (last, longest) switch latency in milliseconds; 0 before a switch.
+    pub fn ms(&self) -> (u32, u32) {
+        (self.last_ms, self.max_ms)
+    }
+}
+
 /// The layer state of one output: what is per subscriber (cap, estimate, target and current
 /// layer, numbering). What is per source layer lives in [`LayerActivity`], which the selector
 /// reads through `feeds`. Fixed size, no heap.
@@ -232,6 +274,7 @@ pub struct Selector {
     vp8: Vp8Numbers,
     last_request: Option<Instant>,
     switches: u32,
+    clock: SwitchClock,
     /// Highest temporal layer this output may receive ([`NO_CAP`]: any), the highest one
     /// being sent now (raised only at a layer-sync frame), and whether packets were dropped
     /// for it since the last one sent (the next one closes the numbering).
@@ -301,6 +344,7 @@ impl Selector {
             vp8: Vp8Numbers::default(),
             last_request: None,
             switches: 0,
+            clock: SwitchClock::default(),
             temporal_cap: NO_CAP,
             temporal_open: NO_CAP,
             temporal_gap: false,
@@ -390,6 +434,13 @@ impl Selector {
         self.target
     }
 
+    /// Whether probing for this output's better layers is worth it at `now`
+    /// ([`PROBE_AFTER_DOWN`]).
+    pub fn may_probe(&self, now: Instant) -> bool {
+        self.last_down
+            .is_none_or(|d| now.saturating_duration_since(d) >= PROBE_AFTER_DOWN)
+    }
+
     /// Layer switches made (the first layer chosen is not a switch).
     pub fn switches(&self) -> u32 {
         self.switches
@@ -402,6 +453,8 @@ impl Selector {
             target: self.target,
             count: self.count,
             switches: self.switches,
+            switch_ms_last: self.clock.ms().0,
+            switch_ms_max: self.clock.ms().1,
         }
     }
 
@@ -513,6 +566,8 @@ impl Selector {
         let media = p.bytes > 0;
         if media {
             self.target = self.choose(now, acts);
+            self.clock
+                .track(now, self.current.is_some_and(|c| c != self.target));
         }
         let l = layer as u8;
         let mut switch = None;
@@ -584,6 +639,7 @@ impl Selector {
         let new = sr(l);
         let rebase = self.last_at.map(|at| {
             self.switches = self.switches.saturating_add(1);
+            self.clock.switched(now);
             let mapped = match (old, new) {
                 (Some(o), Some(n)) => map_through_reports(o, n, p.ts)
                     .map(|on_old| advance_after(self.high_ts, on_old))
@@ -865,6 +921,10 @@ mod tests {
         );
         assert_eq!(s.current(), Some(2));
         assert_eq!(s.switches(), 1);
+        // Switch latency: from the packet that made the high layer the target (and asked for
+        // its key frame) to its key frame forwarded.
+        let st = s.stats();
+        assert_eq!((st.switch_ms_last, st.switch_ms_max), (89, 89));
         // The rest of the high layer follows on the new numbering; the low layer is skipped.
         let (seq2, ts2, vp82) =
             fwd(s.on_packet(ms(t0, at + 91), 2, &hi.packet(false, true, false)));

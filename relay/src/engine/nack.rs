@@ -278,6 +278,10 @@ pub struct SentStream {
     /// The next sequence number of the subscriber's RTX stream for this one (RFC 4588 §4),
     /// from its first RTX packet on.
     pub rtx_next: Option<u16>,
+    /// The output sequence number of the key frame the stream last switched simulcast layer
+    /// at: older packets are not resent (`resend_stale`). Forgotten once a quarter of the
+    /// number space behind, so the serial comparison stays meaningful.
+    pub layer_from: Option<u16>,
 }
 
 impl SentStream {
@@ -286,7 +290,15 @@ impl SentStream {
             ssrc,
             map: SentMap::new(capacity),
             rtx_next: None,
+            layer_from: None,
         }
+    }
+
+    /// Whether the packet sent as `out_seq` is older than the last layer switch.
+    #[inline]
+    pub fn before_switch(&self, out_seq: u16) -> bool {
+        self.layer_from
+            .is_some_and(|w| (w.wrapping_sub(out_seq) as i16) > 0)
     }
 
     #[inline]
@@ -295,8 +307,16 @@ impl SentStream {
     }
 
     #[inline]
-    pub fn record(&mut self, out_seq: u16, from: SentFrom) {
+    pub fn record(&mut self, out_seq: u16, from: SentFrom, switched: bool) {
         self.map.record(out_seq, from);
+        if switched {
+            self.layer_from = Some(out_seq);
+        } else if self
+            .layer_from
+            .is_some_and(|w| out_seq.wrapping_sub(w) > 0x4000)
+        {
+            self.layer_from = None;
+        }
     }
 }
 

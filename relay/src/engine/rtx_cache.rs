@@ -156,8 +156,9 @@ pub struct SentFrom {
 /// 7 bytes (the sent map keeps one per packet sent): its VP8 picture ID, TL0PICIDX and key
 /// index (a simulcast layer's output), its transport-wide sequence number (a resend on the
 /// stream itself, not as RTX, has the same SRTP index and so must carry the same plaintext),
-/// and the marker an SVC output set on it (the end of the last frame of its picture the
-/// subscriber gets).
+/// and the marker and active decode targets an SVC output set on it (the end of the last
+/// frame of its picture the subscriber gets; the mask in its Dependency Descriptor). An SVC
+/// output has no VP8 descriptor to rewrite, so its mask takes the VP8 fields' four bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AsSent {
     pid: u16,
@@ -171,6 +172,7 @@ impl AsSent {
     const VP8: u8 = 1;
     const TW: u8 = 2;
     const MARKER: u8 = 4;
+    const SVC_MASK: u8 = 8;
 
     pub fn new(vp8: Option<(u16, u8, u8)>, tw: Option<u16>, marker: bool) -> AsSent {
         let (pid, tl0, key) = vp8.unwrap_or_default();
@@ -185,6 +187,29 @@ impl AsSent {
             key,
             flags,
         }
+    }
+
+    /// The same, with the active decode targets `mask` an SVC output wrote into the first
+    /// copy's Dependency Descriptor. Ignored where a VP8 descriptor was rewritten (simulcast
+    /// outputs have no SVC selector).
+    pub fn with_svc_mask(self, mask: Option<u32>) -> AsSent {
+        match mask {
+            Some(m) if self.flags & AsSent::VP8 == 0 => AsSent {
+                pid: m as u16,
+                tl0: (m >> 16) as u8,
+                key: (m >> 24) as u8,
+                flags: self.flags | AsSent::SVC_MASK,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
+    /// The active decode targets written into the first copy's Dependency Descriptor.
+    pub fn svc_mask(&self) -> Option<u32> {
+        (self.flags & AsSent::SVC_MASK != 0).then(|| {
+            u32::from(self.pid) | (u32::from(self.tl0) << 16) | (u32::from(self.key) << 24)
+        })
     }
 
     /// The VP8 picture ID, TL0PICIDX and key index written into the first copy.
@@ -387,6 +412,17 @@ mod tests {
         let b = AsSent::new(None, Some(0), false);
         assert_eq!((b.vp8(), b.tw(), b.marker()), (None, Some(0), false));
         assert_eq!(AsSent::new(None, None, false), AsSent::default());
+        let m = AsSent::new(None, Some(9), true).with_svc_mask(Some(0xDEAD_BEEF));
+        assert_eq!(
+            (m.svc_mask(), m.vp8(), m.tw(), m.marker()),
+            (Some(0xDEAD_BEEF), None, Some(9), true)
+        );
+        assert_eq!(b.with_svc_mask(None).svc_mask(), None);
+        assert_eq!(
+            a.with_svc_mask(Some(7)),
+            a,
+            "a VP8 output keeps its descriptor"
+        );
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //! Owns: that state, fixed size (one allocation per output when its route is set up, none per
 //! packet). May not touch: packets (the caller rewrites them), the clock, SRTP.
 
-use super::layers::{Rebase, KEYFRAME_INTERVAL, RATE_WINDOW, UP_HOLD, UP_MARGIN_PCT};
+use super::layers::{
+    Rebase, SwitchClock, KEYFRAME_INTERVAL, PROBE_AFTER_DOWN, RATE_WINDOW, UP_AFTER_DOWN, UP_HOLD,
+    UP_MARGIN_PCT,
+};
 use contract::shm::{Feedback, LayerStats};
 
 use contract::wire::dd::{self, DdError, Dti, Frame, Structure};
@@ -131,6 +134,8 @@ pub struct Svc {
     cap_temporal: u8,
     estimate: Option<u64>,
     up_since: Option<Instant>,
+    /// When the last switch to a lower decode target was made.
+    last_down: Option<Instant>,
     /// Measured rate of each decode target: the bytes of the frames it includes (its DTI is
     /// not "not present"), so a K-SVC target costs its own layer, a full-SVC one its layer and
     /// those below.
@@ -148,6 +153,7 @@ pub struct Svc {
     started: bool,
     last_request: Option<Instant>,
     switches: u32,
+    clock: SwitchClock,
 }
 
 #[inline]
@@ -168,6 +174,7 @@ impl Svc {
             cap_temporal,
             estimate: None,
             up_since: None,
+            last_down: None,
             rates: [Rate::default(); dd::MAX_DECODE_TARGETS],
             current: None,
             target: None,
@@ -181,6 +188,7 @@ impl Svc {
             started: false,
             last_request: None,
             switches: 0,
+            clock: SwitchClock::default(),
         }
     }
 
@@ -220,6 +228,47 @@ impl Svc {
         self.rates.get(usize::from(dt)).map_or(0, |r| r.bps)
     }
 
+    /// The frame the Dependency Descriptor value `dd` describes, parsed with the structure
+    /// known now (a resend rewrites the active decode targets its first copy got with it,
+    /// [`write_mask`]). `None` when it does not parse.
+    pub fn frame_of(&mut self, dd: &[u8]) -> Option<Frame> {
+        let known = self.has_structure.then_some(&self.structure);
+        dd::parse(dd, known, &mut self.scratch).ok()
+    }
+
+    /// What this output's prober needs (engine/probe.rs): the measured rate of the best
+    /// decode target within the caps that the publisher sends, with the margin for going up
+    /// ([`UP_MARGIN_PCT`]), and whether the output is below it (in spatial or temporal
+    /// layer) and may be probed for it at `now` (not within [`PROBE_AFTER_DOWN`] of a switch
+    /// down). `None` before a structure, or when no decode target within the caps sends.
+    pub fn probe_need(&self, now: Instant) -> Option<(u64, bool)> {
+        if !self.has_structure {
+            return None;
+        }
+        let s = &self.structure;
+        let cap_s = self.cap_spatial.min(s.max_spatial);
+        let cap_t = self.cap_temporal.min(s.max_temporal);
+        let mut best = None::<(u8, u8, u64)>;
+        for d in 0..s.decode_targets.min(32) {
+            let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
+            let bps = self.rates[usize::from(d)].bps;
+            if self.active_in & (1 << d) == 0 || ds > cap_s || dt > cap_t || bps == 0 {
+                continue;
+            }
+            if best.is_none_or(|(bs, bt, _)| (ds, dt) > (bs, bt)) {
+                best = Some((ds, dt, bps));
+            }
+        }
+        let (bs, bt, bps) = best?;
+        let below = self
+            .current
+            .is_some_and(|c| (self.dt_spatial(c), self.dt_temporal(c)) < (bs, bt))
+            && self
+                .last_down
+                .is_none_or(|d| now.saturating_duration_since(d) >= PROBE_AFTER_DOWN);
+        Some((bps.saturating_mul(UP_MARGIN_PCT) / 100, below))
+    }
+
     /// What the session statistics publish (docs/SHM.md): spatial layers as layers.
     pub fn stats(&self) -> LayerStats {
         LayerStats {
@@ -231,6 +280,8 @@ impl Svc {
                 0
             },
             switches: self.switches,
+            switch_ms_last: self.clock.ms().0,
+            switch_ms_max: self.clock.ms().1,
         }
     }
 
@@ -302,16 +353,20 @@ impl Svc {
     }
 
     /// The highest active decode target (by spatial, then temporal layer) within the caps
-    /// and, with an estimate, whose measured rate it carries (one of a higher spatial layer
-    /// than now with [`UP_MARGIN_PCT`], held for [`UP_HOLD`]); the lowest one within the caps
-    /// when none fits.
+    /// and, with an estimate, whose measured rate it carries (one above the current one with
+    /// [`UP_MARGIN_PCT`], held for [`UP_HOLD`] and no sooner than [`UP_AFTER_DOWN`] after a
+    /// switch down, as for simulcast layers: measured rates move by the frame, and without
+    /// the hold a shaped viewer went up and down between temporal layers every second or
+    /// two); the lowest one within the caps when none fits.
     fn choose(&mut self, now: Instant) -> Option<u8> {
         let s = &self.structure;
         let cap_s = self.cap_spatial.min(s.max_spatial);
         let cap_t = self.cap_temporal.min(s.max_temporal);
-        let cur_s = self.current.map(|c| self.dt_spatial(c));
+        let cur = self
+            .current
+            .map(|c| (self.dt_spatial(c), self.dt_temporal(c)));
         // (spatial, temporal, decode target) of: the best that fits, the best that fits at or
-        // below the current spatial layer, the lowest within the caps.
+        // below the current one, the lowest within the caps.
         let (mut best, mut here, mut lowest) = (None::<(u8, u8, u8)>, None, None);
         for d in 0..s.decode_targets.min(32) {
             let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
@@ -321,7 +376,7 @@ impl Svc {
             if lowest.is_none_or(|(ls, lt, _)| (ds, dt) < (ls, lt)) {
                 lowest = Some((ds, dt, d));
             }
-            let up = cur_s.is_some_and(|c| ds > c);
+            let up = cur.is_some_and(|c| (ds, dt) > c);
             let fits = self.estimate.is_none_or(|est| {
                 let bps = self.rates[usize::from(d)].bps;
                 let need = if up {
@@ -342,13 +397,17 @@ impl Svc {
             }
         }
         let going_up = self.estimate.is_some()
-            && matches!((best, cur_s), (Some((bs, _, _)), Some(c)) if bs > c);
+            && matches!((best, cur), (Some((bs, bt, _)), Some(c)) if (bs, bt) > c);
         let pick = if going_up {
             let since = *self.up_since.get_or_insert(now);
-            if now.saturating_duration_since(since) < UP_HOLD {
-                here
-            } else {
+            let held = now.saturating_duration_since(since) >= UP_HOLD;
+            let after_down = self
+                .last_down
+                .is_none_or(|d| now.saturating_duration_since(d) >= UP_AFTER_DOWN);
+            if held && after_down {
                 best
+            } else {
+                here
             }
         } else {
             self.up_since = None;
@@ -396,6 +455,8 @@ impl Svc {
         let Some(target) = self.target else {
             return Err((SvcDrop::NotPresent, false));
         };
+        self.clock
+            .track(now, self.current.is_some_and(|c| c != target));
         let refs_ok = self.refs_forwarded(f);
         let mut switched = false;
         if self.current != Some(target)
@@ -403,8 +464,13 @@ impl Svc {
             && f.dti(target) != Dti::NotPresent
             && (f.dti(target) == Dti::Switch || self.chain_intact(f, target))
         {
-            if self.current.is_some() {
+            if let Some(c) = self.current {
                 self.switches = self.switches.saturating_add(1);
+                self.clock.switched(now);
+                let key = |d: u8| (self.dt_spatial(d), self.dt_temporal(d));
+                if key(target) < key(c) {
+                    self.last_down = Some(now);
+                }
             }
             self.current = Some(target);
             switched = true;
@@ -595,7 +661,14 @@ pub(super) fn rewrite(
 /// free for SRTP. Returns the new length; a packet whose element is missing or whose block
 /// cannot take the new value goes unchanged. On the stack.
 #[inline]
-fn write_mask(slot: &mut [u8], n: usize, id: u8, f: &Frame, mask: u32, tag: usize) -> usize {
+pub(super) fn write_mask(
+    slot: &mut [u8],
+    n: usize,
+    id: u8,
+    f: &Frame,
+    mask: u32,
+    tag: usize,
+) -> usize {
     let mut src = [0u8; dd::MAX_LEN];
     let len = match RtpPacket::parse(&slot[..n.min(slot.len())])
         .ok()

@@ -544,6 +544,19 @@ fn estimate_limits_the_decode_target() {
         .rev()
         .take(2)
         .all(|&(s, t)| s == 2 && t <= 1));
+    // Room for the whole layer again (480 kbit/s with the 15 % margin): a temporal layer up
+    // waits like a spatial one, UP_AFTER_DOWN after the switch down (and UP_HOLD of room).
+    let switches = o.svc.switches();
+    o.svc.set_estimate(Some(600_000));
+    for _ in 0..120 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)), "4 s on");
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)), "6 s on");
+    assert_eq!(o.svc.switches(), switches + 1, "one switch up, no flapping");
 
     // Full SVC: the top decode target holds every layer's frames (1.44 Mbit/s); 600 kbit/s
     // carries the three layers' T0 frames (360 kbit/s) but not their T1 ones (720).
@@ -572,4 +585,48 @@ fn garbage_descriptors_are_dropped_not_forwarded() {
     o.packet(0, 0, true, 60_001, 1, &[0x3F, 0, 0, 0xFF]);
     assert_eq!(o.frames.len(), n);
     assert!(o.drops.iter().all(|d| *d == SvcDrop::NoStructure));
+}
+
+#[test]
+fn probe_need_is_the_best_decode_target_within_the_caps() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    assert_eq!(o.svc.probe_need(o.now), None, "nothing before a structure");
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    // At the top decode target: the prober is told its rate with the margin, not below it.
+    let top = o.svc.current().unwrap().0;
+    let need = o.svc.target_bps(top) * UP_MARGIN_PCT / 100;
+    assert_eq!(o.svc.probe_need(o.now), Some((need, false)));
+    // An estimate that carries a quarter of a layer (its T0 frames): the output goes down
+    // and is below the top decode target, which the prober is asked to reach.
+    o.svc.set_estimate(Some(150_000));
+    o.feed(&p.superframe(true));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| c.2), Some(0));
+    // Not probed for while the selector could not go up anyway (PROBE_AFTER_DOWN) ...
+    assert_eq!(o.svc.probe_need(o.now), Some((need, false)));
+    // ... and probed for after.
+    for _ in 0..100 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| c.2), Some(0));
+    let need = o.svc.target_bps(top) * UP_MARGIN_PCT / 100;
+    assert_eq!(o.svc.probe_need(o.now), Some((need, true)));
+    // A spatial cap of 0: the best within the caps is the base layer's top temporal target,
+    // which the output is on; nothing to probe for.
+    o.svc.set_caps(0, NO);
+    o.svc.set_estimate(None);
+    o.feed(&p.superframe(true));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    let (dt, s, t) = o.svc.current().unwrap();
+    assert_eq!((s, t), (0, 2));
+    let base = o.svc.target_bps(dt) * UP_MARGIN_PCT / 100;
+    assert_eq!(o.svc.probe_need(o.now), Some((base, false)));
 }
