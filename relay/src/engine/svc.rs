@@ -35,11 +35,19 @@ use contract::shm::{Feedback, LayerStats};
 
 use contract::wire::dd::{self, DdError, Dti, Frame, Structure};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Frame numbers remembered as forwarded or decided.
 pub const WINDOW: usize = 1024;
 const WORDS: usize = WINDOW / 64;
+
+/// Longest wait after a switch down before going up again, reached by doubling
+/// [`UP_AFTER_DOWN`] each time a switch up is followed by a switch down within it: a K-SVC
+/// decode target of a lower frame rate can fit an estimate by its measured rate and still not
+/// fit the link (its key frames, the estimator's noise), and a shaped VP9/AV1 viewer went up
+/// and down every 5–7 s with a fixed wait. Bounded so that a lifted link is climbed within
+/// issue 17's 15 s.
+const MAX_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// How far (sequence numbers) the switch point trails the newest forwarded packet.
 const SWITCH_TRAIL: u16 = 0x4000;
@@ -134,8 +142,13 @@ pub struct Svc {
     cap_temporal: u8,
     estimate: Option<u64>,
     up_since: Option<Instant>,
-    /// When the last switch to a lower decode target was made.
+    /// When the last switch to a lower decode target was made, and to a higher one.
     last_down: Option<Instant>,
+    last_up: Option<Instant>,
+    /// How long after a switch down the selector waits before it goes up again:
+    /// [`UP_AFTER_DOWN`], doubled (up to [`MAX_UP_WAIT`]) when a switch up failed (a switch
+    /// down came within [`MAX_UP_WAIT`] of it).
+    up_wait: Duration,
     /// Measured rate of each decode target: the bytes of the frames it includes (its DTI is
     /// not "not present"), so a K-SVC target costs its own layer, a full-SVC one its layer and
     /// those below.
@@ -175,6 +188,8 @@ impl Svc {
             estimate: None,
             up_since: None,
             last_down: None,
+            last_up: None,
+            up_wait: UP_AFTER_DOWN,
             rates: [Rate::default(); dd::MAX_DECODE_TARGETS],
             current: None,
             target: None,
@@ -403,7 +418,7 @@ impl Svc {
             let held = now.saturating_duration_since(since) >= UP_HOLD;
             let after_down = self
                 .last_down
-                .is_none_or(|d| now.saturating_duration_since(d) >= UP_AFTER_DOWN);
+                .is_none_or(|d| now.saturating_duration_since(d) >= self.up_wait);
             if held && after_down {
                 best
             } else {
@@ -469,7 +484,17 @@ impl Svc {
                 self.clock.switched(now);
                 let key = |d: u8| (self.dt_spatial(d), self.dt_temporal(d));
                 if key(target) < key(c) {
+                    let failed = self
+                        .last_up
+                        .is_some_and(|u| now.saturating_duration_since(u) < MAX_UP_WAIT);
+                    self.up_wait = if failed {
+                        (self.up_wait * 2).min(MAX_UP_WAIT)
+                    } else {
+                        UP_AFTER_DOWN
+                    };
                     self.last_down = Some(now);
+                } else {
+                    self.last_up = Some(now);
                 }
             }
             self.current = Some(target);

@@ -557,6 +557,22 @@ fn estimate_limits_the_decode_target() {
     }
     assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)), "6 s on");
     assert_eq!(o.svc.switches(), switches + 1, "one switch up, no flapping");
+    // The link did not carry it after all: down again within MAX_UP_WAIT of the switch up,
+    // so the next try waits twice as long (10 s), not 5 s.
+    o.svc.set_estimate(Some(300_000));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)));
+    o.svc.set_estimate(Some(600_000));
+    for _ in 0..240 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)), "8 s on");
+    for _ in 0..90 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)), "11 s on");
 
     // Full SVC: the top decode target holds every layer's frames (1.44 Mbit/s); 600 kbit/s
     // carries the three layers' T0 frames (360 kbit/s) but not their T1 ones (720).
