@@ -54,6 +54,9 @@ const LOSS_MIN_PACKETS: u32 = 20;
 /// Loss-based cuts are at least this far apart (libwebrtc: 300 ms plus a round trip), so
 /// that the feedback after a cut can show its effect.
 const LOSS_CUT_INTERVAL_US: u64 = 300_000;
+/// An acknowledged rate under this fraction of the loss-based rate when loss is over 10 % is
+/// a sudden limit: the cut goes straight down to the acknowledged rate.
+const SUDDEN_LIMIT_OF_ESTIMATE: f64 = 0.3;
 /// A loss-based cut stops at this fraction of the acknowledged rate (the shape of
 /// libwebrtc's loss-based estimators, which decrease to a fraction of the acknowledged
 /// bitrate rather than below it).
@@ -585,7 +588,17 @@ impl Bwe {
                     (a, l) => a.or(l),
                 };
                 let floor = acked.map_or(0.0, |a| LOSS_ACKED_FLOOR * a);
-                let cut = (self.loss_bps * (1.0 - 0.5 * frac)).max(floor);
+                // After a sudden limit (the acknowledged rate under 30 % of the estimate) not
+                // above it either: the link carried at most that. Halving by steps from the
+                // rate before the limit took the estimate (and the layer) down through every
+                // rate in between, one cut per LOSS_CUT_INTERVAL_US (1280 → 640 → 320 on a
+                // link shaped to 300 kbit/s, each switch waiting for its own key frame). Not
+                // when the two are close: a sender below the link's rate (a low layer)
+                // acknowledges only what it sends, and the estimate would follow it down.
+                let ceiling = acked
+                    .filter(|&a| a < SUDDEN_LIMIT_OF_ESTIMATE * self.loss_bps)
+                    .unwrap_or(f64::MAX);
+                let cut = (self.loss_bps * (1.0 - 0.5 * frac)).min(ceiling).max(floor);
                 if cut < self.loss_bps {
                     self.loss_bps = cut;
                     self.last_decrease = Some(now_us);
