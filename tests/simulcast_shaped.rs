@@ -7,7 +7,10 @@
 //! link is limited to [`SHAPED_KBIT`] kbit/s with `tbf` on both ends of its veth pair (its
 //! downlink is the root end's egress, so the limit sits between the relay and the browser, as
 //! a bottleneck on the viewer's access link would); [`LIFT_AT`] seconds in the limit is
-//! removed. The other viewer's link stays free.
+//! removed. The other viewer's link stays free. Two more tests run the same with the
+//! publisher sending one VP9 and one AV1 encoding in `L3T3_KEY` with the Dependency
+//! Descriptor (issue 17: "and separately VP9 SVC L3T3 and AV1"; docs/ENGINE.md "SVC"), the
+//! viewers negotiating the extension; one source's browsers at a time.
 //!
 //! The relay's estimate of the shaped viewer's downlink falls with its transport-cc feedback
 //! and its layer selector moves to the lowest layer; after the lift the viewer acknowledges
@@ -16,16 +19,18 @@
 //!
 //! Asserted, generously for a loaded 2-core machine: the free viewer reaches the widest layer
 //! the publisher sends, has it at the end and for [`FREE_AT_WIDEST_PCT`] % of the seconds from
-//! the shaping on; the shaped viewer is at ≤ 320 pixels wide within [`DOWN_WITHIN`] s of the
-//! shaping and back at the widest layer within [`UP_WITHIN`] s of the lift; the relay made
-//! layer switches for it, none while the link stayed shaped after the drop, and once it had
-//! been back at the top for 5 s at most one per 5 s (issue 17's target for a steady link;
-//! the publisher's own layers may still move both viewers there);
-//! it froze at most [`MAX_SHAPED_FREEZES`] times; after the lift at least one probe succeeded
-//! (raised its estimate).
+//! the shaping on; the shaped viewer is at ≤ 320 pixels wide (SVC: below the widest) within
+//! [`DOWN_WITHIN`] s of the shaping and back at the widest layer within [`UP_WITHIN`] s of the
+//! lift; the relay made layer switches for it, none while the link stayed shaped after the
+//! drop (SVC: at most one per 5 s and one), and once it had been back at the top for 5 s at most one
+//! per 5 s (issue 17's target for a steady link; the publisher's own layers may still move
+//! both viewers there); its longest switch took at most [`SWITCH_WITHIN_MS`]; it froze at
+//! most [`MAX_SHAPED_FREEZES`] times; after the lift at least one probe succeeded (raised its
+//! estimate).
 //! Recorded (printed; docs/BENCHMARKS.md): both viewers' widths
 //! per second, the seconds to the low layer and back (issue 17's targets: 5 s and 15 s),
-//! freezes, frames decoded, layer switches per viewer, probe counters, and the shaped
+//! freezes, frames decoded, layer switches and the longest switch latency per viewer, probe
+//! counters, and the shaped
 //! viewer's estimate and probe counters each second.
 //!
 //! On a kernel without netem the rate is still applied by `tbf` (no delay is asked for).
@@ -39,6 +44,7 @@ use sluice_tests::webrtc_rig::{run_session, unavailable, RigOptions, WebRtcRig};
 use sluice_tests::TempDir;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The publisher's uplink estimate floor (as in tests/simulcast_e2e.rs): Chromium then
@@ -59,6 +65,12 @@ const UP_WITHIN: u64 = 20;
 /// Most freezes of the shaped viewer over the run (issue 17 targets 2 over 60 s; 2–6 measured,
 /// most in the seconds after the shaping; before the estimator's loss floor, up to 10).
 const MAX_SHAPED_FREEZES: u64 = 8;
+/// Longest switch the relay may take for the shaped viewer, ms: from its selector wanting the
+/// layer (and asking for its key frame) to the first packet of it forwarded (issue 17: one
+/// key-frame interval plus one RTT). The publisher sends key frames when asked; a lost request
+/// is repeated after 500 ms, the shaped link queues up to 200 ms ahead of the key frame, and
+/// the rest is the round trip and the encoder (62–547 ms measured, docs/BENCHMARKS.md).
+const SWITCH_WITHIN_MS: u64 = 1000;
 /// Share of the seconds from the shaping to the end the free viewer must spend at the widest
 /// layer (percent): the shaped viewer must not cost it its resolution (100 % in runs 16–18, 20,
 /// 21; 87 % in run 19, where the publisher's top layer faltered on the loaded host and both
@@ -70,6 +82,11 @@ fn series(r: &Value, key: &str, viewer: usize) -> Vec<u64> {
         .as_array()
         .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
         .unwrap_or_default()
+}
+
+/// The first sample in `from..to` whose width is above `min` and at most `max`.
+fn shaped_range(w: &[u64], from: usize, to: usize, min: u64, max: u64) -> Option<usize> {
+    (from..to).find(|&j| w.get(j).is_some_and(|&x| x > min && x <= max))
 }
 
 fn widths(r: &Value, viewer: usize) -> Vec<u64> {
@@ -102,9 +119,9 @@ fn metric_sum(metrics: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Layer switches the relay made for the session whose peer is at `ip`, and its downlink
-/// estimate (from `/v1/sessions/{id}/stats`).
-fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64) {
+/// Layer switches the relay made for the session whose peer is at `ip`, its downlink
+/// estimate and its longest switch latency in ms (from `/v1/sessions/{id}/stats`).
+fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64, u64) {
     let (_, list) = rig.http("GET", "/v1/sessions", "");
     let list: Value = serde_json::from_str(&list).unwrap_or(Value::Null);
     let prefix = format!("{ip}:");
@@ -115,7 +132,7 @@ fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64) {
         .find(|s| s["peer"].as_str().is_some_and(|p| p.starts_with(&prefix)))
         .and_then(|s| s["id"].as_u64())
     else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     let (_, st) = rig.http("GET", &format!("/v1/sessions/{id}/stats"), "");
     let st: Value = serde_json::from_str(&st).unwrap_or(Value::Null);
@@ -125,7 +142,12 @@ fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64) {
         .filter_map(|s| s["layer"]["switches"].as_u64())
         .sum();
     let downlink = st["stats"]["downlink_bps"].as_u64().unwrap_or(0);
-    (switches, downlink)
+    let latency = streams
+        .iter()
+        .filter_map(|s| s["layer"]["switch_ms_max"].as_u64())
+        .max()
+        .unwrap_or(0);
+    (switches, downlink, latency)
 }
 
 fn unix_ms() -> u64 {
@@ -200,8 +222,46 @@ fn shape_on_schedule(
     Some((shaped, lifted, samples))
 }
 
+/// What the publisher sends.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Three VP8 simulcast encodings (q, h, f).
+    Simulcast,
+    /// One encoding of this codec in `L3T3_KEY` with the Dependency Descriptor.
+    Svc(&'static str),
+}
+
+impl Source {
+    fn tag(self) -> String {
+        match self {
+            Source::Simulcast => "shaped".into(),
+            Source::Svc(c) => format!("shaped-{}", c.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// One source's browsers at a time: three Chromium processes are what the machine carries.
+static BROWSERS: Mutex<()> = Mutex::new(());
+
 #[test]
 fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
+    shaped(Source::Simulcast);
+}
+
+/// VP9 SVC (issue 17, Prove: "and separately VP9 SVC L3T3 and AV1"): the same link, the
+/// relay's SVC selector (engine/svc.rs) dropping spatial layers by the estimate and its
+/// prober climbing back.
+#[test]
+fn vp9_svc_shaped_viewer_goes_down_and_probing_brings_it_back() {
+    shaped(Source::Svc("VP9"));
+}
+
+#[test]
+fn av1_svc_shaped_viewer_goes_down_and_probing_brings_it_back() {
+    shaped(Source::Svc("AV1"));
+}
+
+fn shaped(source: Source) {
     if let Some(why) = unavailable().or_else(netns::unavailable) {
         skip(&why);
         assert!(
@@ -210,8 +270,10 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
         );
         return;
     }
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let tag = source.tag();
     let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let dir = TempDir::new("simulcast-shaped");
+    let dir = TempDir::new(&format!("simulcast-{tag}"));
     let mut net = Net::new().expect("bridge");
     let mut browser = || {
         let h = net.add_host().expect("namespace");
@@ -222,7 +284,7 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     let (free_host, free_exe) = browser();
     let (shaped_host, shaped_exe) = browser();
     let rig = WebRtcRig::start_with(
-        "simulcast-shaped",
+        &format!("simulcast-{tag}"),
         &RigOptions {
             public_ip: Some(net.bridge_ip().into()),
             ..RigOptions::default()
@@ -230,19 +292,28 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     );
     let room = "shaped";
     let started = dir.path().join("started");
+    let mut publisher = json!({ "chromium": pub_exe, "token": rig.mint(room, "host"),
+                                "minBitrateKbps": UPLINK_KBPS });
+    let dd = matches!(source, Source::Svc(_));
+    match source {
+        Source::Simulcast => publisher["simulcast"] = json!(true),
+        Source::Svc(codec) => {
+            publisher["svc"] = json!({ "codec": codec, "scalabilityMode": "L3T3_KEY" })
+        }
+    }
     let spec = json!({
         "mode": "relay", "base": rig.base(), "room": room, "seconds": SECONDS, "connectSecs": 60,
         "startedFile": started,
-        "publisher": { "chromium": pub_exe, "token": rig.mint(room, "host"), "simulcast": true,
-                       "minBitrateKbps": UPLINK_KBPS },
+        "publisher": publisher,
         "viewers": [
-            { "label": "free", "chromium": free_exe, "token": rig.mint_for(room, "viewer", "free") },
+            { "label": "free", "chromium": free_exe, "token": rig.mint_for(room, "viewer", "free"),
+              "dd": dd },
             { "label": "shaped", "chromium": shaped_exe,
-              "token": rig.mint_for(room, "viewer", "shaped") },
+              "token": rig.mint_for(room, "viewer", "shaped"), "dd": dd },
         ],
     });
     let sample = |second| {
-        let (switches, estimate_bps) = relay_view(&rig, shaped_host.ip.into());
+        let (switches, estimate_bps, _) = relay_view(&rig, shaped_host.ip.into());
         let (_, metrics) = rig.http("GET", "/metrics", "");
         Sample {
             second,
@@ -254,7 +325,7 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     };
     let (r, times, views) = std::thread::scope(|sc| {
         let dir = rig.dir();
-        let session = sc.spawn(|| run_session(dir, "shaped", &spec));
+        let session = sc.spawn(|| run_session(dir, &tag, &spec));
         let times = shape_on_schedule(&net, &shaped_host, &started, &sample);
         let r = session.join().expect("session");
         let views = (
@@ -263,11 +334,31 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
         );
         (r, times, views)
     });
+    if let Some(why) = r["unsupported"].as_str() {
+        skip(format!("{source:?}: Chromium's encoder here: {why}"));
+        return;
+    }
+    if dd && r["svc"]["ddOffered"] != json!(true) {
+        skip(format!(
+            "{source:?}: Chromium did not offer the Dependency Descriptor extension ({})",
+            r["svc"]
+        ));
+        return;
+    }
     let (shaped_at, lifted_at, samples) = times.expect("the driver never started measuring");
     let (_, metrics) = rig.http("GET", "/metrics", "");
     let free = widths(&r, 0);
     let shaped = widths(&r, 1);
-    let widest = widest_sent(&r);
+    let widest = match source {
+        Source::Simulcast => widest_sent(&r),
+        Source::Svc(_) => r["series"]["publisherFrameWidth"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .max()
+            .unwrap_or(0),
+    };
     let inbound = |v: usize, k: &str| r["end"]["viewers"][v]["stats"]["inbound"][k].clone();
     let probes = [
         "probe_cluster",
@@ -278,48 +369,68 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
     .map(|e| metric_sum(&metrics, &format!("event=\"{e}\"")));
     // Sample j is taken at second j + 1 of the measurement.
     let (shape_i, lift_i) = (SHAPE_AT as usize, LIFT_AT as usize);
-    let down = (shape_i..lift_i).find(|&j| shaped.get(j).is_some_and(|&w| w > 0 && w <= 320));
+    // The layer asserted after the shaping: simulcast's lowest (320 wide, ~150 kbit/s); an SVC
+    // viewer's decode target is chosen by spatial layer first, and 300 kbit/s may carry a
+    // higher spatial layer at a lower frame rate, so any lower spatial layer counts there
+    // (the first second at ≤ 320 is printed either way).
+    let low = match source {
+        Source::Simulcast => 320,
+        Source::Svc(_) => widest.saturating_sub(1),
+    };
+    let at_or_below = |w: u64, max: u64| shaped_range(&shaped, shape_i, lift_i, w, max);
+    let down = at_or_below(0, low);
+    let down320 = at_or_below(0, 320);
     let up =
         down.and((lift_i..shaped.len()).find(|&j| shaped.get(j).is_some_and(|&w| w >= widest)));
     let secs = |j: Option<usize>, from: u64| j.map(|j| j as u64 + 1 - from);
     eprintln!(
-        "simulcast_shaped: shaped at {shaped_at:.1} s, lifted at {lifted_at:.1} s; widest layer \
-         sent {widest}; shaped viewer at ≤ 320 after {:?} s, back at {widest} after {:?} s",
+        "simulcast_shaped {tag}: shaped at {shaped_at:.1} s, lifted at {lifted_at:.1} s; widest layer \
+         sent {widest}; shaped viewer at ≤ {low} after {:?} s (≤ 320 after {:?} s), back at \
+         {widest} after {:?} s",
         secs(down, SHAPE_AT),
+        secs(down320, SHAPE_AT),
         secs(up, LIFT_AT)
     );
     eprintln!(
-        "simulcast_shaped: free viewer: freezes {}, frames decoded {}, layer switches {}, \
-         estimate {} bit/s at the end",
+        "simulcast_shaped {tag}: free viewer: freezes {}, frames decoded {}, layer switches {}, \
+         estimate {} bit/s at the end, longest switch {} ms",
         inbound(0, "freezeCount"),
         inbound(0, "framesDecoded"),
         views.0 .0,
-        views.0 .1
+        views.0 .1,
+        views.0 .2
     );
     eprintln!(
-        "simulcast_shaped: shaped viewer: freezes {}, frames decoded {}, layer switches {}, \
-         estimate {} bit/s at the end",
+        "simulcast_shaped {tag}: shaped viewer: freezes {}, frames decoded {}, layer switches {}, \
+         estimate {} bit/s at the end, longest switch {} ms",
         inbound(1, "freezeCount"),
         inbound(1, "framesDecoded"),
         views.1 .0,
-        views.1 .1
+        views.1 .1,
+        views.1 .2
     );
     eprintln!(
-        "simulcast_shaped: probe clusters {}, packets {}, bytes {}, successes {}",
+        "simulcast_shaped {tag}: probe clusters {}, packets {}, bytes {}, successes {}",
         probes[0], probes[1], probes[2], probes[3]
     );
     for x in &samples {
         eprintln!(
-            "simulcast_shaped: second {:2}: shaped viewer estimate {:8} bit/s, switches {}, \
+            "simulcast_shaped {tag}: second {:2}: shaped viewer estimate {:8} bit/s, switches {}, \
              probe clusters {}, successes {}",
             x.second, x.estimate_bps, x.switches, x.probe_clusters, x.probe_successes
         );
     }
-    eprintln!("simulcast_shaped: free viewer width/s   {free:?}");
-    eprintln!("simulcast_shaped: shaped viewer width/s {shaped:?}");
+    eprintln!("simulcast_shaped {tag}: free viewer width/s   {free:?}");
+    eprintln!("simulcast_shaped {tag}: shaped viewer width/s {shaped:?}");
     let freezes = [0, 1].map(|v| series(&r, "viewerFreezeCount", v));
-    eprintln!("simulcast_shaped: free viewer freezes/s   {:?}", freezes[0]);
-    eprintln!("simulcast_shaped: shaped viewer freezes/s {:?}", freezes[1]);
+    eprintln!(
+        "simulcast_shaped {tag}: free viewer freezes/s   {:?}",
+        freezes[0]
+    );
+    eprintln!(
+        "simulcast_shaped {tag}: shaped viewer freezes/s {:?}",
+        freezes[1]
+    );
 
     assert!(widest > 320, "the publisher sent only the low layer: {r}");
     assert_eq!(
@@ -332,10 +443,10 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
         Some(widest),
         "free viewer not at the top at the end: {free:?}"
     );
-    let down = down.unwrap_or_else(|| panic!("shaped viewer never at ≤ 320: {shaped:?}"));
+    let down = down.unwrap_or_else(|| panic!("shaped viewer never at ≤ {low}: {shaped:?}"));
     assert!(
         down as u64 + 1 - SHAPE_AT <= DOWN_WITHIN,
-        "shaped viewer at ≤ 320 only {} s after the shaping: {shaped:?}",
+        "shaped viewer at ≤ {low} only {} s after the shaping: {shaped:?}",
         down as u64 + 1 - SHAPE_AT
     );
     let up = up.unwrap_or_else(|| panic!("shaped viewer never back at {widest}: {shaped:?}"));
@@ -355,6 +466,11 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
         "free viewer at {widest} only {at_widest} of {} s from the shaping on: {free:?}",
         from_shaping.len()
     );
+    assert!(
+        views.1 .2 <= SWITCH_WITHIN_MS,
+        "the shaped viewer's longest switch took {} ms",
+        views.1 .2
+    );
     let freezes = inbound(1, "freezeCount").as_u64().unwrap_or(u64::MAX);
     assert!(
         freezes <= MAX_SHAPED_FREEZES,
@@ -369,11 +485,19 @@ fn shaped_viewer_goes_down_a_layer_and_probing_brings_it_back() {
             .find(|x| x.second == s)
             .map_or(0, |x| x.switches)
     };
+    // Simulcast: none (the 640 layer never fits 300 kbit/s). SVC: one more than issue 17's
+    // target of one per 5 s on a steady link (3–4 measured, docs/BENCHMARKS.md: a K-SVC decode
+    // target of the middle spatial layer at a low frame rate fits the estimate by its measured
+    // rate, and its key frame does not fit the link; the selector then backs off).
     let (from, to) = (SHAPE_AT + DOWN_WITHIN, LIFT_AT);
-    assert_eq!(
-        switches_at(from),
-        switches_at(to),
-        "switches while shaped, seconds {from}–{to}: {samples:?}"
+    let while_shaped = switches_at(to).saturating_sub(switches_at(from));
+    let most = match source {
+        Source::Simulcast => 0,
+        Source::Svc(_) => (to - from) / 5 + 1,
+    };
+    assert!(
+        while_shaped <= most,
+        "{while_shaped} switches while shaped, seconds {from}–{to}: {samples:?}"
     );
     let (from, to) = ((up as u64 + 1 + 5).min(SECONDS), SECONDS);
     let made = switches_at(to).saturating_sub(switches_at(from));
