@@ -580,6 +580,13 @@ impl Selector {
         if self.current != Some(l) {
             return Decision::Skip;
         }
+        if media && switch.is_none() && self.target < l && self.sudden_drop(l, acts) {
+            // Going down because the link fell under half of what the current layer needs:
+            // its packets are not sent while the lower layer's key frame is awaited. On that
+            // link they only queue ahead of the key frame (and break into partial frames the
+            // viewer shows between stalls, each stall a freeze).
+            return Decision::Skip;
+        }
         if switch.is_none() && !seq_newer(p.seq, self.switch_in_seq) && p.seq != self.switch_in_seq
         {
             return Decision::Late;
@@ -612,6 +619,13 @@ impl Selector {
         }
         let vp8 = p.vp8.as_ref().map(|d| self.vp8_numbers(d));
         Decision::Forward { switch, vp8 }
+    }
+
+    /// The estimate carries less than half of `layer`'s measured rate.
+    #[inline]
+    fn sudden_drop(&self, layer: u8, acts: &[LayerActivity]) -> bool {
+        self.estimate
+            .is_some_and(|e| e.saturating_mul(2) < self.layer_bps(usize::from(layer), acts))
     }
 
     fn request(&mut self, now: Instant) -> Decision {
@@ -1285,10 +1299,15 @@ mod tests {
         assert_eq!(s.current(), Some(2));
         let rate = s.layer_bps(2, &s.acts);
         assert!((200_000..300_000).contains(&rate), "{rate}");
-        // An estimate below the high layer's rate: the target drops at once.
+        // An estimate below the high layer's rate: the target drops at once; the high layer
+        // keeps flowing until the low layer's key frame (the estimate carries more than half).
         s.set_estimate(Some(rate - 1));
         let _ = s.on_packet(ms(t0, t + 1), 0, &lo.packet(true, true, false));
         assert_eq!(s.target(), 0);
+        assert!(matches!(
+            s.on_packet(ms(t0, t + 1), 2, &hi.packet(true, true, false)),
+            Got::Sent(..)
+        ));
         let _ = s.on_packet(ms(t0, t + 2), 0, &lo.packet(true, true, true));
         assert_eq!(s.current(), Some(0));
         // Back to exactly the rate: not enough margin to go up.
@@ -1305,9 +1324,26 @@ mod tests {
         assert_eq!(s.target(), 2);
         assert_eq!(s.current(), Some(2));
         assert_eq!(s.switches(), 3);
+        // A sudden limit, under half the high layer's rate: its packets stop at once while
+        // the low layer's key frame is awaited, then the key frame switches.
+        // (600 ms on: past the throttle of the switch up's key-frame requests.)
+        s.set_estimate(Some(rate / 5));
+        assert_eq!(
+            s.on_packet(ms(t0, t + 600), 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        assert_eq!(
+            s.on_packet(ms(t0, t + 601), 2, &hi.packet(true, true, false)),
+            Got::Not(Decision::Skip)
+        );
+        assert!(matches!(
+            s.on_packet(ms(t0, t + 602), 0, &lo.packet(true, true, true)),
+            Got::Sent(..)
+        ));
+        assert_eq!(s.current(), Some(0));
         // No estimate: straight to the best layer.
         s.set_estimate(None);
-        let _ = s.on_packet(ms(t0, t), 0, &lo.packet(true, true, false));
+        let _ = s.on_packet(ms(t0, t + 603), 0, &lo.packet(true, true, false));
         assert_eq!(s.target(), 2);
     }
 }
