@@ -542,11 +542,20 @@ fn select_svc(
     Some(d)
 }
 
-/// The active decode targets an SVC output's copy gets written ([`svc::rewrite`]): where
-/// the selector gives a mask and the subscriber negotiated the descriptor.
-fn svc_mask(out: Option<&svc::SvcOut>, rw: &Rewrite) -> Option<u32> {
-    let (mask, _) = out?.mask?;
-    rw.dd_out().map(|_| mask)
+/// What a copy was rewritten with beyond its numbering (its sent-map entry): the VP8 ids of a
+/// simulcast layer's output, the transport-wide number `tw` it carries, and an SVC output's
+/// marker and active decode targets ([`svc::rewrite`]: a mask where the selector gives one and
+/// the subscriber negotiated the descriptor).
+fn as_sent(
+    vp8: Option<(u16, u8, u8)>,
+    tw: Option<u16>,
+    out: Option<&svc::SvcOut>,
+    rw: &Rewrite,
+) -> AsSent {
+    let mask = out
+        .and_then(|o| o.mask)
+        .and_then(|(m, _)| rw.dd_out().map(|_| m));
+    AsSent::new(vp8, tw, out.is_some_and(|o| o.marker)).with_svc_mask(mask)
 }
 
 /// The frame of the cached packet `pkt` as output stream `c`'s SVC selector parses its
@@ -1414,19 +1423,10 @@ impl<C: SrtpOps> Forwarder<C> {
                 ssrc: inp.ssrc,
                 index,
                 out_ts: ots,
-                as_sent: AsSent::new(vp8, None, svc_out.as_ref().is_some_and(|s| s.marker))
-                    .with_svc_mask(svc_mask(svc_out.as_ref(), &o.rewrite)),
+                as_sent: as_sent(vp8, None, svc_out.as_ref(), &o.rewrite),
             };
-            let cap = self.nack.cache_packets;
-            note_sent(
-                &mut sub.sent,
-                opts.max_streams,
-                cap,
-                out_ssrc,
-                oseq,
-                from,
-                false,
-            );
+            let (cap, streams) = (self.nack.cache_packets, opts.max_streams);
+            note_sent(&mut sub.sent, streams, cap, out_ssrc, oseq, from, false);
             let to = o.sub;
             if !self.resend(to, oseq, from, tx) {
                 self.stats.count(Feedback::CacheMiss, 1);
@@ -1510,24 +1510,16 @@ impl<C: SrtpOps> Forwarder<C> {
                     ssrc: inp.ssrc,
                     index,
                     out_ts: ots,
-                    as_sent: AsSent::new(
+                    as_sent: as_sent(
                         vp8,
                         tw_seq.filter(|_| stamped),
-                        svc_out.as_ref().is_some_and(|s| s.marker),
-                    )
-                    .with_svc_mask(svc_mask(svc_out.as_ref(), &o.rewrite)),
+                        svc_out.as_ref(),
+                        &o.rewrite,
+                    ),
                 };
                 let cap = self.nack.cache_packets;
-                let switched = new_layer;
-                note_sent(
-                    &mut sub.sent,
-                    opts.max_streams,
-                    cap,
-                    out_ssrc,
-                    oseq,
-                    from,
-                    switched,
-                );
+                let (streams, switched) = (opts.max_streams, new_layer);
+                note_sent(&mut sub.sent, streams, cap, out_ssrc, oseq, from, switched);
             }
             let sent = tx.metas().last().map_or(0, |m| m.len as usize);
             sub.diag.on_out(sent, self.now);
