@@ -275,12 +275,17 @@ pub enum Feedback {
     /// after them, from a key frame it was sent (its decoder has no use for them; appended
     /// within ABI 8, 0 from an older relay).
     ResendStale = 34,
+    /// Packets of a subscriber's current simulcast layer or SVC spatial layer not sent because
+    /// its downlink estimate fell under half their rate while the switch down waits for the
+    /// lower layer's key frame: on that link they would only queue ahead of it (appended
+    /// within ABI 8, 0 from an older relay; docs/ENGINE.md "Simulcast", "SVC").
+    LayerShed = 35,
 }
 
 impl Feedback {
     pub const COUNT: usize = 48;
-    /// Every counter in index order (indices 35..48 are reserved and stay 0).
-    pub const ALL: [Feedback; 35] = [
+    /// Every counter in index order (indices 36..48 are reserved and stay 0).
+    pub const ALL: [Feedback; 36] = [
         Feedback::NackReceived,
         Feedback::Retransmitted,
         Feedback::RtxSent,
@@ -316,6 +321,7 @@ impl Feedback {
         Feedback::ProbeBytes,
         Feedback::ProbeSuccess,
         Feedback::ResendStale,
+        Feedback::LayerShed,
     ];
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
@@ -355,6 +361,7 @@ impl Feedback {
             Feedback::ProbeBytes => "probe_bytes",
             Feedback::ProbeSuccess => "probe_success",
             Feedback::ResendStale => "resend_stale",
+            Feedback::LayerShed => "layer_shed",
         }
     }
 }

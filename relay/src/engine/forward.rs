@@ -1399,6 +1399,10 @@ impl<C: SrtpOps> Forwarder<C> {
                     self.stats.count(Feedback::LayerSkipped, 1);
                     return;
                 }
+                Decision::Shed => {
+                    self.stats.count(Feedback::LayerShed, 1);
+                    return;
+                }
             }
         }
         let rewritten = stream.is_some();

@@ -115,6 +115,9 @@ pub enum Decision {
     },
     /// Not the current layer: not sent.
     Skip,
+    /// A packet of the current layer not sent after a sudden limit: the estimate carries less
+    /// than half its rate while the switch down waits for the lower layer's key frame.
+    Shed,
     /// Not sent; ask the publisher for a key frame of this layer (a switch waits for one).
     SkipRequestKeyframe,
     /// A packet of the current layer from before the last switch, or older than what was sent.
@@ -272,7 +275,8 @@ pub struct Selector {
     last_marker: bool,
     last_at: Option<Instant>,
     vp8: Vp8Numbers,
-    last_request: Option<Instant>,
+    /// The last key-frame request: when, and for which layer.
+    last_request: Option<(Instant, u8)>,
     switches: u32,
     clock: SwitchClock,
     /// Highest temporal layer this output may receive ([`NO_CAP`]: any), the highest one
@@ -573,7 +577,7 @@ impl Selector {
         let mut switch = None;
         if media && self.current != Some(self.target) && l == self.target {
             if !p.keyframe {
-                return self.request(now);
+                return self.request(now, l);
             }
             switch = self.switch_to(now, l, p, acts);
         }
@@ -585,7 +589,7 @@ impl Selector {
             // its packets are not sent while the lower layer's key frame is awaited. On that
             // link they only queue ahead of the key frame (and break into partial frames the
             // viewer shows between stalls, each stall a freeze).
-            return Decision::Skip;
+            return Decision::Shed;
         }
         if switch.is_none() && !seq_newer(p.seq, self.switch_in_seq) && p.seq != self.switch_in_seq
         {
@@ -628,11 +632,17 @@ impl Selector {
             .is_some_and(|e| e.saturating_mul(2) < self.layer_bps(usize::from(layer), acts))
     }
 
-    fn request(&mut self, now: Instant) -> Decision {
+    /// Ask for a key frame of layer `l`, at most every [`KEYFRAME_INTERVAL`] for the same
+    /// layer: a target that moved on (the estimate fell further while the first switch
+    /// waited, 1280 → 640 → 320) asks for its own layer's at once instead of waiting out the
+    /// interval of a request to another layer's stream.
+    fn request(&mut self, now: Instant, l: u8) -> Decision {
         match self.last_request {
-            Some(t) if now.saturating_duration_since(t) < KEYFRAME_INTERVAL => Decision::Skip,
+            Some((t, r)) if r == l && now.saturating_duration_since(t) < KEYFRAME_INTERVAL => {
+                Decision::Skip
+            }
             _ => {
-                self.last_request = Some(now);
+                self.last_request = Some((now, l));
                 Decision::SkipRequestKeyframe
             }
         }
@@ -1266,6 +1276,43 @@ mod tests {
     }
 
     #[test]
+    fn a_target_that_moves_on_asks_for_its_own_key_frame_at_once() {
+        let t0 = Instant::now();
+        let mut s = Out::new(3, NO_CAP);
+        let mut lo = Layer::at(1, 1, 1, 1);
+        let mut mid = Layer::at(300, 1, 1, 1);
+        let mut hi = Layer::at(500, 1, 1, 1);
+        let mut t = 0;
+        while t < 1300 {
+            let key = t % 330 == 0;
+            for (i, l) in [(0, &mut lo), (1, &mut mid), (2, &mut hi)] {
+                let _ = s.on_packet(ms(t0, t), i, &l.packet(true, true, key));
+                l.next_frame();
+            }
+            t += 33;
+        }
+        let _ = s.on_packet(ms(t0, t), 2, &hi.packet(true, true, true));
+        assert_eq!(s.current(), Some(2));
+        // The cap falls to the middle layer: its key frame is asked for.
+        s.set_cap(1);
+        assert_eq!(
+            s.on_packet(ms(t0, t + 1), 1, &mid.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        // 100 ms on, before that key frame came, to the low layer: its own request goes out
+        // at once, not after the 500 ms of the middle layer's (same layer again: throttled).
+        s.set_cap(0);
+        assert_eq!(
+            s.on_packet(ms(t0, t + 100), 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::SkipRequestKeyframe)
+        );
+        assert_eq!(
+            s.on_packet(ms(t0, t + 133), 0, &lo.packet(true, true, false)),
+            Got::Not(Decision::Skip)
+        );
+    }
+
+    #[test]
     fn a_silent_layer_is_left_for_an_active_one() {
         let t0 = Instant::now();
         let mut s = Out::new(3, NO_CAP);
@@ -1334,7 +1381,7 @@ mod tests {
         );
         assert_eq!(
             s.on_packet(ms(t0, t + 601), 2, &hi.packet(true, true, false)),
-            Got::Not(Decision::Skip)
+            Got::Not(Decision::Shed)
         );
         assert!(matches!(
             s.on_packet(ms(t0, t + 602), 0, &lo.packet(true, true, true)),
