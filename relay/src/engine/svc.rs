@@ -7,7 +7,8 @@
 //! template structure (from the key frame that carried it), a *target* decode target (the
 //! highest one within the subscriber's spatial cap (`max_layer`) and temporal cap
 //! (`max_temporal`) that is active and, once an estimate is fed in, whose spatial layers'
-//! measured rate fits it) and a *current* one (the one being forwarded).
+//! measured rate fits it; above the lowest spatial layer only at a layer's full frame rate)
+//! and a *current* one (the one being forwarded).
 //!
 //! A frame is forwarded when its DTI for the current decode target is not "not present" and
 //! every frame it references was forwarded (a ring of the last [`WINDOW`] frame numbers);
@@ -49,6 +50,15 @@ const WORDS: usize = WINDOW / 64;
 /// issue 17's 15 s.
 const MAX_UP_WAIT: Duration = Duration::from_secs(10);
 
+/// The base layer's current temporal layer is kept while the estimate carries this share of
+/// its measured rate (percent). An AIMD estimate swings between about 85 % and 100 % of the
+/// link, and a failed probe dips it for a second; without the band a VP9 viewer shaped to
+/// 300 kbit/s went down and up a temporal layer every 3–5 s while the link stayed the same
+/// (issue 17: at most one switch per 5 s on a steady link). A temporal switch costs no key
+/// frame, so the band can be wide; spatial layers have none (their switch down is what ends
+/// the loss on a link that fell).
+const TEMPORAL_HOLD_PCT: u64 = 80;
+
 /// How far (sequence numbers) the switch point trails the newest forwarded packet.
 const SWITCH_TRAIL: u16 = 0x4000;
 
@@ -75,6 +85,10 @@ pub enum SvcDrop {
     NoStructure,
     /// Older than the last re-basing of the output numbering, or than the frame window.
     Late,
+    /// A frame of the current decode target not sent after a sudden limit: the estimate
+    /// carries less than half its rate while a switch to a lower spatial layer waits for its
+    /// key frame.
+    Shed,
 }
 
 /// What a forwarded packet's copy gets written.
@@ -367,8 +381,9 @@ impl Svc {
         m & self.active_in
     }
 
-    /// The highest active decode target (by spatial, then temporal layer) within the caps
-    /// and, with an estimate, whose measured rate it carries (one above the current one with
+    /// The highest active decode target (by spatial, then temporal layer) within the caps,
+    /// above the lowest spatial layer only at the layer's full frame rate, and, with an
+    /// estimate, whose measured rate it carries (one above the current one with
     /// [`UP_MARGIN_PCT`], held for [`UP_HOLD`] and no sooner than [`UP_AFTER_DOWN`] after a
     /// switch down, as for simulcast layers: measured rates move by the frame, and without
     /// the hold a shaped viewer went up and down between temporal layers every second or
@@ -380,6 +395,23 @@ impl Svc {
         let cur = self
             .current
             .map(|c| (self.dt_spatial(c), self.dt_temporal(c)));
+        // Above the lowest spatial layer, only a spatial layer's full frame rate (its highest
+        // active temporal layer within the caps) is a candidate, as simulcast layers are:
+        // 640 wide at 7.5 frames/s is not a better picture than 320 at 30, and a K-SVC
+        // target at a lower frame rate fitted the estimate by its measured rate while its key
+        // frames did not fit the link (the viewer went up and down). Jitsi's bridge narrows
+        // its layers the same way.
+        let mut top_t = [None::<u8>; dd::MAX_SPATIAL];
+        let mut low_s = None::<u8>;
+        for d in 0..s.decode_targets.min(32) {
+            let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
+            if self.active_in & (1 << d) == 0 || ds > cap_s || dt > cap_t {
+                continue;
+            }
+            let t = &mut top_t[usize::from(ds) % dd::MAX_SPATIAL];
+            *t = Some(t.map_or(dt, |t| t.max(dt)));
+            low_s = Some(low_s.map_or(ds, |l| l.min(ds)));
+        }
         // (spatial, temporal, decode target) of: the best that fits, the best that fits at or
         // below the current one, the lowest within the caps.
         let (mut best, mut here, mut lowest) = (None::<(u8, u8, u8)>, None, None);
@@ -388,14 +420,22 @@ impl Svc {
             if self.active_in & (1 << d) == 0 || ds > cap_s || dt > cap_t {
                 continue;
             }
+            if Some(ds) != low_s && top_t[usize::from(ds) % dd::MAX_SPATIAL] != Some(dt) {
+                continue;
+            }
             if lowest.is_none_or(|(ls, lt, _)| (ds, dt) < (ls, lt)) {
                 lowest = Some((ds, dt, d));
             }
             let up = cur.is_some_and(|c| (ds, dt) > c);
+            // The current temporal layer of the lowest spatial layer (the only one with
+            // temporal candidates) is left only below TEMPORAL_HOLD_PCT of its rate.
+            let hold = dt > 0 && Some(ds) == low_s && cur == Some((ds, dt));
             let fits = self.estimate.is_none_or(|est| {
                 let bps = self.rates[usize::from(d)].bps;
                 let need = if up {
                     bps.saturating_mul(UP_MARGIN_PCT) / 100
+                } else if hold {
+                    bps.saturating_mul(TEMPORAL_HOLD_PCT) / 100
                 } else {
                     bps
                 };
@@ -429,6 +469,16 @@ impl Svc {
             best
         };
         pick.or(lowest).map(|(_, _, d)| d)
+    }
+
+    /// Is the switch from `current` to `target` one down in spatial layer after a sudden
+    /// limit: the estimate carries less than half of the current decode target's rate?
+    #[inline]
+    fn sudden_drop(&self, current: u8, target: u8) -> bool {
+        self.dt_spatial(target) < self.dt_spatial(current)
+            && self.estimate.is_some_and(|e| {
+                e.saturating_mul(2) < self.rates[usize::from(current) % dd::MAX_DECODE_TARGETS].bps
+            })
     }
 
     fn refs_forwarded(&self, f: &Frame) -> bool {
@@ -508,6 +558,14 @@ impl Svc {
             return Err((SvcDrop::NotPresent, k));
         };
         let wants_key = |s: &mut Svc| pending_spatial && s.request(now);
+        if !switched && self.sudden_drop(c, target) {
+            // Going down a spatial layer because the link fell under half of what the current
+            // decode target needs: its frames are not sent while the lower layer's key frame
+            // is awaited. On that link they only queue ahead of the key frame (as for
+            // simulcast, layers.rs `Selector::on_packet`).
+            let k = wants_key(self);
+            return Err((SvcDrop::Shed, k));
+        }
         if f.dti(c) == Dti::NotPresent {
             let k = wants_key(self);
             return Err((SvcDrop::NotPresent, k));
@@ -656,6 +714,7 @@ pub(super) fn counter(r: SvcDrop) -> Feedback {
         SvcDrop::Unreferenced => Feedback::SvcUnreferenced,
         SvcDrop::NoStructure => Feedback::SvcNoDescriptor,
         SvcDrop::Late => Feedback::SvcLate,
+        SvcDrop::Shed => Feedback::LayerShed,
     }
 }
 

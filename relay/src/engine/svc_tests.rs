@@ -527,68 +527,123 @@ fn estimate_limits_the_decode_target() {
     }
     let top = o.svc.current().unwrap().0;
     assert!((400_000..600_000).contains(&o.svc.target_bps(top)));
+    let now = |o: &Out| o.svc.current().map(|c| (c.1, c.2));
     // 600 kbit/s carries the top layer alone: no change.
     o.svc.set_estimate(Some(600_000));
     o.feed(&p.superframe(false));
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)));
-    // 300 kbit/s: the top layer's T0 and T1 frames (240 kbit/s).
+    assert_eq!(now(&o), Some((2, 2)));
+    // 300 kbit/s would carry the top layer's T0 and T1 frames (240 kbit/s), but above the
+    // lowest spatial layer only a layer's full frame rate is a candidate: the base layer's
+    // T0 and T1 it is. Not a sudden limit (more than half the top layer's rate): the top
+    // layer keeps flowing while the base layer's key frame is asked for.
     o.svc.set_estimate(Some(300_000));
+    let (sent, requests) = (o.frames.len(), o.keyframe_requests);
+    for _ in 0..3 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(now(&o), Some((2, 2)));
+    assert_eq!(o.frames.len(), sent + 3, "the top layer still flows");
+    assert!(o.keyframe_requests > requests);
+    assert!(!o.drops.contains(&SvcDrop::Shed));
     o.feed(&p.superframe(true));
     for _ in 0..4 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)));
+    assert_eq!(now(&o), Some((0, 1)));
     assert!(o
         .frames
         .iter()
         .rev()
         .take(2)
-        .all(|&(s, t)| s == 2 && t <= 1));
-    // Room for the whole layer again (480 kbit/s with the 15 % margin): a temporal layer up
-    // waits like a spatial one, UP_AFTER_DOWN after the switch down (and UP_HOLD of room).
+        .all(|&(s, t)| s == 0 && t <= 1));
+    // Room for the whole top layer again (480 kbit/s with the 15 % margin): the switch up
+    // waits UP_AFTER_DOWN after the switch down (and UP_HOLD of room), then its key frame.
     let switches = o.svc.switches();
     o.svc.set_estimate(Some(600_000));
     for _ in 0..120 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)), "4 s on");
+    assert_eq!(now(&o), Some((0, 1)), "4 s on");
     for _ in 0..60 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)), "6 s on");
+    assert_eq!(o.svc.stats().target, 2, "6 s on");
+    o.feed(&p.superframe(true));
+    o.feed(&p.superframe(false));
+    assert_eq!(now(&o), Some((2, 2)));
     assert_eq!(o.svc.switches(), switches + 1, "one switch up, no flapping");
     // The link did not carry it after all: down again within MAX_UP_WAIT of the switch up,
     // so the next try waits twice as long (10 s), not 5 s.
     o.svc.set_estimate(Some(300_000));
+    o.feed(&p.superframe(true));
     for _ in 0..4 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)));
+    assert_eq!(now(&o), Some((0, 1)));
     o.svc.set_estimate(Some(600_000));
     for _ in 0..240 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 1)), "8 s on");
+    assert_eq!(o.svc.stats().target, 0, "8 s on");
     for _ in 0..90 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 2)), "11 s on");
+    assert_eq!(o.svc.stats().target, 2, "11 s on");
+    o.feed(&p.superframe(true));
+    assert_eq!(now(&o), Some((2, 2)));
 
-    // Full SVC: the top decode target holds every layer's frames (1.44 Mbit/s); 600 kbit/s
-    // carries the three layers' T0 frames (360 kbit/s) but not their T1 ones (720).
+    // Full SVC: the top decode target holds every layer's frames (1.44 Mbit/s), the middle
+    // one two layers' (960 kbit/s). 600 kbit/s would carry the three layers' T0 frames
+    // (360 kbit/s), but 180p at 7.5 frames/s is not chosen over the base layer at its full
+    // rate (480 kbit/s); 1 Mbit/s carries the middle layer. A switch down is immediate.
     let mut p = Publisher::new(3, 3, false);
     let mut o = Out::new(NO, NO);
     o.feed(&p.superframe(true));
     for _ in 0..60 {
         o.feed(&p.superframe(false));
     }
+    o.svc.set_estimate(Some(1_000_000));
+    o.feed(&p.superframe(false));
+    assert_eq!(now(&o), Some((1, 2)));
     o.svc.set_estimate(Some(600_000));
-    for _ in 0..4 {
+    o.feed(&p.superframe(false));
+    assert_eq!(now(&o), Some((0, 2)));
+    assert_eq!(o.svc.stats().current, Some(0));
+    assert_eq!(o.svc.stats().count, 3);
+    assert_eq!(o.keyframe_requests, 0);
+}
+
+#[test]
+fn sudden_limit_sheds_the_top_layer_until_the_key_frame() {
+    // K-SVC at the top layer (480 kbit/s); the estimate falls to 200 kbit/s, under half of
+    // it: the base layer's T0 frames (120 kbit/s) are the target, and the top layer's frames
+    // stop at once while its key frame is awaited, instead of queueing ahead of it.
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
         o.feed(&p.superframe(false));
     }
-    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((2, 0)));
-    assert_eq!(o.svc.stats().current, Some(2));
-    assert_eq!(o.svc.stats().count, 3);
+    o.svc.set_estimate(Some(200_000));
+    let (sent, requests, drops) = (o.frames.len(), o.keyframe_requests, o.drops.len());
+    for _ in 0..3 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.frames.len(), sent, "nothing of the top layer sent");
+    assert!(o.drops[drops..].contains(&SvcDrop::Shed));
+    assert!(o.drops[drops..]
+        .iter()
+        .all(|d| matches!(d, SvcDrop::Shed | SvcDrop::NotPresent)));
+    assert_eq!(o.keyframe_requests, requests + 1, "asked once (throttled)");
+    o.feed(&p.superframe(true));
+    o.feed(&p.superframe(false));
+    assert_eq!(o.svc.current().map(|c| (c.1, c.2)), Some((0, 0)));
+    assert_eq!(
+        o.frames[sent],
+        (0, 0),
+        "the key frame's base layer starts it"
+    );
+    assert_eq!(counter(SvcDrop::Shed), Feedback::LayerShed);
 }
 
 #[test]
@@ -645,4 +700,38 @@ fn probe_need_is_the_best_decode_target_within_the_caps() {
     assert_eq!((s, t), (0, 2));
     let base = o.svc.target_bps(dt) * UP_MARGIN_PCT / 100;
     assert_eq!(o.svc.probe_need(o.now), Some((base, false)));
+}
+
+#[test]
+fn base_temporal_layer_is_held_within_the_band() {
+    // K-SVC, each layer 480 kbit/s: the base layer's T0 and T1 frames 240 kbit/s, T0 120.
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    let now = |o: &Out| o.svc.current().map(|c| (c.1, c.2));
+    o.svc.set_estimate(Some(300_000));
+    o.feed(&p.superframe(true));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(now(&o), Some((0, 1)));
+    let switches = o.svc.switches();
+    // 220 kbit/s, 83–92 % of the current target's measured rate (240–265 kbit/s by the
+    // window): within the band, kept (before the band it went down).
+    o.svc.set_estimate(Some(220_000));
+    for _ in 0..30 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(now(&o), Some((0, 1)));
+    assert_eq!(o.svc.switches(), switches);
+    // 170 kbit/s, under 71 %: down to T0 at once (no key frame needed).
+    o.svc.set_estimate(Some(170_000));
+    for _ in 0..4 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(now(&o), Some((0, 0)));
+    assert_eq!(o.svc.switches(), switches + 1);
 }
