@@ -50,15 +50,6 @@ const WORDS: usize = WINDOW / 64;
 /// issue 17's 15 s.
 const MAX_UP_WAIT: Duration = Duration::from_secs(10);
 
-/// The base layer's current temporal layer is kept while the estimate carries this share of
-/// its measured rate (percent). An AIMD estimate swings between about 85 % and 100 % of the
-/// link, and a failed probe dips it for a second; without the band a VP9 viewer shaped to
-/// 300 kbit/s went down and up a temporal layer every 3–5 s while the link stayed the same
-/// (issue 17: at most one switch per 5 s on a steady link). A temporal switch costs no key
-/// frame, so the band can be wide; spatial layers have none (their switch down is what ends
-/// the loss on a link that fell).
-const TEMPORAL_HOLD_PCT: u64 = 80;
-
 /// How far (sequence numbers) the switch point trails the newest forwarded packet.
 const SWITCH_TRAIL: u16 = 0x4000;
 
@@ -427,15 +418,10 @@ impl Svc {
                 lowest = Some((ds, dt, d));
             }
             let up = cur.is_some_and(|c| (ds, dt) > c);
-            // The current temporal layer of the lowest spatial layer (the only one with
-            // temporal candidates) is left only below TEMPORAL_HOLD_PCT of its rate.
-            let hold = dt > 0 && Some(ds) == low_s && cur == Some((ds, dt));
             let fits = self.estimate.is_none_or(|est| {
                 let bps = self.rates[usize::from(d)].bps;
                 let need = if up {
                     bps.saturating_mul(UP_MARGIN_PCT) / 100
-                } else if hold {
-                    bps.saturating_mul(TEMPORAL_HOLD_PCT) / 100
                 } else {
                     bps
                 };
