@@ -121,7 +121,9 @@ fn metric_sum(metrics: &str, label: &str) -> f64 {
 
 /// Layer switches the relay made for the session whose peer is at `ip`, its downlink
 /// estimate and its longest switch latency in ms (from `/v1/sessions/{id}/stats`).
-fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64, u64) {
+/// The relay's view of the viewer at `ip`: layer switches, downlink estimate (bit/s), longest
+/// switch (ms), SRTP bytes sent to it so far.
+fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64, u64, u64) {
     let (_, list) = rig.http("GET", "/v1/sessions", "");
     let list: Value = serde_json::from_str(&list).unwrap_or(Value::Null);
     let prefix = format!("{ip}:");
@@ -132,7 +134,7 @@ fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64, u64) {
         .find(|s| s["peer"].as_str().is_some_and(|p| p.starts_with(&prefix)))
         .and_then(|s| s["id"].as_u64())
     else {
-        return (0, 0, 0);
+        return (0, 0, 0, 0);
     };
     let (_, st) = rig.http("GET", &format!("/v1/sessions/{id}/stats"), "");
     let st: Value = serde_json::from_str(&st).unwrap_or(Value::Null);
@@ -147,7 +149,12 @@ fn relay_view(rig: &WebRtcRig, ip: IpAddr) -> (u64, u64, u64) {
         .filter_map(|s| s["layer"]["switch_ms_max"].as_u64())
         .max()
         .unwrap_or(0);
-    (switches, downlink, latency)
+    let sent = streams
+        .iter()
+        .filter(|s| s["direction"] == "out")
+        .filter_map(|s| s["bytes"].as_u64())
+        .sum();
+    (switches, downlink, latency, sent)
 }
 
 fn unix_ms() -> u64 {
@@ -162,6 +169,9 @@ struct Sample {
     second: u64,
     estimate_bps: u64,
     switches: u64,
+    /// SRTP bytes sent to the shaped viewer so far, and NACKs received by the relay so far.
+    sent_bytes: u64,
+    nacks: f64,
     probe_clusters: f64,
     probe_successes: f64,
 }
@@ -313,12 +323,14 @@ fn shaped(source: Source) {
         ],
     });
     let sample = |second| {
-        let (switches, estimate_bps, _) = relay_view(&rig, shaped_host.ip.into());
+        let (switches, estimate_bps, _, sent_bytes) = relay_view(&rig, shaped_host.ip.into());
         let (_, metrics) = rig.http("GET", "/metrics", "");
         Sample {
             second,
             estimate_bps,
             switches,
+            sent_bytes,
+            nacks: metric_sum(&metrics, "event=\"nack_received\""),
             probe_clusters: metric_sum(&metrics, "event=\"probe_cluster\""),
             probe_successes: metric_sum(&metrics, "event=\"probe_success\""),
         }
@@ -413,11 +425,22 @@ fn shaped(source: Source) {
         "simulcast_shaped {tag}: probe clusters {}, packets {}, bytes {}, successes {}",
         probes[0], probes[1], probes[2], probes[3]
     );
-    for x in &samples {
+    for (i, x) in samples.iter().enumerate() {
+        // Sent to it over the second before (media, repairs, probes), and NACKs received
+        // (both viewers; the free one rarely loses anything).
+        let prev = i.checked_sub(1).map(|p| samples[p]);
+        let sent_kbps = prev.map_or(0, |p| x.sent_bytes.saturating_sub(p.sent_bytes) * 8 / 1000);
+        let nacks = prev.map_or(0.0, |p| x.nacks - p.nacks);
         eprintln!(
-            "simulcast_shaped {tag}: second {:2}: shaped viewer estimate {:8} bit/s, switches {}, \
-             probe clusters {}, successes {}",
-            x.second, x.estimate_bps, x.switches, x.probe_clusters, x.probe_successes
+            "simulcast_shaped {tag}: second {:2}: shaped viewer estimate {:8} bit/s, sent {:5} \
+             kbit/s, switches {}, probe clusters {}, successes {}, NACKs {}",
+            x.second,
+            x.estimate_bps,
+            sent_kbps,
+            x.switches,
+            x.probe_clusters,
+            x.probe_successes,
+            nacks
         );
     }
     eprintln!("simulcast_shaped {tag}: free viewer width/s   {free:?}");
