@@ -629,24 +629,29 @@ impl Bwe {
                 // excess lost, not the link rate).
                 // The last window alone: the smoothed rate still remembers the link before it
                 // was limited and would hold the cut up for a second or two.
-                // The recent rate too (the last quarter second): right after a sudden limit
-                // the last window still held the rate before it, and the estimate came down
-                // by halves over a second and a half (1280 → 640 → 320).
-                let acked = [self.acked_bps, self.acked_last_bps, self.recent_bps()]
-                    .into_iter()
-                    .flatten()
-                    .reduce(f64::min);
-                let floor = acked.map_or(0.0, |a| LOSS_ACKED_FLOOR * a);
+                let acked = match (self.acked_bps, self.acked_last_bps) {
+                    (Some(a), Some(l)) => Some(a.min(l)),
+                    (a, l) => a.or(l),
+                };
                 // After a sudden limit (the acknowledged rate under 30 % of the estimate) not
                 // above it either: the link carried at most that. Halving by steps from the
                 // rate before the limit took the estimate (and the layer) down through every
                 // rate in between, one cut per LOSS_CUT_INTERVAL_US (1280 → 640 → 320 on a
-                // link shaped to 300 kbit/s, each switch waiting for its own key frame). Not
-                // when the two are close: a sender below the link's rate (a low layer)
-                // acknowledges only what it sends, and the estimate would follow it down.
-                let ceiling = acked
-                    .filter(|&a| a < SUDDEN_LIMIT_OF_ESTIMATE * self.loss_bps)
-                    .unwrap_or(f64::MAX);
+                // link shaped to 300 kbit/s, each switch waiting for its own key frame). The
+                // recent rate (the last quarter second) counts here too: right after the
+                // limit the last window still held the rate before it, and the estimate came
+                // down by halves over a second and a half. Not when the two are close: a
+                // sender below the link's rate (a low layer) acknowledges only what it sends,
+                // and the estimate would follow it down (nor is the recent rate a floor then:
+                // a quarter second of a low layer under a probe's losses took the estimate
+                // under the layer).
+                let sudden = [acked, self.recent_bps()]
+                    .into_iter()
+                    .flatten()
+                    .reduce(f64::min)
+                    .filter(|&a| a < SUDDEN_LIMIT_OF_ESTIMATE * self.loss_bps);
+                let floor = sudden.or(acked).map_or(0.0, |a| LOSS_ACKED_FLOOR * a);
+                let ceiling = sudden.unwrap_or(f64::MAX);
                 let cut = (self.loss_bps * (1.0 - 0.5 * frac)).min(ceiling).max(floor);
                 if cut < self.loss_bps {
                     self.loss_bps = cut;
@@ -674,7 +679,19 @@ impl Bwe {
         let mut next = cur;
         match self.usage {
             Usage::Overusing => {
-                let base = self.acked_bps.unwrap_or(cur);
+                // What the link carried. After a sudden limit (the recent acknowledged rate
+                // under 30 % of the smoothed one) the recent rate: the arrivals behind a
+                // bottleneck that just fell are paced at its new rate while the smoothed
+                // windows still remember the old one (the cut went to 0.85 × a rate three
+                // times the link's, and the layer down in two steps). Otherwise the higher of
+                // the two: a sender below the link (a low layer) has a smoothed rate of what
+                // it sends, and an overuse that a probe cluster caused cut the estimate under
+                // that layer, though the recent arrivals showed the link carrying more.
+                let base = match (self.acked_bps, self.recent_bps()) {
+                    (Some(a), Some(r)) if r < SUDDEN_LIMIT_OF_ESTIMATE * a => r,
+                    (Some(a), Some(r)) => a.max(r),
+                    (a, r) => a.or(r).unwrap_or(cur),
+                };
                 next = (BETA * base).min(cur);
                 self.link_capacity = Some(base);
                 self.hold = true;
@@ -1316,10 +1333,15 @@ mod tests {
                 .collect();
         let lowest = trace.iter().map(|&(e, _)| e * 1000).min().unwrap_or(0);
         let down = trace.iter().position(|&(_, l)| l == 0).expect("down");
-        // The recent acknowledged rate shows the limit within a few feedback intervals (it
-        // took 1.7 s by the 500 ms windows alone, 3067 → 1562 → 1424 → 908 → 658 → 533 →
-        // 426 kbit/s, the middle layer for 1.4 s of it).
-        assert!(down <= 7, "lowest layer within 700 ms: {trace:?}");
+        // The recent acknowledged rate shows the limit within a few feedback intervals: one
+        // cut, 3067 → 255 kbit/s, 300 ms after the step (it took 1.7 s by the 500 ms windows
+        // alone, 3067 → 1562 → 1424 → 908 → 658 → 533 → 426 kbit/s, the middle layer for
+        // 1.4 s of it).
+        assert!(down <= 4, "lowest layer within 400 ms: {trace:?}");
+        assert!(
+            trace.iter().all(|&(_, l)| l != 1),
+            "never the middle layer: {trace:?}"
+        );
         assert!(
             lowest >= 150_000,
             "never below the low layer's rate: {lowest} ({trace:?})"

@@ -286,6 +286,8 @@ mod tests {
         rate_bps: f64,
         busy_until_us: f64,
         sent_rembs: Vec<u64>,
+        /// When each of those was sent (µs).
+        sent_at: Vec<u64>,
         follow: bool,
         n: u64,
     }
@@ -301,6 +303,7 @@ mod tests {
                 rate_bps,
                 busy_until_us: 0.0,
                 sent_rembs: Vec::new(),
+                sent_at: Vec::new(),
                 follow: true,
                 n: 0,
             }
@@ -352,6 +355,7 @@ mod tests {
                         // The mantissa keeps 18 bits: within 2^-17 of the estimate.
                         assert!(r.bitrate().abs_diff(bps) <= bps >> 17);
                         self.sent_rembs.push(bps);
+                        self.sent_at.push(self.now_us);
                         if self.follow {
                             self.rate_bps = (bps as f64).clamp(100_000.0, 3_000_000.0);
                         }
@@ -442,23 +446,26 @@ mod tests {
     fn a_decrease_is_sent_at_once() {
         let mut run = Run::new(1_500_000.0, 0);
         run.follow = false;
-        run.run(3_000, None, None);
+        // The step comes 250 ms after a periodic REMB (one every 500 ms from the start), so a
+        // REMB before the next periodic one is a decrease sent at once.
+        run.run(3_250, None, None);
         let n = run.sent_rembs.len();
         let t0 = run.now_us;
+        assert!(t0 - run.sent_at[n - 1] >= 200_000, "{:?}", run.sent_at);
         // Far more than the link carries, and the sender does not listen: overuse.
         run.run(3_000, Some(300_000.0), None);
         let after = &run.sent_rembs[n..];
-        assert!(after.len() >= 2, "{after:?}");
-        let falls = after
-            .windows(2)
-            .filter(|w| (w[1] as f64) < w[0] as f64 * DECREASE_TRIGGER)
-            .count();
-        assert!(falls >= 1, "{after:?}");
-        // Over 3 s at one REMB per 500 ms at most 6 would be periodic: the falls add more.
+        let first = (n..run.sent_rembs.len())
+            .find(|&i| (run.sent_rembs[i] as f64) < run.sent_rembs[i - 1] as f64 * DECREASE_TRIGGER)
+            .unwrap_or_else(|| panic!("no fall: {after:?}"));
+        let at = run.sent_at[first] - run.sent_at[first - 1];
         assert!(
-            after.len() > ((run.now_us - t0) / REMB_INTERVAL_US) as usize,
-            "decreases sent between the periodic ones: {after:?}"
+            at < REMB_INTERVAL_US,
+            "the fall went out {at} µs after the REMB before it, not on the periodic schedule: \
+             {after:?}"
         );
+        // And it fell to the link's rate or below at once (the recent received rate, bwe.rs).
+        assert!(run.sent_rembs[first] <= 300_000, "{after:?}");
     }
 
     #[test]
