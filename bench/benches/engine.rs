@@ -18,7 +18,16 @@
 //! CPU time (`CLOCK_THREAD_CPUTIME_ID`, [`ThreadCpu`]) rather than wall time, so that time the
 //! thread spends preempted on a shared machine does not land in one case and not the other
 //! (the `srtp` bench, the engine's crypto-only ceiling, measures the same way).
-//! Run: `cargo bench -p sluice-bench --bench engine` (only the layers group: `-- layers`)
+//!
+//! The `svc` group prices SVC selection (docs/ENGINE.md "SVC") the same way: one publisher
+//! stream of two spatial layers on one SSRC (`L2T1`, full SVC, four 1200-byte packets a frame
+//! as above, each with a 3-byte Dependency Descriptor; the template structure on the first
+//! packet of the key frame)
+//! to N subscribers over plain routes (the descriptor passes through untouched) and over SVC
+//! routes (`dd_id` set, no caps: every packet's descriptor is parsed and its frame decided by
+//! the subscriber's selector, the numbering closed over nothing), same packets, same run.
+//! Run: `cargo bench -p sluice-bench --bench engine` (only the layers group: `-- layers`, only
+//! SVC: `-- svc`)
 
 use contract::shm::{Layer, Rewrite, Role, RouteRecord, SessionRecord};
 use contract::srtp::{Context, ContextOptions, MasterKey, Profile};
@@ -311,6 +320,186 @@ fn bench_layers(c: &mut Criterion<ThreadCpu>) {
     g.finish();
 }
 
+/// The publisher's id of the Dependency Descriptor element in the `svc` group.
+const DD_ID: u8 = 5;
+
+/// MSB-first bits.
+#[derive(Default)]
+struct Bits(Vec<bool>);
+
+impl Bits {
+    fn f(&mut self, v: u32, n: u32) {
+        for i in (0..n).rev() {
+            self.0.push((v >> i) & 1 == 1);
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.0.len().div_ceil(8)];
+        for (i, b) in self.0.iter().enumerate() {
+            if *b {
+                out[i / 8] |= 0x80 >> (i % 8);
+            }
+        }
+        out
+    }
+}
+
+/// The descriptor of a packet of frame `frame` from template `template` of an `L2T1` full-SVC
+/// structure (decode target 0 is S0, 1 is S0+S1; template 0 the S0 key frame, 1 an S0 delta
+/// frame referencing the S0 frame two back, 2 an S1 frame referencing the S0 frame before
+/// it), `(start, end)` of the frame, with the structure when `structure`.
+fn dd_l2t1(template: u8, frame: u16, (start, end): (bool, bool), structure: bool) -> Vec<u8> {
+    let mut b = Bits::default();
+    b.f(u32::from(start), 1);
+    b.f(u32::from(end), 1);
+    b.f(u32::from(template), 6);
+    b.f(u32::from(frame), 16);
+    if structure {
+        b.f(0b10000, 5); // template dependency structure present
+        b.f(0, 6); // template id offset
+        b.f(1, 5); // two decode targets
+        b.f(0, 2); // template 1: same layers
+        b.f(2, 2); // template 2: next spatial layer
+        b.f(3, 2); // no more templates
+        for dtis in [[2, 2], [2, 3], [0, 2]] {
+            for d in dtis {
+                b.f(d, 2); // switch / required / not present
+            }
+        }
+        b.f(0, 1); // template 0: no fdiff
+        b.f(1, 1);
+        b.f(1, 4); // template 1: fdiff 2
+        b.f(0, 1);
+        b.f(1, 1);
+        b.f(0, 4); // template 2: fdiff 1
+        b.f(0, 1);
+        b.f(0, 1); // no chains
+        b.f(0, 1); // no resolutions
+    }
+    b.bytes()
+}
+
+/// Packet `n` of the `svc` group's stream (plain RTP, 1200 bytes): [`PER_FRAME`] packets a
+/// frame as in the `layers` group; frame `n / PER_FRAME`, S0 for even frames and S1 (its last
+/// packet with the marker) for odd; frames 0 and 1 are the key picture.
+fn svc_packet(n: u64) -> Vec<u8> {
+    let per = u64::from(PER_FRAME);
+    let f = n / per;
+    let (frame, s1) = (f as u16, f % 2 == 1);
+    let (start, end) = (n % per == 0, n % per == per - 1);
+    let dd = match (f, s1) {
+        (0, _) => dd_l2t1(0, frame, (start, end), start),
+        (_, false) => dd_l2t1(1, frame, (start, end), false),
+        (_, true) => dd_l2t1(2, frame, (start, end), false),
+    };
+    let mut p = vec![0x90, 96 | if s1 && end { 0x80 } else { 0 }];
+    p.extend_from_slice(&(n as u16).to_be_bytes());
+    p.extend_from_slice(&((f / 2) as u32 * 3000).to_be_bytes());
+    p.extend_from_slice(&LAYER_SSRC.to_be_bytes());
+    let mut ext = vec![(DD_ID << 4) | (dd.len() as u8 - 1)];
+    ext.extend_from_slice(&dd);
+    while ext.len() % 4 != 0 {
+        ext.push(0);
+    }
+    p.extend_from_slice(&[0xBE, 0xDE]);
+    p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+    p.extend_from_slice(&ext);
+    p.resize(1200, 0x42);
+    p
+}
+
+fn bench_svc(c: &mut Criterion<ThreadCpu>) {
+    let mut g = c.benchmark_group("svc");
+    let profile = Profile::AeadAes128Gcm;
+    for fanout in [1u16, 10] {
+        for svc in [false, true] {
+            let mut sessions = speaker_and_viewers(profile, fanout);
+            let routes = (0..fanout).map(|j| {
+                let id = 100 + u64::from(j);
+                RouteRecord {
+                    id: id * 10,
+                    from: 1,
+                    ssrc: Some(LAYER_SSRC),
+                    to: id,
+                    rewrite: Rewrite {
+                        ssrc: Some(OUT_SSRC),
+                        // One layer of count 1 and the publisher's descriptor id: an SVC route
+                        // (docs/SHM.md route word 12), no caps.
+                        layer: svc.then_some(Layer {
+                            index: 0,
+                            count: 1,
+                            max: Layer::NO_CAP,
+                            max_temporal: Layer::NO_CAP,
+                        }),
+                        dd_id: if svc { DD_ID } else { 0 },
+                        ..Rewrite::default()
+                    },
+                }
+            });
+            let mut routes: Vec<RouteRecord> = routes.collect();
+            let mut fwd: Forwarder<Context> = Forwarder::new(opts());
+            fwd.set_nack(NackConfig::OFF);
+            fwd.set_now(Instant::now());
+            fwd.rebuild(&mut sessions, &mut routes);
+            fwd.set_now(Instant::now());
+            let mut publisher = Context::new(key(profile, 1), opts()).expect("context");
+            let mut tx = TxQueue::with_capacity(BATCH * usize::from(fanout));
+            let mut slow = TxQueue::with_capacity(16);
+            let mut rx = vec![0u8; MAX_DATAGRAM];
+            let mut protect = |n: u64| {
+                let mut p = svc_packet(n);
+                let n = p.len();
+                p.resize(MAX_DATAGRAM, 0);
+                let n = publisher.protect_rtp(&mut p, n).expect("protect");
+                p.truncate(n);
+                p
+            };
+            // The key picture first: it starts each SVC output (both cases get it).
+            let key = 2 * u64::from(PER_FRAME);
+            for n in 0..key {
+                let p = protect(n);
+                rx[..p.len()].copy_from_slice(&p);
+                fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
+            }
+            assert_eq!(
+                tx.len(),
+                key as usize * usize::from(fanout),
+                "the key picture went out"
+            );
+            let mut n = key;
+            g.throughput(Throughput::Elements(BATCH as u64 * u64::from(fanout)));
+            let name = format!(
+                "{}/fanout{fanout}/{}",
+                profile.name(),
+                if svc { "svc" } else { "plain" }
+            );
+            g.bench_function(name, |b| {
+                b.iter_batched(
+                    || {
+                        (0..BATCH)
+                            .map(|_| {
+                                let p = protect(n);
+                                n += 1;
+                                p
+                            })
+                            .collect::<Vec<_>>()
+                    },
+                    |pkts| {
+                        tx.clear();
+                        for p in &pkts {
+                            rx[..p.len()].copy_from_slice(p);
+                            fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
+                        }
+                        assert_eq!(tx.len(), BATCH * usize::from(fanout));
+                    },
+                    BatchSize::PerIteration,
+                );
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpu);
@@ -321,4 +510,9 @@ criterion_group! {
     config = Criterion::default().with_measurement(ThreadCpu);
     targets = bench_layers
 }
-criterion_main!(benches, layers);
+criterion_group! {
+    name = svc;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_svc
+}
+criterion_main!(benches, layers, svc);

@@ -201,7 +201,28 @@ pub struct Frame {
     extended: bool,
 }
 
+/// Where a packet's active decode targets mask is (or would be) in its descriptor: all that
+/// [`write_active_targets_at`] needs of its [`Frame`] (a copy of a few bytes where a whole
+/// frame is about a hundred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskSpot {
+    mask_at: u16,
+    mask_len: u8,
+    mask_present: bool,
+    extended: bool,
+}
+
 impl Frame {
+    /// Where this frame's descriptor has (or would have) its active decode targets mask.
+    pub fn mask_spot(&self) -> MaskSpot {
+        MaskSpot {
+            mask_at: self.mask_at,
+            mask_len: self.mask_len,
+            mask_present: self.mask_present,
+            extended: self.extended,
+        }
+    }
+
     /// The indication of this frame for decode target `dt` (out of range: not present).
     pub fn dti(&self, dt: u8) -> Dti {
         if usize::from(dt) >= MAX_DECODE_TARGETS {
@@ -484,6 +505,16 @@ impl Writer<'_> {
 pub fn write_active_targets(
     src: &[u8],
     f: &Frame,
+    mask: u32,
+    out: &mut [u8],
+) -> Result<usize, DdError> {
+    write_active_targets_at(src, f.mask_spot(), mask, out)
+}
+
+/// [`write_active_targets`] by the mask's place alone ([`Frame::mask_spot`]).
+pub fn write_active_targets_at(
+    src: &[u8],
+    f: MaskSpot,
     mask: u32,
     out: &mut [u8],
 ) -> Result<usize, DdError> {

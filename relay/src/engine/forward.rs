@@ -31,6 +31,7 @@ use contract::wire::rtp::{self, RtpMut, RtpPacket};
 use contract::wire::vp8::{self as vp8_wire, Vp8Descriptor};
 use contract::wire::{classify, dd, dtls, Kind};
 use contract::wire::{rtcp_write, rtx, twcc};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -502,10 +503,39 @@ fn select_layer(
     d
 }
 
+/// Where an input packet's Dependency Descriptor element lies ([`dd_of`]): (element id,
+/// start, end in the plain packet; an empty range when it has none), once looked up.
+type DdAt = Cell<Option<(u8, u16, u16)>>;
+
+/// The publisher's Dependency Descriptor element `dd_id` of the input packet `plain`, found
+/// once per fan-out and remembered in `cached` (the outputs of one publisher stream share the
+/// publisher's id); empty when the packet has none.
+#[inline]
+fn dd_of<'a>(plain: &'a [u8], dd_id: u8, cached: &DdAt) -> &'a [u8] {
+    if let Some((id, a, b)) = cached.get() {
+        if id == dd_id {
+            return plain.get(usize::from(a)..usize::from(b)).unwrap_or(&[]);
+        }
+    }
+    let dd = RtpPacket::parse(plain)
+        .ok()
+        .and_then(|p| p.extension_by_id(dd_id))
+        .unwrap_or(&[]);
+    // The element's place in `plain` (a sub-slice of it, or the empty slice).
+    let start = (dd.as_ptr() as usize).wrapping_sub(plain.as_ptr() as usize);
+    let range = match (u16::try_from(start), u16::try_from(start + dd.len())) {
+        (Ok(a), Ok(b)) if !dd.is_empty() && usize::from(b) <= plain.len() => (a, b),
+        _ => (0, 0),
+    };
+    cached.set(Some((dd_id, range.0, range.1)));
+    dd
+}
+
 /// The SVC decision for one packet (`plain`, its RTP payload `payload_len` bytes long, input
 /// numbers `seq`/`ts` of source `src`) on output stream `c`, whose route names the
-/// publisher's Dependency Descriptor id `dd_id`; `budget`: the subscriber's share of its
-/// estimate. A re-basing is applied to the stream's numbering here.
+/// publisher's Dependency Descriptor id `dd_id` (its element found once per fan-out,
+/// `cached`, [`dd_of`], and its parse shared by the fan-out's outputs, `shared`); `budget`: the subscriber's share of its estimate. A re-basing is
+/// applied to the stream's numbering here.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn select_svc(
@@ -516,13 +546,10 @@ fn select_svc(
     payload_len: usize,
     (seq, ts): (u16, u32),
     src: Source,
-    dd_id: u8,
+    (dd_id, cached, shared): (u8, &DdAt, &svc::Shared),
 ) -> Option<SvcDecision> {
     let s = c.svc_mut()?;
-    let dd = RtpPacket::parse(plain)
-        .ok()
-        .and_then(|p| p.extension_by_id(dd_id))
-        .unwrap_or(&[]);
+    let dd = dd_of(plain, dd_id, cached);
     s.set_estimate(budget);
     let d = s.on_packet(
         now,
@@ -531,6 +558,7 @@ fn select_svc(
             ts,
             bytes: payload_len,
             dd,
+            shared: Some(shared),
         },
     );
     if let SvcDecision::Forward {
@@ -1275,6 +1303,8 @@ impl<C: SrtpOps> Forwarder<C> {
             repaired,
             sr: None,
             layer: None,
+            dd: Cell::new(None),
+            svc: svc::Shared::default(),
         };
         publisher.note_ssrc(inp.ssrc);
         if !publisher.claimed {
@@ -1344,7 +1374,8 @@ impl<C: SrtpOps> Forwarder<C> {
             (1.., Some(c), Some(now)) => {
                 let (n, src) = ((inp.seq, inp.ts), (inp.pub_id, inp.ssrc));
                 let (budget, len) = (sub.layer_budget, inp.payload_len);
-                select_svc(c, now, budget, plain, len, n, src, o.rewrite.dd_id)
+                let dd = (o.rewrite.dd_id, &inp.dd, &inp.svc);
+                select_svc(c, now, budget, plain, len, n, src, dd)
             }
             _ => None,
         };
@@ -1354,11 +1385,16 @@ impl<C: SrtpOps> Forwarder<C> {
                     out,
                     switched,
                     keyframe,
+                    decided,
                     ..
                 } => {
                     self.stats.count(Feedback::LayerSwitch, u64::from(switched));
                     (svc_out, want_key) = (Some(out), keyframe);
-                    layer = stream.as_deref().and_then(|c| c.svc()).map(|s| s.stats());
+                    // Only a frame's first packet can change what the statistics show (the
+                    // diagnostics keep the last ones given).
+                    if decided {
+                        layer = stream.as_deref().and_then(|c| c.svc()).map(|s| s.stats());
+                    }
                 }
                 SvcDecision::Drop { reason, keyframe } => {
                     self.stats.count(svc::counter(reason), 1);
@@ -2132,7 +2168,7 @@ impl<C: SrtpOps> Forwarder<C> {
             }
             rewrite_as_sent(&mut self.scratch[..len], &from);
             if let Some((m, f, id)) = &mask {
-                len = svc::write_mask(&mut self.scratch, len, *id, f, *m, RTX_ROOM);
+                len = svc::write_mask(&mut self.scratch, len, *id, f.mask_spot(), *m, RTX_ROOM);
             }
             // The viewer's MID, as in the first copy; room kept for the RTX header and tag.
             len = write_mid(&mut self.scratch, len, &rw, RTX_ROOM);
@@ -2181,7 +2217,8 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
                 let n = match &mask {
                     Some((m, f, id)) => {
-                        svc::write_mask(slot, len, *id, f, *m, Profile::MAX_SRTP_OVERHEAD)
+                        let spot = f.mask_spot();
+                        svc::write_mask(slot, len, *id, spot, *m, Profile::MAX_SRTP_OVERHEAD)
                     }
                     None => len,
                 };
@@ -2706,6 +2743,12 @@ struct RtpIn {
     /// What the layer selectors read, when simulcast layer routes carry the stream
     /// ([`Forwarder::note_layer`]).
     layer: Option<LayerPacket>,
+    /// Where the Dependency Descriptor element lies in the plain packet, found by the first
+    /// SVC output of the fan-out and read by the rest ([`dd_of`]): (element id, range; empty
+    /// when the packet has no such element).
+    dd: DdAt,
+    /// Its descriptor's parse, shared by the SVC outputs of the fan-out ([`svc::Shared`]).
+    svc: svc::Shared,
 }
 
 /// What [`note_pub`] may use to give a new publisher stream a cache.

@@ -36,6 +36,8 @@ use contract::shm::{Feedback, LayerStats};
 
 use contract::wire::dd::{self, DdError, Dti, Frame, Structure};
 use contract::wire::rtp::{self, RtpMut, RtpPacket};
+use std::cell::{Cell, OnceCell};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Frame numbers remembered as forwarded or decided.
@@ -62,6 +64,31 @@ pub struct SvcPacket<'a> {
     pub bytes: usize,
     /// The Dependency Descriptor element's value; empty when the packet has none.
     pub dd: &'a [u8],
+    /// What the outputs of one fan-out share of this packet's parse ([`Shared`]); `None`:
+    /// nothing is shared.
+    pub shared: Option<&'a Shared>,
+}
+
+/// One input packet's descriptor parse, shared by the SVC outputs of its fan-out: outputs
+/// that took their template structure from the same packet resolve a descriptor without a
+/// structure to the same frame, so the first such output parses it and the rest copy the
+/// frame. A structure is identified by a tag given out when the first output of a fan-out
+/// takes it from its packet ([`next_structure_tag`]); the outputs that take it from the same
+/// packet get the same tag, any other packet a new one, so equal tags mean the same
+/// structure. No allocation; a relaxed atomic increment per key frame only.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The tag of the structure this packet carries, once an output took it.
+    tag: Cell<Option<u64>>,
+    /// The frame this packet resolves to under the structure of the tag (set by the first
+    /// output that parsed it with a tagged structure, borrowed by the others).
+    frame: OnceCell<(u64, Frame)>,
+}
+
+/// A tag for a structure taken from a packet: unique within the process.
+fn next_structure_tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Why a packet was not forwarded (one counter each, docs/ENGINE.md "SVC").
@@ -86,7 +113,7 @@ pub enum SvcDrop {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SvcOut {
     /// The active decode targets to write into its descriptor (parsed as the frame given).
-    pub mask: Option<(u32, Frame)>,
+    pub mask: Option<(u32, dd::MaskSpot)>,
     /// Set the RTP marker: the packet ends the last frame of its picture this output gets
     /// (the highest spatial layer of its decode target), where the publisher set it on the
     /// picture's last frame, which this output does not get; the receiver completes the
@@ -106,31 +133,70 @@ pub enum SvcDecision {
         switched: bool,
         /// Ask the publisher for a key frame (a spatial switch waits, or a chain broke).
         keyframe: bool,
+        /// The packet was the first seen of its frame, whose decision may have moved the
+        /// target, the current decode target or the switch latency ([`Svc::stats`]); the
+        /// frame's other packets change none of them.
+        decided: bool,
     },
     /// Not sent; `keyframe`: ask the publisher for a key frame.
     Drop { reason: SvcDrop, keyframe: bool },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Rate {
+/// The measured rate of every decode target, over windows of [`RATE_WINDOW`] shared by all
+/// of them: per packet one comparison of instants and an addition per decode target the
+/// frame belongs to (a window per decode target cost a clock subtraction each, per packet and
+/// output). A decode target that sent nothing in a window measures 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rates {
     window_start: Option<Instant>,
-    bytes: u64,
-    bps: u64,
-    last: Option<Instant>,
+    /// [`RATE_WINDOW`] after `window_start`.
+    window_end: Option<Instant>,
+    bytes: [u64; dd::MAX_DECODE_TARGETS],
+    bps: [u64; dd::MAX_DECODE_TARGETS],
 }
 
-impl Rate {
-    fn note(&mut self, now: Instant, bytes: usize) {
-        let start = *self.window_start.get_or_insert(now);
-        let span = now.saturating_duration_since(start);
-        if span >= RATE_WINDOW {
-            let ms = span.as_millis().max(1) as u64;
-            self.bps = self.bytes.saturating_mul(8000) / ms;
-            self.window_start = Some(now);
-            self.bytes = 0;
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            window_start: None,
+            window_end: None,
+            bytes: [0; dd::MAX_DECODE_TARGETS],
+            bps: [0; dd::MAX_DECODE_TARGETS],
         }
-        self.bytes = self.bytes.saturating_add(bytes as u64);
-        self.last = Some(now);
+    }
+}
+
+impl Rates {
+    /// `bytes` at `now` for the decode targets in `targets` (bit per decode target).
+    #[inline]
+    fn note(&mut self, now: Instant, mut targets: u32, bytes: usize) {
+        match (self.window_start, self.window_end) {
+            (Some(start), Some(end)) if now >= end => {
+                let ms = now.saturating_duration_since(start).as_millis().max(1) as u64;
+                for (bps, b) in self.bps.iter_mut().zip(self.bytes.iter_mut()) {
+                    *bps = b.saturating_mul(8000) / ms;
+                    *b = 0;
+                }
+                self.window_start = Some(now);
+                self.window_end = now.checked_add(RATE_WINDOW);
+            }
+            (Some(_), Some(_)) => {}
+            _ => {
+                self.window_start = Some(now);
+                self.window_end = now.checked_add(RATE_WINDOW);
+            }
+        }
+        while targets != 0 {
+            let dt = targets.trailing_zeros() as usize;
+            targets &= targets - 1;
+            if let Some(b) = self.bytes.get_mut(dt) {
+                *b = b.saturating_add(bytes as u64);
+            }
+        }
+    }
+
+    fn bps(&self, dt: u8) -> u64 {
+        self.bps.get(usize::from(dt)).copied().unwrap_or(0)
     }
 }
 
@@ -139,6 +205,8 @@ impl Rate {
 pub struct Svc {
     structure: Structure,
     has_structure: bool,
+    /// The tag of the structure kept ([`Shared`]); `None` when it was taken without one.
+    structure_tag: Option<u64>,
     /// Where a packet's structure is parsed; swapped in when it is valid.
     scratch: Structure,
     /// The publisher's active decode targets.
@@ -157,7 +225,7 @@ pub struct Svc {
     /// Measured rate of each decode target: the bytes of the frames it includes (its DTI is
     /// not "not present"), so a K-SVC target costs its own layer, a full-SVC one its layer and
     /// those below.
-    rates: [Rate; dd::MAX_DECODE_TARGETS],
+    rates: Rates,
     current: Option<u8>,
     target: Option<u8>,
     forwarded: [u64; WORDS],
@@ -186,6 +254,7 @@ impl Svc {
         Svc {
             structure: Structure::default(),
             has_structure: false,
+            structure_tag: None,
             scratch: Structure::default(),
             active_in: 0,
             cap_spatial,
@@ -195,7 +264,7 @@ impl Svc {
             last_down: None,
             last_up: None,
             up_wait: UP_AFTER_DOWN,
-            rates: [Rate::default(); dd::MAX_DECODE_TARGETS],
+            rates: Rates::default(),
             current: None,
             target: None,
             forwarded: [0; WORDS],
@@ -245,7 +314,7 @@ impl Svc {
 
     /// Measured bit rate of decode target `dt` over the last window.
     pub fn target_bps(&self, dt: u8) -> u64 {
-        self.rates.get(usize::from(dt)).map_or(0, |r| r.bps)
+        self.rates.bps(dt)
     }
 
     /// The frame the Dependency Descriptor value `dd` describes, parsed with the structure
@@ -271,7 +340,7 @@ impl Svc {
         let mut best = None::<(u8, u8, u64)>;
         for d in 0..s.decode_targets.min(32) {
             let (ds, dt) = (self.dt_spatial(d), self.dt_temporal(d));
-            let bps = self.rates[usize::from(d)].bps;
+            let bps = self.rates.bps(d);
             if self.active_in & (1 << d) == 0 || ds > cap_s || dt > cap_t || bps == 0 {
                 continue;
             }
@@ -419,7 +488,7 @@ impl Svc {
             }
             let up = cur.is_some_and(|c| (ds, dt) > c);
             let fits = self.estimate.is_none_or(|est| {
-                let bps = self.rates[usize::from(d)].bps;
+                let bps = self.rates.bps(d);
                 let need = if up {
                     bps.saturating_mul(UP_MARGIN_PCT) / 100
                 } else {
@@ -462,9 +531,9 @@ impl Svc {
     #[inline]
     fn sudden_drop(&self, current: u8, target: u8) -> bool {
         self.dt_spatial(target) < self.dt_spatial(current)
-            && self.estimate.is_some_and(|e| {
-                e.saturating_mul(2) < self.rates[usize::from(current) % dd::MAX_DECODE_TARGETS].bps
-            })
+            && self
+                .estimate
+                .is_some_and(|e| e.saturating_mul(2) < self.rates.bps(current))
     }
 
     fn refs_forwarded(&self, f: &Frame) -> bool {
@@ -571,24 +640,51 @@ impl Svc {
         // The structure is parsed into the scratch copy and kept only when the whole
         // descriptor is valid.
         let known = self.has_structure.then_some(&self.structure);
-        let f = match dd::parse(p.dd, known, &mut self.scratch) {
-            Ok(f) => f,
-            // No descriptor (a padding-only probe, RFC 3550 §5.1): nothing to decide by.
-            Err(_) if p.dd.is_empty() => return self.drop(p, SvcDrop::NoStructure, false),
-            Err(e) => {
-                let k = matches!(e, DdError::NoStructure) && self.request(now);
-                return self.drop(p, SvcDrop::NoStructure, k);
-            }
+        let cached = match (p.shared, self.structure_tag) {
+            (Some(sh), Some(tag)) if self.has_structure => match sh.frame.get() {
+                Some((t, f)) if *t == tag => Some(f),
+                _ => None,
+            },
+            _ => None,
+        };
+        let own;
+        let f: &Frame = match cached {
+            Some(f) => f,
+            None => match dd::parse(p.dd, known, &mut self.scratch) {
+                Ok(f) => {
+                    own = f;
+                    if let (Some(sh), Some(tag)) = (p.shared, self.structure_tag) {
+                        if !own.structure && self.has_structure {
+                            let _ = sh.frame.set((tag, own));
+                        }
+                    }
+                    &own
+                }
+                // No descriptor (a padding-only probe, RFC 3550 §5.1): nothing to decide by.
+                Err(_) if p.dd.is_empty() => return self.drop(p, SvcDrop::NoStructure, false),
+                Err(e) => {
+                    let k = matches!(e, DdError::NoStructure) && self.request(now);
+                    return self.drop(p, SvcDrop::NoStructure, k);
+                }
+            },
         };
         let mut reset = false;
         if f.structure {
             core::mem::swap(&mut self.structure, &mut self.scratch);
             self.has_structure = true;
+            self.structure_tag = p.shared.map(|sh| match sh.tag.get() {
+                Some(t) => t,
+                None => {
+                    let t = next_structure_tag();
+                    sh.tag.set(Some(t));
+                    t
+                }
+            });
             // A structure can renumber decode targets: choose again from this key frame.
             if self.structure != self.scratch {
                 self.current = None;
                 self.target = None;
-                self.rates = [Rate::default(); dd::MAX_DECODE_TARGETS];
+                self.rates = Rates::default();
             }
             reset = f.fdiff_count == 0;
         }
@@ -596,11 +692,13 @@ impl Svc {
             self.active_in = m;
         }
         if p.bytes > 0 {
+            let mut present = 0u32;
             for dt in 0..self.structure.decode_targets.min(32) {
                 if f.dti(dt) != Dti::NotPresent {
-                    self.rates[usize::from(dt)].note(now, p.bytes);
+                    present |= 1 << dt;
                 }
             }
+            self.rates.note(now, present, p.bytes);
         }
         let n = f.frame_number;
         // A key frame far from the window (a restarted encoder) starts it afresh.
@@ -618,9 +716,10 @@ impl Svc {
         self.advance(n);
         let before = self.current;
         let mut keyframe = false;
-        if !Self::bit(&self.decided, n) {
+        let decided = !Self::bit(&self.decided, n);
+        if decided {
             Self::set(&mut self.decided, n, true);
-            match self.decide(now, &f) {
+            match self.decide(now, f) {
                 Ok(k) => {
                     Self::set(&mut self.forwarded, n, true);
                     keyframe = k;
@@ -633,7 +732,7 @@ impl Svc {
         } else if !Self::bit(&self.forwarded, n) {
             return self.drop(p, SvcDrop::NotPresent, false);
         }
-        self.forward(p, &f, before, keyframe)
+        self.forward(p, f, before, (keyframe, decided))
     }
 
     fn forward(
@@ -641,7 +740,7 @@ impl Svc {
         p: &SvcPacket<'_>,
         f: &Frame,
         before: Option<u8>,
-        keyframe: bool,
+        (keyframe, decided): (bool, bool),
     ) -> SvcDecision {
         if self.started && !seq_newer(p.seq, self.switch_in_seq) && p.seq != self.switch_in_seq {
             return SvcDecision::Drop {
@@ -671,11 +770,16 @@ impl Svc {
             }
         }
         let switched = self.current != before;
-        let mask = self.current.and_then(|c| {
-            let m = self.mask_for(c);
-            let says = f.structure || f.active_targets.is_some();
-            (says || (f.start_of_frame && m != self.active_in)).then_some((m, *f))
-        });
+        // Only a packet that states a mask or starts a frame may get one (the mask is worked
+        // out for those alone).
+        let says = f.structure || f.active_targets.is_some();
+        let mask = self
+            .current
+            .filter(|_| says || f.start_of_frame)
+            .and_then(|c| {
+                let m = self.mask_for(c);
+                (says || m != self.active_in).then_some((m, f.mask_spot()))
+            });
         let marker = f.end_of_frame
             && self
                 .current
@@ -685,6 +789,7 @@ impl Svc {
             out: SvcOut { mask, marker },
             switched,
             keyframe,
+            decided,
         }
     }
 }
@@ -721,7 +826,7 @@ pub(super) fn rewrite(
         }
     }
     match (out.mask, id) {
-        (Some((mask, f)), Some(id)) => write_mask(slot, n, id, &f, mask, tag),
+        (Some((mask, f)), Some(id)) => write_mask(slot, n, id, f, mask, tag),
         _ => n,
     }
 }
@@ -735,7 +840,7 @@ pub(super) fn write_mask(
     slot: &mut [u8],
     n: usize,
     id: u8,
-    f: &Frame,
+    f: dd::MaskSpot,
     mask: u32,
     tag: usize,
 ) -> usize {
@@ -751,7 +856,7 @@ pub(super) fn write_mask(
         _ => return n,
     };
     let mut out = [0u8; dd::MAX_LEN];
-    let Ok(w) = dd::write_active_targets(&src[..len], f, mask, &mut out) else {
+    let Ok(w) = dd::write_active_targets_at(&src[..len], f, mask, &mut out) else {
         return n;
     };
     let room = slot.len().saturating_sub(tag);

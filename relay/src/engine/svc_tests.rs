@@ -287,6 +287,7 @@ impl Out {
             ts,
             bytes: 1000,
             dd,
+            shared: None,
         };
         match self.svc.on_packet(self.now, &p) {
             SvcDecision::Forward {
@@ -700,4 +701,50 @@ fn probe_need_is_the_best_decode_target_within_the_caps() {
     assert_eq!((s, t), (0, 2));
     let base = o.svc.target_bps(dt) * UP_MARGIN_PCT / 100;
     assert_eq!(o.svc.probe_need(o.now), Some((base, false)));
+}
+
+/// Outputs that share each packet's parse (one `Shared` per packet, as a fan-out has) decide
+/// exactly as outputs that parse on their own, through a structure change and a late joiner;
+/// and the parse is shared: the second output copies the first one's frame.
+#[test]
+fn a_shared_parse_decides_as_a_private_one() {
+    let mut p = Publisher::new(3, 3, true);
+    let now = Instant::now();
+    let mut outs: Vec<Svc> = (0..4).map(|_| Svc::new(NO, NO)).collect();
+    outs[1].set_caps(1, NO);
+    outs[3].set_caps(1, NO);
+    let mut t = now;
+    for k in 0..200u32 {
+        t += Duration::from_millis(33);
+        let sf = p.superframe(k % 60 == 0);
+        for (_, _, packets) in &sf {
+            for (seq, ts, dd) in packets {
+                let shared = Shared::default();
+                let pkt = |shared| SvcPacket {
+                    seq: *seq,
+                    ts: *ts,
+                    bytes: 1000,
+                    dd,
+                    shared,
+                };
+                // Outputs 0 and 1 share, 2 and 3 (same caps) parse alone; output 1 and 3 join
+                // late (superframe 30), mid-GOP.
+                let d0 = outs[0].on_packet(t, &pkt(Some(&shared)));
+                let d2 = outs[2].on_packet(t, &pkt(None));
+                assert_eq!(d0, d2, "superframe {k}");
+                if k >= 30 {
+                    let d1 = outs[1].on_packet(t, &pkt(Some(&shared)));
+                    let d3 = outs[3].on_packet(t, &pkt(None));
+                    assert_eq!(d1, d3, "superframe {k}");
+                }
+                if k > 0 && !dd.is_empty() {
+                    assert!(
+                        shared.frame.get().is_some() || shared.tag.get().is_some(),
+                        "superframe {k}: the first output's parse is left for the others"
+                    );
+                }
+            }
+        }
+    }
+    assert!(outs[0].switches() == outs[2].switches());
 }
