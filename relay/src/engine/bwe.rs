@@ -687,10 +687,13 @@ impl Bwe {
                 // the two: a sender below the link (a low layer) has a smoothed rate of what
                 // it sends, and an overuse that a probe cluster caused cut the estimate under
                 // that layer, though the recent arrivals showed the link carrying more.
+                // Before the first window (no smoothed rate yet) the rate itself, as before:
+                // a sender still ramping up has a recent rate of only what it sent so far.
                 let base = match (self.acked_bps, self.recent_bps()) {
                     (Some(a), Some(r)) if r < SUDDEN_LIMIT_OF_ESTIMATE * a => r,
                     (Some(a), Some(r)) => a.max(r),
-                    (a, r) => a.or(r).unwrap_or(cur),
+                    (Some(a), None) => a,
+                    (None, _) => cur,
                 };
                 next = (BETA * base).min(cur);
                 self.link_capacity = Some(base);
