@@ -534,8 +534,9 @@ fn dd_of<'a>(plain: &'a [u8], dd_id: u8, cached: &DdAt) -> &'a [u8] {
 /// The SVC decision for one packet (`plain`, its RTP payload `payload_len` bytes long, input
 /// numbers `seq`/`ts` of source `src`) on output stream `c`, whose route names the
 /// publisher's Dependency Descriptor id `dd_id` (its element found once per fan-out,
-/// `cached`, [`dd_of`], and its parse shared by the fan-out's outputs, `shared`); `budget`: the subscriber's share of its estimate. A re-basing is
-/// applied to the stream's numbering here.
+/// `cached`, [`dd_of`], and its parse shared by the fan-out's outputs, `shared`); `budget`:
+/// the subscriber's share of its estimate. A re-basing is applied to the stream's numbering
+/// here.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn select_svc(

@@ -145,7 +145,9 @@ pub enum SvcDecision {
 /// The measured rate of every decode target, over windows of [`RATE_WINDOW`] shared by all
 /// of them: per packet one comparison of instants and an addition per decode target the
 /// frame belongs to (a window per decode target cost a clock subtraction each, per packet and
-/// output). A decode target that sent nothing in a window measures 0.
+/// output). A decode target that sent nothing in a window keeps its last rate, as with a
+/// window of its own: a layer the publisher paused without saying so in its active decode
+/// targets must not measure 0 and fit any estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rates {
     window_start: Option<Instant>,
@@ -174,8 +176,10 @@ impl Rates {
             (Some(start), Some(end)) if now >= end => {
                 let ms = now.saturating_duration_since(start).as_millis().max(1) as u64;
                 for (bps, b) in self.bps.iter_mut().zip(self.bytes.iter_mut()) {
-                    *bps = b.saturating_mul(8000) / ms;
-                    *b = 0;
+                    if *b > 0 {
+                        *bps = b.saturating_mul(8000) / ms;
+                        *b = 0;
+                    }
                 }
                 self.window_start = Some(now);
                 self.window_end = now.checked_add(RATE_WINDOW);

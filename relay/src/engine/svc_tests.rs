@@ -748,3 +748,33 @@ fn a_shared_parse_decides_as_a_private_one() {
     }
     assert!(outs[0].switches() == outs[2].switches());
 }
+
+/// A decode target whose frames stop (a layer the publisher paused without a new active
+/// targets mask) keeps its last measured rate: at 0 it would fit any estimate and be chosen.
+#[test]
+fn a_silent_decode_target_keeps_its_rate() {
+    let mut p = Publisher::new(3, 3, true);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    let top = o.svc.current().unwrap().0;
+    let rate = o.svc.target_bps(top);
+    assert!(rate > 400_000, "{rate}");
+    // Two seconds of superframes without their S2 frame.
+    for _ in 0..60 {
+        let mut sf = p.superframe(false);
+        sf.retain(|(s, _, _)| *s < 2);
+        o.feed(&sf);
+    }
+    // (The window it stopped in measured what it sent before stopping.)
+    let kept = o.svc.target_bps(top);
+    assert!(kept >= rate / 2, "{kept} of {rate}: not 0");
+    for _ in 0..60 {
+        let mut sf = p.superframe(false);
+        sf.retain(|(s, _, _)| *s < 2);
+        o.feed(&sf);
+    }
+    assert_eq!(o.svc.target_bps(top), kept, "kept while silent");
+}
