@@ -223,6 +223,66 @@ fn speaker_and_viewers(profile: Profile, fanout: u16) -> Vec<SessionRecord> {
     v
 }
 
+/// Measure `fwd` forwarding one publisher stream (`stream(n)`: plain RTP packet `n`, protected
+/// here with the publisher's key) to `fanout` subscribers, in batches of [`BATCH`]; the
+/// first `key` packets (the key frame that starts layered outputs) go out before the
+/// measurement. Shared by the `layers` and `svc` groups.
+fn bench_stream(
+    g: &mut criterion::BenchmarkGroup<'_, ThreadCpu>,
+    name: String,
+    (profile, fanout): (Profile, u16),
+    fwd: &mut Forwarder<Context>,
+    key: u64,
+    stream: impl Fn(u64) -> Vec<u8>,
+) {
+    let mut publisher = Context::new(self::key(profile, 1), opts()).expect("context");
+    let mut tx = TxQueue::with_capacity(BATCH * usize::from(fanout));
+    let mut slow = TxQueue::with_capacity(16);
+    let mut rx = vec![0u8; MAX_DATAGRAM];
+    let mut protect = |n: u64| {
+        let mut p = stream(n);
+        let n = p.len();
+        p.resize(MAX_DATAGRAM, 0);
+        let n = publisher.protect_rtp(&mut p, n).expect("protect");
+        p.truncate(n);
+        p
+    };
+    for n in 0..key {
+        let p = protect(n);
+        rx[..p.len()].copy_from_slice(&p);
+        fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
+    }
+    assert_eq!(
+        tx.len(),
+        key as usize * usize::from(fanout),
+        "the key frame went out"
+    );
+    let mut n = key;
+    g.throughput(Throughput::Elements(BATCH as u64 * u64::from(fanout)));
+    g.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                (0..BATCH)
+                    .map(|_| {
+                        let p = protect(n);
+                        n += 1;
+                        p
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |pkts| {
+                tx.clear();
+                for p in &pkts {
+                    rx[..p.len()].copy_from_slice(p);
+                    fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
+                }
+                assert_eq!(tx.len(), BATCH * usize::from(fanout));
+            },
+            BatchSize::PerIteration,
+        );
+    });
+}
+
 fn bench_layers(c: &mut Criterion<ThreadCpu>) {
     let mut g = c.benchmark_group("layers");
     let profile = Profile::AeadAes128Gcm;
@@ -263,58 +323,15 @@ fn bench_layers(c: &mut Criterion<ThreadCpu>) {
             fwd.set_now(Instant::now());
             fwd.rebuild(&mut sessions, &mut routes);
             fwd.set_now(Instant::now());
-            let mut publisher = Context::new(key(profile, 1), opts()).expect("context");
-            let mut tx = TxQueue::with_capacity(BATCH * usize::from(fanout));
-            let mut slow = TxQueue::with_capacity(16);
-            let mut rx = vec![0u8; MAX_DATAGRAM];
-            let mut protect = |n: u64, key: bool| {
-                let mut p = vp8_packet(n, key);
-                let n = p.len();
-                p.resize(MAX_DATAGRAM, 0);
-                let n = publisher.protect_rtp(&mut p, n).expect("protect");
-                p.truncate(n);
-                p
-            };
-            // A key frame first: it starts each layered output (both cases get it).
-            for n in 0..u64::from(PER_FRAME) {
-                let p = protect(n, true);
-                rx[..p.len()].copy_from_slice(&p);
-                fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
-            }
-            assert_eq!(
-                tx.len(),
-                usize::from(PER_FRAME * fanout),
-                "the key frame went out"
-            );
-            let mut n = u64::from(PER_FRAME);
-            g.throughput(Throughput::Elements(BATCH as u64 * u64::from(fanout)));
             let name = format!(
                 "{}/fanout{fanout}/{}",
                 profile.name(),
                 if layered { "layered" } else { "plain" }
             );
-            g.bench_function(name, |b| {
-                b.iter_batched(
-                    || {
-                        (0..BATCH)
-                            .map(|_| {
-                                let p = protect(n, false);
-                                n += 1;
-                                p
-                            })
-                            .collect::<Vec<_>>()
-                    },
-                    |pkts| {
-                        tx.clear();
-                        for p in &pkts {
-                            rx[..p.len()].copy_from_slice(p);
-                            fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
-                        }
-                        assert_eq!(tx.len(), BATCH * usize::from(fanout));
-                    },
-                    BatchSize::PerIteration,
-                );
-            });
+            // A key frame first: it starts each layered output (both cases get it).
+            let key_frame = u64::from(PER_FRAME);
+            let stream = |n| vp8_packet(n, n < key_frame);
+            bench_stream(&mut g, name, (profile, fanout), &mut fwd, key_frame, stream);
         }
     }
     g.finish();
@@ -442,59 +459,21 @@ fn bench_svc(c: &mut Criterion<ThreadCpu>) {
             fwd.set_now(Instant::now());
             fwd.rebuild(&mut sessions, &mut routes);
             fwd.set_now(Instant::now());
-            let mut publisher = Context::new(key(profile, 1), opts()).expect("context");
-            let mut tx = TxQueue::with_capacity(BATCH * usize::from(fanout));
-            let mut slow = TxQueue::with_capacity(16);
-            let mut rx = vec![0u8; MAX_DATAGRAM];
-            let mut protect = |n: u64| {
-                let mut p = svc_packet(n);
-                let n = p.len();
-                p.resize(MAX_DATAGRAM, 0);
-                let n = publisher.protect_rtp(&mut p, n).expect("protect");
-                p.truncate(n);
-                p
-            };
-            // The key picture first: it starts each SVC output (both cases get it).
-            let key = 2 * u64::from(PER_FRAME);
-            for n in 0..key {
-                let p = protect(n);
-                rx[..p.len()].copy_from_slice(&p);
-                fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
-            }
-            assert_eq!(
-                tx.len(),
-                key as usize * usize::from(fanout),
-                "the key picture went out"
-            );
-            let mut n = key;
-            g.throughput(Throughput::Elements(BATCH as u64 * u64::from(fanout)));
             let name = format!(
                 "{}/fanout{fanout}/{}",
                 profile.name(),
                 if svc { "svc" } else { "plain" }
             );
-            g.bench_function(name, |b| {
-                b.iter_batched(
-                    || {
-                        (0..BATCH)
-                            .map(|_| {
-                                let p = protect(n);
-                                n += 1;
-                                p
-                            })
-                            .collect::<Vec<_>>()
-                    },
-                    |pkts| {
-                        tx.clear();
-                        for p in &pkts {
-                            rx[..p.len()].copy_from_slice(p);
-                            fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
-                        }
-                        assert_eq!(tx.len(), BATCH * usize::from(fanout));
-                    },
-                    BatchSize::PerIteration,
-                );
-            });
+            // The key picture first: it starts each SVC output (both cases get it).
+            let key_picture = 2 * u64::from(PER_FRAME);
+            bench_stream(
+                &mut g,
+                name,
+                (profile, fanout),
+                &mut fwd,
+                key_picture,
+                svc_packet,
+            );
         }
     }
     g.finish();
