@@ -559,6 +559,17 @@ fn two_nodes(
 /// SSRC per viewer; the free viewer reaches the widest layer the publisher sends; the capped
 /// one falls to ≤ 320 wide while capped and returns above it after the lift; the edge counted
 /// layer switches. Without Chromium (or namespaces) the test prints `SKIP: <why>`.
+/// The layered routes (a `rewrite.layer`) in a `GET /v1/routes` answer.
+fn layered_routes(routes: &Value) -> Vec<&Value> {
+    routes
+        .as_array()
+        .or_else(|| routes["routes"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|x| !x["rewrite"]["layer"].is_null())
+        .collect()
+}
+
 #[test]
 fn simulcast_publisher_watched_through_an_edge() {
     use sluice_tests::webrtc_rig::{run_session, top_layer_widths, unavailable, widths};
@@ -588,9 +599,24 @@ fn simulcast_publisher_watched_through_an_edge() {
               "layerPlan": [ { "at": CAP_AT, "max": 0 }, { "at": LIFT_AT, "max": null } ] },
         ],
     });
-    let r = run_session(tmp.path(), "cascade-simulcast", &spec);
-    let (_, routes) = edge.admin("GET", "/v1/routes", "");
-    let routes: Value = serde_json::from_str(&routes).expect("routes json");
+    // The edge's routes are read while the viewers are connected: when the driver closes its
+    // browsers, a viewer's routes may go before a read after the session could see them.
+    let (r, routes) = std::thread::scope(|sc| {
+        let session = sc.spawn(|| run_session(tmp.path(), "cascade-simulcast", &spec));
+        let mut best = (0, Value::Null);
+        while !session.is_finished() {
+            std::thread::sleep(Duration::from_secs(2));
+            let (st, body) = edge.admin("GET", "/v1/routes", "");
+            let Ok(routes) = serde_json::from_str::<Value>(&body) else {
+                continue;
+            };
+            let n = layered_routes(&routes).len();
+            if st == 200 && n > best.0 {
+                best = (n, routes);
+            }
+        }
+        (session.join().expect("session"), best.1)
+    });
     let metrics = edge.metrics();
     let switches: f64 = metrics
         .lines()
@@ -603,13 +629,7 @@ fn simulcast_publisher_watched_through_an_edge() {
     eprintln!("cascade simulcast: capped viewer (edge) width/s {capped:?}");
     eprintln!("cascade simulcast: edge layer switches {switches}");
     // Per viewer on the edge: one layered route per layer, one output SSRC.
-    let layered: Vec<&Value> = routes
-        .as_array()
-        .or_else(|| routes["routes"].as_array())
-        .expect("route list")
-        .iter()
-        .filter(|x| !x["rewrite"]["layer"].is_null())
-        .collect();
+    let layered = layered_routes(&routes);
     let mut by_viewer: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
     for x in &layered {
         by_viewer
