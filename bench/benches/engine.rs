@@ -26,6 +26,9 @@
 //! to N subscribers over plain routes (the descriptor passes through untouched) and over SVC
 //! routes (`dd_id` set, no caps: every packet's descriptor is parsed and its frame decided by
 //! the subscriber's selector, the numbering closed over nothing), same packets, same run.
+//! Its `l3t3/` cases do the same with the shape Chromium sends most: three spatial and three
+//! temporal layers (`L3T3`, nine decode targets, [`dd_l3t3`]), a picture of eight packets (1,
+//! 2 and 5 for S0, S1 and S2).
 //! Run: `cargo bench -p sluice-bench --bench engine` (only the layers group: `-- layers`, only
 //! SVC: `-- svc`)
 
@@ -409,16 +412,130 @@ fn svc_packet(n: u64) -> Vec<u8> {
         (_, false) => dd_l2t1(1, frame, (start, end), false),
         (_, true) => dd_l2t1(2, frame, (start, end), false),
     };
-    let mut p = vec![0x90, 96 | if s1 && end { 0x80 } else { 0 }];
+    rtp_with_dd(n, s1 && end, (f / 2) as u32 * 3000, &dd)
+}
+
+/// Packets of each spatial layer's frame in a picture of the `l3t3` stream (S0, S1, S2).
+const L3T3_PACKETS: [u64; 3] = [1, 2, 5];
+/// Packets of one picture of the `l3t3` stream.
+const L3T3_PER_PICTURE: u64 = 8;
+/// Temporal layer of picture `p % 4` of the `l3t3` stream.
+const L3T3_TEMPORAL: [u8; 4] = [0, 2, 1, 2];
+
+/// The descriptor of a packet of an `L3T3` full-SVC stream (nine decode targets, `d = 3s +
+/// t`, each including the frames of its spatial and temporal layer and those below):
+/// frame `frame` of spatial layer `s` and temporal layer `t` (`key`: of the key picture),
+/// `(start, end)` of the frame, with the structure when `structure`. Four templates a spatial
+/// layer, in order: its key picture frame (S0: no reference; above: the layer below, fdiff
+/// 1), T0 (the layer's previous T0 frame, 12 frames back, and the layer below), T1 (the T0
+/// six back) and T2 (the frame three back); three frames a picture, frame numbers counting
+/// frames.
+fn dd_l3t3(
+    (s, t, key): (u8, u8, bool),
+    frame: u16,
+    (start, end): (bool, bool),
+    structure: bool,
+) -> Vec<u8> {
+    let mut b = Bits::default();
+    let template = 4 * s + if key { 0 } else { 1 + t };
+    b.f(u32::from(start), 1);
+    b.f(u32::from(end), 1);
+    b.f(u32::from(template), 6);
+    b.f(u32::from(frame), 16);
+    if structure {
+        b.f(0b10000, 5); // template dependency structure present
+        b.f(0, 6); // template id offset
+        b.f(8, 5); // nine decode targets
+                   // Layers of the templates: per spatial layer key (T0), T0, T1, T2.
+        for ls in 0..3 {
+            b.f(0, 2); // the T0 delta template: same layers
+            b.f(1, 2); // T1
+            b.f(1, 2); // T2
+            b.f(if ls < 2 { 2 } else { 3 }, 2); // next spatial layer, or the end
+        }
+        let layers = |ts: u8| (ts / 4, if ts % 4 == 0 { 0 } else { ts % 4 - 1 });
+        for ts in 0..12u8 {
+            let (fs, ft) = layers(ts);
+            for d in 0..9u8 {
+                let (ds, dt) = (d / 3, d % 3);
+                let dti = if fs > ds || ft > dt {
+                    0 // not present
+                } else if ts % 4 == 0 || ft == 0 {
+                    2 // switch
+                } else if ft == dt {
+                    1 // discardable
+                } else {
+                    3 // required
+                };
+                b.f(dti, 2);
+            }
+        }
+        for ts in 0..12u8 {
+            let (fs, ft) = layers(ts);
+            let mut fdiffs: Vec<u32> = match (ts % 4, ft) {
+                (0, _) => vec![],
+                (_, 0) => vec![12],
+                (_, 1) => vec![6],
+                _ => vec![3],
+            };
+            if fs > 0 && (ts % 4 == 0 || ft == 0) {
+                fdiffs.push(1);
+            }
+            for d in fdiffs {
+                b.f(1, 1);
+                b.f(d - 1, 4);
+            }
+            b.f(0, 1);
+        }
+        b.f(0, 3); // no chains: ns(10) of 0
+        b.f(0, 1); // no resolutions
+    }
+    b.bytes()
+}
+
+/// Packet `n` of the `l3t3` stream (plain RTP, 1200 bytes): [`L3T3_PER_PICTURE`] packets a
+/// picture, its S0, S1 and S2 frames of [`L3T3_PACKETS`] packets each, the last with the
+/// marker; picture 0 is the key picture, its first packet carries the structure.
+fn l3t3_packet(n: u64) -> Vec<u8> {
+    let (picture, mut i) = (n / L3T3_PER_PICTURE, n % L3T3_PER_PICTURE);
+    let mut s = 0u8;
+    while i >= L3T3_PACKETS[usize::from(s)] {
+        i -= L3T3_PACKETS[usize::from(s)];
+        s += 1;
+    }
+    let per = L3T3_PACKETS[usize::from(s)];
+    let (start, end) = (i == 0, i == per - 1);
+    let t = L3T3_TEMPORAL[(picture % 4) as usize];
+    let frame = (picture * 3 + u64::from(s)) as u16;
+    let key = picture == 0;
+    let dd = dd_l3t3((s, t, key), frame, (start, end), key && s == 0 && start);
+    rtp_with_dd(n, s == 2 && end, picture as u32 * 3000, &dd)
+}
+
+/// A 1200-byte plain RTP packet of sequence number `n`, the marker `marker`, timestamp `ts`
+/// and the descriptor `dd` (element [`DD_ID`]; in the two-byte header form of RFC 8285 when
+/// it is longer than a one-byte element carries, as Chromium sends a structure of nine
+/// decode targets).
+fn rtp_with_dd(n: u64, marker: bool, ts: u32, dd: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x90, 96 | if marker { 0x80 } else { 0 }];
     p.extend_from_slice(&(n as u16).to_be_bytes());
-    p.extend_from_slice(&((f / 2) as u32 * 3000).to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
     p.extend_from_slice(&LAYER_SSRC.to_be_bytes());
-    let mut ext = vec![(DD_ID << 4) | (dd.len() as u8 - 1)];
-    ext.extend_from_slice(&dd);
+    let two_byte = dd.len() > 16;
+    let mut ext = if two_byte {
+        vec![DD_ID, dd.len() as u8]
+    } else {
+        vec![(DD_ID << 4) | (dd.len() as u8 - 1)]
+    };
+    ext.extend_from_slice(dd);
     while ext.len() % 4 != 0 {
         ext.push(0);
     }
-    p.extend_from_slice(&[0xBE, 0xDE]);
+    p.extend_from_slice(if two_byte {
+        &[0x10, 0x00]
+    } else {
+        &[0xBE, 0xDE]
+    });
     p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
     p.extend_from_slice(&ext);
     p.resize(1200, 0x42);
@@ -428,7 +545,7 @@ fn svc_packet(n: u64) -> Vec<u8> {
 fn bench_svc(c: &mut Criterion<ThreadCpu>) {
     let mut g = c.benchmark_group("svc");
     let profile = Profile::AeadAes128Gcm;
-    for fanout in [1u16, 10] {
+    for (shape, fanout) in [("", 1u16), ("", 10), ("l3t3/", 1), ("l3t3/", 10)] {
         for svc in [false, true] {
             let mut sessions = speaker_and_viewers(profile, fanout);
             let routes = (0..fanout).map(|j| {
@@ -460,19 +577,23 @@ fn bench_svc(c: &mut Criterion<ThreadCpu>) {
             fwd.rebuild(&mut sessions, &mut routes);
             fwd.set_now(Instant::now());
             let name = format!(
-                "{}/fanout{fanout}/{}",
+                "{}/fanout{fanout}/{shape}{}",
                 profile.name(),
                 if svc { "svc" } else { "plain" }
             );
             // The key picture first: it starts each SVC output (both cases get it).
-            let key_picture = 2 * u64::from(PER_FRAME);
+            let (key_picture, stream): (u64, fn(u64) -> Vec<u8>) = if shape.is_empty() {
+                (2 * u64::from(PER_FRAME), svc_packet)
+            } else {
+                (L3T3_PER_PICTURE, l3t3_packet)
+            };
             bench_stream(
                 &mut g,
                 name,
                 (profile, fanout),
                 &mut fwd,
                 key_picture,
-                svc_packet,
+                stream,
             );
         }
     }
