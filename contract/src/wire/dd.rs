@@ -231,6 +231,19 @@ impl Frame {
         Dti::from_bits(self.dtis >> (2 * u32::from(dt)))
     }
 
+    /// The decode targets this frame is part of (its indication is not "not present"), a bit
+    /// each: the pairs of `dtis` folded and packed with shifts, no loop over the targets
+    /// (it runs for every packet of every SVC output).
+    pub fn present_targets(&self) -> u32 {
+        let mut x = (self.dtis | (self.dtis >> 1)) & 0x5555_5555_5555_5555;
+        x = (x | (x >> 1)) & 0x3333_3333_3333_3333;
+        x = (x | (x >> 2)) & 0x0f0f_0f0f_0f0f_0f0f;
+        x = (x | (x >> 4)) & 0x00ff_00ff_00ff_00ff;
+        x = (x | (x >> 8)) & 0x0000_ffff_0000_ffff;
+        x = (x | (x >> 16)) & 0x0000_0000_ffff_ffff;
+        x as u32
+    }
+
     /// The frames this one references (frame numbers), `fdiff_count` of them.
     pub fn references(&self) -> impl Iterator<Item = u16> + '_ {
         let n = usize::from(self.fdiff_count).min(MAX_FDIFFS);

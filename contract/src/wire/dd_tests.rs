@@ -601,3 +601,30 @@ fn any_bytes_parse_without_panic() {
         }
     }
 }
+
+proptest::proptest! {
+    /// The packed mask of decode targets a frame is part of agrees with its indications read
+    /// one by one.
+    #[test]
+    fn present_targets_agree_with_the_indications(dtis in proptest::prelude::any::<u64>()) {
+        let f = Frame { dtis, ..parse(&mandatory(true, true, 0, 0), Some(&one_target()), &mut Structure::default()).unwrap() };
+        let mut want = 0u32;
+        for dt in 0..32u8 {
+            if f.dti(dt) != Dti::NotPresent {
+                want |= 1 << dt;
+            }
+        }
+        proptest::prop_assert_eq!(f.present_targets(), want);
+    }
+}
+
+/// A structure of one decode target and one template.
+fn one_target() -> Structure {
+    let mut s = Structure {
+        decode_targets: 1,
+        template_count: 1,
+        ..Structure::default()
+    };
+    s.templates[0].dtis = Dti::Switch as u64;
+    s
+}

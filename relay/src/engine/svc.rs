@@ -150,6 +150,8 @@ pub enum SvcDecision {
 /// targets must not measure 0 and fit any estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rates {
+    /// Counts the windows closed: the measured rates change only when it does.
+    epoch: u32,
     window_start: Option<Instant>,
     /// [`RATE_WINDOW`] after `window_start`.
     window_end: Option<Instant>,
@@ -160,6 +162,7 @@ struct Rates {
 impl Default for Rates {
     fn default() -> Self {
         Rates {
+            epoch: 0,
             window_start: None,
             window_end: None,
             bytes: [0; dd::MAX_DECODE_TARGETS],
@@ -183,6 +186,7 @@ impl Rates {
                 }
                 self.window_start = Some(now);
                 self.window_end = now.checked_add(RATE_WINDOW);
+                self.epoch = self.epoch.wrapping_add(1);
             }
             (Some(_), Some(_)) => {}
             _ => {
@@ -202,6 +206,20 @@ impl Rates {
     fn bps(&self, dt: u8) -> u64 {
         self.bps.get(usize::from(dt)).copied().unwrap_or(0)
     }
+}
+
+/// The last decode target [`Svc::choose`] picked and what it picked it from. The choice is a
+/// function of these (with the structure and caps, whose changes clear it) except while it
+/// heads up and holds, which depends on the time: it is kept only outside that. A frame
+/// whose inputs match takes it without the two passes over the decode targets (nine in
+/// Chromium's `L3T3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Choice {
+    estimate: Option<u64>,
+    active_in: u32,
+    current: Option<u8>,
+    rates_epoch: u32,
+    pick: Option<u8>,
 }
 
 /// The SVC state of one output. Fixed size.
@@ -230,6 +248,8 @@ pub struct Svc {
     /// not "not present"), so a K-SVC target costs its own layer, a full-SVC one its layer and
     /// those below.
     rates: Rates,
+    /// The last choice, while it stands ([`Choice`]).
+    choice: Option<Choice>,
     current: Option<u8>,
     target: Option<u8>,
     forwarded: [u64; WORDS],
@@ -269,6 +289,7 @@ impl Svc {
             last_up: None,
             up_wait: UP_AFTER_DOWN,
             rates: Rates::default(),
+            choice: None,
             current: None,
             target: None,
             forwarded: [0; WORDS],
@@ -286,6 +307,9 @@ impl Svc {
     }
 
     pub fn set_caps(&mut self, cap_spatial: u8, cap_temporal: u8) {
+        if (cap_spatial, cap_temporal) != (self.cap_spatial, self.cap_temporal) {
+            self.choice = None;
+        }
         self.cap_spatial = cap_spatial;
         self.cap_temporal = cap_temporal;
     }
@@ -453,6 +477,19 @@ impl Svc {
     /// the hold a shaped viewer went up and down between temporal layers every second or
     /// two); the lowest one within the caps when none fits.
     fn choose(&mut self, now: Instant) -> Option<u8> {
+        let inputs = Choice {
+            estimate: self.estimate,
+            active_in: self.active_in,
+            current: self.current,
+            rates_epoch: self.rates.epoch,
+            pick: None,
+        };
+        if let Some(c) = self
+            .choice
+            .filter(|c| Choice { pick: None, ..*c } == inputs)
+        {
+            return c.pick;
+        }
         let s = &self.structure;
         let cap_s = self.cap_spatial.min(s.max_spatial);
         let cap_t = self.cap_temporal.min(s.max_temporal);
@@ -512,6 +549,11 @@ impl Svc {
         }
         let going_up = self.estimate.is_some()
             && matches!((best, cur), (Some((bs, bt, _)), Some(c)) if (bs, bt) > c);
+        // Kept for the next frame unless heading up (the hold depends on the time).
+        self.choice = (!going_up).then_some(Choice {
+            pick: best.or(lowest).map(|(_, _, d)| d),
+            ..inputs
+        });
         let pick = if going_up {
             let since = *self.up_since.get_or_insert(now);
             let held = now.saturating_duration_since(since) >= UP_HOLD;
@@ -690,18 +732,14 @@ impl Svc {
                 self.target = None;
                 self.rates = Rates::default();
             }
+            self.choice = None;
             reset = f.fdiff_count == 0;
         }
         if let Some(m) = f.active_targets {
             self.active_in = m;
         }
         if p.bytes > 0 {
-            let mut present = 0u32;
-            for dt in 0..self.structure.decode_targets.min(32) {
-                if f.dti(dt) != Dti::NotPresent {
-                    present |= 1 << dt;
-                }
-            }
+            let present = f.present_targets() & self.structure.all_targets();
             self.rates.note(now, present, p.bytes);
         }
         let n = f.frame_number;

@@ -255,6 +255,8 @@ struct Out {
     drops: Vec<SvcDrop>,
     masks: Vec<u32>,
     markers: usize,
+    /// Payload bytes of every packet fed.
+    bytes: usize,
 }
 
 impl Out {
@@ -269,6 +271,7 @@ impl Out {
             drops: Vec::new(),
             masks: Vec::new(),
             markers: 0,
+            bytes: 1000,
         }
     }
 
@@ -285,7 +288,7 @@ impl Out {
         let p = SvcPacket {
             seq,
             ts,
-            bytes: 1000,
+            bytes: self.bytes,
             dd,
             shared: None,
         };
@@ -777,4 +780,32 @@ fn a_silent_decode_target_keeps_its_rate() {
         o.feed(&sf);
     }
     assert_eq!(o.svc.target_bps(top), kept, "kept while silent");
+}
+
+#[test]
+fn the_choice_follows_the_measured_rates_at_a_fixed_estimate() {
+    // Full SVC at 1 Mbit/s: the middle decode target (960 kbit/s) fits, the top one (1.44
+    // Mbit/s) does not. The estimate stays; the publisher halves its frames, and once a rate
+    // window has measured them the top one (720 kbit/s, 828 with the margin) fits: the choice
+    // is made again from the new rates, not kept from the old ones.
+    let mut p = Publisher::new(3, 3, false);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    for _ in 0..60 {
+        o.feed(&p.superframe(false));
+    }
+    o.svc.set_estimate(Some(1_000_000));
+    for _ in 0..30 {
+        o.feed(&p.superframe(false));
+    }
+    let now = |o: &Out| o.svc.current().map(|c| (c.1, c.2));
+    assert_eq!(now(&o), Some((1, 2)));
+    // (The middle one was a switch down from the top one: going up waits UP_AFTER_DOWN.)
+    o.bytes = 500;
+    for _ in 0..200 {
+        o.feed(&p.superframe(false));
+    }
+    assert_eq!(o.svc.stats().target, 2, "the top layer fits its new rate");
+    o.feed(&p.superframe(true));
+    assert_eq!(now(&o), Some((2, 2)));
 }
