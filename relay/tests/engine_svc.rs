@@ -370,3 +370,75 @@ fn resends_carry_the_active_decode_targets_of_the_first_copy() {
     }
     assert_eq!(rig.counters().feedback(Feedback::ResendFailed), 0);
 }
+
+/// An SVC output whose decode target changes at a key frame (the cap lifted just before one)
+/// restarts its viewer's decoder there: a NACK for a packet sent before that key frame is not
+/// resent (`resend_stale`), one for the key frame is.
+#[test]
+fn packets_before_a_key_frame_switch_are_not_resent() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use contract::shm::RouteRecord;
+    use contract::wire::rtcp_write;
+    let profile = Profile::AeadAes128Gcm;
+    let mut rig = Rig::new("svc-stale");
+    let mut p = Peer::new(1, addr(0), Role::Speaker, profile);
+    let mut v = Peer::new(2, addr(2), Role::Viewer, profile);
+    rig.add(&p);
+    rig.add(&v);
+    let id = rig.route(1, Some(SSRC), 2, svc_rewrite(0x700, 0));
+    let mut sent = Vec::new();
+    let mut run = |rig: &mut Rig, p: &mut Peer, frames: &[Vec<u8>]| {
+        let input: Vec<_> = frames.iter().map(|d| (p.addr, protect(p, d))).collect();
+        for (dst, d) in rig.batch(&input) {
+            if dst == addr(2) {
+                sent.push(d);
+            }
+        }
+    };
+    for k in 0..6u16 {
+        run(&mut rig, &mut p, &superframe(k));
+    }
+    // The cap lifted, then a key frame: S0 (no reference, a switch point of both decode
+    // targets) and S1.
+    rig.writer
+        .put_route(&RouteRecord {
+            id,
+            from: 1,
+            ssrc: Some(SSRC),
+            to: 2,
+            rewrite: svc_rewrite(0x700, Layer::NO_CAP),
+        })
+        .unwrap();
+    let key = [
+        packet(12, 18_000, false, &descriptor(0, 12, false)),
+        packet(13, 18_000, true, &descriptor(2, 13, false)),
+    ];
+    run(&mut rig, &mut p, &key);
+    assert_eq!(
+        sent.len(),
+        8,
+        "six S0 frames, then the key frame's S0 and S1"
+    );
+    // (The first choice counts as well.)
+    assert_eq!(rig.counters().feedback(Feedback::LayerSwitch), 2);
+    let mut seq_of = |d: &[u8]| {
+        RtpPacket::parse(&v.open_rtp(d).unwrap())
+            .unwrap()
+            .sequence()
+    };
+    let (old, key_seq) = (seq_of(&sent[4]), seq_of(&sent[6]));
+    let nack = |seq: u16| {
+        let mut b = [0u8; 64];
+        let (n, _) = rtcp_write::nack(&mut b, 0xFA17_FA17, 0x700, &[seq]).unwrap();
+        b[..n].to_vec()
+    };
+    let fb = v.rtcp(&nack(old));
+    let out = rig.batch(&[(v.addr, fb)]);
+    assert!(out.iter().all(|(d, _)| *d != v.addr), "{out:?}");
+    assert_eq!(rig.counters().feedback(Feedback::ResendStale), 1);
+    let fb = v.rtcp(&nack(key_seq));
+    let out = rig.batch(&[(v.addr, fb)]);
+    let resent: Vec<_> = out.iter().filter(|(d, _)| *d == v.addr).collect();
+    assert_eq!(resent.len(), 1, "{out:?}");
+    assert_eq!(resent[0].1, sent[6], "the key frame's first copy");
+}

@@ -1369,7 +1369,8 @@ impl<C: SrtpOps> Forwarder<C> {
         // An SVC stream: frames of the subscriber's decode target only (svc.rs).
         let mut svc_out = None;
         let mut want_key = false;
-        // This packet is the key frame of a simulcast layer switched to.
+        // This packet is the key frame of a simulcast layer, or of an SVC decode target,
+        // switched to: older packets are not resent.
         let mut new_layer = false;
         let svc = match (o.rewrite.dd_id, stream.as_deref_mut(), self.now) {
             (1.., Some(c), Some(now)) => {
@@ -1385,12 +1386,13 @@ impl<C: SrtpOps> Forwarder<C> {
                 SvcDecision::Forward {
                     out,
                     switched,
+                    restart,
                     keyframe,
                     decided,
                     ..
                 } => {
                     self.stats.count(Feedback::LayerSwitch, u64::from(switched));
-                    (svc_out, want_key) = (Some(out), keyframe);
+                    (svc_out, want_key, new_layer) = (Some(out), keyframe, restart);
                     // Only a frame's first packet can change what the statistics show (the
                     // diagnostics keep the last ones given).
                     if decided {
@@ -1399,6 +1401,9 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
                 SvcDecision::Drop { reason, keyframe } => {
                     self.stats.count(svc::counter(reason), 1);
+                    if reason == svc::SvcDrop::Shed {
+                        SentStream::shed(&mut sub.sent, out_ssrc);
+                    }
                     if keyframe {
                         self.layer_keyframe(inp.pub_idx, inp.ssrc, tx);
                     }
@@ -1438,6 +1443,7 @@ impl<C: SrtpOps> Forwarder<C> {
                 }
                 Decision::Shed => {
                     self.stats.count(Feedback::LayerShed, 1);
+                    SentStream::shed(&mut sub.sent, out_ssrc);
                     return;
                 }
             }

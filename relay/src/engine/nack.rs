@@ -282,6 +282,9 @@ pub struct SentStream {
     /// at: older packets are not resent (`resend_stale`). Forgotten once a quarter of the
     /// number space behind, so the serial comparison stays meaningful.
     pub layer_from: Option<u16>,
+    /// The output sheds its layer after a sudden limit (`layer_shed`) and has sent nothing
+    /// since: every packet sent is older than the key frame it waits for, none is resent.
+    pub shedding: bool,
 }
 
 impl SentStream {
@@ -291,14 +294,26 @@ impl SentStream {
             map: SentMap::new(capacity),
             rtx_next: None,
             layer_from: None,
+            shedding: false,
+        }
+    }
+
+    /// Output stream `ssrc` (if it has a sent map) sheds its layer: what it sent is not
+    /// resent until it sends again ([`SentStream::shedding`]).
+    #[inline]
+    pub fn shed(v: &mut [SentStream], ssrc: u32) {
+        if let Some(i) = Self::find(v, ssrc) {
+            v[i].shedding = true;
         }
     }
 
     /// Whether the packet sent as `out_seq` is older than the last layer switch.
     #[inline]
     pub fn before_switch(&self, out_seq: u16) -> bool {
-        self.layer_from
-            .is_some_and(|w| (w.wrapping_sub(out_seq) as i16) > 0)
+        self.shedding
+            || self
+                .layer_from
+                .is_some_and(|w| (w.wrapping_sub(out_seq) as i16) > 0)
     }
 
     #[inline]
@@ -309,6 +324,7 @@ impl SentStream {
     #[inline]
     pub fn record(&mut self, out_seq: u16, from: SentFrom, switched: bool) {
         self.map.record(out_seq, from);
+        self.shedding = false;
         if switched {
             self.layer_from = Some(out_seq);
         } else if self
@@ -351,6 +367,36 @@ mod tests {
         let d = s.poll(t + RTT * 3, RTT, 3, &mut out);
         assert_eq!((d.asked, d.gave_up), (0, 1));
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn nothing_is_resent_while_shedding_nor_from_before_a_switch() {
+        let from = |index| super::super::rtx_cache::SentFrom {
+            publisher: 1,
+            ssrc: 2,
+            index,
+            out_ts: 0,
+            as_sent: Default::default(),
+        };
+        let mut v = vec![SentStream::new(0x700, 64)];
+        for seq in 10..20u16 {
+            v[0].record(seq, from(u64::from(seq)), false);
+        }
+        assert!(!v[0].before_switch(15));
+        // The output sheds its layer: all it sent waits for a key frame.
+        SentStream::shed(&mut v, 0x700);
+        SentStream::shed(&mut v, 0x999); // no such stream: nothing happens
+        assert!(v[0].before_switch(15) && v[0].before_switch(19));
+        // It sends the key frame it switched at: older packets stay stale, newer are not.
+        v[0].record(20, from(30), true);
+        assert!(v[0].before_switch(19));
+        assert!(!v[0].before_switch(20));
+        v[0].record(21, from(31), false);
+        assert!(!v[0].before_switch(21));
+        // Shedding ends with any packet sent, switch or not.
+        SentStream::shed(&mut v, 0x700);
+        v[0].record(22, from(32), false);
+        assert!(!v[0].before_switch(21) && v[0].before_switch(19));
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub enum SvcDecision {
         out: SvcOut,
         /// The current decode target changed with this packet.
         switched: bool,
+        /// It changed at a frame that references none (a key frame): the viewer's decoder
+        /// starts again here, so what was sent before is not worth resending
+        /// (`resend_stale`, docs/ENGINE.md "Loss recovery").
+        restart: bool,
         /// Ask the publisher for a key frame (a spatial switch waits, or a chain broke).
         keyframe: bool,
         /// The packet was the first seen of its frame, whose decision may have moved the
@@ -840,6 +844,7 @@ impl Svc {
             rebase,
             out: SvcOut { mask, marker },
             switched,
+            restart: switched && f.fdiff_count == 0,
             keyframe,
             decided,
         }
