@@ -494,16 +494,6 @@ impl Svc {
         {
             return c.pick;
         }
-        // After a sudden limit (the estimate under half the current decode target's rate) the
-        // choice fits half the estimate: the first estimate after it still counts arrivals
-        // queued before the limit (on a 300 kbit/s link it read 356-522 kbit/s, a second
-        // ~230), and a spatial step down in K-SVC waits for a key frame, so stopping at the
-        // middle layer costs a second wait and a second freeze. Going up again from there
-        // takes the usual hold and UP_AFTER_DOWN.
-        let estimate = match (self.estimate, self.current) {
-            (Some(e), Some(c)) if e.saturating_mul(2) < self.rates.bps(c) => Some(e / 2),
-            (e, _) => e,
-        };
         let s = &self.structure;
         let cap_s = self.cap_spatial.min(s.max_spatial);
         let cap_t = self.cap_temporal.min(s.max_temporal);
@@ -542,7 +532,7 @@ impl Svc {
                 lowest = Some((ds, dt, d));
             }
             let up = cur.is_some_and(|c| (ds, dt) > c);
-            let fits = estimate.is_none_or(|est| {
+            let fits = self.estimate.is_none_or(|est| {
                 let bps = self.rates.bps(d);
                 let need = if up {
                     bps.saturating_mul(UP_MARGIN_PCT) / 100
