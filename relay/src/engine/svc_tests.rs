@@ -275,6 +275,13 @@ impl Out {
         }
     }
 
+    /// `n` superframes of `p` without a key frame.
+    fn run(&mut self, p: &mut Publisher, n: usize) {
+        for _ in 0..n {
+            self.feed(&p.superframe(false));
+        }
+    }
+
     fn feed(&mut self, sf: &[(u8, u8, Packets)]) {
         self.now += Duration::from_millis(33);
         for (s, t, packets) in sf {
@@ -327,14 +334,22 @@ impl Out {
     }
 }
 
+/// A 3 x 3 publisher (K-SVC when `ksvc`, else full SVC) and an uncapped output fed its key
+/// frame and two seconds of superframes: every decode target measured.
+fn measured(ksvc: bool) -> (Publisher, Out) {
+    let mut p = Publisher::new(3, 3, ksvc);
+    let mut o = Out::new(NO, NO);
+    o.feed(&p.superframe(true));
+    o.run(&mut p, 60);
+    (p, o)
+}
+
 #[test]
 fn uncapped_output_forwards_every_frame() {
     let mut p = Publisher::new(3, 3, true);
     let mut o = Out::new(NO, NO);
     o.feed(&p.superframe(true));
-    for _ in 0..16 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 16);
     // K-SVC: the key frame's three spatial frames, then S2 alone (S0 and S1 are their own
     // decode targets' after the key frame).
     assert_eq!(o.frames.len(), 3 + 16);
@@ -355,9 +370,7 @@ fn capped_output_gets_the_base_layer_with_closed_numbering() {
     let mut p = Publisher::new(3, 3, true);
     let mut o = Out::new(0, 0);
     o.feed(&p.superframe(true));
-    for _ in 0..16 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 16);
     // The key frame's S0 and then every fourth superframe's S0T0 only.
     assert!(
         o.frames.iter().all(|&(s, t)| s == 0 && t == 0),
@@ -381,18 +394,14 @@ fn temporal_cap_on_l1t3() {
     let mut p = Publisher::new(1, 3, false);
     let mut o = Out::new(NO, 1);
     o.feed(&p.superframe(true));
-    for _ in 0..8 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 8);
     assert!(o.frames.iter().all(|&(_, t)| t <= 1));
     // Key, then T0 T2 T1 T2 twice: key + 2 T0 + 2 T1.
     assert_eq!(o.frames.len(), 5, "{:?}", o.frames);
     assert_eq!(o.keyframe_requests, 0);
     // Lifting the cap opens T2 at once: its frames reference forwarded ones.
     o.svc.set_caps(NO, NO);
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     assert!(
         o.frames.iter().rev().take(2).any(|&(_, t)| t == 2),
         "{:?}",
@@ -406,15 +415,11 @@ fn spatial_up_switch_waits_for_a_key_frame() {
     let mut p = Publisher::new(3, 3, true);
     let mut o = Out::new(0, NO);
     o.feed(&p.superframe(true));
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     assert!(o.frames.iter().all(|&(s, _)| s == 0));
     o.svc.set_caps(NO, NO);
     let before = o.frames.len();
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     // Still S0 (an S2 frame references S2 frames that were not sent), and a key frame asked.
     assert!(
         o.frames[before..].iter().all(|&(s, _)| s == 0),
@@ -436,14 +441,10 @@ fn spatial_down_switch_in_k_svc_keeps_the_old_layer_until_a_key_frame() {
     let mut p = Publisher::new(3, 3, true);
     let mut o = Out::new(NO, NO);
     o.feed(&p.superframe(true));
-    for _ in 0..5 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 5);
     o.svc.set_caps(0, NO);
     let before = o.frames.len();
-    for _ in 0..3 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 3);
     // K-SVC: the S0 frames after the key frame were never sent to this output, so S0 cannot
     // start mid-GOP; S2 continues, a key frame is asked for.
     assert!(
@@ -467,9 +468,7 @@ fn full_svc_down_switch_is_immediate() {
     o.feed(&p.superframe(false));
     o.svc.set_caps(1, NO);
     let before = o.frames.len();
-    for _ in 0..3 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 3);
     assert!(o.frames[before..].iter().all(|&(s, _)| s <= 1));
     assert!(o.frames[before..].iter().any(|&(s, _)| s == 1));
     assert_eq!(o.keyframe_requests, 0);
@@ -480,9 +479,7 @@ fn broken_chain_asks_for_a_key_frame() {
     let mut p = Publisher::new(3, 3, true);
     let mut o = Out::new(NO, NO);
     o.feed(&p.superframe(true));
-    for _ in 0..3 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 3);
     // Superframe 4 (T0) loses its S2 frame upstream: never reaches the relay.
     let mut sf = p.superframe(false);
     assert_eq!(sf[2].1, 0);
@@ -503,9 +500,7 @@ fn packets_before_a_structure_ask_for_a_key_frame() {
     let mut p = Publisher::new(3, 3, true);
     let _ = p.superframe(true);
     let mut o = Out::new(NO, NO);
-    for _ in 0..3 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 3);
     assert!(o.frames.is_empty());
     assert!(o.drops.iter().all(|d| *d == SvcDrop::NoStructure));
     assert_eq!(o.keyframe_requests, 1);
@@ -526,9 +521,7 @@ fn estimate_limits_the_decode_target() {
     o.feed(&p.superframe(true));
     // Two seconds of every layer: each layer measures 2 packets x 1000 bytes x 30 fps =
     // 480 kbit/s, its T0 frames a quarter of that, T0 and T1 half.
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 60);
     let top = o.svc.current().unwrap().0;
     assert!((400_000..600_000).contains(&o.svc.target_bps(top)));
     let now = |o: &Out| o.svc.current().map(|c| (c.1, c.2));
@@ -542,17 +535,13 @@ fn estimate_limits_the_decode_target() {
     // layer keeps flowing while the base layer's key frame is asked for.
     o.svc.set_estimate(Some(300_000));
     let (sent, requests) = (o.frames.len(), o.keyframe_requests);
-    for _ in 0..3 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 3);
     assert_eq!(now(&o), Some((2, 2)));
     assert_eq!(o.frames.len(), sent + 3, "the top layer still flows");
     assert!(o.keyframe_requests > requests);
     assert!(!o.drops.contains(&SvcDrop::Shed));
     o.feed(&p.superframe(true));
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     assert_eq!(now(&o), Some((0, 1)));
     assert!(o
         .frames
@@ -564,13 +553,9 @@ fn estimate_limits_the_decode_target() {
     // waits UP_AFTER_DOWN after the switch down (and UP_HOLD of room), then its key frame.
     let switches = o.svc.switches();
     o.svc.set_estimate(Some(600_000));
-    for _ in 0..120 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 120);
     assert_eq!(now(&o), Some((0, 1)), "4 s on");
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 60);
     assert_eq!(o.svc.stats().target, 2, "6 s on");
     o.feed(&p.superframe(true));
     o.feed(&p.superframe(false));
@@ -580,18 +565,12 @@ fn estimate_limits_the_decode_target() {
     // so the next try waits twice as long (10 s), not 5 s.
     o.svc.set_estimate(Some(300_000));
     o.feed(&p.superframe(true));
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     assert_eq!(now(&o), Some((0, 1)));
     o.svc.set_estimate(Some(600_000));
-    for _ in 0..240 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 240);
     assert_eq!(o.svc.stats().target, 0, "8 s on");
-    for _ in 0..90 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 90);
     assert_eq!(o.svc.stats().target, 2, "11 s on");
     o.feed(&p.superframe(true));
     assert_eq!(now(&o), Some((2, 2)));
@@ -600,12 +579,7 @@ fn estimate_limits_the_decode_target() {
     // one two layers' (960 kbit/s). 600 kbit/s would carry the three layers' T0 frames
     // (360 kbit/s), but 180p at 7.5 frames/s is not chosen over the base layer at its full
     // rate (480 kbit/s); 1 Mbit/s carries the middle layer. A switch down is immediate.
-    let mut p = Publisher::new(3, 3, false);
-    let mut o = Out::new(NO, NO);
-    o.feed(&p.superframe(true));
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    let (mut p, mut o) = measured(false);
     o.svc.set_estimate(Some(1_000_000));
     o.feed(&p.superframe(false));
     assert_eq!(now(&o), Some((1, 2)));
@@ -622,17 +596,10 @@ fn sudden_limit_sheds_the_top_layer_until_the_key_frame() {
     // K-SVC at the top layer (480 kbit/s); the estimate falls to 200 kbit/s, under half of
     // it: the base layer's T0 frames (120 kbit/s) are the target, and the top layer's frames
     // stop at once while its key frame is awaited, instead of queueing ahead of it.
-    let mut p = Publisher::new(3, 3, true);
-    let mut o = Out::new(NO, NO);
-    o.feed(&p.superframe(true));
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    let (mut p, mut o) = measured(true);
     o.svc.set_estimate(Some(200_000));
     let (sent, requests, drops) = (o.frames.len(), o.keyframe_requests, o.drops.len());
-    for _ in 0..3 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 3);
     assert_eq!(o.frames.len(), sent, "nothing of the top layer sent");
     assert!(o.drops[drops..].contains(&SvcDrop::Shed));
     assert!(o.drops[drops..]
@@ -668,9 +635,7 @@ fn probe_need_is_the_best_decode_target_within_the_caps() {
     let mut o = Out::new(NO, NO);
     assert_eq!(o.svc.probe_need(o.now), None, "nothing before a structure");
     o.feed(&p.superframe(true));
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 60);
     // At the top decode target: the prober is told its rate with the margin, not below it.
     let top = o.svc.current().unwrap().0;
     let need = o.svc.target_bps(top) * UP_MARGIN_PCT / 100;
@@ -679,16 +644,12 @@ fn probe_need_is_the_best_decode_target_within_the_caps() {
     // and is below the top decode target, which the prober is asked to reach.
     o.svc.set_estimate(Some(150_000));
     o.feed(&p.superframe(true));
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     assert_eq!(o.svc.current().map(|c| c.2), Some(0));
     // Not probed for while the selector could not go up anyway (PROBE_AFTER_DOWN) ...
     assert_eq!(o.svc.probe_need(o.now), Some((need, false)));
     // ... and probed for after.
-    for _ in 0..100 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 100);
     assert_eq!(o.svc.current().map(|c| c.2), Some(0));
     let need = o.svc.target_bps(top) * UP_MARGIN_PCT / 100;
     assert_eq!(o.svc.probe_need(o.now), Some((need, true)));
@@ -697,9 +658,7 @@ fn probe_need_is_the_best_decode_target_within_the_caps() {
     o.svc.set_caps(0, NO);
     o.svc.set_estimate(None);
     o.feed(&p.superframe(true));
-    for _ in 0..4 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 4);
     let (dt, s, t) = o.svc.current().unwrap();
     assert_eq!((s, t), (0, 2));
     let base = o.svc.target_bps(dt) * UP_MARGIN_PCT / 100;
@@ -756,12 +715,7 @@ fn a_shared_parse_decides_as_a_private_one() {
 /// targets mask) keeps its last measured rate: at 0 it would fit any estimate and be chosen.
 #[test]
 fn a_silent_decode_target_keeps_its_rate() {
-    let mut p = Publisher::new(3, 3, true);
-    let mut o = Out::new(NO, NO);
-    o.feed(&p.superframe(true));
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    let (mut p, mut o) = measured(true);
     let top = o.svc.current().unwrap().0;
     let rate = o.svc.target_bps(top);
     assert!(rate > 400_000, "{rate}");
@@ -788,23 +742,14 @@ fn the_choice_follows_the_measured_rates_at_a_fixed_estimate() {
     // Mbit/s) does not. The estimate stays; the publisher halves its frames, and once a rate
     // window has measured them the top one (720 kbit/s, 828 with the margin) fits: the choice
     // is made again from the new rates, not kept from the old ones.
-    let mut p = Publisher::new(3, 3, false);
-    let mut o = Out::new(NO, NO);
-    o.feed(&p.superframe(true));
-    for _ in 0..60 {
-        o.feed(&p.superframe(false));
-    }
+    let (mut p, mut o) = measured(false);
     o.svc.set_estimate(Some(1_000_000));
-    for _ in 0..30 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 30);
     let now = |o: &Out| o.svc.current().map(|c| (c.1, c.2));
     assert_eq!(now(&o), Some((1, 2)));
     // (The middle one was a switch down from the top one: going up waits UP_AFTER_DOWN.)
     o.bytes = 500;
-    for _ in 0..200 {
-        o.feed(&p.superframe(false));
-    }
+    o.run(&mut p, 200);
     assert_eq!(o.svc.stats().target, 2, "the top layer fits its new rate");
     o.feed(&p.superframe(true));
     assert_eq!(now(&o), Some((2, 2)));
