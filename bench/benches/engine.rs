@@ -141,14 +141,7 @@ fn bench_engine(c: &mut Criterion<ThreadCpu>) {
                             })
                             .collect::<Vec<_>>()
                     },
-                    |pkts| {
-                        tx.clear();
-                        for p in &pkts {
-                            rx[..p.len()].copy_from_slice(p);
-                            fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
-                        }
-                        assert_eq!(tx.len(), BATCH * usize::from(fanout));
-                    },
+                    |pkts| forward_batch(&mut fwd, &pkts, (&mut rx, &mut tx, &mut slow), fanout),
                     BatchSize::PerIteration,
                 );
             });
@@ -226,6 +219,24 @@ fn speaker_and_viewers(profile: Profile, fanout: u16) -> Vec<SessionRecord> {
     v
 }
 
+/// The measured routine of every group: the publisher's SRTP packets `pkts` through `fwd`
+/// (received into `rx`, queued on `tx`, the slow path on `slow`); every one goes to all
+/// `fanout` subscribers.
+#[inline]
+fn forward_batch(
+    fwd: &mut Forwarder<Context>,
+    pkts: &[Vec<u8>],
+    (rx, tx, slow): (&mut [u8], &mut TxQueue, &mut TxQueue),
+    fanout: u16,
+) {
+    tx.clear();
+    for p in pkts {
+        rx[..p.len()].copy_from_slice(p);
+        fwd.handle(peer(0), rx, p.len(), tx, slow);
+    }
+    assert_eq!(tx.len(), pkts.len() * usize::from(fanout));
+}
+
 /// Measure `fwd` forwarding one publisher stream (`stream(n)`: plain RTP packet `n`, protected
 /// here with the publisher's key) to `fanout` subscribers, in batches of [`BATCH`]; the
 /// first `key` packets (the key frame that starts layered outputs) go out before the
@@ -273,14 +284,7 @@ fn bench_stream(
                     })
                     .collect::<Vec<_>>()
             },
-            |pkts| {
-                tx.clear();
-                for p in &pkts {
-                    rx[..p.len()].copy_from_slice(p);
-                    fwd.handle(peer(0), &mut rx, p.len(), &mut tx, &mut slow);
-                }
-                assert_eq!(tx.len(), BATCH * usize::from(fanout));
-            },
+            |pkts| forward_batch(fwd, &pkts, (&mut rx, &mut tx, &mut slow), fanout),
             BatchSize::PerIteration,
         );
     });
